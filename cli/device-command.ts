@@ -1,0 +1,59 @@
+import { promises as fs } from 'node:fs';
+import { DeviceAgent } from '../device/agent.ts';
+import { digestModelFile } from '../device/apply.ts';
+import { systemClock } from '../device/clock.ts';
+import { digestHealthCheck } from '../device/health.ts';
+import { DeviceStorage } from '../device/storage.ts';
+import { parseTrustFile } from '../protocol/release.ts';
+import { PRESENCE_OFFLINE } from '../protocol/status.ts';
+import { Topics } from '../protocol/topics.ts';
+import { MqttTransport } from '../transport/mqtt.ts';
+import { createLogger, parseLogLevel } from '../util/log.ts';
+
+export interface DeviceCommandOptions {
+  id: string;
+  model: string;
+  group: string;
+  dir: string;
+  trust: string;
+  broker: string;
+  initial?: string;
+  window: number;
+  idleMs: number;
+  prefix: string;
+  logLevel?: string;
+}
+
+/** `fleet device`: runs the agent until SIGINT/SIGTERM. */
+export async function runDevice(o: DeviceCommandOptions): Promise<void> {
+  const log = createLogger(`device.${o.id}`, parseLogLevel(o.logLevel ?? process.env.FLEET_LOG));
+  const topics = new Topics(o.prefix);
+  const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
+  const storage = new DeviceStorage(o.dir);
+  if (o.initial) {
+    const digest = await DeviceAgent.provision(storage, o.initial, digestModelFile);
+    log.info('model directory ready', { digest });
+  }
+  const transport = MqttTransport.start({
+    url: o.broker,
+    clientId: `fleet-device-${o.id}`,
+    will: { topic: topics.presence(o.id), payload: PRESENCE_OFFLINE, retain: true, qos: 1 },
+    keepaliveSeconds: 60,
+  });
+  const agent = new DeviceAgent(
+    { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs },
+    { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
+  );
+  await agent.start();
+  let stopping = false;
+  const shutdown = async (): Promise<void> => {
+    if (stopping) return;
+    stopping = true;
+    await agent.stop();
+    if (transport.connected) await transport.publish(topics.presence(o.id), PRESENCE_OFFLINE, { qos: 1, retain: true }).catch(() => undefined);
+    await transport.close();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void shutdown());
+  process.on('SIGTERM', () => void shutdown());
+}

@@ -1,0 +1,167 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { Command, Option } from 'commander';
+import { startBroker } from '../broker/broker.ts';
+import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
+import { Topics, DEFAULT_PREFIX } from '../protocol/topics.ts';
+import { keygen, loadSigningKey } from '../publisher/keys.ts';
+import { publishUpdate } from '../publisher/publish.ts';
+import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
+import { ContentStore } from '../server/content-store.ts';
+import { UpdateServer } from '../server/update-server.ts';
+import { MqttTransport } from '../transport/mqtt.ts';
+import { createLogger, parseLogLevel } from '../util/log.ts';
+import { createProgress } from '../util/progress.ts';
+import { VERSION } from '../util/version.ts';
+import { runDemo } from './demo.ts';
+import { runDevice } from './device-command.ts';
+import { collect, parseDuration, parseIntArg } from './options.ts';
+
+const program = new Command();
+program
+  .name('fleet')
+  .description('Signed low-rank model updates for edge fleets over MQTT')
+  .version(VERSION)
+  .option('--log-level <level>', 'debug, info, warn, error or silent (default warn; env FLEET_LOG)')
+  .option('--prefix <prefix>', 'topic prefix', DEFAULT_PREFIX)
+  .showHelpAfterError();
+
+const logLevel = (): ReturnType<typeof parseLogLevel> => parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG);
+
+function onShutdown(fn: () => Promise<void>): void {
+  let once = false;
+  const handler = (): void => {
+    if (once) return;
+    once = true;
+    fn().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        process.stderr.write(`shutdown failed: ${String(e)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+}
+
+program
+  .command('broker')
+  .description('run the MQTT broker (Aedes) with the update server in-process')
+  .option('--port <port>', 'TCP port', parseIntArg(0, 65535), 1883)
+  .option('--host <host>', 'address to listen on', '127.0.0.1')
+  .option('--data-dir <dir>', 'broker persistence and update store', './fleet-data')
+  .addOption(new Option('--persistence <kind>', 'broker persistence').choices(['level', 'memory']).default('level'))
+  .option('--no-update-server', 'do not run the update server in-process')
+  .action(async (o: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean }) => {
+    const log = createLogger('broker', logLevel());
+    const b = await startBroker({ ...o, prefix: program.opts().prefix, log });
+    process.stdout.write(`fleet broker listening on ${b.url} (persistence ${o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)})\n`);
+    onShutdown(() => b.close());
+  });
+
+program
+  .command('serve')
+  .description('run the update server alone, beside any MQTT 3.1.1 broker')
+  .requiredOption('--broker <url>', 'broker URL, e.g. mqtt://127.0.0.1:1883')
+  .requiredOption('--data-dir <dir>', 'update store directory')
+  .action(async (o: { broker: string; dataDir: string }) => {
+    const log = createLogger('serve', logLevel());
+    const transport = MqttTransport.start({ url: o.broker, clientId: `fleet-update-server-${process.pid}` });
+    const server = new UpdateServer({ transport, store: new ContentStore(o.dataDir), topics: new Topics(program.opts().prefix), log });
+    await server.start();
+    process.stdout.write(`fleet update server on ${o.broker}, store ${path.resolve(o.dataDir)}\n`);
+    onShutdown(async () => {
+      await server.stop();
+      await transport.close();
+    });
+  });
+
+program
+  .command('keygen')
+  .description('make an Ed25519 release key (secret file mode 0600) and a trust file for devices')
+  .requiredOption('--out <dir>', 'output directory')
+  .option('--name <name>', 'key file name', 'release')
+  .action(async (o: { out: string; name: string }) => {
+    const r = await keygen(o.out, o.name);
+    process.stdout.write(`key id ${r.id}\nsecret key ${r.keyFile} (keep it offline)\npublic key ${r.publicFile}\ntrust file ${r.trustFile} (install on devices)\n`);
+  });
+
+program
+  .command('publish')
+  .description('upload an update to the update server and publish its signed release for a group')
+  .requiredOption('--update <file>', 'update payload (CBOR), e.g. from `fleet synth`')
+  .requiredOption('--key <file>', 'secret key file (repeat for k-of-n)', collect)
+  .requiredOption('--model <name>', 'model name')
+  .requiredOption('--group <group>', 'device group')
+  .requiredOption('--broker <url>', 'broker URL')
+  .option('--chunk-size <bytes>', 'chunk size', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
+  .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
+  .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
+  .action(async (o: { update: string; key: string[]; model: string; group: string; broker: string; chunkSize: number; ttl: number; seq?: number }) => {
+    const log = createLogger('publish', logLevel());
+    const payload = new Uint8Array(await fs.readFile(o.update));
+    const keys = await Promise.all(o.key.map(loadSigningKey));
+    const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-publisher-${process.pid}` }, 30_000);
+    const progress = createProgress('upload');
+    try {
+      const r = await publishUpdate({
+        transport, topics: new Topics(program.opts().prefix), payload, keys, model: o.model, group: o.group,
+        chunkSize: o.chunkSize, ttlSeconds: o.ttl, seq: o.seq, log, onProgress: (d, n) => progress.update(d, n),
+      });
+      progress.finish(r.alreadyStored ? 'already on the update server' : `${r.uploadedChunks} chunks sent`);
+      process.stdout.write(`published ${o.model} for group ${o.group}: seq ${r.release.seq}, update ${r.updateId}, ${payload.byteLength} bytes, ${r.release.steps[0].from.slice(0, 12)} -> ${r.release.target.slice(0, 12)}, expires ${new Date(r.release.expires * 1000).toISOString()}\n`);
+    } finally {
+      await transport.close();
+    }
+  });
+
+program
+  .command('device')
+  .description('run a device agent')
+  .requiredOption('--id <id>', 'device id')
+  .requiredOption('--model <name>', 'model name')
+  .requiredOption('--group <group>', 'device group')
+  .requiredOption('--dir <dir>', 'model directory (current model at DIR/current.safetensors)')
+  .requiredOption('--trust <file>', 'trust file from `fleet keygen`')
+  .requiredOption('--broker <url>', 'broker URL')
+  .option('--initial <file>', 'first model, to provision an empty directory')
+  .option('--window <n>', 'chunks in flight', parseIntArg(1, 1024), 16)
+  .option('--idle-ms <ms>', 're-ask for outstanding chunks after this much silence', parseIntArg(100), 3000)
+  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number }) => {
+    await runDevice({ ...o, prefix: program.opts().prefix, logLevel: program.opts().logLevel });
+  });
+
+program
+  .command('synth')
+  .description('write a synthetic base model and a low-rank update of it (for trying things out)')
+  .requiredOption('--out <dir>', 'output directory')
+  .option('--rank <r>', 'rank of the update', parseIntArg(1, 1024), 4)
+  .option('--seed <n>', 'seed', parseIntArg(0), 1)
+  .action(async (o: { out: string; rank: number; seed: number }) => {
+    await fs.mkdir(o.out, { recursive: true });
+    const base = synthesizeModel(o.seed);
+    const u = synthesizeUpdate(base, o.rank, o.seed + 1);
+    await fs.writeFile(path.join(o.out, 'base.safetensors'), base);
+    await fs.writeFile(path.join(o.out, 'update.cbor'), u.payload);
+    await fs.writeFile(path.join(o.out, 'target.safetensors'), u.target);
+    process.stdout.write(`base.safetensors ${base.byteLength} bytes (${u.baseDigest})\nupdate.cbor ${u.payload.byteLength} bytes (${((100 * u.payload.byteLength) / base.byteLength).toFixed(2)} %)\ntarget.safetensors (${u.targetDigest})\n`);
+  });
+
+program
+  .command('demo')
+  .description('end to end on the embedded broker: keys, model, update, N device processes, acks')
+  .option('--devices <n>', 'device agents to start', parseIntArg(1, 200), 3)
+  .option('--rank <r>', 'rank of the synthetic update', parseIntArg(1, 256), 4)
+  .option('--timeout <seconds>', 'give up after', parseIntArg(1), 120)
+  .option('--json', 'end with one JSON line of figures')
+  .option('--keep', 'keep the temporary directory')
+  .action(async (o: { devices: number; rank: number; timeout: number; json?: boolean; keep?: boolean }) => {
+    const r = await runDemo({ devices: o.devices, rank: o.rank, timeoutSeconds: o.timeout, json: o.json === true, keep: o.keep === true });
+    process.exitCode = r.acked === r.devices ? 0 : 1;
+  });
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  process.stderr.write(`fleet: ${(e as Error).message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,198 @@
+import { chunkMatches, chunkRange, sha256Hex } from '../protocol/chunks.ts';
+import { encodeRequest, type Frame } from '../protocol/frames.ts';
+import type { ReleaseStep } from '../protocol/release.ts';
+import type { Topics } from '../protocol/topics.ts';
+import type { Transport } from '../transport/types.ts';
+import type { Logger } from '../util/log.ts';
+import type { Clock } from './clock.ts';
+import { DeviceError } from './reasons.ts';
+import type { DownloadFiles } from './storage.ts';
+
+export interface DownloadOptions {
+  step: ReleaseStep;
+  files: DownloadFiles;
+  transport: Transport;
+  topics: Topics;
+  model: string;
+  deviceId: string;
+  clock: Clock;
+  log: Logger;
+  /** Chunks requested and not yet received, at most. */
+  window: number;
+  /** When nothing arrives for this long, ask again for what is outstanding. */
+  idleMs: number;
+  onProgress: () => void;
+  onComplete: () => void;
+  onFail: (e: DeviceError) => void;
+}
+
+/**
+ * Fetches one update's chunk list, then its missing chunks by windowed
+ * requests; checks each chunk against the list on arrival and writes it and
+ * its bitmap bit to disk. Re-asks for what is outstanding when the link goes
+ * quiet or reconnects (never a per-chunk timer). Duplicates are harmless.
+ */
+export class Download {
+  badChunks = 0;
+  duplicateChunks = 0;
+  requestsSent = 0;
+  private readonly outstanding = new Set<number>();
+  private listRequested = false;
+  private idleTimer: unknown;
+  private writes: Promise<void> = Promise.resolve();
+  private finished = false;
+
+  constructor(private readonly o: DownloadOptions) {}
+
+  get step(): ReleaseStep {
+    return this.o.step;
+  }
+
+  get receivedChunks(): number {
+    return this.o.files.bitmap.count;
+  }
+
+  get receivedBytes(): number {
+    const { step, files } = this.o;
+    if (files.bitmap.complete) return step.size;
+    const lastHeld = files.bitmap.has(step.chunks - 1);
+    const full = files.bitmap.count - (lastHeld ? 1 : 0);
+    return full * step.chunkSize + (lastHeld ? step.size - (step.chunks - 1) * step.chunkSize : 0);
+  }
+
+  /** Re-check what a previous run left on disk, then start asking. */
+  async start(): Promise<void> {
+    const { files, step } = this.o;
+    if (files.list && sha256Hex(files.list) !== step.listSha256) files.list = undefined;
+    if (files.list) {
+      let dropped = 0;
+      for (let i = 0; i < step.chunks; i++) {
+        if (!files.bitmap.has(i)) continue;
+        const [b, e] = chunkRange(step.size, step.chunkSize, i);
+        if (!chunkMatches(files.list, i, await files.readRange(b, e - b))) {
+          files.bitmap.clear(i);
+          dropped++;
+        }
+      }
+      if (dropped) {
+        await files.saveBitmap();
+        this.o.log.warn('resumed download had chunks that no longer verify; fetching them again', { dropped });
+      }
+    } else {
+      for (let i = 0; i < step.chunks; i++) files.bitmap.clear(i);
+    }
+    if (files.bitmap.complete && files.list) {
+      this.finish();
+      return;
+    }
+    this.requestMore();
+  }
+
+  /** After a reconnect: everything in flight may be lost. */
+  resend(): void {
+    if (this.finished) return;
+    this.outstanding.clear();
+    this.listRequested = false;
+    this.requestMore();
+  }
+
+  stop(): void {
+    this.finished = true;
+    if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
+  }
+
+  /** Resolves once pending chunk writes are on disk. */
+  async settled(): Promise<void> {
+    await this.writes;
+  }
+
+  onFrame(f: Frame): void {
+    if (this.finished || f.updateId !== this.o.step.updateId) return;
+    this.armIdleTimer();
+    if (f.kind === 'error') {
+      this.fail(new DeviceError(f.error === 'unknown-update' ? 'unknown-update' : 'malformed-frame', `server answered ${f.error}`));
+      return;
+    }
+    if (f.kind === 'list') {
+      if (this.o.files.list) return;
+      if (f.count !== this.o.step.chunks || sha256Hex(f.list) !== this.o.step.listSha256) {
+        this.fail(new DeviceError('chunk-list-mismatch'));
+        return;
+      }
+      this.enqueue(async () => {
+        if (this.o.files.list) return;
+        await this.o.files.saveList(f.list);
+        this.requestMore();
+      });
+      return;
+    }
+    this.outstanding.delete(f.index);
+    const { files, step } = this.o;
+    if (!files.list || f.count !== step.chunks) {
+      this.requestMore();
+      return;
+    }
+    const [b, e] = chunkRange(step.size, step.chunkSize, f.index);
+    if (f.data.byteLength !== e - b || !chunkMatches(files.list, f.index, f.data)) {
+      this.badChunks++;
+      this.o.log.warn('dropped a chunk that does not match the chunk list', { index: f.index, updateId: step.updateId });
+      this.requestMore();
+      return;
+    }
+    if (files.bitmap.has(f.index)) {
+      this.duplicateChunks++;
+      this.requestMore();
+      return;
+    }
+    this.enqueue(async () => {
+      if (files.bitmap.has(f.index)) return;
+      await files.writeChunk(f.index, b, f.data);
+      this.o.onProgress();
+      if (files.bitmap.complete) this.finish();
+      else this.requestMore();
+    });
+  }
+
+  private enqueue(work: () => Promise<void>): void {
+    this.writes = this.writes.then(work).catch((e: unknown) => this.fail(new DeviceError('storage-error', (e as Error).message)));
+  }
+
+  private requestMore(): void {
+    if (this.finished) return;
+    const { files, step } = this.o;
+    const wantList = !files.list && !this.listRequested;
+    if (!files.list && !wantList) return;
+    const room = files.list ? this.o.window - this.outstanding.size : 0;
+    // Ask when the window has drained by half, so requests carry several indices.
+    const want = room >= Math.max(1, this.o.window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(room, this.outstanding) : [];
+    if (!wantList && want.length === 0) return;
+    for (const i of want) this.outstanding.add(i);
+    if (wantList) this.listRequested = true;
+    this.requestsSent++;
+    this.o.transport
+      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList }), { qos: 1 })
+      .catch((e: unknown) => this.o.log.debug('request not sent (will retry when idle)', { error: String(e) }));
+    this.armIdleTimer();
+  }
+
+  private armIdleTimer(): void {
+    if (this.finished) return;
+    if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
+    this.idleTimer = this.o.clock.setTimeout(() => {
+      this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: this.outstanding.size });
+      this.resend();
+    }, this.o.idleMs);
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.stop();
+    this.o.onComplete();
+  }
+
+  private fail(e: DeviceError): void {
+    if (this.finished) return;
+    this.stop();
+    this.o.onFail(e);
+  }
+}

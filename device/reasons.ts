@@ -1,0 +1,31 @@
+import { PROTOCOL_REASONS, ProtocolError, type ProtocolReason } from '../protocol/errors.ts';
+
+/** Reason codes only the device layer produces. */
+export const DEVICE_ONLY_REASONS = {
+  'wrong-base': 'No step of the release starts from the model this device runs; publish an update built from this device\'s model digest.',
+  'unknown-update': 'The update server does not hold this update; re-run `fleet publish` so it is uploaded again.',
+  'chunk-list-mismatch': 'The chunk list from the server does not match the release; the server\'s copy is damaged or stale.',
+  'payload-hash-mismatch': 'The assembled payload does not hash to the value in the release.',
+  'digest-mismatch': 'The model built from the update does not have the digest the release names; it was not installed.',
+  'no-space': 'Not enough free disk space in the device directory for the payload and the new model; free space and it retries on the next release delivery.',
+  'storage-error': 'Reading or writing the device directory failed; check permissions and disk health.',
+  'health-check-failed': 'The new model failed its health check; the device switched back to the previous model.',
+  'download-stalled': 'No chunk arrived for the configured time; the download will resume from what was received.',
+} as const;
+
+export type DeviceReason = ProtocolReason | keyof typeof DEVICE_ONLY_REASONS;
+
+export const DEVICE_REASONS: Record<DeviceReason, string> = { ...PROTOCOL_REASONS, ...DEVICE_ONLY_REASONS };
+
+export class DeviceError extends Error {
+  constructor(readonly code: DeviceReason, readonly detail?: string) {
+    super(detail ? `${DEVICE_REASONS[code]} (${detail})` : DEVICE_REASONS[code]);
+    this.name = 'DeviceError';
+  }
+}
+
+/** Any error as a reason code and a message; unknown errors are storage errors. */
+export function toReason(e: unknown): { code: DeviceReason; message: string } {
+  if (e instanceof DeviceError || e instanceof ProtocolError) return { code: e.code, message: e.message };
+  return { code: 'storage-error', message: `${DEVICE_REASONS['storage-error']} (${(e as Error)?.message ?? String(e)})` };
+}

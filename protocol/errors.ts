@@ -1,0 +1,41 @@
+/**
+ * Reason codes of the protocol layer. Every refusal a device publishes in its
+ * status names one of these (or one of the device layer's own, see
+ * device/reasons.ts). Each code has a message a person can act on.
+ */
+export const PROTOCOL_REASONS = {
+  'malformed-frame': 'A chunk frame or request is not valid CBOR of the expected shape; it was dropped.',
+  'malformed-release': 'The release is not a valid signed release (CBOR shape, field types); ask the publisher to re-publish it.',
+  'malformed-trust': 'The trust file is not valid JSON {threshold, keys:[{id, publicKey}]}; fix the file and restart the agent.',
+  'bad-signature': 'A signature on the release does not verify; the release was altered or signed with another key.',
+  'untrusted-key': 'The release is signed only by keys that are not in this device\'s trust file; check which key the publisher used.',
+  'threshold-not-met': 'Fewer valid signatures from trusted keys than the trust file\'s threshold; have more release keys sign.',
+  'wrong-model': 'The release is for another model than the one this device runs; check the topic and the publisher\'s --model.',
+  'wrong-group': 'The release is for another group than this device\'s; check the topic and the publisher\'s --group.',
+  'expired': 'The release has expired; the operator must re-sign (refresh) it.',
+  'not-yet-valid': 'The release was issued in the future beyond the allowed clock skew; check the publisher\'s and the device\'s clocks.',
+  'replayed': 'The release\'s sequence number is not above the highest this device accepted: an old or replayed release.',
+  'malformed-model': 'The model file is not valid safetensors (header, offsets or sizes); the file is damaged or not a model.',
+  'unsupported-dtype': 'The update touches a tensor whose dtype cannot be updated (only F32, F16 and BF16 can).',
+  'malformed-payload': 'The update payload is not a valid low-rank payload (CBOR shape, sizes); rebuild the update.',
+  'shape-mismatch': 'The update does not fit the model: a tensor is missing or has another shape; the update was built for another model.',
+  'non-finite': 'Applying the update would put NaN or infinity into a weight; the update is broken.',
+  'payload-too-large': 'The payload or its chunk count is over the limit this device accepts.',
+} as const;
+
+export type ProtocolReason = keyof typeof PROTOCOL_REASONS;
+
+export class ProtocolError extends Error {
+  readonly code: ProtocolReason;
+  readonly detail: string | undefined;
+  constructor(code: ProtocolReason, detail?: string) {
+    super(detail ? `${PROTOCOL_REASONS[code]} (${detail})` : PROTOCOL_REASONS[code]);
+    this.name = 'ProtocolError';
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+export function isProtocolError(e: unknown): e is ProtocolError {
+  return e instanceof ProtocolError;
+}

@@ -1,0 +1,132 @@
+import { cborDecode, cborEncode, isBytes, isHex, isRecord, isUint } from './cbor.ts';
+import { ProtocolError } from './errors.ts';
+
+export const PROTOCOL_VERSION = 1;
+/** Length in hex characters of an updateId (the first 128 bits of the payload's SHA-256). */
+export const UPDATE_ID_HEX = 32;
+/** Most chunk indices one request may name. */
+export const MAX_WANT = 1024;
+/** Largest chunk index the protocol allows (2^24 chunks). */
+export const MAX_CHUNKS = 1 << 24;
+
+/** Server -> device (and publisher -> server on upload): one chunk of a payload. */
+export interface ChunkFrame {
+  kind: 'chunk';
+  updateId: string;
+  index: number;
+  count: number;
+  data: Uint8Array;
+}
+/** Server -> device: the chunk list (SHA-256 of every chunk, concatenated). */
+export interface ListFrame {
+  kind: 'list';
+  updateId: string;
+  count: number;
+  list: Uint8Array;
+}
+/** Server -> device: the request could not be served. */
+export interface ErrorFrame {
+  kind: 'error';
+  updateId: string;
+  error: 'unknown-update' | 'bad-request';
+}
+export type Frame = ChunkFrame | ListFrame | ErrorFrame;
+
+export function encodeFrame(f: Frame): Uint8Array {
+  switch (f.kind) {
+    case 'chunk':
+      return cborEncode({ v: PROTOCOL_VERSION, u: f.updateId, i: f.index, n: f.count, d: f.data });
+    case 'list':
+      return cborEncode({ v: PROTOCOL_VERSION, u: f.updateId, n: f.count, l: f.list });
+    case 'error':
+      return cborEncode({ v: PROTOCOL_VERSION, u: f.updateId, e: f.error });
+  }
+}
+
+function decodeMap(bytes: Uint8Array, what: string): Record<string, unknown> {
+  let m: unknown;
+  try {
+    m = cborDecode(bytes);
+  } catch (e) {
+    throw new ProtocolError('malformed-frame', `${what}: ${(e as Error).message}`);
+  }
+  if (!isRecord(m)) throw new ProtocolError('malformed-frame', `${what}: not a CBOR map`);
+  if (m.v !== PROTOCOL_VERSION) throw new ProtocolError('malformed-frame', `${what}: unsupported version ${String(m.v)}`);
+  return m;
+}
+
+export function isUpdateId(v: unknown): v is string {
+  return isHex(v, UPDATE_ID_HEX);
+}
+
+export function decodeFrame(bytes: Uint8Array): Frame {
+  const m = decodeMap(bytes, 'frame');
+  if (!isUpdateId(m.u)) throw new ProtocolError('malformed-frame', 'frame: u must be a 32-hex-digit update id');
+  if ('d' in m) {
+    if (!isUint(m.n, MAX_CHUNKS) || m.n === 0) throw new ProtocolError('malformed-frame', 'frame: bad n');
+    if (!isUint(m.i, MAX_CHUNKS) || m.i >= m.n) throw new ProtocolError('malformed-frame', 'frame: bad i');
+    if (!isBytes(m.d)) throw new ProtocolError('malformed-frame', 'frame: d must be bytes');
+    return { kind: 'chunk', updateId: m.u, index: m.i, count: m.n, data: m.d };
+  }
+  if ('l' in m) {
+    if (!isUint(m.n, MAX_CHUNKS) || m.n === 0) throw new ProtocolError('malformed-frame', 'list: bad n');
+    if (!isBytes(m.l) || m.l.byteLength !== m.n * 32) throw new ProtocolError('malformed-frame', 'list: l must be n*32 bytes');
+    return { kind: 'list', updateId: m.u, count: m.n, list: m.l };
+  }
+  if (m.e === 'unknown-update' || m.e === 'bad-request') return { kind: 'error', updateId: m.u, error: m.e };
+  throw new ProtocolError('malformed-frame', 'frame: neither chunk (d), list (l) nor error (e)');
+}
+
+/** Device -> server: which chunks (and/or the chunk list) it wants. */
+export interface ChunkRequest {
+  want: number[];
+  list: boolean;
+}
+
+export function encodeRequest(r: ChunkRequest): Uint8Array {
+  const m: Record<string, unknown> = { v: PROTOCOL_VERSION, want: r.want };
+  if (r.list) m.list = true;
+  return cborEncode(m);
+}
+
+export function decodeRequest(bytes: Uint8Array): ChunkRequest {
+  const m = decodeMap(bytes, 'request');
+  const want = m.want ?? [];
+  if (!Array.isArray(want) || want.length > MAX_WANT) {
+    throw new ProtocolError('malformed-frame', `request: want must be an array of at most ${MAX_WANT} indices`);
+  }
+  for (const i of want) if (!isUint(i, MAX_CHUNKS)) throw new ProtocolError('malformed-frame', 'request: bad index');
+  if (m.list !== undefined && typeof m.list !== 'boolean') throw new ProtocolError('malformed-frame', 'request: list must be a boolean');
+  const list = m.list === true;
+  if (!list && want.length === 0) throw new ProtocolError('malformed-frame', 'request: asks for nothing');
+  return { want: want as number[], list };
+}
+
+/** Server -> publisher: the state of an upload. */
+export interface UploadReceipt {
+  updateId: string;
+  /** Complete and verified (payload SHA-256 matches the update id). */
+  stored: boolean;
+  count: number;
+  have: number;
+  /** Some of the missing indices (at most MAX_WANT), when not stored. */
+  missing: number[];
+  /** Set when the upload was refused (e.g. hash mismatch); the publisher must restart it. */
+  error?: string;
+}
+
+export function encodeReceipt(r: UploadReceipt): Uint8Array {
+  const m: Record<string, unknown> = { v: PROTOCOL_VERSION, u: r.updateId, ok: r.stored, n: r.count, have: r.have, missing: r.missing };
+  if (r.error) m.err = r.error;
+  return cborEncode(m);
+}
+
+export function decodeReceipt(bytes: Uint8Array): UploadReceipt {
+  const m = decodeMap(bytes, 'receipt');
+  if (!isUpdateId(m.u) || typeof m.ok !== 'boolean' || !isUint(m.n) || !isUint(m.have) || !Array.isArray(m.missing)) {
+    throw new ProtocolError('malformed-frame', 'receipt: bad fields');
+  }
+  for (const i of m.missing) if (!isUint(i, MAX_CHUNKS)) throw new ProtocolError('malformed-frame', 'receipt: bad index');
+  if (m.err !== undefined && typeof m.err !== 'string') throw new ProtocolError('malformed-frame', 'receipt: bad err');
+  return { updateId: m.u, stored: m.ok, count: m.n, have: m.have, missing: m.missing as number[], error: m.err as string | undefined };
+}

@@ -1,0 +1,380 @@
+import { cborDecode, cborEncode, isBytes, isHex, isRecord, isUint } from './cbor.ts';
+import { ProtocolError } from './errors.ts';
+import {
+  type Dtype, dtypeSize, elementReader, elementWriter, f16BitsToNumber, isUpdatableDtype,
+  numberToBf16Bits, numberToF16Bits,
+} from './dtypes.ts';
+import { isWellFormedName, readSafetensors, writeSafetensors, type TensorInput } from './safetensors.ts';
+import { modelDigest } from './digest.ts';
+
+/**
+ * The low-rank update payload (CBOR, plain maps, byte strings):
+ *   { v: 1, base: digest hex, target: digest hex, tensors: TensorDelta[] }
+ * A low-rank delta of a tensor of shape [m, ...rest] (n = product(rest)) is
+ * U (m×r) · V (r×n), row-major factors encoded as f32/f16 little-endian or i8
+ * with f32 per-row scales (value = q · scale). A dense delta is f32 values.
+ */
+
+export type FactorDtype = 'f32' | 'f16' | 'i8';
+
+export interface LowRankDelta {
+  name: string;
+  /** The model tensor's shape, rank >= 2. */
+  shape: number[];
+  rank: number;
+  dtype: FactorDtype;
+  /** m×r row-major. */
+  u: Uint8Array;
+  /** r×n row-major. */
+  v: Uint8Array;
+  /** Only for i8: f32 little-endian scale per row of U (m values) and per row of V (r values). */
+  scales?: { u: Uint8Array; v: Uint8Array };
+}
+
+export interface DenseDelta {
+  name: string;
+  shape: number[];
+  /** f32 little-endian, product(shape) values. */
+  dense: Uint8Array;
+}
+
+export type TensorDelta = LowRankDelta | DenseDelta;
+
+export interface Payload {
+  v: 1;
+  base: string;
+  target: string;
+  tensors: TensorDelta[];
+}
+
+export interface PayloadLimits {
+  /** Most tensors a payload may touch (default 65536). */
+  maxTensors?: number;
+  /** Most payload bytes (default: no limit). */
+  maxBytes?: number;
+}
+
+export const DEFAULT_MAX_TENSORS = 65536;
+const FACTOR_SIZE: Record<FactorDtype, number> = { f32: 4, f16: 2, i8: 1 };
+
+function bad(detail: string): ProtocolError {
+  return new ProtocolError('malformed-payload', detail);
+}
+
+export function isLowRank(d: TensorDelta): d is LowRankDelta {
+  return 'rank' in d;
+}
+
+/** m = shape[0], n = product(shape[1..]): the matrix a low-rank delta factors. */
+export function lowRankDims(shape: readonly number[]): { m: number; n: number } {
+  let n = 1;
+  for (let i = 1; i < shape.length; i++) n *= shape[i];
+  return { m: shape[0], n };
+}
+
+function count(shape: readonly number[]): number {
+  let c = 1;
+  for (const d of shape) c *= d;
+  return c;
+}
+
+function checkKeys(o: Record<string, unknown>, allowed: readonly string[], where: string): void {
+  for (const k of Object.keys(o)) if (!allowed.includes(k)) throw bad(`${where}: unexpected field ${JSON.stringify(k)}`);
+}
+
+function checkShape(v: unknown, where: string): number[] {
+  if (!Array.isArray(v)) throw bad(`${where}: shape is not an array`);
+  let c = 1;
+  for (const d of v) {
+    if (!isUint(d)) throw bad(`${where}: shape has a dim that is not a non-negative integer`);
+    c *= d;
+    if (!Number.isSafeInteger(c)) throw bad(`${where}: shape too large`);
+  }
+  return (v as number[]).slice();
+}
+
+function checkBytes(v: unknown, length: number, where: string): Uint8Array {
+  if (!isBytes(v)) throw bad(`${where} is not a byte string`);
+  if (v.byteLength !== length) throw bad(`${where} has ${v.byteLength} bytes, expected ${length}`);
+  return new Uint8Array(v); // an aligned copy, not a view into the CBOR input
+}
+
+/** f32 little-endian bytes to doubles, exactly; throws 'non-finite' on NaN/Inf. */
+function f32Values(bytes: Uint8Array, where: string): Float64Array {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Float64Array(bytes.byteLength / 4);
+  for (let j = 0; j < out.length; j++) {
+    const x = dv.getFloat32(j * 4, true);
+    if (!Number.isFinite(x)) throw new ProtocolError('non-finite', `${where}[${j}]`);
+    out[j] = x;
+  }
+  return out;
+}
+
+function factorValues(bytes: Uint8Array, dtype: FactorDtype, rowScales: Float64Array | undefined, cols: number, where: string): Float64Array {
+  if (dtype === 'f32') return f32Values(bytes, where);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Float64Array(bytes.byteLength / FACTOR_SIZE[dtype]);
+  if (dtype === 'f16') {
+    for (let j = 0; j < out.length; j++) {
+      const x = f16BitsToNumber(dv.getUint16(j * 2, true));
+      if (!Number.isFinite(x)) throw new ProtocolError('non-finite', `${where}[${j}]`);
+      out[j] = x;
+    }
+    return out;
+  }
+  for (let j = 0; j < out.length; j++) {
+    out[j] = dv.getInt8(j) * rowScales![Math.floor(j / cols)]; // exact: 8-bit × 24-bit significands
+  }
+  return out;
+}
+
+/** The factors of a low-rank delta as doubles: U (m×r) and V (r×n), row-major. */
+export function decodeFactors(d: LowRankDelta): { u: Float64Array; v: Float64Array } {
+  const { m, n } = lowRankDims(d.shape);
+  const r = d.rank;
+  if (!isUint(r) || r < 1 || r > Math.min(m, n)) throw bad(`${d.name}: rank ${String(r)} is not in 1..min(m, n)`);
+  let su: Float64Array | undefined;
+  let sv: Float64Array | undefined;
+  if (d.dtype === 'i8') {
+    if (!d.scales) throw bad(`${d.name}: i8 factors without scales`);
+    su = f32Values(d.scales.u, `${d.name}.scales.u`);
+    sv = f32Values(d.scales.v, `${d.name}.scales.v`);
+    if (su.length !== m || sv.length !== r) throw bad(`${d.name}: scales have the wrong length`);
+  }
+  const u = factorValues(d.u, d.dtype, su, r, `${d.name}.u`);
+  const v = factorValues(d.v, d.dtype, sv, n, `${d.name}.v`);
+  if (u.length !== m * r || v.length !== r * n) throw bad(`${d.name}: factors have the wrong length`);
+  return { u, v };
+}
+
+/** The dense delta's values as doubles. */
+export function denseValues(d: DenseDelta): Float64Array {
+  if (d.dense.byteLength !== count(d.shape) * 4) throw bad(`${d.name}: dense has the wrong length`);
+  return f32Values(d.dense, `${d.name}.dense`);
+}
+
+function checkDelta(x: unknown, i: number): TensorDelta {
+  const where = `tensors[${i}]`;
+  if (!isRecord(x)) throw bad(`${where} is not a map`);
+  if (typeof x.name !== 'string' || x.name.length === 0 || !isWellFormedName(x.name)) throw bad(`${where}.name is not a non-empty string`);
+  const name = x.name;
+  const at = `tensor ${JSON.stringify(name)}`;
+  const shape = checkShape(x.shape, at);
+  if ('dense' in x) {
+    checkKeys(x, ['name', 'shape', 'dense'], at);
+    const d: DenseDelta = { name, shape, dense: checkBytes(x.dense, count(shape) * 4, `${at}.dense`) };
+    denseValues(d);
+    return d;
+  }
+  checkKeys(x, ['name', 'shape', 'rank', 'dtype', 'u', 'v', 'scales'], at);
+  if (shape.length < 2) throw bad(`${at}: a low-rank delta needs a shape of rank >= 2`);
+  const { m, n } = lowRankDims(shape);
+  const r = x.rank;
+  if (!isUint(r) || r < 1 || r > Math.min(m, n)) throw bad(`${at}: rank ${String(r)} is not in 1..min(m, n) = ${Math.min(m, n)}`);
+  const dtype = x.dtype;
+  if (dtype !== 'f32' && dtype !== 'f16' && dtype !== 'i8') throw bad(`${at}: factor dtype ${String(dtype)} is not f32, f16 or i8`);
+  const size = FACTOR_SIZE[dtype];
+  const d: LowRankDelta = {
+    name, shape, rank: r, dtype,
+    u: checkBytes(x.u, m * r * size, `${at}.u`),
+    v: checkBytes(x.v, r * n * size, `${at}.v`),
+  };
+  if (dtype === 'i8') {
+    const s = x.scales;
+    if (!isRecord(s)) throw bad(`${at}: i8 factors need scales {u, v}`);
+    checkKeys(s, ['u', 'v'], `${at}.scales`);
+    d.scales = { u: checkBytes(s.u, m * 4, `${at}.scales.u`), v: checkBytes(s.v, r * 4, `${at}.scales.v`) };
+  } else if ('scales' in x) {
+    throw bad(`${at}: scales are only for i8 factors`);
+  }
+  decodeFactors(d);
+  return d;
+}
+
+/** Validate a decoded value as a payload; returns a clean copy. */
+export function checkPayload(x: unknown, limits: PayloadLimits = {}): Payload {
+  if (!isRecord(x)) throw bad('payload is not a map');
+  checkKeys(x, ['v', 'base', 'target', 'tensors'], 'payload');
+  if (x.v !== 1) throw bad(`unknown payload version ${String(x.v)}`);
+  if (!isHex(x.base, 64)) throw bad('base is not a 64-digit lowercase hex digest');
+  if (!isHex(x.target, 64)) throw bad('target is not a 64-digit lowercase hex digest');
+  if (!Array.isArray(x.tensors)) throw bad('tensors is not an array');
+  const max = limits.maxTensors ?? DEFAULT_MAX_TENSORS;
+  if (x.tensors.length > max) throw new ProtocolError('payload-too-large', `${x.tensors.length} tensors, limit ${max}`);
+  const names = new Set<string>();
+  const tensors = x.tensors.map((t, i) => {
+    const d = checkDelta(t, i);
+    if (names.has(d.name)) throw bad(`tensor ${JSON.stringify(d.name)} appears twice`);
+    names.add(d.name);
+    return d;
+  });
+  return { v: 1, base: x.base, target: x.target, tensors };
+}
+
+function canonical(p: Payload): unknown {
+  return {
+    v: p.v,
+    base: p.base,
+    target: p.target,
+    tensors: p.tensors.map((d) => {
+      if (!isRecord(d)) return d;
+      if ('dense' in d) return { name: d.name, shape: d.shape, dense: d.dense };
+      const l = d as LowRankDelta;
+      const out: Record<string, unknown> = { name: l.name, shape: l.shape, rank: l.rank, dtype: l.dtype, u: l.u, v: l.v };
+      if (l.scales !== undefined) out.scales = isRecord(l.scales) ? { u: l.scales.u, v: l.scales.v } : l.scales;
+      return out;
+    }),
+  };
+}
+
+/** CBOR bytes of a payload; validates it first (same rules as decodePayload). Field order is fixed. */
+export function encodePayload(p: Payload): Uint8Array {
+  const c = canonical(p);
+  checkPayload(c, { maxTensors: Number.MAX_SAFE_INTEGER });
+  return cborEncode(c);
+}
+
+/** Decode and strictly validate a payload. */
+export function decodePayload(bytes: Uint8Array, limits: PayloadLimits = {}): Payload {
+  if (limits.maxBytes !== undefined && bytes.byteLength > limits.maxBytes) {
+    throw new ProtocolError('payload-too-large', `${bytes.byteLength} bytes, limit ${limits.maxBytes}`);
+  }
+  let x: unknown;
+  try {
+    x = cborDecode(bytes);
+  } catch (e) {
+    throw bad(`not CBOR: ${(e as Error)?.message ?? String(e)}`);
+  }
+  return checkPayload(x, limits);
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** round(x) to the dtype as bits written by `write`; returns false if the stored value is NaN or infinite. */
+function roundedWriter(out: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): (j: number, x: number) => boolean {
+  if (dtype === 'F32') {
+    const write = elementWriter(out, 'F32');
+    return (j, x) => {
+      const y = Math.fround(x);
+      write(j, y);
+      return Number.isFinite(y);
+    };
+  }
+  const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  const toBits = dtype === 'F16' ? numberToF16Bits : numberToBf16Bits;
+  const expMask = dtype === 'F16' ? 0x7c00 : 0x7f80;
+  return (j, x) => {
+    const bits = toBits(x);
+    dv.setUint16(j * 2, bits, true);
+    return (bits & expMask) !== expMask;
+  };
+}
+
+/**
+ * Apply one delta to one tensor; returns new bytes of the same dtype and shape.
+ * Low-rank, per row i: acc[j] = 0; for k = 0..r-1, for j: acc[j] += U[i,k]·V[k,j]
+ * (double multiply, double add, k increasing); then out[i,j] = round(W[i,j] + acc[j])
+ * with ONE rounding from the double to the dtype (nearest, ties to even).
+ * Dense: out[e] = round(W[e] + d[e]). NaN or ±Inf in any output → 'non-finite'.
+ */
+export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly number[] }, base: Uint8Array, delta: TensorDelta): Uint8Array {
+  if (!sameShape(delta.shape, info.shape)) {
+    throw new ProtocolError('shape-mismatch', `${info.name}: model [${info.shape.join(',')}], update [${delta.shape.join(',')}]`);
+  }
+  const dtype = info.dtype;
+  if (!isUpdatableDtype(dtype)) throw new ProtocolError('unsupported-dtype', `${info.name} is ${String(dtype)}`);
+  const total = count(info.shape);
+  if (base.byteLength !== total * dtypeSize(dtype)) {
+    throw new ProtocolError('malformed-model', `${info.name}: ${base.byteLength} bytes for shape [${info.shape.join(',')}] of ${dtype}`);
+  }
+  const read = elementReader(base, dtype);
+  const out = new Uint8Array(base.byteLength);
+  const put = roundedWriter(out, dtype);
+  const fail = (e: number) => new ProtocolError('non-finite', `${info.name}[${e}]`);
+  if (!isLowRank(delta)) {
+    const d = denseValues(delta);
+    for (let e = 0; e < total; e++) {
+      if (!put(e, read(e) + d[e])) throw fail(e);
+    }
+    return out;
+  }
+  const { m, n } = lowRankDims(info.shape);
+  const r = delta.rank;
+  const { u, v } = decodeFactors(delta);
+  const acc = new Float64Array(n);
+  for (let i = 0; i < m; i++) {
+    acc.fill(0);
+    for (let k = 0; k < r; k++) {
+      const uik = u[i * r + k];
+      const row = k * n;
+      for (let j = 0; j < n; j++) acc[j] += uik * v[row + j];
+    }
+    const rowStart = i * n;
+    for (let j = 0; j < n; j++) {
+      if (!put(rowStart + j, read(rowStart + j) + acc[j])) throw fail(rowStart + j);
+    }
+  }
+  return out;
+}
+
+/**
+ * Apply a payload to a whole model in memory. Every delta must name a tensor of
+ * the model ('shape-mismatch' otherwise). Does not check payload.base/target:
+ * callers compare the digests. Output: deterministic safetensors, metadata kept.
+ */
+export function applyToModel(model: Uint8Array, payload: Payload): { bytes: Uint8Array; digest: string } {
+  const file = readSafetensors(model);
+  const updated = new Map<string, Uint8Array>();
+  for (const delta of payload.tensors) {
+    const info = file.info(delta.name);
+    if (!info) throw new ProtocolError('shape-mismatch', `the model has no tensor ${JSON.stringify(delta.name)}`);
+    if (updated.has(delta.name)) throw bad(`tensor ${JSON.stringify(delta.name)} appears twice`);
+    updated.set(delta.name, applyTensor(info, file.tensor(delta.name), delta));
+  }
+  const tensors: TensorInput[] = file.tensors.map((t) => ({
+    name: t.name, dtype: t.dtype, shape: t.shape, data: updated.get(t.name) ?? t.data,
+  }));
+  return { bytes: writeSafetensors(tensors, file.header.metadata), digest: modelDigest(tensors) };
+}
+
+/** Stored values (factor entries, scales excluded, and dense entries) and sizes of a payload. */
+export function payloadStats(p: Payload): { tensors: number; params: number; dataBytes: number; bytes: number } {
+  let params = 0;
+  let dataBytes = 0;
+  for (const d of p.tensors) {
+    if (isLowRank(d)) {
+      const { m, n } = lowRankDims(d.shape);
+      params += d.rank * (m + n);
+      dataBytes += d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
+    } else {
+      params += count(d.shape);
+      dataBytes += d.dense.byteLength;
+    }
+  }
+  return { tensors: p.tensors.length, params, dataBytes, bytes: encodePayload(p).byteLength };
+}
+
+/**
+ * Quantize a rows×cols row-major matrix to i8 with one f32 scale per row
+ * (scale = fround(max|x| / 127), q = clamp(round(x / scale))). For publishers.
+ */
+export function quantizeRowsI8(values: ArrayLike<number>, rows: number, cols: number): { q: Uint8Array; scales: Uint8Array } {
+  if (values.length !== rows * cols) throw new RangeError(`${values.length} values for ${rows}×${cols}`);
+  const q = new Int8Array(rows * cols);
+  const scales = new Float32Array(rows);
+  for (let i = 0; i < rows; i++) {
+    let max = 0;
+    for (let j = 0; j < cols; j++) max = Math.max(max, Math.abs(values[i * cols + j]));
+    const s = Math.fround(max / 127);
+    scales[i] = s;
+    if (s === 0 || !Number.isFinite(s)) continue;
+    for (let j = 0; j < cols; j++) q[i * cols + j] = Math.max(-127, Math.min(127, Math.round(values[i * cols + j] / s)));
+  }
+  const sb = new Uint8Array(rows * 4);
+  const dv = new DataView(sb.buffer);
+  for (let i = 0; i < rows; i++) dv.setFloat32(i * 4, scales[i], true);
+  return { q: new Uint8Array(q.buffer), scales: sb };
+}

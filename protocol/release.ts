@@ -1,0 +1,237 @@
+import nacl from 'tweetnacl';
+import { cborDecode, cborEncode, isBytes, isHex, isRecord, isUint } from './cbor.ts';
+import { ProtocolError } from './errors.ts';
+import { MAX_CHUNKS, PROTOCOL_VERSION, isUpdateId } from './frames.ts';
+import { sha256Hex } from './chunks.ts';
+import { isTopicSegment } from './topics.ts';
+
+/** One way from a model digest to another: the update that does it and how to fetch and check it. */
+export interface ReleaseStep {
+  updateId: string;
+  from: string;
+  to: string;
+  /** Payload size in bytes. */
+  size: number;
+  /** SHA-256 of the whole payload, hex. */
+  sha256: string;
+  chunkSize: number;
+  chunks: number;
+  /** SHA-256 of the chunk list, hex. */
+  listSha256: string;
+}
+
+export interface ReleaseBody {
+  model: string;
+  group: string;
+  /** Grows with every release for this model and group. */
+  seq: number;
+  /** Unix seconds. */
+  issued: number;
+  /** Unix seconds; refused after this. */
+  expires: number;
+  /** The model digest every device of the group should end on. */
+  target: string;
+  steps: ReleaseStep[];
+}
+
+export interface Signature {
+  keyId: string;
+  sig: Uint8Array;
+}
+
+export interface SignedRelease {
+  /** The exact CBOR bytes the signatures cover. */
+  body: Uint8Array;
+  sigs: Signature[];
+}
+
+export interface TrustedKey {
+  id: string;
+  publicKey: Uint8Array;
+}
+
+export interface TrustFile {
+  threshold: number;
+  keys: TrustedKey[];
+}
+
+export interface SigningKey {
+  id: string;
+  publicKey: Uint8Array;
+  secretKey: Uint8Array; // 64 bytes, tweetnacl layout
+}
+
+const DIGEST_HEX = 64;
+const MAX_STEPS = 64;
+const MAX_SIGS = 16;
+
+/** keyId = hex SHA-256 of the raw 32-byte Ed25519 public key. */
+export function keyIdOf(publicKey: Uint8Array): string {
+  return sha256Hex(publicKey);
+}
+
+export function signingKeyFromSeed(seed: Uint8Array): SigningKey {
+  if (seed.byteLength !== 32) throw new TypeError('an Ed25519 seed is 32 bytes');
+  const kp = nacl.sign.keyPair.fromSeed(seed);
+  return { id: keyIdOf(kp.publicKey), publicKey: kp.publicKey, secretKey: kp.secretKey };
+}
+
+export function encodeReleaseBody(b: ReleaseBody): Uint8Array {
+  return cborEncode({
+    v: PROTOCOL_VERSION,
+    model: b.model,
+    group: b.group,
+    seq: b.seq,
+    issued: b.issued,
+    expires: b.expires,
+    target: b.target,
+    steps: b.steps.map((s) => ({
+      u: s.updateId,
+      from: s.from,
+      to: s.to,
+      size: s.size,
+      sha256: s.sha256,
+      chunk: s.chunkSize,
+      chunks: s.chunks,
+      list: s.listSha256,
+    })),
+  });
+}
+
+function bad(detail: string): never {
+  throw new ProtocolError('malformed-release', detail);
+}
+
+export function decodeReleaseBody(bytes: Uint8Array): ReleaseBody {
+  let m: unknown;
+  try {
+    m = cborDecode(bytes);
+  } catch (e) {
+    bad(`body: ${(e as Error).message}`);
+  }
+  if (!isRecord(m)) bad('body is not a map');
+  if (m.v !== PROTOCOL_VERSION) bad(`unsupported version ${String(m.v)}`);
+  if (typeof m.model !== 'string' || !isTopicSegment(m.model)) bad('model');
+  if (typeof m.group !== 'string' || !isTopicSegment(m.group)) bad('group');
+  if (!isUint(m.seq) || !isUint(m.issued) || !isUint(m.expires)) bad('seq, issued and expires must be unsigned integers');
+  if (m.expires <= m.issued) bad('expires must be after issued');
+  if (!isHex(m.target, DIGEST_HEX)) bad('target must be a 64-hex-digit digest');
+  if (!Array.isArray(m.steps) || m.steps.length > MAX_STEPS) bad(`steps must be an array of at most ${MAX_STEPS}`);
+  const steps = m.steps.map((s: unknown, k: number): ReleaseStep => {
+    if (!isRecord(s)) bad(`step ${k} is not a map`);
+    if (!isUpdateId(s.u)) bad(`step ${k}: u`);
+    if (!isHex(s.from, DIGEST_HEX) || !isHex(s.to, DIGEST_HEX)) bad(`step ${k}: from/to`);
+    if (!isUint(s.size) || s.size === 0) bad(`step ${k}: size`);
+    if (!isHex(s.sha256, DIGEST_HEX) || !isHex(s.list, DIGEST_HEX)) bad(`step ${k}: sha256/list`);
+    if (!isUint(s.chunk) || s.chunk === 0 || !isUint(s.chunks, MAX_CHUNKS)) bad(`step ${k}: chunk/chunks`);
+    if (s.chunks !== Math.ceil(s.size / s.chunk)) bad(`step ${k}: chunks does not match size / chunk`);
+    if (s.sha256.slice(0, s.u.length) !== s.u) bad(`step ${k}: update id is not the payload hash`);
+    if (s.to !== m.target) bad(`step ${k}: leads to ${s.to.slice(0, 12)}, not to the target`);
+    return { updateId: s.u, from: s.from, to: s.to, size: s.size, sha256: s.sha256, chunkSize: s.chunk, chunks: s.chunks, listSha256: s.list };
+  });
+  return { model: m.model, group: m.group, seq: m.seq, issued: m.issued, expires: m.expires, target: m.target, steps };
+}
+
+export function signRelease(body: ReleaseBody, keys: SigningKey[]): Uint8Array {
+  const bodyBytes = encodeReleaseBody(body);
+  const sigs = keys.map((k) => ({ k: k.id, s: nacl.sign.detached(bodyBytes, k.secretKey) }));
+  return cborEncode({ body: bodyBytes, sigs });
+}
+
+export function decodeSignedRelease(bytes: Uint8Array): SignedRelease {
+  let m: unknown;
+  try {
+    m = cborDecode(bytes);
+  } catch (e) {
+    bad(`envelope: ${(e as Error).message}`);
+  }
+  if (!isRecord(m) || !isBytes(m.body) || !Array.isArray(m.sigs)) bad('envelope must be {body: bytes, sigs: [...]}');
+  if (m.sigs.length === 0 || m.sigs.length > MAX_SIGS) bad(`between 1 and ${MAX_SIGS} signatures`);
+  const sigs = m.sigs.map((s: unknown): Signature => {
+    if (!isRecord(s) || !isHex(s.k, 64) || !isBytes(s.s) || s.s.byteLength !== 64) bad('signature must be {k: 64 hex, s: 64 bytes}');
+    return { keyId: s.k, sig: s.s };
+  });
+  return { body: m.body, sigs };
+}
+
+/**
+ * Checks the signatures against the trust file and decodes the body.
+ * Distinct trusted keys with a valid signature must reach the threshold.
+ */
+export function verifyRelease(bytes: Uint8Array, trust: TrustFile): ReleaseBody {
+  const signed = decodeSignedRelease(bytes);
+  const byId = new Map(trust.keys.map((k) => [k.id, k]));
+  const valid = new Set<string>();
+  let sawTrusted = false;
+  for (const s of signed.sigs) {
+    const key = byId.get(s.keyId);
+    if (!key) continue;
+    sawTrusted = true;
+    if (!nacl.sign.detached.verify(signed.body, s.sig, key.publicKey)) throw new ProtocolError('bad-signature', `key ${s.keyId.slice(0, 16)}`);
+    valid.add(s.keyId);
+  }
+  if (!sawTrusted) throw new ProtocolError('untrusted-key', signed.sigs.map((s) => s.keyId.slice(0, 16)).join(', '));
+  if (valid.size < trust.threshold) throw new ProtocolError('threshold-not-met', `${valid.size} of ${trust.threshold}`);
+  return decodeReleaseBody(signed.body);
+}
+
+export interface ReleaseExpectations {
+  model: string;
+  group: string;
+  /** Unix seconds now, as well as the device knows it. */
+  now: number;
+  /** The highest issued time this device has seen (clock floor for devices without a real-time clock). */
+  clockFloor: number;
+  /** Highest sequence accepted before, or -1. */
+  highestSeq: number;
+  /** Allowed skew for issued times in the future, seconds. */
+  skewSeconds: number;
+}
+
+/** Policy checks on a verified body: addressed to us, fresh, not replayed. */
+export function checkRelease(b: ReleaseBody, x: ReleaseExpectations): void {
+  if (b.model !== x.model) throw new ProtocolError('wrong-model', `${b.model}, this device runs ${x.model}`);
+  if (b.group !== x.group) throw new ProtocolError('wrong-group', `${b.group}, this device is in ${x.group}`);
+  const now = Math.max(x.now, x.clockFloor);
+  if (b.expires <= now) throw new ProtocolError('expired', `expired ${new Date(b.expires * 1000).toISOString()}`);
+  if (b.issued > x.now + x.skewSeconds && b.issued > x.clockFloor) {
+    throw new ProtocolError('not-yet-valid', `issued ${new Date(b.issued * 1000).toISOString()}`);
+  }
+  if (b.seq <= x.highestSeq) throw new ProtocolError('replayed', `seq ${b.seq} <= ${x.highestSeq}`);
+}
+
+/** Trust file JSON: {threshold, keys: [{id, publicKey (base64)}]}. */
+export function parseTrustFile(text: string): TrustFile {
+  const badTrust = (d: string): never => {
+    throw new ProtocolError('malformed-trust', d);
+  };
+  let j: unknown;
+  try {
+    j = JSON.parse(text);
+  } catch (e) {
+    return badTrust((e as Error).message);
+  }
+  if (!isRecord(j) || !Array.isArray(j.keys)) return badTrust('expected {threshold, keys: [...]}');
+  const keys = j.keys.map((k: unknown, i: number): TrustedKey => {
+    if (!isRecord(k) || typeof k.id !== 'string' || typeof k.publicKey !== 'string') return badTrust(`key ${i}`);
+    const publicKey = new Uint8Array(Buffer.from(k.publicKey, 'base64'));
+    if (publicKey.byteLength !== 32) return badTrust(`key ${i}: publicKey must be 32 bytes of base64`);
+    if (keyIdOf(publicKey) !== k.id) return badTrust(`key ${i}: id is not the SHA-256 of the public key`);
+    return { id: k.id, publicKey };
+  });
+  if (!isUint(j.threshold) || j.threshold < 1 || j.threshold > keys.length) return badTrust('threshold must be 1..number of keys');
+  return { threshold: j.threshold, keys };
+}
+
+export function formatTrustFile(t: TrustFile): string {
+  return JSON.stringify(
+    { threshold: t.threshold, keys: t.keys.map((k) => ({ id: k.id, publicKey: Buffer.from(k.publicKey).toString('base64') })) },
+    null,
+    2,
+  ) + '\n';
+}
+
+/** Pick the step that starts from the model the device runs. */
+export function stepFrom(b: ReleaseBody, running: string): ReleaseStep | undefined {
+  return b.steps.find((s) => s.from === running);
+}

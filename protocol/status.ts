@@ -1,0 +1,59 @@
+/** The device status contract: JSON, retained on fleet/devices/{id}/status. */
+export const DEVICE_STATES = [
+  'idle',
+  'downloading',
+  'verifying',
+  'applying',
+  'testing',
+  'ok',
+  'rolled_back',
+  'rejected',
+  'failed',
+] as const;
+
+export type DeviceState = (typeof DEVICE_STATES)[number];
+
+export interface DeviceStatus {
+  device: string;
+  group: string;
+  model: string;
+  state: DeviceState;
+  /** Digest of the model the device runs now. */
+  running: string;
+  /** Digest the current release asks for, when there is one. */
+  target: string | null;
+  /** Release sequence number being processed or last processed. */
+  seq: number | null;
+  updateId: string | null;
+  /** 0..1 of the current download. */
+  progress: number;
+  /** Payload bytes held for the current update. */
+  bytes: number;
+  /** Payload bytes of the current update. */
+  totalBytes: number;
+  /** Chunks dropped because they did not match the chunk list. */
+  badChunks: number;
+  reason: string | null;
+  message: string | null;
+  agent: string;
+  /** ISO 8601. */
+  time: string;
+}
+
+export function encodeStatus(s: DeviceStatus): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(s));
+}
+
+/** Parses a status payload; null when it is not a status (operators' tools must not crash on junk). */
+export function parseStatus(payload: Uint8Array): DeviceStatus | null {
+  try {
+    const j = JSON.parse(new TextDecoder().decode(payload)) as DeviceStatus;
+    if (typeof j !== 'object' || j === null || !DEVICE_STATES.includes(j.state) || typeof j.device !== 'string') return null;
+    return j;
+  } catch {
+    return null;
+  }
+}
+
+export const PRESENCE_ONLINE = 'online';
+export const PRESENCE_OFFLINE = 'offline';

@@ -1,0 +1,225 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { chunkList, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
+import { isUpdateId } from '../protocol/frames.ts';
+import { isTopicSegment } from '../protocol/topics.ts';
+import { exists, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
+
+export interface StoredUpdate {
+  updateId: string;
+  model: string;
+  size: number;
+  sha256: string;
+  chunkSize: number;
+  chunks: number;
+  listSha256: string;
+}
+
+export interface UploadProgress {
+  stored: boolean;
+  count: number;
+  have: number;
+  missing: number[];
+  error?: string;
+}
+
+/** Raised when an upload cannot be accepted; the message says why. */
+export class StoreError extends Error {
+  constructor(readonly code: 'hash-mismatch' | 'inconsistent-upload' | 'bad-id', message: string) {
+    super(message);
+    this.name = 'StoreError';
+  }
+}
+
+/**
+ * The update server's content store on disk:
+ *   updates/{updateId}/payload, list, meta.json   complete, verified updates
+ *   uploads/{updateId}/{index}, count             uploads in progress (one file per chunk)
+ *   releases/{group}/{model}.cbor                 the latest release per group and model
+ * Content-addressed: identical updates are stored once.
+ */
+export class ContentStore {
+  private readonly handles = new Map<string, fs.FileHandle>();
+  private readonly metas = new Map<string, StoredUpdate>();
+  private readonly lists = new Map<string, Uint8Array>();
+  /** Indices on disk per upload in progress (loaded from disk on first touch). */
+  private readonly uploads = new Map<string, Set<number>>();
+  /** Serialises the work on one upload so it is assembled exactly once. */
+  private readonly locks = new Map<string, Promise<unknown>>();
+
+  constructor(readonly dir: string) {}
+
+  async init(): Promise<void> {
+    for (const d of ['updates', 'uploads', 'releases']) await fs.mkdir(path.join(this.dir, d), { recursive: true });
+  }
+
+  private updateDir(id: string): string {
+    if (!isUpdateId(id)) throw new StoreError('bad-id', `bad update id ${id}`);
+    return path.join(this.dir, 'updates', id);
+  }
+
+  async meta(id: string): Promise<StoredUpdate | undefined> {
+    if (!isUpdateId(id)) return undefined;
+    const cached = this.metas.get(id);
+    if (cached) return cached;
+    const m = await readJson<StoredUpdate>(path.join(this.updateDir(id), 'meta.json'));
+    if (m) this.metas.set(id, m);
+    return m;
+  }
+
+  async list(id: string): Promise<Uint8Array | undefined> {
+    const cached = this.lists.get(id);
+    if (cached) return cached;
+    if (!(await this.meta(id))) return undefined;
+    const l = new Uint8Array(await fs.readFile(path.join(this.updateDir(id), 'list')));
+    this.lists.set(id, l);
+    return l;
+  }
+
+  async readChunk(id: string, index: number): Promise<Uint8Array | undefined> {
+    const m = await this.meta(id);
+    if (!m || index < 0 || index >= m.chunks) return undefined;
+    let h = this.handles.get(id);
+    if (!h) {
+      h = await fs.open(path.join(this.updateDir(id), 'payload'), 'r');
+      this.handles.set(id, h);
+      if (this.handles.size > 32) {
+        const [oldId, old] = this.handles.entries().next().value as [string, fs.FileHandle];
+        this.handles.delete(oldId);
+        await old.close();
+      }
+    }
+    const begin = index * m.chunkSize;
+    const len = Math.min(m.chunkSize, m.size - begin);
+    const buf = new Uint8Array(len);
+    const { bytesRead } = await h.read(buf, 0, len, begin);
+    return bytesRead === len ? buf : undefined;
+  }
+
+  /** Store a complete payload directly (used by `fleet serve` imports and tests). */
+  async putPayload(model: string, payload: Uint8Array, chunkSize: number): Promise<StoredUpdate> {
+    const id = updateIdOf(payload);
+    const have = await this.meta(id);
+    if (have) return have;
+    const list = chunkList(payload, chunkSize);
+    const meta: StoredUpdate = {
+      updateId: id,
+      model,
+      size: payload.byteLength,
+      sha256: sha256Hex(payload),
+      chunkSize,
+      chunks: list.byteLength / 32,
+      listSha256: sha256Hex(list),
+    };
+    const tmp = path.join(this.dir, 'updates', `.${id}.tmp-${process.pid}`);
+    await fs.rm(tmp, { recursive: true, force: true });
+    await fs.mkdir(tmp, { recursive: true });
+    await writeFileAtomic(path.join(tmp, 'payload'), payload);
+    await writeFileAtomic(path.join(tmp, 'list'), list);
+    await writeFileAtomic(path.join(tmp, 'meta.json'), JSON.stringify(meta));
+    await fs.rename(tmp, this.updateDir(id));
+    return meta;
+  }
+
+  /**
+   * Accept one uploaded chunk. Chunks are written one file each (idempotent by
+   * update id and index); when all are there the payload is assembled, its
+   * hash checked against the update id, and the update becomes servable.
+   */
+  receiveUpload(model: string, id: string, index: number, count: number, data: Uint8Array): Promise<UploadProgress> {
+    const prev = this.locks.get(id) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(() => this.receiveUploadLocked(model, id, index, count, data));
+    this.locks.set(id, next);
+    void next.finally(() => {
+      if (this.locks.get(id) === next) this.locks.delete(id);
+    }).catch(() => undefined);
+    return next;
+  }
+
+  private async receiveUploadLocked(model: string, id: string, index: number, count: number, data: Uint8Array): Promise<UploadProgress> {
+    if (!isUpdateId(id)) throw new StoreError('bad-id', `bad update id ${id}`);
+    const done = await this.meta(id);
+    if (done) return { stored: true, count: done.chunks, have: done.chunks, missing: [] };
+    const dir = path.join(this.dir, 'uploads', id);
+    await fs.mkdir(dir, { recursive: true });
+    const countFile = path.join(dir, 'count');
+    const known = await readJson<number>(countFile);
+    if (known !== undefined && known !== count) {
+      await fs.rm(dir, { recursive: true, force: true });
+      this.uploads.delete(id);
+      throw new StoreError('inconsistent-upload', `upload ${id} changed its chunk count from ${known} to ${count}; restart it`);
+    }
+    if (known === undefined) await writeFileAtomic(countFile, JSON.stringify(count));
+    let present = this.uploads.get(id);
+    if (!present) {
+      present = new Set((await fs.readdir(dir)).filter((f) => /^\d+$/.test(f)).map(Number));
+      this.uploads.set(id, present);
+    }
+    if (!present.has(index)) {
+      await writeFileReplacing(path.join(dir, String(index)), data);
+      present.add(index);
+    }
+    const missing: number[] = [];
+    for (let i = 0; i < count && missing.length < 1024; i++) if (!present.has(i)) missing.push(i);
+    if (missing.length > 0) return { stored: false, count, have: present.size, missing };
+    this.uploads.delete(id);
+    return this.assemble(model, id, count, dir);
+  }
+
+  private async assemble(model: string, id: string, count: number, dir: string): Promise<UploadProgress> {
+    const parts: Uint8Array[] = [];
+    for (let i = 0; i < count; i++) parts.push(new Uint8Array(await fs.readFile(path.join(dir, String(i)))));
+    const chunkSize = parts[0].byteLength;
+    for (let i = 0; i < count - 1; i++) {
+      if (parts[i].byteLength !== chunkSize) {
+        await fs.rm(dir, { recursive: true, force: true });
+        throw new StoreError('inconsistent-upload', `upload ${id}: chunk ${i} has ${parts[i].byteLength} bytes, chunk 0 has ${chunkSize}`);
+      }
+    }
+    const payload = Buffer.concat(parts);
+    if (updateIdOf(payload) !== id) {
+      await fs.rm(dir, { recursive: true, force: true });
+      throw new StoreError('hash-mismatch', `upload ${id}: the assembled payload hashes to ${updateIdOf(payload)}; restart the upload`);
+    }
+    const meta = await this.putPayload(model, payload, chunkSize);
+    await fs.rm(dir, { recursive: true, force: true });
+    return { stored: true, count: meta.chunks, have: meta.chunks, missing: [] };
+  }
+
+  private releaseFile(group: string, model: string): string {
+    if (!isTopicSegment(group) || !isTopicSegment(model)) throw new TypeError('bad group or model');
+    return path.join(this.dir, 'releases', group, `${model}.cbor`);
+  }
+
+  async putRelease(group: string, model: string, bytes: Uint8Array): Promise<void> {
+    const f = this.releaseFile(group, model);
+    await fs.mkdir(path.dirname(f), { recursive: true });
+    await writeFileAtomic(f, bytes);
+  }
+
+  async getRelease(group: string, model: string): Promise<Uint8Array | undefined> {
+    const f = this.releaseFile(group, model);
+    return (await exists(f)) ? new Uint8Array(await fs.readFile(f)) : undefined;
+  }
+
+  async deleteRelease(group: string, model: string): Promise<void> {
+    await fs.rm(this.releaseFile(group, model), { force: true });
+  }
+
+  async releases(): Promise<Array<{ group: string; model: string; bytes: Uint8Array }>> {
+    const out: Array<{ group: string; model: string; bytes: Uint8Array }> = [];
+    const root = path.join(this.dir, 'releases');
+    for (const group of await fs.readdir(root)) {
+      for (const f of await fs.readdir(path.join(root, group))) {
+        if (!f.endsWith('.cbor')) continue;
+        out.push({ group, model: f.slice(0, -5), bytes: new Uint8Array(await fs.readFile(path.join(root, group, f))) });
+      }
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    for (const h of this.handles.values()) await h.close();
+    this.handles.clear();
+  }
+}

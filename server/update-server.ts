@@ -1,0 +1,202 @@
+import { decodeFrame, decodeRequest, encodeFrame, encodeReceipt, MAX_WANT } from '../protocol/frames.ts';
+import { decodeReleaseBody, decodeSignedRelease } from '../protocol/release.ts';
+import type { Topics } from '../protocol/topics.ts';
+import type { Transport } from '../transport/types.ts';
+import type { Logger } from '../util/log.ts';
+import { ContentStore, StoreError } from './content-store.ts';
+
+export interface UpdateServerOptions {
+  transport: Transport;
+  store: ContentStore;
+  topics: Topics;
+  log: Logger;
+  /** Most chunks served for one request (a request may name up to MAX_WANT). */
+  maxChunksPerRequest?: number;
+  /** How long to collect the broker's retained releases after a (re)connect before re-asserting ours. */
+  settleMs?: number;
+}
+
+export interface UpdateServerStats {
+  requests: number;
+  badRequests: number;
+  chunksSent: number;
+  listsSent: number;
+  unknownUpdates: number;
+  uploadChunks: number;
+  uploadsStored: number;
+  releasesStored: number;
+  releasesReasserted: number;
+}
+
+/**
+ * The update server: serves chunk lists and chunks to each device on its own
+ * topic, stores uploads, mirrors releases and re-asserts them (retained) on
+ * every (re)connect so a broker that lost its retained store gets them back.
+ */
+export class UpdateServer {
+  readonly stats: UpdateServerStats = {
+    requests: 0, badRequests: 0, chunksSent: 0, listsSent: 0, unknownUpdates: 0,
+    uploadChunks: 0, uploadsStored: 0, releasesStored: 0, releasesReasserted: 0,
+  };
+  private readonly t: Transport;
+  private readonly store: ContentStore;
+  private readonly topics: Topics;
+  private readonly log: Logger;
+  private readonly maxChunks: number;
+  private readonly settleMs: number;
+  /** Release sequence numbers the broker holds, as seen since the last connect. */
+  private brokerSeqs = new Map<string, number>();
+  private settleTimer: NodeJS.Timeout | undefined;
+  private pending = new Set<Promise<unknown>>();
+
+  constructor(o: UpdateServerOptions) {
+    this.t = o.transport;
+    this.store = o.store;
+    this.topics = o.topics;
+    this.log = o.log;
+    this.maxChunks = Math.min(o.maxChunksPerRequest ?? 256, MAX_WANT);
+    this.settleMs = o.settleMs ?? 1000;
+  }
+
+  async start(): Promise<void> {
+    await this.store.init();
+    this.t.onMessage((topic, payload, retained) => this.track(this.onMessage(topic, payload, retained)));
+    this.t.onConnect(() => this.afterConnect());
+    await this.t.subscribe([this.topics.allRequests(), this.topics.allUploads(), this.topics.allReleases()], 1);
+    if (this.t.connected) this.afterConnect();
+  }
+
+  /** Resolves when every message handled so far has been answered. */
+  async idle(): Promise<void> {
+    while (this.pending.size) await Promise.allSettled([...this.pending]);
+  }
+
+  async stop(): Promise<void> {
+    if (this.settleTimer) clearTimeout(this.settleTimer);
+    await this.idle();
+    await this.store.close();
+  }
+
+  private track(p: Promise<unknown>): void {
+    this.pending.add(p);
+    void p.catch((e: unknown) => this.log.error('handler failed', { error: String(e) })).finally(() => this.pending.delete(p));
+  }
+
+  private afterConnect(): void {
+    this.brokerSeqs = new Map();
+    if (this.settleTimer) clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(() => this.track(this.reassertReleases()), this.settleMs);
+  }
+
+  private async reassertReleases(): Promise<void> {
+    for (const r of await this.store.releases()) {
+      const seq = releaseSeq(r.bytes);
+      const onBroker = this.brokerSeqs.get(`${r.group}/${r.model}`);
+      if (seq === undefined || (onBroker !== undefined && onBroker >= seq)) continue;
+      await this.t.publish(this.topics.release(r.group, r.model), r.bytes, { qos: 1, retain: true });
+      this.stats.releasesReasserted++;
+      this.log.info('re-asserted release', { group: r.group, model: r.model, seq });
+    }
+  }
+
+  private async onMessage(topic: string, payload: Uint8Array, _retained: boolean): Promise<void> {
+    const p = this.topics.parse(topic);
+    if (!p) return;
+    if (p.kind === 'request') return this.onRequest(p.model, p.updateId, p.deviceId, payload);
+    if (p.kind === 'upload') return this.onUpload(p.model, p.updateId, payload);
+    if (p.kind === 'release') return this.onRelease(p.group, p.model, payload);
+  }
+
+  private async onRequest(model: string, updateId: string, deviceId: string, payload: Uint8Array): Promise<void> {
+    this.stats.requests++;
+    const to = this.topics.frames(model, updateId, deviceId);
+    let req;
+    try {
+      req = decodeRequest(payload);
+    } catch (e) {
+      this.stats.badRequests++;
+      this.log.warn('bad request', { deviceId, updateId, error: (e as Error).message });
+      await this.t.publish(to, encodeFrame({ kind: 'error', updateId, error: 'bad-request' }), { qos: 1 });
+      return;
+    }
+    const meta = await this.store.meta(updateId);
+    if (!meta || meta.model !== model) {
+      this.stats.unknownUpdates++;
+      await this.t.publish(to, encodeFrame({ kind: 'error', updateId, error: 'unknown-update' }), { qos: 1 });
+      return;
+    }
+    const sends: Promise<void>[] = [];
+    if (req.list) {
+      const list = await this.store.list(updateId);
+      if (list) {
+        sends.push(this.t.publish(to, encodeFrame({ kind: 'list', updateId, count: meta.chunks, list }), { qos: 1 }));
+        this.stats.listsSent++;
+      }
+    }
+    for (const index of new Set(req.want.slice(0, this.maxChunks))) {
+      const data = await this.store.readChunk(updateId, index);
+      if (!data) continue;
+      sends.push(this.t.publish(to, encodeFrame({ kind: 'chunk', updateId, index, count: meta.chunks, data }), { qos: 1 }));
+      this.stats.chunksSent++;
+    }
+    await Promise.all(sends);
+  }
+
+  private async onUpload(model: string, updateId: string, payload: Uint8Array): Promise<void> {
+    const receiptTopic = this.topics.uploadReceipt(model, updateId);
+    let f;
+    try {
+      f = decodeFrame(payload);
+    } catch (e) {
+      this.log.warn('bad upload frame', { updateId, error: (e as Error).message });
+      return;
+    }
+    if (f.kind !== 'chunk' || f.updateId !== updateId) return;
+    this.stats.uploadChunks++;
+    try {
+      const progress = await this.store.receiveUpload(model, updateId, f.index, f.count, f.data);
+      if (progress.stored) this.stats.uploadsStored++;
+      // Confirm when stored; report what is missing when the last chunk arrived without the rest.
+      if (progress.stored || f.index === f.count - 1) {
+        await this.t.publish(receiptTopic, encodeReceipt({ updateId, ...progress }), { qos: 1 });
+        if (progress.stored) this.log.info('update stored', { model, updateId });
+      }
+    } catch (e) {
+      if (!(e instanceof StoreError)) throw e;
+      this.log.warn('upload refused', { updateId, error: e.message });
+      await this.t.publish(receiptTopic, encodeReceipt({ updateId, stored: false, count: f.count, have: 0, missing: [], error: e.message }), { qos: 1 });
+    }
+  }
+
+  private async onRelease(group: string, model: string, payload: Uint8Array): Promise<void> {
+    const key = `${group}/${model}`;
+    if (payload.byteLength === 0) {
+      // An empty retained payload withdraws the release.
+      this.brokerSeqs.delete(key);
+      await this.store.deleteRelease(group, model);
+      this.log.info('release withdrawn', { group, model });
+      return;
+    }
+    const seq = releaseSeq(payload);
+    if (seq === undefined) {
+      this.log.warn('ignoring malformed release', { group, model });
+      return;
+    }
+    this.brokerSeqs.set(key, Math.max(seq, this.brokerSeqs.get(key) ?? -1));
+    const stored = await this.store.getRelease(group, model);
+    const storedSeq = stored ? releaseSeq(stored) : undefined;
+    if (storedSeq === undefined || seq > storedSeq) {
+      await this.store.putRelease(group, model, payload);
+      this.stats.releasesStored++;
+    }
+  }
+}
+
+/** The sequence number of a release, without checking signatures (devices do that). */
+function releaseSeq(bytes: Uint8Array): number | undefined {
+  try {
+    return decodeReleaseBody(decodeSignedRelease(bytes).body).seq;
+  } catch {
+    return undefined;
+  }
+}

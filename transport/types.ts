@@ -1,0 +1,24 @@
+/**
+ * The message transport every role talks through. The MQTT implementation is
+ * transport/mqtt.ts; tests can wrap it to drop, delay or corrupt messages.
+ */
+export interface PublishOptions {
+  qos?: 0 | 1;
+  retain?: boolean;
+}
+
+export type MessageHandler = (topic: string, payload: Uint8Array, retained: boolean) => void;
+
+export interface Transport {
+  /** Resolves when the broker has acknowledged a QoS 1 publish (or, for QoS 0, when it is written). */
+  publish(topic: string, payload: Uint8Array | string, opts?: PublishOptions): Promise<void>;
+  subscribe(filters: string | string[], qos?: 0 | 1): Promise<void>;
+  unsubscribe(filters: string | string[]): Promise<void>;
+  /** Returns a function that removes the handler. */
+  onMessage(handler: MessageHandler): () => void;
+  /** Called on every successful (re)connect. */
+  onConnect(handler: () => void): void;
+  onDisconnect(handler: (reason: string) => void): void;
+  readonly connected: boolean;
+  close(): Promise<void>;
+}
