@@ -104,7 +104,7 @@ export class DeviceAgent {
     this.stopped = true;
     this.download?.stop();
     await this.work;
-    await this.download?.settled();
+    await this.download?.close();
   }
 
   /** Resolves when queued work is done (tests). */
@@ -153,16 +153,17 @@ export class DeviceAgent {
 
   // --- transitions -----------------------------------------------------------
 
+  /** Take one row of the table; remember the new status on disk, then publish it. */
   private async transition(event: DeviceEvent, fields: Partial<StatusFields> = {}): Promise<void> {
     const to = nextState(this.state, event);
     this.io.log.info('transition', { from: this.state, event, to });
     this.state = to;
     this.fields = { ...this.fields, ...fields };
-    const s = this.publishStatus();
     if (event !== 'download-progress') {
-      this.memory.lastStatus = s;
+      this.memory.lastStatus = this.status();
       await this.io.storage.saveMemory(this.memory);
     }
+    this.publishStatus();
   }
 
   private status(): DeviceStatus {
@@ -205,7 +206,10 @@ export class DeviceAgent {
     }
     const hash = sha256Hex(bytes);
     const m = this.memory;
-    if (m.refused.includes(hash) || m.handled === hash || m.active?.releaseHash === hash) return;
+    if (m.refused.includes(hash) || m.handled === hash || m.active?.releaseHash === hash) {
+      this.io.log.info('release seen before; not processed again', { release: hash.slice(0, 16), refused: m.refused.includes(hash) });
+      return;
+    }
     let body: ReleaseBody;
     try {
       body = verifyRelease(bytes, this.cfg.trust);
@@ -269,8 +273,9 @@ export class DeviceAgent {
   }
 
   private endDownload(): void {
-    this.download?.stop();
+    const d = this.download;
     this.download = undefined;
+    if (d) void d.close().catch((e: unknown) => this.io.log.warn('closing a download failed', { error: String(e) }));
   }
 
   private async beginDownload(step: ReleaseStep, seq: number, event: 'release-accepted' | 'resume'): Promise<void> {
@@ -294,7 +299,7 @@ export class DeviceAgent {
         window: this.cfg.window ?? 16,
         idleMs: this.cfg.idleMs ?? 3000,
         onProgress: () => this.onProgress(),
-        onComplete: () => this.enqueue(() => this.completeUpdate(d, files)),
+        onComplete: () => this.enqueue(() => this.completeUpdate(d)),
         onFail: (e) => this.enqueue(() => this.failDownload(d, e)),
       });
       this.download = d;
@@ -328,15 +333,14 @@ export class DeviceAgent {
 
   // --- verify, apply, switch, health -----------------------------------------
 
-  private async completeUpdate(d: Download, files: import('./storage.ts').DownloadFiles): Promise<void> {
+  private async completeUpdate(d: Download): Promise<void> {
     if (this.download !== d) return;
     const step = d.step;
-    await d.settled();
     await this.transition('download-complete');
     let payload;
     try {
-      const bytes = await files.readRange(0, step.size);
-      await files.close();
+      const bytes = await d.readPayload();
+      await d.close();
       if (sha256Hex(bytes) !== step.sha256) throw new DeviceError('payload-hash-mismatch');
       payload = decodePayload(bytes);
       if (payload.base !== step.from || payload.target !== step.to) {
@@ -371,7 +375,7 @@ export class DeviceAgent {
     const pointer = await storage.pointer();
     if (result.healthy) {
       await storage.prune([step.to, pointer?.previous ?? step.from]);
-      this.download = undefined;
+      this.endDownload();
       await storage.removeDownload(step.updateId);
       this.memory.active = null;
       await this.transition('health-passed', { reason: null, message: null });
@@ -379,14 +383,14 @@ export class DeviceAgent {
     }
     await storage.switchTo(step.from, null);
     this.running = step.from;
-    this.download = undefined;
+    this.endDownload();
     this.memory.active = null;
     await this.transition('health-failed', { reason: 'health-check-failed', message: result.message ?? null });
   }
 
   private async endUpdate(event: DeviceEvent, e: unknown, step: ReleaseStep): Promise<void> {
     const { code, message } = toReason(e);
-    this.download = undefined;
+    this.endDownload();
     this.memory.active = null;
     await this.io.storage.removeDownload(step.updateId);
     await this.transition(event, { reason: code, message });

@@ -101,9 +101,17 @@ export class Download {
     if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
   }
 
-  /** Resolves once pending chunk writes are on disk. */
-  async settled(): Promise<void> {
+  /** Stop, let pending writes land, and close the files (what was received stays on disk). */
+  async close(): Promise<void> {
+    this.stop();
     await this.writes;
+    await this.o.files.close();
+  }
+
+  /** The whole payload, once complete. */
+  async readPayload(): Promise<Uint8Array> {
+    await this.writes;
+    return this.o.files.readRange(0, this.o.step.size);
   }
 
   onFrame(f: Frame): void {

@@ -163,7 +163,11 @@ export class DownloadFiles {
     await writeFileReplacing(path.join(this.dir, 'bitmap'), this.bitmap.bytes);
   }
 
+  private closed = false;
+
   async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
     await this.payload.close();
   }
 }

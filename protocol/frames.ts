@@ -51,7 +51,7 @@ function decodeMap(bytes: Uint8Array, what: string): Record<string, unknown> {
     throw new ProtocolError('malformed-frame', `${what}: ${(e as Error).message}`);
   }
   if (!isRecord(m)) throw new ProtocolError('malformed-frame', `${what}: not a CBOR map`);
-  if (m.v !== PROTOCOL_VERSION) throw new ProtocolError('malformed-frame', `${what}: unsupported version ${String(m.v)}`);
+  if (m.v !== PROTOCOL_VERSION) throw new ProtocolError('malformed-frame', `${what}: unsupported version ${typeof m.v === 'object' ? typeof m.v : String(m.v)}`);
   return m;
 }
 

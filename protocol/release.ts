@@ -110,7 +110,7 @@ export function decodeReleaseBody(bytes: Uint8Array): ReleaseBody {
     bad(`body: ${(e as Error).message}`);
   }
   if (!isRecord(m)) bad('body is not a map');
-  if (m.v !== PROTOCOL_VERSION) bad(`unsupported version ${String(m.v)}`);
+  if (m.v !== PROTOCOL_VERSION) bad(`unsupported version ${typeof m.v === 'object' ? typeof m.v : String(m.v)}`);
   if (typeof m.model !== 'string' || !isTopicSegment(m.model)) bad('model');
   if (typeof m.group !== 'string' || !isTopicSegment(m.group)) bad('group');
   if (!isUint(m.seq) || !isUint(m.issued) || !isUint(m.expires)) bad('seq, issued and expires must be unsigned integers');
@@ -188,14 +188,20 @@ export interface ReleaseExpectations {
   skewSeconds: number;
 }
 
+/** Unix seconds as ISO 8601, or the raw number when out of Date's range (toISOString would throw). */
+function isoTime(seconds: number): string {
+  const d = new Date(seconds * 1000);
+  return Number.isNaN(d.getTime()) ? `${seconds} s` : d.toISOString();
+}
+
 /** Policy checks on a verified body: addressed to us, fresh, not replayed. */
 export function checkRelease(b: ReleaseBody, x: ReleaseExpectations): void {
   if (b.model !== x.model) throw new ProtocolError('wrong-model', `${b.model}, this device runs ${x.model}`);
   if (b.group !== x.group) throw new ProtocolError('wrong-group', `${b.group}, this device is in ${x.group}`);
   const now = Math.max(x.now, x.clockFloor);
-  if (b.expires <= now) throw new ProtocolError('expired', `expired ${new Date(b.expires * 1000).toISOString()}`);
+  if (b.expires <= now) throw new ProtocolError('expired', `expired ${isoTime(b.expires)}`);
   if (b.issued > x.now + x.skewSeconds && b.issued > x.clockFloor) {
-    throw new ProtocolError('not-yet-valid', `issued ${new Date(b.issued * 1000).toISOString()}`);
+    throw new ProtocolError('not-yet-valid', `issued ${isoTime(b.issued)}`);
   }
   if (b.seq <= x.highestSeq) throw new ProtocolError('replayed', `seq ${b.seq} <= ${x.highestSeq}`);
 }

@@ -80,16 +80,23 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
   });
   await t.subscribe([receiptTopic, releaseTopic], 1);
 
-  const nextReceipt = async (): Promise<UploadReceipt> => {
-    const timeout = o.receiptTimeoutMs ?? 15_000;
+  /** Waits for the next receipt, calling `nudge` every `reprobeMs` (the server may be starting or restarting). */
+  const nextReceipt = async (nudge: () => Promise<void>): Promise<UploadReceipt> => {
+    const timeout = o.receiptTimeoutMs ?? 30_000;
+    const reprobe = 2000;
     const deadline = Date.now() + timeout;
+    let nextNudge = Date.now() + reprobe;
     while (receipts.length === 0) {
       const left = deadline - Date.now();
       if (left <= 0) {
         throw new PublishError('no-update-server', `no update server answered on ${receiptTopic} within ${timeout} ms; is 'fleet broker' or 'fleet serve' running?`);
       }
+      if (Date.now() >= nextNudge) {
+        nextNudge = Date.now() + reprobe;
+        await nudge();
+      }
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
+        const timer = setTimeout(resolve, Math.min(left, Math.max(1, nextNudge - Date.now())));
         wake = () => {
           clearTimeout(timer);
           resolve();
@@ -107,8 +114,9 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
   // Probe with the last chunk: the receipt says whether the server already has
   // the update, or which chunks it lacks (a resumed upload sends only those).
   let uploaded = 1;
-  await send(count - 1);
-  let receipt = await nextReceipt();
+  const probe = (): Promise<void> => send(count - 1);
+  await probe();
+  let receipt = await nextReceipt(probe);
   const alreadyStored = receipt.stored && count > 1;
   let sent = 0;
   for (let round = 0; !receipt.stored; round++) {
@@ -123,9 +131,9 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
       o.onProgress?.(Math.min(count, receipt.have + sent), count);
     }
     // The last chunk triggers the next receipt.
-    await send(count - 1);
+    await probe();
     uploaded++;
-    receipt = await nextReceipt();
+    receipt = await nextReceipt(probe);
   }
   o.onProgress?.(count, count);
   o.log.info('update stored on the server', { updateId, chunks: count, uploaded, alreadyStored });

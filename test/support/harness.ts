@@ -1,0 +1,207 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, promises as fs } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
+import { DeviceAgent } from '../../device/agent.ts';
+import { digestModelFile } from '../../device/apply.ts';
+import { systemClock } from '../../device/clock.ts';
+import { digestHealthCheck } from '../../device/health.ts';
+import { DeviceStorage } from '../../device/storage.ts';
+import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
+import { Topics } from '../../protocol/topics.ts';
+import { parseTrustFile } from '../../protocol/release.ts';
+import { keygen, loadSigningKey } from '../../publisher/keys.ts';
+import { publishUpdate, type PublishResult } from '../../publisher/publish.ts';
+import { synthesizeModel, synthesizeUpdate, type SynthUpdate } from '../../publisher/synth.ts';
+import { MqttTransport } from '../../transport/mqtt.ts';
+import { createLogger, silentLogger, type Logger } from '../../util/log.ts';
+
+export const topics = new Topics();
+export const MODEL = 'test-model';
+export const GROUP = 'line-1';
+/** Small chunks so the small test models still travel in several chunks. */
+export const CHUNK = 1024;
+
+/** Small layers keep tests fast; still several chunks at 4 KiB. */
+export const SMALL_LAYERS: Array<[number, number]> = [
+  [64, 96],
+  [128, 64],
+  [10, 128],
+];
+
+export async function tempDir(tag: string): Promise<string> {
+  return fs.mkdtemp(path.join(os.tmpdir(), `fleet-${tag}-`));
+}
+
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+/** Everything a test fleet needs: a broker, keys, a base model and an update. */
+export interface Fixture {
+  dir: string;
+  /** The in-process Aedes broker, unless the fixture uses an external one. */
+  broker: RunningBroker | undefined;
+  url: string;
+  trustFile: string;
+  keyFile: string;
+  baseFile: string;
+  base: Uint8Array;
+  update: SynthUpdate;
+  children: ChildProcess[];
+  transports: MqttTransport[];
+  agents: DeviceAgent[];
+  close(): Promise<void>;
+}
+
+export async function createFixture(tag: string, opts: { updateServer?: boolean; externalUrl?: string } = {}): Promise<Fixture> {
+  const dir = await tempDir(tag);
+  const broker = opts.externalUrl
+    ? undefined
+    : await startBroker({ port: 0, dataDir: path.join(dir, 'broker'), persistence: 'memory', log: silentLogger, updateServer: opts.updateServer });
+  const keys = await keygen(path.join(dir, 'keys'));
+  const base = synthesizeModel(7, SMALL_LAYERS);
+  const update = synthesizeUpdate(base, 3, 8);
+  const baseFile = path.join(dir, 'base.safetensors');
+  await fs.writeFile(baseFile, base);
+  const f: Fixture = {
+    dir, broker, url: opts.externalUrl ?? broker!.url, trustFile: keys.trustFile, keyFile: keys.keyFile, baseFile, base, update,
+    children: [], transports: [], agents: [],
+    async close() {
+      await Promise.all(f.children.map((c) => stopChild(c)));
+      for (const a of f.agents) await a.stop();
+      for (const t of f.transports) await t.close();
+      await broker?.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    },
+  };
+  return f;
+}
+
+export async function connect(f: Fixture, clientId: string): Promise<MqttTransport> {
+  const t = await MqttTransport.connect({ url: f.url, clientId }, 10_000);
+  f.transports.push(t);
+  return t;
+}
+
+/** Publish the fixture's update (or another payload) with a publisher that disconnects afterwards. */
+export async function publish(f: Fixture, payload: Uint8Array = f.update.payload, chunkSize = CHUNK): Promise<PublishResult> {
+  const t = await MqttTransport.connect({ url: f.url, clientId: `test-publisher-${Math.random().toString(36).slice(2)}` }, 10_000);
+  try {
+    return await publishUpdate({
+      transport: t, topics, payload, keys: [await loadSigningKey(f.keyFile)], model: MODEL, group: GROUP,
+      chunkSize, ttlSeconds: 3600, log: silentLogger,
+    });
+  } finally {
+    await t.close();
+  }
+}
+
+/** A device agent as a separate OS process, started by PID and stopped by PID in close(). */
+export function spawnDevice(f: Fixture, id: string, extra: string[] = []): ChildProcess {
+  const log = createWriteStream(path.join(f.dir, `${id}.log`), { flags: 'a' });
+  const child = spawn(
+    process.execPath,
+    [FLEET_BIN, '--log-level', 'info', 'device', '--id', id, '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, id),
+      '--trust', f.trustFile, '--broker', f.url, '--initial', f.baseFile, '--idle-ms', '1000', ...extra],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  child.stdout!.pipe(log);
+  child.stderr!.pipe(log);
+  f.children.push(child);
+  return child;
+}
+
+/** A device agent in this process (for tests that inspect its internals). */
+export async function startAgent(f: Fixture, id: string, log: Logger = silentLogger): Promise<{ agent: DeviceAgent; storage: DeviceStorage; transport: MqttTransport }> {
+  const storage = new DeviceStorage(path.join(f.dir, id));
+  await DeviceAgent.provision(storage, f.baseFile, digestModelFile);
+  const transport = MqttTransport.start({ url: f.url, clientId: `fleet-device-${id}` });
+  f.transports.push(transport);
+  const agent = new DeviceAgent(
+    { deviceId: id, model: MODEL, group: GROUP, trust: parseTrustFile(await fs.readFile(f.trustFile, 'utf8')), idleMs: 1000 },
+    { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
+  );
+  f.agents.push(agent);
+  await agent.start();
+  return { agent, storage, transport };
+}
+
+/** Follows retained device statuses. */
+export class StatusWatch {
+  readonly latest = new Map<string, DeviceStatus>();
+  readonly history: DeviceStatus[] = [];
+  private waiters: Array<() => void> = [];
+
+  static async start(f: Fixture): Promise<StatusWatch> {
+    const w = new StatusWatch();
+    const t = await connect(f, `test-watch-${Math.random().toString(36).slice(2)}`);
+    t.onMessage((topic, payload) => {
+      const p = topics.parse(topic);
+      if (p?.kind !== 'status') return;
+      const s = parseStatus(payload);
+      if (!s) return;
+      w.latest.set(s.device, s);
+      w.history.push(s);
+      for (const fn of w.waiters.splice(0)) fn();
+    });
+    await t.subscribe(topics.allStatuses(), 1);
+    return w;
+  }
+
+  /** Wait until `pred` holds for the device's latest status. */
+  async until(device: string, pred: (s: DeviceStatus) => boolean, timeoutMs = 30_000): Promise<DeviceStatus> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = this.latest.get(device);
+      if (s && pred(s)) return s;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out waiting for ${device}; last status: ${JSON.stringify(s)}`);
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, left);
+        this.waiters.push(() => {
+          clearTimeout(timer);
+          r();
+        });
+      });
+    }
+  }
+}
+
+export async function currentDigest(f: Fixture, id: string): Promise<string> {
+  return digestModelFile(path.join(f.dir, id, 'current.safetensors'));
+}
+
+/** Any `fleet` subcommand as a child process of the fixture (stopped by PID in close()). */
+export function spawnFleet(f: Fixture, name: string, args: string[]): ChildProcess {
+  const log = createWriteStream(path.join(f.dir, `${name}.log`), { flags: 'a' });
+  const child = spawn(process.execPath, [FLEET_BIN, '--log-level', 'info', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout!.pipe(log);
+  child.stderr!.pipe(log);
+  f.children.push(child);
+  return child;
+}
+
+/** Resolves once something accepts TCP connections on the port. */
+export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect({ port, host: '127.0.0.1' }, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
