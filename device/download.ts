@@ -37,6 +37,9 @@ export class Download {
   duplicateChunks = 0;
   requestsSent = 0;
   private readonly outstanding = new Set<number>();
+  /** Verified chunks on their way to disk: neither missing nor outstanding. */
+  private readonly writing = new Set<number>();
+  private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) };
   private listRequested = false;
   private idleTimer: unknown;
   private writes: Promise<void> = Promise.resolve();
@@ -147,14 +150,15 @@ export class Download {
       this.requestMore();
       return;
     }
-    if (files.bitmap.has(f.index)) {
+    if (files.bitmap.has(f.index) || this.writing.has(f.index)) {
       this.duplicateChunks++;
       this.requestMore();
       return;
     }
+    this.writing.add(f.index);
     this.enqueue(async () => {
-      if (files.bitmap.has(f.index)) return;
       await files.writeChunk(f.index, b, f.data);
+      this.writing.delete(f.index);
       this.o.onProgress();
       if (files.bitmap.complete) this.finish();
       else this.requestMore();
@@ -172,7 +176,7 @@ export class Download {
     if (!files.list && !wantList) return;
     const room = files.list ? this.o.window - this.outstanding.size : 0;
     // Ask when the window has drained by half, so requests carry several indices.
-    const want = room >= Math.max(1, this.o.window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(room, this.outstanding) : [];
+    const want = room >= Math.max(1, this.o.window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(room, this.inFlight) : [];
     if (!wantList && want.length === 0) return;
     for (const i of want) this.outstanding.add(i);
     if (wantList) this.listRequested = true;

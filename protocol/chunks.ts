@@ -96,7 +96,7 @@ export class Bitmap {
   }
 
   /** Up to `limit` missing indices, in increasing order, skipping those in `exclude`. */
-  missing(limit: number, exclude?: ReadonlySet<number>): number[] {
+  missing(limit: number, exclude?: { has(i: number): boolean }): number[] {
     const out: number[] = [];
     for (let i = 0; i < this.size && out.length < limit; i++) {
       if (!this.has(i) && !exclude?.has(i)) out.push(i);

@@ -95,7 +95,7 @@ export function decodeRequest(bytes: Uint8Array): ChunkRequest {
   if (!Array.isArray(want) || want.length > MAX_WANT) {
     throw new ProtocolError('malformed-frame', `request: want must be an array of at most ${MAX_WANT} indices`);
   }
-  for (const i of want) if (!isUint(i, MAX_CHUNKS)) throw new ProtocolError('malformed-frame', 'request: bad index');
+  for (const i of want) if (!isUint(i, MAX_CHUNKS - 1)) throw new ProtocolError('malformed-frame', 'request: bad index');
   if (m.list !== undefined && typeof m.list !== 'boolean') throw new ProtocolError('malformed-frame', 'request: list must be a boolean');
   const list = m.list === true;
   if (!list && want.length === 0) throw new ProtocolError('malformed-frame', 'request: asks for nothing');

@@ -225,6 +225,7 @@ export function parseTrustFile(text: string): TrustFile {
     if (keyIdOf(publicKey) !== k.id) return badTrust(`key ${i}: id is not the SHA-256 of the public key`);
     return { id: k.id, publicKey };
   });
+  if (new Set(keys.map((k) => k.id)).size !== keys.length) return badTrust('the same key is listed twice');
   if (!isUint(j.threshold) || j.threshold < 1 || j.threshold > keys.length) return badTrust('threshold must be 1..number of keys');
   return { threshold: j.threshold, keys };
 }

@@ -82,6 +82,14 @@ export class Topics {
     const t = topic.split('/');
     for (let i = 0; i < p.length; i++) if (t[i] !== p[i]) return null;
     const r = t.slice(p.length);
+    const parsed = this.parseLevels(r);
+    if (!parsed) return null;
+    // Every identifier taken from a topic obeys the same rule as the builders.
+    for (const [k, v] of Object.entries(parsed)) if (k !== 'kind' && !isTopicSegment(v)) return null;
+    return parsed;
+  }
+
+  private parseLevels(r: string[]): ParsedTopic | null {
     if (r.length === 5 && r[0] === 'groups' && r[2] === 'models' && r[4] === 'release') {
       return { kind: 'release', group: r[1], model: r[3] };
     }

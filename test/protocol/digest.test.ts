@@ -55,6 +55,24 @@ describe('model digest', () => {
     expect(got).toBe(expected);
   });
 
+  it('sorts by UTF-8 bytes, not UTF-16 code units', () => {
+    // U+FF01 is EF BC 81 in UTF-8, U+1F600 is F0 9F 98 80; in UTF-16 the order is the other way round.
+    const a = { name: '\u{1F600}', dtype: 'U8' as const, shape: [1], data: Uint8Array.from([1]) };
+    const b = { name: '\uFF01', dtype: 'U8' as const, shape: [1], data: Uint8Array.from([2]) };
+    expect(a.name < b.name).toBe(true);
+    const expected = createHash('sha256')
+      .update(tensorDigestPrefix(b)).update(b.data)
+      .update(tensorDigestPrefix(a)).update(a.data)
+      .digest('hex');
+    expect(modelDigest([a, b])).toBe(expected);
+    expect(safetensorsDigest(writeSafetensors([a, b]))).toBe(expected);
+    const d = new ModelDigest();
+    d.addTensor(b, b.data);
+    d.addTensor(a, a.data);
+    expect(d.digest()).toBe(expected);
+    expect(() => { const e = new ModelDigest(); e.addTensor(a, a.data); e.addTensor(b, b.data); }).toThrow(ProtocolError);
+  });
+
   it('does not depend on header order, layout, whitespace or metadata', () => {
     const d0 = modelDigest(model());
     expect(safetensorsDigest(writeSafetensors(model()))).toBe(d0);

@@ -307,6 +307,15 @@ describe('applyTensor', () => {
     const d: LowRankDelta = { name: 't', shape: [2, 2], rank: 2, dtype: 'f32', u: f32Bytes([2 ** -12, 2 ** -24, 0, 0]), v: f32Bytes([2 ** -12, 0, 2 ** -24, 0]) };
     const out = applyTensor({ name: 't', dtype: 'F32', shape: [2, 2] }, f32Bytes([1, 1, 1, 1]), d);
     expect(Array.from(new Float32Array(out.slice().buffer))).toEqual([1 + 2 ** -23, 1, 1, 1]);
+    // Sums in k order: (-2^30 + 2^30) + (2^-24 + 2^-40) = 2^-24 + 2^-40, so 1 + Σ rounds up to 1 + 2^-23.
+    // In reverse order 2^-24 + 2^-40 would be lost next to 2^30 and the result would be 1.
+    const o: LowRankDelta = {
+      name: 'o', shape: [3, 3], rank: 3, dtype: 'f32',
+      u: f32Bytes([2 ** 15, 2 ** 15, 1, 0, 0, 0, 0, 0, 0]),
+      v: f32Bytes([-(2 ** 15), 0, 0, 2 ** 15, 0, 0, 2 ** -24 + 2 ** -40, 0, 0]),
+    };
+    const ob = applyTensor({ name: 'o', dtype: 'F32', shape: [3, 3] }, f32Bytes(new Array(9).fill(1)), o);
+    expect(Array.from(new Float32Array(ob.slice().buffer))).toEqual([1 + 2 ** -23, 1, 1, 1, 1, 1, 1, 1, 1]);
     // F16: 1 + 2^-11 + 2^-29 goes up once, would tie down through f32.
     const h = applyTensor({ name: 'h', dtype: 'F16', shape: [1] }, f16Bytes([1]), { name: 'h', shape: [1], dense: f32Bytes([2 ** -11 + 2 ** -29]) });
     expect(Array.from(h)).toEqual([0x01, 0x3c]);

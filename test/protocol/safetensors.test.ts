@@ -145,6 +145,7 @@ describe('safetensors', () => {
       ['not an object', () => handMade('[1,2,3]', [])],
       ['not UTF-8', () => { const f = handMade('{"a\u00e9":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}', []); f[12] = 0xff; return f; }],
       ['overlapping offsets', () => handMade('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}}', new Array(8).fill(0))],
+      ['one tensor inside another', () => handMade('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', new Array(8).fill(0))],
       ['same offsets', () => handMade('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', new Array(4).fill(0))],
       ['gap', () => handMade('{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', new Array(8).fill(0))],
       ['size mismatch', () => handMade('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}', [0, 0, 0, 0])],

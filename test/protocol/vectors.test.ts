@@ -85,6 +85,7 @@ describe('committed test vectors', () => {
     expect(at('fc1.bias', 1)).toBe('3f800002');
     expect(at('attn.f16', 0)).toBe('3c01');
     expect(at('head.bf16', 0)).toBe('3f81');
+    expect(at('order.check', 0)).toBe('3f800001');
   });
 
   it('conversion cases hold', () => {

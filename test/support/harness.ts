@@ -61,14 +61,21 @@ export interface Fixture {
   close(): Promise<void>;
 }
 
-export async function createFixture(tag: string, opts: { updateServer?: boolean; externalUrl?: string } = {}): Promise<Fixture> {
+export interface FixtureOptions {
+  updateServer?: boolean;
+  externalUrl?: string;
+  layers?: Array<[number, number]>;
+  rank?: number;
+}
+
+export async function createFixture(tag: string, opts: FixtureOptions = {}): Promise<Fixture> {
   const dir = await tempDir(tag);
   const broker = opts.externalUrl
     ? undefined
     : await startBroker({ port: 0, dataDir: path.join(dir, 'broker'), persistence: 'memory', log: silentLogger, updateServer: opts.updateServer });
   const keys = await keygen(path.join(dir, 'keys'));
-  const base = synthesizeModel(7, SMALL_LAYERS);
-  const update = synthesizeUpdate(base, 3, 8);
+  const base = synthesizeModel(7, opts.layers ?? SMALL_LAYERS);
+  const update = synthesizeUpdate(base, opts.rank ?? 3, 8);
   const baseFile = path.join(dir, 'base.safetensors');
   await fs.writeFile(baseFile, base);
   const f: Fixture = {
@@ -105,12 +112,12 @@ export async function publish(f: Fixture, payload: Uint8Array = f.update.payload
 }
 
 /** A device agent as a separate OS process, started by PID and stopped by PID in close(). */
-export function spawnDevice(f: Fixture, id: string, extra: string[] = []): ChildProcess {
+export function spawnDevice(f: Fixture, id: string, extra: string[] = [], url = f.url): ChildProcess {
   const log = createWriteStream(path.join(f.dir, `${id}.log`), { flags: 'a' });
   const child = spawn(
     process.execPath,
     [FLEET_BIN, '--log-level', 'info', 'device', '--id', id, '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, id),
-      '--trust', f.trustFile, '--broker', f.url, '--initial', f.baseFile, '--idle-ms', '1000', ...extra],
+      '--trust', f.trustFile, '--broker', url, '--initial', f.baseFile, '--idle-ms', '1000', ...extra],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   child.stdout!.pipe(log);

@@ -1,8 +1,8 @@
 /**
  * Deterministic test vectors for the model format, digest and low-rank apply.
- * Run: node --import tsx protocol/vectors/generate.ts
+ * Run: node --import tsx scripts/generate-vectors.ts (or npm run vectors)
  * Writes base.safetensors, payload.cbor, target.safetensors and vectors.json
- * next to this file. Same output on every run (seeded PRNG, no clock).
+ * into protocol/vectors/. Same output on every run (seeded PRNG, no clock).
  */
 import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
@@ -10,14 +10,14 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import {
   type Dtype, bf16BitsToNumber, decodeValues, dtypeSize, encodeValues, f16BitsToNumber, numberToBf16Bits, numberToF16Bits,
-} from '../dtypes.ts';
-import { readSafetensors, writeSafetensors, type TensorInput } from '../safetensors.ts';
-import { modelDigest } from '../digest.ts';
+} from '../protocol/dtypes.ts';
+import { readSafetensors, writeSafetensors, type TensorInput } from '../protocol/safetensors.ts';
+import { modelDigest } from '../protocol/digest.ts';
 import {
   applyToModel, decodeFactors, denseValues, encodePayload, isLowRank, lowRankDims, type Payload, type TensorDelta,
-} from '../lowrank.ts';
+} from '../protocol/lowrank.ts';
 
-const dir = path.dirname(fileURLToPath(import.meta.url));
+const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'protocol', 'vectors');
 
 function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
@@ -59,7 +59,10 @@ headValues[0] = 1; // + 2^-8 + 2^-24: one rounding → 1+2^-7; via f32 it would 
 const head = { name: 'head.bf16', dtype: 'BF16' as Dtype, shape: [3, 7], data: encodeValues(headValues, 'BF16') };
 const embed = { name: 'embed.q', dtype: 'I8' as Dtype, shape: [4, 4], data: Uint8Array.from({ length: 16 }, () => Math.floor(rand() * 256)) };
 
-const baseTensors: TensorInput[] = [fc, conv, bias, attn, head, embed];
+// order.check: element 0 gets (-2^30 + 2^30) + (2^-24 + 2^-40) in k order; summed in reverse it would lose the small term.
+const orderCheck = { name: 'order.check', dtype: 'F32' as Dtype, shape: [3, 3], data: encodeValues(new Array(9).fill(1), 'F32') };
+
+const baseTensors: TensorInput[] = [fc, conv, bias, attn, head, embed, orderCheck];
 const baseBytes = writeSafetensors(baseTensors, { format: 'pt', producer: 'protocol/vectors/generate.ts' });
 const baseDigest = modelDigest(baseTensors);
 
@@ -93,6 +96,11 @@ const deltas: TensorDelta[] = [
     name: 'head.bf16', shape: [3, 7], rank: 2, dtype: 'i8',
     u: new Uint8Array(headQU.buffer), v: new Uint8Array(headQV.buffer),
     scales: { u: f32(headSU), v: f32(headSV) },
+  },
+  {
+    name: 'order.check', shape: [3, 3], rank: 3, dtype: 'f32',
+    u: f32([2 ** 15, 2 ** 15, 1, ...uniform(6, 0.5)]),
+    v: f32([-(2 ** 15), ...uniform(2, 0.5), 2 ** 15, ...uniform(2, 0.5), 2 ** -24 + 2 ** -40, ...uniform(2, 0.5)]),
   },
   { name: 'fc1.bias', shape: [8], dense: f32([2 ** -24, 3 * 2 ** -24, ...uniform(6, 0.01)]) },
 ];
@@ -181,6 +189,7 @@ const vectors = {
     'Low-rank apply: per row i, acc[j] = 0; for k = 0..r-1: acc[j] += U[i,k]*V[k,j] in doubles; out = round(W[i,j] + acc[j]) once to the tensor dtype (nearest, ties to even).',
     'i8 factors: value = q * scale (f32 scale per row of U and of V). f16 factors: exact f16 values. Dense: f32 delta added in double, rounded once.',
     'fc1.bias[0..1], attn.f16[0] and head.bf16[0] are ties or near-ties: rounding through f32 first would give other bits.',
+    'order.check[0] is 1 + ((0 + -2^30 + 2^30) + (2^-24 + 2^-40)) = 1 + 2^-23 in F32 only when summed in k order, starting from 0.',
     'Bits are hex of the element as a big-endian number (file bytes are little-endian); f64 is the double bit pattern.',
     'embed.q (I8) is not updated and must be copied unchanged.',
   ],

@@ -1,0 +1,99 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { stopChild } from '../../cli/demo.ts';
+import { Bitmap } from '../../protocol/chunks.ts';
+import { decodeRequest } from '../../protocol/frames.ts';
+import { LinkProxy } from '../../simulations/link-proxy.ts';
+import { connect, createFixture, currentDigest, publish, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+
+// ~64 chunks of 1 KiB: long enough to interrupt on a 24 kB/s link.
+const LAYERS: Array<[number, number]> = [
+  [256, 256],
+  [256, 256],
+];
+
+let f: Fixture | undefined;
+let proxy: LinkProxy | undefined;
+afterEach(async () => {
+  await proxy?.stop();
+  await f?.close();
+  f = undefined;
+  proxy = undefined;
+});
+
+/** Every chunk index each device asked for, in order, as the broker saw it. */
+async function recordRequests(fx: Fixture): Promise<Array<{ device: string; at: number; want: number[] }>> {
+  const seen: Array<{ device: string; at: number; want: number[] }> = [];
+  const t = await connect(fx, 'request-recorder');
+  t.onMessage((topic, payload) => {
+    const p = topics.parse(topic);
+    if (p?.kind === 'request') seen.push({ device: p.deviceId, at: Date.now(), want: decodeRequest(payload).want });
+  });
+  await t.subscribe(topics.allRequests(), 1);
+  return seen;
+}
+
+async function heldOnDisk(fx: Fixture, device: string, updateId: string, chunks: number): Promise<Set<number>> {
+  const bytes = await fs.readFile(path.join(fx.dir, device, 'downloads', updateId, 'bitmap'));
+  const b = new Bitmap(chunks, new Uint8Array(bytes));
+  return new Set(Array.from({ length: chunks }, (_, i) => i).filter((i) => b.has(i)));
+}
+
+describe('transfers resume where they stopped', () => {
+  it('after the link drops mid-transfer: reconnects and asks only for what it lacks', async () => {
+    f = await createFixture('cut', { layers: LAYERS, rank: 16 });
+    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
+    await proxy.start();
+    const requests = await recordRequests(f);
+    const watch = await StatusWatch.start(f);
+    spawnDevice(f, 'cut-1', [], proxy.url);
+    await watch.until('cut-1', (s) => s.state === 'idle');
+    const r = await publish(f);
+    const chunks = r.release.steps[0].chunks;
+    expect(chunks).toBeGreaterThan(50);
+    await watch.until('cut-1', (s) => s.state === 'downloading' && s.progress >= 0.3);
+    proxy.takeDown();
+    const held = await heldOnDisk(f, 'cut-1', r.updateId, chunks);
+    const cutAt = Date.now();
+    await new Promise((res) => setTimeout(res, 1500));
+    proxy.restore();
+    const s = await watch.until('cut-1', (s) => s.state === 'ok', 60_000);
+    expect(s.running).toBe(f.update.targetDigest);
+    expect(await currentDigest(f, 'cut-1')).toBe(f.update.targetDigest);
+    expect(held.size).toBeGreaterThan(0);
+    expect(proxy.connections).toBeGreaterThanOrEqual(2);
+    const askedAfter = requests.filter((q) => q.device === 'cut-1' && q.at > cutAt).flatMap((q) => q.want);
+    expect(askedAfter.length).toBeGreaterThan(0);
+    expect(askedAfter.filter((i) => held.has(i))).toEqual([]);
+  });
+
+  it('after the agent is killed (SIGKILL) mid-transfer: restarts from the bitmap on disk', async () => {
+    f = await createFixture('kill', { layers: LAYERS, rank: 16 });
+    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
+    await proxy.start();
+    const requests = await recordRequests(f);
+    const watch = await StatusWatch.start(f);
+    const first = spawnDevice(f, 'kill-1', [], proxy.url);
+    await watch.until('kill-1', (s) => s.state === 'idle');
+    const r = await publish(f);
+    const chunks = r.release.steps[0].chunks;
+    await watch.until('kill-1', (s) => s.state === 'downloading' && s.progress >= 0.3);
+    const exited = new Promise((res) => first.once('exit', res));
+    process.kill(first.pid!, 'SIGKILL');
+    await exited;
+    const killedAt = Date.now();
+    const held = await heldOnDisk(f, 'kill-1', r.updateId, chunks);
+    expect(held.size).toBeGreaterThanOrEqual(Math.floor(chunks * 0.3));
+    expect(held.size).toBeLessThan(chunks);
+    spawnDevice(f, 'kill-1', [], proxy.url);
+    const s = await watch.until('kill-1', (s) => s.state === 'ok' && s.running === f!.update.targetDigest, 60_000);
+    expect(s.running).toBe(f.update.targetDigest);
+    const askedAfter = requests.filter((q) => q.device === 'kill-1' && q.at > killedAt).flatMap((q) => q.want);
+    expect(askedAfter.filter((i) => held.has(i))).toEqual([]);
+    // Everything not held was asked for after the restart.
+    const missing = Array.from({ length: chunks }, (_, i) => i).filter((i) => !held.has(i));
+    expect(missing.every((i) => askedAfter.includes(i))).toBe(true);
+    await stopChild(first);
+  });
+});
