@@ -16,19 +16,10 @@ import { modelDigest } from '../protocol/digest.ts';
 import {
   applyToModel, decodeFactors, denseValues, encodePayload, isLowRank, lowRankDims, type Payload, type TensorDelta,
 } from '../protocol/lowrank.ts';
+import { mulberry32 } from '../util/random.ts';
 
 const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'protocol', 'vectors');
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const rand = mulberry32(20240611);
 /** Uniform in [-scale, scale), rounded to f32 so it is exact in every encoding below. */
 const uniform = (n: number, scale: number) => Array.from({ length: n }, () => Math.fround((rand() * 2 - 1) * scale));

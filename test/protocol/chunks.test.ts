@@ -3,18 +3,8 @@ import { createHash } from 'node:crypto';
 import {
   Bitmap, DEFAULT_CHUNK_SIZE, chunkCount, chunkList, chunkMatches, chunkRange, sha256, sha256Hex, toHex, updateIdOf,
 } from '../../protocol/chunks.ts';
+import { mulberry32 as prng } from '../../util/random.ts';
 
-/** mulberry32: a tiny seeded PRNG, uniform in [0, 1). */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const nodeSha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const pattern = (n: number) => Uint8Array.from({ length: n }, (_, k) => (k * 7 + (k >> 8)) & 0xff);

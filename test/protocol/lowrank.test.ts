@@ -7,20 +7,11 @@ import { cborEncode } from '../../protocol/cbor.ts';
 import { readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
 import { modelDigest } from '../../protocol/digest.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
+import { mulberry32 } from '../../util/random.ts';
 
 // ---------------------------------------------------------------------------
 // Independent reference: own decoding of f16/bf16/f32, own exact rounding.
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type FloatDtype = 'F32' | 'F16' | 'BF16';
 

@@ -3,17 +3,8 @@ import {
   encodeSafetensorsHeader, headerByteLength, parseSafetensorsHeader, readSafetensors, writeSafetensors, type TensorInput,
 } from '../../protocol/safetensors.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
+import { mulberry32 } from '../../util/random.ts';
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A file assembled by hand from the format description. */
 function handMade(json: string, data: number[]): Uint8Array {
