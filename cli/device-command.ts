@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { DeviceAgent } from '../device/agent.ts';
-import { digestModelFile } from '../device/apply.ts';
+import { digestModelFile } from '../util/model-file.ts';
 import { systemClock } from '../device/clock.ts';
 import { digestHealthCheck } from '../device/health.ts';
 import { DeviceStorage } from '../device/storage.ts';

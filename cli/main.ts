@@ -15,6 +15,7 @@ import { createProgress } from '../util/progress.ts';
 import { VERSION } from '../util/version.ts';
 import { runDemo } from './demo.ts';
 import { runDevice } from './device-command.ts';
+import { registerBuildCommands } from './build-commands.ts';
 import { collect, parseDuration, parseIntArg } from './options.ts';
 
 const program = new Command();
@@ -147,6 +148,8 @@ program
     await fs.writeFile(path.join(o.out, 'target.safetensors'), u.target);
     process.stdout.write(`base.safetensors ${base.byteLength} bytes (${u.baseDigest})\nupdate.cbor ${u.payload.byteLength} bytes (${((100 * u.payload.byteLength) / base.byteLength).toFixed(2)} %)\ntarget.safetensors (${u.targetDigest})\n`);
   });
+
+registerBuildCommands(program);
 
 program
   .command('demo')

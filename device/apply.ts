@@ -1,46 +1,11 @@
 import { promises as fs } from 'node:fs';
 import { ModelDigest } from '../protocol/digest.ts';
 import { applyTensor, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
-import { encodeSafetensorsHeader, headerByteLength, parseSafetensorsHeader, type SafetensorsHeader } from '../protocol/safetensors.ts';
+import { encodeSafetensorsHeader } from '../protocol/safetensors.ts';
+import { readExactly, readModelHeader } from '../util/model-file.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { fsyncDir } from '../util/fs-atomic.ts';
 import path from 'node:path';
-
-/** Read only the header of a safetensors file. */
-export async function readModelHeader(h: fs.FileHandle): Promise<SafetensorsHeader> {
-  const { size } = await h.stat();
-  const prefix = new Uint8Array(8);
-  await h.read(prefix, 0, 8, 0);
-  const n = headerByteLength(prefix);
-  if (8 + n > size) throw new ProtocolError('malformed-model', 'header longer than the file');
-  const head = new Uint8Array(8 + n);
-  await h.read(head, 0, 8 + n, 0);
-  return parseSafetensorsHeader(head, size);
-}
-
-async function readExactly(h: fs.FileHandle, length: number, position: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(length);
-  let got = 0;
-  while (got < length) {
-    const { bytesRead } = await h.read(buf, got, length - got, position + got);
-    if (bytesRead === 0) throw new ProtocolError('malformed-model', 'file shorter than its header says');
-    got += bytesRead;
-  }
-  return buf;
-}
-
-/** The digest of a model file, read tensor by tensor. */
-export async function digestModelFile(file: string): Promise<string> {
-  const h = await fs.open(file, 'r');
-  try {
-    const header = await readModelHeader(h);
-    const d = new ModelDigest();
-    for (const t of header.tensors) d.addTensor(t, await readExactly(h, t.end - t.begin, header.dataStart + t.begin));
-    return d.digest();
-  } finally {
-    await h.close();
-  }
-}
 
 /**
  * Apply a payload to a model file, one tensor at a time, writing a new file

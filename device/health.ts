@@ -1,4 +1,4 @@
-import { digestModelFile } from './apply.ts';
+import { digestModelFile } from '../util/model-file.ts';
 
 export interface HealthResult {
   healthy: boolean;

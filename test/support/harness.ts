@@ -6,7 +6,7 @@ import path from 'node:path';
 import { startBroker, type RunningBroker } from '../../broker/broker.ts';
 import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
 import { DeviceAgent } from '../../device/agent.ts';
-import { digestModelFile } from '../../device/apply.ts';
+import { digestModelFile } from '../../util/model-file.ts';
 import { systemClock } from '../../device/clock.ts';
 import { digestHealthCheck } from '../../device/health.ts';
 import { DeviceStorage } from '../../device/storage.ts';

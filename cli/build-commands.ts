@@ -1,0 +1,199 @@
+import { promises as fs } from 'node:fs';
+import type { Command } from 'commander';
+import { InvalidArgumentError, Option } from 'commander';
+import { applyToFile } from '../device/apply.ts';
+import { sha256Hex } from '../protocol/chunks.ts';
+import { decodePayload, isLowRank, lowRankDims } from '../protocol/lowrank.ts';
+import { DeviceError } from '../device/reasons.ts';
+import { BuildError } from '../publisher/build-error.ts';
+import { buildUpdate, type BuildMode, type BuildReport } from '../publisher/build.ts';
+import { loraSource, twoModelSource, type DeltaSource } from '../publisher/delta-source.ts';
+import { loraFactors, parseLoraConfig } from '../publisher/lora.ts';
+import type { Quant } from '../publisher/quantize.ts';
+import { digestModelFile, ModelFile } from '../util/model-file.ts';
+import { createProgress } from '../util/progress.ts';
+
+/** "150000", "150k", "2M" (powers of 1000), or "0.5%" of the base model's bytes. */
+export function parseBudget(v: string): { bytes?: number; percent?: number } {
+  const m = /^(\d+(?:\.\d+)?)\s*(%|k|K|M|G)?$/.exec(v.trim());
+  if (!m) throw new InvalidArgumentError('expected a byte count (e.g. 150000, 150k, 2M) or a percentage of the base model (e.g. 0.5%)');
+  const x = Number(m[1]);
+  if (m[2] === '%') return { percent: x };
+  const mult = m[2] ? { k: 1e3, K: 1e3, M: 1e6, G: 1e9 }[m[2]]! : 1;
+  return { bytes: Math.floor(x * mult) };
+}
+
+/** Write to a temporary file and rename, so a failed command leaves no output file. */
+async function writeOutput(file: string, data: Uint8Array | string): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    await fs.writeFile(tmp, data);
+    await fs.rename(tmp, file);
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+export function reportPath(updateFile: string): string {
+  return `${updateFile}.report.json`;
+}
+
+function pct(a: number, b: number): string {
+  return `${((100 * a) / b).toFixed(3)} %`;
+}
+
+interface Row {
+  name: string;
+  shape: number[];
+  kind: 'low-rank' | 'dense';
+  rank: number | null;
+  dtype: string;
+  bytes: number;
+  relError: number | null;
+}
+
+function printTensors(rows: Row[], out: (s: string) => void): void {
+  out(`${'tensor'.padEnd(40)} ${'shape'.padEnd(16)} ${'kind'.padEnd(10)} ${'dtype'.padEnd(5)} ${'bytes'.padStart(10)} ${'rel. error'.padStart(11)}`);
+  for (const t of rows) {
+    const kind = t.kind === 'dense' ? 'dense' : `rank ${t.rank}`;
+    const err = t.relError === null ? '-' : t.relError.toExponential(2);
+    out(`${t.name.padEnd(40)} ${`[${t.shape.join(',')}]`.padEnd(16)} ${kind.padEnd(10)} ${t.dtype.padEnd(5)} ${String(t.bytes).padStart(10)} ${err.padStart(11)}`);
+  }
+}
+
+function printReport(r: BuildReport, out: (s: string) => void): void {
+  printTensors(r.tensors, out);
+  out(`update ${r.updateBytes} bytes = ${pct(r.updateBytes, r.modelBytes)} of the model's ${r.modelBytes} bytes; ${r.updateParams} stored values = ${pct(r.updateParams, r.modelParams)} of ${r.modelParams} parameters; ${r.unchanged} tensors unchanged`);
+  out(`from ${r.baseDigest}\nto   ${r.targetDigest}`);
+}
+
+export function registerBuildCommands(program: Command): void {
+  program
+    .command('build')
+    .description('build a low-rank update from two models (randomized SVD) or from a PEFT LoRA adapter')
+    .requiredOption('--base <file>', 'the model devices run (safetensors)')
+    .option('--target <file>', 'the retrained model (safetensors)')
+    .option('--lora <file>', 'PEFT adapter_model.safetensors (instead of --target)')
+    .option('--lora-config <file>', 'PEFT adapter_config.json (with --lora)')
+    .requiredOption('--out <file>', 'the update file to write')
+    .option('--rank <n>', 'rank of every changed matrix', (v) => Number(v))
+    .option('--budget <bytes|pct%>', 'total update size, spent where it removes the most error', parseBudget)
+    .option('--energy <fraction>', "keep this fraction of each ΔW's squared Frobenius norm", (v) => Number(v))
+    .addOption(new Option('--quant <q>', 'number format of the factors').choices(['f32', 'f16', 'int8']).default('f32'))
+    .option('--json', 'print the report as one JSON line')
+    .action(async (o: { base: string; target?: string; lora?: string; loraConfig?: string; out: string; rank?: number; budget?: { bytes?: number; percent?: number }; energy?: number; quant: Quant; json?: boolean }) => {
+      const modes = [o.rank !== undefined, o.budget !== undefined, o.energy !== undefined].filter(Boolean).length;
+      if (!!o.target === !!o.lora) throw new BuildError('bad-options', 'give exactly one of --target (a retrained model) or --lora (an adapter)');
+      if (o.target && modes !== 1) throw new BuildError('bad-options', 'give exactly one of --rank, --budget or --energy');
+      if (o.lora && (o.budget !== undefined || o.energy !== undefined)) throw new BuildError('bad-options', 'with --lora only --rank (to re-compress) may be given');
+      if (o.lora && !o.loraConfig) throw new BuildError('bad-options', '--lora needs --lora-config adapter_config.json');
+      let source: DeltaSource;
+      if (o.lora) {
+        const base = await ModelFile.open(o.base).catch((e: unknown) => {
+          throw new BuildError('malformed-model', `base model ${o.base}: ${(e as Error).message}`);
+        });
+        const header = { tensors: base.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) };
+        await base.close();
+        const config = parseLoraConfig(await fs.readFile(o.loraConfig!, 'utf8'));
+        const { factors, unmapped } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header);
+        for (const u of unmapped) process.stderr.write(`warning: adapter module ${u.module} not used: ${u.reason}\n`);
+        if (factors.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
+        source = await loraSource(o.base, factors);
+      } else {
+        source = await twoModelSource(o.base, o.target!);
+      }
+      try {
+        let mode: BuildMode;
+        if (o.rank !== undefined) mode = { kind: 'rank', rank: o.rank };
+        else if (o.energy !== undefined) mode = { kind: 'energy', fraction: o.energy };
+        else if (o.budget) mode = { kind: 'budget', bytes: o.budget.bytes ?? Math.floor((o.budget.percent! / 100) * source.base.fileSize) };
+        else mode = { kind: 'factors' };
+        const started = Date.now();
+        const progress = createProgress('build', process.stderr, o.json === true, 1000);
+        const { payload, report } = await buildUpdate({ source, mode, quant: o.quant, onProgress: (d, n, name) => progress.update(d, n, name) });
+        progress.finish();
+        const full = { ...report, payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000 };
+        await writeOutput(o.out, payload);
+        await writeOutput(reportPath(o.out), JSON.stringify(full, null, 2) + '\n');
+        if (o.json) process.stdout.write(JSON.stringify(full) + '\n');
+        else {
+          printReport(full, (s) => process.stdout.write(s + '\n'));
+          process.stdout.write(`wrote ${o.out} (${payload.byteLength} bytes) and ${reportPath(o.out)} in ${full.seconds.toFixed(1)} s\n`);
+        }
+      } finally {
+        await source.close();
+      }
+    });
+
+  program
+    .command('inspect')
+    .description('show what an update holds: per tensor rank or dense, dtype, bytes, error; totals')
+    .argument('<update>', 'update file')
+    .option('--base <file>', 'the base model, to report sizes against it')
+    .option('--json', 'one JSON line')
+    .action(async (file: string, o: { base?: string; json?: boolean }) => {
+      const bytes = new Uint8Array(await fs.readFile(file));
+      const p = decodePayload(bytes);
+      const sidecar = await fs.readFile(reportPath(file), 'utf8').then((t) => JSON.parse(t) as BuildReport & { payloadSha256: string }).catch(() => undefined);
+      const built = sidecar?.payloadSha256 === sha256Hex(bytes) ? sidecar : undefined;
+      const errors = new Map(built?.tensors.map((t) => [t.name, t.relError]) ?? []);
+      let modelBytes = built?.modelBytes;
+      let modelParams = built?.modelParams;
+      if (o.base) {
+        const m = await ModelFile.open(o.base);
+        modelBytes = m.fileSize;
+        modelParams = m.tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
+        await m.close();
+      }
+      const tensors = p.tensors.map((d) => {
+        if (isLowRank(d)) {
+          const { m, n } = lowRankDims(d.shape);
+          const b = d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
+          return { name: d.name, shape: d.shape, kind: 'low-rank' as const, rank: d.rank, dtype: d.dtype, bytes: b, params: d.rank * (m + n), relError: errors.get(d.name) ?? null };
+        }
+        return { name: d.name, shape: d.shape, kind: 'dense' as const, rank: null, dtype: 'f32', bytes: d.dense.byteLength, params: d.dense.byteLength / 4, relError: errors.get(d.name) ?? null };
+      });
+      const params = tensors.reduce((a, t) => a + t.params, 0);
+      const summary = {
+        updateId: sha256Hex(bytes).slice(0, 32), from: p.base, to: p.target, updateBytes: bytes.byteLength, updateParams: params,
+        modelBytes: modelBytes ?? null, modelParams: modelParams ?? null,
+        percentOfModelBytes: modelBytes ? (100 * bytes.byteLength) / modelBytes : null,
+        percentOfModelParams: modelParams ? (100 * params) / modelParams : null,
+        tensors,
+      };
+      if (o.json) {
+        process.stdout.write(JSON.stringify(summary) + '\n');
+        return;
+      }
+      const out = (s: string): boolean => process.stdout.write(s + '\n');
+      printTensors(tensors, out);
+      out(`update ${summary.updateBytes} bytes${modelBytes ? ` = ${pct(summary.updateBytes, modelBytes)} of the model's ${modelBytes} bytes` : ''}; ${params} stored values${modelParams ? ` = ${pct(params, modelParams)} of ${modelParams} parameters` : ''}`);
+      if (!modelBytes) out('(pass --base MODEL to see the update against the model)');
+      if (!built) out('(no build report beside the update: relative errors unknown)');
+      out(`update id ${summary.updateId}\nfrom ${p.base}\nto   ${p.target}`);
+    });
+
+  program
+    .command('apply')
+    .description("apply an update to a model offline, exactly as a device does, and check the result's digest")
+    .requiredOption('--model <file>', 'the model to update (safetensors)')
+    .requiredOption('--update <file>', 'update file')
+    .requiredOption('--out <file>', 'the updated model to write')
+    .action(async (o: { model: string; update: string; out: string }) => {
+      const payload = decodePayload(new Uint8Array(await fs.readFile(o.update)));
+      const running = await digestModelFile(o.model);
+      if (running !== payload.base) {
+        throw new DeviceError('wrong-base', `${o.model} has digest ${running}; the update applies to ${payload.base}`);
+      }
+      const tmp = `${o.out}.tmp-${process.pid}`;
+      try {
+        const digest = await applyToFile(o.model, payload, tmp);
+        if (digest !== payload.target) throw new DeviceError('digest-mismatch', `built ${digest}, the update names ${payload.target}`);
+        await fs.rename(tmp, o.out);
+      } finally {
+        await fs.rm(tmp, { force: true });
+      }
+      process.stdout.write(`wrote ${o.out}: ${payload.target}\n`);
+    });
+}

@@ -1,0 +1,252 @@
+import { ModelDigest } from '../protocol/digest.ts';
+import { decodeValues } from '../protocol/dtypes.ts';
+import { applyTensor, encodePayload, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
+import { allocateBudget, planOf, type Choice, type DenseItem, type MatrixItem, type Take } from './allocate.ts';
+import { BuildError } from './build-error.ts';
+import type { ChangedTensor, DeltaSource } from './delta-source.ts';
+import { balanceFactors, denseBytes, encodeFactors, entryOverhead, factorBytes, PAYLOAD_OVERHEAD, type Quant } from './quantize.ts';
+import { frobeniusNorm2, randomizedSvd, type TruncatedSvd } from './rsvd.ts';
+
+export type BuildMode = { kind: 'rank'; rank: number } | { kind: 'budget'; bytes: number } | { kind: 'energy'; fraction: number } | { kind: 'factors' };
+
+export interface BuildOptions {
+  source: DeltaSource;
+  mode: BuildMode;
+  quant: Quant;
+  /** Power iterations of the randomized SVD (default 2). */
+  powerIterations?: number;
+  onProgress?: (done: number, total: number, tensor: string) => void;
+}
+
+export interface TensorReport {
+  name: string;
+  shape: number[];
+  kind: 'low-rank' | 'dense';
+  rank: number | null;
+  dtype: string;
+  /** Stored data bytes (factors and scales, or dense values). */
+  bytes: number;
+  /** ||applied − (base + ΔW)||_F / ||ΔW||_F, as the device will build it. */
+  relError: number;
+}
+
+export interface BuildReport {
+  baseDigest: string;
+  targetDigest: string;
+  mode: BuildMode;
+  quant: Quant;
+  modelBytes: number;
+  modelParams: number;
+  updateBytes: number;
+  updateParams: number;
+  tensors: TensorReport[];
+  unchanged: number;
+}
+
+const count = (shape: readonly number[]): number => shape.reduce((a, b) => a * b, 1);
+
+/**
+ * Build a low-rank update: factorise each changed matrix's ΔW by randomized
+ * SVD (or take a LoRA adapter's factors), choose ranks by the mode, encode
+ * the factors, and compute the target digest by running the device's own
+ * apply on the base, tensor by tensor.
+ */
+export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Array; report: BuildReport }> {
+  const src = o.source;
+  const total = src.changed.length * 2;
+  let done = 0;
+  const tick = (name: string): void => o.onProgress?.(++done, total, name);
+  const svds = new Map<string, TruncatedSvd>();
+  const svdOf = async (c: ChangedTensor, k: number): Promise<TruncatedSvd> => {
+    const have = svds.get(c.info.name);
+    if (have && have.k >= Math.min(k, c.m, c.n)) return have;
+    const d = await src.delta(c);
+    const svd = randomizedSvd(d, c.m, c.n, k, { powerIterations: o.powerIterations ?? 2, seed: 1 });
+    svds.set(c.info.name, svd);
+    return svd;
+  };
+  const denseCost = (c: ChangedTensor): number => denseBytes(c.m * c.n);
+  const matrices = src.changed.filter((c) => c.info.shape.length >= 2);
+  const plan = new Map<string, Choice>();
+
+  checkMode(o.mode, matrices, src);
+  if (o.mode.kind === 'rank') {
+    for (const c of matrices) {
+      const r = o.mode.rank;
+      if (r >= Math.min(c.m, c.n) || factorBytes(c.m, c.n, r, o.quant) >= denseCost(c)) plan.set(c.info.name, { kind: 'dense' });
+      else {
+        await svdOf(c, r);
+        plan.set(c.info.name, { kind: 'low-rank', rank: r });
+      }
+      tick(c.info.name);
+    }
+  } else if (o.mode.kind === 'energy') {
+    for (const c of matrices) {
+      plan.set(c.info.name, await chooseByEnergy(c, o.mode.fraction, o.quant, svdOf, src));
+      tick(c.info.name);
+    }
+  } else if (o.mode.kind === 'factors') {
+    for (const c of matrices) {
+      const r = c.factors!.rank;
+      plan.set(c.info.name, factorBytes(c.m, c.n, r, o.quant) >= denseCost(c) ? { kind: 'dense' } : { kind: 'low-rank', rank: r });
+      tick(c.info.name);
+    }
+  }
+  for (const c of src.changed) if (c.info.shape.length < 2 && o.mode.kind !== 'budget') plan.set(c.info.name, { kind: 'dense' });
+
+  let takes: Take[] = [];
+  if (o.mode.kind === 'budget') {
+    const items: MatrixItem[] = [];
+    const denses: DenseItem[] = [];
+    for (const c of src.changed) {
+      const energy = frobeniusNorm2(await src.delta(c));
+      if (c.info.shape.length >= 2) items.push({ name: c.info.name, shape: c.info.shape, m: c.m, n: c.n, energy });
+      else denses.push({ name: c.info.name, shape: c.info.shape, count: c.m * c.n, energy });
+      tick(c.info.name);
+    }
+    const byName = new Map(src.changed.map((c) => [c.info.name, c]));
+    const perTriplet = (m: MatrixItem): number => (m.m + m.n) * 4;
+    const share = (o.mode.bytes - PAYLOAD_OVERHEAD) / Math.max(1, items.length);
+    const result = await allocateBudget(
+      o.mode.bytes - PAYLOAD_OVERHEAD, items, denses, o.quant,
+      (m) => Math.min(Math.min(m.m, m.n), Math.max(8, Math.ceil((2 * share) / perTriplet(m)))),
+      async (m, k) => (await svdOf(byName.get(m.name)!, k)).s,
+    );
+    takes = result.takes;
+    if (takes.length === 0) {
+      throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
+    }
+    for (const [k, v] of planOf(takes)) plan.set(k, v);
+  }
+
+  // Encode; under a budget, drop the last (least valuable) takes until it fits.
+  let deltas = await encodeDeltas(src, plan, o.quant, svdOf);
+  const draft = (): Payload => ({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas });
+  if (o.mode.kind === 'budget') {
+    let n = takes.length;
+    while (encodePayload(draft()).byteLength > o.mode.bytes) {
+      if (--n <= 0) throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
+      deltas = await encodeDeltas(src, planOf(takes, n), o.quant, svdOf);
+    }
+  }
+
+  // Digest pass: the device's own apply, tensor by tensor, and the error it leaves.
+  const byName = new Map(deltas.map((d) => [d.name, d]));
+  const changedByName = new Map(src.changed.map((c) => [c.info.name, c]));
+  const baseDigest = new ModelDigest();
+  const targetDigest = new ModelDigest();
+  const reports: TensorReport[] = [];
+  for (const t of src.base.tensors) {
+    const bytes = await src.base.read(t);
+    baseDigest.addTensor(t, bytes);
+    const delta = byName.get(t.name);
+    const applied = delta ? applyTensor(t, bytes, delta) : bytes;
+    targetDigest.addTensor(t, applied);
+    const c = changedByName.get(t.name);
+    if (!c) continue;
+    const want = await src.delta(c);
+    const bv = decodeValues(bytes, t.dtype);
+    const av = delta ? decodeValues(applied, t.dtype) : bv;
+    let err2 = 0;
+    let ref2 = 0;
+    for (let i = 0; i < want.length; i++) {
+      const e = av[i] - bv[i] - want[i];
+      err2 += e * e;
+      ref2 += want[i] * want[i];
+    }
+    if (delta) reports.push(reportOf(delta, Math.sqrt(err2 / (ref2 || 1))));
+    tick(t.name);
+  }
+  const payload: Payload = { v: 1, base: baseDigest.digest(), target: targetDigest.digest(), tensors: deltas };
+  const bytes = encodePayload(payload);
+  if (o.mode.kind === 'budget' && bytes.byteLength > o.mode.bytes) throw new Error('internal: budget exceeded after the digest pass');
+  return {
+    payload: bytes,
+    report: {
+      baseDigest: payload.base,
+      targetDigest: payload.target,
+      mode: o.mode,
+      quant: o.quant,
+      modelBytes: src.base.fileSize,
+      modelParams: src.base.tensors.reduce((a, t) => a + count(t.shape), 0),
+      updateBytes: bytes.byteLength,
+      updateParams: deltas.reduce((a, d) => a + ('rank' in d ? d.rank * (d.shape[0] + count(d.shape) / d.shape[0]) : count(d.shape)), 0),
+      tensors: reports,
+      unchanged: src.base.tensors.length - src.changed.length,
+    },
+  };
+}
+
+const baseDigestPlaceholder = '0'.repeat(64);
+
+
+function checkMode(mode: BuildMode, matrices: ChangedTensor[], src: DeltaSource): void {
+  if (src.changed.length === 0) throw new BuildError('mismatched-models', 'the base and target are identical: there is nothing to update');
+  if (mode.kind === 'rank') {
+    if (!Number.isInteger(mode.rank) || mode.rank < 1) throw new BuildError('bad-rank', `rank ${mode.rank}: the rank must be a whole number of at least 1`);
+    const largest = matrices.reduce<ChangedTensor | undefined>((best, c) => (!best || Math.min(c.m, c.n) > Math.min(best.m, best.n) ? c : best), undefined);
+    if (largest && mode.rank > Math.min(largest.m, largest.n)) {
+      throw new BuildError('bad-rank', `rank ${mode.rank} is above min(m, n) = ${Math.min(largest.m, largest.n)} of the largest changed matrix, ${largest.info.name} [${largest.info.shape}]`);
+    }
+  }
+  if (mode.kind === 'energy' && !(mode.fraction > 0 && mode.fraction <= 1)) {
+    throw new BuildError('bad-energy', `energy ${mode.fraction}: the fraction of ||ΔW||² to keep must be in (0, 1]`);
+  }
+}
+
+/** Smallest r keeping the fraction of ||ΔW||²; dense when those factors would cost as much. */
+async function chooseByEnergy(c: ChangedTensor, fraction: number, quant: Quant, svdOf: (c: ChangedTensor, k: number) => Promise<TruncatedSvd>, src: DeltaSource): Promise<Choice> {
+  const kMax = Math.min(c.m, c.n);
+  const dense = denseBytes(c.m * c.n);
+  const want = fraction * frobeniusNorm2(await src.delta(c)) * (1 - 1e-12);
+  for (let k = Math.min(16, kMax); ; k = Math.min(kMax, k * 2)) {
+    const svd = await svdOf(c, k);
+    let kept = 0;
+    for (let r = 1; r <= svd.k; r++) {
+      kept += svd.s[r - 1] * svd.s[r - 1];
+      if (kept >= want) return factorBytes(c.m, c.n, r, quant) < dense ? { kind: 'low-rank', rank: r } : { kind: 'dense' };
+    }
+    if (k >= kMax || factorBytes(c.m, c.n, k, quant) >= dense) return { kind: 'dense' };
+  }
+}
+
+async function encodeDeltas(src: DeltaSource, plan: Map<string, Choice>, quant: Quant, svdOf: (c: ChangedTensor, k: number) => Promise<TruncatedSvd>): Promise<TensorDelta[]> {
+  const out: TensorDelta[] = [];
+  for (const c of src.changed) {
+    const choice = plan.get(c.info.name);
+    if (!choice) continue;
+    const shape = c.info.shape.slice();
+    if (choice.kind === 'dense') {
+      const d = await src.delta(c);
+      const f = new Float32Array(d.length);
+      for (let i = 0; i < d.length; i++) f[i] = d[i];
+      out.push({ name: c.info.name, shape, dense: new Uint8Array(f.buffer) });
+    } else if (c.factors && choice.rank === c.factors.rank) {
+      out.push(encodeFactors(c.info.name, shape, c.factors.u, c.factors.v, c.m, c.n, choice.rank, quant));
+    } else {
+      const svd = await svdOf(c, choice.rank);
+      const { u, v } = balanceFactors(svd.u, svd.s, svd.vt, c.m, c.n, svd.k, choice.rank);
+      out.push(encodeFactors(c.info.name, shape, u, v, c.m, c.n, choice.rank, quant));
+    }
+  }
+  return out;
+}
+
+function reportOf(d: TensorDelta, relError: number): TensorReport {
+  if ('rank' in d) {
+    const bytes = d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
+    return { name: d.name, shape: d.shape, kind: 'low-rank', rank: d.rank, dtype: d.dtype, bytes, relError };
+  }
+  return { name: d.name, shape: d.shape, kind: 'dense', rank: null, dtype: 'f32', bytes: d.dense.byteLength, relError };
+}
+
+/** The smallest update that changes anything: one rank-1 factor pair or one dense tensor. */
+function smallestUpdate(src: DeltaSource, quant: Quant): number {
+  let best = Infinity;
+  for (const c of src.changed) {
+    const lr = c.info.shape.length >= 2 ? factorBytes(c.m, c.n, 1, quant) + entryOverhead(c.info.name, c.info.shape, true) : Infinity;
+    best = Math.min(best, lr, denseBytes(c.m * c.n) + entryOverhead(c.info.name, c.info.shape, false));
+  }
+  return PAYLOAD_OVERHEAD + best;
+}
+

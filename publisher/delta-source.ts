@@ -1,0 +1,126 @@
+import { decodeValues, isUpdatableDtype } from '../protocol/dtypes.ts';
+import type { TensorInfo } from '../protocol/safetensors.ts';
+import { ModelFile } from '../util/model-file.ts';
+import { BuildError } from './build-error.ts';
+import { denseLoraDelta, type LoraFactor } from './lora.ts';
+
+/** A tensor the update changes, and how to get its exact intended ΔW. */
+export interface ChangedTensor {
+  info: TensorInfo;
+  /** Rows and columns of ΔW as a matrix (m = shape[0], n = the rest); 1-D tensors have m = 1. */
+  m: number;
+  n: number;
+  /** Known factors (LoRA): ΔW = u·v exactly. */
+  factors?: { u: Float64Array; v: Float64Array; rank: number };
+}
+
+/** Where the intended change comes from: a retrained model, or a LoRA adapter. */
+export interface DeltaSource {
+  base: ModelFile;
+  /** Changed tensors in name order. */
+  changed: ChangedTensor[];
+  /** The exact intended ΔW of a changed tensor (row-major, m×n doubles). */
+  delta(t: ChangedTensor): Promise<Float64Array>;
+  close(): Promise<void>;
+}
+
+function dims(shape: readonly number[]): { m: number; n: number } {
+  if (shape.length < 2) return { m: 1, n: shape.reduce((a, b) => a * b, 1) };
+  return { m: shape[0], n: shape.slice(1).reduce((a, b) => a * b, 1) };
+}
+
+function checkFinite(values: Float64Array, name: string, which: string): void {
+  for (let i = 0; i < values.length; i++) {
+    if (!Number.isFinite(values[i])) throw new BuildError('non-finite', `${which} tensor ${name} has ${values[i]} at element ${i}`);
+  }
+}
+
+/** ΔW = target − base, tensor by tensor; refuses models that do not match. */
+export async function twoModelSource(baseFile: string, targetFile: string): Promise<DeltaSource> {
+  const base = await openModel(baseFile, 'base');
+  let target: ModelFile;
+  try {
+    target = await openModel(targetFile, 'target');
+  } catch (e) {
+    await base.close();
+    throw e;
+  }
+  try {
+    const tNames = new Set(target.tensors.map((t) => t.name));
+    const bNames = new Set(base.tensors.map((t) => t.name));
+    const missing = base.tensors.filter((t) => !tNames.has(t.name)).map((t) => t.name);
+    const extra = target.tensors.filter((t) => !bNames.has(t.name)).map((t) => t.name);
+    if (missing.length || extra.length) {
+      throw new BuildError('mismatched-models', `base and target have different tensors: ${[
+        missing.length ? `only in the base: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? '…' : ''}` : '',
+        extra.length ? `only in the target: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? '…' : ''}` : '',
+      ].filter(Boolean).join('; ')}`);
+    }
+    // Structure first (every name, dtype and shape), then contents.
+    for (const b of base.tensors) {
+      const t = target.info(b.name)!;
+      if (t.dtype !== b.dtype) throw new BuildError('mismatched-models', `tensor ${b.name} is ${b.dtype} in the base and ${t.dtype} in the target`);
+      if (t.shape.join(',') !== b.shape.join(',')) throw new BuildError('mismatched-models', `tensor ${b.name} has shape [${b.shape}] in the base and [${t.shape}] in the target`);
+    }
+    const changed: ChangedTensor[] = [];
+    for (const b of base.tensors) {
+      const t = target.info(b.name)!;
+      const [bb, tb] = [await base.read(b), await target.read(t)];
+      if (Buffer.compare(bb, tb) === 0) continue;
+      if (!isUpdatableDtype(b.dtype)) {
+        throw new BuildError('unsupported-dtype', `tensor ${b.name} is ${b.dtype} and changed; only F32, F16 and BF16 tensors can be updated`);
+      }
+      checkFinite(decodeValues(bb, b.dtype), b.name, 'base');
+      checkFinite(decodeValues(tb, t.dtype), b.name, 'target');
+      changed.push({ info: b, ...dims(b.shape) });
+    }
+    return {
+      base,
+      changed,
+      async delta(c) {
+        const bv = decodeValues(await base.read(c.info), c.info.dtype);
+        const tv = decodeValues(await target.read(target.info(c.info.name)!), c.info.dtype);
+        for (let i = 0; i < bv.length; i++) tv[i] -= bv[i];
+        return tv;
+      },
+      async close() {
+        await base.close();
+        await target.close();
+      },
+    };
+  } catch (e) {
+    await base.close();
+    await target.close();
+    throw e;
+  }
+}
+
+/** ΔW = U·V from a LoRA adapter's factors (already mapped to base tensors). */
+export async function loraSource(baseFile: string, factors: LoraFactor[]): Promise<DeltaSource> {
+  const base = await openModel(baseFile, 'base');
+  const changed: ChangedTensor[] = [];
+  for (const f of [...factors].sort((a, b) => Buffer.compare(Buffer.from(a.tensor), Buffer.from(b.tensor)))) {
+    const info = base.info(f.tensor)!;
+    if (!isUpdatableDtype(info.dtype)) throw new BuildError('unsupported-dtype', `tensor ${info.name} is ${info.dtype}; only F32, F16 and BF16 tensors can be updated`);
+    changed.push({ info, ...dims(info.shape), factors: { u: f.u, v: f.v, rank: f.rank } });
+  }
+  const byTensor = new Map(factors.map((f) => [f.tensor, f]));
+  return {
+    base,
+    changed,
+    async delta(c) {
+      return denseLoraDelta(byTensor.get(c.info.name)!);
+    },
+    close: () => base.close(),
+  };
+}
+
+async function openModel(file: string, which: string): Promise<ModelFile> {
+  try {
+    return await ModelFile.open(file);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new BuildError('malformed-model', `${which} model ${file} does not exist`);
+    throw new BuildError('malformed-model', `${which} model ${file} is not a valid safetensors file: ${(e as Error).message}`);
+  }
+}

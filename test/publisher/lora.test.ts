@@ -1,0 +1,270 @@
+import { describe, expect, it } from 'vitest';
+import { encodeValues, roundToDtype, type WritableDtype } from '../../protocol/dtypes.ts';
+import { applyTensor, encodePayload, isLowRank } from '../../protocol/lowrank.ts';
+import { readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
+import {
+  denseLoraDelta, LoraError, loraFactors, loraTensorDelta, parseLoraConfig, patternValue,
+  type LoraConfig, type LoraFactor,
+} from '../../publisher/lora.ts';
+
+// A tiny deterministic generator (values in [-1, 1)).
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 31 - 1;
+  };
+}
+
+interface T { name: string; dtype: WritableDtype; shape: number[]; values: Float64Array }
+
+/** Random values already rounded to the dtype, so the test knows exactly what is stored. */
+function tensor(name: string, shape: number[], seed: number, dtype: WritableDtype = 'F32'): T {
+  const rand = rng(seed);
+  const n = shape.reduce((a, b) => a * b, 1);
+  const values = new Float64Array(n);
+  for (let i = 0; i < n; i++) values[i] = roundToDtype(rand() * 0.5, dtype);
+  return { name, dtype, shape, values };
+}
+
+function file(ts: T[]): Uint8Array {
+  const inputs: TensorInput[] = ts.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, data: encodeValues(t.values, t.dtype) }));
+  return writeSafetensors(inputs);
+}
+
+// The base model: a Linear (out 6, in 5), a GPT-2 Conv1D (in 5, out 7, stored [in, out]), a Conv2d (4, 3, 3, 3).
+const Q = 'encoder.layers.0.self_attn.q_proj';
+const C1D = 'h.0.attn.c_attn';
+const CONV = 'features.0';
+const W_Q = tensor(`${Q}.weight`, [6, 5], 1);
+const W_C1D = tensor(`${C1D}.weight`, [5, 7], 2);
+const W_CONV = tensor(`${CONV}.weight`, [4, 3, 3, 3], 3);
+const baseBytes = file([W_Q, tensor(`${Q}.bias`, [6], 4), W_C1D, W_CONV, tensor('embed.weight', [10, 4], 5, 'F64')]);
+const base = readSafetensors(baseBytes).header;
+
+const PEFT = 'base_model.model.';
+const config = (o: Record<string, unknown> = {}): LoraConfig =>
+  parseLoraConfig(JSON.stringify({ peft_type: 'LORA', r: 2, lora_alpha: 4, target_modules: ['q_proj', 'c_attn'], ...o }));
+
+/** W + scaling·B·A computed directly, in the base tensor's own layout. */
+function mergedDirect(w: T, a: T, b: T, scaling: number, fanInFanOut = false): Float64Array {
+  const out = w.values.slice();
+  const r = a.shape[0];
+  const inner = a.values.length / r; // in·kh·kw (or in)
+  const outDim = b.shape[0];
+  for (let o = 0; o < outDim; o++) {
+    for (let i = 0; i < inner; i++) {
+      let s = 0;
+      for (let k = 0; k < r; k++) s += b.values[o * r + k] * a.values[k * inner + i];
+      // Linear/conv: W[o, i...]; fan_in_fan_out: W stored [in, out], so W[i, o].
+      const at = fanInFanOut ? i * outDim + o : o * inner + i;
+      out[at] += scaling * s;
+    }
+  }
+  return out;
+}
+
+function mergedFactor(w: T, f: LoraFactor): Float64Array {
+  const d = denseLoraDelta(f);
+  return w.values.map((x, i) => x + d[i]);
+}
+
+function expectClose(a: Float64Array, b: Float64Array): void {
+  expect(a.length).toBe(b.length);
+  for (let i = 0; i < a.length; i++) expect(Math.abs(a[i] - b[i])).toBeLessThanOrEqual(1e-12);
+}
+
+function only(result: ReturnType<typeof loraFactors>, tensorName: string): LoraFactor {
+  const f = result.factors.find((x) => x.tensor === tensorName);
+  expect(f, `a factor for ${tensorName}; unmapped: ${JSON.stringify(result.unmapped)}`).toBeDefined();
+  return f!;
+}
+
+describe('parseLoraConfig', () => {
+  it('reads PEFT fields with defaults', () => {
+    const c = config({ use_rslora: true, rank_pattern: { q_proj: 3 }, alpha_pattern: {}, modules_to_save: null, fan_in_fan_out: false });
+    expect(c).toMatchObject({ r: 2, loraAlpha: 4, useRslora: true, fanInFanOut: false, targetModules: ['q_proj', 'c_attn'] });
+    expect({ ...c.rankPattern }).toEqual({ q_proj: 3 });
+    expect(parseLoraConfig('{"r": 8, "lora_alpha": 16}')).toMatchObject({ useRslora: false, fanInFanOut: false });
+  });
+
+  it.each([
+    ['{"r": 8, "lora_alpha": ', /not JSON/],
+    ['[1, 2]', /not a JSON object/],
+    ['{"lora_alpha": 16}', /r must be a positive integer/],
+    ['{"r": 0, "lora_alpha": 16}', /r must be a positive integer/],
+    ['{"r": 8}', /lora_alpha/],
+    ['{"r": 8, "lora_alpha": 16, "use_rslora": "yes"}', /use_rslora/],
+    ['{"r": 8, "lora_alpha": 16, "rank_pattern": {"q_proj": 2.5}}', /rank_pattern\["q_proj"\]/],
+    ['{"r": 8, "lora_alpha": 16, "peft_type": "ADALORA"}', /peft_type/],
+  ])('rejects %s', (json, message) => {
+    let err: unknown;
+    try { parseLoraConfig(json); } catch (e) { err = e; }
+    expect(err).toBeInstanceOf(LoraError);
+    expect((err as LoraError).code).toBe('malformed-config');
+    expect((err as LoraError).message).toMatch(message);
+  });
+
+  it('matches patterns like PEFT: exact, then suffix at a dot', () => {
+    const p = { q_proj: 3, 'layers.0.self_attn.q_proj': 5, [`${Q}`]: 7 };
+    expect(patternValue(p, Q)).toEqual({ key: Q, value: 7 });
+    expect(patternValue({ q_proj: 3 }, Q)).toEqual({ key: 'q_proj', value: 3 });
+    expect(patternValue({ proj: 3 }, Q)).toBeUndefined(); // not at a dot boundary
+  });
+});
+
+describe('loraFactors', () => {
+  it('Linear and Conv2d (F32, with and without an adapter name segment): W + U·V = W + scaling·B·A', () => {
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [2, 5], 10);
+    const b = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 2], 11);
+    const ca = tensor(`${PEFT}${CONV}.lora_A.default.weight`, [2, 3, 3, 3], 12);
+    const cb = tensor(`${PEFT}${CONV}.lora_B.default.weight`, [4, 2, 1, 1], 13);
+    const res = loraFactors(file([a, b, ca, cb]), config(), base);
+    expect(res.unmapped).toEqual([]);
+    expect(res.factors).toHaveLength(2);
+    const fq = only(res, W_Q.name);
+    expect(fq).toMatchObject({ module: Q, shape: [6, 5], rank: 2 });
+    expectClose(mergedFactor(W_Q, fq), mergedDirect(W_Q, a, b, 2));
+    const fc = only(res, W_CONV.name);
+    expect(fc).toMatchObject({ module: CONV, shape: [4, 3, 3, 3], rank: 2 });
+    expect(fc.u.length).toBe(4 * 2);
+    expect(fc.v.length).toBe(2 * 27);
+    expectClose(mergedFactor(W_CONV, fc), mergedDirect(W_CONV, ca, cb, 2));
+  });
+
+  it('GPT-2 Conv1D with fan_in_fan_out: ΔW = (B·A)ᵀ·scaling, F16 adapter', () => {
+    const a = tensor(`${PEFT}${C1D}.lora_A.weight`, [2, 5], 20, 'F16');
+    const b = tensor(`${PEFT}${C1D}.lora_B.weight`, [7, 2], 21, 'F16');
+    const res = loraFactors(file([a, b]), config({ fan_in_fan_out: true, lora_alpha: 3 }), base);
+    expect(res.unmapped).toEqual([]);
+    const f = only(res, W_C1D.name);
+    expect(f).toMatchObject({ shape: [5, 7], rank: 2 });
+    expectClose(mergedFactor(W_C1D, f), mergedDirect(W_C1D, a, b, 1.5, true));
+  });
+
+  it('without fan_in_fan_out a Conv1D adapter is a mismatch, with a hint', () => {
+    const a = tensor(`${PEFT}${C1D}.lora_A.weight`, [2, 5], 20);
+    const b = tensor(`${PEFT}${C1D}.lora_B.weight`, [7, 2], 21);
+    const res = loraFactors(file([a, b]), config(), base);
+    expect(res.factors).toEqual([]);
+    expect(res.unmapped[0].reason).toMatch(/fan_in_fan_out = true/);
+  });
+
+  it('rslora: scaling = lora_alpha / sqrt(r)', () => {
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [3, 5], 30);
+    const b = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 3], 31);
+    const res = loraFactors(file([a, b]), config({ r: 3, lora_alpha: 6, use_rslora: true }), base);
+    const f = only(res, W_Q.name);
+    expectClose(mergedFactor(W_Q, f), mergedDirect(W_Q, a, b, 6 / Math.sqrt(3)));
+    expect(f.u[0]).toBe(b.values[0] * (6 / Math.sqrt(3)));
+  });
+
+  it('rank_pattern and alpha_pattern override r and lora_alpha per module', () => {
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [3, 5], 40);
+    const b = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 3], 41);
+    const ca = tensor(`${PEFT}${CONV}.lora_A.weight`, [2, 3, 3, 3], 42);
+    const cb = tensor(`${PEFT}${CONV}.lora_B.weight`, [4, 2, 1, 1], 43);
+    const cfg = config({ rank_pattern: { q_proj: 3 }, alpha_pattern: { 'layers.0.self_attn.q_proj': 9 } });
+    const res = loraFactors(file([a, b, ca, cb]), cfg, base);
+    expect(res.unmapped).toEqual([]);
+    expectClose(mergedFactor(W_Q, only(res, W_Q.name)), mergedDirect(W_Q, a, b, 3));
+    expectClose(mergedFactor(W_CONV, only(res, W_CONV.name)), mergedDirect(W_CONV, ca, cb, 2));
+    // Without the rank_pattern, r = 2 does not match the rank-3 tensors.
+    const bad = loraFactors(file([a, b]), config(), base);
+    expect(bad.factors).toEqual([]);
+    expect(bad.unmapped[0].reason).toMatch(/rank mismatch.*r = 2/);
+  });
+
+  it('an adapter for other shapes is unmapped, naming the tensor and both shapes', () => {
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [2, 8], 50);
+    const b = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 2], 51);
+    const res = loraFactors(file([a, b]), config(), base);
+    expect(res.factors).toEqual([]);
+    expect(res.unmapped).toHaveLength(1);
+    const { module, reason } = res.unmapped[0];
+    expect(module).toBe(Q);
+    expect(reason).toContain(`${PEFT}${Q}.lora_A.weight [2, 8]`);
+    expect(reason).toContain(`${W_Q.name} [6, 5]`);
+    expect(reason).toContain('expected lora_A [2, 5]');
+  });
+
+  it('a module with only lora_A is unmapped', () => {
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [2, 5], 60);
+    const res = loraFactors(file([a]), config(), base);
+    expect(res.factors).toEqual([]);
+    expect(res.unmapped).toEqual([{ module: Q, reason: expect.stringMatching(/no matching lora_B/) }]);
+  });
+
+  it('a module that matches no base tensor is unmapped with the names tried', () => {
+    const a = tensor(`${PEFT}decoder.fc.lora_A.weight`, [2, 5], 70);
+    const b = tensor(`${PEFT}decoder.fc.lora_B.weight`, [6, 2], 71);
+    const res = loraFactors(file([a, b]), config(), base);
+    expect(res.unmapped).toHaveLength(1);
+    expect(res.unmapped[0].module).toBe('decoder.fc');
+    expect(res.unmapped[0].reason).toContain('tried decoder.fc.weight, model.decoder.fc.weight');
+  });
+
+  it('strips a leading model. from the module path when the base has none', () => {
+    const a = tensor(`${PEFT}model.${Q}.lora_A.weight`, [2, 5], 80);
+    const b = tensor(`${PEFT}model.${Q}.lora_B.weight`, [6, 2], 81);
+    const res = loraFactors(file([a, b]), config(), base);
+    const f = only(res, W_Q.name);
+    expect(f.module).toBe(`model.${Q}`);
+    expectClose(mergedFactor(W_Q, f), mergedDirect(W_Q, a, b, 2));
+  });
+
+  it('reports a base tensor that cannot be updated, DoRA and modules_to_save', () => {
+    const ea = tensor(`${PEFT}embed.lora_A.weight`, [2, 4], 90);
+    const eb = tensor(`${PEFT}embed.lora_B.weight`, [10, 2], 91);
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [2, 5], 92);
+    const b = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 2], 93);
+    const mag = tensor(`${PEFT}${Q}.lora_magnitude_vector`, [6], 94);
+    const head = tensor(`${PEFT}classifier.weight`, [2, 4], 95);
+    const res = loraFactors(file([ea, eb, a, b, mag, head]), config({ modules_to_save: ['classifier'] }), base);
+    expect(res.factors).toEqual([]);
+    const reasons = Object.fromEntries(res.unmapped.map((u) => [u.module, u.reason]));
+    expect(reasons.embed).toMatch(/embed\.weight is F64/);
+    expect(reasons[Q]).toMatch(/DoRA/);
+    expect(res.unmapped.filter((u) => u.module === 'classifier')).toHaveLength(2);
+  });
+
+  it('embedding adapters: ΔW = (B·A)ᵀ·scaling', () => {
+    const emb = tensor('tok.weight', [10, 4], 6);
+    const b2 = readSafetensors(file([emb])).header;
+    const a = tensor(`${PEFT}tok.lora_embedding_A`, [2, 10], 100);
+    const b = tensor(`${PEFT}tok.lora_embedding_B`, [4, 2], 101);
+    const f = only(loraFactors(file([a, b]), config(), b2), 'tok.weight');
+    expectClose(mergedFactor(emb, f), mergedDirect(emb, a, b, 2, true));
+  });
+
+  it('a truncated adapter file is a malformed-adapter LoraError', () => {
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [2, 5], 110);
+    const b = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 2], 111);
+    const bytes = file([a, b]);
+    for (const cut of [bytes.subarray(0, bytes.length - 3), bytes.subarray(0, 5)]) {
+      let err: unknown;
+      try { loraFactors(cut, config(), base); } catch (e) { err = e; }
+      expect(err).toBeInstanceOf(LoraError);
+      expect((err as LoraError).code).toBe('malformed-adapter');
+    }
+  });
+
+  it('loraTensorDelta encodes a payload delta that applies', () => {
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [2, 5], 120);
+    const b = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 2], 121);
+    const f = only(loraFactors(file([a, b]), config(), base), W_Q.name);
+    const d = loraTensorDelta(f);
+    expect(isLowRank(d)).toBe(true);
+    encodePayload({ v: 1, base: '0'.repeat(64), target: '1'.repeat(64), tensors: [d] });
+    const out = applyTensor({ name: W_Q.name, dtype: 'F32', shape: [6, 5] }, encodeValues(W_Q.values, 'F32'), d);
+    const merged = mergedDirect(W_Q, a, b, 2);
+    const got = new Float32Array(out.buffer, out.byteOffset, 30);
+    for (let i = 0; i < 30; i++) expect(Math.abs(got[i] - merged[i])).toBeLessThan(1e-6);
+    // A rank above min(m, n) becomes a dense delta.
+    const wide = { ...f, rank: 6, u: new Float64Array(36), v: new Float64Array(30) };
+    expect(isLowRank(loraTensorDelta(wide))).toBe(false);
+  });
+});

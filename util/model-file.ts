@@ -1,0 +1,79 @@
+import { promises as fs } from 'node:fs';
+import { ModelDigest } from '../protocol/digest.ts';
+import { ProtocolError } from '../protocol/errors.ts';
+import { headerByteLength, parseSafetensorsHeader, type SafetensorsHeader, type TensorInfo } from '../protocol/safetensors.ts';
+
+/** Read only the header of a safetensors file. */
+export async function readModelHeader(h: fs.FileHandle): Promise<SafetensorsHeader> {
+  const { size } = await h.stat();
+  if (size < 8) throw new ProtocolError('malformed-model', `file of ${size} bytes is shorter than the 8-byte header length`);
+  const prefix = new Uint8Array(8);
+  await h.read(prefix, 0, 8, 0);
+  const n = headerByteLength(prefix);
+  if (8 + n > size) throw new ProtocolError('malformed-model', 'header longer than the file');
+  const head = new Uint8Array(8 + n);
+  await h.read(head, 0, 8 + n, 0);
+  return parseSafetensorsHeader(head, size);
+}
+
+export async function readExactly(h: fs.FileHandle, length: number, position: number): Promise<Uint8Array> {
+  const buf = new Uint8Array(length);
+  let got = 0;
+  while (got < length) {
+    const { bytesRead } = await h.read(buf, got, length - got, position + got);
+    if (bytesRead === 0) throw new ProtocolError('malformed-model', 'file shorter than its header says');
+    got += bytesRead;
+  }
+  return buf;
+}
+
+/**
+ * A safetensors file opened for reading one tensor at a time, so that a
+ * model never has to sit in memory whole.
+ */
+export class ModelFile {
+  private constructor(readonly path: string, private readonly h: fs.FileHandle, readonly header: SafetensorsHeader, readonly fileSize: number) {}
+
+  static async open(path: string): Promise<ModelFile> {
+    const h = await fs.open(path, 'r');
+    try {
+      return new ModelFile(path, h, await readModelHeader(h), (await h.stat()).size);
+    } catch (e) {
+      await h.close();
+      throw e;
+    }
+  }
+
+  get tensors(): TensorInfo[] {
+    return this.header.tensors;
+  }
+
+  info(name: string): TensorInfo | undefined {
+    return this.header.tensors.find((t) => t.name === name);
+  }
+
+  async read(t: TensorInfo): Promise<Uint8Array> {
+    return readExactly(this.h, t.end - t.begin, this.header.dataStart + t.begin);
+  }
+
+  /** Total bytes of tensor data. */
+  get dataBytes(): number {
+    return this.header.tensors.reduce((a, t) => a + (t.end - t.begin), 0);
+  }
+
+  async close(): Promise<void> {
+    await this.h.close();
+  }
+}
+
+/** The digest of a model file, read tensor by tensor. */
+export async function digestModelFile(file: string): Promise<string> {
+  const m = await ModelFile.open(file);
+  try {
+    const d = new ModelDigest();
+    for (const t of m.tensors) d.addTensor(t, await m.read(t));
+    return d.digest();
+  } finally {
+    await m.close();
+  }
+}
