@@ -113,7 +113,7 @@ export function registerBuildCommands(program: Command): void {
         const progress = createProgress('build', process.stderr, o.json === true, 1000);
         const { payload, report } = await buildUpdate({ source, mode, quant: o.quant, onProgress: (d, n, name) => progress.update(d, n, name) });
         progress.finish();
-        const full = { ...report, payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000 };
+        const full = { ...report, payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000, peakRssMB: process.resourceUsage().maxRSS / 1024 };
         await writeOutput(o.out, payload);
         await writeOutput(reportPath(o.out), JSON.stringify(full, null, 2) + '\n');
         if (o.json) process.stdout.write(JSON.stringify(full) + '\n');

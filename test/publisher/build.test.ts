@@ -146,3 +146,25 @@ describe('fleet build from two models', () => {
     await expect(build('trunc', { base: pair.base, target: pair.target.subarray(0, pair.target.byteLength - 10) }, { kind: 'rank', rank: 2 })).rejects.toThrow(/target model .* is not a valid safetensors file/);
   });
 });
+
+describe('budget allocation', () => {
+  it('spends a small budget on the tensor whose ΔW carries the most energy per byte', async () => {
+    const specs: Spec[] = [
+      { name: 'big.weight', shape: [64, 64] },
+      { name: 'small.weight', shape: [64, 64] },
+    ];
+    const pair = modelPair(12, specs, { 'big.weight': { rank: 4 }, 'small.weight': { rank: 4 } });
+    // Shrink one delta by 100×: its singular values are 100× smaller.
+    const f = readSafetensors(pair.base);
+    const t = readSafetensors(pair.target);
+    const smallBase = decodeValues(f.tensor('small.weight'), 'F32');
+    const smallTarget = decodeValues(t.tensor('small.weight'), 'F32');
+    const shrunk = withTensor(pair.target, 'small.weight', (v) => v.forEach((_, i) => (v[i] = smallBase[i] + (smallTarget[i] - smallBase[i]) / 100)));
+    const oneLayer = 2 * 64 * 4 * 4 + 400; // about rank 2 of one layer
+    const { report } = await build('alloc', { base: pair.base, target: shrunk }, { kind: 'budget', bytes: oneLayer });
+    const big = report.tensors.find((x) => x.name === 'big.weight');
+    expect(big?.kind).toBe('low-rank');
+    expect(big!.rank).toBeGreaterThanOrEqual(1);
+    expect(report.tensors.find((x) => x.name === 'small.weight')).toBeUndefined();
+  });
+});
