@@ -20,6 +20,12 @@ export interface DeviceCommandOptions {
   initial?: string;
   window: number;
   idleMs: number;
+  stallTimeout: number;
+  retry: number;
+  watchdog: number;
+  keepalive: number;
+  connectTimeout: number;
+  reconnectMax: number;
   prefix: string;
   logLevel?: string;
 }
@@ -38,10 +44,12 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     url: o.broker,
     clientId: `fleet-device-${o.id}`,
     will: { topic: topics.presence(o.id), payload: PRESENCE_OFFLINE, retain: true, qos: 1 },
-    keepaliveSeconds: 60,
+    keepaliveSeconds: o.keepalive,
+    connectTimeoutMs: o.connectTimeout * 1000,
+    reconnectMaxMs: o.reconnectMax * 1000,
   });
   const agent = new DeviceAgent(
-    { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs },
+    { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000 },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
   );
   await agent.start();

@@ -79,6 +79,23 @@ program
   });
 
 program
+  .command('gc')
+  .description('remove stored updates that no release names any more (and uploads idle for a day)')
+  .requiredOption('--data-dir <dir>', 'the data directory of `fleet broker` or `fleet serve`')
+  .option('--dry-run', 'only list what would be removed')
+  .action(async (o: { dataDir: string; dryRun?: boolean }) => {
+    // `fleet broker` keeps its store in DIR/store; `fleet serve` uses DIR itself.
+    const nested = path.join(o.dataDir, 'store');
+    const dir = await fs.access(path.join(nested, 'updates')).then(() => nested, () => o.dataDir);
+    const store = new ContentStore(dir);
+    await store.init();
+    const r = await store.gc({ dryRun: o.dryRun === true });
+    const verb = o.dryRun ? 'would remove' : 'removed';
+    process.stdout.write(`${verb} ${r.removed.length} update(s)${r.removed.length ? `: ${r.removed.join(', ')}` : ''}; kept ${r.kept.length} named by a release; ${verb} ${r.staleUploads.length} stale upload(s)\n`);
+    await store.close();
+  });
+
+program
   .command('keygen')
   .description('make an Ed25519 release key (secret file mode 0600) and a trust file for devices')
   .requiredOption('--out <dir>', 'output directory')
@@ -127,9 +144,15 @@ program
   .requiredOption('--trust <file>', 'trust file from `fleet keygen`')
   .requiredOption('--broker <url>', 'broker URL')
   .option('--initial <file>', 'first model, to provision an empty directory')
-  .option('--window <n>', 'chunks in flight', parseIntArg(1, 1024), 16)
-  .option('--idle-ms <ms>', 're-ask for outstanding chunks after this much silence', parseIntArg(100), 3000)
-  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number }) => {
+  .option('--window <n>', 'most chunks in flight (the window adapts below this to the link)', parseIntArg(1, 1024), 32)
+  .option('--idle-ms <ms>', 're-ask for outstanding chunks after at least this much silence (grows with the round trip)', parseIntArg(100), 3000)
+  .option('--stall-timeout <duration>', 'fail `download-stalled` after no chunk for this long, and retry later', parseDuration, 120)
+  .option('--retry <duration>', 'first delay before a failed download is tried again (doubles up to 30m)', parseDuration, 30)
+  .option('--watchdog <duration>', 'publish a status at least this often while downloading (rate, or silence)', parseDuration, 10)
+  .option('--keepalive <seconds>', 'MQTT keepalive', parseIntArg(5, 65535), 60)
+  .option('--connect-timeout <seconds>', 'give up one connection attempt after this long', parseIntArg(1, 3600), 30)
+  .option('--reconnect-max <seconds>', 'cap of the exponential reconnect backoff (with jitter)', parseIntArg(1, 3600), 60)
+  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number; keepalive: number; connectTimeout: number; reconnectMax: number }) => {
     await runDevice({ ...o, prefix: program.opts().prefix, logLevel: program.opts().logLevel });
   });
 

@@ -21,10 +21,18 @@ export interface AgentConfig {
   model: string;
   group: string;
   trust: TrustFile;
-  /** Chunks in flight at most (default 16). */
+  /** Chunks in flight at most (default 32); the window adapts below this to the link. */
   window?: number;
   /** Re-ask for outstanding chunks after this long without a frame (default 3000 ms). */
   idleMs?: number;
+  /** A download with no new chunk for this long fails `download-stalled` and is retried later (default 120 s). */
+  stallMs?: number;
+  /** Bad copies of one chunk before the source is declared corrupt (default 3). */
+  maxBadCopies?: number;
+  /** First delay before a failed download is tried again; doubles up to 30 min (default 30 s). */
+  retryMs?: number;
+  /** Publish a status at least this often while downloading, even when nothing arrives (default 10 s). */
+  watchdogMs?: number;
   /** Allowed clock skew for issue times in the future (default 300 s). */
   skewSeconds?: number;
   /** Largest payload accepted (default 256 MiB). */
@@ -59,6 +67,9 @@ export class DeviceAgent {
   private work: Promise<void> = Promise.resolve();
   private lastProgressAt = 0;
   private lastProgress = 0;
+  private retryTimer: unknown;
+  private retries = 0;
+  private watchdog: unknown;
   private stopped = false;
   private readonly listeners: Array<(s: DeviceStatus) => void> = [];
 
@@ -102,6 +113,8 @@ export class DeviceAgent {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.retryTimer) this.io.clock.clearTimeout(this.retryTimer);
+    if (this.watchdog) this.io.clock.clearTimeout(this.watchdog);
     this.download?.stop();
     await this.work;
     await this.download?.close();
@@ -126,7 +139,7 @@ export class DeviceAgent {
     this.publishStatus();
     this.download?.resend();
     // A download that failed (no space, stalled, storage) is tried again on reconnect.
-    if (this.state === 'failed' && this.memory?.active && !this.download) this.enqueue(() => this.resumeActive());
+    if (this.state === 'failed' && this.memory?.active && !this.download && this.fields.reason !== 'corrupt-source') this.enqueue(() => this.resumeActive());
   }
 
   private onMessage(topic: string, payload: Uint8Array): void {
@@ -178,6 +191,8 @@ export class DeviceAgent {
       running: this.running,
       ...this.fields,
       progress: d ? d.receivedChunks / d.step.chunks : this.state === 'ok' ? 1 : 0,
+      rateBps: this.download ? this.download.link.bytesPerSecond(this.io.clock.now()) : 0,
+      wire: this.io.transport.stats?.() ?? null,
       bytes,
       totalBytes: total,
       badChunks: d?.badChunks ?? 0,
@@ -296,8 +311,10 @@ export class DeviceAgent {
         deviceId: this.cfg.deviceId,
         clock: this.io.clock,
         log: this.io.log,
-        window: this.cfg.window ?? 16,
+        maxWindow: this.cfg.window ?? 32,
         idleMs: this.cfg.idleMs ?? 3000,
+        stallMs: this.cfg.stallMs ?? 120_000,
+        maxBadCopies: this.cfg.maxBadCopies ?? 3,
         onProgress: () => this.onProgress(),
         onComplete: () => this.enqueue(() => this.completeUpdate(d)),
         onFail: (e) => this.enqueue(() => this.failDownload(d, e)),
@@ -305,6 +322,7 @@ export class DeviceAgent {
       this.download = d;
       this.shown = d;
       await this.transition(event, fields);
+      this.armWatchdog(d);
       await d.start();
     } catch (e) {
       const { code, message } = toReason(e);
@@ -322,13 +340,43 @@ export class DeviceAgent {
     if (now - this.lastProgressAt < 1000 && progress - this.lastProgress < 0.05) return;
     this.lastProgressAt = now;
     this.lastProgress = progress;
-    this.enqueue(() => (this.download === d && this.state === 'downloading' ? this.transition('download-progress') : Promise.resolve()));
+    this.enqueue(() => (this.download === d && this.state === 'downloading' ? this.transition('download-progress', { message: null }) : Promise.resolve()));
   }
 
   private async failDownload(d: Download, e: DeviceError): Promise<void> {
     if (this.download !== d) return;
     this.endDownload();
     await this.transition('download-failed', { reason: e.code, message: e.message });
+    this.scheduleRetry(e.code);
+  }
+
+  /** A failed download is tried again later (what was received stays on disk), except from a corrupt source. */
+  private scheduleRetry(code: string): void {
+    if (code === 'corrupt-source' || this.stopped) return;
+    const delay = Math.min(30 * 60_000, (this.cfg.retryMs ?? 30_000) * 2 ** this.retries++);
+    if (this.retryTimer) this.io.clock.clearTimeout(this.retryTimer);
+    this.retryTimer = this.io.clock.setTimeout(() => {
+      if (this.state === 'failed' && !this.download) this.enqueue(() => this.resumeActive());
+    }, delay);
+    this.io.log.info('download will be tried again', { inMs: delay });
+  }
+
+  /** While downloading, a status at least every watchdogMs: the rate, or how long nothing has come. */
+  private armWatchdog(d: Download): void {
+    const every = this.cfg.watchdogMs ?? 10_000;
+    const tick = (): void => {
+      if (this.download !== d || this.stopped) return;
+      if (this.io.clock.now() - this.lastProgressAt >= every) {
+        const silence = d.silenceMs();
+        const rate = d.link.bytesPerSecond(this.io.clock.now());
+        const message = silence >= every ? `no chunk for ${Math.round(silence / 1000)} s` : `receiving ${rate} B/s`;
+        this.lastProgressAt = this.io.clock.now();
+        this.enqueue(() => (this.download === d && this.state === 'downloading' ? this.transition('download-progress', { message }) : Promise.resolve()));
+      }
+      this.watchdog = this.io.clock.setTimeout(tick, every);
+    };
+    if (this.watchdog) this.io.clock.clearTimeout(this.watchdog);
+    this.watchdog = this.io.clock.setTimeout(tick, every);
   }
 
   // --- verify, apply, switch, health -----------------------------------------
@@ -378,6 +426,7 @@ export class DeviceAgent {
       this.endDownload();
       await storage.removeDownload(step.updateId);
       this.memory.active = null;
+      this.retries = 0;
       await this.transition('health-passed', { reason: null, message: null });
       return;
     }

@@ -5,6 +5,7 @@ import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Clock } from './clock.ts';
+import { LinkEstimator } from './link-estimator.ts';
 import { DeviceError } from './reasons.ts';
 import type { DownloadFiles } from './storage.ts';
 
@@ -17,10 +18,14 @@ export interface DownloadOptions {
   deviceId: string;
   clock: Clock;
   log: Logger;
-  /** Chunks requested and not yet received, at most. */
-  window: number;
-  /** When nothing arrives for this long, ask again for what is outstanding. */
+  /** Most chunks requested and not yet received (the window adapts below this). */
+  maxWindow: number;
+  /** When nothing arrives for this long (at least; it grows with the round trip), ask again for what is outstanding. */
   idleMs: number;
+  /** No new chunk for this long: the download fails with `download-stalled` (what was received stays). */
+  stallMs: number;
+  /** This many copies of one chunk that do not match the list: the source is corrupt. */
+  maxBadCopies: number;
   onProgress: () => void;
   onComplete: () => void;
   onFail: (e: DeviceError) => void;
@@ -42,10 +47,22 @@ export class Download {
   private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) };
   private listRequested = false;
   private idleTimer: unknown;
+  private stallTimer: unknown;
+  private lastProgressAt: number;
+  private readonly badCopies = new Map<number, number>();
+  readonly link: LinkEstimator;
   private writes: Promise<void> = Promise.resolve();
   private finished = false;
 
-  constructor(private readonly o: DownloadOptions) {}
+  constructor(private readonly o: DownloadOptions) {
+    this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(8, o.maxWindow), minIdleMs: o.idleMs });
+    this.lastProgressAt = o.clock.now();
+  }
+
+  /** Milliseconds since the last verified chunk (or the start). */
+  silenceMs(): number {
+    return this.o.clock.now() - this.lastProgressAt;
+  }
 
   get step(): ReleaseStep {
     return this.o.step;
@@ -88,6 +105,7 @@ export class Download {
       this.finish();
       return;
     }
+    this.armStallTimer();
     this.requestMore();
   }
 
@@ -102,6 +120,7 @@ export class Download {
   stop(): void {
     this.finished = true;
     if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
+    if (this.stallTimer) this.o.clock.clearTimeout(this.stallTimer);
   }
 
   /** Stop, let pending writes land, and close the files (what was received stays on disk). */
@@ -146,7 +165,13 @@ export class Download {
     const [b, e] = chunkRange(step.size, step.chunkSize, f.index);
     if (f.data.byteLength !== e - b || !chunkMatches(files.list, f.index, f.data)) {
       this.badChunks++;
-      this.o.log.warn('dropped a chunk that does not match the chunk list', { index: f.index, updateId: step.updateId });
+      const copies = (this.badCopies.get(f.index) ?? 0) + 1;
+      this.badCopies.set(f.index, copies);
+      this.o.log.warn('dropped a chunk that does not match the chunk list', { index: f.index, updateId: step.updateId, copies });
+      if (copies >= this.o.maxBadCopies) {
+        this.fail(new DeviceError('corrupt-source', `chunk ${f.index} arrived ${copies} times and never matched the chunk list`));
+        return;
+      }
       this.requestMore();
       return;
     }
@@ -156,6 +181,9 @@ export class Download {
       return;
     }
     this.writing.add(f.index);
+    this.link.arrived(this.o.clock.now(), f.index, f.data.byteLength);
+    this.lastProgressAt = this.o.clock.now();
+    this.armStallTimer();
     this.enqueue(async () => {
       await files.writeChunk(f.index, b, f.data);
       this.writing.delete(f.index);
@@ -174,11 +202,13 @@ export class Download {
     const { files, step } = this.o;
     const wantList = !files.list && !this.listRequested;
     if (!files.list && !wantList) return;
-    const room = files.list ? this.o.window - this.outstanding.size : 0;
+    const window = this.link.window;
+    const room = files.list ? window - this.outstanding.size : 0;
     // Ask when the window has drained by half, so requests carry several indices.
-    const want = room >= Math.max(1, this.o.window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(room, this.inFlight) : [];
+    const want = room >= Math.max(1, window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(Math.max(0, room), this.inFlight) : [];
     if (!wantList && want.length === 0) return;
     for (const i of want) this.outstanding.add(i);
+    this.link.requested(this.o.clock.now(), want);
     if (wantList) this.listRequested = true;
     this.requestsSent++;
     this.o.transport
@@ -190,10 +220,20 @@ export class Download {
   private armIdleTimer(): void {
     if (this.finished) return;
     if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
+    const idle = this.link.idleTimeoutMs;
     this.idleTimer = this.o.clock.setTimeout(() => {
-      this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: this.outstanding.size });
+      this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: this.outstanding.size, idleMs: idle });
+      this.link.timedOut();
       this.resend();
-    }, this.o.idleMs);
+    }, idle);
+  }
+
+  private armStallTimer(): void {
+    if (this.finished) return;
+    if (this.stallTimer) this.o.clock.clearTimeout(this.stallTimer);
+    this.stallTimer = this.o.clock.setTimeout(() => {
+      this.fail(new DeviceError('download-stalled', `no chunk for ${Math.round(this.silenceMs() / 1000)} s; ${this.receivedChunks} of ${this.o.step.chunks} chunks kept`));
+    }, this.o.stallMs);
   }
 
   private finish(): void {

@@ -10,7 +10,8 @@ export const DEVICE_ONLY_REASONS = {
   'no-space': 'Not enough free disk space in the device directory for the payload and the new model; free space and it retries on the next release delivery.',
   'storage-error': 'Reading or writing the device directory failed; check permissions and disk health.',
   'health-check-failed': 'The new model failed its health check; the device switched back to the previous model.',
-  'download-stalled': 'No chunk arrived for the configured time; the download will resume from what was received.',
+  'download-stalled': 'No chunk arrived for the configured time; the download is tried again later and resumes from what was received.',
+  'corrupt-source': 'The update server keeps sending a chunk that does not match the signed chunk list: its stored copy is damaged. Re-publish the update (the device will not retry this one by itself).',
 } as const;
 
 export type DeviceReason = ProtocolReason | keyof typeof DEVICE_ONLY_REASONS;

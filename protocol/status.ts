@@ -33,11 +33,22 @@ export interface DeviceStatus {
   totalBytes: number;
   /** Chunks dropped because they did not match the chunk list. */
   badChunks: number;
+  /** Payload bytes received per second over the last 10 s of the current download. */
+  rateBps: number;
+  /** The agent's MQTT socket counters since it started: what the link carried. */
+  wire: WireStats | null;
   reason: string | null;
   message: string | null;
   agent: string;
   /** ISO 8601. */
   time: string;
+}
+
+export interface WireStats {
+  bytesIn: number;
+  bytesOut: number;
+  /** Successful connections since start (1 + reconnects). */
+  connects: number;
 }
 
 export function encodeStatus(s: DeviceStatus): Uint8Array {

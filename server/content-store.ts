@@ -3,6 +3,7 @@ import path from 'node:path';
 import { chunkList, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
 import { isUpdateId } from '../protocol/frames.ts';
 import { isTopicSegment } from '../protocol/topics.ts';
+import { decodeReleaseBody, decodeSignedRelease } from '../protocol/release.ts';
 import { exists, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
 
 export interface StoredUpdate {
@@ -81,7 +82,15 @@ export class ContentStore {
     if (!m || index < 0 || index >= m.chunks) return undefined;
     let h = this.handles.get(id);
     if (!h) {
-      h = await fs.open(path.join(this.updateDir(id), 'payload'), 'r');
+      try {
+        h = await fs.open(path.join(this.updateDir(id), 'payload'), 'r');
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        // Removed by `fleet gc` while cached here: it is gone.
+        this.metas.delete(id);
+        this.lists.delete(id);
+        return undefined;
+      }
       this.handles.set(id, h);
       if (this.handles.size > 32) {
         const [oldId, old] = this.handles.entries().next().value as [string, fs.FileHandle];
@@ -218,8 +227,55 @@ export class ContentStore {
     return out;
   }
 
+  /**
+   * Remove every update that no stored release names any more, and uploads
+   * untouched for `staleUploadMs`. A device mid-transfer of an update that a
+   * release still names is not affected.
+   */
+  async gc(opts: { dryRun?: boolean; staleUploadMs?: number; now?: number } = {}): Promise<{ removed: string[]; kept: string[]; staleUploads: string[] }> {
+    const named = new Set<string>();
+    for (const r of await this.releases()) {
+      for (const id of releaseUpdateIds(r.bytes)) named.add(id);
+    }
+    const removed: string[] = [];
+    const kept: string[] = [];
+    for (const id of await fs.readdir(path.join(this.dir, 'updates'))) {
+      if (!isUpdateId(id)) continue;
+      if (named.has(id)) {
+        kept.push(id);
+        continue;
+      }
+      removed.push(id);
+      if (!opts.dryRun) {
+        await this.handles.get(id)?.close();
+        this.handles.delete(id);
+        this.metas.delete(id);
+        this.lists.delete(id);
+        await fs.rm(path.join(this.dir, 'updates', id), { recursive: true, force: true });
+      }
+    }
+    const staleUploads: string[] = [];
+    const now = opts.now ?? Date.now();
+    for (const id of await fs.readdir(path.join(this.dir, 'uploads'))) {
+      const st = await fs.stat(path.join(this.dir, 'uploads', id));
+      if (now - st.mtimeMs < (opts.staleUploadMs ?? 24 * 3600_000)) continue;
+      staleUploads.push(id);
+      if (!opts.dryRun) await fs.rm(path.join(this.dir, 'uploads', id), { recursive: true, force: true });
+    }
+    return { removed, kept, staleUploads };
+  }
+
   async close(): Promise<void> {
     for (const h of this.handles.values()) await h.close();
     this.handles.clear();
+  }
+}
+
+/** The update ids a stored release names (none when it does not parse). */
+function releaseUpdateIds(bytes: Uint8Array): string[] {
+  try {
+    return decodeReleaseBody(decodeSignedRelease(bytes).body).steps.map((s) => s.updateId);
+  } catch {
+    return [];
   }
 }

@@ -1,5 +1,6 @@
 import net from 'node:net';
 import { MqttClient, type IClientOptions } from 'mqtt';
+import type { WireStats } from '../protocol/status.ts';
 import type { MessageHandler, PublishOptions, Transport } from './types.ts';
 
 export interface MqttTransportOptions {
@@ -29,6 +30,10 @@ export class MqttTransport implements Transport {
   private readonly disconnectHandlers: Array<(reason: string) => void> = [];
   private failures = 0;
   private closing = false;
+  private bytesInDone = 0;
+  private bytesOutDone = 0;
+  private connects = 0;
+  private socket: net.Socket | undefined;
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
@@ -50,9 +55,19 @@ export class MqttTransport implements Transport {
       password: opts.password ?? (u.password || undefined),
       will: opts.will ? { topic: opts.will.topic, payload: Buffer.from(opts.will.payload), retain: opts.will.retain, qos: opts.will.qos } : undefined,
     };
-    this.client = new MqttClient(() => net.createConnection({ host, port, noDelay: true }), clientOpts);
+    this.client = new MqttClient(() => {
+      const s = net.createConnection({ host, port, noDelay: true });
+      this.socket = s;
+      s.on('close', () => {
+        this.bytesInDone += s.bytesRead;
+        this.bytesOutDone += s.bytesWritten;
+        if (this.socket === s) this.socket = undefined;
+      });
+      return s;
+    }, clientOpts);
     this.client.on('connect', () => {
       this.failures = 0;
+      this.connects++;
       this.client.options.reconnectPeriod = min;
       for (const h of this.connectHandlers) h();
     });
@@ -95,6 +110,14 @@ export class MqttTransport implements Transport {
   /** Creates the transport without waiting for a connection (long-running agents). */
   static start(opts: MqttTransportOptions): MqttTransport {
     return new MqttTransport(opts);
+  }
+
+  stats(): WireStats {
+    return {
+      bytesIn: this.bytesInDone + (this.socket?.bytesRead ?? 0),
+      bytesOut: this.bytesOutDone + (this.socket?.bytesWritten ?? 0),
+      connects: this.connects,
+    };
   }
 
   get connected(): boolean {

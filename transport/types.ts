@@ -1,3 +1,5 @@
+import type { WireStats } from '../protocol/status.ts';
+
 /**
  * The message transport every role talks through. The MQTT implementation is
  * transport/mqtt.ts; tests can wrap it to drop, delay or corrupt messages.
@@ -20,5 +22,7 @@ export interface Transport {
   onConnect(handler: () => void): void;
   onDisconnect(handler: (reason: string) => void): void;
   readonly connected: boolean;
+  /** Bytes through the sockets so far and the number of connects (when the transport can count them). */
+  stats?(): WireStats;
   close(): Promise<void>;
 }

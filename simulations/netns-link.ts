@@ -1,0 +1,387 @@
+import { execFile, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import fs from 'node:fs';
+
+/**
+ * A "site cellular link" built from two Linux network namespaces joined by a
+ * veth pair, for root-only integration tests and simulations.
+ *
+ *   fleetsim-<pid>-<name>-srv  (cloud side, broker)   veth <name>-srv  10.77.0.1/24
+ *   fleetsim-<pid>-<name>-site (devices)              veth <name>-site 10.77.0.2/24
+ *
+ * The veth is created directly inside the srv namespace with its peer inside
+ * the site namespace (`ip -n <srv> link add ... peer name ... netns <site>`),
+ * so nothing ever appears in the host's namespace and no host interface,
+ * route or firewall is touched. Each pair of namespaces is isolated, so the
+ * same 10.77.0.0/24 addresses can be reused by concurrent links.
+ *
+ * Impairments (the kernel has no netem):
+ * - Loss: an nftables table `inet fleetsim` in EACH namespace, with one rule in
+ *   the input hook that drops packets arriving on the veth (never loopback):
+ *     iifname "<veth>" numgen random mod 100 < P counter drop
+ *   Dropping on ingress only means each direction loses exactly P% (srv→site is
+ *   dropped by the site's rule, site→srv by the srv's rule), and it is real
+ *   loss: the sender's stack thinks the packet went out (an output-hook drop
+ *   would instead return EPERM to the local sender).
+ * - Rate: `tc qdisc replace dev <veth> root tbf rate <R>kbit burst <B> latency 500ms`
+ *   on both ends (egress of each end = one direction each). Burst is
+ *   max(4 × 1540 bytes, 20 ms worth of rate): a few full frames so tbf can
+ *   always pass an MTU-sized (or GSO-segmented) packet even at tens of kbit/s,
+ *   and large enough at higher rates for the timer granularity. Latency 500 ms
+ *   bounds the queue (limit = rate × 0.5 s + burst), like a cellular buffer.
+ *
+ * Namespaces embed the creating process's PID so `cleanupStale()` only removes
+ * leftovers of processes that no longer exist (never a concurrent run's).
+ */
+
+export const NS_PREFIX = 'fleetsim-';
+
+export interface NetnsLinkOptions {
+  /** Short unique tag, [a-z0-9], ≤ 10 chars (interface names are `<name>-site`, ≤ 15). */
+  name: string;
+  /** Random packet drop in BOTH directions, percent 0..100. */
+  lossPercent?: number;
+  /** Bandwidth cap in both directions (tc tbf), kbit/s. */
+  rateKbit?: number;
+}
+
+export interface LinkCounters {
+  rxBytes: number;
+  rxPackets: number;
+  txBytes: number;
+  txPackets: number;
+}
+
+export interface TcpStats {
+  outSegs: number;
+  inSegs: number;
+  retransSegs: number;
+}
+
+type Side = 'srv' | 'site';
+
+const TBF_LATENCY = '500ms';
+const KILL_GRACE_MS = 1500;
+const CMD_TIMEOUT_MS = 15_000;
+
+/** Runs a command with an argument array (no shell); rejects with the command and its stderr. */
+export function run(cmd: string, args: string[], input?: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(cmd, args, { timeout: CMD_TIMEOUT_MS, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
+      if (err) {
+        const what = [cmd, ...args].join(' ');
+        reject(new Error(`command failed: ${what}: ${String(stderr).trim() || err.message}`));
+      } else resolve(String(stdout));
+    });
+    if (input !== undefined) child.stdin?.end(input);
+  });
+}
+
+function runSync(cmd: string, args: string[]): { ok: boolean; out: string; err: string } {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: CMD_TIMEOUT_MS });
+  return { ok: r.status === 0 && !r.error, out: r.stdout ?? '', err: (r.stderr || r.error?.message || '').trim() };
+}
+
+function findBinary(name: string): string | undefined {
+  for (const dir of ['/usr/sbin', '/sbin', '/usr/bin', '/bin', ...(process.env.PATH ?? '').split(':')]) {
+    if (dir && fs.existsSync(`${dir}/${name}`)) return `${dir}/${name}`;
+  }
+  return undefined;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function killPid(pid: number, signal: NodeJS.Signals): void {
+  try {
+    if (pid > 0 && pid !== process.pid) process.kill(pid, signal);
+  } catch {
+    /* already gone */
+  }
+}
+
+function exited(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
+async function listNamespaces(): Promise<string[]> {
+  const out = await run('ip', ['netns', 'list']);
+  return out
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[0])
+    .filter((n): n is string => !!n);
+}
+
+/** PIDs of processes living in a namespace (ours: the namespace is ours). */
+async function nsPids(ns: string): Promise<number[]> {
+  try {
+    const out = await run('ip', ['netns', 'pids', ns]);
+    return out.split(/\s+/).filter(Boolean).map(Number).filter((p) => p > 0 && p !== process.pid);
+  } catch {
+    return [];
+  }
+}
+
+async function deleteNamespace(ns: string): Promise<void> {
+  for (const pid of await nsPids(ns)) killPid(pid, 'SIGKILL');
+  try {
+    await run('ip', ['netns', 'del', ns]);
+  } catch (e) {
+    if ((await listNamespaces()).includes(ns)) throw e;
+  }
+}
+
+const live = new Set<NetnsLink>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // Best effort if the process exits without destroy(): synchronous only.
+  process.on('exit', () => {
+    for (const link of live) link.destroySync();
+  });
+}
+
+export class NetnsLink {
+  readonly srvNs: string;
+  readonly siteNs: string;
+  readonly srvIf: string;
+  readonly siteIf: string;
+  readonly srvAddress = '10.77.0.1';
+  readonly siteAddress = '10.77.0.2';
+  private readonly prefixLen = 24;
+  private lossPercent = 0;
+  private readonly children = new Set<ChildProcess>();
+  private destroyed = false;
+
+  private constructor(readonly name: string) {
+    this.srvNs = `${NS_PREFIX}${process.pid}-${name}-srv`;
+    this.siteNs = `${NS_PREFIX}${process.pid}-${name}-site`;
+    this.srvIf = `${name}-srv`;
+    this.siteIf = `${name}-site`;
+  }
+
+  static available(): { ok: true } | { ok: false; reason: string } {
+    if (process.platform !== 'linux') return { ok: false, reason: `needs Linux (platform is ${process.platform})` };
+    if (typeof process.getuid !== 'function' || process.getuid() !== 0) {
+      return { ok: false, reason: 'needs root (process.getuid() !== 0)' };
+    }
+    for (const bin of ['ip', 'tc', 'nft']) {
+      if (!findBinary(bin)) return { ok: false, reason: `'${bin}' not found in PATH/sbin` };
+    }
+    const probe = `${NS_PREFIX}${process.pid}-probe${Math.random().toString(36).slice(2, 8)}`;
+    const add = runSync('ip', ['netns', 'add', probe]);
+    if (!add.ok) return { ok: false, reason: `cannot create a network namespace: ip netns add ${probe}: ${add.err}` };
+    const nft = runSync('ip', ['netns', 'exec', probe, 'nft', 'list', 'ruleset']);
+    const del = runSync('ip', ['netns', 'del', probe]);
+    if (!nft.ok) return { ok: false, reason: `nft does not work in a namespace: ${nft.err}` };
+    if (!del.ok) return { ok: false, reason: `cannot delete a network namespace: ip netns del ${probe}: ${del.err}` };
+    return { ok: true };
+  }
+
+  static async create(o: NetnsLinkOptions): Promise<NetnsLink> {
+    if (!/^[a-z0-9]{1,10}$/.test(o.name)) throw new Error(`NetnsLink name must match [a-z0-9]{1,10}: ${o.name}`);
+    const link = new NetnsLink(o.name);
+    live.add(link);
+    installExitHook();
+    try {
+      await link.setup(o);
+    } catch (e) {
+      await link.destroy().catch(() => {});
+      throw e;
+    }
+    return link;
+  }
+
+  /** Deletes namespaces named `<prefix>*` whose creating process no longer exists (crashed runs). */
+  static async cleanupStale(prefix = NS_PREFIX, opts: { includeLive?: boolean } = {}): Promise<string[]> {
+    const removed: string[] = [];
+    for (const ns of await listNamespaces()) {
+      if (!ns.startsWith(prefix)) continue;
+      const m = /^(\d+)-/.exec(ns.slice(prefix.length));
+      const owner = m ? Number(m[1]) : undefined;
+      if (!opts.includeLive && (owner === undefined || owner === process.pid || pidAlive(owner))) continue;
+      await deleteNamespace(ns);
+      removed.push(ns);
+    }
+    return removed;
+  }
+
+  private ns(side: Side): string {
+    return side === 'srv' ? this.srvNs : this.siteNs;
+  }
+
+  private ifname(side: Side): string {
+    return side === 'srv' ? this.srvIf : this.siteIf;
+  }
+
+  private async setup(o: NetnsLinkOptions): Promise<void> {
+    const existing = await listNamespaces();
+    for (const ns of [this.srvNs, this.siteNs]) {
+      if (existing.includes(ns)) throw new Error(`namespace ${ns} already exists`);
+    }
+    await run('ip', ['netns', 'add', this.srvNs]);
+    await run('ip', ['netns', 'add', this.siteNs]);
+    await run('ip', ['-n', this.srvNs, 'link', 'add', this.srvIf, 'type', 'veth', 'peer', 'name', this.siteIf, 'netns', this.siteNs]);
+    for (const side of ['srv', 'site'] as const) {
+      const ns = this.ns(side);
+      const addr = side === 'srv' ? this.srvAddress : this.siteAddress;
+      await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+      await run('ip', ['-n', ns, 'addr', 'add', `${addr}/${this.prefixLen}`, 'dev', this.ifname(side)]);
+      await run('ip', ['-n', ns, 'link', 'set', this.ifname(side), 'up']);
+      if (o.rateKbit !== undefined && o.rateKbit > 0) {
+        await run('ip', ['netns', 'exec', ns, 'tc', ...NetnsLink.tbfArgs(this.ifname(side), o.rateKbit)]);
+      }
+    }
+    await this.setLoss(o.lossPercent ?? 0);
+  }
+
+  /** `tc` arguments for the bandwidth cap (see file comment for burst/latency choice). */
+  static tbfArgs(dev: string, rateKbit: number): string[] {
+    const bytesPerSec = (rateKbit * 1000) / 8;
+    const burst = Math.max(4 * 1540, Math.ceil(bytesPerSec / 50));
+    return ['qdisc', 'replace', 'dev', dev, 'root', 'tbf', 'rate', `${rateKbit}kbit`, 'burst', String(burst), 'latency', TBF_LATENCY];
+  }
+
+  /** The nft script applied (atomically) in one namespace for a given loss. */
+  static nftScript(dev: string, lossPercent: number): string {
+    const lines = [
+      'table inet fleetsim {',
+      '  chain in { type filter hook input priority 0; policy accept; }',
+      '}',
+      'flush chain inet fleetsim in',
+    ];
+    if (lossPercent > 0) lines.push(`add rule inet fleetsim in iifname "${dev}" numgen random mod 100 < ${lossPercent} counter drop`);
+    return lines.join('\n') + '\n';
+  }
+
+  /** Sets random loss (percent, each direction) at runtime by replacing the nft rule. */
+  async setLoss(lossPercent: number): Promise<void> {
+    if (!Number.isInteger(lossPercent) || lossPercent < 0 || lossPercent > 100) {
+      throw new Error(`lossPercent must be an integer 0..100: ${lossPercent}`);
+    }
+    for (const side of ['srv', 'site'] as const) {
+      await run('ip', ['netns', 'exec', this.ns(side), 'nft', '-f', '-'], NetnsLink.nftScript(this.ifname(side), lossPercent));
+    }
+    this.lossPercent = lossPercent;
+  }
+
+  get loss(): number {
+    return this.lossPercent;
+  }
+
+  /** Packets dropped so far by the loss rules, per receiving side. */
+  async drops(): Promise<{ srv: number; site: number }> {
+    const read = async (side: Side): Promise<number> => {
+      const out = await run('ip', ['netns', 'exec', this.ns(side), 'nft', '-j', 'list', 'chain', 'inet', 'fleetsim', 'in']);
+      let n = 0;
+      for (const item of JSON.parse(out).nftables ?? []) {
+        for (const expr of item.rule?.expr ?? []) if (expr.counter) n += Number(expr.counter.packets);
+      }
+      return n;
+    };
+    return { srv: await read('srv'), site: await read('site') };
+  }
+
+  /** Pulls the plug: both veth ends down (connected routes disappear, connects fail). */
+  async cut(): Promise<void> {
+    await run('ip', ['-n', this.siteNs, 'link', 'set', this.siteIf, 'down']);
+    await run('ip', ['-n', this.srvNs, 'link', 'set', this.srvIf, 'down']);
+  }
+
+  /** Both ends up again; re-adds addresses if they were lost. */
+  async restore(): Promise<void> {
+    for (const side of ['srv', 'site'] as const) {
+      const ns = this.ns(side);
+      const dev = this.ifname(side);
+      await run('ip', ['-n', ns, 'link', 'set', dev, 'up']);
+      const addr = side === 'srv' ? this.srvAddress : this.siteAddress;
+      const info = JSON.parse(await run('ip', ['-n', ns, '-j', 'addr', 'show', 'dev', dev])) as Array<{
+        addr_info?: Array<{ local?: string }>;
+      }>;
+      if (!info.some((i) => i.addr_info?.some((a) => a.local === addr))) {
+        await run('ip', ['-n', ns, 'addr', 'replace', `${addr}/${this.prefixLen}`, 'dev', dev]);
+      }
+    }
+    // The kernel re-adds the connected route when the carrier comes up; wait for it.
+    const deadline = Date.now() + 3000;
+    for (;;) {
+      const routes = await run('ip', ['-n', this.siteNs, 'route', 'show', 'dev', this.siteIf]);
+      if (routes.includes('10.77.0.0/24')) break;
+      if (Date.now() > deadline) throw new Error(`route to 10.77.0.0/24 did not come back in ${this.siteNs}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Spawns `ip netns exec <ns> cmd ...args`; tracked so destroy() kills it by PID. */
+  exec(side: Side, cmd: string, args: string[], opts: SpawnOptions = {}): ChildProcess {
+    if (this.destroyed) throw new Error(`NetnsLink ${this.name} is destroyed`);
+    const child = spawn('ip', ['netns', 'exec', this.ns(side), cmd, ...args], { stdio: 'pipe', ...opts });
+    this.children.add(child);
+    child.once('exit', () => this.children.delete(child));
+    child.once('error', () => this.children.delete(child));
+    return child;
+  }
+
+  /** Byte/packet counters of the site end of the veth (tx = site→srv). */
+  async counters(): Promise<LinkCounters> {
+    const out = await run('ip', ['-n', this.siteNs, '-s', '-j', 'link', 'show', 'dev', this.siteIf]);
+    const s = JSON.parse(out)[0].stats64;
+    return { rxBytes: s.rx.bytes, rxPackets: s.rx.packets, txBytes: s.tx.bytes, txPackets: s.tx.packets };
+  }
+
+  /** TCP MIB counters (/proc/net/snmp is per network namespace). */
+  async tcpStats(side: Side): Promise<TcpStats> {
+    const out = await run('ip', ['netns', 'exec', this.ns(side), 'cat', '/proc/net/snmp']);
+    const rows = out.split('\n').filter((l) => l.startsWith('Tcp:'));
+    if (rows.length < 2) throw new Error(`no Tcp rows in /proc/net/snmp of ${this.ns(side)}`);
+    const keys = rows[0].split(/\s+/);
+    const vals = rows[1].split(/\s+/);
+    const get = (k: string): number => Number(vals[keys.indexOf(k)]);
+    return { outSegs: get('OutSegs'), inSegs: get('InSegs'), retransSegs: get('RetransSegs') };
+  }
+
+  /** Kills tracked processes (SIGTERM, then SIGKILL), deletes both namespaces (and the veth). Idempotent. */
+  async destroy(): Promise<void> {
+    this.destroyed = true;
+    const running = [...this.children].filter((c) => c.pid !== undefined && !exited(c));
+    for (const c of running) killPid(c.pid!, 'SIGTERM');
+    await Promise.all(
+      running.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (exited(c)) return resolve();
+            const t = setTimeout(() => {
+              killPid(c.pid!, 'SIGKILL');
+              resolve();
+            }, KILL_GRACE_MS);
+            c.once('exit', () => {
+              clearTimeout(t);
+              resolve();
+            });
+          }),
+      ),
+    );
+    this.children.clear();
+    const existing = await listNamespaces();
+    for (const ns of [this.siteNs, this.srvNs]) if (existing.includes(ns)) await deleteNamespace(ns);
+    live.delete(this);
+  }
+
+  /** Synchronous best-effort teardown for process exit. */
+  destroySync(): void {
+    this.destroyed = true;
+    for (const c of this.children) if (c.pid !== undefined && !exited(c)) killPid(c.pid, 'SIGKILL');
+    this.children.clear();
+    for (const ns of [this.siteNs, this.srvNs]) {
+      for (const pid of runSync('ip', ['netns', 'pids', ns]).out.split(/\s+/).filter(Boolean)) killPid(Number(pid), 'SIGKILL');
+      runSync('ip', ['netns', 'del', ns]);
+    }
+    live.delete(this);
+  }
+}

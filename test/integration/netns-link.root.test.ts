@@ -1,0 +1,190 @@
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { NetnsLink } from '../../simulations/netns-link.ts';
+
+// Root-only: builds two network namespaces joined by a veth pair (addresses
+// 10.77.0.0/24 exist only inside them) and impairs the link with nft + tc tbf.
+const available = NetnsLink.available();
+if (!available.ok) console.warn(`netns-link tests skipped: ${available.reason}`);
+
+const PORT = 7777;
+const ECHO_SERVER = `
+const net = require('node:net');
+const [host, port] = process.argv.slice(1);
+net.createServer((s) => { s.on('error', () => {}); s.pipe(s); })
+  .listen(Number(port), host, () => console.log('ready'));
+`;
+// Sends N random bytes, waits for all of them to come back, prints a JSON verdict.
+const ECHO_CLIENT = `
+const net = require('node:net');
+const crypto = require('node:crypto');
+const [host, port, n] = process.argv.slice(1);
+const data = crypto.randomBytes(Number(n));
+const chunks = []; let got = 0; const t0 = Date.now(); let tConn = 0;
+const s = net.connect(Number(port), host, () => { tConn = Date.now() - t0; s.write(data); });
+s.on('data', (c) => {
+  chunks.push(c); got += c.length;
+  if (got >= data.length) {
+    const ok = Buffer.concat(chunks).equals(data);
+    console.log(JSON.stringify({ ok, got, connectMs: tConn, ms: Date.now() - t0 }));
+    s.destroy(); process.exit(ok ? 0 : 1);
+  }
+});
+s.on('error', (e) => { console.log(JSON.stringify({ ok: false, error: e.code || e.message, ms: Date.now() - t0 })); process.exit(2); });
+`;
+
+function tag(): string {
+  return 'fl' + Math.random().toString(36).slice(2, 8);
+}
+
+/** Collects stdout of a child until it exits; kills it by PID after `ms`. */
+function finish(child: ChildProcess, ms: number): Promise<{ code: number | null; out: string; err: string; timedOut: boolean }> {
+  return new Promise((resolve) => {
+    let out = '';
+    let err = '';
+    let timedOut = false;
+    child.stdout?.on('data', (d) => (out += String(d)));
+    child.stderr?.on('data', (d) => (err += String(d)));
+    const t = setTimeout(() => {
+      timedOut = true;
+      try {
+        if (child.pid !== undefined) process.kill(child.pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }, ms);
+    child.once('exit', (code) => {
+      clearTimeout(t);
+      resolve({ code, out, err, timedOut });
+    });
+  });
+}
+
+async function startEchoServer(link: NetnsLink): Promise<ChildProcess> {
+  const srv = link.exec('srv', process.execPath, ['-e', ECHO_SERVER, link.srvAddress, String(PORT)]);
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('echo server did not start')), 10_000);
+    let buf = '';
+    srv.stdout?.on('data', (d) => {
+      buf += String(d);
+      if (buf.includes('ready')) {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    srv.stderr?.on('data', (d) => (buf += String(d)));
+    srv.once('exit', (code) => {
+      clearTimeout(t);
+      reject(new Error(`echo server exited ${code}: ${buf}`));
+    });
+  });
+  return srv;
+}
+
+function echo(link: NetnsLink, bytes: number, timeoutMs: number) {
+  const client = link.exec('site', process.execPath, ['-e', ECHO_CLIENT, link.srvAddress, String(PORT), String(bytes)]);
+  return finish(client, timeoutMs);
+}
+
+function namespaces(): string[] {
+  return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[0])
+    .filter(Boolean);
+}
+
+describe.skipIf(!available.ok)('NetnsLink (root, network namespaces)', () => {
+  let link: NetnsLink | undefined;
+
+  beforeAll(async () => {
+    await NetnsLink.cleanupStale();
+  });
+
+  afterEach(async () => {
+    await link?.destroy();
+    link = undefined;
+  });
+
+  it('carries a 200 KB TCP echo intact over 20% loss at 2000 kbit/s', async () => {
+    link = await NetnsLink.create({ name: tag(), lossPercent: 20, rateKbit: 2000 });
+    await startEchoServer(link);
+    const before = { site: await link.tcpStats('site'), srv: await link.tcpStats('srv'), veth: await link.counters() };
+    const bytes = 200 * 1024;
+    const t0 = Date.now();
+    const r = await echo(link, bytes, 90_000);
+    const elapsed = Date.now() - t0;
+    expect(r.timedOut, r.err).toBe(false);
+    const verdict = JSON.parse(r.out.trim().split('\n').pop()!);
+    expect(verdict).toMatchObject({ ok: true, got: bytes });
+    const site = await link.tcpStats('site');
+    const srv = await link.tcpStats('srv');
+    const veth = await link.counters();
+    const drops = await link.drops();
+    const retrans = site.retransSegs - before.site.retransSegs + (srv.retransSegs - before.srv.retransSegs);
+    const txBytes = veth.txBytes - before.veth.txBytes;
+    const rxBytes = veth.rxBytes - before.veth.rxBytes;
+    console.log(
+      `echo 200 KB @ 20% loss, 2000 kbit: ${verdict.ms} ms in client (connect ${verdict.connectMs} ms), ` +
+        `${elapsed} ms wall; retransmits site=${site.retransSegs - before.site.retransSegs} ` +
+        `srv=${srv.retransSegs - before.srv.retransSegs}; nft drops srv=${drops.srv} site=${drops.site}; ` +
+        `site veth tx=${txBytes} B / ${veth.txPackets - before.veth.txPackets} pkts, rx=${rxBytes} B / ${veth.rxPackets - before.veth.rxPackets} pkts`,
+    );
+    expect(retrans).toBeGreaterThan(0);
+    expect(drops.srv + drops.site).toBeGreaterThan(0);
+    // 200 KB at 2000 kbit/s takes ≥ ~0.8 s per direction even without loss.
+    expect(verdict.ms).toBeGreaterThan((bytes * 8) / 2000);
+
+    // Same transfer with loss switched off at runtime: the baseline the lossy run must exceed.
+    await link.setLoss(0);
+    const b0 = { veth: await link.counters(), site: await link.tcpStats('site'), srv: await link.tcpStats('srv') };
+    const base = await echo(link, bytes, 30_000);
+    expect(JSON.parse(base.out.trim()).ok).toBe(true);
+    const b1 = { veth: await link.counters(), site: await link.tcpStats('site'), srv: await link.tcpStats('srv') };
+    const baseBytes = b1.veth.txBytes - b0.veth.txBytes + (b1.veth.rxBytes - b0.veth.rxBytes);
+    const baseRetrans = b1.site.retransSegs - b0.site.retransSegs + (b1.srv.retransSegs - b0.srv.retransSegs);
+    const baseDrops = await link.drops();
+    console.log(
+      `baseline (loss 0): ${JSON.parse(base.out.trim()).ms} ms, retransmits ${baseRetrans}, ` +
+        `site veth ${baseBytes} B vs ${txBytes + rxBytes} B with loss`,
+    );
+    expect(baseDrops).toEqual({ srv: 0, site: 0 });
+    expect(retrans).toBeGreaterThan(baseRetrans);
+    expect(txBytes + rxBytes).toBeGreaterThan(baseBytes);
+  }, 120_000);
+
+  it('cut() makes connects from site to srv fail; restore() makes them work again', async () => {
+    link = await NetnsLink.create({ name: tag() });
+    await startEchoServer(link);
+    const ok1 = await echo(link, 1024, 10_000);
+    expect(JSON.parse(ok1.out.trim()).ok).toBe(true);
+
+    await link.cut();
+    const t0 = Date.now();
+    const down = await echo(link, 1024, 4_000);
+    const failed = down.timedOut || JSON.parse(down.out.trim() || '{}').ok !== true;
+    console.log(`during cut: ${down.timedOut ? 'timed out' : down.out.trim()} after ${Date.now() - t0} ms`);
+    expect(failed).toBe(true);
+
+    await link.restore();
+    const ok2 = await echo(link, 1024, 10_000);
+    expect(ok2.timedOut, ok2.err).toBe(false);
+    expect(JSON.parse(ok2.out.trim()).ok).toBe(true);
+  }, 40_000);
+
+  it('destroy() kills its processes and removes both namespaces, idempotently', async () => {
+    const l = await NetnsLink.create({ name: tag(), lossPercent: 5, rateKbit: 500 });
+    link = l;
+    expect(namespaces()).toEqual(expect.arrayContaining([l.srvNs, l.siteNs]));
+    const srv = await startEchoServer(l);
+    const exited = new Promise<void>((resolve) => srv.once('exit', () => resolve()));
+    await l.destroy();
+    await exited;
+    expect(srv.exitCode !== null || srv.signalCode !== null).toBe(true);
+    const after = namespaces();
+    expect(after).not.toContain(l.srvNs);
+    expect(after).not.toContain(l.siteNs);
+    await l.destroy();
+    // Veth names were only ever inside the namespaces; the host never saw them.
+    expect(execFileSync('ip', ['-br', 'link'], { encoding: 'utf8' })).not.toContain(l.siteIf);
+  }, 30_000);
+});
