@@ -145,7 +145,7 @@ program
   .requiredOption('--broker <url>', 'broker URL')
   .option('--initial <file>', 'first model, to provision an empty directory')
   .option('--window <n>', 'most chunks in flight (the window adapts below this to the link)', parseIntArg(1, 1024), 32)
-  .option('--idle-ms <ms>', 're-ask for outstanding chunks after at least this much silence (grows with the round trip)', parseIntArg(100), 3000)
+  .option('--idle-ms <ms>', 're-ask for outstanding chunks after at least this much silence on the socket (grows with the round trip and doubles while nothing comes)', parseIntArg(100), 10_000)
   .option('--stall-timeout <duration>', 'fail `download-stalled` after no chunk for this long, and retry later', parseDuration, 120)
   .option('--retry <duration>', 'first delay before a failed download is tried again (doubles up to 30m)', parseDuration, 30)
   .option('--watchdog <duration>', 'publish a status at least this often while downloading (rate, or silence)', parseDuration, 10)

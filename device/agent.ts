@@ -23,7 +23,7 @@ export interface AgentConfig {
   trust: TrustFile;
   /** Chunks in flight at most (default 32); the window adapts below this to the link. */
   window?: number;
-  /** Re-ask for outstanding chunks after this long without a frame (default 3000 ms). */
+  /** Re-ask for outstanding chunks after at least this long without a byte on the socket (default 10 s; grows with the round trip). */
   idleMs?: number;
   /** A download with no new chunk for this long fails `download-stalled` and is retried later (default 120 s). */
   stallMs?: number;
@@ -129,8 +129,10 @@ export class DeviceAgent {
     } while (w !== this.work);
   }
 
+  /** Counters of the current (or last) download. */
   get stats(): { badChunks: number; duplicateChunks: number; requests: number } {
-    return { badChunks: this.download?.badChunks ?? 0, duplicateChunks: this.download?.duplicateChunks ?? 0, requests: this.download?.requestsSent ?? 0 };
+    const d = this.shown;
+    return { badChunks: d?.badChunks ?? 0, duplicateChunks: d?.duplicateChunks ?? 0, requests: d?.requestsSent ?? 0 };
   }
 
   private onConnected(): void {
@@ -312,9 +314,10 @@ export class DeviceAgent {
         clock: this.io.clock,
         log: this.io.log,
         maxWindow: this.cfg.window ?? 32,
-        idleMs: this.cfg.idleMs ?? 3000,
+        idleMs: this.cfg.idleMs ?? 10_000,
         stallMs: this.cfg.stallMs ?? 120_000,
         maxBadCopies: this.cfg.maxBadCopies ?? 3,
+        wireBytesIn: this.io.transport.stats ? () => this.io.transport.stats!().bytesIn : undefined,
         onProgress: () => this.onProgress(),
         onComplete: () => this.enqueue(() => this.completeUpdate(d)),
         onFail: (e) => this.enqueue(() => this.failDownload(d, e)),

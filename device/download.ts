@@ -26,6 +26,8 @@ export interface DownloadOptions {
   stallMs: number;
   /** This many copies of one chunk that do not match the list: the source is corrupt. */
   maxBadCopies: number;
+  /** Bytes the connection has received so far: while they grow, a big frame is still on its way. */
+  wireBytesIn?: () => number;
   onProgress: () => void;
   onComplete: () => void;
   onFail: (e: DeviceError) => void;
@@ -55,7 +57,7 @@ export class Download {
   private finished = false;
 
   constructor(private readonly o: DownloadOptions) {
-    this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(8, o.maxWindow), minIdleMs: o.idleMs });
+    this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(4, o.maxWindow), minIdleMs: o.idleMs });
     this.lastProgressAt = o.clock.now();
   }
 
@@ -172,7 +174,8 @@ export class Download {
         this.fail(new DeviceError('corrupt-source', `chunk ${f.index} arrived ${copies} times and never matched the chunk list`));
         return;
       }
-      this.requestMore();
+      // Ask for this chunk again at once, whatever the window says.
+      this.requestMore([f.index]);
       return;
     }
     if (files.bitmap.has(f.index) || this.writing.has(f.index)) {
@@ -197,15 +200,16 @@ export class Download {
     this.writes = this.writes.then(work).catch((e: unknown) => this.fail(new DeviceError('storage-error', (e as Error).message)));
   }
 
-  private requestMore(): void {
+  private requestMore(urgent: number[] = []): void {
     if (this.finished) return;
     const { files, step } = this.o;
     const wantList = !files.list && !this.listRequested;
     if (!files.list && !wantList) return;
     const window = this.link.window;
-    const room = files.list ? window - this.outstanding.size : 0;
+    const room = files.list ? window - this.outstanding.size - urgent.length : 0;
     // Ask when the window has drained by half, so requests carry several indices.
-    const want = room >= Math.max(1, window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(Math.max(0, room), this.inFlight) : [];
+    const more = room >= Math.max(1, window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(Math.max(0, room), this.inFlight) : [];
+    const want = [...urgent, ...more.filter((i) => !urgent.includes(i))];
     if (!wantList && want.length === 0) return;
     for (const i of want) this.outstanding.add(i);
     this.link.requested(this.o.clock.now(), want);
@@ -221,11 +225,21 @@ export class Download {
     if (this.finished) return;
     if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
     const idle = this.link.idleTimeoutMs;
-    this.idleTimer = this.o.clock.setTimeout(() => {
+    let seen = this.o.wireBytesIn?.() ?? 0;
+    const check = (): void => {
+      // Bytes still arriving on the socket: chunks are on their way, slowly. Asking
+      // again now would only send duplicates down an already full link.
+      const now = this.o.wireBytesIn?.() ?? 0;
+      if (now > seen) {
+        seen = now;
+        this.idleTimer = this.o.clock.setTimeout(check, idle);
+        return;
+      }
       this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: this.outstanding.size, idleMs: idle });
       this.link.timedOut();
       this.resend();
-    }, idle);
+    };
+    this.idleTimer = this.o.clock.setTimeout(check, idle);
   }
 
   private armStallTimer(): void {

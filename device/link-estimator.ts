@@ -28,6 +28,8 @@ export class LinkEstimator {
   private rate = 0; // chunks per second, smoothed
   private lastArrival = 0;
   private shrink = 1;
+  /** Consecutive silences without an arrival: each doubles the next idle timeout. */
+  private silences = 0;
 
   constructor(private readonly cfg: LinkEstimatorConfig) {}
 
@@ -57,11 +59,13 @@ export class LinkEstimator {
     this.deliveries.push({ t: now, bytes });
     this.trim(now);
     this.shrink = Math.min(1, this.shrink * 1.25);
+    this.silences = 0;
   }
 
-  /** Nothing arrived for the idle timeout: be more careful. */
+  /** Nothing arrived for the idle timeout: be more careful, and wait longer next time. */
   timedOut(): void {
     this.shrink = Math.max(0.125, this.shrink / 2);
+    this.silences = Math.min(this.silences + 1, 6);
   }
 
   get minRttMs(): number {
@@ -76,7 +80,7 @@ export class LinkEstimator {
   }
 
   get idleTimeoutMs(): number {
-    return Math.max(this.cfg.minIdleMs, Math.round(3 * this.srtt));
+    return Math.max(this.cfg.minIdleMs, Math.round(3 * this.srtt)) * 2 ** this.silences;
   }
 
   /** Payload bytes received per second over the last 10 s. */

@@ -127,6 +127,7 @@ export class Lane {
     readonly radio: Radio,
     private readonly link: LinkState,
     count: (n: number) => void,
+    private readonly delivered: (n: number) => void = () => undefined,
   ) {
     from.on('data', (data: Buffer) => {
       if (this.closed) return;
@@ -187,7 +188,10 @@ export class Lane {
     const now = Date.now();
     while (this.flight.length && this.flight[0].at <= now) {
       const { data } = this.flight.shift()!;
-      if (!this.to.destroyed && !this.to.writableEnded) this.to.write(data);
+      if (!this.to.destroyed && !this.to.writableEnded) {
+        this.to.write(data);
+        this.delivered(data.byteLength);
+      }
     }
     if (this.flight.length) {
       this.timer = setTimeout(() => {
