@@ -107,7 +107,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     const result = await publishUpdate({
       transport: pubTransport,
       topics,
-      payload: update.payload,
+      payloads: [update.payload],
       keys: [await loadSigningKey(keys.keyFile)],
       model: 'demo-model',
       group: 'demo',

@@ -23,6 +23,12 @@ export interface DeviceCommandOptions {
   stallTimeout: number;
   retry: number;
   watchdog: number;
+  validateCmd?: string;
+  validateTimeout: number;
+  healthCmd?: string;
+  healthTimeout: number;
+  healthWindow: number;
+  onSwitch?: string;
   keepalive: number;
   connectTimeout: number;
   reconnectMax: number;
@@ -49,7 +55,9 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     reconnectMaxMs: o.reconnectMax * 1000,
   });
   const agent = new DeviceAgent(
-    { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000 },
+    { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
+      validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,
+      healthWindowMs: o.healthWindow * 1000, onSwitchCmd: o.onSwitch },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
   );
   await agent.start();

@@ -2,21 +2,19 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { startBroker } from '../broker/broker.ts';
-import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
 import { Topics, DEFAULT_PREFIX } from '../protocol/topics.ts';
-import { keygen, loadSigningKey } from '../publisher/keys.ts';
-import { publishUpdate } from '../publisher/publish.ts';
+import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { UpdateServer } from '../server/update-server.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
-import { createProgress } from '../util/progress.ts';
 import { VERSION } from '../util/version.ts';
 import { runDemo } from './demo.ts';
 import { runDevice } from './device-command.ts';
 import { registerBuildCommands } from './build-commands.ts';
-import { collect, parseDuration, parseIntArg } from './options.ts';
+import { registerReleaseCommands } from './release-commands.ts';
+import { parseDuration, parseIntArg } from './options.ts';
 
 const program = new Command();
 program
@@ -105,34 +103,7 @@ program
     process.stdout.write(`key id ${r.id}\nsecret key ${r.keyFile} (keep it offline)\npublic key ${r.publicFile}\ntrust file ${r.trustFile} (install on devices)\n`);
   });
 
-program
-  .command('publish')
-  .description('upload an update to the update server and publish its signed release for a group')
-  .requiredOption('--update <file>', 'update payload (CBOR), e.g. from `fleet synth`')
-  .requiredOption('--key <file>', 'secret key file (repeat for k-of-n)', collect)
-  .requiredOption('--model <name>', 'model name')
-  .requiredOption('--group <group>', 'device group')
-  .requiredOption('--broker <url>', 'broker URL')
-  .option('--chunk-size <bytes>', 'chunk size', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
-  .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
-  .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
-  .action(async (o: { update: string; key: string[]; model: string; group: string; broker: string; chunkSize: number; ttl: number; seq?: number }) => {
-    const log = createLogger('publish', logLevel());
-    const payload = new Uint8Array(await fs.readFile(o.update));
-    const keys = await Promise.all(o.key.map(loadSigningKey));
-    const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-publisher-${process.pid}` }, 30_000);
-    const progress = createProgress('upload');
-    try {
-      const r = await publishUpdate({
-        transport, topics: new Topics(program.opts().prefix), payload, keys, model: o.model, group: o.group,
-        chunkSize: o.chunkSize, ttlSeconds: o.ttl, seq: o.seq, log, onProgress: (d, n) => progress.update(d, n),
-      });
-      progress.finish(r.alreadyStored ? 'already on the update server' : `${r.uploadedChunks} chunks sent`);
-      process.stdout.write(`published ${o.model} for group ${o.group}: seq ${r.release.seq}, update ${r.updateId}, ${payload.byteLength} bytes, ${r.release.steps[0].from.slice(0, 12)} -> ${r.release.target.slice(0, 12)}, expires ${new Date(r.release.expires * 1000).toISOString()}\n`);
-    } finally {
-      await transport.close();
-    }
-  });
+registerReleaseCommands(program);
 
 program
   .command('device')
@@ -149,10 +120,16 @@ program
   .option('--stall-timeout <duration>', 'fail `download-stalled` after no chunk for this long, and retry later', parseDuration, 120)
   .option('--retry <duration>', 'first delay before a failed download is tried again (doubles up to 30m)', parseDuration, 30)
   .option('--watchdog <duration>', 'publish a status at least this often while downloading (rate, or silence)', parseDuration, 10)
+  .option('--validate-cmd <cmd>', 'run on the staged model before the switch (FLEET_MODEL_PATH, FLEET_MODEL_DIGEST); exit 0 = fit')
+  .option('--validate-timeout <duration>', 'stop the validation command after this long (refused)', parseDuration, 120)
+  .option('--health-cmd <cmd>', 'run after the switch (FLEET_MODEL_PATH = DIR/current.safetensors); exit 0 = healthy, else roll back')
+  .option('--health-timeout <duration>', 'stop the health command after this long (rolled back)', parseDuration, 60)
+  .option('--health-window <duration>', 'stay testing this long after a healthy check; a crash in it rolls back', parseDuration, 0)
+  .option('--on-switch <cmd>', 'tell the application about every switch (FLEET_MODEL_PATH, FLEET_MODEL_DIGEST, FLEET_PREVIOUS_DIGEST, FLEET_ROLLBACK)')
   .option('--keepalive <seconds>', 'MQTT keepalive', parseIntArg(5, 65535), 60)
   .option('--connect-timeout <seconds>', 'give up one connection attempt after this long', parseIntArg(1, 3600), 30)
   .option('--reconnect-max <seconds>', 'cap of the exponential reconnect backoff (with jitter)', parseIntArg(1, 3600), 60)
-  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number; keepalive: number; connectTimeout: number; reconnectMax: number }) => {
+  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number; validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; onSwitch?: string; keepalive: number; connectTimeout: number; reconnectMax: number }) => {
     await runDevice({ ...o, prefix: program.opts().prefix, logLevel: program.opts().logLevel });
   });
 

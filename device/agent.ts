@@ -1,20 +1,19 @@
 import { promises as fs } from 'node:fs';
 import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
-import { decodePayload } from '../protocol/lowrank.ts';
-import { checkRelease, stepFrom, verifyRelease, type ReleaseBody, type ReleaseStep, type TrustFile } from '../protocol/release.ts';
+import { checkRelease, pathFrom, verifyRelease, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
 import { encodeStatus, PRESENCE_ONLINE, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import { VERSION } from '../util/version.ts';
-import { applyToFile, commitFile } from './apply.ts';
 import type { Clock } from './clock.ts';
-import { Download } from './download.ts';
+import { Fetcher } from './fetcher.ts';
 import type { HealthCheck } from './health.ts';
+import { Installer } from './installer.ts';
 import { nextState, type DeviceEvent } from './machine.ts';
-import { DeviceError, toReason } from './reasons.ts';
-import type { AgentMemory, DeviceStorage } from './storage.ts';
+import { DEVICE_REASONS, DeviceError, toReason } from './reasons.ts';
+import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
 
 export interface AgentConfig {
   deviceId: string;
@@ -37,6 +36,16 @@ export interface AgentConfig {
   skewSeconds?: number;
   /** Largest payload accepted (default 256 MiB). */
   maxPayloadBytes?: number;
+  /** Run on the staged model before the switch; exit 0 = fit. */
+  validateCmd?: string;
+  validateTimeoutMs?: number;
+  /** Run after the switch; exit 0 = healthy. */
+  healthCmd?: string;
+  healthTimeoutMs?: number;
+  /** Stay `testing` this long after a healthy check before committing: a crash in it rolls back (default 0). */
+  healthWindowMs?: number;
+  /** Told about every switch, with FLEET_MODEL_PATH and FLEET_MODEL_DIGEST in its environment. */
+  onSwitchCmd?: string;
 }
 
 export interface AgentPorts {
@@ -48,24 +57,25 @@ export interface AgentPorts {
   log: Logger;
 }
 
-type StatusFields = Pick<DeviceStatus, 'target' | 'seq' | 'updateId' | 'reason' | 'message'>;
+type StatusFields = Pick<DeviceStatus, 'target' | 'seq' | 'updateId' | 'reason' | 'message' | 'rollback'>;
 
 /**
- * The device agent: follows its group's release and drives one update at a
+ * The device agent: follows its group's release and drives one install at a
  * time through the transition table in machine.ts, publishing its status
  * (retained) at every transition. The installed model changes only by an
- * atomic switch to a version whose digest the verified release names.
+ * atomic, journaled switch to a version whose digest a verified release names.
  */
 export class DeviceAgent {
   state: DeviceState = 'idle';
   running = '';
   private memory!: AgentMemory;
-  private fields: StatusFields = { target: null, seq: null, updateId: null, reason: null, message: null };
-  private download: Download | undefined;
-  /** The download the status reports on (kept after it ends, so the ack shows what was received). */
-  private shown: Download | undefined;
+  private fields: StatusFields = { target: null, seq: null, updateId: null, reason: null, message: null, rollback: false };
+  private fetcher: Fetcher | undefined;
+  /** The fetch the status reports on (kept after it ends, so the ack shows what was received). */
+  private shown: Fetcher | undefined;
+  private readonly installer: Installer;
   private work: Promise<void> = Promise.resolve();
-  private lastProgressAt = 0;
+  private lastStatusAt = 0;
   private lastProgress = 0;
   private retryTimer: unknown;
   private retries = 0;
@@ -73,7 +83,17 @@ export class DeviceAgent {
   private stopped = false;
   private readonly listeners: Array<(s: DeviceStatus) => void> = [];
 
-  constructor(private readonly cfg: AgentConfig, private readonly io: AgentPorts) {}
+  constructor(private readonly cfg: AgentConfig, private readonly io: AgentPorts) {
+    this.installer = new Installer(io.storage, {
+      deviceId: cfg.deviceId,
+      validateCmd: cfg.validateCmd,
+      validateTimeoutMs: cfg.validateTimeoutMs ?? 120_000,
+      healthCmd: cfg.healthCmd,
+      healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000,
+      onSwitchCmd: cfg.onSwitchCmd,
+      onSwitchTimeoutMs: 60_000,
+    }, io.health, io.log);
+  }
 
   /** Provision an empty directory with its first model. */
   static async provision(storage: DeviceStorage, initialModel: string, digestOf: (file: string) => Promise<string>): Promise<string> {
@@ -93,21 +113,31 @@ export class DeviceAgent {
   async start(): Promise<void> {
     const { storage, transport: t, topics } = this.io;
     await storage.init();
-    const pointer = await storage.pointer();
-    if (!pointer) throw new Error(`${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);
-    this.running = pointer.digest;
     this.memory = await storage.memory();
     const last = this.memory.lastStatus;
     if (last) {
       this.state = last.state;
-      this.fields = { target: last.target, seq: last.seq, updateId: last.updateId, reason: last.reason, message: last.message };
+      this.fields = { target: last.target, seq: last.seq, updateId: last.updateId, reason: last.reason, message: last.message, rollback: last.rollback ?? false };
     }
+    const recovered = await this.installer.recover();
+    const pointer = await storage.pointer();
+    if (!pointer) throw new Error(`${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);
+    this.running = pointer.digest;
     t.onMessage((topic, payload) => this.onMessage(topic, payload));
     t.onConnect(() => this.onConnected());
     await t.subscribe([topics.release(this.cfg.group, this.cfg.model), topics.framesFor(this.cfg.model, this.cfg.deviceId)], 1).catch((e: unknown) => {
       this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
-    this.enqueue(() => this.resumeActive());
+    if (recovered?.action === 'rolled-back') {
+      this.memory.active = null;
+      const j = recovered.journal;
+      this.enqueue(() => this.transition('crash-rollback', {
+        target: j.target, reason: 'crashed-while-testing',
+        message: `${DEVICE_REASONS['crashed-while-testing']} (was testing ${j.target.slice(0, 16)}…, back on ${j.previous.slice(0, 16)}…)`,
+      }));
+    } else {
+      this.enqueue(() => this.resumeActive());
+    }
     if (t.connected) this.onConnected();
   }
 
@@ -115,9 +145,10 @@ export class DeviceAgent {
     this.stopped = true;
     if (this.retryTimer) this.io.clock.clearTimeout(this.retryTimer);
     if (this.watchdog) this.io.clock.clearTimeout(this.watchdog);
-    this.download?.stop();
+    const f = this.fetcher;
+    this.fetcher = undefined;
+    await f?.close();
     await this.work;
-    await this.download?.close();
   }
 
   /** Resolves when queued work is done (tests). */
@@ -129,19 +160,19 @@ export class DeviceAgent {
     } while (w !== this.work);
   }
 
-  /** Counters of the current (or last) download. */
+  /** Counters of the current (or last) fetch. */
   get stats(): { badChunks: number; duplicateChunks: number; requests: number } {
-    const d = this.shown;
-    return { badChunks: d?.badChunks ?? 0, duplicateChunks: d?.duplicateChunks ?? 0, requests: d?.requestsSent ?? 0 };
+    const f = this.shown;
+    return { badChunks: f?.badChunks ?? 0, duplicateChunks: f?.duplicateChunks ?? 0, requests: f?.requestsSent ?? 0 };
   }
 
   private onConnected(): void {
     const { transport: t, topics } = this.io;
     void t.publish(topics.presence(this.cfg.deviceId), PRESENCE_ONLINE, { qos: 1, retain: true }).catch(() => undefined);
     this.publishStatus();
-    this.download?.resend();
+    this.fetcher?.resend();
     // A download that failed (no space, stalled, storage) is tried again on reconnect.
-    if (this.state === 'failed' && this.memory?.active && !this.download && this.fields.reason !== 'corrupt-source') this.enqueue(() => this.resumeActive());
+    if (this.state === 'failed' && this.memory?.active && !this.fetcher && this.fields.reason !== 'corrupt-source') this.enqueue(() => this.resumeActive());
   }
 
   private onMessage(topic: string, payload: Uint8Array): void {
@@ -151,9 +182,9 @@ export class DeviceAgent {
     if (p.kind === 'release') {
       const copy = new Uint8Array(payload);
       this.enqueue(() => this.onRelease(copy));
-    } else if (p.kind === 'frames' && this.download) {
+    } else if (p.kind === 'frames' && this.fetcher) {
       try {
-        this.download.onFrame(decodeFrame(payload));
+        this.fetcher.onFrame(decodeFrame(payload));
       } catch (e) {
         this.io.log.warn('dropped a malformed frame', { error: (e as Error).message });
       }
@@ -166,7 +197,7 @@ export class DeviceAgent {
     });
   }
 
-  // --- transitions -----------------------------------------------------------
+  // --- transitions and status ----------------------------------------------
 
   /** Take one row of the table; remember the new status on disk, then publish it. */
   private async transition(event: DeviceEvent, fields: Partial<StatusFields> = {}): Promise<void> {
@@ -182,9 +213,8 @@ export class DeviceAgent {
   }
 
   private status(): DeviceStatus {
-    const d = this.shown;
-    const total = d?.step.size ?? 0;
-    const bytes = d?.receivedBytes ?? 0;
+    const f = this.shown;
+    const now = this.io.clock.now();
     return {
       device: this.cfg.deviceId,
       group: this.cfg.group,
@@ -192,30 +222,31 @@ export class DeviceAgent {
       state: this.state,
       running: this.running,
       ...this.fields,
-      progress: d ? d.receivedChunks / d.step.chunks : this.state === 'ok' ? 1 : 0,
-      rateBps: this.download ? this.download.link.bytesPerSecond(this.io.clock.now()) : 0,
+      progress: f ? f.progress : this.state === 'ok' ? 1 : 0,
+      rateBps: this.fetcher ? this.fetcher.bytesPerSecond(now) : 0,
       wire: this.io.transport.stats?.() ?? null,
-      bytes,
-      totalBytes: total,
-      badChunks: d?.badChunks ?? 0,
+      bytes: f?.receivedBytes ?? 0,
+      totalBytes: f?.totalBytes ?? 0,
+      badChunks: f?.badChunks ?? 0,
       agent: VERSION,
-      time: new Date(this.io.clock.now()).toISOString(),
+      time: new Date(now).toISOString(),
     };
   }
 
   private publishStatus(): DeviceStatus {
     const s = this.status();
+    this.lastStatusAt = this.io.clock.now();
     for (const l of this.listeners) l(s);
     void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).catch(() => undefined);
     return s;
   }
 
-  // --- releases --------------------------------------------------------------
+  // --- releases ------------------------------------------------------------
 
   private async onRelease(bytes: Uint8Array): Promise<void> {
     if (bytes.byteLength === 0) {
       if (this.state === 'downloading') {
-        this.endDownload();
+        await this.endFetch();
         this.memory.active = null;
         await this.transition('release-withdrawn', { reason: null, message: 'release withdrawn' });
       }
@@ -243,70 +274,88 @@ export class DeviceAgent {
     }
     if (body.target === this.running) {
       this.accept(hash, body, null);
-      this.endDownload();
+      await this.endFetch();
       this.shown = undefined;
-      await this.transition('release-current', { target: body.target, seq: body.seq, updateId: null, reason: null, message: null });
+      await this.transition('release-current', { target: body.target, seq: body.seq, updateId: null, reason: null, message: null, rollback: body.rollback });
       return;
     }
-    const step = stepFrom(body, this.running);
-    if (!step) return this.refuse(hash, new DeviceError('wrong-base', `running ${this.running.slice(0, 16)}…`));
+    const held = await this.io.storage.hasVersion(body.target);
+    const steps = held ? [] : pathFrom(body, this.running);
+    if (!steps) return this.refuse(hash, new DeviceError('wrong-base', `running ${this.running.slice(0, 16)}…`));
     const max = this.cfg.maxPayloadBytes ?? 256 * 1024 * 1024;
-    if (step.size > max) return this.refuse(hash, new DeviceError('payload-too-large', `${step.size} bytes > ${max}`));
-    this.accept(hash, body, step);
+    const size = steps.reduce((a, s) => a + s.size, 0);
+    if (size > max) return this.refuse(hash, new DeviceError('payload-too-large', `${size} bytes > ${max}`));
+    const active: ActiveRelease = { releaseHash: hash, seq: body.seq, target: body.target, steps, rollback: body.rollback };
+    this.accept(hash, body, active);
     await this.io.storage.saveMemory(m);
-    await this.beginDownload(step, body.seq, 'release-accepted');
+    await this.endFetch();
+    if (held) {
+      // A version this device still holds (an operator rollback): switch back, no arithmetic.
+      this.shown = undefined;
+      await this.transition('switch-back', { target: body.target, seq: body.seq, updateId: null, reason: null, message: null, rollback: body.rollback });
+      return this.install(active);
+    }
+    await this.beginFetch(active, 'release-accepted');
   }
 
-  private accept(hash: string, body: ReleaseBody, step: ReleaseStep | null): void {
+  private accept(hash: string, body: ReleaseBody, active: ActiveRelease | null): void {
     const m = this.memory;
     m.highestSeq = body.seq;
     m.clockFloor = Math.max(m.clockFloor, body.issued);
     m.handled = hash;
-    m.active = step ? { releaseHash: hash, seq: body.seq, step } : null;
+    m.active = active;
   }
 
   private async refuse(hash: string, e: unknown): Promise<void> {
     const { code, message } = toReason(e);
     this.io.log.warn('release refused', { reason: code, message });
     this.memory.refused.push(hash);
-    this.endDownload();
+    await this.endFetch();
     await this.transition('release-refused', { reason: code, message });
   }
 
-  /** After a restart: finish what the last run was doing. */
+  /** After a restart or a failure: continue the accepted release from what is on disk. */
   private async resumeActive(): Promise<void> {
     const a = this.memory.active;
     if (!a) return;
-    if (this.running === a.step.to && this.state === 'testing') {
-      // Crashed after the switch, before the health check finished: check now.
-      return this.checkHealth(a.step);
+    if (this.running === a.target) {
+      // Stopped after committing, before the ack was recorded: it is done.
+      this.memory.active = null;
+      await this.transition(this.state === 'testing' ? 'health-passed' : 'release-current', { reason: null, message: null });
+      return;
     }
-    if (this.running !== a.step.from) {
+    if (a.steps.length === 0 || (a.steps[0].from !== null && a.steps[0].from !== this.running)) {
+      if (a.steps.length === 0 && (await this.io.storage.hasVersion(a.target))) {
+        await this.transition('resume');
+        await this.transition('download-complete');
+        return this.install(a);
+      }
       this.memory.active = null;
       await this.io.storage.saveMemory(this.memory);
       return;
     }
-    await this.beginDownload(a.step, a.seq, 'resume');
+    await this.beginFetch(a, 'resume');
   }
 
-  private endDownload(): void {
-    const d = this.download;
-    this.download = undefined;
-    if (d) void d.close().catch((e: unknown) => this.io.log.warn('closing a download failed', { error: String(e) }));
+  private async endFetch(): Promise<void> {
+    const f = this.fetcher;
+    this.fetcher = undefined;
+    if (this.watchdog) this.io.clock.clearTimeout(this.watchdog);
+    await f?.close().catch((e: unknown) => this.io.log.warn('closing a download failed', { error: String(e) }));
   }
 
-  private async beginDownload(step: ReleaseStep, seq: number, event: 'release-accepted' | 'resume'): Promise<void> {
-    this.endDownload();
-    const fields = { target: step.to, seq, updateId: step.updateId, reason: null, message: null };
+  // --- fetching ------------------------------------------------------------
+
+  private async beginFetch(a: ActiveRelease, event: 'release-accepted' | 'resume'): Promise<void> {
+    const fields = { target: a.target, seq: a.seq, updateId: a.steps[0]?.updateId ?? null, reason: null, message: null, rollback: a.rollback };
     try {
       const modelSize = (await fs.stat(this.io.storage.modelPath(this.running))).size;
-      const need = step.size + modelSize;
+      const need = a.steps.reduce((x, s) => x + s.size, 0) + modelSize;
       const free = await this.io.storage.freeBytes();
       if (free < need) throw new DeviceError('no-space', `${free} bytes free, ${need} needed`);
-      const files = await this.io.storage.openDownload(step);
-      const d = new Download({
-        step,
-        files,
+      const f: Fetcher = new Fetcher({
+        steps: a.steps,
+        storage: this.io.storage,
         transport: this.io.transport,
         topics: this.io.topics,
         model: this.cfg.model,
@@ -317,40 +366,38 @@ export class DeviceAgent {
         idleMs: this.cfg.idleMs ?? 10_000,
         stallMs: this.cfg.stallMs ?? 120_000,
         maxBadCopies: this.cfg.maxBadCopies ?? 3,
-        wireBytesIn: this.io.transport.stats ? () => this.io.transport.stats!().bytesIn : undefined,
-        onProgress: () => this.onProgress(),
-        onComplete: () => this.enqueue(() => this.completeUpdate(d)),
-        onFail: (e) => this.enqueue(() => this.failDownload(d, e)),
+        onProgress: () => this.onProgress(f),
+        onComplete: () => this.enqueue(() => this.fetched(f, a)),
+        onFail: (e) => this.enqueue(() => this.fetchFailed(f, e)),
       });
-      this.download = d;
-      this.shown = d;
+      this.fetcher = f;
+      this.shown = f;
       await this.transition(event, fields);
-      this.armWatchdog(d);
-      await d.start();
+      this.armWatchdog(f);
+      await f.start();
     } catch (e) {
       const { code, message } = toReason(e);
       if (this.state !== 'downloading') await this.transition(event, fields);
-      this.endDownload();
+      await this.endFetch();
       await this.transition('download-failed', { reason: code, message });
+      this.scheduleRetry(code);
     }
   }
 
-  private onProgress(): void {
-    const d = this.download;
-    if (!d) return;
-    const progress = d.receivedChunks / d.step.chunks;
+  private onProgress(f: Fetcher): void {
     const now = this.io.clock.now();
-    if (now - this.lastProgressAt < 1000 && progress - this.lastProgress < 0.05) return;
-    this.lastProgressAt = now;
-    this.lastProgress = progress;
-    this.enqueue(() => (this.download === d && this.state === 'downloading' ? this.transition('download-progress', { message: null }) : Promise.resolve()));
+    if (now - this.lastStatusAt < 1000 && f.progress - this.lastProgress < 0.05) return;
+    this.lastStatusAt = now;
+    this.lastProgress = f.progress;
+    this.enqueue(() => (this.fetcher === f && this.state === 'downloading' ? this.transition('download-progress', { updateId: f.updateId, message: null }) : Promise.resolve()));
   }
 
-  private async failDownload(d: Download, e: DeviceError): Promise<void> {
-    if (this.download !== d) return;
-    this.endDownload();
-    await this.transition('download-failed', { reason: e.code, message: e.message });
-    this.scheduleRetry(e.code);
+  private async fetchFailed(f: Fetcher, e: unknown): Promise<void> {
+    if (this.fetcher !== f) return;
+    await this.endFetch();
+    const { code, message } = toReason(e);
+    await this.transition('download-failed', { reason: code, message });
+    this.scheduleRetry(code);
   }
 
   /** A failed download is tried again later (what was received stays on disk), except from a corrupt source. */
@@ -359,22 +406,21 @@ export class DeviceAgent {
     const delay = Math.min(30 * 60_000, (this.cfg.retryMs ?? 30_000) * 2 ** this.retries++);
     if (this.retryTimer) this.io.clock.clearTimeout(this.retryTimer);
     this.retryTimer = this.io.clock.setTimeout(() => {
-      if (this.state === 'failed' && !this.download) this.enqueue(() => this.resumeActive());
+      if (this.state === 'failed' && !this.fetcher) this.enqueue(() => this.resumeActive());
     }, delay);
     this.io.log.info('download will be tried again', { inMs: delay });
   }
 
   /** While downloading, a status at least every watchdogMs: the rate, or how long nothing has come. */
-  private armWatchdog(d: Download): void {
+  private armWatchdog(f: Fetcher): void {
     const every = this.cfg.watchdogMs ?? 10_000;
     const tick = (): void => {
-      if (this.download !== d || this.stopped) return;
-      if (this.io.clock.now() - this.lastProgressAt >= every) {
-        const silence = d.silenceMs();
-        const rate = d.link.bytesPerSecond(this.io.clock.now());
-        const message = silence >= every ? `no chunk for ${Math.round(silence / 1000)} s` : `receiving ${rate} B/s`;
-        this.lastProgressAt = this.io.clock.now();
-        this.enqueue(() => (this.download === d && this.state === 'downloading' ? this.transition('download-progress', { message }) : Promise.resolve()));
+      if (this.fetcher !== f || this.stopped) return;
+      if (this.io.clock.now() - this.lastStatusAt >= every) {
+        const silence = f.silenceMs();
+        const message = silence >= every ? `no chunk for ${Math.round(silence / 1000)} s` : `receiving ${f.bytesPerSecond(this.io.clock.now())} B/s`;
+        this.lastStatusAt = this.io.clock.now();
+        this.enqueue(() => (this.fetcher === f && this.state === 'downloading' ? this.transition('download-progress', { message }) : Promise.resolve()));
       }
       this.watchdog = this.io.clock.setTimeout(tick, every);
     };
@@ -382,69 +428,61 @@ export class DeviceAgent {
     this.watchdog = this.io.clock.setTimeout(tick, every);
   }
 
-  // --- verify, apply, switch, health -----------------------------------------
-
-  private async completeUpdate(d: Download): Promise<void> {
-    if (this.download !== d) return;
-    const step = d.step;
+  private async fetched(f: Fetcher, a: ActiveRelease): Promise<void> {
+    if (this.fetcher !== f) return;
+    await this.endFetch();
     await this.transition('download-complete');
-    let payload;
-    try {
-      const bytes = await d.readPayload();
-      await d.close();
-      if (sha256Hex(bytes) !== step.sha256) throw new DeviceError('payload-hash-mismatch');
-      payload = decodePayload(bytes);
-      if (payload.base !== step.from || payload.target !== step.to) {
-        throw new DeviceError('malformed-payload', 'the payload names other digests than the release');
-      }
-    } catch (e) {
-      return this.endUpdate('verify-failed', e, step);
-    }
-    await this.transition('verify-passed');
-    const storage = this.io.storage;
-    const finalPath = storage.modelPath(step.to);
-    const tmp = `${finalPath}.tmp-${process.pid}`;
-    try {
-      const digest = await applyToFile(storage.modelPath(this.running), payload, tmp);
-      if (digest !== step.to) throw new DeviceError('digest-mismatch', `built ${digest.slice(0, 16)}…`);
-      await commitFile(tmp, finalPath);
-    } catch (e) {
-      await fs.rm(tmp, { force: true }).catch(() => undefined);
-      const { code } = toReason(e);
-      return this.endUpdate(code === 'storage-error' ? 'storage-failed' : 'apply-failed', e, step);
-    }
-    const previous = this.running;
-    await storage.switchTo(step.to, previous);
-    this.running = step.to;
-    await this.transition('apply-done');
-    await this.checkHealth(step);
+    await this.install(a);
   }
 
-  private async checkHealth(step: ReleaseStep): Promise<void> {
-    const storage = this.io.storage;
-    const result = await this.io.health.check(storage.currentPath, step.to);
-    const pointer = await storage.pointer();
-    if (result.healthy) {
-      await storage.prune([step.to, pointer?.previous ?? step.from]);
-      this.endDownload();
-      await storage.removeDownload(step.updateId);
+  // --- verify, build, validate, switch, health -------------------------------
+
+  private async install(a: ActiveRelease): Promise<void> {
+    const previous = this.running;
+    let verified;
+    try {
+      verified = await this.installer.verify(a.steps);
+    } catch (e) {
+      return this.endInstall('verify-failed', e, a);
+    }
+    if (this.state === 'verifying') await this.transition('verify-passed');
+    try {
+      await this.installer.stage(previous, verified, a.target, a.rollback);
+    } catch (e) {
+      await this.io.storage.removeStaging().catch(() => undefined);
+      await this.io.storage.clearJournal().catch(() => undefined);
+      return this.endInstall(toReason(e).code === 'storage-error' ? 'storage-failed' : 'apply-failed', e, a);
+    }
+    await this.installer.switchTo(a.target, previous, a.rollback);
+    this.running = a.target;
+    await this.transition('apply-done');
+    const health = await this.installer.checkHealth(a.target, previous, a.rollback);
+    if (health.healthy && (this.cfg.healthWindowMs ?? 0) > 0) {
+      // Stay in testing for the window: a crash now rolls back on restart (the journal says "testing").
+      await new Promise((r) => setTimeout(r, this.cfg.healthWindowMs));
+    }
+    if (health.healthy) {
+      await this.installer.commit(a.target, previous);
+      await this.cleanDownloads(a);
       this.memory.active = null;
       this.retries = 0;
-      await this.transition('health-passed', { reason: null, message: null });
+      await this.transition('health-passed', { reason: null, message: a.rollback ? 'rolled back by the operator' : null });
       return;
     }
-    await storage.switchTo(step.from, null);
-    this.running = step.from;
-    this.endDownload();
+    await this.installer.rollBack(previous, a.target);
+    this.running = previous;
     this.memory.active = null;
-    await this.transition('health-failed', { reason: 'health-check-failed', message: result.message ?? null });
+    await this.transition('health-failed', { reason: health.reason ?? 'health-check-failed', message: health.message ?? null });
   }
 
-  private async endUpdate(event: DeviceEvent, e: unknown, step: ReleaseStep): Promise<void> {
+  private async cleanDownloads(a: ActiveRelease): Promise<void> {
+    for (const s of a.steps) await this.io.storage.removeDownload(s.updateId);
+  }
+
+  private async endInstall(event: DeviceEvent, e: unknown, a: ActiveRelease): Promise<void> {
     const { code, message } = toReason(e);
-    this.endDownload();
     this.memory.active = null;
-    await this.io.storage.removeDownload(step.updateId);
+    await this.cleanDownloads(a);
     await this.transition(event, { reason: code, message });
   }
 }

@@ -7,6 +7,8 @@ export type DeviceEvent =
   | 'release-refused'
   | 'release-withdrawn'
   | 'resume'
+  | 'switch-back'
+  | 'crash-rollback'
   | 'download-progress'
   | 'download-complete'
   | 'download-failed'
@@ -41,6 +43,10 @@ export const TRANSITIONS: ReadonlyArray<{ from: readonly DeviceState[]; on: Devi
   { from: ['testing'], on: 'health-passed', to: 'ok' },
   { from: ['testing'], on: 'health-failed', to: 'rolled_back' },
   { from: ['downloading', 'verifying', 'applying', 'testing'], on: 'storage-failed', to: 'failed' },
+  // A release whose target this device still holds (an operator rollback): no download, no arithmetic.
+  { from: [...RESTING, 'downloading'], on: 'switch-back', to: 'applying' },
+  // On start, the journal says the agent stopped while switching or testing: it went back.
+  { from: [...RESTING, 'downloading', 'verifying', 'applying', 'testing'], on: 'crash-rollback', to: 'rolled_back' },
 ];
 
 export class IllegalTransition extends Error {

@@ -10,6 +10,10 @@ export const DEVICE_ONLY_REASONS = {
   'no-space': 'Not enough free disk space in the device directory for the payload and the new model; free space and it retries on the next release delivery.',
   'storage-error': 'Reading or writing the device directory failed; check permissions and disk health.',
   'health-check-failed': 'The new model failed its health check; the device switched back to the previous model.',
+  'health-check-timeout': 'The health command did not finish in time; the device switched back to the previous model.',
+  'validation-failed': 'The new model failed the validation command before the switch; it never became current.',
+  'validation-timeout': 'The validation command did not finish in time; the new model never became current.',
+  'crashed-while-testing': 'The agent stopped while switching to or testing the new model; on restart it switched back to the previous model.',
   'download-stalled': 'No chunk arrived for the configured time; the download is tried again later and resumes from what was received.',
   'corrupt-source': 'The update server keeps sending a chunk that does not match the signed chunk list: its stored copy is damaged. Re-publish the update (the device will not retry this one by itself).',
 } as const;

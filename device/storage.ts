@@ -2,8 +2,19 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Bitmap } from '../protocol/chunks.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
+import { isJournal, type Journal } from './journal.ts';
 import type { DeviceStatus } from '../protocol/status.ts';
 import { exists, fsyncDir, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
+
+/** The release being installed: where it goes and the steps that get there. */
+export interface ActiveRelease {
+  releaseHash: string;
+  seq: number;
+  target: string;
+  /** The steps to apply in order (empty when switching back to a version held on disk). */
+  steps: ReleaseStep[];
+  rollback: boolean;
+}
 
 /** What the agent remembers across restarts (state.json). */
 export interface AgentMemory {
@@ -16,7 +27,7 @@ export interface AgentMemory {
   /** Hash of the last release accepted and acted on. */
   handled: string | null;
   /** The release being worked on, so a restart resumes it. */
-  active: { releaseHash: string; seq: number; step: ReleaseStep } | null;
+  active: ActiveRelease | null;
   /** The last status published, re-published on start. */
   lastStatus: DeviceStatus | null;
 }
@@ -24,17 +35,22 @@ export interface AgentMemory {
 const EMPTY_MEMORY: AgentMemory = { highestSeq: -1, clockFloor: 0, refused: [], handled: null, active: null, lastStatus: null };
 const MAX_REFUSED = 128;
 
-/** The atomic pointer (file `current`): which version runs and which ran before. */
+/** Which version runs (the symlink) and which ran before (for rollback and pruning). */
 export interface Pointer {
   digest: string;
   previous: string | null;
 }
 
+const DIGEST_FILE = /^([0-9a-f]{64})\.safetensors$/;
+
 /**
  * The device directory:
+ *   current.safetensors           symlink to models/{digest}.safetensors: THE atomic pointer,
+ *                                 and the path applications load
+ *   previous                      JSON {digest}: the version before (rollback, pruning)
  *   models/{digest}.safetensors   every kept version, named by digest
- *   current                       the pointer (JSON), replaced atomically
- *   current.safetensors           symlink to the running version: the path applications load
+ *   models/*.staged, *.tmp-*      a version being built (discarded on start)
+ *   journal.json                  where an install stands (device/journal.ts)
  *   state.json                    AgentMemory
  *   downloads/{updateId}/         payload (chunks at their offsets), bitmap, list
  */
@@ -44,11 +60,17 @@ export class DeviceStorage {
   modelPath(digest: string): string {
     return path.join(this.dir, 'models', `${digest}.safetensors`);
   }
+  stagedPath(digest: string): string {
+    return path.join(this.dir, 'models', `${digest}.staged`);
+  }
   get currentPath(): string {
     return path.join(this.dir, 'current.safetensors');
   }
-  private get pointerFile(): string {
-    return path.join(this.dir, 'current');
+  private get previousFile(): string {
+    return path.join(this.dir, 'previous');
+  }
+  private get journalFile(): string {
+    return path.join(this.dir, 'journal.json');
   }
   private get memoryFile(): string {
     return path.join(this.dir, 'state.json');
@@ -63,7 +85,21 @@ export class DeviceStorage {
   }
 
   async pointer(): Promise<Pointer | undefined> {
-    return readJson<Pointer>(this.pointerFile);
+    let target: string;
+    try {
+      target = await fs.readlink(this.currentPath);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    const m = DIGEST_FILE.exec(path.basename(target));
+    if (!m) throw new Error(`${this.currentPath} points at ${target}, which is not a model version`);
+    const prev = await readJson<{ digest: string | null }>(this.previousFile);
+    return { digest: m[1], previous: prev?.digest ?? null };
+  }
+
+  async hasVersion(digest: string): Promise<boolean> {
+    return exists(this.modelPath(digest));
   }
 
   /** Install a model file as a version (copy, fsync, rename). */
@@ -72,12 +108,12 @@ export class DeviceStorage {
   }
 
   /**
-   * Make `digest` current: the pointer file is replaced atomically (temp,
-   * fsync, rename, fsync dir), then the symlink likewise.
+   * Make `digest` current: record `previous` (temp, fsync, rename), then
+   * replace the symlink atomically (new link, rename over, fsync the directory).
    */
   async switchTo(digest: string, previous: string | null): Promise<void> {
     if (!(await exists(this.modelPath(digest)))) throw new Error(`no model version ${digest}`);
-    await writeFileAtomic(this.pointerFile, JSON.stringify({ digest, previous } satisfies Pointer));
+    await writeFileAtomic(this.previousFile, JSON.stringify({ digest: previous }));
     const tmp = `${this.currentPath}.tmp-${process.pid}`;
     await fs.rm(tmp, { force: true });
     await fs.symlink(path.join('models', `${digest}.safetensors`), tmp);
@@ -85,11 +121,39 @@ export class DeviceStorage {
     await fsyncDir(this.dir);
   }
 
-  /** Delete versions other than the current and previous ones. */
+  async journal(): Promise<Journal | undefined> {
+    const j = await readJson<unknown>(this.journalFile);
+    return isJournal(j) ? j : undefined;
+  }
+
+  async writeJournal(j: Journal): Promise<void> {
+    await writeFileAtomic(this.journalFile, JSON.stringify(j));
+  }
+
+  async clearJournal(): Promise<void> {
+    await fs.rm(this.journalFile, { force: true });
+    await fsyncDir(this.dir);
+  }
+
+  /** Remove half-built versions (staged and temporary files). */
+  async removeStaging(): Promise<string[]> {
+    const gone: string[] = [];
+    for (const f of await fs.readdir(path.join(this.dir, 'models'))) {
+      if (DIGEST_FILE.test(f)) continue;
+      await fs.rm(path.join(this.dir, 'models', f), { force: true });
+      gone.push(f);
+    }
+    for (const f of await fs.readdir(this.dir)) {
+      if (f.startsWith('current.safetensors.tmp-')) await fs.rm(path.join(this.dir, f), { force: true });
+    }
+    return gone;
+  }
+
+  /** Delete versions other than the ones to keep (the current and the previous). */
   async prune(keep: string[]): Promise<void> {
     for (const f of await fs.readdir(path.join(this.dir, 'models'))) {
-      const digest = f.replace(/\.safetensors$/, '');
-      if (!keep.includes(digest)) await fs.rm(path.join(this.dir, 'models', f), { force: true });
+      const m = DIGEST_FILE.exec(f);
+      if (m && !keep.includes(m[1])) await fs.rm(path.join(this.dir, 'models', f), { force: true });
     }
   }
 

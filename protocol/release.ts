@@ -8,7 +8,11 @@ import { isTopicSegment } from './topics.ts';
 /** One way from a model digest to another: the update that does it and how to fetch and check it. */
 export interface ReleaseStep {
   updateId: string;
-  from: string;
+  /**
+   * The digest this step applies to; null for a full-model step, whose
+   * payload is the whole target model (safetensors) for devices on no chain.
+   */
+  from: string | null;
   to: string;
   /** Payload size in bytes. */
   size: number;
@@ -31,7 +35,16 @@ export interface ReleaseBody {
   expires: number;
   /** The model digest every device of the group should end on. */
   target: string;
+  /**
+   * Ways to reach `target`: updates that may form a chain (v1→v2→v3: a
+   * device applies the steps from its own digest on, in order), and at most
+   * one full-model step.
+   */
   steps: ReleaseStep[];
+  /** This release takes the group back to an earlier version (operator rollback). */
+  rollback: boolean;
+  /** The digest the group was asked to run before this release, when known. */
+  previous: string | null;
 }
 
 export interface Signature {
@@ -77,7 +90,7 @@ export function signingKeyFromSeed(seed: Uint8Array): SigningKey {
 }
 
 export function encodeReleaseBody(b: ReleaseBody): Uint8Array {
-  return cborEncode({
+  const m: Record<string, unknown> = {
     v: PROTOCOL_VERSION,
     model: b.model,
     group: b.group,
@@ -95,7 +108,10 @@ export function encodeReleaseBody(b: ReleaseBody): Uint8Array {
       chunks: s.chunks,
       list: s.listSha256,
     })),
-  });
+  };
+  if (b.rollback) m.rollback = true;
+  if (b.previous) m.previous = b.previous;
+  return cborEncode(m);
 }
 
 function bad(detail: string): never {
@@ -120,16 +136,52 @@ export function decodeReleaseBody(bytes: Uint8Array): ReleaseBody {
   const steps = m.steps.map((s: unknown, k: number): ReleaseStep => {
     if (!isRecord(s)) bad(`step ${k} is not a map`);
     if (!isUpdateId(s.u)) bad(`step ${k}: u`);
-    if (!isHex(s.from, DIGEST_HEX) || !isHex(s.to, DIGEST_HEX)) bad(`step ${k}: from/to`);
+    if ((s.from !== null && !isHex(s.from, DIGEST_HEX)) || !isHex(s.to, DIGEST_HEX)) bad(`step ${k}: from/to`);
     if (!isUint(s.size) || s.size === 0) bad(`step ${k}: size`);
     if (!isHex(s.sha256, DIGEST_HEX) || !isHex(s.list, DIGEST_HEX)) bad(`step ${k}: sha256/list`);
     if (!isUint(s.chunk) || s.chunk === 0 || !isUint(s.chunks, MAX_CHUNKS)) bad(`step ${k}: chunk/chunks`);
     if (s.chunks !== Math.ceil(s.size / s.chunk)) bad(`step ${k}: chunks does not match size / chunk`);
     if (s.sha256.slice(0, s.u.length) !== s.u) bad(`step ${k}: update id is not the payload hash`);
-    if (s.to !== m.target) bad(`step ${k}: leads to ${s.to.slice(0, 12)}, not to the target`);
-    return { updateId: s.u, from: s.from, to: s.to, size: s.size, sha256: s.sha256, chunkSize: s.chunk, chunks: s.chunks, listSha256: s.list };
+    return { updateId: s.u, from: s.from as string | null, to: s.to, size: s.size, sha256: s.sha256, chunkSize: s.chunk, chunks: s.chunks, listSha256: s.list };
   });
-  return { model: m.model, group: m.group, seq: m.seq, issued: m.issued, expires: m.expires, target: m.target, steps };
+  checkChains(steps, m.target);
+  if (m.rollback !== undefined && m.rollback !== true) bad('rollback must be true when present');
+  if (m.previous !== undefined && !isHex(m.previous, DIGEST_HEX)) bad('previous must be a 64-hex-digit digest');
+  return {
+    model: m.model, group: m.group, seq: m.seq, issued: m.issued, expires: m.expires, target: m.target, steps,
+    rollback: m.rollback === true, previous: (m.previous as string | undefined) ?? null,
+  };
+}
+
+/** Every step leads to the target, directly or through other steps; no two start at one digest; at most one full step. */
+function checkChains(steps: ReleaseStep[], target: string): void {
+  const byFrom = new Map<string, ReleaseStep>();
+  let full = 0;
+  steps.forEach((s, k) => {
+    if (s.from === null) {
+      if (++full > 1) bad('more than one full-model step');
+      if (s.to !== target) bad(`step ${k}: a full-model step must lead to the target`);
+      return;
+    }
+    if (s.from === s.to) bad(`step ${k}: leads from ${s.from.slice(0, 12)} to itself`);
+    if (s.from === target) bad(`step ${k}: starts at the target`);
+    if (byFrom.has(s.from)) bad(`two steps start at ${s.from.slice(0, 12)}`);
+    byFrom.set(s.from, s);
+  });
+  for (const [from] of byFrom) {
+    if (!pathFromSteps(byFrom, from, target)) bad(`the steps from ${from.slice(0, 12)} do not lead to the target`);
+  }
+}
+
+function pathFromSteps(byFrom: Map<string, ReleaseStep>, running: string, target: string): ReleaseStep[] | undefined {
+  const path: ReleaseStep[] = [];
+  for (let at = running; at !== target; ) {
+    const s = byFrom.get(at);
+    if (!s || path.length > byFrom.size) return undefined;
+    path.push(s);
+    at = s.to;
+  }
+  return path;
 }
 
 export function signRelease(body: ReleaseBody, keys: SigningKey[]): Uint8Array {
@@ -238,7 +290,14 @@ export function formatTrustFile(t: TrustFile): string {
   ) + '\n';
 }
 
-/** Pick the step that starts from the model the device runs. */
-export function stepFrom(b: ReleaseBody, running: string): ReleaseStep | undefined {
-  return b.steps.find((s) => s.from === running);
+/**
+ * The steps a device running `running` applies, in order, to reach the
+ * target: the chain from its digest, else the full-model step, else none.
+ */
+export function pathFrom(b: ReleaseBody, running: string): ReleaseStep[] | undefined {
+  const byFrom = new Map(b.steps.filter((s) => s.from !== null).map((s) => [s.from as string, s]));
+  const chain = byFrom.has(running) ? pathFromSteps(byFrom, running, b.target) : undefined;
+  if (chain) return chain;
+  const full = b.steps.find((s) => s.from === null);
+  return full ? [full] : undefined;
 }

@@ -25,6 +25,8 @@ export interface DeviceStatus {
   /** Release sequence number being processed or last processed. */
   seq: number | null;
   updateId: string | null;
+  /** The target is an operator rollback to an earlier version. */
+  rollback: boolean;
   /** 0..1 of the current download. */
   progress: number;
   /** Payload bytes held for the current update. */

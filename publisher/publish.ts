@@ -1,7 +1,11 @@
 import { chunkCount, chunkList, chunkRange, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
+import { safetensorsDigest } from '../protocol/digest.ts';
 import { decodeReceipt, encodeFrame, type UploadReceipt } from '../protocol/frames.ts';
 import { decodePayload } from '../protocol/lowrank.ts';
-import { decodeReleaseBody, decodeSignedRelease, signRelease, type ReleaseBody, type SigningKey } from '../protocol/release.ts';
+import {
+  decodeReleaseBody, decodeSignedRelease, signRelease, verifyRelease,
+  type ReleaseBody, type ReleaseStep, type SigningKey, type TrustFile,
+} from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
@@ -9,7 +13,10 @@ import type { Logger } from '../util/log.ts';
 export interface PublishOptions {
   transport: Transport;
   topics: Topics;
-  payload: Uint8Array;
+  /** Low-rank update payloads, in any order; they must form chains ending at one target. */
+  payloads: Uint8Array[];
+  /** Safetensors bytes of the target model: a full-model step for devices on no chain. */
+  fullModel?: Uint8Array;
   keys: SigningKey[];
   model: string;
   group: string;
@@ -18,149 +25,373 @@ export interface PublishOptions {
   ttlSeconds: number;
   /** Explicit sequence number; default max(current + 1, now in seconds). */
   seq?: number;
+  /**
+   * Keys the current release is checked against before its target is recorded
+   * as `previous`; default: the signing keys (threshold 1).
+   */
+  trust?: TrustFile;
   /** Publishes in flight at once during the upload. */
   window?: number;
   /** How long to wait for the update server's receipt. */
   receiptTimeoutMs?: number;
+  /** How long after subscribing a missing retained release means there is none (default 500 ms). */
+  settleMs?: number;
   log: Logger;
+  /** Chunks sent over all payloads, of all chunks. */
   onProgress?: (sentChunks: number, totalChunks: number) => void;
   now?: () => number;
 }
 
-export interface PublishResult {
+/** One payload on the update server. */
+export interface UploadResult {
   updateId: string;
-  release: ReleaseBody;
+  size: number;
+  sha256: string;
+  chunkSize: number;
+  chunks: number;
+  listSha256: string;
+  /** Chunks sent this time (the probe included). */
   uploadedChunks: number;
+  /** The server held the whole payload before this upload. */
   alreadyStored: boolean;
 }
 
+export interface PublishResult {
+  /** The update id of the step that ends at the target (the last update of the chain, else the full model). */
+  updateId: string;
+  release: ReleaseBody;
+  /** One per release step, in the release's order. */
+  uploads: UploadResult[];
+  uploadedChunks: number;
+  /** Every payload was on the server already. */
+  alreadyStored: boolean;
+}
+
+export type PublishErrorCode =
+  | 'no-update-server' | 'upload-refused' | 'bad-update'
+  | 'no-release' | 'no-previous' | 'untrusted-release' | 'bad-seq';
+
 export class PublishError extends Error {
-  constructor(readonly code: 'no-update-server' | 'upload-refused' | 'bad-update', message: string) {
+  constructor(readonly code: PublishErrorCode, message: string) {
     super(message);
     this.name = 'PublishError';
   }
 }
 
+const short = (d: string): string => d.slice(0, 12);
+
+export interface UploadOptions {
+  transport: Transport;
+  topics: Topics;
+  model: string;
+  payload: Uint8Array;
+  chunkSize: number;
+  window?: number;
+  receiptTimeoutMs?: number;
+  log: Logger;
+  onProgress?: (sentChunks: number, totalChunks: number) => void;
+}
+
 /**
- * Upload the payload to the update server (only the chunks it lacks), wait
- * for its confirmation, then publish the signed release retained for the group.
+ * Uploads one payload to the update server (only the chunks it lacks) and
+ * waits for its confirmation. The last chunk goes first as a probe: the
+ * receipt says whether the server already has the payload or which chunks
+ * it lacks, so an interrupted upload resumes.
  */
-export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
+export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
   const t = o.transport;
-  let decoded;
-  try {
-    decoded = decodePayload(o.payload);
-  } catch (e) {
-    throw new PublishError('bad-update', `the update file is not a valid payload: ${(e as Error).message}`);
-  }
   const updateId = updateIdOf(o.payload);
   const count = chunkCount(o.payload.byteLength, o.chunkSize);
-  const list = chunkList(o.payload, o.chunkSize);
   const receiptTopic = o.topics.uploadReceipt(o.model, updateId);
-  const releaseTopic = o.topics.release(o.group, o.model);
-
-  let currentSeq = -1;
   const receipts: UploadReceipt[] = [];
   let wake: (() => void) | undefined;
   const off = t.onMessage((topic, payload) => {
-    if (topic === releaseTopic && payload.byteLength > 0) {
-      try {
-        currentSeq = Math.max(currentSeq, decodeReleaseBody(decodeSignedRelease(payload).body).seq);
-      } catch {
-        o.log.warn('the current release on the broker is malformed; replacing it');
-      }
-    } else if (topic === receiptTopic) {
-      try {
-        receipts.push(decodeReceipt(payload));
-        wake?.();
-      } catch (e) {
-        o.log.warn('bad receipt', { error: (e as Error).message });
-      }
+    if (topic !== receiptTopic) return;
+    try {
+      receipts.push(decodeReceipt(payload));
+      wake?.();
+    } catch (e) {
+      o.log.warn('bad receipt', { error: (e as Error).message });
     }
   });
-  await t.subscribe([receiptTopic, releaseTopic], 1);
-
-  /** Waits for the next receipt, calling `nudge` every `reprobeMs` (the server may be starting or restarting). */
-  const nextReceipt = async (nudge: () => Promise<void>): Promise<UploadReceipt> => {
-    const timeout = o.receiptTimeoutMs ?? 30_000;
-    const reprobe = 2000;
-    const deadline = Date.now() + timeout;
-    let nextNudge = Date.now() + reprobe;
-    while (receipts.length === 0) {
-      const left = deadline - Date.now();
-      if (left <= 0) {
-        throw new PublishError('no-update-server', `no update server answered on ${receiptTopic} within ${timeout} ms; is 'fleet broker' or 'fleet serve' running?`);
+  await t.subscribe(receiptTopic, 1);
+  try {
+    /** Waits for the next receipt, calling `nudge` every 2 s (the server may be starting or restarting). */
+    const nextReceipt = async (nudge: () => Promise<void>): Promise<UploadReceipt> => {
+      const timeout = o.receiptTimeoutMs ?? 30_000;
+      const reprobe = 2000;
+      const deadline = Date.now() + timeout;
+      let nextNudge = Date.now() + reprobe;
+      while (receipts.length === 0) {
+        const left = deadline - Date.now();
+        if (left <= 0) {
+          throw new PublishError('no-update-server', `no update server answered on ${receiptTopic} within ${timeout} ms; is 'fleet broker' or 'fleet serve' running?`);
+        }
+        if (Date.now() >= nextNudge) {
+          nextNudge = Date.now() + reprobe;
+          await nudge();
+        }
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.min(left, Math.max(1, nextNudge - Date.now())));
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
       }
-      if (Date.now() >= nextNudge) {
-        nextNudge = Date.now() + reprobe;
-        await nudge();
-      }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, Math.min(left, Math.max(1, nextNudge - Date.now())));
-        wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-    }
-    return receipts.shift()!;
-  };
+      return receipts.shift()!;
+    };
 
-  const send = (i: number): Promise<void> => {
-    const [b, e] = chunkRange(o.payload.byteLength, o.chunkSize, i);
-    return t.publish(o.topics.upload(o.model, updateId), encodeFrame({ kind: 'chunk', updateId, index: i, count, data: o.payload.subarray(b, e) }), { qos: 1 });
-  };
+    const send = (i: number): Promise<void> => {
+      const [b, e] = chunkRange(o.payload.byteLength, o.chunkSize, i);
+      return t.publish(o.topics.upload(o.model, updateId), encodeFrame({ kind: 'chunk', updateId, index: i, count, data: o.payload.subarray(b, e) }), { qos: 1 });
+    };
 
-  // Probe with the last chunk: the receipt says whether the server already has
-  // the update, or which chunks it lacks (a resumed upload sends only those).
-  let uploaded = 1;
-  const probe = (): Promise<void> => send(count - 1);
-  await probe();
-  let receipt = await nextReceipt(probe);
-  const alreadyStored = receipt.stored && count > 1;
-  let sent = 0;
-  for (let round = 0; !receipt.stored; round++) {
-    if (receipt.error) throw new PublishError('upload-refused', `the update server refused the upload: ${receipt.error}`);
-    if (round > 20) throw new PublishError('upload-refused', `upload of ${updateId} did not complete after ${round} rounds`);
-    const missing = receipt.missing.filter((i) => i !== count - 1);
-    const window = o.window ?? 32;
-    for (let k = 0; k < missing.length; k += window) {
-      await Promise.all(missing.slice(k, k + window).map(send));
-      sent += Math.min(window, missing.length - k);
-      uploaded += Math.min(window, missing.length - k);
-      o.onProgress?.(Math.min(count, receipt.have + sent), count);
-    }
-    // The last chunk triggers the next receipt.
+    let uploaded = 1;
+    const probe = (): Promise<void> => send(count - 1);
     await probe();
-    uploaded++;
-    receipt = await nextReceipt(probe);
+    let receipt = await nextReceipt(probe);
+    if (receipt.stored && receipt.count !== count) {
+      // The release must name the chunking the server serves; a different chunk size gives another list.
+      throw new PublishError('upload-refused', `the update server already holds ${updateId} cut into ${receipt.count} chunks, not ${count}; publish it with the chunk size it was first uploaded with`);
+    }
+    const alreadyStored = receipt.stored && count > 1;
+    let sent = 0;
+    for (let round = 0; !receipt.stored; round++) {
+      if (receipt.error) throw new PublishError('upload-refused', `the update server refused the upload: ${receipt.error}`);
+      if (round > 20) throw new PublishError('upload-refused', `upload of ${updateId} did not complete after ${round} rounds`);
+      const missing = receipt.missing.filter((i) => i !== count - 1);
+      const window = o.window ?? 32;
+      for (let k = 0; k < missing.length; k += window) {
+        await Promise.all(missing.slice(k, k + window).map(send));
+        sent += Math.min(window, missing.length - k);
+        uploaded += Math.min(window, missing.length - k);
+        o.onProgress?.(Math.min(count, receipt.have + sent), count);
+      }
+      // The last chunk triggers the next receipt.
+      await probe();
+      uploaded++;
+      receipt = await nextReceipt(probe);
+    }
+    o.onProgress?.(count, count);
+    o.log.info('update stored on the server', { updateId, chunks: count, uploaded, alreadyStored });
+    return {
+      updateId, size: o.payload.byteLength, sha256: sha256Hex(o.payload), chunkSize: o.chunkSize, chunks: count,
+      listSha256: sha256Hex(chunkList(o.payload, o.chunkSize)), uploadedChunks: uploaded, alreadyStored,
+    };
+  } finally {
+    wake = undefined;
+    off();
+    await t.unsubscribe(receiptTopic).catch(() => undefined);
   }
-  o.onProgress?.(count, count);
-  o.log.info('update stored on the server', { updateId, chunks: count, uploaded, alreadyStored });
+}
 
-  const now = Math.floor((o.now ?? Date.now)() / 1000);
-  const body: ReleaseBody = {
-    model: o.model,
-    group: o.group,
-    seq: o.seq ?? Math.max(currentSeq + 1, now),
-    issued: now,
-    expires: now + o.ttlSeconds,
-    target: decoded.target,
-    steps: [
-      {
-        updateId,
-        from: decoded.base,
-        to: decoded.target,
-        size: o.payload.byteLength,
-        sha256: sha256Hex(o.payload),
-        chunkSize: o.chunkSize,
-        chunks: count,
-        listSha256: sha256Hex(list),
-      },
-    ],
+/** The release step for an uploaded payload. */
+export function stepOf(u: UploadResult, from: string | null, to: string): ReleaseStep {
+  return { updateId: u.updateId, from, to, size: u.size, sha256: u.sha256, chunkSize: u.chunkSize, chunks: u.chunks, listSha256: u.listSha256 };
+}
+
+export interface ChainLink {
+  payload: Uint8Array;
+  base: string;
+  target: string;
+}
+
+/**
+ * Orders update payloads into chains: every update's target is the common
+ * target or the base of another update; no two start at one base; no cycles.
+ * Updates farther from the target come first (v1→v2 before v2→v3).
+ */
+export function orderChain(payloads: Uint8Array[]): { target: string; links: ChainLink[] } {
+  const links = payloads.map((payload, k): ChainLink => {
+    try {
+      const p = decodePayload(payload);
+      return { payload, base: p.base, target: p.target };
+    } catch (e) {
+      throw new PublishError('bad-update', `update ${k + 1} is not a valid payload: ${(e as Error).message}`);
+    }
+  });
+  const byBase = new Map<string, ChainLink>();
+  for (const l of links) {
+    if (l.base === l.target) throw new PublishError('bad-update', `update ${updateIdOf(l.payload)} leads from ${short(l.base)} to itself`);
+    const other = byBase.get(l.base);
+    if (other) {
+      throw new PublishError('bad-update', `two updates start from ${short(l.base)} (${updateIdOf(other.payload)} and ${updateIdOf(l.payload)}); a release has one way from each version`);
+    }
+    byBase.set(l.base, l);
+  }
+  // Where each update's chain ends, and how many steps it takes.
+  const depth = new Map<ChainLink, number>();
+  const ends = new Set<string>();
+  for (const l of links) {
+    let at = l.target;
+    let n = 1;
+    for (let next = byBase.get(at); next; next = byBase.get(at)) {
+      if (next === l || n > links.length) throw new PublishError('bad-update', `the updates form a cycle through ${short(l.base)}`);
+      at = next.target;
+      n++;
+    }
+    depth.set(l, n);
+    ends.add(at);
+  }
+  if (ends.size > 1) {
+    const list = [...ends].map(short).join(', ');
+    throw new PublishError('bad-update', `the updates do not form chains ending at one target: they end at ${list}`);
+  }
+  const ordered = links.map((l, k) => ({ l, k })).sort((a, b) => depth.get(b.l)! - depth.get(a.l)! || a.k - b.k).map((x) => x.l);
+  return { target: [...ends][0], links: ordered };
+}
+
+/** The digest of a full model file, as a PublishError when it is not a model. */
+export function fullModelDigest(bytes: Uint8Array): string {
+  try {
+    return safetensorsDigest(bytes);
+  } catch (e) {
+    throw new PublishError('bad-update', `the full model is not a valid safetensors file: ${(e as Error).message}`);
+  }
+}
+
+export interface RetainedRelease {
+  /** Highest seq of any decodable release seen on the topic; -1 when none. */
+  seq: number;
+  /** The latest release, when it verified against the trust file. */
+  body: ReleaseBody | undefined;
+  /** Why the latest release on the topic was not taken (malformed, not signed by trusted keys). */
+  problem: string | undefined;
+}
+
+/**
+ * Follows the retained release of one group and model. `read()` resolves once
+ * a release has arrived, or `settleMs` after subscribing when there is none
+ * (the broker sends retained messages right after the subscription).
+ */
+export async function watchRelease(t: Transport, topic: string, trust: TrustFile, log: Logger, settleMs = 500): Promise<{ read(): Promise<RetainedRelease>; stop(): Promise<void> }> {
+  const state: RetainedRelease = { seq: -1, body: undefined, problem: undefined };
+  let seen = false;
+  let wake: (() => void) | undefined;
+  const off = t.onMessage((tp, payload) => {
+    if (tp !== topic) return;
+    seen = true;
+    if (payload.byteLength > 0) {
+      let seq: number;
+      try {
+        seq = decodeReleaseBody(decodeSignedRelease(payload).body).seq;
+      } catch (e) {
+        log.warn('the current release on the broker is malformed; replacing it', { error: (e as Error).message });
+        state.body = undefined;
+        state.problem = `malformed: ${(e as Error).message}`;
+        wake?.();
+        return;
+      }
+      if (seq >= state.seq) {
+        try {
+          state.body = verifyRelease(payload, trust);
+          state.problem = undefined;
+        } catch (e) {
+          state.body = undefined;
+          state.problem = `seq ${seq} does not verify against the given keys: ${(e as Error).message}`;
+        }
+      }
+      state.seq = Math.max(state.seq, seq);
+    } else {
+      state.body = undefined;
+      state.problem = undefined;
+    }
+    wake?.();
+  });
+  await t.subscribe(topic, 1);
+  const subscribedAt = Date.now();
+  return {
+    async read() {
+      const left = subscribedAt + settleMs - Date.now();
+      if (!seen && left > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, left);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wake = undefined;
+      }
+      return { ...state };
+    },
+    async stop() {
+      off();
+      await t.unsubscribe(topic).catch(() => undefined);
+    },
   };
-  await t.publish(releaseTopic, signRelease(body, o.keys), { qos: 1, retain: true });
-  off();
-  await t.unsubscribe([receiptTopic, releaseTopic]);
-  return { updateId, release: body, uploadedChunks: uploaded, alreadyStored };
+}
+
+/** The signing keys as a trust file with threshold 1. */
+export function trustOfKeys(keys: SigningKey[]): TrustFile {
+  const unique = new Map(keys.map((k) => [k.id, { id: k.id, publicKey: k.publicKey }]));
+  return { threshold: 1, keys: [...unique.values()] };
+}
+
+/**
+ * Uploads the payloads (and the full model) to the update server, waits for
+ * its confirmations, then publishes the signed release retained for the group:
+ * one step per update along the chain, plus a full-model step when given.
+ */
+export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
+  if (o.keys.length === 0) throw new PublishError('bad-update', 'no signing key');
+  if (o.payloads.length === 0 && !o.fullModel) throw new PublishError('bad-update', 'nothing to publish: give at least one update or a full model');
+  const chain = o.payloads.length ? orderChain(o.payloads) : undefined;
+  const fullDigest = o.fullModel ? fullModelDigest(o.fullModel) : undefined;
+  const target = chain?.target ?? fullDigest!;
+  if (fullDigest !== undefined && fullDigest !== target) {
+    throw new PublishError('bad-update', `the full model's digest ${short(fullDigest)} is not the updates' target ${short(target)}`);
+  }
+  if ((chain?.links.length ?? 0) + (o.fullModel ? 1 : 0) > 64) throw new PublishError('bad-update', 'a release has at most 64 steps');
+
+  const t = o.transport;
+  const releaseTopic = o.topics.release(o.group, o.model);
+  const watch = await watchRelease(t, releaseTopic, o.trust ?? trustOfKeys(o.keys), o.log, o.settleMs);
+  try {
+    const parts = [...(chain?.links.map((l) => l.payload) ?? []), ...(o.fullModel ? [o.fullModel] : [])];
+    const counts = parts.map((p) => chunkCount(p.byteLength, o.chunkSize));
+    const total = counts.reduce((a, b) => a + b, 0);
+    const uploads: UploadResult[] = [];
+    let before = 0;
+    for (const [k, payload] of parts.entries()) {
+      uploads.push(await uploadPayload({
+        transport: t, topics: o.topics, model: o.model, payload, chunkSize: o.chunkSize, window: o.window,
+        receiptTimeoutMs: o.receiptTimeoutMs, log: o.log, onProgress: (d) => o.onProgress?.(before + d, total),
+      }));
+      before += counts[k];
+    }
+    const steps = [
+      ...(chain?.links.map((l, k) => stepOf(uploads[k], l.base, l.target)) ?? []),
+      ...(o.fullModel ? [stepOf(uploads[uploads.length - 1], null, target)] : []),
+    ];
+
+    const current = await watch.read();
+    if (current.problem) o.log.warn('the current release is not taken as the previous version', { problem: current.problem });
+    // Re-publishing the same target keeps the version before it as `previous`. With no
+    // release yet, the group runs where the chain starts: that is the version to go back to.
+    const previous = current.body
+      ? (current.body.target === target ? current.body.previous : current.body.target)
+      : (chain?.links[0]?.base ?? null);
+    const now = Math.floor((o.now ?? Date.now)() / 1000);
+    const body: ReleaseBody = {
+      model: o.model,
+      group: o.group,
+      seq: o.seq ?? Math.max(current.seq + 1, now),
+      issued: now,
+      expires: now + o.ttlSeconds,
+      target,
+      steps,
+      rollback: false,
+      previous,
+    };
+    await t.publish(releaseTopic, signRelease(body, o.keys), { qos: 1, retain: true });
+    const last = chain ? uploads[chain.links.length - 1] : uploads[uploads.length - 1];
+    return {
+      updateId: last.updateId, release: body, uploads,
+      uploadedChunks: uploads.reduce((a, u) => a + u.uploadedChunks, 0), alreadyStored: uploads.every((u) => u.alreadyStored),
+    };
+  } finally {
+    await watch.stop();
+  }
 }

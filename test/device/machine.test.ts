@@ -21,6 +21,8 @@ const EVENT_SET: Record<DeviceEvent, true> = {
   'health-passed': true,
   'health-failed': true,
   'storage-failed': true,
+  'switch-back': true,
+  'crash-rollback': true,
 };
 const EVENTS = Object.keys(EVENT_SET) as DeviceEvent[];
 

@@ -4,8 +4,8 @@ import { decode as cborxDecode } from 'cbor-x';
 import nacl from 'tweetnacl';
 import {
   checkRelease, decodeReleaseBody, decodeSignedRelease, encodeReleaseBody, formatTrustFile, keyIdOf, parseTrustFile,
-  signRelease, signingKeyFromSeed, stepFrom, verifyRelease,
-  type ReleaseBody, type ReleaseExpectations, type SigningKey, type TrustFile,
+  pathFrom, signRelease, signingKeyFromSeed, verifyRelease,
+  type ReleaseBody, type ReleaseStep, type ReleaseExpectations, type SigningKey, type TrustFile,
 } from '../../protocol/release.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { ProtocolError, type ProtocolReason } from '../../protocol/errors.ts';
@@ -40,8 +40,21 @@ const BODY: ReleaseBody = {
     chunks: 3,
     listSha256: 'ef'.repeat(32),
   }],
+  rollback: false,
+  previous: null,
 };
 const withStep = (over: Partial<ReleaseBody['steps'][0]>): ReleaseBody => ({ ...BODY, steps: [{ ...BODY.steps[0], ...over }] });
+
+/** Digest number n (64 hex digits). */
+const D = (n: number): string => n.toString(16).padStart(2, '0').repeat(32);
+/** A well-formed step from → to; `n` makes its payload distinct. */
+function step(from: string | null, to: string, n: number): ReleaseStep {
+  const sha = sha256Hex(new TextEncoder().encode(`payload ${n}`));
+  return { updateId: sha.slice(0, 32), from, to, size: 1000 + n, sha256: sha, chunkSize: 512, chunks: Math.ceil((1000 + n) / 512), listSha256: 'ef'.repeat(32) };
+}
+/** v1 → v2 → v3 → v4 (the target), listed out of order, plus a full-model step. */
+const V = [D(1), D(2), D(3), D(4)];
+const CHAIN: ReleaseBody = { ...BODY, target: V[3], steps: [step(V[1], V[2], 2), step(V[0], V[1], 1), step(null, V[3], 9), step(V[2], V[3], 3)] };
 
 function codeOf(fn: () => unknown): ProtocolReason | 'no error' {
   try {
@@ -114,9 +127,13 @@ describe('decodeReleaseBody refusals (malformed-release)', () => {
     expect(refuse(withStep({ updateId: PAYLOAD_SHA.slice(1, 33) }))).toBe('malformed-release');
     expect(refuse(withStep({ sha256: 'f' + PAYLOAD_SHA.slice(1) }))).toBe('malformed-release');
   });
-  it('every step must lead to the target', () => {
-    expect(refuse(withStep({ to: 'cd'.repeat(32) }))).toBe('malformed-release');
+  it('a step must lead to the target, directly or through other steps', () => {
+    expect(refuse(withStep({ to: 'cd'.repeat(32) }))).toBe('malformed-release'); // from itself to itself
+    expect(refuse(withStep({ to: D(9) }))).toBe('malformed-release'); // leads nowhere
+  });
+  it('a step starting at the target is refused (leads away from it, or cycles through it)', () => {
     expect(refuse({ ...BODY, target: 'cd'.repeat(32) })).toBe('malformed-release');
+    expect(refuse({ ...BODY, target: D(4), steps: [step(D(4), D(5), 1), step(D(5), D(4), 2)] })).toBe('malformed-release');
   });
   it('expires must be after issued', () => {
     expect(refuse({ ...BODY, expires: BODY.issued })).toBe('malformed-release');
@@ -137,6 +154,88 @@ describe('decodeReleaseBody refusals (malformed-release)', () => {
     expect(codeOf(() => decodeReleaseBody(new Uint8Array(0)))).toBe('malformed-release');
     expect(codeOf(() => decodeReleaseBody(cborEncode([raw])))).toBe('malformed-release');
     expect(codeOf(() => decodeReleaseBody(Uint8Array.from([...encodeReleaseBody(BODY), 0])))).toBe('malformed-release');
+  });
+});
+
+describe('chains of steps', () => {
+  const refuse = (b: ReleaseBody) => codeOf(() => decodeReleaseBody(encodeReleaseBody(b)));
+  const noFull: ReleaseBody = { ...CHAIN, steps: CHAIN.steps.filter((s) => s.from !== null) };
+  const [s12, s01, full, s23] = CHAIN.steps;
+
+  it('accepts a chain of 3 steps in any order, with or without a full-model step', () => {
+    expect(decodeReleaseBody(encodeReleaseBody(CHAIN))).toEqual(CHAIN);
+    expect(decodeReleaseBody(encodeReleaseBody(noFull))).toEqual(noFull);
+    // Two chains meeting on the way to the target.
+    const fork = { ...noFull, steps: [...noFull.steps, step(D(5), V[2], 5)] };
+    expect(refuse(fork)).toBe('no error');
+    // A full-model step alone.
+    expect(refuse({ ...CHAIN, steps: [full] })).toBe('no error');
+    expect(decodeReleaseBody(encodeReleaseBody(CHAIN)).steps[2].from).toBeNull();
+  });
+  it('pathFrom gives the remaining steps of the chain, in order, from each digest on it', () => {
+    expect(pathFrom(CHAIN, V[0])).toEqual([s01, s12, s23]);
+    expect(pathFrom(CHAIN, V[1])).toEqual([s12, s23]);
+    expect(pathFrom(CHAIN, V[2])).toEqual([s23]);
+    expect(pathFrom(noFull, V[0])).toEqual([s01, s12, s23]);
+    expect(pathFrom(noFull, V[2])).toEqual([s23]);
+  });
+  it('pathFrom gives the full-model step to a device on no chain, and nothing when there is none', () => {
+    expect(pathFrom(CHAIN, D(7))).toEqual([full]);
+    expect(pathFrom(noFull, D(7))).toBeUndefined();
+    expect(pathFrom({ ...CHAIN, steps: [] }, D(7))).toBeUndefined();
+    expect(pathFrom(BODY, 'cd'.repeat(32))).toEqual([BODY.steps[0]]);
+  });
+  it('refuses two steps from the same digest', () => {
+    expect(refuse({ ...noFull, steps: [...noFull.steps, step(V[0], V[2], 6)] })).toBe('malformed-release');
+    expect(refuse({ ...noFull, steps: [...noFull.steps, s01] })).toBe('malformed-release');
+  });
+  it('refuses a cycle', () => {
+    expect(refuse({ ...noFull, steps: [step(V[0], V[1], 1), step(V[1], V[2], 2), step(V[2], V[0], 3)] })).toBe('malformed-release');
+    // A cycle beside a good chain.
+    expect(refuse({ ...noFull, steps: [...noFull.steps, step(D(5), D(6), 5), step(D(6), D(5), 6)] })).toBe('malformed-release');
+  });
+  it('refuses a step that leads nowhere', () => {
+    expect(refuse({ ...noFull, steps: [...noFull.steps, step(D(5), D(6), 5)] })).toBe('malformed-release');
+    expect(refuse({ ...noFull, steps: [s01, s12] })).toBe('malformed-release');
+  });
+  it('refuses two full-model steps, and a full-model step that does not lead to the target', () => {
+    expect(refuse({ ...CHAIN, steps: [...CHAIN.steps, step(null, V[3], 8)] })).toBe('malformed-release');
+    expect(refuse({ ...CHAIN, steps: [step(null, V[2], 8)] })).toBe('malformed-release');
+    expect(refuse({ ...noFull, steps: [...noFull.steps, step(null, V[1], 8)] })).toBe('malformed-release');
+  });
+});
+
+describe('rollback and previous', () => {
+  const raw = cborxDecode(encodeReleaseBody(BODY)) as Record<string, unknown>;
+  const decodeRaw = (m: Record<string, unknown>) => codeOf(() => decodeReleaseBody(cborEncode(m)));
+
+  it('round-trips rollback and previous', () => {
+    const back: ReleaseBody = { ...BODY, steps: [], target: 'cd'.repeat(32), rollback: true, previous: TARGET };
+    const bytes = encodeReleaseBody(back);
+    const m = cborxDecode(bytes) as Record<string, unknown>;
+    expect(m).toMatchObject({ rollback: true, previous: TARGET });
+    expect(decodeReleaseBody(bytes)).toEqual(back);
+    expect(verifyRelease(signRelease(back, [keyA]), trustOf(1, keyA))).toEqual(back);
+    const fwd: ReleaseBody = { ...BODY, previous: 'cd'.repeat(32) };
+    expect(decodeReleaseBody(encodeReleaseBody(fwd))).toEqual(fwd);
+    expect(Object.keys(cborxDecode(encodeReleaseBody(fwd)) as object)).not.toContain('rollback');
+  });
+  it('a body without them decodes with rollback false and previous null', () => {
+    expect(Object.keys(raw)).not.toContain('rollback');
+    expect(Object.keys(raw)).not.toContain('previous');
+    const b = decodeReleaseBody(cborEncode(raw));
+    expect(b.rollback).toBe(false);
+    expect(b.previous).toBeNull();
+  });
+  it('refuses rollback other than true', () => {
+    expect(decodeRaw({ ...raw, rollback: true })).toBe('no error');
+    for (const v of [false, 1, 'true', null, 0]) expect(decodeRaw({ ...raw, rollback: v }), String(v)).toBe('malformed-release');
+  });
+  it('refuses a previous that is not a 64-hex-digit digest', () => {
+    expect(decodeRaw({ ...raw, previous: 'cd'.repeat(32) })).toBe('no error');
+    for (const v of ['cd', 'CD'.repeat(32), 'zz'.repeat(32), null, 5, new Uint8Array(32)]) {
+      expect(decodeRaw({ ...raw, previous: v }), String(v)).toBe('malformed-release');
+    }
   });
 });
 
@@ -258,10 +357,6 @@ describe('checkRelease', () => {
     expect(check({ seq: 5 })).toBe('replayed');
     expect(check({ seq: 7 })).toBe('no error');
     expect(check({ seq: 0 }, { highestSeq: -1 })).toBe('no error');
-  });
-  it('stepFrom picks the step starting at the running model', () => {
-    expect(stepFrom(BODY, 'cd'.repeat(32))).toBe(BODY.steps[0]);
-    expect(stepFrom(BODY, TARGET)).toBeUndefined();
   });
 });
 

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { startBroker, type RunningBroker } from '../../broker/broker.ts';
 import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
-import { DeviceAgent } from '../../device/agent.ts';
+import { DeviceAgent, type AgentConfig } from '../../device/agent.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { systemClock } from '../../device/clock.ts';
 import { digestHealthCheck } from '../../device/health.ts';
@@ -103,7 +103,7 @@ export async function publish(f: Fixture, payload: Uint8Array = f.update.payload
   const t = await MqttTransport.connect({ url: f.url, clientId: `test-publisher-${Math.random().toString(36).slice(2)}` }, 10_000);
   try {
     return await publishUpdate({
-      transport: t, topics, payload, keys: [await loadSigningKey(f.keyFile)], model: MODEL, group: GROUP,
+      transport: t, topics, payloads: [payload], keys: [await loadSigningKey(f.keyFile)], model: MODEL, group: GROUP,
       chunkSize, ttlSeconds: 3600, log: silentLogger,
     });
   } finally {
@@ -127,13 +127,13 @@ export function spawnDevice(f: Fixture, id: string, extra: string[] = [], url = 
 }
 
 /** A device agent in this process (for tests that inspect its internals). */
-export async function startAgent(f: Fixture, id: string, log: Logger = silentLogger): Promise<{ agent: DeviceAgent; storage: DeviceStorage; transport: MqttTransport }> {
+export async function startAgent(f: Fixture, id: string, log: Logger = silentLogger, config: Partial<AgentConfig> = {}): Promise<{ agent: DeviceAgent; storage: DeviceStorage; transport: MqttTransport }> {
   const storage = new DeviceStorage(path.join(f.dir, id));
   await DeviceAgent.provision(storage, f.baseFile, digestModelFile);
   const transport = MqttTransport.start({ url: f.url, clientId: `fleet-device-${id}` });
   f.transports.push(transport);
   const agent = new DeviceAgent(
-    { deviceId: id, model: MODEL, group: GROUP, trust: parseTrustFile(await fs.readFile(f.trustFile, 'utf8')), idleMs: 1000 },
+    { deviceId: id, model: MODEL, group: GROUP, trust: parseTrustFile(await fs.readFile(f.trustFile, 'utf8')), idleMs: 1000, ...config },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
   );
   f.agents.push(agent);

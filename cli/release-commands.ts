@@ -1,0 +1,118 @@
+import { promises as fs } from 'node:fs';
+import type { Command } from 'commander';
+import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
+import { parseTrustFile, type TrustFile } from '../protocol/release.ts';
+import { Topics } from '../protocol/topics.ts';
+import { loadSigningKey } from '../publisher/keys.ts';
+import { publishUpdate } from '../publisher/publish.ts';
+import { rollbackGroup } from '../publisher/rollback.ts';
+import { MqttTransport } from '../transport/mqtt.ts';
+import { createLogger, parseLogLevel } from '../util/log.ts';
+import { createProgress } from '../util/progress.ts';
+import { collect, parseDuration, parseIntArg } from './options.ts';
+
+const short = (d: string | null): string => (d === null ? 'any' : d.slice(0, 12));
+
+async function readInput(file: string, what: string): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(await fs.readFile(file));
+  } catch (e) {
+    throw new Error(`cannot read ${what} ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+async function readTrust(file: string | undefined): Promise<TrustFile | undefined> {
+  if (file === undefined) return undefined;
+  const text = await fs.readFile(file, 'utf8').catch((e: NodeJS.ErrnoException) => {
+    throw new Error(`cannot read trust file ${file}: ${e.code ?? e.message}`);
+  });
+  return parseTrustFile(text);
+}
+
+interface PublishCli {
+  update: string[]; full?: string; key: string[]; model: string; group: string; broker: string;
+  chunkSize: number; ttl: number; seq?: number; trust?: string;
+}
+
+interface RollbackCli {
+  full?: string; key: string[]; model: string; group: string; broker: string;
+  chunkSize: number; ttl: number; seq?: number; trust?: string;
+}
+
+/** `fleet publish` and `fleet rollback`. */
+export function registerReleaseCommands(program: Command): void {
+  const logLevel = (): ReturnType<typeof parseLogLevel> => parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG);
+  const topics = (): Topics => new Topics(program.opts().prefix);
+
+  program
+    .command('publish')
+    .description('upload updates to the update server and publish their signed release for a group')
+    .requiredOption('--update <file>', 'update payload (CBOR), e.g. from `fleet synth`; repeat for a chain (v1->v2, v2->v3, any order)', collect)
+    .option('--full <model>', 'the target model (safetensors), for devices on no chain')
+    .requiredOption('--key <file>', 'secret key file (repeat for k-of-n)', collect)
+    .requiredOption('--model <name>', 'model name')
+    .requiredOption('--group <group>', 'device group')
+    .requiredOption('--broker <url>', 'broker URL')
+    .option('--chunk-size <bytes>', 'chunk size', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
+    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
+    .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
+    .option('--trust <file>', 'trust file the current release is checked against before it is recorded as the previous version (default: the keys)')
+    .action(async (o: PublishCli) => {
+      const log = createLogger('publish', logLevel());
+      const payloads = await Promise.all(o.update.map((f) => readInput(f, 'update')));
+      const fullModel = o.full === undefined ? undefined : await readInput(o.full, 'full model');
+      const keys = await Promise.all(o.key.map(loadSigningKey));
+      const trust = await readTrust(o.trust);
+      const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-publisher-${process.pid}` }, 30_000);
+      const progress = createProgress('upload');
+      try {
+        const r = await publishUpdate({
+          transport, topics: topics(), payloads, fullModel, keys, model: o.model, group: o.group, trust,
+          chunkSize: o.chunkSize, ttlSeconds: o.ttl, seq: o.seq, log, onProgress: (d, n) => progress.update(d, n),
+        });
+        progress.finish(r.alreadyStored ? 'already on the update server' : `${r.uploadedChunks} chunks sent`);
+        const b = r.release;
+        const bytes = r.uploads.reduce((a, u) => a + u.size, 0);
+        process.stdout.write(`published ${o.model} for group ${o.group}: seq ${b.seq}, target ${short(b.target)}, ${b.steps.length} step(s), ${bytes} bytes, previous ${b.previous === null ? 'none' : short(b.previous)}, expires ${new Date(b.expires * 1000).toISOString()}\n`);
+        for (const s of b.steps) {
+          process.stdout.write(`  ${s.from === null ? 'full model' : `${short(s.from)} -> ${short(s.to)}`}: update ${s.updateId}, ${s.size} bytes, ${s.chunks} chunks\n`);
+        }
+      } finally {
+        await transport.close();
+      }
+    });
+
+  program
+    .command('rollback')
+    .description('take a group back to the version it ran before the current release (signed release with rollback: true)')
+    .requiredOption('--key <file>', 'secret key file (repeat for k-of-n)', collect)
+    .requiredOption('--model <name>', 'model name')
+    .requiredOption('--group <group>', 'device group')
+    .requiredOption('--broker <url>', 'broker URL')
+    .option('--full <model>', 'the previous model (safetensors), for devices that no longer hold it')
+    .option('--chunk-size <bytes>', 'chunk size of the full model upload', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
+    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
+    .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
+    .option('--trust <file>', 'trust file the current release must verify against (default: the keys)')
+    .action(async (o: RollbackCli) => {
+      const log = createLogger('rollback', logLevel());
+      const fullModel = o.full === undefined ? undefined : await readInput(o.full, 'full model');
+      const keys = await Promise.all(o.key.map(loadSigningKey));
+      const trust = await readTrust(o.trust);
+      const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-rollback-${process.pid}` }, 30_000);
+      const progress = createProgress('upload');
+      try {
+        const r = await rollbackGroup({
+          transport, topics: topics(), keys, model: o.model, group: o.group, fullModel, trust,
+          chunkSize: o.chunkSize, ttlSeconds: o.ttl, seq: o.seq, log, onProgress: (d, n) => progress.update(d, n),
+        });
+        if (r.upload) progress.finish(r.upload.alreadyStored ? 'already on the update server' : `${r.upload.uploadedChunks} chunks sent`);
+        const how = r.upload
+          ? `with the full model (update ${r.upload.updateId}, ${r.upload.size} bytes)`
+          : 'without a full model (devices that no longer hold it refuse with wrong-base)';
+        process.stdout.write(`rolled back ${o.model} for group ${o.group}: ${short(r.from)} -> ${short(r.to)}, seq ${r.replacedSeq} -> ${r.release.seq}, ${how}, expires ${new Date(r.release.expires * 1000).toISOString()}\n`);
+      } finally {
+        await transport.close();
+      }
+    });
+}

@@ -1,0 +1,131 @@
+import type { Frame } from '../protocol/frames.ts';
+import type { ReleaseStep } from '../protocol/release.ts';
+import type { Topics } from '../protocol/topics.ts';
+import type { Transport } from '../transport/types.ts';
+import type { Logger } from '../util/log.ts';
+import type { Clock } from './clock.ts';
+import { Download } from './download.ts';
+import type { DeviceError } from './reasons.ts';
+import type { DeviceStorage } from './storage.ts';
+
+export interface FetcherOptions {
+  steps: ReleaseStep[];
+  storage: DeviceStorage;
+  transport: Transport;
+  topics: Topics;
+  model: string;
+  deviceId: string;
+  clock: Clock;
+  log: Logger;
+  maxWindow: number;
+  idleMs: number;
+  stallMs: number;
+  maxBadCopies: number;
+  onProgress: () => void;
+  onComplete: () => void;
+  onFail: (e: DeviceError) => void;
+}
+
+/** Fetches the payloads of a release's steps one after the other, each a resumable Download. */
+export class Fetcher {
+  private index = 0;
+  private current: Download | undefined;
+  private doneBytes = 0;
+  private closed = false;
+  private badBefore = 0;
+  private dupBefore = 0;
+  private requestsBefore = 0;
+
+  constructor(private readonly o: FetcherOptions) {}
+
+  get totalBytes(): number {
+    return this.o.steps.reduce((a, s) => a + s.size, 0);
+  }
+  get receivedBytes(): number {
+    return this.doneBytes + (this.current?.receivedBytes ?? 0);
+  }
+  get progress(): number {
+    return this.totalBytes ? this.receivedBytes / this.totalBytes : 1;
+  }
+  get updateId(): string | null {
+    return (this.o.steps[Math.min(this.index, this.o.steps.length - 1)] ?? undefined)?.updateId ?? null;
+  }
+  get badChunks(): number {
+    return this.badBefore + (this.current?.badChunks ?? 0);
+  }
+  get duplicateChunks(): number {
+    return this.dupBefore + (this.current?.duplicateChunks ?? 0);
+  }
+  get requestsSent(): number {
+    return this.requestsBefore + (this.current?.requestsSent ?? 0);
+  }
+  bytesPerSecond(now: number): number {
+    return this.current?.link.bytesPerSecond(now) ?? 0;
+  }
+  silenceMs(): number {
+    return this.current?.silenceMs() ?? 0;
+  }
+
+  async start(): Promise<void> {
+    await this.next();
+  }
+
+  private async next(): Promise<void> {
+    if (this.closed) return;
+    if (this.index >= this.o.steps.length) {
+      this.o.onComplete();
+      return;
+    }
+    const step = this.o.steps[this.index];
+    const files = await this.o.storage.openDownload(step);
+    const d: Download = new Download({
+      step,
+      files,
+      transport: this.o.transport,
+      topics: this.o.topics,
+      model: this.o.model,
+      deviceId: this.o.deviceId,
+      clock: this.o.clock,
+      log: this.o.log,
+      maxWindow: this.o.maxWindow,
+      idleMs: this.o.idleMs,
+      stallMs: this.o.stallMs,
+      maxBadCopies: this.o.maxBadCopies,
+      wireBytesIn: this.o.transport.stats ? () => this.o.transport.stats!().bytesIn : undefined,
+      onProgress: this.o.onProgress,
+      onComplete: () => {
+        void (async () => {
+          if (this.current !== d) return;
+          await d.close();
+          this.doneBytes += step.size;
+          this.badBefore += d.badChunks;
+          this.dupBefore += d.duplicateChunks;
+          this.requestsBefore += d.requestsSent;
+          this.current = undefined;
+          this.index++;
+          await this.next();
+        })().catch((e: unknown) => this.o.onFail(e as DeviceError));
+      },
+      onFail: (e) => {
+        if (this.current === d) this.o.onFail(e);
+      },
+    });
+    this.current = d;
+    await d.start();
+  }
+
+  onFrame(f: Frame): void {
+    this.current?.onFrame(f);
+  }
+
+  resend(): void {
+    this.current?.resend();
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const d = this.current;
+    this.current = undefined;
+    await d?.close();
+  }
+}

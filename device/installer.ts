@@ -1,0 +1,178 @@
+import { createHash } from 'node:crypto';
+import { createReadStream, promises as fs } from 'node:fs';
+import path from 'node:path';
+import { decodePayload, type Payload } from '../protocol/lowrank.ts';
+import type { ReleaseStep } from '../protocol/release.ts';
+import { digestModelFile } from '../util/model-file.ts';
+import type { Logger } from '../util/log.ts';
+import { applyToFile, commitFile } from './apply.ts';
+import { describeFailure, runCommand } from './commands.ts';
+import type { HealthCheck } from './health.ts';
+import type { Journal } from './journal.ts';
+import { DeviceError } from './reasons.ts';
+import type { DeviceStorage } from './storage.ts';
+
+export interface InstallerConfig {
+  deviceId: string;
+  /** Run on the staged model before it may become current; exit 0 = fit. */
+  validateCmd?: string;
+  validateTimeoutMs: number;
+  /** Run after the switch; exit 0 = healthy. */
+  healthCmd?: string;
+  healthTimeoutMs: number;
+  /** Told about every switch (model path and digest in its environment). */
+  onSwitchCmd?: string;
+  onSwitchTimeoutMs: number;
+}
+
+type Verified = { step: ReleaseStep; payload: Payload | null };
+
+async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/**
+ * Everything between "all payloads are on disk" and "the new model is
+ * committed or rolled back": checks, building the new version tensor by
+ * tensor, validation, the journaled switch, health, rollback, and recovery
+ * from a crash at any of these points.
+ */
+export class Installer {
+  constructor(private readonly storage: DeviceStorage, private readonly cfg: InstallerConfig, private readonly health: HealthCheck, private readonly log: Logger) {}
+
+  private payloadFile(step: ReleaseStep): string {
+    return path.join(this.storage.downloadDir(step.updateId), 'payload');
+  }
+
+  /** Each payload hashes to its step; low-rank payloads decode and name the step's digests. */
+  async verify(steps: ReleaseStep[]): Promise<Verified[]> {
+    const out: Verified[] = [];
+    for (const step of steps) {
+      if ((await sha256File(this.payloadFile(step))) !== step.sha256) throw new DeviceError('payload-hash-mismatch', `update ${step.updateId}`);
+      if (step.from === null) {
+        out.push({ step, payload: null });
+        continue;
+      }
+      const payload = decodePayload(new Uint8Array(await fs.readFile(this.payloadFile(step))));
+      if (payload.base !== step.from || payload.target !== step.to) throw new DeviceError('malformed-payload', 'the payload names other digests than the release');
+      out.push({ step, payload });
+    }
+    return out;
+  }
+
+  /**
+   * Build the target version from `running` through the verified steps,
+   * checking each intermediate digest, then run the validation command on
+   * it; only then is it committed to models/. Nothing here touches the
+   * current model.
+   */
+  async stage(running: string, steps: Verified[], target: string, rollback: boolean): Promise<void> {
+    const s = this.storage;
+    if (await s.hasVersion(target)) {
+      // Held already (an operator rollback, or a crash after staging): check it is intact.
+      const digest = await digestModelFile(s.modelPath(target));
+      if (digest === target) return this.validate(s.modelPath(target), target, running);
+      await fs.rm(s.modelPath(target), { force: true });
+      if (steps.length === 0) throw new DeviceError('digest-mismatch', `the held version ${target.slice(0, 16)}… is damaged (${digest.slice(0, 16)}…)`);
+    }
+    if (steps.length === 0) throw new DeviceError('wrong-base', `version ${target.slice(0, 16)}… is not held here and the release has no step from ${running.slice(0, 16)}…`);
+    await s.writeJournal({ phase: 'staging', target, previous: running, rollback, since: Date.now() });
+    let from = s.modelPath(running);
+    let at = running;
+    let k = 0;
+    for (const { step, payload } of steps) {
+      const out = `${s.stagedPath(step.to)}.${k++}`;
+      let digest: string;
+      if (payload === null) {
+        await fs.copyFile(this.payloadFile(step), out);
+        digest = await digestModelFile(out).catch((e: unknown) => {
+          throw new DeviceError('malformed-model', `the full-model payload: ${(e as Error).message}`);
+        });
+      } else {
+        if (payload.base !== at) throw new DeviceError('wrong-base', `step ${step.updateId} starts from ${payload.base.slice(0, 12)}, not ${at.slice(0, 12)}`);
+        digest = await applyToFile(from, payload, out);
+      }
+      if (digest !== step.to) {
+        await fs.rm(out, { force: true });
+        throw new DeviceError('digest-mismatch', `step ${step.updateId} built ${digest.slice(0, 16)}…, the release names ${step.to.slice(0, 16)}…`);
+      }
+      if (from !== s.modelPath(running)) await fs.rm(from, { force: true });
+      from = out;
+      at = digest;
+    }
+    if (at !== target) throw new DeviceError('digest-mismatch', `the steps end at ${at.slice(0, 16)}…, not the target`);
+    await this.validate(from, target, running);
+    await commitFile(from, s.modelPath(target));
+  }
+
+  private async validate(file: string, target: string, previous: string): Promise<void> {
+    if (!this.cfg.validateCmd) return;
+    const r = await runCommand(this.cfg.validateCmd, this.env(file, target, previous, false), this.cfg.validateTimeoutMs);
+    if (!r.ok) throw new DeviceError(r.timedOut ? 'validation-timeout' : 'validation-failed', describeFailure('the validation command', r, this.cfg.validateTimeoutMs));
+  }
+
+  /** Journal, switch the pointer, journal again: from here a crash means "roll back". */
+  async switchTo(target: string, previous: string, rollback: boolean): Promise<void> {
+    await this.storage.writeJournal({ phase: 'switching', target, previous, rollback, since: Date.now() });
+    await this.storage.switchTo(target, previous);
+    await this.storage.writeJournal({ phase: 'testing', target, previous, rollback, since: Date.now() });
+    if (this.cfg.onSwitchCmd) {
+      const r = await runCommand(this.cfg.onSwitchCmd, this.env(this.storage.currentPath, target, previous, rollback), this.cfg.onSwitchTimeoutMs);
+      if (!r.ok) this.log.warn('the on-switch command failed', { detail: describeFailure('on-switch', r, this.cfg.onSwitchTimeoutMs) });
+    }
+  }
+
+  /** After the switch: the model applications load is intact, and the operator's health command passes. */
+  async checkHealth(target: string, previous: string, rollback: boolean): Promise<{ healthy: boolean; reason?: 'health-check-failed' | 'health-check-timeout'; message?: string }> {
+    const own = await this.health.check(this.storage.currentPath, target);
+    if (!own.healthy) return { healthy: false, reason: 'health-check-failed', message: own.message };
+    if (!this.cfg.healthCmd) return { healthy: true };
+    const r = await runCommand(this.cfg.healthCmd, this.env(this.storage.currentPath, target, previous, rollback), this.cfg.healthTimeoutMs);
+    if (r.ok) return { healthy: true };
+    return { healthy: false, reason: r.timedOut ? 'health-check-timeout' : 'health-check-failed', message: describeFailure('the health command', r, this.cfg.healthTimeoutMs) };
+  }
+
+  /** Healthy: keep exactly the current and the previous version. */
+  async commit(target: string, previous: string): Promise<void> {
+    await this.storage.prune([target, previous]);
+    await this.storage.clearJournal();
+  }
+
+  /** Back to the previous version: a pointer switch, never arithmetic. */
+  async rollBack(to: string, from: string): Promise<void> {
+    await this.storage.switchTo(to, from);
+    await this.storage.clearJournal();
+    if (this.cfg.onSwitchCmd) await runCommand(this.cfg.onSwitchCmd, this.env(this.storage.currentPath, to, from, true), this.cfg.onSwitchTimeoutMs);
+  }
+
+  /**
+   * On start: finish or undo what a crash interrupted. Returns what was done,
+   * for the status, or undefined when nothing was in progress.
+   */
+  async recover(): Promise<{ action: 'discarded-staging' | 'rolled-back'; journal: Journal } | undefined> {
+    const j = await this.storage.journal();
+    const gone = await this.storage.removeStaging();
+    if (!j) return undefined;
+    if (j.phase === 'staging') {
+      await this.storage.clearJournal();
+      this.log.warn('an interrupted build of a new version was discarded', { target: j.target, removed: gone });
+      return { action: 'discarded-staging', journal: j };
+    }
+    // switching or testing: the new version may be current; it did not prove healthy.
+    await this.rollBack(j.previous, j.target);
+    this.log.warn('the agent stopped while switching to or testing a new version; switched back', { target: j.target, previous: j.previous });
+    return { action: 'rolled-back', journal: j };
+  }
+
+  private env(file: string, digest: string, previous: string, rollback: boolean): Record<string, string> {
+    return {
+      FLEET_MODEL_PATH: file,
+      FLEET_MODEL_DIGEST: digest,
+      FLEET_PREVIOUS_DIGEST: previous,
+      FLEET_DEVICE_ID: this.cfg.deviceId,
+      FLEET_ROLLBACK: rollback ? '1' : '0',
+    };
+  }
+}

@@ -1,0 +1,101 @@
+import { signRelease, type ReleaseBody, type SigningKey, type TrustFile } from '../protocol/release.ts';
+import type { Topics } from '../protocol/topics.ts';
+import type { Transport } from '../transport/types.ts';
+import type { Logger } from '../util/log.ts';
+import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
+import { fullModelDigest, PublishError, stepOf, trustOfKeys, uploadPayload, watchRelease, type UploadResult } from './publish.ts';
+
+export interface RollbackOptions {
+  transport: Transport;
+  topics: Topics;
+  keys: SigningKey[];
+  model: string;
+  group: string;
+  /** Safetensors bytes of the previous model: a full-model step for devices that no longer hold it. */
+  fullModel?: Uint8Array;
+  /** Chunk size for the full model's upload. */
+  chunkSize?: number;
+  /** Release lifetime in seconds. */
+  ttlSeconds: number;
+  /** Explicit sequence number; must be above the current one. Default max(current + 1, now in seconds). */
+  seq?: number;
+  /** Keys the current release must verify against; default: the signing keys (threshold 1). */
+  trust?: TrustFile;
+  window?: number;
+  receiptTimeoutMs?: number;
+  /** How long after subscribing a missing retained release means there is none (default 500 ms). */
+  settleMs?: number;
+  log: Logger;
+  onProgress?: (sentChunks: number, totalChunks: number) => void;
+  now?: () => number;
+}
+
+export interface RollbackResult {
+  /** The digest the group was asked to run (the current release's target). */
+  from: string;
+  /** The digest it goes back to (the current release's `previous`). */
+  to: string;
+  /** The seq of the release replaced. */
+  replacedSeq: number;
+  release: ReleaseBody;
+  /** The full model's upload, when given. */
+  upload: UploadResult | undefined;
+}
+
+const short = (d: string): string => d.slice(0, 12);
+
+/**
+ * Takes a group back to the version it was asked to run before the current
+ * release: a signed release with target = the current `previous`, rollback
+ * true, and no low-rank steps. Devices that still hold that version switch
+ * back at once; the others take the full-model step when one is given.
+ */
+export async function rollbackGroup(o: RollbackOptions): Promise<RollbackResult> {
+  if (o.keys.length === 0) throw new PublishError('bad-update', 'no signing key');
+  const t = o.transport;
+  const releaseTopic = o.topics.release(o.group, o.model);
+  const watch = await watchRelease(t, releaseTopic, o.trust ?? trustOfKeys(o.keys), o.log, o.settleMs);
+  try {
+    const current = await watch.read();
+    const where = `${o.model} for group ${o.group}`;
+    if (current.problem) throw new PublishError('untrusted-release', `cannot roll back ${where}: the current release is not usable (${current.problem})`);
+    if (!current.body) throw new PublishError('no-release', `cannot roll back ${where}: no release is published`);
+    const cur = current.body;
+    if (cur.previous === null) throw new PublishError('no-previous', `cannot roll back ${where}: no previous version is known for this group`);
+    if (cur.previous === cur.target) throw new PublishError('no-previous', `cannot roll back ${where}: the previous version is the current one (${short(cur.target)})`);
+    if (o.seq !== undefined && o.seq <= current.seq) {
+      throw new PublishError('bad-seq', `seq ${o.seq} is not above the current seq ${current.seq}; devices would refuse it as replayed`);
+    }
+    const target = cur.previous;
+
+    let upload: UploadResult | undefined;
+    if (o.fullModel) {
+      const digest = fullModelDigest(o.fullModel);
+      if (digest !== target) {
+        throw new PublishError('bad-update', `the full model's digest ${short(digest)} is not the previous version ${short(target)}`);
+      }
+      upload = await uploadPayload({
+        transport: t, topics: o.topics, model: o.model, payload: o.fullModel, chunkSize: o.chunkSize ?? DEFAULT_CHUNK_SIZE,
+        window: o.window, receiptTimeoutMs: o.receiptTimeoutMs, log: o.log, onProgress: o.onProgress,
+      });
+    }
+
+    const now = Math.floor((o.now ?? Date.now)() / 1000);
+    const body: ReleaseBody = {
+      model: o.model,
+      group: o.group,
+      seq: o.seq ?? Math.max(current.seq + 1, now),
+      issued: now,
+      expires: now + o.ttlSeconds,
+      target,
+      steps: upload ? [stepOf(upload, null, target)] : [],
+      rollback: true,
+      previous: cur.target,
+    };
+    await t.publish(releaseTopic, signRelease(body, o.keys), { qos: 1, retain: true });
+    o.log.info('rolled back', { model: o.model, group: o.group, from: cur.target, to: target, seq: body.seq, full: upload !== undefined });
+    return { from: cur.target, to: target, replacedSeq: current.seq, release: body, upload };
+  } finally {
+    await watch.stop();
+  }
+}
