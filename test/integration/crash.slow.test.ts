@@ -101,3 +101,23 @@ describe('crashes at random instants (SIGKILL, real processes)', () => {
     expect(r.final).toBe('rolled_back');
   }, 300_000);
 });
+
+describe('a crash of the agent in the health window', () => {
+  it('switches back to the previous model on restart and says why', async () => {
+    f = await createFixture('crash-testing');
+    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port });
+    await proxy.start();
+    const watch = await StatusWatch.start(f);
+    const first = spawnDevice(f, 'ct', ['--health-window', '30s'], proxy.url);
+    await watch.until('ct', (s) => s.state === 'idle');
+    await publish(f);
+    await watch.until('ct', (s) => s.state === 'testing');
+    expect(await digestModelFile(path.join(f.dir, 'ct', 'current.safetensors'))).toBe(f.update.targetDigest);
+    await kill(first);
+    spawnDevice(f, 'ct', ['--health-window', '30s'], proxy.url);
+    const s = await watch.until('ct', (s) => s.state === 'rolled_back');
+    expect(s.reason).toBe('crashed-while-testing');
+    expect(s.running).toBe(f.update.baseDigest);
+    expect(await digestModelFile(path.join(f.dir, 'ct', 'current.safetensors'))).toBe(f.update.baseDigest);
+  }, 60_000);
+});
