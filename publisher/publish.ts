@@ -10,27 +10,23 @@ import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 
-export interface PublishOptions {
+/** What every signed group release needs: where, who signs, how long, how to read the current one. */
+export interface GroupReleaseOptions {
   transport: Transport;
   topics: Topics;
-  /** Low-rank update payloads, in any order; they must form chains ending at one target. */
-  payloads: Uint8Array[];
-  /** Safetensors bytes of the target model: a full-model step for devices on no chain. */
-  fullModel?: Uint8Array;
   keys: SigningKey[];
   model: string;
   group: string;
-  chunkSize: number;
   /** Release lifetime in seconds. */
   ttlSeconds: number;
-  /** Explicit sequence number; default max(current + 1, now in seconds). */
+  /** Explicit sequence number; must be above the current one. Default max(current + 1, now in seconds). */
   seq?: number;
   /**
-   * Keys the current release is checked against before its target is recorded
-   * as `previous`; default: the signing keys (threshold 1).
+   * Keys the current release is checked against before its target or `previous`
+   * is used; default: the signing keys (threshold 1).
    */
   trust?: TrustFile;
-  /** Publishes in flight at once during the upload. */
+  /** Publishes in flight at once during an upload. */
   window?: number;
   /** How long to wait for the update server's receipt. */
   receiptTimeoutMs?: number;
@@ -40,6 +36,14 @@ export interface PublishOptions {
   /** Chunks sent over all payloads, of all chunks. */
   onProgress?: (sentChunks: number, totalChunks: number) => void;
   now?: () => number;
+}
+
+export interface PublishOptions extends GroupReleaseOptions {
+  /** Low-rank update payloads, in any order; they must form chains ending at one target. */
+  payloads: Uint8Array[];
+  /** Safetensors bytes of the target model: a full-model step for devices on no chain. */
+  fullModel?: Uint8Array;
+  chunkSize: number;
 }
 
 /** One payload on the update server. */

@@ -1,33 +1,12 @@
-import { signRelease, type ReleaseBody, type SigningKey, type TrustFile } from '../protocol/release.ts';
-import type { Topics } from '../protocol/topics.ts';
-import type { Transport } from '../transport/types.ts';
-import type { Logger } from '../util/log.ts';
+import { signRelease, type ReleaseBody } from '../protocol/release.ts';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
-import { fullModelDigest, PublishError, stepOf, trustOfKeys, uploadPayload, watchRelease, type UploadResult } from './publish.ts';
+import { fullModelDigest, PublishError, stepOf, trustOfKeys, uploadPayload, watchRelease, type GroupReleaseOptions, type UploadResult } from './publish.ts';
 
-export interface RollbackOptions {
-  transport: Transport;
-  topics: Topics;
-  keys: SigningKey[];
-  model: string;
-  group: string;
+export interface RollbackOptions extends GroupReleaseOptions {
   /** Safetensors bytes of the previous model: a full-model step for devices that no longer hold it. */
   fullModel?: Uint8Array;
   /** Chunk size for the full model's upload. */
   chunkSize?: number;
-  /** Release lifetime in seconds. */
-  ttlSeconds: number;
-  /** Explicit sequence number; must be above the current one. Default max(current + 1, now in seconds). */
-  seq?: number;
-  /** Keys the current release must verify against; default: the signing keys (threshold 1). */
-  trust?: TrustFile;
-  window?: number;
-  receiptTimeoutMs?: number;
-  /** How long after subscribing a missing retained release means there is none (default 500 ms). */
-  settleMs?: number;
-  log: Logger;
-  onProgress?: (sentChunks: number, totalChunks: number) => void;
-  now?: () => number;
 }
 
 export interface RollbackResult {

@@ -6,13 +6,9 @@ import { synthesizeUpdate, type SynthUpdate } from '../../publisher/synth.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { mulberry32 } from '../../util/random.ts';
 import { digestModelFile } from '../../util/model-file.ts';
-import { createFixture, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
+import { createFixture, publish, spawnDevice, StatusWatch, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
 import { stopChild } from '../../cli/demo.ts';
 
-const LAYERS: Array<[number, number]> = [
-  [256, 256],
-  [256, 256],
-];
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
@@ -85,7 +81,7 @@ async function killLoop(fx: Fixture, kills: number, extra: string[], seed: numbe
 
 describe('crashes at random instants (SIGKILL, real processes)', () => {
   it('50 kills between download and ack: always the old or the new model, and finally ok on the new one', async () => {
-    f = await createFixture('crash', { layers: LAYERS, rank: 16 });
+    f = await createFixture('crash', { layers: MEDIUM_LAYERS, rank: 16 });
     proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 40_000 });
     await proxy.start();
     const r = await killLoop(f, 50, [], 1);
@@ -94,7 +90,7 @@ describe('crashes at random instants (SIGKILL, real processes)', () => {
   }, 600_000);
 
   it('with a failing health check, kills never leave a torn model and the device ends on the old model, rolled back', async () => {
-    f = await createFixture('crash-health', { layers: LAYERS, rank: 16 });
+    f = await createFixture('crash-health', { layers: MEDIUM_LAYERS, rank: 16 });
     proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 40_000 });
     await proxy.start();
     const r = await killLoop(f, 10, ['--health-cmd', 'exit 1'], 2);

@@ -1,12 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
-import { createFixture, currentDigest, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
+import { createFixture, currentDigest, publish, spawnDevice, StatusWatch, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
 
-// ~64 KiB of update in 1 KiB chunks, to each of three devices.
-const LAYERS: Array<[number, number]> = [
-  [256, 256],
-  [256, 256],
-];
 const DEVICES = ['site-1', 'site-2', 'site-3'];
 
 let f: Fixture | undefined;
@@ -20,7 +15,7 @@ afterEach(async () => {
 
 describe('a site whose link keeps dropping', () => {
   it('three devices behind one slow link cut at random still all end ok on the new digest', async () => {
-    f = await createFixture('random-cuts', { layers: LAYERS, rank: 16 });
+    f = await createFixture('random-cuts', { layers: MEDIUM_LAYERS, rank: 16 });
     // One site: three devices share 40 kB/s each way; seeded, so a failure can be replayed.
     proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 40_000, sharedBandwidth: true, seed: 20240611 });
     await proxy.start();

@@ -5,13 +5,8 @@ import { stopChild } from '../../cli/demo.ts';
 import { Bitmap } from '../../protocol/chunks.ts';
 import { decodeRequest } from '../../protocol/frames.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
-import { connect, createFixture, currentDigest, publish, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { connect, createFixture, currentDigest, publish, spawnDevice, StatusWatch, topics, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
 
-// ~64 chunks of 1 KiB: long enough to interrupt on a 24 kB/s link.
-const LAYERS: Array<[number, number]> = [
-  [256, 256],
-  [256, 256],
-];
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
@@ -42,7 +37,7 @@ async function heldOnDisk(fx: Fixture, device: string, updateId: string, chunks:
 
 describe('transfers resume where they stopped', () => {
   it('after the link drops mid-transfer: reconnects and asks only for what it lacks', async () => {
-    f = await createFixture('cut', { layers: LAYERS, rank: 16 });
+    f = await createFixture('cut', { layers: MEDIUM_LAYERS, rank: 16 });
     proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
     await proxy.start();
     const requests = await recordRequests(f);
@@ -69,7 +64,7 @@ describe('transfers resume where they stopped', () => {
   });
 
   it('after the agent is killed (SIGKILL) mid-transfer: restarts from the bitmap on disk', async () => {
-    f = await createFixture('kill', { layers: LAYERS, rank: 16 });
+    f = await createFixture('kill', { layers: MEDIUM_LAYERS, rank: 16 });
     proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
     await proxy.start();
     const requests = await recordRequests(f);

@@ -4,12 +4,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { chunkRange } from '../../protocol/chunks.ts';
 import { synthesizeUpdate } from '../../publisher/synth.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
-import { createFixture, currentDigest, publish, spawnDevice, spawnFleet, StatusWatch, type Fixture } from '../support/harness.ts';
+import { createFixture, currentDigest, publish, spawnDevice, spawnFleet, StatusWatch, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
 
-const LAYERS: Array<[number, number]> = [
-  [256, 256],
-  [256, 256],
-];
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
@@ -39,7 +35,7 @@ async function waitForLog(file: string, pattern: RegExp, timeoutMs = 15_000): Pr
 
 describe('transfer faults', () => {
   it('the update server killed (SIGKILL) mid-transfer and restarted on its data dir loses nothing; devices continue', async () => {
-    f = await createFixture('server-kill', { layers: LAYERS, rank: 16, updateServer: false });
+    f = await createFixture('server-kill', { layers: MEDIUM_LAYERS, rank: 16, updateServer: false });
     const store = path.join(f.dir, 'serve-store');
     const serveArgs = ['serve', '--broker', f.url, '--data-dir', store];
     const first = spawnFleet(f, 'serve1', serveArgs);
@@ -61,7 +57,7 @@ describe('transfer faults', () => {
   });
 
   it('a corrupt chunk in the store is detected; the device gives up after a bounded number of bad copies (corrupt-source)', async () => {
-    f = await createFixture('corrupt', { layers: LAYERS, rank: 16 });
+    f = await createFixture('corrupt', { layers: MEDIUM_LAYERS, rank: 16 });
     const r = await publish(f);
     const payloadFile = path.join(f.dir, 'broker', 'store', 'updates', r.updateId, 'payload');
     const bytes = await fs.readFile(payloadFile);
@@ -82,7 +78,7 @@ describe('transfer faults', () => {
   });
 
   it('a newer release supersedes one being downloaded; gc then removes the update no release names, without disturbing the named one', async () => {
-    f = await createFixture('supersede', { layers: LAYERS, rank: 16 });
+    f = await createFixture('supersede', { layers: MEDIUM_LAYERS, rank: 16 });
     proxy = await slowLink(f, 20_000);
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'ss-1', [], proxy.url);
@@ -106,7 +102,7 @@ describe('transfer faults', () => {
   });
 
   it('a device that cannot make progress ends failed (download-stalled), then retries and completes from what it had', async () => {
-    f = await createFixture('stall', { layers: LAYERS, rank: 16 });
+    f = await createFixture('stall', { layers: MEDIUM_LAYERS, rank: 16 });
     proxy = await slowLink(f, 24_000);
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'st-1', ['--stall-timeout', '2s', '--retry', '1s'], proxy.url);

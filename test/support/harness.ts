@@ -25,7 +25,13 @@ export const GROUP = 'line-1';
 /** Small chunks so the small test models still travel in several chunks. */
 export const CHUNK = 1024;
 
-/** Small layers keep tests fast; still several chunks at 4 KiB. */
+/** ~64 KiB updates at rank 16: long enough to interrupt on a slow link. */
+export const MEDIUM_LAYERS: Array<[number, number]> = [
+  [256, 256],
+  [256, 256],
+];
+
+/** Small layers keep tests fast; still several chunks at 1 KiB. */
 export const SMALL_LAYERS: Array<[number, number]> = [
   [64, 96],
   [128, 64],
