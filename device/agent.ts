@@ -1,61 +1,18 @@
 import { promises as fs } from 'node:fs';
 import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
-import { checkRelease, pathFrom, verifyRelease, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
+import type { ReleaseBody } from '../protocol/release.ts';
 import { encodeStatus, PRESENCE_ONLINE, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
-import type { Topics } from '../protocol/topics.ts';
-import type { Transport } from '../transport/types.ts';
-import type { Logger } from '../util/log.ts';
 import { VERSION } from '../util/version.ts';
-import type { Clock } from './clock.ts';
+import type { AgentConfig, AgentPorts } from './agent-config.ts';
 import { Fetcher } from './fetcher.ts';
-import type { HealthCheck } from './health.ts';
 import { Installer } from './installer.ts';
 import { nextState, type DeviceEvent } from './machine.ts';
+import { decideRelease } from './release-decision.ts';
 import { DEVICE_REASONS, DeviceError, toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
 
-export interface AgentConfig {
-  deviceId: string;
-  model: string;
-  group: string;
-  trust: TrustFile;
-  /** Chunks in flight at most (default 32); the window adapts below this to the link. */
-  window?: number;
-  /** Re-ask for outstanding chunks after at least this long without a byte on the socket (default 10 s; grows with the round trip). */
-  idleMs?: number;
-  /** A download with no new chunk for this long fails `download-stalled` and is retried later (default 120 s). */
-  stallMs?: number;
-  /** Bad copies of one chunk before the source is declared corrupt (default 3). */
-  maxBadCopies?: number;
-  /** First delay before a failed download is tried again; doubles up to 30 min (default 30 s). */
-  retryMs?: number;
-  /** Publish a status at least this often while downloading, even when nothing arrives (default 10 s). */
-  watchdogMs?: number;
-  /** Allowed clock skew for issue times in the future (default 300 s). */
-  skewSeconds?: number;
-  /** Largest payload accepted (default 256 MiB). */
-  maxPayloadBytes?: number;
-  /** Run on the staged model before the switch; exit 0 = fit. */
-  validateCmd?: string;
-  validateTimeoutMs?: number;
-  /** Run after the switch; exit 0 = healthy. */
-  healthCmd?: string;
-  healthTimeoutMs?: number;
-  /** Stay `testing` this long after a healthy check before committing: a crash in it rolls back (default 0). */
-  healthWindowMs?: number;
-  /** Told about every switch, with FLEET_MODEL_PATH and FLEET_MODEL_DIGEST in its environment. */
-  onSwitchCmd?: string;
-}
-
-export interface AgentPorts {
-  transport: Transport;
-  storage: DeviceStorage;
-  clock: Clock;
-  health: HealthCheck;
-  topics: Topics;
-  log: Logger;
-}
+export type { AgentConfig, AgentPorts } from './agent-config.ts';
 
 type StatusFields = Pick<DeviceStatus, 'target' | 'seq' | 'updateId' | 'reason' | 'message' | 'rollback'>;
 
@@ -136,7 +93,8 @@ export class DeviceAgent {
         message: `${DEVICE_REASONS['crashed-while-testing']} (was testing ${j.target.slice(0, 16)}…, back on ${j.previous.slice(0, 16)}…)`,
       }));
     } else {
-      this.enqueue(() => this.resumeActive());
+      const note = recovered?.action === 'discarded-staging' ? `recovered: an interrupted build of ${recovered.journal.target.slice(0, 16)}… was discarded; building it again` : null;
+      this.enqueue(() => this.resumeActive(note));
     }
     if (t.connected) this.onConnected();
   }
@@ -258,44 +216,29 @@ export class DeviceAgent {
       this.io.log.info('release seen before; not processed again', { release: hash.slice(0, 16), refused: m.refused.includes(hash) });
       return;
     }
-    let body: ReleaseBody;
-    try {
-      body = verifyRelease(bytes, this.cfg.trust);
-      checkRelease(body, {
-        model: this.cfg.model,
-        group: this.cfg.group,
-        now: Math.floor(this.io.clock.now() / 1000),
-        clockFloor: m.clockFloor,
-        highestSeq: m.highestSeq,
-        skewSeconds: this.cfg.skewSeconds ?? 300,
-      });
-    } catch (e) {
-      return this.refuse(hash, e);
-    }
-    if (body.target === this.running) {
-      this.accept(hash, body, null);
-      await this.endFetch();
-      this.shown = undefined;
-      await this.transition('release-current', { target: body.target, seq: body.seq, updateId: null, reason: null, message: null, rollback: body.rollback });
-      return;
-    }
-    const held = await this.io.storage.hasVersion(body.target);
-    const steps = held ? [] : pathFrom(body, this.running);
-    if (!steps) return this.refuse(hash, new DeviceError('wrong-base', `running ${this.running.slice(0, 16)}…`));
-    const max = this.cfg.maxPayloadBytes ?? 256 * 1024 * 1024;
-    const size = steps.reduce((a, s) => a + s.size, 0);
-    if (size > max) return this.refuse(hash, new DeviceError('payload-too-large', `${size} bytes > ${max}`));
-    const active: ActiveRelease = { releaseHash: hash, seq: body.seq, target: body.target, steps, rollback: body.rollback };
-    this.accept(hash, body, active);
-    await this.io.storage.saveMemory(m);
+    const d = await decideRelease(bytes, hash, {
+      model: this.cfg.model, group: this.cfg.group, trust: this.cfg.trust, running: this.running,
+      now: Math.floor(this.io.clock.now() / 1000), skewSeconds: this.cfg.skewSeconds ?? 300,
+      maxPayloadBytes: this.cfg.maxPayloadBytes ?? 256 * 1024 * 1024, memory: m,
+      holds: (digest) => this.io.storage.hasVersion(digest),
+    });
+    if (d.kind === 'refuse') return this.refuse(hash, d.error);
+    const { body } = d;
     await this.endFetch();
-    if (held) {
+    this.accept(hash, body, d.kind === 'current' ? null : d.active);
+    await this.io.storage.saveMemory(m);
+    const fields = { target: body.target, seq: body.seq, updateId: null, reason: null, message: null, rollback: body.rollback };
+    if (d.kind === 'current') {
+      this.shown = undefined;
+      await this.transition('release-current', fields);
+    } else if (d.kind === 'switch-back') {
       // A version this device still holds (an operator rollback): switch back, no arithmetic.
       this.shown = undefined;
-      await this.transition('switch-back', { target: body.target, seq: body.seq, updateId: null, reason: null, message: null, rollback: body.rollback });
-      return this.install(active);
+      await this.transition('switch-back', fields);
+      await this.install(d.active);
+    } else {
+      await this.beginFetch(d.active, 'release-accepted');
     }
-    await this.beginFetch(active, 'release-accepted');
   }
 
   private accept(hash: string, body: ReleaseBody, active: ActiveRelease | null): void {
@@ -315,7 +258,7 @@ export class DeviceAgent {
   }
 
   /** After a restart or a failure: continue the accepted release from what is on disk. */
-  private async resumeActive(): Promise<void> {
+  private async resumeActive(note: string | null = null): Promise<void> {
     const a = this.memory.active;
     if (!a) return;
     if (this.running === a.target) {
@@ -326,7 +269,7 @@ export class DeviceAgent {
     }
     if (a.steps.length === 0 || (a.steps[0].from !== null && a.steps[0].from !== this.running)) {
       if (a.steps.length === 0 && (await this.io.storage.hasVersion(a.target))) {
-        await this.transition('resume');
+        await this.transition('resume', { message: note });
         await this.transition('download-complete');
         return this.install(a);
       }
@@ -334,7 +277,7 @@ export class DeviceAgent {
       await this.io.storage.saveMemory(this.memory);
       return;
     }
-    await this.beginFetch(a, 'resume');
+    await this.beginFetch(a, 'resume', note);
   }
 
   private async endFetch(): Promise<void> {
@@ -346,8 +289,8 @@ export class DeviceAgent {
 
   // --- fetching ------------------------------------------------------------
 
-  private async beginFetch(a: ActiveRelease, event: 'release-accepted' | 'resume'): Promise<void> {
-    const fields = { target: a.target, seq: a.seq, updateId: a.steps[0]?.updateId ?? null, reason: null, message: null, rollback: a.rollback };
+  private async beginFetch(a: ActiveRelease, event: 'release-accepted' | 'resume', note: string | null = null): Promise<void> {
+    const fields = { target: a.target, seq: a.seq, updateId: a.steps[0]?.updateId ?? null, reason: null, message: note, rollback: a.rollback };
     try {
       const modelSize = (await fs.stat(this.io.storage.modelPath(this.running))).size;
       const need = a.steps.reduce((x, s) => x + s.size, 0) + modelSize;

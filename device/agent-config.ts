@@ -1,0 +1,51 @@
+import type { TrustFile } from '../protocol/release.ts';
+import type { Topics } from '../protocol/topics.ts';
+import type { Transport } from '../transport/types.ts';
+import type { Logger } from '../util/log.ts';
+import type { Clock } from './clock.ts';
+import type { HealthCheck } from './health.ts';
+import type { DeviceStorage } from './storage.ts';
+
+/** How a device agent behaves; every field but the identity has a default suited to slow links. */
+export interface AgentConfig {
+  deviceId: string;
+  model: string;
+  group: string;
+  trust: TrustFile;
+  /** Chunks in flight at most (default 32); the window adapts below this to the link. */
+  window?: number;
+  /** Re-ask for outstanding chunks after at least this long without a byte on the socket (default 10 s; grows with the round trip). */
+  idleMs?: number;
+  /** A download with no new chunk for this long fails `download-stalled` and is retried later (default 120 s). */
+  stallMs?: number;
+  /** Bad copies of one chunk before the source is declared corrupt (default 3). */
+  maxBadCopies?: number;
+  /** First delay before a failed download is tried again; doubles up to 30 min (default 30 s). */
+  retryMs?: number;
+  /** Publish a status at least this often while downloading, even when nothing arrives (default 10 s). */
+  watchdogMs?: number;
+  /** Allowed clock skew for issue times in the future (default 300 s). */
+  skewSeconds?: number;
+  /** Largest payload accepted (default 256 MiB). */
+  maxPayloadBytes?: number;
+  /** Run on the staged model before the switch; exit 0 = fit. */
+  validateCmd?: string;
+  validateTimeoutMs?: number;
+  /** Run after the switch; exit 0 = healthy. */
+  healthCmd?: string;
+  healthTimeoutMs?: number;
+  /** Stay `testing` this long after a healthy check before committing: a crash in it rolls back (default 0). */
+  healthWindowMs?: number;
+  /** Told about every switch, with FLEET_MODEL_PATH and FLEET_MODEL_DIGEST in its environment. */
+  onSwitchCmd?: string;
+}
+
+export interface AgentPorts {
+  transport: Transport;
+  storage: DeviceStorage;
+  clock: Clock;
+  health: HealthCheck;
+  topics: Topics;
+  log: Logger;
+}
+

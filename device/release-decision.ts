@@ -1,0 +1,49 @@
+import { checkRelease, pathFrom, verifyRelease, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
+import { DeviceError } from './reasons.ts';
+import type { ActiveRelease, AgentMemory } from './storage.ts';
+
+export interface DecisionContext {
+  model: string;
+  group: string;
+  trust: TrustFile;
+  /** Digest of the running model. */
+  running: string;
+  /** Unix seconds. */
+  now: number;
+  skewSeconds: number;
+  maxPayloadBytes: number;
+  memory: Pick<AgentMemory, 'clockFloor' | 'highestSeq'>;
+  /** Whether this device still holds a version on disk. */
+  holds: (digest: string) => Promise<boolean>;
+}
+
+export type Decision =
+  | { kind: 'refuse'; error: unknown }
+  | { kind: 'current'; body: ReleaseBody }
+  | { kind: 'switch-back'; body: ReleaseBody; active: ActiveRelease }
+  | { kind: 'fetch'; body: ReleaseBody; active: ActiveRelease };
+
+/**
+ * What to do with a new release (its bytes already known not to be seen
+ * before): refuse it with a reason, ack it (already running its target),
+ * switch back to a held version, or fetch the steps from the running digest.
+ */
+export async function decideRelease(bytes: Uint8Array, releaseHash: string, c: DecisionContext): Promise<Decision> {
+  let body: ReleaseBody;
+  try {
+    body = verifyRelease(bytes, c.trust);
+    checkRelease(body, {
+      model: c.model, group: c.group, now: c.now, clockFloor: c.memory.clockFloor, highestSeq: c.memory.highestSeq, skewSeconds: c.skewSeconds,
+    });
+  } catch (error) {
+    return { kind: 'refuse', error };
+  }
+  if (body.target === c.running) return { kind: 'current', body };
+  const held = await c.holds(body.target);
+  const steps = held ? [] : pathFrom(body, c.running);
+  if (!steps) return { kind: 'refuse', error: new DeviceError('wrong-base', `running ${c.running.slice(0, 16)}…`) };
+  const size = steps.reduce((a, s) => a + s.size, 0);
+  if (size > c.maxPayloadBytes) return { kind: 'refuse', error: new DeviceError('payload-too-large', `${size} bytes > ${c.maxPayloadBytes}`) };
+  const active: ActiveRelease = { releaseHash, seq: body.seq, target: body.target, steps, rollback: body.rollback };
+  return held ? { kind: 'switch-back', body, active } : { kind: 'fetch', body, active };
+}
