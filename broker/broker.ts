@@ -9,6 +9,7 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { UpdateServer } from '../server/update-server.ts';
 import type { Logger } from '../util/log.ts';
+import { BrokerAuth } from './auth.ts';
 
 const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
@@ -25,6 +26,14 @@ export interface BrokerOptions {
   /** Run the update server in-process (default true). */
   updateServer?: boolean;
   prefix?: string;
+  /**
+   * Users file (see broker/users-file.ts). With it every client must log in,
+   * devices as client id `fleet-device-{name}`, and broker/acl.ts decides
+   * every publish and subscription. Without it the broker is open (and says so).
+   */
+  auth?: string;
+  /** How often the users file is checked for changes (default 1000 ms). */
+  authPollMs?: number;
   log: Logger;
 }
 
@@ -34,6 +43,8 @@ export interface RunningBroker {
   url: string;
   aedes: Aedes;
   updateServer: UpdateServer | undefined;
+  /** Present with `auth`: `reload()` re-reads the users file at once. */
+  auth: BrokerAuth | undefined;
   close(): Promise<void>;
 }
 
@@ -50,8 +61,19 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     await db.open();
     persistence = new AsyncLevelPersistence(db);
   }
-  const aedes = await Aedes.createBroker({ persistence, id: `fleet-broker-${process.pid}` });
   const log = o.log;
+  const topics = new Topics(o.prefix);
+  const internalClientId = `fleet-update-server-${process.pid}`;
+  let auth: BrokerAuth | undefined;
+  try {
+    auth = o.auth ? await BrokerAuth.open({ file: o.auth, topics, log: log.child('auth'), internalClientId, pollMs: o.authPollMs }) : undefined;
+  } catch (e) {
+    if (persistence) await persistence.destroy();
+    throw e;
+  }
+  const aedes = await Aedes.createBroker({ persistence, id: `fleet-broker-${process.pid}`, ...auth?.hooks() });
+  if (auth) auth.attach(aedes);
+  else log.warn('broker is unauthenticated: any client may publish and subscribe to anything (start it with --auth FILE)');
   aedes.on('clientError', (client, err) => log.debug('client error', { client: client?.id, error: err.message }));
 
   const sockets = new Set<net.Socket>();
@@ -67,16 +89,18 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   });
   const port = (server.address() as net.AddressInfo).port;
   const url = `mqtt://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host}:${port}`;
-  log.info('broker listening', { url, persistence: o.persistence ?? 'level' });
+  log.info('broker listening', { url, persistence: o.persistence ?? 'level', auth: o.auth ?? null });
 
   let updateServer: UpdateServer | undefined;
   let transport: MqttTransport | undefined;
   if (o.updateServer !== false) {
-    transport = await MqttTransport.connect({ url, clientId: `fleet-update-server-${process.pid}` }, 10_000);
+    // With auth, the in-process server logs in with a random credential that exists only in this process.
+    const cred = auth?.internalCredential;
+    transport = await MqttTransport.connect({ url, clientId: internalClientId, username: cred?.username, password: cred?.password }, 10_000);
     updateServer = new UpdateServer({
       transport,
       store: new ContentStore(path.join(o.dataDir, 'store')),
-      topics: new Topics(o.prefix),
+      topics,
       log: log.child('server'),
     });
     await updateServer.start();
@@ -89,9 +113,11 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     url,
     aedes,
     updateServer,
+    auth,
     async close() {
       if (closed) return;
       closed = true;
+      auth?.close();
       if (updateServer) await updateServer.stop();
       if (transport) await transport.close();
       await new Promise<void>((resolve) => {

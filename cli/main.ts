@@ -14,6 +14,8 @@ import { runDemo } from './demo.ts';
 import { runDevice } from './device-command.ts';
 import { registerBuildCommands } from './build-commands.ts';
 import { registerReleaseCommands } from './release-commands.ts';
+import { registerRolloutCommands } from './rollout-commands.ts';
+import { registerUserCommands } from './user-commands.ts';
 import { parseDuration, parseIntArg } from './options.ts';
 
 const program = new Command();
@@ -52,10 +54,12 @@ program
   .option('--data-dir <dir>', 'broker persistence and update store', './fleet-data')
   .addOption(new Option('--persistence <kind>', 'broker persistence').choices(['level', 'memory']).default('level'))
   .option('--no-update-server', 'do not run the update server in-process')
-  .action(async (o: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean }) => {
+  .option('--auth <file>', 'users file (`fleet user add`): clients must log in, ACLs apply; re-read when it changes')
+  .action(async (o: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; auth?: string }) => {
     const log = createLogger('broker', logLevel());
     const b = await startBroker({ ...o, prefix: program.opts().prefix, log });
-    process.stdout.write(`fleet broker listening on ${b.url} (persistence ${o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)})\n`);
+    const auth = o.auth ? `auth ${path.resolve(o.auth)}` : 'UNAUTHENTICATED';
+    process.stdout.write(`fleet broker listening on ${b.url} (persistence ${o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`);
     onShutdown(() => b.close());
   });
 
@@ -104,6 +108,8 @@ program
   });
 
 registerReleaseCommands(program);
+registerRolloutCommands(program);
+registerUserCommands(program);
 
 program
   .command('device')

@@ -1,10 +1,10 @@
-import { promises as fs } from 'node:fs';
 import { ModelDigest } from '../protocol/digest.ts';
 import { applyTensor, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
 import { encodeSafetensorsHeader } from '../protocol/safetensors.ts';
 import { readExactly, readModelHeader } from '../util/model-file.ts';
 import { ProtocolError } from '../protocol/errors.ts';
-import { fsyncDir } from '../util/fs-atomic.ts';
+import { fsyncDir, fsyncFile } from '../util/fs-atomic.ts';
+import { nodeFs, writeFully, type FileHandlePort, type FsPort } from './fs-port.ts';
 import path from 'node:path';
 
 /**
@@ -13,10 +13,10 @@ import path from 'node:path';
  * one tensor and its replacement in memory. The output is fsynced; the caller
  * renames it into place only when the digest is the one the release names.
  */
-export async function applyToFile(baseFile: string, payload: Payload, outFile: string): Promise<string> {
+export async function applyToFile(baseFile: string, payload: Payload, outFile: string, fsys: FsPort = nodeFs): Promise<string> {
   const deltas = new Map<string, TensorDelta>(payload.tensors.map((t) => [t.name, t]));
-  const base = await fs.open(baseFile, 'r');
-  let out: fs.FileHandle | undefined;
+  const base = await fsys.open(baseFile, 'r');
+  let out: FileHandlePort | undefined;
   try {
     const header = await readModelHeader(base);
     const known = new Set(header.tensors.map((t) => t.name));
@@ -24,8 +24,8 @@ export async function applyToFile(baseFile: string, payload: Payload, outFile: s
       if (!known.has(name)) throw new ProtocolError('shape-mismatch', `the model has no tensor ${name}`);
     }
     const { header: outHeader, layout } = encodeSafetensorsHeader(header.tensors, header.metadata);
-    out = await fs.open(outFile, 'w');
-    await out.write(outHeader, 0, outHeader.byteLength, 0);
+    out = await fsys.open(outFile, 'w');
+    await writeFully(out, outHeader, 0);
     const byName = new Map(header.tensors.map((t) => [t.name, t]));
     const digest = new ModelDigest();
     for (const slot of layout) {
@@ -33,7 +33,7 @@ export async function applyToFile(baseFile: string, payload: Payload, outFile: s
       const bytes = await readExactly(base, src.end - src.begin, header.dataStart + src.begin);
       const delta = deltas.get(slot.name);
       const result = delta ? applyTensor(src, bytes, delta) : bytes;
-      await out.write(result, 0, result.byteLength, outHeader.byteLength + slot.begin);
+      await writeFully(out, result, outHeader.byteLength + slot.begin);
       digest.addTensor(slot, result);
     }
     await out.sync();
@@ -44,8 +44,14 @@ export async function applyToFile(baseFile: string, payload: Payload, outFile: s
   }
 }
 
-/** Rename a finished file into place and make the rename durable. */
-export async function commitFile(tmp: string, final: string): Promise<void> {
-  await fs.rename(tmp, final);
-  await fsyncDir(path.dirname(final));
+/**
+ * Put a finished file in place so that a power cut leaves it whole or absent:
+ * fsync its bytes (a copied file was never fsynced; for one that was, this
+ * costs nothing), rename it, fsync the directory. Without the first fsync the
+ * name could survive a power cut and the bytes not: a torn model.
+ */
+export async function commitFile(tmp: string, final: string, fsys: FsPort = nodeFs): Promise<void> {
+  await fsyncFile(tmp, fsys);
+  await fsys.rename(tmp, final);
+  await fsyncDir(path.dirname(final), fsys);
 }

@@ -126,6 +126,13 @@ export class Fetcher {
     this.closed = true;
     const d = this.current;
     this.current = undefined;
+    if (d) {
+      // Keep what it counted and received for the status.
+      this.badBefore += d.badChunks;
+      this.dupBefore += d.duplicateChunks;
+      this.requestsBefore += d.requestsSent;
+      this.doneBytes += d.receivedBytes;
+    }
     await d?.close();
   }
 }

@@ -1,11 +1,11 @@
 import { createHash } from 'node:crypto';
-import { createReadStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { decodePayload, type Payload } from '../protocol/lowrank.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import { digestModelFile } from '../util/model-file.ts';
 import type { Logger } from '../util/log.ts';
 import { applyToFile, commitFile } from './apply.ts';
+import type { FsPort } from './fs-port.ts';
 import { describeFailure, runCommand } from './commands.ts';
 import type { HealthCheck } from './health.ts';
 import type { Journal } from './journal.ts';
@@ -27,10 +27,22 @@ export interface InstallerConfig {
 
 type Verified = { step: ReleaseStep; payload: Payload | null };
 
-async function sha256File(file: string): Promise<string> {
-  const h = createHash('sha256');
-  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
-  return h.digest('hex');
+/** SHA-256 of a file, read through the port 64 KiB at a time. */
+async function sha256File(file: string, fsys: FsPort): Promise<string> {
+  const hash = createHash('sha256');
+  const h = await fsys.open(file, 'r');
+  try {
+    const buf = new Uint8Array(64 * 1024);
+    for (let pos = 0; ; ) {
+      const { bytesRead } = await h.read(buf, 0, buf.byteLength, pos);
+      if (bytesRead === 0) break;
+      hash.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await h.close();
+  }
+  return hash.digest('hex');
 }
 
 /**
@@ -42,6 +54,10 @@ async function sha256File(file: string): Promise<string> {
 export class Installer {
   constructor(private readonly storage: DeviceStorage, private readonly cfg: InstallerConfig, private readonly health: HealthCheck, private readonly log: Logger) {}
 
+  private get fsys(): FsPort {
+    return this.storage.fsys;
+  }
+
   private payloadFile(step: ReleaseStep): string {
     return path.join(this.storage.downloadDir(step.updateId), 'payload');
   }
@@ -50,12 +66,12 @@ export class Installer {
   async verify(steps: ReleaseStep[]): Promise<Verified[]> {
     const out: Verified[] = [];
     for (const step of steps) {
-      if ((await sha256File(this.payloadFile(step))) !== step.sha256) throw new DeviceError('payload-hash-mismatch', `update ${step.updateId}`);
+      if ((await sha256File(this.payloadFile(step), this.fsys)) !== step.sha256) throw new DeviceError('payload-hash-mismatch', `update ${step.updateId}`);
       if (step.from === null) {
         out.push({ step, payload: null });
         continue;
       }
-      const payload = decodePayload(new Uint8Array(await fs.readFile(this.payloadFile(step))));
+      const payload = decodePayload(new Uint8Array(await this.fsys.readFile(this.payloadFile(step))));
       if (payload.base !== step.from || payload.target !== step.to) throw new DeviceError('malformed-payload', 'the payload names other digests than the release');
       out.push({ step, payload });
     }
@@ -72,9 +88,9 @@ export class Installer {
     const s = this.storage;
     if (await s.hasVersion(target)) {
       // Held already (an operator rollback, or a crash after staging): check it is intact.
-      const digest = await digestModelFile(s.modelPath(target));
+      const digest = await digestModelFile(s.modelPath(target), this.fsys);
       if (digest === target) return this.validate(s.modelPath(target), target, running);
-      await fs.rm(s.modelPath(target), { force: true });
+      await this.fsys.rm(s.modelPath(target), { force: true });
       if (steps.length === 0) throw new DeviceError('digest-mismatch', `the held version ${target.slice(0, 16)}… is damaged (${digest.slice(0, 16)}…)`);
     }
     if (steps.length === 0) throw new DeviceError('wrong-base', `version ${target.slice(0, 16)}… is not held here and the release has no step from ${running.slice(0, 16)}…`);
@@ -86,25 +102,25 @@ export class Installer {
       const out = `${s.stagedPath(step.to)}.${k++}`;
       let digest: string;
       if (payload === null) {
-        await fs.copyFile(this.payloadFile(step), out);
-        digest = await digestModelFile(out).catch((e: unknown) => {
+        await this.fsys.copyFile(this.payloadFile(step), out);
+        digest = await digestModelFile(out, this.fsys).catch((e: unknown) => {
           throw new DeviceError('malformed-model', `the full-model payload: ${(e as Error).message}`);
         });
       } else {
         if (payload.base !== at) throw new DeviceError('wrong-base', `step ${step.updateId} starts from ${payload.base.slice(0, 12)}, not ${at.slice(0, 12)}`);
-        digest = await applyToFile(from, payload, out);
+        digest = await applyToFile(from, payload, out, this.fsys);
       }
       if (digest !== step.to) {
-        await fs.rm(out, { force: true });
+        await this.fsys.rm(out, { force: true });
         throw new DeviceError('digest-mismatch', `step ${step.updateId} built ${digest.slice(0, 16)}…, the release names ${step.to.slice(0, 16)}…`);
       }
-      if (from !== s.modelPath(running)) await fs.rm(from, { force: true });
+      if (from !== s.modelPath(running)) await this.fsys.rm(from, { force: true });
       from = out;
       at = digest;
     }
     if (at !== target) throw new DeviceError('digest-mismatch', `the steps end at ${at.slice(0, 16)}…, not the target`);
     await this.validate(from, target, running);
-    await commitFile(from, s.modelPath(target));
+    await commitFile(from, s.modelPath(target), this.fsys);
   }
 
   private async validate(file: string, target: string, previous: string): Promise<void> {

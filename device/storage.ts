@@ -1,10 +1,10 @@
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Bitmap } from '../protocol/chunks.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import { isJournal, type Journal } from './journal.ts';
 import type { DeviceStatus } from '../protocol/status.ts';
-import { exists, fsyncDir, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
+import { exists, fsyncDir, fsyncFile, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
+import { nodeFs, type FileHandlePort, type FsPort } from './fs-port.ts';
 
 /** The release being installed: where it goes and the steps that get there. */
 export interface ActiveRelease {
@@ -42,6 +42,8 @@ export interface Pointer {
 }
 
 const DIGEST_FILE = /^([0-9a-f]{64})\.safetensors$/;
+/** Temporary files of the atomic replacements in the directory itself (a killed process leaves them). */
+const TEMP_FILE = /^(current\.safetensors|previous|journal\.json|state\.json)\.tmp-/;
 
 /**
  * The device directory:
@@ -50,12 +52,16 @@ const DIGEST_FILE = /^([0-9a-f]{64})\.safetensors$/;
  *   previous                      JSON {digest}: the version before (rollback, pruning)
  *   models/{digest}.safetensors   every kept version, named by digest
  *   models/*.staged, *.tmp-*      a version being built (discarded on start)
+ *   *.tmp-*                       a replacement interrupted (discarded on start)
  *   journal.json                  where an install stands (device/journal.ts)
  *   state.json                    AgentMemory
  *   downloads/{updateId}/         payload (chunks at their offsets), bitmap, list
+ *
+ * Every file-system call goes through `fsys` (node:fs by default), so that
+ * tests can run this over a model of a disk that loses what was not fsynced.
  */
 export class DeviceStorage {
-  constructor(readonly dir: string) {}
+  constructor(readonly dir: string, readonly fsys: FsPort = nodeFs) {}
 
   modelPath(digest: string): string {
     return path.join(this.dir, 'models', `${digest}.safetensors`);
@@ -80,116 +86,120 @@ export class DeviceStorage {
   }
 
   async init(): Promise<void> {
-    await fs.mkdir(path.join(this.dir, 'models'), { recursive: true });
-    await fs.mkdir(path.join(this.dir, 'downloads'), { recursive: true });
+    await this.fsys.mkdirp(path.join(this.dir, 'models'));
+    await this.fsys.mkdirp(path.join(this.dir, 'downloads'));
   }
 
   async pointer(): Promise<Pointer | undefined> {
     let target: string;
     try {
-      target = await fs.readlink(this.currentPath);
+      target = await this.fsys.readlink(this.currentPath);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw e;
     }
     const m = DIGEST_FILE.exec(path.basename(target));
     if (!m) throw new Error(`${this.currentPath} points at ${target}, which is not a model version`);
-    const prev = await readJson<{ digest: string | null }>(this.previousFile);
+    const prev = await readJson<{ digest: string | null }>(this.previousFile, this.fsys);
     return { digest: m[1], previous: prev?.digest ?? null };
   }
 
   async hasVersion(digest: string): Promise<boolean> {
-    return exists(this.modelPath(digest));
+    return exists(this.modelPath(digest), this.fsys);
   }
 
   /** Install a model file as a version (copy, fsync, rename). */
   async installVersion(digest: string, bytes: Uint8Array): Promise<void> {
-    await writeFileAtomic(this.modelPath(digest), bytes);
+    await writeFileAtomic(this.modelPath(digest), bytes, undefined, this.fsys);
   }
 
   /**
-   * Make `digest` current: record `previous` (temp, fsync, rename), then
-   * replace the symlink atomically (new link, rename over, fsync the directory).
+   * Make `digest` current: make the version itself durable (its bytes and its
+   * name in models/: a killed process may have renamed it there without the
+   * directory fsync), record `previous` (temp, fsync, rename), then replace
+   * the symlink atomically (new link, rename over, fsync the directory).
    */
   async switchTo(digest: string, previous: string | null): Promise<void> {
-    if (!(await exists(this.modelPath(digest)))) throw new Error(`no model version ${digest}`);
-    await writeFileAtomic(this.previousFile, JSON.stringify({ digest: previous }));
+    const file = this.modelPath(digest);
+    if (!(await exists(file, this.fsys))) throw new Error(`no model version ${digest}`);
+    await fsyncFile(file, this.fsys);
+    await fsyncDir(path.dirname(file), this.fsys);
+    await writeFileAtomic(this.previousFile, JSON.stringify({ digest: previous }), undefined, this.fsys);
     const tmp = `${this.currentPath}.tmp-${process.pid}`;
-    await fs.rm(tmp, { force: true });
-    await fs.symlink(path.join('models', `${digest}.safetensors`), tmp);
-    await fs.rename(tmp, this.currentPath);
-    await fsyncDir(this.dir);
+    await this.fsys.rm(tmp, { force: true });
+    await this.fsys.symlink(path.join('models', `${digest}.safetensors`), tmp);
+    await this.fsys.rename(tmp, this.currentPath);
+    await fsyncDir(this.dir, this.fsys);
   }
 
   async journal(): Promise<Journal | undefined> {
-    const j = await readJson<unknown>(this.journalFile);
+    const j = await readJson<unknown>(this.journalFile, this.fsys);
     return isJournal(j) ? j : undefined;
   }
 
   async writeJournal(j: Journal): Promise<void> {
-    await writeFileAtomic(this.journalFile, JSON.stringify(j));
+    await writeFileAtomic(this.journalFile, JSON.stringify(j), undefined, this.fsys);
   }
 
   async clearJournal(): Promise<void> {
-    await fs.rm(this.journalFile, { force: true });
-    await fsyncDir(this.dir);
+    await this.fsys.rm(this.journalFile, { force: true });
+    await fsyncDir(this.dir, this.fsys);
   }
 
-  /** Remove half-built versions (staged and temporary files). */
+  /** Remove half-built versions (staged and temporary files), and the temporary files of interrupted replacements. */
   async removeStaging(): Promise<string[]> {
     const gone: string[] = [];
-    for (const f of await fs.readdir(path.join(this.dir, 'models'))) {
+    for (const f of await this.fsys.readdir(path.join(this.dir, 'models'))) {
       if (DIGEST_FILE.test(f)) continue;
-      await fs.rm(path.join(this.dir, 'models', f), { force: true });
+      await this.fsys.rm(path.join(this.dir, 'models', f), { force: true });
       gone.push(f);
     }
-    for (const f of await fs.readdir(this.dir)) {
-      if (f.startsWith('current.safetensors.tmp-')) await fs.rm(path.join(this.dir, f), { force: true });
+    for (const f of await this.fsys.readdir(this.dir)) {
+      if (TEMP_FILE.test(f)) await this.fsys.rm(path.join(this.dir, f), { force: true });
     }
     return gone;
   }
 
   /** Delete versions other than the ones to keep (the current and the previous). */
   async prune(keep: string[]): Promise<void> {
-    for (const f of await fs.readdir(path.join(this.dir, 'models'))) {
+    for (const f of await this.fsys.readdir(path.join(this.dir, 'models'))) {
       const m = DIGEST_FILE.exec(f);
-      if (m && !keep.includes(m[1])) await fs.rm(path.join(this.dir, 'models', f), { force: true });
+      if (m && !keep.includes(m[1])) await this.fsys.rm(path.join(this.dir, 'models', f), { force: true });
     }
   }
 
   async memory(): Promise<AgentMemory> {
-    return { ...EMPTY_MEMORY, ...((await readJson<AgentMemory>(this.memoryFile)) ?? {}) };
+    return { ...EMPTY_MEMORY, ...((await readJson<AgentMemory>(this.memoryFile, this.fsys)) ?? {}) };
   }
 
   async saveMemory(m: AgentMemory): Promise<void> {
     if (m.refused.length > MAX_REFUSED) m.refused = m.refused.slice(-MAX_REFUSED);
-    await writeFileAtomic(this.memoryFile, JSON.stringify(m));
+    await writeFileAtomic(this.memoryFile, JSON.stringify(m), undefined, this.fsys);
   }
 
   // --- downloads -----------------------------------------------------------
 
   async openDownload(step: ReleaseStep): Promise<DownloadFiles> {
     const dir = this.downloadDir(step.updateId);
-    await fs.mkdir(dir, { recursive: true });
+    await this.fsys.mkdirp(dir);
     const payloadFile = path.join(dir, 'payload');
-    const h = await fs.open(payloadFile, (await exists(payloadFile)) ? 'r+' : 'w+');
+    const h = await this.fsys.open(payloadFile, (await exists(payloadFile, this.fsys)) ? 'r+' : 'w+');
     const st = await h.stat();
     if (st.size !== step.size) await h.truncate(step.size);
-    const bitmapBytes = await fs.readFile(path.join(dir, 'bitmap')).catch(() => undefined);
+    const bitmapBytes = await this.fsys.readFile(path.join(dir, 'bitmap')).catch(() => undefined);
     const bitmap = bitmapBytes && bitmapBytes.byteLength === Math.ceil(step.chunks / 8)
       ? new Bitmap(step.chunks, new Uint8Array(bitmapBytes))
       : new Bitmap(step.chunks);
-    const list = await fs.readFile(path.join(dir, 'list')).catch(() => undefined);
-    return new DownloadFiles(dir, h, bitmap, list ? new Uint8Array(list) : undefined);
+    const list = await this.fsys.readFile(path.join(dir, 'list')).catch(() => undefined);
+    return new DownloadFiles(dir, h, bitmap, list ? new Uint8Array(list) : undefined, this.fsys);
   }
 
   async removeDownload(updateId: string): Promise<void> {
-    await fs.rm(this.downloadDir(updateId), { recursive: true, force: true });
+    await this.fsys.rm(this.downloadDir(updateId), { recursive: true, force: true });
   }
 
   async freeBytes(): Promise<number> {
-    const s = await fs.statfs(this.dir);
-    return s.bavail * s.bsize;
+    return this.fsys.freeBytes(this.dir);
   }
 }
 
@@ -201,20 +211,21 @@ export class DeviceStorage {
 export class DownloadFiles {
   constructor(
     readonly dir: string,
-    private readonly payload: fs.FileHandle,
+    private readonly payload: FileHandlePort,
     readonly bitmap: Bitmap,
     public list: Uint8Array | undefined,
+    private readonly fsys: FsPort = nodeFs,
   ) {}
 
   async saveList(list: Uint8Array): Promise<void> {
-    await writeFileReplacing(path.join(this.dir, 'list'), list);
+    await writeFileReplacing(path.join(this.dir, 'list'), list, this.fsys);
     this.list = list;
   }
 
   async writeChunk(index: number, offset: number, data: Uint8Array): Promise<void> {
     await this.payload.write(data, 0, data.byteLength, offset);
     this.bitmap.set(index);
-    await writeFileReplacing(path.join(this.dir, 'bitmap'), this.bitmap.bytes);
+    await writeFileReplacing(path.join(this.dir, 'bitmap'), this.bitmap.bytes, this.fsys);
   }
 
   async readRange(offset: number, length: number): Promise<Uint8Array> {
@@ -224,7 +235,7 @@ export class DownloadFiles {
   }
 
   async saveBitmap(): Promise<void> {
-    await writeFileReplacing(path.join(this.dir, 'bitmap'), this.bitmap.bytes);
+    await writeFileReplacing(path.join(this.dir, 'bitmap'), this.bitmap.bytes, this.fsys);
   }
 
   private closed = false;

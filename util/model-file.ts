@@ -1,10 +1,10 @@
-import { promises as fs } from 'node:fs';
+import { nodeFs, type FileHandlePort, type FsPort } from '../device/fs-port.ts';
 import { ModelDigest } from '../protocol/digest.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { headerByteLength, parseSafetensorsHeader, type SafetensorsHeader, type TensorInfo } from '../protocol/safetensors.ts';
 
 /** Read only the header of a safetensors file. */
-export async function readModelHeader(h: fs.FileHandle): Promise<SafetensorsHeader> {
+export async function readModelHeader(h: FileHandlePort): Promise<SafetensorsHeader> {
   const { size } = await h.stat();
   if (size < 8) throw new ProtocolError('malformed-model', `file of ${size} bytes is shorter than the 8-byte header length`);
   const prefix = new Uint8Array(8);
@@ -16,7 +16,7 @@ export async function readModelHeader(h: fs.FileHandle): Promise<SafetensorsHead
   return parseSafetensorsHeader(head, size);
 }
 
-export async function readExactly(h: fs.FileHandle, length: number, position: number): Promise<Uint8Array> {
+export async function readExactly(h: FileHandlePort, length: number, position: number): Promise<Uint8Array> {
   const buf = new Uint8Array(length);
   let got = 0;
   while (got < length) {
@@ -32,10 +32,10 @@ export async function readExactly(h: fs.FileHandle, length: number, position: nu
  * model never has to sit in memory whole.
  */
 export class ModelFile {
-  private constructor(readonly path: string, private readonly h: fs.FileHandle, readonly header: SafetensorsHeader, readonly fileSize: number) {}
+  private constructor(readonly path: string, private readonly h: FileHandlePort, readonly header: SafetensorsHeader, readonly fileSize: number) {}
 
-  static async open(path: string): Promise<ModelFile> {
-    const h = await fs.open(path, 'r');
+  static async open(path: string, fsys: FsPort = nodeFs): Promise<ModelFile> {
+    const h = await fsys.open(path, 'r');
     try {
       return new ModelFile(path, h, await readModelHeader(h), (await h.stat()).size);
     } catch (e) {
@@ -67,8 +67,8 @@ export class ModelFile {
 }
 
 /** The digest of a model file, read tensor by tensor. */
-export async function digestModelFile(file: string): Promise<string> {
-  const m = await ModelFile.open(file);
+export async function digestModelFile(file: string, fsys: FsPort = nodeFs): Promise<string> {
+  const m = await ModelFile.open(file, fsys);
   try {
     const d = new ModelDigest();
     for (const t of m.tensors) d.addTensor(t, await m.read(t));

@@ -1,0 +1,179 @@
+import { randomUUID } from 'node:crypto';
+import type { Command } from 'commander';
+import { systemClock } from '../device/clock.ts';
+import { parseTrustFile } from '../protocol/release.ts';
+import { Topics } from '../protocol/topics.ts';
+import { loadSigningKey } from '../publisher/keys.ts';
+import { publishUpdate } from '../publisher/publish.ts';
+import { rollbackGroup } from '../publisher/rollback.ts';
+import { HOOK_EVENTS, RolloutController } from '../rollout/controller.ts';
+import { runEventCommand } from '../rollout/hooks.ts';
+import { collectInventory, formatInventory, inventoryRow } from '../rollout/inventory.ts';
+import { loadPayloads, loadPlanFile } from '../rollout/plan.ts';
+import {
+  formatRolloutStatus, parseRolloutStatus, rolloutControlTopic,
+  type ControlCommand, type ControlMessage, type RolloutStatus,
+} from '../rollout/status.ts';
+import type { Transport } from '../transport/types.ts';
+import { MqttTransport } from '../transport/mqtt.ts';
+import { createLogger, parseLogLevel } from '../util/log.ts';
+import { collect, parseIntArg } from './options.ts';
+import { promises as fs } from 'node:fs';
+
+/** Exit codes of `fleet rollout start`: completed 0, halted 2, aborted 3. */
+const EXIT: Record<string, number> = { completed: 0, halted: 2, aborted: 3 };
+
+/** The retained rollout status, or null when none arrives within `waitMs`. */
+async function readRolloutStatus(t: Transport, topics: Topics, id: string, waitMs: number): Promise<RolloutStatus | null> {
+  const topic = topics.rolloutStatus(id);
+  let got: RolloutStatus | null = null;
+  let wake: (() => void) | undefined;
+  const off = t.onMessage((tp, payload) => {
+    if (tp !== topic) return;
+    got = parseRolloutStatus(payload);
+    wake?.();
+  });
+  await t.subscribe(topic, 1);
+  if (!got) await new Promise<void>((r) => {
+    const timer = setTimeout(r, waitMs);
+    wake = () => {
+      clearTimeout(timer);
+      r();
+    };
+  });
+  off();
+  await t.unsubscribe(topic).catch(() => undefined);
+  return got;
+}
+
+/** `fleet devices` and `fleet rollout start|status|pause|resume|abort`. */
+export function registerRolloutCommands(program: Command): void {
+  const logLevel = (): ReturnType<typeof parseLogLevel> => parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG);
+  const topics = (): Topics => new Topics(program.opts().prefix);
+  const connect = (url: string, role: string): Promise<MqttTransport> => MqttTransport.connect({ url, clientId: `fleet-${role}-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000);
+
+  program
+    .command('devices')
+    .description('the fleet as the broker knows it: every retained device status and presence')
+    .requiredOption('--broker <url>', 'broker URL')
+    .option('--wait <ms>', 'how long to collect retained messages', parseIntArg(0, 600_000), 1500)
+    .option('--json', 'one JSON array')
+    .action(async (o: { broker: string; wait: number; json?: boolean }) => {
+      const t = await connect(o.broker, 'devices');
+      try {
+        const records = await collectInventory(t, topics(), o.wait);
+        process.stdout.write(o.json ? `${JSON.stringify(records.map(inventoryRow))}\n` : `${formatInventory(records)}\n`);
+      } finally {
+        await t.close();
+      }
+    });
+
+  const rollout = program.command('rollout').description('staged rollouts: wave by wave with success and failure thresholds');
+
+  rollout
+    .command('start')
+    .description('run a rollout plan (JSON) until it completes, halts or is aborted; restart it with the same plan to continue')
+    .argument('<plan>', 'plan file (JSON)')
+    .requiredOption('--key <file>', 'secret key file (repeat for k-of-n)', collect)
+    .requiredOption('--broker <url>', 'broker URL')
+    .option('--trust <file>', 'trust file releases on the broker are checked against (default: the keys)')
+    .option('--on-event <cmd>', `run on ${HOOK_EVENTS.join(', ')} with the event JSON in FLEET_EVENT and on stdin`)
+    .option('--settle <ms>', 'how long retained statuses are collected at start', parseIntArg(0, 600_000), 1500)
+    .option('--json', 'print each event as one JSON line')
+    .action(async (file: string, o: { key: string[]; broker: string; trust?: string; onEvent?: string; settle: number; json?: boolean }) => {
+      const log = createLogger('rollout', logLevel());
+      const { plan, dir } = await loadPlanFile(file);
+      const payloads = await loadPayloads(plan, dir);
+      const keys = await Promise.all(o.key.map(loadSigningKey));
+      const trust = o.trust === undefined ? undefined : parseTrustFile(await fs.readFile(o.trust, 'utf8'));
+      const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-rollout-${plan.id}-${process.pid}` }, 30_000);
+      const controller = new RolloutController({ plan, payloads, keys, trust, settleMs: o.settle }, {
+        transport, topics: topics(), clock: systemClock, publish: publishUpdate, rollback: rollbackGroup, log,
+        onEvent: async (e) => {
+          process.stdout.write(o.json ? `${JSON.stringify(e)}\n` : `${e.time} ${e.type}${e.device ? ` ${e.device}` : ''}: ${e.reason}\n`);
+          if (o.onEvent && HOOK_EVENTS.includes(e.type)) await runEventCommand(o.onEvent, e, log);
+        },
+      });
+      let stopping = false;
+      const stop = async (): Promise<void> => {
+        if (stopping) return;
+        stopping = true;
+        await controller.stop();
+        await transport.close();
+      };
+      const onSignal = (): void => {
+        process.stderr.write('stopping; the rollout stays where it is (run the same start command to continue)\n');
+        void stop().then(() => process.exit(130));
+      };
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      try {
+        const first = await controller.start();
+        if (!o.json) process.stdout.write(`${formatRolloutStatus(first)}\n`);
+        const end = await controller.done();
+        if (!o.json) process.stdout.write(`${formatRolloutStatus(end)}\n`);
+        process.exitCode = EXIT[end.state] ?? 1;
+      } finally {
+        await stop();
+      }
+    });
+
+  rollout
+    .command('status')
+    .description("a rollout's retained status")
+    .argument('<id>', 'rollout id')
+    .requiredOption('--broker <url>', 'broker URL')
+    .option('--wait <ms>', 'how long to wait for the retained status', parseIntArg(0, 600_000), 2000)
+    .option('--json', 'the status JSON')
+    .action(async (id: string, o: { broker: string; wait: number; json?: boolean }) => {
+      const t = await connect(o.broker, 'rollout-status');
+      try {
+        const s = await readRolloutStatus(t, topics(), id, o.wait);
+        if (!s) throw new Error(`no status for rollout ${id} on ${o.broker}`);
+        process.stdout.write(o.json ? `${JSON.stringify(s)}\n` : `${formatRolloutStatus(s)}\n`);
+      } finally {
+        await t.close();
+      }
+    });
+
+  for (const command of ['pause', 'resume', 'abort'] as ControlCommand[]) {
+    rollout
+      .command(command)
+      .description(`${command} a rollout (a retained command: applied when its controller runs)`)
+      .argument('<id>', 'rollout id')
+      .requiredOption('--broker <url>', 'broker URL')
+      .option('--reason <text>', 'why (shown in the rollout status)')
+      .option('--wait <ms>', "how long to wait for the controller's acknowledgement", parseIntArg(0, 600_000), 5000)
+      .action(async (id: string, o: { broker: string; reason?: string; wait: number }) => {
+        const tp = topics();
+        const t = await connect(o.broker, `rollout-${command}`);
+        try {
+          const msg: ControlMessage = { v: 1, id: randomUUID(), command, time: new Date().toISOString(), ...(o.reason ? { reason: o.reason } : {}) };
+          const statusTopic = tp.rolloutStatus(id);
+          let acked: RolloutStatus | null = null;
+          let wake: (() => void) | undefined;
+          t.onMessage((topic, payload) => {
+            const s = topic === statusTopic ? parseRolloutStatus(payload) : null;
+            if (s?.lastCommand === msg.id) {
+              acked = s;
+              wake?.();
+            }
+          });
+          await t.subscribe(statusTopic, 1);
+          await t.publish(rolloutControlTopic(tp, id), JSON.stringify(msg), { qos: 1, retain: true });
+          await new Promise<void>((r) => {
+            const timer = setTimeout(r, o.wait);
+            wake = () => {
+              clearTimeout(timer);
+              r();
+            };
+          });
+          const s = acked as RolloutStatus | null;
+          if (s) process.stdout.write(`${command}: rollout ${id} is ${s.state}${s.reason ? ` (${s.reason})` : ''}\n`);
+          else process.stdout.write(`${command} sent; no controller acknowledged it within ${o.wait} ms: it is retained and applied when the controller of ${id} runs\n`);
+        } finally {
+          await t.close();
+        }
+      });
+  }
+}

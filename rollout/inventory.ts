@@ -1,0 +1,104 @@
+import { parseStatus, PRESENCE_OFFLINE, PRESENCE_ONLINE, type DeviceStatus } from '../protocol/status.ts';
+import type { Topics } from '../protocol/topics.ts';
+import type { Transport } from '../transport/types.ts';
+
+/** What the broker's retained topics say about one device. */
+export interface DeviceRecord {
+  device: string;
+  status: DeviceStatus | null;
+  presence: 'online' | 'offline' | null;
+}
+
+export type InventoryListener = (device: string, rec: DeviceRecord, what: 'status' | 'presence', retained: boolean) => void;
+
+/**
+ * Follows every device status and presence (both retained, so a fresh
+ * subscription gets the whole fleet at once). The controller and `fleet
+ * devices` share it.
+ */
+export class Inventory {
+  readonly devices = new Map<string, DeviceRecord>();
+  private readonly listeners: InventoryListener[] = [];
+  private off: (() => void) | undefined;
+
+  constructor(private readonly topics: Topics) {}
+
+  /** Subscribes; retained messages arrive right after. */
+  async follow(t: Transport): Promise<void> {
+    this.off = t.onMessage((topic, payload, retained) => this.handle(topic, payload, retained));
+    await t.subscribe([this.topics.allStatuses(), this.topics.allPresence()], 1);
+  }
+
+  async stop(t: Transport): Promise<void> {
+    this.off?.();
+    this.off = undefined;
+    await t.unsubscribe([this.topics.allStatuses(), this.topics.allPresence()]).catch(() => undefined);
+  }
+
+  onChange(fn: InventoryListener): void {
+    this.listeners.push(fn);
+  }
+
+  /** Takes one message; false when it is not a status or presence. */
+  handle(topic: string, payload: Uint8Array, retained: boolean): boolean {
+    const p = this.topics.parse(topic);
+    if (p?.kind !== 'status' && p?.kind !== 'presence') return false;
+    const rec = this.devices.get(p.deviceId) ?? { device: p.deviceId, status: null, presence: null };
+    if (p.kind === 'status') {
+      // An empty payload clears a retained status; junk is ignored (operators' tools must not crash on it).
+      if (payload.byteLength === 0) rec.status = null;
+      else {
+        const s = parseStatus(payload);
+        if (!s || s.device !== p.deviceId) return true;
+        rec.status = s;
+      }
+    } else {
+      const text = new TextDecoder().decode(payload);
+      rec.presence = text === PRESENCE_ONLINE ? 'online' : text === PRESENCE_OFFLINE ? 'offline' : null;
+    }
+    if (rec.status === null && rec.presence === null) this.devices.delete(p.deviceId);
+    else this.devices.set(p.deviceId, rec);
+    for (const l of this.listeners) l(p.deviceId, rec, p.kind, retained);
+    return true;
+  }
+
+  /** Devices whose status says this group (and model), sorted. */
+  inGroup(group: string, model: string): string[] {
+    return [...this.devices.values()].filter((r) => r.status?.group === group && r.status.model === model).map((r) => r.device).sort();
+  }
+
+  list(): DeviceRecord[] {
+    return [...this.devices.values()].sort((a, b) => a.device.localeCompare(b.device));
+  }
+}
+
+/** Subscribes, collects retained statuses and presence for `settleMs`, and returns what it saw. */
+export async function collectInventory(t: Transport, topics: Topics, settleMs = 1500): Promise<DeviceRecord[]> {
+  const inv = new Inventory(topics);
+  await inv.follow(t);
+  await new Promise((r) => setTimeout(r, settleMs));
+  await inv.stop(t);
+  return inv.list();
+}
+
+/** One flat object per device for `--json`. */
+export function inventoryRow(r: DeviceRecord): Record<string, unknown> {
+  const s = r.status;
+  return {
+    device: r.device, group: s?.group ?? null, model: s?.model ?? null, state: s?.state ?? null, running: s?.running ?? null,
+    target: s?.target ?? null, seq: s?.seq ?? null, rollback: s?.rollback ?? null, reason: s?.reason ?? null, agent: s?.agent ?? null,
+    online: r.presence === null ? null : r.presence === 'online', lastSeen: s?.time ?? null,
+  };
+}
+
+export function formatInventory(records: DeviceRecord[]): string {
+  const head = ['DEVICE', 'GROUP', 'MODEL', 'STATE', 'RUNNING', 'AGENT', 'ONLINE', 'LAST SEEN'];
+  const rows = records.map((r) => {
+    const s = r.status;
+    const state = s ? `${s.state}${s.rollback ? ' (rollback)' : ''}${s.reason ? ` ${s.reason}` : ''}` : '-';
+    return [r.device, s?.group ?? '-', s?.model ?? '-', state, s ? s.running.slice(0, 12) : '-', s?.agent ?? '-', r.presence === null ? '?' : r.presence === 'online' ? 'yes' : 'no', s?.time ?? '-'];
+  });
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  return [line(head), ...rows.map(line)].join('\n') + `\n${records.length} device(s)`;
+}
