@@ -234,9 +234,15 @@ export class BrokerAuth {
       if (!d.allowed) this.refused('stale will refused', null, packet.topic, d.reason, cid);
       return d;
     }
+    const isWill = packet === this.wills.get(client);
     const s = this.session(client);
-    const d = s.ok ? this.acl.publish(s.principal, packet.topic) : s;
-    if (!d.allowed) this.refused('publish refused', client, packet.topic, d.reason);
+    let d = s.ok ? this.acl.publish(s.principal, packet.topic) : s;
+    if (isWill && !s.ok && s.reason === 'user-changed') {
+      // Disconnected because its rights changed (e.g. regrouped): its will is judged by the new ones.
+      const u = this.users.get(this.byClient.get(client)!.principal.name);
+      if (u) d = this.acl.publish(principalOf(u), packet.topic);
+    }
+    if (!d.allowed) this.refused(isWill ? 'will refused' : 'publish refused', client, packet.topic, d.reason);
     return d;
   }
 

@@ -54,6 +54,12 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     connectTimeoutMs: o.connectTimeout * 1000,
     reconnectMaxMs: o.reconnectMax * 1000,
   });
+  let refused: string | undefined;
+  transport.onDisconnect((reason) => {
+    if (reason.startsWith('the broker refused') && reason !== refused) log.error(`${reason}; retrying with backoff`);
+    refused = reason.startsWith('the broker refused') ? reason : undefined;
+  });
+  transport.onConnect(() => (refused = undefined));
   const agent = new DeviceAgent(
     { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
       validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,

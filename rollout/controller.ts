@@ -218,6 +218,7 @@ export class RolloutController {
     }
     const type = ev === 'pause' ? 'paused' : ev === 'resume' ? 'resumed' : 'aborted';
     await this.transition(ev, type, `${type} by an operator${why}`);
+    this.schedule();
   }
 
   // --- the loop -------------------------------------------------------------

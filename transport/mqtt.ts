@@ -34,6 +34,8 @@ export class MqttTransport implements Transport {
   private bytesOutDone = 0;
   private connects = 0;
   private socket: net.Socket | undefined;
+  /** Why the broker last refused the login, if it did. */
+  refusal: string | undefined;
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
@@ -51,8 +53,11 @@ export class MqttTransport implements Transport {
       reconnectPeriod: min,
       resubscribe: true,
       queueQoSZero: false,
-      username: opts.username ?? (u.username || undefined),
-      password: opts.password ?? (u.password || undefined),
+      username: opts.username ?? (u.username ? decodeURIComponent(u.username) : undefined),
+      password: opts.password ?? (u.password ? decodeURIComponent(u.password) : undefined),
+      // A refused login (bad password, removed user) is retried with the same backoff:
+      // the operator may fix the users file while the device waits.
+      reconnectOnConnackError: true,
       will: opts.will ? { topic: opts.will.topic, payload: Buffer.from(opts.will.payload), retain: opts.will.retain, qos: opts.will.qos } : undefined,
     };
     this.client = new MqttClient(() => {
@@ -79,8 +84,12 @@ export class MqttTransport implements Transport {
       this.client.options.reconnectPeriod = Math.max(min, Math.round(Math.random() * ceiling));
       for (const h of this.disconnectHandlers) h('connection closed');
     });
-    this.client.on('error', () => {
-      // Errors surface as close + reconnect; the owner sees onDisconnect.
+    this.client.on('error', (e: Error & { code?: number }) => {
+      // Errors surface as close + reconnect; the owner sees onDisconnect. A refused login says why.
+      if (e.code === 4 || e.code === 5) {
+        this.refusal = e.code === 4 ? 'the broker refused the login: bad user name or password' : 'the broker refused the login: not authorised';
+        for (const h of this.disconnectHandlers) h(this.refusal);
+      }
     });
     this.client.on('message', (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
@@ -96,12 +105,18 @@ export class MqttTransport implements Transport {
       const timer = firstConnectTimeoutMs
         ? setTimeout(() => {
             void t.close();
-            reject(new Error(`could not connect to ${opts.url} within ${firstConnectTimeoutMs} ms`));
+            reject(new Error(`could not connect to ${opts.url.replace(/\/\/[^@/]*@/, '//')} within ${firstConnectTimeoutMs} ms`));
           }, firstConnectTimeoutMs)
         : undefined;
       t.client.once('connect', () => {
         if (timer) clearTimeout(timer);
         resolve();
+      });
+      t.onDisconnect((reason) => {
+        if (!t.refusal || reason !== t.refusal) return;
+        if (timer) clearTimeout(timer);
+        void t.close();
+        reject(new Error(`${opts.url.replace(/\/\/[^@/]*@/, '//')}: ${t.refusal}`));
       });
     });
     return t;

@@ -247,24 +247,31 @@ describe('broker with --auth', () => {
 
   it('a device removed from the file (`fleet user remove`) is disconnected at once and cannot reconnect', async () => {
     await setup();
-    const a = await peer('dev-a');
+    const a = await peer('dev-a', { will: { topic: t.presence('dev-a'), payload: Buffer.from('offline'), qos: 1, retain: true } });
     const b = await peer('dev-b');
     await run(process.execPath, [FLEET_BIN, 'user', 'remove', 'dev-a', '--auth', ctx!.file]);
     await within(a.closed, 3000, 'dev-a was not disconnected');
     expect(await login('dev-a')).toEqual({ ok: false, code: 4 });
     expect(b.c.connected).toBe(true);
+    // A removed user's will is not published either.
+    expect(warnings('will refused')).toEqual([expect.objectContaining({ user: 'dev-a', topic: t.presence('dev-a'), reason: 'user-removed' })]);
     expect(warnings('disconnecting client')).toEqual([expect.objectContaining({ client: 'fleet-device-dev-a', user: 'dev-a', reason: 'user removed' })]);
   });
 
   it('a regrouped device is disconnected and comes back with the new group\'s rights only', async () => {
     await setup();
-    const b = await peer('dev-b');
+    const op = await peer('op');
+    expect(await op.sub(t.allPresence())).toEqual([1]);
+    const b = await peer('dev-b', { will: { topic: t.presence('dev-b'), payload: Buffer.from('offline'), qos: 1, retain: true } });
     expect(await b.sub(t.release(GROUP, MODEL))).toEqual([1]);
     const file = await readUsersFile(ctx!.file);
     await writeUsersFile(ctx!.file, { users: file.users.map((u) => (u.name === 'dev-b' ? { ...u, group: OTHER_GROUP } : u)) });
     await within(b.closed, 3000, 'dev-b was not disconnected');
     const b2 = await peer('dev-b');
     expect(await b2.sub([t.release(GROUP, MODEL), t.release(OTHER_GROUP, MODEL)])).toEqual([128, 1]);
+    // Its will (its presence did not move with the group) went out when it was cut off.
+    await op.waitFor((m) => m.topic === t.presence('dev-b') && m.payload === 'offline');
+    expect(warnings('will refused')).toEqual([]);
   });
 
   it('a broken users file is not applied: the previous users stay in force', async () => {

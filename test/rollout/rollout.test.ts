@@ -1,0 +1,205 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { systemClock } from '../../device/clock.ts';
+import { decodeReleaseBody, decodeSignedRelease, type ReleaseBody } from '../../protocol/release.ts';
+import { PRESENCE_OFFLINE } from '../../protocol/status.ts';
+import { loadSigningKey } from '../../publisher/keys.ts';
+import { publishUpdate, type PublishOptions } from '../../publisher/publish.ts';
+import { rollbackGroup } from '../../publisher/rollback.ts';
+import { HOOK_EVENTS, RolloutController } from '../../rollout/controller.ts';
+import { runEventCommand } from '../../rollout/hooks.ts';
+import { collectInventory } from '../../rollout/inventory.ts';
+import { loadPayloads, parsePlan, type RolloutPlan } from '../../rollout/plan.ts';
+import { parseRolloutStatus, rolloutControlTopic, type RolloutEvent, type RolloutStatus } from '../../rollout/status.ts';
+import type { AgentConfig } from '../../device/agent.ts';
+import { silentLogger } from '../../util/log.ts';
+import { CHUNK, connect, createFixture, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+
+let f: Fixture | undefined;
+const controllers: RolloutController[] = [];
+afterEach(async () => {
+  for (const c of controllers.splice(0)) await c.stop();
+  await f?.close();
+  f = undefined;
+});
+
+const wave = (group: string, o: Record<string, unknown> = {}): Record<string, unknown> => ({
+  group, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 0, timeoutSeconds: 60, offline: 'block', ...o,
+});
+
+async function setup(tag: string, devices: Array<[string, string, Partial<AgentConfig>?]>): Promise<{ fx: Fixture; watch: StatusWatch; stopDevice(id: string): Promise<void> }> {
+  const fx = await createFixture(tag);
+  f = fx;
+  await fs.writeFile(path.join(fx.dir, 'update.cbor'), fx.update.payload);
+  const watch = await StatusWatch.start(fx);
+  const agents = new Map<string, Awaited<ReturnType<typeof startAgent>>>();
+  for (const [id, group, cfg] of devices) agents.set(id, await startAgent(fx, id, silentLogger, { group, ...cfg }));
+  for (const [id] of devices) await watch.until(id, (s) => s.state === 'idle');
+  return {
+    fx, watch,
+    async stopDevice(id: string) {
+      const a = agents.get(id)!;
+      await a.agent.stop();
+      fx.agents.splice(fx.agents.indexOf(a.agent), 1);
+      fx.transports.splice(fx.transports.indexOf(a.transport), 1);
+      await a.transport.close();
+    },
+  };
+}
+
+interface Run {
+  ctl: RolloutController;
+  events: RolloutEvent[];
+  published: string[];
+}
+
+async function controller(fx: Fixture, plan: RolloutPlan, onEventCmd?: string): Promise<Run> {
+  const payloads = await loadPayloads(plan, fx.dir);
+  const transport = await connect(fx, `rollout-${Math.random().toString(36).slice(2)}`);
+  const events: RolloutEvent[] = [];
+  const published: string[] = [];
+  const ctl = new RolloutController({ plan, payloads, keys: [await loadSigningKey(fx.keyFile)], settleMs: 500, tickMs: 200 }, {
+    transport, topics, clock: systemClock, rollback: rollbackGroup, log: silentLogger,
+    publish: (o: PublishOptions) => {
+      published.push(o.group);
+      return publishUpdate(o);
+    },
+    onEvent: async (e) => {
+      events.push(e);
+      if (onEventCmd && HOOK_EVENTS.includes(e.type)) await runEventCommand(onEventCmd, e, silentLogger);
+    },
+  });
+  controllers.push(ctl);
+  await ctl.start();
+  return { ctl, events, published };
+}
+
+const plan = (waves: Array<Record<string, unknown>>, id = 'model-v2'): RolloutPlan => parsePlan({ id, model: MODEL, updates: ['update.cbor'], chunkSize: CHUNK, waves });
+
+async function retained(fx: Fixture, topic: string): Promise<Uint8Array | undefined> {
+  const t = await connect(fx, `peek-${Math.random().toString(36).slice(2)}`);
+  let got: Uint8Array | undefined;
+  t.onMessage((tp, p) => {
+    if (tp === topic) got = p;
+  });
+  await t.subscribe(topic, 1);
+  await new Promise((r) => setTimeout(r, 300));
+  await t.close();
+  fx.transports.splice(fx.transports.indexOf(t), 1);
+  return got;
+}
+
+async function releaseOf(fx: Fixture, group: string): Promise<ReleaseBody | undefined> {
+  const p = await retained(fx, topics.release(group, MODEL));
+  return p?.byteLength ? decodeReleaseBody(decodeSignedRelease(p).body) : undefined;
+}
+
+async function rolloutStatus(fx: Fixture, id = 'model-v2'): Promise<RolloutStatus | null> {
+  const p = await retained(fx, topics.rolloutStatus(id));
+  return p ? parseRolloutStatus(p) : null;
+}
+
+async function until(ctl: RolloutController, pred: (s: RolloutStatus) => boolean, ms = 30_000): Promise<RolloutStatus> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const s = ctl.status();
+    if (pred(s)) return s;
+    if (Date.now() > end) throw new Error(`timed out; rollout status: ${JSON.stringify(s)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const FLEET: Array<[string, string]> = [['c1', 'canary'], ['c2', 'canary'], ['l1', 'line'], ['l2', 'line'], ['l3', 'line']];
+
+describe('staged rollout over Aedes with device agents', () => {
+  it('canary reaches 100 %, soaks 1 s, promotes; line completes; statuses retained', async () => {
+    const { fx, watch } = await setup('rollout-ok', FLEET);
+    const inv = await collectInventory(await connect(fx, 'inventory'), topics, 300);
+    expect(inv.map((r) => [r.device, r.status?.group])).toEqual(FLEET);
+    const run = await controller(fx, plan([wave('canary', { soakSeconds: 1 }), wave('line')]));
+    const end = await run.ctl.done();
+    expect(end.state).toBe('completed');
+    expect(run.published).toEqual(['canary', 'line']);
+    for (const [id] of FLEET) expect(watch.latest.get(id)).toMatchObject({ state: 'ok', running: fx.update.targetDigest });
+    expect(end.waves.map((w) => [w.group, w.devices, w.counts.ok, w.counts.total])).toEqual([['canary', ['c1', 'c2'], 2, 2], ['line', ['l1', 'l2', 'l3'], 3, 3]]);
+    const t = (type: string): number => Date.parse(run.events.find((e) => e.type === type)!.time);
+    expect(t('promoted') - t('threshold-reached')).toBeGreaterThanOrEqual(1000);
+    expect(run.events.map((e) => e.type)).toEqual(['started', 'publishing', 'published', 'threshold-reached', 'promoted', 'publishing', 'published', 'threshold-reached', 'completed']);
+    const s = await rolloutStatus(fx);
+    expect(s).toMatchObject({ state: 'completed', rollout: 'model-v2', wave: 1 });
+    expect(s!.plan.target).toBe(fx.update.targetDigest);
+  }, 60_000);
+
+  it('canary health fails: rolled back on the devices, failure threshold crossed, halted, canary rolled back, hook told', async () => {
+    const { fx, watch } = await setup('rollout-fail', FLEET.map(([id, g]) => [id, g, g === 'canary' ? { healthCmd: 'exit 1' } : {}]));
+    const out = path.join(fx.dir, 'hook');
+    const run = await controller(fx, plan([wave('canary', { failureThreshold: { share: 0.5 } }), wave('line')]), `cat >> '${out}.stdin'; echo "$FLEET_EVENT" >> '${out}.env'`);
+    const end = await run.ctl.done();
+    expect(end.state).toBe('halted');
+    expect(end.reason).toMatch(/wave 1 \(canary\): [12] of 2 failed.*rolled_back \(health-check-failed\).*rolled back: canary/);
+    expect(run.published).toEqual(['canary']);
+    const canary = await releaseOf(fx, 'canary');
+    expect(canary).toMatchObject({ rollback: true, target: fx.update.baseDigest, previous: fx.update.targetDigest });
+    expect(await releaseOf(fx, 'line')).toBeUndefined();
+    for (const id of ['c1', 'c2']) await watch.until(id, (s) => s.state === 'ok' && s.rollback && s.running === fx.update.baseDigest);
+    for (const id of ['l1', 'l2', 'l3']) expect(watch.latest.get(id)!.state).toBe('idle');
+    await run.ctl.stop();
+    const env = (await fs.readFile(`${out}.env`, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as RolloutEvent);
+    const stdin = (await fs.readFile(`${out}.stdin`, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as RolloutEvent);
+    expect(env).toEqual(stdin);
+    expect(env.some((e) => e.type === 'device-rolled-back' && e.group === 'canary')).toBe(true);
+    expect(env.at(-1)).toMatchObject({ type: 'halted', rollout: 'model-v2', reason: end.reason });
+    expect((await rolloutStatus(fx))!.state).toBe('halted');
+  }, 60_000);
+
+  it("offline: 'skip' leaves a stopped device out and the wave completes at its timeout", async () => {
+    const { fx, stopDevice } = await setup('rollout-skip', [['c1', 'canary'], ['c2', 'canary'], ['c3', 'canary']]);
+    await stopDevice('c3');
+    const will = await connect(fx, 'will');
+    await will.publish(topics.presence('c3'), PRESENCE_OFFLINE, { qos: 1, retain: true });
+    const run = await controller(fx, plan([wave('canary', { offline: 'skip', timeoutSeconds: 3 })]));
+    const mid = await until(run.ctl, (s) => s.waves[0].counts.ok === 2);
+    expect(mid.state).toBe('waiting');
+    expect(mid.waves[0].counts).toMatchObject({ total: 3, offline: 1 });
+    const end = await run.ctl.done();
+    expect(end.state).toBe('completed');
+    expect(end.waves[0].counts).toMatchObject({ total: 2, ok: 2, skipped: 1 });
+  }, 60_000);
+
+  it("offline: 'block' keeps the wave waiting past its timeout and names the device", async () => {
+    const { fx, stopDevice } = await setup('rollout-block', [['c1', 'canary'], ['c2', 'canary'], ['c3', 'canary']]);
+    await stopDevice('c3'); // no last will: its presence still says online, it just never answers
+    const run = await controller(fx, plan([wave('canary', { timeoutSeconds: 2 })]));
+    const ok = await until(run.ctl, (s) => s.waves[0].counts.ok === 2);
+    expect(ok.state).toBe('waiting');
+    const blocked = await until(run.ctl, (s) => s.waves[0].blocking.length > 0);
+    expect(blocked.state).toBe('waiting');
+    expect(blocked.waves[0].blocking).toEqual(['c3']);
+    expect(blocked.reason).toMatch(/cannot complete: offline device\(s\) c3 block it/);
+    expect(Date.now() - Date.parse(blocked.waves[0].publishedAt!)).toBeGreaterThanOrEqual(2000);
+    expect((await rolloutStatus(fx))!.waves[0].blocking).toEqual(['c3']);
+    // An operator gives up on it.
+    const t = await connect(fx, 'operator');
+    await t.publish(rolloutControlTopic(topics, 'model-v2'), JSON.stringify({ v: 1, id: 'x1', command: 'abort', time: new Date().toISOString() }), { qos: 1, retain: true });
+    expect((await run.ctl.done()).state).toBe('aborted');
+  }, 60_000);
+
+  it('a controller stopped mid-wave is replaced by a new one that rebuilds from retained topics and finishes without publishing wave 1 again', async () => {
+    const { fx, watch } = await setup('rollout-restart', FLEET);
+    const p = plan([wave('canary', { soakSeconds: 3 }), wave('line')]);
+    const a = await controller(fx, p);
+    await until(a.ctl, (s) => s.state === 'soaking');
+    await a.ctl.stop();
+    const seq = (await releaseOf(fx, 'canary'))!.seq;
+    const b = await controller(fx, p);
+    expect(b.ctl.status()).toMatchObject({ state: 'soaking', wave: 0 });
+    const end = await b.ctl.done();
+    expect(end.state).toBe('completed');
+    expect(a.published).toEqual(['canary']);
+    expect(b.published).toEqual(['line']);
+    expect((await releaseOf(fx, 'canary'))!.seq).toBe(seq);
+    for (const [id] of FLEET) expect(watch.latest.get(id)).toMatchObject({ state: 'ok', running: fx.update.targetDigest });
+    expect(end.events.map((e) => e.type)).toContain('resumed-controller');
+  }, 60_000);
+});
