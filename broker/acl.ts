@@ -9,7 +9,7 @@
  */
 import type { ParsedTopic, Topics } from '../protocol/topics.ts';
 
-export const ROLES = ['publisher', 'server', 'device', 'operator'] as const;
+export const ROLES = ['publisher', 'server', 'device', 'operator', 'rollout'] as const;
 export type Role = (typeof ROLES)[number];
 
 export function isRole(s: unknown): s is Role {
@@ -56,8 +56,13 @@ const ROLE_KINDS: Record<Exclude<Role, 'device'>, Record<AclAction, readonly Kin
     subscribe: ['uploadReceipt', 'release'],
   },
   operator: {
-    publish: ['rolloutStatus', 'release'],
+    publish: ['rolloutStatus', 'rolloutControl', 'release'],
     subscribe: ['status', 'presence', 'rolloutStatus', 'release'],
+  },
+  /** The rollout controller: a publisher that also watches the fleet and takes commands. */
+  rollout: {
+    publish: ['upload', 'release', 'rolloutStatus', 'rolloutControl'],
+    subscribe: ['uploadReceipt', 'release', 'status', 'presence', 'rolloutStatus', 'rolloutControl'],
   },
 };
 

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { systemClock } from '../device/clock.ts';
 import { parseTrustFile } from '../protocol/release.ts';
@@ -8,6 +9,7 @@ import { publishUpdate } from '../publisher/publish.ts';
 import { rollbackGroup } from '../publisher/rollback.ts';
 import { HOOK_EVENTS, RolloutController } from '../rollout/controller.ts';
 import { runEventCommand } from '../rollout/hooks.ts';
+import { isTerminal } from '../rollout/machine.ts';
 import { collectInventory, formatInventory, inventoryRow } from '../rollout/inventory.ts';
 import { loadPayloads, loadPlanFile } from '../rollout/plan.ts';
 import {
@@ -18,7 +20,6 @@ import type { Transport } from '../transport/types.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { collect, parseIntArg } from './options.ts';
-import { promises as fs } from 'node:fs';
 
 /** Exit codes of `fleet rollout start`: completed 0, halted 2, aborted 3. */
 const EXIT: Record<string, number> = { completed: 0, halted: 2, aborted: 3 };
@@ -109,9 +110,10 @@ export function registerRolloutCommands(program: Command): void {
       process.once('SIGTERM', onSignal);
       try {
         const first = await controller.start();
+        if (isTerminal(first.state)) process.stdout.write(`rollout ${plan.id} already ended (${first.state}); nothing to do (a new rollout needs a new id)\n`);
         if (!o.json) process.stdout.write(`${formatRolloutStatus(first)}\n`);
         const end = await controller.done();
-        if (!o.json) process.stdout.write(`${formatRolloutStatus(end)}\n`);
+        if (!o.json && !isTerminal(first.state)) process.stdout.write(`${formatRolloutStatus(end)}\n`);
         process.exitCode = EXIT[end.state] ?? 1;
       } finally {
         await stop();

@@ -222,7 +222,7 @@ export class DeviceAgent {
       maxPayloadBytes: this.cfg.maxPayloadBytes ?? 256 * 1024 * 1024, memory: m,
       holds: (digest) => this.io.storage.hasVersion(digest),
     });
-    if (d.kind === 'refuse') return this.refuse(hash, d.error);
+    if (d.kind === 'refuse') return this.refuse(hash, d.error, d.body);
     const { body } = d;
     await this.endFetch();
     this.accept(hash, body, d.kind === 'current' ? null : d.active);
@@ -249,12 +249,14 @@ export class DeviceAgent {
     m.active = active;
   }
 
-  private async refuse(hash: string, e: unknown): Promise<void> {
+  private async refuse(hash: string, e: unknown, body?: ReleaseBody): Promise<void> {
     const { code, message } = toReason(e);
     this.io.log.warn('release refused', { reason: code, message });
     this.memory.refused.push(hash);
     await this.endFetch();
-    await this.transition('release-refused', { reason: code, message });
+    // A signed release names what it asked for; a forged or unreadable one names nothing.
+    const about = body ? { target: body.target, seq: body.seq, rollback: body.rollback } : { target: null, seq: null, rollback: false };
+    await this.transition('release-refused', { ...about, updateId: null, reason: code, message });
   }
 
   /** After a restart or a failure: continue the accepted release from what is on disk. */

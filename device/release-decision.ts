@@ -18,7 +18,7 @@ export interface DecisionContext {
 }
 
 export type Decision =
-  | { kind: 'refuse'; error: unknown }
+  | { kind: 'refuse'; error: unknown; body?: ReleaseBody }
   | { kind: 'current'; body: ReleaseBody }
   | { kind: 'switch-back'; body: ReleaseBody; active: ActiveRelease }
   | { kind: 'fetch'; body: ReleaseBody; active: ActiveRelease };
@@ -32,18 +32,23 @@ export async function decideRelease(bytes: Uint8Array, releaseHash: string, c: D
   let body: ReleaseBody;
   try {
     body = verifyRelease(bytes, c.trust);
+  } catch (error) {
+    return { kind: 'refuse', error };
+  }
+  try {
     checkRelease(body, {
       model: c.model, group: c.group, now: c.now, clockFloor: c.memory.clockFloor, highestSeq: c.memory.highestSeq, skewSeconds: c.skewSeconds,
     });
   } catch (error) {
-    return { kind: 'refuse', error };
+    // Signed, but not for us now: the status names the release it refused.
+    return { kind: 'refuse', error, body };
   }
   if (body.target === c.running) return { kind: 'current', body };
   const held = await c.holds(body.target);
   const steps = held ? [] : pathFrom(body, c.running);
-  if (!steps) return { kind: 'refuse', error: new DeviceError('wrong-base', `running ${c.running.slice(0, 16)}…`) };
+  if (!steps) return { kind: 'refuse', error: new DeviceError('wrong-base', `running ${c.running.slice(0, 16)}…`), body };
   const size = steps.reduce((a, s) => a + s.size, 0);
-  if (size > c.maxPayloadBytes) return { kind: 'refuse', error: new DeviceError('payload-too-large', `${size} bytes > ${c.maxPayloadBytes}`) };
+  if (size > c.maxPayloadBytes) return { kind: 'refuse', error: new DeviceError('payload-too-large', `${size} bytes > ${c.maxPayloadBytes}`), body };
   const active: ActiveRelease = { releaseHash, seq: body.seq, target: body.target, steps, rollback: body.rollback };
   return held ? { kind: 'switch-back', body, active } : { kind: 'fetch', body, active };
 }

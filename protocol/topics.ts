@@ -75,6 +75,10 @@ export class Topics {
   rolloutStatus(rolloutId: string): string {
     return `${this.prefix}/rollouts/${assertSegment('rollout id', rolloutId)}/status`;
   }
+  /** Retained JSON commands (pause, resume, abort) for a running rollout controller. */
+  rolloutControl(rolloutId: string): string {
+    return `${this.prefix}/rollouts/${assertSegment('rollout id', rolloutId)}/control`;
+  }
 
   /** Parse a topic back into its parts; null when it is not one of ours. */
   parse(topic: string): ParsedTopic | null {
@@ -104,6 +108,7 @@ export class Topics {
     if (r.length === 3 && r[0] === 'devices' && r[2] === 'status') return { kind: 'status', deviceId: r[1] };
     if (r.length === 3 && r[0] === 'devices' && r[2] === 'presence') return { kind: 'presence', deviceId: r[1] };
     if (r.length === 3 && r[0] === 'rollouts' && r[2] === 'status') return { kind: 'rolloutStatus', rolloutId: r[1] };
+    if (r.length === 3 && r[0] === 'rollouts' && r[2] === 'control') return { kind: 'rolloutControl', rolloutId: r[1] };
     return null;
   }
 
@@ -120,4 +125,5 @@ export type ParsedTopic =
   | { kind: 'uploadReceipt'; model: string; updateId: string }
   | { kind: 'status'; deviceId: string }
   | { kind: 'presence'; deviceId: string }
-  | { kind: 'rolloutStatus'; rolloutId: string };
+  | { kind: 'rolloutStatus'; rolloutId: string }
+  | { kind: 'rolloutControl'; rolloutId: string };

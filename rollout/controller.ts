@@ -2,17 +2,18 @@ import os from 'node:os';
 import type { Clock } from '../device/clock.ts';
 import { verifyRelease, type ReleaseBody, type SigningKey, type TrustFile } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
-import { PublishError, trustOfKeys, type PublishOptions, type PublishResult } from '../publisher/publish.ts';
+import { trustOfKeys, type PublishOptions, type PublishResult } from '../publisher/publish.ts';
 import type { RollbackOptions, RollbackResult } from '../publisher/rollback.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import { VERSION } from '../util/version.ts';
-import { evaluateWave } from './evaluate.ts';
+import { publishWave, rollbackReached, type ReleaseContext } from './actions.ts';
+import { describeThreshold, evaluateWave, recordRejection } from './evaluate.ts';
 import { Inventory } from './inventory.ts';
 import { canTransition, isTerminal, nextRolloutState, type RolloutMachineEvent } from './machine.ts';
-import { inWindow, planChunkSize, planDigest, planTtl, type PlanPayloads, type RolloutPlan } from './plan.ts';
+import { inWindow, planDigest, type PlanPayloads, type RolloutPlan } from './plan.ts';
 import {
-  encodeRolloutStatus, newWaveRecord, parseControl, parseRolloutStatus, rolloutControlTopic,
+  encodeRolloutStatus, newRolloutStatus, parseControl, parseRolloutStatus, rolloutControlTopic,
   type ControlMessage, type RolloutEvent, type RolloutEventType, type RolloutStatus, type WaveRecord,
 } from './status.ts';
 
@@ -51,7 +52,6 @@ export interface ControllerOptions {
 
 /** The events `fleet rollout start --on-event CMD` runs its command for. */
 export const HOOK_EVENTS: readonly RolloutEventType[] = ['halted', 'completed', 'device-rolled-back'];
-const PERMANENT = ['no-release', 'no-previous', 'untrusted-release', 'bad-update', 'bad-seq'];
 const short = (d: string): string => d.slice(0, 12);
 const pct = (x: number): string => `${Math.round(x * 100)} %`;
 
@@ -67,6 +67,7 @@ export class RolloutController {
   private readonly releases = new Map<string, ReleaseBody>();
   private readonly trust: TrustFile;
   private readonly digest: string;
+  private readonly ctx: ReleaseContext;
   private s!: RolloutStatus;
   private retained: RolloutStatus | null = null;
   private work: Promise<void> = Promise.resolve();
@@ -78,13 +79,15 @@ export class RolloutController {
   private retryAt = 0;
   private attempts = 0;
   private offs: Array<() => void> = [];
-  private readonly hooks = new Set<Promise<void>>();
+  /** onEvent calls, one at a time in event order (a hook command sees `device-rolled-back` before `halted`). */
+  private hooks: Promise<void> = Promise.resolve();
   private readonly doneWaiters: Array<(s: RolloutStatus) => void> = [];
 
   constructor(private readonly o: ControllerOptions, private readonly io: ControllerPorts) {
     this.inv = new Inventory(io.topics);
     this.trust = o.trust ?? trustOfKeys(o.keys);
     this.digest = planDigest(o.plan);
+    this.ctx = { ...o, ...io, trust: this.trust };
   }
 
   get id(): string {
@@ -107,14 +110,15 @@ export class RolloutController {
     const { transport: t, topics } = this.io;
     const statusTopic = topics.rolloutStatus(this.id);
     const releaseTopics = this.o.plan.waves.map((w) => topics.release(w.group, this.o.plan.model));
-    this.offs.push(t.onMessage((topic, payload) => {
+    this.offs.push(t.onMessage((topic, payload, retained) => {
       if (this.stopped) return;
       if (topic === statusTopic) {
         if (!this.ready) this.retained = parseRolloutStatus(payload);
       } else if (releaseTopics.includes(topic)) this.onRelease(topic, payload);
       else if (topic === rolloutControlTopic(topics, this.id)) {
         const c = parseControl(payload);
-        if (c) this.enqueue(() => this.onControl(c));
+        // A retained command older than the rollout is a leftover (of an earlier rollout with this id).
+        if (c && !(retained && Date.parse(c.time) < Date.parse(this.s.started))) this.enqueue(() => this.onControl(c));
       }
     }));
     this.inv.onChange((device, rec, what, retained) => this.onDevice(device, rec.status?.state, what, retained));
@@ -123,10 +127,12 @@ export class RolloutController {
     await new Promise((r) => setTimeout(r, this.o.settleMs ?? 1500));
     this.rebuild();
     this.ready = true;
-    if (!this.retained) await t.publish(rolloutControlTopic(topics, this.id), '', { qos: 1, retain: true });
+    if (isTerminal(this.s.state)) return this.status(); // an ended rollout is left as it is
     await this.publishStatus();
-    if (isTerminal(this.s.state)) return this.status();
-    await t.subscribe(rolloutControlTopic(topics, this.id), 1);
+    await t.subscribe(rolloutControlTopic(topics, this.id), 1).catch((e: unknown) => {
+      // A broker with ACLs that do not know the control topic yet: the rollout runs, without pause/resume/abort.
+      this.io.log.warn('control commands unavailable: subscription refused', { error: String(e) });
+    });
     this.tick();
     this.schedule();
     return this.status();
@@ -137,7 +143,7 @@ export class RolloutController {
     if (this.timer !== undefined) this.io.clock.clearTimeout(this.timer);
     for (const off of this.offs.splice(0)) off();
     await this.work;
-    await Promise.all([...this.hooks]);
+    await this.hooks;
     await this.inv.stop(this.io.transport);
   }
 
@@ -157,15 +163,7 @@ export class RolloutController {
       if (r.state === 'publishing') this.move('interrupted', 'publishing', 'the previous controller stopped while publishing; checking the release');
       return;
     }
-    this.s = {
-      v: 1, rollout: p.id, state: 'pending', wave: 0, pausedFrom: null, reason: null,
-      plan: {
-        digest: this.digest, model: p.model, target: this.o.payloads.target, updates: p.updates.length, full: p.full !== undefined,
-        waves: p.waves.map((w) => ({ ...w, window: w.window ?? null })),
-      },
-      waves: p.waves.map((w) => newWaveRecord(w.group)), lastEvent: null, events: [], lastCommand: null,
-      started: now, updated: now, controller: this.name(),
-    };
+    this.s = newRolloutStatus(p, this.digest, this.o.payloads.target, now, this.name());
     this.emit('started', `${p.waves.length} wave(s) (${p.waves.map((w) => w.group).join(', ')}), model ${p.model} -> ${short(this.o.payloads.target)}`);
   }
 
@@ -191,16 +189,9 @@ export class RolloutController {
 
   private onDevice(device: string, state: string | undefined, what: string, retained: boolean): void {
     if (!this.ready) return;
-    // A refusal keeps the old target in the status: one that arrives after the wave's release is counted against it.
-    if (what === 'status' && state === 'rejected' && !retained) {
-      this.s.waves.forEach((w) => {
-        if (w.release && w.devices?.includes(device) && !w.failures.some((f) => f.device === device && f.state === 'rejected')) {
-          const st = this.inv.devices.get(device)?.status;
-          if (st?.target === w.release.target) return;
-          w.failures.push({ device, state: 'rejected', reason: st?.reason ?? null });
-          this.emit('device-failed', `${device} rejected the release (${st?.reason ?? 'no reason given'})`, this.s.waves.indexOf(w), device);
-        }
-      });
+    const st = this.inv.devices.get(device)?.status;
+    if (what === 'status' && state === 'rejected' && !retained && st && ['pending', 'waiting', 'soaking', 'paused'].includes(this.s.state)) {
+      for (const k of recordRejection(this.s.waves, st)) this.emit('device-failed', `${device} rejected the release (${st.reason ?? 'no reason given'})`, k, device);
     }
     this.schedule();
   }
@@ -289,7 +280,7 @@ export class RolloutController {
       w.blocking = ev.blocking;
       if (ev.failureCrossed) {
         const list = ev.failures.map((f) => `${f.device} ${f.state}${f.reason ? ` (${f.reason})` : ''}`).join(', ');
-        return this.transition('failure-threshold', 'failure-threshold', `wave ${j + 1} (${w.group}): ${ev.counts.failed} of ${ev.counts.total} failed, threshold ${this.describeFailure(j)}: ${list}`, j);
+        return this.transition('failure-threshold', 'failure-threshold', `wave ${j + 1} (${w.group}): ${ev.counts.failed} of ${ev.counts.total} failed, threshold ${describeThreshold(this.o.plan.waves[j].failureThreshold)}: ${list}`, j);
       }
       if (j !== k) continue;
       if (s.state === 'waiting') {
@@ -321,11 +312,6 @@ export class RolloutController {
     else if (changed) await this.publishStatus();
   }
 
-  private describeFailure(j: number): string {
-    const f = this.o.plan.waves[j].failureThreshold;
-    return [f.count !== undefined ? `${f.count} device(s)` : '', f.share !== undefined ? pct(f.share) : ''].filter(Boolean).join(' or ');
-  }
-
   /** pending: adopt the group's release when it already names the target, else publish it (inside the window). */
   private async startWave(k: number, now: number): Promise<void> {
     const plan = this.o.plan.waves[k];
@@ -355,11 +341,7 @@ export class RolloutController {
     Object.assign(rec, { devices, release: null, publishedAt: null, thresholdAt: null, timedOut: false, failures: [], blocking: [] });
     await this.transition('publish', 'publishing', `wave ${k + 1} (${plan.group}): publishing to ${devices.length} device(s)`, k);
     try {
-      const r = await this.io.publish({
-        transport: this.io.transport, topics: this.io.topics, keys: this.o.keys, trust: this.trust, model: this.o.plan.model, group: plan.group,
-        payloads: this.o.payloads.payloads, fullModel: this.o.payloads.fullModel, chunkSize: planChunkSize(this.o.plan), ttlSeconds: planTtl(this.o.plan),
-        settleMs: this.o.releaseSettleMs, receiptTimeoutMs: this.o.receiptTimeoutMs, log: this.io.log,
-      });
+      const r = await publishWave(this.ctx, plan.group);
       rec.release = { seq: r.release.seq, target: r.release.target };
       rec.publishedAt = new Date(this.io.clock.now()).toISOString();
       this.attempts = 0;
@@ -376,40 +358,13 @@ export class RolloutController {
     return delay;
   }
 
-  /** rolling_back: every group reached, newest first; already rolled back or replaced groups are left alone. */
+  /** rolling_back: every group reached is rolled back (retried with backoff), then halted with the cause. */
   private async rollBack(): Promise<void> {
     if (this.io.clock.now() < this.retryAt) return;
-    const target = this.o.payloads.target;
-    const problems: string[] = [];
-    let retry = false;
-    const done: string[] = [];
-    for (const w of [...this.s.waves].reverse()) {
-      if (!w.release || w.rolledBack) continue;
-      const cur = this.releases.get(w.group);
-      if (cur?.rollback && cur.previous === target) {
-        w.rolledBack = true; // done before a restart
-        continue;
-      }
-      if (cur && cur.target !== target) {
-        problems.push(`${w.group} not rolled back: its release was replaced (seq ${cur.seq}, ${cur.rollback ? 'a rollback' : `target ${short(cur.target)}`})`);
-        w.rolledBack = cur.rollback;
-        continue;
-      }
-      try {
-        const r = await this.io.rollback({
-          transport: this.io.transport, topics: this.io.topics, keys: this.o.keys, trust: this.trust, model: this.o.plan.model, group: w.group,
-          ttlSeconds: planTtl(this.o.plan), settleMs: this.o.releaseSettleMs, log: this.io.log,
-        });
-        w.rolledBack = true;
-        done.push(w.group);
-        this.emit('rollback-published', `${w.group} rolled back to ${short(r.to)} (release seq ${r.release.seq})`, this.s.waves.indexOf(w));
-        await this.publishStatus();
-      } catch (e) {
-        const permanent = e instanceof PublishError && PERMANENT.includes(e.code);
-        problems.push(`${w.group}: rollback failed: ${(e as Error).message}`);
-        if (!permanent) retry = true;
-      }
-    }
+    const { problems, retry } = await rollbackReached(this.ctx, this.s.waves, this.releases, async (k, r) => {
+      this.emit('rollback-published', `${this.s.waves[k].group} rolled back to ${short(r.to)} (release seq ${r.release.seq})`, k);
+      await this.publishStatus();
+    });
     const cause = this.s.events.filter((e) => e.type === 'failure-threshold' || e.type === 'timeout').at(-1)?.reason ?? this.s.reason ?? '';
     if (retry && this.attempts < (this.o.rollbackAttempts ?? 5)) {
       const delay = this.backoff();
@@ -458,9 +413,7 @@ export class RolloutController {
     const hook = this.io.onEvent;
     if (hook) {
       const snapshot = this.status();
-      const p = Promise.resolve().then(() => hook(e, snapshot)).catch((err: unknown) => this.io.log.warn('on-event hook failed', { error: String(err) }));
-      this.hooks.add(p);
-      void p.finally(() => this.hooks.delete(p));
+      this.hooks = this.hooks.then(() => hook(e, snapshot)).catch((err: unknown) => this.io.log.warn('on-event hook failed', { error: String(err) }));
     }
   }
 

@@ -1,6 +1,7 @@
+import type { DeviceStatus } from '../protocol/status.ts';
 import type { DeviceRecord } from './inventory.ts';
-import type { WavePlan } from './plan.ts';
-import type { WaveCounts, WaveFailure } from './status.ts';
+import type { FailureThreshold, WavePlan } from './plan.ts';
+import type { WaveCounts, WaveFailure, WaveRecord } from './status.ts';
 
 /** Device states that count as a failure of the release they name. */
 export const FAILURE_STATES = ['rolled_back', 'rejected', 'failed'] as const;
@@ -97,4 +98,26 @@ export function evaluateWave(
     (ft.count !== undefined && counts.failed >= ft.count) || (ft.share !== undefined && atLeast(counts.failed, Math.max(1, counts.total), ft.share)));
   const success = counts.ok > 0 && atLeast(counts.ok, counts.total, plan.successThreshold);
   return { counts, outcomes, failures, blocking, offline, success, failureCrossed };
+}
+
+/**
+ * A refusal keeps the device's old target and seq in its status (device/agent.ts),
+ * so a `rejected` status that arrives live after a wave's release is recorded
+ * against that wave (and stays counted while the device stays rejected).
+ * Returns the indices of the waves it was newly recorded for.
+ */
+export function recordRejection(waves: WaveRecord[], s: DeviceStatus): number[] {
+  const out: number[] = [];
+  waves.forEach((w, k) => {
+    if (!w.release || !w.devices?.includes(s.device) || s.target === w.release.target) return;
+    if (w.failures.some((f) => f.device === s.device && f.state === 'rejected')) return;
+    w.failures.push({ device: s.device, state: 'rejected', reason: s.reason });
+    out.push(k);
+  });
+  return out;
+}
+
+export function describeThreshold(f: FailureThreshold): string {
+  const pct = (x: number): string => `${Math.round(x * 100)} %`;
+  return [f.count !== undefined ? `${f.count} device(s)` : '', f.share !== undefined ? pct(f.share) : ''].filter(Boolean).join(' or ');
 }

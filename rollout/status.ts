@@ -1,5 +1,5 @@
 import type { Topics } from '../protocol/topics.ts';
-import type { FailureThreshold, OfflinePolicy } from './plan.ts';
+import type { FailureThreshold, OfflinePolicy, RolloutPlan } from './plan.ts';
 import type { RolloutState } from './machine.ts';
 
 /**
@@ -8,15 +8,9 @@ import type { RolloutState } from './machine.ts';
  * controller rebuilds itself from it, the device statuses and the releases.
  */
 
-/**
- * Operators' commands to a running controller: `fleet/rollouts/{id}/control`.
- * TODO: this builder belongs in protocol/topics.ts as `Topics.rolloutControl(id)`
- * (with a `parse` case and a row in docs/protocol.md §2); it lives here until
- * that file's owner adds it. Derived from rolloutStatus so the prefix and the
- * identifier check stay in one place.
- */
+/** Operators' commands to a running controller: `fleet/rollouts/{id}/control`. */
 export function rolloutControlTopic(topics: Topics, rolloutId: string): string {
-  return topics.rolloutStatus(rolloutId).replace(/status$/, 'control');
+  return topics.rolloutControl(rolloutId);
 }
 
 export type ControlCommand = 'pause' | 'resume' | 'abort';
@@ -140,6 +134,19 @@ export const emptyCounts = (): WaveCounts => ({ total: 0, ok: 0, failed: 0, pend
 
 export function newWaveRecord(group: string): WaveRecord {
   return { group, devices: null, release: null, publishedAt: null, thresholdAt: null, timedOut: false, counts: emptyCounts(), failures: [], blocking: [], rolledBack: false };
+}
+
+/** The status of a rollout that starts now. */
+export function newRolloutStatus(p: RolloutPlan, digest: string, target: string, now: string, controller: string): RolloutStatus {
+  return {
+    v: 1, rollout: p.id, state: 'pending', wave: 0, pausedFrom: null, reason: null,
+    plan: {
+      digest, model: p.model, target, updates: p.updates.length, full: p.full !== undefined,
+      waves: p.waves.map((w) => ({ ...w, window: w.window ?? null })),
+    },
+    waves: p.waves.map((w) => newWaveRecord(w.group)), lastEvent: null, events: [], lastCommand: null,
+    started: now, updated: now, controller,
+  };
 }
 
 export function encodeRolloutStatus(s: RolloutStatus): Uint8Array {

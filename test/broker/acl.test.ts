@@ -9,6 +9,7 @@ const devA: Principal = { name: 'dev-a', role: 'device', group: 'line-1', model:
 const server: Principal = { name: 'srv', role: 'server' };
 const publisher: Principal = { name: 'pub', role: 'publisher' };
 const operator: Principal = { name: 'op', role: 'operator' };
+const rollout: Principal = { name: 'ctl', role: 'rollout' };
 
 type Row = [who: Principal, action: AclAction, topic: string, expected: 'allow' | AclReason];
 
@@ -77,6 +78,18 @@ const rows: Row[] = [
   [operator, 'subscribe', t.allRequests(), 'role-not-allowed'],
   [operator, 'subscribe', 'fleet/+/dev-a/status', 'unknown-topic'],
   [operator, 'subscribe', '+/devices/+/status', 'unknown-topic'],
+  [operator, 'publish', t.rolloutControl('r1'), 'allow'],
+  // The rollout controller: uploads and releases like a publisher, watches the fleet, takes commands.
+  [rollout, 'publish', t.upload('m1', 'u-123'), 'allow'],
+  [rollout, 'publish', t.release('line-1', 'm1'), 'allow'],
+  [rollout, 'publish', t.rolloutStatus('r1'), 'allow'],
+  [rollout, 'subscribe', t.rolloutControl('r1'), 'allow'],
+  [rollout, 'subscribe', t.allStatuses(), 'allow'],
+  [rollout, 'subscribe', t.allPresence(), 'allow'],
+  [rollout, 'subscribe', t.uploadReceipt('m1', 'u-123'), 'allow'],
+  [rollout, 'publish', t.status('dev-a'), 'role-not-allowed'],
+  [rollout, 'subscribe', t.allRequests(), 'role-not-allowed'],
+  [rollout, 'publish', t.frames('m1', 'u-123', 'dev-a'), 'role-not-allowed'],
 ];
 
 const who = (p: Principal): string => `${p.role} ${p.name}`;

@@ -26,6 +26,7 @@ function concrete(t: Topics): Array<{ name: string; topic: string; rest: string;
     { name: 'status', topic: t.status('dev-1'), rest: 'devices/dev-1/status', parsed: { kind: 'status', deviceId: 'dev-1' } },
     { name: 'presence', topic: t.presence('dev-1'), rest: 'devices/dev-1/presence', parsed: { kind: 'presence', deviceId: 'dev-1' } },
     { name: 'rolloutStatus', topic: t.rolloutStatus('r_2024.06'), rest: 'rollouts/r_2024.06/status', parsed: { kind: 'rolloutStatus', rolloutId: 'r_2024.06' } },
+    { name: 'rolloutControl', topic: t.rolloutControl('r_2024.06'), rest: 'rollouts/r_2024.06/control', parsed: { kind: 'rolloutControl', rolloutId: 'r_2024.06' } },
   ];
 }
 
@@ -67,6 +68,7 @@ describe.each([
       status: ['allStatuses'],
       presence: ['allPresence'],
       rolloutStatus: [],
+      rolloutControl: [],
     };
     for (const c of concrete(t)) {
       expect(c.topic).not.toMatch(/[+#]/);

@@ -194,6 +194,21 @@ describe('rollout controller (in-memory broker, manual clock)', () => {
     expect(retainedStatus(r.broker).lastCommand).toBe('p3');
   });
 
+  it('a retained command older than the rollout is a leftover and ignored; one sent while no controller ran is applied', async () => {
+    const r = rig(makePlan([wave('canary')]));
+    dev(r, 'c1', 'canary', 'idle');
+    const topic = rolloutControlTopic(topics, 'r1');
+    const send = (id: string, time: number): void => r.broker.publish(topic, new TextEncoder().encode(JSON.stringify({ v: 1, id, command: 'abort', time: new Date(time).toISOString() })), true);
+    send('old', r.clock.t - 3600_000);
+    await r.start();
+    expect(r.ctl.status()).toMatchObject({ state: 'waiting', lastCommand: null });
+    await r.ctl.stop();
+    send('new', r.clock.t + 1000);
+    const b = rig(makePlan([wave('canary')]), r.broker, r.clock);
+    await b.start();
+    expect((await b.ctl.done())).toMatchObject({ state: 'aborted', lastCommand: 'new' });
+  });
+
   it('a group with no devices pauses the rollout and says why', async () => {
     const r = rig(makePlan([wave('canary')]));
     await r.start();
