@@ -1,4 +1,5 @@
 import net from 'node:net';
+import tls from 'node:tls';
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -34,6 +35,11 @@ export interface BrokerOptions {
   auth?: string;
   /** How often the users file is checked for changes (default 1000 ms). */
   authPollMs?: number;
+  /**
+   * A TLS listener beside the plain one (keep the plain one on loopback to use
+   * TLS only). With `ca`, clients must present a certificate it signed.
+   */
+  tls?: { port: number; host?: string; cert: string | Buffer; key: string | Buffer; ca?: string | Buffer };
   log: Logger;
 }
 
@@ -45,6 +51,8 @@ export interface RunningBroker {
   updateServer: UpdateServer | undefined;
   /** Present with `auth`: `reload()` re-reads the users file at once. */
   auth: BrokerAuth | undefined;
+  /** `mqtts://host:port` when a TLS listener runs. */
+  tlsUrl: string | undefined;
   close(): Promise<void>;
 }
 
@@ -77,18 +85,31 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   aedes.on('clientError', (client, err) => log.debug('client error', { client: client?.id, error: err.message }));
 
   const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
+  const accept = (socket: net.Socket): void => {
     socket.setNoDelay(true);
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     aedes.handle(socket);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port ?? 1883, host, () => resolve());
-  });
-  const port = (server.address() as net.AddressInfo).port;
+  };
+  const listen = (srv: net.Server, port: number, on: string): Promise<number> =>
+    new Promise<number>((resolve, reject) => {
+      srv.once('error', reject);
+      srv.listen(port, on, () => resolve((srv.address() as net.AddressInfo).port));
+    });
+  const server = net.createServer(accept);
+  const port = await listen(server, o.port ?? 1883, host);
   const url = `mqtt://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host}:${port}`;
+  let tlsServer: tls.Server | undefined;
+  let tlsUrl: string | undefined;
+  if (o.tls) {
+    const mutual = o.tls.ca !== undefined;
+    tlsServer = tls.createServer({ cert: o.tls.cert, key: o.tls.key, ca: o.tls.ca, requestCert: mutual, rejectUnauthorized: mutual }, accept);
+    tlsServer.on('tlsClientError', (e) => log.warn('TLS handshake refused', { error: e.message }));
+    const tlsHost = o.tls.host ?? host;
+    const tlsPort = await listen(tlsServer, o.tls.port, tlsHost);
+    tlsUrl = `mqtts://${tlsHost === '0.0.0.0' || tlsHost === '::' ? '127.0.0.1' : tlsHost}:${tlsPort}`;
+    log.info('TLS listener', { url: tlsUrl, clientCertificates: mutual });
+  }
   log.info('broker listening', { url, persistence: o.persistence ?? 'level', auth: o.auth ?? null });
 
   let updateServer: UpdateServer | undefined;
@@ -114,16 +135,18 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     aedes,
     updateServer,
     auth,
+    tlsUrl,
     async close() {
       if (closed) return;
       closed = true;
       auth?.close();
       if (updateServer) await updateServer.stop();
       if (transport) await transport.close();
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of sockets) s.destroy();
-      });
+      await Promise.all([server, tlsServer].filter((x) => x !== undefined).map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))).concat([
+        Promise.resolve().then(() => {
+          for (const s of sockets) s.destroy();
+        }),
+      ]));
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       if (persistence) await persistence.destroy();
       log.info('broker stopped');

@@ -25,7 +25,17 @@ program
   .version(VERSION)
   .option('--log-level <level>', 'debug, info, warn, error or silent (default warn; env FLEET_LOG)')
   .option('--prefix <prefix>', 'topic prefix', DEFAULT_PREFIX)
-  .showHelpAfterError();
+  .option('--ca <file>', 'for mqtts:// brokers: the CA certificate (PEM) that signed the broker (env FLEET_TLS_CA)')
+  .option('--client-cert <file>', 'for mqtts:// brokers that ask for one: this client\'s certificate (PEM) (env FLEET_TLS_CERT)')
+  .option('--client-key <file>', 'the key (PEM) of --client-cert (env FLEET_TLS_KEY)')
+  .showHelpAfterError()
+  .hook('preAction', () => {
+    // Every command's MQTT connections read these (transport/mqtt.ts).
+    const g = program.opts() as { ca?: string; clientCert?: string; clientKey?: string };
+    if (g.ca) process.env.FLEET_TLS_CA = g.ca;
+    if (g.clientCert) process.env.FLEET_TLS_CERT = g.clientCert;
+    if (g.clientKey) process.env.FLEET_TLS_KEY = g.clientKey;
+  });
 
 const logLevel = (): ReturnType<typeof parseLogLevel> => parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG);
 
@@ -54,12 +64,22 @@ program
   .option('--data-dir <dir>', 'broker persistence and update store', './fleet-data')
   .addOption(new Option('--persistence <kind>', 'broker persistence').choices(['level', 'memory']).default('level'))
   .option('--no-update-server', 'do not run the update server in-process')
+  .option('--tls-port <port>', 'also listen with TLS on this port (mqtts://)', parseIntArg(0, 65535))
+  .option('--tls-host <host>', 'address of the TLS listener (default: --host)')
+  .option('--tls-cert <file>', 'the broker\'s certificate (PEM)')
+  .option('--tls-key <file>', 'its key (PEM)')
+  .option('--tls-ca <file>', 'require client certificates signed by this CA (PEM)')
   .option('--auth <file>', 'users file (`fleet user add`): clients must log in, ACLs apply; re-read when it changes')
-  .action(async (o: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; auth?: string }) => {
+  .action(async (o: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; auth?: string; tlsPort?: number; tlsHost?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string }) => {
     const log = createLogger('broker', logLevel());
-    const b = await startBroker({ ...o, prefix: program.opts().prefix, log });
+    if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new Error('--tls-port needs --tls-cert and --tls-key');
+    const tlsOpts = o.tlsPort !== undefined
+      ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
+      : undefined;
+    const b = await startBroker({ ...o, tls: tlsOpts, prefix: program.opts().prefix, log });
     const auth = o.auth ? `auth ${path.resolve(o.auth)}` : 'UNAUTHENTICATED';
-    process.stdout.write(`fleet broker listening on ${b.url} (persistence ${o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`);
+    const tlsNote = b.tlsUrl ? `, TLS on ${b.tlsUrl}${o.tlsCa ? ' with client certificates' : ''}` : '';
+    process.stdout.write(`fleet broker listening on ${b.url}${tlsNote} (persistence ${o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`);
     onShutdown(() => b.close());
   });
 

@@ -1,4 +1,6 @@
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import { MqttClient, type IClientOptions } from 'mqtt';
 import type { WireStats } from '../protocol/status.ts';
 import type { MessageHandler, PublishOptions, Transport } from './types.ts';
@@ -16,6 +18,17 @@ export interface MqttTransportOptions {
   reconnectMaxMs?: number;
   username?: string;
   password?: string;
+  /**
+   * For mqtts:// URLs: the CA that signed the broker's certificate, and a client
+   * certificate and key when the broker asks for one (PEM). Default: the files
+   * named by FLEET_TLS_CA, FLEET_TLS_CERT and FLEET_TLS_KEY (the CLI's --ca, --client-cert, --client-key).
+   */
+  tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer };
+}
+
+function fromEnvFile(name: string): Buffer | undefined {
+  const file = process.env[name];
+  return file ? readFileSync(file) : undefined;
 }
 
 /**
@@ -39,9 +52,13 @@ export class MqttTransport implements Transport {
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
-    if (u.protocol !== 'mqtt:' && u.protocol !== 'tcp:') throw new TypeError(`unsupported broker URL ${opts.url} (use mqtt://host:port)`);
+    const secure = u.protocol === 'mqtts:';
+    if (u.protocol !== 'mqtt:' && u.protocol !== 'tcp:' && !secure) throw new TypeError(`unsupported broker URL ${opts.url} (use mqtt://host:port or mqtts://host:port)`);
     const host = u.hostname;
-    const port = Number(u.port || 1883);
+    const port = Number(u.port || (secure ? 8883 : 1883));
+    const tlsOpts = secure
+      ? { ca: opts.tls?.ca ?? fromEnvFile('FLEET_TLS_CA'), cert: opts.tls?.cert ?? fromEnvFile('FLEET_TLS_CERT'), key: opts.tls?.key ?? fromEnvFile('FLEET_TLS_KEY') }
+      : undefined;
     const min = opts.reconnectMinMs ?? 500;
     const max = opts.reconnectMaxMs ?? 30_000;
     const clientOpts: IClientOptions = {
@@ -61,14 +78,15 @@ export class MqttTransport implements Transport {
       will: opts.will ? { topic: opts.will.topic, payload: Buffer.from(opts.will.payload), retain: opts.will.retain, qos: opts.will.qos } : undefined,
     };
     this.client = new MqttClient(() => {
-      const s = net.createConnection({ host, port, noDelay: true });
-      this.socket = s;
-      s.on('close', () => {
-        this.bytesInDone += s.bytesRead;
-        this.bytesOutDone += s.bytesWritten;
-        if (this.socket === s) this.socket = undefined;
+      // The raw TCP socket carries the counters (what the link carries, TLS records included).
+      const raw = net.createConnection({ host, port, noDelay: true });
+      this.socket = raw;
+      raw.on('close', () => {
+        this.bytesInDone += raw.bytesRead;
+        this.bytesOutDone += raw.bytesWritten;
+        if (this.socket === raw) this.socket = undefined;
       });
-      return s;
+      return tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
     }, clientOpts);
     this.client.on('connect', () => {
       this.failures = 0;

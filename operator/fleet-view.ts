@@ -1,0 +1,297 @@
+import type { DeviceState } from '../protocol/status.ts';
+import type { Topics } from '../protocol/topics.ts';
+import { Inventory, type DeviceRecord } from '../rollout/inventory.ts';
+import { isTerminal, type RolloutState } from '../rollout/machine.ts';
+import { parseRolloutStatus, type RolloutStatus, type WaveCounts, type WaveFailure } from '../rollout/status.ts';
+import type { Transport } from '../transport/types.ts';
+
+/**
+ * What operators see: the fleet (retained device statuses and presence, kept
+ * by the shared Inventory) and the rollouts (retained RolloutStatus), turned
+ * into flat rows, with the changes each message makes. Pure: no sockets, the
+ * clock is injected. The terminal view, the dashboard, the metrics and the
+ * alerts all read it.
+ */
+
+export interface DeviceRow {
+  device: string;
+  group: string | null;
+  model: string | null;
+  /** null: presence is known but no status ever came. */
+  state: DeviceState | null;
+  progress: number;
+  bytes: number;
+  totalBytes: number;
+  rateBps: number;
+  running: string | null;
+  target: string | null;
+  seq: number | null;
+  updateId: string | null;
+  /** The target is an operator rollback (`fleet rollback`). */
+  rollback: boolean;
+  reason: string | null;
+  message: string | null;
+  agent: string | null;
+  /** Presence: true online, false offline, null never said. */
+  online: boolean | null;
+  /** Epoch ms of the last sign of life: the status time (never later than now) or a live message. */
+  lastSeen: number | null;
+  /** The status's own ISO time. */
+  statusTime: string | null;
+  /** status.wire.bytesIn: what the device's link carried to it since its agent started. */
+  bytesIn: number | null;
+  badChunks: number;
+  /** rolled_back, rejected, failed: an operator should look. */
+  attention: boolean;
+  /** Online (or unknown) in the middle of an update, yet nothing heard for too long. */
+  silent: boolean;
+}
+
+export interface WaveRow {
+  group: string;
+  started: boolean;
+  counts: WaveCounts;
+  failures: WaveFailure[];
+  blocking: string[];
+  timedOut: boolean;
+  rolledBack: boolean;
+}
+
+export interface RolloutRow {
+  rollout: string;
+  state: RolloutState;
+  terminal: boolean;
+  /** 1-based index of the current wave. */
+  wave: number;
+  waves: number;
+  group: string | null;
+  model: string | null;
+  target: string | null;
+  /** The current wave's counts. */
+  counts: WaveCounts | null;
+  waveList: WaveRow[];
+  reason: string | null;
+  lastEvent: { type: string; time: string; reason: string; device: string | null } | null;
+  updated: string | null;
+}
+
+export type ViewChange =
+  | { kind: 'device'; device: string; prev: DeviceRow | null; row: DeviceRow | null }
+  | { kind: 'rollout'; rollout: string; prev: RolloutRow | null; row: RolloutRow | null };
+
+export interface FleetSnapshot {
+  /** Epoch ms. */
+  time: number;
+  devices: DeviceRow[];
+  rollouts: RolloutRow[];
+  /** Devices per state ('unknown' for those without a status). */
+  counts: Record<string, number>;
+  online: number;
+  offline: number;
+  groups: string[];
+}
+
+export interface FleetViewOptions {
+  now?: () => number;
+  /** A downloading device publishes at least every --watchdog (10 s): silent after this (default 60 s); 5x for verifying, applying, testing. */
+  staleMs?: number;
+}
+
+export const ATTENTION_STATES: readonly DeviceState[] = ['rolled_back', 'rejected', 'failed'];
+const BUSY_STATES: readonly DeviceState[] = ['downloading', 'verifying', 'applying', 'testing'];
+
+const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
+const num = (v: unknown, d = 0): number => (typeof v === 'number' && Number.isFinite(v) ? v : d);
+const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+
+export class FleetView {
+  private readonly inventory: Inventory;
+  private readonly rows = new Map<string, DeviceRow>();
+  private readonly rolloutRows = new Map<string, RolloutRow>();
+  /** Epoch ms of the last live (not retained) message per device. */
+  private readonly liveSeen = new Map<string, number>();
+  private readonly listeners: Array<(changes: ViewChange[]) => void> = [];
+  readonly now: () => number;
+  readonly staleMs: number;
+
+  constructor(readonly topics: Topics, opts: FleetViewOptions = {}) {
+    this.inventory = new Inventory(topics);
+    this.now = opts.now ?? Date.now;
+    this.staleMs = opts.staleMs ?? 60_000;
+  }
+
+  /** Subscription filters: every status, presence and rollout status. */
+  filters(): string[] {
+    return [this.topics.allStatuses(), this.topics.allPresence(), `${this.topics.prefix}/rollouts/+/status`];
+  }
+
+  onChange(fn: (changes: ViewChange[]) => void): () => void {
+    this.listeners.push(fn);
+    return () => {
+      const i = this.listeners.indexOf(fn);
+      if (i >= 0) this.listeners.splice(i, 1);
+    };
+  }
+
+  /** Takes one MQTT message; returns what it changed (nothing for junk, foreign topics and identical re-deliveries). */
+  handle(topic: string, payload: Uint8Array, retained: boolean): ViewChange[] {
+    const p = this.topics.parse(topic);
+    if (!p) return [];
+    if (p.kind === 'rolloutStatus') return this.emit(this.handleRollout(p.rolloutId, payload));
+    if (p.kind !== 'status' && p.kind !== 'presence') return [];
+    const text = p.kind === 'presence' ? new TextDecoder().decode(payload) : '';
+    // Junk presence is ignored here (the Inventory would forget the presence it knew).
+    if (p.kind === 'presence' && payload.byteLength > 0 && text !== 'online' && text !== 'offline') return [];
+    this.inventory.handle(topic, payload, retained);
+    const rec = this.inventory.devices.get(p.deviceId);
+    // A live status or `online` is a sign of life now; `offline` (a last will) is not.
+    if (rec && !retained && (p.kind === 'status' ? rec.status !== null : text === 'online')) this.liveSeen.set(p.deviceId, this.now());
+    if (!rec) this.liveSeen.delete(p.deviceId);
+    return this.emit(this.update(p.deviceId, rec ?? null));
+  }
+
+  /** Recomputes what depends on the clock (silent devices); call every second or so. */
+  refresh(): ViewChange[] {
+    const out: ViewChange[] = [];
+    for (const d of [...this.rows.keys()]) out.push(...this.update(d, this.inventory.devices.get(d) ?? null));
+    return this.emit(out);
+  }
+
+  devices(group?: string): DeviceRow[] {
+    return [...this.rows.values()].filter((r) => group === undefined || r.group === group).sort((a, b) => a.device.localeCompare(b.device));
+  }
+
+  device(id: string): DeviceRow | null {
+    return this.rows.get(id) ?? null;
+  }
+
+  /** Rollouts, running ones first; with `group`, those with a wave for it. */
+  rollouts(group?: string): RolloutRow[] {
+    return [...this.rolloutRows.values()]
+      .filter((r) => group === undefined || r.waveList.some((w) => w.group === group))
+      .sort((a, b) => Number(a.terminal) - Number(b.terminal) || (b.updated ?? '').localeCompare(a.updated ?? '') || a.rollout.localeCompare(b.rollout));
+  }
+
+  rollout(id: string): RolloutRow | null {
+    return this.rolloutRows.get(id) ?? null;
+  }
+
+  snapshot(group?: string): FleetSnapshot {
+    const devices = this.devices(group);
+    const counts: Record<string, number> = {};
+    for (const d of devices) counts[d.state ?? 'unknown'] = (counts[d.state ?? 'unknown'] ?? 0) + 1;
+    const groups = [...new Set([...this.rows.values()].map((r) => r.group).filter((g): g is string => g !== null))].sort();
+    return {
+      time: this.now(), devices, rollouts: this.rollouts(group), counts, groups,
+      online: devices.filter((d) => d.online === true).length, offline: devices.filter((d) => d.online === false).length,
+    };
+  }
+
+  private emit(changes: ViewChange[]): ViewChange[] {
+    if (changes.length) for (const l of [...this.listeners]) l(changes);
+    return changes;
+  }
+
+  private update(device: string, rec: DeviceRecord | null): ViewChange[] {
+    const prev = this.rows.get(device) ?? null;
+    const row = rec ? this.toRow(rec) : null;
+    if (same(prev, row)) return [];
+    if (row) this.rows.set(device, row);
+    else this.rows.delete(device);
+    return [{ kind: 'device', device, prev, row }];
+  }
+
+  private toRow(rec: DeviceRecord): DeviceRow {
+    const s = rec.status;
+    const now = this.now();
+    const t = s ? Date.parse(s.time) : NaN;
+    const fromStatus = Number.isFinite(t) ? Math.min(t, now) : null;
+    const live = this.liveSeen.get(rec.device) ?? null;
+    const lastSeen = fromStatus === null ? live : live === null ? fromStatus : Math.max(fromStatus, live);
+    const state = s?.state ?? null;
+    const busy = state !== null && BUSY_STATES.includes(state);
+    const limit = state === 'downloading' ? this.staleMs : 5 * this.staleMs;
+    const wire = s?.wire as { bytesIn?: unknown } | null | undefined;
+    return {
+      device: rec.device, group: str(s?.group), model: str(s?.model), state,
+      progress: Math.max(0, Math.min(1, num(s?.progress))), bytes: num(s?.bytes), totalBytes: num(s?.totalBytes), rateBps: num(s?.rateBps),
+      running: str(s?.running), target: str(s?.target), seq: typeof s?.seq === 'number' ? s.seq : null, updateId: str(s?.updateId),
+      rollback: s?.rollback === true, reason: str(s?.reason), message: str(s?.message), agent: str(s?.agent),
+      online: rec.presence === null ? null : rec.presence === 'online',
+      lastSeen, statusTime: str(s?.time),
+      bytesIn: wire && typeof wire === 'object' && typeof wire.bytesIn === 'number' ? wire.bytesIn : null,
+      badChunks: num(s?.badChunks),
+      attention: state !== null && ATTENTION_STATES.includes(state),
+      silent: busy && rec.presence !== 'offline' && lastSeen !== null && now - lastSeen > limit,
+    };
+  }
+
+  private handleRollout(id: string, payload: Uint8Array): ViewChange[] {
+    const prev = this.rolloutRows.get(id) ?? null;
+    let row: RolloutRow | null;
+    if (payload.byteLength === 0) row = null; // cleared
+    else {
+      const s = parseRolloutStatus(payload);
+      if (!s || s.rollout !== id) return []; // junk: keep what we knew
+      row = rolloutRow(s);
+      if (!row) return [];
+    }
+    if (same(prev, row)) return [];
+    if (row) this.rolloutRows.set(id, row);
+    else this.rolloutRows.delete(id);
+    return [{ kind: 'rollout', rollout: id, prev, row }];
+  }
+}
+
+const counts = (c: Partial<WaveCounts> | undefined): WaveCounts => ({
+  total: num(c?.total), ok: num(c?.ok), failed: num(c?.failed), pending: num(c?.pending), offline: num(c?.offline), skipped: num(c?.skipped),
+});
+
+/** A flat row of a rollout status; null when it is too broken to show. */
+export function rolloutRow(s: RolloutStatus): RolloutRow | null {
+  const planWaves = Array.isArray(s.plan?.waves) ? s.plan.waves : [];
+  const waveList: WaveRow[] = s.waves.map((w, k) => ({
+    group: str(w?.group) ?? str(planWaves[k]?.group) ?? `wave ${k + 1}`,
+    started: Array.isArray(w?.devices),
+    counts: counts(w?.counts),
+    failures: Array.isArray(w?.failures) ? w.failures.filter((f) => typeof f?.device === 'string') : [],
+    blocking: Array.isArray(w?.blocking) ? w.blocking.filter((b) => typeof b === 'string') : [],
+    timedOut: w?.timedOut === true,
+    rolledBack: w?.rolledBack === true,
+  }));
+  const k = Number.isInteger(s.wave) && s.wave >= 0 ? s.wave : 0;
+  const cur = waveList[k] ?? null;
+  const e = s.lastEvent;
+  return {
+    rollout: s.rollout, state: s.state, terminal: isTerminal(s.state),
+    wave: Math.min(k + 1, Math.max(waveList.length, 1)), waves: Math.max(waveList.length, planWaves.length),
+    group: cur?.group ?? null, model: str(s.plan?.model), target: str(s.plan?.target),
+    counts: cur?.started ? cur.counts : null, waveList, reason: str(s.reason),
+    lastEvent: e && typeof e === 'object' && typeof e.type === 'string'
+      ? { type: e.type, time: str(e.time) ?? '', reason: str(e.reason) ?? '', device: str(e.device) }
+      : null,
+    updated: str(s.updated),
+  };
+}
+
+/** Subscribes the view to the broker; returns a function that unsubscribes. */
+export async function followFleet(view: FleetView, t: Transport): Promise<() => Promise<void>> {
+  const off = t.onMessage((topic, payload, retained) => {
+    view.handle(topic, payload, retained);
+  });
+  await t.subscribe(view.filters(), 1);
+  return async () => {
+    off();
+    await t.unsubscribe(view.filters()).catch(() => undefined);
+  };
+}
+
+/** "12 s ago", "3 min ago", "2 h ago", "4 d ago"; "never" without a time. */
+export function ago(lastSeen: number | null, now: number): string {
+  if (lastSeen === null) return 'never';
+  const s = Math.max(0, Math.round((now - lastSeen) / 1000));
+  if (s < 120) return `${s} s ago`;
+  if (s < 7200) return `${Math.floor(s / 60)} min ago`;
+  if (s < 172_800) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86_400)} d ago`;
+}
