@@ -1,16 +1,14 @@
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError, Option } from 'commander';
-import { applyToFile } from '../device/apply.ts';
 import { sha256Hex } from '../protocol/chunks.ts';
 import { decodePayload, isLowRank, lowRankDims } from '../protocol/lowrank.ts';
-import { DeviceError } from '../device/reasons.ts';
 import { BuildError } from '../publisher/build-error.ts';
 import { buildUpdate, type BuildMode, type BuildReport } from '../publisher/build.ts';
 import { loraSource, twoModelSource, type DeltaSource } from '../publisher/delta-source.ts';
 import { loraFactors, parseLoraConfig } from '../publisher/lora.ts';
 import type { Quant } from '../publisher/quantize.ts';
-import { digestModelFile, ModelFile } from '../util/model-file.ts';
+import { ModelFile } from '../util/model-file.ts';
 import { createProgress } from '../util/progress.ts';
 
 /** "150000", "150k", "2M" (powers of 1000), or "0.5%" of the base model's bytes. */
@@ -172,28 +170,5 @@ export function registerBuildCommands(program: Command): void {
       if (!modelBytes) out('(pass --base MODEL to see the update against the model)');
       if (!built) out('(no build report beside the update: relative errors unknown)');
       out(`update id ${summary.updateId}\nfrom ${p.base}\nto   ${p.target}`);
-    });
-
-  program
-    .command('apply')
-    .description("apply an update to a model offline, exactly as a device does, and check the result's digest")
-    .requiredOption('--model <file>', 'the model to update (safetensors)')
-    .requiredOption('--update <file>', 'update file')
-    .requiredOption('--out <file>', 'the updated model to write')
-    .action(async (o: { model: string; update: string; out: string }) => {
-      const payload = decodePayload(new Uint8Array(await fs.readFile(o.update)));
-      const running = await digestModelFile(o.model);
-      if (running !== payload.base) {
-        throw new DeviceError('wrong-base', `${o.model} has digest ${running}; the update applies to ${payload.base}`);
-      }
-      const tmp = `${o.out}.tmp-${process.pid}`;
-      try {
-        const digest = await applyToFile(o.model, payload, tmp);
-        if (digest !== payload.target) throw new DeviceError('digest-mismatch', `built ${digest}, the update names ${payload.target}`);
-        await fs.rename(tmp, o.out);
-      } finally {
-        await fs.rm(tmp, { force: true });
-      }
-      process.stdout.write(`wrote ${o.out}: ${payload.target}\n`);
     });
 }

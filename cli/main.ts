@@ -13,9 +13,11 @@ import { VERSION } from '../util/version.ts';
 import { runDemo } from './demo.ts';
 import { runDevice } from './device-command.ts';
 import { registerBuildCommands } from './build-commands.ts';
+import { registerOfflineCommands } from './offline-commands.ts';
 import { registerReleaseCommands } from './release-commands.ts';
 import { registerRolloutCommands } from './rollout-commands.ts';
 import { registerUserCommands } from './user-commands.ts';
+import { registerOperatorCommands } from './operator-commands.ts';
 import { parseDuration, parseIntArg } from './options.ts';
 
 const program = new Command();
@@ -130,6 +132,7 @@ program
 registerReleaseCommands(program);
 registerRolloutCommands(program);
 registerUserCommands(program);
+registerOperatorCommands(program);
 
 program
   .command('device')
@@ -176,6 +179,7 @@ program
   });
 
 registerBuildCommands(program);
+registerOfflineCommands(program);
 
 program
   .command('demo')

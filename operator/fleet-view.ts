@@ -76,8 +76,8 @@ export interface RolloutRow {
 }
 
 export type ViewChange =
-  | { kind: 'device'; device: string; prev: DeviceRow | null; row: DeviceRow | null }
-  | { kind: 'rollout'; rollout: string; prev: RolloutRow | null; row: RolloutRow | null };
+  | { kind: 'device'; device: string; prev: DeviceRow | null; row: DeviceRow | null; retained: boolean }
+  | { kind: 'rollout'; rollout: string; prev: RolloutRow | null; row: RolloutRow | null; retained: boolean };
 
 export interface FleetSnapshot {
   /** Epoch ms. */
@@ -137,7 +137,7 @@ export class FleetView {
   handle(topic: string, payload: Uint8Array, retained: boolean): ViewChange[] {
     const p = this.topics.parse(topic);
     if (!p) return [];
-    if (p.kind === 'rolloutStatus') return this.emit(this.handleRollout(p.rolloutId, payload));
+    if (p.kind === 'rolloutStatus') return this.emit(this.handleRollout(p.rolloutId, payload, retained));
     if (p.kind !== 'status' && p.kind !== 'presence') return [];
     const text = p.kind === 'presence' ? new TextDecoder().decode(payload) : '';
     // Junk presence is ignored here (the Inventory would forget the presence it knew).
@@ -147,13 +147,13 @@ export class FleetView {
     // A live status or `online` is a sign of life now; `offline` (a last will) is not.
     if (rec && !retained && (p.kind === 'status' ? rec.status !== null : text === 'online')) this.liveSeen.set(p.deviceId, this.now());
     if (!rec) this.liveSeen.delete(p.deviceId);
-    return this.emit(this.update(p.deviceId, rec ?? null));
+    return this.emit(this.update(p.deviceId, rec ?? null, retained));
   }
 
   /** Recomputes what depends on the clock (silent devices); call every second or so. */
   refresh(): ViewChange[] {
     const out: ViewChange[] = [];
-    for (const d of [...this.rows.keys()]) out.push(...this.update(d, this.inventory.devices.get(d) ?? null));
+    for (const d of [...this.rows.keys()]) out.push(...this.update(d, this.inventory.devices.get(d) ?? null, false));
     return this.emit(out);
   }
 
@@ -192,13 +192,13 @@ export class FleetView {
     return changes;
   }
 
-  private update(device: string, rec: DeviceRecord | null): ViewChange[] {
+  private update(device: string, rec: DeviceRecord | null, retained: boolean): ViewChange[] {
     const prev = this.rows.get(device) ?? null;
     const row = rec ? this.toRow(rec) : null;
     if (same(prev, row)) return [];
     if (row) this.rows.set(device, row);
     else this.rows.delete(device);
-    return [{ kind: 'device', device, prev, row }];
+    return [{ kind: 'device', device, prev, row, retained }];
   }
 
   private toRow(rec: DeviceRecord): DeviceRow {
@@ -226,7 +226,7 @@ export class FleetView {
     };
   }
 
-  private handleRollout(id: string, payload: Uint8Array): ViewChange[] {
+  private handleRollout(id: string, payload: Uint8Array, retained: boolean): ViewChange[] {
     const prev = this.rolloutRows.get(id) ?? null;
     let row: RolloutRow | null;
     if (payload.byteLength === 0) row = null; // cleared
@@ -239,7 +239,7 @@ export class FleetView {
     if (same(prev, row)) return [];
     if (row) this.rolloutRows.set(id, row);
     else this.rolloutRows.delete(id);
-    return [{ kind: 'rollout', rollout: id, prev, row }];
+    return [{ kind: 'rollout', rollout: id, prev, row, retained }];
   }
 }
 

@@ -98,7 +98,7 @@ export function splitDigits(all: Dataset, sizes: { baseTrain: number; fieldTrain
 /**
  * The field conditions: a camera on a factory line, mounted slightly off.
  * Every image is shifted right and down by shiftMin..shiftMax pixels (each
- * axis drawn per image), rotated clockwise by rotateMin..rotateMax degrees
+ * axis drawn per image), rotated by rotateMin..rotateMax degrees
  * about the centre (bilinear resampling), then its contrast is lowered:
  * v' = background + contrast·v (a grey background, faded ink), plus small
  * Gaussian sensor noise, clamped to [0, 1].

@@ -1,0 +1,96 @@
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Command } from 'commander';
+import { applyToFile } from '../device/apply.ts';
+import { installBundle } from '../device/offline-install.ts';
+import { DeviceError } from '../device/reasons.ts';
+import { DeviceStorage } from '../device/storage.ts';
+import { decodePayload } from '../protocol/lowrank.ts';
+import { parseTrustFile } from '../protocol/release.ts';
+import { makeBundle, readBundle } from '../publisher/bundle.ts';
+import { loadSigningKey } from '../publisher/keys.ts';
+import { createLogger } from '../util/log.ts';
+import { digestModelFile } from '../util/model-file.ts';
+import { collect, parseDuration } from './options.ts';
+
+/** `fleet bundle` and `fleet apply`: updates for sites reached by a memory stick. */
+export function registerOfflineCommands(program: Command): void {
+  program
+    .command('bundle')
+    .description('write a signed single-file bundle (release + payloads) for an offline install')
+    .requiredOption('--update <file>', 'update payload (repeat for a chain)', collect, [])
+    .option('--full <file>', 'the target model, for devices on no chain')
+    .requiredOption('--key <file>', 'release key (repeat for k-of-n)', collect)
+    .requiredOption('--model <name>', 'model name')
+    .requiredOption('--group <group>', 'device group')
+    .option('--ttl <duration>', 'release lifetime', parseDuration, 30 * 86400)
+    .requiredOption('--out <file>', 'bundle file to write')
+    .action(async (o: { update: string[]; full?: string; key: string[]; model: string; group: string; ttl: number; out: string }) => {
+      const payloads = await Promise.all(o.update.map(async (f) => new Uint8Array(await fs.readFile(f))));
+      const fullModel = o.full ? new Uint8Array(await fs.readFile(o.full)) : undefined;
+      const keys = await Promise.all(o.key.map(loadSigningKey));
+      const { bytes, release } = makeBundle({ payloads, fullModel, keys, model: o.model, group: o.group, ttlSeconds: o.ttl });
+      const tmp = `${o.out}.tmp-${process.pid}`;
+      await fs.writeFile(tmp, bytes);
+      await fs.rename(tmp, o.out);
+      process.stdout.write(`wrote ${o.out} (${bytes.byteLength} bytes): ${o.model}/${o.group} seq ${release.seq}, ${release.steps.length} step(s) to ${release.target}\n`);
+    });
+
+  program
+    .command('apply')
+    .description("apply an update offline, exactly as a device does: an update file to a model file, or a signed bundle to a model file or a device directory")
+    .option('--model <file>', 'the model to update (safetensors)')
+    .option('--update <file>', 'an update file (unsigned: checks base and result digests)')
+    .option('--out <file>', 'the updated model to write (with --model)')
+    .option('--bundle <file>', 'a signed bundle from `fleet bundle`')
+    .option('--trust <file>', 'trust file (with --bundle)')
+    .option('--dir <dir>', 'a device directory to install the bundle into (journaled, as the agent does)')
+    .option('--device-model <name>', 'the model name this device runs (default: the release\'s)')
+    .option('--device-group <group>', 'the group this device is in (default: the release\'s)')
+    .action(async (o: { model?: string; update?: string; out?: string; bundle?: string; trust?: string; dir?: string; deviceModel?: string; deviceGroup?: string }) => {
+      if (o.bundle) {
+        if (!o.trust) throw new Error('--bundle needs --trust TRUST_FILE');
+        if (!o.dir === !(o.model && o.out)) throw new Error('with --bundle give either --dir DEVICE_DIR or --model FILE --out FILE');
+        const bundle = readBundle(new Uint8Array(await fs.readFile(o.bundle)));
+        const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
+        const log = createLogger('apply');
+        if (o.dir) {
+          const r = await installBundle({ bundle, trust, storage: new DeviceStorage(o.dir), model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log });
+          process.stdout.write(r.steps === 0 && r.from === r.to ? `${o.dir} already runs ${r.to}\n` : `${o.dir}: ${r.from.slice(0, 16)}… -> ${r.to} (${r.steps} step(s)); current.safetensors switched\n`);
+          return;
+        }
+        // A model file: install into a throwaway device directory, then copy the result out.
+        const tmpDir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-apply-'));
+        try {
+          const storage = new DeviceStorage(tmpDir);
+          await storage.init();
+          const digest = await digestModelFile(o.model!);
+          await storage.installVersion(digest, new Uint8Array(await fs.readFile(o.model!)));
+          await storage.switchTo(digest, null);
+          const r = await installBundle({ bundle, trust, storage, model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log });
+          await fs.copyFile(storage.modelPath(r.to), `${o.out}.tmp-${process.pid}`);
+          await fs.rename(`${o.out}.tmp-${process.pid}`, o.out!);
+          process.stdout.write(`wrote ${o.out}: ${r.to}\n`);
+        } finally {
+          await fs.rm(tmpDir, { recursive: true, force: true });
+        }
+        return;
+      }
+      if (!o.model || !o.update || !o.out) throw new Error('give --model, --update and --out (or --bundle with --trust)');
+      const payload = decodePayload(new Uint8Array(await fs.readFile(o.update)));
+      const running = await digestModelFile(o.model);
+      if (running !== payload.base) {
+        throw new DeviceError('wrong-base', `${o.model} has digest ${running}; the update applies to ${payload.base}`);
+      }
+      const tmp = `${o.out}.tmp-${process.pid}`;
+      try {
+        const digest = await applyToFile(o.model, payload, tmp);
+        if (digest !== payload.target) throw new DeviceError('digest-mismatch', `built ${digest}, the update names ${payload.target}`);
+        await fs.rename(tmp, o.out);
+      } finally {
+        await fs.rm(tmp, { force: true });
+      }
+      process.stdout.write(`wrote ${o.out}: ${payload.target}\n`);
+    });
+}

@@ -1,0 +1,127 @@
+import { randomUUID } from 'node:crypto';
+import type { Command } from 'commander';
+import { Topics } from '../protocol/topics.ts';
+import { MqttTransport } from '../transport/mqtt.ts';
+import { createLogger, parseLogLevel, type Logger } from '../util/log.ts';
+import { AlertSink, AlertTracker, watchAlerts } from '../operator/alerts.ts';
+import { startDashboard } from '../operator/dashboard-server.ts';
+import { FleetView, followFleet } from '../operator/fleet-view.ts';
+import { TerminalWatch } from '../operator/render-terminal.ts';
+import { parseDuration, parseIntArg } from './options.ts';
+
+/** Connects, follows the fleet into a view; `stop` unsubscribes and disconnects. */
+async function follow(url: string, role: string, topics: Topics, staleSeconds: number): Promise<{ view: FleetView; stop: () => Promise<void> }> {
+  const t = await MqttTransport.connect({ url, clientId: `fleet-${role}-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000);
+  const view = new FleetView(topics, { staleMs: staleSeconds * 1000 });
+  const unfollow = await followFleet(view, t);
+  return {
+    view,
+    async stop() {
+      await unfollow();
+      await t.close();
+    },
+  };
+}
+
+/** Runs `stop` once on SIGINT/SIGTERM, then exits 0. */
+function onShutdown(stop: () => Promise<void>, log: Logger): void {
+  let once = false;
+  const handler = (): void => {
+    if (once) return;
+    once = true;
+    stop().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        log.error('shutdown failed', { error: String(e) });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+}
+
+/** `fleet watch`, `fleet dashboard`, `fleet alerts`: what operators use to see the fleet and its rollouts. */
+export function registerOperatorCommands(program: Command): void {
+  const logLevel = (): ReturnType<typeof parseLogLevel> => parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG);
+  const topics = (): Topics => new Topics(program.opts().prefix);
+  const stale = ['--stale <duration>', 'a device in the middle of an update with no status for this long is shown silent (5x for verifying, applying, testing)', parseDuration, 60] as const;
+
+  program
+    .command('watch')
+    .description('live terminal view of devices and rollouts (redrawn in place on a terminal; change lines otherwise)')
+    .requiredOption('--broker <url>', 'broker URL')
+    .option('--group <group>', 'only this group')
+    .option(...stale)
+    .action(async (o: { broker: string; group?: string; stale: number }) => {
+      const log = createLogger('watch', logLevel());
+      const f = await follow(o.broker, 'watch', topics(), o.stale);
+      const out = new TerminalWatch(f.view, process.stdout, { title: `fleet watch ${o.broker.replace(/\/\/[^@/]*@/, '//')}`, group: o.group });
+      out.start();
+      const stdin = process.stdin;
+      const stop = async (): Promise<void> => {
+        out.stop();
+        if (stdin.isTTY) stdin.setRawMode(false);
+        stdin.pause();
+        await f.stop();
+      };
+      if (stdin.isTTY) {
+        stdin.setRawMode(true);
+        stdin.resume();
+        stdin.on('data', (b: Buffer) => {
+          const k = b.toString();
+          if (k === 'q' || k === 'Q' || k === '\u0003') process.emit('SIGINT');
+        });
+      }
+      onShutdown(stop, log);
+    });
+
+  program
+    .command('dashboard')
+    .description('web dashboard: live page (Server-Sent Events), /api/devices, /api/rollouts, /metrics (Prometheus)')
+    .requiredOption('--broker <url>', 'broker URL')
+    .option('--port <port>', 'HTTP port', parseIntArg(0, 65535), 8080)
+    .option('--host <host>', 'address to listen on (the dashboard has no login: keep it on loopback or behind a proxy)', '127.0.0.1')
+    .option(...stale)
+    .action(async (o: { broker: string; port: number; host: string; stale: number }) => {
+      const log = createLogger('dashboard', logLevel());
+      const f = await follow(o.broker, 'dashboard', topics(), o.stale);
+      const d = await startDashboard({ view: f.view, port: o.port, host: o.host, log });
+      process.stdout.write(`fleet dashboard on ${d.url} (metrics ${d.url}metrics), following ${o.broker.replace(/\/\/[^@/]*@/, '//')}\n`);
+      onShutdown(async () => {
+        await d.close();
+        await f.stop();
+      }, log);
+    });
+
+  program
+    .command('alerts')
+    .description('one event per transition: device-rolled-back, device-rejected, device-failed, device-offline, rollout-halted, rollout-completed')
+    .requiredOption('--broker <url>', 'broker URL')
+    .option('--on-event <cmd>', 'run for each event with its JSON in FLEET_EVENT (and FLEET_EVENT_TYPE) and on stdin')
+    .option('--webhook <url>', 'POST each event as JSON to this http(s) URL')
+    .option('--alert-existing', 'also alert on what the retained statuses show at start')
+    .option(...stale)
+    .action(async (o: { broker: string; onEvent?: string; webhook?: string; alertExisting?: boolean; stale: number }) => {
+      const log = createLogger('alerts', logLevel());
+      if (o.webhook) new URL(o.webhook); // fail early on a bad URL
+      const sink = new AlertSink({ command: o.onEvent, webhook: o.webhook, log });
+      const tracker = new AlertTracker({ alertExisting: o.alertExisting === true });
+      const t = await MqttTransport.connect({ url: o.broker, clientId: `fleet-alerts-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000);
+      const view = new FleetView(topics(), { staleMs: o.stale * 1000 });
+      const off = watchAlerts(view, tracker, (e) => {
+        process.stdout.write(`${JSON.stringify(e)}\n`);
+        void sink.send(e);
+      });
+      const unfollow = await followFleet(view, t);
+      const refresh = setInterval(() => view.refresh(), 1000);
+      log.info('watching', { broker: o.broker });
+      onShutdown(async () => {
+        clearInterval(refresh);
+        off();
+        await unfollow();
+        await t.close();
+        await sink.idle();
+      }, log);
+    });
+}

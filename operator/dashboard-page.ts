@@ -1,0 +1,173 @@
+/**
+ * The dashboard page: one self-contained HTML document (no framework, no CDN,
+ * works offline). It takes the full snapshot and then the changes from
+ * `GET /events` (Server-Sent Events) and redraws; nothing polls. Every value
+ * from a device goes in through textContent, never as markup. The script and
+ * style carry the response's CSP nonce.
+ */
+
+const CSS = `
+:root{--bg:#fff;--fg:#1d2330;--mute:#6b7280;--line:#e5e7eb;--ok:#15803d;--busy:#0369a1;--warn:#b45309;--bad:#b91c1c;--badbg:#fef2f2;--chip:#f3f4f6}
+@media (prefers-color-scheme:dark){:root{--bg:#111418;--fg:#e5e7eb;--mute:#9ca3af;--line:#2a2f37;--ok:#4ade80;--busy:#38bdf8;--warn:#fbbf24;--bad:#f87171;--badbg:#2a1215;--chip:#1f242c}}
+*{box-sizing:border-box}body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;background:var(--bg);color:var(--fg)}
+header{display:flex;gap:16px;align-items:center;padding:10px 16px;border-bottom:1px solid var(--line);flex-wrap:wrap}
+h1{font-size:18px;margin:0}h2{font-size:15px;margin:18px 0 6px}
+main{padding:0 16px 24px}
+#conn{font-size:12px;padding:2px 8px;border-radius:10px;background:var(--chip)}#conn.live{color:var(--ok)}#conn.down{color:var(--bad)}
+.chips{display:flex;gap:6px;flex-wrap:wrap}.chip{background:var(--chip);border-radius:10px;padding:2px 9px;font-size:12px}
+label{font-size:13px;color:var(--mute)}select,input{font:inherit;padding:2px 4px}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 8px;border-bottom:1px solid var(--line);vertical-align:top}
+th{font-size:12px;color:var(--mute);font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
+code{font:12px ui-monospace,SFMono-Regular,Menlo,monospace}
+.st{font-weight:600}.st-ok,.st-completed{color:var(--ok)}.st-downloading,.st-verifying,.st-applying,.st-testing,.st-waiting,.st-soaking,.st-publishing{color:var(--busy)}
+.st-failed,.st-paused,.st-aborted{color:var(--warn)}.st-rolled_back,.st-rejected,.st-halted,.st-rolling_back{color:var(--bad)}
+tr.attention{background:var(--badbg)}tr.attention .why{color:var(--bad);font-weight:600}
+tr.offline td{opacity:.5}tr.offline td.seen{opacity:1;color:var(--warn);font-weight:600}
+.tag{font-size:11px;border:1px solid currentColor;border-radius:4px;padding:0 4px;margin-left:4px}
+.msg{display:block;font-size:12px;color:var(--fg);font-weight:400}
+#alerts .card{border-left:4px solid var(--bad);background:var(--badbg);padding:6px 10px;margin:6px 0}
+#alerts .card.silent{border-color:var(--warn)}
+progress{width:90px;vertical-align:middle}.empty{color:var(--mute);padding:8px}
+`;
+
+const JS = `
+'use strict';
+const devices = new Map(), rollouts = new Map();
+let skew = 0, pending = false;
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const serverNow = () => Date.now() - skew;
+function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined && text !== null) e.textContent = String(text); if (cls) e.className = cls; return e; }
+function ago(t) {
+  if (t === null || t === undefined) return 'never';
+  const s = Math.max(0, Math.round((serverNow() - t) / 1000));
+  return s < 120 ? s + ' s ago' : s < 7200 ? Math.floor(s / 60) + ' min ago' : s < 172800 ? Math.floor(s / 3600) + ' h ago' : Math.floor(s / 86400) + ' d ago';
+}
+const short = (d) => d ? d.slice(0, 12) : '-';
+function stateCell(state, tags) {
+  const td = el('td'); td.appendChild(el('span', state || 'unknown', 'st st-' + (state || 'unknown')));
+  for (const t of tags) td.appendChild(el('span', t, 'tag'));
+  return td;
+}
+function schedule() { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; render(); }); } }
+function groupsSeen() { return [...new Set([...devices.values()].map((d) => d.group).filter(Boolean))].sort(); }
+function renderFilter() {
+  const sel = $('group'), want = params.get('group') || '';
+  const opts = ['', ...groupsSeen()];
+  if (want && !opts.includes(want)) opts.push(want);
+  if (sel.options.length !== opts.length || [...sel.options].some((o, i) => o.value !== opts[i])) {
+    sel.replaceChildren(...opts.map((g) => { const o = el('option', g || 'all groups'); o.value = g; return o; }));
+  }
+  sel.value = want;
+}
+function visibleDevices() {
+  const g = params.get('group') || '', q = ($('search').value || '').toLowerCase(), only = $('only').checked;
+  return [...devices.values()].filter((d) => (!g || d.group === g) && (!q || d.device.toLowerCase().includes(q)) && (!only || d.attention || d.silent || d.online === false))
+    .sort((a, b) => (Number(b.attention) - Number(a.attention)) || a.device.localeCompare(b.device));
+}
+function render() {
+  renderFilter();
+  const g = params.get('group') || '';
+  const ds = visibleDevices();
+  const all = [...devices.values()].filter((d) => !g || d.group === g);
+  const counts = {};
+  for (const d of all) counts[d.state || 'unknown'] = (counts[d.state || 'unknown'] || 0) + 1;
+  const chips = [el('span', all.length + ' devices', 'chip'), el('span', all.filter((d) => d.online === true).length + ' online', 'chip'), el('span', all.filter((d) => d.online === false).length + ' offline', 'chip' + (all.some((d) => d.online === false) ? ' st-failed' : ''))];
+  for (const s of Object.keys(counts).sort()) chips.push(el('span', s + ' ' + counts[s], 'chip st st-' + s));
+  $('counts').replaceChildren(...chips);
+  // Needs attention: rolled back, rejected, failed, silent.
+  const cards = [];
+  for (const d of all.filter((d) => d.attention || d.silent || (d.rollback && d.state !== 'ok'))) {
+    const c = el('div', null, 'card' + (d.attention ? '' : ' silent'));
+    const head = el('strong', d.device + (d.group ? ' [' + d.group + ']' : '') + ': ' + (d.silent && !d.attention ? 'SILENT while ' + d.state : String(d.state).replace('_', ' ').toUpperCase()) + (d.rollback ? ' (rollback)' : ''));
+    c.appendChild(head);
+    if (d.reason) c.appendChild(el('span', ' - ' + d.reason));
+    if (d.message) c.appendChild(el('span', d.message, 'msg'));
+    c.appendChild(el('span', (d.online === false ? 'offline, ' : '') + 'last seen ' + ago(d.lastSeen), 'msg'));
+    cards.push(c);
+  }
+  $('alerts').replaceChildren(...cards);
+  // Rollouts.
+  const rs = [...rollouts.values()].filter((r) => !g || r.waveList.some((w) => w.group === g))
+    .sort((a, b) => (Number(a.terminal) - Number(b.terminal)) || String(b.updated).localeCompare(String(a.updated)));
+  const rb = $('rollouts');
+  rb.replaceChildren(...rs.map((r) => {
+    const tr = el('tr'); if (r.state === 'halted' || r.state === 'rolling_back') tr.className = 'attention';
+    const c = r.counts;
+    tr.appendChild(el('td', r.rollout));
+    tr.appendChild(stateCell(r.state, []));
+    tr.appendChild(el('td', r.wave + '/' + r.waves + (r.group ? ' ' + r.group : '')));
+    for (const k of ['ok', 'failed', 'pending', 'offline']) tr.appendChild(el('td', c ? c[k] : '-', 'num'));
+    const p = el('td'); if (c && c.total) { const pr = el('progress'); pr.max = c.total; pr.value = c.ok; p.appendChild(pr); p.appendChild(el('span', ' ' + c.ok + '/' + c.total)); } tr.appendChild(p);
+    const why = el('td', null, 'why');
+    const w = r.waveList[r.wave - 1];
+    if (r.reason) why.appendChild(el('span', r.reason));
+    if (w && w.blocking.length && !r.terminal) why.appendChild(el('span', 'waiting for offline: ' + w.blocking.join(', '), 'msg'));
+    for (const f of r.waveList.flatMap((w) => w.failures)) why.appendChild(el('span', f.device + ' ' + f.state + (f.reason ? ': ' + f.reason : ''), 'msg'));
+    tr.appendChild(why);
+    tr.appendChild(el('td', r.lastEvent ? r.lastEvent.type + (r.lastEvent.device ? ' ' + r.lastEvent.device : '') + ': ' + r.lastEvent.reason + ' (' + r.lastEvent.time + ')' : '-'));
+    return tr;
+  }));
+  if (!rs.length) { const tr = el('tr'); const td = el('td', 'no rollouts', 'empty'); td.colSpan = 10; tr.appendChild(td); rb.appendChild(tr); }
+  // Devices.
+  const db = $('devices');
+  db.replaceChildren(...ds.map((d) => {
+    const tr = el('tr'); tr.dataset.device = d.device;
+    tr.className = [d.attention ? 'attention' : '', d.online === false ? 'offline' : ''].join(' ').trim();
+    tr.appendChild(el('td', d.device));
+    tr.appendChild(el('td', d.group || '-'));
+    tr.appendChild(stateCell(d.state, [d.rollback ? 'rollback' : '', d.silent ? 'silent' : ''].filter(Boolean)));
+    const p = el('td');
+    if (d.state === 'downloading') { const pr = el('progress'); pr.max = 1; pr.value = d.progress; p.appendChild(pr); p.appendChild(el('span', ' ' + Math.floor(d.progress * 100) + ' %' + (d.rateBps ? ', ' + Math.round(d.rateBps / 1024) + ' KiB/s' : ''))); }
+    tr.appendChild(p);
+    const run = el('td'); run.appendChild(el('code', short(d.running))); run.title = d.running || ''; tr.appendChild(run);
+    const tgt = el('td'); tgt.appendChild(el('code', short(d.target))); tgt.title = d.target || ''; tr.appendChild(tgt);
+    const why = el('td', null, 'why'); if (d.reason) why.appendChild(el('span', d.reason)); if (d.message) why.appendChild(el('span', d.message, 'msg')); tr.appendChild(why);
+    tr.appendChild(el('td', d.online === null ? '?' : d.online ? 'online' : 'offline'));
+    tr.appendChild(el('td', ago(d.lastSeen), 'seen'));
+    return tr;
+  }));
+  if (!ds.length) { const tr = el('tr'); const td = el('td', devices.size ? 'no device matches the filter' : 'no devices yet', 'empty'); td.colSpan = 9; tr.appendChild(td); db.appendChild(tr); }
+  $('now').textContent = new Date(serverNow()).toISOString().replace('T', ' ').slice(0, 19) + ' UTC';
+}
+function connect() {
+  const es = new EventSource('events');
+  es.addEventListener('snapshot', (e) => {
+    const s = JSON.parse(e.data); skew = Date.now() - s.time;
+    devices.clear(); rollouts.clear();
+    for (const d of s.devices) devices.set(d.device, d);
+    for (const r of s.rollouts) rollouts.set(r.rollout, r);
+    $('conn').textContent = 'live'; $('conn').className = 'live'; schedule();
+  });
+  es.addEventListener('device', (e) => { const c = JSON.parse(e.data); if (c.row) devices.set(c.device, c.row); else devices.delete(c.device); schedule(); });
+  es.addEventListener('rollout', (e) => { const c = JSON.parse(e.data); if (c.row) rollouts.set(c.rollout, c.row); else rollouts.delete(c.rollout); schedule(); });
+  es.onerror = () => { $('conn').textContent = 'reconnecting...'; $('conn').className = 'down'; };
+}
+$('group').addEventListener('change', () => { const v = $('group').value; if (v) params.set('group', v); else params.delete('group'); history.replaceState(null, '', params.toString() ? '?' + params : location.pathname); render(); });
+$('search').addEventListener('input', schedule);
+$('only').addEventListener('change', schedule);
+setInterval(render, 1000);
+connect();
+`;
+
+export function dashboardPage(opts: { title?: string; nonce: string }): string {
+  const title = (opts.title ?? 'fleet dashboard').replace(/[<>&"]/g, (c) => `&#${c.charCodeAt(0)};`);
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>${title}</title><style nonce="${opts.nonce}">${CSS}</style></head>
+<body>
+<header><h1>${title}</h1><span id="conn">connecting...</span><span id="now" class="chip"></span>
+<label>group <select id="group"></select></label><label>device <input id="search" type="search" placeholder="filter"></label>
+<label><input id="only" type="checkbox"> only problems and offline</label></header>
+<main>
+<div id="counts" class="chips"></div>
+<div id="alerts"></div>
+<h2>Rollouts</h2>
+<table><thead><tr><th>rollout</th><th>state</th><th>wave</th><th>ok</th><th>failed</th><th>pending</th><th>offline</th><th>progress</th><th>why</th><th>last event</th></tr></thead><tbody id="rollouts"></tbody></table>
+<h2>Devices</h2>
+<table><thead><tr><th>device</th><th>group</th><th>state</th><th>progress</th><th>running</th><th>target</th><th>reason</th><th>online</th><th>last seen</th></tr></thead><tbody id="devices"></tbody></table>
+</main>
+<script nonce="${opts.nonce}">${JS}</script>
+</body></html>
+`;
+}

@@ -1,0 +1,168 @@
+import { randomBytes } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Logger } from '../util/log.ts';
+import { dashboardPage } from './dashboard-page.ts';
+import type { FleetView, ViewChange } from './fleet-view.ts';
+import { METRICS_CONTENT_TYPE, renderMetrics } from './metrics.ts';
+
+/**
+ * `fleet dashboard`: node:http only.
+ *   GET /              the page
+ *   GET /events        Server-Sent Events: `snapshot` (everything), then `device` / `rollout` changes
+ *   GET /api/devices   JSON rows (?group=G)
+ *   GET /api/rollouts  JSON rows (?group=G)
+ *   GET /metrics       Prometheus text
+ * Bound to 127.0.0.1 unless told otherwise. On a loopback address, requests
+ * must name a loopback host (a DNS-rebinding page cannot read the fleet).
+ */
+
+export interface DashboardOptions {
+  view: FleetView;
+  port?: number;
+  host?: string;
+  log: Logger;
+  title?: string;
+  /** How often the view's clock-dependent fields are refreshed (ms; 0: never). Default 1000. */
+  refreshMs?: number;
+  /** SSE keep-alive comment interval (ms). Default 15 000. */
+  heartbeatMs?: number;
+}
+
+export interface RunningDashboard {
+  url: string;
+  port: number;
+  /** Open SSE streams. */
+  clients(): number;
+  close(): Promise<void>;
+}
+
+const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|\[::1\]|::1)$/i;
+/** A client that has this much unsent is dropped; its EventSource reconnects and gets a fresh snapshot. */
+const MAX_BUFFERED = 4 * 1024 * 1024;
+
+export async function startDashboard(o: DashboardOptions): Promise<RunningDashboard> {
+  const host = o.host ?? '127.0.0.1';
+  const loopback = LOOPBACK.test(host);
+  const streams = new Set<http.ServerResponse>();
+  const view = o.view;
+
+  const json = (res: http.ServerResponse, body: unknown): void => {
+    res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
+    res.end(JSON.stringify(body));
+  };
+
+  const events = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no',
+    });
+    res.socket?.setNoDelay(true);
+    let id = 0;
+    const send = (event: string, data: unknown): void => {
+      if (res.writableLength > MAX_BUFFERED) {
+        o.log.warn('dashboard client too slow; dropped', { remote: req.socket.remoteAddress });
+        res.destroy();
+        return;
+      }
+      res.write(`event: ${event}\nid: ${++id}\ndata: ${JSON.stringify(data)}\n\n`);
+    };
+    res.write('retry: 2000\n\n');
+    const s = view.snapshot();
+    send('snapshot', { time: s.time, devices: s.devices, rollouts: s.rollouts });
+    const off = view.onChange((changes: ViewChange[]) => {
+      for (const c of changes) {
+        if (c.kind === 'device') send('device', { device: c.device, row: c.row, time: view.now() });
+        else send('rollout', { rollout: c.rollout, row: c.row, time: view.now() });
+      }
+    });
+    const beat = setInterval(() => res.write(': keep-alive\n\n'), o.heartbeatMs ?? 15_000);
+    streams.add(res);
+    const done = (): void => {
+      off();
+      clearInterval(beat);
+      streams.delete(res);
+    };
+    res.on('close', done);
+    req.on('close', done);
+  };
+
+  const server = http.createServer((req, res) => {
+    try {
+      const u = new URL(req.url ?? '/', 'http://dashboard.invalid');
+      res.setHeader('x-content-type-options', 'nosniff');
+      res.setHeader('referrer-policy', 'no-referrer');
+      if (loopback) {
+        const h = (req.headers.host ?? '').replace(/:\d+$/, '');
+        if (!LOOPBACK.test(h)) {
+          res.writeHead(421, { 'content-type': 'text/plain' });
+          res.end('this dashboard only answers to a loopback host name (127.0.0.1, localhost)\n');
+          return;
+        }
+      }
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        res.writeHead(405, { allow: 'GET, HEAD', 'content-type': 'text/plain' });
+        res.end('method not allowed\n');
+        return;
+      }
+      const group = u.searchParams.get('group') ?? undefined;
+      switch (u.pathname) {
+        case '/':
+        case '/index.html': {
+          const nonce = randomBytes(16).toString('base64');
+          res.writeHead(200, {
+            'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', 'x-frame-options': 'DENY',
+            'content-security-policy': `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
+          });
+          res.end(dashboardPage({ title: o.title, nonce }));
+          return;
+        }
+        case '/events':
+          return events(req, res);
+        case '/api/devices':
+          return json(res, view.devices(group));
+        case '/api/rollouts':
+          return json(res, view.rollouts(group));
+        case '/metrics':
+          res.writeHead(200, { 'content-type': METRICS_CONTENT_TYPE, 'cache-control': 'no-store' });
+          res.end(renderMetrics(view.snapshot()));
+          return;
+        case '/favicon.ico':
+          res.writeHead(204);
+          res.end();
+          return;
+        default:
+          res.writeHead(404, { 'content-type': 'text/plain' });
+          res.end('not found: try /, /events, /api/devices, /api/rollouts, /metrics\n');
+      }
+    } catch (e) {
+      o.log.error('dashboard request failed', { error: (e as Error).message, url: req.url });
+      if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
+      res.end('internal error\n');
+    }
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(o.port ?? 8080, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const refreshMs = o.refreshMs ?? 1000;
+  const refresh = refreshMs > 0 ? setInterval(() => view.refresh(), refreshMs) : undefined;
+  const shownHost = host.includes(':') ? `[${host}]` : host;
+  return {
+    url: `http://${shownHost}:${port}/`,
+    port,
+    clients: () => streams.size,
+    async close() {
+      clearInterval(refresh);
+      for (const s of streams) s.end();
+      await new Promise<void>((r) => {
+        server.close(() => r());
+        server.closeAllConnections();
+      });
+    },
+  };
+}

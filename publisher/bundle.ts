@@ -1,0 +1,79 @@
+import { chunkCount, chunkList, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
+import { cborDecode, cborEncode, isBytes, isRecord } from '../protocol/cbor.ts';
+import { ProtocolError } from '../protocol/errors.ts';
+import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
+import { decodeSignedRelease, decodeReleaseBody, signRelease, type ReleaseBody, type ReleaseStep, type SigningKey } from '../protocol/release.ts';
+import { fullModelDigest, orderChain, PublishError } from './publish.ts';
+
+/**
+ * A signed single-file bundle for sites reached by a memory stick:
+ * CBOR `{v: 1, release: <signed release bytes>, payloads: {updateId: bytes}}`.
+ * The release is exactly what a device would get over MQTT; the payloads are
+ * what the update server would serve.
+ */
+export interface Bundle {
+  release: Uint8Array;
+  payloads: Map<string, Uint8Array>;
+}
+
+const MAX_BUNDLE_PAYLOADS = 64;
+
+function stepFor(payload: Uint8Array, from: string | null, to: string, chunkSize: number): ReleaseStep {
+  const list = chunkList(payload, chunkSize);
+  return {
+    updateId: updateIdOf(payload), from, to, size: payload.byteLength, sha256: sha256Hex(payload),
+    chunkSize, chunks: chunkCount(payload.byteLength, chunkSize), listSha256: sha256Hex(list),
+  };
+}
+
+export interface MakeBundleOptions {
+  payloads: Uint8Array[];
+  fullModel?: Uint8Array;
+  keys: SigningKey[];
+  model: string;
+  group: string;
+  ttlSeconds: number;
+  seq?: number;
+  now?: () => number;
+}
+
+/** Sign a release for the updates (a chain, and/or a full model) and pack it with their payloads. */
+export function makeBundle(o: MakeBundleOptions): { bytes: Uint8Array; release: ReleaseBody } {
+  if (o.payloads.length === 0 && !o.fullModel) throw new PublishError('bad-update', 'a bundle needs at least one update or a full model');
+  const chain = o.payloads.length ? orderChain(o.payloads) : undefined;
+  const target = chain?.target ?? fullModelDigest(o.fullModel!);
+  if (o.fullModel && fullModelDigest(o.fullModel) !== target) throw new PublishError('bad-update', 'the full model is not the target of the updates');
+  const steps = [
+    ...(chain?.links.map((l) => stepFor(l.payload, l.base, l.target, DEFAULT_CHUNK_SIZE)) ?? []),
+    ...(o.fullModel ? [stepFor(o.fullModel, null, target, DEFAULT_CHUNK_SIZE)] : []),
+  ];
+  const now = Math.floor((o.now ?? Date.now)() / 1000);
+  const release: ReleaseBody = {
+    model: o.model, group: o.group, seq: o.seq ?? now, issued: now, expires: now + o.ttlSeconds, target, steps,
+    rollback: false, previous: chain?.links[0]?.base ?? null,
+  };
+  const payloads: Record<string, Uint8Array> = {};
+  for (const p of [...o.payloads, ...(o.fullModel ? [o.fullModel] : [])]) payloads[updateIdOf(p)] = p;
+  return { bytes: cborEncode({ v: 1, release: signRelease(release, o.keys), payloads }), release };
+}
+
+/** Unpack a bundle; the release inside is checked later exactly as a device checks one. */
+export function readBundle(bytes: Uint8Array): Bundle {
+  let m: unknown;
+  try {
+    m = cborDecode(bytes);
+  } catch (e) {
+    throw new ProtocolError('malformed-release', `bundle: ${(e as Error).message}`);
+  }
+  if (!isRecord(m) || m.v !== 1 || !isBytes(m.release) || !isRecord(m.payloads)) throw new ProtocolError('malformed-release', 'bundle must be {v: 1, release, payloads}');
+  const entries = Object.entries(m.payloads);
+  if (entries.length > MAX_BUNDLE_PAYLOADS) throw new ProtocolError('payload-too-large', `${entries.length} payloads in one bundle`);
+  const payloads = new Map<string, Uint8Array>();
+  for (const [id, p] of entries) {
+    if (!isBytes(p)) throw new ProtocolError('malformed-release', `bundle payload ${id} is not bytes`);
+    payloads.set(id, p);
+  }
+  // Fail early on an unreadable release, with the release's own reason codes.
+  decodeReleaseBody(decodeSignedRelease(m.release).body);
+  return { release: m.release, payloads };
+}
