@@ -102,7 +102,11 @@ function render() {
     const why = el('td', null, 'why');
     const w = r.waveList[r.wave - 1];
     if (r.reason) why.appendChild(el('span', r.reason));
-    if (w && w.blocking.length && !r.terminal) why.appendChild(el('span', 'waiting for offline: ' + w.blocking.join(', '), 'msg'));
+    if (w && w.started && !r.terminal) {
+      const wait = w.devices.map((id) => devices.get(id)).filter((d) => d && !d.attention && !(d.state === 'ok' && d.running === r.target && r.target));
+      if (w.blocking.length) why.appendChild(el('span', 'blocked by offline: ' + w.blocking.join(', '), 'msg'));
+      if (wait.length) why.appendChild(el('span', 'waits on: ' + wait.slice(0, 8).map((d) => d.device + ' (' + (d.online === false ? 'offline, ' : d.silent ? 'silent, ' : '') + (d.state || 'unknown') + ', ' + ago(d.lastSeen) + ')').join(', ') + (wait.length > 8 ? ', ...' : ''), 'msg'));
+    }
     for (const f of r.waveList.flatMap((w) => w.failures)) why.appendChild(el('span', f.device + ' ' + f.state + (f.reason ? ': ' + f.reason : ''), 'msg'));
     tr.appendChild(why);
     tr.appendChild(el('td', r.lastEvent ? r.lastEvent.type + (r.lastEvent.device ? ' ' + r.lastEvent.device : '') + ': ' + r.lastEvent.reason + ' (' + r.lastEvent.time + ')' : '-'));

@@ -50,6 +50,8 @@ export interface DeviceRow {
 export interface WaveRow {
   group: string;
   started: boolean;
+  /** The wave's devices (fixed when it started). */
+  devices: string[];
   counts: WaveCounts;
   failures: WaveFailure[];
   blocking: string[];
@@ -253,6 +255,7 @@ export function rolloutRow(s: RolloutStatus): RolloutRow | null {
   const waveList: WaveRow[] = s.waves.map((w, k) => ({
     group: str(w?.group) ?? str(planWaves[k]?.group) ?? `wave ${k + 1}`,
     started: Array.isArray(w?.devices),
+    devices: Array.isArray(w?.devices) ? w.devices.filter((d) => typeof d === 'string') : [],
     counts: counts(w?.counts),
     failures: Array.isArray(w?.failures) ? w.failures.filter((f) => typeof f?.device === 'string') : [],
     blocking: Array.isArray(w?.blocking) ? w.blocking.filter((b) => typeof b === 'string') : [],
@@ -284,6 +287,15 @@ export async function followFleet(view: FleetView, t: Transport): Promise<() => 
     off();
     await t.unsubscribe(view.filters()).catch(() => undefined);
   };
+}
+
+/** The devices of a running rollout's current wave that are not done yet (neither ok on its target nor failed), as rows: who it waits on. */
+export function waitingOn(r: RolloutRow, devices: DeviceRow[]): DeviceRow[] {
+  if (r.terminal) return [];
+  const w = r.waveList[r.wave - 1];
+  if (!w?.started) return [];
+  const byId = new Map(devices.map((d) => [d.device, d]));
+  return w.devices.map((d) => byId.get(d) ?? null).filter((d): d is DeviceRow => d !== null && !d.attention && !(d.state === 'ok' && d.running === r.target && r.target !== null));
 }
 
 /** "12 s ago", "3 min ago", "2 h ago", "4 d ago"; "never" without a time. */

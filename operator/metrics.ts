@@ -73,10 +73,12 @@ export function renderMetrics(snap: FleetSnapshot): string {
   }
   const online = fam('fleet_devices_online', 'gauge', 'Devices whose retained presence is online.');
   const offline = fam('fleet_devices_offline', 'gauge', 'Devices whose retained presence is offline.');
+  const silent = fam('fleet_devices_silent', 'gauge', 'Devices in the middle of an update that have published nothing for too long (not offline, yet not reporting).');
   for (const g of groups) {
     const ds = snap.devices.filter((d) => (d.group ?? '') === g);
     online.add({ group: g }, ds.filter((d) => d.online === true).length);
     offline.add({ group: g }, ds.filter((d) => d.online === false).length);
+    silent.add({ group: g }, ds.filter((d) => d.silent).length);
   }
 
   const bytes = fam('fleet_device_bytes_received_total', 'counter', 'Bytes the device agent\'s MQTT sockets received since it started (status wire.bytesIn).');

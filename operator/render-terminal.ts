@@ -1,4 +1,4 @@
-import { ago, type DeviceRow, type FleetSnapshot, type FleetView, type RolloutRow, type ViewChange } from './fleet-view.ts';
+import { ago, waitingOn, type DeviceRow, type FleetSnapshot, type FleetView, type RolloutRow, type ViewChange } from './fleet-view.ts';
 
 /**
  * `fleet watch`: a screen redrawn in place on a terminal (at most every
@@ -32,7 +32,7 @@ const onlineLabel = (d: DeviceRow): string => (d.online === null ? '?' : d.onlin
 function table(head: string[], rows: string[][], colour?: (r: number, c: number) => string | undefined, useColour = false): string[] {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[], r: number): string =>
-    cells.map((c, i) => paint(useColour && r >= 0, colour?.(r, i), i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd();
+    cells.map((c, i) => paint(useColour && r >= 0, useColour && r >= 0 ? colour?.(r, i) : undefined, i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd();
   return [line(head, -1), ...rows.map((cells, r) => line(cells, r))];
 }
 
@@ -42,6 +42,8 @@ export interface ScreenOptions {
   colour?: boolean;
   /** Terminal width: lines are cut to it. */
   columns?: number;
+  /** Terminal height: the device table is cut to fit (devices needing attention come first). */
+  rows?: number;
 }
 
 export function rolloutCells(r: RolloutRow): string[] {
@@ -59,25 +61,40 @@ export function renderScreen(snap: FleetSnapshot, o: ScreenOptions = {}): string
   const counts = Object.entries(snap.counts).sort(([a], [b]) => a.localeCompare(b)).map(([s, n]) => paint(col, COLOURS[s], `${s} ${n}`));
   out.push(`${snap.devices.length} device(s), ${snap.online} online, ${paint(col && snap.offline > 0, '33', `${snap.offline} offline`)}${counts.length ? ` | ${counts.join('  ')}` : ''}`);
   out.push('');
-  const devs = snap.devices;
+  // Rolled back, rejected, failed and silent devices first: they must not scroll out of sight.
+  const all = [...snap.devices].sort((a, b) => Number(b.attention || b.silent) - Number(a.attention || a.silent) || a.device.localeCompare(b.device));
+  const trouble = all.filter((d) => d.attention || d.silent);
+  if (trouble.length) {
+    const list = trouble.slice(0, 5).map((d) => `${d.device} ${stateLabel(d)}${d.reason ? ` ${d.reason}` : ''}`).join('; ');
+    out.push(paint(col, '1;31', `NEEDS ATTENTION (${trouble.length}): ${list}${trouble.length > 5 ? '; ...' : ''}`));
+  }
+  const fixed = 9 + (trouble.length ? 1 : 0) + Math.max(1, snap.rollouts.length + 1);
+  const room = o.rows ? Math.max(3, o.rows - fixed) : all.length;
+  const devs = all.length > room ? all.slice(0, room - 1) : all;
   const rows = devs.map((d) => [
     d.device, d.group ?? '-', stateLabel(d), d.state === 'downloading' ? progressBar(d.progress) : '', short(d.running), short(d.target),
     onlineLabel(d), ago(d.lastSeen, now), [d.reason, d.message].filter(Boolean).join(': '),
   ]);
   out.push(...table(['DEVICE', 'GROUP', 'STATE', 'PROGRESS', 'RUNNING', 'TARGET', 'ONLINE', 'LAST SEEN', 'REASON'], rows, (r, c) => {
     const d = devs[r];
-    if (d.online === false) return '2'; // offline: dim
-    if (c === 2 || c === 8) return d.attention || d.silent ? '1;31' : c === 2 ? COLOURS[d.state ?? ''] : undefined;
-    return undefined;
+    // A rollback or refusal stays red even when the device is offline; the rest of an offline row is dim.
+    if ((c === 2 || c === 8) && (d.attention || d.silent)) return '1;31';
+    if (d.online === false) return '2';
+    return c === 2 ? COLOURS[d.state ?? ''] : undefined;
   }, col));
+  if (devs.length < all.length) out.push(`... and ${all.length - devs.length} more device(s) (narrow with --group)`);
   if (!devs.length) out.push('(no devices yet: no retained status or presence)');
   out.push('');
   const rs = snap.rollouts;
   if (rs.length) {
     out.push(...table(['ROLLOUT', 'STATE', 'WAVE', 'OK', 'FAILED', 'PENDING', 'OFFLINE', 'LAST EVENT'], rs.map(rolloutCells), (r, c) => (c === 1 ? COLOURS[rs[r].state] : undefined), col));
     for (const r of rs) {
-      const blocking = r.waveList[r.wave - 1]?.blocking ?? [];
-      if (!r.terminal && blocking.length) out.push(paint(col, '33', `  ${r.rollout}: waiting for offline ${blocking.join(', ')}`));
+      // Who a running rollout waits on, and when each was last heard of: a device that never reports must be visible.
+      const wait = waitingOn(r, snap.devices);
+      if (!wait.length) continue;
+      const who = wait.slice(0, 5).map((d) => `${d.device} (${d.online === false ? 'OFFLINE, ' : d.silent ? 'SILENT, ' : ''}${stateLabel(d)}${d.state === 'downloading' ? ` ${Math.floor(d.progress * 100)}%` : ''}, last seen ${ago(d.lastSeen, now)})`);
+      const blocked = r.waveList[r.wave - 1]?.blocking.length ? ' [blocked]' : '';
+      out.push(paint(col, wait.some((d) => d.online === false || d.silent) ? '33' : undefined, `  ${r.rollout} waits on ${wait.length}${blocked}: ${who.join(', ')}${wait.length > 5 ? ', ...' : ''}`));
     }
   } else out.push('(no rollouts)');
   out.push('');
@@ -140,7 +157,7 @@ export function describeChange(c: ViewChange, now: number): string | null {
   return `${ts} rollout ${r.rollout} ${st}, wave ${wave}, ok ${ok} failed ${failed} pending ${pending} offline ${offline}; last event ${ev}`;
 }
 
-type Out = NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
+type Out = NodeJS.WritableStream & { isTTY?: boolean; columns?: number; rows?: number };
 
 export interface TerminalWatchOptions {
   title?: string;
@@ -149,6 +166,8 @@ export interface TerminalWatchOptions {
   tty?: boolean;
   /** Least time between redraws (default 250 ms). */
   intervalMs?: number;
+  /** Plain mode: collect the retained burst this long, then print one line per device and rollout (default 500 ms; 0: line by line from the start). */
+  settleMs?: number;
 }
 
 /** Drives the output from the view: redraws in place on a TTY, appends change lines otherwise. */
@@ -159,6 +178,7 @@ export class TerminalWatch {
   private timer: NodeJS.Timeout | undefined;
   private tick: NodeJS.Timeout | undefined;
   private lastDraw = 0;
+  private settle: NodeJS.Timeout | undefined;
 
   constructor(private readonly view: FleetView, private readonly out: Out, private readonly o: TerminalWatchOptions = {}) {
     this.tty = o.tty ?? out.isTTY === true;
@@ -173,6 +193,18 @@ export class TerminalWatch {
       if (this.tty) this.schedule(); // "12 s ago" moves on
     }, 1000);
     if (this.tty) this.draw();
+    else if ((this.o.settleMs ?? 500) > 0) this.settle = setTimeout(() => this.settled(), this.o.settleMs ?? 500);
+  }
+
+  /** The end of the retained burst: the fleet as it stands, one line each. */
+  private settled(): void {
+    this.settle = undefined;
+    const now = this.view.now();
+    const rows: ViewChange[] = [
+      ...this.view.devices(this.o.group).map((row): ViewChange => ({ kind: 'device', device: row.device, prev: null, row, retained: true })),
+      ...this.view.rollouts(this.o.group).map((row): ViewChange => ({ kind: 'rollout', rollout: row.rollout, prev: null, row, retained: true })),
+    ];
+    for (const c of rows) this.out.write(`${describeChange(c, now)}\n`);
   }
 
   stop(): void {
@@ -180,12 +212,14 @@ export class TerminalWatch {
     this.off = undefined;
     clearTimeout(this.timer);
     clearInterval(this.tick);
-    this.timer = this.tick = undefined;
+    clearTimeout(this.settle);
+    this.timer = this.tick = this.settle = undefined;
     if (this.tty) this.out.write(`${ESC}?25h${ESC}?1049l`);
   }
 
   private onChanges(changes: ViewChange[]): void {
     if (this.tty) return this.schedule();
+    if (this.settle) return;
     const now = this.view.now();
     for (const c of changes) {
       if (this.o.group !== undefined && !inGroup(c, this.o.group)) continue;
@@ -205,7 +239,7 @@ export class TerminalWatch {
 
   private draw(): void {
     this.lastDraw = Date.now();
-    const lines = renderScreen(this.view.snapshot(this.o.group), { title: this.o.title, group: this.o.group, colour: true, columns: this.out.columns });
+    const lines = renderScreen(this.view.snapshot(this.o.group), { title: this.o.title, group: this.o.group, colour: true, columns: this.out.columns, rows: this.out.rows });
     this.out.write(`${ESC}H${lines.map((l) => `${l}${ESC}K`).join('\n')}\n${ESC}J`);
   }
 }

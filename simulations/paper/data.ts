@@ -114,13 +114,13 @@ export interface DriftOptions {
 }
 
 export const DEFAULT_DRIFT: DriftOptions = {
-  shiftMin: 2,
-  shiftMax: 3,
-  rotateMin: 8,
-  rotateMax: 14,
-  background: 0.2,
-  contrast: 0.6,
-  noise: 0.03,
+  shiftMin: 1,
+  shiftMax: 2,
+  rotateMin: 4,
+  rotateMax: 8,
+  background: 0.05,
+  contrast: 0.7,
+  noise: 0.02,
 };
 
 function gaussian(rand: () => number): number {

@@ -18,6 +18,8 @@ export interface TrainOptions {
   batch: number;
   lr: number;
   seed: number;
+  /** Cosine-decay the learning rate to lr·lrFloor by the last step (default: constant). */
+  lrFloor?: number;
 }
 
 /** Minibatch Adam (β1 0.9, β2 0.999); returns the mean loss of each epoch. */
@@ -29,6 +31,8 @@ export function train(t: Trainable, ds: Dataset, o: TrainOptions): number[] {
   const b2 = 0.999;
   const eps = 1e-8;
   let step = 0;
+  const total = o.epochs * Math.ceil(ds.n / o.batch);
+  const floor = o.lrFloor ?? 1;
   const losses: number[] = [];
   for (let e = 0; e < o.epochs; e++) {
     const order = shuffled(ds.n, rand);
@@ -42,6 +46,7 @@ export function train(t: Trainable, ds: Dataset, o: TrainOptions): number[] {
       step++;
       const c1 = 1 / (1 - b1 ** step);
       const c2 = 1 / (1 - b2 ** step);
+      const lr = o.lr * (floor + (1 - floor) * 0.5 * (1 + Math.cos((Math.PI * (step - 1)) / total)));
       for (let ti = 0; ti < t.tensors.length; ti++) {
         const w = t.tensors[ti];
         const g = grads[ti];
@@ -51,7 +56,7 @@ export function train(t: Trainable, ds: Dataset, o: TrainOptions): number[] {
           const gi = g[i];
           mt[i] = b1 * mt[i] + (1 - b1) * gi;
           vt[i] = b2 * vt[i] + (1 - b2) * gi * gi;
-          w[i] -= (o.lr * mt[i] * c1) / (Math.sqrt(vt[i] * c2) + eps);
+          w[i] -= (lr * mt[i] * c1) / (Math.sqrt(vt[i] * c2) + eps);
         }
       }
     }

@@ -1,0 +1,73 @@
+/**
+ * The product's own path: write the base and the fine-tuned MLP as
+ * safetensors, run `buildUpdate` (what `fleet build --budget` runs: truncated
+ * randomized SVD of each ΔW, ranks allocated across tensors, CBOR payload),
+ * and apply the payload to the base with the device's `applyToModel`.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { decodeValues } from '../../protocol/dtypes.ts';
+import { applyToModel, decodePayload, payloadStats } from '../../protocol/lowrank.ts';
+import { readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
+import { BuildError } from '../../publisher/build-error.ts';
+import { buildUpdate } from '../../publisher/build.ts';
+import { twoModelSource } from '../../publisher/delta-source.ts';
+import type { Quant } from '../../publisher/quantize.ts';
+import { cloneMlp, type Mlp, type TensorKey } from './mlp.ts';
+
+/** safetensors names of the MLP's tensors. */
+export const TENSOR_NAMES: Record<TensorKey, string> = { w1: 'fc1.weight', b1: 'fc1.bias', w2: 'fc2.weight', b2: 'fc2.bias' };
+
+export function mlpToSafetensors(p: Mlp): Uint8Array {
+  const t = (key: TensorKey, shape: number[]): TensorInput => ({
+    name: TENSOR_NAMES[key], dtype: 'F32', shape, data: new Uint8Array(p[key].buffer.slice(p[key].byteOffset, p[key].byteOffset + p[key].byteLength)),
+  });
+  return writeSafetensors([
+    t('w1', [p.hidden, p.inputs]), t('b1', [p.hidden]), t('w2', [p.outputs, p.hidden]), t('b2', [p.outputs]),
+  ]);
+}
+
+export function mlpFromSafetensors(bytes: Uint8Array, like: Mlp): Mlp {
+  const file = readSafetensors(bytes);
+  const p = cloneMlp(like);
+  for (const key of Object.keys(TENSOR_NAMES) as TensorKey[]) {
+    const v = decodeValues(file.tensor(TENSOR_NAMES[key]), 'F32');
+    p[key] = Float32Array.from(v);
+  }
+  return p;
+}
+
+export interface FleetBuilder {
+  /** The base with a `budget`-byte update applied, or null when fleet refuses the budget as too small. */
+  build(budget: number, quant: Quant): Promise<{ model: Mlp; bytes: number; dataBytes: number; ranks: Record<string, number | 'dense'> } | null>;
+  close(): Promise<void>;
+}
+
+export async function fleetBuilder(base: Mlp, target: Mlp): Promise<FleetBuilder> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'paper-sim-'));
+  const baseFile = path.join(dir, 'base.safetensors');
+  const targetFile = path.join(dir, 'target.safetensors');
+  const baseBytes = mlpToSafetensors(base);
+  await fs.writeFile(baseFile, baseBytes);
+  await fs.writeFile(targetFile, mlpToSafetensors(target));
+  return {
+    async build(budget, quant) {
+      const source = await twoModelSource(baseFile, targetFile);
+      try {
+        const { payload } = await buildUpdate({ source, mode: { kind: 'budget', bytes: budget }, quant });
+        const decoded = decodePayload(payload);
+        const applied = applyToModel(baseBytes, decoded);
+        const ranks: Record<string, number | 'dense'> = {};
+        for (const t of decoded.tensors) ranks[t.name] = 'rank' in t ? t.rank : 'dense';
+        return { model: mlpFromSafetensors(applied.bytes, base), bytes: payload.byteLength, dataBytes: payloadStats(decoded).dataBytes, ranks };
+      } catch (e) {
+        if (e instanceof BuildError && e.code === 'budget-too-small') return null;
+        throw e;
+      } finally {
+        await source.close();
+      }
+    },
+    close: () => fs.rm(dir, { recursive: true, force: true }),
+  };
+}

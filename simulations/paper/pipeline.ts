@@ -1,0 +1,214 @@
+/**
+ * The whole experiment: base model on original digits, field drift, a full
+ * fine-tune on field digits, and every update method at every byte budget.
+ */
+import { mulberry32 } from '../../util/random.ts';
+import { bytesLabel, type PaperResult, type MethodRow, type Section } from './result.ts';
+import { loadAllDigits, splitDigits, drift, DEFAULT_DRIFT, PIXELS, CLASSES, type DriftOptions } from './data.ts';
+import { accuracy, cloneMlp, initMlp, paramCount, type Mlp } from './mlp.ts';
+import { train, fullTrainable, lastLayerTrainable, loraTrainable, initLora, mergeLora } from './train.ts';
+import { deltaOf, loraBytes, loraConfigFor, quantizeLora, quantizedDense, topK, topKCount, addDelta, quantizeRows } from './compress.ts';
+import { denseBytes, vectorBytes, type Precision } from './bytes.ts';
+import { fleetBuilder } from './fleet-build.ts';
+
+export interface PaperOptions {
+  baseTrain: number;
+  fieldTrain: number;
+  test: number;
+  hidden: number;
+  seed: number;
+  baseEpochs: number;
+  fineTuneEpochs: number;
+  loraEpochs: number;
+  batch: number;
+  /** Update sizes, in % of the model's float32 bytes. */
+  sizesPercent: number[];
+  drift: DriftOptions;
+  /** bytesForGain's target: this fraction of the full fine-tune's gain. */
+  gainFraction: number;
+  log: (line: string) => void;
+}
+
+export const DEFAULT_OPTIONS: PaperOptions = {
+  baseTrain: 6000,
+  fieldTrain: 2000,
+  test: 2000,
+  hidden: 128,
+  seed: 1,
+  baseEpochs: 20,
+  fineTuneEpochs: 20,
+  loraEpochs: 20,
+  batch: 64,
+  sizesPercent: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
+  drift: DEFAULT_DRIFT,
+  gainFraction: 0.8,
+  log: () => {},
+};
+
+const BASE_LR = 2e-3;
+const FT_LR = 1e-3;
+const SMALL_LR = 5e-3;
+
+export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperResult> {
+  const o: PaperOptions = { ...DEFAULT_OPTIONS, ...opts };
+  const started = Date.now();
+  const wall: Record<string, number> = {};
+  const timed = async <T>(key: string, f: () => T | Promise<T>): Promise<T> => {
+    const t = Date.now();
+    const v = await f();
+    wall[key] = (wall[key] ?? 0) + (Date.now() - t) / 1000;
+    return v;
+  };
+  const log = o.log;
+
+  // Data.
+  const { split, fieldTrain, fieldTest } = await timed('data', () => {
+    const split = splitDigits(loadAllDigits(), { baseTrain: o.baseTrain, fieldTrain: o.fieldTrain, test: o.test }, o.seed);
+    return { split, fieldTrain: drift(split.fieldTrain, o.seed + 1, o.drift), fieldTest: drift(split.test, o.seed + 2, o.drift) };
+  });
+
+  // Base model on the original digits.
+  const base = await timed('base', () => {
+    const m = initMlp(mulberry32(o.seed + 3), PIXELS, o.hidden, CLASSES);
+    const losses = train(fullTrainable(m), split.baseTrain, { epochs: o.baseEpochs, batch: o.batch, lr: BASE_LR, lrFloor: 0.05, seed: o.seed + 4 });
+    log(`base: ${o.baseEpochs} epochs, final loss ${losses[losses.length - 1]?.toFixed(4)}`);
+    return m;
+  });
+  const baseAccuracyOriginal = accuracy(base, split.test);
+  const baseAccuracyField = accuracy(base, fieldTest);
+  log(`base accuracy: original ${pct(baseAccuracyOriginal)}, field ${pct(baseAccuracyField)}`);
+
+  const modelBytes = paramCount(base) * 4;
+  const sizes = o.sizesPercent.map((p) => Math.floor((p / 100) * modelBytes));
+  const ftOpts = { epochs: o.fineTuneEpochs, batch: o.batch, lr: FT_LR, lrFloor: 0.1, seed: o.seed + 5 };
+  const smallOpts = { epochs: o.loraEpochs, batch: o.batch, lr: SMALL_LR, lrFloor: 0.1, seed: o.seed + 5 };
+
+  // Full fine-tune (upper bound, and the source of every post-hoc compression).
+  const fine = await timed('fullFineTune', () => {
+    const m = cloneMlp(base);
+    train(fullTrainable(m), fieldTrain, ftOpts);
+    return m;
+  });
+  const fullFineTuneAccuracy = accuracy(fine, fieldTest);
+  log(`full fine-tune: field ${pct(fullFineTuneAccuracy)}`);
+  const delta = deltaOf(base, fine);
+
+  // Last layer only.
+  const last = await timed('lastLayer', () => {
+    const m = cloneMlp(base);
+    train(lastLayerTrainable(m), fieldTrain, smallOpts);
+    return m;
+  });
+  const lastDelta = deltaOf(base, last);
+
+  const fleet = await fleetBuilder(base, fine);
+  const sections: Section[] = [];
+  try {
+    for (const precision of ['f32', 'int8'] as Precision[]) {
+      const rows: MethodRow[] = [];
+      const grid = (key: string, label: string): MethodRow => {
+        const r: MethodRow = { key, label, ownBytes: null, ownAccuracy: null, accuracy: sizes.map(() => null), bytes: sizes.map(() => null), detail: sizes.map(() => null) };
+        rows.push(r);
+        return r;
+      };
+      const fixed = (key: string, label: string, bytes: number, acc: number): MethodRow => {
+        const r: MethodRow = {
+          key, label, ownBytes: bytes, ownAccuracy: acc,
+          accuracy: sizes.map((s) => (bytes <= s ? acc : null)), bytes: sizes.map((s) => (bytes <= s ? bytes : null)), detail: sizes.map(() => null),
+        };
+        rows.push(r);
+        return r;
+      };
+
+      // 1. Low-rank factors trained directly on the frozen base.
+      const lr = grid('lowRankTrained', 'low-rank trained (ΔW = U·V, base frozen)');
+      for (let i = 0; i < sizes.length; i++) {
+        const cfg = loraConfigFor(base, sizes[i], precision);
+        const bytes = loraBytes(base, cfg, precision);
+        if (bytes === 0) continue;
+        const acc = await timed(`lowRankTrained.${precision}`, () => {
+          const s = initLora(base, cfg, mulberry32(o.seed + 6));
+          train(loraTrainable(base, s), fieldTrain, smallOpts);
+          return accuracy(mergeLora(base, quantizeLora(base, s, precision)), fieldTest);
+        });
+        lr.accuracy[i] = acc;
+        lr.bytes[i] = bytes;
+        lr.detail[i] = `r1=${cfg.r1} r2=${cfg.r2}${cfg.b1 ? ' b1' : ''}${cfg.b2 ? ' b2' : ''}`;
+        log(`[${precision}] low-rank trained @ ${bytesLabel(sizes[i])}: ${lr.detail[i]}, ${bytes} B → ${pct(acc)}`);
+      }
+
+      // 2. Truncated SVD of the fine-tune's ΔW, by the product's own build.
+      const sv = grid('fleetSvd', 'SVD of fine-tune ΔW (fleet build --budget)');
+      for (let i = 0; i < sizes.length; i++) {
+        const built = await timed(`fleetSvd.${precision}`, () => fleet.build(sizes[i], precision === 'f32' ? 'f32' : 'int8'));
+        if (!built) continue;
+        sv.accuracy[i] = accuracy(built.model, fieldTest);
+        sv.bytes[i] = built.bytes;
+        sv.detail[i] = Object.entries(built.ranks).map(([n, r]) => `${n}:${r}`).join(' ');
+        log(`[${precision}] fleet build @ ${bytesLabel(sizes[i])}: ${sv.detail[i]}, ${built.bytes} B payload → ${pct(sv.accuracy[i]!)}`);
+      }
+
+      // 3. Top-k sparse ΔW.
+      const tk = grid('topK', `top-k of fine-tune ΔW (${precision === 'f32' ? '4+4' : '1+4'} B/entry)`);
+      for (let i = 0; i < sizes.length; i++) {
+        const k = topKCount(sizes[i], precision, 4);
+        if (k === 0) continue;
+        const r = await timed(`topK.${precision}`, () => topK(base, delta, k, precision));
+        tk.accuracy[i] = accuracy(r.model, fieldTest);
+        tk.bytes[i] = r.bytes;
+        tk.detail[i] = `k=${r.k}`;
+      }
+
+      // 5. Last layer only (its size is fixed).
+      const lastBytes = precision === 'f32'
+        ? denseBytes(base.outputs, base.hidden, 32) + vectorBytes(base.outputs, 'f32')
+        : denseBytes(base.outputs, base.hidden, 8) + vectorBytes(base.outputs, 'int8');
+      const lastModel = precision === 'f32' ? last : addDelta(base, { ...lastDelta, w2: quantizeRows(lastDelta.w2, base.outputs, base.hidden, 8), b2: quantizeRows(lastDelta.b2, 1, base.outputs, 8) });
+      fixed('lastLayer', 'last layer retrained', lastBytes, accuracy(lastModel, fieldTest));
+
+      // 4. Quantised dense ΔW (8-bit and 4-bit; listed with the 8-bit methods).
+      if (precision === 'int8') {
+        for (const bits of [8, 4] as const) {
+          const q = quantizedDense(base, delta, bits);
+          fixed(`dense${bits === 8 ? 'Int8' : 'Int4'}`, `dense fine-tune ΔW, ${bits}-bit`, q.bytes, accuracy(q.model, fieldTest));
+        }
+      }
+
+      // 6. The full fine-tune (f32, full size).
+      fixed('fullFineTune', 'full fine-tuned model (f32)', modelBytes, fullFineTuneAccuracy);
+      sections.push({ precision, rows });
+    }
+  } finally {
+    await fleet.close();
+  }
+
+  const result: PaperResult = {
+    config: {
+      baseTrain: o.baseTrain, fieldTrain: o.fieldTrain, test: o.test, hidden: o.hidden, seed: o.seed,
+      baseEpochs: o.baseEpochs, fineTuneEpochs: o.fineTuneEpochs, loraEpochs: o.loraEpochs, batch: o.batch, drift: o.drift,
+    },
+    modelParams: paramCount(base),
+    modelBytes,
+    sizesPercent: o.sizesPercent,
+    sizesBytes: sizes,
+    baseAccuracyOriginal,
+    baseAccuracyField,
+    fullFineTuneAccuracy,
+    sections,
+    gainFraction: o.gainFraction,
+    wallSeconds: { ...roundAll(wall), total: round((Date.now() - started) / 1000) },
+  };
+  return result;
+}
+
+function pct(x: number): string {
+  return `${(100 * x).toFixed(2)} %`;
+}
+
+function round(x: number): number {
+  return Math.round(x * 10) / 10;
+}
+
+function roundAll(w: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(w).map(([k, v]) => [k, round(v)]));
+}
