@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { decodePayload, type Payload } from '../protocol/lowrank.ts';
+import { openPayload } from '../protocol/seal.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import { digestModelFile } from '../util/model-file.ts';
 import type { Logger } from '../util/log.ts';
@@ -23,9 +24,12 @@ export interface InstallerConfig {
   /** Told about every switch (model path and digest in its environment). */
   onSwitchCmd?: string;
   onSwitchTimeoutMs: number;
+  /** Opens payloads sealed for this device's group. */
+  groupKey?: Uint8Array;
 }
 
-type Verified = { step: ReleaseStep; payload: Payload | null };
+/** A verified step: a decoded low-rank payload, or (full model) the file holding the plain model. */
+type Verified = { step: ReleaseStep; payload: Payload | null; plainFile: string };
 
 /** SHA-256 of a file, read through the port 64 KiB at a time. */
 async function sha256File(file: string, fsys: FsPort): Promise<string> {
@@ -62,18 +66,32 @@ export class Installer {
     return path.join(this.storage.downloadDir(step.updateId), 'payload');
   }
 
-  /** Each payload hashes to its step; low-rank payloads decode and name the step's digests. */
+  /**
+   * Each payload hashes to its step (sealed bytes as they travelled); sealed
+   * ones open with the group key; low-rank payloads decode and name the
+   * step's digests.
+   */
   async verify(steps: ReleaseStep[]): Promise<Verified[]> {
     const out: Verified[] = [];
     for (const step of steps) {
       if ((await sha256File(this.payloadFile(step), this.fsys)) !== step.sha256) throw new DeviceError('payload-hash-mismatch', `update ${step.updateId}`);
+      let plainFile = this.payloadFile(step);
+      let bytes: Uint8Array | undefined;
+      if (step.sealed) {
+        if (!this.cfg.groupKey) throw new DeviceError('undecryptable', 'the payload is sealed and this device has no group key');
+        bytes = openPayload(await this.fsys.readFile(plainFile), this.cfg.groupKey);
+        if (step.from === null) {
+          plainFile = path.join(this.storage.downloadDir(step.updateId), 'plain');
+          await this.fsys.writeFile(plainFile, bytes);
+        }
+      }
       if (step.from === null) {
-        out.push({ step, payload: null });
+        out.push({ step, payload: null, plainFile });
         continue;
       }
-      const payload = decodePayload(new Uint8Array(await this.fsys.readFile(this.payloadFile(step))));
+      const payload = decodePayload(bytes ?? new Uint8Array(await this.fsys.readFile(plainFile)));
       if (payload.base !== step.from || payload.target !== step.to) throw new DeviceError('malformed-payload', 'the payload names other digests than the release');
-      out.push({ step, payload });
+      out.push({ step, payload, plainFile });
     }
     return out;
   }
@@ -98,11 +116,11 @@ export class Installer {
     let from = s.modelPath(running);
     let at = running;
     let k = 0;
-    for (const { step, payload } of steps) {
+    for (const { step, payload, plainFile } of steps) {
       const out = `${s.stagedPath(step.to)}.${k++}`;
       let digest: string;
       if (payload === null) {
-        await this.fsys.copyFile(this.payloadFile(step), out);
+        await this.fsys.copyFile(plainFile, out);
         digest = await digestModelFile(out, this.fsys).catch((e: unknown) => {
           throw new DeviceError('malformed-model', `the full-model payload: ${(e as Error).message}`);
         });

@@ -124,7 +124,7 @@ export class FleetView {
 
   /** Subscription filters: every status, presence and rollout status. */
   filters(): string[] {
-    return [this.topics.allStatuses(), this.topics.allPresence(), `${this.topics.prefix}/rollouts/+/status`];
+    return [this.topics.allStatuses(), this.topics.allPresence(), this.topics.allRolloutStatuses()];
   }
 
   onChange(fn: (changes: ViewChange[]) => void): () => void {

@@ -20,6 +20,7 @@ export const PROTOCOL_REASONS = {
   'malformed-payload': 'The update payload is not a valid low-rank payload (CBOR shape, sizes); rebuild the update.',
   'shape-mismatch': 'The update does not fit the model: a tensor is missing or has another shape; the update was built for another model.',
   'non-finite': 'Applying the update would put NaN or infinity into a weight; the update is broken.',
+  'undecryptable': 'The sealed payload does not open with this device\'s group key: the key is missing or wrong, or the payload was altered. Provision the group key (--group-key).',
   'payload-too-large': 'The payload or its chunk count is over the limit this device accepts.',
 } as const;
 

@@ -22,6 +22,8 @@ export interface ReleaseStep {
   chunks: number;
   /** SHA-256 of the chunk list, hex. */
   listSha256: string;
+  /** The payload is sealed with the group key (protocol/seal.ts); hashes are over the sealed bytes. */
+  sealed?: boolean;
 }
 
 export interface ReleaseBody {
@@ -107,6 +109,7 @@ export function encodeReleaseBody(b: ReleaseBody): Uint8Array {
       chunk: s.chunkSize,
       chunks: s.chunks,
       list: s.listSha256,
+      ...(s.sealed ? { sealed: true } : {}),
     })),
   };
   if (b.rollback) m.rollback = true;
@@ -142,7 +145,10 @@ export function decodeReleaseBody(bytes: Uint8Array): ReleaseBody {
     if (!isUint(s.chunk) || s.chunk === 0 || !isUint(s.chunks, MAX_CHUNKS)) bad(`step ${k}: chunk/chunks`);
     if (s.chunks !== Math.ceil(s.size / s.chunk)) bad(`step ${k}: chunks does not match size / chunk`);
     if (s.sha256.slice(0, s.u.length) !== s.u) bad(`step ${k}: update id is not the payload hash`);
-    return { updateId: s.u, from: s.from as string | null, to: s.to, size: s.size, sha256: s.sha256, chunkSize: s.chunk, chunks: s.chunks, listSha256: s.list };
+    if (s.sealed !== undefined && s.sealed !== true) bad(`step ${k}: sealed must be true when present`);
+    const step: ReleaseStep = { updateId: s.u, from: s.from as string | null, to: s.to, size: s.size, sha256: s.sha256, chunkSize: s.chunk, chunks: s.chunks, listSha256: s.list };
+    if (s.sealed === true) step.sealed = true;
+    return step;
   });
   checkChains(steps, m.target);
   if (m.rollback !== undefined && m.rollback !== true) bad('rollback must be true when present');

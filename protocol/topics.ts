@@ -75,6 +75,9 @@ export class Topics {
   rolloutStatus(rolloutId: string): string {
     return `${this.prefix}/rollouts/${assertSegment('rollout id', rolloutId)}/status`;
   }
+  allRolloutStatuses(): string {
+    return `${this.prefix}/rollouts/+/status`;
+  }
   /** Retained JSON commands (pause, resume, abort) for a running rollout controller. */
   rolloutControl(rolloutId: string): string {
     return `${this.prefix}/rollouts/${assertSegment('rollout id', rolloutId)}/control`;

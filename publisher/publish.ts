@@ -6,6 +6,7 @@ import {
   decodeReleaseBody, decodeSignedRelease, signRelease, verifyRelease,
   type ReleaseBody, type ReleaseStep, type SigningKey, type TrustFile,
 } from '../protocol/release.ts';
+import { sealPayload } from '../protocol/seal.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
@@ -44,6 +45,8 @@ export interface PublishOptions extends GroupReleaseOptions {
   /** Safetensors bytes of the target model: a full-model step for devices on no chain. */
   fullModel?: Uint8Array;
   chunkSize: number;
+  /** Seal every payload with this group key (protocol/seal.ts): the broker and update server never see the weights. */
+  groupKey?: Uint8Array;
 }
 
 /** One payload on the update server. */
@@ -353,7 +356,8 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
   const releaseTopic = o.topics.release(o.group, o.model);
   const watch = await watchRelease(t, releaseTopic, o.trust ?? trustOfKeys(o.keys), o.log, o.settleMs);
   try {
-    const parts = [...(chain?.links.map((l) => l.payload) ?? []), ...(o.fullModel ? [o.fullModel] : [])];
+    const plain = [...(chain?.links.map((l) => l.payload) ?? []), ...(o.fullModel ? [o.fullModel] : [])];
+    const parts = o.groupKey ? plain.map((p) => sealPayload(p, o.groupKey!)) : plain;
     const counts = parts.map((p) => chunkCount(p.byteLength, o.chunkSize));
     const total = counts.reduce((a, b) => a + b, 0);
     const uploads: UploadResult[] = [];
@@ -368,7 +372,7 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
     const steps = [
       ...(chain?.links.map((l, k) => stepOf(uploads[k], l.base, l.target)) ?? []),
       ...(o.fullModel ? [stepOf(uploads[uploads.length - 1], null, target)] : []),
-    ];
+    ].map((st) => (o.groupKey ? { ...st, sealed: true } : st));
 
     const current = await watch.read();
     if (current.problem) o.log.warn('the current release is not taken as the previous version', { problem: current.problem });

@@ -39,6 +39,7 @@ function filters(t: Topics): Array<{ name: string; filter: string; rest: string 
     { name: 'allUploads', filter: t.allUploads(), rest: 'models/+/updates/+/put' },
     { name: 'allStatuses', filter: t.allStatuses(), rest: 'devices/+/status' },
     { name: 'allPresence', filter: t.allPresence(), rest: 'devices/+/presence' },
+    { name: 'allRolloutStatuses', filter: t.allRolloutStatuses(), rest: 'rollouts/+/status' },
   ];
 }
 
@@ -67,7 +68,7 @@ describe.each([
       uploadReceipt: [],
       status: ['allStatuses'],
       presence: ['allPresence'],
-      rolloutStatus: [],
+      rolloutStatus: ['allRolloutStatuses'],
       rolloutControl: [],
     };
     for (const c of concrete(t)) {
