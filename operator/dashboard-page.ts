@@ -134,13 +134,16 @@ function render() {
   if (!ds.length) { const tr = el('tr'); const td = el('td', devices.size ? 'no device matches the filter' : 'no devices yet', 'empty'); td.colSpan = 9; tr.appendChild(td); db.appendChild(tr); }
   $('now').textContent = new Date(serverNow()).toISOString().replace('T', ' ').slice(0, 19) + ' UTC';
 }
+function load(s) {
+  skew = Date.now() - s.time;
+  devices.clear(); rollouts.clear();
+  for (const d of s.devices) devices.set(d.device, d);
+  for (const r of s.rollouts) rollouts.set(r.rollout, r);
+}
 function connect() {
   const es = new EventSource('events');
   es.addEventListener('snapshot', (e) => {
-    const s = JSON.parse(e.data); skew = Date.now() - s.time;
-    devices.clear(); rollouts.clear();
-    for (const d of s.devices) devices.set(d.device, d);
-    for (const r of s.rollouts) rollouts.set(r.rollout, r);
+    load(JSON.parse(e.data));
     $('conn').textContent = 'live'; $('conn').className = 'live'; schedule();
   });
   es.addEventListener('device', (e) => { const c = JSON.parse(e.data); if (c.row) devices.set(c.device, c.row); else devices.delete(c.device); schedule(); });
@@ -151,10 +154,15 @@ $('group').addEventListener('change', () => { const v = $('group').value; if (v)
 $('search').addEventListener('input', schedule);
 $('only').addEventListener('change', schedule);
 setInterval(render, 1000);
+// First paint from the snapshot the server put in the page; the event stream then takes over.
+const initial = document.getElementById('initial');
+if (initial && initial.textContent) { load(JSON.parse(initial.textContent)); render(); }
 connect();
 `;
 
-export function dashboardPage(opts: { title?: string; nonce: string }): string {
+export function dashboardPage(opts: { title?: string; nonce: string; initial?: unknown }): string {
+  // JSON inside <script>: '<' escaped so no text can close the element.
+  const initial = opts.initial === undefined ? '' : JSON.stringify(opts.initial).replace(/</g, '\\u003c');
   const title = (opts.title ?? 'fleet dashboard').replace(/[<>&"]/g, (c) => `&#${c.charCodeAt(0)};`);
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
@@ -171,6 +179,7 @@ export function dashboardPage(opts: { title?: string; nonce: string }): string {
 <h2>Devices</h2>
 <table><thead><tr><th>device</th><th>group</th><th>state</th><th>progress</th><th>running</th><th>target</th><th>reason</th><th>online</th><th>last seen</th></tr></thead><tbody id="devices"></tbody></table>
 </main>
+${initial ? `<script type="application/json" id="initial" nonce="${opts.nonce}">${initial}</script>` : ''}
 <script nonce="${opts.nonce}">${JS}</script>
 </body></html>
 `;

@@ -113,7 +113,8 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
             'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', 'x-frame-options': 'DENY',
             'content-security-policy': `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
           });
-          res.end(dashboardPage({ title: o.title, nonce }));
+          const snap = view.snapshot();
+          res.end(dashboardPage({ title: o.title, nonce, initial: { time: snap.time, devices: snap.devices, rollouts: snap.rollouts } }));
           return;
         }
         case '/events':
