@@ -5,6 +5,7 @@ import { systemClock } from '../device/clock.ts';
 import { digestHealthCheck } from '../device/health.ts';
 import { DeviceStorage } from '../device/storage.ts';
 import { parseTrustFile } from '../protocol/release.ts';
+import { parseGroupKeyFile } from '../protocol/seal.ts';
 import { PRESENCE_OFFLINE } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
@@ -29,6 +30,7 @@ export interface DeviceCommandOptions {
   healthTimeout: number;
   healthWindow: number;
   onSwitch?: string;
+  groupKey?: string;
   keepalive: number;
   connectTimeout: number;
   reconnectMax: number;
@@ -63,7 +65,8 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const agent = new DeviceAgent(
     { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
       validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,
-      healthWindowMs: o.healthWindow * 1000, onSwitchCmd: o.onSwitch },
+      healthWindowMs: o.healthWindow * 1000, onSwitchCmd: o.onSwitch,
+      groupKey: o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
   );
   await agent.start();

@@ -10,6 +10,8 @@ import { UpdateServer } from '../server/update-server.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { VERSION } from '../util/version.ts';
+import { writeFileAtomic } from '../util/fs-atomic.ts';
+import { formatGroupKeyFile, newGroupKey } from '../protocol/seal.ts';
 import { runDemo } from './demo.ts';
 import { runDevice } from './device-command.ts';
 import { registerBuildCommands } from './build-commands.ts';
@@ -120,6 +122,21 @@ program
   });
 
 program
+  .command('groupkey')
+  .description('make a group key for sealed (end-to-end encrypted) payloads; give it to the publisher and the group\'s devices')
+  .requiredOption('--out <file>', 'key file to write (mode 0600)')
+  .action(async (o: { out: string }) => {
+    try {
+      await fs.access(o.out);
+      throw new Error(`${o.out} exists; refusing to overwrite a key`);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    await writeFileAtomic(o.out, formatGroupKeyFile(newGroupKey()), 0o600);
+    process.stdout.write(`wrote ${o.out}: install it on the group's devices (--group-key) and give it to the publisher (fleet publish --group-key)\n`);
+  });
+
+program
   .command('keygen')
   .description('make an Ed25519 release key (secret file mode 0600) and a trust file for devices')
   .requiredOption('--out <dir>', 'output directory')
@@ -154,11 +171,12 @@ program
   .option('--health-cmd <cmd>', 'run after the switch (FLEET_MODEL_PATH = DIR/current.safetensors); exit 0 = healthy, else roll back')
   .option('--health-timeout <duration>', 'stop the health command after this long (rolled back)', parseDuration, 60)
   .option('--health-window <duration>', 'stay testing this long after a healthy check; a crash in it rolls back', parseDuration, 0)
+  .option('--group-key <file>', 'group key file (`fleet groupkey`) that opens sealed payloads')
   .option('--on-switch <cmd>', 'tell the application about every switch (FLEET_MODEL_PATH, FLEET_MODEL_DIGEST, FLEET_PREVIOUS_DIGEST, FLEET_ROLLBACK)')
   .option('--keepalive <seconds>', 'MQTT keepalive', parseIntArg(5, 65535), 60)
   .option('--connect-timeout <seconds>', 'give up one connection attempt after this long', parseIntArg(1, 3600), 30)
   .option('--reconnect-max <seconds>', 'cap of the exponential reconnect backoff (with jitter)', parseIntArg(1, 3600), 60)
-  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number; validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; onSwitch?: string; keepalive: number; connectTimeout: number; reconnectMax: number }) => {
+  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number; validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; onSwitch?: string; groupKey?: string; keepalive: number; connectTimeout: number; reconnectMax: number }) => {
     await runDevice({ ...o, prefix: program.opts().prefix, logLevel: program.opts().logLevel });
   });
 

@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
 import { parseTrustFile, type TrustFile } from '../protocol/release.ts';
+import { parseGroupKeyFile } from '../protocol/seal.ts';
 import { Topics } from '../protocol/topics.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
 import { publishUpdate } from '../publisher/publish.ts';
@@ -31,7 +32,7 @@ async function readTrust(file: string | undefined): Promise<TrustFile | undefine
 
 interface PublishCli {
   update: string[]; full?: string; key: string[]; model: string; group: string; broker: string;
-  chunkSize: number; ttl: number; seq?: number; trust?: string;
+  chunkSize: number; ttl: number; seq?: number; trust?: string; groupKey?: string;
 }
 
 interface RollbackCli {
@@ -57,17 +58,19 @@ export function registerReleaseCommands(program: Command): void {
     .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
     .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
     .option('--trust <file>', 'trust file the current release is checked against before it is recorded as the previous version (default: the keys)')
+    .option('--group-key <file>', 'seal the payloads with this group key (`fleet groupkey`): the broker and update server never see the weights')
     .action(async (o: PublishCli) => {
       const log = createLogger('publish', logLevel());
       const payloads = await Promise.all(o.update.map((f) => readInput(f, 'update')));
       const fullModel = o.full === undefined ? undefined : await readInput(o.full, 'full model');
       const keys = await Promise.all(o.key.map(loadSigningKey));
       const trust = await readTrust(o.trust);
+      const groupKey = o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined;
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-publisher-${process.pid}` }, 30_000);
       const progress = createProgress('upload');
       try {
         const r = await publishUpdate({
-          transport, topics: topics(), payloads, fullModel, keys, model: o.model, group: o.group, trust,
+          transport, topics: topics(), payloads, fullModel, keys, model: o.model, group: o.group, trust, groupKey,
           chunkSize: o.chunkSize, ttlSeconds: o.ttl, seq: o.seq, log, onProgress: (d, n) => progress.update(d, n),
         });
         progress.finish(r.alreadyStored ? 'already on the update server' : `${r.uploadedChunks} chunks sent`);

@@ -38,6 +38,8 @@ export interface AgentConfig {
   healthWindowMs?: number;
   /** Told about every switch, with FLEET_MODEL_PATH and FLEET_MODEL_DIGEST in its environment. */
   onSwitchCmd?: string;
+  /** The group key that opens sealed payloads (protocol/seal.ts). */
+  groupKey?: Uint8Array;
 }
 
 export interface AgentPorts {

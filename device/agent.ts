@@ -49,6 +49,7 @@ export class DeviceAgent {
       healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000,
       onSwitchCmd: cfg.onSwitchCmd,
       onSwitchTimeoutMs: 60_000,
+      groupKey: cfg.groupKey,
     }, io.health, io.log);
   }
 
