@@ -9,6 +9,7 @@ import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { UpdateServer } from '../server/update-server.ts';
+import { BrokerMetrics, serveMetrics } from '../operator/broker-metrics.ts';
 import type { Logger } from '../util/log.ts';
 import { BrokerAuth } from './auth.ts';
 
@@ -40,6 +41,8 @@ export interface BrokerOptions {
    * TLS only). With `ca`, clients must present a certificate it signed.
    */
   tls?: { port: number; host?: string; cert: string | Buffer; key: string | Buffer; ca?: string | Buffer };
+  /** An HTTP listener serving `GET /metrics` (Prometheus; operator/broker-metrics.ts). Port 0: any free port. */
+  http?: { port: number; host?: string; processMetrics?: boolean };
   log: Logger;
 }
 
@@ -53,6 +56,8 @@ export interface RunningBroker {
   auth: BrokerAuth | undefined;
   /** `mqtts://host:port` when a TLS listener runs. */
   tlsUrl: string | undefined;
+  /** `http://host:port/metrics` when the metrics listener runs. */
+  metricsUrl: string | undefined;
   close(): Promise<void>;
 }
 
@@ -83,12 +88,15 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   if (auth) auth.attach(aedes);
   else log.warn('broker is unauthenticated: any client may publish and subscribe to anything (start it with --auth FILE)');
   aedes.on('clientError', (client, err) => log.debug('client error', { client: client?.id, error: err.message }));
+  let updateServer: UpdateServer | undefined;
+  const metrics = o.http ? new BrokerMetrics({ aedes, topics, updateStats: () => updateServer?.stats, processMetrics: o.http.processMetrics }) : undefined;
 
   const sockets = new Set<net.Socket>();
   const accept = (socket: net.Socket): void => {
     socket.setNoDelay(true);
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
+    metrics?.trackSocket(socket);
     aedes.handle(socket);
   };
   const listen = (srv: net.Server, port: number, on: string): Promise<number> =>
@@ -112,7 +120,6 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   }
   log.info('broker listening', { url, persistence: o.persistence ?? 'level', auth: o.auth ?? null });
 
-  let updateServer: UpdateServer | undefined;
   let transport: MqttTransport | undefined;
   if (o.updateServer !== false) {
     // With auth, the in-process server logs in with a random credential that exists only in this process.
@@ -126,6 +133,12 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     });
     await updateServer.start();
   }
+  let metricsHttp: Awaited<ReturnType<typeof serveMetrics>> | undefined;
+  if (metrics && o.http) {
+    await metrics.loadRetained();
+    metricsHttp = await serveMetrics(metrics, { port: o.http.port, host: o.http.host ?? host, log });
+    log.info('metrics listener', { url: metricsHttp.url });
+  }
 
   let closed = false;
   return {
@@ -136,9 +149,12 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     updateServer,
     auth,
     tlsUrl,
+    metricsUrl: metricsHttp?.url,
     async close() {
       if (closed) return;
       closed = true;
+      await metricsHttp?.close();
+      metrics?.close();
       auth?.close();
       if (updateServer) await updateServer.stop();
       if (transport) await transport.close();

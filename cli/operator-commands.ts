@@ -6,13 +6,15 @@ import { createLogger, parseLogLevel, type Logger } from '../util/log.ts';
 import { AlertSink, AlertTracker, watchAlerts } from '../operator/alerts.ts';
 import { startDashboard } from '../operator/dashboard-server.ts';
 import { FleetView, followFleet } from '../operator/fleet-view.ts';
+import { JsonWatch } from '../operator/json-watch.ts';
 import { TerminalWatch } from '../operator/render-terminal.ts';
 import { parseDuration, parseIntArg } from './options.ts';
 
 /** Connects, follows the fleet into a view; `stop` unsubscribes and disconnects. */
-async function follow(url: string, role: string, topics: Topics, staleSeconds: number): Promise<{ view: FleetView; stop: () => Promise<void> }> {
+async function follow(url: string, role: string, topics: Topics, staleSeconds: number, before?: (view: FleetView) => void): Promise<{ view: FleetView; stop: () => Promise<void> }> {
   const t = await MqttTransport.connect({ url, clientId: `fleet-${role}-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000);
   const view = new FleetView(topics, { staleMs: staleSeconds * 1000 });
+  before?.(view); // listeners in place before the retained burst arrives
   const unfollow = await followFleet(view, t);
   return {
     view,
@@ -52,9 +54,27 @@ export function registerOperatorCommands(program: Command): void {
     .description('live terminal view of devices and rollouts (redrawn in place on a terminal; change lines otherwise)')
     .requiredOption('--broker <url>', 'broker URL')
     .option('--group <group>', 'only this group')
+    .option('--json', 'one JSON object per line for every device or rollout change ({kind, device|rollout, time, retained, row}); for pipes')
     .option(...stale)
-    .action(async (o: { broker: string; group?: string; stale: number }) => {
+    .action(async (o: { broker: string; group?: string; stale: number; json?: boolean }) => {
       const log = createLogger('watch', logLevel());
+      if (o.json) {
+        // A reader that goes away (`| head`) ends the watch without a stack trace.
+        process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+          if (e.code === 'EPIPE') process.emit('SIGTERM');
+          else throw e;
+        });
+        let out: JsonWatch | undefined;
+        const f = await follow(o.broker, 'watch', topics(), o.stale, (view) => {
+          out = new JsonWatch(view, process.stdout, { group: o.group });
+          out.start();
+        });
+        onShutdown(async () => {
+          out?.stop();
+          await f.stop();
+        }, log);
+        return;
+      }
       const f = await follow(o.broker, 'watch', topics(), o.stale);
       const out = new TerminalWatch(f.view, process.stdout, { title: `fleet watch ${o.broker.replace(/\/\/[^@/]*@/, '//')}`, group: o.group });
       out.start();

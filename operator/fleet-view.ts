@@ -1,7 +1,9 @@
+import { decodeReleaseBody, decodeSignedRelease } from '../protocol/release.ts';
 import type { DeviceState } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import { Inventory, type DeviceRecord } from '../rollout/inventory.ts';
 import { isTerminal, type RolloutState } from '../rollout/machine.ts';
+import type { FailureThreshold, OfflinePolicy } from '../rollout/plan.ts';
 import { parseRolloutStatus, type RolloutStatus, type WaveCounts, type WaveFailure } from '../rollout/status.ts';
 import type { Transport } from '../transport/types.ts';
 
@@ -41,6 +43,12 @@ export interface DeviceRow {
   /** status.wire.bytesIn: what the device's link carried to it since its agent started. */
   bytesIn: number | null;
   badChunks: number;
+  /**
+   * What shipping the whole model would cost: the size of the full-model step
+   * of the retained release for the device's group and model; null when that
+   * release has none (the model's size is not in the device status).
+   */
+  modelBytes: number | null;
   /** rolled_back, rejected, failed: an operator should look. */
   attention: boolean;
   /** Online (or unknown) in the middle of an update, yet nothing heard for too long. */
@@ -57,6 +65,18 @@ export interface WaveRow {
   blocking: string[];
   timedOut: boolean;
   rolledBack: boolean;
+  /** From the plan: null when the status does not say. */
+  successThreshold: number | null;
+  failureThreshold: FailureThreshold | null;
+  soakSeconds: number | null;
+  timeoutSeconds: number | null;
+  offline: OfflinePolicy | null;
+  window: string | null;
+  /** The release this wave is measured against. */
+  seq: number | null;
+  /** ISO 8601: release published (the timeout runs from here), success threshold reached (the soak runs from here). */
+  publishedAt: string | null;
+  thresholdAt: string | null;
 }
 
 export interface RolloutRow {
@@ -112,6 +132,8 @@ export class FleetView {
   private readonly rolloutRows = new Map<string, RolloutRow>();
   /** Epoch ms of the last live (not retained) message per device. */
   private readonly liveSeen = new Map<string, number>();
+  /** Full-model step size of the retained release per `group/model` (null: a release without one). */
+  private readonly fullBytes = new Map<string, number | null>();
   private readonly listeners: Array<(changes: ViewChange[]) => void> = [];
   readonly now: () => number;
   readonly staleMs: number;
@@ -127,6 +149,11 @@ export class FleetView {
     return [this.topics.allStatuses(), this.topics.allPresence(), this.topics.allRolloutStatuses()];
   }
 
+  /** Retained releases: only for the full-model size (`modelBytes`); subscribed separately, a refusal costs only that. */
+  releaseFilter(): string {
+    return this.topics.allReleases();
+  }
+
   onChange(fn: (changes: ViewChange[]) => void): () => void {
     this.listeners.push(fn);
     return () => {
@@ -140,6 +167,7 @@ export class FleetView {
     const p = this.topics.parse(topic);
     if (!p) return [];
     if (p.kind === 'rolloutStatus') return this.emit(this.handleRollout(p.rolloutId, payload, retained));
+    if (p.kind === 'release') return this.emit(this.handleRelease(`${p.group}/${p.model}`, payload, retained));
     if (p.kind !== 'status' && p.kind !== 'presence') return [];
     const text = p.kind === 'presence' ? new TextDecoder().decode(payload) : '';
     // Junk presence is ignored here (the Inventory would forget the presence it knew).
@@ -223,9 +251,30 @@ export class FleetView {
       lastSeen, statusTime: str(s?.time),
       bytesIn: wire && typeof wire === 'object' && typeof wire.bytesIn === 'number' ? wire.bytesIn : null,
       badChunks: num(s?.badChunks),
+      modelBytes: s ? this.fullBytes.get(`${s.group}/${s.model}`) ?? null : null,
       attention: state !== null && ATTENTION_STATES.includes(state),
       silent: busy && rec.presence !== 'offline' && lastSeen !== null && now - lastSeen > limit,
     };
+  }
+
+  /** Signatures are not checked: the size is only shown, devices check releases. */
+  private handleRelease(key: string, payload: Uint8Array, retained: boolean): ViewChange[] {
+    let size: number | null | undefined;
+    if (payload.byteLength > 0) {
+      try {
+        const full = decodeReleaseBody(decodeSignedRelease(payload).body).steps.find((st) => st.from === null);
+        size = full ? full.size : null;
+      } catch {
+        return [];
+      }
+    }
+    if (size === undefined) this.fullBytes.delete(key);
+    else this.fullBytes.set(key, size);
+    const out: ViewChange[] = [];
+    for (const [d, row] of [...this.rows]) {
+      if (`${row.group}/${row.model}` === key) out.push(...this.update(d, this.inventory.devices.get(d) ?? null, retained));
+    }
+    return out;
   }
 
   private handleRollout(id: string, payload: Uint8Array, retained: boolean): ViewChange[] {
@@ -261,6 +310,15 @@ export function rolloutRow(s: RolloutStatus): RolloutRow | null {
     blocking: Array.isArray(w?.blocking) ? w.blocking.filter((b) => typeof b === 'string') : [],
     timedOut: w?.timedOut === true,
     rolledBack: w?.rolledBack === true,
+    successThreshold: typeof planWaves[k]?.successThreshold === 'number' ? planWaves[k].successThreshold : null,
+    failureThreshold: planWaves[k]?.failureThreshold && typeof planWaves[k].failureThreshold === 'object' ? planWaves[k].failureThreshold : null,
+    soakSeconds: typeof planWaves[k]?.soakSeconds === 'number' ? planWaves[k].soakSeconds : null,
+    timeoutSeconds: typeof planWaves[k]?.timeoutSeconds === 'number' ? planWaves[k].timeoutSeconds : null,
+    offline: str(planWaves[k]?.offline) as OfflinePolicy | null,
+    window: str(planWaves[k]?.window),
+    seq: typeof w?.release?.seq === 'number' ? w.release.seq : null,
+    publishedAt: str(w?.publishedAt),
+    thresholdAt: str(w?.thresholdAt),
   }));
   const k = Number.isInteger(s.wave) && s.wave >= 0 ? s.wave : 0;
   const cur = waveList[k] ?? null;
@@ -283,9 +341,11 @@ export async function followFleet(view: FleetView, t: Transport): Promise<() => 
     view.handle(topic, payload, retained);
   });
   await t.subscribe(view.filters(), 1);
+  // Without releases the view only lacks modelBytes (a broker ACL may refuse them).
+  await t.subscribe(view.releaseFilter(), 1).catch(() => undefined);
   return async () => {
     off();
-    await t.unsubscribe(view.filters()).catch(() => undefined);
+    await t.unsubscribe([...view.filters(), view.releaseFilter()]).catch(() => undefined);
   };
 }
 
