@@ -28,6 +28,8 @@ tr.offline td{opacity:.5}tr.offline td.seen{opacity:1;color:var(--warn);font-wei
 #alerts .card{border-left:4px solid var(--bad);background:var(--badbg);padding:6px 10px;margin:6px 0}
 #alerts .card.silent{border-color:var(--warn)}
 progress{width:90px;vertical-align:middle}.empty{color:var(--mute);padding:8px}
+tr.waves>td{padding:0 8px 8px 24px;border-bottom:1px solid var(--line)}.wavetable td{border:0;padding:2px 8px;font-size:12px}
+.wavetable tr.current td{font-weight:600}.mute{color:var(--mute)}tr.total td{font-weight:600;border-top:2px solid var(--line)}.note{font-size:12px;color:var(--mute);margin:0 0 4px}
 `;
 
 const JS = `
@@ -91,7 +93,7 @@ function render() {
   const rs = [...rollouts.values()].filter((r) => !g || r.waveList.some((w) => w.group === g))
     .sort((a, b) => (Number(a.terminal) - Number(b.terminal)) || String(b.updated).localeCompare(String(a.updated)));
   const rb = $('rollouts');
-  rb.replaceChildren(...rs.map((r) => {
+  rb.replaceChildren(...rs.flatMap((r) => {
     const tr = el('tr'); if (r.state === 'halted' || r.state === 'rolling_back') tr.className = 'attention';
     const c = r.counts;
     tr.appendChild(el('td', r.rollout));
@@ -110,7 +112,7 @@ function render() {
     for (const f of r.waveList.flatMap((w) => w.failures)) why.appendChild(el('span', f.device + ' ' + f.state + (f.reason ? ': ' + f.reason : ''), 'msg'));
     tr.appendChild(why);
     tr.appendChild(el('td', r.lastEvent ? r.lastEvent.type + (r.lastEvent.device ? ' ' + r.lastEvent.device : '') + ': ' + r.lastEvent.reason + ' (' + r.lastEvent.time + ')' : '-'));
-    return tr;
+    return [tr, wavesRow(r)];
   }));
   if (!rs.length) { const tr = el('tr'); const td = el('td', 'no rollouts', 'empty'); td.colSpan = 10; tr.appendChild(td); rb.appendChild(tr); }
   // Devices.
@@ -132,7 +134,74 @@ function render() {
     return tr;
   }));
   if (!ds.length) { const tr = el('tr'); const td = el('td', devices.size ? 'no device matches the filter' : 'no devices yet', 'empty'); td.colSpan = 9; tr.appendChild(td); db.appendChild(tr); }
+  renderDelivery(ds);
   $('now').textContent = new Date(serverNow()).toISOString().replace('T', ' ').slice(0, 19) + ' UTC';
+}
+const secs = (n) => n >= 3600 ? (n / 3600).toFixed(1) + ' h' : n >= 120 ? Math.round(n / 60) + ' min' : Math.round(n) + ' s';
+const pctOf = (x) => Math.round(x * 1000) / 10 + ' %';
+function bytes(n) { return n === null || n === undefined ? '-' : n < 1024 ? n + ' B' : n < 1048576 ? (n / 1024).toFixed(1) + ' KiB' : (n / 1048576).toFixed(2) + ' MiB'; }
+function thresholds(w) {
+  const ok = w.successThreshold === null ? '' : 'ok >= ' + pctOf(w.successThreshold);
+  const f = w.failureThreshold || {};
+  const fail = [f.count !== undefined ? f.count + ' failed' : '', f.share !== undefined ? pctOf(f.share) + ' failed' : ''].filter(Boolean).join(' or ');
+  return [ok, fail ? 'halt at ' + fail : '', w.soakSeconds !== null ? 'soak ' + secs(w.soakSeconds) : '', w.timeoutSeconds !== null ? 'timeout ' + secs(w.timeoutSeconds) : '', w.offline ? 'offline: ' + w.offline : '', w.window ? 'window ' + w.window : ''].filter(Boolean).join(', ');
+}
+// Where one wave stands: its soak (from thresholdAt) or its timeout (from publishedAt), on the server's clock.
+function waveState(r, w, k) {
+  const cur = k === r.wave - 1;
+  if (w.rolledBack) return 'rolled back';
+  if (!w.started) return 'not started';
+  if (k < r.wave - 1 || (cur && r.state === 'completed')) return 'done';
+  if (!cur || r.terminal) return r.state + (w.timedOut ? ' (timed out)' : '');
+  if (w.timedOut) return 'timed out';
+  if (r.state === 'soaking' && w.thresholdAt && w.soakSeconds !== null) {
+    const left = w.soakSeconds - (serverNow() - Date.parse(w.thresholdAt)) / 1000;
+    return 'soaking: ' + (left > 0 ? secs(left) + ' of ' + secs(w.soakSeconds) + ' left' : 'soak over');
+  }
+  if (w.publishedAt && w.timeoutSeconds !== null) {
+    const left = w.timeoutSeconds - (serverNow() - Date.parse(w.publishedAt)) / 1000;
+    return r.state + ': ' + (left > 0 ? 'timeout in ' + secs(left) : 'past its timeout');
+  }
+  return r.state;
+}
+function wavesRow(r) {
+  const tr = el('tr', null, 'waves'); const td = el('td'); td.colSpan = 10;
+  const t = el('table', null, 'wavetable');
+  r.waveList.forEach((w, k) => {
+    const row = el('tr', null, k === r.wave - 1 && !r.terminal ? 'current' : ''); row.dataset.wave = String(k + 1);
+    row.appendChild(el('td', 'wave ' + (k + 1) + ': ' + w.group));
+    row.appendChild(el('td', thresholds(w), 'mute'));
+    const p = el('td'); const c = w.counts;
+    if (w.started) { const pr = el('progress'); pr.max = Math.max(c.total, 1); pr.value = c.ok; p.appendChild(pr); p.appendChild(el('span', ' ' + c.ok + '/' + c.total + ' ok' + (c.failed ? ', ' + c.failed + ' failed' : '') + (c.pending ? ', ' + c.pending + ' pending' : '') + (c.offline ? ', ' + c.offline + ' offline' : '') + (c.skipped ? ', ' + c.skipped + ' skipped' : ''), 'wprog')); }
+    else p.appendChild(el('span', '-'));
+    row.appendChild(p);
+    row.appendChild(el('td', waveState(r, w, k) + (w.seq !== null ? ' (release ' + w.seq + ')' : '') + (w.blocking.length ? '; blocked by ' + w.blocking.join(', ') : ''), 'wstate'));
+    t.appendChild(row);
+  });
+  td.appendChild(t); tr.appendChild(td);
+  return tr;
+}
+// Bytes the link carried to each device (status wire.bytesIn, else the payload bytes held) against a full-model download (the release's full-model step).
+function renderDelivery(ds) {
+  let got = 0, full = 0, both = 0, bothFull = 0;
+  const rows = ds.filter((d) => d.state !== null).map((d) => {
+    const delivered = d.bytesIn !== null ? d.bytesIn : d.bytes;
+    const tr = el('tr'); tr.dataset.device = d.device;
+    tr.appendChild(el('td', d.device)); tr.appendChild(el('td', d.group || '-'));
+    tr.appendChild(el('td', bytes(delivered) + (d.bytesIn === null ? ' (payload)' : ''), 'num'));
+    tr.appendChild(el('td', d.totalBytes ? bytes(d.totalBytes) : '-', 'num'));
+    tr.appendChild(el('td', bytes(d.modelBytes), 'num'));
+    tr.appendChild(el('td', d.modelBytes ? pctOf(delivered / d.modelBytes) : d.totalBytes ? 'update ' + bytes(d.totalBytes) : '-', 'num share'));
+    got += delivered;
+    if (d.modelBytes) { full += d.modelBytes; both += delivered; bothFull += d.modelBytes; }
+    return tr;
+  });
+  const tot = el('tr', null, 'total'); tot.dataset.device = '';
+  tot.appendChild(el('td', 'total (' + rows.length + ' devices)')); tot.appendChild(el('td', ''));
+  tot.appendChild(el('td', bytes(got), 'num')); tot.appendChild(el('td', ''));
+  tot.appendChild(el('td', full ? bytes(full) : 'unknown (no full-model step in the releases)', 'num'));
+  tot.appendChild(el('td', bothFull ? pctOf(both / bothFull) + ' (saved ' + bytes(bothFull - both) + ')' : '-', 'num share'));
+  $('delivery').replaceChildren(...rows, tot);
 }
 function load(s) {
   skew = Date.now() - s.time;
@@ -178,6 +247,9 @@ export function dashboardPage(opts: { title?: string; nonce: string; initial?: u
 <table><thead><tr><th>rollout</th><th>state</th><th>wave</th><th>ok</th><th>failed</th><th>pending</th><th>offline</th><th>progress</th><th>why</th><th>last event</th></tr></thead><tbody id="rollouts"></tbody></table>
 <h2>Devices</h2>
 <table><thead><tr><th>device</th><th>group</th><th>state</th><th>progress</th><th>running</th><th>target</th><th>reason</th><th>online</th><th>last seen</th></tr></thead><tbody id="devices"></tbody></table>
+<h2>Delivery</h2>
+<p class="note">Bytes delivered to each device (its status's wire.bytesIn: everything its link carried since the agent started; else the update bytes it holds) against shipping the whole model (the size of the full-model step of its group's release; unknown when the release has none, then the update's payload size is shown).</p>
+<table><thead><tr><th>device</th><th>group</th><th>delivered</th><th>update payload</th><th>full model</th><th>delivered / full</th></tr></thead><tbody id="delivery"></tbody></table>
 </main>
 ${initial ? `<script type="application/json" id="initial" nonce="${opts.nonce}">${initial}</script>` : ''}
 <script nonce="${opts.nonce}">${JS}</script>

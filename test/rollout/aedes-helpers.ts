@@ -1,0 +1,75 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import type { AgentConfig } from '../../device/agent.ts';
+import { systemClock } from '../../device/clock.ts';
+import { loadSigningKey } from '../../publisher/keys.ts';
+import { publishUpdate, type PublishOptions } from '../../publisher/publish.ts';
+import { rollbackGroup } from '../../publisher/rollback.ts';
+import { HOOK_EVENTS, RolloutController } from '../../rollout/controller.ts';
+import { runEventCommand } from '../../rollout/hooks.ts';
+import { loadPayloads, parsePlan, type RolloutPlan } from '../../rollout/plan.ts';
+import type { RolloutEvent, RolloutStatus } from '../../rollout/status.ts';
+import { silentLogger } from '../../util/log.ts';
+import { CHUNK, connect, createFixture, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+
+/**
+ * The staged-rollout integration helpers of rollout.test.ts, shareable: a
+ * fixture (Aedes + update server) with in-process device agents in groups, a
+ * controller wired like `fleet rollout start --on-event CMD`, plans.
+ */
+
+export const wave = (group: string, o: Record<string, unknown> = {}): Record<string, unknown> => ({
+  group, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 0, timeoutSeconds: 60, offline: 'block', ...o,
+});
+
+/** A plan over `update.cbor` (and `target.safetensors` as the full-model step with `full`), both written by `setup`. */
+export const plan = (waves: Array<Record<string, unknown>>, o: { id?: string; full?: boolean } = {}): RolloutPlan =>
+  parsePlan({ id: o.id ?? 'model-v2', model: MODEL, updates: ['update.cbor'], ...(o.full ? { full: 'target.safetensors' } : {}), chunkSize: CHUNK, waves });
+
+/** A fixture with one in-process agent per [id, group, config], each idle before it returns. */
+export async function setup(tag: string, devices: Array<[string, string, Partial<AgentConfig>?]>): Promise<{ fx: Fixture; watch: StatusWatch }> {
+  const fx = await createFixture(tag);
+  await fs.writeFile(path.join(fx.dir, 'update.cbor'), fx.update.payload);
+  await fs.writeFile(path.join(fx.dir, 'target.safetensors'), fx.update.target);
+  const watch = await StatusWatch.start(fx);
+  for (const [id, group, cfg] of devices) await startAgent(fx, id, silentLogger, { group, ...cfg });
+  for (const [id] of devices) await watch.until(id, (s) => s.state === 'idle');
+  return { fx, watch };
+}
+
+export interface Run {
+  ctl: RolloutController;
+  events: RolloutEvent[];
+  published: string[];
+}
+
+/** A started controller; `onEventCmd` runs for HOOK_EVENTS exactly as `fleet rollout start --on-event` does. Stop it (`ctl.stop()`) before closing the fixture. */
+export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string): Promise<Run> {
+  const payloads = await loadPayloads(p, fx.dir);
+  const transport = await connect(fx, `rollout-${Math.random().toString(36).slice(2)}`);
+  const events: RolloutEvent[] = [];
+  const published: string[] = [];
+  const ctl = new RolloutController({ plan: p, payloads, keys: [await loadSigningKey(fx.keyFile)], settleMs: 500, tickMs: 200 }, {
+    transport, topics, clock: systemClock, rollback: rollbackGroup, log: silentLogger,
+    publish: (o: PublishOptions) => {
+      published.push(o.group);
+      return publishUpdate(o);
+    },
+    onEvent: async (e) => {
+      events.push(e);
+      if (onEventCmd && HOOK_EVENTS.includes(e.type)) await runEventCommand(onEventCmd, e, silentLogger);
+    },
+  });
+  await ctl.start();
+  return { ctl, events, published };
+}
+
+export async function untilStatus(ctl: RolloutController, pred: (s: RolloutStatus) => boolean, ms = 30_000): Promise<RolloutStatus> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const s = ctl.status();
+    if (pred(s)) return s;
+    if (Date.now() > end) throw new Error(`timed out; rollout status: ${JSON.stringify(s)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
