@@ -9,7 +9,7 @@
  */
 import type { ParsedTopic, Topics } from '../protocol/topics.ts';
 
-export const ROLES = ['publisher', 'server', 'device', 'operator', 'rollout'] as const;
+export const ROLES = ['publisher', 'server', 'device', 'operator', 'rollout', 'viewer'] as const;
 export type Role = (typeof ROLES)[number];
 
 export function isRole(s: unknown): s is Role {
@@ -57,6 +57,11 @@ const ROLE_KINDS: Record<Exclude<Role, 'device'>, Record<AclAction, readonly Kin
   },
   operator: {
     publish: ['rolloutStatus', 'rolloutControl', 'release'],
+    subscribe: ['status', 'presence', 'rolloutStatus', 'release'],
+  },
+  /** Read only: what a dashboard in a browser needs (over the WebSocket listener). */
+  viewer: {
+    publish: [],
     subscribe: ['status', 'presence', 'rolloutStatus', 'release'],
   },
   /** The rollout controller: a publisher that also watches the fleet and takes commands. */

@@ -1,5 +1,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
+import http from 'node:http';
+import { WebSocketServer, createWebSocketStream } from 'ws';
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -41,6 +43,11 @@ export interface BrokerOptions {
    * TLS only). With `ca`, clients must present a certificate it signed.
    */
   tls?: { port: number; host?: string; cert: string | Buffer; key: string | Buffer; ca?: string | Buffer };
+  /**
+   * MQTT over WebSocket (for browsers: an operator's page subscribing read-only
+   * with its own login; the ACL applies as on TCP). Port 0: any free port.
+   */
+  ws?: { port: number; host?: string };
   /** An HTTP listener serving `GET /metrics` (Prometheus; operator/broker-metrics.ts). Port 0: any free port. */
   http?: { port: number; host?: string; processMetrics?: boolean };
   log: Logger;
@@ -56,6 +63,8 @@ export interface RunningBroker {
   auth: BrokerAuth | undefined;
   /** `mqtts://host:port` when a TLS listener runs. */
   tlsUrl: string | undefined;
+  /** `ws://host:port` when the WebSocket listener runs. */
+  wsUrl: string | undefined;
   /** `http://host:port/metrics` when the metrics listener runs. */
   metricsUrl: string | undefined;
   close(): Promise<void>;
@@ -119,6 +128,26 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     log.info('TLS listener', { url: tlsUrl, clientCertificates: mutual });
   }
   log.info('broker listening', { url, persistence: o.persistence ?? 'level', auth: o.auth ?? null });
+  let wsHttp: http.Server | undefined;
+  let wsServer: WebSocketServer | undefined;
+  let wsUrl: string | undefined;
+  if (o.ws) {
+    wsHttp = http.createServer((_req, res) => {
+      res.writeHead(426, { 'content-type': 'text/plain' });
+      res.end('MQTT over WebSocket only\n');
+    });
+    wsServer = new WebSocketServer({ server: wsHttp, handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : false) });
+    wsServer.on('connection', (socket, req) => {
+      (req.socket as net.Socket).setNoDelay(true);
+      sockets.add(req.socket as net.Socket);
+      req.socket.on('close', () => sockets.delete(req.socket as net.Socket));
+      aedes.handle(createWebSocketStream(socket) as unknown as net.Socket, req);
+    });
+    const wsHost = o.ws.host ?? host;
+    const wsPort = await listen(wsHttp, o.ws.port, wsHost);
+    wsUrl = `ws://${wsHost === '0.0.0.0' || wsHost === '::' ? '127.0.0.1' : wsHost}:${wsPort}`;
+    log.info('WebSocket listener', { url: wsUrl });
+  }
 
   let transport: MqttTransport | undefined;
   if (o.updateServer !== false) {
@@ -149,6 +178,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     updateServer,
     auth,
     tlsUrl,
+    wsUrl,
     metricsUrl: metricsHttp?.url,
     async close() {
       if (closed) return;
@@ -158,7 +188,8 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
       auth?.close();
       if (updateServer) await updateServer.stop();
       if (transport) await transport.close();
-      await Promise.all([server, tlsServer].filter((x) => x !== undefined).map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))).concat([
+      wsServer?.close();
+      await Promise.all([server, tlsServer, wsHttp].filter((x) => x !== undefined).map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))).concat([
         Promise.resolve().then(() => {
           for (const s of sockets) s.destroy();
         }),

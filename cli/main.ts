@@ -69,6 +69,8 @@ program
   .addOption(new Option('--persistence <kind>', 'broker persistence').choices(['level', 'memory']).default('level'))
   .option('--no-update-server', 'do not run the update server in-process')
   .option('--tls-port <port>', 'also listen with TLS on this port (mqtts://)', parseIntArg(0, 65535))
+  .option('--ws-port <port>', 'also listen for MQTT over WebSocket on this port (ws://), e.g. for a browser with a viewer login', parseIntArg(0, 65535))
+  .option('--ws-host <host>', 'address of the WebSocket listener (default: --host)')
   .option('--tls-host <host>', 'address of the TLS listener (default: --host)')
   .option('--tls-cert <file>', 'the broker\'s certificate (PEM)')
   .option('--tls-key <file>', 'its key (PEM)')
@@ -76,16 +78,19 @@ program
   .option('--auth <file>', 'users file (`fleet user add`): clients must log in, ACLs apply; re-read when it changes')
   .option('--http <port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (clients, bytes, messages, chunks served, devices per model/group/digest/state)', parseIntArg(0, 65535))
   .option('--http-host <host>', 'address of the metrics listener', '127.0.0.1')
-  .action(async ({ http: httpPort, httpHost, ...o }: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; auth?: string; tlsPort?: number; tlsHost?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; http?: number; httpHost: string }) => {
+  .action(async ({ http: httpPort, httpHost, wsPort, wsHost, ...o }: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; auth?: string; tlsPort?: number; tlsHost?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; http?: number; httpHost: string; wsPort?: number; wsHost?: string }) => {
     const log = createLogger('broker', logLevel());
     if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new Error('--tls-port needs --tls-cert and --tls-key');
     const tlsOpts = o.tlsPort !== undefined
       ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
       : undefined;
-    const b = await startBroker({ ...o, tls: tlsOpts, http: httpPort === undefined ? undefined : { port: httpPort, host: httpHost }, prefix: program.opts().prefix, log });
+    const b = await startBroker({
+      ...o, tls: tlsOpts, http: httpPort === undefined ? undefined : { port: httpPort, host: httpHost },
+      ws: wsPort === undefined ? undefined : { port: wsPort, host: wsHost }, prefix: program.opts().prefix, log,
+    });
     const auth = o.auth ? `auth ${path.resolve(o.auth)}` : 'UNAUTHENTICATED';
     const tlsNote = b.tlsUrl ? `, TLS on ${b.tlsUrl}${o.tlsCa ? ' with client certificates' : ''}` : '';
-    const metricsNote = b.metricsUrl ? `, metrics on ${b.metricsUrl}` : '';
+    const metricsNote = (b.metricsUrl ? `, metrics on ${b.metricsUrl}` : '') + (b.wsUrl ? `, WebSocket on ${b.wsUrl}` : '');
     process.stdout.write(`fleet broker listening on ${b.url}${tlsNote}${metricsNote} (persistence ${o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`);
     onShutdown(() => b.close());
   });
