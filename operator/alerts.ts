@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { runEventCommand } from '../util/event-command.ts';
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from '../util/log.ts';
@@ -94,33 +94,7 @@ export class AlertTracker {
 
 /** Runs CMD through the shell with the event in FLEET_EVENT (and FLEET_EVENT_TYPE) and on stdin; resolves its exit code (null: could not start or killed). */
 export function runAlertCommand(command: string, event: AlertEvent, log: Logger, timeoutMs = 60_000): Promise<number | null> {
-  const json = JSON.stringify(event);
-  return new Promise((resolve) => {
-    const child = spawn(command, {
-      shell: true, detached: true, stdio: ['pipe', 'inherit', 'inherit'],
-      env: { ...process.env, FLEET_EVENT: json, FLEET_EVENT_TYPE: event.type },
-    });
-    const timer = setTimeout(() => {
-      log.warn('on-event command timed out; killed', { command, timeoutMs });
-      try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch {
-        child.kill('SIGKILL');
-      }
-    }, timeoutMs);
-    child.stdin!.on('error', () => undefined);
-    child.stdin!.end(json + '\n');
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      log.warn('on-event command could not start', { command, error: e.message });
-      resolve(null);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      if (code !== 0) log.warn('on-event command failed', { command, code, event: event.type });
-      resolve(code);
-    });
-  });
+  return runEventCommand(command, event, log, {}, timeoutMs);
 }
 
 /** POSTs the event as JSON; resolves the HTTP status, rejects on a network error or timeout. */
