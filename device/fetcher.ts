@@ -1,29 +1,13 @@
 import type { Frame } from '../protocol/frames.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
-import type { Topics } from '../protocol/topics.ts';
-import type { Transport } from '../transport/types.ts';
-import type { Logger } from '../util/log.ts';
-import type { Clock } from './clock.ts';
-import { Download } from './download.ts';
-import type { DeviceError } from './reasons.ts';
+import { Download, type DownloadOptions } from './download.ts';
 import type { DeviceStorage } from './storage.ts';
 
-export interface FetcherOptions {
+/** What every step's Download takes, plus the steps and where their files go. */
+export interface FetcherOptions extends Omit<DownloadOptions, 'step' | 'files' | 'wireBytesIn' | 'onFail'> {
   steps: ReleaseStep[];
   storage: DeviceStorage;
-  transport: Transport;
-  topics: Topics;
-  model: string;
-  deviceId: string;
-  clock: Clock;
-  log: Logger;
-  maxWindow: number;
-  idleMs: number;
-  stallMs: number;
-  maxBadCopies: number;
-  onProgress: () => void;
-  onComplete: () => void;
-  onFail: (e: DeviceError) => void;
+  onFail: (e: unknown) => void;
 }
 
 /** Fetches the payloads of a release's steps one after the other, each a resumable Download. */
@@ -104,7 +88,7 @@ export class Fetcher {
           this.current = undefined;
           this.index++;
           await this.next();
-        })().catch((e: unknown) => this.o.onFail(e as DeviceError));
+        })().catch((e: unknown) => this.o.onFail(e));
       },
       onFail: (e) => {
         if (this.current === d) this.o.onFail(e);
