@@ -163,14 +163,9 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     await updateServer.start();
   }
   let metricsHttp: Awaited<ReturnType<typeof serveMetrics>> | undefined;
-  if (metrics && o.http) {
-    await metrics.loadRetained();
-    metricsHttp = await serveMetrics(metrics, { port: o.http.port, host: o.http.host ?? host, log });
-    log.info('metrics listener', { url: metricsHttp.url });
-  }
 
   let closed = false;
-  return {
+  const running: RunningBroker = {
     port,
     host,
     url,
@@ -179,7 +174,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     auth,
     tlsUrl,
     wsUrl,
-    metricsUrl: metricsHttp?.url,
+    metricsUrl: undefined,
     async close() {
       if (closed) return;
       closed = true;
@@ -199,4 +194,17 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
       log.info('broker stopped');
     },
   };
+  if (metrics && o.http) {
+    try {
+      await metrics.loadRetained();
+      metricsHttp = await serveMetrics(metrics, { port: o.http.port, host: o.http.host ?? host, log });
+    } catch (e) {
+      // A metrics port already taken must not leave a half-started broker behind.
+      await running.close();
+      throw e;
+    }
+    running.metricsUrl = metricsHttp.url;
+    log.info('metrics listener', { url: metricsHttp.url });
+  }
+  return running;
 }
