@@ -14,7 +14,7 @@ import { canTransition, isTerminal, nextRolloutState, type RolloutMachineEvent }
 import { inWindow, planDigest, type PlanPayloads, type RolloutPlan } from './plan.ts';
 import {
   encodeRolloutStatus, newRolloutStatus, parseControl, parseRolloutStatus, rolloutControlTopic,
-  type ControlMessage, type RolloutEvent, type RolloutEventType, type RolloutStatus, type WaveRecord,
+  type ControlMessage, type RolloutEvent, type RolloutEventType, type RolloutStatus,
 } from './status.ts';
 
 /** Everything the controller does to the world goes through these, so tests can inject failures. */

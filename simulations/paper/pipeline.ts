@@ -5,7 +5,7 @@
 import { mulberry32 } from '../../util/random.ts';
 import { bytesLabel, type PaperResult, type MethodRow, type Section } from './result.ts';
 import { loadAllDigits, splitDigits, drift, DEFAULT_DRIFT, PIXELS, CLASSES, type DriftOptions } from './data.ts';
-import { accuracy, cloneMlp, initMlp, paramCount, type Mlp } from './mlp.ts';
+import { accuracy, cloneMlp, initMlp, paramCount } from './mlp.ts';
 import { train, fullTrainable, lastLayerTrainable, loraTrainable, initLora, mergeLora } from './train.ts';
 import { deltaOf, loraBytes, loraConfigFor, quantizeLora, quantizedDense, topK, topKCount, addDelta, quantizeRows } from './compress.ts';
 import { denseBytes, vectorBytes, type Precision } from './bytes.ts';

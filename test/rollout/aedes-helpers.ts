@@ -26,15 +26,29 @@ export const wave = (group: string, o: Record<string, unknown> = {}): Record<str
 export const plan = (waves: Array<Record<string, unknown>>, o: { id?: string; full?: boolean } = {}): RolloutPlan =>
   parsePlan({ id: o.id ?? 'model-v2', model: MODEL, updates: ['update.cbor'], ...(o.full ? { full: 'target.safetensors' } : {}), chunkSize: CHUNK, waves });
 
-/** A fixture with one in-process agent per [id, group, config], each idle before it returns. */
-export async function setup(tag: string, devices: Array<[string, string, Partial<AgentConfig>?]>): Promise<{ fx: Fixture; watch: StatusWatch }> {
+/**
+ * A fixture with one in-process agent per [id, group, config], each idle before
+ * it returns; `stopDevice` takes one agent off the broker (it then looks offline
+ * or silent, depending on whether a will says so).
+ */
+export async function setup(tag: string, devices: Array<[string, string, Partial<AgentConfig>?]>): Promise<{ fx: Fixture; watch: StatusWatch; stopDevice(id: string): Promise<void> }> {
   const fx = await createFixture(tag);
   await fs.writeFile(path.join(fx.dir, 'update.cbor'), fx.update.payload);
   await fs.writeFile(path.join(fx.dir, 'target.safetensors'), fx.update.target);
   const watch = await StatusWatch.start(fx);
-  for (const [id, group, cfg] of devices) await startAgent(fx, id, silentLogger, { group, ...cfg });
+  const agents = new Map<string, Awaited<ReturnType<typeof startAgent>>>();
+  for (const [id, group, cfg] of devices) agents.set(id, await startAgent(fx, id, silentLogger, { group, ...cfg }));
   for (const [id] of devices) await watch.until(id, (s) => s.state === 'idle');
-  return { fx, watch };
+  return {
+    fx, watch,
+    async stopDevice(id: string) {
+      const a = agents.get(id)!;
+      await a.agent.stop();
+      fx.agents.splice(fx.agents.indexOf(a.agent), 1);
+      fx.transports.splice(fx.transports.indexOf(a.transport), 1);
+      await a.transport.close();
+    },
+  };
 }
 
 export interface Run {

@@ -1,20 +1,15 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { systemClock } from '../../device/clock.ts';
 import { decodeReleaseBody, decodeSignedRelease, type ReleaseBody } from '../../protocol/release.ts';
 import { PRESENCE_OFFLINE } from '../../protocol/status.ts';
-import { loadSigningKey } from '../../publisher/keys.ts';
-import { publishUpdate, type PublishOptions } from '../../publisher/publish.ts';
-import { rollbackGroup } from '../../publisher/rollback.ts';
-import { HOOK_EVENTS, RolloutController } from '../../rollout/controller.ts';
-import { runEventCommand } from '../../rollout/hooks.ts';
+import type { RolloutController } from '../../rollout/controller.ts';
 import { collectInventory } from '../../rollout/inventory.ts';
-import { loadPayloads, parsePlan, type RolloutPlan } from '../../rollout/plan.ts';
+import type { RolloutPlan } from '../../rollout/plan.ts';
 import { parseRolloutStatus, rolloutControlTopic, type RolloutEvent, type RolloutStatus } from '../../rollout/status.ts';
 import type { AgentConfig } from '../../device/agent.ts';
-import { silentLogger } from '../../util/log.ts';
-import { CHUNK, connect, createFixture, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { connect, MODEL, topics, type Fixture } from '../support/harness.ts';
+import { controller as sharedController, plan, setup as sharedSetup, untilStatus, wave, type Run } from './aedes-helpers.ts';
 
 let f: Fixture | undefined;
 const controllers: RolloutController[] = [];
@@ -24,58 +19,18 @@ afterEach(async () => {
   f = undefined;
 });
 
-const wave = (group: string, o: Record<string, unknown> = {}): Record<string, unknown> => ({
-  group, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 0, timeoutSeconds: 60, offline: 'block', ...o,
-});
-
-async function setup(tag: string, devices: Array<[string, string, Partial<AgentConfig>?]>): Promise<{ fx: Fixture; watch: StatusWatch; stopDevice(id: string): Promise<void> }> {
-  const fx = await createFixture(tag);
-  f = fx;
-  await fs.writeFile(path.join(fx.dir, 'update.cbor'), fx.update.payload);
-  const watch = await StatusWatch.start(fx);
-  const agents = new Map<string, Awaited<ReturnType<typeof startAgent>>>();
-  for (const [id, group, cfg] of devices) agents.set(id, await startAgent(fx, id, silentLogger, { group, ...cfg }));
-  for (const [id] of devices) await watch.until(id, (s) => s.state === 'idle');
-  return {
-    fx, watch,
-    async stopDevice(id: string) {
-      const a = agents.get(id)!;
-      await a.agent.stop();
-      fx.agents.splice(fx.agents.indexOf(a.agent), 1);
-      fx.transports.splice(fx.transports.indexOf(a.transport), 1);
-      await a.transport.close();
-    },
-  };
+/** The shared helpers, with this file's cleanup: the fixture and every controller are closed after each test. */
+async function setup(tag: string, devices: Array<[string, string, Partial<AgentConfig>?]>): ReturnType<typeof sharedSetup> {
+  const r = await sharedSetup(tag, devices);
+  f = r.fx;
+  return r;
 }
 
-interface Run {
-  ctl: RolloutController;
-  events: RolloutEvent[];
-  published: string[];
+async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string): Promise<Run> {
+  const run = await sharedController(fx, p, onEventCmd);
+  controllers.push(run.ctl);
+  return run;
 }
-
-async function controller(fx: Fixture, plan: RolloutPlan, onEventCmd?: string): Promise<Run> {
-  const payloads = await loadPayloads(plan, fx.dir);
-  const transport = await connect(fx, `rollout-${Math.random().toString(36).slice(2)}`);
-  const events: RolloutEvent[] = [];
-  const published: string[] = [];
-  const ctl = new RolloutController({ plan, payloads, keys: [await loadSigningKey(fx.keyFile)], settleMs: 500, tickMs: 200 }, {
-    transport, topics, clock: systemClock, rollback: rollbackGroup, log: silentLogger,
-    publish: (o: PublishOptions) => {
-      published.push(o.group);
-      return publishUpdate(o);
-    },
-    onEvent: async (e) => {
-      events.push(e);
-      if (onEventCmd && HOOK_EVENTS.includes(e.type)) await runEventCommand(onEventCmd, e, silentLogger);
-    },
-  });
-  controllers.push(ctl);
-  await ctl.start();
-  return { ctl, events, published };
-}
-
-const plan = (waves: Array<Record<string, unknown>>, id = 'model-v2'): RolloutPlan => parsePlan({ id, model: MODEL, updates: ['update.cbor'], chunkSize: CHUNK, waves });
 
 async function retained(fx: Fixture, topic: string): Promise<Uint8Array | undefined> {
   const t = await connect(fx, `peek-${Math.random().toString(36).slice(2)}`);
@@ -100,15 +55,7 @@ async function rolloutStatus(fx: Fixture, id = 'model-v2'): Promise<RolloutStatu
   return p ? parseRolloutStatus(p) : null;
 }
 
-async function until(ctl: RolloutController, pred: (s: RolloutStatus) => boolean, ms = 30_000): Promise<RolloutStatus> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const s = ctl.status();
-    if (pred(s)) return s;
-    if (Date.now() > end) throw new Error(`timed out; rollout status: ${JSON.stringify(s)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const until = untilStatus;
 
 const FLEET: Array<[string, string]> = [['c1', 'canary'], ['c2', 'canary'], ['l1', 'line'], ['l2', 'line'], ['l3', 'line']];
 

@@ -17,7 +17,7 @@ import { keygen, loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate, type PublishResult } from '../../publisher/publish.ts';
 import { synthesizeModel, synthesizeUpdate, type SynthUpdate } from '../../publisher/synth.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
-import { createLogger, silentLogger, type Logger } from '../../util/log.ts';
+import { silentLogger, type Logger } from '../../util/log.ts';
 
 export const topics = new Topics();
 export const MODEL = 'test-model';
