@@ -330,6 +330,19 @@ export async function watchRelease(t: Transport, topic: string, trust: TrustFile
   };
 }
 
+/**
+ * Sign and publish (retained) a release for the group: a sequence number above
+ * the current one (or the one asked for), issued now, expiring after the TTL.
+ */
+export async function publishGroupRelease(o: GroupReleaseOptions, currentSeq: number, what: Pick<ReleaseBody, 'target' | 'steps' | 'rollback' | 'previous'>): Promise<ReleaseBody> {
+  const now = Math.floor((o.now ?? Date.now)() / 1000);
+  const body: ReleaseBody = {
+    model: o.model, group: o.group, seq: o.seq ?? Math.max(currentSeq + 1, now), issued: now, expires: now + o.ttlSeconds, ...what,
+  };
+  await o.transport.publish(o.topics.release(o.group, o.model), signRelease(body, o.keys), { qos: 1, retain: true });
+  return body;
+}
+
 /** The signing keys as a trust file with threshold 1. */
 export function trustOfKeys(keys: SigningKey[]): TrustFile {
   const unique = new Map(keys.map((k) => [k.id, { id: k.id, publicKey: k.publicKey }]));
@@ -381,19 +394,7 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
     const previous = current.body
       ? (current.body.target === target ? current.body.previous : current.body.target)
       : (chain?.links[0]?.base ?? null);
-    const now = Math.floor((o.now ?? Date.now)() / 1000);
-    const body: ReleaseBody = {
-      model: o.model,
-      group: o.group,
-      seq: o.seq ?? Math.max(current.seq + 1, now),
-      issued: now,
-      expires: now + o.ttlSeconds,
-      target,
-      steps,
-      rollback: false,
-      previous,
-    };
-    await t.publish(releaseTopic, signRelease(body, o.keys), { qos: 1, retain: true });
+    const body = await publishGroupRelease(o, current.seq, { target, steps, rollback: false, previous });
     const last = chain ? uploads[chain.links.length - 1] : uploads[uploads.length - 1];
     return {
       updateId: last.updateId, release: body, uploads,

@@ -1,6 +1,6 @@
-import { signRelease, type ReleaseBody } from '../protocol/release.ts';
+import type { ReleaseBody } from '../protocol/release.ts';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
-import { fullModelDigest, PublishError, stepOf, trustOfKeys, uploadPayload, watchRelease, type GroupReleaseOptions, type UploadResult } from './publish.ts';
+import { fullModelDigest, PublishError, publishGroupRelease, stepOf, trustOfKeys, uploadPayload, watchRelease, type GroupReleaseOptions, type UploadResult } from './publish.ts';
 
 export interface RollbackOptions extends GroupReleaseOptions {
   /** Safetensors bytes of the previous model: a full-model step for devices that no longer hold it. */
@@ -59,19 +59,7 @@ export async function rollbackGroup(o: RollbackOptions): Promise<RollbackResult>
       });
     }
 
-    const now = Math.floor((o.now ?? Date.now)() / 1000);
-    const body: ReleaseBody = {
-      model: o.model,
-      group: o.group,
-      seq: o.seq ?? Math.max(current.seq + 1, now),
-      issued: now,
-      expires: now + o.ttlSeconds,
-      target,
-      steps: upload ? [stepOf(upload, null, target)] : [],
-      rollback: true,
-      previous: cur.target,
-    };
-    await t.publish(releaseTopic, signRelease(body, o.keys), { qos: 1, retain: true });
+    const body = await publishGroupRelease(o, current.seq, { target, steps: upload ? [stepOf(upload, null, target)] : [], rollback: true, previous: cur.target });
     o.log.info('rolled back', { model: o.model, group: o.group, from: cur.target, to: target, seq: body.seq, full: upload !== undefined });
     return { from: cur.target, to: target, replacedSeq: current.seq, release: body, upload };
   } finally {
