@@ -9,7 +9,7 @@
  */
 import type { ParsedTopic, Topics } from '../protocol/topics.ts';
 
-export const ROLES = ['publisher', 'server', 'device', 'operator', 'rollout', 'viewer'] as const;
+export const ROLES = ['publisher', 'server', 'device', 'operator', 'rollout', 'viewer', 'gateway'] as const;
 export type Role = (typeof ROLES)[number];
 
 export function isRole(s: unknown): s is Role {
@@ -52,22 +52,31 @@ const ROLE_KINDS: Record<Exclude<Role, 'device'>, Record<AclAction, readonly Kin
     subscribe: ['request', 'upload', 'release'],
   },
   publisher: {
-    publish: ['upload', 'release'],
-    subscribe: ['uploadReceipt', 'release'],
+    publish: ['upload', 'release', 'manifest', 'trust'],
+    subscribe: ['uploadReceipt', 'release', 'manifest', 'trust'],
   },
   operator: {
     publish: ['rolloutStatus', 'rolloutControl', 'release'],
-    subscribe: ['status', 'presence', 'rolloutStatus', 'release'],
+    subscribe: ['status', 'presence', 'rolloutStatus', 'release', 'manifest', 'gatewayStatus'],
   },
   /** Read only: what a dashboard in a browser needs (over the WebSocket listener). */
   viewer: {
     publish: [],
-    subscribe: ['status', 'presence', 'rolloutStatus', 'release'],
+    subscribe: ['status', 'presence', 'rolloutStatus', 'release', 'gatewayStatus'],
   },
   /** The rollout controller: a publisher that also watches the fleet and takes commands. */
   rollout: {
-    publish: ['upload', 'release', 'rolloutStatus', 'rolloutControl'],
-    subscribe: ['uploadReceipt', 'release', 'status', 'presence', 'rolloutStatus', 'rolloutControl'],
+    publish: ['upload', 'release', 'manifest', 'rolloutStatus', 'rolloutControl'],
+    subscribe: ['uploadReceipt', 'release', 'manifest', 'status', 'presence', 'rolloutStatus', 'rolloutControl'],
+  },
+  /**
+   * A site gateway (gateway/): one upstream client for a site's devices. It relays
+   * their statuses and presence (so it may publish any device's), publishes its own
+   * status, and fetches updates like a device (requests and frames, any model).
+   */
+  gateway: {
+    publish: ['status', 'presence', 'request', 'gatewayStatus'],
+    subscribe: ['release', 'frames', 'trust'],
   },
 };
 
@@ -144,6 +153,9 @@ export class Acl {
       case 'frames':
         // The update id may be `+` (one subscription for every update) or one id.
         return own(parsed.deviceId, p.name, 'other-device') ?? own(parsed.model, model, 'other-model') ?? ALLOW;
+      case 'trust':
+        // The fleet's signed trust file (key rotation): every device reads it.
+        return ALLOW;
       default:
         return refuse('role-not-allowed');
     }

@@ -2,6 +2,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import http from 'node:http';
 import { WebSocketServer, createWebSocketStream } from 'ws';
+import os from 'node:os';
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -12,8 +13,10 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { UpdateServer } from '../server/update-server.ts';
 import { BrokerMetrics, serveMetrics } from '../operator/broker-metrics.ts';
+import { liveDashboard } from '../operator/dashboard-live.ts';
 import type { Logger } from '../util/log.ts';
 import { BrokerAuth } from './auth.ts';
+import { openCluster, UpdateServerLease, type ClusterParts } from './cluster.ts';
 
 const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
@@ -27,6 +30,12 @@ export interface BrokerOptions {
   /** Broker persistence and the update server's content store live here. */
   dataDir: string;
   persistence?: 'level' | 'memory';
+  /**
+   * `redis://HOST:PORT`: one node of a cluster (broker/cluster.ts). Redis holds
+   * sessions and retained messages and carries publishes between nodes; `persistence` is ignored.
+   * The in-process update server then takes the cluster's lease: one per cluster (docs/cluster.md).
+   */
+  cluster?: string;
   /** Run the update server in-process (default true). */
   updateServer?: boolean;
   prefix?: string;
@@ -78,22 +87,30 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   const host = o.host ?? '127.0.0.1';
   await fs.mkdir(o.dataDir, { recursive: true });
   let persistence: (AedesOptions['persistence'] & { destroy(): Promise<void> }) | undefined;
-  if ((o.persistence ?? 'level') === 'level') {
+  const log = o.log;
+  let cluster: ClusterParts | undefined;
+  if (o.cluster) {
+    cluster = await openCluster(o.cluster, log.child('cluster'));
+    persistence = cluster.persistence;
+  } else if ((o.persistence ?? 'level') === 'level') {
     const db = new Level(path.join(o.dataDir, 'broker-db'));
     await db.open();
     persistence = new AsyncLevelPersistence(db);
   }
-  const log = o.log;
+  const destroyPersistence = async (): Promise<void> => {
+    if (cluster) await cluster.close();
+    else if (persistence) await persistence.destroy();
+  };
   const topics = new Topics(o.prefix);
   const internalClientId = `fleet-update-server-${process.pid}`;
   let auth: BrokerAuth | undefined;
   try {
     auth = o.auth ? await BrokerAuth.open({ file: o.auth, topics, log: log.child('auth'), internalClientId, pollMs: o.authPollMs }) : undefined;
   } catch (e) {
-    if (persistence) await persistence.destroy();
+    await destroyPersistence();
     throw e;
   }
-  const aedes = await Aedes.createBroker({ persistence, id: `fleet-broker-${process.pid}`, ...auth?.hooks() });
+  const aedes = await Aedes.createBroker({ persistence, mq: cluster?.mq, id: cluster?.brokerId ?? `fleet-broker-${process.pid}`, ...auth?.hooks() });
   if (auth) auth.attach(aedes);
   else log.warn('broker is unauthenticated: any client may publish and subscribe to anything (start it with --auth FILE)');
   aedes.on('clientError', (client, err) => log.debug('client error', { client: client?.id, error: err.message }));
@@ -127,7 +144,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     tlsUrl = `mqtts://${tlsHost === '0.0.0.0' || tlsHost === '::' ? '127.0.0.1' : tlsHost}:${tlsPort}`;
     log.info('TLS listener', { url: tlsUrl, clientCertificates: mutual });
   }
-  log.info('broker listening', { url, persistence: o.persistence ?? 'level', auth: o.auth ?? null });
+  log.info('broker listening', { url, persistence: o.cluster ? 'redis' : o.persistence ?? 'level', auth: o.auth ?? null });
   let wsHttp: http.Server | undefined;
   let wsServer: WebSocketServer | undefined;
   let wsUrl: string | undefined;
@@ -150,6 +167,20 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   }
 
   let transport: MqttTransport | undefined;
+  let lease: UpdateServerLease | undefined;
+  if (o.updateServer !== false && o.cluster) {
+    try {
+      lease = await UpdateServerLease.acquire({ url: o.cluster, prefix: topics.prefix, holder: `${os.hostname()}:${host}:${port}`, log: log.child('cluster') });
+    } catch (e) {
+      auth?.close();
+      wsServer?.close();
+      for (const srv of [server, tlsServer, wsHttp]) srv?.close();
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => aedes.close(() => resolve()));
+      await destroyPersistence();
+      throw e;
+    }
+  }
   if (o.updateServer !== false) {
     // With auth, the in-process server logs in with a random credential that exists only in this process.
     const cred = auth?.internalCredential;
@@ -183,6 +214,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
       auth?.close();
       if (updateServer) await updateServer.stop();
       if (transport) await transport.close();
+      await lease?.release();
       wsServer?.close();
       await Promise.all([server, tlsServer, wsHttp].filter((x) => x !== undefined).map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))).concat([
         Promise.resolve().then(() => {
@@ -190,14 +222,16 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
         }),
       ]));
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
-      if (persistence) await persistence.destroy();
+      await destroyPersistence();
       log.info('broker stopped');
     },
   };
   if (metrics && o.http) {
     try {
       await metrics.loadRetained();
-      metricsHttp = await serveMetrics(metrics, { port: o.http.port, host: o.http.host ?? host, log });
+      // Beside /metrics, the dashboard page (GET /), fed in the browser over the WebSocket listener.
+      const page = liveDashboard({ wsPort: wsUrl ? Number(new URL(wsUrl).port) : undefined, prefix: o.prefix, log: log.child('dashboard') });
+      metricsHttp = await serveMetrics(metrics, { port: o.http.port, host: o.http.host ?? host, log, page });
     } catch (e) {
       // A metrics port already taken must not leave a half-started broker behind.
       await running.close();

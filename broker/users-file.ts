@@ -113,7 +113,7 @@ export function parseUsersFile(text: string, source = 'users file'): UsersFile {
     if (typeof name !== 'string' || !isTopicSegment(name)) throw new UsersFileError(`${where}: name must be 1-128 characters of [A-Za-z0-9._-]`);
     if (seen.has(name)) throw new UsersFileError(`${where}: duplicate user "${name}"`);
     seen.add(name);
-    if (!isRole(u.role)) throw new UsersFileError(`${where} (${name}): role must be publisher, server, device, operator, rollout or viewer`);
+    if (!isRole(u.role)) throw new UsersFileError(`${where} (${name}): role must be publisher, server, device, operator, rollout, viewer or gateway`);
     const rec: UserRecord = { name, role: u.role, salt: '', hash: '', params: validateParams(`${where} (${name})`, u.params) };
     if (u.role === 'device') {
       if (typeof u.group !== 'string' || !isTopicSegment(u.group)) throw new UsersFileError(`${where} (${name}): a device needs a group of [A-Za-z0-9._-]`);

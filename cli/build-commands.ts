@@ -94,10 +94,10 @@ export function registerBuildCommands(program: Command): void {
         const header = { tensors: base.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) };
         await base.close();
         const config = parseLoraConfig(await fs.readFile(o.loraConfig!, 'utf8'));
-        const { factors, unmapped } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header);
+        const { factors, whole, unmapped } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header);
         for (const u of unmapped) process.stderr.write(`warning: adapter module ${u.module} not used: ${u.reason}\n`);
-        if (factors.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
-        source = await loraSource(o.base, factors);
+        if (factors.length + whole.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
+        source = await loraSource(o.base, factors, whole);
       } else {
         source = await twoModelSource(o.base, o.target!);
       }

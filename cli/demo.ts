@@ -109,6 +109,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       topics,
       payloads: [update.payload],
       keys: [await loadSigningKey(keys.keyFile)],
+      rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
       model: 'demo-model',
       group: 'demo',
       chunkSize: 16 * 1024,

@@ -17,6 +17,7 @@ export interface DeviceCommandOptions {
   group: string;
   dir: string;
   trust: string;
+  /** One broker URL, or several comma-separated (nodes of one cluster) to fail over between. */
   broker: string;
   initial?: string;
   window: number;
@@ -31,6 +32,9 @@ export interface DeviceCommandOptions {
   healthWindow: number;
   onSwitch?: string;
   groupKey?: string;
+  maxPayload?: number;
+  maxChunks?: number;
+  maxChunk?: number;
   keepalive: number;
   connectTimeout: number;
   reconnectMax: number;
@@ -48,8 +52,12 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     const digest = await DeviceAgent.provision(storage, o.initial, digestModelFile);
     log.info('model directory ready', { digest });
   }
+  // Several comma-separated URLs: nodes of one cluster, tried in turn when a connection fails.
+  const [url, ...fallbackUrls] = o.broker.split(',').map((x) => x.trim()).filter((x) => x.length > 0);
+  if (!url) throw new Error('--broker needs a URL');
   const transport = MqttTransport.start({
-    url: o.broker,
+    url,
+    fallbackUrls,
     clientId: `fleet-device-${o.id}`,
     will: { topic: topics.presence(o.id), payload: PRESENCE_OFFLINE, retain: true, qos: 1 },
     keepaliveSeconds: o.keepalive,
@@ -65,7 +73,7 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const agent = new DeviceAgent(
     { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
       validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,
-      healthWindowMs: o.healthWindow * 1000, onSwitchCmd: o.onSwitch,
+      healthWindowMs: o.healthWindow * 1000, onSwitchCmd: o.onSwitch, maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk,
       groupKey: o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
   );

@@ -16,10 +16,12 @@ import { runDemo } from './demo.ts';
 import { runDevice } from './device-command.ts';
 import { registerBuildCommands } from './build-commands.ts';
 import { registerOfflineCommands } from './offline-commands.ts';
+import { registerTrustCommands } from './trust-commands.ts';
 import { registerReleaseCommands } from './release-commands.ts';
 import { registerRolloutCommands } from './rollout-commands.ts';
 import { registerUserCommands } from './user-commands.ts';
 import { registerOperatorCommands } from './operator-commands.ts';
+import { registerGatewayCommand } from './gateway-command.ts';
 import { parseDuration, parseIntArg } from './options.ts';
 
 const program = new Command();
@@ -68,6 +70,7 @@ program
   .option('--data-dir <dir>', 'broker persistence and update store', './fleet-data')
   .addOption(new Option('--persistence <kind>', 'broker persistence').choices(['level', 'memory']).default('level'))
   .option('--no-update-server', 'do not run the update server in-process')
+  .option('--cluster <url>', 'one node of a cluster: sessions, retained messages and fan-out in Redis (redis://HOST:PORT); run the update server on one node only, the others with --no-update-server (docs/cluster.md)')
   .option('--tls-port <port>', 'also listen with TLS on this port (mqtts://)', parseIntArg(0, 65535))
   .option('--ws-port <port>', 'also listen for MQTT over WebSocket on this port (ws://), e.g. for a browser with a viewer login', parseIntArg(0, 65535))
   .option('--ws-host <host>', 'address of the WebSocket listener (default: --host)')
@@ -76,9 +79,9 @@ program
   .option('--tls-key <file>', 'its key (PEM)')
   .option('--tls-ca <file>', 'require client certificates signed by this CA (PEM)')
   .option('--auth <file>', 'users file (`fleet user add`): clients must log in, ACLs apply; re-read when it changes')
-  .option('--http <port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (clients, bytes, messages, chunks served, devices per model/group/digest/state)', parseIntArg(0, 65535))
-  .option('--http-host <host>', 'address of the metrics listener', '127.0.0.1')
-  .action(async ({ http: httpPort, httpHost, wsPort, wsHost, ...o }: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; auth?: string; tlsPort?: number; tlsHost?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; http?: number; httpHost: string; wsPort?: number; wsHost?: string }) => {
+  .option('--http <port>', 'serve the dashboard at http://HOST:PORT/ (fed in the browser over --ws-port with a viewer login) and Prometheus metrics at /metrics (clients, bytes, messages, chunks served, devices per model/group/digest/state)', parseIntArg(0, 65535))
+  .option('--http-host <host>', 'address of the dashboard and metrics listener', '127.0.0.1')
+  .action(async ({ http: httpPort, httpHost, wsPort, wsHost, ...o }: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; cluster?: string; auth?: string; tlsPort?: number; tlsHost?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; http?: number; httpHost: string; wsPort?: number; wsHost?: string }) => {
     const log = createLogger('broker', logLevel());
     if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new Error('--tls-port needs --tls-cert and --tls-key');
     const tlsOpts = o.tlsPort !== undefined
@@ -90,8 +93,8 @@ program
     });
     const auth = o.auth ? `auth ${path.resolve(o.auth)}` : 'UNAUTHENTICATED';
     const tlsNote = b.tlsUrl ? `, TLS on ${b.tlsUrl}${o.tlsCa ? ' with client certificates' : ''}` : '';
-    const metricsNote = (b.metricsUrl ? `, metrics on ${b.metricsUrl}` : '') + (b.wsUrl ? `, WebSocket on ${b.wsUrl}` : '');
-    process.stdout.write(`fleet broker listening on ${b.url}${tlsNote}${metricsNote} (persistence ${o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`);
+    const metricsNote = (b.metricsUrl ? `, dashboard on ${b.metricsUrl.replace(/metrics$/, '')}${b.wsUrl ? '' : ' (needs --ws-port)'}, metrics on ${b.metricsUrl}` : '') + (b.wsUrl ? `, WebSocket on ${b.wsUrl}` : '');
+    process.stdout.write(`fleet broker listening on ${b.url}${tlsNote}${metricsNote} (persistence ${o.cluster ? `redis ${o.cluster.replace(/\/\/[^@/]*@/, '//')}` : o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`);
     onShutdown(() => b.close());
   });
 
@@ -146,18 +149,24 @@ program
 
 program
   .command('keygen')
-  .description('make an Ed25519 release key (secret file mode 0600) and a trust file for devices')
+  .description('make an Ed25519 release key and rollout key (secret files mode 0600) and a trust file naming both roles for devices')
   .requiredOption('--out <dir>', 'output directory')
-  .option('--name <name>', 'key file name', 'release')
-  .action(async (o: { out: string; name: string }) => {
-    const r = await keygen(o.out, o.name);
-    process.stdout.write(`key id ${r.id}\nsecret key ${r.keyFile} (keep it offline)\npublic key ${r.publicFile}\ntrust file ${r.trustFile} (install on devices)\n`);
+  .option('--name <name>', 'release key file name', 'release')
+  .option('--rollout-name <name>', 'rollout key file name', 'rollout')
+  .action(async (o: { out: string; name: string; rolloutName: string }) => {
+    const r = await keygen(o.out, o.name, o.rolloutName);
+    process.stdout.write(
+      `release key ${r.keyFile} (id ${r.id.slice(0, 16)}…): signs manifests; keep it offline\n` +
+      `rollout key ${r.rolloutKeyFile} (id ${r.rolloutId.slice(0, 16)}…): signs group assignments; for fleet publish/rollout/rollback/refresh\n` +
+      `trust file ${r.trustFile}: install on devices\n`);
   });
 
 registerReleaseCommands(program);
+registerTrustCommands(program);
 registerRolloutCommands(program);
 registerUserCommands(program);
 registerOperatorCommands(program);
+registerGatewayCommand(program);
 
 program
   .command('device')
@@ -167,7 +176,7 @@ program
   .requiredOption('--group <group>', 'device group')
   .requiredOption('--dir <dir>', 'model directory (current model at DIR/current.safetensors)')
   .requiredOption('--trust <file>', 'trust file from `fleet keygen`')
-  .requiredOption('--broker <url>', 'broker URL')
+  .requiredOption('--broker <url>', 'broker URL; or several, comma-separated (nodes of one cluster): a lost connection moves to the next')
   .option('--initial <file>', 'first model, to provision an empty directory')
   .option('--window <n>', 'most chunks in flight (the window adapts below this to the link)', parseIntArg(1, 1024), 32)
   .option('--idle-ms <ms>', 're-ask for outstanding chunks after at least this much silence on the socket (grows with the round trip and doubles while nothing comes)', parseIntArg(100), 10_000)
@@ -180,6 +189,9 @@ program
   .option('--health-timeout <duration>', 'stop the health command after this long (rolled back)', parseDuration, 60)
   .option('--health-window <duration>', 'stay testing this long after a healthy check; a crash in it rolls back', parseDuration, 0)
   .option('--group-key <file>', 'group key file (`fleet groupkey`) that opens sealed payloads')
+  .option('--max-payload <bytes>', 'refuse manifests that allow payloads over this size (default 256 MiB)', parseIntArg(1))
+  .option('--max-chunks <n>', 'refuse manifests that allow more chunks per payload (default 65536)', parseIntArg(1))
+  .option('--max-chunk <bytes>', 'refuse manifests that allow larger chunks (default 1 MiB)', parseIntArg(1))
   .option('--on-switch <cmd>', 'tell the application about every switch (FLEET_MODEL_PATH, FLEET_MODEL_DIGEST, FLEET_PREVIOUS_DIGEST, FLEET_ROLLBACK)')
   .option('--keepalive <seconds>', 'MQTT keepalive', parseIntArg(5, 65535), 60)
   .option('--connect-timeout <seconds>', 'give up one connection attempt after this long', parseIntArg(1, 3600), 30)

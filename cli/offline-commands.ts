@@ -22,15 +22,17 @@ export function registerOfflineCommands(program: Command): void {
     .requiredOption('--update <file>', 'update payload (repeat for a chain)', collect, [])
     .option('--full <file>', 'the target model, for devices on no chain')
     .requiredOption('--key <file>', 'release key (repeat for k-of-n)', collect)
+    .option('--rollout-key <file>', 'rollout key: signs the assignment (default: the release keys, for one-role trust files)', collect)
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--group <group>', 'device group')
     .option('--ttl <duration>', 'release lifetime', parseDuration, 30 * 86400)
     .requiredOption('--out <file>', 'bundle file to write')
-    .action(async (o: { update: string[]; full?: string; key: string[]; model: string; group: string; ttl: number; out: string }) => {
+    .action(async (o: { update: string[]; full?: string; key: string[]; rolloutKey?: string[]; model: string; group: string; ttl: number; out: string }) => {
       const payloads = await Promise.all(o.update.map(async (f) => new Uint8Array(await fs.readFile(f))));
       const fullModel = o.full ? new Uint8Array(await fs.readFile(o.full)) : undefined;
       const keys = await Promise.all(o.key.map(loadSigningKey));
-      const { bytes, release } = makeBundle({ payloads, fullModel, keys, model: o.model, group: o.group, ttlSeconds: o.ttl });
+      const rolloutKeys = o.rolloutKey ? await Promise.all(o.rolloutKey.map(loadSigningKey)) : undefined;
+      const { bytes, release } = makeBundle({ payloads, fullModel, keys, rolloutKeys, model: o.model, group: o.group, ttlSeconds: o.ttl });
       const tmp = `${o.out}.tmp-${process.pid}`;
       await fs.writeFile(tmp, bytes);
       await fs.rename(tmp, o.out);

@@ -98,19 +98,25 @@ export function registerOperatorCommands(program: Command): void {
 
   program
     .command('dashboard')
-    .description('web dashboard: live page (Server-Sent Events), /api/devices, /api/rollouts, /metrics (Prometheus)')
-    .requiredOption('--broker <url>', 'broker URL')
+    .description('web dashboard: live page (Server-Sent Events from --broker, or MQTT over WebSocket in the browser with --ws), /api/devices, /api/rollouts, /metrics (Prometheus)')
+    .option('--broker <url>', 'broker URL: the server follows the fleet and feeds the page over Server-Sent Events (and /api, /metrics)')
+    .option('--ws <url>', "the broker's WebSocket listener (ws://HOST:PORT, as the browser reaches it): the page connects itself and asks for a viewer login")
     .option('--port <port>', 'HTTP port', parseIntArg(0, 65535), 8080)
     .option('--host <host>', 'address to listen on (the dashboard has no login: keep it on loopback or behind a proxy)', '127.0.0.1')
     .option(...stale)
-    .action(async (o: { broker: string; port: number; host: string; stale: number }) => {
+    .action(async (o: { broker?: string; ws?: string; port: number; host: string; stale: number }) => {
       const log = createLogger('dashboard', logLevel());
-      const f = await follow(o.broker, 'dashboard', topics(), o.stale);
-      const d = await startDashboard({ view: f.view, port: o.port, host: o.host, log });
-      process.stdout.write(`fleet dashboard on ${d.url} (metrics ${d.url}metrics), following ${o.broker.replace(/\/\/[^@/]*@/, '//')}\n`);
+      if (!o.broker && !o.ws) program.error('fleet dashboard needs --broker URL (Server-Sent Events) or --ws URL (MQTT over WebSocket in the browser)');
+      const f = o.broker ? await follow(o.broker, 'dashboard', topics(), o.stale) : undefined;
+      const d = await startDashboard({
+        view: f?.view, port: o.port, host: o.host, log,
+        live: o.ws ? { wsUrl: o.ws, prefix: program.opts().prefix, staleMs: o.stale * 1000 } : undefined,
+      });
+      const fed = o.ws ? `fed in the browser over ${o.ws}` : `following ${o.broker!.replace(/\/\/[^@/]*@/, '//')}`;
+      process.stdout.write(`fleet dashboard on ${d.url}${f ? ` (metrics ${d.url}metrics)` : ''}, ${fed}\n`);
       onShutdown(async () => {
         await d.close();
-        await f.stop();
+        await f?.stop();
       }, log);
     });
 

@@ -1,11 +1,11 @@
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
-import { parseTrustFile, type TrustFile } from '../protocol/release.ts';
+import { parseTrustFile, type SigningKey, type TrustFile } from '../protocol/release.ts';
 import { parseGroupKeyFile } from '../protocol/seal.ts';
 import { Topics } from '../protocol/topics.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
-import { publishUpdate } from '../publisher/publish.ts';
+import { publishManifestOnly, publishUpdate } from '../publisher/publish.ts';
 import { rollbackGroup } from '../publisher/rollback.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
@@ -22,7 +22,7 @@ async function readInput(file: string, what: string): Promise<Uint8Array> {
   }
 }
 
-async function readTrust(file: string | undefined): Promise<TrustFile | undefined> {
+export async function readTrust(file: string | undefined): Promise<TrustFile | undefined> {
   if (file === undefined) return undefined;
   const text = await fs.readFile(file, 'utf8').catch((e: NodeJS.ErrnoException) => {
     throw new Error(`cannot read trust file ${file}: ${e.code ?? e.message}`);
@@ -31,13 +31,21 @@ async function readTrust(file: string | undefined): Promise<TrustFile | undefine
 }
 
 interface PublishCli {
-  update: string[]; full?: string; key: string[]; model: string; group: string; broker: string;
-  chunkSize: number; ttl: number; seq?: number; trust?: string; groupKey?: string;
+  update: string[]; full?: string; key?: string[]; rolloutKey?: string[]; model: string; group?: string; broker: string;
+  chunkSize: number; ttl: number; seq?: number; trust?: string; groupKey?: string; manifestOnly?: boolean;
 }
 
 interface RollbackCli {
-  full?: string; key: string[]; model: string; group: string; broker: string;
+  full?: string; key?: string[]; rolloutKey?: string[]; model: string; group: string; broker: string;
   chunkSize: number; ttl: number; seq?: number; trust?: string;
+}
+
+/** Release keys and rollout keys from the command line; at least one of them. */
+export async function loadRoleKeys(o: { key?: string[]; rolloutKey?: string[] }): Promise<{ keys: SigningKey[]; rolloutKeys: SigningKey[] | undefined }> {
+  const keys = await Promise.all((o.key ?? []).map(loadSigningKey));
+  const rolloutKeys = o.rolloutKey?.length ? await Promise.all(o.rolloutKey.map(loadSigningKey)) : undefined;
+  if (keys.length === 0 && !rolloutKeys) throw new Error('give a release key (--key) and/or a rollout key (--rollout-key)');
+  return { keys, rolloutKeys };
 }
 
 /** `fleet publish` and `fleet rollback`. */
@@ -47,36 +55,48 @@ export function registerReleaseCommands(program: Command): void {
 
   program
     .command('publish')
-    .description('upload updates to the update server and publish their signed release for a group')
+    .description('upload updates to the update server, sign their manifest (release keys) and assign it to a group (rollout key)')
     .requiredOption('--update <file>', 'update payload (CBOR), e.g. from `fleet synth`; repeat for a chain (v1->v2, v2->v3, any order)', collect)
     .option('--full <model>', 'the target model (safetensors), for devices on no chain')
-    .requiredOption('--key <file>', 'secret key file (repeat for k-of-n)', collect)
+    .option('--key <file>', 'release key: signs the manifest (repeat for k-of-n); without it, a manifest already retained with these steps is assigned', collect)
+    .option('--rollout-key <file>', 'rollout key: signs the group assignment (default: the release keys, for one-role trust files)', collect)
+    .option('--manifest-only', 'upload and publish only the signed manifest (release keys); a rollout key assigns it later')
     .requiredOption('--model <name>', 'model name')
-    .requiredOption('--group <group>', 'device group')
+    .option('--group <group>', 'device group (required unless --manifest-only)')
     .requiredOption('--broker <url>', 'broker URL')
     .option('--chunk-size <bytes>', 'chunk size', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
     .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
     .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
-    .option('--trust <file>', 'trust file the current release is checked against before it is recorded as the previous version (default: the keys)')
+    .option('--trust <file>', 'trust file the current release and retained manifests are checked against (default: the keys)')
     .option('--group-key <file>', 'seal the payloads with this group key (`fleet groupkey`): the broker and update server never see the weights')
     .action(async (o: PublishCli) => {
       const log = createLogger('publish', logLevel());
       const payloads = await Promise.all(o.update.map((f) => readInput(f, 'update')));
       const fullModel = o.full === undefined ? undefined : await readInput(o.full, 'full model');
-      const keys = await Promise.all(o.key.map(loadSigningKey));
+      const { keys, rolloutKeys } = await loadRoleKeys(o);
+      if (!o.manifestOnly && o.group === undefined) throw new Error('--group is required (or --manifest-only)');
       const trust = await readTrust(o.trust);
       const groupKey = o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined;
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-publisher-${process.pid}` }, 30_000);
       const progress = createProgress('upload');
       try {
+        if (o.manifestOnly) {
+          const m = await publishManifestOnly({
+            transport, topics: topics(), payloads, fullModel, keys, model: o.model, groupKey, chunkSize: o.chunkSize, log,
+            onProgress: (d, n) => progress.update(d, n),
+          });
+          progress.finish('uploaded');
+          process.stdout.write(`published manifest ${m.manifest} for ${o.model}: target ${short(m.target)}, ${m.steps.length} step(s); assign it with a rollout key (fleet publish --rollout-key … without --key, or a rollout)\n`);
+          return;
+        }
         const r = await publishUpdate({
-          transport, topics: topics(), payloads, fullModel, keys, model: o.model, group: o.group, trust, groupKey,
+          transport, topics: topics(), payloads, fullModel, keys, rolloutKeys, model: o.model, group: o.group!, trust, groupKey,
           chunkSize: o.chunkSize, ttlSeconds: o.ttl, seq: o.seq, log, onProgress: (d, n) => progress.update(d, n),
         });
         progress.finish(r.alreadyStored ? 'already on the update server' : `${r.uploadedChunks} chunks sent`);
         const b = r.release;
         const bytes = r.uploads.reduce((a, u) => a + u.size, 0);
-        process.stdout.write(`published ${o.model} for group ${o.group}: seq ${b.seq}, target ${short(b.target)}, ${b.steps.length} step(s), ${bytes} bytes, previous ${b.previous === null ? 'none' : short(b.previous)}, expires ${new Date(b.expires * 1000).toISOString()}\n`);
+        process.stdout.write(`published ${o.model} for group ${o.group}: manifest ${short(b.manifest)}, seq ${b.seq}, target ${short(b.target)}, ${b.steps.length} step(s), ${bytes} bytes, previous ${b.previous === null ? 'none' : short(b.previous)}, expires ${new Date(b.expires * 1000).toISOString()}\n`);
         for (const s of b.steps) {
           process.stdout.write(`  ${s.from === null ? 'full model' : `${short(s.from)} -> ${short(s.to)}`}: update ${s.updateId}, ${s.size} bytes, ${s.chunks} chunks\n`);
         }
@@ -87,8 +107,9 @@ export function registerReleaseCommands(program: Command): void {
 
   program
     .command('rollback')
-    .description('take a group back to the version it ran before the current release (signed release with rollback: true)')
-    .requiredOption('--key <file>', 'secret key file (repeat for k-of-n)', collect)
+    .description('take a group back to the version it ran before the current release (an assignment with rollback: true)')
+    .option('--rollout-key <file>', 'rollout key: signs the assignment of the earlier version\'s retained manifest', collect)
+    .option('--key <file>', 'release key (repeat for k-of-n): needed only with --full, or when no manifest of the earlier version is retained', collect)
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--group <group>', 'device group')
     .requiredOption('--broker <url>', 'broker URL')
@@ -100,13 +121,13 @@ export function registerReleaseCommands(program: Command): void {
     .action(async (o: RollbackCli) => {
       const log = createLogger('rollback', logLevel());
       const fullModel = o.full === undefined ? undefined : await readInput(o.full, 'full model');
-      const keys = await Promise.all(o.key.map(loadSigningKey));
+      const { keys, rolloutKeys } = await loadRoleKeys(o);
       const trust = await readTrust(o.trust);
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-rollback-${process.pid}` }, 30_000);
       const progress = createProgress('upload');
       try {
         const r = await rollbackGroup({
-          transport, topics: topics(), keys, model: o.model, group: o.group, fullModel, trust,
+          transport, topics: topics(), keys, rolloutKeys, model: o.model, group: o.group, fullModel, trust,
           chunkSize: o.chunkSize, ttlSeconds: o.ttl, seq: o.seq, log, onProgress: (d, n) => progress.update(d, n),
         });
         if (r.upload) progress.finish(r.upload.alreadyStored ? 'already on the update server' : `${r.upload.uploadedChunks} chunks sent`);

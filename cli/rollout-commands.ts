@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { systemClock } from '../device/clock.ts';
 import { parseTrustFile } from '../protocol/release.ts';
 import { Topics } from '../protocol/topics.ts';
-import { loadSigningKey } from '../publisher/keys.ts';
+import { loadRoleKeys } from './release-commands.ts';
 import { publishUpdate } from '../publisher/publish.ts';
 import { rollbackGroup } from '../publisher/rollback.ts';
 import { HOOK_EVENTS, RolloutController } from '../rollout/controller.ts';
@@ -75,20 +75,21 @@ export function registerRolloutCommands(program: Command): void {
     .command('start')
     .description('run a rollout plan (JSON) until it completes, halts or is aborted; restart it with the same plan to continue')
     .argument('<plan>', 'plan file (JSON)')
-    .requiredOption('--key <file>', 'secret key file (repeat for k-of-n)', collect)
+    .option('--rollout-key <file>', 'rollout key: signs the group assignments and rollbacks (repeat for k-of-n)', collect)
+    .option('--key <file>', 'release key: signs the plan\'s manifest when none is retained yet (omit it when the release engineer published it with fleet publish --manifest-only)', collect)
     .requiredOption('--broker <url>', 'broker URL')
-    .option('--trust <file>', 'trust file releases on the broker are checked against (default: the keys)')
+    .option('--trust <file>', 'the devices\' trust file: releases and manifests on the broker are checked against it (required without --key)')
     .option('--on-event <cmd>', `run on ${HOOK_EVENTS.join(', ')} with the event JSON in FLEET_EVENT and on stdin`)
     .option('--settle <ms>', 'how long retained statuses are collected at start', parseIntArg(0, 600_000), 1500)
     .option('--json', 'print each event as one JSON line')
-    .action(async (file: string, o: { key: string[]; broker: string; trust?: string; onEvent?: string; settle: number; json?: boolean }) => {
+    .action(async (file: string, o: { key?: string[]; rolloutKey?: string[]; broker: string; trust?: string; onEvent?: string; settle: number; json?: boolean }) => {
       const log = createLogger('rollout', logLevel());
       const { plan, dir } = await loadPlanFile(file);
       const payloads = await loadPayloads(plan, dir);
-      const keys = await Promise.all(o.key.map(loadSigningKey));
+      const { keys, rolloutKeys } = await loadRoleKeys(o);
       const trust = o.trust === undefined ? undefined : parseTrustFile(await fs.readFile(o.trust, 'utf8'));
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-rollout-${plan.id}-${process.pid}` }, 30_000);
-      const controller = new RolloutController({ plan, payloads, keys, trust, settleMs: o.settle }, {
+      const controller = new RolloutController({ plan, payloads, keys, rolloutKeys, trust, settleMs: o.settle }, {
         transport, topics: topics(), clock: systemClock, publish: publishUpdate, rollback: rollbackGroup, log,
         onEvent: async (e) => {
           process.stdout.write(o.json ? `${JSON.stringify(e)}\n` : `${e.time} ${e.type}${e.device ? ` ${e.device}` : ''}: ${e.reason}\n`);

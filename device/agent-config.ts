@@ -1,4 +1,4 @@
-import type { TrustFile } from '../protocol/release.ts';
+import type { ManifestLimits, TrustFile } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
@@ -26,8 +26,12 @@ export interface AgentConfig {
   watchdogMs?: number;
   /** Allowed clock skew for issue times in the future (default 300 s). */
   skewSeconds?: number;
-  /** Largest payload accepted (default 256 MiB). */
+  /** Largest payload accepted (default 256 MiB): a manifest whose limits allow more is refused. */
   maxPayloadBytes?: number;
+  /** Most chunks in one payload accepted (default 65,536). */
+  maxChunks?: number;
+  /** Largest chunk accepted (default 1 MiB). */
+  maxChunkBytes?: number;
   /** Run on the staged model before the switch; exit 0 = fit. */
   validateCmd?: string;
   validateTimeoutMs?: number;
@@ -51,3 +55,8 @@ export interface AgentPorts {
   log: Logger;
 }
 
+
+/** The device's own caps on what a manifest may ask it to download. */
+export function capsOf(c: Pick<AgentConfig, 'maxPayloadBytes' | 'maxChunks' | 'maxChunkBytes'>): ManifestLimits {
+  return { payloadBytes: c.maxPayloadBytes ?? 256 * 1024 * 1024, chunks: c.maxChunks ?? 65_536, chunkBytes: c.maxChunkBytes ?? 1024 * 1024 };
+}

@@ -4,13 +4,14 @@ import { decodeFrame } from '../protocol/frames.ts';
 import type { ReleaseBody } from '../protocol/release.ts';
 import { encodeStatus, PRESENCE_ONLINE, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
 import { VERSION } from '../util/version.ts';
-import type { AgentConfig, AgentPorts } from './agent-config.ts';
+import { capsOf, type AgentConfig, type AgentPorts } from './agent-config.ts';
 import { Fetcher } from './fetcher.ts';
 import { Installer } from './installer.ts';
 import { nextState, type DeviceEvent } from './machine.ts';
 import { decideRelease } from './release-decision.ts';
 import { DEVICE_REASONS, DeviceError, toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
+import { TrustKeeper } from './trust-keeper.ts';
 
 export type { AgentConfig, AgentPorts } from './agent-config.ts';
 
@@ -31,6 +32,7 @@ export class DeviceAgent {
   /** The fetch the status reports on (kept after it ends, so the ack shows what was received). */
   private shown: Fetcher | undefined;
   private readonly installer: Installer;
+  private readonly trust: TrustKeeper;
   private work: Promise<void> = Promise.resolve();
   private lastStatusAt = 0;
   private lastProgress = 0;
@@ -41,6 +43,7 @@ export class DeviceAgent {
   private readonly listeners: Array<(s: DeviceStatus) => void> = [];
 
   constructor(private readonly cfg: AgentConfig, private readonly io: AgentPorts) {
+    this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
     this.installer = new Installer(io.storage, {
       deviceId: cfg.deviceId,
       validateCmd: cfg.validateCmd,
@@ -81,9 +84,10 @@ export class DeviceAgent {
     const pointer = await storage.pointer();
     if (!pointer) throw new Error(`${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);
     this.running = pointer.digest;
+    await this.trust.load();
     t.onMessage((topic, payload) => this.onMessage(topic, payload));
     t.onConnect(() => this.onConnected());
-    await t.subscribe([topics.release(this.cfg.group, this.cfg.model), topics.framesFor(this.cfg.model, this.cfg.deviceId)], 1).catch((e: unknown) => {
+    await t.subscribe([topics.release(this.cfg.group, this.cfg.model), topics.framesFor(this.cfg.model, this.cfg.deviceId), topics.trust()], 1).catch((e: unknown) => {
       this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
     if (recovered?.action === 'rolled-back') {
@@ -141,6 +145,9 @@ export class DeviceAgent {
     if (p.kind === 'release') {
       const copy = new Uint8Array(payload);
       this.enqueue(() => this.onRelease(copy));
+    } else if (p.kind === 'trust' && payload.byteLength > 0) {
+      const copy = new Uint8Array(payload);
+      this.enqueue(() => this.onTrust(copy));
     } else if (p.kind === 'frames' && this.fetcher) {
       try {
         this.fetcher.onFrame(decodeFrame(payload));
@@ -202,6 +209,21 @@ export class DeviceAgent {
 
   // --- releases ------------------------------------------------------------
 
+  /**
+   * A rotated trust file: once taken, releases refused under the old keys
+   * are forgotten and the group's retained release is asked for again.
+   */
+  private async onTrust(bytes: Uint8Array): Promise<void> {
+    const r = await this.trust.offer(bytes);
+    if (r.kind !== 'rotated') return;
+    if (r.newRolloutRole) this.memory.highestSeq = -1;
+    this.memory.refused = [];
+    await this.io.storage.saveMemory(this.memory);
+    const topic = this.io.topics.release(this.cfg.group, this.cfg.model);
+    await this.io.transport.unsubscribe(topic).catch(() => undefined);
+    await this.io.transport.subscribe(topic, 1).catch(() => undefined);
+  }
+
   private async onRelease(bytes: Uint8Array): Promise<void> {
     if (bytes.byteLength === 0) {
       if (this.state === 'downloading') {
@@ -218,9 +240,9 @@ export class DeviceAgent {
       return;
     }
     const d = await decideRelease(bytes, hash, {
-      model: this.cfg.model, group: this.cfg.group, trust: this.cfg.trust, running: this.running,
+      model: this.cfg.model, group: this.cfg.group, trust: this.trust.current, running: this.running,
       now: Math.floor(this.io.clock.now() / 1000), skewSeconds: this.cfg.skewSeconds ?? 300,
-      maxPayloadBytes: this.cfg.maxPayloadBytes ?? 256 * 1024 * 1024, memory: m,
+      caps: capsOf(this.cfg), memory: m,
       holds: (digest) => this.io.storage.hasVersion(digest),
     });
     if (d.kind === 'refuse') return this.refuse(hash, d.error, d.body);

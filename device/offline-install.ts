@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { chunkList, sha256Hex } from '../protocol/chunks.ts';
+import { capsOf } from './agent-config.ts';
 import { checkRelease, pathFrom, verifyRelease, type TrustFile } from '../protocol/release.ts';
 import type { Bundle } from '../publisher/bundle.ts';
 import type { Logger } from '../util/log.ts';
@@ -37,7 +38,7 @@ export async function installBundle(o: OfflineInstallOptions): Promise<{ from: s
   const body = verifyRelease(o.bundle.release, o.trust);
   checkRelease(body, {
     model: o.model ?? body.model, group: o.group ?? body.group, now: Math.floor(o.now / 1000),
-    clockFloor: memory.clockFloor, highestSeq: memory.highestSeq, skewSeconds: o.skewSeconds ?? 300,
+    clockFloor: memory.clockFloor, highestSeq: memory.highestSeq, skewSeconds: o.skewSeconds ?? 300, caps: capsOf({}),
   });
   if (body.target === pointer.digest) return { from: pointer.digest, to: body.target, steps: 0 };
   const held = await s.hasVersion(body.target);

@@ -1,4 +1,4 @@
-import { checkRelease, pathFrom, verifyRelease, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
+import { checkRelease, pathFrom, verifyRelease, type ManifestLimits, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
 import { DeviceError } from './reasons.ts';
 import type { ActiveRelease, AgentMemory } from './storage.ts';
 
@@ -11,7 +11,8 @@ export interface DecisionContext {
   /** Unix seconds. */
   now: number;
   skewSeconds: number;
-  maxPayloadBytes: number;
+  /** The device's caps: the manifest's limits, and the path's total size, must be within them. */
+  caps: ManifestLimits;
   memory: Pick<AgentMemory, 'clockFloor' | 'highestSeq'>;
   /** Whether this device still holds a version on disk. */
   holds: (digest: string) => Promise<boolean>;
@@ -37,7 +38,7 @@ export async function decideRelease(bytes: Uint8Array, releaseHash: string, c: D
   }
   try {
     checkRelease(body, {
-      model: c.model, group: c.group, now: c.now, clockFloor: c.memory.clockFloor, highestSeq: c.memory.highestSeq, skewSeconds: c.skewSeconds,
+      model: c.model, group: c.group, now: c.now, clockFloor: c.memory.clockFloor, highestSeq: c.memory.highestSeq, skewSeconds: c.skewSeconds, caps: c.caps,
     });
   } catch (error) {
     // Signed, but not for us now: the status names the release it refused.
@@ -48,7 +49,7 @@ export async function decideRelease(bytes: Uint8Array, releaseHash: string, c: D
   const steps = held ? [] : pathFrom(body, c.running);
   if (!steps) return { kind: 'refuse', error: new DeviceError('wrong-base', `running ${c.running.slice(0, 16)}…`), body };
   const size = steps.reduce((a, s) => a + s.size, 0);
-  if (size > c.maxPayloadBytes) return { kind: 'refuse', error: new DeviceError('payload-too-large', `${size} bytes > ${c.maxPayloadBytes}`), body };
+  if (size > c.caps.payloadBytes) return { kind: 'refuse', error: new DeviceError('payload-too-large', `${size} bytes > ${c.caps.payloadBytes}`), body };
   const active: ActiveRelease = { releaseHash, seq: body.seq, target: body.target, steps, rollback: body.rollback };
   return held ? { kind: 'switch-back', body, active } : { kind: 'fetch', body, active };
 }

@@ -7,6 +7,7 @@ import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { UpdateServerStats } from '../server/update-server.ts';
 import type { Logger } from '../util/log.ts';
+import type { PageHandler } from './dashboard-live.ts';
 
 /**
  * `fleet broker --http PORT`: the broker's own metrics at `GET /metrics`
@@ -143,8 +144,12 @@ export class BrokerMetrics {
 
 const LOOPBACK = /^(127\.\d+\.\d+\.\d+|localhost|\[::1\]|::1)$/i;
 
-/** `GET /metrics` on node:http. On a loopback address, only requests naming a loopback host are answered (DNS rebinding). */
-export async function serveMetrics(m: BrokerMetrics, o: { port: number; host?: string; log: Logger }): Promise<{ url: string; port: number; close(): Promise<void> }> {
+/**
+ * `GET /metrics` on node:http, and with `page` whatever it serves (the dashboard
+ * page and its script, operator/dashboard-live.ts). On a loopback address, only
+ * requests naming a loopback host are answered (DNS rebinding).
+ */
+export async function serveMetrics(m: BrokerMetrics, o: { port: number; host?: string; log: Logger; page?: PageHandler }): Promise<{ url: string; port: number; close(): Promise<void> }> {
   const host = o.host ?? '127.0.0.1';
   const loopback = LOOPBACK.test(host);
   const server = http.createServer((req, res) => {
@@ -155,9 +160,11 @@ export async function serveMetrics(m: BrokerMetrics, o: { port: number; host?: s
       return;
     }
     const path = new URL(req.url ?? '/', 'http://metrics.invalid').pathname;
-    if ((req.method !== 'GET' && req.method !== 'HEAD') || path !== '/metrics') {
-      res.writeHead(path === '/metrics' ? 405 : 404, { 'content-type': 'text/plain' });
-      res.end('GET /metrics\n');
+    const read = req.method === 'GET' || req.method === 'HEAD';
+    if (read && o.page?.(req, res, path)) return;
+    if (!read || path !== '/metrics') {
+      res.writeHead(read ? 404 : 405, { 'content-type': 'text/plain' });
+      res.end(o.page ? 'GET / (dashboard), GET /metrics\n' : 'GET /metrics\n');
       return;
     }
     m.text().then(

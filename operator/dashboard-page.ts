@@ -30,6 +30,7 @@ tr.offline td{opacity:.5}tr.offline td.seen{opacity:1;color:var(--warn);font-wei
 progress{width:90px;vertical-align:middle}.empty{color:var(--mute);padding:8px}
 tr.waves>td{padding:0 8px 8px 24px;border-bottom:1px solid var(--line)}.wavetable td{border:0;padding:2px 8px;font-size:12px}
 .wavetable tr.current td{font-weight:600}.mute{color:var(--mute)}tr.total td{font-weight:600;border-top:2px solid var(--line)}.note{font-size:12px;color:var(--mute);margin:0 0 4px}
+.login{border:1px solid var(--line);border-radius:6px;padding:8px 12px;margin:10px 0}.login .why{color:var(--bad)}#problem{border-left:4px solid var(--bad);background:var(--badbg);padding:6px 10px}
 `;
 
 const JS = `
@@ -223,16 +224,73 @@ $('group').addEventListener('change', () => { const v = $('group').value; if (v)
 $('search').addEventListener('input', schedule);
 $('only').addEventListener('change', schedule);
 setInterval(render, 1000);
+function setConn(text, cls, why) { $('conn').textContent = text; $('conn').className = cls || ''; $('conn').title = why || ''; }
+// MQTT over WebSocket: the bundled view model (dashboard.js) subscribes read-only with the operator's login and hands over rows.
+function live(cfg) {
+  const problem = (t) => { setConn('not connected', 'down', t); $('problem').textContent = t; $('problem').hidden = false; };
+  if (!cfg.ws) return problem(cfg.problem || 'no broker WebSocket listener is configured');
+  if (!window.fleetLive) return problem('the browser script (dashboard.js) did not load: ' + (cfg.problem || 'see the server log'));
+  const KEY = 'fleet-dashboard-login', form = $('login');
+  let feed = null;
+  function go(username, password) {
+    if (feed) feed.close();
+    devices.clear(); rollouts.clear(); skew = 0; form.hidden = true; $('who').textContent = username + ' @ ' + cfg.ws;
+    feed = window.fleetLive.connect({ url: cfg.ws, username, password, prefix: cfg.prefix, staleMs: cfg.staleMs }, {
+      state: (s, why) => {
+        if (s === 'live') setConn('live', 'live', 'MQTT over WebSocket ' + cfg.ws);
+        else if (s === 'refused') { setConn('login refused', 'down', why); $('loginmsg').textContent = why || 'login refused'; form.hidden = false; try { sessionStorage.removeItem(KEY); } catch (e) {} }
+        else if (s === 'reconnecting') setConn('reconnecting...', 'down', why);
+        else if (s === 'connecting') setConn('connecting...', '', cfg.ws);
+        schedule();
+      },
+      device: (id, row) => { if (row) devices.set(id, row); else devices.delete(id); schedule(); },
+      rollout: (id, row) => { if (row) rollouts.set(id, row); else rollouts.delete(id); schedule(); },
+    });
+  }
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const u = $('user').value, p = $('pass').value;
+    try { sessionStorage.setItem(KEY, JSON.stringify({ u, p })); } catch (e) {}
+    go(u, p);
+  });
+  // The login: the URL fragment (#user=NAME&password=PW, never sent to the server; taken out of the address bar at once), else this tab's session, else the form.
+  const frag = new URLSearchParams(location.hash.slice(1));
+  let saved = null;
+  try { saved = JSON.parse(sessionStorage.getItem(KEY) || 'null'); } catch (e) {}
+  if (frag.get('user') && frag.get('password') !== null) {
+    history.replaceState(null, '', location.pathname + location.search);
+    try { sessionStorage.setItem(KEY, JSON.stringify({ u: frag.get('user'), p: frag.get('password') })); } catch (e) {}
+    go(frag.get('user'), frag.get('password'));
+  } else if (saved && saved.u) go(saved.u, saved.p);
+  else { setConn('log in', 'down', 'MQTT over WebSocket ' + cfg.ws); form.hidden = false; $('user').focus(); }
+}
 // First paint from the snapshot the server put in the page; the event stream then takes over.
 const initial = document.getElementById('initial');
 if (initial && initial.textContent) { load(JSON.parse(initial.textContent)); render(); }
-connect();
+const config = document.getElementById('config');
+const cfg = config && config.textContent ? JSON.parse(config.textContent) : null;
+if (cfg && cfg.mode === 'mqtt') { live(cfg); render(); } else connect();
 `;
 
-export function dashboardPage(opts: { title?: string; nonce: string; initial?: unknown }): string {
+/** The page's MQTT-over-WebSocket mode (operator/dashboard-live.ts). */
+export interface LivePageConfig {
+  /** ws:// URL of the broker's WebSocket listener; null: none (the page says `problem`). */
+  ws: string | null;
+  prefix: string;
+  staleMs: number;
+  /** Shown on the page when it cannot connect. */
+  problem: string | null;
+  /** URL of the bundled script (operator/browser/bundle.ts), relative to the page. */
+  script: string;
+}
+
+const esc = (s: string): string => s.replace(/[<>&"]/g, (c) => `&#${c.charCodeAt(0)};`);
+
+export function dashboardPage(opts: { title?: string; nonce: string; initial?: unknown; live?: LivePageConfig }): string {
   // JSON inside <script>: '<' escaped so no text can close the element.
   const initial = opts.initial === undefined ? '' : JSON.stringify(opts.initial).replace(/</g, '\\u003c');
-  const title = (opts.title ?? 'fleet dashboard').replace(/[<>&"]/g, (c) => `&#${c.charCodeAt(0)};`);
+  const live = opts.live ? JSON.stringify({ mode: 'mqtt', ...opts.live }).replace(/</g, '\\u003c') : '';
+  const title = esc(opts.title ?? 'fleet dashboard');
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>${title}</title><style nonce="${opts.nonce}">${CSS}</style></head>
@@ -241,6 +299,11 @@ export function dashboardPage(opts: { title?: string; nonce: string; initial?: u
 <label>group <select id="group"></select></label><label>device <input id="search" type="search" placeholder="filter"></label>
 <label><input id="only" type="checkbox"> only problems and offline</label></header>
 <main>
+${opts.live ? `<p id="problem" class="card" hidden></p>
+<form id="login" class="login" hidden autocomplete="on"><strong>Log in to the broker</strong> <span class="mute">(MQTT over WebSocket, read only: a <code>viewer</code> or <code>operator</code> user)</span><br>
+<label>user <input id="user" name="username" autocomplete="username" required></label> <label>password <input id="pass" name="password" type="password" autocomplete="current-password"></label>
+<button id="go" type="submit">connect</button> <span id="loginmsg" class="why"></span></form>
+<p class="note">Fed live by MQTT over WebSocket: <span id="who">not connected</span></p>` : ''}
 <div id="counts" class="chips"></div>
 <div id="alerts"></div>
 <h2>Rollouts</h2>
@@ -252,6 +315,8 @@ export function dashboardPage(opts: { title?: string; nonce: string; initial?: u
 <table><thead><tr><th>device</th><th>group</th><th>delivered</th><th>update payload</th><th>full model</th><th>delivered / full</th></tr></thead><tbody id="delivery"></tbody></table>
 </main>
 ${initial ? `<script type="application/json" id="initial" nonce="${opts.nonce}">${initial}</script>` : ''}
+${live ? `<script type="application/json" id="config" nonce="${opts.nonce}">${live}</script>
+<script nonce="${opts.nonce}" src="${esc(opts.live!.script)}"></script>` : ''}
 <script nonce="${opts.nonce}">${JS}</script>
 </body></html>
 `;

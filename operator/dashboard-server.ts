@@ -2,23 +2,29 @@ import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../util/log.ts';
+import { liveDashboard } from './dashboard-live.ts';
 import { dashboardPage } from './dashboard-page.ts';
 import type { FleetView, ViewChange } from './fleet-view.ts';
 import { METRICS_CONTENT_TYPE, renderMetrics } from './metrics.ts';
 
 /**
  * `fleet dashboard`: node:http only.
- *   GET /              the page
+ *   GET /              the page (fed by /events; with `live`, by MQTT over WebSocket in the browser)
+ *   GET /dashboard.js  with `live`: the page's script (view model + mqtt.js, operator/dashboard-live.ts)
  *   GET /events        Server-Sent Events: `snapshot` (everything), then `device` / `rollout` changes
  *   GET /api/devices   JSON rows (?group=G)
  *   GET /api/rollouts  JSON rows (?group=G)
  *   GET /metrics       Prometheus text
+ * Without a view (`live` only) the last four answer 404.
  * Bound to 127.0.0.1 unless told otherwise. On a loopback address, requests
  * must name a loopback host (a DNS-rebinding page cannot read the fleet).
  */
 
 export interface DashboardOptions {
-  view: FleetView;
+  /** The server-side view (over --broker): /events, /api/*, /metrics. Optional with `live`. */
+  view?: FleetView;
+  /** The page connects itself to this broker WebSocket listener (`--ws URL`) instead of /events. */
+  live?: { wsUrl: string; prefix?: string; staleMs?: number };
   port?: number;
   host?: string;
   log: Logger;
@@ -46,13 +52,15 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
   const loopback = LOOPBACK.test(host);
   const streams = new Set<http.ServerResponse>();
   const view = o.view;
+  const page = o.live ? liveDashboard({ ...o.live, title: o.title, log: o.log }) : undefined;
+  if (!view && !page) throw new Error('startDashboard needs a view (--broker) or live (--ws)');
 
   const json = (res: http.ServerResponse, body: unknown): void => {
     res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
     res.end(JSON.stringify(body));
   };
 
-  const events = (req: http.IncomingMessage, res: http.ServerResponse): void => {
+  const events = (view: FleetView, req: http.IncomingMessage, res: http.ServerResponse): void => {
     res.writeHead(200, {
       'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no',
     });
@@ -105,6 +113,12 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
         return;
       }
       const group = u.searchParams.get('group') ?? undefined;
+      if (page?.(req, res, u.pathname)) return;
+      if (!view) {
+        res.writeHead(404, { 'content-type': 'text/plain' });
+        res.end('not found: this dashboard is fed in the browser (MQTT over WebSocket); /events, /api and /metrics need --broker\n');
+        return;
+      }
       switch (u.pathname) {
         case '/':
         case '/index.html': {
@@ -118,7 +132,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
           return;
         }
         case '/events':
-          return events(req, res);
+          return events(view, req, res);
         case '/api/devices':
           return json(res, view.devices(group));
         case '/api/rollouts':
@@ -151,7 +165,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
   });
   const port = (server.address() as AddressInfo).port;
   const refreshMs = o.refreshMs ?? 1000;
-  const refresh = refreshMs > 0 ? setInterval(() => view.refresh(), refreshMs) : undefined;
+  const refresh = refreshMs > 0 && view ? setInterval(() => view.refresh(), refreshMs) : undefined;
   const shownHost = host.includes(':') ? `[${host}]` : host;
   return {
     url: `http://${shownHost}:${port}/`,

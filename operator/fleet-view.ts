@@ -1,4 +1,4 @@
-import { decodeReleaseBody, decodeSignedRelease } from '../protocol/release.ts';
+import { decodeRelease } from '../protocol/release.ts';
 import type { DeviceState } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import { Inventory, type DeviceRecord } from '../rollout/inventory.ts';
@@ -262,7 +262,7 @@ export class FleetView {
     let size: number | null | undefined;
     if (payload.byteLength > 0) {
       try {
-        const full = decodeReleaseBody(decodeSignedRelease(payload).body).steps.find((st) => st.from === null);
+        const full = decodeRelease(payload).steps.find((st) => st.from === null);
         size = full ? full.size : null;
       } catch {
         return [];

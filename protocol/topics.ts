@@ -31,6 +31,18 @@ export class Topics {
   allReleases(): string {
     return `${this.prefix}/groups/+/models/+/release`;
   }
+  /** Retained signed manifest (release keys), named by the SHA-256 of its body: assignments point at it. */
+  manifest(model: string, hash: string): string {
+    return `${this.prefix}/models/${assertSegment('model', model)}/manifests/${assertSegment('manifest hash', hash)}`;
+  }
+  /** Every manifest of one model (publishers and the rollout key look up a target's manifest). */
+  manifests(model: string): string {
+    return `${this.prefix}/models/${assertSegment('model', model)}/manifests/+`;
+  }
+  /** Retained signed trust file (key rotation; signed by the current release threshold). */
+  trust(): string {
+    return `${this.prefix}/trust`;
+  }
   /** Device -> server: chunk or chunk-list request. */
   request(model: string, updateId: string, deviceId: string): string {
     return `${this.updateBase(model, updateId)}/get/${assertSegment('device id', deviceId)}`;
@@ -83,6 +95,18 @@ export class Topics {
     return `${this.prefix}/rollouts/${assertSegment('rollout id', rolloutId)}/control`;
   }
 
+  /** Every model's release for one group (a site gateway that knows the group but not the models). */
+  groupReleases(group: string): string {
+    return `${this.prefix}/groups/${assertSegment('group', group)}/models/+/release`;
+  }
+  /** Retained JSON status of one site gateway (gateway/). */
+  gatewayStatus(site: string): string {
+    return `${this.prefix}/gateways/${assertSegment('site', site)}/status`;
+  }
+  allGatewayStatuses(): string {
+    return `${this.prefix}/gateways/+/status`;
+  }
+
   /** Parse a topic back into its parts; null when it is not one of ours. */
   parse(topic: string): ParsedTopic | null {
     const p = this.prefix.split('/');
@@ -108,10 +132,14 @@ export class Topics {
       if (r.length === 5 && r[4] === 'put') return { kind: 'upload', model, updateId };
       if (r.length === 5 && r[4] === 'stored') return { kind: 'uploadReceipt', model, updateId };
     }
+    if (r.length === 3 && r[0] === 'models' && r[2] === 'manifests') return null;
+    if (r.length === 4 && r[0] === 'models' && r[2] === 'manifests') return { kind: 'manifest', model: r[1], hash: r[3] };
+    if (r.length === 1 && r[0] === 'trust') return { kind: 'trust' };
     if (r.length === 3 && r[0] === 'devices' && r[2] === 'status') return { kind: 'status', deviceId: r[1] };
     if (r.length === 3 && r[0] === 'devices' && r[2] === 'presence') return { kind: 'presence', deviceId: r[1] };
     if (r.length === 3 && r[0] === 'rollouts' && r[2] === 'status') return { kind: 'rolloutStatus', rolloutId: r[1] };
     if (r.length === 3 && r[0] === 'rollouts' && r[2] === 'control') return { kind: 'rolloutControl', rolloutId: r[1] };
+    if (r.length === 3 && r[0] === 'gateways' && r[2] === 'status') return { kind: 'gatewayStatus', site: r[1] };
     return null;
   }
 
@@ -126,7 +154,10 @@ export type ParsedTopic =
   | { kind: 'frames'; model: string; updateId: string; deviceId: string }
   | { kind: 'upload'; model: string; updateId: string }
   | { kind: 'uploadReceipt'; model: string; updateId: string }
+  | { kind: 'manifest'; model: string; hash: string }
+  | { kind: 'trust' }
   | { kind: 'status'; deviceId: string }
   | { kind: 'presence'; deviceId: string }
   | { kind: 'rolloutStatus'; rolloutId: string }
-  | { kind: 'rolloutControl'; rolloutId: string };
+  | { kind: 'rolloutControl'; rolloutId: string }
+  | { kind: 'gatewayStatus'; site: string };

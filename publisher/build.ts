@@ -87,7 +87,8 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
     }
   } else if (o.mode.kind === 'factors') {
     for (const c of matrices) {
-      const r = c.factors!.rank;
+      // A tensor without factors (one a LoRA adapter saved whole) is sent as it is: dense.
+      const r = c.factors?.rank ?? Infinity;
       plan.set(c.info.name, factorBytes(c.m, c.n, r, o.quant) >= denseCost(c) ? { kind: 'dense' } : { kind: 'low-rank', rank: r });
       tick(c.info.name);
     }

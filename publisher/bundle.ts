@@ -2,7 +2,7 @@ import { chunkCount, chunkList, sha256Hex, updateIdOf } from '../protocol/chunks
 import { cborDecode, cborEncode, isBytes, isRecord } from '../protocol/cbor.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
-import { decodeSignedRelease, decodeReleaseBody, signRelease, type ReleaseBody, type ReleaseStep, type SigningKey } from '../protocol/release.ts';
+import { decodeRelease, signRelease, type ReleaseBody, type ReleaseDraft, type ReleaseStep, type SigningKey } from '../protocol/release.ts';
 import { fullModelDigest, orderChain, PublishError } from './publish.ts';
 
 /**
@@ -29,7 +29,10 @@ function stepFor(payload: Uint8Array, from: string | null, to: string, chunkSize
 export interface MakeBundleOptions {
   payloads: Uint8Array[];
   fullModel?: Uint8Array;
+  /** Release keys (sign the manifest). */
   keys: SigningKey[];
+  /** Rollout keys (sign the assignment); default the release keys. */
+  rolloutKeys?: SigningKey[];
   model: string;
   group: string;
   ttlSeconds: number;
@@ -48,13 +51,14 @@ export function makeBundle(o: MakeBundleOptions): { bytes: Uint8Array; release: 
     ...(o.fullModel ? [stepFor(o.fullModel, null, target, DEFAULT_CHUNK_SIZE)] : []),
   ];
   const now = Math.floor((o.now ?? Date.now)() / 1000);
-  const release: ReleaseBody = {
+  const draft: ReleaseDraft = {
     model: o.model, group: o.group, seq: o.seq ?? now, issued: now, expires: now + o.ttlSeconds, target, steps,
     rollback: false, previous: chain?.links[0]?.base ?? null,
   };
   const payloads: Record<string, Uint8Array> = {};
   for (const p of [...o.payloads, ...(o.fullModel ? [o.fullModel] : [])]) payloads[updateIdOf(p)] = p;
-  return { bytes: cborEncode({ v: 1, release: signRelease(release, o.keys), payloads }), release };
+  const signed = signRelease(draft, o.keys, o.rolloutKeys?.length ? o.rolloutKeys : o.keys);
+  return { bytes: cborEncode({ v: 1, release: signed, payloads }), release: decodeRelease(signed) };
 }
 
 /** Unpack a bundle; the release inside is checked later exactly as a device checks one. */
@@ -74,6 +78,6 @@ export function readBundle(bytes: Uint8Array): Bundle {
     payloads.set(id, p);
   }
   // Fail early on an unreadable release, with the release's own reason codes.
-  decodeReleaseBody(decodeSignedRelease(m.release).body);
+  decodeRelease(m.release);
   return { release: m.release, payloads };
 }

@@ -2,7 +2,7 @@ import { decodeValues, isUpdatableDtype } from '../protocol/dtypes.ts';
 import type { TensorInfo } from '../protocol/safetensors.ts';
 import { ModelFile } from '../util/model-file.ts';
 import { BuildError } from './build-error.ts';
-import { denseLoraDelta, type LoraFactor } from './lora.ts';
+import { denseLoraDelta, type LoraFactor, type LoraWhole } from './lora.ts';
 
 /** A tensor the update changes, and how to get its exact intended ΔW. */
 export interface ChangedTensor {
@@ -95,24 +95,61 @@ export async function twoModelSource(baseFile: string, targetFile: string): Prom
   }
 }
 
-/** ΔW = U·V from a LoRA adapter's factors (already mapped to base tensors). */
-export async function loraSource(baseFile: string, factors: LoraFactor[]): Promise<DeltaSource> {
+/**
+ * ΔW = U·V from a LoRA adapter's factors, and ΔW = trained − base (in
+ * doubles) for the tensors the adapter holds whole (biases, modules_to_save),
+ * all already mapped to base tensors. A whole tensor equal to the base is
+ * unchanged and left out; a whole tensor has no factors, so it is built like
+ * a two-model delta (1-D dense; 2-D by SVD, or dense in factors mode).
+ */
+export async function loraSource(baseFile: string, factors: LoraFactor[], whole: readonly LoraWhole[] = []): Promise<DeltaSource> {
   const base = await openModel(baseFile, 'base');
-  const changed: ChangedTensor[] = [];
-  for (const f of [...factors].sort((a, b) => Buffer.compare(Buffer.from(a.tensor), Buffer.from(b.tensor)))) {
-    const info = base.info(f.tensor)!;
-    if (!isUpdatableDtype(info.dtype)) throw new BuildError('unsupported-dtype', `tensor ${info.name} is ${info.dtype}; only F32, F16 and BF16 tensors can be updated`);
-    changed.push({ info, ...dims(info.shape), factors: { u: f.u, v: f.v, rank: f.rank } });
+  try {
+    const changed: ChangedTensor[] = [];
+    const updatable = (info: TensorInfo): void => {
+      if (!isUpdatableDtype(info.dtype)) throw new BuildError('unsupported-dtype', `tensor ${info.name} is ${info.dtype}; only F32, F16 and BF16 tensors can be updated`);
+    };
+    for (const f of factors) {
+      const info = base.info(f.tensor);
+      if (!info) throw new BuildError('bad-adapter', `the adapter targets ${f.tensor}, which the base model does not have`);
+      updatable(info);
+      changed.push({ info, ...dims(info.shape), factors: { u: f.u, v: f.v, rank: f.rank } });
+    }
+    const wholeBy = new Map<string, LoraWhole>();
+    for (const w of whole) {
+      const info = base.info(w.tensor);
+      if (!info) throw new BuildError('bad-adapter', `adapter tensor ${w.source} maps to ${w.tensor}, which the base model does not have`);
+      if (info.dtype !== w.dtype || info.shape.join(',') !== w.shape.join(',')) {
+        throw new BuildError('bad-adapter', `adapter tensor ${w.source} is ${w.dtype} [${w.shape}] but base tensor ${info.name} is ${info.dtype} [${info.shape}]`);
+      }
+      if (wholeBy.has(info.name) || changed.some((c) => c.info.name === info.name)) throw new BuildError('bad-adapter', `base tensor ${info.name} is targeted twice by the adapter`);
+      updatable(info);
+      const bb = await base.read(info);
+      if (Buffer.compare(bb, w.data) === 0) continue;
+      checkFinite(decodeValues(bb, info.dtype), info.name, 'base');
+      checkFinite(decodeValues(w.data, w.dtype), w.source, 'adapter');
+      wholeBy.set(info.name, w);
+      changed.push({ info, ...dims(info.shape) });
+    }
+    changed.sort((a, b) => Buffer.compare(Buffer.from(a.info.name), Buffer.from(b.info.name)));
+    const byTensor = new Map(factors.map((f) => [f.tensor, f]));
+    return {
+      base,
+      changed,
+      async delta(c) {
+        const w = wholeBy.get(c.info.name);
+        if (!w) return denseLoraDelta(byTensor.get(c.info.name)!);
+        const d = decodeValues(w.data, w.dtype);
+        const bv = decodeValues(await base.read(c.info), c.info.dtype);
+        for (let i = 0; i < d.length; i++) d[i] -= bv[i];
+        return d;
+      },
+      close: () => base.close(),
+    };
+  } catch (e) {
+    await base.close();
+    throw e;
   }
-  const byTensor = new Map(factors.map((f) => [f.tensor, f]));
-  return {
-    base,
-    changed,
-    async delta(c) {
-      return denseLoraDelta(byTensor.get(c.info.name)!);
-    },
-    close: () => base.close(),
-  };
 }
 
 async function openModel(file: string, which: string): Promise<ModelFile> {

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import nacl from 'tweetnacl';
-import { formatTrustFile, signingKeyFromSeed, type SigningKey } from '../protocol/release.ts';
+import { formatTrustFile, keyIdOf, signingKeyFromSeed, trustOf, type SigningKey } from '../protocol/release.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
 
 /** Secret key file: JSON {type, id, publicKey, seed} (base64), mode 0600. */
@@ -13,27 +13,35 @@ interface KeyFileJson {
 }
 
 export interface KeygenResult {
+  /** The release key (signs manifests; keep it offline). */
   keyFile: string;
   publicFile: string;
-  trustFile: string;
   id: string;
+  /** The rollout key (signs group assignments; online, used by rollouts, rollbacks and refreshes). */
+  rolloutKeyFile: string;
+  rolloutPublicFile: string;
+  rolloutId: string;
+  /** Devices' trust file: the release key (threshold 1) and the rollout key in its own role. */
+  trustFile: string;
 }
 
-export async function keygen(outDir: string, name = 'release'): Promise<KeygenResult> {
-  await fs.mkdir(outDir, { recursive: true });
-  const seed = nacl.randomBytes(32);
-  const key = signingKeyFromSeed(seed);
+async function refuseOverwrite(file: string): Promise<void> {
+  try {
+    await fs.access(file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  throw new Error(`${file} exists; refusing to overwrite a secret key`);
+}
+
+/** Writes one secret key (mode 0600) and its public file. */
+export async function writeKeyPair(outDir: string, name: string): Promise<{ keyFile: string; publicFile: string; key: SigningKey }> {
   const keyFile = path.join(outDir, `${name}.key`);
   const publicFile = path.join(outDir, `${name}.pub`);
-  const trustFile = path.join(outDir, 'trust.json');
-  for (const f of [keyFile]) {
-    try {
-      await fs.access(f);
-      throw new Error(`${f} exists; refusing to overwrite a secret key`);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-    }
-  }
+  await refuseOverwrite(keyFile);
+  const seed = nacl.randomBytes(32);
+  const key = signingKeyFromSeed(seed);
   const secret: KeyFileJson = {
     type: 'fleet-ed25519-secret-key',
     id: key.id,
@@ -43,8 +51,31 @@ export async function keygen(outDir: string, name = 'release'): Promise<KeygenRe
   await writeFileAtomic(keyFile, JSON.stringify(secret, null, 2) + '\n', 0o600);
   await fs.chmod(keyFile, 0o600);
   await writeFileAtomic(publicFile, JSON.stringify({ id: key.id, publicKey: secret.publicKey }, null, 2) + '\n');
-  await writeFileAtomic(trustFile, formatTrustFile({ threshold: 1, keys: [{ id: key.id, publicKey: key.publicKey }] }));
-  return { keyFile, publicFile, trustFile, id: key.id };
+  return { keyFile, publicFile, key };
+}
+
+/** A release key, a rollout key and the trust file naming both in their roles. */
+export async function keygen(outDir: string, name = 'release', rolloutName = 'rollout'): Promise<KeygenResult> {
+  await fs.mkdir(outDir, { recursive: true });
+  await refuseOverwrite(path.join(outDir, `${name}.key`));
+  await refuseOverwrite(path.join(outDir, `${rolloutName}.key`));
+  const release = await writeKeyPair(outDir, name);
+  const rollout = await writeKeyPair(outDir, rolloutName);
+  const trustFile = path.join(outDir, 'trust.json');
+  await writeFileAtomic(trustFile, formatTrustFile(trustOf([release.key], [rollout.key])));
+  return {
+    keyFile: release.keyFile, publicFile: release.publicFile, id: release.key.id,
+    rolloutKeyFile: rollout.keyFile, rolloutPublicFile: rollout.publicFile, rolloutId: rollout.key.id, trustFile,
+  };
+}
+
+/** Reads a public key file ({id, publicKey}). */
+export async function loadPublicKey(file: string): Promise<{ id: string; publicKey: Uint8Array }> {
+  const j = JSON.parse(await fs.readFile(file, 'utf8')) as { id?: unknown; publicKey?: unknown };
+  if (typeof j.publicKey !== 'string') throw new Error(`${file} is not a fleet public key file`);
+  const publicKey = new Uint8Array(Buffer.from(j.publicKey, 'base64'));
+  if (publicKey.byteLength !== 32 || keyIdOf(publicKey) !== j.id) throw new Error(`${file}: the key id does not match the key`);
+  return { id: j.id, publicKey };
 }
 
 export async function loadSigningKey(file: string): Promise<SigningKey> {

@@ -15,130 +15,18 @@ import { readSafetensors } from '../protocol/safetensors.ts';
  * and ΔW = scaling · B·A (Linear, conv with kernels flattened), (B·A)ᵀ·scaling
  * (fan_in_fan_out, i.e. GPT-2 Conv1D stored [in, out]; and Embedding), with
  * scaling = alpha / r, or alpha / sqrt(r) with use_rslora.
+ *
+ * Whole tensors saved beside the factors — the biases of `bias="all"` /
+ * `bias="lora_only"` (`base_model.model.<path>.bias`), `modules_to_save`
+ * modules and saved embedding layers — are the trained tensors themselves:
+ * when one maps onto a base tensor of the same shape and dtype it becomes a
+ * `LoraWhole`, whose delta (trained − base) the publisher builds like a
+ * two-model delta (1-D tensors dense).
  */
 
-export type LoraErrorCode = 'malformed-adapter' | 'malformed-config';
+import { isFiniteNumber, isObject, isPositiveInt, LoraError, patternValue, type LoraConfig } from './lora-config.ts';
 
-export class LoraError extends Error {
-  readonly code: LoraErrorCode;
-  constructor(code: LoraErrorCode, message: string) {
-    super(message);
-    this.name = 'LoraError';
-    this.code = code;
-  }
-}
-
-export interface LoraConfig {
-  r: number;
-  loraAlpha: number;
-  useRslora: boolean;
-  fanInFanOut: boolean;
-  rankPattern: Record<string, number>;
-  alphaPattern: Record<string, number>;
-  /** Informational: PEFT's target_modules (a list or a regex string). */
-  targetModules?: string[] | string | null;
-  /** Modules saved whole (not supported: reported as unmapped). */
-  modulesToSave?: string[];
-  /** DoRA is not a low-rank delta: every module is reported as unmapped. */
-  useDora?: boolean;
-  /** PEFT's init_lora_weights; 'pissa…', 'olora', 'corda…', 'loftq' adapters are relative to a modified base. */
-  initLoraWeights?: boolean | string;
-}
-
-function configError(detail: string): LoraError {
-  return new LoraError('malformed-config', `adapter_config.json: ${detail}`);
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-function optBool(o: Record<string, unknown>, key: string): boolean {
-  const v = o[key];
-  if (v === undefined || v === null) return false;
-  if (typeof v !== 'boolean') throw configError(`${key} must be true or false, got ${JSON.stringify(v)}`);
-  return v;
-}
-
-function pattern(o: Record<string, unknown>, key: string, check: (x: unknown) => boolean, what: string): Record<string, number> {
-  const v = o[key];
-  const out: Record<string, number> = Object.create(null) as Record<string, number>;
-  if (v === undefined || v === null) return out;
-  if (!isObject(v)) throw configError(`${key} must be an object of module pattern → ${what}`);
-  for (const [k, x] of Object.entries(v)) {
-    if (k.length === 0) throw configError(`${key} has an empty module pattern`);
-    if (!check(x)) throw configError(`${key}[${JSON.stringify(k)}] must be ${what}, got ${JSON.stringify(x)}`);
-    out[k] = x as number;
-  }
-  return out;
-}
-
-const isPositiveInt = (x: unknown): boolean => typeof x === 'number' && Number.isSafeInteger(x) && x > 0;
-const isFiniteNumber = (x: unknown): boolean => typeof x === 'number' && Number.isFinite(x);
-
-/** Parse and validate PEFT's adapter_config.json for a LoRA adapter. */
-export function parseLoraConfig(json: string): LoraConfig {
-  let o: unknown;
-  try {
-    o = JSON.parse(json);
-  } catch (e) {
-    throw configError(`not JSON: ${(e as Error).message}`);
-  }
-  if (!isObject(o)) throw configError('not a JSON object');
-  if (o.peft_type !== undefined && o.peft_type !== null && o.peft_type !== 'LORA') {
-    throw configError(`peft_type is ${JSON.stringify(o.peft_type)}, only "LORA" adapters are supported`);
-  }
-  if (!isPositiveInt(o.r)) throw configError(`r must be a positive integer, got ${JSON.stringify(o.r)}`);
-  if (!isFiniteNumber(o.lora_alpha)) throw configError(`lora_alpha must be a finite number, got ${JSON.stringify(o.lora_alpha)}`);
-  const config: LoraConfig = {
-    r: o.r as number,
-    loraAlpha: o.lora_alpha as number,
-    useRslora: optBool(o, 'use_rslora'),
-    fanInFanOut: optBool(o, 'fan_in_fan_out'),
-    rankPattern: pattern(o, 'rank_pattern', isPositiveInt, 'a positive integer'),
-    alphaPattern: pattern(o, 'alpha_pattern', isFiniteNumber, 'a finite number'),
-    useDora: optBool(o, 'use_dora'),
-  };
-  const tm = o.target_modules;
-  if (tm !== undefined && tm !== null) {
-    if (typeof tm !== 'string' && !(Array.isArray(tm) && tm.every((x) => typeof x === 'string'))) {
-      throw configError('target_modules must be a string or a list of strings');
-    }
-    config.targetModules = typeof tm === 'string' ? tm : tm.slice();
-  }
-  const ms = o.modules_to_save;
-  if (ms !== undefined && ms !== null) {
-    if (!Array.isArray(ms) || !ms.every((x) => typeof x === 'string')) throw configError('modules_to_save must be a list of strings');
-    config.modulesToSave = ms.slice();
-  }
-  const init = o.init_lora_weights;
-  if (init !== undefined && init !== null) {
-    if (typeof init !== 'boolean' && typeof init !== 'string') throw configError('init_lora_weights must be a boolean or a string');
-    config.initLoraWeights = init;
-  }
-  return config;
-}
-
-/**
- * The value of a rank_pattern / alpha_pattern for a module, as PEFT's
- * get_pattern_key: an exact key first, then the first key (in file order) that
- * matches `(.*\.)?(key)$` — a suffix at a dot boundary, the key read as a regex.
- */
-export function patternValue(patterns: Record<string, number>, module: string): { key: string; value: number } | undefined {
-  const keys = Object.keys(patterns);
-  if (Object.prototype.hasOwnProperty.call(patterns, module)) return { key: module, value: patterns[module] };
-  for (const key of keys) {
-    if (module.endsWith(`.${key}`)) return { key, value: patterns[key] };
-    let re: RegExp | undefined;
-    try {
-      re = new RegExp(`^(?:.*\\.)?(?:${key})$`, 'u');
-    } catch {
-      re = undefined;
-    }
-    if (re?.test(module)) return { key, value: patterns[key] };
-  }
-  return undefined;
-}
+export { LoraError, parseLoraConfig, patternValue, type LoraConfig, type LoraErrorCode } from './lora-config.ts';
 
 export interface LoraFactor {
   module: string;
@@ -153,8 +41,22 @@ export interface LoraFactor {
   v: Float64Array;
 }
 
+/** A tensor the adapter holds whole (trained value, not a delta), mapped onto a base tensor of the same shape and dtype. */
+export interface LoraWhole {
+  module: string;
+  /** The adapter's tensor name. */
+  source: string;
+  /** The base tensor's name. */
+  tensor: string;
+  shape: number[];
+  dtype: Dtype;
+  /** The trained values, encoded in `dtype` (all finite). */
+  data: Uint8Array;
+}
+
 export interface LoraResult {
   factors: LoraFactor[];
+  whole: LoraWhole[];
   unmapped: Array<{ module: string; reason: string }>;
 }
 
@@ -177,9 +79,16 @@ const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.len
 
 /** Base tensor names tried for a module path, in order. */
 export function baseCandidates(module: string): string[] {
-  const alt = module.startsWith('model.') ? module.slice('model.'.length) : `model.${module}`;
-  return [`${module}.weight`, `${alt}.weight`];
+  return altNames(module).map((m) => `${m}.weight`);
 }
+
+/** A path, then the same path with a leading `model.` removed or added. */
+function altNames(path: string): string[] {
+  return [path, path.startsWith('model.') ? path.slice('model.'.length) : `model.${path}`];
+}
+
+/** A whole tensor's path in the base model: PEFT's `modules_to_save.<adapter>.` wrapper segment removed. */
+const MODULES_TO_SAVE_SEGMENT = /\.modules_to_save\.[^.]+(?=\.)/;
 
 function decodeFloat(t: AdapterTensor): Float64Array | string {
   if (t.dtype !== 'F64' && !isUpdatableDtype(t.dtype)) return `${t.name} is ${t.dtype}, not a float tensor`;
@@ -279,6 +188,7 @@ export function loraFactors(
     throw new LoraError('malformed-config', 'LoraConfig needs a positive integer r and a finite loraAlpha');
   }
   const unmapped: LoraResult['unmapped'] = [];
+  const wholeTensors: Array<{ path: string; t: AdapterTensor }> = [];
   const groups = new Map<string, Group>();
   const group = (module: string, kind: Group['kind']): Group => {
     let g = groups.get(module);
@@ -300,18 +210,12 @@ export function loraFactors(
     const bias = /^(.+)\.lora_(?:embedding_)?B(?:\.[^.]+)?\.bias$/.exec(name);
     if (dora) group(dora[1], 'lora').problems.push(`${t.name} is a DoRA magnitude vector; DoRA is not a low-rank delta`);
     else if (bias) group(bias[1], 'lora').problems.push(`${t.name} is a LoRA bias (lora_bias); bias deltas are not supported`);
-    else {
+    else if (/(^|\.)lora_/.test(name)) {
       const dot = name.lastIndexOf('.');
-      unmapped.push({
-        module: dot > 0 ? name.slice(0, dot) : name,
-        reason: /(^|\.)lora_/.test(name)
-          ? `${t.name} is not a lora_A/lora_B tensor this converter knows`
-          : `${t.name} ${fmt(t.shape)} is a whole tensor (modules_to_save, bias training or saved embedding layers), not a LoRA factor: not supported`,
-      });
+      unmapped.push({ module: dot > 0 ? name.slice(0, dot) : name, reason: `${t.name} is not a lora_A/lora_B tensor this converter knows` });
+    } else {
+      wholeTensors.push({ path: name.replace(MODULES_TO_SAVE_SEGMENT, ''), t: { name: t.name, dtype: t.dtype, shape: t.shape, data: t.data } });
     }
-  }
-  for (const m of config.modulesToSave ?? []) {
-    unmapped.push({ module: m, reason: `modules_to_save is not supported: ${m} is trained whole, not as a low-rank delta` });
   }
   const byName = new Map(base.tensors.map((t) => [t.name, t]));
   const claimed = new Map<string, string>();
@@ -344,7 +248,43 @@ export function loraFactors(
     claimed.set(found, module);
     factors.push(result);
   }
-  return { factors, unmapped };
+  const whole = mapWhole(wholeTensors, byName, claimed, unmapped);
+  for (const m of config.modulesToSave ?? []) {
+    if (!whole.some((w) => w.module === m || w.module.endsWith(`.${m}`)) && !unmapped.some((u) => u.module === m || u.module.endsWith(`.${m}`))) {
+      unmapped.push({ module: m, reason: `modules_to_save lists ${m} but the adapter holds no tensor of it` });
+    }
+  }
+  return { factors, whole, unmapped };
+}
+
+/** Whole tensors that map onto a base tensor of the same shape and dtype; the rest are reported. */
+function mapWhole(
+  tensors: Array<{ path: string; t: AdapterTensor }>,
+  byName: Map<string, { name: string; dtype: string; shape: number[] }>,
+  claimed: Map<string, string>,
+  unmapped: LoraResult['unmapped'],
+): LoraWhole[] {
+  const out: LoraWhole[] = [];
+  for (const { path, t } of tensors) {
+    const dot = path.lastIndexOf('.');
+    const module = dot > 0 ? path.slice(0, dot) : path;
+    const fail = (reason: string) => unmapped.push({ module, reason });
+    const what = `${t.name} ${fmt(t.shape)} is a whole tensor (bias training, modules_to_save or a saved embedding layer)`;
+    const tried = altNames(path);
+    const found = tried.find((n) => byName.has(n));
+    if (!found) { fail(`${what} but no base tensor matches: tried ${tried.join(', ')}`); continue; }
+    const info = byName.get(found)!;
+    if (!sameShape(t.shape, info.shape)) { fail(`${what} and does not fit base tensor ${found} ${fmt(info.shape)}: the shapes differ`); continue; }
+    if (t.dtype !== info.dtype) { fail(`${what} of ${t.dtype} but base tensor ${found} is ${info.dtype}: the dtypes differ`); continue; }
+    if (!isUpdatableDtype(info.dtype)) { fail(`${what} but base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`); continue; }
+    const values = decodeFloat(t);
+    if (typeof values === 'string') { fail(values); continue; }
+    const prior = claimed.get(found);
+    if (prior !== undefined) { fail(`${what} but base tensor ${found} is already targeted by ${prior}`); continue; }
+    claimed.set(found, t.name);
+    out.push({ module, source: t.name, tensor: found, shape: info.shape.slice(), dtype: t.dtype, data: t.data });
+  }
+  return out;
 }
 
 /** ΔW = U·V as an m×n row-major matrix (m = shape[0], n = product of the rest). */

@@ -3,41 +3,23 @@ import { safetensorsDigest } from '../protocol/digest.ts';
 import { decodeReceipt, encodeFrame, type UploadReceipt } from '../protocol/frames.ts';
 import { decodePayload } from '../protocol/lowrank.ts';
 import {
-  decodeReleaseBody, decodeSignedRelease, signRelease, verifyRelease,
-  type ReleaseBody, type ReleaseStep, type SigningKey, type TrustFile,
+  limitsOf, manifestHashOf, signManifest,
+  type ManifestBody, type ReleaseBody, type ReleaseStep,
 } from '../protocol/release.ts';
+import { MAX_STEPS } from '../protocol/manifest.ts';
+import {
+  publishGroupRelease, publishManifest, readManifests, trustOfOptions, watchRelease,
+  type GroupReleaseOptions, type KnownManifest,
+} from './group-release.ts';
+
+export {
+  publishGroupRelease, publishManifest, readManifests, rolloutKeysOf, trustOfKeys, trustOfOptions, watchRelease,
+  type GroupReleaseOptions, type KnownManifest, type RetainedRelease,
+} from './group-release.ts';
 import { sealPayload } from '../protocol/seal.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
-
-/** What every signed group release needs: where, who signs, how long, how to read the current one. */
-export interface GroupReleaseOptions {
-  transport: Transport;
-  topics: Topics;
-  keys: SigningKey[];
-  model: string;
-  group: string;
-  /** Release lifetime in seconds. */
-  ttlSeconds: number;
-  /** Explicit sequence number; must be above the current one. Default max(current + 1, now in seconds). */
-  seq?: number;
-  /**
-   * Keys the current release is checked against before its target or `previous`
-   * is used; default: the signing keys (threshold 1).
-   */
-  trust?: TrustFile;
-  /** Publishes in flight at once during an upload. */
-  window?: number;
-  /** How long to wait for the update server's receipt. */
-  receiptTimeoutMs?: number;
-  /** How long after subscribing a missing retained release means there is none (default 500 ms). */
-  settleMs?: number;
-  log: Logger;
-  /** Chunks sent over all payloads, of all chunks. */
-  onProgress?: (sentChunks: number, totalChunks: number) => void;
-  now?: () => number;
-}
 
 export interface PublishOptions extends GroupReleaseOptions {
   /** Low-rank update payloads, in any order; they must form chains ending at one target. */
@@ -76,7 +58,7 @@ export interface PublishResult {
 
 export type PublishErrorCode =
   | 'no-update-server' | 'upload-refused' | 'bad-update'
-  | 'no-release' | 'no-previous' | 'untrusted-release' | 'bad-seq';
+  | 'no-release' | 'no-previous' | 'untrusted-release' | 'bad-seq' | 'no-manifest';
 
 export class PublishError extends Error {
   constructor(readonly code: PublishErrorCode, message: string) {
@@ -258,134 +240,21 @@ export function fullModelDigest(bytes: Uint8Array): string {
   }
 }
 
-export interface RetainedRelease {
-  /** Highest seq of any decodable release seen on the topic; -1 when none. */
-  seq: number;
-  /** The latest release, when it verified against the trust file. */
-  body: ReleaseBody | undefined;
-  /** Why the latest release on the topic was not taken (malformed, not signed by trusted keys). */
-  problem: string | undefined;
-}
-
-/**
- * Follows the retained release of one group and model. `read()` resolves once
- * a release has arrived, or `settleMs` after subscribing when there is none
- * (the broker sends retained messages right after the subscription).
- */
-export async function watchRelease(t: Transport, topic: string, trust: TrustFile, log: Logger, settleMs = 500): Promise<{ read(): Promise<RetainedRelease>; stop(): Promise<void> }> {
-  const state: RetainedRelease = { seq: -1, body: undefined, problem: undefined };
-  let seen = false;
-  let wake: (() => void) | undefined;
-  const off = t.onMessage((tp, payload) => {
-    if (tp !== topic) return;
-    seen = true;
-    if (payload.byteLength > 0) {
-      let seq: number;
-      try {
-        seq = decodeReleaseBody(decodeSignedRelease(payload).body).seq;
-      } catch (e) {
-        log.warn('the current release on the broker is malformed; replacing it', { error: (e as Error).message });
-        state.body = undefined;
-        state.problem = `malformed: ${(e as Error).message}`;
-        wake?.();
-        return;
-      }
-      if (seq >= state.seq) {
-        try {
-          state.body = verifyRelease(payload, trust);
-          state.problem = undefined;
-        } catch (e) {
-          state.body = undefined;
-          state.problem = `seq ${seq} does not verify against the given keys: ${(e as Error).message}`;
-        }
-      }
-      state.seq = Math.max(state.seq, seq);
-    } else {
-      state.body = undefined;
-      state.problem = undefined;
-    }
-    wake?.();
-  });
-  await t.subscribe(topic, 1);
-  const subscribedAt = Date.now();
-  return {
-    async read() {
-      const left = subscribedAt + settleMs - Date.now();
-      if (!seen && left > 0) {
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, left);
-          wake = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        wake = undefined;
-      }
-      return { ...state };
-    },
-    async stop() {
-      off();
-      await t.unsubscribe(topic).catch(() => undefined);
-    },
-  };
-}
-
-/**
- * Sign and publish (retained) a release for the group: a sequence number above
- * the current one (or the one asked for), issued now, expiring after the TTL.
- */
-export async function publishGroupRelease(o: GroupReleaseOptions, currentSeq: number, what: Pick<ReleaseBody, 'target' | 'steps' | 'rollback' | 'previous'>): Promise<ReleaseBody> {
-  const now = Math.floor((o.now ?? Date.now)() / 1000);
-  const body: ReleaseBody = {
-    model: o.model, group: o.group, seq: o.seq ?? Math.max(currentSeq + 1, now), issued: now, expires: now + o.ttlSeconds, ...what,
-  };
-  await o.transport.publish(o.topics.release(o.group, o.model), signRelease(body, o.keys), { qos: 1, retain: true });
-  return body;
-}
-
-/** The signing keys as a trust file with threshold 1. */
-export function trustOfKeys(keys: SigningKey[]): TrustFile {
-  const unique = new Map(keys.map((k) => [k.id, { id: k.id, publicKey: k.publicKey }]));
-  return { threshold: 1, keys: [...unique.values()] };
-}
-
 /**
  * Uploads the payloads (and the full model) to the update server, waits for
  * its confirmations, then publishes the signed release retained for the group:
  * one step per update along the chain, plus a full-model step when given.
  */
 export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
-  if (o.keys.length === 0) throw new PublishError('bad-update', 'no signing key');
-  if (o.payloads.length === 0 && !o.fullModel) throw new PublishError('bad-update', 'nothing to publish: give at least one update or a full model');
-  const chain = o.payloads.length ? orderChain(o.payloads) : undefined;
-  const fullDigest = o.fullModel ? fullModelDigest(o.fullModel) : undefined;
-  const target = chain?.target ?? fullDigest!;
-  if (fullDigest !== undefined && fullDigest !== target) {
-    throw new PublishError('bad-update', `the full model's digest ${short(fullDigest)} is not the updates' target ${short(target)}`);
-  }
-  if ((chain?.links.length ?? 0) + (o.fullModel ? 1 : 0) > 64) throw new PublishError('bad-update', 'a release has at most 64 steps');
-
-  const t = o.transport;
-  const releaseTopic = o.topics.release(o.group, o.model);
-  const watch = await watchRelease(t, releaseTopic, o.trust ?? trustOfKeys(o.keys), o.log, o.settleMs);
+  if (o.keys.length === 0 && !o.rolloutKeys?.length) throw new PublishError('bad-update', 'no signing key');
+  const { chain, target } = chainOf(o);
+  const trust = trustOfOptions(o);
+  const watch = await watchRelease(o.transport, o.topics.release(o.group, o.model), trust, o.log, o.settleMs);
   try {
-    const plain = [...(chain?.links.map((l) => l.payload) ?? []), ...(o.fullModel ? [o.fullModel] : [])];
-    const parts = o.groupKey ? plain.map((p) => sealPayload(p, o.groupKey!)) : plain;
-    const counts = parts.map((p) => chunkCount(p.byteLength, o.chunkSize));
-    const total = counts.reduce((a, b) => a + b, 0);
-    const uploads: UploadResult[] = [];
-    let before = 0;
-    for (const [k, payload] of parts.entries()) {
-      uploads.push(await uploadPayload({
-        transport: t, topics: o.topics, model: o.model, payload, chunkSize: o.chunkSize, window: o.window,
-        receiptTimeoutMs: o.receiptTimeoutMs, log: o.log, onProgress: (d) => o.onProgress?.(before + d, total),
-      }));
-      before += counts[k];
-    }
-    const steps = [
-      ...(chain?.links.map((l, k) => stepOf(uploads[k], l.base, l.target)) ?? []),
-      ...(o.fullModel ? [stepOf(uploads[uploads.length - 1], null, target)] : []),
-    ].map((st) => (o.groupKey ? { ...st, sealed: true } : st));
+    // Retained manifests arrive while the payloads upload.
+    const known = readManifests(o.transport, o.topics, o.model, trust, o.log, o.settleMs);
+    known.catch(() => undefined);
+    const { uploads, steps } = await uploadSteps(o, target, chain);
 
     const current = await watch.read();
     if (current.problem) o.log.warn('the current release is not taken as the previous version', { problem: current.problem });
@@ -394,7 +263,8 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
     const previous = current.body
       ? (current.body.target === target ? current.body.previous : current.body.target)
       : (chain?.links[0]?.base ?? null);
-    const body = await publishGroupRelease(o, current.seq, { target, steps, rollback: false, previous });
+    const manifest = await manifestFor(o, await known, { model: o.model, target, steps, limits: limitsOf(steps) }, previous);
+    const body = await publishGroupRelease(o, current.seq, { manifest, rollback: false, previous });
     const last = chain ? uploads[chain.links.length - 1] : uploads[uploads.length - 1];
     return {
       updateId: last.updateId, release: body, uploads,
@@ -403,4 +273,101 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
   } finally {
     await watch.stop();
   }
+}
+
+const sameSteps = (a: ManifestBody, b: ManifestBody): boolean =>
+  JSON.stringify(a.steps) === JSON.stringify(b.steps) && a.target === b.target && a.model === b.model;
+
+/**
+ * The signed manifest to assign: signed now with the release keys (and
+ * retained under its hash, with a step-less manifest for `previous` when
+ * none is retained, so the rollout key alone can take the group back later);
+ * without release keys, a retained manifest with the same steps.
+ */
+async function manifestFor(o: PublishOptions, known: KnownManifest[], want: ManifestBody, previous: string | null): Promise<Uint8Array> {
+  if (o.keys.length === 0) {
+    const found = known.find((m) => sameSteps(m, want));
+    if (!found) {
+      throw new PublishError('no-manifest', `no retained manifest signed by the release keys has these steps to ${short(want.target)}; have the release keys sign one (fleet publish --key RELEASE_KEY --manifest-only)`);
+    }
+    return found.bytes;
+  }
+  const bytes = signManifest(want, o.keys);
+  await publishManifest(o, { ...want, manifest: manifestHashOf(bytes), bytes });
+  await publishBackManifests(o, known, [previous, ...want.steps.map((st) => st.from)], want.target);
+  return bytes;
+}
+
+/**
+ * For each version an update replaces (the group's previous target, the
+ * chain's bases) without a retained manifest: a step-less manifest signed
+ * now, so that the rollout key alone can take a group back to it later
+ * (devices that still hold it switch back).
+ */
+async function publishBackManifests(
+  o: Pick<PublishOptions, 'transport' | 'topics' | 'model' | 'keys'>, known: KnownManifest[], digests: Array<string | null>, target: string,
+): Promise<void> {
+  const want = new Set(digests.filter((d): d is string => d !== null && d !== target && !known.some((m) => m.target === d)));
+  for (const digest of want) {
+    const back: ManifestBody = { model: o.model, target: digest, steps: [], limits: limitsOf([]) };
+    const bytes = signManifest(back, o.keys);
+    await publishManifest(o, { ...back, manifest: manifestHashOf(bytes), bytes });
+  }
+}
+
+/**
+ * Uploads the payloads and publishes only their manifest, signed by the
+ * release keys and retained under its hash: the release engineer's half. A
+ * rollout key assigns it to groups later (publishUpdate or the rollout
+ * controller without release keys).
+ */
+export async function publishManifestOnly(o: Omit<PublishOptions, 'group' | 'ttlSeconds'>): Promise<KnownManifest & { uploads: UploadResult[] }> {
+  if (o.keys.length === 0) throw new PublishError('bad-update', 'a manifest is signed by release keys; none given');
+  const { chain, target } = chainOf(o);
+  const known = readManifests(o.transport, o.topics, o.model, trustOfOptions(o), o.log, o.settleMs);
+  known.catch(() => undefined);
+  const { uploads, steps } = await uploadSteps(o, target, chain);
+  const body: ManifestBody = { model: o.model, target, steps, limits: limitsOf(steps) };
+  const bytes = signManifest(body, o.keys);
+  const m = { ...body, manifest: manifestHashOf(bytes), bytes };
+  await publishManifest(o, m);
+  await publishBackManifests(o, await known, steps.map((st) => st.from), target);
+  return { ...m, uploads };
+}
+
+type Chain = ReturnType<typeof orderChain>;
+
+/** The payloads' chain and target, checked against the full model. */
+function chainOf(o: Pick<PublishOptions, 'payloads' | 'fullModel'>): { chain: Chain | undefined; target: string } {
+  if (o.payloads.length === 0 && !o.fullModel) throw new PublishError('bad-update', 'nothing to publish: give at least one update or a full model');
+  const chain = o.payloads.length ? orderChain(o.payloads) : undefined;
+  const fullDigest = o.fullModel ? fullModelDigest(o.fullModel) : undefined;
+  const target = chain?.target ?? fullDigest!;
+  if (fullDigest !== undefined && fullDigest !== target) {
+    throw new PublishError('bad-update', `the full model's digest ${short(fullDigest)} is not the updates' target ${short(target)}`);
+  }
+  if ((chain?.links.length ?? 0) + (o.fullModel ? 1 : 0) > MAX_STEPS) throw new PublishError('bad-update', `a manifest has at most ${MAX_STEPS} steps`);
+  return { chain, target };
+}
+
+/** Uploads every payload (sealed when a group key is given) and returns the manifest steps: the chain, then the full model. */
+async function uploadSteps(o: Omit<PublishOptions, 'group' | 'ttlSeconds'>, target: string, chain: Chain | undefined): Promise<{ uploads: UploadResult[]; steps: ReleaseStep[] }> {
+  const plain = [...(chain?.links.map((l) => l.payload) ?? []), ...(o.fullModel ? [o.fullModel] : [])];
+  const parts = o.groupKey ? plain.map((p) => sealPayload(p, o.groupKey!)) : plain;
+  const counts = parts.map((p) => chunkCount(p.byteLength, o.chunkSize));
+  const total = counts.reduce((a, b) => a + b, 0);
+  const uploads: UploadResult[] = [];
+  let before = 0;
+  for (const [k, payload] of parts.entries()) {
+    uploads.push(await uploadPayload({
+      transport: o.transport, topics: o.topics, model: o.model, payload, chunkSize: o.chunkSize, window: o.window,
+      receiptTimeoutMs: o.receiptTimeoutMs, log: o.log, onProgress: (d) => o.onProgress?.(before + d, total),
+    }));
+    before += counts[k];
+  }
+  const steps = [
+    ...(chain?.links.map((l, k) => stepOf(uploads[k], l.base, l.target)) ?? []),
+    ...(o.fullModel ? [stepOf(uploads[uploads.length - 1], null, target)] : []),
+  ].map((st) => (o.groupKey ? { ...st, sealed: true } : st));
+  return { uploads, steps };
 }

@@ -1,9 +1,12 @@
-import type { ReleaseBody } from '../protocol/release.ts';
+import { limitsOf, manifestHashOf, signManifest, type ManifestBody, type ReleaseBody } from '../protocol/release.ts';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
-import { fullModelDigest, PublishError, publishGroupRelease, stepOf, trustOfKeys, uploadPayload, watchRelease, type GroupReleaseOptions, type UploadResult } from './publish.ts';
+import {
+  fullModelDigest, publishGroupRelease, publishManifest, PublishError, readManifests, stepOf, trustOfOptions, uploadPayload, watchRelease,
+  type GroupReleaseOptions, type UploadResult,
+} from './publish.ts';
 
 export interface RollbackOptions extends GroupReleaseOptions {
-  /** Safetensors bytes of the previous model: a full-model step for devices that no longer hold it. */
+  /** Safetensors bytes of the previous model: a full-model step for devices that no longer hold it (needs release keys). */
   fullModel?: Uint8Array;
   /** Chunk size for the full model's upload. */
   chunkSize?: number;
@@ -25,16 +28,22 @@ const short = (d: string): string => d.slice(0, 12);
 
 /**
  * Takes a group back to the version it was asked to run before the current
- * release: a signed release with target = the current `previous`, rollback
- * true, and no low-rank steps. Devices that still hold that version switch
- * back at once; the others take the full-model step when one is given.
+ * release: an assignment (rollout key) of a manifest whose target is the
+ * current `previous`, marked rollback. The manifest is one the release keys
+ * signed before (retained on `fleet/models/{m}/manifests/+`; publishing an
+ * update leaves one for the version it replaces), so the rollout key alone
+ * suffices. Devices that still hold that version switch back at once; with
+ * `fullModel` (and release keys) a new manifest with a full-model step is
+ * signed for the devices that no longer hold it.
  */
 export async function rollbackGroup(o: RollbackOptions): Promise<RollbackResult> {
-  if (o.keys.length === 0) throw new PublishError('bad-update', 'no signing key');
+  if (o.keys.length === 0 && !o.rolloutKeys?.length) throw new PublishError('bad-update', 'no signing key');
   const t = o.transport;
-  const releaseTopic = o.topics.release(o.group, o.model);
-  const watch = await watchRelease(t, releaseTopic, o.trust ?? trustOfKeys(o.keys), o.log, o.settleMs);
+  const trust = trustOfOptions(o);
+  const watch = await watchRelease(t, o.topics.release(o.group, o.model), trust, o.log, o.settleMs);
   try {
+    const known = readManifests(t, o.topics, o.model, trust, o.log, o.settleMs);
+    known.catch(() => undefined);
     const current = await watch.read();
     const where = `${o.model} for group ${o.group}`;
     if (current.problem) throw new PublishError('untrusted-release', `cannot roll back ${where}: the current release is not usable (${current.problem})`);
@@ -48,7 +57,9 @@ export async function rollbackGroup(o: RollbackOptions): Promise<RollbackResult>
     const target = cur.previous;
 
     let upload: UploadResult | undefined;
+    let manifest: Uint8Array;
     if (o.fullModel) {
+      if (o.keys.length === 0) throw new PublishError('bad-update', 'a rollback with a full model signs a new manifest: it needs the release keys (--key)');
       const digest = fullModelDigest(o.fullModel);
       if (digest !== target) {
         throw new PublishError('bad-update', `the full model's digest ${short(digest)} is not the previous version ${short(target)}`);
@@ -57,9 +68,24 @@ export async function rollbackGroup(o: RollbackOptions): Promise<RollbackResult>
         transport: t, topics: o.topics, model: o.model, payload: o.fullModel, chunkSize: o.chunkSize ?? DEFAULT_CHUNK_SIZE,
         window: o.window, receiptTimeoutMs: o.receiptTimeoutMs, log: o.log, onProgress: o.onProgress,
       });
+      const steps = [stepOf(upload, null, target)];
+      const body: ManifestBody = { model: o.model, target, steps, limits: limitsOf(steps) };
+      manifest = signManifest(body, o.keys);
+      await publishManifest(o, { ...body, manifest: manifestHashOf(manifest), bytes: manifest });
+    } else {
+      // Prefer a manifest with steps (devices that lost the version can fetch it), else one without.
+      const found = (await known).filter((m) => m.target === target).sort((a, b) => b.steps.length - a.steps.length)[0];
+      if (found) manifest = found.bytes;
+      else if (o.keys.length > 0) {
+        const body: ManifestBody = { model: o.model, target, steps: [], limits: limitsOf([]) };
+        manifest = signManifest(body, o.keys);
+        await publishManifest(o, { ...body, manifest: manifestHashOf(manifest), bytes: manifest });
+      } else {
+        throw new PublishError('no-manifest', `cannot roll back ${where}: no retained manifest signed by the release keys leads to ${short(target)}; have the release keys sign one (fleet rollback --key RELEASE_KEY)`);
+      }
     }
 
-    const body = await publishGroupRelease(o, current.seq, { target, steps: upload ? [stepOf(upload, null, target)] : [], rollback: true, previous: cur.target });
+    const body = await publishGroupRelease(o, current.seq, { manifest, rollback: true, previous: cur.target });
     o.log.info('rolled back', { model: o.model, group: o.group, from: cur.target, to: target, seq: body.seq, full: upload !== undefined });
     return { from: cur.target, to: target, replacedSeq: current.seq, release: body, upload };
   } finally {

@@ -12,6 +12,7 @@ export interface ReleaseContext {
   plan: RolloutPlan;
   payloads: PlanPayloads;
   keys: SigningKey[];
+  rolloutKeys?: SigningKey[];
   trust: TrustFile;
   transport: Transport;
   topics: Topics;
@@ -23,13 +24,13 @@ export interface ReleaseContext {
 }
 
 /** Rollback errors that trying again cannot fix. */
-const PERMANENT = ['no-release', 'no-previous', 'untrusted-release', 'bad-update', 'bad-seq'];
+const PERMANENT = ['no-release', 'no-previous', 'untrusted-release', 'bad-update', 'bad-seq', 'no-manifest'];
 const short = (d: string): string => d.slice(0, 12);
 
 /** Uploads the plan's payloads (idempotent: the server keeps what it has) and publishes the group's signed release. */
 export function publishWave(c: ReleaseContext, group: string): Promise<PublishResult> {
   return c.publish({
-    transport: c.transport, topics: c.topics, keys: c.keys, trust: c.trust, model: c.plan.model, group,
+    transport: c.transport, topics: c.topics, keys: c.keys, rolloutKeys: c.rolloutKeys, trust: c.trust, model: c.plan.model, group,
     payloads: c.payloads.payloads, fullModel: c.payloads.fullModel, chunkSize: planChunkSize(c.plan), ttlSeconds: planTtl(c.plan),
     settleMs: c.releaseSettleMs, receiptTimeoutMs: c.receiptTimeoutMs, log: c.log,
   });
@@ -61,7 +62,7 @@ export async function rollbackReached(
     }
     try {
       const r = await c.rollback({
-        transport: c.transport, topics: c.topics, keys: c.keys, trust: c.trust, model: c.plan.model, group: w.group,
+        transport: c.transport, topics: c.topics, keys: c.keys, rolloutKeys: c.rolloutKeys, trust: c.trust, model: c.plan.model, group: w.group,
         ttlSeconds: planTtl(c.plan), settleMs: c.releaseSettleMs, log: c.log,
       });
       w.rolledBack = true;

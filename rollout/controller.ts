@@ -2,7 +2,7 @@ import os from 'node:os';
 import type { Clock } from '../device/clock.ts';
 import { verifyRelease, type ReleaseBody, type SigningKey, type TrustFile } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
-import { trustOfKeys, type PublishOptions, type PublishResult } from '../publisher/publish.ts';
+import { trustOfOptions, type PublishOptions, type PublishResult } from '../publisher/publish.ts';
 import type { RollbackOptions, RollbackResult } from '../publisher/rollback.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
@@ -32,8 +32,11 @@ export interface ControllerPorts {
 export interface ControllerOptions {
   plan: RolloutPlan;
   payloads: PlanPayloads;
+  /** Release keys: sign the plan's manifest when none is retained yet (may be empty when one is). */
   keys: SigningKey[];
-  /** Keys releases on the broker are checked against (default: the signing keys). */
+  /** Rollout keys: sign the group assignments and rollbacks (default: the release keys). */
+  rolloutKeys?: SigningKey[];
+  /** Keys releases and manifests on the broker are checked against (default: the signing keys). */
   trust?: TrustFile;
   /** How long retained statuses, presence and releases are collected at start (default 1500 ms). */
   settleMs?: number;
@@ -85,7 +88,7 @@ export class RolloutController {
 
   constructor(private readonly o: ControllerOptions, private readonly io: ControllerPorts) {
     this.inv = new Inventory(io.topics);
-    this.trust = o.trust ?? trustOfKeys(o.keys);
+    this.trust = trustOfOptions(o);
     this.digest = planDigest(o.plan);
     this.ctx = { ...o, ...io, trust: this.trust };
   }

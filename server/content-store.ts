@@ -3,7 +3,7 @@ import path from 'node:path';
 import { chunkList, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
 import { isUpdateId } from '../protocol/frames.ts';
 import { isTopicSegment } from '../protocol/topics.ts';
-import { decodeReleaseBody, decodeSignedRelease } from '../protocol/release.ts';
+import { decodeRelease } from '../protocol/release.ts';
 import { exists, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
 
 export interface StoredUpdate {
@@ -40,7 +40,8 @@ export class StoreError extends Error {
  * Content-addressed: identical updates are stored once.
  */
 export class ContentStore {
-  private readonly handles = new Map<string, fs.FileHandle>();
+  /** Open payload files, by update id: the opening promise, so overlapping reads share one handle. */
+  private readonly handles = new Map<string, Promise<fs.FileHandle>>();
   private readonly metas = new Map<string, StoredUpdate>();
   private readonly lists = new Map<string, Uint8Array>();
   /** Indices on disk per upload in progress (loaded from disk on first touch). */
@@ -80,23 +81,26 @@ export class ContentStore {
   async readChunk(id: string, index: number): Promise<Uint8Array | undefined> {
     const m = await this.meta(id);
     if (!m || index < 0 || index >= m.chunks) return undefined;
-    let h = this.handles.get(id);
-    if (!h) {
-      try {
-        h = await fs.open(path.join(this.updateDir(id), 'payload'), 'r');
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
-        // Removed by `fleet gc` while cached here: it is gone.
-        this.metas.delete(id);
-        this.lists.delete(id);
-        return undefined;
-      }
-      this.handles.set(id, h);
+    let opening = this.handles.get(id);
+    if (!opening) {
+      opening = fs.open(path.join(this.updateDir(id), 'payload'), 'r');
+      this.handles.set(id, opening);
+      opening.catch(() => this.handles.delete(id));
       if (this.handles.size > 32) {
-        const [oldId, old] = this.handles.entries().next().value as [string, fs.FileHandle];
+        const [oldId, old] = this.handles.entries().next().value as [string, Promise<fs.FileHandle>];
         this.handles.delete(oldId);
-        await old.close();
+        void old.then((o) => o.close()).catch(() => undefined);
       }
+    }
+    let h: fs.FileHandle;
+    try {
+      h = await opening;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      // Removed by `fleet gc` while cached here: it is gone.
+      this.metas.delete(id);
+      this.lists.delete(id);
+      return undefined;
     }
     const begin = index * m.chunkSize;
     const len = Math.min(m.chunkSize, m.size - begin);
@@ -247,8 +251,9 @@ export class ContentStore {
       }
       removed.push(id);
       if (!opts.dryRun) {
-        await this.handles.get(id)?.close();
+        const h = this.handles.get(id);
         this.handles.delete(id);
+        await h?.then((o) => o.close()).catch(() => undefined);
         this.metas.delete(id);
         this.lists.delete(id);
         await fs.rm(path.join(this.dir, 'updates', id), { recursive: true, force: true });
@@ -266,15 +271,16 @@ export class ContentStore {
   }
 
   async close(): Promise<void> {
-    for (const h of this.handles.values()) await h.close();
+    const open = [...this.handles.values()];
     this.handles.clear();
+    for (const h of open) await h.then((o) => o.close()).catch(() => undefined);
   }
 }
 
 /** The update ids a stored release names (none when it does not parse). */
 function releaseUpdateIds(bytes: Uint8Array): string[] {
   try {
-    return decodeReleaseBody(decodeSignedRelease(bytes).body).steps.map((s) => s.updateId);
+    return decodeRelease(bytes).steps.map((s) => s.updateId);
   } catch {
     return [];
   }

@@ -1,5 +1,5 @@
 import { decodeFrame, decodeRequest, encodeFrame, encodeReceipt, MAX_WANT } from '../protocol/frames.ts';
-import { decodeReleaseBody, decodeSignedRelease } from '../protocol/release.ts';
+import { decodeRelease } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
@@ -195,7 +195,7 @@ export class UpdateServer {
 /** The sequence number of a release, without checking signatures (devices do that). */
 function releaseSeq(bytes: Uint8Array): number | undefined {
   try {
-    return decodeReleaseBody(decodeSignedRelease(bytes).body).seq;
+    return decodeRelease(bytes).seq;
   } catch {
     return undefined;
   }

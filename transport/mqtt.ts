@@ -8,6 +8,12 @@ import type { MessageHandler, PublishOptions, Transport } from './types.ts';
 export interface MqttTransportOptions {
   /** mqtt://host:port */
   url: string;
+  /**
+   * Further nodes of the same logical broker (a cluster, docs/cluster.md). A
+   * connection that closes or fails moves on to the next URL in turn, so a
+   * device whose node dies reconnects to another. Credentials come from `url`.
+   */
+  fallbackUrls?: string[];
   clientId: string;
   /** Last will, e.g. presence `offline`. */
   will?: { topic: string; payload: string; retain: boolean; qos: 0 | 1 };
@@ -47,16 +53,19 @@ export class MqttTransport implements Transport {
   private bytesOutDone = 0;
   private connects = 0;
   private socket: net.Socket | undefined;
+  private serverIndex = 0;
   /** Why the broker last refused the login, if it did. */
   refusal: string | undefined;
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
-    const secure = u.protocol === 'mqtts:';
-    if (u.protocol !== 'mqtt:' && u.protocol !== 'tcp:' && !secure) throw new TypeError(`unsupported broker URL ${opts.url} (use mqtt://host:port or mqtts://host:port)`);
-    const host = u.hostname;
-    const port = Number(u.port || (secure ? 8883 : 1883));
-    const tlsOpts = secure
+    const servers = [opts.url, ...(opts.fallbackUrls ?? [])].map((url) => {
+      const s = new URL(url);
+      const secure = s.protocol === 'mqtts:';
+      if (s.protocol !== 'mqtt:' && s.protocol !== 'tcp:' && !secure) throw new TypeError(`unsupported broker URL ${url} (use mqtt://host:port or mqtts://host:port)`);
+      return { host: s.hostname, port: Number(s.port || (secure ? 8883 : 1883)), secure };
+    });
+    const tlsFiles = servers.some((x) => x.secure)
       ? { ca: opts.tls?.ca ?? fromEnvFile('FLEET_TLS_CA'), cert: opts.tls?.cert ?? fromEnvFile('FLEET_TLS_CERT'), key: opts.tls?.key ?? fromEnvFile('FLEET_TLS_KEY') }
       : undefined;
     const min = opts.reconnectMinMs ?? 500;
@@ -78,6 +87,8 @@ export class MqttTransport implements Transport {
       will: opts.will ? { topic: opts.will.topic, payload: Buffer.from(opts.will.payload), retain: opts.will.retain, qos: opts.will.qos } : undefined,
     };
     this.client = new MqttClient(() => {
+      const { host, port, secure } = servers[this.serverIndex % servers.length];
+      const tlsOpts = secure ? tlsFiles : undefined;
       // The raw TCP socket carries the counters (what the link carries, TLS records included).
       const raw = net.createConnection({ host, port, noDelay: true });
       this.socket = raw;
@@ -96,6 +107,8 @@ export class MqttTransport implements Transport {
     });
     this.client.on('close', () => {
       if (this.closing) return;
+      // Another node of the cluster for the next attempt (round robin).
+      this.serverIndex++;
       this.failures++;
       // Exponential backoff with full jitter, capped.
       const ceiling = Math.min(max, min * 2 ** Math.min(this.failures, 16));

@@ -113,41 +113,47 @@ export function topK(base: Mlp, delta: Mlp, k: number, p: Precision): { model: M
   return { model: addDelta(base, sparse), bytes: topKBytes(k, p, touched), k };
 }
 
-/** Bytes of a low-rank update with this config. */
+/**
+ * Data bytes of a low-rank update with this config as the product ships it
+ * (`fleet build` from an adapter): factors in the chosen precision (int8 with
+ * one f32 scale per row of U and of V), bias deltas always as f32 (fleet ships
+ * 1-D tensors dense in f32).
+ */
 export function loraBytes(base: Mlp, c: LoraConfig, p: Precision): number {
   return lowRankBytes(base.hidden, base.inputs, c.r1, p) + lowRankBytes(base.outputs, base.hidden, c.r2, p)
-    + (c.b1 ? vectorBytes(base.hidden, p) : 0) + (c.b2 ? vectorBytes(base.outputs, p) : 0);
+    + (c.b1 ? vectorBytes(base.hidden, 'f32') : 0) + (c.b2 ? vectorBytes(base.outputs, 'f32') : 0);
 }
 
 /**
- * What a directly trained low-rank update gets for `budget` bytes, in this
- * order, each as much as still fits: the output bias delta, then the
- * first layer's rank r1 (the layer that sees the drifted pixels), then the
- * hidden bias delta, then the second layer's rank r2. Ranks stop where the
- * factors would cost as much as the dense matrix.
+ * What a directly trained low-rank update gets for `budget` bytes: first the
+ * bias deltas (output, then hidden; the cheapest parameters), then ranks kept
+ * balanced across the two layers — each round raises the lower of r1, r2 by
+ * one (ties: the cheaper layer, W2), skipping a layer whose next rank does not
+ * fit or whose factors would cost as much as its dense matrix, until neither
+ * layer can grow. Bias deltas and r1 never shrink as the budget grows (r2 may
+ * give way to r1 in the balance). The old rule (output bias, then as much r1
+ * as fits, then the hidden bias, then r2) spent 1 % of the model on a rank-1
+ * ΔW1 and dropped the hidden bias, and scored below its own 0.5 % update.
  */
 export function loraConfigFor(base: Mlp, budget: number, p: Precision): LoraConfig {
   const c: LoraConfig = { r1: 0, r2: 0, b1: false, b2: false };
   const fits = (): boolean => loraBytes(base, c, p) <= budget;
   c.b2 = true;
   if (!fits()) c.b2 = false;
-  const max1 = Math.floor((base.hidden * base.inputs) / (base.hidden + base.inputs));
-  while (c.r1 < max1) {
-    c.r1++;
-    if (!fits()) {
-      c.r1--;
-      break;
-    }
-  }
   c.b1 = true;
   if (!fits()) c.b1 = false;
+  const max1 = Math.floor((base.hidden * base.inputs) / (base.hidden + base.inputs));
   const max2 = Math.floor((base.outputs * base.hidden) / (base.outputs + base.hidden));
-  while (c.r2 < max2) {
-    c.r2++;
-    if (!fits()) {
-      c.r2--;
-      break;
-    }
+  const grow = (key: 'r1' | 'r2', max: number): boolean => {
+    if (c[key] >= max) return false;
+    c[key]++;
+    if (fits()) return true;
+    c[key]--;
+    return false;
+  };
+  for (;;) {
+    const order: Array<['r1' | 'r2', number]> = c.r1 < c.r2 ? [['r1', max1], ['r2', max2]] : [['r2', max2], ['r1', max1]];
+    if (!grow(...order[0]) && !grow(...order[1])) break;
   }
   return c;
 }

@@ -6,10 +6,11 @@ import { mulberry32 } from '../../util/random.ts';
 import { bytesLabel, type PaperResult, type MethodRow, type Section } from './result.ts';
 import { loadAllDigits, splitDigits, drift, DEFAULT_DRIFT, PIXELS, CLASSES, type DriftOptions } from './data.ts';
 import { accuracy, cloneMlp, initMlp, paramCount } from './mlp.ts';
-import { train, fullTrainable, lastLayerTrainable, loraTrainable, initLora, mergeLora } from './train.ts';
-import { deltaOf, loraBytes, loraConfigFor, quantizeLora, quantizedDense, topK, topKCount, addDelta, quantizeRows } from './compress.ts';
+import { train, fullTrainable, lastLayerTrainable, loraTrainable, initLora } from './train.ts';
+import { deltaOf, loraBytes, loraConfigFor, quantizedDense, topK, topKCount, addDelta, quantizeRows } from './compress.ts';
 import { denseBytes, vectorBytes, type Precision } from './bytes.ts';
 import { fleetBuilder } from './fleet-build.ts';
+import { productPath } from './adapter.ts';
 
 export interface PaperOptions {
   baseTrain: number;
@@ -27,6 +28,8 @@ export interface PaperOptions {
   /** bytesForGain's target: this fraction of the full fine-tune's gain. */
   gainFraction: number;
   log: (line: string) => void;
+  /** Called after each step: base, full fine-tune, and every (method, precision, size) trained or built. */
+  onStep?: (done: number, total: number) => void;
 }
 
 export const DEFAULT_OPTIONS: PaperOptions = {
@@ -41,7 +44,7 @@ export const DEFAULT_OPTIONS: PaperOptions = {
   batch: 64,
   sizesPercent: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
   drift: DEFAULT_DRIFT,
-  gainFraction: 0.8,
+  gainFraction: 0.9,
   log: () => {},
 };
 
@@ -60,6 +63,9 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
     return v;
   };
   const log = o.log;
+  const totalSteps = 2 + 2 * 2 * o.sizesPercent.length;
+  let doneSteps = 0;
+  const step = (): void => o.onStep?.(++doneSteps, totalSteps);
 
   // Data.
   const { split, fieldTrain, fieldTest } = await timed('data', () => {
@@ -77,6 +83,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
   const baseAccuracyOriginal = accuracy(base, split.test);
   const baseAccuracyField = accuracy(base, fieldTest);
   log(`base accuracy: original ${pct(baseAccuracyOriginal)}, field ${pct(baseAccuracyField)}`);
+  step();
 
   const modelBytes = paramCount(base) * 4;
   const sizes = o.sizesPercent.map((p) => Math.floor((p / 100) * modelBytes));
@@ -91,6 +98,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
   });
   const fullFineTuneAccuracy = accuracy(fine, fieldTest);
   log(`full fine-tune: field ${pct(fullFineTuneAccuracy)}`);
+  step();
   const delta = deltaOf(base, fine);
 
   // Last layer only.
@@ -102,6 +110,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
   const lastDelta = deltaOf(base, last);
 
   const fleet = await fleetBuilder(base, fine);
+  const product = await productPath(base);
   const sections: Section[] = [];
   try {
     for (const precision of ['f32', 'int8'] as Precision[]) {
@@ -120,32 +129,44 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
         return r;
       };
 
-      // 1. Low-rank factors trained directly on the frozen base.
+      // 1. Low-rank factors trained directly on the frozen base, shipped through the product
+      //    (PEFT adapter → fleet build's LoRA import → payload → the device's apply).
       const lr = grid('lowRankTrained', 'low-rank trained (ΔW = U·V, base frozen)');
       for (let i = 0; i < sizes.length; i++) {
         const cfg = loraConfigFor(base, sizes[i], precision);
         const bytes = loraBytes(base, cfg, precision);
-        if (bytes === 0) continue;
-        const acc = await timed(`lowRankTrained.${precision}`, () => {
+        if (bytes === 0) {
+          step();
+          continue;
+        }
+        const s = await timed(`lowRankTrained.${precision}`, () => {
           const s = initLora(base, cfg, mulberry32(o.seed + 6));
           train(loraTrainable(base, s), fieldTrain, smallOpts);
-          return accuracy(mergeLora(base, quantizeLora(base, s, precision)), fieldTest);
+          return s;
         });
+        const built = await timed('productPath', () => product.build(s, precision === 'f32' ? 'f32' : 'int8'));
+        if (built.dataBytes !== bytes) throw new Error(`internal: the payload holds ${built.dataBytes} data bytes, the budget rule counted ${bytes}`);
+        const acc = await timed('evaluate', () => accuracy(built.model, fieldTest));
         lr.accuracy[i] = acc;
         lr.bytes[i] = bytes;
-        lr.detail[i] = `r1=${cfg.r1} r2=${cfg.r2}${cfg.b1 ? ' b1' : ''}${cfg.b2 ? ' b2' : ''}`;
-        log(`[${precision}] low-rank trained @ ${bytesLabel(sizes[i])}: ${lr.detail[i]}, ${bytes} B → ${pct(acc)}`);
+        lr.detail[i] = `r1=${cfg.r1} r2=${cfg.r2}${cfg.b1 ? ' b1' : ''}${cfg.b2 ? ' b2' : ''} (payload ${built.payload.byteLength} B)`;
+        log(`[seed ${o.seed} ${precision}] low-rank trained @ ${bytesLabel(sizes[i])}: ${lr.detail[i]}, ${bytes} B → ${pct(acc)}`);
+        step();
       }
 
       // 2. Truncated SVD of the fine-tune's ΔW, by the product's own build.
       const sv = grid('fleetSvd', 'SVD of fine-tune ΔW (fleet build --budget)');
       for (let i = 0; i < sizes.length; i++) {
         const built = await timed(`fleetSvd.${precision}`, () => fleet.build(sizes[i], precision === 'f32' ? 'f32' : 'int8'));
-        if (!built) continue;
-        sv.accuracy[i] = accuracy(built.model, fieldTest);
+        if (!built) {
+          step();
+          continue;
+        }
+        sv.accuracy[i] = await timed('evaluate', () => accuracy(built.model, fieldTest));
         sv.bytes[i] = built.bytes;
         sv.detail[i] = Object.entries(built.ranks).map(([n, r]) => `${n}:${r}`).join(' ');
-        log(`[${precision}] fleet build @ ${bytesLabel(sizes[i])}: ${sv.detail[i]}, ${built.bytes} B payload → ${pct(sv.accuracy[i]!)}`);
+        log(`[seed ${o.seed} ${precision}] fleet build @ ${bytesLabel(sizes[i])}: ${sv.detail[i]}, ${built.bytes} B payload → ${pct(sv.accuracy[i]!)}`);
+        step();
       }
 
       // 3. Top-k sparse ΔW.
@@ -154,7 +175,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
         const k = topKCount(sizes[i], precision, 4);
         if (k === 0) continue;
         const r = await timed(`topK.${precision}`, () => topK(base, delta, k, precision));
-        tk.accuracy[i] = accuracy(r.model, fieldTest);
+        tk.accuracy[i] = await timed('evaluate', () => accuracy(r.model, fieldTest));
         tk.bytes[i] = r.bytes;
         tk.detail[i] = `k=${r.k}`;
       }
@@ -180,6 +201,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
     }
   } finally {
     await fleet.close();
+    await product.close();
   }
 
   const result: PaperResult = {

@@ -1,145 +1,153 @@
-/** The results as a markdown table and as an SVG plot (accuracy vs update bytes, log x). */
-import { bytesForGain, bytesLabel, type PaperResult } from './result.ts';
+/** docs/results.md from the aggregate of several seeds, and the SVG plot. */
+import type { Aggregate, MethodSummary, Stat } from './aggregate.ts';
+import { plotScene, sceneToSvg } from './plot.ts';
+import { bytesLabel } from './result.ts';
 
-const pc = (x: number | null): string => (x === null ? '—' : (100 * x).toFixed(1));
+const f1 = (x: number): string => x.toFixed(1);
+const signed = (x: number): string => `${x >= 0 ? '+' : '−'}${f1(Math.abs(x))}`;
+const pm = (s: Stat | null): string => (s === null ? '—' : `${signed(s.mean)} ± ${f1(s.sd)}`);
+const pctOf = (b: number, model: number): string => `${((100 * b) / model).toFixed(2)} %`;
 
-export function markdownTables(r: PaperResult): string {
-  const lines: string[] = [];
-  lines.push(`Model: MLP 784-${r.config.hidden}-10, ${r.modelParams} parameters = ${r.modelBytes} bytes in float32. `
-    + `Cells: field test accuracy (%) on ${r.config.test} drifted test digits; "—": the method does not fit that size.`);
-  lines.push('');
-  lines.push(`- base model, original test digits: **${pc(r.baseAccuracyOriginal)} %**`);
-  lines.push(`- base model, field test digits: **${pc(r.baseAccuracyField)} %**`);
-  lines.push(`- full fine-tune on field digits (f32, ${r.modelBytes} B): **${pc(r.fullFineTuneAccuracy)} %**`);
-  lines.push('');
-  const head = ['method', ...r.sizesPercent.map((p, i) => `${p} % (${bytesLabel(r.sizesBytes[i])})`), 'own size'];
-  for (const s of r.sections) {
-    lines.push(`### ${s.precision === 'f32' ? 'float32 numbers' : '8-bit numbers'}`);
-    lines.push('');
-    lines.push(`| ${head.join(' | ')} |`);
-    lines.push(`|${head.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
-    for (const row of s.rows) {
-      const own = row.ownBytes !== null ? `${pc(row.ownAccuracy)} @ ${bytesLabel(row.ownBytes)} (${((100 * row.ownBytes) / r.modelBytes).toFixed(2)} %)` : '';
-      lines.push(`| ${row.label} | ${row.accuracy.map(pc).join(' | ')} | ${own} |`);
-    }
-    lines.push(`| base (no update) | ${r.sizesPercent.map(() => pc(r.baseAccuracyField)).join(' | ')} | |`);
-    lines.push('');
-    const detailRows = s.rows.filter((row) => row.detail.some((d) => d !== null));
-    if (detailRows.length) {
-      lines.push('What each budget bought (actual bytes; for fleet build, the whole CBOR payload):');
-      lines.push('');
-      for (const row of detailRows) {
-        const parts = r.sizesPercent.map((p, i) => (row.detail[i] === null ? null : `${p} %: ${row.detail[i]}, ${row.bytes[i]} B`)).filter(Boolean);
-        lines.push(`- ${row.label}: ${parts.join('; ')}`);
-      }
-      lines.push('');
-    }
-  }
-  const g = bytesForGain(r);
-  lines.push(`### Bytes for the same gain`);
-  lines.push('');
-  lines.push(`Target: ≥ ${g.targetGainPoints} points over the base's field accuracy (${Math.round(100 * r.gainFraction)} % of the full fine-tune's gain). `
-    + 'Bytes actually used at the smallest size tried that reaches it; ratio = that method ÷ the trained low-rank update of the same precision.');
-  lines.push('');
-  lines.push('| method | precision | bytes needed | ÷ ours |');
-  lines.push('|---|---|---:|---:|');
-  for (const s of r.sections) {
-    const e = g[s.precision] as { bytes: Record<string, number | null>; ratioToOurs: Record<string, number | null> };
-    for (const row of s.rows) {
-      const b = e.bytes[row.key];
-      const ratio = row.key === 'lowRankTrained' ? '1' : e.ratioToOurs[row.key] === null ? '—' : `${e.ratioToOurs[row.key]}×`;
-      lines.push(`| ${row.label} | ${s.precision} | ${b === null ? 'not reached' : `${b} B (${((100 * b) / r.modelBytes).toFixed(2)} %)`} | ${ratio} |`);
-    }
-  }
-  lines.push('');
-  return lines.join('\n');
+function bytesStat(s: Stat | null, model: number, reachedIn: number, seeds: number, atMost: boolean): string {
+  if (s === null || reachedIn === 0) return 'not reached within the sizes tried';
+  const range = s.n > 1 && Math.round(s.min) !== Math.round(s.max) ? ` [${Math.round(s.min)}–${Math.round(s.max)}]` : '';
+  const partial = reachedIn < seeds ? ` (reached in ${reachedIn}/${seeds} seeds)` : '';
+  return `${atMost ? '≤ ' : ''}${Math.round(s.mean)} B${range} = ${pctOf(s.mean, model)}${partial}`;
 }
 
-const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22'];
-
-function esc(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+function ratioStat(s: Stat | null): string {
+  if (s === null) return '—';
+  return s.n > 1 && s.min.toFixed(2) !== s.max.toFixed(2) ? `${s.mean.toFixed(2)}× [${s.min.toFixed(2)}–${s.max.toFixed(2)}]` : `${s.mean.toFixed(2)}×`;
 }
 
-/** Accuracy vs bytes actually used (log x); solid lines f32, dashed 8-bit; fixed-size methods as points. */
-export function svgPlot(r: PaperResult): string {
-  const W = 1010;
-  const H = 560;
-  const L = 70;
-  const R = 440;
-  const T = 40;
-  const B = 60;
-  const pw = W - L - R;
-  const ph = H - T - B;
-  const xs: number[] = [];
-  for (const s of r.sections) for (const row of s.rows) {
-    for (const b of row.bytes) if (b !== null) xs.push(b);
-    if (row.ownBytes !== null) xs.push(row.ownBytes);
-  }
-  const xmin = Math.pow(10, Math.floor(Math.log10(Math.min(...xs, r.modelBytes / 1000))));
-  const xmax = Math.pow(10, Math.ceil(Math.log10(Math.max(...xs, r.modelBytes))));
-  const ymin = Math.max(0, Math.floor((r.baseAccuracyField * 100 - 5) / 10) * 10);
-  const ymax = 100;
-  const X = (b: number): number => L + ((Math.log10(b) - Math.log10(xmin)) / (Math.log10(xmax) - Math.log10(xmin))) * pw;
-  const Y = (a: number): number => T + (1 - (100 * a - ymin) / (ymax - ymin)) * ph;
-  const out: string[] = [];
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
-  out.push(`<rect width="${W}" height="${H}" fill="white"/>`);
-  out.push(`<text x="${L}" y="22" font-size="15">Field accuracy vs update size (MNIST MLP, ${r.modelBytes} B model)</text>`);
-  for (let e = Math.log10(xmin); e <= Math.log10(xmax); e++) {
-    const x = X(10 ** e);
-    out.push(`<line x1="${x}" y1="${T}" x2="${x}" y2="${T + ph}" stroke="#ddd"/>`);
-    out.push(`<text x="${x}" y="${T + ph + 18}" text-anchor="middle">${bytesLabel(10 ** e)}</text>`);
-  }
-  for (let a = ymin; a <= ymax; a += 10) {
-    const y = Y(a / 100);
-    out.push(`<line x1="${L}" y1="${y}" x2="${L + pw}" y2="${y}" stroke="#ddd"/>`);
-    out.push(`<text x="${L - 8}" y="${y + 4}" text-anchor="end">${a} %</text>`);
-  }
-  out.push(`<rect x="${L}" y="${T}" width="${pw}" height="${ph}" fill="none" stroke="#333"/>`);
-  out.push(`<text x="${L + pw / 2}" y="${H - 15}" text-anchor="middle">update bytes (log scale)</text>`);
-  out.push(`<text transform="translate(18 ${T + ph / 2}) rotate(-90)" text-anchor="middle">field test accuracy</text>`);
-  const hline = (a: number, label: string, dash: string): void => {
-    out.push(`<line x1="${L}" y1="${Y(a)}" x2="${L + pw}" y2="${Y(a)}" stroke="#000" stroke-dasharray="${dash}"/>`);
-    out.push(`<text x="${L + 6}" y="${Y(a) - 4}">${esc(label)}</text>`);
-  };
-  hline(r.baseAccuracyField, `base ${(100 * r.baseAccuracyField).toFixed(1)} %`, '2,3');
-  hline(r.fullFineTuneAccuracy, `full fine-tune ${(100 * r.fullFineTuneAccuracy).toFixed(1)} %`, '6,3');
-  const keys = [...new Set(r.sections.flatMap((s) => s.rows.map((row) => row.key)))];
-  let legendY = T + 10;
-  for (const s of r.sections) {
-    for (const row of s.rows) {
-      const color = COLORS[keys.indexOf(row.key) % COLORS.length];
-      const dash = s.precision === 'f32' ? '' : ' stroke-dasharray="6,3"';
-      if (row.ownBytes !== null && row.ownAccuracy !== null) {
-        const x = X(row.ownBytes);
-        const y = Y(row.ownAccuracy);
-        out.push(s.precision === 'f32'
-          ? `<circle cx="${x}" cy="${y}" r="5" fill="${color}"/>`
-          : `<rect x="${x - 5}" y="${y - 5}" width="10" height="10" fill="none" stroke="${color}" stroke-width="2"/>`);
-      } else {
-        const pts: string[] = [];
-        row.bytes.forEach((b, i) => {
-          const a = row.accuracy[i];
-          if (b !== null && a !== null) pts.push(`${X(b).toFixed(1)},${Y(a).toFixed(1)}`);
-        });
-        if (pts.length) {
-          out.push(`<polyline points="${pts.join(' ')}" fill="none" stroke="${color}" stroke-width="2"${dash}/>`);
-          for (const p of pts) {
-            const [x, y] = p.split(',');
-            out.push(`<circle cx="${x}" cy="${y}" r="3" fill="${color}"/>`);
-          }
-        }
-      }
-      const lx = L + pw + 15;
-      out.push(row.ownBytes !== null
-        ? (s.precision === 'f32' ? `<circle cx="${lx + 12}" cy="${legendY - 4}" r="5" fill="${color}"/>` : `<rect x="${lx + 7}" y="${legendY - 9}" width="10" height="10" fill="none" stroke="${color}" stroke-width="2"/>`)
-        : `<line x1="${lx}" y1="${legendY - 4}" x2="${lx + 24}" y2="${legendY - 4}" stroke="${color}" stroke-width="2"${dash}/>`);
-      out.push(`<text x="${lx + 30}" y="${legendY}">${esc(`${s.precision === 'f32' ? 'f32' : '8-bit'}: ${row.label}`)}</text>`);
-      legendY += 18;
+export interface RunMeta {
+  command: string;
+  wallSeconds: number;
+  date: string;
+  jobs: number;
+}
+
+export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
+  const r0 = a.runs[0];
+  const c = r0.config;
+  const n = a.seeds.length;
+  const L: string[] = [];
+  L.push('# Update compression on MNIST: results');
+  L.push('');
+  L.push('Generated by the command below; do not edit by hand. What the experiment is and how to read it:');
+  L.push('[paper.md](paper.md).');
+  L.push('');
+  L.push('```');
+  L.push(meta.command);
+  L.push('```');
+  L.push('');
+  L.push(`Run on ${meta.date}: seeds ${a.seeds.join(', ')}, each in its own worker process (${meta.jobs} at a time), `
+    + `**${meta.wallSeconds} s wall in all** on a shared 2-core machine; per seed ${a.runs.map((r) => `${r.wallSeconds.total} s`).join(', ')}.`);
+  const keys = Object.keys(r0.wallSeconds).filter((k) => k !== 'total');
+  L.push(`Time inside one seed (seed ${c.seed}): ${keys.map((k) => `${k} ${r0.wallSeconds[k]} s`).join(', ')}.`);
+  L.push('');
+  L.push(`Each seed draws its own split of the \`mnist\` package's 10,000 digits (${c.baseTrain} base-training, ${c.fieldTrain} field-training, `
+    + `${c.test} test), its own drift and its own initialisation. Model: MLP 784-${c.hidden}-10, ${a.modelParams} parameters = ${a.modelBytes} B in float32. `
+    + `Base model ${c.baseEpochs} epochs; on the field-training digits, the full fine-tune ${c.fineTuneEpochs} epochs, the last layer and the low-rank updates ${c.loraEpochs} epochs.`);
+  L.push('');
+  L.push(`| over ${n} seeds (mean ± sd [min–max]) | field test accuracy |`);
+  L.push('|---|---:|');
+  const row = (label: string, s: Stat): string => `| ${label} | ${f1(s.mean)} % ± ${f1(s.sd)} [${f1(s.min)}–${f1(s.max)}] |`;
+  L.push(row('base model, original test digits', a.baseOriginal));
+  L.push(row('base model, field (drifted) test digits', a.baseField));
+  L.push(row('full fine-tune on field digits', a.fullFineTune));
+  L.push(`| gain of the full fine-tune (points) | ${signed(a.fullGain.mean)} ± ${f1(a.fullGain.sd)} [${f1(a.fullGain.min)}–${f1(a.fullGain.max)}] |`);
+  L.push('');
+  L.push('## Gain against update bytes');
+  L.push('');
+  L.push(`Cells: gain in field test accuracy over the base model, in points, mean ± sd over ${n} seeds; "—": does not fit that size. `
+    + 'Bytes are data bytes (values, indices, scales) except for the SVD method, whose bytes are its whole CBOR payload; '
+    + `the low-rank trained update's bytes are the data bytes of the payload the product built from it (its whole CBOR payload is some 190–360 B more; see below). `
+    + `"90 %": bytes needed to reach ${Math.round(100 * a.gainFraction)} % of the full fine-tune's gain (interpolated, mean [min–max] over seeds); "÷ ours": that ÷ the low-rank trained update's, per seed, mean [min–max].`);
+  L.push('');
+  const head = ['method', ...a.sizesPercent.map((p, i) => `${p} % (${bytesLabel(a.sizesBytes[i])})`), 'own size', `bytes for ${Math.round(100 * a.gainFraction)} %`, '÷ ours'];
+  for (const s of a.sections) {
+    L.push(`### ${s.precision === 'f32' ? 'float32 numbers' : '8-bit numbers'}`);
+    L.push('');
+    L.push(`| ${head.join(' | ')} |`);
+    L.push(`|${head.map((_, i) => (i === 0 ? '---' : '---:')).join('|')}|`);
+    for (const m of s.methods) {
+      const own = m.fixed ? `${pm(m.ownGain)} @ ${bytesLabel(Math.round(m.ownBytes!))} (${pctOf(m.ownBytes!, a.modelBytes)})` : '';
+      const cells = m.gain.map((g, i) => (m.fixed ? (m.bytes[i] === null ? '—' : pm(g)) : pm(g)));
+      const atMost = m.toTarget.perSeed.some((p) => p.atMost);
+      const ratio = m.key === 'lowRankTrained' ? '1' : ratioStat(m.toTarget.ratio);
+      L.push(`| ${m.label} | ${cells.join(' | ')} | ${own} | ${bytesStat(m.toTarget.bytes, a.modelBytes, m.toTarget.reachedIn, n, atMost)} | ${ratio} |`);
     }
-    legendY += 8;
+    L.push('');
+    const detailed = s.methods.filter((m) => !m.fixed);
+    L.push(`What each budget bought in seed ${c.seed} (bytes as counted):`);
+    L.push('');
+    for (const m of detailed) {
+      const rowR = r0.sections.find((x) => x.precision === s.precision)!.rows.find((x) => x.key === m.key)!;
+      const parts = a.sizesPercent.map((p, i) => (rowR.detail[i] === null ? null : `${p} %: ${rowR.detail[i]}, ${rowR.bytes[i]} B`)).filter(Boolean);
+      L.push(`- ${m.label}: ${parts.join('; ')}`);
+    }
+    L.push('');
   }
-  out.push('</svg>');
-  return out.join('\n') + '\n';
+  L.push('How "bytes for a gain" is found: per seed, the method\'s points (bytes used, gain) are taken in order of bytes; the first point at or above the target gain is found, and the bytes are interpolated linearly in log(bytes) between it and the point before it (a straight segment on the plot). '
+    + 'If the smallest size already reaches the target, its bytes are an upper bound (marked ≤). Fixed-size methods (last layer, dense quantised ΔW, full model) have one point: their own size if they reach the gain, else "not reached". '
+    + 'Ratios are taken per seed and then averaged.');
+  L.push('');
+  L.push('## The headline');
+  L.push('');
+  L.push(`The claim: at an update of at most ${a.headlinePercent} % of the model's bytes, the paper's method gains at least 9 points, and every other compressed method needs at least 2× the bytes for the same gain. `
+    + `Checked per seed at the ${a.sizesPercent[a.headlineIndex]} % column (${a.sizesBytes[a.headlineIndex]} B budget): "the same gain" is the gain the low-rank trained update reached there in that seed.`);
+  L.push('');
+  for (const s of a.sections) {
+    const h = a.headline[s.precision];
+    const ours = s.methods.find((m) => m.key === 'lowRankTrained')!;
+    const oursBytes = ours.bytes[a.headlineIndex];
+    L.push(`**${s.precision === 'f32' ? 'float32' : '8-bit'}**: the low-rank trained update (${oursBytes === null ? '—' : `${Math.round(oursBytes)} B = ${pctOf(oursBytes, a.modelBytes)}`}) gains **${pm(h.oursGain)} points** `
+      + `[${h.oursGain ? `${f1(h.oursGain.min)}–${f1(h.oursGain.max)}` : '—'}] (≥ 9 in every seed: ${h.minGainOk ? 'yes' : 'no'}).`);
+    L.push('');
+    L.push('| other compressed method | bytes for the same gain | ÷ ours | ≥ 2× in every seed |');
+    L.push('|---|---:|---:|---|');
+    for (const m of s.methods) {
+      if (!(m.key in h.othersAt2x)) continue;
+      const atMost = m.toHeadline.perSeed.some((p) => p.atMost);
+      L.push(`| ${m.label} | ${bytesStat(m.toHeadline.bytes, a.modelBytes, m.toHeadline.reachedIn, n, atMost)} | ${ratioStat(m.toHeadline.ratio)} | ${h.othersAt2x[m.key] ? 'yes' : '**no**'} |`);
+    }
+    L.push('');
+    L.push(`Headline ${h.holds ? '**holds**' : '**does not hold**'} with ${s.precision === 'f32' ? 'float32' : '8-bit'} numbers${h.holds ? '.' : `: ${whyNot(h, s.methods)}.`}`);
+    L.push('');
+  }
+  L.push(`The same check at every size up to ${a.headlinePercent} % (per seed; "closest": the other compressed method with the lowest bytes ratio for the low-rank trained update's gain at that size):`);
+  L.push('');
+  L.push('| numbers | size | low-rank trained: bytes | gain (points) | ≥ 9 in every seed | closest other method | its bytes ÷ ours | headline |');
+  L.push('|---|---|---:|---:|---|---|---:|---|');
+  for (const s of a.sections) {
+    for (const h of a.headlineBySize[s.precision]) {
+      const m = h.closest ? s.methods.find((x) => x.key === h.closest!.key) : undefined;
+      const ratio = h.closest === null ? '—' : h.closest.ratio === null ? 'never reaches it' : `${ratioStat(h.closest.ratio)}${h.closest.neverIn ? ` (never in ${h.closest.neverIn} seeds)` : ''}`;
+      L.push(`| ${s.precision === 'f32' ? 'float32' : '8-bit'} | ${h.percent} % | ${h.oursBytes === null ? '—' : Math.round(h.oursBytes)} | ${pm(h.oursGain)} | ${h.minGainOk ? 'yes' : 'no'} | ${m?.label ?? '—'} | ${ratio} | ${h.holds ? 'holds' : '**fails**'} |`);
+    }
+  }
+  L.push('');
+  L.push('## Plot');
+  L.push('');
+  L.push('![gain vs update bytes](results.svg)');
+  L.push('');
+  L.push('The same plot as PNG: [results.png](results.png).');
+  L.push('');
+  return L.join('\n');
+}
+
+function whyNot(h: Aggregate['headline'][string], methods: MethodSummary[]): string {
+  const why: string[] = [];
+  if (!h.minGainOk) why.push('the low-rank trained update gains less than 9 points in at least one seed');
+  for (const [k, ok] of Object.entries(h.othersAt2x)) {
+    if (ok === true) continue;
+    const m = methods.find((x) => x.key === k)!;
+    why.push(`${m.label} reaches the same gain with less than 2× the bytes (${ratioStat(m.toHeadline.ratio)})`);
+  }
+  return why.join('; ');
+}
+
+export function svgPlot(a: Aggregate): string {
+  return sceneToSvg(plotScene(a));
 }

@@ -3,25 +3,44 @@
  * Networks on the Edge" (CVPR 2022 Workshops, arXiv 2203.04516) on MNIST:
  * how much field accuracy each update method buys per byte shipped.
  *
- *   npm run sim:paper [-- --base-train N --field-train N --test N --seed S
- *       --base-epochs E --fine-tune-epochs E --lora-epochs E --sizes 0.1,0.25,...
- *       --shift-min PX --shift-max PX --out-dir DIR]
+ *   npm run sim:paper [-- --seeds 1,2,3 --jobs 2 --base-train N --field-train N
+ *       --test N --base-epochs E --fine-tune-epochs E --lora-epochs E
+ *       --sizes 0.1,0.25,... --shift-min PX --shift-max PX --out-dir DIR]
  *
- * Writes DIR/paper-results.md and DIR/paper-results.svg (DIR: docs/) and ends
- * with one JSON line of the figures.
+ * Runs every seed in its own worker process (`--jobs` at a time), then writes
+ * DIR/results.md, DIR/results.svg and DIR/results.png (DIR: docs/) and ends
+ * with one JSON line of the figures. `--worker --seed S` runs one seed and
+ * prints its raw result as one JSON line (what the parent reads).
  */
 import { promises as fs } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { DEFAULT_DRIFT } from './data.ts';
-import { DEFAULT_OPTIONS, runPaper, type PaperOptions } from './pipeline.ts';
-import { markdownTables, svgPlot } from './render.ts';
-import { summaryJson } from './result.ts';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { aggregate, aggregateJson } from './aggregate.ts';
+import { runPaper, type PaperOptions } from './pipeline.ts';
+import { createProgress } from '../../util/progress.ts';
+import { pngPlot } from './png.ts';
+import { resultsMarkdown, svgPlot } from './render.ts';
+import type { PaperResult } from './result.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
-export function parseOptions(argv: string[]): { options: Partial<PaperOptions>; outDir: string } {
+export interface RunOptions {
+  options: Partial<PaperOptions>;
+  outDir: string;
+  seeds: number[];
+  jobs: number;
+  worker: boolean;
+  /** Re-render from a saved DIR/results.json instead of running. */
+  renderOnly?: string;
+  /** Show every worker's log lines (default: one progress line). */
+  verbose: boolean;
+}
+
+export function parseOptions(argv: string[]): RunOptions {
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -29,6 +48,11 @@ export function parseOptions(argv: string[]): { options: Partial<PaperOptions>; 
       'field-train': { type: 'string' },
       test: { type: 'string' },
       seed: { type: 'string' },
+      seeds: { type: 'string' },
+      jobs: { type: 'string' },
+      worker: { type: 'boolean' },
+      'render-only': { type: 'string' },
+      verbose: { type: 'boolean' },
       'base-epochs': { type: 'string' },
       'fine-tune-epochs': { type: 'string' },
       'lora-epochs': { type: 'string' },
@@ -71,29 +95,143 @@ export function parseOptions(argv: string[]): { options: Partial<PaperOptions>; 
   if (smin !== undefined || smax !== undefined) {
     o.drift = { ...DEFAULT_DRIFT, shiftMin: smin ?? DEFAULT_DRIFT.shiftMin, shiftMax: smax ?? DEFAULT_DRIFT.shiftMax };
   }
-  return { options: o, outDir: values['out-dir'] ?? path.join(ROOT, 'docs') };
+  const seeds = values.seeds !== undefined ? values.seeds.split(',').map((x) => int(x, 'seeds')!) : o.seed !== undefined ? [o.seed] : [1, 2, 3];
+  const jobs = int(values.jobs, 'jobs') ?? 2;
+  if (jobs < 1) throw new Error('--jobs must be at least 1');
+  return { options: o, outDir: values['out-dir'] ?? path.join(ROOT, 'docs'), seeds, jobs, worker: values.worker === true, renderOnly: values['render-only'], verbose: values.verbose === true };
+}
+
+/** The raw runs, saved beside the results so they can be re-rendered. */
+interface SavedRuns {
+  command: string;
+  wallSeconds: number;
+  date: string;
+  jobs: number;
+  runs: PaperResult[];
+}
+
+/** Run one seed in a child process (this file with --worker); resolves with its result. */
+const STEP = /^@@step (\d+) (\d+)$/;
+
+function runSeedProcess(argv: string[], seed: number, tmp: string, log: (line: string) => void, onStep: (done: number, total: number) => void, children: Set<ChildProcess>): Promise<PaperResult> {
+  return new Promise((resolve, reject) => {
+    // Workers keep their scratch files under the runner's own directory (TMPDIR), removed at the end even if a worker is stopped.
+    const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), ...argv, '--worker', '--seed', String(seed)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TMPDIR: tmp } });
+    children.add(child);
+    let out = '';
+    let err = '';
+    const tail: string[] = [];
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      const lines = err.split('\n');
+      err = lines.pop() ?? '';
+      for (const l of lines) {
+        const m = STEP.exec(l);
+        if (m) onStep(Number(m[1]), Number(m[2]));
+        else {
+          log(l);
+          tail.push(l);
+          if (tail.length > 20) tail.shift();
+        }
+      }
+    });
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      children.delete(child);
+      if (code !== 0) return reject(new Error(`seed ${seed}: worker exited with ${code ?? signal}:\n${[...tail, err].join('\n')}`));
+      try {
+        resolve(JSON.parse(out.trim().split('\n').pop()!) as PaperResult);
+      } catch (e) {
+        reject(new Error(`seed ${seed}: unreadable worker output: ${(e as Error).message}`));
+      }
+    });
+  });
+}
+
+/** Every seed, `jobs` worker processes at a time; results in seed order. `onProgress`: steps done and expected over all seeds. */
+export async function runSeeds(argv: string[], seeds: number[], jobs: number, log: (line: string) => void, onProgress?: (done: number, total: number) => void): Promise<PaperResult[]> {
+  const children = new Set<ChildProcess>();
+  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'sim-paper-'));
+  const steps = seeds.map(() => ({ done: 0, total: 0 }));
+  const report = (): void => {
+    const total = steps.reduce((a, x) => a + x.total, 0);
+    const perSeed = Math.max(...steps.map((x) => x.total));
+    onProgress?.(steps.reduce((a, x) => a + x.done, 0), Math.max(total, perSeed * seeds.length));
+  };
+  const results: PaperResult[] = new Array(seeds.length);
+  let next = 0;
+  const lane = async (): Promise<void> => {
+    while (next < seeds.length) {
+      const k = next++;
+      results[k] = await runSeedProcess(argv, seeds[k], tmp, log, (done, total) => {
+        steps[k] = { done, total };
+        report();
+      }, children);
+      log(`seed ${seeds[k]} done in ${results[k].wallSeconds.total} s`);
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.min(jobs, seeds.length) }, lane));
+  } finally {
+    const stopping = [...children].map((c) => new Promise<void>((resolve) => {
+      if (c.exitCode !== null || c.signalCode !== null || !c.pid) return resolve();
+      c.once('exit', () => resolve());
+      process.kill(c.pid, 'SIGTERM');
+    }));
+    await Promise.all(stopping);
+    await fs.rm(tmp, { recursive: true, force: true });
+  }
+  return results;
+}
+
+/** Strip the runner's own flags, keeping the experiment's for the workers. */
+function workerArgs(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const [name] = a.split('=');
+    if (['--seeds', '--jobs', '--seed', '--out-dir', '--render-only'].includes(name)) {
+      if (!a.includes('=')) i++;
+      continue;
+    }
+    if (name === '--worker' || name === '--verbose') continue;
+    out.push(a);
+  }
+  return out;
 }
 
 async function main(): Promise<void> {
-  const { options, outDir } = parseOptions(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  const run = parseOptions(argv);
   const log = (line: string): void => void process.stderr.write(`${line}\n`);
-  const result = await runPaper({ ...options, log });
-  const o = { ...DEFAULT_OPTIONS, ...options };
-  const cmd = `npm run sim:paper${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`;
-  const md = [
-    '# Update compression on MNIST: results (generated)',
-    '',
-    `Generated by \`${cmd}\` on ${new Date().toISOString().slice(0, 10)} (seed ${o.seed}; ${result.wallSeconds.total} s wall). See docs/paper.md for what this is.`,
-    '',
-    markdownTables(result),
-    '![accuracy vs update bytes](paper-results.svg)',
-    '',
-  ].join('\n');
-  await fs.mkdir(outDir, { recursive: true });
-  await fs.writeFile(path.join(outDir, 'paper-results.md'), md);
-  await fs.writeFile(path.join(outDir, 'paper-results.svg'), svgPlot(result));
+  if (run.worker) {
+    const result = await runPaper({ ...run.options, log, onStep: (done, total) => log(`@@step ${done} ${total}`) });
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+    return;
+  }
+  let saved: SavedRuns;
+  if (run.renderOnly) {
+    saved = JSON.parse(await fs.readFile(run.renderOnly, 'utf8')) as SavedRuns;
+  } else {
+    const started = Date.now();
+    log(`sim:paper: seeds ${run.seeds.join(', ')}, ${run.jobs} worker process(es)${run.verbose ? '' : ' (--verbose for every step)'}`);
+    const progress = createProgress('sim:paper', process.stderr);
+    const runs = await runSeeds(workerArgs(argv), run.seeds, run.jobs, run.verbose ? log : (l) => void (/^seed \d+ done/.test(l) && log(l)), (d, n) => progress.update(d, n));
+    progress.finish();
+    const wallSeconds = Math.round((Date.now() - started) / 100) / 10;
+    saved = { command: `npm run sim:paper${argv.length ? ` -- ${argv.join(' ')}` : ''}`, wallSeconds, date: new Date().toISOString().slice(0, 10), jobs: run.jobs, runs };
+  }
+  const { wallSeconds, runs } = saved;
+  const agg = aggregate(runs);
+  const md = resultsMarkdown(agg, { command: saved.command, wallSeconds, date: saved.date, jobs: saved.jobs });
+  await fs.mkdir(run.outDir, { recursive: true });
+  if (!run.renderOnly) await fs.writeFile(path.join(run.outDir, 'results.json'), JSON.stringify({ ...saved, summary: aggregateJson(agg, wallSeconds) }) + '\n');
+  await fs.writeFile(path.join(run.outDir, 'results.md'), md);
+  await fs.writeFile(path.join(run.outDir, 'results.svg'), svgPlot(agg));
+  await fs.writeFile(path.join(run.outDir, 'results.png'), pngPlot(agg));
   process.stdout.write(md);
-  process.stdout.write(`${JSON.stringify(summaryJson(result))}\n`);
+  process.stdout.write(`${JSON.stringify(aggregateJson(agg, wallSeconds))}\n`);
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {

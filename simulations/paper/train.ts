@@ -5,7 +5,7 @@
  */
 import { mulberry32 } from '../../util/random.ts';
 import { shuffled, type Dataset } from './data.ts';
-import { cloneMlp, lossAndGrad, zerosLike, type Mlp, type W1Factors } from './mlp.ts';
+import { axpyInput, cloneMlp, dotInput, inputsOf, logitsOf, lossAndGrad, softmaxGrad, zerosLike, type Mlp } from './mlp.ts';
 
 export interface Trainable {
   tensors: Float32Array[];
@@ -77,14 +77,59 @@ export function fullTrainable(model: Mlp): Trainable {
   };
 }
 
-/** Only the last layer (w2, b2) of `model` (trained in place). */
+const preCache = new WeakMap<Mlp, WeakMap<Dataset, Float64Array>>();
+
+/**
+ * The frozen first layer's pre-activations W1·x + b1 of every sample (n×hidden),
+ * cached per (model, dataset): the base stays frozen while low-rank and
+ * last-layer updates train, so this part of the forward pass is computed once.
+ * Callers must not change the model's w1/b1 afterwards.
+ */
+export function frozenPreActivations(base: Mlp, ds: Dataset): Float64Array {
+  let byDs = preCache.get(base);
+  if (!byDs) preCache.set(base, (byDs = new WeakMap()));
+  const have = byDs.get(ds);
+  if (have) return have;
+  const { inputs, hidden, w1, b1 } = base;
+  const inp = inputsOf(ds, inputs);
+  const z = new Float64Array(ds.n * hidden);
+  for (let s = 0; s < ds.n; s++) for (let j = 0; j < hidden; j++) z[s * hidden + j] = b1[j] + dotInput(w1, j * inputs, inp, s);
+  byDs.set(ds, z);
+  return z;
+}
+
+/** Only the last layer (w2, b2) of `model` (trained in place; w1, b1 stay frozen). */
 export function lastLayerTrainable(model: Mlp): Trainable {
-  const g = zerosLike(model);
+  const frozen = { ...model, w1: model.w1.slice(), b1: model.b1.slice() };
+  const { hidden, outputs, w2 } = model;
+  const gw2 = new Float32Array(w2.length);
+  const gb2 = new Float32Array(outputs);
+  const h = new Float64Array(hidden);
+  const logits = new Float64Array(outputs);
   return {
     tensors: [model.w2, model.b2],
     step(ds, idx) {
-      const loss = lossAndGrad(model, ds, idx, g, { w1: false });
-      return { loss, grads: [g.w2, g.b2] };
+      const z = frozenPreActivations(frozen, ds);
+      gw2.fill(0);
+      gb2.fill(0);
+      const inv = 1 / idx.length;
+      let loss = 0;
+      for (let b = 0; b < idx.length; b++) {
+        const s = idx[b];
+        for (let j = 0; j < hidden; j++) {
+          const a = z[s * hidden + j];
+          h[j] = a > 0 ? a : 0;
+        }
+        logitsOf(model, h, logits);
+        loss += softmaxGrad(logits, ds.y[s], inv);
+        for (let k = 0; k < outputs; k++) {
+          const d = logits[k];
+          gb2[k] += d;
+          const row = k * hidden;
+          for (let j = 0; j < hidden; j++) gw2[row + j] += d * h[j];
+        }
+      }
+      return { loss: loss * inv, grads: [gw2, gb2] };
     },
   };
 }
@@ -152,53 +197,108 @@ export function initLora(base: Mlp, config: LoraConfig, rand: () => number): Lor
   };
 }
 
-/** The factors and bias deltas of `state` on the frozen `base`. */
+/**
+ * The factors and bias deltas of `state` on the frozen `base`. The forward
+ * pass is (W1 + U1·V1)·x + b1 + Δb1 = [W1·x + b1] + U1·(V1·x) + Δb1 with the
+ * bracket precomputed once per dataset, and W2 + U2·V2 formed once per step:
+ * the same function as the merged model, at a cost that grows with the rank.
+ */
 export function loraTrainable(base: Mlp, state: LoraState): Trainable {
   const c = state.config;
-  const eff = cloneMlp(base);
-  const g = zerosLike(base);
-  const f1: W1Factors | undefined = c.r1 > 0
-    ? { rank: c.r1, u: state.u1, v: state.v1, gu: new Float32Array(state.u1.length), gv: new Float32Array(state.v1.length) }
-    : undefined;
-  const gu2 = new Float32Array(state.u2.length);
-  const gv2 = new Float32Array(state.v2.length);
+  const { hidden: H, inputs: I, outputs: O } = base;
+  const r1 = c.r1;
+  const r2 = c.r2;
+  const { u1, v1, u2, v2, db1, db2 } = state;
+  const gu1 = new Float32Array(u1.length);
+  const gv1 = new Float32Array(v1.length);
+  const gu2 = new Float32Array(u2.length);
+  const gv2 = new Float32Array(v2.length);
+  const gdb1 = new Float32Array(db1.length);
+  const gdb2 = new Float32Array(db2.length);
+  const gw2 = new Float64Array(O * H);
+  const w2e = new Float64Array(O * H);
+  const b2e = new Float64Array(O);
+  const vx = new Float64Array(r1);
+  const utdh = new Float64Array(r1);
+  const h = new Float64Array(H);
+  const dh = new Float64Array(H);
+  const logits = new Float64Array(O);
   const tensors: Float32Array[] = [];
-  if (c.r1 > 0) tensors.push(state.u1, state.v1);
-  if (c.r2 > 0) tensors.push(state.u2, state.v2);
-  if (c.b1) tensors.push(state.db1);
-  if (c.b2) tensors.push(state.db2);
-  const { hidden, inputs, outputs } = base;
+  const grads: Float32Array[] = [];
+  if (r1 > 0) tensors.push(u1, v1), grads.push(gu1, gv1);
+  if (r2 > 0) tensors.push(u2, v2), grads.push(gu2, gv2);
+  if (c.b1) tensors.push(db1), grads.push(gdb1);
+  if (c.b2) tensors.push(db2), grads.push(gdb2);
   return {
     tensors,
     step(ds, idx) {
-      const merged = mergeLora(base, state);
-      eff.w1.set(merged.w1);
-      eff.b1.set(merged.b1);
-      eff.w2.set(merged.w2);
-      eff.b2.set(merged.b2);
-      const loss = lossAndGrad(eff, ds, idx, g, { w1: false, w1Factors: f1 });
-      const grads: Float32Array[] = [];
-      if (f1) grads.push(f1.gu, f1.gv);
-      if (c.r2 > 0) {
-        const r = c.r2;
-        // ∂L/∂U2 = G·V2ᵀ, ∂L/∂V2 = U2ᵀ·G with G = ∂L/∂W2.
-        gu2.fill(0);
-        gv2.fill(0);
-        for (let i = 0; i < outputs; i++) {
-          for (let k = 0; k < r; k++) {
-            let a = 0;
-            for (let j = 0; j < hidden; j++) a += g.w2[i * hidden + j] * state.v2[k * hidden + j];
-            gu2[i * r + k] = a;
-            const uik = state.u2[i * r + k];
-            for (let j = 0; j < hidden; j++) gv2[k * hidden + j] += uik * g.w2[i * hidden + j];
+      const z0 = frozenPreActivations(base, ds);
+      const inp = inputsOf(ds, I);
+      for (let i = 0; i < O * H; i++) w2e[i] = base.w2[i];
+      if (r2 > 0) {
+        for (let i = 0; i < O; i++) for (let k = 0; k < r2; k++) {
+          const a = u2[i * r2 + k];
+          for (let j = 0; j < H; j++) w2e[i * H + j] += a * v2[k * H + j];
+        }
+      }
+      for (let k = 0; k < O; k++) b2e[k] = base.b2[k] + (c.b2 ? db2[k] : 0);
+      for (const g of grads) g.fill(0);
+      gw2.fill(0);
+      const inv = 1 / idx.length;
+      let loss = 0;
+      for (let b = 0; b < idx.length; b++) {
+        const s = idx[b];
+        for (let k = 0; k < r1; k++) vx[k] = dotInput(v1, k * I, inp, s);
+        for (let j = 0; j < H; j++) {
+          let a = z0[s * H + j];
+          for (let k = 0; k < r1; k++) a += u1[j * r1 + k] * vx[k];
+          if (c.b1) a += db1[j];
+          h[j] = a > 0 ? a : 0;
+        }
+        for (let k = 0; k < O; k++) {
+          let a = b2e[k];
+          for (let j = 0; j < H; j++) a += w2e[k * H + j] * h[j];
+          logits[k] = a;
+        }
+        loss += softmaxGrad(logits, ds.y[s], inv);
+        dh.fill(0);
+        for (let k = 0; k < O; k++) {
+          const d = logits[k];
+          if (c.b2) gdb2[k] += d;
+          const row = k * H;
+          for (let j = 0; j < H; j++) {
+            gw2[row + j] += d * h[j];
+            dh[j] += d * w2e[row + j];
           }
         }
-        grads.push(gu2, gv2);
+        for (let j = 0; j < H; j++) if (h[j] <= 0) dh[j] = 0;
+        if (c.b1) for (let j = 0; j < H; j++) gdb1[j] += dh[j];
+        if (r1 > 0) {
+          utdh.fill(0);
+          for (let j = 0; j < H; j++) {
+            const d = dh[j];
+            if (d === 0) continue;
+            for (let k = 0; k < r1; k++) {
+              gu1[j * r1 + k] += d * vx[k];
+              utdh[k] += u1[j * r1 + k] * d;
+            }
+          }
+          for (let k = 0; k < r1; k++) if (utdh[k] !== 0) axpyInput(gv1, k * I, utdh[k], inp, s);
+        }
       }
-      if (c.b1) grads.push(g.b1);
-      if (c.b2) grads.push(g.b2);
-      void inputs;
-      return { loss, grads };
+      if (r2 > 0) {
+        // ∂L/∂U2 = G·V2ᵀ, ∂L/∂V2 = U2ᵀ·G with G = ∂L/∂W2.
+        for (let i = 0; i < O; i++) {
+          for (let k = 0; k < r2; k++) {
+            let a = 0;
+            for (let j = 0; j < H; j++) a += gw2[i * H + j] * v2[k * H + j];
+            gu2[i * r2 + k] = a;
+            const uik = u2[i * r2 + k];
+            for (let j = 0; j < H; j++) gv2[k * H + j] += uik * gw2[i * H + j];
+          }
+        }
+      }
+      return { loss: loss * inv, grads };
     },
   };
 }

@@ -297,7 +297,7 @@ describe('broker with --auth', () => {
     const transport = await MqttTransport.connect({ url: url('pub'), clientId: 'test-publisher' }, 10_000);
     try {
       await publishUpdate({
-        transport, topics: t, payloads: [fixture.update.payload], keys: [await loadSigningKey(fixture.keyFile)], model: MODEL, group: GROUP,
+        transport, topics: t, payloads: [fixture.update.payload], keys: [await loadSigningKey(fixture.keyFile)], rolloutKeys: [await loadSigningKey(fixture.rolloutKeyFile)], model: MODEL, group: GROUP,
         chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger,
       });
     } finally {

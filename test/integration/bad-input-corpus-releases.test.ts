@@ -13,7 +13,9 @@ import { DeviceAgent } from '../../device/agent.ts';
 import { cborDecode, cborEncode } from '../../protocol/cbor.ts';
 import { sha256Hex } from '../../protocol/chunks.ts';
 import { applyToModel, encodePayload, type Payload, type TensorDelta } from '../../protocol/lowrank.ts';
-import { encodeReleaseBody, signingKeyFromSeed, signRelease, type ReleaseBody, type ReleaseStep, type SigningKey, type TrustFile } from '../../protocol/release.ts';
+import { encodeAssignment } from '../../protocol/assignment.ts';
+import { encodeManifest, limitsOf } from '../../protocol/manifest.ts';
+import { signingKeyFromSeed, signRelease, type ReleaseDraft, type ReleaseStep, type SigningKey, type TrustFile } from '../../protocol/release.ts';
 import { writeSafetensors } from '../../protocol/safetensors.ts';
 import type { DeviceStatus } from '../../protocol/status.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
@@ -64,13 +66,15 @@ async function expectRefused(fx: Fixture, watch: StatusWatch, agent: DeviceAgent
 
 // --- releases -------------------------------------------------------------------
 
-describe('bad-input corpus: releases (trust threshold 2, payload limit 100 kB)', () => {
+describe('bad-input corpus: releases (release keys 2-of-2, a separate rollout key, payload limit 100 kB, 1,000 chunks)', () => {
   const ID = 'corpus-rel';
   let f: Fixture;
   let watch: StatusWatch;
   let agent: DeviceAgent;
   let pub: MqttTransport;
   let k1: SigningKey;
+  let r1: SigningKey;
+  let agentTrust: TrustFile;
   const k2 = signingKeyFromSeed(new Uint8Array(32).fill(21));
   const outsider = signingKeyFromSeed(new Uint8Array(32).fill(22));
   let running: string;
@@ -81,13 +85,14 @@ describe('bad-input corpus: releases (trust threshold 2, payload limit 100 kB)',
   beforeAll(async () => {
     f = await createFixture('corpus-rel');
     k1 = await loadSigningKey(f.keyFile);
-    const trust: TrustFile = { threshold: 2, keys: [k1, k2].map((k) => ({ id: k.id, publicKey: k.publicKey })) };
+    r1 = await loadSigningKey(f.rolloutKeyFile);
+    const trust: TrustFile = agentTrust = { threshold: 2, keys: [k1, k2].map((k) => ({ id: k.id, publicKey: k.publicKey })), rollout: { threshold: 1, keys: [{ id: r1.id, publicKey: r1.publicKey }] } };
     watch = await StatusWatch.start(f);
-    ({ agent } = await startAgent(f, ID, silentLogger, { trust, maxPayloadBytes: 100_000 }));
+    ({ agent } = await startAgent(f, ID, silentLogger, { trust, maxPayloadBytes: 100_000, maxChunks: 1000 }));
     pub = await connect(f, 'corpus-rel-publisher');
     await watch.until(ID, (s) => s.state === 'idle');
     // A first accepted release, so that replays have something to replay.
-    const r = await publishUpdate({ transport: pub, topics, payloads: [f.update.payload], keys: [k1, k2], model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
+    const r = await publishUpdate({ transport: pub, topics, payloads: [f.update.payload], keys: [k1, k2], rolloutKeys: [r1], trust, model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
     acceptedSeq = r.release.seq;
     await watch.until(ID, (s) => s.state === 'ok' && s.running === f.update.targetDigest);
     running = f.update.targetDigest;
@@ -97,7 +102,7 @@ describe('bad-input corpus: releases (trust threshold 2, payload limit 100 kB)',
     await f?.close();
   });
 
-  const body = (over: Partial<ReleaseBody> = {}, step: Partial<ReleaseStep> = {}): ReleaseBody => {
+  const body = (over: Partial<ReleaseDraft> = {}, step: Partial<ReleaseStep> = {}): ReleaseDraft => {
     const target = over.target ?? hex64(1);
     const sha = hex64(2);
     const now = nowSec();
@@ -108,39 +113,63 @@ describe('bad-input corpus: releases (trust threshold 2, payload limit 100 kB)',
     };
   };
   const both = () => [k1, k2];
-  /** Re-encode a signed release's envelope with changed signatures. */
-  const envelope = (b: ReleaseBody, sigs: (bytes: Uint8Array) => Array<{ k: string; s: Uint8Array }>) => {
-    const bytes = encodeReleaseBody(b);
-    return cborEncode({ body: bytes, sigs: sigs(bytes) });
-  };
+  type Sigs = (bytes: Uint8Array) => Array<{ k: string; s: Uint8Array }>;
   const sig = (k: SigningKey, bytes: Uint8Array) => ({ k: k.id, s: nacl.sign.detached(bytes, k.secretKey) });
+  const manifestOf = (b: ReleaseDraft) => encodeManifest({ model: b.model, target: b.target, steps: b.steps, limits: b.limits ?? limitsOf(b.steps) });
+  const assignmentOf = (b: ReleaseDraft, manifestBody: Uint8Array) => encodeAssignment({
+    model: b.model, group: b.group, seq: b.seq, issued: b.issued, expires: b.expires, rollback: b.rollback, previous: b.previous, manifest: sha256Hex(manifestBody),
+  });
+  /** A release with hand-made signatures: the manifest's (default: both release keys) and the assignment's (default: the rollout key). */
+  const envelope = (b: ReleaseDraft, manifestSigs: Sigs = (m) => [sig(k1, m), sig(k2, m)], assignmentSigs: Sigs = (a) => [sig(r1, a)], manifestBody = manifestOf(b)) => {
+    const a = assignmentOf(b, manifestBody);
+    return cborEncode({ v: 1, manifest: cborEncode({ body: manifestBody, sigs: manifestSigs(manifestBody) }), assignment: cborEncode({ body: a, sigs: assignmentSigs(a) }) });
+  };
+  const signed = (b: ReleaseDraft, keys = both()) => signRelease(b, keys, [r1]);
 
   const releaseCases: Array<{ name: string; reason: string; bytes: () => Uint8Array }> = [
-    { name: 'release: a flipped signature byte', reason: 'bad-signature', bytes: () => envelope(body(), (b) => [sig(k1, b), { ...sig(k2, b), s: sig(k2, b).s.map((x, i) => (i === 9 ? x ^ 1 : x)) }]) },
-    { name: 'release: a valid signature over another body', reason: 'bad-signature', bytes: () => envelope(body(), (b) => [sig(k1, b), sig(k2, encodeReleaseBody(body()))]) },
-    { name: 'release: too few signatures (1 of threshold 2)', reason: 'threshold-not-met', bytes: () => signRelease(body(), [k1]) },
-    { name: 'release: the same trusted key twice', reason: 'threshold-not-met', bytes: () => envelope(body(), (b) => [sig(k1, b), sig(k1, b)]) },
-    { name: 'release: one trusted and one unknown key', reason: 'threshold-not-met', bytes: () => signRelease(body(), [k1, outsider]) },
-    { name: 'release: signed by an unknown key only', reason: 'untrusted-key', bytes: () => signRelease(body(), [outsider]) },
-    { name: 'release: expired', reason: 'expired', bytes: () => signRelease(body({ issued: nowSec() - 7200, expires: nowSec() - 3600 }), both()) },
-    { name: 'release: issued a day in the future', reason: 'not-yet-valid', bytes: () => signRelease(body({ issued: nowSec() + 86_400, expires: nowSec() + 90_000 }), both()) },
-    { name: 'release: replayed sequence number', reason: 'replayed', bytes: () => signRelease(body({ seq: acceptedSeq }), both()) },
-    { name: 'release: lower sequence number', reason: 'replayed', bytes: () => signRelease(body({ seq: acceptedSeq - 1 }), both()) },
-    { name: 'release: wrong model', reason: 'wrong-model', bytes: () => signRelease(body({ model: 'other-model' }), both()) },
-    { name: 'release: wrong group', reason: 'wrong-group', bytes: () => signRelease(body({ group: 'other-group' }), both()) },
-    { name: 'release: wrong from-digest', reason: 'wrong-base', bytes: () => signRelease(body({}, { from: hex64(9) }), both()) },
-    { name: 'release: chunk count does not match size / chunk', reason: 'malformed-release', bytes: () => signRelease(body({}, { chunks: 3 }), both()) },
-    { name: 'release: absurd chunk count (> 2^24)', reason: 'malformed-release', bytes: () => signRelease(body({}, { size: 2 ** 25, chunkSize: 1, chunks: 2 ** 25 }), both()) },
-    { name: 'release: update id is not the payload hash', reason: 'malformed-release', bytes: () => signRelease(body({}, { updateId: hex64(7).slice(0, 32) }), both()) },
-    { name: 'release: a step that does not lead to the target', reason: 'malformed-release', bytes: () => signRelease(body({}, { to: hex64(8) }), both()) },
-    { name: 'release: expires before issued', reason: 'malformed-release', bytes: () => signRelease(body({ expires: nowSec() - 100 }), both()) },
-    { name: 'release: payload over the device limit', reason: 'payload-too-large', bytes: () => signRelease(body({}, { size: 200_000, chunks: Math.ceil(200_000 / 1024) }), both()) },
+    { name: 'manifest: a flipped signature byte', reason: 'bad-signature', bytes: () => envelope(body(), (m) => [sig(k1, m), { ...sig(k2, m), s: sig(k2, m).s.map((x, i) => (i === 9 ? x ^ 1 : x)) }]) },
+    { name: 'manifest: a valid signature over another body', reason: 'bad-signature', bytes: () => envelope(body(), (m) => [sig(k1, m), sig(k2, manifestOf(body({ target: hex64(5) })))]) },
+    { name: 'manifest: too few signatures (1 of threshold 2)', reason: 'threshold-not-met', bytes: () => signed(body(), [k1]) },
+    { name: 'manifest: the same release key twice', reason: 'threshold-not-met', bytes: () => envelope(body(), (m) => [sig(k1, m), sig(k1, m)]) },
+    { name: 'manifest: one release key and one unknown key', reason: 'threshold-not-met', bytes: () => signed(body(), [k1, outsider]) },
+    { name: 'manifest: signed by an unknown key only', reason: 'untrusted-key', bytes: () => signed(body(), [outsider]) },
+    { name: 'manifest: signed by the rollout key (a stolen rollout key making new weights)', reason: 'wrong-role', bytes: () => envelope(body(), (m) => [sig(r1, m)]) },
+    { name: 'assignment: signed by a release key instead of the rollout key', reason: 'wrong-role', bytes: () => envelope(body(), undefined, (a) => [sig(k1, a)]) },
+    { name: 'assignment: signed by an unknown key', reason: 'untrusted-key', bytes: () => envelope(body(), undefined, (a) => [sig(outsider, a)]) },
+    { name: 'assignment: a flipped signature byte', reason: 'bad-signature', bytes: () => envelope(body(), undefined, (a) => [{ ...sig(r1, a), s: sig(r1, a).s.map((x, i) => (i === 3 ? x ^ 0x40 : x)) }]) },
+    { name: 'assignment: names another manifest (mix-and-match)', reason: 'manifest-mismatch', bytes: () => {
+      const b = body();
+      const a = assignmentOf(b, manifestOf(body({ target: hex64(6) })));
+      const m = manifestOf(b);
+      return cborEncode({ v: 1, manifest: cborEncode({ body: m, sigs: [sig(k1, m), sig(k2, m)] }), assignment: cborEncode({ body: a, sigs: [sig(r1, a)] }) });
+    } },
+    { name: 'assignment: for another model than its manifest', reason: 'manifest-mismatch', bytes: () => {
+      const b = body();
+      const m = manifestOf({ ...b, model: 'other-model' });
+      return envelope(b, undefined, undefined, m);
+    } },
+    { name: 'manifest: limits over the device caps (5,000 chunks allowed, the device takes 1,000)', reason: 'payload-too-large', bytes: () => signed(body({ limits: { payloadBytes: 100_000, chunks: 5000, chunkBytes: 1024 } })) },
+    { name: 'manifest: a step over the manifest\'s own limits', reason: 'malformed-release', bytes: () => signed(body({ limits: { payloadBytes: 1000, chunks: 2, chunkBytes: 1024 } })) },
+    { name: 'release: expired', reason: 'expired', bytes: () => signed(body({ issued: nowSec() - 7200, expires: nowSec() - 3600 })) },
+    { name: 'release: issued a day in the future', reason: 'not-yet-valid', bytes: () => signed(body({ issued: nowSec() + 86_400, expires: nowSec() + 90_000 })) },
+    { name: 'release: replayed sequence number', reason: 'replayed', bytes: () => signed(body({ seq: acceptedSeq })) },
+    { name: 'release: lower sequence number', reason: 'replayed', bytes: () => signed(body({ seq: acceptedSeq - 1 })) },
+    { name: 'release: wrong model', reason: 'wrong-model', bytes: () => signed(body({ model: 'other-model' })) },
+    { name: 'release: wrong group', reason: 'wrong-group', bytes: () => signed(body({ group: 'other-group' })) },
+    { name: 'release: wrong from-digest', reason: 'wrong-base', bytes: () => signed(body({}, { from: hex64(9) })) },
+    { name: 'release: chunk count does not match size / chunk', reason: 'malformed-release', bytes: () => signed(body({}, { chunks: 3 })) },
+    { name: 'release: absurd chunk count (> 2^24)', reason: 'malformed-release', bytes: () => signed(body({}, { size: 2 ** 25, chunkSize: 1, chunks: 2 ** 25 })) },
+    { name: 'release: update id is not the payload hash', reason: 'malformed-release', bytes: () => signed(body({}, { updateId: hex64(7).slice(0, 32) })) },
+    { name: 'release: a step that does not lead to the target', reason: 'malformed-release', bytes: () => signed(body({}, { to: hex64(8) })) },
+    { name: 'release: expires before issued', reason: 'malformed-release', bytes: () => signed(body({ expires: nowSec() - 100 })) },
+    { name: 'release: payload over the device limit', reason: 'payload-too-large', bytes: () => signed(body({}, { size: 200_000, chunks: Math.ceil(200_000 / 1024) })) },
     { name: 'release: malformed CBOR', reason: 'malformed-release', bytes: () => new Uint8Array([0xbf, 0x64, 0x62, 0x6f, 0xff, 0x00]) },
-    { name: 'release: empty sigs', reason: 'malformed-release', bytes: () => envelope(body(), () => []) },
-    { name: 'release: a 63-byte signature', reason: 'malformed-release', bytes: () => envelope(body(), (b) => [sig(k1, b), { ...sig(k2, b), s: sig(k2, b).s.subarray(0, 63) }]) },
-    { name: 'release: signed body of protocol version 2', reason: 'malformed-release', bytes: () => {
-      const b = cborEncode({ ...(cborDecode(encodeReleaseBody(body())) as object), v: 2 });
-      return cborEncode({ body: b, sigs: [sig(k1, b), sig(k2, b)] });
+    { name: 'release: empty manifest sigs', reason: 'malformed-release', bytes: () => envelope(body(), () => []) },
+    { name: 'release: a 63-byte signature', reason: 'malformed-release', bytes: () => envelope(body(), (m) => [sig(k1, m), { ...sig(k2, m), s: sig(k2, m).s.subarray(0, 63) }]) },
+    { name: 'release: manifest body of protocol version 2', reason: 'malformed-release', bytes: () => envelope(body(), undefined, undefined, cborEncode({ ...(cborDecode(manifestOf(body())) as object), v: 2 })) },
+    { name: 'release: a manifest where the assignment belongs, signed by the rollout key (type confusion)', reason: 'malformed-release', bytes: () => {
+      const m = manifestOf(body());
+      return cborEncode({ v: 1, manifest: cborEncode({ body: m, sigs: [sig(k1, m), sig(k2, m)] }), assignment: cborEncode({ body: m, sigs: [sig(r1, m)] }) });
     } },
   ];
 
@@ -155,7 +184,7 @@ describe('bad-input corpus: releases (trust threshold 2, payload limit 100 kB)',
     const u = synthesizeUpdate(f.update.target, 3, 77);
     const from = watch.history.length;
     const t0 = Date.now();
-    await publishUpdate({ transport: pub, topics, payloads: [u.payload], keys: [k1, k2], model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
+    await publishUpdate({ transport: pub, topics, payloads: [u.payload], keys: [k1, k2], rolloutKeys: [r1], trust: agentTrust, model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
     await statusAfter(watch, ID, from, t0, (s) => s.state === 'ok' && s.running === u.targetDigest);
     expect(await currentDigest(f, ID)).toBe(u.targetDigest);
   });
@@ -173,6 +202,7 @@ describe('bad-input corpus: payloads (validly signed releases naming bad payload
   let agent8: DeviceAgent;
   let pub: MqttTransport;
   let key: SigningKey;
+  let rkey: SigningKey;
   let base: string;
   // A model with an I8 tensor beside an F32 one.
   const i8Model = writeSafetensors([
@@ -186,6 +216,7 @@ describe('bad-input corpus: payloads (validly signed releases naming bad payload
   beforeAll(async () => {
     f = await createFixture('corpus-pay');
     key = await loadSigningKey(f.keyFile);
+    rkey = await loadSigningKey(f.rolloutKeyFile);
     base = f.update.baseDigest;
     watch = await StatusWatch.start(f);
     ({ agent } = await startAgent(f, ID, silentLogger));
@@ -203,14 +234,14 @@ describe('bad-input corpus: payloads (validly signed releases naming bad payload
   });
 
   const viaPublish = (payload: Uint8Array, group = GROUP) => () =>
-    publishUpdate({ transport: pub, topics, payloads: [payload], keys: [key], model: MODEL, group, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
+    publishUpdate({ transport: pub, topics, payloads: [payload], keys: [key], rolloutKeys: [rkey], model: MODEL, group, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
   /** For payloads publishUpdate refuses to decode: upload the bytes, sign a release naming them. */
   const viaUpload = (payload: Uint8Array, over: Partial<ReleaseStep> = {}) => async () => {
     const up = await uploadPayload({ transport: pub, topics, model: MODEL, payload, chunkSize: CHUNK, log: silentLogger });
     const target = hex64(40);
     const now = nowSec();
-    const b: ReleaseBody = { model: MODEL, group: GROUP, seq: nextSeq(), issued: now, expires: now + 3600, target, steps: [{ ...stepOf(up, base, target), ...over }], rollback: false, previous: null };
-    await pub.publish(topics.release(GROUP, MODEL), signRelease(b, [key]), { qos: 1, retain: true });
+    const b: ReleaseDraft = { model: MODEL, group: GROUP, seq: nextSeq(), issued: now, expires: now + 3600, target, steps: [{ ...stepOf(up, base, target), ...over }], rollback: false, previous: null };
+    await pub.publish(topics.release(GROUP, MODEL), signRelease(b, [key], [rkey]), { qos: 1, retain: true });
   };
   const lowRank = (name: string, shape: number[], u: Uint8Array, v: Uint8Array, rank = 1): TensorDelta => ({ name, shape, rank, dtype: 'f32', u, v });
   const payloadOf = (tensors: TensorDelta[], b = base, t = hex64(41)) => encodePayload({ v: 1, base: b, target: t, tensors });

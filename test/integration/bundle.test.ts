@@ -38,7 +38,7 @@ afterAll(async () => {
 describe('offline installs: fleet bundle and fleet apply --bundle', () => {
   it('a chain bundle applies to a model file and installs into a device directory, as a device would; a replay is refused', async () => {
     const bundle = path.join(dir, 'chain.fleet');
-    const b = fleet(['bundle', '--update', path.join(dir, 'u2.cbor'), '--update', path.join(dir, 'u1.cbor'), '--key', keys.keyFile, '--model', 'm', '--group', 'site-7', '--out', bundle]);
+    const b = fleet(['bundle', '--update', path.join(dir, 'u2.cbor'), '--update', path.join(dir, 'u1.cbor'), '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'm', '--group', 'site-7', '--out', bundle]);
     expect(b.code, b.err).toBe(0);
     const out = path.join(dir, 'c.safetensors');
     const a = fleet(['apply', '--bundle', bundle, '--trust', keys.trustFile, '--model', path.join(dir, 'base.safetensors'), '--out', out]);
@@ -58,7 +58,7 @@ describe('offline installs: fleet bundle and fleet apply --bundle', () => {
 
   it('refuses a tampered payload, a bundle signed by an untrusted key, and a bundle for another base — the device directory unchanged', async () => {
     const bundle = path.join(dir, 'one.fleet');
-    expect(fleet(['bundle', '--update', path.join(dir, 'u1.cbor'), '--key', keys.keyFile, '--model', 'm', '--group', 'g', '--out', bundle]).code).toBe(0);
+    expect(fleet(['bundle', '--update', path.join(dir, 'u1.cbor'), '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'm', '--group', 'g', '--out', bundle]).code).toBe(0);
     const m = cborDecode(await fs.readFile(bundle)) as { v: number; release: Uint8Array; payloads: Record<string, Uint8Array> };
     const id = Object.keys(m.payloads)[0];
     m.payloads[id][100] ^= 1;
@@ -70,11 +70,11 @@ describe('offline installs: fleet bundle and fleet apply --bundle', () => {
     expect(t.code).not.toBe(0);
     expect(t.err).toMatch(/assembled payload does not hash/);
     const foreign = path.join(dir, 'foreign.fleet');
-    expect(fleet(['bundle', '--update', path.join(dir, 'u1.cbor'), '--key', other.keyFile, '--model', 'm', '--group', 'g', '--out', foreign]).code).toBe(0);
+    expect(fleet(['bundle', '--update', path.join(dir, 'u1.cbor'), '--key', other.keyFile, '--rollout-key', other.rolloutKeyFile, '--model', 'm', '--group', 'g', '--out', foreign]).code).toBe(0);
     const f = fleet(['apply', '--bundle', foreign, '--trust', keys.trustFile, '--dir', storage.dir]);
     expect(f.err).toMatch(/not in this device's trust file/);
     const later = path.join(dir, 'later.fleet');
-    expect(fleet(['bundle', '--update', path.join(dir, 'u2.cbor'), '--key', keys.keyFile, '--model', 'm', '--group', 'g', '--out', later]).code).toBe(0);
+    expect(fleet(['bundle', '--update', path.join(dir, 'u2.cbor'), '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'm', '--group', 'g', '--out', later]).code).toBe(0);
     const w = fleet(['apply', '--bundle', later, '--trust', keys.trustFile, '--dir', storage.dir]);
     expect(w.err).toMatch(/No step of the release starts from the model this device runs|no step from/);
     expect(await digestModelFile(storage.currentPath)).toBe(u1.baseDigest);

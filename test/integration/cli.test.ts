@@ -32,7 +32,10 @@ describe('the fleet command', () => {
     expect(st.mode & 0o777).toBe(0o600);
     const trust = parseTrustFile(await fs.readFile(path.join(dir, 'trust.json'), 'utf8'));
     expect(trust.threshold).toBe(1);
-    expect(r.out).toContain(trust.keys[0].id);
+    expect(r.out).toContain(trust.keys[0].id.slice(0, 16));
+    expect(trust.rollout?.keys).toHaveLength(1);
+    expect(r.out).toContain(trust.rollout!.keys[0].id.slice(0, 16));
+    expect((await fs.stat(path.join(dir, 'rollout.key'))).mode & 0o777).toBe(0o600);
     const again = fleet(['keygen', '--out', dir]);
     expect(again.code).not.toBe(0);
     expect(again.err).toMatch(/refusing to overwrite/);
@@ -55,9 +58,9 @@ describe('the fleet command', () => {
     const first = spawnFleet(f, 'broker1', ['broker', '--port', String(port), '--data-dir', data]);
     await waitForPort(port);
     await fs.writeFile(path.join(f.dir, 'update.cbor'), f.update.payload);
-    const pub = fleet(['publish', '--update', path.join(f.dir, 'update.cbor'), '--key', f.keyFile, '--model', MODEL, '--group', GROUP, '--broker', url, '--chunk-size', '1024']);
+    const pub = fleet(['publish', '--update', path.join(f.dir, 'update.cbor'), '--key', f.keyFile, '--rollout-key', f.rolloutKeyFile, '--model', MODEL, '--group', GROUP, '--broker', url, '--chunk-size', '1024']);
     expect(pub.code).toBe(0);
-    expect(pub.out).toMatch(/published test-model for group line-1: seq \d+/);
+    expect(pub.out).toMatch(/published test-model for group line-1: manifest [0-9a-f]{12}, seq \d+/);
     const exit = new Promise<number | null>((res) => first.once('exit', (code) => res(code)));
     process.kill(first.pid!, 'SIGTERM');
     expect(await exit).toBe(0);

@@ -2,7 +2,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { encodeFrame, decodeRequest } from '../../protocol/frames.ts';
-import { signRelease, decodeSignedRelease, decodeReleaseBody } from '../../protocol/release.ts';
+import { composeRelease, decodeRelease, releaseParts, signRelease } from '../../protocol/release.ts';
+import { decodeEnvelope } from '../../protocol/signed.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../../publisher/synth.ts';
 import { chunkCount, chunkRange, sha256Hex } from '../../protocol/chunks.ts';
@@ -137,10 +138,12 @@ describe('end to end over TCP with Aedes on an ephemeral port', () => {
     await watch.until('dev-s', (s) => s.state === 'ok');
     // Now a tampered re-sign of a newer release.
     const key = await loadSigningKey(f.keyFile);
-    const signed = decodeSignedRelease(signRelease({ ...r.release, seq: r.release.seq + 1, target: r.release.target }, [key]));
-    signed.sigs[0].sig[10] ^= 0x01;
-    const tampered = cborEncode({ body: signed.body, sigs: signed.sigs.map((s) => ({ k: s.keyId, s: s.sig })) });
-    expect(decodeReleaseBody(decodeSignedRelease(tampered).body).seq).toBe(r.release.seq + 1);
+    const rolloutKey = await loadSigningKey(f.rolloutKeyFile);
+    const parts = releaseParts(signRelease({ ...r.release, seq: r.release.seq + 1, target: r.release.target }, [key], [rolloutKey]));
+    const manifest = decodeEnvelope(parts.manifest, 'malformed-release', 'manifest');
+    manifest.sigs[0].sig[10] ^= 0x01;
+    const tampered = composeRelease({ assignment: parts.assignment, manifest: cborEncode({ body: manifest.body, sigs: manifest.sigs.map((s) => ({ k: s.keyId, s: s.sig })) }) });
+    expect(decodeRelease(tampered).seq).toBe(r.release.seq + 1);
     const pub = await connect(f, 'tamperer');
     await pub.publish(topics.release(GROUP, MODEL), tampered, { qos: 1, retain: true });
     const s = await watch.until('dev-s', (s) => s.state === 'rejected');

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { parseTrustFile } from '../../protocol/release.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate } from '../../publisher/publish.ts';
 import { rollbackGroup } from '../../publisher/rollback.ts';
@@ -16,17 +17,18 @@ afterEach(async () => {
   f = undefined;
 });
 
-async function withPublisher<T>(fx: Fixture, fn: (t: MqttTransport, keys: Awaited<ReturnType<typeof loadSigningKey>>[]) => Promise<T>): Promise<T> {
+type Key = Awaited<ReturnType<typeof loadSigningKey>>;
+async function withPublisher<T>(fx: Fixture, fn: (t: MqttTransport, keys: Key[], rolloutKeys: Key[]) => Promise<T>): Promise<T> {
   const t = await MqttTransport.connect({ url: fx.url, clientId: `pub-${Math.random().toString(36).slice(2)}` }, 10_000);
   try {
-    return await fn(t, [await loadSigningKey(fx.keyFile)]);
+    return await fn(t, [await loadSigningKey(fx.keyFile)], [await loadSigningKey(fx.rolloutKeyFile)]);
   } finally {
     await t.close();
   }
 }
 
 async function publishChain(fx: Fixture, payloads: Uint8Array[], fullModel?: Uint8Array) {
-  return withPublisher(fx, (transport, keys) => publishUpdate({ transport, topics, payloads, fullModel, keys, model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger }));
+  return withPublisher(fx, (transport, keys, rolloutKeys) => publishUpdate({ transport, topics, payloads, fullModel, keys, rolloutKeys, model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger }));
 }
 
 async function modelFiles(dir: string): Promise<string[]> {
@@ -154,8 +156,10 @@ describe('versions, chains, rollback', () => {
     // A device that never ran the base (provisioned at the target).
     await startAgent({ ...f, baseFile: targetFile }, 'r2');
     await watch.until('r2', (s) => s.state === 'ok' || s.state === 'idle');
-    // Roll back without a full model: r1 switches back, r2 cannot.
-    await withPublisher(f, (transport, keys) => rollbackGroup({ transport, topics, keys, model: MODEL, group: GROUP, ttlSeconds: 3600, log: silentLogger }));
+    // Roll back without a full model, with the rollout key alone (the earlier version's manifest is
+    // retained since the publish): r1 switches back, r2 cannot.
+    const trust = parseTrustFile(await fs.readFile(f.trustFile, 'utf8'));
+    await withPublisher(f, (transport, _keys, rolloutKeys) => rollbackGroup({ transport, topics, keys: [], rolloutKeys, trust, model: MODEL, group: GROUP, ttlSeconds: 3600, log: silentLogger }));
     const back = await watch.until('r1', (s) => s.state === 'ok' && s.running === f!.update.baseDigest);
     expect(back.rollback).toBe(true);
     expect(Buffer.compare(await fs.readFile(path.join(storage.dir, 'current.safetensors')), Buffer.from(f.base))).toBe(0);
@@ -164,7 +168,7 @@ describe('versions, chains, rollback', () => {
     // Forward again, then back with the full model: r2 now takes it.
     await publishChain(f, [f.update.payload]);
     await watch.until('r1', (s) => s.state === 'ok' && s.running === f!.update.targetDigest && !s.rollback);
-    await withPublisher(f, (transport, keys) => rollbackGroup({ transport, topics, keys, model: MODEL, group: GROUP, fullModel: f!.base, ttlSeconds: 3600, log: silentLogger }));
+    await withPublisher(f, (transport, keys, rolloutKeys) => rollbackGroup({ transport, topics, keys, rolloutKeys, model: MODEL, group: GROUP, fullModel: f!.base, ttlSeconds: 3600, log: silentLogger }));
     const r2 = await watch.until('r2', (s) => s.state === 'ok' && s.running === f!.update.baseDigest);
     expect(r2.rollback).toBe(true);
     expect(await digestModelFile(path.join(f.dir, 'r2', 'current.safetensors'))).toBe(f.update.baseDigest);

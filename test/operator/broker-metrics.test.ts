@@ -78,9 +78,9 @@ describe('fleet broker --http: GET /metrics', () => {
     expect(m).toContain('# TYPE fleet_broker_bytes_out_total counter');
     expect(m).toMatch(/\nfleet_broker_process_resident_memory_bytes \d+/); // default process metrics, prefixed
     expect(m).not.toMatch(/\nprocess_cpu/); // not the global registry's unprefixed ones
-    // A DNS-rebinding page cannot read it; other paths are 404.
+    // A DNS-rebinding page cannot read it; other paths than the dashboard's (/, /dashboard.js) are 404.
     expect((await get(broker.metricsUrl!, { host: 'evil.example' })).status).toBe(421);
-    expect((await get(broker.metricsUrl!.replace('/metrics', '/'))).status).toBe(404);
+    expect((await get(broker.metricsUrl!.replace('/metrics', '/nope'))).status).toBe(404);
   });
 
   it('after a restart the device gauge comes from the retained statuses on disk', async () => {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { UPDATE_ID_HEX } from '../../protocol/frames.ts';
-import { signingKeyFromSeed, signRelease, type ReleaseBody, type ReleaseStep } from '../../protocol/release.ts';
+import { signingKeyFromSeed, signRelease, type ReleaseDraft, type ReleaseStep } from '../../protocol/release.ts';
 import { clockedView, D1, D2, rolloutMsg, rolloutStatus, status, statusMsg, T0, topics } from './helpers.ts';
 
 const step = (from: string | null, size: number): ReleaseStep => ({
@@ -8,7 +8,7 @@ const step = (from: string | null, size: number): ReleaseStep => ({
 });
 
 function release(group: string, steps: ReleaseStep[], seq = 1): [string, Uint8Array] {
-  const body: ReleaseBody = { model: 'm', group, seq, issued: T0 / 1000, expires: T0 / 1000 + 3600, target: D2, steps, rollback: false, previous: D1 };
+  const body: ReleaseDraft = { model: 'm', group, seq, issued: T0 / 1000, expires: T0 / 1000 + 3600, target: D2, steps, rollback: false, previous: D1 };
   return [topics.release(group, 'm'), signRelease(body, [signingKeyFromSeed(new Uint8Array(32).fill(1))])];
 }
 

@@ -3,58 +3,40 @@ import { createHash, createPrivateKey, createPublicKey } from 'node:crypto';
 import { decode as cborxDecode } from 'cbor-x';
 import nacl from 'tweetnacl';
 import {
-  checkRelease, decodeReleaseBody, decodeSignedRelease, encodeReleaseBody, formatTrustFile, keyIdOf, parseTrustFile,
-  pathFrom, signRelease, signingKeyFromSeed, verifyRelease,
-  type ReleaseBody, type ReleaseStep, type ReleaseExpectations, type SigningKey, type TrustFile,
+  assignManifest, checkRelease, composeRelease, decodeRelease, decodeSignedManifest, keyIdOf, limitsOf, manifestHashOf,
+  releaseParts, signManifest, signRelease, signingKeyFromSeed, trustOf, verifyManifest, verifyRelease,
+  type ReleaseBody, type ReleaseDraft, type ReleaseExpectations, type SigningKey, type TrustFile,
 } from '../../protocol/release.ts';
+import { encodeManifest } from '../../protocol/manifest.ts';
+import { encodeAssignment } from '../../protocol/assignment.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { ProtocolError, type ProtocolReason } from '../../protocol/errors.ts';
 
 const sha256Hex = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const seed = (n: number) => new Uint8Array(32).fill(n);
 
-const keyA = signingKeyFromSeed(seed(1));
-const keyB = signingKeyFromSeed(seed(2));
-const keyC = signingKeyFromSeed(seed(3));
-const trustOf = (threshold: number, ...keys: SigningKey[]): TrustFile => ({
-  threshold,
-  keys: keys.map((k) => ({ id: k.id, publicKey: k.publicKey })),
-});
+// Release keys A, B, C; rollout keys R, S, T; X belongs to nobody.
+const [keyA, keyB, keyC, keyR, keyS, keyT, keyX] = [1, 2, 3, 4, 5, 6, 9].map((n) => signingKeyFromSeed(seed(n)));
+const pub = (...ks: SigningKey[]) => ks.map((k) => ({ id: k.id, publicKey: k.publicKey }));
+/** One-role trust file: the release keys sign both documents. */
+const oneRole = (threshold: number, ...ks: SigningKey[]): TrustFile => ({ version: 0, threshold, keys: pub(...ks) });
+/** Two roles: release keys A, B, C (threshold t) and rollout keys R, S, T (threshold r). */
+const twoRoles = (t = 1, r = 1): TrustFile => ({ version: 0, threshold: t, keys: pub(keyA, keyB, keyC), rollout: { threshold: r, keys: pub(keyR, keyS, keyT) } });
 
 const PAYLOAD_SHA = sha256Hex(new TextEncoder().encode('payload'));
 const TARGET = 'ab'.repeat(32);
-const BODY: ReleaseBody = {
-  model: 'resnet18',
-  group: 'canary',
-  seq: 7,
-  issued: 1_700_000_000,
-  expires: 1_700_086_400,
-  target: TARGET,
-  steps: [{
-    updateId: PAYLOAD_SHA.slice(0, 32),
-    from: 'cd'.repeat(32),
-    to: TARGET,
-    size: 40_000,
-    sha256: PAYLOAD_SHA,
-    chunkSize: 16_384,
-    chunks: 3,
-    listSha256: 'ef'.repeat(32),
-  }],
-  rollback: false,
-  previous: null,
+const DRAFT: ReleaseDraft = {
+  model: 'resnet18', group: 'canary', seq: 7, issued: 1_700_000_000, expires: 1_700_086_400, target: TARGET,
+  steps: [{ updateId: PAYLOAD_SHA.slice(0, 32), from: 'cd'.repeat(32), to: TARGET, size: 40_000, sha256: PAYLOAD_SHA, chunkSize: 16_384, chunks: 3, listSha256: 'ef'.repeat(32) }],
+  rollback: false, previous: null,
 };
-const withStep = (over: Partial<ReleaseBody['steps'][0]>): ReleaseBody => ({ ...BODY, steps: [{ ...BODY.steps[0], ...over }] });
-
-/** Digest number n (64 hex digits). */
-const D = (n: number): string => n.toString(16).padStart(2, '0').repeat(32);
-/** A well-formed step from → to; `n` makes its payload distinct. */
-function step(from: string | null, to: string, n: number): ReleaseStep {
-  const sha = sha256Hex(new TextEncoder().encode(`payload ${n}`));
-  return { updateId: sha.slice(0, 32), from, to, size: 1000 + n, sha256: sha, chunkSize: 512, chunks: Math.ceil((1000 + n) / 512), listSha256: 'ef'.repeat(32) };
-}
-/** v1 → v2 → v3 → v4 (the target), listed out of order, plus a full-model step. */
-const V = [D(1), D(2), D(3), D(4)];
-const CHAIN: ReleaseBody = { ...BODY, target: V[3], steps: [step(V[1], V[2], 2), step(V[0], V[1], 1), step(null, V[3], 9), step(V[2], V[3], 3)] };
+const LIMITS = limitsOf(DRAFT.steps);
+const MANIFEST_BODY = encodeManifest({ model: DRAFT.model, target: DRAFT.target, steps: DRAFT.steps, limits: LIMITS });
+const HASH = sha256Hex(MANIFEST_BODY);
+const BODY: ReleaseBody = { ...DRAFT, limits: LIMITS, manifest: HASH };
+const ASSIGNMENT = { model: DRAFT.model, group: DRAFT.group, seq: DRAFT.seq, issued: DRAFT.issued, expires: DRAFT.expires, rollback: false, previous: null };
+/** The body of the same release aimed at another target (another manifest). */
+const OTHER: ReleaseDraft = { ...DRAFT, target: 'cd'.repeat(32), steps: [], seq: 8, rollback: true, previous: TARGET };
 
 function codeOf(fn: () => unknown): ProtocolReason | 'no error' {
   try {
@@ -65,9 +47,11 @@ function codeOf(fn: () => unknown): ProtocolReason | 'no error' {
   }
   return 'no error';
 }
-
-/** A release envelope with the given body bytes and signatures, bypassing signRelease. */
 const envelope = (body: Uint8Array, sigs: Array<{ k: string; s: Uint8Array }>) => cborEncode({ body, sigs });
+const sig = (body: Uint8Array, k: SigningKey) => ({ k: k.id, s: nacl.sign.detached(body, k.secretKey) });
+/** Hundreds of Ed25519 checks: ~10 s idle, several times that on a loaded 2-core machine. */
+const FLIP_TIMEOUT = 240_000;
+const verifyCode = (bytes: Uint8Array, trust: TrustFile) => codeOf(() => verifyRelease(bytes, trust));
 
 describe('keys', () => {
   it('keyIdOf is the SHA-256 of the raw public key', () => {
@@ -84,248 +68,249 @@ describe('keys', () => {
   });
 });
 
-describe('release body encoding', () => {
-  it('is byte-stable for a fixed body', () => {
-    expect(sha256Hex(encodeReleaseBody(BODY))).toBe('41dc16f2849ca2789ebb31a7fb6bdd4224470258f1da5809c302e902a8f6d2c9');
-  });
-  it('is a plain CBOR map with the documented keys (read back with a stock cbor-x decoder)', () => {
-    const bytes = encodeReleaseBody(BODY);
-    expect(bytes[0]).toBe(0xa8); // map of 8 pairs
+describe('the release message', () => {
+  const bytes = signRelease(DRAFT, [keyA], [keyR]);
+  it('is CBOR {v: 1, manifest: bytes, assignment: bytes}, each a signed envelope {body, sigs: [{k, s}]}', () => {
     const m = cborxDecode(bytes) as Record<string, unknown>;
-    expect(Object.keys(m)).toEqual(['v', 'model', 'group', 'seq', 'issued', 'expires', 'target', 'steps']);
-    expect(m).toMatchObject({ v: 1, model: 'resnet18', group: 'canary', seq: 7, issued: 1_700_000_000, target: TARGET });
-    const steps = m.steps as Array<Record<string, unknown>>;
-    expect(steps).toHaveLength(1);
-    expect(Object.keys(steps[0])).toEqual(['u', 'from', 'to', 'size', 'sha256', 'chunk', 'chunks', 'list']);
-    expect(steps[0]).toMatchObject({ u: PAYLOAD_SHA.slice(0, 32), chunk: 16_384, chunks: 3, size: 40_000 });
+    expect(Object.keys(m)).toEqual(['v', 'manifest', 'assignment']);
+    expect(m.v).toBe(1);
+    const man = cborxDecode(m.manifest as Uint8Array) as { body: Uint8Array; sigs: Array<{ k: string; s: Uint8Array }> };
+    const asg = cborxDecode(m.assignment as Uint8Array) as { body: Uint8Array; sigs: Array<{ k: string; s: Uint8Array }> };
+    expect(Object.keys(man)).toEqual(['body', 'sigs']);
+    expect(Buffer.from(man.body).equals(Buffer.from(MANIFEST_BODY))).toBe(true);
+    expect(man.sigs.map((s) => s.k)).toEqual([keyA.id]);
+    expect(nacl.sign.detached.verify(man.body, man.sigs[0].s, keyA.publicKey)).toBe(true);
+    // The assignment names the manifest by the SHA-256 of its body bytes.
+    expect(Buffer.from(asg.body).equals(Buffer.from(encodeAssignment({ ...ASSIGNMENT, manifest: HASH })))).toBe(true);
+    expect((cborxDecode(asg.body) as { manifest: string }).manifest).toBe(HASH);
+    expect(asg.sigs.map((s) => s.k)).toEqual([keyR.id]);
+    expect(nacl.sign.detached.verify(asg.body, asg.sigs[0].s, keyR.publicKey)).toBe(true);
   });
-  it('decodes back to the same body', () => {
-    expect(decodeReleaseBody(encodeReleaseBody(BODY))).toEqual(BODY);
-    const none = { ...BODY, steps: [] };
-    expect(decodeReleaseBody(encodeReleaseBody(none))).toEqual(none);
+  it('signManifest + assignManifest give the same bytes as signRelease; releaseParts / composeRelease round-trip', () => {
+    const manifest = signManifest({ model: DRAFT.model, target: TARGET, steps: DRAFT.steps, limits: LIMITS }, [keyA]);
+    expect(manifestHashOf(manifest)).toBe(HASH);
+    expect(decodeSignedManifest(manifest)).toEqual({ model: DRAFT.model, target: TARGET, steps: DRAFT.steps, limits: LIMITS, manifest: HASH });
+    expect(Buffer.from(assignManifest(manifest, ASSIGNMENT, [keyR])).equals(Buffer.from(bytes))).toBe(true);
+    const parts = releaseParts(bytes);
+    expect(Buffer.from(parts.manifest).equals(Buffer.from(manifest))).toBe(true);
+    expect(Buffer.from(composeRelease(parts)).equals(Buffer.from(bytes))).toBe(true);
   });
-  it('the envelope is {body: bytes, sigs: [{k, s}]}', () => {
-    const env = cborxDecode(signRelease(BODY, [keyA])) as { body: Uint8Array; sigs: Array<{ k: string; s: Uint8Array }> };
-    expect(Buffer.from(env.body).equals(Buffer.from(encodeReleaseBody(BODY)))).toBe(true);
-    expect(env.sigs).toHaveLength(1);
-    expect(env.sigs[0].k).toBe(keyA.id);
-    expect(nacl.sign.detached.verify(env.body, env.sigs[0].s, keyA.publicKey)).toBe(true);
+  it('decodeRelease (unverified) and verifyRelease give the merged body', () => {
+    expect(decodeRelease(bytes)).toEqual(BODY);
+    expect(verifyRelease(bytes, twoRoles())).toEqual(BODY);
+    const explicit = signRelease({ ...DRAFT, limits: { payloadBytes: 1 << 20, chunks: 100, chunkBytes: 1 << 16 } }, [keyA], [keyR]);
+    expect(verifyRelease(explicit, twoRoles()).limits).toEqual({ payloadBytes: 1 << 20, chunks: 100, chunkBytes: 1 << 16 });
   });
-});
-
-describe('decodeReleaseBody refusals (malformed-release)', () => {
-  const refuse = (b: ReleaseBody) => codeOf(() => decodeReleaseBody(encodeReleaseBody(b)));
-  it('chunks must be ceil(size / chunk)', () => {
-    expect(refuse(withStep({ chunks: 2 }))).toBe('malformed-release');
-    expect(refuse(withStep({ chunks: 4 }))).toBe('malformed-release');
-    expect(refuse(withStep({ size: 32_768, chunks: 2 }))).toBe('no error');
-    expect(refuse(withStep({ size: 32_769, chunks: 2 }))).toBe('malformed-release');
-    expect(refuse(withStep({ chunkSize: 0 }))).toBe('malformed-release');
-    expect(refuse(withStep({ size: 0, chunks: 0 }))).toBe('malformed-release');
+  it('round-trips rollback and previous through the assignment', () => {
+    const back = verifyRelease(signRelease(OTHER, [keyA], [keyR]), twoRoles());
+    expect(back).toMatchObject({ rollback: true, previous: TARGET, steps: [], target: 'cd'.repeat(32), seq: 8 });
   });
-  it('the update id must be a prefix of the payload sha256', () => {
-    expect(refuse(withStep({ updateId: PAYLOAD_SHA.slice(1, 33) }))).toBe('malformed-release');
-    expect(refuse(withStep({ sha256: 'f' + PAYLOAD_SHA.slice(1) }))).toBe('malformed-release');
+  it('malformed release messages → malformed-release', () => {
+    const p = releaseParts(bytes);
+    const cases: Uint8Array[] = [
+      new Uint8Array(0), Uint8Array.from([0xa1]), cborEncode('release'), cborEncode([p.manifest, p.assignment]),
+      cborEncode({ v: 2, manifest: p.manifest, assignment: p.assignment }),
+      cborEncode({ manifest: p.manifest, assignment: p.assignment }),
+      cborEncode({ v: 1, manifest: p.manifest }),
+      cborEncode({ v: 1, manifest: Array.from(p.manifest), assignment: p.assignment }),
+      cborEncode({ v: 1, manifest: p.manifest, assignment: 'x' }),
+      composeRelease({ manifest: p.manifest, assignment: cborEncode({ body: new Uint8Array(3), sigs: [] }) }),
+      Uint8Array.from([...bytes, 0xf6]),
+      // The old single-envelope format.
+      p.manifest,
+    ];
+    cases.forEach((c, k) => {
+      expect(codeOf(() => decodeRelease(c)), `decode case ${k}`).toBe('malformed-release');
+      expect(verifyCode(c, twoRoles()), `verify case ${k}`).toBe('malformed-release');
+    });
   });
-  it('a step must lead to the target, directly or through other steps', () => {
-    expect(refuse(withStep({ to: 'cd'.repeat(32) }))).toBe('malformed-release'); // from itself to itself
-    expect(refuse(withStep({ to: D(9) }))).toBe('malformed-release'); // leads nowhere
+  it('envelopes swapped: signatures are checked first (wrong-role), then the type field refuses each body', () => {
+    const one = releaseParts(signRelease(DRAFT, [keyA]));
+    const swapped = composeRelease({ manifest: one.assignment, assignment: one.manifest });
+    expect(codeOf(() => decodeRelease(swapped))).toBe('malformed-release');
+    expect(verifyCode(swapped, oneRole(1, keyA))).toBe('malformed-release');
+    const p = releaseParts(bytes);
+    expect(verifyCode(composeRelease({ manifest: p.assignment, assignment: p.manifest }), twoRoles())).toBe('wrong-role');
   });
-  it('a step starting at the target is refused (leads away from it, or cycles through it)', () => {
-    expect(refuse({ ...BODY, target: 'cd'.repeat(32) })).toBe('malformed-release');
-    expect(refuse({ ...BODY, target: D(4), steps: [step(D(4), D(5), 1), step(D(5), D(4), 2)] })).toBe('malformed-release');
+  it('malformed envelopes → malformed-release', () => {
+    const body = MANIFEST_BODY;
+    const good = sig(body, keyA);
+    const asg = releaseParts(bytes).assignment;
+    const cases: Uint8Array[] = [
+      new Uint8Array(0), Uint8Array.from([0xa1]), cborEncode('m'), cborEncode([body, [good]]), cborEncode({ sigs: [good] }),
+      cborEncode({ body, sigs: good }), cborEncode({ body: Array.from(body), sigs: [good] }), envelope(body, []),
+      envelope(body, Array.from({ length: 17 }, () => good)), envelope(body, [{ k: keyA.id.slice(1), s: good.s }]),
+      envelope(body, [{ k: keyA.id.toUpperCase(), s: good.s }]), envelope(body, [{ k: keyA.id, s: good.s.subarray(0, 63) }]),
+      cborEncode({ body, sigs: [{ k: keyA.id, s: Array.from(good.s) }] }), cborEncode({ body, sigs: ['x'] }),
+      Uint8Array.from([...envelope(body, [good]), 0xf6]),
+    ];
+    expect(verifyCode(composeRelease({ manifest: envelope(body, [good]), assignment: asg }), twoRoles())).toBe('no error');
+    cases.forEach((c, k) => {
+      expect(verifyCode(composeRelease({ manifest: c, assignment: asg }), twoRoles()), `manifest case ${k}`).toBe('malformed-release');
+      expect(verifyCode(composeRelease({ manifest: envelope(body, [good]), assignment: c }), twoRoles()), `assignment case ${k}`).toBe('malformed-release');
+    });
   });
-  it('expires must be after issued', () => {
-    expect(refuse({ ...BODY, expires: BODY.issued })).toBe('malformed-release');
-    expect(refuse({ ...BODY, expires: BODY.issued - 1 })).toBe('malformed-release');
-    expect(refuse({ ...BODY, expires: BODY.issued + 1 })).toBe('no error');
-  });
-  it('field shapes', () => {
-    expect(refuse({ ...BODY, model: 'a/b' })).toBe('malformed-release');
-    expect(refuse({ ...BODY, group: '' })).toBe('malformed-release');
-    expect(refuse({ ...BODY, seq: -1 })).toBe('malformed-release');
-    expect(refuse({ ...BODY, target: TARGET.toUpperCase() })).toBe('malformed-release');
-    expect(refuse(withStep({ from: 'cd' }))).toBe('malformed-release');
-    expect(refuse({ ...BODY, steps: Array.from({ length: 65 }, () => BODY.steps[0]) })).toBe('malformed-release');
-    const raw = cborxDecode(encodeReleaseBody(BODY)) as Record<string, unknown>;
-    for (const v of [2, '1', null, { toString: 0 }]) {
-      expect(codeOf(() => decodeReleaseBody(cborEncode({ ...raw, v })))).toBe('malformed-release');
-    }
-    expect(codeOf(() => decodeReleaseBody(new Uint8Array(0)))).toBe('malformed-release');
-    expect(codeOf(() => decodeReleaseBody(cborEncode([raw])))).toBe('malformed-release');
-    expect(codeOf(() => decodeReleaseBody(Uint8Array.from([...encodeReleaseBody(BODY), 0])))).toBe('malformed-release');
-  });
-});
-
-describe('chains of steps', () => {
-  const refuse = (b: ReleaseBody) => codeOf(() => decodeReleaseBody(encodeReleaseBody(b)));
-  const noFull: ReleaseBody = { ...CHAIN, steps: CHAIN.steps.filter((s) => s.from !== null) };
-  const [s12, s01, full, s23] = CHAIN.steps;
-
-  it('accepts a chain of 3 steps in any order, with or without a full-model step', () => {
-    expect(decodeReleaseBody(encodeReleaseBody(CHAIN))).toEqual(CHAIN);
-    expect(decodeReleaseBody(encodeReleaseBody(noFull))).toEqual(noFull);
-    // Two chains meeting on the way to the target.
-    const fork = { ...noFull, steps: [...noFull.steps, step(D(5), V[2], 5)] };
-    expect(refuse(fork)).toBe('no error');
-    // A full-model step alone.
-    expect(refuse({ ...CHAIN, steps: [full] })).toBe('no error');
-    expect(decodeReleaseBody(encodeReleaseBody(CHAIN)).steps[2].from).toBeNull();
-  });
-  it('pathFrom gives the remaining steps of the chain, in order, from each digest on it', () => {
-    expect(pathFrom(CHAIN, V[0])).toEqual([s01, s12, s23]);
-    expect(pathFrom(CHAIN, V[1])).toEqual([s12, s23]);
-    expect(pathFrom(CHAIN, V[2])).toEqual([s23]);
-    expect(pathFrom(noFull, V[0])).toEqual([s01, s12, s23]);
-    expect(pathFrom(noFull, V[2])).toEqual([s23]);
-  });
-  it('pathFrom gives the full-model step to a device on no chain, and nothing when there is none', () => {
-    expect(pathFrom(CHAIN, D(7))).toEqual([full]);
-    expect(pathFrom(noFull, D(7))).toBeUndefined();
-    expect(pathFrom({ ...CHAIN, steps: [] }, D(7))).toBeUndefined();
-    expect(pathFrom(BODY, 'cd'.repeat(32))).toEqual([BODY.steps[0]]);
-  });
-  it('refuses two steps from the same digest', () => {
-    expect(refuse({ ...noFull, steps: [...noFull.steps, step(V[0], V[2], 6)] })).toBe('malformed-release');
-    expect(refuse({ ...noFull, steps: [...noFull.steps, s01] })).toBe('malformed-release');
-  });
-  it('refuses a cycle', () => {
-    expect(refuse({ ...noFull, steps: [step(V[0], V[1], 1), step(V[1], V[2], 2), step(V[2], V[0], 3)] })).toBe('malformed-release');
-    // A cycle beside a good chain.
-    expect(refuse({ ...noFull, steps: [...noFull.steps, step(D(5), D(6), 5), step(D(6), D(5), 6)] })).toBe('malformed-release');
-  });
-  it('refuses a step that leads nowhere', () => {
-    expect(refuse({ ...noFull, steps: [...noFull.steps, step(D(5), D(6), 5)] })).toBe('malformed-release');
-    expect(refuse({ ...noFull, steps: [s01, s12] })).toBe('malformed-release');
-  });
-  it('refuses two full-model steps, and a full-model step that does not lead to the target', () => {
-    expect(refuse({ ...CHAIN, steps: [...CHAIN.steps, step(null, V[3], 8)] })).toBe('malformed-release');
-    expect(refuse({ ...CHAIN, steps: [step(null, V[2], 8)] })).toBe('malformed-release');
-    expect(refuse({ ...noFull, steps: [...noFull.steps, step(null, V[1], 8)] })).toBe('malformed-release');
-  });
-});
-
-describe('rollback and previous', () => {
-  const raw = cborxDecode(encodeReleaseBody(BODY)) as Record<string, unknown>;
-  const decodeRaw = (m: Record<string, unknown>) => codeOf(() => decodeReleaseBody(cborEncode(m)));
-
-  it('round-trips rollback and previous', () => {
-    const back: ReleaseBody = { ...BODY, steps: [], target: 'cd'.repeat(32), rollback: true, previous: TARGET };
-    const bytes = encodeReleaseBody(back);
-    const m = cborxDecode(bytes) as Record<string, unknown>;
-    expect(m).toMatchObject({ rollback: true, previous: TARGET });
-    expect(decodeReleaseBody(bytes)).toEqual(back);
-    expect(verifyRelease(signRelease(back, [keyA]), trustOf(1, keyA))).toEqual(back);
-    const fwd: ReleaseBody = { ...BODY, previous: 'cd'.repeat(32) };
-    expect(decodeReleaseBody(encodeReleaseBody(fwd))).toEqual(fwd);
-    expect(Object.keys(cborxDecode(encodeReleaseBody(fwd)) as object)).not.toContain('rollback');
-  });
-  it('a body without them decodes with rollback false and previous null', () => {
-    expect(Object.keys(raw)).not.toContain('rollback');
-    expect(Object.keys(raw)).not.toContain('previous');
-    const b = decodeReleaseBody(cborEncode(raw));
-    expect(b.rollback).toBe(false);
-    expect(b.previous).toBeNull();
-  });
-  it('refuses rollback other than true', () => {
-    expect(decodeRaw({ ...raw, rollback: true })).toBe('no error');
-    for (const v of [false, 1, 'true', null, 0]) expect(decodeRaw({ ...raw, rollback: v }), String(v)).toBe('malformed-release');
-  });
-  it('refuses a previous that is not a 64-hex-digit digest', () => {
-    expect(decodeRaw({ ...raw, previous: 'cd'.repeat(32) })).toBe('no error');
-    for (const v of ['cd', 'CD'.repeat(32), 'zz'.repeat(32), null, 5, new Uint8Array(32)]) {
-      expect(decodeRaw({ ...raw, previous: v }), String(v)).toBe('malformed-release');
-    }
+  it('a correctly signed body that is not a valid manifest / assignment → malformed-release', () => {
+    const junk = cborEncode({ v: 1, hello: 'world' });
+    const p = releaseParts(bytes);
+    expect(verifyCode(composeRelease({ manifest: envelope(junk, [sig(junk, keyA)]), assignment: p.assignment }), twoRoles())).toBe('malformed-release');
+    expect(verifyCode(composeRelease({ manifest: p.manifest, assignment: envelope(junk, [sig(junk, keyR)]) }), twoRoles())).toBe('malformed-release');
   });
 });
 
 describe('signing and verification', () => {
-  it('sign + verify round trip', () => {
-    expect(verifyRelease(signRelease(BODY, [keyA]), trustOf(1, keyA))).toEqual(BODY);
-    expect(verifyRelease(signRelease(BODY, [keyA, keyB]), trustOf(2, keyA, keyB))).toEqual(BODY);
-    // An extra signature by an unknown key next to a trusted one is ignored.
-    expect(verifyRelease(signRelease(BODY, [keyC, keyA]), trustOf(1, keyA, keyB))).toEqual(BODY);
-  });
-  it('flipping any single byte of the body is refused', () => {
-    const signed = decodeSignedRelease(signRelease(BODY, [keyA]));
-    const sigs = signed.sigs.map((s) => ({ k: s.keyId, s: s.sig }));
-    expect(verifyRelease(envelope(signed.body, sigs), trustOf(1, keyA))).toEqual(BODY);
-    for (let p = 0; p < signed.body.length; p++) {
-      for (const mask of [0x01, 0x80]) {
-        const body = Uint8Array.from(signed.body);
-        body[p] ^= mask;
-        expect(['bad-signature', 'malformed-release'], `byte ${p} ^ ${mask}`).toContain(codeOf(() => verifyRelease(envelope(body, sigs), trustOf(1, keyA))));
+  const trust = twoRoles();
+  const bytes = signRelease(DRAFT, [keyA], [keyR]);
+  const p = releaseParts(bytes);
+  const REFUSALS = ['bad-signature', 'malformed-release', 'untrusted-key'];
+
+  it('flipping any single byte of the manifest envelope is refused', () => {
+    const body = cborxDecode(p.manifest) as { body: Uint8Array };
+    const bodyAt = Buffer.from(p.manifest).indexOf(Buffer.from(body.body));
+    for (let i = 0; i < p.manifest.length; i++) {
+      const m = Uint8Array.from(p.manifest);
+      m[i] ^= 1 << (i % 8);
+      // verifyManifest is verifyRelease's manifest half (one Ed25519 check instead of two); every 16th byte also goes the whole way.
+      const code = codeOf(() => verifyManifest(m, trust));
+      if (i % 16 === 0) expect(verifyCode(composeRelease({ manifest: m, assignment: p.assignment }), trust), `release, manifest byte ${i}`).toBe(code);
+      expect(REFUSALS, `manifest byte ${i}`).toContain(code);
+      if (i >= bodyAt && i < bodyAt + body.body.length) expect(['bad-signature', 'malformed-release'], `manifest body byte ${i}`).toContain(code);
+    }
+  }, FLIP_TIMEOUT);
+  it('flipping any single byte of the assignment envelope is refused', () => {
+    for (let i = 0; i < p.assignment.length; i++) {
+      const a = Uint8Array.from(p.assignment);
+      a[i] ^= 1 << (i % 8);
+      expect(REFUSALS, `assignment byte ${i}`).toContain(verifyCode(composeRelease({ manifest: p.manifest, assignment: a }), trust));
+    }
+  }, FLIP_TIMEOUT);
+  it('flipping any byte of the release message outside the two envelopes is refused', () => {
+    const at = [Buffer.from(bytes).indexOf(Buffer.from(p.manifest)), Buffer.from(bytes).indexOf(Buffer.from(p.assignment))];
+    const inside = (i: number) => (i >= at[0] && i < at[0] + p.manifest.length) || (i >= at[1] && i < at[1] + p.assignment.length);
+    let n = 0;
+    for (let i = 0; i < bytes.length; i++) {
+      if (inside(i)) continue;
+      for (const mask of [0x01, 0x20, 0x80, 0xff]) {
+        const m = Uint8Array.from(bytes);
+        m[i] ^= mask;
+        expect(verifyCode(m, trust), `byte ${i} ^ ${mask}`).toBe('malformed-release');
+        n++;
       }
     }
+    expect(n).toBeGreaterThan(40);
   });
   it('flipping any single byte of a signature is refused with bad-signature', () => {
-    const signed = decodeSignedRelease(signRelease(BODY, [keyA]));
-    for (let p = 0; p < 64; p++) {
-      const s = Uint8Array.from(signed.sigs[0].sig);
-      s[p] ^= 1 << (p % 8);
-      expect(codeOf(() => verifyRelease(envelope(signed.body, [{ k: keyA.id, s }]), trustOf(1, keyA)))).toBe('bad-signature');
+    const m = cborxDecode(p.manifest) as { body: Uint8Array; sigs: Array<{ k: string; s: Uint8Array }> };
+    const a = cborxDecode(p.assignment) as { body: Uint8Array; sigs: Array<{ k: string; s: Uint8Array }> };
+    for (let i = 0; i < 64; i += 3) {
+      const ms = Uint8Array.from(m.sigs[0].s);
+      ms[i] ^= 1 << (i % 8);
+      expect(verifyCode(composeRelease({ manifest: envelope(m.body, [{ k: keyA.id, s: ms }]), assignment: p.assignment }), trust), `manifest sig ${i}`).toBe('bad-signature');
+      const as = Uint8Array.from(a.sigs[0].s);
+      as[i] ^= 1 << (i % 8);
+      expect(verifyCode(composeRelease({ manifest: p.manifest, assignment: envelope(a.body, [{ k: keyR.id, s: as }]) }), trust), `assignment sig ${i}`).toBe('bad-signature');
     }
   });
-  it('flipping any single bit of the whole envelope is refused', () => {
-    const bytes = signRelease(BODY, [keyA]);
-    for (let p = 0; p < bytes.length; p++) {
-      const m = Uint8Array.from(bytes);
-      m[p] ^= 1 << (p % 8);
-      expect(codeOf(() => verifyRelease(m, trustOf(1, keyA))), `byte ${p}`).not.toBe('no error');
-    }
-  });
-  it('a release signed only by keys outside the trust file → untrusted-key', () => {
-    expect(codeOf(() => verifyRelease(signRelease(BODY, [keyC]), trustOf(1, keyA)))).toBe('untrusted-key');
-    expect(codeOf(() => verifyRelease(signRelease(BODY, [keyC, keyB]), trustOf(1, keyA)))).toBe('untrusted-key');
+  it('signed only by keys outside the trust file → untrusted-key', () => {
+    expect(verifyCode(signRelease(DRAFT, [keyX]), oneRole(1, keyA))).toBe('untrusted-key');
+    expect(verifyCode(signRelease(DRAFT, [keyX, keyB]), oneRole(1, keyA))).toBe('untrusted-key');
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyX]), trust)).toBe('untrusted-key');
+    expect(verifyCode(signRelease(DRAFT, [keyX], [keyR]), trust)).toBe('untrusted-key');
+    // An extra signature by an unknown key next to a trusted one is ignored.
+    expect(verifyRelease(signRelease(DRAFT, [keyX, keyA], [keyX, keyR]), trust)).toEqual(BODY);
   });
   it('a trusted key id with a signature made by another key → bad-signature', () => {
-    const s = nacl.sign.detached(encodeReleaseBody(BODY), keyC.secretKey);
-    expect(codeOf(() => verifyRelease(envelope(encodeReleaseBody(BODY), [{ k: keyA.id, s }]), trustOf(1, keyA)))).toBe('bad-signature');
+    const forged = (body: Uint8Array, id: string) => envelope(body, [{ k: id, s: nacl.sign.detached(body, keyX.secretKey) }]);
+    const a = (cborxDecode(p.assignment) as { body: Uint8Array }).body;
+    expect(verifyCode(composeRelease({ manifest: forged(MANIFEST_BODY, keyA.id), assignment: p.assignment }), trust)).toBe('bad-signature');
+    expect(verifyCode(composeRelease({ manifest: p.manifest, assignment: forged(a, keyR.id) }), trust)).toBe('bad-signature');
   });
-  it('threshold 2: one valid signature is not enough, two distinct keys are', () => {
-    const trust = trustOf(2, keyA, keyB);
-    expect(codeOf(() => verifyRelease(signRelease(BODY, [keyA]), trust))).toBe('threshold-not-met');
-    expect(codeOf(() => verifyRelease(signRelease(BODY, [keyA, keyC]), trust))).toBe('threshold-not-met');
-    expect(codeOf(() => verifyRelease(signRelease(BODY, [keyB, keyA]), trust))).toBe('no error');
+  it('release threshold 2 of 3: one valid signature is not enough, two distinct keys are', () => {
+    const t = twoRoles(2, 1);
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyR]), t)).toBe('threshold-not-met');
+    expect(verifyCode(signRelease(DRAFT, [keyA, keyX], [keyR]), t)).toBe('threshold-not-met');
+    expect(verifyCode(signRelease(DRAFT, [keyA, keyR], [keyR]), t)).toBe('threshold-not-met');
+    expect(verifyCode(signRelease(DRAFT, [keyC, keyA], [keyR]), t)).toBe('no error');
+    expect(verifyCode(signRelease(DRAFT, [keyA, keyB, keyC], [keyR]), t)).toBe('no error');
   });
-  it('the same key signing twice does not count twice', () => {
-    expect(codeOf(() => verifyRelease(signRelease(BODY, [keyA, keyA]), trustOf(2, keyA, keyB)))).toBe('threshold-not-met');
-    expect(codeOf(() => verifyRelease(signRelease(BODY, [keyA, keyA, keyB]), trustOf(2, keyA, keyB)))).toBe('no error');
+  it('rollout threshold 2 of 3, separately from the release threshold', () => {
+    const t = twoRoles(1, 2);
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyR]), t)).toBe('threshold-not-met');
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyR, keyX]), t)).toBe('threshold-not-met');
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyR, keyA]), t)).toBe('threshold-not-met');
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyT, keyS]), t)).toBe('no error');
+    // Enough rollout signatures do not make up for the manifest's.
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyR, keyS]), twoRoles(2, 2))).toBe('threshold-not-met');
   });
-  it('a correctly signed body that is not a valid release → malformed-release', () => {
-    const body = cborEncode({ v: 1, hello: 'world' });
-    const s = nacl.sign.detached(body, keyA.secretKey);
-    expect(codeOf(() => verifyRelease(envelope(body, [{ k: keyA.id, s }]), trustOf(1, keyA)))).toBe('malformed-release');
+  it('the same key signing twice counts once', () => {
+    const a = (cborxDecode(p.assignment) as { body: Uint8Array }).body;
+    const twiceA = envelope(MANIFEST_BODY, [sig(MANIFEST_BODY, keyA), sig(MANIFEST_BODY, keyA)]);
+    const twiceR = envelope(a, [sig(a, keyR), sig(a, keyR)]);
+    expect(verifyCode(composeRelease({ manifest: twiceA, assignment: p.assignment }), twoRoles(2, 1))).toBe('threshold-not-met');
+    expect(verifyCode(composeRelease({ manifest: p.manifest, assignment: twiceR }), twoRoles(1, 2))).toBe('threshold-not-met');
+    expect(verifyCode(composeRelease({ manifest: twiceA, assignment: twiceR }), twoRoles(1, 1))).toBe('no error');
+    expect(verifyCode(signRelease(DRAFT, [keyA, keyA]), oneRole(2, keyA, keyB))).toBe('threshold-not-met');
+    expect(verifyCode(signRelease(DRAFT, [keyA, keyA, keyB]), oneRole(2, keyA, keyB))).toBe('no error');
   });
-  it('malformed envelopes → malformed-release', () => {
-    const body = encodeReleaseBody(BODY);
-    const good = { k: keyA.id, s: nacl.sign.detached(body, keyA.secretKey) };
-    const cases: Uint8Array[] = [
-      new Uint8Array(0),
-      Uint8Array.from([0xa1]),
-      cborEncode('release'),
-      cborEncode([body, [good]]),
-      cborEncode({ sigs: [good] }),
-      cborEncode({ body, sigs: good }),
-      cborEncode({ body: Array.from(body), sigs: [good] }),
-      envelope(body, []),
-      envelope(body, Array.from({ length: 17 }, () => good)),
-      envelope(body, [{ k: keyA.id.slice(1), s: good.s }]),
-      envelope(body, [{ k: keyA.id.toUpperCase(), s: good.s }]),
-      envelope(body, [{ k: keyA.id, s: good.s.subarray(0, 63) }]),
-      cborEncode({ body, sigs: [{ k: keyA.id, s: Array.from(good.s) }] }),
-      cborEncode({ body, sigs: ['x'] }),
-      Uint8Array.from([...envelope(body, [good]), 0xf6]),
-    ];
-    expect(codeOf(() => verifyRelease(envelope(body, [good]), trustOf(1, keyA)))).toBe('no error');
-    cases.forEach((c, k) => expect(codeOf(() => verifyRelease(c, trustOf(1, keyA))), `case ${k}`).toBe('malformed-release'));
+});
+
+describe('TUF roles', () => {
+  const trust = twoRoles();
+  it('a manifest signed by a rollout key → wrong-role', () => {
+    expect(verifyCode(signRelease(DRAFT, [keyR], [keyR]), trust)).toBe('wrong-role');
+    expect(verifyCode(signRelease(DRAFT, [keyR, keyX], [keyS]), trust)).toBe('wrong-role');
+    expect(codeOf(() => verifyManifest(signManifest({ model: DRAFT.model, target: TARGET, steps: DRAFT.steps, limits: LIMITS }, [keyS]), trust))).toBe('wrong-role');
+  });
+  it('an assignment signed by a release key → wrong-role; by a key of neither role → untrusted-key', () => {
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyA]), trust)).toBe('wrong-role');
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyB, keyX]), trust)).toBe('wrong-role');
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyX]), trust)).toBe('untrusted-key');
+  });
+  it('a stolen rollout key re-points a group to another manifest the release keys signed, but cannot make one', () => {
+    const m1 = signManifest({ model: DRAFT.model, target: TARGET, steps: DRAFT.steps, limits: LIMITS }, [keyA]);
+    const m2 = signManifest({ model: DRAFT.model, target: 'cd'.repeat(32), steps: [], limits: limitsOf([]) }, [keyA]);
+    expect(verifyManifest(m2, trust).manifest).toBe(manifestHashOf(m2));
+    // The thief re-points canary from m1 to m2 (a manifest the release keys signed): it verifies.
+    const repoint = assignManifest(m2, { ...ASSIGNMENT, seq: 9, rollback: true, previous: TARGET }, [keyR]);
+    expect(verifyRelease(repoint, trust)).toMatchObject({ target: 'cd'.repeat(32), seq: 9, manifest: manifestHashOf(m2) });
+    expect(verifyRelease(assignManifest(m1, ASSIGNMENT, [keyR]), trust)).toEqual(BODY);
+    // New weights need a new manifest: signed by the rollout key it is refused.
+    const evil = { ...DRAFT, target: 'ee'.repeat(32), steps: [{ ...DRAFT.steps[0], to: 'ee'.repeat(32) }] };
+    expect(verifyCode(signRelease(evil, [keyR], [keyR]), trust)).toBe('wrong-role');
+    expect(verifyCode(signRelease(evil, [keyX], [keyR]), trust)).toBe('untrusted-key');
+  });
+  it('mix-and-match: an assignment travelling with another manifest → manifest-mismatch', () => {
+    const one = releaseParts(signRelease(DRAFT, [keyA], [keyR]));
+    const two = releaseParts(signRelease(OTHER, [keyA], [keyR]));
+    const mixed = composeRelease({ manifest: two.manifest, assignment: one.assignment });
+    expect(verifyCode(mixed, trust)).toBe('manifest-mismatch');
+    expect(codeOf(() => decodeRelease(mixed))).toBe('manifest-mismatch');
+    expect(verifyCode(composeRelease({ manifest: one.manifest, assignment: two.assignment }), trust)).toBe('manifest-mismatch');
+  });
+  it('an assignment whose model is not the manifest\'s → manifest-mismatch', () => {
+    const m = signManifest({ model: DRAFT.model, target: TARGET, steps: DRAFT.steps, limits: LIMITS }, [keyA]);
+    const other = assignManifest(m, { ...ASSIGNMENT, model: 'resnet50' }, [keyR]);
+    expect(verifyCode(other, trust)).toBe('manifest-mismatch');
+    expect(codeOf(() => decodeRelease(other))).toBe('manifest-mismatch');
+  });
+  it('one-role trust file (no rollout section): the release keys sign both documents', () => {
+    expect(verifyRelease(signRelease(DRAFT, [keyA]), oneRole(1, keyA))).toEqual(BODY);
+    expect(verifyRelease(signRelease(DRAFT, [keyA, keyB]), oneRole(2, keyA, keyB))).toEqual(BODY);
+    expect(verifyCode(signRelease(DRAFT, [keyA], [keyR]), oneRole(1, keyA))).toBe('untrusted-key');
+    expect(verifyCode(signRelease(DRAFT, [keyA, keyB], [keyA]), oneRole(2, keyA, keyB))).toBe('threshold-not-met');
+    expect(verifyRelease(signRelease(DRAFT, [keyA]), trustOf([keyA]))).toEqual(BODY);
+  });
+  it('verifyManifest checks a manifest alone against the release role', () => {
+    const m = signManifest({ model: DRAFT.model, target: TARGET, steps: DRAFT.steps, limits: LIMITS }, [keyA]);
+    expect(verifyManifest(m, trust)).toEqual({ model: DRAFT.model, target: TARGET, steps: DRAFT.steps, limits: LIMITS, manifest: HASH });
+    expect(codeOf(() => verifyManifest(m, twoRoles(2)))).toBe('threshold-not-met');
+    expect(codeOf(() => verifyManifest(m, oneRole(1, keyB)))).toBe('untrusted-key');
+    expect(codeOf(() => verifyManifest(releaseParts(signRelease(DRAFT, [keyA], [keyR])).assignment, oneRole(1, keyR)))).toBe('malformed-release');
   });
 });
 
 describe('checkRelease', () => {
-  const x: ReleaseExpectations = {
-    model: 'resnet18', group: 'canary', now: BODY.issued + 60, clockFloor: 0, highestSeq: 6, skewSeconds: 300,
-  };
+  const x: ReleaseExpectations = { model: 'resnet18', group: 'canary', now: BODY.issued + 60, clockFloor: 0, highestSeq: 6, skewSeconds: 300 };
   const check = (b: Partial<ReleaseBody>, over: Partial<ReleaseExpectations> = {}) => codeOf(() => checkRelease({ ...BODY, ...b }, { ...x, ...over }));
   it('accepts a fresh release for this model and group', () => {
     expect(check({})).toBe('no error');
@@ -358,50 +343,16 @@ describe('checkRelease', () => {
     expect(check({ seq: 7 })).toBe('no error');
     expect(check({ seq: 0 }, { highestSeq: -1 })).toBe('no error');
   });
-});
-
-describe('trust files', () => {
-  const b64 = (k: SigningKey) => Buffer.from(k.publicKey).toString('base64');
-  const file = (threshold: unknown, keys: unknown[]) => JSON.stringify({ threshold, keys });
-  const entry = (k: SigningKey) => ({ id: k.id, publicKey: b64(k) });
-  const parse = (text: string) => codeOf(() => parseTrustFile(text));
-
-  it('parses a valid file', () => {
-    const t = parseTrustFile(file(2, [entry(keyA), entry(keyB)]));
-    expect(t.threshold).toBe(2);
-    expect(t.keys.map((k) => k.id)).toEqual([keyA.id, keyB.id]);
-    expect(Buffer.from(t.keys[1].publicKey).equals(Buffer.from(keyB.publicKey))).toBe(true);
-    expect(verifyRelease(signRelease(BODY, [keyA, keyB]), t)).toEqual(BODY);
-  });
-  it('refuses an id that is not the hash of the key', () => {
-    expect(parse(file(1, [{ id: keyB.id, publicKey: b64(keyA) }]))).toBe('malformed-trust');
-    expect(parse(file(1, [{ id: keyA.id.slice(0, 63), publicKey: b64(keyA) }]))).toBe('malformed-trust');
-  });
-  it('refuses threshold 0, above the number of keys, or not an integer', () => {
-    expect(parse(file(0, [entry(keyA)]))).toBe('malformed-trust');
-    expect(parse(file(2, [entry(keyA)]))).toBe('malformed-trust');
-    expect(parse(file(1.5, [entry(keyA), entry(keyB)]))).toBe('malformed-trust');
-    expect(parse(file('1', [entry(keyA)]))).toBe('malformed-trust');
-    expect(parse(file(1, []))).toBe('malformed-trust');
-    expect(parse(file(1, [entry(keyA)]))).toBe('no error');
-  });
-  it('refuses public keys that are not 32 bytes of base64', () => {
-    const short = Buffer.from(keyA.publicKey.subarray(0, 31)).toString('base64');
-    const long = Buffer.from([...keyA.publicKey, 0]).toString('base64');
-    expect(parse(file(1, [{ id: keyA.id, publicKey: short }]))).toBe('malformed-trust');
-    expect(parse(file(1, [{ id: keyA.id, publicKey: long }]))).toBe('malformed-trust');
-    expect(parse(file(1, [{ id: keyA.id, publicKey: 42 }]))).toBe('malformed-trust');
-  });
-  it('refuses invalid JSON and wrong shapes', () => {
-    for (const text of ['', '{', 'null', '[]', '{"threshold":1}', '{"threshold":1,"keys":{}}', '{"threshold":1,"keys":[null]}']) {
-      expect(parse(text), text).toBe('malformed-trust');
-    }
-  });
-  it('formatTrustFile then parseTrustFile round-trips', () => {
-    const t = trustOf(2, keyA, keyB, keyC);
-    const text = formatTrustFile(t);
-    expect(text.endsWith('\n')).toBe(true);
-    expect(parseTrustFile(text)).toEqual(t);
-    expect(formatTrustFile(parseTrustFile(text))).toBe(text);
+  it('limits over the device caps → payload-too-large; within or equal → ok; no caps → not checked', () => {
+    const caps = { payloadBytes: 1 << 20, chunks: 64, chunkBytes: 1 << 16 };
+    expect(check({ limits: caps }, { caps })).toBe('no error');
+    expect(check({}, { caps })).toBe('no error');
+    expect(check({ limits: { ...caps, payloadBytes: caps.payloadBytes + 1 } }, { caps })).toBe('payload-too-large');
+    expect(check({ limits: { ...caps, chunks: 65 } }, { caps })).toBe('payload-too-large');
+    expect(check({ limits: { ...caps, chunkBytes: (1 << 16) + 1 } }, { caps })).toBe('payload-too-large');
+    expect(check({ limits: { payloadBytes: 2 ** 40, chunks: 1e6, chunkBytes: 1 << 24 } })).toBe('no error');
+    // Through verifyRelease: a manifest whose signers allow more than this device takes.
+    const big = verifyRelease(signRelease({ ...DRAFT, limits: { payloadBytes: 1 << 30, chunks: 64, chunkBytes: 1 << 16 } }, [keyA]), oneRole(1, keyA));
+    expect(codeOf(() => checkRelease(big, { ...x, caps }))).toBe('payload-too-large');
   });
 });

@@ -2,6 +2,7 @@ import { describe, it, expect } from 'vitest';
 import { DEFAULT_PREFIX, Topics, assertSegment, isTopicSegment, type ParsedTopic } from '../../protocol/topics.ts';
 
 const U = '0123456789abcdef0123456789abcdef';
+const H = 'ab'.repeat(32);
 
 /** MQTT topic filter matching ('+' one level, '#' the rest), as a broker does it. */
 function matches(filter: string, topic: string): boolean {
@@ -27,6 +28,8 @@ function concrete(t: Topics): Array<{ name: string; topic: string; rest: string;
     { name: 'presence', topic: t.presence('dev-1'), rest: 'devices/dev-1/presence', parsed: { kind: 'presence', deviceId: 'dev-1' } },
     { name: 'rolloutStatus', topic: t.rolloutStatus('r_2024.06'), rest: 'rollouts/r_2024.06/status', parsed: { kind: 'rolloutStatus', rolloutId: 'r_2024.06' } },
     { name: 'rolloutControl', topic: t.rolloutControl('r_2024.06'), rest: 'rollouts/r_2024.06/control', parsed: { kind: 'rolloutControl', rolloutId: 'r_2024.06' } },
+    { name: 'manifest', topic: t.manifest('resnet18', H), rest: `models/resnet18/manifests/${H}`, parsed: { kind: 'manifest', model: 'resnet18', hash: H } },
+    { name: 'trust', topic: t.trust(), rest: 'trust', parsed: { kind: 'trust' } },
   ];
 }
 
@@ -40,6 +43,7 @@ function filters(t: Topics): Array<{ name: string; filter: string; rest: string 
     { name: 'allStatuses', filter: t.allStatuses(), rest: 'devices/+/status' },
     { name: 'allPresence', filter: t.allPresence(), rest: 'devices/+/presence' },
     { name: 'allRolloutStatuses', filter: t.allRolloutStatuses(), rest: 'rollouts/+/status' },
+    { name: 'manifests', filter: t.manifests('resnet18'), rest: 'models/resnet18/manifests/+' },
   ];
 }
 
@@ -70,6 +74,8 @@ describe.each([
       presence: ['allPresence'],
       rolloutStatus: ['allRolloutStatuses'],
       rolloutControl: [],
+      manifest: ['manifests'],
+      trust: [],
     };
     for (const c of concrete(t)) {
       expect(c.topic).not.toMatch(/[+#]/);

@@ -1,11 +1,22 @@
+import { execFile } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { encodeValues, roundToDtype, type WritableDtype } from '../../protocol/dtypes.ts';
-import { applyTensor, encodePayload, isLowRank } from '../../protocol/lowrank.ts';
+import { decodeValues, encodeValues, roundToDtype, type WritableDtype } from '../../protocol/dtypes.ts';
+import { applyTensor, applyToModel, decodePayload, encodePayload, isLowRank } from '../../protocol/lowrank.ts';
 import { readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
+import { buildUpdate, type BuildMode } from '../../publisher/build.ts';
+import { loraSource, twoModelSource } from '../../publisher/delta-source.ts';
 import {
   denseLoraDelta, LoraError, loraFactors, loraTensorDelta, parseLoraConfig, patternValue,
   type LoraConfig, type LoraFactor,
 } from '../../publisher/lora.ts';
+
+const execFileP = promisify(execFile);
+const FLEET_BIN = fileURLToPath(new URL('../../bin/fleet.js', import.meta.url));
 
 // A tiny deterministic generator (values in [-1, 1)).
 function rng(seed: number): () => number {
@@ -228,7 +239,12 @@ describe('loraFactors', () => {
     const reasons = Object.fromEntries(res.unmapped.map((u) => [u.module, u.reason]));
     expect(reasons.embed).toMatch(/embed\.weight is F64/);
     expect(reasons[Q]).toMatch(/DoRA/);
-    expect(res.unmapped.filter((u) => u.module === 'classifier')).toHaveLength(2);
+    // The saved classifier is a whole tensor with no base tensor to update.
+    expect(res.whole).toEqual([]);
+    expect(res.unmapped.filter((u) => u.module === 'classifier')).toEqual([
+      { module: 'classifier', reason: expect.stringContaining(`${PEFT}classifier.weight [2, 4] is a whole tensor`) as unknown as string },
+    ]);
+    expect(reasons.classifier).toContain('tried classifier.weight, model.classifier.weight');
   });
 
   it('embedding adapters: ΔW = (B·A)ᵀ·scaling', () => {
@@ -266,5 +282,162 @@ describe('loraFactors', () => {
     // A rank above min(m, n) becomes a dense delta.
     const wide = { ...f, rank: 6, u: new Float64Array(36), v: new Float64Array(30) };
     expect(isLowRank(loraTensorDelta(wide))).toBe(false);
+  });
+});
+
+describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () => {
+  // Base: a Linear with a bias, a head (modules_to_save) with a bias, a BF16 norm weight.
+  const HEAD = 'head';
+  const B_Q = tensor(`${Q}.bias`, [6], 200);
+  const W_HEAD = tensor(`${HEAD}.weight`, [3, 6], 201);
+  const B_HEAD = tensor(`${HEAD}.bias`, [3], 202);
+  const LN = tensor('ln.weight', [5], 203, 'BF16');
+  const base2 = [W_Q, B_Q, W_HEAD, B_HEAD, LN];
+  const base2Bytes = file(base2);
+  const header2 = readSafetensors(base2Bytes).header;
+
+  const A = tensor(`${PEFT}${Q}.lora_A.weight`, [2, 5], 210);
+  const B = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 2], 211);
+  const trainedBias = tensor(`${PEFT}${Q}.bias`, [6], 212);
+  // The head's ΔW is exactly rank 1: trained = base + x·yᵀ (in f32).
+  const x = tensor('x', [3], 213).values;
+  const y = tensor('y', [6], 214).values;
+  const trainedHead: T = {
+    name: `${PEFT}${HEAD}.weight`, dtype: 'F32', shape: [3, 6],
+    values: W_HEAD.values.map((w, i) => roundToDtype(w + x[Math.floor(i / 6)] * y[i % 6], 'F32')),
+  };
+  // Older PEFT versions keep the wrapper's segment in the name.
+  const trainedHeadBias = tensor(`${PEFT}${HEAD}.modules_to_save.default.bias`, [3], 215);
+  // Saved but not trained: equal to the base, so not part of the update.
+  const savedLn: T = { ...LN, name: `${PEFT}ln.weight` };
+  const adapter = file([A, B, trainedBias, trainedHead, trainedHeadBias, savedLn]);
+  const configJson = JSON.stringify({ peft_type: 'LORA', r: 2, lora_alpha: 4, target_modules: ['q_proj'], bias: 'all', modules_to_save: [HEAD] });
+  const cfg = parseLoraConfig(configJson);
+
+  async function withDir<R>(fn: (dir: string) => Promise<R>): Promise<R> {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-whole-test-'));
+    try {
+      return await fn(dir);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  async function build(baseFile: string, mode: BuildMode): Promise<Uint8Array> {
+    const res = loraFactors(adapter, cfg, header2);
+    const source = await loraSource(baseFile, res.factors, res.whole);
+    try {
+      return (await buildUpdate({ source, mode, quant: 'f32' })).payload;
+    } finally {
+      await source.close();
+    }
+  }
+
+  const tensorValues = (bytes: Uint8Array, name: string): Float64Array => {
+    const f = readSafetensors(bytes);
+    return decodeValues(f.tensor(name), f.info(name)!.dtype);
+  };
+
+  it('maps biases and modules_to_save tensors onto base tensors of the same shape and dtype (in file order)', () => {
+    const res = loraFactors(adapter, cfg, header2);
+    expect(res.unmapped).toEqual([]);
+    expect(res.factors.map((f) => f.tensor)).toEqual([W_Q.name]);
+    expect(res.whole.map((w) => [w.source, w.tensor, w.module])).toEqual([
+      [trainedBias.name, B_Q.name, Q],
+      [trainedHeadBias.name, B_HEAD.name, HEAD],
+      [trainedHead.name, W_HEAD.name, HEAD],
+      [savedLn.name, LN.name, 'ln'],
+    ]);
+  });
+
+  it('the payload applied to the base gives base + B·A·scaling and the adapter\'s trained tensors', async () => {
+    await withDir(async (dir) => {
+      const baseFile = path.join(dir, 'base.safetensors');
+      await fs.writeFile(baseFile, base2Bytes);
+      const payload = decodePayload(await build(baseFile, { kind: 'factors' }));
+      // The LoRA module stays low-rank; whole tensors are dense; the untouched norm is left out.
+      expect(payload.tensors.map((d) => [d.name, isLowRank(d) ? d.rank : 'dense'])).toEqual([
+        [B_Q.name, 'dense'], [W_Q.name, 2], [B_HEAD.name, 'dense'], [W_HEAD.name, 'dense'],
+      ]);
+      const applied = applyToModel(base2Bytes, payload);
+      expect(applied.digest).toBe(payload.target);
+      const merged = mergedDirect(W_Q, A, B, 2);
+      const gotW = tensorValues(applied.bytes, W_Q.name);
+      for (let i = 0; i < merged.length; i++) expect(Math.abs(gotW[i] - merged[i])).toBeLessThanOrEqual(1e-6);
+      // Whole tensors: the adapter's values, to float32 rounding of base + f32(trained − base).
+      for (const [want, was] of [[trainedBias, B_Q], [trainedHead, W_HEAD], [trainedHeadBias, B_HEAD]] as const) {
+        const got = tensorValues(applied.bytes, was.name);
+        for (let i = 0; i < got.length; i++) {
+          expect(Math.abs(got[i] - want.values[i])).toBeLessThanOrEqual(2 ** -23 * (Math.abs(want.values[i]) + Math.abs(was.values[i])));
+        }
+      }
+      expect(tensorValues(applied.bytes, LN.name)).toEqual(LN.values);
+    });
+  });
+
+  it('with --rank a whole 2-D tensor is compressed by SVD exactly as a two-model delta', async () => {
+    await withDir(async (dir) => {
+      const baseFile = path.join(dir, 'base.safetensors');
+      const targetFile = path.join(dir, 'target.safetensors');
+      await fs.writeFile(baseFile, base2Bytes);
+      await fs.writeFile(targetFile, file([W_Q, B_Q, { ...trainedHead, name: W_HEAD.name }, B_HEAD, LN]));
+      const fromAdapter = decodePayload(await build(baseFile, { kind: 'rank', rank: 1 }));
+      const source = await twoModelSource(baseFile, targetFile);
+      let fromModels: ReturnType<typeof decodePayload>;
+      try {
+        fromModels = decodePayload((await buildUpdate({ source, mode: { kind: 'rank', rank: 1 }, quant: 'f32' })).payload);
+      } finally {
+        await source.close();
+      }
+      const head = fromAdapter.tensors.find((d) => d.name === W_HEAD.name)!;
+      expect(isLowRank(head) && head.rank).toBe(1);
+      expect(fromModels.tensors).toEqual([head]);
+      const got = tensorValues(applyToModel(base2Bytes, fromAdapter).bytes, W_HEAD.name);
+      for (let i = 0; i < got.length; i++) expect(Math.abs(got[i] - trainedHead.values[i])).toBeLessThanOrEqual(1e-6);
+    });
+  });
+
+  it('reports whole tensors whose shape or dtype differs from the base tensor, naming both', () => {
+    const wide = tensor(`${PEFT}${Q}.bias`, [7], 220);
+    const half = tensor(`${PEFT}${HEAD}.bias`, [3], 221, 'F16');
+    const stray = tensor(`${PEFT}decoder.fc.bias`, [3], 222);
+    const res = loraFactors(file([A, B, wide, half, stray]), cfg, header2);
+    expect(res.factors.map((f) => f.tensor)).toEqual([W_Q.name]);
+    expect(res.whole).toEqual([]);
+    const reasons = Object.fromEntries(res.unmapped.map((u) => [u.module, u.reason]));
+    expect(reasons[Q]).toContain(`${PEFT}${Q}.bias [7] is a whole tensor`);
+    expect(reasons[Q]).toContain(`does not fit base tensor ${Q}.bias [6]`);
+    expect(reasons[HEAD]).toContain(`${PEFT}${HEAD}.bias [3] is a whole tensor (bias training, modules_to_save or a saved embedding layer) of F16 but base tensor ${HEAD}.bias is F32`);
+    expect(reasons['decoder.fc']).toContain('tried decoder.fc.bias, model.decoder.fc.bias');
+    // A lora_B bias (PEFT's lora_bias) is still not supported.
+    const lb = tensor(`${PEFT}${Q}.lora_B.bias`, [6], 223);
+    const r2 = loraFactors(file([A, B, lb]), cfg, header2);
+    expect(r2.unmapped.find((u) => u.module === Q)?.reason).toMatch(/lora_bias/);
+  });
+
+  it('`fleet build --lora` writes the same payload and warns about a mismatched tensor by name', async () => {
+    await withDir(async (dir) => {
+      const baseFile = path.join(dir, 'base.safetensors');
+      await fs.writeFile(baseFile, base2Bytes);
+      await fs.writeFile(path.join(dir, 'adapter_model.safetensors'), adapter);
+      await fs.writeFile(path.join(dir, 'adapter_config.json'), configJson);
+      const expected = await build(baseFile, { kind: 'factors' });
+      const out = path.join(dir, 'update.cbor');
+      const run = (adapterFile: string, outFile: string) => execFileP(process.execPath, [FLEET_BIN, 'build', '--base', baseFile, '--lora', adapterFile,
+        '--lora-config', path.join(dir, 'adapter_config.json'), '--out', outFile, '--json']);
+      const ok = await run(path.join(dir, 'adapter_model.safetensors'), out);
+      expect(ok.stderr).not.toMatch(/warning/);
+      expect(Buffer.compare(await fs.readFile(out), Buffer.from(expected))).toBe(0);
+      const report = JSON.parse(ok.stdout.trim().split('\n').pop()!) as { tensors: Array<{ name: string; kind: string }> };
+      expect(report.tensors.map((t) => [t.name, t.kind])).toEqual([
+        [B_Q.name, 'dense'], [W_Q.name, 'low-rank'], [B_HEAD.name, 'dense'], [W_HEAD.name, 'dense'],
+      ]);
+      // A bias of the wrong shape is left out with a warning naming it; the rest is built.
+      await fs.writeFile(path.join(dir, 'bad.safetensors'), file([A, B, tensor(`${PEFT}${Q}.bias`, [7], 230), trainedHead]));
+      const bad = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor'));
+      expect(bad.stderr).toContain(`warning: adapter module ${Q} not used: ${PEFT}${Q}.bias [7] is a whole tensor`);
+      expect(bad.stderr).toContain(`does not fit base tensor ${Q}.bias [6]`);
+      expect(decodePayload(new Uint8Array(await fs.readFile(path.join(dir, 'bad.cbor')))).tensors.map((d) => d.name)).toEqual([W_Q.name, W_HEAD.name]);
+    });
   });
 });

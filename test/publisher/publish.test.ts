@@ -11,6 +11,7 @@ import { CHUNK, connect, createFixture, GROUP, MODEL, SMALL_LAYERS, topics, type
 
 let f: Fixture;
 let key: SigningKey;
+let rkey: SigningKey;
 /** base → t1 (the fixture's update) and t1 → t2. */
 let u1: SynthUpdate;
 let u2: SynthUpdate;
@@ -19,6 +20,7 @@ let n = 0;
 beforeEach(async () => {
   f = await createFixture('publish');
   key = await loadSigningKey(f.keyFile);
+  rkey = await loadSigningKey(f.rolloutKeyFile);
   u1 = f.update;
   u2 = synthesizeUpdate(u1.target, 2, 21);
 });
@@ -29,13 +31,13 @@ afterEach(async () => {
 async function publish(payloads: Uint8Array[], over: Partial<PublishOptions> = {}): Promise<PublishResult> {
   const transport = await connect(f, `test-publisher-${++n}`);
   return publishUpdate({
-    transport, topics, payloads, keys: [key], model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger, ...over,
+    transport, topics, payloads, keys: [key], rolloutKeys: [rkey], model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger, ...over,
   });
 }
 
 async function rollback(over: Partial<RollbackOptions> = {}) {
   const transport = await connect(f, `test-rollback-${++n}`);
-  return rollbackGroup({ transport, topics, keys: [key], model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger, ...over });
+  return rollbackGroup({ transport, topics, keys: [key], rolloutKeys: [rkey], model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger, ...over });
 }
 
 /** The retained release as a device would read it (verified with the fixture's trust file); undefined when none comes. */
@@ -148,16 +150,17 @@ describe('publishUpdate', () => {
 });
 
 describe('rollbackGroup', () => {
-  it('publishes target = previous, rollback true, previous = the current target, a higher seq, no steps', async () => {
-    await publish([u1.payload]);
+  it('assigns the manifest the release keys signed for the previous version, with the rollout key alone: rollback true, previous = the current target, a higher seq', async () => {
+    const first = await publish([u1.payload]);
     const second = await publish([u2.payload]);
-    const r = await rollback();
+    const trust = parseTrustFile(await fs.readFile(f.trustFile, 'utf8'));
+    const r = await rollback({ keys: [], trust });
     expect(r.from).toBe(u2.targetDigest);
     expect(r.to).toBe(u1.targetDigest);
     expect(r.replacedSeq).toBe(second.release.seq);
     const b = await readRelease();
     expect(b).toEqual(r.release);
-    expect(b).toMatchObject({ target: u1.targetDigest, rollback: true, previous: u2.targetDigest, steps: [] });
+    expect(b).toMatchObject({ target: u1.targetDigest, rollback: true, previous: u2.targetDigest, steps: first.release.steps, manifest: first.release.manifest });
     expect(b!.seq).toBeGreaterThan(second.release.seq);
     // Rolling back the rollback goes forward again.
     const again = await rollback();

@@ -2,6 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { AgentConfig } from '../../device/agent.ts';
 import { systemClock } from '../../device/clock.ts';
+import { parseTrustFile } from '../../protocol/release.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate, type PublishOptions } from '../../publisher/publish.ts';
 import { rollbackGroup } from '../../publisher/rollback.ts';
@@ -58,12 +59,15 @@ export interface Run {
 }
 
 /** A started controller; `onEventCmd` runs for HOOK_EVENTS exactly as `fleet rollout start --on-event` does. Stop it (`ctl.stop()`) before closing the fixture. */
-export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string): Promise<Run> {
+export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string, o: { rolloutKeyOnly?: boolean } = {}): Promise<Run> {
   const payloads = await loadPayloads(p, fx.dir);
   const transport = await connect(fx, `rollout-${Math.random().toString(36).slice(2)}`);
   const events: RolloutEvent[] = [];
   const published: string[] = [];
-  const ctl = new RolloutController({ plan: p, payloads, keys: [await loadSigningKey(fx.keyFile)], settleMs: 500, tickMs: 200 }, {
+  // With rolloutKeyOnly, the controller holds no release key (as `fleet rollout start --rollout-key K --trust T`).
+  const keys = o.rolloutKeyOnly ? [] : [await loadSigningKey(fx.keyFile)];
+  const trust = o.rolloutKeyOnly ? parseTrustFile(await fs.readFile(fx.trustFile, 'utf8')) : undefined;
+  const ctl = new RolloutController({ plan: p, payloads, keys, trust, rolloutKeys: [await loadSigningKey(fx.rolloutKeyFile)], settleMs: 500, tickMs: 200 }, {
     transport, topics, clock: systemClock, rollback: rollbackGroup, log: silentLogger,
     publish: (o: PublishOptions) => {
       published.push(o.group);

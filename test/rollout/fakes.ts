@@ -1,5 +1,5 @@
 import type { Clock } from '../../device/clock.ts';
-import { signingKeyFromSeed, signRelease, type ReleaseBody, type SigningKey } from '../../protocol/release.ts';
+import { decodeRelease, signingKeyFromSeed, signRelease, type ReleaseBody, type ReleaseDraft, type SigningKey } from '../../protocol/release.ts';
 import { encodeStatus, type DeviceState, type DeviceStatus } from '../../protocol/status.ts';
 import type { Topics } from '../../protocol/topics.ts';
 import type { PublishOptions, PublishResult } from '../../publisher/publish.ts';
@@ -123,9 +123,12 @@ export function fakeReleases(broker: MemoryBroker, topics: Topics) {
   const failNext: Array<{ kind: 'publish' | 'rollback'; error: Error }> = [];
   let seq = 100;
   const current = new Map<string, ReleaseBody>();
-  const put = (b: ReleaseBody): void => {
+  const put = (d: ReleaseDraft): ReleaseBody => {
+    const bytes = signRelease(d, [KEY]);
+    const b = decodeRelease(bytes);
     current.set(b.group, b);
-    broker.publish(topics.release(b.group, b.model), signRelease(b, [KEY]), true);
+    broker.publish(topics.release(b.group, b.model), bytes, true);
+    return b;
   };
   const take = (kind: 'publish' | 'rollback'): void => {
     const i = failNext.findIndex((f) => f.kind === kind);
@@ -137,16 +140,14 @@ export function fakeReleases(broker: MemoryBroker, topics: Topics) {
       calls.push({ kind: 'publish', group: o.group });
       take('publish');
       const prev = current.get(o.group);
-      const body: ReleaseBody = { model: o.model, group: o.group, seq: ++seq, issued: 1, expires: 2e9, target: TARGET, steps: [], rollback: false, previous: prev?.target ?? BASE };
-      put(body);
+      const body = put({ model: o.model, group: o.group, seq: ++seq, issued: 1, expires: 2e9, target: TARGET, steps: [], rollback: false, previous: prev?.target ?? BASE });
       return { updateId: 'u', release: body, uploads: [], uploadedChunks: 3, alreadyStored: false };
     },
     async rollback(o: RollbackOptions): Promise<RollbackResult> {
       calls.push({ kind: 'rollback', group: o.group });
       take('rollback');
       const cur = current.get(o.group)!;
-      const body: ReleaseBody = { ...cur, seq: ++seq, target: cur.previous!, previous: cur.target, rollback: true };
-      put(body);
+      const body = put({ ...cur, seq: ++seq, target: cur.previous!, previous: cur.target, rollback: true });
       return { from: cur.target, to: body.target, replacedSeq: cur.seq, release: body, upload: undefined };
     },
   };

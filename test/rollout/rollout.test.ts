@@ -1,14 +1,17 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { decodeReleaseBody, decodeSignedRelease, type ReleaseBody } from '../../protocol/release.ts';
+import { decodeRelease, type ReleaseBody } from '../../protocol/release.ts';
 import { PRESENCE_OFFLINE } from '../../protocol/status.ts';
 import type { RolloutController } from '../../rollout/controller.ts';
 import { collectInventory } from '../../rollout/inventory.ts';
 import type { RolloutPlan } from '../../rollout/plan.ts';
 import { parseRolloutStatus, rolloutControlTopic, type RolloutEvent, type RolloutStatus } from '../../rollout/status.ts';
 import type { AgentConfig } from '../../device/agent.ts';
-import { connect, MODEL, topics, type Fixture } from '../support/harness.ts';
+import { loadSigningKey } from '../../publisher/keys.ts';
+import { publishManifestOnly } from '../../publisher/publish.ts';
+import { silentLogger } from '../../util/log.ts';
+import { CHUNK, connect, MODEL, topics, type Fixture } from '../support/harness.ts';
 import { controller as sharedController, plan, setup as sharedSetup, untilStatus, wave, type Run } from './aedes-helpers.ts';
 
 let f: Fixture | undefined;
@@ -26,8 +29,8 @@ async function setup(tag: string, devices: Array<[string, string, Partial<AgentC
   return r;
 }
 
-async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string): Promise<Run> {
-  const run = await sharedController(fx, p, onEventCmd);
+async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string, o: { rolloutKeyOnly?: boolean } = {}): Promise<Run> {
+  const run = await sharedController(fx, p, onEventCmd, o);
   controllers.push(run.ctl);
   return run;
 }
@@ -47,7 +50,7 @@ async function retained(fx: Fixture, topic: string): Promise<Uint8Array | undefi
 
 async function releaseOf(fx: Fixture, group: string): Promise<ReleaseBody | undefined> {
   const p = await retained(fx, topics.release(group, MODEL));
-  return p?.byteLength ? decodeReleaseBody(decodeSignedRelease(p).body) : undefined;
+  return p?.byteLength ? decodeRelease(p) : undefined;
 }
 
 async function rolloutStatus(fx: Fixture, id = 'model-v2'): Promise<RolloutStatus | null> {
@@ -76,6 +79,19 @@ describe('staged rollout over Aedes with device agents', () => {
     const s = await rolloutStatus(fx);
     expect(s).toMatchObject({ state: 'completed', rollout: 'model-v2', wave: 1 });
     expect(s!.plan.target).toBe(fx.update.targetDigest);
+  }, 60_000);
+
+  it('with the rollout key only: the manifest the release key published beforehand is assigned wave by wave; without it the rollout cannot start a wave', async () => {
+    const { fx, watch } = await setup('rollout-roles', [['c1', 'canary'], ['l1', 'line']]);
+    const refused = await controller(fx, plan([wave('canary'), wave('line')], { id: 'no-manifest' }), undefined, { rolloutKeyOnly: true });
+    await untilStatus(refused.ctl, (s) => /no retained manifest signed by the release keys/.test(JSON.stringify(s)));
+    await refused.ctl.stop();
+    expect(watch.latest.get('c1')!.state).toBe('idle');
+    const pub = await connect(fx, 'release-engineer');
+    await publishManifestOnly({ transport: pub, topics, model: MODEL, payloads: [fx.update.payload], keys: [await loadSigningKey(fx.keyFile)], chunkSize: CHUNK, log: silentLogger });
+    const run = await controller(fx, plan([wave('canary'), wave('line')]), undefined, { rolloutKeyOnly: true });
+    expect((await run.ctl.done()).state).toBe('completed');
+    for (const id of ['c1', 'l1']) expect(watch.latest.get(id)).toMatchObject({ state: 'ok', running: fx.update.targetDigest });
   }, 60_000);
 
   it('canary health fails: rolled back on the devices, failure threshold crossed, halted, canary rolled back, hook told', async () => {

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentConfig } from '../../device/agent.ts';
-import { decodeReleaseBody, decodeSignedRelease, type ReleaseBody } from '../../protocol/release.ts';
+import { decodeRelease, type ReleaseBody } from '../../protocol/release.ts';
 import type { RolloutEvent } from '../../rollout/status.ts';
 import { connect, currentDigest, MODEL, topics, type Fixture } from '../support/harness.ts';
 import { controller, plan, setup, wave, type Run } from './aedes-helpers.ts';
@@ -29,7 +29,7 @@ async function releaseOf(fx: Fixture, group: string): Promise<ReleaseBody | unde
   });
   await t.subscribe(topic, 1);
   await new Promise((r) => setTimeout(r, 300));
-  return got?.byteLength ? decodeReleaseBody(decodeSignedRelease(got).body) : undefined;
+  return got?.byteLength ? decodeRelease(got) : undefined;
 }
 
 describe('a rollout over three groups of in-process agents (canary, line-a, line-b)', () => {

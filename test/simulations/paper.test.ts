@@ -1,4 +1,18 @@
+import { execFile } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { PNG } from 'pngjs';
 import { describe, expect, it } from 'vitest';
+import { FLEET_BIN } from '../../cli/demo.ts';
+import { productPath } from '../../simulations/paper/adapter.ts';
+import { aggregate, aggregateJson, bytesToReach } from '../../simulations/paper/aggregate.ts';
+import { mlpToSafetensors } from '../../simulations/paper/fleet-build.ts';
+import { pngPlot } from '../../simulations/paper/png.ts';
+import { resultsMarkdown, svgPlot } from '../../simulations/paper/render.ts';
+import { runSeeds } from '../../simulations/paper/run.ts';
+import { digestModelFile } from '../../util/model-file.ts';
 import { lowRankBytes, topKBytes, vectorBytes, denseBytes } from '../../simulations/paper/bytes.ts';
 import { loraBytes, loraConfigFor, quantizedDense, topK, topKCount, deltaOf } from '../../simulations/paper/compress.ts';
 import { drift, loadAllDigits, PIXELS, splitDigits, subset, type Dataset } from '../../simulations/paper/data.ts';
@@ -6,6 +20,8 @@ import { cloneMlp, initMlp, lossAndGrad, meanLoss, zerosLike, type Mlp } from '.
 import { runPaper } from '../../simulations/paper/pipeline.ts';
 import { summaryJson } from '../../simulations/paper/result.ts';
 import { fullTrainable, initLora, loraTrainable, mergeLora, train } from '../../simulations/paper/train.ts';
+
+const execFileP = promisify(execFile);
 import { mulberry32 } from '../../util/random.ts';
 
 function tinyData(n: number, inputs: number, outputs: number, seed: number): Dataset {
@@ -140,7 +156,124 @@ describe('paper simulation: byte accounting', () => {
   });
 });
 
+describe('paper simulation: budget rule and bytes for a gain', () => {
+  const base = initMlp(mulberry32(12), PIXELS, 128, 10);
+
+  it('biases first, then ranks balanced across layers', () => {
+    expect(loraConfigFor(base, 407, 'f32')).toEqual({ r1: 0, r2: 0, b1: false, b2: true });
+    expect(loraConfigFor(base, 1017, 'f32')).toEqual({ r1: 0, r2: 0, b1: true, b2: true });
+    // The old fixed order spent 1 % on a rank-1 ΔW1 and dropped the hidden bias.
+    expect(loraConfigFor(base, 4070, 'f32')).toEqual({ r1: 0, r2: 6, b1: true, b2: true });
+    let prev = { r1: 0, r2: 0, b1: false, b2: false };
+    for (const p of ['f32', 'int8'] as const) {
+      prev = { r1: 0, r2: 0, b1: false, b2: false };
+      for (const pct of [0.1, 0.25, 0.5, 1, 2, 5, 10, 30]) {
+        const budget = Math.floor((pct / 100) * 407080);
+        const c = loraConfigFor(base, budget, p);
+        expect(loraBytes(base, c, p)).toBeLessThanOrEqual(budget);
+        expect(c.r1).toBeGreaterThanOrEqual(prev.r1);
+        expect(Number(c.b1)).toBeGreaterThanOrEqual(Number(prev.b1));
+        // Balanced: the smaller rank is the one that could not grow (r2 is capped at 9, where its factors cost its dense matrix).
+        if (c.r1 > 0 && c.r2 < 9) expect(c.r2).toBeGreaterThanOrEqual(c.r1);
+        prev = c;
+      }
+    }
+  });
+
+  it('bytes for a gain: first crossing, interpolated in log(bytes)', () => {
+    const curve = [{ bytes: 100, gain: 2 }, { bytes: 1000, gain: 6 }, { bytes: 10000, gain: 5 }, { bytes: 100000, gain: 12 }];
+    expect(bytesToReach(curve, 1)).toEqual({ bytes: 100, atMost: true });
+    const four = bytesToReach(curve, 4);
+    expect(four.atMost).toBe(false);
+    expect(four.bytes).toBeCloseTo(Math.sqrt(100 * 1000), 6); // half-way in gain = geometric mean in bytes
+    expect(bytesToReach(curve, 6).bytes).toBeCloseTo(1000, 9);
+    expect(bytesToReach(curve, 8.5).bytes).toBeCloseTo(Math.sqrt(10000 * 100000), 4); // the dip at 10 kB is not a crossing
+    expect(bytesToReach(curve, 13)).toEqual({ bytes: null, atMost: false });
+    expect(bytesToReach([{ bytes: 5160, gain: 40 }], 30)).toEqual({ bytes: 5160, atMost: false });
+  });
+});
+
+describe('paper simulation: the low-rank update through the product', () => {
+  it('goes through the real fleet build (PEFT LoRA import) and fleet apply', async () => {
+    const all = loadAllDigits();
+    const { baseTrain, fieldTrain } = splitDigits(all, { baseTrain: 300, fieldTrain: 200, test: 0 }, 21);
+    const base = initMlp(mulberry32(22), PIXELS, 128, 10);
+    train(fullTrainable(base), baseTrain, { epochs: 1, batch: 32, lr: 2e-3, seed: 23 });
+    const field = drift(fieldTrain, 24);
+    const product = await productPath(base);
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'paper-product-test-'));
+    try {
+      for (const withBias of [true, false]) {
+        const s = initLora(base, { r1: 2, r2: 3, b1: withBias, b2: withBias }, mulberry32(25));
+        train(loraTrainable(base, s), field, { epochs: 1, batch: 32, lr: 5e-3, seed: 26 });
+        for (const quant of ['f32', 'int8'] as const) {
+          const keep = path.join(dir, `${withBias ? 'bias' : 'nobias'}-${quant}`);
+          const built = await product.build(s, quant, keep);
+          expect(built.dataBytes).toBe(loraBytes(base, s.config, quant));
+          // What the device builds is the merged model (f32 exactly up to rounding; int8 within quantisation error).
+          const merged = mergeLora(base, s);
+          for (const k of ['w1', 'b1', 'w2', 'b2'] as const) {
+            let maxErr = 0;
+            let maxDelta = 0;
+            for (let i = 0; i < merged[k].length; i++) {
+              maxErr = Math.max(maxErr, Math.abs(built.model[k][i] - merged[k][i]));
+              maxDelta = Math.max(maxDelta, Math.abs(merged[k][i] - base[k][i]));
+            }
+            expect(maxErr).toBeLessThanOrEqual(quant === 'f32' ? 1e-6 : 2e-2 * maxDelta + 1e-6);
+          }
+          // `fleet apply` (the CLI, a real process) builds the same model from the payload.
+          const out = path.join(keep, 'applied.safetensors');
+          await execFileP(process.execPath, [FLEET_BIN, 'apply', '--model', product.baseFile, '--update', path.join(keep, 'update.cbor'), '--out', out]);
+          expect(await digestModelFile(out)).toBe(built.target);
+          expect(new Uint8Array(await fs.readFile(out))).toEqual(mlpToSafetensors(built.model));
+          if (!withBias && quant === 'int8') {
+            // `fleet build --lora` (the CLI) on the same adapter writes the very same payload.
+            const cliOut = path.join(keep, 'cli-update.cbor');
+            await execFileP(process.execPath, [FLEET_BIN, 'build', '--base', product.baseFile, '--lora', path.join(keep, 'adapter_model.safetensors'),
+              '--lora-config', path.join(keep, 'adapter_config.json'), '--out', cliOut, '--quant', quant, '--json']);
+            expect(Buffer.compare(await fs.readFile(cliOut), Buffer.from(built.payload))).toBe(0);
+          }
+        }
+      }
+    } finally {
+      await product.close();
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('paper simulation: end to end', () => {
+  it('several seeds (worker processes) give a table with every method, the 90 % column and the headline check', async () => {
+    const args = ['--base-train', '500', '--field-train', '300', '--test', '200', '--base-epochs', '1', '--fine-tune-epochs', '1', '--lora-epochs', '1', '--sizes', '0.25,0.5,5'];
+    const runs = await runSeeds(args, [1, 2], 2, () => {});
+    expect(runs.map((r) => r.config.seed)).toEqual([1, 2]);
+    const agg = aggregate(runs);
+    const md = resultsMarkdown(agg, { command: 'npm run sim:paper -- …', wallSeconds: 1, date: '2026-01-01', jobs: 2 });
+    for (const label of ['low-rank trained', 'SVD of fine-tune', 'top-k of fine-tune', 'last layer retrained', 'dense fine-tune ΔW, 8-bit', 'dense fine-tune ΔW, 4-bit', 'full fine-tuned model']) {
+      expect(md).toContain(`| ${label}`);
+    }
+    expect(md).toContain('bytes for 90 % | ÷ ours |');
+    expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with float32 numbers/);
+    expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with 8-bit numbers/);
+    const j = JSON.parse(JSON.stringify(aggregateJson(agg, 1))) as Record<string, any>;
+    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'topK', 'lastLayer', 'fullFineTune']);
+    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
+    for (const m of Object.values(j.methods.int8) as Array<Record<string, unknown>>) {
+      expect(m).toHaveProperty('bytesFor90');
+      expect(m).toHaveProperty('ratioToOurs');
+      expect(Object.keys(m.gainBySize as object)).toEqual(['0.25%', '0.5%', '5%']);
+    }
+    expect(j.gainFraction).toBe(0.9);
+    // The plot: SVG text and a PNG that decodes to the scene's size.
+    const svg = svgPlot(agg);
+    expect(svg).toContain('<svg');
+    const png = PNG.sync.read(Buffer.from(pngPlot(agg)));
+    expect([png.width, png.height]).toEqual([1060, 600]);
+    let dark = 0;
+    for (let i = 0; i < png.data.length; i += 4) if (png.data[i] < 128) dark++;
+    expect(dark).toBeGreaterThan(1000);
+  });
+
   it('a tiny run produces the JSON with every field', async () => {
     const r = await runPaper({ baseTrain: 500, fieldTrain: 300, test: 200, baseEpochs: 1, fineTuneEpochs: 1, loraEpochs: 1, sizesPercent: [0.5, 5] });
     const j = JSON.parse(JSON.stringify(summaryJson(r))) as Record<string, any>;

@@ -12,7 +12,7 @@ import { digestHealthCheck } from '../../device/health.ts';
 import { DeviceStorage } from '../../device/storage.ts';
 import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { Topics } from '../../protocol/topics.ts';
-import { parseTrustFile } from '../../protocol/release.ts';
+import { parseTrustFile, type SigningKey } from '../../protocol/release.ts';
 import { keygen, loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate, type PublishResult } from '../../publisher/publish.ts';
 import { synthesizeModel, synthesizeUpdate, type SynthUpdate } from '../../publisher/synth.ts';
@@ -57,7 +57,10 @@ export interface Fixture {
   broker: RunningBroker | undefined;
   url: string;
   trustFile: string;
+  /** Release key (signs manifests). */
   keyFile: string;
+  /** Rollout key (signs group assignments); the fixture's trust file names both roles. */
+  rolloutKeyFile: string;
   baseFile: string;
   base: Uint8Array;
   update: SynthUpdate;
@@ -85,7 +88,7 @@ export async function createFixture(tag: string, opts: FixtureOptions = {}): Pro
   const baseFile = path.join(dir, 'base.safetensors');
   await fs.writeFile(baseFile, base);
   const f: Fixture = {
-    dir, broker, url: opts.externalUrl ?? broker!.url, trustFile: keys.trustFile, keyFile: keys.keyFile, baseFile, base, update,
+    dir, broker, url: opts.externalUrl ?? broker!.url, trustFile: keys.trustFile, keyFile: keys.keyFile, rolloutKeyFile: keys.rolloutKeyFile, baseFile, base, update,
     children: [], transports: [], agents: [],
     async close() {
       await Promise.all(f.children.map((c) => stopChild(c)));
@@ -104,12 +107,17 @@ export async function connect(f: Fixture, clientId: string): Promise<MqttTranspo
   return t;
 }
 
+/** The fixture's release and rollout keys, as publishUpdate/rollbackGroup take them. */
+export async function fixtureKeys(f: Pick<Fixture, 'keyFile' | 'rolloutKeyFile'>): Promise<{ keys: SigningKey[]; rolloutKeys: SigningKey[] }> {
+  return { keys: [await loadSigningKey(f.keyFile)], rolloutKeys: [await loadSigningKey(f.rolloutKeyFile)] };
+}
+
 /** Publish the fixture's update (or another payload) with a publisher that disconnects afterwards. */
 export async function publish(f: Fixture, payload: Uint8Array = f.update.payload, chunkSize = CHUNK): Promise<PublishResult> {
   const t = await MqttTransport.connect({ url: f.url, clientId: `test-publisher-${Math.random().toString(36).slice(2)}` }, 10_000);
   try {
     return await publishUpdate({
-      transport: t, topics, payloads: [payload], keys: [await loadSigningKey(f.keyFile)], model: MODEL, group: GROUP,
+      transport: t, topics, payloads: [payload], ...(await fixtureKeys(f)), model: MODEL, group: GROUP,
       chunkSize, ttlSeconds: 3600, log: silentLogger,
     });
   } finally {

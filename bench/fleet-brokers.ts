@@ -1,0 +1,212 @@
+/**
+ * The broker side of `npm run bench:fleet`, each broker in its own process and
+ * with the update server as it runs for that broker:
+ *   aedes      `fleet broker` (on-disk persistence, update server in-process);
+ *   mosquitto  Mosquitto, and `fleet serve` beside it;
+ *   cluster    a private redis-server (or --redis URL), node A `fleet broker --cluster`
+ *              with the update server, node B `fleet broker --cluster --no-update-server`.
+ * Samples every broker process's resident memory (VmRSS polled, VmHWM at the end).
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createWriteStream, promises as fs, readFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { FLEET_BIN, stopChild } from '../cli/demo.ts';
+
+export type BrokerKind = 'aedes' | 'mosquitto' | 'cluster';
+
+/** Every process the benchmark has started and that still runs (stopped by PID on SIGINT/SIGTERM). */
+export const started = new Set<ChildProcess>();
+export function track(child: ChildProcess): ChildProcess {
+  started.add(child);
+  child.once('exit', () => started.delete(child));
+  return child;
+}
+
+export interface BrokerSetup {
+  kind: BrokerKind;
+  /** One URL per broker node (devices are spread over them). */
+  urls: string[];
+  /** Ends every process it started (by PID) and reports peak memory. */
+  stop(): Promise<BrokerMemory>;
+}
+
+export interface BrokerMemory {
+  /** The largest peak resident set of the broker processes (for a cluster: of its nodes), MiB. */
+  brokerPeakRssMB: number;
+  nodesPeakRssMB: number[];
+  /** `fleet serve` beside Mosquitto. */
+  serverPeakRssMB: number | null;
+  redisPeakRssMB: number | null;
+}
+
+export function findBinary(candidates: string[], probe: string): string | undefined {
+  for (const p of candidates) if (spawnSync(p, [probe]).error === undefined) return p;
+  return undefined;
+}
+export const findMosquitto = (): string | undefined => findBinary(['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'], '-h');
+export const findRedisServer = (): string | undefined => findBinary(['/usr/bin/redis-server', '/usr/local/bin/redis-server'], '--version');
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+/** kB figure of a /proc/PID/status field, or 0 when the process is gone. */
+function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Peak resident memory per process: VmRSS polled, and VmHWM (the kernel's own peak) read before it stops. */
+class RssSampler {
+  private readonly peaks = new Map<number, number>();
+  private readonly timer: NodeJS.Timeout;
+  constructor(intervalMs = 200) {
+    this.timer = setInterval(() => {
+      for (const pid of this.peaks.keys()) this.peaks.set(pid, Math.max(this.peaks.get(pid)!, procStatusKb(pid, 'VmRSS')));
+    }, intervalMs);
+    this.timer.unref();
+  }
+  watch(pid: number): void {
+    this.peaks.set(pid, procStatusKb(pid, 'VmRSS'));
+  }
+  /** MiB; call while the process still runs. */
+  final(pid: number): number {
+    const kb = Math.max(this.peaks.get(pid) ?? 0, procStatusKb(pid, 'VmHWM'), procStatusKb(pid, 'VmRSS'));
+    return Number((kb / 1024).toFixed(1));
+  }
+  close(): void {
+    clearInterval(this.timer);
+  }
+}
+
+/** Starts a process logging to a file; resolves when its output matches `ready` (or the port listens). */
+async function startProcess(cmd: string, args: string[], logFile: string, ready: RegExp | number, timeoutMs = 60_000): Promise<ChildProcess> {
+  const log = createWriteStream(logFile, { flags: 'a' });
+  const child = track(spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
+  child.stdout!.pipe(log);
+  child.stderr!.pipe(log);
+  let out = '';
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => fail(new Error(`${path.basename(cmd)} not ready after ${timeoutMs} ms; see ${logFile}`)), timeoutMs);
+    const done = (): void => {
+      clearTimeout(timer);
+      child.off('exit', onExit);
+      resolve();
+    };
+    const fail = (e: Error): void => {
+      clearTimeout(timer);
+      child.off('exit', onExit);
+      void stopChild(child).finally(() => reject(e));
+    };
+    const onExit = (code: number | null): void => fail(new Error(`${path.basename(cmd)} exited (${code}) while starting; see ${logFile}`));
+    child.once('exit', onExit);
+    if (typeof ready === 'number') {
+      const probe = (): void => {
+        const s = net.connect({ port: ready, host: '127.0.0.1' }, () => {
+          s.destroy();
+          done();
+        });
+        s.on('error', () => setTimeout(probe, 100));
+      };
+      probe();
+    } else {
+      const onData = (d: Buffer): void => {
+        out = (out + d.toString()).slice(-4096);
+        if (ready.test(out)) {
+          child.stdout!.off('data', onData);
+          done();
+        }
+      };
+      child.stdout!.on('data', onData);
+    }
+  });
+  return child;
+}
+
+export interface SetupOptions {
+  kind: BrokerKind;
+  dir: string;
+  /** For the cluster: an existing Redis instead of a private redis-server. */
+  redisUrl?: string;
+}
+
+export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
+  await fs.mkdir(o.dir, { recursive: true });
+  const sampler = new RssSampler();
+  const brokers: ChildProcess[] = [];
+  let server: ChildProcess | undefined;
+  let redis: ChildProcess | undefined;
+  const all = (): ChildProcess[] => [...brokers, ...(server ? [server] : []), ...(redis ? [redis] : [])];
+  const fleetBroker = async (name: string, extra: string[]): Promise<string> => {
+    const port = await freePort();
+    const child = await startProcess(process.execPath, [FLEET_BIN, 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(o.dir, name), ...extra],
+      path.join(o.dir, `${name}.log`), /fleet broker listening/);
+    brokers.push(child);
+    sampler.watch(child.pid!);
+    return `mqtt://127.0.0.1:${port}`;
+  };
+  try {
+    let urls: string[];
+    if (o.kind === 'aedes') {
+      urls = [await fleetBroker('aedes', [])];
+    } else if (o.kind === 'mosquitto') {
+      const bin = findMosquitto();
+      if (!bin) throw new Error('mosquitto is not installed (apt-get install mosquitto)');
+      const port = await freePort();
+      const conf = path.join(o.dir, 'mosquitto.conf');
+      await fs.writeFile(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n`);
+      const child = await startProcess(bin, ['-c', conf], path.join(o.dir, 'mosquitto.log'), port);
+      brokers.push(child);
+      sampler.watch(child.pid!);
+      urls = [`mqtt://127.0.0.1:${port}`];
+      server = await startProcess(process.execPath, [FLEET_BIN, 'serve', '--broker', urls[0], '--data-dir', path.join(o.dir, 'store')], path.join(o.dir, 'serve.log'), /fleet update server on/);
+      sampler.watch(server.pid!);
+    } else {
+      let redisUrl = o.redisUrl;
+      if (!redisUrl) {
+        const bin = findRedisServer();
+        if (!bin) throw new Error('the cluster needs redis-server (apt-get install redis-server) or --redis URL');
+        const port = await freePort();
+        const rdir = path.join(o.dir, 'redis');
+        await fs.mkdir(rdir, { recursive: true });
+        redis = await startProcess(bin, ['--save', '', '--appendonly', 'no', '--port', String(port), '--bind', '127.0.0.1', '--dir', rdir], path.join(o.dir, 'redis.log'), port);
+        sampler.watch(redis.pid!);
+        redisUrl = `redis://127.0.0.1:${port}`;
+      }
+      // One update server for the cluster, on node A (docs/cluster.md).
+      urls = [await fleetBroker('node-a', ['--cluster', redisUrl]), await fleetBroker('node-b', ['--cluster', redisUrl, '--no-update-server'])];
+    }
+    return {
+      kind: o.kind,
+      urls,
+      async stop() {
+        const nodes = brokers.map((b) => sampler.final(b.pid!));
+        const mem: BrokerMemory = {
+          brokerPeakRssMB: Math.max(0, ...nodes),
+          nodesPeakRssMB: nodes,
+          serverPeakRssMB: server ? sampler.final(server.pid!) : null,
+          redisPeakRssMB: redis ? sampler.final(redis.pid!) : null,
+        };
+        sampler.close();
+        // Update server first, then brokers, then Redis.
+        if (server) await stopChild(server, 5000);
+        await Promise.all(brokers.map((b) => stopChild(b, 5000)));
+        if (redis) await stopChild(redis, 5000);
+        return mem;
+      },
+    };
+  } catch (e) {
+    sampler.close();
+    await Promise.all(all().map((c) => stopChild(c, 2000)));
+    throw e;
+  }
+}

@@ -1,0 +1,267 @@
+/**
+ * Fleet-scale delivery through one broker:
+ *
+ *   npm run bench:fleet -- --devices N --size BYTES [--broker aedes|mosquitto|cluster]
+ *       [--compare] [--workers W] [--ramp SECONDS] [--chunk-size 16384] [--redis URL] [--timeout 900]
+ *
+ * The broker runs in its own process(es) with the update server as it runs
+ * for that broker (bench/fleet-brokers.ts). W worker processes
+ * (bench/fleet-worker.ts) run N real device agents between them, each with
+ * its own MQTT connection, directory, bitmap and chunk checks; they come online
+ * staggered over the ramp. Once all are connected, one update of about BYTES
+ * is published (publisher/publish.ts) and the clock runs until the last device
+ * has applied it and acked. `--compare` runs Aedes, Mosquitto (when installed)
+ * and the 2-node cluster (when redis-server or --redis is available) on the
+ * same fleet and update, and adds time ratios. Ends with one JSON line.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { stopChild } from '../cli/demo.ts';
+import { Topics } from '../protocol/topics.ts';
+import { keygen, loadSigningKey } from '../publisher/keys.ts';
+import { publishUpdate } from '../publisher/publish.ts';
+import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
+import { MqttTransport } from '../transport/mqtt.ts';
+import { silentLogger } from '../util/log.ts';
+import { createProgress } from '../util/progress.ts';
+import { findMosquitto, findRedisServer, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
+
+const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
+const MODEL = 'bench';
+const GROUP = 'fleet';
+/** Working directories of runs in progress (removed when interrupted, unless kept). */
+const dirs = new Set<string>();
+
+export interface FleetBenchOptions {
+  devices: number;
+  size: number;
+  broker: BrokerKind;
+  workers: number;
+  rampSeconds: number;
+  chunkSize: number;
+  timeoutSeconds: number;
+  redisUrl?: string;
+  /** Progress and notes (stderr by default). */
+  log: (line: string) => void;
+  quiet?: boolean;
+  /** Keep the working directory (logs of the broker side and the workers) and say where. */
+  keep?: boolean;
+}
+
+export interface FleetBenchResult {
+  broker: BrokerKind;
+  nodes: number;
+  devices: number;
+  completed: number;
+  /** From the publish to the last ack. */
+  seconds: number;
+  /** Of which the upload to the update server and the signed release. */
+  publishSeconds: number;
+  payloadBytes: number;
+  /** completed × payloadBytes / seconds, in 10^6 bytes per second. */
+  deliveredMBps: number;
+  /** Bytes the devices' sockets received over the payload bytes they needed. */
+  wireOverhead: number;
+  duplicates: number;
+  reconnects: number;
+  brokerPeakRssMB: number;
+  nodesPeakRssMB: number[];
+  serverPeakRssMB: number | null;
+  redisPeakRssMB: number | null;
+  workers: number;
+  rampSeconds: number;
+  chunkSize: number;
+}
+
+interface DeviceEnd {
+  device: string;
+  state: string;
+  running: string;
+  wire: { bytesIn: number; bytesOut: number; connects: number };
+  stats: { duplicateChunks: number; badChunks: number };
+  time: number;
+}
+
+/**
+ * One tall, narrow layer: a rank-4 update of an m×8 matrix plus its bias is
+ * about 20·m bytes while the apply costs only 32·m multiply-adds, so a device's
+ * CPU goes to the transfer we measure rather than to arithmetic.
+ */
+function fleetModel(size: number): { base: Uint8Array; payload: Uint8Array; target: string } {
+  const m = Math.max(64, Math.round(size / 20));
+  const base = synthesizeModel(11, [[m, 8]]);
+  const u = synthesizeUpdate(base, 4, 12);
+  return { base, payload: u.payload, target: u.targetDigest };
+}
+
+function readLines(child: ChildProcess, onLine: (j: Record<string, unknown>) => void): void {
+  let buf = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString();
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        onLine(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        /* not a JSON line */
+      }
+    }
+  });
+}
+
+export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchResult> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), `fleet-bench-${o.broker}-`));
+  if (!o.keep) dirs.add(dir);
+  const workers: ChildProcess[] = [];
+  let setup: Awaited<ReturnType<typeof startBrokerSetup>> | undefined;
+  try {
+    const keys = await keygen(path.join(dir, 'keys'));
+    const { base, payload, target } = fleetModel(o.size);
+    const baseFile = path.join(dir, 'base.safetensors');
+    await fs.writeFile(baseFile, base);
+    setup = await startBrokerSetup({ kind: o.broker, dir: path.join(dir, 'broker'), redisUrl: o.redisUrl });
+    o.log(`bench:fleet ${o.broker}: ${setup.urls.length} node(s), ${o.devices} devices in ${o.workers} processes, payload ${payload.byteLength} bytes`);
+
+    // Workers: devices split evenly; device g's home node is g mod nodes.
+    const ends = new Map<string, DeviceEnd>();
+    let ready = 0;
+    const per = Math.ceil(o.devices / o.workers);
+    const progress = createProgress(`bench:fleet ${o.broker}`, process.stderr, o.quiet === true, 1000);
+    for (let w = 0; w * per < o.devices; w++) {
+      const n = Math.min(per, o.devices - w * per);
+      const child = track(spawn(process.execPath, ['--import', 'tsx', WORKER, '--urls', setup.urls.join(','), '--devices', String(n), '--first', String(w * per),
+        '--dir', path.join(dir, 'devices'), '--trust', keys.trustFile, '--initial', baseFile, '--model', MODEL, '--group', GROUP,
+        '--ramp-ms', String(Math.round(o.rampSeconds * 1000)), '--seed', '1'], { stdio: ['ignore', 'pipe', 'pipe'] }));
+      child.stderr!.pipe(createWriteStream(path.join(dir, `worker-${w}.log`)));
+      readLines(child, (j) => {
+        if (typeof j.ready === 'number') ready += j.ready;
+        else if (typeof j.device === 'string' && !ends.has(j.device)) {
+          ends.set(j.device, j as unknown as DeviceEnd);
+          progress.update(ends.size, o.devices);
+        }
+      });
+      workers.push(child);
+    }
+    const readyBy = Date.now() + (o.rampSeconds + 120) * 1000;
+    while (ready < o.devices) {
+      if (Date.now() > readyBy) throw new Error(`only ${ready} of ${o.devices} devices connected`);
+      if (workers.some((c) => c.exitCode !== null)) throw new Error('a device worker exited');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    o.log(`bench:fleet ${o.broker}: ${ready} devices online; publishing`);
+
+    const t0 = Date.now();
+    const pub = await MqttTransport.connect({ url: setup.urls[0], clientId: `fleet-bench-publisher-${process.pid}` }, 30_000);
+    try {
+      await publishUpdate({ transport: pub, topics: new Topics(), payloads: [payload],
+        keys: [await loadSigningKey(keys.keyFile)], rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)], model: MODEL, group: GROUP,
+        chunkSize: o.chunkSize, ttlSeconds: 3600, log: silentLogger });
+    } finally {
+      await pub.close();
+    }
+    const publishSeconds = (Date.now() - t0) / 1000;
+    const deadline = t0 + o.timeoutSeconds * 1000;
+    while (ends.size < o.devices && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const list = [...ends.values()];
+    const ok = list.filter((e) => e.state === 'ok' && e.running === target);
+    const seconds = ((ok.length === o.devices ? Math.max(...ok.map((e) => e.time)) : Date.now()) - t0) / 1000;
+    progress.finish(`${ok.length}/${o.devices} acked in ${seconds.toFixed(2)} s`);
+    // Devices first (they leave cleanly), then the broker side, whose peak memory is read before it stops.
+    await Promise.all(workers.map((c) => stopChild(c, 10_000).catch(() => undefined)));
+    const mem = await setup.stop();
+    setup = undefined;
+    const received = list.reduce((x, e) => x + e.wire.bytesIn, 0);
+    return {
+      broker: o.broker,
+      nodes: o.broker === 'cluster' ? 2 : 1,
+      devices: o.devices,
+      completed: ok.length,
+      seconds: Number(seconds.toFixed(3)),
+      publishSeconds: Number(publishSeconds.toFixed(3)),
+      payloadBytes: payload.byteLength,
+      deliveredMBps: Number(((ok.length * payload.byteLength) / seconds / 1e6).toFixed(3)),
+      wireOverhead: Number((received / Math.max(1, list.length * payload.byteLength)).toFixed(4)),
+      duplicates: list.reduce((x, e) => x + e.stats.duplicateChunks, 0),
+      reconnects: list.reduce((x, e) => x + Math.max(0, e.wire.connects - 1), 0),
+      ...mem,
+      workers: workers.length,
+      rampSeconds: o.rampSeconds,
+      chunkSize: o.chunkSize,
+    };
+  } finally {
+    await Promise.all(workers.map((c) => stopChild(c, 10_000).catch(() => undefined)));
+    if (setup) await setup.stop().catch(() => undefined);
+    if (o.keep) o.log(`bench:fleet: kept ${dir}`);
+    else await fs.rm(dir, { recursive: true, force: true });
+    dirs.delete(dir);
+  }
+}
+
+async function main(): Promise<void> {
+  // Interrupted: stop every process we started, by PID, then leave.
+  const interrupted = (): void => {
+    const exits = [...started].map((c) => new Promise((r) => c.once('exit', r)));
+    for (const c of started) if (c.pid) process.kill(c.pid, 'SIGTERM');
+    void Promise.race([Promise.all(exits), new Promise((r) => setTimeout(r, 5000))])
+      .then(() => Promise.all([...dirs].map((d) => fs.rm(d, { recursive: true, force: true }))))
+      .finally(() => process.exit(130));
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
+  const { values: a } = parseArgs({
+    options: {
+      devices: { type: 'string', default: '100' },
+      size: { type: 'string', default: '262144' },
+      broker: { type: 'string', default: 'aedes' },
+      compare: { type: 'boolean', default: false },
+      workers: { type: 'string' },
+      ramp: { type: 'string' },
+      'chunk-size': { type: 'string', default: '16384' },
+      redis: { type: 'string' },
+      timeout: { type: 'string', default: '900' },
+      quiet: { type: 'boolean', default: false },
+      keep: { type: 'boolean', default: false },
+    },
+  });
+  const devices = Number(a.devices);
+  if (!Number.isInteger(devices) || devices < 1) throw new Error('--devices expects a positive integer');
+  if (!['aedes', 'mosquitto', 'cluster'].includes(a.broker!)) throw new Error('--broker expects aedes, mosquitto or cluster');
+  const base = {
+    devices,
+    size: Number(a.size),
+    workers: a.workers ? Number(a.workers) : Math.max(2, Math.ceil(devices / 500)),
+    // A fleet comes online over a while: by default 2 ms per device (2 s for 1,000).
+    rampSeconds: a.ramp ? Number(a.ramp) : Math.min(30, devices * 0.002),
+    chunkSize: Number(a['chunk-size']),
+    timeoutSeconds: Number(a.timeout),
+    redisUrl: a.redis,
+    quiet: a.quiet === true,
+    keep: a.keep === true,
+    log: (s: string) => process.stderr.write(s + '\n'),
+  };
+  if (!a.compare) {
+    process.stdout.write(JSON.stringify(await runFleetBench({ ...base, broker: a.broker as BrokerKind })) + '\n');
+    return;
+  }
+  const aedes = await runFleetBench({ ...base, broker: 'aedes' });
+  process.stderr.write(JSON.stringify(aedes) + '\n');
+  const mosquitto = findMosquitto() ? await runFleetBench({ ...base, broker: 'mosquitto' }) : null;
+  if (mosquitto) process.stderr.write(JSON.stringify(mosquitto) + '\n');
+  else process.stderr.write('bench:fleet: mosquitto is not installed; no Mosquitto run\n');
+  const cluster = a.redis || findRedisServer() ? await runFleetBench({ ...base, broker: 'cluster' }) : null;
+  if (cluster) process.stderr.write(JSON.stringify(cluster) + '\n');
+  else process.stderr.write('bench:fleet: no redis-server and no --redis; no cluster run\n');
+  const ratio = (x: number, y: number): number => Number((x / y).toFixed(3));
+  process.stdout.write(JSON.stringify({
+    devices, payloadBytes: aedes.payloadBytes, aedes, mosquitto, cluster,
+    aedesOverMosquittoSeconds: mosquitto ? ratio(aedes.seconds, mosquitto.seconds) : null,
+    clusterOverSingleSeconds: cluster ? ratio(cluster.seconds, aedes.seconds) : null,
+    allCompleted: [aedes, mosquitto, cluster].every((r) => r === null || r.completed === r.devices),
+  }) + '\n');
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main();

@@ -1,0 +1,62 @@
+import path from 'node:path';
+import type { Command } from 'commander';
+import { Gateway } from '../gateway/gateway.ts';
+import { parseBudget, parseWindow } from '../gateway/policy.ts';
+import { createLogger, parseLogLevel } from '../util/log.ts';
+import { collect, parseIntArg } from './options.ts';
+
+interface GatewayCliOptions {
+  upstream: string;
+  listen: number;
+  host: string;
+  dataDir: string;
+  site: string;
+  budget?: string;
+  window?: string;
+  group: string[];
+  model: string[];
+  idleMs: number;
+  maxWindow: number;
+  tickMs: number;
+}
+
+/** `fleet gateway`: one download per site (gateway/). */
+export function registerGatewayCommand(program: Command): void {
+  program
+    .command('gateway')
+    .description('run a site gateway: a broker for the site\'s devices that fetches each update once from upstream, serves it locally and relays statuses up')
+    .requiredOption('--upstream <url>', 'the central broker, e.g. mqtt://user:pass@broker.example:1883 (a user with role gateway when it has --auth)')
+    .requiredOption('--listen <port>', 'port of the site broker the devices connect to', parseIntArg(0, 65535))
+    .option('--host <host>', 'address the site broker listens on', '0.0.0.0')
+    .requiredOption('--data-dir <dir>', 'site broker, site store, partial downloads, status queue, budget ledger')
+    .requiredOption('--site <site>', 'site name (its status: fleet/gateways/SITE/status)')
+    .option('--budget <MB>', 'upstream data budget per calendar month, megabytes (10^6 bytes); downloads pause past it')
+    .option('--window <HH:MM-HH:MM>', 'daily download window, local time (e.g. 01:00-05:00, or 22:00-06:00 across midnight)')
+    .option('--group <group>', 'mirror this group\'s releases (repeatable; groups are also learned from the site\'s devices)', collect, [])
+    .option('--model <model>', 'only these models (repeatable)', collect, [])
+    .option('--idle-ms <ms>', 'upstream transfer: re-ask for outstanding chunks after at least this much silence', parseIntArg(100), 10_000)
+    .option('--max-window <n>', 'upstream transfer: most chunks in flight', parseIntArg(1, 1024), 32)
+    .option('--tick-ms <ms>', 'how often the window and budget are checked and DIR/status.json is refreshed', parseIntArg(50, 60_000), 1000)
+    .action(async (o: GatewayCliOptions) => {
+      const log = createLogger('gateway', parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG));
+      const gw = new Gateway({
+        upstream: o.upstream, listen: o.listen, host: o.host, dataDir: o.dataDir, site: o.site,
+        budgetBytes: o.budget === undefined ? undefined : parseBudget(o.budget),
+        window: o.window === undefined ? undefined : parseWindow(o.window),
+        groups: o.group, models: o.model, prefix: program.opts().prefix, idleMs: o.idleMs, maxWindow: o.maxWindow, tickMs: o.tickMs, log,
+      });
+      await gw.start();
+      process.stdout.write(`fleet gateway for site ${o.site} listening on ${gw.url} (upstream ${o.upstream.replace(/\/\/[^@/]*@/, '//')}, data ${path.resolve(o.dataDir)}${o.budget ? `, budget ${o.budget} MB/month` : ''}${o.window ? `, window ${o.window}` : ''})\n`);
+      let once = false;
+      const stop = (): void => {
+        if (once) return;
+        once = true;
+        gw.close().then(() => process.exit(0), (e: unknown) => {
+          process.stderr.write(`shutdown failed: ${String(e)}\n`);
+          process.exit(1);
+        });
+      };
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
+    });
+}

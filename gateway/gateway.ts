@@ -1,0 +1,334 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { startBroker, type RunningBroker } from '../broker/broker.ts';
+import { systemClock, type Clock } from '../device/clock.ts';
+import { parseStatus } from '../protocol/status.ts';
+import { Topics } from '../protocol/topics.ts';
+import { ContentStore } from '../server/content-store.ts';
+import { MqttTransport } from '../transport/mqtt.ts';
+import type { Logger } from '../util/log.ts';
+import { readJson, writeFileAtomic } from '../util/fs-atomic.ts';
+import { VERSION } from '../util/version.ts';
+import { ReleaseMirror } from './mirror.ts';
+import { charge, decide, formatWindow, monthKey, used, type BudgetLedger, type DownloadWindow, type PolicyDecision } from './policy.ts';
+import type { GatewayStatus } from './status.ts';
+import { StatusRelay } from './status-relay.ts';
+import { UpstreamFetcher } from './upstream-fetcher.ts';
+import { GroupWatch } from './group-watch.ts';
+
+export interface GatewayOptions {
+  /** The central broker, `mqtt://[user:pass@]host:port` (mqtts:// with the CLI's TLS options). */
+  upstream: string;
+  /** Port of the site broker the devices connect to (0: any free port). */
+  listen: number;
+  host?: string;
+  dataDir: string;
+  site: string;
+  /** Bytes per calendar month over the upstream link (in and out); downloads pause past it. */
+  budgetBytes?: number;
+  /** Daily window (local time) in which upstream downloads may run. */
+  window?: DownloadWindow;
+  /** Groups (and models) to mirror besides those learned from the site's devices. */
+  groups?: string[];
+  models?: string[];
+  prefix?: string;
+  persistence?: 'level' | 'memory';
+  /** Wall-clock time for the window and the budget month (tests inject one). */
+  now?: () => number;
+  /** Timers of the transfer (default: the system clock). */
+  clock?: Clock;
+  /** After a pause for the window or the budget, chunks already asked for are still taken for this long (default 3000 ms). */
+  drainMs?: number;
+  /** How often the policy is re-evaluated (default 1000 ms). */
+  tickMs?: number;
+  /** Upstream transfer tuning (as the device's --window, --idle-ms). */
+  maxWindow?: number;
+  idleMs?: number;
+  stallMs?: number;
+  reconnectMinMs?: number;
+  reconnectMaxMs?: number;
+  keepaliveSeconds?: number;
+  log: Logger;
+}
+
+/**
+ * A site gateway: a small broker (Aedes with its own update server) for the
+ * site's devices, and one MQTT client upstream. It mirrors the releases of the
+ * site's groups, fetches each payload once (resumable, windowed, verified),
+ * serves the devices from the site store, relays their statuses upstream
+ * through an on-disk queue, and publishes its own status.
+ */
+export class Gateway {
+  private site!: RunningBroker;
+  private store!: ContentStore;
+  private upstream!: MqttTransport;
+  private relay!: StatusRelay;
+  private fetcher!: UpstreamFetcher;
+  private mirror!: ReleaseMirror;
+  private groups!: GroupWatch;
+  private ledger: BudgetLedger = {};
+  private ledgerDirty = false;
+  private lastWire = 0;
+  private decision: PolicyDecision = { go: false, reason: 'upstream-down', until: null, message: 'starting' };
+  private tick: NodeJS.Timeout | undefined;
+  private linkSince: number | null = null;
+  private readonly devices = new Set<string>();
+  private lastStatusJson = '';
+  private work: Promise<void> = Promise.resolve();
+  private closed = false;
+  readonly topics: Topics;
+  private readonly now: () => number;
+
+  constructor(private readonly o: GatewayOptions) {
+    this.topics = new Topics(o.prefix);
+    this.topics.gatewayStatus(o.site); // checks the site name
+    this.now = o.now ?? Date.now;
+  }
+
+  get url(): string {
+    return this.site.url;
+  }
+  get port(): number {
+    return this.site.port;
+  }
+  get fetcherId(): string {
+    return `gw-${this.o.site}`;
+  }
+
+  private dir(...p: string[]): string {
+    return path.join(this.o.dataDir, ...p);
+  }
+
+  /** Serialise the async reactions to events (releases, stored payloads, policy). */
+  private serial(fn: () => Promise<void>): void {
+    this.work = this.work.then(fn).catch((e: unknown) => this.o.log.error('gateway step failed', { error: String(e) }));
+  }
+
+  async start(): Promise<void> {
+    const log = this.o.log;
+    await fs.mkdir(this.o.dataDir, { recursive: true });
+    this.ledger = (await readJson<BudgetLedger>(this.dir('budget.json'))) ?? {};
+    this.site = await startBroker({
+      port: this.o.listen, host: this.o.host, dataDir: this.dir('site'), persistence: this.o.persistence ?? 'level',
+      prefix: this.o.prefix, log: log.child('site'),
+    });
+    this.store = new ContentStore(this.dir('site', 'store'));
+    await this.store.init();
+    this.upstream = MqttTransport.start({
+      url: this.o.upstream,
+      clientId: `fleet-gateway-${this.o.site}`,
+      will: { topic: this.topics.gatewayStatus(this.o.site), payload: JSON.stringify({ site: this.o.site, gateway: VERSION, upstream: { state: 'down', connects: 0, since: null }, downloads: 'idle', waiting: 'upstream-down', message: 'the gateway lost its upstream connection (last will)' }), retain: true, qos: 1 },
+      keepaliveSeconds: this.o.keepaliveSeconds ?? 30,
+      reconnectMinMs: this.o.reconnectMinMs ?? 500,
+      reconnectMaxMs: this.o.reconnectMaxMs ?? 15_000,
+    });
+    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: log.child('relay') });
+    this.fetcher = new UpstreamFetcher({
+      upstream: this.upstream, topics: this.topics, fetcherId: this.fetcherId, dir: this.dir('upstream'), store: this.store,
+      clock: this.o.clock ?? systemClock, log: log.child('fetch'), maxWindow: this.o.maxWindow, idleMs: this.o.idleMs, stallMs: this.o.stallMs,
+      onStored: () => this.serial(async () => {
+        await this.mirror.onStored();
+        this.publishStatus(true);
+      }),
+      onProgress: () => this.account(),
+    });
+    this.mirror = new ReleaseMirror({
+      dir: this.dir('releases'), store: this.store, log: log.child('mirror'),
+      fetch: (model, need) => this.fetcher.want(model, need),
+      keepOnly: (needed) => this.fetcher.keepOnly(needed),
+      publishLocal: (group, model, bytes) => this.publishLocal(this.topics.release(group, model), bytes),
+    });
+    this.groups = new GroupWatch({
+      file: this.dir('groups.json'), topics: this.topics, upstream: this.upstream, groups: this.o.groups ?? [], models: this.o.models ?? [], log: log.child('groups'),
+    });
+
+    // Upstream: releases in, link state.
+    this.upstream.onMessage((topic, payload) => {
+      const p = this.topics.parse(topic);
+      if (p?.kind === 'release' && this.groups.wants(p.group, p.model)) this.serial(() => this.mirror.onUpstream(p.group, p.model, payload));
+      // The fleet's signed trust file (key rotation): forwarded byte for byte; devices verify it.
+      if (p?.kind === 'trust' && payload.byteLength > 0) this.serial(() => this.publishLocal(topic, payload));
+    });
+    this.upstream.onConnect(() => {
+      this.linkSince = this.now();
+      log.info('upstream connected', { url: redact(this.o.upstream) });
+      void this.groups.subscribeAll();
+      void this.upstream.subscribe(this.topics.trust(), 1).catch(() => undefined);
+      this.evaluate();
+      this.publishStatus(true);
+    });
+    this.upstream.onDisconnect((reason) => {
+      if (this.closed) return;
+      this.linkSince = this.now();
+      log.info('upstream down', { reason });
+      this.evaluate();
+    });
+
+    // Site: statuses and presence up; learn groups from devices.
+    this.site.aedes.on('publish', (packet, client) => {
+      if (!client) return;
+      const p = this.topics.parse(packet.topic);
+      if (p?.kind !== 'status' && p?.kind !== 'presence') return;
+      const payload = new Uint8Array(packet.payload as Buffer);
+      if (p.kind === 'status') {
+        this.devices.add(p.deviceId);
+        const s = parseStatus(payload);
+        if (s) void this.groups.learn(s.group, s.model);
+      }
+      void this.relay.relay({ topic: packet.topic, payload, retain: packet.retain === true }).catch((e: unknown) => log.error('status not queued', { error: String(e) }));
+    });
+    this.site.aedes.on('subscribe', (subs) => {
+      for (const s of subs) {
+        const p = this.topics.parse(s.topic);
+        if (p?.kind === 'release') void this.groups.learn(p.group, p.model);
+      }
+    });
+
+    await this.mirror.start();
+    await this.relay.start();
+    await this.groups.start();
+    this.lastWire = 0;
+    this.tick = setInterval(() => {
+      this.account();
+      this.evaluate();
+      this.publishStatus(false);
+    }, this.o.tickMs ?? 1000);
+    this.evaluate();
+    log.info('gateway started', { site: this.o.site, url: this.site.url, upstream: redact(this.o.upstream) });
+  }
+
+  /** Charge what the upstream socket carried since the last look to this month's budget. */
+  private account(): void {
+    const w = this.upstream.stats();
+    const total = w.bytesIn + w.bytesOut;
+    if (total > this.lastWire) {
+      this.ledger = charge(this.ledger, this.now(), total - this.lastWire);
+      this.lastWire = total;
+      this.ledgerDirty = true;
+    }
+    if (this.o.budgetBytes !== undefined && this.decision.go && used(this.ledger, this.now()) >= this.o.budgetBytes) this.evaluate();
+  }
+
+  /** Decide whether upstream downloads may run, and pause or resume them. */
+  private evaluate(): void {
+    if (this.closed) return;
+    const d = decide({
+      now: this.now(), window: this.o.window, budgetBytes: this.o.budgetBytes, usedBytes: used(this.ledger, this.now()),
+      upstreamConnected: this.upstream.connected,
+    });
+    const changed = d.go !== this.decision.go || (!d.go && !this.decision.go && d.reason !== this.decision.reason);
+    this.decision = d;
+    if (!changed) return;
+    if (d.go) {
+      this.o.log.info('upstream downloads may run');
+      this.fetcher.resume();
+    } else {
+      this.o.log.info('upstream downloads wait', { reason: d.reason, message: d.message });
+      // Chunks already asked for are paid for: take them (a few seconds) unless the link is gone.
+      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : this.o.drainMs ?? 3000);
+    }
+    this.publishStatus(true);
+  }
+
+  private publishLocal(topic: string, bytes: Uint8Array): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.site.aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(bytes), qos: 1, retain: true, dup: false }, (e) => (e ? reject(e) : resolve()));
+    });
+  }
+
+  async status(): Promise<GatewayStatus> {
+    const w = this.upstream.stats();
+    const d = this.decision;
+    const busy = this.fetcher.busy;
+    const cache: GatewayStatus['cache'] = [];
+    for (const id of await fs.readdir(this.dir('site', 'store', 'updates')).catch(() => [] as string[])) {
+      const m = await this.store.meta(id);
+      if (m) cache.push({ updateId: m.updateId, model: m.model, size: m.size });
+    }
+    return {
+      site: this.o.site,
+      gateway: VERSION,
+      upstream: { state: this.upstream.connected ? 'connected' : 'down', connects: w.connects, since: this.linkSince ? new Date(this.linkSince).toISOString() : null },
+      downloads: !busy ? 'idle' : d.go ? 'running' : 'waiting',
+      waiting: busy && !d.go ? d.reason : null,
+      message: busy && !d.go ? d.message : null,
+      resumesAt: busy && !d.go && d.until !== null ? new Date(d.until).toISOString() : null,
+      fetched: { payloadBytes: this.fetcher.payloadBytes, wireBytesIn: w.bytesIn, wireBytesOut: w.bytesOut },
+      budget: { month: monthKey(this.now()), usedBytes: used(this.ledger, this.now()), limitBytes: this.o.budgetBytes ?? null },
+      window: this.o.window ? formatWindow(this.o.window) : null,
+      cache,
+      fetching: this.fetcher.state(),
+      releases: this.mirror.state(),
+      relay: { queued: this.relay.queued, relayed: this.relay.relayed },
+      devices: this.devices.size,
+      time: new Date(this.now()).toISOString(),
+    };
+  }
+
+  /** Publish the gateway's status upstream (retained) when it changed, at most once a second unless `urgent`; also `DIR/status.json`. */
+  private publishStatus(urgent: boolean): void {
+    if (this.closed) return;
+    this.serial(async () => {
+      if (this.ledgerDirty) {
+        this.ledgerDirty = false;
+        await writeFileAtomic(this.dir('budget.json'), JSON.stringify(this.ledger));
+      }
+      const s = await this.status();
+      // What counts as a change: not the clock nor the byte counters (publishing the status
+      // moves them, which would publish again: a loop over a metered link). They go up with
+      // every change and at least every 30 s.
+      const { time: _t, fetched, budget, ...rest } = s;
+      const json = JSON.stringify({ ...rest, payloadBytes: fetched.payloadBytes, month: budget.month, exhausted: budget.limitBytes !== null && budget.usedBytes >= budget.limitBytes });
+      const wallNow = Date.now();
+      const periodic = wallNow - this.lastPublishedAt > 30_000;
+      if (json === this.lastStatusJson && !periodic) return;
+      // The local file follows every tick; upstream gets at most one a second unless it matters now.
+      await writeFileAtomic(this.dir('status.json'), JSON.stringify(s, null, 1));
+      if (!this.upstream.connected || (!urgent && !periodic && wallNow - this.lastPublishedAt < 1000)) return;
+      this.lastStatusJson = json;
+      this.lastPublishedAt = wallNow;
+      // Not awaited: a slow link must not hold up the gateway's other work.
+      void this.upstream.publish(this.topics.gatewayStatus(this.o.site), JSON.stringify(s), { qos: 1, retain: true }).catch(() => {
+        this.lastStatusJson = '';
+      });
+    });
+  }
+  private lastPublishedAt = 0;
+
+  /** For tests and shutdown: every queued status delivered upstream. */
+  relayDrained(timeoutMs?: number): Promise<boolean> {
+    return this.relay.drained(timeoutMs);
+  }
+
+  /** Resolves after the pending reactions (releases, stored payloads) have run. */
+  async settled(): Promise<void> {
+    let w;
+    do {
+      w = this.work;
+      await w;
+    } while (w !== this.work);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.tick) clearInterval(this.tick);
+    await this.settled();
+    this.closed = true;
+    if (this.ledgerDirty) await writeFileAtomic(this.dir('budget.json'), JSON.stringify(this.ledger));
+    await this.fetcher.close();
+    await this.relay.close();
+    // A clean stop says so upstream (instead of the last will's "lost").
+    if (this.upstream.connected) {
+      const s = await this.status();
+      await this.upstream.publish(this.topics.gatewayStatus(this.o.site), JSON.stringify({ ...s, upstream: { ...s.upstream, state: 'down' }, message: 'gateway stopped' }), { qos: 1, retain: true }).catch(() => undefined);
+    }
+    await this.upstream.close();
+    await this.store.close();
+    await this.site.close();
+    this.o.log.info('gateway stopped', { site: this.o.site });
+  }
+}
+
+function redact(url: string): string {
+  return url.replace(/\/\/[^@/]*@/, '//');
+}

@@ -1,0 +1,55 @@
+import type { WaitReason } from './policy.ts';
+import type { MirroredRelease } from './mirror.ts';
+import type { FetchState } from './upstream-fetcher.ts';
+
+/** The gateway's own status: JSON, retained on `fleet/gateways/{site}/status`. */
+export interface GatewayStatus {
+  site: string;
+  gateway: string;
+  upstream: {
+    state: 'connected' | 'down';
+    /** Successful connections since start. */
+    connects: number;
+    /** When the link last changed state (ISO 8601). */
+    since: string | null;
+  };
+  /** `running`: fetching from upstream now; `waiting`: something to fetch but not allowed now (`waiting` says why). */
+  downloads: 'idle' | 'running' | 'waiting';
+  waiting: WaitReason | null;
+  message: string | null;
+  /** When downloads may resume by themselves (window opens, next month), if known. */
+  resumesAt: string | null;
+  fetched: {
+    /** Payload bytes received from upstream (verified new chunks) since the gateway started. */
+    payloadBytes: number;
+    /** What the upstream MQTT socket carried since the gateway started (what the link paid). */
+    wireBytesIn: number;
+    wireBytesOut: number;
+  };
+  budget: { month: string; usedBytes: number; limitBytes: number | null };
+  window: string | null;
+  /** Payloads held on the site (served to its devices). */
+  cache: Array<{ updateId: string; model: string; size: number }>;
+  /** Payloads being fetched (bytes held on disk so far). */
+  fetching: FetchState[];
+  releases: MirroredRelease[];
+  relay: { queued: number; relayed: number };
+  /** Devices the site broker has seen a status from. */
+  devices: number;
+  time: string;
+}
+
+export const GATEWAY_WAIT_REASONS: Record<WaitReason, string> = {
+  'window-closed': 'outside the download window',
+  'budget-exhausted': 'the monthly data budget is used up',
+  'upstream-down': 'the upstream broker is unreachable',
+};
+
+export function parseGatewayStatus(payload: Uint8Array): GatewayStatus | null {
+  try {
+    const j = JSON.parse(new TextDecoder().decode(payload)) as GatewayStatus;
+    return typeof j === 'object' && j !== null && typeof j.site === 'string' && typeof j.upstream === 'object' ? j : null;
+  } catch {
+    return null;
+  }
+}

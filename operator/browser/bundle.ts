@@ -1,0 +1,77 @@
+import { fileURLToPath } from 'node:url';
+
+/**
+ * The dashboard's browser script: operator/browser/live.ts with mqtt.js's browser
+ * build and the view model (whatever operator/fleet-view.ts imports today),
+ * bundled by esbuild into one self-contained, minified ES2020 script. Built on
+ * first use and kept in memory (one build per process, ~0.2 s).
+ *
+ * `node:crypto` (protocol/chunks.ts, reached through the release codec) becomes
+ * operator/browser/node-crypto-shim.ts; any other Node built-in fails the build
+ * with its name, so the bundle can never need one.
+ *
+ * esbuild is a devDependency: `npm ci` installs it. Without it the page says the
+ * script is unavailable and `fleet dashboard` (Server-Sent Events) still works.
+ */
+
+export class BundleError extends Error {
+  override readonly name = 'BundleError';
+}
+
+export interface DashboardBundle {
+  /** The script (UTF-8 JavaScript). */
+  code: string;
+  /** Build time in ms. */
+  ms: number;
+  /** Source files that went in (relative paths). */
+  inputs: string[];
+}
+
+const ENTRY = fileURLToPath(new URL('./live.ts', import.meta.url));
+const CRYPTO_SHIM = fileURLToPath(new URL('./node-crypto-shim.ts', import.meta.url));
+
+let cached: Promise<DashboardBundle> | undefined;
+
+/** The bundle, built once per process (a failed build is retried on the next call). */
+export function dashboardBundle(): Promise<DashboardBundle> {
+  cached ??= buildDashboardBundle().catch((e: unknown) => {
+    cached = undefined;
+    throw e;
+  });
+  return cached;
+}
+
+export async function buildDashboardBundle(): Promise<DashboardBundle> {
+  let esbuild: typeof import('esbuild');
+  try {
+    esbuild = await import('esbuild');
+  } catch (e) {
+    throw new BundleError(`the dashboard's browser script needs esbuild (a devDependency: npm ci): ${(e as Error).message}`);
+  }
+  const t0 = performance.now();
+  try {
+    const r = await esbuild.build({
+      entryPoints: [ENTRY],
+      bundle: true,
+      write: false,
+      format: 'iife',
+      platform: 'browser',
+      target: 'es2020',
+      minify: true,
+      legalComments: 'none',
+      metafile: true,
+      logLevel: 'silent',
+      plugins: [{
+        name: 'no-node-builtins',
+        setup(b) {
+          b.onResolve({ filter: /^node:crypto$/ }, () => ({ path: CRYPTO_SHIM }));
+          b.onResolve({ filter: /^node:/ }, (a) => ({ errors: [{ text: `${a.path} (imported by ${a.importer}) cannot run in a browser` }] }));
+        },
+      }],
+    });
+    return { code: r.outputFiles[0].text, ms: Math.round(performance.now() - t0), inputs: Object.keys(r.metafile.inputs) };
+  } catch (e) {
+    const errs = (e as { errors?: Array<{ text: string }> }).errors;
+    throw new BundleError(`building the dashboard's browser script failed: ${errs?.map((x) => x.text).join('; ') ?? (e as Error).message}`);
+  }
+}

@@ -1,0 +1,182 @@
+import {
+  assignManifest, decodeRelease, trustOf, verifyManifest, verifyRelease,
+  type ManifestBody, type ReleaseBody, type SigningKey, type TrustFile,
+} from '../protocol/release.ts';
+import type { Topics } from '../protocol/topics.ts';
+import type { Transport } from '../transport/types.ts';
+import type { Logger } from '../util/log.ts';
+
+/** What every signed group release needs: where, who signs, how long, how to read the current one. */
+export interface GroupReleaseOptions {
+  transport: Transport;
+  topics: Topics;
+  /**
+   * Release keys: they sign manifests (what an update is). May be empty when
+   * the manifest needed is already signed and retained on the broker.
+   */
+  keys: SigningKey[];
+  /** Rollout keys: they sign group assignments. Default: the release keys (a one-role trust file). */
+  rolloutKeys?: SigningKey[];
+  model: string;
+  group: string;
+  /** Assignment lifetime in seconds. */
+  ttlSeconds: number;
+  /** Explicit sequence number; must be above the current one. Default max(current + 1, now in seconds). */
+  seq?: number;
+  /**
+   * Trust file the current release and known manifests are checked against
+   * before they are used; default: the given keys (threshold 1).
+   */
+  trust?: TrustFile;
+  /** Publishes in flight at once during an upload. */
+  window?: number;
+  /** How long to wait for the update server's receipt. */
+  receiptTimeoutMs?: number;
+  /** How long after subscribing a missing retained message means there is none (default 500 ms). */
+  settleMs?: number;
+  log: Logger;
+  /** Chunks sent over all payloads, of all chunks. */
+  onProgress?: (sentChunks: number, totalChunks: number) => void;
+  now?: () => number;
+}
+
+export type KnownManifest = ManifestBody & { manifest: string; bytes: Uint8Array };
+
+/** The rollout keys in use: the given ones, else the release keys. */
+export function rolloutKeysOf(o: Pick<GroupReleaseOptions, 'keys' | 'rolloutKeys'>): SigningKey[] {
+  return o.rolloutKeys?.length ? o.rolloutKeys : o.keys;
+}
+
+/** The trust file the options imply: the given one, else the keys (threshold 1; the rollout role when its keys differ). */
+export function trustOfOptions(o: Pick<GroupReleaseOptions, 'keys' | 'rolloutKeys' | 'trust'>): TrustFile {
+  if (o.trust) return o.trust;
+  if (o.keys.length === 0) throw new Error('without release keys, give the trust file (--trust): retained manifests and the current release are checked against its release keys');
+  const rollout = o.rolloutKeys?.filter((k) => !o.keys.some((r) => r.id === k.id)) ?? [];
+  return trustOf(o.keys, rollout);
+}
+
+/** The signing keys as a trust file with threshold 1 (one role). */
+export function trustOfKeys(keys: SigningKey[]): TrustFile {
+  return trustOf(keys);
+}
+
+export interface RetainedRelease {
+  /** Highest seq of any decodable release seen on the topic; -1 when none. */
+  seq: number;
+  /** The latest release, when it verified against the trust file. */
+  body: ReleaseBody | undefined;
+  /** Its bytes (the signed manifest inside can be re-assigned with the rollout key alone). */
+  bytes: Uint8Array | undefined;
+  /** Why the latest release on the topic was not taken (malformed, not signed by trusted keys). */
+  problem: string | undefined;
+}
+
+/**
+ * Follows the retained release of one group and model. `read()` resolves once
+ * a release has arrived, or `settleMs` after subscribing when there is none
+ * (the broker sends retained messages right after the subscription).
+ */
+export async function watchRelease(t: Transport, topic: string, trust: TrustFile, log: Logger, settleMs = 500): Promise<{ read(): Promise<RetainedRelease>; stop(): Promise<void> }> {
+  const state: RetainedRelease = { seq: -1, body: undefined, bytes: undefined, problem: undefined };
+  let seen = false;
+  let wake: (() => void) | undefined;
+  const off = t.onMessage((tp, payload) => {
+    if (tp !== topic) return;
+    seen = true;
+    if (payload.byteLength > 0) {
+      let seq: number;
+      try {
+        seq = decodeRelease(payload).seq;
+      } catch (e) {
+        log.warn('the current release on the broker is malformed; replacing it', { error: (e as Error).message });
+        Object.assign(state, { body: undefined, bytes: undefined, problem: `malformed: ${(e as Error).message}` });
+        wake?.();
+        return;
+      }
+      if (seq >= state.seq) {
+        try {
+          Object.assign(state, { body: verifyRelease(payload, trust), bytes: payload, problem: undefined });
+        } catch (e) {
+          Object.assign(state, { body: undefined, bytes: undefined, problem: `seq ${seq} does not verify against the given keys: ${(e as Error).message}` });
+        }
+      }
+      state.seq = Math.max(state.seq, seq);
+    } else {
+      Object.assign(state, { body: undefined, bytes: undefined, problem: undefined });
+    }
+    wake?.();
+  });
+  await t.subscribe(topic, 1);
+  const subscribedAt = Date.now();
+  return {
+    async read() {
+      const left = subscribedAt + settleMs - Date.now();
+      if (!seen && left > 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, left);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wake = undefined;
+      }
+      return { ...state };
+    },
+    async stop() {
+      off();
+      await t.unsubscribe(topic).catch(() => undefined);
+    },
+  };
+}
+
+/**
+ * The manifests retained for a model that verify against the trust file's
+ * release role (others are logged and skipped), collected for `settleMs`
+ * after subscribing.
+ */
+export async function readManifests(t: Transport, topics: Topics, model: string, trust: TrustFile, log: Logger, settleMs = 500): Promise<KnownManifest[]> {
+  const filter = topics.manifests(model);
+  const found = new Map<string, KnownManifest>();
+  const off = t.onMessage((tp, payload) => {
+    const p = topics.parse(tp);
+    if (p?.kind !== 'manifest' || p.model !== model || payload.byteLength === 0) return;
+    try {
+      const m = verifyManifest(payload, trust);
+      if (m.manifest !== p.hash || m.model !== model) throw new Error(`retained under ${p.hash.slice(0, 12)} but it is ${m.manifest.slice(0, 12)} for ${m.model}`);
+      found.set(m.manifest, { ...m, bytes: payload });
+    } catch (e) {
+      log.warn('a retained manifest is not usable; skipped', { topic: tp, error: (e as Error).message });
+    }
+  });
+  try {
+    await t.subscribe(filter, 1);
+    await new Promise((r) => setTimeout(r, settleMs));
+  } finally {
+    off();
+    await t.unsubscribe(filter).catch(() => undefined);
+  }
+  return [...found.values()];
+}
+
+/** Publishes a signed manifest retained under its hash (idempotent). */
+export async function publishManifest(o: Pick<GroupReleaseOptions, 'transport' | 'topics' | 'model'>, m: KnownManifest): Promise<void> {
+  await o.transport.publish(o.topics.manifest(o.model, m.manifest), m.bytes, { qos: 1, retain: true });
+}
+
+/**
+ * Assigns a signed manifest to the group and publishes it (retained): the
+ * rollout keys sign a sequence number above the current one (or the one
+ * asked for), issued now, expiring after the TTL.
+ */
+export async function publishGroupRelease(
+  o: GroupReleaseOptions, currentSeq: number, what: { manifest: Uint8Array; rollback: boolean; previous: string | null },
+): Promise<ReleaseBody> {
+  const now = Math.floor((o.now ?? Date.now)() / 1000);
+  const bytes = assignManifest(what.manifest, {
+    model: o.model, group: o.group, seq: o.seq ?? Math.max(currentSeq + 1, now), issued: now, expires: now + o.ttlSeconds,
+    rollback: what.rollback, previous: what.previous,
+  }, rolloutKeysOf(o));
+  await o.transport.publish(o.topics.release(o.group, o.model), bytes, { qos: 1, retain: true });
+  return decodeRelease(bytes);
+}

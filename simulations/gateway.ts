@@ -1,0 +1,298 @@
+/**
+ * One download per site: N devices behind a site gateway, the gateway's
+ * upstream link impaired, against the same N devices directly upstream over
+ * the same link, in one run.
+ *
+ *   npm run sim:gateway -- [--devices 10] [--size 262144] [--loss 10] [--rate 512]
+ *       [--cuts 2] [--cut-seconds 3] [--proxy] [--timeout 600]
+ *
+ * As root with nftables and tc (simulations/netns-link.ts) the link is a veth
+ * pair between two network namespaces: the upstream broker on the srv side;
+ * the gateway and the devices on the site side (devices talk to the gateway
+ * over the site namespace's loopback, which is not impaired). Otherwise, or
+ * with --proxy, the link is the userspace TCP proxy (rate and cuts, no
+ * packet loss), and a note says so.
+ *
+ * Phase 1 (gateway): the gateway fetches the update once; the link is cut
+ * twice while it does (at 25 % of the payload, then once another 10 % has
+ * arrived). Phase 2 (direct):
+ * the devices fetch from upstream themselves, with the same cuts (at 30 %
+ * and 60 % of the ideal time). Figures: bytes the gateway's upstream socket
+ * received and the bytes on the link (veth counters, headers and
+ * retransmissions included), for each phase. Ends with one JSON line.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { FLEET_BIN, stopChild } from '../cli/demo.ts';
+import type { GatewayStatus } from '../gateway/status.ts';
+import { keygen } from '../publisher/keys.ts';
+import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
+import { LinkProxy } from './link-proxy.ts';
+import { NetnsLink } from './netns-link.ts';
+import { brokerCommands, waitForPortIn, type Exec } from './sim-support.ts';
+
+const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
+
+export interface GatewaySimOptions {
+  devices: number;
+  size: number;
+  lossPercent: number;
+  rateKbit: number;
+  cuts: number;
+  cutSeconds: number;
+  /** Use the userspace proxy even when the kernel link is available. */
+  proxy: boolean;
+  timeoutSeconds: number;
+  log: (line: string) => void;
+}
+
+export interface PhaseResult {
+  completed: number;
+  seconds: number;
+  /** Bytes the site received over the upstream link at the socket level (MQTT bytes, no headers or retransmissions). */
+  socketBytesIn: number;
+  /** Bytes on the link towards the site (veth counters: IP/TCP headers and retransmissions included; the proxy: bytes delivered). */
+  linkBytesDown: number | null;
+  /** Bytes on the link from the site (statuses, requests, TCP acknowledgements). */
+  linkBytesUp: number | null;
+  cuts: number;
+}
+
+export interface GatewaySimResult {
+  link: string;
+  devices: number;
+  payloadBytes: number;
+  gateway: PhaseResult & { upstreamFetchedPayloadBytes: number; upstreamWireOut: number };
+  direct: PhaseResult;
+  /** Gateway phase: socket bytes in over the link ÷ one payload (goal ≤ 1.10). */
+  gatewayOverPayload: number;
+  /** Direct phase: socket bytes in over the link ÷ one payload (goal ≥ 10 for 10 devices). */
+  directOverPayload: number;
+  /** Gateway phase: link bytes towards the site ÷ one payload (headers and retransmissions included). */
+  gatewayLinkDownOverPayload: number | null;
+  /** Link bytes towards the site, gateway ÷ direct. */
+  linkDownRatio: number | null;
+  note: string | null;
+}
+
+interface DeviceEnd {
+  device: string;
+  state: string;
+  running: string;
+  wire: { bytesIn: number; bytesOut: number; connects: number };
+}
+
+function modelFor(size: number): { layers: Array<[number, number]>; rank: number } {
+  const d = 512;
+  const layers: Array<[number, number]> = [[d, d], [d, d], [d, d], [d, d]];
+  return { layers, rank: Math.max(1, Math.min(d / 2 - 1, Math.round(size / (layers.length * 2 * d * 4)))) };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimResult> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-gwsim-'));
+  const children: ChildProcess[] = [];
+  let link: NetnsLink | undefined;
+  let proxy: LinkProxy | undefined;
+  let note: string | null = null;
+  try {
+    const keys = await keygen(path.join(dir, 'keys'));
+    const { layers, rank } = modelFor(o.size);
+    const base = synthesizeModel(3, layers);
+    const update = synthesizeUpdate(base, rank, 4);
+    const baseFile = path.join(dir, 'base.safetensors');
+    const updateFile = path.join(dir, 'update.cbor');
+    await fs.writeFile(baseFile, base);
+    await fs.writeFile(updateFile, update.payload);
+    const payloadBytes = update.payload.byteLength;
+
+    const avail = NetnsLink.available();
+    const kernel = !o.proxy && avail.ok;
+    if (!kernel) {
+      note = o.proxy ? 'userspace proxy by request (--proxy): rate and cuts, no packet loss' : `kernel link unavailable (${avail.ok ? '' : avail.reason}); userspace proxy: rate and cuts, no packet loss`;
+      o.log(`NOTE: ${note}`);
+    }
+    o.log(`payload ${payloadBytes} bytes, ${o.devices} devices, ${kernel ? `kernel link ${o.lossPercent}% loss ${o.rateKbit} kbit/s` : `proxy ${o.rateKbit} kbit/s`}, ${o.cuts} cuts of ${o.cutSeconds} s per phase`);
+
+    let srvExec: Exec;
+    let siteExec: Exec;
+    let brokerHost: string;
+    if (kernel) {
+      link = await NetnsLink.create({ name: `g${process.pid % 100000}`, lossPercent: o.lossPercent, rateKbit: o.rateKbit || undefined });
+      const l = link;
+      srvExec = (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      siteExec = (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      brokerHost = l.srvAddress;
+    } else {
+      const local: Exec = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      srvExec = local;
+      siteExec = local;
+      brokerHost = '127.0.0.1';
+    }
+    const track = (c: ChildProcess): ChildProcess => {
+      children.push(c);
+      c.stderr?.on('data', () => undefined);
+      return c;
+    };
+    const port = 20000 + (process.pid % 20000);
+    for (const c of await brokerCommands('aedes', brokerHost, port, path.join(dir, 'broker'))) {
+      track(srvExec(c.cmd, c.args));
+      await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
+    }
+    const brokerUrl = `mqtt://${brokerHost}:${port}`;
+    // Two-role trust files (release + rollout key) when keygen makes them.
+    const rolloutKey = (keys as { rolloutKeyFile?: string }).rolloutKeyFile;
+    const pub = track(srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, ...(rolloutKey ? ['--rollout-key', rolloutKey] : []), '--model', 'sim', '--group', 'site', '--broker', brokerUrl]));
+    if ((await new Promise<number | null>((r) => pub.once('exit', r))) !== 0) throw new Error('publish failed');
+
+    let upstreamUrl = brokerUrl;
+    if (!kernel) {
+      proxy = new LinkProxy({ targetHost: brokerHost, targetPort: port, bytesPerSecond: o.rateKbit ? (o.rateKbit * 1000) / 8 : 0, sharedBandwidth: true });
+      await proxy.start();
+      upstreamUrl = proxy.url;
+    }
+    /** [down, up] as seen at the site end of the link. */
+    const linkBytes = async (): Promise<[number, number]> => {
+      if (!link) return [proxy!.deliveredDown, proxy!.deliveredUp];
+      const c = await link.counters();
+      return [c.rxBytes, c.txBytes];
+    };
+    const cut = async (n: number, t0: number): Promise<void> => {
+      o.log(`cut ${n} at ${((Date.now() - t0) / 1000).toFixed(1)} s for ${o.cutSeconds} s`);
+      if (link) await link.cut();
+      else proxy!.takeDown();
+      await sleep(o.cutSeconds * 1000);
+      if (link) await link.restore();
+      else proxy!.restore();
+    };
+    const startHost = (broker: string, prefix: string, ends: Map<string, DeviceEnd>): ChildProcess => {
+      const host = track(siteExec(process.execPath, ['--import', 'tsx', HOST_SCRIPT, '--broker', broker, '--devices', String(o.devices), '--dir', path.join(dir, prefix), '--trust', keys.trustFile, '--initial', baseFile, '--model', 'sim', '--group', 'site', '--id-prefix', `${prefix}-`]));
+      let buf = '';
+      host.stdout!.on('data', (d: Buffer) => {
+        buf += d.toString();
+        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+          const line = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          try {
+            const j = JSON.parse(line) as DeviceEnd;
+            if (j.device && !ends.has(j.device)) ends.set(j.device, j);
+          } catch {
+            /* not ours */
+          }
+        }
+      });
+      return host;
+    };
+    const okCount = (ends: Map<string, DeviceEnd>): number => [...ends.values()].filter((e) => e.state === 'ok' && e.running === update.targetDigest).length;
+
+    // ---- Phase 1: the gateway -------------------------------------------------
+    const gwDir = path.join(dir, 'gw');
+    const gwPort = 40000 + (process.pid % 20000);
+    const linkBefore1 = await linkBytes();
+    const t1 = Date.now();
+    const gateway = track(siteExec(process.execPath, [FLEET_BIN, 'gateway', '--upstream', upstreamUrl, '--listen', String(gwPort), '--host', '127.0.0.1', '--data-dir', gwDir, '--site', 'sim-site', '--group', 'site', '--model', 'sim', '--tick-ms', '200']));
+    await waitForPortIn(siteExec, '127.0.0.1', gwPort, true);
+    const readStatus = async (): Promise<GatewayStatus | undefined> => {
+      try {
+        return JSON.parse(await fs.readFile(path.join(gwDir, 'status.json'), 'utf8')) as GatewayStatus;
+      } catch {
+        return undefined;
+      }
+    };
+    const ends1 = new Map<string, DeviceEnd>();
+    const host1 = startHost('mqtt://127.0.0.1:' + gwPort, 'gwdev', ends1);
+    const cutAt = Array.from({ length: o.cuts }, (_, i) => (i + 1) / (o.cuts + 1));
+    let cuts1 = 0;
+    // The first cut at a quarter of the payload, each next one once another 10 % has arrived
+    // after the link came back (the status file is refreshed about once a second).
+    let nextCut = 0.25;
+    const deadline1 = t1 + o.timeoutSeconds * 1000;
+    while (ends1.size < o.devices && Date.now() < deadline1) {
+      const s = await readStatus();
+      const f = s?.fetching[0];
+      if (cuts1 < o.cuts && f && f.bytes >= nextCut * f.totalBytes) {
+        await cut(++cuts1, t1);
+        const after = (await readStatus())?.fetching[0];
+        nextCut = (after ? after.bytes / after.totalBytes : 1) + 0.1;
+      } else await sleep(100);
+    }
+    const seconds1 = (Date.now() - t1) / 1000;
+    await sleep(1500); // the last statuses go up
+    const gs = await readStatus();
+    await stopChild(host1, 3000).catch(() => undefined);
+    await stopChild(gateway, 5000).catch(() => undefined);
+    const linkAfter1 = await linkBytes();
+    const gwPhase = {
+      completed: okCount(ends1), seconds: Number(seconds1.toFixed(2)), socketBytesIn: gs?.fetched.wireBytesIn ?? -1,
+      linkBytesDown: linkAfter1[0] - linkBefore1[0], linkBytesUp: linkAfter1[1] - linkBefore1[1], cuts: cuts1,
+      upstreamFetchedPayloadBytes: gs?.fetched.payloadBytes ?? -1, upstreamWireOut: gs?.fetched.wireBytesOut ?? -1,
+    };
+    o.log(`gateway phase: ${gwPhase.completed}/${o.devices} ok in ${gwPhase.seconds} s; gateway socket in ${gwPhase.socketBytesIn} B (${(gwPhase.socketBytesIn / payloadBytes).toFixed(3)} × payload); link down ${gwPhase.linkBytesDown} B, up ${gwPhase.linkBytesUp} B`);
+
+    // ---- Phase 2: the same devices directly upstream ----------------------------
+    const linkBefore2 = await linkBytes();
+    const t2 = Date.now();
+    const ends2 = new Map<string, DeviceEnd>();
+    const host2 = startHost(upstreamUrl, 'direct', ends2);
+    const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
+    let cuts2 = 0;
+    const deadline2 = t2 + o.timeoutSeconds * 1000;
+    while (ends2.size < o.devices && Date.now() < deadline2) {
+      if (cuts2 < o.cuts && Date.now() - t2 >= cutAt[cuts2] * ideal * 1000) await cut(++cuts2, t2);
+      else await sleep(100);
+    }
+    const seconds2 = (Date.now() - t2) / 1000;
+    await stopChild(host2, 3000).catch(() => undefined);
+    const linkAfter2 = await linkBytes();
+    const directPhase: PhaseResult = {
+      completed: okCount(ends2), seconds: Number(seconds2.toFixed(2)),
+      socketBytesIn: [...ends2.values()].reduce((a, e) => a + e.wire.bytesIn, 0),
+      linkBytesDown: linkAfter2[0] - linkBefore2[0], linkBytesUp: linkAfter2[1] - linkBefore2[1], cuts: cuts2,
+    };
+    o.log(`direct phase: ${directPhase.completed}/${o.devices} ok in ${directPhase.seconds} s; devices' sockets in ${directPhase.socketBytesIn} B (${(directPhase.socketBytesIn / payloadBytes).toFixed(3)} × payload); link down ${directPhase.linkBytesDown} B, up ${directPhase.linkBytesUp} B`);
+
+    return {
+      link: kernel ? `veth, ${o.lossPercent}% loss, ${o.rateKbit || '∞'} kbit/s` : `proxy, ${o.rateKbit || '∞'} kbit/s`,
+      devices: o.devices,
+      payloadBytes,
+      gateway: gwPhase,
+      direct: directPhase,
+      gatewayOverPayload: Number((gwPhase.socketBytesIn / payloadBytes).toFixed(4)),
+      directOverPayload: Number((directPhase.socketBytesIn / payloadBytes).toFixed(4)),
+      gatewayLinkDownOverPayload: gwPhase.linkBytesDown !== null ? Number((gwPhase.linkBytesDown / payloadBytes).toFixed(4)) : null,
+      linkDownRatio: gwPhase.linkBytesDown !== null && directPhase.linkBytesDown ? Number((gwPhase.linkBytesDown / directPhase.linkBytesDown).toFixed(4)) : null,
+      note,
+    };
+  } finally {
+    await Promise.all(children.map((c) => stopChild(c, 2000).catch(() => undefined)));
+    await proxy?.stop();
+    await link?.destroy();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const { values: a } = parseArgs({
+    options: {
+      devices: { type: 'string', default: '10' },
+      size: { type: 'string', default: '262144' },
+      loss: { type: 'string', default: '10' },
+      rate: { type: 'string', default: '512' },
+      cuts: { type: 'string', default: '2' },
+      'cut-seconds': { type: 'string', default: '3' },
+      proxy: { type: 'boolean', default: false },
+      timeout: { type: 'string', default: '600' },
+    },
+  });
+  const r = await runGatewaySim({
+    devices: Number(a.devices), size: Number(a.size), lossPercent: Number(a.loss), rateKbit: Number(a.rate), cuts: Number(a.cuts),
+    cutSeconds: Number(a['cut-seconds']), proxy: a.proxy === true, timeoutSeconds: Number(a.timeout), log: (s) => process.stderr.write(s + '\n'),
+  });
+  process.stdout.write(JSON.stringify(r) + '\n');
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) await main();

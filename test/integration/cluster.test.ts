@@ -1,0 +1,98 @@
+/**
+ * Two Aedes nodes on one Redis (`fleet broker --cluster`), each its own OS
+ * process; the update server runs in node A only (docs/cluster.md). An update
+ * published through A is fetched by devices connected to B; B killed in the
+ * middle of a transfer: its devices fail over to A and complete.
+ */
+import path from 'node:path';
+import { spawn } from 'node:child_process';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FLEET_BIN } from '../../cli/demo.ts';
+import { LinkProxy } from '../../simulations/link-proxy.ts';
+import { BrokerProcess } from '../support/broker-process.ts';
+import { createFixture, currentDigest, freePort, MEDIUM_LAYERS, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
+import { findRedis, startRedis, type RedisServer } from '../support/redis.ts';
+
+const redisBin = findRedis();
+if (!redisBin) console.warn('skipping the cluster suite: redis-server is not installed (apt-get install redis-server; .ci/run installs it)');
+
+let f: Fixture | undefined;
+let nodes: BrokerProcess[] = [];
+let proxy: LinkProxy | undefined;
+let redis: RedisServer | undefined;
+afterEach(async () => {
+  await f?.close();
+  for (const n of nodes) await n.stop();
+  await proxy?.stop();
+  await redis?.stop();
+  f = proxy = redis = undefined;
+  nodes = [];
+});
+
+/** Redis, node A (update server) and node B (none), and a fixture whose own clients use A. */
+async function twoNodes(tag: string): Promise<{ a: BrokerProcess; b: BrokerProcess }> {
+  redis = await startRedis(redisBin!);
+  const [pa, pb] = [await freePort(), await freePort()];
+  f = await createFixture(tag, { externalUrl: `mqtt://127.0.0.1:${pa}`, layers: MEDIUM_LAYERS, rank: 16 });
+  const a = await BrokerProcess.start(pa, ['--data-dir', path.join(f.dir, 'node-a'), '--cluster', redis.url], f.dir, 'node-a');
+  nodes.push(a);
+  const b = await BrokerProcess.start(pb, ['--data-dir', path.join(f.dir, 'node-b'), '--cluster', redis.url, '--no-update-server'], f.dir, 'node-b');
+  nodes.push(b);
+  return { a, b };
+}
+
+describe.skipIf(!redisBin)('two Aedes nodes on Redis', () => {
+  it('an update published through node A is fetched by devices on node B; statuses reach A', async () => {
+    const { b } = await twoNodes('cluster-ab');
+    const watch = await StatusWatch.start(f!); // on A
+    const ids = ['cb-1', 'cb-2'];
+    for (const id of ids) spawnDevice(f!, id, [], b.url);
+    for (const id of ids) await watch.until(id, (s) => s.state === 'idle', 60_000);
+    await publish(f!); // through A
+    for (const id of ids) {
+      const s = await watch.until(id, (s) => s.state === 'ok', 60_000);
+      expect(s.running).toBe(f!.update.targetDigest);
+      expect(await currentDigest(f!, id)).toBe(f!.update.targetDigest);
+    }
+  });
+
+  it('a second node that would also run the update server is refused', async () => {
+    const { a } = await twoNodes('cluster-lease');
+    const pc = await freePort();
+    const c = spawn(process.execPath, [FLEET_BIN, 'broker', '--port', String(pc), '--data-dir', path.join(f!.dir, 'node-c'), '--cluster', redis!.url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    f!.children.push(c);
+    let err = '';
+    c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const code = await new Promise<number | null>((r) => c.once('exit', r));
+    expect(code).toBe(1);
+    expect(err).toContain('already runs the cluster\'s update server');
+    expect(err).toContain(String(a.port));
+  });
+
+  it('node B killed mid-transfer: its devices reconnect to node A and complete', async () => {
+    const { a, b } = await twoNodes('cluster-failover');
+    // B's devices reach it over a slow shared link so the kill lands mid-transfer; A is their fallback.
+    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: b.port, bytesPerSecond: 24_000, sharedBandwidth: true });
+    await proxy.start();
+    const watch = await StatusWatch.start(f!);
+    const ids = ['cf-1', 'cf-2', 'cf-3'];
+    for (const id of ids) spawnDevice(f!, id, ['--reconnect-max', '2'], `${proxy.url},${a.url}`);
+    for (const id of ids) await watch.until(id, (s) => s.state === 'idle', 60_000);
+    const before = proxy.deliveredDown;
+    await publish(f!);
+    const total = ids.length * f!.update.payload.byteLength;
+    const deadline = Date.now() + 60_000;
+    while (proxy.deliveredDown - before < total / 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(proxy.deliveredDown - before).toBeLessThan(total);
+    await b.kill('SIGKILL');
+    expect(ids.filter((id) => watch.latest.get(id)?.state === 'ok').length).toBeLessThan(ids.length);
+    for (const id of ids) {
+      const s = await watch.until(id, (s) => s.state === 'ok', 90_000);
+      expect(s.running).toBe(f!.update.targetDigest);
+      expect(await currentDigest(f!, id)).toBe(f!.update.targetDigest);
+      // Every device connected again after the kill (to A: B is gone).
+      expect(s.wire).not.toBeNull();
+      expect(s.wire!.connects).toBeGreaterThanOrEqual(2);
+    }
+  });
+});

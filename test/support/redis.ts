@@ -1,0 +1,46 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { stopChild } from '../../cli/demo.ts';
+import { freePort, waitForPort } from './harness.ts';
+
+/** Path of redis-server, or undefined when it is not installed. */
+export function findRedis(): string | undefined {
+  for (const p of ['/usr/bin/redis-server', '/usr/local/bin/redis-server', '/usr/sbin/redis-server']) {
+    if (spawnSync(p, ['--version']).error === undefined) return p;
+  }
+  return undefined;
+}
+
+export interface RedisServer {
+  url: string;
+  port: number;
+  child: ChildProcess;
+  /** Stops it by PID and removes its directory. */
+  stop(): Promise<void>;
+}
+
+/** A private redis-server on a loopback port in a temporary directory, without snapshots or AOF. */
+export async function startRedis(bin: string): Promise<RedisServer> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-redis-'));
+  const port = await freePort();
+  const child = spawn(bin, ['--save', '', '--appendonly', 'no', '--port', String(port), '--bind', '127.0.0.1', '--dir', dir], {
+    cwd: dir,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
+  child.stderr!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-4000)));
+  const stop = async (): Promise<void> => {
+    await stopChild(child);
+    await fs.rm(dir, { recursive: true, force: true });
+  };
+  try {
+    await waitForPort(port, 15_000);
+  } catch (e) {
+    await stop();
+    throw new Error(`redis-server did not start: ${(e as Error).message}\n${out}`);
+  }
+  return { url: `redis://127.0.0.1:${port}`, port, child, stop };
+}
