@@ -55,6 +55,15 @@ export class Download {
   readonly link: LinkEstimator;
   private writes: Promise<void> = Promise.resolve();
   private finished = false;
+  /**
+   * After a silence: the chunk asked again alone (the one asked for last), and
+   * what was outstanding before it. Frames come back in the order they were
+   * asked for, over one TCP connection; so when that chunk arrives, whatever
+   * asked for before it and still missing was lost, and only that is asked
+   * again. A link that was merely stalled (TCP backing off after a cut) then
+   * costs one duplicate chunk, not a window of them.
+   */
+  private probe: { index: number; before: Set<number> } | undefined;
 
   constructor(private readonly o: DownloadOptions) {
     this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(4, o.maxWindow), minIdleMs: o.idleMs });
@@ -114,6 +123,7 @@ export class Download {
   /** After a reconnect: everything in flight may be lost. */
   resend(): void {
     if (this.finished) return;
+    this.probe = undefined;
     this.outstanding.clear();
     this.listRequested = false;
     this.requestMore();
@@ -159,6 +169,7 @@ export class Download {
       return;
     }
     this.outstanding.delete(f.index);
+    if (this.probe?.index === f.index) this.probeAnswered();
     const { files, step } = this.o;
     if (!files.list || f.count !== step.chunks) {
       this.requestMore();
@@ -235,11 +246,31 @@ export class Download {
         this.idleTimer = this.o.clock.setTimeout(check, idle);
         return;
       }
-      this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: this.outstanding.size, idleMs: idle });
       this.link.timedOut();
-      this.resend();
+      const last = [...this.outstanding].at(-1);
+      if (this.probe || last === undefined || this.outstanding.size === 1 || !this.o.files.list) {
+        this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: this.outstanding.size, idleMs: idle });
+        this.resend();
+        return;
+      }
+      const before = new Set(this.outstanding);
+      before.delete(last);
+      this.probe = { index: last, before };
+      this.o.log.info('nothing arrived for a while; asking again for the last chunk asked for, before the rest', { outstanding: this.outstanding.size, idleMs: idle });
+      this.outstanding.delete(last);
+      this.requestMore([last]);
     };
     this.idleTimer = this.o.clock.setTimeout(check, idle);
+  }
+
+  /** The probe's chunk arrived: what was asked for before it and is still missing was lost. */
+  private probeAnswered(): void {
+    const lost = [...this.probe!.before].filter((i) => this.outstanding.has(i));
+    this.probe = undefined;
+    if (lost.length === 0) return;
+    this.o.log.info('frames asked for before the probe were lost; asking again for them', { lost: lost.length });
+    for (const i of lost) this.outstanding.delete(i);
+    this.requestMore(lost);
   }
 
   private armStallTimer(): void {

@@ -1,0 +1,125 @@
+/**
+ * What the download asks again after a silence: first only the chunk it asked
+ * for last (a probe). Frames come back in request order, so when that chunk
+ * arrives, whatever was asked before it and is still missing was lost. A
+ * merely stalled link costs one duplicate chunk; a lost window is asked again
+ * one round trip later. Real storage in a temp dir, a recording transport and
+ * a manual clock.
+ */
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Download } from '../../device/download.ts';
+import { DeviceStorage } from '../../device/storage.ts';
+import { chunkList, chunkRange, sha256Hex, updateIdOf } from '../../protocol/chunks.ts';
+import { decodeRequest, type Frame } from '../../protocol/frames.ts';
+import type { ReleaseStep } from '../../protocol/release.ts';
+import { Topics } from '../../protocol/topics.ts';
+import type { Transport } from '../../transport/types.ts';
+import { silentLogger } from '../../util/log.ts';
+import { ManualClock } from '../rollout/fakes.ts';
+
+const CHUNK = 1024;
+const CHUNKS = 12;
+const payload = new Uint8Array(CHUNK * CHUNKS).map((_, i) => (i * 31) % 251);
+const list = chunkList(payload, CHUNK);
+const updateId = updateIdOf(payload);
+const step: ReleaseStep = {
+  updateId, from: null, to: 'ab'.repeat(32), size: payload.byteLength, sha256: sha256Hex(payload), chunkSize: CHUNK, chunks: CHUNKS, listSha256: sha256Hex(list),
+};
+
+let dir: string | undefined;
+afterEach(async () => {
+  if (dir) await fs.rm(dir, { recursive: true, force: true });
+  dir = undefined;
+});
+
+async function rig() {
+  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'download-probe-'));
+  const storage = new DeviceStorage(dir);
+  await storage.init();
+  const files = await storage.openDownload(step);
+  const clock = new ManualClock();
+  const requests: number[][] = [];
+  let wire = 0;
+  const transport = {
+    publish: async (_t: string, p: Uint8Array | string) => {
+      requests.push(decodeRequest(p as Uint8Array).want);
+    },
+  } as unknown as Transport;
+  let done = false;
+  const d = new Download({
+    step, files, transport, topics: new Topics(), model: 'm', deviceId: 'd', clock, log: silentLogger,
+    maxWindow: 8, idleMs: 1000, stallMs: 600_000, maxBadCopies: 3, wireBytesIn: () => wire,
+    onProgress: () => undefined, onComplete: () => (done = true), onFail: (e) => { throw e; },
+  });
+  const settle = async () => {
+    // Chunk writes go to a real disk: let them land.
+    for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 15));
+  };
+  const chunk = async (i: number) => {
+    const [b, e] = chunkRange(step.size, CHUNK, i);
+    wire += e - b;
+    d.onFrame({ kind: 'chunk', updateId, index: i, count: CHUNKS, data: payload.subarray(b, e) } as Frame);
+    await settle();
+  };
+  await d.start();
+  d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
+  await settle();
+  return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close() };
+}
+
+describe('download: after a silence, a probe before the rest', () => {
+  it('a stalled link (frames late, none lost): one chunk asked again, nothing else, one duplicate', async () => {
+    const r = await rig();
+    const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
+    expect(asked.length).toBeGreaterThan(1);
+    const before = r.requests.length;
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    // The probe: only the last chunk asked for.
+    expect(r.requests.slice(before)).toEqual([[asked.at(-1)!]]);
+    // The stall ends: the original frames arrive in order; nothing is asked again for them.
+    for (const i of asked) await r.chunk(i);
+    const reasked = r.requests.slice(before + 1).flat().filter((i) => asked.includes(i));
+    expect(reasked).toEqual([]);
+    // The probe's own copy arrives late: one duplicate.
+    await r.chunk(asked.at(-1)!);
+    expect(r.d.duplicateChunks).toBe(1);
+    await r.close();
+  });
+
+  it('a lost window: when the probe comes back alone, the chunks asked before it are asked again, and the download completes', async () => {
+    const r = await rig();
+    const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
+    const before = r.requests.length;
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    expect(r.requests.slice(before)).toEqual([[asked.at(-1)!]]);
+    await r.chunk(asked.at(-1)!);
+    const again = r.requests.slice(before + 1).flat();
+    expect(again.slice(0, asked.length - 1).sort((a, b) => a - b)).toEqual(asked.slice(0, -1).sort((a, b) => a - b));
+    // Serve every request from now on until complete.
+    for (let k = before + 1; k < r.requests.length && !r.isDone(); k++) for (const i of r.requests[k]) await r.chunk(i);
+    expect(r.isDone()).toBe(true);
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('a probe that is lost too: the next silence asks again for everything outstanding', async () => {
+    const r = await rig();
+    const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
+    const before = r.requests.length;
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    expect(r.requests.length).toBe(before + 1);
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    // Everything outstanding is forgotten and asked again from the first missing chunk, within the (now smaller) window.
+    const all = r.requests.slice(before + 1)[0];
+    expect(all.length).toBeGreaterThan(0);
+    expect(all).toEqual([...asked].sort((a, b) => a - b).slice(0, all.length));
+    await r.close();
+  });
+});
