@@ -12,6 +12,7 @@ import { decideRelease } from './release-decision.ts';
 import { DEVICE_REASONS, DeviceError, toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
 import { TrustKeeper } from './trust-keeper.ts';
+import { AgentTimers } from './agent-timers.ts';
 
 export type { AgentConfig, AgentPorts } from './agent-config.ts';
 
@@ -36,14 +37,13 @@ export class DeviceAgent {
   private work: Promise<void> = Promise.resolve();
   private lastStatusAt = 0;
   private lastProgress = 0;
-  private retryTimer: unknown;
-  private retries = 0;
-  private watchdog: unknown;
+  private readonly timers: AgentTimers;
   private stopped = false;
   private readonly listeners: Array<(s: DeviceStatus) => void> = [];
 
   constructor(private readonly cfg: AgentConfig, private readonly io: AgentPorts) {
     this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
+    this.timers = new AgentTimers(io.clock, cfg.retryMs ?? 30_000);
     this.installer = new Installer(io.storage, {
       deviceId: cfg.deviceId,
       validateCmd: cfg.validateCmd,
@@ -106,8 +106,7 @@ export class DeviceAgent {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.retryTimer) this.io.clock.clearTimeout(this.retryTimer);
-    if (this.watchdog) this.io.clock.clearTimeout(this.watchdog);
+    this.timers.clear();
     const f = this.fetcher;
     this.fetcher = undefined;
     await f?.close();
@@ -308,7 +307,7 @@ export class DeviceAgent {
   private async endFetch(): Promise<void> {
     const f = this.fetcher;
     this.fetcher = undefined;
-    if (this.watchdog) this.io.clock.clearTimeout(this.watchdog);
+    this.timers.stopWatch();
     await f?.close().catch((e: unknown) => this.io.log.warn('closing a download failed', { error: String(e) }));
   }
 
@@ -371,29 +370,25 @@ export class DeviceAgent {
   /** A failed download is tried again later (what was received stays on disk), except from a corrupt source. */
   private scheduleRetry(code: string): void {
     if (code === 'corrupt-source' || this.stopped) return;
-    const delay = Math.min(30 * 60_000, (this.cfg.retryMs ?? 30_000) * 2 ** this.retries++);
-    if (this.retryTimer) this.io.clock.clearTimeout(this.retryTimer);
-    this.retryTimer = this.io.clock.setTimeout(() => {
+    const delay = this.timers.retryLater(() => {
       if (this.state === 'failed' && !this.fetcher) this.enqueue(() => this.resumeActive());
-    }, delay);
+    });
     this.io.log.info('download will be tried again', { inMs: delay });
   }
 
   /** While downloading, a status at least every watchdogMs: the rate, or how long nothing has come. */
   private armWatchdog(f: Fetcher): void {
     const every = this.cfg.watchdogMs ?? 10_000;
-    const tick = (): void => {
-      if (this.fetcher !== f || this.stopped) return;
+    this.timers.watch(every, () => {
+      if (this.fetcher !== f || this.stopped) return false;
       if (this.io.clock.now() - this.lastStatusAt >= every) {
         const silence = f.silenceMs();
         const message = silence >= every ? `no chunk for ${Math.round(silence / 1000)} s` : `receiving ${f.bytesPerSecond(this.io.clock.now())} B/s`;
         this.lastStatusAt = this.io.clock.now();
         this.enqueue(() => (this.fetcher === f && this.state === 'downloading' ? this.transition('download-progress', { message }) : Promise.resolve()));
       }
-      this.watchdog = this.io.clock.setTimeout(tick, every);
-    };
-    if (this.watchdog) this.io.clock.clearTimeout(this.watchdog);
-    this.watchdog = this.io.clock.setTimeout(tick, every);
+      return true;
+    });
   }
 
   private async fetched(f: Fetcher, a: ActiveRelease): Promise<void> {
@@ -433,7 +428,7 @@ export class DeviceAgent {
       await this.installer.commit(a.target, previous);
       await this.cleanDownloads(a);
       this.memory.active = null;
-      this.retries = 0;
+      this.timers.succeeded();
       await this.transition('health-passed', { reason: null, message: a.rollback ? 'rolled back by the operator' : null });
       return;
     }

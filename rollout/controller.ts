@@ -1,60 +1,20 @@
 import os from 'node:os';
-import type { Clock } from '../device/clock.ts';
-import { verifyRelease, type ReleaseBody, type SigningKey, type TrustFile } from '../protocol/release.ts';
-import type { Topics } from '../protocol/topics.ts';
-import { trustOfOptions, type PublishOptions, type PublishResult } from '../publisher/publish.ts';
-import type { RollbackOptions, RollbackResult } from '../publisher/rollback.ts';
-import type { Transport } from '../transport/types.ts';
-import type { Logger } from '../util/log.ts';
+import { verifyRelease, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
+import { trustOfOptions } from '../publisher/publish.ts';
 import { VERSION } from '../util/version.ts';
 import { publishWave, rollbackReached, type ReleaseContext } from './actions.ts';
 import { describeThreshold, evaluateWave, recordRejection } from './evaluate.ts';
 import { Inventory } from './inventory.ts';
 import { canTransition, isTerminal, nextRolloutState, type RolloutMachineEvent } from './machine.ts';
-import { inWindow, planDigest, type PlanPayloads, type RolloutPlan } from './plan.ts';
+import { inWindow, planDigest } from './plan.ts';
+import type { ControllerOptions, ControllerPorts } from './controller-options.ts';
 import {
   encodeRolloutStatus, newRolloutStatus, parseControl, parseRolloutStatus, rolloutControlTopic,
   type ControlMessage, type RolloutEvent, type RolloutEventType, type RolloutStatus,
 } from './status.ts';
 
-/** Everything the controller does to the world goes through these, so tests can inject failures. */
-export interface ControllerPorts {
-  transport: Transport;
-  topics: Topics;
-  clock: Clock;
-  publish: (o: PublishOptions) => Promise<PublishResult>;
-  rollback: (o: RollbackOptions) => Promise<RollbackResult>;
-  log: Logger;
-  /** Called for every event, not awaited by the state machine (`--on-event` runs its command for HOOK_EVENTS). */
-  onEvent?: (e: RolloutEvent, s: RolloutStatus) => void | Promise<void>;
-}
+export { HOOK_EVENTS, type ControllerOptions, type ControllerPorts } from './controller-options.ts';
 
-export interface ControllerOptions {
-  plan: RolloutPlan;
-  payloads: PlanPayloads;
-  /** Release keys: sign the plan's manifest when none is retained yet (may be empty when one is). */
-  keys: SigningKey[];
-  /** Rollout keys: sign the group assignments and rollbacks (default: the release keys). */
-  rolloutKeys?: SigningKey[];
-  /** Keys releases and manifests on the broker are checked against (default: the signing keys). */
-  trust?: TrustFile;
-  /** How long retained statuses, presence and releases are collected at start (default 1500 ms). */
-  settleMs?: number;
-  /** How often thresholds, timeouts and soaks are checked (default 1000 ms). */
-  tickMs?: number;
-  /** The status is published at least this often (default 10 s). */
-  heartbeatMs?: number;
-  /** First delay before a failed publish or rollback is tried again; doubles up to 5 min (default 5 s). */
-  retryMs?: number;
-  /** Rollback attempts per group before the rollout halts saying the rollback failed (default 5). */
-  rollbackAttempts?: number;
-  /** Passed to publish and rollback: how long a missing retained release means none (default 500 ms). */
-  releaseSettleMs?: number;
-  receiptTimeoutMs?: number;
-}
-
-/** The events `fleet rollout start --on-event CMD` runs its command for. */
-export const HOOK_EVENTS: readonly RolloutEventType[] = ['halted', 'completed', 'device-rolled-back'];
 const short = (d: string): string => d.slice(0, 12);
 const pct = (x: number): string => `${Math.round(x * 100)} %`;
 
