@@ -1,4 +1,5 @@
 import { decodeFrame, decodeRequest, encodeFrame, encodeReceipt, MAX_WANT } from '../protocol/frames.ts';
+import { FrameCache } from './frame-cache.ts';
 import { decodeRelease } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
@@ -43,6 +44,8 @@ export class UpdateServer {
   private readonly topics: Topics;
   private readonly log: Logger;
   private readonly maxChunks: number;
+  /** Encoded frames shared by every device asking for the same chunk. */
+  private readonly frames = new FrameCache();
   private readonly settleMs: number;
   /** Release sequence numbers the broker holds, as seen since the last connect. */
   private brokerSeqs = new Map<string, number>();
@@ -127,16 +130,22 @@ export class UpdateServer {
     }
     const sends: Promise<void>[] = [];
     if (req.list) {
-      const list = await this.store.list(updateId);
-      if (list) {
-        sends.push(this.t.publish(to, encodeFrame({ kind: 'list', updateId, count: meta.chunks, list }), { qos: 1 }));
+      const frame = await this.frames.get(`${updateId}:list`, async () => {
+        const list = await this.store.list(updateId);
+        return list && encodeFrame({ kind: 'list', updateId, count: meta.chunks, list });
+      });
+      if (frame) {
+        sends.push(this.t.publish(to, frame, { qos: 1 }));
         this.stats.listsSent++;
       }
     }
     for (const index of new Set(req.want.slice(0, this.maxChunks))) {
-      const data = await this.store.readChunk(updateId, index);
-      if (!data) continue;
-      sends.push(this.t.publish(to, encodeFrame({ kind: 'chunk', updateId, index, count: meta.chunks, data }), { qos: 1 }));
+      const frame = await this.frames.get(`${updateId}:${index}`, async () => {
+        const data = await this.store.readChunk(updateId, index);
+        return data && encodeFrame({ kind: 'chunk', updateId, index, count: meta.chunks, data });
+      });
+      if (!frame) continue;
+      sends.push(this.t.publish(to, frame, { qos: 1 }));
       this.stats.chunksSent++;
     }
     await Promise.all(sends);
