@@ -55,18 +55,22 @@ async function rig() {
     onProgress: () => undefined, onComplete: () => (done = true), onFail: (e) => { throw e; },
   });
   const settle = async () => {
-    // Chunk writes go to a real disk: let them land.
-    for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 15));
+    for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 5));
   };
+  /** Delivers chunk i and waits until it is written (or counted as a duplicate): the writes go to a real disk. */
   const chunk = async (i: number) => {
     const [b, e] = chunkRange(step.size, CHUNK, i);
     wire += e - b;
+    const held = d.receivedChunks;
+    const dups = d.duplicateChunks;
     d.onFrame({ kind: 'chunk', updateId, index: i, count: CHUNKS, data: payload.subarray(b, e) } as Frame);
+    for (let t = 0; t < 1000 && d.receivedChunks === held && d.duplicateChunks === dups; t++) await new Promise((r) => setTimeout(r, 5));
     await settle();
   };
   await d.start();
   d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
-  await settle();
+  // The list is saved, then the first window asked for.
+  for (let t = 0; t < 1000 && !requests.some((w) => w.length > 0); t++) await new Promise((r) => setTimeout(r, 5));
   return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close() };
 }
 
@@ -102,6 +106,7 @@ describe('download: after a silence, a probe before the rest', () => {
     expect(again.slice(0, asked.length - 1).sort((a, b) => a - b)).toEqual(asked.slice(0, -1).sort((a, b) => a - b));
     // Serve every request from now on until complete.
     for (let k = before + 1; k < r.requests.length && !r.isDone(); k++) for (const i of r.requests[k]) await r.chunk(i);
+    for (let t = 0; t < 1000 && !r.isDone(); t++) await new Promise((res) => setTimeout(res, 5));
     expect(r.isDone()).toBe(true);
     expect(r.d.duplicateChunks).toBe(0);
     await r.close();
