@@ -1,6 +1,7 @@
-import { cborDecode, cborEncode, isHex, isRecord, isUint } from './cbor.ts';
+import { cborEncode, isHex, isUint } from './cbor.ts';
 import { ProtocolError } from './errors.ts';
 import { PROTOCOL_VERSION } from './frames.ts';
+import { decodeDocument } from './signed.ts';
 import { isTopicSegment } from './topics.ts';
 
 /**
@@ -40,16 +41,7 @@ export function encodeAssignment(a: AssignmentBody): Uint8Array {
 }
 
 export function decodeAssignment(bytes: Uint8Array): AssignmentBody {
-  let m: unknown;
-  try {
-    m = cborDecode(bytes);
-  } catch (e) {
-    bad((e as Error).message);
-  }
-  if (!isRecord(m)) bad('not a map');
-  if (m.v !== PROTOCOL_VERSION) bad(`unsupported version ${typeof m.v === 'object' ? typeof m.v : String(m.v)}`);
-  if (m.type !== 'assignment') bad('type must be "assignment"');
-  if (typeof m.model !== 'string' || !isTopicSegment(m.model)) bad('model');
+  const m = decodeDocument(bytes, 'assignment', bad);
   if (typeof m.group !== 'string' || !isTopicSegment(m.group)) bad('group');
   if (!isUint(m.seq) || !isUint(m.issued) || !isUint(m.expires)) bad('seq, issued and expires must be unsigned integers');
   if (m.expires <= m.issued) bad('expires must be after issued');

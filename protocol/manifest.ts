@@ -1,7 +1,7 @@
-import { cborDecode, cborEncode, isHex, isRecord, isUint } from './cbor.ts';
+import { cborEncode, isHex, isRecord, isUint } from './cbor.ts';
 import { ProtocolError } from './errors.ts';
 import { MAX_CHUNKS, PROTOCOL_VERSION, isUpdateId } from './frames.ts';
-import { isTopicSegment } from './topics.ts';
+import { decodeDocument } from './signed.ts';
 
 /**
  * A manifest says what an update is (TUF's targets metadata): the model, the
@@ -102,16 +102,7 @@ function decodeLimits(l: unknown): ManifestLimits {
 }
 
 export function decodeManifest(bytes: Uint8Array): ManifestBody {
-  let m: unknown;
-  try {
-    m = cborDecode(bytes);
-  } catch (e) {
-    bad((e as Error).message);
-  }
-  if (!isRecord(m)) bad('not a map');
-  if (m.v !== PROTOCOL_VERSION) bad(`unsupported version ${typeof m.v === 'object' ? typeof m.v : String(m.v)}`);
-  if (m.type !== 'manifest') bad('type must be "manifest"');
-  if (typeof m.model !== 'string' || !isTopicSegment(m.model)) bad('model');
+  const m = decodeDocument(bytes, 'manifest', bad);
   if (!isHex(m.target, DIGEST_HEX)) bad('target must be a 64-hex-digit digest');
   const limits = decodeLimits(m.limits);
   if (!Array.isArray(m.steps) || m.steps.length > MAX_STEPS) bad(`steps must be an array of at most ${MAX_STEPS}`);

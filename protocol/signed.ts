@@ -1,5 +1,7 @@
 import nacl from 'tweetnacl';
 import { cborDecode, cborEncode, isBytes, isHex, isRecord } from './cbor.ts';
+import { PROTOCOL_VERSION } from './frames.ts';
+import { isTopicSegment } from './topics.ts';
 import { ProtocolError, type ProtocolReason } from './errors.ts';
 import { sha256Hex } from './chunks.ts';
 
@@ -102,4 +104,23 @@ export function verifyEnvelope(env: SignedEnvelope, role: Role, what: string, ot
     throw new ProtocolError('untrusted-key', `${what}: ${env.sigs.map((s) => s.keyId.slice(0, 16)).join(', ')}`);
   }
   if (valid.size < role.threshold) throw new ProtocolError('threshold-not-met', `${what}: ${valid.size} of ${role.threshold}`);
+}
+
+/**
+ * The common start of every signed document's body: a CBOR map with the
+ * protocol version, its `type` (so that one kind of document can never be
+ * read as another) and a `model`. `bad` throws the caller's own error.
+ */
+export function decodeDocument(bytes: Uint8Array, type: string, bad: (detail: string) => never): Record<string, unknown> & { model: string } {
+  let m: unknown;
+  try {
+    m = cborDecode(bytes);
+  } catch (e) {
+    return bad((e as Error).message);
+  }
+  if (!isRecord(m)) return bad('not a map');
+  if (m.v !== PROTOCOL_VERSION) return bad(`unsupported version ${typeof m.v === 'object' ? typeof m.v : String(m.v)}`);
+  if (m.type !== type) return bad(`type must be "${type}"`);
+  if (typeof m.model !== 'string' || !isTopicSegment(m.model)) return bad('model');
+  return m as Record<string, unknown> & { model: string };
 }
