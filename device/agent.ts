@@ -3,20 +3,18 @@ import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
 import type { ReleaseBody } from '../protocol/release.ts';
 import { encodeStatus, PRESENCE_ONLINE, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
-import { VERSION } from '../util/version.ts';
 import { capsOf, type AgentConfig, type AgentPorts } from './agent-config.ts';
-import { Fetcher } from './fetcher.ts';
+import { checkSpace, fetcherFor, type Fetcher } from './fetcher.ts';
 import { Installer } from './installer.ts';
 import { nextState, type DeviceEvent } from './machine.ts';
 import { decideRelease } from './release-decision.ts';
-import { DEVICE_REASONS, DeviceError, toReason } from './reasons.ts';
+import { DEVICE_REASONS, toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
 import { TrustKeeper } from './trust-keeper.ts';
+import { composeStatus, type StatusFields } from './status-report.ts';
 import { AgentTimers } from './agent-timers.ts';
 
 export type { AgentConfig, AgentPorts } from './agent-config.ts';
-
-type StatusFields = Pick<DeviceStatus, 'target' | 'seq' | 'updateId' | 'reason' | 'message' | 'rollback'>;
 
 /**
  * The device agent: follows its group's release and drives one install at a
@@ -45,14 +43,8 @@ export class DeviceAgent {
     this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
     this.timers = new AgentTimers(io.clock, cfg.retryMs ?? 30_000);
     this.installer = new Installer(io.storage, {
-      deviceId: cfg.deviceId,
-      validateCmd: cfg.validateCmd,
-      validateTimeoutMs: cfg.validateTimeoutMs ?? 120_000,
-      healthCmd: cfg.healthCmd,
-      healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000,
-      onSwitchCmd: cfg.onSwitchCmd,
-      onSwitchTimeoutMs: 60_000,
-      groupKey: cfg.groupKey,
+      deviceId: cfg.deviceId, validateCmd: cfg.validateCmd, validateTimeoutMs: cfg.validateTimeoutMs ?? 120_000, healthCmd: cfg.healthCmd,
+      healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000, onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: 60_000, groupKey: cfg.groupKey,
     }, io.health, io.log);
   }
 
@@ -178,24 +170,10 @@ export class DeviceAgent {
   }
 
   private status(): DeviceStatus {
-    const f = this.shown;
-    const now = this.io.clock.now();
-    return {
-      device: this.cfg.deviceId,
-      group: this.cfg.group,
-      model: this.cfg.model,
-      state: this.state,
-      running: this.running,
-      ...this.fields,
-      progress: f ? f.progress : this.state === 'ok' ? 1 : 0,
-      rateBps: this.fetcher ? this.fetcher.bytesPerSecond(now) : 0,
-      wire: this.io.transport.stats?.() ?? null,
-      bytes: f?.receivedBytes ?? 0,
-      totalBytes: f?.totalBytes ?? 0,
-      badChunks: f?.badChunks ?? 0,
-      agent: VERSION,
-      time: new Date(now).toISOString(),
-    };
+    return composeStatus({
+      device: this.cfg.deviceId, group: this.cfg.group, model: this.cfg.model, state: this.state, running: this.running, fields: this.fields,
+      shown: this.shown, active: this.fetcher, wire: this.io.transport.stats?.() ?? null, now: this.io.clock.now(),
+    });
   }
 
   private publishStatus(): DeviceStatus {
@@ -316,23 +294,8 @@ export class DeviceAgent {
   private async beginFetch(a: ActiveRelease, event: 'release-accepted' | 'resume', note: string | null = null): Promise<void> {
     const fields = { target: a.target, seq: a.seq, updateId: a.steps[0]?.updateId ?? null, reason: null, message: note, rollback: a.rollback };
     try {
-      const modelSize = (await fs.stat(this.io.storage.modelPath(this.running))).size;
-      const need = a.steps.reduce((x, s) => x + s.size, 0) + modelSize;
-      const free = await this.io.storage.freeBytes();
-      if (free < need) throw new DeviceError('no-space', `${free} bytes free, ${need} needed`);
-      const f: Fetcher = new Fetcher({
-        steps: a.steps,
-        storage: this.io.storage,
-        transport: this.io.transport,
-        topics: this.io.topics,
-        model: this.cfg.model,
-        deviceId: this.cfg.deviceId,
-        clock: this.io.clock,
-        log: this.io.log,
-        maxWindow: this.cfg.window ?? 32,
-        idleMs: this.cfg.idleMs ?? 10_000,
-        stallMs: this.cfg.stallMs ?? 120_000,
-        maxBadCopies: this.cfg.maxBadCopies ?? 3,
+      await checkSpace(this.io.storage, a.steps, this.io.storage.modelPath(this.running));
+      const f: Fetcher = fetcherFor(a.steps, this.cfg, this.io, {
         onProgress: () => this.onProgress(f),
         onComplete: () => this.enqueue(() => this.fetched(f, a)),
         onFail: (e) => this.enqueue(() => this.fetchFailed(f, e)),

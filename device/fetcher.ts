@@ -1,6 +1,9 @@
+import { promises as fs } from 'node:fs';
 import type { Frame } from '../protocol/frames.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import { Download, type DownloadOptions } from './download.ts';
+import type { AgentConfig, AgentPorts } from './agent-config.ts';
+import { DeviceError } from './reasons.ts';
 import type { DeviceStorage } from './storage.ts';
 
 /** What every step's Download takes, plus the steps and where their files go. */
@@ -120,3 +123,25 @@ export class Fetcher {
     await d?.close();
   }
 }
+
+/** The agent's settings a fetch uses, with their defaults. */
+export function fetcherFor(
+  steps: ReleaseStep[],
+  cfg: Pick<AgentConfig, 'model' | 'deviceId' | 'window' | 'idleMs' | 'stallMs' | 'maxBadCopies'>,
+  io: Pick<AgentPorts, 'storage' | 'transport' | 'topics' | 'clock' | 'log'>,
+  on: Pick<FetcherOptions, 'onProgress' | 'onComplete' | 'onFail'>,
+): Fetcher {
+  return new Fetcher({
+    steps, storage: io.storage, transport: io.transport, topics: io.topics, model: cfg.model, deviceId: cfg.deviceId, clock: io.clock, log: io.log,
+    maxWindow: cfg.window ?? 32, idleMs: cfg.idleMs ?? 10_000, stallMs: cfg.stallMs ?? 120_000, maxBadCopies: cfg.maxBadCopies ?? 3, ...on,
+  });
+}
+
+/** `no-space` unless the disk holds the payloads and a new model beside the running one. */
+export async function checkSpace(storage: DeviceStorage, steps: ReleaseStep[], runningModel: string): Promise<void> {
+  const modelSize = (await fs.stat(runningModel)).size;
+  const need = steps.reduce((x, s) => x + s.size, 0) + modelSize;
+  const free = await storage.freeBytes();
+  if (free < need) throw new DeviceError('no-space', `${free} bytes free, ${need} needed`);
+}
+

@@ -1,0 +1,42 @@
+import type { DeviceState, DeviceStatus, WireStats } from '../protocol/status.ts';
+import { VERSION } from '../util/version.ts';
+import type { Fetcher } from './fetcher.ts';
+
+/** The status fields a transition sets; the rest are read from the agent when the status is made. */
+export type StatusFields = Pick<DeviceStatus, 'target' | 'seq' | 'updateId' | 'reason' | 'message' | 'rollback'>;
+
+export interface StatusSnapshot {
+  device: string;
+  group: string;
+  model: string;
+  state: DeviceState;
+  running: string;
+  fields: StatusFields;
+  /** The fetch the status reports on (kept after it ends, so an ack shows what was received). */
+  shown: Fetcher | undefined;
+  /** The fetch under way, if any (its rate). */
+  active: Fetcher | undefined;
+  wire: WireStats | null;
+  now: number;
+}
+
+/** The device's status as published (protocol.md §8). */
+export function composeStatus(s: StatusSnapshot): DeviceStatus {
+  const f = s.shown;
+  return {
+    device: s.device,
+    group: s.group,
+    model: s.model,
+    state: s.state,
+    running: s.running,
+    ...s.fields,
+    progress: f ? f.progress : s.state === 'ok' ? 1 : 0,
+    rateBps: s.active ? s.active.bytesPerSecond(s.now) : 0,
+    wire: s.wire,
+    bytes: f?.receivedBytes ?? 0,
+    totalBytes: f?.totalBytes ?? 0,
+    badChunks: f?.badChunks ?? 0,
+    agent: VERSION,
+    time: new Date(s.now).toISOString(),
+  };
+}
