@@ -1,3 +1,4 @@
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { Gateway } from '../gateway/gateway.ts';
@@ -18,6 +19,11 @@ interface GatewayCliOptions {
   idleMs: number;
   maxWindow: number;
   tickMs: number;
+  auth?: string;
+  tlsPort?: number;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
 }
 
 /** `fleet gateway`: one download per site (gateway/). */
@@ -36,10 +42,20 @@ export function registerGatewayCommand(program: Command): void {
     .option('--model <model>', 'only these models (repeatable)', collect, [])
     .option('--idle-ms <ms>', 'upstream transfer: re-ask for outstanding chunks after at least this much silence', parseIntArg(100), 10_000)
     .option('--max-window <n>', 'upstream transfer: most chunks in flight', parseIntArg(1, 1024), 32)
+    .option('--auth <file>', 'the site broker\'s users file (`fleet user add … --auth FILE`): the site\'s devices log in, per-device ACLs apply')
+    .option('--tls-port <port>', 'also serve the site\'s devices with TLS on this port (mqtts://)', parseIntArg(0, 65535))
+    .option('--tls-cert <file>', 'the site broker\'s certificate (PEM)')
+    .option('--tls-key <file>', 'its private key (PEM)')
+    .option('--tls-ca <file>', 'require client certificates signed by this CA')
     .option('--tick-ms <ms>', 'how often the window and budget are checked and DIR/status.json is refreshed', parseIntArg(50, 60_000), 1000)
     .action(async (o: GatewayCliOptions) => {
       const log = createLogger('gateway', parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG));
+      if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new Error('--tls-port needs --tls-cert and --tls-key');
+      const tls = o.tlsPort !== undefined
+        ? { port: o.tlsPort, host: o.host, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
+        : undefined;
       const gw = new Gateway({
+        auth: o.auth, tls,
         upstream: o.upstream, listen: o.listen, host: o.host, dataDir: o.dataDir, site: o.site,
         budgetBytes: o.budget === undefined ? undefined : parseBudget(o.budget),
         window: o.window === undefined ? undefined : parseWindow(o.window),

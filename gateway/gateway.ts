@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { startBroker, type RunningBroker } from '../broker/broker.ts';
+import { startBroker, type BrokerOptions, type RunningBroker } from '../broker/broker.ts';
 import { systemClock, type Clock } from '../device/clock.ts';
 import { parseStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
@@ -33,6 +33,13 @@ export interface GatewayOptions {
   models?: string[];
   prefix?: string;
   persistence?: 'level' | 'memory';
+  /**
+   * The site broker's users file (as `fleet broker --auth`): the site's devices log in and the
+   * ACL applies to them. Without it the site broker trusts the site's network.
+   */
+  auth?: string;
+  /** A TLS listener for the site's devices beside the plain one (as `fleet broker --tls-port`). */
+  tls?: BrokerOptions['tls'];
   /** Wall-clock time for the window and the budget month (tests inject one). */
   now?: () => number;
   /** Timers of the transfer (default: the system clock). */
@@ -110,7 +117,7 @@ export class Gateway {
     this.ledger = (await readJson<BudgetLedger>(this.dir('budget.json'))) ?? {};
     this.site = await startBroker({
       port: this.o.listen, host: this.o.host, dataDir: this.dir('site'), persistence: this.o.persistence ?? 'level',
-      prefix: this.o.prefix, log: log.child('site'),
+      prefix: this.o.prefix, auth: this.o.auth, tls: this.o.tls, log: log.child('site'),
     });
     this.store = new ContentStore(this.dir('site', 'store'));
     await this.store.init();
