@@ -80,6 +80,8 @@ export class Gateway {
   private tick: NodeJS.Timeout | undefined;
   private linkSince: number | null = null;
   private readonly devices = new Set<string>();
+  /** What each site device last reported running (its status): which full-model steps the site needs. */
+  private readonly digests = new Map<string, { group: string; model: string; running: string }>();
   private lastStatusJson = '';
   private work: Promise<void> = Promise.resolve();
   private closed = false;
@@ -144,6 +146,7 @@ export class Gateway {
       fetch: (model, need) => this.fetcher.want(model, need),
       keepOnly: (needed) => this.fetcher.keepOnly(needed),
       publishLocal: (group, model, bytes) => this.publishLocal(this.topics.release(group, model), bytes),
+      siteDigests: (group, model) => [...this.digests.values()].filter((d) => d.group === group && d.model === model).map((d) => d.running),
     });
     this.groups = new GroupWatch({
       file: this.dir('groups.json'), topics: this.topics, upstream: this.upstream, groups: this.o.groups ?? [], models: this.o.models ?? [], log: log.child('groups'),
@@ -180,7 +183,12 @@ export class Gateway {
       if (p.kind === 'status') {
         this.devices.add(p.deviceId);
         const s = parseStatus(payload);
-        if (s) void this.groups.learn(s.group, s.model);
+        if (s) {
+          void this.groups.learn(s.group, s.model);
+          const before = this.digests.get(p.deviceId);
+          this.digests.set(p.deviceId, { group: s.group, model: s.model, running: s.running });
+          if (before?.running !== s.running || before.group !== s.group) this.serial(() => this.mirror.onDevice(s.group, s.model));
+        }
       }
       void this.relay.relay({ topic: packet.topic, payload, retain: packet.retain === true }).catch((e: unknown) => log.error('status not queued', { error: String(e) }));
     });

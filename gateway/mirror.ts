@@ -5,7 +5,7 @@ import { isTopicSegment } from '../protocol/topics.ts';
 import type { ContentStore } from '../server/content-store.ts';
 import type { Logger } from '../util/log.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
-import { releaseNeeds, type NeededUpdate } from './release-needs.ts';
+import { releaseNeeds, wantedBySite, type NeededUpdate } from './release-needs.ts';
 
 export interface MirrorOptions {
   /** Releases waiting for their payloads: `{dir}/{group}/{model}.cbor`. */
@@ -18,6 +18,8 @@ export interface MirrorOptions {
   keepOnly: (needed: Set<string>) => Promise<void>;
   /** Publish on the site broker, retained, byte for byte (empty = withdrawn). */
   publishLocal: (group: string, model: string, bytes: Uint8Array) => Promise<void>;
+  /** The model digests the site's devices of this group and model run (from their statuses). */
+  siteDigests: (group: string, model: string) => string[];
 }
 
 export interface MirroredRelease {
@@ -33,6 +35,7 @@ interface Held {
   bytes: Uint8Array;
   hash: string;
   seq: number | null;
+  target: string | null;
   updates: NeededUpdate[];
   missing: string[];
 }
@@ -44,16 +47,18 @@ interface Held {
  * answer `unknown-update` and the device would back off for minutes). Until
  * then the release waits on disk here, and the one before it stays
  * published. Releases are forwarded unchanged: devices verify signatures.
+ * A full-model step is fetched only when a site device needs it (wantedBySite);
+ * a device that turns up later on no chain gets it fetched then.
  */
 export class ReleaseMirror {
   private readonly pending = new Map<string, Held>();
-  private readonly published = new Map<string, { hash: string; seq: number | null }>();
+  private readonly published = new Map<string, { hash: string; seq: number | null; target: string | null; updates: NeededUpdate[] }>();
 
   constructor(private readonly o: MirrorOptions) {}
 
   async start(): Promise<void> {
     await fs.mkdir(this.o.dir, { recursive: true });
-    for (const r of await this.o.store.releases()) this.published.set(`${r.group}/${r.model}`, { hash: sha256Hex(r.bytes), seq: seqOf(r.bytes) });
+    for (const r of await this.o.store.releases()) this.published.set(`${r.group}/${r.model}`, { hash: sha256Hex(r.bytes), ...needsOf(r.bytes) });
     for (const group of await fs.readdir(this.o.dir)) {
       if (!isTopicSegment(group)) continue;
       for (const f of await fs.readdir(path.join(this.o.dir, group))) {
@@ -83,7 +88,7 @@ export class ReleaseMirror {
     if (bytes.byteLength === 0) {
       this.pending.delete(key);
       await fs.rm(this.file(group, model), { force: true });
-      await this.o.keepOnly(new Set([...this.pending.values()].flatMap((h) => h.updates.map((u) => u.updateId))));
+      await this.o.keepOnly(this.stillWanted());
       if (this.published.delete(key)) {
         await this.o.publishLocal(group, model, bytes);
         this.o.log.info('release withdrawn upstream; withdrawn on the site', { group, model });
@@ -98,11 +103,10 @@ export class ReleaseMirror {
       return;
     }
     let seq: number | null = null;
+    let target: string | null = null;
     let updates: NeededUpdate[] = [];
     try {
-      const n = releaseNeeds(bytes);
-      seq = n.seq;
-      updates = n.updates;
+      ({ seq, target, updates } = releaseNeeds(bytes));
     } catch (e) {
       // Unreadable here: forward it so the devices report why (malformed-release).
       this.o.log.warn('release does not decode; forwarding it for the devices to refuse', { group, model, error: (e as Error).message });
@@ -112,13 +116,12 @@ export class ReleaseMirror {
       this.o.log.debug('ignoring an older release', { group, model, seq, known });
       return;
     }
-    const held: Held = { bytes, hash, seq, updates, missing: updates.map((u) => u.updateId) };
+    const held: Held = { bytes, hash, seq, target, updates, missing: [] };
     this.pending.set(key, held);
     await fs.mkdir(path.dirname(this.file(group, model)), { recursive: true });
     await writeFileAtomic(this.file(group, model), bytes);
     this.o.log.info('release from upstream', { group, model, seq, updates: updates.length });
-    if (pend) await this.o.keepOnly(new Set([...this.pending.values()].flatMap((h) => h.updates.map((u) => u.updateId))));
-    for (const u of updates) await this.o.fetch(model, u);
+    if (pend) await this.o.keepOnly(this.stillWanted());
     await this.check(key, group, model);
   }
 
@@ -130,11 +133,36 @@ export class ReleaseMirror {
     }
   }
 
+  /**
+   * A site device reported its digest: a release (waiting or published) whose
+   * full-model step it needs gets that step fetched now.
+   */
+  async onDevice(group: string, model: string): Promise<void> {
+    const key = `${group}/${model}`;
+    if (this.pending.has(key)) return this.check(key, group, model);
+    const p = this.published.get(key);
+    if (!p?.target) return;
+    for (const u of this.wanted(group, model, p)) if (!(await this.o.store.meta(u.updateId))) await this.o.fetch(model, u);
+  }
+
+  private wanted(group: string, model: string, h: { target: string | null; updates: NeededUpdate[] }): NeededUpdate[] {
+    return h.target === null ? h.updates : wantedBySite({ target: h.target, updates: h.updates }, this.o.siteDigests(group, model));
+  }
+
+  /** Every payload a waiting or published release still wants (the fetcher drops the others). */
+  private stillWanted(): Set<string> {
+    const all = [...this.pending.entries(), ...this.published.entries()];
+    return new Set(all.flatMap(([k, h]) => {
+      const [group, model] = k.split('/');
+      return this.wanted(group, model, h).map((u) => u.updateId);
+    }));
+  }
+
   private async check(key: string, group: string, model: string): Promise<void> {
     const h = this.pending.get(key);
     if (!h) return;
     const missing: NeededUpdate[] = [];
-    for (const u of h.updates) if (!(await this.o.store.meta(u.updateId))) missing.push(u);
+    for (const u of this.wanted(group, model, h)) if (!(await this.o.store.meta(u.updateId))) missing.push(u);
     h.missing = missing.map((u) => u.updateId);
     if (missing.length) {
       for (const u of missing) await this.o.fetch(model, u);
@@ -143,7 +171,7 @@ export class ReleaseMirror {
     await this.o.publishLocal(group, model, h.bytes);
     if (this.pending.get(key) !== h) return;
     this.pending.delete(key);
-    this.published.set(key, { hash: h.hash, seq: h.seq });
+    this.published.set(key, { hash: h.hash, seq: h.seq, target: h.target, updates: h.updates });
     await fs.rm(this.file(group, model), { force: true });
     this.o.log.info('release published on the site', { group, model, seq: h.seq });
   }
@@ -154,10 +182,11 @@ export class ReleaseMirror {
   }
 }
 
-function seqOf(bytes: Uint8Array): number | null {
+function needsOf(bytes: Uint8Array): { seq: number | null; target: string | null; updates: NeededUpdate[] } {
   try {
-    return releaseNeeds(bytes).seq;
+    const n = releaseNeeds(bytes);
+    return { seq: n.seq, target: n.target, updates: n.updates };
   } catch {
-    return null;
+    return { seq: null, target: null, updates: [] };
   }
 }

@@ -8,12 +8,15 @@ export interface NeededUpdate {
   chunkSize: number;
   chunks: number;
   listSha256: string;
+  /** The digest the step starts from; null for a full-model step. */
+  from: string | null;
 }
 
 export interface ReleaseNeeds {
   group: string;
   model: string;
   seq: number;
+  target: string;
   updates: NeededUpdate[];
 }
 
@@ -29,7 +32,19 @@ export function releaseNeeds(bytes: Uint8Array): ReleaseNeeds {
   for (const s of body.steps) {
     if (seen.has(s.updateId)) continue;
     seen.add(s.updateId);
-    updates.push({ updateId: s.updateId, size: s.size, sha256: s.sha256, chunkSize: s.chunkSize, chunks: s.chunks, listSha256: s.listSha256 });
+    updates.push({ updateId: s.updateId, size: s.size, sha256: s.sha256, chunkSize: s.chunkSize, chunks: s.chunks, listSha256: s.listSha256, from: s.from });
   }
-  return { group: body.group, model: body.model, seq: body.seq, updates };
+  return { group: body.group, model: body.model, seq: body.seq, target: body.target, updates };
+}
+
+/**
+ * The payloads the site needs of a release: every chain step (they are
+ * small), and the full-model step only when a site device runs a digest
+ * that is neither the target nor on a chain — a full model can cost a
+ * hundred updates' worth of the site's budget.
+ */
+export function wantedBySite(n: Pick<ReleaseNeeds, 'target' | 'updates'>, siteDigests: Iterable<string>): NeededUpdate[] {
+  const onChain = new Set(n.updates.filter((u) => u.from !== null).map((u) => u.from as string));
+  const offChain = [...siteDigests].some((d) => d !== n.target && !onChain.has(d));
+  return n.updates.filter((u) => u.from !== null || offChain);
 }
