@@ -22,6 +22,7 @@ import { parseTrustFile } from '../protocol/release.ts';
 import { PRESENCE_OFFLINE } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
+import { reportEnd } from '../simulations/sim-support.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { digestModelFile } from '../util/model-file.ts';
 import { mulberry32 } from '../util/random.ts';
@@ -77,12 +78,7 @@ async function startDevice(g: number): Promise<void> {
     { deviceId: id, model: a.model!, group: a.group!, trust, retryMs: 2000 },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log: log.child(id) },
   );
-  agent.onStatus((s) => {
-    const terminal = s.state === 'ok' || s.state === 'rejected' || s.state === 'rolled_back' || (s.state === 'failed' && s.reason === 'corrupt-source');
-    if (!terminal || ended.has(id) || s.target === null) return;
-    ended.add(id);
-    process.stdout.write(JSON.stringify({ device: id, state: s.state, running: s.running, reason: s.reason, wire: transport.stats(), stats: agent.stats, time: Date.now() }) + '\n');
-  });
+  reportEnd(id, agent, transport, ended);
   agents.push({ agent, transport });
   await agent.start();
 }

@@ -27,6 +27,7 @@ import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { silentLogger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
+import { readLines, type DeviceEnd } from '../simulations/sim-support.ts';
 import { findMosquitto, findRedisServer, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
 
 const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
@@ -76,15 +77,6 @@ export interface FleetBenchResult {
   chunkSize: number;
 }
 
-interface DeviceEnd {
-  device: string;
-  state: string;
-  running: string;
-  wire: { bytesIn: number; bytesOut: number; connects: number };
-  stats: { duplicateChunks: number; badChunks: number };
-  time: number;
-}
-
 /**
  * One tall, narrow layer: a rank-4 update of an m×8 matrix plus its bias is
  * about 20·m bytes while the apply costs only 32·m multiply-adds, so a device's
@@ -95,22 +87,6 @@ function fleetModel(size: number): { base: Uint8Array; payload: Uint8Array; targ
   const base = synthesizeModel(11, [[m, 8]]);
   const u = synthesizeUpdate(base, 4, 12);
   return { base, payload: u.payload, target: u.targetDigest };
-}
-
-function readLines(child: ChildProcess, onLine: (j: Record<string, unknown>) => void): void {
-  let buf = '';
-  child.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-      const line = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      try {
-        onLine(JSON.parse(line) as Record<string, unknown>);
-      } catch {
-        /* not a JSON line */
-      }
-    }
-  });
 }
 
 export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchResult> {

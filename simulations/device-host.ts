@@ -18,6 +18,7 @@ import { parseTrustFile } from '../protocol/release.ts';
 import { PRESENCE_OFFLINE } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
+import { reportEnd } from './sim-support.ts';
 import { digestModelFile } from '../util/model-file.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 
@@ -58,12 +59,7 @@ for (let k = 0; k < n; k++) {
     { deviceId: id, model: a.model!, group: a.group!, trust, idleMs: Number(a['idle-ms']), retryMs: 2000, stallMs: 60_000 },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log: log.child(id) },
   );
-  agent.onStatus((s) => {
-    const terminal = s.state === 'ok' || s.state === 'rejected' || s.state === 'rolled_back' || (s.state === 'failed' && s.reason === 'corrupt-source');
-    if (!terminal || ended.has(id) || s.target === null) return;
-    ended.add(id);
-    process.stdout.write(JSON.stringify({ device: id, state: s.state, running: s.running, reason: s.reason, wire: transport.stats(), stats: agent.stats, time: Date.now() }) + '\n');
-  });
+  reportEnd(id, agent, transport, ended);
   agents.push({ agent, transport });
   await agent.start();
 }

@@ -22,7 +22,7 @@ import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { mulberry32 } from '../util/random.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, waitForPortIn, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 
 const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
 
@@ -57,23 +57,6 @@ export interface FleetSimResult {
   cuts: number;
   kills: number;
   timeOverIdeal: number | null;
-}
-
-interface DeviceEnd {
-  device: string;
-  state: string;
-  running: string;
-  wire: { bytesIn: number; bytesOut: number; connects: number };
-  stats: { duplicateChunks: number; badChunks: number };
-  time: number;
-}
-
-/** Model layers sized so a rank-r update is about `size` bytes. */
-function modelFor(size: number): { layers: Array<[number, number]>; rank: number } {
-  const d = 512;
-  const layers: Array<[number, number]> = [[d, d], [d, d], [d, d], [d, d]];
-  const perRank = layers.length * 2 * d * 4;
-  return { layers, rank: Math.max(1, Math.min(d / 2 - 1, Math.round(size / perRank))) };
 }
 
 export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
@@ -135,20 +118,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const ends = new Map<string, DeviceEnd>();
     const startHost = (): ChildProcess => {
       const host = siteExec(process.execPath, ['--import', 'tsx', HOST_SCRIPT, '--broker', deviceUrl, '--devices', String(o.devices), '--dir', path.join(dir, 'site'), '--trust', keys.trustFile, '--initial', baseFile, '--model', 'sim', '--group', 'site']);
-      let buf = '';
-      host.stdout!.on('data', (d: Buffer) => {
-        buf += d.toString();
-        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-          const line = buf.slice(0, i);
-          buf = buf.slice(i + 1);
-          try {
-            const j = JSON.parse(line) as DeviceEnd;
-            if (j.device && !ends.has(j.device)) ends.set(j.device, j);
-          } catch {
-            /* not ours */
-          }
-        }
-      });
+      collectEnds(host, ends);
       host.stderr!.on('data', () => undefined);
       children.push(host);
       return host;

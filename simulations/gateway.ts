@@ -32,7 +32,7 @@ import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, waitForPortIn, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 
 const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
 
@@ -76,19 +76,6 @@ export interface GatewaySimResult {
   /** Link bytes towards the site, gateway ÷ direct. */
   linkDownRatio: number | null;
   note: string | null;
-}
-
-interface DeviceEnd {
-  device: string;
-  state: string;
-  running: string;
-  wire: { bytesIn: number; bytesOut: number; connects: number };
-}
-
-function modelFor(size: number): { layers: Array<[number, number]>; rank: number } {
-  const d = 512;
-  const layers: Array<[number, number]> = [[d, d], [d, d], [d, d], [d, d]];
-  return { layers, rank: Math.max(1, Math.min(d / 2 - 1, Math.round(size / (layers.length * 2 * d * 4)))) };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -171,20 +158,7 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
     };
     const startHost = (broker: string, prefix: string, ends: Map<string, DeviceEnd>): ChildProcess => {
       const host = track(siteExec(process.execPath, ['--import', 'tsx', HOST_SCRIPT, '--broker', broker, '--devices', String(o.devices), '--dir', path.join(dir, prefix), '--trust', keys.trustFile, '--initial', baseFile, '--model', 'sim', '--group', 'site', '--id-prefix', `${prefix}-`]));
-      let buf = '';
-      host.stdout!.on('data', (d: Buffer) => {
-        buf += d.toString();
-        for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-          const line = buf.slice(0, i);
-          buf = buf.slice(i + 1);
-          try {
-            const j = JSON.parse(line) as DeviceEnd;
-            if (j.device && !ends.has(j.device)) ends.set(j.device, j);
-          } catch {
-            /* not ours */
-          }
-        }
-      });
+      collectEnds(host, ends);
       return host;
     };
     const okCount = (ends: Map<string, DeviceEnd>): number => [...ends.values()].filter((e) => e.state === 'ok' && e.running === update.targetDigest).length;

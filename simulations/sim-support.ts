@@ -2,6 +2,8 @@ import { spawnSync, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { FLEET_BIN } from '../cli/demo.ts';
+import type { DeviceAgent } from '../device/agent.ts';
+import type { MqttTransport } from '../transport/mqtt.ts';
 
 /** Start a command on one side of the link (a namespace, or this host). */
 export type Exec = (cmd: string, args: string[]) => ChildProcess;
@@ -41,4 +43,61 @@ export async function waitForPortIn(exec: Exec, host: string, port: number, wait
     if (Date.now() > deadline) throw new Error(`nothing listens on ${host}:${port}`);
     await new Promise((r) => setTimeout(r, 200));
   }
+}
+
+/**
+ * What a device host (simulations/device-host.ts, bench/fleet-worker.ts) prints,
+ * one JSON line per device, when the device reaches a terminal state.
+ */
+export interface DeviceEnd {
+  device: string;
+  state: string;
+  running: string;
+  reason: string | null;
+  wire: { bytesIn: number; bytesOut: number; connects: number };
+  stats: { duplicateChunks: number; badChunks: number };
+  time: number;
+}
+
+/** Prints the device's DeviceEnd line once, when it reaches a terminal state for a release. */
+export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTransport, ended: Set<string>): void {
+  agent.onStatus((s) => {
+    const terminal = s.state === 'ok' || s.state === 'rejected' || s.state === 'rolled_back' || (s.state === 'failed' && s.reason === 'corrupt-source');
+    if (!terminal || ended.has(id) || s.target === null) return;
+    ended.add(id);
+    const end: DeviceEnd = { device: id, state: s.state, running: s.running, reason: s.reason, wire: transport.stats(), stats: agent.stats, time: Date.now() };
+    process.stdout.write(JSON.stringify(end) + '\n');
+  });
+}
+
+/** Calls `onLine` for every JSON line a child prints on stdout (other lines are skipped). */
+export function readLines(child: ChildProcess, onLine: (j: Record<string, unknown>) => void): void {
+  let buf = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    buf += d.toString();
+    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      try {
+        onLine(JSON.parse(line) as Record<string, unknown>);
+      } catch {
+        /* not a JSON line */
+      }
+    }
+  });
+}
+
+/** Collects the first DeviceEnd line of each device a host prints. */
+export function collectEnds(host: ChildProcess, ends: Map<string, DeviceEnd>): void {
+  readLines(host, (j) => {
+    if (typeof j.device === 'string' && !ends.has(j.device)) ends.set(j.device, j as unknown as DeviceEnd);
+  });
+}
+
+/** Model layers sized so a rank-r update is about `size` bytes. */
+export function modelFor(size: number): { layers: Array<[number, number]>; rank: number } {
+  const d = 512;
+  const layers: Array<[number, number]> = [[d, d], [d, d], [d, d], [d, d]];
+  const perRank = layers.length * 2 * d * 4;
+  return { layers, rank: Math.max(1, Math.min(d / 2 - 1, Math.round(size / perRank))) };
 }
