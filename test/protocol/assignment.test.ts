@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { decode as cborxDecode } from 'cbor-x';
 import { decodeAssignment, encodeAssignment, type AssignmentBody } from '../../protocol/assignment.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
-import { ProtocolError, type ProtocolReason } from '../../protocol/errors.ts';
+import { codeOf } from '../support/protocol-errors.ts';
 
 const sha256Hex = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
@@ -18,15 +18,6 @@ const BODY: AssignmentBody = {
   previous: null,
 };
 
-function codeOf(fn: () => unknown): ProtocolReason | 'no error' {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ProtocolError) return e.code;
-    throw e;
-  }
-  return 'no error';
-}
 const refuse = (b: AssignmentBody) => codeOf(() => decodeAssignment(encodeAssignment(b)));
 const raw = cborxDecode(encodeAssignment(BODY)) as Record<string, unknown>;
 const decodeRaw = (m: unknown) => codeOf(() => decodeAssignment(cborEncode(m)));

@@ -7,7 +7,7 @@ import {
 } from '../../protocol/manifest.ts';
 import { MAX_CHUNKS } from '../../protocol/frames.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
-import { ProtocolError, type ProtocolReason } from '../../protocol/errors.ts';
+import { codeOf } from '../support/protocol-errors.ts';
 
 const sha256Hex = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
@@ -39,15 +39,6 @@ function step(from: string | null, to: string, n: number): ReleaseStep {
 const V = [D(1), D(2), D(3), D(4)];
 const CHAIN: ManifestBody = { ...BODY, target: V[3], steps: [step(V[1], V[2], 2), step(V[0], V[1], 1), step(null, V[3], 9), step(V[2], V[3], 3)] };
 
-function codeOf(fn: () => unknown): ProtocolReason | 'no error' {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ProtocolError) return e.code;
-    throw e;
-  }
-  return 'no error';
-}
 const refuse = (b: ManifestBody) => codeOf(() => decodeManifest(encodeManifest(b)));
 const raw = cborxDecode(encodeManifest(BODY)) as Record<string, unknown>;
 const decodeRaw = (m: unknown) => codeOf(() => decodeManifest(cborEncode(m)));

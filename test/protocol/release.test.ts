@@ -10,7 +10,7 @@ import {
 import { encodeManifest } from '../../protocol/manifest.ts';
 import { encodeAssignment } from '../../protocol/assignment.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
-import { ProtocolError, type ProtocolReason } from '../../protocol/errors.ts';
+import { codeOf } from '../support/protocol-errors.ts';
 
 const sha256Hex = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const seed = (n: number) => new Uint8Array(32).fill(n);
@@ -38,15 +38,6 @@ const ASSIGNMENT = { model: DRAFT.model, group: DRAFT.group, seq: DRAFT.seq, iss
 /** The body of the same release aimed at another target (another manifest). */
 const OTHER: ReleaseDraft = { ...DRAFT, target: 'cd'.repeat(32), steps: [], seq: 8, rollback: true, previous: TARGET };
 
-function codeOf(fn: () => unknown): ProtocolReason | 'no error' {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ProtocolError) return e.code;
-    throw e;
-  }
-  return 'no error';
-}
 const envelope = (body: Uint8Array, sigs: Array<{ k: string; s: Uint8Array }>) => cborEncode({ body, sigs });
 const sig = (body: Uint8Array, k: SigningKey) => ({ k: k.id, s: nacl.sign.detached(body, k.secretKey) });
 /** Hundreds of Ed25519 checks: ~10 s idle, several times that on a loaded 2-core machine. */

@@ -6,20 +6,11 @@ import {
 } from '../../protocol/release.ts';
 import { signEnvelope } from '../../protocol/signed.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
-import { ProtocolError, type ProtocolReason } from '../../protocol/errors.ts';
+import { codeOf } from '../support/protocol-errors.ts';
 
 // Release keys A, B, C; rollout keys R, S; X belongs to nobody.
 const [keyA, keyB, keyC, keyR, keyS, keyX] = [1, 2, 3, 4, 5, 9].map((n) => signingKeyFromSeed(new Uint8Array(32).fill(n)));
 
-function codeOf(fn: () => unknown): ProtocolReason | 'no error' {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ProtocolError) return e.code;
-    throw e;
-  }
-  return 'no error';
-}
 const b64 = (k: SigningKey) => Buffer.from(k.publicKey).toString('base64');
 const entry = (k: SigningKey) => ({ id: k.id, publicKey: b64(k) });
 const file = (threshold: unknown, keys: unknown[], extra: Record<string, unknown> = {}) => JSON.stringify({ threshold, keys, ...extra });
