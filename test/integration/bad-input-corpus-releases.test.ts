@@ -28,24 +28,10 @@ import { CHUNK, connect, createFixture, currentDigest, GROUP, MODEL, startAgent,
 let cases = 0;
 afterAll(() => console.log(`bad-input corpus, part 2 (releases, payloads): ${cases} cases`));
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const nowSec = () => Math.floor(Date.now() / 1000);
 const hex64 = (n: number) => sha256Hex(new Uint8Array([n, 0xc0, 0x51]));
 const f32 = (...v: number[]) => new Uint8Array(Float32Array.from(v).buffer);
 const fill32 = (n: number, x: number) => f32(...new Array<number>(n).fill(x));
-
-async function statusAfter(watch: StatusWatch, id: string, from: number, t0: number, pred: (s: DeviceStatus) => boolean, timeoutMs = 15_000): Promise<DeviceStatus> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const s = watch.history.slice(from).find((h) => h.device === id && Date.parse(h.time) >= t0 && pred(h));
-    if (s) return s;
-    if (Date.now() > deadline) {
-      const seen = watch.history.slice(from).filter((h) => h.device === id).map((h) => `${h.state}/${h.reason}`);
-      throw new Error(`timed out waiting for ${id}; statuses since: ${seen.join(', ')}`);
-    }
-    await sleep(20);
-  }
-}
 
 /** One agent under test: run a case that must be refused with `reason`, model unchanged. */
 async function expectRefused(fx: Fixture, watch: StatusWatch, agent: DeviceAgent, id: string, running: string, reason: string, act: () => Promise<unknown>): Promise<DeviceStatus> {
@@ -56,7 +42,7 @@ async function expectRefused(fx: Fixture, watch: StatusWatch, agent: DeviceAgent
   const from = watch.history.length;
   const t0 = Date.now();
   await act();
-  const s = await statusAfter(watch, id, from, t0, (s) => s.state === 'rejected' || s.state === 'failed' || s.state === 'ok');
+  const s = await watch.after(id, from, t0, (s) => s.state === 'rejected' || s.state === 'failed' || s.state === 'ok');
   expect(`${s.state}/${s.reason}`).toBe(`rejected/${reason}`);
   expect(s.running).toBe(running);
   await agent.idle();
@@ -185,7 +171,7 @@ describe('bad-input corpus: releases (release keys 2-of-2, a separate rollout ke
     const from = watch.history.length;
     const t0 = Date.now();
     await publishUpdate({ transport: pub, topics, payloads: [u.payload], keys: [k1, k2], rolloutKeys: [r1], trust: agentTrust, model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
-    await statusAfter(watch, ID, from, t0, (s) => s.state === 'ok' && s.running === u.targetDigest);
+    await watch.after(ID, from, t0, (s) => s.state === 'ok' && s.running === u.targetDigest);
     expect(await currentDigest(f, ID)).toBe(u.targetDigest);
   });
 });
@@ -283,12 +269,12 @@ describe('bad-input corpus: payloads (validly signed releases naming bad payload
     const from = watch.history.length;
     const t0 = Date.now();
     await viaPublish(f.update.payload)();
-    await statusAfter(watch, ID, from, t0, (s) => s.state === 'ok' && s.running === f.update.targetDigest);
+    await watch.after(ID, from, t0, (s) => s.state === 'ok' && s.running === f.update.targetDigest);
     expect(await currentDigest(f, ID)).toBe(f.update.targetDigest);
     const draft: Payload = { v: 1, base: base8, target: '0'.repeat(64), tensors: [lowRank('w', [4, 4], fill32(4, 0.1), fill32(4, 0.1))] };
     const target8 = applyToModel(i8Model, draft).digest;
     await viaPublish(encodePayload({ ...draft, target: target8 }), GROUP8)();
-    await statusAfter(watch, ID8, from, t0, (s) => s.state === 'ok' && s.running === target8);
+    await watch.after(ID8, from, t0, (s) => s.state === 'ok' && s.running === target8);
     expect(await currentDigest(f, ID8)).toBe(target8);
   });
 });

@@ -21,7 +21,6 @@ import { cborEncode } from '../../protocol/cbor.ts';
 import { chunkCount, chunkList, chunkRange, sha256Hex } from '../../protocol/chunks.ts';
 import { PROTOCOL_REASONS, ProtocolError } from '../../protocol/errors.ts';
 import { encodeFrame, type ChunkRequest, decodeRequest } from '../../protocol/frames.ts';
-import type { DeviceStatus } from '../../protocol/status.ts';
 import { synthesizeModel, synthesizeUpdate, type SynthUpdate } from '../../publisher/synth.ts';
 import { ContentStore } from '../../server/content-store.ts';
 import { UpdateServer } from '../../server/update-server.ts';
@@ -36,20 +35,6 @@ let cases = 0;
 afterAll(() => console.log(`bad-input corpus, part 1 (frames, model files): ${cases} cases`));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** The first status of `id` after index `from` (and made at or after `t0`) that satisfies `pred`. */
-async function statusAfter(watch: StatusWatch, id: string, from: number, t0: number, pred: (s: DeviceStatus) => boolean, timeoutMs = 15_000): Promise<DeviceStatus> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const s = watch.history.slice(from).find((h) => h.device === id && Date.parse(h.time) >= t0 && pred(h));
-    if (s) return s;
-    if (Date.now() > deadline) {
-      const seen = watch.history.slice(from).filter((h) => h.device === id).map((h) => `${h.state}/${h.reason}`);
-      throw new Error(`timed out waiting for ${id}; statuses since: ${seen.join(', ')}`);
-    }
-    await sleep(20);
-  }
-}
 
 // --- frames -------------------------------------------------------------------
 
@@ -178,14 +163,14 @@ describe('bad-input corpus: frames injected while downloading', () => {
       const t0 = Date.now();
       await publish(f, u.payload);
       if (c.end.state === 'ok') {
-        const s = await statusAfter(watch, ID, from, t0, (s) => s.state === 'ok' && s.running === u.targetDigest);
+        const s = await watch.after(ID, from, t0, (s) => s.state === 'ok' && s.running === u.targetDigest);
         expect(s.reason).toBeNull();
         if (c.badChunks !== undefined) expect(s.badChunks).toBe(c.badChunks);
         expect(await currentDigest(f, ID)).toBe(u.targetDigest);
         running = { model: u.target, digest: u.targetDigest };
       } else {
         const reason = c.end.reason;
-        const s = await statusAfter(watch, ID, from, t0, (s) => s.state === 'failed');
+        const s = await watch.after(ID, from, t0, (s) => s.state === 'failed');
         expect(s.reason).toBe(reason);
         expect(s.running).toBe(running.digest);
         if (c.badChunks !== undefined) expect(s.badChunks).toBe(c.badChunks);
@@ -211,7 +196,7 @@ describe('bad-input corpus: frames injected while downloading', () => {
     const from = watch.history.length;
     const t0 = Date.now();
     await publish(f, u.payload);
-    await statusAfter(watch, ID, from, t0, (s) => s.state === 'ok' && s.running === u.targetDigest);
+    await watch.after(ID, from, t0, (s) => s.state === 'ok' && s.running === u.targetDigest);
     expect(await currentDigest(f, ID)).toBe(u.targetDigest);
   });
 });

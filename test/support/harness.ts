@@ -177,6 +177,23 @@ export class StatusWatch {
     return w;
   }
 
+  /**
+   * The first status of `device` after index `from` of the history (and made at or after `t0`)
+   * that satisfies `pred`: for a status that may be replaced before `until` would see it.
+   */
+  async after(device: string, from: number, t0: number, pred: (s: DeviceStatus) => boolean, timeoutMs = 15_000): Promise<DeviceStatus> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const s = this.history.slice(from).find((h) => h.device === device && Date.parse(h.time) >= t0 && pred(h));
+      if (s) return s;
+      if (Date.now() > deadline) {
+        const seen = this.history.slice(from).filter((h) => h.device === device).map((h) => `${h.state}/${h.reason}`);
+        throw new Error(`timed out waiting for ${device}; statuses since: ${seen.join(', ')}`);
+      }
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   /** Wait until `pred` holds for the device's latest status. */
   async until(device: string, pred: (s: DeviceStatus) => boolean, timeoutMs = 30_000): Promise<DeviceStatus> {
     const deadline = Date.now() + timeoutMs;
