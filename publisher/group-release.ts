@@ -1,5 +1,5 @@
 import {
-  assignManifest, decodeRelease, trustOf, verifyManifest, verifyRelease,
+  assignManifest, decodeRelease, manifestHashOf, signManifest, trustOf, verifyManifest, verifyRelease,
   type ManifestBody, type ReleaseBody, type SigningKey, type TrustFile,
 } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
@@ -159,9 +159,12 @@ export async function readManifests(t: Transport, topics: Topics, model: string,
   return [...found.values()];
 }
 
-/** Publishes a signed manifest retained under its hash (idempotent). */
-export async function publishManifest(o: Pick<GroupReleaseOptions, 'transport' | 'topics' | 'model'>, m: KnownManifest): Promise<void> {
-  await o.transport.publish(o.topics.manifest(o.model, m.manifest), m.bytes, { qos: 1, retain: true });
+/** Signs a manifest with the release keys and publishes it retained under its hash (idempotent). */
+export async function publishManifest(o: Pick<GroupReleaseOptions, 'transport' | 'topics' | 'model' | 'keys'>, body: ManifestBody): Promise<KnownManifest> {
+  const bytes = signManifest(body, o.keys);
+  const m: KnownManifest = { ...body, manifest: manifestHashOf(bytes), bytes };
+  await o.transport.publish(o.topics.manifest(o.model, m.manifest), bytes, { qos: 1, retain: true });
+  return m;
 }
 
 /**

@@ -2,10 +2,7 @@ import { chunkCount, chunkList, chunkRange, sha256Hex, updateIdOf } from '../pro
 import { safetensorsDigest } from '../protocol/digest.ts';
 import { decodeReceipt, encodeFrame, type UploadReceipt } from '../protocol/frames.ts';
 import { decodePayload } from '../protocol/lowrank.ts';
-import {
-  limitsOf, manifestHashOf, signManifest,
-  type ManifestBody, type ReleaseBody, type ReleaseStep,
-} from '../protocol/release.ts';
+import { limitsOf, type ManifestBody, type ReleaseBody, type ReleaseStep } from '../protocol/release.ts';
 import { MAX_STEPS } from '../protocol/manifest.ts';
 import {
   publishGroupRelease, publishManifest, readManifests, trustOfOptions, watchRelease,
@@ -292,10 +289,9 @@ async function manifestFor(o: PublishOptions, known: KnownManifest[], want: Mani
     }
     return found.bytes;
   }
-  const bytes = signManifest(want, o.keys);
-  await publishManifest(o, { ...want, manifest: manifestHashOf(bytes), bytes });
+  const m = await publishManifest(o, want);
   await publishBackManifests(o, known, [previous, ...want.steps.map((st) => st.from)], want.target);
-  return bytes;
+  return m.bytes;
 }
 
 /**
@@ -309,9 +305,7 @@ async function publishBackManifests(
 ): Promise<void> {
   const want = new Set(digests.filter((d): d is string => d !== null && d !== target && !known.some((m) => m.target === d)));
   for (const digest of want) {
-    const back: ManifestBody = { model: o.model, target: digest, steps: [], limits: limitsOf([]) };
-    const bytes = signManifest(back, o.keys);
-    await publishManifest(o, { ...back, manifest: manifestHashOf(bytes), bytes });
+    await publishManifest(o, { model: o.model, target: digest, steps: [], limits: limitsOf([]) });
   }
 }
 
@@ -327,10 +321,7 @@ export async function publishManifestOnly(o: Omit<PublishOptions, 'group' | 'ttl
   const known = readManifests(o.transport, o.topics, o.model, trustOfOptions(o), o.log, o.settleMs);
   known.catch(() => undefined);
   const { uploads, steps } = await uploadSteps(o, target, chain);
-  const body: ManifestBody = { model: o.model, target, steps, limits: limitsOf(steps) };
-  const bytes = signManifest(body, o.keys);
-  const m = { ...body, manifest: manifestHashOf(bytes), bytes };
-  await publishManifest(o, m);
+  const m = await publishManifest(o, { model: o.model, target, steps, limits: limitsOf(steps) });
   await publishBackManifests(o, await known, steps.map((st) => st.from), target);
   return { ...m, uploads };
 }

@@ -1,4 +1,4 @@
-import { limitsOf, manifestHashOf, signManifest, type ManifestBody, type ReleaseBody } from '../protocol/release.ts';
+import { limitsOf, type ReleaseBody } from '../protocol/release.ts';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
 import {
   fullModelDigest, publishGroupRelease, publishManifest, PublishError, readManifests, stepOf, trustOfOptions, uploadPayload, watchRelease,
@@ -69,17 +69,13 @@ export async function rollbackGroup(o: RollbackOptions): Promise<RollbackResult>
         window: o.window, receiptTimeoutMs: o.receiptTimeoutMs, log: o.log, onProgress: o.onProgress,
       });
       const steps = [stepOf(upload, null, target)];
-      const body: ManifestBody = { model: o.model, target, steps, limits: limitsOf(steps) };
-      manifest = signManifest(body, o.keys);
-      await publishManifest(o, { ...body, manifest: manifestHashOf(manifest), bytes: manifest });
+      manifest = (await publishManifest(o, { model: o.model, target, steps, limits: limitsOf(steps) })).bytes;
     } else {
       // Prefer a manifest with steps (devices that lost the version can fetch it), else one without.
       const found = (await known).filter((m) => m.target === target).sort((a, b) => b.steps.length - a.steps.length)[0];
       if (found) manifest = found.bytes;
       else if (o.keys.length > 0) {
-        const body: ManifestBody = { model: o.model, target, steps: [], limits: limitsOf([]) };
-        manifest = signManifest(body, o.keys);
-        await publishManifest(o, { ...body, manifest: manifestHashOf(manifest), bytes: manifest });
+        manifest = (await publishManifest(o, { model: o.model, target, steps: [], limits: limitsOf([]) })).bytes;
       } else {
         throw new PublishError('no-manifest', `cannot roll back ${where}: no retained manifest signed by the release keys leads to ${short(target)}; have the release keys sign one (fleet rollback --key RELEASE_KEY)`);
       }
