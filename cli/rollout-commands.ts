@@ -1,10 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { systemClock } from '../device/clock.ts';
-import { parseTrustFile } from '../protocol/release.ts';
 import { Topics } from '../protocol/topics.ts';
-import { loadRoleKeys } from './release-commands.ts';
+import { loadRoleKeys, readTrust } from './release-commands.ts';
 import { publishUpdate } from '../publisher/publish.ts';
 import { rollbackGroup } from '../publisher/rollback.ts';
 import { HOOK_EVENTS, RolloutController } from '../rollout/controller.ts';
@@ -87,7 +85,7 @@ export function registerRolloutCommands(program: Command): void {
       const { plan, dir } = await loadPlanFile(file);
       const payloads = await loadPayloads(plan, dir);
       const { keys, rolloutKeys } = await loadRoleKeys(o);
-      const trust = o.trust === undefined ? undefined : parseTrustFile(await fs.readFile(o.trust, 'utf8'));
+      const trust = await readTrust(o.trust);
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-rollout-${plan.id}-${process.pid}` }, 30_000);
       const controller = new RolloutController({ plan, payloads, keys, rolloutKeys, trust, settleMs: o.settle }, {
         transport, topics: topics(), clock: systemClock, publish: publishUpdate, rollback: rollbackGroup, log,

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { decodeEnvelope } from '../protocol/signed.ts';
-import { parseTrustFile, signTrust, verifyTrustUpdate } from '../protocol/release.ts';
+import { signTrust, verifyTrustUpdate } from '../protocol/release.ts';
 import { Topics } from '../protocol/topics.ts';
 import { refreshGroup } from '../publisher/refresh.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
@@ -57,10 +57,11 @@ export function registerTrustCommands(program: Command): void {
     .requiredOption('--out <file>', 'signed trust file to write')
     .option('--current <file>', 'the current trust file, to check the signatures and version before writing')
     .action(async (o: { new: string; key: string[]; out: string; current?: string }) => {
-      const next = parseTrustFile(await fs.readFile(o.new, 'utf8'));
+      const next = (await readTrust(o.new))!;
       const keys = await Promise.all(o.key.map(loadSigningKey));
       const signed = signTrust(next, keys);
-      if (o.current) verifyTrustUpdate(signed, parseTrustFile(await fs.readFile(o.current, 'utf8')));
+      const current = await readTrust(o.current);
+      if (current) verifyTrustUpdate(signed, current);
       await writeFileAtomic(o.out, signed);
       process.stdout.write(`wrote ${o.out}: trust file version ${next.version ?? 0}, signed by ${keys.length} key(s); publish it with fleet trust publish\n`);
     });

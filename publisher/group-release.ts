@@ -55,11 +55,6 @@ export function trustOfOptions(o: Pick<GroupReleaseOptions, 'keys' | 'rolloutKey
   return trustOf(o.keys, rollout);
 }
 
-/** The signing keys as a trust file with threshold 1 (one role). */
-export function trustOfKeys(keys: SigningKey[]): TrustFile {
-  return trustOf(keys);
-}
-
 export interface RetainedRelease {
   /** Highest seq of any decodable release seen on the topic; -1 when none. */
   seq: number;

@@ -10,7 +10,7 @@ import {
 } from './group-release.ts';
 
 export {
-  publishGroupRelease, publishManifest, readManifests, rolloutKeysOf, trustOfKeys, trustOfOptions, watchRelease,
+  publishGroupRelease, publishManifest, readManifests, rolloutKeysOf, trustOfOptions, watchRelease,
   type GroupReleaseOptions, type KnownManifest, type RetainedRelease,
 } from './group-release.ts';
 import { sealPayload } from '../protocol/seal.ts';
