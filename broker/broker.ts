@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
-import { Aedes, type AedesOptions } from 'aedes';
+import { Aedes } from 'aedes';
 import { Level } from 'level';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
@@ -17,12 +17,11 @@ import { liveDashboard } from '../operator/dashboard-live.ts';
 import type { Logger } from '../util/log.ts';
 import { BrokerAuth } from './auth.ts';
 import { openCluster, UpdateServerLease, type ClusterParts } from './cluster.ts';
+import { guardStreams, type Persistence } from './persistence-streams.ts';
 
 const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
-const AsyncLevelPersistence = require('aedes-persistence-level/asyncPersistence.js') as new (db: unknown) => AedesOptions['persistence'] & {
-  destroy(): Promise<void>;
-};
+const AsyncLevelPersistence = require('aedes-persistence-level/asyncPersistence.js') as new (db: unknown) => Persistence;
 
 export interface BrokerOptions {
   port?: number;
@@ -86,7 +85,7 @@ export interface RunningBroker {
 export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   const host = o.host ?? '127.0.0.1';
   await fs.mkdir(o.dataDir, { recursive: true });
-  let persistence: (AedesOptions['persistence'] & { destroy(): Promise<void> }) | undefined;
+  let persistence: Persistence | undefined;
   const log = o.log;
   let cluster: ClusterParts | undefined;
   if (o.cluster) {
@@ -95,7 +94,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   } else if ((o.persistence ?? 'level') === 'level') {
     const db = new Level(path.join(o.dataDir, 'broker-db'));
     await db.open();
-    persistence = new AsyncLevelPersistence(db);
+    persistence = guardStreams(new AsyncLevelPersistence(db), log.child('persistence'));
   }
   const destroyPersistence = async (): Promise<void> => {
     if (cluster) await cluster.close();

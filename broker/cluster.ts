@@ -10,9 +10,9 @@
  */
 import os from 'node:os';
 import { createRequire } from 'node:module';
-import { Readable } from 'node:stream';
 import type { AedesOptions } from 'aedes';
 import type { Logger } from '../util/log.ts';
+import { guardStreams, type Persistence } from './persistence-streams.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -28,39 +28,7 @@ interface RedisClient {
 }
 type RedisCtor = new (url: string, opts?: Record<string, unknown>) => RedisClient;
 const Redis = require('ioredis') as RedisCtor;
-type Persistence = AedesOptions['persistence'] & { destroy(): Promise<void> };
-type Iter = AsyncIterable<unknown>;
-interface RedisPersistenceApi {
-  createRetainedStreamCombi(patterns: string[]): Iter;
-  createRetainedStream(pattern: string): Iter;
-  outgoingStream(client: unknown): Iter;
-  streamWill(brokers: unknown): Iter;
-  getClientList(topic: string): Iter;
-}
-const AsyncRedisPersistence = require('aedes-persistence-redis/asyncPersistence.js') as new (opts: { conn: RedisClient }) => Persistence & RedisPersistenceApi;
-
-/**
- * aedes-persistence-redis 11.2 returns async iterables where Aedes 1.2 pipes
- * streams (`stream.pipe is not a function` on the first SUBSCRIBE): the same
- * persistence with those five methods as Readables, as aedes-persistence-level does.
- */
-class StreamingRedisPersistence extends AsyncRedisPersistence {
-  createRetainedStreamCombi(patterns: string[]): Readable {
-    return Readable.from(super.createRetainedStreamCombi(patterns));
-  }
-  createRetainedStream(pattern: string): Readable {
-    return Readable.from(super.createRetainedStream(pattern));
-  }
-  outgoingStream(client: unknown): Readable {
-    return Readable.from(super.outgoingStream(client));
-  }
-  streamWill(brokers: unknown): Readable {
-    return Readable.from(super.streamWill(brokers));
-  }
-  getClientList(topic: string): Readable {
-    return Readable.from(super.getClientList(topic));
-  }
-}
+const AsyncRedisPersistence = require('aedes-persistence-redis/asyncPersistence.js') as new (opts: { conn: RedisClient }) => Persistence;
 const MQEmitterRedis = require('mqemitter-redis') as (opts: Record<string, unknown>) => NonNullable<AedesOptions['mq']> & {
   close(cb: () => void): void;
   state: { on(event: 'error', fn: (e: Error) => void): void };
@@ -110,7 +78,8 @@ export async function openCluster(url: string, log: Logger): Promise<ClusterPart
     conn.disconnect();
     throw new ClusterError('redis-unreachable', `cannot reach Redis at ${redact(url)}: ${(e as Error).message}`);
   }
-  const persistence = new StreamingRedisPersistence({ conn });
+  // Its stream methods return async iterables; guardStreams hands Aedes the Readables it pipes.
+  const persistence = guardStreams(new AsyncRedisPersistence({ conn }), log.child('persistence'));
   // Aedes's own emitter matches empty levels ([MQTT-4.7.1-3]); keep that.
   const mq = MQEmitterRedis({ connectionString: url, matchEmptyLevels: true, concurrency: 100 });
   mq.state.on('error', (e: Error) => log.warn('redis (fan-out)', { error: e.message }));
