@@ -30,6 +30,7 @@ export interface DeviceCommandOptions {
   healthCmd?: string;
   healthTimeout: number;
   healthWindow: number;
+  maxAttempts?: number;
   onSwitch?: string;
   groupKey?: string;
   maxPayload?: number;
@@ -73,7 +74,7 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const agent = new DeviceAgent(
     { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
       validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,
-      healthWindowMs: o.healthWindow * 1000, onSwitchCmd: o.onSwitch, maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk,
+      healthWindowMs: o.healthWindow * 1000, maxAttempts: o.maxAttempts, onSwitchCmd: o.onSwitch, maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk,
       groupKey: o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
   );
