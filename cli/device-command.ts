@@ -10,6 +10,7 @@ import { PRESENCE_OFFLINE } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
+import { DirLock } from '../util/dir-lock.ts';
 
 export interface DeviceCommandOptions {
   id: string;
@@ -48,6 +49,8 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const log = createLogger(`device.${o.id}`, parseLogLevel(o.logLevel ?? process.env.FLEET_LOG));
   const topics = new Topics(o.prefix);
   const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
+  // One agent per device directory (released when the process exits, taken over from a dead one).
+  await DirLock.acquire(o.dir, `fleet device ${o.id}`);
   const storage = new DeviceStorage(o.dir);
   if (o.initial) {
     const digest = await DeviceAgent.provision(storage, o.initial, digestModelFile);

@@ -8,6 +8,7 @@ import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { UpdateServer } from '../server/update-server.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
+import { DirLock } from '../util/dir-lock.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { VERSION } from '../util/version.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
@@ -105,6 +106,7 @@ program
   .requiredOption('--data-dir <dir>', 'update store directory')
   .action(async (o: { broker: string; dataDir: string }) => {
     const log = createLogger('serve', logLevel());
+    await DirLock.acquire(o.dataDir, 'fleet serve');
     const transport = MqttTransport.start({ url: o.broker, clientId: `fleet-update-server-${process.pid}` });
     const server = new UpdateServer({ transport, store: new ContentStore(o.dataDir), topics: new Topics(program.opts().prefix), log });
     await server.start();
