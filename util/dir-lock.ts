@@ -58,7 +58,8 @@ function startTicks(pid: number): number | null {
   }, null);
 }
 
-function pidAlive(pid: number): boolean {
+/** Is there a process with this PID (ours to signal or not)? */
+export function pidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
