@@ -79,7 +79,15 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
       validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,
       healthWindowMs: o.healthWindow * 1000, maxAttempts: o.maxAttempts, onSwitchCmd: o.onSwitch, maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk,
       groupKey: o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined },
-    { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
+    {
+      transport, storage, clock: systemClock, health: digestHealthCheck, topics, log,
+      // Another agent uses this id and this one is the younger: say so and end (the last will says offline).
+      onFatal: (message) => {
+        process.stderr.write(`fleet: ${message}\n`);
+        setTimeout(() => process.exit(1), 2000).unref();
+        void transport.close().finally(() => process.exit(1));
+      },
+    },
   );
   await agent.start();
   let stopping = false;

@@ -55,6 +55,8 @@ export interface AgentPorts {
   health: HealthCheck;
   topics: Topics;
   log: Logger;
+  /** The agent stopped itself and the process should end (another agent uses this device id); default: it only stops. */
+  onFatal?: (message: string) => void;
 }
 
 

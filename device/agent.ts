@@ -14,6 +14,7 @@ import { attemptOf, type Journal } from './journal.ts';
 import { TrustKeeper } from './trust-keeper.ts';
 import { composeStatus, type StatusFields } from './status-report.ts';
 import { AgentTimers } from './agent-timers.ts';
+import { newIdentity, SessionGuard, type AgentIdentity } from './session-guard.ts';
 
 export type { AgentConfig, AgentPorts } from './agent-config.ts';
 
@@ -39,10 +40,20 @@ export class DeviceAgent {
   private readonly timers: AgentTimers;
   private stopped = false;
   private readonly listeners: Array<(s: DeviceStatus) => void> = [];
+  private readonly identity: AgentIdentity;
+  private readonly guard: SessionGuard;
 
   constructor(private readonly cfg: AgentConfig, private readonly io: AgentPorts) {
     this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
     this.timers = new AgentTimers(io.clock, cfg.retryMs ?? 30_000);
+    this.identity = newIdentity(io.clock.now());
+    this.guard = new SessionGuard({
+      deviceId: cfg.deviceId, transport: io.transport, topics: io.topics, clock: io.clock, log: io.log, identity: this.identity,
+      onGiveUp: (message) => {
+        io.log.error(message);
+        void this.stop().then(() => io.onFatal?.(message));
+      },
+    });
     this.installer = new Installer(io.storage, {
       deviceId: cfg.deviceId, validateCmd: cfg.validateCmd, validateTimeoutMs: cfg.validateTimeoutMs ?? 120_000, healthCmd: cfg.healthCmd,
       healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000, healthWindowMs: cfg.healthWindowMs, maxAttempts: cfg.maxAttempts,
@@ -130,8 +141,11 @@ export class DeviceAgent {
   private onConnected(): void {
     const { transport: t, topics } = this.io;
     void t.publish(topics.presence(this.cfg.deviceId), PRESENCE_ONLINE, { qos: 1, retain: true }).catch(() => undefined);
-    this.publishStatus();
     this.fetcher?.resend();
+    // Read the retained status before replacing it: another agent's, there, means a shared --id.
+    void this.guard.check().then(() => {
+      if (!this.stopped) this.publishStatus();
+    });
     // A download that failed (no space, stalled, storage) is tried again on reconnect.
     if (this.state === 'failed' && this.memory?.active && !this.fetcher && this.fields.reason !== 'corrupt-source') this.enqueue(() => this.resumeActive());
   }
@@ -179,7 +193,7 @@ export class DeviceAgent {
   private status(): DeviceStatus {
     return composeStatus({
       device: this.cfg.deviceId, group: this.cfg.group, model: this.cfg.model, state: this.state, running: this.running, fields: this.fields,
-      shown: this.shown, active: this.fetcher, wire: this.io.transport.stats?.() ?? null, now: this.io.clock.now(),
+      shown: this.shown, active: this.fetcher, wire: this.io.transport.stats?.() ?? null, now: this.io.clock.now(), identity: this.identity,
     });
   }
 
@@ -187,7 +201,7 @@ export class DeviceAgent {
     const s = this.status();
     this.lastStatusAt = this.io.clock.now();
     for (const l of this.listeners) l(s);
-    void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).catch(() => undefined);
+    void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).then(() => this.guard.acked(), () => undefined);
     return s;
   }
 

@@ -18,6 +18,8 @@ export interface StatusSnapshot {
   active: Fetcher | undefined;
   wire: WireStats | null;
   now: number;
+  /** Which agent process speaks. */
+  identity: { instance: string; started: string };
 }
 
 /** The device's status as published (protocol.md §8). */
@@ -37,6 +39,8 @@ export function composeStatus(s: StatusSnapshot): DeviceStatus {
     totalBytes: f?.totalBytes ?? 0,
     badChunks: f?.badChunks ?? 0,
     agent: VERSION,
+    instance: s.identity.instance,
+    started: s.identity.started,
     time: new Date(s.now).toISOString(),
   };
 }

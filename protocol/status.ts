@@ -50,6 +50,10 @@ export interface DeviceStatus {
   /** Attempts a trial may take before the device switches back (`--max-attempts`), with `attempt`. */
   maxAttempts?: number | null;
   agent: string;
+  /** A random id of the agent process that published it: two agents with one id tell each other apart. */
+  instance?: string;
+  /** ISO time that agent process started (the younger of two with one id gives way). */
+  started?: string;
   /** ISO 8601. */
   time: string;
 }
