@@ -1,4 +1,5 @@
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { DeviceAgent } from '../device/agent.ts';
 import { digestModelFile } from '../util/model-file.ts';
 import { systemClock } from '../device/clock.ts';
@@ -68,12 +69,28 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     connectTimeoutMs: o.connectTimeout * 1000,
     reconnectMaxMs: o.reconnectMax * 1000,
   });
-  let refused: string | undefined;
+  // What a person at the device sees at the default log level: where it connects, when it is
+  // connected, and why it cannot (each cause once until it changes or a connection succeeds).
+  const where = [url, ...fallbackUrls].map((u) => u.replace(/\/\/[^@/]*@/, '//')).join(', ');
+  process.stdout.write(`fleet device ${o.id}: model ${o.model}, group ${o.group}, directory ${path.resolve(o.dir)}; connecting to ${where}\n`);
+  let said: string | undefined;
+  let wasConnected = false;
   transport.onDisconnect((reason) => {
-    if (reason.startsWith('the broker refused') && reason !== refused) log.error(`${reason}; retrying with backoff`);
-    refused = reason.startsWith('the broker refused') ? reason : undefined;
+    if (reason === 'connection closed') {
+      if (wasConnected) log.warn('lost the connection to the broker; reconnecting with backoff');
+      wasConnected = false;
+      return;
+    }
+    if (reason === said) return;
+    said = reason;
+    if (reason.startsWith('the broker refused')) log.error(`${reason}; retrying with backoff`);
+    else log.warn(`cannot reach the broker: ${reason}; retrying with backoff`);
   });
-  transport.onConnect(() => (refused = undefined));
+  transport.onConnect(() => {
+    said = undefined;
+    wasConnected = true;
+    process.stdout.write(`fleet device ${o.id}: connected to ${transport.server}\n`);
+  });
   const agent = new DeviceAgent(
     { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
       validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,

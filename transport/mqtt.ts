@@ -4,6 +4,7 @@ import tls from 'node:tls';
 import { MqttClient, type IClientOptions } from 'mqtt';
 import type { WireStats } from '../protocol/status.ts';
 import type { MessageHandler, PublishOptions, Transport } from './types.ts';
+import { connectCause, type ConnectCause } from './connect-errors.ts';
 
 export interface MqttTransportOptions {
   /** mqtt://host:port */
@@ -54,17 +55,22 @@ export class MqttTransport implements Transport {
   private connects = 0;
   private socket: net.Socket | undefined;
   private serverIndex = 0;
+  private readonly servers: Array<{ host: string; port: number; secure: boolean }>;
   /** Why the broker last refused the login, if it did. */
   refusal: string | undefined;
+  /** Why the last attempt to connect failed, if it did; cleared by a connection. */
+  lastCause: ConnectCause | undefined;
+  /** Failed attempts in a row with a cause, since the last connection. */
+  private causedFailures = 0;
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
-    const servers = [opts.url, ...(opts.fallbackUrls ?? [])].map((url) => {
+    const servers = (this.servers = [opts.url, ...(opts.fallbackUrls ?? [])].map((url) => {
       const s = new URL(url);
       const secure = s.protocol === 'mqtts:';
       if (s.protocol !== 'mqtt:' && s.protocol !== 'tcp:' && !secure) throw new TypeError(`unsupported broker URL ${url} (use mqtt://host:port or mqtts://host:port)`);
       return { host: s.hostname, port: Number(s.port || (secure ? 8883 : 1883)), secure };
-    });
+    }));
     const tlsFiles = servers.some((x) => x.secure)
       ? { ca: opts.tls?.ca ?? fromEnvFile('FLEET_TLS_CA'), cert: opts.tls?.cert ?? fromEnvFile('FLEET_TLS_CERT'), key: opts.tls?.key ?? fromEnvFile('FLEET_TLS_KEY') }
       : undefined;
@@ -101,6 +107,8 @@ export class MqttTransport implements Transport {
     }, clientOpts);
     this.client.on('connect', () => {
       this.failures = 0;
+      this.lastCause = undefined;
+      this.causedFailures = 0;
       this.connects++;
       this.client.options.reconnectPeriod = min;
       for (const h of this.connectHandlers) h();
@@ -115,12 +123,14 @@ export class MqttTransport implements Transport {
       this.client.options.reconnectPeriod = Math.max(min, Math.round(Math.random() * ceiling));
       for (const h of this.disconnectHandlers) h('connection closed');
     });
-    this.client.on('error', (e: Error & { code?: number }) => {
-      // Errors surface as close + reconnect; the owner sees onDisconnect. A refused login says why.
-      if (e.code === 4 || e.code === 5) {
-        this.refusal = e.code === 4 ? 'the broker refused the login: bad user name or password' : 'the broker refused the login: not authorised';
-        for (const h of this.disconnectHandlers) h(this.refusal);
-      }
+    this.client.on('error', (e: Error & { code?: number | string }) => {
+      // Errors surface as close + reconnect; the owner sees onDisconnect with the cause.
+      const cause = connectCause(e, servers[this.serverIndex % servers.length].host);
+      if (!cause) return;
+      this.lastCause = cause;
+      this.causedFailures++;
+      if (e.code === 4 || e.code === 5) this.refusal = cause.message;
+      for (const h of this.disconnectHandlers) h(cause.message);
     });
     this.client.on('message', (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
@@ -128,26 +138,37 @@ export class MqttTransport implements Transport {
     });
   }
 
-  /** Starts connecting at once; resolves on the first CONNACK, or rejects after `firstConnectTimeoutMs` if given. */
+  /**
+   * Starts connecting at once; resolves on the first CONNACK. Rejects, naming
+   * the cause, at once when retrying cannot help (unknown host, TLS, login
+   * refused), after three failed attempts in a row with a cause (refused,
+   * unreachable: a few seconds), or after `firstConnectTimeoutMs` if given.
+   */
   static async connect(opts: MqttTransportOptions, firstConnectTimeoutMs?: number): Promise<MqttTransport> {
     const t = new MqttTransport(opts);
     if (t.connected) return t;
+    const where = opts.url.replace(/\/\/[^@/]*@/, '//');
+    let settled = false;
     await new Promise<void>((resolve, reject) => {
+      const fail = (why: string): void => {
+        if (settled) return;
+        settled = true;
+        if (timer) clearTimeout(timer);
+        void t.close();
+        reject(new Error(`cannot connect to ${where}: ${why}`));
+      };
       const timer = firstConnectTimeoutMs
-        ? setTimeout(() => {
-            void t.close();
-            reject(new Error(`could not connect to ${opts.url.replace(/\/\/[^@/]*@/, '//')} within ${firstConnectTimeoutMs} ms`));
-          }, firstConnectTimeoutMs)
+        ? setTimeout(() => fail(t.lastCause ? t.lastCause.message : `no answer within ${firstConnectTimeoutMs} ms`), firstConnectTimeoutMs)
         : undefined;
       t.client.once('connect', () => {
+        settled = true;
         if (timer) clearTimeout(timer);
         resolve();
       });
-      t.onDisconnect((reason) => {
-        if (!t.refusal || reason !== t.refusal) return;
-        if (timer) clearTimeout(timer);
-        void t.close();
-        reject(new Error(`${opts.url.replace(/\/\/[^@/]*@/, '//')}: ${t.refusal}`));
+      t.onDisconnect(() => {
+        if (settled) return;
+        const cause = t.lastCause;
+        if (cause && !t.client.connected && (cause.definitive || t.causedFailures >= 3)) fail(cause.message);
       });
     });
     return t;
@@ -164,6 +185,12 @@ export class MqttTransport implements Transport {
       bytesOut: this.bytesOutDone + (this.socket?.bytesWritten ?? 0),
       connects: this.connects,
     };
+  }
+
+  /** host:port of the server this transport is (or was last) connected to. */
+  get server(): string {
+    const s = this.servers[this.serverIndex % this.servers.length];
+    return `${s.host}:${s.port}`;
   }
 
   get connected(): boolean {
