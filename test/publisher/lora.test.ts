@@ -119,9 +119,13 @@ describe('parseLoraConfig', () => {
     expect((err as LoraError).message).toMatch(message);
   });
 
-  it('matches patterns like PEFT: exact, then suffix at a dot', () => {
+  it('matches patterns like PEFT\'s get_pattern_key: the first key in order matching at a dot, an exact key no better', () => {
     const p = { q_proj: 3, 'layers.0.self_attn.q_proj': 5, [`${Q}`]: 7 };
-    expect(patternValue(p, Q)).toEqual({ key: Q, value: 7 });
+    expect(patternValue(p, Q)).toEqual({ key: 'q_proj', value: 3 });
+    expect(patternValue({ [`${Q}`]: 7, q_proj: 3 }, Q)).toEqual({ key: Q, value: 7 });
+    expect(patternValue({ '(?P<n>q)_proj': 4 }, Q)).toEqual({ key: '(?P<n>q)_proj', value: 4 });
+    expect(() => patternValue({ '(?i)Q_PROJ': 4 }, Q)).toThrow(/Python-only group/);
+    expect(() => patternValue({ 'q_proj{,2}': 4 }, Q)).toThrow(LoraError);
     expect(patternValue({ q_proj: 3 }, Q)).toEqual({ key: 'q_proj', value: 3 });
     expect(patternValue({ proj: 3 }, Q)).toBeUndefined(); // not at a dot boundary
   });
@@ -156,12 +160,16 @@ describe('loraFactors', () => {
     expectClose(mergedFactor(W_C1D, f), mergedDirect(W_C1D, a, b, 1.5, true));
   });
 
-  it('without fan_in_fan_out a Conv1D adapter is a mismatch, with a hint', () => {
+  it('a non-square Conv1D adapter is read [in, out] by its shape, as PEFT forces fan_in_fan_out for Conv1D', () => {
     const a = tensor(`${PEFT}${C1D}.lora_A.weight`, [2, 5], 20);
     const b = tensor(`${PEFT}${C1D}.lora_B.weight`, [7, 2], 21);
     const res = loraFactors(file([a, b]), config(), base);
-    expect(res.factors).toEqual([]);
-    expect(res.unmapped[0].reason).toMatch(/fan_in_fan_out = true/);
+    expect(res.unmapped).toEqual([]);
+    expectClose(mergedFactor(W_C1D, only(res, W_C1D.name)), mergedDirect(W_C1D, a, b, 2, true));
+    expect(res.layout).toEqual([{ module: C1D, tensor: W_C1D.name, storedAs: '[in, out]', by: 'shape' }]);
+    // --fan-in-fan-out naming other layers: this one is [out, in], which its shape does not allow.
+    const named = loraFactors(file([a, b]), config(), base, { fanInFanOut: ['q_proj'] });
+    expect(named.unmapped[0].reason).toMatch(/would fit stored \[in, out\]/);
   });
 
   it('rslora: scaling = lora_alpha / sqrt(r)', () => {
@@ -415,7 +423,7 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
     expect(r2.unmapped.find((u) => u.module === Q)?.reason).toMatch(/lora_bias/);
   });
 
-  it('`fleet build --lora` writes the same payload and warns about a mismatched tensor by name', async () => {
+  it('`fleet build --lora` writes the same payload; a mismatched tensor fails the build by name unless --allow-partial', async () => {
     await withDir(async (dir) => {
       const baseFile = path.join(dir, 'base.safetensors');
       await fs.writeFile(baseFile, base2Bytes);
@@ -423,8 +431,8 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
       await fs.writeFile(path.join(dir, 'adapter_config.json'), configJson);
       const expected = await build(baseFile, { kind: 'factors' });
       const out = path.join(dir, 'update.cbor');
-      const run = (adapterFile: string, outFile: string) => execFileP(process.execPath, [FLEET_BIN, 'build', '--base', baseFile, '--lora', adapterFile,
-        '--lora-config', path.join(dir, 'adapter_config.json'), '--out', outFile, '--json']);
+      const run = (adapterFile: string, outFile: string, ...extra: string[]) => execFileP(process.execPath, [FLEET_BIN, 'build', '--base', baseFile, '--lora', adapterFile,
+        '--lora-config', path.join(dir, 'adapter_config.json'), '--out', outFile, '--json', ...extra]);
       const ok = await run(path.join(dir, 'adapter_model.safetensors'), out);
       expect(ok.stderr).not.toMatch(/warning/);
       expect(Buffer.compare(await fs.readFile(out), Buffer.from(expected))).toBe(0);
@@ -432,10 +440,14 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
       expect(report.tensors.map((t) => [t.name, t.kind])).toEqual([
         [B_Q.name, 'dense'], [W_Q.name, 'low-rank'], [B_HEAD.name, 'dense'], [W_HEAD.name, 'dense'],
       ]);
-      // A bias of the wrong shape is left out with a warning naming it; the rest is built.
+      // A bias of the wrong shape fails the build, naming it; with --allow-partial it is left out and the rest is built.
       await fs.writeFile(path.join(dir, 'bad.safetensors'), file([A, B, tensor(`${PEFT}${Q}.bias`, [7], 230), trainedHead]));
-      const bad = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor'));
-      expect(bad.stderr).toContain(`warning: adapter module ${Q} not used: ${PEFT}${Q}.bias [7] is a whole tensor`);
+      const refused = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor')).then(() => undefined, (e: { code: number; stderr: string }) => e);
+      expect(refused?.code).toBe(1);
+      expect(refused?.stderr).toMatch(new RegExp(`^fleet: 1 part\\(s\\) of the adapter cannot be merged as PEFT would: ${Q}: .*--allow-partial.*\\n$`));
+      await expect(fs.stat(path.join(dir, 'bad.cbor'))).rejects.toThrow();
+      const bad = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor'), '--allow-partial');
+      expect(bad.stderr).toContain(`left out (--allow-partial): adapter module ${Q}: ${PEFT}${Q}.bias [7] is a whole tensor`);
       expect(bad.stderr).toContain(`does not fit base tensor ${Q}.bias [6]`);
       expect(decodePayload(new Uint8Array(await fs.readFile(path.join(dir, 'bad.cbor')))).tensors.map((d) => d.name)).toEqual([W_Q.name, W_HEAD.name]);
     });
