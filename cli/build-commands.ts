@@ -66,6 +66,9 @@ function printReport(r: BuildReport, out: (s: string) => void): void {
   out(`from ${r.baseDigest}\nto   ${r.targetDigest}`);
 }
 
+/** Names from an adapter's config on a terminal: control characters shown as '?'. */
+const printable = (s: string): string => s.replace(/\p{Cc}/gu, '?');
+
 /** What a LoRA build reports beyond the tensors: how 2-D layers were read, and what --allow-partial left out. */
 interface LoraReport {
   layout: LoraLayout[];
@@ -76,7 +79,7 @@ function printLora(r: LoraReport, out: (s: string) => void): void {
   const counts = new Map<string, number>();
   for (const l of r.layout) counts.set(`${l.storedAs} (by ${l.by})`, (counts.get(`${l.storedAs} (by ${l.by})`) ?? 0) + 1);
   if (counts.size > 0) out(`LoRA layers read as: ${[...counts].map(([k, n]) => `${n} ${k}`).join(', ')}`);
-  for (const u of r.leftOut) out(`left out: ${u.module}: ${u.reason}`);
+  for (const u of r.leftOut) out(printable(`left out: ${u.module}: ${u.reason}`));
 }
 
 export function registerBuildCommands(program: Command): void {
@@ -113,10 +116,10 @@ export function registerBuildCommands(program: Command): void {
         const config = parseLoraConfig(await fs.readFile(o.loraConfig!, 'utf8'));
         const { factors, whole, computed, unmapped, layout } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header, { fanInFanOut: o.fanInFanOut });
         if (unmapped.length > 0 && !o.allowPartial) {
-          const shown = unmapped.slice(0, 3).map((u) => `${u.module}: ${u.reason}`).join('; ');
+          const shown = printable(unmapped.slice(0, 3).map((u) => `${u.module}: ${u.reason}`).join('; '));
           throw new BuildError('bad-adapter', `${unmapped.length} part(s) of the adapter cannot be merged as PEFT would: ${shown}${unmapped.length > 3 ? '; …' : ''} (fix the adapter, or pass --allow-partial to build without them)`);
         }
-        for (const u of unmapped) process.stderr.write(`left out (--allow-partial): adapter module ${u.module}: ${u.reason}\n`);
+        for (const u of unmapped) process.stderr.write(printable(`left out (--allow-partial): adapter module ${u.module}: ${u.reason}`) + '\n');
         if (factors.length + whole.length + computed.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
         lora = { layout, leftOut: unmapped };
         source = await loraSource(o.base, factors, whole, computed);

@@ -1,4 +1,4 @@
-import { decodeValues, isUpdatableDtype, type Dtype } from '../protocol/dtypes.ts';
+import { isUpdatableDtype } from '../protocol/dtypes.ts';
 import { lowRankDims, type TensorDelta } from '../protocol/lowrank.ts';
 import { readSafetensors } from '../protocol/safetensors.ts';
 
@@ -17,18 +17,25 @@ import { readSafetensors } from '../protocol/safetensors.ts';
  * scaling = alpha / r, or alpha / sqrt(r) with use_rslora.
  *
  * Whole tensors saved beside the factors — the biases of `bias="all"` /
- * `bias="lora_only"` (`base_model.model.<path>.bias`), `modules_to_save`
- * modules and saved embedding layers — are the trained tensors themselves:
- * when one maps onto a base tensor of the same shape and dtype it becomes a
- * `LoraWhole`, whose delta (trained − base) the publisher builds like a
- * two-model delta (1-D tensors dense).
+ * `bias="lora_only"` (`<path>.base_layer.bias` for a targeted module,
+ * `<path>.bias` otherwise), `modules_to_save` modules and saved embedding
+ * layers — are the trained tensors themselves: when one maps onto a base
+ * tensor of the same shape and dtype it becomes a `LoraWhole`, whose delta
+ * (trained − base) the publisher builds like a two-model delta (1-D dense).
+ * DoRA, lora_bias and trainable tokens are `LoraComputed` (lora-variants.ts).
+ * What PEFT's merge_and_unload would not turn into base + delta is refused
+ * (lora-config.ts); what this reader cannot place is reported in `unmapped`,
+ * which fails a build unless --allow-partial. docs/compression.md has the table.
  */
 
 import { isFiniteNumber, isObject, isPositiveInt, LoraError, patternValue, type LoraConfig } from './lora-config.ts';
-import { doraComputed, loraBiasComputed, tokensComputed, type LoraComputed } from './lora-variants.ts';
+import { altNames, baseCandidates, decodeFloat, fmt, named, sameShape, type AdapterTensor, type BaseInfo, type LoraWhole } from './lora-tensors.ts';
+import { doraComputed, loraBiasComputed, type LoraComputed } from './lora-variants.ts';
+import { basePath, mapTokens, mapWhole } from './lora-whole.ts';
 
 export { LoraError, parseLoraConfig, patternValue, type LoraConfig, type LoraErrorCode } from './lora-config.ts';
 export type { LoraComputed } from './lora-variants.ts';
+export { baseCandidates, type LoraWhole } from './lora-tensors.ts';
 
 export interface LoraFactor {
   module: string;
@@ -41,19 +48,6 @@ export interface LoraFactor {
   u: Float64Array;
   /** r×n row-major: A (conv kernels flattened), or Bᵀ when transposed. */
   v: Float64Array;
-}
-
-/** A tensor the adapter holds whole (trained value, not a delta), mapped onto a base tensor of the same shape and dtype. */
-export interface LoraWhole {
-  module: string;
-  /** The adapter's tensor name. */
-  source: string;
-  /** The base tensor's name. */
-  tensor: string;
-  shape: number[];
-  dtype: Dtype;
-  /** The trained values, encoded in `dtype` (all finite). */
-  data: Uint8Array;
 }
 
 /** How a square 2-D module's factors were read: PEFT's layout is per layer (Conv1D forces fan_in_fan_out), the shape alone cannot tell. */
@@ -80,8 +74,6 @@ export interface LoraOptions {
   fanInFanOut?: readonly string[];
 }
 
-interface AdapterTensor { name: string; dtype: Dtype; shape: number[]; data: Uint8Array }
-
 interface Group {
   kind: 'lora' | 'embedding';
   a: AdapterTensor[];
@@ -97,45 +89,6 @@ const EMBEDDING_FACTOR = /^(.+)\.lora_embedding_(A|B)(?:\.[^.]+)?$/;
 const MAGNITUDE = /^(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$/;
 const LORA_BIAS = /^(.+)\.lora_B(?:\.[^.]+)?\.bias$/;
 const TOKENS = /^(.+)\.token_adapter\.trainable_tokens_delta(?:\.[^.]+)?$/;
-
-const fmt = (shape: readonly number[]): string => `[${shape.join(', ')}]`;
-const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i]);
-/** A module named by `name` (whole, or a suffix at a dot). */
-const named = (module: string, name: string): boolean => module === name || module.endsWith(`.${name}`);
-
-/** Base tensor names tried for a module path, in order. */
-export function baseCandidates(module: string): string[] {
-  return altNames(module).map((m) => `${m}.weight`);
-}
-
-/** A path, then the same path with a leading `model.` removed or added. */
-function altNames(path: string): string[] {
-  return [path, path.startsWith('model.') ? path.slice('model.'.length) : `model.${path}`];
-}
-
-/**
- * A whole tensor's path in the base model: PEFT's wrapper segments removed —
- * `base_layer` (the bias of a targeted module, bias="all"/"lora_only") and
- * `modules_to_save[.<adapter>]`; `original_module` marks the wrapper's copy of the base.
- */
-function basePath(name: string): { path: string; original: boolean } {
-  const original = /\.original_module(?=\.)/.test(name);
-  const path = name
-    .replace(/\.base_layer(?=\.[^.]+$)/, '')
-    .replace(/\.modules_to_save\.[^.]+(?=\.)/, '')
-    .replace(/\.modules_to_save(?=\.[^.]+$)/, '')
-    .replace(/\.original_module(?=\.)/, '');
-  return { path, original };
-}
-
-function decodeFloat(t: AdapterTensor): Float64Array | string {
-  if (t.dtype !== 'F64' && !isUpdatableDtype(t.dtype)) return `${t.name} is ${t.dtype}, not a float tensor`;
-  const values = decodeValues(t.data, t.dtype);
-  for (let j = 0; j < values.length; j++) {
-    if (!Number.isFinite(values[j])) return `${t.name} holds a non-finite value at element ${j}`;
-  }
-  return values;
-}
 
 /** Transpose of a rows×cols row-major matrix, times s. */
 function transposed(x: Float64Array, rows: number, cols: number, s: number): Float64Array {
@@ -167,8 +120,6 @@ function expectedLayout(kind: Group['kind'], a: AdapterTensor, base: readonly nu
   if (base.length !== a.shape.length) return `a conv adapter needs a ${a.shape.length}-D base tensor`;
   return { transposed: false, a: [r, ...base.slice(1)], b: [base[0], r, ...base.slice(2).map(() => 1)] };
 }
-
-type BaseInfo = { name: string; dtype: string; shape: number[] };
 
 /** A module whose factors found their base tensor, with PEFT's rank and alpha for it. */
 interface Resolved { module: string; g: Group; base: BaseInfo; r: number; alpha: number; rSource: string; scaling: number }
@@ -243,6 +194,7 @@ export function loraFactors(
     return g;
   };
   for (const st of file.tensors) {
+    if (/\p{Cc}/u.test(st.name)) throw new LoraError('malformed-adapter', `adapter_model.safetensors: tensor name ${JSON.stringify(st.name)} holds control characters`);
     const t: AdapterTensor = { name: st.name, dtype: st.dtype, shape: st.shape, data: st.data };
     const name = t.name.startsWith(PEFT_PREFIX) ? t.name.slice(PEFT_PREFIX.length) : t.name;
     const f = FACTOR.exec(name);
@@ -389,80 +341,6 @@ function loraBiasOf(x: Resolved, byName: Map<string, BaseInfo>): LoraComputed | 
   const values = decodeFloat(t);
   if (typeof values === 'string') return values;
   return loraBiasComputed({ module: x.module, source: t.name, tensor: found, shape: info.shape.slice(), bias: values, scaling: x.scaling });
-}
-
-/** trainable_token_indices: each token_adapter tensor replaces the listed rows of its embedding. */
-function mapTokens(
-  tensors: Array<{ module: string; t: AdapterTensor }>,
-  config: LoraConfig,
-  byName: Map<string, BaseInfo>,
-  claim: (tensor: string, by: string) => string | undefined,
-  unmapped: LoraResult['unmapped'],
-): LoraComputed[] {
-  const out: LoraComputed[] = [];
-  const spec = config.trainableTokenIndices;
-  for (const { module, t } of tensors) {
-    const fail = (reason: string) => unmapped.push({ module, reason });
-    let indices: number[] | undefined;
-    if (Array.isArray(spec)) indices = tensors.length === 1 ? spec : undefined;
-    else if (spec) {
-      const keys = Object.keys(spec).filter((k) => named(module, k));
-      indices = keys.length === 1 ? spec[keys[0]] : undefined;
-    }
-    if (!indices) { fail(`${t.name} holds trainable tokens but trainable_token_indices does not name its rows for ${module}`); continue; }
-    const tried = baseCandidates(module);
-    const found = tried.find((n) => byName.has(n));
-    if (!found) { fail(`no base tensor for trainable tokens of ${module}: tried ${tried.join(', ')}`); continue; }
-    const info = byName.get(found)!;
-    if (info.shape.length !== 2 || !sameShape(t.shape, [indices.length, info.shape[1]])) {
-      fail(`${t.name} ${fmt(t.shape)} does not fit ${indices.length} rows of base tensor ${found} ${fmt(info.shape)}`);
-      continue;
-    }
-    if (!isUpdatableDtype(info.dtype)) { fail(`base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`); continue; }
-    const bad = indices.find((i, k) => i >= info.shape[0] || indices!.indexOf(i) !== k);
-    if (bad !== undefined) { fail(`trainable_token_indices for ${module} has ${bad >= info.shape[0] ? `row ${bad}, beyond the ${info.shape[0]} rows of ${found}` : `row ${bad} twice`}`); continue; }
-    const rows = decodeFloat(t);
-    if (typeof rows === 'string') { fail(rows); continue; }
-    const taken = claim(found, t.name);
-    if (taken) { fail(taken); continue; }
-    out.push(tokensComputed({ module, source: t.name, tensor: found, shape: info.shape.slice(), indices, rows }));
-  }
-  return out;
-}
-
-/** Whole tensors that map onto a base tensor of the same shape and dtype; the rest are reported. */
-function mapWhole(
-  tensors: Array<{ path: string; original: boolean; t: AdapterTensor }>,
-  byName: Map<string, BaseInfo>,
-  claim: (tensor: string, by: string) => string | undefined,
-  unmapped: LoraResult['unmapped'],
-): LoraWhole[] {
-  const out: LoraWhole[] = [];
-  // The wrapper's copy of the original module is not what PEFT merges: the trained copy beside it is.
-  const trained = new Set(tensors.filter((x) => !x.original).map((x) => x.path));
-  for (const { path, original, t } of tensors) {
-    const dot = path.lastIndexOf('.');
-    const module = dot > 0 ? path.slice(0, dot) : path;
-    const fail = (reason: string) => unmapped.push({ module, reason });
-    if (original && trained.has(path)) continue;
-    if (original) { fail(`${t.name} is the original of a modules_to_save module whose trained copy the adapter does not hold`); continue; }
-    const what = `${t.name} ${fmt(t.shape)} is a whole tensor (bias training, modules_to_save or a saved embedding layer)`;
-    const tried = altNames(path);
-    const found = tried.find((n) => byName.has(n));
-    if (!found) { fail(`${what} but no base tensor matches: tried ${tried.join(', ')}`); continue; }
-    const info = byName.get(found)!;
-    if (!sameShape(t.shape, info.shape)) { fail(`${what} and does not fit base tensor ${found} ${fmt(info.shape)}: the shapes differ`); continue; }
-    if (t.dtype !== info.dtype) { fail(`${what} of ${t.dtype} but base tensor ${found} is ${info.dtype}: the dtypes differ`); continue; }
-    if (!isUpdatableDtype(info.dtype)) { fail(`${what} but base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`); continue; }
-    const values = decodeFloat(t);
-    if (typeof values === 'string') { fail(values); continue; }
-    const same = out.find((w) => w.tensor === found);
-    if (same && Buffer.compare(same.data, t.data) === 0) continue; // saved twice (bias="all" with modules_to_save): one value
-    const taken = claim(found, t.name);
-    if (taken) { fail(`${what} but ${taken}`); continue; }
-    out.push({ module, source: t.name, tensor: found, shape: info.shape.slice(), dtype: t.dtype, data: t.data });
-  }
-  return out;
 }
 
 /** ΔW = U·V as an m×n row-major matrix (m = shape[0], n = product of the rest). */

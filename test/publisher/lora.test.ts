@@ -453,3 +453,84 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
     });
   });
 });
+
+describe('PEFT variants read in process (DoRA on conv and embeddings, trainable tokens, saved copies)', () => {
+  const positive = (t: T): T => ({ ...t, values: t.values.map((x) => Math.fround(Math.abs(x) + 0.25)) });
+  /** m_o · (W + ΔW)_o / ‖(W + ΔW)_o‖ over the outputs: rows, or columns when perColumn. */
+  function dora(merged: Float64Array, m: number, n: number, mag: Float64Array, perColumn: boolean): Float64Array {
+    const out = merged.slice();
+    const outputs = perColumn ? n : m;
+    for (let o = 0; o < outputs; o++) {
+      let n2 = 0;
+      for (let k = 0; k < (perColumn ? m : n); k++) n2 += merged[perColumn ? k * n + o : o * n + k] ** 2;
+      for (let k = 0; k < (perColumn ? m : n); k++) out[perColumn ? k * n + o : o * n + k] *= mag[o] / Math.sqrt(n2);
+    }
+    return out;
+  }
+
+  it('DoRA on a Conv2d: one magnitude per output channel ([1, out, 1, 1]), norm over the kernel', () => {
+    const ca = tensor(`${PEFT}${CONV}.lora_A.weight`, [2, 3, 3, 3], 300);
+    const cb = tensor(`${PEFT}${CONV}.lora_B.weight`, [4, 2, 1, 1], 301);
+    const mag = positive(tensor(`${PEFT}${CONV}.lora_magnitude_vector`, [1, 4, 1, 1], 302));
+    const res = loraFactors(file([ca, cb, mag]), config({ use_dora: true }), base);
+    expect(res.unmapped).toEqual([]);
+    expect(res.factors).toEqual([]);
+    const d = res.computed[0].delta(W_CONV.values, 'F32');
+    if (typeof d === 'string') throw new Error(d);
+    const want = dora(mergedDirect(W_CONV, ca, cb, 2), 4, 27, mag.values, false);
+    expectClose(W_CONV.values.map((w, i) => w + d.delta[i]), want);
+  });
+
+  it('DoRA on an embedding: one magnitude per embedding dimension, norm over the vocabulary (columns)', () => {
+    const emb = tensor('tok.weight', [10, 4], 6);
+    const a = tensor(`${PEFT}tok.lora_embedding_A`, [2, 10], 310);
+    const b = tensor(`${PEFT}tok.lora_embedding_B`, [4, 2], 311);
+    const mag = positive(tensor(`${PEFT}tok.lora_magnitude_vector`, [4], 312));
+    const res = loraFactors(file([a, b, mag]), config({ use_dora: true }), readSafetensors(file([emb])).header);
+    expect(res.unmapped).toEqual([]);
+    const d = res.computed[0].delta(emb.values, 'F32');
+    if (typeof d === 'string') throw new Error(d);
+    expectClose(emb.values.map((w, i) => w + d.delta[i]), dora(mergedDirect(emb, a, b, 2, true), 10, 4, mag.values, true));
+    // A magnitude of the wrong length is reported, not guessed.
+    const bad = loraFactors(file([a, b, { ...mag, shape: [10], values: new Float64Array(10).fill(1) }]), config({ use_dora: true }), readSafetensors(file([emb])).header);
+    expect(bad.unmapped[0].reason).toMatch(/one magnitude per output \(4\)/);
+  });
+
+  it('trainable tokens: a list of indices for the one token adapter; repeated or out-of-range rows are refused', () => {
+    const emb = tensor('model.embed_tokens.weight', [10, 4], 6);
+    const header = readSafetensors(file([emb])).header;
+    const rows = tensor(`${PEFT}model.embed_tokens.token_adapter.trainable_tokens_delta`, [2, 4], 320);
+    const res = loraFactors(file([rows]), config({ trainable_token_indices: [3, 8] }), header);
+    expect(res.unmapped).toEqual([]);
+    const d = res.computed[0].delta(emb.values, 'F32');
+    if (typeof d === 'string') throw new Error(d);
+    expect(d.factors?.rank).toBe(2);
+    const want = emb.values.slice();
+    want.set(rows.values.subarray(0, 4), 12);
+    want.set(rows.values.subarray(4, 8), 32);
+    expectClose(emb.values.map((w, i) => w + d.delta[i]), want);
+    expect(loraFactors(file([rows]), config({ trainable_token_indices: [3, 3] }), header).unmapped[0].reason).toMatch(/row 3 twice/);
+    expect(loraFactors(file([rows]), config({ trainable_token_indices: [3, 10] }), header).unmapped[0].reason).toMatch(/row 10, beyond the 10 rows/);
+    expect(loraFactors(file([rows]), config({ trainable_token_indices: { lm_head: [1, 2] } }), header).unmapped[0].reason).toMatch(/does not name its rows/);
+  });
+
+  it('bias="all" with modules_to_save: the wrapper\'s copies of one bias count once, the original module\'s copy is not merged', () => {
+    const head = tensor('head.bias', [3], 330);
+    const header = readSafetensors(file([head])).header;
+    const trained = tensor(`${PEFT}head.bias`, [3], 331);
+    const res = loraFactors(file([
+      trained,
+      { ...trained, name: `${PEFT}head.modules_to_save.bias` },
+      { ...head, name: `${PEFT}head.original_module.bias` },
+    ]), config({ bias: 'all', modules_to_save: ['head'] }), header);
+    expect(res.unmapped).toEqual([]);
+    expect(res.whole.map((w) => [w.source, w.tensor])).toEqual([[trained.name, 'head.bias']]);
+    // Two different values for one bias: refused.
+    const clash = loraFactors(file([trained, { ...tensor('x', [3], 332), name: `${PEFT}head.modules_to_save.bias` }]), config({ bias: 'all' }), header);
+    expect(clash.unmapped[0].reason).toMatch(/already targeted/);
+  });
+
+  it('a tensor name with control characters is a malformed adapter', () => {
+    expect(() => loraFactors(file([tensor(`${PEFT}q\nproj.lora_A.weight`, [2, 5], 340)]), config(), base)).toThrow(/control characters/);
+  });
+});
