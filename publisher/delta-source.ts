@@ -124,6 +124,10 @@ export async function loraSource(baseFile: string, factors: LoraFactor[], whole:
       if (info.dtype !== w.dtype || info.shape.join(',') !== w.shape.join(',')) {
         throw new BuildError('bad-adapter', `adapter tensor ${w.source} is ${w.dtype} [${w.shape}] but base tensor ${info.name} is ${info.dtype} [${info.shape}]`);
       }
+      if (w.mustEqualBase !== undefined) {
+        if (Buffer.compare(await base.read(info), w.data) === 0) continue;
+        throw new BuildError('bad-adapter', `adapter tensor ${w.source} is the saved base weight of ${w.mustEqualBase}, but it differs from ${info.name} in the base model: the adapter was made for another base, or trained that tensor too, which cannot be combined here`);
+      }
       if (wholeBy.has(info.name) || changed.some((c) => c.info.name === info.name)) throw new BuildError('bad-adapter', `base tensor ${info.name} is targeted twice by the adapter`);
       updatable(info);
       const bb = await base.read(info);

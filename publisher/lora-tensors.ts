@@ -18,6 +18,8 @@ export interface LoraWhole {
   dtype: Dtype;
   /** The trained values, encoded in `dtype` (all finite). */
   data: Uint8Array;
+  /** A saved copy of a base tensor that this module adapts: it must equal the base (else the adapter is for another base). */
+  mustEqualBase?: string;
 }
 
 export const fmt = (shape: readonly number[]): string => `[${shape.join(', ')}]`;

@@ -64,6 +64,7 @@ export function mapWhole(
   byName: Map<string, BaseInfo>,
   claim: (tensor: string, by: string) => string | undefined,
   unmapped: Unmapped,
+  adaptedBy: (tensor: string) => string | undefined,
 ): LoraWhole[] {
   const out: LoraWhole[] = [];
   // The wrapper's copy of the original module is not what PEFT merges: the trained copy beside it is.
@@ -84,6 +85,12 @@ export function mapWhole(
     if (!isUpdatableDtype(info.dtype)) { fail(`${what} but base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`); continue; }
     const values = decodeFloat(t);
     if (typeof values === 'string') { fail(values); continue; }
+    const adapter = adaptedBy(found);
+    if (adapter !== undefined) {
+      // PEFT saves an adapted embedding's own weight (save_embedding_layers): it must be the base's.
+      out.push({ module, source: t.name, tensor: found, shape: info.shape.slice(), dtype: t.dtype, data: t.data, mustEqualBase: adapter });
+      continue;
+    }
     const same = out.find((w) => w.tensor === found);
     if (same && Buffer.compare(same.data, t.data) === 0) continue; // saved twice (bias="all" with modules_to_save): one value
     const taken = claim(found, t.name);

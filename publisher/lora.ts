@@ -273,7 +273,7 @@ export function loraFactors(
     if (bias) computed.push(bias);
   }
   computed.push(...mapTokens(tokenTensors, config, byName, claim, unmapped));
-  const whole = mapWhole(wholeTensors, byName, claim, unmapped);
+  const whole = mapWhole(wholeTensors, byName, claim, unmapped, (tensor) => (claimed.get(tensor)?.startsWith('module ') ? claimed.get(tensor) : undefined));
   for (const m of config.modulesToSave ?? []) {
     if (!whole.some((w) => named(w.module, m)) && !unmapped.some((u) => named(u.module, m))) {
       unmapped.push({ module: m, reason: `modules_to_save lists ${m} but the adapter holds no tensor of it` });

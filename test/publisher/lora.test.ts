@@ -534,3 +534,36 @@ describe('PEFT variants read in process (DoRA on conv and embeddings, trainable 
     expect(() => loraFactors(file([tensor(`${PEFT}q\nproj.lora_A.weight`, [2, 5], 340)]), config(), base)).toThrow(/control characters/);
   });
 });
+
+describe('an adapted embedding saved with the adapter (save_embedding_layers)', () => {
+  it('is merged when it equals the base, refused when it does not', async () => {
+    const emb = tensor('model.embed_tokens.weight', [10, 4], 6);
+    const baseBytes2 = file([emb]);
+    const a = tensor(`${PEFT}model.embed_tokens.lora_embedding_A`, [2, 10], 350);
+    const b = tensor(`${PEFT}model.embed_tokens.lora_embedding_B`, [4, 2], 351);
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-emb-test-'));
+    try {
+      const baseFile = path.join(dir, 'base.safetensors');
+      await fs.writeFile(baseFile, baseBytes2);
+      const header = readSafetensors(baseBytes2).header;
+      const run = async (saved: T) => {
+        const res = loraFactors(file([a, b, { ...saved, name: `${PEFT}model.embed_tokens.base_layer.weight` }]), config({ target_modules: ['embed_tokens'] }), header);
+        expect(res.unmapped).toEqual([]);
+        const source = await loraSource(baseFile, res.factors, res.whole, res.computed);
+        try {
+          return decodePayload((await buildUpdate({ source, mode: { kind: 'factors' }, quant: 'f32' })).payload);
+        } finally {
+          await source.close();
+        }
+      };
+      const payload = await run(emb);
+      expect(payload.tensors.map((d) => [d.name, isLowRank(d) ? d.rank : 'dense'])).toEqual([['model.embed_tokens.weight', 2]]);
+      const got = decodeValues(readSafetensors(applyToModel(baseBytes2, payload).bytes).tensor('model.embed_tokens.weight'), 'F32');
+      const want = mergedDirect(emb, a, b, 2, true);
+      for (let i = 0; i < want.length; i++) expect(Math.abs(got[i] - want[i])).toBeLessThanOrEqual(1e-6);
+      await expect(run(tensor('x', [10, 4], 352))).rejects.toThrow(/saved base weight of module model\.embed_tokens, but it differs/);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});
