@@ -212,7 +212,9 @@ export function loraFactors(
       tokenTensors.push({ module: m[1], t });
     } else if (/(^|\.)lora_/.test(name)) {
       const dot = name.lastIndexOf('.');
-      unmapped.push({ module: dot > 0 ? name.slice(0, dot) : name, reason: `${t.name} is not a tensor this converter knows how PEFT merges (lora_diag is KaSA, which is refused)` });
+      unmapped.push({ module: dot > 0 ? name.slice(0, dot) : name, reason: /\.lora_diag(\.|$)/.test(name)
+        ? `${t.name} is a KaSA diagonal, but KaSA is refused (PEFT truncates the base weight when it loads) and the config does not say kasa_config`
+        : `${t.name} is not a tensor this converter knows how PEFT merges` });
     } else {
       wholeTensors.push({ ...basePath(name), t });
     }

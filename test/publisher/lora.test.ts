@@ -530,6 +530,14 @@ describe('PEFT variants read in process (DoRA on conv and embeddings, trainable 
     expect(clash.unmapped[0].reason).toMatch(/already targeted/);
   });
 
+  it('a KaSA diagonal without kasa_config is not merged without it: the module is reported', () => {
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [2, 5], 341);
+    const b = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 2], 342);
+    const res = loraFactors(file([a, b, tensor(`${PEFT}${Q}.lora_diag`, [2], 343)]), config(), base);
+    expect(res.unmapped).toEqual([{ module: Q, reason: expect.stringMatching(/KaSA diagonal, but KaSA is refused/) }]);
+    expect(() => parseLoraConfig(JSON.stringify({ r: 2, lora_alpha: 4, kasa_config: { beta: 1e-4 } }))).toThrow(/kasa_config is set/);
+  });
+
   it('a tensor name with control characters is a malformed adapter', () => {
     expect(() => loraFactors(file([tensor(`${PEFT}q\nproj.lora_A.weight`, [2, 5], 340)]), config(), base)).toThrow(/control characters/);
   });
