@@ -126,8 +126,8 @@ export class Acl {
 
   /**
    * A device publishes its own status and presence and its requests for its
-   * own model; it subscribes to its group's release for its model and to its
-   * own frames (any update id). Nothing else.
+   * own model; it subscribes to its group's release for its model, to its
+   * own frames (any update id) and to its own status. Nothing else.
    */
   private device(p: Principal, action: AclAction, { parsed, any }: Target): AclDecision {
     const { group, model } = p;
@@ -156,6 +156,9 @@ export class Acl {
       case 'trust':
         // The fleet's signed trust file (key rotation): every device reads it.
         return ALLOW;
+      case 'status':
+        // Its own retained status, after a reconnect: another agent's there means a shared id (device/session-guard.ts).
+        return own(parsed.deviceId, p.name, 'other-device') ?? ALLOW;
       default:
         return refuse('role-not-allowed');
     }

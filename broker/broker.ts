@@ -15,6 +15,7 @@ import { UpdateServer } from '../server/update-server.ts';
 import { BrokerMetrics, serveMetrics } from '../operator/broker-metrics.ts';
 import { liveDashboard } from '../operator/dashboard-live.ts';
 import type { Logger } from '../util/log.ts';
+import { DirLock } from '../util/dir-lock.ts';
 import { BrokerAuth } from './auth.ts';
 import { openCluster, UpdateServerLease, type ClusterParts } from './cluster.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
@@ -85,6 +86,8 @@ export interface RunningBroker {
 export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   const host = o.host ?? '127.0.0.1';
   await fs.mkdir(o.dataDir, { recursive: true });
+  // One broker per data directory: a second one is named, not left to fail inside LevelDB.
+  const dirLock = await DirLock.acquire(o.dataDir, 'fleet broker');
   let persistence: Persistence | undefined;
   const log = o.log;
   let cluster: ClusterParts | undefined;
@@ -222,6 +225,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
       ]));
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       await destroyPersistence();
+      await dirLock.release();
       log.info('broker stopped');
     },
   };

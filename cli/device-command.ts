@@ -10,6 +10,7 @@ import { PRESENCE_OFFLINE } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
+import { DirLock } from '../util/dir-lock.ts';
 
 export interface DeviceCommandOptions {
   id: string;
@@ -30,6 +31,7 @@ export interface DeviceCommandOptions {
   healthCmd?: string;
   healthTimeout: number;
   healthWindow: number;
+  maxAttempts?: number;
   onSwitch?: string;
   groupKey?: string;
   maxPayload?: number;
@@ -47,6 +49,8 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const log = createLogger(`device.${o.id}`, parseLogLevel(o.logLevel ?? process.env.FLEET_LOG));
   const topics = new Topics(o.prefix);
   const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
+  // One agent per device directory (released when the process exits, taken over from a dead one).
+  await DirLock.acquire(o.dir, `fleet device ${o.id}`);
   const storage = new DeviceStorage(o.dir);
   if (o.initial) {
     const digest = await DeviceAgent.provision(storage, o.initial, digestModelFile);
@@ -73,9 +77,17 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const agent = new DeviceAgent(
     { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
       validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,
-      healthWindowMs: o.healthWindow * 1000, onSwitchCmd: o.onSwitch, maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk,
+      healthWindowMs: o.healthWindow * 1000, maxAttempts: o.maxAttempts, onSwitchCmd: o.onSwitch, maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk,
       groupKey: o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined },
-    { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
+    {
+      transport, storage, clock: systemClock, health: digestHealthCheck, topics, log,
+      // Another agent uses this id and this one is the younger: say so and end (the last will says offline).
+      onFatal: (message) => {
+        process.stderr.write(`fleet: ${message}\n`);
+        setTimeout(() => process.exit(1), 2000).unref();
+        void transport.close().finally(() => process.exit(1));
+      },
+    },
   );
   await agent.start();
   let stopping = false;

@@ -8,6 +8,7 @@ import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { UpdateServer } from '../server/update-server.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
+import { DirLock } from '../util/dir-lock.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { VERSION } from '../util/version.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
@@ -105,6 +106,7 @@ program
   .requiredOption('--data-dir <dir>', 'update store directory')
   .action(async (o: { broker: string; dataDir: string }) => {
     const log = createLogger('serve', logLevel());
+    await DirLock.acquire(o.dataDir, 'fleet serve');
     const transport = MqttTransport.start({ url: o.broker, clientId: `fleet-update-server-${process.pid}` });
     const server = new UpdateServer({ transport, store: new ContentStore(o.dataDir), topics: new Topics(program.opts().prefix), log });
     await server.start();
@@ -187,7 +189,8 @@ program
   .option('--validate-timeout <duration>', 'stop the validation command after this long (refused)', parseDuration, 120)
   .option('--health-cmd <cmd>', 'run after the switch (FLEET_MODEL_PATH = DIR/current.safetensors); exit 0 = healthy, else roll back')
   .option('--health-timeout <duration>', 'stop the health command after this long (rolled back)', parseDuration, 60)
-  .option('--health-window <duration>', 'stay testing this long after a healthy check; a crash in it rolls back', parseDuration, 0)
+  .option('--health-window <duration>', 'stay testing this long after a healthy check; a crash in it is a failed attempt', parseDuration, 0)
+  .option('--max-attempts <n>', 'attempts of the trial after a switch (a crash or a failed health command each counts one) before switching back', parseIntArg(1, 100), 3)
   .option('--group-key <file>', 'group key file (`fleet groupkey`) that opens sealed payloads')
   .option('--max-payload <bytes>', 'refuse manifests that allow payloads over this size (default 256 MiB)', parseIntArg(1))
   .option('--max-chunks <n>', 'refuse manifests that allow more chunks per payload (default 65536)', parseIntArg(1))
@@ -196,7 +199,7 @@ program
   .option('--keepalive <seconds>', 'MQTT keepalive', parseIntArg(5, 65535), 60)
   .option('--connect-timeout <seconds>', 'give up one connection attempt after this long', parseIntArg(1, 3600), 30)
   .option('--reconnect-max <seconds>', 'cap of the exponential reconnect backoff (with jitter)', parseIntArg(1, 3600), 60)
-  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number; validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; onSwitch?: string; groupKey?: string; keepalive: number; connectTimeout: number; reconnectMax: number }) => {
+  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number; validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; maxAttempts: number; onSwitch?: string; groupKey?: string; keepalive: number; connectTimeout: number; reconnectMax: number }) => {
     await runDevice({ ...o, prefix: program.opts().prefix, logLevel: program.opts().logLevel });
   });
 

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { applyToFile } from '../device/apply.ts';
+import { DirLock } from '../util/dir-lock.ts';
 import { installBundle } from '../device/offline-install.ts';
 import { DeviceError } from '../device/reasons.ts';
 import { DeviceStorage } from '../device/storage.ts';
@@ -58,7 +59,10 @@ export function registerOfflineCommands(program: Command): void {
         const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
         const log = createLogger('apply');
         if (o.dir) {
+          // Not beside a running agent: it would see its directory change under it.
+          const lock = await DirLock.acquire(o.dir, 'fleet apply --bundle');
           const r = await installBundle({ bundle, trust, storage: new DeviceStorage(o.dir), model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log });
+          await lock.release();
           process.stdout.write(r.steps === 0 && r.from === r.to ? `${o.dir} already runs ${r.to}\n` : `${o.dir}: ${r.from.slice(0, 16)}… -> ${r.to} (${r.steps} step(s)); current.safetensors switched\n`);
           return;
         }

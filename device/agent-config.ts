@@ -38,8 +38,10 @@ export interface AgentConfig {
   /** Run after the switch; exit 0 = healthy. */
   healthCmd?: string;
   healthTimeoutMs?: number;
-  /** Stay `testing` this long after a healthy check before committing: a crash in it rolls back (default 0). */
+  /** Stay `testing` this long after a healthy check before committing: a crash in it is a failed attempt (default 0). */
   healthWindowMs?: number;
+  /** Attempts of the trial after a switch (each crash, failed or timed-out health command counts one) before switching back (default 3). */
+  maxAttempts?: number;
   /** Told about every switch, with FLEET_MODEL_PATH and FLEET_MODEL_DIGEST in its environment. */
   onSwitchCmd?: string;
   /** The group key that opens sealed payloads (protocol/seal.ts). */
@@ -53,6 +55,8 @@ export interface AgentPorts {
   health: HealthCheck;
   topics: Topics;
   log: Logger;
+  /** The agent stopped itself and the process should end (another agent uses this device id); default: it only stops. */
+  onFatal?: (message: string) => void;
 }
 
 

@@ -10,9 +10,11 @@ import { nextState, type DeviceEvent } from './machine.ts';
 import { decideRelease } from './release-decision.ts';
 import { DEVICE_REASONS, toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
+import { attemptOf, type Journal } from './journal.ts';
 import { TrustKeeper } from './trust-keeper.ts';
 import { composeStatus, type StatusFields } from './status-report.ts';
 import { AgentTimers } from './agent-timers.ts';
+import { newIdentity, SessionGuard, type AgentIdentity } from './session-guard.ts';
 
 export type { AgentConfig, AgentPorts } from './agent-config.ts';
 
@@ -26,7 +28,7 @@ export class DeviceAgent {
   state: DeviceState = 'idle';
   running = '';
   private memory!: AgentMemory;
-  private fields: StatusFields = { target: null, seq: null, updateId: null, reason: null, message: null, rollback: false };
+  private fields: StatusFields = { target: null, seq: null, updateId: null, reason: null, message: null, rollback: false, attempt: null, maxAttempts: null };
   private fetcher: Fetcher | undefined;
   /** The fetch the status reports on (kept after it ends, so the ack shows what was received). */
   private shown: Fetcher | undefined;
@@ -38,13 +40,24 @@ export class DeviceAgent {
   private readonly timers: AgentTimers;
   private stopped = false;
   private readonly listeners: Array<(s: DeviceStatus) => void> = [];
+  private readonly identity: AgentIdentity;
+  private readonly guard: SessionGuard;
 
   constructor(private readonly cfg: AgentConfig, private readonly io: AgentPorts) {
     this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
     this.timers = new AgentTimers(io.clock, cfg.retryMs ?? 30_000);
+    this.identity = newIdentity(io.clock.now());
+    this.guard = new SessionGuard({
+      deviceId: cfg.deviceId, transport: io.transport, topics: io.topics, clock: io.clock, log: io.log, identity: this.identity,
+      onGiveUp: (message) => {
+        io.log.error(message);
+        void this.stop().then(() => io.onFatal?.(message));
+      },
+    });
     this.installer = new Installer(io.storage, {
       deviceId: cfg.deviceId, validateCmd: cfg.validateCmd, validateTimeoutMs: cfg.validateTimeoutMs ?? 120_000, healthCmd: cfg.healthCmd,
-      healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000, onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: 60_000, groupKey: cfg.groupKey,
+      healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000, healthWindowMs: cfg.healthWindowMs, maxAttempts: cfg.maxAttempts,
+      onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: 60_000, groupKey: cfg.groupKey,
     }, io.health, io.log);
   }
 
@@ -70,7 +83,10 @@ export class DeviceAgent {
     const last = this.memory.lastStatus;
     if (last) {
       this.state = last.state;
-      this.fields = { target: last.target, seq: last.seq, updateId: last.updateId, reason: last.reason, message: last.message, rollback: last.rollback ?? false };
+      this.fields = {
+        target: last.target, seq: last.seq, updateId: last.updateId, reason: last.reason, message: last.message, rollback: last.rollback ?? false,
+        attempt: last.attempt ?? null, maxAttempts: last.maxAttempts ?? null,
+      };
     }
     const recovered = await this.installer.recover();
     const pointer = await storage.pointer();
@@ -86,9 +102,11 @@ export class DeviceAgent {
       this.memory.active = null;
       const j = recovered.journal;
       this.enqueue(() => this.transition('crash-rollback', {
-        target: j.target, reason: 'crashed-while-testing',
-        message: `${DEVICE_REASONS['crashed-while-testing']} (was testing ${j.target.slice(0, 16)}…, back on ${j.previous.slice(0, 16)}…)`,
+        target: j.target, reason: 'crashed-while-testing', attempt: attemptOf(j), maxAttempts: this.installer.maxAttempts,
+        message: `${DEVICE_REASONS['crashed-while-testing']} (${recovered.message}: was testing ${j.target.slice(0, 16)}…, back on ${j.previous.slice(0, 16)}…)`,
       }));
+    } else if (recovered?.action === 'resume-trial') {
+      this.enqueue(() => this.resumeTrial(recovered.journal));
     } else {
       const note = recovered?.action === 'discarded-staging' ? `recovered: an interrupted build of ${recovered.journal.target.slice(0, 16)}… was discarded; building it again` : null;
       this.enqueue(() => this.resumeActive(note));
@@ -123,8 +141,11 @@ export class DeviceAgent {
   private onConnected(): void {
     const { transport: t, topics } = this.io;
     void t.publish(topics.presence(this.cfg.deviceId), PRESENCE_ONLINE, { qos: 1, retain: true }).catch(() => undefined);
-    this.publishStatus();
     this.fetcher?.resend();
+    // Read the retained status before replacing it: another agent's, there, means a shared --id.
+    void this.guard.check().then(() => {
+      if (!this.stopped) this.publishStatus();
+    });
     // A download that failed (no space, stalled, storage) is tried again on reconnect.
     if (this.state === 'failed' && this.memory?.active && !this.fetcher && this.fields.reason !== 'corrupt-source') this.enqueue(() => this.resumeActive());
   }
@@ -161,7 +182,7 @@ export class DeviceAgent {
     const to = nextState(this.state, event);
     this.io.log.info('transition', { from: this.state, event, to });
     this.state = to;
-    this.fields = { ...this.fields, ...fields };
+    this.fields = { ...this.fields, attempt: null, maxAttempts: null, ...fields };
     if (event !== 'download-progress') {
       this.memory.lastStatus = this.status();
       await this.io.storage.saveMemory(this.memory);
@@ -172,7 +193,7 @@ export class DeviceAgent {
   private status(): DeviceStatus {
     return composeStatus({
       device: this.cfg.deviceId, group: this.cfg.group, model: this.cfg.model, state: this.state, running: this.running, fields: this.fields,
-      shown: this.shown, active: this.fetcher, wire: this.io.transport.stats?.() ?? null, now: this.io.clock.now(),
+      shown: this.shown, active: this.fetcher, wire: this.io.transport.stats?.() ?? null, now: this.io.clock.now(), identity: this.identity,
     });
   }
 
@@ -180,7 +201,7 @@ export class DeviceAgent {
     const s = this.status();
     this.lastStatusAt = this.io.clock.now();
     for (const l of this.listeners) l(s);
-    void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).catch(() => undefined);
+    void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).then(() => this.guard.acked(), () => undefined);
     return s;
   }
 
@@ -379,26 +400,45 @@ export class DeviceAgent {
       await this.io.storage.clearJournal().catch(() => undefined);
       return this.endInstall(toReason(e).code === 'storage-error' ? 'storage-failed' : 'apply-failed', e, a);
     }
-    await this.installer.switchTo(a.target, previous, a.rollback);
+    await this.installer.switchTo(a.target, previous, a.rollback, 1);
     this.running = a.target;
-    await this.transition('apply-done');
-    const health = await this.installer.checkHealth(a.target, previous, a.rollback);
-    if (health.healthy && (this.cfg.healthWindowMs ?? 0) > 0) {
-      // Stay in testing for the window: a crash now rolls back on restart (the journal says "testing").
-      await new Promise((r) => setTimeout(r, this.cfg.healthWindowMs));
-    }
-    if (health.healthy) {
-      await this.installer.commit(a.target, previous);
+    await this.transition('apply-done', this.attemptFields(1));
+    await this.finishTrial(a, previous, 1);
+  }
+
+  /** The status fields of attempt k of the trial (none when the switch is the commit). */
+  private attemptFields(attempt: number): Partial<StatusFields> {
+    return this.installer.switchIsCommit ? {} : { attempt, maxAttempts: this.installer.maxAttempts };
+  }
+
+  /**
+   * Started after a stop during a trial: the installer has switched to the
+   * target again and journaled the attempt; run it as if it had never stopped.
+   */
+  private async resumeTrial(j: Journal): Promise<void> {
+    const a = this.memory.active?.target === j.target ? this.memory.active : null;
+    const attempt = attemptOf(j);
+    const message = this.installer.switchIsCommit
+      ? `the switch to ${j.target.slice(0, 16)}… was interrupted; finished after a restart`
+      : `attempt ${attempt} of ${this.installer.maxAttempts}: the agent stopped during attempt ${attempt - 1}`;
+    await this.transition('trial-resumed', { target: j.target, seq: a?.seq ?? this.fields.seq, rollback: j.rollback, reason: null, message, ...this.attemptFields(attempt) });
+    await this.finishTrial(a ?? { releaseHash: '', seq: this.fields.seq ?? 0, target: j.target, steps: [], rollback: j.rollback }, j.previous, attempt);
+  }
+
+  /** The trial from attempt `first`, then the ack or the switch back. */
+  private async finishTrial(a: ActiveRelease, previous: string, first: number): Promise<void> {
+    const r = await this.installer.trial(a.target, previous, a.rollback, first, (k, why) =>
+      this.transition('trial-retry', { message: `attempt ${k} of ${this.installer.maxAttempts}: attempt ${k - 1} failed (${why})`, ...this.attemptFields(k) }));
+    this.memory.active = null;
+    if (r.healthy) {
       await this.cleanDownloads(a);
-      this.memory.active = null;
       this.timers.succeeded();
-      await this.transition('health-passed', { reason: null, message: a.rollback ? 'rolled back by the operator' : null });
+      const note = a.rollback ? 'rolled back by the operator' : r.attempt > 1 && !this.installer.switchIsCommit ? `healthy on attempt ${r.attempt} of ${this.installer.maxAttempts}` : null;
+      await this.transition('health-passed', { reason: null, message: note, ...this.attemptFields(r.attempt) });
       return;
     }
-    await this.installer.rollBack(previous, a.target);
     this.running = previous;
-    this.memory.active = null;
-    await this.transition('health-failed', { reason: health.reason ?? 'health-check-failed', message: health.message ?? null });
+    await this.transition('health-failed', { reason: r.reason, message: r.message, ...this.attemptFields(r.attempt) });
   }
 
   private async cleanDownloads(a: ActiveRelease): Promise<void> {

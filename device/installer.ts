@@ -9,7 +9,7 @@ import { applyToFile, commitFile } from './apply.ts';
 import type { FsPort } from './fs-port.ts';
 import { describeFailure, runCommand } from './commands.ts';
 import type { HealthCheck } from './health.ts';
-import type { Journal } from './journal.ts';
+import { attemptOf, type Journal } from './journal.ts';
 import { DeviceError } from './reasons.ts';
 import type { DeviceStorage } from './storage.ts';
 
@@ -21,12 +21,34 @@ export interface InstallerConfig {
   /** Run after the switch; exit 0 = healthy. */
   healthCmd?: string;
   healthTimeoutMs: number;
+  /** Stay in the trial this long after a healthy check; a crash in it is a failed attempt (default 0). */
+  healthWindowMs?: number;
+  /** Attempts of a trial (a crash or a failed health command each count one) before going back (default 3). */
+  maxAttempts?: number;
+  /** Waits out the health window (tests pass their own). */
+  sleep?: (ms: number) => Promise<void>;
   /** Told about every switch (model path and digest in its environment). */
   onSwitchCmd?: string;
   onSwitchTimeoutMs: number;
   /** Opens payloads sealed for this device's group. */
   groupKey?: Uint8Array;
 }
+
+/** Why a trial ended on the previous version. */
+export type TrialFailure = 'health-check-failed' | 'health-check-timeout' | 'crashed-while-testing';
+
+/** How a trial ended: healthy on attempt `attempt`, or back on the previous version after it. */
+export type TrialOutcome =
+  | { healthy: true; attempt: number }
+  | { healthy: false; attempt: number; reason: TrialFailure; message: string };
+
+/** What a start found in the journal and did about it. */
+export type Recovery =
+  | { action: 'discarded-staging'; journal: Journal }
+  /** The trial goes on: switched (again) to the target, `journal.attempt` is the attempt now starting. */
+  | { action: 'resume-trial'; journal: Journal }
+  /** Back on the previous version: the last attempt did not finish, or the target is gone. */
+  | { action: 'rolled-back'; journal: Journal; message: string };
 
 /** A verified step: a decoded low-rank payload, or (full model) the file holding the plain model. */
 type Verified = { step: ReleaseStep; payload: Payload | null; plainFile: string };
@@ -147,45 +169,97 @@ export class Installer {
     if (!r.ok) throw new DeviceError(r.timedOut ? 'validation-timeout' : 'validation-failed', describeFailure('the validation command', r, this.cfg.validateTimeoutMs));
   }
 
-  /** Journal, switch the pointer, journal again: from here a crash means "roll back". */
-  async switchTo(target: string, previous: string, rollback: boolean): Promise<void> {
-    await this.storage.writeJournal({ phase: 'switching', target, previous, rollback, since: Date.now() });
+  get maxAttempts(): number {
+    return Math.max(1, this.cfg.maxAttempts ?? 3);
+  }
+
+  /**
+   * Without a health command or a health window there is nothing in the
+   * trial that a crash could be blamed on (the digest check is
+   * deterministic): the switch is the commit, and a stop during it is
+   * finished on the next start, however often it happens.
+   */
+  get switchIsCommit(): boolean {
+    return !this.cfg.healthCmd && (this.cfg.healthWindowMs ?? 0) <= 0;
+  }
+
+  /**
+   * Attempt `attempt` of the trial begins: journal `switching` (the count is
+   * durable before anything else happens), switch the pointer, journal
+   * `testing`. From here a stop is a failed attempt.
+   */
+  async switchTo(target: string, previous: string, rollback: boolean, attempt = 1): Promise<void> {
+    await this.storage.writeJournal({ phase: 'switching', target, previous, rollback, since: Date.now(), attempt });
     await this.storage.switchTo(target, previous);
-    await this.storage.writeJournal({ phase: 'testing', target, previous, rollback, since: Date.now() });
+    await this.storage.writeJournal({ phase: 'testing', target, previous, rollback, since: Date.now(), attempt });
     if (this.cfg.onSwitchCmd) {
       const r = await runCommand(this.cfg.onSwitchCmd, this.env(this.storage.currentPath, target, previous, rollback), this.cfg.onSwitchTimeoutMs);
       if (!r.ok) this.log.warn('the on-switch command failed', { detail: describeFailure('on-switch', r, this.cfg.onSwitchTimeoutMs) });
     }
   }
 
-  /** After the switch: the model applications load is intact, and the operator's health command passes. */
-  async checkHealth(target: string, previous: string, rollback: boolean): Promise<{ healthy: boolean; reason?: 'health-check-failed' | 'health-check-timeout'; message?: string }> {
+  /**
+   * The trial of the switched version from attempt `first`: each attempt
+   * checks that the file applications load has exactly the target digest,
+   * runs the health command, then waits out the health window. A failed or
+   * timed-out health command is tried again (its attempt number journaled
+   * first, `onRetry` told) until `maxAttempts`; a damaged file is not (no
+   * retry can mend it). Then the version is committed, or the device
+   * switches back to `previous` (a pointer switch, never arithmetic).
+   */
+  async trial(target: string, previous: string, rollback: boolean, first: number, onRetry: (attempt: number, why: string) => Promise<void>): Promise<TrialOutcome> {
+    const max = this.maxAttempts;
+    for (let attempt = first; ; attempt++) {
+      const r = await this.attempt(target, previous, rollback);
+      if (r.healthy) {
+        await this.commit(target, previous);
+        return { healthy: true, attempt };
+      }
+      if (!r.retry || attempt >= max) {
+        await this.rollBack(previous, target);
+        const counted = r.retry ? ` (attempt ${attempt} of ${max})` : '';
+        return { healthy: false, attempt, reason: r.reason, message: `${r.message}${counted}` };
+      }
+      this.log.warn('the trial failed; trying again', { target, attempt, of: max, why: r.message });
+      await this.storage.writeJournal({ phase: 'testing', target, previous, rollback, since: Date.now(), attempt: attempt + 1 });
+      await onRetry(attempt + 1, r.message);
+    }
+  }
+
+  /** One attempt: the digest of the current file, the health command, the window. */
+  private async attempt(target: string, previous: string, rollback: boolean): Promise<{ healthy: true } | { healthy: false; retry: boolean; reason: TrialFailure; message: string }> {
     const own = await this.health.check(this.storage.currentPath, target);
-    if (!own.healthy) return { healthy: false, reason: 'health-check-failed', message: own.message };
-    if (!this.cfg.healthCmd) return { healthy: true };
-    const r = await runCommand(this.cfg.healthCmd, this.env(this.storage.currentPath, target, previous, rollback), this.cfg.healthTimeoutMs);
-    if (r.ok) return { healthy: true };
-    return { healthy: false, reason: r.timedOut ? 'health-check-timeout' : 'health-check-failed', message: describeFailure('the health command', r, this.cfg.healthTimeoutMs) };
+    if (!own.healthy) return { healthy: false, retry: false, reason: 'health-check-failed', message: own.message ?? `${this.storage.currentPath} is not the target` };
+    if (this.cfg.healthCmd) {
+      const r = await runCommand(this.cfg.healthCmd, this.env(this.storage.currentPath, target, previous, rollback), this.cfg.healthTimeoutMs);
+      if (!r.ok) return { healthy: false, retry: true, reason: r.timedOut ? 'health-check-timeout' : 'health-check-failed', message: describeFailure('the health command', r, this.cfg.healthTimeoutMs) };
+    }
+    const window = this.cfg.healthWindowMs ?? 0;
+    // Stay in the trial for the window: a crash now is a failed attempt (the journal says "testing").
+    if (window > 0) await (this.cfg.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms))))(window);
+    return { healthy: true };
   }
 
   /** Healthy: keep exactly the current and the previous version. */
-  async commit(target: string, previous: string): Promise<void> {
+  private async commit(target: string, previous: string): Promise<void> {
     await this.storage.prune([target, previous]);
     await this.storage.clearJournal();
   }
 
   /** Back to the previous version: a pointer switch, never arithmetic. */
-  async rollBack(to: string, from: string): Promise<void> {
+  private async rollBack(to: string, from: string): Promise<void> {
     await this.storage.switchTo(to, from);
     await this.storage.clearJournal();
     if (this.cfg.onSwitchCmd) await runCommand(this.cfg.onSwitchCmd, this.env(this.storage.currentPath, to, from, true), this.cfg.onSwitchTimeoutMs);
   }
 
   /**
-   * On start: finish or undo what a crash interrupted. Returns what was done,
-   * for the status, or undefined when nothing was in progress.
+   * On start: finish or undo what a stop interrupted. `staging`: discard the
+   * half-built files. `switching`/`testing`: the attempt in progress failed;
+   * start the next one (switch again, journal its number first), or, after
+   * the last, switch back. Undefined when nothing was in progress.
    */
-  async recover(): Promise<{ action: 'discarded-staging' | 'rolled-back'; journal: Journal } | undefined> {
+  async recover(): Promise<Recovery | undefined> {
     const j = await this.storage.journal();
     const gone = await this.storage.removeStaging();
     if (!j) return undefined;
@@ -194,10 +268,19 @@ export class Installer {
       this.log.warn('an interrupted build of a new version was discarded', { target: j.target, removed: gone });
       return { action: 'discarded-staging', journal: j };
     }
-    // switching or testing: the new version may be current; it did not prove healthy.
+    const attempt = attemptOf(j);
+    const max = this.maxAttempts;
+    const held = await this.storage.hasVersion(j.target);
+    if (held && (this.switchIsCommit || attempt < max)) {
+      const next = { ...j, attempt: attempt + 1, since: Date.now() };
+      this.log.warn('the agent stopped while switching to or testing a new version; trying again', { target: j.target, attempt: next.attempt, of: this.switchIsCommit ? null : max });
+      await this.switchTo(j.target, j.previous, j.rollback, next.attempt);
+      return { action: 'resume-trial', journal: next };
+    }
     await this.rollBack(j.previous, j.target);
-    this.log.warn('the agent stopped while switching to or testing a new version; switched back', { target: j.target, previous: j.previous });
-    return { action: 'rolled-back', journal: j };
+    const why = held ? `stopped during ${attempt === 1 ? 'the only attempt' : `each of ${attempt} attempts`} of the trial` : 'the version under trial is no longer on disk';
+    this.log.warn('the agent stopped while switching to or testing a new version; switched back', { target: j.target, previous: j.previous, why });
+    return { action: 'rolled-back', journal: j, message: why };
   }
 
   private env(file: string, digest: string, previous: string, rollback: boolean): Record<string, string> {

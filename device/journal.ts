@@ -5,9 +5,14 @@
  *
  *   staging    building the new version in a temporary file: discard it, build again
  *   switching  the new version is complete in models/; the pointer may or may not
- *              name it yet: the switch was not confirmed, so go back to `previous`
- *   testing    switched; in the health window: a crash here means the new model
- *              may be what crashed us, so go back to `previous`
+ *              name it yet: attempt `attempt` of the trial has begun
+ *   testing    switched; checking health or in the health window
+ *
+ * A stop in `switching` or `testing` counts as a failed attempt of the trial,
+ * as an A/B boot counter counts a boot that never confirmed: the next start
+ * switches (again) and runs the trial once more, and only after the last of
+ * `--max-attempts` attempts goes back to `previous`. The attempt number is
+ * written (temp, fsync, rename, fsync) before its attempt starts.
  */
 export type JournalPhase = 'staging' | 'switching' | 'testing';
 
@@ -18,6 +23,13 @@ export interface Journal {
   rollback: boolean;
   /** ms since the epoch when the phase began. */
   since: number;
+  /** switching/testing: the attempt of the trial under way, from 1 (journals written before attempts were counted: 1). */
+  attempt?: number;
+}
+
+/** The attempt a journal records (1 when it predates the count, or holds nonsense). */
+export function attemptOf(j: Journal): number {
+  return Number.isSafeInteger(j.attempt) && (j.attempt as number) >= 1 ? (j.attempt as number) : 1;
 }
 
 export function isJournal(j: unknown): j is Journal {

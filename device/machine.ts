@@ -18,6 +18,8 @@ export type DeviceEvent =
   | 'apply-failed'
   | 'health-passed'
   | 'health-failed'
+  | 'trial-retry'
+  | 'trial-resumed'
   | 'storage-failed';
 
 const RESTING: DeviceState[] = ['idle', 'ok', 'rolled_back', 'rejected', 'failed'];
@@ -42,10 +44,14 @@ export const TRANSITIONS: ReadonlyArray<{ from: readonly DeviceState[]; on: Devi
   { from: ['applying'], on: 'apply-failed', to: 'rejected' },
   { from: ['testing'], on: 'health-passed', to: 'ok' },
   { from: ['testing'], on: 'health-failed', to: 'rolled_back' },
+  // A failed attempt of the trial with attempts left: the next one (journaled first).
+  { from: ['testing'], on: 'trial-retry', to: 'testing' },
+  // On start, the journal says the agent stopped during attempt k of the trial, and attempts are left: attempt k+1.
+  { from: [...RESTING, 'downloading', 'verifying', 'applying', 'testing'], on: 'trial-resumed', to: 'testing' },
   { from: ['downloading', 'verifying', 'applying', 'testing'], on: 'storage-failed', to: 'failed' },
   // A release whose target this device still holds (an operator rollback): no download, no arithmetic.
   { from: [...RESTING, 'downloading'], on: 'switch-back', to: 'applying' },
-  // On start, the journal says the agent stopped while switching or testing: it went back.
+  // On start, the journal says the agent stopped during the last attempt of the trial: it went back.
   { from: [...RESTING, 'downloading', 'verifying', 'applying', 'testing'], on: 'crash-rollback', to: 'rolled_back' },
 ];
 

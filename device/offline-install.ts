@@ -58,12 +58,8 @@ export async function installBundle(o: OfflineInstallOptions): Promise<{ from: s
   const verified = await installer.verify(steps);
   await installer.stage(pointer.digest, verified, body.target, body.rollback);
   await installer.switchTo(body.target, pointer.digest, body.rollback);
-  const health = await installer.checkHealth(body.target, pointer.digest, body.rollback);
-  if (!health.healthy) {
-    await installer.rollBack(pointer.digest, body.target);
-    throw new DeviceError(health.reason ?? 'health-check-failed', health.message);
-  }
-  await installer.commit(body.target, pointer.digest);
+  const health = await installer.trial(body.target, pointer.digest, body.rollback, 1, async () => undefined);
+  if (!health.healthy) throw new DeviceError(health.reason, health.message);
   for (const step of steps) await s.removeDownload(step.updateId);
   memory.highestSeq = body.seq;
   memory.clockFloor = Math.max(memory.clockFloor, body.issued);

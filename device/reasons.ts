@@ -13,7 +13,7 @@ export const DEVICE_ONLY_REASONS = {
   'health-check-timeout': 'The health command did not finish in time; the device switched back to the previous model.',
   'validation-failed': 'The new model failed the validation command before the switch; it never became current.',
   'validation-timeout': 'The validation command did not finish in time; the new model never became current.',
-  'crashed-while-testing': 'The agent stopped while switching to or testing the new model; on restart it switched back to the previous model.',
+  'crashed-while-testing': 'The agent stopped during every allowed attempt of the trial of the new model (--max-attempts); on restart it switched back to the previous model. Check the model with the health command by hand before publishing it again.',
   'download-stalled': 'No chunk arrived for the configured time; the download is tried again later and resumes from what was received.',
   'corrupt-source': 'The update server keeps sending a chunk that does not match the signed chunk list: its stored copy is damaged. Re-publish the update (the device will not retry this one by itself).',
 } as const;

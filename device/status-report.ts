@@ -3,7 +3,7 @@ import { VERSION } from '../util/version.ts';
 import type { Fetcher } from './fetcher.ts';
 
 /** The status fields a transition sets; the rest are read from the agent when the status is made. */
-export type StatusFields = Pick<DeviceStatus, 'target' | 'seq' | 'updateId' | 'reason' | 'message' | 'rollback'>;
+export type StatusFields = Pick<DeviceStatus, 'target' | 'seq' | 'updateId' | 'reason' | 'message' | 'rollback' | 'attempt' | 'maxAttempts'>;
 
 export interface StatusSnapshot {
   device: string;
@@ -18,6 +18,8 @@ export interface StatusSnapshot {
   active: Fetcher | undefined;
   wire: WireStats | null;
   now: number;
+  /** Which agent process speaks. */
+  identity: { instance: string; started: string };
 }
 
 /** The device's status as published (protocol.md §8). */
@@ -37,6 +39,8 @@ export function composeStatus(s: StatusSnapshot): DeviceStatus {
     totalBytes: f?.totalBytes ?? 0,
     badChunks: f?.badChunks ?? 0,
     agent: VERSION,
+    instance: s.identity.instance,
+    started: s.identity.started,
     time: new Date(s.now).toISOString(),
   };
 }

@@ -41,7 +41,19 @@ export interface DeviceStatus {
   wire: WireStats | null;
   reason: string | null;
   message: string | null;
+  /**
+   * The trial of a switched version (A/B boot-counter style): the attempt under way while
+   * `testing`, or the one that ended it (`ok`, `rolled_back`); null otherwise, and when the
+   * switch is the commit (no health command, no health window).
+   */
+  attempt?: number | null;
+  /** Attempts a trial may take before the device switches back (`--max-attempts`), with `attempt`. */
+  maxAttempts?: number | null;
   agent: string;
+  /** A random id of the agent process that published it: two agents with one id tell each other apart. */
+  instance?: string;
+  /** ISO time that agent process started (the younger of two with one id gives way). */
+  started?: string;
   /** ISO 8601. */
   time: string;
 }

@@ -1,5 +1,6 @@
 import { execFile, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import fs from 'node:fs';
+import { pidAlive } from '../util/dir-lock.ts';
 
 /**
  * A "site cellular link" built from two Linux network namespaces joined by a
@@ -88,14 +89,6 @@ function findBinary(name: string): string | undefined {
   return undefined;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 function killPid(pid: number, signal: NodeJS.Signals): void {
   try {

@@ -56,9 +56,11 @@ const rows: Row[] = [
   [devA, 'subscribe', 'fleet/devices/dev-a/#', 'multi-level-wildcard'],
   [devA, 'subscribe', '$SYS/#', 'sys-topic'],
   [devA, 'subscribe', 'fleet/devices/dev-a/+', 'unknown-topic'],
-  [devA, 'subscribe', t.status('dev-a'), 'role-not-allowed'],
+  // Its own retained status (the session guard); no other device's, no wildcard.
+  [devA, 'subscribe', t.status('dev-a'), 'allow'],
+  [devA, 'subscribe', t.status('dev-b'), 'other-device'],
   [devA, 'subscribe', t.allRequests(), 'role-not-allowed'],
-  [devA, 'subscribe', t.allStatuses(), 'role-not-allowed'],
+  [devA, 'subscribe', t.allStatuses(), 'wildcard-not-allowed'],
   // The update server: requests, uploads, releases in; frames, receipts, releases out.
   [server, 'subscribe', t.allRequests(), 'allow'],
   [server, 'subscribe', t.allUploads(), 'allow'],

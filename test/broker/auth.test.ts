@@ -217,7 +217,7 @@ describe('broker with --auth', () => {
     const refused = warnings('subscribe refused');
     expect(refused.map((l) => [l.topic, l.reason])).toEqual([
       [t.release(OTHER_GROUP, MODEL), 'other-group'], ['#', 'multi-level-wildcard'], [t.allReleases(), 'wildcard-not-allowed'],
-      [t.framesFor(MODEL, 'dev-b'), 'other-device'], ['$SYS/#', 'sys-topic'], [t.allStatuses(), 'role-not-allowed'],
+      [t.framesFor(MODEL, 'dev-b'), 'other-device'], ['$SYS/#', 'sys-topic'], [t.allStatuses(), 'wildcard-not-allowed'],
     ]);
     expect(refused.every((l) => l.client === 'fleet-device-dev-a' && l.user === 'dev-a')).toBe(true);
   });

@@ -23,6 +23,8 @@ const EVENT_SET: Record<DeviceEvent, true> = {
   'storage-failed': true,
   'switch-back': true,
   'crash-rollback': true,
+  'trial-retry': true,
+  'trial-resumed': true,
 };
 const EVENTS = Object.keys(EVENT_SET) as DeviceEvent[];
 
@@ -99,6 +101,17 @@ describe('transition table', () => {
     const seen: DeviceState[] = [s];
     for (const e of path) seen.push((s = nextState(s, e)));
     expect(seen).toEqual(['idle', 'downloading', 'downloading', 'verifying', 'applying', 'testing', 'ok']);
+  });
+  it('a trial: attempts repeat in testing (a failed health command, or a restart after a stop) until ok or rolled_back', () => {
+    const path: DeviceEvent[] = ['apply-done', 'trial-retry', 'trial-retry', 'health-failed'];
+    let s: DeviceState = 'applying';
+    const seen: DeviceState[] = [s];
+    for (const e of path) seen.push((s = nextState(s, e)));
+    expect(seen).toEqual(['applying', 'testing', 'testing', 'testing', 'rolled_back']);
+    // After a restart the agent starts in the state it last saved (testing, or earlier if the save was lost).
+    for (const from of ['testing', 'applying', 'idle', 'ok'] as const) expect(nextState(from, 'trial-resumed')).toBe('testing');
+    // A retry happens only during a trial.
+    expect(TRANSITIONS.find((r) => r.on === 'trial-retry')?.from).toEqual(['testing']);
   });
   it('every DeviceState is reachable from idle', () => {
     const reached = new Set<DeviceState>(['idle']);

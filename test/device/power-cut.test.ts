@@ -4,7 +4,8 @@ import { chunkCount, chunkList, sha256Hex, updateIdOf } from '../../protocol/chu
 import type { ReleaseStep } from '../../protocol/release.ts';
 import { synthesizeModel, synthesizeUpdate } from '../../publisher/synth.ts';
 import type { HealthCheck } from '../../device/health.ts';
-import { Installer } from '../../device/installer.ts';
+import { Installer, type Recovery, type TrialOutcome } from '../../device/installer.ts';
+import { attemptOf } from '../../device/journal.ts';
 import { DeviceStorage, type ActiveRelease, type AgentMemory } from '../../device/storage.ts';
 import type { FsPort } from '../../device/fs-port.ts';
 import { silentLogger } from '../../util/log.ts';
@@ -168,30 +169,62 @@ function healthOver(fsys: FsPort): HealthCheck {
 /** The digest of a model file, or why it cannot be read (a torn file). */
 const digestOf = (file: string, fsys: FsPort): Promise<string> => digestModelFile(file, fsys).catch((e: unknown) => `unreadable: ${(e as Error).message}`);
 
-/** The agent's start(): storage, memory, installer, recover. */
-async function boot(fsys: CrashFs): Promise<{ storage: DeviceStorage; installer: Installer; memory: AgentMemory; recovered: Awaited<ReturnType<Installer['recover']>> }> {
+/** How the device under test checks a trial: its health port and command, and its attempts. */
+interface TrialSetup {
+  health?: (fsys: CrashFs) => HealthCheck;
+  healthCmd?: string;
+  maxAttempts?: number;
+}
+
+interface Booted {
+  storage: DeviceStorage;
+  installer: Installer;
+  memory: AgentMemory;
+  recovered: Recovery | undefined;
+  /** How the resumed trial ended, when the start resumed one. */
+  trial?: TrialOutcome;
+}
+
+/** The agent's start(): storage, memory, installer, recover, and (as the agent does next) the resumed trial. */
+async function boot(fsys: CrashFs, t: TrialSetup = {}): Promise<Booted> {
   const storage = new DeviceStorage(DIR, fsys);
   await storage.init();
   const memory = await storage.memory();
-  const installer = new Installer(storage, { deviceId: 'd1', validateTimeoutMs: 1000, healthTimeoutMs: 1000, onSwitchTimeoutMs: 1000 }, healthOver(fsys), silentLogger);
+  const installer = new Installer(storage, {
+    deviceId: 'd1', validateTimeoutMs: 1000, healthTimeoutMs: 10_000, onSwitchTimeoutMs: 1000, healthCmd: t.healthCmd, maxAttempts: t.maxAttempts,
+  }, (t.health ?? healthOver)(fsys), silentLogger);
   const recovered = await installer.recover();
-  return { storage, installer, memory, recovered };
+  let trial: TrialOutcome | undefined;
+  if (recovered?.action === 'resume-trial') {
+    const j = recovered.journal;
+    trial = await installer.trial(j.target, j.previous, j.rollback, attemptOf(j), async () => storage.saveMemory(memory));
+  }
+  if (recovered?.action === 'resume-trial' || recovered?.action === 'rolled-back') {
+    memory.active = null;
+    await storage.saveMemory(memory);
+  }
+  return { storage, installer, memory, recovered, trial };
 }
 
-/** The agent's install(), step for step, with its status saves. */
-async function install(storage: DeviceStorage, installer: Installer, memory: AgentMemory, a: ActiveRelease): Promise<void> {
+/** The agent's install(), step for step, with its status saves: build, switch (attempt 1), the trial. */
+async function install(storage: DeviceStorage, installer: Installer, memory: AgentMemory, a: ActiveRelease): Promise<TrialOutcome> {
   const previous = (await storage.pointer())!.digest;
   const verified = await installer.verify(a.steps);
   await storage.saveMemory(memory); // verify-passed
   await installer.stage(previous, verified, a.target, a.rollback);
-  await installer.switchTo(a.target, previous, a.rollback);
+  await installer.switchTo(a.target, previous, a.rollback, 1);
   await storage.saveMemory(memory); // apply-done
-  const health = await installer.checkHealth(a.target, previous, a.rollback);
-  if (!health.healthy) throw new Error(`unhealthy: ${health.message}`);
-  await installer.commit(a.target, previous);
-  for (const s of a.steps) await storage.removeDownload(s.updateId);
+  const r = await installer.trial(a.target, previous, a.rollback, 1, async () => storage.saveMemory(memory)); // trial-retry
+  if (r.healthy) for (const s of a.steps) await storage.removeDownload(s.updateId);
   memory.active = null;
-  await storage.saveMemory(memory); // health-passed
+  await storage.saveMemory(memory); // health-passed or health-failed
+  return r;
+}
+
+/** install() where the update is healthy. */
+async function installHealthy(storage: DeviceStorage, installer: Installer, memory: AgentMemory, a: ActiveRelease): Promise<void> {
+  const r = await install(storage, installer, memory, a);
+  if (!r.healthy) throw new Error(`unhealthy: ${r.message}`);
 }
 
 /** Run the install on a fresh copy of the scenario, cut at its mutating operation `k` (none when undefined). */
@@ -201,7 +234,7 @@ async function runCut(sc: Scenario, k: number | undefined): Promise<{ fsys: Cras
   const before = fsys.ops;
   if (k !== undefined) fsys.cutAfter(k);
   try {
-    await install(storage, installer, memory, memory.active!);
+    await installHealthy(storage, installer, memory, memory.active!);
   } catch (e) {
     if (!fsys.dead) throw e;
   }
@@ -224,7 +257,7 @@ async function restartAndCheck(sc: Scenario, survived: CrashFs, what: string): P
   for (const f of models) expect(await digestOf(path.posix.join(DIR, 'models', f), survived), `${what}: ${f}`).toBe(f.slice(0, 64));
   const outcome = digest === sc.base ? 'old' : 'new';
   // The device can always finish: as the agent resumes an active release not yet running.
-  if (outcome === 'old') await install(storage, installer, memory, memory.active ?? sc.active);
+  if (outcome === 'old') await installHealthy(storage, installer, memory, memory.active ?? sc.active);
   expect(await digestOf(storage.currentPath, survived), `${what}: finishing`).toBe(sc.target);
   expect((await storage.pointer())!.digest).toBe(sc.target);
   // And what it finished with survives the next power cut.
@@ -289,6 +322,120 @@ describe.each(['low-rank', 'full-model'] as const)('power cut during a %s instal
         (e: unknown) => expect(again.dead, String(e)).toBe(true),
       );
       await restartAndCheck(sc, again.crash(), `${kind}, cut at ${k}/${n}, then in recovery at ${j}/${probe.ops}`);
+    }
+  }, 120_000);
+});
+
+// --- the trial: attempts counted across power cuts (issue: a power cut is not a verdict) ---
+
+/**
+ * A health port that takes the power away whenever it runs: the model crashes the device in every
+ * attempt. (With a health command configured: without one the switch is the commit.)
+ */
+const crashingHealth = (crashes: { n: number }) => (fsys: CrashFs): HealthCheck => ({
+  async check() {
+    crashes.n++;
+    fsys.dead = true;
+    throw new PowerCut(fsys.ops, 'the model under trial crashed the device');
+  },
+});
+
+/** How the device came to rest: healthy on the new model, or back on the old one after `attempt` attempts. */
+type Rest = { healthy: boolean; attempt: number; reason: string | null; boots: number };
+
+/**
+ * The device's life from a complete download: install (cut at operation k
+ * when k is given), then reboot on what survived, as often as it takes,
+ * until the install has ended. A start that finds an unfinished build, or
+ * the release still active on the old model, installs again (as the agent
+ * resumes an active release).
+ */
+async function untilRest(sc: Scenario, t: TrialSetup, k: number | undefined, cutsLeft = 0): Promise<Rest & { fsys: CrashFs }> {
+  let fsys = sc.fs.crash();
+  for (let boots = 1; boots <= 50; boots++) {
+    // Later starts may themselves be cut (during recovery: journaling the next attempt, switching again).
+    if (boots > 1 && cutsLeft > 0) {
+      cutsLeft--;
+      fsys.cutAfter(1 + (boots % 7));
+    }
+    try {
+      const b = await boot(fsys, t);
+      // The first start has nothing to recover: the cut falls in the install.
+      if (boots === 1 && k !== undefined) fsys.cutAfter(k);
+      if (b.recovered?.action === 'rolled-back') return { healthy: false, attempt: attemptOf(b.recovered.journal), reason: 'crashed-while-testing', boots, fsys };
+      const r = b.trial ?? (b.memory.active ? await install(b.storage, b.installer, b.memory, b.memory.active) : undefined);
+      if (!r) throw new Error('the device has nothing left to do, yet the install never ended');
+      return { healthy: r.healthy, attempt: r.attempt, reason: r.healthy ? null : r.reason, boots, fsys };
+    } catch (e) {
+      if (!(e instanceof PowerCut)) throw e;
+    }
+    fsys = fsys.crash();
+  }
+  throw new Error('the device never came to rest');
+}
+
+describe('the trial after a switch counts attempts across power cuts (as A/B boot counters do)', () => {
+  it('no health command: a cut at every operation of the install ends ok on the new model, never rolled back', async () => {
+    const sc = provisioned('low-rank');
+    const n = (await runCut(sc, undefined)).ops;
+    for (let k = 1; k <= n; k++) {
+      const r = await untilRest(sc, {}, k);
+      expect(r, `cut at ${k}/${n}`).toMatchObject({ healthy: true, reason: null });
+      expect(await digestOf(path.posix.join(DIR, 'current.safetensors'), r.fsys.crash()), `cut at ${k}/${n}`).toBe(sc.target);
+    }
+  }, 120_000);
+
+  it('a model that crashes the device in every attempt: exactly N crashes, then back on the old model', async () => {
+    const sc = provisioned('low-rank');
+    for (const max of [1, 3, 5]) {
+      const crashes = { n: 0 };
+      const r = await untilRest(sc, { health: crashingHealth(crashes), healthCmd: 'true', maxAttempts: max }, undefined);
+      expect(r, `maxAttempts ${max}`).toMatchObject({ healthy: false, attempt: max, reason: 'crashed-while-testing' });
+      expect(crashes.n, `maxAttempts ${max}`).toBe(max);
+      expect(r.boots).toBe(max + 1);
+      const after = r.fsys.crash();
+      expect(await digestOf(path.posix.join(DIR, 'current.safetensors'), after)).toBe(sc.base);
+      expect(await new DeviceStorage(DIR, after).journal()).toBeUndefined();
+    }
+  }, 120_000);
+
+  it('a health command that always fails, cut at every operation (the attempt-count writes among them): rolled back after exactly N attempts', async () => {
+    const sc = provisioned('low-rank');
+    const t: TrialSetup = { healthCmd: 'echo "inference failed"; exit 1', maxAttempts: 3 };
+    const clean = await untilRest(sc, t, undefined);
+    expect(clean).toMatchObject({ healthy: false, attempt: 3, reason: 'health-check-failed', boots: 1 });
+    // The operations of the whole failing install, three attempts and the switch back included.
+    const probe = sc.fs.crash();
+    const b = await boot(probe, t);
+    const before = probe.ops;
+    await install(b.storage, b.installer, b.memory, b.memory.active!);
+    const n = probe.ops - before;
+    const journalWrites = probe.counts.get('rename') ?? 0;
+    let rolledBackByRecovery = 0;
+    for (let k = 1; k <= n; k++) {
+      const r = await untilRest(sc, t, k);
+      expect(r.healthy, `cut at ${k}/${n}`).toBe(false);
+      expect(r.attempt, `cut at ${k}/${n}`).toBe(3);
+      if (r.reason === 'crashed-while-testing') rolledBackByRecovery++;
+      else expect(r.reason, `cut at ${k}/${n}`).toBe('health-check-failed');
+      const after = r.fsys.crash();
+      expect(await digestOf(path.posix.join(DIR, 'current.safetensors'), after), `cut at ${k}/${n}`).toBe(sc.base);
+      expect(await new DeviceStorage(DIR, after).journal(), `cut at ${k}/${n}`).toBeUndefined();
+    }
+    console.log(`failing health command: ${n} cut points (${journalWrites} renames) -> all rolled back after 3 attempts; ${rolledBackByRecovery} by recovery after a cut in the last attempt`);
+    expect(rolledBackByRecovery).toBeGreaterThan(0);
+  }, 240_000);
+
+  it('cuts during recovery itself (while it journals the next attempt) still end after exactly N attempts', async () => {
+    const sc = provisioned('low-rank');
+    const crashes = { n: 0 };
+    const rand = mulberry32(21);
+    for (let i = 0; i < 30; i++) {
+      crashes.n = 0;
+      const r = await untilRest(sc, { health: crashingHealth(crashes), healthCmd: 'true', maxAttempts: 3 }, undefined, 1 + Math.floor(rand() * 4));
+      expect(r).toMatchObject({ healthy: false, attempt: 3, reason: 'crashed-while-testing' });
+      expect(crashes.n).toBeLessThanOrEqual(3);
+      expect(await digestOf(path.posix.join(DIR, 'current.safetensors'), r.fsys.crash())).toBe(sc.base);
     }
   }, 120_000);
 });

@@ -78,6 +78,15 @@ describe('counting a wave', () => {
     expect(classifyDevice(rec('d', 'ok', { running: T, presence: 'offline' }), release, undefined)).toBe('ok');
     expect(classifyDevice(undefined, release, undefined)).toBe('silent');
   });
+  it('a device retrying its trial (testing, attempt 2 of 3, after a power cut) is pending, not failed, until it ends', () => {
+    const retrying = rec('d', 'testing', { running: T, target: T, seq: 10 });
+    retrying.status = { ...retrying.status!, attempt: 2, maxAttempts: 3, message: 'attempt 2 of 3: the agent stopped during attempt 1' };
+    expect(classifyDevice(retrying, release, undefined)).toBe('pending');
+    const recs = new Map([rec('a', 'ok', { running: T }), retrying].map((r) => [r.device, r]));
+    const e = evaluateWave(wave({ failureThreshold: { count: 1 } }), ['a', 'd'], release, (d) => recs.get(d), [], false);
+    expect(e.counts).toMatchObject({ ok: 1, failed: 0, pending: 1 });
+    expect(e.failureCrossed).toBe(false);
+  });
   it('success and failure thresholds, by count and by share', () => {
     const recs = new Map([rec('a', 'ok', { running: T }), rec('b', 'ok', { running: T }), rec('c', 'rolled_back', { target: T, seq: 10 })].map((r) => [r.device, r]));
     const look = (d: string): DeviceRecord | undefined => recs.get(d);
