@@ -6,9 +6,9 @@ import { decodePayload, isLowRank, lowRankDims } from '../protocol/lowrank.ts';
 import { BuildError } from '../publisher/build-error.ts';
 import { buildUpdate, type BuildMode, type BuildReport } from '../publisher/build.ts';
 import { loraSource, twoModelSource, type DeltaSource } from '../publisher/delta-source.ts';
-import { loraFactors, parseLoraConfig } from '../publisher/lora.ts';
+import { loraFactors, parseLoraConfig, type LoraLayout } from '../publisher/lora.ts';
 import type { Quant } from '../publisher/quantize.ts';
-import { ModelFile } from '../util/model-file.ts';
+import { digestModelFile, ModelFile } from '../util/model-file.ts';
 import { createProgress } from '../util/progress.ts';
 
 /** "150000", "150k", "2M" (powers of 1000), or "0.5%" of the base model's bytes. */
@@ -31,6 +31,40 @@ async function writeOutput(file: string, data: Uint8Array | string): Promise<voi
     await fs.rm(tmp, { force: true });
     throw e;
   }
+}
+
+const WRITE_HINTS: Record<string, string> = {
+  ENOENT: 'its directory does not exist: create it first',
+  ENOTDIR: 'a part of its path is not a directory',
+  EACCES: 'permission denied: choose a directory you can write, or fix its permissions',
+  EPERM: 'permission denied: choose a directory you can write, or fix its permissions',
+  EROFS: 'the file system is read-only: choose another directory',
+  ENOSPC: 'the disk is full: free space or choose another disk',
+  EISDIR: 'it is a directory: give a file name',
+};
+
+/** Before computing: the update and its report can be created where --out says. */
+async function checkWritable(file: string): Promise<void> {
+  const st = await fs.stat(file).catch(() => undefined);
+  if (st?.isDirectory()) throw new BuildError('unwritable-output', `cannot write --out ${file}: ${WRITE_HINTS.EISDIR}`);
+  for (const probe of [`${file}.tmp-${process.pid}`, `${reportPath(file)}.tmp-${process.pid}`]) {
+    try {
+      await (await fs.open(probe, 'wx')).close();
+      await fs.rm(probe, { force: true });
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code ?? 'error';
+      throw new BuildError('unwritable-output', `cannot write --out ${file}: ${WRITE_HINTS[code] ?? `${code} (${(e as Error).message})`}`);
+    }
+  }
+}
+
+/** An update larger than half the model, or one far from its target, is written only with --yes. */
+function concerns(r: BuildReport): string[] {
+  const out: string[] = [];
+  if (r.updateBytes > r.modelBytes / 2) out.push(`the update is ${pct(r.updateBytes, r.modelBytes)} of the model's bytes, more than half (sending the model itself costs about as much)`);
+  const worst = r.tensors.reduce<BuildReport['tensors'][number] | undefined>((w, t) => (t.relError > (w?.relError ?? -Infinity) ? t : w), undefined);
+  if (worst && worst.relError > 0.5) out.push(`tensor ${worst.name} keeps a relative error of ${worst.relError.toFixed(2)}, above 0.5 (raise --rank, --budget or --energy)`);
+  return out;
 }
 
 export function reportPath(updateFile: string): string {
@@ -66,6 +100,22 @@ function printReport(r: BuildReport, out: (s: string) => void): void {
   out(`from ${r.baseDigest}\nto   ${r.targetDigest}`);
 }
 
+/** Names from an adapter's config on a terminal: control characters shown as '?'. */
+const printable = (s: string): string => s.replace(/\p{Cc}/gu, '?');
+
+/** What a LoRA build reports beyond the tensors: how 2-D layers were read, and what --allow-partial left out. */
+interface LoraReport {
+  layout: LoraLayout[];
+  leftOut: Array<{ module: string; reason: string }>;
+}
+
+function printLora(r: LoraReport, out: (s: string) => void): void {
+  const counts = new Map<string, number>();
+  for (const l of r.layout) counts.set(`${l.storedAs} (by ${l.by})`, (counts.get(`${l.storedAs} (by ${l.by})`) ?? 0) + 1);
+  if (counts.size > 0) out(`LoRA layers read as: ${[...counts].map(([k, n]) => `${n} ${k}`).join(', ')}`);
+  for (const u of r.leftOut) out(printable(`left out: ${u.module}: ${u.reason}`));
+}
+
 export function registerBuildCommands(program: Command): void {
   program
     .command('build')
@@ -79,14 +129,20 @@ export function registerBuildCommands(program: Command): void {
     .option('--budget <bytes|pct%>', 'total update size, spent where it removes the most error', parseBudget)
     .option('--energy <fraction>', "keep this fraction of each ΔW's squared Frobenius norm", (v) => Number(v))
     .addOption(new Option('--quant <q>', 'number format of the factors').choices(['f32', 'f16', 'int8']).default('f32'))
+    .option('--allow-partial', 'with --lora: build even if some adapter tensors cannot be used (the report lists them)')
+    .option('--fan-in-fan-out <modules>', 'with --lora: the 2-D layers stored [in, out] (GPT-2 Conv1D), comma-separated names or suffixes; every other layer is [out, in]', (v) => v.split(',').map((x) => x.trim()).filter(Boolean))
+    .option('--yes', 'write the update even if it is larger than half the model or a tensor keeps a relative error above 0.5')
     .option('--json', 'print the report as one JSON line')
-    .action(async (o: { base: string; target?: string; lora?: string; loraConfig?: string; out: string; rank?: number; budget?: { bytes?: number; percent?: number }; energy?: number; quant: Quant; json?: boolean }) => {
+    .action(async (o: { base: string; target?: string; lora?: string; loraConfig?: string; out: string; rank?: number; budget?: { bytes?: number; percent?: number }; energy?: number; quant: Quant; json?: boolean; allowPartial?: boolean; fanInFanOut?: string[]; yes?: boolean }) => {
       const modes = [o.rank !== undefined, o.budget !== undefined, o.energy !== undefined].filter(Boolean).length;
       if (!!o.target === !!o.lora) throw new BuildError('bad-options', 'give exactly one of --target (a retrained model) or --lora (an adapter)');
       if (o.target && modes !== 1) throw new BuildError('bad-options', 'give exactly one of --rank, --budget or --energy');
       if (o.lora && (o.budget !== undefined || o.energy !== undefined)) throw new BuildError('bad-options', 'with --lora only --rank (to re-compress) may be given');
       if (o.lora && !o.loraConfig) throw new BuildError('bad-options', '--lora needs --lora-config adapter_config.json');
+      if (!o.lora && (o.allowPartial || o.fanInFanOut)) throw new BuildError('bad-options', '--allow-partial and --fan-in-fan-out apply to --lora only');
+      await checkWritable(o.out);
       let source: DeltaSource;
+      let lora: LoraReport | undefined;
       if (o.lora) {
         const base = await ModelFile.open(o.base).catch((e: unknown) => {
           throw new BuildError('malformed-model', `base model ${o.base}: ${(e as Error).message}`);
@@ -94,10 +150,15 @@ export function registerBuildCommands(program: Command): void {
         const header = { tensors: base.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) };
         await base.close();
         const config = parseLoraConfig(await fs.readFile(o.loraConfig!, 'utf8'));
-        const { factors, whole, unmapped } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header);
-        for (const u of unmapped) process.stderr.write(`warning: adapter module ${u.module} not used: ${u.reason}\n`);
-        if (factors.length + whole.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
-        source = await loraSource(o.base, factors, whole);
+        const { factors, whole, computed, unmapped, layout } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header, { fanInFanOut: o.fanInFanOut });
+        if (unmapped.length > 0 && !o.allowPartial) {
+          const shown = printable(unmapped.slice(0, 3).map((u) => `${u.module}: ${u.reason}`).join('; '));
+          throw new BuildError('bad-adapter', `${unmapped.length} part(s) of the adapter cannot be merged as PEFT would: ${shown}${unmapped.length > 3 ? '; …' : ''} (fix the adapter, or pass --allow-partial to build without them)`);
+        }
+        for (const u of unmapped) process.stderr.write(printable(`left out (--allow-partial): adapter module ${u.module}: ${u.reason}`) + '\n');
+        if (factors.length + whole.length + computed.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
+        lora = { layout, leftOut: unmapped };
+        source = await loraSource(o.base, factors, whole, computed);
       } else {
         source = await twoModelSource(o.base, o.target!);
       }
@@ -111,12 +172,16 @@ export function registerBuildCommands(program: Command): void {
         const progress = createProgress('build', process.stderr, o.json === true, 1000);
         const { payload, report } = await buildUpdate({ source, mode, quant: o.quant, onProgress: (d, n, name) => progress.update(d, n, name) });
         progress.finish();
-        const full = { ...report, payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000, peakRssMB: process.resourceUsage().maxRSS / 1024 };
+        const worries = concerns(report);
+        if (worries.length > 0 && !o.yes) throw new BuildError('needs-confirmation', `${worries.join('; ')}: nothing written; pass --yes to write it anyway`);
+        for (const w of worries) process.stderr.write(`warning: ${w}\n`);
+        const full = { ...report, ...(lora ? { lora } : {}), payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000, peakRssMB: process.resourceUsage().maxRSS / 1024 };
         await writeOutput(o.out, payload);
         await writeOutput(reportPath(o.out), JSON.stringify(full, null, 2) + '\n');
         if (o.json) process.stdout.write(JSON.stringify(full) + '\n');
         else {
           printReport(full, (s) => process.stdout.write(s + '\n'));
+          if (lora) printLora(lora, (s) => process.stdout.write(s + '\n'));
           process.stdout.write(`wrote ${o.out} (${payload.byteLength} bytes) and ${reportPath(o.out)} in ${full.seconds.toFixed(1)} s\n`);
         }
       } finally {
@@ -139,6 +204,10 @@ export function registerBuildCommands(program: Command): void {
       let modelBytes = built?.modelBytes;
       let modelParams = built?.modelParams;
       if (o.base) {
+        const digest = await digestModelFile(o.base).catch((e: unknown) => {
+          throw new BuildError('malformed-model', `base model ${o.base}: ${(e as Error).message}`);
+        });
+        if (digest !== p.base) throw new BuildError('mismatched-models', `${o.base} is not this update's base: its digest is ${digest}, the update applies to ${p.base}`);
         const m = await ModelFile.open(o.base);
         modelBytes = m.fileSize;
         modelParams = m.tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);

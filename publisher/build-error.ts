@@ -8,7 +8,9 @@ export type BuildErrorCode =
   | 'budget-too-small'
   | 'malformed-model'
   | 'bad-adapter'
-  | 'bad-options';
+  | 'bad-options'
+  | 'unwritable-output'
+  | 'needs-confirmation';
 
 export class BuildError extends Error {
   constructor(readonly code: BuildErrorCode, message: string) {

@@ -2,7 +2,7 @@ import { decodeValues, isUpdatableDtype } from '../protocol/dtypes.ts';
 import type { TensorInfo } from '../protocol/safetensors.ts';
 import { ModelFile } from '../util/model-file.ts';
 import { BuildError } from './build-error.ts';
-import { denseLoraDelta, type LoraFactor, type LoraWhole } from './lora.ts';
+import { denseLoraDelta, type LoraComputed, type LoraFactor, type LoraWhole } from './lora.ts';
 
 /** A tensor the update changes, and how to get its exact intended ΔW. */
 export interface ChangedTensor {
@@ -101,8 +101,10 @@ export async function twoModelSource(baseFile: string, targetFile: string): Prom
  * all already mapped to base tensors. A whole tensor equal to the base is
  * unchanged and left out; a whole tensor has no factors, so it is built like
  * a two-model delta (1-D dense; 2-D by SVD, or dense in factors mode).
+ * Computed tensors (DoRA, trainable tokens, lora_bias) take their ΔW from the
+ * base tensor's values; a computed ΔW of exactly known factors keeps them.
  */
-export async function loraSource(baseFile: string, factors: LoraFactor[], whole: readonly LoraWhole[] = []): Promise<DeltaSource> {
+export async function loraSource(baseFile: string, factors: LoraFactor[], whole: readonly LoraWhole[] = [], computed: readonly LoraComputed[] = []): Promise<DeltaSource> {
   const base = await openModel(baseFile, 'base');
   try {
     const changed: ChangedTensor[] = [];
@@ -122,6 +124,10 @@ export async function loraSource(baseFile: string, factors: LoraFactor[], whole:
       if (info.dtype !== w.dtype || info.shape.join(',') !== w.shape.join(',')) {
         throw new BuildError('bad-adapter', `adapter tensor ${w.source} is ${w.dtype} [${w.shape}] but base tensor ${info.name} is ${info.dtype} [${info.shape}]`);
       }
+      if (w.mustEqualBase !== undefined) {
+        if (Buffer.compare(await base.read(info), w.data) === 0) continue;
+        throw new BuildError('bad-adapter', `adapter tensor ${w.source} is the saved base weight of ${w.mustEqualBase}, but it differs from ${info.name} in the base model: the adapter was made for another base, or trained that tensor too, which cannot be combined here`);
+      }
       if (wholeBy.has(info.name) || changed.some((c) => c.info.name === info.name)) throw new BuildError('bad-adapter', `base tensor ${info.name} is targeted twice by the adapter`);
       updatable(info);
       const bb = await base.read(info);
@@ -131,12 +137,33 @@ export async function loraSource(baseFile: string, factors: LoraFactor[], whole:
       wholeBy.set(info.name, w);
       changed.push({ info, ...dims(info.shape) });
     }
+    const computedBy = new Map<string, LoraComputed>();
+    const computedDelta = async (k: LoraComputed, info: TensorInfo) => {
+      const bv = decodeValues(await base.read(info), info.dtype);
+      checkFinite(bv, info.name, 'base');
+      const d = k.delta(bv, info.dtype);
+      if (typeof d === 'string') throw new BuildError('bad-adapter', d);
+      checkFinite(d.delta, info.name, `${k.kind} merged`);
+      return d;
+    };
+    for (const k of computed) {
+      const info = base.info(k.tensor);
+      if (!info) throw new BuildError('bad-adapter', `the adapter targets ${k.tensor}, which the base model does not have`);
+      if (computedBy.has(info.name) || wholeBy.has(info.name) || changed.some((c) => c.info.name === info.name)) throw new BuildError('bad-adapter', `base tensor ${info.name} is targeted twice by the adapter`);
+      updatable(info);
+      const d = await computedDelta(k, info);
+      computedBy.set(info.name, k);
+      const fits = d.factors && d.factors.rank <= Math.min(dims(info.shape).m, dims(info.shape).n);
+      changed.push({ info, ...dims(info.shape), ...(fits ? { factors: d.factors } : {}) });
+    }
     changed.sort((a, b) => Buffer.compare(Buffer.from(a.info.name), Buffer.from(b.info.name)));
     const byTensor = new Map(factors.map((f) => [f.tensor, f]));
     return {
       base,
       changed,
       async delta(c) {
+        const k = computedBy.get(c.info.name);
+        if (k) return (await computedDelta(k, c.info)).delta;
         const w = wholeBy.get(c.info.name);
         if (!w) return denseLoraDelta(byTensor.get(c.info.name)!);
         const d = decodeValues(w.data, w.dtype);

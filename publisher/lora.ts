@@ -1,4 +1,4 @@
-import { decodeValues, isUpdatableDtype, type Dtype } from '../protocol/dtypes.ts';
+import { isUpdatableDtype } from '../protocol/dtypes.ts';
 import { lowRankDims, type TensorDelta } from '../protocol/lowrank.ts';
 import { readSafetensors } from '../protocol/safetensors.ts';
 
@@ -17,16 +17,25 @@ import { readSafetensors } from '../protocol/safetensors.ts';
  * scaling = alpha / r, or alpha / sqrt(r) with use_rslora.
  *
  * Whole tensors saved beside the factors — the biases of `bias="all"` /
- * `bias="lora_only"` (`base_model.model.<path>.bias`), `modules_to_save`
- * modules and saved embedding layers — are the trained tensors themselves:
- * when one maps onto a base tensor of the same shape and dtype it becomes a
- * `LoraWhole`, whose delta (trained − base) the publisher builds like a
- * two-model delta (1-D tensors dense).
+ * `bias="lora_only"` (`<path>.base_layer.bias` for a targeted module,
+ * `<path>.bias` otherwise), `modules_to_save` modules and saved embedding
+ * layers — are the trained tensors themselves: when one maps onto a base
+ * tensor of the same shape and dtype it becomes a `LoraWhole`, whose delta
+ * (trained − base) the publisher builds like a two-model delta (1-D dense).
+ * DoRA, lora_bias and trainable tokens are `LoraComputed` (lora-variants.ts).
+ * What PEFT's merge_and_unload would not turn into base + delta is refused
+ * (lora-config.ts); what this reader cannot place is reported in `unmapped`,
+ * which fails a build unless --allow-partial. docs/compression.md has the table.
  */
 
 import { isFiniteNumber, isObject, isPositiveInt, LoraError, patternValue, type LoraConfig } from './lora-config.ts';
+import { altNames, baseCandidates, decodeFloat, fmt, named, sameShape, type AdapterTensor, type BaseInfo, type LoraWhole } from './lora-tensors.ts';
+import { doraComputed, loraBiasComputed, type LoraComputed } from './lora-variants.ts';
+import { basePath, mapTokens, mapWhole } from './lora-whole.ts';
 
 export { LoraError, parseLoraConfig, patternValue, type LoraConfig, type LoraErrorCode } from './lora-config.ts';
+export type { LoraComputed } from './lora-variants.ts';
+export { baseCandidates, type LoraWhole } from './lora-tensors.ts';
 
 export interface LoraFactor {
   module: string;
@@ -41,63 +50,45 @@ export interface LoraFactor {
   v: Float64Array;
 }
 
-/** A tensor the adapter holds whole (trained value, not a delta), mapped onto a base tensor of the same shape and dtype. */
-export interface LoraWhole {
+/** How a square 2-D module's factors were read: PEFT's layout is per layer (Conv1D forces fan_in_fan_out), the shape alone cannot tell. */
+export interface LoraLayout {
   module: string;
-  /** The adapter's tensor name. */
-  source: string;
-  /** The base tensor's name. */
   tensor: string;
-  shape: number[];
-  dtype: Dtype;
-  /** The trained values, encoded in `dtype` (all finite). */
-  data: Uint8Array;
+  /** '[out, in]': ΔW = s·B·A (nn.Linear); '[in, out]': ΔW = (s·B·A)ᵀ (fan_in_fan_out, GPT-2 Conv1D). */
+  storedAs: '[out, in]' | '[in, out]';
+  by: 'shape' | 'the other layers' | 'adapter_config.json fan_in_fan_out' | '--fan-in-fan-out';
 }
 
 export interface LoraResult {
   factors: LoraFactor[];
   whole: LoraWhole[];
+  /** Tensors whose merged value depends on the base (DoRA, trainable tokens) or that are not factors (lora_bias). */
+  computed: LoraComputed[];
+  /** What the adapter holds that is not used, and why: a build uses it only with --allow-partial. */
   unmapped: Array<{ module: string; reason: string }>;
+  layout: LoraLayout[];
 }
 
-interface AdapterTensor { name: string; dtype: Dtype; shape: number[]; data: Uint8Array }
+export interface LoraOptions {
+  /** Modules (names or suffixes at a dot) stored [in, out]; the others [out, in]. Without it, square layers follow the rest. */
+  fanInFanOut?: readonly string[];
+}
 
 interface Group {
   kind: 'lora' | 'embedding';
   a: AdapterTensor[];
   b: AdapterTensor[];
+  magnitude: AdapterTensor[];
+  bias: AdapterTensor[];
   problems: string[];
 }
 
 const PEFT_PREFIX = 'base_model.model.';
 const FACTOR = /^(.+)\.lora_(A|B)(?:\.[^.]+)?\.weight$/;
 const EMBEDDING_FACTOR = /^(.+)\.lora_embedding_(A|B)(?:\.[^.]+)?$/;
-const SHIFTED_BASE = /^(pissa|olora|corda|loftq)/i;
-
-const fmt = (shape: readonly number[]): string => `[${shape.join(', ')}]`;
-const sameShape = (a: readonly number[], b: readonly number[]): boolean => a.length === b.length && a.every((d, i) => d === b[i]);
-
-/** Base tensor names tried for a module path, in order. */
-export function baseCandidates(module: string): string[] {
-  return altNames(module).map((m) => `${m}.weight`);
-}
-
-/** A path, then the same path with a leading `model.` removed or added. */
-function altNames(path: string): string[] {
-  return [path, path.startsWith('model.') ? path.slice('model.'.length) : `model.${path}`];
-}
-
-/** A whole tensor's path in the base model: PEFT's `modules_to_save.<adapter>.` wrapper segment removed. */
-const MODULES_TO_SAVE_SEGMENT = /\.modules_to_save\.[^.]+(?=\.)/;
-
-function decodeFloat(t: AdapterTensor): Float64Array | string {
-  if (t.dtype !== 'F64' && !isUpdatableDtype(t.dtype)) return `${t.name} is ${t.dtype}, not a float tensor`;
-  const values = decodeValues(t.data, t.dtype);
-  for (let j = 0; j < values.length; j++) {
-    if (!Number.isFinite(values[j])) return `${t.name} holds a non-finite value at element ${j}`;
-  }
-  return values;
-}
+const MAGNITUDE = /^(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$/;
+const LORA_BIAS = /^(.+)\.lora_B(?:\.[^.]+)?\.bias$/;
+const TOKENS = /^(.+)\.token_adapter\.trainable_tokens_delta(?:\.[^.]+)?$/;
 
 /** Transpose of a rows×cols row-major matrix, times s. */
 function transposed(x: Float64Array, rows: number, cols: number, s: number): Float64Array {
@@ -130,53 +121,55 @@ function expectedLayout(kind: Group['kind'], a: AdapterTensor, base: readonly nu
   return { transposed: false, a: [r, ...base.slice(1)], b: [base[0], r, ...base.slice(2).map(() => 1)] };
 }
 
+/** A module whose factors found their base tensor, with PEFT's rank and alpha for it. */
+interface Resolved { module: string; g: Group; base: BaseInfo; r: number; alpha: number; rSource: string; scaling: number }
+
+function fits(x: Resolved, fanInFanOut: boolean): boolean {
+  const l = expectedLayout(x.g.kind, x.g.a[0], x.base.shape, x.r, fanInFanOut);
+  return typeof l !== 'string' && sameShape(x.g.a[0].shape, l.a) && sameShape(x.g.b[0].shape, l.b);
+}
+
 /** The low-rank delta of one module, or the reason it cannot be made. */
-function factorFor(module: string, g: Group, config: LoraConfig, baseInfo: { name: string; dtype: string; shape: number[] }): LoraFactor | string {
+function factorFor(x: Resolved, fanInFanOut: boolean): LoraFactor | string {
+  const { g, base: baseInfo, r } = x;
   const a = g.a[0];
   const b = g.b[0];
-  const rp = patternValue(config.rankPattern, module);
-  const ap = patternValue(config.alphaPattern, module);
-  const r = rp?.value ?? config.r;
-  const alpha = ap?.value ?? config.loraAlpha;
-  const rSource = rp ? `rank_pattern[${JSON.stringify(rp.key)}]` : 'r';
   if (a.shape[0] !== r || b.shape.length < 2 || b.shape[1] !== r) {
-    return `rank mismatch: the config gives ${rSource} = ${r} but ${a.name} is ${fmt(a.shape)} and ${b.name} is ${fmt(b.shape)}`;
+    return `rank mismatch: the config gives ${x.rSource} = ${r} but ${a.name} is ${fmt(a.shape)} and ${b.name} is ${fmt(b.shape)}`;
   }
   if (!isUpdatableDtype(baseInfo.dtype)) return `base tensor ${baseInfo.name} is ${baseInfo.dtype}; only F32, F16 and BF16 can be updated`;
   const base = baseInfo.shape;
-  const layout = expectedLayout(g.kind, a, base, r, config.fanInFanOut);
+  const layout = expectedLayout(g.kind, a, base, r, fanInFanOut);
   const mismatch = (why: string): string =>
     `${a.name} ${fmt(a.shape)} and ${b.name} ${fmt(b.shape)} do not fit base tensor ${baseInfo.name} ${fmt(base)}: ${why}`;
   if (typeof layout === 'string') return mismatch(layout);
   if (!sameShape(a.shape, layout.a) || !sameShape(b.shape, layout.b)) {
-    let hint = '';
-    if (g.kind === 'lora' && a.shape.length === 2 && base.length === 2) {
-      const other = expectedLayout('lora', a, base, r, !config.fanInFanOut) as Layout;
-      if (sameShape(a.shape, other.a) && sameShape(b.shape, other.b)) hint = ` (they would fit with fan_in_fan_out = ${!config.fanInFanOut})`;
-    }
+    const hint = g.kind === 'lora' && a.shape.length === 2 && base.length === 2 && fits(x, !fanInFanOut) ? ` (they would fit stored ${fanInFanOut ? '[out, in]' : '[in, out]'})` : '';
     return mismatch(`expected lora_A ${fmt(layout.a)} and lora_B ${fmt(layout.b)}${hint}`);
   }
   const av = decodeFloat(a);
   if (typeof av === 'string') return av;
   const bv = decodeFloat(b);
   if (typeof bv === 'string') return bv;
-  const scaling = config.useRslora ? alpha / Math.sqrt(r) : alpha / r;
   const { m, n } = lowRankDims(base);
   // Not transposed: ΔW (m×n) = (B·s)(m×r) · A(r×n). Transposed: ΔW = (B·A)ᵀ·s = (Aᵀ·s)(m×r) · Bᵀ(r×n).
-  const u = layout.transposed ? transposed(av, r, m, scaling) : scaled(bv, scaling);
+  const u = layout.transposed ? transposed(av, r, m, x.scaling) : scaled(bv, x.scaling);
   const v = layout.transposed ? transposed(bv, n, r, 1) : av.slice();
-  return { module, tensor: baseInfo.name, shape: base.slice(), rank: r, u, v };
+  return { module: x.module, tensor: baseInfo.name, shape: base.slice(), rank: r, u, v };
 }
 
 /**
- * Group an adapter's lora_A/lora_B pairs per module and turn each into a
- * low-rank delta of its base tensor. Problems with a well-formed adapter are
- * reported in `unmapped`; only unreadable input throws a LoraError.
+ * Read an adapter as PEFT's merge_and_unload would merge it: per module the
+ * lora_A/lora_B pair as a low-rank delta of its base tensor (DoRA and
+ * lora_bias as computed tensors), trainable tokens, and the tensors saved
+ * whole. Whatever is not used is reported in `unmapped`; unreadable input and
+ * settings PEFT cannot merge into base + delta throw a LoraError.
  */
 export function loraFactors(
   adapter: Uint8Array,
   config: LoraConfig,
-  base: { tensors: ReadonlyArray<{ name: string; dtype: string; shape: number[] }> },
+  base: { tensors: ReadonlyArray<BaseInfo> },
+  options: LoraOptions = {},
 ): LoraResult {
   let file: ReturnType<typeof readSafetensors>;
   try {
@@ -188,103 +181,168 @@ export function loraFactors(
     throw new LoraError('malformed-config', 'LoraConfig needs a positive integer r and a finite loraAlpha');
   }
   const unmapped: LoraResult['unmapped'] = [];
-  const wholeTensors: Array<{ path: string; t: AdapterTensor }> = [];
+  const wholeTensors: Array<{ path: string; original: boolean; t: AdapterTensor }> = [];
+  const tokenTensors: Array<{ module: string; t: AdapterTensor }> = [];
   const groups = new Map<string, Group>();
   const group = (module: string, kind: Group['kind']): Group => {
     let g = groups.get(module);
-    if (!g) groups.set(module, (g = { kind, a: [], b: [], problems: [] }));
-    else if (g.kind !== kind) g.problems.push('it has both lora_A/lora_B and lora_embedding_A/lora_embedding_B tensors');
+    if (!g) groups.set(module, (g = { kind, a: [], b: [], magnitude: [], bias: [], problems: [] }));
+    else if (g.kind !== kind) {
+      if (g.a.length + g.b.length > 0) g.problems.push('it has both lora_A/lora_B and lora_embedding_A/lora_embedding_B tensors');
+      else g.kind = kind;
+    }
     return g;
   };
-  for (const t of file.tensors) {
+  for (const st of file.tensors) {
+    if (/\p{Cc}/u.test(st.name)) throw new LoraError('malformed-adapter', `adapter_model.safetensors: tensor name ${JSON.stringify(st.name)} holds control characters`);
+    const t: AdapterTensor = { name: st.name, dtype: st.dtype, shape: st.shape, data: st.data };
     const name = t.name.startsWith(PEFT_PREFIX) ? t.name.slice(PEFT_PREFIX.length) : t.name;
     const f = FACTOR.exec(name);
     const e = f ? null : EMBEDDING_FACTOR.exec(name);
     const hit = f ?? e;
+    let m: RegExpExecArray | null;
     if (hit) {
       const g = group(hit[1], f ? 'lora' : 'embedding');
-      (hit[2] === 'A' ? g.a : g.b).push({ name: t.name, dtype: t.dtype, shape: t.shape, data: t.data });
-      continue;
-    }
-    const dora = /^(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$/.exec(name);
-    const bias = /^(.+)\.lora_(?:embedding_)?B(?:\.[^.]+)?\.bias$/.exec(name);
-    if (dora) group(dora[1], 'lora').problems.push(`${t.name} is a DoRA magnitude vector; DoRA is not a low-rank delta`);
-    else if (bias) group(bias[1], 'lora').problems.push(`${t.name} is a LoRA bias (lora_bias); bias deltas are not supported`);
-    else if (/(^|\.)lora_/.test(name)) {
+      (hit[2] === 'A' ? g.a : g.b).push(t);
+    } else if ((m = MAGNITUDE.exec(name))) {
+      (groups.get(m[1]) ?? group(m[1], 'lora')).magnitude.push(t);
+    } else if ((m = LORA_BIAS.exec(name))) {
+      group(m[1], 'lora').bias.push(t);
+    } else if ((m = TOKENS.exec(name))) {
+      tokenTensors.push({ module: m[1], t });
+    } else if (/(^|\.)lora_/.test(name)) {
       const dot = name.lastIndexOf('.');
-      unmapped.push({ module: dot > 0 ? name.slice(0, dot) : name, reason: `${t.name} is not a lora_A/lora_B tensor this converter knows` });
+      unmapped.push({ module: dot > 0 ? name.slice(0, dot) : name, reason: /\.lora_diag(\.|$)/.test(name)
+        ? `${t.name} is a KaSA diagonal, but KaSA is refused (PEFT truncates the base weight when it loads) and the config does not say kasa_config`
+        : `${t.name} is not a tensor this converter knows how PEFT merges` });
     } else {
-      wholeTensors.push({ path: name.replace(MODULES_TO_SAVE_SEGMENT, ''), t: { name: t.name, dtype: t.dtype, shape: t.shape, data: t.data } });
+      wholeTensors.push({ ...basePath(name), t });
     }
   }
   const byName = new Map(base.tensors.map((t) => [t.name, t]));
   const claimed = new Map<string, string>();
-  const factors: LoraFactor[] = [];
+  const claim = (tensor: string, by: string): string | undefined => {
+    const prior = claimed.get(tensor);
+    if (prior !== undefined) return `base tensor ${tensor} is already targeted by ${prior}`;
+    claimed.set(tensor, by);
+    return undefined;
+  };
+  const resolved: Resolved[] = [];
   for (const [module, g] of groups) {
     const fail = (reason: string) => unmapped.push({ module, reason });
     const [aKey, bKey] = g.kind === 'lora' ? ['lora_A', 'lora_B'] : ['lora_embedding_A', 'lora_embedding_B'];
     if (g.problems.length > 0) { fail(g.problems.join('; ')); continue; }
-    if (config.useDora) { fail('the config has use_dora = true; DoRA is not a low-rank delta'); continue; }
-    if (typeof config.initLoraWeights === 'string' && SHIFTED_BASE.test(config.initLoraWeights)) {
-      fail(`init_lora_weights = ${JSON.stringify(config.initLoraWeights)} changes the base weights; convert the adapter with PEFT first (path_initial_model_for_weight_conversion)`);
-      continue;
-    }
-    if (g.a.length > 1 || g.b.length > 1) {
-      fail(`several adapters in one file: ${[...g.a, ...g.b].map((t) => t.name).join(', ')}`);
+    if (g.a.length > 1 || g.b.length > 1 || g.magnitude.length > 1 || g.bias.length > 1) {
+      fail(`several adapters in one file: ${[...g.a, ...g.b, ...g.magnitude, ...g.bias].map((t) => t.name).join(', ')}`);
       continue;
     }
     if (g.a.length === 0 || g.b.length === 0) {
-      const have = g.a[0] ?? g.b[0];
+      const have = g.a[0] ?? g.b[0] ?? g.magnitude[0] ?? g.bias[0];
       fail(`${have.name} has no matching ${g.a.length === 0 ? aKey : bKey} tensor`);
       continue;
     }
+    if (!config.useDora && g.magnitude.length > 0) { fail(`${g.magnitude[0].name} is a DoRA magnitude vector but the config has use_dora = false`); continue; }
+    if (config.useDora && g.magnitude.length === 0) { fail(`the config has use_dora = true but the adapter holds no lora_magnitude_vector for ${module}`); continue; }
+    if (!config.loraBias && g.bias.length > 0) { fail(`${g.bias[0].name} is a lora_B bias but the config has lora_bias = false`); continue; }
+    if (config.loraBias && g.kind === 'lora' && g.bias.length === 0) { fail(`the config has lora_bias = true but the adapter holds no lora_B bias for ${module}`); continue; }
     const tried = baseCandidates(module);
     const found = tried.find((n) => byName.has(n));
     if (!found) { fail(`no base tensor for module ${module}: tried ${tried.join(', ')}`); continue; }
-    const prior = claimed.get(found);
-    if (prior !== undefined) { fail(`base tensor ${found} is already targeted by module ${prior}`); continue; }
-    const result = factorFor(module, g, config, byName.get(found)!);
-    if (typeof result === 'string') { fail(result); continue; }
-    claimed.set(found, module);
-    factors.push(result);
+    const rp = patternValue(config.rankPattern, module, 'rank_pattern');
+    const ap = patternValue(config.alphaPattern, module, 'alpha_pattern');
+    const r = rp?.value ?? config.r;
+    const alpha = ap?.value ?? config.loraAlpha;
+    const scaling = config.useRslora ? alpha / Math.sqrt(r) : alpha / r;
+    resolved.push({ module, g, base: byName.get(found)!, r, alpha, rSource: rp ? `rank_pattern[${JSON.stringify(rp.key)}]` : 'r', scaling });
   }
-  const whole = mapWhole(wholeTensors, byName, claimed, unmapped);
+  const { decided, layout } = decideLayouts(resolved, config, options, unmapped);
+  const factors: LoraFactor[] = [];
+  const computed: LoraComputed[] = [];
+  for (const x of resolved) {
+    const fanInFanOut = decided.get(x.module);
+    if (fanInFanOut === undefined) continue; // reported by decideLayouts
+    const fail = (reason: string) => unmapped.push({ module: x.module, reason });
+    const f = factorFor(x, fanInFanOut);
+    if (typeof f === 'string') { fail(f); continue; }
+    const extra = x.g.magnitude.length ? doraOf(x, f, fanInFanOut) : undefined;
+    if (typeof extra === 'string') { fail(extra); continue; }
+    const bias = x.g.bias.length ? loraBiasOf(x, byName) : undefined;
+    if (typeof bias === 'string') { fail(bias); continue; }
+    const taken = claim(f.tensor, `module ${x.module}`) ?? (bias ? claim(bias.tensor, `module ${x.module}`) : undefined);
+    if (taken) { fail(taken); continue; }
+    if (extra) computed.push(extra);
+    else factors.push(f);
+    if (bias) computed.push(bias);
+  }
+  computed.push(...mapTokens(tokenTensors, config, byName, claim, unmapped));
+  const whole = mapWhole(wholeTensors, byName, claim, unmapped, (tensor) => (claimed.get(tensor)?.startsWith('module ') ? claimed.get(tensor) : undefined));
   for (const m of config.modulesToSave ?? []) {
-    if (!whole.some((w) => w.module === m || w.module.endsWith(`.${m}`)) && !unmapped.some((u) => u.module === m || u.module.endsWith(`.${m}`))) {
+    if (!whole.some((w) => named(w.module, m)) && !unmapped.some((u) => named(u.module, m))) {
       unmapped.push({ module: m, reason: `modules_to_save lists ${m} but the adapter holds no tensor of it` });
     }
   }
-  return { factors, whole, unmapped };
+  return { factors, whole, computed, unmapped, layout };
 }
 
-/** Whole tensors that map onto a base tensor of the same shape and dtype; the rest are reported. */
-function mapWhole(
-  tensors: Array<{ path: string; t: AdapterTensor }>,
-  byName: Map<string, { name: string; dtype: string; shape: number[] }>,
-  claimed: Map<string, string>,
-  unmapped: LoraResult['unmapped'],
-): LoraWhole[] {
-  const out: LoraWhole[] = [];
-  for (const { path, t } of tensors) {
-    const dot = path.lastIndexOf('.');
-    const module = dot > 0 ? path.slice(0, dot) : path;
-    const fail = (reason: string) => unmapped.push({ module, reason });
-    const what = `${t.name} ${fmt(t.shape)} is a whole tensor (bias training, modules_to_save or a saved embedding layer)`;
-    const tried = altNames(path);
-    const found = tried.find((n) => byName.has(n));
-    if (!found) { fail(`${what} but no base tensor matches: tried ${tried.join(', ')}`); continue; }
-    const info = byName.get(found)!;
-    if (!sameShape(t.shape, info.shape)) { fail(`${what} and does not fit base tensor ${found} ${fmt(info.shape)}: the shapes differ`); continue; }
-    if (t.dtype !== info.dtype) { fail(`${what} of ${t.dtype} but base tensor ${found} is ${info.dtype}: the dtypes differ`); continue; }
-    if (!isUpdatableDtype(info.dtype)) { fail(`${what} but base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`); continue; }
-    const values = decodeFloat(t);
-    if (typeof values === 'string') { fail(values); continue; }
-    const prior = claimed.get(found);
-    if (prior !== undefined) { fail(`${what} but base tensor ${found} is already targeted by ${prior}`); continue; }
-    claimed.set(found, t.name);
-    out.push({ module, source: t.name, tensor: found, shape: info.shape.slice(), dtype: t.dtype, data: t.data });
+/**
+ * PEFT reads each 2-D layer by its type: nn.Linear [out, in], GPT-2 Conv1D
+ * [in, out] (fan_in_fan_out forced either way). A non-square layer shows its
+ * layout by its shape; a square one follows --fan-in-fan-out if given, else the
+ * non-square layers when they agree, else adapter_config.json's fan_in_fan_out
+ * when there are none; a mixed model with square layers is refused.
+ */
+function decideLayouts(resolved: Resolved[], config: LoraConfig, options: LoraOptions, unmapped: LoraResult['unmapped']): { decided: Map<string, boolean>; layout: LoraLayout[] } {
+  const decided = new Map<string, boolean>();
+  const layout: LoraLayout[] = [];
+  const note = (x: Resolved, t: boolean, by: LoraLayout['by']): void => {
+    decided.set(x.module, t);
+    layout.push({ module: x.module, tensor: x.base.name, storedAs: t ? '[in, out]' : '[out, in]', by });
+  };
+  const square: Resolved[] = [];
+  const evidence = new Set<boolean>();
+  for (const x of resolved) {
+    if (x.g.kind === 'embedding' || x.g.a[0].shape.length !== 2) { decided.set(x.module, false); continue; }
+    if (options.fanInFanOut) { note(x, options.fanInFanOut.some((n) => named(x.module, n)), '--fan-in-fan-out'); continue; }
+    const normal = fits(x, false);
+    const flipped = fits(x, true);
+    if (normal && flipped) square.push(x);
+    else if (normal || flipped) { note(x, flipped, 'shape'); evidence.add(flipped); }
+    else decided.set(x.module, config.fanInFanOut); // factorFor names the mismatch
   }
-  return out;
+  for (const x of square) {
+    if (evidence.size === 2) {
+      unmapped.push({ module: x.module, reason: `${x.base.name} ${fmt(x.base.shape)} is square and the model mixes layers stored [out, in] and [in, out] (fan_in_fan_out): name the [in, out] layers with --fan-in-fan-out` });
+    } else if (evidence.size === 1) note(x, [...evidence][0], 'the other layers');
+    else note(x, config.fanInFanOut, 'adapter_config.json fan_in_fan_out');
+  }
+  return { decided, layout };
+}
+
+function doraOf(x: Resolved, f: LoraFactor, fanInFanOut: boolean): LoraComputed | string {
+  const mag = x.g.magnitude[0];
+  const values = decodeFloat(mag);
+  if (typeof values === 'string') return values;
+  const { m, n } = lowRankDims(f.shape);
+  const perColumn = x.g.kind === 'embedding' || fanInFanOut;
+  const outputs = perColumn ? n : m;
+  if (values.length !== outputs) return `${mag.name} ${fmt(mag.shape)} does not fit base tensor ${f.tensor} ${fmt(f.shape)}: DoRA needs one magnitude per output (${outputs})`;
+  return doraComputed({
+    module: x.module, sources: [x.g.a[0].name, x.g.b[0].name, mag.name], tensor: f.tensor, shape: f.shape,
+    lora: () => denseLoraDelta(f), magnitude: values, perColumn,
+  });
+}
+
+function loraBiasOf(x: Resolved, byName: Map<string, BaseInfo>): LoraComputed | string {
+  const t = x.g.bias[0];
+  const tried = altNames(x.module).map((p) => `${p}.bias`);
+  const found = tried.find((n) => byName.has(n));
+  if (!found) return `${t.name} is a lora_B bias but the base layer has no bias (tried ${tried.join(', ')}); PEFT cannot merge it either`;
+  const info = byName.get(found)!;
+  if (!sameShape(info.shape, t.shape)) return `${t.name} ${fmt(t.shape)} does not fit base tensor ${found} ${fmt(info.shape)}`;
+  if (!isUpdatableDtype(info.dtype)) return `base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`;
+  const values = decodeFloat(t);
+  if (typeof values === 'string') return values;
+  return loraBiasComputed({ module: x.module, source: t.name, tensor: found, shape: info.shape.slice(), bias: values, scaling: x.scaling });
 }
 
 /** ΔW = U·V as an m×n row-major matrix (m = shape[0], n = product of the rest). */

@@ -92,9 +92,13 @@ describe('fleet build, inspect and apply from the command line', () => {
     await fs.writeFile(adapterFile, adapter);
     await fs.writeFile(configFile, JSON.stringify({ peft_type: 'LORA', r, lora_alpha: alpha, target_modules: ['q_proj', 'k_proj'], fan_in_fan_out: false }));
     const out = path.join(dir, 'lora.cbor');
-    const b = fleet(['build', '--base', files.base, '--lora', adapterFile, '--lora-config', configFile, '--out', out]);
+    // k_proj has no base tensor: the build refuses, naming it; --allow-partial builds without it and says so.
+    const refused = fleet(['build', '--base', files.base, '--lora', adapterFile, '--lora-config', configFile, '--out', out]);
+    expect(refused.code).toBe(1);
+    expect(refused.err).toMatch(/^fleet: .*enc\.k_proj: no base tensor.*--allow-partial/);
+    const b = fleet(['build', '--base', files.base, '--lora', adapterFile, '--lora-config', configFile, '--out', out, '--allow-partial']);
     expect(b.code, b.err).toBe(0);
-    expect(b.err).toMatch(/enc.k_proj/); // reported: no such module in the base
+    expect(b.err).toMatch(/left out \(--allow-partial\): adapter module enc.k_proj/);
     const applied = path.join(dir, 'lora-applied.safetensors');
     expect(fleet(['apply', '--model', files.base, '--update', out, '--out', applied]).code).toBe(0);
     const base = readSafetensors(new Uint8Array(await fs.readFile(files.base)));

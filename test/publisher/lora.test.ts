@@ -119,9 +119,13 @@ describe('parseLoraConfig', () => {
     expect((err as LoraError).message).toMatch(message);
   });
 
-  it('matches patterns like PEFT: exact, then suffix at a dot', () => {
+  it('matches patterns like PEFT\'s get_pattern_key: the first key in order matching at a dot, an exact key no better', () => {
     const p = { q_proj: 3, 'layers.0.self_attn.q_proj': 5, [`${Q}`]: 7 };
-    expect(patternValue(p, Q)).toEqual({ key: Q, value: 7 });
+    expect(patternValue(p, Q)).toEqual({ key: 'q_proj', value: 3 });
+    expect(patternValue({ [`${Q}`]: 7, q_proj: 3 }, Q)).toEqual({ key: Q, value: 7 });
+    expect(patternValue({ '(?P<n>q)_proj': 4 }, Q)).toEqual({ key: '(?P<n>q)_proj', value: 4 });
+    expect(() => patternValue({ '(?i)Q_PROJ': 4 }, Q)).toThrow(/Python-only group/);
+    expect(() => patternValue({ 'q_proj{,2}': 4 }, Q)).toThrow(LoraError);
     expect(patternValue({ q_proj: 3 }, Q)).toEqual({ key: 'q_proj', value: 3 });
     expect(patternValue({ proj: 3 }, Q)).toBeUndefined(); // not at a dot boundary
   });
@@ -156,12 +160,16 @@ describe('loraFactors', () => {
     expectClose(mergedFactor(W_C1D, f), mergedDirect(W_C1D, a, b, 1.5, true));
   });
 
-  it('without fan_in_fan_out a Conv1D adapter is a mismatch, with a hint', () => {
+  it('a non-square Conv1D adapter is read [in, out] by its shape, as PEFT forces fan_in_fan_out for Conv1D', () => {
     const a = tensor(`${PEFT}${C1D}.lora_A.weight`, [2, 5], 20);
     const b = tensor(`${PEFT}${C1D}.lora_B.weight`, [7, 2], 21);
     const res = loraFactors(file([a, b]), config(), base);
-    expect(res.factors).toEqual([]);
-    expect(res.unmapped[0].reason).toMatch(/fan_in_fan_out = true/);
+    expect(res.unmapped).toEqual([]);
+    expectClose(mergedFactor(W_C1D, only(res, W_C1D.name)), mergedDirect(W_C1D, a, b, 2, true));
+    expect(res.layout).toEqual([{ module: C1D, tensor: W_C1D.name, storedAs: '[in, out]', by: 'shape' }]);
+    // --fan-in-fan-out naming other layers: this one is [out, in], which its shape does not allow.
+    const named = loraFactors(file([a, b]), config(), base, { fanInFanOut: ['q_proj'] });
+    expect(named.unmapped[0].reason).toMatch(/would fit stored \[in, out\]/);
   });
 
   it('rslora: scaling = lora_alpha / sqrt(r)', () => {
@@ -415,7 +423,7 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
     expect(r2.unmapped.find((u) => u.module === Q)?.reason).toMatch(/lora_bias/);
   });
 
-  it('`fleet build --lora` writes the same payload and warns about a mismatched tensor by name', async () => {
+  it('`fleet build --lora` writes the same payload; a mismatched tensor fails the build by name unless --allow-partial', async () => {
     await withDir(async (dir) => {
       const baseFile = path.join(dir, 'base.safetensors');
       await fs.writeFile(baseFile, base2Bytes);
@@ -423,21 +431,147 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
       await fs.writeFile(path.join(dir, 'adapter_config.json'), configJson);
       const expected = await build(baseFile, { kind: 'factors' });
       const out = path.join(dir, 'update.cbor');
-      const run = (adapterFile: string, outFile: string) => execFileP(process.execPath, [FLEET_BIN, 'build', '--base', baseFile, '--lora', adapterFile,
-        '--lora-config', path.join(dir, 'adapter_config.json'), '--out', outFile, '--json']);
+      const run = (adapterFile: string, outFile: string, ...extra: string[]) => execFileP(process.execPath, [FLEET_BIN, 'build', '--base', baseFile, '--lora', adapterFile,
+        '--lora-config', path.join(dir, 'adapter_config.json'), '--out', outFile, '--json', '--yes', ...extra]);
       const ok = await run(path.join(dir, 'adapter_model.safetensors'), out);
-      expect(ok.stderr).not.toMatch(/warning/);
+      expect(ok.stderr).not.toMatch(/left out/);
       expect(Buffer.compare(await fs.readFile(out), Buffer.from(expected))).toBe(0);
       const report = JSON.parse(ok.stdout.trim().split('\n').pop()!) as { tensors: Array<{ name: string; kind: string }> };
       expect(report.tensors.map((t) => [t.name, t.kind])).toEqual([
         [B_Q.name, 'dense'], [W_Q.name, 'low-rank'], [B_HEAD.name, 'dense'], [W_HEAD.name, 'dense'],
       ]);
-      // A bias of the wrong shape is left out with a warning naming it; the rest is built.
+      // A bias of the wrong shape fails the build, naming it; with --allow-partial it is left out and the rest is built.
       await fs.writeFile(path.join(dir, 'bad.safetensors'), file([A, B, tensor(`${PEFT}${Q}.bias`, [7], 230), trainedHead]));
-      const bad = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor'));
-      expect(bad.stderr).toContain(`warning: adapter module ${Q} not used: ${PEFT}${Q}.bias [7] is a whole tensor`);
+      const refused = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor')).then(() => undefined, (e: { code: number; stderr: string }) => e);
+      expect(refused?.code).toBe(1);
+      expect(refused?.stderr).toMatch(new RegExp(`^fleet: 1 part\\(s\\) of the adapter cannot be merged as PEFT would: ${Q}: .*--allow-partial.*\\n$`));
+      await expect(fs.stat(path.join(dir, 'bad.cbor'))).rejects.toThrow();
+      const bad = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor'), '--allow-partial');
+      expect(bad.stderr).toContain(`left out (--allow-partial): adapter module ${Q}: ${PEFT}${Q}.bias [7] is a whole tensor`);
       expect(bad.stderr).toContain(`does not fit base tensor ${Q}.bias [6]`);
       expect(decodePayload(new Uint8Array(await fs.readFile(path.join(dir, 'bad.cbor')))).tensors.map((d) => d.name)).toEqual([W_Q.name, W_HEAD.name]);
     });
+  });
+});
+
+describe('PEFT variants read in process (DoRA on conv and embeddings, trainable tokens, saved copies)', () => {
+  const positive = (t: T): T => ({ ...t, values: t.values.map((x) => Math.fround(Math.abs(x) + 0.25)) });
+  /** m_o · (W + ΔW)_o / ‖(W + ΔW)_o‖ over the outputs: rows, or columns when perColumn. */
+  function dora(merged: Float64Array, m: number, n: number, mag: Float64Array, perColumn: boolean): Float64Array {
+    const out = merged.slice();
+    const outputs = perColumn ? n : m;
+    for (let o = 0; o < outputs; o++) {
+      let n2 = 0;
+      for (let k = 0; k < (perColumn ? m : n); k++) n2 += merged[perColumn ? k * n + o : o * n + k] ** 2;
+      for (let k = 0; k < (perColumn ? m : n); k++) out[perColumn ? k * n + o : o * n + k] *= mag[o] / Math.sqrt(n2);
+    }
+    return out;
+  }
+
+  it('DoRA on a Conv2d: one magnitude per output channel ([1, out, 1, 1]), norm over the kernel', () => {
+    const ca = tensor(`${PEFT}${CONV}.lora_A.weight`, [2, 3, 3, 3], 300);
+    const cb = tensor(`${PEFT}${CONV}.lora_B.weight`, [4, 2, 1, 1], 301);
+    const mag = positive(tensor(`${PEFT}${CONV}.lora_magnitude_vector`, [1, 4, 1, 1], 302));
+    const res = loraFactors(file([ca, cb, mag]), config({ use_dora: true }), base);
+    expect(res.unmapped).toEqual([]);
+    expect(res.factors).toEqual([]);
+    const d = res.computed[0].delta(W_CONV.values, 'F32');
+    if (typeof d === 'string') throw new Error(d);
+    const want = dora(mergedDirect(W_CONV, ca, cb, 2), 4, 27, mag.values, false);
+    expectClose(W_CONV.values.map((w, i) => w + d.delta[i]), want);
+  });
+
+  it('DoRA on an embedding: one magnitude per embedding dimension, norm over the vocabulary (columns)', () => {
+    const emb = tensor('tok.weight', [10, 4], 6);
+    const a = tensor(`${PEFT}tok.lora_embedding_A`, [2, 10], 310);
+    const b = tensor(`${PEFT}tok.lora_embedding_B`, [4, 2], 311);
+    const mag = positive(tensor(`${PEFT}tok.lora_magnitude_vector`, [4], 312));
+    const res = loraFactors(file([a, b, mag]), config({ use_dora: true }), readSafetensors(file([emb])).header);
+    expect(res.unmapped).toEqual([]);
+    const d = res.computed[0].delta(emb.values, 'F32');
+    if (typeof d === 'string') throw new Error(d);
+    expectClose(emb.values.map((w, i) => w + d.delta[i]), dora(mergedDirect(emb, a, b, 2, true), 10, 4, mag.values, true));
+    // A magnitude of the wrong length is reported, not guessed.
+    const bad = loraFactors(file([a, b, { ...mag, shape: [10], values: new Float64Array(10).fill(1) }]), config({ use_dora: true }), readSafetensors(file([emb])).header);
+    expect(bad.unmapped[0].reason).toMatch(/one magnitude per output \(4\)/);
+  });
+
+  it('trainable tokens: a list of indices for the one token adapter; repeated or out-of-range rows are refused', () => {
+    const emb = tensor('model.embed_tokens.weight', [10, 4], 6);
+    const header = readSafetensors(file([emb])).header;
+    const rows = tensor(`${PEFT}model.embed_tokens.token_adapter.trainable_tokens_delta`, [2, 4], 320);
+    const res = loraFactors(file([rows]), config({ trainable_token_indices: [3, 8] }), header);
+    expect(res.unmapped).toEqual([]);
+    const d = res.computed[0].delta(emb.values, 'F32');
+    if (typeof d === 'string') throw new Error(d);
+    expect(d.factors?.rank).toBe(2);
+    const want = emb.values.slice();
+    want.set(rows.values.subarray(0, 4), 12);
+    want.set(rows.values.subarray(4, 8), 32);
+    expectClose(emb.values.map((w, i) => w + d.delta[i]), want);
+    expect(loraFactors(file([rows]), config({ trainable_token_indices: [3, 3] }), header).unmapped[0].reason).toMatch(/row 3 twice/);
+    expect(loraFactors(file([rows]), config({ trainable_token_indices: [3, 10] }), header).unmapped[0].reason).toMatch(/row 10, beyond the 10 rows/);
+    expect(loraFactors(file([rows]), config({ trainable_token_indices: { lm_head: [1, 2] } }), header).unmapped[0].reason).toMatch(/does not name its rows/);
+  });
+
+  it('bias="all" with modules_to_save: the wrapper\'s copies of one bias count once, the original module\'s copy is not merged', () => {
+    const head = tensor('head.bias', [3], 330);
+    const header = readSafetensors(file([head])).header;
+    const trained = tensor(`${PEFT}head.bias`, [3], 331);
+    const res = loraFactors(file([
+      trained,
+      { ...trained, name: `${PEFT}head.modules_to_save.bias` },
+      { ...head, name: `${PEFT}head.original_module.bias` },
+    ]), config({ bias: 'all', modules_to_save: ['head'] }), header);
+    expect(res.unmapped).toEqual([]);
+    expect(res.whole.map((w) => [w.source, w.tensor])).toEqual([[trained.name, 'head.bias']]);
+    // Two different values for one bias: refused.
+    const clash = loraFactors(file([trained, { ...tensor('x', [3], 332), name: `${PEFT}head.modules_to_save.bias` }]), config({ bias: 'all' }), header);
+    expect(clash.unmapped[0].reason).toMatch(/already targeted/);
+  });
+
+  it('a KaSA diagonal without kasa_config is not merged without it: the module is reported', () => {
+    const a = tensor(`${PEFT}${Q}.lora_A.weight`, [2, 5], 341);
+    const b = tensor(`${PEFT}${Q}.lora_B.weight`, [6, 2], 342);
+    const res = loraFactors(file([a, b, tensor(`${PEFT}${Q}.lora_diag`, [2], 343)]), config(), base);
+    expect(res.unmapped).toEqual([{ module: Q, reason: expect.stringMatching(/KaSA diagonal, but KaSA is refused/) }]);
+    expect(() => parseLoraConfig(JSON.stringify({ r: 2, lora_alpha: 4, kasa_config: { beta: 1e-4 } }))).toThrow(/kasa_config is set/);
+  });
+
+  it('a tensor name with control characters is a malformed adapter', () => {
+    expect(() => loraFactors(file([tensor(`${PEFT}q\nproj.lora_A.weight`, [2, 5], 340)]), config(), base)).toThrow(/control characters/);
+  });
+});
+
+describe('an adapted embedding saved with the adapter (save_embedding_layers)', () => {
+  it('is merged when it equals the base, refused when it does not', async () => {
+    const emb = tensor('model.embed_tokens.weight', [10, 4], 6);
+    const baseBytes2 = file([emb]);
+    const a = tensor(`${PEFT}model.embed_tokens.lora_embedding_A`, [2, 10], 350);
+    const b = tensor(`${PEFT}model.embed_tokens.lora_embedding_B`, [4, 2], 351);
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'lora-emb-test-'));
+    try {
+      const baseFile = path.join(dir, 'base.safetensors');
+      await fs.writeFile(baseFile, baseBytes2);
+      const header = readSafetensors(baseBytes2).header;
+      const run = async (saved: T) => {
+        const res = loraFactors(file([a, b, { ...saved, name: `${PEFT}model.embed_tokens.base_layer.weight` }]), config({ target_modules: ['embed_tokens'] }), header);
+        expect(res.unmapped).toEqual([]);
+        const source = await loraSource(baseFile, res.factors, res.whole, res.computed);
+        try {
+          return decodePayload((await buildUpdate({ source, mode: { kind: 'factors' }, quant: 'f32' })).payload);
+        } finally {
+          await source.close();
+        }
+      };
+      const payload = await run(emb);
+      expect(payload.tensors.map((d) => [d.name, isLowRank(d) ? d.rank : 'dense'])).toEqual([['model.embed_tokens.weight', 2]]);
+      const got = decodeValues(readSafetensors(applyToModel(baseBytes2, payload).bytes).tensor('model.embed_tokens.weight'), 'F32');
+      const want = mergedDirect(emb, a, b, 2, true);
+      for (let i = 0; i < want.length; i++) expect(Math.abs(got[i] - want[i])).toBeLessThanOrEqual(1e-6);
+      await expect(run(tensor('x', [10, 4], 352))).rejects.toThrow(/saved base weight of module model\.embed_tokens, but it differs/);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 });
