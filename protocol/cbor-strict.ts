@@ -9,21 +9,11 @@
  */
 
 /** Why a CBOR input is outside the subset: a stable name per rule. */
-export type CborForm =
-  | 'empty'
-  | 'truncated'
-  | 'trailing-bytes'
-  | 'indefinite-length'
-  | 'reserved-info'
-  | 'non-shortest'
-  | 'integer-range'
-  | 'tag'
-  | 'float'
-  | 'simple-value'
-  | 'invalid-utf8'
-  | 'non-text-key'
-  | 'duplicate-key'
-  | 'too-deep';
+export const CBOR_FORMS = [
+  'empty', 'truncated', 'trailing-bytes', 'indefinite-length', 'reserved-info', 'non-shortest', 'integer-range',
+  'tag', 'float', 'simple-value', 'invalid-utf8', 'non-text-key', 'duplicate-key', 'too-deep',
+] as const;
+export type CborForm = (typeof CBOR_FORMS)[number];
 
 export const MAX_CBOR_DEPTH = 16;
 
