@@ -95,6 +95,40 @@ export function headerByteLength(prefix8: Uint8Array): number {
   return lo;
 }
 
+/**
+ * The first key that appears twice in one object of this JSON text (already known to
+ * parse), compared after unescaping; undefined when there is none. JSON.parse would
+ * silently keep the last one.
+ */
+export function duplicateJsonKey(text: string): string | undefined {
+  const stack: Array<Set<string> | null> = [];
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      const top = stack[stack.length - 1];
+      if (expectKey && top) {
+        const key = JSON.parse(text.slice(i, j + 1)) as string;
+        if (top.has(key)) return key;
+        top.add(key);
+      }
+      expectKey = false;
+      i = j;
+    } else if (ch === '{' || ch === '[') {
+      stack.push(ch === '{' ? new Set() : null);
+      expectKey = ch === '{';
+    } else if (ch === '}' || ch === ']') {
+      stack.pop();
+      expectKey = false;
+    } else if (ch === ',') {
+      expectKey = stack[stack.length - 1] instanceof Set;
+    }
+  }
+  return undefined;
+}
+
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -144,6 +178,8 @@ export function parseSafetensorsHeader(prefix: Uint8Array, fileSize?: number): S
     throw bad(`header is not UTF-8 JSON: ${(e as Error).message}`);
   }
   if (!isPlainObject(json)) throw bad('header is not a JSON object');
+  const twice = duplicateJsonKey(text);
+  if (twice !== undefined) throw bad(`key ${JSON.stringify(twice)} appears twice in one object of the header`);
   const tensors: TensorInfo[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, v] of Object.entries(json)) {

@@ -43,6 +43,7 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
   const second = byBegin[1];
   const secondBegin = (entry(parse(), second).data_offsets as number[])[0];
   const last = byBegin[byBegin.length - 1];
+  const biasEntry = /"fc1\.bias":\{[^}]*\}/.exec(headerText)![0];
 
   const faults: ModelFault[] = [
     { name: 'short', why: 'a file of 4 bytes (shorter than the 8-byte header length)', bytes: base.subarray(0, 4) },
@@ -75,6 +76,9 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
     { name: 'metadata-not-object', why: '__metadata__ is a string', bytes: edit((h) => { h.__metadata__ = 'pt'; }) },
     { name: 'metadata-not-string', why: 'a __metadata__ value that is a number', bytes: edit((h) => { h.__metadata__ = { format: 'pt', version: 2 }; }) },
     { name: 'name-lone-surrogate', why: 'a tensor name with a lone surrogate (\\ud800 in the JSON)', bytes: file(headerText.replace('"fc1.bias"', '"fc1.bias\\ud800"'), data) },
+    { name: 'duplicate-name', why: 'fc1.bias twice in the header, both entries the same (JSON.parse would keep the last and accept)', bytes: file(headerText.replace(biasEntry, `${biasEntry},${biasEntry}`), data) },
+    { name: 'duplicate-name-escaped', why: 'fc1.bias and fc1.bia\\u0073: the same name once unescaped', bytes: file(headerText.replace(biasEntry, `${biasEntry},${biasEntry.replace('"fc1.bias"', '"fc1.bia\\u0073"')}`), data) },
+    { name: 'duplicate-field', why: 'dtype twice in the entry of fc1.bias', bytes: file(headerText.replace(biasEntry, biasEntry.replace('{"dtype":"F32",', '{"dtype":"F32","dtype":"F32",')), data) },
   ];
   return faults;
 }
