@@ -96,11 +96,12 @@ export function headerByteLength(prefix8: Uint8Array): number {
 }
 
 /**
- * The first key that appears twice in one object of this JSON text (already known to
- * parse), compared after unescaping; undefined when there is none. JSON.parse would
- * silently keep the last one.
+ * What JSON.parse lets through that §7.1 refuses, in header text already known to parse:
+ * a key twice in one object (compared after unescaping; JSON.parse keeps the last), or a
+ * number written with a fraction or exponent (8.0, 8e0: JSON.parse reads both as 8).
+ * Returns the fault, or undefined.
  */
-export function duplicateJsonKey(text: string): string | undefined {
+export function jsonHeaderFault(text: string): string | undefined {
   const stack: Array<Set<string> | null> = [];
   let expectKey = false;
   for (let i = 0; i < text.length; i++) {
@@ -111,7 +112,7 @@ export function duplicateJsonKey(text: string): string | undefined {
       const top = stack[stack.length - 1];
       if (expectKey && top) {
         const key = JSON.parse(text.slice(i, j + 1)) as string;
-        if (top.has(key)) return key;
+        if (top.has(key)) return `key ${JSON.stringify(key)} appears twice in one object`;
         top.add(key);
       }
       expectKey = false;
@@ -124,6 +125,11 @@ export function duplicateJsonKey(text: string): string | undefined {
       expectKey = false;
     } else if (ch === ',') {
       expectKey = stack[stack.length - 1] instanceof Set;
+    } else if (ch === '-' || (ch >= '0' && ch <= '9')) {
+      let j = i;
+      while (j < text.length && /[-+0-9.eE]/.test(text[j])) j++;
+      if (/[.eE]/.test(text.slice(i, j))) return `number ${text.slice(i, j)} is not written as an integer`;
+      i = j - 1;
     }
   }
   return undefined;
@@ -178,8 +184,8 @@ export function parseSafetensorsHeader(prefix: Uint8Array, fileSize?: number): S
     throw bad(`header is not UTF-8 JSON: ${(e as Error).message}`);
   }
   if (!isPlainObject(json)) throw bad('header is not a JSON object');
-  const twice = duplicateJsonKey(text);
-  if (twice !== undefined) throw bad(`key ${JSON.stringify(twice)} appears twice in one object of the header`);
+  const fault = jsonHeaderFault(text);
+  if (fault !== undefined) throw bad(`header: ${fault}`);
   const tensors: TensorInfo[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, v] of Object.entries(json)) {
@@ -189,6 +195,7 @@ export function parseSafetensorsHeader(prefix: Uint8Array, fileSize?: number): S
       metadata = {};
       for (const [k, val] of Object.entries(v)) {
         if (typeof val !== 'string') throw bad(`metadata ${JSON.stringify(k)} is not a string`);
+        if (!isWellFormedName(k) || !isWellFormedName(val)) throw bad(`metadata ${JSON.stringify(k)} is not well-formed Unicode`);
         Object.defineProperty(metadata, k, { value: val, enumerable: true, writable: true, configurable: true });
       }
       continue;

@@ -79,6 +79,9 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
     { name: 'duplicate-name', why: 'fc1.bias twice in the header, both entries the same (JSON.parse would keep the last and accept)', bytes: file(headerText.replace(biasEntry, `${biasEntry},${biasEntry}`), data) },
     { name: 'duplicate-name-escaped', why: 'fc1.bias and fc1.bia\\u0073: the same name once unescaped', bytes: file(headerText.replace(biasEntry, `${biasEntry},${biasEntry.replace('"fc1.bias"', '"fc1.bia\\u0073"')}`), data) },
     { name: 'duplicate-field', why: 'dtype twice in the entry of fc1.bias', bytes: file(headerText.replace(biasEntry, biasEntry.replace('{"dtype":"F32",', '{"dtype":"F32","dtype":"F32",')), data) },
+    { name: 'dim-as-float', why: 'shape [8.0]: JSON.parse reads 8, but a dim is written as an integer', bytes: file(headerText.replace(biasEntry, biasEntry.replace('"shape":[8]', '"shape":[8.0]')), data) },
+    { name: 'offset-with-exponent', why: 'data_offsets written with an exponent (e.g. 4.72e2)', bytes: file(headerText.replace('[472,488]', '[4.72e2,488]'), data) },
+    { name: 'metadata-lone-surrogate', why: 'a __metadata__ value with a lone surrogate (\\udc00 in the JSON)', bytes: file(headerText.replace('"format":"pt"', '"format":"p\\udc00t"'), data) },
   ];
   return faults;
 }

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import {
-  duplicateJsonKey, encodeSafetensorsHeader, headerByteLength, parseSafetensorsHeader, readSafetensors, writeSafetensors, type TensorInput,
+  encodeSafetensorsHeader, jsonHeaderFault, headerByteLength, parseSafetensorsHeader, readSafetensors, writeSafetensors, type TensorInput,
 } from '../../protocol/safetensors.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { mulberry32 } from '../../util/random.ts';
@@ -193,14 +193,17 @@ describe('safetensors', () => {
   });
 });
 
-describe('duplicateJsonKey (a header key twice in one object is refused, not last-wins)', () => {
+describe('jsonHeaderFault (a header key twice in one object, or a number like 8.0, is refused, not read as JSON.parse would)', () => {
   it('finds a key twice in any one object, after unescaping, and nothing across objects or in arrays and values', () => {
-    expect(duplicateJsonKey('{"a":1,"a":2}')).toBe('a');
-    expect(duplicateJsonKey('{"a":{"b":1,"c":[{"b":2}],"b":3}}')).toBe('b');
-    expect(duplicateJsonKey('{"ab":1,"a\\u0062":2}')).toBe('ab');
-    expect(duplicateJsonKey('{"a":"a","b":["a","a"],"c":{"a":1},"d":{"a":1}}')).toBeUndefined();
-    expect(duplicateJsonKey('{"q\\"":1,"q\\\\":2, "x" : {"q\\"":3}}')).toBeUndefined();
-    expect(duplicateJsonKey('{"q\\"":1,"x":[1,{"y":2}],"q\\"":2}')).toBe('q"');
+    expect(jsonHeaderFault('{"a":1,"a":2}')).toBe('key "a" appears twice in one object');
+    expect(jsonHeaderFault('{"a":{"b":1,"c":[{"b":2}],"b":3}}')).toBe('key "b" appears twice in one object');
+    expect(jsonHeaderFault('{"ab":1,"a\\u0062":2}')).toBe('key "ab" appears twice in one object');
+    expect(jsonHeaderFault('{"a":"a","b":["a","a"],"c":{"a":1},"d":{"a":1}}')).toBeUndefined();
+    expect(jsonHeaderFault('{"q\\"":1,"q\\\\":2, "x" : {"q\\"":3}}')).toBeUndefined();
+    expect(jsonHeaderFault('{"q\\"":1,"x":[1,{"y":2}],"q\\"":2}')).toBe('key "q\\"" appears twice in one object');
+    expect(jsonHeaderFault('{"s":[8,0,-1,12345],"m":"8.0 1e3"}')).toBeUndefined();
+    expect(jsonHeaderFault('{"s":[8.0]}')).toBe('number 8.0 is not written as an integer');
+    expect(jsonHeaderFault('{"s":[8E0]}')).toBe('number 8E0 is not written as an integer');
   });
   it('makes the reader refuse such a header with malformed-model', () => {
     const t = { name: 'a', dtype: 'F32' as const, shape: [1], data: new Uint8Array(4) };
