@@ -168,3 +168,21 @@ describe('strict CBOR (docs/protocol.md §4.0)', () => {
     expect(Buffer.from(cborEncode(2 ** 40)).toString('hex')).toBe('1b0000010000000000');
   });
 });
+
+describe('a manifest step over 4 GiB (integers from 2^32 on the wire)', () => {
+  it('encodes its size as an 8-byte integer and decodes it back', async () => {
+    const { decodeManifest, encodeManifest } = await import('../../protocol/manifest.ts');
+    const size = 2 ** 33 + 5;
+    const chunkSize = 1 << 20;
+    const sha = 'ab'.repeat(32);
+    const body = {
+      model: 'm', target: 'cd'.repeat(32),
+      steps: [{ updateId: sha.slice(0, 32), from: null, to: 'cd'.repeat(32), size, sha256: sha, chunkSize, chunks: Math.ceil(size / chunkSize), listSha256: 'ef'.repeat(32) }],
+      limits: { payloadBytes: size, chunks: Math.ceil(size / chunkSize), chunkBytes: chunkSize },
+    };
+    const bytes = encodeManifest(body);
+    expect(Buffer.from(bytes).includes(Buffer.from('1b0000000200000005', 'hex'))).toBe(true);
+    expect(Buffer.from(bytes).includes(0xfb)).toBe(false);
+    expect(decodeManifest(bytes).steps[0].size).toBe(size);
+  });
+});
