@@ -121,7 +121,7 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   form('truncated', small().subarray(0, small().byteLength - 1), 'truncated', 'the last byte cut off');
   form('count-past-end', small({ tensors: c.concat(c.head(4, 0xffffffff), delta(parts)) }), 'truncated', 'tensors claims 2^32 − 1 items');
   form('empty', new Uint8Array(0), 'empty', 'an empty file');
-  form('too-deep', small({ shape: c.concat(...Array.from({ length: 13 }, () => c.head(4, 1)), c.array([c.uint(8)])) }), 'too-deep', 'arrays nested 18 deep (the limit is 16)');
+  form('too-deep', small({ shape: c.concat(...Array.from({ length: 13 }, () => c.head(4, 1)), c.array([c.uint(8)])) }), 'too-deep', 'arrays and maps nested 17 deep (the limit is 16; the payload map is level 1)');
 
   // -------------------------------------------------------------------------
   // Payload structure (§6): malformed-payload; limits: payload-too-large.
