@@ -58,6 +58,8 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
     { name: 'entry-not-object', why: 'a tensor entry that is a number', bytes: edit((h) => { h.x = 1; }) },
     { name: 'entry-unknown-field', why: 'a tensor entry with a field other than dtype, shape, data_offsets', bytes: edit((h) => { entry(h, 'fc1.bias').note = 'x'; }) },
     { name: 'unknown-dtype', why: 'dtype F8_E4M3 (upstream knows it; this protocol does not)', bytes: edit((h) => { entry(h, 'embed.q').dtype = 'F8_E4M3'; }) },
+    { name: 'entry-missing-field', why: 'the entry of fc1.bias without data_offsets', bytes: edit((h) => { delete entry(h, 'fc1.bias').data_offsets; }) },
+    { name: 'shape-overflow', why: 'a shape of 2^54 elements (over 2^53 − 1)', bytes: edit((h) => { entry(h, 'fc1.bias').shape = [2 ** 26, 2 ** 26, 4]; }) },
     { name: 'shape-not-array', why: 'shape is a number', bytes: edit((h) => { entry(h, 'fc1.bias').shape = 8; }) },
     { name: 'dim-negative', why: 'a dim of −8', bytes: edit((h) => { entry(h, 'fc1.bias').shape = [-8]; }) },
     { name: 'dim-fraction', why: 'a dim of 8.5', bytes: edit((h) => { entry(h, 'fc1.bias').shape = [8.5]; }) },
@@ -71,6 +73,12 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
       bytes: edit((h) => {
         for (const t of byBegin.slice(1)) entry(h, t).data_offsets = (entry(h, t).data_offsets as number[]).map((o) => o + 4);
       }, concat(data.subarray(0, secondBegin), new Uint8Array(4), data.subarray(secondBegin))),
+    },
+    {
+      name: 'gap-at-start', why: 'the first tensor begins at 4, not 0',
+      bytes: edit((h) => {
+        for (const t of byBegin) entry(h, t).data_offsets = (entry(h, t).data_offsets as number[]).map((o) => o + 4);
+      }, concat(new Uint8Array(4), data)),
     },
     { name: 'trailing-bytes', why: `4 bytes after the last tensor (${last}) ends`, bytes: edit(() => undefined, concat(data, new Uint8Array(4))) },
     { name: 'metadata-not-object', why: '__metadata__ is a string', bytes: edit((h) => { h.__metadata__ = 'pt'; }) },
