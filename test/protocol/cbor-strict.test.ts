@@ -186,3 +186,22 @@ describe('a manifest step over 4 GiB (integers from 2^32 on the wire)', () => {
     expect(decodeManifest(bytes).steps[0].size).toBe(size);
   });
 });
+
+describe('a signed release outside the subset', () => {
+  it('is malformed-release: the release map behind a self-describe tag, with a duplicate key, or with v as a float', async () => {
+    const { decodeRelease, releaseParts, signRelease, signingKeyFromSeed } = await import('../../protocol/release.ts');
+    const key = signingKeyFromSeed(new Uint8Array(32).fill(1));
+    const sha = 'ab'.repeat(32);
+    const good = signRelease({
+      model: 'm', group: 'g', seq: 1, issued: 1_700_000_000, expires: 1_700_086_400, target: 'cd'.repeat(32), rollback: false, previous: null,
+      steps: [{ updateId: sha.slice(0, 32), from: 'ef'.repeat(32), to: 'cd'.repeat(32), size: 10, sha256: sha, chunkSize: 4, chunks: 3, listSha256: '01'.repeat(32) }],
+    }, [key]);
+    expect(codeOf(() => decodeRelease(good))).toBe('no error');
+    const p = releaseParts(good);
+    const parts = (v: Uint8Array): Array<[string, Uint8Array]> => [['v', v], ['manifest', bytes(p.manifest)], ['assignment', bytes(p.assignment)]];
+    expect(codeOf(() => decodeRelease(map(parts(uint(1)))))).toBe('no error');
+    for (const bad of [tag(55799, map(parts(uint(1)))), map([...parts(uint(1)), ['v', uint(1)]]), map(parts(f64(1)))]) {
+      expect(codeOf(() => decodeRelease(bad))).toBe('malformed-release');
+    }
+  });
+});
