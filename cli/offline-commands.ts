@@ -2,12 +2,10 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { applyToFile } from '../device/apply.ts';
+import { applyUpdateFile } from '../device/apply.ts';
 import { DirLock } from '../util/dir-lock.ts';
 import { installBundle } from '../device/offline-install.ts';
-import { DeviceError } from '../device/reasons.ts';
 import { DeviceStorage } from '../device/storage.ts';
-import { decodePayload } from '../protocol/lowrank.ts';
 import { parseTrustFile } from '../protocol/release.ts';
 import { makeBundle, readBundle } from '../publisher/bundle.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
@@ -84,19 +82,7 @@ export function registerOfflineCommands(program: Command): void {
         return;
       }
       if (!o.model || !o.update || !o.out) throw new Error('give --model, --update and --out (or --bundle with --trust)');
-      const payload = decodePayload(new Uint8Array(await fs.readFile(o.update)));
-      const running = await digestModelFile(o.model);
-      if (running !== payload.base) {
-        throw new DeviceError('wrong-base', `${o.model} has digest ${running}; the update applies to ${payload.base}`);
-      }
-      const tmp = `${o.out}.tmp-${process.pid}`;
-      try {
-        const digest = await applyToFile(o.model, payload, tmp);
-        if (digest !== payload.target) throw new DeviceError('digest-mismatch', `built ${digest}, the update names ${payload.target}`);
-        await fs.rename(tmp, o.out);
-      } finally {
-        await fs.rm(tmp, { force: true });
-      }
-      process.stdout.write(`wrote ${o.out}: ${payload.target}\n`);
+      const target = await applyUpdateFile(o.model, new Uint8Array(await fs.readFile(o.update)), o.out);
+      process.stdout.write(`wrote ${o.out}: ${target}\n`);
     });
 }

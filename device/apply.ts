@@ -1,7 +1,8 @@
 import { ModelDigest } from '../protocol/digest.ts';
-import { applyTensor, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
+import { applyTensor, decodePayload, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
 import { encodeSafetensorsHeader } from '../protocol/safetensors.ts';
-import { readExactly, readModelHeader } from '../util/model-file.ts';
+import { digestModelFile, readExactly, readModelHeader } from '../util/model-file.ts';
+import { DeviceError } from './reasons.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { fsyncDir, fsyncFile } from '../util/fs-atomic.ts';
 import { nodeFs, writeFully, type FileHandlePort, type FsPort } from './fs-port.ts';
@@ -54,4 +55,27 @@ export async function commitFile(tmp: string, final: string, fsys: FsPort = node
   await fsyncFile(tmp, fsys);
   await fsys.rename(tmp, final);
   await fsyncDir(path.dirname(final), fsys);
+}
+
+/**
+ * `fleet apply --model --update`, and the procedure of docs/protocol.md §7.5 that the
+ * refusal vectors check: decode the payload (§4.0, §6), read the model (§7.1), its digest
+ * must be the payload's `base` (else wrong-base), apply (§7.3), and the result's digest
+ * must be the payload's `target` (else digest-mismatch). Writes `outFile` only on success.
+ */
+export async function applyUpdateFile(modelFile: string, payloadBytes: Uint8Array, outFile: string, fsys: FsPort = nodeFs): Promise<string> {
+  const payload = decodePayload(payloadBytes);
+  const running = await digestModelFile(modelFile, fsys);
+  if (running !== payload.base) {
+    throw new DeviceError('wrong-base', `${modelFile} has digest ${running}; the update applies to ${payload.base}`);
+  }
+  const tmp = `${outFile}.tmp-${process.pid}`;
+  try {
+    const digest = await applyToFile(modelFile, payload, tmp, fsys);
+    if (digest !== payload.target) throw new DeviceError('digest-mismatch', `built ${digest}, the update names ${payload.target}`);
+    await fsys.rename(tmp, outFile);
+  } finally {
+    await fsys.rm(tmp, { force: true });
+  }
+  return payload.target;
 }

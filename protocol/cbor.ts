@@ -1,10 +1,14 @@
 import { Encoder } from 'cbor-x';
+import { checkStrictCbor } from './cbor-strict.ts';
 
 /**
  * One CBOR configuration for every message: plain maps with text keys, byte
  * strings for binary, no cbor-x record extensions, so any CBOR library reads it.
  */
 const codec = new Encoder({
+  // Integers of 2^32 and over arrive as 8-byte heads (the subset caps them at 2^53 − 1): decode
+  // them as numbers, not BigInts. int64AsNumber is a cbor-x decoder option its typings omit.
+  ...({ int64AsNumber: true } as object),
   useRecords: false,
   mapsAsObjects: true,
   tagUint8Array: false,
@@ -12,14 +16,38 @@ const codec = new Encoder({
   pack: false,
 });
 
+/** cbor-x writes integers of 2^32 and over as float64; as BigInts it writes them as integers (shortest form). */
+function wideIntegers(value: unknown): unknown {
+  if (typeof value === 'number') {
+    return Number.isSafeInteger(value) && (value >= 2 ** 32 || value < -(2 ** 32)) ? BigInt(value) : value;
+  }
+  if (Array.isArray(value)) return value.map(wideIntegers);
+  if (typeof value === 'object' && value !== null && !(value instanceof Uint8Array) && Object.getPrototypeOf(value) === Object.prototype) {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) {
+      Object.defineProperty(out, k, { value: wideIntegers(v), enumerable: true, writable: true, configurable: true }); // '__proto__' stays a key
+    }
+    return out;
+  }
+  return value;
+}
+
+/**
+ * Encode in the protocol's subset (§4.0): shortest heads, definite lengths, no tags,
+ * integers as integers. (Non-integer numbers are written as floats, which every
+ * decoder refuses: encoders validate their fields first; tests use that to forge input.)
+ */
 export function cborEncode(value: unknown): Uint8Array {
-  const b = codec.encode(value);
+  const b = codec.encode(wideIntegers(value));
   return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 }
 
-/** Decode one CBOR item; throws (any error) on malformed input or trailing bytes. */
+/**
+ * Decode one CBOR item of the protocol's subset (§4.0, protocol/cbor-strict.ts);
+ * throws CborError (naming the rule) on anything outside it, including trailing bytes.
+ */
 export function cborDecode(bytes: Uint8Array): unknown {
-  if (bytes.byteLength === 0) throw new Error('empty input');
+  checkStrictCbor(bytes);
   const values = codec.decodeMultiple(bytes) as unknown[] | undefined;
   if (!Array.isArray(values) || values.length !== 1) throw new Error('expected exactly one CBOR item');
   return values[0];

@@ -95,6 +95,46 @@ export function headerByteLength(prefix8: Uint8Array): number {
   return lo;
 }
 
+/**
+ * What JSON.parse lets through that §7.1 refuses, in header text already known to parse:
+ * a key twice in one object (compared after unescaping; JSON.parse keeps the last), or a
+ * number written with a fraction or exponent (8.0, 8e0: JSON.parse reads both as 8).
+ * Returns the fault, or undefined.
+ */
+export function jsonHeaderFault(text: string): string | undefined {
+  const stack: Array<Set<string> | null> = [];
+  let expectKey = false;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === '"') {
+      let j = i + 1;
+      while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
+      const top = stack[stack.length - 1];
+      if (expectKey && top) {
+        const key = JSON.parse(text.slice(i, j + 1)) as string;
+        if (top.has(key)) return `key ${JSON.stringify(key)} appears twice in one object`;
+        top.add(key);
+      }
+      expectKey = false;
+      i = j;
+    } else if (ch === '{' || ch === '[') {
+      stack.push(ch === '{' ? new Set() : null);
+      expectKey = ch === '{';
+    } else if (ch === '}' || ch === ']') {
+      stack.pop();
+      expectKey = false;
+    } else if (ch === ',') {
+      expectKey = stack[stack.length - 1] instanceof Set;
+    } else if (ch === '-' || (ch >= '0' && ch <= '9')) {
+      let j = i;
+      while (j < text.length && /[-+0-9.eE]/.test(text[j])) j++;
+      if (/[.eE]/.test(text.slice(i, j))) return `number ${text.slice(i, j)} is not written as an integer`;
+      i = j - 1;
+    }
+  }
+  return undefined;
+}
+
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -144,6 +184,8 @@ export function parseSafetensorsHeader(prefix: Uint8Array, fileSize?: number): S
     throw bad(`header is not UTF-8 JSON: ${(e as Error).message}`);
   }
   if (!isPlainObject(json)) throw bad('header is not a JSON object');
+  const fault = jsonHeaderFault(text);
+  if (fault !== undefined) throw bad(`header: ${fault}`);
   const tensors: TensorInfo[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, v] of Object.entries(json)) {
@@ -153,6 +195,7 @@ export function parseSafetensorsHeader(prefix: Uint8Array, fileSize?: number): S
       metadata = {};
       for (const [k, val] of Object.entries(v)) {
         if (typeof val !== 'string') throw bad(`metadata ${JSON.stringify(k)} is not a string`);
+        if (!isWellFormedName(k) || !isWellFormedName(val)) throw bad(`metadata ${JSON.stringify(k)} is not well-formed Unicode`);
         Object.defineProperty(metadata, k, { value: val, enumerable: true, writable: true, configurable: true });
       }
       continue;

@@ -2,10 +2,12 @@
  * Deterministic test vectors for the model format, digest and low-rank apply.
  * Run: node --import tsx scripts/generate-vectors.ts (or npm run vectors)
  * Writes base.safetensors, payload.cbor, target.safetensors and vectors.json
- * into protocol/vectors/. Same output on every run (seeded PRNG, no clock).
+ * into protocol/vectors/, and the conformance cases (accepted and refused, see
+ * scripts/case-vectors.ts) into protocol/vectors/cases/ with cases.json.
+ * Same output on every run (seeded PRNG, no clock).
  */
 import { createHash } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import {
@@ -17,6 +19,8 @@ import {
   applyToModel, decodeFactors, denseValues, encodePayload, isLowRank, lowRankDims, type Payload, type TensorDelta,
 } from '../protocol/lowrank.ts';
 import { mulberry32 } from '../util/random.ts';
+import { CborError, checkStrictCbor } from '../protocol/cbor-strict.ts';
+import { caseVectors, conform } from './case-vectors.ts';
 
 const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'protocol', 'vectors');
 
@@ -188,4 +192,37 @@ const vectors = {
   conversions,
 };
 writeFileSync(path.join(dir, 'vectors.json'), JSON.stringify(vectors, null, 1) + '\n');
+
+// ---------------------------------------------------------------------------
+// Conformance cases: each expectation is confirmed with our code before it is written.
+
+const cases = caseVectors(baseBytes);
+const all: Record<string, Uint8Array> = { ...files, ...cases.files };
+for (const r of cases.refuse) {
+  const out = conform(all[r.model], all[r.payload]);
+  const got = 'code' in out ? out.code : 'accepted';
+  if (got !== r.expect) throw new Error(`case ${r.name}: expected ${r.expect}, our code gives ${got}`);
+  if (r.cbor) {
+    let form = 'accepted';
+    try { checkStrictCbor(all[r.payload]); } catch (e) { form = e instanceof CborError ? e.form : String(e); }
+    if (form !== r.cbor) throw new Error(`case ${r.name}: expected CBOR form ${r.cbor}, got ${form}`);
+  }
+}
+const casesDir = path.join(dir, 'cases');
+rmSync(casesDir, { recursive: true, force: true });
+mkdirSync(casesDir);
+for (const [name, bytes] of Object.entries(cases.files)) writeFileSync(path.join(dir, name), bytes);
+const manifest = {
+  procedure: [
+    'docs/protocol.md §7.5. For each case: decode the payload file (§4.0 CBOR subset, §6 payload); read the model file (§7.1);',
+    'the model digest (§7.2) must equal the payload base, else wrong-base; apply every delta (§7.3); the result digest must equal',
+    'the payload target, else digest-mismatch. A conforming implementation accepts every "accept" case, producing exactly the',
+    '"target" file (byte for byte with the §7.1 writer) and "targetDigest", and refuses every "refuse" case with exactly its',
+    '"expect" reason code (§9). "cbor" names the §4.0 rule a refused CBOR input breaks. Every refused case has exactly one fault.',
+  ],
+  accept: cases.accept.map((a) => ({ ...a, sha256: sha256(all[a.target]) })),
+  refuse: cases.refuse,
+};
+writeFileSync(path.join(dir, 'cases.json'), JSON.stringify(manifest, null, 1) + '\n');
 console.log(`wrote ${Object.keys(files).join(', ')}, vectors.json; base ${baseDigest}, target ${applied.digest}`);
+console.log(`wrote cases.json: ${cases.accept.length} accepted and ${cases.refuse.length} refused cases, ${Object.keys(cases.files).length} files in cases/`);

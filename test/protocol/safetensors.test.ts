@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import {
-  encodeSafetensorsHeader, headerByteLength, parseSafetensorsHeader, readSafetensors, writeSafetensors, type TensorInput,
+  encodeSafetensorsHeader, jsonHeaderFault, headerByteLength, parseSafetensorsHeader, readSafetensors, writeSafetensors, type TensorInput,
 } from '../../protocol/safetensors.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { mulberry32 } from '../../util/random.ts';
@@ -190,5 +190,33 @@ describe('safetensors', () => {
     }
     expect(refused).toBeGreaterThan(1000);
     expect(accepted).toBeGreaterThan(0);
+  });
+});
+
+describe('jsonHeaderFault (a header key twice in one object, or a number like 8.0, is refused, not read as JSON.parse would)', () => {
+  it('finds a key twice in any one object, after unescaping, and nothing across objects or in arrays and values', () => {
+    expect(jsonHeaderFault('{"a":1,"a":2}')).toBe('key "a" appears twice in one object');
+    expect(jsonHeaderFault('{"a":{"b":1,"c":[{"b":2}],"b":3}}')).toBe('key "b" appears twice in one object');
+    expect(jsonHeaderFault('{"ab":1,"a\\u0062":2}')).toBe('key "ab" appears twice in one object');
+    expect(jsonHeaderFault('{"a":"a","b":["a","a"],"c":{"a":1},"d":{"a":1}}')).toBeUndefined();
+    expect(jsonHeaderFault('{"q\\"":1,"q\\\\":2, "x" : {"q\\"":3}}')).toBeUndefined();
+    expect(jsonHeaderFault('{"q\\"":1,"x":[1,{"y":2}],"q\\"":2}')).toBe('key "q\\"" appears twice in one object');
+    expect(jsonHeaderFault('{"s":[8,0,-1,12345],"m":"8.0 1e3"}')).toBeUndefined();
+    expect(jsonHeaderFault('{"s":[8.0]}')).toBe('number 8.0 is not written as an integer');
+    expect(jsonHeaderFault('{"s":[8E0]}')).toBe('number 8E0 is not written as an integer');
+  });
+  it('makes the reader refuse such a header with malformed-model', () => {
+    const t = { name: 'a', dtype: 'F32' as const, shape: [1], data: new Uint8Array(4) };
+    const good = writeSafetensors([t]);
+    const n = good[0];
+    const text = new TextDecoder().decode(good.subarray(8, 8 + n)).trimEnd().replace('{"dtype"', '{"dtype":"F32","dtype"');
+    const json = new TextEncoder().encode(text.padEnd(Math.ceil((text.length + 8) / 8) * 8 - 8, ' '));
+    const bad = new Uint8Array(8 + json.length + 4);
+    new DataView(bad.buffer).setUint32(0, json.length, true);
+    bad.set(json, 8);
+    let code = 'no error';
+    try { readSafetensors(bad); } catch (e) { code = (e as ProtocolError).code; }
+    expect(code).toBe('malformed-model');
+    expect(readSafetensors(good).tensors.map((x) => x.name)).toEqual(['a']);
   });
 });
