@@ -1,4 +1,3 @@
-import { promises as fs } from 'node:fs';
 import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
 import type { ReleaseBody } from '../protocol/release.ts';
@@ -10,6 +9,7 @@ import { nextState, type DeviceEvent } from './machine.ts';
 import { decideRelease } from './release-decision.ts';
 import { DEVICE_REASONS, toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
+import type { FsPort } from './fs-port.ts';
 import { attemptOf, type Journal } from './journal.ts';
 import { TrustKeeper } from './trust-keeper.ts';
 import { composeStatus, type StatusFields } from './status-report.ts';
@@ -61,13 +61,12 @@ export class DeviceAgent {
     }, io.health, io.log);
   }
 
-  /** Provision an empty directory with its first model. */
-  static async provision(storage: DeviceStorage, initialModel: string, digestOf: (file: string) => Promise<string>): Promise<string> {
+  /** Provision an empty directory with its first model (copied and digested from disk, never whole in memory). */
+  static async provision(storage: DeviceStorage, initialModel: string, digestOf: (file: string, fsys: FsPort) => Promise<string>): Promise<string> {
     await storage.init();
     const have = await storage.pointer();
     if (have) return have.digest;
-    const digest = await digestOf(initialModel);
-    await storage.installVersion(digest, new Uint8Array(await fs.readFile(initialModel)));
+    const digest = await storage.installVersionFromFile(initialModel, digestOf);
     await storage.switchTo(digest, null);
     return digest;
   }

@@ -114,6 +114,22 @@ export class DeviceStorage {
   }
 
   /**
+   * Install a model file as a version without holding it in memory: copy it
+   * into models/ under a staging name (removed on start if a crash leaves
+   * it), fsync, digest the copy itself, rename it to its digest, fsync the
+   * directory. Returns the digest.
+   */
+  async installVersionFromFile(file: string, digestOf: (file: string, fsys: FsPort) => Promise<string>): Promise<string> {
+    const tmp = path.join(this.dir, 'models', `provision.staged.${process.pid}`);
+    await this.fsys.copyFile(file, tmp);
+    await fsyncFile(tmp, this.fsys);
+    const digest = await digestOf(tmp, this.fsys);
+    await this.fsys.rename(tmp, this.modelPath(digest));
+    await fsyncDir(path.join(this.dir, 'models'), this.fsys);
+    return digest;
+  }
+
+  /**
    * Make `digest` current: make the version itself durable (its bytes and its
    * name in models/: a killed process may have renamed it there without the
    * directory fsync), record `previous` (temp, fsync, rename), then replace

@@ -1,0 +1,158 @@
+/**
+ * What the device agent costs the machine it runs on:
+ *
+ *   npm run bench:device [-- --sizes 100,400 --rank 8 --keep]
+ *
+ * Starts an embedded broker (with its update server) in this process, then
+ * `fleet device` as the README starts it, as its own process, and measures:
+ * the time from spawn to its "connected" line, its resident memory once idle,
+ * and, for each model size (MB of float32 weights in 1024×1024 matrices), the
+ * peak resident memory (VmHWM) of a fresh agent while it downloads, verifies,
+ * applies a rank-r update to that model, switches and acks, and how long that
+ * took. The ratio of interest is peak ÷ model bytes: an agent that streams
+ * tensor by tensor stays flat as the model grows. Ends with one JSON line.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { startBroker } from '../broker/broker.ts';
+import { FLEET_BIN, stopChild } from '../cli/demo.ts';
+import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
+import { Topics } from '../protocol/topics.ts';
+import { keygen, loadSigningKey } from '../publisher/keys.ts';
+import { publishUpdate } from '../publisher/publish.ts';
+import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
+import { MqttTransport } from '../transport/mqtt.ts';
+import { silentLogger } from '../util/log.ts';
+
+const MODEL = 'bench-device';
+const GROUP = 'bench';
+
+/** Resident and peak resident memory of a process, in bytes (Linux /proc). */
+function memoryOf(pid: number): { rss: number; hwm: number } {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN) * 1024;
+  return { rss: kb('VmRSS'), hwm: kb('VmHWM') };
+}
+
+const mb = (b: number): number => Math.round((b / 2 ** 20) * 10) / 10;
+
+interface AgentRun {
+  child: ChildProcess;
+  connectedMs: number;
+}
+
+/** `fleet device` as the README starts it; resolves once it prints that it is connected. */
+async function startAgent(args: string[], logFile: string): Promise<AgentRun> {
+  const t0 = performance.now();
+  const child = spawn(process.execPath, [FLEET_BIN, 'device', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const log = await fs.open(logFile, 'a');
+  child.stderr!.on('data', (d: Buffer) => void log.write(d));
+  child.once('exit', () => void log.close());
+  const connectedMs = await new Promise<number>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (/: connected to /.test(out)) resolve(performance.now() - t0);
+    });
+    child.once('exit', (code) => reject(new Error(`fleet device exited (${code}) before connecting; see ${logFile}`)));
+  });
+  return { child, connectedMs };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { sizes: { type: 'string', default: '100,400' }, rank: { type: 'string', default: '8' }, keep: { type: 'boolean', default: false } } });
+  const sizes = values.sizes.split(',').map(Number);
+  const rank = Number(values.rank);
+  const work = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-bench-device-'));
+  const broker = await startBroker({ port: 0, dataDir: path.join(work, 'broker'), persistence: 'memory', log: silentLogger });
+  const keys = await keygen(path.join(work, 'keys'));
+  const topics = new Topics();
+  const watcher = await MqttTransport.connect({ url: broker.url, clientId: `bench-device-watch-${process.pid}` }, 10_000);
+  const latest = new Map<string, DeviceStatus>();
+  watcher.onMessage((topic, payload) => {
+    const p = topics.parse(topic);
+    const s = p?.kind === 'status' ? parseStatus(payload) : null;
+    if (s) latest.set(s.device, s);
+  });
+  await watcher.subscribe(topics.allStatuses(), 1);
+  const waitFor = async (id: string, pred: (s: DeviceStatus) => boolean, ms: number): Promise<DeviceStatus> => {
+    const end = Date.now() + ms;
+    for (;;) {
+      const s = latest.get(id);
+      if (s && pred(s)) return s;
+      if (Date.now() > end) throw new Error(`${id}: timed out; last status ${JSON.stringify(s ?? null)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  const runs: Array<Record<string, number>> = [];
+  let idle: { connectedMs: number; idleRssMB: number } | undefined;
+  try {
+    for (const size of sizes) {
+      const matrices = Math.round((size * 2 ** 20) / (1024 * 1024 * 4));
+      process.stderr.write(`bench:device: ${size} MB model (${matrices} matrices of 1024×1024), rank ${rank}: building…\n`);
+      const base = synthesizeModel(1, Array.from({ length: matrices }, () => [1024, 1024] as [number, number]));
+      const u = synthesizeUpdate(base, rank, 2);
+      const baseFile = path.join(work, `base-${size}.safetensors`);
+      await fs.writeFile(baseFile, base);
+      const id = `dev-${size}`;
+      const dir = path.join(work, id);
+      const args = ['--id', id, '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile];
+      // The first start provisions the directory from --initial; the agent measured is the next start,
+      // as a device runs every day (the model already in its directory).
+      const first = await startAgent(args, path.join(work, `${id}.log`));
+      await waitFor(id, (s) => s.state === 'idle' || s.state === 'ok', 120_000);
+      const provisionPeak = memoryOf(first.child.pid!).hwm;
+      await stopChild(first.child);
+      const agent = await startAgent(args, path.join(work, `${id}.log`));
+      try {
+        await new Promise((r) => setTimeout(r, 2000));
+        const before = memoryOf(agent.child.pid!);
+        if (!idle) idle = { connectedMs: Math.round(agent.connectedMs), idleRssMB: mb(before.rss) };
+        // From here VmHWM is the peak of the update alone (clear_refs 5 resets it to the current RSS; Linux ≥ 4.0).
+        await fs.writeFile(`/proc/${agent.child.pid}/clear_refs`, '5').catch(() => process.stderr.write('bench:device: cannot reset the peak (not root?): it includes the start\n'));
+        process.stderr.write(`bench:device: connected after ${Math.round(agent.connectedMs)} ms, idle RSS ${mb(before.rss)} MB (provisioning peaked at ${mb(provisionPeak)} MB); publishing ${u.payload.byteLength} B…\n`);
+        const pub = await MqttTransport.connect({ url: broker.url, clientId: `bench-device-pub-${process.pid}` }, 10_000);
+        const t0 = performance.now();
+        try {
+          await publishUpdate({ transport: pub, topics, payloads: [u.payload], keys: [await loadSigningKey(keys.keyFile)], rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+            model: MODEL, group: GROUP, chunkSize: 16_384, ttlSeconds: 3600, log: silentLogger });
+        } finally {
+          await pub.close();
+        }
+        const end = await waitFor(id, (s) => s.target === u.targetDigest && ['ok', 'rolled_back', 'rejected', 'failed'].includes(s.state), 600_000);
+        if (end.state !== 'ok') throw new Error(`${id} ended ${end.state}: ${end.reason} ${end.message}`);
+        const seconds = (performance.now() - t0) / 1000;
+        const after = memoryOf(agent.child.pid!);
+        const run = {
+          modelMB: mb(base.byteLength), updateBytes: u.payload.byteLength, seconds: Math.round(seconds * 100) / 100, connectedMs: Math.round(agent.connectedMs),
+          idleRssMB: mb(before.rss), provisionPeakMB: mb(provisionPeak), peakRssMB: mb(after.hwm), peakOverModel: Math.round((after.hwm / base.byteLength) * 1000) / 1000,
+        };
+        process.stderr.write(`bench:device: ${JSON.stringify(run)}\n`);
+        runs.push(run);
+      } finally {
+        await stopChild(agent.child);
+      }
+      await fs.rm(baseFile, { force: true });
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  } finally {
+    await watcher.close();
+    await broker.close();
+    if (!values.keep) await fs.rm(work, { recursive: true, force: true });
+    else process.stderr.write(`bench:device: kept ${work}\n`);
+  }
+  const peaks = runs.map((r) => r.peakRssMB);
+  process.stdout.write(`${JSON.stringify({
+    bench: 'device', node: process.version, rank, connectedMs: idle?.connectedMs, idleRssMB: idle?.idleRssMB, runs,
+    // Flat in the model's size: the peak of the largest model over the smallest's.
+    peakGrowth: peaks.length > 1 ? Math.round((peaks[peaks.length - 1] / peaks[0]) * 1000) / 1000 : null,
+  })}\n`);
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench:device: ${(e as Error).message}\n`);
+  process.exit(1);
+});
