@@ -1,5 +1,6 @@
 import type { Topics } from '../protocol/topics.ts';
 import type { FailureThreshold, OfflinePolicy, RolloutPlan } from './plan.ts';
+import { stripControls, stripControlsDeep } from '../util/text.ts';
 import type { RolloutState } from './machine.ts';
 
 /**
@@ -158,7 +159,8 @@ export function parseRolloutStatus(payload: Uint8Array): RolloutStatus | null {
   try {
     const j = JSON.parse(new TextDecoder().decode(payload)) as RolloutStatus;
     if (typeof j !== 'object' || j === null || j.v !== 1 || typeof j.rollout !== 'string' || typeof j.state !== 'string' || !Array.isArray(j.waves) || typeof j.plan !== 'object') return null;
-    return j;
+    // Retained on a topic others may publish on: no control character reaches a terminal or a log from it.
+    return stripControlsDeep(j);
   } catch {
     return null;
   }
@@ -179,5 +181,5 @@ export function formatRolloutStatus(s: RolloutStatus): string {
   });
   if (s.reason) lines.push(`  why: ${s.reason}`);
   if (s.lastEvent) lines.push(`  last event: ${s.lastEvent.type} at ${s.lastEvent.time}: ${s.lastEvent.reason}`);
-  return lines.join('\n');
+  return lines.map(stripControls).join('\n');
 }
