@@ -1,6 +1,6 @@
 import { ProtocolError } from '../protocol/errors.ts';
 import {
-  assignManifest, checkRelease, decodeRelease, manifestHashOf, maxSeqAt, SEQ_PER_SECOND, signManifest, trustOf, verifyManifest, verifyRelease,
+  assignManifest, checkRelease, decodeRelease, decodeSignedManifest, manifestHashOf, maxSeqAt, SEQ_PER_SECOND, signManifest, trustOf, verifyManifest, verifyRelease,
   type ManifestBody, type ReleaseBody, type SigningKey, type TrustFile,
 } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
@@ -165,9 +165,19 @@ export async function readManifests(t: Transport, topics: Topics, model: string,
   return [...found.values()];
 }
 
-/** Signs a manifest with the release keys and publishes it retained under its hash (idempotent). */
+/**
+ * Signs a manifest with the release keys and publishes it retained under its
+ * hash (idempotent). It is decoded first as a device decodes it: a manifest a
+ * device would call malformed is not published (`invalid-release`).
+ */
 export async function publishManifest(o: Pick<GroupReleaseOptions, 'transport' | 'topics' | 'model' | 'keys'>, body: ManifestBody): Promise<KnownManifest> {
   const bytes = signManifest(body, o.keys);
+  try {
+    decodeSignedManifest(bytes);
+  } catch (e) {
+    if (!(e instanceof ProtocolError)) throw e;
+    throw new PublishError('invalid-release', `not published: devices would refuse this manifest for ${o.model} (${e.code}: ${e.message})`);
+  }
   const m: KnownManifest = { ...body, manifest: manifestHashOf(bytes), bytes };
   await o.transport.publish(o.topics.manifest(o.model, m.manifest), bytes, { qos: 1, retain: true });
   return m;

@@ -71,6 +71,6 @@ describe('Prometheus metrics from the view', () => {
     const { view } = clockedView();
     const text = renderMetrics(view.snapshot());
     expect(text).toContain('fleet_dashboard_up 1\n');
-    expect(text.split('\n').filter((l) => l && !l.startsWith('#'))).toEqual(['fleet_dashboard_up 1']);
+    expect(text.split('\n').filter((l) => l && !l.startsWith('#'))).toEqual(['fleet_dashboard_up 1', 'fleet_device_statuses_malformed 0']);
   });
 });

@@ -20,7 +20,7 @@ import {
 } from '../../protocol/release.ts';
 import { signEnvelope } from '../../protocol/signed.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
-import { PublishError, publishUpdate } from '../../publisher/publish.ts';
+import { PublishError, publishManifest, publishUpdate } from '../../publisher/publish.ts';
 import { refreshGroup } from '../../publisher/refresh.ts';
 import { rollbackGroup } from '../../publisher/rollback.ts';
 import { synthesizeUpdate } from '../../publisher/synth.ts';
@@ -122,6 +122,9 @@ describe('fast-forward without a key', () => {
     expect(err).toBeInstanceOf(PublishError);
     expect((err as PublishError).code).toBe('bad-seq');
     expect(decodeRelease(await retained(pub)).seq).toBe(v1.release.seq);
+    // Nor is a manifest a device would call malformed.
+    const badManifest = publishManifest({ transport: pub, topics, model: MODEL, keys: keys.keys }, { ...v1.release, target: 'not-a-digest' });
+    await expect(badManifest).rejects.toMatchObject({ code: 'invalid-release' });
 
     // The same signed with the rollout key by hand (bypassing the signer's check): the device refuses it.
     const now = Math.floor(Date.now() / 1000);

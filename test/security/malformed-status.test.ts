@@ -149,7 +149,7 @@ describe('the views never throw on random statuses (property)', () => {
         view.refresh();
         const snap = view.snapshot();
         renderScreen(snap, { colour: true, columns: 120, rows: 30 });
-        renderMetrics(snap);
+        expect(renderMetrics(snap)).toContain(`fleet_device_statuses_malformed ${expected.size}\n`);
         expect(snap.malformed).toBe(expected.size);
         expect(view.malformedDevices()).toEqual([...expected].sort());
         expect([...inv.malformed].sort()).toEqual([...expected].sort());
