@@ -23,9 +23,11 @@ import { describeChange, renderScreen, TerminalWatch } from '../../operator/rend
 import { encodeStatus, parseStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { formatInventory, Inventory, inventoryRow } from '../../rollout/inventory.ts';
+import { formatRolloutStatus, parseRolloutStatus } from '../../rollout/status.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
 import { tempDir } from '../support/harness.ts';
+import { rolloutStatus } from '../operator/helpers.ts';
 
 const topics = new Topics();
 const T0 = Date.parse('2026-01-01T00:00:00.000Z');
@@ -110,14 +112,23 @@ describe('the views never throw on random statuses (property)', () => {
     { weight: 1, arbitrary: fc.constant(new Uint8Array(0)) },
     { weight: 1, arbitrary: fc.constant(utf8(CRASHER)) },
   );
-  const message = fc.record({
-    device: fc.constantFrom(...ids),
-    kind: fc.constantFrom('status', 'status', 'status', 'presence'),
+  /** A valid rollout status with some top-level or first-wave fields replaced by random JSON. */
+  const rolloutPayload = fc.oneof(
+    fc.record({
+      top: fc.dictionary(fc.constantFrom(...Object.keys(rolloutStatus('r1'))), json, { maxKeys: 3 }),
+      wave: fc.dictionary(fc.constantFrom('group', 'devices', 'counts', 'failures', 'blocking', 'release', 'publishedAt'), json, { maxKeys: 3 }),
+    }).map(({ top, wave }) => {
+      const r = rolloutStatus('r1');
+      return utf8(JSON.stringify({ ...r, waves: [{ ...r.waves[0], ...wave }, ...r.waves.slice(1)], ...top }));
+    }),
     payload,
-    retained: fc.boolean(),
-  });
+  );
+  const message = fc.oneof(
+    { weight: 4, arbitrary: fc.record({ device: fc.constantFrom(...ids), kind: fc.constantFrom('status', 'status', 'status', 'presence'), payload, retained: fc.boolean() }) },
+    { weight: 1, arbitrary: fc.record({ device: fc.constant('r1'), kind: fc.constant('rollout'), payload: rolloutPayload, retained: fc.boolean() }) },
+  );
 
-  it('FleetView (watch TTY, plain and --json, dashboard snapshot, metrics, alerts) and the Inventory (fleet devices)', () => {
+  it('FleetView (watch TTY, plain and --json, dashboard snapshot, metrics, alerts), the Inventory (fleet devices) and rollout statuses', () => {
     fc.assert(fc.property(fc.array(message, { minLength: 1, maxLength: 30 }), (msgs) => {
       let now = T0;
       const view = new FleetView(topics, { now: () => now });
@@ -131,7 +142,11 @@ describe('the views never throw on random statuses (property)', () => {
       const expected = new Set<string>();
       try {
         for (const m of msgs) {
-          const topic = m.kind === 'status' ? topics.status(m.device) : topics.presence(m.device);
+          const topic = m.kind === 'status' ? topics.status(m.device) : m.kind === 'rollout' ? topics.rolloutStatus(m.device) : topics.presence(m.device);
+          if (m.kind === 'rollout') {
+            const r = parseRolloutStatus(m.payload);
+            if (r) formatRolloutStatus(r);
+          }
           now += 1000;
           const changes = view.handle(topic, m.payload, m.retained);
           inv.handle(topic, m.payload, m.retained);
