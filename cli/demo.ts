@@ -11,6 +11,7 @@ import { publishUpdate } from '../publisher/publish.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger } from '../util/log.ts';
+import { stripControls } from '../util/text.ts';
 import { createProgress } from '../util/progress.ts';
 
 export const FLEET_BIN = fileURLToPath(new URL('../bin/fleet.js', import.meta.url));
@@ -49,7 +50,7 @@ export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<vo
  */
 export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const out = (line: string): void => {
-    process.stdout.write(line + '\n');
+    process.stdout.write(stripControls(line) + '\n');
   };
   const t0 = performance.now();
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-demo-'));

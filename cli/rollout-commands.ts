@@ -8,7 +8,7 @@ import { rollbackGroup } from '../publisher/rollback.ts';
 import { HOOK_EVENTS, RolloutController } from '../rollout/controller.ts';
 import { runEventCommand } from '../rollout/hooks.ts';
 import { isTerminal } from '../rollout/machine.ts';
-import { collectInventory, formatInventory, inventoryRow } from '../rollout/inventory.ts';
+import { collectInventory, formatInventory, inventoryRow, malformedNote } from '../rollout/inventory.ts';
 import { loadPayloads, loadPlanFile } from '../rollout/plan.ts';
 import {
   formatRolloutStatus, parseRolloutStatus, rolloutControlTopic,
@@ -17,6 +17,7 @@ import {
 import type { Transport } from '../transport/types.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
+import { stripControls, stripControlsDeep } from '../util/text.ts';
 import { collect, parseIntArg } from './options.ts';
 
 /** Exit codes of `fleet rollout start`: completed 0, halted 2, aborted 3. */
@@ -60,8 +61,10 @@ export function registerRolloutCommands(program: Command): void {
     .action(async (o: { broker: string; wait: number; json?: boolean }) => {
       const t = await connect(o.broker, 'devices');
       try {
-        const records = await collectInventory(t, topics(), o.wait);
-        process.stdout.write(o.json ? `${JSON.stringify(records.map(inventoryRow))}\n` : `${formatInventory(records)}\n`);
+        const { records, malformed } = await collectInventory(t, topics(), o.wait);
+        process.stdout.write(o.json ? `${JSON.stringify(records.map(inventoryRow))}\n` : `${formatInventory(records, malformed)}\n`);
+        // --json keeps its array; the skipped statuses are said on stderr.
+        if (o.json && malformed.length) process.stderr.write(`${malformedNote(malformed)}\n`);
       } finally {
         await t.close();
       }
@@ -90,7 +93,7 @@ export function registerRolloutCommands(program: Command): void {
       const controller = new RolloutController({ plan, payloads, keys, rolloutKeys, trust, settleMs: o.settle }, {
         transport, topics: topics(), clock: systemClock, publish: publishUpdate, rollback: rollbackGroup, log,
         onEvent: async (e) => {
-          process.stdout.write(o.json ? `${JSON.stringify(e)}\n` : `${e.time} ${e.type}${e.device ? ` ${e.device}` : ''}: ${e.reason}\n`);
+          process.stdout.write(o.json ? `${JSON.stringify(stripControlsDeep(e))}\n` : `${stripControls(`${e.time} ${e.type}${e.device ? ` ${e.device}` : ''}: ${e.reason}`)}\n`);
           if (o.onEvent && HOOK_EVENTS.includes(e.type)) await runEventCommand(o.onEvent, e, log);
         },
       });

@@ -4,11 +4,11 @@ import { ROLES, type Role } from '../broker/acl.ts';
 import {
   generatePassword, hashPassword, readUsersFile, readUsersFileOrEmpty, writeUsersFile, type UserRecord, type UsersFile,
 } from '../broker/users-file.ts';
-import { isTopicSegment } from '../protocol/topics.ts';
+import { isTopicSegment, SEGMENT_RULE } from '../protocol/topics.ts';
 
 function segment(kind: string) {
   return (v: string): string => {
-    if (!isTopicSegment(v)) throw new InvalidArgumentError(`${kind} may only use letters, digits, '.', '_' and '-' (1-128 characters)`);
+    if (!isTopicSegment(v)) throw new InvalidArgumentError(`${kind} ${SEGMENT_RULE}`);
     return v;
   };
 }

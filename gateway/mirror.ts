@@ -59,12 +59,14 @@ export class ReleaseMirror {
   async start(): Promise<void> {
     await fs.mkdir(this.o.dir, { recursive: true });
     for (const r of await this.o.store.releases()) this.published.set(`${r.group}/${r.model}`, { hash: sha256Hex(r.bytes), ...needsOf(r.bytes) });
-    for (const group of await fs.readdir(this.o.dir)) {
-      if (!isTopicSegment(group)) continue;
+    for (const entry of await fs.readdir(this.o.dir, { withFileTypes: true })) {
+      const group = entry.name;
+      if (!entry.isDirectory() || !isTopicSegment(group)) continue;
       for (const f of await fs.readdir(path.join(this.o.dir, group))) {
-        if (!f.endsWith('.cbor')) continue;
+        const model = f.slice(0, -5);
+        if (!f.endsWith('.cbor') || !isTopicSegment(model)) continue;
         const bytes = new Uint8Array(await fs.readFile(path.join(this.o.dir, group, f)));
-        await this.onUpstream(group, f.slice(0, -5), bytes);
+        await this.onUpstream(group, model, bytes);
       }
     }
   }

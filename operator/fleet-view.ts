@@ -6,6 +6,7 @@ import { isTerminal, type RolloutState } from '../rollout/machine.ts';
 import type { FailureThreshold, OfflinePolicy } from '../rollout/plan.ts';
 import { parseRolloutStatus, type RolloutStatus, type WaveCounts, type WaveFailure } from '../rollout/status.ts';
 import type { Transport } from '../transport/types.ts';
+import { stripControls, stripControlsDeep } from '../util/text.ts';
 
 /**
  * What operators see: the fleet (retained device statuses and presence, kept
@@ -111,6 +112,8 @@ export interface FleetSnapshot {
   online: number;
   offline: number;
   groups: string[];
+  /** Devices whose latest status was malformed: skipped (what was known of them is kept), counted here. */
+  malformed: number;
 }
 
 export interface FleetViewOptions {
@@ -124,7 +127,8 @@ const BUSY_STATES: readonly DeviceState[] = ['downloading', 'verifying', 'applyi
 
 const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
 const num = (v: unknown, d = 0): number => (typeof v === 'number' && Number.isFinite(v) ? v : d);
-const str = (v: unknown): string | null => (typeof v === 'string' ? v : null);
+/** Every string a row shows comes from the network: stripped of control characters here, for every view. */
+const str = (v: unknown): string | null => (typeof v === 'string' ? stripControls(v) : null);
 
 export class FleetView {
   private readonly inventory: Inventory;
@@ -135,6 +139,7 @@ export class FleetView {
   /** Full-model step size of the retained release per `group/model` (null: a release without one). */
   private readonly fullBytes = new Map<string, number | null>();
   private readonly listeners: Array<(changes: ViewChange[]) => void> = [];
+  private readonly skipListeners: Array<(device: string, malformed: number) => void> = [];
   readonly now: () => number;
   readonly staleMs: number;
 
@@ -162,6 +167,20 @@ export class FleetView {
     };
   }
 
+  /** Called with the device and the new count when a malformed status is skipped. */
+  onSkipped(fn: (device: string, malformed: number) => void): () => void {
+    this.skipListeners.push(fn);
+    return () => {
+      const i = this.skipListeners.indexOf(fn);
+      if (i >= 0) this.skipListeners.splice(i, 1);
+    };
+  }
+
+  /** Devices whose latest status was malformed and skipped. */
+  malformedDevices(): string[] {
+    return [...this.inventory.malformed].sort();
+  }
+
   /** Takes one MQTT message; returns what it changed (nothing for junk, foreign topics and identical re-deliveries). */
   handle(topic: string, payload: Uint8Array, retained: boolean): ViewChange[] {
     const p = this.topics.parse(topic);
@@ -173,6 +192,10 @@ export class FleetView {
     // Junk presence is ignored here (the Inventory would forget the presence it knew).
     if (p.kind === 'presence' && payload.byteLength > 0 && text !== 'online' && text !== 'offline') return [];
     this.inventory.handle(topic, payload, retained);
+    if (p.kind === 'status' && payload.byteLength > 0 && this.inventory.malformed.has(p.deviceId)) {
+      for (const l of [...this.skipListeners]) l(p.deviceId, this.inventory.malformed.size);
+      return [];
+    }
     const rec = this.inventory.devices.get(p.deviceId);
     // A live status or `online` is a sign of life now; `offline` (a last will) is not.
     if (rec && !retained && (p.kind === 'status' ? rec.status !== null : text === 'online')) this.liveSeen.set(p.deviceId, this.now());
@@ -214,6 +237,7 @@ export class FleetView {
     return {
       time: this.now(), devices, rollouts: this.rollouts(group), counts, groups,
       online: devices.filter((d) => d.online === true).length, offline: devices.filter((d) => d.online === false).length,
+      malformed: this.inventory.malformed.size,
     };
   }
 
@@ -298,8 +322,13 @@ const counts = (c: Partial<WaveCounts> | undefined): WaveCounts => ({
   total: num(c?.total), ok: num(c?.ok), failed: num(c?.failed), pending: num(c?.pending), offline: num(c?.offline), skipped: num(c?.skipped),
 });
 
-/** A flat row of a rollout status; null when it is too broken to show. */
+/** A flat row of a rollout status (its strings stripped of control characters); null when it is too broken to show. */
 export function rolloutRow(s: RolloutStatus): RolloutRow | null {
+  const row = rolloutRowOf(s);
+  return row && stripControlsDeep(row);
+}
+
+function rolloutRowOf(s: RolloutStatus): RolloutRow | null {
   const planWaves = Array.isArray(s.plan?.waves) ? s.plan.waves : [];
   const waveList: WaveRow[] = s.waves.map((w, k) => ({
     group: str(w?.group) ?? str(planWaves[k]?.group) ?? `wave ${k + 1}`,

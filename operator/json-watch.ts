@@ -9,19 +9,23 @@ import type { FleetView, ViewChange } from './fleet-view.ts';
  *
  * `row` is null when the device or rollout was removed (its retained topics
  * cleared); `retained` says the broker replayed it (the first lines after the
- * start are what the broker held). Nothing is drawn and nothing waits for a
+ * start are what the broker held). A malformed device status is skipped and
+ * said in a line of its own, `{"kind":"skipped","device":"d1",…,"malformed":N}`
+ * (N: devices whose latest status is malformed). Nothing is drawn and nothing waits for a
  * terminal, so it works in a pipe (`| jq`, `| grep`); a reader that goes away
  * (EPIPE) ends it quietly.
  */
 
 export interface JsonChangeLine {
-  kind: 'device' | 'rollout';
+  kind: 'device' | 'rollout' | 'skipped';
   device?: string;
   rollout?: string;
   /** ISO 8601 of the view's clock when the change was seen. */
   time: string;
   retained: boolean;
   row: unknown;
+  /** kind 'skipped': a malformed status of `device` was skipped; devices whose latest status is malformed. */
+  malformed?: number;
 }
 
 export function changeLine(c: ViewChange, now: number): JsonChangeLine {
@@ -52,7 +56,13 @@ export class JsonWatch {
   constructor(private readonly view: FleetView, private readonly out: NodeJS.WritableStream, private readonly o: JsonWatchOptions = {}) {}
 
   start(): void {
-    this.off = this.view.onChange((changes) => {
+    const offSkipped = this.view.onSkipped((device, malformed) => {
+      if (this.o.group !== undefined && this.view.device(device)?.group !== this.o.group) return;
+      const line: JsonChangeLine = { kind: 'skipped', device, time: new Date(this.view.now()).toISOString(), retained: false, row: null, malformed };
+      this.out.write(`${JSON.stringify(line)}\n`);
+      this.lines++;
+    });
+    const offChanges = this.view.onChange((changes) => {
       const now = this.view.now();
       let text = '';
       for (const c of changes) {
@@ -62,6 +72,10 @@ export class JsonWatch {
       }
       if (text) this.out.write(text);
     });
+    this.off = () => {
+      offChanges();
+      offSkipped();
+    };
     const every = this.o.refreshMs ?? 1000;
     // A device that stops reporting mid-update turns silent with no message: only the clock tells.
     if (every > 0) this.tick = setInterval(() => this.view.refresh(), every);

@@ -71,6 +71,7 @@ export function renderMetrics(snap: FleetSnapshot): string {
     for (const st of DEVICE_STATES) devices.add({ state: st, group: g }, m.get(st) ?? 0);
     if (m.has('unknown')) devices.add({ state: 'unknown', group: g }, m.get('unknown')!);
   }
+  fam('fleet_device_statuses_malformed', 'gauge', 'Devices whose latest status was malformed: skipped by every view.').add({}, snap.malformed ?? 0);
   const online = fam('fleet_devices_online', 'gauge', 'Devices whose retained presence is online.');
   const offline = fam('fleet_devices_offline', 'gauge', 'Devices whose retained presence is offline.');
   const silent = fam('fleet_devices_silent', 'gauge', 'Devices in the middle of an update that have published nothing for too long (not offline, yet not reporting).');

@@ -1,3 +1,4 @@
+import { stripControls } from '../util/text.ts';
 import { ago, waitingOn, type DeviceRow, type FleetSnapshot, type FleetView, type RolloutRow, type ViewChange } from './fleet-view.ts';
 
 /**
@@ -59,7 +60,8 @@ export function renderScreen(snap: FleetSnapshot, o: ScreenOptions = {}): string
   const out: string[] = [];
   out.push(`${o.title ?? 'fleet watch'}${o.group ? ` (group ${o.group})` : ''}  ${new Date(now).toISOString()}`);
   const counts = Object.entries(snap.counts).sort(([a], [b]) => a.localeCompare(b)).map(([s, n]) => paint(col, COLOURS[s], `${s} ${n}`));
-  out.push(`${snap.devices.length} device(s), ${snap.online} online, ${paint(col && snap.offline > 0, '33', `${snap.offline} offline`)}${counts.length ? ` | ${counts.join('  ')}` : ''}`);
+  const skipped = snap.malformed > 0 ? `, ${paint(col, '33', `${snap.malformed} malformed status(es) skipped`)}` : '';
+  out.push(`${snap.devices.length} device(s), ${snap.online} online, ${paint(col && snap.offline > 0, '33', `${snap.offline} offline`)}${skipped}${counts.length ? ` | ${counts.join('  ')}` : ''}`);
   out.push('');
   // Rolled back, rejected, failed and silent devices first: they must not scroll out of sight.
   const all = [...snap.devices].sort((a, b) => Number(b.attention || b.silent) - Number(a.attention || a.silent) || a.device.localeCompare(b.device));
@@ -186,7 +188,15 @@ export class TerminalWatch {
   }
 
   start(): void {
-    this.off = this.view.onChange((changes) => this.onChanges(changes));
+    const offChanges = this.view.onChange((changes) => this.onChanges(changes));
+    const offSkipped = this.view.onSkipped((device, n) => {
+      if (this.tty) this.schedule();
+      else if (!this.settle) this.write(`${new Date(this.view.now()).toISOString()} device ${device}: malformed status skipped (${n} device(s) with one)`);
+    });
+    this.off = () => {
+      offChanges();
+      offSkipped();
+    };
     if (this.tty) this.out.write(`${ESC}?1049h${ESC}?25l`); // alternate screen, hide cursor
     this.tick = setInterval(() => {
       this.view.refresh();
@@ -204,7 +214,14 @@ export class TerminalWatch {
       ...this.view.devices(this.o.group).map((row): ViewChange => ({ kind: 'device', device: row.device, prev: null, row, retained: true })),
       ...this.view.rollouts(this.o.group).map((row): ViewChange => ({ kind: 'rollout', rollout: row.rollout, prev: null, row, retained: true })),
     ];
-    for (const c of rows) this.out.write(`${describeChange(c, now)}\n`);
+    for (const c of rows) this.write(describeChange(c, now)!);
+    const malformed = this.view.malformedDevices();
+    if (malformed.length) this.write(`${new Date(now).toISOString()} ${malformed.length} malformed status(es) skipped (${malformed.slice(0, 5).join(', ')}${malformed.length > 5 ? ', ...' : ''})`);
+  }
+
+  /** One plain line (no terminal control of ours in plain mode, and none from the network). */
+  private write(line: string): void {
+    this.out.write(`${stripControls(line)}\n`);
   }
 
   stop(): void {
@@ -224,7 +241,7 @@ export class TerminalWatch {
     for (const c of changes) {
       if (this.o.group !== undefined && !inGroup(c, this.o.group)) continue;
       const line = describeChange(c, now);
-      if (line) this.out.write(line + '\n');
+      if (line) this.write(line);
     }
   }
 

@@ -19,6 +19,7 @@ export { keyIdOf, signingKeyFromSeed, type Role, type Signature, type SignedEnve
 export { formatTrustFile, parseTrustFile, releaseRole, rolloutRole, signTrust, trustOf, verifyTrustUpdate, type TrustFile } from './trust.ts';
 export { limitsOf, pathFrom, type ManifestBody, type ManifestLimits, type ReleaseStep } from './manifest.ts';
 export type { AssignmentBody } from './assignment.ts';
+export { maxSeqAt, SEQ_PER_SECOND } from './assignment.ts';
 
 /** A manifest and its assignment, as one. */
 export interface ReleaseBody extends Omit<AssignmentBody, 'manifest'>, ManifestBody {

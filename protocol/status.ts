@@ -1,3 +1,5 @@
+import { isTopicSegment } from './topics.ts';
+
 /** The device status contract: JSON, retained on fleet/devices/{id}/status. */
 export const DEVICE_STATES = [
   'idle',
@@ -69,15 +71,79 @@ export function encodeStatus(s: DeviceStatus): Uint8Array {
   return new TextEncoder().encode(JSON.stringify(s));
 }
 
-/** Parses a status payload; null when it is not a status (operators' tools must not crash on junk). */
+type Field<T> = (v: unknown) => v is T;
+const isString = (v: unknown): v is string => typeof v === 'string';
+const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+const isCount = (v: unknown): v is number => isNumber(v) && v >= 0;
+const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+const nullable = <T>(f: Field<T>): Field<T | null> => (v: unknown): v is T | null => v === null || f(v);
+const isWire = (v: unknown): v is WireStats => {
+  if (typeof v !== 'object' || v === null) return false;
+  const w = v as Record<string, unknown>;
+  return isCount(w.bytesIn) && isCount(w.bytesOut) && isCount(w.connects);
+};
+
+/**
+ * Each field: its check, and its value when the status leaves it out (agents
+ * older than the field), or `required`. A field present with the wrong type
+ * makes the whole status malformed.
+ */
+const required = Symbol('required');
+const FIELDS: { [K in keyof DeviceStatus]: [Field<DeviceStatus[K]>, DeviceStatus[K] | typeof required] } = {
+  device: [isIdentifier, required],
+  group: [isIdentifier, required],
+  model: [isIdentifier, required],
+  state: [(v): v is DeviceState => DEVICE_STATES.includes(v as DeviceState), required],
+  running: [isString, required],
+  target: [nullable(isString), null],
+  seq: [nullable(isSeq), null],
+  updateId: [nullable(isString), null],
+  rollback: [(v): v is boolean => typeof v === 'boolean', false],
+  progress: [isNumber, 0],
+  bytes: [isCount, 0],
+  totalBytes: [isCount, 0],
+  badChunks: [isCount, 0],
+  rateBps: [isCount, 0],
+  wire: [nullable(isWire), null],
+  reason: [nullable(isString), null],
+  message: [nullable(isString), null],
+  attempt: [nullable(isCount), null],
+  maxAttempts: [nullable(isCount), null],
+  agent: [isString, ''],
+  instance: [isString, undefined],
+  started: [isString, undefined],
+  time: [isString, ''],
+};
+
+function isIdentifier(v: unknown): v is string {
+  return typeof v === 'string' && isTopicSegment(v);
+}
+
+/**
+ * Parses a status payload; null when it is not a well-formed status (not
+ * JSON, not an object, a required field missing, or any field of the wrong
+ * type). Operators' tools skip (and count) what this refuses; they must never
+ * crash on it. Unknown fields are dropped.
+ */
 export function parseStatus(payload: Uint8Array): DeviceStatus | null {
+  let j: unknown;
   try {
-    const j = JSON.parse(new TextDecoder().decode(payload)) as DeviceStatus;
-    if (typeof j !== 'object' || j === null || !DEVICE_STATES.includes(j.state) || typeof j.device !== 'string') return null;
-    return j;
+    j = JSON.parse(new TextDecoder().decode(payload));
   } catch {
     return null;
   }
+  if (typeof j !== 'object' || j === null || Array.isArray(j)) return null;
+  const src = j as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  for (const [k, [check, fallback]] of Object.entries(FIELDS) as Array<[string, [Field<unknown>, unknown]]>) {
+    const v = src[k];
+    if (v === undefined) {
+      if (fallback === required) return null;
+      out[k] = fallback;
+    } else if (check(v)) out[k] = v;
+    else return null;
+  }
+  return out as unknown as DeviceStatus;
 }
 
 export const PRESENCE_ONLINE = 'online';

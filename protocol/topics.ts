@@ -4,17 +4,25 @@
  */
 export const DEFAULT_PREFIX = 'fleet';
 
-const SEGMENT = /^[A-Za-z0-9._-]{1,128}$/;
+/**
+ * The identifier rule, for topic levels and for path components alike: every
+ * identifier from the network (group, model, device id, rollout id, site)
+ * may become a directory or file name (the update server's and the gateway's
+ * release store, device directories), so one made only of dots (`.`, `..`:
+ * "here" and "up") is refused with the rest.
+ */
+const SEGMENT = /^(?!\.+$)[A-Za-z0-9._-]{1,128}$/;
 
-/** True when `s` may be used as one topic level (group, model, device id, update id). */
+/** What the rule says, for error messages. */
+export const SEGMENT_RULE = "may only use letters, digits, '.', '_' and '-' (1-128 characters, not dots alone)";
+
+/** True when `s` may be used as one topic level (group, model, device id, update id) and as one path component. */
 export function isTopicSegment(s: string): boolean {
-  return SEGMENT.test(s);
+  return typeof s === 'string' && SEGMENT.test(s);
 }
 
 export function assertSegment(kind: string, s: string): string {
-  if (!isTopicSegment(s)) {
-    throw new TypeError(`${kind} "${s}" may only use letters, digits, '.', '_' and '-' (1-128 characters)`);
-  }
+  if (!isTopicSegment(s)) throw new TypeError(`${kind} "${s}" ${SEGMENT_RULE}`);
   return s;
 }
 

@@ -1,10 +1,24 @@
+import { ProtocolError } from '../protocol/errors.ts';
 import {
-  assignManifest, decodeRelease, manifestHashOf, signManifest, trustOf, verifyManifest, verifyRelease,
+  assignManifest, checkRelease, decodeRelease, decodeSignedManifest, manifestHashOf, maxSeqAt, SEQ_PER_SECOND, signManifest, trustOf, verifyManifest, verifyRelease,
   type ManifestBody, type ReleaseBody, type SigningKey, type TrustFile,
 } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
+
+export type PublishErrorCode =
+  | 'no-update-server' | 'upload-refused' | 'bad-update'
+  | 'no-release' | 'no-previous' | 'untrusted-release' | 'bad-seq' | 'no-manifest'
+  /** The signed release failed the checks a device makes: not published. */
+  | 'invalid-release';
+
+export class PublishError extends Error {
+  constructor(readonly code: PublishErrorCode, message: string) {
+    super(message);
+    this.name = 'PublishError';
+  }
+}
 
 /** What every signed group release needs: where, who signs, how long, how to read the current one. */
 export interface GroupReleaseOptions {
@@ -56,7 +70,11 @@ export function trustOfOptions(o: Pick<GroupReleaseOptions, 'keys' | 'rolloutKey
 }
 
 export interface RetainedRelease {
-  /** Highest seq of any decodable release seen on the topic; -1 when none. */
+  /**
+   * Highest seq of the releases seen on the topic that verify against the
+   * trust file; -1 when none. What does not verify never counts: a release
+   * edited to a huge seq (its signature broken) must not push the next one.
+   */
   seq: number;
   /** The latest release, when it verified against the trust file. */
   body: ReleaseBody | undefined;
@@ -69,7 +87,9 @@ export interface RetainedRelease {
 /**
  * Follows the retained release of one group and model. `read()` resolves once
  * a release has arrived, or `settleMs` after subscribing when there is none
- * (the broker sends retained messages right after the subscription).
+ * (the broker sends retained messages right after the subscription). Only
+ * releases that verify against `trust` are taken; others are logged and
+ * ignored (anyone allowed to publish on the topic can put bytes there).
  */
 export async function watchRelease(t: Transport, topic: string, trust: TrustFile, log: Logger, settleMs = 500): Promise<{ read(): Promise<RetainedRelease>; stop(): Promise<void> }> {
   const state: RetainedRelease = { seq: -1, body: undefined, bytes: undefined, problem: undefined };
@@ -79,23 +99,14 @@ export async function watchRelease(t: Transport, topic: string, trust: TrustFile
     if (tp !== topic) return;
     seen = true;
     if (payload.byteLength > 0) {
-      let seq: number;
       try {
-        seq = decodeRelease(payload).seq;
+        const body = verifyRelease(payload, trust);
+        Object.assign(state, { body, bytes: payload, problem: undefined, seq: Math.max(state.seq, body.seq) });
       } catch (e) {
-        log.warn('the current release on the broker is malformed; replacing it', { error: (e as Error).message });
-        Object.assign(state, { body: undefined, bytes: undefined, problem: `malformed: ${(e as Error).message}` });
-        wake?.();
-        return;
+        const problem = `the release on the broker does not verify against the trust file: ${(e as Error).message}`;
+        log.warn('the current release on the broker does not verify; ignored (its seq does not count)', { topic, error: (e as Error).message });
+        Object.assign(state, { body: undefined, bytes: undefined, problem });
       }
-      if (seq >= state.seq) {
-        try {
-          Object.assign(state, { body: verifyRelease(payload, trust), bytes: payload, problem: undefined });
-        } catch (e) {
-          Object.assign(state, { body: undefined, bytes: undefined, problem: `seq ${seq} does not verify against the given keys: ${(e as Error).message}` });
-        }
-      }
-      state.seq = Math.max(state.seq, seq);
     } else {
       Object.assign(state, { body: undefined, bytes: undefined, problem: undefined });
     }
@@ -154,27 +165,56 @@ export async function readManifests(t: Transport, topics: Topics, model: string,
   return [...found.values()];
 }
 
-/** Signs a manifest with the release keys and publishes it retained under its hash (idempotent). */
+/**
+ * Signs a manifest with the release keys and publishes it retained under its
+ * hash (idempotent). It is decoded first as a device decodes it: a manifest a
+ * device would call malformed is not published (`invalid-release`).
+ */
 export async function publishManifest(o: Pick<GroupReleaseOptions, 'transport' | 'topics' | 'model' | 'keys'>, body: ManifestBody): Promise<KnownManifest> {
   const bytes = signManifest(body, o.keys);
+  try {
+    decodeSignedManifest(bytes);
+  } catch (e) {
+    if (!(e instanceof ProtocolError)) throw e;
+    throw new PublishError('invalid-release', `not published: devices would refuse this manifest for ${o.model} (${e.code}: ${e.message})`);
+  }
   const m: KnownManifest = { ...body, manifest: manifestHashOf(bytes), bytes };
   await o.transport.publish(o.topics.manifest(o.model, m.manifest), bytes, { qos: 1, retain: true });
   return m;
 }
 
+/** Seconds a device accepts an issued time ahead of its clock (its default --skew). */
+const DEVICE_SKEW_SECONDS = 300;
+
 /**
  * Assigns a signed manifest to the group and publishes it (retained): the
  * rollout keys sign a sequence number above the current one (or the one
- * asked for), issued now, expiring after the TTL.
+ * asked for), issued now, expiring after the TTL. Before anything is
+ * published the signed release is checked as a device checks it (signatures
+ * against the trust file, model, group, freshness, seq above `currentSeq`
+ * and within the ceiling for its issued time): nothing a device would refuse
+ * reaches the broker.
  */
 export async function publishGroupRelease(
   o: GroupReleaseOptions, currentSeq: number, what: { manifest: Uint8Array; rollback: boolean; previous: string | null },
 ): Promise<ReleaseBody> {
   const now = Math.floor((o.now ?? Date.now)() / 1000);
-  const bytes = assignManifest(what.manifest, {
-    model: o.model, group: o.group, seq: o.seq ?? Math.max(currentSeq + 1, now), issued: now, expires: now + o.ttlSeconds,
-    rollback: what.rollback, previous: what.previous,
-  }, rolloutKeysOf(o));
+  const seq = o.seq ?? Math.max(currentSeq + 1, now);
+  const where = `${o.model} for group ${o.group}`;
+  if (seq > maxSeqAt(now)) {
+    throw new PublishError('bad-seq', `seq ${seq} for ${where} is absurd for the time (at most ${maxSeqAt(now)} now, ${SEQ_PER_SECOND} per second): ${o.seq === undefined ? `the current seq ${currentSeq} is ahead of the clock; check this machine's clock, or wait` : 'give a lower --seq'}`);
+  }
+  let bytes: Uint8Array;
+  try {
+    bytes = assignManifest(what.manifest, {
+      model: o.model, group: o.group, seq, issued: now, expires: now + o.ttlSeconds, rollback: what.rollback, previous: what.previous,
+    }, rolloutKeysOf(o));
+    checkRelease(verifyRelease(bytes, trustOfOptions(o)), { model: o.model, group: o.group, now, clockFloor: 0, highestSeq: currentSeq, skewSeconds: DEVICE_SKEW_SECONDS });
+  } catch (e) {
+    if (!(e instanceof ProtocolError)) throw e;
+    const code = e.code === 'replayed' ? 'bad-seq' : 'invalid-release';
+    throw new PublishError(code, `not published: devices would refuse this release for ${where} (${e.code}: ${e.message})`);
+  }
   await o.transport.publish(o.topics.release(o.group, o.model), bytes, { qos: 1, retain: true });
   return decodeRelease(bytes);
 }

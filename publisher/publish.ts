@@ -5,12 +5,12 @@ import { decodePayload } from '../protocol/lowrank.ts';
 import { limitsOf, type ManifestBody, type ReleaseBody, type ReleaseStep } from '../protocol/release.ts';
 import { MAX_STEPS } from '../protocol/manifest.ts';
 import {
-  publishGroupRelease, publishManifest, readManifests, trustOfOptions, watchRelease,
+  publishGroupRelease, publishManifest, PublishError, readManifests, trustOfOptions, watchRelease,
   type GroupReleaseOptions, type KnownManifest,
 } from './group-release.ts';
 
 export {
-  publishGroupRelease, publishManifest, readManifests, rolloutKeysOf, trustOfOptions, watchRelease,
+  PublishError, type PublishErrorCode, publishGroupRelease, publishManifest, readManifests, rolloutKeysOf, trustOfOptions, watchRelease,
   type GroupReleaseOptions, type KnownManifest, type RetainedRelease,
 } from './group-release.ts';
 import { sealPayload } from '../protocol/seal.ts';
@@ -53,16 +53,6 @@ export interface PublishResult {
   alreadyStored: boolean;
 }
 
-export type PublishErrorCode =
-  | 'no-update-server' | 'upload-refused' | 'bad-update'
-  | 'no-release' | 'no-previous' | 'untrusted-release' | 'bad-seq' | 'no-manifest';
-
-export class PublishError extends Error {
-  constructor(readonly code: PublishErrorCode, message: string) {
-    super(message);
-    this.name = 'PublishError';
-  }
-}
 
 const short = (d: string): string => d.slice(0, 12);
 

@@ -24,7 +24,7 @@ export interface ReleaseContext {
 }
 
 /** Rollback errors that trying again cannot fix. */
-const PERMANENT = ['no-release', 'no-previous', 'untrusted-release', 'bad-update', 'bad-seq', 'no-manifest'];
+const PERMANENT = ['no-release', 'no-previous', 'untrusted-release', 'bad-update', 'bad-seq', 'no-manifest', 'invalid-release'];
 const short = (d: string): string => d.slice(0, 12);
 
 /** Uploads the plan's payloads (idempotent: the server keeps what it has) and publishes the group's signed release. */

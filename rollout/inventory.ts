@@ -1,6 +1,7 @@
 import { parseStatus, PRESENCE_OFFLINE, PRESENCE_ONLINE, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
+import { stripControls, stripControlsDeep } from '../util/text.ts';
 
 /** What the broker's retained topics say about one device. */
 export interface DeviceRecord {
@@ -18,6 +19,12 @@ export type InventoryListener = (device: string, rec: DeviceRecord, what: 'statu
  */
 export class Inventory {
   readonly devices = new Map<string, DeviceRecord>();
+  /**
+   * Devices whose latest status was malformed (not a status, a field of the
+   * wrong type, or another device's id): skipped, what was known of them
+   * kept, and counted here until a good status or a clear arrives.
+   */
+  readonly malformed = new Set<string>();
   private readonly listeners: InventoryListener[] = [];
   private off: (() => void) | undefined;
 
@@ -49,9 +56,13 @@ export class Inventory {
       if (payload.byteLength === 0) rec.status = null;
       else {
         const s = parseStatus(payload);
-        if (!s || s.device !== p.deviceId) return true;
+        if (!s || s.device !== p.deviceId) {
+          this.malformed.add(p.deviceId);
+          return true;
+        }
         rec.status = s;
       }
+      this.malformed.delete(p.deviceId);
     } else {
       const text = new TextDecoder().decode(payload);
       rec.presence = text === PRESENCE_ONLINE ? 'online' : text === PRESENCE_OFFLINE ? 'offline' : null;
@@ -72,33 +83,49 @@ export class Inventory {
   }
 }
 
+export interface InventorySnapshot {
+  records: DeviceRecord[];
+  /** Devices whose retained status was malformed and skipped, sorted. */
+  malformed: string[];
+}
+
 /** Subscribes, collects retained statuses and presence for `settleMs`, and returns what it saw. */
-export async function collectInventory(t: Transport, topics: Topics, settleMs = 1500): Promise<DeviceRecord[]> {
+export async function collectInventory(t: Transport, topics: Topics, settleMs = 1500): Promise<InventorySnapshot> {
   const inv = new Inventory(topics);
   await inv.follow(t);
   await new Promise((r) => setTimeout(r, settleMs));
   await inv.stop(t);
-  return inv.list();
+  return { records: inv.list(), malformed: [...inv.malformed].sort() };
 }
 
-/** One flat object per device for `--json`. */
+/** One flat object per device for `--json` (strings stripped of control characters). */
 export function inventoryRow(r: DeviceRecord): Record<string, unknown> {
   const s = r.status;
-  return {
+  return stripControlsDeep({
     device: r.device, group: s?.group ?? null, model: s?.model ?? null, state: s?.state ?? null, running: s?.running ?? null,
     target: s?.target ?? null, seq: s?.seq ?? null, rollback: s?.rollback ?? null, reason: s?.reason ?? null, agent: s?.agent ?? null,
     online: r.presence === null ? null : r.presence === 'online', lastSeen: s?.time ?? null,
-  };
+  });
 }
 
-export function formatInventory(records: DeviceRecord[]): string {
+/** What `fleet devices` says of skipped statuses: '' when none. */
+export function malformedNote(malformed: string[]): string {
+  if (!malformed.length) return '';
+  const who = malformed.slice(0, 5).join(', ') + (malformed.length > 5 ? ', ...' : '');
+  return stripControls(`${malformed.length} malformed status(es) skipped (${who})`);
+}
+
+/** The table `fleet devices` prints; every cell stripped of control characters. */
+export function formatInventory(records: DeviceRecord[], malformed: string[] = []): string {
   const head = ['DEVICE', 'GROUP', 'MODEL', 'STATE', 'RUNNING', 'AGENT', 'ONLINE', 'LAST SEEN'];
   const rows = records.map((r) => {
     const s = r.status;
     const state = s ? `${s.state}${s.rollback ? ' (rollback)' : ''}${s.reason ? ` ${s.reason}` : ''}` : '-';
-    return [r.device, s?.group ?? '-', s?.model ?? '-', state, s ? s.running.slice(0, 12) : '-', s?.agent ?? '-', r.presence === null ? '?' : r.presence === 'online' ? 'yes' : 'no', s?.time ?? '-'];
+    const cells = [r.device, s?.group ?? '-', s?.model ?? '-', state, s ? s.running.slice(0, 12) : '-', s?.agent ?? '-', r.presence === null ? '?' : r.presence === 'online' ? 'yes' : 'no', s?.time ?? '-'];
+    return cells.map(stripControls);
   });
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
-  return [line(head), ...rows.map(line)].join('\n') + `\n${records.length} device(s)`;
+  const note = malformedNote(malformed);
+  return [line(head), ...rows.map(line)].join('\n') + `\n${records.length} device(s)${note ? `; ${note}` : ''}`;
 }

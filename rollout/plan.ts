@@ -81,7 +81,7 @@ function noUnknown(field: string, o: Record<string, unknown>, known: string[]): 
 }
 
 function identifier(field: string, v: unknown): string {
-  if (typeof v !== 'string' || !isTopicSegment(v)) fail(field, "must be 1-128 characters of letters, digits, '.', '_' and '-'", v);
+  if (typeof v !== 'string' || !isTopicSegment(v)) fail(field, "must be 1-128 characters of letters, digits, '.', '_' and '-', not dots alone", v);
   return v;
 }
 

@@ -1,5 +1,6 @@
 import type { Topics } from '../protocol/topics.ts';
 import type { FailureThreshold, OfflinePolicy, RolloutPlan } from './plan.ts';
+import { stripControls, stripControlsDeep } from '../util/text.ts';
 import type { RolloutState } from './machine.ts';
 
 /**
@@ -157,8 +158,12 @@ export function parseRolloutStatus(payload: Uint8Array): RolloutStatus | null {
   if (payload.byteLength === 0) return null;
   try {
     const j = JSON.parse(new TextDecoder().decode(payload)) as RolloutStatus;
-    if (typeof j !== 'object' || j === null || j.v !== 1 || typeof j.rollout !== 'string' || typeof j.state !== 'string' || !Array.isArray(j.waves) || typeof j.plan !== 'object') return null;
-    return j;
+    if (typeof j !== 'object' || j === null || j.v !== 1 || typeof j.rollout !== 'string' || typeof j.state !== 'string' || !Array.isArray(j.waves) || typeof j.plan !== 'object' || j.plan === null) return null;
+    // What formatRolloutStatus and the views read without further checks.
+    if (!Array.isArray(j.plan.waves) || typeof j.plan.model !== 'string' || typeof j.plan.target !== 'string' || !Number.isInteger(j.wave)) return null;
+    if (j.waves.some((w) => typeof w !== 'object' || w === null) || j.plan.waves.some((w) => typeof w !== 'object' || w === null)) return null;
+    // Retained on a topic others may publish on: no control character reaches a terminal or a log from it.
+    return stripControlsDeep(j);
   } catch {
     return null;
   }
@@ -174,10 +179,10 @@ export function formatRolloutStatus(s: RolloutStatus): string {
     const c = r?.counts;
     const rel = r?.release ? `seq ${r.release.seq}` : 'not published';
     const counts = c && r?.devices ? `${c.ok}/${c.total} ok (${pct(c.ok, c.total)}, need ${Math.round(w.successThreshold * 100)} %), ${c.failed} failed, ${c.pending} pending, ${c.offline} offline${c.skipped ? `, ${c.skipped} skipped` : ''}` : 'not started';
-    const extra = [r?.timedOut ? 'timed out' : '', r?.rolledBack ? 'rolled back' : '', r?.blocking.length ? `blocked by ${r.blocking.join(', ')}` : ''].filter(Boolean).join(', ');
+    const extra = [r?.timedOut ? 'timed out' : '', r?.rolledBack ? 'rolled back' : '', Array.isArray(r?.blocking) && r.blocking.length ? `blocked by ${r.blocking.join(', ')}` : ''].filter(Boolean).join(', ');
     lines.push(`  ${k === s.wave ? '>' : ' '} wave ${k + 1} ${w.group}: ${rel}; ${counts}${extra ? `; ${extra}` : ''}`);
   });
   if (s.reason) lines.push(`  why: ${s.reason}`);
   if (s.lastEvent) lines.push(`  last event: ${s.lastEvent.type} at ${s.lastEvent.time}: ${s.lastEvent.reason}`);
-  return lines.join('\n');
+  return lines.map(stripControls).join('\n');
 }

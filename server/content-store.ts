@@ -222,10 +222,13 @@ export class ContentStore {
   async releases(): Promise<Array<{ group: string; model: string; bytes: Uint8Array }>> {
     const out: Array<{ group: string; model: string; bytes: Uint8Array }> = [];
     const root = path.join(this.dir, 'releases');
-    for (const group of await fs.readdir(root)) {
-      for (const f of await fs.readdir(path.join(root, group))) {
-        if (!f.endsWith('.cbor')) continue;
-        out.push({ group, model: f.slice(0, -5), bytes: new Uint8Array(await fs.readFile(path.join(root, group, f))) });
+    // Only what releaseFile() could have written: a stray file or a name outside the identifier rule is skipped, not fatal.
+    for (const group of await fs.readdir(root, { withFileTypes: true })) {
+      if (!group.isDirectory() || !isTopicSegment(group.name)) continue;
+      for (const f of await fs.readdir(path.join(root, group.name))) {
+        const model = f.slice(0, -5);
+        if (!f.endsWith('.cbor') || !isTopicSegment(model)) continue;
+        out.push({ group: group.name, model, bytes: new Uint8Array(await fs.readFile(path.join(root, group.name, f))) });
       }
     }
     return out;

@@ -102,12 +102,12 @@ export class UpdateServer {
     }
   }
 
-  private async onMessage(topic: string, payload: Uint8Array, _retained: boolean): Promise<void> {
+  private async onMessage(topic: string, payload: Uint8Array, retained: boolean): Promise<void> {
     const p = this.topics.parse(topic);
     if (!p) return;
     if (p.kind === 'request') return this.onRequest(p.model, p.updateId, p.deviceId, payload);
     if (p.kind === 'upload') return this.onUpload(p.model, p.updateId, payload);
-    if (p.kind === 'release') return this.onRelease(p.group, p.model, payload);
+    if (p.kind === 'release') return this.onRelease(p.group, p.model, payload, retained);
   }
 
   private async onRequest(model: string, updateId: string, deviceId: string, payload: Uint8Array): Promise<void> {
@@ -177,7 +177,14 @@ export class UpdateServer {
     }
   }
 
-  private async onRelease(group: string, model: string, payload: Uint8Array): Promise<void> {
+  /**
+   * Keeps the broker's latest release per group and model, for re-assertion
+   * after a broker restart. A live release replaces the stored one whatever
+   * its seq (the server holds no trust file, and an unsigned seq edited up
+   * must not pin the store to it); a retained one (replayed at connect, maybe
+   * by a broker restored from an older snapshot) only when its seq is higher.
+   */
+  private async onRelease(group: string, model: string, payload: Uint8Array, retained: boolean): Promise<void> {
     const key = `${group}/${model}`;
     if (payload.byteLength === 0) {
       // An empty retained payload withdraws the release.
@@ -194,7 +201,7 @@ export class UpdateServer {
     this.brokerSeqs.set(key, Math.max(seq, this.brokerSeqs.get(key) ?? -1));
     const stored = await this.store.getRelease(group, model);
     const storedSeq = stored ? releaseSeq(stored) : undefined;
-    if (storedSeq === undefined || seq > storedSeq) {
+    if (!retained || storedSeq === undefined || seq > storedSeq) {
       await this.store.putRelease(group, model, payload);
       this.stats.releasesStored++;
     }

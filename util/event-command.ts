@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import type { Logger } from './log.ts';
+import { stripControls, stripControlsDeep } from './text.ts';
 
 /**
  * `--on-event CMD`: runs the operator's command through the shell with the
@@ -9,11 +10,13 @@ import type { Logger } from './log.ts';
  * after `timeoutMs`.
  */
 export function runEventCommand(command: string, event: { type: string }, log: Logger, env: Record<string, string> = {}, timeoutMs = 60_000): Promise<number | null> {
-  const json = JSON.stringify(event);
+  // The event carries strings from the network (device ids, reasons): none reaches the command with a control character.
+  const json = JSON.stringify(stripControlsDeep(event));
+  const extra = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, stripControls(v)]));
   return new Promise((resolve) => {
     const child = spawn(command, {
       shell: true, detached: true, stdio: ['pipe', 'inherit', 'inherit'],
-      env: { ...process.env, FLEET_EVENT: json, FLEET_EVENT_TYPE: event.type, ...env },
+      env: { ...process.env, FLEET_EVENT: json, FLEET_EVENT_TYPE: stripControls(event.type), ...extra },
     });
     const timer = setTimeout(() => {
       log.warn('on-event command timed out; killed', { command, timeoutMs });

@@ -1,4 +1,10 @@
-/** Structured logs: one JSON object per line on stderr, quiet (warnings and errors) by default. */
+import { stripControlsDeep } from './text.ts';
+
+/**
+ * Structured logs: one JSON object per line on stderr, quiet (warnings and
+ * errors) by default. Fields often carry strings from the network (ids,
+ * reasons, error messages): every string is stripped of control characters.
+ */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
 
@@ -17,7 +23,7 @@ export function parseLogLevel(s: string | undefined, fallback: LogLevel = 'warn'
 export function createLogger(component: string, level: LogLevel = parseLogLevel(process.env.FLEET_LOG), sink: (line: string) => void = (l) => process.stderr.write(l + '\n')): Logger {
   const emit = (lvl: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
     if (ORDER[lvl] < ORDER[level]) return;
-    sink(JSON.stringify({ t: new Date().toISOString(), level: lvl, c: component, msg, ...fields }));
+    sink(JSON.stringify(stripControlsDeep({ t: new Date().toISOString(), level: lvl, c: component, msg, ...fields })));
   };
   return {
     debug: (m, f) => emit('debug', m, f),

@@ -105,9 +105,13 @@ describe('FleetView: devices', () => {
     expect(view.handle('elsewhere/devices/d1/status', enc('{}'), false)).toEqual([]);
     expect(view.handle(topics.rolloutStatus('r1'), enc('[1,2]'), false)).toEqual([]);
     expect(view.handle(topics.rolloutStatus('r1'), enc(JSON.stringify(rolloutStatus('other'))), false)).toEqual([]);
-    // Wrong field types do not crash the view; they read as defaults.
-    view.handle(topics.status('d2'), enc(JSON.stringify({ ...status('d2'), progress: 'lots', wire: 7, group: 42 })), false);
-    expect(view.device('d2')).toMatchObject({ progress: 0, bytesIn: null, group: null });
+    // Wrong field types do not crash the view: the status is malformed, skipped and counted.
+    const skipped: string[] = [];
+    view.onSkipped((d) => skipped.push(d));
+    expect(view.handle(topics.status('d2'), enc(JSON.stringify({ ...status('d2'), progress: 'lots', wire: 7, group: 42 })), false)).toEqual([]);
+    expect(view.device('d2')).toBeNull();
+    expect(skipped).toEqual(['d2']);
+    expect(view.snapshot().malformed).toBe(2); // d1's latest ('null') and d2's
     expect(view.device('d1')).toMatchObject({ state: 'ok', online: true });
     expect(view.rollouts()).toEqual([]);
   });

@@ -1,7 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { createHash } from 'node:crypto';
 import { decode as cborxDecode } from 'cbor-x';
-import { decodeAssignment, encodeAssignment, type AssignmentBody } from '../../protocol/assignment.ts';
+import { decodeAssignment, encodeAssignment, maxSeqAt, type AssignmentBody } from '../../protocol/assignment.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { codeOf } from '../support/protocol-errors.ts';
 
@@ -37,8 +37,15 @@ describe('assignment encoding', () => {
   });
   it('decodes back to the same body', () => {
     expect(decodeAssignment(encodeAssignment(BODY))).toEqual(BODY);
-    const big: AssignmentBody = { ...BODY, seq: Number.MAX_SAFE_INTEGER, issued: 0, expires: Number.MAX_SAFE_INTEGER };
+    const big: AssignmentBody = { ...BODY, seq: maxSeqAt(2 ** 40), issued: 2 ** 40, expires: Number.MAX_SAFE_INTEGER };
     expect(decodeAssignment(encodeAssignment(big))).toEqual(big);
+  });
+  it('refuses a seq absurd for its issued time (above issued x 1000 + 999) when signing and when decoding', () => {
+    expect(maxSeqAt(1_700_000_000)).toBe(1_700_000_000_999);
+    expect(decodeAssignment(encodeAssignment({ ...BODY, seq: maxSeqAt(BODY.issued) })).seq).toBe(maxSeqAt(BODY.issued));
+    expect(() => encodeAssignment({ ...BODY, seq: maxSeqAt(BODY.issued) + 1 })).toThrow(/absurd/);
+    const raw = cborxDecode(encodeAssignment(BODY)) as Record<string, unknown>;
+    expect(() => decodeAssignment(cborEncode({ ...raw, seq: Number.MAX_SAFE_INTEGER - 1 }))).toThrow(/absurd/);
   });
 });
 

@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { cborDecode, cborEncode, isRecord } from '../../protocol/cbor.ts';
 import { sha256Hex } from '../../protocol/chunks.ts';
 import { decodeManifest, encodeManifest, limitsOf, MAX_CHUNK_BYTES, MAX_PAYLOAD_BYTES, type ManifestBody, type ReleaseStep } from '../../protocol/manifest.ts';
-import { decodeAssignment, encodeAssignment, type AssignmentBody } from '../../protocol/assignment.ts';
+import { decodeAssignment, encodeAssignment, maxSeqAt, type AssignmentBody } from '../../protocol/assignment.ts';
 import { decodeEnvelope, signEnvelope } from '../../protocol/signed.ts';
 import {
   composeRelease, decodeRelease, formatTrustFile, parseTrustFile, signingKeyFromSeed, signRelease, signTrust, verifyRelease, verifyTrustUpdate,
@@ -24,7 +24,7 @@ import {
 /** Ed25519 costs ~5-15 ms per check on a loaded machine: the signed corpora reach it in a few percent of the runs. */
 const SIGNED_TIMEOUT = 240_000;
 
-const ident = fc.stringMatching(/^[A-Za-z0-9._-]{1,12}$/);
+const ident = fc.stringMatching(/^[A-Za-z0-9._-]{1,12}$/).filter((s) => !/^\.+$/.test(s)); // the identifier rule: not dots alone
 // chunks ≤ 2^20 and chunk ≤ 2^20 keep every size within MAX_PAYLOAD_BYTES (2^40).
 const stepFields = fc.record({ chunk: fc.integer({ min: 1, max: 1 << 20 }), chunks: fc.integer({ min: 1, max: 1 << 20 }), r: fc.double({ min: 0, max: 1, noNaN: true }), sha256: hexString(64), list: hexString(64), sealed: fc.boolean() })
   .map(({ chunk, chunks, r, sha256, list, sealed }) => {
@@ -49,7 +49,7 @@ const manifestArb: fc.Arbitrary<ManifestBody> = fc.record({
 const assignmentArb: fc.Arbitrary<AssignmentBody> = fc.record({
   model: ident, group: ident, seq: fc.maxSafeNat(), issued: fc.integer({ min: 0, max: 2 ** 40 }), ttl: fc.integer({ min: 1, max: 2 ** 40 }),
   manifest: hexString(64), rollback: fc.boolean(), previous: fc.option(hexString(64), { nil: null }),
-}).map(({ ttl, ...a }): AssignmentBody => ({ ...a, expires: a.issued + ttl }));
+}).map(({ ttl, ...a }): AssignmentBody => ({ ...a, seq: a.seq % (maxSeqAt(a.issued) + 1), expires: a.issued + ttl }));
 
 const keys = [1, 2, 3, 4, 5].map((n) => signingKeyFromSeed(new Uint8Array(32).fill(n)));
 const pub = (...ks: typeof keys) => ks.map((k) => ({ id: k.id, publicKey: k.publicKey }));

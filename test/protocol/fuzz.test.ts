@@ -119,7 +119,7 @@ describe('fuzz: model files', () => {
 
 // --- statuses ---------------------------------------------------------------------
 
-const ident = fc.stringMatching(/^[A-Za-z0-9._-]{1,12}$/);
+const ident = fc.stringMatching(/^[A-Za-z0-9._-]{1,12}$/).filter((s) => !/^\.+$/.test(s)); // the identifier rule: not dots alone
 const statusArb: fc.Arbitrary<DeviceStatus> = fc.record({
   device: ident, group: ident, model: ident, state: fc.constantFrom(...DEVICE_STATES), running: hexString(64), target: fc.option(hexString(64), { nil: null }),
   seq: fc.option(fc.maxSafeNat(), { nil: null }), updateId: fc.option(hexString(32), { nil: null }), rollback: fc.boolean(), progress: fc.double({ min: 0, max: 1, noNaN: true }),
