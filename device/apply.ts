@@ -29,11 +29,15 @@ export async function applyToFile(baseFile: string, payload: Payload, outFile: s
     await writeFully(out, outHeader, 0);
     const byName = new Map(header.tensors.map((t) => [t.name, t]));
     const digest = new ModelDigest();
+    // Two buffers of the largest tensor, reused for every tensor: memory stays flat however large the model.
+    const largest = header.tensors.reduce((a, t) => Math.max(a, t.end - t.begin), 0);
+    const inBuf = new Uint8Array(largest);
+    const outBuf = deltas.size > 0 ? new Uint8Array(largest) : undefined;
     for (const slot of layout) {
       const src = byName.get(slot.name)!;
-      const bytes = await readExactly(base, src.end - src.begin, header.dataStart + src.begin);
+      const bytes = await readExactly(base, src.end - src.begin, header.dataStart + src.begin, inBuf);
       const delta = deltas.get(slot.name);
-      const result = delta ? applyTensor(src, bytes, delta) : bytes;
+      const result = delta ? applyTensor(src, bytes, delta, outBuf) : bytes;
       await writeFully(out, result, outHeader.byteLength + slot.begin);
       digest.addTensor(slot, result);
     }

@@ -280,7 +280,7 @@ function roundedWriter(out: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): (j: numb
  * with ONE rounding from the double to the dtype (nearest, ties to even).
  * Dense: out[e] = round(W[e] + d[e]). NaN or ±Inf in any output → 'non-finite'.
  */
-export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly number[] }, base: Uint8Array, delta: TensorDelta): Uint8Array {
+export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly number[] }, base: Uint8Array, delta: TensorDelta, into?: Uint8Array): Uint8Array {
   if (!sameShape(delta.shape, info.shape)) {
     throw new ProtocolError('shape-mismatch', `${info.name}: model [${info.shape.join(',')}], update [${delta.shape.join(',')}]`);
   }
@@ -291,7 +291,8 @@ export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly 
     throw new ProtocolError('malformed-model', `${info.name}: ${base.byteLength} bytes for shape [${info.shape.join(',')}] of ${dtype}`);
   }
   const read = elementReader(base, dtype);
-  const out = new Uint8Array(base.byteLength);
+  // `into`: a buffer of the caller's to reuse (a device applying tensor after tensor), at least as large.
+  const out = into && into.byteLength >= base.byteLength ? into.subarray(0, base.byteLength) : new Uint8Array(base.byteLength);
   const put = roundedWriter(out, dtype);
   const fail = (e: number) => new ProtocolError('non-finite', `${info.name}[${e}]`);
   if (!isLowRank(delta)) {

@@ -89,7 +89,9 @@ const isWire = (v: unknown): v is WireStats => {
  * makes the whole status malformed.
  */
 const required = Symbol('required');
-const FIELDS: { [K in keyof DeviceStatus]: [Field<DeviceStatus[K]>, DeviceStatus[K] | typeof required] } = {
+/** Left out when absent (fields newer agents add; older ones never sent them). */
+const optional = Symbol('optional');
+const FIELDS: { [K in keyof DeviceStatus]-?: [Field<DeviceStatus[K]>, DeviceStatus[K] | typeof required | typeof optional] } = {
   device: [isIdentifier, required],
   group: [isIdentifier, required],
   model: [isIdentifier, required],
@@ -107,11 +109,11 @@ const FIELDS: { [K in keyof DeviceStatus]: [Field<DeviceStatus[K]>, DeviceStatus
   wire: [nullable(isWire), null],
   reason: [nullable(isString), null],
   message: [nullable(isString), null],
-  attempt: [nullable(isCount), null],
-  maxAttempts: [nullable(isCount), null],
+  attempt: [nullable(isCount), optional],
+  maxAttempts: [nullable(isCount), optional],
   agent: [isString, ''],
-  instance: [isString, undefined],
-  started: [isString, undefined],
+  instance: [isString, optional],
+  started: [isString, optional],
   time: [isString, ''],
 };
 
@@ -139,7 +141,7 @@ export function parseStatus(payload: Uint8Array): DeviceStatus | null {
     const v = src[k];
     if (v === undefined) {
       if (fallback === required) return null;
-      out[k] = fallback;
+      if (fallback !== optional) out[k] = fallback;
     } else if (check(v)) out[k] = v;
     else return null;
   }

@@ -16,8 +16,9 @@ export async function readModelHeader(h: FileHandlePort): Promise<SafetensorsHea
   return parseSafetensorsHeader(head, size);
 }
 
-export async function readExactly(h: FileHandlePort, length: number, position: number): Promise<Uint8Array> {
-  const buf = new Uint8Array(length);
+export async function readExactly(h: FileHandlePort, length: number, position: number, into?: Uint8Array): Promise<Uint8Array> {
+  // `into`: a buffer of the caller's to reuse, at least as large (the result is a view of it).
+  const buf = into && into.byteLength >= length ? into.subarray(0, length) : new Uint8Array(length);
   let got = 0;
   while (got < length) {
     const { bytesRead } = await h.read(buf, got, length - got, position + got);
@@ -52,8 +53,8 @@ export class ModelFile {
     return this.header.tensors.find((t) => t.name === name);
   }
 
-  async read(t: TensorInfo): Promise<Uint8Array> {
-    return readExactly(this.h, t.end - t.begin, this.header.dataStart + t.begin);
+  async read(t: TensorInfo, into?: Uint8Array): Promise<Uint8Array> {
+    return readExactly(this.h, t.end - t.begin, this.header.dataStart + t.begin, into);
   }
 
   /** Total bytes of tensor data. */
@@ -71,7 +72,9 @@ export async function digestModelFile(file: string, fsys: FsPort = nodeFs): Prom
   const m = await ModelFile.open(file, fsys);
   try {
     const d = new ModelDigest();
-    for (const t of m.tensors) d.addTensor(t, await m.read(t));
+    // One buffer of the largest tensor, reused: memory stays flat however large the model.
+    const buf = new Uint8Array(m.tensors.reduce((a, t) => Math.max(a, t.end - t.begin), 0));
+    for (const t of m.tensors) d.addTensor(t, await m.read(t, buf));
     return d.digest();
   } finally {
     await m.close();
