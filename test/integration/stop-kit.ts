@@ -22,8 +22,10 @@ const CAP_MS = 20_000;
 export interface Exit {
   code: number | null;
   signal: NodeJS.Signals | null;
-  /** From the (first) signal to the exit. */
+  /** From the signal to the exit. */
   ms: number;
+  /** False when it had exited before the signal could be sent. */
+  signalled: boolean;
 }
 
 export interface StopFixture extends Fixture {
@@ -84,23 +86,25 @@ export async function startCommand(f: StopFixture, c: CommandSpec, url: string, 
 }
 
 export function exitOf(child: ChildProcess, since: () => number): Promise<Exit> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode, ms: 0 });
-  return new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal, ms: Date.now() - since() })));
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode, ms: 0, signalled: false });
+  return new Promise((resolve) => child.once('exit', (code, signal) => {
+    const at = since();
+    resolve({ code, signal, ms: Number.isNaN(at) ? 0 : Date.now() - at, signalled: !Number.isNaN(at) });
+  }));
 }
 
 /**
  * Sends `signal` by PID now (or after `delayMs`) and resolves with how the child
  * exited and how long after the signal; a child still there after CAP_MS is
- * killed and reported with ms = Infinity.
+ * killed and reported with ms = Infinity. Throws when it has already exited.
  */
 export async function signalAndWait(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM', delayMs = 0): Promise<Exit> {
   let sentAt = Number.NaN;
   const exited = exitOf(child, () => sentAt);
   if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
-  if (child.exitCode === null && child.signalCode === null) {
-    sentAt = Date.now();
-    process.kill(child.pid!, signal);
-  }
+  if (child.exitCode !== null || child.signalCode !== null) throw new Error(`the process had exited (${child.exitCode ?? child.signalCode}) before ${signal} could be sent`);
+  sentAt = Date.now();
+  process.kill(child.pid!, signal);
   const cap = setTimeout(() => child.exitCode === null && child.signalCode === null && process.kill(child.pid!, 'SIGKILL'), CAP_MS);
   const e = await exited;
   clearTimeout(cap);
