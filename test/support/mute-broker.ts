@@ -14,6 +14,8 @@ export class MuteBroker {
   readonly subscribed: string[] = [];
   /** TCP connections accepted (with `refuse`: closed at once, a broker that cannot be reached). */
   connections = 0;
+  /** DISCONNECT packets received (a clean goodbye: the broker would then drop the last will). */
+  disconnects = 0;
   private readonly sockets = new Set<net.Socket>();
   private waiters: Array<() => void> = [];
 
@@ -52,6 +54,11 @@ export class MuteBroker {
     }
   }
 
+  /** Connections still open. */
+  get open(): number {
+    return this.sockets.size;
+  }
+
   async close(): Promise<void> {
     for (const s of this.sockets) s.destroy();
     await new Promise<void>((r) => this.server.close(() => r()));
@@ -62,7 +69,10 @@ export class MuteBroker {
     this.wake();
     if (this.refuse) return void s.destroy();
     this.sockets.add(s);
-    s.on('close', () => this.sockets.delete(s));
+    s.on('close', () => {
+      this.sockets.delete(s);
+      this.wake();
+    });
     s.on('error', () => undefined);
     let buf = Buffer.alloc(0);
     s.on('data', (d: Buffer) => {
