@@ -6,7 +6,7 @@ import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { freePort } from '../support/harness.ts';
 import { findRedis, startRedis, type RedisServer } from '../support/redis.ts';
-import { ClientWatch, command, deviceDirConsistent, logLines, signalAndWait, SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture } from './stop-kit.ts';
+import { ClientWatch, command, deviceDirConsistent, logLines, signalAndWait, signalAround, SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture } from './stop-kit.ts';
 
 /** Issue 24 for `fleet broker` (its own "broker" is Redis in a cluster, and its clients) and `fleet demo`. */
 
@@ -80,16 +80,7 @@ describe('fleet broker', () => {
         const broker = await clusterBroker(redis);
         try {
           const offset = Math.round(Math.random() * 400 - 200);
-          let e;
-          if (offset < 0) {
-            const signalled = signalAndWait(broker.child!);
-            await new Promise((r) => setTimeout(r, -offset));
-            process.kill(redis.child.pid!, 'SIGKILL');
-            e = await signalled;
-          } else {
-            process.kill(redis.child.pid!, 'SIGKILL');
-            e = await signalAndWait(broker.child!, 'SIGTERM', offset);
-          }
+          const e = await signalAround(broker.child!, async () => void process.kill(redis.child.pid!, 'SIGKILL'), offset);
           expect(e.ms, `offset ${offset} ms`).toBeLessThan(BOUND_MS);
           expect([0, 1]).toContain(e.code);
         } finally {

@@ -111,6 +111,20 @@ export async function signalAndWait(child: ChildProcess, signal: NodeJS.Signals 
   return e.signal === 'SIGKILL' ? { ...e, ms: Number.POSITIVE_INFINITY } : e;
 }
 
+/** SIGTERM to `child` `offsetMs` after `kill()` is called (negative: before it): its exit, timed from the SIGTERM. */
+export async function signalAround(child: ChildProcess, kill: () => Promise<void>, offsetMs: number): Promise<Exit> {
+  if (offsetMs < 0) {
+    const signalled = signalAndWait(child, 'SIGTERM');
+    await new Promise((r) => setTimeout(r, -offsetMs));
+    await kill();
+    return signalled;
+  }
+  const killed = kill();
+  const e = await signalAndWait(child, 'SIGTERM', offsetMs);
+  await killed;
+  return e;
+}
+
 /** Follows `$SYS/+/new/clients` on an Aedes broker: which clients have connected. */
 export class ClientWatch {
   readonly seen: string[] = [];

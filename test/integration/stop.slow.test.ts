@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MuteBroker } from '../support/mute-broker.ts';
 import {
-  brokerProcess, ClientWatch, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait,
+  brokerProcess, ClientWatch, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait, signalAround,
   SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture,
 } from './stop-kit.ts';
 
@@ -37,17 +37,7 @@ describe.each(COMMANDS)('$name', (c) => {
         // Let it get going (subscriptions, first publishes), then kill the broker and signal around that instant.
         await new Promise((r) => setTimeout(r, Math.random() * 500));
         const offset = Math.round(Math.random() * 600 - 300);
-        let e;
-        if (offset < 0) {
-          const signalled = signalAndWait(child, 'SIGTERM');
-          await new Promise((r) => setTimeout(r, -offset));
-          await broker.kill('SIGKILL');
-          e = await signalled;
-        } else {
-          const killed = broker.kill('SIGKILL');
-          e = await signalAndWait(child, 'SIGTERM', offset);
-          await killed;
-        }
+        const e = await signalAround(child, () => broker.kill('SIGKILL'), offset);
         seen.push(`${offset} ms: exit ${e.code ?? e.signal} after ${e.ms} ms`);
         console.log(`${c.name}: SIGTERM at broker death ${offset >= 0 ? '+' : ''}${offset} ms: exit ${e.code ?? e.signal} ${e.ms} ms after SIGTERM`);
         expect(e.ms, `${c.name}, offset ${offset} ms; runs so far: ${seen.join('; ')}`).toBeLessThan(BOUND_MS);

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MuteBroker } from '../support/mute-broker.ts';
 import {
-  brokerProcess, ClientWatch, command, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait,
+  brokerProcess, ClientWatch, command, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait, signalAround,
   SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture,
 } from './stop-kit.ts';
 
@@ -91,9 +91,7 @@ describe('fleet device', () => {
       const { child, run } = await startCommand(f, command('device'), broker.url);
       await clients.until('fleet-device-');
       const offset = Math.round(Math.random() * 400 - 200);
-      const killed = broker.kill('SIGKILL');
-      const e = await signalAndWait(child, 'SIGTERM', Math.max(0, offset));
-      await killed;
+      const e = await signalAround(child, () => broker.kill('SIGKILL'), offset);
       expect(e.ms, `offset ${offset} ms`).toBeLessThan(BOUND_MS);
       expect(e.code).toBe(0);
       await deviceDirConsistent(f, run);
