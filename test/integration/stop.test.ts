@@ -1,4 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import path from 'node:path';
+import { BrokerProcess } from '../support/broker-process.ts';
+import { freePort, publish } from '../support/harness.ts';
 import { MuteBroker } from '../support/mute-broker.ts';
 import {
   brokerProcess, ClientWatch, command, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait, signalAround,
@@ -100,4 +103,27 @@ describe('fleet device', () => {
       await broker.stop();
     }
   }, 60_000);
+});
+
+describe('fleet serve', () => {
+  it('started while its broker is unreachable, waits for it (instead of exiting) and serves once it is up', async () => {
+    const port = await freePort();
+    const { child, log } = await startCommand(f, command('serve'), `mqtt://127.0.0.1:${port}`);
+    const deadline = Date.now() + 30_000;
+    while (!(await logLines(log)).some((l) => l.msg === 'subscribe failed; will retry on reconnect')) {
+      expect(child.exitCode, 'fleet serve exited').toBeNull();
+      if (Date.now() > deadline) throw new Error('fleet serve never tried its broker');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const broker = await BrokerProcess.start(port, ['--persistence', 'memory', '--no-update-server', '--data-dir', path.join(f.dir, `serve-broker-${port}`)], f.dir);
+    try {
+      // The upload waits for the update server's receipts: only a subscribed `fleet serve` gives them.
+      const r = await publish({ ...f, url: broker.url });
+      expect(r.updateId).toMatch(/^[0-9a-f]{32,}$/);
+      const e = await signalAndWait(child);
+      expect(e.code).toBe(0);
+    } finally {
+      await broker.stop();
+    }
+  }, 90_000);
 });
