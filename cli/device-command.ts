@@ -51,8 +51,8 @@ const PRESENCE_ON_STOP_MS = 1000;
 /** `fleet device`: runs the agent until SIGINT/SIGTERM. */
 export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const log = createLogger(`device.${o.id}`, parseLogLevel(o.logLevel ?? process.env.FLEET_LOG));
-  // Nothing a restart needs depends on these steps: the journal and pointer are durable at every
-  // instant, and the lock goes with the process (docs/safety.md, "Stopping").
+  // Nothing a restart needs depends on these steps: the journal, pointer and memory are written
+  // atomically at every step; an abandoned build or apply is a crash at that instant (docs/safety.md, "Stopping").
   const stop = new GracefulStop({ timeoutMs: o.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, log });
   const topics = new Topics(o.prefix);
   const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
