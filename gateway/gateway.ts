@@ -15,7 +15,7 @@ import type { GatewayStatus } from './status.ts';
 import { StatusRelay } from './status-relay.ts';
 import { UpstreamFetcher } from './upstream-fetcher.ts';
 import { GroupWatch } from './group-watch.ts';
-import { withDeadline } from '../util/graceful-stop.ts';
+import { withDeadline } from '../util/deadline.ts';
 
 /** How long a stopping gateway waits for the broker to acknowledge its "gateway stopped" status, ms. */
 const STOPPED_STATUS_MS = 1000;

@@ -1,7 +1,7 @@
 import { parseStatus, PRESENCE_OFFLINE, PRESENCE_ONLINE, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
-import { withDeadline } from '../util/graceful-stop.ts';
+import { withDeadline } from '../util/deadline.ts';
 
 /** How long stop() waits for the broker to confirm the unsubscribe, ms. */
 const UNSUBSCRIBE_ON_STOP_MS = 1000;

@@ -1,4 +1,5 @@
 import os from 'node:os';
+import { withDeadline } from './deadline.ts';
 import type { Logger } from './log.ts';
 
 /**
@@ -51,19 +52,6 @@ export interface GracefulStopOptions {
   onSignal?: (signal: NodeJS.Signals) => void;
   /** Default process.exit. */
   exit?: (code: number) => void;
-}
-
-/** Resolves with `p`'s outcome, or `'timeout'` after `ms`. The timer never keeps the process alive by itself. */
-export async function withDeadline<T>(p: Promise<T>, ms: number): Promise<{ value: T } | 'timeout'> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<'timeout'>((r) => {
-    timer = setTimeout(() => r('timeout'), Math.max(0, ms));
-  });
-  try {
-    return await Promise.race([p.then((value) => ({ value })), late]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 export class GracefulStop {
