@@ -10,6 +10,7 @@ import { keygen, loadSigningKey } from '../publisher/keys.ts';
 import { publishUpdate } from '../publisher/publish.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
+import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts';
 import { createLogger } from '../util/log.ts';
 import { stripControls } from '../util/text.ts';
 import { createProgress } from '../util/progress.ts';
@@ -22,6 +23,8 @@ export interface DemoOptions {
   keep: boolean;
   timeoutSeconds: number;
   rank: number;
+  /** Where the demo's clean-up steps go (the command's signal handling); default: bounded steps without signal handlers. */
+  stop?: GracefulStop;
 }
 
 export interface DemoResult {
@@ -55,9 +58,24 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
   const t0 = performance.now();
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-demo-'));
   const log = createLogger('demo');
+  const stop = o.stop ?? new GracefulStop({ timeoutMs: DEFAULT_STOP_TIMEOUT_MS, log, signals: [] });
+  // Steps run last-added first: device processes, observer, broker, then the temporary directory.
+  if (!o.keep) stop.add({ name: `temporary directory ${tmp}`, optional: true, run: () => fs.rm(tmp, { recursive: true, force: true }) });
   const broker = await startBroker({ port: 0, dataDir: path.join(tmp, 'broker'), log: log.child('broker') });
+  stop.add({ name: 'embedded broker', run: () => broker.close() });
   const children: ChildProcess[] = [];
+  let stopping = false;
+  // A device stopping on its own within half the bound; SIGKILL by PID after 60 % of it, so none outlives the demo.
+  const stopBoundMs = stop.timeoutMs;
   const observer = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-observer-${process.pid}` }, 10_000);
+  stop.add({ name: 'observer connection', optional: true, run: () => observer.close() });
+  stop.add({
+    name: 'device processes',
+    run: async () => {
+      stopping = true;
+      await Promise.all(children.map((c) => stopChild(c, stopBoundMs * 0.6)));
+    },
+  });
   try {
     const keys = await keygen(path.join(tmp, 'keys'));
     const base = synthesizeModel(1);
@@ -89,10 +107,11 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     await observer.subscribe(topics.allStatuses(), 1);
 
     for (const id of ids) {
+      if (stopping) break;
       const logFile = createWriteStream(path.join(tmp, `${id}.log`));
       const child = spawn(
         process.execPath,
-        [FLEET_BIN, 'device', '--id', id, '--model', 'demo-model', '--group', 'demo', '--dir', path.join(tmp, id), '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile],
+        [FLEET_BIN, '--stop-timeout', String(Math.floor(stopBoundMs / 2000)), 'device', '--id', id, '--model', 'demo-model', '--group', 'demo', '--dir', path.join(tmp, id), '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile],
         { stdio: ['ignore', 'pipe', 'pipe'] },
       );
       child.stdout!.pipe(logFile);
@@ -145,9 +164,6 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     if (o.json) out(JSON.stringify(summary));
     return summary;
   } finally {
-    await Promise.all(children.map((c) => stopChild(c)));
-    await observer.close();
-    await broker.close();
-    if (!o.keep) await fs.rm(tmp, { recursive: true, force: true });
+    await stop.run('demo finished');
   }
 }

@@ -10,6 +10,7 @@ import { parseGroupKeyFile } from '../protocol/seal.ts';
 import { PRESENCE_OFFLINE } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
+import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { DirLock } from '../util/dir-lock.ts';
 
@@ -43,11 +44,19 @@ export interface DeviceCommandOptions {
   reconnectMax: number;
   prefix: string;
   logLevel?: string;
+  /** Bound of the graceful stop, ms (`--stop-timeout`). */
+  stopTimeoutMs?: number;
 }
+
+/** The offline presence gets at most this long on stop (the broker's last will covers the rest). */
+const PRESENCE_ON_STOP_MS = 1000;
 
 /** `fleet device`: runs the agent until SIGINT/SIGTERM. */
 export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const log = createLogger(`device.${o.id}`, parseLogLevel(o.logLevel ?? process.env.FLEET_LOG));
+  // Nothing a restart needs depends on these steps: the journal, pointer and memory are written
+  // atomically at every step; an abandoned build or apply is a crash at that instant (docs/safety.md, "Stopping").
+  const stop = new GracefulStop({ timeoutMs: o.stopTimeoutMs ?? DEFAULT_STOP_TIMEOUT_MS, log });
   const topics = new Topics(o.prefix);
   const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
   // One agent per device directory (released when the process exits, taken over from a dead one).
@@ -106,16 +115,17 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
       },
     },
   );
+  let offlineSent = false;
+  // Runs last: a clean DISCONNECT only once `offline` is acked, else the socket is dropped so the broker sends the last will.
+  stop.add({ name: 'MQTT disconnect', optional: true, run: () => transport.close(offlineSent ? undefined : 0) });
+  stop.add({
+    name: 'offline presence', optional: true, timeoutMs: PRESENCE_ON_STOP_MS,
+    run: async () => {
+      if (!transport.connected) throw new Error('not connected (the last will says offline)');
+      await transport.publish(topics.presence(o.id), PRESENCE_OFFLINE, { qos: 1, retain: true });
+      offlineSent = true;
+    },
+  });
+  stop.add({ name: 'device agent (work in progress)', run: () => agent.stop() });
   await agent.start();
-  let stopping = false;
-  const shutdown = async (): Promise<void> => {
-    if (stopping) return;
-    stopping = true;
-    await agent.stop();
-    if (transport.connected) await transport.publish(topics.presence(o.id), PRESENCE_OFFLINE, { qos: 1, retain: true }).catch(() => undefined);
-    await transport.close();
-    process.exit(0);
-  };
-  process.on('SIGINT', () => void shutdown());
-  process.on('SIGTERM', () => void shutdown());
 }

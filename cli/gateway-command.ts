@@ -5,6 +5,7 @@ import { Gateway } from '../gateway/gateway.ts';
 import { parseBudget, parseWindow } from '../gateway/policy.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { collect, parseIntArg } from './options.ts';
+import { commandStop } from './stopping.ts';
 
 interface GatewayCliOptions {
   upstream: string;
@@ -50,6 +51,7 @@ export function registerGatewayCommand(program: Command): void {
     .option('--tick-ms <ms>', 'how often the window and budget are checked and DIR/status.json is refreshed', parseIntArg(50, 60_000), 1000)
     .action(async (o: GatewayCliOptions) => {
       const log = createLogger('gateway', parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG));
+      const stop = commandStop(program, log);
       if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new Error('--tls-port needs --tls-cert and --tls-key');
       const tls = o.tlsPort !== undefined
         ? { port: o.tlsPort, host: o.host, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
@@ -61,18 +63,8 @@ export function registerGatewayCommand(program: Command): void {
         window: o.window === undefined ? undefined : parseWindow(o.window),
         groups: o.group, models: o.model, prefix: program.opts().prefix, idleMs: o.idleMs, maxWindow: o.maxWindow, tickMs: o.tickMs, log,
       });
+      stop.add({ name: 'gateway (queue, ledger, upstream, site broker)', run: () => gw.close() });
       await gw.start();
       process.stdout.write(`fleet gateway for site ${o.site} listening on ${gw.url} (upstream ${o.upstream.replace(/\/\/[^@/]*@/, '//')}, data ${path.resolve(o.dataDir)}${o.budget ? `, budget ${o.budget} MB/month` : ''}${o.window ? `, window ${o.window}` : ''})\n`);
-      let once = false;
-      const stop = (): void => {
-        if (once) return;
-        once = true;
-        gw.close().then(() => process.exit(0), (e: unknown) => {
-          process.stderr.write(`shutdown failed: ${String(e)}\n`);
-          process.exit(1);
-        });
-      };
-      process.on('SIGINT', stop);
-      process.on('SIGTERM', stop);
     });
 }

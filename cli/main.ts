@@ -24,6 +24,7 @@ import { registerUserCommands } from './user-commands.ts';
 import { registerOperatorCommands } from './operator-commands.ts';
 import { registerGatewayCommand } from './gateway-command.ts';
 import { parseDuration, parseIntArg } from './options.ts';
+import { commandStop, stopTimeoutMs } from './stopping.ts';
 
 const program = new Command();
 program
@@ -35,6 +36,7 @@ program
   .option('--ca <file>', 'for mqtts:// brokers: the CA certificate (PEM) that signed the broker (env FLEET_TLS_CA)')
   .option('--client-cert <file>', 'for mqtts:// brokers that ask for one: this client\'s certificate (PEM) (env FLEET_TLS_CERT)')
   .option('--client-key <file>', 'the key (PEM) of --client-cert (env FLEET_TLS_KEY)')
+  .option('--stop-timeout <duration>', 'long-running commands: bound of the graceful stop after SIGINT/SIGTERM (what is left is abandoned and logged; a second signal exits at once)', parseDuration, 5)
   .showHelpAfterError()
   .hook('preAction', () => {
     // Every command's MQTT connections read these (transport/mqtt.ts).
@@ -45,23 +47,6 @@ program
   });
 
 const logLevel = (): ReturnType<typeof parseLogLevel> => parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG);
-
-function onShutdown(fn: () => Promise<void>): void {
-  let once = false;
-  const handler = (): void => {
-    if (once) return;
-    once = true;
-    fn().then(
-      () => process.exit(0),
-      (e: unknown) => {
-        process.stderr.write(`shutdown failed: ${String(e)}\n`);
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGINT', handler);
-  process.on('SIGTERM', handler);
-}
 
 program
   .command('broker')
@@ -84,6 +69,7 @@ program
   .option('--http-host <host>', 'address of the dashboard and metrics listener', '127.0.0.1')
   .action(async ({ http: httpPort, httpHost, wsPort, wsHost, ...o }: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; cluster?: string; auth?: string; tlsPort?: number; tlsHost?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; http?: number; httpHost: string; wsPort?: number; wsHost?: string }) => {
     const log = createLogger('broker', logLevel());
+    const stop = commandStop(program, log);
     if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new Error('--tls-port needs --tls-cert and --tls-key');
     const tlsOpts = o.tlsPort !== undefined
       ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
@@ -96,7 +82,7 @@ program
     const tlsNote = b.tlsUrl ? `, TLS on ${b.tlsUrl}${o.tlsCa ? ' with client certificates' : ''}` : '';
     const metricsNote = (b.metricsUrl ? `, dashboard on ${b.metricsUrl.replace(/metrics$/, '')}${b.wsUrl ? '' : ' (needs --ws-port)'}, metrics on ${b.metricsUrl}` : '') + (b.wsUrl ? `, WebSocket on ${b.wsUrl}` : '');
     process.stdout.write(`fleet broker listening on ${b.url}${tlsNote}${metricsNote} (persistence ${o.cluster ? `redis ${o.cluster.replace(/\/\/[^@/]*@/, '//')}` : o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`);
-    onShutdown(() => b.close());
+    stop.add({ name: 'broker (listeners, clients, update server, persistence)', run: () => b.close() });
   });
 
 program
@@ -107,14 +93,13 @@ program
   .action(async (o: { broker: string; dataDir: string }) => {
     const log = createLogger('serve', logLevel());
     await DirLock.acquire(o.dataDir, 'fleet serve');
+    const stop = commandStop(program, log);
     const transport = MqttTransport.start({ url: o.broker, clientId: `fleet-update-server-${process.pid}` });
+    stop.add({ name: 'MQTT disconnect', optional: true, run: () => transport.close() });
     const server = new UpdateServer({ transport, store: new ContentStore(o.dataDir), topics: new Topics(program.opts().prefix), log });
     await server.start();
+    stop.add({ name: 'update server (requests in progress, store)', run: () => server.stop() });
     process.stdout.write(`fleet update server on ${o.broker}, store ${path.resolve(o.dataDir)}\n`);
-    onShutdown(async () => {
-      await server.stop();
-      await transport.close();
-    });
   });
 
 program
@@ -200,7 +185,7 @@ program
   .option('--connect-timeout <seconds>', 'give up one connection attempt after this long', parseIntArg(1, 3600), 30)
   .option('--reconnect-max <seconds>', 'cap of the exponential reconnect backoff (with jitter)', parseIntArg(1, 3600), 60)
   .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number; validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; maxAttempts: number; onSwitch?: string; groupKey?: string; keepalive: number; connectTimeout: number; reconnectMax: number }) => {
-    await runDevice({ ...o, prefix: program.opts().prefix, logLevel: program.opts().logLevel });
+    await runDevice({ ...o, prefix: program.opts().prefix, logLevel: program.opts().logLevel, stopTimeoutMs: stopTimeoutMs(program) });
   });
 
 program
@@ -231,8 +216,9 @@ program
   .option('--json', 'end with one JSON line of figures')
   .option('--keep', 'keep the temporary directory')
   .action(async (o: { devices: number; rank: number; timeout: number; json?: boolean; keep?: boolean }) => {
-    const r = await runDemo({ devices: o.devices, rank: o.rank, timeoutSeconds: o.timeout, json: o.json === true, keep: o.keep === true });
-    process.exitCode = r.acked === r.devices ? 0 : 1;
+    const stop = commandStop(program, createLogger('demo', logLevel()));
+    const r = await runDemo({ devices: o.devices, rank: o.rank, timeoutSeconds: o.timeout, json: o.json === true, keep: o.keep === true, stop });
+    await stop.stop('demo finished', r.acked === r.devices ? 0 : 1);
   });
 
 program.parseAsync(process.argv).catch((e: unknown) => {

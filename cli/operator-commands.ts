@@ -2,45 +2,27 @@ import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
-import { createLogger, parseLogLevel, type Logger } from '../util/log.ts';
+import { createLogger, parseLogLevel } from '../util/log.ts';
 import { AlertSink, AlertTracker, watchAlerts } from '../operator/alerts.ts';
 import { startDashboard } from '../operator/dashboard-server.ts';
 import { FleetView, followFleet } from '../operator/fleet-view.ts';
 import { JsonWatch } from '../operator/json-watch.ts';
 import { TerminalWatch } from '../operator/render-terminal.ts';
 import { parseDuration, parseIntArg } from './options.ts';
+import { commandStop } from './stopping.ts';
+import type { GracefulStop } from '../util/graceful-stop.ts';
 
-/** Connects, follows the fleet into a view; `stop` unsubscribes and disconnects. */
-async function follow(url: string, role: string, topics: Topics, staleSeconds: number, before?: (view: FleetView) => void): Promise<{ view: FleetView; stop: () => Promise<void> }> {
-  const t = await MqttTransport.connect({ url, clientId: `fleet-${role}-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000);
+/**
+ * Connects and follows the fleet into a view, and adds the disconnect to `stop`
+ * (no unsubscribe first: the clean session's subscriptions end with the connection).
+ */
+async function follow(url: string, role: string, topics: Topics, staleSeconds: number, stop: GracefulStop, before?: (view: FleetView) => void): Promise<{ view: FleetView; transport: MqttTransport }> {
+  const transport = await MqttTransport.connect({ url, clientId: `fleet-${role}-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000);
+  stop.add({ name: 'MQTT disconnect', optional: true, run: () => transport.close() });
   const view = new FleetView(topics, { staleMs: staleSeconds * 1000 });
   before?.(view); // listeners in place before the retained burst arrives
-  const unfollow = await followFleet(view, t);
-  return {
-    view,
-    async stop() {
-      await unfollow();
-      await t.close();
-    },
-  };
-}
-
-/** Runs `stop` once on SIGINT/SIGTERM, then exits 0. */
-function onShutdown(stop: () => Promise<void>, log: Logger): void {
-  let once = false;
-  const handler = (): void => {
-    if (once) return;
-    once = true;
-    stop().then(
-      () => process.exit(0),
-      (e: unknown) => {
-        log.error('shutdown failed', { error: String(e) });
-        process.exit(1);
-      },
-    );
-  };
-  process.on('SIGINT', handler);
-  process.on('SIGTERM', handler);
+  await followFleet(view, transport);
+  return { view, transport };
 }
 
 /** `fleet watch`, `fleet dashboard`, `fleet alerts`: what operators use to see the fleet and its rollouts. */
@@ -58,33 +40,32 @@ export function registerOperatorCommands(program: Command): void {
     .option(...stale)
     .action(async (o: { broker: string; group?: string; stale: number; json?: boolean }) => {
       const log = createLogger('watch', logLevel());
+      const stop = commandStop(program, log);
       if (o.json) {
         // A reader that goes away (`| head`) ends the watch without a stack trace.
         process.stdout.on('error', (e: NodeJS.ErrnoException) => {
           if (e.code === 'EPIPE') process.emit('SIGTERM');
           else throw e;
         });
-        let out: JsonWatch | undefined;
-        const f = await follow(o.broker, 'watch', topics(), o.stale, (view) => {
-          out = new JsonWatch(view, process.stdout, { group: o.group });
+        await follow(o.broker, 'watch', topics(), o.stale, stop, (view) => {
+          const out = new JsonWatch(view, process.stdout, { group: o.group });
+          stop.add({ name: 'JSON output', run: () => out.stop() });
           out.start();
         });
-        onShutdown(async () => {
-          out?.stop();
-          await f.stop();
-        }, log);
         return;
       }
-      const f = await follow(o.broker, 'watch', topics(), o.stale);
+      const f = await follow(o.broker, 'watch', topics(), o.stale, stop);
       const out = new TerminalWatch(f.view, process.stdout, { title: `fleet watch ${o.broker.replace(/\/\/[^@/]*@/, '//')}`, group: o.group });
-      out.start();
       const stdin = process.stdin;
-      const stop = async (): Promise<void> => {
-        out.stop();
-        if (stdin.isTTY) stdin.setRawMode(false);
-        stdin.pause();
-        await f.stop();
-      };
+      stop.add({
+        name: 'terminal (screen, raw mode)',
+        run: () => {
+          out.stop();
+          if (stdin.isTTY) stdin.setRawMode(false);
+          stdin.pause();
+        },
+      });
+      out.start();
       if (stdin.isTTY) {
         stdin.setRawMode(true);
         stdin.resume();
@@ -93,7 +74,6 @@ export function registerOperatorCommands(program: Command): void {
           if (k === 'q' || k === 'Q' || k === '\u0003') process.emit('SIGINT');
         });
       }
-      onShutdown(stop, log);
     });
 
   program
@@ -107,17 +87,15 @@ export function registerOperatorCommands(program: Command): void {
     .action(async (o: { broker?: string; ws?: string; port: number; host: string; stale: number }) => {
       const log = createLogger('dashboard', logLevel());
       if (!o.broker && !o.ws) program.error('fleet dashboard needs --broker URL (Server-Sent Events) or --ws URL (MQTT over WebSocket in the browser)');
-      const f = o.broker ? await follow(o.broker, 'dashboard', topics(), o.stale) : undefined;
+      const stop = commandStop(program, log);
+      const f = o.broker ? await follow(o.broker, 'dashboard', topics(), o.stale, stop) : undefined;
       const d = await startDashboard({
         view: f?.view, port: o.port, host: o.host, log,
         live: o.ws ? { wsUrl: o.ws, prefix: program.opts().prefix, staleMs: o.stale * 1000 } : undefined,
       });
+      stop.add({ name: 'HTTP server (page, live streams)', run: () => d.close() });
       const fed = o.ws ? `fed in the browser over ${o.ws}` : `following ${o.broker!.replace(/\/\/[^@/]*@/, '//')}`;
       process.stdout.write(`fleet dashboard on ${d.url}${f ? ` (metrics ${d.url}metrics)` : ''}, ${fed}\n`);
-      onShutdown(async () => {
-        await d.close();
-        await f?.stop();
-      }, log);
     });
 
   program
@@ -131,23 +109,27 @@ export function registerOperatorCommands(program: Command): void {
     .action(async (o: { broker: string; onEvent?: string; webhook?: string; alertExisting?: boolean; stale: number }) => {
       const log = createLogger('alerts', logLevel());
       if (o.webhook) new URL(o.webhook); // fail early on a bad URL
+      const stop = commandStop(program, log);
       const sink = new AlertSink({ command: o.onEvent, webhook: o.webhook, log });
       const tracker = new AlertTracker({ alertExisting: o.alertExisting === true });
-      const t = await MqttTransport.connect({ url: o.broker, clientId: `fleet-alerts-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000);
-      const view = new FleetView(topics(), { staleMs: o.stale * 1000 });
-      const off = watchAlerts(view, tracker, (e) => {
-        process.stdout.write(`${JSON.stringify(e)}\n`);
-        void sink.send(e);
+      let off = (): void => undefined;
+      let refresh: NodeJS.Timeout | undefined;
+      // Runs after the disconnect: events already raised are still delivered (commands, webhooks).
+      stop.add({ name: 'alert deliveries in progress', run: () => sink.idle() });
+      await follow(o.broker, 'alerts', topics(), o.stale, stop, (view) => {
+        off = watchAlerts(view, tracker, (e) => {
+          process.stdout.write(`${JSON.stringify(e)}\n`);
+          void sink.send(e);
+        });
+        refresh = setInterval(() => view.refresh(), 1000);
       });
-      const unfollow = await followFleet(view, t);
-      const refresh = setInterval(() => view.refresh(), 1000);
+      stop.add({
+        name: 'alert watch',
+        run: () => {
+          clearInterval(refresh);
+          off();
+        },
+      });
       log.info('watching', { broker: o.broker });
-      onShutdown(async () => {
-        clearInterval(refresh);
-        off();
-        await unfollow();
-        await t.close();
-        await sink.idle();
-      }, log);
     });
 }

@@ -19,6 +19,7 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { stripControls, stripControlsDeep } from '../util/text.ts';
 import { collect, parseIntArg } from './options.ts';
+import { commandStop } from './stopping.ts';
 
 /** Exit codes of `fleet rollout start`: completed 0, halted 2, aborted 3. */
 const EXIT: Record<string, number> = { completed: 0, halted: 2, aborted: 3 };
@@ -85,11 +86,16 @@ export function registerRolloutCommands(program: Command): void {
     .option('--json', 'print each event as one JSON line')
     .action(async (file: string, o: { key?: string[]; rolloutKey?: string[]; broker: string; trust?: string; onEvent?: string; settle: number; json?: boolean }) => {
       const log = createLogger('rollout', logLevel());
+      const stop = commandStop(program, log, {
+        signalExitCode: 130,
+        onSignal: () => process.stderr.write('stopping; the rollout stays where it is (run the same start command to continue)\n'),
+      });
       const { plan, dir } = await loadPlanFile(file);
       const payloads = await loadPayloads(plan, dir);
       const { keys, rolloutKeys } = await loadRoleKeys(o);
       const trust = await readTrust(o.trust);
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-rollout-${plan.id}-${process.pid}` }, 30_000);
+      stop.add({ name: 'MQTT disconnect', optional: true, run: () => transport.close() });
       const controller = new RolloutController({ plan, payloads, keys, rolloutKeys, trust, settleMs: o.settle }, {
         transport, topics: topics(), clock: systemClock, publish: publishUpdate, rollback: rollbackGroup, log,
         onEvent: async (e) => {
@@ -97,29 +103,14 @@ export function registerRolloutCommands(program: Command): void {
           if (o.onEvent && HOOK_EVENTS.includes(e.type)) await runEventCommand(o.onEvent, e, log);
         },
       });
-      let stopping = false;
-      const stop = async (): Promise<void> => {
-        if (stopping) return;
-        stopping = true;
-        await controller.stop();
-        await transport.close();
-      };
-      const onSignal = (): void => {
-        process.stderr.write('stopping; the rollout stays where it is (run the same start command to continue)\n');
-        void stop().then(() => process.exit(130));
-      };
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
-      try {
-        const first = await controller.start();
-        if (isTerminal(first.state)) process.stdout.write(`rollout ${plan.id} already ended (${first.state}); nothing to do (a new rollout needs a new id)\n`);
-        if (!o.json) process.stdout.write(`${formatRolloutStatus(first)}\n`);
-        const end = await controller.done();
-        if (!o.json && !isTerminal(first.state)) process.stdout.write(`${formatRolloutStatus(end)}\n`);
-        process.exitCode = EXIT[end.state] ?? 1;
-      } finally {
-        await stop();
-      }
+      // Abandoned, the rollout stays where its retained status says; the same start command continues it.
+      stop.add({ name: 'rollout controller (step in progress, event hooks)', run: () => controller.stop() });
+      const first = await controller.start();
+      if (isTerminal(first.state)) process.stdout.write(`rollout ${plan.id} already ended (${first.state}); nothing to do (a new rollout needs a new id)\n`);
+      if (!o.json) process.stdout.write(`${formatRolloutStatus(first)}\n`);
+      const end = await controller.done();
+      if (!o.json && !isTerminal(first.state)) process.stdout.write(`${formatRolloutStatus(end)}\n`);
+      await stop.stop(`rollout ${end.state}`, EXIT[end.state] ?? 1);
     });
 
   rollout

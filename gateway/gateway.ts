@@ -15,6 +15,10 @@ import type { GatewayStatus } from './status.ts';
 import { StatusRelay } from './status-relay.ts';
 import { UpstreamFetcher } from './upstream-fetcher.ts';
 import { GroupWatch } from './group-watch.ts';
+import { withDeadline } from '../util/deadline.ts';
+
+/** How long a stopping gateway waits for the broker to acknowledge its "gateway stopped" status, ms. */
+const STOPPED_STATUS_MS = 1000;
 
 export interface GatewayOptions {
   /** The central broker, `mqtt://[user:pass@]host:port` (mqtts:// with the CLI's TLS options). */
@@ -333,11 +337,16 @@ export class Gateway {
     await this.fetcher.close();
     await this.relay.close();
     // A clean stop says so upstream (instead of the last will's "lost").
+    let acked = false;
     if (this.upstream.connected) {
       const s = await this.status();
-      await this.upstream.publish(this.topics.gatewayStatus(this.o.site), JSON.stringify({ ...s, upstream: { ...s.upstream, state: 'down' }, message: 'gateway stopped' }), { qos: 1, retain: true }).catch(() => undefined);
+      // Best effort, bounded: a broker that went away as we stop must not hold the stop (its last will says "lost").
+      const said = await withDeadline(this.upstream.publish(this.topics.gatewayStatus(this.o.site), JSON.stringify({ ...s, upstream: { ...s.upstream, state: 'down' }, message: 'gateway stopped' }), { qos: 1, retain: true }).then(() => true, () => false), STOPPED_STATUS_MS);
+      acked = said !== 'timeout' && said.value;
+      if (!acked) this.o.log.warn('the "gateway stopped" status was not acknowledged upstream; the last will covers it', { waitedMs: STOPPED_STATUS_MS });
     }
-    await this.upstream.close();
+    // Unacknowledged: drop the connection without DISCONNECT, so the broker sends the last will.
+    await this.upstream.close(acked ? undefined : 0);
     await this.store.close();
     await this.site.close();
     this.o.log.info('gateway stopped', { site: this.o.site });

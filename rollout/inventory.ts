@@ -2,6 +2,10 @@ import { parseStatus, PRESENCE_OFFLINE, PRESENCE_ONLINE, type DeviceStatus } fro
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import { stripControls, stripControlsDeep } from '../util/text.ts';
+import { withDeadline } from '../util/deadline.ts';
+
+/** How long stop() waits for the broker to confirm the unsubscribe, ms. */
+const UNSUBSCRIBE_ON_STOP_MS = 1000;
 
 /** What the broker's retained topics say about one device. */
 export interface DeviceRecord {
@@ -39,7 +43,8 @@ export class Inventory {
   async stop(t: Transport): Promise<void> {
     this.off?.();
     this.off = undefined;
-    await t.unsubscribe([this.topics.allStatuses(), this.topics.allPresence()]).catch(() => undefined);
+    // Bounded: a broker gone (or not answering) must not hold a stop; closing the session ends the subscriptions anyway.
+    await withDeadline(t.unsubscribe([this.topics.allStatuses(), this.topics.allPresence()]).catch(() => undefined), UNSUBSCRIBE_ON_STOP_MS);
   }
 
   onChange(fn: InventoryListener): void {

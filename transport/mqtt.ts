@@ -31,6 +31,8 @@ export interface MqttTransportOptions {
    * named by FLEET_TLS_CA, FLEET_TLS_CERT and FLEET_TLS_KEY (the CLI's --ca, --client-cert, --client-key).
    */
   tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer };
+  /** Longest wait of `close()` for unacknowledged publishes before it drops the connection, ms (default 2000). */
+  closeGraceMs?: number;
 }
 
 function fromEnvFile(name: string): Buffer | undefined {
@@ -56,6 +58,7 @@ export class MqttTransport implements Transport {
   private socket: net.Socket | undefined;
   private serverIndex = 0;
   private readonly servers: Array<{ host: string; port: number; secure: boolean }>;
+  private readonly closeGraceMs: number;
   /** Why the broker last refused the login, if it did. */
   refusal: string | undefined;
   /** Why the last attempt to connect failed, if it did; cleared by a connection. */
@@ -65,6 +68,7 @@ export class MqttTransport implements Transport {
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
+    this.closeGraceMs = opts.closeGraceMs ?? 2000;
     const servers = (this.servers = [opts.url, ...(opts.fallbackUrls ?? [])].map((url) => {
       const s = new URL(url);
       const secure = s.protocol === 'mqtts:';
@@ -237,8 +241,32 @@ export class MqttTransport implements Transport {
     this.disconnectHandlers.push(handler);
   }
 
-  close(): Promise<void> {
+  /**
+   * Disconnects cleanly (DISCONNECT after the unacknowledged publishes are
+   * acked), but never waits longer than `graceMs`: then, or at once when not
+   * connected, the unacknowledged publishes fail ("Message removed") and the
+   * socket is destroyed without DISCONNECT, so the broker sends the last will.
+   */
+  close(graceMs = this.closeGraceMs): Promise<void> {
     this.closing = true;
-    return new Promise((resolve) => this.client.end(false, {}, () => resolve()));
+    const c = this.client;
+    const force = (): void => {
+      for (const id of Object.keys(c.outgoing)) c.removeOutgoingMessage(Number(id));
+      c.stream?.destroy();
+      this.socket?.destroy();
+    };
+    if (!c.connected) force();
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        force();
+        // mqtt.js waits for 'outgoingEmpty' before it finishes a clean end; nothing is outgoing any more.
+        c.emit('outgoingEmpty');
+        resolve();
+      }, Math.max(0, graceMs));
+      c.end(!c.connected, {}, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
   }
 }

@@ -24,5 +24,6 @@ export interface Transport {
   readonly connected: boolean;
   /** Bytes through the sockets so far and the number of connects (when the transport can count them). */
   stats?(): WireStats;
-  close(): Promise<void>;
+  /** Bounded: `graceMs` (the implementation's default when omitted) is the longest wait for unacknowledged publishes. */
+  close(graceMs?: number): Promise<void>;
 }
