@@ -17,6 +17,8 @@ import { promises as fs, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { startBroker } from '../broker/broker.ts';
 import { FLEET_BIN, stopChild } from '../cli/demo.ts';
 import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
@@ -45,9 +47,13 @@ interface AgentRun {
 }
 
 /** `fleet device` as the README starts it; resolves once it prints that it is connected. */
-async function startAgent(args: string[], logFile: string): Promise<AgentRun> {
+/** How the agent runs: the compiled device bundle (npm run build), or the TypeScript sources through tsx. */
+type Entry = 'bundle' | 'source';
+const BUNDLE = fileURLToPath(new URL('../dist/fleet-device.mjs', import.meta.url));
+
+async function startAgent(entry: Entry, args: string[], logFile: string): Promise<AgentRun> {
   const t0 = performance.now();
-  const child = spawn(process.execPath, [FLEET_BIN, 'device', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [entry === 'bundle' ? BUNDLE : FLEET_BIN, 'device', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const log = await fs.open(logFile, 'a');
   child.stderr!.on('data', (d: Buffer) => void log.write(d));
   child.once('exit', () => void log.close());
@@ -63,8 +69,10 @@ async function startAgent(args: string[], logFile: string): Promise<AgentRun> {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { sizes: { type: 'string', default: '100,400' }, rank: { type: 'string', default: '8' }, keep: { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ options: { sizes: { type: 'string', default: '100,400' }, rank: { type: 'string', default: '8' }, keep: { type: 'boolean', default: false }, entries: { type: 'string', default: 'bundle,source' } } });
   const sizes = values.sizes.split(',').map(Number);
+  const entries = values.entries.split(',') as Entry[];
+  if (entries.includes('bundle') && !existsSync(BUNDLE)) throw new Error('dist/fleet-device.mjs is not built: run `npm run build` first (or --entries source)');
   const rank = Number(values.rank);
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-bench-device-'));
   const broker = await startBroker({ port: 0, dataDir: path.join(work, 'broker'), persistence: 'memory', log: silentLogger });
@@ -87,33 +95,31 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 50));
     }
   };
-  const runs: Array<Record<string, number>> = [];
-  let idle: { connectedMs: number; idleRssMB: number } | undefined;
+  const runs: Array<Record<string, number | string>> = [];
   try {
-    for (const size of sizes) {
+    for (const size of sizes) for (const entry of entries) {
       const matrices = Math.round((size * 2 ** 20) / (1024 * 1024 * 4));
       process.stderr.write(`bench:device: ${size} MB model (${matrices} matrices of 1024×1024), rank ${rank}: building…\n`);
       const base = synthesizeModel(1, Array.from({ length: matrices }, () => [1024, 1024] as [number, number]));
       const u = synthesizeUpdate(base, rank, 2);
       const baseFile = path.join(work, `base-${size}.safetensors`);
       await fs.writeFile(baseFile, base);
-      const id = `dev-${size}`;
+      const id = `dev-${size}-${entry}`;
       const dir = path.join(work, id);
       const args = ['--id', id, '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile];
       // The first start provisions the directory from --initial; the agent measured is the next start,
       // as a device runs every day (the model already in its directory).
-      const first = await startAgent(args, path.join(work, `${id}.log`));
+      const first = await startAgent(entry, args, path.join(work, `${id}.log`));
       await waitFor(id, (s) => s.state === 'idle' || s.state === 'ok', 120_000);
       const provisionPeak = memoryOf(first.child.pid!).hwm;
       await stopChild(first.child);
-      const agent = await startAgent(args, path.join(work, `${id}.log`));
+      const agent = await startAgent(entry, args, path.join(work, `${id}.log`));
       try {
         await new Promise((r) => setTimeout(r, 2000));
         const before = memoryOf(agent.child.pid!);
-        if (!idle) idle = { connectedMs: Math.round(agent.connectedMs), idleRssMB: mb(before.rss) };
         // From here VmHWM is the peak of the update alone (clear_refs 5 resets it to the current RSS; Linux ≥ 4.0).
         await fs.writeFile(`/proc/${agent.child.pid}/clear_refs`, '5').catch(() => process.stderr.write('bench:device: cannot reset the peak (not root?): it includes the start\n'));
-        process.stderr.write(`bench:device: connected after ${Math.round(agent.connectedMs)} ms, idle RSS ${mb(before.rss)} MB (provisioning peaked at ${mb(provisionPeak)} MB); publishing ${u.payload.byteLength} B…\n`);
+        process.stderr.write(`bench:device: ${entry}: connected after ${Math.round(agent.connectedMs)} ms, idle RSS ${mb(before.rss)} MB (provisioning peaked at ${mb(provisionPeak)} MB); publishing ${u.payload.byteLength} B…\n`);
         const pub = await MqttTransport.connect({ url: broker.url, clientId: `bench-device-pub-${process.pid}` }, 10_000);
         const t0 = performance.now();
         try {
@@ -127,7 +133,7 @@ async function main(): Promise<void> {
         const seconds = (performance.now() - t0) / 1000;
         const after = memoryOf(agent.child.pid!);
         const run = {
-          modelMB: mb(base.byteLength), updateBytes: u.payload.byteLength, seconds: Math.round(seconds * 100) / 100, connectedMs: Math.round(agent.connectedMs),
+          entry, modelMB: mb(base.byteLength), updateBytes: u.payload.byteLength, seconds: Math.round(seconds * 100) / 100, connectedMs: Math.round(agent.connectedMs),
           idleRssMB: mb(before.rss), provisionPeakMB: mb(provisionPeak), peakRssMB: mb(after.hwm), peakOverModel: Math.round((after.hwm / base.byteLength) * 1000) / 1000,
         };
         process.stderr.write(`bench:device: ${JSON.stringify(run)}\n`);
@@ -144,11 +150,22 @@ async function main(): Promise<void> {
     if (!values.keep) await fs.rm(work, { recursive: true, force: true });
     else process.stderr.write(`bench:device: kept ${work}\n`);
   }
-  const peaks = runs.map((r) => r.peakRssMB);
+  const of = (entry: Entry, key: string): number[] => runs.filter((r) => r.entry === entry).map((r) => r[key] as number);
+  const summary = (entry: Entry): Record<string, number | null> | null => {
+    const peaks = of(entry, 'peakRssMB');
+    if (peaks.length === 0) return null;
+    return {
+      connectedMs: Math.max(...of(entry, 'connectedMs')), idleRssMB: Math.max(...of(entry, 'idleRssMB')), peakRssMB: Math.max(...peaks),
+      // Flat in the model's size: the peak of the largest model over the smallest's.
+      peakGrowth: peaks.length > 1 ? Math.round((peaks[peaks.length - 1] / peaks[0]) * 1000) / 1000 : null,
+    };
+  };
+  const bundle = summary('bundle');
+  const source = summary('source');
+  const ratio = (k: string): number | null => (bundle && source && bundle[k] && source[k] ? Math.round(((bundle[k] as number) / (source[k] as number)) * 1000) / 1000 : null);
   process.stdout.write(`${JSON.stringify({
-    bench: 'device', node: process.version, rank, connectedMs: idle?.connectedMs, idleRssMB: idle?.idleRssMB, runs,
-    // Flat in the model's size: the peak of the largest model over the smallest's.
-    peakGrowth: peaks.length > 1 ? Math.round((peaks[peaks.length - 1] / peaks[0]) * 1000) / 1000 : null,
+    bench: 'device', node: process.version, rank, sizesMB: sizes, bundle, source,
+    bundleOverSource: { idleRss: ratio('idleRssMB'), peakRss: ratio('peakRssMB'), connectedMs: ratio('connectedMs') }, runs,
   })}\n`);
 }
 

@@ -13,6 +13,7 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { DirLock } from '../util/dir-lock.ts';
+import { EXIT_CONFLICT } from '../util/exit-codes.ts';
 
 export interface DeviceCommandOptions {
   id: string;
@@ -110,8 +111,8 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
       // Another agent uses this id and this one is the younger: say so and end (the last will says offline).
       onFatal: (message) => {
         process.stderr.write(`fleet: ${message}\n`);
-        setTimeout(() => process.exit(1), 2000).unref();
-        void transport.close().finally(() => process.exit(1));
+        setTimeout(() => process.exit(EXIT_CONFLICT), 2000).unref();
+        void transport.close().finally(() => process.exit(EXIT_CONFLICT));
       },
     },
   );

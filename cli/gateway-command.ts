@@ -1,7 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { Gateway } from '../gateway/gateway.ts';
 import { parseBudget, parseWindow } from '../gateway/policy.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { collect, parseIntArg } from './options.ts';
@@ -56,6 +55,7 @@ export function registerGatewayCommand(program: Command): void {
       const tls = o.tlsPort !== undefined
         ? { port: o.tlsPort, host: o.host, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
         : undefined;
+      const { Gateway } = await import('../gateway/gateway.ts');
       const gw = new Gateway({
         auth: o.auth, tls,
         upstream: o.upstream, listen: o.listen, host: o.host, dataDir: o.dataDir, site: o.site,

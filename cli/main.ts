@@ -1,20 +1,18 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Command, Option } from 'commander';
-import { startBroker } from '../broker/broker.ts';
-import { Topics, DEFAULT_PREFIX } from '../protocol/topics.ts';
+import { Option } from 'commander';
+import { Topics } from '../protocol/topics.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { UpdateServer } from '../server/update-server.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { DirLock } from '../util/dir-lock.ts';
-import { createLogger, parseLogLevel } from '../util/log.ts';
-import { VERSION } from '../util/version.ts';
+import { createLogger } from '../util/log.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
 import { formatGroupKeyFile, newGroupKey } from '../protocol/seal.ts';
-import { runDemo } from './demo.ts';
-import { runDevice } from './device-command.ts';
+import { registerDeviceCommands } from './device-cli.ts';
+import { createProgram, logLevelOf, runProgram } from './program.ts';
 import { registerBuildCommands } from './build-commands.ts';
 import { registerOfflineCommands } from './offline-commands.ts';
 import { registerTrustCommands } from './trust-commands.ts';
@@ -23,30 +21,12 @@ import { registerRolloutCommands } from './rollout-commands.ts';
 import { registerUserCommands } from './user-commands.ts';
 import { registerOperatorCommands } from './operator-commands.ts';
 import { registerGatewayCommand } from './gateway-command.ts';
-import { parseDuration, parseIntArg } from './options.ts';
-import { commandStop, stopTimeoutMs } from './stopping.ts';
+import { parseIntArg } from './options.ts';
+import { commandStop } from './stopping.ts';
 
-const program = new Command();
-program
-  .name('fleet')
-  .description('Signed low-rank model updates for edge fleets over MQTT')
-  .version(VERSION)
-  .option('--log-level <level>', 'debug, info, warn, error or silent (default warn; env FLEET_LOG)')
-  .option('--prefix <prefix>', 'topic prefix', DEFAULT_PREFIX)
-  .option('--ca <file>', 'for mqtts:// brokers: the CA certificate (PEM) that signed the broker (env FLEET_TLS_CA)')
-  .option('--client-cert <file>', 'for mqtts:// brokers that ask for one: this client\'s certificate (PEM) (env FLEET_TLS_CERT)')
-  .option('--client-key <file>', 'the key (PEM) of --client-cert (env FLEET_TLS_KEY)')
-  .option('--stop-timeout <duration>', 'long-running commands: bound of the graceful stop after SIGINT/SIGTERM (what is left is abandoned and logged; a second signal exits at once)', parseDuration, 5)
-  .showHelpAfterError()
-  .hook('preAction', () => {
-    // Every command's MQTT connections read these (transport/mqtt.ts).
-    const g = program.opts() as { ca?: string; clientCert?: string; clientKey?: string };
-    if (g.ca) process.env.FLEET_TLS_CA = g.ca;
-    if (g.clientCert) process.env.FLEET_TLS_CERT = g.clientCert;
-    if (g.clientKey) process.env.FLEET_TLS_KEY = g.clientKey;
-  });
+const program = createProgram();
 
-const logLevel = (): ReturnType<typeof parseLogLevel> => parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG);
+const logLevel = (): ReturnType<typeof logLevelOf> => logLevelOf(program);
 
 program
   .command('broker')
@@ -74,6 +54,8 @@ program
     const tlsOpts = o.tlsPort !== undefined
       ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
       : undefined;
+    // Loaded by this command only: the rest of `fleet` never pays for Aedes and LevelDB.
+    const { startBroker } = await import('../broker/broker.ts');
     const b = await startBroker({
       ...o, tls: tlsOpts, http: httpPort === undefined ? undefined : { port: httpPort, host: httpHost },
       ws: wsPort === undefined ? undefined : { port: wsPort, host: wsHost }, prefix: program.opts().prefix, log,
@@ -155,38 +137,7 @@ registerUserCommands(program);
 registerOperatorCommands(program);
 registerGatewayCommand(program);
 
-program
-  .command('device')
-  .description('run a device agent')
-  .requiredOption('--id <id>', 'device id')
-  .requiredOption('--model <name>', 'model name')
-  .requiredOption('--group <group>', 'device group')
-  .requiredOption('--dir <dir>', 'model directory (current model at DIR/current.safetensors)')
-  .requiredOption('--trust <file>', 'trust file from `fleet keygen`')
-  .requiredOption('--broker <url>', 'broker URL; or several, comma-separated (nodes of one cluster): a lost connection moves to the next')
-  .option('--initial <file>', 'first model, to provision an empty directory')
-  .option('--window <n>', 'most chunks in flight (the window adapts below this to the link)', parseIntArg(1, 1024), 32)
-  .option('--idle-ms <ms>', 're-ask for outstanding chunks after at least this much silence on the socket (grows with the round trip and doubles while nothing comes)', parseIntArg(100), 10_000)
-  .option('--stall-timeout <duration>', 'fail `download-stalled` after no chunk for this long, and retry later', parseDuration, 120)
-  .option('--retry <duration>', 'first delay before a failed download is tried again (doubles up to 30m)', parseDuration, 30)
-  .option('--watchdog <duration>', 'publish a status at least this often while downloading (rate, or silence)', parseDuration, 10)
-  .option('--validate-cmd <cmd>', 'run on the staged model before the switch (FLEET_MODEL_PATH, FLEET_MODEL_DIGEST); exit 0 = fit')
-  .option('--validate-timeout <duration>', 'stop the validation command after this long (refused)', parseDuration, 120)
-  .option('--health-cmd <cmd>', 'run after the switch (FLEET_MODEL_PATH = DIR/current.safetensors); exit 0 = healthy, else roll back')
-  .option('--health-timeout <duration>', 'stop the health command after this long (rolled back)', parseDuration, 60)
-  .option('--health-window <duration>', 'stay testing this long after a healthy check; a crash in it is a failed attempt', parseDuration, 0)
-  .option('--max-attempts <n>', 'attempts of the trial after a switch (a crash or a failed health command each counts one) before switching back', parseIntArg(1, 100), 3)
-  .option('--group-key <file>', 'group key file (`fleet groupkey`) that opens sealed payloads')
-  .option('--max-payload <bytes>', 'refuse manifests that allow payloads over this size (default 256 MiB)', parseIntArg(1))
-  .option('--max-chunks <n>', 'refuse manifests that allow more chunks per payload (default 65536)', parseIntArg(1))
-  .option('--max-chunk <bytes>', 'refuse manifests that allow larger chunks (default 1 MiB)', parseIntArg(1))
-  .option('--on-switch <cmd>', 'tell the application about every switch (FLEET_MODEL_PATH, FLEET_MODEL_DIGEST, FLEET_PREVIOUS_DIGEST, FLEET_ROLLBACK)')
-  .option('--keepalive <seconds>', 'MQTT keepalive', parseIntArg(5, 65535), 60)
-  .option('--connect-timeout <seconds>', 'give up one connection attempt after this long', parseIntArg(1, 3600), 30)
-  .option('--reconnect-max <seconds>', 'cap of the exponential reconnect backoff (with jitter)', parseIntArg(1, 3600), 60)
-  .action(async (o: { id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string; window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number; validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; maxAttempts: number; onSwitch?: string; groupKey?: string; keepalive: number; connectTimeout: number; reconnectMax: number }) => {
-    await runDevice({ ...o, prefix: program.opts().prefix, logLevel: program.opts().logLevel, stopTimeoutMs: stopTimeoutMs(program) });
-  });
+registerDeviceCommands(program);
 
 program
   .command('synth')
@@ -217,11 +168,9 @@ program
   .option('--keep', 'keep the temporary directory')
   .action(async (o: { devices: number; rank: number; timeout: number; json?: boolean; keep?: boolean }) => {
     const stop = commandStop(program, createLogger('demo', logLevel()));
+    const { runDemo } = await import('./demo.ts');
     const r = await runDemo({ devices: o.devices, rank: o.rank, timeoutSeconds: o.timeout, json: o.json === true, keep: o.keep === true, stop });
     await stop.stop('demo finished', r.acked === r.devices ? 0 : 1);
   });
 
-program.parseAsync(process.argv).catch((e: unknown) => {
-  process.stderr.write(`fleet: ${(e as Error).message}\n`);
-  process.exit(1);
-});
+runProgram(program, process.argv);

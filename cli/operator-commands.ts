@@ -4,7 +4,6 @@ import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { AlertSink, AlertTracker, watchAlerts } from '../operator/alerts.ts';
-import { startDashboard } from '../operator/dashboard-server.ts';
 import { FleetView, followFleet } from '../operator/fleet-view.ts';
 import { JsonWatch } from '../operator/json-watch.ts';
 import { TerminalWatch } from '../operator/render-terminal.ts';
@@ -89,6 +88,7 @@ export function registerOperatorCommands(program: Command): void {
       if (!o.broker && !o.ws) program.error('fleet dashboard needs --broker URL (Server-Sent Events) or --ws URL (MQTT over WebSocket in the browser)');
       const stop = commandStop(program, log);
       const f = o.broker ? await follow(o.broker, 'dashboard', topics(), o.stale, stop) : undefined;
+      const { startDashboard } = await import('../operator/dashboard-server.ts');
       const d = await startDashboard({
         view: f?.view, port: o.port, host: o.host, log,
         live: o.ws ? { wsUrl: o.ws, prefix: program.opts().prefix, staleMs: o.stale * 1000 } : undefined,

@@ -5,8 +5,7 @@
  * text out; cli/device-service.ts writes the files.
  */
 
-/** Exit code of an agent that must not be restarted as it is (another agent holds its directory or its id): sysexits' EX_CONFIG. */
-export const EXIT_CONFLICT = 78;
+import { EXIT_CONFLICT } from '../util/exit-codes.ts';
 
 export interface ServiceUnitOptions {
   id: string;

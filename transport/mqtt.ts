@@ -90,7 +90,8 @@ export class MqttTransport implements Transport {
       resubscribe: true,
       queueQoSZero: false,
       username: opts.username ?? (u.username ? decodeURIComponent(u.username) : undefined),
-      password: opts.password ?? (u.password ? decodeURIComponent(u.password) : undefined),
+      // The password: given, in the URL, or (so that it need not sit in `ps` or a unit file) FLEET_BROKER_PASSWORD.
+      password: opts.password ?? (u.password ? decodeURIComponent(u.password) : process.env.FLEET_BROKER_PASSWORD || undefined),
       // A refused login (bad password, removed user) is retried with the same backoff:
       // the operator may fix the users file while the device waits.
       reconnectOnConnackError: true,

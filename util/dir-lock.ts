@@ -1,6 +1,7 @@
 import { promises as fs, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { EXIT_CONFLICT } from './exit-codes.ts';
 
 /**
  * One process per directory: a device directory, a broker's or a gateway's
@@ -31,6 +32,8 @@ export interface LockHolder {
 
 export class DirLockedError extends Error {
   readonly code = 'dir-locked';
+  /** The process exit code for it: not to be restarted into (util/exit-codes.ts). */
+  readonly exitCode = EXIT_CONFLICT;
   constructor(readonly dir: string, readonly holder: LockHolder) {
     super(`${dir} is in use by ${holder.what} (PID ${holder.pid} on ${holder.host}, since ${holder.since}); stop it first, or give this one a directory of its own`);
     this.name = 'DirLockedError';

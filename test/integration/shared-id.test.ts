@@ -12,7 +12,7 @@ afterEach(async () => {
 });
 
 describe('two agents started with one --id', () => {
-  it('the younger sees its session taken over, says so and exits 1; the older keeps the id and installs the update', async () => {
+  it('the younger sees its session taken over, says so and exits 78 (EX_CONFIG); the older keeps the id and installs the update', async () => {
     f = await createFixture('shared-id');
     const watch = await StatusWatch.start(f);
     // Two directories (the lock keeps agents off one directory), one id: a duplicated service on another box.
@@ -29,7 +29,7 @@ describe('two agents started with one --id', () => {
     const t0 = Date.now();
     const code = await new Promise<number | null>((resolve) => copy.once('exit', (c) => resolve(c)));
     const seconds = (Date.now() - t0) / 1000;
-    expect(code).toBe(1);
+    expect(code).toBe(78); // EX_CONFIG: a service manager must not restart into it
     expect(err.trim().split('\n').at(-1)).toMatch(/^fleet: another agent uses device id shared \(instance [0-9a-f]{8}, started .*\): the broker gives the session to each in turn; this agent, the younger, stops after 3 takeovers\. Stop the other agent, or give each its own --id and --dir$/);
     console.log(`the younger of two agents with one id gave up after ${seconds.toFixed(1)} s`);
     expect(older.exitCode).toBe(null);
