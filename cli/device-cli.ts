@@ -55,13 +55,13 @@ export function registerDeviceCommands(program: Command): void {
 
   addDeviceOptions(program.command('device-install-service', { hidden: true }).description('write a systemd unit (and an environment file) that runs this device agent'))
     .option('--unit-dir <dir>', 'where the unit goes', '/etc/systemd/system')
-    .option('--env-file <file>', 'the environment file the unit reads (broker password), mode 0600 (default /etc/fleet/device-ID.env)')
+    .option('--environment-file <file>', 'the environment file the unit reads (broker password), mode 0600 (default /etc/fleet/device-ID.env)')
     .option('--user <name>', 'run the agent as this user (it must own --dir)')
     .option('--read-write <path>', 'another path the agent may write (e.g. what --health-cmd writes); repeatable', (v: string, acc: string[] = []) => [...acc, v])
     .option('--password-file <file>', 'the broker login\'s password, copied into the environment file (never into the unit)')
     .option('--entry <file>', 'the fleet entry point ExecStart runs (default: this one)')
     .option('--dry-run', 'print the unit and the environment file instead of writing them')
-    .action(async (o: DeviceCliOptions & { unitDir: string; envFile?: string; user?: string; readWrite?: string[]; passwordFile?: string; entry?: string; dryRun?: boolean }) => {
+    .action(async (o: DeviceCliOptions & { unitDir: string; environmentFile?: string; user?: string; readWrite?: string[]; passwordFile?: string; entry?: string; dryRun?: boolean }) => {
       const g = program.opts() as { prefix: string; logLevel?: string; stopTimeout?: number; ca?: string; clientCert?: string; clientKey?: string };
       const r = await installService(o, {
         prefix: g.prefix, logLevel: g.logLevel, stopTimeoutSeconds: g.stopTimeout ?? 5, ca: g.ca, clientCert: g.clientCert, clientKey: g.clientKey,

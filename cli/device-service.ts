@@ -20,7 +20,8 @@ export interface ServiceContext {
 
 export interface ServiceOptions extends DeviceCliOptions {
   unitDir: string;
-  envFile?: string;
+  /** `--environment-file` (not --env-file: Node 20 reads that one from any position of its argv). */
+  environmentFile?: string;
   user?: string;
   readWrite?: string[];
   dryRun?: boolean;
@@ -61,7 +62,7 @@ export async function installService(o: ServiceOptions, c: ServiceContext): Prom
     return u.toString().replace(/\/$/, '');
   }).join(',');
   const name = unitName(o.id);
-  const envFile = path.resolve(o.envFile ?? `/etc/fleet/device-${o.id}.env`);
+  const envFile = path.resolve(o.environmentFile ?? `/etc/fleet/device-${o.id}.env`);
   const env: Record<string, string> = {};
   if (password !== undefined) env.FLEET_BROKER_PASSWORD = password;
   if (c.logLevel) env.FLEET_LOG = c.logLevel;
@@ -81,6 +82,7 @@ export async function installService(o: ServiceOptions, c: ServiceContext): Prom
     await writeFileAtomic(envFile, envText, 0o600);
     await fs.chmod(envFile, 0o600);
     await fs.mkdir(path.resolve(o.dir), { recursive: true });
+    await fs.mkdir(path.dirname(unitFile), { recursive: true });
     await writeFileAtomic(unitFile, unitText, 0o644);
   }
   return { unitFile, unitName: name, unitText, envFile, envText };
