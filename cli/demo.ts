@@ -2,7 +2,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { startBroker } from '../broker/broker.ts';
 import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
@@ -14,8 +13,10 @@ import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts'
 import { createLogger } from '../util/log.ts';
 import { stripControls } from '../util/text.ts';
 import { createProgress } from '../util/progress.ts';
+import { packageRoot } from '../util/package-root.ts';
 
-export const FLEET_BIN = fileURLToPath(new URL('../bin/fleet.js', import.meta.url));
+/** The `fleet` command of this package (the same from the sources, the build and an installed package). */
+export const FLEET_BIN = path.join(packageRoot() ?? process.cwd(), 'bin', 'fleet.js');
 
 export interface DemoOptions {
   devices: number;

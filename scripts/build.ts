@@ -15,6 +15,7 @@ import { build, type Metafile, type Plugin } from 'esbuild';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildDashboardBundle, PREBUILT_NAME } from '../operator/browser/bundle.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dist = path.join(root, 'dist');
@@ -54,13 +55,15 @@ async function main(): Promise<void> {
     plugins: [stubWebSocket],
     minify: true, sourcemap: 'linked', metafile: true, legalComments: 'linked', logLevel: 'warning', define,
   });
+  // The dashboard's browser script: an installed package has no sources to build it from at run time.
+  await fs.writeFile(path.join(root, PREBUILT_NAME), (await buildDashboardBundle()).code);
   const inputs = Object.keys((device.metafile as Metafile).inputs);
   const bad = inputs.filter((i) => NOT_ON_A_DEVICE.some((n) => i.includes(`node_modules/${n}/`) || i.startsWith(n)));
   if (bad.length > 0) throw new Error(`the device bundle pulls in what a device must not load: ${bad.slice(0, 5).join(', ')}`);
   const files: Record<string, number> = {};
   for (const f of await fs.readdir(dist, { recursive: true })) {
     const p = path.join(dist, String(f));
-    if ((await fs.stat(p)).isFile() && p.endsWith('.mjs')) files[path.relative(root, p)] = (await fs.stat(p)).size;
+    if ((await fs.stat(p)).isFile() && (p.endsWith('.mjs') || p.endsWith('.js'))) files[path.relative(root, p)] = (await fs.stat(p)).size;
   }
   process.stderr.write(`built ${Object.keys(files).length} files in dist/ (device bundle: ${inputs.length} modules)\n`);
   process.stdout.write(`${JSON.stringify({ build: 'dist', deviceModules: inputs.length, deviceBytes: files['dist/fleet-device.mjs'], files: Object.keys(files).length, totalBytes: Object.values(files).reduce((a, b) => a + b, 0) })}\n`);

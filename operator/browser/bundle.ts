@@ -1,4 +1,7 @@
+import { existsSync, promises as fs } from 'node:fs';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { packageRoot } from '../../util/package-root.ts';
 
 /**
  * The dashboard's browser script: operator/browser/live.ts with mqtt.js's browser
@@ -32,9 +35,20 @@ const CRYPTO_SHIM = fileURLToPath(new URL('./node-crypto-shim.ts', import.meta.u
 
 let cached: Promise<DashboardBundle> | undefined;
 
-/** The bundle, built once per process (a failed build is retried on the next call). */
+/** Where `npm run build` leaves the script, for installed packages (which carry no sources to build it from). */
+export const PREBUILT_NAME = path.join('dist', 'dashboard.js');
+
+async function prebuilt(): Promise<DashboardBundle | undefined> {
+  const root = packageRoot();
+  // In a checkout the sources are the truth: a stale build must not shadow them.
+  if (!root || existsSync(ENTRY)) return undefined;
+  const code = await fs.readFile(path.join(root, PREBUILT_NAME), 'utf8').catch(() => undefined);
+  return code === undefined ? undefined : { code, ms: 0, inputs: [PREBUILT_NAME] };
+}
+
+/** The bundle, built once per process (a failed build is retried on the next call); an installed package's prebuilt one. */
 export function dashboardBundle(): Promise<DashboardBundle> {
-  cached ??= buildDashboardBundle().catch((e: unknown) => {
+  cached ??= prebuilt().then((p) => p ?? buildDashboardBundle()).catch((e: unknown) => {
     cached = undefined;
     throw e;
   });
