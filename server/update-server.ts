@@ -66,9 +66,9 @@ export class UpdateServer {
     this.t.onMessage((topic, payload, retained) => this.track(this.onMessage(topic, payload, retained)));
     this.t.onConnect(() => this.afterConnect());
     // A broker not reachable yet (or gone as we subscribe) is waited for, as a device does: the
-    // transport subscribes again on reconnect. A refusal on a live connection still fails the start.
+    // transport subscribes again on reconnect. A refusal (an ACL) still fails the start.
     await this.t.subscribe([this.topics.allRequests(), this.topics.allUploads(), this.topics.allReleases()], 1).catch((e: unknown) => {
-      if (this.t.connected) throw e;
+      if (/refused/.test(String(e))) throw e;
       this.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
     if (this.t.connected) this.afterConnect();

@@ -41,9 +41,9 @@ describe('fleet broker', () => {
     const port = await freePort();
     const broker = await BrokerProcess.start(port, ['--stop-timeout', String(STOP_S), '--data-dir', path.join(f.dir, `b-${port}`)], f.dir);
     const clients = await ClientWatch.start(broker.url);
-    const { child: device, run } = await startCommand(f, command('device'), broker.url);
+    const { child: device, run, client } = await startCommand(f, command('device'), broker.url);
     try {
-      await clients.until('fleet-device-');
+      await clients.until(client);
       process.kill(device.pid!, 'SIGSTOP');
       const e = await signalAndWait(broker.child!);
       expect(e.ms).toBeLessThan(BOUND_MS);

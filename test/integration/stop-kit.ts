@@ -47,7 +47,8 @@ export async function stopFixture(): Promise<StopFixture> {
 /** One long-running command: how to start it against a broker URL, and the client id it connects with. */
 export interface CommandSpec {
   name: string;
-  clientPrefix: string;
+  /** The start of its MQTT client id, from its run name and PID (a broker process's own update server is `fleet-update-server-` too). */
+  clientId(run: string, pid: number): string;
   /** What it does on a broker that never acknowledges: publishes (QoS 1) or only subscribes. */
   onMute: 'publish' | 'subscribe';
   args(f: StopFixture, url: string, run: string): Promise<string[]>;
@@ -55,21 +56,21 @@ export interface CommandSpec {
 
 export const COMMANDS: CommandSpec[] = [
   {
-    name: 'device', clientPrefix: 'fleet-device-', onMute: 'publish',
+    name: 'device', clientId: (run) => `fleet-device-${run}`, onMute: 'publish',
     args: async (f, url, run) => ['device', '--id', run, '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, run), '--trust', f.trustFile, '--broker', url, '--initial', f.baseFile],
   },
-  { name: 'serve', clientPrefix: 'fleet-update-server-', onMute: 'subscribe', args: async (f, url, run) => ['serve', '--broker', url, '--data-dir', path.join(f.dir, run)] },
+  { name: 'serve', clientId: (_run, pid) => `fleet-update-server-${pid}`, onMute: 'subscribe', args: async (f, url, run) => ['serve', '--broker', url, '--data-dir', path.join(f.dir, run)] },
   {
-    name: 'gateway', clientPrefix: 'fleet-gateway-', onMute: 'publish',
+    name: 'gateway', clientId: (run) => `fleet-gateway-${run}`, onMute: 'publish',
     args: async (f, url, run) => ['gateway', '--upstream', url, '--listen', String(await freePort()), '--host', '127.0.0.1', '--data-dir', path.join(f.dir, run), '--site', run, '--group', GROUP, '--tick-ms', '100'],
   },
   {
-    name: 'rollout start', clientPrefix: 'fleet-rollout-', onMute: 'publish',
+    name: 'rollout start', clientId: (_run, pid) => `fleet-rollout-stop-test-${pid}`, onMute: 'publish',
     args: async (f, url) => ['rollout', 'start', f.planFile, '--key', f.keyFile, '--rollout-key', f.rolloutKeyFile, '--broker', url, '--settle', '200'],
   },
-  { name: 'watch', clientPrefix: 'fleet-watch-', onMute: 'subscribe', args: async (_f, url) => ['watch', '--broker', url, '--json'] },
-  { name: 'dashboard', clientPrefix: 'fleet-dashboard-', onMute: 'subscribe', args: async (_f, url) => ['dashboard', '--broker', url, '--port', '0'] },
-  { name: 'alerts', clientPrefix: 'fleet-alerts-', onMute: 'subscribe', args: async (_f, url) => ['alerts', '--broker', url] },
+  { name: 'watch', clientId: (_run, pid) => `fleet-watch-${pid}-`, onMute: 'subscribe', args: async (_f, url) => ['watch', '--broker', url, '--json'] },
+  { name: 'dashboard', clientId: (_run, pid) => `fleet-dashboard-${pid}-`, onMute: 'subscribe', args: async (_f, url) => ['dashboard', '--broker', url, '--port', '0'] },
+  { name: 'alerts', clientId: (_run, pid) => `fleet-alerts-${pid}-`, onMute: 'subscribe', args: async (_f, url) => ['alerts', '--broker', url] },
 ];
 
 export function command(name: string): CommandSpec {
@@ -79,10 +80,10 @@ export function command(name: string): CommandSpec {
 }
 
 /** Starts the command as a child of the fixture (stopped by PID in close()); `stopS`: its --stop-timeout. */
-export async function startCommand(f: StopFixture, c: CommandSpec, url: string, stopS = STOP_S): Promise<{ child: ChildProcess; run: string; log: string }> {
+export async function startCommand(f: StopFixture, c: CommandSpec, url: string, stopS = STOP_S): Promise<{ child: ChildProcess; run: string; log: string; client: string }> {
   const run = `${c.name.replace(/\W+/g, '-')}-${++f.runs}`;
   const child = spawnFleet(f, run, ['--stop-timeout', String(stopS), ...(await c.args(f, url, run))]);
-  return { child, run, log: path.join(f.dir, `${run}.log`) };
+  return { child, run, log: path.join(f.dir, `${run}.log`), client: c.clientId(run, child.pid!) };
 }
 
 export function exitOf(child: ChildProcess, since: () => number): Promise<Exit> {
@@ -160,8 +161,8 @@ export async function brokerProcess(f: StopFixture): Promise<BrokerProcess> {
 }
 
 /** Ready on a mute broker: connected, and a publish (or a subscription) left without its acknowledgement. */
-export function muteReady(c: CommandSpec): (b: MuteBroker) => boolean {
-  return (b) => b.clients.some((id) => id.startsWith(c.clientPrefix)) && (c.onMute === 'publish' ? b.published.length > 0 : b.subscribed.length > 0);
+export function muteReady(c: CommandSpec, client: string): (b: MuteBroker) => boolean {
+  return (b) => b.clients.some((id) => id.startsWith(client)) && (c.onMute === 'publish' ? b.published.length > 0 : b.subscribed.length > 0);
 }
 
 /** The JSON log lines of a run. */

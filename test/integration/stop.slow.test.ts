@@ -32,8 +32,8 @@ describe.each(COMMANDS)('$name', (c) => {
       const broker = await brokerProcess(f);
       const clients = await ClientWatch.start(broker.url);
       try {
-        const { child, run, log } = await startCommand(f, c, broker.url);
-        await clients.until(c.clientPrefix);
+        const { child, run, log, client } = await startCommand(f, c, broker.url);
+        await clients.until(client);
         // Let it get going (subscriptions, first publishes), then kill the broker and signal around that instant.
         await new Promise((r) => setTimeout(r, Math.random() * 500));
         const offset = Math.round(Math.random() * 600 - 300);
@@ -73,8 +73,8 @@ describe.each(COMMANDS)('$name', (c) => {
   it.runIf(c.onMute === 'publish')('exits at once on a second signal during a slow stop', async () => {
     const mute = await MuteBroker.start();
     try {
-      const { child, log } = await startCommand(f, c, mute.url, 60);
-      await mute.until(muteReady(c), `${c.name} ready on the mute broker`);
+      const { child, log, client } = await startCommand(f, c, mute.url, 60);
+      await mute.until(muteReady(c, client), `${c.name} ready on the mute broker`);
       const first = signalAndWait(child, 'SIGTERM');
       const second = await signalAndWait(child, 'SIGTERM', 300);
       await first;

@@ -31,8 +31,8 @@ describe('SIGTERM while a publish or an unsubscribe waits for an acknowledgement
     it(c.name, async () => {
       const mute = await MuteBroker.start();
       try {
-        const { child, run, log } = await startCommand(f, c, mute.url);
-        await mute.until(muteReady(c), `${c.name} ready on the mute broker`);
+        const { child, run, log, client } = await startCommand(f, c, mute.url);
+        await mute.until(muteReady(c, client), `${c.name} ready on the mute broker`);
         const e = await signalAndWait(child);
         expect(e.ms, `${c.name} exited ${e.ms} ms after SIGTERM`).toBeLessThan(BOUND_MS);
         expect(e.code).toBe(SIGNAL_CODE[c.name] ?? 0);
@@ -58,8 +58,8 @@ describe('fleet device', () => {
     const mute = await MuteBroker.start();
     try {
       // A bound of 60 s: only the second signal can make it exit within seconds.
-      const { child, run, log } = await startCommand(f, command('device'), mute.url, 60);
-      await mute.until(muteReady(command('device')), 'device ready');
+      const { child, run, log, client } = await startCommand(f, command('device'), mute.url, 60);
+      await mute.until(muteReady(command('device'), client), 'device ready');
       const first = signalAndWait(child, 'SIGTERM');
       const second = await signalAndWait(child, 'SIGINT', 500);
       await first;
@@ -91,8 +91,8 @@ describe('fleet device', () => {
     const broker = await brokerProcess(f);
     const clients = await ClientWatch.start(broker.url);
     try {
-      const { child, run } = await startCommand(f, command('device'), broker.url);
-      await clients.until('fleet-device-');
+      const { child, run, client } = await startCommand(f, command('device'), broker.url);
+      await clients.until(client);
       const offset = Math.round(Math.random() * 400 - 200);
       const e = await signalAround(child, () => broker.kill('SIGKILL'), offset);
       expect(e.ms, `offset ${offset} ms`).toBeLessThan(BOUND_MS);
@@ -106,6 +106,19 @@ describe('fleet device', () => {
 });
 
 describe('fleet serve', () => {
+  it('whose broker hangs up on its first subscribe keeps waiting, and exits 0 on SIGTERM', async () => {
+    const dying = await MuteBroker.start({ hangUpOnSubscribe: true });
+    try {
+      const { child } = await startCommand(f, command('serve'), dying.url);
+      await dying.until((b) => b.subscribed.length >= 2, 'two subscribes (one after a reconnect)', 30_000);
+      const e = await signalAndWait(child);
+      expect(e.ms).toBeLessThan(BOUND_MS);
+      expect(e.code).toBe(0);
+    } finally {
+      await dying.close();
+    }
+  }, 60_000);
+
   it('started while its broker is unreachable, waits for it (instead of exiting) and serves once it is up', async () => {
     const port = await freePort();
     const { child, log } = await startCommand(f, command('serve'), `mqtt://127.0.0.1:${port}`);

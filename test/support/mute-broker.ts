@@ -19,21 +19,21 @@ export class MuteBroker {
   private readonly sockets = new Set<net.Socket>();
   private waiters: Array<() => void> = [];
 
-  private constructor(private readonly server: net.Server, readonly port: number, private readonly refuse: boolean) {}
+  private constructor(private readonly server: net.Server, readonly port: number, private readonly refuse: boolean, private readonly hangUpOnSubscribe: boolean) {}
 
   get url(): string {
     return `mqtt://127.0.0.1:${this.port}`;
   }
 
-  /** `refuse`: every TCP connection is closed at once, before any MQTT. */
-  static async start(opts: { port?: number; refuse?: boolean } = {}): Promise<MuteBroker> {
+  /** `refuse`: every TCP connection is closed at once, before any MQTT; `hangUpOnSubscribe`: closed on its first SUBSCRIBE (a broker dying then). */
+  static async start(opts: { port?: number; refuse?: boolean; hangUpOnSubscribe?: boolean } = {}): Promise<MuteBroker> {
     const port = opts.port ?? 0;
     const server = net.createServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, '127.0.0.1', () => resolve());
     });
-    const b = new MuteBroker(server, (server.address() as net.AddressInfo).port, opts.refuse === true);
+    const b = new MuteBroker(server, (server.address() as net.AddressInfo).port, opts.refuse === true, opts.hangUpOnSubscribe === true);
     server.on('connection', (s) => b.serve(s));
     return b;
   }
@@ -101,6 +101,11 @@ export class MuteBroker {
       for (let i = 2; i + 2 <= body.length; ) {
         const n = body.readUInt16BE(i);
         this.subscribed.push(body.subarray(i + 2, i + 2 + n).toString('utf8'));
+        if (this.hangUpOnSubscribe) {
+          s.destroy();
+          this.wake();
+          return;
+        }
         granted.push(body[i + 2 + n] ?? 0);
         i += 3 + n;
       }
