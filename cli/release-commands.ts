@@ -139,4 +139,23 @@ export function registerReleaseCommands(program: Command): void {
         await transport.close();
       }
     });
+
+  program
+    .command('withdraw')
+    .description('take a group\'s release back (an empty retained release): devices keep the model they run, and a download in progress stops')
+    .requiredOption('--model <name>', 'model name')
+    .requiredOption('--group <group>', 'device group')
+    .requiredOption('--broker <url>', 'broker URL')
+    .action(async (o: { model: string; group: string; broker: string }) => {
+      const t = topics();
+      const topic = t.release(o.group, o.model);
+      const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-withdraw-${process.pid}` }, 30_000);
+      try {
+        // Retained and empty: the broker drops its copy, and every subscriber (devices, the update server, a gateway) is told (docs/protocol.md §2).
+        await transport.publish(topic, new Uint8Array(0), { qos: 1, retain: true });
+        process.stdout.write(`withdrew the release of ${o.model} for group ${o.group} (${topic}); devices keep the model they run\n`);
+      } finally {
+        await transport.close();
+      }
+    });
 }
