@@ -76,7 +76,8 @@ for (const t of targets) {
       const r = await runProbe(node(), { cap: c });
       console.log(`old-board: ${JSON.stringify({
         run: 'probe', node: node().label, arch: r.reply.arch, version: r.reply.version, wallMs: Math.round(r.wallMs), probeMs: r.reply.ms,
-        guestRssMB: r.reply.rss ? MB(r.reply.rss) : null /* qemu-user reports 0 */, hostHwmMB: MB(r.hwmBytes), cgroupPeakMB: MB(r.cgroupPeakBytes), capMB: c ? MB(c.limitBytes) : null,
+        guestRssMB: r.reply.rss ? MB(r.reply.rss) : null /* qemu-user reports 0 */, hostHwmMB: MB(r.hwmBytes), hostAnonPeakMB: MB(r.anonPeakBytes),
+        cgroupPeakMB: MB(r.cgroupPeakBytes), cgroupAnonPeakMB: MB(r.cgroupAnonPeakBytes), capMB: c ? MB(c.limitBytes) : null,
       })}`);
       expect(r.code).toBe(0);
       expect(r.reply.sha256).toBe(r.sentSha256);
@@ -105,7 +106,8 @@ for (const t of targets) {
       const r = await runDeviceUpdate(f, node(), BUNDLE, { id: t.capped ? 'board-1' : 'node18-1', cap: c });
       console.log(`old-board: ${JSON.stringify({
         run: 'device-update', node: node().label, modelBytes: f.base.byteLength, idleMs: Math.round(r.idleMs), updateMs: Math.round(r.updateMs), payloadBytes: r.bytes, wire: r.wire,
-        hostHwmMB: MB(r.hwmBytes), cgroupPeakMB: MB(r.cgroupPeakBytes), capMB: c ? MB(c.limitBytes) : null,
+        hostHwmMB: MB(r.hwmBytes), hostAnonPeakMB: MB(r.anonPeakBytes),
+        cgroupPeakMB: MB(r.cgroupPeakBytes), cgroupAnonPeakMB: MB(r.cgroupAnonPeakBytes), capMB: c ? MB(c.limitBytes) : null,
       })}`);
       expect(r.running).toBe(f.update.targetDigest);
       expect(r.diskDigest).toBe(f.update.targetDigest);

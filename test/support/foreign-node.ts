@@ -130,31 +130,43 @@ export function spawnForeign(node: ForeignNode, args: string[], o: SpawnOptions 
   return spawn(command, argv, { cwd: o.cwd, env: { ...node.env, ...o.env }, stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
-/** Peak resident set of a live process (VmHWM), sampled until it exits. */
-export function trackHighWater(pid: number, everyMs = 100): { stop(): number | null } {
-  let last: number | null = null;
+/**
+ * Peak resident set of a live process, sampled until it exits: VmHWM (the kernel's own high-water mark,
+ * mapped files included) and the largest RssAnon seen (its private memory: heap, and under qemu the translator).
+ */
+export function trackHighWater(pid: number, everyMs = 100): { stop(): number | null; anonPeak(): number | null } {
+  let hwm: number | null = null;
+  let anon: number | null = null;
   const sample = (): void => {
     fs.readFile(`/proc/${pid}/status`, 'utf8').then((s) => {
-      const m = /^VmHWM:\s+(\d+) kB$/m.exec(s);
-      if (m) last = Math.max(last ?? 0, Number(m[1]) * 1024);
+      const h = /^VmHWM:\s+(\d+) kB$/m.exec(s);
+      if (h) hwm = Math.max(hwm ?? 0, Number(h[1]) * 1024);
+      const a = /^RssAnon:\s+(\d+) kB$/m.exec(s);
+      if (a) anon = Math.max(anon ?? 0, Number(a[1]) * 1024);
     }, () => {});
   };
   sample();
   const timer = setInterval(sample, everyMs);
-  return { stop: () => (clearInterval(timer), last) };
+  return { stop: () => (clearInterval(timer), hwm), anonPeak: () => anon };
 }
 
-export interface ForeignRun {
+/** What a run under a foreign node measured of memory. */
+export interface MemoryPeaks {
+  /** The process's own peak RSS (host pages; under qemu this includes the translator), and its peak RssAnon (sampled). */
+  hwmBytes: number | null;
+  anonPeakBytes: number | null;
+  /** The cgroup's peak charge (page cache included), and its sampled peak of anonymous memory, when run under a cap. */
+  cgroupPeakBytes: number | null;
+  cgroupAnonPeakBytes: number | null;
+  oomKills: number;
+}
+
+export interface ForeignRun extends MemoryPeaks {
   code: number | null;
   signal: NodeJS.Signals | null;
   stdout: string;
   stderr: string;
   wallMs: number;
-  /** The process's own peak RSS (host pages; under qemu this includes the translator). */
-  hwmBytes: number | null;
-  /** The cgroup's peak charge, when run under a cap. */
-  cgroupPeakBytes: number | null;
-  oomKills: number;
 }
 
 const OUTPUT_LIMIT = 1 << 20;
@@ -164,6 +176,7 @@ export async function runForeign(node: ForeignNode, args: string[], o: SpawnOpti
   const t0 = performance.now();
   const child = spawnForeign(node, args, o);
   const hwm = trackHighWater(child.pid!);
+  const anon = o.cap?.trackAnon();
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (b: Buffer) => { if (stdout.length < OUTPUT_LIMIT) stdout += b.toString('utf8'); });
@@ -173,7 +186,7 @@ export async function runForeign(node: ForeignNode, args: string[], o: SpawnOpti
   clearTimeout(timer);
   const wallMs = performance.now() - t0;
   return {
-    code, signal, stdout, stderr, wallMs, hwmBytes: hwm.stop(),
-    cgroupPeakBytes: o.cap ? await o.cap.peakBytes() : null, oomKills: o.cap ? await o.cap.oomKills() : 0,
+    code, signal, stdout, stderr, wallMs, hwmBytes: hwm.stop(), anonPeakBytes: hwm.anonPeak(),
+    cgroupPeakBytes: o.cap ? await o.cap.peakBytes() : null, cgroupAnonPeakBytes: anon?.stop() ?? null, oomKills: o.cap ? await o.cap.oomKills() : 0,
   };
 }

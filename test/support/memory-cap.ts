@@ -14,6 +14,11 @@ export interface MemoryCap {
   wrap(command: string, args: string[]): { command: string; args: string[] };
   /** Peak charge of the cgroup (memory.max_usage_in_bytes, v2: memory.peak), page cache included. */
   peakBytes(): Promise<number | null>;
+  /**
+   * Samples the cgroup's anonymous memory (v1 memory.stat total_rss, v2 anon) until stop(): its peak
+   * without the page cache, which the kernel charges too but reclaims under the limit.
+   */
+  trackAnon(everyMs?: number): { stop(): number | null };
   /** OOM kills inside the cgroup so far. */
   oomKills(): Promise<number>;
   /** Removes the cgroup (its processes must have exited). */
@@ -86,6 +91,19 @@ export async function createMemoryCap(name: string, limitBytes: number): Promise
     },
     async peakBytes() {
       return readNumber(path.join(dir, own.version === 1 ? 'memory.max_usage_in_bytes' : 'memory.peak'));
+    },
+    trackAnon(everyMs = 100) {
+      let peak: number | null = null;
+      const key = own.version === 1 ? 'total_rss' : 'anon';
+      const sample = (): void => {
+        fs.readFile(path.join(dir, 'memory.stat'), 'utf8').then((text) => {
+          const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(text);
+          if (m) peak = Math.max(peak ?? 0, Number(m[1]));
+        }, () => {});
+      };
+      sample();
+      const timer = setInterval(sample, everyMs);
+      return { stop: () => (clearInterval(timer), peak) };
     },
     async oomKills() {
       const file = path.join(dir, own.version === 1 ? 'memory.oom_control' : 'memory.events');

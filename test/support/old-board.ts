@@ -8,23 +8,17 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopChild } from '../../cli/demo.ts';
-import { type ForeignNode, runForeign, spawnForeign, trackHighWater } from './foreign-node.ts';
+import { type ForeignNode, type ForeignRun, type MemoryPeaks, runForeign, spawnForeign, trackHighWater } from './foreign-node.ts';
 import { currentDigest, GROUP, MODEL, publish, StatusWatch, type Fixture } from './harness.ts';
 import type { MemoryCap } from './memory-cap.ts';
 
 export const PROBE = fileURLToPath(new URL('./old-board-probe.mjs', import.meta.url));
 
-export interface ProbeResult {
+export interface ProbeResult extends Omit<ForeignRun, 'stdout'> {
   /** What the probe reported (its own view: guest arch, guest RSS). */
   reply: { sha256: string; bytes: number; arch: string; version: string; rss: number; heapUsed: number; ms: number };
   /** SHA-256 of the bytes this process sent, to compare with reply.sha256. */
   sentSha256: string;
-  code: number | null;
-  stderr: string;
-  wallMs: number;
-  hwmBytes: number | null;
-  cgroupPeakBytes: number | null;
-  oomKills: number;
 }
 
 /**
@@ -55,7 +49,8 @@ export async function runProbe(node: ForeignNode, o: { cap?: MemoryCap; bytes?: 
     } catch {
       throw new Error(`the probe under ${node.label} sent no JSON line (exit ${r.code ?? r.signal}, oom kills ${r.oomKills}): ${r.stderr.slice(-2000)}`);
     }
-    return { reply, sentSha256, code: r.code, stderr: r.stderr, wallMs: r.wallMs, hwmBytes: r.hwmBytes, cgroupPeakBytes: r.cgroupPeakBytes, oomKills: r.oomKills };
+    const { stdout: _, ...run } = r;
+    return { ...run, reply, sentSha256 };
   } finally {
     await new Promise<void>((r) => server.close(() => r()));
   }
@@ -67,7 +62,8 @@ export function deviceArgs(f: Fixture, id: string): string[] {
     '--trust', f.trustFile, '--broker', f.url, '--initial', f.baseFile, '--idle-ms', '1000'];
 }
 
-export interface DeviceUpdateResult {
+/** Memory figures as MemoryPeaks: under qemu the host view includes the translator; the cgroup peak includes the model files' page cache. */
+export interface DeviceUpdateResult extends MemoryPeaks {
   /** Start of the process to its first `idle` status (connected, provisioned). */
   idleMs: number;
   /** Publish to the `ok` status on the target digest. */
@@ -78,9 +74,6 @@ export interface DeviceUpdateResult {
   wire: { bytesIn: number; bytesOut: number } | null;
   running: string;
   diskDigest: string;
-  hwmBytes: number | null;
-  cgroupPeakBytes: number | null;
-  oomKills: number;
 }
 
 /**
@@ -96,6 +89,7 @@ export async function runDeviceUpdate(
   const child = spawnForeign(node, [bundle, ...deviceArgs(f, o.id)], { cap: o.cap });
   f.children.push(child);
   const hwm = trackHighWater(child.pid!);
+  const anon = o.cap?.trackAnon();
   const log = createWriteStream(path.join(f.dir, `${o.id}.log`), { flags: 'a' });
   child.stdout!.pipe(log);
   child.stderr!.pipe(log);
@@ -113,11 +107,12 @@ export async function runDeviceUpdate(
     const cgroupPeakBytes = o.cap ? await o.cap.peakBytes() : null;
     await stopChild(child, 10_000);
     return {
-      idleMs, updateMs, bytes: s.bytes, wire: s.wire && { bytesIn: s.wire.bytesIn, bytesOut: s.wire.bytesOut }, running: s.running, diskDigest, hwmBytes: hwm.stop(),
-      cgroupPeakBytes, oomKills: o.cap ? await o.cap.oomKills() : 0,
+      idleMs, updateMs, bytes: s.bytes, wire: s.wire && { bytesIn: s.wire.bytesIn, bytesOut: s.wire.bytesOut }, running: s.running, diskDigest,
+      hwmBytes: hwm.stop(), anonPeakBytes: hwm.anonPeak(), cgroupPeakBytes, cgroupAnonPeakBytes: anon?.stop() ?? null, oomKills: o.cap ? await o.cap.oomKills() : 0,
     };
   } finally {
     hwm.stop();
+    anon?.stop();
     await stopChild(child, 10_000);
   }
 }
