@@ -4,8 +4,8 @@
  *  - Debian bookworm's `nodejs` 18 for this machine's architecture;
  *  - Debian's armhf `nodejs` 18 run under qemu-user (`qemu-arm -L ROOT`), an emulated 32-bit ARM board
  *    (arm64 under qemu-aarch64 when armhf cannot be had).
- * Each prepare function returns the node or the reason a test should skip; with $CI set, a missing
- * tool is an error instead (CI installs it, see .ci/run).
+ * Each prepare function returns the node or the reason a test should skip; with $CI set, a node that
+ * cannot be had (a missing tool, or one that does not start) is an error instead (CI installs it, see .ci/run).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -38,8 +38,13 @@ function cleanEnv(): Record<string, string> {
 }
 
 function unavailable(reason: string): Prepared<never> {
-  if (inCi()) throw new Error(`${reason} (CI should have installed it: see .ci/run)`);
   return { ok: false, reason };
+}
+
+/** Outside CI a node that cannot be had is a reason to skip; in CI (which installs everything) an error. */
+export function requireInCi<T>(p: Prepared<T>): Prepared<T> {
+  if (!p.ok && inCi()) throw new Error(`${p.reason} (CI installs what this needs: see .ci/run)`);
+  return p;
 }
 
 /** Runs `node -e` with the prepared command and fills in version/arch, or says why it does not start. */
@@ -62,6 +67,10 @@ async function tools(): Promise<string | null> {
  * `--user --map-root-user` when not root), so nothing outside that process sees it.
  */
 export async function prepareDebianNode18(): Promise<Prepared<ForeignNode>> {
+  return requireInCi(await nativeNode18());
+}
+
+async function nativeNode18(): Promise<Prepared<ForeignNode>> {
   const missing = await tools();
   if (missing) return unavailable(missing);
   if (!onPath('unshare')) return unavailable('unshare (util-linux) is not installed');
@@ -92,6 +101,10 @@ async function ensureForeignArch(arch: string): Promise<string | null> {
 
 /** Debian's nodejs 18 for `arch` (armhf or arm64) under qemu-user, its root given with -L. */
 export async function prepareEmulatedNode18(arch: 'armhf' | 'arm64'): Promise<Prepared<ForeignNode>> {
+  return requireInCi(await emulatedNode18(arch));
+}
+
+async function emulatedNode18(arch: 'armhf' | 'arm64'): Promise<Prepared<ForeignNode>> {
   const missing = await tools();
   if (missing) return unavailable(missing);
   const qemu = onPath(QEMU[arch]!) ?? onPath(`${QEMU[arch]}-static`);
@@ -111,10 +124,10 @@ export async function prepareEmulatedNode18(arch: 'armhf' | 'arm64'): Promise<Pr
 
 /** The emulated 32-bit ARM board (armhf); arm64 if armhf cannot be prepared. */
 export async function prepareArmBoardNode18(): Promise<Prepared<ForeignNode>> {
-  const armhf = await prepareEmulatedNode18('armhf');
+  const armhf = await emulatedNode18('armhf');
   if (armhf.ok) return armhf;
-  const arm64 = await prepareEmulatedNode18('arm64');
-  return arm64.ok ? arm64 : { ok: false, reason: `armhf: ${armhf.reason}; arm64: ${arm64.reason}` };
+  const arm64 = await emulatedNode18('arm64');
+  return requireInCi(arm64.ok ? arm64 : { ok: false, reason: `armhf: ${armhf.reason}; arm64: ${arm64.reason}` });
 }
 
 export interface SpawnOptions {
