@@ -1,0 +1,49 @@
+import { spawn } from 'node:child_process';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FLEET_BIN } from '../../cli/demo.ts';
+import { LinkProxy } from '../../simulations/link-proxy.ts';
+import { connect, createFixture, GROUP, MEDIUM_LAYERS, MODEL, publish, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+
+let f: Fixture | undefined;
+let proxy: LinkProxy | undefined;
+afterEach(async () => {
+  await proxy?.stop();
+  await f?.close();
+  proxy = undefined;
+  f = undefined;
+});
+
+describe('fleet withdraw', () => {
+  it('takes a group\'s release back: a download in progress stops, the device keeps its model, and the broker keeps no release', async () => {
+    f = await createFixture('withdraw', { layers: MEDIUM_LAYERS, rank: 16 });
+    // A slow link, so the withdrawal arrives mid-download.
+    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 8_000 });
+    await proxy.start();
+    const watch = await StatusWatch.start(f);
+    spawnDevice(f, 'w1', [], proxy.url);
+    await watch.until('w1', (s) => s.state === 'idle');
+    await publish(f);
+    await watch.until('w1', (s) => s.state === 'downloading' && s.bytes > 0, 60_000);
+    // Not spawnSync: the broker runs in this process and must go on answering.
+    const c = spawn(process.execPath, [FLEET_BIN, 'withdraw', '--model', MODEL, '--group', GROUP, '--broker', f.url], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const r = { stdout: '', stderr: '', status: null as number | null };
+    c.stdout!.on('data', (d: Buffer) => (r.stdout += d.toString()));
+    c.stderr!.on('data', (d: Buffer) => (r.stderr += d.toString()));
+    r.status = await new Promise<number | null>((resolve) => c.once('exit', resolve));
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe(`withdrew the release of ${MODEL} for group ${GROUP} (${topics.release(GROUP, MODEL)}); devices keep the model they run\n`);
+    const s = await watch.until('w1', (s) => s.state === 'idle', 60_000);
+    expect(s.message).toBe('release withdrawn');
+    expect(s.running).toBe(f.update.baseDigest);
+    // Nothing retained any more: a new subscriber to the release topic receives nothing.
+    const t = await connect(f, 'withdraw-check');
+    const got: Uint8Array[] = [];
+    t.onMessage((topic, payload) => {
+      if (topic === topics.release(GROUP, MODEL)) got.push(payload);
+    });
+    await t.subscribe(topics.release(GROUP, MODEL), 1);
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(got).toEqual([]);
+  }, 120_000);
+});
