@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import { DeviceAgent } from '../device/agent.ts';
+import { packetLimitOf } from '../device/agent-config.ts';
 import { digestModelFile } from '../util/model-file.ts';
 import { systemClock } from '../device/clock.ts';
 import { digestHealthCheck } from '../device/health.ts';
@@ -63,6 +64,8 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     keepaliveSeconds: o.keepalive,
     connectTimeoutMs: o.connectTimeout * 1000,
     reconnectMaxMs: o.reconnectMax * 1000,
+    // Nothing larger than the biggest frame its caps allow is buffered.
+    maxIncomingPacket: packetLimitOf({ maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk }),
   });
   let refused: string | undefined;
   transport.onDisconnect((reason) => {
@@ -70,6 +73,10 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     refused = reason.startsWith('the broker refused') ? reason : undefined;
   });
   transport.onConnect(() => (refused = undefined));
+  transport.onDisconnect(() => {
+    if (transport.oversized) log.warn(`connection closed: the broker sent a ${transport.oversized}`);
+    transport.oversized = undefined;
+  });
   const agent = new DeviceAgent(
     { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
       validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,

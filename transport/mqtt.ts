@@ -2,7 +2,9 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { MqttClient, type IClientOptions } from 'mqtt';
+import { MAX_CHUNK_BYTES } from '../protocol/manifest.ts';
 import type { WireStats } from '../protocol/status.ts';
+import { describeBreach, limitIncoming } from './packet-limit.ts';
 import type { MessageHandler, PublishOptions, Transport } from './types.ts';
 
 export interface MqttTransportOptions {
@@ -30,7 +32,16 @@ export interface MqttTransportOptions {
    * named by FLEET_TLS_CA, FLEET_TLS_CERT and FLEET_TLS_KEY (the CLI's --ca, --client-cert, --client-key).
    */
   tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer };
+  /**
+   * The largest packet (remaining length) accepted from the broker; a larger one closes
+   * the connection as soon as its fixed header arrives, before it is buffered
+   * (transport/packet-limit.ts). Default DEFAULT_MAX_INCOMING_PACKET.
+   */
+  maxIncomingPacket?: number;
 }
+
+/** A frame of the largest chunk the protocol allows, or its chunk list, with room to spare. */
+export const DEFAULT_MAX_INCOMING_PACKET = 2 * MAX_CHUNK_BYTES + 64 * 1024;
 
 function fromEnvFile(name: string): Buffer | undefined {
   const file = process.env[name];
@@ -56,6 +67,9 @@ export class MqttTransport implements Transport {
   private serverIndex = 0;
   /** Why the broker last refused the login, if it did. */
   refusal: string | undefined;
+  /** Connections closed because the broker sent a packet over maxIncomingPacket (the last reason in `oversized`). */
+  oversizedPackets = 0;
+  oversized: string | undefined;
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
@@ -68,6 +82,7 @@ export class MqttTransport implements Transport {
     const tlsFiles = servers.some((x) => x.secure)
       ? { ca: opts.tls?.ca ?? fromEnvFile('FLEET_TLS_CA'), cert: opts.tls?.cert ?? fromEnvFile('FLEET_TLS_CERT'), key: opts.tls?.key ?? fromEnvFile('FLEET_TLS_KEY') }
       : undefined;
+    const maxIncoming = opts.maxIncomingPacket ?? DEFAULT_MAX_INCOMING_PACKET;
     const min = opts.reconnectMinMs ?? 500;
     const max = opts.reconnectMaxMs ?? 30_000;
     const clientOpts: IClientOptions = {
@@ -97,7 +112,13 @@ export class MqttTransport implements Transport {
         this.bytesOutDone += raw.bytesWritten;
         if (this.socket === raw) this.socket = undefined;
       });
-      return tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
+      const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
+      limitIncoming(stream, () => maxIncoming, (b) => {
+        this.oversizedPackets++;
+        this.oversized = describeBreach(b);
+        stream.destroy();
+      });
+      return stream;
     }, clientOpts);
     this.client.on('connect', () => {
       this.failures = 0;
