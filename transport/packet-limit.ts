@@ -103,3 +103,20 @@ export function describeBreach(b: PacketLimitBreach): string {
     ? `malformed remaining length in a packet of type ${b.type}`
     : `packet of type ${b.type} declares ${b.declared} bytes, over the limit of ${b.limit}`;
 }
+
+/** MQTT's remaining-length encoding (1 to 4 bytes), for tools that write packets by hand. */
+export function encodeRemainingLength(n: number): Buffer {
+  const out: number[] = [];
+  do {
+    let b = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) b |= 0x80;
+    out.push(b);
+  } while (n > 0);
+  return Buffer.from(out);
+}
+
+/** A fixed header of a packet of `type` (1 CONNECT, 3 PUBLISH …) declaring `length` bytes to follow. */
+export function fixedHeader(type: number, length: number): Buffer {
+  return Buffer.concat([Buffer.from([type << 4]), encodeRemainingLength(length)]);
+}

@@ -4,18 +4,9 @@
  * without a clean session).
  */
 import net from 'node:net';
+import { encodeRemainingLength as remainingLength, fixedHeader } from '../../transport/packet-limit.ts';
 
-/** The remaining-length encoding (1 to 4 bytes). */
-export function remainingLength(n: number): Buffer {
-  const out: number[] = [];
-  do {
-    let b = n % 128;
-    n = Math.floor(n / 128);
-    if (n > 0) b |= 0x80;
-    out.push(b);
-  } while (n > 0);
-  return Buffer.from(out);
-}
+export { remainingLength, fixedHeader };
 
 const str = (s: string): Buffer => {
   const b = Buffer.from(s);
@@ -32,11 +23,6 @@ export function connectPacket(o: { clientId: string; clean?: boolean; username?:
     ...(o.password !== undefined ? [str(o.password)] : []),
   ]);
   return Buffer.concat([Buffer.from([0x10]), remainingLength(body.length), body]);
-}
-
-/** The fixed header of a packet of `type` (1 CONNECT, 3 PUBLISH …) declaring `length` bytes to follow. */
-export function fixedHeader(type: number, length: number): Buffer {
-  return Buffer.concat([Buffer.from([type << 4]), remainingLength(length)]);
 }
 
 /** A connected raw socket that records what it receives and when it closes. */
