@@ -11,6 +11,7 @@ import type { Topics } from '../protocol/topics.ts';
 import type { Logger } from '../util/log.ts';
 import { Acl, type AclDecision, type Principal, type Role } from './acl.ts';
 import { clientIdRefusal, deviceClientId } from './client-ids.ts';
+import { statusClaimRefusal } from './status-claims.ts';
 import { generatePassword, principalOf, readUsersFile, userFingerprint, verifyNobody, verifyPassword, type UserRecord } from './users-file.ts';
 
 export { deviceClientId };
@@ -250,11 +251,16 @@ export class BrokerAuth {
     }
     const isWill = packet === this.wills.get(client);
     const s = this.session(client);
-    let d = s.ok ? this.acl.publish(s.principal, packet.topic) : s;
+    let d: AclDecision | { allowed: false; reason: string } = s.ok ? this.acl.publish(s.principal, packet.topic) : s;
     if (isWill && !s.ok && s.reason === 'user-changed') {
       // Disconnected because its rights changed (e.g. regrouped): its will is judged by the new ones.
       const u = this.users.get(this.byClient.get(client)!.principal.name);
       if (u) d = this.acl.publish(principalOf(u), packet.topic);
+    }
+    if (d.allowed && s.ok && s.principal.role === 'device' && this.acl.topics.parse(packet.topic)?.kind === 'status') {
+      // Allowed on its own status topic; the payload must speak for this device only.
+      const why = statusClaimRefusal(s.principal, packet.payload as Buffer);
+      if (why) d = { allowed: false, reason: why };
     }
     if (!d.allowed) this.refused(isWill ? 'will refused' : 'publish refused', client, packet.topic, d.reason);
     return d;
