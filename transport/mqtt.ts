@@ -49,6 +49,17 @@ function fromEnvFile(name: string): Buffer | undefined {
 }
 
 /**
+ * The password of a URL that names a user but no password (`mqtt://NAME@host:port`), so it
+ * need not sit in a command line (`ps`): FLEET_PASSWORD, or the first line of the file named
+ * by FLEET_PASSWORD_FILE (the CLI's --broker-password-file).
+ */
+function passwordFromEnv(): string | undefined {
+  if (process.env.FLEET_PASSWORD) return process.env.FLEET_PASSWORD;
+  const file = process.env.FLEET_PASSWORD_FILE;
+  return file ? readFileSync(file, 'utf8').split(/\r?\n/)[0] : undefined;
+}
+
+/**
  * MQTT 3.1.1 over TCP with TCP_NODELAY (without it a request/response round
  * trip on loopback costs ~44 ms: Nagle meets delayed ACKs). Reconnects with
  * exponential backoff and jitter; subscriptions are restored on reconnect.
@@ -95,7 +106,7 @@ export class MqttTransport implements Transport {
       resubscribe: true,
       queueQoSZero: false,
       username: opts.username ?? (u.username ? decodeURIComponent(u.username) : undefined),
-      password: opts.password ?? (u.password ? decodeURIComponent(u.password) : undefined),
+      password: opts.password ?? (u.password ? decodeURIComponent(u.password) : undefined) ?? (opts.username || u.username ? passwordFromEnv() : undefined),
       // A refused login (bad password, removed user) is retried with the same backoff:
       // the operator may fix the users file while the device waits.
       reconnectOnConnackError: true,
