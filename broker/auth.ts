@@ -12,6 +12,8 @@ import type { Logger } from '../util/log.ts';
 import { Acl, type AclDecision, type Principal, type Role } from './acl.ts';
 import { clientIdRefusal, deviceClientId } from './client-ids.ts';
 import { statusClaimRefusal } from './status-claims.ts';
+import { MAX_OPEN_UPLOADS, UploadQuota } from './upload-quota.ts';
+import { decodeReceipt } from '../protocol/frames.ts';
 import { generatePassword, principalOf, readUsersFile, userFingerprint, verifyNobody, verifyPassword, type UserRecord } from './users-file.ts';
 
 export { deviceClientId };
@@ -54,6 +56,7 @@ export class BrokerAuth {
   private stamp = '';
   private polling = false;
   private aedes: Aedes | undefined;
+  private readonly uploads = new UploadQuota();
 
   private constructor(private readonly o: BrokerAuthOptions) {
     this.acl = new Acl(o.topics);
@@ -257,17 +260,32 @@ export class BrokerAuth {
       const u = this.users.get(this.byClient.get(client)!.principal.name);
       if (u) d = this.acl.publish(principalOf(u), packet.topic);
     }
-    if (d.allowed && s.ok && s.principal.role === 'device' && this.acl.topics.parse(packet.topic)?.kind === 'status') {
+    const parsed = d.allowed && s.ok ? this.acl.topics.parse(packet.topic) : undefined;
+    if (parsed?.kind === 'status' && s.ok && s.principal.role === 'device') {
       // Allowed on its own status topic; the payload must speak for this device only.
       const why = statusClaimRefusal(s.principal, packet.payload as Buffer);
       if (why) d = { allowed: false, reason: why };
     }
+    if (parsed?.kind === 'upload' && s.ok && !this.uploads.allow(s.principal.name, parsed.updateId)) {
+      d = { allowed: false, reason: `upload-quota: ${MAX_OPEN_UPLOADS} uploads in progress` };
+    }
+    if (parsed?.kind === 'uploadReceipt' && s.ok && s.principal.role === 'server' && receiptCloses(packet.payload as Buffer)) this.uploads.finish(parsed.updateId);
     if (!d.allowed) this.refused(isWill ? 'will refused' : 'publish refused', client, packet.topic, d.reason);
     return d;
   }
 
   private refused(msg: string, client: Client | null, topic: string, reason: string, clientId?: string): void {
     this.log.warn(msg, { client: client?.id ?? clientId ?? null, user: (client && this.byClient.get(client)?.principal.name) ?? null, topic, reason });
+  }
+}
+
+/** Whether an upload receipt ends the upload (stored, or refused with an error). */
+function receiptCloses(payload: Uint8Array): boolean {
+  try {
+    const r = decodeReceipt(payload);
+    return r.stored || r.error !== undefined;
+  } catch {
+    return false;
   }
 }
 
