@@ -65,8 +65,10 @@ export interface GatewayOptions {
   log: Logger;
 }
 
-function isLoopbackHost(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+/** The error a site broker on `host` without a users file logs at start; undefined on loopback or with auth. */
+export function openSiteWarning(host: string, auth: string | undefined): string | undefined {
+  if (auth || host === 'localhost' || host === '::1' || /^127\./.test(host)) return undefined;
+  return `the site broker listens on ${host}, beyond loopback, without --auth: any client on the network may publish and subscribe as any device (give it --auth FILE)`;
 }
 
 /**
@@ -132,10 +134,9 @@ export class Gateway {
       port: this.o.listen, host: this.o.host, dataDir: this.dir('site'), persistence: this.o.persistence ?? 'level',
       prefix: this.o.prefix, auth: this.o.auth, tls: this.o.tls, log: log.child('site'),
     });
-    if (!this.o.auth && !isLoopbackHost(this.site.host)) {
-      // Loud on purpose: without --auth, anything on the site's network may pose as any device.
-      log.error('the site broker listens beyond loopback without --auth: any client on the network may publish and subscribe as any device (give it --auth FILE)', { host: this.site.host, port: this.site.port });
-    }
+    const exposed = openSiteWarning(this.site.host, this.o.auth);
+    // Loud on purpose: without --auth, anything on the site's network may pose as any device.
+    if (exposed) log.error(exposed, { host: this.site.host, port: this.site.port });
     this.store = new ContentStore(this.dir('site', 'store'));
     await this.store.init();
     this.upstream = MqttTransport.start({

@@ -11,7 +11,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
-import type { Gateway, GatewayOptions } from '../../gateway/gateway.ts';
+import { openSiteWarning, type Gateway, type GatewayOptions } from '../../gateway/gateway.ts';
+import { createLogger } from '../../util/log.ts';
 import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { createFixture, GROUP, MODEL, topics, type Fixture } from '../support/harness.ts';
@@ -95,5 +96,20 @@ describe('what the gateway mirrors is not up to its devices', () => {
     expect(await saved()).toEqual([`own-group/${MODEL}`]);
     const s = await gw.status();
     expect(s.learning).toMatchObject({ mode: 'logins', learned: 1, cap: null });
+  }, 60_000);
+});
+
+describe('an open site broker says so', () => {
+  it('beyond loopback without --auth: an error naming the cure; on loopback or with --auth: nothing', () => {
+    for (const host of ['0.0.0.0', '::', '192.168.1.10']) expect(openSiteWarning(host, undefined)).toMatch(/beyond loopback, without --auth.*--auth FILE/);
+    for (const host of ['127.0.0.1', '::1', 'localhost']) expect(openSiteWarning(host, undefined)).toBeUndefined();
+    expect(openSiteWarning('0.0.0.0', 'users.json')).toBeUndefined();
+  });
+
+  it('a gateway started on loopback without --auth logs no such error', async () => {
+    f = await createFixture('sec-gw-open');
+    const lines: string[] = [];
+    gw = await startGateway(f, { groups: [GROUP], log: createLogger('gateway', 'error', (l) => lines.push(l)) });
+    expect(lines.filter((l) => l.includes('beyond loopback'))).toEqual([]);
   }, 60_000);
 });
