@@ -27,6 +27,10 @@ export function clientIdRefusal(p: Principal, clientId: string): string | undefi
     const want = deviceClientId(p.name);
     return clientId === want ? undefined : `a device must connect as client id ${want}`;
   }
+  if (p.role === 'gateway' && p.site !== undefined) {
+    const want = `fleet-gateway-${p.site}`;
+    return clientId === want ? undefined : `the gateway of site ${p.site} must connect as client id ${want}`;
+  }
   const reserved = RESERVED_PREFIXES.find((r) => clientId.startsWith(r.prefix));
   if (reserved && reserved.role !== p.role) return `client id prefix ${reserved.prefix} is reserved to the ${reserved.role} role`;
   return undefined;

@@ -16,7 +16,7 @@ import { freePort, GROUP, MODEL, tempDir } from '../support/harness.ts';
 import { connectPacket, fixedHeader, RawClient } from '../support/raw-mqtt.ts';
 
 const PEOPLE: Array<[string, UserRecord['role']]> = [
-  ['viewer1', 'viewer'], ['op1', 'operator'], ['gw-a', 'gateway'], ['gw-b', 'gateway'], ['ctl', 'rollout'], ['srv', 'server'], ['dev1', 'device'],
+  ['viewer1', 'viewer'], ['op1', 'operator'], ['gw-a', 'gateway'], ['gw-b', 'gateway'], ['ctl', 'rollout'], ['srv', 'server'], ['dev1', 'device'], ['gw-north', 'gateway'],
 ];
 const pw = (name: string): string => `${name}-secret`;
 
@@ -27,7 +27,7 @@ let authed: BrokerProcess;
 beforeAll(async () => {
   dir = await tempDir('sec-connect');
   const users = await Promise.all(PEOPLE.map(async ([name, role]): Promise<UserRecord> => ({
-    name, role, ...(role === 'device' ? { group: GROUP, model: MODEL } : {}), ...(await hashPassword(pw(name))),
+    name, role, ...(role === 'device' ? { group: GROUP, model: MODEL } : {}), ...(name === 'gw-north' ? { site: 'north' } : {}), ...(await hashPassword(pw(name))),
   })));
   const file = path.join(dir, 'users.json');
   await writeUsersFile(file, { users });
@@ -157,6 +157,24 @@ describe("a role's client ids are that role's alone", () => {
       for (const c of keep) c.end(true);
     }
   }, 90_000);
+
+  it("a gateway user bound to a site (fleet user add --site) may use only that site's client id and status", async () => {
+    const keep: MqttClient[] = [];
+    try {
+      expect(await login('gw-north', 'fleet-gateway-south', keep)).toBe(5);
+      expect(await login('gw-north', 'anything-else', keep)).toBe(5);
+      expect(await login('gw-north', 'fleet-gateway-north', keep)).toBe(0);
+      const gw = keep[keep.length - 1]!;
+      const closed = new Promise<void>((r) => gw.once('close', () => r()));
+      gw.publish('fleet/gateways/north/status', '{"site":"north"}', { qos: 1 });
+      await new Promise((r) => setTimeout(r, 300));
+      expect(gw.connected).toBe(true);
+      gw.publish('fleet/gateways/south/status', '{"site":"south"}', { qos: 1 });
+      await closed;
+    } finally {
+      for (const c of keep) c.end(true);
+    }
+  }, 60_000);
 
   it('the rollout role may use a rollout id and the server role the update server id', async () => {
     const keep: MqttClient[] = [];
