@@ -47,7 +47,7 @@ export function findBinary(candidates: string[], probe: string): string | undefi
 export const findMosquitto = (): string | undefined => findBinary(['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto'], '-h');
 export const findRedisServer = (): string | undefined => findBinary(['/usr/bin/redis-server', '/usr/local/bin/redis-server'], '--version');
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const s = net.createServer();
   await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
   const port = (s.address() as net.AddressInfo).port;
@@ -56,7 +56,7 @@ async function freePort(): Promise<number> {
 }
 
 /** kB figure of a /proc/PID/status field, or 0 when the process is gone. */
-function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
+export function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : 0;
@@ -89,7 +89,7 @@ class RssSampler {
 }
 
 /** Starts a process logging to a file; resolves when its output matches `ready` (or the port listens). */
-async function startProcess(cmd: string, args: string[], logFile: string, ready: RegExp | number, timeoutMs = 60_000): Promise<ChildProcess> {
+export async function startProcess(cmd: string, args: string[], logFile: string, ready: RegExp | number, timeoutMs = 60_000): Promise<ChildProcess> {
   const log = createWriteStream(logFile, { flags: 'a' });
   const child = track(spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
   child.stdout!.pipe(log);

@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 
 /** Global options that take a value (cli/program.ts): their value is not the command. */
-const VALUED = new Set(['--log-level', '--prefix', '--ca', '--client-cert', '--client-key', '--stop-timeout']);
+const VALUED = new Set(['--log-level', '--prefix', '--ca', '--client-cert', '--client-key', '--stop-timeout', '--broker-password-file']);
 function commandOf(args) {
   for (let i = 0; i < args.length; i++) {
     const a = args[i];

@@ -22,6 +22,8 @@ export interface Principal {
   role: Role;
   group?: string;
   model?: string;
+  /** A gateway bound to one site (its client id and its gateway status). */
+  site?: string;
 }
 
 export type AclAction = 'publish' | 'subscribe';
@@ -36,6 +38,7 @@ export type AclReason =
   | 'other-device' // a device naming another device
   | 'other-group' // a device naming another group
   | 'other-model' // a device naming another model
+  | 'other-site' // a gateway bound to a site naming another
   | 'invalid-principal'; // e.g. a device without group or model
 
 export type AclDecision = { allowed: true } | { allowed: false; reason: AclReason };
@@ -119,6 +122,7 @@ export class Acl {
 
   private decide(p: Principal, action: AclAction, t: Target): AclDecision {
     if (p.role === 'device') return this.device(p, action, t);
+    if (p.role === 'gateway' && p.site !== undefined && action === 'publish' && t.parsed.kind === 'gatewayStatus' && t.parsed.site !== p.site) return refuse('other-site');
     const kinds = ROLE_KINDS[p.role]?.[action];
     if (!kinds) return refuse('invalid-principal');
     return kinds.includes(t.parsed.kind) ? ALLOW : refuse('role-not-allowed');

@@ -9,13 +9,14 @@ import { promises as fs } from 'node:fs';
 import type { Aedes, AedesOptions, AuthenticateError, Client, ConnectPacket, PublishPacket } from 'aedes';
 import type { Topics } from '../protocol/topics.ts';
 import type { Logger } from '../util/log.ts';
-import { Acl, type AclDecision, type Principal } from './acl.ts';
+import { Acl, type AclDecision, type Principal, type Role } from './acl.ts';
+import { clientIdRefusal, deviceClientId } from './client-ids.ts';
+import { statusClaimRefusal } from './status-claims.ts';
+import { MAX_OPEN_UPLOADS, UploadQuota } from './upload-quota.ts';
+import { decodeReceipt } from '../protocol/frames.ts';
 import { generatePassword, principalOf, readUsersFile, userFingerprint, verifyNobody, verifyPassword, type UserRecord } from './users-file.ts';
 
-/** The MQTT client id a device must use (transport clients name themselves so). */
-export function deviceClientId(name: string): string {
-  return `fleet-device-${name}`;
-}
+export { deviceClientId };
 const DEVICE_CLIENT_PREFIX = deviceClientId('');
 
 /** Not a valid users-file name (those are [A-Za-z0-9._-]), so it can never collide with one. */
@@ -39,7 +40,7 @@ interface Session {
 }
 
 type Will = ConnectPacket['will'];
-type Refusal = { code: 4 | 5; reason: string };
+type Refusal = { code: 2 | 4 | 5; reason: string };
 
 export class BrokerAuth {
   readonly acl: Acl;
@@ -54,6 +55,8 @@ export class BrokerAuth {
   private timer: NodeJS.Timeout | undefined;
   private stamp = '';
   private polling = false;
+  private aedes: Aedes | undefined;
+  private readonly uploads = new UploadQuota();
 
   private constructor(private readonly o: BrokerAuthOptions) {
     this.acl = new Acl(o.topics);
@@ -72,6 +75,16 @@ export class BrokerAuth {
   /** How the in-process update server logs in. */
   get internalCredential(): { username: string; password: string; clientId: string } {
     return { username: INTERNAL_SERVER_USER, password: this.internalPassword.toString(), clientId: this.o.internalClientId };
+  }
+
+  /** The role a logged-in client holds (undefined before its login succeeds). */
+  roleOf(client: Client): Role | undefined {
+    return this.byClient.get(client)?.principal.role;
+  }
+
+  /** The principal a logged-in client holds. */
+  principalOf(client: Client): Principal | undefined {
+    return this.byClient.get(client)?.principal;
   }
 
   /** The Aedes hooks. */
@@ -117,6 +130,7 @@ export class BrokerAuth {
 
   /** Follows the file from now on, and disconnects clients whose user goes away or changes. */
   attach(aedes: Aedes): void {
+    this.aedes = aedes;
     aedes.on('clientDisconnect', (client) => this.live.delete(client));
     this.timer = setInterval(() => void this.poll(), this.o.pollMs ?? 1000);
     this.timer.unref();
@@ -179,7 +193,7 @@ export class BrokerAuth {
 
   /** null when the client may connect. */
   private async login(client: Client, username: string | undefined, password: Buffer | undefined): Promise<Refusal | null> {
-    const refuse = (code: 4 | 5, reason: string): Refusal => {
+    const refuse = (code: 2 | 4 | 5, reason: string): Refusal => {
       this.log.warn('connection refused', { client: client.id, user: username ?? null, reason, returnCode: code });
       return { code, reason };
     };
@@ -197,8 +211,12 @@ export class BrokerAuth {
       if (!ok || !u) return refuse(4, 'bad user name or password');
       // The file may have changed while scrypt ran.
       if (this.users.get(username) !== u) return refuse(5, 'user changed during login');
-      if (u.role === 'device' ? client.id !== deviceClientId(u.name) : client.id.startsWith(DEVICE_CLIENT_PREFIX) || client.id === this.o.internalClientId) {
-        return refuse(5, u.role === 'device' ? `a device must connect as client id ${deviceClientId(u.name)}` : 'client id reserved');
+      const badId = client.id === this.o.internalClientId ? 'client id reserved' : clientIdRefusal(principalOf(u), client.id);
+      if (badId) return refuse(5, badId);
+      // A live session under this id belongs to another user: taking it over would kick that client off.
+      const holder = (this.aedes as (Aedes & { clients?: Record<string, Client> }) | undefined)?.clients?.[client.id];
+      if (holder && holder !== client && !holder.closed && this.byClient.get(holder)?.principal.name !== u.name) {
+        return refuse(2, 'client id in use by another user');
       }
       session = { principal: principalOf(u), fingerprint: userFingerprint(u) };
     }
@@ -236,18 +254,38 @@ export class BrokerAuth {
     }
     const isWill = packet === this.wills.get(client);
     const s = this.session(client);
-    let d = s.ok ? this.acl.publish(s.principal, packet.topic) : s;
+    let d: AclDecision | { allowed: false; reason: string } = s.ok ? this.acl.publish(s.principal, packet.topic) : s;
     if (isWill && !s.ok && s.reason === 'user-changed') {
       // Disconnected because its rights changed (e.g. regrouped): its will is judged by the new ones.
       const u = this.users.get(this.byClient.get(client)!.principal.name);
       if (u) d = this.acl.publish(principalOf(u), packet.topic);
     }
+    const parsed = d.allowed && s.ok ? this.acl.topics.parse(packet.topic) : undefined;
+    if (parsed?.kind === 'status' && s.ok && s.principal.role === 'device') {
+      // Allowed on its own status topic; the payload must speak for this device only.
+      const why = statusClaimRefusal(s.principal, packet.payload as Buffer);
+      if (why) d = { allowed: false, reason: why };
+    }
+    if (parsed?.kind === 'upload' && s.ok && !this.uploads.allow(s.principal.name, parsed.updateId)) {
+      d = { allowed: false, reason: `upload-quota: ${MAX_OPEN_UPLOADS} uploads in progress` };
+    }
+    if (parsed?.kind === 'uploadReceipt' && s.ok && s.principal.role === 'server' && receiptCloses(packet.payload as Buffer)) this.uploads.finish(parsed.updateId);
     if (!d.allowed) this.refused(isWill ? 'will refused' : 'publish refused', client, packet.topic, d.reason);
     return d;
   }
 
   private refused(msg: string, client: Client | null, topic: string, reason: string, clientId?: string): void {
     this.log.warn(msg, { client: client?.id ?? clientId ?? null, user: (client && this.byClient.get(client)?.principal.name) ?? null, topic, reason });
+  }
+}
+
+/** Whether an upload receipt ends the upload (stored, or refused with an error). */
+function receiptCloses(payload: Uint8Array): boolean {
+  try {
+    const r = decodeReceipt(payload);
+    return r.stored || r.error !== undefined;
+  } catch {
+    return false;
   }
 }
 

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
-import { Aedes } from 'aedes';
+import { Aedes, type Client } from 'aedes';
 import { Level } from 'level';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
@@ -17,8 +17,10 @@ import { liveDashboard } from '../operator/dashboard-live.ts';
 import type { Logger } from '../util/log.ts';
 import { DirLock } from '../util/dir-lock.ts';
 import { BrokerAuth } from './auth.ts';
+import type { Role } from './acl.ts';
 import { openCluster, UpdateServerLease, type ClusterParts } from './cluster.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
+import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.ts';
 
 const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
@@ -112,7 +114,14 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     await destroyPersistence();
     throw e;
   }
-  const aedes = await Aedes.createBroker({ persistence, mq: cluster?.mq, id: cluster?.brokerId ?? `fleet-broker-${process.pid}`, ...auth?.hooks() });
+  const authHooks = auth?.hooks();
+  const aedes = await Aedes.createBroker({ persistence, mq: cluster?.mq, id: cluster?.brokerId ?? `fleet-broker-${process.pid}`, ...authHooks, ...connectRules(authHooks, log.child('connect')) });
+  const roleOf = (c: Client): Role | undefined => auth?.roleOf(c);
+  // Packets over the limit for the connection's phase and role are cut before Aedes buffers them.
+  const handle = (stream: net.Socket, req?: http.IncomingMessage): void => {
+    const client = aedes.handle(stream, req);
+    limitPackets(stream, client, roleOf, auth !== undefined, log.child('limits'));
+  };
   if (auth) auth.attach(aedes);
   else log.warn('broker is unauthenticated: any client may publish and subscribe to anything (start it with --auth FILE)');
   aedes.on('clientError', (client, err) => log.debug('client error', { client: client?.id, error: err.message }));
@@ -125,7 +134,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     metrics?.trackSocket(socket);
-    aedes.handle(socket);
+    handle(socket);
   };
   const listen = (srv: net.Server, port: number, on: string): Promise<number> =>
     new Promise<number>((resolve, reject) => {
@@ -155,12 +164,13 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
       res.writeHead(426, { 'content-type': 'text/plain' });
       res.end('MQTT over WebSocket only\n');
     });
-    wsServer = new WebSocketServer({ server: wsHttp, handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : false) });
+    // ws buffers a whole message before handing it on: no message over the largest packet a logged-in operator may send.
+    wsServer = new WebSocketServer({ server: wsHttp, maxPayload: PACKET_LIMITS.operator, handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : false) });
     wsServer.on('connection', (socket, req) => {
       (req.socket as net.Socket).setNoDelay(true);
       sockets.add(req.socket as net.Socket);
       req.socket.on('close', () => sockets.delete(req.socket as net.Socket));
-      aedes.handle(createWebSocketStream(socket) as unknown as net.Socket, req);
+      handle(createWebSocketStream(socket) as unknown as net.Socket, req);
     });
     const wsHost = o.ws.host ?? host;
     const wsPort = await listen(wsHttp, o.ws.port, wsHost);

@@ -22,6 +22,8 @@ export interface UserRecord {
   group?: string;
   /** Devices only. */
   model?: string;
+  /** Gateways only, optional: the one site whose client id (`fleet-gateway-SITE`) and status it may use. */
+  site?: string;
   /** base64 */
   salt: string;
   /** base64 */
@@ -75,12 +77,13 @@ export function generatePassword(): string {
 }
 
 export function principalOf(u: UserRecord): Principal {
-  return u.role === 'device' ? { name: u.name, role: u.role, group: u.group, model: u.model } : { name: u.name, role: u.role };
+  if (u.role === 'device') return { name: u.name, role: u.role, group: u.group, model: u.model };
+  return u.site ? { name: u.name, role: u.role, site: u.site } : { name: u.name, role: u.role };
 }
 
 /** Changes whenever anything that a connected session depends on changes (rights or password). */
 export function userFingerprint(u: UserRecord): string {
-  return JSON.stringify([u.role, u.group ?? null, u.model ?? null, u.salt, u.hash, u.params]);
+  return JSON.stringify([u.role, u.group ?? null, u.model ?? null, u.salt, u.hash, u.params, ...(u.site ? [u.site] : [])]);
 }
 
 const B64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -123,6 +126,11 @@ export function parseUsersFile(text: string, source = 'users file'): UsersFile {
     } else if (u.group !== undefined || u.model !== undefined) {
       throw new UsersFileError(`${where} (${name}): only devices have a group and model`);
     }
+    if (u.site !== undefined) {
+      if (u.role !== 'gateway') throw new UsersFileError(`${where} (${name}): only gateways have a site`);
+      if (typeof u.site !== 'string' || !isTopicSegment(u.site)) throw new UsersFileError(`${where} (${name}): a site must be of [A-Za-z0-9._-]`);
+      rec.site = u.site;
+    }
     for (const k of ['salt', 'hash'] as const) {
       const s = u[k];
       if (typeof s !== 'string' || s.length === 0 || !B64.test(s)) throw new UsersFileError(`${where} (${name}): ${k} must be base64`);
@@ -152,7 +160,7 @@ export async function readUsersFileOrEmpty(file: string): Promise<UsersFile> {
 /** Atomic replace (temp file, fsync, rename), mode 0600. */
 export async function writeUsersFile(file: string, data: UsersFile): Promise<void> {
   const users = data.users.map((u) => ({
-    name: u.name, role: u.role, ...(u.role === 'device' ? { group: u.group, model: u.model } : {}),
+    name: u.name, role: u.role, ...(u.role === 'device' ? { group: u.group, model: u.model } : {}), ...(u.role === 'gateway' && u.site ? { site: u.site } : {}),
     salt: u.salt, hash: u.hash, params: u.params,
   }));
   await writeFileAtomic(file, JSON.stringify({ users }, null, 2) + '\n', 0o600);

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { DeviceAgent } from '../device/agent.ts';
+import { packetLimitOf } from '../device/agent-config.ts';
 import { digestModelFile } from '../util/model-file.ts';
 import { systemClock } from '../device/clock.ts';
 import { digestHealthCheck } from '../device/health.ts';
@@ -78,6 +79,8 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     keepaliveSeconds: o.keepalive,
     connectTimeoutMs: o.connectTimeout * 1000,
     reconnectMaxMs: o.reconnectMax * 1000,
+    // Nothing larger than the biggest frame its caps allow is buffered.
+    maxIncomingPacket: packetLimitOf({ maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk }),
   });
   // What a person at the device sees at the default log level: where it connects, when it is
   // connected, and why it cannot (each cause once until it changes or a connection succeeds).
@@ -100,6 +103,10 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     said = undefined;
     wasConnected = true;
     process.stdout.write(`fleet device ${o.id}: connected to ${transport.server}\n`);
+  });
+  transport.onDisconnect(() => {
+    if (transport.oversized) log.warn(`connection closed: the broker sent a ${transport.oversized}`);
+    transport.oversized = undefined;
   });
   const agent = new DeviceAgent(
     { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,

@@ -64,7 +64,7 @@ export async function installService(o: ServiceOptions, c: ServiceContext): Prom
   const name = unitName(o.id);
   const envFile = path.resolve(o.environmentFile ?? `/etc/fleet/device-${o.id}.env`);
   const env: Record<string, string> = {};
-  if (password !== undefined) env.FLEET_BROKER_PASSWORD = password;
+  if (password !== undefined) env.FLEET_PASSWORD = password;
   if (c.logLevel) env.FLEET_LOG = c.logLevel;
   if (c.ca) env.FLEET_TLS_CA = path.resolve(c.ca);
   if (c.clientCert) env.FLEET_TLS_CERT = path.resolve(c.clientCert);

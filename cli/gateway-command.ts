@@ -16,6 +16,7 @@ interface GatewayCliOptions {
   window?: string;
   group: string[];
   model: string[];
+  learnGroups?: number;
   idleMs: number;
   maxWindow: number;
   tickMs: number;
@@ -38,8 +39,9 @@ export function registerGatewayCommand(program: Command): void {
     .requiredOption('--site <site>', 'site name (its status: fleet/gateways/SITE/status)')
     .option('--budget <MB>', 'upstream data budget per calendar month, megabytes (10^6 bytes); downloads pause past it')
     .option('--window <HH:MM-HH:MM>', 'daily download window, local time (e.g. 01:00-05:00, or 22:00-06:00 across midnight)')
-    .option('--group <group>', 'mirror this group\'s releases (repeatable; groups are also learned from the site\'s devices)', collect, [])
+    .option('--group <group>', 'mirror this group\'s releases (repeatable)', collect, [])
     .option('--model <model>', 'only these models (repeatable)', collect, [])
+    .option('--learn-groups <n>', 'also mirror at most N group/model pairs learned from the site\'s devices (with --auth: from their logins, no cap unless given; without: from what they say, only with this option)', parseIntArg(0, 10_000))
     .option('--idle-ms <ms>', 'upstream transfer: re-ask for outstanding chunks after at least this much silence', parseIntArg(100), 10_000)
     .option('--max-window <n>', 'upstream transfer: most chunks in flight', parseIntArg(1, 1024), 32)
     .option('--auth <file>', 'the site broker\'s users file (`fleet user add … --auth FILE`): the site\'s devices log in, per-device ACLs apply')
@@ -61,7 +63,7 @@ export function registerGatewayCommand(program: Command): void {
         upstream: o.upstream, listen: o.listen, host: o.host, dataDir: o.dataDir, site: o.site,
         budgetBytes: o.budget === undefined ? undefined : parseBudget(o.budget),
         window: o.window === undefined ? undefined : parseWindow(o.window),
-        groups: o.group, models: o.model, prefix: program.opts().prefix, idleMs: o.idleMs, maxWindow: o.maxWindow, tickMs: o.tickMs, log,
+        groups: o.group, models: o.model, learnGroups: o.learnGroups, prefix: program.opts().prefix, idleMs: o.idleMs, maxWindow: o.maxWindow, tickMs: o.tickMs, log,
       });
       stop.add({ name: 'gateway (queue, ledger, upstream, site broker)', run: () => gw.close() });
       await gw.start();

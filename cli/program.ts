@@ -19,11 +19,13 @@ export function createProgram(): Command {
     .option('--ca <file>', 'for mqtts:// brokers: the CA certificate (PEM) that signed the broker (env FLEET_TLS_CA)')
     .option('--client-cert <file>', 'for mqtts:// brokers that ask for one: this client\'s certificate (PEM) (env FLEET_TLS_CERT)')
     .option('--client-key <file>', 'the key (PEM) of --client-cert (env FLEET_TLS_KEY)')
+    .option('--broker-password-file <file>', 'the broker password for URLs that name a user but no password (mqtt://NAME@host:port), so it stays out of `ps` (env FLEET_PASSWORD_FILE, or the password itself in FLEET_PASSWORD)')
     .option('--stop-timeout <duration>', 'long-running commands: bound of the graceful stop after SIGINT/SIGTERM (what is left is abandoned and logged; a second signal exits at once)', parseDuration, 5)
     .showHelpAfterError()
     .hook('preAction', () => {
       // Every command's MQTT connections read these (transport/mqtt.ts).
-      const g = program.opts() as { ca?: string; clientCert?: string; clientKey?: string };
+      const g = program.opts() as { ca?: string; clientCert?: string; clientKey?: string; brokerPasswordFile?: string };
+      if (g.brokerPasswordFile) process.env.FLEET_PASSWORD_FILE = g.brokerPasswordFile;
       if (g.ca) process.env.FLEET_TLS_CA = g.ca;
       if (g.clientCert) process.env.FLEET_TLS_CERT = g.clientCert;
       if (g.clientKey) process.env.FLEET_TLS_KEY = g.clientKey;

@@ -51,7 +51,7 @@ async function readRolloutStatus(t: Transport, topics: Topics, id: string, waitM
 export function registerRolloutCommands(program: Command): void {
   const logLevel = (): ReturnType<typeof parseLogLevel> => parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG);
   const topics = (): Topics => new Topics(program.opts().prefix);
-  const connect = (url: string, role: string): Promise<MqttTransport> => MqttTransport.connect({ url, clientId: `fleet-${role}-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000);
+  const connect = (url: string, role: string): Promise<MqttTransport> => MqttTransport.connect({ url, clientId: `fleet-cli-${role}-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000); // not fleet-rollout-…: reserved to the rollout role (broker/client-ids.ts)
 
   program
     .command('devices')

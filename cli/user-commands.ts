@@ -50,16 +50,18 @@ export function registerUserCommands(program: Command): void {
     .addOption(new Option('--role <role>', 'what the user may do').choices([...ROLES]).makeOptionMandatory())
     .option('--group <group>', 'device group (devices only, required for them)', segment('group'))
     .option('--model <model>', 'model name (devices only, required for them)', segment('model'))
+    .option('--site <site>', 'gateways only: bind the user to this site (client id fleet-gateway-SITE and that site\'s status only)', segment('site'))
     .requiredOption('--auth <file>', 'users file (created mode 0600 if missing)')
     .option('--password <password>', 'the password (visible to other local users in the process list; prefer --password-file)')
     .option('--password-file <file>', 'read the password from the first line of this file')
-    .action(async (name: string, o: { role: Role; group?: string; model?: string; auth: string; password?: string; passwordFile?: string }) => {
+    .action(async (name: string, o: { role: Role; group?: string; model?: string; site?: string; auth: string; password?: string; passwordFile?: string }) => {
       if (o.role === 'device' && (!o.group || !o.model)) throw new Error('a device needs --group and --model');
       if (o.role !== 'device' && (o.group || o.model)) throw new Error('only devices have --group and --model');
+      if (o.role !== 'gateway' && o.site) throw new Error('only gateways have --site');
       const file = await readUsersFileOrEmpty(o.auth);
       if (file.users.some((u) => u.name === name)) throw new Error(`user "${name}" already exists in ${o.auth} (remove it first)`);
       const { password, generated } = await readPassword(o);
-      const rec: UserRecord = { name, role: o.role, ...(o.role === 'device' ? { group: o.group, model: o.model } : {}), ...(await hashPassword(password)) };
+      const rec: UserRecord = { name, role: o.role, ...(o.role === 'device' ? { group: o.group, model: o.model } : {}), ...(o.site ? { site: o.site } : {}), ...(await hashPassword(password)) };
       await writeUsersFile(o.auth, { users: [...file.users, rec] });
       const what = o.role === 'device' ? `device ${name} (group ${o.group}, model ${o.model})` : `${o.role} ${name}`;
       process.stdout.write(`added ${what} to ${o.auth}\n`);

@@ -61,6 +61,16 @@ export interface AgentPorts {
 
 
 /** The device's own caps on what a manifest may ask it to download. */
+/**
+ * The largest MQTT packet the device accepts (transport/packet-limit.ts): a frame of its
+ * largest chunk, or the chunk list of its most chunks (32 bytes each), plus room for the
+ * frame's fields; never under 1 MiB (releases, the trust file).
+ */
+export function packetLimitOf(c: Pick<AgentConfig, 'maxPayloadBytes' | 'maxChunks' | 'maxChunkBytes'>): number {
+  const caps = capsOf(c);
+  return Math.max(1024 * 1024, caps.chunkBytes, caps.chunks * 32) + 64 * 1024;
+}
+
 export function capsOf(c: Pick<AgentConfig, 'maxPayloadBytes' | 'maxChunks' | 'maxChunkBytes'>): ManifestLimits {
   return { payloadBytes: c.maxPayloadBytes ?? 256 * 1024 * 1024, chunks: c.maxChunks ?? 65_536, chunkBytes: c.maxChunkBytes ?? 1024 * 1024 };
 }

@@ -1,4 +1,5 @@
 import { promises as fs } from 'node:fs';
+import type { Client } from 'aedes';
 import path from 'node:path';
 import { startBroker, type BrokerOptions, type RunningBroker } from '../broker/broker.ts';
 import { systemClock, type Clock } from '../device/clock.ts';
@@ -14,7 +15,7 @@ import { charge, decide, formatWindow, monthKey, used, type BudgetLedger, type D
 import type { GatewayStatus } from './status.ts';
 import { StatusRelay } from './status-relay.ts';
 import { UpstreamFetcher } from './upstream-fetcher.ts';
-import { GroupWatch } from './group-watch.ts';
+import { GroupWatch, type LearningSummary } from './group-watch.ts';
 import { withDeadline } from '../util/deadline.ts';
 
 /** How long a stopping gateway waits for the broker to acknowledge its "gateway stopped" status, ms. */
@@ -34,6 +35,12 @@ export interface GatewayOptions {
   window?: DownloadWindow;
   /** Groups (and models) to mirror besides those learned from the site's devices. */
   groups?: string[];
+  /**
+   * Most group/model pairs learned from the site's devices. With `auth` the pairs come from the
+   * device users' logins (default: no cap); without it from what devices say, only when this is
+   * given (default 0: mirror only `groups`/`models`).
+   */
+  learnGroups?: number;
   models?: string[];
   prefix?: string;
   persistence?: 'level' | 'memory';
@@ -60,6 +67,12 @@ export interface GatewayOptions {
   reconnectMaxMs?: number;
   keepaliveSeconds?: number;
   log: Logger;
+}
+
+/** The error a site broker on `host` without a users file logs at start; undefined on loopback or with auth. */
+export function openSiteWarning(host: string, auth: string | undefined): string | undefined {
+  if (auth || host === 'localhost' || host === '::1' || /^127\./.test(host)) return undefined;
+  return `the site broker listens on ${host}, beyond loopback, without --auth: any client on the network may publish and subscribe as any device (give it --auth FILE)`;
 }
 
 /**
@@ -125,6 +138,9 @@ export class Gateway {
       port: this.o.listen, host: this.o.host, dataDir: this.dir('site'), persistence: this.o.persistence ?? 'level',
       prefix: this.o.prefix, auth: this.o.auth, tls: this.o.tls, log: log.child('site'),
     });
+    const exposed = openSiteWarning(this.site.host, this.o.auth);
+    // Loud on purpose: without --auth, anything on the site's network may pose as any device.
+    if (exposed) log.error(exposed, { host: this.site.host, port: this.site.port });
     this.store = new ContentStore(this.dir('site', 'store'));
     await this.store.init();
     this.upstream = MqttTransport.start({
@@ -154,6 +170,7 @@ export class Gateway {
     });
     this.groups = new GroupWatch({
       file: this.dir('groups.json'), topics: this.topics, upstream: this.upstream, groups: this.o.groups ?? [], models: this.o.models ?? [], log: log.child('groups'),
+      cap: this.o.learnGroups ?? (this.o.auth ? Infinity : 0),
     });
 
     // Upstream: releases in, link state.
@@ -188,7 +205,7 @@ export class Gateway {
         this.devices.add(p.deviceId);
         const s = parseStatus(payload);
         if (s) {
-          void this.groups.learn(s.group, s.model);
+          this.learnFrom(client, s.group, s.model);
           const before = this.digests.get(p.deviceId);
           this.digests.set(p.deviceId, { group: s.group, model: s.model, running: s.running });
           if (before?.running !== s.running || before.group !== s.group) this.serial(() => this.mirror.onDevice(s.group, s.model));
@@ -196,10 +213,10 @@ export class Gateway {
       }
       void this.relay.relay({ topic: packet.topic, payload, retain: packet.retain === true }).catch((e: unknown) => log.error('status not queued', { error: String(e) }));
     });
-    this.site.aedes.on('subscribe', (subs) => {
+    this.site.aedes.on('subscribe', (subs, client) => {
       for (const s of subs) {
         const p = this.topics.parse(s.topic);
-        if (p?.kind === 'release') void this.groups.learn(p.group, p.model);
+        if (p?.kind === 'release') this.learnFrom(client, p.group, p.model);
       }
     });
 
@@ -214,6 +231,27 @@ export class Gateway {
     }, this.o.tickMs ?? 1000);
     this.evaluate();
     log.info('gateway started', { site: this.o.site, url: this.site.url, upstream: redact(this.o.upstream) });
+  }
+
+  /**
+   * A site client names a group and model (in a status or a release subscription). With the site's
+   * --auth only a device user's own pair is learned, whatever it names; without, the pair it names,
+   * within the --learn-groups cap.
+   */
+  private learnFrom(client: Client | null, group: string, model: string): void {
+    if (!client) return;
+    if (this.site.auth) {
+      const p = this.site.auth.principalOf(client);
+      if (p?.role === 'device' && p.group && p.model) void this.groups.learn(p.group, p.model);
+      return;
+    }
+    void this.groups.learn(group, model);
+  }
+
+  /** What the gateway learns from its devices (its status shows it). */
+  private learning(): LearningSummary {
+    const cap = this.o.learnGroups ?? (this.o.auth ? Infinity : 0);
+    return { mode: this.o.auth ? 'logins' : cap > 0 ? 'devices' : 'off', learned: this.groups.learnedCount, cap: Number.isFinite(cap) ? cap : null, refused: this.groups.refused };
   }
 
   /** Charge what the upstream socket carried since the last look to this month's budget. */
@@ -280,6 +318,7 @@ export class Gateway {
       releases: this.mirror.state(),
       relay: { queued: this.relay.queued, relayed: this.relay.relayed },
       devices: this.devices.size,
+      learning: this.learning(),
       time: new Date(this.now()).toISOString(),
     };
   }

@@ -11,7 +11,19 @@ export interface GroupWatchOptions {
   /** Configured groups (`--group`); with `models` the pairs are their product, else every model of the group. */
   groups: string[];
   models: string[];
+  /** Most group/model pairs learned from devices (0: none; Infinity: no cap). */
+  cap: number;
   log: Logger;
+}
+
+/** What the gateway learns from its site's devices, for its status. */
+export interface LearningSummary {
+  /** `logins`: from the site users' logins (site --auth); `devices`: from what devices say (no auth, --learn-groups N); `off`. */
+  mode: 'logins' | 'devices' | 'off';
+  learned: number;
+  cap: number | null;
+  /** Pairs not learned because the cap was reached (since start). */
+  refused: number;
 }
 
 /**
@@ -22,6 +34,9 @@ export interface GroupWatchOptions {
 export class GroupWatch {
   private readonly learned = new Set<string>();
   private readonly filters = new Set<string>();
+  private refusedPairs = new Set<string>();
+  refused = 0;
+  private saving: Promise<void> = Promise.resolve();
 
   constructor(private readonly o: GroupWatchOptions) {
     for (const g of o.groups) {
@@ -33,7 +48,7 @@ export class GroupWatch {
   async start(): Promise<void> {
     for (const k of (await readJson<string[]>(this.o.file)) ?? []) {
       const [g, m] = k.split('/');
-      if (isTopicSegment(g ?? '') && isTopicSegment(m ?? '')) this.add(g, m);
+      if (isTopicSegment(g ?? '') && isTopicSegment(m ?? '') && this.learned.size < this.o.cap) this.add(g, m);
     }
     await this.subscribeAll();
   }
@@ -50,9 +65,21 @@ export class GroupWatch {
     if (!isTopicSegment(group) || !isTopicSegment(model) || this.learned.has(`${group}/${model}`)) return;
     // With --model, only those models are mirrored.
     if (this.o.models.length && !this.o.models.includes(model)) return;
+    if (this.learned.size >= this.o.cap) {
+      // Bounded: a site device must not make the gateway mirror (and download) whatever it names.
+      const k = `${group}/${model}`;
+      if (this.refusedPairs.size < 1024 && !this.refusedPairs.has(k)) {
+        this.refusedPairs.add(k);
+        this.refused++;
+        this.o.log.warn('group not learned: the cap of learned groups is reached (--learn-groups)', { group, model, cap: this.o.cap });
+      }
+      return;
+    }
     const filter = this.add(group, model);
     this.o.log.info('learned a group from a device', { group, model });
-    await writeFileAtomic(this.o.file, JSON.stringify([...this.learned]));
+    // One write at a time, each of the set as it is then: the last one written holds every pair.
+    this.saving = this.saving.catch(() => undefined).then(() => writeFileAtomic(this.o.file, JSON.stringify([...this.learned])));
+    await this.saving;
     if (filter && this.o.upstream.connected) await this.o.upstream.subscribe(filter, 1).catch((e: unknown) => this.o.log.debug('subscription deferred', { error: String(e) }));
   }
 
@@ -68,6 +95,10 @@ export class GroupWatch {
   async subscribeAll(): Promise<void> {
     if (!this.o.upstream.connected || this.filters.size === 0) return;
     await this.o.upstream.subscribe([...this.filters], 1).catch((e: unknown) => this.o.log.debug('subscriptions deferred', { error: String(e) }));
+  }
+
+  get learnedCount(): number {
+    return this.learned.size;
   }
 
   get count(): number {

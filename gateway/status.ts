@@ -1,6 +1,7 @@
 import type { WaitReason } from './policy.ts';
 import type { MirroredRelease } from './mirror.ts';
 import type { FetchState } from './upstream-fetcher.ts';
+import type { LearningSummary } from './group-watch.ts';
 
 /** The gateway's own status: JSON, retained on `fleet/gateways/{site}/status`. */
 export interface GatewayStatus {
@@ -36,6 +37,8 @@ export interface GatewayStatus {
   relay: { queued: number; relayed: number };
   /** Devices the site broker has seen a status from. */
   devices: number;
+  /** Groups learned from the site's devices: how, how many, the cap, and pairs refused at the cap. */
+  learning: LearningSummary;
   time: string;
 }
 

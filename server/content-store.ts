@@ -24,6 +24,9 @@ export interface UploadProgress {
   error?: string;
 }
 
+/** An upload that received no chunk for this long is abandoned and removed. */
+export const UPLOAD_TTL_MS = 2 * 3600_000;
+
 /** Raised when an upload cannot be accepted; the message says why. */
 export class StoreError extends Error {
   constructor(readonly code: 'hash-mismatch' | 'inconsistent-upload' | 'bad-id', message: string) {
@@ -262,15 +265,28 @@ export class ContentStore {
         await fs.rm(path.join(this.dir, 'updates', id), { recursive: true, force: true });
       }
     }
-    const staleUploads: string[] = [];
+    const staleUploads = await this.expireUploads({ maxAgeMs: opts.staleUploadMs, now: opts.now, dryRun: opts.dryRun });
+    return { removed, kept, staleUploads };
+  }
+
+  /**
+   * Removes uploads that received no chunk for `maxAgeMs` (default UPLOAD_TTL_MS): an upload that
+   * never finishes must not hold disk space for long. The update server sweeps them on a timer.
+   */
+  async expireUploads(opts: { maxAgeMs?: number; now?: number; dryRun?: boolean } = {}): Promise<string[]> {
+    const stale: string[] = [];
     const now = opts.now ?? Date.now();
     for (const id of await fs.readdir(path.join(this.dir, 'uploads'))) {
-      const st = await fs.stat(path.join(this.dir, 'uploads', id));
-      if (now - st.mtimeMs < (opts.staleUploadMs ?? 24 * 3600_000)) continue;
-      staleUploads.push(id);
-      if (!opts.dryRun) await fs.rm(path.join(this.dir, 'uploads', id), { recursive: true, force: true });
+      if (this.locks.has(id)) continue; // a chunk is being written right now
+      const st = await fs.stat(path.join(this.dir, 'uploads', id)).catch(() => undefined);
+      if (!st || now - st.mtimeMs < (opts.maxAgeMs ?? UPLOAD_TTL_MS)) continue;
+      stale.push(id);
+      if (!opts.dryRun) {
+        this.uploads.delete(id);
+        await fs.rm(path.join(this.dir, 'uploads', id), { recursive: true, force: true });
+      }
     }
-    return { removed, kept, staleUploads };
+    return stale;
   }
 
   async close(): Promise<void> {

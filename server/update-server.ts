@@ -4,7 +4,7 @@ import { decodeRelease } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
-import { ContentStore, StoreError } from './content-store.ts';
+import { ContentStore, StoreError, UPLOAD_TTL_MS } from './content-store.ts';
 
 export interface UpdateServerOptions {
   transport: Transport;
@@ -15,6 +15,10 @@ export interface UpdateServerOptions {
   maxChunksPerRequest?: number;
   /** How long to collect the broker's retained releases after a (re)connect before re-asserting ours. */
   settleMs?: number;
+  /** Uploads that received no chunk for this long are removed (default UPLOAD_TTL_MS, 2 h). */
+  uploadTtlMs?: number;
+  /** How often to look for them (default a quarter of the TTL, at most 10 min). */
+  uploadSweepMs?: number;
 }
 
 export interface UpdateServerStats {
@@ -50,6 +54,9 @@ export class UpdateServer {
   /** Release sequence numbers the broker holds, as seen since the last connect. */
   private brokerSeqs = new Map<string, number>();
   private settleTimer: NodeJS.Timeout | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private readonly uploadTtlMs: number;
+  private readonly uploadSweepMs: number;
   private pending = new Set<Promise<unknown>>();
 
   constructor(o: UpdateServerOptions) {
@@ -59,6 +66,8 @@ export class UpdateServer {
     this.log = o.log;
     this.maxChunks = Math.min(o.maxChunksPerRequest ?? 256, MAX_WANT);
     this.settleMs = o.settleMs ?? 1000;
+    this.uploadTtlMs = o.uploadTtlMs ?? UPLOAD_TTL_MS;
+    this.uploadSweepMs = o.uploadSweepMs ?? Math.min(this.uploadTtlMs / 4, 600_000);
   }
 
   async start(): Promise<void> {
@@ -72,6 +81,14 @@ export class UpdateServer {
       this.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
     if (this.t.connected) this.afterConnect();
+    this.sweepTimer = setInterval(() => this.track(this.sweepUploads()), this.uploadSweepMs);
+    this.sweepTimer.unref();
+    this.track(this.sweepUploads());
+  }
+
+  private async sweepUploads(): Promise<void> {
+    const gone = await this.store.expireUploads({ maxAgeMs: this.uploadTtlMs });
+    if (gone.length) this.log.warn('abandoned uploads removed', { uploads: gone, ttlMs: this.uploadTtlMs });
   }
 
   /** Resolves when every message handled so far has been answered. */
@@ -81,6 +98,7 @@ export class UpdateServer {
 
   async stop(): Promise<void> {
     if (this.settleTimer) clearTimeout(this.settleTimer);
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
     await this.idle();
     await this.store.close();
   }

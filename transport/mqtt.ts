@@ -2,7 +2,9 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import { MqttClient, type IClientOptions } from 'mqtt';
+import { MAX_CHUNK_BYTES } from '../protocol/manifest.ts';
 import type { WireStats } from '../protocol/status.ts';
+import { describeBreach, limitIncoming } from './packet-limit.ts';
 import type { MessageHandler, PublishOptions, Transport } from './types.ts';
 import { connectCause, type ConnectCause } from './connect-errors.ts';
 
@@ -33,11 +35,31 @@ export interface MqttTransportOptions {
   tls?: { ca?: string | Buffer; cert?: string | Buffer; key?: string | Buffer };
   /** Longest wait of `close()` for unacknowledged publishes before it drops the connection, ms (default 2000). */
   closeGraceMs?: number;
+  /**
+   * The largest packet (remaining length) accepted from the broker; a larger one closes
+   * the connection as soon as its fixed header arrives, before it is buffered
+   * (transport/packet-limit.ts). Default DEFAULT_MAX_INCOMING_PACKET.
+   */
+  maxIncomingPacket?: number;
 }
+
+/** A frame of the largest chunk the protocol allows, or its chunk list, with room to spare. */
+export const DEFAULT_MAX_INCOMING_PACKET = 2 * MAX_CHUNK_BYTES + 64 * 1024;
 
 function fromEnvFile(name: string): Buffer | undefined {
   const file = process.env[name];
   return file ? readFileSync(file) : undefined;
+}
+
+/**
+ * The password of a URL that names a user but no password (`mqtt://NAME@host:port`), so it
+ * need not sit in a command line (`ps`): FLEET_PASSWORD, or the first line of the file named
+ * by FLEET_PASSWORD_FILE (the CLI's --broker-password-file).
+ */
+function passwordFromEnv(): string | undefined {
+  if (process.env.FLEET_PASSWORD) return process.env.FLEET_PASSWORD;
+  const file = process.env.FLEET_PASSWORD_FILE;
+  return file ? readFileSync(file, 'utf8').split(/\r?\n/)[0] : undefined;
 }
 
 /**
@@ -65,6 +87,9 @@ export class MqttTransport implements Transport {
   lastCause: ConnectCause | undefined;
   /** Failed attempts in a row with a cause, since the last connection. */
   private causedFailures = 0;
+  /** Connections closed because the broker sent a packet over maxIncomingPacket (the last reason in `oversized`). */
+  oversizedPackets = 0;
+  oversized: string | undefined;
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
@@ -78,6 +103,7 @@ export class MqttTransport implements Transport {
     const tlsFiles = servers.some((x) => x.secure)
       ? { ca: opts.tls?.ca ?? fromEnvFile('FLEET_TLS_CA'), cert: opts.tls?.cert ?? fromEnvFile('FLEET_TLS_CERT'), key: opts.tls?.key ?? fromEnvFile('FLEET_TLS_KEY') }
       : undefined;
+    const maxIncoming = opts.maxIncomingPacket ?? DEFAULT_MAX_INCOMING_PACKET;
     const min = opts.reconnectMinMs ?? 500;
     const max = opts.reconnectMaxMs ?? 30_000;
     const clientOpts: IClientOptions = {
@@ -90,8 +116,8 @@ export class MqttTransport implements Transport {
       resubscribe: true,
       queueQoSZero: false,
       username: opts.username ?? (u.username ? decodeURIComponent(u.username) : undefined),
-      // The password: given, in the URL, or (so that it need not sit in `ps` or a unit file) FLEET_BROKER_PASSWORD.
-      password: opts.password ?? (u.password ? decodeURIComponent(u.password) : process.env.FLEET_BROKER_PASSWORD || undefined),
+      // The password: given, in the URL, or (a URL naming only the user) FLEET_PASSWORD_FILE / FLEET_PASSWORD, so it need not sit in `ps` or a unit file.
+      password: opts.password ?? (u.password ? decodeURIComponent(u.password) : undefined) ?? (opts.username || u.username ? passwordFromEnv() : undefined),
       // A refused login (bad password, removed user) is retried with the same backoff:
       // the operator may fix the users file while the device waits.
       reconnectOnConnackError: true,
@@ -108,7 +134,13 @@ export class MqttTransport implements Transport {
         this.bytesOutDone += raw.bytesWritten;
         if (this.socket === raw) this.socket = undefined;
       });
-      return tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
+      const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
+      limitIncoming(stream, () => maxIncoming, (b) => {
+        this.oversizedPackets++;
+        this.oversized = describeBreach(b);
+        stream.destroy();
+      });
+      return stream;
     }, clientOpts);
     this.client.on('connect', () => {
       this.failures = 0;

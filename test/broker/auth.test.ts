@@ -180,18 +180,20 @@ describe('broker with --auth', () => {
     const a = await peer('dev-a');
     await a.pubRefused(t.status('dev-b'), 'forged', true);
     const b = await peer('dev-b');
-    await b.pub(t.status('dev-b'), 'real-b', true);
+    // A status names its device, group and model (broker/status-claims.ts holds them to the login).
+    const real = (d: string): string => JSON.stringify({ device: d, group: GROUP, model: MODEL, state: 'idle' });
+    await b.pub(t.status('dev-b'), real('dev-b'), true);
     const a2 = await peer('dev-a');
-    await a2.pub(t.status('dev-a'), 'real-a', true);
-    await op.waitFor((m) => m.payload === 'real-b');
-    await op.waitFor((m) => m.payload === 'real-a');
+    await a2.pub(t.status('dev-a'), real('dev-a'), true);
+    await op.waitFor((m) => m.payload === real('dev-b'));
+    await op.waitFor((m) => m.payload === real('dev-a'));
     await sleep(200);
-    expect(op.msgs.map((m) => m.payload).sort()).toEqual(['real-a', 'real-b']);
+    expect(op.msgs.map((m) => m.payload).sort()).toEqual([real('dev-a'), real('dev-b')]);
     // Nor was it retained.
     const op2 = await peer('op');
     await op2.sub(t.status('dev-b'));
     await op2.waitFor((m) => m.retain);
-    expect(op2.msgs.map((m) => m.payload)).toEqual(['real-b']);
+    expect(op2.msgs.map((m) => m.payload)).toEqual([real('dev-b')]);
     expect(warnings('publish refused')).toEqual([
       expect.objectContaining({ client: 'fleet-device-dev-a', user: 'dev-a', topic: t.status('dev-b'), reason: 'other-device' }),
     ]);

@@ -45,7 +45,7 @@ describe('MQTT over WebSocket (for browsers)', () => {
     await viewer.subscribeAsync(topics.allStatuses(), { qos: 1 });
     await expect(viewer.subscribeAsync(topics.allRequests(), { qos: 1 })).rejects.toThrow(/Subscribe error/);
     const dev = await MqttTransport.connect({ url: `mqtt://dev-1:dev-pw@127.0.0.1:${broker.port}`, clientId: 'fleet-device-dev-1' }, 10_000);
-    await dev.publish(topics.status('dev-1'), '{"state":"idle"}', { qos: 1, retain: true });
+    await dev.publish(topics.status('dev-1'), '{"device":"dev-1","group":"g","model":"m","state":"idle"}', { qos: 1, retain: true });
     for (let i = 0; i < 50 && !got.includes(topics.status('dev-1')); i++) await new Promise((r) => setTimeout(r, 20));
     expect(got).toContain(topics.status('dev-1'));
     // A viewer that publishes is cut off and nothing reaches anyone.

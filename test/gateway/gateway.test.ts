@@ -35,8 +35,8 @@ async function recordGatewayRequests(fx: Fixture, fetcherId: string): Promise<Ar
 describe('site gateway', () => {
   it('three devices behind it: one upstream fetch, three acks, statuses visible upstream', async () => {
     f = await createFixture('gw3');
-    // No --group: the gateway learns the group from its devices.
-    gw = await startGateway(f);
+    // No --group: the gateway learns the group from its devices (asked for: the site has no --auth).
+    gw = await startGateway(f, { learnGroups: 4 });
     const watch = await StatusWatch.start(f);
     const gwWatch = await watchGatewayStatus(f);
     const ids = ['gw3-a', 'gw3-b', 'gw3-c'];

@@ -48,7 +48,7 @@ describe('fleet device install-service', () => {
       expect(unit.split('\n')).toContain(line);
     }
     expect(statSync(env).mode & 0o777).toBe(0o600);
-    expect(await fs.readFile(env, 'utf8')).toContain('FLEET_BROKER_PASSWORD="s3cret pw"');
+    expect(await fs.readFile(env, 'utf8')).toContain('FLEET_PASSWORD="s3cret pw"');
     if (systemdAnalyze) {
       const v = spawnSync('/usr/bin/systemd-analyze', ['verify', path.join(units, 'fleet-device-d1.service')], { encoding: 'utf8' });
       expect(v.status, v.stderr).toBe(0);

@@ -136,7 +136,7 @@ describe('serving the MQTT-over-WebSocket page', () => {
   it('the viewer login the page uses cannot publish over ws:// (cut off; the retained status stays the device\'s own)', async () => {
     broker = await withBroker(true);
     const dev = await MqttTransport.connect({ url: `mqtt://dev-1:dev-pw@127.0.0.1:${broker.port}`, clientId: 'fleet-device-dev-1' }, 10_000);
-    await dev.publish(topics.status('dev-1'), '{"state":"idle"}', { qos: 1, retain: true });
+    await dev.publish(topics.status('dev-1'), '{"device":"dev-1","group":"g","model":"m","state":"idle"}', { qos: 1, retain: true });
     await dev.close();
     const viewer = await mqtt.connectAsync(broker.wsUrl!, { protocolVersion: 4, username: 'screen', password: 'look-only', clientId: 'fleet-dashboard-t', reconnectPeriod: 0 });
     const closed = new Promise<void>((r) => viewer.once('close', () => r()));
@@ -149,6 +149,6 @@ describe('serving the MQTT-over-WebSocket page', () => {
     await ops.subscribe(topics.status('dev-1'), 1);
     for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
     await ops.close();
-    expect(got).toEqual(['{"state":"idle"}']);
+    expect(got).toEqual(['{"device":"dev-1","group":"g","model":"m","state":"idle"}']);
   });
 });
