@@ -198,8 +198,12 @@ const DEVICE_SKEW_SECONDS = 300;
 export async function publishGroupRelease(
   o: GroupReleaseOptions, currentSeq: number, what: { manifest: Uint8Array; rollback: boolean; previous: string | null },
 ): Promise<ReleaseBody> {
-  const now = Math.floor((o.now ?? Date.now)() / 1000);
-  const seq = o.seq ?? Math.max(currentSeq + 1, now);
+  const nowMs = (o.now ?? Date.now)();
+  const now = Math.floor(nowMs / 1000);
+  // Above the current seq, and at least the clock in ms (within the ceiling of issued × 1000 + 999):
+  // when the current release cannot be trusted (a forged one replaced it), two honest releases
+  // in one second still get two seqs.
+  const seq = o.seq ?? Math.max(currentSeq + 1, nowMs);
   const where = `${o.model} for group ${o.group}`;
   if (seq > maxSeqAt(now)) {
     throw new PublishError('bad-seq', `seq ${seq} for ${where} is absurd for the time (at most ${maxSeqAt(now)} now, ${SEQ_PER_SECOND} per second): ${o.seq === undefined ? `the current seq ${currentSeq} is ahead of the clock; check this machine's clock, or wait` : 'give a lower --seq'}`);
