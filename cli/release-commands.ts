@@ -7,6 +7,7 @@ import { Topics } from '../protocol/topics.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
 import { publishManifestOnly, publishUpdate } from '../publisher/publish.ts';
 import { rollbackGroup } from '../publisher/rollback.ts';
+import { signerProblem, trustBesideKeys } from '../publisher/signer-check.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
@@ -67,7 +68,7 @@ export function registerReleaseCommands(program: Command): void {
     .option('--chunk-size <bytes>', 'chunk size', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
     .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
     .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
-    .option('--trust <file>', 'trust file the current release and retained manifests are checked against (default: the keys)')
+    .option('--trust <file>', 'the fleet\'s trust file: the keys, the current release and retained manifests are checked against it before anything is uploaded (default: trust.json beside the keys, else the keys themselves)')
     .option('--group-key <file>', 'seal the payloads with this group key (`fleet groupkey`): the broker and update server never see the weights')
     .action(async (o: PublishCli) => {
       const log = createLogger('publish', logLevel());
@@ -75,7 +76,12 @@ export function registerReleaseCommands(program: Command): void {
       const fullModel = o.full === undefined ? undefined : await readInput(o.full, 'full model');
       const { keys, rolloutKeys } = await loadRoleKeys(o);
       if (!o.manifestOnly && o.group === undefined) throw new Error('--group is required (or --manifest-only)');
-      const trust = await readTrust(o.trust);
+      // The fleet's trust file: given, or the one `fleet keygen` wrote beside the keys.
+      const trustFile = o.trust ?? trustBesideKeys([...(o.key ?? []), ...(o.rolloutKey ?? [])]);
+      const trust = await readTrust(trustFile);
+      // Checked before anything is uploaded: what the devices would refuse is not sent at all.
+      const problem = trust && signerProblem(trust, keys, rolloutKeys, !o.manifestOnly, keys.length > 0);
+      if (problem) throw new Error(`${problem} (checked against ${trustFile})`);
       const groupKey = o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined;
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-publisher-${process.pid}` }, 30_000);
       const progress = createProgress('upload');

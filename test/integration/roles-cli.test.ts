@@ -48,8 +48,12 @@ describe('fleet publish --manifest-only, publish/refresh/rollback with the rollo
     const m = await fleet(['publish', '--manifest-only', '--update', update, '--key', f.keyFile, ...common, '--chunk-size', '1024']);
     expect(m.code).toBe(0);
     expect(m.out).toMatch(/published manifest [0-9a-f]{64} for test-model/);
-    // The rollout key alone cannot assign without knowing the release keys (the trust file).
-    const noTrust = await fleet(['publish', '--update', update, '--rollout-key', f.rolloutKeyFile, '--group', GROUP, ...common, '--chunk-size', '1024']);
+    // The rollout key alone cannot assign without knowing the release keys (the trust file): a key
+    // away from keygen's directory (where trust.json would be found beside it) and no --trust.
+    const lone = path.join(f.dir, 'lone');
+    await fs.mkdir(lone);
+    await fs.copyFile(f.rolloutKeyFile, path.join(lone, 'rollout.key'));
+    const noTrust = await fleet(['publish', '--update', update, '--rollout-key', path.join(lone, 'rollout.key'), '--group', GROUP, ...common, '--chunk-size', '1024']);
     expect(noTrust.code).not.toBe(0);
     expect(noTrust.err).toMatch(/give the trust file \(--trust\)/);
     const a = await fleet(['publish', '--update', update, '--rollout-key', f.rolloutKeyFile, '--trust', f.trustFile, '--group', GROUP, ...common, '--chunk-size', '1024', '--ttl', '1h']);
