@@ -7,9 +7,10 @@ import { Topics } from '../protocol/topics.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
 import { publishManifestOnly, publishUpdate } from '../publisher/publish.ts';
 import { rollbackGroup } from '../publisher/rollback.ts';
+import { collectInventory } from '../rollout/inventory.ts';
 import { signerProblem, trustBesideKeys } from '../publisher/signer-check.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
-import { createLogger, parseLogLevel } from '../util/log.ts';
+import { createLogger, parseLogLevel, type Logger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { collect, parseDuration, parseIntArg } from './options.ts';
 
@@ -33,7 +34,7 @@ export async function readTrust(file: string | undefined): Promise<TrustFile | u
 
 interface PublishCli {
   update: string[]; full?: string; key?: string[]; rolloutKey?: string[]; model: string; group?: string; broker: string;
-  chunkSize: number; ttl: number; seq?: number; trust?: string; groupKey?: string; manifestOnly?: boolean;
+  chunkSize: number; ttl: number; seq?: number; trust?: string; groupKey?: string; manifestOnly?: boolean; yes?: boolean;
 }
 
 interface RollbackCli {
@@ -49,6 +50,26 @@ export async function loadRoleKeys(o: { key?: string[]; rolloutKey?: string[] })
   return { keys, rolloutKeys };
 }
 
+/**
+ * Refuses a group and model that no device has reported (retained statuses,
+ * collected for 1.5 s), naming what the broker does know. A broker that does
+ * not let this login read statuses cannot say: then nothing is refused.
+ */
+async function checkAudience(t: MqttTransport, topics: Topics, group: string, model: string, log: Logger): Promise<void> {
+  let records;
+  try {
+    ({ records } = await collectInventory(t, topics, 1500));
+  } catch (e) {
+    log.info('cannot read device statuses to check the group and model (not allowed for this login?)', { error: String(e) });
+    return;
+  }
+  const statuses = records.flatMap((r) => (r.status ? [r.status] : []));
+  if (statuses.some((s) => s.group === group && s.model === model)) return;
+  const list = (xs: string[]): string => (xs.length === 0 ? 'none' : [...new Set(xs)].sort().slice(0, 8).join(', ') + (new Set(xs).size > 8 ? ', …' : ''));
+  const groups = list(statuses.filter((s) => s.model === model).map((s) => s.group));
+  throw new Error(`no device has reported group ${group} for model ${model} (groups with devices on ${model}: ${groups}; models: ${list(statuses.map((s) => s.model))}); check the names, or give --yes to publish for devices yet to come`);
+}
+
 /** `fleet publish` and `fleet rollback`. */
 export function registerReleaseCommands(program: Command): void {
   const logLevel = (): ReturnType<typeof parseLogLevel> => parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG);
@@ -62,6 +83,7 @@ export function registerReleaseCommands(program: Command): void {
     .option('--key <file>', 'release key: signs the manifest (repeat for k-of-n); without it, a manifest already retained with these steps is assigned', collect)
     .option('--rollout-key <file>', 'rollout key: signs the group assignment (default: the release keys, for one-role trust files)', collect)
     .option('--manifest-only', 'upload and publish only the signed manifest (release keys); a rollout key assigns it later')
+    .option('--yes', 'publish even when no device has reported this group and model yet (a new group, devices yet to come)')
     .requiredOption('--model <name>', 'model name')
     .option('--group <group>', 'device group (required unless --manifest-only)')
     .requiredOption('--broker <url>', 'broker URL')
@@ -86,6 +108,8 @@ export function registerReleaseCommands(program: Command): void {
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-publisher-${process.pid}` }, 30_000);
       const progress = createProgress('upload');
       try {
+        // A typo in a group or model name would retain a release no device ever receives.
+        if (!o.manifestOnly && !o.yes) await checkAudience(transport, topics(), o.group!, o.model, log);
         if (o.manifestOnly) {
           const m = await publishManifestOnly({
             transport, topics: topics(), payloads, fullModel, keys, model: o.model, groupKey, chunkSize: o.chunkSize, log,

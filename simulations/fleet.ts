@@ -104,7 +104,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
     }
     const brokerUrl = `mqtt://${brokerHost}:${port}`;
-    const publish = srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'sim', '--group', 'site', '--broker', brokerUrl]);
+    const publish = srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']);
     children.push(publish);
     const pubExit = await new Promise<number | null>((r) => publish.once('exit', r));
     if (pubExit !== 0) throw new Error('publish failed');

@@ -133,7 +133,7 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
     const brokerUrl = `mqtt://${brokerHost}:${port}`;
     // Two-role trust files (release + rollout key) when keygen makes them.
     const rolloutKey = (keys as { rolloutKeyFile?: string }).rolloutKeyFile;
-    const pub = track(srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, ...(rolloutKey ? ['--rollout-key', rolloutKey] : []), '--model', 'sim', '--group', 'site', '--broker', brokerUrl]));
+    const pub = track(srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, ...(rolloutKey ? ['--rollout-key', rolloutKey] : []), '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']));
     if ((await new Promise<number | null>((r) => pub.once('exit', r))) !== 0) throw new Error('publish failed');
 
     let upstreamUrl = brokerUrl;

@@ -93,7 +93,7 @@ describe.skipIf(!ok)('the whole path over TLS, from the command line', () => {
       }));
       await watcher.subscribe('fleet/devices/+/status', 1);
       children.push(spawn(process.execPath, [FLEET_BIN, '--ca', c.ca, 'device', '--id', 'tls-dev', '--model', 'm', '--group', 'g', '--dir', path.join(dir, 'dev'), '--trust', keys.trustFile, '--broker', tlsUrl, '--initial', path.join(dir, 'base.safetensors')], { stdio: 'ignore' }));
-      const pub = spawn(process.execPath, [FLEET_BIN, '--ca', c.ca, 'publish', '--update', path.join(dir, 'u.cbor'), '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'm', '--group', 'g', '--broker', tlsUrl, '--chunk-size', '1024'], { stdio: 'ignore' });
+      const pub = spawn(process.execPath, [FLEET_BIN, '--ca', c.ca, 'publish', '--update', path.join(dir, 'u.cbor'), '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'm', '--group', 'g', '--broker', tlsUrl, '--chunk-size', '1024', '--yes'], { stdio: 'ignore' });
       expect(await new Promise((r) => pub.once('exit', r))).toBe(0);
       expect(await done).toBe(update.targetDigest);
       await watcher.close();

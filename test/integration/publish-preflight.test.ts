@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FLEET_BIN } from '../../cli/demo.ts';
 import { keygen } from '../../publisher/keys.ts';
-import { connect, createFixture, GROUP, MODEL, type Fixture } from '../support/harness.ts';
+import { connect, createFixture, GROUP, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 
 let f: Fixture | undefined;
 afterEach(async () => {
@@ -47,4 +47,38 @@ describe('fleet publish refuses what the devices would refuse, before it uploads
     await new Promise((r) => setTimeout(r, 500));
     expect(seen).toEqual([]);
   }, 60_000);
+
+  it('a group or model that no device has reported is named, with what the broker knows, and needs --yes', async () => {
+    f = await createFixture('preflight-typo');
+    const watch = await StatusWatch.start(f);
+    await startAgent(f, 'p1');
+    await watch.until('p1', (s) => s.state === 'idle');
+    const update = path.join(f.dir, 'update.cbor');
+    await fs.writeFile(update, f.update.payload);
+    const keys = ['--key', f.keyFile, '--rollout-key', f.rolloutKeyFile, '--update', update, '--broker', f.url, '--chunk-size', '1024'];
+    const typo = await fleet(['publish', ...keys, '--model', MODEL, '--group', `${GROUP}x`]);
+    expect(typo.code).toBe(1);
+    expect(typo.err.trim().split('\n')).toEqual([
+      `fleet: no device has reported group ${GROUP}x for model ${MODEL} (groups with devices on ${MODEL}: ${GROUP}; models: ${MODEL}); check the names, or give --yes to publish for devices yet to come`,
+    ]);
+    expect(await retainedRelease(f, `${GROUP}x`)).toBeUndefined();
+    const yes = await fleet(['publish', ...keys, '--model', MODEL, '--group', `${GROUP}x`, '--yes']);
+    expect(yes.code, yes.err).toBe(0);
+    expect(await retainedRelease(f, `${GROUP}x`)).toBeDefined();
+    const right = await fleet(['publish', ...keys, '--model', MODEL, '--group', GROUP]);
+    expect(right.code, right.err).toBe(0);
+    await watch.until('p1', (s) => s.state === 'ok' && s.running === f!.update.targetDigest, 60_000);
+  }, 120_000);
 });
+
+/** The retained release of a group, if any (read for a moment). */
+async function retainedRelease(fx: Fixture, group: string): Promise<Uint8Array | undefined> {
+  const t = await connect(fx, `preflight-read-${group}-${Math.random().toString(36).slice(2, 6)}`);
+  let got: Uint8Array | undefined;
+  t.onMessage((topic, payload) => {
+    if (topic === topics.release(group, MODEL) && payload.byteLength > 0) got = payload;
+  });
+  await t.subscribe(topics.release(group, MODEL), 1);
+  await new Promise((r) => setTimeout(r, 500));
+  return got;
+}
