@@ -260,6 +260,11 @@ export class BrokerAuth {
       const u = this.users.get(this.byClient.get(client)!.principal.name);
       if (u) d = this.acl.publish(principalOf(u), packet.topic);
     }
+    if (!d.allowed && s.ok && s.principal.role === 'operator' && packet.retain && (packet.payload as Buffer).byteLength === 0) {
+      // `fleet devices --forget`: an operator may clear (never write) a device's retained status and presence.
+      const k = this.acl.topics.parse(packet.topic)?.kind;
+      if (k === 'status' || k === 'presence') d = { allowed: true };
+    }
     const parsed = d.allowed && s.ok ? this.acl.topics.parse(packet.topic) : undefined;
     if (parsed?.kind === 'status' && s.ok && s.principal.role === 'device') {
       // Allowed on its own status topic; the payload must speak for this device only.

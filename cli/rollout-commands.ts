@@ -8,7 +8,7 @@ import { rollbackGroup } from '../publisher/rollback.ts';
 import { HOOK_EVENTS, RolloutController } from '../rollout/controller.ts';
 import { runEventCommand } from '../rollout/hooks.ts';
 import { isTerminal } from '../rollout/machine.ts';
-import { collectInventory, formatInventory, inventoryRow, malformedNote } from '../rollout/inventory.ts';
+import { collectInventory, formatInventory, inventoryRow, malformedNote, type DeviceRecord } from '../rollout/inventory.ts';
 import { loadPayloads, loadPlanFile } from '../rollout/plan.ts';
 import {
   formatRolloutStatus, parseRolloutStatus, rolloutControlTopic,
@@ -18,7 +18,7 @@ import type { Transport } from '../transport/types.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { stripControls, stripControlsDeep } from '../util/text.ts';
-import { collect, parseIntArg } from './options.ts';
+import { collect, parseDuration, parseIntArg } from './options.ts';
 import { commandStop } from './stopping.ts';
 
 /** Exit codes of `fleet rollout start`: completed 0, halted 2, aborted 3. */
@@ -53,16 +53,40 @@ export function registerRolloutCommands(program: Command): void {
   const topics = (): Topics => new Topics(program.opts().prefix);
   const connect = (url: string, role: string): Promise<MqttTransport> => MqttTransport.connect({ url, clientId: `fleet-cli-${role}-${process.pid}-${randomUUID().slice(0, 8)}` }, 30_000); // not fleet-rollout-…: reserved to the rollout role (broker/client-ids.ts)
 
+  /** The devices to forget: those named (that the broker knows), and with --stale those offline and silent for that long. */
+  const forgettable = (records: DeviceRecord[], named: string[], staleSeconds: number | undefined, now: number): string[] => {
+    const known = new Set(records.map((r) => r.device));
+    const unknown = named.filter((id) => !known.has(id));
+    if (unknown.length) throw new Error(`the broker holds no status or presence of ${unknown.join(', ')}; check the device id (fleet devices lists them)`);
+    const stale = staleSeconds === undefined ? [] : records.filter((r) => {
+      const t = Date.parse(r.status?.time ?? '');
+      return r.presence !== 'online' && (!Number.isFinite(t) || now - t > staleSeconds * 1000);
+    }).map((r) => r.device);
+    return [...new Set([...named, ...stale])].sort();
+  };
+
   program
     .command('devices')
     .description('the fleet as the broker knows it: every retained device status and presence')
     .requiredOption('--broker <url>', 'broker URL')
     .option('--wait <ms>', 'how long to collect retained messages', parseIntArg(0, 600_000), 1500)
     .option('--json', 'one JSON array')
-    .action(async (o: { broker: string; wait: number; json?: boolean }) => {
+    .option('--forget <id>', 'clear the retained status and presence of a device that is gone (repeatable; an operator may do this with --auth)', collect)
+    .option('--stale <duration>', 'forget every device that is not online and whose last status is older than this (e.g. 30d)', parseDuration)
+    .action(async (o: { broker: string; wait: number; json?: boolean; forget?: string[]; stale?: number }) => {
       const t = await connect(o.broker, 'devices');
       try {
         const { records, malformed } = await collectInventory(t, topics(), o.wait);
+        if (o.forget || o.stale !== undefined) {
+          const gone = forgettable(records, o.forget ?? [], o.stale, Date.now());
+          for (const id of gone) {
+            // Empty and retained: the broker drops its copies (docs/protocol.md §2).
+            await t.publish(topics().status(id), new Uint8Array(0), { qos: 1, retain: true });
+            await t.publish(topics().presence(id), new Uint8Array(0), { qos: 1, retain: true });
+          }
+          process.stdout.write(`forgot ${gone.length} device(s)${gone.length ? `: ${gone.join(', ')}` : ''}\n`);
+          return;
+        }
         process.stdout.write(o.json ? `${JSON.stringify(records.map(inventoryRow))}\n` : `${formatInventory(records, malformed)}\n`);
         // --json keeps its array; the skipped statuses are said on stderr.
         if (o.json && malformed.length) process.stderr.write(`${malformedNote(malformed)}\n`);
