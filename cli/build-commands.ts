@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError, Option } from 'commander';
 import { sha256Hex } from '../protocol/chunks.ts';
-import { decodePayload, isLowRank, lowRankDims } from '../protocol/lowrank.ts';
+import { decodePayload, describeDelta, type DeltaKind } from '../protocol/lowrank.ts';
 import { BuildError } from '../publisher/build-error.ts';
 import { buildUpdate, type BuildMode, type BuildReport } from '../publisher/build.ts';
 import { loraSource, twoModelSource, type DeltaSource } from '../publisher/delta-source.ts';
@@ -78,7 +78,7 @@ function pct(a: number, b: number): string {
 interface Row {
   name: string;
   shape: number[];
-  kind: 'low-rank' | 'dense';
+  kind: DeltaKind;
   rank: number | null;
   dtype: string;
   bytes: number;
@@ -86,11 +86,11 @@ interface Row {
 }
 
 function printTensors(rows: Row[], out: (s: string) => void): void {
-  out(`${'tensor'.padEnd(40)} ${'shape'.padEnd(16)} ${'kind'.padEnd(10)} ${'dtype'.padEnd(5)} ${'bytes'.padStart(10)} ${'rel. error'.padStart(11)}`);
+  out(`${'tensor'.padEnd(40)} ${'shape'.padEnd(16)} ${'kind'.padEnd(10)} ${'bits'.padEnd(12)} ${'bytes'.padStart(10)} ${'rel. error'.padStart(11)}`);
   for (const t of rows) {
-    const kind = t.kind === 'dense' ? 'dense' : `rank ${t.rank}`;
+    const kind = t.kind === 'dense' || t.kind === 'sign' ? t.kind : `${t.kind === 'mixed' ? 'mixed' : 'rank'} ${t.rank}`;
     const err = t.relError === null ? '-' : t.relError.toExponential(2);
-    out(`${t.name.padEnd(40)} ${`[${t.shape.join(',')}]`.padEnd(16)} ${kind.padEnd(10)} ${t.dtype.padEnd(5)} ${String(t.bytes).padStart(10)} ${err.padStart(11)}`);
+    out(`${t.name.padEnd(40)} ${`[${t.shape.join(',')}]`.padEnd(16)} ${kind.padEnd(10)} ${t.dtype.padEnd(12)} ${String(t.bytes).padStart(10)} ${err.padStart(11)}`);
   }
 }
 
@@ -214,12 +214,8 @@ export function registerBuildCommands(program: Command): void {
         await m.close();
       }
       const tensors = p.tensors.map((d) => {
-        if (isLowRank(d)) {
-          const { m, n } = lowRankDims(d.shape);
-          const b = d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
-          return { name: d.name, shape: d.shape, kind: 'low-rank' as const, rank: d.rank, dtype: d.dtype, bytes: b, params: d.rank * (m + n), relError: errors.get(d.name) ?? null };
-        }
-        return { name: d.name, shape: d.shape, kind: 'dense' as const, rank: null, dtype: 'f32', bytes: d.dense.byteLength, params: d.dense.byteLength / 4, relError: errors.get(d.name) ?? null };
+        const x = describeDelta(d);
+        return { name: d.name, shape: d.shape, kind: x.kind, rank: x.rank, dtype: x.dtype, bytes: x.bytes, params: x.params, relError: errors.get(d.name) ?? null };
       });
       const params = tensors.reduce((a, t) => a + t.params, 0);
       const summary = {

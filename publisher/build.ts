@@ -1,6 +1,6 @@
 import { ModelDigest } from '../protocol/digest.ts';
 import { decodeValues } from '../protocol/dtypes.ts';
-import { applyTensor, encodePayload, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
+import { applyTensor, describeDelta, encodePayload, type DeltaKind, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
 import { allocateBudget, planOf, type Choice, type DenseItem, type MatrixItem, type Take } from './allocate.ts';
 import { BuildError } from './build-error.ts';
 import type { ChangedTensor, DeltaSource } from './delta-source.ts';
@@ -21,7 +21,7 @@ export interface BuildOptions {
 export interface TensorReport {
   name: string;
   shape: number[];
-  kind: 'low-rank' | 'dense';
+  kind: DeltaKind;
   rank: number | null;
   dtype: string;
   /** Stored data bytes (factors and scales, or dense values). */
@@ -171,7 +171,7 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
       modelBytes: src.base.fileSize,
       modelParams: src.base.tensors.reduce((a, t) => a + count(t.shape), 0),
       updateBytes: bytes.byteLength,
-      updateParams: deltas.reduce((a, d) => a + ('rank' in d ? d.rank * (d.shape[0] + count(d.shape) / d.shape[0]) : count(d.shape)), 0),
+      updateParams: deltas.reduce((a, d) => a + describeDelta(d).params, 0),
       tensors: reports,
       unchanged: src.base.tensors.length - src.changed.length,
     },
@@ -234,11 +234,8 @@ async function encodeDeltas(src: DeltaSource, plan: Map<string, Choice>, quant: 
 }
 
 function reportOf(d: TensorDelta, relError: number): TensorReport {
-  if ('rank' in d) {
-    const bytes = d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
-    return { name: d.name, shape: d.shape, kind: 'low-rank', rank: d.rank, dtype: d.dtype, bytes, relError };
-  }
-  return { name: d.name, shape: d.shape, kind: 'dense', rank: null, dtype: 'f32', bytes: d.dense.byteLength, relError };
+  const x = describeDelta(d);
+  return { name: d.name, shape: d.shape, kind: x.kind, rank: x.rank, dtype: x.dtype, bytes: x.bytes, relError };
 }
 
 /** The smallest update that changes anything: one rank-1 factor pair or one dense tensor. */
