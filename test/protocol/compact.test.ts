@@ -5,6 +5,7 @@ import { cborEncode } from '../../protocol/cbor.ts';
 import { encodeValues } from '../../protocol/dtypes.ts';
 import { mulberry32 } from '../../util/random.ts';
 import { expectCode } from '../support/expect-code.ts';
+import { ProtocolError } from '../../protocol/errors.ts';
 import { refRoundTo, refValues, type FloatDtype } from '../support/ref-float.ts';
 
 const f32 = (v: number[]) => encodeValues(v, 'F32');
@@ -158,5 +159,36 @@ describe('mixed-precision low-rank delta', () => {
     // Total rank above min(m, n).
     const many = Array.from({ length: 5 }, () => ({ rank: 1, bits: 8, u: new Uint8Array(m), v: new Uint8Array(n), su: f32([0]), sv: f32([0]) }));
     expectCode(() => decodePayload(cborEncode({ v: 1, base: hex64, target: hex64, tensors: [{ name: 'w', shape: [m, n], mixed: many }] })), 'malformed-payload');
+  });
+});
+
+describe('compact kinds under corruption', () => {
+  it('flipped bytes and truncations of a sign + mixed payload throw only ProtocolError, and applies of what decodes stay finite or refuse', () => {
+    const m = 6;
+    const n = 10;
+    const sign: SignDelta = { name: 's', shape: [m, n], sign: Uint8Array.from({ length: 8 }, (_, i) => (i * 37) & 0xff).map((x, i) => (i === 7 ? x & 0x0f : x)), scales: f32([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) };
+    const mixed: MixedDelta = { name: 'x', shape: [m, n], mixed: [{ rank: 2, bits: 4, u: packSigned(pick(12, () => Math.round(rand() * 14) - 7), 4), v: packSigned(pick(20, () => Math.round(rand() * 14) - 7), 4), su: f32([0.1, 0.2]), sv: f32([0.3, 0.4]) }] };
+    const valid = encodePayload({ v: 1, base: hex64, target: hex64, tensors: [sign, mixed] });
+    const r = mulberry32(9);
+    const codes = new Set<string>();
+    let decoded = 0;
+    for (let i = 0; i < 3000; i++) {
+      const b = i % 2 === 0 ? valid.subarray(0, Math.floor(r() * valid.length)) : valid.slice();
+      if (i % 2 === 1) for (let k = 1 + Math.floor(r() * 3); k > 0; k--) b[Math.floor(r() * b.length)] = Math.floor(r() * 256);
+      try {
+        const p = decodePayload(b);
+        decoded++;
+        for (const d of p.tensors) {
+          const out = applyTensor({ name: d.name, dtype: 'F32', shape: d.shape }, new Uint8Array(4 * d.shape.reduce((a, c) => a * c, 1)), d);
+          expect(refValues(out, 'F32').every(Number.isFinite)).toBe(true);
+        }
+      } catch (e) {
+        if (!(e instanceof ProtocolError)) throw e;
+        codes.add(e.code);
+      }
+    }
+    expect(codes.has('malformed-payload')).toBe(true);
+    expect(decoded).toBeGreaterThan(0);
+    for (const c of codes) expect(['malformed-payload', 'non-finite', 'shape-mismatch']).toContain(c);
   });
 });
