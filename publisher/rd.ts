@@ -34,7 +34,7 @@ interface Item {
   sign?: { scales: Float64Array; err: number };
 }
 
-/** CBOR bytes of one mixed group apart from its data (keys, rank, bits, headers): an upper bound. */
+/** CBOR bytes of one mixed group apart from its data (keys, rank, bits, headers), about; the encode-and-check loop of build.ts makes up for any shortfall. */
 const GROUP_OVERHEAD = 40;
 const BITS: readonly MixedBits[] = [8, 4, 2];
 
