@@ -88,16 +88,16 @@ async function main(): Promise<void> {
     const modelMB = base.byteLength / 1e6;
 
     log('fleet build --budget 1% …');
-    const budget = fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', path.join(dir, 'budget.cbor'), '--budget', '1%']);
+    const budget = fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', path.join(dir, 'budget.cbor'), '--budget', '1%', '--yes']);
     log(`  ${budget.seconds} s, peak ${Number(budget.peakRssMB).toFixed(0)} MB, update ${budget.updateBytes} bytes`);
 
     log('fleet build --budget 1% --method auto …');
-    const auto = fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', path.join(dir, 'auto.cbor'), '--budget', '1%', '--method', 'auto']);
+    const auto = fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', path.join(dir, 'auto.cbor'), '--budget', '1%', '--method', 'auto', '--yes']);
     log(`  ${auto.seconds} s, peak ${Number(auto.peakRssMB).toFixed(0)} MB, update ${auto.updateBytes} bytes`);
 
     log('fleet build --rank 16, then the device apply …');
     const rank16 = path.join(dir, 'rank16.cbor');
-    fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', rank16, '--rank', '16']);
+    fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', rank16, '--rank', '16', '--yes']);
     const payload = decodePayload(new Uint8Array(await fs.readFile(rank16)));
     const t0 = performance.now();
     const digest = await applyToFile(baseFile, payload, path.join(dir, 'applied.safetensors'));
@@ -114,6 +114,7 @@ async function main(): Promise<void> {
       build25mAutoSeconds: auto.seconds,
       build25mAutoPeakMB: Number(Number(auto.peakRssMB).toFixed(1)),
       build25mAutoUpdateBytes: auto.updateBytes,
+      autoPeakOverModel: Number((Number(auto.peakRssMB) / (base.byteLength / 1048576)).toFixed(2)),
       modelParams: params,
       modelMB: Number(modelMB.toFixed(1)),
       peakOverModel: Number((Number(budget.peakRssMB) / (base.byteLength / 1048576)).toFixed(2)),

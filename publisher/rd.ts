@@ -147,8 +147,9 @@ export async function analyse(src: DeltaSource, budget: number, o: RdOptions): P
     const energy = metric.kind === 'none' ? frobeniusNorm2(delta) : frobeniusNorm2(whiten(delta, c.m, metric));
     const it: Item = { c, metric, energy, state: { kind: 'skip' }, kMax: isMatrix ? Math.min(c.m, c.n) : 0 };
     if (isMatrix && (o.method === 'auto' || o.method === 'mixed')) {
-      const perTriplet = ((c.m + c.n) * 2) / 8 + 8;
-      const k = Math.min(it.kMax, Math.max(8, Math.ceil((2 * budget) / Math.max(1, matrices) / perTriplet)));
+      // Enough triplets for 1.5× an even share of the budget at 4 bits; the allocation asks for more if it needs them.
+      const perTriplet = ((c.m + c.n) * 4) / 8 + 8;
+      const k = Math.min(it.kMax, Math.max(8, Math.ceil((1.5 * budget) / Math.max(1, matrices) / perTriplet)));
       await computeTriplets(it, src, k, o.powerIterations);
     }
     if (isMatrix && (o.method === 'auto' || o.method === 'sign')) it.sign = fitSign(delta, c.m, metric);
