@@ -198,7 +198,7 @@ export function registerBuildCommands(program: Command): void {
 
   program
     .command('inspect')
-    .description('show what an update holds: per tensor rank or dense, dtype, bytes, error; totals')
+    .description('show what an update holds: per tensor the kind (rank r, mixed r, sign, dense), bits, bytes, error; totals')
     .argument('<update>', 'update file')
     .option('--base <file>', 'the base model, to report sizes against it')
     .option('--json', 'one JSON line')
