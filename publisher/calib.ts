@@ -11,12 +11,19 @@ import { ModelFile } from '../util/model-file.ts';
 import { BuildError } from './build-error.ts';
 
 /** How errors in a tensor's columns are weighted: not at all, by a diagonal, or by a full Gram matrix. */
-export type Metric =
+export type Metric = (
   | { kind: 'none'; n: number }
   | { kind: 'diag'; n: number; d: Float64Array; sqrtD: Float64Array }
-  | { kind: 'full'; n: number; l: Float64Array };
+  | { kind: 'full'; n: number; l: Float64Array }
+) & {
+  /** Optional weights of the output units (rows), o_i > 0: the error is Σ_i o_i · (E_i·G·E_iᵀ). */
+  rows?: Float64Array;
+};
 
 export const DAMPING = 0.01;
+
+/** A calibration tensor `<weight>:outputs` [m] weighs the weight's output units (rows). */
+export const OUTPUTS_SUFFIX = ':outputs';
 
 /** Lower-triangular L (row-major n×n) with L·Lᵀ = g; throws if g is not positive definite. */
 export function cholesky(g: Float64Array, n: number): Float64Array {
@@ -81,6 +88,24 @@ export function whiten(a: Float64Array, m: number, metric: Metric): Float64Array
   return y;
 }
 
+/** The weight of row i (1 without output weights). */
+export function rowWeight(metric: Metric, i: number): number {
+  return metric.rows ? metric.rows[i] : 1;
+}
+
+/** diag(√o)·A·L: the delta in the metric's own coordinates (‖·‖² is the weighted output error). */
+export function weighted(a: Float64Array, m: number, metric: Metric): Float64Array {
+  const y = whiten(a, m, metric);
+  if (!metric.rows) return y;
+  const out = y === a ? Float64Array.from(a) : y;
+  const n = metric.n;
+  for (let i = 0; i < m; i++) {
+    const r = Math.sqrt(metric.rows[i]);
+    for (let j = 0; j < n; j++) out[i * n + j] *= r;
+  }
+  return out;
+}
+
 /** x with x·L = y (one row of length n): back in weight space. */
 export function unwhitenRow(y: Float64Array, metric: Metric): Float64Array {
   const n = metric.n;
@@ -103,7 +128,24 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
   });
   try {
     const out = new Map<string, Metric>();
+    const rows = new Map<string, Float64Array>();
     for (const t of m.tensors) {
+      if (t.name.endsWith(OUTPUTS_SUFFIX)) {
+        const name = t.name.slice(0, -OUTPUTS_SUFFIX.length);
+        const shape = shapes.get(name);
+        if (!shape || shape.length < 2) throw new BuildError('bad-calibration', `calibration ${t.name}: the model has no matrix ${name}`);
+        if (t.shape.length !== 1 || t.shape[0] !== shape[0] || (t.dtype !== 'F32' && t.dtype !== 'F64')) {
+          throw new BuildError('bad-calibration', `calibration ${t.name}: expected F32 or F64 of shape [${shape[0]}] (one weight per output of ${name}), got ${t.dtype} [${t.shape.join(',')}]`);
+        }
+        const o = Float64Array.from(decodeValues(await m.read(t), t.dtype));
+        let mean = 0;
+        for (let i = 0; i < o.length; i++) {
+          if (!Number.isFinite(o[i]) || o[i] < 0) throw new BuildError('bad-calibration', `calibration ${t.name}: entry ${i} is ${o[i]} (output weights are finite and non-negative)`);
+          mean += o[i] / o.length;
+        }
+        if (mean > 0) rows.set(name, Float64Array.from(o, (x) => x + DAMPING * mean));
+        continue;
+      }
       const shape = shapes.get(t.name);
       if (!shape) throw new BuildError('bad-calibration', `calibration ${t.name}: the model has no such tensor (names must be the weight tensors' names)`);
       if (shape.length < 2) throw new BuildError('bad-calibration', `calibration ${t.name}: the tensor is not a matrix (shape [${shape.join(',')}])`);
@@ -115,6 +157,10 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
       if (t.dtype !== 'F32' && t.dtype !== 'F64') throw new BuildError('bad-calibration', `calibration ${t.name}: dtype ${t.dtype}, expected F32 or F64`);
       const values = Float64Array.from(decodeValues(await m.read(t), t.dtype));
       out.set(t.name, metricOf(values, n, full, t.name));
+    }
+    for (const [name, o] of rows) {
+      const n = shapes.get(name)!.slice(1).reduce((a, b) => a * b, 1);
+      out.set(name, { ...(out.get(name) ?? { kind: 'none', n }), rows: o });
     }
     return out;
   } finally {

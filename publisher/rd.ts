@@ -9,7 +9,7 @@
  */
 import { packedBytes, type MixedBits } from '../protocol/compact.ts';
 import type { TensorDelta } from '../protocol/lowrank.ts';
-import { unwhitenRow, whiten, type Metric } from './calib.ts';
+import { rowWeight, unwhitenRow, weighted, whiten, type Metric } from './calib.ts';
 import { encodeMixed, encodeSign, quantizeVector, type TripletVectors } from './compact-encode.ts';
 import type { ChangedTensor, DeltaSource } from './delta-source.ts';
 import { denseBytes, entryOverhead } from './quantize.ts';
@@ -69,20 +69,23 @@ function tripletError(a: Float64Array, b: Float64Array, bw: Float64Array, bits: 
   const qa = quantizeVector(a, bits).values;
   const qbw = whiten(quantizeVector(b, bits).values, 1, metric);
   let aa = 0, qq = 0, aq = 0, bb = 0, pp = 0, bp = 0;
-  for (let i = 0; i < m; i++) { aa += a[i] * a[i]; qq += qa[i] * qa[i]; aq += a[i] * qa[i]; }
+  for (let i = 0; i < m; i++) {
+    const o = rowWeight(metric, i);
+    aa += o * a[i] * a[i]; qq += o * qa[i] * qa[i]; aq += o * a[i] * qa[i];
+  }
   for (let j = 0; j < bw.length; j++) { bb += bw[j] * bw[j]; pp += qbw[j] * qbw[j]; bp += bw[j] * qbw[j]; }
   return Math.max(0, qq * pp - 2 * aq * bp + aa * bb);
 }
 
 async function computeTriplets(it: Item, src: DeltaSource, k: number, powerIterations: number): Promise<void> {
   const { m, n } = it.c;
-  const y = whiten(await src.delta(it.c), m, it.metric);
+  const y = weighted(await src.delta(it.c), m, it.metric);
   const svd = randomizedSvd(y, m, n, k, { powerIterations, seed: 1 });
   const out: Triplet[] = [];
   for (let t = 0; t < svd.k; t++) {
     const root = Math.sqrt(svd.s[t]);
     const a = new Float64Array(m);
-    for (let i = 0; i < m; i++) a[i] = svd.u[i * svd.k + t] * root;
+    for (let i = 0; i < m; i++) a[i] = (svd.u[i * svd.k + t] * root) / Math.sqrt(rowWeight(it.metric, i));
     const bw = new Float64Array(n);
     for (let j = 0; j < n; j++) bw[j] = svd.vt[t * n + j] * root;
     const b = unwhitenRow(bw, it.metric);
@@ -109,13 +112,17 @@ function fitSign(delta: Float64Array, m: number, metric: Metric): { scales: Floa
       let zy = 0, zz = 0;
       for (let j = 0; j < n; j++) { zy += z[j] * yr[j]; zz += z[j] * z[j]; }
       s = Math.fround(Math.max(0, zz > 0 ? zy / zz : 0));
-      for (let j = 0; j < n; j++) err += (yr[j] - s * z[j]) ** 2;
+      let e = 0;
+      for (let j = 0; j < n; j++) e += (yr[j] - s * z[j]) ** 2;
+      err += rowWeight(metric, i) * e;
     } else {
       const w = metric.kind === 'diag' ? metric.d : undefined;
       let num = 0, den = 0;
       for (let j = 0; j < n; j++) { const wj = w ? w[j] : 1; num += wj * Math.abs(row[j]); den += wj; }
       s = Math.fround(den > 0 ? num / den : 0);
-      for (let j = 0; j < n; j++) err += (w ? w[j] : 1) * (row[j] - s * sg[j]) ** 2;
+      let e = 0;
+      for (let j = 0; j < n; j++) e += (w ? w[j] : 1) * (row[j] - s * sg[j]) ** 2;
+      err += rowWeight(metric, i) * e;
     }
     scales[i] = s;
   }
@@ -144,7 +151,7 @@ export async function analyse(src: DeltaSource, budget: number, o: RdOptions): P
     const isMatrix = c.info.shape.length >= 2;
     const metric: Metric = (isMatrix && o.metrics.get(c.info.name)) || { kind: 'none', n: c.n };
     const delta = await src.delta(c);
-    const energy = metric.kind === 'none' ? frobeniusNorm2(delta) : frobeniusNorm2(whiten(delta, c.m, metric));
+    const energy = frobeniusNorm2(weighted(delta, c.m, metric));
     const it: Item = { c, metric, energy, state: { kind: 'skip' }, kMax: isMatrix ? Math.min(c.m, c.n) : 0 };
     if (isMatrix && (o.method === 'auto' || o.method === 'mixed')) {
       // Enough triplets for 1.5× an even share of the budget at 4 bits; the allocation asks for more if it needs them.

@@ -181,6 +181,29 @@ describe('fleet build --calib: output error, not weight error', () => {
     });
   }
 
+  it('with output weights (<weight>:outputs), the same budget leaves less error where the outputs matter', async () => {
+    const o = Float64Array.from({ length: m }, (_, i) => (i < 4 ? 1 : 1e-3)); // 4 of 32 outputs matter
+    const file = path.join(dir, 'calib-rows.safetensors');
+    await fs.mkdir(dir, { recursive: true });
+    await fs.writeFile(file, writeSafetensors([{ name: 'w:outputs', dtype: 'F32', shape: [m], data: encodeValues(o, 'F32') }]));
+    const metrics = await loadCalibration(file, new Map([['w', [m, n]]]));
+    const rowError = (payload: Uint8Array): number => {
+      const a = applied(payload).get('w') ?? new Float64Array(m * n);
+      let t = 0;
+      for (let e = 0; e < a.length; e++) t += o[Math.floor(e / n)] * (a[e] - delta[e]) ** 2;
+      return t;
+    };
+    for (const method of ['mixed', 'sign', 'auto'] as Method[]) {
+      const plain = await build(`rows-plain-${method}`, pair, 1500, method);
+      const calib = await build(`rows-calib-${method}`, pair, 1500, method, metrics);
+      expect(calib.payload.byteLength).toBeLessThanOrEqual(1500);
+      if (method === 'sign') expect(rowError(calib.payload)).toBeLessThanOrEqual(rowError(plain.payload) * (1 + 1e-9)); // rows are fitted alone: the same
+      else expect(rowError(calib.payload)).toBeLessThan(0.5 * rowError(plain.payload));
+    }
+    await fs.writeFile(file, writeSafetensors([{ name: 'w:outputs', dtype: 'F32', shape: [n], data: encodeValues(new Float64Array(n), 'F32') }]));
+    await expect(loadCalibration(file, new Map([['w', [m, n]]]))).rejects.toThrow(/calibration w:outputs: expected F32 or F64 of shape \[32\]/);
+  });
+
   it('refuses a calibration file that does not fit the model, naming the tensor', async () => {
     const file = path.join(dir, 'calib-bad.safetensors');
     await fs.writeFile(file, writeSafetensors([{ name: 'w', dtype: 'F32', shape: [n + 1], data: encodeValues(new Float64Array(n + 1), 'F32') }]));
