@@ -2,7 +2,7 @@
  * Benchmark of the compression engine on a 25 M-parameter model
  * (24 matrices of 1024×1024 plus biases):
  *   - randomized SVD vs ml-matrix's full SVD on one 1024×1024 ΔW (bench/rsvd.ts);
- *   - `fleet build --budget 1%` as its own process: time and peak memory;
+ *   - `fleet build --budget 1%` (and with `--method auto`) as its own process: time and peak memory;
  *   - the device's streaming apply of a rank-16 update: time and multiply-adds per second.
  *
  *   npm run bench:build        (add -- --skip-full-svd to skip the ~50 s baseline)
@@ -88,12 +88,16 @@ async function main(): Promise<void> {
     const modelMB = base.byteLength / 1e6;
 
     log('fleet build --budget 1% …');
-    const budget = fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', path.join(dir, 'budget.cbor'), '--budget', '1%']);
+    const budget = fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', path.join(dir, 'budget.cbor'), '--budget', '1%', '--yes']);
     log(`  ${budget.seconds} s, peak ${Number(budget.peakRssMB).toFixed(0)} MB, update ${budget.updateBytes} bytes`);
+
+    log('fleet build --budget 1% --method auto …');
+    const auto = fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', path.join(dir, 'auto.cbor'), '--budget', '1%', '--method', 'auto', '--yes']);
+    log(`  ${auto.seconds} s, peak ${Number(auto.peakRssMB).toFixed(0)} MB, update ${auto.updateBytes} bytes`);
 
     log('fleet build --rank 16, then the device apply …');
     const rank16 = path.join(dir, 'rank16.cbor');
-    fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', rank16, '--rank', '16']);
+    fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', rank16, '--rank', '16', '--yes']);
     const payload = decodePayload(new Uint8Array(await fs.readFile(rank16)));
     const t0 = performance.now();
     const digest = await applyToFile(baseFile, payload, path.join(dir, 'applied.safetensors'));
@@ -107,6 +111,10 @@ async function main(): Promise<void> {
       build25mSeconds: budget.seconds,
       build25mPeakMB: Number(Number(budget.peakRssMB).toFixed(1)),
       build25mUpdateBytes: budget.updateBytes,
+      build25mAutoSeconds: auto.seconds,
+      build25mAutoPeakMB: Number(Number(auto.peakRssMB).toFixed(1)),
+      build25mAutoUpdateBytes: auto.updateBytes,
+      autoPeakOverModel: Number((Number(auto.peakRssMB) / (base.byteLength / 1048576)).toFixed(2)),
       modelParams: params,
       modelMB: Number(modelMB.toFixed(1)),
       peakOverModel: Number((Number(budget.peakRssMB) / (base.byteLength / 1048576)).toFixed(2)),

@@ -2,12 +2,14 @@ import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError, Option } from 'commander';
 import { sha256Hex } from '../protocol/chunks.ts';
-import { decodePayload, isLowRank, lowRankDims } from '../protocol/lowrank.ts';
+import { decodePayload, describeDelta, type DeltaKind } from '../protocol/lowrank.ts';
 import { BuildError } from '../publisher/build-error.ts';
 import { buildUpdate, type BuildMode, type BuildReport } from '../publisher/build.ts';
 import { loraSource, twoModelSource, type DeltaSource } from '../publisher/delta-source.ts';
 import { loraFactors, parseLoraConfig, type LoraLayout } from '../publisher/lora.ts';
 import type { Quant } from '../publisher/quantize.ts';
+import type { Method } from '../publisher/rd.ts';
+import { loadCalibration } from '../publisher/calib.ts';
 import { digestModelFile, ModelFile } from '../util/model-file.ts';
 import { createProgress } from '../util/progress.ts';
 
@@ -78,7 +80,7 @@ function pct(a: number, b: number): string {
 interface Row {
   name: string;
   shape: number[];
-  kind: 'low-rank' | 'dense';
+  kind: DeltaKind;
   rank: number | null;
   dtype: string;
   bytes: number;
@@ -86,11 +88,11 @@ interface Row {
 }
 
 function printTensors(rows: Row[], out: (s: string) => void): void {
-  out(`${'tensor'.padEnd(40)} ${'shape'.padEnd(16)} ${'kind'.padEnd(10)} ${'dtype'.padEnd(5)} ${'bytes'.padStart(10)} ${'rel. error'.padStart(11)}`);
+  out(`${'tensor'.padEnd(40)} ${'shape'.padEnd(16)} ${'kind'.padEnd(10)} ${'bits'.padEnd(12)} ${'bytes'.padStart(10)} ${'rel. error'.padStart(11)}`);
   for (const t of rows) {
-    const kind = t.kind === 'dense' ? 'dense' : `rank ${t.rank}`;
+    const kind = t.kind === 'dense' || t.kind === 'sign' ? t.kind : `${t.kind === 'mixed' ? 'mixed' : 'rank'} ${t.rank}`;
     const err = t.relError === null ? '-' : t.relError.toExponential(2);
-    out(`${t.name.padEnd(40)} ${`[${t.shape.join(',')}]`.padEnd(16)} ${kind.padEnd(10)} ${t.dtype.padEnd(5)} ${String(t.bytes).padStart(10)} ${err.padStart(11)}`);
+    out(`${t.name.padEnd(40)} ${`[${t.shape.join(',')}]`.padEnd(16)} ${kind.padEnd(10)} ${t.dtype.padEnd(12)} ${String(t.bytes).padStart(10)} ${err.padStart(11)}`);
   }
 }
 
@@ -129,15 +131,19 @@ export function registerBuildCommands(program: Command): void {
     .option('--budget <bytes|pct%>', 'total update size, spent where it removes the most error', parseBudget)
     .option('--energy <fraction>', "keep this fraction of each ΔW's squared Frobenius norm", (v) => Number(v))
     .addOption(new Option('--quant <q>', 'number format of the factors').choices(['f32', 'f16', 'int8']).default('f32'))
+    .addOption(new Option('--method <m>', 'with --budget: lowrank (factors in --quant), or one rate–distortion allocation per tensor over mixed-precision factors, sign + scales and dense (auto), or only one of them').choices(['lowrank', 'auto', 'mixed', 'sign', 'dense']).default('lowrank'))
+    .option('--calib <stats>', 'with --method auto|mixed|sign: safetensors of per-layer input Gram matrices (or diagonals), to minimise output error (docs/compression.md)')
     .option('--allow-partial', 'with --lora: build even if some adapter tensors cannot be used (the report lists them)')
     .option('--fan-in-fan-out <modules>', 'with --lora: the 2-D layers stored [in, out] (GPT-2 Conv1D), comma-separated names or suffixes; every other layer is [out, in]', (v) => v.split(',').map((x) => x.trim()).filter(Boolean))
     .option('--yes', 'write the update even if it is larger than half the model or a tensor keeps a relative error above 0.5')
     .option('--json', 'print the report as one JSON line')
-    .action(async (o: { base: string; target?: string; lora?: string; loraConfig?: string; out: string; rank?: number; budget?: { bytes?: number; percent?: number }; energy?: number; quant: Quant; json?: boolean; allowPartial?: boolean; fanInFanOut?: string[]; yes?: boolean }) => {
+    .action(async (o: { base: string; target?: string; lora?: string; loraConfig?: string; out: string; rank?: number; budget?: { bytes?: number; percent?: number }; energy?: number; quant: Quant; method: 'lowrank' | Method; calib?: string; json?: boolean; allowPartial?: boolean; fanInFanOut?: string[]; yes?: boolean }) => {
       const modes = [o.rank !== undefined, o.budget !== undefined, o.energy !== undefined].filter(Boolean).length;
       if (!!o.target === !!o.lora) throw new BuildError('bad-options', 'give exactly one of --target (a retrained model) or --lora (an adapter)');
       if (o.target && modes !== 1) throw new BuildError('bad-options', 'give exactly one of --rank, --budget or --energy');
       if (o.lora && (o.budget !== undefined || o.energy !== undefined)) throw new BuildError('bad-options', 'with --lora only --rank (to re-compress) may be given');
+      if (o.method !== 'lowrank' && o.budget === undefined) throw new BuildError('bad-options', `--method ${o.method} needs --budget (it spends one budget across tensors and methods)`);
+      if (o.calib && (o.method === 'lowrank' || o.method === 'dense')) throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign');
       if (o.lora && !o.loraConfig) throw new BuildError('bad-options', '--lora needs --lora-config adapter_config.json');
       if (!o.lora && (o.allowPartial || o.fanInFanOut)) throw new BuildError('bad-options', '--allow-partial and --fan-in-fan-out apply to --lora only');
       await checkWritable(o.out);
@@ -170,7 +176,8 @@ export function registerBuildCommands(program: Command): void {
         else mode = { kind: 'factors' };
         const started = Date.now();
         const progress = createProgress('build', process.stderr, o.json === true, 1000);
-        const { payload, report } = await buildUpdate({ source, mode, quant: o.quant, onProgress: (d, n, name) => progress.update(d, n, name) });
+        const metrics = o.calib ? await loadCalibration(o.calib, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
+        const { payload, report } = await buildUpdate({ source, mode, quant: o.quant, method: o.method, metrics, onProgress: (d, n, name) => progress.update(d, n, name) });
         progress.finish();
         const worries = concerns(report);
         if (worries.length > 0 && !o.yes) throw new BuildError('needs-confirmation', `${worries.join('; ')}: nothing written; pass --yes to write it anyway`);
@@ -191,7 +198,7 @@ export function registerBuildCommands(program: Command): void {
 
   program
     .command('inspect')
-    .description('show what an update holds: per tensor rank or dense, dtype, bytes, error; totals')
+    .description('show what an update holds: per tensor the kind (rank r, mixed r, sign, dense), bits, bytes, error; totals')
     .argument('<update>', 'update file')
     .option('--base <file>', 'the base model, to report sizes against it')
     .option('--json', 'one JSON line')
@@ -214,12 +221,8 @@ export function registerBuildCommands(program: Command): void {
         await m.close();
       }
       const tensors = p.tensors.map((d) => {
-        if (isLowRank(d)) {
-          const { m, n } = lowRankDims(d.shape);
-          const b = d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
-          return { name: d.name, shape: d.shape, kind: 'low-rank' as const, rank: d.rank, dtype: d.dtype, bytes: b, params: d.rank * (m + n), relError: errors.get(d.name) ?? null };
-        }
-        return { name: d.name, shape: d.shape, kind: 'dense' as const, rank: null, dtype: 'f32', bytes: d.dense.byteLength, params: d.dense.byteLength / 4, relError: errors.get(d.name) ?? null };
+        const x = describeDelta(d);
+        return { name: d.name, shape: d.shape, kind: x.kind, rank: x.rank, dtype: x.dtype, bytes: x.bytes, params: x.params, relError: errors.get(d.name) ?? null };
       });
       const params = tensors.reduce((a, t) => a + t.params, 0);
       const summary = {

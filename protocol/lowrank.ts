@@ -6,6 +6,10 @@ import {
 } from './dtypes.ts';
 import { isWellFormedName, readSafetensors, writeSafetensors, type TensorInput } from './safetensors.ts';
 import { modelDigest } from './digest.ts';
+import {
+  canonicalCompact, checkMixedDelta, checkSignDelta, compactDataBytes, isMixedDelta, isSignDelta, mixedFactors, signValues,
+  type MixedDelta, type SignDelta,
+} from './compact.ts';
 
 /**
  * The low-rank update payload (CBOR, plain maps, byte strings):
@@ -38,7 +42,10 @@ export interface DenseDelta {
   dense: Uint8Array;
 }
 
-export type TensorDelta = LowRankDelta | DenseDelta;
+export type { MixedDelta, MixedGroup, SignDelta } from './compact.ts';
+
+/** Low-rank, dense, sign + scales, or mixed-precision low-rank (protocol/compact.ts). */
+export type TensorDelta = LowRankDelta | DenseDelta | SignDelta | MixedDelta;
 
 export interface Payload {
   v: 1;
@@ -63,6 +70,10 @@ function bad(detail: string): ProtocolError {
 
 export function isLowRank(d: TensorDelta): d is LowRankDelta {
   return 'rank' in d;
+}
+
+export function isDense(d: TensorDelta): d is DenseDelta {
+  return 'dense' in d;
 }
 
 /** m = shape[0], n = product(shape[1..]): the matrix a low-rank delta factors. */
@@ -161,6 +172,8 @@ function checkDelta(x: unknown, i: number): TensorDelta {
   const name = x.name;
   const at = `tensor ${JSON.stringify(name)}`;
   const shape = checkShape(x.shape, at);
+  if ('sign' in x) return checkSignDelta(x, name, shape, at);
+  if ('mixed' in x) return checkMixedDelta(x, name, shape, at);
   if ('dense' in x) {
     checkKeys(x, ['name', 'shape', 'dense'], at);
     const d: DenseDelta = { name, shape, dense: checkBytes(x.dense, count(shape) * 4, `${at}.dense`) };
@@ -219,6 +232,7 @@ function canonical(p: Payload): unknown {
     target: p.target,
     tensors: p.tensors.map((d) => {
       if (!isRecord(d)) return d;
+      if ('sign' in d || 'mixed' in d) return canonicalCompact(d as SignDelta | MixedDelta);
       if ('dense' in d) return { name: d.name, shape: d.shape, dense: d.dense };
       const l = d as LowRankDelta;
       const out: Record<string, unknown> = { name: l.name, shape: l.shape, rank: l.rank, dtype: l.dtype, u: l.u, v: l.v };
@@ -295,16 +309,15 @@ export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly 
   const out = into && into.byteLength >= base.byteLength ? into.subarray(0, base.byteLength) : new Uint8Array(base.byteLength);
   const put = roundedWriter(out, dtype);
   const fail = (e: number) => new ProtocolError('non-finite', `${info.name}[${e}]`);
-  if (!isLowRank(delta)) {
-    const d = denseValues(delta);
+  if (!isLowRank(delta) && !isMixedDelta(delta)) {
+    const d = isSignDelta(delta) ? signValues(delta) : denseValues(delta);
     for (let e = 0; e < total; e++) {
       if (!put(e, read(e) + d[e])) throw fail(e);
     }
     return out;
   }
   const { m, n } = lowRankDims(info.shape);
-  const r = delta.rank;
-  const { u, v } = decodeFactors(delta);
+  const { u, v, rank: r } = isMixedDelta(delta) ? mixedFactors(delta) : { ...decodeFactors(delta), rank: delta.rank };
   const acc = new Float64Array(n);
   for (let i = 0; i < m; i++) {
     acc.fill(0);
@@ -341,19 +354,51 @@ export function applyToModel(model: Uint8Array, payload: Payload): { bytes: Uint
   return { bytes: writeSafetensors(tensors, file.header.metadata), digest: modelDigest(tensors) };
 }
 
+export type DeltaKind = 'low-rank' | 'dense' | 'sign' | 'mixed';
+
+/**
+ * What a delta is, for reports: its kind, factor rank (null for dense and sign), number
+ * format ('f32', 'f16', 'i8', '1-bit', or the mixed groups as '8b×3+4b×5'), stored data bytes
+ * (scales included) and stored values.
+ */
+export function describeDelta(d: TensorDelta): { kind: DeltaKind; rank: number | null; dtype: string; bytes: number; params: number } {
+  const { m, n } = lowRankDims(d.shape);
+  if (isLowRank(d)) {
+    const bytes = d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
+    return { kind: 'low-rank', rank: d.rank, dtype: d.dtype, bytes, params: d.rank * (m + n) };
+  }
+  if (isSignDelta(d)) return { kind: 'sign', rank: null, dtype: '1-bit', bytes: compactDataBytes(d), params: m * n };
+  if (isMixedDelta(d)) {
+    const r = d.mixed.reduce((a, g) => a + g.rank, 0);
+    return { kind: 'mixed', rank: r, dtype: d.mixed.map((g) => `${g.bits}b×${g.rank}`).join('+'), bytes: compactDataBytes(d), params: r * (m + n) };
+  }
+  return { kind: 'dense', rank: null, dtype: 'f32', bytes: d.dense.byteLength, params: d.dense.byteLength / 4 };
+}
+
+/** ΔW of any delta as doubles, row-major (the element-wise values the apply adds). For tools and tests. */
+export function deltaValues(d: TensorDelta): Float64Array {
+  if (isSignDelta(d)) return signValues(d);
+  if (!isLowRank(d) && !isMixedDelta(d)) return denseValues(d);
+  const { m, n } = lowRankDims(d.shape);
+  const { u, v, rank: r } = isMixedDelta(d) ? mixedFactors(d) : { ...decodeFactors(d), rank: d.rank };
+  const out = new Float64Array(m * n);
+  for (let i = 0; i < m; i++) {
+    for (let k = 0; k < r; k++) {
+      const uik = u[i * r + k];
+      for (let j = 0; j < n; j++) out[i * n + j] += uik * v[k * n + j];
+    }
+  }
+  return out;
+}
+
 /** Stored values (factor entries, scales excluded, and dense entries) and sizes of a payload. */
 export function payloadStats(p: Payload): { tensors: number; params: number; dataBytes: number; bytes: number } {
   let params = 0;
   let dataBytes = 0;
   for (const d of p.tensors) {
-    if (isLowRank(d)) {
-      const { m, n } = lowRankDims(d.shape);
-      params += d.rank * (m + n);
-      dataBytes += d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
-    } else {
-      params += count(d.shape);
-      dataBytes += d.dense.byteLength;
-    }
+    const x = describeDelta(d);
+    params += x.params;
+    dataBytes += x.bytes;
   }
   return { tensors: p.tensors.length, params, dataBytes, bytes: encodePayload(p).byteLength };
 }

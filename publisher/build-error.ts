@@ -10,7 +10,8 @@ export type BuildErrorCode =
   | 'bad-adapter'
   | 'bad-options'
   | 'unwritable-output'
-  | 'needs-confirmation';
+  | 'needs-confirmation'
+  | 'bad-calibration';
 
 export class BuildError extends Error {
   constructor(readonly code: BuildErrorCode, message: string) {

@@ -1,11 +1,13 @@
 import { ModelDigest } from '../protocol/digest.ts';
 import { decodeValues } from '../protocol/dtypes.ts';
-import { applyTensor, encodePayload, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
+import { applyTensor, describeDelta, encodePayload, type DeltaKind, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
 import { allocateBudget, planOf, type Choice, type DenseItem, type MatrixItem, type Take } from './allocate.ts';
 import { BuildError } from './build-error.ts';
 import type { ChangedTensor, DeltaSource } from './delta-source.ts';
 import { balanceFactors, denseBytes, encodeFactors, entryOverhead, factorBytes, PAYLOAD_OVERHEAD, type Quant } from './quantize.ts';
 import { frobeniusNorm2, randomizedSvd, type TruncatedSvd } from './rsvd.ts';
+import type { Metric } from './calib.ts';
+import { allocate, analyse, encodePlan, type Method } from './rd.ts';
 
 export type BuildMode = { kind: 'rank'; rank: number } | { kind: 'budget'; bytes: number } | { kind: 'energy'; fraction: number } | { kind: 'factors' };
 
@@ -13,6 +15,10 @@ export interface BuildOptions {
   source: DeltaSource;
   mode: BuildMode;
   quant: Quant;
+  /** Under --budget: 'lowrank' (factors in `quant`, the default) or one rate–distortion allocation over the compact kinds (publisher/rd.ts). */
+  method?: 'lowrank' | Method;
+  /** Calibration (publisher/calib.ts): per weight tensor, how its output error weighs its columns. With method ≠ lowrank. */
+  metrics?: Map<string, Metric>;
   /** Power iterations of the randomized SVD (default 2). */
   powerIterations?: number;
   onProgress?: (done: number, total: number, tensor: string) => void;
@@ -21,7 +27,7 @@ export interface BuildOptions {
 export interface TensorReport {
   name: string;
   shape: number[];
-  kind: 'low-rank' | 'dense';
+  kind: DeltaKind;
   rank: number | null;
   dtype: string;
   /** Stored data bytes (factors and scales, or dense values). */
@@ -35,6 +41,8 @@ export interface BuildReport {
   targetDigest: string;
   mode: BuildMode;
   quant: Quant;
+  method: 'lowrank' | Method;
+  calibrated: boolean;
   modelBytes: number;
   modelParams: number;
   updateBytes: number;
@@ -96,7 +104,23 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
   for (const c of src.changed) if (c.info.shape.length < 2 && o.mode.kind !== 'budget') plan.set(c.info.name, { kind: 'dense' });
 
   let takes: Take[] = [];
-  if (o.mode.kind === 'budget') {
+  const method = o.method ?? 'lowrank';
+  if (method !== 'lowrank' && o.mode.kind !== 'budget') throw new BuildError('bad-options', `--method ${method} needs --budget (it allocates one budget across tensors and methods)`);
+  if (o.metrics && method === 'lowrank') throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign (the plain low-rank build minimises weight error)');
+  let deltas: TensorDelta[] = [];
+  if (o.mode.kind === 'budget' && method !== 'lowrank') {
+    const rd = { method, metrics: o.metrics ?? new Map<string, Metric>(), powerIterations: o.powerIterations ?? 2, onAnalysed: tick };
+    const items = await analyse(src, o.mode.bytes - PAYLOAD_OVERHEAD, rd);
+    // Allocate; should the CBOR framing come out larger than estimated, allocate again for less.
+    for (let spend = o.mode.bytes - PAYLOAD_OVERHEAD; ; ) {
+      const plan = await allocate(items, spend, src, rd);
+      deltas = await encodePlan(plan, src);
+      if (deltas.length === 0) throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
+      const size = encodePayload({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas }).byteLength;
+      if (size <= o.mode.bytes) break;
+      spend -= size - o.mode.bytes + 16;
+    }
+  } else if (o.mode.kind === 'budget') {
     const items: MatrixItem[] = [];
     const denses: DenseItem[] = [];
     for (const c of src.changed) {
@@ -121,9 +145,9 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
   }
 
   // Encode; under a budget, drop the last (least valuable) takes until it fits.
-  let deltas = await encodeDeltas(src, plan, o.quant, svdOf);
+  if (method === 'lowrank') deltas = await encodeDeltas(src, plan, o.quant, svdOf);
   const draft = (): Payload => ({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas });
-  if (o.mode.kind === 'budget') {
+  if (o.mode.kind === 'budget' && method === 'lowrank') {
     let n = takes.length;
     while (encodePayload(draft()).byteLength > o.mode.bytes) {
       if (--n <= 0) throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
@@ -168,10 +192,12 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
       targetDigest: payload.target,
       mode: o.mode,
       quant: o.quant,
+      method,
+      calibrated: o.metrics !== undefined,
       modelBytes: src.base.fileSize,
       modelParams: src.base.tensors.reduce((a, t) => a + count(t.shape), 0),
       updateBytes: bytes.byteLength,
-      updateParams: deltas.reduce((a, d) => a + ('rank' in d ? d.rank * (d.shape[0] + count(d.shape) / d.shape[0]) : count(d.shape)), 0),
+      updateParams: deltas.reduce((a, d) => a + describeDelta(d).params, 0),
       tensors: reports,
       unchanged: src.base.tensors.length - src.changed.length,
     },
@@ -234,11 +260,8 @@ async function encodeDeltas(src: DeltaSource, plan: Map<string, Choice>, quant: 
 }
 
 function reportOf(d: TensorDelta, relError: number): TensorReport {
-  if ('rank' in d) {
-    const bytes = d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
-    return { name: d.name, shape: d.shape, kind: 'low-rank', rank: d.rank, dtype: d.dtype, bytes, relError };
-  }
-  return { name: d.name, shape: d.shape, kind: 'dense', rank: null, dtype: 'f32', bytes: d.dense.byteLength, relError };
+  const x = describeDelta(d);
+  return { name: d.name, shape: d.shape, kind: x.kind, rank: x.rank, dtype: x.dtype, bytes: x.bytes, relError };
 }
 
 /** The smallest update that changes anything: one rank-1 factor pair or one dense tensor. */

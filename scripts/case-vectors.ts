@@ -14,6 +14,7 @@ import { readSafetensors, writeSafetensors } from '../protocol/safetensors.ts';
 import { isProtocolError } from '../protocol/errors.ts';
 import * as c from './cbor-forge.ts';
 import { modelFaults } from './model-faults.ts';
+import { compactCases } from './compact-vectors.ts';
 
 export type Code =
   | 'malformed-payload' | 'malformed-model' | 'payload-too-large' | 'non-finite' | 'shape-mismatch' | 'unsupported-dtype'
@@ -211,5 +212,8 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   yes('edge', edgeBase, cborEncode({ ...edgeDraft, target: edgeTarget }),
     'every -0 of negzero.lowrank and negzero.bf16 becomes +0 (low-rank sums start at +0, and -0 + +0 = +0); negzero.dense = -0 + [-0, +0, -0, 1] = [-0, +0, -0, 1]; '
     + 'NaN (with payload bits) and infinities in the untouched nan.untouched* are copied bit for bit, not refused; metadata and a tensor name that need JSON escaping are written as §7.1 says');
+
+  // Compact kinds (sign + scales, mixed-precision factors): docs/protocol.md §6.
+  compactCases({ baseBytes, baseDigest, yes, no });
   return { files, accept, refuse };
 }

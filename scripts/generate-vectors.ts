@@ -16,7 +16,7 @@ import {
 import { readSafetensors, writeSafetensors, type TensorInput } from '../protocol/safetensors.ts';
 import { modelDigest } from '../protocol/digest.ts';
 import {
-  applyToModel, decodeFactors, denseValues, encodePayload, isLowRank, lowRankDims, type Payload, type TensorDelta,
+  applyToModel, deltaValues, encodePayload, type Payload, type TensorDelta,
 } from '../protocol/lowrank.ts';
 import { mulberry32 } from '../util/random.ts';
 import { CborError, checkStrictCbor } from '../protocol/cbor-strict.ts';
@@ -121,19 +121,7 @@ for (const d of deltas) {
   const w = decodeValues(t.data, t.dtype);
   const total = count(t.shape);
   const delta = new Float64Array(total);
-  if (isLowRank(d)) {
-    const { m, n } = lowRankDims(d.shape);
-    const { u, v } = decodeFactors(d);
-    for (let i = 0; i < m; i++) {
-      for (let j = 0; j < n; j++) {
-        let s = 0;
-        for (let k = 0; k < d.rank; k++) s += u[i * d.rank + k] * v[k * n + j];
-        delta[i * n + j] = s;
-      }
-    }
-  } else {
-    delta.set(denseValues(d));
-  }
+  delta.set(deltaValues(d)); // for each (i, j): Σ_k U[i,k]·V[k,j] in k order, or the dense value
   for (const e of [...new Set([0, 1, total - 1])]) {
     const sum = w[e] + delta[e];
     elements.push({

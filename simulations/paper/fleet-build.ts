@@ -8,11 +8,13 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { decodeValues } from '../../protocol/dtypes.ts';
-import { applyToModel, decodePayload, payloadStats } from '../../protocol/lowrank.ts';
+import { applyToModel, decodePayload, describeDelta, payloadStats } from '../../protocol/lowrank.ts';
 import { readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
 import { BuildError } from '../../publisher/build-error.ts';
 import { buildUpdate } from '../../publisher/build.ts';
 import { twoModelSource } from '../../publisher/delta-source.ts';
+import { loadCalibration } from '../../publisher/calib.ts';
+import type { Method } from '../../publisher/rd.ts';
 import type { Quant } from '../../publisher/quantize.ts';
 import { cloneMlp, type Mlp, type TensorKey } from './mlp.ts';
 
@@ -40,26 +42,33 @@ export function mlpFromSafetensors(bytes: Uint8Array, like: Mlp): Mlp {
 
 export interface FleetBuilder {
   /** The base with a `budget`-byte update applied, or null when fleet refuses the budget as too small. */
-  build(budget: number, quant: Quant): Promise<{ model: Mlp; bytes: number; dataBytes: number; ranks: Record<string, number | 'dense'> } | null>;
+  build(budget: number, quant: Quant, how?: { method: Method; calib: boolean }): Promise<{ model: Mlp; bytes: number; dataBytes: number; ranks: Record<string, number | string> } | null>;
   close(): Promise<void>;
 }
 
-export async function fleetBuilder(base: Mlp, target: Mlp): Promise<FleetBuilder> {
+/** `calib`: a calibration file (simulations/paper/calib-stats.ts) for builds with `calib: true`. */
+export async function fleetBuilder(base: Mlp, target: Mlp, calib?: Uint8Array): Promise<FleetBuilder> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'paper-sim-'));
   const baseFile = path.join(dir, 'base.safetensors');
   const targetFile = path.join(dir, 'target.safetensors');
   const baseBytes = mlpToSafetensors(base);
   await fs.writeFile(baseFile, baseBytes);
   await fs.writeFile(targetFile, mlpToSafetensors(target));
+  const calibFile = path.join(dir, 'stats.safetensors');
+  if (calib) await fs.writeFile(calibFile, calib);
   return {
-    async build(budget, quant) {
+    async build(budget, quant, how) {
       const source = await twoModelSource(baseFile, targetFile);
       try {
-        const { payload } = await buildUpdate({ source, mode: { kind: 'budget', bytes: budget }, quant });
+        const metrics = how?.calib ? await loadCalibration(calibFile, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
+        const { payload } = await buildUpdate({ source, mode: { kind: 'budget', bytes: budget }, quant, method: how?.method, metrics });
         const decoded = decodePayload(payload);
         const applied = applyToModel(baseBytes, decoded);
-        const ranks: Record<string, number | 'dense'> = {};
-        for (const t of decoded.tensors) ranks[t.name] = 'rank' in t ? t.rank : 'dense';
+        const ranks: Record<string, number | string> = {};
+        for (const t of decoded.tensors) {
+          const d = describeDelta(t);
+          ranks[t.name] = d.kind === 'dense' ? 'dense' : d.kind === 'low-rank' ? (d.rank ?? 0) : d.kind === 'sign' ? 'sign' : `mixed ${d.dtype}`;
+        }
         return { model: mlpFromSafetensors(applied.bytes, base), bytes: payload.byteLength, dataBytes: payloadStats(decoded).dataBytes, ranks };
       } catch (e) {
         if (e instanceof BuildError && e.code === 'budget-too-small') return null;

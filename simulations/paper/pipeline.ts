@@ -11,6 +11,10 @@ import { deltaOf, loraBytes, loraConfigFor, quantizedDense, topK, topKCount, add
 import { denseBytes, vectorBytes, type Precision } from './bytes.ts';
 import { fleetBuilder } from './fleet-build.ts';
 import { productPath } from './adapter.ts';
+import { calibrationStats } from './calib-stats.ts';
+
+/** Unlabelled field-training digits whose layer inputs make the calibration file. */
+const CALIB_SAMPLES = 256;
 
 export interface PaperOptions {
   baseTrain: number;
@@ -63,7 +67,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
     return v;
   };
   const log = o.log;
-  const totalSteps = 2 + 2 * 2 * o.sizesPercent.length;
+  const totalSteps = 2 + 2 * 2 * o.sizesPercent.length + 2 * o.sizesPercent.length;
   let doneSteps = 0;
   const step = (): void => o.onStep?.(++doneSteps, totalSteps);
 
@@ -109,7 +113,11 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
   });
   const lastDelta = deltaOf(base, last);
 
-  const fleet = await fleetBuilder(base, fine);
+  // Calibration for `fleet build --calib`: the base model's layer inputs on unlabelled field digits.
+  const calib = await timed('calibStats', () => calibrationStats(base, fieldTrain, CALIB_SAMPLES));
+  const fleet = await fleetBuilder(base, fine, calib);
+  // The rate–distortion builds do not depend on --quant: built once, listed in both sections.
+  const rdRows = new Map<string, { accuracy: Array<number | null>; bytes: Array<number | null>; detail: Array<string | null> }>();
   const product = await productPath(base);
   const sections: Section[] = [];
   try {
@@ -167,6 +175,31 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
         sv.detail[i] = Object.entries(built.ranks).map(([n, r]) => `${n}:${r}`).join(' ');
         log(`[seed ${o.seed} ${precision}] fleet build @ ${bytesLabel(sizes[i])}: ${sv.detail[i]}, ${built.bytes} B payload → ${pct(sv.accuracy[i]!)}`);
         step();
+      }
+
+      // 2b. The same ΔW through `fleet build --method auto`, without and with calibration.
+      for (const [key, label, calibrated] of [
+        ['fleetAuto', 'fleet build --method auto (no data)', false],
+        ['fleetAutoCalib', `fleet build --method auto --calib (${CALIB_SAMPLES} unlabelled field digits)`, true],
+      ] as const) {
+        const row = grid(key, label);
+        if (!rdRows.has(key)) {
+          const r = { accuracy: sizes.map((): number | null => null), bytes: sizes.map((): number | null => null), detail: sizes.map((): string | null => null) };
+          for (let i = 0; i < sizes.length; i++) {
+            const built = await timed(key, () => fleet.build(sizes[i], 'f32', { method: 'auto', calib: calibrated }));
+            step();
+            if (!built) continue;
+            r.accuracy[i] = await timed('evaluate', () => accuracy(built.model, fieldTest));
+            r.bytes[i] = built.bytes;
+            r.detail[i] = Object.entries(built.ranks).map(([n, k]) => `${n}:${k}`).join(' ');
+            log(`[seed ${o.seed}] ${label} @ ${bytesLabel(sizes[i])}: ${r.detail[i]}, ${built.bytes} B payload → ${pct(r.accuracy[i]!)}`);
+          }
+          rdRows.set(key, r);
+        }
+        const r = rdRows.get(key)!;
+        row.accuracy = r.accuracy.slice();
+        row.bytes = r.bytes.slice();
+        row.detail = r.detail.slice();
       }
 
       // 3. Top-k sparse ΔW.

@@ -53,6 +53,31 @@ describe('fleet build, inspect and apply from the command line', () => {
     await expect(fs.access(path.join(dir, 'wrong.safetensors'))).rejects.toThrow();
   });
 
+  it('--method auto with --calib builds compact kinds, and inspect shows per tensor the method, bits and error', async () => {
+    const out = path.join(dir, 'auto.cbor');
+    const calib = path.join(dir, 'stats.safetensors');
+    const diag = encodeValues(Float64Array.from({ length: 16 }, (_, j) => 1 + j), 'F32');
+    await fs.writeFile(calib, writeSafetensors([{ name: 'enc.q_proj.weight', dtype: 'F32', shape: [16], data: diag }]));
+    const b = fleet(['build', '--base', files.base, '--target', files.target, '--out', out, '--budget', '400', '--method', 'auto', '--calib', calib, '--yes']);
+    expect(b.code, b.err).toBe(0);
+    const insp = fleet(['inspect', out]);
+    expect(insp.code, insp.err).toBe(0);
+    expect(insp.out).toMatch(/enc.q_proj.weight +\[24,16\] +mixed \d+ +(\d+b×\d+\+?)+ +\d+ +\d\.\d\de[-+]\d+/);
+    const j = JSON.parse(fleet(['inspect', out, '--json']).out) as { updateBytes: number; tensors: Array<{ kind: string; dtype: string; relError: number | null }> };
+    expect(j.updateBytes).toBeLessThanOrEqual(400);
+    expect(j.tensors.every((t) => t.relError !== null)).toBe(true);
+    const bad: Array<[string[], RegExp]> = [
+      [['--rank', '2', '--method', 'auto'], /--method auto needs --budget/],
+      [['--budget', '400', '--calib', calib], /--calib needs --method auto, mixed or sign/],
+      [['--budget', '400', '--method', 'mixed', '--calib', files.base], /calibration [^:]+: the model has no such tensor|calibration enc.q_proj.bias: the tensor is not a matrix/],
+    ];
+    for (const [args, message] of bad) {
+      const r = fleet(['build', '--base', files.base, '--target', files.target, '--out', path.join(dir, 'never.cbor'), ...args]);
+      expect(r.code, args.join(' ')).not.toBe(0);
+      expect(r.err).toMatch(message);
+    }
+  });
+
   it('bad input ends with one clear message, a non-zero exit and no output file', async () => {
     const out = path.join(dir, 'bad.cbor');
     const truncated = path.join(dir, 'truncated.safetensors');

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import {
-  applyTensor, applyToModel, decodePayload, encodePayload, payloadStats, quantizeRowsI8,
+  applyTensor, applyToModel, decodePayload, encodePayload, isLowRank, payloadStats, quantizeRowsI8,
   type FactorDtype, type LowRankDelta, type Payload, type TensorDelta,
 } from '../../protocol/lowrank.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
@@ -8,62 +8,9 @@ import { readSafetensors, writeSafetensors, type TensorInput } from '../../proto
 import { modelDigest } from '../../protocol/digest.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { mulberry32 } from '../../util/random.ts';
+import { expectCode } from '../support/expect-code.ts';
 
-// ---------------------------------------------------------------------------
-// Independent reference: own decoding of f16/bf16/f32, own exact rounding.
-
-
-type FloatDtype = 'F32' | 'F16' | 'BF16';
-
-function u16s(b: Uint8Array): number[] {
-  const out: number[] = [];
-  for (let i = 0; i < b.length; i += 2) out.push(b[i] | (b[i + 1] << 8));
-  return out;
-}
-function refF16(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 31;
-  const f = h & 1023;
-  if (e === 31) return f ? NaN : s * Infinity;
-  return e === 0 ? s * f * 2 ** -24 : s * (1 + f / 1024) * 2 ** (e - 15);
-}
-function refBf16(h: number): number {
-  return new Float32Array(new Uint32Array([h << 16]).buffer)[0];
-}
-function refValues(b: Uint8Array, dtype: FloatDtype | 'f32' | 'f16'): number[] {
-  if (dtype === 'F32' || dtype === 'f32') return Array.from(new Float32Array(b.slice().buffer));
-  if (dtype === 'F16' || dtype === 'f16') return u16s(b).map(refF16);
-  return u16s(b).map(refBf16);
-}
-
-/** |x| · 2^1074 as an exact BigInt. */
-function exactBig(x: number): bigint {
-  const dv = new DataView(new ArrayBuffer(8));
-  dv.setFloat64(0, Math.abs(x));
-  const e = (dv.getUint32(0) >>> 20) & 0x7ff;
-  const frac = (BigInt(dv.getUint32(0) & 0xfffff) << 32n) | BigInt(dv.getUint32(4));
-  return e === 0 ? frac : ((1n << 52n) | frac) << BigInt(e - 1);
-}
-
-/** Round x to a binary format with M mantissa bits and minimum normal exponent emin, exactly, ties to even. */
-function refRound(x: number, M: number, emin: number, maxFinite: number): number {
-  if (!Number.isFinite(x) || x === 0) return x;
-  const X = exactBig(x);
-  const e = X.toString(2).length - 1 - 1074;
-  const qexp = Math.max(e, emin) - M;
-  const Q = 1n << BigInt(qexp + 1074);
-  let n = X / Q;
-  const r = X % Q;
-  if (2n * r > Q || (2n * r === Q && n % 2n === 1n)) n += 1n;
-  let v = Number(n) * 2 ** qexp;
-  if (v > maxFinite) v = Infinity;
-  return x < 0 ? -v : v;
-}
-function refRoundTo(x: number, dtype: FloatDtype): number {
-  if (dtype === 'F32') return Math.fround(x);
-  if (dtype === 'F16') return refRound(x, 10, -14, 65504);
-  return refRound(x, 7, -126, (2 - 2 ** -7) * 2 ** 127);
-}
+import { refF16, refRound, refRoundTo, refValues, type FloatDtype } from '../support/ref-float.ts';
 
 function refFactor(bytes: Uint8Array, dtype: FactorDtype, scales: Uint8Array | undefined, cols: number): number[] {
   if (dtype !== 'i8') return refValues(bytes, dtype);
@@ -78,6 +25,7 @@ function refApply(dtype: FloatDtype, shape: number[], base: Uint8Array, d: Tenso
     const dv = refValues(d.dense, 'f32');
     return w.map((x, e) => refRoundTo(x + dv[e], dtype));
   }
+  if (!isLowRank(d)) throw new Error('refApply: low-rank and dense deltas only');
   const m = shape[0];
   const n = shape.slice(1).reduce((a, b) => a * b, 1);
   const r = d.rank;
@@ -135,16 +83,6 @@ function lowRank(rand: () => number, name: string, shape: number[], r: number, d
 const D0 = 'a'.repeat(64);
 const D1 = 'b'.repeat(64);
 
-function expectCode(f: () => unknown, code: string): void {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(ProtocolError);
-    expect((e as ProtocolError).code).toBe(code);
-    return;
-  }
-  throw new Error(`expected ProtocolError ${code}, nothing was thrown`);
-}
 
 function samplePayload(): Payload {
   const rand = mulberry32(7);

@@ -4,6 +4,7 @@ import {
 } from '../../protocol/safetensors.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { mulberry32 } from '../../util/random.ts';
+import { expectCode } from '../support/expect-code.ts';
 
 
 /** A file assembled by hand from the format description. */
@@ -18,16 +19,6 @@ function handMade(json: string, data: number[]): Uint8Array {
   return out;
 }
 
-function expectCode(f: () => unknown, code: string): void {
-  try {
-    f();
-  } catch (e) {
-    expect(e).toBeInstanceOf(ProtocolError);
-    expect((e as ProtocolError).code).toBe(code);
-    return;
-  }
-  throw new Error(`expected ProtocolError ${code}, nothing was thrown`);
-}
 
 const sample = (): TensorInput[] => [
   { name: 'w', dtype: 'F32', shape: [2, 3], data: new Uint8Array(new Float32Array([1, 2, 3, -4, 0.5, 1e-3]).buffer) },

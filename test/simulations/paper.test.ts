@@ -249,15 +249,15 @@ describe('paper simulation: end to end', () => {
     expect(runs.map((r) => r.config.seed)).toEqual([1, 2]);
     const agg = aggregate(runs);
     const md = resultsMarkdown(agg, { command: 'npm run sim:paper -- …', wallSeconds: 1, date: '2026-01-01', jobs: 2 });
-    for (const label of ['low-rank trained', 'SVD of fine-tune', 'top-k of fine-tune', 'last layer retrained', 'dense fine-tune ΔW, 8-bit', 'dense fine-tune ΔW, 4-bit', 'full fine-tuned model']) {
+    for (const label of ['low-rank trained', 'SVD of fine-tune', 'fleet build --method auto (no data)', 'fleet build --method auto --calib', 'top-k of fine-tune', 'last layer retrained', 'dense fine-tune ΔW, 8-bit', 'dense fine-tune ΔW, 4-bit', 'full fine-tuned model']) {
       expect(md).toContain(`| ${label}`);
     }
     expect(md).toContain('bytes for 90 % | ÷ ours |');
     expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with float32 numbers/);
     expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with 8-bit numbers/);
     const j = JSON.parse(JSON.stringify(aggregateJson(agg, 1))) as Record<string, any>;
-    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'topK', 'lastLayer', 'fullFineTune']);
-    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
+    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'topK', 'lastLayer', 'fullFineTune']);
+    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
     for (const m of Object.values(j.methods.int8) as Array<Record<string, unknown>>) {
       expect(m).toHaveProperty('bytesFor90');
       expect(m).toHaveProperty('ratioToOurs');
@@ -282,8 +282,8 @@ describe('paper simulation: end to end', () => {
       expect(j[k]).toBeGreaterThanOrEqual(0);
       expect(j[k]).toBeLessThanOrEqual(1);
     }
-    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'topK', 'lastLayer', 'fullFineTune']);
-    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
+    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'topK', 'lastLayer', 'fullFineTune']);
+    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
     for (const sec of ['f32', 'int8']) {
       for (const m of Object.values(j.methods[sec]) as Array<{ accuracy: Record<string, number | null> }>) {
         expect(Object.keys(m.accuracy)).toEqual(['0.5%', '5%']);
@@ -294,8 +294,12 @@ describe('paper simulation: end to end', () => {
     expect(typeof j.bytesForGain.targetGainPoints).toBe('number');
     // fleet build never ships more than the budget.
     j.sizesBytes.forEach((b: number, i: number) => {
-      const shipped = j.methods.f32.fleetSvd.bytes[`${j.sizesPercent[i]}%`];
-      if (shipped !== null) expect(shipped).toBeLessThanOrEqual(b);
+      for (const key of ['fleetSvd', 'fleetAuto', 'fleetAutoCalib']) {
+        const shipped = j.methods.f32[key].bytes[`${j.sizesPercent[i]}%`];
+        if (shipped !== null) expect(shipped).toBeLessThanOrEqual(b);
+      }
     });
+    // The calibrated build is built from the sim's own stats file and ships at every size tried.
+    expect(j.methods.f32.fleetAutoCalib.bytes['5%']).toBeGreaterThan(0);
   });
 });

@@ -1,0 +1,53 @@
+/**
+ * The calibration file `fleet build --calib` reads (docs/compression.md, "Calibration"),
+ * written from the simulation's own MLP: per weight tensor, the Gram matrix G = XᵀX / N of
+ * that layer's inputs in the base model on N unlabelled samples — fc1.weight: the pixels
+ * [784, 784]; fc2.weight: the hidden activations after ReLU [hidden, hidden]. F32.
+ * And how much each output of fc1 matters downstream, so that errors in both layers are
+ * measured at the logits: fc1.weight:outputs [hidden], o_j = P(h_j > 0) · Σ_k W2[k, j]² (an
+ * error e in pre-activation j moves the logits by W2[:, j]·e while the unit is active);
+ * fc2.weight:outputs [outputs] = 1 (its outputs are the logits).
+ */
+import { writeSafetensors } from '../../protocol/safetensors.ts';
+import type { Dataset } from './data.ts';
+import { hiddenOf, inputsOf, type Mlp } from './mlp.ts';
+import { TENSOR_NAMES } from './fleet-build.ts';
+
+function gram(rows: Float64Array[], n: number): Float32Array {
+  const g = new Float64Array(n * n);
+  for (const x of rows) {
+    for (let a = 0; a < n; a++) {
+      const xa = x[a];
+      if (xa === 0) continue;
+      for (let b = 0; b < n; b++) g[a * n + b] += xa * x[b];
+    }
+  }
+  return Float32Array.from(g, (v) => v / rows.length);
+}
+
+export function calibrationStats(base: Mlp, ds: Dataset, samples: number): Uint8Array {
+  const n = Math.min(samples, ds.n);
+  const inp = inputsOf(ds, base.inputs);
+  const pixels: Float64Array[] = [];
+  const hidden: Float64Array[] = [];
+  const active = new Float64Array(base.hidden);
+  for (let s = 0; s < n; s++) {
+    pixels.push(Float64Array.from(ds.x.subarray(s * base.inputs, (s + 1) * base.inputs)));
+    const h = new Float64Array(base.hidden);
+    hiddenOf(base, inp, s, h);
+    hidden.push(h);
+    for (let j = 0; j < base.hidden; j++) if (h[j] > 0) active[j] += 1 / n;
+  }
+  const out1 = new Float32Array(base.hidden);
+  for (let j = 0; j < base.hidden; j++) {
+    let w = 0;
+    for (let k = 0; k < base.outputs; k++) w += base.w2[k * base.hidden + j] ** 2;
+    out1[j] = active[j] * w;
+  }
+  const v = (name: string, x: Float32Array) => ({ name, dtype: 'F32' as const, shape: [x.length], data: new Uint8Array(x.buffer) });
+  const t = (name: string, g: Float32Array, k: number) => ({ name, dtype: 'F32' as const, shape: [k, k], data: new Uint8Array(g.buffer) });
+  return writeSafetensors([
+    t(TENSOR_NAMES.w1, gram(pixels, base.inputs), base.inputs), t(TENSOR_NAMES.w2, gram(hidden, base.hidden), base.hidden),
+    v(`${TENSOR_NAMES.w1}:outputs`, out1), v(`${TENSOR_NAMES.w2}:outputs`, new Float32Array(base.outputs).fill(1)),
+  ]);
+}
