@@ -69,8 +69,9 @@ describe.each(COMMANDS)('$name', (c) => {
     }
   }, 60_000);
 
-  // Only these have a stop that a mute broker makes slow (a QoS 1 publish left waiting); the others stop at once there.
-  it.runIf(c.onMute === 'publish')('exits at once on a second signal during a slow stop', async () => {
+  // Only these have a stop that a mute broker makes slow (a QoS 1 publish left waiting); the others stop at once
+  // there, so for them there is no slow stop to interrupt, and the case is not defined (rather than skipped).
+  if (c.onMute === 'publish') it('exits at once on a second signal during a slow stop', async () => {
     const mute = await MuteBroker.start();
     try {
       const { child, log, client } = await startCommand(f, c, mute.url, 60);
