@@ -50,8 +50,34 @@ export function runProgram(program: Command, argv: string[]): void {
   const i = args.indexOf('device');
   if (i >= 2 && args[i + 1] === 'install-service') args.splice(i, 2, 'device-install-service');
   program.parseAsync(args).catch((e: unknown) => {
-    process.stderr.write(`fleet: ${(e as Error).message}\n`);
+    process.stderr.write(`fleet: ${describeError(e)}\n`);
     const code = (e as { exitCode?: unknown }).exitCode;
     process.exit(typeof code === 'number' && code > 0 ? code : 1);
   });
+}
+
+/** What to do about a file-system error, by its code. */
+const FS_ADVICE: Record<string, string> = {
+  EACCES: 'permission denied: run as a user that may use it, or choose another path',
+  EPERM: 'operation not permitted: run as a user that may use it, or choose another path',
+  EROFS: 'the file system is read-only: choose a path on a writable one',
+  ENOSPC: 'no space left on the device: free some space, or choose a path on another disk',
+  EDQUOT: 'disk quota exceeded: free some space, or choose another path',
+  ENOENT: 'no such file or directory: check the path',
+  ENOTDIR: 'a part of the path is a file, not a directory: check the path',
+  EISDIR: 'it is a directory where a file was expected: name a file',
+};
+
+/**
+ * One line for an error: a file-system error names the user's own path (not
+ * the temporary file an atomic write was using) and what to do; any other
+ * error is its message.
+ */
+export function describeError(e: unknown): string {
+  const err = e as NodeJS.ErrnoException;
+  const advice = err?.code ? FS_ADVICE[err.code] : undefined;
+  if (!advice || typeof err.path !== 'string') return err?.message ?? String(e);
+  // util/fs-atomic.ts writes FILE.tmp-PID-RANDOM and renames it: the user knows FILE.
+  const file = err.path.replace(/\.tmp-[0-9]+(-[a-z0-9]+)?$/, '');
+  return `${file}: ${advice} (${err.code}${err.syscall ? ` in ${err.syscall}` : ''})`;
 }
