@@ -110,10 +110,15 @@ async function main(): Promise<void> {
       // The first start provisions the directory from --initial; the agent measured is the next start,
       // as a device runs every day (the model already in its directory).
       const first = await startAgent(entry, args, path.join(work, `${id}.log`));
-      // At rest (the previous size's release is retained on the topic: this model refuses it, wrong-base).
-      await waitFor(id, (s) => ['idle', 'ok', 'rejected'].includes(s.state), 120_000);
-      const provisionPeak = memoryOf(first.child.pid!).hwm;
-      await stopChild(first.child);
+      let provisionPeak: number;
+      try {
+        // At rest (the previous size's release is retained on the topic: this model refuses it, wrong-base).
+        await waitFor(id, (s) => ['idle', 'ok', 'rejected'].includes(s.state), 120_000);
+        provisionPeak = memoryOf(first.child.pid!).hwm;
+      } finally {
+        // Stopped by its PID whatever happened: a failed run leaves no agent behind.
+        await stopChild(first.child);
+      }
       const agent = await startAgent(entry, args, path.join(work, `${id}.log`));
       try {
         await new Promise((r) => setTimeout(r, 2000));
