@@ -8,7 +8,9 @@ import { stopTimeoutMs } from './stopping.ts';
 
 /** The options of `fleet device`, exactly as typed (for the service's ExecStart line too). */
 export interface DeviceCliOptions {
-  id: string; model: string; group: string; dir: string; trust: string; broker: string; initial?: string;
+  id: string; model: string; group: string; dir: string; trust: string;
+  /** One broker URL, or several comma-separated (nodes of one cluster) to fail over between. */
+  broker: string; initial?: string;
   window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number;
   validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; maxAttempts: number;
   onSwitch?: string; groupKey?: string; maxPayload?: number; maxChunks?: number; maxChunk?: number;

@@ -1,13 +1,11 @@
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startBroker, type RunningBroker } from '../../broker/broker.ts';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
-import { FLEET_BIN } from '../../cli/demo.ts';
 import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
-import { GROUP, MODEL, tempDir, topics } from '../support/harness.ts';
+import { GROUP, MODEL, runFleet, tempDir, topics } from '../support/harness.ts';
 
 let broker: RunningBroker | undefined;
 const clients: MqttTransport[] = [];
@@ -17,13 +15,6 @@ afterEach(async () => {
   broker = undefined;
 });
 
-function fleet(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const c = spawn(process.execPath, [FLEET_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const r = { code: null as number | null, out: '', err: '' };
-  c.stdout!.on('data', (d: Buffer) => (r.out += d.toString()));
-  c.stderr!.on('data', (d: Buffer) => (r.err += d.toString()));
-  return new Promise((resolve) => c.once('exit', (code) => resolve({ ...r, code })));
-}
 
 const status = (device: string, time: string): DeviceStatus => ({
   device, group: GROUP, model: MODEL, state: 'ok', running: 'a'.repeat(64), target: null, seq: null, updateId: null, rollback: false,
@@ -63,16 +54,16 @@ describe('fleet devices --forget / --stale', () => {
       await t.publish(topics.presence(id), presence, { qos: 1, retain: true });
     }
     const opUrl = url.replace('mqtt://', 'mqtt://op:op-secret@');
-    const unknown = await fleet(['devices', '--broker', opUrl, '--forget', 'nobody']);
+    const unknown = await runFleet(['devices', '--broker', opUrl, '--forget', 'nobody']);
     expect(unknown.code).toBe(1);
     expect(unknown.err).toBe('fleet: the broker holds no status or presence of nobody; check the device id (fleet devices lists them)\n');
 
-    const one = await fleet(['devices', '--broker', opUrl, '--forget', 'old-1']);
+    const one = await runFleet(['devices', '--broker', opUrl, '--forget', 'old-1']);
     expect(one.err).toBe('');
     expect(one.out).toBe('forgot 1 device(s): old-1\n');
     expect(await retained(url, ['old-1', 'old-2', 'live'])).toEqual(['live presence', 'live status', 'old-2 presence', 'old-2 status']);
 
-    const stale = await fleet(['devices', '--broker', opUrl, '--stale', '30d']);
+    const stale = await runFleet(['devices', '--broker', opUrl, '--stale', '30d']);
     expect(stale.out).toBe('forgot 1 device(s): old-2\n');
     expect(await retained(url, ['old-1', 'old-2', 'live'])).toEqual(['live presence', 'live status']);
 

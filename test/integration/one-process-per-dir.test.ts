@@ -1,30 +1,15 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
-import { createFixture, freePort, GROUP, MODEL, publish, spawnDevice, StatusWatch, tempDir, type Fixture } from '../support/harness.ts';
+import { createFixture, freePort, GROUP, MODEL, publish, runFleet, spawnDevice, StatusWatch, tempDir, type Fixture } from '../support/harness.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 
 let f: Fixture | undefined;
-const extra: ChildProcess[] = [];
 afterEach(async () => {
-  for (const c of extra.splice(0)) await stopChild(c);
   await f?.close();
   f = undefined;
 });
-
-/** Runs `fleet …` to its end: exit code and everything it wrote. */
-function run(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const c = spawn(process.execPath, [FLEET_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  extra.push(c);
-  let out = '';
-  let err = '';
-  c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  return new Promise((resolve) => c.once('exit', (code) => resolve({ code, out, err })));
-}
 
 describe('one process per directory', () => {
   it('a second agent on a device directory exits 78 (EX_CONFIG) naming the first; after the first is SIGKILLed, a new one takes over and finishes', async () => {
@@ -33,7 +18,7 @@ describe('one process per directory', () => {
     const first = spawnDevice(f, 'd1');
     await watch.until('d1', (s) => s.state === 'idle');
     const dir = path.join(f.dir, 'd1');
-    const second = await run(['device', '--id', 'd1', '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', f.trustFile, '--broker', f.url, '--initial', f.baseFile]);
+    const second = await runFleet(['device', '--id', 'd1', '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', f.trustFile, '--broker', f.url, '--initial', f.baseFile]);
     expect(second.code).toBe(78); // EX_CONFIG: a service manager must not restart into it
     expect(second.err.trim().split('\n').at(-1)).toMatch(
       new RegExp(`^fleet: ${dir} is in use by fleet device d1 \\(PID ${first.pid} on ${os.hostname()}, since [0-9T:.-]+Z\\); stop it first, or give this one a directory of its own$`),
@@ -54,7 +39,7 @@ describe('one process per directory', () => {
     const port = await freePort();
     const b = await BrokerProcess.start(port, ['--data-dir', path.join(dir, 'data')], dir);
     try {
-      const second = await run(['broker', '--port', String(await freePort()), '--data-dir', path.join(dir, 'data')]);
+      const second = await runFleet(['broker', '--port', String(await freePort()), '--data-dir', path.join(dir, 'data')]);
       expect(second.code).toBe(78); // EX_CONFIG: a service manager must not restart into it
       expect(second.err).not.toContain('Database failed to open');
       expect(second.err.trim().split('\n').at(-1)).toMatch(new RegExp(`^fleet: ${path.join(dir, 'data')} is in use by fleet broker \\(PID ${b.child!.pid} `));

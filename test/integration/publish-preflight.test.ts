@@ -1,10 +1,8 @@
-import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../cli/demo.ts';
 import { keygen } from '../../publisher/keys.ts';
-import { connect, createFixture, GROUP, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { connect, createFixture, GROUP, MODEL, runFleet, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 
 let f: Fixture | undefined;
 afterEach(async () => {
@@ -12,14 +10,6 @@ afterEach(async () => {
   f = undefined;
 });
 
-/** `fleet …` as a child process (the broker runs in this process: never spawnSync). */
-function fleet(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const c = spawn(process.execPath, [FLEET_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const r = { code: null as number | null, out: '', err: '' };
-  c.stdout!.on('data', (d: Buffer) => (r.out += d.toString()));
-  c.stderr!.on('data', (d: Buffer) => (r.err += d.toString()));
-  return new Promise((resolve) => c.once('exit', (code) => resolve({ ...r, code })));
-}
 
 describe('fleet publish refuses what the devices would refuse, before it uploads a byte', () => {
   it('a release key alone where the fleet (trust.json beside the keys) has a rollout role; a key the trust file does not name', async () => {
@@ -33,14 +23,14 @@ describe('fleet publish refuses what the devices would refuse, before it uploads
     await spy.subscribe(['fleet/#'], 1);
     const common = ['--update', update, '--model', MODEL, '--group', GROUP, '--broker', f.url, '--chunk-size', '1024'];
 
-    const noRollout = await fleet(['publish', '--key', f.keyFile, ...common]);
+    const noRollout = await runFleet(['publish', '--key', f.keyFile, ...common]);
     expect(noRollout.code).toBe(1);
     expect(noRollout.err.trim().split('\n')).toEqual([
       `fleet: the fleet's trust file has a rollout role, so the group assignment must be signed by a rollout key: give --rollout-key (devices would refuse one signed by a release key: wrong-role) (checked against ${path.join(path.dirname(f.keyFile), 'trust.json')})`,
     ]);
 
     const other = await keygen(path.join(f.dir, 'other-keys'));
-    const foreign = await fleet(['publish', '--key', other.keyFile, '--rollout-key', f.rolloutKeyFile, '--trust', f.trustFile, ...common]);
+    const foreign = await runFleet(['publish', '--key', other.keyFile, '--rollout-key', f.rolloutKeyFile, '--trust', f.trustFile, ...common]);
     expect(foreign.code).toBe(1);
     expect(foreign.err).toMatch(/^fleet: the trust file's release role needs 1 of its keys and 0 of the --key files are among them: devices would refuse the manifest \(untrusted-key\)/);
 
@@ -56,16 +46,16 @@ describe('fleet publish refuses what the devices would refuse, before it uploads
     const update = path.join(f.dir, 'update.cbor');
     await fs.writeFile(update, f.update.payload);
     const keys = ['--key', f.keyFile, '--rollout-key', f.rolloutKeyFile, '--update', update, '--broker', f.url, '--chunk-size', '1024'];
-    const typo = await fleet(['publish', ...keys, '--model', MODEL, '--group', `${GROUP}x`]);
+    const typo = await runFleet(['publish', ...keys, '--model', MODEL, '--group', `${GROUP}x`]);
     expect(typo.code).toBe(1);
     expect(typo.err.trim().split('\n')).toEqual([
       `fleet: no device has reported group ${GROUP}x for model ${MODEL} (groups with devices on ${MODEL}: ${GROUP}; models: ${MODEL}); check the names, or give --yes to publish for devices yet to come`,
     ]);
     expect(await retainedRelease(f, `${GROUP}x`)).toBeUndefined();
-    const yes = await fleet(['publish', ...keys, '--model', MODEL, '--group', `${GROUP}x`, '--yes']);
+    const yes = await runFleet(['publish', ...keys, '--model', MODEL, '--group', `${GROUP}x`, '--yes']);
     expect(yes.code, yes.err).toBe(0);
     expect(await retainedRelease(f, `${GROUP}x`)).toBeDefined();
-    const right = await fleet(['publish', ...keys, '--model', MODEL, '--group', GROUP]);
+    const right = await runFleet(['publish', ...keys, '--model', MODEL, '--group', GROUP]);
     expect(right.code, right.err).toBe(0);
     await watch.until('p1', (s) => s.state === 'ok' && s.running === f!.update.targetDigest, 60_000);
   }, 120_000);

@@ -1,8 +1,6 @@
-import { spawn } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../cli/demo.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
-import { connect, createFixture, GROUP, MEDIUM_LAYERS, MODEL, publish, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { connect, createFixture, GROUP, MEDIUM_LAYERS, MODEL, publish, runFleet, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
@@ -24,15 +22,10 @@ describe('fleet withdraw', () => {
     await watch.until('w1', (s) => s.state === 'idle');
     await publish(f);
     await watch.until('w1', (s) => s.state === 'downloading' && s.bytes > 0, 60_000);
-    // Not spawnSync: the broker runs in this process and must go on answering.
-    const c = spawn(process.execPath, [FLEET_BIN, 'withdraw', '--model', MODEL, '--group', GROUP, '--broker', f.url], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const r = { stdout: '', stderr: '', status: null as number | null };
-    c.stdout!.on('data', (d: Buffer) => (r.stdout += d.toString()));
-    c.stderr!.on('data', (d: Buffer) => (r.stderr += d.toString()));
-    r.status = await new Promise<number | null>((resolve) => c.once('exit', resolve));
-    expect(r.stderr).toBe('');
-    expect(r.status).toBe(0);
-    expect(r.stdout).toBe(`withdrew the release of ${MODEL} for group ${GROUP} (${topics.release(GROUP, MODEL)}); devices keep the model they run\n`);
+    const r = await runFleet(['withdraw', '--model', MODEL, '--group', GROUP, '--broker', f.url]);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.out).toBe(`withdrew the release of ${MODEL} for group ${GROUP} (${topics.release(GROUP, MODEL)}); devices keep the model they run\n`);
     const s = await watch.until('w1', (s) => s.state === 'idle', 60_000);
     expect(s.message).toBe('release withdrawn');
     expect(s.running).toBe(f.update.baseDigest);

@@ -227,6 +227,25 @@ export function spawnFleet(f: Fixture, name: string, args: string[]): ChildProce
   return child;
 }
 
+/**
+ * Runs `fleet …` to its end without blocking this process (the fixture's broker runs in it:
+ * never spawnSync against it): exit code and what it wrote. Killed by its PID after `timeoutMs`.
+ */
+export function runFleet(args: string[], timeoutMs = 60_000): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [FLEET_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    const timer = setTimeout(() => process.kill(c.pid!, 'SIGKILL'), timeoutMs);
+    c.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, out, err });
+    });
+  });
+}
+
 /** Resolves once something accepts TCP connections on the port. */
 export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
