@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { applyUpdateFile } from '../device/apply.ts';
 import { DirLock } from '../util/dir-lock.ts';
+import { DeviceAgent } from '../device/agent.ts';
 import { installBundle } from '../device/offline-install.ts';
 import { DeviceStorage } from '../device/storage.ts';
 import { parseTrustFile } from '../protocol/release.ts';
@@ -68,10 +69,7 @@ export function registerOfflineCommands(program: Command): void {
         const tmpDir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-apply-'));
         try {
           const storage = new DeviceStorage(tmpDir);
-          await storage.init();
-          const digest = await digestModelFile(o.model!);
-          await storage.installVersion(digest, new Uint8Array(await fs.readFile(o.model!)));
-          await storage.switchTo(digest, null);
+          await DeviceAgent.provision(storage, o.model!, digestModelFile);
           const r = await installBundle({ bundle, trust, storage, model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log });
           await fs.copyFile(storage.modelPath(r.to), `${o.out}.tmp-${process.pid}`);
           await fs.rename(`${o.out}.tmp-${process.pid}`, o.out!);

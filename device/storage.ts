@@ -108,11 +108,6 @@ export class DeviceStorage {
     return exists(this.modelPath(digest), this.fsys);
   }
 
-  /** Install a model file as a version (copy, fsync, rename). */
-  async installVersion(digest: string, bytes: Uint8Array): Promise<void> {
-    await writeFileAtomic(this.modelPath(digest), bytes, undefined, this.fsys);
-  }
-
   /**
    * Install a model file as a version without holding it in memory: copy it
    * into models/ under a staging name (removed on start if a crash leaves
