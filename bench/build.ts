@@ -19,6 +19,7 @@ import { decodePayload } from '../protocol/lowrank.ts';
 import { writeSafetensors, type TensorInput } from '../protocol/safetensors.ts';
 import { mulberry32 } from '../util/random.ts';
 import { benchRsvd, type RsvdBenchResult } from './rsvd.ts';
+import { readUpdateFile } from '../util/update-file.ts';
 
 const FLEET = fileURLToPath(new URL('../bin/fleet.js', import.meta.url));
 const LAYERS = 24;
@@ -98,7 +99,7 @@ async function main(): Promise<void> {
     log('fleet build --rank 16, then the device apply …');
     const rank16 = path.join(dir, 'rank16.cbor');
     fleetJson(['build', '--base', baseFile, '--target', targetFile, '--out', rank16, '--rank', '16', '--yes']);
-    const payload = decodePayload(new Uint8Array(await fs.readFile(rank16)));
+    const payload = decodePayload(await readUpdateFile(rank16));
     const t0 = performance.now();
     const digest = await applyToFile(baseFile, payload, path.join(dir, 'applied.safetensors'));
     const applySeconds = (performance.now() - t0) / 1000;

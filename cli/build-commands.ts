@@ -12,6 +12,8 @@ import type { Method } from '../publisher/rd.ts';
 import { loadCalibration } from '../publisher/calib.ts';
 import { digestModelFile, ModelFile } from '../util/model-file.ts';
 import { createProgress } from '../util/progress.ts';
+import { encodeUpdateFile } from '../protocol/update-file.ts';
+import { readUpdateFile } from '../util/update-file.ts';
 
 /** "150000", "150k", "2M" (powers of 1000), or "0.5%" of the base model's bytes. */
 export function parseBudget(v: string): { bytes?: number; percent?: number } {
@@ -183,7 +185,7 @@ export function registerBuildCommands(program: Command): void {
         if (worries.length > 0 && !o.yes) throw new BuildError('needs-confirmation', `${worries.join('; ')}: nothing written; pass --yes to write it anyway`);
         for (const w of worries) process.stderr.write(`warning: ${w}\n`);
         const full = { ...report, ...(lora ? { lora } : {}), payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000, peakRssMB: process.resourceUsage().maxRSS / 1024 };
-        await writeOutput(o.out, payload);
+        await writeOutput(o.out, encodeUpdateFile(payload));
         await writeOutput(reportPath(o.out), JSON.stringify(full, null, 2) + '\n');
         if (o.json) process.stdout.write(JSON.stringify(full) + '\n');
         else {
@@ -203,7 +205,7 @@ export function registerBuildCommands(program: Command): void {
     .option('--base <file>', 'the base model, to report sizes against it')
     .option('--json', 'one JSON line')
     .action(async (file: string, o: { base?: string; json?: boolean }) => {
-      const bytes = new Uint8Array(await fs.readFile(file));
+      const bytes = await readUpdateFile(file);
       const p = decodePayload(bytes);
       const sidecar = await fs.readFile(reportPath(file), 'utf8').then((t) => JSON.parse(t) as BuildReport & { payloadSha256: string }).catch(() => undefined);
       const built = sidecar?.payloadSha256 === sha256Hex(bytes) ? sidecar : undefined;

@@ -14,6 +14,7 @@ import { createLogger } from '../util/log.ts';
 import { stripControls } from '../util/text.ts';
 import { createProgress } from '../util/progress.ts';
 import { packageRoot } from '../util/package-root.ts';
+import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 /** The `fleet` command of this package (the same from the sources, the build and an installed package). */
 export const FLEET_BIN = path.join(packageRoot() ?? process.cwd(), 'bin', 'fleet.js');
@@ -124,7 +125,7 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     const pubTransport = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-publisher-${process.pid}` }, 10_000);
     const progress = createProgress('upload', process.stderr, o.json);
     const payloadFile = path.join(tmp, 'update.cbor');
-    await fs.writeFile(payloadFile, update.payload);
+    await fs.writeFile(payloadFile, encodeUpdateFile(update.payload));
     const result = await publishUpdate({
       transport: pubTransport,
       topics,

@@ -10,6 +10,7 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { DirLock } from '../util/dir-lock.ts';
 import { createLogger } from '../util/log.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
+import { encodeUpdateFile } from '../protocol/update-file.ts';
 import { formatGroupKeyFile, newGroupKey } from '../protocol/seal.ts';
 import { registerDeviceCommands } from './device-cli.ts';
 import { createProgram, logLevelOf, runProgram } from './program.ts';
@@ -150,7 +151,7 @@ program
     const base = synthesizeModel(o.seed);
     const u = synthesizeUpdate(base, o.rank, o.seed + 1);
     await fs.writeFile(path.join(o.out, 'base.safetensors'), base);
-    await fs.writeFile(path.join(o.out, 'update.cbor'), u.payload);
+    await fs.writeFile(path.join(o.out, 'update.cbor'), encodeUpdateFile(u.payload));
     await fs.writeFile(path.join(o.out, 'target.safetensors'), u.target);
     process.stdout.write(`base.safetensors ${base.byteLength} bytes (${u.baseDigest})\nupdate.cbor ${u.payload.byteLength} bytes (${((100 * u.payload.byteLength) / base.byteLength).toFixed(2)} %)\ntarget.safetensors (${u.targetDigest})\n`);
   });

@@ -12,6 +12,7 @@ import { makeBundle, readBundle } from '../publisher/bundle.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
 import { createLogger } from '../util/log.ts';
 import { digestModelFile } from '../util/model-file.ts';
+import { readUpdateFile } from '../util/update-file.ts';
 import { collect, parseDuration } from './options.ts';
 
 /** `fleet bundle` and `fleet apply`: updates for sites reached by a memory stick. */
@@ -28,7 +29,7 @@ export function registerOfflineCommands(program: Command): void {
     .option('--ttl <duration>', 'release lifetime', parseDuration, 30 * 86400)
     .requiredOption('--out <file>', 'bundle file to write')
     .action(async (o: { update: string[]; full?: string; key: string[]; rolloutKey?: string[]; model: string; group: string; ttl: number; out: string }) => {
-      const payloads = await Promise.all(o.update.map(async (f) => new Uint8Array(await fs.readFile(f))));
+      const payloads = await Promise.all(o.update.map(readUpdateFile));
       const fullModel = o.full ? new Uint8Array(await fs.readFile(o.full)) : undefined;
       const keys = await Promise.all(o.key.map(loadSigningKey));
       const rolloutKeys = o.rolloutKey ? await Promise.all(o.rolloutKey.map(loadSigningKey)) : undefined;
@@ -80,7 +81,7 @@ export function registerOfflineCommands(program: Command): void {
         return;
       }
       if (!o.model || !o.update || !o.out) throw new Error('give --model, --update and --out (or --bundle with --trust)');
-      const target = await applyUpdateFile(o.model, new Uint8Array(await fs.readFile(o.update)), o.out);
+      const target = await applyUpdateFile(o.model, await readUpdateFile(o.update), o.out);
       process.stdout.write(`wrote ${o.out}: ${target}\n`);
     });
 }

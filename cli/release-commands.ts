@@ -12,6 +12,7 @@ import { signerProblem, trustBesideKeys } from '../publisher/signer-check.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel, type Logger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
+import { readUpdateFile } from '../util/update-file.ts';
 import { collect, parseDuration, parseIntArg } from './options.ts';
 
 const short = (d: string | null): string => (d === null ? 'any' : d.slice(0, 12));
@@ -94,7 +95,7 @@ export function registerReleaseCommands(program: Command): void {
     .option('--group-key <file>', 'seal the payloads with this group key (`fleet groupkey`): the broker and update server never see the weights')
     .action(async (o: PublishCli) => {
       const log = createLogger('publish', logLevel());
-      const payloads = await Promise.all(o.update.map((f) => readInput(f, 'update')));
+      const payloads = await Promise.all(o.update.map(readUpdateFile));
       const fullModel = o.full === undefined ? undefined : await readInput(o.full, 'full model');
       const { keys, rolloutKeys } = await loadRoleKeys(o);
       if (!o.manifestOnly && o.group === undefined) throw new Error('--group is required (or --manifest-only)');

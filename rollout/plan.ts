@@ -3,6 +3,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
 import { isTopicSegment } from '../protocol/topics.ts';
+import { decodeUpdateFile, UpdateFileError } from '../protocol/update-file.ts';
 import { fullModelDigest, orderChain } from '../publisher/publish.ts';
 
 /**
@@ -231,7 +232,16 @@ export async function loadPayloads(plan: RolloutPlan, baseDir: string): Promise<
       throw new PlanError(`${field}: cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
   };
-  const payloads = await Promise.all(plan.updates.map((u, k) => read(`updates[${k}]`, u)));
+  // Update files carry their integrity check (protocol/update-file.ts): a damaged one is refused before anything is published.
+  const payloads = await Promise.all(plan.updates.map(async (u, k) => {
+    const file = path.resolve(baseDir, u);
+    try {
+      return decodeUpdateFile(await read(`updates[${k}]`, u), file);
+    } catch (e) {
+      if (e instanceof UpdateFileError) throw new PlanError(`updates[${k}]: ${e.message}`);
+      throw e;
+    }
+  }));
   const fullModel = plan.full === undefined ? undefined : await read('full', plan.full);
   return { payloads, fullModel, target: targetOf(payloads, fullModel) };
 }

@@ -23,6 +23,7 @@ import { mulberry32 } from '../util/random.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
 import { brokerCommands, collectEnds, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
 
@@ -73,7 +74,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const baseFile = path.join(dir, 'base.safetensors');
     const updateFile = path.join(dir, 'update.cbor');
     await fs.writeFile(baseFile, base);
-    await fs.writeFile(updateFile, update.payload);
+    await fs.writeFile(updateFile, encodeUpdateFile(update.payload));
     const payloadBytes = update.payload.byteLength;
     o.log(`payload ${payloadBytes} bytes, ${o.devices} devices, broker ${o.broker}, ${o.kernel ? 'kernel link' : 'proxy link'}`);
 

@@ -33,6 +33,7 @@ import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
 import { brokerCommands, collectEnds, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
 
@@ -94,7 +95,7 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
     const baseFile = path.join(dir, 'base.safetensors');
     const updateFile = path.join(dir, 'update.cbor');
     await fs.writeFile(baseFile, base);
-    await fs.writeFile(updateFile, update.payload);
+    await fs.writeFile(updateFile, encodeUpdateFile(update.payload));
     const payloadBytes = update.payload.byteLength;
 
     const avail = NetnsLink.available();

@@ -19,6 +19,7 @@ import type { Quant } from '../../publisher/quantize.ts';
 import { mlpFromSafetensors, mlpToSafetensors, TENSOR_NAMES } from './fleet-build.ts';
 import type { Mlp } from './mlp.ts';
 import type { LoraState } from './train.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 const PREFIX = 'base_model.model.';
 
@@ -108,7 +109,7 @@ export async function productPath(base: Mlp): Promise<ProductPath> {
       const decoded: Payload = decodePayload(payload);
       const applied = applyToModel(baseBytes, decoded);
       if (applied.digest !== decoded.target) throw new Error(`applied digest ${applied.digest} is not the payload's target ${decoded.target}`);
-      if (keep) await fs.writeFile(path.join(keep, 'update.cbor'), payload);
+      if (keep) await fs.writeFile(path.join(keep, 'update.cbor'), encodeUpdateFile(payload));
       return { model: mlpFromSafetensors(applied.bytes, base), payload, dataBytes: payloadStats(decoded).dataBytes, target: decoded.target };
     },
     close: () => fs.rm(dir, { recursive: true, force: true }),

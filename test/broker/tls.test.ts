@@ -6,6 +6,7 @@ import { startBroker, type RunningBroker } from '../../broker/broker.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
 import { hasOpenssl, makeCerts } from '../support/certs.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 const ok = hasOpenssl();
 if (!ok) console.warn('skipping the TLS suite: openssl is not installed (.ci/run installs it)');
@@ -72,7 +73,7 @@ describe.skipIf(!ok)('the whole path over TLS, from the command line', () => {
     const base = synthesizeModel(5, [[32, 48], [10, 32]]);
     const update = synthesizeUpdate(base, 2, 6);
     await fs.writeFile(path.join(dir, 'base.safetensors'), base);
-    await fs.writeFile(path.join(dir, 'u.cbor'), update.payload);
+    await fs.writeFile(path.join(dir, 'u.cbor'), encodeUpdateFile(update.payload));
     const children: Array<import('node:child_process').ChildProcess> = [];
     try {
       const brokerProc = spawn(process.execPath, [FLEET_BIN, 'broker', '--port', '0', '--tls-port', '0', '--tls-cert', c.serverCert, '--tls-key', c.serverKey, '--data-dir', path.join(dir, 'b')], { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -30,6 +30,7 @@ import { digestModelFile } from '../../util/model-file.ts';
 import {
   CHUNK, connect, createFixture, currentDigest, MODEL, publish, SMALL_LAYERS, startAgent, StatusWatch, tempDir, topics, type Fixture,
 } from '../support/harness.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 let cases = 0;
 afterAll(() => console.log(`bad-input corpus, part 1 (frames, model files): ${cases} cases`));
@@ -235,7 +236,7 @@ describe('bad-input corpus: model files (digestModelFile and `fleet apply`)', ()
   beforeAll(async () => {
     dir = await tempDir('corpus-models');
     const update = path.join(dir, 'update.cbor');
-    await fs.writeFile(update, synthesizeUpdate(synthesizeModel(7, SMALL_LAYERS), 3, 8).payload);
+    await fs.writeFile(update, encodeUpdateFile(synthesizeUpdate(synthesizeModel(7, SMALL_LAYERS), 3, 8).payload));
     // The CLI runs in parallel (each start of tsx takes a while on two cores).
     await Promise.all(modelCases.map(async (c, k) => {
       const model = path.join(dir, `bad-${k}.safetensors`);

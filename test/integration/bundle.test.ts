@@ -10,6 +10,7 @@ import { cborDecode, cborEncode } from '../../protocol/cbor.ts';
 import { keygen } from '../../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../../publisher/synth.ts';
 import { digestModelFile } from '../../util/model-file.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 function fleet(args: string[]): { code: number | null; out: string; err: string } {
   const r = spawnSync(process.execPath, [FLEET_BIN, ...args], { encoding: 'utf8', timeout: 60_000 });
@@ -28,8 +29,8 @@ beforeAll(async () => {
   keys = await keygen(path.join(dir, 'keys'));
   other = await keygen(path.join(dir, 'other'));
   await fs.writeFile(path.join(dir, 'base.safetensors'), base);
-  await fs.writeFile(path.join(dir, 'u1.cbor'), u1.payload);
-  await fs.writeFile(path.join(dir, 'u2.cbor'), u2.payload);
+  await fs.writeFile(path.join(dir, 'u1.cbor'), encodeUpdateFile(u1.payload));
+  await fs.writeFile(path.join(dir, 'u2.cbor'), encodeUpdateFile(u2.payload));
 });
 afterAll(async () => {
   await fs.rm(dir, { recursive: true, force: true });

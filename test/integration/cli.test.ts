@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { FLEET_BIN } from '../../cli/demo.ts';
 import { parseTrustFile } from '../../protocol/release.ts';
 import { freePort, MODEL, GROUP, spawnFleet, StatusWatch, tempDir, waitForPort, type Fixture, createFixture, spawnDevice, currentDigest } from '../support/harness.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 function fleet(args: string[]): { code: number | null; out: string; err: string } {
   const r = spawnSync(process.execPath, [FLEET_BIN, ...args], { encoding: 'utf8', timeout: 60_000 });
@@ -57,7 +58,7 @@ describe('the fleet command', () => {
     const data = path.join(f.dir, 'broker-data');
     const first = spawnFleet(f, 'broker1', ['broker', '--port', String(port), '--data-dir', data]);
     await waitForPort(port);
-    await fs.writeFile(path.join(f.dir, 'update.cbor'), f.update.payload);
+    await fs.writeFile(path.join(f.dir, 'update.cbor'), encodeUpdateFile(f.update.payload));
     const pub = fleet(['publish', '--update', path.join(f.dir, 'update.cbor'), '--key', f.keyFile, '--rollout-key', f.rolloutKeyFile, '--model', MODEL, '--group', GROUP, '--broker', url, '--chunk-size', '1024', '--yes']);
     expect(pub.code).toBe(0);
     expect(pub.out).toMatch(/published test-model for group line-1: manifest [0-9a-f]{12}, seq \d+/);

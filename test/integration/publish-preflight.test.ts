@@ -2,7 +2,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { keygen } from '../../publisher/keys.ts';
-import { connect, createFixture, GROUP, MODEL, runFleet, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { connect, createFixture, GROUP, MODEL, retainedRelease, runFleet, startAgent, StatusWatch, type Fixture } from '../support/harness.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 let f: Fixture | undefined;
 afterEach(async () => {
@@ -15,7 +16,7 @@ describe('fleet publish refuses what the devices would refuse, before it uploads
   it('a release key alone where the fleet (trust.json beside the keys) has a rollout role; a key the trust file does not name', async () => {
     f = await createFixture('preflight');
     const update = path.join(f.dir, 'update.cbor');
-    await fs.writeFile(update, f.update.payload);
+    await fs.writeFile(update, encodeUpdateFile(f.update.payload));
     // Everything that reaches the broker, to show that nothing did.
     const spy = await connect(f, 'preflight-spy');
     const seen: string[] = [];
@@ -44,7 +45,7 @@ describe('fleet publish refuses what the devices would refuse, before it uploads
     await startAgent(f, 'p1');
     await watch.until('p1', (s) => s.state === 'idle');
     const update = path.join(f.dir, 'update.cbor');
-    await fs.writeFile(update, f.update.payload);
+    await fs.writeFile(update, encodeUpdateFile(f.update.payload));
     const keys = ['--key', f.keyFile, '--rollout-key', f.rolloutKeyFile, '--update', update, '--broker', f.url, '--chunk-size', '1024'];
     const typo = await runFleet(['publish', ...keys, '--model', MODEL, '--group', `${GROUP}x`]);
     expect(typo.code).toBe(1);
@@ -60,15 +61,3 @@ describe('fleet publish refuses what the devices would refuse, before it uploads
     await watch.until('p1', (s) => s.state === 'ok' && s.running === f!.update.targetDigest, 60_000);
   }, 120_000);
 });
-
-/** The retained release of a group, if any (read for a moment). */
-async function retainedRelease(fx: Fixture, group: string): Promise<Uint8Array | undefined> {
-  const t = await connect(fx, `preflight-read-${group}-${Math.random().toString(36).slice(2, 6)}`);
-  let got: Uint8Array | undefined;
-  t.onMessage((topic, payload) => {
-    if (topic === topics.release(group, MODEL) && payload.byteLength > 0) got = payload;
-  });
-  await t.subscribe(topics.release(group, MODEL), 1);
-  await new Promise((r) => setTimeout(r, 500));
-  return got;
-}

@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseTrustFile, trustOf, formatTrustFile } from '../../protocol/release.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { createFixture, GROUP, MODEL, runFleet, startAgent, StatusWatch, type Fixture } from '../support/harness.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 
 let f: Fixture | undefined;
@@ -25,7 +26,7 @@ describe('fleet publish --manifest-only, publish/refresh/rollback with the rollo
     await startAgent(f, 'c1');
     await watch.until('c1', (s) => s.state === 'idle');
     const update = path.join(f.dir, 'update.cbor');
-    await fs.writeFile(update, f.update.payload);
+    await fs.writeFile(update, encodeUpdateFile(f.update.payload));
     const common = ['--model', MODEL, '--broker', f.url];
 
     const m = await runFleet(['publish', '--manifest-only', '--update', update, '--key', f.keyFile, ...common, '--chunk-size', '1024']);

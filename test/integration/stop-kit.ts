@@ -6,6 +6,7 @@ import { MqttTransport } from '../../transport/mqtt.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { MuteBroker } from '../support/mute-broker.ts';
 import { createFixture, currentDigest, freePort, GROUP, MODEL, spawnFleet, type Fixture } from '../support/harness.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 /**
  * Shared by stop.test.ts and stop.slow.test.ts: every long-running command as
@@ -36,7 +37,7 @@ export interface StopFixture extends Fixture {
 export async function stopFixture(): Promise<StopFixture> {
   const f = await createFixture('stop', { externalUrl: 'mqtt://127.0.0.1:1' });
   const planFile = path.join(f.dir, 'plan.json');
-  await fs.writeFile(path.join(f.dir, 'update.cbor'), f.update.payload);
+  await fs.writeFile(path.join(f.dir, 'update.cbor'), encodeUpdateFile(f.update.payload));
   await fs.writeFile(planFile, JSON.stringify({
     id: 'stop-test', model: MODEL, updates: ['update.cbor'], chunkSize: 1024,
     waves: [{ group: GROUP, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 3600, timeoutSeconds: 7200, offline: 'block' }],

@@ -10,6 +10,7 @@ import { FleetView, followFleet } from '../../operator/fleet-view.ts';
 import { silentLogger } from '../../util/log.ts';
 import { connect, createFixture, GROUP, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { controller, plan, setup, wave, type Run } from '../rollout/aedes-helpers.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 
@@ -86,7 +87,7 @@ describe('the dashboard in a real browser (playwright-core, Debian chromium)', (
     // The fixture (keys, model, update) on that broker: the controller and the status watch log in as `ctl`, each device as itself.
     f = await createFixture('dashboard-ws', { externalUrl: mqttUrl('ctl', 'ctl-pw') });
     const fx = f;
-    await fs.writeFile(path.join(fx.dir, 'update.cbor'), fx.update.payload);
+    await fs.writeFile(path.join(fx.dir, 'update.cbor'), encodeUpdateFile(fx.update.payload));
     await fs.writeFile(path.join(fx.dir, 'target.safetensors'), fx.update.target);
     const watch = await StatusWatch.start(fx);
     for (const [id, group] of devices) {

@@ -16,6 +16,7 @@ import { decodeValues, encodeValues } from '../../protocol/dtypes.ts';
 import { applyToModel, decodePayload } from '../../protocol/lowrank.ts';
 import { readSafetensors, writeSafetensors } from '../../protocol/safetensors.ts';
 import { mulberry32 } from '../../util/random.ts';
+import { readUpdateFile } from '../../util/update-file.ts';
 
 const execFileP = promisify(execFile);
 const FLEET_BIN = fileURLToPath(new URL('../../bin/fleet.js', import.meta.url));
@@ -97,7 +98,7 @@ async function build(tensors: Record<string, T>, config: Record<string, unknown>
   const args = [FLEET_BIN, 'build', '--base', path.join(dir, 'base.safetensors'), '--lora', adapter, '--lora-config', cfg, '--out', out, '--json', ...extra];
   const run = await execFileP(process.execPath, args).then((r) => ({ code: 0, ...r }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
   if (run.code !== 0) return { ...run, model: undefined, report: undefined };
-  const payload = decodePayload(new Uint8Array(await fs.readFile(out)));
+  const payload = decodePayload(await readUpdateFile(out));
   const applied = applyToModel(new Uint8Array(await fs.readFile(path.join(dir, 'base.safetensors'))), payload);
   expect(applied.digest).toBe(payload.target);
   const f = readSafetensors(applied.bytes);

@@ -14,6 +14,7 @@ import {
   denseLoraDelta, LoraError, loraFactors, loraTensorDelta, parseLoraConfig, patternValue,
   type LoraConfig, type LoraFactor,
 } from '../../publisher/lora.ts';
+import { readUpdateFile } from '../../util/update-file.ts';
 
 const execFileP = promisify(execFile);
 const FLEET_BIN = fileURLToPath(new URL('../../bin/fleet.js', import.meta.url));
@@ -435,7 +436,7 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
         '--lora-config', path.join(dir, 'adapter_config.json'), '--out', outFile, '--json', '--yes', ...extra]);
       const ok = await run(path.join(dir, 'adapter_model.safetensors'), out);
       expect(ok.stderr).not.toMatch(/left out/);
-      expect(Buffer.compare(await fs.readFile(out), Buffer.from(expected))).toBe(0);
+      expect(Buffer.compare(await readUpdateFile(out), Buffer.from(expected))).toBe(0);
       const report = JSON.parse(ok.stdout.trim().split('\n').pop()!) as { tensors: Array<{ name: string; kind: string }> };
       expect(report.tensors.map((t) => [t.name, t.kind])).toEqual([
         [B_Q.name, 'dense'], [W_Q.name, 'low-rank'], [B_HEAD.name, 'dense'], [W_HEAD.name, 'dense'],
@@ -449,7 +450,7 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
       const bad = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor'), '--allow-partial');
       expect(bad.stderr).toContain(`left out (--allow-partial): adapter module ${Q}: ${PEFT}${Q}.bias [7] is a whole tensor`);
       expect(bad.stderr).toContain(`does not fit base tensor ${Q}.bias [6]`);
-      expect(decodePayload(new Uint8Array(await fs.readFile(path.join(dir, 'bad.cbor')))).tensors.map((d) => d.name)).toEqual([W_Q.name, W_HEAD.name]);
+      expect(decodePayload(await readUpdateFile(path.join(dir, 'bad.cbor'))).tensors.map((d) => d.name)).toEqual([W_Q.name, W_HEAD.name]);
     });
   });
 });

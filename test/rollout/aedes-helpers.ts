@@ -12,6 +12,7 @@ import { loadPayloads, parsePlan, type RolloutPlan } from '../../rollout/plan.ts
 import type { RolloutEvent, RolloutStatus } from '../../rollout/status.ts';
 import { silentLogger } from '../../util/log.ts';
 import { CHUNK, connect, createFixture, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 /**
  * The staged-rollout integration helpers of rollout.test.ts, shareable: a
@@ -34,7 +35,7 @@ export const plan = (waves: Array<Record<string, unknown>>, o: { id?: string; fu
  */
 export async function setup(tag: string, devices: Array<[string, string, Partial<AgentConfig>?]>): Promise<{ fx: Fixture; watch: StatusWatch; stopDevice(id: string): Promise<void> }> {
   const fx = await createFixture(tag);
-  await fs.writeFile(path.join(fx.dir, 'update.cbor'), fx.update.payload);
+  await fs.writeFile(path.join(fx.dir, 'update.cbor'), encodeUpdateFile(fx.update.payload));
   await fs.writeFile(path.join(fx.dir, 'target.safetensors'), fx.update.target);
   const watch = await StatusWatch.start(fx);
   const agents = new Map<string, Awaited<ReturnType<typeof startAgent>>>();

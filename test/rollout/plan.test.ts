@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { inWindow, loadPayloads, parsePlan, parsePlanText, parseWindow, planDigest, PlanError, type RolloutPlan } from '../../rollout/plan.ts';
 import { synthesizeModel, synthesizeUpdate } from '../../publisher/synth.ts';
 import { SMALL_LAYERS } from '../support/harness.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 const wave = (o: Record<string, unknown> = {}): Record<string, unknown> => ({
   group: 'canary', successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 60, timeoutSeconds: 600, offline: 'block', ...o,
@@ -111,7 +112,7 @@ describe('plan files', () => {
     const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-plan-'));
     try {
       const u = synthesizeUpdate(synthesizeModel(3, SMALL_LAYERS), 2, 4);
-      await fs.writeFile(path.join(dir, 'u.cbor'), u.payload);
+      await fs.writeFile(path.join(dir, 'u.cbor'), encodeUpdateFile(u.payload));
       await fs.writeFile(path.join(dir, 't.safetensors'), u.target);
       const p = await loadPayloads(parsePlan(plan({ full: 't.safetensors' })), dir);
       expect(p.target).toBe(u.targetDigest);

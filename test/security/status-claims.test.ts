@@ -15,6 +15,7 @@ import { MqttTransport } from '../../transport/mqtt.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { createFixture, freePort, MODEL, startAgent, topics, type Fixture } from '../support/harness.ts';
 import { controller, plan, untilStatus, wave } from '../rollout/aedes-helpers.ts';
+import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 const USERS: Array<[string, UserRecord['role'], string?]> = [['d2', 'device', 'g2'], ['evil', 'device', 'g1'], ['ctl', 'rollout'], ['op', 'operator']];
 const pw = (name: string): string => `${name}-pw`;
@@ -31,7 +32,7 @@ beforeAll(async () => {
   const users = await Promise.all(USERS.map(async ([name, role, group]): Promise<UserRecord> => ({ name, role, ...(group ? { group, model: MODEL } : {}), ...(await hashPassword(pw(name))) })));
   await writeUsersFile(path.join(fx.dir, 'users.json'), { users });
   broker = await BrokerProcess.start(port, ['--data-dir', path.join(fx.dir, 'broker'), '--auth', path.join(fx.dir, 'users.json')], fx.dir);
-  await fs.writeFile(path.join(fx.dir, 'update.cbor'), fx.update.payload);
+  await fs.writeFile(path.join(fx.dir, 'update.cbor'), encodeUpdateFile(fx.update.payload));
 }, 120_000);
 
 afterAll(async () => {

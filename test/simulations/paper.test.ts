@@ -23,6 +23,7 @@ import { fullTrainable, initLora, loraTrainable, mergeLora, train } from '../../
 
 const execFileP = promisify(execFile);
 import { mulberry32 } from '../../util/random.ts';
+import { readUpdateFile } from '../../util/update-file.ts';
 
 function tinyData(n: number, inputs: number, outputs: number, seed: number): Dataset {
   const rand = mulberry32(seed);
@@ -231,7 +232,7 @@ describe('paper simulation: the low-rank update through the product', () => {
             const cliOut = path.join(keep, 'cli-update.cbor');
             await execFileP(process.execPath, [FLEET_BIN, 'build', '--base', product.baseFile, '--lora', path.join(keep, 'adapter_model.safetensors'),
               '--lora-config', path.join(keep, 'adapter_config.json'), '--out', cliOut, '--quant', quant, '--json']);
-            expect(Buffer.compare(await fs.readFile(cliOut), Buffer.from(built.payload))).toBe(0);
+            expect(Buffer.compare(await readUpdateFile(cliOut), Buffer.from(built.payload))).toBe(0);
           }
         }
       }

@@ -262,3 +262,15 @@ export async function waitForPort(port: number, timeoutMs = 10_000): Promise<voi
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** The retained release of a group for the fixture's model, if any (read for half a second). */
+export async function retainedRelease(fx: Fixture, group: string = GROUP): Promise<Uint8Array | undefined> {
+  const t = await connect(fx, `release-read-${group}-${Math.random().toString(36).slice(2, 6)}`);
+  let got: Uint8Array | undefined;
+  t.onMessage((topic, payload) => {
+    if (topic === topics.release(group, MODEL) && payload.byteLength > 0) got = payload;
+  });
+  await t.subscribe(topics.release(group, MODEL), 1);
+  await new Promise((r) => setTimeout(r, 500));
+  return got;
+}
