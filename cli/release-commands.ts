@@ -6,6 +6,7 @@ import { parseGroupKeyFile } from '../protocol/seal.ts';
 import { Topics } from '../protocol/topics.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
 import { publishManifestOnly, publishUpdate } from '../publisher/publish.ts';
+import { checkUpdatesOnBase } from '../publisher/base-check.ts';
 import { rollbackGroup } from '../publisher/rollback.ts';
 import { collectInventory } from '../rollout/inventory.ts';
 import { signerProblem, trustBesideKeys } from '../publisher/signer-check.ts';
@@ -35,7 +36,7 @@ export async function readTrust(file: string | undefined): Promise<TrustFile | u
 
 interface PublishCli {
   update: string[]; full?: string; key?: string[]; rolloutKey?: string[]; model: string; group?: string; broker: string;
-  chunkSize: number; ttl: number; seq?: number; trust?: string; groupKey?: string; manifestOnly?: boolean; yes?: boolean;
+  chunkSize: number; ttl: number; seq?: number; trust?: string; groupKey?: string; manifestOnly?: boolean; yes?: boolean; base?: string;
 }
 
 interface RollbackCli {
@@ -85,6 +86,7 @@ export function registerReleaseCommands(program: Command): void {
     .option('--rollout-key <file>', 'rollout key: signs the group assignment (default: the release keys, for one-role trust files)', collect)
     .option('--manifest-only', 'upload and publish only the signed manifest (release keys); a rollout key assigns it later')
     .option('--yes', 'publish even when no device has reported this group and model yet (a new group, devices yet to come)')
+    .option('--base <model>', 'the model the devices run: the update is applied to it first (as a device would) and must give the release\'s target digest')
     .requiredOption('--model <name>', 'model name')
     .option('--group <group>', 'device group (required unless --manifest-only)')
     .requiredOption('--broker <url>', 'broker URL')
@@ -105,6 +107,8 @@ export function registerReleaseCommands(program: Command): void {
       // Checked before anything is uploaded: what the devices would refuse is not sent at all.
       const problem = trust && signerProblem(trust, keys, rolloutKeys, !o.manifestOnly, keys.length > 0);
       if (problem) throw new Error(`${problem} (checked against ${trustFile})`);
+      // The device's own apply on the model they run: a wrong base or a wrong result is refused before a byte is uploaded.
+      if (o.base !== undefined) await checkUpdatesOnBase(o.base, payloads);
       const groupKey = o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined;
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-publisher-${process.pid}` }, 30_000);
       const progress = createProgress('upload');

@@ -13,8 +13,10 @@ import path from 'node:path';
  * (deterministic layout) and computing its digest on the way. Holds at most
  * one tensor and its replacement in memory. The output is fsynced; the caller
  * renames it into place only when the digest is the one the release names.
+ * With `outFile` null nothing is written: only the result's digest
+ * (`fleet publish --base` checks an update that way).
  */
-export async function applyToFile(baseFile: string, payload: Payload, outFile: string, fsys: FsPort = nodeFs): Promise<string> {
+export async function applyToFile(baseFile: string, payload: Payload, outFile: string | null, fsys: FsPort = nodeFs): Promise<string> {
   const deltas = new Map<string, TensorDelta>(payload.tensors.map((t) => [t.name, t]));
   const base = await fsys.open(baseFile, 'r');
   let out: FileHandlePort | undefined;
@@ -25,8 +27,8 @@ export async function applyToFile(baseFile: string, payload: Payload, outFile: s
       if (!known.has(name)) throw new ProtocolError('shape-mismatch', `the model has no tensor ${name}`);
     }
     const { header: outHeader, layout } = encodeSafetensorsHeader(header.tensors, header.metadata);
-    out = await fsys.open(outFile, 'w');
-    await writeFully(out, outHeader, 0);
+    out = outFile === null ? undefined : await fsys.open(outFile, 'w');
+    if (out) await writeFully(out, outHeader, 0);
     const byName = new Map(header.tensors.map((t) => [t.name, t]));
     const digest = new ModelDigest();
     // Two buffers of the largest tensor, reused for every tensor: memory stays flat however large the model.
@@ -38,10 +40,10 @@ export async function applyToFile(baseFile: string, payload: Payload, outFile: s
       const bytes = await readExactly(base, src.end - src.begin, header.dataStart + src.begin, inBuf);
       const delta = deltas.get(slot.name);
       const result = delta ? applyTensor(src, bytes, delta, outBuf) : bytes;
-      await writeFully(out, result, outHeader.byteLength + slot.begin);
+      if (out) await writeFully(out, result, outHeader.byteLength + slot.begin);
       digest.addTensor(slot, result);
     }
-    await out.sync();
+    await out?.sync();
     return digest.digest();
   } finally {
     await base.close();

@@ -1,8 +1,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { decodePayload, isLowRank } from '../../protocol/lowrank.ts';
-import { UPDATE_FILE_HEADER_BYTES } from '../../protocol/update-file.ts';
+import { decodePayload, encodePayload, isLowRank } from '../../protocol/lowrank.ts';
+import { encodeUpdateFile, UPDATE_FILE_HEADER_BYTES } from '../../protocol/update-file.ts';
 import { readUpdateFile } from '../../util/update-file.ts';
 import { connect, createFixture, GROUP, MODEL, retainedRelease, runFleet, type Fixture } from '../support/harness.ts';
 
@@ -66,6 +66,33 @@ describe('an update file damaged after fleet build is refused before a byte is u
     expect(await retainedRelease(f)).toBeUndefined();
 
     const ok = await publish(good);
+    expect(ok.code, ok.err).toBe(0);
+    expect(await retainedRelease(f)).toBeDefined();
+  }, 120_000);
+
+  it('fleet publish --base MODEL applies the update as a device would: a wrong base and a wrong result are refused, the right ones publish', async () => {
+    f = await createFixture('integrity-base');
+    const { good, target } = await builtAndDamaged(f);
+    const p = decodePayload(await readUpdateFile(good));
+    // Intact as a file (its check is right), but it names a target its factors do not reach.
+    const lying = path.join(f.dir, 'lying.cbor');
+    await fs.writeFile(lying, encodeUpdateFile(encodePayload({ ...p, target: p.base.split('').reverse().join('') })));
+    const publish = (file: string, base: string) => runFleet(['publish', '--update', file, '--base', base, '--key', f!.keyFile, '--rollout-key', f!.rolloutKeyFile,
+      '--model', MODEL, '--group', GROUP, '--broker', f!.url, '--chunk-size', '1024', '--yes']);
+
+    const wrongBase = await publish(good, target);
+    expect(wrongBase.code).toBe(1);
+    expect(wrongBase.err.trim().split('\n')).toEqual([
+      `fleet: --base ${target} is not the update's base: its digest is ${f.update.targetDigest}, the update applies to ${p.base} (devices on it would refuse: wrong-base); give the model the devices run, or build the update from it`,
+    ]);
+    const wrongResult = await publish(lying, f.baseFile);
+    expect(wrongResult.code).toBe(1);
+    expect(wrongResult.err.trim().split('\n')).toEqual([
+      `fleet: applying the update to --base ${f.baseFile} gives ${p.target}, not the target ${p.base.split('').reverse().join('')} it names (devices would refuse it: digest-mismatch); rebuild it with fleet build`,
+    ]);
+    expect(await retainedRelease(f)).toBeUndefined();
+
+    const ok = await publish(good, f.baseFile);
     expect(ok.code, ok.err).toBe(0);
     expect(await retainedRelease(f)).toBeDefined();
   }, 120_000);
