@@ -21,6 +21,7 @@ import type { Role } from './acl.ts';
 import { openCluster, UpdateServerLease, type ClusterParts } from './cluster.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.ts';
+import { stampPresence } from './presence-stamp.ts';
 
 const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
@@ -115,7 +116,10 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     throw e;
   }
   const authHooks = auth?.hooks();
-  const aedes = await Aedes.createBroker({ persistence, mq: cluster?.mq, id: cluster?.brokerId ?? `fleet-broker-${process.pid}`, ...authHooks, ...connectRules(authHooks, log.child('connect')) });
+  const aedes = await Aedes.createBroker({
+    persistence, mq: cluster?.mq, id: cluster?.brokerId ?? `fleet-broker-${process.pid}`, ...authHooks,
+    authorizePublish: stampPresence(topics, authHooks?.authorizePublish), ...connectRules(authHooks, log.child('connect')),
+  });
   const roleOf = (c: Client): Role | undefined => auth?.roleOf(c);
   // Packets over the limit for the connection's phase and role are cut before Aedes buffers them.
   const handle = (stream: net.Socket, req?: http.IncomingMessage): void => {

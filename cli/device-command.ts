@@ -8,7 +8,7 @@ import { digestHealthCheck } from '../device/health.ts';
 import { DeviceStorage } from '../device/storage.ts';
 import { parseTrustFile } from '../protocol/release.ts';
 import { parseGroupKeyFile } from '../protocol/seal.ts';
-import { PRESENCE_OFFLINE } from '../protocol/status.ts';
+import { encodePresence, PRESENCE_OFFLINE } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts';
@@ -105,7 +105,7 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     name: 'offline presence', optional: true, timeoutMs: PRESENCE_ON_STOP_MS,
     run: async () => {
       if (!transport.connected) throw new Error('not connected (the last will says offline)');
-      await transport.publish(topics.presence(o.id), PRESENCE_OFFLINE, { qos: 1, retain: true });
+      await transport.publish(topics.presence(o.id), encodePresence('offline', Date.now()), { qos: 1, retain: true });
       offlineSent = true;
     },
   });

@@ -1,7 +1,7 @@
 import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
 import type { ReleaseBody } from '../protocol/release.ts';
-import { encodeStatus, PRESENCE_ONLINE, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
+import { encodePresence, encodeStatus, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
 import { capsOf, type AgentConfig, type AgentPorts } from './agent-config.ts';
 import { checkSpace, fetcherFor, type Fetcher } from './fetcher.ts';
 import { Installer } from './installer.ts';
@@ -139,7 +139,7 @@ export class DeviceAgent {
 
   private onConnected(): void {
     const { transport: t, topics } = this.io;
-    void t.publish(topics.presence(this.cfg.deviceId), PRESENCE_ONLINE, { qos: 1, retain: true }).catch(() => undefined);
+    void t.publish(topics.presence(this.cfg.deviceId), encodePresence('online', this.io.clock.now()), { qos: 1, retain: true }).catch(() => undefined);
     this.fetcher?.resend();
     // Read the retained status before replacing it: another agent's, there, means a shared --id.
     void this.guard.check().then(() => {

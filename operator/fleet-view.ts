@@ -1,12 +1,12 @@
 import { decodeRelease } from '../protocol/release.ts';
-import type { DeviceState } from '../protocol/status.ts';
+import { parsePresence, type DeviceState } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import { Inventory, type DeviceRecord } from '../rollout/inventory.ts';
 import { isTerminal, type RolloutState } from '../rollout/machine.ts';
 import type { FailureThreshold, OfflinePolicy } from '../rollout/plan.ts';
 import { parseRolloutStatus, type RolloutStatus, type WaveCounts, type WaveFailure } from '../rollout/status.ts';
 import type { Transport } from '../transport/types.ts';
-import { stripControls, stripControlsDeep } from '../util/text.ts';
+import { ago, stripControls, stripControlsDeep } from '../util/text.ts';
 
 /**
  * What operators see: the fleet (retained device statuses and presence, kept
@@ -188,9 +188,9 @@ export class FleetView {
     if (p.kind === 'rolloutStatus') return this.emit(this.handleRollout(p.rolloutId, payload, retained));
     if (p.kind === 'release') return this.emit(this.handleRelease(`${p.group}/${p.model}`, payload, retained));
     if (p.kind !== 'status' && p.kind !== 'presence') return [];
-    const text = p.kind === 'presence' ? new TextDecoder().decode(payload) : '';
+    const presence = p.kind === 'presence' ? parsePresence(payload) : null;
     // Junk presence is ignored here (the Inventory would forget the presence it knew).
-    if (p.kind === 'presence' && payload.byteLength > 0 && text !== 'online' && text !== 'offline') return [];
+    if (p.kind === 'presence' && payload.byteLength > 0 && presence === null) return [];
     this.inventory.handle(topic, payload, retained);
     if (p.kind === 'status' && payload.byteLength > 0 && this.inventory.malformed.has(p.deviceId)) {
       for (const l of [...this.skipListeners]) l(p.deviceId, this.inventory.malformed.size);
@@ -198,7 +198,7 @@ export class FleetView {
     }
     const rec = this.inventory.devices.get(p.deviceId);
     // A live status or `online` is a sign of life now; `offline` (a last will) is not.
-    if (rec && !retained && (p.kind === 'status' ? rec.status !== null : text === 'online')) this.liveSeen.set(p.deviceId, this.now());
+    if (rec && !retained && (p.kind === 'status' ? rec.status !== null : presence?.state === 'online')) this.liveSeen.set(p.deviceId, this.now());
     if (!rec) this.liveSeen.delete(p.deviceId);
     return this.emit(this.update(p.deviceId, rec ?? null, retained));
   }
@@ -387,12 +387,4 @@ export function waitingOn(r: RolloutRow, devices: DeviceRow[]): DeviceRow[] {
   return w.devices.map((d) => byId.get(d) ?? null).filter((d): d is DeviceRow => d !== null && !d.attention && !(d.state === 'ok' && d.running === r.target && r.target !== null));
 }
 
-/** "12 s ago", "3 min ago", "2 h ago", "4 d ago"; "never" without a time. */
-export function ago(lastSeen: number | null, now: number): string {
-  if (lastSeen === null) return 'never';
-  const s = Math.max(0, Math.round((now - lastSeen) / 1000));
-  if (s < 120) return `${s} s ago`;
-  if (s < 7200) return `${Math.floor(s / 60)} min ago`;
-  if (s < 172_800) return `${Math.floor(s / 3600)} h ago`;
-  return `${Math.floor(s / 86_400)} d ago`;
-}
+export { ago };

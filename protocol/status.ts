@@ -150,3 +150,31 @@ export function parseStatus(payload: Uint8Array): DeviceStatus | null {
 
 export const PRESENCE_ONLINE = 'online';
 export const PRESENCE_OFFLINE = 'offline';
+
+/**
+ * A device's presence (docs/protocol.md §8.2): `online` or `offline`, then
+ * optionally a space and the Unix time in whole seconds when it changed. The
+ * last will is a bare `offline` (a device cannot know when its connection will
+ * drop); `fleet broker` stamps it with the time it publishes it.
+ */
+export interface Presence {
+  state: 'online' | 'offline';
+  /** Unix seconds when it changed; null when the payload does not say. */
+  since: number | null;
+}
+
+/** Longest presence payload a reader looks at (`offline` + space + 11 digits); longer is junk. */
+export const MAX_PRESENCE_BYTES = 19;
+const PRESENCE_FORM = /^(online|offline)(?: ([1-9][0-9]{0,10}))?$/;
+
+export function encodePresence(state: Presence['state'], nowMs: number): string {
+  return `${state} ${Math.floor(nowMs / 1000)}`;
+}
+
+/** The presence in a payload, or null for junk (too long, another word, a time that is not 1 to 11 digits). */
+export function parsePresence(payload: Uint8Array): Presence | null {
+  if (payload.byteLength === 0 || payload.byteLength > MAX_PRESENCE_BYTES) return null;
+  const m = PRESENCE_FORM.exec(new TextDecoder().decode(payload));
+  if (!m) return null;
+  return { state: m[1] as Presence['state'], since: m[2] === undefined ? null : Number(m[2]) };
+}

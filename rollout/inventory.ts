@@ -1,7 +1,7 @@
-import { parseStatus, PRESENCE_OFFLINE, PRESENCE_ONLINE, type DeviceStatus } from '../protocol/status.ts';
+import { parsePresence, parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
-import { stripControls, stripControlsDeep } from '../util/text.ts';
+import { ago, stripControls, stripControlsDeep } from '../util/text.ts';
 import { withDeadline } from '../util/deadline.ts';
 
 /** How long stop() waits for the broker to confirm the unsubscribe, ms. */
@@ -12,6 +12,8 @@ export interface DeviceRecord {
   device: string;
   status: DeviceStatus | null;
   presence: 'online' | 'offline' | null;
+  /** When the presence changed (Unix seconds), when it says (docs/protocol.md §8.2). */
+  presenceSince?: number | null;
 }
 
 export type InventoryListener = (device: string, rec: DeviceRecord, what: 'status' | 'presence', retained: boolean) => void;
@@ -69,8 +71,9 @@ export class Inventory {
       }
       this.malformed.delete(p.deviceId);
     } else {
-      const text = new TextDecoder().decode(payload);
-      rec.presence = text === PRESENCE_ONLINE ? 'online' : text === PRESENCE_OFFLINE ? 'offline' : null;
+      const presence = parsePresence(payload);
+      rec.presence = presence?.state ?? null;
+      rec.presenceSince = presence?.since ?? null;
     }
     if (rec.status === null && rec.presence === null) this.devices.delete(p.deviceId);
     else this.devices.set(p.deviceId, rec);
@@ -110,6 +113,7 @@ export function inventoryRow(r: DeviceRecord): Record<string, unknown> {
     device: r.device, group: s?.group ?? null, model: s?.model ?? null, state: s?.state ?? null, running: s?.running ?? null,
     target: s?.target ?? null, seq: s?.seq ?? null, rollback: s?.rollback ?? null, reason: s?.reason ?? null, agent: s?.agent ?? null,
     online: r.presence === null ? null : r.presence === 'online', lastSeen: s?.time ?? null,
+    presenceSince: r.presenceSince ? new Date(r.presenceSince * 1000).toISOString() : null,
   });
 }
 
@@ -120,13 +124,19 @@ export function malformedNote(malformed: string[]): string {
   return stripControls(`${malformed.length} malformed status(es) skipped (${who})`);
 }
 
+/** How long ago the presence changed; '?' when it does not say, or says a time ahead of this clock by over 5 minutes. */
+function presenceAge(since: number | null | undefined, now: number): string {
+  if (!since || since * 1000 > now + 300_000) return '?';
+  return ago(since * 1000, now);
+}
+
 /** The table `fleet devices` prints; every cell stripped of control characters. */
-export function formatInventory(records: DeviceRecord[], malformed: string[] = []): string {
-  const head = ['DEVICE', 'GROUP', 'MODEL', 'STATE', 'RUNNING', 'AGENT', 'ONLINE', 'LAST SEEN'];
+export function formatInventory(records: DeviceRecord[], malformed: string[] = [], now = Date.now()): string {
+  const head = ['DEVICE', 'GROUP', 'MODEL', 'STATE', 'RUNNING', 'AGENT', 'ONLINE', 'SINCE', 'LAST SEEN'];
   const rows = records.map((r) => {
     const s = r.status;
     const state = s ? `${s.state}${s.rollback ? ' (rollback)' : ''}${s.reason ? ` ${s.reason}` : ''}` : '-';
-    const cells = [r.device, s?.group ?? '-', s?.model ?? '-', state, s ? s.running.slice(0, 12) : '-', s?.agent ?? '-', r.presence === null ? '?' : r.presence === 'online' ? 'yes' : 'no', s?.time ?? '-'];
+    const cells = [r.device, s?.group ?? '-', s?.model ?? '-', state, s ? s.running.slice(0, 12) : '-', s?.agent ?? '-', r.presence === null ? '?' : r.presence === 'online' ? 'yes' : 'no', presenceAge(r.presenceSince, now), s?.time ?? '-'];
     return cells.map(stripControls);
   });
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));

@@ -47,3 +47,13 @@ function clean(v: unknown, depth: number): unknown {
   for (const [k, x] of Object.entries(v)) out[stripControls(k)] = clean(x, depth + 1);
   return out;
 }
+
+/** "12 s ago", "3 min ago", "2 h ago", "4 d ago"; "never" without a time. */
+export function ago(lastSeen: number | null, now: number): string {
+  if (lastSeen === null) return 'never';
+  const s = Math.max(0, Math.round((now - lastSeen) / 1000));
+  if (s < 120) return `${s} s ago`;
+  if (s < 7200) return `${Math.floor(s / 60)} min ago`;
+  if (s < 172_800) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86_400)} d ago`;
+}

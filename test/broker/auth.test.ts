@@ -271,8 +271,8 @@ describe('broker with --auth', () => {
     await within(b.closed, 3000, 'dev-b was not disconnected');
     const b2 = await peer('dev-b');
     expect(await b2.sub([t.release(GROUP, MODEL), t.release(OTHER_GROUP, MODEL)])).toEqual([128, 1]);
-    // Its will (its presence did not move with the group) went out when it was cut off.
-    await op.waitFor((m) => m.topic === t.presence('dev-b') && m.payload === 'offline');
+    // Its will (its presence did not move with the group) went out when it was cut off, stamped with the time (docs/protocol.md §8.2).
+    await op.waitFor((m) => m.topic === t.presence('dev-b') && /^offline [0-9]+$/.test(m.payload));
     expect(warnings('will refused')).toEqual([]);
   });
 
