@@ -3,7 +3,7 @@ import type { Client } from 'aedes';
 import path from 'node:path';
 import { startBroker, type BrokerOptions, type RunningBroker } from '../broker/broker.ts';
 import { systemClock, type Clock } from '../device/clock.ts';
-import { parseStatus } from '../protocol/status.ts';
+import { encodePresence, parsePresence, parseStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
@@ -97,6 +97,8 @@ export class Gateway {
   private tick: NodeJS.Timeout | undefined;
   private linkSince: number | null = null;
   private readonly devices = new Set<string>();
+  /** Site devices whose presence went upstream as online: a clean stop says they are offline (their wills die with the site broker). */
+  private readonly online = new Set<string>();
   /** What each site device last reported running (its status): which full-model steps the site needs. */
   private readonly digests = new Map<string, { group: string; model: string; running: string }>();
   private lastStatusJson = '';
@@ -201,6 +203,10 @@ export class Gateway {
       const p = this.topics.parse(packet.topic);
       if (p?.kind !== 'status' && p?.kind !== 'presence') return;
       const payload = new Uint8Array(packet.payload as Buffer);
+      if (p.kind === 'presence') {
+        if (parsePresence(payload)?.state === 'online') this.online.add(p.deviceId);
+        else this.online.delete(p.deviceId);
+      }
       if (p.kind === 'status') {
         this.devices.add(p.deviceId);
         const s = parseStatus(payload);
@@ -379,8 +385,13 @@ export class Gateway {
     let acked = false;
     if (this.upstream.connected) {
       const s = await this.status();
-      // Best effort, bounded: a broker that went away as we stop must not hold the stop (its last will says "lost").
-      const said = await withDeadline(this.upstream.publish(this.topics.gatewayStatus(this.o.site), JSON.stringify({ ...s, upstream: { ...s.upstream, state: 'down' }, message: 'gateway stopped' }), { qos: 1, retain: true }).then(() => true, () => false), STOPPED_STATUS_MS);
+      // The site's devices are cut off with the site broker, whose wills never reach upstream: say so for them.
+      const offline = encodePresence('offline', this.now());
+      const said = await withDeadline(Promise.all([
+        ...[...this.online].map((id) => this.upstream.publish(this.topics.presence(id), offline, { qos: 1, retain: true })),
+        // Best effort, bounded: a broker that went away as we stop must not hold the stop (its last will says "lost").
+        this.upstream.publish(this.topics.gatewayStatus(this.o.site), JSON.stringify({ ...s, upstream: { ...s.upstream, state: 'down' }, message: 'gateway stopped' }), { qos: 1, retain: true }),
+      ]).then(() => true, () => false), STOPPED_STATUS_MS);
       acked = said !== 'timeout' && said.value;
       if (!acked) this.o.log.warn('the "gateway stopped" status was not acknowledged upstream; the last will covers it', { waitedMs: STOPPED_STATUS_MS });
     }
