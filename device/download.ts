@@ -6,7 +6,7 @@ import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Clock } from './clock.ts';
 import { LinkEstimator } from './link-estimator.ts';
-import { DeviceError } from './reasons.ts';
+import { DeviceError, storageError } from './reasons.ts';
 import type { DownloadFiles } from './storage.ts';
 
 export interface DownloadOptions {
@@ -208,7 +208,7 @@ export class Download {
   }
 
   private enqueue(work: () => Promise<void>): void {
-    this.writes = this.writes.then(work).catch((e: unknown) => this.fail(new DeviceError('storage-error', (e as Error).message)));
+    this.writes = this.writes.then(work).catch((e: unknown) => this.fail(storageError(e)));
   }
 
   private requestMore(urgent: number[] = []): void {

@@ -1,4 +1,5 @@
 import { PROTOCOL_REASONS, ProtocolError, type ProtocolReason } from '../protocol/errors.ts';
+import { describeFsError } from '../util/fs-errors.ts';
 
 /** Reason codes only the device layer produces. */
 export const DEVICE_ONLY_REASONS = {
@@ -29,8 +30,20 @@ export class DeviceError extends Error {
   }
 }
 
+/**
+ * A failure to read or write the device directory as a `storage-error` whose
+ * message an operator can act on, in one line: for an errno the agent knows,
+ * the file (not its temporary name), what to do, and the code and call.
+ */
+export function storageError(e: unknown): DeviceError {
+  const where = describeFsError(e);
+  const err = new DeviceError('storage-error', where ?? (e as Error | undefined)?.message ?? String(e));
+  if (where) err.message = `reading or writing the device directory failed at ${where}`;
+  return err;
+}
+
 /** Any error as a reason code and a message; unknown errors are storage errors. */
 export function toReason(e: unknown): { code: DeviceReason; message: string } {
-  if (e instanceof DeviceError || e instanceof ProtocolError) return { code: e.code, message: e.message };
-  return { code: 'storage-error', message: `${DEVICE_REASONS['storage-error']} (${(e as Error)?.message ?? String(e)})` };
+  const known = e instanceof DeviceError || e instanceof ProtocolError ? e : storageError(e);
+  return { code: known.code, message: known.message };
 }
