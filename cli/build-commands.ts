@@ -185,13 +185,14 @@ export function registerBuildCommands(program: Command): void {
         if (worries.length > 0 && !o.yes) throw new BuildError('needs-confirmation', `${worries.join('; ')}: nothing written; pass --yes to write it anyway`);
         for (const w of worries) process.stderr.write(`warning: ${w}\n`);
         const full = { ...report, ...(lora ? { lora } : {}), payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000, peakRssMB: process.resourceUsage().maxRSS / 1024 };
-        await writeOutput(o.out, encodeUpdateFile(payload));
+        const file = encodeUpdateFile(payload);
+        await writeOutput(o.out, file);
         await writeOutput(reportPath(o.out), JSON.stringify(full, null, 2) + '\n');
         if (o.json) process.stdout.write(JSON.stringify(full) + '\n');
         else {
           printReport(full, (s) => process.stdout.write(s + '\n'));
           if (lora) printLora(lora, (s) => process.stdout.write(s + '\n'));
-          process.stdout.write(`wrote ${o.out} (${payload.byteLength} bytes) and ${reportPath(o.out)} in ${full.seconds.toFixed(1)} s\n`);
+          process.stdout.write(`wrote ${o.out} (${file.byteLength} bytes: a ${payload.byteLength}-byte payload behind its integrity check) and ${reportPath(o.out)} in ${full.seconds.toFixed(1)} s\n`);
         }
       } finally {
         await source.close();
