@@ -80,7 +80,7 @@ export function registerOfflineCommands(program: Command): void {
         return;
       }
       if (!o.model || !o.update || !o.out) throw new Error('give --model, --update and --out (or --bundle with --trust)');
-      const target = await applyUpdateFile(o.model, new Uint8Array(await fs.readFile(o.update)), o.out);
+      const target = await applyUpdateFile(o.model, o.update, o.out);
       process.stdout.write(`wrote ${o.out}: ${target}\n`);
     });
 }

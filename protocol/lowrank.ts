@@ -1,4 +1,5 @@
 import { cborDecode, cborEncode, isBytes, isHex, isRecord, isUint } from './cbor.ts';
+import { CborMapScanner, StreamedArray, type ScannedMap, type StreamedItem } from './cbor-stream.ts';
 import { ProtocolError } from './errors.ts';
 import {
   type Dtype, dtypeSize, elementReader, elementWriter, f16BitsToNumber, isUpdatableDtype,
@@ -205,24 +206,100 @@ function checkDelta(x: unknown, i: number): TensorDelta {
   return d;
 }
 
-/** Validate a decoded value as a payload; returns a clean copy. */
-export function checkPayload(x: unknown, limits: PayloadLimits = {}): Payload {
+/** The payload's map without its tensors: version, digests, and the number of tensors within the limit. */
+function checkPayloadHead(x: unknown, limits: PayloadLimits): { base: string; target: string; count: number } {
   if (!isRecord(x)) throw bad('payload is not a map');
   checkKeys(x, ['v', 'base', 'target', 'tensors'], 'payload');
   if (x.v !== 1) throw bad(`unknown payload version ${String(x.v)}`);
   if (!isHex(x.base, 64)) throw bad('base is not a 64-digit lowercase hex digest');
   if (!isHex(x.target, 64)) throw bad('target is not a 64-digit lowercase hex digest');
-  if (!Array.isArray(x.tensors)) throw bad('tensors is not an array');
+  if (!Array.isArray(x.tensors) && !(x.tensors instanceof StreamedArray)) throw bad('tensors is not an array');
   const max = limits.maxTensors ?? DEFAULT_MAX_TENSORS;
   if (x.tensors.length > max) throw new ProtocolError('payload-too-large', `${x.tensors.length} tensors, limit ${max}`);
+  return { base: x.base, target: x.target, count: x.tensors.length };
+}
+
+/** Validate a decoded value as a payload; returns a clean copy. */
+export function checkPayload(x: unknown, limits: PayloadLimits = {}): Payload {
+  const { base, target } = checkPayloadHead(x, limits);
   const names = new Set<string>();
-  const tensors = x.tensors.map((t, i) => {
-    const d = checkDelta(t, i);
-    if (names.has(d.name)) throw bad(`tensor ${JSON.stringify(d.name)} appears twice`);
-    names.add(d.name);
-    return d;
-  });
-  return { v: 1, base: x.base, target: x.target, tensors };
+  const tensors = ((x as { tensors: unknown[] }).tensors).map((t, i) => uniqueDelta(names, checkDelta(t, i)));
+  return { v: 1, base, target, tensors };
+}
+
+function uniqueDelta(names: Set<string>, d: TensorDelta): TensorDelta {
+  if (names.has(d.name)) throw bad(`tensor ${JSON.stringify(d.name)} appears twice`);
+  names.add(d.name);
+  return d;
+}
+
+function notCbor(e: unknown): ProtocolError {
+  return bad(`not CBOR: ${(e as Error)?.message ?? String(e)}`);
+}
+
+/** What a payload's first pass found: its digests and where each tensor's CBOR item lies in the bytes. */
+export interface PayloadOutline {
+  base: string;
+  target: string;
+  items: StreamedItem[];
+}
+
+/**
+ * A payload decoded without ever holding it whole (docs/protocol.md §6): first its
+ * bytes are pushed in order, in chunks of any size (`push`, then `end`), which
+ * checks the CBOR subset throughout and the map around the tensors and gives each
+ * tensor's place; then each tensor's item is read back and given to `tensor`, in
+ * order, which checks it as decodePayload does. The same rules in the same order
+ * as decodePayload (which is this, on bytes in memory): the same reason codes.
+ */
+export class PayloadDecoder {
+  private readonly scanner: CborMapScanner;
+  private readonly names = new Set<string>();
+
+  constructor(private readonly limits: PayloadLimits = {}) {
+    this.scanner = new CborMapScanner('tensors', limits.maxTensors ?? DEFAULT_MAX_TENSORS);
+  }
+
+  /** Bytes it buffers between pushes (at most about one tensor's item and one chunk). */
+  get heldCapacity(): number {
+    return this.scanner.heldCapacity;
+  }
+
+  push(chunk: Uint8Array): void {
+    try {
+      this.scanner.push(chunk);
+    } catch (e) {
+      throw notCbor(e);
+    }
+  }
+
+  end(): PayloadOutline {
+    let scanned: ScannedMap;
+    try {
+      scanned = this.scanner.end();
+    } catch (e) {
+      throw notCbor(e);
+    }
+    const { base, target } = checkPayloadHead(scanned.value, this.limits);
+    return { base, target, items: scanned.items };
+  }
+
+  /** The tensor at `item` (its bytes), checked; each name may come once. */
+  tensor(item: StreamedItem, bytes: Uint8Array): TensorDelta {
+    return uniqueDelta(this.names, decodeTensorItem(item, bytes));
+  }
+}
+
+/** One tensor of a payload already decoded once (PayloadDecoder): its CBOR item's bytes to its delta, checked. */
+export function decodeTensorItem(item: StreamedItem, bytes: Uint8Array): TensorDelta {
+  if (bytes.byteLength !== item.length) throw bad(`tensors[${item.index}]: ${bytes.byteLength} bytes, the item has ${item.length}`);
+  let x: unknown;
+  try {
+    x = cborDecode(bytes, 2);
+  } catch (e) {
+    throw notCbor(e);
+  }
+  return checkDelta(x, item.index);
 }
 
 function canonical(p: Payload): unknown {
@@ -249,18 +326,16 @@ export function encodePayload(p: Payload): Uint8Array {
   return cborEncode(c);
 }
 
-/** Decode and strictly validate a payload. */
+/** Decode and strictly validate a payload held in memory (PayloadDecoder, fed it all at once). */
 export function decodePayload(bytes: Uint8Array, limits: PayloadLimits = {}): Payload {
   if (limits.maxBytes !== undefined && bytes.byteLength > limits.maxBytes) {
     throw new ProtocolError('payload-too-large', `${bytes.byteLength} bytes, limit ${limits.maxBytes}`);
   }
-  let x: unknown;
-  try {
-    x = cborDecode(bytes);
-  } catch (e) {
-    throw bad(`not CBOR: ${(e as Error)?.message ?? String(e)}`);
-  }
-  return checkPayload(x, limits);
+  const decoder = new PayloadDecoder(limits);
+  decoder.push(bytes);
+  const { base, target, items } = decoder.end();
+  const tensors = items.map((it) => decoder.tensor(it, bytes.subarray(it.offset, it.offset + it.length)));
+  return { v: 1, base, target, tensors };
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
