@@ -1,5 +1,5 @@
 import { ModelDigest } from '../protocol/digest.ts';
-import { applyTensor, type Payload } from '../protocol/lowrank.ts';
+import { applyTensor, FactorScratch, type Payload } from '../protocol/lowrank.ts';
 import { encodeSafetensorsHeader } from '../protocol/safetensors.ts';
 import { digestModelFile, readExactly, readModelHeader } from '../util/model-file.ts';
 import { DeviceError } from './reasons.ts';
@@ -32,7 +32,9 @@ export async function applyToFile(baseFile: string, deltas: DeltaSource | Payloa
     const { header: outHeader, layout } = encodeSafetensorsHeader(header.tensors, header.metadata);
     out = await fsys.open(outFile, 'w');
     await writeFully(out, outHeader, 0);
-    reader = names.size > 0 ? await source.open() : undefined;
+    // One scratch for the factors as doubles: the reader checks a delta in it, then apply uses it again.
+    const scratch = new FactorScratch();
+    reader = names.size > 0 ? await source.open(scratch) : undefined;
     const byName = new Map(header.tensors.map((t) => [t.name, t]));
     const digest = new ModelDigest();
     // Two buffers of the largest tensor, reused for every tensor: memory stays flat however large the model.
@@ -42,7 +44,7 @@ export async function applyToFile(baseFile: string, deltas: DeltaSource | Payloa
     for (const slot of layout) {
       const src = byName.get(slot.name)!;
       const bytes = await readExactly(base, src.end - src.begin, header.dataStart + src.begin, inBuf);
-      const result = reader && names.has(slot.name) ? applyTensor(src, bytes, await reader.delta(slot.name), outBuf) : bytes;
+      const result = reader && names.has(slot.name) ? applyTensor(src, bytes, await reader.delta(slot.name), outBuf, scratch) : bytes;
       await writeFully(out, result, outHeader.byteLength + slot.begin);
       digest.addTensor(slot, result);
     }

@@ -1,4 +1,4 @@
-import { decodeTensorItem, PayloadDecoder, type Payload, type PayloadLimits, type TensorDelta } from '../protocol/lowrank.ts';
+import { decodeTensorItem, FactorScratch, PayloadDecoder, type Payload, type PayloadLimits, type TensorDelta } from '../protocol/lowrank.ts';
 import type { StreamedItem } from '../protocol/cbor-stream.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { readExactly } from '../util/model-file.ts';
@@ -8,8 +8,8 @@ import { nodeFs, type FileHandlePort, type FsPort } from './fs-port.ts';
 export interface DeltaSource {
   /** The names of the tensors the payload changes. */
   readonly names: ReadonlySet<string>;
-  /** A reader of the deltas; closed when the apply is done. */
-  open(): Promise<DeltaReader>;
+  /** A reader of the deltas (decoding into `scratch` when given); closed when the apply is done. */
+  open(scratch?: FactorScratch): Promise<DeltaReader>;
 }
 
 export interface DeltaReader {
@@ -64,32 +64,40 @@ export class PayloadFile implements DeltaSource {
       }
       const outline = decoder.end();
       const at = new Map<string, StreamedItem>();
-      for (const item of outline.items) at.set(decoder.tensor(item, await readItem(h, item)).name, item);
+      const buf = new ItemBuffer();
+      for (const item of outline.items) at.set(decoder.tensor(item, await buf.read(h, item)).name, item);
       return new PayloadFile(file, outline.base, outline.target, at, fsys);
     } finally {
       await h.close();
     }
   }
 
-  async open(): Promise<DeltaReader> {
+  async open(scratch = new FactorScratch()): Promise<DeltaReader> {
     const h = await this.fsys.open(this.file, 'r');
+    const buf = new ItemBuffer();
     return {
       delta: async (name) => {
         const item = this.at.get(name);
         if (!item) throw new ProtocolError('shape-mismatch', `the payload has no tensor ${JSON.stringify(name)}`);
-        return decodeTensorItem(item, await readItem(h, item));
+        return decodeTensorItem(item, await buf.read(h, item), scratch);
       },
       close: () => h.close(),
     };
   }
 }
 
-async function readItem(h: FileHandlePort, item: StreamedItem): Promise<Uint8Array> {
-  try {
-    return await readExactly(h, item.length, item.offset);
-  } catch (e) {
-    // The file was verified: shorter now means it changed under us.
-    if (e instanceof ProtocolError) throw new ProtocolError('malformed-payload', `tensors[${item.index}]: the payload file is shorter than when it was read`);
-    throw e;
+/** One buffer for every item read, grown to the largest (the decoded delta copies what it keeps). */
+class ItemBuffer {
+  private buf = new Uint8Array(0);
+
+  async read(h: FileHandlePort, item: StreamedItem): Promise<Uint8Array> {
+    if (this.buf.byteLength < item.length) this.buf = new Uint8Array(item.length);
+    try {
+      return await readExactly(h, item.length, item.offset, this.buf);
+    } catch (e) {
+      // The file was verified: shorter now means it changed under us.
+      if (e instanceof ProtocolError) throw new ProtocolError('malformed-payload', `tensors[${item.index}]: the payload file is shorter than when it was read`);
+      throw e;
+    }
   }
 }
