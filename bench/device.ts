@@ -1,7 +1,7 @@
 /**
  * What the device agent costs the machine it runs on:
  *
- *   npm run bench:device [-- --sizes 100,400 --rank 8 --keep]
+ *   npm run bench:device [-- --sizes 100,400 --rank 8 --keep --entries bundle,source --node-flags '--max-semi-space-size=1']
  *
  * Starts an embedded broker (with its update server) in this process, then
  * `fleet device` as the README starts it, as its own process, and measures:
@@ -51,9 +51,9 @@ interface AgentRun {
 type Entry = 'bundle' | 'source';
 const BUNDLE = fileURLToPath(new URL('../dist/fleet-device.mjs', import.meta.url));
 
-async function startAgent(entry: Entry, args: string[], logFile: string): Promise<AgentRun> {
+async function startAgent(entry: Entry, args: string[], logFile: string, nodeFlags: string[]): Promise<AgentRun> {
   const t0 = performance.now();
-  const child = spawn(process.execPath, [entry === 'bundle' ? BUNDLE : FLEET_BIN, 'device', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...nodeFlags, entry === 'bundle' ? BUNDLE : FLEET_BIN, 'device', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const log = await fs.open(logFile, 'a');
   child.stderr!.on('data', (d: Buffer) => void log.write(d));
   child.once('exit', () => void log.close());
@@ -69,7 +69,9 @@ async function startAgent(entry: Entry, args: string[], logFile: string): Promis
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { sizes: { type: 'string', default: '100,400' }, rank: { type: 'string', default: '8' }, keep: { type: 'boolean', default: false }, entries: { type: 'string', default: 'bundle,source' } } });
+  const { values } = parseArgs({ options: { sizes: { type: 'string', default: '100,400' }, rank: { type: 'string', default: '8' }, keep: { type: 'boolean', default: false }, entries: { type: 'string', default: 'bundle,source' }, 'node-flags': { type: 'string', default: '' } } });
+  // Flags for the agent's node (e.g. a V8 heap setting tried against the figures); none by default.
+  const nodeFlags = values['node-flags'].split(/\s+/).filter(Boolean);
   const sizes = values.sizes.split(',').map(Number);
   const entries = values.entries.split(',') as Entry[];
   if (entries.includes('bundle') && !existsSync(BUNDLE)) throw new Error('dist/fleet-device.mjs is not built: run `npm run build` first (or --entries source)');
@@ -109,7 +111,7 @@ async function main(): Promise<void> {
       const args = ['--id', id, '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile];
       // The first start provisions the directory from --initial; the agent measured is the next start,
       // as a device runs every day (the model already in its directory).
-      const first = await startAgent(entry, args, path.join(work, `${id}.log`));
+      const first = await startAgent(entry, args, path.join(work, `${id}.log`), nodeFlags);
       let provisionPeak: number;
       try {
         // At rest (the previous size's release is retained on the topic: this model refuses it, wrong-base).
@@ -119,7 +121,7 @@ async function main(): Promise<void> {
         // Stopped by its PID whatever happened: a failed run leaves no agent behind.
         await stopChild(first.child);
       }
-      const agent = await startAgent(entry, args, path.join(work, `${id}.log`));
+      const agent = await startAgent(entry, args, path.join(work, `${id}.log`), nodeFlags);
       try {
         await new Promise((r) => setTimeout(r, 2000));
         const before = memoryOf(agent.child.pid!);
@@ -170,7 +172,7 @@ async function main(): Promise<void> {
   const source = summary('source');
   const ratio = (k: string): number | null => (bundle && source && bundle[k] && source[k] ? Math.round(((bundle[k] as number) / (source[k] as number)) * 1000) / 1000 : null);
   process.stdout.write(`${JSON.stringify({
-    bench: 'device', node: process.version, rank, sizesMB: sizes, bundle, source,
+    bench: 'device', node: process.version, nodeFlags, loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100), rank, sizesMB: sizes, bundle, source,
     bundleOverSource: { idleRss: ratio('idleRssMB'), peakRss: ratio('peakRssMB'), connectedMs: ratio('connectedMs') }, runs,
   })}\n`);
 }

@@ -12,7 +12,7 @@ import { makeBundle, readBundle } from '../publisher/bundle.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
 import { createLogger } from '../util/log.ts';
 import { digestModelFile } from '../util/model-file.ts';
-import { readUpdateFile } from '../util/update-file.ts';
+import { checkUpdateFile, readUpdateFile } from '../util/update-file.ts';
 import { collect, parseDuration } from './options.ts';
 
 /** `fleet bundle` and `fleet apply`: updates for sites reached by a memory stick. */
@@ -81,7 +81,7 @@ export function registerOfflineCommands(program: Command): void {
         return;
       }
       if (!o.model || !o.update || !o.out) throw new Error('give --model, --update and --out (or --bundle with --trust)');
-      const target = await applyUpdateFile(o.model, await readUpdateFile(o.update), o.out);
+      const target = await applyUpdateFile(o.model, o.update, o.out, undefined, await checkUpdateFile(o.update));
       process.stdout.write(`wrote ${o.out}: ${target}\n`);
     });
 }

@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import { decodePayload, type Payload } from '../protocol/lowrank.ts';
 import { openPayload } from '../protocol/seal.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import { digestModelFile } from '../util/model-file.ts';
@@ -12,6 +11,7 @@ import type { HealthCheck } from './health.ts';
 import { attemptOf, type Journal } from './journal.ts';
 import { DeviceError } from './reasons.ts';
 import type { DeviceStorage } from './storage.ts';
+import { PayloadFile } from './payload-file.ts';
 
 export interface InstallerConfig {
   deviceId: string;
@@ -50,8 +50,11 @@ export type Recovery =
   /** Back on the previous version: the last attempt did not finish, or the target is gone. */
   | { action: 'rolled-back'; journal: Journal; message: string };
 
-/** A verified step: a decoded low-rank payload, or (full model) the file holding the plain model. */
-type Verified = { step: ReleaseStep; payload: Payload | null; plainFile: string };
+/**
+ * A verified step: a low-rank payload checked on disk (read again tensor by tensor
+ * as apply reaches each), or (full model) the file holding the plain model.
+ */
+type Verified = { step: ReleaseStep; payload: PayloadFile | null; plainFile: string };
 
 /** SHA-256 of a file, read through the port 64 KiB at a time. */
 async function sha256File(file: string, fsys: FsPort): Promise<string> {
@@ -90,28 +93,26 @@ export class Installer {
 
   /**
    * Each payload hashes to its step (sealed bytes as they travelled); sealed
-   * ones open with the group key; low-rank payloads decode and name the
-   * step's digests.
+   * ones open with the group key (in memory: a secretbox opens whole; the
+   * plain bytes go to disk beside it); low-rank payloads are decoded from disk
+   * one tensor at a time (never whole) and name the step's digests.
    */
   async verify(steps: ReleaseStep[]): Promise<Verified[]> {
     const out: Verified[] = [];
     for (const step of steps) {
       if ((await sha256File(this.payloadFile(step), this.fsys)) !== step.sha256) throw new DeviceError('payload-hash-mismatch', `update ${step.updateId}`);
       let plainFile = this.payloadFile(step);
-      let bytes: Uint8Array | undefined;
       if (step.sealed) {
         if (!this.cfg.groupKey) throw new DeviceError('undecryptable', 'the payload is sealed and this device has no group key');
-        bytes = openPayload(await this.fsys.readFile(plainFile), this.cfg.groupKey);
-        if (step.from === null) {
-          plainFile = path.join(this.storage.downloadDir(step.updateId), 'plain');
-          await this.fsys.writeFile(plainFile, bytes);
-        }
+        const bytes = openPayload(await this.fsys.readFile(plainFile), this.cfg.groupKey);
+        plainFile = path.join(this.storage.downloadDir(step.updateId), 'plain');
+        await this.fsys.writeFile(plainFile, bytes);
       }
       if (step.from === null) {
         out.push({ step, payload: null, plainFile });
         continue;
       }
-      const payload = decodePayload(bytes ?? new Uint8Array(await this.fsys.readFile(plainFile)));
+      const payload = await PayloadFile.verify(plainFile, this.fsys);
       if (payload.base !== step.from || payload.target !== step.to) throw new DeviceError('malformed-payload', 'the payload names other digests than the release');
       out.push({ step, payload, plainFile });
     }

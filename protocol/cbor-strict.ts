@@ -21,11 +21,21 @@ export class CborError extends Error {
   readonly form: CborForm;
   /** Byte offset of the item head that breaks the rule. */
   readonly offset: number;
-  constructor(form: CborForm, offset: number, detail: string) {
+  readonly detail: string;
+  /** For 'truncated': how many more bytes the item needs at least (an incremental reader waits for them). */
+  readonly short: number;
+  constructor(form: CborForm, offset: number, detail: string, short = 0) {
     super(`CBOR ${form} at byte ${offset}: ${detail}`);
     this.name = 'CborError';
     this.form = form;
     this.offset = offset;
+    this.detail = detail;
+    this.short = short;
+  }
+
+  /** The same error at `by` bytes further into a larger input (an item checked on its own). */
+  shifted(by: number): CborError {
+    return new CborError(this.form, this.offset + by, this.detail, this.short);
   }
 }
 
@@ -43,11 +53,12 @@ class Walker {
   }
 
   private need(n: number, at: number, what: string): void {
-    if (n > this.b.byteLength - this.pos) this.fail('truncated', at, `${what} needs ${n} bytes, ${this.b.byteLength - this.pos} left`);
+    const left = this.b.byteLength - this.pos;
+    if (n > left) throw new CborError('truncated', at, `${what} needs ${n} bytes, ${left} left`, n - left);
   }
 
   /** The initial byte and its argument, with every rule about the head itself. */
-  private head(): Head {
+  head(): Head {
     const at = this.pos;
     this.need(1, at, 'an item');
     const ib = this.b[this.pos++];
@@ -121,6 +132,7 @@ class Walker {
     const keys = new Set<string>();
     for (let i = 0; i < h.arg; i++) {
       const at = this.pos;
+      this.need(1, at, 'a map key');
       if (this.b[at] >> 5 !== 3) this.fail('non-text-key', at, 'map keys must be text strings');
       const key = this.item(depth)!;
       if (keys.has(key)) this.fail('duplicate-key', at, `key ${JSON.stringify(key)} appears twice in one map`);
@@ -131,10 +143,31 @@ class Walker {
   }
 }
 
-/** Throws CborError unless `bytes` is exactly one data item of the protocol's CBOR subset. */
-export function checkStrictCbor(bytes: Uint8Array): void {
+/**
+ * Throws CborError unless `bytes` is exactly one data item of the protocol's CBOR subset.
+ * `depth`: how deep the item sits in a larger one (its arrays and maps count from there).
+ */
+export function checkStrictCbor(bytes: Uint8Array, depth = 0): void {
   if (bytes.byteLength === 0) throw new CborError('empty', 0, 'no data item');
+  const end = strictItemEnd(bytes, depth).end;
+  if (end !== bytes.byteLength) throw new CborError('trailing-bytes', end, `${bytes.byteLength - end} bytes after the data item`);
+}
+
+/**
+ * The first data item of `bytes`, checked against the subset (at nesting `depth`) as
+ * checkStrictCbor checks it, and where it ends; bytes after it are not looked at.
+ * `text`: the item's value when it is a text string. A prefix of a valid item throws
+ * 'truncated' with `short` set: an incremental reader waits for more and tries again.
+ */
+export function strictItemEnd(bytes: Uint8Array, depth = 0): { end: number; text: string | undefined } {
   const w = new Walker(bytes);
-  w.item(0);
-  if (w.pos !== bytes.byteLength) throw new CborError('trailing-bytes', w.pos, `${bytes.byteLength - w.pos} bytes after the data item`);
+  const text = w.item(depth);
+  return { end: w.pos, text };
+}
+
+/** The head (initial byte and argument) at the start of `bytes`, checked; `end`: where its content starts. */
+export function strictHead(bytes: Uint8Array): { major: number; arg: number; end: number } {
+  const w = new Walker(bytes);
+  const h = w.head();
+  return { major: h.major, arg: h.arg, end: w.pos };
 }

@@ -45,9 +45,10 @@ export function cborEncode(value: unknown): Uint8Array {
 /**
  * Decode one CBOR item of the protocol's subset (§4.0, protocol/cbor-strict.ts);
  * throws CborError (naming the rule) on anything outside it, including trailing bytes.
+ * `depth`: how deep the item sits in a larger one that is decoded piece by piece.
  */
-export function cborDecode(bytes: Uint8Array): unknown {
-  checkStrictCbor(bytes);
+export function cborDecode(bytes: Uint8Array, depth = 0): unknown {
+  checkStrictCbor(bytes, depth);
   const values = codec.decodeMultiple(bytes) as unknown[] | undefined;
   if (!Array.isArray(values) || values.length !== 1) throw new Error('expected exactly one CBOR item');
   return values[0];

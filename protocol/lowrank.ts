@@ -1,4 +1,5 @@
 import { cborDecode, cborEncode, isBytes, isHex, isRecord, isUint } from './cbor.ts';
+import { CborMapScanner, StreamedArray, type ScannedMap, type StreamedItem } from './cbor-stream.ts';
 import { ProtocolError } from './errors.ts';
 import {
   type Dtype, dtypeSize, elementReader, elementWriter, f16BitsToNumber, isUpdatableDtype,
@@ -110,10 +111,34 @@ function checkBytes(v: unknown, length: number, where: string): Uint8Array {
   return new Uint8Array(v); // an aligned copy, not a view into the CBOR input
 }
 
+/**
+ * Arrays of doubles reused from tensor to tensor (a device decoding and applying a
+ * payload one tensor at a time), so that each tensor's factors do not leave a new
+ * allocation behind; each slot grows to the largest tensor's need.
+ */
+export class FactorScratch {
+  private readonly slots: Float64Array[] = [];
+
+  /** `length` doubles of slot `slot` (their old values are not cleared). */
+  take(slot: number, length: number): Float64Array {
+    let b = this.slots[slot];
+    if (!b || b.length < length) b = this.slots[slot] = new Float64Array(length);
+    return b.length === length ? b : b.subarray(0, length);
+  }
+}
+
+/** FactorScratch's slots: what each array holds (several are in use at once within one tensor). */
+const Slot = { ScalesU: 0, ScalesV: 1, FactorU: 2, FactorV: 3, Values: 4, Acc: 5 } as const;
+type Slot = (typeof Slot)[keyof typeof Slot];
+
+function doubles(length: number, scratch: FactorScratch | undefined, slot: Slot): Float64Array {
+  return scratch ? scratch.take(slot, length) : new Float64Array(length);
+}
+
 /** f32 little-endian bytes to doubles, exactly; throws 'non-finite' on NaN/Inf. */
-function f32Values(bytes: Uint8Array, where: string): Float64Array {
+function f32Values(bytes: Uint8Array, where: string, scratch?: FactorScratch, slot: Slot = Slot.Values): Float64Array {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const out = new Float64Array(bytes.byteLength / 4);
+  const out = doubles(bytes.byteLength / 4, scratch, slot);
   for (let j = 0; j < out.length; j++) {
     const x = dv.getFloat32(j * 4, true);
     if (!Number.isFinite(x)) throw new ProtocolError('non-finite', `${where}[${j}]`);
@@ -122,10 +147,10 @@ function f32Values(bytes: Uint8Array, where: string): Float64Array {
   return out;
 }
 
-function factorValues(bytes: Uint8Array, dtype: FactorDtype, rowScales: Float64Array | undefined, cols: number, where: string): Float64Array {
-  if (dtype === 'f32') return f32Values(bytes, where);
+function factorValues(bytes: Uint8Array, dtype: FactorDtype, rowScales: Float64Array | undefined, cols: number, where: string, scratch: FactorScratch | undefined, slot: Slot): Float64Array {
+  if (dtype === 'f32') return f32Values(bytes, where, scratch, slot);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const out = new Float64Array(bytes.byteLength / FACTOR_SIZE[dtype]);
+  const out = doubles(bytes.byteLength / FACTOR_SIZE[dtype], scratch, slot);
   if (dtype === 'f16') {
     for (let j = 0; j < out.length; j++) {
       const x = f16BitsToNumber(dv.getUint16(j * 2, true));
@@ -140,8 +165,11 @@ function factorValues(bytes: Uint8Array, dtype: FactorDtype, rowScales: Float64A
   return out;
 }
 
-/** The factors of a low-rank delta as doubles: U (m×r) and V (r×n), row-major. */
-export function decodeFactors(d: LowRankDelta): { u: Float64Array; v: Float64Array } {
+/**
+ * The factors of a low-rank delta as doubles: U (m×r) and V (r×n), row-major.
+ * With `scratch` they are views of its arrays, valid until its next use.
+ */
+export function decodeFactors(d: LowRankDelta, scratch?: FactorScratch): { u: Float64Array; v: Float64Array } {
   const { m, n } = lowRankDims(d.shape);
   const r = d.rank;
   if (!isUint(r) || r < 1 || r > Math.min(m, n)) throw bad(`${d.name}: rank ${String(r)} is not in 1..min(m, n)`);
@@ -149,23 +177,23 @@ export function decodeFactors(d: LowRankDelta): { u: Float64Array; v: Float64Arr
   let sv: Float64Array | undefined;
   if (d.dtype === 'i8') {
     if (!d.scales) throw bad(`${d.name}: i8 factors without scales`);
-    su = f32Values(d.scales.u, `${d.name}.scales.u`);
-    sv = f32Values(d.scales.v, `${d.name}.scales.v`);
+    su = f32Values(d.scales.u, `${d.name}.scales.u`, scratch, Slot.ScalesU);
+    sv = f32Values(d.scales.v, `${d.name}.scales.v`, scratch, Slot.ScalesV);
     if (su.length !== m || sv.length !== r) throw bad(`${d.name}: scales have the wrong length`);
   }
-  const u = factorValues(d.u, d.dtype, su, r, `${d.name}.u`);
-  const v = factorValues(d.v, d.dtype, sv, n, `${d.name}.v`);
+  const u = factorValues(d.u, d.dtype, su, r, `${d.name}.u`, scratch, Slot.FactorU);
+  const v = factorValues(d.v, d.dtype, sv, n, `${d.name}.v`, scratch, Slot.FactorV);
   if (u.length !== m * r || v.length !== r * n) throw bad(`${d.name}: factors have the wrong length`);
   return { u, v };
 }
 
-/** The dense delta's values as doubles. */
-export function denseValues(d: DenseDelta): Float64Array {
+/** The dense delta's values as doubles (with `scratch`: a view of its array, valid until its next use). */
+export function denseValues(d: DenseDelta, scratch?: FactorScratch): Float64Array {
   if (d.dense.byteLength !== count(d.shape) * 4) throw bad(`${d.name}: dense has the wrong length`);
-  return f32Values(d.dense, `${d.name}.dense`);
+  return f32Values(d.dense, `${d.name}.dense`, scratch, Slot.Values);
 }
 
-function checkDelta(x: unknown, i: number): TensorDelta {
+function checkDelta(x: unknown, i: number, scratch?: FactorScratch): TensorDelta {
   const where = `tensors[${i}]`;
   if (!isRecord(x)) throw bad(`${where} is not a map`);
   if (typeof x.name !== 'string' || x.name.length === 0 || !isWellFormedName(x.name)) throw bad(`${where}.name is not a non-empty string`);
@@ -177,7 +205,7 @@ function checkDelta(x: unknown, i: number): TensorDelta {
   if ('dense' in x) {
     checkKeys(x, ['name', 'shape', 'dense'], at);
     const d: DenseDelta = { name, shape, dense: checkBytes(x.dense, count(shape) * 4, `${at}.dense`) };
-    denseValues(d);
+    denseValues(d, scratch);
     return d;
   }
   checkKeys(x, ['name', 'shape', 'rank', 'dtype', 'u', 'v', 'scales'], at);
@@ -201,28 +229,106 @@ function checkDelta(x: unknown, i: number): TensorDelta {
   } else if ('scales' in x) {
     throw bad(`${at}: scales are only for i8 factors`);
   }
-  decodeFactors(d);
+  decodeFactors(d, scratch);
   return d;
 }
 
-/** Validate a decoded value as a payload; returns a clean copy. */
-export function checkPayload(x: unknown, limits: PayloadLimits = {}): Payload {
+/** The payload's map without its tensors: version, digests, and the number of tensors within the limit. */
+function checkPayloadHead(x: unknown, limits: PayloadLimits): { base: string; target: string; count: number } {
   if (!isRecord(x)) throw bad('payload is not a map');
   checkKeys(x, ['v', 'base', 'target', 'tensors'], 'payload');
   if (x.v !== 1) throw bad(`unknown payload version ${String(x.v)}`);
   if (!isHex(x.base, 64)) throw bad('base is not a 64-digit lowercase hex digest');
   if (!isHex(x.target, 64)) throw bad('target is not a 64-digit lowercase hex digest');
-  if (!Array.isArray(x.tensors)) throw bad('tensors is not an array');
+  if (!Array.isArray(x.tensors) && !(x.tensors instanceof StreamedArray)) throw bad('tensors is not an array');
   const max = limits.maxTensors ?? DEFAULT_MAX_TENSORS;
   if (x.tensors.length > max) throw new ProtocolError('payload-too-large', `${x.tensors.length} tensors, limit ${max}`);
+  return { base: x.base, target: x.target, count: x.tensors.length };
+}
+
+/** Validate a decoded value as a payload; returns a clean copy. */
+export function checkPayload(x: unknown, limits: PayloadLimits = {}): Payload {
+  const { base, target } = checkPayloadHead(x, limits);
   const names = new Set<string>();
-  const tensors = x.tensors.map((t, i) => {
-    const d = checkDelta(t, i);
-    if (names.has(d.name)) throw bad(`tensor ${JSON.stringify(d.name)} appears twice`);
-    names.add(d.name);
-    return d;
-  });
-  return { v: 1, base: x.base, target: x.target, tensors };
+  const scratch = new FactorScratch();
+  const tensors = ((x as { tensors: unknown[] }).tensors).map((t, i) => uniqueDelta(names, checkDelta(t, i, scratch)));
+  return { v: 1, base, target, tensors };
+}
+
+function uniqueDelta(names: Set<string>, d: TensorDelta): TensorDelta {
+  if (names.has(d.name)) throw bad(`tensor ${JSON.stringify(d.name)} appears twice`);
+  names.add(d.name);
+  return d;
+}
+
+function notCbor(e: unknown): ProtocolError {
+  return bad(`not CBOR: ${(e as Error)?.message ?? String(e)}`);
+}
+
+/** What a payload's first pass found: its digests and where each tensor's CBOR item lies in the bytes. */
+export interface PayloadOutline {
+  base: string;
+  target: string;
+  items: StreamedItem[];
+}
+
+/**
+ * A payload decoded without ever holding it whole (docs/protocol.md §6): first its
+ * bytes are pushed in order, in chunks of any size (`push`, then `end`), which
+ * checks the CBOR subset throughout and the map around the tensors and gives each
+ * tensor's place; then each tensor's item is read back and given to `tensor`, in
+ * order, which checks it as decodePayload does. The same rules in the same order
+ * as decodePayload (which is this, on bytes in memory): the same reason codes.
+ */
+export class PayloadDecoder {
+  private readonly scanner: CborMapScanner;
+  private readonly names = new Set<string>();
+  private readonly scratch = new FactorScratch();
+
+  constructor(private readonly limits: PayloadLimits = {}) {
+    this.scanner = new CborMapScanner('tensors', limits.maxTensors ?? DEFAULT_MAX_TENSORS);
+  }
+
+  /** Bytes it buffers between pushes (at most about one tensor's item and one chunk). */
+  get heldCapacity(): number {
+    return this.scanner.heldCapacity;
+  }
+
+  push(chunk: Uint8Array): void {
+    try {
+      this.scanner.push(chunk);
+    } catch (e) {
+      throw notCbor(e);
+    }
+  }
+
+  end(): PayloadOutline {
+    let scanned: ScannedMap;
+    try {
+      scanned = this.scanner.end();
+    } catch (e) {
+      throw notCbor(e);
+    }
+    const { base, target } = checkPayloadHead(scanned.value, this.limits);
+    return { base, target, items: scanned.items };
+  }
+
+  /** The tensor at `item` (its bytes), checked; each name may come once. */
+  tensor(item: StreamedItem, bytes: Uint8Array): TensorDelta {
+    return uniqueDelta(this.names, decodeTensorItem(item, bytes, this.scratch));
+  }
+}
+
+/** One tensor of a payload already decoded once (PayloadDecoder): its CBOR item's bytes to its delta, checked. */
+export function decodeTensorItem(item: StreamedItem, bytes: Uint8Array, scratch?: FactorScratch): TensorDelta {
+  if (bytes.byteLength !== item.length) throw bad(`tensors[${item.index}]: ${bytes.byteLength} bytes, the item has ${item.length}`);
+  let x: unknown;
+  try {
+    x = cborDecode(bytes, 2);
+  } catch (e) {
+    throw notCbor(e);
+  }
+  return checkDelta(x, item.index, scratch);
 }
 
 function canonical(p: Payload): unknown {
@@ -249,18 +355,16 @@ export function encodePayload(p: Payload): Uint8Array {
   return cborEncode(c);
 }
 
-/** Decode and strictly validate a payload. */
+/** Decode and strictly validate a payload held in memory (PayloadDecoder, fed it all at once). */
 export function decodePayload(bytes: Uint8Array, limits: PayloadLimits = {}): Payload {
   if (limits.maxBytes !== undefined && bytes.byteLength > limits.maxBytes) {
     throw new ProtocolError('payload-too-large', `${bytes.byteLength} bytes, limit ${limits.maxBytes}`);
   }
-  let x: unknown;
-  try {
-    x = cborDecode(bytes);
-  } catch (e) {
-    throw bad(`not CBOR: ${(e as Error)?.message ?? String(e)}`);
-  }
-  return checkPayload(x, limits);
+  const decoder = new PayloadDecoder(limits);
+  decoder.push(bytes);
+  const { base, target, items } = decoder.end();
+  const tensors = items.map((it) => decoder.tensor(it, bytes.subarray(it.offset, it.offset + it.length)));
+  return { v: 1, base, target, tensors };
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
@@ -294,7 +398,7 @@ function roundedWriter(out: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): (j: numb
  * with ONE rounding from the double to the dtype (nearest, ties to even).
  * Dense: out[e] = round(W[e] + d[e]). NaN or ±Inf in any output → 'non-finite'.
  */
-export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly number[] }, base: Uint8Array, delta: TensorDelta, into?: Uint8Array): Uint8Array {
+export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly number[] }, base: Uint8Array, delta: TensorDelta, into?: Uint8Array, scratch?: FactorScratch): Uint8Array {
   if (!sameShape(delta.shape, info.shape)) {
     throw new ProtocolError('shape-mismatch', `${info.name}: model [${info.shape.join(',')}], update [${delta.shape.join(',')}]`);
   }
@@ -305,20 +409,21 @@ export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly 
     throw new ProtocolError('malformed-model', `${info.name}: ${base.byteLength} bytes for shape [${info.shape.join(',')}] of ${dtype}`);
   }
   const read = elementReader(base, dtype);
-  // `into`: a buffer of the caller's to reuse (a device applying tensor after tensor), at least as large.
+  // `into`: a buffer of the caller's to reuse (a device applying tensor after tensor), at least as large;
+  // `scratch`: the same for the factors as doubles.
   const out = into && into.byteLength >= base.byteLength ? into.subarray(0, base.byteLength) : new Uint8Array(base.byteLength);
   const put = roundedWriter(out, dtype);
   const fail = (e: number) => new ProtocolError('non-finite', `${info.name}[${e}]`);
   if (!isLowRank(delta) && !isMixedDelta(delta)) {
-    const d = isSignDelta(delta) ? signValues(delta) : denseValues(delta);
+    const d = isSignDelta(delta) ? signValues(delta) : denseValues(delta, scratch);
     for (let e = 0; e < total; e++) {
       if (!put(e, read(e) + d[e])) throw fail(e);
     }
     return out;
   }
   const { m, n } = lowRankDims(info.shape);
-  const { u, v, rank: r } = isMixedDelta(delta) ? mixedFactors(delta) : { ...decodeFactors(delta), rank: delta.rank };
-  const acc = new Float64Array(n);
+  const { u, v, rank: r } = isMixedDelta(delta) ? mixedFactors(delta) : { ...decodeFactors(delta, scratch), rank: delta.rank };
+  const acc = doubles(n, scratch, Slot.Acc);
   for (let i = 0; i < m; i++) {
     acc.fill(0);
     for (let k = 0; k < r; k++) {

@@ -36,25 +36,35 @@ function startsWithMagic(bytes: Uint8Array): boolean {
 }
 
 /**
- * The payload of an update file, after checking its SHA-256. `name` (the
- * user's path) goes into the one-line refusals, which say what to do.
- * A bare payload (a file from before the check, or written by hand) is
- * refused too: nothing says it is what the build wrote.
+ * The SHA-256 an update file's header promises for its payload. `head` is the
+ * file's first UPDATE_FILE_HEADER_BYTES bytes (fewer when the file is shorter);
+ * `name` (the user's path) goes into the one-line refusals, which say what to do.
+ * A bare payload (a file from before the check, or written by hand) is refused
+ * too: nothing says it is what the build wrote.
  */
-export function decodeUpdateFile(bytes: Uint8Array, name: string): Uint8Array {
-  if (!startsWithMagic(bytes)) {
+export function promisedPayloadSha256(head: Uint8Array, name: string): Uint8Array {
+  if (!startsWithMagic(head)) {
     throw new UpdateFileError('no-check', `${name} is not an update file with an integrity check (written by hand, or by a fleet before the check): rebuild it with fleet build`);
   }
-  if (bytes.byteLength < UPDATE_FILE_HEADER_BYTES) {
+  if (head.byteLength < UPDATE_FILE_HEADER_BYTES) {
     throw new UpdateFileError('damaged-update', `${name} is damaged: it ends inside its ${UPDATE_FILE_HEADER_BYTES}-byte header (a truncated copy?); copy it again from where fleet build wrote it, or rebuild it`);
   }
-  const payload = bytes.subarray(UPDATE_FILE_HEADER_BYTES);
-  const want = bytes.subarray(UPDATE_FILE_MAGIC.byteLength, UPDATE_FILE_HEADER_BYTES);
-  const got = sha256(payload);
+  return head.subarray(UPDATE_FILE_MAGIC.byteLength, UPDATE_FILE_HEADER_BYTES);
+}
+
+/** Refuses the file `name` unless its payload's SHA-256 `got` is the one its header promised (`want`). */
+export function checkPayloadSha256(want: Uint8Array, got: Uint8Array, name: string): void {
   for (let i = 0; i < 32; i++) {
     if (got[i] !== want[i]) {
       throw new UpdateFileError('damaged-update', `${name} is damaged: its payload's SHA-256 is not the one fleet build wrote in its header (bytes changed or cut off after the build); copy it again from where fleet build wrote it, or rebuild it`);
     }
   }
+}
+
+/** The payload of an update file held in memory, after checking its SHA-256 (see promisedPayloadSha256). */
+export function decodeUpdateFile(bytes: Uint8Array, name: string): Uint8Array {
+  const want = promisedPayloadSha256(bytes.subarray(0, UPDATE_FILE_HEADER_BYTES), name);
+  const payload = bytes.subarray(UPDATE_FILE_HEADER_BYTES);
+  checkPayloadSha256(want, sha256(payload), name);
   return payload;
 }

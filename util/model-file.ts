@@ -57,6 +57,11 @@ export class ModelFile {
     return readExactly(this.h, t.end - t.begin, this.header.dataStart + t.begin, into);
   }
 
+  /** `length` bytes of the data section from `offset` (into `into` when it is large enough). */
+  async readRange(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
+    return readExactly(this.h, length, this.header.dataStart + offset, into);
+  }
+
   /** Total bytes of tensor data. */
   get dataBytes(): number {
     return this.header.tensors.reduce((a, t) => a + (t.end - t.begin), 0);
@@ -67,14 +72,23 @@ export class ModelFile {
   }
 }
 
-/** The digest of a model file, read tensor by tensor. */
+/** Most bytes the digest of a model file reads at once: its memory does not grow with a tensor's size. */
+const DIGEST_PIECE = 256 * 1024;
+
+/** The digest of a model file, read tensor by tensor, each in pieces of at most 256 KiB through one buffer. */
 export async function digestModelFile(file: string, fsys: FsPort = nodeFs): Promise<string> {
   const m = await ModelFile.open(file, fsys);
   try {
     const d = new ModelDigest();
-    // One buffer of the largest tensor, reused: memory stays flat however large the model.
-    const buf = new Uint8Array(m.tensors.reduce((a, t) => Math.max(a, t.end - t.begin), 0));
-    for (const t of m.tensors) d.addTensor(t, await m.read(t, buf));
+    const buf = new Uint8Array(Math.min(DIGEST_PIECE, m.tensors.reduce((a, t) => Math.max(a, t.end - t.begin), 0)));
+    for (const t of m.tensors) {
+      d.beginTensor(t);
+      for (let at = t.begin; at < t.end; ) {
+        const n = Math.min(buf.byteLength, t.end - at);
+        d.update(await m.readRange(at, n, buf));
+        at += n;
+      }
+    }
     return d.digest();
   } finally {
     await m.close();

@@ -21,7 +21,7 @@ const manifest = JSON.parse(readFileSync(path.join(dir, 'cases.json'), 'utf8')) 
 /** `fleet apply --model --update --out`, as a device applies: the reason code, or the file written. */
 async function applyFile(model: string, payload: string, out: string): Promise<string> {
   try {
-    await applyUpdateFile(path.join(dir, model), load(payload), out);
+    await applyUpdateFile(path.join(dir, model), path.join(dir, payload), out);
   } catch (e) {
     if (e instanceof ProtocolError || e instanceof DeviceError) return e.code;
     throw e;

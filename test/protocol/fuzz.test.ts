@@ -13,13 +13,13 @@ import {
   decodeFrame, decodeReceipt, decodeRequest, encodeFrame, encodeReceipt, encodeRequest, MAX_CHUNKS,
   type ChunkRequest, type Frame, type UploadReceipt,
 } from '../../protocol/frames.ts';
-import { decodePayload, encodePayload, type Payload, type TensorDelta } from '../../protocol/lowrank.ts';
+import { decodePayload, encodePayload } from '../../protocol/lowrank.ts';
 import { isWellFormedName, parseSafetensorsHeader, readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
 import { safetensorsDigest } from '../../protocol/digest.ts';
 import { DEVICE_STATES, encodeStatus, parseStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { DTYPES, dtypeSize } from '../../protocol/dtypes.ts';
 import {
-  byteMutation, concat, containers, corpus, decodeOrProtocolError, fuzz, hexString, norm, params, textMutation, utf8, TEST_TIMEOUT,
+  byteMutation, concat, containers, corpus, decodeOrProtocolError, fuzz, hexString, norm, params, payloadArb, textMutation, utf8, TEST_TIMEOUT,
   type Case, type Mutation,
 } from './fuzz-kit.ts';
 
@@ -48,26 +48,6 @@ describe('fuzz: transfer messages', () => {
 });
 
 // --- payloads -----------------------------------------------------------------
-
-const f32Bytes = (n: number) => fc.array(fc.float({ noNaN: true, noDefaultInfinity: true }), { minLength: n, maxLength: n }).map((a) => new Uint8Array(Float32Array.from(a).buffer));
-const f16Bytes = (n: number) => fc.array(fc.integer({ min: 0, max: 0xffff }).filter((h) => (h & 0x7c00) !== 0x7c00), { minLength: n, maxLength: n })
-  .map((a) => { const b = new Uint8Array(2 * n); const dv = new DataView(b.buffer); a.forEach((h, i) => dv.setUint16(2 * i, h, true)); return b; });
-const tensorName = fc.string({ unit: 'binary', minLength: 1, maxLength: 8 }).filter(isWellFormedName);
-const deltaArb: fc.Arbitrary<TensorDelta> = fc.oneof(
-  fc.record({ name: tensorName, m: fc.integer({ min: 1, max: 4 }), rest: fc.array(fc.integer({ min: 1, max: 3 }), { minLength: 1, maxLength: 2 }), r: fc.nat(), dtype: fc.constantFrom('f32' as const, 'f16' as const, 'i8' as const) })
-    .chain(({ name, m, rest, r, dtype }) => {
-      const n = rest.reduce((a, b) => a * b, 1);
-      const rank = 1 + (r % Math.min(m, n));
-      const bytes = (k: number) => (dtype === 'f32' ? f32Bytes(k) : dtype === 'f16' ? f16Bytes(k) : fc.uint8Array({ minLength: k, maxLength: k }));
-      return fc.record({ u: bytes(m * rank), v: bytes(rank * n), su: f32Bytes(m), sv: f32Bytes(rank) }).map(({ u, v, su, sv }): TensorDelta => ({
-        name, shape: [m, ...rest], rank, dtype, u, v, ...(dtype === 'i8' ? { scales: { u: su, v: sv } } : {}),
-      }));
-    }),
-  fc.record({ name: tensorName, shape: fc.array(fc.integer({ min: 0, max: 3 }), { maxLength: 3 }) })
-    .chain(({ name, shape }) => f32Bytes(shape.reduce((a, b) => a * b, 1)).map((dense): TensorDelta => ({ name, shape, dense }))),
-);
-const payloadArb: fc.Arbitrary<Payload> = fc.record({ base: hexString(64), target: hexString(64), tensors: fc.uniqueArray(deltaArb, { maxLength: 3, selector: (d) => d.name }) })
-  .map((p): Payload => ({ v: 1, ...p }));
 
 describe('fuzz: payloads', () => {
   it('decodePayload', () => fuzz(corpus(payloadArb, encodePayload), (b) => decodePayload(b, { maxTensors: 8, maxBytes: 4096 })), TEST_TIMEOUT);
