@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { DeviceAgent } from '../device/agent.ts';
 import { packetLimitOf } from '../device/agent-config.ts';
-import { digestModelFile } from '../util/model-file.ts';
+import { modelFormatOf } from '../util/model-format.ts';
 import { systemClock } from '../device/clock.ts';
 import { digestHealthCheck } from '../device/health.ts';
 import { DeviceStorage } from '../device/storage.ts';
@@ -38,9 +38,9 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
   // One agent per device directory (released when the process exits, taken over from a dead one).
   await DirLock.acquire(o.dir, `fleet device ${o.id}`);
-  const storage = new DeviceStorage(o.dir);
+  const storage = new DeviceStorage(o.dir, undefined, o.initial ? modelFormatOf(o.initial) : undefined);
   if (o.initial) {
-    const digest = await DeviceAgent.provision(storage, o.initial, digestModelFile);
+    const digest = await DeviceAgent.provision(storage, o.initial, (f, fsys) => storage.format.digestFile(f, fsys));
     log.info('model directory ready', { digest });
   }
   // Several comma-separated URLs: nodes of one cluster, tried in turn when a connection fails.

@@ -11,7 +11,7 @@ import { parseTrustFile } from '../protocol/release.ts';
 import { makeBundle, readBundle } from '../publisher/bundle.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
 import { createLogger } from '../util/log.ts';
-import { digestModelFile } from '../util/model-file.ts';
+import { modelFormatOf } from '../util/model-format.ts';
 import { collect, parseDuration } from './options.ts';
 
 /** `fleet bundle` and `fleet apply`: updates for sites reached by a memory stick. */
@@ -42,7 +42,7 @@ export function registerOfflineCommands(program: Command): void {
   program
     .command('apply')
     .description("apply an update offline, exactly as a device does: an update file to a model file, or a signed bundle to a model file or a device directory")
-    .option('--model <file>', 'the model to update (safetensors)')
+    .option('--model <file>', 'the model to update (.safetensors or .onnx)')
     .option('--update <file>', 'an update file (unsigned: checks base and result digests)')
     .option('--out <file>', 'the updated model to write (with --model)')
     .option('--bundle <file>', 'a signed bundle from `fleet bundle`')
@@ -60,16 +60,18 @@ export function registerOfflineCommands(program: Command): void {
         if (o.dir) {
           // Not beside a running agent: it would see its directory change under it.
           const lock = await DirLock.acquire(o.dir, 'fleet apply --bundle');
-          const r = await installBundle({ bundle, trust, storage: new DeviceStorage(o.dir), model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log });
+          const storage = new DeviceStorage(o.dir);
+          await storage.init();
+          const r = await installBundle({ bundle, trust, storage, model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log });
           await lock.release();
-          process.stdout.write(r.steps === 0 && r.from === r.to ? `${o.dir} already runs ${r.to}\n` : `${o.dir}: ${r.from.slice(0, 16)}… -> ${r.to} (${r.steps} step(s)); current.safetensors switched\n`);
+          process.stdout.write(r.steps === 0 && r.from === r.to ? `${o.dir} already runs ${r.to}\n` : `${o.dir}: ${r.from.slice(0, 16)}… -> ${r.to} (${r.steps} step(s)); ${path.basename(storage.currentPath)} switched\n`);
           return;
         }
         // A model file: install into a throwaway device directory, then copy the result out.
         const tmpDir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-apply-'));
         try {
-          const storage = new DeviceStorage(tmpDir);
-          await DeviceAgent.provision(storage, o.model!, digestModelFile);
+          const storage = new DeviceStorage(tmpDir, undefined, modelFormatOf(o.model!));
+          await DeviceAgent.provision(storage, o.model!, (f, fsys) => storage.format.digestFile(f, fsys));
           const r = await installBundle({ bundle, trust, storage, model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log });
           await fs.copyFile(storage.modelPath(r.to), `${o.out}.tmp-${process.pid}`);
           await fs.rename(`${o.out}.tmp-${process.pid}`, o.out!);
@@ -80,7 +82,7 @@ export function registerOfflineCommands(program: Command): void {
         return;
       }
       if (!o.model || !o.update || !o.out) throw new Error('give --model, --update and --out (or --bundle with --trust)');
-      const target = await applyUpdateFile(o.model, new Uint8Array(await fs.readFile(o.update)), o.out);
+      const target = await applyUpdateFile(o.model, new Uint8Array(await fs.readFile(o.update)), o.out, undefined, modelFormatOf(o.model));
       process.stdout.write(`wrote ${o.out}: ${target}\n`);
     });
 }

@@ -3,9 +3,8 @@ import path from 'node:path';
 import { decodePayload, type Payload } from '../protocol/lowrank.ts';
 import { openPayload } from '../protocol/seal.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
-import { digestModelFile } from '../util/model-file.ts';
 import type { Logger } from '../util/log.ts';
-import { applyToFile, commitFile } from './apply.ts';
+import { commitFile } from './apply.ts';
 import type { FsPort } from './fs-port.ts';
 import { describeFailure, runCommand } from './commands.ts';
 import type { HealthCheck } from './health.ts';
@@ -128,7 +127,7 @@ export class Installer {
     const s = this.storage;
     if (await s.hasVersion(target)) {
       // Held already (an operator rollback, or a crash after staging): check it is intact.
-      const digest = await digestModelFile(s.modelPath(target), this.fsys);
+      const digest = await s.format.digestFile(s.modelPath(target), this.fsys);
       if (digest === target) return this.validate(s.modelPath(target), target, running);
       await this.fsys.rm(s.modelPath(target), { force: true });
       if (steps.length === 0) throw new DeviceError('digest-mismatch', `the held version ${target.slice(0, 16)}… is damaged (${digest.slice(0, 16)}…)`);
@@ -143,12 +142,12 @@ export class Installer {
       let digest: string;
       if (payload === null) {
         await this.fsys.copyFile(plainFile, out);
-        digest = await digestModelFile(out, this.fsys).catch((e: unknown) => {
+        digest = await s.format.digestFile(out, this.fsys).catch((e: unknown) => {
           throw new DeviceError('malformed-model', `the full-model payload: ${(e as Error).message}`);
         });
       } else {
         if (payload.base !== at) throw new DeviceError('wrong-base', `step ${step.updateId} starts from ${payload.base.slice(0, 12)}, not ${at.slice(0, 12)}`);
-        digest = await applyToFile(from, payload, out, this.fsys);
+        digest = await s.format.apply(from, payload, out, this.fsys);
       }
       if (digest !== step.to) {
         await this.fsys.rm(out, { force: true });

@@ -33,6 +33,8 @@ export async function readExactly(h: FileHandlePort, length: number, position: n
  * model never has to sit in memory whole.
  */
 export class ModelFile {
+  readonly format = 'safetensors' as const;
+
   private constructor(readonly path: string, private readonly h: FileHandlePort, readonly header: SafetensorsHeader, readonly fileSize: number) {}
 
   static async open(path: string, fsys: FsPort = nodeFs): Promise<ModelFile> {
@@ -55,6 +57,11 @@ export class ModelFile {
 
   async read(t: TensorInfo, into?: Uint8Array): Promise<Uint8Array> {
     return readExactly(this.h, t.end - t.begin, this.header.dataStart + t.begin, into);
+  }
+
+  /** The model digest from the digest of its tensors: for safetensors, the same. */
+  digestOf(tensorDigest: string): string {
+    return tensorDigest;
   }
 
   /** Total bytes of tensor data. */
