@@ -8,6 +8,7 @@ import { commitFile } from './apply.ts';
 import type { FsPort } from './fs-port.ts';
 import { describeFailure, runCommand } from './commands.ts';
 import type { HealthCheck } from './health.ts';
+import { ValidationRefused, type StagedValidator, type ValidationFigures } from './onnx-validate.ts';
 import { attemptOf, type Journal } from './journal.ts';
 import { DeviceError } from './reasons.ts';
 import type { DeviceStorage } from './storage.ts';
@@ -31,6 +32,8 @@ export interface InstallerConfig {
   onSwitchTimeoutMs: number;
   /** Opens payloads sealed for this device's group. */
   groupKey?: Uint8Array;
+  /** Checks the staged model in-process (ONNX Runtime accuracy, device/onnx-validate.ts), after validateCmd. */
+  validator?: StagedValidator;
 }
 
 /** Why a trial ended on the previous version. */
@@ -163,9 +166,24 @@ export class Installer {
   }
 
   private async validate(file: string, target: string, previous: string): Promise<void> {
+    await this.validateInProcess(file, previous);
     if (!this.cfg.validateCmd) return;
     const r = await runCommand(this.cfg.validateCmd, this.env(file, target, previous, false), this.cfg.validateTimeoutMs);
     if (!r.ok) throw new DeviceError(r.timedOut ? 'validation-timeout' : 'validation-failed', describeFailure('the validation command', r, this.cfg.validateTimeoutMs));
+  }
+
+  /** The figures of the last in-process validation (for the status), refused or passed. */
+  lastValidation: ValidationFigures | null = null;
+
+  private async validateInProcess(file: string, previous: string): Promise<void> {
+    this.lastValidation = null;
+    if (!this.cfg.validator) return;
+    try {
+      this.lastValidation = await this.cfg.validator.validate(file, this.storage.modelPath(previous));
+    } catch (e) {
+      if (e instanceof ValidationRefused) this.lastValidation = e.figures;
+      throw e;
+    }
   }
 
   get maxAttempts(): number {
