@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import type { DeviceStorage } from '../device/storage.ts';
-import { loadOrt, onnxValidator, readSamples, type StagedValidator } from '../device/onnx-validate.ts';
+import { onnxValidator, type StagedValidator } from '../device/onnx-validate.ts';
+import { loadOrt, readSamples } from '../util/onnx-run.ts';
 import { ONNX } from '../util/model-format.ts';
 
 /** `--validate-onnx SAMPLES [--min-accuracy X] [--max-drop P]` of `fleet device` and `fleet apply`. */
