@@ -105,7 +105,7 @@ export class DeviceStorage {
     }
     if (held.length > 1) throw new Error(`${this.dir} holds both ${held.map((f) => `current${f.extension}`).join(' and ')}: remove the one no application loads`);
     if (held.length === 1 && this.fmt && held[0] !== this.fmt) {
-      throw new Error(`${this.dir} runs a ${held[0].name} model (current${held[0].extension}); the initial model given is ${this.fmt.name}: use another directory`);
+      throw new Error(`${this.dir} runs a model in the ${held[0].name} format (current${held[0].extension}); the initial model given is ${this.fmt.name}: use another directory for it`);
     }
     this.fmt ??= held[0];
     await this.fsys.mkdirp(path.join(this.dir, 'models'));
