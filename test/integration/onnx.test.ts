@@ -4,7 +4,10 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { sha256Hex } from '../../protocol/chunks.ts';
 import { decodePayload } from '../../protocol/lowrank.ts';
 import { digestOnnxFile } from '../../util/onnx-file.ts';
-import { createFixture, publish, runFleet, spawnDevice, StatusWatch, tempDir, type Fixture } from '../support/harness.ts';
+import { publishUpdate } from '../../publisher/publish.ts';
+import { MqttTransport } from '../../transport/mqtt.ts';
+import { silentLogger } from '../../util/log.ts';
+import { CHUNK, createFixture, fixtureKeys, GROUP, MODEL, publish, runFleet, spawnDevice, StatusWatch, tempDir, topics, type Fixture } from '../support/harness.ts';
 import { NET_SHAPES, netModel, netWeights, plusRankOne } from '../support/onnx-models.ts';
 
 let f: Fixture | undefined;
@@ -68,7 +71,7 @@ describe('ONNX models through the fleet command', () => {
     expect(mixed.code).not.toBe(0);
   }, 120_000);
 
-  it('a device process started with --initial model.onnx downloads, applies and acks; DIR/current.onnx is the publisher\'s own apply, byte for byte', async () => {
+  it('a device process started with --initial model.onnx downloads, applies and acks (DIR/current.onnx is the publisher\'s own apply, byte for byte); one on no chain takes the full ONNX model', async () => {
     f = await createFixture('onnx-e2e');
     const { a, b } = await twoModels(f.dir);
     const upd = path.join(f.dir, 'u.cbor');
@@ -92,6 +95,26 @@ describe('ONNX models through the fleet command', () => {
     expect(await fs.readlink(current)).toBe(path.join('models', `${target}.onnx`));
     expect(sha256Hex(await fs.readFile(current))).toBe(sha256Hex(await fs.readFile(expected)));
     await expect(fs.stat(path.join(f.dir, 'onnx-1', 'current.safetensors'))).rejects.toThrow();
+
+    // A device on no chain (another model of the same graph) takes the full ONNX model (`fleet publish --full`).
+    const other = path.join(f.dir, 'other.onnx');
+    await fs.writeFile(other, netModel(netWeights(99)));
+    const t = await MqttTransport.connect({ url: f.url, clientId: 'test-publisher-full' }, 10_000);
+    try {
+      await publishUpdate({
+        transport: t, topics, payloads: [payload], fullModel: new Uint8Array(await fs.readFile(expected)), ...(await fixtureKeys(f)), model: MODEL, group: GROUP,
+        chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger,
+      });
+    } finally {
+      await t.close();
+    }
+    // Started after the release (retained) that has the full-model step.
+    f.baseFile = other;
+    spawnDevice(f, 'onnx-2');
+    const full = await watch.until('onnx-2', (s) => s.state === 'ok' || s.state === 'rejected' || s.state === 'failed', 60_000);
+    expect(full.state, `${full.reason}: ${full.message}`).toBe('ok');
+    expect(full.running).toBe(target);
+    expect(sha256Hex(await fs.readFile(path.join(f.dir, 'onnx-2', 'current.onnx')))).toBe(sha256Hex(await fs.readFile(expected)));
   }, 120_000);
 
   it('a bundle with the full ONNX model installs into a model file and a device directory', async () => {
