@@ -41,6 +41,51 @@ export interface OnnxModel {
   tensors: OnnxTensor[];
   /** SHA-256 (hex) of the skeleton: the model with those initializers' data removed. */
   graphHash: string;
+  /**
+   * Fields onnx-proto's schema (ONNX 1.10) does not define, e.g. node metadata_props from a
+   * newer exporter: skipped by the reader, so neither hashed nor written back.
+   */
+  unknownFields: number;
+}
+
+/**
+ * protobufjs's Reader prototype (the object holding skipType), found once by watching a
+ * nested decode, so that readOnnx can count the fields the schema skips.
+ */
+const readerWithSkip: { skipType(wireType: number): unknown } | undefined = (() => {
+  let found: object | undefined;
+  const original = onnx.OperatorSetIdProto.decode;
+  onnx.OperatorSetIdProto.decode = function (this: unknown, reader: never, length?: number) {
+    found = reader as object;
+    return original.call(this, reader, length);
+  } as typeof original;
+  try {
+    onnx.ModelProto.decode(onnx.ModelProto.encode({ opsetImport: [{ version: 1 }] }).finish());
+  } finally {
+    onnx.OperatorSetIdProto.decode = original;
+  }
+  for (let p = found && Object.getPrototypeOf(found); p; p = Object.getPrototypeOf(p)) {
+    if (Object.prototype.hasOwnProperty.call(p, 'skipType')) return p as { skipType(wireType: number): unknown };
+  }
+  return undefined;
+})();
+
+/** Decode, counting the fields the schema does not know (the decode is synchronous: the count is this one's). */
+function decodeCounting(bytes: Uint8Array): { proto: ModelProto; unknown: number } {
+  let unknown = 0;
+  const holder = readerWithSkip;
+  const skip = holder?.skipType;
+  if (holder && skip) {
+    holder.skipType = function (this: unknown, wireType: number) {
+      unknown++;
+      return skip.call(this, wireType);
+    };
+  }
+  try {
+    return { proto: onnx.ModelProto.decode(bytes), unknown };
+  } finally {
+    if (holder && skip) holder.skipType = skip;
+  }
 }
 
 function bad(detail: string): ProtocolError {
@@ -173,8 +218,9 @@ function skeletonHash(proto: ModelProto, updatable: ReadonlySet<string>): string
 /** Decode and check an ONNX model held in memory. */
 export function readOnnx(bytes: Uint8Array): OnnxModel {
   let proto: ModelProto;
+  let unknownFields: number;
   try {
-    proto = onnx.ModelProto.decode(bytes);
+    ({ proto, unknown: unknownFields } = decodeCounting(bytes));
   } catch (e) {
     throw bad(`not a protobuf ModelProto: ${(e as Error).message}`);
   }
@@ -195,7 +241,7 @@ export function readOnnx(bytes: Uint8Array): OnnxModel {
     tensors.push({ name, dtype, shape, ...tensorBytes(t, dtype, count, name) });
   }
   tensors.sort((a, b) => compareNames(a.name, b.name));
-  return { proto, tensors, graphHash: skeletonHash(proto, new Set(tensors.map((t) => t.name))) };
+  return { proto, tensors, graphHash: skeletonHash(proto, new Set(tensors.map((t) => t.name))), unknownFields };
 }
 
 const DIGEST_DOMAIN = Buffer.from('fleet-onnx-digest-v1\0', 'ascii');
