@@ -10,7 +10,7 @@ import { loraFactors, parseLoraConfig, type LoraLayout } from '../publisher/lora
 import type { Quant } from '../publisher/quantize.ts';
 import type { Method } from '../publisher/rd.ts';
 import { loadCalibration } from '../publisher/calib.ts';
-import { digestModelFile, ModelFile } from '../util/model-file.ts';
+import { digestModel, openModelFile } from '../util/model-format.ts';
 import { createProgress } from '../util/progress.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 import { readUpdateFile } from '../util/update-file.ts';
@@ -124,8 +124,8 @@ export function registerBuildCommands(program: Command): void {
   program
     .command('build')
     .description('build a low-rank update from two models (randomized SVD) or from a PEFT LoRA adapter')
-    .requiredOption('--base <file>', 'the model devices run (safetensors)')
-    .option('--target <file>', 'the retrained model (safetensors)')
+    .requiredOption('--base <file>', 'the model devices run (.safetensors or .onnx)')
+    .option('--target <file>', 'the retrained model (the same format; an ONNX target must have the same graph)')
     .option('--lora <file>', 'PEFT adapter_model.safetensors (instead of --target)')
     .option('--lora-config <file>', 'PEFT adapter_config.json (with --lora)')
     .requiredOption('--out <file>', 'the update file to write')
@@ -152,7 +152,7 @@ export function registerBuildCommands(program: Command): void {
       let source: DeltaSource;
       let lora: LoraReport | undefined;
       if (o.lora) {
-        const base = await ModelFile.open(o.base).catch((e: unknown) => {
+        const base = await openModelFile(o.base).catch((e: unknown) => {
           throw new BuildError('malformed-model', `base model ${o.base}: ${(e as Error).message}`);
         });
         const header = { tensors: base.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) };
@@ -169,6 +169,10 @@ export function registerBuildCommands(program: Command): void {
         source = await loraSource(o.base, factors, whole, computed);
       } else {
         source = await twoModelSource(o.base, o.target!);
+      }
+      const unknown = source.base.onnx?.unknownFields ?? 0;
+      if (unknown > 0) {
+        process.stderr.write(`warning: ${o.base} holds ${unknown} field(s) that ONNX 1.10's onnx.proto does not define (a newer exporter's, e.g. node metadata_props): they are not in the digest, and the models devices write will not have them (docs/onnx.md)\n`);
       }
       try {
         let mode: BuildMode;
@@ -214,11 +218,11 @@ export function registerBuildCommands(program: Command): void {
       let modelBytes = built?.modelBytes;
       let modelParams = built?.modelParams;
       if (o.base) {
-        const digest = await digestModelFile(o.base).catch((e: unknown) => {
+        const digest = await digestModel(o.base).catch((e: unknown) => {
           throw new BuildError('malformed-model', `base model ${o.base}: ${(e as Error).message}`);
         });
         if (digest !== p.base) throw new BuildError('mismatched-models', `${o.base} is not this update's base: its digest is ${digest}, the update applies to ${p.base}`);
-        const m = await ModelFile.open(o.base);
+        const m = await openModelFile(o.base);
         modelBytes = m.fileSize;
         modelParams = m.tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
         await m.close();

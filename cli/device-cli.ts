@@ -3,7 +3,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { runDevice } from './device-command.ts';
 import { installService } from './device-service.ts';
-import { parseDuration, parseIntArg } from './options.ts';
+import { parseAccuracy, parseDuration, parseIntArg, parsePoints } from './options.ts';
 import { stopTimeoutMs } from './stopping.ts';
 
 /** The options of `fleet device`, exactly as typed (for the service's ExecStart line too). */
@@ -15,6 +15,8 @@ export interface DeviceCliOptions {
   validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; maxAttempts: number;
   onSwitch?: string; groupKey?: string; maxPayload?: number; maxChunks?: number; maxChunk?: number;
   keepalive: number; connectTimeout: number; reconnectMax: number;
+  /** ONNX Runtime validation of the staged model (docs/onnx.md). */
+  validateOnnx?: string; minAccuracy?: number; maxDrop?: number;
 }
 
 function addDeviceOptions(c: Command): Command {
@@ -22,7 +24,7 @@ function addDeviceOptions(c: Command): Command {
     .requiredOption('--id <id>', 'device id')
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--group <group>', 'device group')
-    .requiredOption('--dir <dir>', 'model directory (current model at DIR/current.safetensors)')
+    .requiredOption('--dir <dir>', 'model directory (current model at DIR/current.safetensors, or DIR/current.onnx for an ONNX model)')
     .requiredOption('--trust <file>', 'trust file from `fleet keygen`')
     .requiredOption('--broker <url>', 'broker URL; or several, comma-separated (nodes of one cluster): a lost connection moves to the next')
     .option('--initial <file>', 'first model, to provision an empty directory')
@@ -33,7 +35,10 @@ function addDeviceOptions(c: Command): Command {
     .option('--watchdog <duration>', 'publish a status at least this often while downloading (rate, or silence)', parseDuration, 10)
     .option('--validate-cmd <cmd>', 'run on the staged model before the switch (FLEET_MODEL_PATH, FLEET_MODEL_DIGEST); exit 0 = fit')
     .option('--validate-timeout <duration>', 'stop the validation command after this long (refused)', parseDuration, 120)
-    .option('--health-cmd <cmd>', 'run after the switch (FLEET_MODEL_PATH = DIR/current.safetensors); exit 0 = healthy, else roll back')
+    .option('--validate-onnx <samples>', 'run the staged ONNX model with ONNX Runtime on this labelled sample file (safetensors: inputs, labels; docs/onnx.md) before the switch')
+    .option('--min-accuracy <x>', 'with --validate-onnx: refuse (validation-failed) below this accuracy (0.9 or 90%)', parseAccuracy)
+    .option('--max-drop <points>', 'with --validate-onnx: refuse when accuracy falls more than this many percentage points below the running model\'s', parsePoints)
+    .option('--health-cmd <cmd>', 'run after the switch (FLEET_MODEL_PATH = DIR/current.safetensors or .onnx); exit 0 = healthy, else roll back')
     .option('--health-timeout <duration>', 'stop the health command after this long (rolled back)', parseDuration, 60)
     .option('--health-window <duration>', 'stay testing this long after a healthy check; a crash in it is a failed attempt', parseDuration, 0)
     .option('--max-attempts <n>', 'attempts of the trial after a switch (a crash or a failed health command each counts one) before switching back', parseIntArg(1, 100), 3)

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { DeviceAgent } from '../device/agent.ts';
 import { packetLimitOf } from '../device/agent-config.ts';
-import { digestModelFile } from '../util/model-file.ts';
+import { modelFormatOf } from '../util/model-format.ts';
 import { systemClock } from '../device/clock.ts';
 import { digestHealthCheck } from '../device/health.ts';
 import { DeviceStorage } from '../device/storage.ts';
@@ -16,6 +16,7 @@ import { createLogger, parseLogLevel } from '../util/log.ts';
 import { DirLock } from '../util/dir-lock.ts';
 import { EXIT_CONFLICT } from '../util/exit-codes.ts';
 import type { DeviceCliOptions } from './device-cli.ts';
+import { onnxValidatorFor } from './onnx-options.ts';
 
 /** `fleet device`'s options as typed (cli/device-cli.ts), and what the program adds. */
 export interface DeviceCommandOptions extends DeviceCliOptions {
@@ -38,11 +39,13 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
   // One agent per device directory (released when the process exits, taken over from a dead one).
   await DirLock.acquire(o.dir, `fleet device ${o.id}`);
-  const storage = new DeviceStorage(o.dir);
+  const storage = new DeviceStorage(o.dir, undefined, o.initial ? modelFormatOf(o.initial) : undefined);
   if (o.initial) {
-    const digest = await DeviceAgent.provision(storage, o.initial, digestModelFile);
+    const digest = await DeviceAgent.provision(storage, o.initial, (f, fsys) => storage.format.digestFile(f, fsys));
     log.info('model directory ready', { digest });
   }
+  await storage.init();
+  const validator = await onnxValidatorFor(o, storage);
   // Several comma-separated URLs: nodes of one cluster, tried in turn when a connection fails.
   const [url, ...fallbackUrls] = o.broker.split(',').map((x) => x.trim()).filter((x) => x.length > 0);
   if (!url) throw new Error('--broker needs a URL');
@@ -87,7 +90,7 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
     { deviceId: o.id, model: o.model, group: o.group, trust, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
       validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,
       healthWindowMs: o.healthWindow * 1000, maxAttempts: o.maxAttempts, onSwitchCmd: o.onSwitch, maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk,
-      groupKey: o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined },
+      groupKey: o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined, validator },
     {
       transport, storage, clock: systemClock, health: digestHealthCheck, topics, log,
       // Another agent uses this id and this one is the younger: say so and end (the last will says offline).

@@ -36,6 +36,7 @@ function deviceArgs(o: DeviceCliOptions, brokers: string): string[] {
     ['--retry', `${o.retry}s`], ['--watchdog', `${o.watchdog}s`], ['--validate-cmd', o.validateCmd], ['--validate-timeout', `${o.validateTimeout}s`],
     ['--health-cmd', o.healthCmd], ['--health-timeout', `${o.healthTimeout}s`], ['--health-window', `${o.healthWindow}s`], ['--max-attempts', o.maxAttempts],
     ['--group-key', o.groupKey && abs(o.groupKey)], ['--max-payload', o.maxPayload], ['--max-chunks', o.maxChunks], ['--max-chunk', o.maxChunk],
+    ['--validate-onnx', o.validateOnnx && abs(o.validateOnnx)], ['--min-accuracy', o.minAccuracy], ['--max-drop', o.maxDrop],
     ['--on-switch', o.onSwitch], ['--keepalive', o.keepalive], ['--connect-timeout', o.connectTimeout], ['--reconnect-max', o.reconnectMax],
   ];
   return args.filter(([, v]) => v !== undefined).flatMap(([k, v]) => [k, String(v)]);

@@ -16,6 +16,7 @@ import { registerDeviceCommands } from './device-cli.ts';
 import { createProgram, logLevelOf, runProgram } from './program.ts';
 import { registerBuildCommands } from './build-commands.ts';
 import { registerOfflineCommands } from './offline-commands.ts';
+import { registerCalibCommand } from './calib-command.ts';
 import { registerTrustCommands } from './trust-commands.ts';
 import { registerReleaseCommands } from './release-commands.ts';
 import { registerRolloutCommands } from './rollout-commands.ts';
@@ -158,6 +159,7 @@ program
 
 registerBuildCommands(program);
 registerOfflineCommands(program);
+registerCalibCommand(program);
 
 program
   .command('demo')

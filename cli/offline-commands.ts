@@ -11,9 +11,17 @@ import { parseTrustFile } from '../protocol/release.ts';
 import { makeBundle, readBundle } from '../publisher/bundle.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
 import { createLogger } from '../util/log.ts';
-import { digestModelFile } from '../util/model-file.ts';
+import { modelFormatOf } from '../util/model-format.ts';
 import { checkUpdateFile, readUpdateFile } from '../util/update-file.ts';
-import { collect, parseDuration } from './options.ts';
+import { collect, parseAccuracy, parseDuration, parsePoints } from './options.ts';
+import { onnxValidatorFor, type OnnxValidationFlags } from './onnx-options.ts';
+import { describeValidation, type StagedValidator, type ValidationFigures } from '../device/onnx-validate.ts';
+
+/** A validator that remembers its last figures, to print them after an install. */
+function reportValidation(v: StagedValidator | undefined): void {
+  const last = (v as { last?: ValidationFigures } | undefined)?.last;
+  if (last) process.stdout.write(`${describeValidation(last)}\n`);
+}
 
 /** `fleet bundle` and `fleet apply`: updates for sites reached by a memory stick. */
 export function registerOfflineCommands(program: Command): void {
@@ -43,7 +51,7 @@ export function registerOfflineCommands(program: Command): void {
   program
     .command('apply')
     .description("apply an update offline, exactly as a device does: an update file to a model file, or a signed bundle to a model file or a device directory")
-    .option('--model <file>', 'the model to update (safetensors)')
+    .option('--model <file>', 'the model to update (.safetensors or .onnx)')
     .option('--update <file>', 'an update file (unsigned: checks base and result digests)')
     .option('--out <file>', 'the updated model to write (with --model)')
     .option('--bundle <file>', 'a signed bundle from `fleet bundle`')
@@ -51,7 +59,10 @@ export function registerOfflineCommands(program: Command): void {
     .option('--dir <dir>', 'a device directory to install the bundle into (journaled, as the agent does)')
     .option('--device-model <name>', 'the model name this device runs (default: the release\'s)')
     .option('--device-group <group>', 'the group this device is in (default: the release\'s)')
-    .action(async (o: { model?: string; update?: string; out?: string; bundle?: string; trust?: string; dir?: string; deviceModel?: string; deviceGroup?: string }) => {
+    .option('--validate-onnx <samples>', 'run the updated ONNX model with ONNX Runtime on this labelled sample file before anything is written or switched (docs/onnx.md)')
+    .option('--min-accuracy <x>', 'with --validate-onnx: refuse below this accuracy (0.9 or 90%)', parseAccuracy)
+    .option('--max-drop <points>', 'with --validate-onnx: refuse when accuracy falls more than this many points below the model given', parsePoints)
+    .action(async (o: { model?: string; update?: string; out?: string; bundle?: string; trust?: string; dir?: string; deviceModel?: string; deviceGroup?: string } & OnnxValidationFlags) => {
       if (o.bundle) {
         if (!o.trust) throw new Error('--bundle needs --trust TRUST_FILE');
         if (!o.dir === !(o.model && o.out)) throw new Error('with --bundle give either --dir DEVICE_DIR or --model FILE --out FILE');
@@ -61,17 +72,23 @@ export function registerOfflineCommands(program: Command): void {
         if (o.dir) {
           // Not beside a running agent: it would see its directory change under it.
           const lock = await DirLock.acquire(o.dir, 'fleet apply --bundle');
-          const r = await installBundle({ bundle, trust, storage: new DeviceStorage(o.dir), model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log });
+          const storage = new DeviceStorage(o.dir);
+          await storage.init();
+          const validator = await onnxValidatorFor(o, storage);
+          const r = await installBundle({ bundle, trust, storage, model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log, validator });
+          reportValidation(validator);
           await lock.release();
-          process.stdout.write(r.steps === 0 && r.from === r.to ? `${o.dir} already runs ${r.to}\n` : `${o.dir}: ${r.from.slice(0, 16)}… -> ${r.to} (${r.steps} step(s)); current.safetensors switched\n`);
+          process.stdout.write(r.steps === 0 && r.from === r.to ? `${o.dir} already runs ${r.to}\n` : `${o.dir}: ${r.from.slice(0, 16)}… -> ${r.to} (${r.steps} step(s)); ${path.basename(storage.currentPath)} switched\n`);
           return;
         }
         // A model file: install into a throwaway device directory, then copy the result out.
         const tmpDir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-apply-'));
         try {
-          const storage = new DeviceStorage(tmpDir);
-          await DeviceAgent.provision(storage, o.model!, digestModelFile);
-          const r = await installBundle({ bundle, trust, storage, model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log });
+          const storage = new DeviceStorage(tmpDir, undefined, modelFormatOf(o.model!));
+          await DeviceAgent.provision(storage, o.model!, (f, fsys) => storage.format.digestFile(f, fsys));
+          const validator = await onnxValidatorFor(o, storage);
+          const r = await installBundle({ bundle, trust, storage, model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log, validator });
+          reportValidation(validator);
           await fs.copyFile(storage.modelPath(r.to), `${o.out}.tmp-${process.pid}`);
           await fs.rename(`${o.out}.tmp-${process.pid}`, o.out!);
           process.stdout.write(`wrote ${o.out}: ${r.to}\n`);
@@ -81,7 +98,23 @@ export function registerOfflineCommands(program: Command): void {
         return;
       }
       if (!o.model || !o.update || !o.out) throw new Error('give --model, --update and --out (or --bundle with --trust)');
-      const target = await applyUpdateFile(o.model, o.update, o.out, undefined, await checkUpdateFile(o.update));
-      process.stdout.write(`wrote ${o.out}: ${target}\n`);
+      const format = modelFormatOf(o.model);
+      const payloadStart = await checkUpdateFile(o.update);
+      const validator = await onnxValidatorFor(o, new DeviceStorage(path.dirname(path.resolve(o.model)), undefined, format));
+      if (!validator) {
+        const target = await applyUpdateFile(o.model, o.update, o.out, undefined, payloadStart, format);
+        process.stdout.write(`wrote ${o.out}: ${target}\n`);
+        return;
+      }
+      // Staged beside --out, validated against --model, and only then renamed into place.
+      const staged = `${o.out}.staged-${process.pid}`;
+      try {
+        const target = await applyUpdateFile(o.model, o.update, staged, undefined, payloadStart, format);
+        const figures = await validator.validate(staged, o.model);
+        await fs.rename(staged, o.out);
+        process.stdout.write(`${describeValidation(figures)}\nwrote ${o.out}: ${target}\n`);
+      } finally {
+        await fs.rm(staged, { force: true });
+      }
     });
 }

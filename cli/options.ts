@@ -20,3 +20,18 @@ export function parseDuration(v: string): number {
 export function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
 }
+
+/** An accuracy: a fraction from 0 to 1 ("0.9") or a percentage ("90%"). */
+export function parseAccuracy(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)(%?)$/.exec(v.trim());
+  const x = m ? Number(m[1]) / (m[2] ? 100 : 1) : NaN;
+  if (!(x >= 0 && x <= 1)) throw new InvalidArgumentError('expected an accuracy from 0 to 1 (0.9) or a percentage (90%)');
+  return x;
+}
+
+/** Percentage points from 0 to 100 ("2" or "2.5"). */
+export function parsePoints(v: string): number {
+  const x = Number(v.trim().replace(/%$/, ''));
+  if (!(v.trim() !== '' && x >= 0 && x <= 100)) throw new InvalidArgumentError('expected percentage points from 0 to 100 (e.g. 2)');
+  return x;
+}

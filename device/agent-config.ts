@@ -4,6 +4,7 @@ import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Clock } from './clock.ts';
 import type { HealthCheck } from './health.ts';
+import type { StagedValidator } from './onnx-validate.ts';
 import type { DeviceStorage } from './storage.ts';
 
 /** How a device agent behaves; every field but the identity has a default suited to slow links. */
@@ -46,6 +47,8 @@ export interface AgentConfig {
   onSwitchCmd?: string;
   /** The group key that opens sealed payloads (protocol/seal.ts). */
   groupKey?: Uint8Array;
+  /** Checks the staged model before the switch, in-process (`--validate-onnx`: device/onnx-validate.ts). */
+  validator?: StagedValidator;
 }
 
 export interface AgentPorts {

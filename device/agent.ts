@@ -57,7 +57,7 @@ export class DeviceAgent {
     this.installer = new Installer(io.storage, {
       deviceId: cfg.deviceId, validateCmd: cfg.validateCmd, validateTimeoutMs: cfg.validateTimeoutMs ?? 120_000, healthCmd: cfg.healthCmd,
       healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000, healthWindowMs: cfg.healthWindowMs, maxAttempts: cfg.maxAttempts,
-      onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: 60_000, groupKey: cfg.groupKey,
+      onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: 60_000, groupKey: cfg.groupKey, validator: cfg.validator,
     }, io.health, io.log);
   }
 
@@ -84,7 +84,7 @@ export class DeviceAgent {
       this.state = last.state;
       this.fields = {
         target: last.target, seq: last.seq, updateId: last.updateId, reason: last.reason, message: last.message, rollback: last.rollback ?? false,
-        attempt: last.attempt ?? null, maxAttempts: last.maxAttempts ?? null,
+        attempt: last.attempt ?? null, maxAttempts: last.maxAttempts ?? null, validation: last.validation ?? null,
       };
     }
     const recovered = await this.installer.recover();
@@ -397,11 +397,11 @@ export class DeviceAgent {
     } catch (e) {
       await this.io.storage.removeStaging().catch(() => undefined);
       await this.io.storage.clearJournal().catch(() => undefined);
-      return this.endInstall(toReason(e).code === 'storage-error' ? 'storage-failed' : 'apply-failed', e, a);
+      return this.endInstall(toReason(e).code === 'storage-error' ? 'storage-failed' : 'apply-failed', e, a, { validation: this.installer.lastValidation });
     }
     await this.installer.switchTo(a.target, previous, a.rollback, 1);
     this.running = a.target;
-    await this.transition('apply-done', this.attemptFields(1));
+    await this.transition('apply-done', { ...this.attemptFields(1), validation: this.installer.lastValidation });
     await this.finishTrial(a, previous, 1);
   }
 
@@ -444,10 +444,10 @@ export class DeviceAgent {
     for (const s of a.steps) await this.io.storage.removeDownload(s.updateId);
   }
 
-  private async endInstall(event: DeviceEvent, e: unknown, a: ActiveRelease): Promise<void> {
+  private async endInstall(event: DeviceEvent, e: unknown, a: ActiveRelease, more: Partial<StatusFields> = {}): Promise<void> {
     const { code, message } = toReason(e);
     this.memory.active = null;
     await this.cleanDownloads(a);
-    await this.transition(event, { reason: code, message });
+    await this.transition(event, { reason: code, message, ...more });
   }
 }

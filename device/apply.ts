@@ -70,6 +70,13 @@ export async function commitFile(tmp: string, final: string, fsys: FsPort = node
   await fsyncDir(path.dirname(final), fsys);
 }
 
+/** How applyUpdateFile digests and rewrites the model (util/model-format.ts's ModelFormat has both). */
+export interface ApplyFormat {
+  digestFile(file: string, fsys: FsPort): Promise<string>;
+  apply(baseFile: string, payload: DeltaSource | Payload, outFile: string, fsys: FsPort): Promise<string>;
+}
+const SAFETENSORS_APPLY: ApplyFormat = { digestFile: (f, fsys) => digestModelFile(f, fsys), apply: (b, p, o, fsys) => applyToFile(b, p, o, fsys) };
+
 /**
  * `fleet apply --model --update`, and the procedure of docs/protocol.md §7.5 that the
  * refusal vectors check: decode the payload in `updateFile` (§4.0, §6; streamed from
@@ -77,15 +84,15 @@ export async function commitFile(tmp: string, final: string, fsys: FsPort = node
  * `base` (else wrong-base), apply (§7.3), and the result's digest must be the payload's
  * `target` (else digest-mismatch). Writes `outFile` only on success.
  */
-export async function applyUpdateFile(modelFile: string, updateFile: string, outFile: string, fsys: FsPort = nodeFs, payloadStart = 0): Promise<string> {
+export async function applyUpdateFile(modelFile: string, updateFile: string, outFile: string, fsys: FsPort = nodeFs, payloadStart = 0, format: ApplyFormat = SAFETENSORS_APPLY): Promise<string> {
   const payload = await PayloadFile.verify(updateFile, fsys, {}, payloadStart);
-  const running = await digestModelFile(modelFile, fsys);
+  const running = await format.digestFile(modelFile, fsys);
   if (running !== payload.base) {
     throw new DeviceError('wrong-base', `${modelFile} has digest ${running}; the update applies to ${payload.base}`);
   }
   const tmp = `${outFile}.tmp-${process.pid}`;
   try {
-    const digest = await applyToFile(modelFile, payload, tmp, fsys);
+    const digest = await format.apply(modelFile, payload, tmp, fsys);
     if (digest !== payload.target) throw new DeviceError('digest-mismatch', `built ${digest}, the update names ${payload.target}`);
     await fsys.rename(tmp, outFile);
   } finally {

@@ -1,4 +1,4 @@
-import { digestModelFile } from '../util/model-file.ts';
+import { digestModel } from '../util/model-format.ts';
 
 export interface HealthResult {
   healthy: boolean;
@@ -17,7 +17,7 @@ export interface HealthCheck {
 export const digestHealthCheck: HealthCheck = {
   async check(modelPath, expectedDigest) {
     try {
-      const got = await digestModelFile(modelPath);
+      const got = await digestModel(modelPath);
       return got === expectedDigest
         ? { healthy: true }
         : { healthy: false, message: `${modelPath} has digest ${got.slice(0, 16)}…, expected ${expectedDigest.slice(0, 16)}…` };

@@ -2,12 +2,12 @@ import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { openPayload } from '../protocol/seal.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
-import { digestModelFile } from '../util/model-file.ts';
 import type { Logger } from '../util/log.ts';
-import { applyToFile, commitFile } from './apply.ts';
+import { commitFile } from './apply.ts';
 import type { FsPort } from './fs-port.ts';
 import { describeFailure, runCommand } from './commands.ts';
 import type { HealthCheck } from './health.ts';
+import { ValidationRefused, type StagedValidator, type ValidationFigures } from './onnx-validate.ts';
 import { attemptOf, type Journal } from './journal.ts';
 import { DeviceError } from './reasons.ts';
 import type { DeviceStorage } from './storage.ts';
@@ -32,6 +32,8 @@ export interface InstallerConfig {
   onSwitchTimeoutMs: number;
   /** Opens payloads sealed for this device's group. */
   groupKey?: Uint8Array;
+  /** Checks the staged model in-process (ONNX Runtime accuracy, device/onnx-validate.ts), after validateCmd. */
+  validator?: StagedValidator;
 }
 
 /** Why a trial ended on the previous version. */
@@ -129,7 +131,7 @@ export class Installer {
     const s = this.storage;
     if (await s.hasVersion(target)) {
       // Held already (an operator rollback, or a crash after staging): check it is intact.
-      const digest = await digestModelFile(s.modelPath(target), this.fsys);
+      const digest = await s.format.digestFile(s.modelPath(target), this.fsys);
       if (digest === target) return this.validate(s.modelPath(target), target, running);
       await this.fsys.rm(s.modelPath(target), { force: true });
       if (steps.length === 0) throw new DeviceError('digest-mismatch', `the held version ${target.slice(0, 16)}… is damaged (${digest.slice(0, 16)}…)`);
@@ -144,12 +146,12 @@ export class Installer {
       let digest: string;
       if (payload === null) {
         await this.fsys.copyFile(plainFile, out);
-        digest = await digestModelFile(out, this.fsys).catch((e: unknown) => {
+        digest = await s.format.digestFile(out, this.fsys).catch((e: unknown) => {
           throw new DeviceError('malformed-model', `the full-model payload: ${(e as Error).message}`);
         });
       } else {
         if (payload.base !== at) throw new DeviceError('wrong-base', `step ${step.updateId} starts from ${payload.base.slice(0, 12)}, not ${at.slice(0, 12)}`);
-        digest = await applyToFile(from, payload, out, this.fsys);
+        digest = await s.format.apply(from, payload, out, this.fsys);
       }
       if (digest !== step.to) {
         await this.fsys.rm(out, { force: true });
@@ -165,9 +167,24 @@ export class Installer {
   }
 
   private async validate(file: string, target: string, previous: string): Promise<void> {
+    await this.validateInProcess(file, previous);
     if (!this.cfg.validateCmd) return;
     const r = await runCommand(this.cfg.validateCmd, this.env(file, target, previous, false), this.cfg.validateTimeoutMs);
     if (!r.ok) throw new DeviceError(r.timedOut ? 'validation-timeout' : 'validation-failed', describeFailure('the validation command', r, this.cfg.validateTimeoutMs));
+  }
+
+  /** The figures of the last in-process validation (for the status), refused or passed. */
+  lastValidation: ValidationFigures | null = null;
+
+  private async validateInProcess(file: string, previous: string): Promise<void> {
+    this.lastValidation = null;
+    if (!this.cfg.validator) return;
+    try {
+      this.lastValidation = await this.cfg.validator.validate(file, this.storage.modelPath(previous));
+    } catch (e) {
+      if (e instanceof ValidationRefused) this.lastValidation = e.figures;
+      throw e;
+    }
   }
 
   get maxAttempts(): number {

@@ -9,6 +9,7 @@ import { digestHealthCheck } from './health.ts';
 import { Installer } from './installer.ts';
 import { DeviceError } from './reasons.ts';
 import type { DeviceStorage } from './storage.ts';
+import type { StagedValidator } from './onnx-validate.ts';
 
 export interface OfflineInstallOptions {
   bundle: Bundle;
@@ -20,6 +21,8 @@ export interface OfflineInstallOptions {
   now: number;
   skewSeconds?: number;
   log: Logger;
+  /** Checks the staged model before the switch (`fleet apply --validate-onnx`). */
+  validator?: StagedValidator;
 }
 
 /**
@@ -53,7 +56,7 @@ export async function installBundle(o: OfflineInstallOptions): Promise<{ from: s
     await fs.mkdir(dir, { recursive: true });
     await fs.writeFile(path.join(dir, 'payload'), payload);
   }
-  const installer = new Installer(s, { deviceId: 'offline', validateTimeoutMs: 0, healthTimeoutMs: 0, onSwitchTimeoutMs: 0 }, digestHealthCheck, o.log);
+  const installer = new Installer(s, { deviceId: 'offline', validateTimeoutMs: 0, healthTimeoutMs: 0, onSwitchTimeoutMs: 0, validator: o.validator }, digestHealthCheck, o.log);
   await installer.recover();
   const verified = await installer.verify(steps);
   await installer.stage(pointer.digest, verified, body.target, body.rollback);

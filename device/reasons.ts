@@ -12,7 +12,7 @@ export const DEVICE_ONLY_REASONS = {
   'storage-error': 'Reading or writing the device directory failed; check permissions and disk health.',
   'health-check-failed': 'The new model failed its health check; the device switched back to the previous model.',
   'health-check-timeout': 'The health command did not finish in time; the device switched back to the previous model.',
-  'validation-failed': 'The new model failed the validation command before the switch; it never became current.',
+  'validation-failed': 'The new model failed its validation before the switch (the validation command, or its accuracy under ONNX Runtime: --validate-onnx); it never became current.',
   'validation-timeout': 'The validation command did not finish in time; the new model never became current.',
   'crashed-while-testing': 'The agent stopped during every allowed attempt of the trial of the new model (--max-attempts); on restart it switched back to the previous model. Check the model with the health command by hand before publishing it again.',
   'download-stalled': 'No chunk arrived for the configured time; the download is tried again later and resumes from what was received.',

@@ -3,7 +3,7 @@ import { VERSION } from '../util/version.ts';
 import type { Fetcher } from './fetcher.ts';
 
 /** The status fields a transition sets; the rest are read from the agent when the status is made. */
-export type StatusFields = Pick<DeviceStatus, 'target' | 'seq' | 'updateId' | 'reason' | 'message' | 'rollback' | 'attempt' | 'maxAttempts'>;
+export type StatusFields = Pick<DeviceStatus, 'target' | 'seq' | 'updateId' | 'reason' | 'message' | 'rollback' | 'attempt' | 'maxAttempts' | 'validation'>;
 
 export interface StatusSnapshot {
   device: string;

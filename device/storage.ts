@@ -5,6 +5,7 @@ import { isJournal, type Journal } from './journal.ts';
 import type { DeviceStatus } from '../protocol/status.ts';
 import { exists, fsyncDir, fsyncFile, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
 import { nodeFs, type FileHandlePort, type FsPort } from './fs-port.ts';
+import { MODEL_FORMATS, SAFETENSORS, type ModelFormat } from '../util/model-format.ts';
 
 /** The release being installed: where it goes and the steps that get there. */
 export interface ActiveRelease {
@@ -41,12 +42,13 @@ export interface Pointer {
   previous: string | null;
 }
 
-const DIGEST_FILE = /^([0-9a-f]{64})\.safetensors$/;
+const DIGEST_FILE = /^([0-9a-f]{64})\.(safetensors|onnx)$/;
 /** Temporary files of the atomic replacements in the directory itself (a killed process leaves them). */
-const TEMP_FILE = /^(current\.safetensors|previous|journal\.json|state\.json)\.tmp-/;
+const TEMP_FILE = /^(current\.safetensors|current\.onnx|previous|journal\.json|state\.json)\.tmp-/;
 
 /**
- * The device directory:
+ * The device directory (shown for safetensors; an ONNX device has current.onnx and
+ * models/{digest}.onnx, the format being the initial model's, util/model-format.ts):
  *   current.safetensors           symlink to models/{digest}.safetensors: THE atomic pointer,
  *                                 and the path applications load
  *   previous                      JSON {digest}: the version before (rollback, pruning)
@@ -61,16 +63,26 @@ const TEMP_FILE = /^(current\.safetensors|previous|journal\.json|state\.json)\.t
  * tests can run this over a model of a disk that loses what was not fsynced.
  */
 export class DeviceStorage {
-  constructor(readonly dir: string, readonly fsys: FsPort = nodeFs) {}
+  private fmt: ModelFormat | undefined;
+
+  /** `format`: the model format of this directory; without it, the one of its current.* link (safetensors when there is none yet). */
+  constructor(readonly dir: string, readonly fsys: FsPort = nodeFs, format?: ModelFormat) {
+    this.fmt = format;
+  }
+
+  /** The model format of this directory (known after init() when not given). */
+  get format(): ModelFormat {
+    return this.fmt ?? SAFETENSORS;
+  }
 
   modelPath(digest: string): string {
-    return path.join(this.dir, 'models', `${digest}.safetensors`);
+    return path.join(this.dir, 'models', `${digest}${this.format.extension}`);
   }
   stagedPath(digest: string): string {
     return path.join(this.dir, 'models', `${digest}.staged`);
   }
   get currentPath(): string {
-    return path.join(this.dir, 'current.safetensors');
+    return path.join(this.dir, `current${this.format.extension}`);
   }
   private get previousFile(): string {
     return path.join(this.dir, 'previous');
@@ -86,6 +98,16 @@ export class DeviceStorage {
   }
 
   async init(): Promise<void> {
+    const held: ModelFormat[] = [];
+    for (const f of MODEL_FORMATS) {
+      const link = await this.fsys.readlink(path.join(this.dir, `current${f.extension}`)).catch(() => undefined);
+      if (link !== undefined) held.push(f);
+    }
+    if (held.length > 1) throw new Error(`${this.dir} holds both ${held.map((f) => `current${f.extension}`).join(' and ')}: remove the one no application loads`);
+    if (held.length === 1 && this.fmt && held[0] !== this.fmt) {
+      throw new Error(`${this.dir} runs a model in the ${held[0].name} format (current${held[0].extension}); the initial model given is ${this.fmt.name}: use another directory for it`);
+    }
+    this.fmt ??= held[0];
     await this.fsys.mkdirp(path.join(this.dir, 'models'));
     await this.fsys.mkdirp(path.join(this.dir, 'downloads'));
   }
@@ -138,7 +160,7 @@ export class DeviceStorage {
     await writeFileAtomic(this.previousFile, JSON.stringify({ digest: previous }), undefined, this.fsys);
     const tmp = `${this.currentPath}.tmp-${process.pid}`;
     await this.fsys.rm(tmp, { force: true });
-    await this.fsys.symlink(path.join('models', `${digest}.safetensors`), tmp);
+    await this.fsys.symlink(path.join('models', `${digest}${this.format.extension}`), tmp);
     await this.fsys.rename(tmp, this.currentPath);
     await fsyncDir(this.dir, this.fsys);
   }

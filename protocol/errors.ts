@@ -17,7 +17,7 @@ export const PROTOCOL_REASONS = {
   'expired': 'The group assignment has expired; the operator must re-sign it (`fleet refresh`).',
   'not-yet-valid': 'The release was issued in the future beyond the allowed clock skew; check the publisher\'s and the device\'s clocks.',
   'replayed': 'The release\'s sequence number is not above the highest this device accepted: an old or replayed release.',
-  'malformed-model': 'The model file is not valid safetensors (header, offsets or sizes); the file is damaged or not a model.',
+  'malformed-model': 'The model file is not a valid model (safetensors: header, offsets or sizes; ONNX: protobuf, initializers, external data); the file is damaged or not a model.',
   'unsupported-dtype': 'The update touches a tensor whose dtype cannot be updated (only F32, F16 and BF16 can).',
   'malformed-payload': 'The update payload is not a valid low-rank payload (CBOR shape, sizes); rebuild the update.',
   'shape-mismatch': 'The update does not fit the model: a tensor is missing or has another shape; the update was built for another model.',

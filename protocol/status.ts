@@ -51,6 +51,11 @@ export interface DeviceStatus {
   attempt?: number | null;
   /** Attempts a trial may take before the device switches back (`--max-attempts`), with `attempt`. */
   maxAttempts?: number | null;
+  /**
+   * The last ONNX validation of a staged model (`--validate-onnx`): accuracy 0..1 on `samples`
+   * labelled samples, and the running model's on the same ones; null when none ran.
+   */
+  validation?: ValidationFigures | null;
   agent: string;
   /** A random id of the agent process that published it: two agents with one id tell each other apart. */
   instance?: string;
@@ -58,6 +63,12 @@ export interface DeviceStatus {
   started?: string;
   /** ISO 8601. */
   time: string;
+}
+
+export interface ValidationFigures {
+  accuracy: number;
+  runningAccuracy: number | null;
+  samples: number;
 }
 
 export interface WireStats {
@@ -77,6 +88,11 @@ const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.is
 const isCount = (v: unknown): v is number => isNumber(v) && v >= 0;
 const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
 const nullable = <T>(f: Field<T>): Field<T | null> => (v: unknown): v is T | null => v === null || f(v);
+const isValidation = (v: unknown): v is ValidationFigures => {
+  if (typeof v !== 'object' || v === null) return false;
+  const w = v as Record<string, unknown>;
+  return isCount(w.accuracy) && (w.runningAccuracy === null || isCount(w.runningAccuracy)) && isCount(w.samples);
+};
 const isWire = (v: unknown): v is WireStats => {
   if (typeof v !== 'object' || v === null) return false;
   const w = v as Record<string, unknown>;
@@ -111,6 +127,7 @@ const FIELDS: { [K in keyof DeviceStatus]-?: [Field<DeviceStatus[K]>, DeviceStat
   message: [nullable(isString), null],
   attempt: [nullable(isCount), optional],
   maxAttempts: [nullable(isCount), optional],
+  validation: [nullable(isValidation), optional],
   agent: [isString, ''],
   instance: [isString, optional],
   started: [isString, optional],

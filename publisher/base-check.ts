@@ -1,9 +1,8 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { applyToFile } from '../device/apply.ts';
 import { decodePayload } from '../protocol/lowrank.ts';
-import { digestModelFile } from '../util/model-file.ts';
+import { modelFormatOf } from '../util/model-format.ts';
 import { PublishError } from './group-release.ts';
 import { orderChain } from './publish.ts';
 
@@ -17,7 +16,8 @@ import { orderChain } from './publish.ts';
  */
 export async function checkUpdatesOnBase(baseFile: string, payloads: Uint8Array[]): Promise<string> {
   const { links, target } = orderChain(payloads);
-  const running = await digestModelFile(baseFile).catch((e: unknown) => {
+  const format = modelFormatOf(baseFile);
+  const running = await format.digestFile(baseFile).catch((e: unknown) => {
     throw new PublishError('bad-update', `--base ${baseFile} is not a model the update can be checked on: ${(e as Error).message}`);
   });
   const start = links.findIndex((l) => l.base === running);
@@ -29,8 +29,8 @@ export async function checkUpdatesOnBase(baseFile: string, payloads: Uint8Array[
     let from = baseFile;
     for (let k = start; k < links.length; k++) {
       const last = k === links.length - 1;
-      const out = last ? null : path.join(scratch!, `step-${k}.safetensors`);
-      const got = await applyToFile(from, decodePayload(links[k].payload), out).catch((e: unknown) => {
+      const out = last ? null : path.join(scratch!, `step-${k}${format.extension}`);
+      const got = await format.apply(from, decodePayload(links[k].payload), out).catch((e: unknown) => {
         throw new PublishError('bad-update', `applying the update to --base ${baseFile} fails: ${(e as Error).message}`);
       });
       if (got !== links[k].target) {

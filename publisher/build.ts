@@ -182,7 +182,8 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
     if (delta) reports.push(reportOf(delta, Math.sqrt(err2 / (ref2 || 1))));
     tick(t.name);
   }
-  const payload: Payload = { v: 1, base: baseDigest.digest(), target: targetDigest.digest(), tensors: deltas };
+  // The model digest of the format (for ONNX, the tensors' digest bound to the graph's hash).
+  const payload: Payload = { v: 1, base: src.base.digestOf(baseDigest.digest()), target: src.base.digestOf(targetDigest.digest()), tensors: deltas };
   const bytes = encodePayload(payload);
   if (o.mode.kind === 'budget' && bytes.byteLength > o.mode.bytes) throw new Error('internal: budget exceeded after the digest pass');
   return {

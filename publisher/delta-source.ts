@@ -1,6 +1,6 @@
 import { decodeValues, isUpdatableDtype } from '../protocol/dtypes.ts';
 import type { TensorInfo } from '../protocol/safetensors.ts';
-import { ModelFile } from '../util/model-file.ts';
+import { modelFormatOf, openModelFile, type ModelFile } from '../util/model-format.ts';
 import { BuildError } from './build-error.ts';
 import { denseLoraDelta, type LoraComputed, type LoraFactor, type LoraWhole } from './lora.ts';
 
@@ -46,6 +46,10 @@ export async function twoModelSource(baseFile: string, targetFile: string): Prom
     throw e;
   }
   try {
+    if (base.format !== target.format) throw new BuildError('mismatched-models', `the base is ${base.format} and the target ${target.format}: give two models of one format`);
+    // An ONNX graph, opsets and metadata must be the same: an update changes weights only.
+    const graph = modelFormatOf(baseFile).structureDifference(base, target);
+    if (graph !== undefined) throw new BuildError('mismatched-models', `base and target differ outside their weights, first at ${graph}: an update changes initializer values only; export both from the same graph`);
     const tNames = new Set(target.tensors.map((t) => t.name));
     const bNames = new Set(base.tensors.map((t) => t.name));
     const missing = base.tensors.filter((t) => !tNames.has(t.name)).map((t) => t.name);
@@ -181,10 +185,10 @@ export async function loraSource(baseFile: string, factors: LoraFactor[], whole:
 
 async function openModel(file: string, which: string): Promise<ModelFile> {
   try {
-    return await ModelFile.open(file);
+    return await openModelFile(file);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') throw new BuildError('malformed-model', `${which} model ${file} does not exist`);
-    throw new BuildError('malformed-model', `${which} model ${file} is not a valid safetensors file: ${(e as Error).message}`);
+    throw new BuildError('malformed-model', `${which} model ${file} is not a valid ${modelFormatOf(file).name} file: ${(e as Error).message}`);
   }
 }

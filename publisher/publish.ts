@@ -1,5 +1,5 @@
 import { chunkCount, chunkList, chunkRange, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
-import { safetensorsDigest } from '../protocol/digest.ts';
+import { modelFormatOfBytes } from '../util/model-format.ts';
 import { decodeReceipt, encodeFrame, type UploadReceipt } from '../protocol/frames.ts';
 import { decodePayload } from '../protocol/lowrank.ts';
 import { limitsOf, type ManifestBody, type ReleaseBody, type ReleaseStep } from '../protocol/release.ts';
@@ -221,9 +221,9 @@ export function orderChain(payloads: Uint8Array[]): { target: string; links: Cha
 /** The digest of a full model file, as a PublishError when it is not a model. */
 export function fullModelDigest(bytes: Uint8Array): string {
   try {
-    return safetensorsDigest(bytes);
+    return modelFormatOfBytes(bytes).digestBytes(bytes);
   } catch (e) {
-    throw new PublishError('bad-update', `the full model is not a valid safetensors file: ${(e as Error).message}`);
+    throw new PublishError('bad-update', `the full model is not a valid ${modelFormatOfBytes(bytes).name} file: ${(e as Error).message}`);
   }
 }
 

@@ -50,8 +50,9 @@ async function main(): Promise<void> {
     entryPoints: { 'fleet-device': path.join(root, 'cli/device-main.ts') },
     outdir: dist, outExtension: { '.js': '.mjs' },
     bundle: true, format: 'esm', platform: 'node', target: 'node18', banner,
-    // cbor-x tries this native accelerator and falls back to JavaScript without it.
-    external: ['cbor-extract'],
+    // cbor-x tries this native accelerator and falls back to JavaScript without it. ONNX Runtime
+    // (native, optional) is loaded only for --validate-onnx, from the device's own node_modules.
+    external: ['cbor-extract', 'onnxruntime-node'],
     plugins: [stubWebSocket],
     minify: true, sourcemap: 'linked', metafile: true, legalComments: 'linked', logLevel: 'warning', define,
   });

@@ -33,6 +33,8 @@ export async function readExactly(h: FileHandlePort, length: number, position: n
  * model never has to sit in memory whole.
  */
 export class ModelFile {
+  readonly format = 'safetensors' as const;
+
   private constructor(readonly path: string, private readonly h: FileHandlePort, readonly header: SafetensorsHeader, readonly fileSize: number) {}
 
   static async open(path: string, fsys: FsPort = nodeFs): Promise<ModelFile> {
@@ -60,6 +62,11 @@ export class ModelFile {
   /** `length` bytes of the data section from `offset` (into `into` when it is large enough). */
   async readRange(offset: number, length: number, into?: Uint8Array): Promise<Uint8Array> {
     return readExactly(this.h, length, this.header.dataStart + offset, into);
+  }
+
+  /** The model digest from the digest of its tensors: for safetensors, the same. */
+  digestOf(tensorDigest: string): string {
+    return tensorDigest;
   }
 
   /** Total bytes of tensor data. */

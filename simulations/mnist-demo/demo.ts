@@ -84,14 +84,9 @@ export interface MnistDemoResult {
   seconds: number;
 }
 
-export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promise<MnistDemoResult> {
-  const o: MnistDemoOptions = { ...DEMO_DEFAULTS, ...opts };
-  const out = o.out ?? ((line: string): void => void process.stdout.write(line + '\n'));
+/** The demo's models: the base MLP trained on original digits, and a low-rank update trained on drifted field digits. */
+export function trainDemoModels(o: MnistDemoOptions) {
   const t0 = performance.now();
-  // Quiet by default (FLEET_LOG=info to see the broker and the publisher).
-  const log = createLogger('demo-mnist', parseLogLevel(process.env.FLEET_LOG, 'error'));
-
-  // The model: base on original digits; the update on drifted field digits.
   const all = loadAllDigits();
   const heldOut = o.devices * o.perDevice;
   const split = splitDigits(all, { baseTrain: o.baseTrain, fieldTrain: o.fieldTrain, test: heldOut }, o.seed);
@@ -103,7 +98,16 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
   const cfg = loraConfigFor(base, Math.floor((o.budgetPercent / 100) * modelBytes), o.quant);
   const state = initLora(base, cfg, mulberry32(o.seed + 6));
   train(loraTrainable(base, state), fieldTrain, { epochs: o.loraEpochs, batch: 64, lr: 5e-3, lrFloor: 0.1, seed: o.seed + 5 });
-  const trainSeconds = (performance.now() - t0) / 1000;
+  return { base, state, cfg, split, fieldHeld, modelBytes, trainSeconds: (performance.now() - t0) / 1000 };
+}
+
+export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promise<MnistDemoResult> {
+  const o: MnistDemoOptions = { ...DEMO_DEFAULTS, ...opts };
+  const out = o.out ?? ((line: string): void => void process.stdout.write(line + '\n'));
+  const t0 = performance.now();
+  // Quiet by default (FLEET_LOG=info to see the broker and the publisher).
+  const log = createLogger('demo-mnist', parseLogLevel(process.env.FLEET_LOG, 'error'));
+  const { base, state, cfg, split, fieldHeld, trainSeconds } = trainDemoModels(o);
 
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-demo-mnist-'));
   const product = await productPath(base);
