@@ -5,7 +5,7 @@ import { digestModelFile, readExactly, readModelHeader } from '../util/model-fil
 import { DeviceError } from './reasons.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { fsyncDir, fsyncFile } from '../util/fs-atomic.ts';
-import { nodeFs, writeFully, type FileHandlePort, type FsPort } from './fs-port.ts';
+import { nodeFs, writeFully, type FileHandlePort, type FsPort } from '../platform/fs-port.ts';
 import path from 'node:path';
 
 /**

@@ -6,7 +6,7 @@ import type { ReleaseStep } from '../protocol/release.ts';
 import { digestModelFile } from '../util/model-file.ts';
 import type { Logger } from '../util/log.ts';
 import { applyToFile, commitFile } from './apply.ts';
-import type { FsPort } from './fs-port.ts';
+import type { FsPort } from '../platform/fs-port.ts';
 import { describeFailure, runCommand } from './commands.ts';
 import type { HealthCheck } from './health.ts';
 import { attemptOf, type Journal } from './journal.ts';
