@@ -3,7 +3,7 @@ import path from 'node:path';
 import { DeviceAgent } from '../device/agent.ts';
 import { packetLimitOf } from '../device/agent-config.ts';
 import { digestModelFile } from '../util/model-file.ts';
-import { systemClock } from '../device/clock.ts';
+import { systemClock } from '../platform/clock.ts';
 import { digestHealthCheck } from '../device/health.ts';
 import { DeviceStorage } from '../device/storage.ts';
 import { parseTrustFile } from '../protocol/release.ts';

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import type { Client } from 'aedes';
 import path from 'node:path';
 import { startBroker, type BrokerOptions, type RunningBroker } from '../broker/broker.ts';
-import { systemClock, type Clock } from '../device/clock.ts';
+import { systemClock, type Clock } from '../platform/clock.ts';
 import { parseStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { ContentStore } from '../server/content-store.ts';

@@ -7,7 +7,7 @@ import { startBroker, type RunningBroker } from '../../broker/broker.ts';
 import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
 import { DeviceAgent, type AgentConfig } from '../../device/agent.ts';
 import { digestModelFile } from '../../util/model-file.ts';
-import { systemClock } from '../../device/clock.ts';
+import { systemClock } from '../../platform/clock.ts';
 import { digestHealthCheck } from '../../device/health.ts';
 import { DeviceStorage } from '../../device/storage.ts';
 import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
