@@ -13,7 +13,7 @@ import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts'
 import { createLogger } from '../util/log.ts';
 import { stripControls } from '../util/text.ts';
 import { createProgress } from '../util/progress.ts';
-import { packageRoot } from '../util/package-root.ts';
+import { packageRoot } from '../platform/package-root.ts';
 
 /** The `fleet` command of this package (the same from the sources, the build and an installed package). */
 export const FLEET_BIN = path.join(packageRoot() ?? process.cwd(), 'bin', 'fleet.js');
