@@ -20,7 +20,7 @@ import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { startBroker } from '../broker/broker.ts';
-import { FLEET_BIN, stopChild } from '../cli/demo.ts';
+import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../publisher/keys.ts';

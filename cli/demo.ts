@@ -13,10 +13,7 @@ import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts'
 import { createLogger } from '../util/log.ts';
 import { stripControls } from '../util/text.ts';
 import { createProgress } from '../util/progress.ts';
-import { packageRoot } from '../platform/package-root.ts';
-
-/** The `fleet` command of this package (the same from the sources, the build and an installed package). */
-export const FLEET_BIN = path.join(packageRoot() ?? process.cwd(), 'bin', 'fleet.js');
+import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 
 export interface DemoOptions {
   devices: number;
@@ -35,16 +32,6 @@ export interface DemoResult {
   updateBytes: number;
   modelBytes: number;
   seconds: number;
-}
-
-/** Stop a child by its PID: SIGTERM, then SIGKILL if it has not exited in time. */
-export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  process.kill(child.pid!, 'SIGTERM');
-  const timer = setTimeout(() => child.exitCode === null && child.signalCode === null && process.kill(child.pid!, 'SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
 }
 
 /**

@@ -6,7 +6,7 @@ import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startBroker, type RunningBroker } from '../../broker/broker.ts';
 import { hashPassword, readUsersFile, writeUsersFile, type UserRecord } from '../../broker/users-file.ts';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate } from '../../publisher/publish.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';

@@ -14,7 +14,7 @@ import { Writable } from 'node:stream';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startBroker, type RunningBroker } from '../../broker/broker.ts';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { AlertTracker } from '../../operator/alerts.ts';
 import { FleetView } from '../../operator/fleet-view.ts';
 import { changeLine, JsonWatch } from '../../operator/json-watch.ts';

@@ -12,7 +12,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startBroker, type RunningBroker } from '../../broker/broker.ts';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { FleetView, followFleet } from '../../operator/fleet-view.ts';
 import { TerminalWatch } from '../../operator/render-terminal.ts';
 import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';

@@ -4,7 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { startBroker, type RunningBroker } from '../../broker/broker.ts';
-import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
+import { FLEET_BIN, stopChild } from '../../platform/child-process.ts';
 import { DeviceAgent, type AgentConfig } from '../../device/agent.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { systemClock } from '../../platform/clock.ts';
