@@ -16,6 +16,7 @@ import { BrokerMetrics, serveMetrics } from '../operator/broker-metrics.ts';
 import { liveDashboard } from '../operator/dashboard-live.ts';
 import type { Logger } from '../util/log.ts';
 import { DirLock } from '../util/dir-lock.ts';
+import { connectableHost, listen } from '../platform/listen.ts';
 import { BrokerAuth } from './auth.ts';
 import type { Role } from './acl.ts';
 import { openCluster, UpdateServerLease, type ClusterParts } from './cluster.ts';
@@ -136,14 +137,9 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     metrics?.trackSocket(socket);
     handle(socket);
   };
-  const listen = (srv: net.Server, port: number, on: string): Promise<number> =>
-    new Promise<number>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen(port, on, () => resolve((srv.address() as net.AddressInfo).port));
-    });
   const server = net.createServer(accept);
   const port = await listen(server, o.port ?? 1883, host);
-  const url = `mqtt://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host}:${port}`;
+  const url = `mqtt://${connectableHost(host)}:${port}`;
   let tlsServer: tls.Server | undefined;
   let tlsUrl: string | undefined;
   if (o.tls) {
@@ -152,7 +148,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     tlsServer.on('tlsClientError', (e) => log.warn('TLS handshake refused', { error: e.message }));
     const tlsHost = o.tls.host ?? host;
     const tlsPort = await listen(tlsServer, o.tls.port, tlsHost);
-    tlsUrl = `mqtts://${tlsHost === '0.0.0.0' || tlsHost === '::' ? '127.0.0.1' : tlsHost}:${tlsPort}`;
+    tlsUrl = `mqtts://${connectableHost(tlsHost)}:${tlsPort}`;
     log.info('TLS listener', { url: tlsUrl, clientCertificates: mutual });
   }
   log.info('broker listening', { url, persistence: o.cluster ? 'redis' : o.persistence ?? 'level', auth: o.auth ?? null });
@@ -174,7 +170,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     });
     const wsHost = o.ws.host ?? host;
     const wsPort = await listen(wsHttp, o.ws.port, wsHost);
-    wsUrl = `ws://${wsHost === '0.0.0.0' || wsHost === '::' ? '127.0.0.1' : wsHost}:${wsPort}`;
+    wsUrl = `ws://${connectableHost(wsHost)}:${wsPort}`;
     log.info('WebSocket listener', { url: wsUrl });
   }
 
