@@ -19,7 +19,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { startBroker } from '../broker/broker.ts';
+import { startBroker } from '../nodes/broker-node.ts';
 import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startBroker } from '../broker/broker.ts';
+import { startBroker } from '../nodes/broker-node.ts';
 import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../publisher/keys.ts';

@@ -55,7 +55,7 @@ program
       ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
       : undefined;
     // Loaded by this command only: the rest of `fleet` never pays for Aedes and LevelDB.
-    const { startBroker } = await import('../broker/broker.ts');
+    const { startBroker } = await import('../nodes/broker-node.ts');
     const b = await startBroker({
       ...o, tls: tlsOpts, http: httpPort === undefined ? undefined : { port: httpPort, host: httpHost },
       ws: wsPort === undefined ? undefined : { port: wsPort, host: wsHost }, prefix: program.opts().prefix, log,

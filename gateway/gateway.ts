@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import type { Client } from 'aedes';
 import path from 'node:path';
-import { startBroker, type BrokerOptions, type RunningBroker } from '../broker/broker.ts';
+import { startBroker, type BrokerOptions, type RunningBroker } from '../nodes/broker-node.ts';
 import { systemClock, type Clock } from '../platform/clock.ts';
 import { parseStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';

@@ -18,7 +18,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { startBroker } from '../../broker/broker.ts';
+import { startBroker } from '../../nodes/broker-node.ts';
 import { FLEET_BIN, stopChild } from '../../platform/child-process.ts';
 import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { Topics } from '../../protocol/topics.ts';

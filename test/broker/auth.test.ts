@@ -4,7 +4,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { hashPassword, readUsersFile, writeUsersFile, type UserRecord } from '../../broker/users-file.ts';
 import { FLEET_BIN } from '../../platform/child-process.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { Writable } from 'node:stream';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { FLEET_BIN } from '../../platform/child-process.ts';
 import { AlertTracker } from '../../operator/alerts.ts';
 import { FleetView } from '../../operator/fleet-view.ts';

@@ -11,7 +11,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { FLEET_BIN } from '../../platform/child-process.ts';
 import { FleetView, followFleet } from '../../operator/fleet-view.ts';
 import { TerminalWatch } from '../../operator/render-terminal.ts';

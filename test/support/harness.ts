@@ -3,7 +3,7 @@ import { createWriteStream, promises as fs } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { FLEET_BIN, stopChild } from '../../platform/child-process.ts';
 import { DeviceAgent, type AgentConfig } from '../../device/agent.ts';
 import { digestModelFile } from '../../util/model-file.ts';
