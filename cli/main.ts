@@ -1,13 +1,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Option } from 'commander';
-import { Topics } from '../protocol/topics.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { ContentStore } from '../server/content-store.ts';
-import { UpdateServer } from '../server/update-server.ts';
-import { MqttTransport } from '../transport/mqtt.ts';
-import { DirLock } from '../util/dir-lock.ts';
 import { createLogger } from '../util/log.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
 import { formatGroupKeyFile, newGroupKey } from '../protocol/seal.ts';
@@ -23,6 +19,7 @@ import { registerOperatorCommands } from './operator-commands.ts';
 import { registerGatewayCommand } from './gateway-command.ts';
 import { parseIntArg } from './options.ts';
 import { commandStop } from './stopping.ts';
+import { startUpdateServerNode } from '../nodes/update-server-node.ts';
 
 const program = createProgram();
 
@@ -74,13 +71,8 @@ program
   .requiredOption('--data-dir <dir>', 'update store directory')
   .action(async (o: { broker: string; dataDir: string }) => {
     const log = createLogger('serve', logLevel());
-    await DirLock.acquire(o.dataDir, 'fleet serve');
     const stop = commandStop(program, log);
-    const transport = MqttTransport.start({ url: o.broker, clientId: `fleet-update-server-${process.pid}` });
-    stop.add({ name: 'MQTT disconnect', optional: true, run: () => transport.close() });
-    const server = new UpdateServer({ transport, store: new ContentStore(o.dataDir), topics: new Topics(program.opts().prefix), log });
-    await server.start();
-    stop.add({ name: 'update server (requests in progress, store)', run: () => server.stop() });
+    await startUpdateServerNode({ broker: o.broker, dataDir: o.dataDir, prefix: program.opts().prefix, log }, stop);
     process.stdout.write(`fleet update server on ${o.broker}, store ${path.resolve(o.dataDir)}\n`);
   });
 

@@ -14,6 +14,15 @@ export interface Step<C> {
   start(ctx: C): Promise<void> | void;
   /** Stop what `start` started; also the undo when a later step fails. */
   stop?(ctx: C): Promise<void> | void;
+  /** Its stop may be left undone harmlessly (a last presence message, a clean TCP close). */
+  readonly optional?: boolean;
+  /** A bound of the stop's own, ms (within a process's stop bound). */
+  readonly stopTimeoutMs?: number;
+}
+
+/** A stack of named stop work, run last added first (util/graceful-stop.ts's GracefulStop is one). */
+export interface StopStack {
+  add(step: { name: string; run: () => Promise<unknown> | void; optional?: boolean; timeoutMs?: number }): unknown;
 }
 
 /** Where a step's failure to stop is reported (the other steps still stop). */
@@ -60,4 +69,19 @@ async function stopAll<C>(started: readonly Step<C>[], ctx: C, log?: StepLog, re
     }
   }
   if (first && rethrow) throw first.error;
+}
+
+/**
+ * Start `steps` in order, handing each step's stop to `stack` as soon as the
+ * step has started: for a process whose stop is driven by signals, so that a
+ * signal during a later (long) start still stops what has started. The stack
+ * owns the undo: it runs the stops when the process stops, whatever the reason.
+ */
+export async function startStepsOnto<C>(steps: readonly Step<C>[], ctx: C, stack: StopStack): Promise<void> {
+  for (const step of steps) {
+    if (step.when && !step.when(ctx)) continue;
+    await step.start(ctx);
+    const stop = step.stop;
+    if (stop) stack.add({ name: step.name, run: () => stop.call(step, ctx), optional: step.optional, timeoutMs: step.stopTimeoutMs });
+  }
 }

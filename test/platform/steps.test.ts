@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { startSteps, type Step } from '../../platform/steps.ts';
+import { startSteps, startStepsOnto, type Step } from '../../platform/steps.ts';
 
 interface Ctx {
   events: string[];
@@ -53,5 +53,29 @@ describe('startSteps undo', () => {
     await expect(startSteps([step('a', { failStop: true }), step('b', { failStart: true })], ctx, { warn: (m, f) => warned.push(f) })).rejects.toThrow('b cannot start');
     expect(ctx.events).toEqual(['start a', 'stop a']);
     expect(warned).toHaveLength(1);
+  });
+});
+
+describe('startStepsOnto', () => {
+  it('hands each stop to the stack as soon as its step has started, with its stop options', async () => {
+    const ctx: Ctx = { events: [] };
+    const stack: { name: string; optional?: boolean; timeoutMs?: number; run: () => unknown }[] = [];
+    const last: Step<Ctx> = {
+      name: 'last',
+      start: (c) => {
+        // The stops of the steps before are on the stack while this one starts.
+        c.events.push(`stack holds ${stack.map((s) => s.name).join(',')}`);
+        throw new Error('last cannot start');
+      },
+    };
+    const quiet: Step<Ctx> = { ...step('quiet'), optional: true, stopTimeoutMs: 1000 };
+    await expect(startStepsOnto([step('a'), quiet, step('never', { when: false }), last], ctx, { add: (s) => stack.push(s) })).rejects.toThrow('last cannot start');
+    expect(ctx.events).toEqual(['start a', 'start quiet', 'stack holds a,quiet']);
+    expect(stack.map(({ name, optional, timeoutMs }) => ({ name, optional, timeoutMs }))).toEqual([
+      { name: 'a', optional: undefined, timeoutMs: undefined },
+      { name: 'quiet', optional: true, timeoutMs: 1000 },
+    ]);
+    for (const s of stack.reverse()) await s.run();
+    expect(ctx.events.slice(3)).toEqual(['stop quiet', 'stop a']);
   });
 });
