@@ -15,10 +15,20 @@ import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts'
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { DirLock } from '../util/dir-lock.ts';
 import { EXIT_CONFLICT } from '../util/exit-codes.ts';
-import type { DeviceCliOptions } from './device-cli.ts';
+
+/** A device node's options, as `fleet device` parses them (cli/device-cli.ts). */
+export interface DeviceNodeOptions {
+  id: string; model: string; group: string; dir: string; trust: string;
+  /** One broker URL, or several comma-separated (nodes of one cluster) to fail over between. */
+  broker: string; initial?: string;
+  window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number;
+  validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; maxAttempts: number;
+  onSwitch?: string; groupKey?: string; maxPayload?: number; maxChunks?: number; maxChunk?: number;
+  keepalive: number; connectTimeout: number; reconnectMax: number;
+}
 
 /** `fleet device`'s options as typed (cli/device-cli.ts), and what the program adds. */
-export interface DeviceCommandOptions extends DeviceCliOptions {
+export interface DeviceCommandOptions extends DeviceNodeOptions {
   prefix: string;
   logLevel?: string;
   /** Bound of the graceful stop, ms (`--stop-timeout`). */
