@@ -118,6 +118,7 @@ export class Gateway {
   private closed = false;
   /** The steps started (set once they all have); close() stops them in reverse. */
   private started: Started | undefined;
+  private stopping: Promise<void> | undefined;
   /** Every step has started: a stop says so upstream. */
   private ready = false;
   readonly topics: Topics;
@@ -432,10 +433,12 @@ export class Gateway {
     } while (w !== this.work);
   }
 
-  async close(): Promise<void> {
-    if (!this.started) return;
-    await this.started.stop();
-    this.o.log.info('gateway stopped', { site: this.o.site });
+  /** Stops the started steps in reverse, once (later calls share the first). */
+  close(): Promise<void> {
+    const started = this.started;
+    if (!started) return Promise.resolve();
+    this.stopping ??= started.stop().then(() => this.o.log.info('gateway stopped', { site: this.o.site }));
+    return this.stopping;
   }
 
   /** A clean stop says so upstream (instead of the last will's "lost"); then the upstream connection closes. */
