@@ -14,7 +14,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { applyToFile } from '../device/apply.ts';
+import { applyToFile } from '../util/apply-file.ts';
 import { decodePayload } from '../protocol/lowrank.ts';
 import { writeSafetensors, type TensorInput } from '../protocol/safetensors.ts';
 import { mulberry32 } from '../util/random.ts';

@@ -11,7 +11,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs, readFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { FLEET_BIN, stopChild } from '../cli/demo.ts';
+import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 
 export type BrokerKind = 'aedes' | 'mosquitto' | 'cluster';
 

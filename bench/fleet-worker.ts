@@ -15,7 +15,7 @@ import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { DeviceAgent } from '../device/agent.ts';
-import { systemClock } from '../device/clock.ts';
+import { systemClock } from '../platform/clock.ts';
 import { digestHealthCheck } from '../device/health.ts';
 import { DeviceStorage } from '../device/storage.ts';
 import { parseTrustFile } from '../protocol/release.ts';

@@ -19,7 +19,7 @@ import { createWriteStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { stopChild } from '../cli/demo.ts';
+import { stopChild } from '../platform/child-process.ts';
 import { Topics } from '../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../publisher/keys.ts';
 import { publishUpdate } from '../publisher/publish.ts';

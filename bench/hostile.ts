@@ -19,7 +19,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { FLEET_BIN, stopChild } from '../cli/demo.ts';
+import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel } from '../publisher/synth.ts';
 import { fixedHeader } from '../transport/packet-limit.ts';

@@ -2,23 +2,19 @@ import net from 'node:net';
 import tls from 'node:tls';
 import http from 'node:http';
 import { WebSocketServer, createWebSocketStream } from 'ws';
-import os from 'node:os';
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Aedes, type Client } from 'aedes';
 import { Level } from 'level';
+import { connectableHost, listen } from '../platform/listen.ts';
+import type { Step } from '../platform/steps.ts';
 import { Topics } from '../protocol/topics.ts';
-import { MqttTransport } from '../transport/mqtt.ts';
-import { ContentStore } from '../server/content-store.ts';
-import { UpdateServer } from '../server/update-server.ts';
-import { BrokerMetrics, serveMetrics } from '../operator/broker-metrics.ts';
-import { liveDashboard } from '../operator/dashboard-live.ts';
 import type { Logger } from '../util/log.ts';
 import { DirLock } from '../util/dir-lock.ts';
 import { BrokerAuth } from './auth.ts';
 import type { Role } from './acl.ts';
-import { openCluster, UpdateServerLease, type ClusterParts } from './cluster.ts';
+import { openCluster, type ClusterParts } from './cluster.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.ts';
 import { stampPresence } from './presence-stamp.ts';
@@ -27,20 +23,18 @@ const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
 const AsyncLevelPersistence = require('aedes-persistence-level/asyncPersistence.js') as new (db: unknown) => Persistence;
 
-export interface BrokerOptions {
+/** The MQTT broker's own options: Aedes, its persistence, its users and its listeners. */
+export interface MqttBrokerOptions {
   port?: number;
   host?: string;
-  /** Broker persistence and the update server's content store live here. */
+  /** Broker persistence (and, in a broker node, the update server's content store) live here. */
   dataDir: string;
   persistence?: 'level' | 'memory';
   /**
    * `redis://HOST:PORT`: one node of a cluster (broker/cluster.ts). Redis holds
    * sessions and retained messages and carries publishes between nodes; `persistence` is ignored.
-   * The in-process update server then takes the cluster's lease: one per cluster (docs/cluster.md).
    */
   cluster?: string;
-  /** Run the update server in-process (default true). */
-  updateServer?: boolean;
   prefix?: string;
   /**
    * Users file (see broker/users-file.ts). With it every client must log in,
@@ -60,202 +54,203 @@ export interface BrokerOptions {
    * with its own login; the ACL applies as on TCP). Port 0: any free port.
    */
   ws?: { port: number; host?: string };
-  /** An HTTP listener serving `GET /metrics` (Prometheus; operator/broker-metrics.ts). Port 0: any free port. */
-  http?: { port: number; host?: string; processMetrics?: boolean };
   log: Logger;
 }
 
-export interface RunningBroker {
-  port: number;
-  host: string;
-  url: string;
-  aedes: Aedes;
-  updateServer: UpdateServer | undefined;
-  /** Present with `auth`: `reload()` re-reads the users file at once. */
-  auth: BrokerAuth | undefined;
-  /** `mqtts://host:port` when a TLS listener runs. */
-  tlsUrl: string | undefined;
-  /** `ws://host:port` when the WebSocket listener runs. */
-  wsUrl: string | undefined;
-  /** `http://host:port/metrics` when the metrics listener runs. */
-  metricsUrl: string | undefined;
-  close(): Promise<void>;
+/** A listening server and the connections it accepted (destroyed when it stops). */
+interface Listener {
+  server: net.Server;
+  sockets: Set<net.Socket>;
+  /** The WebSocket server on top of an HTTP listener. */
+  ws?: WebSocketServer;
 }
 
 /**
- * Aedes (MQTT 3.1.1) on TCP with TCP_NODELAY on every socket, on-disk
- * persistence by default, and the update server connected to it over loopback.
+ * What the broker's steps build, part by part (a part is set once its step
+ * has started). A node (nodes/broker-node.ts) adds its own parts beside them.
  */
-export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
-  const host = o.host ?? '127.0.0.1';
-  await fs.mkdir(o.dataDir, { recursive: true });
-  // One broker per data directory: a second one is named, not left to fail inside LevelDB.
-  const dirLock = await DirLock.acquire(o.dataDir, 'fleet broker');
-  let persistence: Persistence | undefined;
-  const log = o.log;
-  let cluster: ClusterParts | undefined;
-  if (o.cluster) {
-    cluster = await openCluster(o.cluster, log.child('cluster'));
-    persistence = cluster.persistence;
-  } else if ((o.persistence ?? 'level') === 'level') {
-    const db = new Level(path.join(o.dataDir, 'broker-db'));
-    await db.open();
-    persistence = guardStreams(new AsyncLevelPersistence(db), log.child('persistence'));
-  }
-  const destroyPersistence = async (): Promise<void> => {
-    if (cluster) await cluster.close();
-    else if (persistence) await persistence.destroy();
-  };
-  const topics = new Topics(o.prefix);
-  const internalClientId = `fleet-update-server-${process.pid}`;
-  let auth: BrokerAuth | undefined;
-  try {
-    auth = o.auth ? await BrokerAuth.open({ file: o.auth, topics, log: log.child('auth'), internalClientId, pollMs: o.authPollMs }) : undefined;
-  } catch (e) {
-    await destroyPersistence();
-    throw e;
-  }
-  const authHooks = auth?.hooks();
-  const aedes = await Aedes.createBroker({
-    persistence, mq: cluster?.mq, id: cluster?.brokerId ?? `fleet-broker-${process.pid}`, ...authHooks,
-    authorizePublish: stampPresence(topics, authHooks?.authorizePublish), ...connectRules(authHooks, log.child('connect')),
-  });
-  const roleOf = (c: Client): Role | undefined => auth?.roleOf(c);
-  // Packets over the limit for the connection's phase and role are cut before Aedes buffers them.
-  const handle = (stream: net.Socket, req?: http.IncomingMessage): void => {
-    const client = aedes.handle(stream, req);
-    limitPackets(stream, client, roleOf, auth !== undefined, log.child('limits'));
-  };
-  if (auth) auth.attach(aedes);
-  else log.warn('broker is unauthenticated: any client may publish and subscribe to anything (start it with --auth FILE)');
-  aedes.on('clientError', (client, err) => log.debug('client error', { client: client?.id, error: err.message }));
-  let updateServer: UpdateServer | undefined;
-  const metrics = o.http ? new BrokerMetrics({ aedes, topics, updateStats: () => updateServer?.stats, processMetrics: o.http.processMetrics }) : undefined;
+export interface BrokerParts {
+  readonly o: MqttBrokerOptions;
+  readonly log: Logger;
+  readonly host: string;
+  readonly topics: Topics;
+  /** The client id an in-process update server logs in with (with auth, by a credential that exists only in this process). */
+  readonly internalClientId: string;
+  /** Called with every TCP and TLS connection accepted (a node's metrics count its bytes). */
+  onSocket?: (socket: net.Socket) => void;
+  dirLock?: DirLock;
+  cluster?: ClusterParts;
+  persistence?: Persistence;
+  auth?: BrokerAuth;
+  aedes?: Aedes;
+  tcp?: Listener;
+  port?: number;
+  url?: string;
+  tls?: Listener;
+  tlsUrl?: string;
+  ws?: Listener;
+  wsUrl?: string;
+}
 
-  const sockets = new Set<net.Socket>();
-  const accept = (socket: net.Socket): void => {
-    socket.setNoDelay(true);
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    metrics?.trackSocket(socket);
-    handle(socket);
-  };
-  const listen = (srv: net.Server, port: number, on: string): Promise<number> =>
-    new Promise<number>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen(port, on, () => resolve((srv.address() as net.AddressInfo).port));
+export function brokerParts(o: MqttBrokerOptions): BrokerParts {
+  return { o, log: o.log, host: o.host ?? '127.0.0.1', topics: new Topics(o.prefix), internalClientId: `fleet-update-server-${process.pid}` };
+}
+
+/** A part an earlier step set; its absence is a bug in the order of the steps. */
+export function part<T>(value: T | undefined, name: string): T {
+  if (value === undefined) throw new Error(`bug: the ${name} step has not run`);
+  return value;
+}
+
+/** One broker per data directory: a second one is named, not left to fail inside LevelDB. */
+const dataDir: Step<BrokerParts> = {
+  name: 'data directory',
+  async start(p) {
+    await fs.mkdir(p.o.dataDir, { recursive: true });
+    p.dirLock = await DirLock.acquire(p.o.dataDir, 'fleet broker');
+  },
+  stop: (p) => p.dirLock?.release(),
+};
+
+const persistence: Step<BrokerParts> = {
+  name: 'persistence',
+  async start(p) {
+    if (p.o.cluster) {
+      p.cluster = await openCluster(p.o.cluster, p.log.child('cluster'));
+      p.persistence = p.cluster.persistence;
+    } else if ((p.o.persistence ?? 'level') === 'level') {
+      const db = new Level(path.join(p.o.dataDir, 'broker-db'));
+      await db.open();
+      p.persistence = guardStreams(new AsyncLevelPersistence(db), p.log.child('persistence'));
+    }
+  },
+  async stop(p) {
+    if (p.cluster) await p.cluster.close();
+    else if (p.persistence) await p.persistence.destroy();
+  },
+};
+
+const auth: Step<BrokerParts> = {
+  name: 'users file',
+  when: (p) => p.o.auth !== undefined,
+  async start(p) {
+    p.auth = await BrokerAuth.open({ file: p.o.auth!, topics: p.topics, log: p.log.child('auth'), internalClientId: p.internalClientId, pollMs: p.o.authPollMs });
+  },
+  stop: (p) => p.auth?.close(),
+};
+
+const aedes: Step<BrokerParts> = {
+  name: 'aedes',
+  async start(p) {
+    const authHooks = p.auth?.hooks();
+    const log = p.log;
+    const broker = await Aedes.createBroker({
+      persistence: p.persistence, mq: p.cluster?.mq, id: p.cluster?.brokerId ?? `fleet-broker-${process.pid}`, ...authHooks,
+      authorizePublish: stampPresence(p.topics, authHooks?.authorizePublish), ...connectRules(authHooks, log.child('connect')),
     });
-  const server = net.createServer(accept);
-  const port = await listen(server, o.port ?? 1883, host);
-  const url = `mqtt://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host}:${port}`;
-  let tlsServer: tls.Server | undefined;
-  let tlsUrl: string | undefined;
-  if (o.tls) {
-    const mutual = o.tls.ca !== undefined;
-    tlsServer = tls.createServer({ cert: o.tls.cert, key: o.tls.key, ca: o.tls.ca, requestCert: mutual, rejectUnauthorized: mutual }, accept);
-    tlsServer.on('tlsClientError', (e) => log.warn('TLS handshake refused', { error: e.message }));
-    const tlsHost = o.tls.host ?? host;
-    const tlsPort = await listen(tlsServer, o.tls.port, tlsHost);
-    tlsUrl = `mqtts://${tlsHost === '0.0.0.0' || tlsHost === '::' ? '127.0.0.1' : tlsHost}:${tlsPort}`;
-    log.info('TLS listener', { url: tlsUrl, clientCertificates: mutual });
-  }
-  log.info('broker listening', { url, persistence: o.cluster ? 'redis' : o.persistence ?? 'level', auth: o.auth ?? null });
-  let wsHttp: http.Server | undefined;
-  let wsServer: WebSocketServer | undefined;
-  let wsUrl: string | undefined;
-  if (o.ws) {
-    wsHttp = http.createServer((_req, res) => {
+    if (p.auth) p.auth.attach(broker);
+    else log.warn('broker is unauthenticated: any client may publish and subscribe to anything (start it with --auth FILE)');
+    broker.on('clientError', (client, err) => log.debug('client error', { client: client?.id, error: err.message }));
+    p.aedes = broker;
+  },
+  stop: (p) => new Promise<void>((resolve) => part(p.aedes, 'aedes').close(() => resolve())),
+};
+
+/** Hand a connection to Aedes: packets over the limit for the connection's phase and role are cut before Aedes buffers them. */
+function handle(p: BrokerParts, stream: net.Socket, req?: http.IncomingMessage): void {
+  const client = part(p.aedes, 'aedes').handle(stream, req);
+  const roleOf = (c: Client): Role | undefined => p.auth?.roleOf(c);
+  limitPackets(stream, client, roleOf, p.auth !== undefined, p.log.child('limits'));
+}
+
+/** Keep a connection until it closes (destroyed when its listener stops). */
+function track(sockets: Set<net.Socket>, socket: net.Socket): void {
+  socket.setNoDelay(true);
+  sockets.add(socket);
+  socket.on('close', () => sockets.delete(socket));
+}
+
+/** Accept TCP and TLS connections: TCP_NODELAY, counted by the node, handed to Aedes. */
+function acceptor(p: BrokerParts, sockets: Set<net.Socket>): (socket: net.Socket) => void {
+  return (socket) => {
+    track(sockets, socket);
+    p.onSocket?.(socket);
+    handle(p, socket);
+  };
+}
+
+async function stopListener(l: Listener | undefined): Promise<void> {
+  if (!l) return;
+  l.ws?.close();
+  await Promise.all([
+    new Promise<void>((resolve) => l.server.close(() => resolve())),
+    Promise.resolve().then(() => {
+      for (const s of l.sockets) s.destroy();
+    }),
+  ]);
+}
+
+const tcp: Step<BrokerParts> = {
+  name: 'tcp listener',
+  async start(p) {
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer(acceptor(p, sockets));
+    p.port = await listen(server, p.o.port ?? 1883, p.host);
+    p.tcp = { server, sockets };
+    p.url = `mqtt://${connectableHost(p.host)}:${p.port}`;
+    p.log.info('broker listening', { url: p.url, persistence: p.o.cluster ? 'redis' : p.o.persistence ?? 'level', auth: p.o.auth ?? null });
+  },
+  stop: (p) => stopListener(p.tcp),
+};
+
+const tlsListener: Step<BrokerParts> = {
+  name: 'tls listener',
+  when: (p) => p.o.tls !== undefined,
+  async start(p) {
+    const o = p.o.tls!;
+    const mutual = o.ca !== undefined;
+    const sockets = new Set<net.Socket>();
+    const server = tls.createServer({ cert: o.cert, key: o.key, ca: o.ca, requestCert: mutual, rejectUnauthorized: mutual }, acceptor(p, sockets));
+    server.on('tlsClientError', (e) => p.log.warn('TLS handshake refused', { error: e.message }));
+    const host = o.host ?? p.host;
+    const port = await listen(server, o.port, host);
+    p.tls = { server, sockets };
+    p.tlsUrl = `mqtts://${connectableHost(host)}:${port}`;
+    p.log.info('TLS listener', { url: p.tlsUrl, clientCertificates: mutual });
+  },
+  stop: (p) => stopListener(p.tls),
+};
+
+const wsListener: Step<BrokerParts> = {
+  name: 'websocket listener',
+  when: (p) => p.o.ws !== undefined,
+  async start(p) {
+    const o = p.o.ws!;
+    const server = http.createServer((_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain' });
       res.end('MQTT over WebSocket only\n');
     });
+    const host = o.host ?? p.host;
+    // Listening first: a WebSocketServer re-emits its HTTP server's errors (a port taken) where nothing listens for them.
+    const port = await listen(server, o.port, host);
+    const sockets = new Set<net.Socket>();
     // ws buffers a whole message before handing it on: no message over the largest packet a logged-in operator may send.
-    wsServer = new WebSocketServer({ server: wsHttp, maxPayload: PACKET_LIMITS.operator, handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : false) });
-    wsServer.on('connection', (socket, req) => {
-      (req.socket as net.Socket).setNoDelay(true);
-      sockets.add(req.socket as net.Socket);
-      req.socket.on('close', () => sockets.delete(req.socket as net.Socket));
-      handle(createWebSocketStream(socket) as unknown as net.Socket, req);
+    const ws = new WebSocketServer({ server, maxPayload: PACKET_LIMITS.operator, handleProtocols: (protocols) => (protocols.has('mqtt') ? 'mqtt' : false) });
+    ws.on('connection', (socket, req) => {
+      track(sockets, req.socket as net.Socket);
+      handle(p, createWebSocketStream(socket) as unknown as net.Socket, req);
     });
-    const wsHost = o.ws.host ?? host;
-    const wsPort = await listen(wsHttp, o.ws.port, wsHost);
-    wsUrl = `ws://${wsHost === '0.0.0.0' || wsHost === '::' ? '127.0.0.1' : wsHost}:${wsPort}`;
-    log.info('WebSocket listener', { url: wsUrl });
-  }
+    p.ws = { server, sockets, ws };
+    p.wsUrl = `ws://${connectableHost(host)}:${port}`;
+    p.log.info('WebSocket listener', { url: p.wsUrl });
+  },
+  stop: (p) => stopListener(p.ws),
+};
 
-  let transport: MqttTransport | undefined;
-  let lease: UpdateServerLease | undefined;
-  if (o.updateServer !== false && o.cluster) {
-    try {
-      lease = await UpdateServerLease.acquire({ url: o.cluster, prefix: topics.prefix, holder: `${os.hostname()}:${host}:${port}`, log: log.child('cluster') });
-    } catch (e) {
-      auth?.close();
-      wsServer?.close();
-      for (const srv of [server, tlsServer, wsHttp]) srv?.close();
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => aedes.close(() => resolve()));
-      await destroyPersistence();
-      throw e;
-    }
-  }
-  if (o.updateServer !== false) {
-    // With auth, the in-process server logs in with a random credential that exists only in this process.
-    const cred = auth?.internalCredential;
-    transport = await MqttTransport.connect({ url, clientId: internalClientId, username: cred?.username, password: cred?.password }, 10_000);
-    updateServer = new UpdateServer({
-      transport,
-      store: new ContentStore(path.join(o.dataDir, 'store')),
-      topics,
-      log: log.child('server'),
-    });
-    await updateServer.start();
-  }
-  let metricsHttp: Awaited<ReturnType<typeof serveMetrics>> | undefined;
-
-  let closed = false;
-  const running: RunningBroker = {
-    port,
-    host,
-    url,
-    aedes,
-    updateServer,
-    auth,
-    tlsUrl,
-    wsUrl,
-    metricsUrl: undefined,
-    async close() {
-      if (closed) return;
-      closed = true;
-      await metricsHttp?.close();
-      metrics?.close();
-      auth?.close();
-      if (updateServer) await updateServer.stop();
-      if (transport) await transport.close();
-      await lease?.release();
-      wsServer?.close();
-      await Promise.all([server, tlsServer, wsHttp].filter((x) => x !== undefined).map((srv) => new Promise<void>((resolve) => srv.close(() => resolve()))).concat([
-        Promise.resolve().then(() => {
-          for (const s of sockets) s.destroy();
-        }),
-      ]));
-      await new Promise<void>((resolve) => aedes.close(() => resolve()));
-      await destroyPersistence();
-      await dirLock.release();
-      log.info('broker stopped');
-    },
-  };
-  if (metrics && o.http) {
-    try {
-      await metrics.loadRetained();
-      // Beside /metrics, the dashboard page (GET /), fed in the browser over the WebSocket listener.
-      const page = liveDashboard({ wsPort: wsUrl ? Number(new URL(wsUrl).port) : undefined, prefix: o.prefix, log: log.child('dashboard') });
-      metricsHttp = await serveMetrics(metrics, { port: o.http.port, host: o.http.host ?? host, log, page });
-    } catch (e) {
-      // A metrics port already taken must not leave a half-started broker behind.
-      await running.close();
-      throw e;
-    }
-    running.metricsUrl = metricsHttp.url;
-    log.info('metrics listener', { url: metricsHttp.url });
-  }
-  return running;
-}
+/**
+ * The broker's steps by name: Aedes (MQTT 3.1.1) with on-disk persistence by
+ * default (or a cluster's Redis), the users file and ACLs, and TCP (TCP_NODELAY
+ * on every socket), TLS and WebSocket listeners. A node lists them in order,
+ * with its own parts between them (nodes/broker-node.ts).
+ */
+export const brokerSteps = { dataDir, persistence, auth, aedes, tcp, tls: tlsListener, ws: wsListener } as const;

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startBroker } from '../broker/broker.ts';
+import { startBroker } from '../nodes/broker-node.ts';
 import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../publisher/keys.ts';
@@ -13,11 +13,8 @@ import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts'
 import { createLogger } from '../util/log.ts';
 import { stripControls } from '../util/text.ts';
 import { createProgress } from '../util/progress.ts';
-import { packageRoot } from '../util/package-root.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
-
-/** The `fleet` command of this package (the same from the sources, the build and an installed package). */
-export const FLEET_BIN = path.join(packageRoot() ?? process.cwd(), 'bin', 'fleet.js');
+import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 
 export interface DemoOptions {
   devices: number;
@@ -36,16 +33,6 @@ export interface DemoResult {
   updateBytes: number;
   modelBytes: number;
   seconds: number;
-}
-
-/** Stop a child by its PID: SIGTERM, then SIGKILL if it has not exited in time. */
-export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  process.kill(child.pid!, 'SIGTERM');
-  const timer = setTimeout(() => child.exitCode === null && child.signalCode === null && process.kill(child.pid!, 'SIGKILL'), graceMs);
-  await exited;
-  clearTimeout(timer);
 }
 
 /**

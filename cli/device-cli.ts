@@ -1,24 +1,12 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { runDevice } from './device-command.ts';
+import { runDevice, type DeviceNodeOptions } from '../nodes/device-node.ts';
 import { installService } from './device-service.ts';
 import { parseAccuracy, parseDuration, parseIntArg, parsePoints } from './options.ts';
 import { stopTimeoutMs } from './stopping.ts';
 
 /** The options of `fleet device`, exactly as typed (for the service's ExecStart line too). */
-export interface DeviceCliOptions {
-  id: string; model: string; group: string; dir: string; trust: string;
-  /** One broker URL, or several comma-separated (nodes of one cluster) to fail over between. */
-  broker: string; initial?: string;
-  window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number;
-  validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; maxAttempts: number;
-  onSwitch?: string; groupKey?: string; maxPayload?: number; maxChunks?: number; maxChunk?: number;
-  keepalive: number; connectTimeout: number; reconnectMax: number;
-  /** ONNX Runtime validation of the staged model (docs/onnx.md). */
-  validateOnnx?: string; minAccuracy?: number; maxDrop?: number;
-}
-
 function addDeviceOptions(c: Command): Command {
   return c
     .requiredOption('--id <id>', 'device id')
@@ -55,7 +43,7 @@ function addDeviceOptions(c: Command): Command {
 /** `fleet device` and `fleet device install-service`: all a device's own machine needs. */
 export function registerDeviceCommands(program: Command): void {
   addDeviceOptions(program.command('device').description('run a device agent (`fleet device install-service …` writes a systemd unit for it)'))
-    .action(async (o: DeviceCliOptions) => {
+    .action(async (o: DeviceNodeOptions) => {
       const g = program.opts() as { prefix: string; logLevel?: string };
       await runDevice({ ...o, prefix: g.prefix, logLevel: g.logLevel, stopTimeoutMs: stopTimeoutMs(program) });
     });
@@ -68,7 +56,7 @@ export function registerDeviceCommands(program: Command): void {
     .option('--password-file <file>', 'the broker login\'s password, copied into the environment file (never into the unit)')
     .option('--entry <file>', 'the fleet entry point ExecStart runs (default: this one)')
     .option('--dry-run', 'print the unit and the environment file instead of writing them')
-    .action(async (o: DeviceCliOptions & { unitDir: string; environmentFile?: string; user?: string; readWrite?: string[]; passwordFile?: string; entry?: string; dryRun?: boolean }) => {
+    .action(async (o: DeviceNodeOptions & { unitDir: string; environmentFile?: string; user?: string; readWrite?: string[]; passwordFile?: string; entry?: string; dryRun?: boolean }) => {
       const g = program.opts() as { prefix: string; logLevel?: string; stopTimeout?: number; ca?: string; clientCert?: string; clientKey?: string };
       const r = await installService(o, {
         prefix: g.prefix, logLevel: g.logLevel, stopTimeoutSeconds: g.stopTimeout ?? 5, ca: g.ca, clientCert: g.clientCert, clientKey: g.clientKey,

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
-import type { DeviceCliOptions } from './device-cli.ts';
+import type { DeviceNodeOptions } from '../nodes/device-node.ts';
 import { renderEnvFile, renderServiceUnit, unitName } from './service-unit.ts';
 
 export interface ServiceContext {
@@ -18,7 +18,7 @@ export interface ServiceContext {
   password?: string;
 }
 
-export interface ServiceOptions extends DeviceCliOptions {
+export interface ServiceOptions extends DeviceNodeOptions {
   unitDir: string;
   /** `--environment-file` (not --env-file: Node 20 reads that one from any position of its argv). */
   environmentFile?: string;
@@ -28,7 +28,7 @@ export interface ServiceOptions extends DeviceCliOptions {
 }
 
 /** The device options again, as `fleet device` arguments with absolute paths and no secret. */
-function deviceArgs(o: DeviceCliOptions, brokers: string): string[] {
+function deviceArgs(o: DeviceNodeOptions, brokers: string): string[] {
   const abs = (p: string): string => path.resolve(p);
   const args: Array<[string, string | number | undefined]> = [
     ['--id', o.id], ['--model', o.model], ['--group', o.group], ['--dir', abs(o.dir)], ['--trust', abs(o.trust)], ['--broker', brokers],

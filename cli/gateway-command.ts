@@ -57,8 +57,8 @@ export function registerGatewayCommand(program: Command): void {
       const tls = o.tlsPort !== undefined
         ? { port: o.tlsPort, host: o.host, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
         : undefined;
-      const { Gateway } = await import('../gateway/gateway.ts');
-      const gw = new Gateway({
+      const { gatewayNode } = await import('../nodes/gateway-node.ts');
+      const gw = gatewayNode({
         auth: o.auth, tls,
         upstream: o.upstream, listen: o.listen, host: o.host, dataDir: o.dataDir, site: o.site,
         budgetBytes: o.budget === undefined ? undefined : parseBudget(o.budget),

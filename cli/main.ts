@@ -1,13 +1,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Option } from 'commander';
-import { Topics } from '../protocol/topics.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { ContentStore } from '../server/content-store.ts';
-import { UpdateServer } from '../server/update-server.ts';
-import { MqttTransport } from '../transport/mqtt.ts';
-import { DirLock } from '../util/dir-lock.ts';
 import { createLogger } from '../util/log.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
@@ -25,6 +21,7 @@ import { registerOperatorCommands } from './operator-commands.ts';
 import { registerGatewayCommand } from './gateway-command.ts';
 import { parseIntArg } from './options.ts';
 import { commandStop } from './stopping.ts';
+import { startUpdateServerNode } from '../nodes/update-server-node.ts';
 
 const program = createProgram();
 
@@ -57,7 +54,7 @@ program
       ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
       : undefined;
     // Loaded by this command only: the rest of `fleet` never pays for Aedes and LevelDB.
-    const { startBroker } = await import('../broker/broker.ts');
+    const { startBroker } = await import('../nodes/broker-node.ts');
     const b = await startBroker({
       ...o, tls: tlsOpts, http: httpPort === undefined ? undefined : { port: httpPort, host: httpHost },
       ws: wsPort === undefined ? undefined : { port: wsPort, host: wsHost }, prefix: program.opts().prefix, log,
@@ -76,13 +73,8 @@ program
   .requiredOption('--data-dir <dir>', 'update store directory')
   .action(async (o: { broker: string; dataDir: string }) => {
     const log = createLogger('serve', logLevel());
-    await DirLock.acquire(o.dataDir, 'fleet serve');
     const stop = commandStop(program, log);
-    const transport = MqttTransport.start({ url: o.broker, clientId: `fleet-update-server-${process.pid}` });
-    stop.add({ name: 'MQTT disconnect', optional: true, run: () => transport.close() });
-    const server = new UpdateServer({ transport, store: new ContentStore(o.dataDir), topics: new Topics(program.opts().prefix), log });
-    await server.start();
-    stop.add({ name: 'update server (requests in progress, store)', run: () => server.stop() });
+    await startUpdateServerNode({ broker: o.broker, dataDir: o.dataDir, prefix: program.opts().prefix, log }, stop);
     process.stdout.write(`fleet update server on ${o.broker}, store ${path.resolve(o.dataDir)}\n`);
   });
 

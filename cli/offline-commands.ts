@@ -8,13 +8,14 @@ import { DeviceAgent } from '../device/agent.ts';
 import { installBundle } from '../device/offline-install.ts';
 import { DeviceStorage } from '../device/storage.ts';
 import { parseTrustFile } from '../protocol/release.ts';
-import { makeBundle, readBundle } from '../publisher/bundle.ts';
+import { makeBundle } from '../publisher/bundle.ts';
+import { readBundle } from '../protocol/bundle.ts';
 import { loadSigningKey } from '../publisher/keys.ts';
 import { createLogger } from '../util/log.ts';
 import { modelFormatOf } from '../util/model-format.ts';
 import { checkUpdateFile, readUpdateFile } from '../util/update-file.ts';
 import { collect, parseAccuracy, parseDuration, parsePoints } from './options.ts';
-import { onnxValidatorFor, type OnnxValidationFlags } from './onnx-options.ts';
+import { onnxValidatorFor, type OnnxValidationFlags } from '../nodes/onnx-options.ts';
 import { describeValidation, type StagedValidator, type ValidationFigures } from '../device/onnx-validate.ts';
 
 /** A validator that remembers its last figures, to print them after an install. */

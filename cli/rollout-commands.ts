@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
-import { systemClock } from '../device/clock.ts';
+import { systemClock } from '../platform/clock.ts';
 import { Topics } from '../protocol/topics.ts';
 import { loadRoleKeys, readTrust } from './release-commands.ts';
 import { publishUpdate } from '../publisher/publish.ts';

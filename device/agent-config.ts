@@ -2,7 +2,7 @@ import type { ManifestLimits, TrustFile } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
-import type { Clock } from './clock.ts';
+import type { Clock } from '../platform/clock.ts';
 import type { HealthCheck } from './health.ts';
 import type { StagedValidator } from './onnx-validate.ts';
 import type { DeviceStorage } from './storage.ts';

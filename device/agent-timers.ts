@@ -1,4 +1,4 @@
-import type { Clock } from './clock.ts';
+import type { Clock } from '../platform/clock.ts';
 
 /** Longest wait between two tries of a failed download. */
 const MAX_RETRY_MS = 30 * 60_000;

@@ -9,7 +9,7 @@ import { nextState, type DeviceEvent } from './machine.ts';
 import { decideRelease } from './release-decision.ts';
 import { DEVICE_REASONS, toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
-import type { FsPort } from './fs-port.ts';
+import type { FsPort } from '../platform/fs-port.ts';
 import { attemptOf, type Journal } from './journal.ts';
 import { TrustKeeper } from './trust-keeper.ts';
 import { composeStatus, type StatusFields } from './status-report.ts';

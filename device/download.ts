@@ -4,7 +4,7 @@ import type { ReleaseStep } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
-import type { Clock } from './clock.ts';
+import type { Clock } from '../platform/clock.ts';
 import { LinkEstimator } from './link-estimator.ts';
 import { DeviceError, storageError } from './reasons.ts';
 import type { DownloadFiles } from './storage.ts';

@@ -4,14 +4,14 @@ import { openPayload } from '../protocol/seal.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import type { Logger } from '../util/log.ts';
 import { commitFile } from './apply.ts';
-import type { FsPort } from './fs-port.ts';
+import type { FsPort } from '../platform/fs-port.ts';
 import { describeFailure, runCommand } from './commands.ts';
 import type { HealthCheck } from './health.ts';
 import { ValidationRefused, type StagedValidator, type ValidationFigures } from './onnx-validate.ts';
 import { attemptOf, type Journal } from './journal.ts';
 import { DeviceError } from './reasons.ts';
 import type { DeviceStorage } from './storage.ts';
-import { PayloadFile } from './payload-file.ts';
+import { PayloadFile } from '../util/payload-file.ts';
 
 export interface InstallerConfig {
   deviceId: string;

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { chunkList, sha256Hex } from '../protocol/chunks.ts';
 import { capsOf } from './agent-config.ts';
 import { checkRelease, pathFrom, verifyRelease, type TrustFile } from '../protocol/release.ts';
-import type { Bundle } from '../publisher/bundle.ts';
+import type { Bundle } from '../protocol/bundle.ts';
 import type { Logger } from '../util/log.ts';
 import { digestHealthCheck } from './health.ts';
 import { Installer } from './installer.ts';

@@ -3,7 +3,7 @@ import { parseStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
-import type { Clock } from './clock.ts';
+import type { Clock } from '../platform/clock.ts';
 
 /** Who this agent process is, as its statuses say (`instance`, `started`). */
 export interface AgentIdentity {

@@ -4,7 +4,7 @@ import type { ReleaseStep } from '../protocol/release.ts';
 import { isJournal, type Journal } from './journal.ts';
 import type { DeviceStatus } from '../protocol/status.ts';
 import { exists, fsyncDir, fsyncFile, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
-import { nodeFs, type FileHandlePort, type FsPort } from './fs-port.ts';
+import { nodeFs, type FileHandlePort, type FsPort } from '../platform/fs-port.ts';
 import { MODEL_FORMATS, SAFETENSORS, type ModelFormat } from '../util/model-format.ts';
 
 /** The release being installed: where it goes and the steps that get there. */

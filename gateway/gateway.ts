@@ -1,8 +1,10 @@
 import { promises as fs } from 'node:fs';
-import type { Client } from 'aedes';
+import type { Aedes, Client } from 'aedes';
 import path from 'node:path';
-import { startBroker, type BrokerOptions, type RunningBroker } from '../broker/broker.ts';
-import { systemClock, type Clock } from '../device/clock.ts';
+import type { BrokerAuth } from '../broker/auth.ts';
+import type { MqttBrokerOptions } from '../broker/broker.ts';
+import { startSteps, type Started, type Step } from '../platform/steps.ts';
+import { systemClock, type Clock } from '../platform/clock.ts';
 import { encodePresence, parsePresence, parseStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { ContentStore } from '../server/content-store.ts';
@@ -21,7 +23,19 @@ import { withDeadline } from '../util/deadline.ts';
 /** How long a stopping gateway waits for the broker to acknowledge its "gateway stopped" status, ms. */
 const STOPPED_STATUS_MS = 1000;
 
+/** The site broker the gateway's devices connect to: a broker with its own update server (nodes/broker-node.ts). */
+export interface SiteBroker {
+  url: string;
+  port: number;
+  host: string;
+  aedes: Aedes;
+  auth: BrokerAuth | undefined;
+  close(): Promise<void>;
+}
+
 export interface GatewayOptions {
+  /** Starts the site broker (nodes/gateway-node.ts gives it a broker node). */
+  startSite: (o: MqttBrokerOptions) => Promise<SiteBroker>;
   /** The central broker, `mqtt://[user:pass@]host:port` (mqtts:// with the CLI's TLS options). */
   upstream: string;
   /** Port of the site broker the devices connect to (0: any free port). */
@@ -50,7 +64,7 @@ export interface GatewayOptions {
    */
   auth?: string;
   /** A TLS listener for the site's devices beside the plain one (as `fleet broker --tls-port`). */
-  tls?: BrokerOptions['tls'];
+  tls?: MqttBrokerOptions['tls'];
   /** Wall-clock time for the window and the budget month (tests inject one). */
   now?: () => number;
   /** Timers of the transfer (default: the system clock). */
@@ -83,7 +97,7 @@ export function openSiteWarning(host: string, auth: string | undefined): string 
  * through an on-disk queue, and publishes its own status.
  */
 export class Gateway {
-  private site!: RunningBroker;
+  private site!: SiteBroker;
   private store!: ContentStore;
   private upstream!: MqttTransport;
   private relay!: StatusRelay;
@@ -104,6 +118,11 @@ export class Gateway {
   private lastStatusJson = '';
   private work: Promise<void> = Promise.resolve();
   private closed = false;
+  /** The steps started (set once they all have); close() stops them in reverse. */
+  private started: Started | undefined;
+  private stopping: Promise<void> | undefined;
+  /** Every step has started: a stop says so upstream. */
+  private ready = false;
   readonly topics: Topics;
   private readonly now: () => number;
 
@@ -132,19 +151,49 @@ export class Gateway {
     this.work = this.work.then(fn).catch((e: unknown) => this.o.log.error('gateway step failed', { error: String(e) }));
   }
 
+  /** The gateway, in the order it starts (and, reversed, stops); a step that fails undoes the ones before it. */
+  private static readonly STEPS: readonly Step<Gateway>[] = [
+    { name: 'budget ledger', start: (g) => g.loadLedger() },
+    { name: 'site broker', start: (g) => g.startSite(), stop: (g) => g.site.close() },
+    { name: 'site store', start: (g) => g.openStore(), stop: (g) => g.store.close() },
+    { name: 'upstream connection', start: (g) => g.startUpstream(), stop: (g) => g.stopUpstream() },
+    { name: 'status relay', start: (g) => g.makeRelay(), stop: (g) => g.relay.close() },
+    { name: 'upstream fetcher', start: (g) => g.makeFetcher(), stop: (g) => g.fetcher.close() },
+    { name: 'release mirror and group watch', start: (g) => g.makeMirror() },
+    { name: 'reactions', start: (g) => g.react(), stop: (g) => g.quiesce() },
+    { name: 'mirror', start: (g) => g.mirror.start() },
+    { name: 'relay', start: (g) => g.relay.start() },
+    { name: 'groups', start: (g) => g.groups.start() },
+    { name: 'policy tick', start: (g) => g.startTick(), stop: (g) => clearInterval(g.tick) },
+  ];
+
   async start(): Promise<void> {
-    const log = this.o.log;
+    this.started = await startSteps(Gateway.STEPS, this, this.o.log);
+    this.ready = true;
+    this.o.log.info('gateway started', { site: this.o.site, url: this.site.url, upstream: redact(this.o.upstream) });
+  }
+
+  private async loadLedger(): Promise<void> {
     await fs.mkdir(this.o.dataDir, { recursive: true });
     this.ledger = (await readJson<BudgetLedger>(this.dir('budget.json'))) ?? {};
-    this.site = await startBroker({
+  }
+
+  private async startSite(): Promise<void> {
+    this.site = await this.o.startSite({
       port: this.o.listen, host: this.o.host, dataDir: this.dir('site'), persistence: this.o.persistence ?? 'level',
-      prefix: this.o.prefix, auth: this.o.auth, tls: this.o.tls, log: log.child('site'),
+      prefix: this.o.prefix, auth: this.o.auth, tls: this.o.tls, log: this.o.log.child('site'),
     });
     const exposed = openSiteWarning(this.site.host, this.o.auth);
     // Loud on purpose: without --auth, anything on the site's network may pose as any device.
-    if (exposed) log.error(exposed, { host: this.site.host, port: this.site.port });
+    if (exposed) this.o.log.error(exposed, { host: this.site.host, port: this.site.port });
+  }
+
+  private async openStore(): Promise<void> {
     this.store = new ContentStore(this.dir('site', 'store'));
     await this.store.init();
+  }
+
+  private startUpstream(): void {
     this.upstream = MqttTransport.start({
       url: this.o.upstream,
       clientId: `fleet-gateway-${this.o.site}`,
@@ -153,16 +202,26 @@ export class Gateway {
       reconnectMinMs: this.o.reconnectMinMs ?? 500,
       reconnectMaxMs: this.o.reconnectMaxMs ?? 15_000,
     });
-    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: log.child('relay') });
+  }
+
+  private makeRelay(): void {
+    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: this.o.log.child('relay') });
+  }
+
+  private makeFetcher(): void {
     this.fetcher = new UpstreamFetcher({
       upstream: this.upstream, topics: this.topics, fetcherId: this.fetcherId, dir: this.dir('upstream'), store: this.store,
-      clock: this.o.clock ?? systemClock, log: log.child('fetch'), maxWindow: this.o.maxWindow, idleMs: this.o.idleMs, stallMs: this.o.stallMs,
+      clock: this.o.clock ?? systemClock, log: this.o.log.child('fetch'), maxWindow: this.o.maxWindow, idleMs: this.o.idleMs, stallMs: this.o.stallMs,
       onStored: () => this.serial(async () => {
         await this.mirror.onStored();
         this.publishStatus(true);
       }),
       onProgress: () => this.account(),
     });
+  }
+
+  private makeMirror(): void {
+    const log = this.o.log;
     this.mirror = new ReleaseMirror({
       dir: this.dir('releases'), store: this.store, log: log.child('mirror'),
       fetch: (model, need) => this.fetcher.want(model, need),
@@ -174,8 +233,10 @@ export class Gateway {
       file: this.dir('groups.json'), topics: this.topics, upstream: this.upstream, groups: this.o.groups ?? [], models: this.o.models ?? [], log: log.child('groups'),
       cap: this.o.learnGroups ?? (this.o.auth ? Infinity : 0),
     });
+  }
 
-    // Upstream: releases in, link state.
+  /** React to upstream (releases in, link state) and to the site (statuses and presence up; learn groups from devices). */
+  private react(): void {
     this.upstream.onMessage((topic, payload) => {
       const p = this.topics.parse(topic);
       if (p?.kind === 'release' && this.groups.wants(p.group, p.model)) this.serial(() => this.mirror.onUpstream(p.group, p.model, payload));
@@ -184,7 +245,7 @@ export class Gateway {
     });
     this.upstream.onConnect(() => {
       this.linkSince = this.now();
-      log.info('upstream connected', { url: redact(this.o.upstream) });
+      this.o.log.info('upstream connected', { url: redact(this.o.upstream) });
       void this.groups.subscribeAll();
       void this.upstream.subscribe(this.topics.trust(), 1).catch(() => undefined);
       this.evaluate();
@@ -193,11 +254,9 @@ export class Gateway {
     this.upstream.onDisconnect((reason) => {
       if (this.closed) return;
       this.linkSince = this.now();
-      log.info('upstream down', { reason });
+      this.o.log.info('upstream down', { reason });
       this.evaluate();
     });
-
-    // Site: statuses and presence up; learn groups from devices.
     this.site.aedes.on('publish', (packet, client) => {
       if (!client) return;
       const p = this.topics.parse(packet.topic);
@@ -207,17 +266,8 @@ export class Gateway {
         if (parsePresence(payload)?.state === 'online') this.online.add(p.deviceId);
         else this.online.delete(p.deviceId);
       }
-      if (p.kind === 'status') {
-        this.devices.add(p.deviceId);
-        const s = parseStatus(payload);
-        if (s) {
-          this.learnFrom(client, s.group, s.model);
-          const before = this.digests.get(p.deviceId);
-          this.digests.set(p.deviceId, { group: s.group, model: s.model, running: s.running });
-          if (before?.running !== s.running || before.group !== s.group) this.serial(() => this.mirror.onDevice(s.group, s.model));
-        }
-      }
-      void this.relay.relay({ topic: packet.topic, payload, retain: packet.retain === true }).catch((e: unknown) => log.error('status not queued', { error: String(e) }));
+      if (p.kind === 'status') this.onSiteStatus(client, p.deviceId, payload);
+      void this.relay.relay({ topic: packet.topic, payload, retain: packet.retain === true }).catch((e: unknown) => this.o.log.error('status not queued', { error: String(e) }));
     });
     this.site.aedes.on('subscribe', (subs, client) => {
       for (const s of subs) {
@@ -225,10 +275,20 @@ export class Gateway {
         if (p?.kind === 'release') this.learnFrom(client, p.group, p.model);
       }
     });
+  }
 
-    await this.mirror.start();
-    await this.relay.start();
-    await this.groups.start();
+  /** A site device's status: learn its group, and what it runs (which full-model steps the site needs). */
+  private onSiteStatus(client: Client, deviceId: string, payload: Uint8Array): void {
+    this.devices.add(deviceId);
+    const s = parseStatus(payload);
+    if (!s) return;
+    this.learnFrom(client, s.group, s.model);
+    const before = this.digests.get(deviceId);
+    this.digests.set(deviceId, { group: s.group, model: s.model, running: s.running });
+    if (before?.running !== s.running || before.group !== s.group) this.serial(() => this.mirror.onDevice(s.group, s.model));
+  }
+
+  private startTick(): void {
     this.lastWire = 0;
     this.tick = setInterval(() => {
       this.account();
@@ -236,7 +296,13 @@ export class Gateway {
       this.publishStatus(false);
     }, this.o.tickMs ?? 1000);
     this.evaluate();
-    log.info('gateway started', { site: this.o.site, url: this.site.url, upstream: redact(this.o.upstream) });
+  }
+
+  /** Let the pending reactions finish, react no more, and keep the budget ledger. */
+  private async quiesce(): Promise<void> {
+    await this.settled();
+    this.closed = true;
+    if (this.ledgerDirty) await writeFileAtomic(this.dir('budget.json'), JSON.stringify(this.ledger));
   }
 
   /**
@@ -373,17 +439,18 @@ export class Gateway {
     } while (w !== this.work);
   }
 
-  async close(): Promise<void> {
-    if (this.closed) return;
-    if (this.tick) clearInterval(this.tick);
-    await this.settled();
-    this.closed = true;
-    if (this.ledgerDirty) await writeFileAtomic(this.dir('budget.json'), JSON.stringify(this.ledger));
-    await this.fetcher.close();
-    await this.relay.close();
-    // A clean stop says so upstream (instead of the last will's "lost").
+  /** Stops the started steps in reverse, once (later calls share the first). */
+  close(): Promise<void> {
+    const started = this.started;
+    if (!started) return Promise.resolve();
+    this.stopping ??= started.stop().then(() => this.o.log.info('gateway stopped', { site: this.o.site }));
+    return this.stopping;
+  }
+
+  /** A clean stop says so upstream (instead of the last will's "lost"); then the upstream connection closes. */
+  private async stopUpstream(): Promise<void> {
     let acked = false;
-    if (this.upstream.connected) {
+    if (this.ready && this.upstream.connected) {
       const s = await this.status();
       // The site's devices are cut off with the site broker, whose wills never reach upstream: say so for them.
       const offline = encodePresence('offline', this.now());
@@ -396,10 +463,7 @@ export class Gateway {
       if (!acked) this.o.log.warn('the "gateway stopped" status was not acknowledged upstream; the last will covers it', { waitedMs: STOPPED_STATUS_MS });
     }
     // Unacknowledged: drop the connection without DISCONNECT, so the broker sends the last will.
-    await this.upstream.close(acked ? undefined : 0);
-    await this.store.close();
-    await this.site.close();
-    this.o.log.info('gateway stopped', { site: this.o.site });
+    await this.upstream.close(acked || !this.ready ? undefined : 0);
   }
 }
 

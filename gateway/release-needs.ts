@@ -1,13 +1,8 @@
+import type { PayloadDescriptor } from '../protocol/chunks.ts';
 import { decodeRelease } from '../protocol/release.ts';
 
 /** One payload a release needs: what the upstream fetcher must get and check. */
-export interface NeededUpdate {
-  updateId: string;
-  size: number;
-  sha256: string;
-  chunkSize: number;
-  chunks: number;
-  listSha256: string;
+export interface NeededUpdate extends PayloadDescriptor {
   /** The digest the step starts from; null for a full-model step. */
   from: string | null;
 }

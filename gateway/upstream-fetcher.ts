@@ -6,7 +6,7 @@ import type { Topics } from '../protocol/topics.ts';
 import type { ContentStore } from '../server/content-store.ts';
 import type { PublishOptions, Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
-import type { Clock } from '../device/clock.ts';
+import type { Clock } from '../platform/clock.ts';
 import { Download } from '../device/download.ts';
 import { DeviceStorage } from '../device/storage.ts';
 import type { NeededUpdate } from './release-needs.ts';

@@ -1,11 +1,11 @@
 import http from 'node:http';
 import type net from 'node:net';
-import type { AddressInfo } from 'node:net';
 import type { Aedes } from 'aedes';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { UpdateServerStats } from '../server/update-server.ts';
+import { connectableHost, listen } from '../platform/listen.ts';
 import type { Logger } from '../util/log.ts';
 import type { PageHandler } from './dashboard-live.ts';
 
@@ -179,15 +179,9 @@ export async function serveMetrics(m: BrokerMetrics, o: { port: number; host?: s
       },
     );
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(o.port, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
-  const shown = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+  const port = await listen(server, o.port, host);
+  const local = connectableHost(host);
+  const shown = local.includes(':') ? `[${local}]` : local;
   return {
     url: `http://${shown}:${port}/metrics`,
     port,

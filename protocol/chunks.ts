@@ -3,6 +3,24 @@ import { UPDATE_ID_HEX } from './frames.ts';
 
 export const DEFAULT_CHUNK_SIZE = 16 * 1024;
 
+/**
+ * What names one payload and lets a receiver check it: the update id, its
+ * size, its SHA-256, how it is cut into chunks, and the SHA-256 of the chunk
+ * list. A release step, a stored update, an upload's result and a gateway's
+ * needed update each carry exactly these (and add their own fields).
+ */
+export interface PayloadDescriptor {
+  updateId: string;
+  /** Payload size in bytes. */
+  size: number;
+  /** SHA-256 of the whole payload, hex. */
+  sha256: string;
+  chunkSize: number;
+  chunks: number;
+  /** SHA-256 of the chunk list, hex. */
+  listSha256: string;
+}
+
 export function sha256(data: Uint8Array): Uint8Array {
   return new Uint8Array(createHash('sha256').update(data).digest());
 }

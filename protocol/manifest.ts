@@ -2,6 +2,7 @@ import { cborEncode, isHex, isRecord, isUint } from './cbor.ts';
 import { ProtocolError } from './errors.ts';
 import { MAX_CHUNKS, PROTOCOL_VERSION, isUpdateId } from './frames.ts';
 import { decodeDocument } from './signed.ts';
+import type { PayloadDescriptor } from './chunks.ts';
 
 /**
  * A manifest says what an update is (TUF's targets metadata): the model, the
@@ -12,22 +13,13 @@ import { decodeDocument } from './signed.ts';
  */
 
 /** One way from a model digest to another: the update that does it and how to fetch and check it. */
-export interface ReleaseStep {
-  updateId: string;
+export interface ReleaseStep extends PayloadDescriptor {
   /**
    * The digest this step applies to; null for a full-model step, whose
    * payload is the whole target model (safetensors) for devices on no chain.
    */
   from: string | null;
   to: string;
-  /** Payload size in bytes. */
-  size: number;
-  /** SHA-256 of the whole payload, hex. */
-  sha256: string;
-  chunkSize: number;
-  chunks: number;
-  /** SHA-256 of the chunk list, hex. */
-  listSha256: string;
   /** The payload is sealed with the group key (protocol/seal.ts); hashes are over the sealed bytes. */
   sealed?: boolean;
 }

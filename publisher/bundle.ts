@@ -1,22 +1,8 @@
 import { chunkCount, chunkList, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
-import { cborDecode, cborEncode, isBytes, isRecord } from '../protocol/cbor.ts';
-import { ProtocolError } from '../protocol/errors.ts';
+import { cborEncode } from '../protocol/cbor.ts';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
 import { decodeRelease, signRelease, type ReleaseBody, type ReleaseDraft, type ReleaseStep, type SigningKey } from '../protocol/release.ts';
 import { fullModelDigest, orderChain, PublishError } from './publish.ts';
-
-/**
- * A signed single-file bundle for sites reached by a memory stick:
- * CBOR `{v: 1, release: <signed release bytes>, payloads: {updateId: bytes}}`.
- * The release is exactly what a device would get over MQTT; the payloads are
- * what the update server would serve.
- */
-export interface Bundle {
-  release: Uint8Array;
-  payloads: Map<string, Uint8Array>;
-}
-
-const MAX_BUNDLE_PAYLOADS = 64;
 
 function stepFor(payload: Uint8Array, from: string | null, to: string, chunkSize: number): ReleaseStep {
   const list = chunkList(payload, chunkSize);
@@ -40,7 +26,7 @@ export interface MakeBundleOptions {
   now?: () => number;
 }
 
-/** Sign a release for the updates (a chain, and/or a full model) and pack it with their payloads. */
+/** Sign a release for the updates (a chain, and/or a full model) and pack it with their payloads (the format: protocol/bundle.ts). */
 export function makeBundle(o: MakeBundleOptions): { bytes: Uint8Array; release: ReleaseBody } {
   if (o.payloads.length === 0 && !o.fullModel) throw new PublishError('bad-update', 'a bundle needs at least one update or a full model');
   const chain = o.payloads.length ? orderChain(o.payloads) : undefined;
@@ -59,25 +45,4 @@ export function makeBundle(o: MakeBundleOptions): { bytes: Uint8Array; release: 
   for (const p of [...o.payloads, ...(o.fullModel ? [o.fullModel] : [])]) payloads[updateIdOf(p)] = p;
   const signed = signRelease(draft, o.keys, o.rolloutKeys?.length ? o.rolloutKeys : o.keys);
   return { bytes: cborEncode({ v: 1, release: signed, payloads }), release: decodeRelease(signed) };
-}
-
-/** Unpack a bundle; the release inside is checked later exactly as a device checks one. */
-export function readBundle(bytes: Uint8Array): Bundle {
-  let m: unknown;
-  try {
-    m = cborDecode(bytes);
-  } catch (e) {
-    throw new ProtocolError('malformed-release', `bundle: ${(e as Error).message}`);
-  }
-  if (!isRecord(m) || m.v !== 1 || !isBytes(m.release) || !isRecord(m.payloads)) throw new ProtocolError('malformed-release', 'bundle must be {v: 1, release, payloads}');
-  const entries = Object.entries(m.payloads);
-  if (entries.length > MAX_BUNDLE_PAYLOADS) throw new ProtocolError('payload-too-large', `${entries.length} payloads in one bundle`);
-  const payloads = new Map<string, Uint8Array>();
-  for (const [id, p] of entries) {
-    if (!isBytes(p)) throw new ProtocolError('malformed-release', `bundle payload ${id} is not bytes`);
-    payloads.set(id, p);
-  }
-  // Fail early on an unreadable release, with the release's own reason codes.
-  decodeRelease(m.release);
-  return { release: m.release, payloads };
 }

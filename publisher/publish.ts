@@ -1,4 +1,4 @@
-import { chunkCount, chunkList, chunkRange, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
+import { chunkCount, chunkList, chunkRange, sha256Hex, updateIdOf, type PayloadDescriptor } from '../protocol/chunks.ts';
 import { modelFormatOfBytes } from '../util/model-format.ts';
 import { decodeReceipt, encodeFrame, type UploadReceipt } from '../protocol/frames.ts';
 import { decodePayload } from '../protocol/lowrank.ts';
@@ -29,13 +29,7 @@ export interface PublishOptions extends GroupReleaseOptions {
 }
 
 /** One payload on the update server. */
-export interface UploadResult {
-  updateId: string;
-  size: number;
-  sha256: string;
-  chunkSize: number;
-  chunks: number;
-  listSha256: string;
+export interface UploadResult extends PayloadDescriptor {
   /** Chunks sent this time (the probe included). */
   uploadedChunks: number;
   /** The server held the whole payload before this upload. */

@@ -1,4 +1,4 @@
-import type { Clock } from '../device/clock.ts';
+import type { Clock } from '../platform/clock.ts';
 import type { SigningKey, TrustFile } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { PublishOptions, PublishResult } from '../publisher/publish.ts';

@@ -1,19 +1,13 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { chunkList, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
+import { chunkList, sha256Hex, updateIdOf, type PayloadDescriptor } from '../protocol/chunks.ts';
 import { isUpdateId } from '../protocol/frames.ts';
 import { isTopicSegment } from '../protocol/topics.ts';
 import { decodeRelease } from '../protocol/release.ts';
 import { exists, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
 
-export interface StoredUpdate {
-  updateId: string;
+export interface StoredUpdate extends PayloadDescriptor {
   model: string;
-  size: number;
-  sha256: string;
-  chunkSize: number;
-  chunks: number;
-  listSha256: string;
 }
 
 export interface UploadProgress {

@@ -16,7 +16,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { FLEET_BIN, stopChild } from '../cli/demo.ts';
+import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { mulberry32 } from '../util/random.ts';

@@ -26,7 +26,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { FLEET_BIN, stopChild } from '../cli/demo.ts';
+import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import type { GatewayStatus } from '../gateway/status.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';

@@ -1,7 +1,7 @@
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { FLEET_BIN } from '../cli/demo.ts';
+import { FLEET_BIN } from '../platform/child-process.ts';
 import type { DeviceAgent } from '../device/agent.ts';
 import type { MqttTransport } from '../transport/mqtt.ts';
 

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { nodeFs, writeFully, type FsPort } from '../device/fs-port.ts';
+import { nodeFs, writeFully, type FsPort } from '../platform/fs-port.ts';
 
 const bytesOf = (data: Uint8Array | string): Uint8Array => (typeof data === 'string' ? new TextEncoder().encode(data) : data);
 

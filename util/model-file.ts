@@ -1,4 +1,4 @@
-import { nodeFs, type FileHandlePort, type FsPort } from '../device/fs-port.ts';
+import { nodeFs, type FileHandlePort, type FsPort } from '../platform/fs-port.ts';
 import { ModelDigest } from '../protocol/digest.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { headerByteLength, parseSafetensorsHeader, type SafetensorsHeader, type TensorInfo } from '../protocol/safetensors.ts';

@@ -1,9 +1,9 @@
 import path from 'node:path';
-import { applyToFile } from '../device/apply.ts';
-import { nodeFs, type FsPort } from '../device/fs-port.ts';
+import { applyToFile } from './apply-file.ts';
+import { nodeFs, type FsPort } from '../platform/fs-port.ts';
 import { safetensorsDigest } from '../protocol/digest.ts';
 import type { Payload } from '../protocol/lowrank.ts';
-import type { DeltaSource } from '../device/payload-file.ts';
+import type { DeltaSource } from './payload-file.ts';
 import { onnxDigest, onnxGraphDifference, type OnnxModel } from '../protocol/onnx.ts';
 import type { TensorInfo } from '../protocol/safetensors.ts';
 import { digestModelFile as digestSafetensorsFile, ModelFile as SafetensorsFile } from './model-file.ts';

@@ -1,6 +1,6 @@
-import { nodeFs, writeFully, type FsPort } from '../device/fs-port.ts';
+import { nodeFs, writeFully, type FsPort } from '../platform/fs-port.ts';
 import { applyTensor, FactorScratch, type Payload } from '../protocol/lowrank.ts';
-import { memoryDeltas, type DeltaSource } from '../device/payload-file.ts';
+import { memoryDeltas, type DeltaSource } from './payload-file.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { onnxDigestOf, onnxModelDigest, readOnnx, writeOnnx, type OnnxModel, type OnnxTensor } from '../protocol/onnx.ts';
 import type { TensorInfo } from '../protocol/safetensors.ts';

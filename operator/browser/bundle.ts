@@ -1,7 +1,7 @@
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { packageRoot } from '../../util/package-root.ts';
+import { packageRoot } from '../../platform/package-root.ts';
 
 /**
  * The dashboard's browser script: operator/browser/live.ts with mqtt.js's browser

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';

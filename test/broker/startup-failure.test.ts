@@ -3,7 +3,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { startBroker } from '../../broker/broker.ts';
+import { startBroker } from '../../nodes/broker-node.ts';
 import { silentLogger } from '../../util/log.ts';
 
 describe('a broker that cannot start all its listeners', () => {

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
 import { hasOpenssl, makeCerts } from '../support/certs.ts';
@@ -63,7 +63,7 @@ describe.skipIf(!ok)('TLS listener', () => {
 describe.skipIf(!ok)('the whole path over TLS, from the command line', () => {
   it('fleet broker --tls-port, a device process with --ca, and fleet publish over mqtts:// end ok', async () => {
     const { spawn } = await import('node:child_process');
-    const { FLEET_BIN, stopChild } = await import('../../cli/demo.ts');
+    const { FLEET_BIN, stopChild } = await import('../../platform/child-process.ts');
     const { keygen } = await import('../../publisher/keys.ts');
     const { synthesizeModel, synthesizeUpdate } = await import('../../publisher/synth.ts');
     const { parseStatus } = await import('../../protocol/status.ts');

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { readUsersFile, verifyPassword } from '../../broker/users-file.ts';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { tempDir } from '../support/harness.ts';
 
 function fleet(args: string[]): Promise<{ code: number; out: string; err: string }> {

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';

@@ -7,7 +7,7 @@ import type { HealthCheck } from '../../device/health.ts';
 import { Installer, type Recovery, type TrialOutcome } from '../../device/installer.ts';
 import { attemptOf } from '../../device/journal.ts';
 import { DeviceStorage, type ActiveRelease, type AgentMemory } from '../../device/storage.ts';
-import type { FsPort } from '../../device/fs-port.ts';
+import type { FsPort } from '../../platform/fs-port.ts';
 import { silentLogger } from '../../util/log.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { mulberry32 } from '../../util/random.ts';

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { stopChild } from '../../cli/demo.ts';
+import { stopChild } from '../../platform/child-process.ts';
 import type { Gateway } from '../../gateway/gateway.ts';
 import { decodeRequest } from '../../protocol/frames.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';

@@ -1,5 +1,6 @@
 import path from 'node:path';
-import { Gateway, type GatewayOptions } from '../../gateway/gateway.ts';
+import type { Gateway } from '../../gateway/gateway.ts';
+import { gatewayNode, type GatewayNodeOptions } from '../../nodes/gateway-node.ts';
 import { parseGatewayStatus, type GatewayStatus } from '../../gateway/status.ts';
 import { silentLogger } from '../../util/log.ts';
 import { connect, topics, type Fixture } from '../support/harness.ts';
@@ -7,8 +8,8 @@ import { connect, topics, type Fixture } from '../support/harness.ts';
 export const SITE = 'site-a';
 
 /** A real gateway in this process, its site broker on an ephemeral loopback port. */
-export async function startGateway(f: Fixture, o: Partial<GatewayOptions> = {}, upstream = f.url): Promise<Gateway> {
-  const gw = new Gateway({
+export async function startGateway(f: Fixture, o: Partial<GatewayNodeOptions> = {}, upstream = f.url): Promise<Gateway> {
+  const gw = gatewayNode({
     upstream, listen: 0, host: '127.0.0.1', dataDir: path.join(f.dir, 'gateway'), site: SITE, persistence: 'memory',
     tickMs: 200, idleMs: 1000, stallMs: 30_000, reconnectMinMs: 200, reconnectMaxMs: 1000, log: silentLogger, ...o,
   });

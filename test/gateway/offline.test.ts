@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { stopChild } from '../../cli/demo.ts';
+import { stopChild } from '../../platform/child-process.ts';
 import type { Gateway } from '../../gateway/gateway.ts';
 import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';

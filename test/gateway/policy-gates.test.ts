@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { stopChild } from '../../cli/demo.ts';
+import { stopChild } from '../../platform/child-process.ts';
 import type { Gateway } from '../../gateway/gateway.ts';
 import { parseWindow } from '../../gateway/policy.ts';
 import { synthesizeUpdate } from '../../publisher/synth.ts';

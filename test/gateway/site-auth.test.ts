@@ -8,7 +8,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
-import { stopChild } from '../../cli/demo.ts';
+import { stopChild } from '../../platform/child-process.ts';
 import type { Gateway } from '../../gateway/gateway.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { createFixture, GROUP, MODEL, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';

@@ -15,7 +15,7 @@ import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { DeviceAgent } from '../../device/agent.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { chunkCount, chunkList, chunkRange, sha256Hex } from '../../protocol/chunks.ts';

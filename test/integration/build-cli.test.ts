@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { decodeValues, encodeValues } from '../../protocol/dtypes.ts';
 import { readSafetensors, writeSafetensors } from '../../protocol/safetensors.ts';
 import { mulberry32 } from '../../util/random.ts';

@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { modelPair, writeModels, type Spec } from '../support/models.ts';
 
 function fleet(args: string[]): { code: number | null; out: string; err: string } {

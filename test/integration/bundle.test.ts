@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { DeviceAgent } from '../../device/agent.ts';
 import { DeviceStorage } from '../../device/storage.ts';
 import { cborDecode, cborEncode } from '../../protocol/cbor.ts';

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { parseTrustFile } from '../../protocol/release.ts';
 import { freePort, MODEL, GROUP, spawnFleet, StatusWatch, tempDir, waitForPort, type Fixture, createFixture, spawnDevice, currentDigest } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';

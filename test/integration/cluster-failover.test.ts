@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
 import { freePort } from '../support/harness.ts';

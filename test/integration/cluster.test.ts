@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { createFixture, currentDigest, freePort, MEDIUM_LAYERS, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';

@@ -8,7 +8,7 @@ import { mulberry32 } from '../../util/random.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { createFixture, publish, spawnDevice, StatusWatch, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
 import type { DeviceStatus } from '../../protocol/status.ts';
-import { stopChild } from '../../cli/demo.ts';
+import { stopChild } from '../../platform/child-process.ts';
 
 
 let f: Fixture | undefined;

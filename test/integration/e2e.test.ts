@@ -150,7 +150,7 @@ describe('end to end over TCP with Aedes on an ephemeral port', () => {
     expect(s.reason).toBe('bad-signature');
     expect(s.running).toBe(f.update.targetDigest);
     // Restart the agent: the retained tampered release is delivered again and ignored.
-    const { stopChild } = await import('../../cli/demo.ts');
+    const { stopChild } = await import('../../platform/child-process.ts');
     await stopChild(child);
     spawnDevice(f, 'dev-s');
     let log = '';

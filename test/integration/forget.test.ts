@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
 import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';

@@ -3,7 +3,7 @@ import { existsSync, promises as fs, readdirSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { packageRoot } from '../../util/package-root.ts';
+import { packageRoot } from '../../platform/package-root.ts';
 import { VERSION } from '../../util/version.ts';
 
 const ROOT = packageRoot()!;

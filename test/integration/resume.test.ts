@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { stopChild } from '../../cli/demo.ts';
+import { stopChild } from '../../platform/child-process.ts';
 import { Bitmap } from '../../protocol/chunks.ts';
 import { decodeRequest } from '../../protocol/frames.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';

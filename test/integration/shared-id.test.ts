@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { createFixture, GROUP, MODEL, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
+import { FLEET_BIN, stopChild } from '../../platform/child-process.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { freePort } from '../support/harness.ts';
 import { findRedis, startRedis, type RedisServer } from '../support/redis.ts';

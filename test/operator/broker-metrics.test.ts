@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { silentLogger } from '../../util/log.ts';
 import { createFixture, freePort, GROUP, MODEL, publish, spawnFleet, startAgent, StatusWatch, tempDir, waitForPort, type Fixture } from '../support/harness.ts';
 

@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
 import { startDashboard, type RunningDashboard } from '../../operator/dashboard-server.ts';
 import { FleetView, followFleet } from '../../operator/fleet-view.ts';

@@ -7,7 +7,7 @@ import vm from 'node:vm';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import mqtt from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
 import { buildDashboardBundle } from '../../operator/browser/bundle.ts';
 import { createHash as shimHash, sha256 } from '../../operator/browser/node-crypto-shim.ts';

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { applyToFile } from '../../device/apply.ts';
+import { applyToFile } from '../../util/apply-file.ts';
 import { decodePayload, isLowRank } from '../../protocol/lowrank.ts';
 import { buildUpdate, type BuildMode } from '../../publisher/build.ts';
 import { BuildError } from '../../publisher/build-error.ts';

@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { applyToFile } from '../../device/apply.ts';
+import { applyToFile } from '../../util/apply-file.ts';
 import { decodePayload, deltaValues } from '../../protocol/lowrank.ts';
 import { encodeValues, decodeValues } from '../../protocol/dtypes.ts';
 import { readSafetensors, writeSafetensors } from '../../protocol/safetensors.ts';

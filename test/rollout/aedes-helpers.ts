@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { AgentConfig } from '../../device/agent.ts';
-import { systemClock } from '../../device/clock.ts';
+import { systemClock } from '../../platform/clock.ts';
 import { parseTrustFile } from '../../protocol/release.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate, type PublishOptions } from '../../publisher/publish.ts';

@@ -1,4 +1,4 @@
-import type { Clock } from '../../device/clock.ts';
+import type { Clock } from '../../platform/clock.ts';
 import { decodeRelease, signingKeyFromSeed, signRelease, type ReleaseBody, type ReleaseDraft, type SigningKey } from '../../protocol/release.ts';
 import { encodeStatus, type DeviceState, type DeviceStatus } from '../../protocol/status.ts';
 import type { Topics } from '../../protocol/topics.ts';

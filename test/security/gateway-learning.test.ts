@@ -11,7 +11,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
-import { openSiteWarning, type Gateway, type GatewayOptions } from '../../gateway/gateway.ts';
+import { openSiteWarning, type Gateway } from '../../gateway/gateway.ts';
+import type { GatewayNodeOptions } from '../../nodes/gateway-node.ts';
 import { createLogger } from '../../util/log.ts';
 import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
@@ -56,7 +57,7 @@ async function claim(id: string, groups: string[], user?: string): Promise<void>
   await new Promise((r) => setTimeout(r, 1000));
 }
 
-async function start(o: Partial<GatewayOptions>): Promise<void> {
+async function start(o: Partial<GatewayNodeOptions>): Promise<void> {
   f = await createFixture('sec-gw-learn');
   gw = await startGateway(f, { groups: [GROUP], ...o });
 }

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { freePort, tempDir } from '../support/harness.ts';
 

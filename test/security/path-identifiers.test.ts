@@ -10,7 +10,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { decodeRelease, signingKeyFromSeed, signRelease } from '../../protocol/release.ts';
 import { assertSegment, isTopicSegment, Topics } from '../../protocol/topics.ts';
 import { ContentStore } from '../../server/content-store.ts';

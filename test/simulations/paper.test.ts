@@ -5,7 +5,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { PNG } from 'pngjs';
 import { describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../cli/demo.ts';
+import { FLEET_BIN } from '../../platform/child-process.ts';
 import { productPath } from '../../simulations/paper/adapter.ts';
 import { aggregate, aggregateJson, bytesToReach } from '../../simulations/paper/aggregate.ts';
 import { mlpToSafetensors } from '../../simulations/paper/fleet-build.ts';

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
-import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
+import { FLEET_BIN, stopChild } from '../../platform/child-process.ts';
 import { waitForPort } from './harness.ts';
 
 /**

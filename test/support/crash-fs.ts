@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { FileHandlePort, FsPort, OpenFlags } from '../../device/fs-port.ts';
+import type { FileHandlePort, FsPort, OpenFlags } from '../../platform/fs-port.ts';
 
 /** Thrown by a CrashFs operation at and after the cut: the power went out there. */
 export class PowerCut extends Error {

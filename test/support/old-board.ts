@@ -7,7 +7,7 @@ import { createWriteStream } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { stopChild } from '../../cli/demo.ts';
+import { stopChild } from '../../platform/child-process.ts';
 import { type ForeignNode, type ForeignRun, type MemoryPeaks, runForeign, spawnForeign, trackHighWater } from './foreign-node.ts';
 import { currentDigest, GROUP, MODEL, publish, StatusWatch, type Fixture } from './harness.ts';
 import type { MemoryCap } from './memory-cap.ts';

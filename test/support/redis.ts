@@ -2,7 +2,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { stopChild } from '../../cli/demo.ts';
+import { stopChild } from '../../platform/child-process.ts';
 import { freePort, waitForPort } from './harness.ts';
 
 /** Path of redis-server, or undefined when it is not installed. */

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FLEET_BIN, stopChild } from '../../cli/demo.ts';
+import { FLEET_BIN, stopChild } from '../../platform/child-process.ts';
 import { connectCause } from '../../transport/connect-errors.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { BrokerProcess } from '../support/broker-process.ts';

@@ -1,8 +1,8 @@
 // `npm run old-board:prepare`: downloads and unpacks Debian's nodejs 18 (this machine's architecture,
 // and armhf for qemu-arm) into the test cache that test/integration/old-board.slow.test.ts uses.
 // Prints one line per node; exits 1 naming what is missing when one cannot be prepared.
-import { cacheDir } from '../test/support/debian-root.ts';
-import { prepareArmBoardNode18, prepareDebianNode18 } from '../test/support/foreign-node.ts';
+import { cacheDir } from './debian-root.ts';
+import { prepareArmBoardNode18, prepareDebianNode18 } from './foreign-node.ts';
 
 let failed = false;
 for (const [what, prepare] of [['native', prepareDebianNode18], ['arm board', prepareArmBoardNode18]] as const) {

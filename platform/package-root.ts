@@ -6,7 +6,7 @@ let found: string | null | undefined;
 
 /**
  * The directory of this package (where package.json names it), found by walking
- * up from this module: the same from the sources (util/), from the compiled
+ * up from this module: the same from the sources (platform/), from the compiled
  * chunks (dist/chunks/) and from an installed package. Null in a bundle copied
  * alone to a device.
  */

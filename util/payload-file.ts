@@ -1,8 +1,8 @@
 import { decodeTensorItem, FactorScratch, PayloadDecoder, type Payload, type PayloadLimits, type TensorDelta } from '../protocol/lowrank.ts';
 import type { StreamedItem } from '../protocol/cbor-stream.ts';
 import { ProtocolError } from '../protocol/errors.ts';
-import { readExactly } from '../util/model-file.ts';
-import { nodeFs, type FileHandlePort, type FsPort } from './fs-port.ts';
+import { readExactly } from './model-file.ts';
+import { nodeFs, type FileHandlePort, type FsPort } from '../platform/fs-port.ts';
 
 /** Where apply gets each tensor's delta: by name, one at a time. */
 export interface DeltaSource {
