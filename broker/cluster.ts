@@ -8,6 +8,7 @@
  * that starts one takes a lease in Redis first, so a second node started the
  * same way refuses instead of answering every request a second time.
  */
+import { FleetError } from '../platform/errors.ts';
 import os from 'node:os';
 import { createRequire } from 'node:module';
 import type { AedesOptions } from 'aedes';
@@ -35,13 +36,13 @@ const MQEmitterRedis = require('mqemitter-redis') as (opts: Record<string, unkno
 };
 
 /** A typed refusal: bad Redis URL, Redis unreachable, or the update-server lease held by another node. */
-export class ClusterError extends Error {
+export class ClusterError extends FleetError<'bad-url' | 'redis-unreachable' | 'update-server-taken'> {
+  override readonly name = 'ClusterError';
   constructor(
-    readonly code: 'bad-url' | 'redis-unreachable' | 'update-server-taken',
+    code: 'bad-url' | 'redis-unreachable' | 'update-server-taken',
     message: string,
   ) {
-    super(message);
-    this.name = 'ClusterError';
+    super(code === 'redis-unreachable' ? 'io' : 'usage', code, message);
   }
 }
 

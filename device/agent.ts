@@ -1,3 +1,4 @@
+import { errorFields, ignoreBecause, UsageError } from '../platform/errors.ts';
 import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
 import type { ReleaseBody } from '../protocol/release.ts';
@@ -39,6 +40,7 @@ export class DeviceAgent {
   private lastProgress = 0;
   private readonly timers: AgentTimers;
   private stopped = false;
+  private resubscribeTimer: unknown;
   private readonly listeners: Array<(s: DeviceStatus) => void> = [];
   private readonly identity: AgentIdentity;
   private readonly guard: SessionGuard;
@@ -89,7 +91,7 @@ export class DeviceAgent {
     }
     const recovered = await this.installer.recover();
     const pointer = await storage.pointer();
-    if (!pointer) throw new Error(`${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);
+    if (!pointer) throw new UsageError('no-model', `${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);
     this.running = pointer.digest;
     await this.trust.load();
     t.onMessage((topic, payload) => this.onMessage(topic, payload));
@@ -116,6 +118,7 @@ export class DeviceAgent {
   async stop(): Promise<void> {
     this.stopped = true;
     this.timers.clear();
+    if (this.resubscribeTimer) this.io.clock.clearTimeout(this.resubscribeTimer);
     const f = this.fetcher;
     this.fetcher = undefined;
     await f?.close();
@@ -216,9 +219,28 @@ export class DeviceAgent {
     if (r.newRolloutRole) this.memory.highestSeq = -1;
     this.memory.refused = [];
     await this.io.storage.saveMemory(this.memory);
+    await this.resubscribeRelease();
+  }
+
+  /**
+   * Subscribe to the group's release topic anew, so the broker sends its retained
+   * release again (MQTT 3.1.1 §3.3.1.3, §3.8.4). Unsubscribing first is only so a
+   * broker that skips re-sending on a repeated subscription still sends it: its
+   * failure changes nothing. A failed subscribe would leave the device following
+   * no release at all, so it is logged and tried again after the retry delay.
+   */
+  private async resubscribeRelease(): Promise<void> {
+    if (this.stopped) return;
     const topic = this.io.topics.release(this.cfg.group, this.cfg.model);
-    await this.io.transport.unsubscribe(topic).catch(() => undefined);
-    await this.io.transport.subscribe(topic, 1).catch(() => undefined);
+    await this.io.transport.unsubscribe(topic).catch(ignoreBecause('the subscribe that follows replaces the subscription anyway', this.io.log));
+    try {
+      await this.io.transport.subscribe(topic, 1);
+      this.resubscribeTimer = undefined;
+    } catch (e) {
+      const inMs = this.cfg.retryMs ?? 30_000;
+      this.io.log.warn('re-subscribing to the release after a trust rotation failed; trying again', { inMs, ...errorFields(e) });
+      this.resubscribeTimer = this.io.clock.setTimeout(() => this.enqueue(() => this.resubscribeRelease()), inMs);
+    }
   }
 
   private async onRelease(bytes: Uint8Array): Promise<void> {
@@ -261,6 +283,13 @@ export class DeviceAgent {
     }
   }
 
+  /** toReason, and a bug's stack in the log: an internal error is reported as one, never as bad input or storage. */
+  private reasonOf(e: unknown): ReturnType<typeof toReason> {
+    const r = toReason(e);
+    if (r.code === 'internal-error') this.io.log.error('internal error (a bug)', errorFields(e));
+    return r;
+  }
+
   private accept(hash: string, body: ReleaseBody, active: ActiveRelease | null): void {
     const m = this.memory;
     m.highestSeq = body.seq;
@@ -270,7 +299,7 @@ export class DeviceAgent {
   }
 
   private async refuse(hash: string, e: unknown, body?: ReleaseBody): Promise<void> {
-    const { code, message } = toReason(e);
+    const { code, message } = this.reasonOf(e);
     this.io.log.warn('release refused', { reason: code, message });
     this.memory.refused.push(hash);
     await this.endFetch();
@@ -326,7 +355,7 @@ export class DeviceAgent {
       this.armWatchdog(f);
       await f.start();
     } catch (e) {
-      const { code, message } = toReason(e);
+      const { code, message } = this.reasonOf(e);
       if (this.state !== 'downloading') await this.transition(event, fields);
       await this.endFetch();
       await this.transition('download-failed', { reason: code, message });
@@ -345,7 +374,7 @@ export class DeviceAgent {
   private async fetchFailed(f: Fetcher, e: unknown): Promise<void> {
     if (this.fetcher !== f) return;
     await this.endFetch();
-    const { code, message } = toReason(e);
+    const { code, message } = this.reasonOf(e);
     await this.transition('download-failed', { reason: code, message });
     this.scheduleRetry(code);
   }
@@ -445,7 +474,7 @@ export class DeviceAgent {
   }
 
   private async endInstall(event: DeviceEvent, e: unknown, a: ActiveRelease): Promise<void> {
-    const { code, message } = toReason(e);
+    const { code, message } = this.reasonOf(e);
     this.memory.active = null;
     await this.cleanDownloads(a);
     await this.transition(event, { reason: code, message });

@@ -1,3 +1,4 @@
+import { UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { chunkList, sha256Hex } from '../protocol/chunks.ts';
@@ -33,7 +34,7 @@ export async function installBundle(o: OfflineInstallOptions): Promise<{ from: s
   const s = o.storage;
   await s.init();
   const pointer = await s.pointer();
-  if (!pointer) throw new Error(`${s.dir} holds no model`);
+  if (!pointer) throw new UsageError('no-model', `${s.dir} holds no model`);
   const memory = await s.memory();
   const body = verifyRelease(o.bundle.release, o.trust);
   checkRelease(body, {

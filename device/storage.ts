@@ -1,3 +1,4 @@
+import { IoError } from '../platform/errors.ts';
 import path from 'node:path';
 import { Bitmap } from '../protocol/chunks.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
@@ -99,7 +100,7 @@ export class DeviceStorage {
       throw e;
     }
     const m = DIGEST_FILE.exec(path.basename(target));
-    if (!m) throw new Error(`${this.currentPath} points at ${target}, which is not a model version`);
+    if (!m) throw new IoError('damaged-directory', `${this.currentPath} points at ${target}, which is not a model version`);
     const prev = await readJson<{ digest: string | null }>(this.previousFile, this.fsys);
     return { digest: m[1], previous: prev?.digest ?? null };
   }
@@ -132,7 +133,7 @@ export class DeviceStorage {
    */
   async switchTo(digest: string, previous: string | null): Promise<void> {
     const file = this.modelPath(digest);
-    if (!(await exists(file, this.fsys))) throw new Error(`no model version ${digest}`);
+    if (!(await exists(file, this.fsys))) throw new IoError('no-such-version', `no model version ${digest}`);
     await fsyncFile(file, this.fsys);
     await fsyncDir(path.dirname(file), this.fsys);
     await writeFileAtomic(this.previousFile, JSON.stringify({ digest: previous }), undefined, this.fsys);

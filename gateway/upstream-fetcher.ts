@@ -1,3 +1,4 @@
+import { IoError } from '../platform/errors.ts';
 import path from 'node:path';
 import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
@@ -238,7 +239,7 @@ export class UpstreamFetcher {
     if (sha256Hex(payload) !== j.need.sha256) {
       // Every chunk matched the signed list, so this cannot happen unless the disk lies: start over.
       await this.storage.removeDownload(id);
-      throw new Error(`payload ${id} does not hash to the release's sha256 after assembly; fetching it again`);
+      throw new IoError('payload-hash-mismatch', `payload ${id} does not hash to the release's sha256 after assembly; fetching it again`);
     }
     const meta = await this.o.store.putPayload(j.model, payload, j.need.chunkSize);
     if (meta.listSha256 !== j.need.listSha256) this.o.log.warn('stored chunk list differs from the release (chunk size?)', { updateId: id });

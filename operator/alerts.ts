@@ -1,3 +1,4 @@
+import { IoError } from '../platform/errors.ts';
 import { runEventCommand } from '../util/event-command.ts';
 import http from 'node:http';
 import https from 'node:https';
@@ -111,7 +112,7 @@ export function postWebhook(url: string, event: AlertEvent, timeoutMs = 10_000):
       res.resume();
       res.on('end', () => resolve(res.statusCode ?? 0));
     });
-    req.on('timeout', () => req.destroy(new Error(`webhook did not answer within ${timeoutMs} ms`)));
+    req.on('timeout', () => req.destroy(new IoError('webhook-timeout', `webhook did not answer within ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end(body);
   });

@@ -1,3 +1,4 @@
+import { UsageError } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import type http from 'node:http';
 import { gzipSync } from 'node:zlib';
@@ -43,8 +44,8 @@ export function pageWsUrl(o: Pick<LiveDashboardOptions, 'wsUrl' | 'wsPort'>, hos
 export function liveDashboard(o: LiveDashboardOptions): PageHandler {
   if (o.wsUrl) {
     const u = new URL(o.wsUrl);
-    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new Error(`--ws wants a ws:// or wss:// URL, not ${o.wsUrl}`);
-    if (u.username || u.password) throw new Error('--ws must not carry a login: the browser asks for it');
+    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new UsageError('bad-url', `--ws wants a ws:// or wss:// URL, not ${o.wsUrl}`);
+    if (u.username || u.password) throw new UsageError('login-in-url', '--ws must not carry a login: the browser asks for it');
   }
   if (!o.wsUrl && o.wsPort === undefined) o.log.warn('the dashboard page has no broker WebSocket listener to use: start the broker with --ws-port P');
   let gz: Buffer | undefined;

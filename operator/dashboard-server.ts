@@ -1,3 +1,4 @@
+import { UsageError } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -53,7 +54,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
   const streams = new Set<http.ServerResponse>();
   const view = o.view;
   const page = o.live ? liveDashboard({ ...o.live, title: o.title, log: o.log }) : undefined;
-  if (!view && !page) throw new Error('startDashboard needs a view (--broker) or live (--ws)');
+  if (!view && !page) throw new UsageError('no-source', 'startDashboard needs a view (--broker) or live (--ws)');
 
   const json = (res: http.ServerResponse, body: unknown): void => {
     res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });

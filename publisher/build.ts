@@ -1,3 +1,4 @@
+import { InternalError } from '../platform/errors.ts';
 import { ModelDigest } from '../protocol/digest.ts';
 import { decodeValues } from '../protocol/dtypes.ts';
 import { applyTensor, describeDelta, encodePayload, type DeltaKind, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
@@ -184,7 +185,7 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
   }
   const payload: Payload = { v: 1, base: baseDigest.digest(), target: targetDigest.digest(), tensors: deltas };
   const bytes = encodePayload(payload);
-  if (o.mode.kind === 'budget' && bytes.byteLength > o.mode.bytes) throw new Error('internal: budget exceeded after the digest pass');
+  if (o.mode.kind === 'budget' && bytes.byteLength > o.mode.bytes) throw new InternalError('budget-exceeded', 'internal: budget exceeded after the digest pass');
   return {
     payload: bytes,
     report: {

@@ -1,3 +1,4 @@
+import { UsageError } from '../platform/errors.ts';
 import os from 'node:os';
 import { verifyRelease, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
 import { trustOfOptions } from '../publisher/publish.ts';
@@ -118,7 +119,7 @@ export class RolloutController {
     const r = this.retained;
     if (r) {
       if (r.plan.digest !== this.digest || r.plan.target !== this.o.payloads.target) {
-        throw new Error(`rollout ${p.id} already exists with another plan (plan ${short(r.plan.digest)}, target ${short(r.plan.target)}; this one ${short(this.digest)}, ${short(this.o.payloads.target)}); use a new id`);
+        throw new UsageError('rollout-exists', `rollout ${p.id} already exists with another plan (plan ${short(r.plan.digest)}, target ${short(r.plan.target)}; this one ${short(this.digest)}, ${short(this.o.payloads.target)}); use a new id`);
       }
       this.s = { ...r, controller: this.name() };
       if (isTerminal(r.state)) return;

@@ -1,3 +1,4 @@
+import { FleetError } from '../platform/errors.ts';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -55,10 +56,11 @@ export interface RolloutPlan {
   waves: WavePlan[];
 }
 
-export class PlanError extends Error {
+/** The rollout plan file is not valid: refused, the message names the field. */
+export class PlanError extends FleetError<'invalid-plan'> {
+  override readonly name = 'PlanError';
   constructor(message: string) {
-    super(message);
-    this.name = 'PlanError';
+    super('refusal', 'invalid-plan', message);
   }
 }
 

@@ -1,3 +1,4 @@
+import { FleetError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { chunkList, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
@@ -28,10 +29,10 @@ export interface UploadProgress {
 export const UPLOAD_TTL_MS = 2 * 3600_000;
 
 /** Raised when an upload cannot be accepted; the message says why. */
-export class StoreError extends Error {
-  constructor(readonly code: 'hash-mismatch' | 'inconsistent-upload' | 'bad-id', message: string) {
-    super(message);
-    this.name = 'StoreError';
+export class StoreError extends FleetError<'hash-mismatch' | 'inconsistent-upload' | 'bad-id'> {
+  override readonly name = 'StoreError';
+  constructor(code: 'hash-mismatch' | 'inconsistent-upload' | 'bad-id', message: string) {
+    super('refusal', code, message);
   }
 }
 

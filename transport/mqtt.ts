@@ -1,3 +1,4 @@
+import { IoError, UsageError } from '../platform/errors.ts';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -192,7 +193,7 @@ export class MqttTransport implements Transport {
         settled = true;
         if (timer) clearTimeout(timer);
         void t.close();
-        reject(new Error(`cannot connect to ${where}: ${why}`));
+        reject(new IoError('cannot-connect', `cannot connect to ${where}: ${why}`));
       };
       const timer = firstConnectTimeoutMs
         ? setTimeout(() => fail(t.lastCause ? t.lastCause.message : `no answer within ${firstConnectTimeoutMs} ms`), firstConnectTimeoutMs)
@@ -246,7 +247,7 @@ export class MqttTransport implements Transport {
       this.client.subscribe(filters, { qos }, (err, granted) => {
         if (err) return reject(err);
         const refused = (granted ?? []).filter((g) => g.qos === 128);
-        if (refused.length) return reject(new Error(`broker refused subscription to ${refused.map((g) => g.topic).join(', ')}`));
+        if (refused.length) return reject(new UsageError('subscription-refused', `broker refused subscription to ${refused.map((g) => g.topic).join(', ')}`));
         resolve();
       });
     });

@@ -1,3 +1,4 @@
+import { FleetError } from '../../platform/errors.ts';
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,8 +18,12 @@ import { packageRoot } from '../../util/package-root.ts';
  * script is unavailable and `fleet dashboard` (Server-Sent Events) still works.
  */
 
-export class BundleError extends Error {
+/** The dashboard's browser script cannot be built here (esbuild missing or failing). */
+export class BundleError extends FleetError<'bundle-unavailable'> {
   override readonly name = 'BundleError';
+  constructor(message: string) {
+    super('usage', 'bundle-unavailable', message);
+  }
 }
 
 export interface DashboardBundle {
