@@ -1,3 +1,4 @@
+import { ignoreBecause } from '../platform/errors.ts';
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
 import { systemClock } from '../device/clock.ts';
@@ -43,7 +44,7 @@ async function readRolloutStatus(t: Transport, topics: Topics, id: string, waitM
     };
   });
   off();
-  await t.unsubscribe(topic).catch(() => undefined);
+  await t.unsubscribe(topic).catch(ignoreBecause('the session ends the subscription anyway'));
   return got;
 }
 

@@ -142,7 +142,7 @@ export class DeviceAgent {
 
   private onConnected(): void {
     const { transport: t, topics } = this.io;
-    void t.publish(topics.presence(this.cfg.deviceId), PRESENCE_ONLINE, { qos: 1, retain: true }).catch(() => undefined);
+    void t.publish(topics.presence(this.cfg.deviceId), PRESENCE_ONLINE, { qos: 1, retain: true }).catch(ignoreBecause('presence is published again on the next connect', this.io.log));
     this.fetcher?.resend();
     // Read the retained status before replacing it: another agent's, there, means a shared --id.
     void this.guard.check().then(() => {
@@ -203,7 +203,7 @@ export class DeviceAgent {
     const s = this.status();
     this.lastStatusAt = this.io.clock.now();
     for (const l of this.listeners) l(s);
-    void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).then(() => this.guard.acked(), () => undefined);
+    void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).then(() => this.guard.acked(), ignoreBecause('the status is published again at the next transition and on reconnect', this.io.log));
     return s;
   }
 
@@ -424,8 +424,8 @@ export class DeviceAgent {
     try {
       await this.installer.stage(previous, verified, a.target, a.rollback);
     } catch (e) {
-      await this.io.storage.removeStaging().catch(() => undefined);
-      await this.io.storage.clearJournal().catch(() => undefined);
+      await this.io.storage.removeStaging().catch(ignoreBecause('the staged build is discarded on the next start (installer.recover)', this.io.log));
+      await this.io.storage.clearJournal().catch(ignoreBecause('a journal left behind is recovered on the next start', this.io.log));
       return this.endInstall(toReason(e).code === 'storage-error' ? 'storage-failed' : 'apply-failed', e, a);
     }
     await this.installer.switchTo(a.target, previous, a.rollback, 1);

@@ -1,3 +1,4 @@
+import { ignoreBecause } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import { parseStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
@@ -76,7 +77,7 @@ export class SessionGuard {
     } finally {
       this.o.clock.clearTimeout(timer);
       off();
-      await t.unsubscribe(topic).catch(() => undefined);
+      await t.unsubscribe(topic).catch(ignoreBecause('a retained status arriving later is ignored (checking is over)', this.o.log));
       this.checking = false;
     }
   }

@@ -1,4 +1,4 @@
-import { IoError } from '../platform/errors.ts';
+import { ignoreBecause, IoError } from '../platform/errors.ts';
 import path from 'node:path';
 import { Bitmap } from '../protocol/chunks.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
@@ -198,11 +198,11 @@ export class DeviceStorage {
     const h = await this.fsys.open(payloadFile, (await exists(payloadFile, this.fsys)) ? 'r+' : 'w+');
     const st = await h.stat();
     if (st.size !== step.size) await h.truncate(step.size);
-    const bitmapBytes = await this.fsys.readFile(path.join(dir, 'bitmap')).catch(() => undefined);
+    const bitmapBytes = await this.fsys.readFile(path.join(dir, 'bitmap')).catch(ignoreBecause('no bitmap yet (or unreadable): start from an empty one; every chunk is verified anyway'));
     const bitmap = bitmapBytes && bitmapBytes.byteLength === Math.ceil(step.chunks / 8)
       ? new Bitmap(step.chunks, new Uint8Array(bitmapBytes))
       : new Bitmap(step.chunks);
-    const list = await this.fsys.readFile(path.join(dir, 'list')).catch(() => undefined);
+    const list = await this.fsys.readFile(path.join(dir, 'list')).catch(ignoreBecause('no chunk list yet (or unreadable): it is fetched again and checked against the release'));
     return new DownloadFiles(dir, h, bitmap, list ? new Uint8Array(list) : undefined, this.fsys);
   }
 

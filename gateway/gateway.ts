@@ -1,3 +1,4 @@
+import { errorFields } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import type { Client } from 'aedes';
 import path from 'node:path';
@@ -184,7 +185,7 @@ export class Gateway {
       this.linkSince = this.now();
       log.info('upstream connected', { url: redact(this.o.upstream) });
       void this.groups.subscribeAll();
-      void this.upstream.subscribe(this.topics.trust(), 1).catch(() => undefined);
+      void this.upstream.subscribe(this.topics.trust(), 1).catch((e: unknown) => log.warn('subscribing to the trust topic upstream failed; tried again on the next connect', errorFields(e)));
       this.evaluate();
       this.publishStatus(true);
     });

@@ -1,3 +1,4 @@
+import { ignoreBecause } from '../platform/errors.ts';
 import { decodeRelease } from '../protocol/release.ts';
 import type { DeviceState } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
@@ -371,10 +372,10 @@ export async function followFleet(view: FleetView, t: Transport): Promise<() => 
   });
   await t.subscribe(view.filters(), 1);
   // Without releases the view only lacks modelBytes (a broker ACL may refuse them).
-  await t.subscribe(view.releaseFilter(), 1).catch(() => undefined);
+  await t.subscribe(view.releaseFilter(), 1).catch(ignoreBecause('without releases the view only lacks modelBytes'));
   return async () => {
     off();
-    await t.unsubscribe([...view.filters(), view.releaseFilter()]).catch(() => undefined);
+    await t.unsubscribe([...view.filters(), view.releaseFilter()]).catch(ignoreBecause('the session ends the subscription anyway'));
   };
 }
 

@@ -1,4 +1,4 @@
-import { FleetError, type FleetErrorKind, RefusalError, UsageError } from '../platform/errors.ts';
+import { FleetError, type FleetErrorKind, ignoreBecause, RefusalError, UsageError } from '../platform/errors.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import {
   assignManifest, checkRelease, decodeRelease, decodeSignedManifest, manifestHashOf, maxSeqAt, SEQ_PER_SECOND, signManifest, trustOf, verifyManifest, verifyRelease,
@@ -138,7 +138,7 @@ export async function watchRelease(t: Transport, topic: string, trust: TrustFile
     },
     async stop() {
       off();
-      await t.unsubscribe(topic).catch(() => undefined);
+      await t.unsubscribe(topic).catch(ignoreBecause('the session ends the subscription anyway', log));
     },
   };
 }
@@ -167,7 +167,7 @@ export async function readManifests(t: Transport, topics: Topics, model: string,
     await new Promise((r) => setTimeout(r, settleMs));
   } finally {
     off();
-    await t.unsubscribe(filter).catch(() => undefined);
+    await t.unsubscribe(filter).catch(ignoreBecause('the session ends the subscription anyway', log));
   }
   return [...found.values()];
 }

@@ -1,3 +1,4 @@
+import { ignoreBecause } from '../platform/errors.ts';
 import { chunkCount, chunkList, chunkRange, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
 import { safetensorsDigest } from '../protocol/digest.ts';
 import { decodeReceipt, encodeFrame, type UploadReceipt } from '../protocol/frames.ts';
@@ -158,7 +159,7 @@ export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
   } finally {
     wake = undefined;
     off();
-    await t.unsubscribe(receiptTopic).catch(() => undefined);
+    await t.unsubscribe(receiptTopic).catch(ignoreBecause('the session ends the subscription anyway', o.log));
   }
 }
 
@@ -240,7 +241,7 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
   try {
     // Retained manifests arrive while the payloads upload.
     const known = readManifests(o.transport, o.topics, o.model, trust, o.log, o.settleMs);
-    known.catch(() => undefined);
+    known.catch(ignoreBecause('awaited below, where its failure is thrown'));
     const { uploads, steps } = await uploadSteps(o, target, chain);
 
     const current = await watch.read();
@@ -309,7 +310,7 @@ export async function publishManifestOnly(o: Omit<PublishOptions, 'group' | 'ttl
   if (o.keys.length === 0) throw new PublishError('bad-update', 'a manifest is signed by release keys; none given');
   const { chain, target } = chainOf(o);
   const known = readManifests(o.transport, o.topics, o.model, trustOfOptions(o), o.log, o.settleMs);
-  known.catch(() => undefined);
+  known.catch(ignoreBecause('awaited below, where its failure is thrown'));
   const { uploads, steps } = await uploadSteps(o, target, chain);
   const m = await publishManifest(o, { model: o.model, target, steps, limits: limitsOf(steps) });
   await publishBackManifests(o, await known, steps.map((st) => st.from), target);

@@ -1,3 +1,4 @@
+import { ignoreBecause } from '../platform/errors.ts';
 import { parseStatus, PRESENCE_OFFLINE, PRESENCE_ONLINE, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
@@ -44,7 +45,7 @@ export class Inventory {
     this.off?.();
     this.off = undefined;
     // Bounded: a broker gone (or not answering) must not hold a stop; closing the session ends the subscriptions anyway.
-    await withDeadline(t.unsubscribe([this.topics.allStatuses(), this.topics.allPresence()]).catch(() => undefined), UNSUBSCRIBE_ON_STOP_MS);
+    await withDeadline(t.unsubscribe([this.topics.allStatuses(), this.topics.allPresence()]).catch(ignoreBecause('the session ends the subscription anyway')), UNSUBSCRIBE_ON_STOP_MS);
   }
 
   onChange(fn: InventoryListener): void {

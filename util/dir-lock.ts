@@ -1,4 +1,4 @@
-import { FleetError, IoError } from '../platform/errors.ts';
+import { FleetError, ignoreBecause, IoError } from '../platform/errors.ts';
 import { promises as fs, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -120,8 +120,8 @@ export class DirLock {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       }
-      const text = await fs.readFile(file, 'utf8').catch(() => null);
-      if (text === null) continue; // removed meanwhile: try again
+      const text = await fs.readFile(file, 'utf8').catch(ignoreBecause('removed meanwhile: try again'));
+      if (text === undefined) continue;
       const holder = parseHolder(text);
       if (holder === null) {
         // Created but not yet written, or torn by a power cut: young means someone is starting.
@@ -146,7 +146,7 @@ export class DirLock {
         continue;
       }
       try {
-        if ((await fs.readFile(file, 'utf8').catch(() => null)) === text) await fs.rm(file, { force: true });
+        if ((await fs.readFile(file, 'utf8').catch(ignoreBecause('already removed by its holder: nothing to take over'))) === text) await fs.rm(file, { force: true });
       } finally {
         await fs.rm(takeover, { force: true });
       }
