@@ -4,6 +4,7 @@
  * the in-process update server (random, held only in memory), and the ACL of
  * ./acl.ts on every publish, will, subscription and delivery.
  */
+import { BROKER_DEFAULTS } from './defaults.ts';
 import { timingSafeEqual } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { Aedes, AedesOptions, AuthenticateError, Client, ConnectPacket, PublishPacket } from 'aedes';
@@ -132,7 +133,7 @@ export class BrokerAuth {
   attach(aedes: Aedes): void {
     this.aedes = aedes;
     aedes.on('clientDisconnect', (client) => this.live.delete(client));
-    this.timer = setInterval(() => void this.poll(), this.o.pollMs ?? 1000);
+    this.timer = setInterval(() => void this.poll(), this.o.pollMs ?? BROKER_DEFAULTS.authPollMs);
     this.timer.unref();
   }
 

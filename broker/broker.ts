@@ -1,3 +1,4 @@
+import { BROKER_DEFAULTS } from './defaults.ts';
 import net from 'node:net';
 import tls from 'node:tls';
 import http from 'node:http';
@@ -142,7 +143,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
       srv.listen(port, on, () => resolve((srv.address() as net.AddressInfo).port));
     });
   const server = net.createServer(accept);
-  const port = await listen(server, o.port ?? 1883, host);
+  const port = await listen(server, o.port ?? BROKER_DEFAULTS.port, host);
   const url = `mqtt://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host}:${port}`;
   let tlsServer: tls.Server | undefined;
   let tlsUrl: string | undefined;

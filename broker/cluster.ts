@@ -8,6 +8,7 @@
  * that starts one takes a lease in Redis first, so a second node started the
  * same way refuses instead of answering every request a second time.
  */
+import { BROKER_DEFAULTS } from './defaults.ts';
 import { FleetError } from '../platform/errors.ts';
 import os from 'node:os';
 import { createRequire } from 'node:module';
@@ -123,7 +124,7 @@ export class UpdateServerLease {
   static async acquire(o: { url: string; prefix: string; holder: string; ttlMs?: number; log: Logger }): Promise<UpdateServerLease> {
     const redis = new Redis(o.url, { lazyConnect: true, maxRetriesPerRequest: 20 });
     redis.on('error', (e) => o.log.warn('redis (lease)', { error: e.message }));
-    const ttl = o.ttlMs ?? 15_000;
+    const ttl = o.ttlMs ?? BROKER_DEFAULTS.clusterLeaseTtlMs;
     const key = `fleet:${o.prefix}:update-server`;
     try {
       await (redis as unknown as { connect(): Promise<void> }).connect();

@@ -1,6 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Option } from 'commander';
+import { BROKER_DEFAULTS } from '../broker/defaults.ts';
 import { Topics } from '../protocol/topics.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
@@ -31,7 +32,7 @@ const logLevel = (): ReturnType<typeof logLevelOf> => logLevelOf(program);
 program
   .command('broker')
   .description('run the MQTT broker (Aedes) with the update server in-process')
-  .option('--port <port>', 'TCP port', parseIntArg(0, 65535), 1883)
+  .option('--port <port>', 'TCP port', parseIntArg(0, 65535), BROKER_DEFAULTS.port)
   .option('--host <host>', 'address to listen on', '127.0.0.1')
   .option('--data-dir <dir>', 'broker persistence and update store', './fleet-data')
   .addOption(new Option('--persistence <kind>', 'broker persistence').choices(['level', 'memory']).default('level'))

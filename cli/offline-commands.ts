@@ -1,3 +1,4 @@
+import { PUBLISH_DEFAULTS } from '../publisher/defaults.ts';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,7 +26,7 @@ export function registerOfflineCommands(program: Command): void {
     .option('--rollout-key <file>', 'rollout key: signs the assignment (default: the release keys, for one-role trust files)', collect)
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--group <group>', 'device group')
-    .option('--ttl <duration>', 'release lifetime', parseDuration, 30 * 86400)
+    .option('--ttl <duration>', 'release lifetime', parseDuration, PUBLISH_DEFAULTS.ttlSeconds)
     .requiredOption('--out <file>', 'bundle file to write')
     .action(async (o: { update: string[]; full?: string; key: string[]; rolloutKey?: string[]; model: string; group: string; ttl: number; out: string }) => {
       const payloads = await Promise.all(o.update.map(async (f) => new Uint8Array(await fs.readFile(f))));

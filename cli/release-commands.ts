@@ -1,3 +1,4 @@
+import { PUBLISH_DEFAULTS } from '../publisher/defaults.ts';
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
@@ -88,7 +89,7 @@ export function registerReleaseCommands(program: Command): void {
     .option('--group <group>', 'device group (required unless --manifest-only)')
     .requiredOption('--broker <url>', 'broker URL')
     .option('--chunk-size <bytes>', 'chunk size', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
-    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
+    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, PUBLISH_DEFAULTS.ttlSeconds)
     .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
     .option('--trust <file>', 'the fleet\'s trust file: the keys, the current release and retained manifests are checked against it before anything is uploaded (default: trust.json beside the keys, else the keys themselves)')
     .option('--group-key <file>', 'seal the payloads with this group key (`fleet groupkey`): the broker and update server never see the weights')
@@ -145,7 +146,7 @@ export function registerReleaseCommands(program: Command): void {
     .requiredOption('--broker <url>', 'broker URL')
     .option('--full <model>', 'the previous model (safetensors), for devices that no longer hold it')
     .option('--chunk-size <bytes>', 'chunk size of the full model upload', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
-    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
+    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, PUBLISH_DEFAULTS.ttlSeconds)
     .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
     .option('--trust <file>', 'trust file the current release must verify against (default: the keys)')
     .action(async (o: RollbackCli) => {

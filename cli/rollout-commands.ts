@@ -1,6 +1,7 @@
 import { ignoreBecause } from '../platform/errors.ts';
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
+import { ROLLOUT_DEFAULTS } from '../rollout/defaults.ts';
 import { systemClock } from '../device/clock.ts';
 import { Topics } from '../protocol/topics.ts';
 import { loadRoleKeys, readTrust } from './release-commands.ts';
@@ -107,7 +108,7 @@ export function registerRolloutCommands(program: Command): void {
     .requiredOption('--broker <url>', 'broker URL')
     .option('--trust <file>', 'the devices\' trust file: releases and manifests on the broker are checked against it (required without --key)')
     .option('--on-event <cmd>', `run on ${HOOK_EVENTS.join(', ')} with the event JSON in FLEET_EVENT and on stdin`)
-    .option('--settle <ms>', 'how long retained statuses are collected at start', parseIntArg(0, 600_000), 1500)
+    .option('--settle <ms>', 'how long retained statuses are collected at start', parseIntArg(0, 600_000), ROLLOUT_DEFAULTS.settleMs)
     .option('--json', 'print each event as one JSON line')
     .action(async (file: string, o: { key?: string[]; rolloutKey?: string[]; broker: string; trust?: string; onEvent?: string; settle: number; json?: boolean }) => {
       const log = createLogger('rollout', logLevel());

@@ -4,6 +4,7 @@ import { decodeFrame } from '../protocol/frames.ts';
 import type { ReleaseBody } from '../protocol/release.ts';
 import { encodeStatus, PRESENCE_ONLINE, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
 import { capsOf, type AgentConfig, type AgentPorts } from './agent-config.ts';
+import { DEVICE_DEFAULTS, resolveAgentConfig, type ResolvedAgentConfig } from './defaults.ts';
 import { checkSpace, fetcherFor, type Fetcher } from './fetcher.ts';
 import { Installer } from './installer.ts';
 import { nextState, type DeviceEvent } from './machine.ts';
@@ -45,9 +46,13 @@ export class DeviceAgent {
   private readonly identity: AgentIdentity;
   private readonly guard: SessionGuard;
 
-  constructor(private readonly cfg: AgentConfig, private readonly io: AgentPorts) {
+  /** The config it runs with: every default from DEVICE_DEFAULTS (device/defaults.ts). */
+  private readonly cfg: ResolvedAgentConfig;
+
+  constructor(given: AgentConfig, private readonly io: AgentPorts) {
+    const cfg = (this.cfg = resolveAgentConfig(given));
     this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
-    this.timers = new AgentTimers(io.clock, cfg.retryMs ?? 30_000);
+    this.timers = new AgentTimers(io.clock, cfg.retryMs);
     this.identity = newIdentity(io.clock.now());
     this.guard = new SessionGuard({
       deviceId: cfg.deviceId, transport: io.transport, topics: io.topics, clock: io.clock, log: io.log, identity: this.identity,
@@ -57,9 +62,9 @@ export class DeviceAgent {
       },
     });
     this.installer = new Installer(io.storage, {
-      deviceId: cfg.deviceId, validateCmd: cfg.validateCmd, validateTimeoutMs: cfg.validateTimeoutMs ?? 120_000, healthCmd: cfg.healthCmd,
-      healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000, healthWindowMs: cfg.healthWindowMs, maxAttempts: cfg.maxAttempts,
-      onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: 60_000, groupKey: cfg.groupKey,
+      deviceId: cfg.deviceId, validateCmd: cfg.validateCmd, validateTimeoutMs: cfg.validateTimeoutMs, healthCmd: cfg.healthCmd,
+      healthTimeoutMs: cfg.healthTimeoutMs, healthWindowMs: cfg.healthWindowMs, maxAttempts: cfg.maxAttempts,
+      onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: DEVICE_DEFAULTS.onSwitchTimeoutMs, groupKey: cfg.groupKey,
     }, io.health, io.log);
   }
 
@@ -237,7 +242,7 @@ export class DeviceAgent {
       await this.io.transport.subscribe(topic, 1);
       this.resubscribeTimer = undefined;
     } catch (e) {
-      const inMs = this.cfg.retryMs ?? 30_000;
+      const inMs = this.cfg.retryMs;
       this.io.log.warn('re-subscribing to the release after a trust rotation failed; trying again', { inMs, ...errorFields(e) });
       this.resubscribeTimer = this.io.clock.setTimeout(() => this.enqueue(() => this.resubscribeRelease()), inMs);
     }
@@ -260,7 +265,7 @@ export class DeviceAgent {
     }
     const d = await decideRelease(bytes, hash, {
       model: this.cfg.model, group: this.cfg.group, trust: this.trust.current, running: this.running,
-      now: Math.floor(this.io.clock.now() / 1000), skewSeconds: this.cfg.skewSeconds ?? 300,
+      now: Math.floor(this.io.clock.now() / 1000), skewSeconds: this.cfg.skewSeconds,
       caps: capsOf(this.cfg), memory: m,
       holds: (digest) => this.io.storage.hasVersion(digest),
     });
@@ -390,7 +395,7 @@ export class DeviceAgent {
 
   /** While downloading, a status at least every watchdogMs: the rate, or how long nothing has come. */
   private armWatchdog(f: Fetcher): void {
-    const every = this.cfg.watchdogMs ?? 10_000;
+    const every = this.cfg.watchdogMs;
     this.timers.watch(every, () => {
       if (this.fetcher !== f || this.stopped) return false;
       if (this.io.clock.now() - this.lastStatusAt >= every) {

@@ -1,3 +1,4 @@
+import { DEVICE_DEFAULTS } from './defaults.ts';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { decodePayload, type Payload } from '../protocol/lowrank.ts';
@@ -170,7 +171,7 @@ export class Installer {
   }
 
   get maxAttempts(): number {
-    return Math.max(1, this.cfg.maxAttempts ?? 3);
+    return Math.max(1, this.cfg.maxAttempts ?? DEVICE_DEFAULTS.maxAttempts);
   }
 
   /**
@@ -180,7 +181,7 @@ export class Installer {
    * finished on the next start, however often it happens.
    */
   get switchIsCommit(): boolean {
-    return !this.cfg.healthCmd && (this.cfg.healthWindowMs ?? 0) <= 0;
+    return !this.cfg.healthCmd && (this.cfg.healthWindowMs ?? DEVICE_DEFAULTS.healthWindowMs) <= 0;
   }
 
   /**
@@ -234,7 +235,7 @@ export class Installer {
       const r = await runCommand(this.cfg.healthCmd, this.env(this.storage.currentPath, target, previous, rollback), this.cfg.healthTimeoutMs);
       if (!r.ok) return { healthy: false, retry: true, reason: r.timedOut ? 'health-check-timeout' : 'health-check-failed', message: describeFailure('the health command', r, this.cfg.healthTimeoutMs) };
     }
-    const window = this.cfg.healthWindowMs ?? 0;
+    const window = this.cfg.healthWindowMs ?? DEVICE_DEFAULTS.healthWindowMs;
     // Stay in the trial for the window: a crash now is a failed attempt (the journal says "testing").
     if (window > 0) await (this.cfg.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms))))(window);
     return { healthy: true };

@@ -1,3 +1,4 @@
+import { DEVICE_DEFAULTS } from './defaults.ts';
 import { ignoreBecause } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import { parseStatus } from '../protocol/status.ts';
@@ -67,7 +68,7 @@ export class SessionGuard {
       this.judge(payload);
       done();
     });
-    const timer = this.o.clock.setTimeout(done, this.o.waitMs ?? 3000);
+    const timer = this.o.clock.setTimeout(done, this.o.waitMs ?? DEVICE_DEFAULTS.guardWaitMs);
     try {
       await t.subscribe(topic, 1);
       await seen;
@@ -88,7 +89,7 @@ export class SessionGuard {
     if (!s || typeof s.instance !== 'string' || s.instance === me.instance || typeof s.started !== 'string') return;
     const other: AgentIdentity = { instance: s.instance, started: s.started };
     this.takeovers++;
-    const limit = this.o.limit ?? 3;
+    const limit = this.o.limit ?? DEVICE_DEFAULTS.guardTakeovers;
     const younger = me.started > other.started || (me.started === other.started && me.instance > other.instance);
     const what = `another agent uses device id ${this.o.deviceId} (instance ${other.instance.slice(0, 8)}, started ${other.started}; this one ${me.instance.slice(0, 8)}, started ${me.started}): the broker gives the session to each in turn`;
     this.o.log.warn('session taken over', { takeovers: this.takeovers, younger, detail: what });

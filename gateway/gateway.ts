@@ -1,3 +1,4 @@
+import { GATEWAY_DEFAULTS } from './defaults.ts';
 import { errorFields } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import type { Client } from 'aedes';
@@ -148,9 +149,9 @@ export class Gateway {
       url: this.o.upstream,
       clientId: `fleet-gateway-${this.o.site}`,
       will: { topic: this.topics.gatewayStatus(this.o.site), payload: JSON.stringify({ site: this.o.site, gateway: VERSION, upstream: { state: 'down', connects: 0, since: null }, downloads: 'idle', waiting: 'upstream-down', message: 'the gateway lost its upstream connection (last will)' }), retain: true, qos: 1 },
-      keepaliveSeconds: this.o.keepaliveSeconds ?? 30,
-      reconnectMinMs: this.o.reconnectMinMs ?? 500,
-      reconnectMaxMs: this.o.reconnectMaxMs ?? 15_000,
+      keepaliveSeconds: this.o.keepaliveSeconds ?? GATEWAY_DEFAULTS.keepaliveSeconds,
+      reconnectMinMs: this.o.reconnectMinMs ?? GATEWAY_DEFAULTS.reconnectMinMs,
+      reconnectMaxMs: this.o.reconnectMaxMs ?? GATEWAY_DEFAULTS.reconnectMaxMs,
     });
     this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: log.child('relay') });
     this.fetcher = new UpstreamFetcher({
@@ -229,7 +230,7 @@ export class Gateway {
       this.account();
       this.evaluate();
       this.publishStatus(false);
-    }, this.o.tickMs ?? 1000);
+    }, this.o.tickMs ?? GATEWAY_DEFAULTS.tickMs);
     this.evaluate();
     log.info('gateway started', { site: this.o.site, url: this.site.url, upstream: redact(this.o.upstream) });
   }
@@ -283,7 +284,7 @@ export class Gateway {
     } else {
       this.o.log.info('upstream downloads wait', { reason: d.reason, message: d.message });
       // Chunks already asked for are paid for: take them (a few seconds) unless the link is gone.
-      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : this.o.drainMs ?? 3000);
+      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : this.o.drainMs ?? GATEWAY_DEFAULTS.drainMs);
     }
     this.publishStatus(true);
   }

@@ -1,3 +1,4 @@
+import { GATEWAY_DEFAULTS } from './defaults.ts';
 import { IoError } from '../platform/errors.ts';
 import path from 'node:path';
 import { sha256Hex } from '../protocol/chunks.ts';
@@ -211,8 +212,8 @@ export class UpstreamFetcher {
     }
     const d: Download = new Download({
       step, files, transport: this.gated, topics: this.o.topics, model: j.model, deviceId: this.o.fetcherId,
-      clock: this.o.clock, log: this.o.log, maxWindow: this.o.maxWindow ?? 32, idleMs: this.o.idleMs ?? 10_000,
-      stallMs: this.o.stallMs ?? 60_000, maxBadCopies: 3,
+      clock: this.o.clock, log: this.o.log, maxWindow: this.o.maxWindow ?? GATEWAY_DEFAULTS.maxWindow, idleMs: this.o.idleMs ?? GATEWAY_DEFAULTS.idleMs,
+      stallMs: this.o.stallMs ?? GATEWAY_DEFAULTS.stallMs, maxBadCopies: GATEWAY_DEFAULTS.maxBadCopies,
       wireBytesIn: this.o.upstream.stats ? () => this.o.upstream.stats!().bytesIn : undefined,
       onProgress: () => {
         // Per Download: what it held when it started is not counted again.

@@ -1,3 +1,4 @@
+import { OPERATOR_DEFAULTS } from './defaults.ts';
 import { IoError } from '../platform/errors.ts';
 import { runEventCommand } from '../util/event-command.ts';
 import http from 'node:http';
@@ -149,7 +150,7 @@ export class AlertSink {
   private async deliver(e: AlertEvent): Promise<void> {
     if (this.o.command) await runAlertCommand(this.o.command, e, this.o.log);
     if (!this.o.webhook) return;
-    const attempts = this.o.attempts ?? 3;
+    const attempts = this.o.attempts ?? OPERATOR_DEFAULTS.alertAttempts;
     for (let i = 1; i <= attempts; i++) {
       try {
         const status = await postWebhook(this.o.webhook, e);
@@ -161,7 +162,7 @@ export class AlertSink {
       } catch (err) {
         this.o.log.warn('webhook failed', { error: (err as Error).message, attempt: i, event: e.type });
       }
-      if (i < attempts) await new Promise((r) => setTimeout(r, (this.o.retryMs ?? 1000) * 2 ** (i - 1)));
+      if (i < attempts) await new Promise((r) => setTimeout(r, (this.o.retryMs ?? OPERATOR_DEFAULTS.alertRetryMs) * 2 ** (i - 1)));
     }
   }
 }

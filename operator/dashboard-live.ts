@@ -1,3 +1,4 @@
+import { OPERATOR_DEFAULTS } from './defaults.ts';
 import { UsageError } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import type http from 'node:http';
@@ -63,7 +64,7 @@ export function liveDashboard(o: LiveDashboardOptions): PageHandler {
       res.end(req.method === 'HEAD' ? undefined : dashboardPage({
         title: o.title, nonce,
         live: {
-          ws, prefix: o.prefix ?? 'fleet', staleMs: o.staleMs ?? 60_000, script: SCRIPT,
+          ws, prefix: o.prefix ?? 'fleet', staleMs: o.staleMs ?? OPERATOR_DEFAULTS.staleMs, script: SCRIPT,
           problem: ws ? null : 'this broker has no WebSocket listener: start it with --ws-port P (fleet broker --http PORT --ws-port P)',
         },
       }));

@@ -1,3 +1,4 @@
+import { OPERATOR_DEFAULTS } from './defaults.ts';
 import { ignoreBecause } from '../platform/errors.ts';
 import { decodeRelease } from '../protocol/release.ts';
 import type { DeviceState } from '../protocol/status.ts';
@@ -147,7 +148,7 @@ export class FleetView {
   constructor(readonly topics: Topics, opts: FleetViewOptions = {}) {
     this.inventory = new Inventory(topics);
     this.now = opts.now ?? Date.now;
-    this.staleMs = opts.staleMs ?? 60_000;
+    this.staleMs = opts.staleMs ?? OPERATOR_DEFAULTS.staleMs;
   }
 
   /** Subscription filters: every status, presence and rollout status. */

@@ -1,3 +1,4 @@
+import { PUBLISH_DEFAULTS } from './defaults.ts';
 import { ignoreBecause } from '../platform/errors.ts';
 import { chunkCount, chunkList, chunkRange, sha256Hex, updateIdOf } from '../protocol/chunks.ts';
 import { safetensorsDigest } from '../protocol/digest.ts';
@@ -95,7 +96,7 @@ export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
   try {
     /** Waits for the next receipt, calling `nudge` every 2 s (the server may be starting or restarting). */
     const nextReceipt = async (nudge: () => Promise<void>): Promise<UploadReceipt> => {
-      const timeout = o.receiptTimeoutMs ?? 30_000;
+      const timeout = o.receiptTimeoutMs ?? PUBLISH_DEFAULTS.receiptTimeoutMs;
       const reprobe = 2000;
       const deadline = Date.now() + timeout;
       let nextNudge = Date.now() + reprobe;
@@ -138,7 +139,7 @@ export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
       if (receipt.error) throw new PublishError('upload-refused', `the update server refused the upload: ${receipt.error}`);
       if (round > 20) throw new PublishError('upload-refused', `upload of ${updateId} did not complete after ${round} rounds`);
       const missing = receipt.missing.filter((i) => i !== count - 1);
-      const window = o.window ?? 32;
+      const window = o.window ?? PUBLISH_DEFAULTS.uploadWindow;
       for (let k = 0; k < missing.length; k += window) {
         await Promise.all(missing.slice(k, k + window).map(send));
         sent += Math.min(window, missing.length - k);

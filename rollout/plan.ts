@@ -1,3 +1,4 @@
+import { ROLLOUT_DEFAULTS } from './defaults.ts';
 import { FleetError } from '../platform/errors.ts';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -247,4 +248,4 @@ export async function loadPlanFile(file: string): Promise<{ plan: RolloutPlan; d
 }
 
 export const planChunkSize = (p: RolloutPlan): number => p.chunkSize ?? DEFAULT_CHUNK_SIZE;
-export const planTtl = (p: RolloutPlan): number => p.ttlSeconds ?? 30 * 86400;
+export const planTtl = (p: RolloutPlan): number => p.ttlSeconds ?? ROLLOUT_DEFAULTS.ttlSeconds;

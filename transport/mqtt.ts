@@ -1,3 +1,4 @@
+import { MQTT_DEFAULTS } from './defaults.ts';
 import { IoError, UsageError } from '../platform/errors.ts';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -94,7 +95,7 @@ export class MqttTransport implements Transport {
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
-    this.closeGraceMs = opts.closeGraceMs ?? 2000;
+    this.closeGraceMs = opts.closeGraceMs ?? MQTT_DEFAULTS.closeGraceMs;
     const servers = (this.servers = [opts.url, ...(opts.fallbackUrls ?? [])].map((url) => {
       const s = new URL(url);
       const secure = s.protocol === 'mqtts:';
@@ -105,14 +106,14 @@ export class MqttTransport implements Transport {
       ? { ca: opts.tls?.ca ?? fromEnvFile('FLEET_TLS_CA'), cert: opts.tls?.cert ?? fromEnvFile('FLEET_TLS_CERT'), key: opts.tls?.key ?? fromEnvFile('FLEET_TLS_KEY') }
       : undefined;
     const maxIncoming = opts.maxIncomingPacket ?? DEFAULT_MAX_INCOMING_PACKET;
-    const min = opts.reconnectMinMs ?? 500;
-    const max = opts.reconnectMaxMs ?? 30_000;
+    const min = opts.reconnectMinMs ?? MQTT_DEFAULTS.reconnectMinMs;
+    const max = opts.reconnectMaxMs ?? MQTT_DEFAULTS.reconnectMaxMs;
     const clientOpts: IClientOptions = {
       protocolVersion: 4,
       clientId: opts.clientId,
       clean: true,
-      keepalive: opts.keepaliveSeconds ?? 60,
-      connectTimeout: opts.connectTimeoutMs ?? 30_000,
+      keepalive: opts.keepaliveSeconds ?? MQTT_DEFAULTS.keepaliveSeconds,
+      connectTimeout: opts.connectTimeoutMs ?? MQTT_DEFAULTS.connectTimeoutMs,
       reconnectPeriod: min,
       resubscribe: true,
       queueQoSZero: false,
