@@ -259,6 +259,7 @@ export class Installer {
    * half-built files. `switching`/`testing`: the attempt in progress failed;
    * start the next one (switch again, journal its number first), or, after
    * the last, switch back. Undefined when nothing was in progress.
+   * docs/protocol.md §10, last paragraph ("On start the journal decides").
    */
   async recover(): Promise<Recovery | undefined> {
     const j = await this.storage.journal();

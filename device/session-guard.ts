@@ -34,8 +34,8 @@ export interface SessionGuardOptions {
 }
 
 /**
- * Two agents started with one `--id` take each other's MQTT session (the
- * broker hands the client id to the newer connection), sixty times a minute,
+ * Two agents started with one `--id` (docs/protocol.md §8.1) take each other's MQTT
+ * session (the broker hands the client id to the newer connection: MQTT 3.1.1 §3.1.4), sixty times a minute,
  * and pay for every download twice. MQTT 3.1.1 does not tell a client why its
  * connection closed, so the guard looks at the device's own retained status
  * after each reconnect: once this agent's own status has been acknowledged, a
