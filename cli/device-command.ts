@@ -1,3 +1,4 @@
+import { IoError, UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { DeviceAgent } from '../device/agent.ts';
@@ -45,7 +46,7 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   }
   // Several comma-separated URLs: nodes of one cluster, tried in turn when a connection fails.
   const [url, ...fallbackUrls] = o.broker.split(',').map((x) => x.trim()).filter((x) => x.length > 0);
-  if (!url) throw new Error('--broker needs a URL');
+  if (!url) throw new UsageError('bad-options', '--broker needs a URL');
   const transport = MqttTransport.start({
     url,
     fallbackUrls,
@@ -104,7 +105,7 @@ export async function runDevice(o: DeviceCommandOptions): Promise<void> {
   stop.add({
     name: 'offline presence', optional: true, timeoutMs: PRESENCE_ON_STOP_MS,
     run: async () => {
-      if (!transport.connected) throw new Error('not connected (the last will says offline)');
+      if (!transport.connected) throw new IoError('not-connected', 'not connected (the last will says offline)');
       await transport.publish(topics.presence(o.id), PRESENCE_OFFLINE, { qos: 1, retain: true });
       offlineSent = true;
     },

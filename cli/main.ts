@@ -1,3 +1,4 @@
+import { UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Option } from 'commander';
@@ -51,7 +52,7 @@ program
   .action(async ({ http: httpPort, httpHost, wsPort, wsHost, ...o }: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; cluster?: string; auth?: string; tlsPort?: number; tlsHost?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; http?: number; httpHost: string; wsPort?: number; wsHost?: string }) => {
     const log = createLogger('broker', logLevel());
     const stop = commandStop(program, log);
-    if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new Error('--tls-port needs --tls-cert and --tls-key');
+    if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new UsageError('bad-options', '--tls-port needs --tls-cert and --tls-key');
     const tlsOpts = o.tlsPort !== undefined
       ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
       : undefined;
@@ -109,7 +110,7 @@ program
   .action(async (o: { out: string }) => {
     try {
       await fs.access(o.out);
-      throw new Error(`${o.out} exists; refusing to overwrite a key`);
+      throw new UsageError('key-exists', `${o.out} exists; refusing to overwrite a key`);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }

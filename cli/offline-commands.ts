@@ -1,3 +1,4 @@
+import { UsageError } from '../platform/errors.ts';
 import { PUBLISH_DEFAULTS } from '../publisher/defaults.ts';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
@@ -53,8 +54,8 @@ export function registerOfflineCommands(program: Command): void {
     .option('--device-group <group>', 'the group this device is in (default: the release\'s)')
     .action(async (o: { model?: string; update?: string; out?: string; bundle?: string; trust?: string; dir?: string; deviceModel?: string; deviceGroup?: string }) => {
       if (o.bundle) {
-        if (!o.trust) throw new Error('--bundle needs --trust TRUST_FILE');
-        if (!o.dir === !(o.model && o.out)) throw new Error('with --bundle give either --dir DEVICE_DIR or --model FILE --out FILE');
+        if (!o.trust) throw new UsageError('bad-options', '--bundle needs --trust TRUST_FILE');
+        if (!o.dir === !(o.model && o.out)) throw new UsageError('bad-options', 'with --bundle give either --dir DEVICE_DIR or --model FILE --out FILE');
         const bundle = readBundle(new Uint8Array(await fs.readFile(o.bundle)));
         const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
         const log = createLogger('apply');
@@ -80,7 +81,7 @@ export function registerOfflineCommands(program: Command): void {
         }
         return;
       }
-      if (!o.model || !o.update || !o.out) throw new Error('give --model, --update and --out (or --bundle with --trust)');
+      if (!o.model || !o.update || !o.out) throw new UsageError('bad-options', 'give --model, --update and --out (or --bundle with --trust)');
       const target = await applyUpdateFile(o.model, new Uint8Array(await fs.readFile(o.update)), o.out);
       process.stdout.write(`wrote ${o.out}: ${target}\n`);
     });

@@ -1,4 +1,4 @@
-import { ignoreBecause } from '../platform/errors.ts';
+import { ignoreBecause, UsageError } from '../platform/errors.ts';
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
 import { ROLLOUT_DEFAULTS } from '../rollout/defaults.ts';
@@ -59,7 +59,7 @@ export function registerRolloutCommands(program: Command): void {
   const forgettable = (records: DeviceRecord[], named: string[], staleSeconds: number | undefined, now: number): string[] => {
     const known = new Set(records.map((r) => r.device));
     const unknown = named.filter((id) => !known.has(id));
-    if (unknown.length) throw new Error(`the broker holds no status or presence of ${unknown.join(', ')}; check the device id (fleet devices lists them)`);
+    if (unknown.length) throw new UsageError('unknown-device', `the broker holds no status or presence of ${unknown.join(', ')}; check the device id (fleet devices lists them)`);
     const stale = staleSeconds === undefined ? [] : records.filter((r) => {
       const t = Date.parse(r.status?.time ?? '');
       return r.presence !== 'online' && (!Number.isFinite(t) || now - t > staleSeconds * 1000);
@@ -150,7 +150,7 @@ export function registerRolloutCommands(program: Command): void {
       const t = await connect(o.broker, 'rollout-status');
       try {
         const s = await readRolloutStatus(t, topics(), id, o.wait);
-        if (!s) throw new Error(`no status for rollout ${id} on ${o.broker}`);
+        if (!s) throw new UsageError('unknown-rollout', `no status for rollout ${id} on ${o.broker}`);
         process.stdout.write(o.json ? `${JSON.stringify(s)}\n` : `${formatRolloutStatus(s)}\n`);
       } finally {
         await t.close();
