@@ -129,7 +129,7 @@ export class Gateway {
 
   /** Serialise the async reactions to events (releases, stored payloads, policy). */
   private serial(fn: () => Promise<void>): void {
-    this.work = this.work.then(fn).catch((e: unknown) => this.o.log.error('gateway step failed', { error: String(e) }));
+    this.work = this.work.then(fn).catch((e: unknown) => this.o.log.error('gateway step failed', errorFields(e)));
   }
 
   async start(): Promise<void> {
