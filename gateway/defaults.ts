@@ -13,6 +13,8 @@ export const GATEWAY_DEFAULTS = {
   idleMs: 10_000,
   stallMs: 60_000,
   maxBadCopies: 3,
+  /** On stop: longest wait for queued statuses to drain upstream. */
+  relayDrainTimeoutMs: 30_000,
   /** Device statuses relayed upstream at once. */
   statusInFlight: 16,
 } as const;

@@ -54,7 +54,7 @@ export class StatusRelay {
   }
 
   /** Resolves when the queue is empty (tests, shutdown). */
-  async drained(timeoutMs = 30_000): Promise<boolean> {
+  async drained(timeoutMs: number = GATEWAY_DEFAULTS.relayDrainTimeoutMs): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
     while (this.q.length > 0) {
       if (Date.now() > deadline) return false;

@@ -95,12 +95,12 @@ export class AlertTracker {
 }
 
 /** Runs CMD through the shell with the event in FLEET_EVENT (and FLEET_EVENT_TYPE) and on stdin; resolves its exit code (null: could not start or killed). */
-export function runAlertCommand(command: string, event: AlertEvent, log: Logger, timeoutMs = 60_000): Promise<number | null> {
+export function runAlertCommand(command: string, event: AlertEvent, log: Logger, timeoutMs: number = OPERATOR_DEFAULTS.alertCommandTimeoutMs): Promise<number | null> {
   return runEventCommand(command, event, log, {}, timeoutMs);
 }
 
 /** POSTs the event as JSON; resolves the HTTP status, rejects on a network error or timeout. */
-export function postWebhook(url: string, event: AlertEvent, timeoutMs = 10_000): Promise<number> {
+export function postWebhook(url: string, event: AlertEvent, timeoutMs: number = OPERATOR_DEFAULTS.webhookTimeoutMs): Promise<number> {
   const u = new URL(url);
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return Promise.reject(new TypeError(`webhook ${url}: use http:// or https://`));
   const body = Buffer.from(JSON.stringify(event));

@@ -12,6 +12,9 @@ export const OPERATOR_DEFAULTS = {
   liveReconnectMs: 2000,
   /** A device silent this long is shown stale. */
   staleMs: 60_000,
+  /** An alert command is stopped, and a webhook given up, after this long. */
+  alertCommandTimeoutMs: 60_000,
+  webhookTimeoutMs: 10_000,
   /** Alert webhooks: tries, and the first delay between them (doubles). */
   alertAttempts: 3,
   alertRetryMs: 1000,

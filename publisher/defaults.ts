@@ -7,6 +7,8 @@ export const PUBLISH_DEFAULTS = {
   /** Randomised SVD: extra columns sampled, and power iterations. */
   rsvdOversample: 10,
   powerIterations: 2,
+  /** How long retained releases and manifests are collected before they are read. */
+  settleMs: 500,
   /** A release's (assignment's) lifetime. */
   ttlSeconds: 30 * 86400,
 } as const;

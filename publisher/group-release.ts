@@ -1,3 +1,4 @@
+import { PUBLISH_DEFAULTS } from './defaults.ts';
 import { FleetError, type FleetErrorKind, ignoreBecause, RefusalError, UsageError } from '../platform/errors.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import {
@@ -98,7 +99,7 @@ export interface RetainedRelease {
  * releases that verify against `trust` are taken; others are logged and
  * ignored (anyone allowed to publish on the topic can put bytes there).
  */
-export async function watchRelease(t: Transport, topic: string, trust: TrustFile, log: Logger, settleMs = 500): Promise<{ read(): Promise<RetainedRelease>; stop(): Promise<void> }> {
+export async function watchRelease(t: Transport, topic: string, trust: TrustFile, log: Logger, settleMs: number = PUBLISH_DEFAULTS.settleMs): Promise<{ read(): Promise<RetainedRelease>; stop(): Promise<void> }> {
   const state: RetainedRelease = { seq: -1, body: undefined, bytes: undefined, problem: undefined };
   let seen = false;
   let wake: (() => void) | undefined;
@@ -148,7 +149,7 @@ export async function watchRelease(t: Transport, topic: string, trust: TrustFile
  * release role (others are logged and skipped), collected for `settleMs`
  * after subscribing.
  */
-export async function readManifests(t: Transport, topics: Topics, model: string, trust: TrustFile, log: Logger, settleMs = 500): Promise<KnownManifest[]> {
+export async function readManifests(t: Transport, topics: Topics, model: string, trust: TrustFile, log: Logger, settleMs: number = PUBLISH_DEFAULTS.settleMs): Promise<KnownManifest[]> {
   const filter = topics.manifests(model);
   const found = new Map<string, KnownManifest>();
   const off = t.onMessage((tp, payload) => {

@@ -10,6 +10,8 @@ export const ROLLOUT_DEFAULTS = {
   retryMs: 5000,
   /** Tries of a rollback before giving up. */
   rollbackAttempts: 5,
+  /** An --on-event command is stopped after this long. */
+  hookTimeoutMs: 60_000,
   /** An assignment's lifetime when the plan names none. */
   ttlSeconds: 30 * 86400,
 } as const;

@@ -100,7 +100,11 @@ const CORE = ['platform', 'protocol', 'transport', 'publisher', 'server', 'broke
 const ALLOWED = [
   { file: 'transport/mqtt.ts', text: 'opts.qos ?? 1', why: 'QoS 1 is the protocol\'s (docs/protocol.md §1), not a setting' },
   { file: 'publisher/synth.ts', text: 't.shape[0] ?? 1', why: 'the length of a 0-D tensor, not a setting' },
+  { file: 'util/event-command.ts', text: 'timeoutMs = 60_000', why: 'a shared helper: its callers (rollout/hooks.ts, operator/alerts.ts) pass their table\'s value' },
 ];
+
+/** An inline default: `?? N`, or a parameter `name = N` / `name: number = N` with N of three digits or more. */
+const INLINE = [/\?\?\s*(-?[0-9][0-9_]*(?:\.[0-9]+)?)/g, /(?:\(|, )\w+(?:: number)? = ([0-9][0-9_]{2,})(?=[,)])/g];
 
 async function tsFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -120,7 +124,7 @@ async function tsFiles(dir: string): Promise<string[]> {
 }
 
 describe('no inline numeric defaults in core code', () => {
-  it('no `?? <number>` outside the defaults tables (neutral 0 and -1 aside, and the allow-list)', async () => {
+  it('no `?? <number>` and no numeric parameter default outside the defaults tables (neutral 0 and -1 aside, and the allow-list)', async () => {
     const root = path.resolve(import.meta.dirname, '../..');
     const found: string[] = [];
     let files = 0;
@@ -130,10 +134,12 @@ describe('no inline numeric defaults in core code', () => {
         const rel = path.relative(root, file).split(path.sep).join('/');
         const lines = (await fs.readFile(file, 'utf8')).split('\n');
         lines.forEach((line, i) => {
-          for (const m of line.matchAll(/\?\?\s*(-?[0-9][0-9_]*(?:\.[0-9]+)?)/g)) {
-            if (m[1] === '0' || m[1] === '-1') continue;
-            if (ALLOWED.some((a) => a.file === rel && line.includes(a.text))) continue;
-            found.push(`${rel}:${i + 1}: ${line.trim()}`);
+          for (const re of INLINE) {
+            for (const m of line.matchAll(re)) {
+              if (m[1] === '0' || m[1] === '-1') continue;
+              if (ALLOWED.some((a) => a.file === rel && line.includes(a.text))) continue;
+              found.push(`${rel}:${i + 1}: ${line.trim()}`);
+            }
           }
         });
       }
