@@ -235,12 +235,13 @@ export class DeviceAgent {
    * no release at all, so it is logged and tried again after the retry delay.
    */
   private async resubscribeRelease(): Promise<void> {
+    if (this.resubscribeTimer) this.io.clock.clearTimeout(this.resubscribeTimer);
+    this.resubscribeTimer = undefined;
     if (this.stopped) return;
     const topic = this.io.topics.release(this.cfg.group, this.cfg.model);
     await this.io.transport.unsubscribe(topic).catch(ignoreBecause('the subscribe that follows replaces the subscription anyway', this.io.log));
     try {
       await this.io.transport.subscribe(topic, 1);
-      this.resubscribeTimer = undefined;
     } catch (e) {
       const inMs = this.cfg.retryMs;
       this.io.log.warn('re-subscribing to the release after a trust rotation failed; trying again', { inMs, ...errorFields(e) });
