@@ -94,6 +94,7 @@ export class Acl {
 
   /** May `p` publish on `topic` (also used for its will)? */
   publish(p: Principal, topic: string): AclDecision {
+    // `$` topics are the server's own (MQTT 3.1.1 §4.7.2); a topic name has no wildcards (§3.3.2.1, [MQTT-3.3.2-2]).
     if (topic.startsWith('$')) return refuse('sys-topic');
     if (topic.includes('+') || topic.includes('#')) return refuse('unknown-topic');
     const parsed = this.topics.parse(topic);
@@ -105,6 +106,7 @@ export class Acl {
   subscribe(p: Principal, filter: string): AclDecision {
     if (filter.startsWith('$')) return refuse('sys-topic');
     const levels = filter.split('/');
+    // `#` is never granted; `+` must fill a whole level (MQTT 3.1.1 §4.7.1.3, [MQTT-4.7.1-3]).
     if (levels.some((l) => l.includes('#'))) return refuse('multi-level-wildcard');
     if (levels.some((l) => l !== '+' && l.includes('+'))) return refuse('unknown-topic');
     // A placeholder for `+` that is a valid identifier but no literal level of this filter.

@@ -4,6 +4,7 @@
  * the in-process update server (random, held only in memory), and the ACL of
  * ./acl.ts on every publish, will, subscription and delivery.
  */
+import { BROKER_DEFAULTS } from './defaults.ts';
 import { timingSafeEqual } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { Aedes, AedesOptions, AuthenticateError, Client, ConnectPacket, PublishPacket } from 'aedes';
@@ -91,7 +92,7 @@ export class BrokerAuth {
   hooks(): Required<Pick<AedesOptions, 'preConnect' | 'authenticate' | 'authorizePublish' | 'authorizeSubscribe' | 'authorizeForward'>> {
     return {
       preConnect: (client, packet, cb) => {
-        // The will is checked with the credentials in authenticate().
+        // The will (MQTT 3.1.1 §3.1.2.5) is checked with the credentials in authenticate().
         this.wills.set(client, packet.will);
         cb(null, true);
       },
@@ -107,7 +108,8 @@ export class BrokerAuth {
       authorizePublish: (client, packet, cb) => {
         const d = this.mayPublish(client, packet);
         if (d.allowed) return cb(null);
-        // Aedes closes the connection: MQTT 3.1.1 has no negative PUBACK.
+        // Aedes closes the connection: MQTT 3.1.1 has no negative PUBACK; a server that does not
+        // authorize a PUBLISH must acknowledge it or close the connection (§3.3.5, [MQTT-3.3.5-2]).
         cb(new Error(`publish to ${packet.topic} refused: ${d.reason}`));
       },
       authorizeSubscribe: (client, sub, cb) => {
@@ -115,7 +117,7 @@ export class BrokerAuth {
         const d = s.ok ? this.acl.subscribe(s.principal, sub.topic) : s;
         if (d.allowed) return cb(null, sub);
         this.refused('subscribe refused', client, sub.topic, d.reason);
-        cb(null, null); // SUBACK 0x80 for this filter; the connection stays
+        cb(null, null); // SUBACK 0x80 (Failure) for this filter, MQTT 3.1.1 §3.9.3; the connection stays
       },
       authorizeForward: (client, packet) => {
         // Belt and braces: a subscription granted earlier still needs today's rights for each message.
@@ -132,7 +134,7 @@ export class BrokerAuth {
   attach(aedes: Aedes): void {
     this.aedes = aedes;
     aedes.on('clientDisconnect', (client) => this.live.delete(client));
-    this.timer = setInterval(() => void this.poll(), this.o.pollMs ?? 1000);
+    this.timer = setInterval(() => void this.poll(), this.o.pollMs ?? BROKER_DEFAULTS.authPollMs);
     this.timer.unref();
   }
 
@@ -191,7 +193,11 @@ export class BrokerAuth {
     }
   }
 
-  /** null when the client may connect. */
+  /**
+   * null when the client may connect. A refusal is a CONNACK return code (MQTT 3.1.1
+   * §3.2.2.3, Table 3.1): 2 identifier rejected, 4 bad user name or password, 5 not
+   * authorized; the server then closes the connection ([MQTT-3.2.2-5]).
+   */
   private async login(client: Client, username: string | undefined, password: Buffer | undefined): Promise<Refusal | null> {
     const refuse = (code: 2 | 4 | 5, reason: string): Refusal => {
       this.log.warn('connection refused', { client: client.id, user: username ?? null, reason, returnCode: code });
@@ -213,7 +219,8 @@ export class BrokerAuth {
       if (this.users.get(username) !== u) return refuse(5, 'user changed during login');
       const badId = client.id === this.o.internalClientId ? 'client id reserved' : clientIdRefusal(principalOf(u), client.id);
       if (badId) return refuse(5, badId);
-      // A live session under this id belongs to another user: taking it over would kick that client off.
+      // A live session under this id belongs to another user: taking it over would kick that client off
+      // (the server must disconnect the existing client with that id, MQTT 3.1.1 §3.1.4 [MQTT-3.1.4-2]).
       const holder = (this.aedes as (Aedes & { clients?: Record<string, Client> }) | undefined)?.clients?.[client.id];
       if (holder && holder !== client && !holder.closed && this.byClient.get(holder)?.principal.name !== u.name) {
         return refuse(2, 'client id in use by another user');

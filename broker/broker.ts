@@ -1,3 +1,4 @@
+import { BROKER_DEFAULTS } from './defaults.ts';
 import net from 'node:net';
 import tls from 'node:tls';
 import http from 'node:http';
@@ -195,7 +196,7 @@ const tcp: Step<BrokerParts> = {
   async start(p) {
     const sockets = new Set<net.Socket>();
     const server = net.createServer(acceptor(p, sockets));
-    p.port = await listen(server, p.o.port ?? 1883, p.host);
+    p.port = await listen(server, p.o.port ?? BROKER_DEFAULTS.port, p.host);
     p.tcp = { server, sockets };
     p.url = `mqtt://${connectableHost(p.host)}:${p.port}`;
     p.log.info('broker listening', { url: p.url, persistence: p.o.cluster ? 'redis' : p.o.persistence ?? 'level', auth: p.o.auth ?? null });

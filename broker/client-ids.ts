@@ -1,6 +1,7 @@
 /**
  * Which client ids a user may log in with. MQTT lets a new connection with a
- * client id take over (disconnect) the session of the connection holding it, so
+ * client id take over (disconnect) the session of the connection holding it
+ * (MQTT 3.1.1 §3.1.4, [MQTT-3.1.4-2]), so
  * a client id a process always uses (`fleet-gateway-SITE`, the update server's,
  * a rollout controller's) must be usable only by the role that runs it, or any
  * login, down to a `viewer`, could kick that process off the broker.
@@ -22,7 +23,7 @@ export const RESERVED_PREFIXES: ReadonlyArray<{ prefix: string; role: Role }> = 
 
 /** Why `p` may not use `clientId`, or undefined when it may. */
 export function clientIdRefusal(p: Principal, clientId: string): string | undefined {
-  if (clientId === '') return undefined; // the broker names it (clean sessions only: connect-rules.ts)
+  if (clientId === '') return undefined; // the broker names it (§3.1.3.1, [MQTT-3.1.3-6]) (clean sessions only: connect-rules.ts)
   if (p.role === 'device') {
     const want = deviceClientId(p.name);
     return clientId === want ? undefined : `a device must connect as client id ${want}`;

@@ -8,6 +8,8 @@
  * that starts one takes a lease in Redis first, so a second node started the
  * same way refuses instead of answering every request a second time.
  */
+import { BROKER_DEFAULTS } from './defaults.ts';
+import { FleetError } from '../platform/errors.ts';
 import os from 'node:os';
 import { createRequire } from 'node:module';
 import type { AedesOptions } from 'aedes';
@@ -35,13 +37,13 @@ const MQEmitterRedis = require('mqemitter-redis') as (opts: Record<string, unkno
 };
 
 /** A typed refusal: bad Redis URL, Redis unreachable, or the update-server lease held by another node. */
-export class ClusterError extends Error {
+export class ClusterError extends FleetError<'bad-url' | 'redis-unreachable' | 'update-server-taken'> {
+  override readonly name = 'ClusterError';
   constructor(
-    readonly code: 'bad-url' | 'redis-unreachable' | 'update-server-taken',
+    code: 'bad-url' | 'redis-unreachable' | 'update-server-taken',
     message: string,
   ) {
-    super(message);
-    this.name = 'ClusterError';
+    super(code === 'redis-unreachable' ? 'io' : 'usage', code, message);
   }
 }
 
@@ -122,7 +124,7 @@ export class UpdateServerLease {
   static async acquire(o: { url: string; prefix: string; holder: string; ttlMs?: number; log: Logger }): Promise<UpdateServerLease> {
     const redis = new Redis(o.url, { lazyConnect: true, maxRetriesPerRequest: 20 });
     redis.on('error', (e) => o.log.warn('redis (lease)', { error: e.message }));
-    const ttl = o.ttlMs ?? 15_000;
+    const ttl = o.ttlMs ?? BROKER_DEFAULTS.clusterLeaseTtlMs;
     const key = `fleet:${o.prefix}:update-server`;
     try {
       await (redis as unknown as { connect(): Promise<void> }).connect();

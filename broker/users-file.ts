@@ -2,6 +2,7 @@
  * The broker's users file: `{ "users": [ { name, role, group?, model?, salt, hash, params } ] }`
  * with scrypt password hashes. Written atomically with mode 0600.
  */
+import { FleetError } from '../platform/errors.ts';
 import { randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { isTopicSegment } from '../protocol/topics.ts';
@@ -38,8 +39,12 @@ export interface UsersFile {
 export const DEFAULT_SCRYPT: ScryptParams = Object.freeze({ N: 16384, r: 8, p: 1, keylen: 32 });
 const SALT_BYTES = 16;
 
-export class UsersFileError extends Error {
-  override name = 'UsersFileError';
+/** The users file (or a user given to `fleet user`) is not valid: refused, the message says which line or field. */
+export class UsersFileError extends FleetError<'invalid-users-file'> {
+  override readonly name = 'UsersFileError';
+  constructor(message: string) {
+    super('refusal', 'invalid-users-file', message);
+  }
 }
 
 function scryptAsync(password: string | Buffer, salt: Buffer, pr: ScryptParams): Promise<Buffer> {

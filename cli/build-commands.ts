@@ -1,3 +1,4 @@
+import { ignoreBecause } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError, Option } from 'commander';
@@ -49,7 +50,7 @@ const WRITE_HINTS: Record<string, string> = {
 
 /** Before computing: the update and its report can be created where --out says. */
 async function checkWritable(file: string): Promise<void> {
-  const st = await fs.stat(file).catch(() => undefined);
+  const st = await fs.stat(file).catch(ignoreBecause('absent (or not statable): the write itself says why it fails'));
   if (st?.isDirectory()) throw new BuildError('unwritable-output', `cannot write --out ${file}: ${WRITE_HINTS.EISDIR}`);
   for (const probe of [`${file}.tmp-${process.pid}`, `${reportPath(file)}.tmp-${process.pid}`]) {
     try {
@@ -212,7 +213,7 @@ export function registerBuildCommands(program: Command): void {
     .action(async (file: string, o: { base?: string; json?: boolean }) => {
       const bytes = await readUpdateFile(file);
       const p = decodePayload(bytes);
-      const sidecar = await fs.readFile(reportPath(file), 'utf8').then((t) => JSON.parse(t) as BuildReport & { payloadSha256: string }).catch(() => undefined);
+      const sidecar = await fs.readFile(reportPath(file), 'utf8').then((t) => JSON.parse(t) as BuildReport & { payloadSha256: string }).catch(ignoreBecause('no readable report beside the update: shown without it'));
       const built = sidecar?.payloadSha256 === sha256Hex(bytes) ? sidecar : undefined;
       const errors = new Map(built?.tensors.map((t) => [t.name, t.relError]) ?? []);
       let modelBytes = built?.modelBytes;

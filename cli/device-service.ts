@@ -1,3 +1,4 @@
+import { UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
@@ -49,14 +50,14 @@ function deviceArgs(o: DeviceNodeOptions, brokers: string): string[] {
  */
 export async function installService(o: ServiceOptions, c: ServiceContext): Promise<{ unitFile: string; unitName: string; unitText: string; envFile: string; envText: string }> {
   for (const [flag, file] of [['--trust', o.trust], ['--initial', o.initial], ['--group-key', o.groupKey], ['the entry point', c.entry], ['the node binary', c.node]] as const) {
-    if (file !== undefined) await fs.access(file).catch(() => { throw new Error(`${flag}: ${file} does not exist; the service could never start`); });
+    if (file !== undefined) await fs.access(file).catch(() => { throw new UsageError('missing-file', `${flag}: ${file} does not exist; the service could never start`); });
   }
   // A password in a broker URL would sit in the unit, readable by every user: it moves to the environment file.
   let password = c.password;
   const brokers = o.broker.split(',').map((raw) => {
     const u = new URL(raw.trim());
     if (u.password) {
-      if (password !== undefined && password !== decodeURIComponent(u.password)) throw new Error('the broker URLs and --password-file give different passwords');
+      if (password !== undefined && password !== decodeURIComponent(u.password)) throw new UsageError('bad-options', 'the broker URLs and --password-file give different passwords');
       password = decodeURIComponent(u.password);
       u.password = '';
     }

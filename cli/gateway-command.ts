@@ -1,6 +1,8 @@
+import { UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
+import { GATEWAY_DEFAULTS } from '../gateway/defaults.ts';
 import { parseBudget, parseWindow } from '../gateway/policy.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
 import { collect, parseIntArg } from './options.ts';
@@ -42,18 +44,18 @@ export function registerGatewayCommand(program: Command): void {
     .option('--group <group>', 'mirror this group\'s releases (repeatable)', collect, [])
     .option('--model <model>', 'only these models (repeatable)', collect, [])
     .option('--learn-groups <n>', 'also mirror at most N group/model pairs learned from the site\'s devices (with --auth: from their logins, no cap unless given; without: from what they say, only with this option)', parseIntArg(0, 10_000))
-    .option('--idle-ms <ms>', 'upstream transfer: re-ask for outstanding chunks after at least this much silence', parseIntArg(100), 10_000)
-    .option('--max-window <n>', 'upstream transfer: most chunks in flight', parseIntArg(1, 1024), 32)
+    .option('--idle-ms <ms>', 'upstream transfer: re-ask for outstanding chunks after at least this much silence', parseIntArg(100), GATEWAY_DEFAULTS.idleMs)
+    .option('--max-window <n>', 'upstream transfer: most chunks in flight', parseIntArg(1, 1024), GATEWAY_DEFAULTS.maxWindow)
     .option('--auth <file>', 'the site broker\'s users file (`fleet user add … --auth FILE`): the site\'s devices log in, per-device ACLs apply')
     .option('--tls-port <port>', 'also serve the site\'s devices with TLS on this port (mqtts://)', parseIntArg(0, 65535))
     .option('--tls-cert <file>', 'the site broker\'s certificate (PEM)')
     .option('--tls-key <file>', 'its private key (PEM)')
     .option('--tls-ca <file>', 'require client certificates signed by this CA')
-    .option('--tick-ms <ms>', 'how often the window and budget are checked and DIR/status.json is refreshed', parseIntArg(50, 60_000), 1000)
+    .option('--tick-ms <ms>', 'how often the window and budget are checked and DIR/status.json is refreshed', parseIntArg(50, 60_000), GATEWAY_DEFAULTS.tickMs)
     .action(async (o: GatewayCliOptions) => {
       const log = createLogger('gateway', parseLogLevel(program.opts().logLevel ?? process.env.FLEET_LOG));
       const stop = commandStop(program, log);
-      if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new Error('--tls-port needs --tls-cert and --tls-key');
+      if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new UsageError('bad-options', '--tls-port needs --tls-cert and --tls-key');
       const tls = o.tlsPort !== undefined
         ? { port: o.tlsPort, host: o.host, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
         : undefined;

@@ -1,6 +1,8 @@
+import { UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Option } from 'commander';
+import { BROKER_DEFAULTS } from '../broker/defaults.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { ContentStore } from '../server/content-store.ts';
@@ -30,7 +32,7 @@ const logLevel = (): ReturnType<typeof logLevelOf> => logLevelOf(program);
 program
   .command('broker')
   .description('run the MQTT broker (Aedes) with the update server in-process')
-  .option('--port <port>', 'TCP port', parseIntArg(0, 65535), 1883)
+  .option('--port <port>', 'TCP port', parseIntArg(0, 65535), BROKER_DEFAULTS.port)
   .option('--host <host>', 'address to listen on', '127.0.0.1')
   .option('--data-dir <dir>', 'broker persistence and update store', './fleet-data')
   .addOption(new Option('--persistence <kind>', 'broker persistence').choices(['level', 'memory']).default('level'))
@@ -49,7 +51,7 @@ program
   .action(async ({ http: httpPort, httpHost, wsPort, wsHost, ...o }: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; cluster?: string; auth?: string; tlsPort?: number; tlsHost?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; http?: number; httpHost: string; wsPort?: number; wsHost?: string }) => {
     const log = createLogger('broker', logLevel());
     const stop = commandStop(program, log);
-    if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new Error('--tls-port needs --tls-cert and --tls-key');
+    if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new UsageError('bad-options', '--tls-port needs --tls-cert and --tls-key');
     const tlsOpts = o.tlsPort !== undefined
       ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
       : undefined;
@@ -102,7 +104,7 @@ program
   .action(async (o: { out: string }) => {
     try {
       await fs.access(o.out);
-      throw new Error(`${o.out} exists; refusing to overwrite a key`);
+      throw new UsageError('key-exists', `${o.out} exists; refusing to overwrite a key`);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }

@@ -1,3 +1,5 @@
+import { UsageError } from '../platform/errors.ts';
+import { PUBLISH_DEFAULTS } from '../publisher/defaults.ts';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -35,7 +37,7 @@ export function registerOfflineCommands(program: Command): void {
     .option('--rollout-key <file>', 'rollout key: signs the assignment (default: the release keys, for one-role trust files)', collect)
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--group <group>', 'device group')
-    .option('--ttl <duration>', 'release lifetime', parseDuration, 30 * 86400)
+    .option('--ttl <duration>', 'release lifetime', parseDuration, PUBLISH_DEFAULTS.ttlSeconds)
     .requiredOption('--out <file>', 'bundle file to write')
     .action(async (o: { update: string[]; full?: string; key: string[]; rolloutKey?: string[]; model: string; group: string; ttl: number; out: string }) => {
       const payloads = await Promise.all(o.update.map(readUpdateFile));
@@ -65,8 +67,8 @@ export function registerOfflineCommands(program: Command): void {
     .option('--max-drop <points>', 'with --validate-onnx: refuse when accuracy falls more than this many points below the model given', parsePoints)
     .action(async (o: { model?: string; update?: string; out?: string; bundle?: string; trust?: string; dir?: string; deviceModel?: string; deviceGroup?: string } & OnnxValidationFlags) => {
       if (o.bundle) {
-        if (!o.trust) throw new Error('--bundle needs --trust TRUST_FILE');
-        if (!o.dir === !(o.model && o.out)) throw new Error('with --bundle give either --dir DEVICE_DIR or --model FILE --out FILE');
+        if (!o.trust) throw new UsageError('bad-options', '--bundle needs --trust TRUST_FILE');
+        if (!o.dir === !(o.model && o.out)) throw new UsageError('bad-options', 'with --bundle give either --dir DEVICE_DIR or --model FILE --out FILE');
         const bundle = readBundle(new Uint8Array(await fs.readFile(o.bundle)));
         const trust = parseTrustFile(await fs.readFile(o.trust, 'utf8'));
         const log = createLogger('apply');
@@ -98,7 +100,7 @@ export function registerOfflineCommands(program: Command): void {
         }
         return;
       }
-      if (!o.model || !o.update || !o.out) throw new Error('give --model, --update and --out (or --bundle with --trust)');
+      if (!o.model || !o.update || !o.out) throw new UsageError('bad-options', 'give --model, --update and --out (or --bundle with --trust)');
       const format = modelFormatOf(o.model);
       const payloadStart = await checkUpdateFile(o.update);
       const validator = await onnxValidatorFor(o, new DeviceStorage(path.dirname(path.resolve(o.model)), undefined, format));

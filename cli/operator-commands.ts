@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
+import { OPERATOR_DEFAULTS } from '../operator/defaults.ts';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
@@ -80,7 +81,7 @@ export function registerOperatorCommands(program: Command): void {
     .description('web dashboard: live page (Server-Sent Events from --broker, or MQTT over WebSocket in the browser with --ws), /api/devices, /api/rollouts, /metrics (Prometheus)')
     .option('--broker <url>', 'broker URL: the server follows the fleet and feeds the page over Server-Sent Events (and /api, /metrics)')
     .option('--ws <url>', "the broker's WebSocket listener (ws://HOST:PORT, as the browser reaches it): the page connects itself and asks for a viewer login")
-    .option('--port <port>', 'HTTP port', parseIntArg(0, 65535), 8080)
+    .option('--port <port>', 'HTTP port', parseIntArg(0, 65535), OPERATOR_DEFAULTS.dashboardPort)
     .option('--host <host>', 'address to listen on (the dashboard has no login: keep it on loopback or behind a proxy)', '127.0.0.1')
     .option(...stale)
     .action(async (o: { broker?: string; ws?: string; port: number; host: string; stale: number }) => {

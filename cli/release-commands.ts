@@ -1,3 +1,5 @@
+import { IoError, RefusalError, UsageError } from '../platform/errors.ts';
+import { PUBLISH_DEFAULTS } from '../publisher/defaults.ts';
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
@@ -22,14 +24,14 @@ async function readInput(file: string, what: string): Promise<Uint8Array> {
   try {
     return new Uint8Array(await fs.readFile(file));
   } catch (e) {
-    throw new Error(`cannot read ${what} ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    throw new IoError('unreadable-file', `cannot read ${what} ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
 }
 
 export async function readTrust(file: string | undefined): Promise<TrustFile | undefined> {
   if (file === undefined) return undefined;
   const text = await fs.readFile(file, 'utf8').catch((e: NodeJS.ErrnoException) => {
-    throw new Error(`cannot read trust file ${file}: ${e.code ?? e.message}`);
+    throw new IoError('unreadable-file', `cannot read trust file ${file}: ${e.code ?? e.message}`);
   });
   return parseTrustFile(text);
 }
@@ -48,7 +50,7 @@ interface RollbackCli {
 export async function loadRoleKeys(o: { key?: string[]; rolloutKey?: string[] }): Promise<{ keys: SigningKey[]; rolloutKeys: SigningKey[] | undefined }> {
   const keys = await Promise.all((o.key ?? []).map(loadSigningKey));
   const rolloutKeys = o.rolloutKey?.length ? await Promise.all(o.rolloutKey.map(loadSigningKey)) : undefined;
-  if (keys.length === 0 && !rolloutKeys) throw new Error('give a release key (--key) and/or a rollout key (--rollout-key)');
+  if (keys.length === 0 && !rolloutKeys) throw new UsageError('bad-options', 'give a release key (--key) and/or a rollout key (--rollout-key)');
   return { keys, rolloutKeys };
 }
 
@@ -69,7 +71,7 @@ async function checkAudience(t: MqttTransport, topics: Topics, group: string, mo
   if (statuses.some((s) => s.group === group && s.model === model)) return;
   const list = (xs: string[]): string => (xs.length === 0 ? 'none' : [...new Set(xs)].sort().slice(0, 8).join(', ') + (new Set(xs).size > 8 ? ', …' : ''));
   const groups = list(statuses.filter((s) => s.model === model).map((s) => s.group));
-  throw new Error(`no device has reported group ${group} for model ${model} (groups with devices on ${model}: ${groups}; models: ${list(statuses.map((s) => s.model))}); check the names, or give --yes to publish for devices yet to come`);
+  throw new UsageError('unknown-group', `no device has reported group ${group} for model ${model} (groups with devices on ${model}: ${groups}; models: ${list(statuses.map((s) => s.model))}); check the names, or give --yes to publish for devices yet to come`);
 }
 
 /** `fleet publish` and `fleet rollback`. */
@@ -91,7 +93,7 @@ export function registerReleaseCommands(program: Command): void {
     .option('--group <group>', 'device group (required unless --manifest-only)')
     .requiredOption('--broker <url>', 'broker URL')
     .option('--chunk-size <bytes>', 'chunk size', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
-    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
+    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, PUBLISH_DEFAULTS.ttlSeconds)
     .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
     .option('--trust <file>', 'the fleet\'s trust file: the keys, the current release and retained manifests are checked against it before anything is uploaded (default: trust.json beside the keys, else the keys themselves)')
     .option('--group-key <file>', 'seal the payloads with this group key (`fleet groupkey`): the broker and update server never see the weights')
@@ -100,13 +102,13 @@ export function registerReleaseCommands(program: Command): void {
       const payloads = await Promise.all(o.update.map(readUpdateFile));
       const fullModel = o.full === undefined ? undefined : await readInput(o.full, 'full model');
       const { keys, rolloutKeys } = await loadRoleKeys(o);
-      if (!o.manifestOnly && o.group === undefined) throw new Error('--group is required (or --manifest-only)');
+      if (!o.manifestOnly && o.group === undefined) throw new UsageError('bad-options', '--group is required (or --manifest-only)');
       // The fleet's trust file: given, or the one `fleet keygen` wrote beside the keys.
       const trustFile = o.trust ?? trustBesideKeys([...(o.key ?? []), ...(o.rolloutKey ?? [])]);
       const trust = await readTrust(trustFile);
       // Checked before anything is uploaded: what the devices would refuse is not sent at all.
       const problem = trust && signerProblem(trust, keys, rolloutKeys, !o.manifestOnly, keys.length > 0);
-      if (problem) throw new Error(`${problem} (checked against ${trustFile})`);
+      if (problem) throw new RefusalError('invalid-release', `${problem} (checked against ${trustFile})`);
       // The device's own apply on the model they run: a wrong base or a wrong result is refused before a byte is uploaded.
       if (o.base !== undefined) await checkUpdatesOnBase(o.base, payloads);
       const groupKey = o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined;
@@ -150,7 +152,7 @@ export function registerReleaseCommands(program: Command): void {
     .requiredOption('--broker <url>', 'broker URL')
     .option('--full <model>', 'the previous model (safetensors), for devices that no longer hold it')
     .option('--chunk-size <bytes>', 'chunk size of the full model upload', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
-    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, 30 * 86400)
+    .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, PUBLISH_DEFAULTS.ttlSeconds)
     .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
     .option('--trust <file>', 'trust file the current release must verify against (default: the keys)')
     .action(async (o: RollbackCli) => {

@@ -1,5 +1,7 @@
+import { ignoreBecause, UsageError } from '../platform/errors.ts';
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
+import { ROLLOUT_DEFAULTS } from '../rollout/defaults.ts';
 import { systemClock } from '../platform/clock.ts';
 import { Topics } from '../protocol/topics.ts';
 import { loadRoleKeys, readTrust } from './release-commands.ts';
@@ -43,7 +45,7 @@ async function readRolloutStatus(t: Transport, topics: Topics, id: string, waitM
     };
   });
   off();
-  await t.unsubscribe(topic).catch(() => undefined);
+  await t.unsubscribe(topic).catch(ignoreBecause('the session ends the subscription anyway'));
   return got;
 }
 
@@ -57,7 +59,7 @@ export function registerRolloutCommands(program: Command): void {
   const forgettable = (records: DeviceRecord[], named: string[], staleSeconds: number | undefined, now: number): string[] => {
     const known = new Set(records.map((r) => r.device));
     const unknown = named.filter((id) => !known.has(id));
-    if (unknown.length) throw new Error(`the broker holds no status or presence of ${unknown.join(', ')}; check the device id (fleet devices lists them)`);
+    if (unknown.length) throw new UsageError('unknown-device', `the broker holds no status or presence of ${unknown.join(', ')}; check the device id (fleet devices lists them)`);
     const stale = staleSeconds === undefined ? [] : records.filter((r) => {
       const t = Date.parse(r.status?.time ?? '');
       return r.presence !== 'online' && (!Number.isFinite(t) || now - t > staleSeconds * 1000);
@@ -106,7 +108,7 @@ export function registerRolloutCommands(program: Command): void {
     .requiredOption('--broker <url>', 'broker URL')
     .option('--trust <file>', 'the devices\' trust file: releases and manifests on the broker are checked against it (required without --key)')
     .option('--on-event <cmd>', `run on ${HOOK_EVENTS.join(', ')} with the event JSON in FLEET_EVENT and on stdin`)
-    .option('--settle <ms>', 'how long retained statuses are collected at start', parseIntArg(0, 600_000), 1500)
+    .option('--settle <ms>', 'how long retained statuses are collected at start', parseIntArg(0, 600_000), ROLLOUT_DEFAULTS.settleMs)
     .option('--json', 'print each event as one JSON line')
     .action(async (file: string, o: { key?: string[]; rolloutKey?: string[]; broker: string; trust?: string; onEvent?: string; settle: number; json?: boolean }) => {
       const log = createLogger('rollout', logLevel());
@@ -148,7 +150,7 @@ export function registerRolloutCommands(program: Command): void {
       const t = await connect(o.broker, 'rollout-status');
       try {
         const s = await readRolloutStatus(t, topics(), id, o.wait);
-        if (!s) throw new Error(`no status for rollout ${id} on ${o.broker}`);
+        if (!s) throw new UsageError('unknown-rollout', `no status for rollout ${id} on ${o.broker}`);
         process.stdout.write(o.json ? `${JSON.stringify(s)}\n` : `${formatRolloutStatus(s)}\n`);
       } finally {
         await t.close();

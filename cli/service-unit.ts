@@ -5,6 +5,7 @@
  * text out; cli/device-service.ts writes the files.
  */
 
+import { UsageError } from '../platform/errors.ts';
 import { EXIT_CONFLICT } from '../util/exit-codes.ts';
 
 export interface ServiceUnitOptions {
@@ -40,8 +41,8 @@ export function unitName(id: string): string {
 
 export function renderServiceUnit(o: ServiceUnitOptions): string {
   for (const p of [o.dir, o.node, o.entry, o.envFile, ...(o.readWrite ?? [])]) {
-    if (!p.startsWith('/')) throw new Error(`${p}: the unit needs absolute paths`);
-    if (/[\s"'\\]/.test(p)) throw new Error(`${p}: a path in a unit may not hold spaces, quotes or backslashes; move it`);
+    if (!p.startsWith('/')) throw new UsageError('bad-unit', `${p}: the unit needs absolute paths`);
+    if (/[\s"'\\]/.test(p)) throw new UsageError('bad-unit', `${p}: a path in a unit may not hold spaces, quotes or backslashes; move it`);
   }
   const exec = [o.node, o.entry, 'device', ...o.args].map(systemdQuote).join(' ');
   const lines = [
@@ -100,8 +101,8 @@ export function renderServiceUnit(o: ServiceUnitOptions): string {
 export function renderEnvFile(env: Record<string, string>): string {
   const lines = ['# Read by systemd for the fleet device agent (mode 0600). FLEET_PASSWORD: the broker login\'s password.'];
   for (const [k, v] of Object.entries(env)) {
-    if (!/^[A-Z_][A-Z0-9_]*$/.test(k)) throw new Error(`${k}: not an environment variable name`);
-    if (/[\n\r\0]/.test(v)) throw new Error(`${k}: a value may not hold line breaks`);
+    if (!/^[A-Z_][A-Z0-9_]*$/.test(k)) throw new UsageError('bad-unit', `${k}: not an environment variable name`);
+    if (/[\n\r\0]/.test(v)) throw new UsageError('bad-unit', `${k}: a value may not hold line breaks`);
     lines.push(`${k}="${v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\$/g, '\\$')}"`);
   }
   return `${lines.join('\n')}\n`;

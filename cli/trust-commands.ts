@@ -1,3 +1,4 @@
+import { PUBLISH_DEFAULTS } from '../publisher/defaults.ts';
 import { promises as fs } from 'node:fs';
 import type { Command } from 'commander';
 import { decodeEnvelope } from '../protocol/signed.ts';
@@ -25,7 +26,7 @@ export function registerTrustCommands(program: Command): void {
     .option('--rollout-key <file>', 'rollout key (repeat for k-of-n)', collect)
     .option('--key <file>', 'release key, for one-role trust files', collect)
     .option('--trust <file>', 'the devices\' trust file: the current release must verify against it (required without --key)')
-    .option('--ttl <duration>', 'new lifetime (e.g. 30d)', parseDuration, 30 * 86400)
+    .option('--ttl <duration>', 'new lifetime (e.g. 30d)', parseDuration, PUBLISH_DEFAULTS.ttlSeconds)
     .action(async (o: { model: string; group: string[]; broker: string; rolloutKey?: string[]; key?: string[]; trust?: string; ttl: number }) => {
       const log = createLogger('refresh', logLevel());
       const { keys, rolloutKeys } = await loadRoleKeys(o);

@@ -1,3 +1,4 @@
+import { UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ROLES, type Role } from '../broker/acl.ts';
@@ -15,20 +16,20 @@ function segment(kind: string) {
 
 function find(file: UsersFile, name: string, authFile: string): UserRecord {
   const u = file.users.find((x) => x.name === name);
-  if (!u) throw new Error(`no user "${name}" in ${authFile}`);
+  if (!u) throw new UsageError('no-such-user', `no user "${name}" in ${authFile}`);
   return u;
 }
 
 async function readPassword(o: { password?: string; passwordFile?: string }): Promise<{ password: string; generated: boolean }> {
-  if (o.password !== undefined && o.passwordFile !== undefined) throw new Error('give --password or --password-file, not both');
+  if (o.password !== undefined && o.passwordFile !== undefined) throw new UsageError('bad-options', 'give --password or --password-file, not both');
   if (o.passwordFile !== undefined) {
     // One line; the trailing newline an editor or `echo` adds is not part of it.
     const p = (await fs.readFile(o.passwordFile, 'utf8')).replace(/\r?\n$/, '');
-    if (!p) throw new Error(`${o.passwordFile} is empty`);
+    if (!p) throw new UsageError('bad-options', `${o.passwordFile} is empty`);
     return { password: p, generated: false };
   }
   if (o.password !== undefined) {
-    if (!o.password) throw new Error('the password is empty');
+    if (!o.password) throw new UsageError('bad-options', 'the password is empty');
     return { password: o.password, generated: false };
   }
   return { password: generatePassword(), generated: true };
@@ -55,11 +56,11 @@ export function registerUserCommands(program: Command): void {
     .option('--password <password>', 'the password (visible to other local users in the process list; prefer --password-file)')
     .option('--password-file <file>', 'read the password from the first line of this file')
     .action(async (name: string, o: { role: Role; group?: string; model?: string; site?: string; auth: string; password?: string; passwordFile?: string }) => {
-      if (o.role === 'device' && (!o.group || !o.model)) throw new Error('a device needs --group and --model');
-      if (o.role !== 'device' && (o.group || o.model)) throw new Error('only devices have --group and --model');
-      if (o.role !== 'gateway' && o.site) throw new Error('only gateways have --site');
+      if (o.role === 'device' && (!o.group || !o.model)) throw new UsageError('bad-options', 'a device needs --group and --model');
+      if (o.role !== 'device' && (o.group || o.model)) throw new UsageError('bad-options', 'only devices have --group and --model');
+      if (o.role !== 'gateway' && o.site) throw new UsageError('bad-options', 'only gateways have --site');
       const file = await readUsersFileOrEmpty(o.auth);
-      if (file.users.some((u) => u.name === name)) throw new Error(`user "${name}" already exists in ${o.auth} (remove it first)`);
+      if (file.users.some((u) => u.name === name)) throw new UsageError('user-exists', `user "${name}" already exists in ${o.auth} (remove it first)`);
       const { password, generated } = await readPassword(o);
       const rec: UserRecord = { name, role: o.role, ...(o.role === 'device' ? { group: o.group, model: o.model } : {}), ...(o.site ? { site: o.site } : {}), ...(await hashPassword(password)) };
       await writeUsersFile(o.auth, { users: [...file.users, rec] });
@@ -106,7 +107,7 @@ export function registerUserCommands(program: Command): void {
     .action(async (name: string, o: { group: string; model?: string; auth: string }) => {
       const file = await readUsersFile(o.auth);
       const u = find(file, name, o.auth);
-      if (u.role !== 'device') throw new Error(`${name} is a ${u.role}; only devices have a group`);
+      if (u.role !== 'device') throw new UsageError('bad-options', `${name} is a ${u.role}; only devices have a group`);
       const next: UserRecord = { ...u, group: o.group, model: o.model ?? u.model };
       await writeUsersFile(o.auth, { users: file.users.map((x) => (x === u ? next : x)) });
       process.stdout.write(`device ${name}: group ${u.group} -> ${next.group}, model ${u.model} -> ${next.model}\n`);

@@ -3,6 +3,7 @@ import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Clock } from '../platform/clock.ts';
+import { DEVICE_DEFAULTS } from './defaults.ts';
 import type { HealthCheck } from './health.ts';
 import type { StagedValidator } from './onnx-validate.ts';
 import type { DeviceStorage } from './storage.ts';
@@ -75,5 +76,6 @@ export function packetLimitOf(c: Pick<AgentConfig, 'maxPayloadBytes' | 'maxChunk
 }
 
 export function capsOf(c: Pick<AgentConfig, 'maxPayloadBytes' | 'maxChunks' | 'maxChunkBytes'>): ManifestLimits {
-  return { payloadBytes: c.maxPayloadBytes ?? 256 * 1024 * 1024, chunks: c.maxChunks ?? 65_536, chunkBytes: c.maxChunkBytes ?? 1024 * 1024 };
+  const d = DEVICE_DEFAULTS;
+  return { payloadBytes: c.maxPayloadBytes ?? d.maxPayloadBytes, chunks: c.maxChunks ?? d.maxChunks, chunkBytes: c.maxChunkBytes ?? d.maxChunkBytes };
 }

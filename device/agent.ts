@@ -1,8 +1,10 @@
+import { errorFields, ignoreBecause, UsageError } from '../platform/errors.ts';
 import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
 import type { ReleaseBody } from '../protocol/release.ts';
 import { encodePresence, encodeStatus, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
 import { capsOf, type AgentConfig, type AgentPorts } from './agent-config.ts';
+import { DEVICE_DEFAULTS, resolveAgentConfig, type ResolvedAgentConfig } from './defaults.ts';
 import { checkSpace, fetcherFor, type Fetcher } from './fetcher.ts';
 import { Installer } from './installer.ts';
 import { nextState, type DeviceEvent } from './machine.ts';
@@ -39,13 +41,18 @@ export class DeviceAgent {
   private lastProgress = 0;
   private readonly timers: AgentTimers;
   private stopped = false;
+  private resubscribeTimer: unknown;
   private readonly listeners: Array<(s: DeviceStatus) => void> = [];
   private readonly identity: AgentIdentity;
   private readonly guard: SessionGuard;
 
-  constructor(private readonly cfg: AgentConfig, private readonly io: AgentPorts) {
+  /** The config it runs with: every default from DEVICE_DEFAULTS (device/defaults.ts). */
+  private readonly cfg: ResolvedAgentConfig;
+
+  constructor(given: AgentConfig, private readonly io: AgentPorts) {
+    const cfg = (this.cfg = resolveAgentConfig(given));
     this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
-    this.timers = new AgentTimers(io.clock, cfg.retryMs ?? 30_000);
+    this.timers = new AgentTimers(io.clock, cfg.retryMs);
     this.identity = newIdentity(io.clock.now());
     this.guard = new SessionGuard({
       deviceId: cfg.deviceId, transport: io.transport, topics: io.topics, clock: io.clock, log: io.log, identity: this.identity,
@@ -55,9 +62,9 @@ export class DeviceAgent {
       },
     });
     this.installer = new Installer(io.storage, {
-      deviceId: cfg.deviceId, validateCmd: cfg.validateCmd, validateTimeoutMs: cfg.validateTimeoutMs ?? 120_000, healthCmd: cfg.healthCmd,
-      healthTimeoutMs: cfg.healthTimeoutMs ?? 60_000, healthWindowMs: cfg.healthWindowMs, maxAttempts: cfg.maxAttempts,
-      onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: 60_000, groupKey: cfg.groupKey, validator: cfg.validator,
+      deviceId: cfg.deviceId, validateCmd: cfg.validateCmd, validateTimeoutMs: cfg.validateTimeoutMs, healthCmd: cfg.healthCmd,
+      healthTimeoutMs: cfg.healthTimeoutMs, healthWindowMs: cfg.healthWindowMs, maxAttempts: cfg.maxAttempts,
+      onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: DEVICE_DEFAULTS.onSwitchTimeoutMs, groupKey: cfg.groupKey, validator: cfg.validator,
     }, io.health, io.log);
   }
 
@@ -89,7 +96,7 @@ export class DeviceAgent {
     }
     const recovered = await this.installer.recover();
     const pointer = await storage.pointer();
-    if (!pointer) throw new Error(`${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);
+    if (!pointer) throw new UsageError('no-model', `${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);
     this.running = pointer.digest;
     await this.trust.load();
     t.onMessage((topic, payload) => this.onMessage(topic, payload));
@@ -116,6 +123,7 @@ export class DeviceAgent {
   async stop(): Promise<void> {
     this.stopped = true;
     this.timers.clear();
+    if (this.resubscribeTimer) this.io.clock.clearTimeout(this.resubscribeTimer);
     const f = this.fetcher;
     this.fetcher = undefined;
     await f?.close();
@@ -139,7 +147,7 @@ export class DeviceAgent {
 
   private onConnected(): void {
     const { transport: t, topics } = this.io;
-    void t.publish(topics.presence(this.cfg.deviceId), encodePresence('online', this.io.clock.now()), { qos: 1, retain: true }).catch(() => undefined);
+    void t.publish(topics.presence(this.cfg.deviceId), encodePresence('online', this.io.clock.now()), { qos: 1, retain: true }).catch(ignoreBecause('presence is published again on the next connect', this.io.log));
     this.fetcher?.resend();
     // Read the retained status before replacing it: another agent's, there, means a shared --id.
     void this.guard.check().then(() => {
@@ -200,7 +208,7 @@ export class DeviceAgent {
     const s = this.status();
     this.lastStatusAt = this.io.clock.now();
     for (const l of this.listeners) l(s);
-    void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).then(() => this.guard.acked(), () => undefined);
+    void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).then(() => this.guard.acked(), ignoreBecause('the status is published again at the next transition and on reconnect', this.io.log));
     return s;
   }
 
@@ -216,9 +224,29 @@ export class DeviceAgent {
     if (r.newRolloutRole) this.memory.highestSeq = -1;
     this.memory.refused = [];
     await this.io.storage.saveMemory(this.memory);
+    await this.resubscribeRelease();
+  }
+
+  /**
+   * Subscribe to the group's release topic anew, so the broker sends its retained
+   * release again (MQTT 3.1.1 §3.3.1.3, §3.8.4). Unsubscribing first is only so a
+   * broker that skips re-sending on a repeated subscription still sends it: its
+   * failure changes nothing. A failed subscribe would leave the device following
+   * no release at all, so it is logged and tried again after the retry delay.
+   */
+  private async resubscribeRelease(): Promise<void> {
+    if (this.resubscribeTimer) this.io.clock.clearTimeout(this.resubscribeTimer);
+    this.resubscribeTimer = undefined;
+    if (this.stopped) return;
     const topic = this.io.topics.release(this.cfg.group, this.cfg.model);
-    await this.io.transport.unsubscribe(topic).catch(() => undefined);
-    await this.io.transport.subscribe(topic, 1).catch(() => undefined);
+    await this.io.transport.unsubscribe(topic).catch(ignoreBecause('the subscribe that follows replaces the subscription anyway', this.io.log));
+    try {
+      await this.io.transport.subscribe(topic, 1);
+    } catch (e) {
+      const inMs = this.cfg.retryMs;
+      this.io.log.warn('re-subscribing to the release after a trust rotation failed; trying again', { inMs, ...errorFields(e) });
+      this.resubscribeTimer = this.io.clock.setTimeout(() => this.enqueue(() => this.resubscribeRelease()), inMs);
+    }
   }
 
   private async onRelease(bytes: Uint8Array): Promise<void> {
@@ -238,7 +266,7 @@ export class DeviceAgent {
     }
     const d = await decideRelease(bytes, hash, {
       model: this.cfg.model, group: this.cfg.group, trust: this.trust.current, running: this.running,
-      now: Math.floor(this.io.clock.now() / 1000), skewSeconds: this.cfg.skewSeconds ?? 300,
+      now: Math.floor(this.io.clock.now() / 1000), skewSeconds: this.cfg.skewSeconds,
       caps: capsOf(this.cfg), memory: m,
       holds: (digest) => this.io.storage.hasVersion(digest),
     });
@@ -261,6 +289,13 @@ export class DeviceAgent {
     }
   }
 
+  /** toReason, and a bug's stack in the log: an internal error is reported as one, never as bad input or storage. */
+  private reasonOf(e: unknown): ReturnType<typeof toReason> {
+    const r = toReason(e);
+    if (r.code === 'internal-error') this.io.log.error('internal error (a bug)', errorFields(e));
+    return r;
+  }
+
   private accept(hash: string, body: ReleaseBody, active: ActiveRelease | null): void {
     const m = this.memory;
     m.highestSeq = body.seq;
@@ -270,7 +305,7 @@ export class DeviceAgent {
   }
 
   private async refuse(hash: string, e: unknown, body?: ReleaseBody): Promise<void> {
-    const { code, message } = toReason(e);
+    const { code, message } = this.reasonOf(e);
     this.io.log.warn('release refused', { reason: code, message });
     this.memory.refused.push(hash);
     await this.endFetch();
@@ -326,7 +361,7 @@ export class DeviceAgent {
       this.armWatchdog(f);
       await f.start();
     } catch (e) {
-      const { code, message } = toReason(e);
+      const { code, message } = this.reasonOf(e);
       if (this.state !== 'downloading') await this.transition(event, fields);
       await this.endFetch();
       await this.transition('download-failed', { reason: code, message });
@@ -345,7 +380,7 @@ export class DeviceAgent {
   private async fetchFailed(f: Fetcher, e: unknown): Promise<void> {
     if (this.fetcher !== f) return;
     await this.endFetch();
-    const { code, message } = toReason(e);
+    const { code, message } = this.reasonOf(e);
     await this.transition('download-failed', { reason: code, message });
     this.scheduleRetry(code);
   }
@@ -361,7 +396,7 @@ export class DeviceAgent {
 
   /** While downloading, a status at least every watchdogMs: the rate, or how long nothing has come. */
   private armWatchdog(f: Fetcher): void {
-    const every = this.cfg.watchdogMs ?? 10_000;
+    const every = this.cfg.watchdogMs;
     this.timers.watch(every, () => {
       if (this.fetcher !== f || this.stopped) return false;
       if (this.io.clock.now() - this.lastStatusAt >= every) {
@@ -395,8 +430,8 @@ export class DeviceAgent {
     try {
       await this.installer.stage(previous, verified, a.target, a.rollback);
     } catch (e) {
-      await this.io.storage.removeStaging().catch(() => undefined);
-      await this.io.storage.clearJournal().catch(() => undefined);
+      await this.io.storage.removeStaging().catch(ignoreBecause('the staged build is discarded on the next start (installer.recover)', this.io.log));
+      await this.io.storage.clearJournal().catch(ignoreBecause('a journal left behind is recovered on the next start', this.io.log));
       return this.endInstall(toReason(e).code === 'storage-error' ? 'storage-failed' : 'apply-failed', e, a, { validation: this.installer.lastValidation });
     }
     await this.installer.switchTo(a.target, previous, a.rollback, 1);
@@ -445,7 +480,7 @@ export class DeviceAgent {
   }
 
   private async endInstall(event: DeviceEvent, e: unknown, a: ActiveRelease, more: Partial<StatusFields> = {}): Promise<void> {
-    const { code, message } = toReason(e);
+    const { code, message } = this.reasonOf(e);
     this.memory.active = null;
     await this.cleanDownloads(a);
     await this.transition(event, { reason: code, message, ...more });

@@ -1,3 +1,4 @@
+import { isSystemError } from '../platform/errors.ts';
 import { chunkMatches, chunkRange, sha256Hex } from '../protocol/chunks.ts';
 import { encodeRequest, type Frame } from '../protocol/frames.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
@@ -30,7 +31,8 @@ export interface DownloadOptions {
   wireBytesIn?: () => number;
   onProgress: () => void;
   onComplete: () => void;
-  onFail: (e: DeviceError) => void;
+  /** A DeviceError (a failed write is `storage-error`), or, from a bug, whatever was thrown. */
+  onFail: (e: unknown) => void;
 }
 
 /**
@@ -207,8 +209,9 @@ export class Download {
     });
   }
 
+  /** Writes in order; a failed write is a storage error, anything else (a bug, a reason of our own) stays what it is. */
   private enqueue(work: () => Promise<void>): void {
-    this.writes = this.writes.then(work).catch((e: unknown) => this.fail(storageError(e)));
+    this.writes = this.writes.then(work).catch((e: unknown) => this.fail(isSystemError(e) ? storageError(e) : e));
   }
 
   private requestMore(urgent: number[] = []): void {
@@ -287,7 +290,7 @@ export class Download {
     this.o.onComplete();
   }
 
-  private fail(e: DeviceError): void {
+  private fail(e: unknown): void {
     if (this.finished) return;
     this.stop();
     this.o.onFail(e);

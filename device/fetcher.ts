@@ -2,7 +2,8 @@ import { promises as fs } from 'node:fs';
 import type { Frame } from '../protocol/frames.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import { Download, type DownloadOptions } from './download.ts';
-import type { AgentConfig, AgentPorts } from './agent-config.ts';
+import type { AgentPorts } from './agent-config.ts';
+import type { ResolvedAgentConfig } from './defaults.ts';
 import { DeviceError } from './reasons.ts';
 import type { DeviceStorage } from './storage.ts';
 
@@ -124,16 +125,16 @@ export class Fetcher {
   }
 }
 
-/** The agent's settings a fetch uses, with their defaults. */
+/** The agent's settings a fetch uses (resolved: device/defaults.ts). */
 export function fetcherFor(
   steps: ReleaseStep[],
-  cfg: Pick<AgentConfig, 'model' | 'deviceId' | 'window' | 'idleMs' | 'stallMs' | 'maxBadCopies'>,
+  cfg: Pick<ResolvedAgentConfig, 'model' | 'deviceId' | 'window' | 'idleMs' | 'stallMs' | 'maxBadCopies'>,
   io: Pick<AgentPorts, 'storage' | 'transport' | 'topics' | 'clock' | 'log'>,
   on: Pick<FetcherOptions, 'onProgress' | 'onComplete' | 'onFail'>,
 ): Fetcher {
   return new Fetcher({
     steps, storage: io.storage, transport: io.transport, topics: io.topics, model: cfg.model, deviceId: cfg.deviceId, clock: io.clock, log: io.log,
-    maxWindow: cfg.window ?? 32, idleMs: cfg.idleMs ?? 10_000, stallMs: cfg.stallMs ?? 120_000, maxBadCopies: cfg.maxBadCopies ?? 3, ...on,
+    maxWindow: cfg.window, idleMs: cfg.idleMs, stallMs: cfg.stallMs, maxBadCopies: cfg.maxBadCopies, ...on,
   });
 }
 

@@ -1,3 +1,4 @@
+import { DEVICE_DEFAULTS } from './defaults.ts';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { openPayload } from '../protocol/seal.ts';
@@ -188,7 +189,7 @@ export class Installer {
   }
 
   get maxAttempts(): number {
-    return Math.max(1, this.cfg.maxAttempts ?? 3);
+    return Math.max(1, this.cfg.maxAttempts ?? DEVICE_DEFAULTS.maxAttempts);
   }
 
   /**
@@ -198,7 +199,7 @@ export class Installer {
    * finished on the next start, however often it happens.
    */
   get switchIsCommit(): boolean {
-    return !this.cfg.healthCmd && (this.cfg.healthWindowMs ?? 0) <= 0;
+    return !this.cfg.healthCmd && (this.cfg.healthWindowMs ?? DEVICE_DEFAULTS.healthWindowMs) <= 0;
   }
 
   /**
@@ -252,7 +253,7 @@ export class Installer {
       const r = await runCommand(this.cfg.healthCmd, this.env(this.storage.currentPath, target, previous, rollback), this.cfg.healthTimeoutMs);
       if (!r.ok) return { healthy: false, retry: true, reason: r.timedOut ? 'health-check-timeout' : 'health-check-failed', message: describeFailure('the health command', r, this.cfg.healthTimeoutMs) };
     }
-    const window = this.cfg.healthWindowMs ?? 0;
+    const window = this.cfg.healthWindowMs ?? DEVICE_DEFAULTS.healthWindowMs;
     // Stay in the trial for the window: a crash now is a failed attempt (the journal says "testing").
     if (window > 0) await (this.cfg.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms))))(window);
     return { healthy: true };
@@ -276,6 +277,7 @@ export class Installer {
    * half-built files. `switching`/`testing`: the attempt in progress failed;
    * start the next one (switch again, journal its number first), or, after
    * the last, switch back. Undefined when nothing was in progress.
+   * docs/protocol.md §10, last paragraph ("On start the journal decides").
    */
   async recover(): Promise<Recovery | undefined> {
     const j = await this.storage.journal();

@@ -13,6 +13,9 @@
  * switches (again) and runs the trial once more, and only after the last of
  * `--max-attempts` attempts goes back to `previous`. The attempt number is
  * written (temp, fsync, rename, fsync) before its attempt starts.
+ *
+ * The contract is docs/protocol.md §10 (device storage: DIR/journal.json, the install's
+ * order of writes, and what the journal decides on start); DESIGN invariant 2.
  */
 export type JournalPhase = 'staging' | 'switching' | 'testing';
 

@@ -1,3 +1,4 @@
+import { FleetError } from '../platform/errors.ts';
 import type { DeviceState } from '../protocol/status.ts';
 
 /** Everything that can happen to the agent. */
@@ -55,10 +56,11 @@ export const TRANSITIONS: ReadonlyArray<{ from: readonly DeviceState[]; on: Devi
   { from: [...RESTING, 'downloading', 'verifying', 'applying', 'testing'], on: 'crash-rollback', to: 'rolled_back' },
 ];
 
-export class IllegalTransition extends Error {
+/** A step the table does not allow: a bug in the agent, never caused by input. */
+export class IllegalTransition extends FleetError<'illegal-transition'> {
+  override readonly name = 'IllegalTransition';
   constructor(readonly state: DeviceState, readonly event: DeviceEvent) {
-    super(`no transition from ${state} on ${event}`);
-    this.name = 'IllegalTransition';
+    super('internal', 'illegal-transition', `no transition from ${state} on ${event}`);
   }
 }
 

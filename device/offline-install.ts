@@ -1,3 +1,5 @@
+import { DEVICE_DEFAULTS } from './defaults.ts';
+import { UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { chunkList, sha256Hex } from '../protocol/chunks.ts';
@@ -36,12 +38,12 @@ export async function installBundle(o: OfflineInstallOptions): Promise<{ from: s
   const s = o.storage;
   await s.init();
   const pointer = await s.pointer();
-  if (!pointer) throw new Error(`${s.dir} holds no model`);
+  if (!pointer) throw new UsageError('no-model', `${s.dir} holds no model`);
   const memory = await s.memory();
   const body = verifyRelease(o.bundle.release, o.trust);
   checkRelease(body, {
     model: o.model ?? body.model, group: o.group ?? body.group, now: Math.floor(o.now / 1000),
-    clockFloor: memory.clockFloor, highestSeq: memory.highestSeq, skewSeconds: o.skewSeconds ?? 300, caps: capsOf({}),
+    clockFloor: memory.clockFloor, highestSeq: memory.highestSeq, skewSeconds: o.skewSeconds ?? DEVICE_DEFAULTS.skewSeconds, caps: capsOf({}),
   });
   if (body.target === pointer.digest) return { from: pointer.digest, to: body.target, steps: 0 };
   const held = await s.hasVersion(body.target);

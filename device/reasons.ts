@@ -1,3 +1,4 @@
+import { classify, FleetError, type FleetErrorKind } from '../platform/errors.ts';
 import { PROTOCOL_REASONS, ProtocolError, type ProtocolReason } from '../protocol/errors.ts';
 import { describeFsError } from '../util/fs-errors.ts';
 
@@ -17,16 +18,22 @@ export const DEVICE_ONLY_REASONS = {
   'crashed-while-testing': 'The agent stopped during every allowed attempt of the trial of the new model (--max-attempts); on restart it switched back to the previous model. Check the model with the health command by hand before publishing it again.',
   'download-stalled': 'No chunk arrived for the configured time; the download is tried again later and resumes from what was received.',
   'corrupt-source': 'The update server keeps sending a chunk that does not match the signed chunk list: its stored copy is damaged. Re-publish the update (the device will not retry this one by itself).',
+  'internal-error': 'The agent hit a bug (not bad input, not the disk); its log has the stack. Report it with the log; the device stays on the model it runs.',
 } as const;
 
 export type DeviceReason = ProtocolReason | keyof typeof DEVICE_ONLY_REASONS;
 
 export const DEVICE_REASONS: Record<DeviceReason, string> = { ...PROTOCOL_REASONS, ...DEVICE_ONLY_REASONS };
 
-export class DeviceError extends Error {
-  constructor(readonly code: DeviceReason, readonly detail?: string) {
-    super(detail ? `${DEVICE_REASONS[code]} (${detail})` : DEVICE_REASONS[code]);
-    this.name = 'DeviceError';
+/** The device's own reasons that are not refusals of input: the disk, the link, the update server, a bug. */
+const DEVICE_KINDS: Partial<Record<DeviceReason, FleetErrorKind>> = {
+  'no-space': 'io', 'storage-error': 'io', 'download-stalled': 'io', 'unknown-update': 'io', 'internal-error': 'internal',
+};
+
+export class DeviceError extends FleetError<DeviceReason> {
+  override readonly name = 'DeviceError';
+  constructor(code: DeviceReason, readonly detail?: string) {
+    super(DEVICE_KINDS[code] ?? 'refusal', code, detail ? `${DEVICE_REASONS[code]} (${detail})` : DEVICE_REASONS[code]);
   }
 }
 
@@ -42,8 +49,20 @@ export function storageError(e: unknown): DeviceError {
   return err;
 }
 
-/** Any error as a reason code and a message; unknown errors are storage errors. */
+/**
+ * Any error as a reason code and a message. Only known errors map to their
+ * own code: a DeviceError or ProtocolError to its code, an operating-system
+ * error (EACCES, EIO…) to storage-error (storageError's one-line message).
+ * Anything else (a TypeError from a bug, a stray Error) is internal-error: the
+ * caller logs its stack (platform/errors.ts errorFields), and it is never
+ * passed off as a storage or input problem.
+ */
 export function toReason(e: unknown): { code: DeviceReason; message: string } {
-  const known = e instanceof DeviceError || e instanceof ProtocolError ? e : storageError(e);
-  return { code: known.code, message: known.message };
+  if (e instanceof DeviceError || e instanceof ProtocolError) return { code: e.code, message: e.message };
+  if (classify(e) === 'io') {
+    const s = storageError(e);
+    return { code: s.code, message: s.message };
+  }
+  const detail = e instanceof Error ? e.message : String(e);
+  return { code: 'internal-error', message: `${DEVICE_REASONS['internal-error']} (${detail})` };
 }

@@ -28,6 +28,10 @@ export type Decision =
  * What to do with a new release (its bytes already known not to be seen
  * before): refuse it with a reason, ack it (already running its target),
  * switch back to a held version, or fetch the steps from the running digest.
+ * docs/protocol.md §5.5, "What a device checks, in order": step 1 (seen before) is the
+ * agent's; here steps 2 to 5 (verifyRelease: decode, both roles' signatures, bodies),
+ * 6 to 9 (checkRelease), 10 (current), 11 (switch back), 12 (the path and its size);
+ * step 13 (free space) comes when the fetch begins (fetcher.ts checkSpace).
  */
 export async function decideRelease(bytes: Uint8Array, releaseHash: string, c: DecisionContext): Promise<Decision> {
   let body: ReleaseBody;
@@ -44,6 +48,7 @@ export async function decideRelease(bytes: Uint8Array, releaseHash: string, c: D
     // Signed, but not for us now: the status names the release it refused.
     return { kind: 'refuse', error, body };
   }
+  // §5.5 steps 10 to 12.
   if (body.target === c.running) return { kind: 'current', body };
   const held = await c.holds(body.target);
   const steps = held ? [] : pathFrom(body, c.running);

@@ -1,3 +1,5 @@
+import { DEVICE_DEFAULTS } from './defaults.ts';
+import { ignoreBecause } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import { parseStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
@@ -32,8 +34,8 @@ export interface SessionGuardOptions {
 }
 
 /**
- * Two agents started with one `--id` take each other's MQTT session (the
- * broker hands the client id to the newer connection), sixty times a minute,
+ * Two agents started with one `--id` (docs/protocol.md §8.1) take each other's MQTT
+ * session (the broker hands the client id to the newer connection: MQTT 3.1.1 §3.1.4), sixty times a minute,
  * and pay for every download twice. MQTT 3.1.1 does not tell a client why its
  * connection closed, so the guard looks at the device's own retained status
  * after each reconnect: once this agent's own status has been acknowledged, a
@@ -66,7 +68,7 @@ export class SessionGuard {
       this.judge(payload);
       done();
     });
-    const timer = this.o.clock.setTimeout(done, this.o.waitMs ?? 3000);
+    const timer = this.o.clock.setTimeout(done, this.o.waitMs ?? DEVICE_DEFAULTS.guardWaitMs);
     try {
       await t.subscribe(topic, 1);
       await seen;
@@ -76,7 +78,7 @@ export class SessionGuard {
     } finally {
       this.o.clock.clearTimeout(timer);
       off();
-      await t.unsubscribe(topic).catch(() => undefined);
+      await t.unsubscribe(topic).catch(ignoreBecause('a retained status arriving later is ignored (checking is over)', this.o.log));
       this.checking = false;
     }
   }
@@ -87,7 +89,7 @@ export class SessionGuard {
     if (!s || typeof s.instance !== 'string' || s.instance === me.instance || typeof s.started !== 'string') return;
     const other: AgentIdentity = { instance: s.instance, started: s.started };
     this.takeovers++;
-    const limit = this.o.limit ?? 3;
+    const limit = this.o.limit ?? DEVICE_DEFAULTS.guardTakeovers;
     const younger = me.started > other.started || (me.started === other.started && me.instance > other.instance);
     const what = `another agent uses device id ${this.o.deviceId} (instance ${other.instance.slice(0, 8)}, started ${other.started}; this one ${me.instance.slice(0, 8)}, started ${me.started}): the broker gives the session to each in turn`;
     this.o.log.warn('session taken over', { takeovers: this.takeovers, younger, detail: what });

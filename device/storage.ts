@@ -1,3 +1,4 @@
+import { ignoreBecause, IoError } from '../platform/errors.ts';
 import path from 'node:path';
 import { Bitmap } from '../protocol/chunks.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
@@ -100,7 +101,7 @@ export class DeviceStorage {
   async init(): Promise<void> {
     const held: ModelFormat[] = [];
     for (const f of MODEL_FORMATS) {
-      const link = await this.fsys.readlink(path.join(this.dir, `current${f.extension}`)).catch(() => undefined);
+      const link = await this.fsys.readlink(path.join(this.dir, `current${f.extension}`)).catch(ignoreBecause('no current link of this format'));
       if (link !== undefined) held.push(f);
     }
     if (held.length > 1) throw new Error(`${this.dir} holds both ${held.map((f) => `current${f.extension}`).join(' and ')}: remove the one no application loads`);
@@ -121,7 +122,7 @@ export class DeviceStorage {
       throw e;
     }
     const m = DIGEST_FILE.exec(path.basename(target));
-    if (!m) throw new Error(`${this.currentPath} points at ${target}, which is not a model version`);
+    if (!m) throw new IoError('damaged-directory', `${this.currentPath} points at ${target}, which is not a model version`);
     const prev = await readJson<{ digest: string | null }>(this.previousFile, this.fsys);
     return { digest: m[1], previous: prev?.digest ?? null };
   }
@@ -154,7 +155,7 @@ export class DeviceStorage {
    */
   async switchTo(digest: string, previous: string | null): Promise<void> {
     const file = this.modelPath(digest);
-    if (!(await exists(file, this.fsys))) throw new Error(`no model version ${digest}`);
+    if (!(await exists(file, this.fsys))) throw new IoError('no-such-version', `no model version ${digest}`);
     await fsyncFile(file, this.fsys);
     await fsyncDir(path.dirname(file), this.fsys);
     await writeFileAtomic(this.previousFile, JSON.stringify({ digest: previous }), undefined, this.fsys);
@@ -219,11 +220,11 @@ export class DeviceStorage {
     const h = await this.fsys.open(payloadFile, (await exists(payloadFile, this.fsys)) ? 'r+' : 'w+');
     const st = await h.stat();
     if (st.size !== step.size) await h.truncate(step.size);
-    const bitmapBytes = await this.fsys.readFile(path.join(dir, 'bitmap')).catch(() => undefined);
+    const bitmapBytes = await this.fsys.readFile(path.join(dir, 'bitmap')).catch(ignoreBecause('no bitmap yet (or unreadable): start from an empty one; every chunk is verified anyway'));
     const bitmap = bitmapBytes && bitmapBytes.byteLength === Math.ceil(step.chunks / 8)
       ? new Bitmap(step.chunks, new Uint8Array(bitmapBytes))
       : new Bitmap(step.chunks);
-    const list = await this.fsys.readFile(path.join(dir, 'list')).catch(() => undefined);
+    const list = await this.fsys.readFile(path.join(dir, 'list')).catch(ignoreBecause('no chunk list yet (or unreadable): it is fetched again and checked against the release'));
     return new DownloadFiles(dir, h, bitmap, list ? new Uint8Array(list) : undefined, this.fsys);
   }
 

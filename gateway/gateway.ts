@@ -1,3 +1,5 @@
+import { GATEWAY_DEFAULTS } from './defaults.ts';
+import { errorFields } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import type { Aedes, Client } from 'aedes';
 import path from 'node:path';
@@ -148,7 +150,7 @@ export class Gateway {
 
   /** Serialise the async reactions to events (releases, stored payloads, policy). */
   private serial(fn: () => Promise<void>): void {
-    this.work = this.work.then(fn).catch((e: unknown) => this.o.log.error('gateway step failed', { error: String(e) }));
+    this.work = this.work.then(fn).catch((e: unknown) => this.o.log.error('gateway step failed', errorFields(e)));
   }
 
   /** The gateway, in the order it starts (and, reversed, stops); a step that fails undoes the ones before it. */
@@ -198,9 +200,9 @@ export class Gateway {
       url: this.o.upstream,
       clientId: `fleet-gateway-${this.o.site}`,
       will: { topic: this.topics.gatewayStatus(this.o.site), payload: JSON.stringify({ site: this.o.site, gateway: VERSION, upstream: { state: 'down', connects: 0, since: null }, downloads: 'idle', waiting: 'upstream-down', message: 'the gateway lost its upstream connection (last will)' }), retain: true, qos: 1 },
-      keepaliveSeconds: this.o.keepaliveSeconds ?? 30,
-      reconnectMinMs: this.o.reconnectMinMs ?? 500,
-      reconnectMaxMs: this.o.reconnectMaxMs ?? 15_000,
+      keepaliveSeconds: this.o.keepaliveSeconds ?? GATEWAY_DEFAULTS.keepaliveSeconds,
+      reconnectMinMs: this.o.reconnectMinMs ?? GATEWAY_DEFAULTS.reconnectMinMs,
+      reconnectMaxMs: this.o.reconnectMaxMs ?? GATEWAY_DEFAULTS.reconnectMaxMs,
     });
   }
 
@@ -247,7 +249,7 @@ export class Gateway {
       this.linkSince = this.now();
       this.o.log.info('upstream connected', { url: redact(this.o.upstream) });
       void this.groups.subscribeAll();
-      void this.upstream.subscribe(this.topics.trust(), 1).catch(() => undefined);
+      void this.upstream.subscribe(this.topics.trust(), 1).catch((e: unknown) => this.o.log.warn('subscribing to the trust topic upstream failed; tried again on the next connect', errorFields(e)));
       this.evaluate();
       this.publishStatus(true);
     });
@@ -294,7 +296,7 @@ export class Gateway {
       this.account();
       this.evaluate();
       this.publishStatus(false);
-    }, this.o.tickMs ?? 1000);
+    }, this.o.tickMs ?? GATEWAY_DEFAULTS.tickMs);
     this.evaluate();
   }
 
@@ -354,7 +356,7 @@ export class Gateway {
     } else {
       this.o.log.info('upstream downloads wait', { reason: d.reason, message: d.message });
       // Chunks already asked for are paid for: take them (a few seconds) unless the link is gone.
-      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : this.o.drainMs ?? 3000);
+      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : this.o.drainMs ?? GATEWAY_DEFAULTS.drainMs);
     }
     this.publishStatus(true);
   }

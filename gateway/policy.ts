@@ -3,6 +3,7 @@
  * (as the local wall clock reads it), the download windows and the month's
  * budget. No I/O; the clock is the caller's.
  */
+import { FleetError } from '../platform/errors.ts';
 
 /** Why upstream downloads wait (none: they may run). */
 export type WaitReason = 'window-closed' | 'budget-exhausted' | 'upstream-down';
@@ -13,10 +14,11 @@ export interface DownloadWindow {
   end: number;
 }
 
-export class PolicyError extends Error {
-  constructor(readonly code: 'bad-window' | 'bad-budget', message: string) {
-    super(message);
-    this.name = 'PolicyError';
+/** A gateway window or budget option that does not parse: the caller's to fix. */
+export class PolicyError extends FleetError<'bad-window' | 'bad-budget'> {
+  override readonly name = 'PolicyError';
+  constructor(code: 'bad-window' | 'bad-budget', message: string) {
+    super('usage', code, message);
   }
 }
 

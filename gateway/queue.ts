@@ -1,3 +1,4 @@
+import { ignoreBecause } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
@@ -60,7 +61,7 @@ export class DiskQueue {
         break;
       }
     }
-    if (good < text.byteLength) await fs.truncate(this.logFile, good).catch(() => undefined);
+    if (good < text.byteLength) await fs.truncate(this.logFile, good).catch(ignoreBecause('a torn tail left in place is skipped again on the next open'));
     this.size = good;
     this.cursor = Math.min(cur, good);
     this.handle = await fs.open(this.logFile, 'a');
@@ -86,7 +87,7 @@ export class DiskQueue {
       this.entries.push({ ...m, end: this.size });
       this.appended++;
     });
-    this.tail = next.catch(() => undefined);
+    this.tail = next.catch(ignoreBecause('the caller gets this failure from `next`; the queue goes on'));
     return next;
   }
 
@@ -105,7 +106,7 @@ export class DiskQueue {
       }
       await writeFileAtomic(this.cursorFile, String(this.cursor));
     });
-    this.tail = next.catch(() => undefined);
+    this.tail = next.catch(ignoreBecause('the caller gets this failure from `next`; the queue goes on'));
     return next;
   }
 

@@ -1,3 +1,4 @@
+import { GATEWAY_DEFAULTS } from './defaults.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import { DiskQueue, type QueuedMessage } from './queue.ts';
@@ -27,7 +28,7 @@ export class StatusRelay {
 
   constructor(private readonly o: StatusRelayOptions) {
     this.q = new DiskQueue(o.dir);
-    this.max = o.inFlight ?? 16;
+    this.max = o.inFlight ?? GATEWAY_DEFAULTS.statusInFlight;
   }
 
   async start(): Promise<void> {
@@ -53,7 +54,7 @@ export class StatusRelay {
   }
 
   /** Resolves when the queue is empty (tests, shutdown). */
-  async drained(timeoutMs = 30_000): Promise<boolean> {
+  async drained(timeoutMs: number = GATEWAY_DEFAULTS.relayDrainTimeoutMs): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
     while (this.q.length > 0) {
       if (Date.now() > deadline) return false;

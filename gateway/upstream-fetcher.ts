@@ -1,3 +1,5 @@
+import { GATEWAY_DEFAULTS } from './defaults.ts';
+import { IoError } from '../platform/errors.ts';
 import path from 'node:path';
 import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
@@ -210,8 +212,8 @@ export class UpstreamFetcher {
     }
     const d: Download = new Download({
       step, files, transport: this.gated, topics: this.o.topics, model: j.model, deviceId: this.o.fetcherId,
-      clock: this.o.clock, log: this.o.log, maxWindow: this.o.maxWindow ?? 32, idleMs: this.o.idleMs ?? 10_000,
-      stallMs: this.o.stallMs ?? 60_000, maxBadCopies: 3,
+      clock: this.o.clock, log: this.o.log, maxWindow: this.o.maxWindow ?? GATEWAY_DEFAULTS.maxWindow, idleMs: this.o.idleMs ?? GATEWAY_DEFAULTS.idleMs,
+      stallMs: this.o.stallMs ?? GATEWAY_DEFAULTS.stallMs, maxBadCopies: GATEWAY_DEFAULTS.maxBadCopies,
       wireBytesIn: this.o.upstream.stats ? () => this.o.upstream.stats!().bytesIn : undefined,
       onProgress: () => {
         // Per Download: what it held when it started is not counted again.
@@ -238,7 +240,7 @@ export class UpstreamFetcher {
     if (sha256Hex(payload) !== j.need.sha256) {
       // Every chunk matched the signed list, so this cannot happen unless the disk lies: start over.
       await this.storage.removeDownload(id);
-      throw new Error(`payload ${id} does not hash to the release's sha256 after assembly; fetching it again`);
+      throw new IoError('payload-hash-mismatch', `payload ${id} does not hash to the release's sha256 after assembly; fetching it again`);
     }
     const meta = await this.o.store.putPayload(j.model, payload, j.need.chunkSize);
     if (meta.listSha256 !== j.need.listSha256) this.o.log.warn('stored chunk list differs from the release (chunk size?)', { updateId: id });

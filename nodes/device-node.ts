@@ -19,6 +19,7 @@ import { DirLock } from '../util/dir-lock.ts';
 import { EXIT_CONFLICT } from '../util/exit-codes.ts';
 import type { Logger } from '../util/log.ts';
 import { startStepsOnto, type Step } from '../platform/steps.ts';
+import { IoError, UsageError } from '../platform/errors.ts';
 import type { TrustFile } from '../protocol/release.ts';
 
 /** A device node's options, as `fleet device` parses them (cli/device-cli.ts). */
@@ -93,7 +94,7 @@ const brokerConnection: Step<DeviceParts> = {
     const o = p.o;
     // Several comma-separated URLs: nodes of one cluster, tried in turn when a connection fails.
     const [url, ...fallbackUrls] = o.broker.split(',').map((x) => x.trim()).filter((x) => x.length > 0);
-    if (!url) throw new Error('--broker needs a URL');
+    if (!url) throw new UsageError('bad-options', '--broker needs a URL');
     p.transport = MqttTransport.start({
       url,
       fallbackUrls,
@@ -149,7 +150,7 @@ const offlinePresence: Step<DeviceParts> = {
   start: () => undefined,
   async stop(p) {
     const transport = p.transport!;
-    if (!transport.connected) throw new Error('not connected (the last will says offline)');
+    if (!transport.connected) throw new IoError('not-connected', 'not connected (the last will says offline)');
     await transport.publish(p.topics.presence(p.o.id), encodePresence('offline', Date.now()), { qos: 1, retain: true });
     p.offlineSent = true;
   },

@@ -1,3 +1,5 @@
+import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { IoError } from '../platform/errors.ts';
 import { runEventCommand } from '../util/event-command.ts';
 import http from 'node:http';
 import https from 'node:https';
@@ -93,12 +95,12 @@ export class AlertTracker {
 }
 
 /** Runs CMD through the shell with the event in FLEET_EVENT (and FLEET_EVENT_TYPE) and on stdin; resolves its exit code (null: could not start or killed). */
-export function runAlertCommand(command: string, event: AlertEvent, log: Logger, timeoutMs = 60_000): Promise<number | null> {
+export function runAlertCommand(command: string, event: AlertEvent, log: Logger, timeoutMs: number = OPERATOR_DEFAULTS.alertCommandTimeoutMs): Promise<number | null> {
   return runEventCommand(command, event, log, {}, timeoutMs);
 }
 
 /** POSTs the event as JSON; resolves the HTTP status, rejects on a network error or timeout. */
-export function postWebhook(url: string, event: AlertEvent, timeoutMs = 10_000): Promise<number> {
+export function postWebhook(url: string, event: AlertEvent, timeoutMs: number = OPERATOR_DEFAULTS.webhookTimeoutMs): Promise<number> {
   const u = new URL(url);
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return Promise.reject(new TypeError(`webhook ${url}: use http:// or https://`));
   const body = Buffer.from(JSON.stringify(event));
@@ -111,7 +113,7 @@ export function postWebhook(url: string, event: AlertEvent, timeoutMs = 10_000):
       res.resume();
       res.on('end', () => resolve(res.statusCode ?? 0));
     });
-    req.on('timeout', () => req.destroy(new Error(`webhook did not answer within ${timeoutMs} ms`)));
+    req.on('timeout', () => req.destroy(new IoError('webhook-timeout', `webhook did not answer within ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end(body);
   });
@@ -148,7 +150,7 @@ export class AlertSink {
   private async deliver(e: AlertEvent): Promise<void> {
     if (this.o.command) await runAlertCommand(this.o.command, e, this.o.log);
     if (!this.o.webhook) return;
-    const attempts = this.o.attempts ?? 3;
+    const attempts = this.o.attempts ?? OPERATOR_DEFAULTS.alertAttempts;
     for (let i = 1; i <= attempts; i++) {
       try {
         const status = await postWebhook(this.o.webhook, e);
@@ -160,7 +162,7 @@ export class AlertSink {
       } catch (err) {
         this.o.log.warn('webhook failed', { error: (err as Error).message, attempt: i, event: e.type });
       }
-      if (i < attempts) await new Promise((r) => setTimeout(r, (this.o.retryMs ?? 1000) * 2 ** (i - 1)));
+      if (i < attempts) await new Promise((r) => setTimeout(r, (this.o.retryMs ?? OPERATOR_DEFAULTS.alertRetryMs) * 2 ** (i - 1)));
     }
   }
 }

@@ -1,3 +1,5 @@
+import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { UsageError } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import type http from 'node:http';
 import { gzipSync } from 'node:zlib';
@@ -43,8 +45,8 @@ export function pageWsUrl(o: Pick<LiveDashboardOptions, 'wsUrl' | 'wsPort'>, hos
 export function liveDashboard(o: LiveDashboardOptions): PageHandler {
   if (o.wsUrl) {
     const u = new URL(o.wsUrl);
-    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new Error(`--ws wants a ws:// or wss:// URL, not ${o.wsUrl}`);
-    if (u.username || u.password) throw new Error('--ws must not carry a login: the browser asks for it');
+    if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new UsageError('bad-url', `--ws wants a ws:// or wss:// URL, not ${o.wsUrl}`);
+    if (u.username || u.password) throw new UsageError('login-in-url', '--ws must not carry a login: the browser asks for it');
   }
   if (!o.wsUrl && o.wsPort === undefined) o.log.warn('the dashboard page has no broker WebSocket listener to use: start the broker with --ws-port P');
   let gz: Buffer | undefined;
@@ -62,7 +64,7 @@ export function liveDashboard(o: LiveDashboardOptions): PageHandler {
       res.end(req.method === 'HEAD' ? undefined : dashboardPage({
         title: o.title, nonce,
         live: {
-          ws, prefix: o.prefix ?? 'fleet', staleMs: o.staleMs ?? 60_000, script: SCRIPT,
+          ws, prefix: o.prefix ?? 'fleet', staleMs: o.staleMs ?? OPERATOR_DEFAULTS.staleMs, script: SCRIPT,
           problem: ws ? null : 'this broker has no WebSocket listener: start it with --ws-port P (fleet broker --http PORT --ws-port P)',
         },
       }));

@@ -1,3 +1,5 @@
+import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { UsageError } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -53,7 +55,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
   const streams = new Set<http.ServerResponse>();
   const view = o.view;
   const page = o.live ? liveDashboard({ ...o.live, title: o.title, log: o.log }) : undefined;
-  if (!view && !page) throw new Error('startDashboard needs a view (--broker) or live (--ws)');
+  if (!view && !page) throw new UsageError('no-source', 'startDashboard needs a view (--broker) or live (--ws)');
 
   const json = (res: http.ServerResponse, body: unknown): void => {
     res.writeHead(200, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
@@ -83,7 +85,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
         else send('rollout', { rollout: c.rollout, row: c.row, time: view.now() });
       }
     });
-    const beat = setInterval(() => res.write(': keep-alive\n\n'), o.heartbeatMs ?? 15_000);
+    const beat = setInterval(() => res.write(': keep-alive\n\n'), o.heartbeatMs ?? OPERATOR_DEFAULTS.sseHeartbeatMs);
     streams.add(res);
     const done = (): void => {
       off();
@@ -158,13 +160,13 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(o.port ?? 8080, host, () => {
+    server.listen(o.port ?? OPERATOR_DEFAULTS.dashboardPort, host, () => {
       server.off('error', reject);
       resolve();
     });
   });
   const port = (server.address() as AddressInfo).port;
-  const refreshMs = o.refreshMs ?? 1000;
+  const refreshMs = o.refreshMs ?? OPERATOR_DEFAULTS.refreshMs;
   const refresh = refreshMs > 0 && view ? setInterval(() => view.refresh(), refreshMs) : undefined;
   const shownHost = host.includes(':') ? `[${host}]` : host;
   return {

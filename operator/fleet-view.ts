@@ -1,3 +1,5 @@
+import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { ignoreBecause } from '../platform/errors.ts';
 import { decodeRelease } from '../protocol/release.ts';
 import { parsePresence, type DeviceState } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
@@ -146,7 +148,7 @@ export class FleetView {
   constructor(readonly topics: Topics, opts: FleetViewOptions = {}) {
     this.inventory = new Inventory(topics);
     this.now = opts.now ?? Date.now;
-    this.staleMs = opts.staleMs ?? 60_000;
+    this.staleMs = opts.staleMs ?? OPERATOR_DEFAULTS.staleMs;
   }
 
   /** Subscription filters: every status, presence and rollout status. */
@@ -371,10 +373,10 @@ export async function followFleet(view: FleetView, t: Transport): Promise<() => 
   });
   await t.subscribe(view.filters(), 1);
   // Without releases the view only lacks modelBytes (a broker ACL may refuse them).
-  await t.subscribe(view.releaseFilter(), 1).catch(() => undefined);
+  await t.subscribe(view.releaseFilter(), 1).catch(ignoreBecause('without releases the view only lacks modelBytes'));
   return async () => {
     off();
-    await t.unsubscribe([...view.filters(), view.releaseFilter()]).catch(() => undefined);
+    await t.unsubscribe([...view.filters(), view.releaseFilter()]).catch(ignoreBecause('the session ends the subscription anyway'));
   };
 }
 

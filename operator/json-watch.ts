@@ -1,3 +1,4 @@
+import { OPERATOR_DEFAULTS } from './defaults.ts';
 import type { FleetView, ViewChange } from './fleet-view.ts';
 
 /**
@@ -76,7 +77,7 @@ export class JsonWatch {
       offChanges();
       offSkipped();
     };
-    const every = this.o.refreshMs ?? 1000;
+    const every = this.o.refreshMs ?? OPERATOR_DEFAULTS.refreshMs;
     // A device that stops reporting mid-update turns silent with no message: only the clock tells.
     if (every > 0) this.tick = setInterval(() => this.view.refresh(), every);
   }

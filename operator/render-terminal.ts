@@ -1,3 +1,4 @@
+import { OPERATOR_DEFAULTS } from './defaults.ts';
 import { stripControls } from '../util/text.ts';
 import { ago, waitingOn, type DeviceRow, type FleetSnapshot, type FleetView, type RolloutRow, type ViewChange } from './fleet-view.ts';
 
@@ -184,7 +185,7 @@ export class TerminalWatch {
 
   constructor(private readonly view: FleetView, private readonly out: Out, private readonly o: TerminalWatchOptions = {}) {
     this.tty = o.tty ?? out.isTTY === true;
-    this.intervalMs = o.intervalMs ?? 250;
+    this.intervalMs = o.intervalMs ?? OPERATOR_DEFAULTS.terminalIntervalMs;
   }
 
   start(): void {
@@ -203,7 +204,7 @@ export class TerminalWatch {
       if (this.tty) this.schedule(); // "12 s ago" moves on
     }, 1000);
     if (this.tty) this.draw();
-    else if ((this.o.settleMs ?? 500) > 0) this.settle = setTimeout(() => this.settled(), this.o.settleMs ?? 500);
+    else if ((this.o.settleMs ?? OPERATOR_DEFAULTS.terminalSettleMs) > 0) this.settle = setTimeout(() => this.settled(), this.o.settleMs ?? OPERATOR_DEFAULTS.terminalSettleMs);
   }
 
   /** The end of the retained burst: the fleet as it stands, one line each. */

@@ -5,7 +5,7 @@ import { decodeDocument } from './signed.ts';
 import { isTopicSegment } from './topics.ts';
 
 /**
- * An assignment says which signed manifest a group of devices should run,
+ * An assignment (docs/protocol.md §5.3) says which signed manifest a group of devices should run,
  * and for how long (TUF's timestamp/snapshot role, per group): signed by the
  * online rollout key. A stolen rollout key can only point a group at another
  * manifest the release keys signed, never at new weights.

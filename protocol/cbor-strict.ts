@@ -7,6 +7,7 @@
  * strings, each at most once per map; arrays and maps nested at most MAX_CBOR_DEPTH deep.
  * Map keys may come in any order.
  */
+import { FleetError } from '../platform/errors.ts';
 
 /** Why a CBOR input is outside the subset: a stable name per rule. */
 export const CBOR_FORMS = [
@@ -17,7 +18,9 @@ export type CborForm = (typeof CBOR_FORMS)[number];
 
 export const MAX_CBOR_DEPTH = 16;
 
-export class CborError extends Error {
+/** A refusal (platform/errors.ts) whose code is the rule broken. */
+export class CborError extends FleetError<CborForm> {
+  override readonly name = 'CborError';
   readonly form: CborForm;
   /** Byte offset of the item head that breaks the rule. */
   readonly offset: number;
@@ -25,8 +28,7 @@ export class CborError extends Error {
   /** For 'truncated': how many more bytes the item needs at least (an incremental reader waits for them). */
   readonly short: number;
   constructor(form: CborForm, offset: number, detail: string, short = 0) {
-    super(`CBOR ${form} at byte ${offset}: ${detail}`);
-    this.name = 'CborError';
+    super('refusal', form, `CBOR ${form} at byte ${offset}: ${detail}`);
     this.form = form;
     this.offset = offset;
     this.detail = detail;

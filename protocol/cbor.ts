@@ -1,3 +1,4 @@
+import { InternalError } from '../platform/errors.ts';
 import { Encoder } from 'cbor-x';
 import { checkStrictCbor } from './cbor-strict.ts';
 
@@ -50,7 +51,7 @@ export function cborEncode(value: unknown): Uint8Array {
 export function cborDecode(bytes: Uint8Array, depth = 0): unknown {
   checkStrictCbor(bytes, depth);
   const values = codec.decodeMultiple(bytes) as unknown[] | undefined;
-  if (!Array.isArray(values) || values.length !== 1) throw new Error('expected exactly one CBOR item');
+  if (!Array.isArray(values) || values.length !== 1) throw new InternalError('cbor-items', 'expected exactly one CBOR item after the strict check');
   return values[0];
 }
 

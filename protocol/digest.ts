@@ -4,7 +4,7 @@ import { type Dtype, dtypeSize, isDtype } from './dtypes.ts';
 import { isWellFormedName, readSafetensors, shapeSize } from './safetensors.ts';
 
 /**
- * The model digest: SHA-256 over, for each tensor in the order of the UTF-8
+ * The model digest (docs/protocol.md §7.2): SHA-256 over, for each tensor in the order of the UTF-8
  * bytes of its name (Buffer.compare order):
  *
  *   u64le(len(nameUtf8)) ‖ nameUtf8 ‖ u64le(len(dtypeAscii)) ‖ dtypeAscii ‖

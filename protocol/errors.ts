@@ -1,3 +1,5 @@
+import { FleetError } from '../platform/errors.ts';
+
 /**
  * Reason codes of the protocol layer. Every refusal a device publishes in its
  * status names one of these (or one of the device layer's own, see
@@ -28,13 +30,12 @@ export const PROTOCOL_REASONS = {
 
 export type ProtocolReason = keyof typeof PROTOCOL_REASONS;
 
-export class ProtocolError extends Error {
-  readonly code: ProtocolReason;
+/** Input refused by a protocol rule: always a refusal (platform/errors.ts). */
+export class ProtocolError extends FleetError<ProtocolReason> {
+  override readonly name = 'ProtocolError';
   readonly detail: string | undefined;
   constructor(code: ProtocolReason, detail?: string) {
-    super(detail ? `${PROTOCOL_REASONS[code]} (${detail})` : PROTOCOL_REASONS[code]);
-    this.name = 'ProtocolError';
-    this.code = code;
+    super('refusal', code, detail ? `${PROTOCOL_REASONS[code]} (${detail})` : PROTOCOL_REASONS[code]);
     this.detail = detail;
   }
 }

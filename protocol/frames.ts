@@ -59,6 +59,10 @@ export function isUpdateId(v: unknown): v is string {
   return isHex(v, UPDATE_ID_HEX);
 }
 
+/**
+ * A frame (docs/protocol.md §4.1), of §4.0's CBOR subset: recognised by the presence of
+ * `d` (chunk, 0 ≤ i < n ≤ 2^24), then `l` (list, 32·n bytes), then `e` (error).
+ */
 export function decodeFrame(bytes: Uint8Array): Frame {
   const m = decodeMap(bytes, 'frame');
   if (!isUpdateId(m.u)) throw new ProtocolError('malformed-frame', 'frame: u must be a 32-hex-digit update id');
@@ -89,6 +93,7 @@ export function encodeRequest(r: ChunkRequest): Uint8Array {
   return cborEncode(m);
 }
 
+/** A request (docs/protocol.md §4.2): at most MAX_WANT indices, and it must ask for something. */
 export function decodeRequest(bytes: Uint8Array): ChunkRequest {
   const m = decodeMap(bytes, 'request');
   const want = m.want ?? [];

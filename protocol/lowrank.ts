@@ -397,6 +397,8 @@ function roundedWriter(out: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): (j: numb
  * (double multiply, double add, k increasing); then out[i,j] = round(W[i,j] + acc[j])
  * with ONE rounding from the double to the dtype (nearest, ties to even).
  * Dense: out[e] = round(W[e] + d[e]). NaN or ±Inf in any output → 'non-finite'.
+ * The rule is docs/protocol.md §7.3 ("Apply, bit-exact"); the deltas are §6's, and the
+ * vectors that pin it down are §7.4's.
  */
 export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly number[] }, base: Uint8Array, delta: TensorDelta, into?: Uint8Array, scratch?: FactorScratch): Uint8Array {
   if (!sameShape(delta.shape, info.shape)) {

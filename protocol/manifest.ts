@@ -5,7 +5,7 @@ import { decodeDocument } from './signed.ts';
 import type { PayloadDescriptor } from './chunks.ts';
 
 /**
- * A manifest says what an update is (TUF's targets metadata): the model, the
+ * A manifest (docs/protocol.md §5.2) says what an update is (TUF's targets metadata): the model, the
  * digest it leads to, and every way there — signed by the release keys, which
  * may be kept offline. It names no group and no time: which group runs which
  * manifest, and until when, is an assignment (assignment.ts), signed by the

@@ -139,20 +139,28 @@ function isoTime(seconds: number): string {
   return Number.isNaN(d.getTime()) ? `${seconds} s` : d.toISOString();
 }
 
-/** Policy checks on a verified body: addressed to us, fresh, not replayed, within our limits. */
+/**
+ * Policy checks on a verified body: addressed to us, fresh, not replayed, within our limits.
+ * docs/protocol.md §5.5 steps 6 to 9, in that order: model and group (6), expiry and
+ * issue time against max(clock, clockFloor) and the skew (7), seq above highestSeq (8),
+ * the manifest's limits within the device's caps (9, checkLimits).
+ */
 export function checkRelease(b: ReleaseBody, x: ReleaseExpectations): void {
+  // §5.5 step 6
   if (b.model !== x.model) throw new ProtocolError('wrong-model', `${b.model}, this device runs ${x.model}`);
   if (b.group !== x.group) throw new ProtocolError('wrong-group', `${b.group}, this device is in ${x.group}`);
+  // §5.5 step 7: now' = max(device clock, clockFloor)
   const now = Math.max(x.now, x.clockFloor);
   if (b.expires <= now) throw new ProtocolError('expired', `expired ${isoTime(b.expires)}`);
   if (b.issued > x.now + x.skewSeconds && b.issued > x.clockFloor) {
     throw new ProtocolError('not-yet-valid', `issued ${isoTime(b.issued)}`);
   }
+  // §5.5 steps 8 and 9
   if (b.seq <= x.highestSeq) throw new ProtocolError('replayed', `seq ${b.seq} <= ${x.highestSeq}`);
   if (x.caps) checkLimits(b.limits, x.caps);
 }
 
-/** The manifest's limits must be within the device's caps. */
+/** The manifest's limits must be within the device's caps (docs/protocol.md §5.2 `limits`, §5.5 step 9). */
 export function checkLimits(l: ManifestLimits, caps: ManifestLimits): void {
   const over = [
     l.payloadBytes > caps.payloadBytes ? `payload ${l.payloadBytes} > ${caps.payloadBytes} bytes` : '',

@@ -6,7 +6,7 @@ import { ProtocolError, type ProtocolReason } from './errors.ts';
 import { sha256Hex } from './chunks.ts';
 
 /**
- * Signed envelopes: CBOR `{body: bytes, sigs: [{k: keyId, s: 64 bytes}]}`.
+ * Signed envelopes (docs/protocol.md §5.1): CBOR `{body: bytes, sigs: [{k: keyId, s: 64 bytes}]}`.
  * Ed25519 signatures cover the exact body bytes. Every signed document of the
  * protocol (manifest, assignment, trust file) travels in one.
  */

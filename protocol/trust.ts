@@ -4,7 +4,7 @@ import { PROTOCOL_VERSION } from './frames.ts';
 import { decodeEnvelope, keyIdOf, signEnvelope, verifyEnvelope, type Role, type SigningKey, type TrustedKey } from './signed.ts';
 
 /**
- * A device's trust file (JSON):
+ * A device's trust file (JSON; docs/protocol.md §5.4, rotation included):
  *   {version, threshold, keys: [{id, publicKey}], rollout: {threshold, keys}}
  * `threshold`/`keys` are the release role (they sign manifests: what an
  * update is); `rollout` is the rollout role (it signs group assignments:

@@ -1,3 +1,5 @@
+import { FleetError, type FleetErrorKind } from '../platform/errors.ts';
+
 /** Why a build was refused; each message names the tensor and the problem. */
 export type BuildErrorCode =
   | 'mismatched-models'
@@ -13,9 +15,14 @@ export type BuildErrorCode =
   | 'needs-confirmation'
   | 'bad-calibration';
 
-export class BuildError extends Error {
-  constructor(readonly code: BuildErrorCode, message: string) {
-    super(message);
-    this.name = 'BuildError';
+/** The models or adapters given are refused; the rest are the caller's options or output path. */
+const BUILD_KINDS: Partial<Record<BuildErrorCode, FleetErrorKind>> = {
+  'bad-rank': 'usage', 'bad-energy': 'usage', 'budget-too-small': 'usage', 'bad-options': 'usage', 'needs-confirmation': 'usage', 'unwritable-output': 'io',
+};
+
+export class BuildError extends FleetError<BuildErrorCode> {
+  override readonly name = 'BuildError';
+  constructor(code: BuildErrorCode, message: string) {
+    super(BUILD_KINDS[code] ?? 'refusal', code, message);
   }
 }

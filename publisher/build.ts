@@ -1,3 +1,5 @@
+import { PUBLISH_DEFAULTS } from './defaults.ts';
+import { InternalError } from '../platform/errors.ts';
 import { ModelDigest } from '../protocol/digest.ts';
 import { decodeValues } from '../protocol/dtypes.ts';
 import { applyTensor, describeDelta, encodePayload, type DeltaKind, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
@@ -69,7 +71,7 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
     const have = svds.get(c.info.name);
     if (have && have.k >= Math.min(k, c.m, c.n)) return have;
     const d = await src.delta(c);
-    const svd = randomizedSvd(d, c.m, c.n, k, { powerIterations: o.powerIterations ?? 2, seed: 1 });
+    const svd = randomizedSvd(d, c.m, c.n, k, { powerIterations: o.powerIterations ?? PUBLISH_DEFAULTS.powerIterations, seed: 1 });
     svds.set(c.info.name, svd);
     return svd;
   };
@@ -109,7 +111,7 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
   if (o.metrics && method === 'lowrank') throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign (the plain low-rank build minimises weight error)');
   let deltas: TensorDelta[] = [];
   if (o.mode.kind === 'budget' && method !== 'lowrank') {
-    const rd = { method, metrics: o.metrics ?? new Map<string, Metric>(), powerIterations: o.powerIterations ?? 2, onAnalysed: tick };
+    const rd = { method, metrics: o.metrics ?? new Map<string, Metric>(), powerIterations: o.powerIterations ?? PUBLISH_DEFAULTS.powerIterations, onAnalysed: tick };
     const items = await analyse(src, o.mode.bytes - PAYLOAD_OVERHEAD, rd);
     // Allocate; should the CBOR framing come out larger than estimated, allocate again for less.
     for (let spend = o.mode.bytes - PAYLOAD_OVERHEAD; ; ) {
@@ -185,7 +187,7 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
   // The model digest of the format (for ONNX, the tensors' digest bound to the graph's hash).
   const payload: Payload = { v: 1, base: src.base.digestOf(baseDigest.digest()), target: src.base.digestOf(targetDigest.digest()), tensors: deltas };
   const bytes = encodePayload(payload);
-  if (o.mode.kind === 'budget' && bytes.byteLength > o.mode.bytes) throw new Error('internal: budget exceeded after the digest pass');
+  if (o.mode.kind === 'budget' && bytes.byteLength > o.mode.bytes) throw new InternalError('budget-exceeded', 'internal: budget exceeded after the digest pass');
   return {
     payload: bytes,
     report: {

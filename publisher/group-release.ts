@@ -1,3 +1,5 @@
+import { PUBLISH_DEFAULTS } from './defaults.ts';
+import { FleetError, type FleetErrorKind, ignoreBecause, RefusalError, UsageError } from '../platform/errors.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import {
   assignManifest, checkRelease, decodeRelease, decodeSignedManifest, manifestHashOf, maxSeqAt, SEQ_PER_SECOND, signManifest, trustOf, verifyManifest, verifyRelease,
@@ -13,10 +15,16 @@ export type PublishErrorCode =
   /** The signed release failed the checks a device makes: not published. */
   | 'invalid-release';
 
-export class PublishError extends Error {
-  constructor(readonly code: PublishErrorCode, message: string) {
-    super(message);
-    this.name = 'PublishError';
+/** No update server answering is I/O; the rest is refused (what the broker holds) or asked wrongly. */
+const PUBLISH_KINDS: Record<PublishErrorCode, FleetErrorKind> = {
+  'no-update-server': 'io', 'upload-refused': 'refusal', 'bad-update': 'refusal', 'no-release': 'usage', 'no-previous': 'usage',
+  'untrusted-release': 'refusal', 'bad-seq': 'refusal', 'no-manifest': 'usage', 'invalid-release': 'refusal',
+};
+
+export class PublishError extends FleetError<PublishErrorCode> {
+  override readonly name = 'PublishError';
+  constructor(code: PublishErrorCode, message: string) {
+    super(PUBLISH_KINDS[code], code, message);
   }
 }
 
@@ -64,7 +72,7 @@ export function rolloutKeysOf(o: Pick<GroupReleaseOptions, 'keys' | 'rolloutKeys
 /** The trust file the options imply: the given one, else the keys (threshold 1; the rollout role when its keys differ). */
 export function trustOfOptions(o: Pick<GroupReleaseOptions, 'keys' | 'rolloutKeys' | 'trust'>): TrustFile {
   if (o.trust) return o.trust;
-  if (o.keys.length === 0) throw new Error('without release keys, give the trust file (--trust): retained manifests and the current release are checked against its release keys');
+  if (o.keys.length === 0) throw new UsageError('needs-trust', 'without release keys, give the trust file (--trust): retained manifests and the current release are checked against its release keys');
   const rollout = o.rolloutKeys?.filter((k) => !o.keys.some((r) => r.id === k.id)) ?? [];
   return trustOf(o.keys, rollout);
 }
@@ -91,7 +99,7 @@ export interface RetainedRelease {
  * releases that verify against `trust` are taken; others are logged and
  * ignored (anyone allowed to publish on the topic can put bytes there).
  */
-export async function watchRelease(t: Transport, topic: string, trust: TrustFile, log: Logger, settleMs = 500): Promise<{ read(): Promise<RetainedRelease>; stop(): Promise<void> }> {
+export async function watchRelease(t: Transport, topic: string, trust: TrustFile, log: Logger, settleMs: number = PUBLISH_DEFAULTS.settleMs): Promise<{ read(): Promise<RetainedRelease>; stop(): Promise<void> }> {
   const state: RetainedRelease = { seq: -1, body: undefined, bytes: undefined, problem: undefined };
   let seen = false;
   let wake: (() => void) | undefined;
@@ -131,7 +139,7 @@ export async function watchRelease(t: Transport, topic: string, trust: TrustFile
     },
     async stop() {
       off();
-      await t.unsubscribe(topic).catch(() => undefined);
+      await t.unsubscribe(topic).catch(ignoreBecause('the session ends the subscription anyway', log));
     },
   };
 }
@@ -141,7 +149,7 @@ export async function watchRelease(t: Transport, topic: string, trust: TrustFile
  * release role (others are logged and skipped), collected for `settleMs`
  * after subscribing.
  */
-export async function readManifests(t: Transport, topics: Topics, model: string, trust: TrustFile, log: Logger, settleMs = 500): Promise<KnownManifest[]> {
+export async function readManifests(t: Transport, topics: Topics, model: string, trust: TrustFile, log: Logger, settleMs: number = PUBLISH_DEFAULTS.settleMs): Promise<KnownManifest[]> {
   const filter = topics.manifests(model);
   const found = new Map<string, KnownManifest>();
   const off = t.onMessage((tp, payload) => {
@@ -149,7 +157,7 @@ export async function readManifests(t: Transport, topics: Topics, model: string,
     if (p?.kind !== 'manifest' || p.model !== model || payload.byteLength === 0) return;
     try {
       const m = verifyManifest(payload, trust);
-      if (m.manifest !== p.hash || m.model !== model) throw new Error(`retained under ${p.hash.slice(0, 12)} but it is ${m.manifest.slice(0, 12)} for ${m.model}`);
+      if (m.manifest !== p.hash || m.model !== model) throw new RefusalError('manifest-mismatch', `retained under ${p.hash.slice(0, 12)} but it is ${m.manifest.slice(0, 12)} for ${m.model}`);
       found.set(m.manifest, { ...m, bytes: payload });
     } catch (e) {
       log.warn('a retained manifest is not usable; skipped', { topic: tp, error: (e as Error).message });
@@ -160,7 +168,7 @@ export async function readManifests(t: Transport, topics: Topics, model: string,
     await new Promise((r) => setTimeout(r, settleMs));
   } finally {
     off();
-    await t.unsubscribe(filter).catch(() => undefined);
+    await t.unsubscribe(filter).catch(ignoreBecause('the session ends the subscription anyway', log));
   }
   return [...found.values()];
 }

@@ -1,3 +1,4 @@
+import { classify, IoError, RefusalError, UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import nacl from 'tweetnacl';
@@ -32,7 +33,7 @@ async function refuseOverwrite(file: string): Promise<void> {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
     throw e;
   }
-  throw new Error(`${file} exists; refusing to overwrite a secret key`);
+  throw new UsageError('key-exists', `${file} exists; refusing to overwrite a secret key`);
 }
 
 /** Writes one secret key (mode 0600) and its public file. */
@@ -72,9 +73,9 @@ export async function keygen(outDir: string, name = 'release', rolloutName = 'ro
 /** Reads a public key file ({id, publicKey}). */
 export async function loadPublicKey(file: string): Promise<{ id: string; publicKey: Uint8Array }> {
   const j = JSON.parse(await fs.readFile(file, 'utf8')) as { id?: unknown; publicKey?: unknown };
-  if (typeof j.publicKey !== 'string') throw new Error(`${file} is not a fleet public key file`);
+  if (typeof j.publicKey !== 'string') throw new RefusalError('invalid-key-file', `${file} is not a fleet public key file`);
   const publicKey = new Uint8Array(Buffer.from(j.publicKey, 'base64'));
-  if (publicKey.byteLength !== 32 || keyIdOf(publicKey) !== j.id) throw new Error(`${file}: the key id does not match the key`);
+  if (publicKey.byteLength !== 32 || keyIdOf(publicKey) !== j.id) throw new RefusalError('invalid-key-file', `${file}: the key id does not match the key`);
   return { id: j.id, publicKey };
 }
 
@@ -83,10 +84,11 @@ export async function loadSigningKey(file: string): Promise<SigningKey> {
   try {
     j = JSON.parse(await fs.readFile(file, 'utf8')) as KeyFileJson;
   } catch (e) {
-    throw new Error(`cannot read key file ${file}: ${(e as Error).message}`);
+    const why = `cannot read key file ${file}: ${(e as Error).message}`;
+    throw classify(e) === 'io' ? new IoError('unreadable-key-file', why, { cause: e }) : new RefusalError('invalid-key-file', why, { cause: e });
   }
-  if (j.type !== 'fleet-ed25519-secret-key' || typeof j.seed !== 'string') throw new Error(`${file} is not a fleet secret key file`);
+  if (j.type !== 'fleet-ed25519-secret-key' || typeof j.seed !== 'string') throw new RefusalError('invalid-key-file', `${file} is not a fleet secret key file`);
   const key = signingKeyFromSeed(new Uint8Array(Buffer.from(j.seed, 'base64')));
-  if (key.id !== j.id) throw new Error(`${file}: the key id does not match the key`);
+  if (key.id !== j.id) throw new RefusalError('invalid-key-file', `${file}: the key id does not match the key`);
   return key;
 }

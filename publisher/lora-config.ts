@@ -1,13 +1,13 @@
 /** PEFT's adapter_config.json for LoRA adapters: parsing, validation and rank/alpha patterns. */
+import { FleetError } from '../platform/errors.ts';
 
 export type LoraErrorCode = 'malformed-adapter' | 'malformed-config' | 'unsupported-adapter';
 
-export class LoraError extends Error {
-  readonly code: LoraErrorCode;
+/** The adapter or its config is not one we can read: a refusal of that input. */
+export class LoraError extends FleetError<LoraErrorCode> {
+  override readonly name = 'LoraError';
   constructor(code: LoraErrorCode, message: string) {
-    super(message);
-    this.name = 'LoraError';
-    this.code = code;
+    super('refusal', code, message);
   }
 }
 

@@ -2,6 +2,7 @@ import onnxProto from 'onnx-proto';
 import type { onnx as OnnxTypes } from 'onnx-proto';
 import type { Dtype } from '../protocol/dtypes.ts';
 import { encodeOnnx, type OnnxStorage } from '../protocol/onnx.ts';
+import { PUBLISH_DEFAULTS } from './defaults.ts';
 
 /**
  * Writing ONNX models from their parts, as ONNX's onnx.proto specifies them (a
@@ -95,7 +96,7 @@ export function buildOnnxModel(spec: ModelSpec): Uint8Array {
   const model = new onnx.ModelProto({
     irVersion: 8,
     producerName: spec.producer ?? 'fleet',
-    opsetImport: [{ domain: '', version: spec.opset ?? 13 }],
+    opsetImport: [{ domain: '', version: spec.opset ?? PUBLISH_DEFAULTS.onnxOpset }],
     graph,
     metadataProps: Object.entries(spec.metadata ?? {}).map(([key, value]) => ({ key, value })),
   });

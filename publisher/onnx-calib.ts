@@ -4,6 +4,7 @@ import { readOnnx } from '../protocol/onnx.ts';
 import { writeSafetensors, type TensorInput } from '../protocol/safetensors.ts';
 import { ioOf, runSamples, type OutputBatch, type Samples } from '../util/onnx-run.ts';
 import { OUTPUTS_SUFFIX } from './calib.ts';
+import { PUBLISH_DEFAULTS } from './defaults.ts';
 
 /**
  * `fleet calib --model a.onnx --samples S`: the calibration statistics `fleet build --calib`
@@ -162,7 +163,7 @@ export async function onnxCalibration(modelBytes: Uint8Array, samples: Samples, 
   const graphInput = ioOf(modelBytes).input;
   const wanted = [...new Set([...uses.values()].flat().map((u) => u.input))];
   const fetched = wanted.filter((n) => n !== graphInput);
-  const maxFull = o.diagonal ? 0 : (o.maxFull ?? 2048);
+  const maxFull = o.diagonal ? 0 : (o.maxFull ?? PUBLISH_DEFAULTS.calibMaxFull);
   const width = (u: Use): number => (u.kind === 'conv' ? u.cin * u.kh * u.kw : u.n);
   const accs = new Map<string, { u: Use; acc: Acc; diag: boolean }[]>();
   for (const [w, us] of uses) {

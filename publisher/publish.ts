@@ -1,3 +1,5 @@
+import { PUBLISH_DEFAULTS } from './defaults.ts';
+import { ignoreBecause } from '../platform/errors.ts';
 import { chunkCount, chunkList, chunkRange, sha256Hex, updateIdOf, type PayloadDescriptor } from '../protocol/chunks.ts';
 import { modelFormatOfBytes } from '../util/model-format.ts';
 import { decodeReceipt, encodeFrame, type UploadReceipt } from '../protocol/frames.ts';
@@ -88,7 +90,7 @@ export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
   try {
     /** Waits for the next receipt, calling `nudge` every 2 s (the server may be starting or restarting). */
     const nextReceipt = async (nudge: () => Promise<void>): Promise<UploadReceipt> => {
-      const timeout = o.receiptTimeoutMs ?? 30_000;
+      const timeout = o.receiptTimeoutMs ?? PUBLISH_DEFAULTS.receiptTimeoutMs;
       const reprobe = 2000;
       const deadline = Date.now() + timeout;
       let nextNudge = Date.now() + reprobe;
@@ -131,7 +133,7 @@ export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
       if (receipt.error) throw new PublishError('upload-refused', `the update server refused the upload: ${receipt.error}`);
       if (round > 20) throw new PublishError('upload-refused', `upload of ${updateId} did not complete after ${round} rounds`);
       const missing = receipt.missing.filter((i) => i !== count - 1);
-      const window = o.window ?? 32;
+      const window = o.window ?? PUBLISH_DEFAULTS.uploadWindow;
       for (let k = 0; k < missing.length; k += window) {
         await Promise.all(missing.slice(k, k + window).map(send));
         sent += Math.min(window, missing.length - k);
@@ -152,7 +154,7 @@ export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
   } finally {
     wake = undefined;
     off();
-    await t.unsubscribe(receiptTopic).catch(() => undefined);
+    await t.unsubscribe(receiptTopic).catch(ignoreBecause('the session ends the subscription anyway', o.log));
   }
 }
 
@@ -234,7 +236,7 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
   try {
     // Retained manifests arrive while the payloads upload.
     const known = readManifests(o.transport, o.topics, o.model, trust, o.log, o.settleMs);
-    known.catch(() => undefined);
+    known.catch(ignoreBecause('awaited below, where its failure is thrown'));
     const { uploads, steps } = await uploadSteps(o, target, chain);
 
     const current = await watch.read();
@@ -303,7 +305,7 @@ export async function publishManifestOnly(o: Omit<PublishOptions, 'group' | 'ttl
   if (o.keys.length === 0) throw new PublishError('bad-update', 'a manifest is signed by release keys; none given');
   const { chain, target } = chainOf(o);
   const known = readManifests(o.transport, o.topics, o.model, trustOfOptions(o), o.log, o.settleMs);
-  known.catch(() => undefined);
+  known.catch(ignoreBecause('awaited below, where its failure is thrown'));
   const { uploads, steps } = await uploadSteps(o, target, chain);
   const m = await publishManifest(o, { model: o.model, target, steps, limits: limitsOf(steps) });
   await publishBackManifests(o, await known, steps.map((st) => st.from), target);

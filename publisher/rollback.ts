@@ -1,3 +1,4 @@
+import { ignoreBecause } from '../platform/errors.ts';
 import { limitsOf, type ReleaseBody } from '../protocol/release.ts';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
 import {
@@ -43,7 +44,7 @@ export async function rollbackGroup(o: RollbackOptions): Promise<RollbackResult>
   const watch = await watchRelease(t, o.topics.release(o.group, o.model), trust, o.log, o.settleMs);
   try {
     const known = readManifests(t, o.topics, o.model, trust, o.log, o.settleMs);
-    known.catch(() => undefined);
+    known.catch(ignoreBecause('awaited below, where its failure is thrown'));
     const current = await watch.read();
     const where = `${o.model} for group ${o.group}`;
     if (current.problem) throw new PublishError('untrusted-release', `cannot roll back ${where}: the current release is not usable (${current.problem})`);

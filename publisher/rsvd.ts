@@ -12,6 +12,7 @@
  * `mmul` is ~5-7× slower than these loops and its `QrDecomposition` ~10×
  * slower than the column-contiguous Householder below.
  */
+import { PUBLISH_DEFAULTS } from './defaults.ts';
 import { Matrix, SingularValueDecomposition } from 'ml-matrix';
 import { mulberry32 } from '../util/random.ts';
 
@@ -224,8 +225,8 @@ export function randomizedSvd(a: Float64Array, m: number, n: number, k: number, 
   checkShape(a, m, n);
   const kk = Math.max(0, Math.min(Math.floor(k), m, n));
   if (kk === 0) return emptySvd(m, n);
-  const oversample = Math.max(0, Math.floor(opts.oversample ?? 10));
-  const q = Math.max(0, Math.floor(opts.powerIterations ?? 2));
+  const oversample = Math.max(0, Math.floor(opts.oversample ?? PUBLISH_DEFAULTS.rsvdOversample));
+  const q = Math.max(0, Math.floor(opts.powerIterations ?? PUBLISH_DEFAULTS.powerIterations));
   const l = Math.min(kk + oversample, m, n);
 
   // Stage A: an orthonormal basis Q (m×l) of the range of A (Algorithm 4.4).

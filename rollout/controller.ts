@@ -1,3 +1,5 @@
+import { ROLLOUT_DEFAULTS } from './defaults.ts';
+import { UsageError } from '../platform/errors.ts';
 import os from 'node:os';
 import { verifyRelease, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
 import { trustOfOptions } from '../publisher/publish.ts';
@@ -87,7 +89,7 @@ export class RolloutController {
     this.inv.onChange((device, rec, what, retained) => this.onDevice(device, rec.status?.state, what, retained));
     await t.subscribe([statusTopic, ...releaseTopics], 1);
     await this.inv.follow(t);
-    await new Promise((r) => setTimeout(r, this.o.settleMs ?? 1500));
+    await new Promise((r) => setTimeout(r, this.o.settleMs ?? ROLLOUT_DEFAULTS.settleMs));
     this.rebuild();
     this.ready = true;
     if (isTerminal(this.s.state)) return this.status(); // an ended rollout is left as it is
@@ -118,7 +120,7 @@ export class RolloutController {
     const r = this.retained;
     if (r) {
       if (r.plan.digest !== this.digest || r.plan.target !== this.o.payloads.target) {
-        throw new Error(`rollout ${p.id} already exists with another plan (plan ${short(r.plan.digest)}, target ${short(r.plan.target)}; this one ${short(this.digest)}, ${short(this.o.payloads.target)}); use a new id`);
+        throw new UsageError('rollout-exists', `rollout ${p.id} already exists with another plan (plan ${short(r.plan.digest)}, target ${short(r.plan.target)}; this one ${short(this.digest)}, ${short(this.o.payloads.target)}); use a new id`);
       }
       this.s = { ...r, controller: this.name() };
       if (isTerminal(r.state)) return;
@@ -202,7 +204,7 @@ export class RolloutController {
     this.timer = this.io.clock.setTimeout(() => {
       this.schedule();
       this.tick();
-    }, this.o.tickMs ?? 1000);
+    }, this.o.tickMs ?? ROLLOUT_DEFAULTS.tickMs);
   }
 
   private async step(): Promise<void> {
@@ -211,7 +213,7 @@ export class RolloutController {
       await this.stepOnce();
       if (`${this.s.state}|${this.s.wave}|${this.s.updated}` === before) break;
     }
-    if (this.io.clock.now() - this.lastPublished >= (this.o.heartbeatMs ?? 10_000)) await this.publishStatus();
+    if (this.io.clock.now() - this.lastPublished >= (this.o.heartbeatMs ?? ROLLOUT_DEFAULTS.heartbeatMs)) await this.publishStatus();
   }
 
   private async stepOnce(): Promise<void> {
@@ -316,7 +318,7 @@ export class RolloutController {
   }
 
   private backoff(): number {
-    const delay = Math.min(300_000, (this.o.retryMs ?? 5000) * 2 ** Math.min(this.attempts++, 10));
+    const delay = Math.min(300_000, (this.o.retryMs ?? ROLLOUT_DEFAULTS.retryMs) * 2 ** Math.min(this.attempts++, 10));
     this.retryAt = this.io.clock.now() + delay;
     return delay;
   }
@@ -329,7 +331,7 @@ export class RolloutController {
       await this.publishStatus();
     });
     const cause = this.s.events.filter((e) => e.type === 'failure-threshold' || e.type === 'timeout').at(-1)?.reason ?? this.s.reason ?? '';
-    if (retry && this.attempts < (this.o.rollbackAttempts ?? 5)) {
+    if (retry && this.attempts < (this.o.rollbackAttempts ?? ROLLOUT_DEFAULTS.rollbackAttempts)) {
       const delay = this.backoff();
       return this.transition('rollback-failed', 'rollback-failed', `${problems.join('; ')}; trying again in ${Math.round(delay / 1000)} s`);
     }

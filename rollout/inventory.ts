@@ -1,3 +1,5 @@
+import { ROLLOUT_DEFAULTS } from './defaults.ts';
+import { ignoreBecause } from '../platform/errors.ts';
 import { parsePresence, parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
@@ -46,7 +48,7 @@ export class Inventory {
     this.off?.();
     this.off = undefined;
     // Bounded: a broker gone (or not answering) must not hold a stop; closing the session ends the subscriptions anyway.
-    await withDeadline(t.unsubscribe([this.topics.allStatuses(), this.topics.allPresence()]).catch(() => undefined), UNSUBSCRIBE_ON_STOP_MS);
+    await withDeadline(t.unsubscribe([this.topics.allStatuses(), this.topics.allPresence()]).catch(ignoreBecause('the session ends the subscription anyway')), UNSUBSCRIBE_ON_STOP_MS);
   }
 
   onChange(fn: InventoryListener): void {
@@ -98,7 +100,7 @@ export interface InventorySnapshot {
 }
 
 /** Subscribes, collects retained statuses and presence for `settleMs`, and returns what it saw. */
-export async function collectInventory(t: Transport, topics: Topics, settleMs = 1500): Promise<InventorySnapshot> {
+export async function collectInventory(t: Transport, topics: Topics, settleMs: number = ROLLOUT_DEFAULTS.settleMs): Promise<InventorySnapshot> {
   const inv = new Inventory(topics);
   await inv.follow(t);
   await new Promise((r) => setTimeout(r, settleMs));

@@ -12,6 +12,7 @@
  * completed    every wave soaked (terminal)
  * aborted      stopped by an operator; releases left as they are (terminal)
  */
+import { FleetError } from '../platform/errors.ts';
 export const ROLLOUT_STATES = ['pending', 'publishing', 'waiting', 'soaking', 'paused', 'halted', 'rolling_back', 'completed', 'aborted'] as const;
 export type RolloutState = (typeof ROLLOUT_STATES)[number];
 
@@ -61,10 +62,11 @@ export const ROLLOUT_TRANSITIONS: ReadonlyArray<{ from: readonly RolloutState[];
   { from: ['pending', 'waiting', 'soaking', 'paused'], on: 'abort', to: 'aborted' },
 ];
 
-export class IllegalRolloutTransition extends Error {
+/** A step the table does not allow: a bug in the controller, never caused by input. */
+export class IllegalRolloutTransition extends FleetError<'illegal-transition'> {
+  override readonly name = 'IllegalRolloutTransition';
   constructor(readonly state: RolloutState, readonly event: RolloutMachineEvent) {
-    super(`no rollout transition from ${state} on ${event}`);
-    this.name = 'IllegalRolloutTransition';
+    super('internal', 'illegal-transition', `no rollout transition from ${state} on ${event}`);
   }
 }
 

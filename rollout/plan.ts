@@ -1,3 +1,5 @@
+import { ROLLOUT_DEFAULTS } from './defaults.ts';
+import { FleetError } from '../platform/errors.ts';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
@@ -56,10 +58,11 @@ export interface RolloutPlan {
   waves: WavePlan[];
 }
 
-export class PlanError extends Error {
+/** The rollout plan file is not valid: refused, the message names the field. */
+export class PlanError extends FleetError<'invalid-plan'> {
+  override readonly name = 'PlanError';
   constructor(message: string) {
-    super(message);
-    this.name = 'PlanError';
+    super('refusal', 'invalid-plan', message);
   }
 }
 
@@ -255,4 +258,4 @@ export async function loadPlanFile(file: string): Promise<{ plan: RolloutPlan; d
 }
 
 export const planChunkSize = (p: RolloutPlan): number => p.chunkSize ?? DEFAULT_CHUNK_SIZE;
-export const planTtl = (p: RolloutPlan): number => p.ttlSeconds ?? 30 * 86400;
+export const planTtl = (p: RolloutPlan): number => p.ttlSeconds ?? ROLLOUT_DEFAULTS.ttlSeconds;

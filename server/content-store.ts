@@ -1,3 +1,4 @@
+import { FleetError, ignoreBecause } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { chunkList, sha256Hex, updateIdOf, type PayloadDescriptor } from '../protocol/chunks.ts';
@@ -22,10 +23,10 @@ export interface UploadProgress {
 export const UPLOAD_TTL_MS = 2 * 3600_000;
 
 /** Raised when an upload cannot be accepted; the message says why. */
-export class StoreError extends Error {
-  constructor(readonly code: 'hash-mismatch' | 'inconsistent-upload' | 'bad-id', message: string) {
-    super(message);
-    this.name = 'StoreError';
+export class StoreError extends FleetError<'hash-mismatch' | 'inconsistent-upload' | 'bad-id'> {
+  override readonly name = 'StoreError';
+  constructor(code: 'hash-mismatch' | 'inconsistent-upload' | 'bad-id', message: string) {
+    super('refusal', code, message);
   }
 }
 
@@ -86,7 +87,7 @@ export class ContentStore {
       if (this.handles.size > 32) {
         const [oldId, old] = this.handles.entries().next().value as [string, Promise<fs.FileHandle>];
         this.handles.delete(oldId);
-        void old.then((o) => o.close()).catch(() => undefined);
+        void old.then((o) => o.close()).catch(ignoreBecause('an evicted read handle: its open failed (and was dropped) or closing it freed nothing more'));
       }
     }
     let h: fs.FileHandle;
@@ -138,11 +139,11 @@ export class ContentStore {
    */
   receiveUpload(model: string, id: string, index: number, count: number, data: Uint8Array): Promise<UploadProgress> {
     const prev = this.locks.get(id) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(() => this.receiveUploadLocked(model, id, index, count, data));
+    const next = prev.catch(ignoreBecause('the previous chunk\'s failure went to its own caller')).then(() => this.receiveUploadLocked(model, id, index, count, data));
     this.locks.set(id, next);
     void next.finally(() => {
       if (this.locks.get(id) === next) this.locks.delete(id);
-    }).catch(() => undefined);
+    }).catch(ignoreBecause('the caller gets this failure from `next` itself'));
     return next;
   }
 
@@ -253,7 +254,7 @@ export class ContentStore {
       if (!opts.dryRun) {
         const h = this.handles.get(id);
         this.handles.delete(id);
-        await h?.then((o) => o.close()).catch(() => undefined);
+        await h?.then((o) => o.close()).catch(ignoreBecause('the update is being removed; a handle that did not open or close holds nothing'));
         this.metas.delete(id);
         this.lists.delete(id);
         await fs.rm(path.join(this.dir, 'updates', id), { recursive: true, force: true });
@@ -272,7 +273,7 @@ export class ContentStore {
     const now = opts.now ?? Date.now();
     for (const id of await fs.readdir(path.join(this.dir, 'uploads'))) {
       if (this.locks.has(id)) continue; // a chunk is being written right now
-      const st = await fs.stat(path.join(this.dir, 'uploads', id)).catch(() => undefined);
+      const st = await fs.stat(path.join(this.dir, 'uploads', id)).catch(ignoreBecause('removed meanwhile (completed or swept): nothing to expire'));
       if (!st || now - st.mtimeMs < (opts.maxAgeMs ?? UPLOAD_TTL_MS)) continue;
       stale.push(id);
       if (!opts.dryRun) {
@@ -286,7 +287,7 @@ export class ContentStore {
   async close(): Promise<void> {
     const open = [...this.handles.values()];
     this.handles.clear();
-    for (const h of open) await h.then((o) => o.close()).catch(() => undefined);
+    for (const h of open) await h.then((o) => o.close()).catch(ignoreBecause('closing the store: a handle that did not open or close holds nothing'));
   }
 }
 

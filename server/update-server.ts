@@ -1,3 +1,4 @@
+import { UPDATE_SERVER_DEFAULTS } from './defaults.ts';
 import { decodeFrame, decodeRequest, encodeFrame, encodeReceipt, MAX_WANT } from '../protocol/frames.ts';
 import { FrameCache } from './frame-cache.ts';
 import { decodeRelease } from '../protocol/release.ts';
@@ -64,8 +65,8 @@ export class UpdateServer {
     this.store = o.store;
     this.topics = o.topics;
     this.log = o.log;
-    this.maxChunks = Math.min(o.maxChunksPerRequest ?? 256, MAX_WANT);
-    this.settleMs = o.settleMs ?? 1000;
+    this.maxChunks = Math.min(o.maxChunksPerRequest ?? UPDATE_SERVER_DEFAULTS.maxChunksPerRequest, MAX_WANT);
+    this.settleMs = o.settleMs ?? UPDATE_SERVER_DEFAULTS.settleMs;
     this.uploadTtlMs = o.uploadTtlMs ?? UPLOAD_TTL_MS;
     this.uploadSweepMs = o.uploadSweepMs ?? Math.min(this.uploadTtlMs / 4, 600_000);
   }

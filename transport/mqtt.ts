@@ -1,3 +1,5 @@
+import { MQTT_DEFAULTS } from './defaults.ts';
+import { IoError, UsageError } from '../platform/errors.ts';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
@@ -93,7 +95,7 @@ export class MqttTransport implements Transport {
 
   private constructor(opts: MqttTransportOptions) {
     const u = new URL(opts.url);
-    this.closeGraceMs = opts.closeGraceMs ?? 2000;
+    this.closeGraceMs = opts.closeGraceMs ?? MQTT_DEFAULTS.closeGraceMs;
     const servers = (this.servers = [opts.url, ...(opts.fallbackUrls ?? [])].map((url) => {
       const s = new URL(url);
       const secure = s.protocol === 'mqtts:';
@@ -104,14 +106,14 @@ export class MqttTransport implements Transport {
       ? { ca: opts.tls?.ca ?? fromEnvFile('FLEET_TLS_CA'), cert: opts.tls?.cert ?? fromEnvFile('FLEET_TLS_CERT'), key: opts.tls?.key ?? fromEnvFile('FLEET_TLS_KEY') }
       : undefined;
     const maxIncoming = opts.maxIncomingPacket ?? DEFAULT_MAX_INCOMING_PACKET;
-    const min = opts.reconnectMinMs ?? 500;
-    const max = opts.reconnectMaxMs ?? 30_000;
+    const min = opts.reconnectMinMs ?? MQTT_DEFAULTS.reconnectMinMs;
+    const max = opts.reconnectMaxMs ?? MQTT_DEFAULTS.reconnectMaxMs;
     const clientOpts: IClientOptions = {
       protocolVersion: 4,
       clientId: opts.clientId,
       clean: true,
-      keepalive: opts.keepaliveSeconds ?? 60,
-      connectTimeout: opts.connectTimeoutMs ?? 30_000,
+      keepalive: opts.keepaliveSeconds ?? MQTT_DEFAULTS.keepaliveSeconds,
+      connectTimeout: opts.connectTimeoutMs ?? MQTT_DEFAULTS.connectTimeoutMs,
       reconnectPeriod: min,
       resubscribe: true,
       queueQoSZero: false,
@@ -195,7 +197,7 @@ export class MqttTransport implements Transport {
         settled = true;
         if (timer) clearTimeout(timer);
         void t.close();
-        reject(new Error(`cannot connect to ${where}: ${why}`));
+        reject(new IoError('cannot-connect', `cannot connect to ${where}: ${why}`));
       };
       const timer = firstConnectTimeoutMs
         ? setTimeout(() => fail(t.lastCause ? t.lastCause.message : `no answer within ${firstConnectTimeoutMs} ms`), firstConnectTimeoutMs)
@@ -249,7 +251,7 @@ export class MqttTransport implements Transport {
       this.client.subscribe(filters, { qos }, (err, granted) => {
         if (err) return reject(err);
         const refused = (granted ?? []).filter((g) => g.qos === 128);
-        if (refused.length) return reject(new Error(`broker refused subscription to ${refused.map((g) => g.topic).join(', ')}`));
+        if (refused.length) return reject(new UsageError('subscription-refused', `broker refused subscription to ${refused.map((g) => g.topic).join(', ')}`));
         resolve();
       });
     });

@@ -8,7 +8,7 @@
  */
 import type { Readable } from 'node:stream';
 
-/** The largest remaining length MQTT can encode (four length bytes). */
+/** The largest remaining length MQTT can encode (four length bytes; MQTT 3.1.1 §2.2.3). */
 export const MQTT_MAX_REMAINING = 268_435_455;
 
 /** Why a stream was cut off. */

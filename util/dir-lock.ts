@@ -1,3 +1,4 @@
+import { FleetError, ignoreBecause, IoError } from '../platform/errors.ts';
 import { promises as fs, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,13 +31,13 @@ export interface LockHolder {
   since: string;
 }
 
-export class DirLockedError extends Error {
-  readonly code = 'dir-locked';
+/** Another process holds the directory: a usage error that a service manager must not restart into. */
+export class DirLockedError extends FleetError<'dir-locked'> {
+  override readonly name = 'DirLockedError';
   /** The process exit code for it: not to be restarted into (util/exit-codes.ts). */
   readonly exitCode = EXIT_CONFLICT;
   constructor(readonly dir: string, readonly holder: LockHolder) {
-    super(`${dir} is in use by ${holder.what} (PID ${holder.pid} on ${holder.host}, since ${holder.since}); stop it first, or give this one a directory of its own`);
-    this.name = 'DirLockedError';
+    super('usage', 'dir-locked', `${dir} is in use by ${holder.what} (PID ${holder.pid} on ${holder.host}, since ${holder.since}); stop it first, or give this one a directory of its own`);
   }
 }
 
@@ -119,8 +120,8 @@ export class DirLock {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
       }
-      const text = await fs.readFile(file, 'utf8').catch(() => null);
-      if (text === null) continue; // removed meanwhile: try again
+      const text = await fs.readFile(file, 'utf8').catch(ignoreBecause('removed meanwhile: try again'));
+      if (text === undefined) continue;
       const holder = parseHolder(text);
       if (holder === null) {
         // Created but not yet written, or torn by a power cut: young means someone is starting.
@@ -145,12 +146,12 @@ export class DirLock {
         continue;
       }
       try {
-        if ((await fs.readFile(file, 'utf8').catch(() => null)) === text) await fs.rm(file, { force: true });
+        if ((await fs.readFile(file, 'utf8').catch(ignoreBecause('already removed by its holder: nothing to take over'))) === text) await fs.rm(file, { force: true });
       } finally {
         await fs.rm(takeover, { force: true });
       }
     }
-    throw new Error(`could not take the lock ${file}: it keeps changing hands; is something else starting in ${dir}?`);
+    throw new IoError('lock-contended', `could not take the lock ${file}: it keeps changing hands; is something else starting in ${dir}?`);
   }
 
   /** Gives the lock up (idempotent); only removes the file while it is still this process's. */

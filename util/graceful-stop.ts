@@ -102,7 +102,7 @@ export class GracefulStop {
       // The second signal (or a signal after the command began stopping by itself): exit at once.
       const left = this.current.length ? this.current : ['nothing'];
       this.o.log.warn('second signal: exiting at once', { signal: sig, undone: left });
-      this.exit(128 + (os.constants.signals[sig] ?? 15));
+      this.exit(128 + (os.constants.signals[sig] ?? os.constants.signals.SIGTERM));
       return;
     }
     this.o.log.info('stopping', { signal: sig, timeoutMs: this.o.timeoutMs });

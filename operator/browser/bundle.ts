@@ -1,3 +1,4 @@
+import { FleetError, ignoreBecause } from '../../platform/errors.ts';
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,8 +18,12 @@ import { packageRoot } from '../../platform/package-root.ts';
  * script is unavailable and `fleet dashboard` (Server-Sent Events) still works.
  */
 
-export class BundleError extends Error {
+/** The dashboard's browser script cannot be built here (esbuild missing or failing). */
+export class BundleError extends FleetError<'bundle-unavailable'> {
   override readonly name = 'BundleError';
+  constructor(message: string) {
+    super('usage', 'bundle-unavailable', message);
+  }
 }
 
 export interface DashboardBundle {
@@ -42,7 +47,7 @@ async function prebuilt(): Promise<DashboardBundle | undefined> {
   const root = packageRoot();
   // In a checkout the sources are the truth: a stale build must not shadow them.
   if (!root || existsSync(ENTRY)) return undefined;
-  const code = await fs.readFile(path.join(root, PREBUILT_NAME), 'utf8').catch(() => undefined);
+  const code = await fs.readFile(path.join(root, PREBUILT_NAME), 'utf8').catch(ignoreBecause('no prebuilt script in this package: built from the sources instead'));
   return code === undefined ? undefined : { code, ms: 0, inputs: [PREBUILT_NAME] };
 }
 

@@ -5,6 +5,7 @@
  * browser nothing is hashed on a hot path, so a small, obviously-correct port is
  * enough. Anything else from node:crypto throws, loudly.
  */
+import { InternalError } from '../../platform/errors.ts';
 
 const K = new Uint32Array([
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3,
@@ -78,12 +79,12 @@ class Sha256Hash {
     const d = sha256(all);
     if (encoding === undefined) return d;
     if (encoding === 'hex') return hex(d);
-    throw new Error(`digest encoding ${String(encoding)} is not available in the browser bundle`);
+    throw new InternalError('not-in-browser', `digest encoding ${String(encoding)} is not available in the browser bundle`);
   }
 }
 
 export function createHash(algorithm: string): Sha256Hash {
-  if (algorithm.toLowerCase() !== 'sha256') throw new Error(`createHash('${algorithm}') is not available in the browser bundle (sha256 only)`);
+  if (algorithm.toLowerCase() !== 'sha256') throw new InternalError('not-in-browser', `createHash('${algorithm}') is not available in the browser bundle (sha256 only)`);
   return new Sha256Hash();
 }
 

@@ -1,5 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { IllegalTransition, TRANSITIONS, nextState, type DeviceEvent } from '../../device/machine.ts';
+import { classify, errorFields, FleetError } from '../../platform/errors.ts';
 import { DEVICE_ONLY_REASONS, DEVICE_REASONS, DeviceError, toReason, type DeviceReason } from '../../device/reasons.ts';
 import { DEVICE_STATES, type DeviceState } from '../../protocol/status.ts';
 import { PROTOCOL_REASONS, ProtocolError } from '../../protocol/errors.ts';
@@ -177,9 +178,37 @@ describe('reasons', () => {
     expect(new DeviceError('wrong-base').message).toBe(DEVICE_REASONS['wrong-base']);
     const p = new ProtocolError('expired');
     expect(toReason(p)).toEqual({ code: 'expired', message: PROTOCOL_REASONS.expired });
-    const other = toReason(new Error('EACCES'));
-    expect(other.code).toBe('storage-error');
-    expect(other.message).toContain('EACCES');
+    const io = toReason(Object.assign(new Error("EACCES: permission denied, open '/d/bitmap'"), { code: 'EACCES', syscall: 'open' }));
+    expect(io.code).toBe('storage-error');
+    expect(io.message).toContain('EACCES');
     expect(toReason('boom').message).toContain('boom');
+  });
+  it('toReason reports a bug as a bug: a TypeError is internal-error, never storage-error or a refusal', () => {
+    let bug: unknown;
+    try {
+      (undefined as unknown as { x: number }).x;
+    } catch (e) {
+      bug = e;
+    }
+    expect(bug).toBeInstanceOf(TypeError);
+    const r = toReason(bug);
+    expect(r.code).toBe('internal-error');
+    expect(r.message).toContain(DEVICE_REASONS['internal-error']);
+    expect(r.message).toContain((bug as Error).message);
+    expect(toReason(new RangeError('Invalid array length')).code).toBe('internal-error');
+    expect(toReason('boom').code).toBe('internal-error');
+    // Its stack goes to the log (the agent logs errorFields), only for bugs.
+    expect(errorFields(bug).stack).toContain('TypeError');
+    expect(errorFields(new DeviceError('no-space')).stack).toBeUndefined();
+  });
+  it('every error class is one FleetError family with a kind: refusals, usage, I/O, internal', () => {
+    expect(new ProtocolError('bad-signature')).toBeInstanceOf(FleetError);
+    expect(classify(new ProtocolError('bad-signature'))).toBe('refusal');
+    expect(classify(new DeviceError('wrong-base'))).toBe('refusal');
+    expect(classify(new DeviceError('no-space'))).toBe('io');
+    expect(classify(new DeviceError('storage-error'))).toBe('io');
+    expect(classify(Object.assign(new Error('x'), { code: 'EIO' }))).toBe('io');
+    expect(classify(new TypeError('x'))).toBe('internal');
+    expect(new DeviceError('no-space').name).toBe('DeviceError');
   });
 });

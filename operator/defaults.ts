@@ -1,0 +1,21 @@
+/** Every default of the operator's views (operator/), in one table; `fleet dashboard --help` shows them. */
+export const OPERATOR_DEFAULTS = {
+  dashboardPort: 8080,
+  /** Server-Sent Events keep-alive comment. */
+  sseHeartbeatMs: 15_000,
+  /** How often a view is recomputed and sent. */
+  refreshMs: 1000,
+  /** The terminal view: redraw interval, and how long retained statuses settle before the first draw. */
+  terminalIntervalMs: 250,
+  terminalSettleMs: 500,
+  /** The browser's MQTT reconnect delay. */
+  liveReconnectMs: 2000,
+  /** A device silent this long is shown stale. */
+  staleMs: 60_000,
+  /** An alert command is stopped, and a webhook given up, after this long. */
+  alertCommandTimeoutMs: 60_000,
+  webhookTimeoutMs: 10_000,
+  /** Alert webhooks: tries, and the first delay between them (doubles). */
+  alertAttempts: 3,
+  alertRetryMs: 1000,
+} as const;

@@ -1,0 +1,10 @@
+/** Every default of an MQTT connection (transport/mqtt.ts), in one table; a process's own table may override them (device/defaults.ts). */
+export const MQTT_DEFAULTS = {
+  /** Longest wait for unacknowledged publishes on close. */
+  closeGraceMs: 2000,
+  /** First reconnect delay; doubles with jitter up to reconnectMaxMs. */
+  reconnectMinMs: 500,
+  reconnectMaxMs: 30_000,
+  keepaliveSeconds: 60,
+  connectTimeoutMs: 30_000,
+} as const;
