@@ -21,7 +21,7 @@ export type RangeAnswer = { status: 200; start: 0; end: number } | { status: 206
 export function parseRange(header: string | undefined, size: number): RangeAnswer {
   const whole = { status: 200 as const, start: 0 as const, end: size - 1 };
   if (header === undefined) return whole;
-  const m = /^bytes=(\d{0,15})-(\d{0,15})$/.exec(header.trim());
+  const m = /^bytes=(\d{0,20})-(\d{0,20})$/.exec(header.trim());
   if (!m) return whole; // a syntax we do not serve (multi-range, other units): the whole file
   const [a, b] = [m[1], m[2]];
   if (a === '' && b === '') return whole;
@@ -44,13 +44,17 @@ export function parseRange(header: string | undefined, size: number): RangeAnswe
 export interface RangeServerStats {
   requests: number;
   bytesSent: number;
+  /** The Range header of each request ('' for none), the last 100. */
+  ranges: string[];
 }
 
 /** An HTTP server for one file at `/payload` (GET and HEAD). */
 export function createRangeServer(file: string, size: number): { server: http.Server; stats: RangeServerStats } {
-  const stats: RangeServerStats = { requests: 0, bytesSent: 0 };
+  const stats: RangeServerStats = { requests: 0, bytesSent: 0, ranges: [] };
   const server = http.createServer((req, res) => {
     stats.requests++;
+    stats.ranges.push(String(req.headers.range ?? '').slice(0, 100));
+    if (stats.ranges.length > 100) stats.ranges.shift();
     req.socket.setNoDelay(true);
     if (req.url !== '/payload' || (req.method !== 'GET' && req.method !== 'HEAD')) {
       res.writeHead(404, { 'content-length': '0' }).end();
