@@ -24,6 +24,9 @@ export type { AgentConfig, AgentPorts } from './agent-config.ts';
  * (retained) at every transition. The installed model changes only by an
  * atomic, journaled switch to a version whose digest a verified release names.
  */
+/** The least time between two progress statuses of a download (unless it moved by a quarter). */
+const PROGRESS_STATUS_MS = 5000;
+
 export class DeviceAgent {
   state: DeviceState = 'idle';
   running = '';
@@ -322,6 +325,7 @@ export class DeviceAgent {
       });
       this.fetcher = f;
       this.shown = f;
+      this.lastProgress = 0;
       await this.transition(event, fields);
       this.armWatchdog(f);
       await f.start();
@@ -336,7 +340,11 @@ export class DeviceAgent {
 
   private onProgress(f: Fetcher): void {
     const now = this.io.clock.now();
-    if (now - this.lastStatusAt < 1000 && f.progress - this.lastProgress < 0.05) return;
+    // Statuses cost uplink bytes (a cellular uplink is often a quarter of the downlink): one every
+    // 5 s at most while the download moves by 5 %, or at once for a quarter of it; the watchdog
+    // adds one every 10 s while nothing moves.
+    const moved = f.progress - this.lastProgress;
+    if (moved < 0.25 && !(now - this.lastStatusAt >= PROGRESS_STATUS_MS && moved >= 0.05)) return;
     this.lastStatusAt = now;
     this.lastProgress = f.progress;
     this.enqueue(() => (this.fetcher === f && this.state === 'downloading' ? this.transition('download-progress', { updateId: f.updateId, message: null }) : Promise.resolve()));
