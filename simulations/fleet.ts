@@ -28,7 +28,7 @@ import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, LinkSpecError, needsKernel, resolveLink, type LinkFlagName, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, modelFor, readLines, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 
 const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
 
@@ -58,6 +58,7 @@ export interface FleetSimOptions {
 
 export interface HttpComparison {
   http: HttpRunResult;
+  /** The ratios compare the fleet's downloadSeconds (payload on disk) with HTTP's seconds. */
   /** The least time TCP needs (compare-http.ts tcpFloorSeconds). */
   floorSeconds: number | null;
   fleetOverHttpSeconds: number;
@@ -76,6 +77,8 @@ export interface FleetSimResult {
   devices: number;
   completed: number;
   seconds: number;
+  /** Until the last device had the whole payload on disk (before its check and apply): what HTTP's time compares with. */
+  downloadSeconds: number | null;
   payloadBytes: number;
   overheadMean: number;
   overheadMax: number;
@@ -151,10 +154,6 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
     }
     const brokerUrl = `mqtt://${brokerHost}:${port}`;
-    const publish = srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']);
-    children.push(publish);
-    const pubExit = await new Promise<number | null>((r) => publish.once('exit', r));
-    if (pubExit !== 0) throw new Error('publish failed');
 
     let deviceUrl = brokerUrl;
     if (!o.kernel) {
@@ -170,9 +169,26 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       children.push(host);
       return host;
     };
-    const before = link ? await link.counters() : undefined;
-    const t0 = Date.now();
+    // The devices run (connected, subscribed, idle) before the release comes, as in the field: the
+    // transfer is timed from the release, not from the start of a Node process on a loaded machine.
     let host = startHost();
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('the device host did not start its devices in 120 s')), 120_000);
+      readLines(host, (j) => {
+        if (typeof j.ready === 'number') {
+          clearTimeout(t);
+          resolve();
+        }
+      });
+      host.once('exit', (c) => reject(new Error(`the device host exited ${c} before its devices started`)));
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    const before = link ? await link.counters() : undefined;
+    const publish = srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']);
+    children.push(publish);
+    const pubExit = await new Promise<number | null>((r) => publish.once('exit', r));
+    if (pubExit !== 0) throw new Error('publish failed');
+    const t0 = Date.now();
     const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
     const faults = scheduleFaults(rand, ideal, o.cuts, o.kills);
     const { cuts, kills } = await runFaults({
@@ -187,8 +203,10 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     });
     const deadline = t0 + o.timeoutSeconds * 1000;
     while (ends.size < o.devices && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    const seconds = (Date.now() - t0) / 1000;
     const list = [...ends.values()];
+    // A device may begin while the publish command is still exiting: time from whichever came first.
+    const tStart = Math.min(t0, ...list.map((e) => e.started ?? t0));
+    const seconds = (Date.now() - tStart) / 1000;
     const ok = list.filter((e) => e.state === 'ok' && e.running === update.targetDigest);
     // With kills, one device's socket counters restart with each process: count at the proxy instead.
     const after = link ? await link.counters() : undefined;
@@ -200,6 +218,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       devices: o.devices,
       completed: ok.length,
       seconds: Number(seconds.toFixed(2)),
+      downloadSeconds: list.length && list.every((e) => e.downloaded) ? Number(((Math.max(...list.map((e) => e.downloaded!)) - tStart) / 1000).toFixed(2)) : null,
       payloadBytes,
       overheadMean: Number((overheads.reduce((x, y) => x + y, 0) / Math.max(1, overheads.length)).toFixed(4)),
       overheadMax: Number(Math.max(0, ...overheads).toFixed(4)),
@@ -223,11 +242,13 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       const delayed = (o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0;
       const floor = tcpFloorSeconds(specOf(o), o.devices, payloadBytes, delayed ? 1500 : 1514);
       const mib = (o.devices * payloadBytes) / (1 << 20);
+      // Like for like: HTTP's time ends when the file is on disk, so the fleet's does too.
+      const fleetSeconds = result.downloadSeconds ?? result.seconds;
       result.compareHttp = {
         http,
         floorSeconds: floor === null ? null : Number(floor.toFixed(2)),
-        fleetOverHttpSeconds: ratio(result.seconds, http.seconds),
-        fleetOverFloor: floor === null ? null : ratio(result.seconds, floor),
+        fleetOverHttpSeconds: ratio(fleetSeconds, http.seconds),
+        fleetOverFloor: floor === null ? null : ratio(fleetSeconds, floor),
         httpOverFloor: floor === null ? null : ratio(http.seconds, floor),
         fleetUpPerMiB: Math.round(result.wireUp! / mib),
         httpUpPerMiB: Math.round(http.wireUp / mib),
