@@ -26,6 +26,9 @@ export type { AgentConfig, AgentPorts } from './agent-config.ts';
  * (retained) at every transition. The installed model changes only by an
  * atomic, journaled switch to a version whose digest a verified release names.
  */
+/** A progress status for every quarter of a download (and the watchdog's every 10 s between). */
+const PROGRESS_STATUS_STEP = 0.25;
+
 export class DeviceAgent {
   state: DeviceState = 'idle';
   running = '';
@@ -357,6 +360,7 @@ export class DeviceAgent {
       });
       this.fetcher = f;
       this.shown = f;
+      this.lastProgress = 0;
       await this.transition(event, fields);
       this.armWatchdog(f);
       await f.start();
@@ -371,7 +375,10 @@ export class DeviceAgent {
 
   private onProgress(f: Fetcher): void {
     const now = this.io.clock.now();
-    if (now - this.lastStatusAt < 1000 && f.progress - this.lastProgress < 0.05) return;
+    // Statuses cost uplink bytes (a cellular uplink is often a quarter of the downlink, and a
+    // status is ~700 B): one per quarter of the download; the watchdog adds one whenever none
+    // went out for 10 s (with the rate), so a slow download still reports.
+    if (f.progress - this.lastProgress < PROGRESS_STATUS_STEP) return;
     this.lastStatusAt = now;
     this.lastProgress = f.progress;
     this.enqueue(() => (this.fetcher === f && this.state === 'downloading' ? this.transition('download-progress', { updateId: f.updateId, message: null }) : Promise.resolve()));

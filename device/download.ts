@@ -66,6 +66,11 @@ export class Download {
    * costs one duplicate chunk, not a window of them.
    */
   private probe: { index: number; before: Set<number> } | undefined;
+  /**
+   * Chunks that arrived before the chunk list was checked and saved (the first request asks
+   * for the list and the first window together, saving a round trip): checked once it is.
+   */
+  private early: Array<Extract<Frame, { kind: 'chunk' }>> = [];
 
   constructor(private readonly o: DownloadOptions) {
     this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(4, o.maxWindow), minIdleMs: o.idleMs });
@@ -127,6 +132,7 @@ export class Download {
     if (this.finished) return;
     this.probe = undefined;
     this.outstanding.clear();
+    this.early = [];
     this.listRequested = false;
     this.requestMore();
   }
@@ -166,8 +172,15 @@ export class Download {
       this.enqueue(async () => {
         if (this.o.files.list) return;
         await this.o.files.saveList(f.list);
+        const early = this.early;
+        this.early = [];
+        for (const c of early) this.onFrame(c);
         this.requestMore();
       });
+      return;
+    }
+    if (!this.o.files.list && this.listRequested && f.count === this.o.step.chunks && this.early.length < this.o.maxWindow) {
+      this.early.push(f);
       return;
     }
     this.outstanding.delete(f.index);
@@ -220,7 +233,8 @@ export class Download {
     const wantList = !files.list && !this.listRequested;
     if (!files.list && !wantList) return;
     const window = this.link.window;
-    const room = files.list ? window - this.outstanding.size - urgent.length : 0;
+    // With the list, the first window is asked for at once: its chunks wait for the list (`early`).
+    const room = files.list || wantList ? window - this.outstanding.size - urgent.length : 0;
     // Ask when the window has drained by half, so requests carry several indices.
     const more = room >= Math.max(1, window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(Math.max(0, room), this.inFlight) : [];
     const want = [...urgent, ...more.filter((i) => !urgent.includes(i))];

@@ -1,15 +1,18 @@
 /**
  * A fleet behind one impaired link (a site), end to end with real processes:
  *
- *   npm run sim:fleet -- --devices N --size BYTES [--loss P] [--rate KBIT] [--cuts K]
- *       [--cut-seconds S] [--kills K] [--kernel] [--broker aedes|mosquitto] [--compare]
+ *   npm run sim:fleet -- --devices N --size BYTES [--profile NAME] [--loss P] [--loss-up P]
+ *       [--rate KBIT] [--rate-up KBIT] [--delay MS] [--jitter MS] [--cuts K] [--cut-seconds S]
+ *       [--kills K] [--kernel] [--broker aedes|mosquitto] [--compare] [--compare-http] [--seed S]
  *
  * The broker (with its update server) runs as its own process; the devices
  * run as real agents (one MQTT connection, directory, bitmap each) in a
  * device-host process. Without --kernel the site link is the in-process TCP
  * proxy (bandwidth shared by the site, cuts); with --kernel it is a veth pair
  * between two network namespaces with nftables packet loss and a tbf rate
- * cap (root only). Ends with one JSON line of figures.
+ * cap (root only); a delay or jitter puts the TUN delay line of netns-link.ts in
+ * place of the veth. `--compare-http` then sends the same payload over the same link
+ * with HTTP range resume (compare-http.ts). Ends with one JSON line of figures.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
@@ -20,9 +23,12 @@ import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { mulberry32 } from '../util/random.ts';
+import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-http.ts';
+import { runFaults, scheduleFaults } from './faults.ts';
+import { describeLink, LinkSpecError, needsKernel, resolveLink, type LinkFlagName, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, modelFor, readLines, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
@@ -40,6 +46,30 @@ export interface FleetSimOptions {
   seed: number;
   timeoutSeconds: number;
   log: (line: string) => void;
+  /** Uplink (site → server) rate and loss when they differ from `rateKbit` / `lossPercent`. */
+  rateUpKbit?: number;
+  lossUpPercent?: number;
+  /** One-way delay and ± jitter, ms (kernel link only). */
+  delayMs?: number;
+  jitterMs?: number;
+  /** Also send the payload with HTTP range resume over the same link (kernel link only). */
+  compareHttp?: boolean;
+  profile?: string | null;
+}
+
+export interface HttpComparison {
+  http: HttpRunResult;
+  /** The ratios compare the fleet's downloadSeconds (payload on disk) with HTTP's seconds. */
+  /** The least time TCP needs (compare-http.ts tcpFloorSeconds). */
+  floorSeconds: number | null;
+  fleetOverHttpSeconds: number;
+  fleetOverFloor: number | null;
+  httpOverFloor: number | null;
+  /** Uplink bytes on the wire per MiB of payload delivered. */
+  fleetUpPerMiB: number;
+  httpUpPerMiB: number;
+  fleetOverHttpUpBytes: number;
+  fleetOverHttpDownBytes: number;
 }
 
 export interface FleetSimResult {
@@ -48,6 +78,8 @@ export interface FleetSimResult {
   devices: number;
   completed: number;
   seconds: number;
+  /** Until the last device had the whole payload on disk (before its check and apply): what HTTP's time compares with. */
+  downloadSeconds: number | null;
   payloadBytes: number;
   overheadMean: number;
   overheadMax: number;
@@ -58,7 +90,21 @@ export interface FleetSimResult {
   cuts: number;
   kills: number;
   timeOverIdeal: number | null;
+  /** Bytes on the wire at the site end of a kernel link during the transfer (null on the proxy). */
+  wireDown: number | null;
+  wireUp: number | null;
+  compareHttp?: HttpComparison;
 }
+
+/** The link of a run, from the options. */
+export function specOf(o: FleetSimOptions): LinkSpec {
+  return {
+    downKbit: o.rateKbit, upKbit: o.rateUpKbit ?? o.rateKbit, delayMs: o.delayMs ?? 0, jitterMs: o.jitterMs ?? 0,
+    lossDownPercent: o.lossPercent, lossUpPercent: o.lossUpPercent ?? o.lossPercent, cuts: o.cuts, cutSeconds: o.cutSeconds,
+  };
+}
+
+const ratio = (a: number, b: number): number => Number((a / b).toFixed(3));
 
 export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-sim-'));
@@ -85,13 +131,17 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     if (o.kernel) {
       const ok = NetnsLink.available();
       if (!ok.ok) throw new Error(`--kernel needs: ${ok.reason}`);
-      link = await NetnsLink.create({ name: `s${process.pid % 100000}`, lossPercent: o.lossPercent, rateKbit: o.rateKbit || undefined });
+      link = await NetnsLink.create({
+        name: `s${process.pid % 100000}`, lossPercent: o.lossPercent, lossUpPercent: o.lossUpPercent, rateKbit: o.rateKbit || undefined,
+        rateUpKbit: o.rateUpKbit || undefined, delayMs: o.delayMs, jitterMs: o.jitterMs, seed: o.seed,
+      });
       const l = link;
       srvExec = (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
       siteExec = (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
       brokerHost = l.srvAddress;
     } else {
-      if (o.lossPercent > 0) throw new Error('--loss needs --kernel (the proxy carries TCP streams, not packets)');
+      if (needsKernel(specOf(o))) throw new Error('--loss, --loss-up, --delay, --jitter, --rate-up and --profile need --kernel (the proxy carries TCP streams, not packets)');
+      if (o.compareHttp) throw new Error('--compare-http needs --kernel (both transfers are measured on the same kernel link)');
       const local: Exec = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
       srvExec = local;
       siteExec = local;
@@ -105,10 +155,6 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
     }
     const brokerUrl = `mqtt://${brokerHost}:${port}`;
-    const publish = srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']);
-    children.push(publish);
-    const pubExit = await new Promise<number | null>((r) => publish.once('exit', r));
-    if (pubExit !== 0) throw new Error('publish failed');
 
     let deviceUrl = brokerUrl;
     if (!o.kernel) {
@@ -124,53 +170,56 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       children.push(host);
       return host;
     };
-    const t0 = Date.now();
+    // The devices run (connected, subscribed, idle) before the release comes, as in the field: the
+    // transfer is timed from the release, not from the start of a Node process on a loaded machine.
     let host = startHost();
-    const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
-    // Faults at random moments of the first 70 % of the ideal transfer time.
-    const faults: Array<{ at: number; kind: 'cut' | 'kill' }> = [
-      ...Array.from({ length: o.cuts }, () => ({ at: (0.1 + 0.6 * rand()) * ideal * 1000, kind: 'cut' as const })),
-      ...Array.from({ length: o.kills }, () => ({ at: (0.1 + 0.6 * rand()) * ideal * 1000, kind: 'kill' as const })),
-    ].sort((x, y) => x.at - y.at);
-    let cuts = 0;
-    let kills = 0;
-    const deadline = t0 + o.timeoutSeconds * 1000;
-    while (ends.size < o.devices && Date.now() < deadline) {
-      const next = faults[0];
-      if (next && Date.now() - t0 >= next.at && ends.size < o.devices) {
-        faults.shift();
-        if (next.kind === 'cut') {
-          cuts++;
-          o.log(`cut ${cuts} at ${((Date.now() - t0) / 1000).toFixed(1)} s for ${o.cutSeconds} s`);
-          if (link) await link.cut();
-          else proxy!.takeDown();
-          await new Promise((r) => setTimeout(r, o.cutSeconds * 1000));
-          if (link) await link.restore();
-          else proxy!.restore();
-        } else {
-          kills++;
-          o.log(`kill ${kills} of the device host at ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-          const exited = new Promise((r) => host.once('exit', r));
-          process.kill(host.pid!, 'SIGKILL');
-          await exited;
-          host = startHost();
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('the device host did not start its devices in 120 s')), 120_000);
+      readLines(host, (j) => {
+        if (typeof j.ready === 'number') {
+          clearTimeout(t);
+          resolve();
         }
-        continue;
-      }
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    const seconds = (Date.now() - t0) / 1000;
+      });
+      host.once('exit', (c) => reject(new Error(`the device host exited ${c} before its devices started`)));
+    });
+    await new Promise((r) => setTimeout(r, 500));
+    const before = link ? await link.counters() : undefined;
+    const publish = srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']);
+    children.push(publish);
+    const pubExit = await new Promise<number | null>((r) => publish.once('exit', r));
+    if (pubExit !== 0) throw new Error('publish failed');
+    const t0 = Date.now();
+    const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
+    const faults = scheduleFaults(rand, ideal, o.cuts, o.kills);
+    const { cuts, kills } = await runFaults({
+      faults: [...faults], t0, finished: () => ends.size >= o.devices, cutSeconds: o.cutSeconds, link, proxy, log: o.log,
+      deadline: t0 + o.timeoutSeconds * 1000,
+      kill: async () => {
+        const exited = new Promise((r) => host.once('exit', r));
+        process.kill(host.pid!, 'SIGKILL');
+        await exited;
+        host = startHost();
+      },
+    });
+    const deadline = t0 + o.timeoutSeconds * 1000;
+    while (ends.size < o.devices && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
     const list = [...ends.values()];
+    // A device may begin while the publish command is still exiting: time from whichever came first.
+    const tStart = Math.min(t0, ...list.map((e) => e.started ?? t0));
+    const seconds = (Date.now() - tStart) / 1000;
     const ok = list.filter((e) => e.state === 'ok' && e.running === update.targetDigest);
     // With kills, one device's socket counters restart with each process: count at the proxy instead.
+    const after = link ? await link.counters() : undefined;
     const received = (e: DeviceEnd): number => (o.kills > 0 && proxy && o.devices === 1 ? proxy.deliveredDown : e.wire.bytesIn);
     const overheads = list.map((e) => received(e) / payloadBytes);
     const result: FleetSimResult = {
       broker: o.broker,
-      link: o.kernel ? `veth, ${o.lossPercent}% loss, ${o.rateKbit || '∞'} kbit/s` : `proxy, ${o.rateKbit || '∞'} kbit/s`,
+      link: o.kernel ? `${(o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0 ? 'tun delay line' : 'veth'}, ${describeLink({ ...specOf(o), profile: o.profile })}` : `proxy, ${o.rateKbit || '∞'} kbit/s`,
       devices: o.devices,
       completed: ok.length,
       seconds: Number(seconds.toFixed(2)),
+      downloadSeconds: list.length && list.every((e) => e.downloaded) ? Number(((Math.max(...list.map((e) => e.downloaded!)) - tStart) / 1000).toFixed(2)) : null,
       payloadBytes,
       overheadMean: Number((overheads.reduce((x, y) => x + y, 0) / Math.max(1, overheads.length)).toFixed(4)),
       overheadMax: Number(Math.max(0, ...overheads).toFixed(4)),
@@ -181,7 +230,33 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       cuts,
       kills,
       timeOverIdeal: o.rateKbit ? Number((seconds / ideal).toFixed(3)) : null,
+      wireDown: before && after ? after.rxBytes - before.rxBytes : null,
+      wireUp: before && after ? after.txBytes - before.txBytes : null,
     };
+    if (o.compareHttp && link) {
+      await Promise.all(children.splice(children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));
+      o.log(`fleet: ${JSON.stringify(result)}`);
+      const http = await runHttpBaseline({
+        link, port: port + 1, payloadFile: updateFile, payloadBytes, devices: o.devices, faults: faults.filter((f) => f.kind === 'cut'),
+        cutSeconds: o.cutSeconds, dir, idleSeconds: 10, timeoutSeconds: o.timeoutSeconds, log: o.log,
+      });
+      const delayed = (o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0;
+      const floor = tcpFloorSeconds(specOf(o), o.devices, payloadBytes, delayed ? 1500 : 1514);
+      const mib = (o.devices * payloadBytes) / (1 << 20);
+      // Like for like: HTTP's time ends when the file is on disk, so the fleet's does too.
+      const fleetSeconds = result.downloadSeconds ?? result.seconds;
+      result.compareHttp = {
+        http,
+        floorSeconds: floor === null ? null : Number(floor.toFixed(2)),
+        fleetOverHttpSeconds: ratio(fleetSeconds, http.seconds),
+        fleetOverFloor: floor === null ? null : ratio(fleetSeconds, floor),
+        httpOverFloor: floor === null ? null : ratio(http.seconds, floor),
+        fleetUpPerMiB: Math.round(result.wireUp! / mib),
+        httpUpPerMiB: Math.round(http.wireUp / mib),
+        fleetOverHttpUpBytes: ratio(result.wireUp!, http.wireUp),
+        fleetOverHttpDownBytes: ratio(result.wireDown!, http.wireDown),
+      };
+    }
     return result;
   } finally {
     await Promise.all(children.map((c) => stopChild(c, 2000).catch(() => undefined)));
@@ -196,23 +271,47 @@ async function main(): Promise<void> {
     options: {
       devices: { type: 'string', default: '3' },
       size: { type: 'string', default: '262144' },
-      loss: { type: 'string', default: '0' },
-      rate: { type: 'string', default: '0' },
-      cuts: { type: 'string', default: '0' },
-      'cut-seconds': { type: 'string', default: '3' },
+      profile: { type: 'string' },
+      loss: { type: 'string' },
+      'loss-up': { type: 'string' },
+      rate: { type: 'string' },
+      'rate-up': { type: 'string' },
+      delay: { type: 'string' },
+      jitter: { type: 'string' },
+      cuts: { type: 'string' },
+      'cut-seconds': { type: 'string' },
       kills: { type: 'string', default: '0' },
       kernel: { type: 'boolean', default: false },
       broker: { type: 'string', default: 'aedes' },
       compare: { type: 'boolean', default: false },
+      'compare-http': { type: 'boolean', default: false },
       seed: { type: 'string', default: '1' },
       timeout: { type: 'string', default: '600' },
     },
   });
+  const flags: Partial<Record<LinkFlagName, string>> = {};
+  for (const f of ['rate', 'rate-up', 'delay', 'jitter', 'loss', 'loss-up', 'cuts', 'cut-seconds'] as const) if (a[f] !== undefined) flags[f] = a[f];
+  let spec: ReturnType<typeof resolveLink>;
+  try {
+    spec = resolveLink(a.profile, flags);
+  } catch (e) {
+    if (e instanceof LinkSpecError) {
+      process.stderr.write(`sim:fleet: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
+  const kernel = a.kernel === true || a.profile !== undefined || a['compare-http'] === true;
   const base = {
-    devices: Number(a.devices), size: Number(a.size), lossPercent: Number(a.loss), rateKbit: Number(a.rate), cuts: Number(a.cuts),
-    cutSeconds: Number(a['cut-seconds']), kills: Number(a.kills), kernel: a.kernel === true, seed: Number(a.seed),
-    timeoutSeconds: Number(a.timeout), log: (s: string) => process.stderr.write(s + '\n'),
+    devices: Number(a.devices), size: Number(a.size), lossPercent: spec.lossDownPercent, lossUpPercent: spec.lossUpPercent,
+    rateKbit: spec.downKbit, rateUpKbit: spec.upKbit, delayMs: spec.delayMs, jitterMs: spec.jitterMs, cuts: spec.cuts,
+    cutSeconds: spec.cutSeconds, kills: Number(a.kills), kernel, seed: Number(a.seed), profile: spec.profile,
+    timeoutSeconds: Number(a.timeout), compareHttp: a['compare-http'] === true, log: (s: string) => process.stderr.write(s + '\n'),
   };
+  if (base.compareHttp && base.kills > 0) {
+    process.stderr.write('sim:fleet: --compare-http does not take --kills (HTTP has no device process to kill): drop one of them\n');
+    process.exit(2);
+  }
   if (a.compare) {
     const aedes = await runFleetSim({ ...base, broker: 'aedes' });
     process.stderr.write(JSON.stringify(aedes) + '\n');
@@ -222,7 +321,7 @@ async function main(): Promise<void> {
     return;
   }
   const r = await runFleetSim({ ...base, broker: a.broker === 'mosquitto' ? 'mosquitto' : 'aedes' });
-  process.stdout.write(JSON.stringify(r) + '\n');
+  process.stdout.write(JSON.stringify({ ...r, loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))) }) + '\n');
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

@@ -30,6 +30,16 @@ import { pidAlive } from '../util/dir-lock.ts';
  *   and large enough at higher rates for the timer granularity. Latency 500 ms
  *   bounds the queue (limit = rate × 0.5 s + burst), like a cellular buffer.
  *
+ * - Delay and jitter (`delayMs`, `jitterMs`): there is no netem, no fq (for EDT
+ *   pacing) and no NFQUEUE target in nftables on this kernel, so a delayed link
+ *   is not a veth but a TUN device in each namespace (same names, addresses and
+ *   rules), joined by a userspace delay line (simulations/delay-line.py, Python
+ *   because TUNSETIFF is an ioctl Node cannot issue). Every packet, data and ACK
+ *   alike, is held for the one-way delay ± jitter, in order, so TCP's own loss
+ *   recovery sees the round trip (a delaying TCP proxy would hide it from TCP).
+ *   tbf sits on each TUN's egress (the bottleneck before the propagation delay),
+ *   nftables drops on each TUN's ingress, cuts take the TUNs down.
+ *
  * Namespaces embed the creating process's PID so `cleanupStale()` only removes
  * leftovers of processes that no longer exist (never a concurrent run's).
  */
@@ -41,8 +51,21 @@ export interface NetnsLinkOptions {
   name: string;
   /** Random packet drop in BOTH directions, percent 0..100. */
   lossPercent?: number;
-  /** Bandwidth cap in both directions (tc tbf), kbit/s. */
+  /** Bandwidth cap (tc tbf), kbit/s: srv→site, and site→srv too unless `rateUpKbit` is given. */
   rateKbit?: number;
+  /** Bandwidth cap site→srv (the uplink), kbit/s; default `rateKbit`. */
+  rateUpKbit?: number;
+  /** Random drop site→srv (uplink), percent; default `lossPercent`. */
+  lossUpPercent?: number;
+  /**
+   * One-way delay, ms, each direction. > 0 (or a jitter) replaces the veth by a TUN device in each
+   * namespace joined by a userspace delay line (simulations/delay-line.py): the kernel here has no netem.
+   */
+  delayMs?: number;
+  /** Per-packet jitter, ± ms uniform, order kept. */
+  jitterMs?: number;
+  /** Seed of the jitter. */
+  seed?: number;
 }
 
 export interface LinkCounters {
@@ -61,6 +84,7 @@ export interface TcpStats {
 type Side = 'srv' | 'site';
 
 const TBF_LATENCY = '500ms';
+const DELAY_LINE = new URL('./delay-line.py', import.meta.url).pathname;
 const KILL_GRACE_MS = 1500;
 const CMD_TIMEOUT_MS = 15_000;
 
@@ -149,6 +173,7 @@ export class NetnsLink {
   readonly siteAddress = '10.77.0.2';
   private readonly prefixLen = 24;
   private lossPercent = 0;
+  private lossUpPercent = 0;
   private readonly children = new Set<ChildProcess>();
   private destroyed = false;
 
@@ -220,18 +245,51 @@ export class NetnsLink {
     }
     await run('ip', ['netns', 'add', this.srvNs]);
     await run('ip', ['netns', 'add', this.siteNs]);
-    await run('ip', ['-n', this.srvNs, 'link', 'add', this.srvIf, 'type', 'veth', 'peer', 'name', this.siteIf, 'netns', this.siteNs]);
+    const delayed = (o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0;
+    if (delayed) await this.startDelayLine(o.delayMs ?? 0, o.jitterMs ?? 0, o.seed ?? 1);
+    else await run('ip', ['-n', this.srvNs, 'link', 'add', this.srvIf, 'type', 'veth', 'peer', 'name', this.siteIf, 'netns', this.siteNs]);
     for (const side of ['srv', 'site'] as const) {
       const ns = this.ns(side);
       const addr = side === 'srv' ? this.srvAddress : this.siteAddress;
       await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
       await run('ip', ['-n', ns, 'addr', 'add', `${addr}/${this.prefixLen}`, 'dev', this.ifname(side)]);
+      if (delayed) await run('ip', ['-n', ns, 'link', 'set', this.ifname(side), 'txqueuelen', '1000']);
       await run('ip', ['-n', ns, 'link', 'set', this.ifname(side), 'up']);
-      if (o.rateKbit !== undefined && o.rateKbit > 0) {
-        await run('ip', ['netns', 'exec', ns, 'tc', ...NetnsLink.tbfArgs(this.ifname(side), o.rateKbit)]);
+      const rate = side === 'site' ? (o.rateUpKbit ?? o.rateKbit) : o.rateKbit;
+      if (rate !== undefined && rate > 0) {
+        await run('ip', ['netns', 'exec', ns, 'tc', ...NetnsLink.tbfArgs(this.ifname(side), rate)]);
       }
     }
-    await this.setLoss(o.lossPercent ?? 0);
+    await this.setLoss(o.lossPercent ?? 0, o.lossUpPercent);
+  }
+
+  /** Starts simulations/delay-line.py, which makes the two TUN devices; resolves when they exist. */
+  private async startDelayLine(delayMs: number, jitterMs: number, seed: number): Promise<void> {
+    for (const [what, n] of [['delayMs', delayMs], ['jitterMs', jitterMs]] as const) {
+      if (!(Number.isFinite(n) && n >= 0 && n <= 10_000)) throw new Error(`${what} must be 0..10000 ms: ${n}`);
+    }
+    const python = findBinary('python3');
+    if (!python) throw new Error('a delayed link needs python3 (for the TUN delay line): install python3');
+    const child = spawn(python, [DELAY_LINE, this.srvNs, this.srvIf, this.siteNs, this.siteIf, String(delayMs), String(jitterMs), String(seed)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.children.add(child);
+    child.once('exit', () => this.children.delete(child));
+    await new Promise<void>((resolve, reject) => {
+      let out = '';
+      const t = setTimeout(() => reject(new Error(`delay line did not start in 10 s: ${out.trim()}`)), 10_000);
+      const onData = (d: Buffer): void => {
+        out += String(d);
+        if (out.includes('ready')) {
+          clearTimeout(t);
+          resolve();
+        }
+      };
+      child.stdout!.on('data', onData);
+      child.stderr!.on('data', onData);
+      child.once('exit', (code) => {
+        clearTimeout(t);
+        reject(new Error(`delay line exited ${code}: ${out.trim().split('\n').pop() ?? ''}`));
+      });
+    });
   }
 
   /** `tc` arguments for the bandwidth cap (see file comment for burst/latency choice). */
@@ -253,15 +311,21 @@ export class NetnsLink {
     return lines.join('\n') + '\n';
   }
 
-  /** Sets random loss (percent, each direction) at runtime by replacing the nft rule. */
-  async setLoss(lossPercent: number): Promise<void> {
-    if (!Number.isInteger(lossPercent) || lossPercent < 0 || lossPercent > 100) {
-      throw new Error(`lossPercent must be an integer 0..100: ${lossPercent}`);
+  /** Sets random loss (percent; srv→site, and site→srv unless `upPercent` is given) at runtime by replacing the nft rules. */
+  async setLoss(lossPercent: number, upPercent = lossPercent): Promise<void> {
+    for (const p of [lossPercent, upPercent]) {
+      if (!Number.isInteger(p) || p < 0 || p > 100) throw new Error(`lossPercent must be an integer 0..100: ${p}`);
     }
+    // The site's input drops what comes down; the server's input drops what goes up.
     for (const side of ['srv', 'site'] as const) {
-      await run('ip', ['netns', 'exec', this.ns(side), 'nft', '-f', '-'], NetnsLink.nftScript(this.ifname(side), lossPercent));
+      await run('ip', ['netns', 'exec', this.ns(side), 'nft', '-f', '-'], NetnsLink.nftScript(this.ifname(side), side === 'site' ? lossPercent : upPercent));
     }
     this.lossPercent = lossPercent;
+    this.lossUpPercent = upPercent;
+  }
+
+  get lossUp(): number {
+    return this.lossUpPercent;
   }
 
   get loss(): number {

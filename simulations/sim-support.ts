@@ -57,15 +57,23 @@ export interface DeviceEnd {
   wire: { bytesIn: number; bytesOut: number; connects: number };
   stats: { duplicateChunks: number; badChunks: number };
   time: number;
+  /** When the device began to download (its first `downloading` status), ms since the epoch. */
+  started?: number;
+  /** When the payload was all on disk (the first status after `downloading`), ms since the epoch. */
+  downloaded?: number;
 }
 
 /** Prints the device's DeviceEnd line once, when it reaches a terminal state for a release. */
 export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTransport, ended: Set<string>): void {
+  let downloaded: number | undefined;
+  let started: number | undefined;
   agent.onStatus((s) => {
+    if (s.state === 'downloading') started ??= Date.now();
+    else if (started !== undefined && downloaded === undefined) downloaded = Date.now();
     const terminal = s.state === 'ok' || s.state === 'rejected' || s.state === 'rolled_back' || (s.state === 'failed' && s.reason === 'corrupt-source');
     if (!terminal || ended.has(id) || s.target === null) return;
     ended.add(id);
-    const end: DeviceEnd = { device: id, state: s.state, running: s.running, reason: s.reason, wire: transport.stats(), stats: agent.stats, time: Date.now() };
+    const end: DeviceEnd = { device: id, state: s.state, running: s.running, reason: s.reason, wire: transport.stats(), stats: agent.stats, time: Date.now(), started, downloaded };
     process.stdout.write(JSON.stringify(end) + '\n');
   });
 }

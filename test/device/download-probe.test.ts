@@ -69,8 +69,8 @@ async function rig() {
   };
   await d.start();
   d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
-  // The list is saved, then the first window asked for.
-  for (let t = 0; t < 1000 && !requests.some((w) => w.length > 0); t++) await new Promise((r) => setTimeout(r, 5));
+  // The first window is asked for with the list; wait until the list is saved.
+  for (let t = 0; t < 1000 && !(files.list && requests.some((w) => w.length > 0)); t++) await new Promise((r) => setTimeout(r, 5));
   return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close() };
 }
 
