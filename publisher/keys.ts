@@ -83,7 +83,7 @@ export async function loadSigningKey(file: string): Promise<SigningKey> {
   try {
     j = JSON.parse(await fs.readFile(file, 'utf8')) as KeyFileJson;
   } catch (e) {
-    throw new Error(`cannot read key file ${file}: ${(e as Error).message}`);
+    throw new Error(`cannot read key file ${file}: ${(e as Error).message}`, { cause: e });
   }
   if (j.type !== 'fleet-ed25519-secret-key' || typeof j.seed !== 'string') throw new Error(`${file} is not a fleet secret key file`);
   const key = signingKeyFromSeed(new Uint8Array(Buffer.from(j.seed, 'base64')));

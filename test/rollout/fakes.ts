@@ -23,7 +23,8 @@ export class MemoryBroker {
   readonly log: Array<{ topic: string; payload: Uint8Array; retain: boolean }> = [];
   publish(topic: string, payload: Uint8Array, retain: boolean): void {
     this.log.push({ topic, payload, retain });
-    if (retain) payload.byteLength ? this.retained.set(topic, payload) : this.retained.delete(topic);
+    if (retain && payload.byteLength) this.retained.set(topic, payload);
+    else if (retain) this.retained.delete(topic);
     for (const c of this.clients) c.deliver(topic, payload, false);
   }
 }
