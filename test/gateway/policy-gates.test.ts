@@ -6,7 +6,8 @@ import type { Gateway } from '../../gateway/gateway.ts';
 import { parseWindow } from '../../gateway/policy.ts';
 import { synthesizeUpdate } from '../../publisher/synth.ts';
 import { createFixture, GROUP, MEDIUM_LAYERS, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
-import { startGateway, until, untilGateway, watchGatewayStatus } from './helpers.ts';
+import { until } from '../support/wait.ts';
+import { startGateway, untilGateway, watchGatewayStatus } from './helpers.ts';
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
@@ -37,7 +38,7 @@ describe('site gateway: download window and data budget', () => {
     expect(waiting.resumesAt).toBe(new Date(at(2026, 1, 15, 2, 0)).toISOString());
     expect(waiting.releases).toEqual([expect.objectContaining({ state: 'fetching', missing: [r.updateId] })]);
     // The operator sees why upstream.
-    await until(() => gwWatch.latest()?.waiting === 'window-closed', 15_000, 'window-closed upstream');
+    await until(() => gwWatch.latest()?.waiting === 'window-closed', { timeoutMs: 15_000, what: 'window-closed upstream' });
     await new Promise((res) => setTimeout(res, 2000));
     const up = f.broker!.updateServer!.stats;
     expect(up.chunksSent).toBe(0);
@@ -79,7 +80,7 @@ describe('site gateway: download window and data budget', () => {
     expect(paused.budget).toMatchObject({ month: '2026-01', limitBytes: budget });
     expect(paused.budget.usedBytes).toBeGreaterThanOrEqual(budget);
     expect(paused.resumesAt).toBe(new Date(at(2026, 2, 1, 0)).toISOString());
-    await until(() => gwWatch.latest()?.waiting === 'budget-exhausted', 15_000, 'budget-exhausted upstream');
+    await until(() => gwWatch.latest()?.waiting === 'budget-exhausted', { timeoutMs: 15_000, what: 'budget-exhausted upstream' });
     // Paused: nothing more is fetched while the budget is used.
     await new Promise((res) => setTimeout(res, 4000)); // past the drain of chunks already asked for
     const held = (await gw.status()).fetching[0].bytes;

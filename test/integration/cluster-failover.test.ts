@@ -11,6 +11,7 @@ import { startBroker, type RunningBroker } from '../../broker/broker.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
 import { freePort } from '../support/harness.ts';
+import { until } from '../support/wait.ts';
 
 let dir: string | undefined;
 const brokers: RunningBroker[] = [];
@@ -29,14 +30,6 @@ async function broker(name: string): Promise<RunningBroker> {
   return b;
 }
 
-async function until(pred: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 describe('a list of broker URLs', () => {
   it('skips a URL where nothing listens and connects to the next', async () => {
     const live = await broker('live');
@@ -45,7 +38,7 @@ describe('a list of broker URLs', () => {
     live.aedes.on('client', (c) => seen.push(c.id));
     const t = MqttTransport.start({ url: dead, fallbackUrls: [live.url], clientId: 'failover-1', reconnectMinMs: 100, reconnectMaxMs: 500 });
     transports.push(t);
-    await until(() => t.connected);
+    await until(() => t.connected, { what: 'failover-1 connected', timeoutMs: 20_000 });
     expect(seen).toEqual(['failover-1']);
   });
 
@@ -58,19 +51,19 @@ describe('a list of broker URLs', () => {
     transports.push(t);
     const got: string[] = [];
     t.onMessage((topic) => got.push(topic));
-    await until(() => t.connected);
+    await until(() => t.connected, { what: 'failover-2 connected to a', timeoutMs: 20_000 });
     await t.subscribe('x/#', 1);
     expect(onB).toEqual([]);
     await a.close();
     brokers.splice(brokers.indexOf(a), 1);
-    await until(() => t.connected && onB.includes('failover-2'));
+    await until(() => t.connected && onB.includes('failover-2'), { what: 'failover-2 connected to b', timeoutMs: 20_000 });
     // Re-subscribed on b: a message published there arrives.
     const pub = await MqttTransport.connect({ url: b.url, clientId: 'failover-pub' }, 10_000);
     transports.push(pub);
     await until(() => {
       void pub.publish('x/1', 'hello', { qos: 1 });
       return got.includes('x/1');
-    }, 20_000);
+    }, { what: 'x/1 arriving through the re-subscription on b', timeoutMs: 20_000 });
     expect(t.stats().connects).toBe(2);
   });
 });

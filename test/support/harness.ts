@@ -18,6 +18,7 @@ import { publishUpdate, type PublishResult } from '../../publisher/publish.ts';
 import { synthesizeModel, synthesizeUpdate, type SynthUpdate } from '../../publisher/synth.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
+import { observeFor, until } from './wait.ts';
 
 export const topics = new Topics();
 export const MODEL = 'test-model';
@@ -37,6 +38,9 @@ export const SMALL_LAYERS: Array<[number, number]> = [
   [128, 64],
   [10, 128],
 ];
+
+/** Whether a file is there (for `until` and `expectNoEventWithin`). */
+export const exists = (file: string): Promise<boolean> => fs.access(file).then(() => true, () => false);
 
 export async function tempDir(tag: string): Promise<string> {
   return fs.mkdtemp(path.join(os.tmpdir(), `fleet-${tag}-`));
@@ -211,6 +215,35 @@ export class StatusWatch {
       });
     }
   }
+}
+
+/**
+ * The retained message on `topic` as a fresh subscriber reads it: as soon as it arrives, or
+ * undefined when none has within `absentAfterMs` (the bounded wait of a check that nothing is retained).
+ */
+export async function readRetained(f: Fixture, topic: string, absentAfterMs = 500): Promise<Uint8Array | undefined> {
+  const t = await MqttTransport.connect({ url: f.url, clientId: `test-retained-${Math.random().toString(36).slice(2)}` }, 10_000);
+  try {
+    let got: Uint8Array | undefined;
+    let arrived: () => void = () => {};
+    const came = new Promise<void>((r) => (arrived = r));
+    t.onMessage((tp, p, retained) => {
+      if (tp !== topic || !retained || p.byteLength === 0) return;
+      got = p;
+      arrived();
+    });
+    await t.subscribe(topic, 1);
+    await Promise.race([came, observeFor(absentAfterMs, `a retained message on ${topic}`)]);
+    return got;
+  } finally {
+    await t.close();
+  }
+}
+
+/** Resolves once a line of a child's log file (spawnFleet's `{name}.log`) matches `pattern`. */
+export async function untilLog(file: string, pattern: RegExp, timeoutMs = 15_000): Promise<void> {
+  let text = '';
+  await until(async () => pattern.test((text = await fs.readFile(file, 'utf8').catch(() => ''))), { what: `${path.basename(file)} to match ${pattern}`, timeoutMs, context: () => `log: ${text.slice(-2000)}` });
 }
 
 export async function currentDigest(f: Fixture, id: string): Promise<string> {
