@@ -38,6 +38,13 @@ export class BrokerEnv {
     return x;
   }
 
+  /** Closes `x` now (a broker the test stops on purpose), and not again after the test. */
+  async closeNow(x: Closable): Promise<void> {
+    const i = this.open.indexOf(x);
+    if (i >= 0) this.open.splice(i, 1);
+    await x.close();
+  }
+
   /** Closes what the test opened, last first, then removes the directory. */
   async close(): Promise<void> {
     for (const x of this.open.splice(0).reverse()) await x.close();
