@@ -19,6 +19,7 @@ import { Topics } from '../../protocol/topics.ts';
 import type { Transport } from '../../transport/types.ts';
 import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
+import { until } from '../support/wait.ts';
 
 const CHUNK = 1024;
 const CHUNKS = 12;
@@ -64,13 +65,13 @@ async function rig() {
     const held = d.receivedChunks;
     const dups = d.duplicateChunks;
     d.onFrame({ kind: 'chunk', updateId, index: i, count: CHUNKS, data: payload.subarray(b, e) } as Frame);
-    for (let t = 0; t < 1000 && d.receivedChunks === held && d.duplicateChunks === dups; t++) await new Promise((r) => setTimeout(r, 5));
+    await until(() => d.receivedChunks !== held || d.duplicateChunks !== dups, { what: `chunk ${i} written or counted as a duplicate`, timeoutMs: 10_000, intervalMs: 5 });
     await settle();
   };
   await d.start();
   d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
   // The list is saved, then the first window asked for.
-  for (let t = 0; t < 1000 && !requests.some((w) => w.length > 0); t++) await new Promise((r) => setTimeout(r, 5));
+  await until(() => requests.some((w) => w.length > 0), { what: 'the first window of requests', timeoutMs: 10_000, intervalMs: 5 });
   return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close() };
 }
 
