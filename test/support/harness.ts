@@ -185,17 +185,11 @@ export class StatusWatch {
    * The first status of `device` after index `from` of the history (and made at or after `t0`)
    * that satisfies `pred`: for a status that may be replaced before `until` would see it.
    */
-  async after(device: string, from: number, t0: number, pred: (s: DeviceStatus) => boolean, timeoutMs = 15_000): Promise<DeviceStatus> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const s = this.history.slice(from).find((h) => h.device === device && Date.parse(h.time) >= t0 && pred(h));
-      if (s) return s;
-      if (Date.now() > deadline) {
-        const seen = this.history.slice(from).filter((h) => h.device === device).map((h) => `${h.state}/${h.reason}`);
-        throw new Error(`timed out waiting for ${device}; statuses since: ${seen.join(', ')}`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
+  after(device: string, from: number, t0: number, pred: (s: DeviceStatus) => boolean, timeoutMs = 15_000): Promise<DeviceStatus> {
+    return until(() => this.history.slice(from).find((h) => h.device === device && Date.parse(h.time) >= t0 && pred(h)), {
+      what: `a status of ${device}`, timeoutMs, intervalMs: 20,
+      context: () => `statuses since: ${this.history.slice(from).filter((h) => h.device === device).map((h) => `${h.state}/${h.reason}`).join(', ')}`,
+    });
   }
 
   /** Wait until `pred` holds for the device's latest status. */
@@ -281,17 +275,12 @@ export function runFleet(args: string[], timeoutMs = 60_000): Promise<{ code: nu
 
 /** Resolves once something accepts TCP connections on the port. */
 export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ port, host: '127.0.0.1' }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
+  const accepts = (): Promise<boolean> => new Promise<boolean>((resolve) => {
+    const s = net.connect({ port, host: '127.0.0.1' }, () => {
+      s.destroy();
+      resolve(true);
     });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+    s.on('error', () => resolve(false));
+  });
+  await until(accepts, { what: `something listening on 127.0.0.1:${port}`, timeoutMs });
 }
