@@ -69,7 +69,7 @@ describe('an unreachable broker is named within seconds, with its cause', () => 
     c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     c.stderr!.on('data', (d: Buffer) => (errs += d.toString()));
     const context = (): string => `stdout: ${out}; stderr: ${errs}`;
-    await until(() => errs.includes('cannot reach the broker: connection refused by 127.0.0.1'), { what: 'the device saying it cannot reach the broker', timeoutMs: 15_000, context });
+    await until(() => errs.includes('cannot reach the broker: connection refused by 127.0.0.1'), { what: 'the device saying it cannot reach the broker', timeoutMs: 30_000, context });
     expect(out).toContain(`fleet device d1: model ${MODEL}, group ${GROUP}, directory ${path.join(dir, 'd1')}; connecting to mqtt://127.0.0.1:${port}\n`);
     // Said once, not at every retry.
     await expectNoEventWithin(3000, () => errs.split('cannot reach the broker').length - 1 > 1, 'a second "cannot reach the broker" at a retry');
