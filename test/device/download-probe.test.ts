@@ -107,8 +107,7 @@ describe('download: after a silence, a probe before the rest', () => {
     expect(again.slice(0, asked.length - 1).sort((a, b) => a - b)).toEqual(asked.slice(0, -1).sort((a, b) => a - b));
     // Serve every request from now on until complete.
     for (let k = before + 1; k < r.requests.length && !r.isDone(); k++) for (const i of r.requests[k]) await r.chunk(i);
-    for (let t = 0; t < 1000 && !r.isDone(); t++) await new Promise((res) => setTimeout(res, 5));
-    expect(r.isDone()).toBe(true);
+    await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
     expect(r.d.duplicateChunks).toBe(0);
     await r.close();
   });
