@@ -51,7 +51,10 @@ export class BrokerMetrics {
   constructor(private readonly o: BrokerMetricsOptions) {
     const r = this.registry;
     const aedes = o.aedes;
-    const self = this;
+    // prom-client calls collect() with the metric as `this`: these read the collector's own state.
+    const bytesOut = (): number => this.closedOut + [...this.sockets].reduce((n, s) => n + s.bytesWritten, 0);
+    const bytesIn = (): number => this.closedIn + [...this.sockets].reduce((n, s) => n + s.bytesRead, 0);
+    const statuses = (): Iterable<DeviceStatus> => this.statuses.values();
     new Gauge({ name: 'fleet_broker_connected_clients', help: 'MQTT clients connected now (aedes connectedClients).', registers: [r], collect() {
       this.set(aedes.connectedClients);
     } });
@@ -60,10 +63,10 @@ export class BrokerMetrics {
       if (v > 0) c.inc(v);
     };
     new Counter({ name: 'fleet_broker_bytes_out_total', help: 'Bytes written to MQTT client sockets (bytesWritten; protocol overhead included).', registers: [r], collect() {
-      total(this, self.closedOut + [...self.sockets].reduce((n, s) => n + s.bytesWritten, 0));
+      total(this, bytesOut());
     } });
     new Counter({ name: 'fleet_broker_bytes_in_total', help: 'Bytes read from MQTT client sockets (bytesRead).', registers: [r], collect() {
-      total(this, self.closedIn + [...self.sockets].reduce((n, s) => n + s.bytesRead, 0));
+      total(this, bytesIn());
     } });
     this.msgIn = new Counter({ name: 'fleet_broker_messages_in_total', help: 'PUBLISH messages received from clients, by topic kind.', labelNames: ['kind'], registers: [r] });
     this.msgOut = new Counter({ name: 'fleet_broker_messages_out_total', help: 'Messages handed to a subscriber for delivery (one per subscriber and message), by topic kind.', labelNames: ['kind'], registers: [r] });
@@ -80,7 +83,7 @@ export class BrokerMetrics {
     stat('fleet_update_server_uploads_total', 'Uploads stored whole.', 'uploadsStored');
     new Gauge({ name: 'fleet_broker_devices', help: 'Devices by model, group, running digest and state (retained statuses).', labelNames: ['model', 'group', 'digest', 'state'], registers: [r], collect() {
       this.reset();
-      for (const s of self.statuses.values()) this.inc({ model: s.model, group: s.group, digest: s.running, state: s.state });
+      for (const s of statuses()) this.inc({ model: s.model, group: s.group, digest: s.running, state: s.state });
     } });
     if (o.processMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'fleet_broker_' });
 

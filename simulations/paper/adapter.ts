@@ -50,7 +50,12 @@ export function loraAdapter(base: Mlp, s: LoraState): { adapter: Uint8Array; con
   const r = modules[0]?.r ?? 1;
   const rankPattern: Record<string, number> = {};
   const alphaPattern: Record<string, number> = {};
-  for (const m of modules) if (m.r !== r) (rankPattern[m.name] = m.r), (alphaPattern[m.name] = m.r);
+  for (const m of modules) {
+    if (m.r !== r) {
+      rankPattern[m.name] = m.r;
+      alphaPattern[m.name] = m.r;
+    }
+  }
   const config = {
     peft_type: 'LORA', r, lora_alpha: r, rank_pattern: rankPattern, alpha_pattern: alphaPattern,
     target_modules: modules.map((m) => m.name), bias: c.b1 || c.b2 ? 'all' : 'none', fan_in_fan_out: false, use_rslora: false,

@@ -56,7 +56,10 @@ export function plotScene(a: Aggregate): Scene {
       gains.push(m.ownGain!.min, m.ownGain!.max);
     } else {
       m.bytes.forEach((b, i) => {
-        if (b !== null && m.gain[i]) xs.push(b), gains.push(m.gain[i]!.min, m.gain[i]!.max);
+        if (b !== null && m.gain[i]) {
+          xs.push(b);
+          gains.push(m.gain[i]!.min, m.gain[i]!.max);
+        }
       });
     }
   }

@@ -225,10 +225,14 @@ export function loraTrainable(base: Mlp, state: LoraState): Trainable {
   const logits = new Float64Array(O);
   const tensors: Float32Array[] = [];
   const grads: Float32Array[] = [];
-  if (r1 > 0) tensors.push(u1, v1), grads.push(gu1, gv1);
-  if (r2 > 0) tensors.push(u2, v2), grads.push(gu2, gv2);
-  if (c.b1) tensors.push(db1), grads.push(gdb1);
-  if (c.b2) tensors.push(db2), grads.push(gdb2);
+  const add = (t: Float32Array[], g: Float32Array[]): void => {
+    tensors.push(...t);
+    grads.push(...g);
+  };
+  if (r1 > 0) add([u1, v1], [gu1, gv1]);
+  if (r2 > 0) add([u2, v2], [gu2, gv2]);
+  if (c.b1) add([db1], [gdb1]);
+  if (c.b2) add([db2], [gdb2]);
   return {
     tensors,
     step(ds, idx) {

@@ -12,6 +12,7 @@ import { publishUpdate } from '../../publisher/publish.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { createLogger, silentLogger } from '../../util/log.ts';
 import { CHUNK, createFixture, GROUP, MODEL, startAgent, StatusWatch, tempDir, topics as t, type Fixture } from '../support/harness.ts';
+import { expectNoEventWithin, until } from '../support/wait.ts';
 
 const run = promisify(execFile);
 const OTHER_GROUP = 'line-2';
@@ -93,14 +94,8 @@ class Peer {
     this.c.publish(topic, payload, { qos: 1, retain }, () => undefined);
     await within(this.closed, 5000, `the broker did not drop the client after publishing on ${topic}`);
   }
-  async waitFor(pred: (m: Msg) => boolean, ms = 5000): Promise<Msg> {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const m = this.msgs.find(pred);
-      if (m) return m;
-      if (Date.now() > deadline) throw new Error(`no matching message; got ${JSON.stringify(this.msgs)}`);
-      await sleep(20);
-    }
+  waitFor(pred: (m: Msg) => boolean, ms = 5000): Promise<Msg> {
+    return until(() => this.msgs.find(pred), { what: 'a matching message', timeoutMs: ms, intervalMs: 20, context: () => `got ${JSON.stringify(this.msgs)}` });
   }
   end(): Promise<void> {
     return new Promise((r) => this.c.end(true, {}, () => r()));
@@ -135,7 +130,6 @@ async function peer(user: string, opts: Parameters<typeof login>[1] = {}): Promi
   return r.peer;
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -187,7 +181,7 @@ describe('broker with --auth', () => {
     await a2.pub(t.status('dev-a'), real('dev-a'), true);
     await op.waitFor((m) => m.payload === real('dev-b'));
     await op.waitFor((m) => m.payload === real('dev-a'));
-    await sleep(200);
+    await expectNoEventWithin(200, () => op.msgs[2], 'a third status reaching the operator (the forged one)');
     expect(op.msgs.map((m) => m.payload).sort()).toEqual([real('dev-a'), real('dev-b')]);
     // Nor was it retained.
     const op2 = await peer('op');
@@ -214,7 +208,7 @@ describe('broker with --auth', () => {
     await srv.pub(t.frames(MODEL, 'u1', 'dev-a'), 'frame-for-a');
     await a.waitFor((m) => m.payload === 'release-line-1');
     await a.waitFor((m) => m.payload === 'frame-for-a');
-    await sleep(200);
+    await expectNoEventWithin(200, () => a.msgs[2], "a third message reaching dev-a (another group's release or device's frame)");
     expect(a.msgs.map((m) => m.payload).sort()).toEqual(['frame-for-a', 'release-line-1']);
     const refused = warnings('subscribe refused');
     expect(refused.map((l) => [l.topic, l.reason])).toEqual([
@@ -239,7 +233,7 @@ describe('broker with --auth', () => {
     await srv.waitFor((m) => m.payload === 'real-upload');
     await srv.waitFor((m) => m.payload === 'real-release');
     await pub.waitFor((m) => m.payload === 'real-release');
-    await sleep(200);
+    await expectNoEventWithin(200, () => srv.msgs[2] ?? pub.msgs[1], 'a refused release or upload reaching a subscriber');
     expect(srv.msgs.map((m) => m.payload).sort()).toEqual(['real-release', 'real-upload']);
     expect(pub.msgs.map((m) => m.payload)).toEqual(['real-release']);
     expect(warnings('publish refused').map((l) => [l.topic, l.reason])).toEqual([

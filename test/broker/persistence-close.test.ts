@@ -12,6 +12,7 @@ import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
+import { until } from '../support/wait.ts';
 
 const topics = new Topics();
 let dir: string | undefined;
@@ -59,7 +60,7 @@ describe('broker persistence on close', () => {
     const seen = new Set<string>();
     reader.onMessage((t) => seen.add(t));
     await reader.subscribe(topics.allStatuses(), 1);
-    for (let i = 0; i < 200 && seen.size < N; i++) await new Promise((r) => setTimeout(r, 50));
+    await until(() => seen.size >= N, { what: `all ${N} retained statuses`, timeoutMs: 10_000, context: () => `seen ${seen.size}` });
     await reader.close();
     expect(seen.size).toBe(N);
   });

@@ -1,23 +1,14 @@
-import { promises as fs } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
+import { describe, expect, it } from 'vitest';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
-import { silentLogger } from '../../util/log.ts';
+import { useBrokerEnv } from '../support/broker-env.ts';
+import { expectNoEventWithin, until } from '../support/wait.ts';
 
 const topics = new Topics();
-let broker: RunningBroker | undefined;
-let dir: string | undefined;
-afterEach(async () => {
-  await broker?.close();
-  if (dir) await fs.rm(dir, { recursive: true, force: true });
-  broker = undefined;
-  dir = undefined;
-});
+const env = useBrokerEnv('ws');
 
 function wsClient(url: string, username: string, password: string): Promise<mqtt.MqttClient> {
   return new Promise((resolve, reject) => {
@@ -29,14 +20,13 @@ function wsClient(url: string, username: string, password: string): Promise<mqtt
 
 describe('MQTT over WebSocket (for browsers)', () => {
   it('a viewer login over ws:// reads statuses and cannot publish; the ACL applies as on TCP', async () => {
-    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-ws-'));
-    const file = path.join(dir, 'users.json');
+    const file = path.join(await env.dir(), 'users.json');
     await writeUsersFile(file, { users: [
       { name: 'screen', role: 'viewer', ...(await hashPassword('look-only')) },
       { name: 'ops', role: 'operator', ...(await hashPassword('ops-pw')) },
       { name: 'dev-1', role: 'device', group: 'g', model: 'm', ...(await hashPassword('dev-pw')) },
     ] });
-    broker = await startBroker({ port: 0, dataDir: path.join(dir, 'b'), persistence: 'memory', log: silentLogger, auth: file, ws: { port: 0 } });
+    const broker = await env.broker({ auth: file, ws: { port: 0 } });
     expect(broker.wsUrl).toMatch(/^ws:\/\/127\.0\.0\.1:\d+$/);
     await expect(wsClient(broker.wsUrl!, 'screen', 'wrong')).rejects.toThrow();
     const viewer = await wsClient(broker.wsUrl!, 'screen', 'look-only');
@@ -46,8 +36,7 @@ describe('MQTT over WebSocket (for browsers)', () => {
     await expect(viewer.subscribeAsync(topics.allRequests(), { qos: 1 })).rejects.toThrow(/Subscribe error/);
     const dev = await MqttTransport.connect({ url: `mqtt://dev-1:dev-pw@127.0.0.1:${broker.port}`, clientId: 'fleet-device-dev-1' }, 10_000);
     await dev.publish(topics.status('dev-1'), '{"device":"dev-1","group":"g","model":"m","state":"idle"}', { qos: 1, retain: true });
-    for (let i = 0; i < 50 && !got.includes(topics.status('dev-1')); i++) await new Promise((r) => setTimeout(r, 20));
-    expect(got).toContain(topics.status('dev-1'));
+    await until(() => got.includes(topics.status('dev-1')), { what: "the viewer receiving dev-1's status over ws://", timeoutMs: 10_000 });
     // A viewer that publishes is cut off and nothing reaches anyone.
     const watcher = await MqttTransport.connect({ url: `mqtt://ops:ops-pw@127.0.0.1:${broker.port}`, clientId: 'ops-watch' }, 10_000);
     const seen: string[] = [];
@@ -56,8 +45,7 @@ describe('MQTT over WebSocket (for browsers)', () => {
     const closed = new Promise<void>((r) => viewer.once('close', () => r()));
     viewer.publish(topics.status('dev-1'), '{"state":"ok","forged":true}', { qos: 1 });
     await closed;
-    await new Promise((r) => setTimeout(r, 200));
-    expect(seen.some((x) => x.includes('forged'))).toBe(false);
+    await expectNoEventWithin(500, () => seen.find((x) => x.includes('forged')), "the viewer's forged status reaching a subscriber");
     viewer.end(true);
     await dev.close();
     await watcher.close();

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { AgentTimers } from '../../device/agent-timers.ts';
-import { ManualClock } from '../rollout/fakes.ts';
+import { ManualClock } from '../support/clock.ts';
 
 describe('agent timers', () => {
   it('retries back off 30 s, 60 s, 120 s … up to 30 min, and start again after a success', async () => {

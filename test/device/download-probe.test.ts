@@ -18,7 +18,8 @@ import type { ReleaseStep } from '../../protocol/release.ts';
 import { Topics } from '../../protocol/topics.ts';
 import type { Transport } from '../../transport/types.ts';
 import { silentLogger } from '../../util/log.ts';
-import { ManualClock } from '../rollout/fakes.ts';
+import { ManualClock } from '../support/clock.ts';
+import { until } from '../support/wait.ts';
 
 const CHUNK = 1024;
 const CHUNKS = 12;
@@ -64,13 +65,13 @@ async function rig() {
     const held = d.receivedChunks;
     const dups = d.duplicateChunks;
     d.onFrame({ kind: 'chunk', updateId, index: i, count: CHUNKS, data: payload.subarray(b, e) } as Frame);
-    for (let t = 0; t < 1000 && d.receivedChunks === held && d.duplicateChunks === dups; t++) await new Promise((r) => setTimeout(r, 5));
+    await until(() => d.receivedChunks !== held || d.duplicateChunks !== dups, { what: `chunk ${i} written or counted as a duplicate`, timeoutMs: 10_000, intervalMs: 5 });
     await settle();
   };
   await d.start();
   d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
   // The first window is asked for with the list; wait until the list is saved.
-  for (let t = 0; t < 1000 && !(files.list && requests.some((w) => w.length > 0)); t++) await new Promise((r) => setTimeout(r, 5));
+  await until(() => files.list && requests.some((w) => w.length > 0), { what: 'the list saved and the first window of requests', timeoutMs: 10_000, intervalMs: 5 });
   return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close() };
 }
 
@@ -106,8 +107,7 @@ describe('download: after a silence, a probe before the rest', () => {
     expect(again.slice(0, asked.length - 1).sort((a, b) => a - b)).toEqual(asked.slice(0, -1).sort((a, b) => a - b));
     // Serve every request from now on until complete.
     for (let k = before + 1; k < r.requests.length && !r.isDone(); k++) for (const i of r.requests[k]) await r.chunk(i);
-    for (let t = 0; t < 1000 && !r.isDone(); t++) await new Promise((res) => setTimeout(res, 5));
-    expect(r.isDone()).toBe(true);
+    await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
     expect(r.d.duplicateChunks).toBe(0);
     await r.close();
   });

@@ -85,6 +85,7 @@ describe('site gateway', () => {
     const held = down.fetching[0].bytes;
     expect(held).toBeGreaterThan(0);
     expect(held).toBeLessThan(step.size);
+    // An outage of the link, not a wait for anything: the transfer stays cut for a moment.
     await new Promise((res) => setTimeout(res, 1500));
     proxy.restore();
     const s = await watch.until('gwcut-1', (s) => s.state === 'ok', 90_000);

@@ -4,6 +4,7 @@ import { gatewayNode, type GatewayNodeOptions } from '../../nodes/gateway-node.t
 import { parseGatewayStatus, type GatewayStatus } from '../../gateway/status.ts';
 import { silentLogger } from '../../util/log.ts';
 import { connect, topics, type Fixture } from '../support/harness.ts';
+import { until } from '../support/wait.ts';
 
 export const SITE = 'site-a';
 
@@ -18,14 +19,8 @@ export async function startGateway(f: Fixture, o: Partial<GatewayNodeOptions> = 
 }
 
 /** Wait until `pred` holds for the gateway's status (polled). */
-export async function untilGateway(gw: Gateway, pred: (s: GatewayStatus) => boolean, timeoutMs = 30_000, what = 'gateway status'): Promise<GatewayStatus> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const s = await gw.status();
-    if (pred(s)) return s;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(s)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+export function untilGateway(gw: Gateway, pred: (s: GatewayStatus) => boolean, timeoutMs = 30_000, what = 'gateway status'): Promise<GatewayStatus> {
+  return until(() => gw.status(), { what, timeoutMs, accept: pred });
 }
 
 /** The gateway statuses retained/published upstream, as an operator sees them. */
@@ -39,12 +34,4 @@ export async function watchGatewayStatus(f: Fixture): Promise<{ latest: () => Ga
   });
   await t.subscribe(topics.gatewayStatus(SITE), 1);
   return { latest: () => all[all.length - 1], all };
-}
-
-export async function until(pred: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }

@@ -5,7 +5,8 @@ import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { createFixture, GROUP, MODEL, publish, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';
-import { startGateway, until, untilGateway } from './helpers.ts';
+import { until } from '../support/wait.ts';
+import { startGateway, untilGateway } from './helpers.ts';
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
@@ -77,7 +78,7 @@ describe('site gateway: an offline site', () => {
       local.latest.set(s.device, s);
     });
     await lt.subscribe(topics.allStatuses(), 1);
-    await until(() => local.latest.get('off-2')?.state === 'ok' || Date.now() > deadline, 61_000, 'off-2 ok on the site');
+    await until(() => local.latest.get('off-2')?.state === 'ok' || Date.now() > deadline, { timeoutMs: 61_000, what: 'off-2 ok on the site' });
     expect(local.latest.get('off-2')?.state).toBe('ok');
     expect(local.latest.get('off-2')?.running).toBe(f.update.targetDigest);
     // Nothing of this reached upstream yet.
@@ -87,7 +88,7 @@ describe('site gateway: an offline site', () => {
     // The link returns: everything arrives, in order, none lost.
     proxy.restore();
     await watch.until('off-2', (s) => s.state === 'ok', 60_000);
-    await until(() => watch.history.filter((s) => s.device === 'seq-dev').length >= 20, 30_000, 'twenty statuses upstream');
+    await until(() => watch.history.filter((s) => s.device === 'seq-dev').length >= 20, { timeoutMs: 30_000, what: 'twenty statuses upstream' });
     const seen = watch.history.filter((s) => s.device === 'seq-dev').map((s) => Number(s.message));
     // At least once: a repeat may follow a crash, but never out of order and none missing.
     const firsts = seen.filter((n, i) => seen.indexOf(n) === i);

@@ -6,7 +6,8 @@ import type { Gateway } from '../../gateway/gateway.ts';
 import { parseWindow } from '../../gateway/policy.ts';
 import { synthesizeUpdate } from '../../publisher/synth.ts';
 import { createFixture, GROUP, MEDIUM_LAYERS, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
-import { startGateway, until, untilGateway, watchGatewayStatus } from './helpers.ts';
+import { expectNoEventWithin, until } from '../support/wait.ts';
+import { startGateway, untilGateway, watchGatewayStatus } from './helpers.ts';
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
@@ -37,9 +38,9 @@ describe('site gateway: download window and data budget', () => {
     expect(waiting.resumesAt).toBe(new Date(at(2026, 1, 15, 2, 0)).toISOString());
     expect(waiting.releases).toEqual([expect.objectContaining({ state: 'fetching', missing: [r.updateId] })]);
     // The operator sees why upstream.
-    await until(() => gwWatch.latest()?.waiting === 'window-closed', 15_000, 'window-closed upstream');
-    await new Promise((res) => setTimeout(res, 2000));
+    await until(() => gwWatch.latest()?.waiting === 'window-closed', { timeoutMs: 15_000, what: 'window-closed upstream' });
     const up = f.broker!.updateServer!.stats;
+    await expectNoEventWithin(2000, () => up.chunksSent > 0 || up.listsSent > 0, 'a chunk or chunk list sent while the window is closed');
     expect(up.chunksSent).toBe(0);
     expect(up.listsSent).toBe(0);
     // The device was not offered a release the site cannot serve yet.
@@ -79,14 +80,14 @@ describe('site gateway: download window and data budget', () => {
     expect(paused.budget).toMatchObject({ month: '2026-01', limitBytes: budget });
     expect(paused.budget.usedBytes).toBeGreaterThanOrEqual(budget);
     expect(paused.resumesAt).toBe(new Date(at(2026, 2, 1, 0)).toISOString());
-    await until(() => gwWatch.latest()?.waiting === 'budget-exhausted', 15_000, 'budget-exhausted upstream');
+    await until(() => gwWatch.latest()?.waiting === 'budget-exhausted', { timeoutMs: 15_000, what: 'budget-exhausted upstream' });
     // Paused: nothing more is fetched while the budget is used.
     await new Promise((res) => setTimeout(res, 4000)); // past the drain of chunks already asked for
     const held = (await gw.status()).fetching[0].bytes;
     expect(held).toBeGreaterThan(0);
     expect(held).toBeLessThan(size);
     const chunksBefore = f.broker!.updateServer!.stats.chunksSent;
-    await new Promise((res) => setTimeout(res, 2000));
+    await expectNoEventWithin(2000, () => f!.broker!.updateServer!.stats.chunksSent !== chunksBefore, 'a chunk sent while the budget is used');
     expect(f.broker!.updateServer!.stats.chunksSent).toBe(chunksBefore);
     expect((await gw.status()).fetching[0].bytes).toBe(held);
     expect(watch.latest.get('bud-1')!.state).toBe('idle');

@@ -27,6 +27,7 @@ import { UpdateServer } from '../../server/update-server.ts';
 import type { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
 import { digestModelFile } from '../../util/model-file.ts';
+import { expectNoEventWithin } from '../support/wait.ts';
 import {
   CHUNK, connect, createFixture, currentDigest, MODEL, publish, SMALL_LAYERS, startAgent, StatusWatch, tempDir, topics, type Fixture,
 } from '../support/harness.ts';
@@ -175,7 +176,8 @@ describe('bad-input corpus: frames injected while downloading', () => {
         expect(s.reason).toBe(reason);
         expect(s.running).toBe(running.digest);
         if (c.badChunks !== undefined) expect(s.badChunks).toBe(c.badChunks);
-        await sleep(300); // the server's late frames arrive and change nothing
+        // The server's late frames arrive and change nothing.
+        await expectNoEventWithin(300, () => watch.latest.get(ID)!.state !== 'failed' && watch.latest.get(ID), `${ID} leaving 'failed' on a late frame`);
         expect(await currentDigest(f, ID)).toBe(running.digest);
         expect(watch.latest.get(ID)!.state).toBe('failed');
       }

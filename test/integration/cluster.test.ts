@@ -12,6 +12,7 @@ import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { createFixture, currentDigest, freePort, MEDIUM_LAYERS, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
 import { findRedis, startRedis, type RedisServer } from '../support/redis.ts';
+import { until } from '../support/wait.ts';
 
 const redisBin = findRedis();
 if (!redisBin) console.warn('skipping the cluster suite: redis-server is not installed (apt-get install redis-server; .ci/run installs it)');
@@ -81,8 +82,7 @@ describe.skipIf(!redisBin)('two Aedes nodes on Redis', () => {
     const before = proxy.deliveredDown;
     await publish(f!);
     const total = ids.length * f!.update.payload.byteLength;
-    const deadline = Date.now() + 60_000;
-    while (proxy.deliveredDown - before < total / 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    await until(() => proxy!.deliveredDown - before >= total / 3, { what: "a third of the fleet's payload across the link", timeoutMs: 60_000, intervalMs: 20 });
     expect(proxy.deliveredDown - before).toBeLessThan(total);
     await b.kill('SIGKILL');
     expect(ids.filter((id) => watch.latest.get(id)?.state === 'ok').length).toBeLessThan(ids.length);

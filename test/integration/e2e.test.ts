@@ -9,7 +9,7 @@ import { synthesizeModel, synthesizeUpdate } from '../../publisher/synth.ts';
 import { chunkCount, chunkRange, sha256Hex } from '../../protocol/chunks.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import {
-  CHUNK, connect, createFixture, currentDigest, GROUP, MODEL, publish, SMALL_LAYERS, spawnDevice, StatusWatch, topics, type Fixture,
+  CHUNK, connect, createFixture, currentDigest, GROUP, MODEL, publish, SMALL_LAYERS, spawnDevice, StatusWatch, topics, type Fixture, untilLog,
 } from '../support/harness.ts';
 
 let f: Fixture | undefined;
@@ -153,11 +153,8 @@ describe('end to end over TCP with Aedes on an ephemeral port', () => {
     const { stopChild } = await import('../../platform/child-process.ts');
     await stopChild(child);
     spawnDevice(f, 'dev-s');
-    let log = '';
-    for (let k = 0; k < 200 && !/not processed again.*"refused":true/.test(log); k++) {
-      await new Promise((res) => setTimeout(res, 50));
-      log = await fs.readFile(path.join(f.dir, 'dev-s.log'), 'utf8');
-    }
+    await untilLog(path.join(f.dir, 'dev-s.log'), /not processed again.*"refused":true/, 10_000);
+    const log = await fs.readFile(path.join(f.dir, 'dev-s.log'), 'utf8');
     expect(log).toMatch(/not processed again.*"refused":true/);
     expect(log.match(/release refused/g)).toHaveLength(1);
     expect(await currentDigest(f, 'dev-s')).toBe(f.update.targetDigest);

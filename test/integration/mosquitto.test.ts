@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createFixture, currentDigest, publish, spawnDevice, spawnFleet, StatusWatch, type Fixture } from '../support/harness.ts';
+import { createFixture, currentDigest, publish, spawnDevice, spawnFleet, StatusWatch, type Fixture, untilLog } from '../support/harness.ts';
 import { findMosquitto, startMosquitto, type Mosquitto } from '../support/mosquitto.ts';
 
 const bin = findMosquitto();
@@ -37,7 +37,7 @@ describe.skipIf(!bin)('against Mosquitto with `fleet serve` beside it', () => {
     mq = await startMosquitto(bin!, dir);
     f = await createFixture('mosquitto-restart', { externalUrl: mq.url });
     spawnFleet(f, 'serve', ['serve', '--broker', mq.url, '--data-dir', path.join(f.dir, 'store')]);
-    await new Promise((r) => setTimeout(r, 500));
+    await untilLog(path.join(f.dir, 'serve.log'), /fleet update server on/);
     await publish(f);
     // Mosquitto without persistence forgets every retained message when it restarts.
     await mq.stop();

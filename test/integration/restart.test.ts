@@ -11,6 +11,7 @@ import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { createFixture, currentDigest, freePort, GROUP, MEDIUM_LAYERS, MODEL, publish, spawnDevice, StatusWatch, topics, connect, type Fixture } from '../support/harness.ts';
 import { findRedis, startRedis, type RedisServer } from '../support/redis.ts';
+import { until } from '../support/wait.ts';
 
 const redisBin = findRedis();
 if (!redisBin) console.warn('skipping the Redis restart cases: redis-server is not installed (apt-get install redis-server; .ci/run installs it)');
@@ -76,8 +77,7 @@ describe('a broker restarted in the middle of a transfer loses nothing', () => {
 
       // Stop the broker once about a third of the fleet's payload has crossed the link.
       const total = DEVICES.length * f.update.payload.byteLength;
-      const deadline = Date.now() + 60_000;
-      while (proxy.deliveredDown - before < total / 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+      await until(() => proxy!.deliveredDown - before >= total / 3, { what: "a third of the fleet's payload across the link", timeoutMs: 60_000, intervalMs: 20 });
       expect(proxy.deliveredDown - before).toBeLessThan(total);
       await broker.kill(c.signal);
       const acksBeforeRestart = DEVICES.filter((id) => watch.latest.get(id)?.state === 'ok').length;

@@ -51,6 +51,7 @@ describe('transfers resume where they stopped', () => {
     proxy.takeDown();
     const held = await heldOnDisk(f, 'cut-1', r.updateId, chunks);
     const cutAt = Date.now();
+    // An outage of the link, not a wait for anything: the transfer stays cut for a moment.
     await new Promise((res) => setTimeout(res, 1500));
     proxy.restore();
     const s = await watch.until('cut-1', (s) => s.state === 'ok', 60_000);

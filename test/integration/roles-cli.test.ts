@@ -9,8 +9,9 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseTrustFile, trustOf, formatTrustFile } from '../../protocol/release.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
-import { createFixture, GROUP, MODEL, runFleet, startAgent, StatusWatch, type Fixture } from '../support/harness.ts';
+import { createFixture, exists, GROUP, MODEL, runFleet, startAgent, StatusWatch, type Fixture } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
+import { until } from '../support/wait.ts';
 
 
 let f: Fixture | undefined;
@@ -72,7 +73,7 @@ describe('fleet publish --manifest-only, publish/refresh/rollback with the rollo
     const p = await runFleet(['trust', 'publish', signed, '--broker', f.url]);
     expect(p.code).toBe(0);
     const stored = path.join(f.dir, 'c1', 'trust.json');
-    for (let i = 0; i < 100 && !(await fs.access(stored).then(() => true, () => false)); i++) await new Promise((res) => setTimeout(res, 50));
+    await until(() => exists(stored), { what: 'c1 storing the published trust file', timeoutMs: 10_000 });
     expect(parseTrustFile(await fs.readFile(stored, 'utf8')).version).toBe(2);
     // The new rollout key now assigns; the target's manifest is still retained.
     const again = await runFleet(['publish', '--update', update, '--rollout-key', path.join(newRollout, 'rollout.key'), '--trust', nextFile, '--group', GROUP, ...common, '--chunk-size', '1024']);

@@ -14,7 +14,8 @@ import { refreshGroup } from '../../publisher/refresh.ts';
 import { rollbackGroup } from '../../publisher/rollback.ts';
 import { synthesizeUpdate } from '../../publisher/synth.ts';
 import { silentLogger } from '../../util/log.ts';
-import { CHUNK, connect, createFixture, currentDigest, GROUP, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { CHUNK, connect, createFixture, currentDigest, exists, GROUP, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { expectNoEventWithin, until } from '../support/wait.ts';
 
 let f: Fixture | undefined;
 afterEach(async () => {
@@ -100,16 +101,13 @@ describe('key rotation', () => {
     // Signed by the rollout key: refused, nothing changes.
     await pub.publish(topics.trust(), signTrust(next, [rollout]), { qos: 1, retain: true });
     await agent.idle();
-    await new Promise((r) => setTimeout(r, 300));
+    await expectNoEventWithin(300, () => exists(path.join(f.dir, 'r3', 'trust.json')), 'r3 storing a trust file signed by the rollout key');
     await agent.idle();
     await expect(fs.access(path.join(f.dir, 'r3', 'trust.json'))).rejects.toThrow();
 
     // Signed by the current release key: stored, and used from now on.
     await pub.publish(topics.trust(), signTrust(next, [release]), { qos: 1, retain: true });
-    for (let i = 0; i < 100; i++) {
-      if (await fs.access(path.join(f.dir, 'r3', 'trust.json')).then(() => true, () => false)) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await until(() => exists(path.join(f.dir, 'r3', 'trust.json')), { what: 'r3 storing the trust file the release key signed', timeoutMs: 10_000 });
     expect(parseTrustFile(await fs.readFile(path.join(f.dir, 'r3', 'trust.json'), 'utf8'))).toEqual(next);
 
     // The old release key is not trusted any more.
@@ -149,7 +147,7 @@ describe('fast-forward', () => {
     const newRollout = signingKeyFromSeed(new Uint8Array(32).fill(88));
     const next = trustOf([release], [newRollout], 1, 1);
     await pub.publish(topics.trust(), signTrust(next, [release]), { qos: 1, retain: true });
-    for (let i = 0; i < 100 && !(await fs.access(path.join(f.dir, 'r4', 'trust.json')).then(() => true, () => false)); i++) await new Promise((r) => setTimeout(r, 50));
+    await until(() => exists(path.join(f.dir, 'r4', 'trust.json')), { what: 'r4 storing the new trust file', timeoutMs: 10_000 });
     const fresh = await publishUpdate({ ...common, transport: pub, payloads: [f.update.payload, u.payload], keys: [release], rolloutKeys: [newRollout], trust: next, group: GROUP, ttlSeconds: 3600, seq: 10 });
     await watch.until('r4', (s) => s.state === 'ok' && s.seq === fresh.release.seq && s.running === u.targetDigest);
   });

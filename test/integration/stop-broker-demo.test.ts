@@ -7,6 +7,7 @@ import { BrokerProcess } from '../support/broker-process.ts';
 import { freePort } from '../support/harness.ts';
 import { findRedis, startRedis, type RedisServer } from '../support/redis.ts';
 import { ClientWatch, command, deviceDirConsistent, logLines, signalAndWait, signalAround, SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture } from './stop-kit.ts';
+import { until } from '../support/wait.ts';
 
 /** Issue 24 for `fleet broker` (its own "broker" is Redis in a cluster, and its clients) and `fleet demo`. */
 
@@ -102,14 +103,12 @@ describe('fleet demo', () => {
     let out = '';
     child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr!.resume();
-    const deadline = Date.now() + 60_000;
-    for (;;) {
+    return until(() => {
+      if (child.exitCode !== null) throw new Error(`the demo exited (${child.exitCode}) before starting its devices: ${out}`);
       const pids = /PIDs ([\d, ]+)\)/.exec(out);
       const tmp = /data in (\S+)/.exec(out);
-      if (pids && tmp) return { child, pids: pids[1].split(',').map((p) => Number(p.trim())), tmp: tmp[1] };
-      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`demo did not start its devices: ${out}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+      return pids && tmp ? { child, pids: pids[1].split(',').map((p) => Number(p.trim())), tmp: tmp[1] } : undefined;
+    }, { what: 'the demo to start its devices', timeoutMs: 60_000, context: () => `output: ${out}` });
   }
 
   it('stops its device processes, broker and temporary directory within the bound on SIGTERM', async () => {
@@ -135,8 +134,6 @@ describe('fleet demo', () => {
       process.kill(pids[0], 'SIGCONT');
     }
     // They had their SIGTERM from the first signal and a bound of their own (half the demo's).
-    const deadline = Date.now() + 30_000 + SLACK_MS;
-    while (pids.some(alive) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
-    expect(pids.filter(alive)).toEqual([]);
+    await until(() => !pids.some(alive), { what: 'the device processes to stop by themselves', timeoutMs: 30_000 + SLACK_MS, intervalMs: 100, context: () => `alive: ${pids.filter(alive).join(', ')}` });
   }, 90_000);
 });

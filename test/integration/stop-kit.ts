@@ -7,6 +7,7 @@ import { BrokerProcess } from '../support/broker-process.ts';
 import { MuteBroker } from '../support/mute-broker.ts';
 import { createFixture, currentDigest, freePort, GROUP, MODEL, spawnFleet, type Fixture } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
+import { until } from '../support/wait.ts';
 
 /**
  * Shared by stop.test.ts and stop.slow.test.ts: every long-running command as
@@ -143,11 +144,7 @@ export class ClientWatch {
   }
 
   async until(prefix: string, timeoutMs = 30_000): Promise<void> {
-    const deadline = Date.now() + timeoutMs;
-    while (!this.seen.some((c) => c.startsWith(prefix))) {
-      if (Date.now() > deadline) throw new Error(`no client ${prefix}… connected within ${timeoutMs} ms (seen ${this.seen.join(', ')})`);
-      await new Promise((r) => setTimeout(r, 25));
-    }
+    await until(() => this.seen.some((c) => c.startsWith(prefix)), { what: `a client ${prefix}… to connect`, timeoutMs, intervalMs: 25, context: () => `seen ${this.seen.join(', ')}` });
   }
 
   close(): Promise<void> {

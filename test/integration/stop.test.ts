@@ -3,6 +3,7 @@ import path from 'node:path';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { freePort, publish } from '../support/harness.ts';
 import { MuteBroker } from '../support/mute-broker.ts';
+import { until } from '../support/wait.ts';
 import {
   brokerProcess, ClientWatch, command, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait, signalAround,
   SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture,
@@ -122,12 +123,10 @@ describe('fleet serve', () => {
   it('started while its broker is unreachable, waits for it (instead of exiting) and serves once it is up', async () => {
     const port = await freePort();
     const { child, log } = await startCommand(f, command('serve'), `mqtt://127.0.0.1:${port}`);
-    const deadline = Date.now() + 30_000;
-    while (!(await logLines(log)).some((l) => l.msg === 'subscribe failed; will retry on reconnect')) {
+    await until(async () => {
       expect(child.exitCode, 'fleet serve exited').toBeNull();
-      if (Date.now() > deadline) throw new Error('fleet serve never tried its broker');
-      await new Promise((r) => setTimeout(r, 100));
-    }
+      return (await logLines(log)).some((l) => l.msg === 'subscribe failed; will retry on reconnect');
+    }, { what: 'fleet serve trying its broker', timeoutMs: 30_000, intervalMs: 100 });
     const broker = await BrokerProcess.start(port, ['--persistence', 'memory', '--no-update-server', '--data-dir', path.join(f.dir, `serve-broker-${port}`)], f.dir);
     try {
       // The upload waits for the update server's receipts: only a subscribed `fleet serve` gives them.

@@ -6,6 +6,7 @@ import { encodeStatus } from '../../protocol/status.ts';
 import { encodeRolloutStatus } from '../../rollout/status.ts';
 import { connect, createFixture, spawnFleet, topics, type Fixture } from '../support/harness.ts';
 import { D2, rolloutStatus, status } from './helpers.ts';
+import { expectNoEventWithin, until } from '../support/wait.ts';
 
 let f: Fixture | undefined;
 let server: http.Server | undefined;
@@ -39,13 +40,7 @@ describe('fleet alerts (the command, over Aedes)', () => {
     let err = '';
     child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
     child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-    const wait = async (pred: () => boolean, what: string): Promise<void> => {
-      const deadline = Date.now() + 15_000;
-      while (!pred()) {
-        if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}; stdout:\n${out}\nstderr:\n${err}`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
-    };
+    const wait = (pred: () => boolean, what: string): Promise<true> => until(pred, { what, timeoutMs: 15_000, context: () => `stdout:\n${out}\nstderr:\n${err}` });
     await wait(() => err.includes('"watching"'), 'fleet alerts to subscribe');
 
     await t.publish(topics.status('d1'), encodeStatus(status('d1', { state: 'testing', target: D2, seq: 2 })), { retain: true });
@@ -55,7 +50,7 @@ describe('fleet alerts (the command, over Aedes)', () => {
     await t.publish(topics.rolloutStatus('r1'), encodeRolloutStatus(rolloutStatus('r1')), { retain: true });
     await t.publish(topics.rolloutStatus('r1'), encodeRolloutStatus(rolloutStatus('r1', { state: 'halted', reason: 'failure threshold' })), { retain: true });
     await wait(() => received.length >= 2, 'two webhook POSTs');
-    await new Promise((r) => setTimeout(r, 300));
+    await expectNoEventWithin(300, () => received[2], 'a third webhook POST (the repeated status must not alert again)');
     expect(received.map((e) => [e.type, e.device ?? e.rollout, e.reason])).toEqual([
       ['device-rolled-back', 'd1', 'health-check-failed'],
       ['rollout-halted', 'r1', 'failure threshold'],

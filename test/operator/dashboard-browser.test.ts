@@ -64,7 +64,7 @@ async function allOk(page: Page, short: string, fleet: () => unknown): Promise<v
       return rows.length === 3 && rows.every((tr) => tr.cells[2]?.querySelector('.st')?.textContent === 'ok' && tr.cells[4]?.textContent === s);
     }, short, { timeout: 60_000 });
   } catch (e) {
-    throw new Error(`${(e as Error).message}; fleet: ${JSON.stringify(fleet())}`);
+    throw new Error(`${(e as Error).message}; fleet: ${JSON.stringify(fleet())}`, { cause: e });
   }
 }
 

@@ -16,6 +16,7 @@ import { pageWsUrl } from '../../operator/dashboard-live.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
+import { until } from '../support/wait.ts';
 
 const topics = new Topics();
 let broker: RunningBroker | undefined;
@@ -147,7 +148,7 @@ describe('serving the MQTT-over-WebSocket page', () => {
     const got: string[] = [];
     ops.onMessage((_t, p) => got.push(Buffer.from(p).toString()));
     await ops.subscribe(topics.status('dev-1'), 1);
-    for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    await until(() => got.length > 0, { what: "dev-1's retained status", timeoutMs: 10_000 });
     await ops.close();
     expect(got).toEqual(['{"device":"dev-1","group":"g","model":"m","state":"idle"}']);
   });

@@ -5,6 +5,7 @@ import { startDashboard, type RunningDashboard } from '../../operator/dashboard-
 import { FleetView, followFleet, type DeviceRow } from '../../operator/fleet-view.ts';
 import { silentLogger } from '../../util/log.ts';
 import { connect, createFixture, freePort, GROUP, publish, spawnFleet, startAgent, topics, waitForPort, type Fixture } from '../support/harness.ts';
+import { until } from '../support/wait.ts';
 
 let f: Fixture | undefined;
 let dash: RunningDashboard | undefined;
@@ -81,16 +82,6 @@ async function get(url: string, headers: Record<string, string> = {}): Promise<{
   });
 }
 
-async function until<T>(fn: () => Promise<T | undefined>, what: string, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 const deviceRows = async (base: string): Promise<DeviceRow[]> => JSON.parse((await get(`${base}api/devices`)).body) as DeviceRow[];
 
 describe('dashboard over Aedes with an in-process device agent', () => {
@@ -103,7 +94,7 @@ describe('dashboard over Aedes with an in-process device agent', () => {
     expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/$/);
 
     await startAgent(f, 'dev-1');
-    const idle = await until(async () => (await deviceRows(base)).find((d) => d.device === 'dev-1' && d.state === 'idle' && d.online === true), 'dev-1 idle and online');
+    const idle = await until(async () => (await deviceRows(base)).find((d) => d.device === 'dev-1' && d.state === 'idle' && d.online === true), { what: 'dev-1 idle and online' });
     expect(idle.group).toBe(GROUP);
 
     const sse = await openSse(`${base}events`);
@@ -153,13 +144,13 @@ describe('dashboard over Aedes with an in-process device agent', () => {
     watch.stdout!.on('data', (b: Buffer) => (out += b.toString()));
     await waitForPort(port, 15_000);
     const base = `http://127.0.0.1:${port}/`;
-    await until(async () => (await deviceRows(base)).find((d) => d.device === 'dev-2' && d.state === 'idle'), 'dev-2 on the CLI dashboard');
+    await until(async () => (await deviceRows(base)).find((d) => d.device === 'dev-2' && d.state === 'idle'), { what: 'dev-2 on the CLI dashboard' });
     // `fleet watch` prints the fleet as it stands once the retained burst has settled.
-    await until(async () => (out.includes('device dev-2') ? true : undefined), 'fleet watch to print dev-2', 15_000);
+    await until(() => out.includes('device dev-2'), { what: 'fleet watch to print dev-2', timeoutMs: 15_000, context: () => `got:\n${out}` });
     expect(out.split('\n')[0]).toMatch(/device dev-2 \[line-1\] idle, running [0-9a-f]{12}, online$/);
     await publish(f);
-    await until(async () => (await deviceRows(base)).find((d) => d.device === 'dev-2' && d.state === 'ok'), 'dev-2 ok on the CLI dashboard');
-    await until(async () => (/device dev-2 \[line-1\] .*-> ok/.test(out) ? true : undefined), `fleet watch to print dev-2 ok; got:\n${out}`, 10_000);
+    await until(async () => (await deviceRows(base)).find((d) => d.device === 'dev-2' && d.state === 'ok'), { what: 'dev-2 ok on the CLI dashboard' });
+    await until(() => /device dev-2 \[line-1\] .*-> ok/.test(out), { what: 'fleet watch to print dev-2 ok', timeoutMs: 10_000, context: () => `got:\n${out}` });
     expect(out).toMatch(/device dev-2 \[line-1\] idle -> downloading/);
   });
 });

@@ -4,6 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { JsonWatch, type JsonChangeLine } from '../../operator/json-watch.ts';
 import type { DeviceRow, RolloutRow } from '../../operator/fleet-view.ts';
 import { createFixture, GROUP, publish, spawnFleet, startAgent, type Fixture } from '../support/harness.ts';
+import { until } from '../support/wait.ts';
 import { clockedView, D2, presenceMsg, rolloutMsg, rolloutStatus, status, statusMsg, T0 } from './helpers.ts';
 
 let f: Fixture | undefined;
@@ -17,16 +18,6 @@ function collect(): { out: PassThrough; lines: () => JsonChangeLine[]; raw: () =
   let text = '';
   out.on('data', (b: Buffer) => (text += b.toString()));
   return { out, raw: () => text, lines: () => text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as JsonChangeLine) };
-}
-
-async function until<T>(fn: () => T | undefined, what: string, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 describe('fleet watch --json', () => {
@@ -74,11 +65,11 @@ describe('fleet watch --json', () => {
     let text = '';
     child.stdout!.on('data', (b: Buffer) => (text += b.toString()));
     const parsed = (): JsonChangeLine[] => text.split('\n').slice(0, -1).map((l) => JSON.parse(l) as JsonChangeLine);
-    await until(() => parsed().find((l) => l.device === 'dev-j' && (l.row as DeviceRow | null)?.state === 'idle'), 'the retained idle line');
+    await until(() => parsed().find((l) => l.device === 'dev-j' && (l.row as DeviceRow | null)?.state === 'idle'), { what: 'the retained idle line', context: () => `got:\n${text}` });
     expect(parsed()[0]).toMatchObject({ kind: 'device', device: 'dev-j', retained: true });
     const fx = f;
     await publish(fx);
-    const ok = await until(() => parsed().find((l) => (l.row as DeviceRow | null)?.state === 'ok'), `an ok line; got:\n${text}`);
+    const ok = await until(() => parsed().find((l) => (l.row as DeviceRow | null)?.state === 'ok'), { what: 'an ok line', context: () => `got:\n${text}` });
     expect(ok).toMatchObject({ kind: 'device', device: 'dev-j', retained: false, row: { group: GROUP, running: fx.update.targetDigest, online: true } });
     const states = parsed().map((l) => (l.row as DeviceRow).state);
     expect(states).toContain('downloading');

@@ -295,7 +295,7 @@ function checkTotal(bytes: Uint8Array): void {
     try {
       dec(bytes);
     } catch (e) {
-      if (!(e instanceof ProtocolError)) throw new Error(`${name}(${hex(bytes)}) threw ${String(e)}`);
+      if (!(e instanceof ProtocolError)) throw new Error(`${name}(${hex(bytes)}) threw ${String(e)}`, { cause: e });
       expect(e.code).toBe('malformed-frame');
     }
   }

@@ -18,15 +18,15 @@ export const TEST_TIMEOUT = 60_000;
 /** Runs the decoder: its value, or undefined when it threw a ProtocolError. Anything else, or a slow call, fails. */
 export function decodeOrProtocolError<T>(fn: () => T): T | undefined {
   const t0 = performance.now();
+  let value: T | undefined;
   try {
-    return fn();
+    value = fn();
   } catch (e) {
-    if (!(e instanceof ProtocolError)) throw new Error(`a non-ProtocolError escaped: ${(e as Error)?.stack ?? String(e)}`);
-    return undefined;
-  } finally {
-    const ms = performance.now() - t0;
-    if (ms > 2000) throw new Error(`decoder took ${ms.toFixed(0)} ms`);
+    if (!(e instanceof ProtocolError)) throw new Error(`a non-ProtocolError escaped: ${(e as Error)?.stack ?? String(e)}`, { cause: e });
   }
+  const ms = performance.now() - t0;
+  if (ms > 2000) throw new Error(`decoder took ${ms.toFixed(0)} ms`);
+  return value;
 }
 
 /** Comparable form: byte arrays as hex, objects with sorted keys. */

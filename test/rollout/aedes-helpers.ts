@@ -13,6 +13,7 @@ import type { RolloutEvent, RolloutStatus } from '../../rollout/status.ts';
 import { silentLogger } from '../../util/log.ts';
 import { CHUNK, connect, createFixture, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
+import { until } from '../support/wait.ts';
 
 /**
  * The staged-rollout integration helpers of rollout.test.ts, shareable: a
@@ -83,12 +84,6 @@ export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: strin
   return { ctl, events, published };
 }
 
-export async function untilStatus(ctl: RolloutController, pred: (s: RolloutStatus) => boolean, ms = 30_000): Promise<RolloutStatus> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const s = ctl.status();
-    if (pred(s)) return s;
-    if (Date.now() > end) throw new Error(`timed out; rollout status: ${JSON.stringify(s)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+export function untilStatus(ctl: RolloutController, pred: (s: RolloutStatus) => boolean, ms = 30_000, what = 'a rollout status'): Promise<RolloutStatus> {
+  return until(() => ctl.status(), { what, timeoutMs: ms, accept: pred });
 }

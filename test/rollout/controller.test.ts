@@ -4,7 +4,8 @@ import { RolloutController } from '../../rollout/controller.ts';
 import { parsePlan, type RolloutPlan } from '../../rollout/plan.ts';
 import { parseRolloutStatus, rolloutControlTopic, type RolloutEvent, type RolloutStatus } from '../../rollout/status.ts';
 import { silentLogger } from '../../util/log.ts';
-import { BASE, deviceStatus, fakeReleases, flush, KEY, ManualClock, MemoryBroker, MemoryTransport, TARGET } from './fakes.ts';
+import { flush, ManualClock } from '../support/clock.ts';
+import { BASE, deviceStatus, fakeReleases, KEY, MemoryBroker, MemoryTransport, TARGET } from './fakes.ts';
 
 const topics = new Topics();
 const wave = (group: string, o: Record<string, unknown> = {}): Record<string, unknown> => ({

@@ -1,4 +1,3 @@
-import type { Clock } from '../../platform/clock.ts';
 import { decodeRelease, signingKeyFromSeed, signRelease, type ReleaseBody, type ReleaseDraft, type SigningKey } from '../../protocol/release.ts';
 import { encodeStatus, type DeviceState, type DeviceStatus } from '../../protocol/status.ts';
 import type { Topics } from '../../protocol/topics.ts';
@@ -23,7 +22,8 @@ export class MemoryBroker {
   readonly log: Array<{ topic: string; payload: Uint8Array; retain: boolean }> = [];
   publish(topic: string, payload: Uint8Array, retain: boolean): void {
     this.log.push({ topic, payload, retain });
-    if (retain) payload.byteLength ? this.retained.set(topic, payload) : this.retained.delete(topic);
+    if (retain && payload.byteLength) this.retained.set(topic, payload);
+    else if (retain) this.retained.delete(topic);
     for (const c of this.clients) c.deliver(topic, payload, false);
   }
 }
@@ -67,44 +67,6 @@ export class MemoryTransport implements Transport {
     this.connected = false;
     this.broker.clients.delete(this);
   }
-}
-
-/** A clock the test moves by hand. */
-export class ManualClock implements Clock {
-  private timers: Array<{ at: number; fn: () => void; id: number }> = [];
-  private next = 1;
-  constructor(public t = Date.UTC(2025, 0, 15, 12, 0)) {}
-  now(): number {
-    return this.t;
-  }
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = this.next++;
-    this.timers.push({ at: this.t + ms, fn, id });
-    return id;
-  }
-  clearTimeout(h: unknown): void {
-    this.timers = this.timers.filter((x) => x.id !== h);
-  }
-  /** Moves time on, firing due timers in order, letting the controller's queue run after each. */
-  async advance(ms: number): Promise<void> {
-    const end = this.t + ms;
-    for (;;) {
-      this.timers.sort((a, b) => a.at - b.at);
-      const due = this.timers[0];
-      if (!due || due.at > end) break;
-      this.timers.shift();
-      this.t = due.at;
-      due.fn();
-      await flush();
-    }
-    this.t = end;
-    await flush();
-  }
-}
-
-/** Lets queued promises and microtasks run. */
-export async function flush(): Promise<void> {
-  for (let i = 0; i < 30; i++) await new Promise((r) => setImmediate(r));
 }
 
 export const KEY: SigningKey = signingKeyFromSeed(new Uint8Array(32).fill(7));

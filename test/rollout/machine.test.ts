@@ -44,7 +44,12 @@ describe('rollout transition table', () => {
     const seen = new Set<RolloutState>(['pending']);
     for (let grew = true; grew;) {
       grew = false;
-      for (const r of ROLLOUT_TRANSITIONS) if (r.from.some((f) => seen.has(f)) && !seen.has(r.to)) seen.add(r.to), (grew = true);
+      for (const r of ROLLOUT_TRANSITIONS) {
+        if (r.from.some((f) => seen.has(f)) && !seen.has(r.to)) {
+          seen.add(r.to);
+          grew = true;
+        }
+      }
     }
     expect([...seen].sort()).toEqual([...ROLLOUT_STATES].sort());
   });

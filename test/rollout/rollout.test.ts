@@ -11,7 +11,7 @@ import type { AgentConfig } from '../../device/agent.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishManifestOnly } from '../../publisher/publish.ts';
 import { silentLogger } from '../../util/log.ts';
-import { CHUNK, connect, MODEL, topics, type Fixture } from '../support/harness.ts';
+import { CHUNK, connect, MODEL, readRetained, topics, type Fixture } from '../support/harness.ts';
 import { controller as sharedController, plan, setup as sharedSetup, untilStatus, wave, type Run } from './aedes-helpers.ts';
 
 let f: Fixture | undefined;
@@ -35,26 +35,14 @@ async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string, o: {
   return run;
 }
 
-async function retained(fx: Fixture, topic: string): Promise<Uint8Array | undefined> {
-  const t = await connect(fx, `peek-${Math.random().toString(36).slice(2)}`);
-  let got: Uint8Array | undefined;
-  t.onMessage((tp, p) => {
-    if (tp === topic) got = p;
-  });
-  await t.subscribe(topic, 1);
-  await new Promise((r) => setTimeout(r, 300));
-  await t.close();
-  fx.transports.splice(fx.transports.indexOf(t), 1);
-  return got;
-}
 
 async function releaseOf(fx: Fixture, group: string): Promise<ReleaseBody | undefined> {
-  const p = await retained(fx, topics.release(group, MODEL));
+  const p = await readRetained(fx, topics.release(group, MODEL), 300);
   return p?.byteLength ? decodeRelease(p) : undefined;
 }
 
 async function rolloutStatus(fx: Fixture, id = 'model-v2'): Promise<RolloutStatus | null> {
-  const p = await retained(fx, topics.rolloutStatus(id));
+  const p = await readRetained(fx, topics.rolloutStatus(id), 300);
   return p ? parseRolloutStatus(p) : null;
 }
 

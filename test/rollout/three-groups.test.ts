@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentConfig } from '../../device/agent.ts';
 import { decodeRelease, type ReleaseBody } from '../../protocol/release.ts';
 import type { RolloutEvent } from '../../rollout/status.ts';
-import { connect, currentDigest, MODEL, topics, type Fixture } from '../support/harness.ts';
+import { currentDigest, MODEL, readRetained, topics, type Fixture } from '../support/harness.ts';
 import { controller, plan, setup, wave, type Run } from './aedes-helpers.ts';
 
 let f: Fixture | undefined;
@@ -21,15 +21,8 @@ const FLEET: Array<[string, string]> = [['c1', 'canary'], ['c2', 'canary'], ['a1
 const inGroup = (g: string): string[] => FLEET.filter(([, x]) => x === g).map(([id]) => id);
 
 async function releaseOf(fx: Fixture, group: string): Promise<ReleaseBody | undefined> {
-  const t = await connect(fx, `peek-${Math.random().toString(36).slice(2)}`);
-  const topic = topics.release(group, MODEL);
-  let got: Uint8Array | undefined;
-  t.onMessage((tp, p) => {
-    if (tp === topic) got = p;
-  });
-  await t.subscribe(topic, 1);
-  await new Promise((r) => setTimeout(r, 300));
-  return got?.byteLength ? decodeRelease(got) : undefined;
+  const got = await readRetained(fx, topics.release(group, MODEL), 300);
+  return got ? decodeRelease(got) : undefined;
 }
 
 describe('a rollout over three groups of in-process agents (canary, line-a, line-b)', () => {

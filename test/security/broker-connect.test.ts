@@ -14,6 +14,7 @@ import { hashPassword, writeUsersFile, type UserRecord } from '../../broker/user
 import { BrokerProcess } from '../support/broker-process.ts';
 import { freePort, GROUP, MODEL, tempDir } from '../support/harness.ts';
 import { connectPacket, fixedHeader, RawClient } from '../support/raw-mqtt.ts';
+import { expectNoEventWithin, until } from '../support/wait.ts';
 
 const PEOPLE: Array<[string, UserRecord['role']]> = [
   ['viewer1', 'viewer'], ['op1', 'operator'], ['gw-a', 'gateway'], ['gw-b', 'gateway'], ['ctl', 'rollout'], ['srv', 'server'], ['dev1', 'device'], ['gw-north', 'gateway'],
@@ -88,8 +89,7 @@ describe('a packet over the limit is cut off before it is buffered', () => {
 async function loggedIn(user: string, clientId: string): Promise<RawClient> {
   const c = await RawClient.open(authed.port);
   c.socket.write(connectPacket({ clientId, username: user, password: pw(user) }));
-  const t0 = Date.now();
-  while (c.connackCode() === undefined && !c.isClosed && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 20));
+  await until(() => c.connackCode() !== undefined || c.isClosed, { what: `a CONNACK for ${user}`, timeoutMs: 20_000, intervalMs: 20 });
   expect(c.connackCode()).toBe(0);
   return c;
 }
@@ -148,7 +148,7 @@ describe("a role's client ids are that role's alone", () => {
       // An ordinary id held by one user is not another user's to take either.
       expect(await login('op1', 'dashboard-1', keep)).toBe(0);
       expect(await login('viewer1', 'dashboard-1', keep)).toBe(2);
-      await new Promise((r) => setTimeout(r, 500));
+      await expectNoEventWithin(500, () => kicked > 0 || !gw.connected, 'gw-a being kicked off by a refused takeover');
       expect(kicked).toBe(0);
       expect(gw.connected).toBe(true);
       // The same user may take its own id over (a restarted gateway whose old socket is half-open).
@@ -167,7 +167,7 @@ describe("a role's client ids are that role's alone", () => {
       const gw = keep[keep.length - 1]!;
       const closed = new Promise<void>((r) => gw.once('close', () => r()));
       gw.publish('fleet/gateways/north/status', '{"site":"north"}', { qos: 1 });
-      await new Promise((r) => setTimeout(r, 300));
+      await expectNoEventWithin(300, () => !gw.connected, 'gw-north cut off for its own status');
       expect(gw.connected).toBe(true);
       gw.publish('fleet/gateways/south/status', '{"site":"south"}', { qos: 1 });
       await closed;

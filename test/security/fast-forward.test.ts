@@ -28,6 +28,7 @@ import { ContentStore } from '../../server/content-store.ts';
 import type { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
 import { CHUNK, connect, createFixture, GROUP, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { until } from '../support/wait.ts';
 
 let f: Fixture | undefined;
 afterEach(async () => {
@@ -45,11 +46,10 @@ async function retained(t: MqttTransport): Promise<Uint8Array> {
     if (tp === topic) got = payload;
   });
   await t.subscribe(topic, 1);
-  for (let i = 0; i < 200 && !got; i++) await new Promise((r) => setTimeout(r, 20));
+  const release = await until(() => got, { what: 'the retained release', timeoutMs: 10_000 });
   off();
   await t.unsubscribe(topic);
-  if (!got) throw new Error('no retained release');
-  return got;
+  return release;
 }
 
 /** The attacker's edit: the same release, the assignment's seq replaced, the old signatures kept (they no longer verify). */

@@ -17,7 +17,8 @@ import { createLogger } from '../../util/log.ts';
 import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { createFixture, GROUP, MODEL, topics, type Fixture } from '../support/harness.ts';
-import { startGateway } from '../gateway/helpers.ts';
+import { startGateway, untilGateway } from '../gateway/helpers.ts';
+import { until } from '../support/wait.ts';
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
@@ -54,7 +55,6 @@ async function claim(id: string, groups: string[], user?: string): Promise<void>
     await t.subscribe(topics.release(g, MODEL), 1).catch(() => undefined);
     if (t.connected) await t.publish(topics.status(id), encodeStatus(status(id, g)), { qos: 0 });
   }
-  await new Promise((r) => setTimeout(r, 1000));
 }
 
 async function start(o: Partial<GatewayNodeOptions>): Promise<void> {
@@ -68,17 +68,17 @@ describe('what the gateway mirrors is not up to its devices', () => {
   it('without --auth and --learn-groups: 301 invented groups are neither saved nor mirrored', async () => {
     await start({});
     await claim('d1', ['other-group', ...invented]);
-    expect(await saved()).toEqual([]);
-    const s = await gw!.status();
+    const s = await untilGateway(gw!, (s) => s.learning.refused >= 301 + 1, 15_000, 'every claimed group refused');
     expect(s.learning).toEqual({ mode: 'off', learned: 0, cap: 0, refused: 301 + 1 });
+    expect(await saved()).toEqual([]);
   }, 60_000);
 
   it('without --auth, --learn-groups 4: four pairs learned, the rest refused and counted in the status', async () => {
     await start({ learnGroups: 4 });
     await claim('d1', ['other-group', ...invented]);
-    expect(await saved()).toHaveLength(4);
-    const s = await gw!.status();
+    const s = await untilGateway(gw!, (s) => s.learning.refused >= 302 - 4, 15_000, 'every claimed group learned or refused');
     expect(s.learning).toEqual({ mode: 'devices', learned: 4, cap: 4, refused: 302 - 4 });
+    await until(async () => (await saved()).length === 4, { what: 'the four learned groups saved', timeoutMs: 10_000 });
   }, 60_000);
 
   it('with the site --auth: only the device login\'s own group is learned, whatever the device names', async () => {
@@ -93,7 +93,8 @@ describe('what the gateway mirrors is not up to its devices', () => {
     await t.subscribe(['other-group', ...invented.slice(0, 5), 'own-group'].map((g) => topics.release(g, MODEL)), 1).catch(() => undefined);
     // A status naming another group: refused by the site broker, which cuts the device off.
     await t.publish(topics.status('sd1'), encodeStatus(status('sd1', 'other-group')), { qos: 0 });
-    await new Promise((r) => setTimeout(r, 1000));
+    await until(() => !t.connected, { what: 'the site broker cutting sd1 off for the status naming another group', timeoutMs: 10_000 });
+    await until(() => saved().then((g) => g.length > 0), { what: "the login's own group saved", timeoutMs: 10_000 });
     expect(await saved()).toEqual([`own-group/${MODEL}`]);
     const s = await gw.status();
     expect(s.learning).toMatchObject({ mode: 'logins', learned: 1, cap: null });

@@ -9,29 +9,20 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
+import { describe, expect, it } from 'vitest';
 import { decodeRelease, signingKeyFromSeed, signRelease } from '../../protocol/release.ts';
 import { assertSegment, isTopicSegment, Topics } from '../../protocol/topics.ts';
 import { ContentStore } from '../../server/content-store.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
-import { silentLogger } from '../../util/log.ts';
-import { tempDir } from '../support/harness.ts';
+import { useBrokerEnv } from '../support/broker-env.ts';
+import { until } from '../support/wait.ts';
 
 const topics = new Topics();
 const key = signingKeyFromSeed(new Uint8Array(32).fill(7));
 const release = (group: string, model: string): Uint8Array =>
   signRelease({ model, group, seq: 5, issued: 1_700_000_000, expires: 2_000_000_000, target: 'ab'.repeat(32), steps: [], rollback: false, previous: null }, [key]);
 
-let broker: RunningBroker | undefined;
-let client: MqttTransport | undefined;
-let dir: string | undefined;
-afterEach(async () => {
-  await client?.close();
-  await broker?.close();
-  if (dir) await fs.rm(dir, { recursive: true, force: true });
-  broker = client = dir = undefined;
-});
+const env = useBrokerEnv('sec-path');
 
 describe('the identifier rule refuses path components', () => {
   it('refuses names of dots alone, everywhere the rule is used', () => {
@@ -50,7 +41,7 @@ describe('the identifier rule refuses path components', () => {
   });
 
   it('the content store refuses to build a path from them', async () => {
-    dir = await tempDir('sec-path-store');
+    const dir = await env.dir();
     const store = new ContentStore(path.join(dir, 'store'));
     await store.init();
     await expect(store.putRelease('..', 'm', release('g', 'm'))).rejects.toThrow(/bad group or model/);
@@ -62,9 +53,9 @@ describe('the identifier rule refuses path components', () => {
 
 describe('a release retained for group "." or ".." on a real broker', () => {
   it('is not stored; gc and the re-assertion list keep working; nothing is written outside releases/', async () => {
-    dir = await tempDir('sec-path-broker');
-    broker = await startBroker({ port: 0, dataDir: path.join(dir, 'broker'), persistence: 'memory', log: silentLogger });
-    client = await MqttTransport.connect({ url: broker.url, clientId: 'attacker' }, 10_000);
+    const dir = await env.dir();
+    const broker = await env.broker();
+    const client = env.track(await MqttTransport.connect({ url: broker.url, clientId: 'attacker' }, 10_000));
     // Raw topics: the builders would refuse these names, an attacker does not use them.
     await client.publish('fleet/groups/./models/m/release', release('g', 'm'), { qos: 1, retain: true });
     await client.publish('fleet/groups/../models/m/release', release('g', 'm'), { qos: 1, retain: true });
@@ -72,7 +63,7 @@ describe('a release retained for group "." or ".." on a real broker', () => {
     const storeDir = path.join(dir, 'broker', 'store');
     const store = new ContentStore(storeDir);
     // The honest release is stored: the attack messages have been handled before it (one connection, in order).
-    for (let i = 0; i < 200 && !(await store.getRelease('g', 'm')); i++) await new Promise((r) => setTimeout(r, 25));
+    await until(() => store.getRelease('g', 'm'), { what: 'the honest release stored', timeoutMs: 10_000 });
     await broker.updateServer!.idle();
     expect(await store.getRelease('g', 'm')).toBeDefined();
 
@@ -85,7 +76,7 @@ describe('a release retained for group "." or ".." on a real broker', () => {
   });
 
   it('a store left with a stray file in releases/ (written by an older version) still lists and collects', async () => {
-    dir = await tempDir('sec-path-stray');
+    const dir = await env.dir();
     const store = new ContentStore(path.join(dir, 'store'));
     await store.init();
     await store.putRelease('g', 'm', release('g', 'm'));

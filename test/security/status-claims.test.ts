@@ -16,6 +16,7 @@ import { BrokerProcess } from '../support/broker-process.ts';
 import { createFixture, freePort, MODEL, startAgent, topics, type Fixture } from '../support/harness.ts';
 import { controller, plan, untilStatus, wave } from '../rollout/aedes-helpers.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
+import { observeFor } from '../support/wait.ts';
 
 const USERS: Array<[string, UserRecord['role'], string?]> = [['d2', 'device', 'g2'], ['evil', 'device', 'g1'], ['ctl', 'rollout'], ['op', 'operator']];
 const pw = (name: string): string => `${name}-pw`;
@@ -56,7 +57,7 @@ async function statusesSeen(ms: number, during: () => Promise<void>): Promise<De
   });
   await op.subscribe(topics.allStatuses());
   await during();
-  await new Promise((r) => setTimeout(r, ms));
+  await observeFor(ms, 'statuses reaching an operator');
   await op.close();
   return seen;
 }

@@ -22,6 +22,7 @@ import { runEventCommand } from '../../util/event-command.ts';
 import { createLogger, silentLogger } from '../../util/log.ts';
 import { stripControls } from '../../util/text.ts';
 import { tempDir } from '../support/harness.ts';
+import { until } from '../support/wait.ts';
 
 const topics = new Topics();
 const OSC52 = '\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07';
@@ -128,7 +129,7 @@ describe('a hostile status on a real broker', () => {
     const out = Object.assign(new (await import('node:stream')).Writable({ write(c, _e, cb) { written += String(c); cb(); } }), { isTTY: true, columns: 400, rows: 50 });
     const w = new TerminalWatch(view, out, { tty: true, intervalMs: 10 });
     w.start();
-    for (let i = 0; i < 200 && !written.includes('health-failed'); i++) await new Promise((r) => setTimeout(r, 25));
+    await until(() => written.includes('health-failed'), { what: "fleet watch drawing evil's health-failed status", timeoutMs: 10_000 });
     w.stop();
     await stop();
     expect(written).toContain('health-failed');

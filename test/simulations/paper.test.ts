@@ -165,7 +165,7 @@ describe('paper simulation: budget rule and bytes for a gain', () => {
     expect(loraConfigFor(base, 1017, 'f32')).toEqual({ r1: 0, r2: 0, b1: true, b2: true });
     // The old fixed order spent 1 % on a rank-1 ΔW1 and dropped the hidden bias.
     expect(loraConfigFor(base, 4070, 'f32')).toEqual({ r1: 0, r2: 6, b1: true, b2: true });
-    let prev = { r1: 0, r2: 0, b1: false, b2: false };
+    let prev: { r1: number; r2: number; b1: boolean; b2: boolean };
     for (const p of ['f32', 'int8'] as const) {
       prev = { r1: 0, r2: 0, b1: false, b2: false };
       for (const pct of [0.1, 0.25, 0.5, 1, 2, 5, 10, 30]) {

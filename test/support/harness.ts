@@ -18,6 +18,7 @@ import { publishUpdate, type PublishResult } from '../../publisher/publish.ts';
 import { synthesizeModel, synthesizeUpdate, type SynthUpdate } from '../../publisher/synth.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
+import { observeFor, until } from './wait.ts';
 
 export const topics = new Topics();
 export const MODEL = 'test-model';
@@ -37,6 +38,9 @@ export const SMALL_LAYERS: Array<[number, number]> = [
   [128, 64],
   [10, 128],
 ];
+
+/** Whether a file is there (for `until` and `expectNoEventWithin`). */
+export const exists = (file: string): Promise<boolean> => fs.access(file).then(() => true, () => false);
 
 export async function tempDir(tag: string): Promise<string> {
   return fs.mkdtemp(path.join(os.tmpdir(), `fleet-${tag}-`));
@@ -181,17 +185,11 @@ export class StatusWatch {
    * The first status of `device` after index `from` of the history (and made at or after `t0`)
    * that satisfies `pred`: for a status that may be replaced before `until` would see it.
    */
-  async after(device: string, from: number, t0: number, pred: (s: DeviceStatus) => boolean, timeoutMs = 15_000): Promise<DeviceStatus> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const s = this.history.slice(from).find((h) => h.device === device && Date.parse(h.time) >= t0 && pred(h));
-      if (s) return s;
-      if (Date.now() > deadline) {
-        const seen = this.history.slice(from).filter((h) => h.device === device).map((h) => `${h.state}/${h.reason}`);
-        throw new Error(`timed out waiting for ${device}; statuses since: ${seen.join(', ')}`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
+  after(device: string, from: number, t0: number, pred: (s: DeviceStatus) => boolean, timeoutMs = 15_000): Promise<DeviceStatus> {
+    return until(() => this.history.slice(from).find((h) => h.device === device && Date.parse(h.time) >= t0 && pred(h)), {
+      what: `a status of ${device}`, timeoutMs, intervalMs: 20,
+      context: () => `statuses since: ${this.history.slice(from).filter((h) => h.device === device).map((h) => `${h.state}/${h.reason}`).join(', ')}`,
+    });
   }
 
   /** Wait until `pred` holds for the device's latest status. */
@@ -211,6 +209,35 @@ export class StatusWatch {
       });
     }
   }
+}
+
+/**
+ * The retained message on `topic` as a fresh subscriber reads it: as soon as it arrives, or
+ * undefined when none has within `absentAfterMs` (the bounded wait of a check that nothing is retained).
+ */
+export async function readRetained(f: Fixture, topic: string, absentAfterMs = 500): Promise<Uint8Array | undefined> {
+  const t = await MqttTransport.connect({ url: f.url, clientId: `test-retained-${Math.random().toString(36).slice(2)}` }, 10_000);
+  try {
+    let got: Uint8Array | undefined;
+    let arrived: () => void = () => {};
+    const came = new Promise<void>((r) => (arrived = r));
+    t.onMessage((tp, p, retained) => {
+      if (tp !== topic || !retained || p.byteLength === 0) return;
+      got = p;
+      arrived();
+    });
+    await t.subscribe(topic, 1);
+    await Promise.race([came, observeFor(absentAfterMs, `a retained message on ${topic}`)]);
+    return got;
+  } finally {
+    await t.close();
+  }
+}
+
+/** Resolves once a line of a child's log file (spawnFleet's `{name}.log`) matches `pattern`. */
+export async function untilLog(file: string, pattern: RegExp, timeoutMs = 15_000): Promise<void> {
+  let text = '';
+  await until(async () => pattern.test((text = await fs.readFile(file, 'utf8').catch(() => ''))), { what: `${path.basename(file)} to match ${pattern}`, timeoutMs, context: () => `log: ${text.slice(-2000)}` });
 }
 
 export async function currentDigest(f: Fixture, id: string): Promise<string> {
@@ -248,19 +275,14 @@ export function runFleet(args: string[], timeoutMs = 60_000): Promise<{ code: nu
 
 /** Resolves once something accepts TCP connections on the port. */
 export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ port, host: '127.0.0.1' }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.on('error', () => resolve(false));
+  const accepts = (): Promise<boolean> => new Promise<boolean>((resolve) => {
+    const s = net.connect({ port, host: '127.0.0.1' }, () => {
+      s.destroy();
+      resolve(true);
     });
-    if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listens on 127.0.0.1:${port} after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+    s.on('error', () => resolve(false));
+  });
+  await until(accepts, { what: `something listening on 127.0.0.1:${port}`, timeoutMs });
 }
 
 /** The retained release of a group for the fixture's model, if any (read for half a second). */

@@ -32,7 +32,7 @@ export async function startMosquitto(bin: string, dir: string, port?: number): P
     await waitForPort(p);
   } catch (e) {
     await stopChild(child);
-    throw new Error(`mosquitto did not start: ${(e as Error).message}\n${err}`);
+    throw new Error(`mosquitto did not start: ${(e as Error).message}\n${err}`, { cause: e });
   }
   return { url: `mqtt://127.0.0.1:${p}`, port: p, child, stop: () => stopChild(child) };
 }

@@ -40,7 +40,7 @@ export async function startRedis(bin: string): Promise<RedisServer> {
     await waitForPort(port, 15_000);
   } catch (e) {
     await stop();
-    throw new Error(`redis-server did not start: ${(e as Error).message}\n${out}`);
+    throw new Error(`redis-server did not start: ${(e as Error).message}\n${out}`, { cause: e });
   }
   return { url: `redis://127.0.0.1:${port}`, port, child, stop };
 }

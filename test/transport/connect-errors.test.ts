@@ -6,6 +6,7 @@ import { connectCause } from '../../transport/connect-errors.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { createFixture, freePort, GROUP, MODEL, tempDir, type Fixture } from '../support/harness.ts';
+import { expectNoEventWithin, until } from '../support/wait.ts';
 
 const err = (code: string | number, message = 'x'): Error & { code: string | number } => Object.assign(new Error(message), { code });
 
@@ -67,20 +68,14 @@ describe('an unreachable broker is named within seconds, with its cause', () => 
     let errs = '';
     c.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     c.stderr!.on('data', (d: Buffer) => (errs += d.toString()));
-    const until = async (what: () => boolean, ms: number): Promise<void> => {
-      const end = Date.now() + ms;
-      while (!what()) {
-        if (Date.now() > end) throw new Error(`timed out; stdout: ${out}; stderr: ${errs}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
-    };
-    await until(() => errs.includes('cannot reach the broker: connection refused by 127.0.0.1'), 15_000);
+    const context = (): string => `stdout: ${out}; stderr: ${errs}`;
+    await until(() => errs.includes('cannot reach the broker: connection refused by 127.0.0.1'), { what: 'the device saying it cannot reach the broker', timeoutMs: 30_000, context });
     expect(out).toContain(`fleet device d1: model ${MODEL}, group ${GROUP}, directory ${path.join(dir, 'd1')}; connecting to mqtt://127.0.0.1:${port}\n`);
     // Said once, not at every retry.
-    await new Promise((r) => setTimeout(r, 3000));
+    await expectNoEventWithin(3000, () => errs.split('cannot reach the broker').length - 1 > 1, 'a second "cannot reach the broker" at a retry');
     expect(errs.split('cannot reach the broker').length - 1).toBe(1);
     broker = await BrokerProcess.start(port, ['--data-dir', path.join(dir, 'broker')], dir);
-    await until(() => out.includes(`fleet device d1: connected to 127.0.0.1:${port}\n`), 60_000);
+    await until(() => out.includes(`fleet device d1: connected to 127.0.0.1:${port}\n`), { what: 'the device saying it connected', timeoutMs: 60_000, context });
     await stopChild(c);
   }, 120_000);
 });
