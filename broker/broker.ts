@@ -19,6 +19,7 @@ import { openCluster, type ClusterParts } from './cluster.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.ts';
 import { stampPresence } from './presence-stamp.ts';
+import { InternalError } from '../platform/errors.ts';
 
 const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
@@ -99,7 +100,7 @@ export function brokerParts(o: MqttBrokerOptions): BrokerParts {
 
 /** A part an earlier step set; its absence is a bug in the order of the steps. */
 export function part<T>(value: T | undefined, name: string): T {
-  if (value === undefined) throw new Error(`bug: the ${name} step has not run`);
+  if (value === undefined) throw new InternalError('step-order', `bug: the ${name} step has not run`);
   return value;
 }
 

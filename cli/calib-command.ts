@@ -4,6 +4,7 @@ import { onnxCalibration } from '../publisher/onnx-calib.ts';
 import { modelFormatOf } from '../util/model-format.ts';
 import { readSamples } from '../util/onnx-run.ts';
 import { parseIntArg } from './options.ts';
+import { UsageError } from '../platform/errors.ts';
 
 /** `fleet calib`: the per-layer input statistics `fleet build --calib` reads, measured by running an ONNX model. */
 export function registerCalibCommand(program: Command): void {
@@ -17,7 +18,7 @@ export function registerCalibCommand(program: Command): void {
     .option('--max-full <n>', 'matrices wider than this keep only their diagonal', parseIntArg(1, 16384), 2048)
     .option('--json', 'one JSON line')
     .action(async (o: { model: string; samples: string; out: string; diag?: boolean; maxFull: number; json?: boolean }) => {
-      if (modelFormatOf(o.model).name !== 'onnx') throw new Error(`--model ${o.model}: fleet calib runs ONNX models (.onnx); for safetensors models write the statistics as docs/compression.md shows`);
+      if (modelFormatOf(o.model).name !== 'onnx') throw new UsageError('bad-options', `--model ${o.model}: fleet calib runs ONNX models (.onnx); for safetensors models write the statistics as docs/compression.md shows`);
       const samples = readSamples(new Uint8Array(await fs.readFile(o.samples)), `--samples ${o.samples}`, false);
       const r = await onnxCalibration(new Uint8Array(await fs.readFile(o.model)), samples, { diagonal: o.diag, maxFull: o.maxFull });
       const tmp = `${o.out}.tmp-${process.pid}`;

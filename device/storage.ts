@@ -1,4 +1,4 @@
-import { ignoreBecause, IoError } from '../platform/errors.ts';
+import { ignoreBecause, IoError, UsageError } from '../platform/errors.ts';
 import path from 'node:path';
 import { Bitmap } from '../protocol/chunks.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
@@ -104,9 +104,9 @@ export class DeviceStorage {
       const link = await this.fsys.readlink(path.join(this.dir, `current${f.extension}`)).catch(ignoreBecause('no current link of this format'));
       if (link !== undefined) held.push(f);
     }
-    if (held.length > 1) throw new Error(`${this.dir} holds both ${held.map((f) => `current${f.extension}`).join(' and ')}: remove the one no application loads`);
+    if (held.length > 1) throw new UsageError('two-formats', `${this.dir} holds both ${held.map((f) => `current${f.extension}`).join(' and ')}: remove the one no application loads`);
     if (held.length === 1 && this.fmt && held[0] !== this.fmt) {
-      throw new Error(`${this.dir} runs a model in the ${held[0].name} format (current${held[0].extension}); the initial model given is ${this.fmt.name}: use another directory for it`);
+      throw new UsageError('wrong-format', `${this.dir} runs a model in the ${held[0].name} format (current${held[0].extension}); the initial model given is ${this.fmt.name}: use another directory for it`);
     }
     this.fmt ??= held[0];
     await this.fsys.mkdirp(path.join(this.dir, 'models'));

@@ -3,6 +3,7 @@ import type { DeviceStorage } from '../device/storage.ts';
 import { onnxValidator, type StagedValidator } from '../device/onnx-validate.ts';
 import { loadOrt, readSamples } from '../util/onnx-run.ts';
 import { ONNX } from '../util/model-format.ts';
+import { UsageError } from '../platform/errors.ts';
 
 /** `--validate-onnx SAMPLES [--min-accuracy X] [--max-drop P]` of `fleet device` and `fleet apply`. */
 export interface OnnxValidationFlags {
@@ -17,12 +18,12 @@ export interface OnnxValidationFlags {
  */
 export async function onnxValidatorFor(o: OnnxValidationFlags, storage: DeviceStorage): Promise<StagedValidator | undefined> {
   if (!o.validateOnnx) {
-    if (o.minAccuracy !== undefined || o.maxDrop !== undefined) throw new Error('--min-accuracy and --max-drop need --validate-onnx SAMPLES');
+    if (o.minAccuracy !== undefined || o.maxDrop !== undefined) throw new UsageError('bad-options', '--min-accuracy and --max-drop need --validate-onnx SAMPLES');
     return undefined;
   }
-  if (storage.format !== ONNX) throw new Error(`--validate-onnx needs an ONNX model; ${storage.dir} holds ${storage.format.name} (start with --initial MODEL.onnx)`);
+  if (storage.format !== ONNX) throw new UsageError('bad-options', `--validate-onnx needs an ONNX model; ${storage.dir} holds ${storage.format.name} (start with --initial MODEL.onnx)`);
   const bytes = await fs.readFile(o.validateOnnx).catch((e: NodeJS.ErrnoException) => {
-    throw new Error(`--validate-onnx ${o.validateOnnx}: ${e.code === 'ENOENT' ? 'no such file' : e.message}`);
+    throw new UsageError('bad-options', `--validate-onnx ${o.validateOnnx}: ${e.code === 'ENOENT' ? 'no such file' : e.message}`);
   });
   const samples = readSamples(new Uint8Array(bytes), `--validate-onnx ${o.validateOnnx}`);
   await loadOrt();

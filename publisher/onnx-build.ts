@@ -3,6 +3,7 @@ import type { onnx as OnnxTypes } from 'onnx-proto';
 import type { Dtype } from '../protocol/dtypes.ts';
 import { encodeOnnx, type OnnxStorage } from '../protocol/onnx.ts';
 import { PUBLISH_DEFAULTS } from './defaults.ts';
+import { InternalError } from '../platform/errors.ts';
 
 /**
  * Writing ONNX models from their parts, as ONNX's onnx.proto specifies them (a
@@ -62,9 +63,9 @@ export function initializerProto(t: InitializerSpec): OnnxTypes.TensorProto {
   else if (storage === 'double_data') p.doubleData = Array.from(new Float64Array(copy.buffer));
   else if (storage === 'int32_data') {
     const view = { F16: Uint16Array, BF16: Uint16Array, U16: Uint16Array, I16: Int16Array, I8: Int8Array, U8: Uint8Array, BOOL: Uint8Array, I32: Int32Array }[t.dtype as 'F16'];
-    if (!view) throw new Error(`${t.dtype} is not held in int32_data`);
+    if (!view) throw new InternalError('bad-spec', `${t.dtype} is not held in int32_data`);
     p.int32Data = Array.from(new view(copy.buffer));
-  } else throw new Error(`storage ${storage} is not written by this builder`);
+  } else throw new InternalError('bad-spec', `storage ${storage} is not written by this builder`);
   return p;
 }
 

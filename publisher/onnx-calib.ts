@@ -5,6 +5,7 @@ import { writeSafetensors, type TensorInput } from '../protocol/safetensors.ts';
 import { ioOf, runSamples, type OutputBatch, type Samples } from '../util/onnx-run.ts';
 import { OUTPUTS_SUFFIX } from './calib.ts';
 import { PUBLISH_DEFAULTS } from './defaults.ts';
+import { RefusalError } from '../platform/errors.ts';
 
 /**
  * `fleet calib --model a.onnx --samples S`: the calibration statistics `fleet build --calib`
@@ -116,7 +117,7 @@ function accumulate(acc: Acc, rows: Float32Array, n: number, diagonalOnly: boole
 /** The input [b, C, H, W] unfolded into patches [b·oh·ow·group, cin·kh·kw] (one row per position and group). */
 function unfold(x: OutputBatch, u: Extract<Use, { kind: 'conv' }>): Float32Array {
   const [b, c, h, w] = x.dims as number[];
-  if (x.dims.length !== 4 || c !== u.cin * u.group) throw new Error(`${u.op}: input [${x.dims}] does not fit a weight of ${u.cin} channels × ${u.group} groups`);
+  if (x.dims.length !== 4 || c !== u.cin * u.group) throw new RefusalError('unsupported-model', `${u.op}: input [${x.dims}] does not fit a weight of ${u.cin} channels × ${u.group} groups`);
   const [sy, sx] = u.stride;
   const [pt, pl, pb, pr] = u.pads;
   const [dy, dx] = u.dil;
@@ -159,7 +160,7 @@ export async function onnxCalibration(modelBytes: Uint8Array, samples: Samples, 
   const model = readOnnx(modelBytes);
   const skipped: string[] = [];
   const uses = usesOf(model, skipped);
-  if (uses.size === 0) throw new Error(`the model has no Gemm, MatMul or Conv weight initializer to measure${skipped.length ? ` (${skipped.join('; ')})` : ''}`);
+  if (uses.size === 0) throw new RefusalError('unsupported-model', `the model has no Gemm, MatMul or Conv weight initializer to measure${skipped.length ? ` (${skipped.join('; ')})` : ''}`);
   const graphInput = ioOf(modelBytes).input;
   const wanted = [...new Set([...uses.values()].flat().map((u) => u.input))];
   const fetched = wanted.filter((n) => n !== graphInput);
@@ -180,7 +181,7 @@ export async function onnxCalibration(modelBytes: Uint8Array, samples: Samples, 
       for (const { u, acc, diag } of list) {
         const x = value(u.input);
         const rows = u.kind === 'conv' ? unfold(x, u) : x.data;
-        if (rows.length % width(u) !== 0) throw new Error(`${u.op}: input [${x.dims}] is not rows of ${width(u)}`);
+        if (rows.length % width(u) !== 0) throw new RefusalError('unsupported-model', `${u.op}: input [${x.dims}] is not rows of ${width(u)}`);
         accumulate(acc, rows, width(u), diag);
       }
     }

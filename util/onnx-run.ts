@@ -1,6 +1,7 @@
 import { decodeValues } from '../protocol/dtypes.ts';
 import { readOnnx } from '../protocol/onnx.ts';
 import { readSafetensors } from '../protocol/safetensors.ts';
+import { RefusalError, UsageError } from '../platform/errors.ts';
 
 /**
  * Running an ONNX model with ONNX Runtime on a sample file (docs/onnx.md): validation
@@ -29,18 +30,18 @@ export function readSamples(bytes: Uint8Array, what = 'samples file', needLabels
   try {
     f = readSafetensors(bytes);
   } catch (e) {
-    throw new Error(`${what} is not a safetensors file: ${(e as Error).message}`);
+    throw new RefusalError('invalid-samples', `${what} is not a safetensors file: ${(e as Error).message}`, { cause: e });
   }
   const inputs = f.info('inputs');
   const labels = f.info('labels');
-  if (!inputs || (needLabels && !labels)) throw new Error(`${what} needs tensors "inputs" [N, …]${needLabels ? ' and "labels" [N]' : ''} (it has ${f.tensors.map((t) => t.name).join(', ') || 'none'})`);
-  if (!['F32', 'F16', 'BF16', 'F64'].includes(inputs.dtype)) throw new Error(`${what}: inputs are ${inputs.dtype}; give F32 (or F16, BF16, F64)`);
+  if (!inputs || (needLabels && !labels)) throw new RefusalError('invalid-samples', `${what} needs tensors "inputs" [N, …]${needLabels ? ' and "labels" [N]' : ''} (it has ${f.tensors.map((t) => t.name).join(', ') || 'none'})`);
+  if (!['F32', 'F16', 'BF16', 'F64'].includes(inputs.dtype)) throw new RefusalError('invalid-samples', `${what}: inputs are ${inputs.dtype}; give F32 (or F16, BF16, F64)`);
   const n = inputs.shape[0];
-  if (inputs.shape.length < 2 || n === 0) throw new Error(`${what}: inputs [${inputs.shape}] must be [N, …] with N ≥ 1`);
-  if (n > MAX_SAMPLES) throw new Error(`${what}: ${n} samples; at most ${MAX_SAMPLES}`);
+  if (inputs.shape.length < 2 || n === 0) throw new RefusalError('invalid-samples', `${what}: inputs [${inputs.shape}] must be [N, …] with N ≥ 1`);
+  if (n > MAX_SAMPLES) throw new RefusalError('invalid-samples', `${what}: ${n} samples; at most ${MAX_SAMPLES}`);
   if (labels) {
-    if (!['I64', 'I32', 'I16', 'I8', 'U8', 'U16', 'U32'].includes(labels.dtype)) throw new Error(`${what}: labels are ${labels.dtype}; give an integer dtype`);
-    if (labels.shape.length !== 1 || labels.shape[0] !== n) throw new Error(`${what}: labels [${labels.shape}] must be [N] with N = ${n}, as inputs [${inputs.shape}]`);
+    if (!['I64', 'I32', 'I16', 'I8', 'U8', 'U16', 'U32'].includes(labels.dtype)) throw new RefusalError('invalid-samples', `${what}: labels are ${labels.dtype}; give an integer dtype`);
+    if (labels.shape.length !== 1 || labels.shape[0] !== n) throw new RefusalError('invalid-samples', `${what}: labels [${labels.shape}] must be [N] with N = ${n}, as inputs [${inputs.shape}]`);
   }
   return {
     inputs: Float32Array.from(decodeValues(f.tensor('inputs'), inputs.dtype)),
@@ -57,7 +58,7 @@ let ortModule: Promise<Ort> | undefined;
 export function loadOrt(): Promise<Ort> {
   ortModule ??= import('onnxruntime-node').catch((e: unknown) => {
     ortModule = undefined;
-    throw new Error(`ONNX Runtime (onnxruntime-node) could not be loaded (${(e as Error).message.split('\n')[0]}): install it with npm install onnxruntime-node`);
+    throw new UsageError('onnx-runtime-missing', `ONNX Runtime (onnxruntime-node) could not be loaded (${(e as Error).message.split('\n')[0]}): install it with npm install onnxruntime-node`);
   });
   return ortModule;
 }
@@ -69,7 +70,7 @@ export function ioOf(model: Uint8Array): { input: string; batch: number | undefi
   const inits = new Set((graph.initializer ?? []).map((t) => t.name));
   const input = (graph.input ?? []).find((i) => !inits.has(i.name ?? ''));
   const output = graph.output?.[0];
-  if (!input?.name || !output?.name) throw new Error('the model has no graph input or output');
+  if (!input?.name || !output?.name) throw new RefusalError('unsupported-model', 'the model has no graph input or output');
   const d0 = input.type?.tensorType?.shape?.dim?.[0];
   const fixed = d0 && Object.prototype.hasOwnProperty.call(d0, 'dimValue') ? Number(d0.dimValue) : undefined;
   return { input: input.name, batch: fixed, output: output.name };
@@ -87,7 +88,7 @@ export interface OutputBatch {
 export async function runSamples(model: Uint8Array, s: Samples, onBatch: (start: number, count: number, outputs: Record<string, OutputBatch>) => void, outputs?: string[]): Promise<void> {
   const ort = await loadOrt();
   const io = ioOf(model);
-  if (io.batch !== undefined && io.batch !== 1 && io.batch !== s.count) throw new Error(`the model's input has a fixed batch of ${io.batch}; give ${io.batch} samples, or export it with batch 1 or a dynamic batch`);
+  if (io.batch !== undefined && io.batch !== 1 && io.batch !== s.count) throw new RefusalError('unsupported-model', `the model's input has a fixed batch of ${io.batch}; give ${io.batch} samples, or export it with batch 1 or a dynamic batch`);
   const session = await ort.InferenceSession.create(model);
   try {
     const per = s.sampleShape.reduce((a, b) => a * b, 1);
@@ -99,7 +100,7 @@ export async function runSamples(model: Uint8Array, s: Samples, onBatch: (start:
       const got = await session.run({ [io.input]: x }, names);
       const out: Record<string, OutputBatch> = {};
       for (const n of names) {
-        if (got[n].type !== 'float32') throw new Error(`output ${n} is ${got[n].type}, not float32`);
+        if (got[n].type !== 'float32') throw new RefusalError('unsupported-model', `output ${n} is ${got[n].type}, not float32`);
         out[n] = { data: got[n].data as Float32Array, dims: got[n].dims };
       }
       onBatch(start, b, out);

@@ -16,7 +16,7 @@ import type { ReleaseStep } from '../../protocol/release.ts';
 import { Topics } from '../../protocol/topics.ts';
 import type { Transport } from '../../transport/types.ts';
 import { silentLogger } from '../../util/log.ts';
-import { ManualClock } from '../rollout/fakes.ts';
+import { ManualClock } from '../support/clock.ts';
 
 const CHUNK = 512;
 const CHUNKS = 10;

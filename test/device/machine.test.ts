@@ -186,7 +186,7 @@ describe('reasons', () => {
   it('toReason reports a bug as a bug: a TypeError is internal-error, never storage-error or a refusal', () => {
     let bug: unknown;
     try {
-      (undefined as unknown as { x: number }).x;
+      void (undefined as unknown as { x: number }).x;
     } catch (e) {
       bug = e;
     }

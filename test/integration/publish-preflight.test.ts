@@ -2,7 +2,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { keygen } from '../../publisher/keys.ts';
-import { connect, createFixture, GROUP, MODEL, readRetained, retainedRelease, runFleet, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { connect, createFixture, GROUP, MODEL, readRetained, runFleet, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
 import { expectNoEventWithin } from '../support/wait.ts';
 

@@ -6,7 +6,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach } from 'vitest';
-import { startBroker, type BrokerOptions, type RunningBroker } from '../../broker/broker.ts';
+import { startBroker, type BrokerOptions, type RunningBroker } from '../../nodes/broker-node.ts';
 import { silentLogger } from '../../util/log.ts';
 import { tempDir } from './harness.ts';
 

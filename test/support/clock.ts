@@ -1,5 +1,5 @@
 /** The manual clock of the unit tests: time moves only when the test says so. */
-import type { Clock } from '../../device/clock.ts';
+import type { Clock } from '../../platform/clock.ts';
 
 /** A clock the test moves by hand. */
 export class ManualClock implements Clock {
