@@ -69,7 +69,15 @@ async function startAgent(entry: Entry, args: string[], logFile: string, nodeFla
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { sizes: { type: 'string', default: '100,400' }, rank: { type: 'string', default: '8' }, keep: { type: 'boolean', default: false }, entries: { type: 'string', default: 'bundle,source' }, 'node-flags': { type: 'string', default: '' } } });
+  const { values } = parseArgs({
+    options: {
+      sizes: { type: 'string', default: '100,400' },
+      rank: { type: 'string', default: '8' },
+      keep: { type: 'boolean', default: false },
+      entries: { type: 'string', default: 'bundle,source' },
+      'node-flags': { type: 'string', default: '' },
+    },
+  });
   // Flags for the agent's node (e.g. a V8 heap setting tried against the figures); none by default.
   const nodeFlags = values['node-flags'].split(/\s+/).filter(Boolean);
   const sizes = values.sizes.split(',').map(Number);
@@ -99,59 +107,82 @@ async function main(): Promise<void> {
   };
   const runs: Array<Record<string, number | string>> = [];
   try {
-    for (const size of sizes) for (const entry of entries) {
-      const matrices = Math.round((size * 2 ** 20) / (1024 * 1024 * 4));
-      process.stderr.write(`bench:device: ${size} MB model (${matrices} matrices of 1024×1024), rank ${rank}: building…\n`);
-      const base = synthesizeModel(1, Array.from({ length: matrices }, () => [1024, 1024] as [number, number]));
-      const u = synthesizeUpdate(base, rank, 2);
-      const baseFile = path.join(work, `base-${size}.safetensors`);
-      await fs.writeFile(baseFile, base);
-      const id = `dev-${size}-${entry}`;
-      const dir = path.join(work, id);
-      const args = ['--id', id, '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile];
-      // The first start provisions the directory from --initial; the agent measured is the next start,
-      // as a device runs every day (the model already in its directory).
-      const first = await startAgent(entry, args, path.join(work, `${id}.log`), nodeFlags);
-      let provisionPeak: number;
-      try {
-        // At rest (the previous size's release is retained on the topic: this model refuses it, wrong-base).
-        await waitFor(id, (s) => ['idle', 'ok', 'rejected'].includes(s.state), 120_000);
-        provisionPeak = memoryOf(first.child.pid!).hwm;
-      } finally {
-        // Stopped by its PID whatever happened: a failed run leaves no agent behind.
-        await stopChild(first.child);
-      }
-      const agent = await startAgent(entry, args, path.join(work, `${id}.log`), nodeFlags);
-      try {
-        await new Promise((r) => setTimeout(r, 2000));
-        const before = memoryOf(agent.child.pid!);
-        // From here VmHWM is the peak of the update alone (clear_refs 5 resets it to the current RSS; Linux ≥ 4.0).
-        await fs.writeFile(`/proc/${agent.child.pid}/clear_refs`, '5').catch(() => process.stderr.write('bench:device: cannot reset the peak (not root?): it includes the start\n'));
-        process.stderr.write(`bench:device: ${entry}: connected after ${Math.round(agent.connectedMs)} ms, idle RSS ${mb(before.rss)} MB (provisioning peaked at ${mb(provisionPeak)} MB); publishing ${u.payload.byteLength} B…\n`);
-        const pub = await MqttTransport.connect({ url: broker.url, clientId: `bench-device-pub-${process.pid}` }, 10_000);
-        const t0 = performance.now();
+    for (const size of sizes)
+      for (const entry of entries) {
+        const matrices = Math.round((size * 2 ** 20) / (1024 * 1024 * 4));
+        process.stderr.write(`bench:device: ${size} MB model (${matrices} matrices of 1024×1024), rank ${rank}: building…\n`);
+        const base = synthesizeModel(
+          1,
+          Array.from({ length: matrices }, () => [1024, 1024] as [number, number]),
+        );
+        const u = synthesizeUpdate(base, rank, 2);
+        const baseFile = path.join(work, `base-${size}.safetensors`);
+        await fs.writeFile(baseFile, base);
+        const id = `dev-${size}-${entry}`;
+        const dir = path.join(work, id);
+        const args = ['--id', id, '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile];
+        // The first start provisions the directory from --initial; the agent measured is the next start,
+        // as a device runs every day (the model already in its directory).
+        const first = await startAgent(entry, args, path.join(work, `${id}.log`), nodeFlags);
+        let provisionPeak: number;
         try {
-          await publishUpdate({ transport: pub, topics, payloads: [u.payload], keys: [await loadSigningKey(keys.keyFile)], rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-            model: MODEL, group: GROUP, chunkSize: 16_384, ttlSeconds: 3600, log: silentLogger });
+          // At rest (the previous size's release is retained on the topic: this model refuses it, wrong-base).
+          await waitFor(id, (s) => ['idle', 'ok', 'rejected'].includes(s.state), 120_000);
+          provisionPeak = memoryOf(first.child.pid!).hwm;
         } finally {
-          await pub.close();
+          // Stopped by its PID whatever happened: a failed run leaves no agent behind.
+          await stopChild(first.child);
         }
-        const end = await waitFor(id, (s) => s.target === u.targetDigest && ['ok', 'rolled_back', 'rejected', 'failed'].includes(s.state), 600_000);
-        if (end.state !== 'ok') throw new Error(`${id} ended ${end.state}: ${end.reason} ${end.message}`);
-        const seconds = (performance.now() - t0) / 1000;
-        const after = memoryOf(agent.child.pid!);
-        const run = {
-          entry, modelMB: mb(base.byteLength), updateBytes: u.payload.byteLength, seconds: Math.round(seconds * 100) / 100, connectedMs: Math.round(agent.connectedMs),
-          idleRssMB: mb(before.rss), provisionPeakMB: mb(provisionPeak), peakRssMB: mb(after.hwm), peakOverModel: Math.round((after.hwm / base.byteLength) * 1000) / 1000,
-        };
-        process.stderr.write(`bench:device: ${JSON.stringify(run)}\n`);
-        runs.push(run);
-      } finally {
-        await stopChild(agent.child);
+        const agent = await startAgent(entry, args, path.join(work, `${id}.log`), nodeFlags);
+        try {
+          await new Promise((r) => setTimeout(r, 2000));
+          const before = memoryOf(agent.child.pid!);
+          // From here VmHWM is the peak of the update alone (clear_refs 5 resets it to the current RSS; Linux ≥ 4.0).
+          await fs.writeFile(`/proc/${agent.child.pid}/clear_refs`, '5').catch(() => process.stderr.write('bench:device: cannot reset the peak (not root?): it includes the start\n'));
+          process.stderr.write(
+            `bench:device: ${entry}: connected after ${Math.round(agent.connectedMs)} ms, idle RSS ${mb(before.rss)} MB (provisioning peaked at ${mb(provisionPeak)} MB); publishing ${u.payload.byteLength} B…\n`,
+          );
+          const pub = await MqttTransport.connect({ url: broker.url, clientId: `bench-device-pub-${process.pid}` }, 10_000);
+          const t0 = performance.now();
+          try {
+            await publishUpdate({
+              transport: pub,
+              topics,
+              payloads: [u.payload],
+              keys: [await loadSigningKey(keys.keyFile)],
+              rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+              model: MODEL,
+              group: GROUP,
+              chunkSize: 16_384,
+              ttlSeconds: 3600,
+              log: silentLogger,
+            });
+          } finally {
+            await pub.close();
+          }
+          const end = await waitFor(id, (s) => s.target === u.targetDigest && ['ok', 'rolled_back', 'rejected', 'failed'].includes(s.state), 600_000);
+          if (end.state !== 'ok') throw new Error(`${id} ended ${end.state}: ${end.reason} ${end.message}`);
+          const seconds = (performance.now() - t0) / 1000;
+          const after = memoryOf(agent.child.pid!);
+          const run = {
+            entry,
+            modelMB: mb(base.byteLength),
+            updateBytes: u.payload.byteLength,
+            seconds: Math.round(seconds * 100) / 100,
+            connectedMs: Math.round(agent.connectedMs),
+            idleRssMB: mb(before.rss),
+            provisionPeakMB: mb(provisionPeak),
+            peakRssMB: mb(after.hwm),
+            peakOverModel: Math.round((after.hwm / base.byteLength) * 1000) / 1000,
+          };
+          process.stderr.write(`bench:device: ${JSON.stringify(run)}\n`);
+          runs.push(run);
+        } finally {
+          await stopChild(agent.child);
+        }
+        await fs.rm(baseFile, { force: true });
+        await fs.rm(dir, { recursive: true, force: true });
       }
-      await fs.rm(baseFile, { force: true });
-      await fs.rm(dir, { recursive: true, force: true });
-    }
   } finally {
     await watcher.close();
     await broker.close();
@@ -163,7 +194,9 @@ async function main(): Promise<void> {
     const peaks = of(entry, 'peakRssMB');
     if (peaks.length === 0) return null;
     return {
-      connectedMs: Math.max(...of(entry, 'connectedMs')), idleRssMB: Math.max(...of(entry, 'idleRssMB')), peakRssMB: Math.max(...peaks),
+      connectedMs: Math.max(...of(entry, 'connectedMs')),
+      idleRssMB: Math.max(...of(entry, 'idleRssMB')),
+      peakRssMB: Math.max(...peaks),
       // Flat in the model's size: the peak of the largest model over the smallest's.
       peakGrowth: peaks.length > 1 ? Math.round((peaks[peaks.length - 1] / peaks[0]) * 1000) / 1000 : null,
     };
@@ -171,10 +204,20 @@ async function main(): Promise<void> {
   const bundle = summary('bundle');
   const source = summary('source');
   const ratio = (k: string): number | null => (bundle && source && bundle[k] && source[k] ? Math.round(((bundle[k] as number) / (source[k] as number)) * 1000) / 1000 : null);
-  process.stdout.write(`${JSON.stringify({
-    bench: 'device', node: process.version, nodeFlags, loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100), rank, sizesMB: sizes, bundle, source,
-    bundleOverSource: { idleRss: ratio('idleRssMB'), peakRss: ratio('peakRssMB'), connectedMs: ratio('connectedMs') }, runs,
-  })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({
+      bench: 'device',
+      node: process.version,
+      nodeFlags,
+      loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100),
+      rank,
+      sizesMB: sizes,
+      bundle,
+      source,
+      bundleOverSource: { idleRss: ratio('idleRssMB'), peakRss: ratio('peakRssMB'), connectedMs: ratio('connectedMs') },
+      runs,
+    })}\n`,
+  );
 }
 
 main().catch((e: unknown) => {

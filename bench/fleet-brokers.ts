@@ -148,8 +148,12 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
   const all = (): ChildProcess[] => [...brokers, ...(server ? [server] : []), ...(redis ? [redis] : [])];
   const fleetBroker = async (name: string, extra: string[]): Promise<string> => {
     const port = await freePort();
-    const child = await startProcess(process.execPath, [FLEET_BIN, 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(o.dir, name), ...extra],
-      path.join(o.dir, `${name}.log`), /fleet broker listening/);
+    const child = await startProcess(
+      process.execPath,
+      [FLEET_BIN, 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(o.dir, name), ...extra],
+      path.join(o.dir, `${name}.log`),
+      /fleet broker listening/,
+    );
     brokers.push(child);
     sampler.watch(child.pid!);
     return `mqtt://127.0.0.1:${port}`;

@@ -74,10 +74,7 @@ async function startDevice(g: number): Promise<void> {
     if (!counted) connected++;
     counted = true;
   });
-  const agent = new DeviceAgent(
-    { deviceId: id, model: a.model!, group: a.group!, trust, retryMs: 2000 },
-    { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log: log.child(id) },
-  );
+  const agent = new DeviceAgent({ deviceId: id, model: a.model!, group: a.group!, trust, retryMs: 2000 }, { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log: log.child(id) });
   reportEnd(id, agent, transport, ended);
   agents.push({ agent, transport });
   await agent.start();
@@ -97,10 +94,12 @@ while (connected < n) await new Promise((r) => setTimeout(r, 50));
 process.stdout.write(JSON.stringify({ ready: n }) + '\n');
 
 const stop = async (): Promise<void> => {
-  await Promise.all(agents.map(async ({ agent, transport }) => {
-    await agent.stop();
-    await transport.close();
-  }));
+  await Promise.all(
+    agents.map(async ({ agent, transport }) => {
+      await agent.stop();
+      await transport.close();
+    }),
+  );
   process.exit(0);
 };
 process.on('SIGTERM', () => void stop());

@@ -109,9 +109,37 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     const progress = createProgress(`bench:fleet ${o.broker}`, process.stderr, o.quiet === true, 1000);
     for (let w = 0; w * per < o.devices; w++) {
       const n = Math.min(per, o.devices - w * per);
-      const child = track(spawn(process.execPath, ['--import', 'tsx', WORKER, '--urls', setup.urls.join(','), '--devices', String(n), '--first', String(w * per),
-        '--dir', path.join(dir, 'devices'), '--trust', keys.trustFile, '--initial', baseFile, '--model', MODEL, '--group', GROUP,
-        '--ramp-ms', String(Math.round(o.rampSeconds * 1000)), '--seed', '1'], { stdio: ['ignore', 'pipe', 'pipe'] }));
+      const child = track(
+        spawn(
+          process.execPath,
+          [
+            '--import',
+            'tsx',
+            WORKER,
+            '--urls',
+            setup.urls.join(','),
+            '--devices',
+            String(n),
+            '--first',
+            String(w * per),
+            '--dir',
+            path.join(dir, 'devices'),
+            '--trust',
+            keys.trustFile,
+            '--initial',
+            baseFile,
+            '--model',
+            MODEL,
+            '--group',
+            GROUP,
+            '--ramp-ms',
+            String(Math.round(o.rampSeconds * 1000)),
+            '--seed',
+            '1',
+          ],
+          { stdio: ['ignore', 'pipe', 'pipe'] },
+        ),
+      );
       child.stderr!.pipe(createWriteStream(path.join(dir, `worker-${w}.log`)));
       readLines(child, (j) => {
         if (typeof j.ready === 'number') ready += j.ready;
@@ -133,9 +161,18 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     const t0 = Date.now();
     const pub = await MqttTransport.connect({ url: setup.urls[0], clientId: `fleet-bench-publisher-${process.pid}` }, 30_000);
     try {
-      await publishUpdate({ transport: pub, topics: new Topics(), payloads: [payload],
-        keys: [await loadSigningKey(keys.keyFile)], rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)], model: MODEL, group: GROUP,
-        chunkSize: o.chunkSize, ttlSeconds: 3600, log: silentLogger });
+      await publishUpdate({
+        transport: pub,
+        topics: new Topics(),
+        payloads: [payload],
+        keys: [await loadSigningKey(keys.keyFile)],
+        rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+        model: MODEL,
+        group: GROUP,
+        chunkSize: o.chunkSize,
+        ttlSeconds: 3600,
+        log: silentLogger,
+      });
     } finally {
       await pub.close();
     }
@@ -232,12 +269,18 @@ async function main(): Promise<void> {
   if (cluster) process.stderr.write(JSON.stringify(cluster) + '\n');
   else process.stderr.write('bench:fleet: no redis-server and no --redis; no cluster run\n');
   const ratio = (x: number, y: number): number => Number((x / y).toFixed(3));
-  process.stdout.write(JSON.stringify({
-    devices, payloadBytes: aedes.payloadBytes, aedes, mosquitto, cluster,
-    aedesOverMosquittoSeconds: mosquitto ? ratio(aedes.seconds, mosquitto.seconds) : null,
-    clusterOverSingleSeconds: cluster ? ratio(cluster.seconds, aedes.seconds) : null,
-    allCompleted: [aedes, mosquitto, cluster].every((r) => r === null || r.completed === r.devices),
-  }) + '\n');
+  process.stdout.write(
+    JSON.stringify({
+      devices,
+      payloadBytes: aedes.payloadBytes,
+      aedes,
+      mosquitto,
+      cluster,
+      aedesOverMosquittoSeconds: mosquitto ? ratio(aedes.seconds, mosquitto.seconds) : null,
+      clusterOverSingleSeconds: cluster ? ratio(cluster.seconds, aedes.seconds) : null,
+      allCompleted: [aedes, mosquitto, cluster].every((r) => r === null || r.completed === r.devices),
+    }) + '\n',
+  );
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

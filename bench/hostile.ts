@@ -105,15 +105,20 @@ interface Attack {
 async function attackBroker(pid: number, port: number): Promise<Attack> {
   await settle();
   const before = memory(pid);
-  const results = await Promise.all(Array.from({ length: N }, async () => {
-    const s = net.createConnection({ host: '127.0.0.1', port });
-    await new Promise<void>((resolve, reject) => { s.once('connect', resolve); s.once('error', reject); });
-    const written = await flood(s, fixedHeader(1, DECLARED), SEND);
-    const cut = s.destroyed || s.readableEnded || written < SEND;
-    await settle(500);
-    s.destroy();
-    return { written, cut };
-  }));
+  const results = await Promise.all(
+    Array.from({ length: N }, async () => {
+      const s = net.createConnection({ host: '127.0.0.1', port });
+      await new Promise<void>((resolve, reject) => {
+        s.once('connect', resolve);
+        s.once('error', reject);
+      });
+      const written = await flood(s, fixedHeader(1, DECLARED), SEND);
+      const cut = s.destroyed || s.readableEnded || written < SEND;
+      await settle(500);
+      s.destroy();
+      return { written, cut };
+    }),
+  );
   await settle(1000);
   const after = memory(pid);
   return { rise: after.peak - before.rss, restingRss: before.rss, written: results.reduce((a, r) => a + r.written, 0), cut: results.filter((r) => r.cut).length };
@@ -131,16 +136,20 @@ async function attackDevice(spawnVictim: (url: string) => ChildProcess, N: numbe
   const arming = new Promise<void>((r) => (armed = r));
   const server = net.createServer((s) => {
     s.on('error', () => undefined);
-    s.once('data', () => void arming.then(async () => {
-      if (conns >= N) return s.destroy();
-      conns++;
-      s.write(Buffer.from([0x20, 0x02, 0x00, 0x00]));
-      const w = await flood(s, fixedHeader(3, DEVICE_DECLARED), DEVICE_DECLARED);
-      written += w;
-      if (w < DEVICE_DECLARED) cut++;
-      s.destroy();
-      if (conns >= N) done();
-    }));
+    s.once(
+      'data',
+      () =>
+        void arming.then(async () => {
+          if (conns >= N) return s.destroy();
+          conns++;
+          s.write(Buffer.from([0x20, 0x02, 0x00, 0x00]));
+          const w = await flood(s, fixedHeader(3, DEVICE_DECLARED), DEVICE_DECLARED);
+          written += w;
+          if (w < DEVICE_DECLARED) cut++;
+          s.destroy();
+          if (conns >= N) done();
+        }),
+    );
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const victim = spawnVictim(`mqtt://127.0.0.1:${(server.address() as net.AddressInfo).port}`);
@@ -166,7 +175,12 @@ async function main(): Promise<void> {
   try {
     // Broker.
     const port = await freePort();
-    const broker = await startProcess(process.execPath, [FLEET_BIN, '--log-level', 'warn', 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(dir, 'broker'), '--no-update-server'], path.join(dir, 'broker.log'), port);
+    const broker = await startProcess(
+      process.execPath,
+      [FLEET_BIN, '--log-level', 'warn', 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(dir, 'broker'), '--no-update-server'],
+      path.join(dir, 'broker.log'),
+      port,
+    );
     progress('broker started');
     const brokerRun = await attackBroker(broker.pid!, port);
     progress('broker attacked');
@@ -185,8 +199,35 @@ async function main(): Promise<void> {
     const model = path.join(dir, 'base.safetensors');
     await fs.writeFile(model, synthesizeModel(1, [[64, 64]]));
     progress('device attack');
-    const deviceRun = await attackDevice((url) => spawnLogged([FLEET_BIN, '--log-level', 'warn', 'device', '--id', 'victim', '--model', 'm', '--group', 'g', '--dir', path.join(dir, 'device'),
-      '--trust', keys.trustFile, '--initial', model, '--broker', url, '--reconnect-max', '1'], path.join(dir, 'device.log')), N);
+    const deviceRun = await attackDevice(
+      (url) =>
+        spawnLogged(
+          [
+            FLEET_BIN,
+            '--log-level',
+            'warn',
+            'device',
+            '--id',
+            'victim',
+            '--model',
+            'm',
+            '--group',
+            'g',
+            '--dir',
+            path.join(dir, 'device'),
+            '--trust',
+            keys.trustFile,
+            '--initial',
+            model,
+            '--broker',
+            url,
+            '--reconnect-max',
+            '1',
+          ],
+          path.join(dir, 'device.log'),
+        ),
+      N,
+    );
     let deviceBaseline: Attack | undefined;
     if (!values['no-baseline']) {
       deviceBaseline = await attackDevice((url) => spawnLogged(['--import', 'tsx', BASELINE, 'client', url], path.join(dir, 'baseline-client.log')), BASELINE_DEVICE_CONNECTIONS);
@@ -199,10 +240,12 @@ async function main(): Promise<void> {
       deviceDeclaredBytes: DEVICE_DECLARED,
       broker: { riseMB: mb(brokerRun.rise), restingMB: mb(brokerRun.restingRss), attackerWroteMB: mb(brokerRun.written), cut: brokerRun.cut, limitMB: 64, ok: brokerRun.rise < 64 * MB },
       device: { riseMB: mb(deviceRun.rise), restingMB: mb(deviceRun.restingRss), attackerWroteMB: mb(deviceRun.written), cut: deviceRun.cut, limitMB: 32, ok: deviceRun.rise < 32 * MB },
-      baseline: values['no-baseline'] ? null : {
-        broker: { riseMB: mb(brokerBaseline?.rise), attackerWroteMB: mb(brokerBaseline?.written), cut: brokerBaseline?.cut },
-        device: { connections: BASELINE_DEVICE_CONNECTIONS, riseMB: mb(deviceBaseline?.rise), attackerWroteMB: mb(deviceBaseline?.written), cut: deviceBaseline?.cut },
-      },
+      baseline: values['no-baseline']
+        ? null
+        : {
+            broker: { riseMB: mb(brokerBaseline?.rise), attackerWroteMB: mb(brokerBaseline?.written), cut: brokerBaseline?.cut },
+            device: { connections: BASELINE_DEVICE_CONNECTIONS, riseMB: mb(deviceBaseline?.rise), attackerWroteMB: mb(deviceBaseline?.written), cut: deviceBaseline?.cut },
+          },
     };
     process.stdout.write(JSON.stringify(result) + '\n');
     if (!result.broker.ok || !result.device.ok) process.exitCode = 1;

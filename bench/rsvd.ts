@@ -20,7 +20,9 @@ export interface RsvdBenchResult {
   fullSvdRelErr: number;
 }
 
-const M = 1024, N = 1024, RANK = 16;
+const M = 1024,
+  N = 1024,
+  RANK = 16;
 /**
  * Entries of the rank-16 part have variance 16; noise of std 0.12 puts the
  * rank-16 truncation error at ≈ 0.12/4 ≈ 3 % of ||ΔW||_F.
@@ -48,7 +50,8 @@ export function makeDelta(m = M, n = N, rank = RANK, noise = NOISE, seed = 2024)
   for (let i = 0; i < m; i++) {
     for (let t = 0; t < rank; t++) {
       const v = x[i * rank + t];
-      const yo = t * n, wo = i * n;
+      const yo = t * n,
+        wo = i * n;
       for (let j = 0; j < n; j++) w[wo + j] += v * y[yo + j];
     }
   }

@@ -147,8 +147,12 @@ const aedes: Step<BrokerParts> = {
     const authHooks = p.auth?.hooks();
     const log = p.log;
     const broker = await Aedes.createBroker({
-      persistence: p.persistence, mq: p.cluster?.mq, id: p.cluster?.brokerId ?? `fleet-broker-${process.pid}`, ...authHooks,
-      authorizePublish: stampPresence(p.topics, authHooks?.authorizePublish), ...connectRules(authHooks, log.child('connect')),
+      persistence: p.persistence,
+      mq: p.cluster?.mq,
+      id: p.cluster?.brokerId ?? `fleet-broker-${process.pid}`,
+      ...authHooks,
+      authorizePublish: stampPresence(p.topics, authHooks?.authorizePublish),
+      ...connectRules(authHooks, log.child('connect')),
     });
     if (p.auth) p.auth.attach(broker);
     else log.warn('broker is unauthenticated: any client may publish and subscribe to anything (start it with --auth FILE)');
@@ -200,7 +204,7 @@ const tcp: Step<BrokerParts> = {
     p.port = await listen(server, p.o.port ?? BROKER_DEFAULTS.port, p.host);
     p.tcp = { server, sockets };
     p.url = `mqtt://${connectableHost(p.host)}:${p.port}`;
-    p.log.info('broker listening', { url: p.url, persistence: p.o.cluster ? 'redis' : p.o.persistence ?? 'level', auth: p.o.auth ?? null });
+    p.log.info('broker listening', { url: p.url, persistence: p.o.cluster ? 'redis' : (p.o.persistence ?? 'level'), auth: p.o.auth ?? null });
   },
   stop: (p) => stopListener(p.tcp),
 };

@@ -39,10 +39,7 @@ const MQEmitterRedis = require('mqemitter-redis') as (opts: Record<string, unkno
 /** A typed refusal: bad Redis URL, Redis unreachable, or the update-server lease held by another node. */
 export class ClusterError extends FleetError<'bad-url' | 'redis-unreachable' | 'update-server-taken'> {
   override readonly name = 'ClusterError';
-  constructor(
-    code: 'bad-url' | 'redis-unreachable' | 'update-server-taken',
-    message: string,
-  ) {
+  constructor(code: 'bad-url' | 'redis-unreachable' | 'update-server-taken', message: string) {
     super(code === 'redis-unreachable' ? 'io' : 'usage', code, message);
   }
 }
@@ -132,10 +129,7 @@ export class UpdateServerLease {
       if (got !== 'OK') {
         const now = await redis.get(key);
         if (now !== o.holder) {
-          throw new ClusterError(
-            'update-server-taken',
-            `node ${now} already runs the cluster's update server; start this node with --no-update-server (or stop that one and wait ${Math.round(ttl / 1000)} s)`,
-          );
+          throw new ClusterError('update-server-taken', `node ${now} already runs the cluster's update server; start this node with --no-update-server (or stop that one and wait ${Math.round(ttl / 1000)} s)`);
         }
         await redis.set(key, o.holder, 'PX', ttl);
       }

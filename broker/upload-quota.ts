@@ -13,7 +13,10 @@ export const MAX_OPEN_UPLOADS = 16;
 export class UploadQuota {
   private readonly open = new Map<string, Map<string, number>>();
 
-  constructor(private readonly max = MAX_OPEN_UPLOADS, private readonly ttlMs = UPLOAD_TTL_MS) {}
+  constructor(
+    private readonly max = MAX_OPEN_UPLOADS,
+    private readonly ttlMs = UPLOAD_TTL_MS,
+  ) {}
 
   /** Records a chunk of `updateId` by `user`; false when it would open one upload too many. */
   allow(user: string, updateId: string, now = Date.now()): boolean {

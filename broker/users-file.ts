@@ -165,8 +165,13 @@ export async function readUsersFileOrEmpty(file: string): Promise<UsersFile> {
 /** Atomic replace (temp file, fsync, rename), mode 0600. */
 export async function writeUsersFile(file: string, data: UsersFile): Promise<void> {
   const users = data.users.map((u) => ({
-    name: u.name, role: u.role, ...(u.role === 'device' ? { group: u.group, model: u.model } : {}), ...(u.role === 'gateway' && u.site ? { site: u.site } : {}),
-    salt: u.salt, hash: u.hash, params: u.params,
+    name: u.name,
+    role: u.role,
+    ...(u.role === 'device' ? { group: u.group, model: u.model } : {}),
+    ...(u.role === 'gateway' && u.site ? { site: u.site } : {}),
+    salt: u.salt,
+    hash: u.hash,
+    params: u.params,
   }));
   await writeFileAtomic(file, JSON.stringify({ users }, null, 2) + '\n', 0o600);
 }

@@ -101,7 +101,9 @@ function printTensors(rows: Row[], out: (s: string) => void): void {
 
 function printReport(r: BuildReport, out: (s: string) => void): void {
   printTensors(r.tensors, out);
-  out(`update ${r.updateBytes} bytes = ${pct(r.updateBytes, r.modelBytes)} of the model's ${r.modelBytes} bytes; ${r.updateParams} stored values = ${pct(r.updateParams, r.modelParams)} of ${r.modelParams} parameters; ${r.unchanged} tensors unchanged`);
+  out(
+    `update ${r.updateBytes} bytes = ${pct(r.updateBytes, r.modelBytes)} of the model's ${r.modelBytes} bytes; ${r.updateParams} stored values = ${pct(r.updateParams, r.modelParams)} of ${r.modelParams} parameters; ${r.unchanged} tensors unchanged`,
+  );
   out(`from ${r.baseDigest}\nto   ${r.targetDigest}`);
 }
 
@@ -134,75 +136,112 @@ export function registerBuildCommands(program: Command): void {
     .option('--budget <bytes|pct%>', 'total update size, spent where it removes the most error', parseBudget)
     .option('--energy <fraction>', "keep this fraction of each ΔW's squared Frobenius norm", (v) => Number(v))
     .addOption(new Option('--quant <q>', 'number format of the factors').choices(['f32', 'f16', 'int8']).default('f32'))
-    .addOption(new Option('--method <m>', 'with --budget: lowrank (factors in --quant), or one rate–distortion allocation per tensor over mixed-precision factors, sign + scales and dense (auto), or only one of them').choices(['lowrank', 'auto', 'mixed', 'sign', 'dense']).default('lowrank'))
+    .addOption(
+      new Option('--method <m>', 'with --budget: lowrank (factors in --quant), or one rate–distortion allocation per tensor over mixed-precision factors, sign + scales and dense (auto), or only one of them')
+        .choices(['lowrank', 'auto', 'mixed', 'sign', 'dense'])
+        .default('lowrank'),
+    )
     .option('--calib <stats>', 'with --method auto|mixed|sign: safetensors of per-layer input Gram matrices (or diagonals), to minimise output error (docs/compression.md)')
     .option('--allow-partial', 'with --lora: build even if some adapter tensors cannot be used (the report lists them)')
-    .option('--fan-in-fan-out <modules>', 'with --lora: the 2-D layers stored [in, out] (GPT-2 Conv1D), comma-separated names or suffixes; every other layer is [out, in]', (v) => v.split(',').map((x) => x.trim()).filter(Boolean))
+    .option('--fan-in-fan-out <modules>', 'with --lora: the 2-D layers stored [in, out] (GPT-2 Conv1D), comma-separated names or suffixes; every other layer is [out, in]', (v) =>
+      v
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean),
+    )
     .option('--yes', 'write the update even if it is larger than half the model or a tensor keeps a relative error above 0.5')
     .option('--json', 'print the report as one JSON line')
-    .action(async (o: { base: string; target?: string; lora?: string; loraConfig?: string; out: string; rank?: number; budget?: { bytes?: number; percent?: number }; energy?: number; quant: Quant; method: 'lowrank' | Method; calib?: string; json?: boolean; allowPartial?: boolean; fanInFanOut?: string[]; yes?: boolean }) => {
-      const modes = [o.rank !== undefined, o.budget !== undefined, o.energy !== undefined].filter(Boolean).length;
-      if (!!o.target === !!o.lora) throw new BuildError('bad-options', 'give exactly one of --target (a retrained model) or --lora (an adapter)');
-      if (o.target && modes !== 1) throw new BuildError('bad-options', 'give exactly one of --rank, --budget or --energy');
-      if (o.lora && (o.budget !== undefined || o.energy !== undefined)) throw new BuildError('bad-options', 'with --lora only --rank (to re-compress) may be given');
-      if (o.method !== 'lowrank' && o.budget === undefined) throw new BuildError('bad-options', `--method ${o.method} needs --budget (it spends one budget across tensors and methods)`);
-      if (o.calib && (o.method === 'lowrank' || o.method === 'dense')) throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign');
-      if (o.lora && !o.loraConfig) throw new BuildError('bad-options', '--lora needs --lora-config adapter_config.json');
-      if (!o.lora && (o.allowPartial || o.fanInFanOut)) throw new BuildError('bad-options', '--allow-partial and --fan-in-fan-out apply to --lora only');
-      await checkWritable(o.out);
-      let source: DeltaSource;
-      let lora: LoraReport | undefined;
-      if (o.lora) {
-        const base = await openModelFile(o.base).catch((e: unknown) => {
-          throw new BuildError('malformed-model', `base model ${o.base}: ${(e as Error).message}`);
-        });
-        const header = { tensors: base.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) };
-        await base.close();
-        const config = parseLoraConfig(await fs.readFile(o.loraConfig!, 'utf8'));
-        const { factors, whole, computed, unmapped, layout } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header, { fanInFanOut: o.fanInFanOut });
-        if (unmapped.length > 0 && !o.allowPartial) {
-          const shown = printable(unmapped.slice(0, 3).map((u) => `${u.module}: ${u.reason}`).join('; '));
-          throw new BuildError('bad-adapter', `${unmapped.length} part(s) of the adapter cannot be merged as PEFT would: ${shown}${unmapped.length > 3 ? '; …' : ''} (fix the adapter, or pass --allow-partial to build without them)`);
+    .action(
+      async (o: {
+        base: string;
+        target?: string;
+        lora?: string;
+        loraConfig?: string;
+        out: string;
+        rank?: number;
+        budget?: { bytes?: number; percent?: number };
+        energy?: number;
+        quant: Quant;
+        method: 'lowrank' | Method;
+        calib?: string;
+        json?: boolean;
+        allowPartial?: boolean;
+        fanInFanOut?: string[];
+        yes?: boolean;
+      }) => {
+        const modes = [o.rank !== undefined, o.budget !== undefined, o.energy !== undefined].filter(Boolean).length;
+        if (!!o.target === !!o.lora) throw new BuildError('bad-options', 'give exactly one of --target (a retrained model) or --lora (an adapter)');
+        if (o.target && modes !== 1) throw new BuildError('bad-options', 'give exactly one of --rank, --budget or --energy');
+        if (o.lora && (o.budget !== undefined || o.energy !== undefined)) throw new BuildError('bad-options', 'with --lora only --rank (to re-compress) may be given');
+        if (o.method !== 'lowrank' && o.budget === undefined) throw new BuildError('bad-options', `--method ${o.method} needs --budget (it spends one budget across tensors and methods)`);
+        if (o.calib && (o.method === 'lowrank' || o.method === 'dense')) throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign');
+        if (o.lora && !o.loraConfig) throw new BuildError('bad-options', '--lora needs --lora-config adapter_config.json');
+        if (!o.lora && (o.allowPartial || o.fanInFanOut)) throw new BuildError('bad-options', '--allow-partial and --fan-in-fan-out apply to --lora only');
+        await checkWritable(o.out);
+        let source: DeltaSource;
+        let lora: LoraReport | undefined;
+        if (o.lora) {
+          const base = await openModelFile(o.base).catch((e: unknown) => {
+            throw new BuildError('malformed-model', `base model ${o.base}: ${(e as Error).message}`);
+          });
+          const header = { tensors: base.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) };
+          await base.close();
+          const config = parseLoraConfig(await fs.readFile(o.loraConfig!, 'utf8'));
+          const { factors, whole, computed, unmapped, layout } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header, { fanInFanOut: o.fanInFanOut });
+          if (unmapped.length > 0 && !o.allowPartial) {
+            const shown = printable(
+              unmapped
+                .slice(0, 3)
+                .map((u) => `${u.module}: ${u.reason}`)
+                .join('; '),
+            );
+            throw new BuildError(
+              'bad-adapter',
+              `${unmapped.length} part(s) of the adapter cannot be merged as PEFT would: ${shown}${unmapped.length > 3 ? '; …' : ''} (fix the adapter, or pass --allow-partial to build without them)`,
+            );
+          }
+          for (const u of unmapped) process.stderr.write(printable(`left out (--allow-partial): adapter module ${u.module}: ${u.reason}`) + '\n');
+          if (factors.length + whole.length + computed.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
+          lora = { layout, leftOut: unmapped };
+          source = await loraSource(o.base, factors, whole, computed);
+        } else {
+          source = await twoModelSource(o.base, o.target!);
         }
-        for (const u of unmapped) process.stderr.write(printable(`left out (--allow-partial): adapter module ${u.module}: ${u.reason}`) + '\n');
-        if (factors.length + whole.length + computed.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
-        lora = { layout, leftOut: unmapped };
-        source = await loraSource(o.base, factors, whole, computed);
-      } else {
-        source = await twoModelSource(o.base, o.target!);
-      }
-      const unknown = source.base.onnx?.unknownFields ?? 0;
-      if (unknown > 0) {
-        process.stderr.write(`warning: ${o.base} holds ${unknown} field(s) that ONNX 1.10's onnx.proto does not define (a newer exporter's, e.g. node metadata_props): they are not in the digest, and the models devices write will not have them (docs/onnx.md)\n`);
-      }
-      try {
-        let mode: BuildMode;
-        if (o.rank !== undefined) mode = { kind: 'rank', rank: o.rank };
-        else if (o.energy !== undefined) mode = { kind: 'energy', fraction: o.energy };
-        else if (o.budget) mode = { kind: 'budget', bytes: o.budget.bytes ?? Math.floor((o.budget.percent! / 100) * source.base.fileSize) };
-        else mode = { kind: 'factors' };
-        const started = Date.now();
-        const progress = createProgress('build', process.stderr, o.json === true, 1000);
-        const metrics = o.calib ? await loadCalibration(o.calib, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
-        const { payload, report } = await buildUpdate({ source, mode, quant: o.quant, method: o.method, metrics, onProgress: (d, n, name) => progress.update(d, n, name) });
-        progress.finish();
-        const worries = concerns(report);
-        if (worries.length > 0 && !o.yes) throw new BuildError('needs-confirmation', `${worries.join('; ')}: nothing written; pass --yes to write it anyway`);
-        for (const w of worries) process.stderr.write(`warning: ${w}\n`);
-        const full = { ...report, ...(lora ? { lora } : {}), payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000, peakRssMB: process.resourceUsage().maxRSS / 1024 };
-        const file = encodeUpdateFile(payload);
-        await writeOutput(o.out, file);
-        await writeOutput(reportPath(o.out), JSON.stringify(full, null, 2) + '\n');
-        if (o.json) process.stdout.write(JSON.stringify(full) + '\n');
-        else {
-          printReport(full, (s) => process.stdout.write(s + '\n'));
-          if (lora) printLora(lora, (s) => process.stdout.write(s + '\n'));
-          process.stdout.write(`wrote ${o.out} (${file.byteLength} bytes: a ${payload.byteLength}-byte payload behind its integrity check) and ${reportPath(o.out)} in ${full.seconds.toFixed(1)} s\n`);
+        const unknown = source.base.onnx?.unknownFields ?? 0;
+        if (unknown > 0) {
+          process.stderr.write(
+            `warning: ${o.base} holds ${unknown} field(s) that ONNX 1.10's onnx.proto does not define (a newer exporter's, e.g. node metadata_props): they are not in the digest, and the models devices write will not have them (docs/onnx.md)\n`,
+          );
         }
-      } finally {
-        await source.close();
-      }
-    });
+        try {
+          let mode: BuildMode;
+          if (o.rank !== undefined) mode = { kind: 'rank', rank: o.rank };
+          else if (o.energy !== undefined) mode = { kind: 'energy', fraction: o.energy };
+          else if (o.budget) mode = { kind: 'budget', bytes: o.budget.bytes ?? Math.floor((o.budget.percent! / 100) * source.base.fileSize) };
+          else mode = { kind: 'factors' };
+          const started = Date.now();
+          const progress = createProgress('build', process.stderr, o.json === true, 1000);
+          const metrics = o.calib ? await loadCalibration(o.calib, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
+          const { payload, report } = await buildUpdate({ source, mode, quant: o.quant, method: o.method, metrics, onProgress: (d, n, name) => progress.update(d, n, name) });
+          progress.finish();
+          const worries = concerns(report);
+          if (worries.length > 0 && !o.yes) throw new BuildError('needs-confirmation', `${worries.join('; ')}: nothing written; pass --yes to write it anyway`);
+          for (const w of worries) process.stderr.write(`warning: ${w}\n`);
+          const full = { ...report, ...(lora ? { lora } : {}), payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000, peakRssMB: process.resourceUsage().maxRSS / 1024 };
+          const file = encodeUpdateFile(payload);
+          await writeOutput(o.out, file);
+          await writeOutput(reportPath(o.out), JSON.stringify(full, null, 2) + '\n');
+          if (o.json) process.stdout.write(JSON.stringify(full) + '\n');
+          else {
+            printReport(full, (s) => process.stdout.write(s + '\n'));
+            if (lora) printLora(lora, (s) => process.stdout.write(s + '\n'));
+            process.stdout.write(`wrote ${o.out} (${file.byteLength} bytes: a ${payload.byteLength}-byte payload behind its integrity check) and ${reportPath(o.out)} in ${full.seconds.toFixed(1)} s\n`);
+          }
+        } finally {
+          await source.close();
+        }
+      },
+    );
 
   program
     .command('inspect')
@@ -213,7 +252,10 @@ export function registerBuildCommands(program: Command): void {
     .action(async (file: string, o: { base?: string; json?: boolean }) => {
       const bytes = await readUpdateFile(file);
       const p = decodePayload(bytes);
-      const sidecar = await fs.readFile(reportPath(file), 'utf8').then((t) => JSON.parse(t) as BuildReport & { payloadSha256: string }).catch(ignoreBecause('no readable report beside the update: shown without it'));
+      const sidecar = await fs
+        .readFile(reportPath(file), 'utf8')
+        .then((t) => JSON.parse(t) as BuildReport & { payloadSha256: string })
+        .catch(ignoreBecause('no readable report beside the update: shown without it'));
       const built = sidecar?.payloadSha256 === sha256Hex(bytes) ? sidecar : undefined;
       const errors = new Map(built?.tensors.map((t) => [t.name, t.relError]) ?? []);
       let modelBytes = built?.modelBytes;
@@ -234,8 +276,13 @@ export function registerBuildCommands(program: Command): void {
       });
       const params = tensors.reduce((a, t) => a + t.params, 0);
       const summary = {
-        updateId: sha256Hex(bytes).slice(0, 32), from: p.base, to: p.target, updateBytes: bytes.byteLength, updateParams: params,
-        modelBytes: modelBytes ?? null, modelParams: modelParams ?? null,
+        updateId: sha256Hex(bytes).slice(0, 32),
+        from: p.base,
+        to: p.target,
+        updateBytes: bytes.byteLength,
+        updateParams: params,
+        modelBytes: modelBytes ?? null,
+        modelParams: modelParams ?? null,
         percentOfModelBytes: modelBytes ? (100 * bytes.byteLength) / modelBytes : null,
         percentOfModelParams: modelParams ? (100 * params) / modelParams : null,
         tensors,
@@ -246,7 +293,9 @@ export function registerBuildCommands(program: Command): void {
       }
       const out = (s: string): boolean => process.stdout.write(s + '\n');
       printTensors(tensors, out);
-      out(`update ${summary.updateBytes} bytes${modelBytes ? ` = ${pct(summary.updateBytes, modelBytes)} of the model's ${modelBytes} bytes` : ''}; ${params} stored values${modelParams ? ` = ${pct(params, modelParams)} of ${modelParams} parameters` : ''}`);
+      out(
+        `update ${summary.updateBytes} bytes${modelBytes ? ` = ${pct(summary.updateBytes, modelBytes)} of the model's ${modelBytes} bytes` : ''}; ${params} stored values${modelParams ? ` = ${pct(params, modelParams)} of ${modelParams} parameters` : ''}`,
+      );
       if (!modelBytes) out('(pass --base MODEL to see the update against the model)');
       if (!built) out('(no build report beside the update: relative errors unknown)');
       out(`update id ${summary.updateId}\nfrom ${p.base}\nto   ${p.target}`);

@@ -28,7 +28,8 @@ export function registerCalibCommand(program: Command): void {
         process.stdout.write(JSON.stringify({ out: o.out, bytes: r.file.byteLength, samples: samples.count, layers: r.layers, skipped: r.skipped }) + '\n');
         return;
       }
-      for (const l of r.layers) process.stdout.write(`${l.weight}: ${l.kind === 'gram' ? `Gram [${l.n}, ${l.n}]` : l.kind === 'diagonal' ? `Gram diagonal [${l.n}]` : `row weights [${l.n}] (:outputs)`} of ${l.op}'s input, ${l.rows} rows\n`);
+      for (const l of r.layers)
+        process.stdout.write(`${l.weight}: ${l.kind === 'gram' ? `Gram [${l.n}, ${l.n}]` : l.kind === 'diagonal' ? `Gram diagonal [${l.n}]` : `row weights [${l.n}] (:outputs)`} of ${l.op}'s input, ${l.rows} rows\n`);
       for (const s of r.skipped) process.stdout.write(`not measured: ${s}\n`);
       process.stdout.write(`wrote ${o.out} (${r.file.byteLength} bytes) from ${samples.count} samples\n`);
     });

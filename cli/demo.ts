@@ -72,7 +72,9 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     const baseFile = path.join(tmp, 'base.safetensors');
     await fs.writeFile(baseFile, base);
     out(`broker ${broker.url}, data in ${tmp}`);
-    out(`model ${(base.byteLength / 1e6).toFixed(2)} MB (${update.baseDigest.slice(0, 12)}), update ${(update.payload.byteLength / 1e3).toFixed(1)} kB = ${((100 * update.payload.byteLength) / base.byteLength).toFixed(2)} % of the model, target ${update.targetDigest.slice(0, 12)}`);
+    out(
+      `model ${(base.byteLength / 1e6).toFixed(2)} MB (${update.baseDigest.slice(0, 12)}), update ${(update.payload.byteLength / 1e3).toFixed(1)} kB = ${((100 * update.payload.byteLength) / base.byteLength).toFixed(2)} % of the model, target ${update.targetDigest.slice(0, 12)}`,
+    );
 
     const topics = new Topics();
     const ids = Array.from({ length: o.devices }, (_, k) => `demo-device-${k + 1}`);
@@ -100,7 +102,26 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       const logFile = createWriteStream(path.join(tmp, `${id}.log`));
       const child = spawn(
         process.execPath,
-        [FLEET_BIN, '--stop-timeout', String(Math.floor(stopBoundMs / 2000)), 'device', '--id', id, '--model', 'demo-model', '--group', 'demo', '--dir', path.join(tmp, id), '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile],
+        [
+          FLEET_BIN,
+          '--stop-timeout',
+          String(Math.floor(stopBoundMs / 2000)),
+          'device',
+          '--id',
+          id,
+          '--model',
+          'demo-model',
+          '--group',
+          'demo',
+          '--dir',
+          path.join(tmp, id),
+          '--trust',
+          keys.trustFile,
+          '--broker',
+          broker.url,
+          '--initial',
+          baseFile,
+        ],
         { stdio: ['ignore', 'pipe', 'pipe'] },
       );
       child.stdout!.pipe(logFile);
@@ -145,11 +166,15 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       if (ok) acked++;
       if (s?.state === 'rejected') rejected++;
       const t = ackedAt.get(id);
-      out(`${id}: ${s?.state ?? 'no status'}${s?.reason ? ` (${s.reason})` : ''}, running ${s?.running.slice(0, 12) ?? '?'}, received ${s?.bytes ?? 0} bytes, ${t ? `${((t - publishedAt) / 1000).toFixed(2)} s after publish` : 'no ack'}`);
+      out(
+        `${id}: ${s?.state ?? 'no status'}${s?.reason ? ` (${s.reason})` : ''}, running ${s?.running.slice(0, 12) ?? '?'}, received ${s?.bytes ?? 0} bytes, ${t ? `${((t - publishedAt) / 1000).toFixed(2)} s after publish` : 'no ack'}`,
+      );
     }
     const seconds = (performance.now() - t0) / 1000;
     const summary: DemoResult = { devices: ids.length, acked, rejected, updateBytes: update.payload.byteLength, modelBytes: base.byteLength, seconds: Number(seconds.toFixed(2)) };
-    out(`${acked}/${ids.length} devices acked the update in ${seconds.toFixed(1)} s (update ${summary.updateBytes} bytes, ${((100 * summary.updateBytes) / summary.modelBytes).toFixed(2)} % of the ${summary.modelBytes}-byte model)`);
+    out(
+      `${acked}/${ids.length} devices acked the update in ${seconds.toFixed(1)} s (update ${summary.updateBytes} bytes, ${((100 * summary.updateBytes) / summary.modelBytes).toFixed(2)} % of the ${summary.modelBytes}-byte model)`,
+    );
     if (o.json) out(JSON.stringify(summary));
     return summary;
   } finally {

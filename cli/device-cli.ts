@@ -30,7 +30,7 @@ function addDeviceOptions(c: Command): Command {
     .option('--validate-timeout <duration>', 'stop the validation command after this long (refused)', parseDuration, D.validateTimeoutMs / 1000)
     .option('--validate-onnx <samples>', 'run the staged ONNX model with ONNX Runtime on this labelled sample file (safetensors: inputs, labels; docs/onnx.md) before the switch')
     .option('--min-accuracy <x>', 'with --validate-onnx: refuse (validation-failed) below this accuracy (0.9 or 90%)', parseAccuracy)
-    .option('--max-drop <points>', 'with --validate-onnx: refuse when accuracy falls more than this many percentage points below the running model\'s', parsePoints)
+    .option('--max-drop <points>', "with --validate-onnx: refuse when accuracy falls more than this many percentage points below the running model's", parsePoints)
     .option('--health-cmd <cmd>', 'run after the switch (FLEET_MODEL_PATH = DIR/current.safetensors or .onnx); exit 0 = healthy, else roll back')
     .option('--health-timeout <duration>', 'stop the health command after this long (rolled back)', parseDuration, D.healthTimeoutMs / 1000)
     .option('--health-window <duration>', 'stay testing this long after a healthy check; a crash in it is a failed attempt', parseDuration, D.healthWindowMs / 1000)
@@ -47,25 +47,30 @@ function addDeviceOptions(c: Command): Command {
 
 /** `fleet device` and `fleet device install-service`: all a device's own machine needs. */
 export function registerDeviceCommands(program: Command): void {
-  addDeviceOptions(program.command('device').description('run a device agent (`fleet device install-service …` writes a systemd unit for it)'))
-    .action(async (o: DeviceNodeOptions) => {
-      const g = program.opts() as { prefix: string; logLevel?: string };
-      await runDevice({ ...o, prefix: g.prefix, logLevel: g.logLevel, stopTimeoutMs: stopTimeoutMs(program) });
-    });
+  addDeviceOptions(program.command('device').description('run a device agent (`fleet device install-service …` writes a systemd unit for it)')).action(async (o: DeviceNodeOptions) => {
+    const g = program.opts() as { prefix: string; logLevel?: string };
+    await runDevice({ ...o, prefix: g.prefix, logLevel: g.logLevel, stopTimeoutMs: stopTimeoutMs(program) });
+  });
 
   addDeviceOptions(program.command('device-install-service', { hidden: true }).description('write a systemd unit (and an environment file) that runs this device agent'))
     .option('--unit-dir <dir>', 'where the unit goes', '/etc/systemd/system')
     .option('--environment-file <file>', 'the environment file the unit reads (broker password), mode 0600 (default /etc/fleet/device-ID.env)')
     .option('--user <name>', 'run the agent as this user (it must own --dir)')
     .option('--read-write <path>', 'another path the agent may write (e.g. what --health-cmd writes); repeatable', (v: string, acc: string[] = []) => [...acc, v])
-    .option('--password-file <file>', 'the broker login\'s password, copied into the environment file (never into the unit)')
+    .option('--password-file <file>', "the broker login's password, copied into the environment file (never into the unit)")
     .option('--entry <file>', 'the fleet entry point ExecStart runs (default: this one)')
     .option('--dry-run', 'print the unit and the environment file instead of writing them')
     .action(async (o: DeviceNodeOptions & { unitDir: string; environmentFile?: string; user?: string; readWrite?: string[]; passwordFile?: string; entry?: string; dryRun?: boolean }) => {
       const g = program.opts() as { prefix: string; logLevel?: string; stopTimeout?: number; ca?: string; clientCert?: string; clientKey?: string };
       const r = await installService(o, {
-        prefix: g.prefix, logLevel: g.logLevel, stopTimeoutSeconds: g.stopTimeout ?? 5, ca: g.ca, clientCert: g.clientCert, clientKey: g.clientKey,
-        entry: path.resolve(o.entry ?? process.argv[1]), node: process.execPath,
+        prefix: g.prefix,
+        logLevel: g.logLevel,
+        stopTimeoutSeconds: g.stopTimeout ?? 5,
+        ca: g.ca,
+        clientCert: g.clientCert,
+        clientKey: g.clientKey,
+        entry: path.resolve(o.entry ?? process.argv[1]),
+        node: process.execPath,
         password: o.passwordFile ? (await fs.readFile(o.passwordFile, 'utf8')).replace(/\r?\n$/, '') : undefined,
       });
       process.stdout.write(o.dryRun ? `${r.unitText}\n# ${r.envFile}\n${r.envText}` : `wrote ${r.unitFile} and ${r.envFile} (mode 0600); now: systemctl daemon-reload && systemctl enable --now ${r.unitName}\n`);

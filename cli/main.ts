@@ -42,31 +42,65 @@ program
   .option('--ws-port <port>', 'also listen for MQTT over WebSocket on this port (ws://), e.g. for a browser with a viewer login', parseIntArg(0, 65535))
   .option('--ws-host <host>', 'address of the WebSocket listener (default: --host)')
   .option('--tls-host <host>', 'address of the TLS listener (default: --host)')
-  .option('--tls-cert <file>', 'the broker\'s certificate (PEM)')
+  .option('--tls-cert <file>', "the broker's certificate (PEM)")
   .option('--tls-key <file>', 'its key (PEM)')
   .option('--tls-ca <file>', 'require client certificates signed by this CA (PEM)')
   .option('--auth <file>', 'users file (`fleet user add`): clients must log in, ACLs apply; re-read when it changes')
-  .option('--http <port>', 'serve the dashboard at http://HOST:PORT/ (fed in the browser over --ws-port with a viewer login) and Prometheus metrics at /metrics (clients, bytes, messages, chunks served, devices per model/group/digest/state)', parseIntArg(0, 65535))
+  .option(
+    '--http <port>',
+    'serve the dashboard at http://HOST:PORT/ (fed in the browser over --ws-port with a viewer login) and Prometheus metrics at /metrics (clients, bytes, messages, chunks served, devices per model/group/digest/state)',
+    parseIntArg(0, 65535),
+  )
   .option('--http-host <host>', 'address of the dashboard and metrics listener', '127.0.0.1')
-  .action(async ({ http: httpPort, httpHost, wsPort, wsHost, ...o }: { port: number; host: string; dataDir: string; persistence: 'level' | 'memory'; updateServer: boolean; cluster?: string; auth?: string; tlsPort?: number; tlsHost?: string; tlsCert?: string; tlsKey?: string; tlsCa?: string; http?: number; httpHost: string; wsPort?: number; wsHost?: string }) => {
-    const log = createLogger('broker', logLevel());
-    const stop = commandStop(program, log);
-    if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new UsageError('bad-options', '--tls-port needs --tls-cert and --tls-key');
-    const tlsOpts = o.tlsPort !== undefined
-      ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined }
-      : undefined;
-    // Loaded by this command only: the rest of `fleet` never pays for Aedes and LevelDB.
-    const { startBroker } = await import('../nodes/broker-node.ts');
-    const b = await startBroker({
-      ...o, tls: tlsOpts, http: httpPort === undefined ? undefined : { port: httpPort, host: httpHost },
-      ws: wsPort === undefined ? undefined : { port: wsPort, host: wsHost }, prefix: program.opts().prefix, log,
-    });
-    const auth = o.auth ? `auth ${path.resolve(o.auth)}` : 'UNAUTHENTICATED';
-    const tlsNote = b.tlsUrl ? `, TLS on ${b.tlsUrl}${o.tlsCa ? ' with client certificates' : ''}` : '';
-    const metricsNote = (b.metricsUrl ? `, dashboard on ${b.metricsUrl.replace(/metrics$/, '')}${b.wsUrl ? '' : ' (needs --ws-port)'}, metrics on ${b.metricsUrl}` : '') + (b.wsUrl ? `, WebSocket on ${b.wsUrl}` : '');
-    process.stdout.write(`fleet broker listening on ${b.url}${tlsNote}${metricsNote} (persistence ${o.cluster ? `redis ${o.cluster.replace(/\/\/[^@/]*@/, '//')}` : o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`);
-    stop.add({ name: 'broker (listeners, clients, update server, persistence)', run: () => b.close() });
-  });
+  .action(
+    async ({
+      http: httpPort,
+      httpHost,
+      wsPort,
+      wsHost,
+      ...o
+    }: {
+      port: number;
+      host: string;
+      dataDir: string;
+      persistence: 'level' | 'memory';
+      updateServer: boolean;
+      cluster?: string;
+      auth?: string;
+      tlsPort?: number;
+      tlsHost?: string;
+      tlsCert?: string;
+      tlsKey?: string;
+      tlsCa?: string;
+      http?: number;
+      httpHost: string;
+      wsPort?: number;
+      wsHost?: string;
+    }) => {
+      const log = createLogger('broker', logLevel());
+      const stop = commandStop(program, log);
+      if (o.tlsPort !== undefined && (!o.tlsCert || !o.tlsKey)) throw new UsageError('bad-options', '--tls-port needs --tls-cert and --tls-key');
+      const tlsOpts =
+        o.tlsPort !== undefined ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined } : undefined;
+      // Loaded by this command only: the rest of `fleet` never pays for Aedes and LevelDB.
+      const { startBroker } = await import('../nodes/broker-node.ts');
+      const b = await startBroker({
+        ...o,
+        tls: tlsOpts,
+        http: httpPort === undefined ? undefined : { port: httpPort, host: httpHost },
+        ws: wsPort === undefined ? undefined : { port: wsPort, host: wsHost },
+        prefix: program.opts().prefix,
+        log,
+      });
+      const auth = o.auth ? `auth ${path.resolve(o.auth)}` : 'UNAUTHENTICATED';
+      const tlsNote = b.tlsUrl ? `, TLS on ${b.tlsUrl}${o.tlsCa ? ' with client certificates' : ''}` : '';
+      const metricsNote = (b.metricsUrl ? `, dashboard on ${b.metricsUrl.replace(/metrics$/, '')}${b.wsUrl ? '' : ' (needs --ws-port)'}, metrics on ${b.metricsUrl}` : '') + (b.wsUrl ? `, WebSocket on ${b.wsUrl}` : '');
+      process.stdout.write(
+        `fleet broker listening on ${b.url}${tlsNote}${metricsNote} (persistence ${o.cluster ? `redis ${o.cluster.replace(/\/\/[^@/]*@/, '//')}` : o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`,
+      );
+      stop.add({ name: 'broker (listeners, clients, update server, persistence)', run: () => b.close() });
+    },
+  );
 
 program
   .command('serve')
@@ -88,7 +122,10 @@ program
   .action(async (o: { dataDir: string; dryRun?: boolean }) => {
     // `fleet broker` keeps its store in DIR/store; `fleet serve` uses DIR itself.
     const nested = path.join(o.dataDir, 'store');
-    const dir = await fs.access(path.join(nested, 'updates')).then(() => nested, () => o.dataDir);
+    const dir = await fs.access(path.join(nested, 'updates')).then(
+      () => nested,
+      () => o.dataDir,
+    );
     const store = new ContentStore(dir);
     await store.init();
     const r = await store.gc({ dryRun: o.dryRun === true });
@@ -99,7 +136,7 @@ program
 
 program
   .command('groupkey')
-  .description('make a group key for sealed (end-to-end encrypted) payloads; give it to the publisher and the group\'s devices')
+  .description("make a group key for sealed (end-to-end encrypted) payloads; give it to the publisher and the group's devices")
   .requiredOption('--out <file>', 'key file to write (mode 0600)')
   .action(async (o: { out: string }) => {
     try {
@@ -122,8 +159,9 @@ program
     const r = await keygen(o.out, o.name, o.rolloutName);
     process.stdout.write(
       `release key ${r.keyFile} (id ${r.id.slice(0, 16)}…): signs manifests; keep it offline\n` +
-      `rollout key ${r.rolloutKeyFile} (id ${r.rolloutId.slice(0, 16)}…): signs group assignments; for fleet publish/rollout/rollback/refresh\n` +
-      `trust file ${r.trustFile}: install on devices\n`);
+        `rollout key ${r.rolloutKeyFile} (id ${r.rolloutId.slice(0, 16)}…): signs group assignments; for fleet publish/rollout/rollback/refresh\n` +
+        `trust file ${r.trustFile}: install on devices\n`,
+    );
   });
 
 registerReleaseCommands(program);
@@ -148,7 +186,9 @@ program
     await fs.writeFile(path.join(o.out, 'base.safetensors'), base);
     await fs.writeFile(path.join(o.out, 'update.cbor'), encodeUpdateFile(u.payload));
     await fs.writeFile(path.join(o.out, 'target.safetensors'), u.target);
-    process.stdout.write(`base.safetensors ${base.byteLength} bytes (${u.baseDigest})\nupdate.cbor ${u.payload.byteLength} bytes (${((100 * u.payload.byteLength) / base.byteLength).toFixed(2)} %)\ntarget.safetensors (${u.targetDigest})\n`);
+    process.stdout.write(
+      `base.safetensors ${base.byteLength} bytes (${u.baseDigest})\nupdate.cbor ${u.payload.byteLength} bytes (${((100 * u.payload.byteLength) / base.byteLength).toFixed(2)} %)\ntarget.safetensors (${u.targetDigest})\n`,
+    );
   });
 
 registerBuildCommands(program);

@@ -53,15 +53,15 @@ export function registerOfflineCommands(program: Command): void {
 
   program
     .command('apply')
-    .description("apply an update offline, exactly as a device does: an update file to a model file, or a signed bundle to a model file or a device directory")
+    .description('apply an update offline, exactly as a device does: an update file to a model file, or a signed bundle to a model file or a device directory')
     .option('--model <file>', 'the model to update (.safetensors or .onnx)')
     .option('--update <file>', 'an update file (unsigned: checks base and result digests)')
     .option('--out <file>', 'the updated model to write (with --model)')
     .option('--bundle <file>', 'a signed bundle from `fleet bundle`')
     .option('--trust <file>', 'trust file (with --bundle)')
     .option('--dir <dir>', 'a device directory to install the bundle into (journaled, as the agent does)')
-    .option('--device-model <name>', 'the model name this device runs (default: the release\'s)')
-    .option('--device-group <group>', 'the group this device is in (default: the release\'s)')
+    .option('--device-model <name>', "the model name this device runs (default: the release's)")
+    .option('--device-group <group>', "the group this device is in (default: the release's)")
     .option('--validate-onnx <samples>', 'run the updated ONNX model with ONNX Runtime on this labelled sample file before anything is written or switched (docs/onnx.md)')
     .option('--min-accuracy <x>', 'with --validate-onnx: refuse below this accuracy (0.9 or 90%)', parseAccuracy)
     .option('--max-drop <points>', 'with --validate-onnx: refuse when accuracy falls more than this many points below the model given', parsePoints)
@@ -81,7 +81,9 @@ export function registerOfflineCommands(program: Command): void {
           const r = await installBundle({ bundle, trust, storage, model: o.deviceModel, group: o.deviceGroup, now: Date.now(), log, validator });
           reportValidation(validator);
           await lock.release();
-          process.stdout.write(r.steps === 0 && r.from === r.to ? `${o.dir} already runs ${r.to}\n` : `${o.dir}: ${r.from.slice(0, 16)}… -> ${r.to} (${r.steps} step(s)); ${path.basename(storage.currentPath)} switched\n`);
+          process.stdout.write(
+            r.steps === 0 && r.from === r.to ? `${o.dir} already runs ${r.to}\n` : `${o.dir}: ${r.from.slice(0, 16)}… -> ${r.to} (${r.steps} step(s)); ${path.basename(storage.currentPath)} switched\n`,
+          );
           return;
         }
         // A model file: install into a throwaway device directory, then copy the result out.

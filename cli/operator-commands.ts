@@ -91,7 +91,10 @@ export function registerOperatorCommands(program: Command): void {
       const f = o.broker ? await follow(o.broker, 'dashboard', topics(), o.stale, stop) : undefined;
       const { startDashboard } = await import('../operator/dashboard-server.ts');
       const d = await startDashboard({
-        view: f?.view, port: o.port, host: o.host, log,
+        view: f?.view,
+        port: o.port,
+        host: o.host,
+        log,
         live: o.ws ? { wsUrl: o.ws, prefix: program.opts().prefix, staleMs: o.stale * 1000 } : undefined,
       });
       stop.add({ name: 'HTTP server (page, live streams)', run: () => d.close() });

@@ -18,9 +18,12 @@ export function createProgram(): Command {
     .option('--log-level <level>', 'debug, info, warn, error or silent (default warn; env FLEET_LOG)')
     .option('--prefix <prefix>', 'topic prefix', DEFAULT_PREFIX)
     .option('--ca <file>', 'for mqtts:// brokers: the CA certificate (PEM) that signed the broker (env FLEET_TLS_CA)')
-    .option('--client-cert <file>', 'for mqtts:// brokers that ask for one: this client\'s certificate (PEM) (env FLEET_TLS_CERT)')
+    .option('--client-cert <file>', "for mqtts:// brokers that ask for one: this client's certificate (PEM) (env FLEET_TLS_CERT)")
     .option('--client-key <file>', 'the key (PEM) of --client-cert (env FLEET_TLS_KEY)')
-    .option('--broker-password-file <file>', 'the broker password for URLs that name a user but no password (mqtt://NAME@host:port), so it stays out of `ps` (env FLEET_PASSWORD_FILE, or the password itself in FLEET_PASSWORD)')
+    .option(
+      '--broker-password-file <file>',
+      'the broker password for URLs that name a user but no password (mqtt://NAME@host:port), so it stays out of `ps` (env FLEET_PASSWORD_FILE, or the password itself in FLEET_PASSWORD)',
+    )
     .option('--stop-timeout <duration>', 'long-running commands: bound of the graceful stop after SIGINT/SIGTERM (what is left is abandoned and logged; a second signal exits at once)', parseDuration, 5)
     .showHelpAfterError()
     .hook('preAction', () => {

@@ -37,13 +37,34 @@ export async function readTrust(file: string | undefined): Promise<TrustFile | u
 }
 
 interface PublishCli {
-  update: string[]; full?: string; key?: string[]; rolloutKey?: string[]; model: string; group?: string; broker: string;
-  chunkSize: number; ttl: number; seq?: number; trust?: string; groupKey?: string; manifestOnly?: boolean; yes?: boolean; base?: string;
+  update: string[];
+  full?: string;
+  key?: string[];
+  rolloutKey?: string[];
+  model: string;
+  group?: string;
+  broker: string;
+  chunkSize: number;
+  ttl: number;
+  seq?: number;
+  trust?: string;
+  groupKey?: string;
+  manifestOnly?: boolean;
+  yes?: boolean;
+  base?: string;
 }
 
 interface RollbackCli {
-  full?: string; key?: string[]; rolloutKey?: string[]; model: string; group: string; broker: string;
-  chunkSize: number; ttl: number; seq?: number; trust?: string;
+  full?: string;
+  key?: string[];
+  rolloutKey?: string[];
+  model: string;
+  group: string;
+  broker: string;
+  chunkSize: number;
+  ttl: number;
+  seq?: number;
+  trust?: string;
 }
 
 /** Release keys and rollout keys from the command line; at least one of them. */
@@ -71,7 +92,10 @@ async function checkAudience(t: MqttTransport, topics: Topics, group: string, mo
   if (statuses.some((s) => s.group === group && s.model === model)) return;
   const list = (xs: string[]): string => (xs.length === 0 ? 'none' : [...new Set(xs)].sort().slice(0, 8).join(', ') + (new Set(xs).size > 8 ? ', …' : ''));
   const groups = list(statuses.filter((s) => s.model === model).map((s) => s.group));
-  throw new UsageError('unknown-group', `no device has reported group ${group} for model ${model} (groups with devices on ${model}: ${groups}; models: ${list(statuses.map((s) => s.model))}); check the names, or give --yes to publish for devices yet to come`);
+  throw new UsageError(
+    'unknown-group',
+    `no device has reported group ${group} for model ${model} (groups with devices on ${model}: ${groups}; models: ${list(statuses.map((s) => s.model))}); check the names, or give --yes to publish for devices yet to come`,
+  );
 }
 
 /** `fleet publish` and `fleet rollback`. */
@@ -88,14 +112,17 @@ export function registerReleaseCommands(program: Command): void {
     .option('--rollout-key <file>', 'rollout key: signs the group assignment (default: the release keys, for one-role trust files)', collect)
     .option('--manifest-only', 'upload and publish only the signed manifest (release keys); a rollout key assigns it later')
     .option('--yes', 'publish even when no device has reported this group and model yet (a new group, devices yet to come)')
-    .option('--base <model>', 'the model the devices run: the update is applied to it first (as a device would) and must give the release\'s target digest')
+    .option('--base <model>', "the model the devices run: the update is applied to it first (as a device would) and must give the release's target digest")
     .requiredOption('--model <name>', 'model name')
     .option('--group <group>', 'device group (required unless --manifest-only)')
     .requiredOption('--broker <url>', 'broker URL')
     .option('--chunk-size <bytes>', 'chunk size', parseIntArg(1024, 1 << 20), DEFAULT_CHUNK_SIZE)
     .option('--ttl <duration>', 'release lifetime (e.g. 30d)', parseDuration, PUBLISH_DEFAULTS.ttlSeconds)
     .option('--seq <n>', 'sequence number (default: above the current one)', parseIntArg(0))
-    .option('--trust <file>', 'the fleet\'s trust file: the keys, the current release and retained manifests are checked against it before anything is uploaded (default: trust.json beside the keys, else the keys themselves)')
+    .option(
+      '--trust <file>',
+      "the fleet's trust file: the keys, the current release and retained manifests are checked against it before anything is uploaded (default: trust.json beside the keys, else the keys themselves)",
+    )
     .option('--group-key <file>', 'seal the payloads with this group key (`fleet groupkey`): the broker and update server never see the weights')
     .action(async (o: PublishCli) => {
       const log = createLogger('publish', logLevel());
@@ -119,21 +146,46 @@ export function registerReleaseCommands(program: Command): void {
         if (!o.manifestOnly && !o.yes) await checkAudience(transport, topics(), o.group!, o.model, log);
         if (o.manifestOnly) {
           const m = await publishManifestOnly({
-            transport, topics: topics(), payloads, fullModel, keys, model: o.model, groupKey, chunkSize: o.chunkSize, log,
+            transport,
+            topics: topics(),
+            payloads,
+            fullModel,
+            keys,
+            model: o.model,
+            groupKey,
+            chunkSize: o.chunkSize,
+            log,
             onProgress: (d, n) => progress.update(d, n),
           });
           progress.finish('uploaded');
-          process.stdout.write(`published manifest ${m.manifest} for ${o.model}: target ${short(m.target)}, ${m.steps.length} step(s); assign it with a rollout key (fleet publish --rollout-key … without --key, or a rollout)\n`);
+          process.stdout.write(
+            `published manifest ${m.manifest} for ${o.model}: target ${short(m.target)}, ${m.steps.length} step(s); assign it with a rollout key (fleet publish --rollout-key … without --key, or a rollout)\n`,
+          );
           return;
         }
         const r = await publishUpdate({
-          transport, topics: topics(), payloads, fullModel, keys, rolloutKeys, model: o.model, group: o.group!, trust, groupKey,
-          chunkSize: o.chunkSize, ttlSeconds: o.ttl, seq: o.seq, log, onProgress: (d, n) => progress.update(d, n),
+          transport,
+          topics: topics(),
+          payloads,
+          fullModel,
+          keys,
+          rolloutKeys,
+          model: o.model,
+          group: o.group!,
+          trust,
+          groupKey,
+          chunkSize: o.chunkSize,
+          ttlSeconds: o.ttl,
+          seq: o.seq,
+          log,
+          onProgress: (d, n) => progress.update(d, n),
         });
         progress.finish(r.alreadyStored ? 'already on the update server' : `${r.uploadedChunks} chunks sent`);
         const b = r.release;
         const bytes = r.uploads.reduce((a, u) => a + u.size, 0);
-        process.stdout.write(`published ${o.model} for group ${o.group}: manifest ${short(b.manifest)}, seq ${b.seq}, target ${short(b.target)}, ${b.steps.length} step(s), ${bytes} bytes, previous ${b.previous === null ? 'none' : short(b.previous)}, expires ${new Date(b.expires * 1000).toISOString()}\n`);
+        process.stdout.write(
+          `published ${o.model} for group ${o.group}: manifest ${short(b.manifest)}, seq ${b.seq}, target ${short(b.target)}, ${b.steps.length} step(s), ${bytes} bytes, previous ${b.previous === null ? 'none' : short(b.previous)}, expires ${new Date(b.expires * 1000).toISOString()}\n`,
+        );
         for (const s of b.steps) {
           process.stdout.write(`  ${s.from === null ? 'full model' : `${short(s.from)} -> ${short(s.to)}`}: update ${s.updateId}, ${s.size} bytes, ${s.chunks} chunks\n`);
         }
@@ -145,7 +197,7 @@ export function registerReleaseCommands(program: Command): void {
   program
     .command('rollback')
     .description('take a group back to the version it ran before the current release (an assignment with rollback: true)')
-    .option('--rollout-key <file>', 'rollout key: signs the assignment of the earlier version\'s retained manifest', collect)
+    .option('--rollout-key <file>', "rollout key: signs the assignment of the earlier version's retained manifest", collect)
     .option('--key <file>', 'release key (repeat for k-of-n): needed only with --full, or when no manifest of the earlier version is retained', collect)
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--group <group>', 'device group')
@@ -164,14 +216,25 @@ export function registerReleaseCommands(program: Command): void {
       const progress = createProgress('upload');
       try {
         const r = await rollbackGroup({
-          transport, topics: topics(), keys, rolloutKeys, model: o.model, group: o.group, fullModel, trust,
-          chunkSize: o.chunkSize, ttlSeconds: o.ttl, seq: o.seq, log, onProgress: (d, n) => progress.update(d, n),
+          transport,
+          topics: topics(),
+          keys,
+          rolloutKeys,
+          model: o.model,
+          group: o.group,
+          fullModel,
+          trust,
+          chunkSize: o.chunkSize,
+          ttlSeconds: o.ttl,
+          seq: o.seq,
+          log,
+          onProgress: (d, n) => progress.update(d, n),
         });
         if (r.upload) progress.finish(r.upload.alreadyStored ? 'already on the update server' : `${r.upload.uploadedChunks} chunks sent`);
-        const how = r.upload
-          ? `with the full model (update ${r.upload.updateId}, ${r.upload.size} bytes)`
-          : 'without a full model (devices that no longer hold it refuse with wrong-base)';
-        process.stdout.write(`rolled back ${o.model} for group ${o.group}: ${short(r.from)} -> ${short(r.to)}, seq ${r.replacedSeq} -> ${r.release.seq}, ${how}, expires ${new Date(r.release.expires * 1000).toISOString()}\n`);
+        const how = r.upload ? `with the full model (update ${r.upload.updateId}, ${r.upload.size} bytes)` : 'without a full model (devices that no longer hold it refuse with wrong-base)';
+        process.stdout.write(
+          `rolled back ${o.model} for group ${o.group}: ${short(r.from)} -> ${short(r.to)}, seq ${r.replacedSeq} -> ${r.release.seq}, ${how}, expires ${new Date(r.release.expires * 1000).toISOString()}\n`,
+        );
       } finally {
         await transport.close();
       }
@@ -179,7 +242,7 @@ export function registerReleaseCommands(program: Command): void {
 
   program
     .command('withdraw')
-    .description('take a group\'s release back (an empty retained release): devices keep the model they run, and a download in progress stops')
+    .description("take a group's release back (an empty retained release): devices keep the model they run, and a download in progress stops")
     .requiredOption('--model <name>', 'model name')
     .requiredOption('--group <group>', 'device group')
     .requiredOption('--broker <url>', 'broker URL')

@@ -12,10 +12,7 @@ import { runEventCommand } from '../rollout/hooks.ts';
 import { isTerminal } from '../rollout/machine.ts';
 import { collectInventory, formatInventory, inventoryRow, malformedNote, type DeviceRecord } from '../rollout/inventory.ts';
 import { loadPayloads, loadPlanFile } from '../rollout/plan.ts';
-import {
-  formatRolloutStatus, parseRolloutStatus, rolloutControlTopic,
-  type ControlCommand, type ControlMessage, type RolloutStatus,
-} from '../rollout/status.ts';
+import { formatRolloutStatus, parseRolloutStatus, rolloutControlTopic, type ControlCommand, type ControlMessage, type RolloutStatus } from '../rollout/status.ts';
 import type { Transport } from '../transport/types.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
@@ -37,13 +34,14 @@ async function readRolloutStatus(t: Transport, topics: Topics, id: string, waitM
     wake?.();
   });
   await t.subscribe(topic, 1);
-  if (!got) await new Promise<void>((r) => {
-    const timer = setTimeout(r, waitMs);
-    wake = () => {
-      clearTimeout(timer);
-      r();
-    };
-  });
+  if (!got)
+    await new Promise<void>((r) => {
+      const timer = setTimeout(r, waitMs);
+      wake = () => {
+        clearTimeout(timer);
+        r();
+      };
+    });
   off();
   await t.unsubscribe(topic).catch(ignoreBecause('the session ends the subscription anyway'));
   return got;
@@ -60,10 +58,15 @@ export function registerRolloutCommands(program: Command): void {
     const known = new Set(records.map((r) => r.device));
     const unknown = named.filter((id) => !known.has(id));
     if (unknown.length) throw new UsageError('unknown-device', `the broker holds no status or presence of ${unknown.join(', ')}; check the device id (fleet devices lists them)`);
-    const stale = staleSeconds === undefined ? [] : records.filter((r) => {
-      const t = Date.parse(r.status?.time ?? '');
-      return r.presence !== 'online' && (!Number.isFinite(t) || now - t > staleSeconds * 1000);
-    }).map((r) => r.device);
+    const stale =
+      staleSeconds === undefined
+        ? []
+        : records
+            .filter((r) => {
+              const t = Date.parse(r.status?.time ?? '');
+              return r.presence !== 'online' && (!Number.isFinite(t) || now - t > staleSeconds * 1000);
+            })
+            .map((r) => r.device);
     return [...new Set([...named, ...stale])].sort();
   };
 
@@ -104,9 +107,9 @@ export function registerRolloutCommands(program: Command): void {
     .description('run a rollout plan (JSON) until it completes, halts or is aborted; restart it with the same plan to continue')
     .argument('<plan>', 'plan file (JSON)')
     .option('--rollout-key <file>', 'rollout key: signs the group assignments and rollbacks (repeat for k-of-n)', collect)
-    .option('--key <file>', 'release key: signs the plan\'s manifest when none is retained yet (omit it when the release engineer published it with fleet publish --manifest-only)', collect)
+    .option('--key <file>', "release key: signs the plan's manifest when none is retained yet (omit it when the release engineer published it with fleet publish --manifest-only)", collect)
     .requiredOption('--broker <url>', 'broker URL')
-    .option('--trust <file>', 'the devices\' trust file: releases and manifests on the broker are checked against it (required without --key)')
+    .option('--trust <file>', "the devices' trust file: releases and manifests on the broker are checked against it (required without --key)")
     .option('--on-event <cmd>', `run on ${HOOK_EVENTS.join(', ')} with the event JSON in FLEET_EVENT and on stdin`)
     .option('--settle <ms>', 'how long retained statuses are collected at start', parseIntArg(0, 600_000), ROLLOUT_DEFAULTS.settleMs)
     .option('--json', 'print each event as one JSON line')
@@ -122,13 +125,21 @@ export function registerRolloutCommands(program: Command): void {
       const trust = await readTrust(o.trust);
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-rollout-${plan.id}-${process.pid}` }, 30_000);
       stop.add({ name: 'MQTT disconnect', optional: true, run: () => transport.close() });
-      const controller = new RolloutController({ plan, payloads, keys, rolloutKeys, trust, settleMs: o.settle }, {
-        transport, topics: topics(), clock: systemClock, publish: publishUpdate, rollback: rollbackGroup, log,
-        onEvent: async (e) => {
-          process.stdout.write(o.json ? `${JSON.stringify(stripControlsDeep(e))}\n` : `${stripControls(`${e.time} ${e.type}${e.device ? ` ${e.device}` : ''}: ${e.reason}`)}\n`);
-          if (o.onEvent && HOOK_EVENTS.includes(e.type)) await runEventCommand(o.onEvent, e, log);
+      const controller = new RolloutController(
+        { plan, payloads, keys, rolloutKeys, trust, settleMs: o.settle },
+        {
+          transport,
+          topics: topics(),
+          clock: systemClock,
+          publish: publishUpdate,
+          rollback: rollbackGroup,
+          log,
+          onEvent: async (e) => {
+            process.stdout.write(o.json ? `${JSON.stringify(stripControlsDeep(e))}\n` : `${stripControls(`${e.time} ${e.type}${e.device ? ` ${e.device}` : ''}: ${e.reason}`)}\n`);
+            if (o.onEvent && HOOK_EVENTS.includes(e.type)) await runEventCommand(o.onEvent, e, log);
+          },
         },
-      });
+      );
       // Abandoned, the rollout stays where its retained status says; the same start command continues it.
       stop.add({ name: 'rollout controller (step in progress, event hooks)', run: () => controller.stop() });
       const first = await controller.start();

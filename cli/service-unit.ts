@@ -99,7 +99,7 @@ export function renderServiceUnit(o: ServiceUnitOptions): string {
 
 /** The environment file: the broker password (if any) and nothing else secret in the unit itself. */
 export function renderEnvFile(env: Record<string, string>): string {
-  const lines = ['# Read by systemd for the fleet device agent (mode 0600). FLEET_PASSWORD: the broker login\'s password.'];
+  const lines = ["# Read by systemd for the fleet device agent (mode 0600). FLEET_PASSWORD: the broker login's password."];
   for (const [k, v] of Object.entries(env)) {
     if (!/^[A-Z_][A-Z0-9_]*$/.test(k)) throw new UsageError('bad-unit', `${k}: not an environment variable name`);
     if (/[\n\r\0]/.test(v)) throw new UsageError('bad-unit', `${k}: a value may not hold line breaks`);

@@ -25,7 +25,7 @@ export function registerTrustCommands(program: Command): void {
     .requiredOption('--broker <url>', 'broker URL')
     .option('--rollout-key <file>', 'rollout key (repeat for k-of-n)', collect)
     .option('--key <file>', 'release key, for one-role trust files', collect)
-    .option('--trust <file>', 'the devices\' trust file: the current release must verify against it (required without --key)')
+    .option('--trust <file>', "the devices' trust file: the current release must verify against it (required without --key)")
     .option('--ttl <duration>', 'new lifetime (e.g. 30d)', parseDuration, PUBLISH_DEFAULTS.ttlSeconds)
     .action(async (o: { model: string; group: string[]; broker: string; rolloutKey?: string[]; key?: string[]; trust?: string; ttl: number }) => {
       const log = createLogger('refresh', logLevel());
@@ -37,7 +37,9 @@ export function registerTrustCommands(program: Command): void {
         for (const group of o.group) {
           try {
             const r = await refreshGroup({ transport, topics: topics(), keys, rolloutKeys, trust, model: o.model, group, ttlSeconds: o.ttl, log });
-            process.stdout.write(`refreshed ${o.model} for group ${group}: seq ${r.before.seq} -> ${r.after.seq}, expires ${new Date(r.before.expires * 1000).toISOString()} -> ${new Date(r.after.expires * 1000).toISOString()}\n`);
+            process.stdout.write(
+              `refreshed ${o.model} for group ${group}: seq ${r.before.seq} -> ${r.after.seq}, expires ${new Date(r.before.expires * 1000).toISOString()} -> ${new Date(r.after.expires * 1000).toISOString()}\n`,
+            );
           } catch (e) {
             failed++;
             process.stderr.write(`fleet refresh: ${group}: ${(e as Error).message}\n`);
@@ -49,10 +51,10 @@ export function registerTrustCommands(program: Command): void {
       if (failed) process.exitCode = 1;
     });
 
-  const trust = program.command('trust').description('rotate the devices\' keys: a new trust file signed by the current release threshold');
+  const trust = program.command('trust').description("rotate the devices' keys: a new trust file signed by the current release threshold");
   trust
     .command('sign')
-    .description('sign a new trust file with the current release keys (offline); its version must be above the devices\' one')
+    .description("sign a new trust file with the current release keys (offline); its version must be above the devices' one")
     .requiredOption('--new <file>', 'the new trust file (JSON, with a higher version)')
     .requiredOption('--key <file>', 'a current release key (repeat up to the current threshold)', collect)
     .requiredOption('--out <file>', 'signed trust file to write')

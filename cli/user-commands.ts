@@ -2,9 +2,7 @@ import { UsageError } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ROLES, type Role } from '../broker/acl.ts';
-import {
-  generatePassword, hashPassword, readUsersFile, readUsersFileOrEmpty, writeUsersFile, type UserRecord, type UsersFile,
-} from '../broker/users-file.ts';
+import { generatePassword, hashPassword, readUsersFile, readUsersFileOrEmpty, writeUsersFile, type UserRecord, type UsersFile } from '../broker/users-file.ts';
 import { isTopicSegment, SEGMENT_RULE } from '../protocol/topics.ts';
 
 function segment(kind: string) {
@@ -51,7 +49,7 @@ export function registerUserCommands(program: Command): void {
     .addOption(new Option('--role <role>', 'what the user may do').choices([...ROLES]).makeOptionMandatory())
     .option('--group <group>', 'device group (devices only, required for them)', segment('group'))
     .option('--model <model>', 'model name (devices only, required for them)', segment('model'))
-    .option('--site <site>', 'gateways only: bind the user to this site (client id fleet-gateway-SITE and that site\'s status only)', segment('site'))
+    .option('--site <site>', "gateways only: bind the user to this site (client id fleet-gateway-SITE and that site's status only)", segment('site'))
     .requiredOption('--auth <file>', 'users file (created mode 0600 if missing)')
     .option('--password <password>', 'the password (visible to other local users in the process list; prefer --password-file)')
     .option('--password-file <file>', 'read the password from the first line of this file')
@@ -94,7 +92,13 @@ export function registerUserCommands(program: Command): void {
       }
       const rows = [['NAME', 'ROLE', 'GROUP', 'MODEL'], ...users.map((u) => [u.name, u.role, u.group ?? '-', u.model ?? '-'])];
       const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
-      for (const r of rows) process.stdout.write(r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd() + '\n');
+      for (const r of rows)
+        process.stdout.write(
+          r
+            .map((c, i) => c.padEnd(widths[i]))
+            .join('  ')
+            .trimEnd() + '\n',
+        );
     });
 
   user

@@ -63,7 +63,6 @@ export interface AgentPorts {
   onFatal?: (message: string) => void;
 }
 
-
 /** The device's own caps on what a manifest may ask it to download. */
 /**
  * The largest MQTT packet the device accepts (transport/packet-limit.ts): a frame of its

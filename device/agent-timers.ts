@@ -14,7 +14,10 @@ export class AgentTimers {
   private failures = 0;
   private watchdog: unknown;
 
-  constructor(private readonly clock: Clock, private readonly retryMs: number) {}
+  constructor(
+    private readonly clock: Clock,
+    private readonly retryMs: number,
+  ) {}
 
   /** Calls `fn` after the next backoff delay; returns that delay. */
   retryLater(fn: () => void): number {

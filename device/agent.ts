@@ -52,23 +52,44 @@ export class DeviceAgent {
   /** The config it runs with: every default from DEVICE_DEFAULTS (device/defaults.ts). */
   private readonly cfg: ResolvedAgentConfig;
 
-  constructor(given: AgentConfig, private readonly io: AgentPorts) {
+  constructor(
+    given: AgentConfig,
+    private readonly io: AgentPorts,
+  ) {
     const cfg = (this.cfg = resolveAgentConfig(given));
     this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
     this.timers = new AgentTimers(io.clock, cfg.retryMs);
     this.identity = newIdentity(io.clock.now());
     this.guard = new SessionGuard({
-      deviceId: cfg.deviceId, transport: io.transport, topics: io.topics, clock: io.clock, log: io.log, identity: this.identity,
+      deviceId: cfg.deviceId,
+      transport: io.transport,
+      topics: io.topics,
+      clock: io.clock,
+      log: io.log,
+      identity: this.identity,
       onGiveUp: (message) => {
         io.log.error(message);
         void this.stop().then(() => io.onFatal?.(message));
       },
     });
-    this.installer = new Installer(io.storage, {
-      deviceId: cfg.deviceId, validateCmd: cfg.validateCmd, validateTimeoutMs: cfg.validateTimeoutMs, healthCmd: cfg.healthCmd,
-      healthTimeoutMs: cfg.healthTimeoutMs, healthWindowMs: cfg.healthWindowMs, maxAttempts: cfg.maxAttempts,
-      onSwitchCmd: cfg.onSwitchCmd, onSwitchTimeoutMs: DEVICE_DEFAULTS.onSwitchTimeoutMs, groupKey: cfg.groupKey, validator: cfg.validator,
-    }, io.health, io.log);
+    this.installer = new Installer(
+      io.storage,
+      {
+        deviceId: cfg.deviceId,
+        validateCmd: cfg.validateCmd,
+        validateTimeoutMs: cfg.validateTimeoutMs,
+        healthCmd: cfg.healthCmd,
+        healthTimeoutMs: cfg.healthTimeoutMs,
+        healthWindowMs: cfg.healthWindowMs,
+        maxAttempts: cfg.maxAttempts,
+        onSwitchCmd: cfg.onSwitchCmd,
+        onSwitchTimeoutMs: DEVICE_DEFAULTS.onSwitchTimeoutMs,
+        groupKey: cfg.groupKey,
+        validator: cfg.validator,
+      },
+      io.health,
+      io.log,
+    );
   }
 
   /** Provision an empty directory with its first model (copied and digested from disk, never whole in memory). */
@@ -93,8 +114,15 @@ export class DeviceAgent {
     if (last) {
       this.state = last.state;
       this.fields = {
-        target: last.target, seq: last.seq, updateId: last.updateId, reason: last.reason, message: last.message, rollback: last.rollback ?? false,
-        attempt: last.attempt ?? null, maxAttempts: last.maxAttempts ?? null, validation: last.validation ?? null,
+        target: last.target,
+        seq: last.seq,
+        updateId: last.updateId,
+        reason: last.reason,
+        message: last.message,
+        rollback: last.rollback ?? false,
+        attempt: last.attempt ?? null,
+        maxAttempts: last.maxAttempts ?? null,
+        validation: last.validation ?? null,
       };
     }
     const recovered = await this.installer.recover();
@@ -110,10 +138,15 @@ export class DeviceAgent {
     if (recovered?.action === 'rolled-back') {
       this.memory.active = null;
       const j = recovered.journal;
-      this.enqueue(() => this.transition('crash-rollback', {
-        target: j.target, reason: 'crashed-while-testing', attempt: attemptOf(j), maxAttempts: this.installer.maxAttempts,
-        message: `${DEVICE_REASONS['crashed-while-testing']} (${recovered.message}: was testing ${j.target.slice(0, 16)}…, back on ${j.previous.slice(0, 16)}…)`,
-      }));
+      this.enqueue(() =>
+        this.transition('crash-rollback', {
+          target: j.target,
+          reason: 'crashed-while-testing',
+          attempt: attemptOf(j),
+          maxAttempts: this.installer.maxAttempts,
+          message: `${DEVICE_REASONS['crashed-while-testing']} (${recovered.message}: was testing ${j.target.slice(0, 16)}…, back on ${j.previous.slice(0, 16)}…)`,
+        }),
+      );
     } else if (recovered?.action === 'resume-trial') {
       this.enqueue(() => this.resumeTrial(recovered.journal));
     } else {
@@ -202,8 +235,17 @@ export class DeviceAgent {
 
   private status(): DeviceStatus {
     return composeStatus({
-      device: this.cfg.deviceId, group: this.cfg.group, model: this.cfg.model, state: this.state, running: this.running, fields: this.fields,
-      shown: this.shown, active: this.fetcher, wire: this.io.transport.stats?.() ?? null, now: this.io.clock.now(), identity: this.identity,
+      device: this.cfg.deviceId,
+      group: this.cfg.group,
+      model: this.cfg.model,
+      state: this.state,
+      running: this.running,
+      fields: this.fields,
+      shown: this.shown,
+      active: this.fetcher,
+      wire: this.io.transport.stats?.() ?? null,
+      now: this.io.clock.now(),
+      identity: this.identity,
     });
   }
 
@@ -211,7 +253,9 @@ export class DeviceAgent {
     const s = this.status();
     this.lastStatusAt = this.io.clock.now();
     for (const l of this.listeners) l(s);
-    void this.io.transport.publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true }).then(() => this.guard.acked(), ignoreBecause('the status is published again at the next transition and on reconnect', this.io.log));
+    void this.io.transport
+      .publish(this.io.topics.status(this.cfg.deviceId), encodeStatus(s), { qos: 1, retain: true })
+      .then(() => this.guard.acked(), ignoreBecause('the status is published again at the next transition and on reconnect', this.io.log));
     return s;
   }
 
@@ -268,9 +312,14 @@ export class DeviceAgent {
       return;
     }
     const d = await decideRelease(bytes, hash, {
-      model: this.cfg.model, group: this.cfg.group, trust: this.trust.current, running: this.running,
-      now: Math.floor(this.io.clock.now() / 1000), skewSeconds: this.cfg.skewSeconds,
-      caps: capsOf(this.cfg), memory: m,
+      model: this.cfg.model,
+      group: this.cfg.group,
+      trust: this.trust.current,
+      running: this.running,
+      now: Math.floor(this.io.clock.now() / 1000),
+      skewSeconds: this.cfg.skewSeconds,
+      caps: capsOf(this.cfg),
+      memory: m,
       holds: (digest) => this.io.storage.hasVersion(digest),
     });
     if (d.kind === 'refuse') return this.refuse(hash, d.error, d.body);
@@ -469,7 +518,8 @@ export class DeviceAgent {
   /** The trial from attempt `first`, then the ack or the switch back. */
   private async finishTrial(a: ActiveRelease, previous: string, first: number): Promise<void> {
     const r = await this.installer.trial(a.target, previous, a.rollback, first, (k, why) =>
-      this.transition('trial-retry', { message: `attempt ${k} of ${this.installer.maxAttempts}: attempt ${k - 1} failed (${why})`, ...this.attemptFields(k) }));
+      this.transition('trial-retry', { message: `attempt ${k} of ${this.installer.maxAttempts}: attempt ${k - 1} failed (${why})`, ...this.attemptFields(k) }),
+    );
     this.memory.active = null;
     if (r.healthy) {
       await this.cleanDownloads(a);

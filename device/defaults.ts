@@ -41,8 +41,21 @@ export const DEVICE_DEFAULTS = {
   reconnectMaxSeconds: 60,
 } as const;
 
-type Defaulted = 'window' | 'idleMs' | 'stallMs' | 'maxBadCopies' | 'retryMs' | 'watchdogMs' | 'skewSeconds' | 'maxPayloadBytes' | 'maxChunks' | 'maxChunkBytes'
-  | 'validateTimeoutMs' | 'healthTimeoutMs' | 'healthWindowMs' | 'maxAttempts';
+type Defaulted =
+  | 'window'
+  | 'idleMs'
+  | 'stallMs'
+  | 'maxBadCopies'
+  | 'retryMs'
+  | 'watchdogMs'
+  | 'skewSeconds'
+  | 'maxPayloadBytes'
+  | 'maxChunks'
+  | 'maxChunkBytes'
+  | 'validateTimeoutMs'
+  | 'healthTimeoutMs'
+  | 'healthWindowMs'
+  | 'maxAttempts';
 
 /** An agent's config with every default filled in: what the agent runs with. */
 export type ResolvedAgentConfig = AgentConfig & Required<Pick<AgentConfig, Defaulted>>;
@@ -52,10 +65,19 @@ export function resolveAgentConfig(c: AgentConfig): ResolvedAgentConfig {
   const d = DEVICE_DEFAULTS;
   return {
     ...c,
-    window: c.window ?? d.window, idleMs: c.idleMs ?? d.idleMs, stallMs: c.stallMs ?? d.stallMs, maxBadCopies: c.maxBadCopies ?? d.maxBadCopies,
-    retryMs: c.retryMs ?? d.retryMs, watchdogMs: c.watchdogMs ?? d.watchdogMs, skewSeconds: c.skewSeconds ?? d.skewSeconds,
-    maxPayloadBytes: c.maxPayloadBytes ?? d.maxPayloadBytes, maxChunks: c.maxChunks ?? d.maxChunks, maxChunkBytes: c.maxChunkBytes ?? d.maxChunkBytes,
-    validateTimeoutMs: c.validateTimeoutMs ?? d.validateTimeoutMs, healthTimeoutMs: c.healthTimeoutMs ?? d.healthTimeoutMs,
-    healthWindowMs: c.healthWindowMs ?? d.healthWindowMs, maxAttempts: c.maxAttempts ?? d.maxAttempts,
+    window: c.window ?? d.window,
+    idleMs: c.idleMs ?? d.idleMs,
+    stallMs: c.stallMs ?? d.stallMs,
+    maxBadCopies: c.maxBadCopies ?? d.maxBadCopies,
+    retryMs: c.retryMs ?? d.retryMs,
+    watchdogMs: c.watchdogMs ?? d.watchdogMs,
+    skewSeconds: c.skewSeconds ?? d.skewSeconds,
+    maxPayloadBytes: c.maxPayloadBytes ?? d.maxPayloadBytes,
+    maxChunks: c.maxChunks ?? d.maxChunks,
+    maxChunkBytes: c.maxChunkBytes ?? d.maxChunkBytes,
+    validateTimeoutMs: c.validateTimeoutMs ?? d.validateTimeoutMs,
+    healthTimeoutMs: c.healthTimeoutMs ?? d.healthTimeoutMs,
+    healthWindowMs: c.healthWindowMs ?? d.healthWindowMs,
+    maxAttempts: c.maxAttempts ?? d.maxAttempts,
   };
 }

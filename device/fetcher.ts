@@ -133,8 +133,19 @@ export function fetcherFor(
   on: Pick<FetcherOptions, 'onProgress' | 'onComplete' | 'onFail'>,
 ): Fetcher {
   return new Fetcher({
-    steps, storage: io.storage, transport: io.transport, topics: io.topics, model: cfg.model, deviceId: cfg.deviceId, clock: io.clock, log: io.log,
-    maxWindow: cfg.window, idleMs: cfg.idleMs, stallMs: cfg.stallMs, maxBadCopies: cfg.maxBadCopies, ...on,
+    steps,
+    storage: io.storage,
+    transport: io.transport,
+    topics: io.topics,
+    model: cfg.model,
+    deviceId: cfg.deviceId,
+    clock: io.clock,
+    log: io.log,
+    maxWindow: cfg.window,
+    idleMs: cfg.idleMs,
+    stallMs: cfg.stallMs,
+    maxBadCopies: cfg.maxBadCopies,
+    ...on,
   });
 }
 
@@ -145,4 +156,3 @@ export async function checkSpace(storage: DeviceStorage, steps: ReleaseStep[], r
   const free = await storage.freeBytes();
   if (free < need) throw new DeviceError('no-space', `${free} bytes free, ${need} needed`);
 }
-

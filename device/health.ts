@@ -18,9 +18,7 @@ export const digestHealthCheck: HealthCheck = {
   async check(modelPath, expectedDigest) {
     try {
       const got = await digestModel(modelPath);
-      return got === expectedDigest
-        ? { healthy: true }
-        : { healthy: false, message: `${modelPath} has digest ${got.slice(0, 16)}…, expected ${expectedDigest.slice(0, 16)}…` };
+      return got === expectedDigest ? { healthy: true } : { healthy: false, message: `${modelPath} has digest ${got.slice(0, 16)}…, expected ${expectedDigest.slice(0, 16)}…` };
     } catch (e) {
       return { healthy: false, message: `${modelPath} cannot be read as a model: ${(e as Error).message}` };
     }

@@ -41,9 +41,7 @@ export interface InstallerConfig {
 export type TrialFailure = 'health-check-failed' | 'health-check-timeout' | 'crashed-while-testing';
 
 /** How a trial ended: healthy on attempt `attempt`, or back on the previous version after it. */
-export type TrialOutcome =
-  | { healthy: true; attempt: number }
-  | { healthy: false; attempt: number; reason: TrialFailure; message: string };
+export type TrialOutcome = { healthy: true; attempt: number } | { healthy: false; attempt: number; reason: TrialFailure; message: string };
 
 /** What a start found in the journal and did about it. */
 export type Recovery =
@@ -65,7 +63,7 @@ async function sha256File(file: string, fsys: FsPort): Promise<string> {
   const h = await fsys.open(file, 'r');
   try {
     const buf = new Uint8Array(64 * 1024);
-    for (let pos = 0; ; ) {
+    for (let pos = 0; ;) {
       const { bytesRead } = await h.read(buf, 0, buf.byteLength, pos);
       if (bytesRead === 0) break;
       hash.update(buf.subarray(0, bytesRead));
@@ -84,7 +82,12 @@ async function sha256File(file: string, fsys: FsPort): Promise<string> {
  * from a crash at any of these points.
  */
 export class Installer {
-  constructor(private readonly storage: DeviceStorage, private readonly cfg: InstallerConfig, private readonly health: HealthCheck, private readonly log: Logger) {}
+  constructor(
+    private readonly storage: DeviceStorage,
+    private readonly cfg: InstallerConfig,
+    private readonly health: HealthCheck,
+    private readonly log: Logger,
+  ) {}
 
   private get fsys(): FsPort {
     return this.storage.fsys;

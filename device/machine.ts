@@ -59,7 +59,10 @@ export const TRANSITIONS: ReadonlyArray<{ from: readonly DeviceState[]; on: Devi
 /** A step the table does not allow: a bug in the agent, never caused by input. */
 export class IllegalTransition extends FleetError<'illegal-transition'> {
   override readonly name = 'IllegalTransition';
-  constructor(readonly state: DeviceState, readonly event: DeviceEvent) {
+  constructor(
+    readonly state: DeviceState,
+    readonly event: DeviceEvent,
+  ) {
     super('internal', 'illegal-transition', `no transition from ${state} on ${event}`);
   }
 }

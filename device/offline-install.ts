@@ -42,8 +42,13 @@ export async function installBundle(o: OfflineInstallOptions): Promise<{ from: s
   const memory = await s.memory();
   const body = verifyRelease(o.bundle.release, o.trust);
   checkRelease(body, {
-    model: o.model ?? body.model, group: o.group ?? body.group, now: Math.floor(o.now / 1000),
-    clockFloor: memory.clockFloor, highestSeq: memory.highestSeq, skewSeconds: o.skewSeconds ?? DEVICE_DEFAULTS.skewSeconds, caps: capsOf({}),
+    model: o.model ?? body.model,
+    group: o.group ?? body.group,
+    now: Math.floor(o.now / 1000),
+    clockFloor: memory.clockFloor,
+    highestSeq: memory.highestSeq,
+    skewSeconds: o.skewSeconds ?? DEVICE_DEFAULTS.skewSeconds,
+    caps: capsOf({}),
   });
   if (body.target === pointer.digest) return { from: pointer.digest, to: body.target, steps: 0 };
   const held = await s.hasVersion(body.target);

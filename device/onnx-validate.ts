@@ -61,7 +61,13 @@ export function onnxValidator(o: OnnxValidationOptions): StagedValidator & { las
       } catch (e) {
         throw new DeviceError('validation-failed', `ONNX Runtime could not run the staged model: ${(e as Error).message.split('\n')[0]}`);
       }
-      const running = await o.readFile(runningFile).then((b) => onnxAccuracy(b, o.samples)).then((r) => r.accuracy, () => null);
+      const running = await o
+        .readFile(runningFile)
+        .then((b) => onnxAccuracy(b, o.samples))
+        .then(
+          (r) => r.accuracy,
+          () => null,
+        );
       const figures = { accuracy, runningAccuracy: running, samples: o.samples.count };
       v.last = figures;
       const said = describeValidation(figures).replace('ONNX validation: ', '');
@@ -77,7 +83,10 @@ export function onnxValidator(o: OnnxValidationOptions): StagedValidator & { las
 
 /** A refusal that carries its figures for the status. */
 export class ValidationRefused extends DeviceError {
-  constructor(detail: string, readonly figures: ValidationFigures) {
+  constructor(
+    detail: string,
+    readonly figures: ValidationFigures,
+  ) {
     super('validation-failed', detail);
   }
 }

@@ -4,9 +4,9 @@ import { describeFsError } from '../util/fs-errors.ts';
 
 /** Reason codes only the device layer produces. */
 export const DEVICE_ONLY_REASONS = {
-  'wrong-base': 'No step of the release starts from the model this device runs; publish an update built from this device\'s model digest.',
+  'wrong-base': "No step of the release starts from the model this device runs; publish an update built from this device's model digest.",
   'unknown-update': 'The update server does not hold this update; re-run `fleet publish` so it is uploaded again.',
-  'chunk-list-mismatch': 'The chunk list from the server does not match the release; the server\'s copy is damaged or stale.',
+  'chunk-list-mismatch': "The chunk list from the server does not match the release; the server's copy is damaged or stale.",
   'payload-hash-mismatch': 'The assembled payload does not hash to the value in the release.',
   'digest-mismatch': 'The model built from the update does not have the digest the release names; it was not installed.',
   'no-space': 'Not enough free disk space in the device directory for the payload and the new model; free space and it retries on the next release delivery.',
@@ -15,7 +15,8 @@ export const DEVICE_ONLY_REASONS = {
   'health-check-timeout': 'The health command did not finish in time; the device switched back to the previous model.',
   'validation-failed': 'The new model failed its validation before the switch (the validation command, or its accuracy under ONNX Runtime: --validate-onnx); it never became current.',
   'validation-timeout': 'The validation command did not finish in time; the new model never became current.',
-  'crashed-while-testing': 'The agent stopped during every allowed attempt of the trial of the new model (--max-attempts); on restart it switched back to the previous model. Check the model with the health command by hand before publishing it again.',
+  'crashed-while-testing':
+    'The agent stopped during every allowed attempt of the trial of the new model (--max-attempts); on restart it switched back to the previous model. Check the model with the health command by hand before publishing it again.',
   'download-stalled': 'No chunk arrived for the configured time; the download is tried again later and resumes from what was received.',
   'corrupt-source': 'The update server keeps sending a chunk that does not match the signed chunk list: its stored copy is damaged. Re-publish the update (the device will not retry this one by itself).',
   'internal-error': 'The agent hit a bug (not bad input, not the disk); its log has the stack. Report it with the log; the device stays on the model it runs.',
@@ -27,12 +28,19 @@ export const DEVICE_REASONS: Record<DeviceReason, string> = { ...PROTOCOL_REASON
 
 /** The device's own reasons that are not refusals of input: the disk, the link, the update server, a bug. */
 const DEVICE_KINDS: Partial<Record<DeviceReason, FleetErrorKind>> = {
-  'no-space': 'io', 'storage-error': 'io', 'download-stalled': 'io', 'unknown-update': 'io', 'internal-error': 'internal',
+  'no-space': 'io',
+  'storage-error': 'io',
+  'download-stalled': 'io',
+  'unknown-update': 'io',
+  'internal-error': 'internal',
 };
 
 export class DeviceError extends FleetError<DeviceReason> {
   override readonly name = 'DeviceError';
-  constructor(code: DeviceReason, readonly detail?: string) {
+  constructor(
+    code: DeviceReason,
+    readonly detail?: string,
+  ) {
     super(DEVICE_KINDS[code] ?? 'refusal', code, detail ? `${DEVICE_REASONS[code]} (${detail})` : DEVICE_REASONS[code]);
   }
 }

@@ -42,7 +42,13 @@ export async function decideRelease(bytes: Uint8Array, releaseHash: string, c: D
   }
   try {
     checkRelease(body, {
-      model: c.model, group: c.group, now: c.now, clockFloor: c.memory.clockFloor, highestSeq: c.memory.highestSeq, skewSeconds: c.skewSeconds, caps: c.caps,
+      model: c.model,
+      group: c.group,
+      now: c.now,
+      clockFloor: c.memory.clockFloor,
+      highestSeq: c.memory.highestSeq,
+      skewSeconds: c.skewSeconds,
+      caps: c.caps,
     });
   } catch (error) {
     // Signed, but not for us now: the status names the release it refused.

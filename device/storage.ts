@@ -67,7 +67,11 @@ export class DeviceStorage {
   private fmt: ModelFormat | undefined;
 
   /** `format`: the model format of this directory; without it, the one of its current.* link (safetensors when there is none yet). */
-  constructor(readonly dir: string, readonly fsys: FsPort = nodeFs, format?: ModelFormat) {
+  constructor(
+    readonly dir: string,
+    readonly fsys: FsPort = nodeFs,
+    format?: ModelFormat,
+  ) {
     this.fmt = format;
   }
 
@@ -221,9 +225,7 @@ export class DeviceStorage {
     const st = await h.stat();
     if (st.size !== step.size) await h.truncate(step.size);
     const bitmapBytes = await this.fsys.readFile(path.join(dir, 'bitmap')).catch(ignoreBecause('no bitmap yet (or unreadable): start from an empty one; every chunk is verified anyway'));
-    const bitmap = bitmapBytes && bitmapBytes.byteLength === Math.ceil(step.chunks / 8)
-      ? new Bitmap(step.chunks, new Uint8Array(bitmapBytes))
-      : new Bitmap(step.chunks);
+    const bitmap = bitmapBytes && bitmapBytes.byteLength === Math.ceil(step.chunks / 8) ? new Bitmap(step.chunks, new Uint8Array(bitmapBytes)) : new Bitmap(step.chunks);
     const list = await this.fsys.readFile(path.join(dir, 'list')).catch(ignoreBecause('no chunk list yet (or unreadable): it is fetched again and checked against the release'));
     return new DownloadFiles(dir, h, bitmap, list ? new Uint8Array(list) : undefined, this.fsys);
   }

@@ -11,9 +11,7 @@ export type TrustOffer =
    * so sequence numbers start again (TUF's recovery from a fast-forward by a
    * compromised rollout key: the old key's assignments no longer verify).
    */
-  | { kind: 'rotated'; trust: TrustFile; newRolloutRole: boolean }
-  | { kind: 'same' }
-  | { kind: 'refused'; error: unknown };
+  { kind: 'rotated'; trust: TrustFile; newRolloutRole: boolean } | { kind: 'same' } | { kind: 'refused'; error: unknown };
 
 /**
  * The device's trust file and its rotations. The file the agent was started
@@ -25,7 +23,11 @@ export type TrustOffer =
 export class TrustKeeper {
   private trust: TrustFile;
 
-  constructor(initial: TrustFile, private readonly storage: DeviceStorage, private readonly log: Logger) {
+  constructor(
+    initial: TrustFile,
+    private readonly storage: DeviceStorage,
+    private readonly log: Logger,
+  ) {
     this.trust = initial;
   }
 

@@ -182,8 +182,14 @@ export class Gateway {
 
   private async startSite(): Promise<void> {
     this.site = await this.o.startSite({
-      port: this.o.listen, host: this.o.host, dataDir: this.dir('site'), persistence: this.o.persistence ?? 'level',
-      prefix: this.o.prefix, auth: this.o.auth, tls: this.o.tls, log: this.o.log.child('site'),
+      port: this.o.listen,
+      host: this.o.host,
+      dataDir: this.dir('site'),
+      persistence: this.o.persistence ?? 'level',
+      prefix: this.o.prefix,
+      auth: this.o.auth,
+      tls: this.o.tls,
+      log: this.o.log.child('site'),
     });
     const exposed = openSiteWarning(this.site.host, this.o.auth);
     // Loud on purpose: without --auth, anything on the site's network may pose as any device.
@@ -199,7 +205,19 @@ export class Gateway {
     this.upstream = MqttTransport.start({
       url: this.o.upstream,
       clientId: `fleet-gateway-${this.o.site}`,
-      will: { topic: this.topics.gatewayStatus(this.o.site), payload: JSON.stringify({ site: this.o.site, gateway: VERSION, upstream: { state: 'down', connects: 0, since: null }, downloads: 'idle', waiting: 'upstream-down', message: 'the gateway lost its upstream connection (last will)' }), retain: true, qos: 1 },
+      will: {
+        topic: this.topics.gatewayStatus(this.o.site),
+        payload: JSON.stringify({
+          site: this.o.site,
+          gateway: VERSION,
+          upstream: { state: 'down', connects: 0, since: null },
+          downloads: 'idle',
+          waiting: 'upstream-down',
+          message: 'the gateway lost its upstream connection (last will)',
+        }),
+        retain: true,
+        qos: 1,
+      },
       keepaliveSeconds: this.o.keepaliveSeconds ?? GATEWAY_DEFAULTS.keepaliveSeconds,
       reconnectMinMs: this.o.reconnectMinMs ?? GATEWAY_DEFAULTS.reconnectMinMs,
       reconnectMaxMs: this.o.reconnectMaxMs ?? GATEWAY_DEFAULTS.reconnectMaxMs,
@@ -212,12 +230,21 @@ export class Gateway {
 
   private makeFetcher(): void {
     this.fetcher = new UpstreamFetcher({
-      upstream: this.upstream, topics: this.topics, fetcherId: this.fetcherId, dir: this.dir('upstream'), store: this.store,
-      clock: this.o.clock ?? systemClock, log: this.o.log.child('fetch'), maxWindow: this.o.maxWindow, idleMs: this.o.idleMs, stallMs: this.o.stallMs,
-      onStored: () => this.serial(async () => {
-        await this.mirror.onStored();
-        this.publishStatus(true);
-      }),
+      upstream: this.upstream,
+      topics: this.topics,
+      fetcherId: this.fetcherId,
+      dir: this.dir('upstream'),
+      store: this.store,
+      clock: this.o.clock ?? systemClock,
+      log: this.o.log.child('fetch'),
+      maxWindow: this.o.maxWindow,
+      idleMs: this.o.idleMs,
+      stallMs: this.o.stallMs,
+      onStored: () =>
+        this.serial(async () => {
+          await this.mirror.onStored();
+          this.publishStatus(true);
+        }),
       onProgress: () => this.account(),
     });
   }
@@ -225,14 +252,21 @@ export class Gateway {
   private makeMirror(): void {
     const log = this.o.log;
     this.mirror = new ReleaseMirror({
-      dir: this.dir('releases'), store: this.store, log: log.child('mirror'),
+      dir: this.dir('releases'),
+      store: this.store,
+      log: log.child('mirror'),
       fetch: (model, need) => this.fetcher.want(model, need),
       keepOnly: (needed) => this.fetcher.keepOnly(needed),
       publishLocal: (group, model, bytes) => this.publishLocal(this.topics.release(group, model), bytes),
       siteDigests: (group, model) => [...this.digests.values()].filter((d) => d.group === group && d.model === model).map((d) => d.running),
     });
     this.groups = new GroupWatch({
-      file: this.dir('groups.json'), topics: this.topics, upstream: this.upstream, groups: this.o.groups ?? [], models: this.o.models ?? [], log: log.child('groups'),
+      file: this.dir('groups.json'),
+      topics: this.topics,
+      upstream: this.upstream,
+      groups: this.o.groups ?? [],
+      models: this.o.models ?? [],
+      log: log.child('groups'),
       cap: this.o.learnGroups ?? (this.o.auth ? Infinity : 0),
     });
   }
@@ -344,7 +378,10 @@ export class Gateway {
   private evaluate(): void {
     if (this.closed) return;
     const d = decide({
-      now: this.now(), window: this.o.window, budgetBytes: this.o.budgetBytes, usedBytes: used(this.ledger, this.now()),
+      now: this.now(),
+      window: this.o.window,
+      budgetBytes: this.o.budgetBytes,
+      usedBytes: used(this.ledger, this.now()),
       upstreamConnected: this.upstream.connected,
     });
     const changed = d.go !== this.decision.go || (!d.go && !this.decision.go && d.reason !== this.decision.reason);
@@ -356,7 +393,7 @@ export class Gateway {
     } else {
       this.o.log.info('upstream downloads wait', { reason: d.reason, message: d.message });
       // Chunks already asked for are paid for: take them (a few seconds) unless the link is gone.
-      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : this.o.drainMs ?? GATEWAY_DEFAULTS.drainMs);
+      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : (this.o.drainMs ?? GATEWAY_DEFAULTS.drainMs));
     }
     this.publishStatus(true);
   }
@@ -456,11 +493,17 @@ export class Gateway {
       const s = await this.status();
       // The site's devices are cut off with the site broker, whose wills never reach upstream: say so for them.
       const offline = encodePresence('offline', this.now());
-      const said = await withDeadline(Promise.all([
-        ...[...this.online].map((id) => this.upstream.publish(this.topics.presence(id), offline, { qos: 1, retain: true })),
-        // Best effort, bounded: a broker that went away as we stop must not hold the stop (its last will says "lost").
-        this.upstream.publish(this.topics.gatewayStatus(this.o.site), JSON.stringify({ ...s, upstream: { ...s.upstream, state: 'down' }, message: 'gateway stopped' }), { qos: 1, retain: true }),
-      ]).then(() => true, () => false), STOPPED_STATUS_MS);
+      const said = await withDeadline(
+        Promise.all([
+          ...[...this.online].map((id) => this.upstream.publish(this.topics.presence(id), offline, { qos: 1, retain: true })),
+          // Best effort, bounded: a broker that went away as we stop must not hold the stop (its last will says "lost").
+          this.upstream.publish(this.topics.gatewayStatus(this.o.site), JSON.stringify({ ...s, upstream: { ...s.upstream, state: 'down' }, message: 'gateway stopped' }), { qos: 1, retain: true }),
+        ]).then(
+          () => true,
+          () => false,
+        ),
+        STOPPED_STATUS_MS,
+      );
       acked = said !== 'timeout' && said.value;
       if (!acked) this.o.log.warn('the "gateway stopped" status was not acknowledged upstream; the last will covers it', { waitedMs: STOPPED_STATUS_MS });
     }

@@ -79,7 +79,7 @@ export class GroupWatch {
     const filter = this.add(group, model);
     this.o.log.info('learned a group from a device', { group, model });
     // One write at a time, each of the set as it is then: the last one written holds every pair.
-    this.saving = this.saving.catch(ignoreBecause('the previous write\'s failure went to its own caller; this one writes the whole set again')).then(() => writeFileAtomic(this.o.file, JSON.stringify([...this.learned])));
+    this.saving = this.saving.catch(ignoreBecause("the previous write's failure went to its own caller; this one writes the whole set again")).then(() => writeFileAtomic(this.o.file, JSON.stringify([...this.learned])));
     await this.saving;
     if (filter && this.o.upstream.connected) await this.o.upstream.subscribe(filter, 1).catch((e: unknown) => this.o.log.debug('subscription deferred', { error: String(e) }));
   }

@@ -154,10 +154,12 @@ export class ReleaseMirror {
   /** Every payload a waiting or published release still wants (the fetcher drops the others). */
   private stillWanted(): Set<string> {
     const all = [...this.pending.entries(), ...this.published.entries()];
-    return new Set(all.flatMap(([k, h]) => {
-      const [group, model] = k.split('/');
-      return this.wanted(group, model, h).map((u) => u.updateId);
-    }));
+    return new Set(
+      all.flatMap(([k, h]) => {
+        const [group, model] = k.split('/');
+        return this.wanted(group, model, h).map((u) => u.updateId);
+      }),
+    );
   }
 
   private async check(key: string, group: string, model: string): Promise<void> {

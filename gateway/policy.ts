@@ -91,9 +91,7 @@ export interface PolicyInput {
   upstreamConnected: boolean;
 }
 
-export type PolicyDecision =
-  | { go: true }
-  | { go: false; reason: WaitReason; until: number | null; message: string };
+export type PolicyDecision = { go: true } | { go: false; reason: WaitReason; until: number | null; message: string };
 
 /**
  * Whether upstream downloads may run now, and if not why and until when
@@ -108,7 +106,9 @@ export function decide(p: PolicyInput): PolicyDecision {
   if (p.budgetBytes !== undefined && p.usedBytes >= p.budgetBytes) {
     const until = nextMonth(p.now);
     return {
-      go: false, reason: 'budget-exhausted', until,
+      go: false,
+      reason: 'budget-exhausted',
+      until,
       message: `monthly budget used: ${p.usedBytes} of ${p.budgetBytes} bytes in ${monthKey(p.now)}; resumes at ${new Date(until).toString()} or with a larger --budget`,
     };
   }

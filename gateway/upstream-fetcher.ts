@@ -132,7 +132,11 @@ export class UpstreamFetcher {
   /** Updates wanted and not yet held, with what is on disk. */
   state(): FetchState[] {
     return [...this.jobs.entries()].map(([id, j]) => ({
-      updateId: id, model: j.model, bytes: this.current?.id === id ? this.current.d.receivedBytes : j.bytes, totalBytes: j.need.size, lastError: j.lastError,
+      updateId: id,
+      model: j.model,
+      bytes: this.current?.id === id ? this.current.d.receivedBytes : j.bytes,
+      totalBytes: j.need.size,
+      lastError: j.lastError,
     }));
   }
 
@@ -189,10 +193,13 @@ export class UpstreamFetcher {
     if (!next) {
       const soonest = Math.min(...[...this.jobs.values()].map((j) => j.notBefore));
       if (Number.isFinite(soonest) && !this.retryTimer) {
-        this.retryTimer = this.o.clock.setTimeout(() => {
-          this.retryTimer = undefined;
-          this.kick();
-        }, Math.max(50, soonest - now));
+        this.retryTimer = this.o.clock.setTimeout(
+          () => {
+            this.retryTimer = undefined;
+            this.kick();
+          },
+          Math.max(50, soonest - now),
+        );
       }
       return;
     }
@@ -201,8 +208,14 @@ export class UpstreamFetcher {
 
   private async startJob(id: string, j: Job): Promise<void> {
     const step: ReleaseStep = {
-      updateId: id, from: null, to: '0'.repeat(64), size: j.need.size, sha256: j.need.sha256,
-      chunkSize: j.need.chunkSize, chunks: j.need.chunks, listSha256: j.need.listSha256,
+      updateId: id,
+      from: null,
+      to: '0'.repeat(64),
+      size: j.need.size,
+      sha256: j.need.sha256,
+      chunkSize: j.need.chunkSize,
+      chunks: j.need.chunks,
+      listSha256: j.need.listSha256,
     };
     const files = await this.storage.openDownload(step);
     let seen = 0;
@@ -211,9 +224,18 @@ export class UpstreamFetcher {
       return;
     }
     const d: Download = new Download({
-      step, files, transport: this.gated, topics: this.o.topics, model: j.model, deviceId: this.o.fetcherId,
-      clock: this.o.clock, log: this.o.log, maxWindow: this.o.maxWindow ?? GATEWAY_DEFAULTS.maxWindow, idleMs: this.o.idleMs ?? GATEWAY_DEFAULTS.idleMs,
-      stallMs: this.o.stallMs ?? GATEWAY_DEFAULTS.stallMs, maxBadCopies: GATEWAY_DEFAULTS.maxBadCopies,
+      step,
+      files,
+      transport: this.gated,
+      topics: this.o.topics,
+      model: j.model,
+      deviceId: this.o.fetcherId,
+      clock: this.o.clock,
+      log: this.o.log,
+      maxWindow: this.o.maxWindow ?? GATEWAY_DEFAULTS.maxWindow,
+      idleMs: this.o.idleMs ?? GATEWAY_DEFAULTS.idleMs,
+      stallMs: this.o.stallMs ?? GATEWAY_DEFAULTS.stallMs,
+      maxBadCopies: GATEWAY_DEFAULTS.maxBadCopies,
       wireBytesIn: this.o.upstream.stats ? () => this.o.upstream.stats!().bytesIn : undefined,
       onProgress: () => {
         // Per Download: what it held when it started is not counted again.

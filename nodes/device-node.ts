@@ -24,15 +24,37 @@ import type { TrustFile } from '../protocol/release.ts';
 
 /** A device node's options, as `fleet device` parses them (cli/device-cli.ts). */
 export interface DeviceNodeOptions {
-  id: string; model: string; group: string; dir: string; trust: string;
+  id: string;
+  model: string;
+  group: string;
+  dir: string;
+  trust: string;
   /** One broker URL, or several comma-separated (nodes of one cluster) to fail over between. */
-  broker: string; initial?: string;
-  window: number; idleMs: number; stallTimeout: number; retry: number; watchdog: number;
-  validateCmd?: string; validateTimeout: number; healthCmd?: string; healthTimeout: number; healthWindow: number; maxAttempts: number;
-  onSwitch?: string; groupKey?: string; maxPayload?: number; maxChunks?: number; maxChunk?: number;
-  keepalive: number; connectTimeout: number; reconnectMax: number;
+  broker: string;
+  initial?: string;
+  window: number;
+  idleMs: number;
+  stallTimeout: number;
+  retry: number;
+  watchdog: number;
+  validateCmd?: string;
+  validateTimeout: number;
+  healthCmd?: string;
+  healthTimeout: number;
+  healthWindow: number;
+  maxAttempts: number;
+  onSwitch?: string;
+  groupKey?: string;
+  maxPayload?: number;
+  maxChunks?: number;
+  maxChunk?: number;
+  keepalive: number;
+  connectTimeout: number;
+  reconnectMax: number;
   /** ONNX Runtime validation of the staged model (docs/onnx.md). */
-  validateOnnx?: string; minAccuracy?: number; maxDrop?: number;
+  validateOnnx?: string;
+  minAccuracy?: number;
+  maxDrop?: number;
 }
 
 /** `fleet device`'s options as typed (cli/device-cli.ts), and what the program adds. */
@@ -93,7 +115,10 @@ const brokerConnection: Step<DeviceParts> = {
   start(p) {
     const o = p.o;
     // Several comma-separated URLs: nodes of one cluster, tried in turn when a connection fails.
-    const [url, ...fallbackUrls] = o.broker.split(',').map((x) => x.trim()).filter((x) => x.length > 0);
+    const [url, ...fallbackUrls] = o.broker
+      .split(',')
+      .map((x) => x.trim())
+      .filter((x) => x.length > 0);
     if (!url) throw new UsageError('bad-options', '--broker needs a URL');
     p.transport = MqttTransport.start({
       url,
@@ -163,12 +188,36 @@ const deviceAgent: Step<DeviceParts> = {
     const o = p.o;
     const transport = p.transport!;
     p.agent = new DeviceAgent(
-      { deviceId: o.id, model: o.model, group: o.group, trust: p.trust!, window: o.window, idleMs: o.idleMs, stallMs: o.stallTimeout * 1000, retryMs: o.retry * 1000, watchdogMs: o.watchdog * 1000,
-        validateCmd: o.validateCmd, validateTimeoutMs: o.validateTimeout * 1000, healthCmd: o.healthCmd, healthTimeoutMs: o.healthTimeout * 1000,
-        healthWindowMs: o.healthWindow * 1000, maxAttempts: o.maxAttempts, onSwitchCmd: o.onSwitch, maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk,
-        groupKey: o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined, validator: p.validator },
       {
-        transport, storage: p.storage!, clock: systemClock, health: digestHealthCheck, topics: p.topics, log: p.log,
+        deviceId: o.id,
+        model: o.model,
+        group: o.group,
+        trust: p.trust!,
+        window: o.window,
+        idleMs: o.idleMs,
+        stallMs: o.stallTimeout * 1000,
+        retryMs: o.retry * 1000,
+        watchdogMs: o.watchdog * 1000,
+        validateCmd: o.validateCmd,
+        validateTimeoutMs: o.validateTimeout * 1000,
+        healthCmd: o.healthCmd,
+        healthTimeoutMs: o.healthTimeout * 1000,
+        healthWindowMs: o.healthWindow * 1000,
+        maxAttempts: o.maxAttempts,
+        onSwitchCmd: o.onSwitch,
+        maxPayloadBytes: o.maxPayload,
+        maxChunks: o.maxChunks,
+        maxChunkBytes: o.maxChunk,
+        groupKey: o.groupKey ? parseGroupKeyFile(await fs.readFile(o.groupKey, 'utf8')) : undefined,
+        validator: p.validator,
+      },
+      {
+        transport,
+        storage: p.storage!,
+        clock: systemClock,
+        health: digestHealthCheck,
+        topics: p.topics,
+        log: p.log,
         // Another agent uses this id and this one is the younger: say so and end (the last will says offline).
         onFatal: (message) => {
           process.stderr.write(`fleet: ${message}\n`);

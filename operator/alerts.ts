@@ -75,10 +75,20 @@ export class AlertTracker {
     }
     const offline = d.online === false;
     if (offline && known?.online !== false && !baseline(known?.online)) {
-      out.push({ type: 'device-offline', ...base, reason: 'presence-offline', message: `presence offline; last seen ${d.lastSeen === null ? 'never' : new Date(d.lastSeen).toISOString()}${d.state ? ` while ${d.state}` : ''}` });
+      out.push({
+        type: 'device-offline',
+        ...base,
+        reason: 'presence-offline',
+        message: `presence offline; last seen ${d.lastSeen === null ? 'never' : new Date(d.lastSeen).toISOString()}${d.state ? ` while ${d.state}` : ''}`,
+      });
     }
     if (d.silent && !(known?.silent ?? false) && !offline && !(retained && known === undefined && !this.o.alertExisting)) {
-      out.push({ type: 'device-offline', ...base, reason: 'silent', message: `no status since ${d.lastSeen === null ? 'ever' : new Date(d.lastSeen).toISOString()} while ${d.state}; presence says ${d.online === null ? 'nothing' : 'online'}` });
+      out.push({
+        type: 'device-offline',
+        ...base,
+        reason: 'silent',
+        message: `no status since ${d.lastSeen === null ? 'ever' : new Date(d.lastSeen).toISOString()} while ${d.state}; presence says ${d.online === null ? 'nothing' : 'online'}`,
+      });
     }
     return out;
   }
@@ -106,13 +116,18 @@ export function postWebhook(url: string, event: AlertEvent, timeoutMs: number = 
   const body = Buffer.from(JSON.stringify(event));
   const mod = u.protocol === 'https:' ? https : http;
   return new Promise((resolve, reject) => {
-    const req = mod.request(u, {
-      method: 'POST', timeout: timeoutMs,
-      headers: { 'content-type': 'application/json', 'content-length': body.byteLength, 'user-agent': 'fleet-alerts', 'x-fleet-event': event.type },
-    }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode ?? 0));
-    });
+    const req = mod.request(
+      u,
+      {
+        method: 'POST',
+        timeout: timeoutMs,
+        headers: { 'content-type': 'application/json', 'content-length': body.byteLength, 'user-agent': 'fleet-alerts', 'x-fleet-event': event.type },
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
     req.on('timeout', () => req.destroy(new IoError('webhook-timeout', `webhook did not answer within ${timeoutMs} ms`)));
     req.on('error', reject);
     req.end(body);

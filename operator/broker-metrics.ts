@@ -55,25 +55,45 @@ export class BrokerMetrics {
     const bytesOut = (): number => this.closedOut + [...this.sockets].reduce((n, s) => n + s.bytesWritten, 0);
     const bytesIn = (): number => this.closedIn + [...this.sockets].reduce((n, s) => n + s.bytesRead, 0);
     const statuses = (): Iterable<DeviceStatus> => this.statuses.values();
-    new Gauge({ name: 'fleet_broker_connected_clients', help: 'MQTT clients connected now (aedes connectedClients).', registers: [r], collect() {
-      this.set(aedes.connectedClients);
-    } });
+    new Gauge({
+      name: 'fleet_broker_connected_clients',
+      help: 'MQTT clients connected now (aedes connectedClients).',
+      registers: [r],
+      collect() {
+        this.set(aedes.connectedClients);
+      },
+    });
     const total = (c: Counter, v: number): void => {
       c.reset();
       if (v > 0) c.inc(v);
     };
-    new Counter({ name: 'fleet_broker_bytes_out_total', help: 'Bytes written to MQTT client sockets (bytesWritten; protocol overhead included).', registers: [r], collect() {
-      total(this, bytesOut());
-    } });
-    new Counter({ name: 'fleet_broker_bytes_in_total', help: 'Bytes read from MQTT client sockets (bytesRead).', registers: [r], collect() {
-      total(this, bytesIn());
-    } });
+    new Counter({
+      name: 'fleet_broker_bytes_out_total',
+      help: 'Bytes written to MQTT client sockets (bytesWritten; protocol overhead included).',
+      registers: [r],
+      collect() {
+        total(this, bytesOut());
+      },
+    });
+    new Counter({
+      name: 'fleet_broker_bytes_in_total',
+      help: 'Bytes read from MQTT client sockets (bytesRead).',
+      registers: [r],
+      collect() {
+        total(this, bytesIn());
+      },
+    });
     this.msgIn = new Counter({ name: 'fleet_broker_messages_in_total', help: 'PUBLISH messages received from clients, by topic kind.', labelNames: ['kind'], registers: [r] });
     this.msgOut = new Counter({ name: 'fleet_broker_messages_out_total', help: 'Messages handed to a subscriber for delivery (one per subscriber and message), by topic kind.', labelNames: ['kind'], registers: [r] });
     const stat = (name: string, help: string, key: keyof UpdateServerStats): void => {
-      new Counter({ name, help, registers: [r], collect() {
-        total(this, o.updateStats()?.[key] ?? 0);
-      } });
+      new Counter({
+        name,
+        help,
+        registers: [r],
+        collect() {
+          total(this, o.updateStats()?.[key] ?? 0);
+        },
+      });
     };
     stat('fleet_update_server_chunks_served_total', 'Chunks the in-process update server sent to devices.', 'chunksSent');
     stat('fleet_update_server_requests_total', 'Chunk and chunk-list requests from devices.', 'requests');
@@ -81,10 +101,16 @@ export class BrokerMetrics {
     stat('fleet_update_server_unknown_updates_total', 'Requests naming an update the server does not hold.', 'unknownUpdates');
     stat('fleet_update_server_upload_chunks_total', 'Upload chunks received from publishers.', 'uploadChunks');
     stat('fleet_update_server_uploads_total', 'Uploads stored whole.', 'uploadsStored');
-    new Gauge({ name: 'fleet_broker_devices', help: 'Devices by model, group, running digest and state (retained statuses).', labelNames: ['model', 'group', 'digest', 'state'], registers: [r], collect() {
-      this.reset();
-      for (const s of statuses()) this.inc({ model: s.model, group: s.group, digest: s.running, state: s.state });
-    } });
+    new Gauge({
+      name: 'fleet_broker_devices',
+      help: 'Devices by model, group, running digest and state (retained statuses).',
+      labelNames: ['model', 'group', 'digest', 'state'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const s of statuses()) this.inc({ model: s.model, group: s.group, digest: s.running, state: s.state });
+      },
+    });
     if (o.processMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'fleet_broker_' });
 
     const kind = (topic: string): string => o.topics.parse(topic)?.kind ?? 'other';
@@ -188,9 +214,10 @@ export async function serveMetrics(m: BrokerMetrics, o: { port: number; host?: s
   return {
     url: `http://${shown}:${port}/metrics`,
     port,
-    close: () => new Promise<void>((r) => {
-      server.close(() => r());
-      server.closeAllConnections();
-    }),
+    close: () =>
+      new Promise<void>((r) => {
+        server.close(() => r());
+        server.closeAllConnections();
+      }),
   };
 }

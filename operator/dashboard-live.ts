@@ -58,16 +58,27 @@ export function liveDashboard(o: LiveDashboardOptions): PageHandler {
       const connect = ws ? ` ${new URL(ws).origin}` : '';
       // worker-src blob: mqtt.js keeps its keep-alive timer in a small worker it makes from a blob (timers in background tabs are throttled).
       res.writeHead(200, {
-        'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', 'x-frame-options': 'DENY', 'referrer-policy': 'no-referrer',
+        'content-type': 'text/html; charset=utf-8',
+        'cache-control': 'no-store',
+        'x-frame-options': 'DENY',
+        'referrer-policy': 'no-referrer',
         'content-security-policy': `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'${connect}; worker-src blob:; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
       });
-      res.end(req.method === 'HEAD' ? undefined : dashboardPage({
-        title: o.title, nonce,
-        live: {
-          ws, prefix: o.prefix ?? 'fleet', staleMs: o.staleMs ?? OPERATOR_DEFAULTS.staleMs, script: SCRIPT,
-          problem: ws ? null : 'this broker has no WebSocket listener: start it with --ws-port P (fleet broker --http PORT --ws-port P)',
-        },
-      }));
+      res.end(
+        req.method === 'HEAD'
+          ? undefined
+          : dashboardPage({
+              title: o.title,
+              nonce,
+              live: {
+                ws,
+                prefix: o.prefix ?? 'fleet',
+                staleMs: o.staleMs ?? OPERATOR_DEFAULTS.staleMs,
+                script: SCRIPT,
+                problem: ws ? null : 'this broker has no WebSocket listener: start it with --ws-port P (fleet broker --http PORT --ws-port P)',
+              },
+            }),
+      );
       return true;
     }
     if (pathname === `/${SCRIPT}`) {
@@ -81,8 +92,12 @@ export function liveDashboard(o: LiveDashboardOptions): PageHandler {
           if (gzip) gz ??= gzipSync(b.code);
           const body = gzip ? gz! : Buffer.from(b.code);
           res.writeHead(200, {
-            'content-type': 'text/javascript; charset=utf-8', 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff',
-            'content-length': body.byteLength, vary: 'accept-encoding', ...(gzip ? { 'content-encoding': 'gzip' } : {}),
+            'content-type': 'text/javascript; charset=utf-8',
+            'cache-control': 'no-cache',
+            'x-content-type-options': 'nosniff',
+            'content-length': body.byteLength,
+            vary: 'accept-encoding',
+            ...(gzip ? { 'content-encoding': 'gzip' } : {}),
           });
           res.end(req.method === 'HEAD' ? undefined : body);
         },

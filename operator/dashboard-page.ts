@@ -299,11 +299,15 @@ export function dashboardPage(opts: { title?: string; nonce: string; initial?: u
 <label>group <select id="group"></select></label><label>device <input id="search" type="search" placeholder="filter"></label>
 <label><input id="only" type="checkbox"> only problems and offline</label></header>
 <main>
-${opts.live ? `<p id="problem" class="card" hidden></p>
+${
+  opts.live
+    ? `<p id="problem" class="card" hidden></p>
 <form id="login" class="login" hidden autocomplete="on"><strong>Log in to the broker</strong> <span class="mute">(MQTT over WebSocket, read only: a <code>viewer</code> or <code>operator</code> user)</span><br>
 <label>user <input id="user" name="username" autocomplete="username" required></label> <label>password <input id="pass" name="password" type="password" autocomplete="current-password"></label>
 <button id="go" type="submit">connect</button> <span id="loginmsg" class="why"></span></form>
-<p class="note">Fed live by MQTT over WebSocket: <span id="who">not connected</span></p>` : ''}
+<p class="note">Fed live by MQTT over WebSocket: <span id="who">not connected</span></p>`
+    : ''
+}
 <div id="counts" class="chips"></div>
 <div id="alerts"></div>
 <h2>Rollouts</h2>
@@ -315,8 +319,12 @@ ${opts.live ? `<p id="problem" class="card" hidden></p>
 <table><thead><tr><th>device</th><th>group</th><th>delivered</th><th>update payload</th><th>full model</th><th>delivered / full</th></tr></thead><tbody id="delivery"></tbody></table>
 </main>
 ${initial ? `<script type="application/json" id="initial" nonce="${opts.nonce}">${initial}</script>` : ''}
-${live ? `<script type="application/json" id="config" nonce="${opts.nonce}">${live}</script>
-<script nonce="${opts.nonce}" src="${esc(opts.live!.script)}"></script>` : ''}
+${
+  live
+    ? `<script type="application/json" id="config" nonce="${opts.nonce}">${live}</script>
+<script nonce="${opts.nonce}" src="${esc(opts.live!.script)}"></script>`
+    : ''
+}
 <script nonce="${opts.nonce}">${JS}</script>
 </body></html>
 `;

@@ -64,7 +64,10 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
 
   const events = (view: FleetView, req: http.IncomingMessage, res: http.ServerResponse): void => {
     res.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no',
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-store',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
     });
     res.socket?.setNoDelay(true);
     let id = 0;
@@ -126,7 +129,9 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
         case '/index.html': {
           const nonce = randomBytes(16).toString('base64');
           res.writeHead(200, {
-            'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store', 'x-frame-options': 'DENY',
+            'content-type': 'text/html; charset=utf-8',
+            'cache-control': 'no-store',
+            'x-frame-options': 'DENY',
             'content-security-policy': `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'nonce-${nonce}'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'`,
           });
           const snap = view.snapshot();

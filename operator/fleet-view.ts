@@ -101,8 +101,7 @@ export interface RolloutRow {
 }
 
 export type ViewChange =
-  | { kind: 'device'; device: string; prev: DeviceRow | null; row: DeviceRow | null; retained: boolean }
-  | { kind: 'rollout'; rollout: string; prev: RolloutRow | null; row: RolloutRow | null; retained: boolean };
+  { kind: 'device'; device: string; prev: DeviceRow | null; row: DeviceRow | null; retained: boolean } | { kind: 'rollout'; rollout: string; prev: RolloutRow | null; row: RolloutRow | null; retained: boolean };
 
 export interface FleetSnapshot {
   /** Epoch ms. */
@@ -145,7 +144,10 @@ export class FleetView {
   readonly now: () => number;
   readonly staleMs: number;
 
-  constructor(readonly topics: Topics, opts: FleetViewOptions = {}) {
+  constructor(
+    readonly topics: Topics,
+    opts: FleetViewOptions = {},
+  ) {
     this.inventory = new Inventory(topics);
     this.now = opts.now ?? Date.now;
     this.staleMs = opts.staleMs ?? OPERATOR_DEFAULTS.staleMs;
@@ -237,8 +239,13 @@ export class FleetView {
     for (const d of devices) counts[d.state ?? 'unknown'] = (counts[d.state ?? 'unknown'] ?? 0) + 1;
     const groups = [...new Set([...this.rows.values()].map((r) => r.group).filter((g): g is string => g !== null))].sort();
     return {
-      time: this.now(), devices, rollouts: this.rollouts(group), counts, groups,
-      online: devices.filter((d) => d.online === true).length, offline: devices.filter((d) => d.online === false).length,
+      time: this.now(),
+      devices,
+      rollouts: this.rollouts(group),
+      counts,
+      groups,
+      online: devices.filter((d) => d.online === true).length,
+      offline: devices.filter((d) => d.online === false).length,
       malformed: this.inventory.malformed.size,
     };
   }
@@ -269,15 +276,28 @@ export class FleetView {
     const limit = state === 'downloading' ? this.staleMs : 5 * this.staleMs;
     const wire = s?.wire as { bytesIn?: unknown } | null | undefined;
     return {
-      device: rec.device, group: str(s?.group), model: str(s?.model), state,
-      progress: Math.max(0, Math.min(1, num(s?.progress))), bytes: num(s?.bytes), totalBytes: num(s?.totalBytes), rateBps: num(s?.rateBps),
-      running: str(s?.running), target: str(s?.target), seq: typeof s?.seq === 'number' ? s.seq : null, updateId: str(s?.updateId),
-      rollback: s?.rollback === true, reason: str(s?.reason), message: str(s?.message), agent: str(s?.agent),
+      device: rec.device,
+      group: str(s?.group),
+      model: str(s?.model),
+      state,
+      progress: Math.max(0, Math.min(1, num(s?.progress))),
+      bytes: num(s?.bytes),
+      totalBytes: num(s?.totalBytes),
+      rateBps: num(s?.rateBps),
+      running: str(s?.running),
+      target: str(s?.target),
+      seq: typeof s?.seq === 'number' ? s.seq : null,
+      updateId: str(s?.updateId),
+      rollback: s?.rollback === true,
+      reason: str(s?.reason),
+      message: str(s?.message),
+      agent: str(s?.agent),
       online: rec.presence === null ? null : rec.presence === 'online',
-      lastSeen, statusTime: str(s?.time),
+      lastSeen,
+      statusTime: str(s?.time),
       bytesIn: wire && typeof wire === 'object' && typeof wire.bytesIn === 'number' ? wire.bytesIn : null,
       badChunks: num(s?.badChunks),
-      modelBytes: s ? this.fullBytes.get(`${s.group}/${s.model}`) ?? null : null,
+      modelBytes: s ? (this.fullBytes.get(`${s.group}/${s.model}`) ?? null) : null,
       attention: state !== null && ATTENTION_STATES.includes(state),
       silent: busy && rec.presence !== 'offline' && lastSeen !== null && now - lastSeen > limit,
     };
@@ -306,7 +326,8 @@ export class FleetView {
   private handleRollout(id: string, payload: Uint8Array, retained: boolean): ViewChange[] {
     const prev = this.rolloutRows.get(id) ?? null;
     let row: RolloutRow | null;
-    if (payload.byteLength === 0) row = null; // cleared
+    if (payload.byteLength === 0)
+      row = null; // cleared
     else {
       const s = parseRolloutStatus(payload);
       if (!s || s.rollout !== id) return []; // junk: keep what we knew
@@ -321,7 +342,12 @@ export class FleetView {
 }
 
 const counts = (c: Partial<WaveCounts> | undefined): WaveCounts => ({
-  total: num(c?.total), ok: num(c?.ok), failed: num(c?.failed), pending: num(c?.pending), offline: num(c?.offline), skipped: num(c?.skipped),
+  total: num(c?.total),
+  ok: num(c?.ok),
+  failed: num(c?.failed),
+  pending: num(c?.pending),
+  offline: num(c?.offline),
+  skipped: num(c?.skipped),
 });
 
 /** A flat row of a rollout status (its strings stripped of control characters); null when it is too broken to show. */
@@ -355,13 +381,18 @@ function rolloutRowOf(s: RolloutStatus): RolloutRow | null {
   const cur = waveList[k] ?? null;
   const e = s.lastEvent;
   return {
-    rollout: s.rollout, state: s.state, terminal: isTerminal(s.state),
-    wave: Math.min(k + 1, Math.max(waveList.length, 1)), waves: Math.max(waveList.length, planWaves.length),
-    group: cur?.group ?? null, model: str(s.plan?.model), target: str(s.plan?.target),
-    counts: cur?.started ? cur.counts : null, waveList, reason: str(s.reason),
-    lastEvent: e && typeof e === 'object' && typeof e.type === 'string'
-      ? { type: e.type, time: str(e.time) ?? '', reason: str(e.reason) ?? '', device: str(e.device) }
-      : null,
+    rollout: s.rollout,
+    state: s.state,
+    terminal: isTerminal(s.state),
+    wave: Math.min(k + 1, Math.max(waveList.length, 1)),
+    waves: Math.max(waveList.length, planWaves.length),
+    group: cur?.group ?? null,
+    model: str(s.plan?.model),
+    target: str(s.plan?.target),
+    counts: cur?.started ? cur.counts : null,
+    waveList,
+    reason: str(s.reason),
+    lastEvent: e && typeof e === 'object' && typeof e.type === 'string' ? { type: e.type, time: str(e.time) ?? '', reason: str(e.reason) ?? '', device: str(e.device) } : null,
     updated: str(s.updated),
   };
 }

@@ -31,9 +31,7 @@ export interface JsonChangeLine {
 
 export function changeLine(c: ViewChange, now: number): JsonChangeLine {
   const time = new Date(now).toISOString();
-  return c.kind === 'device'
-    ? { kind: 'device', device: c.device, time, retained: c.retained, row: c.row }
-    : { kind: 'rollout', rollout: c.rollout, time, retained: c.retained, row: c.row };
+  return c.kind === 'device' ? { kind: 'device', device: c.device, time, retained: c.retained, row: c.row } : { kind: 'rollout', rollout: c.rollout, time, retained: c.retained, row: c.row };
 }
 
 function inGroup(c: ViewChange, group: string): boolean {
@@ -54,7 +52,11 @@ export class JsonWatch {
   private tick: NodeJS.Timeout | undefined;
   lines = 0;
 
-  constructor(private readonly view: FleetView, private readonly out: NodeJS.WritableStream, private readonly o: JsonWatchOptions = {}) {}
+  constructor(
+    private readonly view: FleetView,
+    private readonly out: NodeJS.WritableStream,
+    private readonly o: JsonWatchOptions = {},
+  ) {}
 
   start(): void {
     const offSkipped = this.view.onSkipped((device, malformed) => {

@@ -30,7 +30,11 @@ type Labels = Record<string, string>;
 
 class Family {
   readonly samples: Array<[Labels, number]> = [];
-  constructor(readonly name: string, readonly type: 'gauge' | 'counter', readonly help: string) {}
+  constructor(
+    readonly name: string,
+    readonly type: 'gauge' | 'counter',
+    readonly help: string,
+  ) {}
   add(labels: Labels, value: number): this {
     this.samples.push([labels, value]);
     return this;
@@ -38,7 +42,9 @@ class Family {
   render(): string[] {
     const lines = [`# HELP ${this.name} ${escapeHelp(this.help)}`, `# TYPE ${this.name} ${this.type}`];
     for (const [labels, v] of this.samples) {
-      const l = Object.entries(labels).map(([k, val]) => `${k}="${escapeLabelValue(val)}"`).join(',');
+      const l = Object.entries(labels)
+        .map(([k, val]) => `${k}="${escapeLabelValue(val)}"`)
+        .join(',');
       lines.push(`${this.name}${l ? `{${l}}` : ''} ${formatValue(v)}`);
     }
     return lines;
@@ -82,9 +88,9 @@ export function renderMetrics(snap: FleetSnapshot): string {
     silent.add({ group: g }, ds.filter((d) => d.silent).length);
   }
 
-  const bytes = fam('fleet_device_bytes_received_total', 'counter', 'Bytes the device agent\'s MQTT sockets received since it started (status wire.bytesIn).');
+  const bytes = fam('fleet_device_bytes_received_total', 'counter', "Bytes the device agent's MQTT sockets received since it started (status wire.bytesIn).");
   const bad = fam('fleet_device_bad_chunks_total', 'counter', 'Chunks the device dropped because they did not match the signed chunk list.');
-  const seen = fam('fleet_device_last_seen_seconds', 'gauge', 'Unix time of the device\'s last status or live presence.');
+  const seen = fam('fleet_device_last_seen_seconds', 'gauge', "Unix time of the device's last status or live presence.");
   for (const d of snap.devices) {
     if (d.bytesIn !== null) bytes.add({ device: d.device }, d.bytesIn);
     if (d.state !== null) bad.add({ device: d.device }, d.badChunks);
@@ -92,8 +98,8 @@ export function renderMetrics(snap: FleetSnapshot): string {
   }
 
   const rolloutDevices = fam('fleet_rollout_devices', 'gauge', 'Devices of each rollout wave by outcome.');
-  const rolloutState = fam('fleet_rollout_state', 'gauge', 'The rollout\'s state: 1 for the current one.');
-  const rolloutWave = fam('fleet_rollout_wave', 'gauge', 'The rollout\'s current wave (1-based).');
+  const rolloutState = fam('fleet_rollout_state', 'gauge', "The rollout's state: 1 for the current one.");
+  const rolloutWave = fam('fleet_rollout_wave', 'gauge', "The rollout's current wave (1-based).");
   const rollouts = [...snap.rollouts].sort((a, b) => a.rollout.localeCompare(b.rollout));
   for (const r of rollouts) {
     r.waveList.forEach((w, k) => {

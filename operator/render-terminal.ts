@@ -10,9 +10,24 @@ import { ago, waitingOn, type DeviceRow, type FleetSnapshot, type FleetView, typ
 
 const ESC = '\x1b[';
 const COLOURS: Record<string, string> = {
-  ok: '32', downloading: '36', verifying: '36', applying: '36', testing: '33',
-  rolled_back: '1;31', rejected: '1;31', failed: '31', idle: '37',
-  completed: '32', halted: '1;31', rolling_back: '1;31', aborted: '33', paused: '33', waiting: '36', soaking: '36', publishing: '36', pending: '37',
+  ok: '32',
+  downloading: '36',
+  verifying: '36',
+  applying: '36',
+  testing: '33',
+  rolled_back: '1;31',
+  rejected: '1;31',
+  failed: '31',
+  idle: '37',
+  completed: '32',
+  halted: '1;31',
+  rolling_back: '1;31',
+  aborted: '33',
+  paused: '33',
+  waiting: '36',
+  soaking: '36',
+  publishing: '36',
+  pending: '37',
 };
 const paint = (on: boolean, code: string | undefined, s: string): string => (on && code ? `${ESC}${code}m${s}${ESC}0m` : s);
 const short = (d: string | null): string => (d ? d.slice(0, 12) : '-');
@@ -34,7 +49,10 @@ const onlineLabel = (d: DeviceRow): string => (d.online === null ? '?' : d.onlin
 function table(head: string[], rows: string[][], colour?: (r: number, c: number) => string | undefined, useColour = false): string[] {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const line = (cells: string[], r: number): string =>
-    cells.map((c, i) => paint(useColour && r >= 0, useColour && r >= 0 ? colour?.(r, i) : undefined, i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd();
+    cells
+      .map((c, i) => paint(useColour && r >= 0, useColour && r >= 0 ? colour?.(r, i) : undefined, i === cells.length - 1 ? c : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
   return [line(head, -1), ...rows.map((cells, r) => line(cells, r))];
 }
 
@@ -51,7 +69,16 @@ export interface ScreenOptions {
 export function rolloutCells(r: RolloutRow): string[] {
   const c = r.counts;
   const ev = r.lastEvent ? `${r.lastEvent.type}${r.lastEvent.device ? ` ${r.lastEvent.device}` : ''}: ${r.lastEvent.reason}` : '-';
-  return [r.rollout, r.state, `${r.wave}/${r.waves}${r.group ? ` ${r.group}` : ''}`, c ? String(c.ok) : '-', c ? String(c.failed) : '-', c ? String(c.pending) : '-', c ? String(c.offline) : '-', r.reason ? `${ev} (why: ${r.reason})` : ev];
+  return [
+    r.rollout,
+    r.state,
+    `${r.wave}/${r.waves}${r.group ? ` ${r.group}` : ''}`,
+    c ? String(c.ok) : '-',
+    c ? String(c.failed) : '-',
+    c ? String(c.pending) : '-',
+    c ? String(c.offline) : '-',
+    r.reason ? `${ev} (why: ${r.reason})` : ev,
+  ];
 }
 
 /** The whole screen, as lines. */
@@ -60,7 +87,9 @@ export function renderScreen(snap: FleetSnapshot, o: ScreenOptions = {}): string
   const now = snap.time;
   const out: string[] = [];
   out.push(`${o.title ?? 'fleet watch'}${o.group ? ` (group ${o.group})` : ''}  ${new Date(now).toISOString()}`);
-  const counts = Object.entries(snap.counts).sort(([a], [b]) => a.localeCompare(b)).map(([s, n]) => paint(col, COLOURS[s], `${s} ${n}`));
+  const counts = Object.entries(snap.counts)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([s, n]) => paint(col, COLOURS[s], `${s} ${n}`));
   const skipped = snap.malformed > 0 ? `, ${paint(col, '33', `${snap.malformed} malformed status(es) skipped`)}` : '';
   out.push(`${snap.devices.length} device(s), ${snap.online} online, ${paint(col && snap.offline > 0, '33', `${snap.offline} offline`)}${skipped}${counts.length ? ` | ${counts.join('  ')}` : ''}`);
   out.push('');
@@ -68,23 +97,40 @@ export function renderScreen(snap: FleetSnapshot, o: ScreenOptions = {}): string
   const all = [...snap.devices].sort((a, b) => Number(b.attention || b.silent) - Number(a.attention || a.silent) || a.device.localeCompare(b.device));
   const trouble = all.filter((d) => d.attention || d.silent);
   if (trouble.length) {
-    const list = trouble.slice(0, 5).map((d) => `${d.device} ${stateLabel(d)}${d.reason ? ` ${d.reason}` : ''}`).join('; ');
+    const list = trouble
+      .slice(0, 5)
+      .map((d) => `${d.device} ${stateLabel(d)}${d.reason ? ` ${d.reason}` : ''}`)
+      .join('; ');
     out.push(paint(col, '1;31', `NEEDS ATTENTION (${trouble.length}): ${list}${trouble.length > 5 ? '; ...' : ''}`));
   }
   const fixed = 9 + (trouble.length ? 1 : 0) + Math.max(1, snap.rollouts.length + 1);
   const room = o.rows ? Math.max(3, o.rows - fixed) : all.length;
   const devs = all.length > room ? all.slice(0, room - 1) : all;
   const rows = devs.map((d) => [
-    d.device, d.group ?? '-', stateLabel(d), d.state === 'downloading' ? progressBar(d.progress) : '', short(d.running), short(d.target),
-    onlineLabel(d), ago(d.lastSeen, now), [d.reason, d.message].filter(Boolean).join(': '),
+    d.device,
+    d.group ?? '-',
+    stateLabel(d),
+    d.state === 'downloading' ? progressBar(d.progress) : '',
+    short(d.running),
+    short(d.target),
+    onlineLabel(d),
+    ago(d.lastSeen, now),
+    [d.reason, d.message].filter(Boolean).join(': '),
   ]);
-  out.push(...table(['DEVICE', 'GROUP', 'STATE', 'PROGRESS', 'RUNNING', 'TARGET', 'ONLINE', 'LAST SEEN', 'REASON'], rows, (r, c) => {
-    const d = devs[r];
-    // A rollback or refusal stays red even when the device is offline; the rest of an offline row is dim.
-    if ((c === 2 || c === 8) && (d.attention || d.silent)) return '1;31';
-    if (d.online === false) return '2';
-    return c === 2 ? COLOURS[d.state ?? ''] : undefined;
-  }, col));
+  out.push(
+    ...table(
+      ['DEVICE', 'GROUP', 'STATE', 'PROGRESS', 'RUNNING', 'TARGET', 'ONLINE', 'LAST SEEN', 'REASON'],
+      rows,
+      (r, c) => {
+        const d = devs[r];
+        // A rollback or refusal stays red even when the device is offline; the rest of an offline row is dim.
+        if ((c === 2 || c === 8) && (d.attention || d.silent)) return '1;31';
+        if (d.online === false) return '2';
+        return c === 2 ? COLOURS[d.state ?? ''] : undefined;
+      },
+      col,
+    ),
+  );
   if (devs.length < all.length) out.push(`... and ${all.length - devs.length} more device(s) (narrow with --group)`);
   if (!devs.length) out.push('(no devices yet: no retained status or presence)');
   out.push('');
@@ -95,7 +141,11 @@ export function renderScreen(snap: FleetSnapshot, o: ScreenOptions = {}): string
       // Who a running rollout waits on, and when each was last heard of: a device that never reports must be visible.
       const wait = waitingOn(r, snap.devices);
       if (!wait.length) continue;
-      const who = wait.slice(0, 5).map((d) => `${d.device} (${d.online === false ? 'OFFLINE, ' : d.silent ? 'SILENT, ' : ''}${stateLabel(d)}${d.state === 'downloading' ? ` ${Math.floor(d.progress * 100)}%` : ''}, last seen ${ago(d.lastSeen, now)})`);
+      const who = wait
+        .slice(0, 5)
+        .map(
+          (d) => `${d.device} (${d.online === false ? 'OFFLINE, ' : d.silent ? 'SILENT, ' : ''}${stateLabel(d)}${d.state === 'downloading' ? ` ${Math.floor(d.progress * 100)}%` : ''}, last seen ${ago(d.lastSeen, now)})`,
+        );
       const blocked = r.waveList[r.wave - 1]?.blocking.length ? ' [blocked]' : '';
       out.push(paint(col, wait.some((d) => d.online === false || d.silent) ? '33' : undefined, `  ${r.rollout} waits on ${wait.length}${blocked}: ${who.join(', ')}${wait.length > 5 ? ', ...' : ''}`));
     }
@@ -183,7 +233,11 @@ export class TerminalWatch {
   private lastDraw = 0;
   private settle: NodeJS.Timeout | undefined;
 
-  constructor(private readonly view: FleetView, private readonly out: Out, private readonly o: TerminalWatchOptions = {}) {
+  constructor(
+    private readonly view: FleetView,
+    private readonly out: Out,
+    private readonly o: TerminalWatchOptions = {},
+  ) {
     this.tty = o.tty ?? out.isTTY === true;
     this.intervalMs = o.intervalMs ?? OPERATOR_DEFAULTS.terminalIntervalMs;
   }

@@ -22,7 +22,12 @@
 export type FleetErrorKind = 'refusal' | 'usage' | 'io' | 'internal';
 
 export class FleetError<C extends string = string> extends Error {
-  constructor(readonly kind: FleetErrorKind, readonly code: C, message: string, options?: { cause?: unknown }) {
+  constructor(
+    readonly kind: FleetErrorKind,
+    readonly code: C,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
     super(message, options);
   }
   // Each subclass names itself in a literal (`override readonly name = '…'`): bundles are minified.
@@ -52,7 +57,9 @@ export function errorFields(e: unknown): { error: string; stack?: string } {
   return classify(e) === 'internal' && e instanceof Error && e.stack ? { error, stack: e.stack } : { error };
 }
 
-interface DebugLog { debug(msg: string, fields?: Record<string, unknown>): void }
+interface DebugLog {
+  debug(msg: string, fields?: Record<string, unknown>): void;
+}
 
 /**
  * A rejection handler for a promise whose failure changes nothing for the

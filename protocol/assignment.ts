@@ -56,7 +56,14 @@ function checkSeq(seq: number, issued: number): void {
 export function encodeAssignment(a: AssignmentBody): Uint8Array {
   checkSeq(a.seq, a.issued);
   const m: Record<string, unknown> = {
-    v: PROTOCOL_VERSION, type: 'assignment', model: a.model, group: a.group, seq: a.seq, issued: a.issued, expires: a.expires, manifest: a.manifest,
+    v: PROTOCOL_VERSION,
+    type: 'assignment',
+    model: a.model,
+    group: a.group,
+    seq: a.seq,
+    issued: a.issued,
+    expires: a.expires,
+    manifest: a.manifest,
   };
   if (a.rollback) m.rollback = true;
   if (a.previous) m.previous = a.previous;
@@ -73,7 +80,13 @@ export function decodeAssignment(bytes: Uint8Array): AssignmentBody {
   if (m.rollback !== undefined && m.rollback !== true) bad('rollback must be true when present');
   if (m.previous !== undefined && !isHex(m.previous, 64)) bad('previous must be a 64-hex-digit digest');
   return {
-    model: m.model, group: m.group, seq: m.seq, issued: m.issued, expires: m.expires, manifest: m.manifest,
-    rollback: m.rollback === true, previous: (m.previous as string | undefined) ?? null,
+    model: m.model,
+    group: m.group,
+    seq: m.seq,
+    issued: m.issued,
+    expires: m.expires,
+    manifest: m.manifest,
+    rollback: m.rollback === true,
+    previous: (m.previous as string | undefined) ?? null,
   };
 }

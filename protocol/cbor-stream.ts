@@ -59,7 +59,10 @@ export class CborMapScanner {
   private readonly fields: Record<string, unknown> = {};
   private readonly items: StreamedItem[] = [];
 
-  constructor(private readonly streamKey: string, private readonly maxItems: number) {}
+  constructor(
+    private readonly streamKey: string,
+    private readonly maxItems: number,
+  ) {}
 
   /** Bytes of its own it holds now (what it buffers between pushes), for tests and benchmarks. */
   get heldCapacity(): number {

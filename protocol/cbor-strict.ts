@@ -11,8 +11,20 @@ import { FleetError } from '../platform/errors.ts';
 
 /** Why a CBOR input is outside the subset: a stable name per rule. */
 export const CBOR_FORMS = [
-  'empty', 'truncated', 'trailing-bytes', 'indefinite-length', 'reserved-info', 'non-shortest', 'integer-range',
-  'tag', 'float', 'simple-value', 'invalid-utf8', 'non-text-key', 'duplicate-key', 'too-deep',
+  'empty',
+  'truncated',
+  'trailing-bytes',
+  'indefinite-length',
+  'reserved-info',
+  'non-shortest',
+  'integer-range',
+  'tag',
+  'float',
+  'simple-value',
+  'invalid-utf8',
+  'non-text-key',
+  'duplicate-key',
+  'too-deep',
 ] as const;
 export type CborForm = (typeof CBOR_FORMS)[number];
 
@@ -44,7 +56,12 @@ export class CborError extends FleetError<CborForm> {
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 const TWO_32 = 2 ** 32;
 
-interface Head { major: number; info: number; arg: number; at: number }
+interface Head {
+  major: number;
+  info: number;
+  arg: number;
+  at: number;
+}
 
 class Walker {
   pos = 0;

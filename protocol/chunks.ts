@@ -76,7 +76,10 @@ export class Bitmap {
   readonly bytes: Uint8Array;
   private setCount: number;
 
-  constructor(readonly size: number, bytes?: Uint8Array) {
+  constructor(
+    readonly size: number,
+    bytes?: Uint8Array,
+  ) {
     const len = Math.ceil(size / 8);
     if (bytes && bytes.byteLength !== len) throw new RangeError(`bitmap of ${size} bits needs ${len} bytes, got ${bytes.byteLength}`);
     this.bytes = bytes ? new Uint8Array(bytes) : new Uint8Array(len);

@@ -89,7 +89,7 @@ export function packedBytes(count: number, bits: number): number {
 /** The bits after the last value in the last byte must be zero (one encoding per delta). */
 function checkPadding(bytes: Uint8Array, count: number, bits: number, where: string): void {
   const used = (count * bits) % 8;
-  if (used !== 0 && (bytes[bytes.length - 1] >> used) !== 0) throw bad(`${where}: the padding bits after the last value are not zero`);
+  if (used !== 0 && bytes[bytes.length - 1] >> used !== 0) throw bad(`${where}: the padding bits after the last value are not zero`);
 }
 
 /** Signed b-bit integers (two's complement, LSB first) → doubles q · scale[row or column]. */
@@ -201,7 +201,8 @@ export function checkMixedDelta(x: Record<string, unknown>, name: string, shape:
     const bits = g.bits;
     if (bits !== 8 && bits !== 4 && bits !== 2) throw bad(`${gat}.bits ${String(bits)} is not 8, 4 or 2`);
     return {
-      rank: c, bits,
+      rank: c,
+      bits,
       u: checkBytes(g.u, packedBytes(m * c, bits), `${gat}.u`),
       v: checkBytes(g.v, packedBytes(c * n, bits), `${gat}.v`),
       su: checkBytes(g.su, c * 4, `${gat}.su`),
@@ -217,7 +218,8 @@ export function checkMixedDelta(x: Record<string, unknown>, name: string, shape:
 export function canonicalCompact(d: SignDelta | MixedDelta): Record<string, unknown> {
   if (isSignDelta(d)) return { name: d.name, shape: d.shape, sign: d.sign, scales: d.scales };
   return {
-    name: d.name, shape: d.shape,
+    name: d.name,
+    shape: d.shape,
     mixed: Array.isArray(d.mixed) ? d.mixed.map((g) => (isRecord(g) ? { rank: g.rank, bits: g.bits, u: g.u, v: g.v, su: g.su, sv: g.sv } : g)) : d.mixed,
   };
 }

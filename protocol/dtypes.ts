@@ -14,9 +14,18 @@ export type UpdatableDtype = 'F32' | 'F16' | 'BF16';
 export type WritableDtype = 'F64' | UpdatableDtype;
 
 const SIZES: Record<Dtype, number> = {
-  F64: 8, F32: 4, F16: 2, BF16: 2,
-  I64: 8, I32: 4, I16: 2, I8: 1,
-  U64: 8, U32: 4, U16: 2, U8: 1,
+  F64: 8,
+  F32: 4,
+  F16: 2,
+  BF16: 2,
+  I64: 8,
+  I32: 4,
+  I16: 2,
+  I8: 1,
+  U64: 8,
+  U32: 4,
+  U16: 2,
+  U8: 1,
   BOOL: 1,
 };
 
@@ -77,7 +86,11 @@ function roundHalfEven(s: number): number {
  * A binary float format of 16 bits: 1 sign bit, E exponent bits, M mantissa bits.
  * f16: M = 10, bias 15, all-ones exponent 31. bf16: M = 7, bias 127, all-ones 255.
  */
-interface Small { m: number; bias: number; expMax: number }
+interface Small {
+  m: number;
+  bias: number;
+  expMax: number;
+}
 const F16: Small = { m: 10, bias: 15, expMax: 31 };
 const BF16: Small = { m: 7, bias: 127, expMax: 255 };
 
@@ -144,11 +157,16 @@ export function numberToBf16Bits(x: number): number {
 /** The value x becomes when stored as the dtype (one rounding). */
 export function roundToDtype(x: number, d: WritableDtype): number {
   switch (d) {
-    case 'F64': return x;
-    case 'F32': return Math.fround(x);
-    case 'F16': return f16BitsToNumber(numberToF16Bits(x));
-    case 'BF16': return bf16BitsToNumber(numberToBf16Bits(x));
-    default: throw new ProtocolError('unsupported-dtype', `cannot write ${String(d)}`);
+    case 'F64':
+      return x;
+    case 'F32':
+      return Math.fround(x);
+    case 'F16':
+      return f16BitsToNumber(numberToF16Bits(x));
+    case 'BF16':
+      return bf16BitsToNumber(numberToBf16Bits(x));
+    default:
+      throw new ProtocolError('unsupported-dtype', `cannot write ${String(d)}`);
   }
 }
 
@@ -163,20 +181,34 @@ function viewOf(bytes: Uint8Array): DataView {
 export function elementReader(bytes: Uint8Array, dtype: Dtype): (j: number) => number {
   const dv = viewOf(bytes);
   switch (dtype) {
-    case 'F64': return (j) => dv.getFloat64(j * 8, true);
-    case 'F32': return (j) => dv.getFloat32(j * 4, true);
-    case 'F16': return (j) => f16BitsToNumber(dv.getUint16(j * 2, true));
-    case 'BF16': return (j) => bf16BitsToNumber(dv.getUint16(j * 2, true));
-    case 'I64': return (j) => Number(dv.getBigInt64(j * 8, true));
-    case 'I32': return (j) => dv.getInt32(j * 4, true);
-    case 'I16': return (j) => dv.getInt16(j * 2, true);
-    case 'I8': return (j) => dv.getInt8(j);
-    case 'U64': return (j) => Number(dv.getBigUint64(j * 8, true));
-    case 'U32': return (j) => dv.getUint32(j * 4, true);
-    case 'U16': return (j) => dv.getUint16(j * 2, true);
-    case 'U8': return (j) => dv.getUint8(j);
-    case 'BOOL': return (j) => (dv.getUint8(j) !== 0 ? 1 : 0);
-    default: throw new ProtocolError('unsupported-dtype', `unknown dtype ${String(dtype)}`);
+    case 'F64':
+      return (j) => dv.getFloat64(j * 8, true);
+    case 'F32':
+      return (j) => dv.getFloat32(j * 4, true);
+    case 'F16':
+      return (j) => f16BitsToNumber(dv.getUint16(j * 2, true));
+    case 'BF16':
+      return (j) => bf16BitsToNumber(dv.getUint16(j * 2, true));
+    case 'I64':
+      return (j) => Number(dv.getBigInt64(j * 8, true));
+    case 'I32':
+      return (j) => dv.getInt32(j * 4, true);
+    case 'I16':
+      return (j) => dv.getInt16(j * 2, true);
+    case 'I8':
+      return (j) => dv.getInt8(j);
+    case 'U64':
+      return (j) => Number(dv.getBigUint64(j * 8, true));
+    case 'U32':
+      return (j) => dv.getUint32(j * 4, true);
+    case 'U16':
+      return (j) => dv.getUint16(j * 2, true);
+    case 'U8':
+      return (j) => dv.getUint8(j);
+    case 'BOOL':
+      return (j) => (dv.getUint8(j) !== 0 ? 1 : 0);
+    default:
+      throw new ProtocolError('unsupported-dtype', `unknown dtype ${String(dtype)}`);
   }
 }
 
@@ -184,11 +216,16 @@ export function elementReader(bytes: Uint8Array, dtype: Dtype): (j: number) => n
 export function elementWriter(bytes: Uint8Array, dtype: Dtype): (j: number, x: number) => void {
   const dv = viewOf(bytes);
   switch (dtype) {
-    case 'F64': return (j, x) => dv.setFloat64(j * 8, x, true);
-    case 'F32': return (j, x) => dv.setFloat32(j * 4, Math.fround(x), true);
-    case 'F16': return (j, x) => dv.setUint16(j * 2, numberToF16Bits(x), true);
-    case 'BF16': return (j, x) => dv.setUint16(j * 2, numberToBf16Bits(x), true);
-    default: throw new ProtocolError('unsupported-dtype', `cannot write ${String(dtype)}`);
+    case 'F64':
+      return (j, x) => dv.setFloat64(j * 8, x, true);
+    case 'F32':
+      return (j, x) => dv.setFloat32(j * 4, Math.fround(x), true);
+    case 'F16':
+      return (j, x) => dv.setUint16(j * 2, numberToF16Bits(x), true);
+    case 'BF16':
+      return (j, x) => dv.setUint16(j * 2, numberToBf16Bits(x), true);
+    default:
+      throw new ProtocolError('unsupported-dtype', `cannot write ${String(dtype)}`);
   }
 }
 

@@ -1,16 +1,10 @@
 import { cborDecode, cborEncode, isBytes, isHex, isRecord, isUint } from './cbor.ts';
 import { CborMapScanner, StreamedArray, type ScannedMap, type StreamedItem } from './cbor-stream.ts';
 import { ProtocolError } from './errors.ts';
-import {
-  type Dtype, dtypeSize, elementReader, elementWriter, f16BitsToNumber, isUpdatableDtype,
-  numberToBf16Bits, numberToF16Bits,
-} from './dtypes.ts';
+import { type Dtype, dtypeSize, elementReader, elementWriter, f16BitsToNumber, isUpdatableDtype, numberToBf16Bits, numberToF16Bits } from './dtypes.ts';
 import { isWellFormedName, readSafetensors, writeSafetensors, type TensorInput } from './safetensors.ts';
 import { modelDigest } from './digest.ts';
-import {
-  canonicalCompact, checkMixedDelta, checkSignDelta, compactDataBytes, isMixedDelta, isSignDelta, mixedFactors, signValues,
-  type MixedDelta, type SignDelta,
-} from './compact.ts';
+import { canonicalCompact, checkMixedDelta, checkSignDelta, compactDataBytes, isMixedDelta, isSignDelta, mixedFactors, signValues, type MixedDelta, type SignDelta } from './compact.ts';
 
 /**
  * The low-rank update payload (CBOR, plain maps, byte strings):
@@ -217,7 +211,10 @@ function checkDelta(x: unknown, i: number, scratch?: FactorScratch): TensorDelta
   if (dtype !== 'f32' && dtype !== 'f16' && dtype !== 'i8') throw bad(`${at}: factor dtype ${String(dtype)} is not f32, f16 or i8`);
   const size = FACTOR_SIZE[dtype];
   const d: LowRankDelta = {
-    name, shape, rank: r, dtype,
+    name,
+    shape,
+    rank: r,
+    dtype,
     u: checkBytes(x.u, m * r * size, `${at}.u`),
     v: checkBytes(x.v, r * n * size, `${at}.v`),
   };
@@ -251,7 +248,7 @@ export function checkPayload(x: unknown, limits: PayloadLimits = {}): Payload {
   const { base, target } = checkPayloadHead(x, limits);
   const names = new Set<string>();
   const scratch = new FactorScratch();
-  const tensors = ((x as { tensors: unknown[] }).tensors).map((t, i) => uniqueDelta(names, checkDelta(t, i, scratch)));
+  const tensors = (x as { tensors: unknown[] }).tensors.map((t, i) => uniqueDelta(names, checkDelta(t, i, scratch)));
   return { v: 1, base, target, tensors };
 }
 
@@ -456,7 +453,10 @@ export function applyToModel(model: Uint8Array, payload: Payload): { bytes: Uint
     updated.set(delta.name, applyTensor(info, file.tensor(delta.name), delta));
   }
   const tensors: TensorInput[] = file.tensors.map((t) => ({
-    name: t.name, dtype: t.dtype, shape: t.shape, data: updated.get(t.name) ?? t.data,
+    name: t.name,
+    dtype: t.dtype,
+    shape: t.shape,
+    data: updated.get(t.name) ?? t.data,
   }));
   return { bytes: writeSafetensors(tensors, file.header.metadata), digest: modelDigest(tensors) };
 }

@@ -78,7 +78,14 @@ export function encodeManifest(b: ManifestBody): Uint8Array {
     model: b.model,
     target: b.target,
     steps: b.steps.map((s) => ({
-      u: s.updateId, from: s.from, to: s.to, size: s.size, sha256: s.sha256, chunk: s.chunkSize, chunks: s.chunks, list: s.listSha256,
+      u: s.updateId,
+      from: s.from,
+      to: s.to,
+      size: s.size,
+      sha256: s.sha256,
+      chunk: s.chunkSize,
+      chunks: s.chunks,
+      list: s.listSha256,
       ...(s.sealed ? { sealed: true } : {}),
     })),
     limits: { payload: b.limits.payloadBytes, chunks: b.limits.chunks, chunk: b.limits.chunkBytes },
@@ -139,7 +146,7 @@ function checkChains(steps: ReleaseStep[], target: string): void {
 
 function chainFrom(byFrom: Map<string, ReleaseStep>, running: string, target: string): ReleaseStep[] | undefined {
   const path: ReleaseStep[] = [];
-  for (let at = running; at !== target; ) {
+  for (let at = running; at !== target;) {
     const s = byFrom.get(at);
     if (!s || path.length > byFrom.size) return undefined;
     path.push(s);

@@ -20,7 +20,19 @@ type TensorProto = OnnxTypes.ITensorProto;
 
 /** ONNX TensorProto.DataType numbers of the element types mapped onto ours. */
 const DATA_TYPES: Record<number, Dtype> = {
-  1: 'F32', 2: 'U8', 3: 'I8', 4: 'U16', 5: 'I16', 6: 'I32', 7: 'I64', 9: 'BOOL', 10: 'F16', 11: 'F64', 12: 'U32', 13: 'U64', 16: 'BF16',
+  1: 'F32',
+  2: 'U8',
+  3: 'I8',
+  4: 'U16',
+  5: 'I16',
+  6: 'I32',
+  7: 'I64',
+  9: 'BOOL',
+  10: 'F16',
+  11: 'F64',
+  12: 'U32',
+  13: 'U64',
+  16: 'BF16',
 };
 
 /** Which field of the TensorProto held the data (a rewritten tensor keeps it). */
@@ -151,13 +163,17 @@ function tensorBytes(t: TensorProto, dtype: Dtype, count: number, name: string):
       typed(v.length, 'double_data');
       return { data: bytesOf(Float64Array.from(v)), storage: 'double_data' };
     }
-    case 'I64': case 'U32': case 'U64': {
+    case 'I64':
+    case 'U32':
+    case 'U64': {
       const field = dtype === 'I64' ? 'int64_data' : 'uint64_data';
       const v = (dtype === 'I64' ? t.int64Data : t.uint64Data) ?? [];
       typed(v.length, field);
       if (dtype === 'U32') return { data: bytesOf(Uint32Array.from(v, (x) => toSafe(x, 'value'))), storage: field };
       const out = new BigInt64Array(v.length);
-      v.forEach((x, i) => { out[i] = typeof x === 'number' ? BigInt(x) : (BigInt(x.high >>> 0) << 32n) | BigInt(x.low >>> 0); });
+      v.forEach((x, i) => {
+        out[i] = typeof x === 'number' ? BigInt(x) : (BigInt(x.high >>> 0) << 32n) | BigInt(x.low >>> 0);
+      });
       return { data: bytesOf(out), storage: field };
     }
     default: {
@@ -177,16 +193,23 @@ function withData(t: TensorProto, data: Uint8Array, storage: OnnxStorage): OnnxT
   const copy = Object.assign(new onnx.TensorProto(), t);
   const aligned = new Uint8Array(data); // a copy, aligned for the typed views below
   switch (storage) {
-    case 'raw_data': copy.rawData = aligned; break;
-    case 'float_data': copy.floatData = Array.from(new Float32Array(aligned.buffer)); break;
-    case 'double_data': copy.doubleData = Array.from(new Float64Array(aligned.buffer)); break;
+    case 'raw_data':
+      copy.rawData = aligned;
+      break;
+    case 'float_data':
+      copy.floatData = Array.from(new Float32Array(aligned.buffer));
+      break;
+    case 'double_data':
+      copy.doubleData = Array.from(new Float64Array(aligned.buffer));
+      break;
     case 'int32_data': {
       const dtype = DATA_TYPES[t.dataType ?? 0];
       if (dtype !== 'F16' && dtype !== 'BF16') throw bad(`initializer ${JSON.stringify(t.name)}: cannot rewrite ${dtype} held in int32_data`);
       copy.int32Data = Array.from(new Uint16Array(aligned.buffer));
       break;
     }
-    default: throw bad(`initializer ${JSON.stringify(t.name)}: cannot rewrite data held in ${storage}`);
+    default:
+      throw bad(`initializer ${JSON.stringify(t.name)}: cannot rewrite data held in ${storage}`);
   }
   return copy;
 }
@@ -212,7 +235,9 @@ export function encodeOnnx(proto: ModelProto): Uint8Array {
 /** The skeleton's hash: the model encoded with the updatable initializers' data fields emptied. */
 function skeletonHash(proto: ModelProto, updatable: ReadonlySet<string>): string {
   const inits = (proto.graph?.initializer ?? []).map((t) => (updatable.has(t.name ?? '') ? withoutData(t) : t));
-  return createHash('sha256').update(encodeOnnx(withInitializers(proto, inits))).digest('hex');
+  return createHash('sha256')
+    .update(encodeOnnx(withInitializers(proto, inits)))
+    .digest('hex');
 }
 
 /** Decode and check an ONNX model held in memory. */

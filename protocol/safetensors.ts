@@ -246,10 +246,7 @@ export function readSafetensors(bytes: Uint8Array): SafetensorsFile {
  * spaces so that 8+N is a multiple of 8. The returned layout is in file order,
  * so a writer can stream the tensors' bytes after the header one by one.
  */
-export function encodeSafetensorsHeader(
-  tensors: readonly TensorSpec[],
-  metadata: Record<string, string> = {},
-): { header: Uint8Array; layout: TensorInfo[] } {
+export function encodeSafetensorsHeader(tensors: readonly TensorSpec[], metadata: Record<string, string> = {}): { header: Uint8Array; layout: TensorInfo[] } {
   const seen = new Set<string>();
   for (const t of tensors) {
     if (typeof t.name !== 'string' || !isWellFormedName(t.name)) throw bad(`tensor name ${JSON.stringify(t.name)} is not a well-formed string`);

@@ -1,17 +1,7 @@
 import { isTopicSegment } from './topics.ts';
 
 /** The device status contract: JSON, retained on fleet/devices/{id}/status. */
-export const DEVICE_STATES = [
-  'idle',
-  'downloading',
-  'verifying',
-  'applying',
-  'testing',
-  'ok',
-  'rolled_back',
-  'rejected',
-  'failed',
-] as const;
+export const DEVICE_STATES = ['idle', 'downloading', 'verifying', 'applying', 'testing', 'ok', 'rolled_back', 'rejected', 'failed'] as const;
 
 export type DeviceState = (typeof DEVICE_STATES)[number];
 
@@ -87,7 +77,10 @@ const isString = (v: unknown): v is string => typeof v === 'string';
 const isNumber = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
 const isCount = (v: unknown): v is number => isNumber(v) && v >= 0;
 const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
-const nullable = <T>(f: Field<T>): Field<T | null> => (v: unknown): v is T | null => v === null || f(v);
+const nullable =
+  <T>(f: Field<T>): Field<T | null> =>
+  (v: unknown): v is T | null =>
+    v === null || f(v);
 const isValidation = (v: unknown): v is ValidationFigures => {
   if (typeof v !== 'object' || v === null) return false;
   const w = v as Record<string, unknown>;

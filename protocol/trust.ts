@@ -68,7 +68,8 @@ export function parseTrustFile(text: string): TrustFile {
 }
 
 const roleJson = (r: Role): { threshold: number; keys: Array<{ id: string; publicKey: string }> } => ({
-  threshold: r.threshold, keys: r.keys.map((k) => ({ id: k.id, publicKey: Buffer.from(k.publicKey).toString('base64') })),
+  threshold: r.threshold,
+  keys: r.keys.map((k) => ({ id: k.id, publicKey: Buffer.from(k.publicKey).toString('base64') })),
 });
 
 export function formatTrustFile(t: TrustFile): string {

@@ -14,7 +14,10 @@ export const UPDATE_FILE_HEADER_BYTES = UPDATE_FILE_MAGIC.byteLength + 32;
 export type UpdateFileProblem = 'no-check' | 'damaged-update';
 
 export class UpdateFileError extends Error {
-  constructor(readonly code: UpdateFileProblem, message: string) {
+  constructor(
+    readonly code: UpdateFileProblem,
+    message: string,
+  ) {
     super(message);
     this.name = 'UpdateFileError';
   }
@@ -56,7 +59,10 @@ export function promisedPayloadSha256(head: Uint8Array, name: string): Uint8Arra
 export function checkPayloadSha256(want: Uint8Array, got: Uint8Array, name: string): void {
   for (let i = 0; i < 32; i++) {
     if (got[i] !== want[i]) {
-      throw new UpdateFileError('damaged-update', `${name} is damaged: its payload's SHA-256 is not the one fleet build wrote in its header (bytes changed or cut off after the build); copy it again from where fleet build wrote it, or rebuild it`);
+      throw new UpdateFileError(
+        'damaged-update',
+        `${name} is damaged: its payload's SHA-256 is not the one fleet build wrote in its header (bytes changed or cut off after the build); copy it again from where fleet build wrote it, or rebuild it`,
+      );
     }
   }
 }

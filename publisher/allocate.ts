@@ -103,8 +103,7 @@ export async function allocateBudget(
   };
 
   const denseCostOf = (m: MatrixItem): number => denseBytes(m.m * m.n) + entryOverhead(m.name, m.shape, false);
-  const factorCostOf = (m: MatrixItem, r: number): number =>
-    r === 0 ? 0 : r * (m.m + m.n) * bpv + (quant === 'int8' ? 4 * (m.m + r) : 0) + entryOverhead(m.name, m.shape, true);
+  const factorCostOf = (m: MatrixItem, r: number): number => (r === 0 ? 0 : r * (m.m + m.n) * bpv + (quant === 'int8' ? 4 * (m.m + r) : 0) + entryOverhead(m.name, m.shape, true));
 
   const next = async (m: MatrixItem): Promise<Candidate | undefined> => {
     const r = taken.get(m.name) ?? 0;

@@ -22,7 +22,10 @@ export async function checkUpdatesOnBase(baseFile: string, payloads: Uint8Array[
   });
   const start = links.findIndex((l) => l.base === running);
   if (start < 0) {
-    throw new PublishError('bad-update', `--base ${baseFile} is not the update's base: its digest is ${running}, the update applies to ${links.map((l) => l.base).join(' or ')} (devices on it would refuse: wrong-base); give the model the devices run, or build the update from it`);
+    throw new PublishError(
+      'bad-update',
+      `--base ${baseFile} is not the update's base: its digest is ${running}, the update applies to ${links.map((l) => l.base).join(' or ')} (devices on it would refuse: wrong-base); give the model the devices run, or build the update from it`,
+    );
   }
   const scratch = links.length - start > 1 ? await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-publish-base-')) : undefined;
   try {

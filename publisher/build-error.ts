@@ -17,7 +17,12 @@ export type BuildErrorCode =
 
 /** The models or adapters given are refused; the rest are the caller's options or output path. */
 const BUILD_KINDS: Partial<Record<BuildErrorCode, FleetErrorKind>> = {
-  'bad-rank': 'usage', 'bad-energy': 'usage', 'budget-too-small': 'usage', 'bad-options': 'usage', 'needs-confirmation': 'usage', 'unwritable-output': 'io',
+  'bad-rank': 'usage',
+  'bad-energy': 'usage',
+  'budget-too-small': 'usage',
+  'bad-options': 'usage',
+  'needs-confirmation': 'usage',
+  'unwritable-output': 'io',
 };
 
 export class BuildError extends FleetError<BuildErrorCode> {

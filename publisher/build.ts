@@ -114,7 +114,7 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
     const rd = { method, metrics: o.metrics ?? new Map<string, Metric>(), powerIterations: o.powerIterations ?? PUBLISH_DEFAULTS.powerIterations, onAnalysed: tick };
     const items = await analyse(src, o.mode.bytes - PAYLOAD_OVERHEAD, rd);
     // Allocate; should the CBOR framing come out larger than estimated, allocate again for less.
-    for (let spend = o.mode.bytes - PAYLOAD_OVERHEAD; ; ) {
+    for (let spend = o.mode.bytes - PAYLOAD_OVERHEAD; ;) {
       const plan = await allocate(items, spend, src, rd);
       deltas = await encodePlan(plan, src);
       if (deltas.length === 0) throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
@@ -135,7 +135,10 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
     const perTriplet = (m: MatrixItem): number => (m.m + m.n) * 4;
     const share = (o.mode.bytes - PAYLOAD_OVERHEAD) / Math.max(1, items.length);
     const result = await allocateBudget(
-      o.mode.bytes - PAYLOAD_OVERHEAD, items, denses, o.quant,
+      o.mode.bytes - PAYLOAD_OVERHEAD,
+      items,
+      denses,
+      o.quant,
       (m) => Math.min(Math.min(m.m, m.n), Math.max(8, Math.ceil((2 * share) / perTriplet(m)))),
       async (m, k) => (await svdOf(byName.get(m.name)!, k)).s,
     );
@@ -209,7 +212,6 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
 
 const baseDigestPlaceholder = '0'.repeat(64);
 
-
 function checkMode(mode: BuildMode, matrices: ChangedTensor[], src: DeltaSource): void {
   if (src.changed.length === 0) throw new BuildError('mismatched-models', 'the base and target are identical: there is nothing to update');
   if (mode.kind === 'rank') {
@@ -276,4 +278,3 @@ function smallestUpdate(src: DeltaSource, quant: Quant): number {
   }
   return PAYLOAD_OVERHEAD + best;
 }
-

@@ -7,8 +7,14 @@ import { fullModelDigest, orderChain, PublishError } from './publish.ts';
 function stepFor(payload: Uint8Array, from: string | null, to: string, chunkSize: number): ReleaseStep {
   const list = chunkList(payload, chunkSize);
   return {
-    updateId: updateIdOf(payload), from, to, size: payload.byteLength, sha256: sha256Hex(payload),
-    chunkSize, chunks: chunkCount(payload.byteLength, chunkSize), listSha256: sha256Hex(list),
+    updateId: updateIdOf(payload),
+    from,
+    to,
+    size: payload.byteLength,
+    sha256: sha256Hex(payload),
+    chunkSize,
+    chunks: chunkCount(payload.byteLength, chunkSize),
+    listSha256: sha256Hex(list),
   };
 }
 
@@ -32,14 +38,18 @@ export function makeBundle(o: MakeBundleOptions): { bytes: Uint8Array; release: 
   const chain = o.payloads.length ? orderChain(o.payloads) : undefined;
   const target = chain?.target ?? fullModelDigest(o.fullModel!);
   if (o.fullModel && fullModelDigest(o.fullModel) !== target) throw new PublishError('bad-update', 'the full model is not the target of the updates');
-  const steps = [
-    ...(chain?.links.map((l) => stepFor(l.payload, l.base, l.target, DEFAULT_CHUNK_SIZE)) ?? []),
-    ...(o.fullModel ? [stepFor(o.fullModel, null, target, DEFAULT_CHUNK_SIZE)] : []),
-  ];
+  const steps = [...(chain?.links.map((l) => stepFor(l.payload, l.base, l.target, DEFAULT_CHUNK_SIZE)) ?? []), ...(o.fullModel ? [stepFor(o.fullModel, null, target, DEFAULT_CHUNK_SIZE)] : [])];
   const now = Math.floor((o.now ?? Date.now)() / 1000);
   const draft: ReleaseDraft = {
-    model: o.model, group: o.group, seq: o.seq ?? now, issued: now, expires: now + o.ttlSeconds, target, steps,
-    rollback: false, previous: chain?.links[0]?.base ?? null,
+    model: o.model,
+    group: o.group,
+    seq: o.seq ?? now,
+    issued: now,
+    expires: now + o.ttlSeconds,
+    target,
+    steps,
+    rollback: false,
+    previous: chain?.links[0]?.base ?? null,
   };
   const payloads: Record<string, Uint8Array> = {};
   for (const p of [...o.payloads, ...(o.fullModel ? [o.fullModel] : [])]) payloads[updateIdOf(p)] = p;

@@ -11,11 +11,7 @@ import { ModelFile } from '../util/model-file.ts';
 import { BuildError } from './build-error.ts';
 
 /** How errors in a tensor's columns are weighted: not at all, by a diagonal, or by a full Gram matrix. */
-export type Metric = (
-  | { kind: 'none'; n: number }
-  | { kind: 'diag'; n: number; d: Float64Array; sqrtD: Float64Array }
-  | { kind: 'full'; n: number; l: Float64Array }
-) & {
+export type Metric = ({ kind: 'none'; n: number } | { kind: 'diag'; n: number; d: Float64Array; sqrtD: Float64Array } | { kind: 'full'; n: number; l: Float64Array }) & {
   /** Optional weights of the output units (rows), o_i > 0: the error is Σ_i o_i · (E_i·G·E_iᵀ). */
   rows?: Float64Array;
 };
@@ -143,7 +139,11 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
           if (!Number.isFinite(o[i]) || o[i] < 0) throw new BuildError('bad-calibration', `calibration ${t.name}: entry ${i} is ${o[i]} (output weights are finite and non-negative)`);
           mean += o[i] / o.length;
         }
-        if (mean > 0) rows.set(name, Float64Array.from(o, (x) => x + DAMPING * mean));
+        if (mean > 0)
+          rows.set(
+            name,
+            Float64Array.from(o, (x) => x + DAMPING * mean),
+          );
         continue;
       }
       const shape = shapes.get(t.name);
@@ -159,7 +159,10 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
       out.set(t.name, metricOf(values, n, full, t.name));
     }
     for (const [name, o] of rows) {
-      const n = shapes.get(name)!.slice(1).reduce((a, b) => a * b, 1);
+      const n = shapes
+        .get(name)!
+        .slice(1)
+        .reduce((a, b) => a * b, 1);
       out.set(name, { ...(out.get(name) ?? { kind: 'none', n }), rows: o });
     }
     return out;

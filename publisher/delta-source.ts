@@ -55,10 +55,15 @@ export async function twoModelSource(baseFile: string, targetFile: string): Prom
     const missing = base.tensors.filter((t) => !tNames.has(t.name)).map((t) => t.name);
     const extra = target.tensors.filter((t) => !bNames.has(t.name)).map((t) => t.name);
     if (missing.length || extra.length) {
-      throw new BuildError('mismatched-models', `base and target have different tensors: ${[
-        missing.length ? `only in the base: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? '…' : ''}` : '',
-        extra.length ? `only in the target: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? '…' : ''}` : '',
-      ].filter(Boolean).join('; ')}`);
+      throw new BuildError(
+        'mismatched-models',
+        `base and target have different tensors: ${[
+          missing.length ? `only in the base: ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? '…' : ''}` : '',
+          extra.length ? `only in the target: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? '…' : ''}` : '',
+        ]
+          .filter(Boolean)
+          .join('; ')}`,
+      );
     }
     // Structure first (every name, dtype and shape), then contents.
     for (const b of base.tensors) {
@@ -130,7 +135,10 @@ export async function loraSource(baseFile: string, factors: LoraFactor[], whole:
       }
       if (w.mustEqualBase !== undefined) {
         if (Buffer.compare(await base.read(info), w.data) === 0) continue;
-        throw new BuildError('bad-adapter', `adapter tensor ${w.source} is the saved base weight of ${w.mustEqualBase}, but it differs from ${info.name} in the base model: the adapter was made for another base, or trained that tensor too, which cannot be combined here`);
+        throw new BuildError(
+          'bad-adapter',
+          `adapter tensor ${w.source} is the saved base weight of ${w.mustEqualBase}, but it differs from ${info.name} in the base model: the adapter was made for another base, or trained that tensor too, which cannot be combined here`,
+        );
       }
       if (wholeBy.has(info.name) || changed.some((c) => c.info.name === info.name)) throw new BuildError('bad-adapter', `base tensor ${info.name} is targeted twice by the adapter`);
       updatable(info);

@@ -2,23 +2,49 @@ import { PUBLISH_DEFAULTS } from './defaults.ts';
 import { FleetError, type FleetErrorKind, ignoreBecause, RefusalError, UsageError } from '../platform/errors.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import {
-  assignManifest, checkRelease, decodeRelease, decodeSignedManifest, manifestHashOf, maxSeqAt, SEQ_PER_SECOND, signManifest, trustOf, verifyManifest, verifyRelease,
-  type ManifestBody, type ReleaseBody, type SigningKey, type TrustFile,
+  assignManifest,
+  checkRelease,
+  decodeRelease,
+  decodeSignedManifest,
+  manifestHashOf,
+  maxSeqAt,
+  SEQ_PER_SECOND,
+  signManifest,
+  trustOf,
+  verifyManifest,
+  verifyRelease,
+  type ManifestBody,
+  type ReleaseBody,
+  type SigningKey,
+  type TrustFile,
 } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 
 export type PublishErrorCode =
-  | 'no-update-server' | 'upload-refused' | 'bad-update'
-  | 'no-release' | 'no-previous' | 'untrusted-release' | 'bad-seq' | 'no-manifest'
+  | 'no-update-server'
+  | 'upload-refused'
+  | 'bad-update'
+  | 'no-release'
+  | 'no-previous'
+  | 'untrusted-release'
+  | 'bad-seq'
+  | 'no-manifest'
   /** The signed release failed the checks a device makes: not published. */
   | 'invalid-release';
 
 /** No update server answering is I/O; the rest is refused (what the broker holds) or asked wrongly. */
 const PUBLISH_KINDS: Record<PublishErrorCode, FleetErrorKind> = {
-  'no-update-server': 'io', 'upload-refused': 'refusal', 'bad-update': 'refusal', 'no-release': 'usage', 'no-previous': 'usage',
-  'untrusted-release': 'refusal', 'bad-seq': 'refusal', 'no-manifest': 'usage', 'invalid-release': 'refusal',
+  'no-update-server': 'io',
+  'upload-refused': 'refusal',
+  'bad-update': 'refusal',
+  'no-release': 'usage',
+  'no-previous': 'usage',
+  'untrusted-release': 'refusal',
+  'bad-seq': 'refusal',
+  'no-manifest': 'usage',
+  'invalid-release': 'refusal',
 };
 
 export class PublishError extends FleetError<PublishErrorCode> {
@@ -203,9 +229,7 @@ const DEVICE_SKEW_SECONDS = 300;
  * and within the ceiling for its issued time): nothing a device would refuse
  * reaches the broker.
  */
-export async function publishGroupRelease(
-  o: GroupReleaseOptions, currentSeq: number, what: { manifest: Uint8Array; rollback: boolean; previous: string | null },
-): Promise<ReleaseBody> {
+export async function publishGroupRelease(o: GroupReleaseOptions, currentSeq: number, what: { manifest: Uint8Array; rollback: boolean; previous: string | null }): Promise<ReleaseBody> {
   const nowMs = (o.now ?? Date.now)();
   const now = Math.floor(nowMs / 1000);
   // Above the current seq, and at least the clock in ms (within the ceiling of issued × 1000 + 999):
@@ -214,13 +238,26 @@ export async function publishGroupRelease(
   const seq = o.seq ?? Math.max(currentSeq + 1, nowMs);
   const where = `${o.model} for group ${o.group}`;
   if (seq > maxSeqAt(now)) {
-    throw new PublishError('bad-seq', `seq ${seq} for ${where} is absurd for the time (at most ${maxSeqAt(now)} now, ${SEQ_PER_SECOND} per second): ${o.seq === undefined ? `the current seq ${currentSeq} is ahead of the clock; check this machine's clock, or wait` : 'give a lower --seq'}`);
+    throw new PublishError(
+      'bad-seq',
+      `seq ${seq} for ${where} is absurd for the time (at most ${maxSeqAt(now)} now, ${SEQ_PER_SECOND} per second): ${o.seq === undefined ? `the current seq ${currentSeq} is ahead of the clock; check this machine's clock, or wait` : 'give a lower --seq'}`,
+    );
   }
   let bytes: Uint8Array;
   try {
-    bytes = assignManifest(what.manifest, {
-      model: o.model, group: o.group, seq, issued: now, expires: now + o.ttlSeconds, rollback: what.rollback, previous: what.previous,
-    }, rolloutKeysOf(o));
+    bytes = assignManifest(
+      what.manifest,
+      {
+        model: o.model,
+        group: o.group,
+        seq,
+        issued: now,
+        expires: now + o.ttlSeconds,
+        rollback: what.rollback,
+        previous: what.previous,
+      },
+      rolloutKeysOf(o),
+    );
     checkRelease(verifyRelease(bytes, trustOfOptions(o)), { model: o.model, group: o.group, now, clockFloor: 0, highestSeq: currentSeq, skewSeconds: DEVICE_SKEW_SECONDS });
   } catch (e) {
     if (!(e instanceof ProtocolError)) throw e;

@@ -65,8 +65,13 @@ export async function keygen(outDir: string, name = 'release', rolloutName = 'ro
   const trustFile = path.join(outDir, 'trust.json');
   await writeFileAtomic(trustFile, formatTrustFile(trustOf([release.key], [rollout.key])));
   return {
-    keyFile: release.keyFile, publicFile: release.publicFile, id: release.key.id,
-    rolloutKeyFile: rollout.keyFile, rolloutPublicFile: rollout.publicFile, rolloutId: rollout.key.id, trustFile,
+    keyFile: release.keyFile,
+    publicFile: release.publicFile,
+    id: release.key.id,
+    rolloutKeyFile: rollout.keyFile,
+    rolloutPublicFile: rollout.publicFile,
+    rolloutId: rollout.key.id,
+    trustFile,
   };
 }
 

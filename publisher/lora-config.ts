@@ -41,7 +41,7 @@ export interface LoraConfig {
 const UNMERGEABLE: Array<[key: string, why: string]> = [
   ['alora_invocation_tokens', 'it is an activated LoRA (aLoRA), applied only after its invocation tokens; PEFT cannot merge it either'],
   ['layer_replication', 'layer_replication expands the model with layers that have no base tensors of their own'],
-  ['kasa_config', 'KaSA (lora_diag) truncates the base weight\'s r smallest singular components when the adapter loads, so the merged model is not base + B·diag·A; merge it with PEFT and build with --target'],
+  ['kasa_config', "KaSA (lora_diag) truncates the base weight's r smallest singular components when the adapter loads, so the merged model is not base + B·diag·A; merge it with PEFT and build with --target"],
   ['use_qalora', 'QALoRA pools the input features, so its delta is not B·A'],
   ['arrow_config', 'Arrow routes tokens between LoRA experts; PEFT cannot merge it either'],
   ['use_bdlora', 'BD-LoRA stores block-diagonal factors that this converter does not read'],
@@ -170,7 +170,10 @@ function tokenIndices(v: unknown): number[] | Record<string, number[]> {
 export function patternValue(patterns: Record<string, number>, module: string, field = 'pattern'): { key: string; value: number } | undefined {
   const keys = Object.keys(patterns);
   if (keys.length > 1 && keys.some((k) => /^(0|[1-9]\d*)$/.test(k))) {
-    throw new LoraError('unsupported-adapter', `adapter_config.json: ${field} has a key that is a whole number (${keys.find((k) => /^(0|[1-9]\d*)$/.test(k))}), whose place in the file's order cannot be kept; PEFT takes the first matching key in that order`);
+    throw new LoraError(
+      'unsupported-adapter',
+      `adapter_config.json: ${field} has a key that is a whole number (${keys.find((k) => /^(0|[1-9]\d*)$/.test(k))}), whose place in the file's order cannot be kept; PEFT takes the first matching key in that order`,
+    );
   }
   for (const key of keys) {
     if (pythonRegex(key, field, module).test(module)) return { key, value: patterns[key] };
@@ -182,8 +185,7 @@ const SYNTAX = new Set('^$\\.*+?()[]{}|/'.split(''));
 
 /** `^(.*\.)?(key)$` as a JavaScript RegExp that matches exactly what Python's re.match does, or a LoraError. */
 export function pythonRegex(key: string, field: string, subject: string): RegExp {
-  const refuse = (why: string): LoraError =>
-    new LoraError('unsupported-adapter', `adapter_config.json: ${field} key ${JSON.stringify(key)} ${why}; rewrite it as a plain regular expression`);
+  const refuse = (why: string): LoraError => new LoraError('unsupported-adapter', `adapter_config.json: ${field} key ${JSON.stringify(key)} ${why}; rewrite it as a plain regular expression`);
   let out = '';
   for (let i = 0; i < key.length; i++) {
     const c = key[i];
@@ -203,7 +205,7 @@ export function pythonRegex(key: string, field: string, subject: string): RegExp
         if (/[^\x00-\x7f]/.test(subject)) throw refuse(`uses \\${d}, which Python and JavaScript read differently on the non-ASCII module name ${JSON.stringify(subject)}`);
         out += `\\${d}`;
       } else if (/[0-9]/.test(d)) {
-        if (d === '0' || /[0-7]{2}/.test(key.slice(i, i + 2)) && /[0-7]/.test(key[i + 2] ?? '')) throw refuse('has an octal escape');
+        if (d === '0' || (/[0-7]{2}/.test(key.slice(i, i + 2)) && /[0-7]/.test(key[i + 2] ?? ''))) throw refuse('has an octal escape');
         // Python's groups: 1 is the (.*\.)? prefix, 2 the key; a key's own groups start at 3, as here.
         out += `\\${d}`;
       } else if (/[a-zA-Z]/.test(d)) {
@@ -217,9 +219,13 @@ export function pythonRegex(key: string, field: string, subject: string): RegExp
       const rest = key.slice(i + 2);
       const named = /^P<([A-Za-z_][A-Za-z0-9_]*)>/.exec(rest);
       const backref = /^P=([A-Za-z_][A-Za-z0-9_]*)\)/.exec(rest);
-      if (named) { out += `(?<${named[1]}>`; i += 1 + named[0].length; }
-      else if (backref) { out += `\\k<${backref[1]}>`; i += 1 + backref[0].length; }
-      else if (/^(:|=|!|<=|<!)/.test(rest)) out += c;
+      if (named) {
+        out += `(?<${named[1]}>`;
+        i += 1 + named[0].length;
+      } else if (backref) {
+        out += `\\k<${backref[1]}>`;
+        i += 1 + backref[0].length;
+      } else if (/^(:|=|!|<=|<!)/.test(rest)) out += c;
       else throw refuse(`uses the Python-only group (?${rest.slice(0, 2)}…`);
     } else out += c;
   }

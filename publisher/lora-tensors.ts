@@ -1,7 +1,12 @@
 /** What the LoRA reader's parts share: an adapter's tensors, base tensor names, and how they are named in messages. */
 import { decodeValues, isUpdatableDtype, type Dtype } from '../protocol/dtypes.ts';
 
-export interface AdapterTensor { name: string; dtype: Dtype; shape: number[]; data: Uint8Array }
+export interface AdapterTensor {
+  name: string;
+  dtype: Dtype;
+  shape: number[];
+  data: Uint8Array;
+}
 
 export type BaseInfo = { name: string; dtype: string; shape: number[] };
 

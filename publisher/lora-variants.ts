@@ -25,12 +25,13 @@ export interface LoraComputed {
 }
 
 /** DoRA: `lora` is s·B·A in the base tensor's layout (m×n); `perColumn` when the outputs are columns. */
-export function doraComputed(o: {
-  module: string; sources: string[]; tensor: string; shape: number[];
-  lora: () => Float64Array; magnitude: Float64Array; perColumn: boolean;
-}): LoraComputed {
+export function doraComputed(o: { module: string; sources: string[]; tensor: string; shape: number[]; lora: () => Float64Array; magnitude: Float64Array; perColumn: boolean }): LoraComputed {
   return {
-    module: o.module, kind: 'dora', sources: o.sources, tensor: o.tensor, shape: o.shape,
+    module: o.module,
+    kind: 'dora',
+    sources: o.sources,
+    tensor: o.tensor,
+    shape: o.shape,
     delta(base) {
       const { m, n } = lowRankDims(o.shape);
       const w = o.lora();
@@ -52,7 +53,11 @@ export function doraComputed(o: {
 /** Trainable tokens: rows `indices` of an m×n embedding become `rows` (k×n, rounded to the base dtype as PEFT's index_copy does). */
 export function tokensComputed(o: { module: string; source: string; tensor: string; shape: number[]; indices: number[]; rows: Float64Array }): LoraComputed {
   return {
-    module: o.module, kind: 'trainable-tokens', sources: [o.source], tensor: o.tensor, shape: o.shape,
+    module: o.module,
+    kind: 'trainable-tokens',
+    sources: [o.source],
+    tensor: o.tensor,
+    shape: o.shape,
     delta(base, dtype) {
       const { m, n } = lowRankDims(o.shape);
       const k = o.indices.length;
@@ -77,7 +82,11 @@ export function tokensComputed(o: { module: string; source: string; tensor: stri
 /** lora_bias: the base bias plus scaling·lora_B.bias. */
 export function loraBiasComputed(o: { module: string; source: string; tensor: string; shape: number[]; bias: Float64Array; scaling: number }): LoraComputed {
   return {
-    module: o.module, kind: 'lora-bias', sources: [o.source], tensor: o.tensor, shape: o.shape,
+    module: o.module,
+    kind: 'lora-bias',
+    sources: [o.source],
+    tensor: o.tensor,
+    shape: o.shape,
     delta: () => ({ delta: o.bias.map((b) => b * o.scaling) }),
   };
 }

@@ -37,22 +37,40 @@ export function mapTokens(
       const keys = Object.keys(spec).filter((k) => named(module, k));
       indices = keys.length === 1 ? spec[keys[0]] : undefined;
     }
-    if (!indices) { fail(`${t.name} holds trainable tokens but trainable_token_indices does not name its rows for ${module}`); continue; }
+    if (!indices) {
+      fail(`${t.name} holds trainable tokens but trainable_token_indices does not name its rows for ${module}`);
+      continue;
+    }
     const tried = baseCandidates(module);
     const found = tried.find((n) => byName.has(n));
-    if (!found) { fail(`no base tensor for trainable tokens of ${module}: tried ${tried.join(', ')}`); continue; }
+    if (!found) {
+      fail(`no base tensor for trainable tokens of ${module}: tried ${tried.join(', ')}`);
+      continue;
+    }
     const info = byName.get(found)!;
     if (info.shape.length !== 2 || !sameShape(t.shape, [indices.length, info.shape[1]])) {
       fail(`${t.name} ${fmt(t.shape)} does not fit ${indices.length} rows of base tensor ${found} ${fmt(info.shape)}`);
       continue;
     }
-    if (!isUpdatableDtype(info.dtype)) { fail(`base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`); continue; }
+    if (!isUpdatableDtype(info.dtype)) {
+      fail(`base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`);
+      continue;
+    }
     const bad = indices.find((i, k) => i >= info.shape[0] || indices!.indexOf(i) !== k);
-    if (bad !== undefined) { fail(`trainable_token_indices for ${module} has ${bad >= info.shape[0] ? `row ${bad}, beyond the ${info.shape[0]} rows of ${found}` : `row ${bad} twice`}`); continue; }
+    if (bad !== undefined) {
+      fail(`trainable_token_indices for ${module} has ${bad >= info.shape[0] ? `row ${bad}, beyond the ${info.shape[0]} rows of ${found}` : `row ${bad} twice`}`);
+      continue;
+    }
     const rows = decodeFloat(t);
-    if (typeof rows === 'string') { fail(rows); continue; }
+    if (typeof rows === 'string') {
+      fail(rows);
+      continue;
+    }
     const taken = claim(found, t.name);
-    if (taken) { fail(taken); continue; }
+    if (taken) {
+      fail(taken);
+      continue;
+    }
     out.push(tokensComputed({ module, source: t.name, tensor: found, shape: info.shape.slice(), indices, rows }));
   }
   return out;
@@ -74,17 +92,35 @@ export function mapWhole(
     const module = dot > 0 ? path.slice(0, dot) : path;
     const fail = (reason: string) => unmapped.push({ module, reason });
     if (original && trained.has(path)) continue;
-    if (original) { fail(`${t.name} is the original of a modules_to_save module whose trained copy the adapter does not hold`); continue; }
+    if (original) {
+      fail(`${t.name} is the original of a modules_to_save module whose trained copy the adapter does not hold`);
+      continue;
+    }
     const what = `${t.name} ${fmt(t.shape)} is a whole tensor (bias training, modules_to_save or a saved embedding layer)`;
     const tried = altNames(path);
     const found = tried.find((n) => byName.has(n));
-    if (!found) { fail(`${what} but no base tensor matches: tried ${tried.join(', ')}`); continue; }
+    if (!found) {
+      fail(`${what} but no base tensor matches: tried ${tried.join(', ')}`);
+      continue;
+    }
     const info = byName.get(found)!;
-    if (!sameShape(t.shape, info.shape)) { fail(`${what} and does not fit base tensor ${found} ${fmt(info.shape)}: the shapes differ`); continue; }
-    if (t.dtype !== info.dtype) { fail(`${what} of ${t.dtype} but base tensor ${found} is ${info.dtype}: the dtypes differ`); continue; }
-    if (!isUpdatableDtype(info.dtype)) { fail(`${what} but base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`); continue; }
+    if (!sameShape(t.shape, info.shape)) {
+      fail(`${what} and does not fit base tensor ${found} ${fmt(info.shape)}: the shapes differ`);
+      continue;
+    }
+    if (t.dtype !== info.dtype) {
+      fail(`${what} of ${t.dtype} but base tensor ${found} is ${info.dtype}: the dtypes differ`);
+      continue;
+    }
+    if (!isUpdatableDtype(info.dtype)) {
+      fail(`${what} but base tensor ${found} is ${info.dtype}; only F32, F16 and BF16 can be updated`);
+      continue;
+    }
     const values = decodeFloat(t);
-    if (typeof values === 'string') { fail(values); continue; }
+    if (typeof values === 'string') {
+      fail(values);
+      continue;
+    }
     const adapter = adaptedBy(found);
     if (adapter !== undefined) {
       // PEFT saves an adapted embedding's own weight (save_embedding_layers): it must be the base's.
@@ -94,7 +130,10 @@ export function mapWhole(
     const same = out.find((w) => w.tensor === found);
     if (same && Buffer.compare(same.data, t.data) === 0) continue; // saved twice (bias="all" with modules_to_save): one value
     const taken = claim(found, t.name);
-    if (taken) { fail(`${what} but ${taken}`); continue; }
+    if (taken) {
+      fail(`${what} but ${taken}`);
+      continue;
+    }
     out.push({ module, source: t.name, tensor: found, shape: info.shape.slice(), dtype: t.dtype, data: t.data });
   }
   return out;

@@ -113,16 +113,22 @@ function expectedLayout(kind: Group['kind'], a: AdapterTensor, base: readonly nu
   }
   if (a.shape.length === 2) {
     if (base.length !== 2) return `a linear adapter needs a 2-D base tensor`;
-    return fanInFanOut
-      ? { transposed: true, a: [r, base[0]], b: [base[1], r] }
-      : { transposed: false, a: [r, base[1]], b: [base[0], r] };
+    return fanInFanOut ? { transposed: true, a: [r, base[0]], b: [base[1], r] } : { transposed: false, a: [r, base[1]], b: [base[0], r] };
   }
   if (base.length !== a.shape.length) return `a conv adapter needs a ${a.shape.length}-D base tensor`;
   return { transposed: false, a: [r, ...base.slice(1)], b: [base[0], r, ...base.slice(2).map(() => 1)] };
 }
 
 /** A module whose factors found their base tensor, with PEFT's rank and alpha for it. */
-interface Resolved { module: string; g: Group; base: BaseInfo; r: number; alpha: number; rSource: string; scaling: number }
+interface Resolved {
+  module: string;
+  g: Group;
+  base: BaseInfo;
+  r: number;
+  alpha: number;
+  rSource: string;
+  scaling: number;
+}
 
 function fits(x: Resolved, fanInFanOut: boolean): boolean {
   const l = expectedLayout(x.g.kind, x.g.a[0], x.base.shape, x.r, fanInFanOut);
@@ -140,8 +146,7 @@ function factorFor(x: Resolved, fanInFanOut: boolean): LoraFactor | string {
   if (!isUpdatableDtype(baseInfo.dtype)) return `base tensor ${baseInfo.name} is ${baseInfo.dtype}; only F32, F16 and BF16 can be updated`;
   const base = baseInfo.shape;
   const layout = expectedLayout(g.kind, a, base, r, fanInFanOut);
-  const mismatch = (why: string): string =>
-    `${a.name} ${fmt(a.shape)} and ${b.name} ${fmt(b.shape)} do not fit base tensor ${baseInfo.name} ${fmt(base)}: ${why}`;
+  const mismatch = (why: string): string => `${a.name} ${fmt(a.shape)} and ${b.name} ${fmt(b.shape)} do not fit base tensor ${baseInfo.name} ${fmt(base)}: ${why}`;
   if (typeof layout === 'string') return mismatch(layout);
   if (!sameShape(a.shape, layout.a) || !sameShape(b.shape, layout.b)) {
     const hint = g.kind === 'lora' && a.shape.length === 2 && base.length === 2 && fits(x, !fanInFanOut) ? ` (they would fit stored ${fanInFanOut ? '[out, in]' : '[in, out]'})` : '';
@@ -165,12 +170,7 @@ function factorFor(x: Resolved, fanInFanOut: boolean): LoraFactor | string {
  * whole. Whatever is not used is reported in `unmapped`; unreadable input and
  * settings PEFT cannot merge into base + delta throw a LoraError.
  */
-export function loraFactors(
-  adapter: Uint8Array,
-  config: LoraConfig,
-  base: { tensors: ReadonlyArray<BaseInfo> },
-  options: LoraOptions = {},
-): LoraResult {
+export function loraFactors(adapter: Uint8Array, config: LoraConfig, base: { tensors: ReadonlyArray<BaseInfo> }, options: LoraOptions = {}): LoraResult {
   let file: ReturnType<typeof readSafetensors>;
   try {
     file = readSafetensors(adapter);
@@ -212,9 +212,12 @@ export function loraFactors(
       tokenTensors.push({ module: m[1], t });
     } else if (/(^|\.)lora_/.test(name)) {
       const dot = name.lastIndexOf('.');
-      unmapped.push({ module: dot > 0 ? name.slice(0, dot) : name, reason: /\.lora_diag(\.|$)/.test(name)
-        ? `${t.name} is a KaSA diagonal, but KaSA is refused (PEFT truncates the base weight when it loads) and the config does not say kasa_config`
-        : `${t.name} is not a tensor this converter knows how PEFT merges` });
+      unmapped.push({
+        module: dot > 0 ? name.slice(0, dot) : name,
+        reason: /\.lora_diag(\.|$)/.test(name)
+          ? `${t.name} is a KaSA diagonal, but KaSA is refused (PEFT truncates the base weight when it loads) and the config does not say kasa_config`
+          : `${t.name} is not a tensor this converter knows how PEFT merges`,
+      });
     } else {
       wholeTensors.push({ ...basePath(name), t });
     }
@@ -231,7 +234,10 @@ export function loraFactors(
   for (const [module, g] of groups) {
     const fail = (reason: string) => unmapped.push({ module, reason });
     const [aKey, bKey] = g.kind === 'lora' ? ['lora_A', 'lora_B'] : ['lora_embedding_A', 'lora_embedding_B'];
-    if (g.problems.length > 0) { fail(g.problems.join('; ')); continue; }
+    if (g.problems.length > 0) {
+      fail(g.problems.join('; '));
+      continue;
+    }
     if (g.a.length > 1 || g.b.length > 1 || g.magnitude.length > 1 || g.bias.length > 1) {
       fail(`several adapters in one file: ${[...g.a, ...g.b, ...g.magnitude, ...g.bias].map((t) => t.name).join(', ')}`);
       continue;
@@ -241,13 +247,28 @@ export function loraFactors(
       fail(`${have.name} has no matching ${g.a.length === 0 ? aKey : bKey} tensor`);
       continue;
     }
-    if (!config.useDora && g.magnitude.length > 0) { fail(`${g.magnitude[0].name} is a DoRA magnitude vector but the config has use_dora = false`); continue; }
-    if (config.useDora && g.magnitude.length === 0) { fail(`the config has use_dora = true but the adapter holds no lora_magnitude_vector for ${module}`); continue; }
-    if (!config.loraBias && g.bias.length > 0) { fail(`${g.bias[0].name} is a lora_B bias but the config has lora_bias = false`); continue; }
-    if (config.loraBias && g.kind === 'lora' && g.bias.length === 0) { fail(`the config has lora_bias = true but the adapter holds no lora_B bias for ${module}`); continue; }
+    if (!config.useDora && g.magnitude.length > 0) {
+      fail(`${g.magnitude[0].name} is a DoRA magnitude vector but the config has use_dora = false`);
+      continue;
+    }
+    if (config.useDora && g.magnitude.length === 0) {
+      fail(`the config has use_dora = true but the adapter holds no lora_magnitude_vector for ${module}`);
+      continue;
+    }
+    if (!config.loraBias && g.bias.length > 0) {
+      fail(`${g.bias[0].name} is a lora_B bias but the config has lora_bias = false`);
+      continue;
+    }
+    if (config.loraBias && g.kind === 'lora' && g.bias.length === 0) {
+      fail(`the config has lora_bias = true but the adapter holds no lora_B bias for ${module}`);
+      continue;
+    }
     const tried = baseCandidates(module);
     const found = tried.find((n) => byName.has(n));
-    if (!found) { fail(`no base tensor for module ${module}: tried ${tried.join(', ')}`); continue; }
+    if (!found) {
+      fail(`no base tensor for module ${module}: tried ${tried.join(', ')}`);
+      continue;
+    }
     const rp = patternValue(config.rankPattern, module, 'rank_pattern');
     const ap = patternValue(config.alphaPattern, module, 'alpha_pattern');
     const r = rp?.value ?? config.r;
@@ -263,13 +284,25 @@ export function loraFactors(
     if (fanInFanOut === undefined) continue; // reported by decideLayouts
     const fail = (reason: string) => unmapped.push({ module: x.module, reason });
     const f = factorFor(x, fanInFanOut);
-    if (typeof f === 'string') { fail(f); continue; }
+    if (typeof f === 'string') {
+      fail(f);
+      continue;
+    }
     const extra = x.g.magnitude.length ? doraOf(x, f, fanInFanOut) : undefined;
-    if (typeof extra === 'string') { fail(extra); continue; }
+    if (typeof extra === 'string') {
+      fail(extra);
+      continue;
+    }
     const bias = x.g.bias.length ? loraBiasOf(x, byName) : undefined;
-    if (typeof bias === 'string') { fail(bias); continue; }
+    if (typeof bias === 'string') {
+      fail(bias);
+      continue;
+    }
     const taken = claim(f.tensor, `module ${x.module}`) ?? (bias ? claim(bias.tensor, `module ${x.module}`) : undefined);
-    if (taken) { fail(taken); continue; }
+    if (taken) {
+      fail(taken);
+      continue;
+    }
     if (extra) computed.push(extra);
     else factors.push(f);
     if (bias) computed.push(bias);
@@ -301,17 +334,32 @@ function decideLayouts(resolved: Resolved[], config: LoraConfig, options: LoraOp
   const square: Resolved[] = [];
   const evidence = new Set<boolean>();
   for (const x of resolved) {
-    if (x.g.kind === 'embedding' || x.g.a[0].shape.length !== 2) { decided.set(x.module, false); continue; }
-    if (options.fanInFanOut) { note(x, options.fanInFanOut.some((n) => named(x.module, n)), '--fan-in-fan-out'); continue; }
+    if (x.g.kind === 'embedding' || x.g.a[0].shape.length !== 2) {
+      decided.set(x.module, false);
+      continue;
+    }
+    if (options.fanInFanOut) {
+      note(
+        x,
+        options.fanInFanOut.some((n) => named(x.module, n)),
+        '--fan-in-fan-out',
+      );
+      continue;
+    }
     const normal = fits(x, false);
     const flipped = fits(x, true);
     if (normal && flipped) square.push(x);
-    else if (normal || flipped) { note(x, flipped, 'shape'); evidence.add(flipped); }
-    else decided.set(x.module, config.fanInFanOut); // factorFor names the mismatch
+    else if (normal || flipped) {
+      note(x, flipped, 'shape');
+      evidence.add(flipped);
+    } else decided.set(x.module, config.fanInFanOut); // factorFor names the mismatch
   }
   for (const x of square) {
     if (evidence.size === 2) {
-      unmapped.push({ module: x.module, reason: `${x.base.name} ${fmt(x.base.shape)} is square and the model mixes layers stored [out, in] and [in, out] (fan_in_fan_out): name the [in, out] layers with --fan-in-fan-out` });
+      unmapped.push({
+        module: x.module,
+        reason: `${x.base.name} ${fmt(x.base.shape)} is square and the model mixes layers stored [out, in] and [in, out] (fan_in_fan_out): name the [in, out] layers with --fan-in-fan-out`,
+      });
     } else if (evidence.size === 1) note(x, [...evidence][0], 'the other layers');
     else note(x, config.fanInFanOut, 'adapter_config.json fan_in_fan_out');
   }
@@ -327,8 +375,13 @@ function doraOf(x: Resolved, f: LoraFactor, fanInFanOut: boolean): LoraComputed 
   const outputs = perColumn ? n : m;
   if (values.length !== outputs) return `${mag.name} ${fmt(mag.shape)} does not fit base tensor ${f.tensor} ${fmt(f.shape)}: DoRA needs one magnitude per output (${outputs})`;
   return doraComputed({
-    module: x.module, sources: [x.g.a[0].name, x.g.b[0].name, mag.name], tensor: f.tensor, shape: f.shape,
-    lora: () => denseLoraDelta(f), magnitude: values, perColumn,
+    module: x.module,
+    sources: [x.g.a[0].name, x.g.b[0].name, mag.name],
+    tensor: f.tensor,
+    shape: f.shape,
+    lora: () => denseLoraDelta(f),
+    magnitude: values,
+    perColumn,
   });
 }
 

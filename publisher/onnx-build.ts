@@ -86,10 +86,16 @@ function valueInfo(v: ValueSpec): OnnxTypes.ValueInfoProto {
 export function buildOnnxModel(spec: ModelSpec): Uint8Array {
   const graph = new onnx.GraphProto({
     name: spec.graphName ?? 'graph',
-    node: spec.nodes.map((n, k) => new onnx.NodeProto({
-      name: n.name ?? `${n.op.toLowerCase()}_${k}`, opType: n.op, input: n.inputs, output: n.outputs,
-      attribute: Object.entries(n.attrs ?? {}).map(([k2, v]) => attribute(k2, v)),
-    })),
+    node: spec.nodes.map(
+      (n, k) =>
+        new onnx.NodeProto({
+          name: n.name ?? `${n.op.toLowerCase()}_${k}`,
+          opType: n.op,
+          input: n.inputs,
+          output: n.outputs,
+          attribute: Object.entries(n.attrs ?? {}).map(([k2, v]) => attribute(k2, v)),
+        }),
+    ),
     initializer: spec.initializers.map(initializerProto),
     input: spec.inputs.map(valueInfo),
     output: spec.outputs.map(valueInfo),

@@ -87,7 +87,18 @@ function usesOf(model: ReturnType<typeof readOnnx>, skipped: string[]): Map<stri
         continue;
       }
       const [, cin, kh, kw] = t.shape;
-      add(w, { kind: 'conv', op: label, input: x, cin, group: intAttr(node, 'group', 1), kh, kw, stride: intsAttr(node, 'strides', [1, 1]), pads: intsAttr(node, 'pads', [0, 0, 0, 0]), dil: intsAttr(node, 'dilations', [1, 1]) });
+      add(w, {
+        kind: 'conv',
+        op: label,
+        input: x,
+        cin,
+        group: intAttr(node, 'group', 1),
+        kh,
+        kw,
+        stride: intsAttr(node, 'strides', [1, 1]),
+        pads: intsAttr(node, 'pads', [0, 0, 0, 0]),
+        dil: intsAttr(node, 'dilations', [1, 1]),
+      });
     } else {
       skipped.push(`${w}: read by ${label}, which fleet calib does not measure`);
     }
@@ -132,7 +143,7 @@ function unfold(x: OutputBatch, u: Extract<Use, { kind: 'conv' }>): Float32Array
         for (let ox = 0; ox < ow; ox++, row++) {
           let k = row * n;
           for (let ci = 0; ci < u.cin; ci++) {
-            const plane = ((s * c) + g * u.cin + ci) * h * w;
+            const plane = (s * c + g * u.cin + ci) * h * w;
             for (let ki = 0; ki < u.kh; ki++) {
               const iy = oy * sy - pt + ki * dy;
               for (let kj = 0; kj < u.kw; kj++, k++) {
@@ -168,24 +179,32 @@ export async function onnxCalibration(modelBytes: Uint8Array, samples: Samples, 
   const width = (u: Use): number => (u.kind === 'conv' ? u.cin * u.kh * u.kw : u.n);
   const accs = new Map<string, { u: Use; acc: Acc; diag: boolean }[]>();
   for (const [w, us] of uses) {
-    accs.set(w, us.map((u) => {
-      const n = width(u);
-      const diag = u.kind === 'rows' || n > maxFull;
-      return { u, diag, acc: { sum: new Float64Array(diag ? n : n * n), rows: 0 } };
-    }));
+    accs.set(
+      w,
+      us.map((u) => {
+        const n = width(u);
+        const diag = u.kind === 'rows' || n > maxFull;
+        return { u, diag, acc: { sum: new Float64Array(diag ? n : n * n), rows: 0 } };
+      }),
+    );
   }
   const per = samples.sampleShape.reduce((a, b) => a * b, 1);
-  await runSamples(fetched.length ? withOutputs(model, fetched) : modelBytes, samples, (start, b, out) => {
-    const value = (name: string): OutputBatch => (name === graphInput ? { data: samples.inputs.subarray(start * per, (start + b) * per), dims: [b, ...samples.sampleShape] } : out[name]);
-    for (const list of accs.values()) {
-      for (const { u, acc, diag } of list) {
-        const x = value(u.input);
-        const rows = u.kind === 'conv' ? unfold(x, u) : x.data;
-        if (rows.length % width(u) !== 0) throw new RefusalError('unsupported-model', `${u.op}: input [${x.dims}] is not rows of ${width(u)}`);
-        accumulate(acc, rows, width(u), diag);
+  await runSamples(
+    fetched.length ? withOutputs(model, fetched) : modelBytes,
+    samples,
+    (start, b, out) => {
+      const value = (name: string): OutputBatch => (name === graphInput ? { data: samples.inputs.subarray(start * per, (start + b) * per), dims: [b, ...samples.sampleShape] } : out[name]);
+      for (const list of accs.values()) {
+        for (const { u, acc, diag } of list) {
+          const x = value(u.input);
+          const rows = u.kind === 'conv' ? unfold(x, u) : x.data;
+          if (rows.length % width(u) !== 0) throw new RefusalError('unsupported-model', `${u.op}: input [${x.dims}] is not rows of ${width(u)}`);
+          accumulate(acc, rows, width(u), diag);
+        }
       }
-    }
-  }, fetched.length ? fetched : undefined);
+    },
+    fetched.length ? fetched : undefined,
+  );
 
   const tensors: TensorInput[] = [];
   const layers: CalibLayer[] = [];

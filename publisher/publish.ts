@@ -6,14 +6,20 @@ import { decodeReceipt, encodeFrame, type UploadReceipt } from '../protocol/fram
 import { decodePayload } from '../protocol/lowrank.ts';
 import { limitsOf, type ManifestBody, type ReleaseBody, type ReleaseStep } from '../protocol/release.ts';
 import { MAX_STEPS } from '../protocol/manifest.ts';
-import {
-  publishGroupRelease, publishManifest, PublishError, readManifests, trustOfOptions, watchRelease,
-  type GroupReleaseOptions, type KnownManifest,
-} from './group-release.ts';
+import { publishGroupRelease, publishManifest, PublishError, readManifests, trustOfOptions, watchRelease, type GroupReleaseOptions, type KnownManifest } from './group-release.ts';
 
 export {
-  PublishError, type PublishErrorCode, publishGroupRelease, publishManifest, readManifests, rolloutKeysOf, trustOfOptions, watchRelease,
-  type GroupReleaseOptions, type KnownManifest, type RetainedRelease,
+  PublishError,
+  type PublishErrorCode,
+  publishGroupRelease,
+  publishManifest,
+  readManifests,
+  rolloutKeysOf,
+  trustOfOptions,
+  watchRelease,
+  type GroupReleaseOptions,
+  type KnownManifest,
+  type RetainedRelease,
 } from './group-release.ts';
 import { sealPayload } from '../protocol/seal.ts';
 import type { Topics } from '../protocol/topics.ts';
@@ -48,7 +54,6 @@ export interface PublishResult {
   /** Every payload was on the server already. */
   alreadyStored: boolean;
 }
-
 
 const short = (d: string): string => d.slice(0, 12);
 
@@ -148,8 +153,14 @@ export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
     o.onProgress?.(count, count);
     o.log.info('update stored on the server', { updateId, chunks: count, uploaded, alreadyStored });
     return {
-      updateId, size: o.payload.byteLength, sha256: sha256Hex(o.payload), chunkSize: o.chunkSize, chunks: count,
-      listSha256: sha256Hex(chunkList(o.payload, o.chunkSize)), uploadedChunks: uploaded, alreadyStored,
+      updateId,
+      size: o.payload.byteLength,
+      sha256: sha256Hex(o.payload),
+      chunkSize: o.chunkSize,
+      chunks: count,
+      listSha256: sha256Hex(chunkList(o.payload, o.chunkSize)),
+      uploadedChunks: uploaded,
+      alreadyStored,
     };
   } finally {
     wake = undefined;
@@ -210,7 +221,10 @@ export function orderChain(payloads: Uint8Array[]): { target: string; links: Cha
     const list = [...ends].map(short).join(', ');
     throw new PublishError('bad-update', `the updates do not form chains ending at one target: they end at ${list}`);
   }
-  const ordered = links.map((l, k) => ({ l, k })).sort((a, b) => depth.get(b.l)! - depth.get(a.l)! || a.k - b.k).map((x) => x.l);
+  const ordered = links
+    .map((l, k) => ({ l, k }))
+    .sort((a, b) => depth.get(b.l)! - depth.get(a.l)! || a.k - b.k)
+    .map((x) => x.l);
   return { target: [...ends][0], links: ordered };
 }
 
@@ -243,23 +257,23 @@ export async function publishUpdate(o: PublishOptions): Promise<PublishResult> {
     if (current.problem) o.log.warn('the current release is not taken as the previous version', { problem: current.problem });
     // Re-publishing the same target keeps the version before it as `previous`. With no
     // release yet, the group runs where the chain starts: that is the version to go back to.
-    const previous = current.body
-      ? (current.body.target === target ? current.body.previous : current.body.target)
-      : (chain?.links[0]?.base ?? null);
+    const previous = current.body ? (current.body.target === target ? current.body.previous : current.body.target) : (chain?.links[0]?.base ?? null);
     const manifest = await manifestFor(o, await known, { model: o.model, target, steps, limits: limitsOf(steps) }, previous);
     const body = await publishGroupRelease(o, current.seq, { manifest, rollback: false, previous });
     const last = chain ? uploads[chain.links.length - 1] : uploads[uploads.length - 1];
     return {
-      updateId: last.updateId, release: body, uploads,
-      uploadedChunks: uploads.reduce((a, u) => a + u.uploadedChunks, 0), alreadyStored: uploads.every((u) => u.alreadyStored),
+      updateId: last.updateId,
+      release: body,
+      uploads,
+      uploadedChunks: uploads.reduce((a, u) => a + u.uploadedChunks, 0),
+      alreadyStored: uploads.every((u) => u.alreadyStored),
     };
   } finally {
     await watch.stop();
   }
 }
 
-const sameSteps = (a: ManifestBody, b: ManifestBody): boolean =>
-  JSON.stringify(a.steps) === JSON.stringify(b.steps) && a.target === b.target && a.model === b.model;
+const sameSteps = (a: ManifestBody, b: ManifestBody): boolean => JSON.stringify(a.steps) === JSON.stringify(b.steps) && a.target === b.target && a.model === b.model;
 
 /**
  * The signed manifest to assign: signed now with the release keys (and
@@ -286,9 +300,7 @@ async function manifestFor(o: PublishOptions, known: KnownManifest[], want: Mani
  * now, so that the rollout key alone can take a group back to it later
  * (devices that still hold it switch back).
  */
-async function publishBackManifests(
-  o: Pick<PublishOptions, 'transport' | 'topics' | 'model' | 'keys'>, known: KnownManifest[], digests: Array<string | null>, target: string,
-): Promise<void> {
+async function publishBackManifests(o: Pick<PublishOptions, 'transport' | 'topics' | 'model' | 'keys'>, known: KnownManifest[], digests: Array<string | null>, target: string): Promise<void> {
   const want = new Set(digests.filter((d): d is string => d !== null && d !== target && !known.some((m) => m.target === d)));
   for (const digest of want) {
     await publishManifest(o, { model: o.model, target: digest, steps: [], limits: limitsOf([]) });
@@ -308,7 +320,12 @@ export async function publishManifestOnly(o: Omit<PublishOptions, 'group' | 'ttl
   known.catch(ignoreBecause('awaited below, where its failure is thrown'));
   const { uploads, steps } = await uploadSteps(o, target, chain);
   const m = await publishManifest(o, { model: o.model, target, steps, limits: limitsOf(steps) });
-  await publishBackManifests(o, await known, steps.map((st) => st.from), target);
+  await publishBackManifests(
+    o,
+    await known,
+    steps.map((st) => st.from),
+    target,
+  );
   return { ...m, uploads };
 }
 
@@ -336,15 +353,23 @@ async function uploadSteps(o: Omit<PublishOptions, 'group' | 'ttlSeconds'>, targ
   const uploads: UploadResult[] = [];
   let before = 0;
   for (const [k, payload] of parts.entries()) {
-    uploads.push(await uploadPayload({
-      transport: o.transport, topics: o.topics, model: o.model, payload, chunkSize: o.chunkSize, window: o.window,
-      receiptTimeoutMs: o.receiptTimeoutMs, log: o.log, onProgress: (d) => o.onProgress?.(before + d, total),
-    }));
+    uploads.push(
+      await uploadPayload({
+        transport: o.transport,
+        topics: o.topics,
+        model: o.model,
+        payload,
+        chunkSize: o.chunkSize,
+        window: o.window,
+        receiptTimeoutMs: o.receiptTimeoutMs,
+        log: o.log,
+        onProgress: (d) => o.onProgress?.(before + d, total),
+      }),
+    );
     before += counts[k];
   }
-  const steps = [
-    ...(chain?.links.map((l, k) => stepOf(uploads[k], l.base, l.target)) ?? []),
-    ...(o.fullModel ? [stepOf(uploads[uploads.length - 1], null, target)] : []),
-  ].map((st) => (o.groupKey ? { ...st, sealed: true } : st));
+  const steps = [...(chain?.links.map((l, k) => stepOf(uploads[k], l.base, l.target)) ?? []), ...(o.fullModel ? [stepOf(uploads[uploads.length - 1], null, target)] : [])].map((st) =>
+    o.groupKey ? { ...st, sealed: true } : st,
+  );
   return { uploads, steps };
 }

@@ -19,7 +19,12 @@ export type Method = 'auto' | 'mixed' | 'sign' | 'dense';
 
 type State = { kind: 'skip' } | { kind: 'ladder'; r8: number; r4: number; r2: number } | { kind: 'sign' } | { kind: 'dense' };
 
-interface Triplet { sigma2: number; a: Float64Array; b: Float64Array; err: Record<MixedBits, number> }
+interface Triplet {
+  sigma2: number;
+  a: Float64Array;
+  b: Float64Array;
+  err: Record<MixedBits, number>;
+}
 
 interface Item {
   c: ChangedTensor;
@@ -41,7 +46,11 @@ const BITS: readonly MixedBits[] = [8, 4, 2];
 function ladderBytes(it: Item, s: { r8: number; r4: number; r2: number }): number {
   const { m, n } = it.c;
   let bytes = entryOverhead(it.c.info.name, it.c.info.shape, true);
-  for (const [c, b] of [[s.r8, 8], [s.r4, 4], [s.r2, 2]] as const) {
+  for (const [c, b] of [
+    [s.r8, 8],
+    [s.r4, 4],
+    [s.r2, 2],
+  ] as const) {
     if (c > 0) bytes += GROUP_OVERHEAD + packedBytes(m * c, b) + packedBytes(c * n, b) + 8 * c;
   }
   return bytes;
@@ -68,12 +77,23 @@ function errorOf(it: Item, s: State): number {
 function tripletError(a: Float64Array, b: Float64Array, bw: Float64Array, bits: MixedBits, metric: Metric, m: number): number {
   const qa = quantizeVector(a, bits).values;
   const qbw = whiten(quantizeVector(b, bits).values, 1, metric);
-  let aa = 0, qq = 0, aq = 0, bb = 0, pp = 0, bp = 0;
+  let aa = 0,
+    qq = 0,
+    aq = 0,
+    bb = 0,
+    pp = 0,
+    bp = 0;
   for (let i = 0; i < m; i++) {
     const o = rowWeight(metric, i);
-    aa += o * a[i] * a[i]; qq += o * qa[i] * qa[i]; aq += o * a[i] * qa[i];
+    aa += o * a[i] * a[i];
+    qq += o * qa[i] * qa[i];
+    aq += o * a[i] * qa[i];
   }
-  for (let j = 0; j < bw.length; j++) { bb += bw[j] * bw[j]; pp += qbw[j] * qbw[j]; bp += bw[j] * qbw[j]; }
+  for (let j = 0; j < bw.length; j++) {
+    bb += bw[j] * bw[j];
+    pp += qbw[j] * qbw[j];
+    bp += bw[j] * qbw[j];
+  }
   return Math.max(0, qq * pp - 2 * aq * bp + aa * bb);
 }
 
@@ -109,16 +129,25 @@ function fitSign(delta: Float64Array, m: number, metric: Metric): { scales: Floa
     if (metric.kind === 'full') {
       const z = whiten(sg, 1, metric);
       const yr = y!.subarray(i * n, (i + 1) * n);
-      let zy = 0, zz = 0;
-      for (let j = 0; j < n; j++) { zy += z[j] * yr[j]; zz += z[j] * z[j]; }
+      let zy = 0,
+        zz = 0;
+      for (let j = 0; j < n; j++) {
+        zy += z[j] * yr[j];
+        zz += z[j] * z[j];
+      }
       s = Math.fround(Math.max(0, zz > 0 ? zy / zz : 0));
       let e = 0;
       for (let j = 0; j < n; j++) e += (yr[j] - s * z[j]) ** 2;
       err += rowWeight(metric, i) * e;
     } else {
       const w = metric.kind === 'diag' ? metric.d : undefined;
-      let num = 0, den = 0;
-      for (let j = 0; j < n; j++) { const wj = w ? w[j] : 1; num += wj * Math.abs(row[j]); den += wj; }
+      let num = 0,
+        den = 0;
+      for (let j = 0; j < n; j++) {
+        const wj = w ? w[j] : 1;
+        num += wj * Math.abs(row[j]);
+        den += wj;
+      }
       s = Math.fround(den > 0 ? num / den : 0);
       let e = 0;
       for (let j = 0; j < n; j++) e += (w ? w[j] : 1) * (row[j] - s * sg[j]) ** 2;
@@ -180,7 +209,11 @@ function ladderMoves(it: Item, l: { r8: number; r4: number; r2: number }): State
   return out;
 }
 
-interface Point { state: State; bytes: number; err: number }
+interface Point {
+  state: State;
+  bytes: number;
+  err: number;
+}
 
 /**
  * A tensor's operating points: skip, the mixed ladder walked by its own greedy (best

@@ -1,10 +1,7 @@
 import { ignoreBecause } from '../platform/errors.ts';
 import { limitsOf, type ReleaseBody } from '../protocol/release.ts';
 import { DEFAULT_CHUNK_SIZE } from '../protocol/chunks.ts';
-import {
-  fullModelDigest, publishGroupRelease, publishManifest, PublishError, readManifests, stepOf, trustOfOptions, uploadPayload, watchRelease,
-  type GroupReleaseOptions, type UploadResult,
-} from './publish.ts';
+import { fullModelDigest, publishGroupRelease, publishManifest, PublishError, readManifests, stepOf, trustOfOptions, uploadPayload, watchRelease, type GroupReleaseOptions, type UploadResult } from './publish.ts';
 
 export interface RollbackOptions extends GroupReleaseOptions {
   /** Safetensors bytes of the previous model: a full-model step for devices that no longer hold it (needs release keys). */
@@ -66,8 +63,15 @@ export async function rollbackGroup(o: RollbackOptions): Promise<RollbackResult>
         throw new PublishError('bad-update', `the full model's digest ${short(digest)} is not the previous version ${short(target)}`);
       }
       upload = await uploadPayload({
-        transport: t, topics: o.topics, model: o.model, payload: o.fullModel, chunkSize: o.chunkSize ?? DEFAULT_CHUNK_SIZE,
-        window: o.window, receiptTimeoutMs: o.receiptTimeoutMs, log: o.log, onProgress: o.onProgress,
+        transport: t,
+        topics: o.topics,
+        model: o.model,
+        payload: o.fullModel,
+        chunkSize: o.chunkSize ?? DEFAULT_CHUNK_SIZE,
+        window: o.window,
+        receiptTimeoutMs: o.receiptTimeoutMs,
+        log: o.log,
+        onProgress: o.onProgress,
       });
       const steps = [stepOf(upload, null, target)];
       manifest = (await publishManifest(o, { model: o.model, target, steps, limits: limitsOf(steps) })).bytes;

@@ -66,29 +66,62 @@ function mulAZ(a: Float64Array, m: number, n: number, zt: Float64Array, l: numbe
   const y = new Float64Array(l * m);
   let i = 0;
   for (; i + 1 < m; i += 2) {
-    const r0 = i * n, r1 = r0 + n;
+    const r0 = i * n,
+      r1 = r0 + n;
     let j = 0;
     for (; j + 3 < l; j += 4) {
-      const z0 = j * n, z1 = z0 + n, z2 = z1 + n, z3 = z2 + n;
-      let s0 = 0, s1 = 0, s2 = 0, s3 = 0, t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+      const z0 = j * n,
+        z1 = z0 + n,
+        z2 = z1 + n,
+        z3 = z2 + n;
+      let s0 = 0,
+        s1 = 0,
+        s2 = 0,
+        s3 = 0,
+        t0 = 0,
+        t1 = 0,
+        t2 = 0,
+        t3 = 0;
       for (let p = 0; p < n; p++) {
-        const v = a[r0 + p], w = a[r1 + p];
-        const q0 = zt[z0 + p], q1 = zt[z1 + p], q2 = zt[z2 + p], q3 = zt[z3 + p];
-        s0 += v * q0; s1 += v * q1; s2 += v * q2; s3 += v * q3;
-        t0 += w * q0; t1 += w * q1; t2 += w * q2; t3 += w * q3;
+        const v = a[r0 + p],
+          w = a[r1 + p];
+        const q0 = zt[z0 + p],
+          q1 = zt[z1 + p],
+          q2 = zt[z2 + p],
+          q3 = zt[z3 + p];
+        s0 += v * q0;
+        s1 += v * q1;
+        s2 += v * q2;
+        s3 += v * q3;
+        t0 += w * q0;
+        t1 += w * q1;
+        t2 += w * q2;
+        t3 += w * q3;
       }
-      const y0 = j * m + i, y1 = y0 + m, y2 = y1 + m, y3 = y2 + m;
-      y[y0] = s0; y[y1] = s1; y[y2] = s2; y[y3] = s3;
-      y[y0 + 1] = t0; y[y1 + 1] = t1; y[y2 + 1] = t2; y[y3 + 1] = t3;
+      const y0 = j * m + i,
+        y1 = y0 + m,
+        y2 = y1 + m,
+        y3 = y2 + m;
+      y[y0] = s0;
+      y[y1] = s1;
+      y[y2] = s2;
+      y[y3] = s3;
+      y[y0 + 1] = t0;
+      y[y1 + 1] = t1;
+      y[y2 + 1] = t2;
+      y[y3 + 1] = t3;
     }
     for (; j < l; j++) {
       const z0 = j * n;
-      let s = 0, t = 0;
+      let s = 0,
+        t = 0;
       for (let p = 0; p < n; p++) {
         const q = zt[z0 + p];
-        s += a[r0 + p] * q; t += a[r1 + p] * q;
+        s += a[r0 + p] * q;
+        t += a[r1 + p] * q;
       }
-      y[j * m + i] = s; y[j * m + i + 1] = t;
+      y[j * m + i] = s;
+      y[j * m + i + 1] = t;
     }
   }
   for (; i < m; i++) {
@@ -112,22 +145,39 @@ function mulXtA(a: Float64Array, m: number, n: number, xt: Float64Array, l: numb
   const c = new Float64Array(l * n);
   let i = 0;
   for (; i + 3 < m; i += 4) {
-    const r0 = i * n, r1 = r0 + n, r2 = r1 + n, r3 = r2 + n;
+    const r0 = i * n,
+      r1 = r0 + n,
+      r2 = r1 + n,
+      r3 = r2 + n;
     let j = 0;
     for (; j + 1 < l; j += 2) {
-      const xo = j * m + i, xp = xo + m;
-      const x0 = xt[xo], x1 = xt[xo + 1], x2 = xt[xo + 2], x3 = xt[xo + 3];
-      const w0 = xt[xp], w1 = xt[xp + 1], w2 = xt[xp + 2], w3 = xt[xp + 3];
-      const c0 = j * n, c1 = c0 + n;
+      const xo = j * m + i,
+        xp = xo + m;
+      const x0 = xt[xo],
+        x1 = xt[xo + 1],
+        x2 = xt[xo + 2],
+        x3 = xt[xo + 3];
+      const w0 = xt[xp],
+        w1 = xt[xp + 1],
+        w2 = xt[xp + 2],
+        w3 = xt[xp + 3];
+      const c0 = j * n,
+        c1 = c0 + n;
       for (let p = 0; p < n; p++) {
-        const a0 = a[r0 + p], a1 = a[r1 + p], a2 = a[r2 + p], a3 = a[r3 + p];
+        const a0 = a[r0 + p],
+          a1 = a[r1 + p],
+          a2 = a[r2 + p],
+          a3 = a[r3 + p];
         c[c0 + p] += x0 * a0 + x1 * a1 + x2 * a2 + x3 * a3;
         c[c1 + p] += w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3;
       }
     }
     if (j < l) {
       const xo = j * m + i;
-      const x0 = xt[xo], x1 = xt[xo + 1], x2 = xt[xo + 2], x3 = xt[xo + 3];
+      const x0 = xt[xo],
+        x1 = xt[xo + 1],
+        x2 = xt[xo + 2],
+        x3 = xt[xo + 3];
       const c0 = j * n;
       for (let p = 0; p < n; p++) c[c0 + p] += x0 * a[r0 + p] + x1 * a[r1 + p] + x2 * a[r2 + p] + x3 * a[r3 + p];
     }
@@ -135,7 +185,8 @@ function mulXtA(a: Float64Array, m: number, n: number, xt: Float64Array, l: numb
   for (; i < m; i++) {
     const r0 = i * n;
     for (let j = 0; j < l; j++) {
-      const x = xt[j * m + i], c0 = j * n;
+      const x = xt[j * m + i],
+        c0 = j * n;
       for (let p = 0; p < n; p++) c[c0 + p] += x * a[r0 + p];
     }
   }
@@ -150,11 +201,22 @@ function mulXtA(a: Float64Array, m: number, n: number, xt: Float64Array, l: numb
 function reflect(v: Float64Array, vo: number, vkk: number, x: Float64Array, j0: number, j1: number, k: number, len: number): void {
   let j = j0;
   for (; j + 1 < j1; j += 2) {
-    const c0 = j * len, c1 = c0 + len;
-    let s = 0, t = 0;
-    for (let i = k; i < len; i++) { const w = v[vo + i]; s += w * x[c0 + i]; t += w * x[c1 + i]; }
-    s = -s / vkk; t = -t / vkk;
-    for (let i = k; i < len; i++) { const w = v[vo + i]; x[c0 + i] += s * w; x[c1 + i] += t * w; }
+    const c0 = j * len,
+      c1 = c0 + len;
+    let s = 0,
+      t = 0;
+    for (let i = k; i < len; i++) {
+      const w = v[vo + i];
+      s += w * x[c0 + i];
+      t += w * x[c1 + i];
+    }
+    s = -s / vkk;
+    t = -t / vkk;
+    for (let i = k; i < len; i++) {
+      const w = v[vo + i];
+      x[c0 + i] += s * w;
+      x[c1 + i] += t * w;
+    }
   }
   if (j < j1) {
     const c0 = j * len;
@@ -178,13 +240,17 @@ function householderQr(cols: Float64Array, len: number, l: number, wantR = false
     const ck = k * len;
     let big = 0;
     for (let i = k; i < len; i++) big = Math.max(big, Math.abs(h[ck + i]));
-    if (!(big > 1e-300)) { // zero (or denormal) column: identity reflector
+    if (!(big > 1e-300)) {
+      // zero (or denormal) column: identity reflector
       for (let i = k; i < len; i++) h[ck + i] = 0;
       continue;
     }
     const inv = 1 / big;
     let ss = 0;
-    for (let i = k; i < len; i++) { const v = h[ck + i] * inv; ss += v * v; }
+    for (let i = k; i < len; i++) {
+      const v = h[ck + i] * inv;
+      ss += v * v;
+    }
     let nrm = big * Math.sqrt(ss);
     if (h[ck + k] < 0) nrm = -nrm;
     const invNrm = 1 / nrm;
@@ -282,7 +348,8 @@ export function exactSvd(a: Float64Array, m: number, n: number): TruncatedSvd {
   if (k === 0) return emptySvd(m, n);
   // ml-matrix's one-sided Golub–Kahan wants rows >= columns: factor Aᵀ when wide.
   const tall = m >= n;
-  const rows = tall ? m : n, cols = tall ? n : m;
+  const rows = tall ? m : n,
+    cols = tall ? n : m;
   const M = new Matrix(rows, cols);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {

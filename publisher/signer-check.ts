@@ -25,7 +25,7 @@ export function signerProblem(trust: TrustFile, keys: SigningKey[], rolloutKeys:
     const n = count(r, signers);
     if (n < r.threshold) {
       if (trust.rollout && !rolloutKeys) {
-        return 'the fleet\'s trust file has a rollout role, so the group assignment must be signed by a rollout key: give --rollout-key (devices would refuse one signed by a release key: wrong-role)';
+        return "the fleet's trust file has a rollout role, so the group assignment must be signed by a rollout key: give --rollout-key (devices would refuse one signed by a release key: wrong-role)";
       }
       return `the trust file's ${trust.rollout ? 'rollout' : 'release'} role needs ${r.threshold} of its keys to sign the assignment and ${n} of the given keys ${n === 1 ? 'is' : 'are'} among them: devices would refuse it (untrusted-key); give the fleet's ${trust.rollout ? 'rollout' : 'release'} key(s)`;
     }

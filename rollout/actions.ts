@@ -30,9 +30,20 @@ const short = (d: string): string => d.slice(0, 12);
 /** Uploads the plan's payloads (idempotent: the server keeps what it has) and publishes the group's signed release. */
 export function publishWave(c: ReleaseContext, group: string): Promise<PublishResult> {
   return c.publish({
-    transport: c.transport, topics: c.topics, keys: c.keys, rolloutKeys: c.rolloutKeys, trust: c.trust, model: c.plan.model, group,
-    payloads: c.payloads.payloads, fullModel: c.payloads.fullModel, chunkSize: planChunkSize(c.plan), ttlSeconds: planTtl(c.plan),
-    settleMs: c.releaseSettleMs, receiptTimeoutMs: c.receiptTimeoutMs, log: c.log,
+    transport: c.transport,
+    topics: c.topics,
+    keys: c.keys,
+    rolloutKeys: c.rolloutKeys,
+    trust: c.trust,
+    model: c.plan.model,
+    group,
+    payloads: c.payloads.payloads,
+    fullModel: c.payloads.fullModel,
+    chunkSize: planChunkSize(c.plan),
+    ttlSeconds: planTtl(c.plan),
+    settleMs: c.releaseSettleMs,
+    receiptTimeoutMs: c.receiptTimeoutMs,
+    log: c.log,
   });
 }
 
@@ -43,7 +54,10 @@ export function publishWave(c: ReleaseContext, group: string): Promise<PublishRe
  * someone else is left alone and reported.
  */
 export async function rollbackReached(
-  c: ReleaseContext, waves: WaveRecord[], releases: Map<string, ReleaseBody>, onRolledBack: (wave: number, r: RollbackResult) => Promise<void>,
+  c: ReleaseContext,
+  waves: WaveRecord[],
+  releases: Map<string, ReleaseBody>,
+  onRolledBack: (wave: number, r: RollbackResult) => Promise<void>,
 ): Promise<{ problems: string[]; retry: boolean }> {
   const target = c.payloads.target;
   const problems: string[] = [];
@@ -62,8 +76,16 @@ export async function rollbackReached(
     }
     try {
       const r = await c.rollback({
-        transport: c.transport, topics: c.topics, keys: c.keys, rolloutKeys: c.rolloutKeys, trust: c.trust, model: c.plan.model, group: w.group,
-        ttlSeconds: planTtl(c.plan), settleMs: c.releaseSettleMs, log: c.log,
+        transport: c.transport,
+        topics: c.topics,
+        keys: c.keys,
+        rolloutKeys: c.rolloutKeys,
+        trust: c.trust,
+        model: c.plan.model,
+        group: w.group,
+        ttlSeconds: planTtl(c.plan),
+        settleMs: c.releaseSettleMs,
+        log: c.log,
       });
       w.rolledBack = true;
       await onRolledBack(k, r);

@@ -10,10 +10,7 @@ import { Inventory } from './inventory.ts';
 import { canTransition, isTerminal, nextRolloutState, type RolloutMachineEvent } from './machine.ts';
 import { inWindow, planDigest } from './plan.ts';
 import type { ControllerOptions, ControllerPorts } from './controller-options.ts';
-import {
-  encodeRolloutStatus, newRolloutStatus, parseControl, parseRolloutStatus, rolloutControlTopic,
-  type ControlMessage, type RolloutEvent, type RolloutEventType, type RolloutStatus,
-} from './status.ts';
+import { encodeRolloutStatus, newRolloutStatus, parseControl, parseRolloutStatus, rolloutControlTopic, type ControlMessage, type RolloutEvent, type RolloutEventType, type RolloutStatus } from './status.ts';
 
 export { HOOK_EVENTS, type ControllerOptions, type ControllerPorts } from './controller-options.ts';
 
@@ -48,7 +45,10 @@ export class RolloutController {
   private hooks: Promise<void> = Promise.resolve();
   private readonly doneWaiters: Array<(s: RolloutStatus) => void> = [];
 
-  constructor(private readonly o: ControllerOptions, private readonly io: ControllerPorts) {
+  constructor(
+    private readonly o: ControllerOptions,
+    private readonly io: ControllerPorts,
+  ) {
     this.inv = new Inventory(io.topics);
     this.trust = trustOfOptions(o);
     this.digest = planDigest(o.plan);
@@ -75,17 +75,19 @@ export class RolloutController {
     const { transport: t, topics } = this.io;
     const statusTopic = topics.rolloutStatus(this.id);
     const releaseTopics = this.o.plan.waves.map((w) => topics.release(w.group, this.o.plan.model));
-    this.offs.push(t.onMessage((topic, payload, retained) => {
-      if (this.stopped) return;
-      if (topic === statusTopic) {
-        if (!this.ready) this.retained = parseRolloutStatus(payload);
-      } else if (releaseTopics.includes(topic)) this.onRelease(topic, payload);
-      else if (topic === rolloutControlTopic(topics, this.id)) {
-        const c = parseControl(payload);
-        // A retained command older than the rollout is a leftover (of an earlier rollout with this id).
-        if (c && !(retained && Date.parse(c.time) < Date.parse(this.s.started))) this.enqueue(() => this.onControl(c));
-      }
-    }));
+    this.offs.push(
+      t.onMessage((topic, payload, retained) => {
+        if (this.stopped) return;
+        if (topic === statusTopic) {
+          if (!this.ready) this.retained = parseRolloutStatus(payload);
+        } else if (releaseTopics.includes(topic)) this.onRelease(topic, payload);
+        else if (topic === rolloutControlTopic(topics, this.id)) {
+          const c = parseControl(payload);
+          // A retained command older than the rollout is a leftover (of an earlier rollout with this id).
+          if (c && !(retained && Date.parse(c.time) < Date.parse(this.s.started))) this.enqueue(() => this.onControl(c));
+        }
+      }),
+    );
     this.inv.onChange((device, rec, what, retained) => this.onDevice(device, rec.status?.state, what, retained));
     await t.subscribe([statusTopic, ...releaseTopics], 1);
     await this.inv.follow(t);
@@ -120,7 +122,10 @@ export class RolloutController {
     const r = this.retained;
     if (r) {
       if (r.plan.digest !== this.digest || r.plan.target !== this.o.payloads.target) {
-        throw new UsageError('rollout-exists', `rollout ${p.id} already exists with another plan (plan ${short(r.plan.digest)}, target ${short(r.plan.target)}; this one ${short(this.digest)}, ${short(this.o.payloads.target)}); use a new id`);
+        throw new UsageError(
+          'rollout-exists',
+          `rollout ${p.id} already exists with another plan (plan ${short(r.plan.digest)}, target ${short(r.plan.target)}; this one ${short(this.digest)}, ${short(this.o.payloads.target)}); use a new id`,
+        );
       }
       this.s = { ...r, controller: this.name() };
       if (isTerminal(r.state)) return;
@@ -245,7 +250,12 @@ export class RolloutController {
       w.blocking = ev.blocking;
       if (ev.failureCrossed) {
         const list = ev.failures.map((f) => `${f.device} ${f.state}${f.reason ? ` (${f.reason})` : ''}`).join(', ');
-        return this.transition('failure-threshold', 'failure-threshold', `wave ${j + 1} (${w.group}): ${ev.counts.failed} of ${ev.counts.total} failed, threshold ${describeThreshold(this.o.plan.waves[j].failureThreshold)}: ${list}`, j);
+        return this.transition(
+          'failure-threshold',
+          'failure-threshold',
+          `wave ${j + 1} (${w.group}): ${ev.counts.failed} of ${ev.counts.total} failed, threshold ${describeThreshold(this.o.plan.waves[j].failureThreshold)}: ${list}`,
+          j,
+        );
       }
       if (j !== k) continue;
       if (s.state === 'waiting') {
@@ -310,7 +320,12 @@ export class RolloutController {
       rec.release = { seq: r.release.seq, target: r.release.target };
       rec.publishedAt = new Date(this.io.clock.now()).toISOString();
       this.attempts = 0;
-      await this.transition('published', 'published', `wave ${k + 1} (${plan.group}): release seq ${r.release.seq} published (${r.alreadyStored ? 'payloads already on the update server' : `${r.uploadedChunks} chunk(s) uploaded`})`, k);
+      await this.transition(
+        'published',
+        'published',
+        `wave ${k + 1} (${plan.group}): release seq ${r.release.seq} published (${r.alreadyStored ? 'payloads already on the update server' : `${r.uploadedChunks} chunk(s) uploaded`})`,
+        k,
+      );
     } catch (e) {
       const delay = this.backoff();
       await this.transition('publish-failed', 'publish-failed', `wave ${k + 1} (${plan.group}): publishing failed: ${(e as Error).message}; trying again in ${Math.round(delay / 1000)} s`, k);
@@ -368,8 +383,13 @@ export class RolloutController {
 
   private emit(type: RolloutEventType, reason: string, wave: number | null = this.s.wave, device: string | null = null): void {
     const e: RolloutEvent = {
-      type, time: new Date(this.io.clock.now()).toISOString(), rollout: this.id, wave,
-      group: wave === null ? null : this.o.plan.waves[wave]?.group ?? null, device, reason,
+      type,
+      time: new Date(this.io.clock.now()).toISOString(),
+      rollout: this.id,
+      wave,
+      group: wave === null ? null : (this.o.plan.waves[wave]?.group ?? null),
+      device,
+      reason,
     };
     this.s.lastEvent = e;
     this.s.events = [...this.s.events, e].slice(-20);

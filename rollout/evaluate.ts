@@ -57,10 +57,7 @@ const atLeast = (n: number, total: number, share: number): boolean => total > 0 
  * timeout, online devices still not done count as failures (timed out) and
  * offline/silent ones follow the wave's `offline` policy.
  */
-export function evaluateWave(
-  plan: WavePlan, devices: string[], release: WaveRelease, lookup: (device: string) => DeviceRecord | undefined,
-  remembered: WaveFailure[], timedOut: boolean,
-): WaveEvaluation {
+export function evaluateWave(plan: WavePlan, devices: string[], release: WaveRelease, lookup: (device: string) => DeviceRecord | undefined, remembered: WaveFailure[], timedOut: boolean): WaveEvaluation {
   const mem = new Map(remembered.map((f) => [f.device, f]));
   const counts: WaveCounts = { total: 0, ok: 0, failed: 0, pending: 0, offline: 0, skipped: 0 };
   const outcomes = new Map<string, DeviceOutcome>();
@@ -94,8 +91,7 @@ export function evaluateWave(
   }
   counts.total = devices.length - counts.skipped;
   const ft = plan.failureThreshold;
-  const failureCrossed = counts.failed > 0 && (
-    (ft.count !== undefined && counts.failed >= ft.count) || (ft.share !== undefined && atLeast(counts.failed, Math.max(1, counts.total), ft.share)));
+  const failureCrossed = counts.failed > 0 && ((ft.count !== undefined && counts.failed >= ft.count) || (ft.share !== undefined && atLeast(counts.failed, Math.max(1, counts.total), ft.share)));
   const success = counts.ok > 0 && atLeast(counts.ok, counts.total, plan.successThreshold);
   return { counts, outcomes, failures, blocking, offline, success, failureCrossed };
 }

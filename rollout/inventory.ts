@@ -85,7 +85,10 @@ export class Inventory {
 
   /** Devices whose status says this group (and model), sorted. */
   inGroup(group: string, model: string): string[] {
-    return [...this.devices.values()].filter((r) => r.status?.group === group && r.status.model === model).map((r) => r.device).sort();
+    return [...this.devices.values()]
+      .filter((r) => r.status?.group === group && r.status.model === model)
+      .map((r) => r.device)
+      .sort();
   }
 
   list(): DeviceRecord[] {
@@ -112,9 +115,18 @@ export async function collectInventory(t: Transport, topics: Topics, settleMs: n
 export function inventoryRow(r: DeviceRecord): Record<string, unknown> {
   const s = r.status;
   return stripControlsDeep({
-    device: r.device, group: s?.group ?? null, model: s?.model ?? null, state: s?.state ?? null, running: s?.running ?? null,
-    target: s?.target ?? null, seq: s?.seq ?? null, rollback: s?.rollback ?? null, reason: s?.reason ?? null, agent: s?.agent ?? null,
-    online: r.presence === null ? null : r.presence === 'online', lastSeen: s?.time ?? null,
+    device: r.device,
+    group: s?.group ?? null,
+    model: s?.model ?? null,
+    state: s?.state ?? null,
+    running: s?.running ?? null,
+    target: s?.target ?? null,
+    seq: s?.seq ?? null,
+    rollback: s?.rollback ?? null,
+    reason: s?.reason ?? null,
+    agent: s?.agent ?? null,
+    online: r.presence === null ? null : r.presence === 'online',
+    lastSeen: s?.time ?? null,
     presenceSince: r.presenceSince ? new Date(r.presenceSince * 1000).toISOString() : null,
   });
 }
@@ -138,11 +150,25 @@ export function formatInventory(records: DeviceRecord[], malformed: string[] = [
   const rows = records.map((r) => {
     const s = r.status;
     const state = s ? `${s.state}${s.rollback ? ' (rollback)' : ''}${s.reason ? ` ${s.reason}` : ''}` : '-';
-    const cells = [r.device, s?.group ?? '-', s?.model ?? '-', state, s ? s.running.slice(0, 12) : '-', s?.agent ?? '-', r.presence === null ? '?' : r.presence === 'online' ? 'yes' : 'no', presenceAge(r.presenceSince, now), s?.time ?? '-'];
+    const cells = [
+      r.device,
+      s?.group ?? '-',
+      s?.model ?? '-',
+      state,
+      s ? s.running.slice(0, 12) : '-',
+      s?.agent ?? '-',
+      r.presence === null ? '?' : r.presence === 'online' ? 'yes' : 'no',
+      presenceAge(r.presenceSince, now),
+      s?.time ?? '-',
+    ];
     return cells.map(stripControls);
   });
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
+      .join('  ')
+      .trimEnd();
   const note = malformedNote(malformed);
   return [line(head), ...rows.map(line)].join('\n') + `\n${records.length} device(s)${note ? `; ${note}` : ''}`;
 }

@@ -65,7 +65,10 @@ export const ROLLOUT_TRANSITIONS: ReadonlyArray<{ from: readonly RolloutState[];
 /** A step the table does not allow: a bug in the controller, never caused by input. */
 export class IllegalRolloutTransition extends FleetError<'illegal-transition'> {
   override readonly name = 'IllegalRolloutTransition';
-  constructor(readonly state: RolloutState, readonly event: RolloutMachineEvent) {
+  constructor(
+    readonly state: RolloutState,
+    readonly event: RolloutMachineEvent,
+  ) {
     super('internal', 'illegal-transition', `no rollout transition from ${state} on ${event}`);
   }
 }

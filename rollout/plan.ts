@@ -206,8 +206,19 @@ export function parsePlanText(text: string, source = 'plan'): RolloutPlan {
 
 /** A stable digest of the plan: a restarted controller must run the same plan. */
 export function planDigest(plan: RolloutPlan): string {
-  const canon = (x: unknown): unknown => (isObject(x) ? Object.fromEntries(Object.keys(x).sort().map((k) => [k, canon(x[k])])) : Array.isArray(x) ? x.map(canon) : x);
-  return createHash('sha256').update(JSON.stringify(canon(plan))).digest('hex');
+  const canon = (x: unknown): unknown =>
+    isObject(x)
+      ? Object.fromEntries(
+          Object.keys(x)
+            .sort()
+            .map((k) => [k, canon(x[k])]),
+        )
+      : Array.isArray(x)
+        ? x.map(canon)
+        : x;
+  return createHash('sha256')
+    .update(JSON.stringify(canon(plan)))
+    .digest('hex');
 }
 
 export interface PlanPayloads {
@@ -236,15 +247,17 @@ export async function loadPayloads(plan: RolloutPlan, baseDir: string): Promise<
     }
   };
   // Update files carry their integrity check (protocol/update-file.ts): a damaged one is refused before anything is published.
-  const payloads = await Promise.all(plan.updates.map(async (u, k) => {
-    const file = path.resolve(baseDir, u);
-    try {
-      return decodeUpdateFile(await read(`updates[${k}]`, u), file);
-    } catch (e) {
-      if (e instanceof UpdateFileError) throw new PlanError(`updates[${k}]: ${e.message}`);
-      throw e;
-    }
-  }));
+  const payloads = await Promise.all(
+    plan.updates.map(async (u, k) => {
+      const file = path.resolve(baseDir, u);
+      try {
+        return decodeUpdateFile(await read(`updates[${k}]`, u), file);
+      } catch (e) {
+        if (e instanceof UpdateFileError) throw new PlanError(`updates[${k}]: ${e.message}`);
+        throw e;
+      }
+    }),
+  );
   const fullModel = plan.full === undefined ? undefined : await read('full', plan.full);
   return { payloads, fullModel, target: targetOf(payloads, fullModel) };
 }

@@ -41,10 +41,29 @@ export function parseControl(payload: Uint8Array): ControlMessage | null {
 }
 
 export type RolloutEventType =
-  | 'started' | 'resumed-controller' | 'outside-window' | 'no-devices' | 'publishing' | 'published' | 'adopted' | 'publish-failed'
-  | 'threshold-reached' | 'threshold-lost' | 'timeout' | 'blocked' | 'promoted' | 'completed'
-  | 'device-rolled-back' | 'device-failed' | 'failure-threshold' | 'rollback-published' | 'rollback-failed' | 'halted'
-  | 'paused' | 'resumed' | 'aborted';
+  | 'started'
+  | 'resumed-controller'
+  | 'outside-window'
+  | 'no-devices'
+  | 'publishing'
+  | 'published'
+  | 'adopted'
+  | 'publish-failed'
+  | 'threshold-reached'
+  | 'threshold-lost'
+  | 'timeout'
+  | 'blocked'
+  | 'promoted'
+  | 'completed'
+  | 'device-rolled-back'
+  | 'device-failed'
+  | 'failure-threshold'
+  | 'rollback-published'
+  | 'rollback-failed'
+  | 'halted'
+  | 'paused'
+  | 'resumed'
+  | 'aborted';
 
 export interface RolloutEvent {
   type: RolloutEventType;
@@ -140,13 +159,27 @@ export function newWaveRecord(group: string): WaveRecord {
 /** The status of a rollout that starts now. */
 export function newRolloutStatus(p: RolloutPlan, digest: string, target: string, now: string, controller: string): RolloutStatus {
   return {
-    v: 1, rollout: p.id, state: 'pending', wave: 0, pausedFrom: null, reason: null,
+    v: 1,
+    rollout: p.id,
+    state: 'pending',
+    wave: 0,
+    pausedFrom: null,
+    reason: null,
     plan: {
-      digest, model: p.model, target, updates: p.updates.length, full: p.full !== undefined,
+      digest,
+      model: p.model,
+      target,
+      updates: p.updates.length,
+      full: p.full !== undefined,
       waves: p.waves.map((w) => ({ ...w, window: w.window ?? null })),
     },
-    waves: p.waves.map((w) => newWaveRecord(w.group)), lastEvent: null, events: [], lastCommand: null,
-    started: now, updated: now, controller,
+    waves: p.waves.map((w) => newWaveRecord(w.group)),
+    lastEvent: null,
+    events: [],
+    lastCommand: null,
+    started: now,
+    updated: now,
+    controller,
   };
 }
 
@@ -173,12 +206,17 @@ const pct = (n: number, d: number): string => (d === 0 ? '-' : `${Math.round((10
 
 /** The status for a person: one line per wave, the last event. */
 export function formatRolloutStatus(s: RolloutStatus): string {
-  const lines = [`rollout ${s.rollout}: ${s.state}${s.pausedFrom ? ` (from ${s.pausedFrom})` : ''}, wave ${s.wave + 1}/${s.plan.waves.length}, model ${s.plan.model} -> ${s.plan.target.slice(0, 12)}, updated ${s.updated}`];
+  const lines = [
+    `rollout ${s.rollout}: ${s.state}${s.pausedFrom ? ` (from ${s.pausedFrom})` : ''}, wave ${s.wave + 1}/${s.plan.waves.length}, model ${s.plan.model} -> ${s.plan.target.slice(0, 12)}, updated ${s.updated}`,
+  ];
   s.plan.waves.forEach((w, k) => {
     const r = s.waves[k];
     const c = r?.counts;
     const rel = r?.release ? `seq ${r.release.seq}` : 'not published';
-    const counts = c && r?.devices ? `${c.ok}/${c.total} ok (${pct(c.ok, c.total)}, need ${Math.round(w.successThreshold * 100)} %), ${c.failed} failed, ${c.pending} pending, ${c.offline} offline${c.skipped ? `, ${c.skipped} skipped` : ''}` : 'not started';
+    const counts =
+      c && r?.devices
+        ? `${c.ok}/${c.total} ok (${pct(c.ok, c.total)}, need ${Math.round(w.successThreshold * 100)} %), ${c.failed} failed, ${c.pending} pending, ${c.offline} offline${c.skipped ? `, ${c.skipped} skipped` : ''}`
+        : 'not started';
     const extra = [r?.timedOut ? 'timed out' : '', r?.rolledBack ? 'rolled back' : '', Array.isArray(r?.blocking) && r.blocking.length ? `blocked by ${r.blocking.join(', ')}` : ''].filter(Boolean).join(', ');
     lines.push(`  ${k === s.wave ? '>' : ' '} wave ${k + 1} ${w.group}: ${rel}; ${counts}${extra ? `; ${extra}` : ''}`);
   });

@@ -42,19 +42,38 @@ async function main(): Promise<void> {
   const define = { __FLEET_VERSION__: JSON.stringify(version) };
   await build({
     entryPoints: { fleet: path.join(root, 'cli/main.ts') },
-    outdir: dist, outExtension: { '.js': '.mjs' }, chunkNames: 'chunks/[name]-[hash]',
-    bundle: true, splitting: true, format: 'esm', platform: 'node', target: 'node18', packages: 'external',
-    sourcemap: 'linked', logLevel: 'warning', define,
+    outdir: dist,
+    outExtension: { '.js': '.mjs' },
+    chunkNames: 'chunks/[name]-[hash]',
+    bundle: true,
+    splitting: true,
+    format: 'esm',
+    platform: 'node',
+    target: 'node18',
+    packages: 'external',
+    sourcemap: 'linked',
+    logLevel: 'warning',
+    define,
   });
   const device = await build({
     entryPoints: { 'fleet-device': path.join(root, 'cli/device-main.ts') },
-    outdir: dist, outExtension: { '.js': '.mjs' },
-    bundle: true, format: 'esm', platform: 'node', target: 'node18', banner,
+    outdir: dist,
+    outExtension: { '.js': '.mjs' },
+    bundle: true,
+    format: 'esm',
+    platform: 'node',
+    target: 'node18',
+    banner,
     // cbor-x tries this native accelerator and falls back to JavaScript without it. ONNX Runtime
     // (native, optional) is loaded only for --validate-onnx, from the device's own node_modules.
     external: ['cbor-extract', 'onnxruntime-node'],
     plugins: [stubWebSocket],
-    minify: true, sourcemap: 'linked', metafile: true, legalComments: 'linked', logLevel: 'warning', define,
+    minify: true,
+    sourcemap: 'linked',
+    metafile: true,
+    legalComments: 'linked',
+    logLevel: 'warning',
+    define,
   });
   // The dashboard's browser script: an installed package has no sources to build it from at run time.
   await fs.writeFile(path.join(root, PREBUILT_NAME), (await buildDashboardBundle()).code);
@@ -67,7 +86,9 @@ async function main(): Promise<void> {
     if ((await fs.stat(p)).isFile() && (p.endsWith('.mjs') || p.endsWith('.js'))) files[path.relative(root, p)] = (await fs.stat(p)).size;
   }
   process.stderr.write(`built ${Object.keys(files).length} files in dist/ (device bundle: ${inputs.length} modules)\n`);
-  process.stdout.write(`${JSON.stringify({ build: 'dist', deviceModules: inputs.length, deviceBytes: files['dist/fleet-device.mjs'], files: Object.keys(files).length, totalBytes: Object.values(files).reduce((a, b) => a + b, 0) })}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ build: 'dist', deviceModules: inputs.length, deviceBytes: files['dist/fleet-device.mjs'], files: Object.keys(files).length, totalBytes: Object.values(files).reduce((a, b) => a + b, 0) })}\n`,
+  );
 }
 
 main().catch((e: unknown) => {

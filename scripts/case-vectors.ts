@@ -16,12 +16,24 @@ import * as c from './cbor-forge.ts';
 import { modelFaults } from './model-faults.ts';
 import { compactCases } from './compact-vectors.ts';
 
-export type Code =
-  | 'malformed-payload' | 'malformed-model' | 'payload-too-large' | 'non-finite' | 'shape-mismatch' | 'unsupported-dtype'
-  | 'wrong-base' | 'digest-mismatch';
+export type Code = 'malformed-payload' | 'malformed-model' | 'payload-too-large' | 'non-finite' | 'shape-mismatch' | 'unsupported-dtype' | 'wrong-base' | 'digest-mismatch';
 
-export interface Refusal { name: string; model: string; payload: string; expect: Code; cbor?: CborForm; why: string }
-export interface Acceptance { name: string; model: string; payload: string; target: string; targetDigest: string; why: string }
+export interface Refusal {
+  name: string;
+  model: string;
+  payload: string;
+  expect: Code;
+  cbor?: CborForm;
+  why: string;
+}
+export interface Acceptance {
+  name: string;
+  model: string;
+  payload: string;
+  target: string;
+  targetDigest: string;
+  why: string;
+}
 
 const f32 = (values: number[]) => encodeValues(values, 'F32');
 const u16le = (bits: number[]) => new Uint8Array(new Uint16Array(bits).buffer);
@@ -71,20 +83,46 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   const draft = { v: 1, base: baseDigest, target: '0'.repeat(64), tensors: [{ name: 'fc1.bias', shape: [8], dense }] };
   const smallTarget = applyToModel(baseBytes, decodePayload(cborEncode(draft))).digest;
   const parts = {
-    v: c.uint(1), base: c.text(baseDigest), target: c.text(smallTarget),
-    name: c.text('fc1.bias'), shape: c.array([c.uint(8)]), dense: c.bytes(dense),
+    v: c.uint(1),
+    base: c.text(baseDigest),
+    target: c.text(smallTarget),
+    name: c.text('fc1.bias'),
+    shape: c.array([c.uint(8)]),
+    dense: c.bytes(dense),
   };
   type Parts = typeof parts;
-  const delta = (p: Parts) => c.map([['name', p.name], ['shape', p.shape], ['dense', p.dense]]);
+  const delta = (p: Parts) =>
+    c.map([
+      ['name', p.name],
+      ['shape', p.shape],
+      ['dense', p.dense],
+    ]);
   const small = (o: Partial<Parts> & { tensors?: Uint8Array; extra?: Array<[string | Uint8Array, Uint8Array]>; deltaExtra?: Array<[string, Uint8Array]> } = {}) => {
     const p = { ...parts, ...o };
     const d = o.deltaExtra ? c.map([['name', p.name], ['shape', p.shape], ['dense', p.dense], ...o.deltaExtra]) : delta(p);
     return c.map([['v', p.v], ['base', p.base], ['target', p.target], ['tensors', o.tensors ?? c.array([d])], ...(o.extra ?? [])]);
   };
   yes('small', 'base.safetensors', small(), 'the control: one dense delta on fc1.bias; every CBOR case below changes only its encoding');
-  yes('keys-reordered', 'base.safetensors',
-    c.map([['tensors', c.array([c.map([['dense', parts.dense], ['shape', parts.shape], ['name', parts.name]])])], ['target', parts.target], ['base', parts.base], ['v', parts.v]]),
-    'map keys in another order than our encoder writes: accepted (§4.0 sets no key order)');
+  yes(
+    'keys-reordered',
+    'base.safetensors',
+    c.map([
+      [
+        'tensors',
+        c.array([
+          c.map([
+            ['dense', parts.dense],
+            ['shape', parts.shape],
+            ['name', parts.name],
+          ]),
+        ]),
+      ],
+      ['target', parts.target],
+      ['base', parts.base],
+      ['v', parts.v],
+    ]),
+    'map keys in another order than our encoder writes: accepted (§4.0 sets no key order)',
+  );
 
   // -------------------------------------------------------------------------
   // CBOR forms outside the subset (§4.0): malformed-payload.
@@ -93,7 +131,12 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   form('indefinite-bytes', small({ dense: c.indefinite(2, [c.bytes(dense.subarray(0, half)), c.bytes(dense.subarray(half))]) }), 'indefinite-length', 'dense as an indefinite-length byte string of two chunks');
   form('indefinite-text', small({ name: c.indefinite(3, [c.text('fc1'), c.text('.bias')]) }), 'indefinite-length', 'a tensor name as an indefinite-length text string');
   form('indefinite-array', small({ shape: c.indefinite(4, [c.uint(8)]) }), 'indefinite-length', 'shape as an indefinite-length array');
-  form('indefinite-map', c.indefinite(5, [c.text('v'), parts.v, c.text('base'), parts.base, c.text('target'), parts.target, c.text('tensors'), c.array([delta(parts)])]), 'indefinite-length', 'the payload as an indefinite-length map');
+  form(
+    'indefinite-map',
+    c.indefinite(5, [c.text('v'), parts.v, c.text('base'), parts.base, c.text('target'), parts.target, c.text('tensors'), c.array([delta(parts)])]),
+    'indefinite-length',
+    'the payload as an indefinite-length map',
+  );
   form('long-integer', small({ v: c.uint(1, 1) }), 'non-shortest', 'v: 1 written 18 01 (a one-byte argument where the head holds it)');
   form('long-integer-8', small({ shape: c.array([c.uint(8, 8)]) }), 'non-shortest', 'a shape dim written in an 8-byte argument');
   form('long-length', small({ base: c.concat(c.head(3, 64, 2), new TextEncoder().encode(baseDigest)) }), 'non-shortest', 'the base text with a 2-byte length');
@@ -103,8 +146,18 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   form('float-double', small({ v: c.f64(1) }), 'float', 'v: 1.0 as a double-precision float');
   form('float-dim', small({ shape: c.array([c.f16(0x4800)]) }), 'float', 'shape [8.0] (a float where an unsigned integer is specified)');
   form('duplicate-key', small({ extra: [['v', parts.v]] }), 'duplicate-key', 'v twice, same value');
-  form('duplicate-key-last-wins', c.map([['v', parts.v], ['base', parts.base], ['target', c.text('0'.repeat(64))], ['tensors', c.array([delta(parts)])], ['target', parts.target]]),
-    'duplicate-key', 'target twice: a wrong one, then the right one (a last-wins decoder applies it)');
+  form(
+    'duplicate-key-last-wins',
+    c.map([
+      ['v', parts.v],
+      ['base', parts.base],
+      ['target', c.text('0'.repeat(64))],
+      ['tensors', c.array([delta(parts)])],
+      ['target', parts.target],
+    ]),
+    'duplicate-key',
+    'target twice: a wrong one, then the right one (a last-wins decoder applies it)',
+  );
   form('duplicate-key-in-delta', small({ deltaExtra: [['name', parts.name]] }), 'duplicate-key', 'name twice in a tensor delta');
   form('self-describe-tag', c.tag(55799, small()), 'tag', 'the payload behind the self-describe tag 55799 (d9 d9 f7)');
   form('tag-typed-array', small({ dense: c.tag(64, parts.dense) }), 'tag', 'dense behind tag 64 (uint8 typed array)');
@@ -135,7 +188,14 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   shape('target-short', raw({ target: smallTarget.slice(1) }), 'target of 63 hex digits');
   shape('extra-field', raw({ note: 'x' }), 'a field the payload does not have');
   shape('tensors-not-array', raw({ tensors: {} }), 'tensors is a map');
-  shape('duplicate-tensor', raw({}, [{ name: 'fc1.bias', shape: [8], dense }, { name: 'fc1.bias', shape: [8], dense }]), 'fc1.bias twice');
+  shape(
+    'duplicate-tensor',
+    raw({}, [
+      { name: 'fc1.bias', shape: [8], dense },
+      { name: 'fc1.bias', shape: [8], dense },
+    ]),
+    'fc1.bias twice',
+  );
   shape('empty-name', raw({}, [{ name: '', shape: [8], dense }]), 'an empty tensor name');
   shape('negative-dim', raw({}, [{ name: 'fc1.bias', shape: [-8], dense }]), 'a negative dim');
   shape('dense-short', raw({}, [{ name: 'fc1.bias', shape: [8], dense: dense.subarray(4) }]), 'dense with 7 values for 8 elements');
@@ -149,15 +209,33 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   shape('i8-scales-short', raw({}, [weight({ dtype: 'i8', u: new Uint8Array(8), v: new Uint8Array(6), scales: { u: new Uint8Array(7 * 4), v: new Uint8Array(4) } })]), 'scales.u with m − 1 values');
   shape('f32-with-scales', raw({}, [weight({ scales: { u: new Uint8Array(32), v: new Uint8Array(4) } })]), 'scales on f32 factors');
   shape('shape-overflow', raw({}, [{ name: 'fc1.bias', shape: [2 ** 26, 2 ** 26, 4], dense: new Uint8Array(0) }]), 'a shape of 2^54 elements (over 2^53 − 1)');
-  no('too-many-tensors', c.map([['v', parts.v], ['base', parts.base], ['target', parts.target], ['tensors', c.concat(c.head(4, DEFAULT_MAX_TENSORS + 1), new Uint8Array(DEFAULT_MAX_TENSORS + 1).fill(0xf6))]]),
-    'payload-too-large', `tensors has ${DEFAULT_MAX_TENSORS + 1} items (the limit is ${DEFAULT_MAX_TENSORS}, counted before the items are read)`);
+  no(
+    'too-many-tensors',
+    c.map([
+      ['v', parts.v],
+      ['base', parts.base],
+      ['target', parts.target],
+      ['tensors', c.concat(c.head(4, DEFAULT_MAX_TENSORS + 1), new Uint8Array(DEFAULT_MAX_TENSORS + 1).fill(0xf6))],
+    ]),
+    'payload-too-large',
+    `tensors has ${DEFAULT_MAX_TENSORS + 1} items (the limit is ${DEFAULT_MAX_TENSORS}, counted before the items are read)`,
+  );
 
   // Non-finite factors (refused on decode) and results (refused on apply).
   const nan32 = u32le([0x7fc00000]);
-  const withAt = (b: Uint8Array, at: number, v: Uint8Array) => { const x = b.slice(); x.set(v, at); return x; };
+  const withAt = (b: Uint8Array, at: number, v: Uint8Array) => {
+    const x = b.slice();
+    x.set(v, at);
+    return x;
+  };
   no('nan-factor', raw({}, [weight({ u: withAt(new Uint8Array(32), 4, nan32) })]), 'non-finite', 'NaN in an f32 factor');
   no('inf-f16-factor', raw({}, [{ name: 'attn.f16', shape: [5, 4], rank: 1, dtype: 'f16', u: new Uint8Array(10), v: withAt(new Uint8Array(8), 2, u16le([0x7c00])) }]), 'non-finite', '+infinity in an f16 factor');
-  no('nan-scale', raw({}, [{ name: 'head.bf16', shape: [3, 7], rank: 1, dtype: 'i8', u: new Uint8Array(3), v: new Uint8Array(7), scales: { u: withAt(new Uint8Array(12), 0, nan32), v: new Uint8Array(4) } }]), 'non-finite', 'NaN in an i8 scale');
+  no(
+    'nan-scale',
+    raw({}, [{ name: 'head.bf16', shape: [3, 7], rank: 1, dtype: 'i8', u: new Uint8Array(3), v: new Uint8Array(7), scales: { u: withAt(new Uint8Array(12), 0, nan32), v: new Uint8Array(4) } }]),
+    'non-finite',
+    'NaN in an i8 scale',
+  );
   no('inf-dense', raw({}, [{ name: 'fc1.bias', shape: [8], dense: withAt(dense, 8, u32le([0xff800000])) }]), 'non-finite', '−infinity in a dense delta');
   const big = (n: number) => f32(new Array(n).fill(2 ** 100));
   no('overflow-f32', raw({ target: '0'.repeat(64) }, [weight({ u: big(8), v: big(6) })]), 'non-finite', 'finite factors whose product 2^200 rounds to +infinity in F32');
@@ -165,21 +243,33 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   no('overflow-bf16', raw({ target: '0'.repeat(64) }, [{ name: 'head.bf16', shape: [3, 7], dense: f32(new Array(21).fill(3.4e38)) }]), 'non-finite', 'a dense delta of 3.4e38 on a BF16 tensor (rounds to +infinity)');
   const nanBase = (() => {
     const t = readSafetensors(baseBytes);
-    return writeSafetensors(t.tensors.map((x) => ({ ...x, data: x.name === 'fc1.bias' ? withAt(x.data, 12, nan32) : x.data })), t.header.metadata);
+    return writeSafetensors(
+      t.tensors.map((x) => ({ ...x, data: x.name === 'fc1.bias' ? withAt(x.data, 12, nan32) : x.data })),
+      t.header.metadata,
+    );
   })();
   const nanModel = file('nan-in-touched.safetensors', nanBase);
   no('nan-in-touched', raw({ base: safetensorsDigest(nanBase), target: '0'.repeat(64) }), 'non-finite', 'the model has NaN in fc1.bias[3] and the payload updates fc1.bias: NaN + d is NaN', { model: nanModel });
 
   // Apply (§7.3, §7.5): the payload does not fit the model.
-  no('wrong-base', raw({ base: smallTarget }), 'wrong-base', 'the payload applies to another model (base is not this model\'s digest)');
-  no('wrong-target', raw({ target: baseDigest }), 'digest-mismatch', 'the result\'s digest is not the payload\'s target');
+  no('wrong-base', raw({ base: smallTarget }), 'wrong-base', "the payload applies to another model (base is not this model's digest)");
+  no('wrong-target', raw({ target: baseDigest }), 'digest-mismatch', "the result's digest is not the payload's target");
   no('tensor-missing', raw({ target: '0'.repeat(64) }, [{ name: 'fc2.bias', shape: [8], dense }]), 'shape-mismatch', 'a delta for a tensor the model does not have');
   no('shape-transposed', raw({ target: '0'.repeat(64) }, [weight({ shape: [6, 8], u: new Uint8Array(24), v: new Uint8Array(32) })]), 'shape-mismatch', 'fc1.weight is [8, 6]; the delta says [6, 8]');
   no('shape-same-count', raw({ target: '0'.repeat(64) }, [{ name: 'fc1.bias', shape: [8, 1], dense }]), 'shape-mismatch', 'fc1.bias is [8]; the delta says [8, 1] (same element count)');
-  no('conv-as-matrix', raw({ target: '0'.repeat(64) }, [{ name: 'conv1.weight', shape: [4, 27], rank: 1, dtype: 'f32', u: new Uint8Array(16), v: new Uint8Array(108) }]),
-    'shape-mismatch', 'conv1.weight is [4, 3, 3, 3]; shape must be the full tensor shape, not the matrix [4, 27] it is factored as');
+  no(
+    'conv-as-matrix',
+    raw({ target: '0'.repeat(64) }, [{ name: 'conv1.weight', shape: [4, 27], rank: 1, dtype: 'f32', u: new Uint8Array(16), v: new Uint8Array(108) }]),
+    'shape-mismatch',
+    'conv1.weight is [4, 3, 3, 3]; shape must be the full tensor shape, not the matrix [4, 27] it is factored as',
+  );
   no('dense-on-i8', raw({ target: '0'.repeat(64) }, [{ name: 'embed.q', shape: [4, 4], dense: new Uint8Array(64) }]), 'unsupported-dtype', 'a dense delta on the I8 tensor embed.q');
-  no('lowrank-on-i8', raw({ target: '0'.repeat(64) }, [{ name: 'embed.q', shape: [4, 4], rank: 1, dtype: 'f32', u: new Uint8Array(16), v: new Uint8Array(16) }]), 'unsupported-dtype', 'a low-rank delta on the I8 tensor embed.q');
+  no(
+    'lowrank-on-i8',
+    raw({ target: '0'.repeat(64) }, [{ name: 'embed.q', shape: [4, 4], rank: 1, dtype: 'f32', u: new Uint8Array(16), v: new Uint8Array(16) }]),
+    'unsupported-dtype',
+    'a low-rank delta on the I8 tensor embed.q',
+  );
 
   // Model files (§7.1): malformed-model, each with the small payload.
   for (const f of modelFaults(baseBytes)) {
@@ -202,16 +292,23 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   const zeros = (n: number) => new Uint8Array(n * 4);
   const negZeroFactor = u32le([0x80000000, 0x80000000]);
   const edgeDraft = {
-    v: 1, base: safetensorsDigest(models.get(edgeBase)!), target: '0'.repeat(64), tensors: [
+    v: 1,
+    base: safetensorsDigest(models.get(edgeBase)!),
+    target: '0'.repeat(64),
+    tensors: [
       { name: 'negzero.lowrank', shape: [2, 2], rank: 1, dtype: 'f32', u: negZeroFactor, v: zeros(2) },
       { name: 'negzero.bf16', shape: [2, 2], rank: 1, dtype: 'f32', u: zeros(2), v: zeros(2) },
       { name: 'negzero.dense', shape: [4], dense: u32le([0x80000000, 0x00000000, 0x80000000, 0x3f800000]) },
     ],
   };
   const edgeTarget = applyToModel(models.get(edgeBase)!, decodePayload(cborEncode(edgeDraft))).digest;
-  yes('edge', edgeBase, cborEncode({ ...edgeDraft, target: edgeTarget }),
-    'every -0 of negzero.lowrank and negzero.bf16 becomes +0 (low-rank sums start at +0, and -0 + +0 = +0); negzero.dense = -0 + [-0, +0, -0, 1] = [-0, +0, -0, 1]; '
-    + 'NaN (with payload bits) and infinities in the untouched nan.untouched* are copied bit for bit, not refused; metadata and a tensor name that need JSON escaping are written as §7.1 says');
+  yes(
+    'edge',
+    edgeBase,
+    cborEncode({ ...edgeDraft, target: edgeTarget }),
+    'every -0 of negzero.lowrank and negzero.bf16 becomes +0 (low-rank sums start at +0, and -0 + +0 = +0); negzero.dense = -0 + [-0, +0, -0, 1] = [-0, +0, -0, 1]; ' +
+      'NaN (with payload bits) and infinities in the untouched nan.untouched* are copied bit for bit, not refused; metadata and a tensor name that need JSON escaping are written as §7.1 says',
+  );
 
   // Compact kinds (sign + scales, mixed-precision factors): docs/protocol.md §6.
   compactCases({ baseBytes, baseDigest, yes, no });

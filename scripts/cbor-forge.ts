@@ -34,8 +34,7 @@ export const text = (s: string): Uint8Array => {
 };
 export const array = (items: Uint8Array[]): Uint8Array => concat(head(4, items.length), ...items);
 /** A map of already-encoded values; keys are text (or raw encoded keys), written in the order given. */
-export const map = (entries: Array<[string | Uint8Array, Uint8Array]>): Uint8Array =>
-  concat(head(5, entries.length), ...entries.flatMap(([k, v]) => [typeof k === 'string' ? text(k) : k, v]));
+export const map = (entries: Array<[string | Uint8Array, Uint8Array]>): Uint8Array => concat(head(5, entries.length), ...entries.flatMap(([k, v]) => [typeof k === 'string' ? text(k) : k, v]));
 /** An indefinite-length item of major type 2–5 holding these encoded parts. */
 export const indefinite = (major: 2 | 3 | 4 | 5, parts: Uint8Array[]): Uint8Array => concat(Uint8Array.of((major << 5) | 31), ...parts, Uint8Array.of(0xff));
 export const tag = (n: number, item: Uint8Array): Uint8Array => concat(head(6, n), item);

@@ -28,9 +28,12 @@ export function compactCases(s: CaseSink): void {
   const group = (m: number, n: number, rank: number, bits: 8 | 4 | 2, seed: number) => {
     const lim = 2 ** (bits - 1) - 1;
     return {
-      rank, bits,
-      u: packSigned(ints(m * rank, lim, seed), bits), v: packSigned(ints(rank * n, lim, seed + 3), bits),
-      su: f32(Array.from({ length: rank }, (_, k) => 2 ** -(4 + k))), sv: f32(Array.from({ length: rank }, (_, k) => 2 ** -(6 + 2 * k))),
+      rank,
+      bits,
+      u: packSigned(ints(m * rank, lim, seed), bits),
+      v: packSigned(ints(rank * n, lim, seed + 3), bits),
+      su: f32(Array.from({ length: rank }, (_, k) => 2 ** -(4 + k))),
+      sv: f32(Array.from({ length: rank }, (_, k) => 2 ** -(6 + 2 * k))),
     };
   };
   const attnMixed = { name: 'attn.f16', shape: [5, 4], mixed: [group(5, 4, 1, 8, 1), group(5, 4, 2, 4, 2), group(5, 4, 1, 2, 3)] };
@@ -40,10 +43,12 @@ export function compactCases(s: CaseSink): void {
     const target = applyToModel(s.baseBytes, decodePayload(cborEncode(draft))).digest;
     s.yes(name, 'base.safetensors', cborEncode({ ...draft, target }), why);
   };
-  accepted('sign', [signDelta],
-    'fc1.weight += (bit ? +s_i : −s_i): 48 sign bits in 6 bytes, bit e of byte ⌊e/8⌋ least significant first, one f32 scale per row (one of them 0)');
-  accepted('mixed', [attnMixed, headMixed],
-    'mixed-precision factors: attn.f16 in groups of 8, 4 and 2 bits (ranks 1, 2, 1), head.bf16 in 4 and 2 bits; q·scale per column of U and row of V, then the low-rank apply with one rounding to F16 / BF16');
+  accepted('sign', [signDelta], 'fc1.weight += (bit ? +s_i : −s_i): 48 sign bits in 6 bytes, bit e of byte ⌊e/8⌋ least significant first, one f32 scale per row (one of them 0)');
+  accepted(
+    'mixed',
+    [attnMixed, headMixed],
+    'mixed-precision factors: attn.f16 in groups of 8, 4 and 2 bits (ranks 1, 2, 1), head.bf16 in 4 and 2 bits; q·scale per column of U and row of V, then the low-rank apply with one rounding to F16 / BF16',
+  );
 
   const raw = (tensors: unknown[]) => cborEncode({ v: 1, base: s.baseDigest, target: '0'.repeat(64), tensors });
   const g = attnMixed.mixed[0];
@@ -58,7 +63,7 @@ export function compactCases(s: CaseSink): void {
   bad('sign-and-dense', raw([{ ...signDelta, dense: new Uint8Array(192) }]), 'a delta with both sign and dense');
   bad('mixed-bits-3', mixedWith({ bits: 3 }), 'a group of 3 bits (only 8, 4, 2)');
   bad('mixed-bits-1', mixedWith({ bits: 1 }), 'a group of 1 bit (sign deltas are their own kind)');
-  bad('mixed-length', mixedWith({ u: g.u.subarray(1) }), 'a group\'s u one byte short');
+  bad('mixed-length', mixedWith({ u: g.u.subarray(1) }), "a group's u one byte short");
   bad('mixed-scales-length', mixedWith({ su: f32([1, 1]) }), 'two su scales for a group of rank 1');
   bad('mixed-scale-inf', mixedWith({ sv: f32([Infinity]) }), '+infinity in a group scale', 'non-finite');
   bad('mixed-int-out-of-range', mixedWith({ u: Uint8Array.of(0x80, 0, 0, 0, 0) }), 'an 8-bit value of −128 (outside ±127)');

@@ -10,14 +10,10 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import {
-  type Dtype, bf16BitsToNumber, decodeValues, dtypeSize, encodeValues, f16BitsToNumber, numberToBf16Bits, numberToF16Bits,
-} from '../protocol/dtypes.ts';
+import { type Dtype, bf16BitsToNumber, decodeValues, dtypeSize, encodeValues, f16BitsToNumber, numberToBf16Bits, numberToF16Bits } from '../protocol/dtypes.ts';
 import { readSafetensors, writeSafetensors, type TensorInput } from '../protocol/safetensors.ts';
 import { modelDigest } from '../protocol/digest.ts';
-import {
-  applyToModel, deltaValues, encodePayload, type Payload, type TensorDelta,
-} from '../protocol/lowrank.ts';
+import { applyToModel, deltaValues, encodePayload, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
 import { mulberry32 } from '../util/random.ts';
 import { CborError, checkStrictCbor } from '../protocol/cbor-strict.ts';
 import { caseVectors, conform } from './case-vectors.ts';
@@ -71,15 +67,25 @@ function f32(values: number[]): Uint8Array {
 // attn.f16: f16 factors, rank 2. U[0,0]=1, U[0,1]=2^-14, V[0,0]=2^-11, V[1,0]=2^-15.
 const attnU = uniform(5 * 2, 0.5);
 const attnV = uniform(2 * 4, 0.05);
-attnU[0] = 1; attnU[1] = 2 ** -14; attnV[0] = 2 ** -11; attnV[4] = 2 ** -15;
-const f16Bytes = (vals: number[]) => encodeValues(vals.map((x) => f16BitsToNumber(numberToF16Bits(x))), 'F16');
+attnU[0] = 1;
+attnU[1] = 2 ** -14;
+attnV[0] = 2 ** -11;
+attnV[4] = 2 ** -15;
+const f16Bytes = (vals: number[]) =>
+  encodeValues(
+    vals.map((x) => f16BitsToNumber(numberToF16Bits(x))),
+    'F16',
+  );
 
 // head.bf16: i8 factors with scales, rank 2 (m=3, n=7).
 // U row 0 scale 2^-4, V row 0 scale 2^-12, V row 1 scale 2^-20; q chosen so that
 // U[0,0]=1, V[0,0]=2^-8, U[0,1]=2^-4, V[1,0]=2^-20: element 0 gets 1 + 2^-8 + 2^-24.
 const headQU = Int8Array.from({ length: 3 * 2 }, () => Math.floor(rand() * 255) - 127);
 const headQV = Int8Array.from({ length: 2 * 7 }, () => Math.floor(rand() * 255) - 127);
-headQU[0] = 16; headQU[1] = 1; headQV[0] = 16; headQV[7] = 1;
+headQU[0] = 16;
+headQU[1] = 1;
+headQV[0] = 16;
+headQV[7] = 1;
 const headSU = [2 ** -4, Math.fround(0.003), Math.fround(0.0071)];
 const headSV = [2 ** -12, 2 ** -20];
 
@@ -88,12 +94,19 @@ const deltas: TensorDelta[] = [
   { name: 'conv1.weight', shape: [4, 3, 3, 3], rank: 3, dtype: 'f32', u: f32(uniform(12, 0.2)), v: f32(uniform(81, 0.2)) },
   { name: 'attn.f16', shape: [5, 4], rank: 2, dtype: 'f16', u: f16Bytes(attnU), v: f16Bytes(attnV) },
   {
-    name: 'head.bf16', shape: [3, 7], rank: 2, dtype: 'i8',
-    u: new Uint8Array(headQU.buffer), v: new Uint8Array(headQV.buffer),
+    name: 'head.bf16',
+    shape: [3, 7],
+    rank: 2,
+    dtype: 'i8',
+    u: new Uint8Array(headQU.buffer),
+    v: new Uint8Array(headQV.buffer),
     scales: { u: f32(headSU), v: f32(headSV) },
   },
   {
-    name: 'order.check', shape: [3, 3], rank: 3, dtype: 'f32',
+    name: 'order.check',
+    shape: [3, 3],
+    rank: 3,
+    dtype: 'f32',
     u: f32([2 ** 15, 2 ** 15, 1, ...uniform(6, 0.5)]),
     v: f32([-(2 ** 15), ...uniform(2, 0.5), 2 ** 15, ...uniform(2, 0.5), 2 ** -24 + 2 ** -40, ...uniform(2, 0.5)]),
   },
@@ -111,7 +124,12 @@ const targetBytes = applied.bytes;
 
 function bitsHex(data: Uint8Array, dtype: Dtype, e: number): string {
   const size = dtypeSize(dtype);
-  return hex(data.subarray(e * size, (e + 1) * size).slice().reverse()); // as a big-endian number
+  return hex(
+    data
+      .subarray(e * size, (e + 1) * size)
+      .slice()
+      .reverse(),
+  ); // as a big-endian number
 }
 
 const target = readSafetensors(targetBytes);
@@ -125,10 +143,15 @@ for (const d of deltas) {
   for (const e of [...new Set([0, 1, total - 1])]) {
     const sum = w[e] + delta[e];
     elements.push({
-      tensor: d.name, dtype: t.dtype, index: e,
-      baseBits: bitsHex(t.data, t.dtype, e), base: w[e],
-      delta: delta[e], deltaF64: f64Hex(delta[e]),
-      sum, sumF64: f64Hex(sum),
+      tensor: d.name,
+      dtype: t.dtype,
+      index: e,
+      baseBits: bitsHex(t.data, t.dtype, e),
+      base: w[e],
+      delta: delta[e],
+      deltaF64: f64Hex(delta[e]),
+      sum,
+      sumF64: f64Hex(sum),
       expectedBits: bitsHex(target.tensor(d.name), t.dtype, e),
     });
   }
@@ -138,14 +161,60 @@ for (const d of deltas) {
 // Conversion cases: double → f16 / bf16 bits, ties to even, one rounding.
 
 const f16Inputs = [
-  1, -2, 65504, 65519.99, 65520, 65536, 1e10, -1e10, 2 ** -24, 2 ** -25, 2 ** -25 * 3, 2 ** -26, 2 ** -24 * 1.5, 2 ** -14,
-  2 ** -14 - 2 ** -25, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -11 + 2 ** -40, 1 + 2 ** -11 - 2 ** -40, 0.1, 1 / 3, -Math.PI,
-  0, -0, Infinity, -Infinity, NaN, 1e-300, -5e-324,
+  1,
+  -2,
+  65504,
+  65519.99,
+  65520,
+  65536,
+  1e10,
+  -1e10,
+  2 ** -24,
+  2 ** -25,
+  2 ** -25 * 3,
+  2 ** -26,
+  2 ** -24 * 1.5,
+  2 ** -14,
+  2 ** -14 - 2 ** -25,
+  1 + 2 ** -11,
+  1 + 3 * 2 ** -11,
+  1 + 2 ** -11 + 2 ** -40,
+  1 + 2 ** -11 - 2 ** -40,
+  0.1,
+  1 / 3,
+  -Math.PI,
+  0,
+  -0,
+  Infinity,
+  -Infinity,
+  NaN,
+  1e-300,
+  -5e-324,
 ];
 const bf16Inputs = [
-  1, -2, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -30, 1 + 2 ** -8 - 2 ** -30, (2 - 2 ** -7) * 2 ** 127, (2 - 2 ** -8) * 2 ** 127,
-  (2 - 2 ** -8 - 2 ** -20) * 2 ** 127, 1e300, 2 ** -133, 2 ** -134, 3 * 2 ** -134, 2 ** -126, 2 ** -126 - 2 ** -135, 0.1, Math.PI,
-  0, -0, Infinity, -Infinity, NaN, 5e-324,
+  1,
+  -2,
+  1 + 2 ** -8,
+  1 + 3 * 2 ** -8,
+  1 + 2 ** -8 + 2 ** -30,
+  1 + 2 ** -8 - 2 ** -30,
+  (2 - 2 ** -7) * 2 ** 127,
+  (2 - 2 ** -8) * 2 ** 127,
+  (2 - 2 ** -8 - 2 ** -20) * 2 ** 127,
+  1e300,
+  2 ** -133,
+  2 ** -134,
+  3 * 2 ** -134,
+  2 ** -126,
+  2 ** -126 - 2 ** -135,
+  0.1,
+  Math.PI,
+  0,
+  -0,
+  Infinity,
+  -Infinity,
+  NaN,
+  5e-324,
 ];
 const h4 = (b: number) => b.toString(16).padStart(4, '0');
 const conversions = {
@@ -192,7 +261,11 @@ for (const r of cases.refuse) {
   if (got !== r.expect) throw new Error(`case ${r.name}: expected ${r.expect}, our code gives ${got}`);
   if (r.cbor) {
     let form = 'accepted';
-    try { checkStrictCbor(all[r.payload]); } catch (e) { form = e instanceof CborError ? e.form : String(e); }
+    try {
+      checkStrictCbor(all[r.payload]);
+    } catch (e) {
+      form = e instanceof CborError ? e.form : String(e);
+    }
     if (form !== r.cbor) throw new Error(`case ${r.name}: expected CBOR form ${r.cbor}, got ${form}`);
   }
 }

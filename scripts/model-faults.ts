@@ -5,7 +5,11 @@
 import { MAX_HEADER_LENGTH, headerByteLength } from '../protocol/safetensors.ts';
 import { concat } from './cbor-forge.ts';
 
-export interface ModelFault { name: string; why: string; bytes: Uint8Array }
+export interface ModelFault {
+  name: string;
+  why: string;
+  bytes: Uint8Array;
+}
 
 type Entry = { dtype: unknown; shape: unknown; data_offsets: unknown; [k: string]: unknown };
 type Header = Record<string, unknown>;
@@ -55,37 +59,133 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
     { name: 'header-bom', why: 'the JSON header starts with a UTF-8 byte-order mark', bytes: file(concat(Uint8Array.of(0xef, 0xbb, 0xbf), utf8.encode(headerText)), data) },
     { name: 'header-not-json', why: 'the JSON header is cut short', bytes: file(headerText.slice(0, -1), data) },
     { name: 'header-array', why: 'the JSON header is an array, not an object', bytes: file('[]', new Uint8Array(0)) },
-    { name: 'entry-not-object', why: 'a tensor entry that is a number', bytes: edit((h) => { h.x = 1; }) },
-    { name: 'entry-unknown-field', why: 'a tensor entry with a field other than dtype, shape, data_offsets', bytes: edit((h) => { entry(h, 'fc1.bias').note = 'x'; }) },
-    { name: 'unknown-dtype', why: 'dtype F8_E4M3 (upstream knows it; this protocol does not)', bytes: edit((h) => { entry(h, 'embed.q').dtype = 'F8_E4M3'; }) },
-    { name: 'entry-missing-field', why: 'the entry of fc1.bias without data_offsets', bytes: edit((h) => { delete entry(h, 'fc1.bias').data_offsets; }) },
-    { name: 'shape-overflow', why: 'a shape of 2^54 elements (over 2^53 − 1)', bytes: edit((h) => { entry(h, 'fc1.bias').shape = [2 ** 26, 2 ** 26, 4]; }) },
-    { name: 'shape-not-array', why: 'shape is a number', bytes: edit((h) => { entry(h, 'fc1.bias').shape = 8; }) },
-    { name: 'dim-negative', why: 'a dim of −8', bytes: edit((h) => { entry(h, 'fc1.bias').shape = [-8]; }) },
-    { name: 'dim-fraction', why: 'a dim of 8.5', bytes: edit((h) => { entry(h, 'fc1.bias').shape = [8.5]; }) },
-    { name: 'offsets-not-pair', why: 'data_offsets with one number', bytes: edit((h) => { entry(h, 'fc1.bias').data_offsets = [(entry(h, 'fc1.bias').data_offsets as number[])[0]]; }) },
-    { name: 'offsets-reversed', why: 'data_offsets [end, begin]', bytes: edit((h) => { entry(h, 'fc1.bias').data_offsets = (entry(h, 'fc1.bias').data_offsets as number[]).slice().reverse(); }) },
-    { name: 'size-mismatch', why: 'fc1.bias says shape [7] for 32 bytes of F32 (end − begin ≠ product(shape) · size)', bytes: edit((h) => { entry(h, 'fc1.bias').shape = [7]; }) },
-    { name: 'data-past-end', why: 'the file ends 4 bytes before the last tensor does', bytes: edit(() => undefined, data.subarray(0, data.byteLength - 4)) },
-    { name: 'overlap', why: 'a second tensor over the bytes of embed.q', bytes: edit((h) => { h['embed.alias'] = { ...entry(h, 'embed.q') }; }) },
     {
-      name: 'gap', why: `4 unused bytes before ${second} (upstream refuses this too)`,
+      name: 'entry-not-object',
+      why: 'a tensor entry that is a number',
       bytes: edit((h) => {
-        for (const t of byBegin.slice(1)) entry(h, t).data_offsets = (entry(h, t).data_offsets as number[]).map((o) => o + 4);
-      }, concat(data.subarray(0, secondBegin), new Uint8Array(4), data.subarray(secondBegin))),
+        h.x = 1;
+      }),
     },
     {
-      name: 'gap-at-start', why: 'the first tensor begins at 4, not 0',
+      name: 'entry-unknown-field',
+      why: 'a tensor entry with a field other than dtype, shape, data_offsets',
       bytes: edit((h) => {
-        for (const t of byBegin) entry(h, t).data_offsets = (entry(h, t).data_offsets as number[]).map((o) => o + 4);
-      }, concat(new Uint8Array(4), data)),
+        entry(h, 'fc1.bias').note = 'x';
+      }),
+    },
+    {
+      name: 'unknown-dtype',
+      why: 'dtype F8_E4M3 (upstream knows it; this protocol does not)',
+      bytes: edit((h) => {
+        entry(h, 'embed.q').dtype = 'F8_E4M3';
+      }),
+    },
+    {
+      name: 'entry-missing-field',
+      why: 'the entry of fc1.bias without data_offsets',
+      bytes: edit((h) => {
+        delete entry(h, 'fc1.bias').data_offsets;
+      }),
+    },
+    {
+      name: 'shape-overflow',
+      why: 'a shape of 2^54 elements (over 2^53 − 1)',
+      bytes: edit((h) => {
+        entry(h, 'fc1.bias').shape = [2 ** 26, 2 ** 26, 4];
+      }),
+    },
+    {
+      name: 'shape-not-array',
+      why: 'shape is a number',
+      bytes: edit((h) => {
+        entry(h, 'fc1.bias').shape = 8;
+      }),
+    },
+    {
+      name: 'dim-negative',
+      why: 'a dim of −8',
+      bytes: edit((h) => {
+        entry(h, 'fc1.bias').shape = [-8];
+      }),
+    },
+    {
+      name: 'dim-fraction',
+      why: 'a dim of 8.5',
+      bytes: edit((h) => {
+        entry(h, 'fc1.bias').shape = [8.5];
+      }),
+    },
+    {
+      name: 'offsets-not-pair',
+      why: 'data_offsets with one number',
+      bytes: edit((h) => {
+        entry(h, 'fc1.bias').data_offsets = [(entry(h, 'fc1.bias').data_offsets as number[])[0]];
+      }),
+    },
+    {
+      name: 'offsets-reversed',
+      why: 'data_offsets [end, begin]',
+      bytes: edit((h) => {
+        entry(h, 'fc1.bias').data_offsets = (entry(h, 'fc1.bias').data_offsets as number[]).slice().reverse();
+      }),
+    },
+    {
+      name: 'size-mismatch',
+      why: 'fc1.bias says shape [7] for 32 bytes of F32 (end − begin ≠ product(shape) · size)',
+      bytes: edit((h) => {
+        entry(h, 'fc1.bias').shape = [7];
+      }),
+    },
+    { name: 'data-past-end', why: 'the file ends 4 bytes before the last tensor does', bytes: edit(() => undefined, data.subarray(0, data.byteLength - 4)) },
+    {
+      name: 'overlap',
+      why: 'a second tensor over the bytes of embed.q',
+      bytes: edit((h) => {
+        h['embed.alias'] = { ...entry(h, 'embed.q') };
+      }),
+    },
+    {
+      name: 'gap',
+      why: `4 unused bytes before ${second} (upstream refuses this too)`,
+      bytes: edit(
+        (h) => {
+          for (const t of byBegin.slice(1)) entry(h, t).data_offsets = (entry(h, t).data_offsets as number[]).map((o) => o + 4);
+        },
+        concat(data.subarray(0, secondBegin), new Uint8Array(4), data.subarray(secondBegin)),
+      ),
+    },
+    {
+      name: 'gap-at-start',
+      why: 'the first tensor begins at 4, not 0',
+      bytes: edit(
+        (h) => {
+          for (const t of byBegin) entry(h, t).data_offsets = (entry(h, t).data_offsets as number[]).map((o) => o + 4);
+        },
+        concat(new Uint8Array(4), data),
+      ),
     },
     { name: 'trailing-bytes', why: `4 bytes after the last tensor (${last}) ends`, bytes: edit(() => undefined, concat(data, new Uint8Array(4))) },
-    { name: 'metadata-not-object', why: '__metadata__ is a string', bytes: edit((h) => { h.__metadata__ = 'pt'; }) },
-    { name: 'metadata-not-string', why: 'a __metadata__ value that is a number', bytes: edit((h) => { h.__metadata__ = { format: 'pt', version: 2 }; }) },
+    {
+      name: 'metadata-not-object',
+      why: '__metadata__ is a string',
+      bytes: edit((h) => {
+        h.__metadata__ = 'pt';
+      }),
+    },
+    {
+      name: 'metadata-not-string',
+      why: 'a __metadata__ value that is a number',
+      bytes: edit((h) => {
+        h.__metadata__ = { format: 'pt', version: 2 };
+      }),
+    },
     { name: 'name-lone-surrogate', why: 'a tensor name with a lone surrogate (\\ud800 in the JSON)', bytes: file(headerText.replace('"fc1.bias"', '"fc1.bias\\ud800"'), data) },
     { name: 'duplicate-name', why: 'fc1.bias twice in the header, both entries the same (JSON.parse would keep the last and accept)', bytes: file(headerText.replace(biasEntry, `${biasEntry},${biasEntry}`), data) },
-    { name: 'duplicate-name-escaped', why: 'fc1.bias and fc1.bia\\u0073: the same name once unescaped', bytes: file(headerText.replace(biasEntry, `${biasEntry},${biasEntry.replace('"fc1.bias"', '"fc1.bia\\u0073"')}`), data) },
+    {
+      name: 'duplicate-name-escaped',
+      why: 'fc1.bias and fc1.bia\\u0073: the same name once unescaped',
+      bytes: file(headerText.replace(biasEntry, `${biasEntry},${biasEntry.replace('"fc1.bias"', '"fc1.bia\\u0073"')}`), data),
+    },
     { name: 'duplicate-field', why: 'dtype twice in the entry of fc1.bias', bytes: file(headerText.replace(biasEntry, biasEntry.replace('{"dtype":"F32",', '{"dtype":"F32","dtype":"F32",')), data) },
     { name: 'dim-as-float', why: 'shape [8.0]: JSON.parse reads 8, but a dim is written as an integer', bytes: file(headerText.replace(biasEntry, biasEntry.replace('"shape":[8]', '"shape":[8.0]')), data) },
     { name: 'offset-with-exponent', why: 'data_offsets written with an exponent (e.g. 4.72e2)', bytes: file(headerText.replace('[472,488]', '[4.72e2,488]'), data) },

@@ -139,11 +139,13 @@ export class ContentStore {
    */
   receiveUpload(model: string, id: string, index: number, count: number, data: Uint8Array): Promise<UploadProgress> {
     const prev = this.locks.get(id) ?? Promise.resolve();
-    const next = prev.catch(ignoreBecause('the previous chunk\'s failure went to its own caller')).then(() => this.receiveUploadLocked(model, id, index, count, data));
+    const next = prev.catch(ignoreBecause("the previous chunk's failure went to its own caller")).then(() => this.receiveUploadLocked(model, id, index, count, data));
     this.locks.set(id, next);
-    void next.finally(() => {
-      if (this.locks.get(id) === next) this.locks.delete(id);
-    }).catch(ignoreBecause('the caller gets this failure from `next` itself'));
+    void next
+      .finally(() => {
+        if (this.locks.get(id) === next) this.locks.delete(id);
+      })
+      .catch(ignoreBecause('the caller gets this failure from `next` itself'));
     return next;
   }
 

@@ -41,8 +41,15 @@ export interface UpdateServerStats {
  */
 export class UpdateServer {
   readonly stats: UpdateServerStats = {
-    requests: 0, badRequests: 0, chunksSent: 0, listsSent: 0, unknownUpdates: 0,
-    uploadChunks: 0, uploadsStored: 0, releasesStored: 0, releasesReasserted: 0,
+    requests: 0,
+    badRequests: 0,
+    chunksSent: 0,
+    listsSent: 0,
+    unknownUpdates: 0,
+    uploadChunks: 0,
+    uploadsStored: 0,
+    releasesStored: 0,
+    releasesReasserted: 0,
   };
   private readonly t: Transport;
   private readonly store: ContentStore;

@@ -56,7 +56,9 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
         reject(new Error(`HTTP range server exited ${c}: ${out}`));
       });
     });
-    const expected = createHash('sha256').update(await fs.readFile(o.payloadFile)).digest('hex');
+    const expected = createHash('sha256')
+      .update(await fs.readFile(o.payloadFile))
+      .digest('hex');
     const before = await o.link.counters();
     const t0 = Date.now();
     let done = 0;
@@ -65,9 +67,17 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
       const r = await fetchWithResume({
         spawn: (cmd, args) => o.link.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
         url: `http://${o.link.srvAddress}:${o.port}/payload`,
-        outFile, size: o.payloadBytes, idleSeconds: o.idleSeconds, retryMs: 1000, deadlineMs: o.timeoutSeconds * 1000,
+        outFile,
+        size: o.payloadBytes,
+        idleSeconds: o.idleSeconds,
+        retryMs: 1000,
+        deadlineMs: o.timeoutSeconds * 1000,
       });
-      const digest = r.ok ? createHash('sha256').update(await fs.readFile(outFile)).digest('hex') : '';
+      const digest = r.ok
+        ? createHash('sha256')
+            .update(await fs.readFile(outFile))
+            .digest('hex')
+        : '';
       done++;
       return { ...r, ok: r.ok && digest === expected };
     });

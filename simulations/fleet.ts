@@ -99,8 +99,14 @@ export interface FleetSimResult {
 /** The link of a run, from the options. */
 export function specOf(o: FleetSimOptions): LinkSpec {
   return {
-    downKbit: o.rateKbit, upKbit: o.rateUpKbit ?? o.rateKbit, delayMs: o.delayMs ?? 0, jitterMs: o.jitterMs ?? 0,
-    lossDownPercent: o.lossPercent, lossUpPercent: o.lossUpPercent ?? o.lossPercent, cuts: o.cuts, cutSeconds: o.cutSeconds,
+    downKbit: o.rateKbit,
+    upKbit: o.rateUpKbit ?? o.rateKbit,
+    delayMs: o.delayMs ?? 0,
+    jitterMs: o.jitterMs ?? 0,
+    lossDownPercent: o.lossPercent,
+    lossUpPercent: o.lossUpPercent ?? o.lossPercent,
+    cuts: o.cuts,
+    cutSeconds: o.cutSeconds,
   };
 }
 
@@ -132,8 +138,14 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       const ok = NetnsLink.available();
       if (!ok.ok) throw new Error(`--kernel needs: ${ok.reason}`);
       link = await NetnsLink.create({
-        name: `s${process.pid % 100000}`, lossPercent: o.lossPercent, lossUpPercent: o.lossUpPercent, rateKbit: o.rateKbit || undefined,
-        rateUpKbit: o.rateUpKbit || undefined, delayMs: o.delayMs, jitterMs: o.jitterMs, seed: o.seed,
+        name: `s${process.pid % 100000}`,
+        lossPercent: o.lossPercent,
+        lossUpPercent: o.lossUpPercent,
+        rateKbit: o.rateKbit || undefined,
+        rateUpKbit: o.rateUpKbit || undefined,
+        delayMs: o.delayMs,
+        jitterMs: o.jitterMs,
+        seed: o.seed,
       });
       const l = link;
       srvExec = (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -164,7 +176,25 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     }
     const ends = new Map<string, DeviceEnd>();
     const startHost = (): ChildProcess => {
-      const host = siteExec(process.execPath, ['--import', 'tsx', HOST_SCRIPT, '--broker', deviceUrl, '--devices', String(o.devices), '--dir', path.join(dir, 'site'), '--trust', keys.trustFile, '--initial', baseFile, '--model', 'sim', '--group', 'site']);
+      const host = siteExec(process.execPath, [
+        '--import',
+        'tsx',
+        HOST_SCRIPT,
+        '--broker',
+        deviceUrl,
+        '--devices',
+        String(o.devices),
+        '--dir',
+        path.join(dir, 'site'),
+        '--trust',
+        keys.trustFile,
+        '--initial',
+        baseFile,
+        '--model',
+        'sim',
+        '--group',
+        'site',
+      ]);
       collectEnds(host, ends);
       host.stderr!.on('data', () => undefined);
       children.push(host);
@@ -185,7 +215,23 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     });
     await new Promise((r) => setTimeout(r, 500));
     const before = link ? await link.counters() : undefined;
-    const publish = srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']);
+    const publish = srvExec(process.execPath, [
+      FLEET_BIN,
+      'publish',
+      '--update',
+      updateFile,
+      '--key',
+      keys.keyFile,
+      '--rollout-key',
+      keys.rolloutKeyFile,
+      '--model',
+      'sim',
+      '--group',
+      'site',
+      '--broker',
+      brokerUrl,
+      '--yes',
+    ]);
     children.push(publish);
     const pubExit = await new Promise<number | null>((r) => publish.once('exit', r));
     if (pubExit !== 0) throw new Error('publish failed');
@@ -193,7 +239,13 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
     const faults = scheduleFaults(rand, ideal, o.cuts, o.kills);
     const { cuts, kills } = await runFaults({
-      faults: [...faults], t0, finished: () => ends.size >= o.devices, cutSeconds: o.cutSeconds, link, proxy, log: o.log,
+      faults: [...faults],
+      t0,
+      finished: () => ends.size >= o.devices,
+      cutSeconds: o.cutSeconds,
+      link,
+      proxy,
+      log: o.log,
       deadline: t0 + o.timeoutSeconds * 1000,
       kill: async () => {
         const exited = new Promise((r) => host.once('exit', r));
@@ -237,8 +289,17 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       await Promise.all(children.splice(children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));
       o.log(`fleet: ${JSON.stringify(result)}`);
       const http = await runHttpBaseline({
-        link, port: port + 1, payloadFile: updateFile, payloadBytes, devices: o.devices, faults: faults.filter((f) => f.kind === 'cut'),
-        cutSeconds: o.cutSeconds, dir, idleSeconds: 10, timeoutSeconds: o.timeoutSeconds, log: o.log,
+        link,
+        port: port + 1,
+        payloadFile: updateFile,
+        payloadBytes,
+        devices: o.devices,
+        faults: faults.filter((f) => f.kind === 'cut'),
+        cutSeconds: o.cutSeconds,
+        dir,
+        idleSeconds: 10,
+        timeoutSeconds: o.timeoutSeconds,
+        log: o.log,
       });
       const delayed = (o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0;
       const floor = tcpFloorSeconds(specOf(o), o.devices, payloadBytes, delayed ? 1500 : 1514);
@@ -303,10 +364,23 @@ async function main(): Promise<void> {
   }
   const kernel = a.kernel === true || a.profile !== undefined || a['compare-http'] === true;
   const base = {
-    devices: Number(a.devices), size: Number(a.size), lossPercent: spec.lossDownPercent, lossUpPercent: spec.lossUpPercent,
-    rateKbit: spec.downKbit, rateUpKbit: spec.upKbit, delayMs: spec.delayMs, jitterMs: spec.jitterMs, cuts: spec.cuts,
-    cutSeconds: spec.cutSeconds, kills: Number(a.kills), kernel, seed: Number(a.seed), profile: spec.profile,
-    timeoutSeconds: Number(a.timeout), compareHttp: a['compare-http'] === true, log: (s: string) => process.stderr.write(s + '\n'),
+    devices: Number(a.devices),
+    size: Number(a.size),
+    lossPercent: spec.lossDownPercent,
+    lossUpPercent: spec.lossUpPercent,
+    rateKbit: spec.downKbit,
+    rateUpKbit: spec.upKbit,
+    delayMs: spec.delayMs,
+    jitterMs: spec.jitterMs,
+    cuts: spec.cuts,
+    cutSeconds: spec.cutSeconds,
+    kills: Number(a.kills),
+    kernel,
+    seed: Number(a.seed),
+    profile: spec.profile,
+    timeoutSeconds: Number(a.timeout),
+    compareHttp: a['compare-http'] === true,
+    log: (s: string) => process.stderr.write(s + '\n'),
   };
   if (base.compareHttp && base.kills > 0) {
     process.stderr.write('sim:fleet: --compare-http does not take --kills (HTTP has no device process to kill): drop one of them\n');

@@ -134,7 +134,24 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
     const brokerUrl = `mqtt://${brokerHost}:${port}`;
     // Two-role trust files (release + rollout key) when keygen makes them.
     const rolloutKey = (keys as { rolloutKeyFile?: string }).rolloutKeyFile;
-    const pub = track(srvExec(process.execPath, [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, ...(rolloutKey ? ['--rollout-key', rolloutKey] : []), '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']));
+    const pub = track(
+      srvExec(process.execPath, [
+        FLEET_BIN,
+        'publish',
+        '--update',
+        updateFile,
+        '--key',
+        keys.keyFile,
+        ...(rolloutKey ? ['--rollout-key', rolloutKey] : []),
+        '--model',
+        'sim',
+        '--group',
+        'site',
+        '--broker',
+        brokerUrl,
+        '--yes',
+      ]),
+    );
     if ((await new Promise<number | null>((r) => pub.once('exit', r))) !== 0) throw new Error('publish failed');
 
     let upstreamUrl = brokerUrl;
@@ -158,7 +175,29 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
       else proxy!.restore();
     };
     const startHost = (broker: string, prefix: string, ends: Map<string, DeviceEnd>): ChildProcess => {
-      const host = track(siteExec(process.execPath, ['--import', 'tsx', HOST_SCRIPT, '--broker', broker, '--devices', String(o.devices), '--dir', path.join(dir, prefix), '--trust', keys.trustFile, '--initial', baseFile, '--model', 'sim', '--group', 'site', '--id-prefix', `${prefix}-`]));
+      const host = track(
+        siteExec(process.execPath, [
+          '--import',
+          'tsx',
+          HOST_SCRIPT,
+          '--broker',
+          broker,
+          '--devices',
+          String(o.devices),
+          '--dir',
+          path.join(dir, prefix),
+          '--trust',
+          keys.trustFile,
+          '--initial',
+          baseFile,
+          '--model',
+          'sim',
+          '--group',
+          'site',
+          '--id-prefix',
+          `${prefix}-`,
+        ]),
+      );
       collectEnds(host, ends);
       return host;
     };
@@ -169,7 +208,28 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
     const gwPort = 40000 + (process.pid % 20000);
     const linkBefore1 = await linkBytes();
     const t1 = Date.now();
-    const gateway = track(siteExec(process.execPath, [FLEET_BIN, 'gateway', '--upstream', upstreamUrl, '--listen', String(gwPort), '--host', '127.0.0.1', '--data-dir', gwDir, '--site', 'sim-site', '--group', 'site', '--model', 'sim', '--tick-ms', '200']));
+    const gateway = track(
+      siteExec(process.execPath, [
+        FLEET_BIN,
+        'gateway',
+        '--upstream',
+        upstreamUrl,
+        '--listen',
+        String(gwPort),
+        '--host',
+        '127.0.0.1',
+        '--data-dir',
+        gwDir,
+        '--site',
+        'sim-site',
+        '--group',
+        'site',
+        '--model',
+        'sim',
+        '--tick-ms',
+        '200',
+      ]),
+    );
     await waitForPortIn(siteExec, '127.0.0.1', gwPort, true);
     const readStatus = async (): Promise<GatewayStatus | undefined> => {
       try {
@@ -202,11 +262,18 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
     await stopChild(gateway, 5000).catch(() => undefined);
     const linkAfter1 = await linkBytes();
     const gwPhase = {
-      completed: okCount(ends1), seconds: Number(seconds1.toFixed(2)), socketBytesIn: gs?.fetched.wireBytesIn ?? -1,
-      linkBytesDown: linkAfter1[0] - linkBefore1[0], linkBytesUp: linkAfter1[1] - linkBefore1[1], cuts: cuts1,
-      upstreamFetchedPayloadBytes: gs?.fetched.payloadBytes ?? -1, upstreamWireOut: gs?.fetched.wireBytesOut ?? -1,
+      completed: okCount(ends1),
+      seconds: Number(seconds1.toFixed(2)),
+      socketBytesIn: gs?.fetched.wireBytesIn ?? -1,
+      linkBytesDown: linkAfter1[0] - linkBefore1[0],
+      linkBytesUp: linkAfter1[1] - linkBefore1[1],
+      cuts: cuts1,
+      upstreamFetchedPayloadBytes: gs?.fetched.payloadBytes ?? -1,
+      upstreamWireOut: gs?.fetched.wireBytesOut ?? -1,
     };
-    o.log(`gateway phase: ${gwPhase.completed}/${o.devices} ok in ${gwPhase.seconds} s; gateway socket in ${gwPhase.socketBytesIn} B (${(gwPhase.socketBytesIn / payloadBytes).toFixed(3)} × payload); link down ${gwPhase.linkBytesDown} B, up ${gwPhase.linkBytesUp} B`);
+    o.log(
+      `gateway phase: ${gwPhase.completed}/${o.devices} ok in ${gwPhase.seconds} s; gateway socket in ${gwPhase.socketBytesIn} B (${(gwPhase.socketBytesIn / payloadBytes).toFixed(3)} × payload); link down ${gwPhase.linkBytesDown} B, up ${gwPhase.linkBytesUp} B`,
+    );
 
     // ---- Phase 2: the same devices directly upstream ----------------------------
     const linkBefore2 = await linkBytes();
@@ -224,11 +291,16 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
     await stopChild(host2, 3000).catch(() => undefined);
     const linkAfter2 = await linkBytes();
     const directPhase: PhaseResult = {
-      completed: okCount(ends2), seconds: Number(seconds2.toFixed(2)),
+      completed: okCount(ends2),
+      seconds: Number(seconds2.toFixed(2)),
       socketBytesIn: [...ends2.values()].reduce((a, e) => a + e.wire.bytesIn, 0),
-      linkBytesDown: linkAfter2[0] - linkBefore2[0], linkBytesUp: linkAfter2[1] - linkBefore2[1], cuts: cuts2,
+      linkBytesDown: linkAfter2[0] - linkBefore2[0],
+      linkBytesUp: linkAfter2[1] - linkBefore2[1],
+      cuts: cuts2,
     };
-    o.log(`direct phase: ${directPhase.completed}/${o.devices} ok in ${directPhase.seconds} s; devices' sockets in ${directPhase.socketBytesIn} B (${(directPhase.socketBytesIn / payloadBytes).toFixed(3)} × payload); link down ${directPhase.linkBytesDown} B, up ${directPhase.linkBytesUp} B`);
+    o.log(
+      `direct phase: ${directPhase.completed}/${o.devices} ok in ${directPhase.seconds} s; devices' sockets in ${directPhase.socketBytesIn} B (${(directPhase.socketBytesIn / payloadBytes).toFixed(3)} × payload); link down ${directPhase.linkBytesDown} B, up ${directPhase.linkBytesUp} B`,
+    );
 
     return {
       link: kernel ? `veth, ${o.lossPercent}% loss, ${o.rateKbit || '∞'} kbit/s` : `proxy, ${o.rateKbit || '∞'} kbit/s`,
@@ -264,8 +336,15 @@ async function main(): Promise<void> {
     },
   });
   const r = await runGatewaySim({
-    devices: Number(a.devices), size: Number(a.size), lossPercent: Number(a.loss), rateKbit: Number(a.rate), cuts: Number(a.cuts),
-    cutSeconds: Number(a['cut-seconds']), proxy: a.proxy === true, timeoutSeconds: Number(a.timeout), log: (s) => process.stderr.write(s + '\n'),
+    devices: Number(a.devices),
+    size: Number(a.size),
+    lossPercent: Number(a.loss),
+    rateKbit: Number(a.rate),
+    cuts: Number(a.cuts),
+    cutSeconds: Number(a['cut-seconds']),
+    proxy: a.proxy === true,
+    timeoutSeconds: Number(a.timeout),
+    log: (s) => process.stderr.write(s + '\n'),
   });
   process.stdout.write(JSON.stringify(r) + '\n');
 }

@@ -18,14 +18,7 @@ export interface LinkProxyOptions {
   seed?: number;
 }
 
-export type ScheduleAction =
-  | 'cut'
-  | 'down'
-  | 'up'
-  | 'stall'
-  | 'unstall'
-  | { rateBytesPerSecond: number }
-  | { latencyMs: number };
+export type ScheduleAction = 'cut' | 'down' | 'up' | 'stall' | 'unstall' | { rateBytesPerSecond: number } | { latencyMs: number };
 
 export interface ScheduleStep {
   /** Milliseconds after `runSchedule()` was called. */
@@ -311,14 +304,28 @@ export class LinkProxy {
     const radios = this.shared ? [] : [new Radio(this.link), new Radio(this.link)];
     const [upRadio, downRadio] = this.shared ?? radios;
     const lanes: [Lane, Lane] = [
-      new Lane(client, upstream, upRadio, this.link, (n) => {
-        this.bytesUp += n;
-        record.up += n;
-      }, (n) => (this.deliveredUp += n)),
-      new Lane(upstream, client, downRadio, this.link, (n) => {
-        this.bytesDown += n;
-        record.down += n;
-      }, (n) => (this.deliveredDown += n)),
+      new Lane(
+        client,
+        upstream,
+        upRadio,
+        this.link,
+        (n) => {
+          this.bytesUp += n;
+          record.up += n;
+        },
+        (n) => (this.deliveredUp += n),
+      ),
+      new Lane(
+        upstream,
+        client,
+        downRadio,
+        this.link,
+        (n) => {
+          this.bytesDown += n;
+          record.down += n;
+        },
+        (n) => (this.deliveredDown += n),
+      ),
     ];
     const conn: Conn = { client, upstream, lanes, radios, record };
     this.conns.add(conn);

@@ -113,7 +113,6 @@ function findBinary(name: string): string | undefined {
   return undefined;
 }
 
-
 function killPid(pid: number, signal: NodeJS.Signals): void {
   try {
     if (pid > 0 && pid !== process.pid) process.kill(pid, signal);
@@ -138,7 +137,11 @@ async function listNamespaces(): Promise<string[]> {
 async function nsPids(ns: string): Promise<number[]> {
   try {
     const out = await run('ip', ['netns', 'pids', ns]);
-    return out.split(/\s+/).filter(Boolean).map(Number).filter((p) => p > 0 && p !== process.pid);
+    return out
+      .split(/\s+/)
+      .filter(Boolean)
+      .map(Number)
+      .filter((p) => p > 0 && p !== process.pid);
   } catch {
     return [];
   }
@@ -265,7 +268,10 @@ export class NetnsLink {
 
   /** Starts simulations/delay-line.py, which makes the two TUN devices; resolves when they exist. */
   private async startDelayLine(delayMs: number, jitterMs: number, seed: number): Promise<void> {
-    for (const [what, n] of [['delayMs', delayMs], ['jitterMs', jitterMs]] as const) {
+    for (const [what, n] of [
+      ['delayMs', delayMs],
+      ['jitterMs', jitterMs],
+    ] as const) {
       if (!(Number.isFinite(n) && n >= 0 && n <= 10_000)) throw new Error(`${what} must be 0..10000 ms: ${n}`);
     }
     const python = findBinary('python3');
@@ -301,12 +307,7 @@ export class NetnsLink {
 
   /** The nft script applied (atomically) in one namespace for a given loss. */
   static nftScript(dev: string, lossPercent: number): string {
-    const lines = [
-      'table inet fleetsim {',
-      '  chain in { type filter hook input priority 0; policy accept; }',
-      '}',
-      'flush chain inet fleetsim in',
-    ];
+    const lines = ['table inet fleetsim {', '  chain in { type filter hook input priority 0; policy accept; }', '}', 'flush chain inet fleetsim in'];
     if (lossPercent > 0) lines.push(`add rule inet fleetsim in iifname "${dev}" numgen random mod 100 < ${lossPercent} counter drop`);
     return lines.join('\n') + '\n';
   }

@@ -105,7 +105,12 @@ export function collectEnds(host: ChildProcess, ends: Map<string, DeviceEnd>): v
 /** Model layers sized so a rank-r update is about `size` bytes. */
 export function modelFor(size: number): { layers: Array<[number, number]>; rank: number } {
   const d = 512;
-  const layers: Array<[number, number]> = [[d, d], [d, d], [d, d], [d, d]];
+  const layers: Array<[number, number]> = [
+    [d, d],
+    [d, d],
+    [d, d],
+    [d, d],
+  ];
   const perRank = layers.length * 2 * d * 4;
   return { layers, rank: Math.max(1, Math.min(d / 2 - 1, Math.round(size / perRank))) };
 }

@@ -140,11 +140,15 @@ export class MqttTransport implements Transport {
         if (this.socket === raw) this.socket = undefined;
       });
       const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
-      limitIncoming(stream, () => maxIncoming, (b) => {
-        this.oversizedPackets++;
-        this.oversized = describeBreach(b);
-        stream.destroy();
-      });
+      limitIncoming(
+        stream,
+        () => maxIncoming,
+        (b) => {
+          this.oversizedPackets++;
+          this.oversized = describeBreach(b);
+          stream.destroy();
+        },
+      );
       return stream;
     }, clientOpts);
     this.client.on('connect', () => {
@@ -199,9 +203,7 @@ export class MqttTransport implements Transport {
         void t.close();
         reject(new IoError('cannot-connect', `cannot connect to ${where}: ${why}`));
       };
-      const timer = firstConnectTimeoutMs
-        ? setTimeout(() => fail(t.lastCause ? t.lastCause.message : `no answer within ${firstConnectTimeoutMs} ms`), firstConnectTimeoutMs)
-        : undefined;
+      const timer = firstConnectTimeoutMs ? setTimeout(() => fail(t.lastCause ? t.lastCause.message : `no answer within ${firstConnectTimeoutMs} ms`), firstConnectTimeoutMs) : undefined;
       t.client.once('connect', () => {
         settled = true;
         if (timer) clearTimeout(timer);
@@ -295,12 +297,15 @@ export class MqttTransport implements Transport {
     };
     if (!c.connected) force();
     return new Promise((resolve) => {
-      const timer = setTimeout(() => {
-        force();
-        // mqtt.js waits for 'outgoingEmpty' before it finishes a clean end; nothing is outgoing any more.
-        c.emit('outgoingEmpty');
-        resolve();
-      }, Math.max(0, graceMs));
+      const timer = setTimeout(
+        () => {
+          force();
+          // mqtt.js waits for 'outgoingEmpty' before it finishes a clean end; nothing is outgoing any more.
+          c.emit('outgoingEmpty');
+          resolve();
+        },
+        Math.max(0, graceMs),
+      );
       c.end(!c.connected, {}, () => {
         clearTimeout(timer);
         resolve();

@@ -99,9 +99,7 @@ export function limitIncoming(stream: Readable, limit: () => number, onBreach: (
 }
 
 export function describeBreach(b: PacketLimitBreach): string {
-  return b.reason === 'malformed-length'
-    ? `malformed remaining length in a packet of type ${b.type}`
-    : `packet of type ${b.type} declares ${b.declared} bytes, over the limit of ${b.limit}`;
+  return b.reason === 'malformed-length' ? `malformed remaining length in a packet of type ${b.type}` : `packet of type ${b.type} declares ${b.declared} bytes, over the limit of ${b.limit}`;
 }
 
 /** MQTT's remaining-length encoding (1 to 4 bytes), for tools that write packets by hand. */

@@ -36,7 +36,10 @@ export class DirLockedError extends FleetError<'dir-locked'> {
   override readonly name = 'DirLockedError';
   /** The process exit code for it: not to be restarted into (util/exit-codes.ts). */
   readonly exitCode = EXIT_CONFLICT;
-  constructor(readonly dir: string, readonly holder: LockHolder) {
+  constructor(
+    readonly dir: string,
+    readonly holder: LockHolder,
+  ) {
     super('usage', 'dir-locked', `${dir} is in use by ${holder.what} (PID ${holder.pid} on ${holder.host}, since ${holder.since}); stop it first, or give this one a directory of its own`);
   }
 }
@@ -125,7 +128,10 @@ export class DirLock {
       const holder = parseHolder(text);
       if (holder === null) {
         // Created but not yet written, or torn by a power cut: young means someone is starting.
-        const age = await fs.stat(file).then((s) => Date.now() - s.mtimeMs, () => Infinity);
+        const age = await fs.stat(file).then(
+          (s) => Date.now() - s.mtimeMs,
+          () => Infinity,
+        );
         if (age < 10_000) {
           await new Promise((r) => setTimeout(r, 200));
           continue;
@@ -140,7 +146,10 @@ export class DirLock {
         await (await fs.open(takeover, 'wx')).close();
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-        const age = await fs.stat(takeover).then((s) => Date.now() - s.mtimeMs, () => 0);
+        const age = await fs.stat(takeover).then(
+          (s) => Date.now() - s.mtimeMs,
+          () => 0,
+        );
         if (age > 10_000) await fs.rm(takeover, { force: true }); // its taker died
         await new Promise((r) => setTimeout(r, 50 + Math.random() * 100));
         continue;

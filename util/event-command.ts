@@ -15,7 +15,9 @@ export function runEventCommand(command: string, event: { type: string }, log: L
   const extra = Object.fromEntries(Object.entries(env).map(([k, v]) => [k, stripControls(v)]));
   return new Promise((resolve) => {
     const child = spawn(command, {
-      shell: true, detached: true, stdio: ['pipe', 'inherit', 'inherit'],
+      shell: true,
+      detached: true,
+      stdio: ['pipe', 'inherit', 'inherit'],
       env: { ...process.env, FLEET_EVENT: json, FLEET_EVENT_TYPE: stripControls(event.type), ...extra },
     });
     const timer = setTimeout(() => {

@@ -35,7 +35,12 @@ export async function readExactly(h: FileHandlePort, length: number, position: n
 export class ModelFile {
   readonly format = 'safetensors' as const;
 
-  private constructor(readonly path: string, private readonly h: FileHandlePort, readonly header: SafetensorsHeader, readonly fileSize: number) {}
+  private constructor(
+    readonly path: string,
+    private readonly h: FileHandlePort,
+    readonly header: SafetensorsHeader,
+    readonly fileSize: number,
+  ) {}
 
   static async open(path: string, fsys: FsPort = nodeFs): Promise<ModelFile> {
     const h = await fsys.open(path, 'r');
@@ -87,10 +92,15 @@ export async function digestModelFile(file: string, fsys: FsPort = nodeFs): Prom
   const m = await ModelFile.open(file, fsys);
   try {
     const d = new ModelDigest();
-    const buf = new Uint8Array(Math.min(DIGEST_PIECE, m.tensors.reduce((a, t) => Math.max(a, t.end - t.begin), 0)));
+    const buf = new Uint8Array(
+      Math.min(
+        DIGEST_PIECE,
+        m.tensors.reduce((a, t) => Math.max(a, t.end - t.begin), 0),
+      ),
+    );
     for (const t of m.tensors) {
       d.beginTensor(t);
-      for (let at = t.begin; at < t.end; ) {
+      for (let at = t.begin; at < t.end;) {
         const n = Math.min(buf.byteLength, t.end - at);
         d.update(await m.readRange(at, n, buf));
         at += n;

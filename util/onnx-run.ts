@@ -34,7 +34,8 @@ export function readSamples(bytes: Uint8Array, what = 'samples file', needLabels
   }
   const inputs = f.info('inputs');
   const labels = f.info('labels');
-  if (!inputs || (needLabels && !labels)) throw new RefusalError('invalid-samples', `${what} needs tensors "inputs" [N, …]${needLabels ? ' and "labels" [N]' : ''} (it has ${f.tensors.map((t) => t.name).join(', ') || 'none'})`);
+  if (!inputs || (needLabels && !labels))
+    throw new RefusalError('invalid-samples', `${what} needs tensors "inputs" [N, …]${needLabels ? ' and "labels" [N]' : ''} (it has ${f.tensors.map((t) => t.name).join(', ') || 'none'})`);
   if (!['F32', 'F16', 'BF16', 'F64'].includes(inputs.dtype)) throw new RefusalError('invalid-samples', `${what}: inputs are ${inputs.dtype}; give F32 (or F16, BF16, F64)`);
   const n = inputs.shape[0];
   if (inputs.shape.length < 2 || n === 0) throw new RefusalError('invalid-samples', `${what}: inputs [${inputs.shape}] must be [N, …] with N ≥ 1`);
@@ -88,7 +89,8 @@ export interface OutputBatch {
 export async function runSamples(model: Uint8Array, s: Samples, onBatch: (start: number, count: number, outputs: Record<string, OutputBatch>) => void, outputs?: string[]): Promise<void> {
   const ort = await loadOrt();
   const io = ioOf(model);
-  if (io.batch !== undefined && io.batch !== 1 && io.batch !== s.count) throw new RefusalError('unsupported-model', `the model's input has a fixed batch of ${io.batch}; give ${io.batch} samples, or export it with batch 1 or a dynamic batch`);
+  if (io.batch !== undefined && io.batch !== 1 && io.batch !== s.count)
+    throw new RefusalError('unsupported-model', `the model's input has a fixed batch of ${io.batch}; give ${io.batch} samples, or export it with batch 1 or a dynamic batch`);
   const session = await ort.InferenceSession.create(model);
   try {
     const per = s.sampleShape.reduce((a, b) => a * b, 1);

@@ -58,7 +58,7 @@ export class PayloadFile implements DeltaSource {
       if (limits.maxBytes !== undefined && size > limits.maxBytes) throw new ProtocolError('payload-too-large', `${size} bytes, limit ${limits.maxBytes}`);
       const decoder = new PayloadDecoder(limits);
       const chunk = new Uint8Array(CHUNK);
-      for (let pos = 0; pos < size; ) {
+      for (let pos = 0; pos < size;) {
         const { bytesRead } = await h.read(chunk, 0, Math.min(CHUNK, size - pos), start + pos);
         if (bytesRead === 0) break;
         decoder.push(chunk.subarray(0, bytesRead));

@@ -4,6 +4,4 @@ import { createRequire } from 'node:module';
 declare const __FLEET_VERSION__: string | undefined;
 
 /** This package's version, reported by agents in their status. */
-export const VERSION: string = typeof __FLEET_VERSION__ === 'string'
-  ? __FLEET_VERSION__
-  : (createRequire(import.meta.url)('../package.json') as { version: string }).version;
+export const VERSION: string = typeof __FLEET_VERSION__ === 'string' ? __FLEET_VERSION__ : (createRequire(import.meta.url)('../package.json') as { version: string }).version;

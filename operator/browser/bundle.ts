@@ -53,10 +53,12 @@ async function prebuilt(): Promise<DashboardBundle | undefined> {
 
 /** The bundle, built once per process (a failed build is retried on the next call); an installed package's prebuilt one. */
 export function dashboardBundle(): Promise<DashboardBundle> {
-  cached ??= prebuilt().then((p) => p ?? buildDashboardBundle()).catch((e: unknown) => {
-    cached = undefined;
-    throw e;
-  });
+  cached ??= prebuilt()
+    .then((p) => p ?? buildDashboardBundle())
+    .catch((e: unknown) => {
+      cached = undefined;
+      throw e;
+    });
   return cached;
 }
 
@@ -80,13 +82,15 @@ export async function buildDashboardBundle(): Promise<DashboardBundle> {
       legalComments: 'none',
       metafile: true,
       logLevel: 'silent',
-      plugins: [{
-        name: 'no-node-builtins',
-        setup(b) {
-          b.onResolve({ filter: /^node:crypto$/ }, () => ({ path: CRYPTO_SHIM }));
-          b.onResolve({ filter: /^node:/ }, (a) => ({ errors: [{ text: `${a.path} (imported by ${a.importer}) cannot run in a browser` }] }));
+      plugins: [
+        {
+          name: 'no-node-builtins',
+          setup(b) {
+            b.onResolve({ filter: /^node:crypto$/ }, () => ({ path: CRYPTO_SHIM }));
+            b.onResolve({ filter: /^node:/ }, (a) => ({ errors: [{ text: `${a.path} (imported by ${a.importer}) cannot run in a browser` }] }));
+          },
         },
-      }],
+      ],
     });
     return { code: r.outputFiles[0].text, ms: Math.round(performance.now() - t0), inputs: Object.keys(r.metafile.inputs) };
   } catch (e) {

@@ -58,8 +58,18 @@ export interface MnistDemoOptions {
 }
 
 export const DEMO_DEFAULTS: MnistDemoOptions = {
-  devices: 3, seed: 1, baseTrain: 6000, fieldTrain: 2000, perDevice: 600, epochs: 5, loraEpochs: 20,
-  budgetPercent: 0.5, quant: 'int8', timeoutSeconds: 90, json: false, keep: false,
+  devices: 3,
+  seed: 1,
+  baseTrain: 6000,
+  fieldTrain: 2000,
+  perDevice: 600,
+  epochs: 5,
+  loraEpochs: 20,
+  budgetPercent: 0.5,
+  quant: 'int8',
+  timeoutSeconds: 90,
+  json: false,
+  keep: false,
 };
 
 export interface DeviceOutcome {
@@ -121,10 +131,14 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
     const fileBytes = (await fs.stat(baseFile)).size;
     const baseFieldAccuracy = accuracy(base, fieldHeld);
     const updatedFieldAccuracy = accuracy(built.model, fieldHeld);
-    out(`base model: MLP 784-128-10 trained ${o.epochs} epochs on ${o.baseTrain} digits (${trainSeconds.toFixed(1)} s with the update's training); `
-      + `original test digits ${(100 * accuracy(base, split.test)).toFixed(1)} %, drifted field digits ${(100 * baseFieldAccuracy).toFixed(1)} %`);
-    out(`update: low-rank trained on ${o.fieldTrain} field digits (r1=${cfg.r1} r2=${cfg.r2}${cfg.b1 ? ' +b1' : ''}${cfg.b2 ? ' +b2' : ''}, ${o.quant}), `
-      + `built by the PEFT LoRA import: ${built.payload.byteLength} bytes = ${((100 * built.payload.byteLength) / fileBytes).toFixed(2)} % of the ${fileBytes}-byte model file`);
+    out(
+      `base model: MLP 784-128-10 trained ${o.epochs} epochs on ${o.baseTrain} digits (${trainSeconds.toFixed(1)} s with the update's training); ` +
+        `original test digits ${(100 * accuracy(base, split.test)).toFixed(1)} %, drifted field digits ${(100 * baseFieldAccuracy).toFixed(1)} %`,
+    );
+    out(
+      `update: low-rank trained on ${o.fieldTrain} field digits (r1=${cfg.r1} r2=${cfg.r2}${cfg.b1 ? ' +b1' : ''}${cfg.b2 ? ' +b2' : ''}, ${o.quant}), ` +
+        `built by the PEFT LoRA import: ${built.payload.byteLength} bytes = ${((100 * built.payload.byteLength) / fileBytes).toFixed(2)} % of the ${fileBytes}-byte model file`,
+    );
 
     broker = await startBroker({ port: 0, dataDir: path.join(tmp, 'broker'), log: log.child('broker') });
     observer = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-mnist-observer-${process.pid}` }, 10_000);
@@ -155,10 +169,35 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
       const idx = Array.from({ length: o.perDevice }, (_, i) => k * o.perDevice + i);
       await fs.writeFile(digitsFile, digitsToBytes(subset(fieldHeld, idx)));
       const validate = [process.execPath, '--import', 'tsx', VALIDATE, '--digits', digitsFile, '--running', path.join(dir, 'current.safetensors'), '--tolerance', '1', '--report', path.join(tmp, `${id}-validation.json`)]
-        .map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+        .map((a) => `'${a.replace(/'/g, `'\\''`)}'`)
+        .join(' ');
       const logFile = createWriteStream(path.join(tmp, `${id}.log`));
-      const child = spawn(process.execPath, [FLEET_BIN, 'device', '--id', id, '--model', 'mnist-mlp', '--group', 'line-1', '--dir', dir,
-        '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile, '--validate-cmd', validate, '--validate-timeout', '60s'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(
+        process.execPath,
+        [
+          FLEET_BIN,
+          'device',
+          '--id',
+          id,
+          '--model',
+          'mnist-mlp',
+          '--group',
+          'line-1',
+          '--dir',
+          dir,
+          '--trust',
+          keys.trustFile,
+          '--broker',
+          broker.url,
+          '--initial',
+          baseFile,
+          '--validate-cmd',
+          validate,
+          '--validate-timeout',
+          '60s',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
       child.stdout!.pipe(logFile);
       child.stderr!.pipe(logFile);
       children.push(child);
@@ -168,8 +207,16 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
     const pub = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-mnist-publisher-${process.pid}` }, 10_000);
     const progress = createProgress('upload', process.stderr, o.json || o.out !== undefined);
     const result = await publishUpdate({
-      transport: pub, topics, payloads: [built.payload], keys: [await loadSigningKey(keys.keyFile)], rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-      model: 'mnist-mlp', group: 'line-1', chunkSize: 1024, ttlSeconds: 3600, log: log.child('publisher'),
+      transport: pub,
+      topics,
+      payloads: [built.payload],
+      keys: [await loadSigningKey(keys.keyFile)],
+      rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+      model: 'mnist-mlp',
+      group: 'line-1',
+      chunkSize: 1024,
+      ttlSeconds: 3600,
+      log: log.child('publisher'),
       onProgress: (d, n) => progress.update(d, n),
     });
     progress.finish();
@@ -186,7 +233,10 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
     const outcomes: DeviceOutcome[] = [];
     for (const id of ids) {
       const s = latest.get(id);
-      const report = await fs.readFile(path.join(tmp, `${id}-validation.json`), 'utf8').then((t) => JSON.parse(t) as { before: number; after: number; digits: number }).catch(() => undefined);
+      const report = await fs
+        .readFile(path.join(tmp, `${id}-validation.json`), 'utf8')
+        .then((t) => JSON.parse(t) as { before: number; after: number; digits: number })
+        .catch(() => undefined);
       const acked = s?.state === 'ok' && s.running === built.target;
       outcomes.push({ id, state: s?.state ?? 'no status', reason: s?.reason ?? undefined, acked, digits: report?.digits ?? 0, before: report?.before ?? null, after: report?.after ?? null });
       const acc = report ? `field accuracy ${(100 * report.before).toFixed(1)} % → ${(100 * report.after).toFixed(1)} % on its ${report.digits} held-out digits` : 'no validation report';
@@ -195,9 +245,15 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
     const acked = outcomes.filter((d) => d.acked).length;
     const seconds = (performance.now() - t0) / 1000;
     const summary: MnistDemoResult = {
-      devices: outcomes, acked, updateBytes: built.payload.byteLength, modelBytes: fileBytes,
+      devices: outcomes,
+      acked,
+      updateBytes: built.payload.byteLength,
+      modelBytes: fileBytes,
       updatePercent: Number(((100 * built.payload.byteLength) / fileBytes).toFixed(3)),
-      baseFieldAccuracy, updatedFieldAccuracy, trainSeconds: Number(trainSeconds.toFixed(2)), seconds: Number(seconds.toFixed(2)),
+      baseFieldAccuracy,
+      updatedFieldAccuracy,
+      trainSeconds: Number(trainSeconds.toFixed(2)),
+      seconds: Number(seconds.toFixed(2)),
     };
     out(`${acked}/${ids.length} devices acked ${waited.toFixed(1)} s after publishing; update ${summary.updateBytes} bytes = ${summary.updatePercent.toFixed(2)} % of the model; ${seconds.toFixed(1)} s in all`);
     if (o.json) out(JSON.stringify(summary));
@@ -215,8 +271,14 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      devices: { type: 'string' }, seed: { type: 'string' }, epochs: { type: 'string' }, budget: { type: 'string' },
-      quant: { type: 'string' }, timeout: { type: 'string' }, json: { type: 'boolean' }, keep: { type: 'boolean' },
+      devices: { type: 'string' },
+      seed: { type: 'string' },
+      epochs: { type: 'string' },
+      budget: { type: 'string' },
+      quant: { type: 'string' },
+      timeout: { type: 'string' },
+      json: { type: 'boolean' },
+      keep: { type: 'boolean' },
     },
   });
   const num = (v: string | undefined, name: string): number | undefined => {

@@ -25,7 +25,10 @@ export async function loadMlp(file: string): Promise<Mlp> {
   const bytes = new Uint8Array(await fs.readFile(file));
   const hidden = readSafetensors(bytes).info('fc1.weight')?.shape[0];
   if (!hidden) throw new Error(`${file} has no fc1.weight`);
-  return mlpFromSafetensors(bytes, initMlp(() => 0, PIXELS, hidden, CLASSES));
+  return mlpFromSafetensors(
+    bytes,
+    initMlp(() => 0, PIXELS, hidden, CLASSES),
+  );
 }
 
 export async function fileAccuracy(modelFile: string, ds: Dataset): Promise<number> {

@@ -96,16 +96,25 @@ export async function runOnnxDemo(opts: Partial<MnistDemoOptions> = {}): Promise
     const built = await buildUpdate({ source, mode: { kind: 'energy', fraction: 0.9999 }, quant: o.quant === 'int8' ? 'int8' : 'f32', method: 'lowrank' }).finally(() => source.close());
     const payload = built.payload;
     const targetDigest = decodePayload(payload).target;
-    out(`base.onnx: MLP 784-128-10 (Gemm, Relu, Gemm) trained on ${o.baseTrain} digits, ${modelBytes} bytes, digest ${(await digestOnnxFile(baseFile)).slice(0, 16)}…; `
-      + `target.onnx: + a low-rank update trained on ${o.fieldTrain} drifted digits (${trainSeconds.toFixed(1)} s of training)`);
-    out(`update built from the two ONNX files: ${payload.byteLength} bytes = ${((100 * payload.byteLength) / modelBytes).toFixed(2)} % of the model (${built.report.tensors.map((t) => `${t.name} ${t.kind === 'low-rank' ? `r${t.rank}` : t.kind}`).join(', ')})`);
+    out(
+      `base.onnx: MLP 784-128-10 (Gemm, Relu, Gemm) trained on ${o.baseTrain} digits, ${modelBytes} bytes, digest ${(await digestOnnxFile(baseFile)).slice(0, 16)}…; ` +
+        `target.onnx: + a low-rank update trained on ${o.fieldTrain} drifted digits (${trainSeconds.toFixed(1)} s of training)`,
+    );
+    out(
+      `update built from the two ONNX files: ${payload.byteLength} bytes = ${((100 * payload.byteLength) / modelBytes).toFixed(2)} % of the model (${built.report.tensors.map((t) => `${t.name} ${t.kind === 'low-rank' ? `r${t.rank}` : t.kind}`).join(', ')})`,
+    );
 
     broker = await startBroker({ port: 0, dataDir: path.join(tmp, 'broker'), log: log.child('broker') });
     observer = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-onnx-observer-${process.pid}` }, 10_000);
     const keys = await keygen(path.join(tmp, 'keys'));
     const topics = new Topics();
     const ids = Array.from({ length: o.devices }, (_, k) => `onnx-device-${k + 1}`);
-    const digits = ids.map((_, k) => subset(fieldHeld, Array.from({ length: o.perDevice }, (_, i) => k * o.perDevice + i)));
+    const digits = ids.map((_, k) =>
+      subset(
+        fieldHeld,
+        Array.from({ length: o.perDevice }, (_, i) => k * o.perDevice + i),
+      ),
+    );
     const latest = new Map<string, DeviceStatus>();
     let published = false;
     let resolveDone: () => void = () => undefined;
@@ -127,19 +136,53 @@ export async function runOnnxDemo(opts: Partial<MnistDemoOptions> = {}): Promise
       const samples = path.join(tmp, `${id}-digits.safetensors`);
       await fs.writeFile(samples, samplesFile(digits[k]));
       const logFile = createWriteStream(path.join(tmp, `${id}.log`));
-      const child = spawn(process.execPath, [FLEET_BIN, 'device', '--id', id, '--model', 'mnist-onnx', '--group', 'line-1', '--dir', path.join(tmp, id),
-        '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile, '--validate-onnx', samples, '--max-drop', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(
+        process.execPath,
+        [
+          FLEET_BIN,
+          'device',
+          '--id',
+          id,
+          '--model',
+          'mnist-onnx',
+          '--group',
+          'line-1',
+          '--dir',
+          path.join(tmp, id),
+          '--trust',
+          keys.trustFile,
+          '--broker',
+          broker.url,
+          '--initial',
+          baseFile,
+          '--validate-onnx',
+          samples,
+          '--max-drop',
+          '1',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      );
       child.stdout!.pipe(logFile);
       child.stderr!.pipe(logFile);
       children.push(child);
     }
-    out(`broker ${broker.url}; ${ids.length} device processes (PIDs ${children.map((c) => c.pid).join(', ')}) running DIR/current.onnx, each validating with ONNX Runtime on its own ${o.perDevice} held-out drifted digits`);
+    out(
+      `broker ${broker.url}; ${ids.length} device processes (PIDs ${children.map((c) => c.pid).join(', ')}) running DIR/current.onnx, each validating with ONNX Runtime on its own ${o.perDevice} held-out drifted digits`,
+    );
 
     const pub = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-onnx-publisher-${process.pid}` }, 10_000);
     try {
       await publishUpdate({
-        transport: pub, topics, payloads: [payload], keys: [await loadSigningKey(keys.keyFile)], rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-        model: 'mnist-onnx', group: 'line-1', chunkSize: 1024, ttlSeconds: 3600, log: log.child('publisher'),
+        transport: pub,
+        topics,
+        payloads: [payload],
+        keys: [await loadSigningKey(keys.keyFile)],
+        rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+        model: 'mnist-onnx',
+        group: 'line-1',
+        chunkSize: 1024,
+        ttlSeconds: 3600,
+        log: log.child('publisher'),
       });
     } finally {
       await pub.close();
@@ -157,17 +200,30 @@ export async function runOnnxDemo(opts: Partial<MnistDemoOptions> = {}): Promise
       const current = path.join(tmp, id, 'current.onnx');
       const mlpAfter = acked ? accuracy(mlpFromOnnx(new Uint8Array(await fs.readFile(current))), digits[k]) : null;
       const d: OnnxDeviceOutcome = {
-        id, state: s?.state ?? 'no status', reason: s?.reason ?? null, acked, digits: digits[k].n,
-        ortBefore: s?.validation?.runningAccuracy ?? null, ortAfter: s?.validation?.accuracy ?? null, mlpBefore: accuracy(base, digits[k]), mlpAfter,
+        id,
+        state: s?.state ?? 'no status',
+        reason: s?.reason ?? null,
+        acked,
+        digits: digits[k].n,
+        ortBefore: s?.validation?.runningAccuracy ?? null,
+        ortAfter: s?.validation?.accuracy ?? null,
+        mlpBefore: accuracy(base, digits[k]),
+        mlpAfter,
       };
       devices.push(d);
-      out(`${id}: ${acked ? 'acked' : d.state}${d.reason ? ` (${d.reason})` : ''}; ONNX Runtime on its ${d.digits} digits ${pct(d.ortBefore)} → ${pct(d.ortAfter)}; `
-        + `our MLP on the same digits ${pct(d.mlpBefore)} → ${pct(d.mlpAfter)}${d.ortBefore === d.mlpBefore && d.ortAfter === d.mlpAfter ? ' (equal)' : ' (DIFFERENT)'}`);
+      out(
+        `${id}: ${acked ? 'acked' : d.state}${d.reason ? ` (${d.reason})` : ''}; ONNX Runtime on its ${d.digits} digits ${pct(d.ortBefore)} → ${pct(d.ortAfter)}; ` +
+          `our MLP on the same digits ${pct(d.mlpBefore)} → ${pct(d.mlpAfter)}${d.ortBefore === d.mlpBefore && d.ortAfter === d.mlpAfter ? ' (equal)' : ' (DIFFERENT)'}`,
+      );
     }
     const acked = devices.filter((d) => d.acked).length;
     const result: OnnxDemoResult = {
-      devices, acked, ortEqualsMlp: devices.every((d) => d.ortBefore === d.mlpBefore && d.ortAfter === d.mlpAfter),
-      updateBytes: payload.byteLength, modelBytes, updatePercent: Number(((100 * payload.byteLength) / modelBytes).toFixed(3)),
+      devices,
+      acked,
+      ortEqualsMlp: devices.every((d) => d.ortBefore === d.mlpBefore && d.ortAfter === d.mlpAfter),
+      updateBytes: payload.byteLength,
+      modelBytes,
+      updatePercent: Number(((100 * payload.byteLength) / modelBytes).toFixed(3)),
       seconds: Number(((performance.now() - t0) / 1000).toFixed(2)),
     };
     out(`${acked}/${ids.length} devices acked; ONNX Runtime's accuracy ${result.ortEqualsMlp ? 'equals' : 'does NOT equal'} our MLP's on every device; ${result.seconds.toFixed(1)} s in all`);

@@ -32,7 +32,10 @@ async function main(): Promise<number> {
   return fit ? 0 : 1;
 }
 
-main().then((code) => process.exit(code), (e: unknown) => {
-  process.stderr.write(`validate: ${(e as Error)?.stack ?? String(e)}\n`);
-  process.exit(2);
-});
+main().then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`validate: ${(e as Error)?.stack ?? String(e)}\n`);
+    process.exit(2);
+  },
+);

@@ -57,8 +57,15 @@ export function loraAdapter(base: Mlp, s: LoraState): { adapter: Uint8Array; con
     }
   }
   const config = {
-    peft_type: 'LORA', r, lora_alpha: r, rank_pattern: rankPattern, alpha_pattern: alphaPattern,
-    target_modules: modules.map((m) => m.name), bias: c.b1 || c.b2 ? 'all' : 'none', fan_in_fan_out: false, use_rslora: false,
+    peft_type: 'LORA',
+    r,
+    lora_alpha: r,
+    rank_pattern: rankPattern,
+    alpha_pattern: alphaPattern,
+    target_modules: modules.map((m) => m.name),
+    bias: c.b1 || c.b2 ? 'all' : 'none',
+    fan_in_fan_out: false,
+    use_rslora: false,
   };
   return { adapter: writeSafetensors(tensors), config: JSON.stringify(config, null, 2) };
 }

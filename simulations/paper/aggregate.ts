@@ -143,8 +143,12 @@ function headlineAt(runs: PaperResult[], prec: Precision, i: number, minGain: nu
   }
   const got = ours.filter((h): h is { gain: number; bytes: number } => h !== null);
   return {
-    percent: runs[0].sizesPercent[i], oursBytes: got.length ? got.reduce((a, h) => a + h.bytes, 0) / got.length : null,
-    oursGain: stat(got.map((h) => h.gain)), minGainOk, closest, holds: holds && got.length === runs.length,
+    percent: runs[0].sizesPercent[i],
+    oursBytes: got.length ? got.reduce((a, h) => a + h.bytes, 0) / got.length : null,
+    oursGain: stat(got.map((h) => h.gain)),
+    minGainOk,
+    closest,
+    holds: holds && got.length === runs.length,
   };
 }
 
@@ -178,7 +182,11 @@ export function aggregate(runs: PaperResult[], headlinePercent = 0.5, headlineGa
       const hPerSeed = curves.map((c, k) => (oursAtHeadline[k] ? bytesToReach(c, oursAtHeadline[k]!.gain) : { bytes: null, atMost: false }));
       const hRatios = hPerSeed.flatMap((n, k) => (n.bytes !== null && oursAtHeadline[k] ? [n.bytes / oursAtHeadline[k]!.bytes] : []));
       return {
-        key: row0.key, label: row0.label, fixed, gain, bytes,
+        key: row0.key,
+        label: row0.label,
+        fixed,
+        gain,
+        bytes,
         ownBytes: fixed ? stat(rows.map((row) => row.ownBytes!))!.mean : null,
         ownGain: fixed ? stat(rows.map((row, k) => 100 * (row.ownAccuracy! - runs[k].baseAccuracyField))) : null,
         toTarget: { perSeed, bytes: stat(perSeed.flatMap((n) => (n.bytes === null ? [] : [n.bytes]))), reachedIn: perSeed.filter((n) => n.bytes !== null).length, ratio: stat(ratios) },
@@ -195,7 +203,10 @@ export function aggregate(runs: PaperResult[], headlinePercent = 0.5, headlineGa
       othersAt2x[m.key] = m.toHeadline.perSeed.every((n, k) => n.bytes === null || (oursAtHeadline[k] !== null && n.bytes >= 2 * oursAtHeadline[k]!.bytes));
     }
     headline[prec] = {
-      oursGain, oursBytes: oursAtHeadline[0]?.bytes ?? null, minGainOk, othersAt2x,
+      oursGain,
+      oursBytes: oursAtHeadline[0]?.bytes ?? null,
+      minGainOk,
+      othersAt2x,
       holds: minGainOk && Object.values(othersAt2x).every((v) => v === true),
     };
   }
@@ -231,24 +242,48 @@ const sj = (s: Stat | null): unknown => (s ? { mean: r2(s.mean), sd: r2(s.sd), m
 export function aggregateJson(a: Aggregate, wallSeconds: number): Record<string, unknown> {
   const sections: Record<string, unknown> = {};
   for (const s of a.sections) {
-    sections[s.precision] = Object.fromEntries(s.methods.map((m) => [m.key, {
-      gainBySize: Object.fromEntries(a.sizesPercent.map((p, i) => [`${p}%`, sj(m.gain[i])])),
-      bytesBySize: Object.fromEntries(a.sizesPercent.map((p, i) => [`${p}%`, m.bytes[i] === null ? null : Math.round(m.bytes[i]!)])),
-      ...(m.fixed ? { ownBytes: m.ownBytes, ownGain: sj(m.ownGain) } : {}),
-      bytesFor90: sj(m.toTarget.bytes), reachedIn: m.toTarget.reachedIn, ratioToOurs: sj(m.toTarget.ratio),
-      bytesForOursHeadlineGain: sj(m.toHeadline.bytes), headlineRatioToOurs: sj(m.toHeadline.ratio),
-    }]));
+    sections[s.precision] = Object.fromEntries(
+      s.methods.map((m) => [
+        m.key,
+        {
+          gainBySize: Object.fromEntries(a.sizesPercent.map((p, i) => [`${p}%`, sj(m.gain[i])])),
+          bytesBySize: Object.fromEntries(a.sizesPercent.map((p, i) => [`${p}%`, m.bytes[i] === null ? null : Math.round(m.bytes[i]!)])),
+          ...(m.fixed ? { ownBytes: m.ownBytes, ownGain: sj(m.ownGain) } : {}),
+          bytesFor90: sj(m.toTarget.bytes),
+          reachedIn: m.toTarget.reachedIn,
+          ratioToOurs: sj(m.toTarget.ratio),
+          bytesForOursHeadlineGain: sj(m.toHeadline.bytes),
+          headlineRatioToOurs: sj(m.toHeadline.ratio),
+        },
+      ]),
+    );
   }
   return {
-    seeds: a.seeds, modelBytes: a.modelBytes, modelParams: a.modelParams,
-    baseOriginal: sj(a.baseOriginal), baseField: sj(a.baseField), fullFineTune: sj(a.fullFineTune), fullGain: sj(a.fullGain),
-    gainFraction: a.gainFraction, sizesPercent: a.sizesPercent, sizesBytes: a.sizesBytes,
+    seeds: a.seeds,
+    modelBytes: a.modelBytes,
+    modelParams: a.modelParams,
+    baseOriginal: sj(a.baseOriginal),
+    baseField: sj(a.baseField),
+    fullFineTune: sj(a.fullFineTune),
+    fullGain: sj(a.fullGain),
+    gainFraction: a.gainFraction,
+    sizesPercent: a.sizesPercent,
+    sizesBytes: a.sizesBytes,
     methods: sections,
     headline: Object.fromEntries(Object.entries(a.headline).map(([k, h]) => [k, { ...h, oursGain: sj(h.oursGain) }])),
-    headlineBySize: Object.fromEntries(Object.entries(a.headlineBySize).map(([k, hs]) => [k, hs.map((h) => ({
-      percent: h.percent, oursBytes: h.oursBytes === null ? null : Math.round(h.oursBytes), oursGain: sj(h.oursGain), minGainOk: h.minGainOk,
-      closest: h.closest ? { key: h.closest.key, ratio: sj(h.closest.ratio), neverIn: h.closest.neverIn } : null, holds: h.holds,
-    }))])),
+    headlineBySize: Object.fromEntries(
+      Object.entries(a.headlineBySize).map(([k, hs]) => [
+        k,
+        hs.map((h) => ({
+          percent: h.percent,
+          oursBytes: h.oursBytes === null ? null : Math.round(h.oursBytes),
+          oursGain: sj(h.oursGain),
+          minGainOk: h.minGainOk,
+          closest: h.closest ? { key: h.closest.key, ratio: sj(h.closest.ratio), neverIn: h.closest.neverIn } : null,
+          holds: h.holds,
+        })),
+      ]),
+    ),
     perSeedWallSeconds: a.runs.map((r) => r.wallSeconds.total),
     wallSeconds,
   };

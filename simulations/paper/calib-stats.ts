@@ -47,7 +47,9 @@ export function calibrationStats(base: Mlp, ds: Dataset, samples: number): Uint8
   const v = (name: string, x: Float32Array) => ({ name, dtype: 'F32' as const, shape: [x.length], data: new Uint8Array(x.buffer) });
   const t = (name: string, g: Float32Array, k: number) => ({ name, dtype: 'F32' as const, shape: [k, k], data: new Uint8Array(g.buffer) });
   return writeSafetensors([
-    t(TENSOR_NAMES.w1, gram(pixels, base.inputs), base.inputs), t(TENSOR_NAMES.w2, gram(hidden, base.hidden), base.hidden),
-    v(`${TENSOR_NAMES.w1}:outputs`, out1), v(`${TENSOR_NAMES.w2}:outputs`, new Float32Array(base.outputs).fill(1)),
+    t(TENSOR_NAMES.w1, gram(pixels, base.inputs), base.inputs),
+    t(TENSOR_NAMES.w2, gram(hidden, base.hidden), base.hidden),
+    v(`${TENSOR_NAMES.w1}:outputs`, out1),
+    v(`${TENSOR_NAMES.w2}:outputs`, new Float32Array(base.outputs).fill(1)),
   ]);
 }

@@ -10,10 +10,14 @@ import type { LoraConfig, LoraState } from './train.ts';
 /** Rows and columns of each tensor as a matrix (biases: one row). */
 export function tensorDims(p: Mlp, key: TensorKey): { rows: number; cols: number } {
   switch (key) {
-    case 'w1': return { rows: p.hidden, cols: p.inputs };
-    case 'b1': return { rows: 1, cols: p.hidden };
-    case 'w2': return { rows: p.outputs, cols: p.hidden };
-    case 'b2': return { rows: 1, cols: p.outputs };
+    case 'w1':
+      return { rows: p.hidden, cols: p.inputs };
+    case 'b1':
+      return { rows: 1, cols: p.hidden };
+    case 'w2':
+      return { rows: p.outputs, cols: p.hidden };
+    case 'b2':
+      return { rows: 1, cols: p.outputs };
   }
 }
 
@@ -120,8 +124,7 @@ export function topK(base: Mlp, delta: Mlp, k: number, p: Precision): { model: M
  * 1-D tensors dense in f32).
  */
 export function loraBytes(base: Mlp, c: LoraConfig, p: Precision): number {
-  return lowRankBytes(base.hidden, base.inputs, c.r1, p) + lowRankBytes(base.outputs, base.hidden, c.r2, p)
-    + (c.b1 ? vectorBytes(base.hidden, 'f32') : 0) + (c.b2 ? vectorBytes(base.outputs, 'f32') : 0);
+  return lowRankBytes(base.hidden, base.inputs, c.r1, p) + lowRankBytes(base.outputs, base.hidden, c.r2, p) + (c.b1 ? vectorBytes(base.hidden, 'f32') : 0) + (c.b2 ? vectorBytes(base.outputs, 'f32') : 0);
 }
 
 /**
@@ -152,7 +155,16 @@ export function loraConfigFor(base: Mlp, budget: number, p: Precision): LoraConf
     return false;
   };
   for (;;) {
-    const order: Array<['r1' | 'r2', number]> = c.r1 < c.r2 ? [['r1', max1], ['r2', max2]] : [['r2', max2], ['r1', max1]];
+    const order: Array<['r1' | 'r2', number]> =
+      c.r1 < c.r2
+        ? [
+            ['r1', max1],
+            ['r2', max2],
+          ]
+        : [
+            ['r2', max2],
+            ['r1', max1],
+          ];
     if (!grow(...order[0]) && !grow(...order[1])) break;
   }
   return c;

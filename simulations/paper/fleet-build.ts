@@ -23,11 +23,12 @@ export const TENSOR_NAMES: Record<TensorKey, string> = { w1: 'fc1.weight', b1: '
 
 export function mlpToSafetensors(p: Mlp): Uint8Array {
   const t = (key: TensorKey, shape: number[]): TensorInput => ({
-    name: TENSOR_NAMES[key], dtype: 'F32', shape, data: new Uint8Array(p[key].buffer.slice(p[key].byteOffset, p[key].byteOffset + p[key].byteLength)),
+    name: TENSOR_NAMES[key],
+    dtype: 'F32',
+    shape,
+    data: new Uint8Array(p[key].buffer.slice(p[key].byteOffset, p[key].byteOffset + p[key].byteLength)),
   });
-  return writeSafetensors([
-    t('w1', [p.hidden, p.inputs]), t('b1', [p.hidden]), t('w2', [p.outputs, p.hidden]), t('b2', [p.outputs]),
-  ]);
+  return writeSafetensors([t('w1', [p.hidden, p.inputs]), t('b1', [p.hidden]), t('w2', [p.outputs, p.hidden]), t('b2', [p.outputs])]);
 }
 
 export function mlpFromSafetensors(bytes: Uint8Array, like: Mlp): Mlp {

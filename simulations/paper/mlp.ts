@@ -38,7 +38,9 @@ export function initMlp(rand: () => number, inputs: number, hidden: number, outp
     return a;
   };
   return {
-    inputs, hidden, outputs,
+    inputs,
+    hidden,
+    outputs,
     w1: uniform(hidden * inputs, inputs),
     b1: new Float32Array(hidden),
     w2: uniform(outputs * hidden, hidden),

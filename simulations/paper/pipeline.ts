@@ -130,8 +130,13 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
       };
       const fixed = (key: string, label: string, bytes: number, acc: number): MethodRow => {
         const r: MethodRow = {
-          key, label, ownBytes: bytes, ownAccuracy: acc,
-          accuracy: sizes.map((s) => (bytes <= s ? acc : null)), bytes: sizes.map((s) => (bytes <= s ? bytes : null)), detail: sizes.map(() => null),
+          key,
+          label,
+          ownBytes: bytes,
+          ownAccuracy: acc,
+          accuracy: sizes.map((s) => (bytes <= s ? acc : null)),
+          bytes: sizes.map((s) => (bytes <= s ? bytes : null)),
+          detail: sizes.map(() => null),
         };
         rows.push(r);
         return r;
@@ -172,7 +177,9 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
         }
         sv.accuracy[i] = await timed('evaluate', () => accuracy(built.model, fieldTest));
         sv.bytes[i] = built.bytes;
-        sv.detail[i] = Object.entries(built.ranks).map(([n, r]) => `${n}:${r}`).join(' ');
+        sv.detail[i] = Object.entries(built.ranks)
+          .map(([n, r]) => `${n}:${r}`)
+          .join(' ');
         log(`[seed ${o.seed} ${precision}] fleet build @ ${bytesLabel(sizes[i])}: ${sv.detail[i]}, ${built.bytes} B payload → ${pct(sv.accuracy[i]!)}`);
         step();
       }
@@ -191,7 +198,9 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
             if (!built) continue;
             r.accuracy[i] = await timed('evaluate', () => accuracy(built.model, fieldTest));
             r.bytes[i] = built.bytes;
-            r.detail[i] = Object.entries(built.ranks).map(([n, k]) => `${n}:${k}`).join(' ');
+            r.detail[i] = Object.entries(built.ranks)
+              .map(([n, k]) => `${n}:${k}`)
+              .join(' ');
             log(`[seed ${o.seed}] ${label} @ ${bytesLabel(sizes[i])}: ${r.detail[i]}, ${built.bytes} B payload → ${pct(r.accuracy[i]!)}`);
           }
           rdRows.set(key, r);
@@ -214,9 +223,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
       }
 
       // 5. Last layer only (its size is fixed).
-      const lastBytes = precision === 'f32'
-        ? denseBytes(base.outputs, base.hidden, 32) + vectorBytes(base.outputs, 'f32')
-        : denseBytes(base.outputs, base.hidden, 8) + vectorBytes(base.outputs, 'int8');
+      const lastBytes = precision === 'f32' ? denseBytes(base.outputs, base.hidden, 32) + vectorBytes(base.outputs, 'f32') : denseBytes(base.outputs, base.hidden, 8) + vectorBytes(base.outputs, 'int8');
       const lastModel = precision === 'f32' ? last : addDelta(base, { ...lastDelta, w2: quantizeRows(lastDelta.w2, base.outputs, base.hidden, 8), b2: quantizeRows(lastDelta.b2, 1, base.outputs, 8) });
       fixed('lastLayer', 'last layer retrained', lastBytes, accuracy(lastModel, fieldTest));
 
@@ -239,8 +246,16 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
 
   const result: PaperResult = {
     config: {
-      baseTrain: o.baseTrain, fieldTrain: o.fieldTrain, test: o.test, hidden: o.hidden, seed: o.seed,
-      baseEpochs: o.baseEpochs, fineTuneEpochs: o.fineTuneEpochs, loraEpochs: o.loraEpochs, batch: o.batch, drift: o.drift,
+      baseTrain: o.baseTrain,
+      fieldTrain: o.fieldTrain,
+      test: o.test,
+      hidden: o.hidden,
+      seed: o.seed,
+      baseEpochs: o.baseEpochs,
+      fineTuneEpochs: o.fineTuneEpochs,
+      loraEpochs: o.loraEpochs,
+      batch: o.batch,
+      drift: o.drift,
     },
     modelParams: paramCount(base),
     modelBytes,

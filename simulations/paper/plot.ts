@@ -50,19 +50,20 @@ export function plotScene(a: Aggregate): Scene {
   const prims: Prim[] = [];
   const xs: number[] = [];
   const gains: number[] = [];
-  for (const s of a.sections) for (const m of s.methods) {
-    if (m.fixed) {
-      xs.push(m.ownBytes!);
-      gains.push(m.ownGain!.min, m.ownGain!.max);
-    } else {
-      m.bytes.forEach((b, i) => {
-        if (b !== null && m.gain[i]) {
-          xs.push(b);
-          gains.push(m.gain[i]!.min, m.gain[i]!.max);
-        }
-      });
+  for (const s of a.sections)
+    for (const m of s.methods) {
+      if (m.fixed) {
+        xs.push(m.ownBytes!);
+        gains.push(m.ownGain!.min, m.ownGain!.max);
+      } else {
+        m.bytes.forEach((b, i) => {
+          if (b !== null && m.gain[i]) {
+            xs.push(b);
+            gains.push(m.gain[i]!.min, m.gain[i]!.max);
+          }
+        });
+      }
     }
-  }
   const xmin = 10 ** Math.floor(Math.log10(Math.min(...xs)));
   const xmax = 10 ** Math.ceil(Math.log10(Math.max(...xs, a.modelBytes)));
   const ymin = Math.min(...gains) < -1 ? Math.floor(Math.min(...gains) / 10) * 10 : 0;
@@ -161,9 +162,7 @@ export function sceneToSvg(sc: Scene): string {
       case 'text': {
         const anchor = p.anchor === 'start' ? '' : ` text-anchor="${p.anchor}"`;
         const size = p.size !== 12 ? ` font-size="${p.size}"` : '';
-        out.push(p.vertical
-          ? `<text transform="translate(${f(p.x)} ${f(p.y)}) rotate(-90)"${anchor}${size}>${esc(p.text)}</text>`
-          : `<text x="${f(p.x)}" y="${f(p.y)}"${anchor}${size}>${esc(p.text)}</text>`);
+        out.push(p.vertical ? `<text transform="translate(${f(p.x)} ${f(p.y)}) rotate(-90)"${anchor}${size}>${esc(p.text)}</text>` : `<text x="${f(p.x)}" y="${f(p.y)}"${anchor}${size}>${esc(p.text)}</text>`);
         break;
       }
     }

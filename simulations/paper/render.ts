@@ -41,14 +41,18 @@ export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
   L.push(meta.command);
   L.push('```');
   L.push('');
-  L.push(`Run on ${meta.date}: seeds ${a.seeds.join(', ')}, each in its own worker process (${meta.jobs} at a time), `
-    + `**${meta.wallSeconds} s wall in all** on a shared 2-core machine; per seed ${a.runs.map((r) => `${r.wallSeconds.total} s`).join(', ')}.`);
+  L.push(
+    `Run on ${meta.date}: seeds ${a.seeds.join(', ')}, each in its own worker process (${meta.jobs} at a time), ` +
+      `**${meta.wallSeconds} s wall in all** on a shared 2-core machine; per seed ${a.runs.map((r) => `${r.wallSeconds.total} s`).join(', ')}.`,
+  );
   const keys = Object.keys(r0.wallSeconds).filter((k) => k !== 'total');
   L.push(`Time inside one seed (seed ${c.seed}): ${keys.map((k) => `${k} ${r0.wallSeconds[k]} s`).join(', ')}.`);
   L.push('');
-  L.push(`Each seed draws its own split of the \`mnist\` package's 10,000 digits (${c.baseTrain} base-training, ${c.fieldTrain} field-training, `
-    + `${c.test} test), its own drift and its own initialisation. Model: MLP 784-${c.hidden}-10, ${a.modelParams} parameters = ${a.modelBytes} B in float32. `
-    + `Base model ${c.baseEpochs} epochs; on the field-training digits, the full fine-tune ${c.fineTuneEpochs} epochs, the last layer and the low-rank updates ${c.loraEpochs} epochs.`);
+  L.push(
+    `Each seed draws its own split of the \`mnist\` package's 10,000 digits (${c.baseTrain} base-training, ${c.fieldTrain} field-training, ` +
+      `${c.test} test), its own drift and its own initialisation. Model: MLP 784-${c.hidden}-10, ${a.modelParams} parameters = ${a.modelBytes} B in float32. ` +
+      `Base model ${c.baseEpochs} epochs; on the field-training digits, the full fine-tune ${c.fineTuneEpochs} epochs, the last layer and the low-rank updates ${c.loraEpochs} epochs.`,
+  );
   L.push('');
   L.push(`| over ${n} seeds (mean ± sd [min–max]) | field test accuracy |`);
   L.push('|---|---:|');
@@ -60,10 +64,12 @@ export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
   L.push('');
   L.push('## Gain against update bytes');
   L.push('');
-  L.push(`Cells: gain in field test accuracy over the base model, in points, mean ± sd over ${n} seeds; "—": does not fit that size. `
-    + 'Bytes are data bytes (values, indices, scales) except for the SVD method, whose bytes are its whole CBOR payload; '
-    + `the low-rank trained update's bytes are the data bytes of the payload the product built from it (its whole CBOR payload is some 190–360 B more; see below). `
-    + `"90 %": bytes needed to reach ${Math.round(100 * a.gainFraction)} % of the full fine-tune's gain (interpolated, mean [min–max] over seeds); "÷ ours": that ÷ the low-rank trained update's, per seed, mean [min–max].`);
+  L.push(
+    `Cells: gain in field test accuracy over the base model, in points, mean ± sd over ${n} seeds; "—": does not fit that size. ` +
+      'Bytes are data bytes (values, indices, scales) except for the SVD method, whose bytes are its whole CBOR payload; ' +
+      `the low-rank trained update's bytes are the data bytes of the payload the product built from it (its whole CBOR payload is some 190–360 B more; see below). ` +
+      `"90 %": bytes needed to reach ${Math.round(100 * a.gainFraction)} % of the full fine-tune's gain (interpolated, mean [min–max] over seeds); "÷ ours": that ÷ the low-rank trained update's, per seed, mean [min–max].`,
+  );
   L.push('');
   const head = ['method', ...a.sizesPercent.map((p, i) => `${p} % (${bytesLabel(a.sizesBytes[i])})`), 'own size', `bytes for ${Math.round(100 * a.gainFraction)} %`, '÷ ours'];
   for (const s of a.sections) {
@@ -89,21 +95,27 @@ export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
     }
     L.push('');
   }
-  L.push('How "bytes for a gain" is found: per seed, the method\'s points (bytes used, gain) are taken in order of bytes; the first point at or above the target gain is found, and the bytes are interpolated linearly in log(bytes) between it and the point before it (a straight segment on the plot). '
-    + 'If the smallest size already reaches the target, its bytes are an upper bound (marked ≤). Fixed-size methods (last layer, dense quantised ΔW, full model) have one point: their own size if they reach the gain, else "not reached". '
-    + 'Ratios are taken per seed and then averaged.');
+  L.push(
+    'How "bytes for a gain" is found: per seed, the method\'s points (bytes used, gain) are taken in order of bytes; the first point at or above the target gain is found, and the bytes are interpolated linearly in log(bytes) between it and the point before it (a straight segment on the plot). ' +
+      'If the smallest size already reaches the target, its bytes are an upper bound (marked ≤). Fixed-size methods (last layer, dense quantised ΔW, full model) have one point: their own size if they reach the gain, else "not reached". ' +
+      'Ratios are taken per seed and then averaged.',
+  );
   L.push('');
   L.push('## The headline');
   L.push('');
-  L.push(`The claim: at an update of at most ${a.headlinePercent} % of the model's bytes, the paper's method gains at least 9 points, and every other compressed method needs at least 2× the bytes for the same gain. `
-    + `Checked per seed at the ${a.sizesPercent[a.headlineIndex]} % column (${a.sizesBytes[a.headlineIndex]} B budget): "the same gain" is the gain the low-rank trained update reached there in that seed.`);
+  L.push(
+    `The claim: at an update of at most ${a.headlinePercent} % of the model's bytes, the paper's method gains at least 9 points, and every other compressed method needs at least 2× the bytes for the same gain. ` +
+      `Checked per seed at the ${a.sizesPercent[a.headlineIndex]} % column (${a.sizesBytes[a.headlineIndex]} B budget): "the same gain" is the gain the low-rank trained update reached there in that seed.`,
+  );
   L.push('');
   for (const s of a.sections) {
     const h = a.headline[s.precision];
     const ours = s.methods.find((m) => m.key === 'lowRankTrained')!;
     const oursBytes = ours.bytes[a.headlineIndex];
-    L.push(`**${s.precision === 'f32' ? 'float32' : '8-bit'}**: the low-rank trained update (${oursBytes === null ? '—' : `${Math.round(oursBytes)} B = ${pctOf(oursBytes, a.modelBytes)}`}) gains **${pm(h.oursGain)} points** `
-      + `[${h.oursGain ? `${f1(h.oursGain.min)}–${f1(h.oursGain.max)}` : '—'}] (≥ 9 in every seed: ${h.minGainOk ? 'yes' : 'no'}).`);
+    L.push(
+      `**${s.precision === 'f32' ? 'float32' : '8-bit'}**: the low-rank trained update (${oursBytes === null ? '—' : `${Math.round(oursBytes)} B = ${pctOf(oursBytes, a.modelBytes)}`}) gains **${pm(h.oursGain)} points** ` +
+        `[${h.oursGain ? `${f1(h.oursGain.min)}–${f1(h.oursGain.max)}` : '—'}] (≥ 9 in every seed: ${h.minGainOk ? 'yes' : 'no'}).`,
+    );
     L.push('');
     L.push('| other compressed method | bytes for the same gain | ÷ ours | ≥ 2× in every seed |');
     L.push('|---|---:|---:|---|');
@@ -124,7 +136,9 @@ export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
     for (const h of a.headlineBySize[s.precision]) {
       const m = h.closest ? s.methods.find((x) => x.key === h.closest!.key) : undefined;
       const ratio = h.closest === null ? '—' : h.closest.ratio === null ? 'never reaches it' : `${ratioStat(h.closest.ratio)}${h.closest.neverIn ? ` (never in ${h.closest.neverIn} seeds)` : ''}`;
-      L.push(`| ${s.precision === 'f32' ? 'float32' : '8-bit'} | ${h.percent} % | ${h.oursBytes === null ? '—' : Math.round(h.oursBytes)} | ${pm(h.oursGain)} | ${h.minGainOk ? 'yes' : 'no'} | ${m?.label ?? '—'} | ${ratio} | ${h.holds ? 'holds' : '**fails**'} |`);
+      L.push(
+        `| ${s.precision === 'f32' ? 'float32' : '8-bit'} | ${h.percent} % | ${h.oursBytes === null ? '—' : Math.round(h.oursBytes)} | ${pm(h.oursGain)} | ${h.minGainOk ? 'yes' : 'no'} | ${m?.label ?? '—'} | ${ratio} | ${h.holds ? 'holds' : '**fails**'} |`,
+      );
     }
   }
   L.push('');

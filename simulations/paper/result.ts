@@ -21,8 +21,16 @@ export interface Section {
 
 export interface PaperResult {
   config: {
-    baseTrain: number; fieldTrain: number; test: number; hidden: number; seed: number;
-    baseEpochs: number; fineTuneEpochs: number; loraEpochs: number; batch: number; drift: DriftOptions;
+    baseTrain: number;
+    fieldTrain: number;
+    test: number;
+    hidden: number;
+    seed: number;
+    baseEpochs: number;
+    fineTuneEpochs: number;
+    loraEpochs: number;
+    batch: number;
+    drift: DriftOptions;
   };
   modelParams: number;
   modelBytes: number;

@@ -157,28 +157,41 @@ export async function runSeeds(argv: string[], seeds: number[], jobs: number, lo
   const report = (): void => {
     const total = steps.reduce((a, x) => a + x.total, 0);
     const perSeed = Math.max(...steps.map((x) => x.total));
-    onProgress?.(steps.reduce((a, x) => a + x.done, 0), Math.max(total, perSeed * seeds.length));
+    onProgress?.(
+      steps.reduce((a, x) => a + x.done, 0),
+      Math.max(total, perSeed * seeds.length),
+    );
   };
   const results: PaperResult[] = new Array(seeds.length);
   let next = 0;
   const lane = async (): Promise<void> => {
     while (next < seeds.length) {
       const k = next++;
-      results[k] = await runSeedProcess(argv, seeds[k], tmp, log, (done, total) => {
-        steps[k] = { done, total };
-        report();
-      }, children);
+      results[k] = await runSeedProcess(
+        argv,
+        seeds[k],
+        tmp,
+        log,
+        (done, total) => {
+          steps[k] = { done, total };
+          report();
+        },
+        children,
+      );
       log(`seed ${seeds[k]} done in ${results[k].wallSeconds.total} s`);
     }
   };
   try {
     await Promise.all(Array.from({ length: Math.min(jobs, seeds.length) }, lane));
   } finally {
-    const stopping = [...children].map((c) => new Promise<void>((resolve) => {
-      if (c.exitCode !== null || c.signalCode !== null || !c.pid) return resolve();
-      c.once('exit', () => resolve());
-      process.kill(c.pid, 'SIGTERM');
-    }));
+    const stopping = [...children].map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.exitCode !== null || c.signalCode !== null || !c.pid) return resolve();
+          c.once('exit', () => resolve());
+          process.kill(c.pid, 'SIGTERM');
+        }),
+    );
     await Promise.all(stopping);
     await fs.rm(tmp, { recursive: true, force: true });
   }

@@ -240,10 +240,11 @@ export function loraTrainable(base: Mlp, state: LoraState): Trainable {
       const inp = inputsOf(ds, I);
       for (let i = 0; i < O * H; i++) w2e[i] = base.w2[i];
       if (r2 > 0) {
-        for (let i = 0; i < O; i++) for (let k = 0; k < r2; k++) {
-          const a = u2[i * r2 + k];
-          for (let j = 0; j < H; j++) w2e[i * H + j] += a * v2[k * H + j];
-        }
+        for (let i = 0; i < O; i++)
+          for (let k = 0; k < r2; k++) {
+            const a = u2[i * r2 + k];
+            for (let j = 0; j < H; j++) w2e[i * H + j] += a * v2[k * H + j];
+          }
       }
       for (let k = 0; k < O; k++) b2e[k] = base.b2[k] + (c.b2 ? db2[k] : 0);
       for (const g of grads) g.fill(0);

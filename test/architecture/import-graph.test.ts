@@ -133,7 +133,7 @@ describe('the import graph', () => {
     expect(violations(bad)).toEqual([
       'util/x.ts imports ../device/fs-port.ts: util/ may not import device/ (a higher floor)',
       'gateway/g.ts imports ../rollout/r.ts: gateway/ may not import rollout/ (same floor)',
-      'attic/a.ts imports ../util/z.ts: attic/ is on no floor (add it to README.md\'s layering and FLOORS)',
+      "attic/a.ts imports ../util/z.ts: attic/ is on no floor (add it to README.md's layering and FLOORS)",
       'bench/b.ts imports ../cli/demo.ts: nothing but test/ imports cli/ (move what is shared below it)',
     ]);
     expect(cycles(bad)).toEqual(['util -> device -> util']);

@@ -29,9 +29,14 @@ const PEOPLE: Record<string, [UserRecord['role'], string, string?]> = {
 let records: UserRecord[] = [];
 
 beforeAll(async () => {
-  records = await Promise.all(Object.entries(PEOPLE).map(async ([name, [role, pw, group]]): Promise<UserRecord> => ({
-    name, role, ...(group ? { group, model: MODEL } : {}), ...(await hashPassword(pw)),
-  })));
+  records = await Promise.all(
+    Object.entries(PEOPLE).map(async ([name, [role, pw, group]]): Promise<UserRecord> => ({
+      name,
+      role,
+      ...(group ? { group, model: MODEL } : {}),
+      ...(await hashPassword(pw)),
+    })),
+  );
 });
 
 interface Ctx {
@@ -51,7 +56,13 @@ async function setup(opts: { updateServer?: boolean; dir?: string } = {}): Promi
   const logs: Array<Record<string, unknown>> = [];
   const log = createLogger('broker', 'debug', (l) => logs.push(JSON.parse(l) as Record<string, unknown>));
   const broker = await startBroker({
-    port: 0, dataDir: path.join(dir, 'broker'), persistence: 'memory', log, updateServer: opts.updateServer ?? false, auth: file, authPollMs: 100,
+    port: 0,
+    dataDir: path.join(dir, 'broker'),
+    persistence: 'memory',
+    log,
+    updateServer: opts.updateServer ?? false,
+    auth: file,
+    authPollMs: 100,
   });
   ctx = { dir, file, broker, logs, peers: [] };
   return ctx;
@@ -83,8 +94,7 @@ class Peer {
   }
   /** Granted QoS per filter (128 = refused). */
   sub(filters: string | string[]): Promise<number[]> {
-    return new Promise((resolve, reject) =>
-      this.c.subscribe(filters, { qos: 1 }, (err, _g, packet) => (packet ? resolve(packet.granted as number[]) : reject(err ?? new Error('no suback')))));
+    return new Promise((resolve, reject) => this.c.subscribe(filters, { qos: 1 }, (err, _g, packet) => (packet ? resolve(packet.granted as number[]) : reject(err ?? new Error('no suback')))));
   }
   async pub(topic: string, payload: string, retain = false): Promise<void> {
     await this.c.publishAsync(topic, payload, { qos: 1, retain });
@@ -109,7 +119,14 @@ function login(user: string | undefined, opts: { password?: string; clientId?: s
   const clientId = opts.clientId ?? (user && PEOPLE[user]?.[0] === 'device' ? `fleet-device-${user}` : `test-${user ?? 'anon'}-${Math.random().toString(36).slice(2, 8)}`);
   return new Promise((resolve) => {
     const c = connect(`mqtt://127.0.0.1:${ctx!.broker.port}`, {
-      protocolVersion: 4, clientId, username: user, password, reconnectPeriod: 0, connectTimeout: 5000, clean: true, will: opts.will,
+      protocolVersion: 4,
+      clientId,
+      username: user,
+      password,
+      reconnectPeriod: 0,
+      connectTimeout: 5000,
+      clean: true,
+      will: opts.will,
     });
     c.once('connect', () => {
       const peer = new Peer(c);
@@ -129,7 +146,6 @@ async function peer(user: string, opts: Parameters<typeof login>[1] = {}): Promi
   if (!r.ok) throw new Error(`${user} could not log in (return code ${r.code})`);
   return r.peer;
 }
-
 
 async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -151,11 +167,16 @@ describe('broker with --auth', () => {
     expect(await login('dev-a', { password: 'b-secret' })).toEqual({ ok: false, code: 4 });
     expect((await login('op')).ok).toBe(true);
     const refusals = warnings('connection refused');
-    expect(refusals.map((l) => [l.user, l.returnCode])).toEqual([[null, 5], ['op', 4], ['nobody', 4], ['dev-a', 4]]);
+    expect(refusals.map((l) => [l.user, l.returnCode])).toEqual([
+      [null, 5],
+      ['op', 4],
+      ['nobody', 4],
+      ['dev-a', 4],
+    ]);
     expect(JSON.stringify(ctx!.logs)).not.toMatch(/secret|wrong/);
   });
 
-  it('a device must connect as fleet-device-{name}; nobody else may take that id or the update server\'s', async () => {
+  it("a device must connect as fleet-device-{name}; nobody else may take that id or the update server's", async () => {
     await setup();
     expect(await login('dev-a', { clientId: 'dev-a' })).toEqual({ ok: false, code: 5 });
     expect(await login('dev-a', { clientId: 'fleet-device-dev-b' })).toEqual({ ok: false, code: 5 });
@@ -167,7 +188,7 @@ describe('broker with --auth', () => {
     expect(warnings('connection refused').map((l) => l.client)).toEqual(['dev-a', 'fleet-device-dev-b', 'fleet-device-dev-a', expect.stringMatching(/^fleet-update-server-/), 'fleet-device-dev-a']);
   });
 
-  it('a device publishing another device\'s status is cut off, and the operator never sees it', async () => {
+  it("a device publishing another device's status is cut off, and the operator never sees it", async () => {
     await setup();
     const op = await peer('op');
     expect(await op.sub(t.allStatuses())).toEqual([1]);
@@ -188,12 +209,10 @@ describe('broker with --auth', () => {
     await op2.sub(t.status('dev-b'));
     await op2.waitFor((m) => m.retain);
     expect(op2.msgs.map((m) => m.payload)).toEqual([real('dev-b')]);
-    expect(warnings('publish refused')).toEqual([
-      expect.objectContaining({ client: 'fleet-device-dev-a', user: 'dev-a', topic: t.status('dev-b'), reason: 'other-device' }),
-    ]);
+    expect(warnings('publish refused')).toEqual([expect.objectContaining({ client: 'fleet-device-dev-a', user: 'dev-a', topic: t.status('dev-b'), reason: 'other-device' })]);
   });
 
-  it('a device subscribing to another group\'s release, another device\'s frames, # or $SYS gets nothing', async () => {
+  it("a device subscribing to another group's release, another device's frames, # or $SYS gets nothing", async () => {
     await setup();
     const pub = await peer('pub');
     await pub.pub(t.release(OTHER_GROUP, MODEL), 'release-line-2', true);
@@ -212,8 +231,12 @@ describe('broker with --auth', () => {
     expect(a.msgs.map((m) => m.payload).sort()).toEqual(['frame-for-a', 'release-line-1']);
     const refused = warnings('subscribe refused');
     expect(refused.map((l) => [l.topic, l.reason])).toEqual([
-      [t.release(OTHER_GROUP, MODEL), 'other-group'], ['#', 'multi-level-wildcard'], [t.allReleases(), 'wildcard-not-allowed'],
-      [t.framesFor(MODEL, 'dev-b'), 'other-device'], ['$SYS/#', 'sys-topic'], [t.allStatuses(), 'wildcard-not-allowed'],
+      [t.release(OTHER_GROUP, MODEL), 'other-group'],
+      ['#', 'multi-level-wildcard'],
+      [t.allReleases(), 'wildcard-not-allowed'],
+      [t.framesFor(MODEL, 'dev-b'), 'other-device'],
+      ['$SYS/#', 'sys-topic'],
+      [t.allStatuses(), 'wildcard-not-allowed'],
     ]);
     expect(refused.every((l) => l.client === 'fleet-device-dev-a' && l.user === 'dev-a')).toBe(true);
   });
@@ -237,7 +260,8 @@ describe('broker with --auth', () => {
     expect(srv.msgs.map((m) => m.payload).sort()).toEqual(['real-release', 'real-upload']);
     expect(pub.msgs.map((m) => m.payload)).toEqual(['real-release']);
     expect(warnings('publish refused').map((l) => [l.topic, l.reason])).toEqual([
-      [t.release(GROUP, MODEL), 'role-not-allowed'], [t.upload(MODEL, 'u1'), 'role-not-allowed'],
+      [t.release(GROUP, MODEL), 'role-not-allowed'],
+      [t.upload(MODEL, 'u1'), 'role-not-allowed'],
     ]);
   });
 
@@ -254,7 +278,7 @@ describe('broker with --auth', () => {
     expect(warnings('disconnecting client')).toEqual([expect.objectContaining({ client: 'fleet-device-dev-a', user: 'dev-a', reason: 'user removed' })]);
   });
 
-  it('a regrouped device is disconnected and comes back with the new group\'s rights only', async () => {
+  it("a regrouped device is disconnected and comes back with the new group's rights only", async () => {
     await setup();
     const op = await peer('op');
     expect(await op.sub(t.allPresence())).toEqual([1]);
@@ -293,8 +317,16 @@ describe('broker with --auth', () => {
     const transport = await MqttTransport.connect({ url: url('pub'), clientId: 'test-publisher' }, 10_000);
     try {
       await publishUpdate({
-        transport, topics: t, payloads: [fixture.update.payload], keys: [await loadSigningKey(fixture.keyFile)], rolloutKeys: [await loadSigningKey(fixture.rolloutKeyFile)], model: MODEL, group: GROUP,
-        chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger,
+        transport,
+        topics: t,
+        payloads: [fixture.update.payload],
+        keys: [await loadSigningKey(fixture.keyFile)],
+        rolloutKeys: [await loadSigningKey(fixture.rolloutKeyFile)],
+        model: MODEL,
+        group: GROUP,
+        chunkSize: CHUNK,
+        ttlSeconds: 3600,
+        log: silentLogger,
       });
     } finally {
       await transport.close();
@@ -306,7 +338,12 @@ describe('broker with --auth', () => {
     expect(stats.chunksSent).toBeGreaterThan(3);
     // Legitimate traffic is never refused.
     expect(ctx!.logs.filter((l) => l.level === 'warn')).toEqual([]);
-    expect(ctx!.logs.filter((l) => l.msg === 'client authenticated').map((l) => l.role).sort()).toEqual(['device', 'operator', 'publisher', 'server']);
+    expect(
+      ctx!.logs
+        .filter((l) => l.msg === 'client authenticated')
+        .map((l) => l.role)
+        .sort(),
+    ).toEqual(['device', 'operator', 'publisher', 'server']);
   });
 
   it('a will left from an earlier broker run (no client) is published only for a device, on its own topics', async () => {

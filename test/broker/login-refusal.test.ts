@@ -13,7 +13,10 @@ describe('a refused login, as a client sees it', () => {
     const broker = await env.broker({ auth: file });
     const started = Date.now();
     const bad = `mqtt://ops:wrong-secret@127.0.0.1:${broker.port}`;
-    const err = await MqttTransport.connect({ url: bad, clientId: 'ops-1' }, 20_000).then(() => undefined, (e: unknown) => e as Error);
+    const err = await MqttTransport.connect({ url: bad, clientId: 'ops-1' }, 20_000).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
     expect(err?.message).toMatch(/refused the login: bad user name or password/);
     expect(err?.message).not.toMatch(/wrong-secret/);
     expect(Date.now() - started).toBeLessThan(5000);

@@ -24,7 +24,10 @@ async function setup(mutual: boolean) {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-tls-'));
   const c = await makeCerts(path.join(dir, 'certs'));
   broker = await startBroker({
-    port: 0, dataDir: path.join(dir, 'b'), persistence: 'memory', log: silentLogger,
+    port: 0,
+    dataDir: path.join(dir, 'b'),
+    persistence: 'memory',
+    log: silentLogger,
     tls: { port: 0, cert: await fs.readFile(c.serverCert), key: await fs.readFile(c.serverKey), ca: mutual ? await fs.readFile(c.ca) : undefined },
   });
   return c;
@@ -70,13 +73,18 @@ describe.skipIf(!ok)('the whole path over TLS, from the command line', () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-tls-cli-'));
     const c = await makeCerts(path.join(dir, 'certs'));
     const keys = await keygen(path.join(dir, 'keys'));
-    const base = synthesizeModel(5, [[32, 48], [10, 32]]);
+    const base = synthesizeModel(5, [
+      [32, 48],
+      [10, 32],
+    ]);
     const update = synthesizeUpdate(base, 2, 6);
     await fs.writeFile(path.join(dir, 'base.safetensors'), base);
     await fs.writeFile(path.join(dir, 'u.cbor'), encodeUpdateFile(update.payload));
     const children: Array<import('node:child_process').ChildProcess> = [];
     try {
-      const brokerProc = spawn(process.execPath, [FLEET_BIN, 'broker', '--port', '0', '--tls-port', '0', '--tls-cert', c.serverCert, '--tls-key', c.serverKey, '--data-dir', path.join(dir, 'b')], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const brokerProc = spawn(process.execPath, [FLEET_BIN, 'broker', '--port', '0', '--tls-port', '0', '--tls-cert', c.serverCert, '--tls-key', c.serverKey, '--data-dir', path.join(dir, 'b')], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       children.push(brokerProc);
       const tlsUrl = await new Promise<string>((resolve, reject) => {
         let out = '';
@@ -88,13 +96,64 @@ describe.skipIf(!ok)('the whole path over TLS, from the command line', () => {
         brokerProc.once('exit', () => reject(new Error(`broker exited: ${out}`)));
       });
       const watcher = await MqttTransport.connect({ url: tlsUrl, clientId: 'tls-watch', tls: { ca: await fs.readFile(c.ca) } }, 10_000);
-      const done = new Promise<string>((resolve) => watcher.onMessage((_t, p) => {
-        const s = parseStatus(p);
-        if (s?.state === 'ok' && s.running === update.targetDigest) resolve(s.running);
-      }));
+      const done = new Promise<string>((resolve) =>
+        watcher.onMessage((_t, p) => {
+          const s = parseStatus(p);
+          if (s?.state === 'ok' && s.running === update.targetDigest) resolve(s.running);
+        }),
+      );
       await watcher.subscribe('fleet/devices/+/status', 1);
-      children.push(spawn(process.execPath, [FLEET_BIN, '--ca', c.ca, 'device', '--id', 'tls-dev', '--model', 'm', '--group', 'g', '--dir', path.join(dir, 'dev'), '--trust', keys.trustFile, '--broker', tlsUrl, '--initial', path.join(dir, 'base.safetensors')], { stdio: 'ignore' }));
-      const pub = spawn(process.execPath, [FLEET_BIN, '--ca', c.ca, 'publish', '--update', path.join(dir, 'u.cbor'), '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'm', '--group', 'g', '--broker', tlsUrl, '--chunk-size', '1024', '--yes'], { stdio: 'ignore' });
+      children.push(
+        spawn(
+          process.execPath,
+          [
+            FLEET_BIN,
+            '--ca',
+            c.ca,
+            'device',
+            '--id',
+            'tls-dev',
+            '--model',
+            'm',
+            '--group',
+            'g',
+            '--dir',
+            path.join(dir, 'dev'),
+            '--trust',
+            keys.trustFile,
+            '--broker',
+            tlsUrl,
+            '--initial',
+            path.join(dir, 'base.safetensors'),
+          ],
+          { stdio: 'ignore' },
+        ),
+      );
+      const pub = spawn(
+        process.execPath,
+        [
+          FLEET_BIN,
+          '--ca',
+          c.ca,
+          'publish',
+          '--update',
+          path.join(dir, 'u.cbor'),
+          '--key',
+          keys.keyFile,
+          '--rollout-key',
+          keys.rolloutKeyFile,
+          '--model',
+          'm',
+          '--group',
+          'g',
+          '--broker',
+          tlsUrl,
+          '--chunk-size',
+          '1024',
+          '--yes',
+        ],
+        { stdio: 'ignore' },
+      );
       expect(await new Promise((r) => pub.once('exit', r))).toBe(0);
       expect(await done).toBe(update.targetDigest);
       await watcher.close();

@@ -8,8 +8,7 @@ import { tempDir } from '../support/harness.ts';
 
 function fleet(args: string[]): Promise<{ code: number; out: string; err: string }> {
   return new Promise((resolve) => {
-    execFile(process.execPath, [FLEET_BIN, ...args], { encoding: 'utf8', timeout: 60_000 }, (e, out, err) =>
-      resolve({ code: e ? ((e as { code?: number }).code ?? 1) : 0, out, err }));
+    execFile(process.execPath, [FLEET_BIN, ...args], { encoding: 'utf8', timeout: 60_000 }, (e, out, err) => resolve({ code: e ? ((e as { code?: number }).code ?? 1) : 0, out, err }));
   });
 }
 
@@ -36,7 +35,10 @@ describe('fleet user', () => {
     expect(fromFile.out).not.toMatch(/password/);
 
     const users = (await readUsersFile(file)).users;
-    expect(users.map((u) => [u.name, u.role, u.group, u.model])).toEqual([['dev-1', 'device', 'g1', 'm1'], ['op', 'operator', undefined, undefined]]);
+    expect(users.map((u) => [u.name, u.role, u.group, u.model])).toEqual([
+      ['dev-1', 'device', 'g1', 'm1'],
+      ['op', 'operator', undefined, undefined],
+    ]);
     expect(users[0].params).toEqual({ N: 16384, r: 8, p: 1, keylen: 32 });
     expect(Buffer.from(users[0].salt, 'base64')).toHaveLength(16);
     expect(await verifyPassword(users[0], generated!)).toBe(true);
@@ -82,10 +84,7 @@ describe('fleet user', () => {
     }
     expect(await fs.readdir(dir)).toEqual([]);
     expect((await fleet(['user', 'add', 'op', '--role', 'operator', '--password', 'pw', '--auth', file])).code).toBe(0);
-    const [again, regroup] = await Promise.all([
-      fleet(['user', 'add', 'op', '--role', 'operator', '--password', 'pw', '--auth', file]),
-      fleet(['user', 'regroup', 'op', '--group', 'g', '--auth', file]),
-    ]);
+    const [again, regroup] = await Promise.all([fleet(['user', 'add', 'op', '--role', 'operator', '--password', 'pw', '--auth', file]), fleet(['user', 'regroup', 'op', '--group', 'g', '--auth', file])]);
     expect(again.err).toMatch(/already exists/);
     expect(regroup.err).toMatch(/only devices have a group/);
   }, 60_000);

@@ -21,11 +21,13 @@ function wsClient(url: string, username: string, password: string): Promise<mqtt
 describe('MQTT over WebSocket (for browsers)', () => {
   it('a viewer login over ws:// reads statuses and cannot publish; the ACL applies as on TCP', async () => {
     const file = path.join(await env.dir(), 'users.json');
-    await writeUsersFile(file, { users: [
-      { name: 'screen', role: 'viewer', ...(await hashPassword('look-only')) },
-      { name: 'ops', role: 'operator', ...(await hashPassword('ops-pw')) },
-      { name: 'dev-1', role: 'device', group: 'g', model: 'm', ...(await hashPassword('dev-pw')) },
-    ] });
+    await writeUsersFile(file, {
+      users: [
+        { name: 'screen', role: 'viewer', ...(await hashPassword('look-only')) },
+        { name: 'ops', role: 'operator', ...(await hashPassword('ops-pw')) },
+        { name: 'dev-1', role: 'device', group: 'g', model: 'm', ...(await hashPassword('dev-pw')) },
+      ],
+    });
     const broker = await env.broker({ auth: file, ws: { port: 0 } });
     expect(broker.wsUrl).toMatch(/^ws:\/\/127\.0\.0\.1:\d+$/);
     await expect(wsClient(broker.wsUrl!, 'screen', 'wrong')).rejects.toThrow();

@@ -80,7 +80,7 @@ describe('the help shows the defaults table', () => {
     expect(optionText(help(registerReleaseCommands, 'publish'), '--ttl <duration>')).toContain(`(default: ${PUBLISH_DEFAULTS.ttlSeconds})`);
   });
 
-  it('the agent runs with the table\'s values for what it is not given, and with what it is given', () => {
+  it("the agent runs with the table's values for what it is not given, and with what it is given", () => {
     const trust = trustOf([signingKeyFromSeed(new Uint8Array(32).fill(1))]);
     const r = resolveAgentConfig({ deviceId: 'd', model: 'm', group: 'g', trust, window: 7 });
     expect(r.window).toBe(7);
@@ -98,10 +98,10 @@ const CORE = ['platform', 'protocol', 'transport', 'publisher', 'server', 'broke
  * setting; every other inline number is a default that belongs in a table, except these.
  */
 const ALLOWED = [
-  { file: 'transport/mqtt.ts', text: 'opts.qos ?? 1', why: 'QoS 1 is the protocol\'s (docs/protocol.md §1), not a setting' },
+  { file: 'transport/mqtt.ts', text: 'opts.qos ?? 1', why: "QoS 1 is the protocol's (docs/protocol.md §1), not a setting" },
   { file: 'publisher/synth.ts', text: 't.shape[0] ?? 1', why: 'the length of a 0-D tensor, not a setting' },
   { file: 'platform/child-process.ts', text: 'graceMs = 5000', why: 'a shared helper (tests, demo, simulations): its callers pass their own bound' },
-  { file: 'util/event-command.ts', text: 'timeoutMs = 60_000', why: 'a shared helper: its callers (rollout/hooks.ts, operator/alerts.ts) pass their table\'s value' },
+  { file: 'util/event-command.ts', text: 'timeoutMs = 60_000', why: "a shared helper: its callers (rollout/hooks.ts, operator/alerts.ts) pass their table's value" },
 ];
 
 /** An inline default: `?? N`, or a parameter `name = N` / `name: number = N` with N of three digits or more. */

@@ -27,7 +27,14 @@ const payload = new Uint8Array(CHUNK * CHUNKS).map((_, i) => (i * 31) % 251);
 const list = chunkList(payload, CHUNK);
 const updateId = updateIdOf(payload);
 const step: ReleaseStep = {
-  updateId, from: null, to: 'ab'.repeat(32), size: payload.byteLength, sha256: sha256Hex(payload), chunkSize: CHUNK, chunks: CHUNKS, listSha256: sha256Hex(list),
+  updateId,
+  from: null,
+  to: 'ab'.repeat(32),
+  size: payload.byteLength,
+  sha256: sha256Hex(payload),
+  chunkSize: CHUNK,
+  chunks: CHUNKS,
+  listSha256: sha256Hex(list),
 };
 
 let dir: string | undefined;
@@ -51,9 +58,24 @@ async function rig() {
   } as unknown as Transport;
   let done = false;
   const d = new Download({
-    step, files, transport, topics: new Topics(), model: 'm', deviceId: 'd', clock, log: silentLogger,
-    maxWindow: 8, idleMs: 1000, stallMs: 600_000, maxBadCopies: 3, wireBytesIn: () => wire,
-    onProgress: () => undefined, onComplete: () => (done = true), onFail: (e) => { throw e; },
+    step,
+    files,
+    transport,
+    topics: new Topics(),
+    model: 'm',
+    deviceId: 'd',
+    clock,
+    log: silentLogger,
+    maxWindow: 8,
+    idleMs: 1000,
+    stallMs: 600_000,
+    maxBadCopies: 3,
+    wireBytesIn: () => wire,
+    onProgress: () => undefined,
+    onComplete: () => (done = true),
+    onFail: (e) => {
+      throw e;
+    },
   });
   const settle = async () => {
     for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 5));
@@ -87,7 +109,10 @@ describe('download: after a silence, a probe before the rest', () => {
     expect(r.requests.slice(before)).toEqual([[asked.at(-1)!]]);
     // The stall ends: the original frames arrive in order; nothing is asked again for them.
     for (const i of asked) await r.chunk(i);
-    const reasked = r.requests.slice(before + 1).flat().filter((i) => asked.includes(i));
+    const reasked = r.requests
+      .slice(before + 1)
+      .flat()
+      .filter((i) => asked.includes(i));
     expect(reasked).toEqual([]);
     // The probe's own copy arrives late: one duplicate.
     await r.chunk(asked.at(-1)!);

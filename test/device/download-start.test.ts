@@ -24,7 +24,14 @@ const payload = new Uint8Array(CHUNK * CHUNKS).map((_, i) => (i * 7 + 3) % 253);
 const list = chunkList(payload, CHUNK);
 const updateId = updateIdOf(payload);
 const step: ReleaseStep = {
-  updateId, from: null, to: 'cd'.repeat(32), size: payload.byteLength, sha256: sha256Hex(payload), chunkSize: CHUNK, chunks: CHUNKS, listSha256: sha256Hex(list),
+  updateId,
+  from: null,
+  to: 'cd'.repeat(32),
+  size: payload.byteLength,
+  sha256: sha256Hex(payload),
+  chunkSize: CHUNK,
+  chunks: CHUNKS,
+  listSha256: sha256Hex(list),
 };
 
 let dir: string | undefined;
@@ -46,8 +53,23 @@ describe('download start: the list and the first window in one request', () => {
     const transport = { publish: async (_t: string, p: Uint8Array | string) => void requests.push(decodeRequest(p as Uint8Array)) } as unknown as Transport;
     let done = false;
     const d = new Download({
-      step, files: await storage.openDownload(step), transport, topics: new Topics(), model: 'm', deviceId: 'd', clock: new ManualClock(), log: silentLogger,
-      maxWindow: 8, idleMs: 1000, stallMs: 600_000, maxBadCopies: 3, onProgress: () => undefined, onComplete: () => (done = true), onFail: (e) => { throw e; },
+      step,
+      files: await storage.openDownload(step),
+      transport,
+      topics: new Topics(),
+      model: 'm',
+      deviceId: 'd',
+      clock: new ManualClock(),
+      log: silentLogger,
+      maxWindow: 8,
+      idleMs: 1000,
+      stallMs: 600_000,
+      maxBadCopies: 3,
+      onProgress: () => undefined,
+      onComplete: () => (done = true),
+      onFail: (e) => {
+        throw e;
+      },
     });
     await d.start();
     expect(requests).toHaveLength(1);

@@ -50,8 +50,18 @@ describe('a bug in the agent', () => {
 
     const pub = await connect(f, 'ie-pub');
     await publishUpdate({
-      topics, model: MODEL, chunkSize: CHUNK, log: createLogger('pub', 'silent'), settleMs: 300, transport: pub, payloads: [f.update.payload],
-      keys: [await loadSigningKey(f.keyFile)], rolloutKeys: [await loadSigningKey(f.rolloutKeyFile)], trust, group: GROUP, ttlSeconds: 3600,
+      topics,
+      model: MODEL,
+      chunkSize: CHUNK,
+      log: createLogger('pub', 'silent'),
+      settleMs: 300,
+      transport: pub,
+      payloads: [f.update.payload],
+      keys: [await loadSigningKey(f.keyFile)],
+      rolloutKeys: [await loadSigningKey(f.rolloutKeyFile)],
+      trust,
+      group: GROUP,
+      ttlSeconds: 3600,
     });
     const failed = await watch.until('ie1', (s) => s.state === 'failed');
     expect(failed.reason).toBe('internal-error');

@@ -12,7 +12,10 @@ function drive(perChunkMs: number, latencyMs: number, chunks = 100): LinkEstimat
   for (let i = 0; i < chunks; i++) {
     if (i === next) {
       const w = e.window;
-      e.requested(t, Array.from({ length: w }, (_, k) => i + k));
+      e.requested(
+        t,
+        Array.from({ length: w }, (_, k) => i + k),
+      );
       first = i;
       next = i + w;
     }

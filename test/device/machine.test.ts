@@ -11,7 +11,7 @@ const EVENT_SET: Record<DeviceEvent, true> = {
   'release-current': true,
   'release-refused': true,
   'release-withdrawn': true,
-  'resume': true,
+  resume: true,
   'download-progress': true,
   'download-complete': true,
   'download-failed': true,
@@ -135,7 +135,9 @@ describe('transition table', () => {
     expect([...reached].sort()).toEqual([...DEVICE_STATES].sort());
   });
   it("'ok' is reached only through health-passed or release-current", () => {
-    const into = TRANSITIONS.filter((r) => r.to === 'ok').map((r) => r.on).sort();
+    const into = TRANSITIONS.filter((r) => r.to === 'ok')
+      .map((r) => r.on)
+      .sort();
     expect(into).toEqual(['health-passed', 'release-current']);
     for (const state of DEVICE_STATES) {
       for (const event of EVENTS) {

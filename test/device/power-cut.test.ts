@@ -15,7 +15,11 @@ import { CrashFs, PowerCut } from '../support/crash-fs.ts';
 
 const DIR = '/device';
 const CHUNK = 1024;
-const LAYERS: Array<[number, number]> = [[64, 96], [128, 64], [10, 128]];
+const LAYERS: Array<[number, number]> = [
+  [64, 96],
+  [128, 64],
+  [10, 128],
+];
 const DIGEST_FILE = /^[0-9a-f]{64}\.safetensors$/;
 
 // --- the model of the disk itself --------------------------------------------------
@@ -190,9 +194,19 @@ async function boot(fsys: CrashFs, t: TrialSetup = {}): Promise<Booted> {
   const storage = new DeviceStorage(DIR, fsys);
   await storage.init();
   const memory = await storage.memory();
-  const installer = new Installer(storage, {
-    deviceId: 'd1', validateTimeoutMs: 1000, healthTimeoutMs: 10_000, onSwitchTimeoutMs: 1000, healthCmd: t.healthCmd, maxAttempts: t.maxAttempts,
-  }, (t.health ?? healthOver)(fsys), silentLogger);
+  const installer = new Installer(
+    storage,
+    {
+      deviceId: 'd1',
+      validateTimeoutMs: 1000,
+      healthTimeoutMs: 10_000,
+      onSwitchTimeoutMs: 1000,
+      healthCmd: t.healthCmd,
+      maxAttempts: t.maxAttempts,
+    },
+    (t.health ?? healthOver)(fsys),
+    silentLogger,
+  );
   const recovered = await installer.recover();
   let trial: TrialOutcome | undefined;
   if (recovered?.action === 'resume-trial') {
@@ -251,8 +265,14 @@ async function restartAndCheck(sc: Scenario, survived: CrashFs, what: string): P
   expect([sc.base, sc.target], `${what}: current is torn or foreign`).toContain(digest);
   expect(p!.digest, what).toBe(digest);
   const models = await survived.readdir(path.posix.join(DIR, 'models'));
-  expect(models.filter((f) => !DIGEST_FILE.test(f)), `${what}: staging left in models/`).toEqual([]);
-  expect((await survived.readdir(DIR)).filter((f) => f.includes('.tmp-')), `${what}: temporary files left`).toEqual([]);
+  expect(
+    models.filter((f) => !DIGEST_FILE.test(f)),
+    `${what}: staging left in models/`,
+  ).toEqual([]);
+  expect(
+    (await survived.readdir(DIR)).filter((f) => f.includes('.tmp-')),
+    `${what}: temporary files left`,
+  ).toEqual([]);
   expect(await storage.journal(), `${what}: journal left`).toBeUndefined();
   for (const f of models) expect(await digestOf(path.posix.join(DIR, 'models', f), survived), `${what}: ${f}`).toBe(f.slice(0, 64));
   const outcome = digest === sc.base ? 'old' : 'new';
@@ -288,8 +308,10 @@ describe.each(['low-rank', 'full-model'] as const)('power cut during a %s instal
       byPoint.set(k, outcome);
     }
     const newFrom = Math.min(...[...byPoint].filter(([, o]) => o === 'new').map(([k]) => k));
-    console.log(`power cut, ${kind} install: ${n} mutating operations ${JSON.stringify(Object.fromEntries(clean.counts))}; ` +
-      `${ks.length} cuts (${byPoint.size} distinct points) -> old ${tally.old}, new ${tally.new}; new from operation ${newFrom} on`);
+    console.log(
+      `power cut, ${kind} install: ${n} mutating operations ${JSON.stringify(Object.fromEntries(clean.counts))}; ` +
+        `${ks.length} cuts (${byPoint.size} distinct points) -> old ${tally.old}, new ${tally.new}; new from operation ${newFrom} on`,
+    );
     expect(tally.old + tally.new).toBe(200);
     // Monotone: once a cut ends on the new model, every later one does too.
     for (const [k, o] of byPoint) expect(o, `cut at ${k}`).toBe(k >= newFrom ? 'new' : 'old');
@@ -332,13 +354,15 @@ describe.each(['low-rank', 'full-model'] as const)('power cut during a %s instal
  * A health port that takes the power away whenever it runs: the model crashes the device in every
  * attempt. (With a health command configured: without one the switch is the commit.)
  */
-const crashingHealth = (crashes: { n: number }) => (fsys: CrashFs): HealthCheck => ({
-  async check() {
-    crashes.n++;
-    fsys.dead = true;
-    throw new PowerCut(fsys.ops, 'the model under trial crashed the device');
-  },
-});
+const crashingHealth =
+  (crashes: { n: number }) =>
+  (fsys: CrashFs): HealthCheck => ({
+    async check() {
+      crashes.n++;
+      fsys.dead = true;
+      throw new PowerCut(fsys.ops, 'the model under trial crashed the device');
+    },
+  });
 
 /** How the device came to rest: healthy on the new model, or back on the old one after `attempt` attempts. */
 type Rest = { healthy: boolean; attempt: number; reason: string | null; boots: number };

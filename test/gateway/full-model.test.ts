@@ -35,8 +35,16 @@ describe('site gateway and full-model steps', () => {
 
     const pub = await connect(f, 'gw-full-pub');
     const r = await publishUpdate({
-      transport: pub, topics, model: MODEL, group: GROUP, payloads: [f.update.payload], fullModel: f.update.target, chunkSize: CHUNK,
-      ttlSeconds: 3600, log: silentLogger, ...(await fixtureKeys(f)),
+      transport: pub,
+      topics,
+      model: MODEL,
+      group: GROUP,
+      payloads: [f.update.payload],
+      fullModel: f.update.target,
+      chunkSize: CHUNK,
+      ttlSeconds: 3600,
+      log: silentLogger,
+      ...(await fixtureKeys(f)),
     });
     const [chain, full] = r.release.steps;
     expect(full.from).toBeNull();

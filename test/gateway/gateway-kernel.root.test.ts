@@ -8,7 +8,15 @@ if (!available.ok) console.warn(`skipping the gateway kernel-link suite: ${avail
 describe.skipIf(!available.ok)('a site gateway behind a real lossy link (network namespaces, nftables drop, tbf rate cap)', () => {
   it('4 devices, 10 % loss both ways, 512 kbit/s, a cut while the gateway fetches: all ok, about one payload over the link', async () => {
     const r = await runGatewaySim({
-      devices: 4, size: 96 * 1024, lossPercent: 10, rateKbit: 512, cuts: 1, cutSeconds: 2, proxy: false, timeoutSeconds: 100, log: () => undefined,
+      devices: 4,
+      size: 96 * 1024,
+      lossPercent: 10,
+      rateKbit: 512,
+      cuts: 1,
+      cutSeconds: 2,
+      proxy: false,
+      timeoutSeconds: 100,
+      log: () => undefined,
     });
     expect(r.note).toBeNull();
     expect(r.gateway.completed).toBe(4);

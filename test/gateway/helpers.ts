@@ -11,8 +11,19 @@ export const SITE = 'site-a';
 /** A real gateway in this process, its site broker on an ephemeral loopback port. */
 export async function startGateway(f: Fixture, o: Partial<GatewayNodeOptions> = {}, upstream = f.url): Promise<Gateway> {
   const gw = gatewayNode({
-    upstream, listen: 0, host: '127.0.0.1', dataDir: path.join(f.dir, 'gateway'), site: SITE, persistence: 'memory',
-    tickMs: 200, idleMs: 1000, stallMs: 30_000, reconnectMinMs: 200, reconnectMaxMs: 1000, log: silentLogger, ...o,
+    upstream,
+    listen: 0,
+    host: '127.0.0.1',
+    dataDir: path.join(f.dir, 'gateway'),
+    site: SITE,
+    persistence: 'memory',
+    tickMs: 200,
+    idleMs: 1000,
+    stallMs: 30_000,
+    reconnectMinMs: 200,
+    reconnectMaxMs: 1000,
+    log: silentLogger,
+    ...o,
   });
   await gw.start();
   return gw;

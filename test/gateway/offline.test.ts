@@ -25,9 +25,25 @@ afterEach(async () => {
 
 function fakeStatus(n: number): DeviceStatus {
   return {
-    device: 'seq-dev', group: GROUP, model: MODEL, state: 'idle', running: '0'.repeat(64), target: null, seq: null, updateId: null,
-    rollback: false, progress: 0, bytes: 0, totalBytes: 0, badChunks: 0, rateBps: 0, wire: null, reason: null, message: String(n),
-    agent: 'test', time: new Date().toISOString(),
+    device: 'seq-dev',
+    group: GROUP,
+    model: MODEL,
+    state: 'idle',
+    running: '0'.repeat(64),
+    target: null,
+    seq: null,
+    updateId: null,
+    rollback: false,
+    progress: 0,
+    bytes: 0,
+    totalBytes: 0,
+    badChunks: 0,
+    rateBps: 0,
+    wire: null,
+    reason: null,
+    message: String(n),
+    agent: 'test',
+    time: new Date().toISOString(),
   };
 }
 

@@ -1,8 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import {
-  charge, decide, formatWindow, inWindow, localMinutes, monthKey, nextMonth, nextWindowOpen, parseBudget, parseWindow, PolicyError, used,
-} from '../../gateway/policy.ts';
+import { charge, decide, formatWindow, inWindow, localMinutes, monthKey, nextMonth, nextWindowOpen, parseBudget, parseWindow, PolicyError, used } from '../../gateway/policy.ts';
 
 /** Local wall-clock time (the policy reads local time, like the operator's --window). */
 const at = (y: number, mo: number, d: number, h: number, mi = 0): number => new Date(y, mo - 1, d, h, mi).getTime();
@@ -38,16 +36,18 @@ describe('download window', () => {
   });
 
   it('property: outside the window, the next opening is within a day and inside the window', () => {
-    fc.assert(fc.property(fc.integer({ min: 0, max: 1439 }), fc.integer({ min: 0, max: 1439 }), fc.integer({ min: 0, max: 365 * 24 * 60 }), (s, e, off) => {
-      fc.pre(s !== e);
-      const w = { start: s, end: e };
-      const now = at(2026, 1, 1, 0) + off * 60_000;
-      if (inWindow(w, localMinutes(now))) return;
-      const next = nextWindowOpen(w, now);
-      expect(next).toBeGreaterThan(now);
-      expect(next - now).toBeLessThanOrEqual(25 * 3600_000);
-      expect(inWindow(w, localMinutes(next))).toBe(true);
-    }));
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 1439 }), fc.integer({ min: 0, max: 1439 }), fc.integer({ min: 0, max: 365 * 24 * 60 }), (s, e, off) => {
+        fc.pre(s !== e);
+        const w = { start: s, end: e };
+        const now = at(2026, 1, 1, 0) + off * 60_000;
+        if (inWindow(w, localMinutes(now))) return;
+        const next = nextWindowOpen(w, now);
+        expect(next).toBeGreaterThan(now);
+        expect(next - now).toBeLessThanOrEqual(25 * 3600_000);
+        expect(inWindow(w, localMinutes(next))).toBe(true);
+      }),
+    );
   });
 });
 

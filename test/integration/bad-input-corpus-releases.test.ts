@@ -72,13 +72,26 @@ describe('bad-input corpus: releases (release keys 2-of-2, a separate rollout ke
     f = await createFixture('corpus-rel');
     k1 = await loadSigningKey(f.keyFile);
     r1 = await loadSigningKey(f.rolloutKeyFile);
-    const trust: TrustFile = agentTrust = { threshold: 2, keys: [k1, k2].map((k) => ({ id: k.id, publicKey: k.publicKey })), rollout: { threshold: 1, keys: [{ id: r1.id, publicKey: r1.publicKey }] } };
+    const trust: TrustFile = (agentTrust = { threshold: 2, keys: [k1, k2].map((k) => ({ id: k.id, publicKey: k.publicKey })), rollout: { threshold: 1, keys: [{ id: r1.id, publicKey: r1.publicKey }] } });
     watch = await StatusWatch.start(f);
     ({ agent } = await startAgent(f, ID, silentLogger, { trust, maxPayloadBytes: 100_000, maxChunks: 1000 }));
     pub = await connect(f, 'corpus-rel-publisher');
     await watch.until(ID, (s) => s.state === 'idle');
     // A first accepted release, so that replays have something to replay.
-    const r = await publishUpdate({ transport: pub, topics, payloads: [f.update.payload], keys: [k1, k2], rolloutKeys: [r1], trust, model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
+    const r = await publishUpdate({
+      transport: pub,
+      topics,
+      payloads: [f.update.payload],
+      keys: [k1, k2],
+      rolloutKeys: [r1],
+      trust,
+      model: MODEL,
+      group: GROUP,
+      chunkSize: CHUNK,
+      ttlSeconds: 3600,
+      seq: nextSeq(),
+      log: silentLogger,
+    });
     acceptedSeq = r.release.seq;
     await watch.until(ID, (s) => s.state === 'ok' && s.running === f.update.targetDigest);
     running = f.update.targetDigest;
@@ -93,7 +106,14 @@ describe('bad-input corpus: releases (release keys 2-of-2, a separate rollout ke
     const sha = hex64(2);
     const now = nowSec();
     return {
-      model: MODEL, group: GROUP, seq: nextSeq(), issued: now - 10, expires: now + 3600, target, rollback: false, previous: null,
+      model: MODEL,
+      group: GROUP,
+      seq: nextSeq(),
+      issued: now - 10,
+      expires: now + 3600,
+      target,
+      rollback: false,
+      previous: null,
       steps: [{ updateId: sha.slice(0, 32), from: running, to: target, size: 2000, sha256: sha, chunkSize: 1024, chunks: 2, listSha256: hex64(3), ...step }],
       ...over,
     };
@@ -102,9 +122,17 @@ describe('bad-input corpus: releases (release keys 2-of-2, a separate rollout ke
   type Sigs = (bytes: Uint8Array) => Array<{ k: string; s: Uint8Array }>;
   const sig = (k: SigningKey, bytes: Uint8Array) => ({ k: k.id, s: nacl.sign.detached(bytes, k.secretKey) });
   const manifestOf = (b: ReleaseDraft) => encodeManifest({ model: b.model, target: b.target, steps: b.steps, limits: b.limits ?? limitsOf(b.steps) });
-  const assignmentOf = (b: ReleaseDraft, manifestBody: Uint8Array) => encodeAssignment({
-    model: b.model, group: b.group, seq: b.seq, issued: b.issued, expires: b.expires, rollback: b.rollback, previous: b.previous, manifest: sha256Hex(manifestBody),
-  });
+  const assignmentOf = (b: ReleaseDraft, manifestBody: Uint8Array) =>
+    encodeAssignment({
+      model: b.model,
+      group: b.group,
+      seq: b.seq,
+      issued: b.issued,
+      expires: b.expires,
+      rollback: b.rollback,
+      previous: b.previous,
+      manifest: sha256Hex(manifestBody),
+    });
   /** A release with hand-made signatures: the manifest's (default: both release keys) and the assignment's (default: the rollout key). */
   const envelope = (b: ReleaseDraft, manifestSigs: Sigs = (m) => [sig(k1, m), sig(k2, m)], assignmentSigs: Sigs = (a) => [sig(r1, a)], manifestBody = manifestOf(b)) => {
     const a = assignmentOf(b, manifestBody);
@@ -123,19 +151,31 @@ describe('bad-input corpus: releases (release keys 2-of-2, a separate rollout ke
     { name: 'assignment: signed by a release key instead of the rollout key', reason: 'wrong-role', bytes: () => envelope(body(), undefined, (a) => [sig(k1, a)]) },
     { name: 'assignment: signed by an unknown key', reason: 'untrusted-key', bytes: () => envelope(body(), undefined, (a) => [sig(outsider, a)]) },
     { name: 'assignment: a flipped signature byte', reason: 'bad-signature', bytes: () => envelope(body(), undefined, (a) => [{ ...sig(r1, a), s: sig(r1, a).s.map((x, i) => (i === 3 ? x ^ 0x40 : x)) }]) },
-    { name: 'assignment: names another manifest (mix-and-match)', reason: 'manifest-mismatch', bytes: () => {
-      const b = body();
-      const a = assignmentOf(b, manifestOf(body({ target: hex64(6) })));
-      const m = manifestOf(b);
-      return cborEncode({ v: 1, manifest: cborEncode({ body: m, sigs: [sig(k1, m), sig(k2, m)] }), assignment: cborEncode({ body: a, sigs: [sig(r1, a)] }) });
-    } },
-    { name: 'assignment: for another model than its manifest', reason: 'manifest-mismatch', bytes: () => {
-      const b = body();
-      const m = manifestOf({ ...b, model: 'other-model' });
-      return envelope(b, undefined, undefined, m);
-    } },
-    { name: 'manifest: limits over the device caps (5,000 chunks allowed, the device takes 1,000)', reason: 'payload-too-large', bytes: () => signed(body({ limits: { payloadBytes: 100_000, chunks: 5000, chunkBytes: 1024 } })) },
-    { name: 'manifest: a step over the manifest\'s own limits', reason: 'malformed-release', bytes: () => signed(body({ limits: { payloadBytes: 1000, chunks: 2, chunkBytes: 1024 } })) },
+    {
+      name: 'assignment: names another manifest (mix-and-match)',
+      reason: 'manifest-mismatch',
+      bytes: () => {
+        const b = body();
+        const a = assignmentOf(b, manifestOf(body({ target: hex64(6) })));
+        const m = manifestOf(b);
+        return cborEncode({ v: 1, manifest: cborEncode({ body: m, sigs: [sig(k1, m), sig(k2, m)] }), assignment: cborEncode({ body: a, sigs: [sig(r1, a)] }) });
+      },
+    },
+    {
+      name: 'assignment: for another model than its manifest',
+      reason: 'manifest-mismatch',
+      bytes: () => {
+        const b = body();
+        const m = manifestOf({ ...b, model: 'other-model' });
+        return envelope(b, undefined, undefined, m);
+      },
+    },
+    {
+      name: 'manifest: limits over the device caps (5,000 chunks allowed, the device takes 1,000)',
+      reason: 'payload-too-large',
+      bytes: () => signed(body({ limits: { payloadBytes: 100_000, chunks: 5000, chunkBytes: 1024 } })),
+    },
+    { name: "manifest: a step over the manifest's own limits", reason: 'malformed-release', bytes: () => signed(body({ limits: { payloadBytes: 1000, chunks: 2, chunkBytes: 1024 } })) },
     { name: 'release: expired', reason: 'expired', bytes: () => signed(body({ issued: nowSec() - 7200, expires: nowSec() - 3600 })) },
     { name: 'release: issued a day in the future', reason: 'not-yet-valid', bytes: () => signed(body({ issued: nowSec() + 86_400, expires: nowSec() + 90_000 })) },
     { name: 'release: replayed sequence number', reason: 'replayed', bytes: () => signed(body({ seq: acceptedSeq })) },
@@ -153,10 +193,14 @@ describe('bad-input corpus: releases (release keys 2-of-2, a separate rollout ke
     { name: 'release: empty manifest sigs', reason: 'malformed-release', bytes: () => envelope(body(), () => []) },
     { name: 'release: a 63-byte signature', reason: 'malformed-release', bytes: () => envelope(body(), (m) => [sig(k1, m), { ...sig(k2, m), s: sig(k2, m).s.subarray(0, 63) }]) },
     { name: 'release: manifest body of protocol version 2', reason: 'malformed-release', bytes: () => envelope(body(), undefined, undefined, cborEncode({ ...(cborDecode(manifestOf(body())) as object), v: 2 })) },
-    { name: 'release: a manifest where the assignment belongs, signed by the rollout key (type confusion)', reason: 'malformed-release', bytes: () => {
-      const m = manifestOf(body());
-      return cborEncode({ v: 1, manifest: cborEncode({ body: m, sigs: [sig(k1, m), sig(k2, m)] }), assignment: cborEncode({ body: m, sigs: [sig(r1, m)] }) });
-    } },
+    {
+      name: 'release: a manifest where the assignment belongs, signed by the rollout key (type confusion)',
+      reason: 'malformed-release',
+      bytes: () => {
+        const m = manifestOf(body());
+        return cborEncode({ v: 1, manifest: cborEncode({ body: m, sigs: [sig(k1, m), sig(k2, m)] }), assignment: cborEncode({ body: m, sigs: [sig(r1, m)] }) });
+      },
+    },
   ];
 
   for (const c of releaseCases) {
@@ -170,7 +214,20 @@ describe('bad-input corpus: releases (release keys 2-of-2, a separate rollout ke
     const u = synthesizeUpdate(f.update.target, 3, 77);
     const from = watch.history.length;
     const t0 = Date.now();
-    await publishUpdate({ transport: pub, topics, payloads: [u.payload], keys: [k1, k2], rolloutKeys: [r1], trust: agentTrust, model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
+    await publishUpdate({
+      transport: pub,
+      topics,
+      payloads: [u.payload],
+      keys: [k1, k2],
+      rolloutKeys: [r1],
+      trust: agentTrust,
+      model: MODEL,
+      group: GROUP,
+      chunkSize: CHUNK,
+      ttlSeconds: 3600,
+      seq: nextSeq(),
+      log: silentLogger,
+    });
     await watch.after(ID, from, t0, (s) => s.state === 'ok' && s.running === u.targetDigest);
     expect(await currentDigest(f, ID)).toBe(u.targetDigest);
   });
@@ -219,16 +276,20 @@ describe('bad-input corpus: payloads (validly signed releases naming bad payload
     await f?.close();
   });
 
-  const viaPublish = (payload: Uint8Array, group = GROUP) => () =>
-    publishUpdate({ transport: pub, topics, payloads: [payload], keys: [key], rolloutKeys: [rkey], model: MODEL, group, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
+  const viaPublish =
+    (payload: Uint8Array, group = GROUP) =>
+    () =>
+      publishUpdate({ transport: pub, topics, payloads: [payload], keys: [key], rolloutKeys: [rkey], model: MODEL, group, chunkSize: CHUNK, ttlSeconds: 3600, seq: nextSeq(), log: silentLogger });
   /** For payloads publishUpdate refuses to decode: upload the bytes, sign a release naming them. */
-  const viaUpload = (payload: Uint8Array, over: Partial<ReleaseStep> = {}) => async () => {
-    const up = await uploadPayload({ transport: pub, topics, model: MODEL, payload, chunkSize: CHUNK, log: silentLogger });
-    const target = hex64(40);
-    const now = nowSec();
-    const b: ReleaseDraft = { model: MODEL, group: GROUP, seq: nextSeq(), issued: now, expires: now + 3600, target, steps: [{ ...stepOf(up, base, target), ...over }], rollback: false, previous: null };
-    await pub.publish(topics.release(GROUP, MODEL), signRelease(b, [key], [rkey]), { qos: 1, retain: true });
-  };
+  const viaUpload =
+    (payload: Uint8Array, over: Partial<ReleaseStep> = {}) =>
+    async () => {
+      const up = await uploadPayload({ transport: pub, topics, model: MODEL, payload, chunkSize: CHUNK, log: silentLogger });
+      const target = hex64(40);
+      const now = nowSec();
+      const b: ReleaseDraft = { model: MODEL, group: GROUP, seq: nextSeq(), issued: now, expires: now + 3600, target, steps: [{ ...stepOf(up, base, target), ...over }], rollback: false, previous: null };
+      await pub.publish(topics.release(GROUP, MODEL), signRelease(b, [key], [rkey]), { qos: 1, retain: true });
+    };
   const lowRank = (name: string, shape: number[], u: Uint8Array, v: Uint8Array, rank = 1): TensorDelta => ({ name, shape, rank, dtype: 'f32', u, v });
   const payloadOf = (tensors: TensorDelta[], b = base, t = hex64(41)) => encodePayload({ v: 1, base: b, target: t, tensors });
   /** Raw CBOR, for payloads the encoder refuses. */
@@ -241,19 +302,31 @@ describe('bad-input corpus: payloads (validly signed releases naming bad payload
     { name: 'payload: factors that overflow to Inf when applied', reason: 'non-finite', act: () => viaPublish(payloadOf([lowRank('layers.0.weight', [64, 96], fill32(64, 1e30), fill32(96, 1e30))])) },
     { name: 'payload: NaN in a factor', reason: 'non-finite', act: () => viaUpload(rawPayload([w0({ u: f32(NaN, ...new Array<number>(63).fill(0)) })])) },
     { name: 'payload: Inf in an f16 factor', reason: 'non-finite', act: () => viaUpload(rawPayload([w0({ dtype: 'f16', u: new Uint8Array(128).fill(0).map((_, i) => (i === 1 ? 0x7c : 0)), v: new Uint8Array(192) })])) },
-    { name: 'payload: NaN in an i8 scale', reason: 'non-finite', act: () => viaUpload(rawPayload([w0({ dtype: 'i8', u: new Uint8Array(64), v: new Uint8Array(96), scales: { u: f32(NaN, ...new Array<number>(63).fill(1)), v: f32(1) } })])) },
+    {
+      name: 'payload: NaN in an i8 scale',
+      reason: 'non-finite',
+      act: () => viaUpload(rawPayload([w0({ dtype: 'i8', u: new Uint8Array(64), v: new Uint8Array(96), scales: { u: f32(NaN, ...new Array<number>(63).fill(1)), v: f32(1) } })])),
+    },
     { name: 'payload: rank 0', reason: 'malformed-payload', act: () => viaUpload(rawPayload([w0({ rank: 0, u: new Uint8Array(0), v: new Uint8Array(0) })])) },
     { name: 'payload: factor bytes of the wrong length', reason: 'malformed-payload', act: () => viaUpload(rawPayload([w0({ u: fill32(63, 0.01) })])) },
     { name: 'payload: an unexpected field', reason: 'malformed-payload', act: () => viaUpload(rawPayload([w0()], { extra: true })) },
     { name: 'payload: the same tensor twice', reason: 'malformed-payload', act: () => viaUpload(rawPayload([w0(), w0()])) },
     { name: 'payload: truncated bytes (the release hashes the truncated bytes)', reason: 'malformed-payload', act: () => viaUpload(f.update.payload.subarray(0, f.update.payload.byteLength - 100)) },
     { name: 'payload: not CBOR at all', reason: 'malformed-payload', act: () => viaUpload(new Uint8Array(3000).fill(0xff)) },
-    { name: 'payload: names other base/target digests than the release', reason: 'malformed-payload', act: () => viaUpload(payloadOf([lowRank('layers.0.weight', [64, 96], fill32(64, 0.01), fill32(96, 0.01))], hex64(50), hex64(51))) },
-    { name: 'payload: bytes that do not hash to the release value', reason: 'payload-hash-mismatch', act: () => {
-      const p = payloadOf([lowRank('layers.2.weight', [10, 128], fill32(10, 0.01), fill32(128, 0.01))]);
-      const sha = sha256Hex(p);
-      return viaUpload(p, { sha256: sha.slice(0, 63) + (sha[63] === '0' ? '1' : '0') });
-    } },
+    {
+      name: 'payload: names other base/target digests than the release',
+      reason: 'malformed-payload',
+      act: () => viaUpload(payloadOf([lowRank('layers.0.weight', [64, 96], fill32(64, 0.01), fill32(96, 0.01))], hex64(50), hex64(51))),
+    },
+    {
+      name: 'payload: bytes that do not hash to the release value',
+      reason: 'payload-hash-mismatch',
+      act: () => {
+        const p = payloadOf([lowRank('layers.2.weight', [10, 128], fill32(10, 0.01), fill32(128, 0.01))]);
+        const sha = sha256Hex(p);
+        return viaUpload(p, { sha256: sha.slice(0, 63) + (sha[63] === '0' ? '1' : '0') });
+      },
+    },
     { name: 'payload: the result does not have the digest the release names', reason: 'digest-mismatch', act: () => viaPublish(payloadOf([lowRank('layers.0.weight', [64, 96], fill32(64, 0.01), fill32(96, 0.01))])) },
     { name: 'payload: an update touching an I8 tensor', reason: 'unsupported-dtype', agent8: true, act: () => viaPublish(payloadOf([lowRank('q.weight', [4, 4], fill32(4, 0.1), fill32(4, 0.1))], base8), GROUP8) },
   ];

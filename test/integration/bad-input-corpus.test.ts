@@ -28,9 +28,7 @@ import type { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { expectNoEventWithin } from '../support/wait.ts';
-import {
-  CHUNK, connect, createFixture, currentDigest, MODEL, publish, SMALL_LAYERS, startAgent, StatusWatch, tempDir, topics, type Fixture,
-} from '../support/harness.ts';
+import { CHUNK, connect, createFixture, currentDigest, MODEL, publish, SMALL_LAYERS, startAgent, StatusWatch, tempDir, topics, type Fixture } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 let cases = 0;
@@ -40,7 +38,11 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 // --- frames -------------------------------------------------------------------
 
-interface Ctx { updateId: string; payload: Uint8Array; chunks: number }
+interface Ctx {
+  updateId: string;
+  payload: Uint8Array;
+  chunks: number;
+}
 interface FrameCase {
   name: string;
   /** Frames to inject in answer to this request (called for every request of the device; `n` counts them). */
@@ -67,7 +69,10 @@ const onFirstChunks = (make: (c: Ctx, i: number) => Uint8Array[]) => {
   };
 };
 /** Inject on the list request, before the server's list. */
-const onList = (make: (c: Ctx) => Uint8Array[]) => (req: ChunkRequest, c: Ctx, n: number): Uint8Array[] => (req.list && n === 0 ? make(c) : []);
+const onList =
+  (make: (c: Ctx) => Uint8Array[]) =>
+  (req: ChunkRequest, c: Ctx, n: number): Uint8Array[] =>
+    req.list && n === 0 ? make(c) : [];
 
 function frameCases(): FrameCase[] {
   const ok = { state: 'ok' } as const;
@@ -76,21 +81,67 @@ function frameCases(): FrameCase[] {
     { name: 'frame: truncated CBOR of a chunk frame is dropped', dropped: 'malformed-frame', end: ok, inject: onFirstChunks((c, i) => [goodChunk(c, i).subarray(0, 40)]) },
     { name: 'frame: malformed CBOR (a break byte, garbage) is dropped', dropped: 'malformed-frame', end: ok, inject: onFirstChunks(() => [new Uint8Array([0xff, 0xfe, 0x00, 0x41])]) },
     { name: 'frame: two CBOR items (trailing bytes) are dropped', dropped: 'malformed-frame', end: ok, inject: onFirstChunks((c, i) => [Buffer.concat([goodChunk(c, i), new Uint8Array([0])])]) },
-    { name: 'frame: update id that is not 32 hex digits is dropped', dropped: 'malformed-frame', end: ok, inject: onFirstChunks((c, i) => [cborEncode({ v: 1, u: c.updateId.toUpperCase(), i, n: c.chunks, d: chunkOf(c, i) })]) },
+    {
+      name: 'frame: update id that is not 32 hex digits is dropped',
+      dropped: 'malformed-frame',
+      end: ok,
+      inject: onFirstChunks((c, i) => [cborEncode({ v: 1, u: c.updateId.toUpperCase(), i, n: c.chunks, d: chunkOf(c, i) })]),
+    },
     { name: 'frame: chunk index >= count is dropped', dropped: 'malformed-frame', end: ok, inject: onFirstChunks((c) => [cborEncode({ v: 1, u: c.updateId, i: c.chunks, n: c.chunks, d: new Uint8Array(10) })]) },
     { name: 'frame: protocol version 2 is dropped', dropped: 'malformed-frame', end: ok, inject: onFirstChunks((c, i) => [cborEncode({ v: 2, u: c.updateId, i, n: c.chunks, d: chunkOf(c, i) })]) },
     { name: 'frame: chunk data that is not a byte string is dropped', dropped: 'malformed-frame', end: ok, inject: onFirstChunks((c, i) => [cborEncode({ v: 1, u: c.updateId, i, n: c.chunks, d: 'text' })]) },
-    { name: 'frame: a well-formed chunk of another update is ignored', end: ok, badChunks: 0, inject: onFirstChunks((c, i) => [encodeFrame({ kind: 'chunk', updateId: 'f'.repeat(32), index: i, count: c.chunks, data: chunkOf(c, i) })]) },
-    { name: 'frame: a chunk with another count than the release is ignored', end: ok, badChunks: 0, inject: onFirstChunks((c, i) => [encodeFrame({ kind: 'chunk', updateId: c.updateId, index: i, count: c.chunks + 1, data: new Uint8Array(CHUNK) })]) },
-    { name: 'frame: a chunk before the chunk list is ignored', end: ok, badChunks: 0, inject: onList((c) => [encodeFrame({ kind: 'chunk', updateId: c.updateId, index: 0, count: c.chunks, data: new Uint8Array(CHUNK) })]) },
+    {
+      name: 'frame: a well-formed chunk of another update is ignored',
+      end: ok,
+      badChunks: 0,
+      inject: onFirstChunks((c, i) => [encodeFrame({ kind: 'chunk', updateId: 'f'.repeat(32), index: i, count: c.chunks, data: chunkOf(c, i) })]),
+    },
+    {
+      name: 'frame: a chunk with another count than the release is ignored',
+      end: ok,
+      badChunks: 0,
+      inject: onFirstChunks((c, i) => [encodeFrame({ kind: 'chunk', updateId: c.updateId, index: i, count: c.chunks + 1, data: new Uint8Array(CHUNK) })]),
+    },
+    {
+      name: 'frame: a chunk before the chunk list is ignored',
+      end: ok,
+      badChunks: 0,
+      inject: onList((c) => [encodeFrame({ kind: 'chunk', updateId: c.updateId, index: 0, count: c.chunks, data: new Uint8Array(CHUNK) })]),
+    },
     { name: 'frame: an oversized chunk is dropped, counted and asked for again', end: ok, badChunks: 1, inject: onFirstChunks((c, i) => [oversized(c, i)]) },
-    { name: 'frame: a chunk of the right size with wrong bytes is counted', end: ok, badChunks: 1, inject: onFirstChunks((c, i) => [encodeFrame({ kind: 'chunk', updateId: c.updateId, index: i, count: c.chunks, data: chunkOf(c, i).map((x) => x ^ 1) })]) },
+    {
+      name: 'frame: a chunk of the right size with wrong bytes is counted',
+      end: ok,
+      badChunks: 1,
+      inject: onFirstChunks((c, i) => [encodeFrame({ kind: 'chunk', updateId: c.updateId, index: i, count: c.chunks, data: chunkOf(c, i).map((x) => x ^ 1) })]),
+    },
     { name: 'frame: a duplicate of a good chunk is harmless (counted as duplicate)', end: ok, badChunks: 0, duplicates: true, inject: onFirstChunks((c, i) => [goodChunk(c, i), goodChunk(c, i)]) },
-    { name: 'frame: three bad copies of one chunk → failed corrupt-source', end: { state: 'failed', reason: 'corrupt-source' }, badChunks: 3, inject: onFirstChunks((c, i) => [oversized(c, i), oversized(c, i), oversized(c, i)]) },
-    { name: 'frame: chunk list with the wrong hash → failed chunk-list-mismatch', end: { state: 'failed', reason: 'chunk-list-mismatch' }, inject: onList((c) => [encodeFrame({ kind: 'list', updateId: c.updateId, count: c.chunks, list: chunkList(c.payload, CHUNK).map((x, k) => (k === 5 ? x ^ 0xff : x)) })]) },
-    { name: 'frame: chunk list with another count → failed chunk-list-mismatch', end: { state: 'failed', reason: 'chunk-list-mismatch' }, inject: onList((c) => [encodeFrame({ kind: 'list', updateId: c.updateId, count: c.chunks + 1, list: new Uint8Array(32 * (c.chunks + 1)) })]) },
-    { name: 'frame: error frame unknown-update → failed unknown-update', end: { state: 'failed', reason: 'unknown-update' }, inject: onList((c) => [encodeFrame({ kind: 'error', updateId: c.updateId, error: 'unknown-update' })]) },
-    { name: 'frame: error frame bad-request → failed malformed-frame', end: { state: 'failed', reason: 'malformed-frame' }, inject: onList((c) => [encodeFrame({ kind: 'error', updateId: c.updateId, error: 'bad-request' })]) },
+    {
+      name: 'frame: three bad copies of one chunk → failed corrupt-source',
+      end: { state: 'failed', reason: 'corrupt-source' },
+      badChunks: 3,
+      inject: onFirstChunks((c, i) => [oversized(c, i), oversized(c, i), oversized(c, i)]),
+    },
+    {
+      name: 'frame: chunk list with the wrong hash → failed chunk-list-mismatch',
+      end: { state: 'failed', reason: 'chunk-list-mismatch' },
+      inject: onList((c) => [encodeFrame({ kind: 'list', updateId: c.updateId, count: c.chunks, list: chunkList(c.payload, CHUNK).map((x, k) => (k === 5 ? x ^ 0xff : x)) })]),
+    },
+    {
+      name: 'frame: chunk list with another count → failed chunk-list-mismatch',
+      end: { state: 'failed', reason: 'chunk-list-mismatch' },
+      inject: onList((c) => [encodeFrame({ kind: 'list', updateId: c.updateId, count: c.chunks + 1, list: new Uint8Array(32 * (c.chunks + 1)) })]),
+    },
+    {
+      name: 'frame: error frame unknown-update → failed unknown-update',
+      end: { state: 'failed', reason: 'unknown-update' },
+      inject: onList((c) => [encodeFrame({ kind: 'error', updateId: c.updateId, error: 'unknown-update' })]),
+    },
+    {
+      name: 'frame: error frame bad-request → failed malformed-frame',
+      end: { state: 'failed', reason: 'malformed-frame' },
+      inject: onList((c) => [encodeFrame({ kind: 'error', updateId: c.updateId, error: 'bad-request' })]),
+    },
   ];
 }
 
@@ -103,8 +154,11 @@ describe('bad-input corpus: frames injected while downloading', () => {
   let hook: ((req: ChunkRequest, updateId: string) => void) | undefined;
   const logs: Array<{ msg: string; error?: string }> = [];
   const capture: Logger = {
-    debug: () => undefined, info: () => undefined, error: (msg, x) => logs.push({ msg, ...x }),
-    warn: (msg, x) => logs.push({ msg, ...x }), child: () => capture,
+    debug: () => undefined,
+    info: () => undefined,
+    error: (msg, x) => logs.push({ msg, ...x }),
+    warn: (msg, x) => logs.push({ msg, ...x }),
+    child: () => capture,
   };
   let running: { model: Uint8Array; digest: string };
   let send: (c: Ctx, frames: Uint8Array[]) => Promise<void>;
@@ -114,13 +168,18 @@ describe('bad-input corpus: frames injected while downloading', () => {
     f = await createFixture('corpus-frames', { updateServer: false });
     const serverT = await connect(f, 'corpus-slow-server');
     const slow = {
-      ...serverT, connected: true,
+      ...serverT,
+      connected: true,
       publish: async (t: string, p: Uint8Array | string, o?: object) => {
         if (t.includes('/to/')) await sleep(150);
         return serverT.publish(t, p, o);
       },
-      subscribe: serverT.subscribe.bind(serverT), unsubscribe: serverT.unsubscribe.bind(serverT), onMessage: serverT.onMessage.bind(serverT),
-      onConnect: serverT.onConnect.bind(serverT), onDisconnect: serverT.onDisconnect.bind(serverT), close: serverT.close.bind(serverT),
+      subscribe: serverT.subscribe.bind(serverT),
+      unsubscribe: serverT.unsubscribe.bind(serverT),
+      onMessage: serverT.onMessage.bind(serverT),
+      onConnect: serverT.onConnect.bind(serverT),
+      onDisconnect: serverT.onDisconnect.bind(serverT),
+      close: serverT.close.bind(serverT),
     } as MqttTransport;
     server = new UpdateServer({ transport: slow, store: new ContentStore(path.join(f.dir, 'store')), topics, log: silentLogger });
     await server.start();
@@ -240,11 +299,13 @@ describe('bad-input corpus: model files (digestModelFile and `fleet apply`)', ()
     const update = path.join(dir, 'update.cbor');
     await fs.writeFile(update, encodeUpdateFile(synthesizeUpdate(synthesizeModel(7, SMALL_LAYERS), 3, 8).payload));
     // The CLI runs in parallel (each start of tsx takes a while on two cores).
-    await Promise.all(modelCases.map(async (c, k) => {
-      const model = path.join(dir, `bad-${k}.safetensors`);
-      await fs.writeFile(model, c.bytes);
-      cli.set(c.name, await fleet(['apply', '--model', model, '--update', update, '--out', path.join(dir, `out-${k}.safetensors`)]));
-    }));
+    await Promise.all(
+      modelCases.map(async (c, k) => {
+        const model = path.join(dir, `bad-${k}.safetensors`);
+        await fs.writeFile(model, c.bytes);
+        cli.set(c.name, await fleet(['apply', '--model', model, '--update', update, '--out', path.join(dir, `out-${k}.safetensors`)]));
+      }),
+    );
   }, 60_000);
 
   afterAll(async () => {
@@ -254,7 +315,10 @@ describe('bad-input corpus: model files (digestModelFile and `fleet apply`)', ()
   modelCases.forEach((c, k) => {
     it(c.name, async () => {
       cases++;
-      const err = await digestModelFile(path.join(dir, `bad-${k}.safetensors`)).then(() => undefined, (e: unknown) => e);
+      const err = await digestModelFile(path.join(dir, `bad-${k}.safetensors`)).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       expect(err).toBeInstanceOf(ProtocolError);
       expect((err as ProtocolError).code).toBe('malformed-model');
       expect((err as ProtocolError).message).toMatch(c.detail);

@@ -56,7 +56,10 @@ describe('fleet build, inspect and apply from the command line', () => {
   it('--method auto with --calib builds compact kinds, and inspect shows per tensor the method, bits and error', async () => {
     const out = path.join(dir, 'auto.cbor');
     const calib = path.join(dir, 'stats.safetensors');
-    const diag = encodeValues(Float64Array.from({ length: 16 }, (_, j) => 1 + j), 'F32');
+    const diag = encodeValues(
+      Float64Array.from({ length: 16 }, (_, j) => 1 + j),
+      'F32',
+    );
     await fs.writeFile(calib, writeSafetensors([{ name: 'enc.q_proj.weight', dtype: 'F32', shape: [16], data: diag }]));
     const b = fleet(['build', '--base', files.base, '--target', files.target, '--out', out, '--budget', '400', '--method', 'auto', '--calib', calib, '--yes']);
     expect(b.code, b.err).toBe(0);

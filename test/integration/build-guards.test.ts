@@ -46,13 +46,18 @@ describe('fleet build checks --out before it computes', () => {
   it('names a missing directory before reading any model', () => {
     const out = path.join(dir, 'no-such-dir', 'u.cbor');
     // The target does not exist either: the --out check comes first.
-    expectOneLine(fleet(['build', '--base', low.base, '--target', path.join(dir, 'missing.safetensors'), '--rank', '2', '--out', out]),
-      new RegExp(`cannot write --out ${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: its directory does not exist`));
+    expectOneLine(
+      fleet(['build', '--base', low.base, '--target', path.join(dir, 'missing.safetensors'), '--rank', '2', '--out', out]),
+      new RegExp(`cannot write --out ${out.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: its directory does not exist`),
+    );
   });
 
   it('names a directory given as --out, a file used as a directory, and a directory it may not write', async () => {
     expectOneLine(fleet(['build', '--base', low.base, '--target', low.target, '--rank', '2', '--out', dir]), /cannot write --out .*: it is a directory/);
-    expectOneLine(fleet(['build', '--base', low.base, '--target', low.target, '--rank', '2', '--out', path.join(low.base, 'u.cbor')]), /cannot write --out .*base\.safetensors\/u\.cbor: a part of its path is not a directory/);
+    expectOneLine(
+      fleet(['build', '--base', low.base, '--target', low.target, '--rank', '2', '--out', path.join(low.base, 'u.cbor')]),
+      /cannot write --out .*base\.safetensors\/u\.cbor: a part of its path is not a directory/,
+    );
     if (process.getuid?.() === 0) return; // root writes anywhere
     const ro = path.join(dir, 'ro');
     await fs.mkdir(ro);

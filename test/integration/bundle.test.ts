@@ -20,7 +20,10 @@ function fleet(args: string[]): { code: number | null; out: string; err: string 
 let dir: string;
 let keys: Awaited<ReturnType<typeof keygen>>;
 let other: Awaited<ReturnType<typeof keygen>>;
-const base = synthesizeModel(21, [[48, 32], [10, 48]]);
+const base = synthesizeModel(21, [
+  [48, 32],
+  [10, 48],
+]);
 const u1 = synthesizeUpdate(base, 2, 22);
 const u2 = synthesizeUpdate(u1.target, 2, 23);
 
@@ -39,7 +42,23 @@ afterAll(async () => {
 describe('offline installs: fleet bundle and fleet apply --bundle', () => {
   it('a chain bundle applies to a model file and installs into a device directory, as a device would; a replay is refused', async () => {
     const bundle = path.join(dir, 'chain.fleet');
-    const b = fleet(['bundle', '--update', path.join(dir, 'u2.cbor'), '--update', path.join(dir, 'u1.cbor'), '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile, '--model', 'm', '--group', 'site-7', '--out', bundle]);
+    const b = fleet([
+      'bundle',
+      '--update',
+      path.join(dir, 'u2.cbor'),
+      '--update',
+      path.join(dir, 'u1.cbor'),
+      '--key',
+      keys.keyFile,
+      '--rollout-key',
+      keys.rolloutKeyFile,
+      '--model',
+      'm',
+      '--group',
+      'site-7',
+      '--out',
+      bundle,
+    ]);
     expect(b.code, b.err).toBe(0);
     const out = path.join(dir, 'c.safetensors');
     const a = fleet(['apply', '--bundle', bundle, '--trust', keys.trustFile, '--model', path.join(dir, 'base.safetensors'), '--out', out]);

@@ -59,7 +59,24 @@ describe('the fleet command', () => {
     const first = spawnFleet(f, 'broker1', ['broker', '--port', String(port), '--data-dir', data]);
     await waitForPort(port);
     await fs.writeFile(path.join(f.dir, 'update.cbor'), encodeUpdateFile(f.update.payload));
-    const pub = fleet(['publish', '--update', path.join(f.dir, 'update.cbor'), '--key', f.keyFile, '--rollout-key', f.rolloutKeyFile, '--model', MODEL, '--group', GROUP, '--broker', url, '--chunk-size', '1024', '--yes']);
+    const pub = fleet([
+      'publish',
+      '--update',
+      path.join(f.dir, 'update.cbor'),
+      '--key',
+      f.keyFile,
+      '--rollout-key',
+      f.rolloutKeyFile,
+      '--model',
+      MODEL,
+      '--group',
+      GROUP,
+      '--broker',
+      url,
+      '--chunk-size',
+      '1024',
+      '--yes',
+    ]);
     expect(pub.code).toBe(0);
     expect(pub.out).toMatch(/published test-model for group line-1: manifest [0-9a-f]{12}, seq \d+/);
     const exit = new Promise<number | null>((res) => first.once('exit', (code) => res(code)));

@@ -42,10 +42,13 @@ describe('a list of broker URLs', () => {
     // Re-subscribed on b: a message published there arrives.
     const pub = await MqttTransport.connect({ url: b.url, clientId: 'failover-pub' }, 10_000);
     env.track(pub);
-    await until(() => {
-      void pub.publish('x/1', 'hello', { qos: 1 });
-      return got.includes('x/1');
-    }, { what: 'x/1 arriving through the re-subscription on b', timeoutMs: 20_000 });
+    await until(
+      () => {
+        void pub.publish('x/1', 'hello', { qos: 1 });
+        return got.includes('x/1');
+      },
+      { what: 'x/1 arriving through the re-subscription on b', timeoutMs: 20_000 },
+    );
     expect(t.stats().connects).toBe(2);
   });
 });

@@ -66,7 +66,7 @@ describe.skipIf(!redisBin)('two Aedes nodes on Redis', () => {
     c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
     const code = await new Promise<number | null>((r) => c.once('exit', r));
     expect(code).toBe(1);
-    expect(err).toContain('already runs the cluster\'s update server');
+    expect(err).toContain("already runs the cluster's update server");
     expect(err).toContain(String(a.port));
   });
 

@@ -10,9 +10,24 @@ describe.skipIf(!available.ok)('sim:fleet --compare-http on a delayed profile (r
   it('both the fleet devices and the HTTP resume clients end with the exact payload, over the same delayed, lossy link with a cut', async () => {
     const p = resolveLink('rural-lte-edge', { cuts: '1', 'cut-seconds': '2' });
     const r = await runFleetSim({
-      devices: 2, size: 48 * 1024, lossPercent: p.lossDownPercent, lossUpPercent: p.lossUpPercent, rateKbit: p.downKbit, rateUpKbit: p.upKbit,
-      delayMs: p.delayMs, jitterMs: p.jitterMs, cuts: p.cuts, cutSeconds: p.cutSeconds, kills: 0, kernel: true, broker: 'aedes', seed: 5,
-      timeoutSeconds: 240, compareHttp: true, profile: p.profile, log: () => undefined,
+      devices: 2,
+      size: 48 * 1024,
+      lossPercent: p.lossDownPercent,
+      lossUpPercent: p.lossUpPercent,
+      rateKbit: p.downKbit,
+      rateUpKbit: p.upKbit,
+      delayMs: p.delayMs,
+      jitterMs: p.jitterMs,
+      cuts: p.cuts,
+      cutSeconds: p.cutSeconds,
+      kills: 0,
+      kernel: true,
+      broker: 'aedes',
+      seed: 5,
+      timeoutSeconds: 240,
+      compareHttp: true,
+      profile: p.profile,
+      log: () => undefined,
     });
     // Fleet: both devices at `ok` on the update's digest. HTTP: both files' SHA-256 equal the payload's.
     expect(r.completed).toBe(2);

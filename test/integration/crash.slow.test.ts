@@ -10,7 +10,6 @@ import { createFixture, publish, spawnDevice, StatusWatch, type Fixture, MEDIUM_
 import type { DeviceStatus } from '../../protocol/status.ts';
 import { stopChild } from '../../platform/child-process.ts';
 
-
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
 afterEach(async () => {
@@ -60,7 +59,7 @@ async function killLoop(fx: Fixture, kills: number, extra: string[], seed: numbe
     const s = watch.latest.get(id)!;
     return (s.state === 'ok' || s.state === 'rolled_back') && s.target === update.targetDigest;
   };
-  for (let k = 0; k < kills; ) {
+  for (let k = 0; k < kills;) {
     // A random instant of the cycle: after its download started (or resumed), before its end.
     await watch.until(id, (s) => s.target === update.targetDigest && s.state !== 'idle', 60_000);
     await new Promise((r) => setTimeout(r, rand() * 2000));
@@ -155,8 +154,7 @@ describe('kills around the switch (no health command: the switch is the commit)'
 });
 
 /** Waits for a child to exit by itself (the agent crashed). */
-const exited = (child: ChildProcess): Promise<void> =>
-  child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once('exit', () => r()));
+const exited = (child: ChildProcess): Promise<void> => (child.exitCode !== null || child.signalCode !== null ? Promise.resolve() : new Promise((r) => child.once('exit', () => r())));
 
 describe('a crash of the agent during the trial is an attempt, not a verdict', () => {
   it('kills in the health window: each restart is the next attempt (1, 2, 3 of 3), then the switch back', async () => {

@@ -18,10 +18,13 @@ function fleet(args: string[], env: NodeJS.ProcessEnv = process.env): { code: nu
 
 /** ExecStart's words, unquoted as systemd does for what the generator writes (quotes, \\, %% and $$). */
 function execStart(unit: string): string[] {
-  const line = unit.split('\n').find((l) => l.startsWith('ExecStart='))!.slice('ExecStart='.length);
+  const line = unit
+    .split('\n')
+    .find((l) => l.startsWith('ExecStart='))!
+    .slice('ExecStart='.length);
   const words: string[] = [];
   const re = /"((?:[^"\\]|\\.)*)"|(\S+)/g;
-  for (let m; (m = re.exec(line)); ) words.push((m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : m[2]).replace(/%%/g, '%').replace(/\$\$/g, '$'));
+  for (let m; (m = re.exec(line));) words.push((m[1] !== undefined ? m[1].replace(/\\(.)/g, '$1') : m[2]).replace(/%%/g, '%').replace(/\$\$/g, '$'));
   return words;
 }
 
@@ -29,7 +32,7 @@ const systemdAnalyze = existsSync('/usr/bin/systemd-analyze');
 if (!systemdAnalyze) console.log('device-service: systemd-analyze is not installed; the unit is checked by running its ExecStart only');
 
 describe('fleet device install-service', () => {
-  it('writes a sandboxed unit that systemd accepts and a 0600 environment file with the password; the unit\'s own command line runs the agent', async () => {
+  it("writes a sandboxed unit that systemd accepts and a 0600 environment file with the password; the unit's own command line runs the agent", async () => {
     f = await createFixture('service');
     const dir = path.join(f.dir, 'd1');
     const units = path.join(f.dir, 'units');
@@ -37,8 +40,30 @@ describe('fleet device install-service', () => {
     const url = new URL(f.url);
     url.username = 'd1';
     url.password = 's3cret pw';
-    const r = fleet(['device', 'install-service', '--id', 'd1', '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', f.trustFile,
-      '--broker', url.toString(), '--initial', f.baseFile, '--health-cmd', 'test -s "$FLEET_MODEL_PATH"', '--unit-dir', units, '--environment-file', env]);
+    const r = fleet([
+      'device',
+      'install-service',
+      '--id',
+      'd1',
+      '--model',
+      MODEL,
+      '--group',
+      GROUP,
+      '--dir',
+      dir,
+      '--trust',
+      f.trustFile,
+      '--broker',
+      url.toString(),
+      '--initial',
+      f.baseFile,
+      '--health-cmd',
+      'test -s "$FLEET_MODEL_PATH"',
+      '--unit-dir',
+      units,
+      '--environment-file',
+      env,
+    ]);
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
     expect(r.out).toBe(`wrote ${path.join(units, 'fleet-device-d1.service')} and ${env} (mode 0600); now: systemctl daemon-reload && systemctl enable --now fleet-device-d1.service\n`);
@@ -68,8 +93,26 @@ describe('fleet device install-service', () => {
   it('refuses, before writing anything, a trust file that does not exist: the service could never start', async () => {
     f = await createFixture('service-refused');
     const units = path.join(f.dir, 'units');
-    const r = fleet(['device', 'install-service', '--id', 'd2', '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, 'd2'), '--trust', path.join(f.dir, 'nope.json'),
-      '--broker', f.url, '--unit-dir', units, '--environment-file', path.join(f.dir, 'd2.env')]);
+    const r = fleet([
+      'device',
+      'install-service',
+      '--id',
+      'd2',
+      '--model',
+      MODEL,
+      '--group',
+      GROUP,
+      '--dir',
+      path.join(f.dir, 'd2'),
+      '--trust',
+      path.join(f.dir, 'nope.json'),
+      '--broker',
+      f.url,
+      '--unit-dir',
+      units,
+      '--environment-file',
+      path.join(f.dir, 'd2.env'),
+    ]);
     expect(r.code).toBe(1);
     expect(r.err).toBe(`fleet: --trust: ${path.join(f.dir, 'nope.json')} does not exist; the service could never start\n`);
     expect(existsSync(units)).toBe(false);

@@ -8,9 +8,7 @@ import { loadSigningKey } from '../../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../../publisher/synth.ts';
 import { chunkCount, chunkRange, sha256Hex } from '../../protocol/chunks.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
-import {
-  CHUNK, connect, createFixture, currentDigest, GROUP, MODEL, publish, SMALL_LAYERS, spawnDevice, StatusWatch, topics, type Fixture, untilLog,
-} from '../support/harness.ts';
+import { CHUNK, connect, createFixture, currentDigest, GROUP, MODEL, publish, SMALL_LAYERS, spawnDevice, StatusWatch, topics, type Fixture, untilLog } from '../support/harness.ts';
 
 let f: Fixture | undefined;
 afterEach(async () => {

@@ -9,10 +9,26 @@ import { nextEvent, observeFor, until } from '../support/wait.ts';
 
 const env = useBrokerEnv('forget');
 
-
 const status = (device: string, time: string): DeviceStatus => ({
-  device, group: GROUP, model: MODEL, state: 'ok', running: 'a'.repeat(64), target: null, seq: null, updateId: null, rollback: false,
-  progress: 1, bytes: 0, totalBytes: 0, badChunks: 0, rateBps: 0, wire: null, reason: null, message: null, agent: 'x', time,
+  device,
+  group: GROUP,
+  model: MODEL,
+  state: 'ok',
+  running: 'a'.repeat(64),
+  target: null,
+  seq: null,
+  updateId: null,
+  rollback: false,
+  progress: 1,
+  bytes: 0,
+  totalBytes: 0,
+  badChunks: 0,
+  rateBps: 0,
+  wire: null,
+  reason: null,
+  message: null,
+  agent: 'x',
+  time,
 });
 
 /** What the broker retains for these devices now (a fresh subscriber's view). */
@@ -24,7 +40,10 @@ async function retained(url: string, ids: string[]): Promise<string[]> {
     const p = topics.parse(topic);
     if (payload.byteLength > 0 && (p?.kind === 'status' || p?.kind === 'presence')) got.add(`${p.deviceId} ${p.kind}`);
   });
-  await t.subscribe(ids.flatMap((id) => [topics.status(id), topics.presence(id)]), 1);
+  await t.subscribe(
+    ids.flatMap((id) => [topics.status(id), topics.presence(id)]),
+    1,
+  );
   await observeFor(500, 'the retained statuses and presences of the devices named');
   return [...got].sort();
 }
@@ -34,14 +53,17 @@ describe('fleet devices --forget / --stale', () => {
     const dir = await env.dir();
     const users = path.join(dir, 'users.json');
     const dev = (name: string) => ({ name, role: 'device' as const, group: GROUP, model: MODEL });
-    await writeUsersFile(users, { users: [
-      { name: 'op', role: 'operator', ...(await hashPassword('op-secret')) },
-      ...(await Promise.all(['old-1', 'old-2', 'live'].map(async (n) => ({ ...dev(n), ...(await hashPassword(`${n}-pw`)) })))),
-    ] });
+    await writeUsersFile(users, {
+      users: [{ name: 'op', role: 'operator', ...(await hashPassword('op-secret')) }, ...(await Promise.all(['old-1', 'old-2', 'live'].map(async (n) => ({ ...dev(n), ...(await hashPassword(`${n}-pw`)) }))))],
+    });
     const broker = await env.broker({ updateServer: false, auth: users, authPollMs: 100 });
     const url = broker.url;
     // Three devices report; two of them long ago and now offline, one online now.
-    for (const [id, time, presence] of [['old-1', '2026-01-01T00:00:00.000Z', 'offline'], ['old-2', '2026-02-01T00:00:00.000Z', 'offline'], ['live', new Date().toISOString(), 'online']] as const) {
+    for (const [id, time, presence] of [
+      ['old-1', '2026-01-01T00:00:00.000Z', 'offline'],
+      ['old-2', '2026-02-01T00:00:00.000Z', 'offline'],
+      ['live', new Date().toISOString(), 'online'],
+    ] as const) {
       const t = await MqttTransport.connect({ url, clientId: `fleet-device-${id}`, username: id, password: `${id}-pw` }, 10_000);
       env.track(t);
       await t.publish(topics.status(id), encodeStatus(status(id, time)), { qos: 1, retain: true });

@@ -8,8 +8,18 @@ if (!available.ok) console.warn(`skipping the kernel-level loss suite: ${availab
 describe.skipIf(!available.ok)('a site behind a real lossy link (network namespaces, nftables drop, tbf rate cap)', () => {
   it('every device completes and acks with 20 % loss both ways, 1 Mbit/s and a cut, without paying much extra on the wire', async () => {
     const r = await runFleetSim({
-      devices: 4, size: 96 * 1024, lossPercent: 20, rateKbit: 1000, cuts: 1, cutSeconds: 2, kills: 0,
-      kernel: true, broker: 'aedes', seed: 3, timeoutSeconds: 150, log: () => undefined,
+      devices: 4,
+      size: 96 * 1024,
+      lossPercent: 20,
+      rateKbit: 1000,
+      cuts: 1,
+      cutSeconds: 2,
+      kills: 0,
+      kernel: true,
+      broker: 'aedes',
+      seed: 3,
+      timeoutSeconds: 150,
+      log: () => undefined,
     });
     expect(r.completed).toBe(4);
     expect(r.cuts).toBe(1);

@@ -143,10 +143,7 @@ describe.skipIf(!available.ok)('NetnsLink (root, network namespaces)', () => {
     const baseBytes = b1.veth.txBytes - b0.veth.txBytes + (b1.veth.rxBytes - b0.veth.rxBytes);
     const baseRetrans = b1.site.retransSegs - b0.site.retransSegs + (b1.srv.retransSegs - b0.srv.retransSegs);
     const baseDrops = await link.drops();
-    console.log(
-      `baseline (loss 0): ${JSON.parse(base.out.trim()).ms} ms, retransmits ${baseRetrans}, ` +
-        `site veth ${baseBytes} B vs ${txBytes + rxBytes} B with loss`,
-    );
+    console.log(`baseline (loss 0): ${JSON.parse(base.out.trim()).ms} ms, retransmits ${baseRetrans}, ` + `site veth ${baseBytes} B vs ${txBytes + rxBytes} B with loss`);
     expect(baseDrops).toEqual({ srv: 0, site: 0 });
     expect(retrans).toBeGreaterThan(baseRetrans);
     expect(txBytes + rxBytes).toBeGreaterThan(baseBytes);

@@ -33,7 +33,10 @@ const capCheck = requireInCi(await createMemoryCap('check', BOARD_MEMORY));
 if (capCheck.ok) await capCheck.value.remove();
 const haveBundle = existsSync(BUNDLE);
 
-for (const [what, p] of [['Debian nodejs 18', node18], ['the emulated ARM board', board]] as const) {
+for (const [what, p] of [
+  ['Debian nodejs 18', node18],
+  ['the emulated ARM board', board],
+] as const) {
   if (!p.ok) console.log(`old-board: skipping ${what}: ${p.reason}`);
 }
 if (!capCheck.ok) console.log(`old-board: skipping the emulated ARM board (no 256 MB cap): ${capCheck.reason}`);
@@ -76,11 +79,22 @@ for (const t of targets) {
     it('runs node 18: SHA-256 of what it reads over a loopback TCP connection', async () => {
       const c = t.capped ? await boardCap('probe') : undefined;
       const r = await runProbe(node(), { cap: c });
-      console.log(`old-board: ${JSON.stringify({
-        run: 'probe', node: node().label, arch: r.reply.arch, version: r.reply.version, wallMs: Math.round(r.wallMs), probeMs: r.reply.ms,
-        guestRssMB: r.reply.rss ? MB(r.reply.rss) : null /* qemu-user reports 0 */, hostHwmMB: MB(r.hwmBytes), hostAnonPeakMB: MB(r.anonPeakBytes),
-        cgroupPeakMB: MB(r.cgroupPeakBytes), cgroupAnonPeakMB: MB(r.cgroupAnonPeakBytes), capMB: c ? MB(c.limitBytes) : null,
-      })}`);
+      console.log(
+        `old-board: ${JSON.stringify({
+          run: 'probe',
+          node: node().label,
+          arch: r.reply.arch,
+          version: r.reply.version,
+          wallMs: Math.round(r.wallMs),
+          probeMs: r.reply.ms,
+          guestRssMB: r.reply.rss ? MB(r.reply.rss) : null /* qemu-user reports 0 */,
+          hostHwmMB: MB(r.hwmBytes),
+          hostAnonPeakMB: MB(r.anonPeakBytes),
+          cgroupPeakMB: MB(r.cgroupPeakBytes),
+          cgroupAnonPeakMB: MB(r.cgroupAnonPeakBytes),
+          capMB: c ? MB(c.limitBytes) : null,
+        })}`,
+      );
       expect(r.code).toBe(0);
       expect(r.reply.sha256).toBe(r.sentSha256);
       expect(r.reply.version).toMatch(/^v18\./);
@@ -93,29 +107,45 @@ for (const t of targets) {
     }, 600_000);
 
     // Only where there is a cap.
-    if (t.capped) it('the 256 MB cap is real: a program that fills 400 MB is killed', async () => {
-      const c = await boardCap('overfill');
-      const fill = 'const a = []; for (let i = 0; i < 40; i++) a.push(Buffer.alloc(10 << 20, i + 1)); console.log(a.length);';
-      const r = await runForeign(node(), ['-e', fill], { cap: c, timeoutMs: 300_000 });
-      console.log(`old-board: ${JSON.stringify({ run: 'overfill', node: node().label, exit: r.code ?? r.signal, oomKills: r.oomKills, cgroupPeakMB: MB(r.cgroupPeakBytes) })}`);
-      expect(r.stdout).not.toContain('40');
-      expect(r.signal).toBe('SIGKILL');
-      expect(r.oomKills).toBeGreaterThan(0);
-    }, 600_000);
+    if (t.capped)
+      it('the 256 MB cap is real: a program that fills 400 MB is killed', async () => {
+        const c = await boardCap('overfill');
+        const fill = 'const a = []; for (let i = 0; i < 40; i++) a.push(Buffer.alloc(10 << 20, i + 1)); console.log(a.length);';
+        const r = await runForeign(node(), ['-e', fill], { cap: c, timeoutMs: 300_000 });
+        console.log(`old-board: ${JSON.stringify({ run: 'overfill', node: node().label, exit: r.code ?? r.signal, oomKills: r.oomKills, cgroupPeakMB: MB(r.cgroupPeakBytes) })}`);
+        expect(r.stdout).not.toContain('40');
+        expect(r.signal).toBe('SIGKILL');
+        expect(r.oomKills).toBeGreaterThan(0);
+      }, 600_000);
 
-    it.skipIf(!haveBundle)(`completes a real update with ${path.relative(process.cwd(), BUNDLE)}`, async () => {
-      f = await createFixture('old-board', { layers: LAYERS, rank: LAYERS ? 8 : undefined });
-      const c = t.capped ? await boardCap('device') : undefined;
-      const r = await runDeviceUpdate(f, node(), BUNDLE, { id: t.capped ? 'board-1' : 'node18-1', cap: c });
-      console.log(`old-board: ${JSON.stringify({
-        run: 'device-update', node: node().label, modelBytes: f.base.byteLength, idleMs: Math.round(r.idleMs), updateMs: Math.round(r.updateMs), payloadBytes: r.bytes, wire: r.wire,
-        hostHwmMB: MB(r.hwmBytes), hostAnonPeakMB: MB(r.anonPeakBytes),
-        cgroupPeakMB: MB(r.cgroupPeakBytes), cgroupAnonPeakMB: MB(r.cgroupAnonPeakBytes), capMB: c ? MB(c.limitBytes) : null,
-      })}`);
-      expect(r.running).toBe(f.update.targetDigest);
-      expect(r.diskDigest).toBe(f.update.targetDigest);
-      expect(r.bytes).toBe(f.update.payload.byteLength);
-      if (c) expect(r.oomKills).toBe(0);
-    }, 900_000);
+    it.skipIf(!haveBundle)(
+      `completes a real update with ${path.relative(process.cwd(), BUNDLE)}`,
+      async () => {
+        f = await createFixture('old-board', { layers: LAYERS, rank: LAYERS ? 8 : undefined });
+        const c = t.capped ? await boardCap('device') : undefined;
+        const r = await runDeviceUpdate(f, node(), BUNDLE, { id: t.capped ? 'board-1' : 'node18-1', cap: c });
+        console.log(
+          `old-board: ${JSON.stringify({
+            run: 'device-update',
+            node: node().label,
+            modelBytes: f.base.byteLength,
+            idleMs: Math.round(r.idleMs),
+            updateMs: Math.round(r.updateMs),
+            payloadBytes: r.bytes,
+            wire: r.wire,
+            hostHwmMB: MB(r.hwmBytes),
+            hostAnonPeakMB: MB(r.anonPeakBytes),
+            cgroupPeakMB: MB(r.cgroupPeakBytes),
+            cgroupAnonPeakMB: MB(r.cgroupAnonPeakBytes),
+            capMB: c ? MB(c.limitBytes) : null,
+          })}`,
+        );
+        expect(r.running).toBe(f.update.targetDigest);
+        expect(r.diskDigest).toBe(f.update.targetDigest);
+        expect(r.bytes).toBe(f.update.payload.byteLength);
+        if (c) expect(r.oomKills).toBe(0);
+      },
+      900_000,
+    );
   });
 }

@@ -38,11 +38,17 @@ async function setup(dir: string): Promise<{ a: string; good: string; broken: st
   const { predictions } = await onnxAccuracy(new Uint8Array(await fs.readFile(a)), readSamples(unlabelled));
   expect(new Set(predictions).size, 'the samples fall in several classes').toBeGreaterThan(1);
   const samples = path.join(dir, 'samples.safetensors');
-  await fs.writeFile(samples, writeSafetensors([
-    { name: 'inputs', dtype: 'F32', shape: [N, 2, 5, 5], data: new Uint8Array(inputs.buffer) },
-    { name: 'labels', dtype: 'I64', shape: [N], data: new Uint8Array(BigInt64Array.from(predictions, (p) => BigInt(p)).buffer) },
-  ]));
-  for (const [name, rank] of [['good', '1'], ['broken', '4']]) {
+  await fs.writeFile(
+    samples,
+    writeSafetensors([
+      { name: 'inputs', dtype: 'F32', shape: [N, 2, 5, 5], data: new Uint8Array(inputs.buffer) },
+      { name: 'labels', dtype: 'I64', shape: [N], data: new Uint8Array(BigInt64Array.from(predictions, (p) => BigInt(p)).buffer) },
+    ]),
+  );
+  for (const [name, rank] of [
+    ['good', '1'],
+    ['broken', '4'],
+  ]) {
     const r = await runFleet(['build', '--base', a, '--target', path.join(dir, `${name}.onnx`), '--rank', rank, '--out', path.join(dir, `${name}.cbor`), '--yes']);
     expect(r.code, r.err).toBe(0);
   }

@@ -72,7 +72,7 @@ describe('ONNX models through the fleet command', () => {
     expect(mixed.code).not.toBe(0);
   }, 120_000);
 
-  it('a device process started with --initial model.onnx downloads, applies and acks (DIR/current.onnx is the publisher\'s own apply, byte for byte); one on no chain takes the full ONNX model', async () => {
+  it("a device process started with --initial model.onnx downloads, applies and acks (DIR/current.onnx is the publisher's own apply, byte for byte); one on no chain takes the full ONNX model", async () => {
     f = await createFixture('onnx-e2e');
     const { a, b } = await twoModels(f.dir);
     const upd = path.join(f.dir, 'u.cbor');
@@ -103,8 +103,16 @@ describe('ONNX models through the fleet command', () => {
     const t = await MqttTransport.connect({ url: f.url, clientId: 'test-publisher-full' }, 10_000);
     try {
       await publishUpdate({
-        transport: t, topics, payloads: [payload], fullModel: new Uint8Array(await fs.readFile(expected)), ...(await fixtureKeys(f)), model: MODEL, group: GROUP,
-        chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger,
+        transport: t,
+        topics,
+        payloads: [payload],
+        fullModel: new Uint8Array(await fs.readFile(expected)),
+        ...(await fixtureKeys(f)),
+        model: MODEL,
+        group: GROUP,
+        chunkSize: CHUNK,
+        ttlSeconds: 3600,
+        log: silentLogger,
       });
     } finally {
       await t.close();

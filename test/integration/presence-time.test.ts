@@ -7,7 +7,11 @@ afterEach(async () => {
   f = undefined;
 });
 
-interface Row { device: string; online: boolean | null; presenceSince: string | null }
+interface Row {
+  device: string;
+  online: boolean | null;
+  presenceSince: string | null;
+}
 
 async function devices(fx: Fixture): Promise<Row[]> {
   const r = await runFleet(['devices', '--broker', fx.url, '--json', '--wait', '800']);
@@ -18,7 +22,7 @@ async function devices(fx: Fixture): Promise<Row[]> {
 const seconds = (iso: string | null | undefined): number => (iso ? Date.parse(iso) / 1000 : NaN);
 
 describe('presence carries the time it changed', () => {
-  it('fleet devices shows it: online since connect, offline since a clean stop, and since the broker published a killed agent\'s will', async () => {
+  it("fleet devices shows it: online since connect, offline since a clean stop, and since the broker published a killed agent's will", async () => {
     f = await createFixture('presence-time');
     const watch = await StatusWatch.start(f);
     const t0 = Math.floor(Date.now() / 1000);

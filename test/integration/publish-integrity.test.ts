@@ -29,7 +29,6 @@ async function builtAndDamaged(fx: Fixture): Promise<{ good: string; damaged: st
   return { good, damaged, target };
 }
 
-
 describe('an update file damaged after fleet build is refused before a byte is uploaded', () => {
   it('fleet publish, inspect and apply name the damaged file; nothing reaches the broker; the intact file publishes', async () => {
     f = await createFixture('integrity');
@@ -38,8 +37,8 @@ describe('an update file damaged after fleet build is refused before a byte is u
     const seen: string[] = [];
     spy.onMessage((topic) => seen.push(topic));
     await spy.subscribe(['fleet/#'], 1);
-    const publish = (file: string) => runFleet(['publish', '--update', file, '--key', f!.keyFile, '--rollout-key', f!.rolloutKeyFile,
-      '--model', MODEL, '--group', GROUP, '--broker', f!.url, '--chunk-size', '1024', '--yes']);
+    const publish = (file: string) =>
+      runFleet(['publish', '--update', file, '--key', f!.keyFile, '--rollout-key', f!.rolloutKeyFile, '--model', MODEL, '--group', GROUP, '--broker', f!.url, '--chunk-size', '1024', '--yes']);
     const damage = new RegExp(`^fleet: ${damaged.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is damaged: its payload's SHA-256 is not the one fleet build wrote in its header .*rebuild it\\n$`);
 
     const refused = await publish(damaged);
@@ -77,8 +76,8 @@ describe('an update file damaged after fleet build is refused before a byte is u
     // Intact as a file (its check is right), but it names a target its factors do not reach.
     const lying = path.join(f.dir, 'lying.cbor');
     await fs.writeFile(lying, encodeUpdateFile(encodePayload({ ...p, target: p.base.split('').reverse().join('') })));
-    const publish = (file: string, base: string) => runFleet(['publish', '--update', file, '--base', base, '--key', f!.keyFile, '--rollout-key', f!.rolloutKeyFile,
-      '--model', MODEL, '--group', GROUP, '--broker', f!.url, '--chunk-size', '1024', '--yes']);
+    const publish = (file: string, base: string) =>
+      runFleet(['publish', '--update', file, '--base', base, '--key', f!.keyFile, '--rollout-key', f!.rolloutKeyFile, '--model', MODEL, '--group', GROUP, '--broker', f!.url, '--chunk-size', '1024', '--yes']);
 
     const wrongBase = await publish(good, target);
     expect(wrongBase.code).toBe(1);

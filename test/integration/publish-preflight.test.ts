@@ -12,7 +12,6 @@ afterEach(async () => {
   f = undefined;
 });
 
-
 describe('fleet publish refuses what the devices would refuse, before it uploads a byte', () => {
   it('a release key alone where the fleet (trust.json beside the keys) has a rollout role; a key the trust file does not name', async () => {
     f = await createFixture('preflight');

@@ -93,10 +93,15 @@ describe('a broker restarted in the middle of a transfer loses nothing', () => {
       expect(Buffer.compare((await retained(f, releaseTopic))!, published!)).toBe(0);
 
       // Devices gone, broker stopped the same way again: the acks are still there for operators.
-      await Promise.all(f.children.splice(0).map((ch) => new Promise<void>((r) => {
-        ch.once('exit', () => r());
-        process.kill(ch.pid!, 'SIGTERM');
-      })));
+      await Promise.all(
+        f.children.splice(0).map(
+          (ch) =>
+            new Promise<void>((r) => {
+              ch.once('exit', () => r());
+              process.kill(ch.pid!, 'SIGTERM');
+            }),
+        ),
+      );
       await new Promise((r) => setTimeout(r, 300));
       await broker.kill(c.signal);
       await broker.restart();

@@ -7,7 +7,6 @@ import { decodeRequest } from '../../protocol/frames.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { connect, createFixture, currentDigest, publish, spawnDevice, StatusWatch, topics, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
 
-
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
 afterEach(async () => {

@@ -13,7 +13,6 @@ import { createFixture, exists, GROUP, MODEL, runFleet, startAgent, StatusWatch,
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
 import { until } from '../support/wait.ts';
 
-
 let f: Fixture | undefined;
 afterEach(async () => {
   await f?.close();

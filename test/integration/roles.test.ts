@@ -23,7 +23,13 @@ afterEach(async () => {
   f = undefined;
 });
 
-interface Setup { f: Fixture; release: SigningKey; rollout: SigningKey; trust: TrustFile; watch: StatusWatch }
+interface Setup {
+  f: Fixture;
+  release: SigningKey;
+  rollout: SigningKey;
+  trust: TrustFile;
+  watch: StatusWatch;
+}
 
 async function setup(tag: string): Promise<Setup> {
   f = await createFixture(tag);
@@ -60,7 +66,10 @@ describe('release keys and the rollout key', () => {
 
     // With the rollout key alone, new weights have no manifest: refused before anything is published.
     const evil = synthesizeUpdate(f.update.target, 2, 666);
-    const e = await publishUpdate({ ...common, transport: pub, payloads: [evil.payload], keys: [], rolloutKeys: [rollout], trust, group: GROUP, ttlSeconds: 3600 }).then(() => undefined, (x: unknown) => x);
+    const e = await publishUpdate({ ...common, transport: pub, payloads: [evil.payload], keys: [], rolloutKeys: [rollout], trust, group: GROUP, ttlSeconds: 3600 }).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
     expect(e).toBeInstanceOf(PublishError);
     expect((e as PublishError).code).toBe('no-manifest');
     // …and a manifest it signs itself is refused by the device as the wrong role (the rollout key in the release role's place).
@@ -69,7 +78,6 @@ describe('release keys and the rollout key', () => {
     const refused = await watch.until('r1', (s) => s.state === 'rejected');
     expect(refused.reason).toBe('wrong-role');
     expect(await currentDigest(f, 'r1')).toBe(f.update.baseDigest);
-
   });
 
   it('fleet refresh re-signs an assignment before it expires: same manifest, higher seq, later expiry; the device acks without downloading', async () => {
@@ -140,7 +148,9 @@ describe('fast-forward', () => {
     await watch.until('r4', (s) => s.state === 'ok' && s.seq === huge);
     const u = synthesizeUpdate(f.update.target, 3, 5);
     // A lower seq is refused before it is published (devices would refuse it as replayed).
-    const lower = await publishUpdate({ ...common, transport: pub, payloads: [f.update.payload, u.payload], keys: [release], rolloutKeys: [rollout], trust, group: GROUP, ttlSeconds: 3600, seq: huge - 1 }).catch((e: unknown) => e);
+    const lower = await publishUpdate({ ...common, transport: pub, payloads: [f.update.payload, u.payload], keys: [release], rolloutKeys: [rollout], trust, group: GROUP, ttlSeconds: 3600, seq: huge - 1 }).catch(
+      (e: unknown) => e,
+    );
     expect(lower).toMatchObject({ code: 'bad-seq' });
 
     // Recovery: the release key signs a trust file with a new rollout key; sequence numbers start again.

@@ -28,7 +28,9 @@ async function withPublisher<T>(fx: Fixture, fn: (t: MqttTransport, keys: Key[],
 }
 
 async function publishChain(fx: Fixture, payloads: Uint8Array[], fullModel?: Uint8Array) {
-  return withPublisher(fx, (transport, keys, rolloutKeys) => publishUpdate({ transport, topics, payloads, fullModel, keys, rolloutKeys, model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger }));
+  return withPublisher(fx, (transport, keys, rolloutKeys) =>
+    publishUpdate({ transport, topics, payloads, fullModel, keys, rolloutKeys, model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger }),
+  );
 }
 
 async function modelFiles(dir: string): Promise<string[]> {
@@ -124,7 +126,12 @@ describe('versions, chains, rollback', () => {
     const u2 = synthesizeUpdate(u1.target, 2, 41);
     const u3 = synthesizeUpdate(u2.target, 2, 42);
     const stranger = synthesizeModel(55, SMALL_LAYERS);
-    const starts: Array<[string, Uint8Array]> = [['c0', v0], ['c1', u1.target], ['c2', u2.target], ['cx', stranger]];
+    const starts: Array<[string, Uint8Array]> = [
+      ['c0', v0],
+      ['c1', u1.target],
+      ['c2', u2.target],
+      ['cx', stranger],
+    ];
     const watch = await StatusWatch.start(f);
     for (const [id, model] of starts) {
       const file = path.join(f.dir, `${id}-initial.safetensors`);

@@ -25,8 +25,17 @@ describe('sealed payloads end to end', () => {
     for (const id of ['with-key', 'no-key', 'wrong-key']) await watch.until(id, (s) => s.state === 'idle');
     const t = await MqttTransport.connect({ url: f.url, clientId: 'sealing-publisher' }, 10_000);
     const r = await publishUpdate({
-      transport: t, topics, payloads: [f.update.payload], groupKey, keys: [await loadSigningKey(f.keyFile)], rolloutKeys: [await loadSigningKey(f.rolloutKeyFile)],
-      model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger,
+      transport: t,
+      topics,
+      payloads: [f.update.payload],
+      groupKey,
+      keys: [await loadSigningKey(f.keyFile)],
+      rolloutKeys: [await loadSigningKey(f.rolloutKeyFile)],
+      model: MODEL,
+      group: GROUP,
+      chunkSize: CHUNK,
+      ttlSeconds: 3600,
+      log: silentLogger,
     });
     await t.close();
     expect(r.release.steps.every((s) => s.sealed)).toBe(true);

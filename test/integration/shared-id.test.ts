@@ -21,8 +21,11 @@ describe('two agents started with one --id', () => {
     const olderInstance = watch.latest.get('shared')!.instance;
     expect(olderInstance).toMatch(/^[0-9a-f]{16}$/);
     // spawnDevice names the directory after the id: the copy is spawned by hand with the same --id.
-    const copy = spawn(process.execPath, [FLEET_BIN, 'device', '--id', 'shared', '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, 'shared-copy'),
-      '--trust', f.trustFile, '--broker', f.url, '--initial', f.baseFile, '--idle-ms', '1000'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const copy = spawn(
+      process.execPath,
+      [FLEET_BIN, 'device', '--id', 'shared', '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, 'shared-copy'), '--trust', f.trustFile, '--broker', f.url, '--initial', f.baseFile, '--idle-ms', '1000'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     f.children.push(copy);
     let err = '';
     copy.stderr!.on('data', (d: Buffer) => (err += d.toString()));
@@ -30,7 +33,9 @@ describe('two agents started with one --id', () => {
     const code = await new Promise<number | null>((resolve) => copy.once('exit', (c) => resolve(c)));
     const seconds = (Date.now() - t0) / 1000;
     expect(code).toBe(78); // EX_CONFIG: a service manager must not restart into it
-    expect(err.trim().split('\n').at(-1)).toMatch(/^fleet: another agent uses device id shared \(instance [0-9a-f]{8}, started .*\): the broker gives the session to each in turn; this agent, the younger, stops after 3 takeovers\. Stop the other agent, or give each its own --id and --dir$/);
+    expect(err.trim().split('\n').at(-1)).toMatch(
+      /^fleet: another agent uses device id shared \(instance [0-9a-f]{8}, started .*\): the broker gives the session to each in turn; this agent, the younger, stops after 3 takeovers\. Stop the other agent, or give each its own --id and --dir$/,
+    );
     console.log(`the younger of two agents with one id gave up after ${seconds.toFixed(1)} s`);
     expect(older.exitCode).toBe(null);
     // The older one is undisturbed from now on: it installs the update and acks.

@@ -103,12 +103,15 @@ describe('fleet demo', () => {
     let out = '';
     child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr!.resume();
-    return until(() => {
-      if (child.exitCode !== null) throw new Error(`the demo exited (${child.exitCode}) before starting its devices: ${out}`);
-      const pids = /PIDs ([\d, ]+)\)/.exec(out);
-      const tmp = /data in (\S+)/.exec(out);
-      return pids && tmp ? { child, pids: pids[1].split(',').map((p) => Number(p.trim())), tmp: tmp[1] } : undefined;
-    }, { what: 'the demo to start its devices', timeoutMs: 60_000, context: () => `output: ${out}` });
+    return until(
+      () => {
+        if (child.exitCode !== null) throw new Error(`the demo exited (${child.exitCode}) before starting its devices: ${out}`);
+        const pids = /PIDs ([\d, ]+)\)/.exec(out);
+        const tmp = /data in (\S+)/.exec(out);
+        return pids && tmp ? { child, pids: pids[1].split(',').map((p) => Number(p.trim())), tmp: tmp[1] } : undefined;
+      },
+      { what: 'the demo to start its devices', timeoutMs: 60_000, context: () => `output: ${out}` },
+    );
   }
 
   it('stops its device processes, broker and temporary directory within the bound on SIGTERM', async () => {

@@ -39,10 +39,16 @@ export async function stopFixture(): Promise<StopFixture> {
   const f = await createFixture('stop', { externalUrl: 'mqtt://127.0.0.1:1' });
   const planFile = path.join(f.dir, 'plan.json');
   await fs.writeFile(path.join(f.dir, 'update.cbor'), encodeUpdateFile(f.update.payload));
-  await fs.writeFile(planFile, JSON.stringify({
-    id: 'stop-test', model: MODEL, updates: ['update.cbor'], chunkSize: 1024,
-    waves: [{ group: GROUP, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 3600, timeoutSeconds: 7200, offline: 'block' }],
-  }));
+  await fs.writeFile(
+    planFile,
+    JSON.stringify({
+      id: 'stop-test',
+      model: MODEL,
+      updates: ['update.cbor'],
+      chunkSize: 1024,
+      waves: [{ group: GROUP, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 3600, timeoutSeconds: 7200, offline: 'block' }],
+    }),
+  );
   return Object.assign(f, { planFile, runs: 0 });
 }
 
@@ -58,16 +64,22 @@ export interface CommandSpec {
 
 export const COMMANDS: CommandSpec[] = [
   {
-    name: 'device', clientId: (run) => `fleet-device-${run}`, onMute: 'publish',
+    name: 'device',
+    clientId: (run) => `fleet-device-${run}`,
+    onMute: 'publish',
     args: async (f, url, run) => ['device', '--id', run, '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, run), '--trust', f.trustFile, '--broker', url, '--initial', f.baseFile],
   },
   { name: 'serve', clientId: (_run, pid) => `fleet-update-server-${pid}`, onMute: 'subscribe', args: async (f, url, run) => ['serve', '--broker', url, '--data-dir', path.join(f.dir, run)] },
   {
-    name: 'gateway', clientId: (run) => `fleet-gateway-${run}`, onMute: 'publish',
+    name: 'gateway',
+    clientId: (run) => `fleet-gateway-${run}`,
+    onMute: 'publish',
     args: async (f, url, run) => ['gateway', '--upstream', url, '--listen', String(await freePort()), '--host', '127.0.0.1', '--data-dir', path.join(f.dir, run), '--site', run, '--group', GROUP, '--tick-ms', '100'],
   },
   {
-    name: 'rollout start', clientId: (_run, pid) => `fleet-rollout-stop-test-${pid}`, onMute: 'publish',
+    name: 'rollout start',
+    clientId: (_run, pid) => `fleet-rollout-stop-test-${pid}`,
+    onMute: 'publish',
     args: async (f, url) => ['rollout', 'start', f.planFile, '--key', f.keyFile, '--rollout-key', f.rolloutKeyFile, '--broker', url, '--settle', '200'],
   },
   { name: 'watch', clientId: (_run, pid) => `fleet-watch-${pid}-`, onMute: 'subscribe', args: async (_f, url) => ['watch', '--broker', url, '--json'] },
@@ -90,10 +102,12 @@ export async function startCommand(f: StopFixture, c: CommandSpec, url: string, 
 
 export function exitOf(child: ChildProcess, since: () => number): Promise<Exit> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve({ code: child.exitCode, signal: child.signalCode, ms: 0, signalled: false });
-  return new Promise((resolve) => child.once('exit', (code, signal) => {
-    const at = since();
-    resolve({ code, signal, ms: Number.isNaN(at) ? 0 : Date.now() - at, signalled: !Number.isNaN(at) });
-  }));
+  return new Promise((resolve) =>
+    child.once('exit', (code, signal) => {
+      const at = since();
+      resolve({ code, signal, ms: Number.isNaN(at) ? 0 : Date.now() - at, signalled: !Number.isNaN(at) });
+    }),
+  );
 }
 
 /**
@@ -166,13 +180,16 @@ export function muteReady(c: CommandSpec, client: string): (b: MuteBroker) => bo
 /** The JSON log lines of a run. */
 export async function logLines(file: string): Promise<Array<Record<string, unknown>>> {
   const text = await fs.readFile(file, 'utf8').catch(() => '');
-  return text.split('\n').filter((l) => l.startsWith('{')).map((l) => {
-    try {
-      return JSON.parse(l) as Record<string, unknown>;
-    } catch {
-      return {};
-    }
-  });
+  return text
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => {
+      try {
+        return JSON.parse(l) as Record<string, unknown>;
+      } catch {
+        return {};
+      }
+    });
 }
 
 /** What a device needs to restart: a readable pointer, journal and memory, and a current model whose digest is the one the pointer names. */

@@ -1,9 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MuteBroker } from '../support/mute-broker.ts';
-import {
-  brokerProcess, ClientWatch, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait, signalAround,
-  SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture,
-} from './stop-kit.ts';
+import { brokerProcess, ClientWatch, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait, signalAround, SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture } from './stop-kit.ts';
 
 /**
  * Issue 24, the sweep: every long-running command, SIGTERM at random offsets
@@ -71,19 +68,20 @@ describe.each(COMMANDS)('$name', (c) => {
 
   // Only these have a stop that a mute broker makes slow (a QoS 1 publish left waiting); the others stop at once
   // there, so for them there is no slow stop to interrupt, and the case is not defined (rather than skipped).
-  if (c.onMute === 'publish') it('exits at once on a second signal during a slow stop', async () => {
-    const mute = await MuteBroker.start();
-    try {
-      const { child, log, client } = await startCommand(f, c, mute.url, 60);
-      await mute.until(muteReady(c, client), `${c.name} ready on the mute broker`);
-      const first = signalAndWait(child, 'SIGTERM');
-      const second = await signalAndWait(child, 'SIGTERM', 300);
-      await first;
-      expect(second.ms).toBeLessThan(SLACK_MS);
-      expect(second.code).toBe(143);
-      expect((await logLines(log)).some((l) => l.msg === 'second signal: exiting at once')).toBe(true);
-    } finally {
-      await mute.close();
-    }
-  }, 60_000);
+  if (c.onMute === 'publish')
+    it('exits at once on a second signal during a slow stop', async () => {
+      const mute = await MuteBroker.start();
+      try {
+        const { child, log, client } = await startCommand(f, c, mute.url, 60);
+        await mute.until(muteReady(c, client), `${c.name} ready on the mute broker`);
+        const first = signalAndWait(child, 'SIGTERM');
+        const second = await signalAndWait(child, 'SIGTERM', 300);
+        await first;
+        expect(second.ms).toBeLessThan(SLACK_MS);
+        expect(second.code).toBe(143);
+        expect((await logLines(log)).some((l) => l.msg === 'second signal: exiting at once')).toBe(true);
+      } finally {
+        await mute.close();
+      }
+    }, 60_000);
 });

@@ -4,10 +4,7 @@ import { BrokerProcess } from '../support/broker-process.ts';
 import { freePort, publish } from '../support/harness.ts';
 import { MuteBroker } from '../support/mute-broker.ts';
 import { until } from '../support/wait.ts';
-import {
-  brokerProcess, ClientWatch, command, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait, signalAround,
-  SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture,
-} from './stop-kit.ts';
+import { brokerProcess, ClientWatch, command, COMMANDS, deviceDirConsistent, logLines, muteReady, signalAndWait, signalAround, SLACK_MS, startCommand, STOP_S, stopFixture, type StopFixture } from './stop-kit.ts';
 
 /**
  * Issue 24: every long-running command exits within its stop bound whatever
@@ -29,28 +26,32 @@ afterAll(async () => {
 
 describe('SIGTERM while a publish or an unsubscribe waits for an acknowledgement that never comes', () => {
   for (const c of COMMANDS) {
-    it(c.name, async () => {
-      const mute = await MuteBroker.start();
-      try {
-        const { child, run, log, client } = await startCommand(f, c, mute.url);
-        await mute.until(muteReady(c, client), `${c.name} ready on the mute broker`);
-        const e = await signalAndWait(child);
-        expect(e.ms, `${c.name} exited ${e.ms} ms after SIGTERM`).toBeLessThan(BOUND_MS);
-        expect(e.code).toBe(SIGNAL_CODE[c.name] ?? 0);
-        const lines = await logLines(log);
-        // What was left undone is named in one line (or nothing was).
-        const ends = lines.filter((l) => typeof l.msg === 'string' && /^stop(ped| abandoned)/.test(l.msg));
-        expect(ends, JSON.stringify(lines.slice(-5))).toHaveLength(1);
-        if (c.name === 'device') {
-          expect(JSON.stringify(ends[0].undone)).toContain('offline presence (timeout, optional)');
-          // Not acknowledged, so no clean DISCONNECT: a real broker sends the last will (offline) instead.
-          expect(mute.disconnects).toBe(0);
-          await deviceDirConsistent(f, run);
+    it(
+      c.name,
+      async () => {
+        const mute = await MuteBroker.start();
+        try {
+          const { child, run, log, client } = await startCommand(f, c, mute.url);
+          await mute.until(muteReady(c, client), `${c.name} ready on the mute broker`);
+          const e = await signalAndWait(child);
+          expect(e.ms, `${c.name} exited ${e.ms} ms after SIGTERM`).toBeLessThan(BOUND_MS);
+          expect(e.code).toBe(SIGNAL_CODE[c.name] ?? 0);
+          const lines = await logLines(log);
+          // What was left undone is named in one line (or nothing was).
+          const ends = lines.filter((l) => typeof l.msg === 'string' && /^stop(ped| abandoned)/.test(l.msg));
+          expect(ends, JSON.stringify(lines.slice(-5))).toHaveLength(1);
+          if (c.name === 'device') {
+            expect(JSON.stringify(ends[0].undone)).toContain('offline presence (timeout, optional)');
+            // Not acknowledged, so no clean DISCONNECT: a real broker sends the last will (offline) instead.
+            expect(mute.disconnects).toBe(0);
+            await deviceDirConsistent(f, run);
+          }
+        } finally {
+          await mute.close();
         }
-      } finally {
-        await mute.close();
-      }
-    }, 60_000);
+      },
+      60_000,
+    );
   }
 });
 
@@ -123,10 +124,13 @@ describe('fleet serve', () => {
   it('started while its broker is unreachable, waits for it (instead of exiting) and serves once it is up', async () => {
     const port = await freePort();
     const { child, log } = await startCommand(f, command('serve'), `mqtt://127.0.0.1:${port}`);
-    await until(async () => {
-      expect(child.exitCode, 'fleet serve exited').toBeNull();
-      return (await logLines(log)).some((l) => l.msg === 'subscribe failed; will retry on reconnect');
-    }, { what: 'fleet serve trying its broker', timeoutMs: 30_000, intervalMs: 100 });
+    await until(
+      async () => {
+        expect(child.exitCode, 'fleet serve exited').toBeNull();
+        return (await logLines(log)).some((l) => l.msg === 'subscribe failed; will retry on reconnect');
+      },
+      { what: 'fleet serve trying its broker', timeoutMs: 30_000, intervalMs: 100 },
+    );
     const broker = await BrokerProcess.start(port, ['--persistence', 'memory', '--no-update-server', '--data-dir', path.join(f.dir, `serve-broker-${port}`)], f.dir);
     try {
       // The upload waits for the update server's receipts: only a subscribed `fleet serve` gives them.

@@ -7,7 +7,6 @@ import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { expectNoEventWithin } from '../support/wait.ts';
 import { createFixture, currentDigest, publish, spawnDevice, spawnFleet, StatusWatch, type Fixture, MEDIUM_LAYERS, untilLog } from '../support/harness.ts';
 
-
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
 afterEach(async () => {
@@ -110,4 +109,3 @@ describe('transfer faults', () => {
     expect(failed?.message).toMatch(/no chunk for \d+ s; \d+ of \d+ chunks kept/);
   });
 });
-

@@ -23,7 +23,10 @@ describe('MqttTransport.close', () => {
     brokers.push(b);
     const t = await MqttTransport.connect({ url: b.url, clientId: 'close-test' }, 10_000);
     const pub = t.publish('x/y', 'z', { qos: 1 });
-    const failed = pub.then(() => 'acked', (e: Error) => e.message);
+    const failed = pub.then(
+      () => 'acked',
+      (e: Error) => e.message,
+    );
     await b.until((m) => m.published.includes('x/y'), 'the publish');
     const t0 = Date.now();
     await within(t.close(300), 5000, 'close');
@@ -38,7 +41,10 @@ describe('MqttTransport.close', () => {
     brokers.push(b);
     const t = MqttTransport.start({ url: b.url, clientId: 'close-test-2', reconnectMinMs: 100 });
     await b.until((m) => m.connections > 0, 'a connection attempt');
-    const failed = t.publish('x/y', 'z', { qos: 1 }).then(() => 'acked', (e: Error) => e.message);
+    const failed = t.publish('x/y', 'z', { qos: 1 }).then(
+      () => 'acked',
+      (e: Error) => e.message,
+    );
     const t0 = Date.now();
     await within(t.close(), 1000, 'close');
     expect(Date.now() - t0).toBeLessThan(1000);

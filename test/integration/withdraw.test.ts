@@ -13,7 +13,7 @@ afterEach(async () => {
 });
 
 describe('fleet withdraw', () => {
-  it('takes a group\'s release back: a download in progress stops, the device keeps its model, and the broker keeps no release', async () => {
+  it("takes a group's release back: a download in progress stops, the device keeps its model, and the broker keeps no release", async () => {
     f = await createFixture('withdraw', { layers: MEDIUM_LAYERS, rank: 16 });
     // A slow link, so the withdrawal arrives mid-download.
     proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 8_000 });

@@ -55,6 +55,11 @@ describe('fleet alerts (the command, over Aedes)', () => {
       ['device-rolled-back', 'd1', 'health-check-failed'],
       ['rollout-halted', 'r1', 'failure threshold'],
     ]);
-    expect(out.trim().split('\n').map((l) => (JSON.parse(l) as AlertEvent).type)).toEqual(['device-rolled-back', 'rollout-halted']);
+    expect(
+      out
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as AlertEvent).type),
+    ).toEqual(['device-rolled-back', 'rollout-halted']);
   });
 });

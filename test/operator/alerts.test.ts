@@ -127,7 +127,10 @@ describe('alerts: delivery', () => {
     const envLines = (await fs.readFile(envFile, 'utf8')).trim().split('\n');
     expect(envLines.map((l) => l.slice(0, l.indexOf(' ')))).toEqual(['device-rolled-back', 'rollout-halted']);
     expect(JSON.parse(envLines[0].slice(envLines[0].indexOf(' ') + 1))).toEqual(events[0]);
-    const stdinLines = (await fs.readFile(stdinFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as AlertEvent);
+    const stdinLines = (await fs.readFile(stdinFile, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as AlertEvent);
     expect(stdinLines).toEqual(events);
   });
 

@@ -34,14 +34,16 @@ afterEach(async () => {
 /** A GET with headers fetch() will not send (Host); the body as bytes and as text. */
 function get(url: string, headers: Record<string, string> = {}): Promise<{ status: number; headers: http.IncomingHttpHeaders; raw: Buffer; body: string }> {
   return new Promise((resolve, reject) => {
-    http.get(url, { headers }, (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (b: Buffer) => parts.push(b));
-      res.on('end', () => {
-        const raw = Buffer.concat(parts);
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, raw, body: raw.toString('utf8') });
-      });
-    }).on('error', reject);
+    http
+      .get(url, { headers }, (res) => {
+        const parts: Buffer[] = [];
+        res.on('data', (b: Buffer) => parts.push(b));
+        res.on('end', () => {
+          const raw = Buffer.concat(parts);
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, raw, body: raw.toString('utf8') });
+        });
+      })
+      .on('error', reject);
   });
 }
 
@@ -58,8 +60,23 @@ describe('the dashboard script for the browser (esbuild bundle)', () => {
     expect(b.code).not.toMatch(/require\(\s*["'](crypto|fs|net|tls|path|os|http|https|zlib|child_process|worker_threads)["']\)/);
     // It loads with what a browser has (no require, no process, no Buffer) and leaves `fleetLive` behind.
     const g: Record<string, unknown> = {
-      AbortController, AbortSignal, EventTarget, Event, TextEncoder, TextDecoder, URL, URLSearchParams, crypto: globalThis.crypto, performance, console,
-      setTimeout, clearTimeout, setInterval, clearInterval, queueMicrotask, navigator: { userAgent: 'test' },
+      AbortController,
+      AbortSignal,
+      EventTarget,
+      Event,
+      TextEncoder,
+      TextDecoder,
+      URL,
+      URLSearchParams,
+      crypto: globalThis.crypto,
+      performance,
+      console,
+      setTimeout,
+      clearTimeout,
+      setInterval,
+      clearInterval,
+      queueMicrotask,
+      navigator: { userAgent: 'test' },
     };
     g.self = g;
     g.window = g;
@@ -84,14 +101,21 @@ describe('serving the MQTT-over-WebSocket page', () => {
   async function withBroker(ws: boolean): Promise<RunningBroker> {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-dashboard-live-'));
     const file = path.join(dir, 'users.json');
-    await writeUsersFile(file, { users: [
-      { name: 'screen', role: 'viewer', ...(await hashPassword('look-only')) },
-      { name: 'ops', role: 'operator', ...(await hashPassword('ops-pw')) },
-      { name: 'dev-1', role: 'device', group: 'g', model: 'm', ...(await hashPassword('dev-pw')) },
-    ] });
+    await writeUsersFile(file, {
+      users: [
+        { name: 'screen', role: 'viewer', ...(await hashPassword('look-only')) },
+        { name: 'ops', role: 'operator', ...(await hashPassword('ops-pw')) },
+        { name: 'dev-1', role: 'device', group: 'g', model: 'm', ...(await hashPassword('dev-pw')) },
+      ],
+    });
     return startBroker({
-      port: 0, dataDir: path.join(dir, 'b'), persistence: 'memory', log: silentLogger, auth: file,
-      ws: ws ? { port: 0 } : undefined, http: { port: 0, processMetrics: false },
+      port: 0,
+      dataDir: path.join(dir, 'b'),
+      persistence: 'memory',
+      log: silentLogger,
+      auth: file,
+      ws: ws ? { port: 0 } : undefined,
+      http: { port: 0, processMetrics: false },
     });
   }
 
@@ -134,7 +158,7 @@ describe('serving the MQTT-over-WebSocket page', () => {
     expect(pageWsUrl({}, 'x')).toBeNull();
   });
 
-  it('the viewer login the page uses cannot publish over ws:// (cut off; the retained status stays the device\'s own)', async () => {
+  it("the viewer login the page uses cannot publish over ws:// (cut off; the retained status stays the device's own)", async () => {
     broker = await withBroker(true);
     const dev = await MqttTransport.connect({ url: `mqtt://dev-1:dev-pw@127.0.0.1:${broker.port}`, clientId: 'fleet-device-dev-1' }, 10_000);
     await dev.publish(topics.status('dev-1'), '{"device":"dev-1","group":"g","model":"m","state":"idle"}', { qos: 1, retain: true });

@@ -59,8 +59,19 @@ function runPage(search = '') {
         this.listeners[ev] = fn;
       }
     },
-    location: { search, pathname: '/' }, history: { replaceState: () => undefined },
-    URLSearchParams, requestAnimationFrame: (fn: () => void) => fn(), setInterval: () => 0, Date, JSON, Math, Map, Set, Number, String, Object,
+    location: { search, pathname: '/' },
+    history: { replaceState: () => undefined },
+    URLSearchParams,
+    requestAnimationFrame: (fn: () => void) => fn(),
+    setInterval: () => 0,
+    Date,
+    JSON,
+    Math,
+    Map,
+    Set,
+    Number,
+    String,
+    Object,
   };
   vm.runInNewContext(js, ctx);
   const send = (event: string, data: unknown): void => sources[0].listeners[event]({ data: JSON.stringify(data) });
@@ -111,12 +122,29 @@ describe('dashboard page script', () => {
     try {
       const dom = await new Promise<string>((resolve, reject) => {
         const profile = mkdtempSync(path.join(os.tmpdir(), 'fleet-chromium-'));
-        execFile(CHROMIUM, ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-          '--disable-component-update', '--disable-sync', `--user-data-dir=${profile}`, '--timeout=4000', '--dump-dom', dash.url], { timeout: 30_000 }, (e, stdout) => {
-          rmSync(profile, { recursive: true, force: true });
-          if (e) reject(e);
-          else resolve(stdout);
-        });
+        execFile(
+          CHROMIUM,
+          [
+            '--headless',
+            '--no-sandbox',
+            '--disable-gpu',
+            '--disable-quic',
+            '--no-first-run',
+            '--disable-background-networking',
+            '--disable-component-update',
+            '--disable-sync',
+            `--user-data-dir=${profile}`,
+            '--timeout=4000',
+            '--dump-dom',
+            dash.url,
+          ],
+          { timeout: 30_000 },
+          (e, stdout) => {
+            rmSync(profile, { recursive: true, force: true });
+            if (e) reject(e);
+            else resolve(stdout);
+          },
+        );
       });
       // First paint comes from the snapshot in the page (the dump is taken at load, before the stream's).
       expect(dom).toMatch(/<td[^>]*>d2<\/td>/);

@@ -52,15 +52,25 @@ function render(snapshot: unknown, now: number): Map<string, El> {
         this.l[ev] = fn;
       }
     },
-    location: { search: '', pathname: '/' }, history: { replaceState: () => undefined },
-    URLSearchParams, requestAnimationFrame: (fn: () => void) => fn(), setInterval: () => 0, Date: FixedDate, JSON, Math, Map, Set, Number, String, Object,
+    location: { search: '', pathname: '/' },
+    history: { replaceState: () => undefined },
+    URLSearchParams,
+    requestAnimationFrame: (fn: () => void) => fn(),
+    setInterval: () => 0,
+    Date: FixedDate,
+    JSON,
+    Math,
+    Map,
+    Set,
+    Number,
+    String,
+    Object,
   });
   sources[0].l.snapshot({ data: JSON.stringify(snapshot) });
   return els;
 }
 
-const waveCells = (els: Map<string, El>): string[][] =>
-  els.get('rollouts')!.children[1].children[0].children[0].children.map((row) => row.children.map((c) => c.text().trim()));
+const waveCells = (els: Map<string, El>): string[][] => els.get('rollouts')!.children[1].children[0].children[0].children.map((row) => row.children.map((c) => c.text().trim()));
 
 describe('dashboard page: waves and delivery', () => {
   it('shows each wave with its thresholds, ok/total, and where the soak or the timeout stands', () => {
@@ -92,7 +102,9 @@ describe('dashboard page: waves and delivery', () => {
     view.handle(...statusMsg(status('d1', { state: 'ok', totalBytes: 5000, bytes: 5000, wire: { bytesIn: 6144, bytesOut: 10, connects: 1 } })), true);
     view.handle(...statusMsg(status('d2', { state: 'downloading', totalBytes: 5000, bytes: 2048, wire: null })), true);
     const s = view.snapshot();
-    const rows = render({ time: s.time, devices: s.devices, rollouts: [] }, T0).get('delivery')!.children.map((r) => r.children.map((c) => c.text()));
+    const rows = render({ time: s.time, devices: s.devices, rollouts: [] }, T0)
+      .get('delivery')!
+      .children.map((r) => r.children.map((c) => c.text()));
     expect(rows[0]).toEqual(['d1', 'line-1', '6.0 KiB', '4.9 KiB', '-', 'update 4.9 KiB']);
     expect(rows[1]).toEqual(['d2', 'line-1', '2.0 KiB (payload)', '4.9 KiB', '-', 'update 4.9 KiB']);
     expect(rows[2]).toEqual(['total (2 devices)', '', '8.0 KiB', '', 'unknown (no full-model step in the releases)', '-']);

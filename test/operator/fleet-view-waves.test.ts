@@ -4,7 +4,14 @@ import { signingKeyFromSeed, signRelease, type ReleaseDraft, type ReleaseStep } 
 import { clockedView, D1, D2, rolloutMsg, rolloutStatus, status, statusMsg, T0, topics } from './helpers.ts';
 
 const step = (from: string | null, size: number): ReleaseStep => ({
-  updateId: (from ? 'e' : 'f').repeat(UPDATE_ID_HEX), from, to: D2, size, sha256: (from ? 'e' : 'f').repeat(64), chunkSize: 1024, chunks: Math.ceil(size / 1024), listSha256: '0'.repeat(64),
+  updateId: (from ? 'e' : 'f').repeat(UPDATE_ID_HEX),
+  from,
+  to: D2,
+  size,
+  sha256: (from ? 'e' : 'f').repeat(64),
+  chunkSize: 1024,
+  chunks: Math.ceil(size / 1024),
+  listSha256: '0'.repeat(64),
 });
 
 function release(group: string, steps: ReleaseStep[], seq = 1): [string, Uint8Array] {
@@ -22,8 +29,17 @@ describe('fleet view: waves and what full-model shipping would cost', () => {
     view.handle(...rolloutMsg(s), true);
     const [w1, w2] = view.rollout('r1')!.waveList;
     expect(w1).toMatchObject({
-      group: 'canary', started: true, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 60, timeoutSeconds: 600, offline: 'block',
-      window: null, seq: 4, publishedAt: new Date(T0).toISOString(), thresholdAt: new Date(T0 + 1000).toISOString(),
+      group: 'canary',
+      started: true,
+      successThreshold: 1,
+      failureThreshold: { count: 1 },
+      soakSeconds: 60,
+      timeoutSeconds: 600,
+      offline: 'block',
+      window: null,
+      seq: 4,
+      publishedAt: new Date(T0).toISOString(),
+      thresholdAt: new Date(T0 + 1000).toISOString(),
     });
     expect(w2).toMatchObject({ group: 'line-1', started: false, seq: null, publishedAt: null, thresholdAt: null, soakSeconds: 60 });
   });

@@ -147,7 +147,13 @@ describe('FleetView: rollouts', () => {
     const c = view.handle(...rolloutMsg(rolloutStatus('r1')), true);
     expect(c[0]).toMatchObject({ kind: 'rollout', rollout: 'r1', prev: null });
     expect(view.rollout('r1')).toMatchObject({
-      state: 'waiting', terminal: false, wave: 1, waves: 2, group: 'canary', model: 'm', target: D2,
+      state: 'waiting',
+      terminal: false,
+      wave: 1,
+      waves: 2,
+      group: 'canary',
+      model: 'm',
+      target: D2,
       counts: { total: 2, ok: 1, failed: 0, pending: 1, offline: 0, skipped: 0 },
       lastEvent: { type: 'published', reason: 'release seq 3 published', device: null },
     });

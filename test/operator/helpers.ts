@@ -16,9 +16,26 @@ export function clockedView(staleMs = 60_000): { view: FleetView; clock: { t: nu
 
 export function status(device: string, over: Partial<DeviceStatus> = {}): DeviceStatus {
   return {
-    device, group: 'line-1', model: 'm', state: 'idle', running: D1, target: null, seq: null, updateId: null, rollback: false,
-    progress: 0, bytes: 0, totalBytes: 0, badChunks: 0, rateBps: 0, wire: { bytesIn: 1000, bytesOut: 200, connects: 1 },
-    reason: null, message: null, agent: 'fleet/0.1.0', time: new Date(T0).toISOString(), ...over,
+    device,
+    group: 'line-1',
+    model: 'm',
+    state: 'idle',
+    running: D1,
+    target: null,
+    seq: null,
+    updateId: null,
+    rollback: false,
+    progress: 0,
+    bytes: 0,
+    totalBytes: 0,
+    badChunks: 0,
+    rateBps: 0,
+    wire: { bytesIn: 1000, bytesOut: 200, connects: 1 },
+    reason: null,
+    message: null,
+    agent: 'fleet/0.1.0',
+    time: new Date(T0).toISOString(),
+    ...over,
   };
 }
 
@@ -30,14 +47,27 @@ export function rolloutStatus(id: string, over: Partial<RolloutStatus> = {}): Ro
   waves[0].devices = ['d1', 'd2'];
   waves[0].counts = { total: 2, ok: 1, failed: 0, pending: 1, offline: 0, skipped: 0 };
   return {
-    v: 1, rollout: id, state: 'waiting', wave: 0, pausedFrom: null, reason: null,
+    v: 1,
+    rollout: id,
+    state: 'waiting',
+    wave: 0,
+    pausedFrom: null,
+    reason: null,
     plan: {
-      digest: 'c'.repeat(64), model: 'm', target: D2, updates: 1, full: false,
+      digest: 'c'.repeat(64),
+      model: 'm',
+      target: D2,
+      updates: 1,
+      full: false,
       waves: waves.map((w) => ({ group: w.group, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 60, timeoutSeconds: 600, offline: 'block' as const, window: null })),
     },
     waves,
     lastEvent: { type: 'published', time: new Date(T0).toISOString(), rollout: id, wave: 0, group: 'canary', device: null, reason: 'release seq 3 published' },
-    events: [], lastCommand: null, started: new Date(T0).toISOString(), updated: new Date(T0).toISOString(), controller: 'fleet/0.1.0 host 1',
+    events: [],
+    lastCommand: null,
+    started: new Date(T0).toISOString(),
+    updated: new Date(T0).toISOString(),
+    controller: 'fleet/0.1.0 host 1',
     ...over,
   };
 }

@@ -17,7 +17,15 @@ function collect(): { out: PassThrough; lines: () => JsonChangeLine[]; raw: () =
   const out = new PassThrough();
   let text = '';
   out.on('data', (b: Buffer) => (text += b.toString()));
-  return { out, raw: () => text, lines: () => text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as JsonChangeLine) };
+  return {
+    out,
+    raw: () => text,
+    lines: () =>
+      text
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as JsonChangeLine),
+  };
 }
 
 describe('fleet watch --json', () => {
@@ -64,7 +72,11 @@ describe('fleet watch --json', () => {
     const child: ChildProcess = spawnFleet(f, 'watch-json', ['watch', '--broker', f.url, '--json', '--group', GROUP]);
     let text = '';
     child.stdout!.on('data', (b: Buffer) => (text += b.toString()));
-    const parsed = (): JsonChangeLine[] => text.split('\n').slice(0, -1).map((l) => JSON.parse(l) as JsonChangeLine);
+    const parsed = (): JsonChangeLine[] =>
+      text
+        .split('\n')
+        .slice(0, -1)
+        .map((l) => JSON.parse(l) as JsonChangeLine);
     await until(() => parsed().find((l) => l.device === 'dev-j' && (l.row as DeviceRow | null)?.state === 'idle'), { what: 'the retained idle line', context: () => `got:\n${text}` });
     expect(parsed()[0]).toMatchObject({ kind: 'device', device: 'dev-j', retained: true });
     const fx = f;

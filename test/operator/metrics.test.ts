@@ -44,7 +44,8 @@ describe('Prometheus metrics from the view', () => {
       'fleet_rollout_state{rollout="r1",state="waiting"} 1',
       'fleet_rollout_state{rollout="r1",state="halted"} 0',
       'fleet_rollout_wave{rollout="r1"} 1',
-    ]) expect(lines).toContain(l);
+    ])
+      expect(lines).toContain(l);
     // No bytes series for a device that does not report its wire counters.
     expect(text).not.toContain('fleet_device_bytes_received_total{device="d2"}');
     // Every sample line is `name{labels} value` and every family has HELP and TYPE before its samples.
@@ -58,9 +59,7 @@ describe('Prometheus metrics from the view', () => {
     }
     // Groups sorted, states in protocol order: the whole fleet_devices block for line-1.
     const block = lines.filter((l) => l.startsWith('fleet_devices{') && l.includes('group="line-1"'));
-    expect(block).toEqual([
-      'idle', 'downloading', 'verifying', 'applying', 'testing', 'ok', 'rolled_back', 'rejected', 'failed',
-    ].map((s) => `fleet_devices{state="${s}",group="line-1"} ${s === 'ok' ? 1 : 0}`));
+    expect(block).toEqual(['idle', 'downloading', 'verifying', 'applying', 'testing', 'ok', 'rolled_back', 'rejected', 'failed'].map((s) => `fleet_devices{state="${s}",group="line-1"} ${s === 'ok' ? 1 : 0}`));
   });
 
   it('escapes label values per the text format', () => {

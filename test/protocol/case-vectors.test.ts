@@ -15,7 +15,9 @@ const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../proto
 const load = (name: string) => new Uint8Array(readFileSync(path.join(dir, name)));
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const manifest = JSON.parse(readFileSync(path.join(dir, 'cases.json'), 'utf8')) as {
-  procedure: string[]; accept: Array<Acceptance & { sha256: string }>; refuse: Refusal[];
+  procedure: string[];
+  accept: Array<Acceptance & { sha256: string }>;
+  refuse: Refusal[];
 };
 
 /** `fleet apply --model --update --out`, as a device applies: the reason code, or the file written. */
@@ -31,7 +33,9 @@ async function applyFile(model: string, payload: string, out: string): Promise<s
 
 describe('conformance cases (protocol/vectors/cases.json, docs/protocol.md §7.5)', () => {
   let tmp: string;
-  beforeAll(() => { tmp = mkdtempSync(path.join(os.tmpdir(), 'cases-')); });
+  beforeAll(() => {
+    tmp = mkdtempSync(path.join(os.tmpdir(), 'cases-'));
+  });
   afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
   it('cases.json names exactly the files in cases/, and they are what the generator writes now (deterministic, up to date)', () => {
@@ -55,7 +59,10 @@ describe('conformance cases (protocol/vectors/cases.json, docs/protocol.md §7.5
       expect(codes.has(code as Refusal['expect']), code).toBe(true);
     }
     for (const name of ['model-gap', 'model-trailing-bytes', 'model-overlap', 'cbor-duplicate-key-last-wins', 'cbor-self-describe-tag', 'cbor-float-half', 'cbor-indefinite-bytes', 'dense-on-i8']) {
-      expect(manifest.refuse.some((r) => r.name === name), name).toBe(true);
+      expect(
+        manifest.refuse.some((r) => r.name === name),
+        name,
+      ).toBe(true);
     }
   });
 
@@ -84,7 +91,11 @@ describe('conformance cases (protocol/vectors/cases.json, docs/protocol.md §7.5
       if (got !== r.expect || memCode !== r.expect || existsSync(out)) wrong.push(`${r.name}: expected ${r.expect}, file path ${got}, in memory ${memCode}`);
       if (r.cbor) {
         let form = 'accepted';
-        try { checkStrictCbor(load(r.payload)); } catch (e) { form = e instanceof CborError ? e.form : String(e); }
+        try {
+          checkStrictCbor(load(r.payload));
+        } catch (e) {
+          form = e instanceof CborError ? e.form : String(e);
+        }
         if (form !== r.cbor) wrong.push(`${r.name}: expected CBOR form ${r.cbor}, got ${form}`);
       }
     }

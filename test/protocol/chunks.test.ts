@@ -1,10 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { createHash } from 'node:crypto';
-import {
-  Bitmap, DEFAULT_CHUNK_SIZE, chunkCount, chunkList, chunkMatches, chunkRange, sha256, sha256Hex, toHex, updateIdOf,
-} from '../../protocol/chunks.ts';
+import { Bitmap, DEFAULT_CHUNK_SIZE, chunkCount, chunkList, chunkMatches, chunkRange, sha256, sha256Hex, toHex, updateIdOf } from '../../protocol/chunks.ts';
 import { mulberry32 as prng } from '../../util/random.ts';
-
 
 const nodeSha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const pattern = (n: number) => Uint8Array.from({ length: n }, (_, k) => (k * 7 + (k >> 8)) & 0xff);

@@ -16,10 +16,11 @@ const pick = (n: number, f: () => number) => Array.from({ length: n }, f);
 /** Bits LSB-first, written out by hand (not with the code under test). */
 function packBitsRef(bits: number[]): Uint8Array {
   const out = new Uint8Array(Math.ceil(bits.length / 8));
-  bits.forEach((b, e) => { if (b) out[Math.floor(e / 8)] += 2 ** (e % 8); });
+  bits.forEach((b, e) => {
+    if (b) out[Math.floor(e / 8)] += 2 ** (e % 8);
+  });
   return out;
 }
-
 
 const payload = (d: TensorDelta): Payload => ({ v: 1, base: hex64, target: hex64, tensors: [d] });
 const roundTrip = (d: TensorDelta): TensorDelta => decodePayload(encodePayload(payload(d))).tensors[0];
@@ -84,13 +85,15 @@ describe('mixed-precision low-rank delta', () => {
   const groups = spec.map((g) => {
     const qu = pick(m * g.rank, () => Math.round((rand() * 2 - 1) * g.lim));
     const qv = pick(g.rank * n, () => Math.round((rand() * 2 - 1) * g.lim));
-    qu[0] = g.lim; qv[0] = -g.lim; // the extremes
+    qu[0] = g.lim;
+    qv[0] = -g.lim; // the extremes
     const su = pick(g.rank, () => Math.fround(rand() * 0.1));
     const sv = pick(g.rank, () => Math.fround(rand() * 0.1));
     return { ...g, qu, qv, su, sv };
   });
   const d: MixedDelta = {
-    name: 'w', shape: [m, n],
+    name: 'w',
+    shape: [m, n],
     mixed: groups.map((g) => ({ rank: g.rank, bits: g.bits, u: packSigned(g.qu, g.bits), v: packSigned(g.qv, g.bits), su: f32(g.su), sv: f32(g.sv) })),
   };
   // The reference U (m×4) and V (4×n), built from the integers, not from the packed bytes.
@@ -104,7 +107,7 @@ describe('mixed-precision low-rank delta', () => {
     k0 += g.rank;
   }
 
-  it('packs 4-bit and 2-bit values two\'s complement, least significant bits first', () => {
+  it("packs 4-bit and 2-bit values two's complement, least significant bits first", () => {
     expect(Array.from(packSigned([1, -1, 7, -7], 4))).toEqual([0xf1, 0x97]);
     expect(Array.from(packSigned([1, -1, 0, 1, -1], 2))).toEqual([0b01001101, 0b11]);
     expect(() => packSigned([-8], 4)).toThrow(RangeError);
@@ -112,7 +115,10 @@ describe('mixed-precision low-rank delta', () => {
 
   for (const dtype of ['F32', 'F16', 'BF16'] as FloatDtype[]) {
     it(`applies to ${dtype} as round(W + Σ_k U[i,k]·V[k,j] in k order), bit for bit`, () => {
-      const base = encodeValues(pick(m * n, () => rand() * 2 - 1), dtype);
+      const base = encodeValues(
+        pick(m * n, () => rand() * 2 - 1),
+        dtype,
+      );
       const wv = refValues(base, dtype);
       const out = applyTensor({ name: 'w', dtype, shape: [m, n] }, base, roundTrip(d));
       const want = wv.map((x, e) => {
@@ -167,7 +173,26 @@ describe('compact kinds under corruption', () => {
     const m = 6;
     const n = 10;
     const sign: SignDelta = { name: 's', shape: [m, n], sign: Uint8Array.from({ length: 8 }, (_, i) => (i * 37) & 0xff).map((x, i) => (i === 7 ? x & 0x0f : x)), scales: f32([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]) };
-    const mixed: MixedDelta = { name: 'x', shape: [m, n], mixed: [{ rank: 2, bits: 4, u: packSigned(pick(12, () => Math.round(rand() * 14) - 7), 4), v: packSigned(pick(20, () => Math.round(rand() * 14) - 7), 4), su: f32([0.1, 0.2]), sv: f32([0.3, 0.4]) }] };
+    const mixed: MixedDelta = {
+      name: 'x',
+      shape: [m, n],
+      mixed: [
+        {
+          rank: 2,
+          bits: 4,
+          u: packSigned(
+            pick(12, () => Math.round(rand() * 14) - 7),
+            4,
+          ),
+          v: packSigned(
+            pick(20, () => Math.round(rand() * 14) - 7),
+            4,
+          ),
+          su: f32([0.1, 0.2]),
+          sv: f32([0.3, 0.4]),
+        },
+      ],
+    };
     const valid = encodePayload({ v: 1, base: hex64, target: hex64, tensors: [sign, mixed] });
     const r = mulberry32(9);
     const codes = new Set<string>();

@@ -26,11 +26,50 @@ describe('model digest', () => {
     // Tensor "w", F32, shape [2, 1], values 1.0 and -2.0.
     const data = [0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0xc0];
     const hashed = Uint8Array.from([
-      1, 0, 0, 0, 0, 0, 0, 0, 0x77, // len("w") = 1, "w"
-      3, 0, 0, 0, 0, 0, 0, 0, 0x46, 0x33, 0x32, // len("F32") = 3, "F32"
-      2, 0, 0, 0, 0, 0, 0, 0, // rank 2
-      2, 0, 0, 0, 0, 0, 0, 0, // dim 2
-      1, 0, 0, 0, 0, 0, 0, 0, // dim 1
+      1,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0x77, // len("w") = 1, "w"
+      3,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0x46,
+      0x33,
+      0x32, // len("F32") = 3, "F32"
+      2,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0, // rank 2
+      2,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0, // dim 2
+      1,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0, // dim 1
       ...data,
     ]);
     const expected = createHash('sha256').update(hashed).digest('hex');
@@ -43,9 +82,7 @@ describe('model digest', () => {
 
   it('hashes two tensors in UTF-8 name order with multi-byte names', () => {
     // "b" < "é" (0xC3 0xA9) by bytes; "é" has 2 UTF-8 bytes.
-    const hashed = Uint8Array.from([
-      2, 0, 0, 0, 0, 0, 0, 0, 0xc3, 0xa9, 2, 0, 0, 0, 0, 0, 0, 0, 0x55, 0x38, 0, 0, 0, 0, 0, 0, 0, 0, 7,
-    ]);
+    const hashed = Uint8Array.from([2, 0, 0, 0, 0, 0, 0, 0, 0xc3, 0xa9, 2, 0, 0, 0, 0, 0, 0, 0, 0x55, 0x38, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
     const bPart = Uint8Array.from([1, 0, 0, 0, 0, 0, 0, 0, 0x62, 2, 0, 0, 0, 0, 0, 0, 0, 0x55, 0x38, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9]);
     const expected = createHash('sha256').update(bPart).update(hashed).digest('hex');
     const got = modelDigest([
@@ -60,17 +97,18 @@ describe('model digest', () => {
     const a = { name: '\u{1F600}', dtype: 'U8' as const, shape: [1], data: Uint8Array.from([1]) };
     const b = { name: '\uFF01', dtype: 'U8' as const, shape: [1], data: Uint8Array.from([2]) };
     expect(a.name < b.name).toBe(true);
-    const expected = createHash('sha256')
-      .update(tensorDigestPrefix(b)).update(b.data)
-      .update(tensorDigestPrefix(a)).update(a.data)
-      .digest('hex');
+    const expected = createHash('sha256').update(tensorDigestPrefix(b)).update(b.data).update(tensorDigestPrefix(a)).update(a.data).digest('hex');
     expect(modelDigest([a, b])).toBe(expected);
     expect(safetensorsDigest(writeSafetensors([a, b]))).toBe(expected);
     const d = new ModelDigest();
     d.addTensor(b, b.data);
     d.addTensor(a, a.data);
     expect(d.digest()).toBe(expected);
-    expect(() => { const e = new ModelDigest(); e.addTensor(a, a.data); e.addTensor(b, b.data); }).toThrow(ProtocolError);
+    expect(() => {
+      const e = new ModelDigest();
+      e.addTensor(a, a.data);
+      e.addTensor(b, b.data);
+    }).toThrow(ProtocolError);
   });
 
   it('does not depend on header order, layout, whitespace or metadata', () => {
@@ -93,15 +131,34 @@ describe('model digest', () => {
   it('changes with one data byte, a name, a dtype or a shape', () => {
     const d0 = modelDigest(model());
     const variants: Array<(m: TensorInput[]) => void> = [
-      (m) => { m[0].data = m[0].data.slice(); m[0].data[5] ^= 1; },
-      (m) => { m[3].data = Uint8Array.from([6]); },
-      (m) => { m[0].name = 'layer.1.Weight'; },
-      (m) => { m[3].dtype = 'U8'; },
-      (m) => { m[2].dtype = 'F16'; },
-      (m) => { m[0].shape = [4, 1]; },
-      (m) => { m[0].shape = [4]; },
-      (m) => { m[2].shape = [1, 1]; },
-      (m) => { m.pop(); },
+      (m) => {
+        m[0].data = m[0].data.slice();
+        m[0].data[5] ^= 1;
+      },
+      (m) => {
+        m[3].data = Uint8Array.from([6]);
+      },
+      (m) => {
+        m[0].name = 'layer.1.Weight';
+      },
+      (m) => {
+        m[3].dtype = 'U8';
+      },
+      (m) => {
+        m[2].dtype = 'F16';
+      },
+      (m) => {
+        m[0].shape = [4, 1];
+      },
+      (m) => {
+        m[0].shape = [4];
+      },
+      (m) => {
+        m[2].shape = [1, 1];
+      },
+      (m) => {
+        m.pop();
+      },
     ];
     const seen = new Set([d0]);
     for (const change of variants) {

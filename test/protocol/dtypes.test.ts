@@ -1,16 +1,15 @@
 import { describe, it, expect } from 'vitest';
-import {
-  bf16BitsToNumber, decodeValues, dtypeSize, elementReader, encodeValues, f16BitsToNumber, isDtype,
-  numberToBf16Bits, numberToF16Bits, readElement, roundToDtype, writeElement,
-} from '../../protocol/dtypes.ts';
+import { bf16BitsToNumber, decodeValues, dtypeSize, elementReader, encodeValues, f16BitsToNumber, isDtype, numberToBf16Bits, numberToF16Bits, readElement, roundToDtype, writeElement } from '../../protocol/dtypes.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 
 function xorshift(seed: number): () => number {
   let s = seed >>> 0 || 1;
   return () => {
-    s ^= s << 13; s >>>= 0;
+    s ^= s << 13;
+    s >>>= 0;
     s ^= s >>> 17;
-    s ^= s << 5; s >>>= 0;
+    s ^= s << 5;
+    s >>>= 0;
     return s;
   };
 }
@@ -52,8 +51,11 @@ interface Fmt {
 
 const F16: Fmt = { name: 'f16', toBits: numberToF16Bits, fromBits: f16BitsToNumber, maxFinite: 65504, overflow: 65520 };
 const BF16: Fmt = {
-  name: 'bf16', toBits: numberToBf16Bits, fromBits: bf16BitsToNumber,
-  maxFinite: (2 - 2 ** -7) * 2 ** 127, overflow: (2 - 2 ** -8) * 2 ** 127,
+  name: 'bf16',
+  toBits: numberToBf16Bits,
+  fromBits: bf16BitsToNumber,
+  maxFinite: (2 - 2 ** -7) * 2 ** 127,
+  overflow: (2 - 2 ** -8) * 2 ** 127,
 };
 
 /**
@@ -96,11 +98,30 @@ describe('dtypes', () => {
 
   it('f16 known cases', () => {
     const cases: Array<[number, number]> = [
-      [1, 0x3c00], [-2, 0xc000], [65504, 0x7bff], [65519.99, 0x7bff], [65520, 0x7c00], [1e300, 0x7c00], [-65520, 0xfc00],
-      [2 ** -24, 0x0001], [2 ** -25, 0x0000], [-(2 ** -25), 0x8000], [3 * 2 ** -25, 0x0002], [2 ** -24 * 1.5, 0x0002],
-      [2 ** -14, 0x0400], [2 ** -14 - 2 ** -25, 0x0400], [2 ** -14 - 2 ** -24, 0x03ff],
-      [1 + 2 ** -11, 0x3c00], [1 + 3 * 2 ** -11, 0x3c02], [1 + 2 ** -11 + 2 ** -40, 0x3c01],
-      [0, 0x0000], [-0, 0x8000], [Infinity, 0x7c00], [-Infinity, 0xfc00], [0.1, 0x2e66], [5e-324, 0x0000],
+      [1, 0x3c00],
+      [-2, 0xc000],
+      [65504, 0x7bff],
+      [65519.99, 0x7bff],
+      [65520, 0x7c00],
+      [1e300, 0x7c00],
+      [-65520, 0xfc00],
+      [2 ** -24, 0x0001],
+      [2 ** -25, 0x0000],
+      [-(2 ** -25), 0x8000],
+      [3 * 2 ** -25, 0x0002],
+      [2 ** -24 * 1.5, 0x0002],
+      [2 ** -14, 0x0400],
+      [2 ** -14 - 2 ** -25, 0x0400],
+      [2 ** -14 - 2 ** -24, 0x03ff],
+      [1 + 2 ** -11, 0x3c00],
+      [1 + 3 * 2 ** -11, 0x3c02],
+      [1 + 2 ** -11 + 2 ** -40, 0x3c01],
+      [0, 0x0000],
+      [-0, 0x8000],
+      [Infinity, 0x7c00],
+      [-Infinity, 0xfc00],
+      [0.1, 0x2e66],
+      [5e-324, 0x0000],
     ];
     for (const [x, bits] of cases) expect(numberToF16Bits(x), `f16(${x})`).toBe(bits);
     expect(numberToF16Bits(NaN)).toBe(0x7e00);
@@ -122,10 +143,24 @@ describe('dtypes', () => {
   it('bf16 known cases', () => {
     const max = (2 - 2 ** -7) * 2 ** 127;
     const cases: Array<[number, number]> = [
-      [1, 0x3f80], [-2, 0xc000], [1 + 2 ** -8, 0x3f80], [1 + 3 * 2 ** -8, 0x3f82], [1 + 2 ** -8 + 2 ** -30, 0x3f81],
-      [max, 0x7f7f], [(2 - 2 ** -8) * 2 ** 127, 0x7f80], [(2 - 2 ** -8 - 2 ** -20) * 2 ** 127, 0x7f7f], [1e300, 0x7f80],
-      [2 ** -133, 0x0001], [2 ** -134, 0x0000], [3 * 2 ** -134, 0x0002], [2 ** -126, 0x0080],
-      [0, 0], [-0, 0x8000], [Infinity, 0x7f80], [-Infinity, 0xff80], [Math.PI, 0x4049],
+      [1, 0x3f80],
+      [-2, 0xc000],
+      [1 + 2 ** -8, 0x3f80],
+      [1 + 3 * 2 ** -8, 0x3f82],
+      [1 + 2 ** -8 + 2 ** -30, 0x3f81],
+      [max, 0x7f7f],
+      [(2 - 2 ** -8) * 2 ** 127, 0x7f80],
+      [(2 - 2 ** -8 - 2 ** -20) * 2 ** 127, 0x7f7f],
+      [1e300, 0x7f80],
+      [2 ** -133, 0x0001],
+      [2 ** -134, 0x0000],
+      [3 * 2 ** -134, 0x0002],
+      [2 ** -126, 0x0080],
+      [0, 0],
+      [-0, 0x8000],
+      [Infinity, 0x7f80],
+      [-Infinity, 0xff80],
+      [Math.PI, 0x4049],
     ];
     for (const [x, bits] of cases) expect(numberToBf16Bits(x), `bf16(${x})`).toBe(bits);
     expect(numberToBf16Bits(NaN)).toBe(0x7fc0);

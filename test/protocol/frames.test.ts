@@ -1,12 +1,8 @@
 import { describe, it, expect } from 'vitest';
-import {
-  MAX_CHUNKS, MAX_WANT, PROTOCOL_VERSION, decodeFrame, decodeReceipt, decodeRequest, encodeFrame, encodeReceipt, encodeRequest,
-  type ChunkRequest, type Frame, type UploadReceipt,
-} from '../../protocol/frames.ts';
+import { MAX_CHUNKS, MAX_WANT, PROTOCOL_VERSION, decodeFrame, decodeReceipt, decodeRequest, encodeFrame, encodeReceipt, encodeRequest, type ChunkRequest, type Frame, type UploadReceipt } from '../../protocol/frames.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { mulberry32 as prng } from '../../util/random.ts';
-
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 const unhex = (s: string) => new Uint8Array(Buffer.from(s.replace(/\s+/g, ''), 'hex'));
@@ -29,7 +25,11 @@ function expectMalformed(fn: () => unknown): void {
 // ---------------------------------------------------------------------------
 // Fixed vectors: parse, generate, round trip.
 
-interface Vector<T> { name: string; value: T; hex: string }
+interface Vector<T> {
+  name: string;
+  value: T;
+  hex: string;
+}
 
 const frameVectors: Vector<Frame>[] = [
   {
@@ -156,7 +156,7 @@ describe('random round trips', () => {
       const pick = t % 3;
       let f: Frame;
       if (pick === 0) {
-        const count = 1 + randomIndex(r) % MAX_CHUNKS;
+        const count = 1 + (randomIndex(r) % MAX_CHUNKS);
         f = { kind: 'chunk', updateId, count, index: Math.floor(r() * count), data: randomBytes(r, Math.floor(r() * 200)) };
       } else if (pick === 1) {
         const count = 1 + Math.floor(r() * 8);
@@ -306,19 +306,30 @@ function randomValue(r: () => number, depth: number): unknown {
   const keys = ['v', 'u', 'i', 'n', 'd', 'l', 'e', 'want', 'list', 'ok', 'have', 'missing', 'err', 'toString', 'valueOf', '__proto__'];
   const c = Math.floor(r() * (depth > 2 ? 7 : 9));
   switch (c) {
-    case 0: return Math.floor(r() * 4) - 1;
-    case 1: return r() < 0.5 ? Math.floor(r() * 2 ** 32) : r() * 10;
-    case 2: return r() < 0.5 ? ID : randomId(r).slice(0, Math.floor(r() * 34));
-    case 3: return randomBytes(r, Math.floor(r() * 70));
-    case 4: return [true, false, null, undefined, 'bad-request', 'unknown-update'][Math.floor(r() * 6)];
-    case 5: return 2n ** 64n - BigInt(Math.floor(r() * 3));
-    case 6: return PROTOCOL_VERSION;
-    case 7: return Array.from({ length: Math.floor(r() * 4) }, () => randomValue(r, depth + 1));
+    case 0:
+      return Math.floor(r() * 4) - 1;
+    case 1:
+      return r() < 0.5 ? Math.floor(r() * 2 ** 32) : r() * 10;
+    case 2:
+      return r() < 0.5 ? ID : randomId(r).slice(0, Math.floor(r() * 34));
+    case 3:
+      return randomBytes(r, Math.floor(r() * 70));
+    case 4:
+      return [true, false, null, undefined, 'bad-request', 'unknown-update'][Math.floor(r() * 6)];
+    case 5:
+      return 2n ** 64n - BigInt(Math.floor(r() * 3));
+    case 6:
+      return PROTOCOL_VERSION;
+    case 7:
+      return Array.from({ length: Math.floor(r() * 4) }, () => randomValue(r, depth + 1));
     default: {
       const m: Record<string, unknown> = {};
       for (let k = Math.floor(r() * 8); k > 0; k--) {
         Object.defineProperty(m, keys[Math.floor(r() * keys.length)], {
-          value: randomValue(r, depth + 1), enumerable: true, configurable: true, writable: true,
+          value: randomValue(r, depth + 1),
+          enumerable: true,
+          configurable: true,
+          writable: true,
         });
       }
       return m;
@@ -328,11 +339,7 @@ function randomValue(r: () => number, depth: number): unknown {
 
 describe('fuzz', () => {
   const r = prng(20240611);
-  const valid: Uint8Array[] = [
-    ...frameVectors.map((v) => unhex(v.hex)),
-    ...requestVectors.map((v) => unhex(v.hex)),
-    ...receiptVectors.map((v) => unhex(v.hex)),
-  ];
+  const valid: Uint8Array[] = [...frameVectors.map((v) => unhex(v.hex)), ...requestVectors.map((v) => unhex(v.hex)), ...receiptVectors.map((v) => unhex(v.hex))];
 
   it('random byte strings', () => {
     for (let t = 0; t < 4000; t++) {

@@ -33,7 +33,12 @@ export function decodeOrProtocolError<T>(fn: () => T): T | undefined {
 export function norm(v: unknown): unknown {
   if (v instanceof Uint8Array) return `bytes:${Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('hex')}`;
   if (Array.isArray(v)) return v.map(norm);
-  if (v && typeof v === 'object') return Object.fromEntries(Object.keys(v).sort().map((k) => [k, norm((v as Record<string, unknown>)[k])]));
+  if (v && typeof v === 'object')
+    return Object.fromEntries(
+      Object.keys(v)
+        .sort()
+        .map((k) => [k, norm((v as Record<string, unknown>)[k])]),
+    );
   return v;
 }
 
@@ -43,8 +48,18 @@ export const hexString = (n: number) => fc.string({ unit: fc.constantFrom(...'01
 // --- random CBOR values and mutations ---------------------------------------
 
 export const leaf: fc.Arbitrary<unknown> = fc.oneof(
-  fc.integer(), fc.integer({ min: 0, max: 2 ** 32 }), fc.maxSafeNat(), fc.double(), fc.bigInt({ min: -(2n ** 64n) + 1n, max: 2n ** 64n - 1n }),
-  fc.string({ maxLength: 70 }), hexString(32), hexString(64), fc.uint8Array({ maxLength: 70 }), fc.boolean(), fc.constant(null), fc.constant(-0),
+  fc.integer(),
+  fc.integer({ min: 0, max: 2 ** 32 }),
+  fc.maxSafeNat(),
+  fc.double(),
+  fc.bigInt({ min: -(2n ** 64n) + 1n, max: 2n ** 64n - 1n }),
+  fc.string({ maxLength: 70 }),
+  hexString(32),
+  hexString(64),
+  fc.uint8Array({ maxLength: 70 }),
+  fc.boolean(),
+  fc.constant(null),
+  fc.constant(-0),
 );
 export const cborValue: fc.Arbitrary<unknown> = fc.letrec<{ v: unknown }>((tie) => ({
   v: fc.oneof({ depthSize: 'small', withCrossShrink: true }, leaf, fc.array(tie('v'), { maxLength: 4 }), fc.dictionary(fc.string({ maxLength: 6 }), tie('v'), { maxKeys: 4 })),
@@ -57,7 +72,11 @@ export const byteMutation: fc.Arbitrary<Mutation> = fc.oneof(
     for (const [p, x] of flips) if (c.length) c[p % c.length] ^= x;
     return c;
   }),
-  fc.nat().map((p): Mutation => (b) => b.subarray(0, b.length ? p % b.length : 0)),
+  fc.nat().map(
+    (p): Mutation =>
+      (b) =>
+        b.subarray(0, b.length ? p % b.length : 0),
+  ),
   fc.tuple(fc.nat(), fc.uint8Array({ minLength: 1, maxLength: 16 })).map(([p, ins]): Mutation => (b) => {
     const at = b.length ? p % (b.length + 1) : 0;
     return concat(b.subarray(0, at), ins, b.subarray(at));
@@ -66,7 +85,11 @@ export const byteMutation: fc.Arbitrary<Mutation> = fc.oneof(
     const at = b.length ? p % b.length : 0;
     return concat(b.subarray(0, at), b.subarray(at + n));
   }),
-  fc.uint8Array({ minLength: 1, maxLength: 8 }).map((t): Mutation => (b) => concat(b, t)),
+  fc.uint8Array({ minLength: 1, maxLength: 8 }).map(
+    (t): Mutation =>
+      (b) =>
+        concat(b, t),
+  ),
   fc.constant<Mutation>((b) => concat(b, b)),
 );
 
@@ -121,7 +144,15 @@ export const fieldMutation: fc.Arbitrary<Mutation> = fc
     return cborEncode(root);
   });
 
-export const mutation: fc.Arbitrary<Mutation> = fc.oneof(byteMutation, fieldMutation, fc.tuple(fieldMutation, byteMutation).map(([a, b]) => (x: Uint8Array) => b(a(x))));
+export const mutation: fc.Arbitrary<Mutation> = fc.oneof(
+  byteMutation,
+  fieldMutation,
+  fc.tuple(fieldMutation, byteMutation).map(
+    ([a, b]) =>
+      (x: Uint8Array) =>
+        b(a(x)),
+  ),
+);
 
 export type Case<T> = { valid: true; value: T; bytes: Uint8Array } | { valid: false; bytes: Uint8Array };
 
@@ -137,10 +168,13 @@ export function corpus<T>(valid: fc.Arbitrary<T>, encode: (v: T) => Uint8Array, 
 }
 
 export function fuzz<T>(c: fc.Arbitrary<Case<T>>, decode: (b: Uint8Array) => unknown, expected: (v: T) => unknown = (v) => v): void {
-  fc.assert(fc.property(c, (x) => {
-    const out = decodeOrProtocolError(() => decode(x.bytes));
-    if (x.valid) expect(norm(out)).toEqual(norm(expected(x.value)));
-  }), params);
+  fc.assert(
+    fc.property(c, (x) => {
+      const out = decodeOrProtocolError(() => decode(x.bytes));
+      if (x.valid) expect(norm(out)).toEqual(norm(expected(x.value)));
+    }),
+    params,
+  );
 }
 
 export const utf8 = (s: string) => new Uint8Array(Buffer.from(s, 'utf8'));
@@ -155,8 +189,15 @@ export const jsonMutation: fc.Arbitrary<Mutation> = fc.tuple(fc.nat(), fc.nat(),
   const all = containers(root);
   if (all.length === 0) return utf8(JSON.stringify(value));
   const c = all[which % all.length];
-  if (Array.isArray(c)) { if (del && c.length) c.splice(slot % c.length, 1); else c[slot % (c.length + 1)] = value; }
-  else { const ks = Object.keys(c); const k = ks.length ? ks[slot % ks.length] : 'keys'; if (del) delete c[k]; else c[k] = value; }
+  if (Array.isArray(c)) {
+    if (del && c.length) c.splice(slot % c.length, 1);
+    else c[slot % (c.length + 1)] = value;
+  } else {
+    const ks = Object.keys(c);
+    const k = ks.length ? ks[slot % ks.length] : 'keys';
+    if (del) delete c[k];
+    else c[k] = value;
+  }
   return utf8(JSON.stringify(root));
 });
 export const textMutation = fc.oneof({ weight: 2, arbitrary: jsonMutation }, { weight: 1, arbitrary: byteMutation });
@@ -164,21 +205,46 @@ export const textMutation = fc.oneof({ weight: 2, arbitrary: jsonMutation }, { w
 // --- payloads (fuzz.test.ts, payload-stream.test.ts) ---------------------------
 
 export const f32Bytes = (n: number) => fc.array(fc.float({ noNaN: true, noDefaultInfinity: true }), { minLength: n, maxLength: n }).map((a) => new Uint8Array(Float32Array.from(a).buffer));
-export const f16Bytes = (n: number) => fc.array(fc.integer({ min: 0, max: 0xffff }).filter((h) => (h & 0x7c00) !== 0x7c00), { minLength: n, maxLength: n })
-  .map((a) => { const b = new Uint8Array(2 * n); const dv = new DataView(b.buffer); a.forEach((h, i) => dv.setUint16(2 * i, h, true)); return b; });
+export const f16Bytes = (n: number) =>
+  fc
+    .array(
+      fc.integer({ min: 0, max: 0xffff }).filter((h) => (h & 0x7c00) !== 0x7c00),
+      { minLength: n, maxLength: n },
+    )
+    .map((a) => {
+      const b = new Uint8Array(2 * n);
+      const dv = new DataView(b.buffer);
+      a.forEach((h, i) => dv.setUint16(2 * i, h, true));
+      return b;
+    });
 export const tensorName = fc.string({ unit: 'binary', minLength: 1, maxLength: 8 }).filter(isWellFormedName);
 export const deltaArb: fc.Arbitrary<TensorDelta> = fc.oneof(
-  fc.record({ name: tensorName, m: fc.integer({ min: 1, max: 4 }), rest: fc.array(fc.integer({ min: 1, max: 3 }), { minLength: 1, maxLength: 2 }), r: fc.nat(), dtype: fc.constantFrom('f32' as const, 'f16' as const, 'i8' as const) })
+  fc
+    .record({
+      name: tensorName,
+      m: fc.integer({ min: 1, max: 4 }),
+      rest: fc.array(fc.integer({ min: 1, max: 3 }), { minLength: 1, maxLength: 2 }),
+      r: fc.nat(),
+      dtype: fc.constantFrom('f32' as const, 'f16' as const, 'i8' as const),
+    })
     .chain(({ name, m, rest, r, dtype }) => {
       const n = rest.reduce((a, b) => a * b, 1);
       const rank = 1 + (r % Math.min(m, n));
       const bytes = (k: number) => (dtype === 'f32' ? f32Bytes(k) : dtype === 'f16' ? f16Bytes(k) : fc.uint8Array({ minLength: k, maxLength: k }));
       return fc.record({ u: bytes(m * rank), v: bytes(rank * n), su: f32Bytes(m), sv: f32Bytes(rank) }).map(({ u, v, su, sv }): TensorDelta => ({
-        name, shape: [m, ...rest], rank, dtype, u, v, ...(dtype === 'i8' ? { scales: { u: su, v: sv } } : {}),
+        name,
+        shape: [m, ...rest],
+        rank,
+        dtype,
+        u,
+        v,
+        ...(dtype === 'i8' ? { scales: { u: su, v: sv } } : {}),
       }));
     }),
-  fc.record({ name: tensorName, shape: fc.array(fc.integer({ min: 0, max: 3 }), { maxLength: 3 }) })
+  fc
+    .record({ name: tensorName, shape: fc.array(fc.integer({ min: 0, max: 3 }), { maxLength: 3 }) })
     .chain(({ name, shape }) => f32Bytes(shape.reduce((a, b) => a * b, 1)).map((dense): TensorDelta => ({ name, shape, dense }))),
 );
-export const payloadArb: fc.Arbitrary<Payload> = fc.record({ base: hexString(64), target: hexString(64), tensors: fc.uniqueArray(deltaArb, { maxLength: 3, selector: (d) => d.name }) })
+export const payloadArb: fc.Arbitrary<Payload> = fc
+  .record({ base: hexString(64), target: hexString(64), tensors: fc.uniqueArray(deltaArb, { maxLength: 3, selector: (d) => d.name }) })
   .map((p): Payload => ({ v: 1, ...p }));

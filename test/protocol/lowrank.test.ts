@@ -1,8 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import {
-  applyTensor, applyToModel, decodePayload, encodePayload, isLowRank, payloadStats, quantizeRowsI8,
-  type FactorDtype, type LowRankDelta, type Payload, type TensorDelta,
-} from '../../protocol/lowrank.ts';
+import { applyTensor, applyToModel, decodePayload, encodePayload, isLowRank, payloadStats, quantizeRowsI8, type FactorDtype, type LowRankDelta, type Payload, type TensorDelta } from '../../protocol/lowrank.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
 import { modelDigest } from '../../protocol/digest.ts';
@@ -83,17 +80,13 @@ function lowRank(rand: () => number, name: string, shape: number[], r: number, d
 const D0 = 'a'.repeat(64);
 const D1 = 'b'.repeat(64);
 
-
 function samplePayload(): Payload {
   const rand = mulberry32(7);
   return {
-    v: 1, base: D0, target: D1,
-    tensors: [
-      lowRank(rand, 'a', [4, 3], 2, 'f32'),
-      lowRank(rand, 'b', [2, 3, 2, 2], 2, 'f16'),
-      lowRank(rand, 'c', [5, 6], 3, 'i8'),
-      { name: 'd', shape: [3], dense: f32Bytes([0.5, -1, 2]) },
-    ],
+    v: 1,
+    base: D0,
+    target: D1,
+    tensors: [lowRank(rand, 'a', [4, 3], 2, 'f32'), lowRank(rand, 'b', [2, 3, 2, 2], 2, 'f16'), lowRank(rand, 'c', [5, 6], 3, 'i8'), { name: 'd', shape: [3], dense: f32Bytes([0.5, -1, 2]) }],
   };
 }
 
@@ -124,40 +117,196 @@ describe('payload codec', () => {
   });
 
   const malformed: Array<[string, (p: Record<string, any>) => void]> = [
-    ['wrong version', (p) => { p.v = 2; }],
-    ['missing version', (p) => { delete p.v; }],
-    ['uppercase digest', (p) => { p.base = 'A'.repeat(64); }],
-    ['short digest', (p) => { p.target = 'b'.repeat(63); }],
-    ['tensors not an array', (p) => { p.tensors = {}; }],
-    ['extra top-level field', (p) => { p.extra = 1; }],
-    ['extra tensor field', (p) => { p.tensors[0].note = 'x'; }],
-    ['u too short', (p) => { p.tensors[0].u = p.tensors[0].u.subarray(4); }],
-    ['v too long', (p) => { p.tensors[1].v = new Uint8Array(p.tensors[1].v.length + 2); }],
-    ['u not bytes', (p) => { p.tensors[0].u = Array.from(p.tensors[0].u); }],
-    ['rank 0', (p) => { p.tensors[0].rank = 0; p.tensors[0].u = new Uint8Array(0); p.tensors[0].v = new Uint8Array(0); }],
-    ['rank above min(m, n)', (p) => { p.tensors[0].rank = 4; p.tensors[0].u = new Uint8Array(64); p.tensors[0].v = new Uint8Array(48); }],
-    ['fractional rank', (p) => { p.tensors[0].rank = 1.5; }],
-    ['unknown factor dtype', (p) => { p.tensors[0].dtype = 'f64'; }],
-    ['i8 without scales', (p) => { delete p.tensors[2].scales; }],
-    ['scales wrong length', (p) => { p.tensors[2].scales.v = new Uint8Array(4); }],
-    ['scales on f32', (p) => { p.tensors[0].scales = { u: new Uint8Array(16), v: new Uint8Array(8) }; }],
-    ['duplicate names', (p) => { p.tensors[1].name = 'a'; }],
-    ['empty name', (p) => { p.tensors[0].name = ''; }],
-    ['low-rank of a 1-D shape', (p) => { p.tensors[0].shape = [12]; }],
-    ['negative dim', (p) => { p.tensors[3].shape = [-3]; }],
-    ['dense wrong length', (p) => { p.tensors[3].dense = new Uint8Array(8); }],
-    ['dense and low-rank mixed', (p) => { p.tensors[3].rank = 1; }],
-    ['not a map', (p) => { p.tensors[0] = [1, 2]; }],
+    [
+      'wrong version',
+      (p) => {
+        p.v = 2;
+      },
+    ],
+    [
+      'missing version',
+      (p) => {
+        delete p.v;
+      },
+    ],
+    [
+      'uppercase digest',
+      (p) => {
+        p.base = 'A'.repeat(64);
+      },
+    ],
+    [
+      'short digest',
+      (p) => {
+        p.target = 'b'.repeat(63);
+      },
+    ],
+    [
+      'tensors not an array',
+      (p) => {
+        p.tensors = {};
+      },
+    ],
+    [
+      'extra top-level field',
+      (p) => {
+        p.extra = 1;
+      },
+    ],
+    [
+      'extra tensor field',
+      (p) => {
+        p.tensors[0].note = 'x';
+      },
+    ],
+    [
+      'u too short',
+      (p) => {
+        p.tensors[0].u = p.tensors[0].u.subarray(4);
+      },
+    ],
+    [
+      'v too long',
+      (p) => {
+        p.tensors[1].v = new Uint8Array(p.tensors[1].v.length + 2);
+      },
+    ],
+    [
+      'u not bytes',
+      (p) => {
+        p.tensors[0].u = Array.from(p.tensors[0].u);
+      },
+    ],
+    [
+      'rank 0',
+      (p) => {
+        p.tensors[0].rank = 0;
+        p.tensors[0].u = new Uint8Array(0);
+        p.tensors[0].v = new Uint8Array(0);
+      },
+    ],
+    [
+      'rank above min(m, n)',
+      (p) => {
+        p.tensors[0].rank = 4;
+        p.tensors[0].u = new Uint8Array(64);
+        p.tensors[0].v = new Uint8Array(48);
+      },
+    ],
+    [
+      'fractional rank',
+      (p) => {
+        p.tensors[0].rank = 1.5;
+      },
+    ],
+    [
+      'unknown factor dtype',
+      (p) => {
+        p.tensors[0].dtype = 'f64';
+      },
+    ],
+    [
+      'i8 without scales',
+      (p) => {
+        delete p.tensors[2].scales;
+      },
+    ],
+    [
+      'scales wrong length',
+      (p) => {
+        p.tensors[2].scales.v = new Uint8Array(4);
+      },
+    ],
+    [
+      'scales on f32',
+      (p) => {
+        p.tensors[0].scales = { u: new Uint8Array(16), v: new Uint8Array(8) };
+      },
+    ],
+    [
+      'duplicate names',
+      (p) => {
+        p.tensors[1].name = 'a';
+      },
+    ],
+    [
+      'empty name',
+      (p) => {
+        p.tensors[0].name = '';
+      },
+    ],
+    [
+      'low-rank of a 1-D shape',
+      (p) => {
+        p.tensors[0].shape = [12];
+      },
+    ],
+    [
+      'negative dim',
+      (p) => {
+        p.tensors[3].shape = [-3];
+      },
+    ],
+    [
+      'dense wrong length',
+      (p) => {
+        p.tensors[3].dense = new Uint8Array(8);
+      },
+    ],
+    [
+      'dense and low-rank mixed',
+      (p) => {
+        p.tensors[3].rank = 1;
+      },
+    ],
+    [
+      'not a map',
+      (p) => {
+        p.tensors[0] = [1, 2];
+      },
+    ],
   ];
   for (const [name, mutate] of malformed) {
     it(`refuses: ${name}`, () => expectCode(() => decodePayload(raw(mutate)), 'malformed-payload'));
   }
 
   it('refuses non-finite factor values', () => {
-    expectCode(() => decodePayload(raw((p) => { p.tensors[0].u = Uint8Array.from([...nan32, ...p.tensors[0].u.subarray(4)]); })), 'non-finite');
-    expectCode(() => decodePayload(raw((p) => { p.tensors[1].u = Uint8Array.from([0x00, 0x7c, ...p.tensors[1].u.subarray(2)]); })), 'non-finite');
-    expectCode(() => decodePayload(raw((p) => { p.tensors[2].scales.u = Uint8Array.from([...f32Bytes([Infinity]), ...p.tensors[2].scales.u.subarray(4)]); })), 'non-finite');
-    expectCode(() => decodePayload(raw((p) => { p.tensors[3].dense = f32Bytes([0, NaN, 0]); })), 'non-finite');
+    expectCode(
+      () =>
+        decodePayload(
+          raw((p) => {
+            p.tensors[0].u = Uint8Array.from([...nan32, ...p.tensors[0].u.subarray(4)]);
+          }),
+        ),
+      'non-finite',
+    );
+    expectCode(
+      () =>
+        decodePayload(
+          raw((p) => {
+            p.tensors[1].u = Uint8Array.from([0x00, 0x7c, ...p.tensors[1].u.subarray(2)]);
+          }),
+        ),
+      'non-finite',
+    );
+    expectCode(
+      () =>
+        decodePayload(
+          raw((p) => {
+            p.tensors[2].scales.u = Uint8Array.from([...f32Bytes([Infinity]), ...p.tensors[2].scales.u.subarray(4)]);
+          }),
+        ),
+      'non-finite',
+    );
+    expectCode(
+      () =>
+        decodePayload(
+          raw((p) => {
+            p.tensors[3].dense = f32Bytes([0, NaN, 0]);
+          }),
+        ),
+      'non-finite',
+    );
   });
 
   it('enforces limits', () => {
@@ -239,7 +388,10 @@ describe('applyTensor', () => {
     // Sums in k order: (-2^30 + 2^30) + (2^-24 + 2^-40) = 2^-24 + 2^-40, so 1 + Σ rounds up to 1 + 2^-23.
     // In reverse order 2^-24 + 2^-40 would be lost next to 2^30 and the result would be 1.
     const o: LowRankDelta = {
-      name: 'o', shape: [3, 3], rank: 3, dtype: 'f32',
+      name: 'o',
+      shape: [3, 3],
+      rank: 3,
+      dtype: 'f32',
       u: f32Bytes([2 ** 15, 2 ** 15, 1, 0, 0, 0, 0, 0, 0]),
       v: f32Bytes([-(2 ** 15), 0, 0, 2 ** 15, 0, 0, 2 ** -24 + 2 ** -40, 0, 0]),
     };
@@ -297,7 +449,9 @@ describe('applyToModel', () => {
     const rand = mulberry32(6);
     const base = writeSafetensors(model(), { format: 'pt' });
     const payload: Payload = {
-      v: 1, base: D0, target: D1,
+      v: 1,
+      base: D0,
+      target: D1,
       tensors: [lowRank(rand, 'w1', [6, 4], 2, 'f32'), lowRank(rand, 'w2', [3, 5], 2, 'i8'), { name: 'b', shape: [4], dense: f32Bytes([0.25, 0, -0.5, 1]) }],
     };
     const { bytes, digest } = applyToModel(base, decodePayload(encodePayload(payload)));

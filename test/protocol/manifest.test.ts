@@ -1,10 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { createHash } from 'node:crypto';
 import { decode as cborxDecode } from 'cbor-x';
-import {
-  decodeManifest, encodeManifest, limitsOf, pathFrom, MAX_CHUNK_BYTES, MAX_PAYLOAD_BYTES, MAX_STEPS,
-  type ManifestBody, type ManifestLimits, type ReleaseStep,
-} from '../../protocol/manifest.ts';
+import { decodeManifest, encodeManifest, limitsOf, pathFrom, MAX_CHUNK_BYTES, MAX_PAYLOAD_BYTES, MAX_STEPS, type ManifestBody, type ManifestLimits, type ReleaseStep } from '../../protocol/manifest.ts';
 import { MAX_CHUNKS } from '../../protocol/frames.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { codeOf } from '../support/protocol-errors.ts';
@@ -144,9 +141,20 @@ describe('manifest limits', () => {
     const l = raw.limits as Record<string, unknown>;
     expect(decodeRaw({ ...raw, limits: { payload: MAX_PAYLOAD_BYTES, chunks: MAX_CHUNKS, chunk: MAX_CHUNK_BYTES } })).toBe('no error');
     const bads: unknown[] = [
-      undefined, null, [], 'big', { ...l, payload: 0 }, { ...l, chunks: 0 }, { ...l, chunk: 0 },
-      { ...l, payload: MAX_PAYLOAD_BYTES + 1 }, { ...l, chunks: MAX_CHUNKS + 1 }, { ...l, chunk: MAX_CHUNK_BYTES + 1 },
-      { ...l, payload: -1 }, { ...l, chunks: 1.5 }, { ...l, chunk: '65536' }, { payload: l.payload, chunks: l.chunks },
+      undefined,
+      null,
+      [],
+      'big',
+      { ...l, payload: 0 },
+      { ...l, chunks: 0 },
+      { ...l, chunk: 0 },
+      { ...l, payload: MAX_PAYLOAD_BYTES + 1 },
+      { ...l, chunks: MAX_CHUNKS + 1 },
+      { ...l, chunk: MAX_CHUNK_BYTES + 1 },
+      { ...l, payload: -1 },
+      { ...l, chunks: 1.5 },
+      { ...l, chunk: '65536' },
+      { payload: l.payload, chunks: l.chunks },
     ];
     bads.forEach((limits, k) => expect(decodeRaw({ ...raw, limits }), `case ${k}`).toBe('malformed-release'));
     const { limits: _l, ...noLimits } = raw;

@@ -27,7 +27,11 @@ describe('ONNX models: reader and writer', () => {
     const m = readOnnx(buildOnnxModel(typedSpec()));
     expect(m.tensors.map((t) => t.name)).toEqual(['bf16_raw', 'bf16_typed', 'f16_raw', 'f16_typed', 'f32_raw', 'f32_typed', 'i8_raw', 'i8_typed']);
     const by = new Map(m.tensors.map((t) => [t.name, t]));
-    for (const [kind, dtype] of [['f16', 'F16'], ['bf16', 'BF16'], ['i8', 'I8']] as const) {
+    for (const [kind, dtype] of [
+      ['f16', 'F16'],
+      ['bf16', 'BF16'],
+      ['i8', 'I8'],
+    ] as const) {
       expect(by.get(`${kind}_raw`)!.dtype).toBe(dtype);
       expect(by.get(`${kind}_raw`)!.storage).toBe('raw_data');
       expect(by.get(`${kind}_typed`)!.storage).toBe('int32_data');
@@ -84,7 +88,10 @@ describe('ONNX models: reader and writer', () => {
     const t = p.graph!.initializer![2];
     delete (t as { rawData?: Uint8Array }).rawData;
     t.dataLocation = 1;
-    t.externalData = [{ key: 'location', value: 'weights.bin' }, { key: 'offset', value: '0' }];
+    t.externalData = [
+      { key: 'location', value: 'weights.bin' },
+      { key: 'offset', value: '0' },
+    ];
     expect(() => readOnnx(encodeOnnx(p))).toThrow(/initializer "fc_w" keeps its data in an external file \(location "weights.bin"\).*save_as_external_data=False/);
   });
 
@@ -134,7 +141,12 @@ describe('ONNX models: build and apply', () => {
     await fs.writeFile(baseFile, netModel(w));
     await fs.writeFile(targetFile, netModel(t));
     const source = await twoModelSource(baseFile, targetFile);
-    expect(source.changed.map((c) => [c.info.name, c.m, c.n])).toEqual([['conv_w', 3, 18], ['fc_w', 6, 27], ['mm_w', 6, 4], ['shared_bias', 1, 4]]);
+    expect(source.changed.map((c) => [c.info.name, c.m, c.n])).toEqual([
+      ['conv_w', 3, 18],
+      ['fc_w', 6, 27],
+      ['mm_w', 6, 4],
+      ['shared_bias', 1, 4],
+    ]);
     const { payload: bytes } = await buildUpdate({ source, mode: { kind: 'rank', rank: 1 }, quant: 'f32', method: 'lowrank' });
     await source.close();
     const payload = decodePayload(bytes);
@@ -185,6 +197,8 @@ describe('ONNX models: build and apply', () => {
     const w = netWeights(9);
     await fs.writeFile(path.join(dir, 'g-a.onnx'), netModel(w));
     await fs.writeFile(path.join(dir, 'g-b.onnx'), netModel(w, { activation: 'Sigmoid' }));
-    await expect(twoModelSource(path.join(dir, 'g-a.onnx'), path.join(dir, 'g-b.onnx'))).rejects.toThrow(/differ outside their weights, first at model\.graph\.node\[1\] \("act"\)\.opType: "Relu" in the base, "Sigmoid" in the target/);
+    await expect(twoModelSource(path.join(dir, 'g-a.onnx'), path.join(dir, 'g-b.onnx'))).rejects.toThrow(
+      /differ outside their weights, first at model\.graph\.node\[1\] \("act"\)\.opType: "Relu" in the base, "Sigmoid" in the target/,
+    );
   });
 });

@@ -55,27 +55,50 @@ function chunkedDecode(bytes: Uint8Array, sizes: number[], limits: PayloadLimits
 const vectors = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../protocol/vectors');
 
 describe('the payload decoded piece by piece', () => {
-  it('decides every payload of the conformance cases as the whole-input decode does, in chunks of 1, 2, 7, 64 and 4096 bytes', () => {
-    const files = ['payload.cbor', ...readdirSync(path.join(vectors, 'cases')).filter((f) => f.endsWith('.cbor')).map((f) => `cases/${f}`)];
-    expect(files.length).toBeGreaterThan(40);
-    let refused = 0;
-    for (const f of files) {
-      const bytes = new Uint8Array(readFileSync(path.join(vectors, f)));
-      const want = outcome(() => wholeDecode(bytes, {}));
-      if ('code' in want) refused++;
-      for (const size of [1, 2, 7, 64, 4096]) expect(outcome(() => chunkedDecode(bytes, [size], {}).payload), `${f} in chunks of ${size}`).toEqual(want);
-      expect(outcome(() => decodePayload(bytes)), f).toEqual(want);
-    }
-    expect(refused).toBeGreaterThan(30); // the cases are mostly refusals: the comparison covers them
-  }, TEST_TIMEOUT);
+  it(
+    'decides every payload of the conformance cases as the whole-input decode does, in chunks of 1, 2, 7, 64 and 4096 bytes',
+    () => {
+      const files = [
+        'payload.cbor',
+        ...readdirSync(path.join(vectors, 'cases'))
+          .filter((f) => f.endsWith('.cbor'))
+          .map((f) => `cases/${f}`),
+      ];
+      expect(files.length).toBeGreaterThan(40);
+      let refused = 0;
+      for (const f of files) {
+        const bytes = new Uint8Array(readFileSync(path.join(vectors, f)));
+        const want = outcome(() => wholeDecode(bytes, {}));
+        if ('code' in want) refused++;
+        for (const size of [1, 2, 7, 64, 4096])
+          expect(
+            outcome(() => chunkedDecode(bytes, [size], {}).payload),
+            `${f} in chunks of ${size}`,
+          ).toEqual(want);
+        expect(
+          outcome(() => decodePayload(bytes)),
+          f,
+        ).toEqual(want);
+      }
+      expect(refused).toBeGreaterThan(30); // the cases are mostly refusals: the comparison covers them
+    },
+    TEST_TIMEOUT,
+  );
 
-  it('random payloads, mutated or not, in random chunks: the same value or the same reason code', () => {
-    const limits = fc.constantFrom<PayloadLimits>({}, { maxTensors: 1 });
-    const sizes = fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 6 });
-    fc.assert(fc.property(corpus(payloadArb, encodePayload), sizes, limits, (c, s, l) => {
-      expect(outcome(() => chunkedDecode(c.bytes, s, l).payload)).toEqual(outcome(() => wholeDecode(c.bytes, l)));
-    }), { numRuns: 3000, seed: SEED, endOnFailure: true });
-  }, TEST_TIMEOUT);
+  it(
+    'random payloads, mutated or not, in random chunks: the same value or the same reason code',
+    () => {
+      const limits = fc.constantFrom<PayloadLimits>({}, { maxTensors: 1 });
+      const sizes = fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 6 });
+      fc.assert(
+        fc.property(corpus(payloadArb, encodePayload), sizes, limits, (c, s, l) => {
+          expect(outcome(() => chunkedDecode(c.bytes, s, l).payload)).toEqual(outcome(() => wholeDecode(c.bytes, l)));
+        }),
+        { numRuns: 3000, seed: SEED, endOnFailure: true },
+      );
+    },
+    TEST_TIMEOUT,
+  );
 
   it('holds about one tensor at a time, not the payload', () => {
     // 16 dense deltas of 48 KiB each (768 KiB) pushed 16 KiB at a time.

@@ -12,8 +12,22 @@ describe('presence carries the time it changed (docs/protocol.md §8.2)', () => 
     expect(parsePresence(bytes('offline 99999999999'))).toEqual({ state: 'offline', since: 99999999999 });
     expect(parsePresence(bytes('offline'))).toEqual({ state: 'offline', since: null });
     expect(bytes('offline 99999999999').byteLength).toBe(MAX_PRESENCE_BYTES);
-    for (const junk of ['', 'Online', 'online ', 'online 0', 'online 01', 'online -5', 'online 1.5', 'online 1e9', 'offline 999999999999',
-      'online  1', 'online 1 2', 'online\n1', `online ${'9'.repeat(400)}`, 'online\u001b[2J']) {
+    for (const junk of [
+      '',
+      'Online',
+      'online ',
+      'online 0',
+      'online 01',
+      'online -5',
+      'online 1.5',
+      'online 1e9',
+      'offline 999999999999',
+      'online  1',
+      'online 1 2',
+      'online\n1',
+      `online ${'9'.repeat(400)}`,
+      'online\u001b[2J',
+    ]) {
       expect(parsePresence(bytes(junk)), JSON.stringify(junk)).toBeNull();
     }
   });

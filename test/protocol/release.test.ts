@@ -3,9 +3,26 @@ import { createHash, createPrivateKey, createPublicKey } from 'node:crypto';
 import { decode as cborxDecode } from 'cbor-x';
 import nacl from 'tweetnacl';
 import {
-  assignManifest, checkRelease, composeRelease, decodeRelease, decodeSignedManifest, keyIdOf, limitsOf, manifestHashOf,
-  releaseParts, signManifest, signRelease, signingKeyFromSeed, trustOf, verifyManifest, verifyRelease,
-  type ReleaseBody, type ReleaseDraft, type ReleaseExpectations, type SigningKey, type TrustFile,
+  assignManifest,
+  checkRelease,
+  composeRelease,
+  decodeRelease,
+  decodeSignedManifest,
+  keyIdOf,
+  limitsOf,
+  manifestHashOf,
+  releaseParts,
+  signManifest,
+  signRelease,
+  signingKeyFromSeed,
+  trustOf,
+  verifyManifest,
+  verifyRelease,
+  type ReleaseBody,
+  type ReleaseDraft,
+  type ReleaseExpectations,
+  type SigningKey,
+  type TrustFile,
 } from '../../protocol/release.ts';
 import { encodeManifest } from '../../protocol/manifest.ts';
 import { encodeAssignment } from '../../protocol/assignment.ts';
@@ -26,9 +43,15 @@ const twoRoles = (t = 1, r = 1): TrustFile => ({ version: 0, threshold: t, keys:
 const PAYLOAD_SHA = sha256Hex(new TextEncoder().encode('payload'));
 const TARGET = 'ab'.repeat(32);
 const DRAFT: ReleaseDraft = {
-  model: 'resnet18', group: 'canary', seq: 7, issued: 1_700_000_000, expires: 1_700_086_400, target: TARGET,
+  model: 'resnet18',
+  group: 'canary',
+  seq: 7,
+  issued: 1_700_000_000,
+  expires: 1_700_086_400,
+  target: TARGET,
   steps: [{ updateId: PAYLOAD_SHA.slice(0, 32), from: 'cd'.repeat(32), to: TARGET, size: 40_000, sha256: PAYLOAD_SHA, chunkSize: 16_384, chunks: 3, listSha256: 'ef'.repeat(32) }],
-  rollback: false, previous: null,
+  rollback: false,
+  previous: null,
 };
 const LIMITS = limitsOf(DRAFT.steps);
 const MANIFEST_BODY = encodeManifest({ model: DRAFT.model, target: DRAFT.target, steps: DRAFT.steps, limits: LIMITS });
@@ -99,7 +122,10 @@ describe('the release message', () => {
   it('malformed release messages → malformed-release', () => {
     const p = releaseParts(bytes);
     const cases: Uint8Array[] = [
-      new Uint8Array(0), Uint8Array.from([0xa1]), cborEncode('release'), cborEncode([p.manifest, p.assignment]),
+      new Uint8Array(0),
+      Uint8Array.from([0xa1]),
+      cborEncode('release'),
+      cborEncode([p.manifest, p.assignment]),
       cborEncode({ v: 2, manifest: p.manifest, assignment: p.assignment }),
       cborEncode({ manifest: p.manifest, assignment: p.assignment }),
       cborEncode({ v: 1, manifest: p.manifest }),
@@ -111,7 +137,10 @@ describe('the release message', () => {
       p.manifest,
     ];
     cases.forEach((c, k) => {
-      expect(codeOf(() => decodeRelease(c)), `decode case ${k}`).toBe('malformed-release');
+      expect(
+        codeOf(() => decodeRelease(c)),
+        `decode case ${k}`,
+      ).toBe('malformed-release');
       expect(verifyCode(c, twoRoles()), `verify case ${k}`).toBe('malformed-release');
     });
   });
@@ -128,11 +157,23 @@ describe('the release message', () => {
     const good = sig(body, keyA);
     const asg = releaseParts(bytes).assignment;
     const cases: Uint8Array[] = [
-      new Uint8Array(0), Uint8Array.from([0xa1]), cborEncode('m'), cborEncode([body, [good]]), cborEncode({ sigs: [good] }),
-      cborEncode({ body, sigs: good }), cborEncode({ body: Array.from(body), sigs: [good] }), envelope(body, []),
-      envelope(body, Array.from({ length: 17 }, () => good)), envelope(body, [{ k: keyA.id.slice(1), s: good.s }]),
-      envelope(body, [{ k: keyA.id.toUpperCase(), s: good.s }]), envelope(body, [{ k: keyA.id, s: good.s.subarray(0, 63) }]),
-      cborEncode({ body, sigs: [{ k: keyA.id, s: Array.from(good.s) }] }), cborEncode({ body, sigs: ['x'] }),
+      new Uint8Array(0),
+      Uint8Array.from([0xa1]),
+      cborEncode('m'),
+      cborEncode([body, [good]]),
+      cborEncode({ sigs: [good] }),
+      cborEncode({ body, sigs: good }),
+      cborEncode({ body: Array.from(body), sigs: [good] }),
+      envelope(body, []),
+      envelope(
+        body,
+        Array.from({ length: 17 }, () => good),
+      ),
+      envelope(body, [{ k: keyA.id.slice(1), s: good.s }]),
+      envelope(body, [{ k: keyA.id.toUpperCase(), s: good.s }]),
+      envelope(body, [{ k: keyA.id, s: good.s.subarray(0, 63) }]),
+      cborEncode({ body, sigs: [{ k: keyA.id, s: Array.from(good.s) }] }),
+      cborEncode({ body, sigs: ['x'] }),
       Uint8Array.from([...envelope(body, [good]), 0xf6]),
     ];
     expect(verifyCode(composeRelease({ manifest: envelope(body, [good]), assignment: asg }), twoRoles())).toBe('no error');
@@ -155,26 +196,34 @@ describe('signing and verification', () => {
   const p = releaseParts(bytes);
   const REFUSALS = ['bad-signature', 'malformed-release', 'untrusted-key'];
 
-  it('flipping any single byte of the manifest envelope is refused', () => {
-    const body = cborxDecode(p.manifest) as { body: Uint8Array };
-    const bodyAt = Buffer.from(p.manifest).indexOf(Buffer.from(body.body));
-    for (let i = 0; i < p.manifest.length; i++) {
-      const m = Uint8Array.from(p.manifest);
-      m[i] ^= 1 << (i % 8);
-      // verifyManifest is verifyRelease's manifest half (one Ed25519 check instead of two); every 16th byte also goes the whole way.
-      const code = codeOf(() => verifyManifest(m, trust));
-      if (i % 16 === 0) expect(verifyCode(composeRelease({ manifest: m, assignment: p.assignment }), trust), `release, manifest byte ${i}`).toBe(code);
-      expect(REFUSALS, `manifest byte ${i}`).toContain(code);
-      if (i >= bodyAt && i < bodyAt + body.body.length) expect(['bad-signature', 'malformed-release'], `manifest body byte ${i}`).toContain(code);
-    }
-  }, FLIP_TIMEOUT);
-  it('flipping any single byte of the assignment envelope is refused', () => {
-    for (let i = 0; i < p.assignment.length; i++) {
-      const a = Uint8Array.from(p.assignment);
-      a[i] ^= 1 << (i % 8);
-      expect(REFUSALS, `assignment byte ${i}`).toContain(verifyCode(composeRelease({ manifest: p.manifest, assignment: a }), trust));
-    }
-  }, FLIP_TIMEOUT);
+  it(
+    'flipping any single byte of the manifest envelope is refused',
+    () => {
+      const body = cborxDecode(p.manifest) as { body: Uint8Array };
+      const bodyAt = Buffer.from(p.manifest).indexOf(Buffer.from(body.body));
+      for (let i = 0; i < p.manifest.length; i++) {
+        const m = Uint8Array.from(p.manifest);
+        m[i] ^= 1 << (i % 8);
+        // verifyManifest is verifyRelease's manifest half (one Ed25519 check instead of two); every 16th byte also goes the whole way.
+        const code = codeOf(() => verifyManifest(m, trust));
+        if (i % 16 === 0) expect(verifyCode(composeRelease({ manifest: m, assignment: p.assignment }), trust), `release, manifest byte ${i}`).toBe(code);
+        expect(REFUSALS, `manifest byte ${i}`).toContain(code);
+        if (i >= bodyAt && i < bodyAt + body.body.length) expect(['bad-signature', 'malformed-release'], `manifest body byte ${i}`).toContain(code);
+      }
+    },
+    FLIP_TIMEOUT,
+  );
+  it(
+    'flipping any single byte of the assignment envelope is refused',
+    () => {
+      for (let i = 0; i < p.assignment.length; i++) {
+        const a = Uint8Array.from(p.assignment);
+        a[i] ^= 1 << (i % 8);
+        expect(REFUSALS, `assignment byte ${i}`).toContain(verifyCode(composeRelease({ manifest: p.manifest, assignment: a }), trust));
+      }
+    },
+    FLIP_TIMEOUT,
+  );
   it('flipping any byte of the release message outside the two envelopes is refused', () => {
     const at = [Buffer.from(bytes).indexOf(Buffer.from(p.manifest)), Buffer.from(bytes).indexOf(Buffer.from(p.assignment))];
     const inside = (i: number) => (i >= at[0] && i < at[0] + p.manifest.length) || (i >= at[1] && i < at[1] + p.assignment.length);
@@ -278,7 +327,7 @@ describe('TUF roles', () => {
     expect(codeOf(() => decodeRelease(mixed))).toBe('manifest-mismatch');
     expect(verifyCode(composeRelease({ manifest: one.manifest, assignment: two.assignment }), trust)).toBe('manifest-mismatch');
   });
-  it('an assignment whose model is not the manifest\'s → manifest-mismatch', () => {
+  it("an assignment whose model is not the manifest's → manifest-mismatch", () => {
     const m = signManifest({ model: DRAFT.model, target: TARGET, steps: DRAFT.steps, limits: LIMITS }, [keyA]);
     const other = assignManifest(m, { ...ASSIGNMENT, model: 'resnet50' }, [keyR]);
     expect(verifyCode(other, trust)).toBe('manifest-mismatch');

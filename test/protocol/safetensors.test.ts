@@ -1,11 +1,8 @@
 import { describe, it, expect } from 'vitest';
-import {
-  encodeSafetensorsHeader, jsonHeaderFault, headerByteLength, parseSafetensorsHeader, readSafetensors, writeSafetensors, type TensorInput,
-} from '../../protocol/safetensors.ts';
+import { encodeSafetensorsHeader, jsonHeaderFault, headerByteLength, parseSafetensorsHeader, readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { mulberry32 } from '../../util/random.ts';
 import { expectCode } from '../support/expect-code.ts';
-
 
 /** A file assembled by hand from the format description. */
 function handMade(json: string, data: number[]): Uint8Array {
@@ -19,7 +16,6 @@ function handMade(json: string, data: number[]): Uint8Array {
   return out;
 }
 
-
 const sample = (): TensorInput[] => [
   { name: 'w', dtype: 'F32', shape: [2, 3], data: new Uint8Array(new Float32Array([1, 2, 3, -4, 0.5, 1e-3]).buffer) },
   { name: 'h', dtype: 'F16', shape: [2], data: Uint8Array.from([0x00, 0x3c, 0x00, 0xc0]) },
@@ -32,14 +28,28 @@ const sample = (): TensorInput[] => [
 describe('safetensors', () => {
   it('reads a file built byte by byte from the spec', () => {
     // Two tensors, data deliberately not in name order, metadata last, with spaces.
-    const json = '{"weight": {"dtype":"F32","shape":[2,2],"data_offsets":[4,20]}, "bias":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},'
-      + ' "__metadata__": {"format": "pt", "note": "hand made"}}  ';
+    const json = '{"weight": {"dtype":"F32","shape":[2,2],"data_offsets":[4,20]}, "bias":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},' + ' "__metadata__": {"format": "pt", "note": "hand made"}}  ';
     const data = [
-      0x00, 0x3c, 0x00, 0xbc, // bias: f16 1, -1
-      0x00, 0x00, 0x80, 0x3f, // 1
-      0x00, 0x00, 0x00, 0x40, // 2
-      0x00, 0x00, 0x40, 0x40, // 3
-      0x00, 0x00, 0x80, 0xc0, // -4
+      0x00,
+      0x3c,
+      0x00,
+      0xbc, // bias: f16 1, -1
+      0x00,
+      0x00,
+      0x80,
+      0x3f, // 1
+      0x00,
+      0x00,
+      0x00,
+      0x40, // 2
+      0x00,
+      0x00,
+      0x40,
+      0x40, // 3
+      0x00,
+      0x00,
+      0x80,
+      0xc0, // -4
     ];
     const file = handMade(json, data);
     expect(headerByteLength(file.subarray(0, 8))).toBe(new TextEncoder().encode(json).length);
@@ -81,10 +91,10 @@ describe('safetensors', () => {
     expect(Buffer.from(a).equals(Buffer.from(b))).toBe(true);
     const json = Buffer.from(a.subarray(8, 8 + headerByteLength(a))).toString('utf8');
     expect(json.trimEnd()).toBe(
-      '{"__metadata__":{"a":"2","z":"1"},"b":{"dtype":"BF16","shape":[1,1],"data_offsets":[0,2]},'
-      + '"empty":{"dtype":"F32","shape":[0,5],"data_offsets":[2,2]},"h":{"dtype":"F16","shape":[2],"data_offsets":[2,6]},'
-      + '"q":{"dtype":"I8","shape":[3],"data_offsets":[6,9]},"w":{"dtype":"F32","shape":[2,3],"data_offsets":[9,33]},'
-      + '"é":{"dtype":"F32","shape":[],"data_offsets":[33,37]}}',
+      '{"__metadata__":{"a":"2","z":"1"},"b":{"dtype":"BF16","shape":[1,1],"data_offsets":[0,2]},' +
+        '"empty":{"dtype":"F32","shape":[0,5],"data_offsets":[2,2]},"h":{"dtype":"F16","shape":[2],"data_offsets":[2,6]},' +
+        '"q":{"dtype":"I8","shape":[3],"data_offsets":[6,9]},"w":{"dtype":"F32","shape":[2,3],"data_offsets":[9,33]},' +
+        '"é":{"dtype":"F32","shape":[],"data_offsets":[33,37]}}',
     );
     expect(/^ *$/.test(json.slice(json.trimEnd().length))).toBe(true);
     // No metadata → no __metadata__ key.
@@ -104,14 +114,24 @@ describe('safetensors', () => {
     expect(header.length % 8).toBe(0);
     const file = new Uint8Array(header.length + 14);
     file.set(header);
-    expect(readSafetensors(file).header.tensors.map((t) => [t.name, t.begin])).toEqual([['a', 0], ['b', 6]]);
+    expect(readSafetensors(file).header.tensors.map((t) => [t.name, t.begin])).toEqual([
+      ['a', 0],
+      ['b', 6],
+    ]);
     // Names in UTF-8 byte order, not UTF-16 order: U+FF01 (EF BC 81) < U+1F600 (F0 9F 98 80).
     const { layout: l2 } = encodeSafetensorsHeader([
       { name: '\u{1F600}', dtype: 'U8', shape: [1] },
       { name: '\uFF01', dtype: 'U8', shape: [1] },
     ]);
     expect(l2.map((t) => t.name)).toEqual(['\uFF01', '\u{1F600}']);
-    expectCode(() => encodeSafetensorsHeader([{ name: 'a', dtype: 'F32', shape: [1] }, { name: 'a', dtype: 'F32', shape: [1] }]), 'malformed-model');
+    expectCode(
+      () =>
+        encodeSafetensorsHeader([
+          { name: 'a', dtype: 'F32', shape: [1] },
+          { name: 'a', dtype: 'F32', shape: [1] },
+        ]),
+      'malformed-model',
+    );
     expectCode(() => writeSafetensors([{ name: 'a', dtype: 'F32', shape: [2], data: new Uint8Array(4) }]), 'malformed-model');
   });
 
@@ -125,7 +145,14 @@ describe('safetensors', () => {
       ['trailing data', () => handMade(ok, [0, 0, 0, 0, 0])],
       ['bad JSON', () => handMade('{"a":{"dtype":"F32",', [0, 0, 0, 0])],
       ['not an object', () => handMade('[1,2,3]', [])],
-      ['not UTF-8', () => { const f = handMade('{"a\u00e9":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}', []); f[12] = 0xff; return f; }],
+      [
+        'not UTF-8',
+        () => {
+          const f = handMade('{"a\u00e9":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}', []);
+          f[12] = 0xff;
+          return f;
+        },
+      ],
       ['overlapping offsets', () => handMade('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}}', new Array(8).fill(0))],
       ['one tensor inside another', () => handMade('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}', new Array(8).fill(0))],
       ['same offsets', () => handMade('{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', new Array(4).fill(0))],
@@ -138,9 +165,30 @@ describe('safetensors', () => {
       ['missing offsets', () => handMade('{"a":{"dtype":"U8","shape":[1]}}', [0])],
       ['extra field', () => handMade('{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1],"x":1}}', [0])],
       ['metadata not strings', () => handMade('{"__metadata__":{"a":1}}', [])],
-      ['header length too large', () => { const f = handMade(ok, [0, 0, 0, 0]); new DataView(f.buffer).setUint32(0, 1000, true); return f; }],
-      ['header length over 2^32', () => { const f = handMade(ok, [0, 0, 0, 0]); new DataView(f.buffer).setUint32(4, 1, true); return f; }],
-      ['header length over the limit', () => { const f = handMade(ok, [0, 0, 0, 0]); new DataView(f.buffer).setUint32(0, 200 * 1024 * 1024, true); return f; }],
+      [
+        'header length too large',
+        () => {
+          const f = handMade(ok, [0, 0, 0, 0]);
+          new DataView(f.buffer).setUint32(0, 1000, true);
+          return f;
+        },
+      ],
+      [
+        'header length over 2^32',
+        () => {
+          const f = handMade(ok, [0, 0, 0, 0]);
+          new DataView(f.buffer).setUint32(4, 1, true);
+          return f;
+        },
+      ],
+      [
+        'header length over the limit',
+        () => {
+          const f = handMade(ok, [0, 0, 0, 0]);
+          new DataView(f.buffer).setUint32(0, 200 * 1024 * 1024, true);
+          return f;
+        },
+      ],
       ['huge shape', () => handMade('{"a":{"dtype":"F32","shape":[9007199254740991,2],"data_offsets":[0,4]}}', [0, 0, 0, 0])],
     ];
     for (const [name, make] of cases) {
@@ -200,13 +248,20 @@ describe('jsonHeaderFault (a header key twice in one object, or a number like 8.
     const t = { name: 'a', dtype: 'F32' as const, shape: [1], data: new Uint8Array(4) };
     const good = writeSafetensors([t]);
     const n = good[0];
-    const text = new TextDecoder().decode(good.subarray(8, 8 + n)).trimEnd().replace('{"dtype"', '{"dtype":"F32","dtype"');
+    const text = new TextDecoder()
+      .decode(good.subarray(8, 8 + n))
+      .trimEnd()
+      .replace('{"dtype"', '{"dtype":"F32","dtype"');
     const json = new TextEncoder().encode(text.padEnd(Math.ceil((text.length + 8) / 8) * 8 - 8, ' '));
     const bad = new Uint8Array(8 + json.length + 4);
     new DataView(bad.buffer).setUint32(0, json.length, true);
     bad.set(json, 8);
     let code = 'no error';
-    try { readSafetensors(bad); } catch (e) { code = (e as ProtocolError).code; }
+    try {
+      readSafetensors(bad);
+    } catch (e) {
+      code = (e as ProtocolError).code;
+    }
     expect(code).toBe('malformed-model');
     expect(readSafetensors(good).tensors.map((x) => x.name)).toEqual(['a']);
   });

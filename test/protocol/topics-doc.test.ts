@@ -10,15 +10,21 @@ const section2 = doc.slice(doc.indexOf('## 2. Topics'), doc.indexOf('## 3.'));
 const listed = new Set([...section2.matchAll(/^\| `([^`]+)` \|/gm)].map((m) => m[1]));
 /** The placeholder a level stands for, by the level before it. */
 const PLACEHOLDER: Record<string, string> = {
-  groups: '{group}', models: '{model}', updates: '{updateId}', get: '{deviceId}', to: '{deviceId}',
-  devices: '{deviceId}', rollouts: '{rolloutId}', gateways: '{site}', manifests: '{hash}',
+  groups: '{group}',
+  models: '{model}',
+  updates: '{updateId}',
+  get: '{deviceId}',
+  to: '{deviceId}',
+  devices: '{deviceId}',
+  rollouts: '{rolloutId}',
+  gateways: '{site}',
+  manifests: '{hash}',
 };
 
 describe('docs/protocol.md §2 lists every topic of protocol/topics.ts', () => {
   it('every builder with no wildcard renders to a row of the table', () => {
     const topics = new Topics();
-    const builders = Object.getOwnPropertyNames(Topics.prototype)
-      .filter((k) => k !== 'constructor' && k !== 'parse' && typeof (topics as unknown as Record<string, unknown>)[k] === 'function');
+    const builders = Object.getOwnPropertyNames(Topics.prototype).filter((k) => k !== 'constructor' && k !== 'parse' && typeof (topics as unknown as Record<string, unknown>)[k] === 'function');
     const rendered: string[] = [];
     for (const k of builders) {
       const fn = (topics as unknown as Record<string, (...a: string[]) => unknown>)[k];
@@ -27,7 +33,7 @@ describe('docs/protocol.md §2 lists every topic of protocol/topics.ts', () => {
       const t = fn.apply(topics, args);
       if (typeof t !== 'string' || t.includes('+')) continue;
       const levels = t.split('/');
-      rendered.push(levels.map((l, i) => (l.startsWith('ARG') ? PLACEHOLDER[levels[i - 1]] ?? l : l)).join('/'));
+      rendered.push(levels.map((l, i) => (l.startsWith('ARG') ? (PLACEHOLDER[levels[i - 1]] ?? l) : l)).join('/'));
     }
     expect(rendered.length).toBeGreaterThanOrEqual(12);
     expect(rendered.filter((t) => !listed.has(t))).toEqual([]);

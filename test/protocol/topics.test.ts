@@ -79,7 +79,12 @@ describe.each([
     };
     for (const c of concrete(t)) {
       expect(c.topic).not.toMatch(/[+#]/);
-      expect(filters(t).filter((f) => matches(f.filter, c.topic)).map((f) => f.name), c.name).toEqual(want[c.name]);
+      expect(
+        filters(t)
+          .filter((f) => matches(f.filter, c.topic))
+          .map((f) => f.name),
+        c.name,
+      ).toEqual(want[c.name]);
     }
     // framesFor is per device and model.
     expect(matches(t.framesFor('resnet18', 'dev-1'), t.frames('resnet18', U, 'dev-2'))).toBe(false);
@@ -124,7 +129,7 @@ describe('level counts and prefix isolation', () => {
     for (const s of all) expect(s.split('/').length, s).toBeLessThanOrEqual(7);
     expect(Math.max(...all.map((s) => s.split('/').length))).toBe(7);
   });
-  it('one prefix does not parse another prefix\'s topics', () => {
+  it("one prefix does not parse another prefix's topics", () => {
     const a = new Topics();
     const b = new Topics('acme/fleet');
     for (const c of concrete(b)) expect(a.parse(c.topic), c.topic).toBeNull();

@@ -1,8 +1,19 @@
 import { describe, it, expect } from 'vitest';
 import { decode as cborxDecode } from 'cbor-x';
 import {
-  formatTrustFile, parseTrustFile, releaseRole, rolloutRole, signRelease, signTrust, signingKeyFromSeed, trustOf, verifyRelease, verifyTrustUpdate,
-  type ReleaseDraft, type SigningKey, type TrustFile,
+  formatTrustFile,
+  parseTrustFile,
+  releaseRole,
+  rolloutRole,
+  signRelease,
+  signTrust,
+  signingKeyFromSeed,
+  trustOf,
+  verifyRelease,
+  verifyTrustUpdate,
+  type ReleaseDraft,
+  type SigningKey,
+  type TrustFile,
 } from '../../protocol/release.ts';
 import { signEnvelope } from '../../protocol/signed.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
@@ -17,7 +28,15 @@ const file = (threshold: unknown, keys: unknown[], extra: Record<string, unknown
 const parse = (text: string) => codeOf(() => parseTrustFile(text));
 
 const DRAFT: ReleaseDraft = {
-  model: 'resnet18', group: 'canary', seq: 7, issued: 1_700_000_000, expires: 1_700_086_400, target: 'ab'.repeat(32), steps: [], rollback: false, previous: null,
+  model: 'resnet18',
+  group: 'canary',
+  seq: 7,
+  issued: 1_700_000_000,
+  expires: 1_700_086_400,
+  target: 'ab'.repeat(32),
+  steps: [],
+  rollback: false,
+  previous: null,
 };
 
 describe('trust files', () => {
@@ -69,7 +88,9 @@ describe('trust files', () => {
 
 describe('trust files: rollout section and version', () => {
   const both: TrustFile = {
-    version: 3, threshold: 2, keys: [keyA, keyB, keyC].map((k) => ({ id: k.id, publicKey: k.publicKey })),
+    version: 3,
+    threshold: 2,
+    keys: [keyA, keyB, keyC].map((k) => ({ id: k.id, publicKey: k.publicKey })),
     rollout: { threshold: 1, keys: [keyR, keyS].map((k) => ({ id: k.id, publicKey: k.publicKey })) },
   };
   it('a rollout section round-trips through formatTrustFile / parseTrustFile', () => {
@@ -85,7 +106,10 @@ describe('trust files: rollout section and version', () => {
   });
   it('trustOf builds both roles', () => {
     expect(trustOf([keyA, keyB], [keyR], 2, 5)).toEqual({
-      version: 5, threshold: 2, keys: [keyA, keyB].map((k) => ({ id: k.id, publicKey: k.publicKey })), rollout: { threshold: 1, keys: [{ id: keyR.id, publicKey: keyR.publicKey }] },
+      version: 5,
+      threshold: 2,
+      keys: [keyA, keyB].map((k) => ({ id: k.id, publicKey: k.publicKey })),
+      rollout: { threshold: 1, keys: [{ id: keyR.id, publicKey: keyR.publicKey }] },
     });
     expect(trustOf([keyA], [], 3).rollout).toBeUndefined();
     expect(trustOf([keyA, keyA], undefined, 3)).toMatchObject({ threshold: 1, keys: [{ id: keyA.id }] });
@@ -96,8 +120,18 @@ describe('trust files: rollout section and version', () => {
     expect(parse(file(1, [entry(keyA)], { rollout: { threshold: 1, keys: [entry(keyR)] } }))).toBe('no error');
   });
   it('refuses a malformed rollout section', () => {
-    for (const rollout of [null, 1, [], {}, { threshold: 1 }, { threshold: 0, keys: [entry(keyR)] }, { threshold: 2, keys: [entry(keyR)] },
-      { threshold: 1, keys: [] }, { threshold: 1, keys: [entry(keyR), entry(keyR)] }, { threshold: 1, keys: [{ id: keyS.id, publicKey: b64(keyR) }] }]) {
+    for (const rollout of [
+      null,
+      1,
+      [],
+      {},
+      { threshold: 1 },
+      { threshold: 0, keys: [entry(keyR)] },
+      { threshold: 2, keys: [entry(keyR)] },
+      { threshold: 1, keys: [] },
+      { threshold: 1, keys: [entry(keyR), entry(keyR)] },
+      { threshold: 1, keys: [{ id: keyS.id, publicKey: b64(keyR) }] },
+    ]) {
       expect(parse(file(1, [entry(keyA)], { rollout })), JSON.stringify(rollout)).toBe('malformed-trust');
     }
   });
@@ -162,7 +196,10 @@ describe('key rotation (signed trust updates)', () => {
     const signedBody = (body: unknown) => signEnvelope(cborEncode(body), [keyA, keyB]);
     const text = formatTrustFile(next);
     const cases: Uint8Array[] = [
-      new Uint8Array(0), Uint8Array.from([0xa1]), cborEncode('trust'), cborEncode({ body: new Uint8Array(4), sigs: [] }),
+      new Uint8Array(0),
+      Uint8Array.from([0xa1]),
+      cborEncode('trust'),
+      cborEncode({ body: new Uint8Array(4), sigs: [] }),
       Uint8Array.from([...signTrust(next, [keyA, keyB]), 0]),
       signEnvelope(Uint8Array.from([0xa1]), [keyA, keyB]),
       signedBody({ v: 2, type: 'trust', trust: text }),

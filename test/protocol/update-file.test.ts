@@ -19,7 +19,7 @@ function problem(bytes: Uint8Array): string | undefined {
 }
 
 describe('the update file carries the SHA-256 of its payload (docs/protocol.md §6.1)', () => {
-  it('the vector of the document: magic, then the payload\'s SHA-256, then the payload', () => {
+  it("the vector of the document: magic, then the payload's SHA-256, then the payload", () => {
     const file = encodeUpdateFile(payload);
     const hex = Buffer.from(file.subarray(0, UPDATE_FILE_HEADER_BYTES)).toString('hex');
     const section = doc.slice(doc.indexOf('### 6.1'), doc.indexOf('## 7.'));

@@ -13,11 +13,24 @@ const load = (name: string) => new Uint8Array(readFileSync(path.join(dir, name))
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 interface Element {
-  tensor: string; dtype: Dtype; index: number; baseBits: string; sumF64: string; expectedBits: string; deltaF64: string;
+  tensor: string;
+  dtype: Dtype;
+  index: number;
+  baseBits: string;
+  sumF64: string;
+  expectedBits: string;
+  deltaF64: string;
 }
-interface Conversion { x: string; f64: string; bits: string; value: string }
+interface Conversion {
+  x: string;
+  f64: string;
+  bits: string;
+  value: string;
+}
 const vectors = JSON.parse(readFileSync(path.join(dir, 'vectors.json'), 'utf8')) as {
-  baseDigest: string; targetDigest: string; payloadSha256: string;
+  baseDigest: string;
+  targetDigest: string;
+  payloadSha256: string;
   files: Record<string, { bytes: number; sha256: string }>;
   elements: Element[];
   conversions: { f16: Conversion[]; bf16: Conversion[] };
@@ -30,7 +43,9 @@ function f64FromHex(h: string): number {
 }
 /** Element bits of a little-endian tensor as big-endian hex. */
 function bitsAt(data: Uint8Array, size: number, e: number): string {
-  return Buffer.from(data.subarray(e * size, (e + 1) * size)).reverse().toString('hex');
+  return Buffer.from(data.subarray(e * size, (e + 1) * size))
+    .reverse()
+    .toString('hex');
 }
 
 describe('committed test vectors', () => {

@@ -15,13 +15,15 @@ import { modelPair, writeModels, type Spec } from '../support/models.ts';
 /** The same model with one tensor's values edited. */
 function withTensor(model: Uint8Array, name: string, edit: (v: Float64Array) => void): Uint8Array {
   const f = readSafetensors(model);
-  return writeSafetensors(f.tensors.map((t) => {
-    if (t.name !== name) return t;
-    const v = decodeValues(t.data, t.dtype);
-    edit(v);
-    const data = t.dtype === 'I8' ? new Uint8Array(Int8Array.from(v).buffer) : encodeValues(v, t.dtype as 'F32');
-    return { ...t, data };
-  }));
+  return writeSafetensors(
+    f.tensors.map((t) => {
+      if (t.name !== name) return t;
+      const v = decodeValues(t.data, t.dtype);
+      edit(v);
+      const data = t.dtype === 'I8' ? new Uint8Array(Int8Array.from(v).buffer) : encodeValues(v, t.dtype as 'F32');
+      return { ...t, data };
+    }),
+  );
 }
 
 const SPECS: Spec[] = [
@@ -131,7 +133,11 @@ describe('fleet build from two models', () => {
     const pair = modelPair(8, SPECS, { 'fc1.weight': { rank: 2 } });
     const other = modelPair(8, [...SPECS.slice(0, 2), { name: 'fc1.weight', shape: [64, 48] }, ...SPECS.slice(3)], {});
     await expect(build('shape', { base: pair.base, target: other.target }, { kind: 'rank', rank: 2 })).rejects.toThrow(/fc1.weight has shape \[48,64\] in the base and \[64,48\]/);
-    const renamed = modelPair(8, SPECS.map((s) => (s.name === 'fc1.bias' ? { ...s, name: 'fc1.b' } : s)), {});
+    const renamed = modelPair(
+      8,
+      SPECS.map((s) => (s.name === 'fc1.bias' ? { ...s, name: 'fc1.b' } : s)),
+      {},
+    );
     await expect(build('names', { base: pair.base, target: renamed.target }, { kind: 'rank', rank: 2 })).rejects.toThrow(/only in the base: fc1.bias.*only in the target: fc1.b/);
     const intChanged = withTensor(pair.target, 'embed.q', (v) => (v[3] += 1));
     await expect(build('int', { base: pair.base, target: intChanged }, { kind: 'rank', rank: 2 })).rejects.toThrow(/embed.q is I8 and changed/);

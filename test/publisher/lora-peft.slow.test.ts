@@ -21,15 +21,17 @@ import { readUpdateFile } from '../../util/update-file.ts';
 const execFileP = promisify(execFile);
 const FLEET_BIN = fileURLToPath(new URL('../../bin/fleet.js', import.meta.url));
 
-interface T { shape: number[]; values: Float64Array }
+interface T {
+  shape: number[];
+  values: Float64Array;
+}
 /** Random f32 values (already rounded, so the test knows exactly what is stored). */
 function t(shape: number[], seed: number): T {
   const rand = mulberry32(seed);
   const n = shape.reduce((a, b) => a * b, 1);
   return { shape, values: Float64Array.from({ length: n }, () => Math.fround(rand() - 0.5)) };
 }
-const file = (ts: Record<string, T>): Uint8Array =>
-  writeSafetensors(Object.entries(ts).map(([name, x]) => ({ name, dtype: 'F32' as const, shape: x.shape, data: encodeValues(x.values, 'F32') })));
+const file = (ts: Record<string, T>): Uint8Array => writeSafetensors(Object.entries(ts).map(([name, x]) => ({ name, dtype: 'F32' as const, shape: x.shape, data: encodeValues(x.values, 'F32') })));
 
 // The base: a Llama-like q_proj (Linear [out 6, in 5]) with a bias, a square v_proj, GPT-2 Conv1D c_attn
 // (stored [in 5, out 7]) and c_proj (square [7, 7]), an embedding, a classification head.
@@ -39,11 +41,15 @@ const CA = 'transformer.h.0.attn.c_attn';
 const CP = 'transformer.h.0.attn.c_proj';
 const EMB = 'model.embed_tokens';
 const BASE: Record<string, T> = {
-  [`${Q}.weight`]: t([6, 5], 1), [`${Q}.bias`]: t([6], 2),
-  [`${V}.weight`]: t([4, 4], 3), [`${V}.bias`]: t([4], 4),
-  [`${CA}.weight`]: t([5, 7], 5), [`${CP}.weight`]: t([7, 7], 6),
+  [`${Q}.weight`]: t([6, 5], 1),
+  [`${Q}.bias`]: t([6], 2),
+  [`${V}.weight`]: t([4, 4], 3),
+  [`${V}.bias`]: t([4], 4),
+  [`${CA}.weight`]: t([5, 7], 5),
+  [`${CP}.weight`]: t([7, 7], 6),
   [`${EMB}.weight`]: t([10, 4], 7),
-  'score.weight': t([3, 6], 8), 'score.bias': t([3], 9),
+  'score.weight': t([3, 6], 8),
+  'score.bias': t([3], 9),
 };
 const P = 'base_model.model.';
 
@@ -96,7 +102,10 @@ async function build(tensors: Record<string, T>, config: Record<string, unknown>
   await fs.writeFile(adapter, file(tensors));
   await fs.writeFile(cfg, JSON.stringify({ peft_type: 'LORA', r: 2, lora_alpha: 4, bias: 'none', fan_in_fan_out: false, ...config }));
   const args = [FLEET_BIN, 'build', '--base', path.join(dir, 'base.safetensors'), '--lora', adapter, '--lora-config', cfg, '--out', out, '--json', ...extra];
-  const run = await execFileP(process.execPath, args).then((r) => ({ code: 0, ...r }), (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }));
+  const run = await execFileP(process.execPath, args).then(
+    (r) => ({ code: 0, ...r }),
+    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+  );
   if (run.code !== 0) return { ...run, model: undefined, report: undefined };
   const payload = decodePayload(await readUpdateFile(out));
   const applied = applyToModel(new Uint8Array(await fs.readFile(path.join(dir, 'base.safetensors'))), payload);
@@ -145,7 +154,7 @@ describe('fleet build --lora merges as PEFT does, case by case', () => {
     expectModel(b, { [`${Q}.weight`]: loraMerge(BASE[`${Q}.weight`], qA, qB, 2), [`${Q}.bias`]: qb.values, [`${V}.bias`]: vb.values, 'score.bias': sb.values });
   });
 
-  it('DoRA with modules_to_save: W\' = m·(W + s·B·A)/‖W + s·B·A‖ per output row, and the saved head', async () => {
+  it("DoRA with modules_to_save: W' = m·(W + s·B·A)/‖W + s·B·A‖ per output row, and the saved head", async () => {
     const mag = t([6], 40);
     mag.values.forEach((x, i) => (mag.values[i] = Math.fround(Math.abs(x) + 0.5)));
     const head = t([3, 6], 41);
@@ -180,11 +189,14 @@ describe('fleet build --lora merges as PEFT does, case by case', () => {
   it('alpha_pattern / rank_pattern: the first key in the file that matches wins, not an exact one; (?P<name>…) is read as Python reads it', async () => {
     const vA = t([3, 4], 60);
     const vB = t([4, 3], 61);
-    const b = await build({ ...qLora, [`${P}${V}.lora_A.weight`]: vA, [`${P}${V}.lora_B.weight`]: vB }, {
-      target_modules: ['q_proj', 'v_proj'],
-      alpha_pattern: { q_proj: 8, [Q]: 2, '(?P<which>v)_proj': 9 },
-      rank_pattern: { 'self_attn\\.(?P<p>v)_pr(?P=p)?oj': 3 },
-    });
+    const b = await build(
+      { ...qLora, [`${P}${V}.lora_A.weight`]: vA, [`${P}${V}.lora_B.weight`]: vB },
+      {
+        target_modules: ['q_proj', 'v_proj'],
+        alpha_pattern: { q_proj: 8, [Q]: 2, '(?P<which>v)_proj': 9 },
+        rank_pattern: { 'self_attn\\.(?P<p>v)_pr(?P=p)?oj': 3 },
+      },
+    );
     expectModel(b, { [`${Q}.weight`]: loraMerge(BASE[`${Q}.weight`], qA, qB, 4), [`${V}.weight`]: loraMerge(BASE[`${V}.weight`], vA, vB, 3) });
   });
 
@@ -214,7 +226,8 @@ describe('fleet build --lora merges as PEFT does, case by case', () => {
     expectRefused(await build(tensors, { target_modules: ['q_proj', 'v_proj', 'c_attn'] }), /v_proj\.weight \[4, 4\] is square and the model mixes.*--fan-in-fan-out/);
     const b = await build(tensors, { target_modules: ['q_proj', 'v_proj', 'c_attn'] }, ['--fan-in-fan-out', 'c_attn']);
     expectModel(b, {
-      [`${Q}.weight`]: loraMerge(BASE[`${Q}.weight`], qA, qB, 2), [`${CA}.weight`]: loraMerge(BASE[`${CA}.weight`], a1, b1, 2, true),
+      [`${Q}.weight`]: loraMerge(BASE[`${Q}.weight`], qA, qB, 2),
+      [`${CA}.weight`]: loraMerge(BASE[`${CA}.weight`], a1, b1, 2, true),
       [`${V}.weight`]: loraMerge(BASE[`${V}.weight`], a2, b2, 2),
     });
   });
@@ -223,7 +236,17 @@ describe('fleet build --lora merges as PEFT does, case by case', () => {
     ['KaSA (lora_diag), whose base weight PEFT truncates', { kasa_config: { beta: 1e-4, gamma: 1e-3 } }, { [`${P}${Q}.lora_diag`]: t([2], 90) }, /kasa_config is set: KaSA/],
     ['LoRA-GA initialisation, which moves the base weights', { init_lora_weights: 'lora_ga' }, {}, /init_lora_weights = "lora_ga" changes the base weights/],
     ['aLoRA, which PEFT cannot merge', { alora_invocation_tokens: [5, 6] }, {}, /alora_invocation_tokens is set: .*aLoRA/],
-    ['layer_replication, whose layers have no base tensors', { layer_replication: [[0, 1], [0, 1]] }, {}, /layer_replication is set/],
+    [
+      'layer_replication, whose layers have no base tensors',
+      {
+        layer_replication: [
+          [0, 1],
+          [0, 1],
+        ],
+      },
+      {},
+      /layer_replication is set/,
+    ],
   ])('refuses %s', async (_what, config, tensors, message) => {
     expectRefused(await build({ ...qLora, ...tensors }, { target_modules: ['q_proj'], ...config }), message);
   });

@@ -10,10 +10,7 @@ import { applyTensor, applyToModel, decodePayload, encodePayload, isLowRank } fr
 import { readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
 import { buildUpdate, type BuildMode } from '../../publisher/build.ts';
 import { loraSource, twoModelSource } from '../../publisher/delta-source.ts';
-import {
-  denseLoraDelta, LoraError, loraFactors, loraTensorDelta, parseLoraConfig, patternValue,
-  type LoraConfig, type LoraFactor,
-} from '../../publisher/lora.ts';
+import { denseLoraDelta, LoraError, loraFactors, loraTensorDelta, parseLoraConfig, patternValue, type LoraConfig, type LoraFactor } from '../../publisher/lora.ts';
 import { readUpdateFile } from '../../util/update-file.ts';
 
 const execFileP = promisify(execFile);
@@ -31,7 +28,12 @@ function rng(seed: number): () => number {
   };
 }
 
-interface T { name: string; dtype: WritableDtype; shape: number[]; values: Float64Array }
+interface T {
+  name: string;
+  dtype: WritableDtype;
+  shape: number[];
+  values: Float64Array;
+}
 
 /** Random values already rounded to the dtype, so the test knows exactly what is stored. */
 function tensor(name: string, shape: number[], seed: number, dtype: WritableDtype = 'F32'): T {
@@ -58,8 +60,7 @@ const baseBytes = file([W_Q, tensor(`${Q}.bias`, [6], 4), W_C1D, W_CONV, tensor(
 const base = readSafetensors(baseBytes).header;
 
 const PEFT = 'base_model.model.';
-const config = (o: Record<string, unknown> = {}): LoraConfig =>
-  parseLoraConfig(JSON.stringify({ peft_type: 'LORA', r: 2, lora_alpha: 4, target_modules: ['q_proj', 'c_attn'], ...o }));
+const config = (o: Record<string, unknown> = {}): LoraConfig => parseLoraConfig(JSON.stringify({ peft_type: 'LORA', r: 2, lora_alpha: 4, target_modules: ['q_proj', 'c_attn'], ...o }));
 
 /** W + scaling·B·A computed directly, in the base tensor's own layout. */
 function mergedDirect(w: T, a: T, b: T, scaling: number, fanInFanOut = false): Float64Array {
@@ -114,13 +115,17 @@ describe('parseLoraConfig', () => {
     ['{"r": 8, "lora_alpha": 16, "peft_type": "ADALORA"}', /peft_type/],
   ])('rejects %s', (json, message) => {
     let err: unknown;
-    try { parseLoraConfig(json); } catch (e) { err = e; }
+    try {
+      parseLoraConfig(json);
+    } catch (e) {
+      err = e;
+    }
     expect(err).toBeInstanceOf(LoraError);
     expect((err as LoraError).code).toBe('malformed-config');
     expect((err as LoraError).message).toMatch(message);
   });
 
-  it('matches patterns like PEFT\'s get_pattern_key: the first key in order matching at a dot, an exact key no better', () => {
+  it("matches patterns like PEFT's get_pattern_key: the first key in order matching at a dot, an exact key no better", () => {
     const p = { q_proj: 3, 'layers.0.self_attn.q_proj': 5, [`${Q}`]: 7 };
     expect(patternValue(p, Q)).toEqual({ key: 'q_proj', value: 3 });
     expect(patternValue({ [`${Q}`]: 7, q_proj: 3 }, Q)).toEqual({ key: Q, value: 7 });
@@ -250,9 +255,7 @@ describe('loraFactors', () => {
     expect(reasons[Q]).toMatch(/DoRA/);
     // The saved classifier is a whole tensor with no base tensor to update.
     expect(res.whole).toEqual([]);
-    expect(res.unmapped.filter((u) => u.module === 'classifier')).toEqual([
-      { module: 'classifier', reason: expect.stringContaining(`${PEFT}classifier.weight [2, 4] is a whole tensor`) as unknown as string },
-    ]);
+    expect(res.unmapped.filter((u) => u.module === 'classifier')).toEqual([{ module: 'classifier', reason: expect.stringContaining(`${PEFT}classifier.weight [2, 4] is a whole tensor`) as unknown as string }]);
     expect(reasons.classifier).toContain('tried classifier.weight, model.classifier.weight');
   });
 
@@ -271,7 +274,11 @@ describe('loraFactors', () => {
     const bytes = file([a, b]);
     for (const cut of [bytes.subarray(0, bytes.length - 3), bytes.subarray(0, 5)]) {
       let err: unknown;
-      try { loraFactors(cut, config(), base); } catch (e) { err = e; }
+      try {
+        loraFactors(cut, config(), base);
+      } catch (e) {
+        err = e;
+      }
       expect(err).toBeInstanceOf(LoraError);
       expect((err as LoraError).code).toBe('malformed-adapter');
     }
@@ -312,7 +319,9 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
   const x = tensor('x', [3], 213).values;
   const y = tensor('y', [6], 214).values;
   const trainedHead: T = {
-    name: `${PEFT}${HEAD}.weight`, dtype: 'F32', shape: [3, 6],
+    name: `${PEFT}${HEAD}.weight`,
+    dtype: 'F32',
+    shape: [3, 6],
     values: W_HEAD.values.map((w, i) => roundToDtype(w + x[Math.floor(i / 6)] * y[i % 6], 'F32')),
   };
   // Older PEFT versions keep the wrapper's segment in the name.
@@ -359,14 +368,17 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
     ]);
   });
 
-  it('the payload applied to the base gives base + B·A·scaling and the adapter\'s trained tensors', async () => {
+  it("the payload applied to the base gives base + B·A·scaling and the adapter's trained tensors", async () => {
     await withDir(async (dir) => {
       const baseFile = path.join(dir, 'base.safetensors');
       await fs.writeFile(baseFile, base2Bytes);
       const payload = decodePayload(await build(baseFile, { kind: 'factors' }));
       // The LoRA module stays low-rank; whole tensors are dense; the untouched norm is left out.
       expect(payload.tensors.map((d) => [d.name, isLowRank(d) ? d.rank : 'dense'])).toEqual([
-        [B_Q.name, 'dense'], [W_Q.name, 2], [B_HEAD.name, 'dense'], [W_HEAD.name, 'dense'],
+        [B_Q.name, 'dense'],
+        [W_Q.name, 2],
+        [B_HEAD.name, 'dense'],
+        [W_HEAD.name, 'dense'],
       ]);
       const applied = applyToModel(base2Bytes, payload);
       expect(applied.digest).toBe(payload.target);
@@ -374,7 +386,11 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
       const gotW = tensorValues(applied.bytes, W_Q.name);
       for (let i = 0; i < merged.length; i++) expect(Math.abs(gotW[i] - merged[i])).toBeLessThanOrEqual(1e-6);
       // Whole tensors: the adapter's values, to float32 rounding of base + f32(trained − base).
-      for (const [want, was] of [[trainedBias, B_Q], [trainedHead, W_HEAD], [trainedHeadBias, B_HEAD]] as const) {
+      for (const [want, was] of [
+        [trainedBias, B_Q],
+        [trainedHead, W_HEAD],
+        [trainedHeadBias, B_HEAD],
+      ] as const) {
         const got = tensorValues(applied.bytes, was.name);
         for (let i = 0; i < got.length; i++) {
           expect(Math.abs(got[i] - want.values[i])).toBeLessThanOrEqual(2 ** -23 * (Math.abs(want.values[i]) + Math.abs(was.values[i])));
@@ -432,18 +448,24 @@ describe('whole tensors saved in the adapter (bias="all", modules_to_save)', () 
       await fs.writeFile(path.join(dir, 'adapter_config.json'), configJson);
       const expected = await build(baseFile, { kind: 'factors' });
       const out = path.join(dir, 'update.cbor');
-      const run = (adapterFile: string, outFile: string, ...extra: string[]) => execFileP(process.execPath, [FLEET_BIN, 'build', '--base', baseFile, '--lora', adapterFile,
-        '--lora-config', path.join(dir, 'adapter_config.json'), '--out', outFile, '--json', '--yes', ...extra]);
+      const run = (adapterFile: string, outFile: string, ...extra: string[]) =>
+        execFileP(process.execPath, [FLEET_BIN, 'build', '--base', baseFile, '--lora', adapterFile, '--lora-config', path.join(dir, 'adapter_config.json'), '--out', outFile, '--json', '--yes', ...extra]);
       const ok = await run(path.join(dir, 'adapter_model.safetensors'), out);
       expect(ok.stderr).not.toMatch(/left out/);
       expect(Buffer.compare(await readUpdateFile(out), Buffer.from(expected))).toBe(0);
       const report = JSON.parse(ok.stdout.trim().split('\n').pop()!) as { tensors: Array<{ name: string; kind: string }> };
       expect(report.tensors.map((t) => [t.name, t.kind])).toEqual([
-        [B_Q.name, 'dense'], [W_Q.name, 'low-rank'], [B_HEAD.name, 'dense'], [W_HEAD.name, 'dense'],
+        [B_Q.name, 'dense'],
+        [W_Q.name, 'low-rank'],
+        [B_HEAD.name, 'dense'],
+        [W_HEAD.name, 'dense'],
       ]);
       // A bias of the wrong shape fails the build, naming it; with --allow-partial it is left out and the rest is built.
       await fs.writeFile(path.join(dir, 'bad.safetensors'), file([A, B, tensor(`${PEFT}${Q}.bias`, [7], 230), trainedHead]));
-      const refused = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor')).then(() => undefined, (e: { code: number; stderr: string }) => e);
+      const refused = await run(path.join(dir, 'bad.safetensors'), path.join(dir, 'bad.cbor')).then(
+        () => undefined,
+        (e: { code: number; stderr: string }) => e,
+      );
       expect(refused?.code).toBe(1);
       expect(refused?.stderr).toMatch(new RegExp(`^fleet: 1 part\\(s\\) of the adapter cannot be merged as PEFT would: ${Q}: .*--allow-partial.*\\n$`));
       await expect(fs.stat(path.join(dir, 'bad.cbor'))).rejects.toThrow();
@@ -479,7 +501,10 @@ describe('PEFT variants read in process (DoRA on conv and embeddings, trainable 
     const d = res.computed[0].delta(W_CONV.values, 'F32');
     if (typeof d === 'string') throw new Error(d);
     const want = dora(mergedDirect(W_CONV, ca, cb, 2), 4, 27, mag.values, false);
-    expectClose(W_CONV.values.map((w, i) => w + d.delta[i]), want);
+    expectClose(
+      W_CONV.values.map((w, i) => w + d.delta[i]),
+      want,
+    );
   });
 
   it('DoRA on an embedding: one magnitude per embedding dimension, norm over the vocabulary (columns)', () => {
@@ -491,7 +516,10 @@ describe('PEFT variants read in process (DoRA on conv and embeddings, trainable 
     expect(res.unmapped).toEqual([]);
     const d = res.computed[0].delta(emb.values, 'F32');
     if (typeof d === 'string') throw new Error(d);
-    expectClose(emb.values.map((w, i) => w + d.delta[i]), dora(mergedDirect(emb, a, b, 2, true), 10, 4, mag.values, true));
+    expectClose(
+      emb.values.map((w, i) => w + d.delta[i]),
+      dora(mergedDirect(emb, a, b, 2, true), 10, 4, mag.values, true),
+    );
     // A magnitude of the wrong length is reported, not guessed.
     const bad = loraFactors(file([a, b, { ...mag, shape: [10], values: new Float64Array(10).fill(1) }]), config({ use_dora: true }), readSafetensors(file([emb])).header);
     expect(bad.unmapped[0].reason).toMatch(/one magnitude per output \(4\)/);
@@ -509,7 +537,10 @@ describe('PEFT variants read in process (DoRA on conv and embeddings, trainable 
     const want = emb.values.slice();
     want.set(rows.values.subarray(0, 4), 12);
     want.set(rows.values.subarray(4, 8), 32);
-    expectClose(emb.values.map((w, i) => w + d.delta[i]), want);
+    expectClose(
+      emb.values.map((w, i) => w + d.delta[i]),
+      want,
+    );
     expect(loraFactors(file([rows]), config({ trainable_token_indices: [3, 3] }), header).unmapped[0].reason).toMatch(/row 3 twice/);
     expect(loraFactors(file([rows]), config({ trainable_token_indices: [3, 10] }), header).unmapped[0].reason).toMatch(/row 10, beyond the 10 rows/);
     expect(loraFactors(file([rows]), config({ trainable_token_indices: { lm_head: [1, 2] } }), header).unmapped[0].reason).toMatch(/does not name its rows/);
@@ -519,11 +550,7 @@ describe('PEFT variants read in process (DoRA on conv and embeddings, trainable 
     const head = tensor('head.bias', [3], 330);
     const header = readSafetensors(file([head])).header;
     const trained = tensor(`${PEFT}head.bias`, [3], 331);
-    const res = loraFactors(file([
-      trained,
-      { ...trained, name: `${PEFT}head.modules_to_save.bias` },
-      { ...head, name: `${PEFT}head.original_module.bias` },
-    ]), config({ bias: 'all', modules_to_save: ['head'] }), header);
+    const res = loraFactors(file([trained, { ...trained, name: `${PEFT}head.modules_to_save.bias` }, { ...head, name: `${PEFT}head.original_module.bias` }]), config({ bias: 'all', modules_to_save: ['head'] }), header);
     expect(res.unmapped).toEqual([]);
     expect(res.whole.map((w) => [w.source, w.tensor])).toEqual([[trained.name, 'head.bias']]);
     // Two different values for one bias: refused.

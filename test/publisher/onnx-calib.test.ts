@@ -29,9 +29,14 @@ async function layerOutputs(w: NetWeights, s: Samples): Promise<Record<'c' | 'h0
   const spec = netSpec(w);
   spec.outputs.push({ name: 'c', shape: [1, 3, 3, 3] }, { name: 'h0', shape: [1, 6] }, { name: 'm', shape: [1, 4] });
   const got: Record<'c' | 'h0' | 'm', Float64Array[]> = { c: [], h0: [], m: [] };
-  await runSamples(buildOnnxModel(spec), s, (_start, _b, out) => {
-    for (const k of ['c', 'h0', 'm'] as const) got[k].push(Float64Array.from(out[k].data));
-  }, ['c', 'h0', 'm']);
+  await runSamples(
+    buildOnnxModel(spec),
+    s,
+    (_start, _b, out) => {
+      for (const k of ['c', 'h0', 'm'] as const) got[k].push(Float64Array.from(out[k].data));
+    },
+    ['c', 'h0', 'm'],
+  );
   return got;
 }
 
@@ -55,7 +60,9 @@ describe('fleet calib: per-layer input statistics from an ONNX model run by ONNX
     const s = samples();
     const r = await onnxCalibration(netModel(w), s);
     expect(r.layers.map((l) => [l.weight, l.kind, l.n, l.rows])).toEqual([
-      ['conv_w', 'gram', 18, N * 9], ['fc_w', 'gram', 27, N], ['mm_w', 'rows', 6, N],
+      ['conv_w', 'gram', 18, N * 9],
+      ['fc_w', 'gram', 27, N],
+      ['mm_w', 'rows', 6, N],
     ]);
     const file = readSafetensors(r.file);
     const g = (name: string) => decodeValues(file.tensor(name), 'F32');

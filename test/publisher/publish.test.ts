@@ -31,7 +31,17 @@ afterEach(async () => {
 async function publish(payloads: Uint8Array[], over: Partial<PublishOptions> = {}): Promise<PublishResult> {
   const transport = await connect(f, `test-publisher-${++n}`);
   return publishUpdate({
-    transport, topics, payloads, keys: [key], rolloutKeys: [rkey], model: MODEL, group: GROUP, chunkSize: CHUNK, ttlSeconds: 3600, log: silentLogger, ...over,
+    transport,
+    topics,
+    payloads,
+    keys: [key],
+    rolloutKeys: [rkey],
+    model: MODEL,
+    group: GROUP,
+    chunkSize: CHUNK,
+    ttlSeconds: 3600,
+    log: silentLogger,
+    ...over,
   });
 }
 
@@ -62,19 +72,29 @@ async function readRelease(): Promise<ReleaseBody | undefined> {
 }
 
 async function refusal(p: Promise<unknown>): Promise<PublishError> {
-  const e = await p.then(() => undefined, (err: unknown) => err);
+  const e = await p.then(
+    () => undefined,
+    (err: unknown) => err,
+  );
   expect(e).toBeInstanceOf(PublishError);
   return e as PublishError;
 }
 
-const stored = (updateId: string) => fs.access(path.join(f.dir, 'broker', 'store', 'updates', updateId, 'payload')).then(() => true, () => false);
+const stored = (updateId: string) =>
+  fs.access(path.join(f.dir, 'broker', 'store', 'updates', updateId, 'payload')).then(
+    () => true,
+    () => false,
+  );
 
 describe('publishUpdate', () => {
   it('publishes a chain of 2 updates: base → t1 → t2, target t2, previous = where the chain starts', async () => {
     const r = await publish([u1.payload, u2.payload]);
     const b = r.release;
     expect(b.target).toBe(u2.targetDigest);
-    expect(b.steps.map((s) => [s.from, s.to])).toEqual([[f.update.baseDigest, u1.targetDigest], [u1.targetDigest, u2.targetDigest]]);
+    expect(b.steps.map((s) => [s.from, s.to])).toEqual([
+      [f.update.baseDigest, u1.targetDigest],
+      [u1.targetDigest, u2.targetDigest],
+    ]);
     expect(b.previous).toBe(f.update.baseDigest);
     expect(b.rollback).toBe(false);
     expect(r.uploads).toHaveLength(2);
@@ -87,11 +107,14 @@ describe('publishUpdate', () => {
 
   it('payloads in the wrong order still chain', async () => {
     const r = await publish([u2.payload, u1.payload]);
-    expect(r.release.steps.map((s) => [s.from, s.to])).toEqual([[f.update.baseDigest, u1.targetDigest], [u1.targetDigest, u2.targetDigest]]);
+    expect(r.release.steps.map((s) => [s.from, s.to])).toEqual([
+      [f.update.baseDigest, u1.targetDigest],
+      [u1.targetDigest, u2.targetDigest],
+    ]);
     expect(await readRelease()).toEqual(r.release);
   });
 
-  it('publishing again records the first release\'s target as previous, with a higher seq', async () => {
+  it("publishing again records the first release's target as previous, with a higher seq", async () => {
     const first = await publish([u1.payload]);
     expect(first.release.previous).toBe(f.update.baseDigest);
     const second = await publish([u2.payload]);

@@ -88,7 +88,7 @@ describe('fleet build --method: one rate–distortion allocation', () => {
     });
   }
 
-  it('the target digest is what the device\'s own apply produces, with every kind in one payload', async () => {
+  it("the target digest is what the device's own apply produces, with every kind in one payload", async () => {
     const r = await build('digest', pair, 9000, 'auto');
     const kinds = new Set(r.report.tensors.map((t) => t.kind));
     expect(kinds.has('mixed')).toBe(true);
@@ -166,7 +166,13 @@ describe('fleet build --calib: output error, not weight error', () => {
       const file = path.join(dir, `calib-${form}.safetensors`);
       await fs.mkdir(dir, { recursive: true });
       const g = form === 'full' ? gram : diagGram;
-      const data = form === 'full' ? encodeValues(gram, 'F32') : encodeValues(Float64Array.from({ length: n }, (_, j) => g[j * n + j]), 'F32');
+      const data =
+        form === 'full'
+          ? encodeValues(gram, 'F32')
+          : encodeValues(
+              Float64Array.from({ length: n }, (_, j) => g[j * n + j]),
+              'F32',
+            );
       await fs.writeFile(file, writeSafetensors([{ name: 'w', dtype: 'F32', shape: form === 'full' ? [n, n] : [n], data }]));
       const metrics = await loadCalibration(file, new Map([['w', [m, n]]]));
       for (const method of ['mixed', 'auto'] as Method[]) {
@@ -197,7 +203,8 @@ describe('fleet build --calib: output error, not weight error', () => {
       const plain = await build(`rows-plain-${method}`, pair, 1500, method);
       const calib = await build(`rows-calib-${method}`, pair, 1500, method, metrics);
       expect(calib.payload.byteLength).toBeLessThanOrEqual(1500);
-      if (method === 'sign') expect(rowError(calib.payload)).toBeLessThanOrEqual(rowError(plain.payload) * (1 + 1e-9)); // rows are fitted alone: the same
+      if (method === 'sign')
+        expect(rowError(calib.payload)).toBeLessThanOrEqual(rowError(plain.payload) * (1 + 1e-9)); // rows are fitted alone: the same
       else expect(rowError(calib.payload)).toBeLessThan(0.5 * rowError(plain.payload));
     }
     await fs.writeFile(file, writeSafetensors([{ name: 'w:outputs', dtype: 'F32', shape: [n], data: encodeValues(new Float64Array(n), 'F32') }]));

@@ -81,7 +81,11 @@ function expectWellFormed(svd: TruncatedSvd, m: number, n: number, k: number): v
 
 describe('randomizedSvd', () => {
   it('recovers an exactly rank-r matrix with k = r', () => {
-    for (const [m, n, r, seed] of [[120, 80, 7, 1], [50, 90, 5, 3], [200, 200, 12, 5]]) {
+    for (const [m, n, r, seed] of [
+      [120, 80, 7, 1],
+      [50, 90, 5, 3],
+      [200, 200, 12, 5],
+    ]) {
       const a = rankR(m, n, r, seed);
       const svd = randomizedSvd(a, m, n, r);
       expectWellFormed(svd, m, n, r);
@@ -92,7 +96,8 @@ describe('randomizedSvd', () => {
   });
 
   it('matches the full SVD singular values on 60×40 matrices with a decaying spectrum', () => {
-    const m = 60, n = 40;
+    const m = 60,
+      n = 40;
     for (const seed of [11, 12, 13]) {
       // A = U0 diag(σ) V0ᵀ with random orthonormal U0, V0 and σ_i = 10·0.7^i.
       const basis = exactSvd(randn(m * n, seed), m, n);
@@ -109,7 +114,12 @@ describe('randomizedSvd', () => {
   });
 
   it('returns orthonormal u columns and vt rows', () => {
-    for (const [m, n, k] of [[60, 40, 10], [40, 60, 10], [128, 96, 32], [33, 17, 17]]) {
+    for (const [m, n, k] of [
+      [60, 40, 10],
+      [40, 60, 10],
+      [128, 96, 32],
+      [33, 17, 17],
+    ]) {
       const a = randn(m * n, m + n);
       const svd = randomizedSvd(a, m, n, k);
       expectWellFormed(svd, m, n, k);
@@ -119,7 +129,9 @@ describe('randomizedSvd', () => {
   });
 
   it('is within 1 % of the exact truncation error on a rank-16-plus-noise 256×256 matrix', () => {
-    const m = 256, n = 256, k = 16;
+    const m = 256,
+      n = 256,
+      k = 16;
     const a = rankR(m, n, k, 21);
     const noise = randn(m * n, 23);
     for (let i = 0; i < a.length; i++) a[i] += 0.3 * noise[i];
@@ -138,7 +150,8 @@ describe('randomizedSvd', () => {
   }, 60_000);
 
   it('is deterministic for a given seed', () => {
-    const m = 70, n = 50;
+    const m = 70,
+      n = 50;
     const a = randn(m * n, 31);
     const x = randomizedSvd(a, m, n, 8, { seed: 7 });
     const y = randomizedSvd(a, m, n, 8, { seed: 7 });
@@ -153,7 +166,10 @@ describe('randomizedSvd', () => {
   });
 
   it('handles a zero matrix', () => {
-    for (const [m, n] of [[40, 30], [30, 40]]) {
+    for (const [m, n] of [
+      [40, 30],
+      [30, 40],
+    ]) {
       const svd = randomizedSvd(new Float64Array(m * n), m, n, 5);
       expectWellFormed(svd, m, n, 5);
       expect([...svd.s]).toEqual([0, 0, 0, 0, 0]);
@@ -164,7 +180,11 @@ describe('randomizedSvd', () => {
   });
 
   it('handles 1×n and m×1 matrices', () => {
-    for (const [m, n] of [[1, 37], [37, 1], [1, 1]]) {
+    for (const [m, n] of [
+      [1, 37],
+      [37, 1],
+      [1, 1],
+    ]) {
       const a = randn(m * n, 41);
       const svd = randomizedSvd(a, m, n, 4);
       expectWellFormed(svd, m, n, 1);
@@ -176,7 +196,10 @@ describe('randomizedSvd', () => {
   });
 
   it('clamps k to min(m, n) and is then exact', () => {
-    for (const [m, n] of [[30, 12], [12, 30]]) {
+    for (const [m, n] of [
+      [30, 12],
+      [12, 30],
+    ]) {
       const a = randn(m * n, 51);
       const svd = randomizedSvd(a, m, n, 50, { oversample: 3 });
       expectWellFormed(svd, m, n, 12);
@@ -196,7 +219,10 @@ describe('randomizedSvd', () => {
 
 describe('exactSvd and error helpers', () => {
   it('factorises tall and wide matrices exactly', () => {
-    for (const [m, n] of [[20, 9], [9, 20]]) {
+    for (const [m, n] of [
+      [20, 9],
+      [9, 20],
+    ]) {
       const a = randn(m * n, 61);
       const svd = exactSvd(a, m, n);
       expectWellFormed(svd, m, n, 9);
@@ -207,7 +233,9 @@ describe('exactSvd and error helpers', () => {
   });
 
   it('lowRankError2 matches a direct reconstruction', () => {
-    const m = 15, n = 11, k = 3;
+    const m = 15,
+      n = 11,
+      k = 3;
     const a = randn(m * n, 71);
     const svd = randomizedSvd(a, m, n, 6);
     const us = new Float64Array(m * k);

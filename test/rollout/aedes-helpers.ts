@@ -22,7 +22,13 @@ import { until } from '../support/wait.ts';
  */
 
 export const wave = (group: string, o: Record<string, unknown> = {}): Record<string, unknown> => ({
-  group, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 0, timeoutSeconds: 60, offline: 'block', ...o,
+  group,
+  successThreshold: 1,
+  failureThreshold: { count: 1 },
+  soakSeconds: 0,
+  timeoutSeconds: 60,
+  offline: 'block',
+  ...o,
 });
 
 /** A plan over `update.cbor` (and `target.safetensors` as the full-model step with `full`), both written by `setup`. */
@@ -43,7 +49,8 @@ export async function setup(tag: string, devices: Array<[string, string, Partial
   for (const [id, group, cfg] of devices) agents.set(id, await startAgent(fx, id, silentLogger, { group, ...cfg }));
   for (const [id] of devices) await watch.until(id, (s) => s.state === 'idle');
   return {
-    fx, watch,
+    fx,
+    watch,
     async stopDevice(id: string) {
       const a = agents.get(id)!;
       await a.agent.stop();
@@ -69,17 +76,24 @@ export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: strin
   // With rolloutKeyOnly, the controller holds no release key (as `fleet rollout start --rollout-key K --trust T`).
   const keys = o.rolloutKeyOnly ? [] : [await loadSigningKey(fx.keyFile)];
   const trust = o.rolloutKeyOnly ? parseTrustFile(await fs.readFile(fx.trustFile, 'utf8')) : undefined;
-  const ctl = new RolloutController({ plan: p, payloads, keys, trust, rolloutKeys: [await loadSigningKey(fx.rolloutKeyFile)], settleMs: 500, tickMs: 200 }, {
-    transport, topics, clock: systemClock, rollback: rollbackGroup, log: silentLogger,
-    publish: (o: PublishOptions) => {
-      published.push(o.group);
-      return publishUpdate(o);
+  const ctl = new RolloutController(
+    { plan: p, payloads, keys, trust, rolloutKeys: [await loadSigningKey(fx.rolloutKeyFile)], settleMs: 500, tickMs: 200 },
+    {
+      transport,
+      topics,
+      clock: systemClock,
+      rollback: rollbackGroup,
+      log: silentLogger,
+      publish: (o: PublishOptions) => {
+        published.push(o.group);
+        return publishUpdate(o);
+      },
+      onEvent: async (e) => {
+        events.push(e);
+        if (onEventCmd && HOOK_EVENTS.includes(e.type)) await runEventCommand(onEventCmd, e, silentLogger);
+      },
     },
-    onEvent: async (e) => {
-      events.push(e);
-      if (onEventCmd && HOOK_EVENTS.includes(e.type)) await runEventCommand(onEventCmd, e, silentLogger);
-    },
-  });
+  );
   await ctl.start();
   return { ctl, events, published };
 }

@@ -9,7 +9,13 @@ import { BASE, deviceStatus, fakeReleases, KEY, MemoryBroker, MemoryTransport, T
 
 const topics = new Topics();
 const wave = (group: string, o: Record<string, unknown> = {}): Record<string, unknown> => ({
-  group, successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 5, timeoutSeconds: 60, offline: 'block', ...o,
+  group,
+  successThreshold: 1,
+  failureThreshold: { count: 1 },
+  soakSeconds: 5,
+  timeoutSeconds: 60,
+  offline: 'block',
+  ...o,
 });
 const makePlan = (waves: Array<Record<string, unknown>>, id = 'r1'): RolloutPlan => parsePlan({ id, model: 'm', updates: ['u.cbor'], waves });
 
@@ -31,15 +37,27 @@ function rig(plan: RolloutPlan, broker = new MemoryBroker(), clock = new ManualC
   const rel = fakeReleases(broker, topics);
   const events: RolloutEvent[] = [];
   const make = (): RolloutController => {
-    const c = new RolloutController({ plan, payloads: { payloads: [], fullModel: undefined, target: TARGET }, keys: [KEY], settleMs: 0, tickMs: 1000 }, {
-      transport: new MemoryTransport(broker), topics, clock, publish: rel.publish, rollback: rel.rollback, log: silentLogger,
-      onEvent: (e) => void events.push(e),
-    });
+    const c = new RolloutController(
+      { plan, payloads: { payloads: [], fullModel: undefined, target: TARGET }, keys: [KEY], settleMs: 0, tickMs: 1000 },
+      {
+        transport: new MemoryTransport(broker),
+        topics,
+        clock,
+        publish: rel.publish,
+        rollback: rel.rollback,
+        log: silentLogger,
+        onEvent: (e) => void events.push(e),
+      },
+    );
     running.push(c);
     return c;
   };
   const r: Rig = {
-    broker, clock, rel, events, ctl: make(),
+    broker,
+    clock,
+    rel,
+    events,
+    ctl: make(),
     async start() {
       await r.ctl.start();
       await flush();
@@ -57,7 +75,13 @@ const seqOf = (r: Rig, group: string): number => r.rel.current.get(group)!.seq;
 describe('rollout controller (in-memory broker, manual clock)', () => {
   it('two waves: threshold, soak, promote, complete; the status is retained at each step and every 10 s', async () => {
     const r = rig(makePlan([wave('canary'), wave('line', { successThreshold: 0.5 })]));
-    for (const [d, g] of [['c1', 'canary'], ['c2', 'canary'], ['l1', 'line'], ['l2', 'line']]) dev(r, d, g, 'idle');
+    for (const [d, g] of [
+      ['c1', 'canary'],
+      ['c2', 'canary'],
+      ['l1', 'line'],
+      ['l2', 'line'],
+    ])
+      dev(r, d, g, 'idle');
     await r.start();
     expect(r.ctl.status().state).toBe('waiting');
     expect(r.rel.calls).toEqual([{ kind: 'publish', group: 'canary' }]);
@@ -107,7 +131,13 @@ describe('rollout controller (in-memory broker, manual clock)', () => {
 
   it('failures cross the threshold: halt, roll back every group reached (a failed rollback is retried), hook events', async () => {
     const r = rig(makePlan([wave('canary', { successThreshold: 0.5, soakSeconds: 0 }), wave('line', { failureThreshold: { count: 2 } })]));
-    for (const [d, g] of [['c1', 'canary'], ['c2', 'canary'], ['l1', 'line'], ['l2', 'line']]) dev(r, d, g, 'idle');
+    for (const [d, g] of [
+      ['c1', 'canary'],
+      ['c2', 'canary'],
+      ['l1', 'line'],
+      ['l2', 'line'],
+    ])
+      dev(r, d, g, 'idle');
     await r.start();
     okOn(r, 'c1', 'canary');
     await flush();
@@ -207,7 +237,7 @@ describe('rollout controller (in-memory broker, manual clock)', () => {
     send('new', r.clock.t + 1000);
     const b = rig(makePlan([wave('canary')]), r.broker, r.clock);
     await b.start();
-    expect((await b.ctl.done())).toMatchObject({ state: 'aborted', lastCommand: 'new' });
+    expect(await b.ctl.done()).toMatchObject({ state: 'aborted', lastCommand: 'new' });
   });
 
   it('a group with no devices pauses the rollout and says why', async () => {
@@ -237,7 +267,11 @@ describe('rollout controller (in-memory broker, manual clock)', () => {
   it('restart: a new controller rebuilds from the retained topics and does not publish a wave again', async () => {
     const plan = makePlan([wave('canary'), wave('line')]);
     const a = rig(plan);
-    for (const [d, g] of [['c1', 'canary'], ['l1', 'line']]) dev(a, d, g, 'idle');
+    for (const [d, g] of [
+      ['c1', 'canary'],
+      ['l1', 'line'],
+    ])
+      dev(a, d, g, 'idle');
     await a.start();
     okOn(a, 'c1', 'canary');
     await flush();
@@ -269,9 +303,17 @@ describe('rollout controller (in-memory broker, manual clock)', () => {
       return r;
     };
     const killed = new MemoryTransport(a.broker);
-    const c = new RolloutController({ plan, payloads: { payloads: [], fullModel: undefined, target: TARGET }, keys: [KEY], settleMs: 0 }, {
-      transport: killed, topics, clock: a.clock, publish: (o) => a.rel.publish(o), rollback: a.rel.rollback, log: silentLogger,
-    });
+    const c = new RolloutController(
+      { plan, payloads: { payloads: [], fullModel: undefined, target: TARGET }, keys: [KEY], settleMs: 0 },
+      {
+        transport: killed,
+        topics,
+        clock: a.clock,
+        publish: (o) => a.rel.publish(o),
+        rollback: a.rel.rollback,
+        log: silentLogger,
+      },
+    );
     await c.start();
     await flush();
     expect(retainedStatus(a.broker).state).toBe('publishing');

@@ -73,8 +73,26 @@ export const KEY: SigningKey = signingKeyFromSeed(new Uint8Array(32).fill(7));
 
 export function deviceStatus(topics: Topics, broker: MemoryBroker, device: string, group: string, state: DeviceState, o: Partial<DeviceStatus> = {}): void {
   const s: DeviceStatus = {
-    device, group, model: 'm', state, running: 'a'.repeat(64), target: null, seq: null, updateId: null, rollback: false, progress: 0, bytes: 0,
-    totalBytes: 0, badChunks: 0, rateBps: 0, wire: null, reason: null, message: null, agent: 'test', time: new Date().toISOString(), ...o,
+    device,
+    group,
+    model: 'm',
+    state,
+    running: 'a'.repeat(64),
+    target: null,
+    seq: null,
+    updateId: null,
+    rollback: false,
+    progress: 0,
+    bytes: 0,
+    totalBytes: 0,
+    badChunks: 0,
+    rateBps: 0,
+    wire: null,
+    reason: null,
+    message: null,
+    agent: 'test',
+    time: new Date().toISOString(),
+    ...o,
   };
   broker.publish(topics.status(device), encodeStatus(s), true);
 }
@@ -97,7 +115,9 @@ export function fakeReleases(broker: MemoryBroker, topics: Topics) {
     if (i >= 0) throw failNext.splice(i, 1)[0].error;
   };
   return {
-    calls, failNext, current,
+    calls,
+    failNext,
+    current,
     async publish(o: PublishOptions): Promise<PublishResult> {
       calls.push({ kind: 'publish', group: o.group });
       take('publish');

@@ -7,20 +7,50 @@ import type { DeviceState } from '../../protocol/status.ts';
 
 /** Every event, spelled out; a Record so the compiler flags one missing here. */
 const EVENT_SET: Record<RolloutMachineEvent, true> = {
-  publish: true, adopt: true, published: true, 'publish-failed': true, interrupted: true, 'threshold-reached': true, 'threshold-lost': true,
-  promote: true, complete: true, 'failure-threshold': true, 'timed-out': true, 'rollback-failed': true, 'rolled-back': true,
-  pause: true, resume: true, abort: true,
+  publish: true,
+  adopt: true,
+  published: true,
+  'publish-failed': true,
+  interrupted: true,
+  'threshold-reached': true,
+  'threshold-lost': true,
+  promote: true,
+  complete: true,
+  'failure-threshold': true,
+  'timed-out': true,
+  'rollback-failed': true,
+  'rolled-back': true,
+  pause: true,
+  resume: true,
+  abort: true,
 };
 const EVENTS = Object.keys(EVENT_SET) as RolloutMachineEvent[];
 
 /** The whole table, spelled out once more: "state event" -> next. A change to the table must change this. */
 const EXPECTED: Record<string, RolloutState> = {
-  'pending publish': 'publishing', 'pending adopt': 'waiting', 'publishing published': 'waiting', 'publishing publish-failed': 'pending',
-  'publishing interrupted': 'pending', 'waiting threshold-reached': 'soaking', 'soaking threshold-lost': 'waiting', 'soaking promote': 'pending',
-  'soaking complete': 'completed', 'pending failure-threshold': 'rolling_back', 'waiting failure-threshold': 'rolling_back',
-  'soaking failure-threshold': 'rolling_back', 'paused failure-threshold': 'rolling_back', 'waiting timed-out': 'rolling_back',
-  'rolling_back rollback-failed': 'rolling_back', 'rolling_back rolled-back': 'halted', 'pending pause': 'paused', 'waiting pause': 'paused',
-  'soaking pause': 'paused', 'paused resume': 'pending', 'pending abort': 'aborted', 'waiting abort': 'aborted', 'soaking abort': 'aborted',
+  'pending publish': 'publishing',
+  'pending adopt': 'waiting',
+  'publishing published': 'waiting',
+  'publishing publish-failed': 'pending',
+  'publishing interrupted': 'pending',
+  'waiting threshold-reached': 'soaking',
+  'soaking threshold-lost': 'waiting',
+  'soaking promote': 'pending',
+  'soaking complete': 'completed',
+  'pending failure-threshold': 'rolling_back',
+  'waiting failure-threshold': 'rolling_back',
+  'soaking failure-threshold': 'rolling_back',
+  'paused failure-threshold': 'rolling_back',
+  'waiting timed-out': 'rolling_back',
+  'rolling_back rollback-failed': 'rolling_back',
+  'rolling_back rolled-back': 'halted',
+  'pending pause': 'paused',
+  'waiting pause': 'paused',
+  'soaking pause': 'paused',
+  'paused resume': 'pending',
+  'pending abort': 'aborted',
+  'waiting abort': 'aborted',
+  'soaking abort': 'aborted',
   'paused abort': 'aborted',
 };
 
@@ -38,7 +68,11 @@ describe('rollout transition table', () => {
   });
   it('terminal states have no way out; every other state can be left', () => {
     for (const t of TERMINAL_STATES) expect(ROLLOUT_TRANSITIONS.some((r) => r.from.includes(t))).toBe(false);
-    for (const s of ROLLOUT_STATES.filter((x) => !TERMINAL_STATES.includes(x))) expect(ROLLOUT_TRANSITIONS.some((r) => r.from.includes(s)), s).toBe(true);
+    for (const s of ROLLOUT_STATES.filter((x) => !TERMINAL_STATES.includes(x)))
+      expect(
+        ROLLOUT_TRANSITIONS.some((r) => r.from.includes(s)),
+        s,
+      ).toBe(true);
   });
   it('every state is reachable from pending', () => {
     const seen = new Set<RolloutState>(['pending']);
@@ -64,10 +98,30 @@ const OLD = 'a'.repeat(64);
 const rec = (device: string, state: DeviceState | null, o: { running?: string; target?: string | null; seq?: number | null; presence?: 'online' | 'offline' } = {}): DeviceRecord => ({
   device,
   presence: o.presence ?? 'online',
-  status: state === null ? null : {
-    device, group: 'g', model: 'm', state, running: o.running ?? OLD, target: o.target ?? null, seq: o.seq ?? null, updateId: null, rollback: false,
-    progress: 0, bytes: 0, totalBytes: 0, badChunks: 0, rateBps: 0, wire: null, reason: state === 'rolled_back' ? 'health-check-failed' : null, message: null, agent: 'x', time: '',
-  },
+  status:
+    state === null
+      ? null
+      : {
+          device,
+          group: 'g',
+          model: 'm',
+          state,
+          running: o.running ?? OLD,
+          target: o.target ?? null,
+          seq: o.seq ?? null,
+          updateId: null,
+          rollback: false,
+          progress: 0,
+          bytes: 0,
+          totalBytes: 0,
+          badChunks: 0,
+          rateBps: 0,
+          wire: null,
+          reason: state === 'rolled_back' ? 'health-check-failed' : null,
+          message: null,
+          agent: 'x',
+          time: '',
+        },
 });
 const wave = (o: Partial<WavePlan> = {}): WavePlan => ({ group: 'g', successThreshold: 1, failureThreshold: { count: 2 }, soakSeconds: 0, timeoutSeconds: 10, offline: 'block', ...o });
 const release = { seq: 10, target: T };

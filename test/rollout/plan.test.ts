@@ -8,7 +8,13 @@ import { SMALL_LAYERS } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
 
 const wave = (o: Record<string, unknown> = {}): Record<string, unknown> => ({
-  group: 'canary', successThreshold: 1, failureThreshold: { count: 1 }, soakSeconds: 60, timeoutSeconds: 600, offline: 'block', ...o,
+  group: 'canary',
+  successThreshold: 1,
+  failureThreshold: { count: 1 },
+  soakSeconds: 60,
+  timeoutSeconds: 600,
+  offline: 'block',
+  ...o,
 });
 const plan = (o: Record<string, unknown> = {}): Record<string, unknown> => ({ id: 'r1', model: 'm', updates: ['u.cbor'], waves: [wave()], ...o });
 const bad = (v: unknown, msg: RegExp): void => {
@@ -18,7 +24,14 @@ const bad = (v: unknown, msg: RegExp): void => {
 
 describe('plan validation', () => {
   it('accepts a full plan and keeps every field', () => {
-    const p = parsePlan(plan({ full: 't.safetensors', chunkSize: 4096, ttlSeconds: 3600, waves: [wave({ window: '22:00-04:00' }), wave({ group: 'line', successThreshold: 0.9, failureThreshold: { share: 0.1, count: 3 }, offline: 'skip' })] }));
+    const p = parsePlan(
+      plan({
+        full: 't.safetensors',
+        chunkSize: 4096,
+        ttlSeconds: 3600,
+        waves: [wave({ window: '22:00-04:00' }), wave({ group: 'line', successThreshold: 0.9, failureThreshold: { share: 0.1, count: 3 }, offline: 'skip' })],
+      }),
+    );
     expect(p.waves).toHaveLength(2);
     expect(p.waves[0].window).toBe('22:00-04:00');
     expect(p.waves[1].failureThreshold).toEqual({ share: 0.1, count: 3 });

@@ -35,7 +35,6 @@ async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string, o: {
   return run;
 }
 
-
 async function releaseOf(fx: Fixture, group: string): Promise<ReleaseBody | undefined> {
   const p = await readRetained(fx, topics.release(group, MODEL), 300);
   return p?.byteLength ? decodeRelease(p) : undefined;
@@ -48,7 +47,13 @@ async function rolloutStatus(fx: Fixture, id = 'model-v2'): Promise<RolloutStatu
 
 const until = untilStatus;
 
-const FLEET: Array<[string, string]> = [['c1', 'canary'], ['c2', 'canary'], ['l1', 'line'], ['l2', 'line'], ['l3', 'line']];
+const FLEET: Array<[string, string]> = [
+  ['c1', 'canary'],
+  ['c2', 'canary'],
+  ['l1', 'line'],
+  ['l2', 'line'],
+  ['l3', 'line'],
+];
 
 describe('staged rollout over Aedes with device agents', () => {
   it('canary reaches 100 %, soaks 1 s, promotes; line completes; statuses retained', async () => {
@@ -60,7 +65,10 @@ describe('staged rollout over Aedes with device agents', () => {
     expect(end.state).toBe('completed');
     expect(run.published).toEqual(['canary', 'line']);
     for (const [id] of FLEET) expect(watch.latest.get(id)).toMatchObject({ state: 'ok', running: fx.update.targetDigest });
-    expect(end.waves.map((w) => [w.group, w.devices, w.counts.ok, w.counts.total])).toEqual([['canary', ['c1', 'c2'], 2, 2], ['line', ['l1', 'l2', 'l3'], 3, 3]]);
+    expect(end.waves.map((w) => [w.group, w.devices, w.counts.ok, w.counts.total])).toEqual([
+      ['canary', ['c1', 'c2'], 2, 2],
+      ['line', ['l1', 'l2', 'l3'], 3, 3],
+    ]);
     const t = (type: string): number => Date.parse(run.events.find((e) => e.type === type)!.time);
     expect(t('promoted') - t('threshold-reached')).toBeGreaterThanOrEqual(1000);
     expect(run.events.map((e) => e.type)).toEqual(['started', 'publishing', 'published', 'threshold-reached', 'promoted', 'publishing', 'published', 'threshold-reached', 'completed']);
@@ -70,7 +78,10 @@ describe('staged rollout over Aedes with device agents', () => {
   }, 60_000);
 
   it('with the rollout key only: the manifest the release key published beforehand is assigned wave by wave; without it the rollout cannot start a wave', async () => {
-    const { fx, watch } = await setup('rollout-roles', [['c1', 'canary'], ['l1', 'line']]);
+    const { fx, watch } = await setup('rollout-roles', [
+      ['c1', 'canary'],
+      ['l1', 'line'],
+    ]);
     const refused = await controller(fx, plan([wave('canary'), wave('line')], { id: 'no-manifest' }), undefined, { rolloutKeyOnly: true });
     await untilStatus(refused.ctl, (s) => /no retained manifest signed by the release keys/.test(JSON.stringify(s)));
     await refused.ctl.stop();
@@ -83,7 +94,10 @@ describe('staged rollout over Aedes with device agents', () => {
   }, 60_000);
 
   it('canary health fails: rolled back on the devices, failure threshold crossed, halted, canary rolled back, hook told', async () => {
-    const { fx, watch } = await setup('rollout-fail', FLEET.map(([id, g]) => [id, g, g === 'canary' ? { healthCmd: 'exit 1' } : {}]));
+    const { fx, watch } = await setup(
+      'rollout-fail',
+      FLEET.map(([id, g]) => [id, g, g === 'canary' ? { healthCmd: 'exit 1' } : {}]),
+    );
     const out = path.join(fx.dir, 'hook');
     const run = await controller(fx, plan([wave('canary', { failureThreshold: { share: 0.5 } }), wave('line')]), `cat >> '${out}.stdin'; echo "$FLEET_EVENT" >> '${out}.env'`);
     const end = await run.ctl.done();
@@ -96,8 +110,14 @@ describe('staged rollout over Aedes with device agents', () => {
     for (const id of ['c1', 'c2']) await watch.until(id, (s) => s.state === 'ok' && s.rollback && s.running === fx.update.baseDigest);
     for (const id of ['l1', 'l2', 'l3']) expect(watch.latest.get(id)!.state).toBe('idle');
     await run.ctl.stop();
-    const env = (await fs.readFile(`${out}.env`, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as RolloutEvent);
-    const stdin = (await fs.readFile(`${out}.stdin`, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as RolloutEvent);
+    const env = (await fs.readFile(`${out}.env`, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as RolloutEvent);
+    const stdin = (await fs.readFile(`${out}.stdin`, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as RolloutEvent);
     expect(env).toEqual(stdin);
     expect(env.some((e) => e.type === 'device-rolled-back' && e.group === 'canary')).toBe(true);
     expect(env.at(-1)).toMatchObject({ type: 'halted', rollout: 'model-v2', reason: end.reason });
@@ -105,7 +125,11 @@ describe('staged rollout over Aedes with device agents', () => {
   }, 60_000);
 
   it("offline: 'skip' leaves a stopped device out and the wave completes at its timeout", async () => {
-    const { fx, stopDevice } = await setup('rollout-skip', [['c1', 'canary'], ['c2', 'canary'], ['c3', 'canary']]);
+    const { fx, stopDevice } = await setup('rollout-skip', [
+      ['c1', 'canary'],
+      ['c2', 'canary'],
+      ['c3', 'canary'],
+    ]);
     await stopDevice('c3');
     const will = await connect(fx, 'will');
     await will.publish(topics.presence('c3'), PRESENCE_OFFLINE, { qos: 1, retain: true });
@@ -120,7 +144,11 @@ describe('staged rollout over Aedes with device agents', () => {
   }, 60_000);
 
   it("offline: 'block' keeps the wave waiting past its timeout and names the device", async () => {
-    const { fx, stopDevice } = await setup('rollout-block', [['c1', 'canary'], ['c2', 'canary'], ['c3', 'canary']]);
+    const { fx, stopDevice } = await setup('rollout-block', [
+      ['c1', 'canary'],
+      ['c2', 'canary'],
+      ['c3', 'canary'],
+    ]);
     await stopDevice('c3'); // no last will: its presence still says online, it just never answers
     const run = await controller(fx, plan([wave('canary', { timeoutSeconds: 12 })]));
     const ok = await until(run.ctl, (s) => s.waves[0].counts.ok === 2);

@@ -17,7 +17,14 @@ afterEach(async () => {
 });
 
 const GROUPS = ['canary', 'line-a', 'line-b'] as const;
-const FLEET: Array<[string, string]> = [['c1', 'canary'], ['c2', 'canary'], ['a1', 'line-a'], ['a2', 'line-a'], ['b1', 'line-b'], ['b2', 'line-b']];
+const FLEET: Array<[string, string]> = [
+  ['c1', 'canary'],
+  ['c2', 'canary'],
+  ['a1', 'line-a'],
+  ['a2', 'line-a'],
+  ['b1', 'line-b'],
+  ['b2', 'line-b'],
+];
 const inGroup = (g: string): string[] => FLEET.filter(([, x]) => x === g).map(([id]) => id);
 
 async function releaseOf(fx: Fixture, group: string): Promise<ReleaseBody | undefined> {
@@ -35,9 +42,19 @@ describe('a rollout over three groups of in-process agents (canary, line-a, line
     expect(run.published).toEqual([...GROUPS]);
     expect(end.waves.map((w) => [w.group, w.devices, w.counts.ok, w.counts.total, w.counts.failed])).toEqual(GROUPS.map((g) => [g, inGroup(g), 2, 2, 0]));
     expect(run.events.map((e) => e.type)).toEqual([
-      'started', 'publishing', 'published', 'threshold-reached', 'promoted',
-      'publishing', 'published', 'threshold-reached', 'promoted',
-      'publishing', 'published', 'threshold-reached', 'completed',
+      'started',
+      'publishing',
+      'published',
+      'threshold-reached',
+      'promoted',
+      'publishing',
+      'published',
+      'threshold-reached',
+      'promoted',
+      'publishing',
+      'published',
+      'threshold-reached',
+      'completed',
     ]);
     // Wave k+1's devices did nothing until wave k was promoted.
     const promoted = run.events.filter((e) => e.type === 'promoted').map((e) => Date.parse(e.time));
@@ -84,8 +101,14 @@ describe('a rollout over three groups of in-process agents (canary, line-a, line
     }
     // The alert command (--on-event through the controller's hook runner) was told, in order, ending with the halt.
     await run.ctl.stop();
-    const env = (await fs.readFile(`${out}.env`, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as RolloutEvent);
-    const stdin = (await fs.readFile(`${out}.stdin`, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as RolloutEvent);
+    const env = (await fs.readFile(`${out}.env`, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as RolloutEvent);
+    const stdin = (await fs.readFile(`${out}.stdin`, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as RolloutEvent);
     expect(env).toEqual(stdin);
     expect(env.some((e) => e.type === 'device-rolled-back' && e.group === 'line-a')).toBe(true);
     expect(env.filter((e) => e.type === 'halted')).toHaveLength(1);

@@ -17,7 +17,14 @@ import { connectPacket, fixedHeader, RawClient } from '../support/raw-mqtt.ts';
 import { expectNoEventWithin, until } from '../support/wait.ts';
 
 const PEOPLE: Array<[string, UserRecord['role']]> = [
-  ['viewer1', 'viewer'], ['op1', 'operator'], ['gw-a', 'gateway'], ['gw-b', 'gateway'], ['ctl', 'rollout'], ['srv', 'server'], ['dev1', 'device'], ['gw-north', 'gateway'],
+  ['viewer1', 'viewer'],
+  ['op1', 'operator'],
+  ['gw-a', 'gateway'],
+  ['gw-b', 'gateway'],
+  ['ctl', 'rollout'],
+  ['srv', 'server'],
+  ['dev1', 'device'],
+  ['gw-north', 'gateway'],
 ];
 const pw = (name: string): string => `${name}-secret`;
 
@@ -27,9 +34,15 @@ let authed: BrokerProcess;
 
 beforeAll(async () => {
   dir = await tempDir('sec-connect');
-  const users = await Promise.all(PEOPLE.map(async ([name, role]): Promise<UserRecord> => ({
-    name, role, ...(role === 'device' ? { group: GROUP, model: MODEL } : {}), ...(name === 'gw-north' ? { site: 'north' } : {}), ...(await hashPassword(pw(name))),
-  })));
+  const users = await Promise.all(
+    PEOPLE.map(async ([name, role]): Promise<UserRecord> => ({
+      name,
+      role,
+      ...(role === 'device' ? { group: GROUP, model: MODEL } : {}),
+      ...(name === 'gw-north' ? { site: 'north' } : {}),
+      ...(await hashPassword(pw(name))),
+    })),
+  );
   const file = path.join(dir, 'users.json');
   await writeUsersFile(file, { users });
   open = await BrokerProcess.start(await freePort(), ['--data-dir', path.join(dir, 'open'), '--no-update-server'], dir, 'open');
@@ -43,8 +56,7 @@ afterAll(async () => {
 });
 
 /** Resolves when `c` closes, or with 'open' after `ms`. */
-const closedWithin = (c: RawClient, ms: number): Promise<'closed' | 'open'> =>
-  Promise.race([c.closed.then(() => 'closed' as const), new Promise<'open'>((r) => setTimeout(() => r('open'), ms))]);
+const closedWithin = (c: RawClient, ms: number): Promise<'closed' | 'open'> => Promise.race([c.closed.then(() => 'closed' as const), new Promise<'open'>((r) => setTimeout(() => r('open'), ms))]);
 
 describe('a packet over the limit is cut off before it is buffered', () => {
   for (const which of ['open', 'auth'] as const) {

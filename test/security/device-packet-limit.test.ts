@@ -40,7 +40,11 @@ class HostileBroker {
     while (!closed && this.written < this.declared) {
       const ok = s.write(piece);
       this.written += piece.length;
-      if (!ok) await new Promise((r) => { s.once('drain', r); s.once('close', r); });
+      if (!ok)
+        await new Promise((r) => {
+          s.once('drain', r);
+          s.once('close', r);
+        });
     }
     this.resolveClosed(closed || this.written < this.declared);
     s.destroy();
@@ -64,7 +68,10 @@ describe('a device does not buffer a packet over its limit', () => {
     expect(DEFAULT_MAX_INCOMING_PACKET).toBeLessThan(64 * 1024 * 1024);
   });
 
-  for (const [label, limit] of [['the device caps', packetLimitOf({})], ['the transport default', undefined]] as const) {
+  for (const [label, limit] of [
+    ['the device caps', packetLimitOf({})],
+    ['the transport default', undefined],
+  ] as const) {
     it(`a 200 MB PUBLISH from the broker closes the connection at its header (${label})`, async () => {
       const declared = 200 * 1024 * 1024;
       const b = new HostileBroker(declared);

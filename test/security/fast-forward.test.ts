@@ -15,9 +15,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { cborDecode, cborEncode } from '../../protocol/cbor.ts';
-import {
-  composeRelease, decodeRelease, maxSeqAt, parseTrustFile, releaseParts, signManifest, verifyRelease, type SigningKey, type TrustFile,
-} from '../../protocol/release.ts';
+import { composeRelease, decodeRelease, maxSeqAt, parseTrustFile, releaseParts, signManifest, verifyRelease, type SigningKey, type TrustFile } from '../../protocol/release.ts';
 import { signEnvelope } from '../../protocol/signed.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { PublishError, publishManifest, publishUpdate } from '../../publisher/publish.ts';

@@ -32,8 +32,25 @@ afterEach(async () => {
 });
 
 const status = (device: string, group: string): DeviceStatus => ({
-  device, group, model: MODEL, state: 'idle', running: 'ab'.repeat(32), target: null, seq: null, updateId: null, rollback: false,
-  progress: 0, bytes: 0, totalBytes: 0, badChunks: 0, rateBps: 0, wire: null, reason: null, message: null, agent: 'x', time: new Date().toISOString(),
+  device,
+  group,
+  model: MODEL,
+  state: 'idle',
+  running: 'ab'.repeat(32),
+  target: null,
+  seq: null,
+  updateId: null,
+  rollback: false,
+  progress: 0,
+  bytes: 0,
+  totalBytes: 0,
+  badChunks: 0,
+  rateBps: 0,
+  wire: null,
+  reason: null,
+  message: null,
+  agent: 'x',
+  time: new Date().toISOString(),
 });
 
 /** What the gateway saved as learned (group/model pairs). */
@@ -81,7 +98,7 @@ describe('what the gateway mirrors is not up to its devices', () => {
     await until(async () => (await saved()).length === 4, { what: 'the four learned groups saved', timeoutMs: 10_000 });
   }, 60_000);
 
-  it('with the site --auth: only the device login\'s own group is learned, whatever the device names', async () => {
+  it("with the site --auth: only the device login's own group is learned, whatever the device names", async () => {
     f = await createFixture('sec-gw-learn');
     const users = path.join(f.dir, 'site-users.json');
     await writeUsersFile(users, { users: [{ name: 'sd1', role: 'device', group: 'own-group', model: MODEL, ...(await hashPassword('sd1-pw')) }] });
@@ -90,7 +107,12 @@ describe('what the gateway mirrors is not up to its devices', () => {
     const t = await MqttTransport.connect({ url: `mqtt://sd1:sd1-pw@${site.host}`, clientId: 'fleet-device-sd1', reconnectMinMs: 60_000 }, 10_000);
     clients.push(t);
     // Other groups' releases: SUBACK 0x80 (the ACL); its own: granted.
-    await t.subscribe(['other-group', ...invented.slice(0, 5), 'own-group'].map((g) => topics.release(g, MODEL)), 1).catch(() => undefined);
+    await t
+      .subscribe(
+        ['other-group', ...invented.slice(0, 5), 'own-group'].map((g) => topics.release(g, MODEL)),
+        1,
+      )
+      .catch(() => undefined);
     // A status naming another group: refused by the site broker, which cuts the device off.
     await t.publish(topics.status('sd1'), encodeStatus(status('sd1', 'other-group')), { qos: 0 });
     await until(() => !t.connected, { what: 'the site broker cutting sd1 off for the status naming another group', timeoutMs: 10_000 });

@@ -32,9 +32,26 @@ import { rolloutStatus } from '../operator/helpers.ts';
 const topics = new Topics();
 const T0 = Date.parse('2026-01-01T00:00:00.000Z');
 const good = (device: string, over: Partial<DeviceStatus> = {}): DeviceStatus => ({
-  device, group: 'line-1', model: 'm', state: 'ok', running: 'a'.repeat(64), target: 'a'.repeat(64), seq: 3, updateId: null, rollback: false,
-  progress: 1, bytes: 10, totalBytes: 10, badChunks: 0, rateBps: 0, wire: { bytesIn: 1, bytesOut: 2, connects: 1 }, reason: null, message: null,
-  agent: 'fleet/0.1.0', time: new Date(T0).toISOString(), ...over,
+  device,
+  group: 'line-1',
+  model: 'm',
+  state: 'ok',
+  running: 'a'.repeat(64),
+  target: 'a'.repeat(64),
+  seq: 3,
+  updateId: null,
+  rollback: false,
+  progress: 1,
+  bytes: 10,
+  totalBytes: 10,
+  badChunks: 0,
+  rateBps: 0,
+  wire: { bytesIn: 1, bytesOut: 2, connects: 1 },
+  reason: null,
+  message: null,
+  agent: 'fleet/0.1.0',
+  time: new Date(T0).toISOString(),
+  ...over,
 });
 /** The status that made `fleet devices` exit 1. */
 const CRASHER = JSON.stringify({ device: 'bad', state: 'ok', group: 7 });
@@ -100,10 +117,12 @@ describe('the views never throw on random statuses (property)', () => {
   const ids = ['d1', 'd2', 'd3'];
   const json = fc.jsonValue();
   /** A valid status with some fields replaced by random JSON or removed. */
-  const mutated = fc.record({
-    device: fc.constantFrom(...ids),
-    over: fc.dictionary(fc.constantFrom(...Object.keys(good('x'))), fc.oneof(json, fc.constant(undefined)), { maxKeys: 4 }),
-  }).map(({ device, over }) => utf8(JSON.stringify({ ...good(device), ...over })));
+  const mutated = fc
+    .record({
+      device: fc.constantFrom(...ids),
+      over: fc.dictionary(fc.constantFrom(...Object.keys(good('x'))), fc.oneof(json, fc.constant(undefined)), { maxKeys: 4 }),
+    })
+    .map(({ device, over }) => utf8(JSON.stringify({ ...good(device), ...over })));
   const payload = fc.oneof(
     { weight: 3, arbitrary: mutated },
     { weight: 2, arbitrary: fc.constantFrom(...ids).map((d) => encodeStatus(good(d, { state: 'rejected', reason: 'x' }))) },
@@ -114,13 +133,15 @@ describe('the views never throw on random statuses (property)', () => {
   );
   /** A valid rollout status with some top-level or first-wave fields replaced by random JSON. */
   const rolloutPayload = fc.oneof(
-    fc.record({
-      top: fc.dictionary(fc.constantFrom(...Object.keys(rolloutStatus('r1'))), json, { maxKeys: 3 }),
-      wave: fc.dictionary(fc.constantFrom('group', 'devices', 'counts', 'failures', 'blocking', 'release', 'publishedAt'), json, { maxKeys: 3 }),
-    }).map(({ top, wave }) => {
-      const r = rolloutStatus('r1');
-      return utf8(JSON.stringify({ ...r, waves: [{ ...r.waves[0], ...wave }, ...r.waves.slice(1)], ...top }));
-    }),
+    fc
+      .record({
+        top: fc.dictionary(fc.constantFrom(...Object.keys(rolloutStatus('r1'))), json, { maxKeys: 3 }),
+        wave: fc.dictionary(fc.constantFrom('group', 'devices', 'counts', 'failures', 'blocking', 'release', 'publishedAt'), json, { maxKeys: 3 }),
+      })
+      .map(({ top, wave }) => {
+        const r = rolloutStatus('r1');
+        return utf8(JSON.stringify({ ...r, waves: [{ ...r.waves[0], ...wave }, ...r.waves.slice(1)], ...top }));
+      }),
     payload,
   );
   const message = fc.oneof(
@@ -129,56 +150,63 @@ describe('the views never throw on random statuses (property)', () => {
   );
 
   it('FleetView (watch TTY, plain and --json, dashboard snapshot, metrics, alerts), the Inventory (fleet devices) and rollout statuses', () => {
-    fc.assert(fc.property(fc.array(message, { minLength: 1, maxLength: 30 }), (msgs) => {
-      let now = T0;
-      const view = new FleetView(topics, { now: () => now });
-      const inv = new Inventory(topics);
-      const alerts = new AlertTracker({ now: () => now });
-      const sink = new Writable({ write(_c, _e, cb) { cb(); } });
-      const plain = new TerminalWatch(view, sink, { tty: false, settleMs: 0 });
-      const jsonWatch = new JsonWatch(view, sink, { refreshMs: 0 });
-      plain.start();
-      jsonWatch.start();
-      const expected = new Set<string>();
-      try {
-        for (const m of msgs) {
-          const topic = m.kind === 'status' ? topics.status(m.device) : m.kind === 'rollout' ? topics.rolloutStatus(m.device) : topics.presence(m.device);
-          if (m.kind === 'rollout') {
-            const r = parseRolloutStatus(m.payload);
-            if (r) formatRolloutStatus(r);
+    fc.assert(
+      fc.property(fc.array(message, { minLength: 1, maxLength: 30 }), (msgs) => {
+        let now = T0;
+        const view = new FleetView(topics, { now: () => now });
+        const inv = new Inventory(topics);
+        const alerts = new AlertTracker({ now: () => now });
+        const sink = new Writable({
+          write(_c, _e, cb) {
+            cb();
+          },
+        });
+        const plain = new TerminalWatch(view, sink, { tty: false, settleMs: 0 });
+        const jsonWatch = new JsonWatch(view, sink, { refreshMs: 0 });
+        plain.start();
+        jsonWatch.start();
+        const expected = new Set<string>();
+        try {
+          for (const m of msgs) {
+            const topic = m.kind === 'status' ? topics.status(m.device) : m.kind === 'rollout' ? topics.rolloutStatus(m.device) : topics.presence(m.device);
+            if (m.kind === 'rollout') {
+              const r = parseRolloutStatus(m.payload);
+              if (r) formatRolloutStatus(r);
+            }
+            now += 1000;
+            const changes = view.handle(topic, m.payload, m.retained);
+            inv.handle(topic, m.payload, m.retained);
+            for (const c of changes) {
+              describeChange(c, now);
+              JSON.stringify(changeLine(c, now));
+            }
+            alerts.observe(changes);
+            if (m.kind === 'status') {
+              const s = m.payload.byteLength ? parseStatus(m.payload) : null;
+              if (m.payload.byteLength === 0 || (s && s.device === m.device)) expected.delete(m.device);
+              else expected.add(m.device);
+            }
           }
-          now += 1000;
-          const changes = view.handle(topic, m.payload, m.retained);
-          inv.handle(topic, m.payload, m.retained);
-          for (const c of changes) {
-            describeChange(c, now);
-            JSON.stringify(changeLine(c, now));
+          view.refresh();
+          const snap = view.snapshot();
+          renderScreen(snap, { colour: true, columns: 120, rows: 30 });
+          expect(renderMetrics(snap)).toContain(`fleet_device_statuses_malformed ${expected.size}\n`);
+          expect(snap.malformed).toBe(expected.size);
+          expect(view.malformedDevices()).toEqual([...expected].sort());
+          expect([...inv.malformed].sort()).toEqual([...expected].sort());
+          const table = formatInventory(inv.list(), [...inv.malformed]);
+          if (expected.size) expect(table).toContain(`${expected.size} malformed status(es) skipped`);
+          for (const r of inv.list()) JSON.stringify(inventoryRow(r));
+          for (const d of snap.devices) {
+            expect(typeof d.device).toBe('string');
+            expect(d.group === null || typeof d.group === 'string').toBe(true);
           }
-          alerts.observe(changes);
-          if (m.kind === 'status') {
-            const s = m.payload.byteLength ? parseStatus(m.payload) : null;
-            if (m.payload.byteLength === 0 || (s && s.device === m.device)) expected.delete(m.device);
-            else expected.add(m.device);
-          }
+        } finally {
+          plain.stop();
+          jsonWatch.stop();
         }
-        view.refresh();
-        const snap = view.snapshot();
-        renderScreen(snap, { colour: true, columns: 120, rows: 30 });
-        expect(renderMetrics(snap)).toContain(`fleet_device_statuses_malformed ${expected.size}\n`);
-        expect(snap.malformed).toBe(expected.size);
-        expect(view.malformedDevices()).toEqual([...expected].sort());
-        expect([...inv.malformed].sort()).toEqual([...expected].sort());
-        const table = formatInventory(inv.list(), [...inv.malformed]);
-        if (expected.size) expect(table).toContain(`${expected.size} malformed status(es) skipped`);
-        for (const r of inv.list()) JSON.stringify(inventoryRow(r));
-        for (const d of snap.devices) {
-          expect(typeof d.device).toBe('string');
-          expect(d.group === null || typeof d.group === 'string').toBe(true);
-        }
-      } finally {
-        plain.stop();
-        jsonWatch.stop();
-      }
-    }), { numRuns: 300, seed: 14 });
+      }),
+      { numRuns: 300, seed: 14 },
+    );
   });
 });

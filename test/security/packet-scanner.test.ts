@@ -18,19 +18,22 @@ function wire(sizes: number[], cuts: number[]): Uint8Array[] {
 
 describe('PacketScanner follows packet boundaries however the bytes are cut', () => {
   it('counts every packet within the limit and flags the first one over it', () => {
-    fc.assert(fc.property(fc.array(fc.integer({ min: 0, max: 20_000 }), { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 30 }), fc.integer({ min: 0, max: 20_000 }), (sizes, cuts, limit) => {
-      const s = new PacketScanner(() => limit);
-      let breach: ReturnType<PacketScanner['feed']>;
-      for (const piece of wire(sizes, cuts)) breach ??= s.feed(piece);
-      const first = sizes.findIndex((n) => n > limit);
-      if (first < 0) {
-        expect(breach).toBeUndefined();
-        expect(s.packets).toBe(sizes.length);
-      } else {
-        expect(breach).toEqual({ reason: 'packet-too-large', type: (first % 14) + 1, declared: sizes[first], limit });
-        expect(s.packets).toBe(first);
-      }
-    }), { numRuns: 500 });
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 0, max: 20_000 }), { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 30 }), fc.integer({ min: 0, max: 20_000 }), (sizes, cuts, limit) => {
+        const s = new PacketScanner(() => limit);
+        let breach: ReturnType<PacketScanner['feed']>;
+        for (const piece of wire(sizes, cuts)) breach ??= s.feed(piece);
+        const first = sizes.findIndex((n) => n > limit);
+        if (first < 0) {
+          expect(breach).toBeUndefined();
+          expect(s.packets).toBe(sizes.length);
+        } else {
+          expect(breach).toEqual({ reason: 'packet-too-large', type: (first % 14) + 1, declared: sizes[first], limit });
+          expect(s.packets).toBe(first);
+        }
+      }),
+      { numRuns: 500 },
+    );
   });
 
   it('a fifth length byte is malformed', () => {

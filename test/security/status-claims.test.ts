@@ -18,7 +18,12 @@ import { controller, plan, untilStatus, wave } from '../rollout/aedes-helpers.ts
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
 import { observeFor } from '../support/wait.ts';
 
-const USERS: Array<[string, UserRecord['role'], string?]> = [['d2', 'device', 'g2'], ['evil', 'device', 'g1'], ['ctl', 'rollout'], ['op', 'operator']];
+const USERS: Array<[string, UserRecord['role'], string?]> = [
+  ['d2', 'device', 'g2'],
+  ['evil', 'device', 'g1'],
+  ['ctl', 'rollout'],
+  ['op', 'operator'],
+];
 const pw = (name: string): string => `${name}-pw`;
 
 let fx: Fixture;
@@ -43,8 +48,25 @@ afterAll(async () => {
 
 /** A status by `evil` claiming group g2: `rejected` for g2's target at a seq above any release's. */
 const forged = (group: string): DeviceStatus => ({
-  device: 'evil', group, model: MODEL, state: 'rejected', running: fx.update.baseDigest, target: fx.update.targetDigest, seq: 2 ** 40,
-  updateId: null, rollback: false, progress: 0, bytes: 0, totalBytes: 0, badChunks: 0, rateBps: 0, wire: null, reason: 'bad-signature', message: 'forged', agent: 'evil', time: new Date().toISOString(),
+  device: 'evil',
+  group,
+  model: MODEL,
+  state: 'rejected',
+  running: fx.update.baseDigest,
+  target: fx.update.targetDigest,
+  seq: 2 ** 40,
+  updateId: null,
+  rollback: false,
+  progress: 0,
+  bytes: 0,
+  totalBytes: 0,
+  badChunks: 0,
+  rateBps: 0,
+  wire: null,
+  reason: 'bad-signature',
+  message: 'forged',
+  agent: 'evil',
+  time: new Date().toISOString(),
 });
 
 /** Statuses an operator receives on `fleet/devices/+/status` within `ms`. */

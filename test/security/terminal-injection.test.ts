@@ -36,9 +36,25 @@ const MESSAGE = `${FORGED}\nfake log line`;
 const HOSTILE = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
 
 const status = (device: string): DeviceStatus => ({
-  device, group: 'line-1', model: 'm', state: 'rejected', running: 'a'.repeat(64), target: 'b'.repeat(64), seq: 3, updateId: null,
-  rollback: false, progress: 0, bytes: 0, totalBytes: 0, badChunks: 0, rateBps: 0, wire: null, reason: REASON, message: MESSAGE,
-  agent: `fleet/0.1.0${OSC0}`, time: new Date().toISOString(),
+  device,
+  group: 'line-1',
+  model: 'm',
+  state: 'rejected',
+  running: 'a'.repeat(64),
+  target: 'b'.repeat(64),
+  seq: 3,
+  updateId: null,
+  rollback: false,
+  progress: 0,
+  bytes: 0,
+  totalBytes: 0,
+  badChunks: 0,
+  rateBps: 0,
+  wire: null,
+  reason: REASON,
+  message: MESSAGE,
+  agent: `fleet/0.1.0${OSC0}`,
+  time: new Date().toISOString(),
 });
 
 let broker: RunningBroker | undefined;
@@ -126,7 +142,15 @@ describe('a hostile status on a real broker', () => {
     const view = new FleetView(topics);
     const stop = await followFleet(view, t);
     let written = '';
-    const out = Object.assign(new (await import('node:stream')).Writable({ write(c, _e, cb) { written += String(c); cb(); } }), { isTTY: true, columns: 400, rows: 50 });
+    const out = Object.assign(
+      new (await import('node:stream')).Writable({
+        write(c, _e, cb) {
+          written += String(c);
+          cb();
+        },
+      }),
+      { isTTY: true, columns: 400, rows: 50 },
+    );
     const w = new TerminalWatch(view, out, { tty: true, intervalMs: 10 });
     w.start();
     await until(() => written.includes('health-failed'), { what: "fleet watch drawing evil's health-failed status", timeoutMs: 10_000 });
@@ -150,8 +174,12 @@ describe('a hostile status on a real broker', () => {
 
     dir = await tempDir('sec-term-event');
     const file = path.join(dir, 'event');
-    const code = await runEventCommand(`printf '%s|%s|%s' "$FLEET_EVENT" "$FLEET_EVENT_TYPE" "$EXTRA" > '${file}'; cat > '${file}.stdin'`,
-      { type: `device-rejected${OSC0}`, device: 'evil', reason: REASON, message: MESSAGE } as { type: string }, silentLogger, { EXTRA: MESSAGE });
+    const code = await runEventCommand(
+      `printf '%s|%s|%s' "$FLEET_EVENT" "$FLEET_EVENT_TYPE" "$EXTRA" > '${file}'; cat > '${file}.stdin'`,
+      { type: `device-rejected${OSC0}`, device: 'evil', reason: REASON, message: MESSAGE } as { type: string },
+      silentLogger,
+      { EXTRA: MESSAGE },
+    );
     expect(code).toBe(0);
     const env = await fs.readFile(file, 'utf8');
     const stdin = await fs.readFile(`${file}.stdin`, 'utf8');

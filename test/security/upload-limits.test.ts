@@ -21,7 +21,14 @@ let dir: string;
 let broker: BrokerProcess;
 beforeAll(async () => {
   dir = await tempDir('sec-uploads');
-  const users = await Promise.all([['pub', 'publisher'], ['pub2', 'publisher'], ['pub3', 'publisher'], ['srv', 'server']].map(async ([name, role]) => ({ name, role: role as 'publisher' | 'server', ...(await hashPassword(`${name}-pw`)) })));
+  const users = await Promise.all(
+    [
+      ['pub', 'publisher'],
+      ['pub2', 'publisher'],
+      ['pub3', 'publisher'],
+      ['srv', 'server'],
+    ].map(async ([name, role]) => ({ name, role: role as 'publisher' | 'server', ...(await hashPassword(`${name}-pw`)) })),
+  );
   await writeUsersFile(path.join(dir, 'users.json'), { users });
   broker = await BrokerProcess.start(await freePort(), ['--data-dir', path.join(dir, 'broker'), '--no-update-server', '--auth', path.join(dir, 'users.json')], dir);
 }, 120_000);

@@ -37,9 +37,11 @@ describe('frame cache', () => {
     let n = 0;
     expect(await c.get('x', async () => (n++, undefined))).toBeUndefined();
     expect(await c.get('x', async () => (n++, bytes(10)))).toEqual(bytes(10));
-    await expect(c.get('y', async () => {
-      throw new Error('disk');
-    })).rejects.toThrow('disk');
+    await expect(
+      c.get('y', async () => {
+        throw new Error('disk');
+      }),
+    ).rejects.toThrow('disk');
     expect(await c.get('y', async () => bytes(5, 2))).toEqual(bytes(5, 2));
     expect(n).toBe(2);
   });

@@ -48,11 +48,13 @@ describe('the HTTP range server and the resuming client (loopback)', () => {
 
   function get(port: number, headers: Record<string, string>): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: Buffer }> {
     return new Promise((resolve, reject) => {
-      http.get({ host: '127.0.0.1', port, path: '/payload', headers, agent: false }, (res) => {
-        const parts: Buffer[] = [];
-        res.on('data', (d: Buffer) => parts.push(d));
-        res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts) }));
-      }).on('error', reject);
+      http
+        .get({ host: '127.0.0.1', port, path: '/payload', headers, agent: false }, (res) => {
+          const parts: Buffer[] = [];
+          res.on('data', (d: Buffer) => parts.push(d));
+          res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body: Buffer.concat(parts) }));
+        })
+        .on('error', reject);
     });
   }
 
@@ -86,7 +88,12 @@ describe('the HTTP range server and the resuming client (loopback)', () => {
     })();
     const r = await fetchWithResume({
       spawn: (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
-      url: `http://127.0.0.1:${proxy.port}/payload`, outFile, size: bytes.length, idleSeconds: 10, retryMs: 200, deadlineMs: 60_000,
+      url: `http://127.0.0.1:${proxy.port}/payload`,
+      outFile,
+      size: bytes.length,
+      idleSeconds: 10,
+      retryMs: 200,
+      deadlineMs: 60_000,
     });
     await cut;
     expect(r).toMatchObject({ ok: true, bytes: bytes.length });

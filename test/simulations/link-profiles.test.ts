@@ -24,7 +24,15 @@ describe('link profiles and the link flags', () => {
 
   it('refuses an unknown profile naming the known ones, and values out of range', () => {
     expect(() => resolveLink('rural-5g', {})).toThrow(/unknown --profile "rural-5g": use one of rural-3g, rural-lte-edge, satellite/);
-    const bad: Array<[string, string]> = [['loss', '101'], ['loss', '2.5'], ['delay', '-1'], ['rate', 'fast'], ['jitter', ''], ['cuts', '1.5'], ['delay', 'Infinity']];
+    const bad: Array<[string, string]> = [
+      ['loss', '101'],
+      ['loss', '2.5'],
+      ['delay', '-1'],
+      ['rate', 'fast'],
+      ['jitter', ''],
+      ['cuts', '1.5'],
+      ['delay', 'Infinity'],
+    ];
     for (const [flag, value] of bad) {
       let err: unknown;
       try {
@@ -50,10 +58,7 @@ describe('link profiles and the link flags', () => {
     const mib = 1 << 20;
     const segments = Math.ceil(mib / 1448);
     expect(tcpFloorSeconds(clean, 1, mib, 1514)).toBeCloseTo((segments * 1514 * 8) / 512_000, 6);
-    expect(tcpFloorSeconds({ ...clean, lossDownPercent: 20, delayMs: 150, cuts: 2, cutSeconds: 3 }, 2, mib, 1500)).toBeCloseTo(
-      (2 * segments * 1500 * 8) / 512_000 / 0.8 + 0.6 + 6,
-      6,
-    );
+    expect(tcpFloorSeconds({ ...clean, lossDownPercent: 20, delayMs: 150, cuts: 2, cutSeconds: 3 }, 2, mib, 1500)).toBeCloseTo((2 * segments * 1500 * 8) / 512_000 / 0.8 + 0.6 + 6, 6);
     expect(tcpFloorSeconds(CLEAN_LINK, 1, mib, 1514)).toBeNull();
   });
 });

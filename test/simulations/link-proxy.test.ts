@@ -129,10 +129,12 @@ describe('LinkProxy', () => {
     a.sock.write(pattern(50_000, 1));
     b.sock.write(pattern(50_000, 2));
     const done: number[] = [];
-    await Promise.all([a, b].map(async (c) => {
-      await c.until(() => c.received >= 50_000, 5000, 'the echo');
-      done.push(Date.now() - t0);
-    }));
+    await Promise.all(
+      [a, b].map(async (c) => {
+        await c.until(() => c.received >= 50_000, 5000, 'the echo');
+        done.push(Date.now() - t0);
+      }),
+    );
     // 100 KB through one 200 KB/s radio, interleaved: neither finishes early.
     expect(Math.max(...done)).toBeGreaterThanOrEqual(450);
     expect(Math.min(...done)).toBeGreaterThanOrEqual(350);

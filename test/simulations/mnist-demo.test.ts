@@ -46,8 +46,11 @@ describe('demo:mnist', () => {
       await fs.writeFile(files.good, mlpToSafetensors(good));
       await fs.writeFile(files.bad, mlpToSafetensors(bad));
       await fs.writeFile(files.digits, digitsToBytes(digits));
-      const run = (staged: string, running: string) => execFileP(process.execPath, ['--import', 'tsx', VALIDATE, '--digits', files.digits, '--running', running, '--report', path.join(dir, 'r.json')], { env: { ...process.env, FLEET_MODEL_PATH: staged } })
-        .then(() => 0, (e: { code?: number }) => e.code ?? -1);
+      const run = (staged: string, running: string) =>
+        execFileP(process.execPath, ['--import', 'tsx', VALIDATE, '--digits', files.digits, '--running', running, '--report', path.join(dir, 'r.json')], { env: { ...process.env, FLEET_MODEL_PATH: staged } }).then(
+          () => 0,
+          (e: { code?: number }) => e.code ?? -1,
+        );
       expect(await run(files.good, files.bad)).toBe(0);
       const fit = JSON.parse(await fs.readFile(path.join(dir, 'r.json'), 'utf8')) as { before: number; after: number; fit: boolean };
       expect(fit.fit).toBe(true);

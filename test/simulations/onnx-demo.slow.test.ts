@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { runOnnxDemo } from '../../simulations/mnist-demo/onnx-demo.ts';
 
 describe('demo:onnx', () => {
-  it('three device processes validate the ONNX update with ONNX Runtime and ack; accuracy rises, and equals our own MLP\'s on the same digits', async () => {
+  it("three device processes validate the ONNX update with ONNX Runtime and ack; accuracy rises, and equals our own MLP's on the same digits", async () => {
     const lines: string[] = [];
     const r = await runOnnxDemo({ baseTrain: 1500, fieldTrain: 600, perDevice: 150, epochs: 3, loraEpochs: 8, out: (l) => lines.push(l) });
     expect(r.acked, lines.join('\n')).toBe(3);

@@ -182,7 +182,12 @@ describe('paper simulation: budget rule and bytes for a gain', () => {
   });
 
   it('bytes for a gain: first crossing, interpolated in log(bytes)', () => {
-    const curve = [{ bytes: 100, gain: 2 }, { bytes: 1000, gain: 6 }, { bytes: 10000, gain: 5 }, { bytes: 100000, gain: 12 }];
+    const curve = [
+      { bytes: 100, gain: 2 },
+      { bytes: 1000, gain: 6 },
+      { bytes: 10000, gain: 5 },
+      { bytes: 100000, gain: 12 },
+    ];
     expect(bytesToReach(curve, 1)).toEqual({ bytes: 100, atMost: true });
     const four = bytesToReach(curve, 4);
     expect(four.atMost).toBe(false);
@@ -230,8 +235,21 @@ describe('paper simulation: the low-rank update through the product', () => {
           if (!withBias && quant === 'int8') {
             // `fleet build --lora` (the CLI) on the same adapter writes the very same payload.
             const cliOut = path.join(keep, 'cli-update.cbor');
-            await execFileP(process.execPath, [FLEET_BIN, 'build', '--base', product.baseFile, '--lora', path.join(keep, 'adapter_model.safetensors'),
-              '--lora-config', path.join(keep, 'adapter_config.json'), '--out', cliOut, '--quant', quant, '--json']);
+            await execFileP(process.execPath, [
+              FLEET_BIN,
+              'build',
+              '--base',
+              product.baseFile,
+              '--lora',
+              path.join(keep, 'adapter_model.safetensors'),
+              '--lora-config',
+              path.join(keep, 'adapter_config.json'),
+              '--out',
+              cliOut,
+              '--quant',
+              quant,
+              '--json',
+            ]);
             expect(Buffer.compare(await readUpdateFile(cliOut), Buffer.from(built.payload))).toBe(0);
           }
         }
@@ -250,7 +268,17 @@ describe('paper simulation: end to end', () => {
     expect(runs.map((r) => r.config.seed)).toEqual([1, 2]);
     const agg = aggregate(runs);
     const md = resultsMarkdown(agg, { command: 'npm run sim:paper -- …', wallSeconds: 1, date: '2026-01-01', jobs: 2 });
-    for (const label of ['low-rank trained', 'SVD of fine-tune', 'fleet build --method auto (no data)', 'fleet build --method auto --calib', 'top-k of fine-tune', 'last layer retrained', 'dense fine-tune ΔW, 8-bit', 'dense fine-tune ΔW, 4-bit', 'full fine-tuned model']) {
+    for (const label of [
+      'low-rank trained',
+      'SVD of fine-tune',
+      'fleet build --method auto (no data)',
+      'fleet build --method auto --calib',
+      'top-k of fine-tune',
+      'last layer retrained',
+      'dense fine-tune ΔW, 8-bit',
+      'dense fine-tune ΔW, 4-bit',
+      'full fine-tuned model',
+    ]) {
       expect(md).toContain(`| ${label}`);
     }
     expect(md).toContain('bytes for 90 % | ÷ ours |');

@@ -4,7 +4,10 @@ import type { FileHandlePort, FsPort, OpenFlags } from '../../platform/fs-port.t
 
 /** Thrown by a CrashFs operation at and after the cut: the power went out there. */
 export class PowerCut extends Error {
-  constructor(readonly op: number, what: string) {
+  constructor(
+    readonly op: number,
+    what: string,
+  ) {
     super(`power cut at mutating operation ${op} (${what})`);
     this.name = 'PowerCut';
   }
@@ -344,7 +347,11 @@ export class CrashFs implements FsPort {
 
 class CrashHandle implements FileHandlePort {
   private closed = false;
-  constructor(private readonly fs: CrashFs, private readonly f: FileNode, private readonly writable: boolean) {}
+  constructor(
+    private readonly fs: CrashFs,
+    private readonly f: FileNode,
+    private readonly writable: boolean,
+  ) {}
 
   private check(what: string, mutating: boolean): void {
     this.fs.handleOp(what, mutating);
@@ -396,5 +403,8 @@ class CrashHandle implements FileHandlePort {
 
 function parts(p: string): string[] {
   if (!path.posix.isAbsolute(p)) throw new Error(`CrashFs wants absolute paths, got ${p}`);
-  return path.posix.normalize(p).split('/').filter((s) => s !== '');
+  return path.posix
+    .normalize(p)
+    .split('/')
+    .filter((s) => s !== '');
 }

@@ -54,7 +54,16 @@ function field(stanza: string, name: string): string {
 /** Dependency names (first alternative of each, no version, no `:any`). */
 function depNames(value: string): string[] {
   if (!value) return [];
-  return value.split(',').map((d) => d.split('|')[0]!.trim().replace(/\s*\(.*\)$/, '').replace(/:any$/, '')).filter(Boolean);
+  return value
+    .split(',')
+    .map((d) =>
+      d
+        .split('|')[0]!
+        .trim()
+        .replace(/\s*\(.*\)$/, '')
+        .replace(/:any$/, ''),
+    )
+    .filter(Boolean);
 }
 
 /** The candidate (or the pinned version) of `name` for `arch`; arch:all packages are found without the suffix. */
@@ -70,7 +79,9 @@ async function showPackage(name: string, arch: string, version?: string): Promis
     const st = stanzas.find((s) => (!version || field(s, 'Version') === version) && [arch, 'all'].includes(field(s, 'Architecture')));
     if (!st) continue;
     return {
-      name, version: field(st, 'Version'), architecture: field(st, 'Architecture'),
+      name,
+      version: field(st, 'Version'),
+      architecture: field(st, 'Architecture'),
       depends: [...depNames(field(st, 'Pre-Depends')), ...depNames(field(st, 'Depends'))],
     };
   }
@@ -80,7 +91,11 @@ async function showPackage(name: string, arch: string, version?: string): Promis
 /** The newest version of `name:arch` in the apt lists whose version starts with `prefix` (e.g. "18."). */
 export async function findVersion(name: string, arch: string, prefix: string): Promise<string | null> {
   const out = await sh('apt-cache', ['madison', `${name}:${arch}`]).catch(() => '');
-  const versions = out.split('\n').map((l) => l.split('|').map((s) => s.trim())).filter((c) => c.length >= 3 && c[2]!.includes(` ${arch} `)).map((c) => c[1]!);
+  const versions = out
+    .split('\n')
+    .map((l) => l.split('|').map((s) => s.trim()))
+    .filter((c) => c.length >= 3 && c[2]!.includes(` ${arch} `))
+    .map((c) => c[1]!);
   return versions.find((v) => v.startsWith(prefix)) ?? null;
 }
 

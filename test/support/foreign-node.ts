@@ -80,13 +80,25 @@ async function nativeNode18(): Promise<Prepared<ForeignNode>> {
   const version = await findVersion('nodejs', arch, '18.');
   if (!version) return unavailable(`apt knows no nodejs 18.x for ${arch} (Debian bookworm's main/security lists are needed)`);
   const root = path.join(cacheDir(), 'roots', `nodejs-${version}-${arch}`);
-  await unpackRoot(root, () => packageClosure({ arch, roots: [{ name: 'nodejs', version }, { name: 'libnode108', version }], skipInstalled: true }));
-  const script = 'r=$0; mount -t overlay fleet-node18 -o "lowerdir=$r/usr/share:/usr/share" /usr/share || exit 97; '
-    + `LD_LIBRARY_PATH="$r/usr/lib/${triplet}" exec "$r/usr/bin/node" "$@"`;
+  await unpackRoot(root, () =>
+    packageClosure({
+      arch,
+      roots: [
+        { name: 'nodejs', version },
+        { name: 'libnode108', version },
+      ],
+      skipInstalled: true,
+    }),
+  );
+  const script = 'r=$0; mount -t overlay fleet-node18 -o "lowerdir=$r/usr/share:/usr/share" /usr/share || exit 97; ' + `LD_LIBRARY_PATH="$r/usr/lib/${triplet}" exec "$r/usr/bin/node" "$@"`;
   const ns = isRoot() ? ['--mount', '--propagation', 'private'] : ['--user', '--map-root-user', '--mount', '--propagation', 'private'];
   return check({
-    label: `Debian nodejs ${version} ${arch} (private root ${root})`, debArch: arch, root,
-    command: 'unshare', prefixArgs: [...ns, '/bin/sh', '-c', script, root], env: cleanEnv(),
+    label: `Debian nodejs ${version} ${arch} (private root ${root})`,
+    debArch: arch,
+    root,
+    command: 'unshare',
+    prefixArgs: [...ns, '/bin/sh', '-c', script, root],
+    env: cleanEnv(),
   });
 }
 
@@ -113,9 +125,21 @@ async function emulatedNode18(arch: 'armhf' | 'arm64'): Promise<Prepared<Foreign
   if (archProblem) return unavailable(archProblem);
   const version = (await findVersion('nodejs', arch, '18.'))!;
   const root = path.join(cacheDir(), 'roots', `nodejs-${version}-${arch}`);
-  await unpackRoot(root, () => packageClosure({ arch, roots: [{ name: 'nodejs', version }, { name: 'libnode108', version }], skipInstalled: false }));
+  await unpackRoot(root, () =>
+    packageClosure({
+      arch,
+      roots: [
+        { name: 'nodejs', version },
+        { name: 'libnode108', version },
+      ],
+      skipInstalled: false,
+    }),
+  );
   return check({
-    label: `Debian nodejs ${version} ${arch} under ${path.basename(qemu)} (root ${root})`, debArch: arch, root, command: qemu,
+    label: `Debian nodejs ${version} ${arch} under ${path.basename(qemu)} (root ${root})`,
+    debArch: arch,
+    root,
+    command: qemu,
     // -L redirects the guest's file lookups (loader, libraries, /usr/share/nodejs) to the root first.
     prefixArgs: ['-L', root, path.join(root, 'usr/bin/node')],
     env: cleanEnv(),
@@ -151,12 +175,15 @@ export function trackHighWater(pid: number, everyMs = 100): { stop(): number | n
   let hwm: number | null = null;
   let anon: number | null = null;
   const sample = (): void => {
-    fs.readFile(`/proc/${pid}/status`, 'utf8').then((s) => {
-      const h = /^VmHWM:\s+(\d+) kB$/m.exec(s);
-      if (h) hwm = Math.max(hwm ?? 0, Number(h[1]) * 1024);
-      const a = /^RssAnon:\s+(\d+) kB$/m.exec(s);
-      if (a) anon = Math.max(anon ?? 0, Number(a[1]) * 1024);
-    }, () => {});
+    fs.readFile(`/proc/${pid}/status`, 'utf8').then(
+      (s) => {
+        const h = /^VmHWM:\s+(\d+) kB$/m.exec(s);
+        if (h) hwm = Math.max(hwm ?? 0, Number(h[1]) * 1024);
+        const a = /^RssAnon:\s+(\d+) kB$/m.exec(s);
+        if (a) anon = Math.max(anon ?? 0, Number(a[1]) * 1024);
+      },
+      () => {},
+    );
   };
   sample();
   const timer = setInterval(sample, everyMs);
@@ -192,14 +219,26 @@ export async function runForeign(node: ForeignNode, args: string[], o: SpawnOpti
   const anon = o.cap?.trackAnon();
   let stdout = '';
   let stderr = '';
-  child.stdout!.on('data', (b: Buffer) => { if (stdout.length < OUTPUT_LIMIT) stdout += b.toString('utf8'); });
-  child.stderr!.on('data', (b: Buffer) => { if (stderr.length < OUTPUT_LIMIT) stderr += b.toString('utf8'); });
+  child.stdout!.on('data', (b: Buffer) => {
+    if (stdout.length < OUTPUT_LIMIT) stdout += b.toString('utf8');
+  });
+  child.stderr!.on('data', (b: Buffer) => {
+    if (stderr.length < OUTPUT_LIMIT) stderr += b.toString('utf8');
+  });
   const timer = setTimeout(() => child.kill('SIGKILL'), o.timeoutMs ?? 300_000);
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.on('close', (c, s) => resolve([c, s])));
   clearTimeout(timer);
   const wallMs = performance.now() - t0;
   return {
-    code, signal, stdout, stderr, wallMs, hwmBytes: hwm.stop(), anonPeakBytes: hwm.anonPeak(),
-    cgroupPeakBytes: o.cap ? await o.cap.peakBytes() : null, cgroupAnonPeakBytes: anon?.stop() ?? null, oomKills: o.cap ? await o.cap.oomKills() : 0,
+    code,
+    signal,
+    stdout,
+    stderr,
+    wallMs,
+    hwmBytes: hwm.stop(),
+    anonPeakBytes: hwm.anonPeak(),
+    cgroupPeakBytes: o.cap ? await o.cap.peakBytes() : null,
+    cgroupAnonPeakBytes: anon?.stop() ?? null,
+    oomKills: o.cap ? await o.cap.oomKills() : 0,
   };
 }

@@ -40,7 +40,11 @@ export const SMALL_LAYERS: Array<[number, number]> = [
 ];
 
 /** Whether a file is there (for `until` and `expectNoEventWithin`). */
-export const exists = (file: string): Promise<boolean> => fs.access(file).then(() => true, () => false);
+export const exists = (file: string): Promise<boolean> =>
+  fs.access(file).then(
+    () => true,
+    () => false,
+  );
 
 export async function tempDir(tag: string): Promise<string> {
   return fs.mkdtemp(path.join(os.tmpdir(), `fleet-${tag}-`));
@@ -83,17 +87,25 @@ export interface FixtureOptions {
 
 export async function createFixture(tag: string, opts: FixtureOptions = {}): Promise<Fixture> {
   const dir = await tempDir(tag);
-  const broker = opts.externalUrl
-    ? undefined
-    : await startBroker({ port: 0, dataDir: path.join(dir, 'broker'), persistence: 'memory', log: silentLogger, updateServer: opts.updateServer });
+  const broker = opts.externalUrl ? undefined : await startBroker({ port: 0, dataDir: path.join(dir, 'broker'), persistence: 'memory', log: silentLogger, updateServer: opts.updateServer });
   const keys = await keygen(path.join(dir, 'keys'));
   const base = synthesizeModel(7, opts.layers ?? SMALL_LAYERS);
   const update = synthesizeUpdate(base, opts.rank ?? 3, 8);
   const baseFile = path.join(dir, 'base.safetensors');
   await fs.writeFile(baseFile, base);
   const f: Fixture = {
-    dir, broker, url: opts.externalUrl ?? broker!.url, trustFile: keys.trustFile, keyFile: keys.keyFile, rolloutKeyFile: keys.rolloutKeyFile, baseFile, base, update,
-    children: [], transports: [], agents: [],
+    dir,
+    broker,
+    url: opts.externalUrl ?? broker!.url,
+    trustFile: keys.trustFile,
+    keyFile: keys.keyFile,
+    rolloutKeyFile: keys.rolloutKeyFile,
+    baseFile,
+    base,
+    update,
+    children: [],
+    transports: [],
+    agents: [],
     async close() {
       await Promise.all(f.children.map((c) => stopChild(c)));
       for (const a of f.agents) await a.stop();
@@ -121,8 +133,15 @@ export async function publish(f: Fixture, payload: Uint8Array = f.update.payload
   const t = await MqttTransport.connect({ url: f.url, clientId: `test-publisher-${Math.random().toString(36).slice(2)}` }, 10_000);
   try {
     return await publishUpdate({
-      transport: t, topics, payloads: [payload], ...(await fixtureKeys(f)), model: MODEL, group: GROUP,
-      chunkSize, ttlSeconds: 3600, log: silentLogger,
+      transport: t,
+      topics,
+      payloads: [payload],
+      ...(await fixtureKeys(f)),
+      model: MODEL,
+      group: GROUP,
+      chunkSize,
+      ttlSeconds: 3600,
+      log: silentLogger,
     });
   } finally {
     await t.close();
@@ -134,8 +153,29 @@ export function spawnDevice(f: Fixture, id: string, extra: string[] = [], url = 
   const log = createWriteStream(path.join(f.dir, `${id}.log`), { flags: 'a' });
   const child = spawn(
     process.execPath,
-    [FLEET_BIN, '--log-level', 'info', 'device', '--id', id, '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, id),
-      '--trust', f.trustFile, '--broker', url, '--initial', f.baseFile, '--idle-ms', '1000', ...extra],
+    [
+      FLEET_BIN,
+      '--log-level',
+      'info',
+      'device',
+      '--id',
+      id,
+      '--model',
+      MODEL,
+      '--group',
+      GROUP,
+      '--dir',
+      path.join(f.dir, id),
+      '--trust',
+      f.trustFile,
+      '--broker',
+      url,
+      '--initial',
+      f.baseFile,
+      '--idle-ms',
+      '1000',
+      ...extra,
+    ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   child.stdout!.pipe(log);
@@ -187,8 +227,15 @@ export class StatusWatch {
    */
   after(device: string, from: number, t0: number, pred: (s: DeviceStatus) => boolean, timeoutMs = 15_000): Promise<DeviceStatus> {
     return until(() => this.history.slice(from).find((h) => h.device === device && Date.parse(h.time) >= t0 && pred(h)), {
-      what: `a status of ${device}`, timeoutMs, intervalMs: 20,
-      context: () => `statuses since: ${this.history.slice(from).filter((h) => h.device === device).map((h) => `${h.state}/${h.reason}`).join(', ')}`,
+      what: `a status of ${device}`,
+      timeoutMs,
+      intervalMs: 20,
+      context: () =>
+        `statuses since: ${this.history
+          .slice(from)
+          .filter((h) => h.device === device)
+          .map((h) => `${h.state}/${h.reason}`)
+          .join(', ')}`,
     });
   }
 
@@ -275,13 +322,14 @@ export function runFleet(args: string[], timeoutMs = 60_000): Promise<{ code: nu
 
 /** Resolves once something accepts TCP connections on the port. */
 export async function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
-  const accepts = (): Promise<boolean> => new Promise<boolean>((resolve) => {
-    const s = net.connect({ port, host: '127.0.0.1' }, () => {
-      s.destroy();
-      resolve(true);
+  const accepts = (): Promise<boolean> =>
+    new Promise<boolean>((resolve) => {
+      const s = net.connect({ port, host: '127.0.0.1' }, () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
     });
-    s.on('error', () => resolve(false));
-  });
   await until(accepts, { what: `something listening on 127.0.0.1:${port}`, timeoutMs });
 }
 

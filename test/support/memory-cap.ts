@@ -84,7 +84,9 @@ export async function createMemoryCap(name: string, limitBytes: number): Promise
     return { ok: false, reason: `cannot set the memory limit in ${dir}: ${(e as Error).message}` };
   }
   const cap: MemoryCap = {
-    dir, limitBytes, version: own.version,
+    dir,
+    limitBytes,
+    version: own.version,
     wrap(command, args) {
       // $0 is the cgroup's procs file; the shell moves itself in, then becomes the command.
       return { command: '/bin/sh', args: ['-c', 'echo $$ > "$0" && exec "$@"', path.join(dir, 'cgroup.procs'), command, ...args] };
@@ -96,10 +98,13 @@ export async function createMemoryCap(name: string, limitBytes: number): Promise
       let peak: number | null = null;
       const key = own.version === 1 ? 'total_rss' : 'anon';
       const sample = (): void => {
-        fs.readFile(path.join(dir, 'memory.stat'), 'utf8').then((text) => {
-          const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(text);
-          if (m) peak = Math.max(peak ?? 0, Number(m[1]));
-        }, () => {});
+        fs.readFile(path.join(dir, 'memory.stat'), 'utf8').then(
+          (text) => {
+            const m = new RegExp(`^${key} (\\d+)$`, 'm').exec(text);
+            if (m) peak = Math.max(peak ?? 0, Number(m[1]));
+          },
+          () => {},
+        );
       };
       sample();
       const timer = setInterval(sample, everyMs);

@@ -19,7 +19,12 @@ export class MuteBroker {
   private readonly sockets = new Set<net.Socket>();
   private waiters: Array<() => void> = [];
 
-  private constructor(private readonly server: net.Server, readonly port: number, private readonly refuse: boolean, private readonly hangUpOnSubscribe: boolean) {}
+  private constructor(
+    private readonly server: net.Server,
+    readonly port: number,
+    private readonly refuse: boolean,
+    private readonly hangUpOnSubscribe: boolean,
+  ) {}
 
   get url(): string {
     return `mqtt://127.0.0.1:${this.port}`;
@@ -93,12 +98,12 @@ export class MuteBroker {
       const n = body.length >= 12 ? body.readUInt16BE(10) : 0;
       this.clients.push(body.subarray(12, 12 + n).toString('utf8'));
       s.write(Buffer.from([0x20, 0x02, 0x00, 0x00]));
-    }
-    else if (type === 12) s.write(Buffer.from([0xd0, 0x00])); // PINGREQ -> PINGRESP
+    } else if (type === 12)
+      s.write(Buffer.from([0xd0, 0x00])); // PINGREQ -> PINGRESP
     else if (type === 8) {
       // SUBSCRIBE -> SUBACK granting each requested QoS
       const granted: number[] = [];
-      for (let i = 2; i + 2 <= body.length; ) {
+      for (let i = 2; i + 2 <= body.length;) {
         const n = body.readUInt16BE(i);
         this.subscribed.push(body.subarray(i + 2, i + 2 + n).toString('utf8'));
         if (this.hangUpOnSubscribe) {

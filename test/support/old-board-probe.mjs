@@ -32,10 +32,17 @@ sock.on('data', (b) => {
   got += take.length;
   if (got === want) {
     const m = process.memoryUsage();
-    sock.end(JSON.stringify({
-      sha256: hash.digest('hex'), bytes: got, arch: process.arch, version: process.version,
-      rss: m.rss, heapUsed: m.heapUsed, ms: Math.round(performance.now() - t0),
-    }) + '\n');
+    sock.end(
+      JSON.stringify({
+        sha256: hash.digest('hex'),
+        bytes: got,
+        arch: process.arch,
+        version: process.version,
+        rss: m.rss,
+        heapUsed: m.heapUsed,
+        ms: Math.round(performance.now() - t0),
+      }) + '\n',
+    );
   }
 });
 sock.on('error', (e) => {

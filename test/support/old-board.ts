@@ -58,8 +58,7 @@ export async function runProbe(node: ForeignNode, o: { cap?: MemoryCap; bytes?: 
 
 /** The arguments after the bundle: the same device flags as harness spawnDevice gives `fleet device`. */
 export function deviceArgs(f: Fixture, id: string): string[] {
-  return ['device', '--id', id, '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, id),
-    '--trust', f.trustFile, '--broker', f.url, '--initial', f.baseFile, '--idle-ms', '1000'];
+  return ['device', '--id', id, '--model', MODEL, '--group', GROUP, '--dir', path.join(f.dir, id), '--trust', f.trustFile, '--broker', f.url, '--initial', f.baseFile, '--idle-ms', '1000'];
 }
 
 /** Memory figures as MemoryPeaks: under qemu the host view includes the translator; the cgroup peak includes the model files' page cache. */
@@ -81,9 +80,7 @@ export interface DeviceUpdateResult extends MemoryPeaks {
  * idle, publishes the fixture's update, waits for `ok` on the target digest. The device process is
  * stopped by PID (f.close() stops it too); its output is in f.dir/ID.log.
  */
-export async function runDeviceUpdate(
-  f: Fixture, node: ForeignNode, bundle: string, o: { id: string; cap?: MemoryCap; idleTimeoutMs?: number; updateTimeoutMs?: number },
-): Promise<DeviceUpdateResult> {
+export async function runDeviceUpdate(f: Fixture, node: ForeignNode, bundle: string, o: { id: string; cap?: MemoryCap; idleTimeoutMs?: number; updateTimeoutMs?: number }): Promise<DeviceUpdateResult> {
   const watch = await StatusWatch.start(f);
   const t0 = performance.now();
   const child = spawnForeign(node, [bundle, ...deviceArgs(f, o.id)], { cap: o.cap });
@@ -93,8 +90,7 @@ export async function runDeviceUpdate(
   const log = createWriteStream(path.join(f.dir, `${o.id}.log`), { flags: 'a' });
   child.stdout!.pipe(log);
   child.stderr!.pipe(log);
-  const exited = new Promise<never>((_, reject) => child.once('exit', (c, s) => reject(new Error(
-    `the device under ${node.label} exited (${c ?? s}) before it was done; see ${path.join(f.dir, `${o.id}.log`)}`))));
+  const exited = new Promise<never>((_, reject) => child.once('exit', (c, s) => reject(new Error(`the device under ${node.label} exited (${c ?? s}) before it was done; see ${path.join(f.dir, `${o.id}.log`)}`))));
   exited.catch(() => {});
   try {
     await Promise.race([watch.until(o.id, (s) => s.state === 'idle', o.idleTimeoutMs ?? 180_000), exited]);
@@ -107,8 +103,17 @@ export async function runDeviceUpdate(
     const cgroupPeakBytes = o.cap ? await o.cap.peakBytes() : null;
     await stopChild(child, 10_000);
     return {
-      idleMs, updateMs, bytes: s.bytes, wire: s.wire && { bytesIn: s.wire.bytesIn, bytesOut: s.wire.bytesOut }, running: s.running, diskDigest,
-      hwmBytes: hwm.stop(), anonPeakBytes: hwm.anonPeak(), cgroupPeakBytes, cgroupAnonPeakBytes: anon?.stop() ?? null, oomKills: o.cap ? await o.cap.oomKills() : 0,
+      idleMs,
+      updateMs,
+      bytes: s.bytes,
+      wire: s.wire && { bytesIn: s.wire.bytesIn, bytesOut: s.wire.bytesOut },
+      running: s.running,
+      diskDigest,
+      hwmBytes: hwm.stop(),
+      anonPeakBytes: hwm.anonPeak(),
+      cgroupPeakBytes,
+      cgroupAnonPeakBytes: anon?.stop() ?? null,
+      oomKills: o.cap ? await o.cap.oomKills() : 0,
     };
   } finally {
     hwm.stop();

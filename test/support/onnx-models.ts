@@ -26,14 +26,25 @@ export interface NetWeights {
 }
 
 export const NET_SHAPES: Record<keyof NetWeights, number[]> = {
-  conv_w: [3, 2, 3, 3], conv_b: [3], fc_w: [6, 27], fc_b: [6], mm_w: [6, 4], shared_bias: [4],
+  conv_w: [3, 2, 3, 3],
+  conv_b: [3],
+  fc_w: [6, 27],
+  fc_b: [6],
+  mm_w: [6, 4],
+  shared_bias: [4],
 };
 
 export function netWeights(seed: number): NetWeights {
   const w = {} as NetWeights;
   let k = 0;
   for (const [name, shape] of Object.entries(NET_SHAPES) as Array<[keyof NetWeights, number[]]>) {
-    w[name] = Float64Array.from(values(seed * 100 + k++, shape.reduce((a, b) => a * b, 1)), (x) => x * 0.5);
+    w[name] = Float64Array.from(
+      values(
+        seed * 100 + k++,
+        shape.reduce((a, b) => a * b, 1),
+      ),
+      (x) => x * 0.5,
+    );
   }
   return w;
 }

@@ -5,7 +5,10 @@ import { cacheDir } from './debian-root.ts';
 import { prepareArmBoardNode18, prepareDebianNode18 } from './foreign-node.ts';
 
 let failed = false;
-for (const [what, prepare] of [['native', prepareDebianNode18], ['arm board', prepareArmBoardNode18]] as const) {
+for (const [what, prepare] of [
+  ['native', prepareDebianNode18],
+  ['arm board', prepareArmBoardNode18],
+] as const) {
   const t0 = Date.now();
   try {
     const p = await prepare();

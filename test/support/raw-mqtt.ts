@@ -16,12 +16,7 @@ const str = (s: string): Buffer => {
 /** A complete CONNECT packet. */
 export function connectPacket(o: { clientId: string; clean?: boolean; username?: string; password?: string; keepalive?: number }): Buffer {
   const flags = (o.clean === false ? 0 : 0x02) | (o.username !== undefined ? 0x80 : 0) | (o.password !== undefined ? 0x40 : 0);
-  const body = Buffer.concat([
-    str('MQTT'), Buffer.from([4, flags, 0, o.keepalive ?? 60]),
-    str(o.clientId),
-    ...(o.username !== undefined ? [str(o.username)] : []),
-    ...(o.password !== undefined ? [str(o.password)] : []),
-  ]);
+  const body = Buffer.concat([str('MQTT'), Buffer.from([4, flags, 0, o.keepalive ?? 60]), str(o.clientId), ...(o.username !== undefined ? [str(o.username)] : []), ...(o.password !== undefined ? [str(o.password)] : [])]);
   return Buffer.concat([Buffer.from([0x10]), remainingLength(body.length), body]);
 }
 
@@ -35,10 +30,12 @@ export class RawClient {
   private constructor(readonly socket: net.Socket) {
     socket.on('data', (d) => this.received.push(d));
     socket.on('error', () => undefined);
-    this.closed = new Promise((r) => socket.once('close', () => {
-      this.isClosed = true;
-      r();
-    }));
+    this.closed = new Promise((r) =>
+      socket.once('close', () => {
+        this.isClosed = true;
+        r();
+      }),
+    );
   }
 
   static async open(port: number): Promise<RawClient> {

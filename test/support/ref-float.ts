@@ -5,7 +5,6 @@
 // ---------------------------------------------------------------------------
 // Independent reference: own decoding of f16/bf16/f32, own exact rounding.
 
-
 export type FloatDtype = 'F32' | 'F16' | 'BF16';
 
 function u16s(b: Uint8Array): number[] {
@@ -57,4 +56,3 @@ export function refRoundTo(x: number, dtype: FloatDtype): number {
   if (dtype === 'F16') return refRound(x, 10, -14, 65504);
   return refRound(x, 7, -126, (2 - 2 ** -7) * 2 ** 127);
 }
-

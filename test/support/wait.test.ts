@@ -21,7 +21,14 @@ describe('until', () => {
   });
 
   it('passes on an error the probe throws', async () => {
-    await expect(until(() => { throw new Error('child exited'); }, { what: 'x' })).rejects.toThrow('child exited');
+    await expect(
+      until(
+        () => {
+          throw new Error('child exited');
+        },
+        { what: 'x' },
+      ),
+    ).rejects.toThrow('child exited');
   });
 });
 

@@ -17,7 +17,8 @@ describe('why a connection failed, in words (transport/connect-errors.ts)', () =
     expect(connectCause(err('EHOSTUNREACH'), 'h')?.definitive).toBe(false);
     expect(connectCause(err('ETIMEDOUT'), 'h')?.message).toMatch(/did not answer/);
     expect(connectCause(err('DEPTH_ZERO_SELF_SIGNED_CERT', 'self-signed certificate'), 'h')).toEqual({
-      message: "TLS with h failed: self-signed certificate (DEPTH_ZERO_SELF_SIGNED_CERT); give the CA that signed the broker's certificate with --ca FILE", definitive: true,
+      message: "TLS with h failed: self-signed certificate (DEPTH_ZERO_SELF_SIGNED_CERT); give the CA that signed the broker's certificate with --ca FILE",
+      definitive: true,
     });
     expect(connectCause(err('ERR_TLS_CERT_ALTNAME_INVALID'), 'h')?.definitive).toBe(true);
     expect(connectCause(err(4), 'h')).toEqual({ message: 'the broker refused the login: bad user name or password', definitive: true });
@@ -61,8 +62,11 @@ describe('an unreachable broker is named within seconds, with its cause', () => 
     f = await createFixture('connect-says', { externalUrl: 'mqtt://127.0.0.1:1' });
     const port = await freePort();
     const dir = await tempDir('connect-says-dev');
-    const c = spawn(process.execPath, [FLEET_BIN, 'device', '--id', 'd1', '--model', MODEL, '--group', GROUP, '--dir', path.join(dir, 'd1'),
-      '--trust', f.trustFile, '--broker', `mqtt://127.0.0.1:${port}`, '--initial', f.baseFile], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const c = spawn(
+      process.execPath,
+      [FLEET_BIN, 'device', '--id', 'd1', '--model', MODEL, '--group', GROUP, '--dir', path.join(dir, 'd1'), '--trust', f.trustFile, '--broker', `mqtt://127.0.0.1:${port}`, '--initial', f.baseFile],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     f.children.push(c);
     let out = '';
     let errs = '';

@@ -23,7 +23,7 @@ function bytes(n: number, seed: number): Uint8Array {
 }
 
 describe('digestModelFile', () => {
-  it('is the in-memory digest, whatever the tensors\' sizes against its 256 KiB pieces', async () => {
+  it("is the in-memory digest, whatever the tensors' sizes against its 256 KiB pieces", async () => {
     const piece = 256 * 1024;
     const sizes = [0, 4, piece - 4, piece, piece + 4, 3 * piece + 8];
     const model = writeSafetensors(sizes.map((n, i) => ({ name: `t${i}`, dtype: 'F32' as const, shape: [n / 4], data: bytes(n, i) })));
@@ -42,7 +42,10 @@ describe('digestModelFile', () => {
     const model = writeSafetensors([{ name: 'w', dtype: 'F32', shape: [200_000], data: bytes(800_000, 1) }]);
     const file = path.join(dir, 'short.safetensors');
     writeFileSync(file, model.subarray(0, model.byteLength - 1000));
-    const e = await digestModelFile(file).then(() => undefined, (x: unknown) => x);
+    const e = await digestModelFile(file).then(
+      () => undefined,
+      (x: unknown) => x,
+    );
     expect(e).toBeInstanceOf(ProtocolError);
     expect((e as ProtocolError).code).toBe('malformed-model');
   });
