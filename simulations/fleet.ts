@@ -291,7 +291,8 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       const http = await runHttpBaseline({
         link,
         port: port + 1,
-        payloadFile: updateFile,
+        // The bytes devices fetch: the payload, not the publisher's update file (its integrity header stays with the publisher).
+        payloadFile: await writePayloadFile(dir, update.payload),
         payloadBytes,
         devices: o.devices,
         faults: faults.filter((f) => f.kind === 'cut'),
@@ -399,3 +400,10 @@ async function main(): Promise<void> {
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();
+
+/** The payload alone (what the update server serves), for the HTTP baseline to serve. */
+async function writePayloadFile(dir: string, payload: Uint8Array): Promise<string> {
+  const file = path.join(dir, 'payload.bin');
+  await fs.writeFile(file, payload);
+  return file;
+}

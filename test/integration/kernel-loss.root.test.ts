@@ -9,7 +9,7 @@ describe.skipIf(!available.ok)('a site behind a real lossy link (network namespa
   it('every device completes and acks with 20 % loss both ways, 1 Mbit/s and a cut, without paying much extra on the wire', async () => {
     const r = await runFleetSim({
       devices: 4,
-      size: 96 * 1024,
+      size: 256 * 1024,
       lossPercent: 20,
       rateKbit: 1000,
       cuts: 1,
@@ -24,9 +24,9 @@ describe.skipIf(!available.ok)('a site behind a real lossy link (network namespa
     expect(r.completed).toBe(4);
     expect(r.cuts).toBe(1);
     // The figure (≤ 1.10 for 10 × 256 KiB) is measured by `npm run sim:fleet`; here, with a
-    // 6-chunk payload and the other suites loading both cores, one or two duplicate chunks
-    // move the ratio a lot. This bound still catches re-requests on a live socket (which cost
-    // 1.7–2.9× before they were fixed).
-    expect(r.overheadMax).toBeLessThan(1.6);
+    // 16-chunk payload per device and the other suites loading both cores, a few duplicate chunks
+    // after the cut (requests re-sent when the link went silent) cost up to ~1.26 (measured). This
+    // bound still catches re-requests on a live socket (which cost 1.7–2.9× before they were fixed).
+    expect(r.overheadMax).toBeLessThan(1.45);
   }, 180_000);
 });
