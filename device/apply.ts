@@ -1,10 +1,8 @@
-import type { Payload } from '../protocol/lowrank.ts';
-import { digestModelFile } from '../util/model-file.ts';
 import { DeviceError } from './reasons.ts';
 import { fsyncDir, fsyncFile } from '../util/fs-atomic.ts';
 import { nodeFs, type FsPort } from '../platform/fs-port.ts';
-import { PayloadFile, type DeltaSource } from '../util/payload-file.ts';
-import { applyToFile } from '../util/apply-file.ts';
+import { PayloadFile } from '../util/payload-file.ts';
+import { SAFETENSORS, type ModelFormat } from '../util/model-format.ts';
 import path from 'node:path';
 
 /**
@@ -19,13 +17,6 @@ export async function commitFile(tmp: string, final: string, fsys: FsPort = node
   await fsyncDir(path.dirname(final), fsys);
 }
 
-/** How applyUpdateFile digests and rewrites the model (util/model-format.ts's ModelFormat has both). */
-export interface ApplyFormat {
-  digestFile(file: string, fsys: FsPort): Promise<string>;
-  apply(baseFile: string, payload: DeltaSource | Payload, outFile: string, fsys: FsPort): Promise<string>;
-}
-const SAFETENSORS_APPLY: ApplyFormat = { digestFile: (f, fsys) => digestModelFile(f, fsys), apply: (b, p, o, fsys) => applyToFile(b, p, o, fsys) };
-
 /**
  * `fleet apply --model --update`, and the procedure of docs/protocol.md §7.5 that the
  * refusal vectors check: decode the payload in `updateFile` (§4.0, §6; streamed from
@@ -33,7 +24,7 @@ const SAFETENSORS_APPLY: ApplyFormat = { digestFile: (f, fsys) => digestModelFil
  * `base` (else wrong-base), apply (§7.3), and the result's digest must be the payload's
  * `target` (else digest-mismatch). Writes `outFile` only on success.
  */
-export async function applyUpdateFile(modelFile: string, updateFile: string, outFile: string, fsys: FsPort = nodeFs, payloadStart = 0, format: ApplyFormat = SAFETENSORS_APPLY): Promise<string> {
+export async function applyUpdateFile(modelFile: string, updateFile: string, outFile: string, fsys: FsPort = nodeFs, payloadStart = 0, format: ModelFormat = SAFETENSORS): Promise<string> {
   const payload = await PayloadFile.verify(updateFile, fsys, {}, payloadStart);
   const running = await format.digestFile(modelFile, fsys);
   if (running !== payload.base) {
