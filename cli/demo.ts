@@ -1,5 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, promises as fs } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startBroker } from '../nodes/broker-node.ts';
@@ -14,7 +14,7 @@ import { createLogger } from '../util/log.ts';
 import { stripControls } from '../util/text.ts';
 import { createProgress } from '../util/progress.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
-import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
+import { spawnFleetLogged, stopChild } from '../platform/child-process.ts';
 
 export interface DemoOptions {
   devices: number;
@@ -99,11 +99,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
 
     for (const id of ids) {
       if (stopping) break;
-      const logFile = createWriteStream(path.join(tmp, `${id}.log`));
-      const child = spawn(
-        process.execPath,
+      const child = spawnFleetLogged(
         [
-          FLEET_BIN,
           '--stop-timeout',
           String(Math.floor(stopBoundMs / 2000)),
           'device',
@@ -122,10 +119,8 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
           '--initial',
           baseFile,
         ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
+        path.join(tmp, `${id}.log`),
       );
-      child.stdout!.pipe(logFile);
-      child.stderr!.pipe(logFile);
       children.push(child);
     }
     out(`started ${ids.length} device agents (PIDs ${children.map((c) => c.pid).join(', ')})`);

@@ -1,4 +1,5 @@
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import { packageRoot } from './package-root.ts';
 
@@ -13,4 +14,13 @@ export async function stopChild(child: ChildProcess, graceMs = 5000): Promise<vo
   const timer = setTimeout(() => child.exitCode === null && child.signalCode === null && process.kill(child.pid!, 'SIGKILL'), graceMs);
   await exited;
   clearTimeout(timer);
+}
+
+/** `fleet ARGS` as a child process (this node, this package's bin), its stdout and stderr written to `logPath`. */
+export function spawnFleetLogged(args: readonly string[], logPath: string): ChildProcess {
+  const logFile = createWriteStream(logPath);
+  const child = spawn(process.execPath, [FLEET_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout!.pipe(logFile);
+  child.stderr!.pipe(logFile);
+  return child;
 }

@@ -12,14 +12,14 @@
  *
  *   npm run demo:mnist [-- --devices 3 --epochs 5 --budget 0.5 --quant int8 --json --keep]
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, promises as fs } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startBroker } from '../../nodes/broker-node.ts';
-import { FLEET_BIN, stopChild } from '../../platform/child-process.ts';
+import { spawnFleetLogged, stopChild } from '../../platform/child-process.ts';
 import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../../publisher/keys.ts';
@@ -171,11 +171,8 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
       const validate = [process.execPath, '--import', 'tsx', VALIDATE, '--digits', digitsFile, '--running', path.join(dir, 'current.safetensors'), '--tolerance', '1', '--report', path.join(tmp, `${id}-validation.json`)]
         .map((a) => `'${a.replace(/'/g, `'\\''`)}'`)
         .join(' ');
-      const logFile = createWriteStream(path.join(tmp, `${id}.log`));
-      const child = spawn(
-        process.execPath,
+      const child = spawnFleetLogged(
         [
-          FLEET_BIN,
           'device',
           '--id',
           id,
@@ -196,10 +193,8 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
           '--validate-timeout',
           '60s',
         ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
+        path.join(tmp, `${id}.log`),
       );
-      child.stdout!.pipe(logFile);
-      child.stderr!.pipe(logFile);
       children.push(child);
     }
     out(`broker ${broker.url}; ${ids.length} device agents (PIDs ${children.map((c) => c.pid).join(', ')}), each validating staged models on its own ${o.perDevice} held-out field digits`);

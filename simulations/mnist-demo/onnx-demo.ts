@@ -12,14 +12,14 @@
  *
  *   npm run demo:onnx [-- --devices 3 --json --keep]
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, promises as fs } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startBroker } from '../../nodes/broker-node.ts';
-import { FLEET_BIN, stopChild } from '../../platform/child-process.ts';
+import { spawnFleetLogged, stopChild } from '../../platform/child-process.ts';
 import { decodePayload } from '../../protocol/lowrank.ts';
 import { writeSafetensors } from '../../protocol/safetensors.ts';
 import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
@@ -135,11 +135,8 @@ export async function runOnnxDemo(opts: Partial<MnistDemoOptions> = {}): Promise
     for (const [k, id] of ids.entries()) {
       const samples = path.join(tmp, `${id}-digits.safetensors`);
       await fs.writeFile(samples, samplesFile(digits[k]));
-      const logFile = createWriteStream(path.join(tmp, `${id}.log`));
-      const child = spawn(
-        process.execPath,
+      const child = spawnFleetLogged(
         [
-          FLEET_BIN,
           'device',
           '--id',
           id,
@@ -160,10 +157,8 @@ export async function runOnnxDemo(opts: Partial<MnistDemoOptions> = {}): Promise
           '--max-drop',
           '1',
         ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
+        path.join(tmp, `${id}.log`),
       );
-      child.stdout!.pipe(logFile);
-      child.stderr!.pipe(logFile);
       children.push(child);
     }
     out(

@@ -17,6 +17,7 @@ import { Topics } from '../../protocol/topics.ts';
 import type { Transport } from '../../transport/types.ts';
 import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
+import { until } from '../support/wait.ts';
 
 const CHUNK = 512;
 const CHUNKS = 10;
@@ -39,10 +40,6 @@ afterEach(async () => {
   if (dir) await fs.rm(dir, { recursive: true, force: true });
   dir = undefined;
 });
-
-const until = async (pred: () => boolean): Promise<void> => {
-  for (let t = 0; t < 1000 && !pred(); t++) await new Promise((r) => setTimeout(r, 5));
-};
 
 describe('download start: the list and the first window in one request', () => {
   it('asks for both at once; chunks that come before the list are verified once it is saved; a bad early chunk is refused', async () => {
@@ -87,16 +84,16 @@ describe('download start: the list and the first window in one request', () => {
     for (const i of first.slice(1)) d.onFrame(frame(i));
     expect(d.receivedChunks).toBe(0);
     d.onFrame({ kind: 'list', updateId, count: CHUNKS, list });
-    await until(() => d.receivedChunks === first.length - 1);
+    await until(() => d.receivedChunks === first.length - 1, { what: 'the early chunks but the bad one received', timeoutMs: 5000, intervalMs: 5 });
     expect(d.receivedChunks).toBe(first.length - 1);
     expect(d.badChunks).toBe(1);
     expect(d.duplicateChunks).toBe(0);
     // Everything else, as asked.
     for (let k = 1; k < 100 && !done; k++) {
-      await until(() => requests.length > k || done);
+      await until(() => requests.length > k || done, { what: `request ${k + 1} or the end`, timeoutMs: 5000, intervalMs: 5 });
       for (const i of requests[k]?.want ?? []) d.onFrame(frame(i));
     }
-    await until(() => done);
+    await until(() => done, { what: 'the download done', timeoutMs: 5000, intervalMs: 5 });
     expect(done).toBe(true);
     expect(Buffer.from(await d.readPayload()).equals(Buffer.from(payload))).toBe(true);
     expect(requests.filter((r) => r.list)).toHaveLength(1);

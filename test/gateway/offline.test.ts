@@ -7,6 +7,7 @@ import { MqttTransport } from '../../transport/mqtt.ts';
 import { createFixture, GROUP, MODEL, publish, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { until } from '../support/wait.ts';
 import { startGateway, untilGateway } from './helpers.ts';
+import { statusFixture } from '../support/status.ts';
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
@@ -24,27 +25,7 @@ afterEach(async () => {
 });
 
 function fakeStatus(n: number): DeviceStatus {
-  return {
-    device: 'seq-dev',
-    group: GROUP,
-    model: MODEL,
-    state: 'idle',
-    running: '0'.repeat(64),
-    target: null,
-    seq: null,
-    updateId: null,
-    rollback: false,
-    progress: 0,
-    bytes: 0,
-    totalBytes: 0,
-    badChunks: 0,
-    rateBps: 0,
-    wire: null,
-    reason: null,
-    message: String(n),
-    agent: 'test',
-    time: new Date().toISOString(),
-  };
+  return statusFixture({ device: 'seq-dev', group: GROUP, model: MODEL, running: '0'.repeat(64), message: String(n) });
 }
 
 describe('site gateway: an offline site', () => {

@@ -4,6 +4,7 @@ import type { Topics } from '../../protocol/topics.ts';
 import type { PublishOptions, PublishResult } from '../../publisher/publish.ts';
 import type { RollbackOptions, RollbackResult } from '../../publisher/rollback.ts';
 import type { MessageHandler, PublishOptions as TPublishOptions, Transport } from '../../transport/types.ts';
+import { statusFixture } from '../support/status.ts';
 
 const matches = (filter: string, topic: string): boolean => {
   const f = filter.split('/');
@@ -72,28 +73,7 @@ export class MemoryTransport implements Transport {
 export const KEY: SigningKey = signingKeyFromSeed(new Uint8Array(32).fill(7));
 
 export function deviceStatus(topics: Topics, broker: MemoryBroker, device: string, group: string, state: DeviceState, o: Partial<DeviceStatus> = {}): void {
-  const s: DeviceStatus = {
-    device,
-    group,
-    model: 'm',
-    state,
-    running: 'a'.repeat(64),
-    target: null,
-    seq: null,
-    updateId: null,
-    rollback: false,
-    progress: 0,
-    bytes: 0,
-    totalBytes: 0,
-    badChunks: 0,
-    rateBps: 0,
-    wire: null,
-    reason: null,
-    message: null,
-    agent: 'test',
-    time: new Date().toISOString(),
-    ...o,
-  };
+  const s = statusFixture({ device, group, state, ...o });
   broker.publish(topics.status(device), encodeStatus(s), true);
 }
 

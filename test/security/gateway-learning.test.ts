@@ -19,6 +19,7 @@ import { MqttTransport } from '../../transport/mqtt.ts';
 import { createFixture, GROUP, MODEL, topics, type Fixture } from '../support/harness.ts';
 import { startGateway, untilGateway } from '../gateway/helpers.ts';
 import { until } from '../support/wait.ts';
+import { statusFixture } from '../support/status.ts';
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
@@ -31,27 +32,7 @@ afterEach(async () => {
   gw = undefined;
 });
 
-const status = (device: string, group: string): DeviceStatus => ({
-  device,
-  group,
-  model: MODEL,
-  state: 'idle',
-  running: 'ab'.repeat(32),
-  target: null,
-  seq: null,
-  updateId: null,
-  rollback: false,
-  progress: 0,
-  bytes: 0,
-  totalBytes: 0,
-  badChunks: 0,
-  rateBps: 0,
-  wire: null,
-  reason: null,
-  message: null,
-  agent: 'x',
-  time: new Date().toISOString(),
-});
+const status = (device: string, group: string): DeviceStatus => statusFixture({ device, group, model: MODEL, running: 'ab'.repeat(32), agent: 'x' });
 
 /** What the gateway saved as learned (group/model pairs). */
 async function saved(): Promise<string[]> {
