@@ -207,12 +207,6 @@ export function registerBuildCommands(program: Command): void {
         } else {
           source = await twoModelSource(o.base, o.target!);
         }
-        const unknown = source.base.onnx?.unknownFields ?? 0;
-        if (unknown > 0) {
-          process.stderr.write(
-            `warning: ${o.base} holds ${unknown} field(s) that ONNX 1.10's onnx.proto does not define (a newer exporter's, e.g. node metadata_props): they are not in the digest, and the models devices write will not have them (docs/onnx.md)\n`,
-          );
-        }
         try {
           let mode: BuildMode;
           if (o.rank !== undefined) mode = { kind: 'rank', rank: o.rank };

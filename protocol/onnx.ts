@@ -2,41 +2,27 @@ import { createHash } from 'node:crypto';
 import onnxProto from 'onnx-proto';
 import type { onnx as OnnxTypes } from 'onnx-proto';
 import { modelDigest } from './digest.ts';
-import { type Dtype, dtypeSize } from './dtypes.ts';
+import type { Dtype } from './dtypes.ts';
 import { ProtocolError } from './errors.ts';
-import { compareNames, isWellFormedName, shapeSize } from './safetensors.ts';
+import { runScan, scanOnnx, type OnnxLayout, type OnnxStorage } from './onnx-wire.ts';
+import { decodeTensorData, encodeTensorData, skeletonPlan, spliceBytes, splicePlan, tensorSlots, type TensorSlot } from './onnx-splice.ts';
+import { compareNames } from './safetensors.ts';
 
 /**
- * ONNX models (docs/onnx.md, docs/protocol.md §ONNX digest): a ModelProto read and
- * written with onnx-proto (protobufjs code generated from ONNX's onnx.proto). The
- * tensors an update may touch are the main graph's initializers of a numeric type;
- * everything else (nodes, inputs, outputs, opsets, metadata, other initializers)
- * is the "skeleton", hashed whole into the digest so that an update never changes it.
+ * ONNX models (docs/onnx.md, docs/protocol.md §7.6 ONNX digest). The file is scanned on the
+ * protobuf wire format (protocol/onnx-wire.ts) for the main graph's initializers and where
+ * their data is; the tensors an update may touch are those of a numeric type. Everything else
+ * (nodes, inputs, outputs, opsets, metadata, other initializers, and fields onnx-proto's schema
+ * does not know) is the "skeleton": the file's bytes with those tensors' data records removed
+ * (protocol/onnx-splice.ts), hashed whole into the digest so that an update never changes it.
+ * The skeleton is decoded with onnx-proto (protobufjs code generated from ONNX's onnx.proto)
+ * for the checks and to name differences; writing splices the new data into the input's bytes.
  */
 
 const { onnx } = onnxProto;
 export type ModelProto = OnnxTypes.ModelProto;
 type TensorProto = OnnxTypes.ITensorProto;
-
-/** ONNX TensorProto.DataType numbers of the element types mapped onto ours. */
-const DATA_TYPES: Record<number, Dtype> = {
-  1: 'F32',
-  2: 'U8',
-  3: 'I8',
-  4: 'U16',
-  5: 'I16',
-  6: 'I32',
-  7: 'I64',
-  9: 'BOOL',
-  10: 'F16',
-  11: 'F64',
-  12: 'U32',
-  13: 'U64',
-  16: 'BF16',
-};
-
-/** Which field of the TensorProto held the data (a rewritten tensor keeps it). */
-export type OnnxStorage = 'raw_data' | 'float_data' | 'int32_data' | 'int64_data' | 'double_data' | 'uint64_data';
+export type { OnnxStorage };
 
 export interface OnnxTensor {
   name: string;
@@ -47,68 +33,25 @@ export interface OnnxTensor {
   storage: OnnxStorage;
 }
 
-export interface OnnxModel {
+/** What a model is besides its updatable tensors' values. */
+export interface OnnxSkeleton {
+  /** The skeleton decoded (onnx-proto): the model without the updatable tensors' data. */
+  skeletonProto: ModelProto;
+  /** The skeleton's bytes (docs/protocol.md §7.6). */
+  skeleton: Uint8Array;
+  /** SHA-256 (hex) of the skeleton. */
+  graphHash: string;
+}
+
+export interface OnnxModel extends OnnxSkeleton {
+  /** The whole model decoded by onnx-proto (fields its schema does not know are not in it). */
   proto: ModelProto;
   /** The updatable initializers, sorted by the UTF-8 bytes of their names. */
   tensors: OnnxTensor[];
-  /** SHA-256 (hex) of the skeleton: the model with those initializers' data removed. */
-  graphHash: string;
-  /**
-   * Fields onnx-proto's schema (ONNX 1.10) does not define, e.g. node metadata_props from a
-   * newer exporter: skipped by the reader, so neither hashed nor written back.
-   */
-  unknownFields: number;
-}
-
-/**
- * protobufjs's Reader prototype (the object holding skipType), found once by watching a
- * nested decode, so that readOnnx can count the fields the schema skips.
- */
-const readerWithSkip: { skipType(wireType: number): unknown } | undefined = (() => {
-  let found: object | undefined;
-  const original = onnx.OperatorSetIdProto.decode;
-  onnx.OperatorSetIdProto.decode = function (this: unknown, reader: never, length?: number) {
-    found = reader as object;
-    return original.call(this, reader, length);
-  } as typeof original;
-  try {
-    onnx.ModelProto.decode(onnx.ModelProto.encode({ opsetImport: [{ version: 1 }] }).finish());
-  } finally {
-    onnx.OperatorSetIdProto.decode = original;
-  }
-  for (let p = found && Object.getPrototypeOf(found); p; p = Object.getPrototypeOf(p)) {
-    if (Object.prototype.hasOwnProperty.call(p, 'skipType')) return p as { skipType(wireType: number): unknown };
-  }
-  return undefined;
-})();
-
-/** Decode, counting the fields the schema does not know (the decode is synchronous: the count is this one's). */
-function decodeCounting(bytes: Uint8Array): { proto: ModelProto; unknown: number } {
-  let unknown = 0;
-  const holder = readerWithSkip;
-  const skip = holder?.skipType;
-  if (holder && skip) {
-    holder.skipType = function (this: unknown, wireType: number) {
-      unknown++;
-      return skip.call(this, wireType);
-    };
-  }
-  try {
-    return { proto: onnx.ModelProto.decode(bytes), unknown };
-  } finally {
-    if (holder && skip) holder.skipType = skip;
-  }
 }
 
 function bad(detail: string): ProtocolError {
   return new ProtocolError('malformed-model', `ONNX: ${detail}`);
-}
-
-/** A protobuf int64 as a safe integer (protobufjs gives a Long or a number). */
-function toSafe(v: number | { low: number; high: number; unsigned?: boolean; toNumber?: () => number }, what: string): number {
-  const n = typeof v === 'number' ? v : v.toNumber ? v.toNumber() : v.high * 0x100000000 + (v.low >>> 0);
-  if (!Number.isSafeInteger(n)) throw bad(`${what} ${String(v)} is not a safe integer`);
-  return n;
 }
 
 function isExternal(t: TensorProto): boolean {
@@ -138,135 +81,40 @@ function checkNoExternal(graph: OnnxTypes.IGraphProto, depth = 0): void {
   }
 }
 
-function bytesOf(arr: ArrayBufferView): Uint8Array {
-  return new Uint8Array(arr.buffer, arr.byteOffset, arr.byteLength);
-}
-
-/** The element bytes of an initializer, from raw_data or from its typed field (ONNX's TensorProto comments say which). */
-function tensorBytes(t: TensorProto, dtype: Dtype, count: number, name: string): { data: Uint8Array; storage: OnnxStorage } {
-  const want = count * dtypeSize(dtype);
-  if (t.rawData && Object.prototype.hasOwnProperty.call(t, 'rawData')) {
-    if (t.rawData.byteLength !== want) throw bad(`initializer ${JSON.stringify(name)}: raw_data has ${t.rawData.byteLength} bytes, shape needs ${want}`);
-    return { data: t.rawData, storage: 'raw_data' };
-  }
-  const typed = (len: number, storage: OnnxStorage): void => {
-    if (len !== count) throw bad(`initializer ${JSON.stringify(name)}: ${storage} holds ${len} values, shape needs ${count}`);
-  };
-  switch (dtype) {
-    case 'F32': {
-      const v = t.floatData ?? [];
-      typed(v.length, 'float_data');
-      return { data: bytesOf(Float32Array.from(v)), storage: 'float_data' };
-    }
-    case 'F64': {
-      const v = t.doubleData ?? [];
-      typed(v.length, 'double_data');
-      return { data: bytesOf(Float64Array.from(v)), storage: 'double_data' };
-    }
-    case 'I64':
-    case 'U32':
-    case 'U64': {
-      const field = dtype === 'I64' ? 'int64_data' : 'uint64_data';
-      const v = (dtype === 'I64' ? t.int64Data : t.uint64Data) ?? [];
-      typed(v.length, field);
-      if (dtype === 'U32') return { data: bytesOf(Uint32Array.from(v, (x) => toSafe(x, 'value'))), storage: field };
-      const out = new BigInt64Array(v.length);
-      v.forEach((x, i) => {
-        out[i] = typeof x === 'number' ? BigInt(x) : (BigInt(x.high >>> 0) << 32n) | BigInt(x.low >>> 0);
-      });
-      return { data: bytesOf(out), storage: field };
-    }
-    default: {
-      // int32_data: INT32, INT16, INT8, UINT16, UINT8, BOOL, and FLOAT16/BFLOAT16 as their 16-bit patterns.
-      const v = t.int32Data ?? [];
-      typed(v.length, 'int32_data');
-      const ctor = { I32: Int32Array, I16: Int16Array, I8: Int8Array, U16: Uint16Array, U8: Uint8Array, BOOL: Uint8Array, F16: Uint16Array, BF16: Uint16Array }[dtype as 'I32'];
-      return { data: bytesOf(ctor.from(v)), storage: 'int32_data' };
-    }
-  }
-}
-
-const DATA_FIELDS = ['floatData', 'int32Data', 'int64Data', 'doubleData', 'uint64Data'] as const;
-
-/** A copy of an initializer with new element bytes, in the field the original used. */
-function withData(t: TensorProto, data: Uint8Array, storage: OnnxStorage): OnnxTypes.TensorProto {
-  const copy = Object.assign(new onnx.TensorProto(), t);
-  const aligned = new Uint8Array(data); // a copy, aligned for the typed views below
-  switch (storage) {
-    case 'raw_data':
-      copy.rawData = aligned;
-      break;
-    case 'float_data':
-      copy.floatData = Array.from(new Float32Array(aligned.buffer));
-      break;
-    case 'double_data':
-      copy.doubleData = Array.from(new Float64Array(aligned.buffer));
-      break;
-    case 'int32_data': {
-      const dtype = DATA_TYPES[t.dataType ?? 0];
-      if (dtype !== 'F16' && dtype !== 'BF16') throw bad(`initializer ${JSON.stringify(t.name)}: cannot rewrite ${dtype} held in int32_data`);
-      copy.int32Data = Array.from(new Uint16Array(aligned.buffer));
-      break;
-    }
-    default:
-      throw bad(`initializer ${JSON.stringify(t.name)}: cannot rewrite data held in ${storage}`);
-  }
-  return copy;
-}
-
-/** The initializer without its data: what the skeleton holds in its place. */
-function withoutData(t: TensorProto): OnnxTypes.TensorProto {
-  const copy = Object.assign(new onnx.TensorProto(), t);
-  delete (copy as { rawData?: Uint8Array }).rawData;
-  for (const f of DATA_FIELDS) (copy as unknown as Record<string, unknown[]>)[f] = [];
-  return copy;
-}
-
-function withInitializers(proto: ModelProto, initializer: TensorProto[]): ModelProto {
-  const graph = Object.assign(new onnx.GraphProto(), proto.graph, { initializer });
-  return Object.assign(new onnx.ModelProto(), proto, { graph });
-}
-
-/** Encode a model (field-number order, packed repeated fields: deterministic). */
-export function encodeOnnx(proto: ModelProto): Uint8Array {
-  return onnx.ModelProto.encode(proto).finish();
-}
-
-/** The skeleton's hash: the model encoded with the updatable initializers' data fields emptied. */
-function skeletonHash(proto: ModelProto, updatable: ReadonlySet<string>): string {
-  const inits = (proto.graph?.initializer ?? []).map((t) => (updatable.has(t.name ?? '') ? withoutData(t) : t));
-  return createHash('sha256')
-    .update(encodeOnnx(withInitializers(proto, inits)))
-    .digest('hex');
-}
-
-/** Decode and check an ONNX model held in memory. */
-export function readOnnx(bytes: Uint8Array): OnnxModel {
+/** The skeleton's checks and hash: a ModelProto with a graph and an ir_version, no external data anywhere. */
+export function readSkeleton(skeleton: Uint8Array): OnnxSkeleton {
   let proto: ModelProto;
-  let unknownFields: number;
   try {
-    ({ proto, unknown: unknownFields } = decodeCounting(bytes));
+    proto = onnx.ModelProto.decode(skeleton);
   } catch (e) {
     throw bad(`not a protobuf ModelProto: ${(e as Error).message}`);
   }
   if (!proto.graph) throw bad('the model has no graph');
   if (proto.irVersion === undefined || !Object.prototype.hasOwnProperty.call(proto, 'irVersion')) throw bad('the model has no ir_version (is this an ONNX file?)');
   checkNoExternal(proto.graph);
-  const tensors: OnnxTensor[] = [];
-  const seen = new Set<string>();
-  for (const t of proto.graph.initializer ?? []) {
-    const name = t.name ?? '';
-    if (name === '' || !isWellFormedName(name)) throw bad(`an initializer has the name ${JSON.stringify(name)}`);
-    if (seen.has(name)) throw bad(`initializer ${JSON.stringify(name)} appears twice`);
-    seen.add(name);
-    const dtype = DATA_TYPES[t.dataType ?? 0];
-    if (!dtype || t.segment) continue; // strings, complex, 8-bit floats, segments: part of the skeleton, never updated
-    const shape = (t.dims ?? []).map((d) => toSafe(d, `initializer ${JSON.stringify(name)} dim`));
-    const count = shapeSize(shape, `initializer ${JSON.stringify(name)} shape`);
-    tensors.push({ name, dtype, shape, ...tensorBytes(t, dtype, count, name) });
-  }
+  return { skeletonProto: proto, skeleton, graphHash: createHash('sha256').update(skeleton).digest('hex') };
+}
+
+/** Where the model's initializers are, from its bytes. */
+export function scanOnnxBytes(bytes: Uint8Array): { layout: OnnxLayout; slots: TensorSlot[] } {
+  const layout = runScan(scanOnnx(bytes.byteLength), bytes);
+  return { layout, slots: tensorSlots(layout) };
+}
+
+function slotsData(bytes: Uint8Array, slot: TensorSlot): Uint8Array {
+  return decodeTensorData(
+    slot,
+    slot.spans.map((s) => bytes.subarray(s.start, s.end)),
+  );
+}
+
+/** Decode and check an ONNX model held in memory. */
+export function readOnnx(bytes: Uint8Array): OnnxModel {
+  const { layout, slots } = scanOnnxBytes(bytes);
+  const skeleton = readSkeleton(spliceBytes(skeletonPlan(layout, slots), bytes, () => new Uint8Array(0)));
+  const tensors = slots.map((s) => ({ name: s.name, dtype: s.dtype, shape: s.shape, storage: s.storage, data: slotsData(bytes, s) }));
   tensors.sort((a, b) => compareNames(a.name, b.name));
-  return { proto, tensors, graphHash: skeletonHash(proto, new Set(tensors.map((t) => t.name))), unknownFields };
+  return { ...skeleton, proto: onnx.ModelProto.decode(bytes), tensors };
 }
 
 const DIGEST_DOMAIN = Buffer.from('fleet-onnx-digest-v1\0', 'ascii');
@@ -290,29 +138,32 @@ export function onnxDigest(bytes: Uint8Array): string {
   return onnxModelDigest(readOnnx(bytes));
 }
 
+/** Encode a model with onnx-proto (field-number order, packed repeated fields): the models fleet builds. */
+export function encodeOnnx(proto: ModelProto): Uint8Array {
+  return onnx.ModelProto.encode(proto).finish();
+}
+
 /**
- * The model with some initializers' bytes replaced (same names, dtypes, shapes;
- * each kept in the field it came from). Everything else is unchanged; the result is
- * deterministic (the same input gives the same bytes on every machine).
+ * The model with some initializers' bytes replaced (same names, dtypes, shapes; each kept in
+ * the field it came from), spliced into the input's bytes: every other byte is the input's.
+ * Deterministic (the same input gives the same bytes on every machine).
  */
-export function writeOnnx(m: OnnxModel, replaced: ReadonlyMap<string, Uint8Array>): Uint8Array {
-  const byName = new Map(m.tensors.map((t) => [t.name, t]));
-  for (const name of replaced.keys()) if (!byName.has(name)) throw new ProtocolError('shape-mismatch', `the model has no initializer ${JSON.stringify(name)}`);
-  const inits = (m.proto.graph?.initializer ?? []).map((t) => {
-    const data = replaced.get(t.name ?? '');
-    if (!data) return t;
-    const info = byName.get(t.name ?? '')!;
-    if (data.byteLength !== info.data.byteLength) throw bad(`initializer ${JSON.stringify(info.name)}: ${data.byteLength} bytes, shape needs ${info.data.byteLength}`);
-    return withData(t, data, info.storage);
-  });
-  return encodeOnnx(withInitializers(m.proto, inits));
+export function writeOnnx(bytes: Uint8Array, replaced: ReadonlyMap<string, Uint8Array>): Uint8Array {
+  const { layout, slots } = scanOnnxBytes(bytes);
+  const byName = new Map(slots.map((s) => [s.name, s]));
+  const records = new Map<TensorSlot, Uint8Array>();
+  for (const [name, data] of replaced) {
+    const slot = byName.get(name);
+    if (!slot) throw new ProtocolError('shape-mismatch', `the model has no initializer ${JSON.stringify(name)}`);
+    records.set(slot, encodeTensorData(slot, data));
+  }
+  const plan = splicePlan(layout, new Map([...records].map(([s, r]) => [s, r.byteLength])));
+  return spliceBytes(plan, bytes, (slot) => records.get(slot)!);
 }
 
 /** Plain JSON view of the skeleton, for naming differences. */
-function skeletonObject(m: OnnxModel): Record<string, unknown> {
-  const updatable = new Set(m.tensors.map((t) => t.name));
-  const inits = (m.proto.graph?.initializer ?? []).map((t) => (updatable.has(t.name ?? '') ? withoutData(t) : t));
-  return onnx.ModelProto.toObject(withInitializers(m.proto, inits), { longs: String, bytes: String, enums: String }) as Record<string, unknown>;
+function skeletonObject(m: OnnxSkeleton): Record<string, unknown> {
+  return onnx.ModelProto.toObject(m.skeletonProto, { longs: String, bytes: String, enums: String }) as Record<string, unknown>;
 }
 
 function label(v: unknown, key: string | number): string {
@@ -344,7 +195,11 @@ function firstDiff(a: unknown, b: unknown, at: string): string | undefined {
 }
 
 /** Where two models differ outside the updatable initializers' data (undefined when they do not). */
-export function onnxGraphDifference(base: OnnxModel, target: OnnxModel): string | undefined {
+export function onnxGraphDifference(base: OnnxSkeleton, target: OnnxSkeleton): string | undefined {
   if (base.graphHash === target.graphHash) return undefined;
-  return firstDiff(skeletonObject(base), skeletonObject(target), 'model') ?? 'the encodings differ';
+  const named = firstDiff(skeletonObject(base), skeletonObject(target), 'model');
+  if (named) return named;
+  let at = 0;
+  while (at < base.skeleton.byteLength && base.skeleton[at] === target.skeleton[at]) at++;
+  return `byte ${at} of the skeletons (docs/protocol.md §7.6): the same fields as onnx-proto's schema reads them, so a field that schema does not define (from a newer ONNX) or the same fields encoded otherwise`;
 }

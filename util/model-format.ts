@@ -4,7 +4,7 @@ import { nodeFs, type FsPort } from '../platform/fs-port.ts';
 import { safetensorsDigest } from '../protocol/digest.ts';
 import type { Payload } from '../protocol/lowrank.ts';
 import type { DeltaSource } from './payload-file.ts';
-import { onnxDigest, onnxGraphDifference, type OnnxModel } from '../protocol/onnx.ts';
+import { onnxDigest, onnxGraphDifference, type OnnxSkeleton } from '../protocol/onnx.ts';
 import type { TensorInfo } from '../protocol/safetensors.ts';
 import { digestModelFile as digestSafetensorsFile, ModelFile as SafetensorsFile } from './model-file.ts';
 import { applyToOnnxFile, digestOnnxFile, openOnnxFile } from './onnx-file.ts';
@@ -26,8 +26,8 @@ export interface ModelFile {
   readonly tensors: TensorInfo[];
   readonly fileSize: number;
   readonly dataBytes: number;
-  /** ONNX only: the decoded model (graph comparisons). */
-  readonly onnx?: OnnxModel;
+  /** ONNX only: the model's skeleton (graph comparisons). */
+  readonly onnx?: OnnxSkeleton;
   info(name: string): TensorInfo | undefined;
   /** The model's digest from the digest (protocol/digest.ts) of its tensors, with these tensor values. */
   digestOf(tensorDigest: string): string;

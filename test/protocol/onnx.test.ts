@@ -15,13 +15,6 @@ import { NET_SHAPES, netModel, netSpec, netWeights, plusRankOne, typedSpec, valu
 
 const { onnx } = onnxProto;
 
-function varint(n: number): Buffer {
-  const out: number[] = [];
-  for (; n >= 0x80; n >>>= 7) out.push((n & 0x7f) | 0x80);
-  out.push(n);
-  return Buffer.from(out);
-}
-
 describe('ONNX models: reader and writer', () => {
   it('reads every initializer kind, from raw_data and from the typed fields alike', () => {
     const m = readOnnx(buildOnnxModel(typedSpec()));
@@ -45,7 +38,7 @@ describe('ONNX models: reader and writer', () => {
 
   it('writes back byte-identical bytes when nothing changes', () => {
     for (const bytes of [buildOnnxModel(typedSpec()), netModel(netWeights(1), { metadata: { author: 'test' } })]) {
-      expect(Buffer.from(writeOnnx(readOnnx(bytes), new Map())).equals(Buffer.from(bytes))).toBe(true);
+      expect(Buffer.from(writeOnnx(bytes, new Map())).equals(Buffer.from(bytes))).toBe(true);
     }
   });
 
@@ -93,23 +86,6 @@ describe('ONNX models: reader and writer', () => {
       { key: 'offset', value: '0' },
     ];
     expect(() => readOnnx(encodeOnnx(p))).toThrow(/initializer "fc_w" keeps its data in an external file \(location "weights.bin"\).*save_as_external_data=False/);
-  });
-
-  it('counts the fields its schema does not know, which neither enter the digest nor are written back', () => {
-    const plain = netModel(netWeights(1));
-    expect(readOnnx(plain).unknownFields).toBe(0);
-    // Field 99 of ModelProto (varint 1) and field 50 of the graph's first node (a string), as a newer ONNX might write.
-    const p = onnx.ModelProto.decode(plain);
-    const node = onnx.NodeProto.encode(p.graph!.node![0]).finish();
-    const extraNode = Buffer.concat([Buffer.from(node), Buffer.from([0x92, 0x03, 0x02, 0x68, 0x69])]);
-    const graph = onnx.GraphProto.encode(Object.assign(new onnx.GraphProto(), p.graph, { node: p.graph!.node!.slice(1) })).finish();
-    const graphBytes = Buffer.concat([Buffer.from([0x0a]), varint(extraNode.length), extraNode, Buffer.from(graph)]);
-    const model = onnx.ModelProto.encode(Object.assign(new onnx.ModelProto(), p, { graph: undefined })).finish();
-    const bytes = Buffer.concat([Buffer.from(model), Buffer.from([0x3a]), varint(graphBytes.length), graphBytes, Buffer.from([0x98, 0x06, 0x01])]);
-    const m = readOnnx(bytes);
-    expect(m.unknownFields).toBe(2);
-    expect(onnxDigest(bytes)).toBe(onnxDigest(plain));
-    expect(Buffer.from(writeOnnx(m, new Map())).equals(Buffer.from(plain))).toBe(true);
   });
 
   it('refuses bytes that are not an ONNX model', () => {
