@@ -1,5 +1,6 @@
 import type { ValidationFigures } from '../protocol/status.ts';
-import { runSamples, type Samples } from '../util/onnx-run.ts';
+import { runSamples, type OrtModel, type Samples } from '../util/onnx-run.ts';
+import type { FsPort } from '../platform/fs-port.ts';
 import { DeviceError } from './reasons.ts';
 
 /**
@@ -23,12 +24,12 @@ export interface OnnxValidationOptions {
   minAccuracy?: number;
   /** Refuse when accuracy falls more than this many percentage points below the running model's (default: no limit). */
   maxDropPoints?: number;
-  /** Reads a model file (the device's storage port). */
-  readFile: (file: string) => Promise<Uint8Array>;
+  /** Where the model files are (the device's storage port); ONNX Runtime loads them by path. */
+  fsys?: FsPort;
 }
 
 /** The fraction of samples whose argmax over the first output's last axis is the label. */
-export async function onnxAccuracy(model: Uint8Array, s: Samples): Promise<{ accuracy: number; predictions: Int32Array }> {
+export async function onnxAccuracy(model: OrtModel, s: Samples): Promise<{ accuracy: number; predictions: Int32Array }> {
   const predictions = new Int32Array(s.count);
   await runSamples(model, s, (start, b, out) => {
     const scores = Object.values(out)[0].data;
@@ -57,17 +58,14 @@ export function onnxValidator(o: OnnxValidationOptions): StagedValidator & { las
     async validate(stagedFile, runningFile) {
       let accuracy: number;
       try {
-        accuracy = (await onnxAccuracy(await o.readFile(stagedFile), o.samples)).accuracy;
+        accuracy = (await onnxAccuracy({ file: stagedFile, fsys: o.fsys }, o.samples)).accuracy;
       } catch (e) {
         throw new DeviceError('validation-failed', `ONNX Runtime could not run the staged model: ${(e as Error).message.split('\n')[0]}`);
       }
-      const running = await o
-        .readFile(runningFile)
-        .then((b) => onnxAccuracy(b, o.samples))
-        .then(
-          (r) => r.accuracy,
-          () => null,
-        );
+      const running = await onnxAccuracy({ file: runningFile, fsys: o.fsys }, o.samples).then(
+        (r) => r.accuracy,
+        () => null,
+      );
       const figures = { accuracy, runningAccuracy: running, samples: o.samples.count };
       v.last = figures;
       const said = describeValidation(figures).replace('ONNX validation: ', '');

@@ -27,5 +27,5 @@ export async function onnxValidatorFor(o: OnnxValidationFlags, storage: DeviceSt
   });
   const samples = readSamples(new Uint8Array(bytes), `--validate-onnx ${o.validateOnnx}`);
   await loadOrt();
-  return onnxValidator({ samples, minAccuracy: o.minAccuracy, maxDropPoints: o.maxDrop, readFile: (f) => storage.fsys.readFile(f) });
+  return onnxValidator({ samples, minAccuracy: o.minAccuracy, maxDropPoints: o.maxDrop, fsys: storage.fsys });
 }

@@ -61,6 +61,13 @@ async function openOnnx(file: string, fsys: FsPort): Promise<OpenOnnx> {
   }
 }
 
+/** A model file's skeleton (docs/protocol.md §7.6): its graph without the weights, read without reading the weights. */
+export async function readOnnxSkeleton(file: string, fsys: FsPort = nodeFs): Promise<OnnxSkeleton> {
+  const m = await openOnnx(file, fsys);
+  await m.handle.close();
+  return m.skeleton;
+}
+
 /** One initializer's element bytes, read from the file (into `buf` when it is one record and fits). */
 async function readSlot(h: FileHandlePort, slot: TensorSlot, buf?: Uint8Array): Promise<Uint8Array> {
   const chunks: Uint8Array[] = [];

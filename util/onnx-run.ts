@@ -1,5 +1,7 @@
 import { decodeValues } from '../protocol/dtypes.ts';
-import { readOnnx } from '../protocol/onnx.ts';
+import { readOnnx, type ModelProto } from '../protocol/onnx.ts';
+import { nodeFs, type FsPort } from '../platform/fs-port.ts';
+import { readOnnxSkeleton } from './onnx-file.ts';
 import { readSafetensors } from '../protocol/safetensors.ts';
 import { RefusalError, UsageError } from '../platform/errors.ts';
 
@@ -66,7 +68,10 @@ export function loadOrt(): Promise<Ort> {
 
 /** The graph's first real input (not an initializer), its fixed batch size if any, and its first output. */
 export function ioOf(model: Uint8Array): { input: string; batch: number | undefined; output: string } {
-  const { proto } = readOnnx(model);
+  return ioOfProto(readOnnx(model).skeletonProto);
+}
+
+function ioOfProto(proto: ModelProto): { input: string; batch: number | undefined; output: string } {
   const graph = proto.graph!;
   const inits = new Set((graph.initializer ?? []).map((t) => t.name));
   const input = (graph.input ?? []).find((i) => !inits.has(i.name ?? ''));
@@ -82,16 +87,19 @@ export interface OutputBatch {
   dims: readonly number[];
 }
 
+/** A model for ONNX Runtime: its bytes, or a file that ONNX Runtime loads itself (only its skeleton is read here). */
+export type OrtModel = Uint8Array | { file: string; fsys?: FsPort };
+
 /**
  * Run the model on every sample (in one batch, or one sample at a time when its input has
  * a fixed batch of 1), handing each batch's named outputs (default: the first output) to `onBatch`.
  */
-export async function runSamples(model: Uint8Array, s: Samples, onBatch: (start: number, count: number, outputs: Record<string, OutputBatch>) => void, outputs?: string[]): Promise<void> {
+export async function runSamples(model: OrtModel, s: Samples, onBatch: (start: number, count: number, outputs: Record<string, OutputBatch>) => void, outputs?: string[]): Promise<void> {
   const ort = await loadOrt();
-  const io = ioOf(model);
+  const io = model instanceof Uint8Array ? ioOf(model) : ioOfProto((await readOnnxSkeleton(model.file, model.fsys ?? nodeFs)).skeletonProto);
   if (io.batch !== undefined && io.batch !== 1 && io.batch !== s.count)
     throw new RefusalError('unsupported-model', `the model's input has a fixed batch of ${io.batch}; give ${io.batch} samples, or export it with batch 1 or a dynamic batch`);
-  const session = await ort.InferenceSession.create(model);
+  const session = model instanceof Uint8Array ? await ort.InferenceSession.create(model) : await ort.InferenceSession.create(model.file);
   try {
     const per = s.sampleShape.reduce((a, b) => a * b, 1);
     const batch = io.batch ?? s.count;
