@@ -1,7 +1,7 @@
 /**
  * What the device agent costs the machine it runs on:
  *
- *   npm run bench:device [-- --sizes 100,400 --rank 8 --keep --entries bundle,source --node-flags '--max-semi-space-size=1']
+ *   npm run bench:device [-- --sizes 100,400 --rank 8 --keep --entries bundle,source --formats safetensors,onnx --node-flags '--max-semi-space-size=1']
  *
  * Starts an embedded broker (with its update server) in this process, then
  * `fleet device` as the README starts it, as its own process, and measures:
@@ -10,7 +10,9 @@
  * peak resident memory (VmHWM) of a fresh agent while it downloads, verifies,
  * applies a rank-r update to that model, switches and acks, and how long that
  * took. The ratio of interest is peak ÷ model bytes: an agent that streams
- * tensor by tensor stays flat as the model grows. Ends with one JSON line.
+ * tensor by tensor stays flat as the model grows. Each size runs as a safetensors model and as
+ * the same tensors in an ONNX file (bench/onnx-model.ts; `--initial base.onnx`, the ONNX apply).
+ * Ends with one JSON line.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fs, readFileSync } from 'node:fs';
@@ -28,6 +30,7 @@ import { publishUpdate } from '../publisher/publish.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { silentLogger } from '../util/log.ts';
+import { onnxOf, onnxPayload } from './onnx-model.ts';
 
 const MODEL = 'bench-device';
 const GROUP = 'bench';
@@ -49,6 +52,7 @@ interface AgentRun {
 /** `fleet device` as the README starts it; resolves once it prints that it is connected. */
 /** How the agent runs: the compiled device bundle (npm run build), or the TypeScript sources through tsx. */
 type Entry = 'bundle' | 'source';
+type Format = 'safetensors' | 'onnx';
 const BUNDLE = fileURLToPath(new URL('../dist/fleet-device.mjs', import.meta.url));
 
 async function startAgent(entry: Entry, args: string[], logFile: string, nodeFlags: string[]): Promise<AgentRun> {
@@ -75,6 +79,7 @@ async function main(): Promise<void> {
       rank: { type: 'string', default: '8' },
       keep: { type: 'boolean', default: false },
       entries: { type: 'string', default: 'bundle,source' },
+      formats: { type: 'string', default: 'safetensors,onnx' },
       'node-flags': { type: 'string', default: '' },
     },
   });
@@ -82,6 +87,7 @@ async function main(): Promise<void> {
   const nodeFlags = values['node-flags'].split(/\s+/).filter(Boolean);
   const sizes = values.sizes.split(',').map(Number);
   const entries = values.entries.split(',') as Entry[];
+  const formats = values.formats.split(',') as Format[];
   if (entries.includes('bundle') && !existsSync(BUNDLE)) throw new Error('dist/fleet-device.mjs is not built: run `npm run build` first (or --entries source)');
   const rank = Number(values.rank);
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-bench-device-'));
@@ -107,18 +113,21 @@ async function main(): Promise<void> {
   };
   const runs: Array<Record<string, number | string>> = [];
   try {
-    for (const size of sizes)
+    for (const [size, format] of sizes.flatMap((n) => formats.map((f) => [n, f] as const)))
       for (const entry of entries) {
         const matrices = Math.round((size * 2 ** 20) / (1024 * 1024 * 4));
-        process.stderr.write(`bench:device: ${size} MB model (${matrices} matrices of 1024×1024), rank ${rank}: building…\n`);
-        const base = synthesizeModel(
+        process.stderr.write(`bench:device: ${size} MB ${format} model (${matrices} matrices of 1024×1024), rank ${rank}: building…\n`);
+        const synth = synthesizeModel(
           1,
           Array.from({ length: matrices }, () => [1024, 1024] as [number, number]),
         );
-        const u = synthesizeUpdate(base, rank, 2);
-        const baseFile = path.join(work, `base-${size}.safetensors`);
+        const st = synthesizeUpdate(synth, rank, 2);
+        // The ONNX case: the same tensors in an ONNX file, the same update aimed at it.
+        const base = format === 'onnx' ? onnxOf(synth) : synth;
+        const baseFile = path.join(work, `base-${size}.${format}`);
         await fs.writeFile(baseFile, base);
-        const id = `dev-${size}-${entry}`;
+        const u = format === 'onnx' ? await onnxPayload(baseFile, st.payload) : st;
+        const id = `dev-${size}-${format}-${entry}`;
         const dir = path.join(work, id);
         const args = ['--id', id, '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile];
         // The first start provisions the directory from --initial; the agent measured is the next start,
@@ -166,6 +175,7 @@ async function main(): Promise<void> {
           const after = memoryOf(agent.child.pid!);
           const run = {
             entry,
+            format,
             modelMB: mb(base.byteLength),
             updateBytes: u.payload.byteLength,
             seconds: Math.round(seconds * 100) / 100,
@@ -189,13 +199,13 @@ async function main(): Promise<void> {
     if (!values.keep) await fs.rm(work, { recursive: true, force: true });
     else process.stderr.write(`bench:device: kept ${work}\n`);
   }
-  const of = (entry: Entry, key: string): number[] => runs.filter((r) => r.entry === entry).map((r) => r[key] as number);
-  const summary = (entry: Entry): Record<string, number | null> | null => {
-    const peaks = of(entry, 'peakRssMB');
+  const of = (entry: Entry, key: string, format: Format): number[] => runs.filter((r) => r.entry === entry && r.format === format).map((r) => r[key] as number);
+  const summary = (entry: Entry, format: Format = 'safetensors'): Record<string, number | null> | null => {
+    const peaks = of(entry, 'peakRssMB', format);
     if (peaks.length === 0) return null;
     return {
-      connectedMs: Math.max(...of(entry, 'connectedMs')),
-      idleRssMB: Math.max(...of(entry, 'idleRssMB')),
+      connectedMs: Math.max(...of(entry, 'connectedMs', format)),
+      idleRssMB: Math.max(...of(entry, 'idleRssMB', format)),
       peakRssMB: Math.max(...peaks),
       // Flat in the model's size: the peak of the largest model over the smallest's.
       peakGrowth: peaks.length > 1 ? Math.round((peaks[peaks.length - 1] / peaks[0]) * 1000) / 1000 : null,
@@ -215,6 +225,8 @@ async function main(): Promise<void> {
       bundle,
       source,
       bundleOverSource: { idleRss: ratio('idleRssMB'), peakRss: ratio('peakRssMB'), connectedMs: ratio('connectedMs') },
+      // The same, for the ONNX model of each size.
+      onnx: { bundle: summary('bundle', 'onnx'), source: summary('source', 'onnx') },
       runs,
     })}\n`,
   );
