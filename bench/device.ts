@@ -117,8 +117,10 @@ async function main(): Promise<void> {
       for (const entry of entries) {
         const matrices = Math.round((size * 2 ** 20) / (1024 * 1024 * 4));
         process.stderr.write(`bench:device: ${size} MB ${format} model (${matrices} matrices of 1024×1024), rank ${rank}: building…\n`);
+        // A model of its own for every run: the previous run's release (retained on the topic) is then
+        // refused, wrong-base, instead of applied while the agent starts, before the measurement.
         const synth = synthesizeModel(
-          1,
+          1 + runs.length,
           Array.from({ length: matrices }, () => [1024, 1024] as [number, number]),
         );
         const st = synthesizeUpdate(synth, rank, 2);
