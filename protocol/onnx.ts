@@ -108,13 +108,19 @@ function slotsData(bytes: Uint8Array, slot: TensorSlot): Uint8Array {
   );
 }
 
-/** Decode and check an ONNX model held in memory. */
-export function readOnnx(bytes: Uint8Array): OnnxModel {
+/** The skeleton and the updatable tensors of a model held in memory (no decode of the whole model). */
+function readParts(bytes: Uint8Array): Omit<OnnxModel, 'proto'> {
   const { layout, slots } = scanOnnxBytes(bytes);
   const skeleton = readSkeleton(spliceBytes(skeletonPlan(layout, slots), bytes, () => new Uint8Array(0)));
   const tensors = slots.map((s) => ({ name: s.name, dtype: s.dtype, shape: s.shape, storage: s.storage, data: slotsData(bytes, s) }));
   tensors.sort((a, b) => compareNames(a.name, b.name));
-  return { ...skeleton, proto: onnx.ModelProto.decode(bytes), tensors };
+  return { ...skeleton, tensors };
+}
+
+/** Decode and check an ONNX model held in memory. */
+export function readOnnx(bytes: Uint8Array): OnnxModel {
+  const parts = readParts(bytes);
+  return { ...parts, proto: onnx.ModelProto.decode(bytes) };
 }
 
 const DIGEST_DOMAIN = Buffer.from('fleet-onnx-digest-v1\0', 'ascii');
@@ -135,7 +141,7 @@ export function onnxModelDigest(m: Pick<OnnxModel, 'tensors' | 'graphHash'>): st
 
 /** The digest of an ONNX file held in memory. */
 export function onnxDigest(bytes: Uint8Array): string {
-  return onnxModelDigest(readOnnx(bytes));
+  return onnxModelDigest(readParts(bytes));
 }
 
 /** Encode a model with onnx-proto (field-number order, packed repeated fields): the models fleet builds. */
