@@ -51,7 +51,14 @@ export function tensorSlots(layout: OnnxLayout): TensorSlot[] {
     for (const d of t.dims) if (!Number.isSafeInteger(d) || d >= 2 ** 53) throw malformed(`initializer ${JSON.stringify(name)} dim ${d} is not a safe integer`);
     const count = shapeSize(t.dims, `initializer ${JSON.stringify(name)} shape`);
     const storage = t.data.has(DATA_FIELD.raw_data) ? 'raw_data' : typedField(dtype);
-    slots.push({ name, dtype, shape: t.dims.slice(), bytes: count * dtypeSize(dtype), storage, spans: t.data.get(DATA_FIELD[storage]) ?? [], tensor: t });
+    const spans = t.data.get(DATA_FIELD[storage]) ?? [];
+    const bytes = count * dtypeSize(dtype);
+    // Bound what the shape claims by what the file holds before anything is allocated for it (a varint is at least a byte).
+    const held = spans.reduce((a, s) => a + s.end - s.start, 0);
+    if (!t.external && held < (storage === 'raw_data' || storage === 'float_data' || storage === 'double_data' ? bytes : count)) {
+      throw malformed(`initializer ${JSON.stringify(name)}: its shape [${t.dims.join(',')}] needs ${bytes} bytes, ${storage} holds ${held}`);
+    }
+    slots.push({ name, dtype, shape: t.dims.slice(), bytes, storage, spans, tensor: t });
   }
   return slots;
 }
@@ -93,7 +100,9 @@ export function decodeTensorData(slot: TensorSlot, chunks: readonly Uint8Array[]
   if (slot.storage === 'raw_data' || slot.storage === 'float_data' || slot.storage === 'double_data') {
     const parts: Uint8Array[] = [];
     let total = 0;
-    eachRecord(chunks, (b, _wire, start, end) => {
+    const single = slot.storage === 'raw_data' ? -1 : slot.storage === 'float_data' ? 5 : 1;
+    eachRecord(chunks, (b, wire, start, end) => {
+      if (wire !== 2 && wire !== single) throw malformed(`${what}: ${slot.storage} has wire type ${wire}`);
       parts.push(new Uint8Array(b.buffer, b.byteOffset + start, end - start)); // a plain view, even of a Buffer
       total += end - start;
     });

@@ -49,6 +49,8 @@ export interface WireTensor {
   dataType: number;
   dims: number[];
   segment: boolean;
+  /** data_location EXTERNAL or external_data entries: refused by the skeleton's check (protocol/onnx.ts). */
+  external: boolean;
   /** Every data field's records, runs of adjacent records of one field coalesced. */
   data: Map<number, Span[]>;
 }
@@ -167,7 +169,7 @@ function* fieldsOf(c: Cursor, start: number, end: number, each: (f: WireField) =
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
 function* scanTensor(c: Cursor, record: WireField): Scan<WireTensor> {
-  const t: WireTensor = { record, name: '', dataType: 0, dims: [], segment: false, data: new Map() };
+  const t: WireTensor = { record, name: '', dataType: 0, dims: [], segment: false, external: false, data: new Map() };
   yield* fieldsOf(c, record.value, record.end, function* (f) {
     if (f.field === 1 && f.wire === 0) t.dims.push(f.varint);
     else if (f.field === 1 && f.wire === 2) {
@@ -178,6 +180,7 @@ function* scanTensor(c: Cursor, record: WireField): Scan<WireTensor> {
       }
     } else if (f.field === 2 && f.wire === 0) t.dataType = f.varint;
     else if (f.field === 3) t.segment = true;
+    else if (f.field === 13 || (f.field === 14 && f.wire === 0 && f.varint === 1)) t.external = true;
     else if (f.field === 8 && f.wire === 2) {
       if (f.end - f.value > MAX_NAME) throw malformed(`an initializer name of ${f.end - f.value} bytes at byte ${f.start}`);
       try {

@@ -120,7 +120,11 @@ function readParts(bytes: Uint8Array): Omit<OnnxModel, 'proto'> {
 /** Decode and check an ONNX model held in memory. */
 export function readOnnx(bytes: Uint8Array): OnnxModel {
   const parts = readParts(bytes);
-  return { ...parts, proto: onnx.ModelProto.decode(bytes) };
+  try {
+    return { ...parts, proto: onnx.ModelProto.decode(bytes) };
+  } catch (e) {
+    throw bad(`not a protobuf ModelProto: ${(e as Error).message}`);
+  }
 }
 
 const DIGEST_DOMAIN = Buffer.from('fleet-onnx-digest-v1\0', 'ascii');

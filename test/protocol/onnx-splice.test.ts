@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import onnxProto from 'onnx-proto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ProtocolError } from '../../protocol/errors.ts';
 import { applyTensor, decodePayload, type Payload } from '../../protocol/lowrank.ts';
 import { encodeValues } from '../../protocol/dtypes.ts';
 import { onnxDigest, onnxGraphDifference, readOnnx, writeOnnx } from '../../protocol/onnx.ts';
@@ -172,5 +173,45 @@ describe('ONNX splice writer: each initializer kind', () => {
     expect(rewritten.byteLength).toBeLessThan(unpacked.byteLength);
     expect(readOnnx(rewritten).graphHash).toBe(m.graphHash);
     expect(Buffer.from(readOnnx(rewritten).tensors.find((t) => t.name === 'fc_w')!.data).equals(Buffer.from(want.data))).toBe(true);
+  });
+});
+
+describe('ONNX wire scan: hostile bytes', () => {
+  /** Either a model or a malformed-model refusal: never another error, never a hang. */
+  function readOrRefuse(bytes: Uint8Array): 'read' | 'refused' {
+    try {
+      readOnnx(bytes);
+      return 'read';
+    } catch (e) {
+      expect(e, String(e)).toBeInstanceOf(ProtocolError);
+      expect((e as ProtocolError).code).toBe('malformed-model');
+      return 'refused';
+    }
+  }
+
+  it('every truncation and every single-byte change of a model is read or refused as malformed-model', () => {
+    const bytes = withNewerFields(netModel(netWeights(37)), 'h');
+    const seen = { read: 0, refused: 0 };
+    for (let cut = 0; cut < bytes.byteLength; cut++) seen[readOrRefuse(bytes.subarray(0, cut))]++;
+    for (let at = 0; at < bytes.byteLength; at += 3) {
+      for (const v of [0x00, 0xff, bytes[at] ^ 0x80]) {
+        const changed = Buffer.from(bytes);
+        changed[at] = v;
+        seen[readOrRefuse(changed)]++;
+      }
+    }
+    expect(seen.refused).toBeGreaterThan(0);
+    expect(seen.read).toBeGreaterThan(0);
+  });
+
+  it('refuses a length past the end, two graphs, and a group that does not end', () => {
+    const model = Buffer.from(netModel(netWeights(38)));
+    expect(() => readOnnx(Buffer.concat([model, varint(7 * 8 + 2), varint(2 ** 40)]))).toThrow(/runs past its message/);
+    expect(() => readOnnx(Buffer.concat([model, len(7, Buffer.alloc(0))]))).toThrow(/two graph fields/);
+    expect(() => readOnnx(Buffer.concat([model, varint(50 * 8 + 3), varint(51 * 8 + 0), varint(1)]))).toThrow(/group at byte \d+ does not end/);
+    // A shape that claims far more than the file holds is refused before anything that size is allocated.
+    const p = onnx.ModelProto.decode(model);
+    p.graph!.initializer![0].dims = [1 << 20, 1 << 20];
+    expect(() => readOnnx(onnx.ModelProto.encode(p).finish())).toThrow(/initializer "conv_w": its shape \[1048576,1048576\] needs 4398046511104 bytes, raw_data holds \d+/);
   });
 });
