@@ -15,6 +15,18 @@ import { isWellFormedName, shapeSize } from './safetensors.ts';
 /** ONNX TensorProto.DataType numbers of the element types mapped onto ours. */
 export const DATA_TYPES: Record<number, Dtype> = { 1: 'F32', 2: 'U8', 3: 'I8', 4: 'U16', 5: 'I16', 6: 'I32', 7: 'I64', 9: 'BOOL', 10: 'F16', 11: 'F64', 12: 'U32', 13: 'U64', 16: 'BF16' };
 
+/** The element views of the types int32_data holds (FLOAT16/BFLOAT16 as their 16-bit patterns). */
+const INT32_VIEWS: Partial<Record<Dtype, Int32ArrayConstructor | Int16ArrayConstructor | Int8ArrayConstructor | Uint16ArrayConstructor | Uint8ArrayConstructor>> = {
+  I32: Int32Array,
+  I16: Int16Array,
+  I8: Int8Array,
+  U16: Uint16Array,
+  U8: Uint8Array,
+  BOOL: Uint8Array,
+  F16: Uint16Array,
+  BF16: Uint16Array,
+};
+
 /** An initializer an update may read: a numeric type, not segmented. */
 export interface TensorSlot {
   name: string;
@@ -119,12 +131,7 @@ export function decodeTensorData(slot: TensorSlot, chunks: readonly Uint8Array[]
     return joined;
   }
   // Varints: int32_data (INT32/16/8, UINT16/8, BOOL, the 16-bit patterns of FLOAT16/BFLOAT16), int64_data, uint64_data.
-  const ctor =
-    slot.storage === 'int32_data'
-      ? { I32: Int32Array, I16: Int16Array, I8: Int8Array, U16: Uint16Array, U8: Uint8Array, BOOL: Uint8Array, F16: Uint16Array, BF16: Uint16Array }[slot.dtype as 'I32']
-      : slot.dtype === 'U32'
-        ? Uint32Array
-        : undefined;
+  const ctor = slot.storage === 'int32_data' ? INT32_VIEWS[slot.dtype] : slot.dtype === 'U32' ? Uint32Array : undefined;
   if (slot.storage === 'int32_data' && !ctor) throw malformed(`${what}: ${slot.dtype} in int32_data`);
   const small = ctor ? new ctor(count) : undefined;
   const wide = ctor ? undefined : new BigInt64Array(count);
@@ -170,7 +177,7 @@ export function tensorRecord(slot: TensorSlot, data: Uint8Array): [Uint8Array, U
   const copy = data.slice().buffer;
   const out: number[] = [];
   if (slot.storage === 'int32_data') {
-    const view = { I32: Int32Array, I16: Int16Array, I8: Int8Array, U16: Uint16Array, U8: Uint8Array, BOOL: Uint8Array, F16: Uint16Array, BF16: Uint16Array }[slot.dtype as 'I32'];
+    const view = INT32_VIEWS[slot.dtype];
     if (!view) throw malformed(`initializer ${JSON.stringify(slot.name)}: ${slot.dtype} in int32_data`);
     for (const v of new view(copy)) {
       if (v >= 0) encodeVarint(v, out);
