@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -107,6 +108,17 @@ describe('ONNX splice writer: fields a newer ONNX added', () => {
     expect(onnxGraphDifference(readOnnx(a), readOnnx(b))).toMatch(/^byte \d+ of the skeletons .*a field that schema does not define/);
     // The weights do not change the skeleton: the same fields with other weights have the same graph hash.
     expect(readOnnx(withNewerFields(netModel(netWeights(33)), 'a')).graphHash).toBe(readOnnx(a).graphHash);
+  });
+
+  it('a canonically encoded file keeps the skeleton hash of the earlier definition (onnx-proto re-encoding without the data)', () => {
+    for (const bytes of [netModel(netWeights(39), { metadata: { k: 'v' } }), netModel(netWeights(40), { fcStorage: 'float_data' }), buildOnnxModel(typedSpec())]) {
+      const p = onnx.ModelProto.decode(bytes);
+      for (const t of p.graph!.initializer!) {
+        delete (t as { rawData?: Uint8Array }).rawData;
+        Object.assign(t, { floatData: [], int32Data: [], int64Data: [], doubleData: [], uint64Data: [] });
+      }
+      expect(readOnnx(bytes).graphHash).toBe(createHash('sha256').update(onnx.ModelProto.encode(p).finish()).digest('hex'));
+    }
   });
 
   it('writing the data a file already holds gives the file back, byte for byte', () => {
