@@ -84,6 +84,17 @@ function varintAt(b: Uint8Array, pos: number, end: number): { value: number; nex
   throw malformed('a varint in tensor data does not end');
 }
 
+/** The low 32 bits (unsigned) of the varint at pos. */
+function low32(b: Uint8Array, pos: number, end: number): { value: number; next: number } {
+  let value = 0;
+  for (let i = 0; i < 10 && pos + i < end; i++) {
+    const x = b[pos + i];
+    if (i < 5) value |= (x & 0x7f) << (7 * i);
+    if (x < 0x80) return { value: value >>> 0, next: pos + i + 1 };
+  }
+  throw malformed('a varint in tensor data does not end');
+}
+
 /** Each value of a storage field's records: packed (LEN) runs and single values alike. */
 function eachRecord(chunks: readonly Uint8Array[], each: (b: Uint8Array, wire: number, start: number, end: number) => void): void {
   for (const b of chunks) {
@@ -136,20 +147,24 @@ export function decodeTensorData(slot: TensorSlot, chunks: readonly Uint8Array[]
   const small = ctor ? new ctor(count) : undefined;
   const wide = ctor ? undefined : new BigInt64Array(count);
   let n = 0;
-  const put = (v: bigint): void => {
+  const room = (): void => {
     if (n >= count) throw malformed(`${what}: ${slot.storage} holds more values than the shape's ${count}`);
-    if (small) small[n++] = Number(slot.storage === 'int32_data' ? BigInt.asIntN(32, v) : BigInt.asUintN(32, v));
-    else wide![n++] = BigInt.asIntN(64, v);
   };
   eachRecord(chunks, (b, wire, start, end) => {
-    if (wire === 2) {
-      for (let p = start; p < end;) {
+    if (wire !== 0 && wire !== 2) throw malformed(`${what}: ${slot.storage} has wire type ${wire}`);
+    for (let p = start; p < end;) {
+      room();
+      if (small) {
+        // int32 and uint32 keep the low 32 bits of the varint; the typed array wraps them to the element type.
+        const v = low32(b, p, end);
+        small[n++] = v.value;
+        p = v.next;
+      } else {
         const v = readVarint64(b, p, end);
-        put(v.value);
+        wide![n++] = BigInt.asIntN(64, v.value);
         p = v.next;
       }
-    } else if (wire === 0) put(readVarint64(b, start, end).value);
-    else throw malformed(`${what}: ${slot.storage} has wire type ${wire}`);
+    }
   });
   if (n !== count) throw malformed(`${what}: ${slot.storage} holds ${n} values, shape needs ${count}`);
   const out = small ?? wide!;
@@ -175,16 +190,30 @@ export function tensorRecord(slot: TensorSlot, data: Uint8Array): [Uint8Array, U
   if (fixedRecordLength(slot) !== undefined) return [recordHead(DATA_FIELD[slot.storage], data.byteLength), data];
   // Varint fields: each value as protobuf encodes an int32 (negative: ten bytes), int64 or uint64.
   const copy = data.slice().buffer;
-  const out: number[] = [];
-  if (slot.storage === 'int32_data') {
-    const view = INT32_VIEWS[slot.dtype];
+  if (slot.storage === 'int32_data' || slot.dtype === 'U32') {
+    const view = slot.storage === 'int32_data' ? INT32_VIEWS[slot.dtype] : Uint32Array;
     if (!view) throw malformed(`initializer ${JSON.stringify(slot.name)}: ${slot.dtype} in int32_data`);
-    for (const v of new view(copy)) {
-      if (v >= 0) encodeVarint(v, out);
-      else encodeVarint64(BigInt.asUintN(64, BigInt(v)), out);
+    const values = new view(copy);
+    let size = 0;
+    for (const v of values) size += v >= 0 ? varintSize(v) : 10;
+    const body = new Uint8Array(size);
+    let at = 0;
+    for (const v of values) {
+      if (v >= 0) {
+        let x = v;
+        for (; x >= 0x80; x = Math.floor(x / 128)) body[at++] = (x % 128) | 0x80;
+        body[at++] = x;
+      } else {
+        const bytes: number[] = [];
+        encodeVarint64(BigInt.asUintN(64, BigInt(v)), bytes);
+        body.set(bytes, at);
+        at += bytes.length;
+      }
     }
-  } else if (slot.dtype === 'U32') for (const v of new Uint32Array(copy)) encodeVarint(v, out);
-  else for (const v of new BigUint64Array(copy)) encodeVarint64(v, out);
+    return [recordHead(DATA_FIELD[slot.storage], size), body];
+  }
+  const out: number[] = [];
+  for (const v of new BigUint64Array(copy)) encodeVarint64(v, out);
   return [recordHead(DATA_FIELD[slot.storage], out.length), Uint8Array.from(out)];
 }
 
