@@ -151,12 +151,13 @@ export async function applyToOnnxFile(baseFile: string, deltas: DeltaSource | Pa
     // The deltas come one at a time (a PayloadFile reads each from disk into one scratch).
     const scratch = new FactorScratch();
     reader = source.names.size > 0 ? await source.open(scratch) : undefined;
-    const plan = splicePlan(m.layout, await recordLengths(m, source.names, reader, scratch));
+    // The output's layout (only when writing one): every piece's place, then all but the new records copied.
+    const plan = outFile === null ? undefined : splicePlan(m.layout, await recordLengths(m, source.names, reader, scratch));
     const slotAt = new Map<TensorSlot, { at: number; length: number }>();
-    plan.pieces.forEach((p, i) => p.kind === 'slot' && slotAt.set(p.slot, { at: plan.offsets[i], length: p.length }));
+    plan?.pieces.forEach((p, i) => p.kind === 'slot' && slotAt.set(p.slot, { at: plan.offsets[i], length: p.length }));
     out = outFile === null ? undefined : await fsys.open(outFile, 'w');
     const target = out;
-    if (target) await copyPieces(plan, m.handle, (data, at) => writeFully(target, data, at));
+    if (target && plan) await copyPieces(plan, m.handle, (data, at) => writeFully(target, data, at));
     // In name order, for the digest: each tensor read once, applied if named, its new record written in its place.
     // Two buffers of the largest tensor, reused: memory stays flat however large the model.
     const largest = m.slots.reduce((a, s) => Math.max(a, s.spans.length === 1 ? s.spans[0].end - s.spans[0].start : 0), 0);
