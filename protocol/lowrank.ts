@@ -99,10 +99,11 @@ function checkShape(v: unknown, where: string): number[] {
   return (v as number[]).slice();
 }
 
-function checkBytes(v: unknown, length: number, where: string): Uint8Array {
+function checkBytes(v: unknown, length: number, where: string, scratch?: FactorScratch, slot: ByteSlot = ByteSlot.Dense): Uint8Array {
   if (!isBytes(v)) throw bad(`${where} is not a byte string`);
   if (v.byteLength !== length) throw bad(`${where} has ${v.byteLength} bytes, expected ${length}`);
-  return new Uint8Array(v); // an aligned copy, not a view into the CBOR input
+  // An aligned copy, not a view into the CBOR input: a new array, or one of the scratch's reused ones.
+  return scratch?.reusesBytes ? scratch.copy(slot, v) : new Uint8Array(v);
 }
 
 /**
@@ -112,6 +113,17 @@ function checkBytes(v: unknown, length: number, where: string): Uint8Array {
  */
 export class FactorScratch {
   private readonly slots: Float64Array[] = [];
+  private readonly byteSlots: Uint8Array[] = [];
+  /**
+   * With `reuseBytes`, the factors' bytes are copied into arrays reused too (a device's
+   * apply and verify): a delta decoded with this scratch is valid until its next use, like
+   * the doubles. Without (decodePayload keeps every delta), each delta gets its own copy.
+   */
+  readonly reusesBytes: boolean;
+
+  constructor(opts: { reuseBytes?: boolean } = {}) {
+    this.reusesBytes = opts.reuseBytes === true;
+  }
 
   /** `length` doubles of slot `slot` (their old values are not cleared). */
   take(slot: number, length: number): Float64Array {
@@ -119,7 +131,20 @@ export class FactorScratch {
     if (!b || b.length < length) b = this.slots[slot] = new Float64Array(length);
     return b.length === length ? b : b.subarray(0, length);
   }
+
+  /** `bytes` copied into byte slot `slot` (grown to the largest need; the result is a view of it). */
+  copy(slot: number, bytes: Uint8Array): Uint8Array {
+    let b = this.byteSlots[slot];
+    if (!b || b.byteLength < bytes.byteLength) b = this.byteSlots[slot] = new Uint8Array(bytes.byteLength);
+    const out = b.byteLength === bytes.byteLength ? b : b.subarray(0, bytes.byteLength);
+    out.set(bytes);
+    return out;
+  }
 }
+
+/** FactorScratch's byte slots: the byte strings of one delta. */
+const ByteSlot = { Dense: 0, U: 1, V: 2, ScalesU: 3, ScalesV: 4 } as const;
+type ByteSlot = (typeof ByteSlot)[keyof typeof ByteSlot];
 
 /** FactorScratch's slots: what each array holds (several are in use at once within one tensor). */
 const Slot = { ScalesU: 0, ScalesV: 1, FactorU: 2, FactorV: 3, Values: 4, Acc: 5 } as const;
@@ -198,7 +223,7 @@ function checkDelta(x: unknown, i: number, scratch?: FactorScratch): TensorDelta
   if ('mixed' in x) return checkMixedDelta(x, name, shape, at);
   if ('dense' in x) {
     checkKeys(x, ['name', 'shape', 'dense'], at);
-    const d: DenseDelta = { name, shape, dense: checkBytes(x.dense, count(shape) * 4, `${at}.dense`) };
+    const d: DenseDelta = { name, shape, dense: checkBytes(x.dense, count(shape) * 4, `${at}.dense`, scratch, ByteSlot.Dense) };
     denseValues(d, scratch);
     return d;
   }
@@ -215,14 +240,14 @@ function checkDelta(x: unknown, i: number, scratch?: FactorScratch): TensorDelta
     shape,
     rank: r,
     dtype,
-    u: checkBytes(x.u, m * r * size, `${at}.u`),
-    v: checkBytes(x.v, r * n * size, `${at}.v`),
+    u: checkBytes(x.u, m * r * size, `${at}.u`, scratch, ByteSlot.U),
+    v: checkBytes(x.v, r * n * size, `${at}.v`, scratch, ByteSlot.V),
   };
   if (dtype === 'i8') {
     const s = x.scales;
     if (!isRecord(s)) throw bad(`${at}: i8 factors need scales {u, v}`);
     checkKeys(s, ['u', 'v'], `${at}.scales`);
-    d.scales = { u: checkBytes(s.u, m * 4, `${at}.scales.u`), v: checkBytes(s.v, r * 4, `${at}.scales.v`) };
+    d.scales = { u: checkBytes(s.u, m * 4, `${at}.scales.u`, scratch, ByteSlot.ScalesU), v: checkBytes(s.v, r * 4, `${at}.scales.v`, scratch, ByteSlot.ScalesV) };
   } else if ('scales' in x) {
     throw bad(`${at}: scales are only for i8 factors`);
   }
@@ -310,9 +335,9 @@ export class PayloadDecoder {
     return { base, target, items: scanned.items };
   }
 
-  /** The tensor at `item` (its bytes), checked; each name may come once. */
-  tensor(item: StreamedItem, bytes: Uint8Array): TensorDelta {
-    return uniqueDelta(this.names, decodeTensorItem(item, bytes, this.scratch));
+  /** The tensor at `item` (its bytes), checked; each name may come once. `scratch`: see FactorScratch (default: the decoder's own). */
+  tensor(item: StreamedItem, bytes: Uint8Array, scratch: FactorScratch = this.scratch): TensorDelta {
+    return uniqueDelta(this.names, decodeTensorItem(item, bytes, scratch));
   }
 }
 

@@ -30,8 +30,9 @@ export async function applyToFile(baseFile: string, deltas: DeltaSource | Payloa
     const { header: outHeader, layout } = encodeSafetensorsHeader(header.tensors, header.metadata);
     out = outFile === null ? undefined : await fsys.open(outFile, 'w');
     if (out) await writeFully(out, outHeader, 0);
-    // One scratch for the factors as doubles: the reader checks a delta in it, then apply uses it again.
-    const scratch = new FactorScratch();
+    // One scratch for the factors (their bytes and as doubles): the reader checks a delta in it, then apply
+    // uses it again; nothing per tensor is allocated, so nothing waits for V8 to collect it.
+    const scratch = new FactorScratch({ reuseBytes: true });
     reader = names.size > 0 ? await source.open(scratch) : undefined;
     const byName = new Map(header.tensors.map((t) => [t.name, t]));
     const digest = new ModelDigest();

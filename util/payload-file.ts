@@ -67,14 +67,17 @@ export class PayloadFile implements DeltaSource {
       const outline = decoder.end();
       const at = new Map<string, StreamedItem>();
       const buf = new ItemBuffer(start);
-      for (const item of outline.items) at.set(decoder.tensor(item, await buf.read(h, item)).name, item);
+      // Each delta is checked and dropped: its bytes go to arrays reused from tensor to tensor.
+      const scratch = new FactorScratch({ reuseBytes: true });
+      for (const item of outline.items) at.set(decoder.tensor(item, await buf.read(h, item), scratch).name, item);
       return new PayloadFile(file, outline.base, outline.target, at, fsys, start);
     } finally {
       await h.close();
     }
   }
 
-  async open(scratch = new FactorScratch()): Promise<DeltaReader> {
+  /** Each delta read is valid until the next one (its arrays are the scratch's, reused). */
+  async open(scratch = new FactorScratch({ reuseBytes: true })): Promise<DeltaReader> {
     const h = await this.fsys.open(this.file, 'r');
     const buf = new ItemBuffer(this.start);
     return {
