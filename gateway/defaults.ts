@@ -1,5 +1,13 @@
-/** Every default of the site gateway (gateway/), in one table; `fleet gateway --help` shows them. */
+import type { GatewayOptions } from './gateway.ts';
+
+/**
+ * Every default of the site gateway (gateway/), in one table: the gateway node
+ * resolves its config from it once (resolveGatewayConfig) and `fleet gateway
+ * --help` shows these values (cli/gateway-command.ts).
+ */
 export const GATEWAY_DEFAULTS = {
+  /** The site broker's persistence. */
+  persistence: 'level',
   /** The upstream MQTT connection. */
   keepaliveSeconds: 30,
   reconnectMinMs: 500,
@@ -18,3 +26,28 @@ export const GATEWAY_DEFAULTS = {
   /** Device statuses relayed upstream at once. */
   statusInFlight: 16,
 } as const;
+
+type Defaulted = keyof typeof GATEWAY_DEFAULTS;
+
+/** A gateway's config with every default filled in: what the gateway runs with. */
+export type ResolvedGatewayConfig = GatewayOptions & Required<Pick<GatewayOptions, Defaulted>>;
+
+/** The config the gateway runs with: what was given, the table's value for what was not. */
+export function resolveGatewayConfig(o: GatewayOptions): ResolvedGatewayConfig {
+  const d = GATEWAY_DEFAULTS;
+  return {
+    ...o,
+    persistence: o.persistence ?? d.persistence,
+    keepaliveSeconds: o.keepaliveSeconds ?? d.keepaliveSeconds,
+    reconnectMinMs: o.reconnectMinMs ?? d.reconnectMinMs,
+    reconnectMaxMs: o.reconnectMaxMs ?? d.reconnectMaxMs,
+    tickMs: o.tickMs ?? d.tickMs,
+    drainMs: o.drainMs ?? d.drainMs,
+    maxWindow: o.maxWindow ?? d.maxWindow,
+    idleMs: o.idleMs ?? d.idleMs,
+    stallMs: o.stallMs ?? d.stallMs,
+    maxBadCopies: o.maxBadCopies ?? d.maxBadCopies,
+    relayDrainTimeoutMs: o.relayDrainTimeoutMs ?? d.relayDrainTimeoutMs,
+    statusInFlight: o.statusInFlight ?? d.statusInFlight,
+  };
+}

@@ -1,4 +1,4 @@
-import { GATEWAY_DEFAULTS } from './defaults.ts';
+import type { ResolvedGatewayConfig } from './defaults.ts';
 import { errorFields } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import type { Aedes, Client } from 'aedes';
@@ -78,6 +78,12 @@ export interface GatewayOptions {
   maxWindow?: number;
   idleMs?: number;
   stallMs?: number;
+  /** Bad copies of one chunk before the upstream source is declared corrupt. */
+  maxBadCopies?: number;
+  /** Device statuses relayed upstream at once. */
+  statusInFlight?: number;
+  /** relayDrained()'s wait when none is given, ms. */
+  relayDrainTimeoutMs?: number;
   reconnectMinMs?: number;
   reconnectMaxMs?: number;
   keepaliveSeconds?: number;
@@ -140,7 +146,7 @@ export class Gateway {
   private readonly now: () => number;
 
   constructor(
-    private readonly o: GatewayOptions,
+    private readonly o: ResolvedGatewayConfig,
     parts: GatewayParts,
   ) {
     this.topics = gatewayTopics(o);
@@ -149,7 +155,7 @@ export class Gateway {
     this.site = parts.site;
     this.store = parts.store;
     this.upstream = parts.upstream;
-    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: this.o.log.child('relay') });
+    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: this.o.log.child('relay'), inFlight: o.statusInFlight });
     this.fetcher = this.makeFetcher();
     this.mirror = this.makeMirror();
     this.groups = this.makeGroups();
@@ -202,6 +208,7 @@ export class Gateway {
       maxWindow: this.o.maxWindow,
       idleMs: this.o.idleMs,
       stallMs: this.o.stallMs,
+      maxBadCopies: this.o.maxBadCopies,
       onStored: () =>
         this.serial(async () => {
           await this.mirror.onStored();
@@ -295,7 +302,7 @@ export class Gateway {
       this.account();
       this.evaluate();
       this.publishStatus(false);
-    }, this.o.tickMs ?? GATEWAY_DEFAULTS.tickMs);
+    }, this.o.tickMs);
     this.evaluate();
   }
 
@@ -358,7 +365,7 @@ export class Gateway {
     } else {
       this.o.log.info('upstream downloads wait', { reason: d.reason, message: d.message });
       // Chunks already asked for are paid for: take them (a few seconds) unless the link is gone.
-      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : (this.o.drainMs ?? GATEWAY_DEFAULTS.drainMs));
+      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : this.o.drainMs);
     }
     this.publishStatus(true);
   }
@@ -431,7 +438,7 @@ export class Gateway {
 
   /** For tests and shutdown: every queued status delivered upstream. */
   relayDrained(timeoutMs?: number): Promise<boolean> {
-    return this.relay.drained(timeoutMs);
+    return this.relay.drained(timeoutMs ?? this.o.relayDrainTimeoutMs);
   }
 
   /** Resolves after the pending reactions (releases, stored payloads) have run. */

@@ -6,7 +6,7 @@ import { ContentStore } from '../server/content-store.ts';
 import type { MqttTransportOptions } from '../transport/mqtt.ts';
 import { readJson } from '../util/fs-atomic.ts';
 import { VERSION } from '../util/version.ts';
-import { GATEWAY_DEFAULTS } from './defaults.ts';
+import type { ResolvedGatewayConfig } from './defaults.ts';
 import type { GatewayOptions } from './gateway.ts';
 import type { BudgetLedger } from './policy.ts';
 
@@ -30,12 +30,12 @@ export async function loadLedger(o: Pick<GatewayOptions, 'dataDir'>): Promise<Bu
 }
 
 /** The site broker's options: a broker with its own update server in `DIR/site`. */
-export function siteBrokerOptions(o: GatewayOptions): MqttBrokerOptions {
+export function siteBrokerOptions(o: ResolvedGatewayConfig): MqttBrokerOptions {
   return {
     port: o.listen,
     host: o.host,
     dataDir: path.join(o.dataDir, 'site'),
-    persistence: o.persistence ?? 'level',
+    persistence: o.persistence,
     prefix: o.prefix,
     auth: o.auth,
     tls: o.tls,
@@ -51,7 +51,7 @@ export async function openSiteStore(o: Pick<GatewayOptions, 'dataDir'>): Promise
 }
 
 /** The upstream connection's options: its last will says the gateway lost the link. */
-export function upstreamOptions(o: GatewayOptions, topics: Topics): MqttTransportOptions {
+export function upstreamOptions(o: ResolvedGatewayConfig, topics: Topics): MqttTransportOptions {
   return {
     url: o.upstream,
     clientId: `fleet-gateway-${o.site}`,
@@ -68,8 +68,8 @@ export function upstreamOptions(o: GatewayOptions, topics: Topics): MqttTranspor
       retain: true,
       qos: 1,
     },
-    keepaliveSeconds: o.keepaliveSeconds ?? GATEWAY_DEFAULTS.keepaliveSeconds,
-    reconnectMinMs: o.reconnectMinMs ?? GATEWAY_DEFAULTS.reconnectMinMs,
-    reconnectMaxMs: o.reconnectMaxMs ?? GATEWAY_DEFAULTS.reconnectMaxMs,
+    keepaliveSeconds: o.keepaliveSeconds,
+    reconnectMinMs: o.reconnectMinMs,
+    reconnectMaxMs: o.reconnectMaxMs,
   };
 }

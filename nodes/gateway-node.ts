@@ -1,4 +1,5 @@
 import { part } from '../broker/broker.ts';
+import { resolveGatewayConfig, type ResolvedGatewayConfig } from '../gateway/defaults.ts';
 import { Gateway, openSiteWarning, type GatewayOptions, type SiteBroker } from '../gateway/gateway.ts';
 import { gatewayTopics, loadLedger, openSiteStore, siteBrokerOptions, upstreamOptions } from '../gateway/parts.ts';
 import type { BudgetLedger } from '../gateway/policy.ts';
@@ -13,7 +14,8 @@ export type GatewayNodeOptions = GatewayOptions;
 
 /** What the node's steps start, in order; the last builds the Gateway on the others. */
 interface GatewayNodeParts {
-  readonly o: GatewayOptions;
+  /** The node's one resolved config (its options over gateway/defaults.ts's table), resolved at construction. */
+  readonly o: ResolvedGatewayConfig;
   readonly topics: Topics;
   ledger?: BudgetLedger;
   site?: SiteBroker;
@@ -77,7 +79,7 @@ export class GatewayNode {
   private stopping: Promise<void> | undefined;
 
   constructor(private readonly o: GatewayNodeOptions) {
-    this.parts = { o, topics: gatewayTopics(o) };
+    this.parts = { o: resolveGatewayConfig(o), topics: gatewayTopics(o) };
   }
 
   async start(): Promise<void> {

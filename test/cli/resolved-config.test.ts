@@ -1,0 +1,51 @@
+/**
+ * One resolved config per process (issue #16): each process resolves its
+ * options over its defaults table once, at construction (as the device does
+ * with resolveAgentConfig), and hands the resolved values to its parts. So no
+ * core file reads a process's table but the table's own file (and cli/, whose
+ * help shows the table's values), except the exceptions named here.
+ */
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { GATEWAY_DEFAULTS, resolveGatewayConfig } from '../../gateway/defaults.ts';
+import { silentLogger } from '../../util/log.ts';
+
+/** Each table and the file that holds it (and its resolve function). */
+const TABLES: ReadonlyArray<{ name: string; file: string }> = [{ name: 'GATEWAY_DEFAULTS', file: 'gateway/defaults.ts' }];
+
+/** Folders whose code runs inside a process (cli/ shows the tables in the help). */
+const CORE = ['platform', 'protocol', 'transport', 'publisher', 'server', 'broker', 'device', 'rollout', 'operator', 'gateway', 'util', 'nodes'];
+
+async function tsFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await fs.readdir(dir, { withFileTypes: true }).catch(() => [])) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) out.push(...(await tsFiles(p)));
+    else if (e.name.endsWith('.ts')) out.push(p);
+  }
+  return out;
+}
+
+describe('one resolved config per process', () => {
+  it('no core file reads a process defaults table but the table file itself', async () => {
+    const root = path.resolve(import.meta.dirname, '../..');
+    const found: string[] = [];
+    for (const dir of CORE) {
+      for (const file of await tsFiles(path.join(root, dir))) {
+        const rel = path.relative(root, file).split(path.sep).join('/');
+        const text = await fs.readFile(file, 'utf8');
+        for (const t of TABLES) if (rel !== t.file && text.includes(t.name)) found.push(`${rel} reads ${t.name}: take the value from the process's resolved config`);
+      }
+    }
+    expect(found).toEqual([]);
+  });
+
+  it("the gateway's config: the table's value for what is not given, what is given kept", () => {
+    const given = { upstream: 'mqtt://127.0.0.1:1', listen: 0, dataDir: '/nonexistent', site: 's', log: silentLogger };
+    const r = resolveGatewayConfig({ ...given, tickMs: 77 });
+    expect(r.tickMs).toBe(77);
+    for (const [k, v] of Object.entries(GATEWAY_DEFAULTS)) if (k !== 'tickMs') expect(r[k as keyof typeof r], k).toBe(v);
+    expect(r.upstream).toBe(given.upstream);
+  });
+});
