@@ -9,10 +9,14 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { GATEWAY_DEFAULTS, resolveGatewayConfig } from '../../gateway/defaults.ts';
+import { ROLLOUT_DEFAULTS, resolveRolloutConfig } from '../../rollout/defaults.ts';
 import { silentLogger } from '../../util/log.ts';
 
 /** Each table and the file that holds it (and its resolve function). */
-const TABLES: ReadonlyArray<{ name: string; file: string }> = [{ name: 'GATEWAY_DEFAULTS', file: 'gateway/defaults.ts' }];
+const TABLES: ReadonlyArray<{ name: string; file: string }> = [
+  { name: 'GATEWAY_DEFAULTS', file: 'gateway/defaults.ts' },
+  { name: 'ROLLOUT_DEFAULTS', file: 'rollout/defaults.ts' },
+];
 
 /** Folders whose code runs inside a process (cli/ shows the tables in the help). */
 const CORE = ['platform', 'protocol', 'transport', 'publisher', 'server', 'broker', 'device', 'rollout', 'operator', 'gateway', 'util', 'nodes'];
@@ -47,5 +51,13 @@ describe('one resolved config per process', () => {
     expect(r.tickMs).toBe(77);
     for (const [k, v] of Object.entries(GATEWAY_DEFAULTS)) if (k !== 'tickMs') expect(r[k as keyof typeof r], k).toBe(v);
     expect(r.upstream).toBe(given.upstream);
+  });
+
+  it("the rollout controller's config: the table's value for what is not given, what is given kept", () => {
+    const plan = { id: 'r', model: 'm', waves: [] } as unknown as Parameters<typeof resolveRolloutConfig>[0]['plan'];
+    const r = resolveRolloutConfig({ plan, payloads: {} as Parameters<typeof resolveRolloutConfig>[0]['payloads'], keys: [], settleMs: 5 });
+    expect(r.settleMs).toBe(5);
+    for (const [k, v] of Object.entries(ROLLOUT_DEFAULTS)) if (k !== 'settleMs') expect(r[k as keyof typeof r], k).toBe(v);
+    expect(r.plan).toBe(plan);
   });
 });
