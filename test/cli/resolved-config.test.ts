@@ -8,6 +8,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { BROKER_DEFAULTS, resolveBrokerConfig } from '../../broker/defaults.ts';
 import { GATEWAY_DEFAULTS, resolveGatewayConfig } from '../../gateway/defaults.ts';
 import { ROLLOUT_DEFAULTS, resolveRolloutConfig } from '../../rollout/defaults.ts';
 import { silentLogger } from '../../util/log.ts';
@@ -16,6 +17,7 @@ import { silentLogger } from '../../util/log.ts';
 const TABLES: ReadonlyArray<{ name: string; file: string }> = [
   { name: 'GATEWAY_DEFAULTS', file: 'gateway/defaults.ts' },
   { name: 'ROLLOUT_DEFAULTS', file: 'rollout/defaults.ts' },
+  { name: 'BROKER_DEFAULTS', file: 'broker/defaults.ts' },
 ];
 
 /** Folders whose code runs inside a process (cli/ shows the tables in the help). */
@@ -59,5 +61,13 @@ describe('one resolved config per process', () => {
     expect(r.settleMs).toBe(5);
     for (const [k, v] of Object.entries(ROLLOUT_DEFAULTS)) if (k !== 'settleMs') expect(r[k as keyof typeof r], k).toBe(v);
     expect(r.plan).toBe(plan);
+  });
+
+  it("the broker's config: the table's value for what is not given, what is given (and a node's own options) kept", () => {
+    const r = resolveBrokerConfig({ dataDir: '/nonexistent', log: silentLogger, authPollMs: 9, updateServer: false });
+    expect(r.authPollMs).toBe(9);
+    expect(r.port).toBe(BROKER_DEFAULTS.port);
+    expect(r.clusterLeaseTtlMs).toBe(BROKER_DEFAULTS.clusterLeaseTtlMs);
+    expect(r.updateServer).toBe(false);
   });
 });
