@@ -11,6 +11,8 @@ import { describe, expect, it } from 'vitest';
 import { BROKER_DEFAULTS, resolveBrokerConfig } from '../../broker/defaults.ts';
 import { GATEWAY_DEFAULTS, resolveGatewayConfig } from '../../gateway/defaults.ts';
 import { ROLLOUT_DEFAULTS, resolveRolloutConfig } from '../../rollout/defaults.ts';
+import { UPDATE_SERVER_DEFAULTS, resolveUpdateServerConfig } from '../../server/defaults.ts';
+import { MAX_WANT } from '../../protocol/frames.ts';
 import { silentLogger } from '../../util/log.ts';
 
 /** Each table and the file that holds it (and its resolve function). */
@@ -18,6 +20,7 @@ const TABLES: ReadonlyArray<{ name: string; file: string }> = [
   { name: 'GATEWAY_DEFAULTS', file: 'gateway/defaults.ts' },
   { name: 'ROLLOUT_DEFAULTS', file: 'rollout/defaults.ts' },
   { name: 'BROKER_DEFAULTS', file: 'broker/defaults.ts' },
+  { name: 'UPDATE_SERVER_DEFAULTS', file: 'server/defaults.ts' },
 ];
 
 /** Folders whose code runs inside a process (cli/ shows the tables in the help). */
@@ -69,5 +72,10 @@ describe('one resolved config per process', () => {
     expect(r.port).toBe(BROKER_DEFAULTS.port);
     expect(r.clusterLeaseTtlMs).toBe(BROKER_DEFAULTS.clusterLeaseTtlMs);
     expect(r.updateServer).toBe(false);
+  });
+
+  it("the update server's config: the table's values, the request cap never over MAX_WANT", () => {
+    expect(resolveUpdateServerConfig({})).toMatchObject({ maxChunksPerRequest: UPDATE_SERVER_DEFAULTS.maxChunksPerRequest, settleMs: UPDATE_SERVER_DEFAULTS.settleMs });
+    expect(resolveUpdateServerConfig({ maxChunksPerRequest: MAX_WANT * 2, uploadTtlMs: 4000 })).toMatchObject({ maxChunksPerRequest: MAX_WANT, uploadTtlMs: 4000, uploadSweepMs: 1000 });
   });
 });
