@@ -1,4 +1,4 @@
-import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { resolveOperatorConfig, type OperatorConfig } from './defaults.ts';
 import { UsageError } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
@@ -55,7 +55,7 @@ function json(res: http.ServerResponse, body: unknown): void {
 }
 
 /** GET /events: a snapshot, then each change, with keep-alive comments; a client too slow to read is dropped. */
-function serveEvents(o: DashboardOptions, streams: Set<http.ServerResponse>, view: FleetView, req: http.IncomingMessage, res: http.ServerResponse): void {
+function serveEvents(o: DashboardOptions, c: OperatorConfig, streams: Set<http.ServerResponse>, view: FleetView, req: http.IncomingMessage, res: http.ServerResponse): void {
   res.writeHead(200, {
     'content-type': 'text/event-stream; charset=utf-8',
     'cache-control': 'no-store',
@@ -81,7 +81,7 @@ function serveEvents(o: DashboardOptions, streams: Set<http.ServerResponse>, vie
       else send('rollout', { rollout: c.rollout, row: c.row, time: view.now() });
     }
   });
-  const beat = setInterval(() => res.write(': keep-alive\n\n'), o.heartbeatMs ?? OPERATOR_DEFAULTS.sseHeartbeatMs);
+  const beat = setInterval(() => res.write(': keep-alive\n\n'), c.sseHeartbeatMs);
   streams.add(res);
   const done = (): void => {
     off();
@@ -106,14 +106,14 @@ function servePage(o: DashboardOptions, view: FleetView, res: http.ServerRespons
 }
 
 /** The paths the server-side view answers. */
-function serveView(o: DashboardOptions, streams: Set<http.ServerResponse>, view: FleetView, u: URL, req: http.IncomingMessage, res: http.ServerResponse): void {
+function serveView(o: DashboardOptions, c: OperatorConfig, streams: Set<http.ServerResponse>, view: FleetView, u: URL, req: http.IncomingMessage, res: http.ServerResponse): void {
   const group = u.searchParams.get('group') ?? undefined;
   switch (u.pathname) {
     case '/':
     case '/index.html':
       return servePage(o, view, res);
     case '/events':
-      return serveEvents(o, streams, view, req, res);
+      return serveEvents(o, c, streams, view, req, res);
     case '/api/devices':
       return json(res, view.devices(group));
     case '/api/rollouts':
@@ -151,6 +151,8 @@ function refused(loopback: boolean, req: http.IncomingMessage, res: http.ServerR
 }
 
 export async function startDashboard(o: DashboardOptions): Promise<RunningDashboard> {
+  // The dashboard's settings, resolved once.
+  const c = resolveOperatorConfig({ dashboardPort: o.port, refreshMs: o.refreshMs, sseHeartbeatMs: o.heartbeatMs });
   const host = o.host ?? '127.0.0.1';
   const loopback = LOOPBACK.test(host);
   const streams = new Set<http.ServerResponse>();
@@ -170,7 +172,7 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
         res.end('not found: this dashboard is fed in the browser (MQTT over WebSocket); /events, /api and /metrics need --broker\n');
         return;
       }
-      serveView(o, streams, view, u, req, res);
+      serveView(o, c, streams, view, u, req, res);
     } catch (e) {
       o.log.error('dashboard request failed', { error: (e as Error).message, url: req.url });
       if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain' });
@@ -180,13 +182,13 @@ export async function startDashboard(o: DashboardOptions): Promise<RunningDashbo
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(o.port ?? OPERATOR_DEFAULTS.dashboardPort, host, () => {
+    server.listen(c.dashboardPort, host, () => {
       server.off('error', reject);
       resolve();
     });
   });
   const port = (server.address() as AddressInfo).port;
-  const refreshMs = o.refreshMs ?? OPERATOR_DEFAULTS.refreshMs;
+  const refreshMs = c.refreshMs;
   const refresh = refreshMs > 0 && view ? setInterval(() => view.refresh(), refreshMs) : undefined;
   const shownHost = host.includes(':') ? `[${host}]` : host;
   return {

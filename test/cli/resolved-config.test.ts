@@ -13,6 +13,7 @@ import { GATEWAY_DEFAULTS, resolveGatewayConfig } from '../../gateway/defaults.t
 import { ROLLOUT_DEFAULTS, resolveRolloutConfig } from '../../rollout/defaults.ts';
 import { UPDATE_SERVER_DEFAULTS, resolveUpdateServerConfig } from '../../server/defaults.ts';
 import { MAX_WANT } from '../../protocol/frames.ts';
+import { OPERATOR_DEFAULTS, resolveOperatorConfig } from '../../operator/defaults.ts';
 import { silentLogger } from '../../util/log.ts';
 
 /** Each table and the file that holds it (and its resolve function). */
@@ -21,6 +22,7 @@ const TABLES: ReadonlyArray<{ name: string; file: string }> = [
   { name: 'ROLLOUT_DEFAULTS', file: 'rollout/defaults.ts' },
   { name: 'BROKER_DEFAULTS', file: 'broker/defaults.ts' },
   { name: 'UPDATE_SERVER_DEFAULTS', file: 'server/defaults.ts' },
+  { name: 'OPERATOR_DEFAULTS', file: 'operator/defaults.ts' },
 ];
 
 /** Folders whose code runs inside a process (cli/ shows the tables in the help). */
@@ -77,5 +79,11 @@ describe('one resolved config per process', () => {
   it("the update server's config: the table's values, the request cap never over MAX_WANT", () => {
     expect(resolveUpdateServerConfig({})).toMatchObject({ maxChunksPerRequest: UPDATE_SERVER_DEFAULTS.maxChunksPerRequest, settleMs: UPDATE_SERVER_DEFAULTS.settleMs });
     expect(resolveUpdateServerConfig({ maxChunksPerRequest: MAX_WANT * 2, uploadTtlMs: 4000 })).toMatchObject({ maxChunksPerRequest: MAX_WANT, uploadTtlMs: 4000, uploadSweepMs: 1000 });
+  });
+
+  it("an operator view's settings: the table's value for what is not given (undefined included), what is given kept", () => {
+    const r = resolveOperatorConfig({ staleMs: 5, refreshMs: undefined });
+    expect(r.staleMs).toBe(5);
+    for (const [k, v] of Object.entries(OPERATOR_DEFAULTS)) if (k !== 'staleMs') expect(r[k as keyof typeof r], k).toBe(v);
   });
 });
