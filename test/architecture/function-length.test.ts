@@ -45,7 +45,6 @@ const ALLOWED: Readonly<Record<string, string>> = {
   'simulations/mnist-demo/demo.ts: runMnistDemo': TOOL,
   'bench/device.ts: main': TOOL,
   'bench/fleet.ts: runFleetBench': TOOL,
-  'bench/hostile.ts: main': TOOL,
 };
 
 const ROOT = packageRoot()!;
