@@ -34,7 +34,6 @@ const ALLOWED: Readonly<Record<string, string>> = {
   'publisher/publish.ts: uploadPayload': X18,
   'publisher/allocate.ts: allocateBudget': X18,
   'scripts/case-vectors.ts: caseVectors': TOOL,
-  'scripts/model-faults.ts: modelFaults': TOOL,
   'simulations/gateway.ts: runGatewaySim': TOOL,
   'simulations/fleet.ts: runFleetSim': TOOL,
   'simulations/paper/pipeline.ts: runPaper': TOOL,
