@@ -116,6 +116,12 @@ function entryFaults({ edit, entry }: Kit): ModelFault[] {
         delete entry(h, 'fc1.bias').data_offsets;
       }),
     },
+  ];
+}
+
+/** A tensor entry's shape and offsets. */
+function shapeFaults({ edit, entry }: Kit): ModelFault[] {
+  return [
     {
       name: 'shape-overflow',
       why: 'a shape of 2^54 elements (over 2^53 − 1)',
@@ -236,5 +242,5 @@ function textFaults({ headerText, data, biasEntry }: Kit): ModelFault[] {
 
 export function modelFaults(base: Uint8Array): ModelFault[] {
   const k = kitOf(base);
-  return [...framingFaults(k), ...entryFaults(k), ...layoutFaults(k), ...textFaults(k)];
+  return [...framingFaults(k), ...entryFaults(k), ...shapeFaults(k), ...layoutFaults(k), ...textFaults(k)];
 }

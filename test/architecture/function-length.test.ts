@@ -33,7 +33,6 @@ const ALLOWED: Readonly<Record<string, string>> = {
   'publisher/lora.ts: loraFactors': X18,
   'publisher/publish.ts: uploadPayload': X18,
   'publisher/allocate.ts: allocateBudget': X18,
-  'scripts/case-vectors.ts: caseVectors': TOOL,
   'simulations/gateway.ts: runGatewaySim': TOOL,
   'simulations/fleet.ts: runFleetSim': TOOL,
   'simulations/paper/pipeline.ts: runPaper': TOOL,
