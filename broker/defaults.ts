@@ -1,3 +1,4 @@
+import { withDefaults } from '../platform/defaults.ts';
 import type { MqttBrokerOptions } from './broker.ts';
 
 /**
@@ -21,6 +22,5 @@ export type ResolvedBrokerConfig = MqttBrokerOptions & Required<Pick<MqttBrokerO
 
 /** The config the broker runs with: what was given, the table's value for what was not (a node's own options kept). */
 export function resolveBrokerConfig<O extends MqttBrokerOptions>(o: O): O & ResolvedBrokerConfig {
-  const d = BROKER_DEFAULTS;
-  return { ...o, port: o.port ?? d.port, authPollMs: o.authPollMs ?? d.authPollMs, clusterLeaseTtlMs: o.clusterLeaseTtlMs ?? d.clusterLeaseTtlMs };
+  return withDefaults(o, BROKER_DEFAULTS) as O & ResolvedBrokerConfig;
 }

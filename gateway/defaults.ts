@@ -1,3 +1,4 @@
+import { withDefaults } from '../platform/defaults.ts';
 import type { GatewayOptions } from './gateway.ts';
 
 /**
@@ -34,20 +35,5 @@ export type ResolvedGatewayConfig = GatewayOptions & Required<Pick<GatewayOption
 
 /** The config the gateway runs with: what was given, the table's value for what was not. */
 export function resolveGatewayConfig(o: GatewayOptions): ResolvedGatewayConfig {
-  const d = GATEWAY_DEFAULTS;
-  return {
-    ...o,
-    persistence: o.persistence ?? d.persistence,
-    keepaliveSeconds: o.keepaliveSeconds ?? d.keepaliveSeconds,
-    reconnectMinMs: o.reconnectMinMs ?? d.reconnectMinMs,
-    reconnectMaxMs: o.reconnectMaxMs ?? d.reconnectMaxMs,
-    tickMs: o.tickMs ?? d.tickMs,
-    drainMs: o.drainMs ?? d.drainMs,
-    maxWindow: o.maxWindow ?? d.maxWindow,
-    idleMs: o.idleMs ?? d.idleMs,
-    stallMs: o.stallMs ?? d.stallMs,
-    maxBadCopies: o.maxBadCopies ?? d.maxBadCopies,
-    relayDrainTimeoutMs: o.relayDrainTimeoutMs ?? d.relayDrainTimeoutMs,
-    statusInFlight: o.statusInFlight ?? d.statusInFlight,
-  };
+  return withDefaults(o, GATEWAY_DEFAULTS);
 }

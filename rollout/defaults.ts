@@ -1,3 +1,4 @@
+import { withDefaults } from '../platform/defaults.ts';
 import type { ControllerOptions } from './controller-options.ts';
 
 /**
@@ -29,15 +30,5 @@ export type ResolvedRolloutConfig = ControllerOptions & Required<Pick<Controller
 
 /** The config the controller runs with: what was given, the table's value for what was not. */
 export function resolveRolloutConfig(o: ControllerOptions): ResolvedRolloutConfig {
-  const d = ROLLOUT_DEFAULTS;
-  return {
-    ...o,
-    settleMs: o.settleMs ?? d.settleMs,
-    tickMs: o.tickMs ?? d.tickMs,
-    heartbeatMs: o.heartbeatMs ?? d.heartbeatMs,
-    retryMs: o.retryMs ?? d.retryMs,
-    rollbackAttempts: o.rollbackAttempts ?? d.rollbackAttempts,
-    hookTimeoutMs: o.hookTimeoutMs ?? d.hookTimeoutMs,
-    ttlSeconds: o.ttlSeconds ?? d.ttlSeconds,
-  };
+  return withDefaults(o, ROLLOUT_DEFAULTS);
 }
