@@ -35,7 +35,6 @@ const ALLOWED: Readonly<Record<string, string>> = {
   'publisher/lora.ts: loraFactors': X18,
   'publisher/publish.ts: uploadPayload': X18,
   'publisher/allocate.ts: allocateBudget': X18,
-  'simulations/gateway.ts: runGatewaySim': TOOL,
   'simulations/fleet.ts: runFleetSim': LANE('x20'),
   'simulations/paper/pipeline.ts: runPaper': LANE('x18'),
   'simulations/paper/render.ts: resultsMarkdown': LANE('x18'),
