@@ -41,7 +41,6 @@ const ALLOWED: Readonly<Record<string, string>> = {
   'simulations/paper/train.ts: loraTrainable': LANE('x18'),
   'simulations/paper/plot.ts: plotScene': LANE('x18'),
   'simulations/mnist-demo/onnx-demo.ts: runOnnxDemo': LANE('x19'),
-  'simulations/mnist-demo/demo.ts: runMnistDemo': TOOL,
   'bench/device.ts: main': LANE('x17'),
   'bench/fleet.ts: runFleetBench': LANE('x22'),
 };
