@@ -170,68 +170,63 @@ async function attackDevice(spawnVictim: (url: string) => ChildProcess, N: numbe
 const t0 = Date.now();
 const progress = (what: string): void => void process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1)} s] ${what}\n`);
 
+/** The broker attacked: `fleet broker`, then (unless --no-baseline) a bare Aedes for comparison. */
+async function brokerAttacks(dir: string): Promise<{ run: Attack; baseline: Attack | undefined }> {
+  const port = await freePort();
+  const broker = await startProcess(
+    process.execPath,
+    [FLEET_BIN, '--log-level', 'warn', 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(dir, 'broker'), '--no-update-server'],
+    path.join(dir, 'broker.log'),
+    port,
+  );
+  progress('broker started');
+  const run = await attackBroker(broker.pid!, port);
+  progress('broker attacked');
+  await stopChild(broker);
+  started.delete(broker);
+  let baseline: Attack | undefined;
+  if (!values['no-baseline']) {
+    const bport = await freePort();
+    const bare = await startProcess(process.execPath, ['--import', 'tsx', BASELINE, 'broker', String(bport)], path.join(dir, 'baseline-broker.log'), bport);
+    baseline = await attackBroker(bare.pid!, bport);
+    await stopChild(bare);
+    started.delete(bare);
+  }
+  return { run, baseline };
+}
+
+/** The device attacked: `fleet device`, then (unless --no-baseline) a bare MQTT.js client for comparison. */
+async function deviceAttacks(dir: string): Promise<{ run: Attack; baseline: Attack | undefined }> {
+  const keys = await keygen(path.join(dir, 'keys'));
+  const model = path.join(dir, 'base.safetensors');
+  await fs.writeFile(model, synthesizeModel(1, [[64, 64]]));
+  progress('device attack');
+  const args = (url: string): string[] =>
+    [FLEET_BIN, '--log-level', 'warn', 'device', '--id', 'victim', '--model', 'm', '--group', 'g'].concat([
+      '--dir',
+      path.join(dir, 'device'),
+      '--trust',
+      keys.trustFile,
+      '--initial',
+      model,
+      '--broker',
+      url,
+      '--reconnect-max',
+      '1',
+    ]);
+  const run = await attackDevice((url) => spawnLogged(args(url), path.join(dir, 'device.log')), N);
+  let baseline: Attack | undefined;
+  if (!values['no-baseline']) {
+    baseline = await attackDevice((url) => spawnLogged(['--import', 'tsx', BASELINE, 'client', url], path.join(dir, 'baseline-client.log')), BASELINE_DEVICE_CONNECTIONS);
+  }
+  return { run, baseline };
+}
+
 async function main(): Promise<void> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-bench-hostile-'));
   try {
-    // Broker.
-    const port = await freePort();
-    const broker = await startProcess(
-      process.execPath,
-      [FLEET_BIN, '--log-level', 'warn', 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(dir, 'broker'), '--no-update-server'],
-      path.join(dir, 'broker.log'),
-      port,
-    );
-    progress('broker started');
-    const brokerRun = await attackBroker(broker.pid!, port);
-    progress('broker attacked');
-    await stopChild(broker);
-    started.delete(broker);
-    let brokerBaseline: Attack | undefined;
-    if (!values['no-baseline']) {
-      const bport = await freePort();
-      const bare = await startProcess(process.execPath, ['--import', 'tsx', BASELINE, 'broker', String(bport)], path.join(dir, 'baseline-broker.log'), bport);
-      brokerBaseline = await attackBroker(bare.pid!, bport);
-      await stopChild(bare);
-      started.delete(bare);
-    }
-    // Device.
-    const keys = await keygen(path.join(dir, 'keys'));
-    const model = path.join(dir, 'base.safetensors');
-    await fs.writeFile(model, synthesizeModel(1, [[64, 64]]));
-    progress('device attack');
-    const deviceRun = await attackDevice(
-      (url) =>
-        spawnLogged(
-          [
-            FLEET_BIN,
-            '--log-level',
-            'warn',
-            'device',
-            '--id',
-            'victim',
-            '--model',
-            'm',
-            '--group',
-            'g',
-            '--dir',
-            path.join(dir, 'device'),
-            '--trust',
-            keys.trustFile,
-            '--initial',
-            model,
-            '--broker',
-            url,
-            '--reconnect-max',
-            '1',
-          ],
-          path.join(dir, 'device.log'),
-        ),
-      N,
-    );
-    let deviceBaseline: Attack | undefined;
-    if (!values['no-baseline']) {
-      deviceBaseline = await attackDevice((url) => spawnLogged(['--import', 'tsx', BASELINE, 'client', url], path.join(dir, 'baseline-client.log')), BASELINE_DEVICE_CONNECTIONS);
-    }
+    const { run: brokerRun, baseline: brokerBaseline } = await brokerAttacks(dir);
+    const { run: deviceRun, baseline: deviceBaseline } = await deviceAttacks(dir);
     const mb = (n: number | undefined): number | null => (n === undefined ? null : Math.round((n / MB) * 10) / 10);
     const result = {
       bench: 'hostile',

@@ -4,7 +4,6 @@
  * the in-process update server (random, held only in memory), and the ACL of
  * ./acl.ts on every publish, will, subscription and delivery.
  */
-import { BROKER_DEFAULTS } from './defaults.ts';
 import { timingSafeEqual } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import type { Aedes, AedesOptions, AuthenticateError, Client, ConnectPacket, PublishPacket } from 'aedes';
@@ -30,8 +29,8 @@ export interface BrokerAuthOptions {
   log: Logger;
   /** Client id reserved for the in-process update server. */
   internalClientId: string;
-  /** How often to look for changes of the file (default 1000 ms). */
-  pollMs?: number;
+  /** How often to look for changes of the file (ms). */
+  pollMs: number;
 }
 
 interface Session {
@@ -134,7 +133,7 @@ export class BrokerAuth {
   attach(aedes: Aedes): void {
     this.aedes = aedes;
     aedes.on('clientDisconnect', (client) => this.live.delete(client));
-    this.timer = setInterval(() => void this.poll(), this.o.pollMs ?? BROKER_DEFAULTS.authPollMs);
+    this.timer = setInterval(() => void this.poll(), this.o.pollMs);
     this.timer.unref();
   }
 

@@ -1,4 +1,4 @@
-import { BROKER_DEFAULTS } from './defaults.ts';
+import { resolveBrokerConfig, type ResolvedBrokerConfig } from './defaults.ts';
 import net from 'node:net';
 import tls from 'node:tls';
 import http from 'node:http';
@@ -46,6 +46,8 @@ export interface MqttBrokerOptions {
   auth?: string;
   /** How often the users file is checked for changes (default 1000 ms). */
   authPollMs?: number;
+  /** In a cluster: the update-server lease is held this long unless renewed (ms). */
+  clusterLeaseTtlMs?: number;
   /**
    * A TLS listener beside the plain one (keep the plain one on loopback to use
    * TLS only). With `ca`, clients must present a certificate it signed.
@@ -72,7 +74,8 @@ interface Listener {
  * has started). A node (nodes/broker-node.ts) adds its own parts beside them.
  */
 export interface BrokerParts {
-  readonly o: MqttBrokerOptions;
+  /** The broker's one resolved config (its options over broker/defaults.ts's table). */
+  readonly o: ResolvedBrokerConfig;
   readonly log: Logger;
   readonly host: string;
   readonly topics: Topics;
@@ -95,7 +98,7 @@ export interface BrokerParts {
 }
 
 export function brokerParts(o: MqttBrokerOptions): BrokerParts {
-  return { o, log: o.log, host: o.host ?? '127.0.0.1', topics: new Topics(o.prefix), internalClientId: `fleet-update-server-${process.pid}` };
+  return { o: resolveBrokerConfig(o), log: o.log, host: o.host ?? '127.0.0.1', topics: new Topics(o.prefix), internalClientId: `fleet-update-server-${process.pid}` };
 }
 
 /** A part an earlier step set; its absence is a bug in the order of the steps. */
@@ -201,7 +204,7 @@ const tcp: Step<BrokerParts> = {
   async start(p) {
     const sockets = new Set<net.Socket>();
     const server = net.createServer(acceptor(p, sockets));
-    p.port = await listen(server, p.o.port ?? BROKER_DEFAULTS.port, p.host);
+    p.port = await listen(server, p.o.port, p.host);
     p.tcp = { server, sockets };
     p.url = `mqtt://${connectableHost(p.host)}:${p.port}`;
     p.log.info('broker listening', { url: p.url, persistence: p.o.cluster ? 'redis' : (p.o.persistence ?? 'level'), auth: p.o.auth ?? null });

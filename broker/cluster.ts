@@ -8,7 +8,6 @@
  * that starts one takes a lease in Redis first, so a second node started the
  * same way refuses instead of answering every request a second time.
  */
-import { BROKER_DEFAULTS } from './defaults.ts';
 import { FleetError } from '../platform/errors.ts';
 import os from 'node:os';
 import { createRequire } from 'node:module';
@@ -118,10 +117,10 @@ export class UpdateServerLease {
     private readonly log: Logger,
   ) {}
 
-  static async acquire(o: { url: string; prefix: string; holder: string; ttlMs?: number; log: Logger }): Promise<UpdateServerLease> {
+  static async acquire(o: { url: string; prefix: string; holder: string; ttlMs: number; log: Logger }): Promise<UpdateServerLease> {
     const redis = new Redis(o.url, { lazyConnect: true, maxRetriesPerRequest: 20 });
     redis.on('error', (e) => o.log.warn('redis (lease)', { error: e.message }));
-    const ttl = o.ttlMs ?? BROKER_DEFAULTS.clusterLeaseTtlMs;
+    const ttl = o.ttlMs;
     const key = `fleet:${o.prefix}:update-server`;
     try {
       await (redis as unknown as { connect(): Promise<void> }).connect();

@@ -6,11 +6,11 @@ import { startBroker } from '../nodes/broker-node.ts';
 import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../publisher/keys.ts';
-import { publishUpdate } from '../publisher/publish.ts';
-import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
+import { publishUpdate, type PublishResult } from '../publisher/publish.ts';
+import { synthesizeModel, synthesizeUpdate, type SynthUpdate } from '../publisher/synth.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts';
-import { createLogger } from '../util/log.ts';
+import { createLogger, type Logger } from '../util/log.ts';
 import { stripControls } from '../util/text.ts';
 import { createProgress } from '../util/progress.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
@@ -35,16 +35,20 @@ export interface DemoResult {
   seconds: number;
 }
 
-/**
- * `fleet demo`: embedded broker on a free loopback port, keys, a synthetic
- * base model and low-rank update, N device agents as separate OS processes,
- * publish, wait for every ack, report, stop everything it started.
- */
-export async function runDemo(o: DemoOptions): Promise<DemoResult> {
-  const out = (line: string): void => {
-    process.stdout.write(stripControls(line) + '\n');
-  };
-  const t0 = performance.now();
+/** The demo's running parts: the temporary directory, the broker, the observer and the device processes. */
+interface DemoRig {
+  tmp: string;
+  log: Logger;
+  stop: GracefulStop;
+  broker: Awaited<ReturnType<typeof startBroker>>;
+  observer: MqttTransport;
+  children: ChildProcess[];
+  /** True once the clean-up has begun (no device is started after it). */
+  stopping: () => boolean;
+}
+
+/** Temporary directory, embedded broker, observer connection, each with its clean-up step. */
+async function startRig(o: DemoOptions): Promise<DemoRig> {
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-demo-'));
   const log = createLogger('demo');
   const stop = o.stop ?? new GracefulStop({ timeoutMs: DEFAULT_STOP_TIMEOUT_MS, log, signals: [] });
@@ -65,114 +69,169 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       await Promise.all(children.map((c) => stopChild(c, stopBoundMs * 0.6)));
     },
   });
+  return { tmp, log, stop, broker, observer, children, stopping: () => stopping };
+}
+
+/** The devices' latest statuses and when each finished (acked, rejected or rolled back) after the publish. */
+interface AckWatch {
+  latest: Map<string, DeviceStatus>;
+  ackedAt: Map<string, number>;
+  /** Marks the publish: from now on a finished status counts (including those already seen). */
+  published: () => void;
+  publishedAt: () => number;
+  /** Resolves when every device finished or after timeoutSeconds. */
+  wait: (timeoutSeconds: number) => Promise<void>;
+}
+
+async function watchAcks(observer: MqttTransport, ids: readonly string[], targetDigest: string): Promise<AckWatch> {
+  const topics = new Topics();
+  const latest = new Map<string, DeviceStatus>();
+  const ackedAt = new Map<string, number>();
+  let publishedAt = 0;
+  let resolveDone: () => void = () => undefined;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  const finished = (s: DeviceStatus): boolean => (s.state === 'ok' && s.running === targetDigest) || s.state === 'rejected' || s.state === 'rolled_back';
+  observer.onMessage((topic, payload) => {
+    const p = topics.parse(topic);
+    if (p?.kind !== 'status' || !ids.includes(p.deviceId)) return;
+    const s = parseStatus(payload);
+    if (!s) return;
+    latest.set(s.device, s);
+    if (publishedAt && finished(s) && !ackedAt.has(s.device)) {
+      ackedAt.set(s.device, performance.now());
+      if (ackedAt.size === ids.length) resolveDone();
+    }
+  });
+  await observer.subscribe(topics.allStatuses(), 1);
+  return {
+    latest,
+    ackedAt,
+    publishedAt: () => publishedAt,
+    published: () => {
+      publishedAt = performance.now();
+      for (const s of latest.values()) if (finished(s) && !ackedAt.has(s.device)) ackedAt.set(s.device, performance.now());
+      if (ackedAt.size === ids.length) resolveDone();
+    },
+    wait: async (timeoutSeconds) => {
+      const timer = setTimeout(resolveDone, timeoutSeconds * 1000);
+      await done;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** One `fleet device` process per id, its output in `{tmp}/{id}.log`. */
+function startDevices(rig: DemoRig, ids: readonly string[], trustFile: string, baseFile: string): void {
+  for (const id of ids) {
+    if (rig.stopping()) break;
+    const child = spawnFleetLogged(
+      [
+        '--stop-timeout',
+        String(Math.floor(rig.stop.timeoutMs / 2000)),
+        'device',
+        '--id',
+        id,
+        '--model',
+        'demo-model',
+        '--group',
+        'demo',
+        '--dir',
+        path.join(rig.tmp, id),
+        '--trust',
+        trustFile,
+        '--broker',
+        rig.broker.url,
+        '--initial',
+        baseFile,
+      ],
+      path.join(rig.tmp, `${id}.log`),
+    );
+    rig.children.push(child);
+  }
+}
+
+/** Uploads the update and signs its release for group demo, over a connection of its own closed after. */
+async function publishDemo(rig: DemoRig, o: DemoOptions, update: SynthUpdate, keys: Awaited<ReturnType<typeof keygen>>, onPublished: () => void): Promise<PublishResult> {
+  const pubTransport = await MqttTransport.connect({ url: rig.broker.url, clientId: `fleet-demo-publisher-${process.pid}` }, 10_000);
+  const progress = createProgress('upload', process.stderr, o.json);
+  const payloadFile = path.join(rig.tmp, 'update.cbor');
+  await fs.writeFile(payloadFile, encodeUpdateFile(update.payload));
+  const result = await publishUpdate({
+    transport: pubTransport,
+    topics: new Topics(),
+    payloads: [update.payload],
+    keys: [await loadSigningKey(keys.keyFile)],
+    rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+    model: 'demo-model',
+    group: 'demo',
+    chunkSize: 16 * 1024,
+    ttlSeconds: 86400,
+    log: rig.log.child('publisher'),
+    onProgress: (d, n) => progress.update(d, n),
+  });
+  progress.finish();
+  onPublished();
+  await pubTransport.close();
+  return result;
+}
+
+/** One line per device and the summary. */
+function report(out: (line: string) => void, ids: readonly string[], watch: AckWatch, update: SynthUpdate, modelBytes: number, t0: number): DemoResult {
+  let acked = 0;
+  let rejected = 0;
+  for (const id of ids) {
+    const s = watch.latest.get(id);
+    const ok = s?.state === 'ok' && s.running === update.targetDigest;
+    if (ok) acked++;
+    if (s?.state === 'rejected') rejected++;
+    const t = watch.ackedAt.get(id);
+    out(
+      `${id}: ${s?.state ?? 'no status'}${s?.reason ? ` (${s.reason})` : ''}, running ${s?.running.slice(0, 12) ?? '?'}, received ${s?.bytes ?? 0} bytes, ${t ? `${((t - watch.publishedAt()) / 1000).toFixed(2)} s after publish` : 'no ack'}`,
+    );
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  const summary: DemoResult = { devices: ids.length, acked, rejected, updateBytes: update.payload.byteLength, modelBytes, seconds: Number(seconds.toFixed(2)) };
+  out(
+    `${acked}/${ids.length} devices acked the update in ${seconds.toFixed(1)} s (update ${summary.updateBytes} bytes, ${((100 * summary.updateBytes) / summary.modelBytes).toFixed(2)} % of the ${summary.modelBytes}-byte model)`,
+  );
+  return summary;
+}
+
+/**
+ * `fleet demo`: embedded broker on a free loopback port, keys, a synthetic
+ * base model and low-rank update, N device agents as separate OS processes,
+ * publish, wait for every ack, report, stop everything it started.
+ */
+export async function runDemo(o: DemoOptions): Promise<DemoResult> {
+  const out = (line: string): void => {
+    process.stdout.write(stripControls(line) + '\n');
+  };
+  const t0 = performance.now();
+  const rig = await startRig(o);
   try {
-    const keys = await keygen(path.join(tmp, 'keys'));
+    const keys = await keygen(path.join(rig.tmp, 'keys'));
     const base = synthesizeModel(1);
     const update = synthesizeUpdate(base, o.rank, 2);
-    const baseFile = path.join(tmp, 'base.safetensors');
+    const baseFile = path.join(rig.tmp, 'base.safetensors');
     await fs.writeFile(baseFile, base);
-    out(`broker ${broker.url}, data in ${tmp}`);
+    out(`broker ${rig.broker.url}, data in ${rig.tmp}`);
     out(
       `model ${(base.byteLength / 1e6).toFixed(2)} MB (${update.baseDigest.slice(0, 12)}), update ${(update.payload.byteLength / 1e3).toFixed(1)} kB = ${((100 * update.payload.byteLength) / base.byteLength).toFixed(2)} % of the model, target ${update.targetDigest.slice(0, 12)}`,
     );
 
-    const topics = new Topics();
     const ids = Array.from({ length: o.devices }, (_, k) => `demo-device-${k + 1}`);
-    const latest = new Map<string, DeviceStatus>();
-    const ackedAt = new Map<string, number>();
-    let publishedAt = 0;
-    let resolveDone: () => void = () => undefined;
-    const done = new Promise<void>((r) => (resolveDone = r));
-    const finished = (s: DeviceStatus): boolean => (s.state === 'ok' && s.running === update.targetDigest) || s.state === 'rejected' || s.state === 'rolled_back';
-    observer.onMessage((topic, payload) => {
-      const p = topics.parse(topic);
-      if (p?.kind !== 'status' || !ids.includes(p.deviceId)) return;
-      const s = parseStatus(payload);
-      if (!s) return;
-      latest.set(s.device, s);
-      if (publishedAt && finished(s) && !ackedAt.has(s.device)) {
-        ackedAt.set(s.device, performance.now());
-        if (ackedAt.size === ids.length) resolveDone();
-      }
-    });
-    await observer.subscribe(topics.allStatuses(), 1);
+    const watch = await watchAcks(rig.observer, ids, update.targetDigest);
+    startDevices(rig, ids, keys.trustFile, baseFile);
+    out(`started ${ids.length} device agents (PIDs ${rig.children.map((c) => c.pid).join(', ')})`);
 
-    for (const id of ids) {
-      if (stopping) break;
-      const child = spawnFleetLogged(
-        [
-          '--stop-timeout',
-          String(Math.floor(stopBoundMs / 2000)),
-          'device',
-          '--id',
-          id,
-          '--model',
-          'demo-model',
-          '--group',
-          'demo',
-          '--dir',
-          path.join(tmp, id),
-          '--trust',
-          keys.trustFile,
-          '--broker',
-          broker.url,
-          '--initial',
-          baseFile,
-        ],
-        path.join(tmp, `${id}.log`),
-      );
-      children.push(child);
-    }
-    out(`started ${ids.length} device agents (PIDs ${children.map((c) => c.pid).join(', ')})`);
-
-    const pubTransport = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-publisher-${process.pid}` }, 10_000);
-    const progress = createProgress('upload', process.stderr, o.json);
-    const payloadFile = path.join(tmp, 'update.cbor');
-    await fs.writeFile(payloadFile, encodeUpdateFile(update.payload));
-    const result = await publishUpdate({
-      transport: pubTransport,
-      topics,
-      payloads: [update.payload],
-      keys: [await loadSigningKey(keys.keyFile)],
-      rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-      model: 'demo-model',
-      group: 'demo',
-      chunkSize: 16 * 1024,
-      ttlSeconds: 86400,
-      log: log.child('publisher'),
-      onProgress: (d, n) => progress.update(d, n),
-    });
-    progress.finish();
-    publishedAt = performance.now();
-    await pubTransport.close();
+    const result = await publishDemo(rig, o, update, keys, watch.published);
     out(`published release seq ${result.release.seq} for group demo (update ${result.updateId.slice(0, 12)}, ${result.release.steps[0].chunks} chunks); publisher disconnected`);
-    for (const s of latest.values()) if (finished(s) && !ackedAt.has(s.device)) ackedAt.set(s.device, performance.now());
-    if (ackedAt.size === ids.length) resolveDone();
+    await watch.wait(o.timeoutSeconds);
 
-    const timer = setTimeout(resolveDone, o.timeoutSeconds * 1000);
-    await done;
-    clearTimeout(timer);
-
-    let acked = 0;
-    let rejected = 0;
-    for (const id of ids) {
-      const s = latest.get(id);
-      const ok = s?.state === 'ok' && s.running === update.targetDigest;
-      if (ok) acked++;
-      if (s?.state === 'rejected') rejected++;
-      const t = ackedAt.get(id);
-      out(
-        `${id}: ${s?.state ?? 'no status'}${s?.reason ? ` (${s.reason})` : ''}, running ${s?.running.slice(0, 12) ?? '?'}, received ${s?.bytes ?? 0} bytes, ${t ? `${((t - publishedAt) / 1000).toFixed(2)} s after publish` : 'no ack'}`,
-      );
-    }
-    const seconds = (performance.now() - t0) / 1000;
-    const summary: DemoResult = { devices: ids.length, acked, rejected, updateBytes: update.payload.byteLength, modelBytes: base.byteLength, seconds: Number(seconds.toFixed(2)) };
-    out(
-      `${acked}/${ids.length} devices acked the update in ${seconds.toFixed(1)} s (update ${summary.updateBytes} bytes, ${((100 * summary.updateBytes) / summary.modelBytes).toFixed(2)} % of the ${summary.modelBytes}-byte model)`,
-    );
+    const summary = report(out, ids, watch, update, base.byteLength, t0);
     if (o.json) out(JSON.stringify(summary));
     return summary;
   } finally {
-    await stop.run('demo finished');
+    await rig.stop.run('demo finished');
   }
 }

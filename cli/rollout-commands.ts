@@ -1,7 +1,7 @@
 import { ignoreBecause, UsageError } from '../platform/errors.ts';
 import { randomUUID } from 'node:crypto';
 import type { Command } from 'commander';
-import { ROLLOUT_DEFAULTS } from '../rollout/defaults.ts';
+import { ROLLOUT_DEFAULTS, resolveRolloutConfig } from '../rollout/defaults.ts';
 import { systemClock } from '../platform/clock.ts';
 import { Topics } from '../protocol/topics.ts';
 import { loadRoleKeys, readTrust } from './release-commands.ts';
@@ -125,21 +125,19 @@ export function registerRolloutCommands(program: Command): void {
       const trust = await readTrust(o.trust);
       const transport = await MqttTransport.connect({ url: o.broker, clientId: `fleet-rollout-${plan.id}-${process.pid}` }, 30_000);
       stop.add({ name: 'MQTT disconnect', optional: true, run: () => transport.close() });
-      const controller = new RolloutController(
-        { plan, payloads, keys, rolloutKeys, trust, settleMs: o.settle },
-        {
-          transport,
-          topics: topics(),
-          clock: systemClock,
-          publish: publishUpdate,
-          rollback: rollbackGroup,
-          log,
-          onEvent: async (e) => {
-            process.stdout.write(o.json ? `${JSON.stringify(stripControlsDeep(e))}\n` : `${stripControls(`${e.time} ${e.type}${e.device ? ` ${e.device}` : ''}: ${e.reason}`)}\n`);
-            if (o.onEvent && HOOK_EVENTS.includes(e.type)) await runEventCommand(o.onEvent, e, log);
-          },
+      const config = resolveRolloutConfig({ plan, payloads, keys, rolloutKeys, trust, settleMs: o.settle });
+      const controller = new RolloutController(config, {
+        transport,
+        topics: topics(),
+        clock: systemClock,
+        publish: publishUpdate,
+        rollback: rollbackGroup,
+        log,
+        onEvent: async (e) => {
+          process.stdout.write(o.json ? `${JSON.stringify(stripControlsDeep(e))}\n` : `${stripControls(`${e.time} ${e.type}${e.device ? ` ${e.device}` : ''}: ${e.reason}`)}\n`);
+          if (o.onEvent && HOOK_EVENTS.includes(e.type)) await runEventCommand(o.onEvent, e, log, config.hookTimeoutMs);
         },
-      );
+      });
       // Abandoned, the rollout stays where its retained status says; the same start command continues it.
       stop.add({ name: 'rollout controller (step in progress, event hooks)', run: () => controller.stop() });
       const first = await controller.start();

@@ -1,5 +1,14 @@
-/** Every default of the site gateway (gateway/), in one table; `fleet gateway --help` shows them. */
+import { withDefaults } from '../platform/defaults.ts';
+import type { GatewayOptions } from './gateway.ts';
+
+/**
+ * Every default of the site gateway (gateway/), in one table: the gateway node
+ * resolves its config from it once (resolveGatewayConfig) and `fleet gateway
+ * --help` shows these values (cli/gateway-command.ts).
+ */
 export const GATEWAY_DEFAULTS = {
+  /** The site broker's persistence. */
+  persistence: 'level',
   /** The upstream MQTT connection. */
   keepaliveSeconds: 30,
   reconnectMinMs: 500,
@@ -18,3 +27,13 @@ export const GATEWAY_DEFAULTS = {
   /** Device statuses relayed upstream at once. */
   statusInFlight: 16,
 } as const;
+
+type Defaulted = keyof typeof GATEWAY_DEFAULTS;
+
+/** A gateway's config with every default filled in: what the gateway runs with. */
+export type ResolvedGatewayConfig = GatewayOptions & Required<Pick<GatewayOptions, Defaulted>>;
+
+/** The config the gateway runs with: what was given, the table's value for what was not. */
+export function resolveGatewayConfig(o: GatewayOptions): ResolvedGatewayConfig {
+  return withDefaults(o, GATEWAY_DEFAULTS);
+}

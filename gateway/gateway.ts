@@ -1,4 +1,4 @@
-import { GATEWAY_DEFAULTS } from './defaults.ts';
+import type { ResolvedGatewayConfig } from './defaults.ts';
 import { errorFields } from '../platform/errors.ts';
 import { promises as fs } from 'node:fs';
 import type { Aedes, Client } from 'aedes';
@@ -12,7 +12,8 @@ import { Topics } from '../protocol/topics.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import type { Logger } from '../util/log.ts';
-import { readJson, writeFileAtomic } from '../util/fs-atomic.ts';
+import { writeFileAtomic } from '../util/fs-atomic.ts';
+import { gatewayTopics } from './parts.ts';
 import { VERSION } from '../util/version.ts';
 import { ReleaseMirror } from './mirror.ts';
 import { charge, decide, formatWindow, monthKey, used, type BudgetLedger, type DownloadWindow, type PolicyDecision } from './policy.ts';
@@ -36,8 +37,6 @@ export interface SiteBroker {
 }
 
 export interface GatewayOptions {
-  /** Starts the site broker (nodes/gateway-node.ts gives it a broker node). */
-  startSite: (o: MqttBrokerOptions) => Promise<SiteBroker>;
   /** The central broker, `mqtt://[user:pass@]host:port` (mqtts:// with the CLI's TLS options). */
   upstream: string;
   /** Port of the site broker the devices connect to (0: any free port). */
@@ -79,6 +78,12 @@ export interface GatewayOptions {
   maxWindow?: number;
   idleMs?: number;
   stallMs?: number;
+  /** Bad copies of one chunk before the upstream source is declared corrupt. */
+  maxBadCopies?: number;
+  /** Device statuses relayed upstream at once. */
+  statusInFlight?: number;
+  /** relayDrained()'s wait when none is given, ms. */
+  relayDrainTimeoutMs?: number;
   reconnectMinMs?: number;
   reconnectMaxMs?: number;
   keepaliveSeconds?: number;
@@ -91,22 +96,34 @@ export function openSiteWarning(host: string, auth: string | undefined): string 
   return `the site broker listens on ${host}, beyond loopback, without --auth: any client on the network may publish and subscribe as any device (give it --auth FILE)`;
 }
 
+/** The parts a gateway is built from, started before it (nodes/gateway-node.ts's steps). */
+export interface GatewayParts {
+  /** This month's (and earlier months') upstream bytes, as kept in `DIR/budget.json`. */
+  ledger: BudgetLedger;
+  site: SiteBroker;
+  /** The site store the site broker's update server serves from (`DIR/site/store`). */
+  store: ContentStore;
+  /** The connection upstream, its last will saying the gateway lost it; the gateway closes it (closeUpstream). */
+  upstream: MqttTransport;
+}
+
 /**
  * A site gateway: a small broker (Aedes with its own update server) for the
  * site's devices, and one MQTT client upstream. It mirrors the releases of the
  * site's groups, fetches each payload once (resumable, windowed, verified),
  * serves the devices from the site store, relays their statuses upstream
- * through an on-disk queue, and publishes its own status.
+ * through an on-disk queue, and publishes its own status. Built from started
+ * parts (GatewayParts); `start()` starts what it builds on them.
  */
 export class Gateway {
-  private site!: SiteBroker;
-  private store!: ContentStore;
-  private upstream!: MqttTransport;
-  private relay!: StatusRelay;
-  private fetcher!: UpstreamFetcher;
-  private mirror!: ReleaseMirror;
-  private groups!: GroupWatch;
-  private ledger: BudgetLedger = {};
+  private readonly site: SiteBroker;
+  private readonly store: ContentStore;
+  private readonly upstream: MqttTransport;
+  private readonly relay: StatusRelay;
+  private readonly fetcher: UpstreamFetcher;
+  private readonly mirror: ReleaseMirror;
+  private readonly groups: GroupWatch;
+  private ledger: BudgetLedger;
   private ledgerDirty = false;
   private lastWire = 0;
   private decision: PolicyDecision = { go: false, reason: 'upstream-down', until: null, message: 'starting' };
@@ -128,10 +145,20 @@ export class Gateway {
   readonly topics: Topics;
   private readonly now: () => number;
 
-  constructor(private readonly o: GatewayOptions) {
-    this.topics = new Topics(o.prefix);
-    this.topics.gatewayStatus(o.site); // checks the site name
+  constructor(
+    private readonly o: ResolvedGatewayConfig,
+    parts: GatewayParts,
+  ) {
+    this.topics = gatewayTopics(o);
     this.now = o.now ?? Date.now;
+    this.ledger = parts.ledger;
+    this.site = parts.site;
+    this.store = parts.store;
+    this.upstream = parts.upstream;
+    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: this.o.log.child('relay'), inFlight: o.statusInFlight });
+    this.fetcher = this.makeFetcher();
+    this.mirror = this.makeMirror();
+    this.groups = this.makeGroups();
   }
 
   get url(): string {
@@ -153,15 +180,10 @@ export class Gateway {
     this.work = this.work.then(fn).catch((e: unknown) => this.o.log.error('gateway step failed', errorFields(e)));
   }
 
-  /** The gateway, in the order it starts (and, reversed, stops); a step that fails undoes the ones before it. */
+  /** What the gateway starts on its parts, in order (and, reversed, stops); a step that fails undoes the ones before it. */
   private static readonly STEPS: readonly Step<Gateway>[] = [
-    { name: 'budget ledger', start: (g) => g.loadLedger() },
-    { name: 'site broker', start: (g) => g.startSite(), stop: (g) => g.site.close() },
-    { name: 'site store', start: (g) => g.openStore(), stop: (g) => g.store.close() },
-    { name: 'upstream connection', start: (g) => g.startUpstream(), stop: (g) => g.stopUpstream() },
-    { name: 'status relay', start: (g) => g.makeRelay(), stop: (g) => g.relay.close() },
-    { name: 'upstream fetcher', start: (g) => g.makeFetcher(), stop: (g) => g.fetcher.close() },
-    { name: 'release mirror and group watch', start: (g) => g.makeMirror() },
+    { name: 'status relay', start: () => undefined, stop: (g) => g.relay.close() },
+    { name: 'upstream fetcher', start: () => undefined, stop: (g) => g.fetcher.close() },
     { name: 'reactions', start: (g) => g.react(), stop: (g) => g.quiesce() },
     { name: 'mirror', start: (g) => g.mirror.start() },
     { name: 'relay', start: (g) => g.relay.start() },
@@ -172,64 +194,10 @@ export class Gateway {
   async start(): Promise<void> {
     this.started = await startSteps(Gateway.STEPS, this, this.o.log);
     this.ready = true;
-    this.o.log.info('gateway started', { site: this.o.site, url: this.site.url, upstream: redact(this.o.upstream) });
   }
 
-  private async loadLedger(): Promise<void> {
-    await fs.mkdir(this.o.dataDir, { recursive: true });
-    this.ledger = (await readJson<BudgetLedger>(this.dir('budget.json'))) ?? {};
-  }
-
-  private async startSite(): Promise<void> {
-    this.site = await this.o.startSite({
-      port: this.o.listen,
-      host: this.o.host,
-      dataDir: this.dir('site'),
-      persistence: this.o.persistence ?? 'level',
-      prefix: this.o.prefix,
-      auth: this.o.auth,
-      tls: this.o.tls,
-      log: this.o.log.child('site'),
-    });
-    const exposed = openSiteWarning(this.site.host, this.o.auth);
-    // Loud on purpose: without --auth, anything on the site's network may pose as any device.
-    if (exposed) this.o.log.error(exposed, { host: this.site.host, port: this.site.port });
-  }
-
-  private async openStore(): Promise<void> {
-    this.store = new ContentStore(this.dir('site', 'store'));
-    await this.store.init();
-  }
-
-  private startUpstream(): void {
-    this.upstream = MqttTransport.start({
-      url: this.o.upstream,
-      clientId: `fleet-gateway-${this.o.site}`,
-      will: {
-        topic: this.topics.gatewayStatus(this.o.site),
-        payload: JSON.stringify({
-          site: this.o.site,
-          gateway: VERSION,
-          upstream: { state: 'down', connects: 0, since: null },
-          downloads: 'idle',
-          waiting: 'upstream-down',
-          message: 'the gateway lost its upstream connection (last will)',
-        }),
-        retain: true,
-        qos: 1,
-      },
-      keepaliveSeconds: this.o.keepaliveSeconds ?? GATEWAY_DEFAULTS.keepaliveSeconds,
-      reconnectMinMs: this.o.reconnectMinMs ?? GATEWAY_DEFAULTS.reconnectMinMs,
-      reconnectMaxMs: this.o.reconnectMaxMs ?? GATEWAY_DEFAULTS.reconnectMaxMs,
-    });
-  }
-
-  private makeRelay(): void {
-    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: this.o.log.child('relay') });
-  }
-
-  private makeFetcher(): void {
-    this.fetcher = new UpstreamFetcher({
+  private makeFetcher(): UpstreamFetcher {
+    return new UpstreamFetcher({
       upstream: this.upstream,
       topics: this.topics,
       fetcherId: this.fetcherId,
@@ -240,6 +208,7 @@ export class Gateway {
       maxWindow: this.o.maxWindow,
       idleMs: this.o.idleMs,
       stallMs: this.o.stallMs,
+      maxBadCopies: this.o.maxBadCopies,
       onStored: () =>
         this.serial(async () => {
           await this.mirror.onStored();
@@ -249,9 +218,9 @@ export class Gateway {
     });
   }
 
-  private makeMirror(): void {
+  private makeMirror(): ReleaseMirror {
     const log = this.o.log;
-    this.mirror = new ReleaseMirror({
+    return new ReleaseMirror({
       dir: this.dir('releases'),
       store: this.store,
       log: log.child('mirror'),
@@ -260,13 +229,16 @@ export class Gateway {
       publishLocal: (group, model, bytes) => this.publishLocal(this.topics.release(group, model), bytes),
       siteDigests: (group, model) => [...this.digests.values()].filter((d) => d.group === group && d.model === model).map((d) => d.running),
     });
-    this.groups = new GroupWatch({
+  }
+
+  private makeGroups(): GroupWatch {
+    return new GroupWatch({
       file: this.dir('groups.json'),
       topics: this.topics,
       upstream: this.upstream,
       groups: this.o.groups ?? [],
       models: this.o.models ?? [],
-      log: log.child('groups'),
+      log: this.o.log.child('groups'),
       cap: this.o.learnGroups ?? (this.o.auth ? Infinity : 0),
     });
   }
@@ -330,7 +302,7 @@ export class Gateway {
       this.account();
       this.evaluate();
       this.publishStatus(false);
-    }, this.o.tickMs ?? GATEWAY_DEFAULTS.tickMs);
+    }, this.o.tickMs);
     this.evaluate();
   }
 
@@ -393,7 +365,7 @@ export class Gateway {
     } else {
       this.o.log.info('upstream downloads wait', { reason: d.reason, message: d.message });
       // Chunks already asked for are paid for: take them (a few seconds) unless the link is gone.
-      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : (this.o.drainMs ?? GATEWAY_DEFAULTS.drainMs));
+      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : this.o.drainMs);
     }
     this.publishStatus(true);
   }
@@ -466,7 +438,7 @@ export class Gateway {
 
   /** For tests and shutdown: every queued status delivered upstream. */
   relayDrained(timeoutMs?: number): Promise<boolean> {
-    return this.relay.drained(timeoutMs);
+    return this.relay.drained(timeoutMs ?? this.o.relayDrainTimeoutMs);
   }
 
   /** Resolves after the pending reactions (releases, stored payloads) have run. */
@@ -478,16 +450,19 @@ export class Gateway {
     } while (w !== this.work);
   }
 
-  /** Stops the started steps in reverse, once (later calls share the first). */
+  /** Stops the started steps in reverse, once (later calls share the first); the parts stay up (their owner stops them). */
   close(): Promise<void> {
     const started = this.started;
     if (!started) return Promise.resolve();
-    this.stopping ??= started.stop().then(() => this.o.log.info('gateway stopped', { site: this.o.site }));
+    this.stopping ??= started.stop();
     return this.stopping;
   }
 
-  /** A clean stop says so upstream (instead of the last will's "lost"); then the upstream connection closes. */
-  private async stopUpstream(): Promise<void> {
+  /**
+   * Closes the upstream connection it was given, after close(): a clean stop says so upstream
+   * (instead of the last will's "lost"); a stop that was not acknowledged drops the connection.
+   */
+  async closeUpstream(): Promise<void> {
     let acked = false;
     if (this.ready && this.upstream.connected) {
       const s = await this.status();

@@ -1,4 +1,3 @@
-import { GATEWAY_DEFAULTS } from './defaults.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import { DiskQueue, type QueuedMessage } from './queue.ts';
@@ -7,8 +6,8 @@ export interface StatusRelayOptions {
   dir: string;
   upstream: Transport;
   log: Logger;
-  /** Most messages sent upstream and not yet acknowledged (default 16). */
-  inFlight?: number;
+  /** Most messages sent upstream and not yet acknowledged. */
+  inFlight: number;
 }
 
 /**
@@ -28,7 +27,7 @@ export class StatusRelay {
 
   constructor(private readonly o: StatusRelayOptions) {
     this.q = new DiskQueue(o.dir);
-    this.max = o.inFlight ?? GATEWAY_DEFAULTS.statusInFlight;
+    this.max = o.inFlight;
   }
 
   async start(): Promise<void> {
@@ -54,7 +53,7 @@ export class StatusRelay {
   }
 
   /** Resolves when the queue is empty (tests, shutdown). */
-  async drained(timeoutMs: number = GATEWAY_DEFAULTS.relayDrainTimeoutMs): Promise<boolean> {
+  async drained(timeoutMs: number): Promise<boolean> {
     const deadline = Date.now() + timeoutMs;
     while (this.q.length > 0) {
       if (Date.now() > deadline) return false;

@@ -1,4 +1,3 @@
-import { GATEWAY_DEFAULTS } from './defaults.ts';
 import { IoError } from '../platform/errors.ts';
 import path from 'node:path';
 import { sha256Hex } from '../protocol/chunks.ts';
@@ -24,9 +23,10 @@ export interface UpstreamFetcherOptions {
   store: ContentStore;
   clock: Clock;
   log: Logger;
-  maxWindow?: number;
-  idleMs?: number;
-  stallMs?: number;
+  maxWindow: number;
+  idleMs: number;
+  stallMs: number;
+  maxBadCopies: number;
   /** A payload is held locally now. */
   onStored: (updateId: string) => void;
   /** A chunk arrived (for budget accounting and status). */
@@ -232,10 +232,10 @@ export class UpstreamFetcher {
       deviceId: this.o.fetcherId,
       clock: this.o.clock,
       log: this.o.log,
-      maxWindow: this.o.maxWindow ?? GATEWAY_DEFAULTS.maxWindow,
-      idleMs: this.o.idleMs ?? GATEWAY_DEFAULTS.idleMs,
-      stallMs: this.o.stallMs ?? GATEWAY_DEFAULTS.stallMs,
-      maxBadCopies: GATEWAY_DEFAULTS.maxBadCopies,
+      maxWindow: this.o.maxWindow,
+      idleMs: this.o.idleMs,
+      stallMs: this.o.stallMs,
+      maxBadCopies: this.o.maxBadCopies,
       wireBytesIn: this.o.upstream.stats ? () => this.o.upstream.stats!().bytesIn : undefined,
       onProgress: () => {
         // Per Download: what it held when it started is not counted again.

@@ -2,6 +2,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Aedes } from 'aedes';
 import { brokerParts, brokerSteps, part, type BrokerParts, type MqttBrokerOptions } from '../broker/broker.ts';
+import type { ResolvedBrokerConfig } from '../broker/defaults.ts';
 import type { BrokerAuth } from '../broker/auth.ts';
 import { UpdateServerLease } from '../broker/cluster.ts';
 import { BrokerMetrics, serveMetrics } from '../operator/broker-metrics.ts';
@@ -40,7 +41,8 @@ export interface RunningBroker {
 
 /** The broker node's parts: the broker's, and the update server and metrics beside it. */
 interface NodeParts extends BrokerParts {
-  readonly o: BrokerOptions;
+  /** The node's one resolved config (brokerParts resolves it over broker/defaults.ts's table). */
+  readonly o: BrokerOptions & ResolvedBrokerConfig;
   metrics?: BrokerMetrics;
   lease?: UpdateServerLease;
   transport?: MqttTransport;
@@ -67,7 +69,13 @@ const lease: Step<NodeParts> = {
   name: 'update server lease',
   when: (p) => withUpdateServer(p) && p.o.cluster !== undefined,
   async start(p) {
-    p.lease = await UpdateServerLease.acquire({ url: p.o.cluster!, prefix: p.topics.prefix, holder: `${os.hostname()}:${p.host}:${part(p.port, 'tcp listener')}`, log: p.log.child('cluster') });
+    p.lease = await UpdateServerLease.acquire({
+      url: p.o.cluster!,
+      prefix: p.topics.prefix,
+      holder: `${os.hostname()}:${p.host}:${part(p.port, 'tcp listener')}`,
+      ttlMs: p.o.clusterLeaseTtlMs,
+      log: p.log.child('cluster'),
+    });
   },
   stop: (p) => p.lease?.release(),
 };

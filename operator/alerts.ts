@@ -1,4 +1,4 @@
-import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { resolveOperatorConfig, type OperatorConfig } from './defaults.ts';
 import { IoError } from '../platform/errors.ts';
 import { runEventCommand } from '../util/event-command.ts';
 import http from 'node:http';
@@ -105,12 +105,12 @@ export class AlertTracker {
 }
 
 /** Runs CMD through the shell with the event in FLEET_EVENT (and FLEET_EVENT_TYPE) and on stdin; resolves its exit code (null: could not start or killed). */
-export function runAlertCommand(command: string, event: AlertEvent, log: Logger, timeoutMs: number = OPERATOR_DEFAULTS.alertCommandTimeoutMs): Promise<number | null> {
+export function runAlertCommand(command: string, event: AlertEvent, log: Logger, timeoutMs: number): Promise<number | null> {
   return runEventCommand(command, event, log, {}, timeoutMs);
 }
 
 /** POSTs the event as JSON; resolves the HTTP status, rejects on a network error or timeout. */
-export function postWebhook(url: string, event: AlertEvent, timeoutMs: number = OPERATOR_DEFAULTS.webhookTimeoutMs): Promise<number> {
+export function postWebhook(url: string, event: AlertEvent, timeoutMs: number): Promise<number> {
   const u = new URL(url);
   if (u.protocol !== 'http:' && u.protocol !== 'https:') return Promise.reject(new TypeError(`webhook ${url}: use http:// or https://`));
   const body = Buffer.from(JSON.stringify(event));
@@ -150,7 +150,12 @@ export interface AlertSinkOptions {
  */
 export class AlertSink {
   private chain: Promise<void> = Promise.resolve();
-  constructor(private readonly o: AlertSinkOptions) {}
+  /** Its settings, resolved once. */
+  private readonly c: OperatorConfig;
+
+  constructor(private readonly o: AlertSinkOptions) {
+    this.c = resolveOperatorConfig({ alertAttempts: o.attempts, alertRetryMs: o.retryMs });
+  }
 
   send(e: AlertEvent): Promise<void> {
     this.chain = this.chain.then(() => this.deliver(e));
@@ -163,12 +168,12 @@ export class AlertSink {
   }
 
   private async deliver(e: AlertEvent): Promise<void> {
-    if (this.o.command) await runAlertCommand(this.o.command, e, this.o.log);
+    if (this.o.command) await runAlertCommand(this.o.command, e, this.o.log, this.c.alertCommandTimeoutMs);
     if (!this.o.webhook) return;
-    const attempts = this.o.attempts ?? OPERATOR_DEFAULTS.alertAttempts;
+    const attempts = this.c.alertAttempts;
     for (let i = 1; i <= attempts; i++) {
       try {
-        const status = await postWebhook(this.o.webhook, e);
+        const status = await postWebhook(this.o.webhook, e, this.c.webhookTimeoutMs);
         if (status < 500) {
           if (status >= 300) this.o.log.warn('webhook refused the event', { status, event: e.type });
           return;
@@ -177,7 +182,7 @@ export class AlertSink {
       } catch (err) {
         this.o.log.warn('webhook failed', { error: (err as Error).message, attempt: i, event: e.type });
       }
-      if (i < attempts) await new Promise((r) => setTimeout(r, (this.o.retryMs ?? OPERATOR_DEFAULTS.alertRetryMs) * 2 ** (i - 1)));
+      if (i < attempts) await new Promise((r) => setTimeout(r, this.c.alertRetryMs * 2 ** (i - 1)));
     }
   }
 }

@@ -36,6 +36,12 @@ export interface BrokerMetricsOptions {
   processMetrics?: boolean;
 }
 
+/** Sets a counter to a running total read at scrape time. */
+function total(c: Counter, v: number): void {
+  c.reset();
+  if (v > 0) c.inc(v);
+}
+
 export class BrokerMetrics {
   readonly registry = new Registry();
   private readonly sockets = new Set<net.Socket>();
@@ -50,11 +56,21 @@ export class BrokerMetrics {
 
   constructor(private readonly o: BrokerMetricsOptions) {
     const r = this.registry;
-    const aedes = o.aedes;
+    this.trafficMetrics(r);
+    this.msgIn = new Counter({ name: 'fleet_broker_messages_in_total', help: 'PUBLISH messages received from clients, by topic kind.', labelNames: ['kind'], registers: [r] });
+    this.msgOut = new Counter({ name: 'fleet_broker_messages_out_total', help: 'Messages handed to a subscriber for delivery (one per subscriber and message), by topic kind.', labelNames: ['kind'], registers: [r] });
+    this.updateServerMetrics(r);
+    this.deviceMetrics(r);
+    if (o.processMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'fleet_broker_' });
+    this.countMessages();
+  }
+
+  /** Connected clients and the bytes over their sockets. */
+  private trafficMetrics(r: Registry): void {
+    const aedes = this.o.aedes;
     // prom-client calls collect() with the metric as `this`: these read the collector's own state.
     const bytesOut = (): number => this.closedOut + [...this.sockets].reduce((n, s) => n + s.bytesWritten, 0);
     const bytesIn = (): number => this.closedIn + [...this.sockets].reduce((n, s) => n + s.bytesRead, 0);
-    const statuses = (): Iterable<DeviceStatus> => this.statuses.values();
     new Gauge({
       name: 'fleet_broker_connected_clients',
       help: 'MQTT clients connected now (aedes connectedClients).',
@@ -63,10 +79,6 @@ export class BrokerMetrics {
         this.set(aedes.connectedClients);
       },
     });
-    const total = (c: Counter, v: number): void => {
-      c.reset();
-      if (v > 0) c.inc(v);
-    };
     new Counter({
       name: 'fleet_broker_bytes_out_total',
       help: 'Bytes written to MQTT client sockets (bytesWritten; protocol overhead included).',
@@ -83,8 +95,11 @@ export class BrokerMetrics {
         total(this, bytesIn());
       },
     });
-    this.msgIn = new Counter({ name: 'fleet_broker_messages_in_total', help: 'PUBLISH messages received from clients, by topic kind.', labelNames: ['kind'], registers: [r] });
-    this.msgOut = new Counter({ name: 'fleet_broker_messages_out_total', help: 'Messages handed to a subscriber for delivery (one per subscriber and message), by topic kind.', labelNames: ['kind'], registers: [r] });
+  }
+
+  /** The in-process update server's counters. */
+  private updateServerMetrics(r: Registry): void {
+    const o = this.o;
     const stat = (name: string, help: string, key: keyof UpdateServerStats): void => {
       new Counter({
         name,
@@ -101,6 +116,11 @@ export class BrokerMetrics {
     stat('fleet_update_server_unknown_updates_total', 'Requests naming an update the server does not hold.', 'unknownUpdates');
     stat('fleet_update_server_upload_chunks_total', 'Upload chunks received from publishers.', 'uploadChunks');
     stat('fleet_update_server_uploads_total', 'Uploads stored whole.', 'uploadsStored');
+  }
+
+  /** Devices by model, group, digest and state, from the retained statuses. */
+  private deviceMetrics(r: Registry): void {
+    const statuses = (): Iterable<DeviceStatus> => this.statuses.values();
     new Gauge({
       name: 'fleet_broker_devices',
       help: 'Devices by model, group, running digest and state (retained statuses).',
@@ -111,12 +131,15 @@ export class BrokerMetrics {
         for (const s of statuses()) this.inc({ model: s.model, group: s.group, digest: s.running, state: s.state });
       },
     });
-    if (o.processMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'fleet_broker_' });
+  }
 
-    const kind = (topic: string): string => o.topics.parse(topic)?.kind ?? 'other';
+  /** Counts messages in (publish events) and out (authorizeForward), and keeps retained statuses; undone by close. */
+  private countMessages(): void {
+    const { aedes, topics } = this.o;
+    const kind = (topic: string): string => topics.parse(topic)?.kind ?? 'other';
     const onPublish = (packet: { topic: string; payload: Buffer | string; retain?: boolean }, client: unknown): void => {
       if (client) this.msgIn.inc({ kind: kind(packet.topic) });
-      const p = o.topics.parse(packet.topic);
+      const p = topics.parse(packet.topic);
       if (p?.kind === 'status' && packet.retain) {
         this.seenLive.add(p.deviceId);
         this.status(p.deviceId, typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload);

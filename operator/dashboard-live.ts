@@ -1,4 +1,4 @@
-import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { resolveOperatorConfig } from './defaults.ts';
 import { UsageError } from '../platform/errors.ts';
 import { randomBytes } from 'node:crypto';
 import type http from 'node:http';
@@ -49,6 +49,7 @@ export function liveDashboard(o: LiveDashboardOptions): PageHandler {
     if (u.username || u.password) throw new UsageError('login-in-url', '--ws must not carry a login: the browser asks for it');
   }
   if (!o.wsUrl && o.wsPort === undefined) o.log.warn('the dashboard page has no broker WebSocket listener to use: start the broker with --ws-port P');
+  const staleMs = resolveOperatorConfig({ staleMs: o.staleMs }).staleMs;
   let gz: Buffer | undefined;
   let logged = false;
   return (req, res, pathname) => {
@@ -73,7 +74,7 @@ export function liveDashboard(o: LiveDashboardOptions): PageHandler {
               live: {
                 ws,
                 prefix: o.prefix ?? 'fleet',
-                staleMs: o.staleMs ?? OPERATOR_DEFAULTS.staleMs,
+                staleMs,
                 script: SCRIPT,
                 problem: ws ? null : 'this broker has no WebSocket listener: start it with --ws-port P (fleet broker --http PORT --ws-port P)',
               },

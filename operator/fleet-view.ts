@@ -1,4 +1,4 @@
-import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { resolveOperatorConfig } from './defaults.ts';
 import { ignoreBecause } from '../platform/errors.ts';
 import { decodeRelease } from '../protocol/release.ts';
 import { parsePresence, type DeviceState } from '../protocol/status.ts';
@@ -150,7 +150,7 @@ export class FleetView {
   ) {
     this.inventory = new Inventory(topics);
     this.now = opts.now ?? Date.now;
-    this.staleMs = opts.staleMs ?? OPERATOR_DEFAULTS.staleMs;
+    this.staleMs = resolveOperatorConfig({ staleMs: opts.staleMs }).staleMs;
   }
 
   /** Subscription filters: every status, presence and rollout status. */

@@ -1,4 +1,4 @@
-import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { resolveOperatorConfig } from './defaults.ts';
 import type { FleetView, ViewChange } from './fleet-view.ts';
 
 /**
@@ -50,13 +50,17 @@ export interface JsonWatchOptions {
 export class JsonWatch {
   private off: (() => void) | undefined;
   private tick: NodeJS.Timeout | undefined;
+  /** Resolved once, when it is made. */
+  private readonly refreshMs: number;
   lines = 0;
 
   constructor(
     private readonly view: FleetView,
     private readonly out: NodeJS.WritableStream,
     private readonly o: JsonWatchOptions = {},
-  ) {}
+  ) {
+    this.refreshMs = resolveOperatorConfig({ refreshMs: o.refreshMs }).refreshMs;
+  }
 
   start(): void {
     const offSkipped = this.view.onSkipped((device, malformed) => {
@@ -79,7 +83,7 @@ export class JsonWatch {
       offChanges();
       offSkipped();
     };
-    const every = this.o.refreshMs ?? OPERATOR_DEFAULTS.refreshMs;
+    const every = this.refreshMs;
     // A device that stops reporting mid-update turns silent with no message: only the clock tells.
     if (every > 0) this.tick = setInterval(() => this.view.refresh(), every);
   }

@@ -1,4 +1,4 @@
-import { OPERATOR_DEFAULTS } from './defaults.ts';
+import { resolveOperatorConfig } from './defaults.ts';
 import { stripControls } from '../util/text.ts';
 import { ago, waitingOn, type DeviceRow, type FleetSnapshot, type FleetView, type RolloutRow, type ViewChange } from './fleet-view.ts';
 
@@ -227,6 +227,7 @@ export interface TerminalWatchOptions {
 export class TerminalWatch {
   private readonly tty: boolean;
   private readonly intervalMs: number;
+  private readonly settleMs: number;
   private off: (() => void) | undefined;
   private timer: NodeJS.Timeout | undefined;
   private tick: NodeJS.Timeout | undefined;
@@ -239,7 +240,9 @@ export class TerminalWatch {
     private readonly o: TerminalWatchOptions = {},
   ) {
     this.tty = o.tty ?? out.isTTY === true;
-    this.intervalMs = o.intervalMs ?? OPERATOR_DEFAULTS.terminalIntervalMs;
+    const c = resolveOperatorConfig({ terminalIntervalMs: o.intervalMs, terminalSettleMs: o.settleMs });
+    this.intervalMs = c.terminalIntervalMs;
+    this.settleMs = c.terminalSettleMs;
   }
 
   start(): void {
@@ -258,7 +261,7 @@ export class TerminalWatch {
       if (this.tty) this.schedule(); // "12 s ago" moves on
     }, 1000);
     if (this.tty) this.draw();
-    else if ((this.o.settleMs ?? OPERATOR_DEFAULTS.terminalSettleMs) > 0) this.settle = setTimeout(() => this.settled(), this.o.settleMs ?? OPERATOR_DEFAULTS.terminalSettleMs);
+    else if (this.settleMs > 0) this.settle = setTimeout(() => this.settled(), this.settleMs);
   }
 
   /** The end of the retained burst: the fleet as it stands, one line each. */

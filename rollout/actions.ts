@@ -21,6 +21,8 @@ export interface ReleaseContext {
   rollback: (o: RollbackOptions) => Promise<RollbackResult>;
   releaseSettleMs?: number;
   receiptTimeoutMs?: number;
+  /** An assignment's lifetime when the plan names none (seconds). */
+  ttlSeconds: number;
 }
 
 /** Rollback errors that trying again cannot fix. */
@@ -40,7 +42,7 @@ export function publishWave(c: ReleaseContext, group: string): Promise<PublishRe
     payloads: c.payloads.payloads,
     fullModel: c.payloads.fullModel,
     chunkSize: planChunkSize(c.plan),
-    ttlSeconds: planTtl(c.plan),
+    ttlSeconds: planTtl(c.plan, c.ttlSeconds),
     settleMs: c.releaseSettleMs,
     receiptTimeoutMs: c.receiptTimeoutMs,
     log: c.log,
@@ -83,7 +85,7 @@ export async function rollbackReached(
         trust: c.trust,
         model: c.plan.model,
         group: w.group,
-        ttlSeconds: planTtl(c.plan),
+        ttlSeconds: planTtl(c.plan, c.ttlSeconds),
         settleMs: c.releaseSettleMs,
         log: c.log,
       });

@@ -39,6 +39,10 @@ export interface ControllerOptions {
   retryMs?: number;
   /** Rollback attempts per group before the rollout halts saying the rollback failed (default 5). */
   rollbackAttempts?: number;
+  /** An --on-event command is stopped after this long (ms). */
+  hookTimeoutMs?: number;
+  /** An assignment's lifetime when the plan names none (seconds). */
+  ttlSeconds?: number;
   /** Passed to publish and rollback: how long a missing retained release means none (default 500 ms). */
   releaseSettleMs?: number;
   receiptTimeoutMs?: number;

@@ -1,4 +1,4 @@
-import { ROLLOUT_DEFAULTS } from './defaults.ts';
+import { resolveRolloutConfig, type ResolvedRolloutConfig } from './defaults.ts';
 import { UsageError } from '../platform/errors.ts';
 import os from 'node:os';
 import { verifyRelease, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
@@ -45,14 +45,18 @@ export class RolloutController {
   private hooks: Promise<void> = Promise.resolve();
   private readonly doneWaiters: Array<(s: RolloutStatus) => void> = [];
 
+  /** The one resolved config (the options over rollout/defaults.ts's table). */
+  private readonly o: ResolvedRolloutConfig;
+
   constructor(
-    private readonly o: ControllerOptions,
+    o: ControllerOptions,
     private readonly io: ControllerPorts,
   ) {
+    this.o = resolveRolloutConfig(o);
     this.inv = new Inventory(io.topics);
     this.trust = trustOfOptions(o);
     this.digest = planDigest(o.plan);
-    this.ctx = { ...o, ...io, trust: this.trust };
+    this.ctx = { ...this.o, ...io, trust: this.trust };
   }
 
   get id(): string {
@@ -91,7 +95,7 @@ export class RolloutController {
     this.inv.onChange((device, rec, what, retained) => this.onDevice(device, rec.status?.state, what, retained));
     await t.subscribe([statusTopic, ...releaseTopics], 1);
     await this.inv.follow(t);
-    await new Promise((r) => setTimeout(r, this.o.settleMs ?? ROLLOUT_DEFAULTS.settleMs));
+    await new Promise((r) => setTimeout(r, this.o.settleMs));
     this.rebuild();
     this.ready = true;
     if (isTerminal(this.s.state)) return this.status(); // an ended rollout is left as it is
@@ -209,7 +213,7 @@ export class RolloutController {
     this.timer = this.io.clock.setTimeout(() => {
       this.schedule();
       this.tick();
-    }, this.o.tickMs ?? ROLLOUT_DEFAULTS.tickMs);
+    }, this.o.tickMs);
   }
 
   private async step(): Promise<void> {
@@ -218,7 +222,7 @@ export class RolloutController {
       await this.stepOnce();
       if (`${this.s.state}|${this.s.wave}|${this.s.updated}` === before) break;
     }
-    if (this.io.clock.now() - this.lastPublished >= (this.o.heartbeatMs ?? ROLLOUT_DEFAULTS.heartbeatMs)) await this.publishStatus();
+    if (this.io.clock.now() - this.lastPublished >= this.o.heartbeatMs) await this.publishStatus();
   }
 
   private async stepOnce(): Promise<void> {
@@ -333,7 +337,7 @@ export class RolloutController {
   }
 
   private backoff(): number {
-    const delay = Math.min(300_000, (this.o.retryMs ?? ROLLOUT_DEFAULTS.retryMs) * 2 ** Math.min(this.attempts++, 10));
+    const delay = Math.min(300_000, this.o.retryMs * 2 ** Math.min(this.attempts++, 10));
     this.retryAt = this.io.clock.now() + delay;
     return delay;
   }
@@ -346,7 +350,7 @@ export class RolloutController {
       await this.publishStatus();
     });
     const cause = this.s.events.filter((e) => e.type === 'failure-threshold' || e.type === 'timeout').at(-1)?.reason ?? this.s.reason ?? '';
-    if (retry && this.attempts < (this.o.rollbackAttempts ?? ROLLOUT_DEFAULTS.rollbackAttempts)) {
+    if (retry && this.attempts < this.o.rollbackAttempts) {
       const delay = this.backoff();
       return this.transition('rollback-failed', 'rollback-failed', `${problems.join('; ')}; trying again in ${Math.round(delay / 1000)} s`);
     }

@@ -1,4 +1,11 @@
-/** Every default of the rollout controller (rollout/), in one table; `fleet rollout --help` shows them. */
+import { withDefaults } from '../platform/defaults.ts';
+import type { ControllerOptions } from './controller-options.ts';
+
+/**
+ * Every default of the rollout controller (rollout/), in one table: the
+ * controller resolves its config from it once (resolveRolloutConfig) and
+ * `fleet rollout --help` shows these values.
+ */
 export const ROLLOUT_DEFAULTS = {
   /** How long retained statuses are collected at start. */
   settleMs: 1500,
@@ -15,3 +22,13 @@ export const ROLLOUT_DEFAULTS = {
   /** An assignment's lifetime when the plan names none. */
   ttlSeconds: 30 * 86400,
 } as const;
+
+type Defaulted = keyof typeof ROLLOUT_DEFAULTS;
+
+/** A controller's config with every default filled in: what the rollout runs with. */
+export type ResolvedRolloutConfig = ControllerOptions & Required<Pick<ControllerOptions, Defaulted>>;
+
+/** The config the controller runs with: what was given, the table's value for what was not. */
+export function resolveRolloutConfig(o: ControllerOptions): ResolvedRolloutConfig {
+  return withDefaults(o, ROLLOUT_DEFAULTS);
+}

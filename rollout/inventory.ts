@@ -1,4 +1,3 @@
-import { ROLLOUT_DEFAULTS } from './defaults.ts';
 import { ignoreBecause } from '../platform/errors.ts';
 import { parsePresence, parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
@@ -103,7 +102,7 @@ export interface InventorySnapshot {
 }
 
 /** Subscribes, collects retained statuses and presence for `settleMs`, and returns what it saw. */
-export async function collectInventory(t: Transport, topics: Topics, settleMs: number = ROLLOUT_DEFAULTS.settleMs): Promise<InventorySnapshot> {
+export async function collectInventory(t: Transport, topics: Topics, settleMs: number): Promise<InventorySnapshot> {
   const inv = new Inventory(topics);
   await inv.follow(t);
   await new Promise((r) => setTimeout(r, settleMs));

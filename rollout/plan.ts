@@ -1,4 +1,3 @@
-import { ROLLOUT_DEFAULTS } from './defaults.ts';
 import { FleetError } from '../platform/errors.ts';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -271,4 +270,4 @@ export async function loadPlanFile(file: string): Promise<{ plan: RolloutPlan; d
 }
 
 export const planChunkSize = (p: RolloutPlan): number => p.chunkSize ?? DEFAULT_CHUNK_SIZE;
-export const planTtl = (p: RolloutPlan): number => p.ttlSeconds ?? ROLLOUT_DEFAULTS.ttlSeconds;
+export const planTtl = (p: RolloutPlan, fallbackSeconds: number): number => p.ttlSeconds ?? fallbackSeconds;

@@ -54,7 +54,18 @@ export function conform(model: Uint8Array, payload: Uint8Array): { code: Code } 
   }
 }
 
-export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint8Array>; accept: Acceptance[]; refuse: Refusal[] } {
+/** How a case is recorded: its files, and the acceptance and refusal lists. */
+interface Recorder {
+  baseBytes: Uint8Array;
+  baseDigest: string;
+  models: Map<string, Uint8Array>;
+  file: (name: string, bytes: Uint8Array) => string;
+  no: (name: string, payload: Uint8Array, expect: Code, why: string, o?: { model?: string; cbor?: CborForm }) => void;
+  yes: (name: string, model: string, payload: Uint8Array, why: string) => void;
+  refuse: Refusal[];
+}
+
+function recorder(baseBytes: Uint8Array): Recorder & { files: Record<string, Uint8Array>; accept: Acceptance[] } {
   const files: Record<string, Uint8Array> = {};
   const accept: Acceptance[] = [];
   const refuse: Refusal[] = [];
@@ -76,7 +87,11 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
     accept.push({ name, model, payload: file(`${name}.cbor`, payload), target, targetDigest: out.digest, why });
   };
 
-  // -------------------------------------------------------------------------
+  return { baseBytes, baseDigest, models, file, no, yes, files, accept, refuse };
+}
+
+/** The small valid payload every CBOR case changes, in parts, and the helpers that build variants of it. */
+function smallPayload({ baseBytes, baseDigest }: Recorder) {
   // A small valid payload: one dense delta on fc1.bias. Every CBOR case below is this
   // payload with one change of encoding, so a lenient decoder would accept it.
   const dense = f32([0.5, -0.25, 0.125, 1, -1, 2 ** -10, 3, -3]);
@@ -102,6 +117,14 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
     const d = o.deltaExtra ? c.map([['name', p.name], ['shape', p.shape], ['dense', p.dense], ...o.deltaExtra]) : delta(p);
     return c.map([['v', p.v], ['base', p.base], ['target', p.target], ['tensors', o.tensors ?? c.array([d])], ...(o.extra ?? [])]);
   };
+  const weight = (o: Record<string, unknown> = {}) => ({ name: 'fc1.weight', shape: [8, 6], rank: 1, dtype: 'f32', u: new Uint8Array(8 * 4), v: new Uint8Array(6 * 4), ...o });
+  const raw = (o: Record<string, unknown>, tensors: unknown[] = [{ name: 'fc1.bias', shape: [8], dense }]) => cborEncode({ v: 1, base: baseDigest, target: smallTarget, tensors, ...o });
+  return { dense, smallTarget, parts, delta, small, weight, raw };
+}
+type Small = ReturnType<typeof smallPayload>;
+
+/** The control and a reordered map: accepted. */
+function smallCases({ yes }: Recorder, { parts, small }: Small): void {
   yes('small', 'base.safetensors', small(), 'the control: one dense delta on fc1.bias; every CBOR case below changes only its encoding');
   yes(
     'keys-reordered',
@@ -123,9 +146,10 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
     ]),
     'map keys in another order than our encoder writes: accepted (§4.0 sets no key order)',
   );
+}
 
-  // -------------------------------------------------------------------------
-  // CBOR forms outside the subset (§4.0): malformed-payload.
+/** CBOR forms outside the subset (§4.0): malformed-payload. */
+function cborFormCases({ no, baseDigest }: Recorder, { dense, parts, delta, small }: Small): void {
   const half = dense.byteLength / 2;
   const form = (name: string, payload: Uint8Array, cbor: CborForm, why: string) => no(`cbor-${name}`, payload, 'malformed-payload', why, { cbor });
   form('indefinite-bytes', small({ dense: c.indefinite(2, [c.bytes(dense.subarray(0, half)), c.bytes(dense.subarray(half))]) }), 'indefinite-length', 'dense as an indefinite-length byte string of two chunks');
@@ -176,11 +200,10 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   form('count-past-end', small({ tensors: c.concat(c.head(4, 0xffffffff), delta(parts)) }), 'truncated', 'tensors claims 2^32 − 1 items');
   form('empty', new Uint8Array(0), 'empty', 'an empty file');
   form('too-deep', small({ shape: c.concat(...Array.from({ length: 13 }, () => c.head(4, 1)), c.array([c.uint(8)])) }), 'too-deep', 'arrays and maps nested 17 deep (the limit is 16; the payload map is level 1)');
+}
 
-  // -------------------------------------------------------------------------
-  // Payload structure (§6): malformed-payload; limits: payload-too-large.
-  const weight = (o: Record<string, unknown> = {}) => ({ name: 'fc1.weight', shape: [8, 6], rank: 1, dtype: 'f32', u: new Uint8Array(8 * 4), v: new Uint8Array(6 * 4), ...o });
-  const raw = (o: Record<string, unknown>, tensors: unknown[] = [{ name: 'fc1.bias', shape: [8], dense }]) => cborEncode({ v: 1, base: baseDigest, target: smallTarget, tensors, ...o });
+/** Payload structure (§6): malformed-payload; limits: payload-too-large. */
+function payloadShapeCases({ no, baseDigest }: Recorder, { dense, parts, smallTarget, weight, raw }: Small): void {
   const shape = (name: string, payload: Uint8Array, why: string) => no(name, payload, 'malformed-payload', why);
   shape('version-2', raw({ v: 2 }), 'v is 2');
   shape('base-uppercase', raw({ base: baseDigest.toUpperCase() }), 'base in uppercase hex (it is 64 lowercase hex digits as text)');
@@ -220,8 +243,10 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
     'payload-too-large',
     `tensors has ${DEFAULT_MAX_TENSORS + 1} items (the limit is ${DEFAULT_MAX_TENSORS}, counted before the items are read)`,
   );
+}
 
-  // Non-finite factors (refused on decode) and results (refused on apply).
+/** Non-finite factors (refused on decode) and results (refused on apply). */
+function nonFiniteCases({ no, file, baseBytes }: Recorder, { dense, weight, raw }: Small): void {
   const nan32 = u32le([0x7fc00000]);
   const withAt = (b: Uint8Array, at: number, v: Uint8Array) => {
     const x = b.slice();
@@ -250,7 +275,10 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   })();
   const nanModel = file('nan-in-touched.safetensors', nanBase);
   no('nan-in-touched', raw({ base: safetensorsDigest(nanBase), target: '0'.repeat(64) }), 'non-finite', 'the model has NaN in fc1.bias[3] and the payload updates fc1.bias: NaN + d is NaN', { model: nanModel });
+}
 
+/** Apply (§7.3, §7.5): the payload does not fit the model; and model files (§7.1) it does not fit. */
+function applyCases({ no, file, refuse, baseDigest, baseBytes }: Recorder, { dense, smallTarget, weight, raw }: Small): void {
   // Apply (§7.3, §7.5): the payload does not fit the model.
   no('wrong-base', raw({ base: smallTarget }), 'wrong-base', "the payload applies to another model (base is not this model's digest)");
   no('wrong-target', raw({ target: baseDigest }), 'digest-mismatch', "the result's digest is not the payload's target");
@@ -275,9 +303,10 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
   for (const f of modelFaults(baseBytes)) {
     refuse.push({ name: `model-${f.name}`, model: file(`model-${f.name}.safetensors`, f.bytes), payload: 'cases/small.cbor', expect: 'malformed-model', why: f.why });
   }
+}
 
-  // -------------------------------------------------------------------------
-  // Edge behaviour (§7.3): accepted, with exact results.
+/** Edge behaviour (§7.3): accepted, with exact results. */
+function edgeCases({ yes, file, models }: Recorder): void {
   const negZero32 = u32le(new Array(4).fill(0x80000000));
   const edgeTensors = [
     { name: 'negzero.lowrank', dtype: 'F32' as const, shape: [2, 2], data: negZero32 },
@@ -309,8 +338,18 @@ export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint
     'every -0 of negzero.lowrank and negzero.bf16 becomes +0 (low-rank sums start at +0, and -0 + +0 = +0); negzero.dense = -0 + [-0, +0, -0, 1] = [-0, +0, -0, 1]; ' +
       'NaN (with payload bits) and infinities in the untouched nan.untouched* are copied bit for bit, not refused; metadata and a tensor name that need JSON escaping are written as §7.1 says',
   );
+}
 
+export function caseVectors(baseBytes: Uint8Array): { files: Record<string, Uint8Array>; accept: Acceptance[]; refuse: Refusal[] } {
+  const r = recorder(baseBytes);
+  const s = smallPayload(r);
+  smallCases(r, s);
+  cborFormCases(r, s);
+  payloadShapeCases(r, s);
+  nonFiniteCases(r, s);
+  applyCases(r, s);
+  edgeCases(r);
   // Compact kinds (sign + scales, mixed-precision factors): docs/protocol.md §6.
-  compactCases({ baseBytes, baseDigest, yes, no });
-  return { files, accept, refuse };
+  compactCases({ baseBytes, baseDigest: r.baseDigest, yes: r.yes, no: r.no });
+  return { files: r.files, accept: r.accept, refuse: r.refuse };
 }

@@ -30,14 +30,32 @@ function file(json: string | Uint8Array, data: Uint8Array): Uint8Array {
   return concat(u64le(header.byteLength), header, data);
 }
 
-export function modelFaults(base: Uint8Array): ModelFault[] {
+/** What every fault is made from: the base file's parts and a way to edit its header. */
+interface Kit {
+  base: Uint8Array;
+  /** The header's length (the base's first 8 bytes). */
+  n: number;
+  headerText: string;
+  data: Uint8Array;
+  /** The header with one change; the data unchanged unless given. */
+  edit: (change: (h: Header) => void, d?: Uint8Array) => Uint8Array;
+  entry: (h: Header, name: string) => Entry;
+  /** Tensor names in the order of their data. */
+  byBegin: string[];
+  second: string;
+  secondBegin: number;
+  last: string;
+  /** The text of fc1.bias's entry in the header. */
+  biasEntry: string;
+}
+
+function kitOf(base: Uint8Array): Kit {
   const n = headerByteLength(base);
   const headerText = new TextDecoder().decode(base.subarray(8, 8 + n)).trimEnd();
   const data = base.subarray(8 + n);
   const parse = (): Header => JSON.parse(headerText) as Header;
   const tensorNames = Object.keys(parse()).filter((k) => k !== '__metadata__');
   const byBegin = tensorNames.slice().sort((a, b) => ((parse()[a] as Entry).data_offsets as number[])[0] - ((parse()[b] as Entry).data_offsets as number[])[0]);
-  /** The header with one change; the data unchanged unless given. */
   const edit = (change: (h: Header) => void, d: Uint8Array = data): Uint8Array => {
     const h = parse();
     change(h);
@@ -49,7 +67,12 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
   const last = byBegin[byBegin.length - 1];
   const biasEntry = /"fc1\.bias":\{[^}]*\}/.exec(headerText)![0];
 
-  const faults: ModelFault[] = [
+  return { base, n, headerText, data, edit, entry, byBegin, second, secondBegin, last, biasEntry };
+}
+
+/** The header's length and encoding. */
+function framingFaults({ base, n, headerText, data }: Kit): ModelFault[] {
+  return [
     { name: 'short', why: 'a file of 4 bytes (shorter than the 8-byte header length)', bytes: base.subarray(0, 4) },
     { name: 'header-over-limit', why: `header length N = ${MAX_HEADER_LENGTH + 8} (over 100 MiB)`, bytes: concat(u64le(MAX_HEADER_LENGTH + 8), utf8.encode('{}      ')) },
     { name: 'header-length-high-bits', why: 'header length N = 2^32 + N: the high 32 bits are not zero', bytes: concat(u64le(2n ** 32n + BigInt(n)), base.subarray(8)) },
@@ -59,6 +82,12 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
     { name: 'header-bom', why: 'the JSON header starts with a UTF-8 byte-order mark', bytes: file(concat(Uint8Array.of(0xef, 0xbb, 0xbf), utf8.encode(headerText)), data) },
     { name: 'header-not-json', why: 'the JSON header is cut short', bytes: file(headerText.slice(0, -1), data) },
     { name: 'header-array', why: 'the JSON header is an array, not an object', bytes: file('[]', new Uint8Array(0)) },
+  ];
+}
+
+/** A tensor entry's fields. */
+function entryFaults({ edit, entry }: Kit): ModelFault[] {
+  return [
     {
       name: 'entry-not-object',
       why: 'a tensor entry that is a number',
@@ -87,6 +116,12 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
         delete entry(h, 'fc1.bias').data_offsets;
       }),
     },
+  ];
+}
+
+/** A tensor entry's shape and offsets. */
+function shapeFaults({ edit, entry }: Kit): ModelFault[] {
+  return [
     {
       name: 'shape-overflow',
       why: 'a shape of 2^54 elements (over 2^53 − 1)',
@@ -136,6 +171,12 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
         entry(h, 'fc1.bias').shape = [7];
       }),
     },
+  ];
+}
+
+/** Where the tensors' bytes lie, and the metadata. */
+function layoutFaults({ edit, entry, data, byBegin, second, secondBegin, last }: Kit): ModelFault[] {
+  return [
     { name: 'data-past-end', why: 'the file ends 4 bytes before the last tensor does', bytes: edit(() => undefined, data.subarray(0, data.byteLength - 4)) },
     {
       name: 'overlap',
@@ -179,6 +220,12 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
         h.__metadata__ = { format: 'pt', version: 2 };
       }),
     },
+  ];
+}
+
+/** What JSON.parse would hide: lone surrogates, duplicates, number spellings. */
+function textFaults({ headerText, data, biasEntry }: Kit): ModelFault[] {
+  return [
     { name: 'name-lone-surrogate', why: 'a tensor name with a lone surrogate (\\ud800 in the JSON)', bytes: file(headerText.replace('"fc1.bias"', '"fc1.bias\\ud800"'), data) },
     { name: 'duplicate-name', why: 'fc1.bias twice in the header, both entries the same (JSON.parse would keep the last and accept)', bytes: file(headerText.replace(biasEntry, `${biasEntry},${biasEntry}`), data) },
     {
@@ -191,5 +238,9 @@ export function modelFaults(base: Uint8Array): ModelFault[] {
     { name: 'offset-with-exponent', why: 'data_offsets written with an exponent (e.g. 4.72e2)', bytes: file(headerText.replace('[472,488]', '[4.72e2,488]'), data) },
     { name: 'metadata-lone-surrogate', why: 'a __metadata__ value with a lone surrogate (\\udc00 in the JSON)', bytes: file(headerText.replace('"format":"pt"', '"format":"p\\udc00t"'), data) },
   ];
-  return faults;
+}
+
+export function modelFaults(base: Uint8Array): ModelFault[] {
+  const k = kitOf(base);
+  return [...framingFaults(k), ...entryFaults(k), ...shapeFaults(k), ...layoutFaults(k), ...textFaults(k)];
 }

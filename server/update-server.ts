@@ -1,11 +1,11 @@
-import { UPDATE_SERVER_DEFAULTS } from './defaults.ts';
-import { decodeFrame, decodeRequest, encodeFrame, encodeReceipt, MAX_WANT } from '../protocol/frames.ts';
+import { resolveUpdateServerConfig } from './defaults.ts';
+import { decodeFrame, decodeRequest, encodeFrame, encodeReceipt } from '../protocol/frames.ts';
 import { FrameCache } from './frame-cache.ts';
 import { decodeRelease } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
-import { ContentStore, StoreError, UPLOAD_TTL_MS } from './content-store.ts';
+import { ContentStore, StoreError } from './content-store.ts';
 
 export interface UpdateServerOptions {
   transport: Transport;
@@ -72,10 +72,12 @@ export class UpdateServer {
     this.store = o.store;
     this.topics = o.topics;
     this.log = o.log;
-    this.maxChunks = Math.min(o.maxChunksPerRequest ?? UPDATE_SERVER_DEFAULTS.maxChunksPerRequest, MAX_WANT);
-    this.settleMs = o.settleMs ?? UPDATE_SERVER_DEFAULTS.settleMs;
-    this.uploadTtlMs = o.uploadTtlMs ?? UPLOAD_TTL_MS;
-    this.uploadSweepMs = o.uploadSweepMs ?? Math.min(this.uploadTtlMs / 4, 600_000);
+    // The one resolved config (the options over server/defaults.ts's table).
+    const c = resolveUpdateServerConfig(o);
+    this.maxChunks = c.maxChunksPerRequest;
+    this.settleMs = c.settleMs;
+    this.uploadTtlMs = c.uploadTtlMs;
+    this.uploadSweepMs = c.uploadSweepMs;
   }
 
   async start(): Promise<void> {

@@ -81,12 +81,229 @@ export interface GatewaySimResult {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** A running simulation: the link, its counters and cuts, the processes it started. */
+interface Rig {
+  o: GatewaySimOptions;
+  dir: string;
+  payloadBytes: number;
+  upstreamUrl: string;
+  siteExec: Exec;
+  track: (c: ChildProcess) => ChildProcess;
+  /** [down, up] as seen at the site end of the link. */
+  linkBytes: () => Promise<[number, number]>;
+  cut: (n: number, t0: number) => Promise<void>;
+  startHost: (broker: string, prefix: string, ends: Map<string, DeviceEnd>) => ChildProcess;
+  okCount: (ends: Map<string, DeviceEnd>) => number;
+}
+
+/** What the simulation cleans up, whatever happens. */
+interface Held {
+  children: ChildProcess[];
+  link?: NetnsLink;
+  proxy?: LinkProxy;
+}
+
+/** The link between the upstream side and the site: the kernel's (namespaces, loss) where it can, else the userspace proxy. */
+async function openLink(o: GatewaySimOptions, held: Held): Promise<{ kernel: boolean; note: string | null; srvExec: Exec; siteExec: Exec; brokerHost: string }> {
+  const avail = NetnsLink.available();
+  const kernel = !o.proxy && avail.ok;
+  let note: string | null = null;
+  if (!kernel) {
+    note = o.proxy ? 'userspace proxy by request (--proxy): rate and cuts, no packet loss' : `kernel link unavailable (${avail.ok ? '' : avail.reason}); userspace proxy: rate and cuts, no packet loss`;
+    o.log(`NOTE: ${note}`);
+  }
+  if (kernel) {
+    const l = (held.link = await NetnsLink.create({ name: `g${process.pid % 100000}`, lossPercent: o.lossPercent, rateKbit: o.rateKbit || undefined }));
+    const srvExec: Exec = (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const siteExec: Exec = (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    return { kernel, note, srvExec, siteExec, brokerHost: l.srvAddress };
+  }
+  const local: Exec = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  return { kernel, note, srvExec: local, siteExec: local, brokerHost: '127.0.0.1' };
+}
+
+/** The upstream broker on the far side of the link, and the release published to it. */
+async function startUpstream(
+  srvExec: Exec,
+  track: (c: ChildProcess) => ChildProcess,
+  brokerHost: string,
+  dir: string,
+  keys: Awaited<ReturnType<typeof keygen>>,
+  updateFile: string,
+): Promise<{ port: number; brokerUrl: string }> {
+  const port = 20000 + (process.pid % 20000);
+  for (const c of await brokerCommands('aedes', brokerHost, port, path.join(dir, 'broker'))) {
+    track(srvExec(c.cmd, c.args));
+    await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
+  }
+  const brokerUrl = `mqtt://${brokerHost}:${port}`;
+  // Two-role trust files (release + rollout key) when keygen makes them.
+  const rolloutKey = (keys as { rolloutKeyFile?: string }).rolloutKeyFile;
+  const args = [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, ...(rolloutKey ? ['--rollout-key', rolloutKey] : [])];
+  const pub = track(srvExec(process.execPath, [...args, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']));
+  if ((await new Promise<number | null>((r) => pub.once('exit', r))) !== 0) throw new Error('publish failed');
+  return { port, brokerUrl };
+}
+
+/** Phase 1: the devices behind the gateway, the link cut as the gateway's fetch passes a quarter, then every further 10 %. */
+async function gatewayPhase(rig: Rig): Promise<GatewaySimResult['gateway']> {
+  const { o } = rig;
+  const gwDir = path.join(rig.dir, 'gw');
+  const gwPort = 40000 + (process.pid % 20000);
+  const linkBefore1 = await rig.linkBytes();
+  const t1 = Date.now();
+  const gateway = rig.track(
+    rig.siteExec(process.execPath, [
+      FLEET_BIN,
+      'gateway',
+      '--upstream',
+      rig.upstreamUrl,
+      '--listen',
+      String(gwPort),
+      '--host',
+      '127.0.0.1',
+      '--data-dir',
+      gwDir,
+      '--site',
+      'sim-site',
+      '--group',
+      'site',
+      '--model',
+      'sim',
+      '--tick-ms',
+      '200',
+    ]),
+  );
+  await waitForPortIn(rig.siteExec, '127.0.0.1', gwPort, true);
+  const readStatus = async (): Promise<GatewayStatus | undefined> => {
+    try {
+      return JSON.parse(await fs.readFile(path.join(gwDir, 'status.json'), 'utf8')) as GatewayStatus;
+    } catch {
+      return undefined;
+    }
+  };
+  const ends1 = new Map<string, DeviceEnd>();
+  const host1 = rig.startHost('mqtt://127.0.0.1:' + gwPort, 'gwdev', ends1);
+  let cuts1 = 0;
+  // The first cut at a quarter of the payload, each next one once another 10 % has arrived
+  // after the link came back (the status file is refreshed about once a second).
+  let nextCut = 0.25;
+  const deadline1 = t1 + o.timeoutSeconds * 1000;
+  while (ends1.size < o.devices && Date.now() < deadline1) {
+    const s = await readStatus();
+    const f = s?.fetching[0];
+    if (cuts1 < o.cuts && f && f.bytes >= nextCut * f.totalBytes) {
+      await rig.cut(++cuts1, t1);
+      const after = (await readStatus())?.fetching[0];
+      nextCut = (after ? after.bytes / after.totalBytes : 1) + 0.1;
+    } else await sleep(100);
+  }
+  const seconds1 = (Date.now() - t1) / 1000;
+  await sleep(1500); // the last statuses go up
+  const gs = await readStatus();
+  await stopChild(host1, 3000).catch(() => undefined);
+  await stopChild(gateway, 5000).catch(() => undefined);
+  const linkAfter1 = await rig.linkBytes();
+  const gwPhase = {
+    completed: rig.okCount(ends1),
+    seconds: Number(seconds1.toFixed(2)),
+    socketBytesIn: gs?.fetched.wireBytesIn ?? -1,
+    linkBytesDown: linkAfter1[0] - linkBefore1[0],
+    linkBytesUp: linkAfter1[1] - linkBefore1[1],
+    cuts: cuts1,
+    upstreamFetchedPayloadBytes: gs?.fetched.payloadBytes ?? -1,
+    upstreamWireOut: gs?.fetched.wireBytesOut ?? -1,
+  };
+  o.log(
+    `gateway phase: ${gwPhase.completed}/${o.devices} ok in ${gwPhase.seconds} s; gateway socket in ${gwPhase.socketBytesIn} B (${(gwPhase.socketBytesIn / rig.payloadBytes).toFixed(3)} × payload); link down ${gwPhase.linkBytesDown} B, up ${gwPhase.linkBytesUp} B`,
+  );
+  return gwPhase;
+}
+
+/** Phase 2: the same devices directly upstream, the link cut at fixed fractions of the ideal time. */
+async function directPhase(rig: Rig): Promise<PhaseResult> {
+  const { o } = rig;
+  const linkBefore2 = await rig.linkBytes();
+  const t2 = Date.now();
+  const ends2 = new Map<string, DeviceEnd>();
+  const host2 = rig.startHost(rig.upstreamUrl, 'direct', ends2);
+  const ideal = o.rateKbit ? (o.devices * rig.payloadBytes * 8) / (o.rateKbit * 1000) : 2;
+  const cutAt = Array.from({ length: o.cuts }, (_, i) => (i + 1) / (o.cuts + 1));
+  let cuts2 = 0;
+  const deadline2 = t2 + o.timeoutSeconds * 1000;
+  while (ends2.size < o.devices && Date.now() < deadline2) {
+    if (cuts2 < o.cuts && Date.now() - t2 >= cutAt[cuts2] * ideal * 1000) await rig.cut(++cuts2, t2);
+    else await sleep(100);
+  }
+  const seconds2 = (Date.now() - t2) / 1000;
+  await stopChild(host2, 3000).catch(() => undefined);
+  const linkAfter2 = await rig.linkBytes();
+  const directPhase: PhaseResult = {
+    completed: rig.okCount(ends2),
+    seconds: Number(seconds2.toFixed(2)),
+    socketBytesIn: [...ends2.values()].reduce((a, e) => a + e.wire.bytesIn, 0),
+    linkBytesDown: linkAfter2[0] - linkBefore2[0],
+    linkBytesUp: linkAfter2[1] - linkBefore2[1],
+    cuts: cuts2,
+  };
+  o.log(
+    `direct phase: ${directPhase.completed}/${o.devices} ok in ${directPhase.seconds} s; devices' sockets in ${directPhase.socketBytesIn} B (${(directPhase.socketBytesIn / rig.payloadBytes).toFixed(3)} × payload); link down ${directPhase.linkBytesDown} B, up ${directPhase.linkBytesUp} B`,
+  );
+  return directPhase;
+}
+
+/** The link's counters and cuts, and the site's device hosts, over what the simulation set up. */
+function rigOf(o: GatewaySimOptions, held: Held, w: Pick<Rig, 'dir' | 'payloadBytes' | 'upstreamUrl' | 'siteExec' | 'track'> & { trustFile: string; baseFile: string; targetDigest: string }): Rig {
+  const { link, proxy } = held;
+  /** [down, up] as seen at the site end of the link. */
+  const linkBytes = async (): Promise<[number, number]> => {
+    if (!link) return [proxy!.deliveredDown, proxy!.deliveredUp];
+    const c = await link.counters();
+    return [c.rxBytes, c.txBytes];
+  };
+  const cut = async (n: number, t0: number): Promise<void> => {
+    o.log(`cut ${n} at ${((Date.now() - t0) / 1000).toFixed(1)} s for ${o.cutSeconds} s`);
+    if (link) await link.cut();
+    else proxy!.takeDown();
+    await sleep(o.cutSeconds * 1000);
+    if (link) await link.restore();
+    else proxy!.restore();
+  };
+  const startHost = (broker: string, prefix: string, ends: Map<string, DeviceEnd>): ChildProcess => {
+    const host = w.track(
+      w.siteExec(process.execPath, [
+        '--import',
+        'tsx',
+        HOST_SCRIPT,
+        '--broker',
+        broker,
+        '--devices',
+        String(o.devices),
+        '--dir',
+        path.join(w.dir, prefix),
+        '--trust',
+        w.trustFile,
+        '--initial',
+        w.baseFile,
+        '--model',
+        'sim',
+        '--group',
+        'site',
+        '--id-prefix',
+        `${prefix}-`,
+      ]),
+    );
+    collectEnds(host, ends);
+    return host;
+  };
+  const okCount = (ends: Map<string, DeviceEnd>): number => [...ends.values()].filter((e) => e.state === 'ok' && e.running === w.targetDigest).length;
+
+  return { o, ...w, linkBytes, cut, startHost, okCount };
+}
+
 export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-gwsim-'));
-  const children: ChildProcess[] = [];
-  let link: NetnsLink | undefined;
-  let proxy: LinkProxy | undefined;
-  let note: string | null = null;
+  const held: Held = { children: [] };
   try {
     const keys = await keygen(path.join(dir, 'keys'));
     const { layers, rank } = modelFor(o.size);
@@ -98,226 +315,39 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
     await fs.writeFile(updateFile, encodeUpdateFile(update.payload));
     const payloadBytes = update.payload.byteLength;
 
-    const avail = NetnsLink.available();
-    const kernel = !o.proxy && avail.ok;
-    if (!kernel) {
-      note = o.proxy ? 'userspace proxy by request (--proxy): rate and cuts, no packet loss' : `kernel link unavailable (${avail.ok ? '' : avail.reason}); userspace proxy: rate and cuts, no packet loss`;
-      o.log(`NOTE: ${note}`);
-    }
+    const { kernel, note, srvExec, siteExec, brokerHost } = await openLink(o, held);
     o.log(`payload ${payloadBytes} bytes, ${o.devices} devices, ${kernel ? `kernel link ${o.lossPercent}% loss ${o.rateKbit} kbit/s` : `proxy ${o.rateKbit} kbit/s`}, ${o.cuts} cuts of ${o.cutSeconds} s per phase`);
-
-    let srvExec: Exec;
-    let siteExec: Exec;
-    let brokerHost: string;
-    if (kernel) {
-      link = await NetnsLink.create({ name: `g${process.pid % 100000}`, lossPercent: o.lossPercent, rateKbit: o.rateKbit || undefined });
-      const l = link;
-      srvExec = (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-      siteExec = (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-      brokerHost = l.srvAddress;
-    } else {
-      const local: Exec = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-      srvExec = local;
-      siteExec = local;
-      brokerHost = '127.0.0.1';
-    }
     const track = (c: ChildProcess): ChildProcess => {
-      children.push(c);
+      held.children.push(c);
       c.stderr?.on('data', () => undefined);
       return c;
     };
-    const port = 20000 + (process.pid % 20000);
-    for (const c of await brokerCommands('aedes', brokerHost, port, path.join(dir, 'broker'))) {
-      track(srvExec(c.cmd, c.args));
-      await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
-    }
-    const brokerUrl = `mqtt://${brokerHost}:${port}`;
-    // Two-role trust files (release + rollout key) when keygen makes them.
-    const rolloutKey = (keys as { rolloutKeyFile?: string }).rolloutKeyFile;
-    const pub = track(
-      srvExec(process.execPath, [
-        FLEET_BIN,
-        'publish',
-        '--update',
-        updateFile,
-        '--key',
-        keys.keyFile,
-        ...(rolloutKey ? ['--rollout-key', rolloutKey] : []),
-        '--model',
-        'sim',
-        '--group',
-        'site',
-        '--broker',
-        brokerUrl,
-        '--yes',
-      ]),
-    );
-    if ((await new Promise<number | null>((r) => pub.once('exit', r))) !== 0) throw new Error('publish failed');
-
+    const { port, brokerUrl } = await startUpstream(srvExec, track, brokerHost, dir, keys, updateFile);
     let upstreamUrl = brokerUrl;
     if (!kernel) {
-      proxy = new LinkProxy({ targetHost: brokerHost, targetPort: port, bytesPerSecond: o.rateKbit ? (o.rateKbit * 1000) / 8 : 0, sharedBandwidth: true });
-      await proxy.start();
-      upstreamUrl = proxy.url;
+      held.proxy = new LinkProxy({ targetHost: brokerHost, targetPort: port, bytesPerSecond: o.rateKbit ? (o.rateKbit * 1000) / 8 : 0, sharedBandwidth: true });
+      await held.proxy.start();
+      upstreamUrl = held.proxy.url;
     }
-    /** [down, up] as seen at the site end of the link. */
-    const linkBytes = async (): Promise<[number, number]> => {
-      if (!link) return [proxy!.deliveredDown, proxy!.deliveredUp];
-      const c = await link.counters();
-      return [c.rxBytes, c.txBytes];
-    };
-    const cut = async (n: number, t0: number): Promise<void> => {
-      o.log(`cut ${n} at ${((Date.now() - t0) / 1000).toFixed(1)} s for ${o.cutSeconds} s`);
-      if (link) await link.cut();
-      else proxy!.takeDown();
-      await sleep(o.cutSeconds * 1000);
-      if (link) await link.restore();
-      else proxy!.restore();
-    };
-    const startHost = (broker: string, prefix: string, ends: Map<string, DeviceEnd>): ChildProcess => {
-      const host = track(
-        siteExec(process.execPath, [
-          '--import',
-          'tsx',
-          HOST_SCRIPT,
-          '--broker',
-          broker,
-          '--devices',
-          String(o.devices),
-          '--dir',
-          path.join(dir, prefix),
-          '--trust',
-          keys.trustFile,
-          '--initial',
-          baseFile,
-          '--model',
-          'sim',
-          '--group',
-          'site',
-          '--id-prefix',
-          `${prefix}-`,
-        ]),
-      );
-      collectEnds(host, ends);
-      return host;
-    };
-    const okCount = (ends: Map<string, DeviceEnd>): number => [...ends.values()].filter((e) => e.state === 'ok' && e.running === update.targetDigest).length;
-
-    // ---- Phase 1: the gateway -------------------------------------------------
-    const gwDir = path.join(dir, 'gw');
-    const gwPort = 40000 + (process.pid % 20000);
-    const linkBefore1 = await linkBytes();
-    const t1 = Date.now();
-    const gateway = track(
-      siteExec(process.execPath, [
-        FLEET_BIN,
-        'gateway',
-        '--upstream',
-        upstreamUrl,
-        '--listen',
-        String(gwPort),
-        '--host',
-        '127.0.0.1',
-        '--data-dir',
-        gwDir,
-        '--site',
-        'sim-site',
-        '--group',
-        'site',
-        '--model',
-        'sim',
-        '--tick-ms',
-        '200',
-      ]),
-    );
-    await waitForPortIn(siteExec, '127.0.0.1', gwPort, true);
-    const readStatus = async (): Promise<GatewayStatus | undefined> => {
-      try {
-        return JSON.parse(await fs.readFile(path.join(gwDir, 'status.json'), 'utf8')) as GatewayStatus;
-      } catch {
-        return undefined;
-      }
-    };
-    const ends1 = new Map<string, DeviceEnd>();
-    const host1 = startHost('mqtt://127.0.0.1:' + gwPort, 'gwdev', ends1);
-    const cutAt = Array.from({ length: o.cuts }, (_, i) => (i + 1) / (o.cuts + 1));
-    let cuts1 = 0;
-    // The first cut at a quarter of the payload, each next one once another 10 % has arrived
-    // after the link came back (the status file is refreshed about once a second).
-    let nextCut = 0.25;
-    const deadline1 = t1 + o.timeoutSeconds * 1000;
-    while (ends1.size < o.devices && Date.now() < deadline1) {
-      const s = await readStatus();
-      const f = s?.fetching[0];
-      if (cuts1 < o.cuts && f && f.bytes >= nextCut * f.totalBytes) {
-        await cut(++cuts1, t1);
-        const after = (await readStatus())?.fetching[0];
-        nextCut = (after ? after.bytes / after.totalBytes : 1) + 0.1;
-      } else await sleep(100);
-    }
-    const seconds1 = (Date.now() - t1) / 1000;
-    await sleep(1500); // the last statuses go up
-    const gs = await readStatus();
-    await stopChild(host1, 3000).catch(() => undefined);
-    await stopChild(gateway, 5000).catch(() => undefined);
-    const linkAfter1 = await linkBytes();
-    const gwPhase = {
-      completed: okCount(ends1),
-      seconds: Number(seconds1.toFixed(2)),
-      socketBytesIn: gs?.fetched.wireBytesIn ?? -1,
-      linkBytesDown: linkAfter1[0] - linkBefore1[0],
-      linkBytesUp: linkAfter1[1] - linkBefore1[1],
-      cuts: cuts1,
-      upstreamFetchedPayloadBytes: gs?.fetched.payloadBytes ?? -1,
-      upstreamWireOut: gs?.fetched.wireBytesOut ?? -1,
-    };
-    o.log(
-      `gateway phase: ${gwPhase.completed}/${o.devices} ok in ${gwPhase.seconds} s; gateway socket in ${gwPhase.socketBytesIn} B (${(gwPhase.socketBytesIn / payloadBytes).toFixed(3)} × payload); link down ${gwPhase.linkBytesDown} B, up ${gwPhase.linkBytesUp} B`,
-    );
-
-    // ---- Phase 2: the same devices directly upstream ----------------------------
-    const linkBefore2 = await linkBytes();
-    const t2 = Date.now();
-    const ends2 = new Map<string, DeviceEnd>();
-    const host2 = startHost(upstreamUrl, 'direct', ends2);
-    const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
-    let cuts2 = 0;
-    const deadline2 = t2 + o.timeoutSeconds * 1000;
-    while (ends2.size < o.devices && Date.now() < deadline2) {
-      if (cuts2 < o.cuts && Date.now() - t2 >= cutAt[cuts2] * ideal * 1000) await cut(++cuts2, t2);
-      else await sleep(100);
-    }
-    const seconds2 = (Date.now() - t2) / 1000;
-    await stopChild(host2, 3000).catch(() => undefined);
-    const linkAfter2 = await linkBytes();
-    const directPhase: PhaseResult = {
-      completed: okCount(ends2),
-      seconds: Number(seconds2.toFixed(2)),
-      socketBytesIn: [...ends2.values()].reduce((a, e) => a + e.wire.bytesIn, 0),
-      linkBytesDown: linkAfter2[0] - linkBefore2[0],
-      linkBytesUp: linkAfter2[1] - linkBefore2[1],
-      cuts: cuts2,
-    };
-    o.log(
-      `direct phase: ${directPhase.completed}/${o.devices} ok in ${directPhase.seconds} s; devices' sockets in ${directPhase.socketBytesIn} B (${(directPhase.socketBytesIn / payloadBytes).toFixed(3)} × payload); link down ${directPhase.linkBytesDown} B, up ${directPhase.linkBytesUp} B`,
-    );
-
+    const rig = rigOf(o, held, { dir, payloadBytes, upstreamUrl, siteExec, track, trustFile: keys.trustFile, baseFile, targetDigest: update.targetDigest });
+    const gwPhase = await gatewayPhase(rig);
+    const directPhase_ = await directPhase(rig);
     return {
       link: kernel ? `veth, ${o.lossPercent}% loss, ${o.rateKbit || '∞'} kbit/s` : `proxy, ${o.rateKbit || '∞'} kbit/s`,
       devices: o.devices,
       payloadBytes,
       gateway: gwPhase,
-      direct: directPhase,
+      direct: directPhase_,
       gatewayOverPayload: Number((gwPhase.socketBytesIn / payloadBytes).toFixed(4)),
-      directOverPayload: Number((directPhase.socketBytesIn / payloadBytes).toFixed(4)),
+      directOverPayload: Number((directPhase_.socketBytesIn / payloadBytes).toFixed(4)),
       gatewayLinkDownOverPayload: gwPhase.linkBytesDown !== null ? Number((gwPhase.linkBytesDown / payloadBytes).toFixed(4)) : null,
-      linkDownRatio: gwPhase.linkBytesDown !== null && directPhase.linkBytesDown ? Number((gwPhase.linkBytesDown / directPhase.linkBytesDown).toFixed(4)) : null,
+      linkDownRatio: gwPhase.linkBytesDown !== null && directPhase_.linkBytesDown ? Number((gwPhase.linkBytesDown / directPhase_.linkBytesDown).toFixed(4)) : null,
       note,
     };
   } finally {
-    await Promise.all(children.map((c) => stopChild(c, 2000).catch(() => undefined)));
-    await proxy?.stop();
-    await link?.destroy();
+    await Promise.all(held.children.map((c) => stopChild(c, 2000).catch(() => undefined)));
+    await held.proxy?.stop();
+    await held.link?.destroy();
     await fs.rm(dir, { recursive: true, force: true });
   }
 }

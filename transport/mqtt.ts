@@ -64,6 +64,41 @@ function passwordFromEnv(): string | undefined {
   return file ? readFileSync(file, 'utf8').split(/\r?\n/)[0] : undefined;
 }
 
+/** The broker URL and its fallbacks, in the order tried. */
+function brokerServers(opts: MqttTransportOptions): Array<{ host: string; port: number; secure: boolean }> {
+  return [opts.url, ...(opts.fallbackUrls ?? [])].map((url) => {
+    const s = new URL(url);
+    const secure = s.protocol === 'mqtts:';
+    if (s.protocol !== 'mqtt:' && s.protocol !== 'tcp:' && !secure) throw new TypeError(`unsupported broker URL ${url} (use mqtt://host:port or mqtts://host:port)`);
+    return { host: s.hostname, port: Number(s.port || (secure ? 8883 : 1883)), secure };
+  });
+}
+
+/** MQTT.js's options: MQTT 3.1.1, clean session, the login, the will. */
+function clientOptions(opts: MqttTransportOptions, reconnectMinMs: number): IClientOptions {
+  const u = new URL(opts.url);
+  return {
+    protocolVersion: 4,
+    clientId: opts.clientId,
+    clean: true,
+    keepalive: opts.keepaliveSeconds ?? MQTT_DEFAULTS.keepaliveSeconds,
+    connectTimeout: opts.connectTimeoutMs ?? MQTT_DEFAULTS.connectTimeoutMs,
+    reconnectPeriod: reconnectMinMs,
+    resubscribe: true,
+    queueQoSZero: false,
+    username: opts.username ?? (u.username ? decodeURIComponent(u.username) : undefined),
+    // The password: given, in the URL, or (a URL naming only the user) FLEET_PASSWORD_FILE / FLEET_PASSWORD, so it need not sit in `ps` or a unit file.
+    password: opts.password ?? (u.password ? decodeURIComponent(u.password) : undefined) ?? (opts.username || u.username ? passwordFromEnv() : undefined),
+    // A refused login (bad password, removed user) is retried with the same backoff:
+    // the operator may fix the users file while the device waits.
+    reconnectOnConnackError: true,
+    // mqtt-packet would otherwise preallocate a 2-byte Buffer for each of the 65,536 packet ids
+    // (~7 MB of heap, a tenth of an idle device agent's memory); writing ids as they come costs nothing here.
+    writeCache: false,
+    will: opts.will ? { topic: opts.will.topic, payload: Buffer.from(opts.will.payload), retain: opts.will.retain, qos: opts.will.qos } : undefined,
+  };
+}
+
 /**
  * MQTT 3.1.1 over TCP with TCP_NODELAY (without it a request/response round
  * trip on loopback costs ~44 ms: Nagle meets delayed ACKs). Reconnects with
@@ -94,63 +129,46 @@ export class MqttTransport implements Transport {
   oversized: string | undefined;
 
   private constructor(opts: MqttTransportOptions) {
-    const u = new URL(opts.url);
     this.closeGraceMs = opts.closeGraceMs ?? MQTT_DEFAULTS.closeGraceMs;
-    const servers = (this.servers = [opts.url, ...(opts.fallbackUrls ?? [])].map((url) => {
-      const s = new URL(url);
-      const secure = s.protocol === 'mqtts:';
-      if (s.protocol !== 'mqtt:' && s.protocol !== 'tcp:' && !secure) throw new TypeError(`unsupported broker URL ${url} (use mqtt://host:port or mqtts://host:port)`);
-      return { host: s.hostname, port: Number(s.port || (secure ? 8883 : 1883)), secure };
-    }));
+    const servers = (this.servers = brokerServers(opts));
     const tlsFiles = servers.some((x) => x.secure)
       ? { ca: opts.tls?.ca ?? fromEnvFile('FLEET_TLS_CA'), cert: opts.tls?.cert ?? fromEnvFile('FLEET_TLS_CERT'), key: opts.tls?.key ?? fromEnvFile('FLEET_TLS_KEY') }
       : undefined;
     const maxIncoming = opts.maxIncomingPacket ?? DEFAULT_MAX_INCOMING_PACKET;
     const min = opts.reconnectMinMs ?? MQTT_DEFAULTS.reconnectMinMs;
     const max = opts.reconnectMaxMs ?? MQTT_DEFAULTS.reconnectMaxMs;
-    const clientOpts: IClientOptions = {
-      protocolVersion: 4,
-      clientId: opts.clientId,
-      clean: true,
-      keepalive: opts.keepaliveSeconds ?? MQTT_DEFAULTS.keepaliveSeconds,
-      connectTimeout: opts.connectTimeoutMs ?? MQTT_DEFAULTS.connectTimeoutMs,
-      reconnectPeriod: min,
-      resubscribe: true,
-      queueQoSZero: false,
-      username: opts.username ?? (u.username ? decodeURIComponent(u.username) : undefined),
-      // The password: given, in the URL, or (a URL naming only the user) FLEET_PASSWORD_FILE / FLEET_PASSWORD, so it need not sit in `ps` or a unit file.
-      password: opts.password ?? (u.password ? decodeURIComponent(u.password) : undefined) ?? (opts.username || u.username ? passwordFromEnv() : undefined),
-      // A refused login (bad password, removed user) is retried with the same backoff:
-      // the operator may fix the users file while the device waits.
-      reconnectOnConnackError: true,
-      // mqtt-packet would otherwise preallocate a 2-byte Buffer for each of the 65,536 packet ids
-      // (~7 MB of heap, a tenth of an idle device agent's memory); writing ids as they come costs nothing here.
-      writeCache: false,
-      will: opts.will ? { topic: opts.will.topic, payload: Buffer.from(opts.will.payload), retain: opts.will.retain, qos: opts.will.qos } : undefined,
-    };
-    this.client = new MqttClient(() => {
-      const { host, port, secure } = servers[this.serverIndex % servers.length];
-      const tlsOpts = secure ? tlsFiles : undefined;
-      // The raw TCP socket carries the counters (what the link carries, TLS records included).
-      const raw = net.createConnection({ host, port, noDelay: true });
-      this.socket = raw;
-      raw.on('close', () => {
-        this.bytesInDone += raw.bytesRead;
-        this.bytesOutDone += raw.bytesWritten;
-        if (this.socket === raw) this.socket = undefined;
-      });
-      const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
-      limitIncoming(
-        stream,
-        () => maxIncoming,
-        (b) => {
-          this.oversizedPackets++;
-          this.oversized = describeBreach(b);
-          stream.destroy();
-        },
-      );
-      return stream;
-    }, clientOpts);
+    this.client = new MqttClient(() => this.openStream(tlsFiles, maxIncoming), clientOptions(opts, min));
+    this.onClientEvents(min, max);
+  }
+
+  /** The stream for the next attempt: a TCP socket (TLS over it for mqtts), to the next server in turn, its incoming packets bounded. */
+  private openStream(tlsFiles: tls.ConnectionOptions | undefined, maxIncoming: number): net.Socket | tls.TLSSocket {
+    const { host, port, secure } = this.servers[this.serverIndex % this.servers.length];
+    const tlsOpts = secure ? tlsFiles : undefined;
+    // The raw TCP socket carries the counters (what the link carries, TLS records included).
+    const raw = net.createConnection({ host, port, noDelay: true });
+    this.socket = raw;
+    raw.on('close', () => {
+      this.bytesInDone += raw.bytesRead;
+      this.bytesOutDone += raw.bytesWritten;
+      if (this.socket === raw) this.socket = undefined;
+    });
+    const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
+    limitIncoming(
+      stream,
+      () => maxIncoming,
+      (b) => {
+        this.oversizedPackets++;
+        this.oversized = describeBreach(b);
+        stream.destroy();
+      },
+    );
+    return stream;
+  }
+
+  /** Connect, close (backoff with jitter, next server), error (the cause) and message handlers of the client. */
+  private onClientEvents(min: number, max: number): void {
+    const servers = this.servers;
     this.client.on('connect', () => {
       this.failures = 0;
       this.lastCause = undefined;

@@ -9,7 +9,7 @@
  * It reconnects by itself (mqtt.js, 2 s), except after a refused login.
  * No DOM here: this file also type-checks under the project's Node settings.
  */
-import { OPERATOR_DEFAULTS } from '../defaults.ts';
+import { resolveOperatorConfig } from '../defaults.ts';
 import mqtt from 'mqtt';
 import { FleetView, type DeviceRow, type RolloutRow } from '../fleet-view.ts';
 import { Topics } from '../../protocol/topics.ts';
@@ -58,7 +58,7 @@ export function connect(o: LiveOptions, h: LiveHandlers): LiveFeed {
     password: o.password,
     clientId: `fleet-dashboard-${Math.random().toString(36).slice(2, 10)}`,
     clean: true,
-    reconnectPeriod: o.reconnectMs ?? OPERATOR_DEFAULTS.liveReconnectMs,
+    reconnectPeriod: resolveOperatorConfig({ liveReconnectMs: o.reconnectMs }).liveReconnectMs,
     connectTimeout: 15_000,
     resubscribe: false,
   });

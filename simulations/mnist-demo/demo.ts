@@ -23,10 +23,10 @@ import { spawnFleetLogged, stopChild } from '../../platform/child-process.ts';
 import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../../publisher/keys.ts';
-import { publishUpdate } from '../../publisher/publish.ts';
+import { publishUpdate, type PublishResult } from '../../publisher/publish.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { mulberry32 } from '../../util/random.ts';
-import { createLogger, parseLogLevel } from '../../util/log.ts';
+import { createLogger, parseLogLevel, type Logger } from '../../util/log.ts';
 import { createProgress } from '../../util/progress.ts';
 import { productPath } from '../paper/adapter.ts';
 import { loraConfigFor } from '../paper/compress.ts';
@@ -111,6 +111,106 @@ export function trainDemoModels(o: MnistDemoOptions) {
   return { base, state, cfg, split, fieldHeld, modelBytes, trainSeconds: (performance.now() - t0) / 1000 };
 }
 
+/** The devices' latest statuses, and a wait for every one to finish after the publish. */
+async function watchDevices(observer: MqttTransport, ids: readonly string[], target: string): Promise<{ latest: Map<string, DeviceStatus>; published: () => void; wait: (timeoutSeconds: number) => Promise<void> }> {
+  const topics = new Topics();
+  const latest = new Map<string, DeviceStatus>();
+  let published = false;
+  let resolveDone: () => void = () => undefined;
+  const done = new Promise<void>((r) => (resolveDone = r));
+  const finished = (s: DeviceStatus): boolean => (s.state === 'ok' && s.running === target) || s.state === 'rejected' || s.state === 'rolled_back' || s.state === 'failed';
+  const check = (): void => {
+    if (published && ids.every((id) => latest.has(id) && finished(latest.get(id)!))) resolveDone();
+  };
+  observer.onMessage((topic, payload) => {
+    const p = topics.parse(topic);
+    if (p?.kind !== 'status' || !ids.includes(p.deviceId)) return;
+    const s = parseStatus(payload);
+    if (!s) return;
+    latest.set(s.device, s);
+    check();
+  });
+  await observer.subscribe(topics.allStatuses(), 1);
+  return {
+    latest,
+    published: () => {
+      published = true;
+      check();
+    },
+    wait: async (timeoutSeconds) => {
+      const timer = setTimeout(resolveDone, timeoutSeconds * 1000);
+      await done;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** One `fleet device` per id, each validating staged models on its own held-out field digits. */
+async function startDevices(
+  o: MnistDemoOptions,
+  tmp: string,
+  ids: readonly string[],
+  fieldHeld: Parameters<typeof subset>[0],
+  trustFile: string,
+  brokerUrl: string,
+  baseFile: string,
+  children: ChildProcess[],
+): Promise<void> {
+  for (const [k, id] of ids.entries()) {
+    const dir = path.join(tmp, id);
+    const digitsFile = path.join(tmp, `${id}-field-digits.safetensors`);
+    const idx = Array.from({ length: o.perDevice }, (_, i) => k * o.perDevice + i);
+    await fs.writeFile(digitsFile, digitsToBytes(subset(fieldHeld, idx)));
+    const validate = [process.execPath, '--import', 'tsx', VALIDATE, '--digits', digitsFile, '--running', path.join(dir, 'current.safetensors'), '--tolerance', '1', '--report', path.join(tmp, `${id}-validation.json`)]
+      .map((a) => `'${a.replace(/'/g, `'\\''`)}'`)
+      .join(' ');
+    const child = spawnFleetLogged(
+      ['device', '--id', id, '--model', 'mnist-mlp', '--group', 'line-1', '--dir', dir, '--trust', trustFile, '--broker', brokerUrl, '--initial', baseFile, '--validate-cmd', validate, '--validate-timeout', '60s'],
+      path.join(tmp, `${id}.log`),
+    );
+    children.push(child);
+  }
+}
+
+/** Uploads the update and publishes its release to line-1 over a connection of its own. */
+async function publishMnist(o: MnistDemoOptions, brokerUrl: string, payload: Uint8Array, keys: Awaited<ReturnType<typeof keygen>>, log: Logger): Promise<PublishResult> {
+  const pub = await MqttTransport.connect({ url: brokerUrl, clientId: `fleet-demo-mnist-publisher-${process.pid}` }, 10_000);
+  const progress = createProgress('upload', process.stderr, o.json || o.out !== undefined);
+  const result = await publishUpdate({
+    transport: pub,
+    topics: new Topics(),
+    payloads: [payload],
+    keys: [await loadSigningKey(keys.keyFile)],
+    rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+    model: 'mnist-mlp',
+    group: 'line-1',
+    chunkSize: 1024,
+    ttlSeconds: 3600,
+    log: log.child('publisher'),
+    onProgress: (d, n) => progress.update(d, n),
+  });
+  progress.finish();
+  await pub.close();
+  return result;
+}
+
+/** Each device's end state and validation report, one line each. */
+async function deviceOutcomes(tmp: string, ids: readonly string[], latest: Map<string, DeviceStatus>, target: string, out: (line: string) => void): Promise<DeviceOutcome[]> {
+  const outcomes: DeviceOutcome[] = [];
+  for (const id of ids) {
+    const s = latest.get(id);
+    const report = await fs
+      .readFile(path.join(tmp, `${id}-validation.json`), 'utf8')
+      .then((t) => JSON.parse(t) as { before: number; after: number; digits: number })
+      .catch(() => undefined);
+    const acked = s?.state === 'ok' && s.running === target;
+    outcomes.push({ id, state: s?.state ?? 'no status', reason: s?.reason ?? undefined, acked, digits: report?.digits ?? 0, before: report?.before ?? null, after: report?.after ?? null });
+    const acc = report ? `field accuracy ${(100 * report.before).toFixed(1)} % → ${(100 * report.after).toFixed(1)} % on its ${report.digits} held-out digits` : 'no validation report';
+    out(`${id}: ${acked ? 'acked' : (s?.state ?? 'no status')}${s?.reason ? ` (${s.reason})` : ''}, ${acc}`);
+  }
+  return outcomes;
+}
+
 export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promise<MnistDemoResult> {
   const o: MnistDemoOptions = { ...DEMO_DEFAULTS, ...opts };
   const out = o.out ?? ((line: string): void => void process.stdout.write(line + '\n'));
@@ -143,100 +243,19 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
     broker = await startBroker({ port: 0, dataDir: path.join(tmp, 'broker'), log: log.child('broker') });
     observer = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-mnist-observer-${process.pid}` }, 10_000);
     const keys = await keygen(path.join(tmp, 'keys'));
-    const topics = new Topics();
     const ids = Array.from({ length: o.devices }, (_, k) => `mnist-device-${k + 1}`);
-    const latest = new Map<string, DeviceStatus>();
-    let published = false;
-    let resolveDone: () => void = () => undefined;
-    const done = new Promise<void>((r) => (resolveDone = r));
-    const finished = (s: DeviceStatus): boolean => (s.state === 'ok' && s.running === built.target) || s.state === 'rejected' || s.state === 'rolled_back' || s.state === 'failed';
-    const check = (): void => {
-      if (published && ids.every((id) => latest.has(id) && finished(latest.get(id)!))) resolveDone();
-    };
-    observer.onMessage((topic, payload) => {
-      const p = topics.parse(topic);
-      if (p?.kind !== 'status' || !ids.includes(p.deviceId)) return;
-      const s = parseStatus(payload);
-      if (!s) return;
-      latest.set(s.device, s);
-      check();
-    });
-    await observer.subscribe(topics.allStatuses(), 1);
-
-    for (const [k, id] of ids.entries()) {
-      const dir = path.join(tmp, id);
-      const digitsFile = path.join(tmp, `${id}-field-digits.safetensors`);
-      const idx = Array.from({ length: o.perDevice }, (_, i) => k * o.perDevice + i);
-      await fs.writeFile(digitsFile, digitsToBytes(subset(fieldHeld, idx)));
-      const validate = [process.execPath, '--import', 'tsx', VALIDATE, '--digits', digitsFile, '--running', path.join(dir, 'current.safetensors'), '--tolerance', '1', '--report', path.join(tmp, `${id}-validation.json`)]
-        .map((a) => `'${a.replace(/'/g, `'\\''`)}'`)
-        .join(' ');
-      const child = spawnFleetLogged(
-        [
-          'device',
-          '--id',
-          id,
-          '--model',
-          'mnist-mlp',
-          '--group',
-          'line-1',
-          '--dir',
-          dir,
-          '--trust',
-          keys.trustFile,
-          '--broker',
-          broker.url,
-          '--initial',
-          baseFile,
-          '--validate-cmd',
-          validate,
-          '--validate-timeout',
-          '60s',
-        ],
-        path.join(tmp, `${id}.log`),
-      );
-      children.push(child);
-    }
+    const watch = await watchDevices(observer, ids, built.target);
+    await startDevices(o, tmp, ids, fieldHeld, keys.trustFile, broker.url, baseFile, children);
     out(`broker ${broker.url}; ${ids.length} device agents (PIDs ${children.map((c) => c.pid).join(', ')}), each validating staged models on its own ${o.perDevice} held-out field digits`);
 
-    const pub = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-mnist-publisher-${process.pid}` }, 10_000);
-    const progress = createProgress('upload', process.stderr, o.json || o.out !== undefined);
-    const result = await publishUpdate({
-      transport: pub,
-      topics,
-      payloads: [built.payload],
-      keys: [await loadSigningKey(keys.keyFile)],
-      rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-      model: 'mnist-mlp',
-      group: 'line-1',
-      chunkSize: 1024,
-      ttlSeconds: 3600,
-      log: log.child('publisher'),
-      onProgress: (d, n) => progress.update(d, n),
-    });
-    progress.finish();
-    await pub.close();
-    published = true;
+    const result = await publishMnist(o, broker.url, built.payload, keys, log);
     const publishedAt = performance.now();
     out(`published release seq ${result.release.seq} (update ${result.updateId.slice(0, 12)}, ${result.release.steps[0].chunks} chunks); waiting for the devices`);
-    check();
-    const timer = setTimeout(resolveDone, o.timeoutSeconds * 1000);
-    await done;
-    clearTimeout(timer);
+    watch.published();
+    await watch.wait(o.timeoutSeconds);
     const waited = (performance.now() - publishedAt) / 1000;
 
-    const outcomes: DeviceOutcome[] = [];
-    for (const id of ids) {
-      const s = latest.get(id);
-      const report = await fs
-        .readFile(path.join(tmp, `${id}-validation.json`), 'utf8')
-        .then((t) => JSON.parse(t) as { before: number; after: number; digits: number })
-        .catch(() => undefined);
-      const acked = s?.state === 'ok' && s.running === built.target;
-      outcomes.push({ id, state: s?.state ?? 'no status', reason: s?.reason ?? undefined, acked, digits: report?.digits ?? 0, before: report?.before ?? null, after: report?.after ?? null });
-      const acc = report ? `field accuracy ${(100 * report.before).toFixed(1)} % → ${(100 * report.after).toFixed(1)} % on its ${report.digits} held-out digits` : 'no validation report';
-      out(`${id}: ${acked ? 'acked' : (s?.state ?? 'no status')}${s?.reason ? ` (${s.reason})` : ''}, ${acc}`);
-    }
+    const outcomes = await deviceOutcomes(tmp, ids, watch.latest, built.target, out);
     const acked = outcomes.filter((d) => d.acked).length;
     const seconds = (performance.now() - t0) / 1000;
     const summary: MnistDemoResult = {

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Gateway } from '../../gateway/gateway.ts';
+import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import { parseGatewayStatus } from '../../gateway/status.ts';
 import { parsePresence } from '../../protocol/status.ts';
 import { connect, createFixture, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';

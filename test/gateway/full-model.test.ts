@@ -7,7 +7,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Gateway } from '../../gateway/gateway.ts';
+import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import { publishUpdate } from '../../publisher/publish.ts';
 import { synthesizeModel } from '../../publisher/synth.ts';
 import { silentLogger } from '../../util/log.ts';

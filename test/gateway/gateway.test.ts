@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { stopChild } from '../../platform/child-process.ts';
-import type { Gateway } from '../../gateway/gateway.ts';
+import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import { decodeRequest } from '../../protocol/frames.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { connect, createFixture, currentDigest, GROUP, MEDIUM_LAYERS, publish, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { Gateway } from '../../gateway/gateway.ts';
+import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import { gatewayNode, type GatewayNodeOptions } from '../../nodes/gateway-node.ts';
 import { parseGatewayStatus, type GatewayStatus } from '../../gateway/status.ts';
 import { silentLogger } from '../../util/log.ts';

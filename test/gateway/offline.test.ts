@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { stopChild } from '../../platform/child-process.ts';
-import type { Gateway } from '../../gateway/gateway.ts';
+import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';

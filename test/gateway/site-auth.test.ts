@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
 import { stopChild } from '../../platform/child-process.ts';
-import type { Gateway } from '../../gateway/gateway.ts';
+import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { createFixture, GROUP, MODEL, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
 import { startGateway } from './helpers.ts';

@@ -8,6 +8,7 @@ import { publishUpdate, type PublishOptions } from '../../publisher/publish.ts';
 import { rollbackGroup } from '../../publisher/rollback.ts';
 import { HOOK_EVENTS, RolloutController } from '../../rollout/controller.ts';
 import { runEventCommand } from '../../rollout/hooks.ts';
+import { ROLLOUT_DEFAULTS } from '../../rollout/defaults.ts';
 import { loadPayloads, parsePlan, type RolloutPlan } from '../../rollout/plan.ts';
 import type { RolloutEvent, RolloutStatus } from '../../rollout/status.ts';
 import { silentLogger } from '../../util/log.ts';
@@ -90,7 +91,7 @@ export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: strin
       },
       onEvent: async (e) => {
         events.push(e);
-        if (onEventCmd && HOOK_EVENTS.includes(e.type)) await runEventCommand(onEventCmd, e, silentLogger);
+        if (onEventCmd && HOOK_EVENTS.includes(e.type)) await runEventCommand(onEventCmd, e, silentLogger, ROLLOUT_DEFAULTS.hookTimeoutMs);
       },
     },
   );
