@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import type { IClientOptions, MqttClient } from 'mqtt';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
 import { hashPassword, readUsersFile, writeUsersFile, type UserRecord } from '../../broker/users-file.ts';
@@ -12,6 +12,7 @@ import { publishUpdate } from '../../publisher/publish.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { createLogger, silentLogger } from '../../util/log.ts';
 import { CHUNK, createFixture, GROUP, MODEL, startAgent, StatusWatch, tempDir, topics as t, type Fixture } from '../support/harness.ts';
+import { memoryClient } from '../support/memory-stream.ts';
 import { expectNoEventWithin, until } from '../support/wait.ts';
 
 const run = promisify(execFile);
@@ -84,7 +85,12 @@ interface Msg {
   retain: boolean;
 }
 
-/** A raw MQTT 3.1.1 client that never reconnects, so refusals and disconnects show. */
+/**
+ * A raw MQTT 3.1.1 client that never reconnects, so refusals and disconnects show. It talks to the
+ * broker's Aedes over an in-memory stream (test/support/memory-stream.ts): what these tests check is
+ * the login, the ACL and the users file, for which a socket adds nothing. The full flow below (agent
+ * processes, the update server) and the broker without --auth stay on real TCP.
+ */
 class Peer {
   readonly msgs: Msg[] = [];
   readonly closed: Promise<void>;
@@ -118,7 +124,7 @@ function login(user: string | undefined, opts: { password?: string; clientId?: s
   const password = opts.password ?? (user ? PEOPLE[user]?.[1] : undefined);
   const clientId = opts.clientId ?? (user && PEOPLE[user]?.[0] === 'device' ? `fleet-device-${user}` : `test-${user ?? 'anon'}-${Math.random().toString(36).slice(2, 8)}`);
   return new Promise((resolve) => {
-    const c = connect(`mqtt://127.0.0.1:${ctx!.broker.port}`, {
+    const c = memoryClient(ctx!.broker.aedes, {
       protocolVersion: 4,
       clientId,
       username: user,

@@ -1,29 +1,13 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, promises as fs, readdirSync, statSync } from 'node:fs';
+import { existsSync, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { packageRoot } from '../../platform/package-root.ts';
 import { VERSION } from '../../util/version.ts';
+import { distIsFresh } from '../support/dist.ts';
 
 const ROOT = packageRoot()!;
-const SOURCE_DIRS = ['bin', 'broker', 'cli', 'device', 'gateway', 'operator', 'protocol', 'publisher', 'rollout', 'server', 'transport', 'util', 'scripts'];
-
-/** dist/ exists and was built after the last change to any source. */
-function distIsFresh(): boolean {
-  const built = path.join(ROOT, 'dist', 'fleet.mjs');
-  if (!existsSync(built)) return false;
-  let newest = statSync(path.join(ROOT, 'package.json')).mtimeMs;
-  const walk = (d: string): void => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else newest = Math.max(newest, statSync(p).mtimeMs);
-    }
-  };
-  for (const d of SOURCE_DIRS) if (existsSync(path.join(ROOT, d))) walk(path.join(ROOT, d));
-  return statSync(built).mtimeMs >= newest;
-}
 let dir: string | undefined;
 afterAll(async () => {
   if (dir) await fs.rm(dir, { recursive: true, force: true });
@@ -39,7 +23,7 @@ describe('the package a machine without the repository installs', () => {
     dir = spawnSync('mktemp', ['-d', path.join(os.tmpdir(), 'fleet-pack-XXXXXX')], { encoding: 'utf8' }).stdout.trim();
     // npm pack builds first (prepack); when dist/ is newer than every source (.ci/run builds before the
     // tests) it packs what is there, so that it never rebuilds dist/ under the old-board suite's feet.
-    const pack = run('npm', ['pack', ROOT, '--pack-destination', dir, ...(distIsFresh() ? ['--ignore-scripts'] : [])], dir);
+    const pack = run('npm', ['pack', ROOT, '--pack-destination', dir, ...(distIsFresh(ROOT) ? ['--ignore-scripts'] : [])], dir);
     expect(pack.code, pack.err).toBe(0);
     const tgz = path.join(dir, `fleet-model-updates-${VERSION}.tgz`);
     expect(existsSync(tgz)).toBe(true);

@@ -21,8 +21,10 @@ let broker: BrokerProcess | undefined;
 let proxy: LinkProxy | undefined;
 let redis: RedisServer | undefined;
 afterEach(async () => {
-  await f?.close();
+  // The broker first: it writes into the fixture's directory (its data dir) until it stops, and
+  // removing that directory under it failed a run with ENOTEMPTY.
   await broker?.stop();
+  await f?.close();
   await proxy?.stop();
   await redis?.stop();
   f = broker = proxy = redis = undefined;

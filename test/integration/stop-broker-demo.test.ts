@@ -96,9 +96,13 @@ describe('fleet broker', () => {
 });
 
 describe('fleet demo', () => {
-  /** Starts the demo; resolves once its device processes run, with their PIDs and its temporary directory. */
+  /**
+   * Starts the demo; resolves once its device processes run, with their PIDs and its temporary directory.
+   * A rank-256 update keeps it busy for seconds after that (rank 4 could finish within the first test's
+   * random second before its SIGTERM, once its children ran from dist/).
+   */
   async function startDemo(stopS: number): Promise<{ child: ChildProcess; pids: number[]; tmp: string }> {
-    const child = spawn(process.execPath, [FLEET_BIN, '--stop-timeout', String(stopS), 'demo', '--devices', '2', '--timeout', '120'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [FLEET_BIN, '--stop-timeout', String(stopS), 'demo', '--devices', '2', '--rank', '256', '--timeout', '120'], { stdio: ['ignore', 'pipe', 'pipe'] });
     f.children.push(child);
     let out = '';
     child.stdout!.on('data', (d: Buffer) => (out += d.toString()));

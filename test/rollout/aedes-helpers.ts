@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { AgentConfig } from '../../device/agent.ts';
-import { systemClock } from '../../platform/clock.ts';
+import { systemClock, type Clock } from '../../platform/clock.ts';
 import { parseTrustFile } from '../../protocol/release.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate, type PublishOptions } from '../../publisher/publish.ts';
@@ -69,7 +69,7 @@ export interface Run {
 }
 
 /** A started controller; `onEventCmd` runs for HOOK_EVENTS exactly as `fleet rollout start --on-event` does. Stop it (`ctl.stop()`) before closing the fixture. */
-export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string, o: { rolloutKeyOnly?: boolean } = {}): Promise<Run> {
+export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string, o: { rolloutKeyOnly?: boolean; clock?: Clock } = {}): Promise<Run> {
   const payloads = await loadPayloads(p, fx.dir);
   const transport = await connect(fx, `rollout-${Math.random().toString(36).slice(2)}`);
   const events: RolloutEvent[] = [];
@@ -82,7 +82,7 @@ export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: strin
     {
       transport,
       topics,
-      clock: systemClock,
+      clock: o.clock ?? systemClock,
       rollback: rollbackGroup,
       log: silentLogger,
       publish: (o: PublishOptions) => {

@@ -11,6 +11,8 @@ import type { AgentConfig } from '../../device/agent.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishManifestOnly } from '../../publisher/publish.ts';
 import { silentLogger } from '../../util/log.ts';
+import type { Clock } from '../../platform/clock.ts';
+import { JumpClock } from '../support/clock.ts';
 import { CHUNK, connect, MODEL, readRetained, topics, type Fixture } from '../support/harness.ts';
 import { controller as sharedController, plan, setup as sharedSetup, untilStatus, wave, type Run } from './aedes-helpers.ts';
 
@@ -29,7 +31,7 @@ async function setup(tag: string, devices: Array<[string, string, Partial<AgentC
   return r;
 }
 
-async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string, o: { rolloutKeyOnly?: boolean } = {}): Promise<Run> {
+async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string, o: { rolloutKeyOnly?: boolean; clock?: Clock } = {}): Promise<Run> {
   const run = await sharedController(fx, p, onEventCmd, o);
   controllers.push(run.ctl);
   return run;
@@ -133,11 +135,14 @@ describe('staged rollout over Aedes with device agents', () => {
     await stopDevice('c3');
     const will = await connect(fx, 'will');
     await will.publish(topics.presence('c3'), PRESENCE_OFFLINE, { qos: 1, retain: true });
-    // A timeout long enough for the online devices to finish on a loaded 2-core machine.
-    const run = await controller(fx, plan([wave('canary', { offline: 'skip', timeoutSeconds: 12 })]));
+    // The controller's clock is moved past the wave's timeout once the online devices have finished, rather than waited out.
+    const clock = new JumpClock();
+    const run = await controller(fx, plan([wave('canary', { offline: 'skip', timeoutSeconds: 12 })]), undefined, { clock });
     const mid = await until(run.ctl, (s) => s.waves[0].counts.ok === 2);
     expect(mid.state).toBe('waiting');
     expect(mid.waves[0].counts).toMatchObject({ total: 3, offline: 1 });
+    expect(run.ctl.status().state, 'the wave ended before its timeout').toBe('waiting');
+    clock.jump(12_000);
     const end = await run.ctl.done();
     expect(end.state).toBe('completed');
     expect(end.waves[0].counts).toMatchObject({ total: 2, ok: 2, skipped: 1 });
@@ -150,14 +155,18 @@ describe('staged rollout over Aedes with device agents', () => {
       ['c3', 'canary'],
     ]);
     await stopDevice('c3'); // no last will: its presence still says online, it just never answers
-    const run = await controller(fx, plan([wave('canary', { timeoutSeconds: 12 })]));
+    // The controller's clock is moved past the wave's timeout once the online devices have finished, rather than waited out.
+    const clock = new JumpClock();
+    const run = await controller(fx, plan([wave('canary', { timeoutSeconds: 12 })]), undefined, { clock });
     const ok = await until(run.ctl, (s) => s.waves[0].counts.ok === 2);
     expect(ok.state).toBe('waiting');
+    expect(run.ctl.status().waves[0].blocking, 'blocking named before the timeout').toEqual([]);
+    clock.jump(12_000);
     const blocked = await until(run.ctl, (s) => s.waves[0].blocking.length > 0);
     expect(blocked.state).toBe('waiting');
     expect(blocked.waves[0].blocking).toEqual(['c3']);
     expect(blocked.reason).toMatch(/cannot complete: offline device\(s\) c3 block it/);
-    expect(Date.now() - Date.parse(blocked.waves[0].publishedAt!)).toBeGreaterThanOrEqual(12_000);
+    expect(clock.now() - Date.parse(blocked.waves[0].publishedAt!)).toBeGreaterThanOrEqual(12_000);
     expect((await rolloutStatus(fx))!.waves[0].blocking).toEqual(['c3']);
     // An operator gives up on it.
     const t = await connect(fx, 'operator');

@@ -1,5 +1,5 @@
 /** The manual clock of the unit tests: time moves only when the test says so. */
-import type { Clock } from '../../platform/clock.ts';
+import { systemClock, type Clock } from '../../platform/clock.ts';
 
 /** A clock the test moves by hand. */
 export class ManualClock implements Clock {
@@ -37,4 +37,25 @@ export class ManualClock implements Clock {
 /** Lets queued promises and microtasks run. */
 export async function flush(): Promise<void> {
   for (let i = 0; i < 30; i++) await new Promise((r) => setImmediate(r));
+}
+
+/**
+ * The system clock, with real timers, that a test can move forward at once: a wait for a timeout
+ * (a rollout wave's, say) without waiting it out, once the test has seen what comes before it.
+ */
+export class JumpClock implements Clock {
+  private offset = 0;
+  now(): number {
+    return Date.now() + this.offset;
+  }
+  setTimeout(fn: () => void, ms: number): unknown {
+    return systemClock.setTimeout(fn, ms);
+  }
+  clearTimeout(h: unknown): void {
+    systemClock.clearTimeout(h);
+  }
+  /** Moves the time on by `ms` from now on. */
+  jump(ms: number): void {
+    this.offset += ms;
+  }
 }
