@@ -44,6 +44,10 @@ export interface BrokerMemory {
   /** `fleet serve` beside Mosquitto. */
   serverPeakRssMB: number | null;
   redisPeakRssMB: number | null;
+  /** CPU seconds each broker node used, from its start to the end of the run (or to its kill). */
+  nodesCpuSeconds: number[];
+  serverCpuSeconds: number | null;
+  redisCpuSeconds: number | null;
 }
 
 export function findBinary(candidates: string[], probe: string): string | undefined {
@@ -66,6 +70,17 @@ export function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** CPU seconds (user + system) a process has used so far, or 0 when it is gone (/proc/PID/stat, 100 ticks a second). */
+export function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(((Number(f[11]) + Number(f[12])) / 100).toFixed(2));
   } catch {
     return 0;
   }
@@ -198,6 +213,7 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
       urls = [await fleetBroker('node-a', shared), await fleetBroker('node-b', shared)];
     }
     const peaks = new Map<ChildProcess, number>();
+    const cpuAtKill = new Map<ChildProcess, number>();
     return {
       kind: o.kind,
       urls,
@@ -205,6 +221,7 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
       async killNode(i) {
         const b = brokers[i];
         peaks.set(b, sampler.final(b.pid!));
+        cpuAtKill.set(b, cpuSeconds(b.pid!));
         b.kill('SIGKILL');
         await new Promise((r) => (b.exitCode !== null || b.signalCode !== null ? r(null) : b.once('exit', r)));
       },
@@ -215,6 +232,9 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
           nodesPeakRssMB: nodes,
           serverPeakRssMB: server ? sampler.final(server.pid!) : null,
           redisPeakRssMB: redis ? sampler.final(redis.pid!) : null,
+          nodesCpuSeconds: brokers.map((b) => cpuAtKill.get(b) ?? cpuSeconds(b.pid!)),
+          serverCpuSeconds: server ? cpuSeconds(server.pid!) : null,
+          redisCpuSeconds: redis ? cpuSeconds(redis.pid!) : null,
         };
         sampler.close();
         // Update server first, then brokers, then Redis.

@@ -31,7 +31,7 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { silentLogger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { readLines, type DeviceEnd } from '../simulations/sim-support.ts';
-import { findMosquitto, findRedisServer, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
+import { cpuSeconds, findMosquitto, findRedisServer, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
 
 const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
 const MODEL = 'bench';
@@ -87,6 +87,11 @@ export interface FleetBenchResult {
   redisBytesPerPayloadByte: number | null;
   /** Seconds after the publish at which node B was killed, if it was. */
   killedNodeAfterSeconds: number | null;
+  /** CPU seconds the device worker processes used (all of the run). */
+  workersCpuSeconds: number;
+  nodesCpuSeconds: number[];
+  serverCpuSeconds: number | null;
+  redisCpuSeconds: number | null;
   /** os.loadavg() when the run ended (the machine is shared). */
   loadAverage: number[];
 }
@@ -212,6 +217,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     const redisIn = redisBefore && redisAfter ? redisAfter.in - redisBefore.in : null;
     const redisOut = redisBefore && redisAfter ? redisAfter.out - redisBefore.out : null;
     progress.finish(`${ok.length}/${o.devices} acked in ${seconds.toFixed(2)} s`);
+    const workersCpuSeconds = Number(workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0).toFixed(2));
     // Devices first (they leave cleanly), then the broker side, whose peak memory is read before it stops.
     await Promise.all(workers.map((c) => stopChild(c, 10_000).catch(() => undefined)));
     const mem = await setup.stop();
@@ -236,6 +242,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       redisBytesIn: redisIn,
       redisBytesOut: redisOut,
       redisBytesPerPayloadByte: redisIn !== null && redisOut !== null ? Number(((redisIn + redisOut) / Math.max(1, ok.length * payload.byteLength)).toFixed(4)) : null,
+      workersCpuSeconds,
       killedNodeAfterSeconds: killed ? o.killNodeAfterSeconds! : null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     };
