@@ -13,8 +13,11 @@
  * - a chunk request (`…/get/{device}`) published on a node that runs its own
  *   update server stays on the node: that server answers it, and no other;
  * - a frame (`…/to/{device}`) whose device is subscribed on this node stays
- *   on the node; for a device elsewhere (it moved away mid-transfer, or its
- *   node runs no update server) it goes through Redis to wherever it is.
+ *   on the node; for a device elsewhere (its node runs no update server) it
+ *   goes through Redis. A serving node subscribes its devices' frames on the
+ *   node only (no Redis pattern per device): a frame for a device that has
+ *   just moved to another serving node is dropped, and the device asks that
+ *   node again for what it lacks when it reconnects.
  *
  * A request that arrives through Redis (from a node without an update server)
  * is handed to this node's subscribers only when `answersRemote()` says so
@@ -86,6 +89,12 @@ export class ClusterEmitter implements Mq {
     this.local.on(topic, fn);
     const device = this.frameSubscription(topic);
     if (device !== undefined) this.frameSubscribers.set(device, (this.frameSubscribers.get(device) ?? 0) + 1);
+    // A serving node's devices get their frames on the node: no Redis subscription (a pattern per
+    // device, which every PUBLISH in Redis is matched against) for them.
+    if (device !== undefined && this.routing?.servesLocally) {
+      if (done) setImmediate(done);
+      return this;
+    }
     let byTopic = this.wrapped.get(fn);
     if (!byTopic) this.wrapped.set(fn, (byTopic = new Map()));
     const remote: Handler = (packet, cb) => (this.dropRemote(packet) ? cb() : fn(packet, cb));
