@@ -123,6 +123,23 @@ describe.skipIf(!redisBin)('a cluster whose nodes answer their own devices', () 
     expect([a.updateServer!.stats.requests, b.updateServer!.stats.requests]).toEqual([1, 0]);
   });
 
+  it('when the lease holder stops, another serving node takes the lease and then accepts uploads', async () => {
+    await startCluster();
+    const a = await node('node-a');
+    const b = await node('node-b');
+    expect([a.holdsLease(), b.holdsLease()]).toEqual([true, false]);
+    await env.closeNow(a);
+    // B tries again at every renewal (a third of the 15 s lease); A gave the lease up on its clean stop.
+    await until(() => b.holdsLease(), { what: 'node B holding the lease', timeoutMs: 20_000 });
+    const f = await fixture('cluster-takeover', b.url);
+    const pub = await publish(f);
+    expect(b.updateServer!.stats.uploadsStored).toBeGreaterThanOrEqual(1);
+    const dev = await rawDevice(b.url, 'after-1');
+    await ask(dev.t, pub.updateId, 'after-1');
+    await until(() => dev.frames.length >= EXPECTED.length, { what: 'the answer after the takeover', timeoutMs: 20_000 });
+    expect(summary(dev.frames)).toEqual(EXPECTED);
+  });
+
   it('with --auth, a device on a node cannot receive another device’s frames', async () => {
     await startCluster();
     const dir = await env.dir();
