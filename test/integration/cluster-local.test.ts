@@ -11,6 +11,8 @@ import type { BrokerOptions, RunningBroker } from '../../nodes/broker-node.ts';
 import { updateIdOf } from '../../protocol/chunks.ts';
 import { decodeFrame, encodeRequest, type Frame } from '../../protocol/frames.ts';
 import { ContentStore } from '../../server/content-store.ts';
+import { UpdateServer } from '../../server/update-server.ts';
+import { silentLogger } from '../../util/log.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { useBrokerEnv } from '../support/broker-env.ts';
 import { CHUNK, createFixture, MODEL, publish, topics, type Fixture } from '../support/harness.ts';
@@ -121,6 +123,27 @@ describe.skipIf(!redisBin)('a cluster whose nodes answer their own devices', () 
     await expectNoEventWithin(1000, () => dev.frames.length > EXPECTED.length, 'a second answer');
     expect(summary(dev.frames)).toEqual(EXPECTED);
     expect([a.updateServer!.stats.requests, b.updateServer!.stats.requests]).toEqual([1, 0]);
+  });
+
+  it('`fleet serve` beside a cluster of nodes without update servers: answered once, through Redis, as before', async () => {
+    await startCluster();
+    const a = await node('node-a', { updateServer: false });
+    const b = await node('node-b', { updateServer: false });
+    const transport = env.track(await MqttTransport.connect({ url: a.url, clientId: 'fleet-update-server-beside' }, 10_000));
+    const server = new UpdateServer({ transport, store: new ContentStore(path.join(await env.dir(), 'serve-store')), topics, log: silentLogger, settleMs: 200 });
+    await server.start();
+    env.track({ close: () => server.stop() });
+    const f = await fixture('cluster-serve', b.url);
+    const pub = await publish(f);
+    const spy = env.track(await RedisSpy.start(redis!.url));
+    const dev = await rawDevice(b.url, 'beside-1');
+    await ask(dev.t, pub.updateId, 'beside-1');
+    await until(() => dev.frames.length >= EXPECTED.length, { what: 'the answer of fleet serve', timeoutMs: 20_000 });
+    await expectNoEventWithin(1000, () => dev.frames.length > EXPECTED.length, 'a second answer');
+    expect(summary(dev.frames)).toEqual(EXPECTED);
+    expect(server.stats.requests).toBe(1);
+    // The request and its five frames crossed Redis (the device is on B, the server on A).
+    expect(spy.chunkTraffic.length).toBe(1 + EXPECTED.length);
   });
 
   it('when the lease holder stops, another serving node takes the lease and then accepts uploads', async () => {
