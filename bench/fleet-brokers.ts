@@ -3,13 +3,15 @@
  * with the update server as it runs for that broker:
  *   aedes      `fleet broker` (on-disk persistence, update server in-process);
  *   mosquitto  Mosquitto, and `fleet serve` beside it;
- *   cluster    a private redis-server (or --redis URL), node A `fleet broker --cluster`
- *              with the update server, node B `fleet broker --cluster --no-update-server`.
+ *   cluster    a private redis-server (or --redis URL), nodes A and B `fleet broker --cluster`,
+ *              each with its update server answering its own devices from one shared --store
+ *              (A takes the lease: uploads, releases).
  * Samples every broker process's resident memory (VmRSS polled, VmHWM at the end).
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs, readFileSync } from 'node:fs';
 import net from 'node:net';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 
@@ -27,6 +29,10 @@ export interface BrokerSetup {
   kind: BrokerKind;
   /** One URL per broker node (devices are spread over them). */
   urls: string[];
+  /** The cluster's Redis. */
+  redisUrl?: string;
+  /** SIGKILLs broker node `i` (a node dying mid-update). */
+  killNode(i: number): Promise<void>;
   /** Ends every process it started (by PID) and reports peak memory. */
   stop(): Promise<BrokerMemory>;
 }
@@ -38,6 +44,10 @@ export interface BrokerMemory {
   /** `fleet serve` beside Mosquitto. */
   serverPeakRssMB: number | null;
   redisPeakRssMB: number | null;
+  /** CPU seconds each broker node used, from its start to the end of the run (or to its kill). */
+  nodesCpuSeconds: number[];
+  serverCpuSeconds: number | null;
+  redisCpuSeconds: number | null;
 }
 
 export function findBinary(candidates: string[], probe: string): string | undefined {
@@ -60,6 +70,17 @@ export function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** CPU seconds (user + system) a process has used so far, or 0 when it is gone (/proc/PID/stat, 100 ticks a second). */
+export function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(((Number(f[11]) + Number(f[12])) / 100).toFixed(2));
   } catch {
     return 0;
   }
@@ -145,6 +166,7 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
   const brokers: ChildProcess[] = [];
   let server: ChildProcess | undefined;
   let redis: ChildProcess | undefined;
+  let redisUrl: string | undefined;
   const all = (): ChildProcess[] => [...brokers, ...(server ? [server] : []), ...(redis ? [redis] : [])];
   const fleetBroker = async (name: string, extra: string[]): Promise<string> => {
     const port = await freePort();
@@ -175,7 +197,7 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
       server = await startProcess(process.execPath, [FLEET_BIN, 'serve', '--broker', urls[0], '--data-dir', path.join(o.dir, 'store')], path.join(o.dir, 'serve.log'), /fleet update server on/);
       sampler.watch(server.pid!);
     } else {
-      let redisUrl = o.redisUrl;
+      redisUrl = o.redisUrl;
       if (!redisUrl) {
         const bin = findRedisServer();
         if (!bin) throw new Error('the cluster needs redis-server (apt-get install redis-server) or --redis URL');
@@ -186,19 +208,33 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
         sampler.watch(redis.pid!);
         redisUrl = `redis://127.0.0.1:${port}`;
       }
-      // One update server for the cluster, on node A (docs/cluster.md).
-      urls = [await fleetBroker('node-a', ['--cluster', redisUrl]), await fleetBroker('node-b', ['--cluster', redisUrl, '--no-update-server'])];
+      // Each node answers its own devices from one shared content store; A (first) takes the lease (docs/cluster.md).
+      const shared = ['--cluster', redisUrl, '--store', path.join(o.dir, 'shared-store')];
+      urls = [await fleetBroker('node-a', shared), await fleetBroker('node-b', shared)];
     }
+    const peaks = new Map<ChildProcess, number>();
+    const cpuAtKill = new Map<ChildProcess, number>();
     return {
       kind: o.kind,
       urls,
+      redisUrl,
+      async killNode(i) {
+        const b = brokers[i];
+        peaks.set(b, sampler.final(b.pid!));
+        cpuAtKill.set(b, cpuSeconds(b.pid!));
+        b.kill('SIGKILL');
+        await new Promise((r) => (b.exitCode !== null || b.signalCode !== null ? r(null) : b.once('exit', r)));
+      },
       async stop() {
-        const nodes = brokers.map((b) => sampler.final(b.pid!));
+        const nodes = brokers.map((b) => peaks.get(b) ?? sampler.final(b.pid!));
         const mem: BrokerMemory = {
           brokerPeakRssMB: Math.max(0, ...nodes),
           nodesPeakRssMB: nodes,
           serverPeakRssMB: server ? sampler.final(server.pid!) : null,
           redisPeakRssMB: redis ? sampler.final(redis.pid!) : null,
+          nodesCpuSeconds: brokers.map((b) => cpuAtKill.get(b) ?? cpuSeconds(b.pid!)),
+          serverCpuSeconds: server ? cpuSeconds(server.pid!) : null,
+          redisCpuSeconds: redis ? cpuSeconds(redis.pid!) : null,
         };
         sampler.close();
         // Update server first, then brokers, then Redis.
@@ -212,5 +248,19 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
     sampler.close();
     await Promise.all(all().map((c) => stopChild(c, 2000)));
     throw e;
+  }
+}
+
+const IORedis = createRequire(import.meta.url)('ioredis') as new (url: string) => { info(section: string): Promise<string>; disconnect(): void };
+
+/** Bytes Redis has received from and sent to all its clients so far (INFO stats: total_net_input_bytes, total_net_output_bytes). */
+export async function redisNetBytes(url: string): Promise<{ in: number; out: number }> {
+  const r = new IORedis(url);
+  try {
+    const info = await r.info('stats');
+    const field = (name: string): number => Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(info)?.[1] ?? NaN);
+    return { in: field('total_net_input_bytes'), out: field('total_net_output_bytes') };
+  } finally {
+    r.disconnect();
   }
 }

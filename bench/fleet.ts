@@ -3,6 +3,7 @@
  *
  *   npm run bench:fleet -- --devices N --size BYTES [--broker aedes|mosquitto|cluster]
  *       [--compare] [--workers W] [--ramp SECONDS] [--chunk-size 16384] [--redis URL] [--timeout 900]
+ *       [--kill-node SECONDS]   (cluster: SIGKILL node B this long after the publish)
  *
  * The broker runs in its own process(es) with the update server as it runs
  * for that broker (bench/fleet-brokers.ts). W worker processes
@@ -12,7 +13,9 @@
  * is published (publisher/publish.ts) and the clock runs until the last device
  * has applied it and acked. `--compare` runs Aedes, Mosquitto (when installed)
  * and the 2-node cluster (when redis-server or --redis is available) on the
- * same fleet and update, and adds time ratios. Ends with one JSON line.
+ * same fleet and update, and adds time ratios. For a cluster it also reads
+ * Redis's own byte counters (INFO stats) before the publish and after the last
+ * ack: the bytes through Redis per payload byte delivered. Ends with one JSON line.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
@@ -28,7 +31,7 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { silentLogger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { readLines, type DeviceEnd } from '../simulations/sim-support.ts';
-import { findMosquitto, findRedisServer, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
+import { cpuSeconds, findMosquitto, findRedisServer, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
 
 const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
 const MODEL = 'bench';
@@ -50,6 +53,8 @@ export interface FleetBenchOptions {
   quiet?: boolean;
   /** Keep the working directory (logs of the broker side and the workers) and say where. */
   keep?: boolean;
+  /** Cluster only: SIGKILL node B this many seconds after the publish (its devices fail over to A). */
+  killNodeAfterSeconds?: number;
 }
 
 export interface FleetBenchResult {
@@ -75,6 +80,20 @@ export interface FleetBenchResult {
   workers: number;
   rampSeconds: number;
   chunkSize: number;
+  /** Cluster: bytes Redis received and sent (all clients) from just before the publish to the last ack. */
+  redisBytesIn: number | null;
+  redisBytesOut: number | null;
+  /** (redisBytesIn + redisBytesOut) / (completed × payloadBytes). */
+  redisBytesPerPayloadByte: number | null;
+  /** Seconds after the publish at which node B was killed, if it was. */
+  killedNodeAfterSeconds: number | null;
+  /** CPU seconds the device worker processes used (all of the run). */
+  workersCpuSeconds: number;
+  nodesCpuSeconds: number[];
+  serverCpuSeconds: number | null;
+  redisCpuSeconds: number | null;
+  /** os.loadavg() when the run ended (the machine is shared). */
+  loadAverage: number[];
 }
 
 /**
@@ -158,7 +177,17 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     }
     o.log(`bench:fleet ${o.broker}: ${ready} devices online; publishing`);
 
+    const redisUrl = setup.redisUrl;
+    const redisBefore = redisUrl ? await redisNetBytes(redisUrl) : undefined;
     const t0 = Date.now();
+    let killed: Promise<void> | undefined;
+    const killTimer =
+      o.killNodeAfterSeconds !== undefined && setup.urls.length > 1
+        ? setTimeout(() => {
+            o.log(`bench:fleet ${o.broker}: killing node B (SIGKILL)`);
+            killed = setup!.killNode(1);
+          }, o.killNodeAfterSeconds * 1000)
+        : undefined;
     const pub = await MqttTransport.connect({ url: setup.urls[0], clientId: `fleet-bench-publisher-${process.pid}` }, 30_000);
     try {
       await publishUpdate({
@@ -182,7 +211,13 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     const list = [...ends.values()];
     const ok = list.filter((e) => e.state === 'ok' && e.running === target);
     const seconds = ((ok.length === o.devices ? Math.max(...ok.map((e) => e.time)) : Date.now()) - t0) / 1000;
+    if (killTimer) clearTimeout(killTimer);
+    await killed;
+    const redisAfter = redisUrl ? await redisNetBytes(redisUrl) : undefined;
+    const redisIn = redisBefore && redisAfter ? redisAfter.in - redisBefore.in : null;
+    const redisOut = redisBefore && redisAfter ? redisAfter.out - redisBefore.out : null;
     progress.finish(`${ok.length}/${o.devices} acked in ${seconds.toFixed(2)} s`);
+    const workersCpuSeconds = Number(workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0).toFixed(2));
     // Devices first (they leave cleanly), then the broker side, whose peak memory is read before it stops.
     await Promise.all(workers.map((c) => stopChild(c, 10_000).catch(() => undefined)));
     const mem = await setup.stop();
@@ -204,6 +239,12 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       workers: workers.length,
       rampSeconds: o.rampSeconds,
       chunkSize: o.chunkSize,
+      redisBytesIn: redisIn,
+      redisBytesOut: redisOut,
+      redisBytesPerPayloadByte: redisIn !== null && redisOut !== null ? Number(((redisIn + redisOut) / Math.max(1, ok.length * payload.byteLength)).toFixed(4)) : null,
+      workersCpuSeconds,
+      killedNodeAfterSeconds: killed ? o.killNodeAfterSeconds! : null,
+      loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     };
   } finally {
     await Promise.all(workers.map((c) => stopChild(c, 10_000).catch(() => undefined)));
@@ -238,6 +279,7 @@ async function main(): Promise<void> {
       timeout: { type: 'string', default: '900' },
       quiet: { type: 'boolean', default: false },
       keep: { type: 'boolean', default: false },
+      'kill-node': { type: 'string' },
     },
   });
   const devices = Number(a.devices);
@@ -254,6 +296,7 @@ async function main(): Promise<void> {
     redisUrl: a.redis,
     quiet: a.quiet === true,
     keep: a.keep === true,
+    killNodeAfterSeconds: a['kill-node'] === undefined ? undefined : Number(a['kill-node']),
     log: (s: string) => process.stderr.write(s + '\n'),
   };
   if (!a.compare) {
@@ -278,6 +321,8 @@ async function main(): Promise<void> {
       cluster,
       aedesOverMosquittoSeconds: mosquitto ? ratio(aedes.seconds, mosquitto.seconds) : null,
       clusterOverSingleSeconds: cluster ? ratio(cluster.seconds, aedes.seconds) : null,
+      clusterRedisBytesPerPayloadByte: cluster?.redisBytesPerPayloadByte ?? null,
+      loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
       allCompleted: [aedes, mosquitto, cluster].every((r) => r === null || r.completed === r.devices),
     }) + '\n',
   );

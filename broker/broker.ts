@@ -16,6 +16,7 @@ import { DirLock } from '../util/dir-lock.ts';
 import { BrokerAuth } from './auth.ts';
 import type { Role } from './acl.ts';
 import { openCluster, type ClusterParts } from './cluster.ts';
+import type { ChunkRouting } from './cluster-emitter.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.ts';
 import { stampPresence } from './presence-stamp.ts';
@@ -84,6 +85,8 @@ export interface BrokerParts {
   /** Called with every TCP and TLS connection accepted (a node's metrics count its bytes). */
   onSocket?: (socket: net.Socket) => void;
   dirLock?: DirLock;
+  /** In a cluster, set by a node that runs an update server: its devices' chunk traffic stays on the node. */
+  chunkRouting?: ChunkRouting;
   cluster?: ClusterParts;
   persistence?: Persistence;
   auth?: BrokerAuth;
@@ -97,8 +100,12 @@ export interface BrokerParts {
   wsUrl?: string;
 }
 
+/** Brokers started in this process so far: a second one's update server needs a client id of its own (nodes of one cluster in one test process). */
+let brokersStarted = 0;
+
 export function brokerParts(o: MqttBrokerOptions): BrokerParts {
-  return { o: resolveBrokerConfig(o), log: o.log, host: o.host ?? '127.0.0.1', topics: new Topics(o.prefix), internalClientId: `fleet-update-server-${process.pid}` };
+  const n = ++brokersStarted;
+  return { o: resolveBrokerConfig(o), log: o.log, host: o.host ?? '127.0.0.1', topics: new Topics(o.prefix), internalClientId: `fleet-update-server-${process.pid}${n > 1 ? `-${n}` : ''}` };
 }
 
 /** A part an earlier step set; its absence is a bug in the order of the steps. */
@@ -121,7 +128,7 @@ const persistence: Step<BrokerParts> = {
   name: 'persistence',
   async start(p) {
     if (p.o.cluster) {
-      p.cluster = await openCluster(p.o.cluster, p.log.child('cluster'));
+      p.cluster = await openCluster(p.o.cluster, p.log.child('cluster'), p.topics, p.chunkRouting);
       p.persistence = p.cluster.persistence;
     } else if ((p.o.persistence ?? 'level') === 'level') {
       const db = new Level(path.join(p.o.dataDir, 'broker-db'));

@@ -4,16 +4,18 @@
  * retained messages where every node sees them. Several `fleet broker
  * --cluster redis://…` processes on different ports form one logical broker.
  *
- * The update server runs once per cluster (docs/cluster.md says why): a node
- * that starts one takes a lease in Redis first, so a second node started the
- * same way refuses instead of answering every request a second time.
+ * Every node may run an update server that answers its own devices' chunk
+ * requests on the node (broker/cluster-emitter.ts); the content store is
+ * shared (docs/cluster.md), and a lease in Redis names the one node that
+ * accepts uploads and re-asserts releases.
  */
 import { FleetError } from '../platform/errors.ts';
 import os from 'node:os';
 import { createRequire } from 'node:module';
-import type { AedesOptions } from 'aedes';
 import type { Logger } from '../util/log.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
+import { ClusterEmitter, type ChunkRouting, type EmitterCounters, type Mq } from './cluster-emitter.ts';
+import type { Topics } from '../protocol/topics.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -30,15 +32,14 @@ interface RedisClient {
 type RedisCtor = new (url: string, opts?: Record<string, unknown>) => RedisClient;
 const Redis = require('ioredis') as RedisCtor;
 const AsyncRedisPersistence = require('aedes-persistence-redis/asyncPersistence.js') as new (opts: { conn: RedisClient }) => Persistence;
-const MQEmitterRedis = require('mqemitter-redis') as (opts: Record<string, unknown>) => NonNullable<AedesOptions['mq']> & {
-  close(cb: () => void): void;
+const MQEmitterRedis = require('mqemitter-redis') as (opts: Record<string, unknown>) => Mq & {
   state: { on(event: 'error', fn: (e: Error) => void): void };
 };
 
-/** A typed refusal: bad Redis URL, Redis unreachable, or the update-server lease held by another node. */
-export class ClusterError extends FleetError<'bad-url' | 'redis-unreachable' | 'update-server-taken'> {
+/** A typed refusal: bad Redis URL or Redis unreachable. */
+export class ClusterError extends FleetError<'bad-url' | 'redis-unreachable'> {
   override readonly name = 'ClusterError';
-  constructor(code: 'bad-url' | 'redis-unreachable' | 'update-server-taken', message: string) {
+  constructor(code: 'bad-url' | 'redis-unreachable', message: string) {
     super(code === 'redis-unreachable' ? 'io' : 'usage', code, message);
   }
 }
@@ -56,7 +57,9 @@ export function parseRedisUrl(url: string): URL {
 
 export interface ClusterParts {
   persistence: Persistence;
-  mq: NonNullable<AedesOptions['mq']>;
+  mq: Mq;
+  /** What this node's emitter sent locally and through Redis. */
+  counters: EmitterCounters;
   /** A broker id unique in the cluster (Aedes tells nodes apart by it; wills of dead nodes are published by the living). */
   brokerId: string;
   /** Closes what Aedes does not: the persistence's connections and the lease client. Call after `aedes.close()`. */
@@ -65,8 +68,13 @@ export interface ClusterParts {
 
 const redact = (url: string): string => url.replace(/\/\/[^@/]*@/, '//');
 
-/** Connects to Redis (fails fast when it does not answer) and builds Aedes's persistence and emitter on it. */
-export async function openCluster(url: string, log: Logger): Promise<ClusterParts> {
+/**
+ * Connects to Redis (fails fast when it does not answer) and builds Aedes's
+ * persistence and emitter on it. With `routing` (the node runs an update
+ * server), chunk requests and frames of this node's devices stay on the node
+ * (broker/cluster-emitter.ts).
+ */
+export async function openCluster(url: string, log: Logger, topics: Topics, routing?: ChunkRouting): Promise<ClusterParts> {
   parseRedisUrl(url);
   const conn = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 20 });
   conn.on('error', (e) => log.warn('redis (persistence)', { error: e.message }));
@@ -79,12 +87,15 @@ export async function openCluster(url: string, log: Logger): Promise<ClusterPart
   // Its stream methods return async iterables; guardStreams hands Aedes the Readables it pipes.
   const persistence = guardStreams(new AsyncRedisPersistence({ conn }), log.child('persistence'));
   // Aedes's own emitter matches empty levels ([MQTT-4.7.1-3]); keep that.
-  const mq = MQEmitterRedis({ connectionString: url, matchEmptyLevels: true, concurrency: 100 });
-  mq.state.on('error', (e: Error) => log.warn('redis (fan-out)', { error: e.message }));
+  const emitterOpts = { matchEmptyLevels: true, concurrency: 100 };
+  const redisMq = MQEmitterRedis({ connectionString: url, ...emitterOpts });
+  redisMq.state.on('error', (e: Error) => log.warn('redis (fan-out)', { error: e.message }));
+  const mq = new ClusterEmitter(redisMq, topics, routing, emitterOpts);
   let closed = false;
   return {
     persistence,
     mq,
+    counters: mq.counters,
     brokerId: `fleet-broker-${os.hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
     async close() {
       if (closed) return;
@@ -102,13 +113,20 @@ export async function openCluster(url: string, log: Logger): Promise<ClusterPart
 }
 
 /**
- * The cluster's one update server: a key in Redis naming the node that runs
- * it, with a time to live that the holder renews. A node restarted with the
- * same identity (host and port) takes its own lease back at once; another
- * node is refused until the holder has been gone for `ttlMs`.
+ * The cluster's lease: a key in Redis naming the one node that accepts
+ * uploads, re-asserts releases and answers the requests of devices on nodes
+ * without an update server. Every node with an update server joins; one holds
+ * it and renews it, the others try again at every renewal and take it once it
+ * is free (at once after a clean stop, `ttlMs` after the holder died). A node
+ * restarted with the same identity (host and port) takes its own lease back
+ * at once. Chunk requests are answered by every node for its own devices,
+ * holder or not (broker/cluster-emitter.ts).
  */
 export class UpdateServerLease {
   private timer: NodeJS.Timeout | undefined;
+  private heldNow = false;
+  /** Called when this node takes the lease (at start or later, from a node that died or stopped). */
+  onTaken: (() => void) | undefined;
   private constructor(
     private readonly redis: RedisClient,
     private readonly key: string,
@@ -117,28 +135,35 @@ export class UpdateServerLease {
     private readonly log: Logger,
   ) {}
 
-  static async acquire(o: { url: string; prefix: string; holder: string; ttlMs: number; log: Logger }): Promise<UpdateServerLease> {
+  /** Whether this node holds the lease now. */
+  get held(): boolean {
+    return this.heldNow;
+  }
+
+  /** The node holding the lease, as Redis names it (undefined when nobody does). */
+  async currentHolder(): Promise<string | undefined> {
+    return (await this.redis.get(this.key)) ?? undefined;
+  }
+
+  static async join(o: { url: string; prefix: string; holder: string; ttlMs: number; log: Logger }): Promise<UpdateServerLease> {
     const redis = new Redis(o.url, { lazyConnect: true, maxRetriesPerRequest: 20 });
     redis.on('error', (e) => o.log.warn('redis (lease)', { error: e.message }));
     const ttl = o.ttlMs;
     const key = `fleet:${o.prefix}:update-server`;
+    const lease = new UpdateServerLease(redis, key, o.holder, ttl, o.log);
     try {
       await (redis as unknown as { connect(): Promise<void> }).connect();
       const got = await redis.set(key, o.holder, 'PX', ttl, 'NX');
-      if (got !== 'OK') {
-        const now = await redis.get(key);
-        if (now !== o.holder) {
-          throw new ClusterError('update-server-taken', `node ${now} already runs the cluster's update server; start this node with --no-update-server (or stop that one and wait ${Math.round(ttl / 1000)} s)`);
-        }
+      if (got === 'OK' || (await redis.get(key)) === o.holder) {
         await redis.set(key, o.holder, 'PX', ttl);
+        lease.heldNow = true;
       }
     } catch (e) {
       redis.disconnect();
-      if (e instanceof ClusterError) throw e;
       throw new ClusterError('redis-unreachable', `cannot reach Redis at ${redact(o.url)}: ${(e as Error).message}`);
     }
-    const lease = new UpdateServerLease(redis, key, o.holder, ttl, o.log);
-    lease.timer = setInterval(() => void lease.renew(), Math.max(500, Math.floor(ttl / 3)));
+    o.log.info(lease.heldNow ? 'this node holds the cluster lease (uploads, releases)' : 'another node holds the cluster lease; this one serves its own devices', { key });
+    lease.timer = setInterval(() => void lease.renew(), Math.max(200, Math.floor(ttl / 3)));
     lease.timer.unref();
     return lease;
   }
@@ -146,9 +171,15 @@ export class UpdateServerLease {
   private async renew(): Promise<void> {
     try {
       const r = await this.redis.eval(RENEW, 1, this.key, this.holder, this.ttlMs);
-      if (r !== 1) this.log.error('the update-server lease was taken by another node', { key: this.key });
+      const was = this.heldNow;
+      this.heldNow = r === 1;
+      if (was && !this.heldNow) this.log.error('the cluster lease was taken by another node', { key: this.key });
+      if (!was && this.heldNow) {
+        this.log.info('this node took the cluster lease', { key: this.key });
+        this.onTaken?.();
+      }
     } catch (e) {
-      this.log.warn('could not renew the update-server lease', { error: (e as Error).message });
+      this.log.warn('could not renew the cluster lease', { error: (e as Error).message });
     }
   }
 
@@ -156,6 +187,7 @@ export class UpdateServerLease {
   async release(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    this.heldNow = false;
     try {
       await this.redis.eval(RELEASE, 1, this.key, this.holder);
       await this.redis.quit();

@@ -37,7 +37,11 @@ program
   .option('--data-dir <dir>', 'broker persistence and update store', './fleet-data')
   .addOption(new Option('--persistence <kind>', 'broker persistence').choices(['level', 'memory']).default('level'))
   .option('--no-update-server', 'do not run the update server in-process')
-  .option('--cluster <url>', 'one node of a cluster: sessions, retained messages and fan-out in Redis (redis://HOST:PORT); run the update server on one node only, the others with --no-update-server (docs/cluster.md)')
+  .option(
+    '--cluster <url>',
+    "one node of a cluster: sessions, retained messages and fan-out in Redis (redis://HOST:PORT); each node's update server answers its own devices, from a --store every node shares (docs/cluster.md)",
+  )
+  .option('--store <dir>', 'the update content store (default DATA-DIR/store); in a cluster, the same shared directory on every node')
   .option('--tls-port <port>', 'also listen with TLS on this port (mqtts://)', parseIntArg(0, 65535))
   .option('--ws-port <port>', 'also listen for MQTT over WebSocket on this port (ws://), e.g. for a browser with a viewer login', parseIntArg(0, 65535))
   .option('--ws-host <host>', 'address of the WebSocket listener (default: --host)')
@@ -66,6 +70,7 @@ program
       persistence: 'level' | 'memory';
       updateServer: boolean;
       cluster?: string;
+      store?: string;
       auth?: string;
       tlsPort?: number;
       tlsHost?: string;

@@ -5,6 +5,7 @@ import { brokerParts, brokerSteps, part, type BrokerParts, type MqttBrokerOption
 import type { ResolvedBrokerConfig } from '../broker/defaults.ts';
 import type { BrokerAuth } from '../broker/auth.ts';
 import { UpdateServerLease } from '../broker/cluster.ts';
+import type { EmitterCounters } from '../broker/cluster-emitter.ts';
 import { BrokerMetrics, serveMetrics } from '../operator/broker-metrics.ts';
 import { liveDashboard } from '../operator/dashboard-live.ts';
 import { startSteps, type Step } from '../platform/steps.ts';
@@ -18,6 +19,12 @@ export interface BrokerOptions extends MqttBrokerOptions {
    * then takes the cluster's lease: one per cluster (docs/cluster.md).
    */
   updateServer?: boolean;
+  /**
+   * The update server's content store (default DATA-DIR/store). In a cluster
+   * every node names the same directory (a shared mount): the lease holder
+   * writes uploads into it, every node serves its own devices from it.
+   */
+  store?: string;
   /** An HTTP listener serving `GET /metrics` (Prometheus; operator/broker-metrics.ts). Port 0: any free port. */
   http?: { port: number; host?: string; processMetrics?: boolean };
 }
@@ -36,6 +43,10 @@ export interface RunningBroker {
   wsUrl: string | undefined;
   /** `http://host:port/metrics` when the metrics listener runs. */
   metricsUrl: string | undefined;
+  /** In a cluster: what this node's emitter kept on the node and sent through Redis. */
+  clusterCounters: EmitterCounters | undefined;
+  /** In a cluster with an update server: whether this node holds the cluster lease now. */
+  holdsLease(): boolean;
   close(): Promise<void>;
 }
 
@@ -64,18 +75,19 @@ const metrics: Step<NodeParts> = {
   stop: (p) => p.metrics?.close(),
 };
 
-/** In a cluster, one update server per cluster: this node's holds the lease while it runs. */
+/** In a cluster, every node with an update server joins the lease: its holder accepts uploads and re-asserts releases. */
 const lease: Step<NodeParts> = {
-  name: 'update server lease',
+  name: 'cluster lease',
   when: (p) => withUpdateServer(p) && p.o.cluster !== undefined,
   async start(p) {
-    p.lease = await UpdateServerLease.acquire({
+    p.lease = await UpdateServerLease.join({
       url: p.o.cluster!,
       prefix: p.topics.prefix,
       holder: `${os.hostname()}:${p.host}:${part(p.port, 'tcp listener')}`,
       ttlMs: p.o.clusterLeaseTtlMs,
       log: p.log.child('cluster'),
     });
+    p.lease.onTaken = () => p.updateServer?.becamePrimary();
   },
   stop: (p) => p.lease?.release(),
 };
@@ -95,7 +107,14 @@ const updateServer: Step<NodeParts> = {
   name: 'update server',
   when: withUpdateServer,
   async start(p) {
-    p.updateServer = new UpdateServer({ transport: part(p.transport, 'update server connection'), store: new ContentStore(path.join(p.o.dataDir, 'store')), topics: p.topics, log: p.log.child('server') });
+    const lease = p.lease;
+    p.updateServer = new UpdateServer({
+      transport: part(p.transport, 'update server connection'),
+      store: new ContentStore(p.o.store ?? path.join(p.o.dataDir, 'store')),
+      topics: p.topics,
+      log: p.log.child('server'),
+      primary: lease ? () => lease.held : undefined,
+    });
     await p.updateServer.start();
   },
   stop: (p) => p.updateServer?.stop(),
@@ -126,6 +145,8 @@ export const BROKER_NODE: readonly Step<NodeParts>[] = [b.dataDir, b.persistence
  */
 export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
   const p: NodeParts = brokerParts(o);
+  // In a cluster, a node with an update server answers its own devices on the node; the lease holder also those of nodes without one.
+  if (withUpdateServer(p) && o.cluster !== undefined) p.chunkRouting = { servesLocally: true, answersRemote: () => p.lease?.held === true };
   const started = await startSteps(BROKER_NODE, p, p.log);
   let closed = false;
   return {
@@ -138,6 +159,8 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     tlsUrl: p.tlsUrl,
     wsUrl: p.wsUrl,
     metricsUrl: p.metricsHttp?.url,
+    clusterCounters: p.cluster?.counters,
+    holdsLease: () => p.lease?.held === true,
     async close() {
       if (closed) return;
       closed = true;

@@ -20,6 +20,12 @@ export interface UpdateServerOptions {
   uploadTtlMs?: number;
   /** How often to look for them (default a quarter of the TTL, at most 10 min). */
   uploadSweepMs?: number;
+  /**
+   * In a cluster whose nodes share one content store: whether this server is
+   * the one (the lease holder) that stores uploads and releases and
+   * re-asserts releases. Every server answers chunk requests. Default: always.
+   */
+  primary?: () => boolean;
 }
 
 export interface UpdateServerStats {
@@ -66,8 +72,10 @@ export class UpdateServer {
   private readonly uploadTtlMs: number;
   private readonly uploadSweepMs: number;
   private pending = new Set<Promise<unknown>>();
+  private readonly primary: () => boolean;
 
   constructor(o: UpdateServerOptions) {
+    this.primary = o.primary ?? (() => true);
     this.t = o.transport;
     this.store = o.store;
     this.topics = o.topics;
@@ -96,7 +104,14 @@ export class UpdateServer {
     this.track(this.sweepUploads());
   }
 
+  /** This server has just become the primary (took the cluster lease): re-assert what the broker lacks. */
+  becamePrimary(): void {
+    if (this.settleTimer) clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(() => this.track(this.reassertReleases()), this.settleMs);
+  }
+
   private async sweepUploads(): Promise<void> {
+    if (!this.primary()) return;
     const gone = await this.store.expireUploads({ maxAgeMs: this.uploadTtlMs });
     if (gone.length) this.log.warn('abandoned uploads removed', { uploads: gone, ttlMs: this.uploadTtlMs });
   }
@@ -125,6 +140,7 @@ export class UpdateServer {
   }
 
   private async reassertReleases(): Promise<void> {
+    if (!this.primary()) return;
     for (const r of await this.store.releases()) {
       const seq = releaseSeq(r.bytes);
       const onBroker = this.brokerSeqs.get(`${r.group}/${r.model}`);
@@ -139,7 +155,7 @@ export class UpdateServer {
     const p = this.topics.parse(topic);
     if (!p) return;
     if (p.kind === 'request') return this.onRequest(p.model, p.updateId, p.deviceId, payload);
-    if (p.kind === 'upload') return this.onUpload(p.model, p.updateId, payload);
+    if (p.kind === 'upload') return this.primary() ? this.onUpload(p.model, p.updateId, payload) : undefined;
     if (p.kind === 'release') return this.onRelease(p.group, p.model, payload, retained);
   }
 
@@ -222,6 +238,7 @@ export class UpdateServer {
     if (payload.byteLength === 0) {
       // An empty retained payload withdraws the release.
       this.brokerSeqs.delete(key);
+      if (!this.primary()) return;
       await this.store.deleteRelease(group, model);
       this.log.info('release withdrawn', { group, model });
       return;
@@ -232,6 +249,7 @@ export class UpdateServer {
       return;
     }
     this.brokerSeqs.set(key, Math.max(seq, this.brokerSeqs.get(key) ?? -1));
+    if (!this.primary()) return;
     const stored = await this.store.getRelease(group, model);
     const storedSeq = stored ? releaseSeq(stored) : undefined;
     if (!retained || storedSeq === undefined || seq > storedSeq) {

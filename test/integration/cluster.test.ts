@@ -1,18 +1,30 @@
 /**
  * Two Aedes nodes on one Redis (`fleet broker --cluster`), each its own OS
- * process; the update server runs in node A only (docs/cluster.md). An update
- * published through A is fetched by devices connected to B; B killed in the
- * middle of a transfer: its devices fail over to A and complete.
+ * process with its own update server on one shared content store; node A
+ * holds the lease (uploads, releases). An update published through A is
+ * fetched by devices connected to B (answered by B); B killed in the middle
+ * of a transfer: its devices fail over to A and complete there.
  */
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FLEET_BIN } from '../../platform/child-process.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { createFixture, currentDigest, freePort, MEDIUM_LAYERS, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
-import { findRedis, startRedis, type RedisServer } from '../support/redis.ts';
+import { findRedis, RedisSpy, startRedis, type RedisServer } from '../support/redis.ts';
 import { until } from '../support/wait.ts';
+
+const Redis = createRequire(import.meta.url)('ioredis') as new (url: string) => { get(key: string): Promise<string | null>; disconnect(): void };
+
+/** A Redis key's value, read over a connection of its own. */
+async function redisGet(url: string, key: string): Promise<string | null> {
+  const r = new Redis(url);
+  try {
+    return await r.get(key);
+  } finally {
+    r.disconnect();
+  }
+}
 
 const redisBin = findRedis();
 if (!redisBin) console.warn('skipping the cluster suite: redis-server is not installed (apt-get install redis-server; .ci/run installs it)');
@@ -30,14 +42,15 @@ afterEach(async () => {
   nodes = [];
 });
 
-/** Redis, node A (update server) and node B (none), and a fixture whose own clients use A. */
+/** Redis, node A (lease holder) and node B, each with its update server on one shared store, and a fixture whose own clients use A. */
 async function twoNodes(tag: string): Promise<{ a: BrokerProcess; b: BrokerProcess }> {
   redis = await startRedis(redisBin!);
   const [pa, pb] = [await freePort(), await freePort()];
   f = await createFixture(tag, { externalUrl: `mqtt://127.0.0.1:${pa}`, layers: MEDIUM_LAYERS, rank: 16 });
-  const a = await BrokerProcess.start(pa, ['--data-dir', path.join(f.dir, 'node-a'), '--cluster', redis.url], f.dir, 'node-a');
+  const store = ['--store', path.join(f.dir, 'shared-store')];
+  const a = await BrokerProcess.start(pa, ['--data-dir', path.join(f.dir, 'node-a'), '--cluster', redis.url, ...store], f.dir, 'node-a');
   nodes.push(a);
-  const b = await BrokerProcess.start(pb, ['--data-dir', path.join(f.dir, 'node-b'), '--cluster', redis.url, '--no-update-server'], f.dir, 'node-b');
+  const b = await BrokerProcess.start(pb, ['--data-dir', path.join(f.dir, 'node-b'), '--cluster', redis.url, ...store], f.dir, 'node-b');
   nodes.push(b);
   return { a, b };
 }
@@ -46,6 +59,7 @@ describe.skipIf(!redisBin)('two Aedes nodes on Redis', () => {
   it('an update published through node A is fetched by devices on node B; statuses reach A', async () => {
     const { b } = await twoNodes('cluster-ab');
     const watch = await StatusWatch.start(f!); // on A
+    const spy = await RedisSpy.start(redis!.url);
     const ids = ['cb-1', 'cb-2'];
     for (const id of ids) spawnDevice(f!, id, [], b.url);
     for (const id of ids) await watch.until(id, (s) => s.state === 'idle', 60_000);
@@ -55,19 +69,25 @@ describe.skipIf(!redisBin)('two Aedes nodes on Redis', () => {
       expect(s.running).toBe(f!.update.targetDigest);
       expect(await currentDigest(f!, id)).toBe(f!.update.targetDigest);
     }
+    // B answered its own devices: no chunk request or frame crossed Redis, while the releases and statuses did.
+    spy.close();
+    expect(spy.chunkTraffic).toEqual([]);
+    expect(spy.channels.some((c) => c.endsWith('/release'))).toBe(true);
+    expect(spy.channels.some((c) => c.endsWith('/status'))).toBe(true);
   });
 
-  it('a second node that would also run the update server is refused', async () => {
+  it('a third node with an update server joins (no refusal) and its devices complete; the lease names node A', async () => {
     const { a } = await twoNodes('cluster-lease');
     const pc = await freePort();
-    const c = spawn(process.execPath, [FLEET_BIN, 'broker', '--port', String(pc), '--data-dir', path.join(f!.dir, 'node-c'), '--cluster', redis!.url], { stdio: ['ignore', 'pipe', 'pipe'] });
-    f!.children.push(c);
-    let err = '';
-    c.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    const code = await new Promise<number | null>((r) => c.once('exit', r));
-    expect(code).toBe(1);
-    expect(err).toContain("already runs the cluster's update server");
-    expect(err).toContain(String(a.port));
+    const c = await BrokerProcess.start(pc, ['--data-dir', path.join(f!.dir, 'node-c'), '--cluster', redis!.url, '--store', path.join(f!.dir, 'shared-store')], f!.dir, 'node-c');
+    nodes.push(c);
+    const watch = await StatusWatch.start(f!);
+    spawnDevice(f!, 'cc-1', [], c.url);
+    await watch.until('cc-1', (s) => s.state === 'idle', 60_000);
+    await publish(f!);
+    const s = await watch.until('cc-1', (s) => s.state === 'ok', 60_000);
+    expect(s.running).toBe(f!.update.targetDigest);
+    expect(await redisGet(redis!.url, 'fleet:fleet:update-server')).toContain(String(a.port));
   });
 
   it('node B killed mid-transfer: its devices reconnect to node A and complete', async () => {

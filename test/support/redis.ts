@@ -1,4 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -43,4 +44,34 @@ export async function startRedis(bin: string): Promise<RedisServer> {
     throw new Error(`redis-server did not start: ${(e as Error).message}\n${out}`, { cause: e });
   }
   return { url: `redis://127.0.0.1:${port}`, port, child, stop };
+}
+
+interface SpyConnection {
+  psubscribe(pattern: string): Promise<unknown>;
+  on(event: 'pmessageBuffer', fn: (pattern: Buffer, channel: Buffer, message: Buffer) => void): unknown;
+  disconnect(): void;
+}
+const IORedis = createRequire(import.meta.url)('ioredis') as new (url: string) => SpyConnection;
+
+/** Every message Redis pub/sub carries (between cluster nodes), by channel: a client subscribed to `*`. */
+export class RedisSpy {
+  readonly channels: string[] = [];
+  bytes = 0;
+  private constructor(private readonly conn: SpyConnection) {}
+  static async start(url: string): Promise<RedisSpy> {
+    const spy = new RedisSpy(new IORedis(url));
+    spy.conn.on('pmessageBuffer', (_p, channel, message) => {
+      spy.channels.push(channel.toString());
+      spy.bytes += message.byteLength;
+    });
+    await spy.conn.psubscribe('*');
+    return spy;
+  }
+  /** Chunk requests and frames (`…/updates/ID/get/DEVICE`, `…/to/DEVICE`) among them. */
+  get chunkTraffic(): string[] {
+    return this.channels.filter((c) => /\/updates\/[^/]+\/(get|to)\//.test(c));
+  }
+  close(): void {
+    this.conn.disconnect();
+  }
 }
