@@ -160,6 +160,38 @@ export interface SetupOptions {
   redisUrl?: string;
 }
 
+/** Mosquitto on a free port with `fleet serve` beside it (the arrangement for any broker). */
+async function startMosquittoBeside(dir: string, sampler: RssSampler): Promise<{ mosquitto: ChildProcess; server: ChildProcess; url: string }> {
+  const bin = findMosquitto();
+  if (!bin) throw new Error('mosquitto is not installed (apt-get install mosquitto)');
+  const port = await freePort();
+  const conf = path.join(dir, 'mosquitto.conf');
+  await fs.writeFile(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n`);
+  const mosquitto = await startProcess(bin, ['-c', conf], path.join(dir, 'mosquitto.log'), port);
+  sampler.watch(mosquitto.pid!);
+  const url = `mqtt://127.0.0.1:${port}`;
+  try {
+    const server = await startProcess(process.execPath, [FLEET_BIN, 'serve', '--broker', url, '--data-dir', path.join(dir, 'store')], path.join(dir, 'serve.log'), /fleet update server on/);
+    sampler.watch(server.pid!);
+    return { mosquitto, server, url };
+  } catch (e) {
+    await stopChild(mosquitto, 2000);
+    throw e;
+  }
+}
+
+/** A private redis-server on a free port, nothing saved to disk. */
+async function startRedis(dir: string, sampler: RssSampler): Promise<{ child: ChildProcess; port: number }> {
+  const bin = findRedisServer();
+  if (!bin) throw new Error('the cluster needs redis-server (apt-get install redis-server) or --redis URL');
+  const port = await freePort();
+  const rdir = path.join(dir, 'redis');
+  await fs.mkdir(rdir, { recursive: true });
+  const child = await startProcess(bin, ['--save', '', '--appendonly', 'no', '--port', String(port), '--bind', '127.0.0.1', '--dir', rdir], path.join(dir, 'redis.log'), port);
+  sampler.watch(child.pid!);
+  return { child, port };
+}
+
 export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
   await fs.mkdir(o.dir, { recursive: true });
   const sampler = new RssSampler();
@@ -185,28 +217,16 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
     if (o.kind === 'aedes') {
       urls = [await fleetBroker('aedes', [])];
     } else if (o.kind === 'mosquitto') {
-      const bin = findMosquitto();
-      if (!bin) throw new Error('mosquitto is not installed (apt-get install mosquitto)');
-      const port = await freePort();
-      const conf = path.join(o.dir, 'mosquitto.conf');
-      await fs.writeFile(conf, `listener ${port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n`);
-      const child = await startProcess(bin, ['-c', conf], path.join(o.dir, 'mosquitto.log'), port);
-      brokers.push(child);
-      sampler.watch(child.pid!);
-      urls = [`mqtt://127.0.0.1:${port}`];
-      server = await startProcess(process.execPath, [FLEET_BIN, 'serve', '--broker', urls[0], '--data-dir', path.join(o.dir, 'store')], path.join(o.dir, 'serve.log'), /fleet update server on/);
-      sampler.watch(server.pid!);
+      const started = await startMosquittoBeside(o.dir, sampler);
+      brokers.push(started.mosquitto);
+      server = started.server;
+      urls = [started.url];
     } else {
       redisUrl = o.redisUrl;
       if (!redisUrl) {
-        const bin = findRedisServer();
-        if (!bin) throw new Error('the cluster needs redis-server (apt-get install redis-server) or --redis URL');
-        const port = await freePort();
-        const rdir = path.join(o.dir, 'redis');
-        await fs.mkdir(rdir, { recursive: true });
-        redis = await startProcess(bin, ['--save', '', '--appendonly', 'no', '--port', String(port), '--bind', '127.0.0.1', '--dir', rdir], path.join(o.dir, 'redis.log'), port);
-        sampler.watch(redis.pid!);
-        redisUrl = `redis://127.0.0.1:${port}`;
+        const started = await startRedis(o.dir, sampler);
+        redis = started.child;
+        redisUrl = `redis://127.0.0.1:${started.port}`;
       }
       // Each node answers its own devices from one shared content store; A (first) takes the lease (docs/cluster.md).
       const shared = ['--cluster', redisUrl, '--store', path.join(o.dir, 'shared-store')];
