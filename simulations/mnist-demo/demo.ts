@@ -20,11 +20,12 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startBroker } from '../../nodes/broker-node.ts';
 import { spawnFleetLogged, stopChild } from '../../platform/child-process.ts';
-import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
+import type { DeviceStatus } from '../../protocol/status.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate, type PublishResult } from '../../publisher/publish.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
+import { watchStatuses, type StatusWatch } from '../../operator/status-watch.ts';
 import { mulberry32 } from '../../util/random.ts';
 import { createLogger, parseLogLevel, type Logger } from '../../util/log.ts';
 import { createProgress } from '../../util/progress.ts';
@@ -111,38 +112,9 @@ export function trainDemoModels(o: MnistDemoOptions) {
   return { base, state, cfg, split, fieldHeld, modelBytes, trainSeconds: (performance.now() - t0) / 1000 };
 }
 
-/** The devices' latest statuses, and a wait for every one to finish after the publish. */
-async function watchDevices(observer: MqttTransport, ids: readonly string[], target: string): Promise<{ latest: Map<string, DeviceStatus>; published: () => void; wait: (timeoutSeconds: number) => Promise<void> }> {
-  const topics = new Topics();
-  const latest = new Map<string, DeviceStatus>();
-  let published = false;
-  let resolveDone: () => void = () => undefined;
-  const done = new Promise<void>((r) => (resolveDone = r));
-  const finished = (s: DeviceStatus): boolean => (s.state === 'ok' && s.running === target) || s.state === 'rejected' || s.state === 'rolled_back' || s.state === 'failed';
-  const check = (): void => {
-    if (published && ids.every((id) => latest.has(id) && finished(latest.get(id)!))) resolveDone();
-  };
-  observer.onMessage((topic, payload) => {
-    const p = topics.parse(topic);
-    if (p?.kind !== 'status' || !ids.includes(p.deviceId)) return;
-    const s = parseStatus(payload);
-    if (!s) return;
-    latest.set(s.device, s);
-    check();
-  });
-  await observer.subscribe(topics.allStatuses(), 1);
-  return {
-    latest,
-    published: () => {
-      published = true;
-      check();
-    },
-    wait: async (timeoutSeconds) => {
-      const timer = setTimeout(resolveDone, timeoutSeconds * 1000);
-      await done;
-      clearTimeout(timer);
-    },
-  };
+/** The devices' statuses; a device finished when it acked the target, rejected it, rolled back or failed. */
+export function watchDevices(observer: MqttTransport, ids: readonly string[], target: string): Promise<StatusWatch> {
+  return watchStatuses(observer, ids, (s) => (s.state === 'ok' && s.running === target) || s.state === 'rejected' || s.state === 'rolled_back' || s.state === 'failed');
 }
 
 /** One `fleet device` per id, each validating staged models on its own held-out field digits. */
