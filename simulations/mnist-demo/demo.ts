@@ -144,26 +144,29 @@ async function startDevices(
   }
 }
 
-/** Uploads the update and publishes its release to line-1 over a connection of its own. */
-async function publishMnist(o: MnistDemoOptions, brokerUrl: string, payload: Uint8Array, keys: Awaited<ReturnType<typeof keygen>>, log: Logger): Promise<PublishResult> {
-  const pub = await MqttTransport.connect({ url: brokerUrl, clientId: `fleet-demo-mnist-publisher-${process.pid}` }, 10_000);
-  const progress = createProgress('upload', process.stderr, o.json || o.out !== undefined);
-  const result = await publishUpdate({
-    transport: pub,
-    topics: new Topics(),
-    payloads: [payload],
-    keys: [await loadSigningKey(keys.keyFile)],
-    rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-    model: 'mnist-mlp',
-    group: 'line-1',
-    chunkSize: 1024,
-    ttlSeconds: 3600,
-    log: log.child('publisher'),
-    onProgress: (d, n) => progress.update(d, n),
-  });
-  progress.finish();
-  await pub.close();
-  return result;
+/** Uploads the update and publishes its release of `model` to line-1 over a connection of its own (demo:mnist, demo:onnx); a progress bar on stderr if `progress`. */
+export async function publishDemoUpdate(name: string, model: string, brokerUrl: string, payload: Uint8Array, keys: Awaited<ReturnType<typeof keygen>>, log: Logger, progress: boolean): Promise<PublishResult> {
+  const pub = await MqttTransport.connect({ url: brokerUrl, clientId: `fleet-demo-${name}-publisher-${process.pid}` }, 10_000);
+  const bar = createProgress('upload', process.stderr, !progress);
+  try {
+    const result = await publishUpdate({
+      transport: pub,
+      topics: new Topics(),
+      payloads: [payload],
+      keys: [await loadSigningKey(keys.keyFile)],
+      rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+      model,
+      group: 'line-1',
+      chunkSize: 1024,
+      ttlSeconds: 3600,
+      log: log.child('publisher'),
+      onProgress: (d, n) => bar.update(d, n),
+    });
+    bar.finish();
+    return result;
+  } finally {
+    await pub.close();
+  }
 }
 
 /** Each device's end state and validation report, one line each. */
@@ -220,7 +223,7 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
     await startDevices(o, tmp, ids, fieldHeld, keys.trustFile, broker.url, baseFile, children);
     out(`broker ${broker.url}; ${ids.length} device agents (PIDs ${children.map((c) => c.pid).join(', ')}), each validating staged models on its own ${o.perDevice} held-out field digits`);
 
-    const result = await publishMnist(o, broker.url, built.payload, keys, log);
+    const result = await publishDemoUpdate('mnist', 'mnist-mlp', broker.url, built.payload, keys, log, !(o.json || o.out !== undefined));
     const publishedAt = performance.now();
     out(`published release seq ${result.release.seq} (update ${result.updateId.slice(0, 12)}, ${result.release.steps[0].chunks} chunks); waiting for the devices`);
     watch.published();

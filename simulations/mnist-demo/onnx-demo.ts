@@ -23,19 +23,17 @@ import { spawnFleetLogged, stopChild } from '../../platform/child-process.ts';
 import { decodePayload } from '../../protocol/lowrank.ts';
 import { writeSafetensors } from '../../protocol/safetensors.ts';
 import type { DeviceStatus } from '../../protocol/status.ts';
-import { Topics } from '../../protocol/topics.ts';
 import { buildUpdate } from '../../publisher/build.ts';
 import { twoModelSource } from '../../publisher/delta-source.ts';
-import { keygen, loadSigningKey } from '../../publisher/keys.ts';
-import { publishUpdate } from '../../publisher/publish.ts';
+import { keygen } from '../../publisher/keys.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
-import { createLogger, parseLogLevel, type Logger } from '../../util/log.ts';
+import { createLogger, parseLogLevel } from '../../util/log.ts';
 import { digestOnnxFile } from '../../util/onnx-file.ts';
 import { quantizeLora } from '../paper/compress.ts';
 import { mergeLora } from '../paper/train.ts';
 import { PIXELS, subset, type Dataset } from '../paper/data.ts';
 import { accuracy } from '../paper/mlp.ts';
-import { DEMO_DEFAULTS, trainDemoModels, watchDevices, type MnistDemoOptions } from './demo.ts';
+import { DEMO_DEFAULTS, publishDemoUpdate, trainDemoModels, watchDevices, type MnistDemoOptions } from './demo.ts';
 import { mlpFromOnnx, mlpToOnnx } from './onnx-mlp.ts';
 
 export interface OnnxDeviceOutcome {
@@ -114,27 +112,6 @@ async function startOnnxDevices(tmp: string, ids: readonly string[], digits: rea
   }
 }
 
-/** Uploads the update and publishes its release to line-1 over a connection of its own. */
-async function publishOnnx(brokerUrl: string, payload: Uint8Array, keys: Awaited<ReturnType<typeof keygen>>, log: Logger): Promise<void> {
-  const pub = await MqttTransport.connect({ url: brokerUrl, clientId: `fleet-demo-onnx-publisher-${process.pid}` }, 10_000);
-  try {
-    await publishUpdate({
-      transport: pub,
-      topics: new Topics(),
-      payloads: [payload],
-      keys: [await loadSigningKey(keys.keyFile)],
-      rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-      model: 'mnist-onnx',
-      group: 'line-1',
-      chunkSize: 1024,
-      ttlSeconds: 3600,
-      log: log.child('publisher'),
-    });
-  } finally {
-    await pub.close();
-  }
-}
-
 /** Each device's end state: ONNX Runtime's accuracy from its status beside our MLP's on the same digits, one line each. */
 async function onnxOutcomes(
   tmp: string,
@@ -200,7 +177,7 @@ export async function runOnnxDemo(opts: Partial<MnistDemoOptions> = {}): Promise
     out(
       `broker ${broker.url}; ${ids.length} device processes (PIDs ${children.map((c) => c.pid).join(', ')}) running DIR/current.onnx, each validating with ONNX Runtime on its own ${o.perDevice} held-out drifted digits`,
     );
-    await publishOnnx(broker.url, payload, keys, log);
+    await publishDemoUpdate('onnx', 'mnist-onnx', broker.url, payload, keys, log, false);
     watch.published();
     await watch.wait(o.timeoutSeconds);
 
