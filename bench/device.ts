@@ -72,7 +72,17 @@ async function startAgent(entry: Entry, args: string[], logFile: string, nodeFla
   return { child, connectedMs };
 }
 
-async function main(): Promise<void> {
+interface BenchOptions {
+  sizes: number[];
+  rank: number;
+  keep: boolean;
+  entries: Entry[];
+  formats: Format[];
+  /** Flags for the agent's node (e.g. a V8 heap setting tried against the figures); none by default. */
+  nodeFlags: string[];
+}
+
+function parseOptions(): BenchOptions {
   const { values } = parseArgs({
     options: {
       sizes: { type: 'string', default: '100,400' },
@@ -83,13 +93,30 @@ async function main(): Promise<void> {
       'node-flags': { type: 'string', default: '' },
     },
   });
-  // Flags for the agent's node (e.g. a V8 heap setting tried against the figures); none by default.
-  const nodeFlags = values['node-flags'].split(/\s+/).filter(Boolean);
-  const sizes = values.sizes.split(',').map(Number);
   const entries = values.entries.split(',') as Entry[];
-  const formats = values.formats.split(',') as Format[];
   if (entries.includes('bundle') && !existsSync(BUNDLE)) throw new Error('dist/fleet-device.mjs is not built: run `npm run build` first (or --entries source)');
-  const rank = Number(values.rank);
+  return {
+    nodeFlags: values['node-flags'].split(/\s+/).filter(Boolean),
+    sizes: values.sizes.split(',').map(Number),
+    entries,
+    formats: values.formats.split(',') as Format[],
+    rank: Number(values.rank),
+    keep: values.keep,
+  };
+}
+
+/** The broker, keys and status watcher every run shares. */
+interface Rig {
+  work: string;
+  broker: Awaited<ReturnType<typeof startBroker>>;
+  keys: Awaited<ReturnType<typeof keygen>>;
+  topics: Topics;
+  watcher: MqttTransport;
+  /** Polls the device's latest status until pred holds; throws after ms. */
+  waitFor: (id: string, pred: (s: DeviceStatus) => boolean, ms: number) => Promise<DeviceStatus>;
+}
+
+async function startRig(): Promise<Rig> {
   const work = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-bench-device-'));
   const broker = await startBroker({ port: 0, dataDir: path.join(work, 'broker'), persistence: 'memory', log: silentLogger });
   const keys = await keygen(path.join(work, 'keys'));
@@ -111,96 +138,110 @@ async function main(): Promise<void> {
       await new Promise((r) => setTimeout(r, 50));
     }
   };
-  const runs: Array<Record<string, number | string>> = [];
+  return { work, broker, keys, topics, watcher, waitFor };
+}
+
+/** One run's model and update: synthesized (a model of its own per run), written as base.{format}. */
+async function prepareModel(rig: Rig, o: BenchOptions, size: number, format: Format, runIndex: number): Promise<{ base: Uint8Array; baseFile: string; u: { payload: Uint8Array; targetDigest: string } }> {
+  const matrices = Math.round((size * 2 ** 20) / (1024 * 1024 * 4));
+  process.stderr.write(`bench:device: ${size} MB ${format} model (${matrices} matrices of 1024×1024), rank ${o.rank}: building…\n`);
+  // A model of its own for every run: the previous run's release (retained on the topic) is then
+  // refused, wrong-base, instead of applied while the agent starts, before the measurement.
+  const synth = synthesizeModel(
+    1 + runIndex,
+    Array.from({ length: matrices }, () => [1024, 1024] as [number, number]),
+  );
+  const st = synthesizeUpdate(synth, o.rank, 2);
+  // The ONNX case: the same tensors in an ONNX file, the same update aimed at it.
+  const base = format === 'onnx' ? onnxOf(synth) : synth;
+  const baseFile = path.join(rig.work, `base-${size}.${format}`);
+  await fs.writeFile(baseFile, base);
+  const u = format === 'onnx' ? await onnxPayload(baseFile, st.payload) : st;
+  return { base, baseFile, u };
+}
+
+/** The first start provisions the directory from --initial; its peak resident memory once at rest. */
+async function provision(rig: Rig, o: BenchOptions, entry: Entry, id: string, args: string[]): Promise<number> {
+  const first = await startAgent(entry, args, path.join(rig.work, `${id}.log`), o.nodeFlags);
   try {
-    for (const [size, format] of sizes.flatMap((n) => formats.map((f) => [n, f] as const)))
-      for (const entry of entries) {
-        const matrices = Math.round((size * 2 ** 20) / (1024 * 1024 * 4));
-        process.stderr.write(`bench:device: ${size} MB ${format} model (${matrices} matrices of 1024×1024), rank ${rank}: building…\n`);
-        // A model of its own for every run: the previous run's release (retained on the topic) is then
-        // refused, wrong-base, instead of applied while the agent starts, before the measurement.
-        const synth = synthesizeModel(
-          1 + runs.length,
-          Array.from({ length: matrices }, () => [1024, 1024] as [number, number]),
-        );
-        const st = synthesizeUpdate(synth, rank, 2);
-        // The ONNX case: the same tensors in an ONNX file, the same update aimed at it.
-        const base = format === 'onnx' ? onnxOf(synth) : synth;
-        const baseFile = path.join(work, `base-${size}.${format}`);
-        await fs.writeFile(baseFile, base);
-        const u = format === 'onnx' ? await onnxPayload(baseFile, st.payload) : st;
-        const id = `dev-${size}-${format}-${entry}`;
-        const dir = path.join(work, id);
-        const args = ['--id', id, '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', keys.trustFile, '--broker', broker.url, '--initial', baseFile];
-        // The first start provisions the directory from --initial; the agent measured is the next start,
-        // as a device runs every day (the model already in its directory).
-        const first = await startAgent(entry, args, path.join(work, `${id}.log`), nodeFlags);
-        let provisionPeak: number;
-        try {
-          // At rest (the previous size's release is retained on the topic: this model refuses it, wrong-base).
-          await waitFor(id, (s) => ['idle', 'ok', 'rejected'].includes(s.state), 120_000);
-          provisionPeak = memoryOf(first.child.pid!).hwm;
-        } finally {
-          // Stopped by its PID whatever happened: a failed run leaves no agent behind.
-          await stopChild(first.child);
-        }
-        const agent = await startAgent(entry, args, path.join(work, `${id}.log`), nodeFlags);
-        try {
-          await new Promise((r) => setTimeout(r, 2000));
-          const before = memoryOf(agent.child.pid!);
-          // From here VmHWM is the peak of the update alone (clear_refs 5 resets it to the current RSS; Linux ≥ 4.0).
-          await fs.writeFile(`/proc/${agent.child.pid}/clear_refs`, '5').catch(() => process.stderr.write('bench:device: cannot reset the peak (not root?): it includes the start\n'));
-          process.stderr.write(
-            `bench:device: ${entry}: connected after ${Math.round(agent.connectedMs)} ms, idle RSS ${mb(before.rss)} MB (provisioning peaked at ${mb(provisionPeak)} MB); publishing ${u.payload.byteLength} B…\n`,
-          );
-          const pub = await MqttTransport.connect({ url: broker.url, clientId: `bench-device-pub-${process.pid}` }, 10_000);
-          const t0 = performance.now();
-          try {
-            await publishUpdate({
-              transport: pub,
-              topics,
-              payloads: [u.payload],
-              keys: [await loadSigningKey(keys.keyFile)],
-              rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-              model: MODEL,
-              group: GROUP,
-              chunkSize: 16_384,
-              ttlSeconds: 3600,
-              log: silentLogger,
-            });
-          } finally {
-            await pub.close();
-          }
-          const end = await waitFor(id, (s) => s.target === u.targetDigest && ['ok', 'rolled_back', 'rejected', 'failed'].includes(s.state), 600_000);
-          if (end.state !== 'ok') throw new Error(`${id} ended ${end.state}: ${end.reason} ${end.message}`);
-          const seconds = (performance.now() - t0) / 1000;
-          const after = memoryOf(agent.child.pid!);
-          const run = {
-            entry,
-            format,
-            modelMB: mb(base.byteLength),
-            updateBytes: u.payload.byteLength,
-            seconds: Math.round(seconds * 100) / 100,
-            connectedMs: Math.round(agent.connectedMs),
-            idleRssMB: mb(before.rss),
-            provisionPeakMB: mb(provisionPeak),
-            peakRssMB: mb(after.hwm),
-            peakOverModel: Math.round((after.hwm / base.byteLength) * 1000) / 1000,
-          };
-          process.stderr.write(`bench:device: ${JSON.stringify(run)}\n`);
-          runs.push(run);
-        } finally {
-          await stopChild(agent.child);
-        }
-        await fs.rm(baseFile, { force: true });
-        await fs.rm(dir, { recursive: true, force: true });
-      }
+    // At rest (the previous size's release is retained on the topic: this model refuses it, wrong-base).
+    await rig.waitFor(id, (s) => ['idle', 'ok', 'rejected'].includes(s.state), 120_000);
+    return memoryOf(first.child.pid!).hwm;
   } finally {
-    await watcher.close();
-    await broker.close();
-    if (!values.keep) await fs.rm(work, { recursive: true, force: true });
-    else process.stderr.write(`bench:device: kept ${work}\n`);
+    // Stopped by its PID whatever happened: a failed run leaves no agent behind.
+    await stopChild(first.child);
   }
+}
+
+async function publishPayload(rig: Rig, payload: Uint8Array): Promise<void> {
+  const pub = await MqttTransport.connect({ url: rig.broker.url, clientId: `bench-device-pub-${process.pid}` }, 10_000);
+  try {
+    await publishUpdate({
+      transport: pub,
+      topics: rig.topics,
+      payloads: [payload],
+      keys: [await loadSigningKey(rig.keys.keyFile)],
+      rolloutKeys: [await loadSigningKey(rig.keys.rolloutKeyFile)],
+      model: MODEL,
+      group: GROUP,
+      chunkSize: 16_384,
+      ttlSeconds: 3600,
+      log: silentLogger,
+    });
+  } finally {
+    await pub.close();
+  }
+}
+
+type Run = Record<string, number | string>;
+
+/** One size × format × entry: provision, restart, publish the update, wait for the ack, measure. */
+async function runOne(rig: Rig, o: BenchOptions, size: number, format: Format, entry: Entry, runIndex: number): Promise<Run> {
+  const { base, baseFile, u } = await prepareModel(rig, o, size, format, runIndex);
+  const id = `dev-${size}-${format}-${entry}`;
+  const dir = path.join(rig.work, id);
+  const args = ['--id', id, '--model', MODEL, '--group', GROUP, '--dir', dir, '--trust', rig.keys.trustFile, '--broker', rig.broker.url, '--initial', baseFile];
+  // The agent measured is the next start after provisioning, as a device runs every day (the model already in its directory).
+  const provisionPeak = await provision(rig, o, entry, id, args);
+  const agent = await startAgent(entry, args, path.join(rig.work, `${id}.log`), o.nodeFlags);
+  let run: Run;
+  try {
+    await new Promise((r) => setTimeout(r, 2000));
+    const before = memoryOf(agent.child.pid!);
+    // From here VmHWM is the peak of the update alone (clear_refs 5 resets it to the current RSS; Linux ≥ 4.0).
+    await fs.writeFile(`/proc/${agent.child.pid}/clear_refs`, '5').catch(() => process.stderr.write('bench:device: cannot reset the peak (not root?): it includes the start\n'));
+    process.stderr.write(
+      `bench:device: ${entry}: connected after ${Math.round(agent.connectedMs)} ms, idle RSS ${mb(before.rss)} MB (provisioning peaked at ${mb(provisionPeak)} MB); publishing ${u.payload.byteLength} B…\n`,
+    );
+    const t0 = performance.now();
+    await publishPayload(rig, u.payload);
+    const end = await rig.waitFor(id, (s) => s.target === u.targetDigest && ['ok', 'rolled_back', 'rejected', 'failed'].includes(s.state), 600_000);
+    if (end.state !== 'ok') throw new Error(`${id} ended ${end.state}: ${end.reason} ${end.message}`);
+    const seconds = (performance.now() - t0) / 1000;
+    const after = memoryOf(agent.child.pid!);
+    run = {
+      entry,
+      format,
+      modelMB: mb(base.byteLength),
+      updateBytes: u.payload.byteLength,
+      seconds: Math.round(seconds * 100) / 100,
+      connectedMs: Math.round(agent.connectedMs),
+      idleRssMB: mb(before.rss),
+      provisionPeakMB: mb(provisionPeak),
+      peakRssMB: mb(after.hwm),
+      peakOverModel: Math.round((after.hwm / base.byteLength) * 1000) / 1000,
+    };
+    process.stderr.write(`bench:device: ${JSON.stringify(run)}\n`);
+  } finally {
+    await stopChild(agent.child);
+  }
+  await fs.rm(baseFile, { force: true });
+  await fs.rm(dir, { recursive: true, force: true });
+  return run;
+}
+
+/** The JSON line's figures: per entry and format, the worst of the runs and the peak's growth with the model. */
+function summaryLine(o: BenchOptions, runs: Run[]): string {
   const of = (entry: Entry, key: string, format: Format): number[] => runs.filter((r) => r.entry === entry && r.format === format).map((r) => r[key] as number);
   const summary = (entry: Entry, format: Format = 'safetensors'): Record<string, number | null> | null => {
     const peaks = of(entry, 'peakRssMB', format);
@@ -216,22 +257,35 @@ async function main(): Promise<void> {
   const bundle = summary('bundle');
   const source = summary('source');
   const ratio = (k: string): number | null => (bundle && source && bundle[k] && source[k] ? Math.round(((bundle[k] as number) / (source[k] as number)) * 1000) / 1000 : null);
-  process.stdout.write(
-    `${JSON.stringify({
-      bench: 'device',
-      node: process.version,
-      nodeFlags,
-      loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100),
-      rank,
-      sizesMB: sizes,
-      bundle,
-      source,
-      bundleOverSource: { idleRss: ratio('idleRssMB'), peakRss: ratio('peakRssMB'), connectedMs: ratio('connectedMs') },
-      // The same, for the ONNX model of each size.
-      onnx: { bundle: summary('bundle', 'onnx'), source: summary('source', 'onnx') },
-      runs,
-    })}\n`,
-  );
+  return JSON.stringify({
+    bench: 'device',
+    node: process.version,
+    nodeFlags: o.nodeFlags,
+    loadAverage: os.loadavg().map((x) => Math.round(x * 100) / 100),
+    rank: o.rank,
+    sizesMB: o.sizes,
+    bundle,
+    source,
+    bundleOverSource: { idleRss: ratio('idleRssMB'), peakRss: ratio('peakRssMB'), connectedMs: ratio('connectedMs') },
+    // The same, for the ONNX model of each size.
+    onnx: { bundle: summary('bundle', 'onnx'), source: summary('source', 'onnx') },
+    runs,
+  });
+}
+
+async function main(): Promise<void> {
+  const o = parseOptions();
+  const rig = await startRig();
+  const runs: Run[] = [];
+  try {
+    for (const [size, format] of o.sizes.flatMap((n) => o.formats.map((f) => [n, f] as const))) for (const entry of o.entries) runs.push(await runOne(rig, o, size, format, entry, runs.length));
+  } finally {
+    await rig.watcher.close();
+    await rig.broker.close();
+    if (!o.keep) await fs.rm(rig.work, { recursive: true, force: true });
+    else process.stderr.write(`bench:device: kept ${rig.work}\n`);
+  }
+  process.stdout.write(`${summaryLine(o, runs)}\n`);
 }
 
 main().catch((e: unknown) => {

@@ -74,7 +74,7 @@ async function startDevice(g: number): Promise<void> {
     if (!counted) connected++;
     counted = true;
   });
-  const agent = new DeviceAgent({ deviceId: id, model: a.model!, group: a.group!, trust, retryMs: 2000 }, { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log: log.child(id) });
+  const agent = await DeviceAgent.open({ deviceId: id, model: a.model!, group: a.group!, trust, retryMs: 2000 }, { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log: log.child(id) });
   reportEnd(id, agent, transport, ended);
   agents.push({ agent, transport });
   await agent.start();

@@ -3,12 +3,12 @@ import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startBroker } from '../nodes/broker-node.ts';
-import { parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import { Topics } from '../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../publisher/keys.ts';
 import { publishUpdate, type PublishResult } from '../publisher/publish.ts';
 import { synthesizeModel, synthesizeUpdate, type SynthUpdate } from '../publisher/synth.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
+import { watchStatuses, type StatusWatch } from '../operator/status-watch.ts';
 import { DEFAULT_STOP_TIMEOUT_MS, GracefulStop } from '../util/graceful-stop.ts';
 import { createLogger, type Logger } from '../util/log.ts';
 import { stripControls } from '../util/text.ts';
@@ -72,52 +72,9 @@ async function startRig(o: DemoOptions): Promise<DemoRig> {
   return { tmp, log, stop, broker, observer, children, stopping: () => stopping };
 }
 
-/** The devices' latest statuses and when each finished (acked, rejected or rolled back) after the publish. */
-interface AckWatch {
-  latest: Map<string, DeviceStatus>;
-  ackedAt: Map<string, number>;
-  /** Marks the publish: from now on a finished status counts (including those already seen). */
-  published: () => void;
-  publishedAt: () => number;
-  /** Resolves when every device finished or after timeoutSeconds. */
-  wait: (timeoutSeconds: number) => Promise<void>;
-}
-
-async function watchAcks(observer: MqttTransport, ids: readonly string[], targetDigest: string): Promise<AckWatch> {
-  const topics = new Topics();
-  const latest = new Map<string, DeviceStatus>();
-  const ackedAt = new Map<string, number>();
-  let publishedAt = 0;
-  let resolveDone: () => void = () => undefined;
-  const done = new Promise<void>((r) => (resolveDone = r));
-  const finished = (s: DeviceStatus): boolean => (s.state === 'ok' && s.running === targetDigest) || s.state === 'rejected' || s.state === 'rolled_back';
-  observer.onMessage((topic, payload) => {
-    const p = topics.parse(topic);
-    if (p?.kind !== 'status' || !ids.includes(p.deviceId)) return;
-    const s = parseStatus(payload);
-    if (!s) return;
-    latest.set(s.device, s);
-    if (publishedAt && finished(s) && !ackedAt.has(s.device)) {
-      ackedAt.set(s.device, performance.now());
-      if (ackedAt.size === ids.length) resolveDone();
-    }
-  });
-  await observer.subscribe(topics.allStatuses(), 1);
-  return {
-    latest,
-    ackedAt,
-    publishedAt: () => publishedAt,
-    published: () => {
-      publishedAt = performance.now();
-      for (const s of latest.values()) if (finished(s) && !ackedAt.has(s.device)) ackedAt.set(s.device, performance.now());
-      if (ackedAt.size === ids.length) resolveDone();
-    },
-    wait: async (timeoutSeconds) => {
-      const timer = setTimeout(resolveDone, timeoutSeconds * 1000);
-      await done;
-      clearTimeout(timer);
-    },
-  };
+/** A device finished when it acked the target, rejected it or rolled back. */
+function watchAcks(observer: MqttTransport, ids: readonly string[], targetDigest: string): Promise<StatusWatch> {
+  return watchStatuses(observer, ids, (s) => (s.state === 'ok' && s.running === targetDigest) || s.state === 'rejected' || s.state === 'rolled_back');
 }
 
 /** One `fleet device` process per id, its output in `{tmp}/{id}.log`. */
@@ -176,7 +133,7 @@ async function publishDemo(rig: DemoRig, o: DemoOptions, update: SynthUpdate, ke
 }
 
 /** One line per device and the summary. */
-function report(out: (line: string) => void, ids: readonly string[], watch: AckWatch, update: SynthUpdate, modelBytes: number, t0: number): DemoResult {
+function report(out: (line: string) => void, ids: readonly string[], watch: StatusWatch, update: SynthUpdate, modelBytes: number, t0: number): DemoResult {
   let acked = 0;
   let rejected = 0;
   for (const id of ids) {

@@ -32,7 +32,8 @@ const PROGRESS_STATUS_STEP = 0.25;
 export class DeviceAgent {
   state: DeviceState = 'idle';
   running = '';
-  private memory!: AgentMemory;
+  /** What the agent remembers across restarts (storage.memory()), loaded by DeviceAgent.open before construction. */
+  private memory: AgentMemory;
   private fields: StatusFields = { target: null, seq: null, updateId: null, reason: null, message: null, rollback: false, attempt: null, maxAttempts: null };
   private fetcher: Fetcher | undefined;
   /** The fetch the status reports on (kept after it ends, so the ack shows what was received). */
@@ -52,10 +53,19 @@ export class DeviceAgent {
   /** The config it runs with: every default from DEVICE_DEFAULTS (device/defaults.ts). */
   private readonly cfg: ResolvedAgentConfig;
 
+  /** The agent over its storage, with the memory it holds (its directory prepared first). */
+  static async open(given: AgentConfig, io: AgentPorts): Promise<DeviceAgent> {
+    await io.storage.init();
+    return new DeviceAgent(given, io, await io.storage.memory());
+  }
+
+  /** `memory` is `io.storage.memory()` read after `io.storage.init()`: DeviceAgent.open does both. */
   constructor(
     given: AgentConfig,
     private readonly io: AgentPorts,
+    memory: AgentMemory,
   ) {
+    this.memory = memory;
     const cfg = (this.cfg = resolveAgentConfig(given));
     this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
     this.timers = new AgentTimers(io.clock, cfg.retryMs);
@@ -108,8 +118,6 @@ export class DeviceAgent {
 
   async start(): Promise<void> {
     const { storage, transport: t, topics } = this.io;
-    await storage.init();
-    this.memory = await storage.memory();
     const last = this.memory.lastStatus;
     if (last) {
       this.state = last.state;
@@ -190,7 +198,7 @@ export class DeviceAgent {
       if (!this.stopped) this.publishStatus();
     });
     // A download that failed (no space, stalled, storage) is tried again on reconnect.
-    if (this.state === 'failed' && this.memory?.active && !this.fetcher && this.fields.reason !== 'corrupt-source') this.enqueue(() => this.resumeActive());
+    if (this.state === 'failed' && this.memory.active && !this.fetcher && this.fields.reason !== 'corrupt-source') this.enqueue(() => this.resumeActive());
   }
 
   private onMessage(topic: string, payload: Uint8Array): void {

@@ -187,7 +187,7 @@ const deviceAgent: Step<DeviceParts> = {
   async start(p) {
     const o = p.o;
     const transport = p.transport!;
-    p.agent = new DeviceAgent(
+    p.agent = await DeviceAgent.open(
       {
         deviceId: o.id,
         model: o.model,

@@ -30,7 +30,8 @@ export class RolloutController {
   private readonly trust: TrustFile;
   private readonly digest: string;
   private readonly ctx: ReleaseContext;
-  private s!: RolloutStatus;
+  /** The rollout's status: a new rollout's at construction; start() rebuilds it (from the retained status, if the broker holds one). */
+  private s: RolloutStatus;
   private retained: RolloutStatus | null = null;
   private work: Promise<void> = Promise.resolve();
   private scheduled = false;
@@ -57,6 +58,7 @@ export class RolloutController {
     this.trust = trustOfOptions(o);
     this.digest = planDigest(o.plan);
     this.ctx = { ...this.o, ...io, trust: this.trust };
+    this.s = newRolloutStatus(this.o.plan, this.digest, this.o.payloads.target, new Date(io.clock.now()).toISOString(), this.name());
   }
 
   get id(): string {
@@ -70,7 +72,7 @@ export class RolloutController {
 
   /** Resolves once the rollout reaches halted, completed or aborted. */
   done(): Promise<RolloutStatus> {
-    if (this.s && isTerminal(this.s.state)) return Promise.resolve(this.status());
+    if (isTerminal(this.s.state)) return Promise.resolve(this.status());
     return new Promise((r) => this.doneWaiters.push(r));
   }
 

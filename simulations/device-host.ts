@@ -55,7 +55,7 @@ for (let k = 0; k < n; k++) {
     reconnectMinMs: 500,
     reconnectMaxMs: 8000,
   });
-  const agent = new DeviceAgent(
+  const agent = await DeviceAgent.open(
     { deviceId: id, model: a.model!, group: a.group!, trust, idleMs: Number(a['idle-ms']), retryMs: 2000, stallMs: 60_000 },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log: log.child(id) },
   );

@@ -20,11 +20,12 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { startBroker } from '../../nodes/broker-node.ts';
 import { spawnFleetLogged, stopChild } from '../../platform/child-process.ts';
-import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
+import type { DeviceStatus } from '../../protocol/status.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { keygen, loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate, type PublishResult } from '../../publisher/publish.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
+import { watchStatuses, type StatusWatch } from '../../operator/status-watch.ts';
 import { mulberry32 } from '../../util/random.ts';
 import { createLogger, parseLogLevel, type Logger } from '../../util/log.ts';
 import { createProgress } from '../../util/progress.ts';
@@ -111,38 +112,9 @@ export function trainDemoModels(o: MnistDemoOptions) {
   return { base, state, cfg, split, fieldHeld, modelBytes, trainSeconds: (performance.now() - t0) / 1000 };
 }
 
-/** The devices' latest statuses, and a wait for every one to finish after the publish. */
-async function watchDevices(observer: MqttTransport, ids: readonly string[], target: string): Promise<{ latest: Map<string, DeviceStatus>; published: () => void; wait: (timeoutSeconds: number) => Promise<void> }> {
-  const topics = new Topics();
-  const latest = new Map<string, DeviceStatus>();
-  let published = false;
-  let resolveDone: () => void = () => undefined;
-  const done = new Promise<void>((r) => (resolveDone = r));
-  const finished = (s: DeviceStatus): boolean => (s.state === 'ok' && s.running === target) || s.state === 'rejected' || s.state === 'rolled_back' || s.state === 'failed';
-  const check = (): void => {
-    if (published && ids.every((id) => latest.has(id) && finished(latest.get(id)!))) resolveDone();
-  };
-  observer.onMessage((topic, payload) => {
-    const p = topics.parse(topic);
-    if (p?.kind !== 'status' || !ids.includes(p.deviceId)) return;
-    const s = parseStatus(payload);
-    if (!s) return;
-    latest.set(s.device, s);
-    check();
-  });
-  await observer.subscribe(topics.allStatuses(), 1);
-  return {
-    latest,
-    published: () => {
-      published = true;
-      check();
-    },
-    wait: async (timeoutSeconds) => {
-      const timer = setTimeout(resolveDone, timeoutSeconds * 1000);
-      await done;
-      clearTimeout(timer);
-    },
-  };
+/** The devices' statuses; a device finished when it acked the target, rejected it, rolled back or failed. */
+export function watchDevices(observer: MqttTransport, ids: readonly string[], target: string): Promise<StatusWatch> {
+  return watchStatuses(observer, ids, (s) => (s.state === 'ok' && s.running === target) || s.state === 'rejected' || s.state === 'rolled_back' || s.state === 'failed');
 }
 
 /** One `fleet device` per id, each validating staged models on its own held-out field digits. */
@@ -172,26 +144,29 @@ async function startDevices(
   }
 }
 
-/** Uploads the update and publishes its release to line-1 over a connection of its own. */
-async function publishMnist(o: MnistDemoOptions, brokerUrl: string, payload: Uint8Array, keys: Awaited<ReturnType<typeof keygen>>, log: Logger): Promise<PublishResult> {
-  const pub = await MqttTransport.connect({ url: brokerUrl, clientId: `fleet-demo-mnist-publisher-${process.pid}` }, 10_000);
-  const progress = createProgress('upload', process.stderr, o.json || o.out !== undefined);
-  const result = await publishUpdate({
-    transport: pub,
-    topics: new Topics(),
-    payloads: [payload],
-    keys: [await loadSigningKey(keys.keyFile)],
-    rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-    model: 'mnist-mlp',
-    group: 'line-1',
-    chunkSize: 1024,
-    ttlSeconds: 3600,
-    log: log.child('publisher'),
-    onProgress: (d, n) => progress.update(d, n),
-  });
-  progress.finish();
-  await pub.close();
-  return result;
+/** Uploads the update and publishes its release of `model` to line-1 over a connection of its own (demo:mnist, demo:onnx); a progress bar on stderr if `progress`. */
+export async function publishDemoUpdate(name: string, model: string, brokerUrl: string, payload: Uint8Array, keys: Awaited<ReturnType<typeof keygen>>, log: Logger, progress: boolean): Promise<PublishResult> {
+  const pub = await MqttTransport.connect({ url: brokerUrl, clientId: `fleet-demo-${name}-publisher-${process.pid}` }, 10_000);
+  const bar = createProgress('upload', process.stderr, !progress);
+  try {
+    const result = await publishUpdate({
+      transport: pub,
+      topics: new Topics(),
+      payloads: [payload],
+      keys: [await loadSigningKey(keys.keyFile)],
+      rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+      model,
+      group: 'line-1',
+      chunkSize: 1024,
+      ttlSeconds: 3600,
+      log: log.child('publisher'),
+      onProgress: (d, n) => bar.update(d, n),
+    });
+    bar.finish();
+    return result;
+  } finally {
+    await pub.close();
+  }
 }
 
 /** Each device's end state and validation report, one line each. */
@@ -248,7 +223,7 @@ export async function runMnistDemo(opts: Partial<MnistDemoOptions> = {}): Promis
     await startDevices(o, tmp, ids, fieldHeld, keys.trustFile, broker.url, baseFile, children);
     out(`broker ${broker.url}; ${ids.length} device agents (PIDs ${children.map((c) => c.pid).join(', ')}), each validating staged models on its own ${o.perDevice} held-out field digits`);
 
-    const result = await publishMnist(o, broker.url, built.payload, keys, log);
+    const result = await publishDemoUpdate('mnist', 'mnist-mlp', broker.url, built.payload, keys, log, !(o.json || o.out !== undefined));
     const publishedAt = performance.now();
     out(`published release seq ${result.release.seq} (update ${result.updateId.slice(0, 12)}, ${result.release.steps[0].chunks} chunks); waiting for the devices`);
     watch.published();

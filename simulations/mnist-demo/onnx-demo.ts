@@ -22,12 +22,10 @@ import { startBroker } from '../../nodes/broker-node.ts';
 import { spawnFleetLogged, stopChild } from '../../platform/child-process.ts';
 import { decodePayload } from '../../protocol/lowrank.ts';
 import { writeSafetensors } from '../../protocol/safetensors.ts';
-import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
-import { Topics } from '../../protocol/topics.ts';
+import type { DeviceStatus } from '../../protocol/status.ts';
 import { buildUpdate } from '../../publisher/build.ts';
 import { twoModelSource } from '../../publisher/delta-source.ts';
-import { keygen, loadSigningKey } from '../../publisher/keys.ts';
-import { publishUpdate } from '../../publisher/publish.ts';
+import { keygen } from '../../publisher/keys.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../../util/log.ts';
 import { digestOnnxFile } from '../../util/onnx-file.ts';
@@ -35,7 +33,7 @@ import { quantizeLora } from '../paper/compress.ts';
 import { mergeLora } from '../paper/train.ts';
 import { PIXELS, subset, type Dataset } from '../paper/data.ts';
 import { accuracy } from '../paper/mlp.ts';
-import { DEMO_DEFAULTS, trainDemoModels, type MnistDemoOptions } from './demo.ts';
+import { DEMO_DEFAULTS, publishDemoUpdate, trainDemoModels, watchDevices, type MnistDemoOptions } from './demo.ts';
 import { mlpFromOnnx, mlpToOnnx } from './onnx-mlp.ts';
 
 export interface OnnxDeviceOutcome {
@@ -73,6 +71,83 @@ function samplesFile(ds: Dataset): Uint8Array {
 
 const pct = (x: number | null): string => (x === null ? '?' : `${(100 * x).toFixed(1)} %`);
 
+type Mlp = ReturnType<typeof trainDemoModels>['base'];
+
+/** base.onnx and target.onnx in tmp, and the update the product's builder makes of the two. */
+async function buildOnnxUpdate(
+  o: MnistDemoOptions,
+  tmp: string,
+  base: Mlp,
+  target: Mlp,
+  trainSeconds: number,
+  out: (line: string) => void,
+): Promise<{ baseFile: string; modelBytes: number; payload: Uint8Array; targetDigest: string }> {
+  const baseFile = path.join(tmp, 'base.onnx');
+  const targetFile = path.join(tmp, 'target.onnx');
+  await fs.writeFile(baseFile, mlpToOnnx(base));
+  await fs.writeFile(targetFile, mlpToOnnx(target));
+  const modelBytes = (await fs.stat(baseFile)).size;
+  // The product's builder on the two ONNX files (what `fleet build --base base.onnx --target target.onnx --energy 0.9999` runs).
+  const source = await twoModelSource(baseFile, targetFile);
+  const built = await buildUpdate({ source, mode: { kind: 'energy', fraction: 0.9999 }, quant: o.quant === 'int8' ? 'int8' : 'f32', method: 'lowrank' }).finally(() => source.close());
+  const payload = built.payload;
+  const targetDigest = decodePayload(payload).target;
+  out(
+    `base.onnx: MLP 784-128-10 (Gemm, Relu, Gemm) trained on ${o.baseTrain} digits, ${modelBytes} bytes, digest ${(await digestOnnxFile(baseFile)).slice(0, 16)}…; ` +
+      `target.onnx: + a low-rank update trained on ${o.fieldTrain} drifted digits (${trainSeconds.toFixed(1)} s of training)`,
+  );
+  out(
+    `update built from the two ONNX files: ${payload.byteLength} bytes = ${((100 * payload.byteLength) / modelBytes).toFixed(2)} % of the model (${built.report.tensors.map((t) => `${t.name} ${t.kind === 'low-rank' ? `r${t.rank}` : t.kind}`).join(', ')})`,
+  );
+  return { baseFile, modelBytes, payload, targetDigest };
+}
+
+/** One `fleet device` per id running base.onnx, each validating with ONNX Runtime on its own digits. */
+async function startOnnxDevices(tmp: string, ids: readonly string[], digits: readonly Dataset[], trustFile: string, brokerUrl: string, baseFile: string, children: ChildProcess[]): Promise<void> {
+  for (const [k, id] of ids.entries()) {
+    const samples = path.join(tmp, `${id}-digits.safetensors`);
+    await fs.writeFile(samples, samplesFile(digits[k]));
+    const args = ['device', '--id', id, '--model', 'mnist-onnx', '--group', 'line-1', '--dir', path.join(tmp, id), '--trust', trustFile, '--broker', brokerUrl, '--initial', baseFile];
+    children.push(spawnFleetLogged([...args, '--validate-onnx', samples, '--max-drop', '1'], path.join(tmp, `${id}.log`)));
+  }
+}
+
+/** Each device's end state: ONNX Runtime's accuracy from its status beside our MLP's on the same digits, one line each. */
+async function onnxOutcomes(
+  tmp: string,
+  ids: readonly string[],
+  digits: readonly Dataset[],
+  base: Mlp,
+  latest: Map<string, DeviceStatus>,
+  targetDigest: string,
+  out: (line: string) => void,
+): Promise<OnnxDeviceOutcome[]> {
+  const devices: OnnxDeviceOutcome[] = [];
+  for (const [k, id] of ids.entries()) {
+    const s = latest.get(id);
+    const acked = s?.state === 'ok' && s.running === targetDigest;
+    const current = path.join(tmp, id, 'current.onnx');
+    const mlpAfter = acked ? accuracy(mlpFromOnnx(new Uint8Array(await fs.readFile(current))), digits[k]) : null;
+    const d: OnnxDeviceOutcome = {
+      id,
+      state: s?.state ?? 'no status',
+      reason: s?.reason ?? null,
+      acked,
+      digits: digits[k].n,
+      ortBefore: s?.validation?.runningAccuracy ?? null,
+      ortAfter: s?.validation?.accuracy ?? null,
+      mlpBefore: accuracy(base, digits[k]),
+      mlpAfter,
+    };
+    devices.push(d);
+    out(
+      `${id}: ${acked ? 'acked' : d.state}${d.reason ? ` (${d.reason})` : ''}; ONNX Runtime on its ${d.digits} digits ${pct(d.ortBefore)} → ${pct(d.ortAfter)}; ` +
+        `our MLP on the same digits ${pct(d.mlpBefore)} → ${pct(d.mlpAfter)}${d.ortBefore === d.mlpBefore && d.ortAfter === d.mlpAfter ? ' (equal)' : ' (DIFFERENT)'}`,
+    );
+  }
+  return devices;
+}
+
 export async function runOnnxDemo(opts: Partial<MnistDemoOptions> = {}): Promise<OnnxDemoResult> {
   const o: MnistDemoOptions = { ...DEMO_DEFAULTS, ...opts };
   const out = o.out ?? ((line: string): void => void process.stdout.write(line + '\n'));
@@ -86,28 +161,10 @@ export async function runOnnxDemo(opts: Partial<MnistDemoOptions> = {}): Promise
   let broker: Awaited<ReturnType<typeof startBroker>> | undefined;
   let observer: MqttTransport | undefined;
   try {
-    const baseFile = path.join(tmp, 'base.onnx');
-    const targetFile = path.join(tmp, 'target.onnx');
-    await fs.writeFile(baseFile, mlpToOnnx(base));
-    await fs.writeFile(targetFile, mlpToOnnx(target));
-    const modelBytes = (await fs.stat(baseFile)).size;
-    // The product's builder on the two ONNX files (what `fleet build --base base.onnx --target target.onnx --energy 0.9999` runs).
-    const source = await twoModelSource(baseFile, targetFile);
-    const built = await buildUpdate({ source, mode: { kind: 'energy', fraction: 0.9999 }, quant: o.quant === 'int8' ? 'int8' : 'f32', method: 'lowrank' }).finally(() => source.close());
-    const payload = built.payload;
-    const targetDigest = decodePayload(payload).target;
-    out(
-      `base.onnx: MLP 784-128-10 (Gemm, Relu, Gemm) trained on ${o.baseTrain} digits, ${modelBytes} bytes, digest ${(await digestOnnxFile(baseFile)).slice(0, 16)}…; ` +
-        `target.onnx: + a low-rank update trained on ${o.fieldTrain} drifted digits (${trainSeconds.toFixed(1)} s of training)`,
-    );
-    out(
-      `update built from the two ONNX files: ${payload.byteLength} bytes = ${((100 * payload.byteLength) / modelBytes).toFixed(2)} % of the model (${built.report.tensors.map((t) => `${t.name} ${t.kind === 'low-rank' ? `r${t.rank}` : t.kind}`).join(', ')})`,
-    );
-
+    const { baseFile, modelBytes, payload, targetDigest } = await buildOnnxUpdate(o, tmp, base, target, trainSeconds, out);
     broker = await startBroker({ port: 0, dataDir: path.join(tmp, 'broker'), log: log.child('broker') });
     observer = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-onnx-observer-${process.pid}` }, 10_000);
     const keys = await keygen(path.join(tmp, 'keys'));
-    const topics = new Topics();
     const ids = Array.from({ length: o.devices }, (_, k) => `onnx-device-${k + 1}`);
     const digits = ids.map((_, k) =>
       subset(
@@ -115,102 +172,16 @@ export async function runOnnxDemo(opts: Partial<MnistDemoOptions> = {}): Promise
         Array.from({ length: o.perDevice }, (_, i) => k * o.perDevice + i),
       ),
     );
-    const latest = new Map<string, DeviceStatus>();
-    let published = false;
-    let resolveDone: () => void = () => undefined;
-    const done = new Promise<void>((r) => (resolveDone = r));
-    const finished = (s: DeviceStatus): boolean => (s.state === 'ok' && s.running === targetDigest) || ['rejected', 'rolled_back', 'failed'].includes(s.state);
-    const check = (): void => {
-      if (published && ids.every((id) => latest.has(id) && finished(latest.get(id)!))) resolveDone();
-    };
-    observer.onMessage((topic, bytes) => {
-      const p = topics.parse(topic);
-      const s = p?.kind === 'status' && ids.includes(p.deviceId) ? parseStatus(bytes) : null;
-      if (!s) return;
-      latest.set(s.device, s);
-      check();
-    });
-    await observer.subscribe(topics.allStatuses(), 1);
-
-    for (const [k, id] of ids.entries()) {
-      const samples = path.join(tmp, `${id}-digits.safetensors`);
-      await fs.writeFile(samples, samplesFile(digits[k]));
-      const child = spawnFleetLogged(
-        [
-          'device',
-          '--id',
-          id,
-          '--model',
-          'mnist-onnx',
-          '--group',
-          'line-1',
-          '--dir',
-          path.join(tmp, id),
-          '--trust',
-          keys.trustFile,
-          '--broker',
-          broker.url,
-          '--initial',
-          baseFile,
-          '--validate-onnx',
-          samples,
-          '--max-drop',
-          '1',
-        ],
-        path.join(tmp, `${id}.log`),
-      );
-      children.push(child);
-    }
+    const watch = await watchDevices(observer, ids, targetDigest);
+    await startOnnxDevices(tmp, ids, digits, keys.trustFile, broker.url, baseFile, children);
     out(
       `broker ${broker.url}; ${ids.length} device processes (PIDs ${children.map((c) => c.pid).join(', ')}) running DIR/current.onnx, each validating with ONNX Runtime on its own ${o.perDevice} held-out drifted digits`,
     );
+    await publishDemoUpdate('onnx', 'mnist-onnx', broker.url, payload, keys, log, false);
+    watch.published();
+    await watch.wait(o.timeoutSeconds);
 
-    const pub = await MqttTransport.connect({ url: broker.url, clientId: `fleet-demo-onnx-publisher-${process.pid}` }, 10_000);
-    try {
-      await publishUpdate({
-        transport: pub,
-        topics,
-        payloads: [payload],
-        keys: [await loadSigningKey(keys.keyFile)],
-        rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-        model: 'mnist-onnx',
-        group: 'line-1',
-        chunkSize: 1024,
-        ttlSeconds: 3600,
-        log: log.child('publisher'),
-      });
-    } finally {
-      await pub.close();
-    }
-    published = true;
-    check();
-    const timer = setTimeout(resolveDone, o.timeoutSeconds * 1000);
-    await done;
-    clearTimeout(timer);
-
-    const devices: OnnxDeviceOutcome[] = [];
-    for (const [k, id] of ids.entries()) {
-      const s = latest.get(id);
-      const acked = s?.state === 'ok' && s.running === targetDigest;
-      const current = path.join(tmp, id, 'current.onnx');
-      const mlpAfter = acked ? accuracy(mlpFromOnnx(new Uint8Array(await fs.readFile(current))), digits[k]) : null;
-      const d: OnnxDeviceOutcome = {
-        id,
-        state: s?.state ?? 'no status',
-        reason: s?.reason ?? null,
-        acked,
-        digits: digits[k].n,
-        ortBefore: s?.validation?.runningAccuracy ?? null,
-        ortAfter: s?.validation?.accuracy ?? null,
-        mlpBefore: accuracy(base, digits[k]),
-        mlpAfter,
-      };
-      devices.push(d);
-      out(
-        `${id}: ${acked ? 'acked' : d.state}${d.reason ? ` (${d.reason})` : ''}; ONNX Runtime on its ${d.digits} digits ${pct(d.ortBefore)} → ${pct(d.ortAfter)}; ` +
-          `our MLP on the same digits ${pct(d.mlpBefore)} → ${pct(d.mlpAfter)}${d.ortBefore === d.mlpBefore && d.ortAfter === d.mlpAfter ? ' (equal)' : ' (DIFFERENT)'}`,
-      );
-    }
+    const devices = await onnxOutcomes(tmp, ids, digits, base, watch.latest, targetDigest, out);
     const acked = devices.filter((d) => d.acked).length;
     const result: OnnxDemoResult = {
       devices,

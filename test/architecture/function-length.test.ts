@@ -40,8 +40,6 @@ const ALLOWED: Readonly<Record<string, string>> = {
   'simulations/paper/render.ts: resultsMarkdown': LANE('x18'),
   'simulations/paper/train.ts: loraTrainable': LANE('x18'),
   'simulations/paper/plot.ts: plotScene': LANE('x18'),
-  'simulations/mnist-demo/onnx-demo.ts: runOnnxDemo': LANE('x19'),
-  'bench/device.ts: main': LANE('x17'),
   'bench/fleet.ts: runFleetBench': LANE('x22'),
 };
 

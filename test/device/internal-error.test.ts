@@ -43,7 +43,7 @@ describe('a bug in the agent', () => {
     await DeviceAgent.provision(storage, f.baseFile, digestModelFile);
     const transport = MqttTransport.start({ url: f.url, clientId: 'fleet-device-ie1' });
     f.transports.push(transport);
-    const agent = new DeviceAgent({ deviceId: 'ie1', model: MODEL, group: GROUP, trust, idleMs: 1000 }, { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log });
+    const agent = await DeviceAgent.open({ deviceId: 'ie1', model: MODEL, group: GROUP, trust, idleMs: 1000 }, { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log });
     f.agents.push(agent);
     await agent.start();
     await watch.until('ie1', (s) => s.state === 'idle');

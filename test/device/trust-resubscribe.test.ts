@@ -70,7 +70,7 @@ describe('trust rotation', () => {
     f.transports.push(inner);
     const releaseTopic = topics.release(GROUP, MODEL);
     const wrapped = failingSubscribes(inner, releaseTopic);
-    const agent = new DeviceAgent(
+    const agent = await DeviceAgent.open(
       { deviceId: 'rs1', model: MODEL, group: GROUP, trust, idleMs: 1000, retryMs: 200 },
       { transport: wrapped.transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
     );

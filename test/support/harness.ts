@@ -190,7 +190,7 @@ export async function startAgent(f: Fixture, id: string, log: Logger = silentLog
   await DeviceAgent.provision(storage, f.baseFile, digestModelFile);
   const transport = MqttTransport.start({ url: f.url, clientId: `fleet-device-${id}` });
   f.transports.push(transport);
-  const agent = new DeviceAgent(
+  const agent = await DeviceAgent.open(
     { deviceId: id, model: MODEL, group: GROUP, trust: parseTrustFile(await fs.readFile(f.trustFile, 'utf8')), idleMs: 1000, ...config },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log },
   );
