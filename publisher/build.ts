@@ -9,7 +9,8 @@ import type { ChangedTensor, DeltaSource } from './delta-source.ts';
 import { balanceFactors, denseBytes, encodeFactors, entryOverhead, factorBytes, PAYLOAD_OVERHEAD, type Quant } from './quantize.ts';
 import { frobeniusNorm2, randomizedSvd, type TruncatedSvd } from './rsvd.ts';
 import type { Metric } from './calib.ts';
-import { allocate, analyse, encodePlan, type Method } from './rd.ts';
+import { allocate, analyse, encodePlan, type Method, type RdOptions } from './rd.ts';
+import { refitSource } from './refit.ts';
 
 export type BuildMode = { kind: 'rank'; rank: number } | { kind: 'budget'; bytes: number } | { kind: 'energy'; fraction: number } | { kind: 'factors' };
 
@@ -45,6 +46,8 @@ export interface BuildReport {
   quant: Quant;
   method: 'lowrank' | Method;
   calibrated: boolean;
+  /** Weights re-fitted to the target's outputs (publisher/refit.ts) instead of approximating their ΔW; their relError is against ΔW. */
+  refitted: string[];
   modelBytes: number;
   modelParams: number;
   updateBytes: number;
@@ -110,18 +113,24 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
   if (method !== 'lowrank' && o.mode.kind !== 'budget') throw new BuildError('bad-options', `--method ${method} needs --budget (it allocates one budget across tensors and methods)`);
   if (o.metrics && method === 'lowrank') throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign (the plain low-rank build minimises weight error)');
   let deltas: TensorDelta[] = [];
+  let refitted: string[] = [];
   if (o.mode.kind === 'budget' && method !== 'lowrank') {
     const rd = { method, metrics: o.metrics ?? new Map<string, Metric>(), powerIterations: o.powerIterations ?? PUBLISH_DEFAULTS.powerIterations, onAnalysed: tick };
-    const items = await analyse(src, o.mode.bytes - PAYLOAD_OVERHEAD, rd);
-    // Allocate; should the CBOR framing come out larger than estimated, allocate again for less.
-    for (let spend = o.mode.bytes - PAYLOAD_OVERHEAD; ;) {
-      const plan = await allocate(items, spend, src, rd);
-      deltas = await encodePlan(plan, src);
-      if (deltas.length === 0) throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
-      const size = encodePayload({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas }).byteLength;
-      if (size <= o.mode.bytes) break;
-      spend -= size - o.mode.bytes + 16;
+    let best = await rdDeltas(src, o.mode.bytes, rd);
+    // With cross statistics, also the plan that re-fits those layers to the target's outputs (publisher/refit.ts); the lower estimated output error wins.
+    const refit = await refitSource(src, rd.metrics);
+    if (refit) {
+      const other = await rdDeltas(refit.source, o.mode.bytes, { ...rd, onAnalysed: undefined }).catch((e: unknown) => {
+        if (e instanceof BuildError && e.code === 'budget-too-small') return undefined;
+        throw e;
+      });
+      if (other && (!best || other.error + refit.residual < best.error)) {
+        best = other;
+        refitted = refit.refitted.filter((n) => other.deltas.some((d) => d.name === n));
+      }
     }
+    if (!best) throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
+    deltas = best.deltas;
   } else if (o.mode.kind === 'budget') {
     const items: MatrixItem[] = [];
     const denses: DenseItem[] = [];
@@ -200,6 +209,7 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
       quant: o.quant,
       method,
       calibrated: o.metrics !== undefined,
+      refitted,
       modelBytes: src.base.fileSize,
       modelParams: src.base.tensors.reduce((a, t) => a + count(t.shape), 0),
       updateBytes: bytes.byteLength,
@@ -262,6 +272,19 @@ async function encodeDeltas(src: DeltaSource, plan: Map<string, Choice>, quant: 
     }
   }
   return out;
+}
+
+/** One rate–distortion allocation of `budget` payload bytes; should the CBOR framing come out larger than estimated, allocate again for less. Undefined when nothing fits. */
+async function rdDeltas(src: DeltaSource, budget: number, rd: RdOptions): Promise<{ deltas: TensorDelta[]; error: number } | undefined> {
+  const items = await analyse(src, budget - PAYLOAD_OVERHEAD, rd);
+  for (let spend = budget - PAYLOAD_OVERHEAD; ;) {
+    const plan = await allocate(items, spend, src, rd);
+    const deltas = await encodePlan(plan, src);
+    if (deltas.length === 0) return undefined;
+    const size = encodePayload({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas }).byteLength;
+    if (size <= budget) return { deltas, error: plan.error };
+    spend -= size - budget + 16;
+  }
 }
 
 function reportOf(d: TensorDelta, relError: number): TensorReport {

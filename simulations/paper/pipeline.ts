@@ -67,7 +67,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
     return v;
   };
   const log = o.log;
-  const totalSteps = 2 + 2 * 2 * o.sizesPercent.length + 2 * o.sizesPercent.length;
+  const totalSteps = 2 + 2 * 2 * o.sizesPercent.length + 3 * o.sizesPercent.length;
   let doneSteps = 0;
   const step = (): void => o.onStep?.(++doneSteps, totalSteps);
 
@@ -115,7 +115,9 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
 
   // Calibration for `fleet build --calib`: the base model's layer inputs on unlabelled field digits.
   const calib = await timed('calibStats', () => calibrationStats(base, fieldTrain, CALIB_SAMPLES));
-  const fleet = await fleetBuilder(base, fine, calib);
+  // The same samples through the fine-tuned model too: the output-matching statistics of the last layer.
+  const calibMatch = await timed('calibStats', () => calibrationStats(base, fieldTrain, CALIB_SAMPLES, fine));
+  const fleet = await fleetBuilder(base, fine, calib, calibMatch);
   // The rate–distortion builds do not depend on --quant: built once, listed in both sections.
   const rdRows = new Map<string, { accuracy: Array<number | null>; bytes: Array<number | null>; detail: Array<string | null> }>();
   const product = await productPath(base);
@@ -188,6 +190,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
       for (const [key, label, calibrated] of [
         ['fleetAuto', 'fleet build --method auto (no data)', false],
         ['fleetAutoCalib', `fleet build --method auto --calib (${CALIB_SAMPLES} unlabelled field digits)`, true],
+        ['fleetAutoMatch', `fleet build --method auto --calib + last layer's cross statistics (output matching, same digits)`, 'match'],
       ] as const) {
         const row = grid(key, label);
         if (!rdRows.has(key)) {
