@@ -43,27 +43,31 @@ export function mlpFromSafetensors(bytes: Uint8Array, like: Mlp): Mlp {
 
 export interface FleetBuilder {
   /** The base with a `budget`-byte update applied, or null when fleet refuses the budget as too small. */
-  build(budget: number, quant: Quant, how?: { method: Method; calib: boolean | 'match' }): Promise<{ model: Mlp; bytes: number; dataBytes: number; ranks: Record<string, number | string> } | null>;
+  build(budget: number, quant: Quant, how?: { method: Method; calib?: string }): Promise<{ model: Mlp; bytes: number; dataBytes: number; ranks: Record<string, number | string> } | null>;
   close(): Promise<void>;
 }
 
-/** `calib`: a calibration file (simulations/paper/calib-stats.ts) for builds with `calib: true`; `match`: one with the output-matching statistics too, for `calib: 'match'`. */
-export async function fleetBuilder(base: Mlp, target: Mlp, calib?: Uint8Array, match?: Uint8Array): Promise<FleetBuilder> {
+/** `calibs`: calibration files (simulations/paper/calib-stats.ts) by name, for builds with `calib: name`. */
+export async function fleetBuilder(base: Mlp, target: Mlp, calibs: Record<string, Uint8Array> = {}): Promise<FleetBuilder> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'paper-sim-'));
   const baseFile = path.join(dir, 'base.safetensors');
   const targetFile = path.join(dir, 'target.safetensors');
   const baseBytes = mlpToSafetensors(base);
   await fs.writeFile(baseFile, baseBytes);
   await fs.writeFile(targetFile, mlpToSafetensors(target));
-  const calibFile = path.join(dir, 'stats.safetensors');
-  if (calib) await fs.writeFile(calibFile, calib);
-  const matchFile = path.join(dir, 'stats-match.safetensors');
-  if (match) await fs.writeFile(matchFile, match);
+  const calibFiles = new Map<string, string>();
+  for (const [name, bytes] of Object.entries(calibs)) {
+    const file = path.join(dir, `stats-${calibFiles.size}.safetensors`);
+    await fs.writeFile(file, bytes);
+    calibFiles.set(name, file);
+  }
   return {
     async build(budget, quant, how) {
       const source = await twoModelSource(baseFile, targetFile);
       try {
-        const metrics = how?.calib ? await loadCalibration(how.calib === 'match' ? matchFile : calibFile, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
+        const calibFile = how?.calib === undefined ? undefined : calibFiles.get(how.calib);
+        if (how?.calib !== undefined && !calibFile) throw new Error(`internal: no calibration file ${how.calib}`);
+        const metrics = calibFile ? await loadCalibration(calibFile, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
         const { payload, report } = await buildUpdate({ source, mode: { kind: 'budget', bytes: budget }, quant, method: how?.method, metrics });
         const decoded = decodePayload(payload);
         const applied = applyToModel(baseBytes, decoded);
