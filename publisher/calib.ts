@@ -23,6 +23,8 @@ export interface Match {
   g: Float64Array;
   cross: Float64Array;
   target: Float64Array;
+  /** Optional mean inputs, μ_b = mean of X_b and μ_t = mean of X_t [n]: the bias is then re-fitted too. */
+  means?: { base: Float64Array; target: Float64Array };
 }
 
 export const DAMPING = 0.01;
@@ -32,6 +34,9 @@ export const OUTPUTS_SUFFIX = ':outputs';
 /** `<weight>:cross` [n, n] = X_bᵀX_t / N and `<weight>:target` [n, n] = X_tᵀX_t / N: the layer's inputs in the base and the target on the same samples (output matching). */
 export const CROSS_SUFFIX = ':cross';
 export const TARGET_SUFFIX = ':target';
+/** `<weight>:base-mean` and `<weight>:target-mean` [n]: the mean of X_b and of X_t (optional, both or neither). */
+export const BASE_MEAN_SUFFIX = ':base-mean';
+export const TARGET_MEAN_SUFFIX = ':target-mean';
 
 /** Lower-triangular L (row-major n×n) with L·Lᵀ = g; throws if g is not positive definite. */
 export function cholesky(g: Float64Array, n: number): Float64Array {
@@ -138,14 +143,15 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
     const out = new Map<string, Metric>();
     const rows = new Map<string, Float64Array>();
     const grams = new Map<string, Float64Array>();
-    const pairs = new Map<string, { cross?: Float64Array; target?: Float64Array }>();
+    const pairs = new Map<string, { cross?: Float64Array; target?: Float64Array; baseMean?: Float64Array; targetMean?: Float64Array }>();
     for (const t of m.tensors) {
-      const suffix = [CROSS_SUFFIX, TARGET_SUFFIX].find((x) => t.name.endsWith(x));
+      const suffix = [CROSS_SUFFIX, TARGET_SUFFIX, BASE_MEAN_SUFFIX, TARGET_MEAN_SUFFIX].find((x) => t.name.endsWith(x));
       if (suffix) {
         const name = t.name.slice(0, -suffix.length);
-        const values = await readSquare(m, t, name, shapes);
+        const square = suffix === CROSS_SUFFIX || suffix === TARGET_SUFFIX;
+        const values = await readStat(m, t, name, shapes, square);
         const p = pairs.get(name) ?? {};
-        p[suffix === CROSS_SUFFIX ? 'cross' : 'target'] = values;
+        p[suffix === CROSS_SUFFIX ? 'cross' : suffix === TARGET_SUFFIX ? 'target' : suffix === BASE_MEAN_SUFFIX ? 'baseMean' : 'targetMean'] = values;
         pairs.set(name, p);
         continue;
       }
@@ -188,7 +194,8 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
       if (!p.cross || !p.target || !g || metric?.kind !== 'full') {
         throw new BuildError('bad-calibration', `calibration ${name}: output matching needs ${name} (the full Gram matrix), ${name}${CROSS_SUFFIX} and ${name}${TARGET_SUFFIX} together`);
       }
-      metric.match = { g, cross: p.cross, target: p.target };
+      if (!p.baseMean !== !p.targetMean) throw new BuildError('bad-calibration', `calibration ${name}: give ${name}${BASE_MEAN_SUFFIX} and ${name}${TARGET_MEAN_SUFFIX} together, or neither`);
+      metric.match = { g, cross: p.cross, target: p.target, ...(p.baseMean && p.targetMean ? { means: { base: p.baseMean, target: p.targetMean } } : {}) };
     }
     for (const [name, o] of rows) {
       const n = shapes
@@ -203,13 +210,14 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
   }
 }
 
-/** A `:cross` or `:target` entry: F32/F64 [n, n] for a matrix `name` of the model, finite. */
-async function readSquare(m: ModelFile, t: TensorInfo, name: string, shapes: Map<string, readonly number[]>): Promise<Float64Array> {
+/** A `:cross` or `:target` entry (F32/F64 [n, n]) or a mean (F32/F64 [n]) for a matrix `name` of the model, finite. */
+async function readStat(m: ModelFile, t: TensorInfo, name: string, shapes: Map<string, readonly number[]>, square: boolean): Promise<Float64Array> {
   const shape = shapes.get(name);
   if (!shape || shape.length < 2) throw new BuildError('bad-calibration', `calibration ${t.name}: the model has no matrix ${name}`);
   const n = shape.slice(1).reduce((a, b) => a * b, 1);
-  if (t.shape.length !== 2 || t.shape[0] !== n || t.shape[1] !== n || (t.dtype !== 'F32' && t.dtype !== 'F64')) {
-    throw new BuildError('bad-calibration', `calibration ${t.name}: expected F32 or F64 of shape [${n}, ${n}], got ${t.dtype} [${t.shape.join(',')}]`);
+  const want = square ? [n, n] : [n];
+  if (t.shape.join(',') !== want.join(',') || (t.dtype !== 'F32' && t.dtype !== 'F64')) {
+    throw new BuildError('bad-calibration', `calibration ${t.name}: expected F32 or F64 of shape [${want.join(', ')}], got ${t.dtype} [${t.shape.join(',')}]`);
   }
   const v = Float64Array.from(decodeValues(await m.read(t), t.dtype));
   for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) throw new BuildError('bad-calibration', `calibration ${t.name}: entry ${i} is ${v[i]}`);

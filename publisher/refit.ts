@@ -14,7 +14,7 @@
  * them stay the base's, which is what Δ* assumes.
  */
 import { decodeValues } from '../protocol/dtypes.ts';
-import { rowWeight, type Metric } from './calib.ts';
+import { cholesky, DAMPING, rowWeight, type Match, type Metric } from './calib.ts';
 import type { ChangedTensor, DeltaSource } from './delta-source.ts';
 
 /** x with (L·Lᵀ)·x = r (L lower-triangular, row-major n×n). */
@@ -55,11 +55,15 @@ function dot(a: Float64Array, b: Float64Array): number {
  * Δ* for an m×n weight (rows w_b = base, w_t = base + delta) and R, the weighted output error
  * left at Δ̂ = Δ*: Σ_i o_i·‖X_b·(w_b + Δ*_i) − X_t·w_t‖²/N, from G, C and T.
  */
-export function refitDelta(wb: Float64Array, delta: Float64Array, m: number, metric: Metric): { delta: Float64Array; residual: number } {
+export function refitDelta(wb: Float64Array, delta: Float64Array, m: number, metric: Metric, bias?: Float64Array): { delta: Float64Array; residual: number; bias?: Float64Array } {
   const n = metric.n;
   if (metric.kind !== 'full' || !metric.match) throw new RangeError('refitDelta needs a full metric with cross statistics');
-  const { g, cross, target } = metric.match;
+  const means = bias ? metric.match.means : undefined;
+  // With the inputs' means and the bias delta, the bias is re-fitted too: the weight from the centred statistics, the bias from the means.
+  const { g, cross, target } = means ? centred(metric.match, means, n) : metric.match;
+  const l = means ? cholesky(damped(g, n, metric.match.g), n) : metric.l;
   const out = new Float64Array(m * n);
+  const outBias = means ? new Float64Array(m) : undefined;
   let residual = 0;
   for (let i = 0; i < m; i++) {
     const b = wb.subarray(i * n, (i + 1) * n);
@@ -67,13 +71,39 @@ export function refitDelta(wb: Float64Array, delta: Float64Array, m: number, met
     const gb = mulVec(g, b, n);
     const ct = mulVec(cross, t, n);
     const r = Float64Array.from(ct, (x, j) => x - gb[j]);
-    const x = cholSolve(metric.l, n, r);
+    const x = cholSolve(l, n, r);
     out.set(x, i * n);
     // The output error at Δ*: (b+x)ᵀG(b+x) − 2(b+x)ᵀCt + tᵀTt = bᵀGb − 2bᵀCt + tᵀTt + xᵀGx − 2xᵀr.
     const left = dot(b, gb) - 2 * dot(b, ct) + dot(t, mulVec(target, t, n)) + dot(x, mulVec(g, x, n)) - 2 * dot(x, r);
     residual += rowWeight(metric, i) * Math.max(0, left);
+    // b' = b_t + μ_tᵀw_t − μ_bᵀ(w_b + Δ*): the mean output matches.
+    if (outBias && means && bias) outBias[i] = bias[i] + dot(means.target, t) - dot(means.base, b) - dot(means.base, x);
   }
-  return { delta: out, residual };
+  return { delta: out, residual, ...(outBias ? { bias: outBias } : {}) };
+}
+
+/** G − μ_b·μ_bᵀ, C − μ_b·μ_tᵀ, T − μ_t·μ_tᵀ: the statistics of the centred inputs. */
+function centred(s: Match, means: { base: Float64Array; target: Float64Array }, n: number): { g: Float64Array; cross: Float64Array; target: Float64Array } {
+  const g = new Float64Array(n * n);
+  const cross = new Float64Array(n * n);
+  const target = new Float64Array(n * n);
+  for (let a = 0; a < n; a++) {
+    for (let b = 0; b < n; b++) {
+      g[a * n + b] = s.g[a * n + b] - means.base[a] * means.base[b];
+      cross[a * n + b] = s.cross[a * n + b] - means.base[a] * means.target[b];
+      target[a * n + b] = s.target[a * n + b] - means.target[a] * means.target[b];
+    }
+  }
+  return { g, cross, target };
+}
+
+/** g + λI with λ the calibration's damping of the uncentred Gram `of`. */
+function damped(g: Float64Array, n: number, of: Float64Array): Float64Array {
+  let mean = 0;
+  for (let j = 0; j < n; j++) mean += of[j * n + j] / n;
+  const out = Float64Array.from(g);
+  for (let j = 0; j < n; j++) out[j * n + j] += DAMPING * mean;
+  return out;
 }
 
 /** The bias of a weight: the 1-D tensor of the same module (`fc2.bias` for `fc2.weight`) with one entry per row. */
@@ -85,8 +115,8 @@ function biasOf(w: ChangedTensor, all: readonly ChangedTensor[]): ChangedTensor 
 
 /**
  * The re-fit source: only the changed weights with cross statistics (their delta Δ*) and
- * their biases (unchanged delta), and R summed over them; undefined when no weight has
- * cross statistics.
+ * their biases (re-fitted too when the statistics hold the inputs' means, else their ΔW),
+ * and R summed over them; undefined when no weight has cross statistics.
  */
 export async function refitSource(src: DeltaSource, metrics: Map<string, Metric>): Promise<{ source: DeltaSource; residual: number; refitted: string[] } | undefined> {
   const weights = src.changed.filter((c) => c.info.shape.length >= 2 && metrics.get(c.info.name)?.match);
@@ -96,12 +126,13 @@ export async function refitSource(src: DeltaSource, metrics: Map<string, Metric>
   const changed: ChangedTensor[] = [];
   for (const c of weights) {
     const wb = decodeValues(await src.base.read(c.info), c.info.dtype);
-    const r = refitDelta(wb, await src.delta(c), c.m, metrics.get(c.info.name)!);
+    const b = biasOf(c, src.changed);
+    const r = refitDelta(wb, await src.delta(c), c.m, metrics.get(c.info.name)!, b ? await src.delta(b) : undefined);
     deltas.set(c.info.name, r.delta);
     residual += r.residual;
     changed.push(c);
-    const b = biasOf(c, src.changed);
     if (b) changed.push(b);
+    if (b && r.bias) deltas.set(b.info.name, r.bias);
   }
   changed.sort((a, b) => Buffer.compare(Buffer.from(a.info.name), Buffer.from(b.info.name)));
   return {

@@ -92,6 +92,41 @@ describe('output matching (publisher/refit.ts)', () => {
     expect(outputError(d) + lambda * ridge2).toBeLessThan(0.1 * (outputError(delta) + lambda * plain2));
   });
 
+  it("with the inputs' means, the bias is re-fitted too: R is the affine output error at (Δ*, Δb*), not more than without", () => {
+    // Inputs with a mean (ReLU-like activations): shift both.
+    const shift = Float64Array.from({ length: n }, () => 1 + rand());
+    const xb1 = Float64Array.from(xb, (v, e) => v + shift[e % n]);
+    const xt1 = Float64Array.from(xb1, (v, e) => v * a[e % n] + 0.3);
+    const mean = (x: Float64Array) =>
+      Float64Array.from({ length: n }, (_, j) => {
+        let t = 0;
+        for (let s2 = 0; s2 < N; s2++) t += x[s2 * n + j] / N;
+        return t;
+      });
+    const g1 = gramOf(xb1, xb1);
+    const metric = metricOf(g1, n, true, 'w');
+    metric.match = { g: g1, cross: gramOf(xb1, xt1), target: gramOf(xt1, xt1), means: { base: mean(xb1), target: mean(xt1) } };
+    const biasDelta = randomValues(rand, m, 0.05);
+    const bb = randomValues(rand, m, 0.1);
+    const fit = refitDelta(wb, delta, m, metric, biasDelta);
+    expect(fit.bias).toBeDefined();
+    const affineError = (d: Float64Array, db: Float64Array): number => {
+      let e = 0;
+      for (let s2 = 0; s2 < N; s2++) {
+        for (let i = 0; i < m; i++) {
+          let y = bb[i] + db[i] - (bb[i] + biasDelta[i]);
+          for (let j = 0; j < n; j++) y += xb1[s2 * n + j] * (wb[i * n + j] + d[i * n + j]) - xt1[s2 * n + j] * wt[i * n + j];
+          e += y * y;
+        }
+      }
+      return e / N;
+    };
+    expect(fit.residual).toBeCloseTo(affineError(fit.delta, fit.bias!), 6);
+    const without = refitDelta(wb, delta, m, { ...metric, match: { ...metric.match, means: undefined } }, biasDelta);
+    expect(without.bias).toBeUndefined();
+    expect(fit.residual).toBeLessThan(affineError(without.delta, biasDelta));
+  });
+
   /**
    * A two-layer linear model whose first layer (up) the fine-tune changed so that X_t = X_b·diag(a)
    * (full rank), and the second (w) so that the base's upstream reaches the target's outputs
