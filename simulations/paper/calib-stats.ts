@@ -30,7 +30,15 @@ function gram(rows: Float64Array[], n: number, ys: Float64Array[] = rows): Float
   return Float32Array.from(g, (v) => v / rows.length);
 }
 
-export function calibrationStats(base: Mlp, ds: Dataset, samples: number, target?: Mlp): Uint8Array {
+/** Per-column mean of the rows. */
+function meanOf(rows: Float64Array[], n: number): Float32Array {
+  const m = new Float64Array(n);
+  for (const x of rows) for (let j = 0; j < n; j++) m[j] += x[j] / rows.length;
+  return Float32Array.from(m);
+}
+
+/** `means`: with the target, also the mean hidden activations (fc2.weight:base-mean, :target-mean), so that fc2.bias is re-fitted too. */
+export function calibrationStats(base: Mlp, ds: Dataset, samples: number, target?: Mlp, means = false): Uint8Array {
   const n = Math.min(samples, ds.n);
   const inp = inputsOf(ds, base.inputs);
   const pixels: Float64Array[] = [];
@@ -57,7 +65,13 @@ export function calibrationStats(base: Mlp, ds: Dataset, samples: number, target
   }
   const v = (name: string, x: Float32Array) => ({ name, dtype: 'F32' as const, shape: [x.length], data: new Uint8Array(x.buffer) });
   const t = (name: string, g: Float32Array, k: number) => ({ name, dtype: 'F32' as const, shape: [k, k], data: new Uint8Array(g.buffer) });
-  const match = target ? [t(`${TENSOR_NAMES.w2}:cross`, gram(hidden, base.hidden, hiddenT), base.hidden), t(`${TENSOR_NAMES.w2}:target`, gram(hiddenT, base.hidden), base.hidden)] : [];
+  const match = target
+    ? [
+        t(`${TENSOR_NAMES.w2}:cross`, gram(hidden, base.hidden, hiddenT), base.hidden),
+        t(`${TENSOR_NAMES.w2}:target`, gram(hiddenT, base.hidden), base.hidden),
+        ...(means ? [v(`${TENSOR_NAMES.w2}:base-mean`, meanOf(hidden, base.hidden)), v(`${TENSOR_NAMES.w2}:target-mean`, meanOf(hiddenT, base.hidden))] : []),
+      ]
+    : [];
   return writeSafetensors([
     t(TENSOR_NAMES.w1, gram(pixels, base.inputs), base.inputs),
     t(TENSOR_NAMES.w2, gram(hidden, base.hidden), base.hidden),
