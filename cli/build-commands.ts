@@ -67,7 +67,8 @@ async function checkWritable(file: string): Promise<void> {
 function concerns(r: BuildReport): string[] {
   const out: string[] = [];
   if (r.updateBytes > r.modelBytes / 2) out.push(`the update is ${pct(r.updateBytes, r.modelBytes)} of the model's bytes, more than half (sending the model itself costs about as much)`);
-  const worst = r.tensors.reduce<BuildReport['tensors'][number] | undefined>((w, t) => (t.relError > (w?.relError ?? -Infinity) ? t : w), undefined);
+  // A layer re-fitted to the target's outputs is meant to differ from ΔW: its weight error says nothing.
+  const worst = r.tensors.reduce<BuildReport['tensors'][number] | undefined>((w, t) => (!r.refitted?.includes(t.name) && t.relError > (w?.relError ?? -Infinity) ? t : w), undefined);
   if (worst && worst.relError > 0.5) out.push(`tensor ${worst.name} keeps a relative error of ${worst.relError.toFixed(2)}, above 0.5 (raise --rank, --budget or --energy)`);
   return out;
 }
@@ -101,6 +102,7 @@ function printTensors(rows: Row[], out: (s: string) => void): void {
 
 function printReport(r: BuildReport, out: (s: string) => void): void {
   printTensors(r.tensors, out);
+  if (r.refitted?.length) out(`re-fitted to the target's outputs on the calibration inputs (their error is against ΔW, not what they aim at): ${r.refitted.join(', ')}`);
   out(
     `update ${r.updateBytes} bytes = ${pct(r.updateBytes, r.modelBytes)} of the model's ${r.modelBytes} bytes; ${r.updateParams} stored values = ${pct(r.updateParams, r.modelParams)} of ${r.modelParams} parameters; ${r.unchanged} tensors unchanged`,
   );

@@ -47,6 +47,44 @@ interface Candidate {
   item: MatrixItem | DenseItem;
 }
 
+/** Candidates by ratio, largest first (a binary max-heap). */
+class RatioHeap {
+  private readonly items: Candidate[] = [];
+
+  push(c: Candidate): void {
+    const q = this.items;
+    q.push(c);
+    let i = q.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (q[p].ratio >= q[i].ratio) break;
+      [q[p], q[i]] = [q[i], q[p]];
+      i = p;
+    }
+  }
+
+  pop(): Candidate | undefined {
+    const q = this.items;
+    const top = q[0];
+    const last = q.pop();
+    if (q.length > 0 && last) {
+      q[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let b = i;
+        if (l < q.length && q[l].ratio > q[b].ratio) b = l;
+        if (r < q.length && q[r].ratio > q[b].ratio) b = r;
+        if (b === i) break;
+        [q[b], q[i]] = [q[i], q[b]];
+        i = b;
+      }
+    }
+    return top;
+  }
+}
+
 /**
  * Spend a byte budget where it removes the most squared error: greedily take
  * the next singular triplet (or a whole dense tensor) with the largest σ² per
@@ -69,37 +107,9 @@ export async function allocateBudget(
   const spectra = new Map<string, Float64Array>();
   const taken = new Map<string, number>();
   const takenEnergy = new Map<string, number>();
-  const queue: Candidate[] = [];
+  const queue = new RatioHeap();
   const push = (c: Candidate | undefined): void => {
-    if (!c || !(c.gain > 0)) return;
-    queue.push(c);
-    // Keep it a max-heap on ratio.
-    let i = queue.length - 1;
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (queue[p].ratio >= queue[i].ratio) break;
-      [queue[p], queue[i]] = [queue[i], queue[p]];
-      i = p;
-    }
-  };
-  const pop = (): Candidate | undefined => {
-    const top = queue[0];
-    const last = queue.pop();
-    if (queue.length > 0 && last) {
-      queue[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        const r = l + 1;
-        let b = i;
-        if (l < queue.length && queue[l].ratio > queue[b].ratio) b = l;
-        if (r < queue.length && queue[r].ratio > queue[b].ratio) b = r;
-        if (b === i) break;
-        [queue[b], queue[i]] = [queue[i], queue[b]];
-        i = b;
-      }
-    }
-    return top;
+    if (c && c.gain > 0) queue.push(c);
   };
 
   const denseCostOf = (m: MatrixItem): number => denseBytes(m.m * m.n) + entryOverhead(m.name, m.shape, false);
@@ -134,7 +144,7 @@ export async function allocateBudget(
 
   let left = budget;
   const takes: Take[] = [];
-  for (let c = pop(); c; c = pop()) {
+  for (let c = queue.pop(); c; c = queue.pop()) {
     if (c.cost > left) continue; // does not fit; cheaper candidates elsewhere may
     left -= c.cost;
     takes.push(c.take);

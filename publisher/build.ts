@@ -3,13 +3,14 @@ import { InternalError } from '../platform/errors.ts';
 import { ModelDigest } from '../protocol/digest.ts';
 import { decodeValues } from '../protocol/dtypes.ts';
 import { applyTensor, describeDelta, encodePayload, type DeltaKind, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
-import { allocateBudget, planOf, type Choice, type DenseItem, type MatrixItem, type Take } from './allocate.ts';
+import { allocateBudget, planOf, type Choice, type DenseItem, type MatrixItem } from './allocate.ts';
 import { BuildError } from './build-error.ts';
 import type { ChangedTensor, DeltaSource } from './delta-source.ts';
 import { balanceFactors, denseBytes, encodeFactors, entryOverhead, factorBytes, PAYLOAD_OVERHEAD, type Quant } from './quantize.ts';
 import { frobeniusNorm2, randomizedSvd, type TruncatedSvd } from './rsvd.ts';
 import type { Metric } from './calib.ts';
-import { allocate, analyse, encodePlan, type Method } from './rd.ts';
+import { allocate, analyse, encodePlan, type Method, type RdOptions } from './rd.ts';
+import { refitSource } from './refit.ts';
 
 export type BuildMode = { kind: 'rank'; rank: number } | { kind: 'budget'; bytes: number } | { kind: 'energy'; fraction: number } | { kind: 'factors' };
 
@@ -45,6 +46,8 @@ export interface BuildReport {
   quant: Quant;
   method: 'lowrank' | Method;
   calibrated: boolean;
+  /** Weights re-fitted to the target's outputs (publisher/refit.ts) instead of approximating their ΔW; their relError is against ΔW. */
+  refitted: string[];
   modelBytes: number;
   modelParams: number;
   updateBytes: number;
@@ -66,101 +69,143 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
   const total = src.changed.length * 2;
   let done = 0;
   const tick = (name: string): void => o.onProgress?.(++done, total, name);
+  const svdOf = svdCache(src, o.powerIterations ?? PUBLISH_DEFAULTS.powerIterations);
+  const matrices = src.changed.filter((c) => c.info.shape.length >= 2);
+  checkMode(o.mode, matrices, src);
+  const plan = await planFixedMode(o, matrices, svdOf, tick);
+
+  const method = o.method ?? 'lowrank';
+  if (method !== 'lowrank' && o.mode.kind !== 'budget') throw new BuildError('bad-options', `--method ${method} needs --budget (it allocates one budget across tensors and methods)`);
+  if (o.metrics && method === 'lowrank') throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign (the plain low-rank build minimises weight error)');
+  let deltas: TensorDelta[];
+  let refitted: string[] = [];
+  if (o.mode.kind === 'budget' && method !== 'lowrank') ({ deltas, refitted } = await buildRd(o, o.mode.bytes, method, tick));
+  else if (o.mode.kind === 'budget') deltas = await buildLowRankBudget(o, o.mode.bytes, svdOf, tick);
+  else deltas = await encodeDeltas(src, plan, o.quant, svdOf);
+
+  const { baseDigest, targetDigest, reports } = await digestPass(src, deltas, tick);
+  // The model digest of the format (for ONNX, the tensors' digest bound to the graph's hash).
+  const payload: Payload = { v: 1, base: src.base.digestOf(baseDigest), target: src.base.digestOf(targetDigest), tensors: deltas };
+  const bytes = encodePayload(payload);
+  if (o.mode.kind === 'budget' && bytes.byteLength > o.mode.bytes) throw new InternalError('budget-exceeded', 'internal: budget exceeded after the digest pass');
+  return {
+    payload: bytes,
+    report: {
+      baseDigest: payload.base,
+      targetDigest: payload.target,
+      mode: o.mode,
+      quant: o.quant,
+      method,
+      calibrated: o.metrics !== undefined,
+      refitted,
+      modelBytes: src.base.fileSize,
+      modelParams: src.base.tensors.reduce((a, t) => a + count(t.shape), 0),
+      updateBytes: bytes.byteLength,
+      updateParams: deltas.reduce((a, d) => a + describeDelta(d).params, 0),
+      tensors: reports,
+      unchanged: src.base.tensors.length - src.changed.length,
+    },
+  };
+}
+
+type SvdOf = (c: ChangedTensor, k: number) => Promise<TruncatedSvd>;
+
+/** The truncated SVD of a changed tensor's ΔW with at least k triplets, computed once per tensor (again only for more). */
+function svdCache(src: DeltaSource, powerIterations: number): SvdOf {
   const svds = new Map<string, TruncatedSvd>();
-  const svdOf = async (c: ChangedTensor, k: number): Promise<TruncatedSvd> => {
+  return async (c, k) => {
     const have = svds.get(c.info.name);
     if (have && have.k >= Math.min(k, c.m, c.n)) return have;
     const d = await src.delta(c);
-    const svd = randomizedSvd(d, c.m, c.n, k, { powerIterations: o.powerIterations ?? PUBLISH_DEFAULTS.powerIterations, seed: 1 });
+    const svd = randomizedSvd(d, c.m, c.n, k, { powerIterations, seed: 1 });
     svds.set(c.info.name, svd);
     return svd;
   };
-  const denseCost = (c: ChangedTensor): number => denseBytes(c.m * c.n);
-  const matrices = src.changed.filter((c) => c.info.shape.length >= 2);
-  const plan = new Map<string, Choice>();
+}
 
-  checkMode(o.mode, matrices, src);
-  if (o.mode.kind === 'rank') {
-    for (const c of matrices) {
-      const r = o.mode.rank;
+/** Per tensor, rank or dense under --rank, --energy or factors mode (1-D tensors dense); empty under --budget. */
+async function planFixedMode(o: BuildOptions, matrices: ChangedTensor[], svdOf: SvdOf, tick: (name: string) => void): Promise<Map<string, Choice>> {
+  const plan = new Map<string, Choice>();
+  const denseCost = (c: ChangedTensor): number => denseBytes(c.m * c.n);
+  const mode = o.mode;
+  if (mode.kind === 'budget') return plan;
+  for (const c of matrices) {
+    if (mode.kind === 'rank') {
+      const r = mode.rank;
       if (r >= Math.min(c.m, c.n) || factorBytes(c.m, c.n, r, o.quant) >= denseCost(c)) plan.set(c.info.name, { kind: 'dense' });
       else {
         await svdOf(c, r);
         plan.set(c.info.name, { kind: 'low-rank', rank: r });
       }
-      tick(c.info.name);
-    }
-  } else if (o.mode.kind === 'energy') {
-    for (const c of matrices) {
-      plan.set(c.info.name, await chooseByEnergy(c, o.mode.fraction, o.quant, svdOf, src));
-      tick(c.info.name);
-    }
-  } else if (o.mode.kind === 'factors') {
-    for (const c of matrices) {
+    } else if (mode.kind === 'energy') {
+      plan.set(c.info.name, await chooseByEnergy(c, mode.fraction, o.quant, svdOf, o.source));
+    } else {
       // A tensor without factors (one a LoRA adapter saved whole) is sent as it is: dense.
       const r = c.factors?.rank ?? Infinity;
       plan.set(c.info.name, factorBytes(c.m, c.n, r, o.quant) >= denseCost(c) ? { kind: 'dense' } : { kind: 'low-rank', rank: r });
-      tick(c.info.name);
+    }
+    tick(c.info.name);
+  }
+  for (const c of o.source.changed) if (c.info.shape.length < 2) plan.set(c.info.name, { kind: 'dense' });
+  return plan;
+}
+
+/**
+ * --method auto|mixed|sign|dense: one rate–distortion allocation (publisher/rd.ts); with cross
+ * statistics, also the plan that re-fits those layers to the target's outputs
+ * (publisher/refit.ts), the lower estimated output error winning.
+ */
+async function buildRd(o: BuildOptions, budget: number, method: Method, tick: (name: string) => void): Promise<{ deltas: TensorDelta[]; refitted: string[] }> {
+  const src = o.source;
+  const rd = { method, metrics: o.metrics ?? new Map<string, Metric>(), powerIterations: o.powerIterations ?? PUBLISH_DEFAULTS.powerIterations, onAnalysed: tick };
+  let best = await rdDeltas(src, budget, rd);
+  let refitted: string[] = [];
+  const refit = await refitSource(src, rd.metrics);
+  if (refit) {
+    const other = await rdDeltas(refit.source, budget, { ...rd, onAnalysed: undefined });
+    if (other && (!best || other.error + refit.residual < best.error)) {
+      best = other;
+      refitted = refit.refitted.filter((n) => other.deltas.some((d) => d.name === n));
     }
   }
-  for (const c of src.changed) if (c.info.shape.length < 2 && o.mode.kind !== 'budget') plan.set(c.info.name, { kind: 'dense' });
+  if (!best) throw new BuildError('budget-too-small', `a budget of ${budget} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
+  return { deltas: best.deltas, refitted };
+}
 
-  let takes: Take[] = [];
-  const method = o.method ?? 'lowrank';
-  if (method !== 'lowrank' && o.mode.kind !== 'budget') throw new BuildError('bad-options', `--method ${method} needs --budget (it allocates one budget across tensors and methods)`);
-  if (o.metrics && method === 'lowrank') throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign (the plain low-rank build minimises weight error)');
-  let deltas: TensorDelta[] = [];
-  if (o.mode.kind === 'budget' && method !== 'lowrank') {
-    const rd = { method, metrics: o.metrics ?? new Map<string, Metric>(), powerIterations: o.powerIterations ?? PUBLISH_DEFAULTS.powerIterations, onAnalysed: tick };
-    const items = await analyse(src, o.mode.bytes - PAYLOAD_OVERHEAD, rd);
-    // Allocate; should the CBOR framing come out larger than estimated, allocate again for less.
-    for (let spend = o.mode.bytes - PAYLOAD_OVERHEAD; ;) {
-      const plan = await allocate(items, spend, src, rd);
-      deltas = await encodePlan(plan, src);
-      if (deltas.length === 0) throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
-      const size = encodePayload({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas }).byteLength;
-      if (size <= o.mode.bytes) break;
-      spend -= size - o.mode.bytes + 16;
-    }
-  } else if (o.mode.kind === 'budget') {
-    const items: MatrixItem[] = [];
-    const denses: DenseItem[] = [];
-    for (const c of src.changed) {
-      const energy = frobeniusNorm2(await src.delta(c));
-      if (c.info.shape.length >= 2) items.push({ name: c.info.name, shape: c.info.shape, m: c.m, n: c.n, energy });
-      else denses.push({ name: c.info.name, shape: c.info.shape, count: c.m * c.n, energy });
-      tick(c.info.name);
-    }
-    const byName = new Map(src.changed.map((c) => [c.info.name, c]));
-    const perTriplet = (m: MatrixItem): number => (m.m + m.n) * 4;
-    const share = (o.mode.bytes - PAYLOAD_OVERHEAD) / Math.max(1, items.length);
-    const result = await allocateBudget(
-      o.mode.bytes - PAYLOAD_OVERHEAD,
-      items,
-      denses,
-      o.quant,
-      (m) => Math.min(Math.min(m.m, m.n), Math.max(8, Math.ceil((2 * share) / perTriplet(m)))),
-      async (m, k) => (await svdOf(byName.get(m.name)!, k)).s,
-    );
-    takes = result.takes;
-    if (takes.length === 0) {
-      throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
-    }
-    for (const [k, v] of planOf(takes)) plan.set(k, v);
+/** --budget with low-rank factors: ranks allocated across tensors (publisher/allocate.ts); the last (least valuable) takes dropped until the CBOR fits. */
+async function buildLowRankBudget(o: BuildOptions, budget: number, svdOf: SvdOf, tick: (name: string) => void): Promise<TensorDelta[]> {
+  const src = o.source;
+  const items: MatrixItem[] = [];
+  const denses: DenseItem[] = [];
+  for (const c of src.changed) {
+    const energy = frobeniusNorm2(await src.delta(c));
+    if (c.info.shape.length >= 2) items.push({ name: c.info.name, shape: c.info.shape, m: c.m, n: c.n, energy });
+    else denses.push({ name: c.info.name, shape: c.info.shape, count: c.m * c.n, energy });
+    tick(c.info.name);
   }
-
-  // Encode; under a budget, drop the last (least valuable) takes until it fits.
-  if (method === 'lowrank') deltas = await encodeDeltas(src, plan, o.quant, svdOf);
-  const draft = (): Payload => ({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas });
-  if (o.mode.kind === 'budget' && method === 'lowrank') {
-    let n = takes.length;
-    while (encodePayload(draft()).byteLength > o.mode.bytes) {
-      if (--n <= 0) throw new BuildError('budget-too-small', `a budget of ${o.mode.bytes} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
-      deltas = await encodeDeltas(src, planOf(takes, n), o.quant, svdOf);
-    }
+  const byName = new Map(src.changed.map((c) => [c.info.name, c]));
+  const perTriplet = (m: MatrixItem): number => (m.m + m.n) * 4;
+  const share = (budget - PAYLOAD_OVERHEAD) / Math.max(1, items.length);
+  const { takes } = await allocateBudget(
+    budget - PAYLOAD_OVERHEAD,
+    items,
+    denses,
+    o.quant,
+    (m) => Math.min(Math.min(m.m, m.n), Math.max(8, Math.ceil((2 * share) / perTriplet(m)))),
+    async (m, k) => (await svdOf(byName.get(m.name)!, k)).s,
+  );
+  const tooSmall = (): BuildError => new BuildError('budget-too-small', `a budget of ${budget} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
+  if (takes.length === 0) throw tooSmall();
+  let deltas = await encodeDeltas(src, planOf(takes), o.quant, svdOf);
+  for (let n = takes.length; encodePayload({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas }).byteLength > budget;) {
+    if (--n <= 0) throw tooSmall();
+    deltas = await encodeDeltas(src, planOf(takes, n), o.quant, svdOf);
   }
+  return deltas;
+}
 
-  // Digest pass: the device's own apply, tensor by tensor, and the error it leaves.
+/** The device's own apply, tensor by tensor: the base and target digests, and per delta the relative error it leaves against ΔW. */
+async function digestPass(src: DeltaSource, deltas: TensorDelta[], tick: (name: string) => void): Promise<{ baseDigest: string; targetDigest: string; reports: TensorReport[] }> {
   const byName = new Map(deltas.map((d) => [d.name, d]));
   const changedByName = new Map(src.changed.map((c) => [c.info.name, c]));
   const baseDigest = new ModelDigest();
@@ -187,27 +232,7 @@ export async function buildUpdate(o: BuildOptions): Promise<{ payload: Uint8Arra
     if (delta) reports.push(reportOf(delta, Math.sqrt(err2 / (ref2 || 1))));
     tick(t.name);
   }
-  // The model digest of the format (for ONNX, the tensors' digest bound to the graph's hash).
-  const payload: Payload = { v: 1, base: src.base.digestOf(baseDigest.digest()), target: src.base.digestOf(targetDigest.digest()), tensors: deltas };
-  const bytes = encodePayload(payload);
-  if (o.mode.kind === 'budget' && bytes.byteLength > o.mode.bytes) throw new InternalError('budget-exceeded', 'internal: budget exceeded after the digest pass');
-  return {
-    payload: bytes,
-    report: {
-      baseDigest: payload.base,
-      targetDigest: payload.target,
-      mode: o.mode,
-      quant: o.quant,
-      method,
-      calibrated: o.metrics !== undefined,
-      modelBytes: src.base.fileSize,
-      modelParams: src.base.tensors.reduce((a, t) => a + count(t.shape), 0),
-      updateBytes: bytes.byteLength,
-      updateParams: deltas.reduce((a, d) => a + describeDelta(d).params, 0),
-      tensors: reports,
-      unchanged: src.base.tensors.length - src.changed.length,
-    },
-  };
+  return { baseDigest: baseDigest.digest(), targetDigest: targetDigest.digest(), reports };
 }
 
 const baseDigestPlaceholder = '0'.repeat(64);
@@ -262,6 +287,19 @@ async function encodeDeltas(src: DeltaSource, plan: Map<string, Choice>, quant: 
     }
   }
   return out;
+}
+
+/** One rate–distortion allocation of `budget` payload bytes; should the CBOR framing come out larger than estimated, allocate again for less. Undefined when nothing fits. */
+async function rdDeltas(src: DeltaSource, budget: number, rd: RdOptions): Promise<{ deltas: TensorDelta[]; error: number } | undefined> {
+  const items = await analyse(src, budget - PAYLOAD_OVERHEAD, rd);
+  for (let spend = budget - PAYLOAD_OVERHEAD; ;) {
+    const plan = await allocate(items, spend, src, rd);
+    const deltas = await encodePlan(plan, src);
+    if (deltas.length === 0) return undefined;
+    const size = encodePayload({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas }).byteLength;
+    if (size <= budget) return { deltas, error: plan.error };
+    spend -= size - budget + 16;
+  }
 }
 
 function reportOf(d: TensorDelta, relError: number): TensorReport {

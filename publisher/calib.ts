@@ -7,6 +7,7 @@
  * G = L·Lᵀ (Cholesky). G is damped by 1 % of its mean diagonal so that L is invertible.
  */
 import { decodeValues } from '../protocol/dtypes.ts';
+import type { TensorInfo } from '../protocol/safetensors.ts';
 import { ModelFile } from '../util/model-file.ts';
 import { BuildError } from './build-error.ts';
 
@@ -14,12 +15,28 @@ import { BuildError } from './build-error.ts';
 export type Metric = ({ kind: 'none'; n: number } | { kind: 'diag'; n: number; d: Float64Array; sqrtD: Float64Array } | { kind: 'full'; n: number; l: Float64Array }) & {
   /** Optional weights of the output units (rows), o_i > 0: the error is Σ_i o_i · (E_i·G·E_iᵀ). */
   rows?: Float64Array;
+  /** Output matching (publisher/refit.ts): the undamped Gram G = X_bᵀX_b/N, the cross Gram C = X_bᵀX_t/N and the target's T = X_tᵀX_t/N, n×n each. */
+  match?: Match;
 };
+
+export interface Match {
+  g: Float64Array;
+  cross: Float64Array;
+  target: Float64Array;
+  /** Optional mean inputs, μ_b = mean of X_b and μ_t = mean of X_t [n]: the bias is then re-fitted too. */
+  means?: { base: Float64Array; target: Float64Array };
+}
 
 export const DAMPING = 0.01;
 
 /** A calibration tensor `<weight>:outputs` [m] weighs the weight's output units (rows). */
 export const OUTPUTS_SUFFIX = ':outputs';
+/** `<weight>:cross` [n, n] = X_bᵀX_t / N and `<weight>:target` [n, n] = X_tᵀX_t / N: the layer's inputs in the base and the target on the same samples (output matching). */
+export const CROSS_SUFFIX = ':cross';
+export const TARGET_SUFFIX = ':target';
+/** `<weight>:base-mean` and `<weight>:target-mean` [n]: the mean of X_b and of X_t (optional, both or neither). */
+export const BASE_MEAN_SUFFIX = ':base-mean';
+export const TARGET_MEAN_SUFFIX = ':target-mean';
 
 /** Lower-triangular L (row-major n×n) with L·Lᵀ = g; throws if g is not positive definite. */
 export function cholesky(g: Float64Array, n: number): Float64Array {
@@ -125,7 +142,19 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
   try {
     const out = new Map<string, Metric>();
     const rows = new Map<string, Float64Array>();
+    const grams = new Map<string, Float64Array>();
+    const pairs = new Map<string, { cross?: Float64Array; target?: Float64Array; baseMean?: Float64Array; targetMean?: Float64Array }>();
     for (const t of m.tensors) {
+      const suffix = [CROSS_SUFFIX, TARGET_SUFFIX, BASE_MEAN_SUFFIX, TARGET_MEAN_SUFFIX].find((x) => t.name.endsWith(x));
+      if (suffix) {
+        const name = t.name.slice(0, -suffix.length);
+        const square = suffix === CROSS_SUFFIX || suffix === TARGET_SUFFIX;
+        const values = await readStat(m, t, name, shapes, square);
+        const p = pairs.get(name) ?? {};
+        p[suffix === CROSS_SUFFIX ? 'cross' : suffix === TARGET_SUFFIX ? 'target' : suffix === BASE_MEAN_SUFFIX ? 'baseMean' : 'targetMean'] = values;
+        pairs.set(name, p);
+        continue;
+      }
       if (t.name.endsWith(OUTPUTS_SUFFIX)) {
         const name = t.name.slice(0, -OUTPUTS_SUFFIX.length);
         const shape = shapes.get(name);
@@ -157,6 +186,16 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
       if (t.dtype !== 'F32' && t.dtype !== 'F64') throw new BuildError('bad-calibration', `calibration ${t.name}: dtype ${t.dtype}, expected F32 or F64`);
       const values = Float64Array.from(decodeValues(await m.read(t), t.dtype));
       out.set(t.name, metricOf(values, n, full, t.name));
+      if (full) grams.set(t.name, values);
+    }
+    for (const [name, p] of pairs) {
+      const g = grams.get(name);
+      const metric = out.get(name);
+      if (!p.cross || !p.target || !g || metric?.kind !== 'full') {
+        throw new BuildError('bad-calibration', `calibration ${name}: output matching needs ${name} (the full Gram matrix), ${name}${CROSS_SUFFIX} and ${name}${TARGET_SUFFIX} together`);
+      }
+      if (!p.baseMean !== !p.targetMean) throw new BuildError('bad-calibration', `calibration ${name}: give ${name}${BASE_MEAN_SUFFIX} and ${name}${TARGET_MEAN_SUFFIX} together, or neither`);
+      metric.match = { g, cross: p.cross, target: p.target, ...(p.baseMean && p.targetMean ? { means: { base: p.baseMean, target: p.targetMean } } : {}) };
     }
     for (const [name, o] of rows) {
       const n = shapes
@@ -169,4 +208,18 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
   } finally {
     await m.close();
   }
+}
+
+/** A `:cross` or `:target` entry (F32/F64 [n, n]) or a mean (F32/F64 [n]) for a matrix `name` of the model, finite. */
+async function readStat(m: ModelFile, t: TensorInfo, name: string, shapes: Map<string, readonly number[]>, square: boolean): Promise<Float64Array> {
+  const shape = shapes.get(name);
+  if (!shape || shape.length < 2) throw new BuildError('bad-calibration', `calibration ${t.name}: the model has no matrix ${name}`);
+  const n = shape.slice(1).reduce((a, b) => a * b, 1);
+  const want = square ? [n, n] : [n];
+  if (t.shape.join(',') !== want.join(',') || (t.dtype !== 'F32' && t.dtype !== 'F64')) {
+    throw new BuildError('bad-calibration', `calibration ${t.name}: expected F32 or F64 of shape [${want.join(', ')}], got ${t.dtype} [${t.shape.join(',')}]`);
+  }
+  const v = Float64Array.from(decodeValues(await m.read(t), t.dtype));
+  for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) throw new BuildError('bad-calibration', `calibration ${t.name}: entry ${i} is ${v[i]}`);
+  return v;
 }

@@ -181,6 +181,35 @@ export function loraFactors(adapter: Uint8Array, config: LoraConfig, base: { ten
     throw new LoraError('malformed-config', 'LoraConfig needs a positive integer r and a finite loraAlpha');
   }
   const unmapped: LoraResult['unmapped'] = [];
+  const { groups, wholeTensors, tokenTensors } = classifyTensors(file.tensors, unmapped);
+  const byName = new Map(base.tensors.map((t) => [t.name, t]));
+  const claimed = new Map<string, string>();
+  const claim = (tensor: string, by: string): string | undefined => {
+    const prior = claimed.get(tensor);
+    if (prior !== undefined) return `base tensor ${tensor} is already targeted by ${prior}`;
+    claimed.set(tensor, by);
+    return undefined;
+  };
+  const resolved = resolveGroups(groups, config, byName, unmapped);
+  const { decided, layout } = decideLayouts(resolved, config, options, unmapped);
+  const { factors, computed } = mapFactors(resolved, decided, byName, claim, unmapped);
+  computed.push(...mapTokens(tokenTensors, config, byName, claim, unmapped));
+  const whole = mapWhole(wholeTensors, byName, claim, unmapped, (tensor) => (claimed.get(tensor)?.startsWith('module ') ? claimed.get(tensor) : undefined));
+  for (const m of config.modulesToSave ?? []) {
+    if (!whole.some((w) => named(w.module, m)) && !unmapped.some((u) => named(u.module, m))) {
+      unmapped.push({ module: m, reason: `modules_to_save lists ${m} but the adapter holds no tensor of it` });
+    }
+  }
+  return { factors, whole, computed, unmapped, layout };
+}
+
+type Unmapped = LoraResult['unmapped'];
+
+/** The adapter's tensors sorted by what they are: factor groups per module (with DoRA magnitudes and lora_B biases), trainable tokens, tensors saved whole; unknown `lora_` tensors go to `unmapped`. */
+function classifyTensors(
+  tensors: ReturnType<typeof readSafetensors>['tensors'],
+  unmapped: Unmapped,
+): { groups: Map<string, Group>; wholeTensors: Array<{ path: string; original: boolean; t: AdapterTensor }>; tokenTensors: Array<{ module: string; t: AdapterTensor }> } {
   const wholeTensors: Array<{ path: string; original: boolean; t: AdapterTensor }> = [];
   const tokenTensors: Array<{ module: string; t: AdapterTensor }> = [];
   const groups = new Map<string, Group>();
@@ -193,7 +222,7 @@ export function loraFactors(adapter: Uint8Array, config: LoraConfig, base: { ten
     }
     return g;
   };
-  for (const st of file.tensors) {
+  for (const st of tensors) {
     if (/\p{Cc}/u.test(st.name)) throw new LoraError('malformed-adapter', `adapter_model.safetensors: tensor name ${JSON.stringify(st.name)} holds control characters`);
     const t: AdapterTensor = { name: st.name, dtype: st.dtype, shape: st.shape, data: st.data };
     const name = t.name.startsWith(PEFT_PREFIX) ? t.name.slice(PEFT_PREFIX.length) : t.name;
@@ -222,51 +251,38 @@ export function loraFactors(adapter: Uint8Array, config: LoraConfig, base: { ten
       wholeTensors.push({ ...basePath(name), t });
     }
   }
-  const byName = new Map(base.tensors.map((t) => [t.name, t]));
-  const claimed = new Map<string, string>();
-  const claim = (tensor: string, by: string): string | undefined => {
-    const prior = claimed.get(tensor);
-    if (prior !== undefined) return `base tensor ${tensor} is already targeted by ${prior}`;
-    claimed.set(tensor, by);
-    return undefined;
-  };
+  return { groups, wholeTensors, tokenTensors };
+}
+
+/** Why a module's group cannot be merged as the config says, or undefined. */
+function groupProblem(module: string, g: Group, config: LoraConfig): string | undefined {
+  const [aKey, bKey] = g.kind === 'lora' ? ['lora_A', 'lora_B'] : ['lora_embedding_A', 'lora_embedding_B'];
+  if (g.problems.length > 0) return g.problems.join('; ');
+  if (g.a.length > 1 || g.b.length > 1 || g.magnitude.length > 1 || g.bias.length > 1) return `several adapters in one file: ${[...g.a, ...g.b, ...g.magnitude, ...g.bias].map((t) => t.name).join(', ')}`;
+  if (g.a.length === 0 || g.b.length === 0) {
+    const have = g.a[0] ?? g.b[0] ?? g.magnitude[0] ?? g.bias[0];
+    return `${have.name} has no matching ${g.a.length === 0 ? aKey : bKey} tensor`;
+  }
+  if (!config.useDora && g.magnitude.length > 0) return `${g.magnitude[0].name} is a DoRA magnitude vector but the config has use_dora = false`;
+  if (config.useDora && g.magnitude.length === 0) return `the config has use_dora = true but the adapter holds no lora_magnitude_vector for ${module}`;
+  if (!config.loraBias && g.bias.length > 0) return `${g.bias[0].name} is a lora_B bias but the config has lora_bias = false`;
+  if (config.loraBias && g.kind === 'lora' && g.bias.length === 0) return `the config has lora_bias = true but the adapter holds no lora_B bias for ${module}`;
+  return undefined;
+}
+
+/** Each mergeable group with its base tensor, rank, alpha and scaling (rank_pattern, alpha_pattern, rsLoRA). */
+function resolveGroups(groups: Map<string, Group>, config: LoraConfig, byName: Map<string, BaseInfo>, unmapped: Unmapped): Resolved[] {
   const resolved: Resolved[] = [];
   for (const [module, g] of groups) {
-    const fail = (reason: string) => unmapped.push({ module, reason });
-    const [aKey, bKey] = g.kind === 'lora' ? ['lora_A', 'lora_B'] : ['lora_embedding_A', 'lora_embedding_B'];
-    if (g.problems.length > 0) {
-      fail(g.problems.join('; '));
-      continue;
-    }
-    if (g.a.length > 1 || g.b.length > 1 || g.magnitude.length > 1 || g.bias.length > 1) {
-      fail(`several adapters in one file: ${[...g.a, ...g.b, ...g.magnitude, ...g.bias].map((t) => t.name).join(', ')}`);
-      continue;
-    }
-    if (g.a.length === 0 || g.b.length === 0) {
-      const have = g.a[0] ?? g.b[0] ?? g.magnitude[0] ?? g.bias[0];
-      fail(`${have.name} has no matching ${g.a.length === 0 ? aKey : bKey} tensor`);
-      continue;
-    }
-    if (!config.useDora && g.magnitude.length > 0) {
-      fail(`${g.magnitude[0].name} is a DoRA magnitude vector but the config has use_dora = false`);
-      continue;
-    }
-    if (config.useDora && g.magnitude.length === 0) {
-      fail(`the config has use_dora = true but the adapter holds no lora_magnitude_vector for ${module}`);
-      continue;
-    }
-    if (!config.loraBias && g.bias.length > 0) {
-      fail(`${g.bias[0].name} is a lora_B bias but the config has lora_bias = false`);
-      continue;
-    }
-    if (config.loraBias && g.kind === 'lora' && g.bias.length === 0) {
-      fail(`the config has lora_bias = true but the adapter holds no lora_B bias for ${module}`);
+    const problem = groupProblem(module, g, config);
+    if (problem !== undefined) {
+      unmapped.push({ module, reason: problem });
       continue;
     }
     const tried = baseCandidates(module);
     const found = tried.find((n) => byName.has(n));
     if (!found) {
-      fail(`no base tensor for module ${module}: tried ${tried.join(', ')}`);
+      unmapped.push({ module, reason: `no base tensor for module ${module}: tried ${tried.join(', ')}` });
       continue;
     }
     const rp = patternValue(config.rankPattern, module, 'rank_pattern');
@@ -276,7 +292,17 @@ export function loraFactors(adapter: Uint8Array, config: LoraConfig, base: { ten
     const scaling = config.useRslora ? alpha / Math.sqrt(r) : alpha / r;
     resolved.push({ module, g, base: byName.get(found)!, r, alpha, rSource: rp ? `rank_pattern[${JSON.stringify(rp.key)}]` : 'r', scaling });
   }
-  const { decided, layout } = decideLayouts(resolved, config, options, unmapped);
+  return resolved;
+}
+
+/** Per resolved module with a decided layout: its factors, or its DoRA / lora_bias computed tensors, each base tensor claimed once. */
+function mapFactors(
+  resolved: Resolved[],
+  decided: Map<string, boolean>,
+  byName: Map<string, BaseInfo>,
+  claim: (tensor: string, by: string) => string | undefined,
+  unmapped: Unmapped,
+): { factors: LoraFactor[]; computed: LoraComputed[] } {
   const factors: LoraFactor[] = [];
   const computed: LoraComputed[] = [];
   for (const x of resolved) {
@@ -307,14 +333,7 @@ export function loraFactors(adapter: Uint8Array, config: LoraConfig, base: { ten
     else factors.push(f);
     if (bias) computed.push(bias);
   }
-  computed.push(...mapTokens(tokenTensors, config, byName, claim, unmapped));
-  const whole = mapWhole(wholeTensors, byName, claim, unmapped, (tensor) => (claimed.get(tensor)?.startsWith('module ') ? claimed.get(tensor) : undefined));
-  for (const m of config.modulesToSave ?? []) {
-    if (!whole.some((w) => named(w.module, m)) && !unmapped.some((u) => named(u.module, m))) {
-      unmapped.push({ module: m, reason: `modules_to_save lists ${m} but the adapter holds no tensor of it` });
-    }
-  }
-  return { factors, whole, computed, unmapped, layout };
+  return { factors, computed };
 }
 
 /**

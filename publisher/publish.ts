@@ -80,76 +80,23 @@ export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
   const updateId = updateIdOf(o.payload);
   const count = chunkCount(o.payload.byteLength, o.chunkSize);
   const receiptTopic = o.topics.uploadReceipt(o.model, updateId);
-  const receipts: UploadReceipt[] = [];
-  let wake: (() => void) | undefined;
-  const off = t.onMessage((topic, payload) => {
-    if (topic !== receiptTopic) return;
-    try {
-      receipts.push(decodeReceipt(payload));
-      wake?.();
-    } catch (e) {
-      o.log.warn('bad receipt', { error: (e as Error).message });
-    }
-  });
+  const inbox = new ReceiptInbox(receiptTopic, o.receiptTimeoutMs ?? PUBLISH_DEFAULTS.receiptTimeoutMs, o.log);
+  const off = t.onMessage((topic, payload) => inbox.accept(topic, payload));
   await t.subscribe(receiptTopic, 1);
   try {
-    /** Waits for the next receipt, calling `nudge` every 2 s (the server may be starting or restarting). */
-    const nextReceipt = async (nudge: () => Promise<void>): Promise<UploadReceipt> => {
-      const timeout = o.receiptTimeoutMs ?? PUBLISH_DEFAULTS.receiptTimeoutMs;
-      const reprobe = 2000;
-      const deadline = Date.now() + timeout;
-      let nextNudge = Date.now() + reprobe;
-      while (receipts.length === 0) {
-        const left = deadline - Date.now();
-        if (left <= 0) {
-          throw new PublishError('no-update-server', `no update server answered on ${receiptTopic} within ${timeout} ms; is 'fleet broker' or 'fleet serve' running?`);
-        }
-        if (Date.now() >= nextNudge) {
-          nextNudge = Date.now() + reprobe;
-          await nudge();
-        }
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, Math.min(left, Math.max(1, nextNudge - Date.now())));
-          wake = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-      }
-      return receipts.shift()!;
-    };
-
     const send = (i: number): Promise<void> => {
       const [b, e] = chunkRange(o.payload.byteLength, o.chunkSize, i);
       return t.publish(o.topics.upload(o.model, updateId), encodeFrame({ kind: 'chunk', updateId, index: i, count, data: o.payload.subarray(b, e) }), { qos: 1 });
     };
-
-    let uploaded = 1;
     const probe = (): Promise<void> => send(count - 1);
     await probe();
-    let receipt = await nextReceipt(probe);
-    if (receipt.stored && receipt.count !== count) {
+    const first = await inbox.next(probe);
+    if (first.stored && first.count !== count) {
       // The release must name the chunking the server serves; a different chunk size gives another list.
-      throw new PublishError('upload-refused', `the update server already holds ${updateId} cut into ${receipt.count} chunks, not ${count}; publish it with the chunk size it was first uploaded with`);
+      throw new PublishError('upload-refused', `the update server already holds ${updateId} cut into ${first.count} chunks, not ${count}; publish it with the chunk size it was first uploaded with`);
     }
-    const alreadyStored = receipt.stored && count > 1;
-    let sent = 0;
-    for (let round = 0; !receipt.stored; round++) {
-      if (receipt.error) throw new PublishError('upload-refused', `the update server refused the upload: ${receipt.error}`);
-      if (round > 20) throw new PublishError('upload-refused', `upload of ${updateId} did not complete after ${round} rounds`);
-      const missing = receipt.missing.filter((i) => i !== count - 1);
-      const window = o.window ?? PUBLISH_DEFAULTS.uploadWindow;
-      for (let k = 0; k < missing.length; k += window) {
-        await Promise.all(missing.slice(k, k + window).map(send));
-        sent += Math.min(window, missing.length - k);
-        uploaded += Math.min(window, missing.length - k);
-        o.onProgress?.(Math.min(count, receipt.have + sent), count);
-      }
-      // The last chunk triggers the next receipt.
-      await probe();
-      uploaded++;
-      receipt = await nextReceipt(probe);
-    }
+    const alreadyStored = first.stored && count > 1;
+    const uploaded = 1 + (await sendMissing(o, first, count, send, () => inbox.next(probe), probe, updateId));
     o.onProgress?.(count, count);
     o.log.info('update stored on the server', { updateId, chunks: count, uploaded, alreadyStored });
     return {
@@ -163,10 +110,96 @@ export async function uploadPayload(o: UploadOptions): Promise<UploadResult> {
       alreadyStored,
     };
   } finally {
-    wake = undefined;
+    inbox.close();
     off();
     await t.unsubscribe(receiptTopic).catch(ignoreBecause('the session ends the subscription anyway', o.log));
   }
+}
+
+/** Upload receipts on one topic, in arrival order. */
+class ReceiptInbox {
+  private readonly receipts: UploadReceipt[] = [];
+  private wake: (() => void) | undefined;
+
+  constructor(
+    private readonly topic: string,
+    private readonly timeoutMs: number,
+    private readonly log: Logger,
+  ) {}
+
+  accept(topic: string, payload: Uint8Array): void {
+    if (topic !== this.topic) return;
+    try {
+      this.receipts.push(decodeReceipt(payload));
+      this.wake?.();
+    } catch (e) {
+      this.log.warn('bad receipt', { error: (e as Error).message });
+    }
+  }
+
+  /** Waits for the next receipt, calling `nudge` every 2 s (the server may be starting or restarting). */
+  async next(nudge: () => Promise<void>): Promise<UploadReceipt> {
+    const reprobe = 2000;
+    const deadline = Date.now() + this.timeoutMs;
+    let nextNudge = Date.now() + reprobe;
+    while (this.receipts.length === 0) {
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new PublishError('no-update-server', `no update server answered on ${this.topic} within ${this.timeoutMs} ms; is 'fleet broker' or 'fleet serve' running?`);
+      }
+      if (Date.now() >= nextNudge) {
+        nextNudge = Date.now() + reprobe;
+        await nudge();
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(left, Math.max(1, nextNudge - Date.now())));
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    }
+    return this.receipts.shift()!;
+  }
+
+  close(): void {
+    this.wake = undefined;
+  }
+}
+
+/**
+ * Rounds until the server has it all: the chunks the receipt says are missing, `window` at a
+ * time, then the last chunk again to ask for the next receipt. Returns the chunks sent.
+ */
+async function sendMissing(
+  o: UploadOptions,
+  first: UploadReceipt,
+  count: number,
+  send: (i: number) => Promise<void>,
+  nextReceipt: () => Promise<UploadReceipt>,
+  probe: () => Promise<void>,
+  updateId: string,
+): Promise<number> {
+  let receipt = first;
+  let uploaded = 0;
+  let sent = 0;
+  for (let round = 0; !receipt.stored; round++) {
+    if (receipt.error) throw new PublishError('upload-refused', `the update server refused the upload: ${receipt.error}`);
+    if (round > 20) throw new PublishError('upload-refused', `upload of ${updateId} did not complete after ${round} rounds`);
+    const missing = receipt.missing.filter((i) => i !== count - 1);
+    const window = o.window ?? PUBLISH_DEFAULTS.uploadWindow;
+    for (let k = 0; k < missing.length; k += window) {
+      await Promise.all(missing.slice(k, k + window).map(send));
+      sent += Math.min(window, missing.length - k);
+      uploaded += Math.min(window, missing.length - k);
+      o.onProgress?.(Math.min(count, receipt.have + sent), count);
+    }
+    // The last chunk triggers the next receipt.
+    await probe();
+    uploaded++;
+    receipt = await nextReceipt();
+  }
+  return uploaded;
 }
 
 /** The release step for an uploaded payload. */

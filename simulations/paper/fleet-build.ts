@@ -43,32 +43,39 @@ export function mlpFromSafetensors(bytes: Uint8Array, like: Mlp): Mlp {
 
 export interface FleetBuilder {
   /** The base with a `budget`-byte update applied, or null when fleet refuses the budget as too small. */
-  build(budget: number, quant: Quant, how?: { method: Method; calib: boolean }): Promise<{ model: Mlp; bytes: number; dataBytes: number; ranks: Record<string, number | string> } | null>;
+  build(budget: number, quant: Quant, how?: { method: Method; calib?: string }): Promise<{ model: Mlp; bytes: number; dataBytes: number; ranks: Record<string, number | string> } | null>;
   close(): Promise<void>;
 }
 
-/** `calib`: a calibration file (simulations/paper/calib-stats.ts) for builds with `calib: true`. */
-export async function fleetBuilder(base: Mlp, target: Mlp, calib?: Uint8Array): Promise<FleetBuilder> {
+/** `calibs`: calibration files (simulations/paper/calib-stats.ts) by name, for builds with `calib: name`. */
+export async function fleetBuilder(base: Mlp, target: Mlp, calibs: Record<string, Uint8Array> = {}): Promise<FleetBuilder> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'paper-sim-'));
   const baseFile = path.join(dir, 'base.safetensors');
   const targetFile = path.join(dir, 'target.safetensors');
   const baseBytes = mlpToSafetensors(base);
   await fs.writeFile(baseFile, baseBytes);
   await fs.writeFile(targetFile, mlpToSafetensors(target));
-  const calibFile = path.join(dir, 'stats.safetensors');
-  if (calib) await fs.writeFile(calibFile, calib);
+  const calibFiles = new Map<string, string>();
+  for (const [name, bytes] of Object.entries(calibs)) {
+    const file = path.join(dir, `stats-${calibFiles.size}.safetensors`);
+    await fs.writeFile(file, bytes);
+    calibFiles.set(name, file);
+  }
   return {
     async build(budget, quant, how) {
       const source = await twoModelSource(baseFile, targetFile);
       try {
-        const metrics = how?.calib ? await loadCalibration(calibFile, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
-        const { payload } = await buildUpdate({ source, mode: { kind: 'budget', bytes: budget }, quant, method: how?.method, metrics });
+        const calibFile = how?.calib === undefined ? undefined : calibFiles.get(how.calib);
+        if (how?.calib !== undefined && !calibFile) throw new Error(`internal: no calibration file ${how.calib}`);
+        const metrics = calibFile ? await loadCalibration(calibFile, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
+        const { payload, report } = await buildUpdate({ source, mode: { kind: 'budget', bytes: budget }, quant, method: how?.method, metrics });
         const decoded = decodePayload(payload);
         const applied = applyToModel(baseBytes, decoded);
         const ranks: Record<string, number | string> = {};
         for (const t of decoded.tensors) {
           const d = describeDelta(t);
-          ranks[t.name] = d.kind === 'dense' ? 'dense' : d.kind === 'low-rank' ? (d.rank ?? 0) : d.kind === 'sign' ? 'sign' : `mixed ${d.dtype}`;
+          const kind = d.kind === 'dense' ? 'dense' : d.kind === 'low-rank' ? (d.rank ?? 0) : d.kind === 'sign' ? 'sign' : `mixed ${d.dtype}`;
+          ranks[t.name] = report.refitted.includes(t.name) ? `${kind} re-fit` : kind;
         }
         return { model: mlpFromSafetensors(applied.bytes, base), bytes: payload.byteLength, dataBytes: payloadStats(decoded).dataBytes, ranks };
       } catch (e) {

@@ -67,7 +67,7 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
     return v;
   };
   const log = o.log;
-  const totalSteps = 2 + 2 * 2 * o.sizesPercent.length + 2 * o.sizesPercent.length;
+  const totalSteps = 2 + 2 * 2 * o.sizesPercent.length + 4 * o.sizesPercent.length;
   let doneSteps = 0;
   const step = (): void => o.onStep?.(++doneSteps, totalSteps);
 
@@ -115,7 +115,11 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
 
   // Calibration for `fleet build --calib`: the base model's layer inputs on unlabelled field digits.
   const calib = await timed('calibStats', () => calibrationStats(base, fieldTrain, CALIB_SAMPLES));
-  const fleet = await fleetBuilder(base, fine, calib);
+  // The same samples through the fine-tuned model too: the output-matching statistics of the last layer;
+  // and with the mean hidden activations too, so that fc2.bias is re-fitted with fc2.weight.
+  const calibMatch = await timed('calibStats', () => calibrationStats(base, fieldTrain, CALIB_SAMPLES, fine));
+  const calibMatchBias = await timed('calibStats', () => calibrationStats(base, fieldTrain, CALIB_SAMPLES, fine, true));
+  const fleet = await fleetBuilder(base, fine, { gram: calib, match: calibMatch, matchBias: calibMatchBias });
   // The rate–distortion builds do not depend on --quant: built once, listed in both sections.
   const rdRows = new Map<string, { accuracy: Array<number | null>; bytes: Array<number | null>; detail: Array<string | null> }>();
   const product = await productPath(base);
@@ -186,8 +190,10 @@ export async function runPaper(opts: Partial<PaperOptions> = {}): Promise<PaperR
 
       // 2b. The same ΔW through `fleet build --method auto`, without and with calibration.
       for (const [key, label, calibrated] of [
-        ['fleetAuto', 'fleet build --method auto (no data)', false],
-        ['fleetAutoCalib', `fleet build --method auto --calib (${CALIB_SAMPLES} unlabelled field digits)`, true],
+        ['fleetAuto', 'fleet build --method auto (no data)', undefined],
+        ['fleetAutoCalib', `fleet build --method auto --calib (${CALIB_SAMPLES} unlabelled field digits)`, 'gram'],
+        ['fleetAutoMatch', `fleet build --method auto --calib + last layer's cross statistics (output matching, same digits)`, 'match'],
+        ['fleetAutoMatchBias', 'the same + the mean hidden activations (fc2.bias re-fitted too)', 'matchBias'],
       ] as const) {
         const row = grid(key, label);
         if (!rdRows.has(key)) {

@@ -18,6 +18,9 @@ import { loraBytes, loraConfigFor, quantizedDense, topK, topKCount, deltaOf } fr
 import { drift, loadAllDigits, PIXELS, splitDigits, subset, type Dataset } from '../../simulations/paper/data.ts';
 import { cloneMlp, initMlp, lossAndGrad, meanLoss, zerosLike, type Mlp } from '../../simulations/paper/mlp.ts';
 import { runPaper } from '../../simulations/paper/pipeline.ts';
+import { calibrationStats } from '../../simulations/paper/calib-stats.ts';
+import { decodeValues } from '../../protocol/dtypes.ts';
+import { readSafetensors } from '../../protocol/safetensors.ts';
 import { summaryJson } from '../../simulations/paper/result.ts';
 import { fullTrainable, initLora, loraTrainable, mergeLora, train } from '../../simulations/paper/train.ts';
 
@@ -118,6 +121,37 @@ describe('paper simulation: data and drift', () => {
     for (let i = 0; i < ds.x.length; i++) diff += Math.abs(d1.x[i] - ds.x[i]);
     expect(diff / ds.x.length).toBeGreaterThan(0.05);
     for (const v of d1.x) expect(v >= 0 && v <= 1).toBe(true);
+  });
+});
+
+describe('paper simulation: calibration file', () => {
+  it('fc2 cross statistics: H_bᵀH_t / N from both models on the same digits (= the Gram with the base twice)', () => {
+    const ds = tinyData(40, 12, 3, 5);
+    const base = initMlp(mulberry32(6), 12, 8, 3);
+    const target = initMlp(mulberry32(7), 12, 8, 3);
+    const read = (bytes: Uint8Array, name: string): Float64Array => decodeValues(readSafetensors(bytes).tensor(name), 'F32');
+    const plain = calibrationStats(base, ds, 40);
+    expect(readSafetensors(plain).tensors.map((t) => t.name)).not.toContain('fc2.weight:cross');
+    const self = calibrationStats(base, ds, 40, base);
+    expect(read(self, 'fc2.weight:cross')).toEqual(read(self, 'fc2.weight'));
+    expect(read(self, 'fc2.weight:target')).toEqual(read(self, 'fc2.weight'));
+    const both = calibrationStats(base, ds, 40, target);
+    const hb = (m: Mlp, s: number): Float64Array => {
+      const h = new Float64Array(8);
+      for (let j = 0; j < 8; j++) {
+        let v = m.b1[j];
+        for (let k = 0; k < 12; k++) v += m.w1[j * 12 + k] * ds.x[s * 12 + k];
+        h[j] = Math.max(0, v);
+      }
+      return h;
+    };
+    const want = new Float64Array(64);
+    for (let s = 0; s < 40; s++) {
+      const [b, t] = [hb(base, s), hb(target, s)];
+      for (let i = 0; i < 8; i++) for (let j = 0; j < 8; j++) want[i * 8 + j] += (b[i] * t[j]) / 40;
+    }
+    const got = read(both, 'fc2.weight:cross');
+    for (let e = 0; e < 64; e++) expect(got[e]).toBeCloseTo(want[e], 4);
   });
 });
 
@@ -273,6 +307,8 @@ describe('paper simulation: end to end', () => {
       'SVD of fine-tune',
       'fleet build --method auto (no data)',
       'fleet build --method auto --calib',
+      "fleet build --method auto --calib + last layer's cross statistics (output matching",
+      'the same + the mean hidden activations',
       'top-k of fine-tune',
       'last layer retrained',
       'dense fine-tune ΔW, 8-bit',
@@ -285,8 +321,8 @@ describe('paper simulation: end to end', () => {
     expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with float32 numbers/);
     expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with 8-bit numbers/);
     const j = JSON.parse(JSON.stringify(aggregateJson(agg, 1))) as Record<string, any>;
-    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'topK', 'lastLayer', 'fullFineTune']);
-    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
+    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'topK', 'lastLayer', 'fullFineTune']);
+    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
     for (const m of Object.values(j.methods.int8) as Array<Record<string, unknown>>) {
       expect(m).toHaveProperty('bytesFor90');
       expect(m).toHaveProperty('ratioToOurs');
@@ -311,8 +347,8 @@ describe('paper simulation: end to end', () => {
       expect(j[k]).toBeGreaterThanOrEqual(0);
       expect(j[k]).toBeLessThanOrEqual(1);
     }
-    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'topK', 'lastLayer', 'fullFineTune']);
-    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
+    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'topK', 'lastLayer', 'fullFineTune']);
+    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
     for (const sec of ['f32', 'int8']) {
       for (const m of Object.values(j.methods[sec]) as Array<{ accuracy: Record<string, number | null> }>) {
         expect(Object.keys(m.accuracy)).toEqual(['0.5%', '5%']);
@@ -323,7 +359,7 @@ describe('paper simulation: end to end', () => {
     expect(typeof j.bytesForGain.targetGainPoints).toBe('number');
     // fleet build never ships more than the budget.
     j.sizesBytes.forEach((b: number, i: number) => {
-      for (const key of ['fleetSvd', 'fleetAuto', 'fleetAutoCalib']) {
+      for (const key of ['fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias']) {
         const shipped = j.methods.f32[key].bytes[`${j.sizesPercent[i]}%`];
         if (shipped !== null) expect(shipped).toBeLessThanOrEqual(b);
       }
