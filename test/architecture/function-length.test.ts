@@ -18,7 +18,6 @@ const MAX_LINES = 80;
 const NOT_PRODUCTION = new Set(['test', 'node_modules', 'dist']);
 
 const REGISTRATION = 'declarative command registration (commander: options, descriptions and a call per command)';
-const X18 = 'split by x18 (publisher/ is in another lane today)';
 const TOOL = 'a tool outside the shipped package (not reached by `fleet`); split pending, issue #16';
 /** Tools another engineer's branch rewrites today: split after that merge. */
 const LANE = (who: string): string => `${TOOL}; in ${who}'s lane today`;
@@ -31,10 +30,6 @@ const ALLOWED: Readonly<Record<string, string>> = {
   'cli/release-commands.ts: registerReleaseCommands': REGISTRATION,
   'cli/operator-commands.ts: registerOperatorCommands': REGISTRATION,
   'cli/offline-commands.ts: registerOfflineCommands': REGISTRATION,
-  'publisher/build.ts: buildUpdate': X18,
-  'publisher/lora.ts: loraFactors': X18,
-  'publisher/publish.ts: uploadPayload': X18,
-  'publisher/allocate.ts: allocateBudget': X18,
   'simulations/fleet.ts: runFleetSim': LANE('x20'),
   'simulations/paper/pipeline.ts: runPaper': LANE('x18'),
   'simulations/paper/render.ts: resultsMarkdown': LANE('x18'),
