@@ -107,8 +107,9 @@ export class ClusterEmitter implements Mq {
     this.local.removeListener(topic, fn);
     const device = this.frameSubscription(topic);
     if (device !== undefined) {
-      const n = (this.frameSubscribers.get(device) ?? 1) - 1;
-      if (n > 0) this.frameSubscribers.set(device, n);
+      // One subscriber fewer (an unknown device has none left).
+      const n = this.frameSubscribers.get(device);
+      if (n !== undefined && n > 1) this.frameSubscribers.set(device, n - 1);
       else this.frameSubscribers.delete(device);
     }
     const byTopic = this.wrapped.get(fn);
