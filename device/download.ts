@@ -7,6 +7,7 @@ import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Clock } from '../platform/clock.ts';
 import { LinkEstimator } from './link-estimator.ts';
+import { SilenceWatch } from './silence-watch.ts';
 import { DeviceError, storageError } from './reasons.ts';
 import type { DownloadFiles } from './storage.ts';
 
@@ -29,6 +30,8 @@ export interface DownloadOptions {
   maxBadCopies: number;
   /** Bytes the connection has received so far: while they grow, a big frame is still on its way. */
   wireBytesIn?: () => number;
+  /** The least silence of the socket, while chunks are asked for, before a fresh connection is tried (silence-watch.ts); default 2000 ms. */
+  probeSilenceMs?: number;
   onProgress: () => void;
   onComplete: () => void;
   /** A DeviceError (a failed write is `storage-error`), or, from a bug, whatever was thrown. */
@@ -71,6 +74,8 @@ export class Download {
    * for the list and the first window together, saving a round trip): checked once it is.
    */
   private early: Array<Extract<Frame, { kind: 'chunk' }>> = [];
+  /** Reconnects at once when the socket is silent while the link is up (a peer backing off after a cut). */
+  private watch: SilenceWatch | undefined;
 
   constructor(private readonly o: DownloadOptions) {
     this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(4, o.maxWindow), minIdleMs: o.idleMs });
@@ -124,7 +129,29 @@ export class Download {
       return;
     }
     this.armStallTimer();
+    this.startWatch();
     this.requestMore();
+  }
+
+  /** Probes and reconnects need a transport that can, and the socket's byte counter. */
+  private startWatch(): void {
+    const { transport: t, wireBytesIn } = this.o;
+    if (!t.probe || !t.reconnect || !wireBytesIn) return;
+    this.watch = new SilenceWatch({
+      clock: this.o.clock,
+      log: this.o.log,
+      bytesIn: wireBytesIn,
+      waiting: () => this.outstanding.size > 0 || (this.listRequested && !this.o.files.list),
+      rttMs: () => this.link.minRttMs,
+      probe: (ms) => t.probe!(ms),
+      reconnect: (why) => t.reconnect!(why),
+      minSilenceMs: this.o.probeSilenceMs ?? 2000,
+    });
+  }
+
+  /** Reconnects the silence watch made. */
+  get silentReconnects(): number {
+    return this.watch?.reconnects ?? 0;
   }
 
   /** After a reconnect: everything in flight may be lost. */
@@ -139,6 +166,7 @@ export class Download {
 
   stop(): void {
     this.finished = true;
+    this.watch?.stop();
     if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
     if (this.stallTimer) this.o.clock.clearTimeout(this.stallTimer);
   }
@@ -210,6 +238,7 @@ export class Download {
       return;
     }
     this.writing.add(f.index);
+    this.watch?.delivered();
     this.link.arrived(this.o.clock.now(), f.index, f.data.byteLength);
     this.lastProgressAt = this.o.clock.now();
     this.armStallTimer();

@@ -1,0 +1,107 @@
+import type { Clock } from '../platform/clock.ts';
+import type { Logger } from '../util/log.ts';
+
+/**
+ * A silent socket is not always a dead link, and not always a live one.
+ *
+ * After a cut, the server's TCP retransmits what it had in flight with an
+ * exponentially backed-off timer (0.2 s, 0.4 s, … 3.2 s, and twice that again
+ * when a retransmission is lost too): the link may have been back for seconds
+ * while our one connection still waits. Then a fresh connection resumes far
+ * sooner, from the bitmap. But a link that is merely slow must not be torn
+ * down: every reconnect costs round trips and the part of a frame that was on
+ * its way.
+ *
+ * So, while chunks are asked for and not here: when the socket has received
+ * no byte at all for a silence bounded by the measured round trip (at least
+ * `minSilenceMs`), open a fresh TCP connection to the broker (a probe: a
+ * SYN and its answer). Only if it connects, and the old socket is still
+ * silent, reconnect (on the probed connection). A probe that does not connect
+ * (the link is still cut) is tried again a moment later, each with a fresh SYN
+ * rather than waiting out a SYN's own backoff. A reconnect that brings no
+ * chunk doubles the silence the next one needs.
+ */
+export interface SilenceWatchOptions {
+  clock: Clock;
+  log: Logger;
+  /** Bytes the connection has received so far. */
+  bytesIn: () => number;
+  /** Whether chunks (or the list) are asked for and not yet here: silence matters only then. */
+  waiting: () => boolean;
+  /** The smallest round trip measured, ms (0 before any). */
+  rttMs: () => number;
+  probe: (timeoutMs: number) => Promise<boolean>;
+  reconnect: (reason: string) => void;
+  /** The least silence that starts a probe, ms. */
+  minSilenceMs: number;
+}
+
+const TICK_MS = 250;
+const MAX_STRIKES = 3;
+
+export class SilenceWatch {
+  private seen: number;
+  private since: number;
+  private probing = false;
+  private timer: unknown;
+  private stopped = false;
+  /** Reconnects since the last chunk arrived: each doubles the silence the next one needs. */
+  private strikes = 0;
+  reconnects = 0;
+  probes = 0;
+
+  constructor(private readonly o: SilenceWatchOptions) {
+    this.seen = o.bytesIn();
+    this.since = o.clock.now();
+    this.schedule();
+  }
+
+  /** How long the socket must be silent before a probe, ms. */
+  get silenceNeededMs(): number {
+    return Math.max(this.o.minSilenceMs, 4 * this.o.rttMs()) * 2 ** this.strikes;
+  }
+
+  /** A chunk arrived: the link works, reconnects start from the least silence again. */
+  delivered(): void {
+    this.strikes = 0;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) this.o.clock.clearTimeout(this.timer);
+  }
+
+  private schedule(): void {
+    if (!this.stopped) this.timer = this.o.clock.setTimeout(() => this.tick(), TICK_MS);
+  }
+
+  private tick(): void {
+    const now = this.o.clock.now();
+    const bytes = this.o.bytesIn();
+    if (bytes !== this.seen || !this.o.waiting()) {
+      this.seen = bytes;
+      this.since = now;
+    } else if (!this.probing && now - this.since >= this.silenceNeededMs) this.check(now - this.since);
+    this.schedule();
+  }
+
+  private check(silentMs: number): void {
+    this.probing = true;
+    this.probes++;
+    const before = this.seen;
+    void this.o
+      .probe(Math.max(1000, 2 * this.o.rttMs()))
+      .then((up) => {
+        this.probing = false;
+        if (this.stopped || !up || this.o.bytesIn() !== before || !this.o.waiting()) return;
+        this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
+        this.reconnects++;
+        this.since = this.o.clock.now();
+        this.o.log.info('the connection is silent while a fresh one connects: reconnecting', { silentMs });
+        this.o.reconnect(`silent for ${silentMs} ms while the link was up`);
+      })
+      .catch(() => {
+        this.probing = false;
+      });
+  }
+}
