@@ -92,6 +92,9 @@ export class MqttTransport implements Transport {
   private quick = false;
   /** Reconnects asked for by the owner (a silent connection while the link was up). */
   quickReconnects = 0;
+  /** The current connection is one `reconnect` made. */
+  reconnectedQuickly = false;
+  private quickPending = false;
   /** Why the broker last refused the login, if it did. */
   refusal: string | undefined;
   /** Why the last attempt to connect failed, if it did; cleared by a connection. */
@@ -165,18 +168,23 @@ export class MqttTransport implements Transport {
       this.lastCause = undefined;
       this.causedFailures = 0;
       this.connects++;
+      this.reconnectedQuickly = this.quickPending;
+      this.quickPending = false;
       this.client.options.reconnectPeriod = min;
       for (const h of this.connectHandlers) h();
     });
     this.client.on('close', () => {
       if (this.closing) return;
+      this.reconnectedQuickly = false;
       if (this.quick) {
         // Dropped on purpose while the link is up: the same server, at once (the period was set by reconnect()).
         this.quick = false;
+        this.quickPending = true;
         this.client.options.reconnectPeriod = min;
         for (const h of this.disconnectHandlers) h('reconnecting: the connection was silent while the link was up');
         return;
       }
+      this.quickPending = false;
       // Another node of the cluster for the next attempt (round robin).
       this.serverIndex++;
       this.failures++;

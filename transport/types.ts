@@ -33,6 +33,8 @@ export interface Transport {
   probe?(timeoutMs: number): Promise<boolean>;
   /** Drops the current connection and connects again at once, on the probed connection when one is ready. */
   reconnect?(reason: string): void;
+  /** True while the current connection is one `reconnect` made (the owner knows why the last one closed). */
+  readonly reconnectedQuickly?: boolean;
   /** Bounded: `graceMs` (the implementation's default when omitted) is the longest wait for unacknowledged publishes. */
   close(graceMs?: number): Promise<void>;
 }
