@@ -143,6 +143,10 @@ export class Download {
       bytesIn: wireBytesIn,
       waiting: () => this.outstanding.size > 0 || (this.listRequested && !this.o.files.list),
       rttMs: () => this.link.minRttMs,
+      chunkMs: () => {
+        const bps = this.link.bytesPerSecond(this.o.clock.now());
+        return bps > 0 ? (1000 * this.o.step.chunkSize) / bps : 0;
+      },
       probe: (ms) => t.probe!(ms),
       reconnect: (why) => t.reconnect!(why),
       minSilenceMs: this.o.probeSilenceMs ?? 2000,

@@ -13,8 +13,8 @@ import type { Logger } from '../util/log.ts';
  * its way.
  *
  * So, while chunks are asked for and not here: when the socket has received
- * no byte at all for a silence bounded by the measured round trip (at least
- * `minSilenceMs`), open a fresh TCP connection to the broker (a probe: a
+ * no byte at all for a silence bounded by the measured round trip and by the
+ * time a chunk takes at the measured rate (at least `minSilenceMs`), open a fresh TCP connection to the broker (a probe: a
  * SYN and its answer). Only if it connects, and the old socket is still
  * silent, reconnect (on the probed connection). A probe that does not connect
  * (the link is still cut) is tried again a moment later, each with a fresh SYN
@@ -30,6 +30,13 @@ export interface SilenceWatchOptions {
   waiting: () => boolean;
   /** The smallest round trip measured, ms (0 before any). */
   rttMs: () => number;
+  /**
+   * How long one chunk takes at this connection's measured delivery rate, ms (0 when unknown).
+   * A link shared by many devices, or slowed by loss, leaves each connection silent for longer
+   * between bytes; and a reconnect throws away the part of a frame already received (up to a
+   * chunk), so the silence must be long beside a chunk's time too.
+   */
+  chunkMs: () => number;
   probe: (timeoutMs: number) => Promise<boolean>;
   reconnect: (reason: string) => void;
   /** The least silence that starts a probe, ms. */
@@ -58,7 +65,7 @@ export class SilenceWatch {
 
   /** How long the socket must be silent before a probe, ms. */
   get silenceNeededMs(): number {
-    return Math.max(this.o.minSilenceMs, 4 * this.o.rttMs()) * 2 ** this.strikes;
+    return Math.max(this.o.minSilenceMs, 4 * this.o.rttMs(), 2 * this.o.chunkMs()) * 2 ** this.strikes;
   }
 
   /** A chunk arrived: the link works, reconnects start from the least silence again. */

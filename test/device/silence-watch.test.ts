@@ -10,7 +10,7 @@ import { SilenceWatch } from '../../device/silence-watch.ts';
 import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
 
-function rig(o: { linkUp: boolean; rttMs?: number }) {
+function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number }) {
   const clock = new ManualClock();
   const s = { bytes: 0, waiting: true, linkUp: o.linkUp, probes: [] as number[], reconnects: [] as string[] };
   const w = new SilenceWatch({
@@ -19,6 +19,7 @@ function rig(o: { linkUp: boolean; rttMs?: number }) {
     bytesIn: () => s.bytes,
     waiting: () => s.waiting,
     rttMs: () => o.rttMs ?? 0,
+    chunkMs: () => o.chunkMs ?? 0,
     probe: (ms) => {
       s.probes.push(ms);
       return Promise.resolve(s.linkUp);
@@ -85,6 +86,16 @@ describe('silence watch: reconnect when the connection is silent while the link 
     expect(s.reconnects.length).toBe(2);
     w.delivered();
     expect(w.silenceNeededMs).toBe(4000);
+    w.stop();
+  });
+
+  it('a connection that gets a chunk only every 4 s (a link shared by ten devices under loss) waits twice that before a probe', async () => {
+    const { clock, s, w } = rig({ linkUp: true, chunkMs: 4000 });
+    expect(w.silenceNeededMs).toBe(8000);
+    await clock.advance(7900);
+    expect(s.probes).toEqual([]);
+    await clock.advance(400);
+    expect(s.reconnects.length).toBe(1);
     w.stop();
   });
 
