@@ -39,10 +39,10 @@ import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-http.ts';
 import type { Fault } from './faults.ts';
-import { LinkSpecError, resolveLink, type LinkFlagName, type LinkSpec } from './link-profiles.ts';
+import type { LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
@@ -406,18 +406,7 @@ async function main(): Promise<void> {
     },
   });
   // Without a profile, this simulation's own defaults (10 % loss, 512 kbit/s, 2 cuts of 3 s).
-  const flags: Partial<Record<LinkFlagName, string>> = a.profile ? {} : { loss: '10', rate: '512', cuts: '2', 'cut-seconds': '3' };
-  for (const f of ['rate', 'rate-up', 'loss', 'loss-up', 'delay', 'jitter', 'cuts', 'cut-seconds'] as const) if (a[f] !== undefined) flags[f] = a[f];
-  let spec: ReturnType<typeof resolveLink>;
-  try {
-    spec = resolveLink(a.profile, flags);
-  } catch (e) {
-    if (e instanceof LinkSpecError) {
-      process.stderr.write(`sim:gateway: ${e.message}\n`);
-      process.exit(2);
-    }
-    throw e;
-  }
+  const spec = linkFromArgs('sim:gateway', a.profile, a, a.profile ? {} : { loss: '10', rate: '512', cuts: '2', 'cut-seconds': '3' });
   if ((a['compare-http'] === true || a.profile !== undefined) && a.proxy === true) {
     process.stderr.write('sim:gateway: --profile and --compare-http need the kernel link: drop --proxy\n');
     process.exit(2);
