@@ -56,6 +56,8 @@ export class SilenceWatch {
   private strikes = 0;
   reconnects = 0;
   probes = 0;
+  /** The last chunk time measured: a rate that fell to nothing (no chunk for a while) does not make a chunk quick. */
+  private chunkMsSeen = 0;
 
   constructor(private readonly o: SilenceWatchOptions) {
     this.seen = o.bytesIn();
@@ -65,7 +67,9 @@ export class SilenceWatch {
 
   /** How long the socket must be silent before a probe, ms. */
   get silenceNeededMs(): number {
-    return Math.max(this.o.minSilenceMs, 4 * this.o.rttMs(), 2 * this.o.chunkMs()) * 2 ** this.strikes;
+    const chunkMs = this.o.chunkMs();
+    if (chunkMs > 0) this.chunkMsSeen = chunkMs;
+    return Math.max(this.o.minSilenceMs, 4 * this.o.rttMs(), 2 * this.chunkMsSeen) * 2 ** this.strikes;
   }
 
   /** A chunk arrived: the link works, reconnects start from the least silence again. */

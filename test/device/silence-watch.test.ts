@@ -99,6 +99,17 @@ describe('silence watch: reconnect when the connection is silent while the link 
     w.stop();
   });
 
+  it('a rate that falls to nothing (no chunk in the rate window) keeps the last chunk time, not the least silence', async () => {
+    const o = { linkUp: true, chunkMs: 4000 };
+    const { clock, s, w } = rig(o);
+    expect(w.silenceNeededMs).toBe(8000);
+    o.chunkMs = 0;
+    expect(w.silenceNeededMs).toBe(8000);
+    await clock.advance(7900);
+    expect(s.probes).toEqual([]);
+    w.stop();
+  });
+
   it('bytes that arrive while the probe is out cancel the reconnect', async () => {
     const { clock, s, w } = rig({ linkUp: true });
     let answer: (up: boolean) => void = () => undefined;
