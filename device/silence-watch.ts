@@ -45,6 +45,7 @@ export interface SilenceWatchOptions {
 
 const TICK_MS = 250;
 const MAX_STRIKES = 3;
+const PAID_BACK = 8;
 
 export class SilenceWatch {
   private seen: number;
@@ -52,8 +53,10 @@ export class SilenceWatch {
   private probing = false;
   private timer: unknown;
   private stopped = false;
-  /** Reconnects since the last chunk arrived: each doubles the silence the next one needs. */
+  /** Reconnects not yet paid back: each doubles the silence the next one needs. */
   private strikes = 0;
+  /** Chunks since the last reconnect: a reconnect is paid back once this many have come (a link that delivers again). */
+  private sinceReconnect = 0;
   reconnects = 0;
   probes = 0;
   /** The last chunk time measured: a rate that fell to nothing (no chunk for a while) does not make a chunk quick. */
@@ -72,9 +75,14 @@ export class SilenceWatch {
     return Math.max(this.o.minSilenceMs, 4 * this.o.rttMs(), 2 * this.chunkMsSeen) * 2 ** this.strikes;
   }
 
-  /** A chunk arrived: the link works, reconnects start from the least silence again. */
+  /**
+   * A chunk arrived. Once PAID_BACK chunks have come since the last reconnect, the link works
+   * again and reconnects start from the least silence. Not at the first chunk: on a link shared
+   * by many devices under loss a chunk comes now and then between long silences, and resetting
+   * there let each device reconnect again and again (each throwing away part of a frame).
+   */
   delivered(): void {
-    this.strikes = 0;
+    if (++this.sinceReconnect >= PAID_BACK) this.strikes = 0;
   }
 
   stop(): void {
@@ -106,6 +114,7 @@ export class SilenceWatch {
         this.probing = false;
         if (this.stopped || !up || this.o.bytesIn() !== before || !this.o.waiting()) return;
         this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
+        this.sinceReconnect = 0;
         this.reconnects++;
         this.since = this.o.clock.now();
         this.o.log.info('the connection is silent while a fresh one connects: reconnecting', { silentMs });

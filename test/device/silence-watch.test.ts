@@ -84,7 +84,10 @@ describe('silence watch: reconnect when the connection is silent while the link 
     expect(s.reconnects.length).toBe(1);
     await clock.advance(500);
     expect(s.reconnects.length).toBe(2);
+    // One chunk now and then does not pay a reconnect back; a run of them does.
     w.delivered();
+    expect(w.silenceNeededMs).toBe(16_000);
+    for (let k = 0; k < 7; k++) w.delivered();
     expect(w.silenceNeededMs).toBe(4000);
     w.stop();
   });
