@@ -277,7 +277,10 @@ export class Download {
     if (wantList) this.listRequested = true;
     this.requestsSent++;
     this.o.transport
-      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList }), { qos: 1 })
+      // QoS 0 (protocol.md §1): a request lost with a connection is asked again after the reconnect
+      // (resend) or the idle timeout; at QoS 1 the MQTT client would also send the old one again on
+      // reconnect, and the server would send those chunks twice.
+      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList }), { qos: 0 })
       .catch((e: unknown) => this.o.log.debug('request not sent (will retry when idle)', { error: String(e) }));
     this.armIdleTimer();
   }
