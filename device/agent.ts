@@ -140,7 +140,13 @@ export class DeviceAgent {
     await this.trust.load();
     t.onMessage((topic, payload) => this.onMessage(topic, payload));
     t.onConnect(() => this.onConnected());
-    await t.subscribe([topics.release(this.cfg.group, this.cfg.model), topics.framesFor(this.cfg.model, this.cfg.deviceId), topics.trust()], 1).catch((e: unknown) => {
+    await t.subscribe([topics.release(this.cfg.group, this.cfg.model), topics.trust()], 1).catch((e: unknown) => {
+      this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
+    });
+    // Frames at QoS 0 (protocol.md §1): TCP already delivers them in order, a clean session drops
+    // what was in flight at a disconnect either way, and the device asks again for what is missing;
+    // QoS 1 would only add a PUBACK per chunk on the uplink.
+    await t.subscribe(topics.framesFor(this.cfg.model, this.cfg.deviceId), 0).catch((e: unknown) => {
       this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
     if (recovered?.action === 'rolled-back') {
@@ -193,6 +199,9 @@ export class DeviceAgent {
     const { transport: t, topics } = this.io;
     void t.publish(topics.presence(this.cfg.deviceId), encodePresence('online', this.io.clock.now()), { qos: 1, retain: true }).catch(ignoreBecause('presence is published again on the next connect', this.io.log));
     this.fetcher?.resend();
+    // A reconnect of our own (a silent connection while the link was up): nobody took the session, and
+    // the status has not changed (an unacknowledged one is sent again by the transport).
+    if (t.reconnectedQuickly === true) return;
     // Read the retained status before replacing it: another agent's, there, means a shared --id.
     void this.guard.check().then(() => {
       if (!this.stopped) this.publishStatus();

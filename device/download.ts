@@ -7,6 +7,7 @@ import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Clock } from '../platform/clock.ts';
 import { LinkEstimator } from './link-estimator.ts';
+import { SilenceWatch } from './silence-watch.ts';
 import { DeviceError, storageError } from './reasons.ts';
 import type { DownloadFiles } from './storage.ts';
 
@@ -29,6 +30,8 @@ export interface DownloadOptions {
   maxBadCopies: number;
   /** Bytes the connection has received so far: while they grow, a big frame is still on its way. */
   wireBytesIn?: () => number;
+  /** The least silence of the socket, while chunks are asked for, before a fresh connection is tried (silence-watch.ts); default 2000 ms. */
+  probeSilenceMs?: number;
   onProgress: () => void;
   onComplete: () => void;
   /** A DeviceError (a failed write is `storage-error`), or, from a bug, whatever was thrown. */
@@ -71,6 +74,8 @@ export class Download {
    * for the list and the first window together, saving a round trip): checked once it is.
    */
   private early: Array<Extract<Frame, { kind: 'chunk' }>> = [];
+  /** Reconnects at once when the socket is silent while the link is up (a peer backing off after a cut). */
+  private watch: SilenceWatch | undefined;
 
   constructor(private readonly o: DownloadOptions) {
     this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(4, o.maxWindow), minIdleMs: o.idleMs });
@@ -124,7 +129,33 @@ export class Download {
       return;
     }
     this.armStallTimer();
+    this.startWatch();
     this.requestMore();
+  }
+
+  /** Probes and reconnects need a transport that can, and the socket's byte counter. */
+  private startWatch(): void {
+    const { transport: t, wireBytesIn } = this.o;
+    if (!t.probe || !t.reconnect || !wireBytesIn) return;
+    this.watch = new SilenceWatch({
+      clock: this.o.clock,
+      log: this.o.log,
+      bytesIn: wireBytesIn,
+      waiting: () => this.outstanding.size > 0 || (this.listRequested && !this.o.files.list),
+      rttMs: () => this.link.minRttMs,
+      chunkMs: () => {
+        const bps = this.link.bytesPerSecond(this.o.clock.now());
+        return bps > 0 ? (1000 * this.o.step.chunkSize) / bps : 0;
+      },
+      probe: (ms) => t.probe!(ms),
+      reconnect: (why) => t.reconnect!(why),
+      minSilenceMs: this.o.probeSilenceMs ?? 2000,
+    });
+  }
+
+  /** Reconnects the silence watch made. */
+  get silentReconnects(): number {
+    return this.watch?.reconnects ?? 0;
   }
 
   /** After a reconnect: everything in flight may be lost. */
@@ -139,6 +170,7 @@ export class Download {
 
   stop(): void {
     this.finished = true;
+    this.watch?.stop();
     if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
     if (this.stallTimer) this.o.clock.clearTimeout(this.stallTimer);
   }
@@ -210,6 +242,7 @@ export class Download {
       return;
     }
     this.writing.add(f.index);
+    this.watch?.delivered();
     this.link.arrived(this.o.clock.now(), f.index, f.data.byteLength);
     this.lastProgressAt = this.o.clock.now();
     this.armStallTimer();
@@ -244,7 +277,10 @@ export class Download {
     if (wantList) this.listRequested = true;
     this.requestsSent++;
     this.o.transport
-      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList }), { qos: 1 })
+      // QoS 0 (protocol.md §1): a request lost with a connection is asked again after the reconnect
+      // (resend) or the idle timeout; at QoS 1 the MQTT client would also send the old one again on
+      // reconnect, and the server would send those chunks twice.
+      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList }), { qos: 0 })
       .catch((e: unknown) => this.o.log.debug('request not sent (will retry when idle)', { error: String(e) }));
     this.armIdleTimer();
   }

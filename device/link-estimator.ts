@@ -2,7 +2,7 @@
  * What the device knows about its link, from its own requests and arrivals:
  * the smallest round trip seen (request sent → first chunk of it back), the
  * delivery rate, and from these the window of chunks to keep outstanding
- * (about twice the bandwidth-delay product, within bounds) and how long a
+ * (about twice the bandwidth-delay product plus four chunks, within bounds) and how long a
  * silence must last before outstanding chunks are asked for again.
  *
  * Round trips of chunks that were asked for more than once are not sampled
@@ -76,7 +76,10 @@ export class LinkEstimator {
     const { minWindow, maxWindow, initialWindow } = this.cfg;
     if (this.rtts.length === 0 || this.rate === 0) return Math.max(minWindow, Math.floor(initialWindow * this.shrink));
     const bdp = (this.rate * this.minRttMs) / 1000;
-    return Math.max(minWindow, Math.min(maxWindow, Math.floor((2 * bdp + 2) * this.shrink)));
+    // Twice the bandwidth-delay product, and four chunks more: requests go out when half the window
+    // has drained, so each carries at least two chunks more than one would (fewer requests on the
+    // uplink) and the chunks still in flight cover the round trip.
+    return Math.max(minWindow, Math.min(maxWindow, Math.floor((2 * bdp + 4) * this.shrink)));
   }
 
   get idleTimeoutMs(): number {

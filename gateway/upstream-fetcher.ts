@@ -85,6 +85,9 @@ export class UpstreamFetcher {
       get connected() {
         return up.connected;
       },
+      // The silence watch of the upstream Download (device/silence-watch.ts) reconnects the upstream connection.
+      probe: up.probe ? (ms: number) => up.probe!(ms) : undefined,
+      reconnect: up.reconnect ? (why: string) => up.reconnect!(why) : undefined,
       close: () => up.close(),
     };
     o.upstream.onMessage((topic, payload) => {

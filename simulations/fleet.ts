@@ -25,10 +25,10 @@ import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { mulberry32 } from '../util/random.ts';
 import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-http.ts';
 import { runFaults, scheduleFaults } from './faults.ts';
-import { describeLink, LinkSpecError, needsKernel, resolveLink, type LinkFlagName, type LinkSpec } from './link-profiles.ts';
+import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, modelFor, readLines, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, linkFromArgs, modelFor, readLines, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
@@ -351,18 +351,7 @@ async function main(): Promise<void> {
       timeout: { type: 'string', default: '600' },
     },
   });
-  const flags: Partial<Record<LinkFlagName, string>> = {};
-  for (const f of ['rate', 'rate-up', 'delay', 'jitter', 'loss', 'loss-up', 'cuts', 'cut-seconds'] as const) if (a[f] !== undefined) flags[f] = a[f];
-  let spec: ReturnType<typeof resolveLink>;
-  try {
-    spec = resolveLink(a.profile, flags);
-  } catch (e) {
-    if (e instanceof LinkSpecError) {
-      process.stderr.write(`sim:fleet: ${e.message}\n`);
-      process.exit(2);
-    }
-    throw e;
-  }
+  const spec = linkFromArgs('sim:fleet', a.profile, a);
   const kernel = a.kernel === true || a.profile !== undefined || a['compare-http'] === true;
   const base = {
     devices: Number(a.devices),

@@ -5,6 +5,13 @@
  *
  *   npm run sim:gateway -- [--devices 10] [--size 262144] [--loss 10] [--rate 512]
  *       [--cuts 2] [--cut-seconds 3] [--proxy] [--timeout 600]
+ *       [--profile rural-3g|rural-lte-edge|satellite] [--rate-up K] [--loss-up P] [--delay MS]
+ *       [--jitter MS] [--compare-http]
+ *
+ * `--profile` and the link flags are those of sim:fleet (link-profiles.ts; kernel link only).
+ * `--compare-http` then fetches the payload once by HTTP range resume over the same link, with
+ * cuts at the moments the gateway phase's cuts came (compare-http.ts): the gateway's one
+ * upstream fetch is the transfer HTTP is compared with.
  *
  * As root with nftables and tc (simulations/netns-link.ts) the link is a veth
  * pair between two network namespaces: the upstream broker on the srv side;
@@ -30,9 +37,12 @@ import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import type { GatewayStatus } from '../gateway/status.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
+import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-http.ts';
+import type { Fault } from './faults.ts';
+import type { LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
@@ -48,6 +58,22 @@ export interface GatewaySimOptions {
   proxy: boolean;
   timeoutSeconds: number;
   log: (line: string) => void;
+  /** The rest of the link (sim:fleet's flags and profiles); kernel link only. */
+  link?: LinkSpec & { profile: string | null };
+  /** Also fetch the payload once by HTTP range resume over the same link (kernel link only). */
+  compareHttp?: boolean;
+}
+
+export interface GatewayHttpComparison {
+  http: HttpRunResult;
+  /** Release → the gateway's upstream fetch had the whole payload (from its status file, refreshed every ~0.2 s). */
+  gatewayFetchSeconds: number | null;
+  floorSeconds: number | null;
+  gatewayFetchOverHttp: number | null;
+  gatewayFetchOverFloor: number | null;
+  /** Bytes up the link per MiB delivered upstream: the gateway phase (its fetch, and the site's statuses) and HTTP's one fetch. */
+  gatewayUpPerMiB: number | null;
+  httpUpPerMiB: number;
 }
 
 export interface PhaseResult {
@@ -77,6 +103,7 @@ export interface GatewaySimResult {
   /** Link bytes towards the site, gateway ÷ direct. */
   linkDownRatio: number | null;
   note: string | null;
+  compareHttp?: GatewayHttpComparison;
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -92,6 +119,8 @@ interface Rig {
   /** [down, up] as seen at the site end of the link. */
   linkBytes: () => Promise<[number, number]>;
   cut: (n: number, t0: number) => Promise<void>;
+  /** When each cut came, ms after its phase's start (the gateway phase's are taken for the HTTP comparison). */
+  cutTimes: number[];
   startHost: (broker: string, prefix: string, ends: Map<string, DeviceEnd>) => ChildProcess;
   okCount: (ends: Map<string, DeviceEnd>) => number;
 }
@@ -113,7 +142,16 @@ async function openLink(o: GatewaySimOptions, held: Held): Promise<{ kernel: boo
     o.log(`NOTE: ${note}`);
   }
   if (kernel) {
-    const l = (held.link = await NetnsLink.create({ name: `g${process.pid % 100000}`, lossPercent: o.lossPercent, rateKbit: o.rateKbit || undefined }));
+    const l0 = o.link;
+    const l = (held.link = await NetnsLink.create({
+      name: `g${process.pid % 100000}`,
+      lossPercent: o.lossPercent,
+      rateKbit: o.rateKbit || undefined,
+      lossUpPercent: l0?.lossUpPercent,
+      rateUpKbit: l0?.upKbit || undefined,
+      delayMs: l0?.delayMs,
+      jitterMs: l0?.jitterMs,
+    }));
     const srvExec: Exec = (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const siteExec: Exec = (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     return { kernel, note, srvExec, siteExec, brokerHost: l.srvAddress };
@@ -146,7 +184,7 @@ async function startUpstream(
 }
 
 /** Phase 1: the devices behind the gateway, the link cut as the gateway's fetch passes a quarter, then every further 10 %. */
-async function gatewayPhase(rig: Rig): Promise<GatewaySimResult['gateway']> {
+async function gatewayPhase(rig: Rig): Promise<{ phase: GatewaySimResult['gateway']; fetchSeconds: number | null; cutTimes: number[] }> {
   const { o } = rig;
   const gwDir = path.join(rig.dir, 'gw');
   const gwPort = 40000 + (process.pid % 20000);
@@ -189,8 +227,10 @@ async function gatewayPhase(rig: Rig): Promise<GatewaySimResult['gateway']> {
   // after the link came back (the status file is refreshed about once a second).
   let nextCut = 0.25;
   const deadline1 = t1 + o.timeoutSeconds * 1000;
+  let fetchedAt: number | undefined;
   while (ends1.size < o.devices && Date.now() < deadline1) {
     const s = await readStatus();
+    if (fetchedAt === undefined && (s?.fetched.payloadBytes ?? 0) >= rig.payloadBytes) fetchedAt = Date.now();
     const f = s?.fetching[0];
     if (cuts1 < o.cuts && f && f.bytes >= nextCut * f.totalBytes) {
       await rig.cut(++cuts1, t1);
@@ -199,6 +239,7 @@ async function gatewayPhase(rig: Rig): Promise<GatewaySimResult['gateway']> {
     } else await sleep(100);
   }
   const seconds1 = (Date.now() - t1) / 1000;
+  const cutTimes = rig.cutTimes.splice(0);
   await sleep(1500); // the last statuses go up
   const gs = await readStatus();
   await stopChild(host1, 3000).catch(() => undefined);
@@ -217,7 +258,7 @@ async function gatewayPhase(rig: Rig): Promise<GatewaySimResult['gateway']> {
   o.log(
     `gateway phase: ${gwPhase.completed}/${o.devices} ok in ${gwPhase.seconds} s; gateway socket in ${gwPhase.socketBytesIn} B (${(gwPhase.socketBytesIn / rig.payloadBytes).toFixed(3)} × payload); link down ${gwPhase.linkBytesDown} B, up ${gwPhase.linkBytesUp} B`,
   );
-  return gwPhase;
+  return { phase: gwPhase, fetchSeconds: fetchedAt === undefined ? null : (fetchedAt - t1) / 1000, cutTimes };
 }
 
 /** Phase 2: the same devices directly upstream, the link cut at fixed fractions of the ideal time. */
@@ -261,7 +302,9 @@ function rigOf(o: GatewaySimOptions, held: Held, w: Pick<Rig, 'dir' | 'payloadBy
     const c = await link.counters();
     return [c.rxBytes, c.txBytes];
   };
+  const cutTimes: number[] = [];
   const cut = async (n: number, t0: number): Promise<void> => {
+    cutTimes.push(Date.now() - t0);
     o.log(`cut ${n} at ${((Date.now() - t0) / 1000).toFixed(1)} s for ${o.cutSeconds} s`);
     if (link) await link.cut();
     else proxy!.takeDown();
@@ -298,7 +341,31 @@ function rigOf(o: GatewaySimOptions, held: Held, w: Pick<Rig, 'dir' | 'payloadBy
   };
   const okCount = (ends: Map<string, DeviceEnd>): number => [...ends.values()].filter((e) => e.state === 'ok' && e.running === w.targetDigest).length;
 
-  return { o, ...w, linkBytes, cut, startHost, okCount };
+  return { o, ...w, linkBytes, cut, cutTimes, startHost, okCount };
+}
+
+/** The gateway's one upstream fetch against one HTTP range-resume fetch of the payload over the same link, with the gateway phase's cuts. */
+async function compareWithHttp(o: GatewaySimOptions, link: NetnsLink, w: { dir: string; port: number; payload: Uint8Array; gateway: Awaited<ReturnType<typeof gatewayPhase>> }): Promise<GatewayHttpComparison> {
+  const payloadBytes = w.payload.byteLength;
+  const payloadFile = path.join(w.dir, 'payload.bin');
+  await fs.writeFile(payloadFile, w.payload);
+  const faults: Fault[] = w.gateway.cutTimes.map((at) => ({ at, kind: 'cut' }));
+  const http = await runHttpBaseline({ link, port: w.port + 1, payloadFile, payloadBytes, devices: 1, faults, cutSeconds: o.cutSeconds, dir: w.dir, idleSeconds: 10, timeoutSeconds: o.timeoutSeconds, log: o.log });
+  const spec: LinkSpec = o.link ?? { downKbit: o.rateKbit, upKbit: o.rateKbit, delayMs: 0, jitterMs: 0, lossDownPercent: o.lossPercent, lossUpPercent: o.lossPercent, cuts: o.cuts, cutSeconds: o.cutSeconds };
+  const floor = tcpFloorSeconds(spec, 1, payloadBytes, spec.delayMs > 0 || spec.jitterMs > 0 ? 1500 : 1514);
+  const fetchSeconds = w.gateway.fetchSeconds;
+  const r3 = (x: number): number => Number(x.toFixed(3));
+  const mib = payloadBytes / (1 << 20);
+  const up = w.gateway.phase.linkBytesUp;
+  return {
+    http,
+    gatewayFetchSeconds: fetchSeconds === null ? null : Number(fetchSeconds.toFixed(2)),
+    floorSeconds: floor === null ? null : Number(floor.toFixed(2)),
+    gatewayFetchOverHttp: fetchSeconds === null ? null : r3(fetchSeconds / http.seconds),
+    gatewayFetchOverFloor: fetchSeconds === null || floor === null ? null : r3(fetchSeconds / floor),
+    gatewayUpPerMiB: up === null ? null : Math.round(up / mib),
+    httpUpPerMiB: Math.round(http.wireUp / mib),
+  };
 }
 
 export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimResult> {
@@ -330,10 +397,13 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
       upstreamUrl = held.proxy.url;
     }
     const rig = rigOf(o, held, { dir, payloadBytes, upstreamUrl, siteExec, track, trustFile: keys.trustFile, baseFile, targetDigest: update.targetDigest });
-    const gwPhase = await gatewayPhase(rig);
+    const gw = await gatewayPhase(rig);
+    const gwPhase = gw.phase;
     const directPhase_ = await directPhase(rig);
+    const compareHttp = o.compareHttp && held.link ? await compareWithHttp(o, held.link, { dir, port, payload: update.payload, gateway: gw }) : undefined;
     return {
-      link: kernel ? `veth, ${o.lossPercent}% loss, ${o.rateKbit || '∞'} kbit/s` : `proxy, ${o.rateKbit || '∞'} kbit/s`,
+      compareHttp,
+      link: kernel ? `veth, ${o.lossPercent}% loss, ${o.rateKbit || '∞'} kbit/s${o.link?.profile ? ` (${o.link.profile})` : ''}` : `proxy, ${o.rateKbit || '∞'} kbit/s`,
       devices: o.devices,
       payloadBytes,
       gateway: gwPhase,
@@ -357,21 +427,35 @@ async function main(): Promise<void> {
     options: {
       devices: { type: 'string', default: '10' },
       size: { type: 'string', default: '262144' },
-      loss: { type: 'string', default: '10' },
-      rate: { type: 'string', default: '512' },
-      cuts: { type: 'string', default: '2' },
-      'cut-seconds': { type: 'string', default: '3' },
+      loss: { type: 'string' },
+      rate: { type: 'string' },
+      cuts: { type: 'string' },
+      'cut-seconds': { type: 'string' },
       proxy: { type: 'boolean', default: false },
       timeout: { type: 'string', default: '600' },
+      profile: { type: 'string' },
+      'rate-up': { type: 'string' },
+      'loss-up': { type: 'string' },
+      delay: { type: 'string' },
+      jitter: { type: 'string' },
+      'compare-http': { type: 'boolean', default: false },
     },
   });
+  // Without a profile, this simulation's own defaults (10 % loss, 512 kbit/s, 2 cuts of 3 s).
+  const spec = linkFromArgs('sim:gateway', a.profile, a, a.profile ? {} : { loss: '10', rate: '512', cuts: '2', 'cut-seconds': '3' });
+  if ((a['compare-http'] === true || a.profile !== undefined) && a.proxy === true) {
+    process.stderr.write('sim:gateway: --profile and --compare-http need the kernel link: drop --proxy\n');
+    process.exit(2);
+  }
   const r = await runGatewaySim({
     devices: Number(a.devices),
     size: Number(a.size),
-    lossPercent: Number(a.loss),
-    rateKbit: Number(a.rate),
-    cuts: Number(a.cuts),
-    cutSeconds: Number(a['cut-seconds']),
+    lossPercent: spec.lossDownPercent,
+    rateKbit: spec.downKbit,
+    cuts: spec.cuts,
+    cutSeconds: spec.cutSeconds,
+    link: spec,
+    compareHttp: a['compare-http'] === true,
     proxy: a.proxy === true,
     timeoutSeconds: Number(a.timeout),
     log: (s) => process.stderr.write(s + '\n'),

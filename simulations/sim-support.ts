@@ -4,6 +4,7 @@ import path from 'node:path';
 import { FLEET_BIN } from '../platform/child-process.ts';
 import type { DeviceAgent } from '../device/agent.ts';
 import type { MqttTransport } from '../transport/mqtt.ts';
+import { LinkSpecError, resolveLink, type LinkFlagName } from './link-profiles.ts';
 
 /** Start a command on one side of the link (a namespace, or this host). */
 export type Exec = (cmd: string, args: string[]) => ChildProcess;
@@ -113,4 +114,24 @@ export function modelFor(size: number): { layers: Array<[number, number]>; rank:
   ];
   const perRank = layers.length * 2 * d * 4;
   return { layers, rank: Math.max(1, Math.min(d / 2 - 1, Math.round(size / perRank))) };
+}
+
+const LINK_FLAGS: readonly LinkFlagName[] = ['rate', 'rate-up', 'delay', 'jitter', 'loss', 'loss-up', 'cuts', 'cut-seconds'];
+
+/**
+ * The link of a simulation command from its parsed flags (given ones over `defaults`, over the
+ * profile's): a bad value or an unknown profile ends the command with one line and exit 2.
+ */
+export function linkFromArgs(command: string, profile: string | undefined, args: Partial<Record<string, unknown>>, defaults: Partial<Record<LinkFlagName, string>> = {}): ReturnType<typeof resolveLink> {
+  const flags: Partial<Record<LinkFlagName, string>> = { ...defaults };
+  for (const f of LINK_FLAGS) if (typeof args[f] === 'string') flags[f] = args[f];
+  try {
+    return resolveLink(profile, flags);
+  } catch (e) {
+    if (e instanceof LinkSpecError) {
+      process.stderr.write(`${command}: ${e.message}\n`);
+      process.exit(2);
+    }
+    throw e;
+  }
 }

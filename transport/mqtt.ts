@@ -45,6 +45,9 @@ export interface MqttTransportOptions {
   maxIncomingPacket?: number;
 }
 
+/** How long a probed connection waits for `reconnect` before it is closed. */
+const SPARE_KEEP_MS = 5000;
+
 /** A frame of the largest chunk the protocol allows, or its chunk list, with room to spare. */
 export const DEFAULT_MAX_INCOMING_PACKET = 2 * MAX_CHUNK_BYTES + 64 * 1024;
 
@@ -118,6 +121,15 @@ export class MqttTransport implements Transport {
   private serverIndex = 0;
   private readonly servers: Array<{ host: string; port: number; secure: boolean }>;
   private readonly closeGraceMs: number;
+  /** A connection a successful probe opened, for the next reconnect (dropped if unused). */
+  private spare: net.Socket | undefined;
+  /** The connection is being dropped on purpose to reconnect at once (`reconnect`). */
+  private quick = false;
+  /** Reconnects asked for by the owner (a silent connection while the link was up). */
+  quickReconnects = 0;
+  /** The current connection is one `reconnect` made. */
+  reconnectedQuickly = false;
+  private quickPending = false;
   /** Why the broker last refused the login, if it did. */
   refusal: string | undefined;
   /** Why the last attempt to connect failed, if it did; cleared by a connection. */
@@ -146,7 +158,7 @@ export class MqttTransport implements Transport {
     const { host, port, secure } = this.servers[this.serverIndex % this.servers.length];
     const tlsOpts = secure ? tlsFiles : undefined;
     // The raw TCP socket carries the counters (what the link carries, TLS records included).
-    const raw = net.createConnection({ host, port, noDelay: true });
+    const raw = this.takeSpare() ?? net.createConnection({ host, port, noDelay: true });
     this.socket = raw;
     raw.on('close', () => {
       this.bytesInDone += raw.bytesRead;
@@ -174,11 +186,23 @@ export class MqttTransport implements Transport {
       this.lastCause = undefined;
       this.causedFailures = 0;
       this.connects++;
+      this.reconnectedQuickly = this.quickPending;
+      this.quickPending = false;
       this.client.options.reconnectPeriod = min;
       for (const h of this.connectHandlers) h();
     });
     this.client.on('close', () => {
       if (this.closing) return;
+      this.reconnectedQuickly = false;
+      if (this.quick) {
+        // Dropped on purpose while the link is up: the same server, at once (the period was set by reconnect()).
+        this.quick = false;
+        this.quickPending = true;
+        this.client.options.reconnectPeriod = min;
+        for (const h of this.disconnectHandlers) h('reconnecting: the connection was silent while the link was up');
+        return;
+      }
+      this.quickPending = false;
       // Another node of the cluster for the next attempt (round robin).
       this.serverIndex++;
       this.failures++;
@@ -249,6 +273,49 @@ export class MqttTransport implements Transport {
     };
   }
 
+  probe(timeoutMs: number): Promise<boolean> {
+    if (this.closing || !this.client.connected) return Promise.resolve(false);
+    const { host, port } = this.servers[this.serverIndex % this.servers.length];
+    return new Promise((resolve) => {
+      const s = net.createConnection({ host, port, noDelay: true });
+      const done = (up: boolean): void => {
+        clearTimeout(timer);
+        if (!up || this.closing) {
+          s.destroy();
+          resolve(false);
+          return;
+        }
+        this.spare?.destroy();
+        this.spare = s;
+        // Unused for a while: the broker would drop a connection that never logs in anyway.
+        const drop = setTimeout(() => this.takeSpare()?.destroy(), SPARE_KEEP_MS);
+        s.once('close', () => {
+          clearTimeout(drop);
+          if (this.spare === s) this.spare = undefined;
+        });
+        resolve(true);
+      };
+      const timer = setTimeout(() => done(false), Math.max(1, timeoutMs));
+      s.once('connect', () => done(true));
+      s.once('error', () => done(false));
+    });
+  }
+
+  reconnect(reason: string): void {
+    if (this.closing || !this.client.connected || this.quick) return;
+    this.quick = true;
+    this.quickReconnects++;
+    // mqtt.js arms its reconnect timer with the period in force when the connection closes.
+    this.client.options.reconnectPeriod = 1;
+    this.client.stream?.destroy(new Error(reason));
+  }
+
+  private takeSpare(): net.Socket | undefined {
+    const s = this.spare;
+    this.spare = undefined;
+    return s && !s.destroyed ? s : undefined;
+  }
+
   /** host:port of the server this transport is (or was last) connected to. */
   get server(): string {
     const s = this.servers[this.serverIndex % this.servers.length];
@@ -312,6 +379,7 @@ export class MqttTransport implements Transport {
       for (const id of Object.keys(c.outgoing)) c.removeOutgoingMessage(Number(id));
       c.stream?.destroy();
       this.socket?.destroy();
+      this.takeSpare()?.destroy();
     };
     if (!c.connected) force();
     return new Promise((resolve) => {

@@ -24,6 +24,17 @@ export interface Transport {
   readonly connected: boolean;
   /** Bytes through the sockets so far and the number of connects (when the transport can count them). */
   stats?(): WireStats;
+  /**
+   * Opens a fresh TCP connection to the broker, to learn whether the link carries packets now
+   * while the current connection is silent (its peer may be waiting out a backed-off
+   * retransmission timer after a cut). Resolves true when it connects within `timeoutMs`; the
+   * connection is then kept, briefly, for `reconnect` to use.
+   */
+  probe?(timeoutMs: number): Promise<boolean>;
+  /** Drops the current connection and connects again at once, on the probed connection when one is ready. */
+  reconnect?(reason: string): void;
+  /** True while the current connection is one `reconnect` made (the owner knows why the last one closed). */
+  readonly reconnectedQuickly?: boolean;
   /** Bounded: `graceMs` (the implementation's default when omitted) is the longest wait for unacknowledged publishes. */
   close(graceMs?: number): Promise<void>;
 }

@@ -40,6 +40,13 @@ describe('LinkEstimator', () => {
     expect(fast.window).toBeLessThanOrEqual(64);
   });
 
+  it('on a slow link with a short round trip, a request (at half the window) still carries at least 2 chunks, and the window covers the round trip', () => {
+    // 512 kbit/s: a 16 KiB chunk every 256 ms; the round trip is under one chunk's time.
+    const e = drive(256, 50);
+    expect(Math.floor(e.window / 2)).toBeGreaterThanOrEqual(2);
+    expect(e.window).toBeGreaterThanOrEqual(5);
+  });
+
   it('halves the window after a silence and regrows it as chunks arrive', () => {
     const e = drive(1, 20);
     const before = e.window;

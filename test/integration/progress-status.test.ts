@@ -39,4 +39,35 @@ describe('progress statuses while downloading (each costs ~700 B of a narrow upl
     }
     expect(mine.map((s) => s.state)).toEqual(expect.arrayContaining(['downloading', 'verifying', 'ok']));
   }, 180_000);
+
+  it('chunks come and requests go at QoS 0 (protocol.md §1): the device sends no PUBACK per chunk, and the download completes', async () => {
+    f = await createFixture('frames-qos0');
+    let acks = 0;
+    const delivered: number[] = [];
+    const framesQos: number[] = [];
+    const requestQos: number[] = [];
+    f.broker!.aedes.on('ack', (_packet, client) => {
+      if (client?.id.includes('q0-1')) acks++;
+    });
+    f.broker!.aedes.on('subscribe', (subs, client) => {
+      if (client?.id.includes('q0-1')) for (const s of subs) if (s.topic.includes('/to/')) framesQos.push(s.qos);
+    });
+    f.broker!.aedes.on('publish', (packet) => {
+      if (packet.topic.includes('/to/q0-1')) delivered.push(packet.qos);
+      if (packet.topic.includes('/get/q0-1')) requestQos.push(packet.qos);
+    });
+    const watch = await StatusWatch.start(f);
+    spawnDevice(f, 'q0-1');
+    await watch.until('q0-1', (s) => s.state === 'idle');
+    await publish(f);
+    await watch.until('q0-1', (s) => s.state === 'ok', 120_000);
+    // The update server publishes its frames at QoS 1; the device's subscription delivers them at 0.
+    expect(framesQos).toEqual([0]);
+    // Requests go up at QoS 0 too: after a reconnect the MQTT client does not send old ones again.
+    expect(requestQos.length).toBeGreaterThan(0);
+    expect(new Set(requestQos)).toEqual(new Set([0]));
+    expect(delivered.length).toBeGreaterThan(3);
+    // PUBACKs from the device: its release and trust file at most, none per chunk.
+    expect(acks).toBeLessThan(delivered.length / 2);
+  }, 180_000);
 });

@@ -1,0 +1,127 @@
+import type { Clock } from '../platform/clock.ts';
+import type { Logger } from '../util/log.ts';
+
+/**
+ * A silent socket is not always a dead link, and not always a live one.
+ *
+ * After a cut, the server's TCP retransmits what it had in flight with an
+ * exponentially backed-off timer (0.2 s, 0.4 s, … 3.2 s, and twice that again
+ * when a retransmission is lost too): the link may have been back for seconds
+ * while our one connection still waits. Then a fresh connection resumes far
+ * sooner, from the bitmap. But a link that is merely slow must not be torn
+ * down: every reconnect costs round trips and the part of a frame that was on
+ * its way.
+ *
+ * So, while chunks are asked for and not here: when the socket has received
+ * no byte at all for a silence bounded by the measured round trip and by the
+ * time a chunk takes at the measured rate (at least `minSilenceMs`), open a fresh TCP connection to the broker (a probe: a
+ * SYN and its answer). Only if it connects, and the old socket is still
+ * silent, reconnect (on the probed connection). A probe that does not connect
+ * (the link is still cut) is tried again a moment later, each with a fresh SYN
+ * rather than waiting out a SYN's own backoff. A reconnect that brings no
+ * chunk doubles the silence the next one needs.
+ */
+export interface SilenceWatchOptions {
+  clock: Clock;
+  log: Logger;
+  /** Bytes the connection has received so far. */
+  bytesIn: () => number;
+  /** Whether chunks (or the list) are asked for and not yet here: silence matters only then. */
+  waiting: () => boolean;
+  /** The smallest round trip measured, ms (0 before any). */
+  rttMs: () => number;
+  /**
+   * How long one chunk takes at this connection's measured delivery rate, ms (0 when unknown).
+   * A link shared by many devices, or slowed by loss, leaves each connection silent for longer
+   * between bytes; and a reconnect throws away the part of a frame already received (up to a
+   * chunk), so the silence must be long beside a chunk's time too.
+   */
+  chunkMs: () => number;
+  probe: (timeoutMs: number) => Promise<boolean>;
+  reconnect: (reason: string) => void;
+  /** The least silence that starts a probe, ms. */
+  minSilenceMs: number;
+}
+
+const TICK_MS = 250;
+const MAX_STRIKES = 3;
+const PAID_BACK = 8;
+
+export class SilenceWatch {
+  private seen: number;
+  private since: number;
+  private probing = false;
+  private timer: unknown;
+  private stopped = false;
+  /** Reconnects not yet paid back: each doubles the silence the next one needs. */
+  private strikes = 0;
+  /** Chunks since the last reconnect: a reconnect is paid back once this many have come (a link that delivers again). */
+  private sinceReconnect = 0;
+  reconnects = 0;
+  probes = 0;
+  /** The last chunk time measured: a rate that fell to nothing (no chunk for a while) does not make a chunk quick. */
+  private chunkMsSeen = 0;
+
+  constructor(private readonly o: SilenceWatchOptions) {
+    this.seen = o.bytesIn();
+    this.since = o.clock.now();
+    this.schedule();
+  }
+
+  /** How long the socket must be silent before a probe, ms. */
+  get silenceNeededMs(): number {
+    const chunkMs = this.o.chunkMs();
+    if (chunkMs > 0) this.chunkMsSeen = chunkMs;
+    return Math.max(this.o.minSilenceMs, 4 * this.o.rttMs(), 2 * this.chunkMsSeen) * 2 ** this.strikes;
+  }
+
+  /**
+   * A chunk arrived. Once PAID_BACK chunks have come since the last reconnect, the link works
+   * again and reconnects start from the least silence. Not at the first chunk: on a link shared
+   * by many devices under loss a chunk comes now and then between long silences, and resetting
+   * there let each device reconnect again and again (each throwing away part of a frame).
+   */
+  delivered(): void {
+    if (++this.sinceReconnect >= PAID_BACK) this.strikes = 0;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) this.o.clock.clearTimeout(this.timer);
+  }
+
+  private schedule(): void {
+    if (!this.stopped) this.timer = this.o.clock.setTimeout(() => this.tick(), TICK_MS);
+  }
+
+  private tick(): void {
+    const now = this.o.clock.now();
+    const bytes = this.o.bytesIn();
+    if (bytes !== this.seen || !this.o.waiting()) {
+      this.seen = bytes;
+      this.since = now;
+    } else if (!this.probing && now - this.since >= this.silenceNeededMs) this.check(now - this.since);
+    this.schedule();
+  }
+
+  private check(silentMs: number): void {
+    this.probing = true;
+    this.probes++;
+    const before = this.seen;
+    void this.o
+      .probe(Math.max(1000, 2 * this.o.rttMs()))
+      .then((up) => {
+        this.probing = false;
+        if (this.stopped || !up || this.o.bytesIn() !== before || !this.o.waiting()) return;
+        this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
+        this.sinceReconnect = 0;
+        this.reconnects++;
+        this.since = this.o.clock.now();
+        this.o.log.info('the connection is silent while a fresh one connects: reconnecting', { silentMs });
+        this.o.reconnect(`silent for ${silentMs} ms while the link was up`);
+      })
+      .catch(() => {
+        this.probing = false;
+      });
+  }
+}

@@ -1,0 +1,127 @@
+/**
+ * A silent socket is not always a dead link: the watch probes with a fresh
+ * connection after a silence bounded by the round trip, and reconnects only
+ * when the probe connects and the old socket is still silent. A slow link
+ * whose bytes keep coming is never torn down; a cut link is never reconnected
+ * into. Manual clock; the probe's answer is the test's.
+ */
+import { describe, expect, it } from 'vitest';
+import { SilenceWatch } from '../../device/silence-watch.ts';
+import { silentLogger } from '../../util/log.ts';
+import { ManualClock } from '../support/clock.ts';
+
+function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number }) {
+  const clock = new ManualClock();
+  const s = { bytes: 0, waiting: true, linkUp: o.linkUp, probes: [] as number[], reconnects: [] as string[] };
+  const w = new SilenceWatch({
+    clock,
+    log: silentLogger,
+    bytesIn: () => s.bytes,
+    waiting: () => s.waiting,
+    rttMs: () => o.rttMs ?? 0,
+    chunkMs: () => o.chunkMs ?? 0,
+    probe: (ms) => {
+      s.probes.push(ms);
+      return Promise.resolve(s.linkUp);
+    },
+    reconnect: (why) => s.reconnects.push(why),
+    minSilenceMs: 2000,
+  });
+  return { clock, s, w };
+}
+
+describe('silence watch: reconnect when the connection is silent while the link is up', () => {
+  it('a silent socket on a working link: one probe, then one reconnect after the least silence', async () => {
+    const { clock, s, w } = rig({ linkUp: true });
+    await clock.advance(1900);
+    expect(s.probes).toEqual([]);
+    await clock.advance(400);
+    expect(s.probes.length).toBe(1);
+    expect(s.reconnects.length).toBe(1);
+    expect(s.reconnects[0]).toMatch(/silent for 2\d{3} ms/);
+    w.stop();
+  });
+
+  it('a slow link whose bytes keep coming (one every 1.5 s) is never probed nor torn down', async () => {
+    const { clock, s, w } = rig({ linkUp: true });
+    for (let k = 0; k < 40; k++) {
+      await clock.advance(1500);
+      s.bytes += 100;
+    }
+    expect(s.probes).toEqual([]);
+    expect(s.reconnects).toEqual([]);
+    w.stop();
+  });
+
+  it('a cut link: probes again and again, no reconnect until a probe connects', async () => {
+    const { clock, s, w } = rig({ linkUp: false });
+    await clock.advance(8000);
+    expect(s.probes.length).toBeGreaterThan(5);
+    expect(s.reconnects).toEqual([]);
+    s.linkUp = true;
+    await clock.advance(300);
+    expect(s.reconnects.length).toBe(1);
+    w.stop();
+  });
+
+  it('nothing asked for: silence is not suspicious', async () => {
+    const { clock, s, w } = rig({ linkUp: true });
+    s.waiting = false;
+    await clock.advance(30_000);
+    expect(s.probes).toEqual([]);
+    w.stop();
+  });
+
+  it('the least silence grows with the round trip, and doubles after a reconnect that brought no chunk', async () => {
+    const { clock, s, w } = rig({ linkUp: true, rttMs: 1000 });
+    expect(w.silenceNeededMs).toBe(4000);
+    await clock.advance(3900);
+    expect(s.reconnects).toEqual([]);
+    await clock.advance(400);
+    expect(s.reconnects.length).toBe(1);
+    expect(w.silenceNeededMs).toBe(8000);
+    await clock.advance(7500);
+    expect(s.reconnects.length).toBe(1);
+    await clock.advance(500);
+    expect(s.reconnects.length).toBe(2);
+    // One chunk now and then does not pay a reconnect back; a run of them does.
+    w.delivered();
+    expect(w.silenceNeededMs).toBe(16_000);
+    for (let k = 0; k < 7; k++) w.delivered();
+    expect(w.silenceNeededMs).toBe(4000);
+    w.stop();
+  });
+
+  it('a connection that gets a chunk only every 4 s (a link shared by ten devices under loss) waits twice that before a probe', async () => {
+    const { clock, s, w } = rig({ linkUp: true, chunkMs: 4000 });
+    expect(w.silenceNeededMs).toBe(8000);
+    await clock.advance(7900);
+    expect(s.probes).toEqual([]);
+    await clock.advance(400);
+    expect(s.reconnects.length).toBe(1);
+    w.stop();
+  });
+
+  it('a rate that falls to nothing (no chunk in the rate window) keeps the last chunk time, not the least silence', async () => {
+    const o = { linkUp: true, chunkMs: 4000 };
+    const { clock, s, w } = rig(o);
+    expect(w.silenceNeededMs).toBe(8000);
+    o.chunkMs = 0;
+    expect(w.silenceNeededMs).toBe(8000);
+    await clock.advance(7900);
+    expect(s.probes).toEqual([]);
+    w.stop();
+  });
+
+  it('bytes that arrive while the probe is out cancel the reconnect', async () => {
+    const { clock, s, w } = rig({ linkUp: true });
+    let answer: (up: boolean) => void = () => undefined;
+    (w as unknown as { o: { probe: () => Promise<boolean> } }).o.probe = () => new Promise((r) => (answer = r));
+    await clock.advance(2300);
+    s.bytes += 1448;
+    answer(true);
+    await clock.advance(10);
+    expect(s.reconnects).toEqual([]);
+    w.stop();
+  });
+});
