@@ -35,6 +35,8 @@ export const DEVICE_DEFAULTS = {
   /** One device id, one agent (docs/protocol.md §8.1): how long to wait for the retained status, and takeovers before giving up. */
   guardWaitMs: 3000,
   guardTakeovers: 3,
+  /** Least silence (chunks outstanding, nothing arriving) before the device probes the link and reconnects (device/silence-watch.ts). */
+  probeSilenceMs: 2000,
   /** The device's MQTT connection. */
   keepaliveSeconds: 60,
   connectTimeoutSeconds: 30,

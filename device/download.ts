@@ -6,6 +6,7 @@ import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Clock } from '../platform/clock.ts';
+import { DEVICE_DEFAULTS } from './defaults.ts';
 import { LinkEstimator } from './link-estimator.ts';
 import { SilenceWatch } from './silence-watch.ts';
 import { DeviceError, storageError } from './reasons.ts';
@@ -149,7 +150,7 @@ export class Download {
       },
       probe: (ms) => t.probe!(ms),
       reconnect: (why) => t.reconnect!(why),
-      minSilenceMs: this.o.probeSilenceMs ?? 2000,
+      minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
     });
   }
 
