@@ -1,0 +1,68 @@
+/**
+ * What a device's connection sends through Redis in a cluster (issue #22's
+ * Redis bytes per payload byte): two Aedes nodes in this process on one real
+ * redis-server, real TCP; a spy subscribed to every Redis channel sees what
+ * crosses it. Aedes's `$SYS` notices that no node listens to stay on the node;
+ * the ones Aedes needs across nodes (`…/new/clients`: a client id that
+ * reconnects on another node closes its old session there) still cross.
+ */
+import path from 'node:path';
+import mqtt from 'mqtt';
+import { describe, expect, it } from 'vitest';
+import type { BrokerOptions, RunningBroker } from '../../nodes/broker-node.ts';
+import { MqttTransport } from '../../transport/mqtt.ts';
+import { useBrokerEnv } from '../support/broker-env.ts';
+import { MODEL, topics } from '../support/harness.ts';
+import { findRedis, RedisSpy, startRedis } from '../support/redis.ts';
+import { expectNoEventWithin, until } from '../support/wait.ts';
+
+const redisBin = findRedis();
+if (!redisBin) console.warn('skipping the cluster Redis-traffic suite: redis-server is not installed');
+
+const env = useBrokerEnv('cluster-redis-traffic');
+
+async function twoNodes(): Promise<{ a: RunningBroker; b: RunningBroker; url: string }> {
+  const redis = await startRedis(redisBin!);
+  env.track({ close: () => redis.stop() });
+  const dir = await env.dir();
+  const node = (name: string, o: Partial<BrokerOptions> = {}): Promise<RunningBroker> => env.broker({ cluster: redis.url, store: path.join(dir, 'shared-store'), ...o }, name);
+  return { a: await node('node-a'), b: await node('node-b'), url: redis.url };
+}
+
+const sysNotice = (channel: string): string | undefined => /^\$SYS\/[^/]+\/(.+)$/.exec(channel)?.[1];
+
+describe.skipIf(!redisBin)('what a device connection sends through Redis', () => {
+  it('subscribe, unsubscribe and disconnect notices stay on the node; the new-client notice still crosses', async () => {
+    const { b, url } = await twoNodes();
+    const spy = env.track(await RedisSpy.start(url));
+    // The node's own update server subscribed at start: count from here.
+    const before = b.clusterCounters!.localSysMessages;
+    const dev = env.track(await MqttTransport.connect({ url: b.url, clientId: 'fleet-device-quiet-1' }, 10_000));
+    await dev.subscribe([topics.framesFor(MODEL, 'quiet-1'), topics.release('fleet', MODEL)], 1);
+    await dev.unsubscribe(topics.release('fleet', MODEL));
+    await env.closeNow(dev);
+    const crossed = (): string[] => spy.channels.map(sysNotice).filter((n) => n === 'new/subscribes' || n === 'new/unsubscribes' || n === 'disconnect/clients');
+    await expectNoEventWithin(1500, () => crossed().length > 0, `a subscribe, unsubscribe or disconnect notice crossing Redis (${crossed().join(', ')})`);
+    await until(() => b.clusterCounters!.localSysMessages >= before + 3, { what: 'the three notices on node B', timeoutMs: 10_000, context: () => JSON.stringify([b.clusterCounters, spy.channels]) });
+    expect(spy.channels.map(sysNotice)).toContain('new/clients');
+    expect(b.clusterCounters!.localSysMessages - before).toBeGreaterThanOrEqual(3);
+  });
+
+  it('a client id that connects on node A closes its session on node B (the new-client notice crosses Redis)', async () => {
+    const { a, b } = await twoNodes();
+    const connect = (u: string): Promise<mqtt.MqttClient> =>
+      new Promise((resolve, reject) => {
+        const c = mqtt.connect(u, { clientId: 'fleet-device-twice', reconnectPeriod: 0, connectTimeout: 10_000 });
+        c.once('connect', () => resolve(c));
+        c.once('error', reject);
+      });
+    const first = await connect(b.url);
+    env.track({ close: () => new Promise<void>((r) => first.end(true, {}, () => r())) });
+    let firstClosed = false;
+    first.on('close', () => (firstClosed = true));
+    const second = await connect(a.url);
+    env.track({ close: () => new Promise<void>((r) => second.end(true, {}, () => r())) });
+    await until(() => firstClosed, { what: 'node B closing the old session of fleet-device-twice', timeoutMs: 10_000 });
+    expect(second.connected).toBe(true);
+  });
+});
