@@ -36,6 +36,7 @@
  */
 import { createRequire } from 'node:module';
 import type { Topics } from '../protocol/topics.ts';
+import type { RetainedOnce, ScriptConn } from './cluster-retained.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -72,6 +73,8 @@ export interface EmitterCounters {
   redisChunkMessages: number;
   /** Aedes `$SYS` notices nobody in the cluster listens to, kept on the node (see NODE_LOCAL_SYS). */
   localSysMessages: number;
+  /** Retained publishes stored and published by one script: their payload crossed once, not twice. */
+  redisRetainedOnce: number;
 }
 
 /**
@@ -93,7 +96,7 @@ const payloadBytes = (p: Packet): number => {
 };
 
 export class ClusterEmitter implements Mq {
-  readonly counters: EmitterCounters = { localMessages: 0, localBytes: 0, redisMessages: 0, redisBytes: 0, redisChunkMessages: 0, localSysMessages: 0 };
+  readonly counters: EmitterCounters = { localMessages: 0, localBytes: 0, redisMessages: 0, redisBytes: 0, redisChunkMessages: 0, localSysMessages: 0, redisRetainedOnce: 0 };
   private readonly local: Mq;
   /** Local subscriptions to one device's frames, by device id (how many). */
   private readonly frameSubscribers = new Map<string, number>();
@@ -105,8 +108,17 @@ export class ClusterEmitter implements Mq {
     private readonly topics: Topics,
     private readonly routing: ChunkRouting | undefined,
     opts: Record<string, unknown>,
+    /** Sends a retained publish once (store and publish in one script, broker/cluster-retained.ts) on the Redis emitter's connection. */
+    private readonly retained?: { once: RetainedOnce; conn: ScriptConn },
   ) {
     this.local = MQEmitter(opts);
+  }
+
+  /** Whether `packet` goes through Redis when emitted (the persistence defers retained stores for those). */
+  throughRedis(packet: Packet): boolean {
+    if (isNodeLocalSys(packet.topic)) return false;
+    const kind = this.chunkKind(packet.topic);
+    return !(kind && this.staysLocal(kind));
   }
 
   on(topic: string, fn: Handler, done?: Done): this {
@@ -157,7 +169,8 @@ export class ClusterEmitter implements Mq {
       this.counters.redisMessages++;
       this.counters.redisBytes += bytes;
       if (kind) this.counters.redisChunkMessages++;
-      this.redis.emit(packet, done);
+      if (this.retained?.once.emit(this.retained.conn, packet, done ?? (() => undefined))) this.counters.redisRetainedOnce++;
+      else this.redis.emit(packet, done);
     }
     return this;
   }

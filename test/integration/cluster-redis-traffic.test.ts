@@ -13,6 +13,7 @@ import type { BrokerOptions, RunningBroker } from '../../nodes/broker-node.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { useBrokerEnv } from '../support/broker-env.ts';
 import { MODEL, topics } from '../support/harness.ts';
+import { createRequire } from 'node:module';
 import { findRedis, RedisSpy, startRedis } from '../support/redis.ts';
 import { expectNoEventWithin, until } from '../support/wait.ts';
 
@@ -27,6 +28,26 @@ async function twoNodes(): Promise<{ a: RunningBroker; b: RunningBroker; url: st
   const dir = await env.dir();
   const node = (name: string, o: Partial<BrokerOptions> = {}): Promise<RunningBroker> => env.broker({ cluster: redis.url, store: path.join(dir, 'shared-store'), ...o }, name);
   return { a: await node('node-a'), b: await node('node-b'), url: redis.url };
+}
+
+/** A MONITOR connection: every command a client sent to Redis (not those a script ran inside Redis), as its arguments. */
+interface MonitorConn {
+  monitor(): Promise<{ on(e: 'monitor', fn: (time: string, args: string[], source: string) => void): void; disconnect(): void }>;
+  disconnect(): void;
+}
+const IORedis = createRequire(import.meta.url)('ioredis') as new (url: string) => MonitorConn;
+async function monitorRedis(url: string): Promise<{ commands: string[][]; close(): void }> {
+  const conn = new IORedis(url);
+  const m = await conn.monitor();
+  const commands: string[][] = [];
+  m.on('monitor', (_t, args, source) => source !== 'lua' && commands.push(args));
+  return {
+    commands,
+    close: () => {
+      m.disconnect();
+      conn.disconnect();
+    },
+  };
 }
 
 const sysNotice = (channel: string): string | undefined => /^\$SYS\/[^/]+\/(.+)$/.exec(channel)?.[1];
@@ -64,5 +85,31 @@ describe.skipIf(!redisBin)('what a device connection sends through Redis', () =>
     env.track({ close: () => new Promise<void>((r) => second.end(true, {}, () => r())) });
     await until(() => firstClosed, { what: 'node B closing the old session of fleet-device-twice', timeoutMs: 10_000 });
     expect(second.connected).toBe(true);
+  });
+
+  it('a retained status crosses Redis once (stored and published by one command); live and later subscribers on the other node get it', async () => {
+    const { a, b, url } = await twoNodes();
+    const watcher = env.track(await MqttTransport.connect({ url: a.url, clientId: 'fleet-operator-watch' }, 10_000));
+    const live: string[] = [];
+    watcher.onMessage((_topic, payload) => live.push(Buffer.from(payload).toString('utf8')));
+    await watcher.subscribe(topics.status('once-1'), 1);
+    const mon = env.track(await monitorRedis(url));
+    const dev = env.track(await MqttTransport.connect({ url: b.url, clientId: 'fleet-device-once-1' }, 10_000));
+    const marks = ['first', 'second', 'third'].map((m) => `{"device":"once-1","mark":"${m}-${Math.random().toString(36).slice(2)}"}`);
+    for (const m of marks) await dev.publish(topics.status('once-1'), m, { qos: 1, retain: true });
+    await until(() => live.length >= marks.length, { what: 'the three statuses on node A', timeoutMs: 10_000 });
+    expect(live).toEqual(marks);
+    // Every command that carried a status's payload to Redis: one per status (was two: HSET retained, then PUBLISH).
+    await until(() => mon.commands.some((c) => c.some((x) => x.includes(marks[2]!))), { what: 'the monitor seeing the last status', timeoutMs: 10_000 });
+    const carrying = marks.map((m) => mon.commands.filter((c) => c.some((x) => x.includes(m))).map((c) => c[0]!.toLowerCase()));
+    expect(carrying, JSON.stringify(carrying)).toEqual(marks.map(() => ['evalsha']));
+    expect(b.clusterCounters!.redisRetainedOnce).toBeGreaterThanOrEqual(marks.length);
+    // The last one is stored: a subscriber arriving later on node A gets it, as before.
+    const later = env.track(await MqttTransport.connect({ url: a.url, clientId: 'fleet-operator-later' }, 10_000));
+    const got: string[] = [];
+    later.onMessage((_topic, payload) => got.push(Buffer.from(payload).toString('utf8')));
+    await later.subscribe(topics.status('once-1'), 1);
+    await until(() => got.length >= 1, { what: 'the retained status on node A', timeoutMs: 10_000 });
+    expect(got).toEqual([marks[2]]);
   });
 });
