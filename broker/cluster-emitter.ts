@@ -197,6 +197,11 @@ export class ClusterEmitter implements Mq {
     return undefined;
   }
 
+  /** Whether `filter` is a subscription to one device's frames (never retained: broker/cluster-retained.ts). */
+  isFramesFilter(filter: string): boolean {
+    return this.frameSubscription(filter) !== undefined;
+  }
+
   /** The device of a subscription to one device's frames (`…/models/M/updates/+/to/DEVICE`), if it is one. */
   private frameSubscription(filter: string): string | undefined {
     const prefix = `${this.topics.prefix}/models/`;

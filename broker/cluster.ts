@@ -15,7 +15,7 @@ import { createRequire } from 'node:module';
 import type { Logger } from '../util/log.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { ClusterEmitter, type ChunkRouting, type EmitterCounters, type Mq } from './cluster-emitter.ts';
-import { RetainedOnce, type ScriptConn } from './cluster-retained.ts';
+import { RetainedOnce, skipFrameLookups, type ScriptConn } from './cluster-retained.ts';
 import type { Topics } from '../protocol/topics.ts';
 
 const require = createRequire(import.meta.url);
@@ -96,6 +96,7 @@ export async function openCluster(url: string, log: Logger, topics: Topics, rout
   const once = new RetainedOnce(persistence);
   const mq = new ClusterEmitter(redisMq, topics, routing, emitterOpts, { once, conn: redisMq.pubConn });
   once.wrap((p) => mq.throughRedis(p));
+  skipFrameLookups(persistence, (f) => mq.isFramesFilter(f));
   let closed = false;
   return {
     persistence,

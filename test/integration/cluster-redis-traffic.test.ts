@@ -112,4 +112,20 @@ describe.skipIf(!redisBin)('what a device connection sends through Redis', () =>
     await until(() => got.length >= 1, { what: 'the retained status on node A', timeoutMs: 10_000 });
     expect(got).toEqual([marks[2]]);
   });
+
+  it("a device's subscription to its frames does not scan the retained hash; a wildcard status subscription still gets the retained statuses", async () => {
+    const { b, url } = await twoNodes();
+    const dev = env.track(await MqttTransport.connect({ url: b.url, clientId: 'fleet-device-scan-1' }, 10_000));
+    for (let i = 0; i < 30; i++) await dev.publish(topics.status(`scan-${i}`), `{"device":"scan-${i}"}`, { qos: 1, retain: true });
+    const mon = env.track(await monitorRedis(url));
+    const scans = (): number => mon.commands.filter((c) => c[0]!.toLowerCase() === 'hscan').length;
+    await dev.subscribe(topics.framesFor(MODEL, 'scan-1'), 1);
+    await expectNoEventWithin(1000, () => scans() > 0, 'an HSCAN of the retained hash for a frames subscription');
+    const op = env.track(await MqttTransport.connect({ url: b.url, clientId: 'fleet-operator-scan' }, 10_000));
+    const got = new Set<string>();
+    op.onMessage((topic) => got.add(topic));
+    await op.subscribe(topics.allStatuses(), 1);
+    await until(() => got.size >= 30, { what: 'the 30 retained statuses', timeoutMs: 10_000, context: () => String(got.size) });
+    expect(scans()).toBeGreaterThan(0);
+  });
 });
