@@ -114,11 +114,13 @@ export class ClusterEmitter implements Mq {
     this.local = MQEmitter(opts);
   }
 
-  /** Whether `packet` goes through Redis when emitted (the persistence defers retained stores for those). */
+  /**
+   * Whether `packet` always goes through Redis when emitted (the persistence defers its retained
+   * store to that emit): not a node-local `$SYS` notice, and not chunk traffic, whose way can
+   * change between the store and the emit (a device subscribing here meanwhile).
+   */
   throughRedis(packet: Packet): boolean {
-    if (isNodeLocalSys(packet.topic)) return false;
-    const kind = this.chunkKind(packet.topic);
-    return !(kind && this.staysLocal(kind));
+    return !isNodeLocalSys(packet.topic) && this.chunkKind(packet.topic) === undefined;
   }
 
   on(topic: string, fn: Handler, done?: Done): this {
