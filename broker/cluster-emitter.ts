@@ -22,11 +22,21 @@
  * A request that arrives through Redis (from a node without an update server)
  * is handed to this node's subscribers only when `answersRemote()` says so
  * (the node holding the cluster's lease), so exactly one server answers it.
+ * Aedes's own notices of subscriptions and disconnections
+ * (`$SYS/{broker}/new/subscribes`, `…/new/unsubscribes`, `…/disconnect/clients`)
+ * stay on the node too: nothing in the cluster listens to them (no client may
+ * subscribe to `$SYS`, broker/acl.ts, and Aedes itself listens only to
+ * `…/heartbeat`, `…/birth` and `…/new/clients`), yet each connection sent about
+ * 1.2 KB of them through Redis. `…/new/clients` keeps going through Redis: it is
+ * how the node of a client id that reconnects elsewhere closes the old session;
+ * heartbeats and births tell the nodes which brokers are alive (their wills).
+ *
  * The ACL is untouched: it decides who may subscribe to and publish on which
  * topic before anything is emitted.
  */
 import { createRequire } from 'node:module';
 import type { Topics } from '../protocol/topics.ts';
+import type { RetainedOnce, ScriptConn } from './cluster-retained.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -61,6 +71,23 @@ export interface EmitterCounters {
   redisBytes: number;
   /** Chunk requests and frames sent through Redis (zero when every device is on a serving node). */
   redisChunkMessages: number;
+  /** Aedes `$SYS` notices nobody in the cluster listens to, kept on the node (see NODE_LOCAL_SYS). */
+  localSysMessages: number;
+  /** Retained publishes stored and published by one script: their payload crossed once, not twice. */
+  redisRetainedOnce: number;
+}
+
+/**
+ * The `$SYS/{broker}/…` notices no node listens to: Aedes publishes them for
+ * every subscribe, unsubscribe and disconnection, but subscribes only to
+ * `$SYS/+/heartbeat`, `$SYS/+/birth` and `$SYS/+/new/clients` (aedes.js), and
+ * the ACL refuses `$SYS` filters to every client.
+ */
+const NODE_LOCAL_SYS = new Set(['new/subscribes', 'new/unsubscribes', 'disconnect/clients']);
+export function isNodeLocalSys(topic: string): boolean {
+  if (!topic.startsWith('$SYS/')) return false;
+  const r = topic.split('/');
+  return r.length === 4 && NODE_LOCAL_SYS.has(`${r[2]}/${r[3]}`);
 }
 
 const payloadBytes = (p: Packet): number => {
@@ -69,7 +96,7 @@ const payloadBytes = (p: Packet): number => {
 };
 
 export class ClusterEmitter implements Mq {
-  readonly counters: EmitterCounters = { localMessages: 0, localBytes: 0, redisMessages: 0, redisBytes: 0, redisChunkMessages: 0 };
+  readonly counters: EmitterCounters = { localMessages: 0, localBytes: 0, redisMessages: 0, redisBytes: 0, redisChunkMessages: 0, localSysMessages: 0, redisRetainedOnce: 0 };
   private readonly local: Mq;
   /** Local subscriptions to one device's frames, by device id (how many). */
   private readonly frameSubscribers = new Map<string, number>();
@@ -81,8 +108,19 @@ export class ClusterEmitter implements Mq {
     private readonly topics: Topics,
     private readonly routing: ChunkRouting | undefined,
     opts: Record<string, unknown>,
+    /** Sends a retained publish once (store and publish in one script, broker/cluster-retained.ts) on the Redis emitter's connection. */
+    private readonly retained?: { once: RetainedOnce; conn: ScriptConn },
   ) {
     this.local = MQEmitter(opts);
+  }
+
+  /**
+   * Whether `packet` always goes through Redis when emitted (the persistence defers its retained
+   * store to that emit): not a node-local `$SYS` notice, and not chunk traffic, whose way can
+   * change between the store and the emit (a device subscribing here meanwhile).
+   */
+  throughRedis(packet: Packet): boolean {
+    return !isNodeLocalSys(packet.topic) && this.chunkKind(packet.topic) === undefined;
   }
 
   on(topic: string, fn: Handler, done?: Done): this {
@@ -124,7 +162,9 @@ export class ClusterEmitter implements Mq {
   emit(packet: Packet, done?: (err?: Error) => void): this {
     const bytes = payloadBytes(packet);
     const kind = this.chunkKind(packet.topic);
-    if (kind && this.staysLocal(kind)) {
+    const sys = isNodeLocalSys(packet.topic);
+    if (sys || (kind && this.staysLocal(kind))) {
+      if (sys) this.counters.localSysMessages++;
       this.counters.localMessages++;
       this.counters.localBytes += bytes;
       this.local.emit(packet, done);
@@ -132,7 +172,8 @@ export class ClusterEmitter implements Mq {
       this.counters.redisMessages++;
       this.counters.redisBytes += bytes;
       if (kind) this.counters.redisChunkMessages++;
-      this.redis.emit(packet, done);
+      if (this.retained?.once.emit(this.retained.conn, packet, done ?? (() => undefined))) this.counters.redisRetainedOnce++;
+      else this.redis.emit(packet, done);
     }
     return this;
   }
@@ -157,6 +198,11 @@ export class ClusterEmitter implements Mq {
     if (p?.kind === 'request') return { kind: 'request' };
     if (p?.kind === 'frames') return { kind: 'frames', deviceId: p.deviceId };
     return undefined;
+  }
+
+  /** Whether `filter` is a subscription to one device's frames (never retained: broker/cluster-retained.ts). */
+  isFramesFilter(filter: string): boolean {
+    return this.frameSubscription(filter) !== undefined;
   }
 
   /** The device of a subscription to one device's frames (`…/models/M/updates/+/to/DEVICE`), if it is one. */

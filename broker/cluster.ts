@@ -15,6 +15,7 @@ import { createRequire } from 'node:module';
 import type { Logger } from '../util/log.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { ClusterEmitter, type ChunkRouting, type EmitterCounters, type Mq } from './cluster-emitter.ts';
+import { RetainedOnce, skipFrameLookups, type ScriptConn } from './cluster-retained.ts';
 import type { Topics } from '../protocol/topics.ts';
 
 const require = createRequire(import.meta.url);
@@ -34,6 +35,7 @@ const Redis = require('ioredis') as RedisCtor;
 const AsyncRedisPersistence = require('aedes-persistence-redis/asyncPersistence.js') as new (opts: { conn: RedisClient }) => Persistence;
 const MQEmitterRedis = require('mqemitter-redis') as (opts: Record<string, unknown>) => Mq & {
   state: { on(event: 'error', fn: (e: Error) => void): void };
+  pubConn: ScriptConn;
 };
 
 /** A typed refusal: bad Redis URL or Redis unreachable. */
@@ -90,7 +92,11 @@ export async function openCluster(url: string, log: Logger, topics: Topics, rout
   const emitterOpts = { matchEmptyLevels: true, concurrency: 100 };
   const redisMq = MQEmitterRedis({ connectionString: url, ...emitterOpts });
   redisMq.state.on('error', (e: Error) => log.warn('redis (fan-out)', { error: e.message }));
-  const mq = new ClusterEmitter(redisMq, topics, routing, emitterOpts);
+  // A retained publish (statuses, presence, releases) is stored and published by one script: its payload crosses Redis once.
+  const once = new RetainedOnce(persistence);
+  const mq = new ClusterEmitter(redisMq, topics, routing, emitterOpts, { once, conn: redisMq.pubConn });
+  once.wrap((p) => mq.throughRedis(p));
+  skipFrameLookups(persistence, (f) => mq.isFramesFilter(f));
   let closed = false;
   return {
     persistence,
