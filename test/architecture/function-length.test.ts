@@ -31,7 +31,6 @@ const ALLOWED: Readonly<Record<string, string>> = {
   'cli/offline-commands.ts: registerOfflineCommands': REGISTRATION,
   'simulations/fleet.ts: runFleetSim': LANE('x20'),
   'simulations/paper/pipeline.ts: runPaper': LANE('x18'),
-  'simulations/paper/train.ts: loraTrainable': LANE('x18'),
   'bench/fleet.ts: runFleetBench': LANE('x22'),
 };
 
