@@ -30,7 +30,6 @@ const ALLOWED: Readonly<Record<string, string>> = {
   'cli/operator-commands.ts: registerOperatorCommands': REGISTRATION,
   'cli/offline-commands.ts: registerOfflineCommands': REGISTRATION,
   'simulations/fleet.ts: runFleetSim': LANE('x20'),
-  'bench/fleet.ts: runFleetBench': LANE('x22'),
 };
 
 const ROOT = packageRoot()!;
