@@ -108,6 +108,119 @@ function fleetModel(size: number): { base: Uint8Array; payload: Uint8Array; targ
   return { base, payload: u.payload, target: u.targetDigest };
 }
 
+/** Where the worker processes find the broker, their files and the trust anchor. */
+interface WorkerFiles {
+  dir: string;
+  urls: string[];
+  trustFile: string;
+  baseFile: string;
+}
+
+/** What the workers report: how many devices are online, and each device's end (once). */
+interface FleetState {
+  ready: number;
+  ends: Map<string, DeviceEnd>;
+}
+
+/** Spawn the worker processes (into `workers`, so the caller stops them): devices split evenly; device g's home node is g mod nodes. */
+function startWorkers(o: FleetBenchOptions, f: WorkerFiles, workers: ChildProcess[], onEnd: (ended: number) => void): FleetState {
+  const fleet: FleetState = { ready: 0, ends: new Map() };
+  const per = Math.ceil(o.devices / o.workers);
+  for (let w = 0; w * per < o.devices; w++) {
+    const n = Math.min(per, o.devices - w * per);
+    const child = track(
+      spawn(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          WORKER,
+          '--urls',
+          f.urls.join(','),
+          '--devices',
+          String(n),
+          '--first',
+          String(w * per),
+          '--dir',
+          path.join(f.dir, 'devices'),
+          '--trust',
+          f.trustFile,
+          '--initial',
+          f.baseFile,
+          '--model',
+          MODEL,
+          '--group',
+          GROUP,
+          '--ramp-ms',
+          String(Math.round(o.rampSeconds * 1000)),
+          '--seed',
+          '1',
+        ],
+        { stdio: ['ignore', 'pipe', 'pipe'] },
+      ),
+    );
+    child.stderr!.pipe(createWriteStream(path.join(f.dir, `worker-${w}.log`)));
+    readLines(child, (j) => {
+      if (typeof j.ready === 'number') fleet.ready += j.ready;
+      else if (typeof j.device === 'string' && !fleet.ends.has(j.device)) {
+        fleet.ends.set(j.device, j as unknown as DeviceEnd);
+        onEnd(fleet.ends.size);
+      }
+    });
+    workers.push(child);
+  }
+  return fleet;
+}
+
+/** Until every device is connected (the ramp plus two minutes at most), or a worker has exited. */
+async function waitOnline(o: FleetBenchOptions, fleet: FleetState, workers: ChildProcess[]): Promise<void> {
+  const readyBy = Date.now() + (o.rampSeconds + 120) * 1000;
+  while (fleet.ready < o.devices) {
+    if (Date.now() > readyBy) throw new Error(`only ${fleet.ready} of ${o.devices} devices connected`);
+    if (workers.some((c) => c.exitCode !== null)) throw new Error('a device worker exited');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** Upload the payload and publish the signed release, through node A. */
+async function publishOnce(o: FleetBenchOptions, url: string, keys: Awaited<ReturnType<typeof keygen>>, payload: Uint8Array): Promise<void> {
+  const pub = await MqttTransport.connect({ url, clientId: `fleet-bench-publisher-${process.pid}` }, 30_000);
+  try {
+    await publishUpdate({
+      transport: pub,
+      topics: new Topics(),
+      payloads: [payload],
+      keys: [await loadSigningKey(keys.keyFile)],
+      rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
+      model: MODEL,
+      group: GROUP,
+      chunkSize: o.chunkSize,
+      ttlSeconds: 3600,
+      log: silentLogger,
+    });
+  } finally {
+    await pub.close();
+  }
+}
+
+/**
+ * Cluster with --kill-node: SIGKILL node B that many seconds from now. The
+ * function returned cancels it if not yet due and, once B has stopped, says whether it was killed.
+ */
+function killNodeLater(o: FleetBenchOptions, setup: Awaited<ReturnType<typeof startBrokerSetup>>): () => Promise<boolean> {
+  if (o.killNodeAfterSeconds === undefined || setup.urls.length <= 1) return async () => false;
+  let killed: Promise<void> | undefined;
+  const timer = setTimeout(() => {
+    o.log(`bench:fleet ${o.broker}: killing node B (SIGKILL)`);
+    killed = setup.killNode(1);
+  }, o.killNodeAfterSeconds * 1000);
+  return async () => {
+    clearTimeout(timer);
+    await killed;
+    return killed !== undefined;
+  };
+}
+
 export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), `fleet-bench-${o.broker}-`));
   if (!o.keep) dirs.add(dir);
@@ -121,98 +234,25 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     setup = await startBrokerSetup({ kind: o.broker, dir: path.join(dir, 'broker'), redisUrl: o.redisUrl });
     o.log(`bench:fleet ${o.broker}: ${setup.urls.length} node(s), ${o.devices} devices in ${o.workers} processes, payload ${payload.byteLength} bytes`);
 
-    // Workers: devices split evenly; device g's home node is g mod nodes.
-    const ends = new Map<string, DeviceEnd>();
-    let ready = 0;
-    const per = Math.ceil(o.devices / o.workers);
     const progress = createProgress(`bench:fleet ${o.broker}`, process.stderr, o.quiet === true, 1000);
-    for (let w = 0; w * per < o.devices; w++) {
-      const n = Math.min(per, o.devices - w * per);
-      const child = track(
-        spawn(
-          process.execPath,
-          [
-            '--import',
-            'tsx',
-            WORKER,
-            '--urls',
-            setup.urls.join(','),
-            '--devices',
-            String(n),
-            '--first',
-            String(w * per),
-            '--dir',
-            path.join(dir, 'devices'),
-            '--trust',
-            keys.trustFile,
-            '--initial',
-            baseFile,
-            '--model',
-            MODEL,
-            '--group',
-            GROUP,
-            '--ramp-ms',
-            String(Math.round(o.rampSeconds * 1000)),
-            '--seed',
-            '1',
-          ],
-          { stdio: ['ignore', 'pipe', 'pipe'] },
-        ),
-      );
-      child.stderr!.pipe(createWriteStream(path.join(dir, `worker-${w}.log`)));
-      readLines(child, (j) => {
-        if (typeof j.ready === 'number') ready += j.ready;
-        else if (typeof j.device === 'string' && !ends.has(j.device)) {
-          ends.set(j.device, j as unknown as DeviceEnd);
-          progress.update(ends.size, o.devices);
-        }
-      });
-      workers.push(child);
-    }
-    const readyBy = Date.now() + (o.rampSeconds + 120) * 1000;
-    while (ready < o.devices) {
-      if (Date.now() > readyBy) throw new Error(`only ${ready} of ${o.devices} devices connected`);
-      if (workers.some((c) => c.exitCode !== null)) throw new Error('a device worker exited');
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    const fleet = startWorkers(o, { dir, urls: setup.urls, trustFile: keys.trustFile, baseFile }, workers, (n) => progress.update(n, o.devices));
+    await waitOnline(o, fleet, workers);
+    const { ends } = fleet;
+    const ready = fleet.ready;
     o.log(`bench:fleet ${o.broker}: ${ready} devices online; publishing`);
 
     const redisUrl = setup.redisUrl;
     const redisBefore = redisUrl ? await redisNetBytes(redisUrl) : undefined;
     const t0 = Date.now();
-    let killed: Promise<void> | undefined;
-    const killTimer =
-      o.killNodeAfterSeconds !== undefined && setup.urls.length > 1
-        ? setTimeout(() => {
-            o.log(`bench:fleet ${o.broker}: killing node B (SIGKILL)`);
-            killed = setup!.killNode(1);
-          }, o.killNodeAfterSeconds * 1000)
-        : undefined;
-    const pub = await MqttTransport.connect({ url: setup.urls[0], clientId: `fleet-bench-publisher-${process.pid}` }, 30_000);
-    try {
-      await publishUpdate({
-        transport: pub,
-        topics: new Topics(),
-        payloads: [payload],
-        keys: [await loadSigningKey(keys.keyFile)],
-        rolloutKeys: [await loadSigningKey(keys.rolloutKeyFile)],
-        model: MODEL,
-        group: GROUP,
-        chunkSize: o.chunkSize,
-        ttlSeconds: 3600,
-        log: silentLogger,
-      });
-    } finally {
-      await pub.close();
-    }
+    const settleKill = killNodeLater(o, setup);
+    await publishOnce(o, setup.urls[0], keys, payload);
     const publishSeconds = (Date.now() - t0) / 1000;
     const deadline = t0 + o.timeoutSeconds * 1000;
     while (ends.size < o.devices && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const list = [...ends.values()];
     const ok = list.filter((e) => e.state === 'ok' && e.running === target);
     const seconds = ((ok.length === o.devices ? Math.max(...ok.map((e) => e.time)) : Date.now()) - t0) / 1000;
-    if (killTimer) clearTimeout(killTimer);
-    await killed;
+    const killedNode = await settleKill();
     const redisAfter = redisUrl ? await redisNetBytes(redisUrl) : undefined;
     const redisIn = redisBefore && redisAfter ? redisAfter.in - redisBefore.in : null;
     const redisOut = redisBefore && redisAfter ? redisAfter.out - redisBefore.out : null;
@@ -243,7 +283,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       redisBytesOut: redisOut,
       redisBytesPerPayloadByte: redisIn !== null && redisOut !== null ? Number(((redisIn + redisOut) / Math.max(1, ok.length * payload.byteLength)).toFixed(4)) : null,
       workersCpuSeconds,
-      killedNodeAfterSeconds: killed ? o.killNodeAfterSeconds! : null,
+      killedNodeAfterSeconds: killedNode ? o.killNodeAfterSeconds! : null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     };
   } finally {

@@ -125,6 +125,106 @@ function printLora(r: LoraReport, out: (s: string) => void): void {
   for (const u of r.leftOut) out(printable(`left out: ${u.module}: ${u.reason}`));
 }
 
+/** The options of `fleet build`, as commander parses them. */
+interface BuildOptions {
+  base: string;
+  target?: string;
+  lora?: string;
+  loraConfig?: string;
+  out: string;
+  rank?: number;
+  budget?: { bytes?: number; percent?: number };
+  energy?: number;
+  quant: Quant;
+  method: 'lowrank' | Method;
+  calib?: string;
+  json?: boolean;
+  allowPartial?: boolean;
+  fanInFanOut?: string[];
+  yes?: boolean;
+}
+
+/** Combinations of options that cannot build, refused before any file is read. */
+function checkBuildOptions(o: BuildOptions): void {
+  const modes = [o.rank !== undefined, o.budget !== undefined, o.energy !== undefined].filter(Boolean).length;
+  if (!!o.target === !!o.lora) throw new BuildError('bad-options', 'give exactly one of --target (a retrained model) or --lora (an adapter)');
+  if (o.target && modes !== 1) throw new BuildError('bad-options', 'give exactly one of --rank, --budget or --energy');
+  if (o.lora && (o.budget !== undefined || o.energy !== undefined)) throw new BuildError('bad-options', 'with --lora only --rank (to re-compress) may be given');
+  if (o.method !== 'lowrank' && o.budget === undefined) throw new BuildError('bad-options', `--method ${o.method} needs --budget (it spends one budget across tensors and methods)`);
+  if (o.calib && (o.method === 'lowrank' || o.method === 'dense')) throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign');
+  if (o.lora && !o.loraConfig) throw new BuildError('bad-options', '--lora needs --lora-config adapter_config.json');
+  if (!o.lora && (o.allowPartial || o.fanInFanOut)) throw new BuildError('bad-options', '--allow-partial and --fan-in-fan-out apply to --lora only');
+}
+
+/** The deltas of a PEFT adapter over the base model, refusing (without --allow-partial) one that cannot be merged whole. */
+async function loraDeltaSource(o: BuildOptions & { lora: string }): Promise<{ source: DeltaSource; lora: LoraReport }> {
+  const base = await openModelFile(o.base).catch((e: unknown) => {
+    throw new BuildError('malformed-model', `base model ${o.base}: ${(e as Error).message}`);
+  });
+  const header = { tensors: base.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) };
+  await base.close();
+  const config = parseLoraConfig(await fs.readFile(o.loraConfig!, 'utf8'));
+  const { factors, whole, computed, unmapped, layout } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header, { fanInFanOut: o.fanInFanOut });
+  if (unmapped.length > 0 && !o.allowPartial) {
+    const shown = printable(
+      unmapped
+        .slice(0, 3)
+        .map((u) => `${u.module}: ${u.reason}`)
+        .join('; '),
+    );
+    throw new BuildError(
+      'bad-adapter',
+      `${unmapped.length} part(s) of the adapter cannot be merged as PEFT would: ${shown}${unmapped.length > 3 ? '; …' : ''} (fix the adapter, or pass --allow-partial to build without them)`,
+    );
+  }
+  for (const u of unmapped) process.stderr.write(printable(`left out (--allow-partial): adapter module ${u.module}: ${u.reason}`) + '\n');
+  if (factors.length + whole.length + computed.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
+  return { source: await loraSource(o.base, factors, whole, computed), lora: { layout, leftOut: unmapped } };
+}
+
+/** What --rank, --energy or --budget asks for (none: re-use an adapter's factors). */
+function buildMode(o: BuildOptions, baseFileSize: number): BuildMode {
+  if (o.rank !== undefined) return { kind: 'rank', rank: o.rank };
+  if (o.energy !== undefined) return { kind: 'energy', fraction: o.energy };
+  if (o.budget) return { kind: 'budget', bytes: o.budget.bytes ?? Math.floor((o.budget.percent! / 100) * baseFileSize) };
+  return { kind: 'factors' };
+}
+
+/** Build from the source, then write the update and its report (only with --yes if the result is worrying) and print it. */
+async function buildAndWrite(o: BuildOptions, source: DeltaSource, lora: LoraReport | undefined): Promise<void> {
+  const mode = buildMode(o, source.base.fileSize);
+  const started = Date.now();
+  const progress = createProgress('build', process.stderr, o.json === true, 1000);
+  const metrics = o.calib ? await loadCalibration(o.calib, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
+  const { payload, report } = await buildUpdate({ source, mode, quant: o.quant, method: o.method, metrics, onProgress: (d, n, name) => progress.update(d, n, name) });
+  progress.finish();
+  const worries = concerns(report);
+  if (worries.length > 0 && !o.yes) throw new BuildError('needs-confirmation', `${worries.join('; ')}: nothing written; pass --yes to write it anyway`);
+  for (const w of worries) process.stderr.write(`warning: ${w}\n`);
+  const full = { ...report, ...(lora ? { lora } : {}), payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000, peakRssMB: process.resourceUsage().maxRSS / 1024 };
+  const file = encodeUpdateFile(payload);
+  await writeOutput(o.out, file);
+  await writeOutput(reportPath(o.out), JSON.stringify(full, null, 2) + '\n');
+  if (o.json) process.stdout.write(JSON.stringify(full) + '\n');
+  else {
+    printReport(full, (s) => process.stdout.write(s + '\n'));
+    if (lora) printLora(lora, (s) => process.stdout.write(s + '\n'));
+    process.stdout.write(`wrote ${o.out} (${file.byteLength} bytes: a ${payload.byteLength}-byte payload behind its integrity check) and ${reportPath(o.out)} in ${full.seconds.toFixed(1)} s\n`);
+  }
+}
+
+/** `fleet build`: check the options and the output, open the delta source, build, write, close. */
+async function runBuild(o: BuildOptions): Promise<void> {
+  checkBuildOptions(o);
+  await checkWritable(o.out);
+  const { source, lora } = o.lora ? await loraDeltaSource({ ...o, lora: o.lora }) : { source: await twoModelSource(o.base, o.target!), lora: undefined };
+  try {
+    await buildAndWrite(o, source, lora);
+  } finally {
+    await source.close();
+  }
+}
+
 export function registerBuildCommands(program: Command): void {
   program
     .command('build')
@@ -153,91 +253,7 @@ export function registerBuildCommands(program: Command): void {
     )
     .option('--yes', 'write the update even if it is larger than half the model or a tensor keeps a relative error above 0.5')
     .option('--json', 'print the report as one JSON line')
-    .action(
-      async (o: {
-        base: string;
-        target?: string;
-        lora?: string;
-        loraConfig?: string;
-        out: string;
-        rank?: number;
-        budget?: { bytes?: number; percent?: number };
-        energy?: number;
-        quant: Quant;
-        method: 'lowrank' | Method;
-        calib?: string;
-        json?: boolean;
-        allowPartial?: boolean;
-        fanInFanOut?: string[];
-        yes?: boolean;
-      }) => {
-        const modes = [o.rank !== undefined, o.budget !== undefined, o.energy !== undefined].filter(Boolean).length;
-        if (!!o.target === !!o.lora) throw new BuildError('bad-options', 'give exactly one of --target (a retrained model) or --lora (an adapter)');
-        if (o.target && modes !== 1) throw new BuildError('bad-options', 'give exactly one of --rank, --budget or --energy');
-        if (o.lora && (o.budget !== undefined || o.energy !== undefined)) throw new BuildError('bad-options', 'with --lora only --rank (to re-compress) may be given');
-        if (o.method !== 'lowrank' && o.budget === undefined) throw new BuildError('bad-options', `--method ${o.method} needs --budget (it spends one budget across tensors and methods)`);
-        if (o.calib && (o.method === 'lowrank' || o.method === 'dense')) throw new BuildError('bad-options', '--calib needs --method auto, mixed or sign');
-        if (o.lora && !o.loraConfig) throw new BuildError('bad-options', '--lora needs --lora-config adapter_config.json');
-        if (!o.lora && (o.allowPartial || o.fanInFanOut)) throw new BuildError('bad-options', '--allow-partial and --fan-in-fan-out apply to --lora only');
-        await checkWritable(o.out);
-        let source: DeltaSource;
-        let lora: LoraReport | undefined;
-        if (o.lora) {
-          const base = await openModelFile(o.base).catch((e: unknown) => {
-            throw new BuildError('malformed-model', `base model ${o.base}: ${(e as Error).message}`);
-          });
-          const header = { tensors: base.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) };
-          await base.close();
-          const config = parseLoraConfig(await fs.readFile(o.loraConfig!, 'utf8'));
-          const { factors, whole, computed, unmapped, layout } = loraFactors(new Uint8Array(await fs.readFile(o.lora)), config, header, { fanInFanOut: o.fanInFanOut });
-          if (unmapped.length > 0 && !o.allowPartial) {
-            const shown = printable(
-              unmapped
-                .slice(0, 3)
-                .map((u) => `${u.module}: ${u.reason}`)
-                .join('; '),
-            );
-            throw new BuildError(
-              'bad-adapter',
-              `${unmapped.length} part(s) of the adapter cannot be merged as PEFT would: ${shown}${unmapped.length > 3 ? '; …' : ''} (fix the adapter, or pass --allow-partial to build without them)`,
-            );
-          }
-          for (const u of unmapped) process.stderr.write(printable(`left out (--allow-partial): adapter module ${u.module}: ${u.reason}`) + '\n');
-          if (factors.length + whole.length + computed.length === 0) throw new BuildError('bad-adapter', `no module of the adapter maps onto the base model (${unmapped.length} unmapped)`);
-          lora = { layout, leftOut: unmapped };
-          source = await loraSource(o.base, factors, whole, computed);
-        } else {
-          source = await twoModelSource(o.base, o.target!);
-        }
-        try {
-          let mode: BuildMode;
-          if (o.rank !== undefined) mode = { kind: 'rank', rank: o.rank };
-          else if (o.energy !== undefined) mode = { kind: 'energy', fraction: o.energy };
-          else if (o.budget) mode = { kind: 'budget', bytes: o.budget.bytes ?? Math.floor((o.budget.percent! / 100) * source.base.fileSize) };
-          else mode = { kind: 'factors' };
-          const started = Date.now();
-          const progress = createProgress('build', process.stderr, o.json === true, 1000);
-          const metrics = o.calib ? await loadCalibration(o.calib, new Map(source.base.tensors.map((t) => [t.name, t.shape]))) : undefined;
-          const { payload, report } = await buildUpdate({ source, mode, quant: o.quant, method: o.method, metrics, onProgress: (d, n, name) => progress.update(d, n, name) });
-          progress.finish();
-          const worries = concerns(report);
-          if (worries.length > 0 && !o.yes) throw new BuildError('needs-confirmation', `${worries.join('; ')}: nothing written; pass --yes to write it anyway`);
-          for (const w of worries) process.stderr.write(`warning: ${w}\n`);
-          const full = { ...report, ...(lora ? { lora } : {}), payloadSha256: sha256Hex(payload), seconds: (Date.now() - started) / 1000, peakRssMB: process.resourceUsage().maxRSS / 1024 };
-          const file = encodeUpdateFile(payload);
-          await writeOutput(o.out, file);
-          await writeOutput(reportPath(o.out), JSON.stringify(full, null, 2) + '\n');
-          if (o.json) process.stdout.write(JSON.stringify(full) + '\n');
-          else {
-            printReport(full, (s) => process.stdout.write(s + '\n'));
-            if (lora) printLora(lora, (s) => process.stdout.write(s + '\n'));
-            process.stdout.write(`wrote ${o.out} (${file.byteLength} bytes: a ${payload.byteLength}-byte payload behind its integrity check) and ${reportPath(o.out)} in ${full.seconds.toFixed(1)} s\n`);
-          }
-        } finally {
-          await source.close();
-        }
-      },
-    );
+    .action(runBuild);
 
   program
     .command('inspect')

@@ -22,16 +22,18 @@ import { readSafetensors } from '../protocol/safetensors.ts';
  * layers — are the trained tensors themselves: when one maps onto a base
  * tensor of the same shape and dtype it becomes a `LoraWhole`, whose delta
  * (trained − base) the publisher builds like a two-model delta (1-D dense).
- * DoRA, lora_bias and trainable tokens are `LoraComputed` (lora-variants.ts).
+ * DoRA, lora_bias and trainable tokens are `LoraComputed` (lora-variants.ts);
+ * which tensor of the file is which, lora-classify.ts.
  * What PEFT's merge_and_unload would not turn into base + delta is refused
  * (lora-config.ts); what this reader cannot place is reported in `unmapped`,
  * which fails a build unless --allow-partial. docs/compression.md has the table.
  */
 
+import { classifyTensors, groupProblem, type Group } from './lora-classify.ts';
 import { isFiniteNumber, isObject, isPositiveInt, LoraError, patternValue, type LoraConfig } from './lora-config.ts';
-import { altNames, baseCandidates, decodeFloat, fmt, named, sameShape, type AdapterTensor, type BaseInfo, type LoraWhole } from './lora-tensors.ts';
+import { altNames, baseCandidates, decodeFloat, fmt, named, sameShape, type AdapterTensor, type BaseInfo, type LoraWhole, type Unmapped } from './lora-tensors.ts';
 import { doraComputed, loraBiasComputed, type LoraComputed } from './lora-variants.ts';
-import { basePath, mapTokens, mapWhole } from './lora-whole.ts';
+import { mapTokens, mapWhole } from './lora-whole.ts';
 
 export { LoraError, parseLoraConfig, patternValue, type LoraConfig, type LoraErrorCode } from './lora-config.ts';
 export type { LoraComputed } from './lora-variants.ts';
@@ -73,22 +75,6 @@ export interface LoraOptions {
   /** Modules (names or suffixes at a dot) stored [in, out]; the others [out, in]. Without it, square layers follow the rest. */
   fanInFanOut?: readonly string[];
 }
-
-interface Group {
-  kind: 'lora' | 'embedding';
-  a: AdapterTensor[];
-  b: AdapterTensor[];
-  magnitude: AdapterTensor[];
-  bias: AdapterTensor[];
-  problems: string[];
-}
-
-const PEFT_PREFIX = 'base_model.model.';
-const FACTOR = /^(.+)\.lora_(A|B)(?:\.[^.]+)?\.weight$/;
-const EMBEDDING_FACTOR = /^(.+)\.lora_embedding_(A|B)(?:\.[^.]+)?$/;
-const MAGNITUDE = /^(.+)\.lora_magnitude_vector(?:\.[^.]+)?(?:\.weight)?$/;
-const LORA_BIAS = /^(.+)\.lora_B(?:\.[^.]+)?\.bias$/;
-const TOKENS = /^(.+)\.token_adapter\.trainable_tokens_delta(?:\.[^.]+)?$/;
 
 /** Transpose of a rows×cols row-major matrix, times s. */
 function transposed(x: Float64Array, rows: number, cols: number, s: number): Float64Array {
@@ -201,73 +187,6 @@ export function loraFactors(adapter: Uint8Array, config: LoraConfig, base: { ten
     }
   }
   return { factors, whole, computed, unmapped, layout };
-}
-
-type Unmapped = LoraResult['unmapped'];
-
-/** The adapter's tensors sorted by what they are: factor groups per module (with DoRA magnitudes and lora_B biases), trainable tokens, tensors saved whole; unknown `lora_` tensors go to `unmapped`. */
-function classifyTensors(
-  tensors: ReturnType<typeof readSafetensors>['tensors'],
-  unmapped: Unmapped,
-): { groups: Map<string, Group>; wholeTensors: Array<{ path: string; original: boolean; t: AdapterTensor }>; tokenTensors: Array<{ module: string; t: AdapterTensor }> } {
-  const wholeTensors: Array<{ path: string; original: boolean; t: AdapterTensor }> = [];
-  const tokenTensors: Array<{ module: string; t: AdapterTensor }> = [];
-  const groups = new Map<string, Group>();
-  const group = (module: string, kind: Group['kind']): Group => {
-    let g = groups.get(module);
-    if (!g) groups.set(module, (g = { kind, a: [], b: [], magnitude: [], bias: [], problems: [] }));
-    else if (g.kind !== kind) {
-      if (g.a.length + g.b.length > 0) g.problems.push('it has both lora_A/lora_B and lora_embedding_A/lora_embedding_B tensors');
-      else g.kind = kind;
-    }
-    return g;
-  };
-  for (const st of tensors) {
-    if (/\p{Cc}/u.test(st.name)) throw new LoraError('malformed-adapter', `adapter_model.safetensors: tensor name ${JSON.stringify(st.name)} holds control characters`);
-    const t: AdapterTensor = { name: st.name, dtype: st.dtype, shape: st.shape, data: st.data };
-    const name = t.name.startsWith(PEFT_PREFIX) ? t.name.slice(PEFT_PREFIX.length) : t.name;
-    const f = FACTOR.exec(name);
-    const e = f ? null : EMBEDDING_FACTOR.exec(name);
-    const hit = f ?? e;
-    let m: RegExpExecArray | null;
-    if (hit) {
-      const g = group(hit[1], f ? 'lora' : 'embedding');
-      (hit[2] === 'A' ? g.a : g.b).push(t);
-    } else if ((m = MAGNITUDE.exec(name))) {
-      (groups.get(m[1]) ?? group(m[1], 'lora')).magnitude.push(t);
-    } else if ((m = LORA_BIAS.exec(name))) {
-      group(m[1], 'lora').bias.push(t);
-    } else if ((m = TOKENS.exec(name))) {
-      tokenTensors.push({ module: m[1], t });
-    } else if (/(^|\.)lora_/.test(name)) {
-      const dot = name.lastIndexOf('.');
-      unmapped.push({
-        module: dot > 0 ? name.slice(0, dot) : name,
-        reason: /\.lora_diag(\.|$)/.test(name)
-          ? `${t.name} is a KaSA diagonal, but KaSA is refused (PEFT truncates the base weight when it loads) and the config does not say kasa_config`
-          : `${t.name} is not a tensor this converter knows how PEFT merges`,
-      });
-    } else {
-      wholeTensors.push({ ...basePath(name), t });
-    }
-  }
-  return { groups, wholeTensors, tokenTensors };
-}
-
-/** Why a module's group cannot be merged as the config says, or undefined. */
-function groupProblem(module: string, g: Group, config: LoraConfig): string | undefined {
-  const [aKey, bKey] = g.kind === 'lora' ? ['lora_A', 'lora_B'] : ['lora_embedding_A', 'lora_embedding_B'];
-  if (g.problems.length > 0) return g.problems.join('; ');
-  if (g.a.length > 1 || g.b.length > 1 || g.magnitude.length > 1 || g.bias.length > 1) return `several adapters in one file: ${[...g.a, ...g.b, ...g.magnitude, ...g.bias].map((t) => t.name).join(', ')}`;
-  if (g.a.length === 0 || g.b.length === 0) {
-    const have = g.a[0] ?? g.b[0] ?? g.magnitude[0] ?? g.bias[0];
-    return `${have.name} has no matching ${g.a.length === 0 ? aKey : bKey} tensor`;
-  }
-  if (!config.useDora && g.magnitude.length > 0) return `${g.magnitude[0].name} is a DoRA magnitude vector but the config has use_dora = false`;
-  if (config.useDora && g.magnitude.length === 0) return `the config has use_dora = true but the adapter holds no lora_magnitude_vector for ${module}`;
-  if (!config.loraBias && g.bias.length > 0) return `${g.bias[0].name} is a lora_B bias but the config has lora_bias = false`;
-  if (config.loraBias && g.kind === 'lora' && g.bias.length === 0) return `the config has lora_bias = true but the adapter holds no lora_B bias for ${module}`;
-  return undefined;
 }
 
 /** Each mergeable group with its base tensor, rank, alpha and scaling (rank_pattern, alpha_pattern, rsLoRA). */

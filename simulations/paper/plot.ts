@@ -38,7 +38,24 @@ function decimalBytes(b: number): string {
   return `${Math.round(b)} ${units[u]}`;
 }
 
-export function plotScene(a: Aggregate): Scene {
+/** The plot area and its scales: log10 bytes across, gain in points up. */
+interface Frame {
+  W: number;
+  H: number;
+  L: number;
+  T: number;
+  pw: number;
+  ph: number;
+  xmin: number;
+  xmax: number;
+  ymin: number;
+  ymax: number;
+  X: (b: number) => number;
+  Y: (g: number) => number;
+}
+
+/** Scales that hold every point (and bar) of every method, and the model's own size. */
+function plotFrame(a: Aggregate): Frame {
   const W = 1060;
   const H = 600;
   const L = 70;
@@ -47,7 +64,6 @@ export function plotScene(a: Aggregate): Scene {
   const B = 60;
   const pw = W - L - R;
   const ph = H - T - B;
-  const prims: Prim[] = [];
   const xs: number[] = [];
   const gains: number[] = [];
   for (const s of a.sections)
@@ -70,6 +86,13 @@ export function plotScene(a: Aggregate): Scene {
   const ymax = Math.ceil((a.fullGain.max + 3) / 10) * 10;
   const X = (b: number): number => L + ((Math.log10(b) - Math.log10(xmin)) / (Math.log10(xmax) - Math.log10(xmin))) * pw;
   const Y = (g: number): number => T + (1 - (g - ymin) / (ymax - ymin)) * ph;
+  return { W, H, L, T, pw, ph, xmin, xmax, ymin, ymax, X, Y };
+}
+
+/** Background, title, grid, axes, the full fine-tune's gain and the headline size. */
+function axesPrims(a: Aggregate, f: Frame): Prim[] {
+  const { W, H, L, T, pw, ph, xmin, xmax, ymin, ymax, X, Y } = f;
+  const prims: Prim[] = [];
   prims.push({ kind: 'rect', x: 0, y: 0, w: W, h: H, fill: '#ffffff' });
   prims.push({ kind: 'text', x: L, y: 24, size: 15, anchor: 'start', text: `Field accuracy gain vs update size (MNIST MLP, ${a.modelBytes} B model, ${a.seeds.length} seeds)` });
   for (let e = Math.log10(xmin); e <= Math.log10(xmax) + 1e-9; e++) {
@@ -96,6 +119,13 @@ export function plotScene(a: Aggregate): Scene {
     prims.push({ kind: 'line', x1: x, y1: T, x2: x, y2: T + ph, color: '#999999', width: 1, dash: [2, 3] });
     prims.push({ kind: 'text', x: x + 4, y: T + ph - 6, size: 12, anchor: 'start', text: `${a.headlinePercent} %` });
   }
+  return prims;
+}
+
+/** Per precision and method: its curve (or single mark), lowest-to-highest bars, and its legend row. */
+function methodPrims(a: Aggregate, f: Frame): Prim[] {
+  const { L, T, pw, X, Y } = f;
+  const prims: Prim[] = [];
   const keys = [...new Set(a.sections.flatMap((s) => s.methods.map((m) => m.key)))];
   let legendY = T + 10;
   const lx = L + pw + 15;
@@ -133,7 +163,12 @@ export function plotScene(a: Aggregate): Scene {
     legendY += 8;
   }
   prims.push({ kind: 'text', x: lx, y: legendY + 6, size: 12, anchor: 'start', text: 'marks: mean over seeds; bars: lowest to highest seed' });
-  return { width: W, height: H, prims };
+  return prims;
+}
+
+export function plotScene(a: Aggregate): Scene {
+  const f = plotFrame(a);
+  return { width: f.W, height: f.H, prims: [...axesPrims(a, f), ...methodPrims(a, f)] };
 }
 
 function esc(s: string): string {

@@ -27,7 +27,8 @@ export interface RunMeta {
   jobs: number;
 }
 
-export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
+/** The title, the command, the run and the accuracy of the base model and the full fine-tune. */
+function introLines(a: Aggregate, meta: RunMeta): string[] {
   const r0 = a.runs[0];
   const c = r0.config;
   const n = a.seeds.length;
@@ -62,6 +63,15 @@ export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
   L.push(row('full fine-tune on field digits', a.fullFineTune));
   L.push(`| gain of the full fine-tune (points) | ${signed(a.fullGain.mean)} ± ${f1(a.fullGain.sd)} [${f1(a.fullGain.min)}–${f1(a.fullGain.max)}] |`);
   L.push('');
+  return L;
+}
+
+/** Per precision: the gain of every method at every size, and what each budget bought in one seed. */
+function gainLines(a: Aggregate): string[] {
+  const r0 = a.runs[0];
+  const c = r0.config;
+  const n = a.seeds.length;
+  const L: string[] = [];
   L.push('## Gain against update bytes');
   L.push('');
   L.push(
@@ -101,6 +111,13 @@ export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
       'Ratios are taken per seed and then averaged.',
   );
   L.push('');
+  return L;
+}
+
+/** The headline claim checked at its size, per precision. */
+function headlineLines(a: Aggregate): string[] {
+  const n = a.seeds.length;
+  const L: string[] = [];
   L.push('## The headline');
   L.push('');
   L.push(
@@ -128,6 +145,12 @@ export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
     L.push(`Headline ${h.holds ? '**holds**' : '**does not hold**'} with ${s.precision === 'f32' ? 'float32' : '8-bit'} numbers${h.holds ? '.' : `: ${whyNot(h, s.methods)}.`}`);
     L.push('');
   }
+  return L;
+}
+
+/** The headline check at every size up to the headline's. */
+function headlineBySizeLines(a: Aggregate): string[] {
+  const L: string[] = [];
   L.push(`The same check at every size up to ${a.headlinePercent} % (per seed; "closest": the other compressed method with the lowest bytes ratio for the low-rank trained update's gain at that size):`);
   L.push('');
   L.push('| numbers | size | low-rank trained: bytes | gain (points) | ≥ 9 in every seed | closest other method | its bytes ÷ ours | headline |');
@@ -142,13 +165,23 @@ export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
     }
   }
   L.push('');
+  return L;
+}
+
+/** Links to the plot. */
+function plotLines(): string[] {
+  const L: string[] = [];
   L.push('## Plot');
   L.push('');
   L.push('![gain vs update bytes](results.svg)');
   L.push('');
   L.push('The same plot as PNG: [results.png](results.png).');
   L.push('');
-  return L.join('\n');
+  return L;
+}
+
+export function resultsMarkdown(a: Aggregate, meta: RunMeta): string {
+  return [...introLines(a, meta), ...gainLines(a), ...headlineLines(a), ...headlineBySizeLines(a), ...plotLines()].join('\n');
 }
 
 function whyNot(h: Aggregate['headline'][string], methods: MethodSummary[]): string {

@@ -5,7 +5,7 @@
  */
 import { mulberry32 } from '../../util/random.ts';
 import { shuffled, type Dataset } from './data.ts';
-import { axpyInput, cloneMlp, dotInput, inputsOf, logitsOf, lossAndGrad, softmaxGrad, zerosLike, type Mlp } from './mlp.ts';
+import { axpyInput, cloneMlp, dotInput, inputsOf, logitsOf, lossAndGrad, softmaxGrad, zerosLike, type Inputs, type Mlp } from './mlp.ts';
 
 export interface Trainable {
   tensors: Float32Array[];
@@ -197,6 +197,128 @@ export function initLora(base: Mlp, config: LoraConfig, rand: () => number): Lor
   };
 }
 
+/** The gradients of a LoRA state (aligned with its tensors) and the per-step and per-sample work buffers. */
+interface LoraScratch {
+  gu1: Float32Array;
+  gv1: Float32Array;
+  gu2: Float32Array;
+  gv2: Float32Array;
+  gdb1: Float32Array;
+  gdb2: Float32Array;
+  /** ∂L/∂W2 of the effective last layer. */
+  gw2: Float64Array;
+  /** The effective last layer: W2 + U2·V2 and b2 + Δb2. */
+  w2e: Float64Array;
+  b2e: Float64Array;
+  vx: Float64Array;
+  utdh: Float64Array;
+  h: Float64Array;
+  dh: Float64Array;
+  logits: Float64Array;
+}
+
+function loraScratch(base: Mlp, state: LoraState): LoraScratch {
+  const { hidden: H, outputs: O } = base;
+  return {
+    gu1: new Float32Array(state.u1.length),
+    gv1: new Float32Array(state.v1.length),
+    gu2: new Float32Array(state.u2.length),
+    gv2: new Float32Array(state.v2.length),
+    gdb1: new Float32Array(state.db1.length),
+    gdb2: new Float32Array(state.db2.length),
+    gw2: new Float64Array(O * H),
+    w2e: new Float64Array(O * H),
+    b2e: new Float64Array(O),
+    vx: new Float64Array(state.config.r1),
+    utdh: new Float64Array(state.config.r1),
+    h: new Float64Array(H),
+    dh: new Float64Array(H),
+    logits: new Float64Array(O),
+  };
+}
+
+/** W2 + U2·V2 and b2 + Δb2 into the scratch, once per step. */
+function effectiveLastLayer(base: Mlp, state: LoraState, x: LoraScratch): void {
+  const { hidden: H, outputs: O } = base;
+  const { u2, v2, db2 } = state;
+  const r2 = state.config.r2;
+  for (let i = 0; i < O * H; i++) x.w2e[i] = base.w2[i];
+  if (r2 > 0) {
+    for (let i = 0; i < O; i++)
+      for (let k = 0; k < r2; k++) {
+        const a = u2[i * r2 + k];
+        for (let j = 0; j < H; j++) x.w2e[i * H + j] += a * v2[k * H + j];
+      }
+  }
+  for (let k = 0; k < O; k++) x.b2e[k] = base.b2[k] + (state.config.b2 ? db2[k] : 0);
+}
+
+/**
+ * One sample's forward pass from its precomputed W1·x + b1 (`z0`, row `s`) and
+ * backward pass: adds its gradients (scaled by `inv`) into the scratch, returns its loss.
+ */
+function loraSample(base: Mlp, state: LoraState, x: LoraScratch, z0: ArrayLike<number>, inp: Inputs, y: number, s: number, inv: number): number {
+  const c = state.config;
+  const { hidden: H, inputs: I, outputs: O } = base;
+  const r1 = c.r1;
+  const { u1, v1, db1 } = state;
+  const { vx, h, dh, logits, w2e, b2e, gw2, utdh } = x;
+  for (let k = 0; k < r1; k++) vx[k] = dotInput(v1, k * I, inp, s);
+  for (let j = 0; j < H; j++) {
+    let a = z0[s * H + j];
+    for (let k = 0; k < r1; k++) a += u1[j * r1 + k] * vx[k];
+    if (c.b1) a += db1[j];
+    h[j] = a > 0 ? a : 0;
+  }
+  for (let k = 0; k < O; k++) {
+    let a = b2e[k];
+    for (let j = 0; j < H; j++) a += w2e[k * H + j] * h[j];
+    logits[k] = a;
+  }
+  const loss = softmaxGrad(logits, y, inv);
+  dh.fill(0);
+  for (let k = 0; k < O; k++) {
+    const d = logits[k];
+    if (c.b2) x.gdb2[k] += d;
+    const row = k * H;
+    for (let j = 0; j < H; j++) {
+      gw2[row + j] += d * h[j];
+      dh[j] += d * w2e[row + j];
+    }
+  }
+  for (let j = 0; j < H; j++) if (h[j] <= 0) dh[j] = 0;
+  if (c.b1) for (let j = 0; j < H; j++) x.gdb1[j] += dh[j];
+  if (r1 > 0) {
+    utdh.fill(0);
+    for (let j = 0; j < H; j++) {
+      const d = dh[j];
+      if (d === 0) continue;
+      for (let k = 0; k < r1; k++) {
+        x.gu1[j * r1 + k] += d * vx[k];
+        utdh[k] += u1[j * r1 + k] * d;
+      }
+    }
+    for (let k = 0; k < r1; k++) if (utdh[k] !== 0) axpyInput(x.gv1, k * I, utdh[k], inp, s);
+  }
+  return loss;
+}
+
+/** ∂L/∂U2 = G·V2ᵀ, ∂L/∂V2 = U2ᵀ·G with G = ∂L/∂W2, once per step. */
+function lastLayerFactorGrads(base: Mlp, state: LoraState, x: LoraScratch): void {
+  const { hidden: H, outputs: O } = base;
+  const { u2, v2 } = state;
+  const r2 = state.config.r2;
+  for (let i = 0; i < O; i++) {
+    for (let k = 0; k < r2; k++) {
+      let a = 0;
+      for (let j = 0; j < H; j++) a += x.gw2[i * H + j] * v2[k * H + j];
+      x.gu2[i * r2 + k] = a;
+      const uik = u2[i * r2 + k];
+      for (let j = 0; j < H; j++) x.gv2[k * H + j] += uik * x.gw2[i * H + j];
+    }
+  }
+}
+
 /**
  * The factors and bias deltas of `state` on the frozen `base`. The forward
  * pass is (W1 + U1·V1)·x + b1 + Δb1 = [W1·x + b1] + U1·(V1·x) + Δb1 with the
@@ -205,104 +327,29 @@ export function initLora(base: Mlp, config: LoraConfig, rand: () => number): Lor
  */
 export function loraTrainable(base: Mlp, state: LoraState): Trainable {
   const c = state.config;
-  const { hidden: H, inputs: I, outputs: O } = base;
-  const r1 = c.r1;
-  const r2 = c.r2;
-  const { u1, v1, u2, v2, db1, db2 } = state;
-  const gu1 = new Float32Array(u1.length);
-  const gv1 = new Float32Array(v1.length);
-  const gu2 = new Float32Array(u2.length);
-  const gv2 = new Float32Array(v2.length);
-  const gdb1 = new Float32Array(db1.length);
-  const gdb2 = new Float32Array(db2.length);
-  const gw2 = new Float64Array(O * H);
-  const w2e = new Float64Array(O * H);
-  const b2e = new Float64Array(O);
-  const vx = new Float64Array(r1);
-  const utdh = new Float64Array(r1);
-  const h = new Float64Array(H);
-  const dh = new Float64Array(H);
-  const logits = new Float64Array(O);
+  const x = loraScratch(base, state);
   const tensors: Float32Array[] = [];
   const grads: Float32Array[] = [];
   const add = (t: Float32Array[], g: Float32Array[]): void => {
     tensors.push(...t);
     grads.push(...g);
   };
-  if (r1 > 0) add([u1, v1], [gu1, gv1]);
-  if (r2 > 0) add([u2, v2], [gu2, gv2]);
-  if (c.b1) add([db1], [gdb1]);
-  if (c.b2) add([db2], [gdb2]);
+  if (c.r1 > 0) add([state.u1, state.v1], [x.gu1, x.gv1]);
+  if (c.r2 > 0) add([state.u2, state.v2], [x.gu2, x.gv2]);
+  if (c.b1) add([state.db1], [x.gdb1]);
+  if (c.b2) add([state.db2], [x.gdb2]);
   return {
     tensors,
     step(ds, idx) {
       const z0 = frozenPreActivations(base, ds);
-      const inp = inputsOf(ds, I);
-      for (let i = 0; i < O * H; i++) w2e[i] = base.w2[i];
-      if (r2 > 0) {
-        for (let i = 0; i < O; i++)
-          for (let k = 0; k < r2; k++) {
-            const a = u2[i * r2 + k];
-            for (let j = 0; j < H; j++) w2e[i * H + j] += a * v2[k * H + j];
-          }
-      }
-      for (let k = 0; k < O; k++) b2e[k] = base.b2[k] + (c.b2 ? db2[k] : 0);
+      const inp = inputsOf(ds, base.inputs);
+      effectiveLastLayer(base, state, x);
       for (const g of grads) g.fill(0);
-      gw2.fill(0);
+      x.gw2.fill(0);
       const inv = 1 / idx.length;
       let loss = 0;
-      for (let b = 0; b < idx.length; b++) {
-        const s = idx[b];
-        for (let k = 0; k < r1; k++) vx[k] = dotInput(v1, k * I, inp, s);
-        for (let j = 0; j < H; j++) {
-          let a = z0[s * H + j];
-          for (let k = 0; k < r1; k++) a += u1[j * r1 + k] * vx[k];
-          if (c.b1) a += db1[j];
-          h[j] = a > 0 ? a : 0;
-        }
-        for (let k = 0; k < O; k++) {
-          let a = b2e[k];
-          for (let j = 0; j < H; j++) a += w2e[k * H + j] * h[j];
-          logits[k] = a;
-        }
-        loss += softmaxGrad(logits, ds.y[s], inv);
-        dh.fill(0);
-        for (let k = 0; k < O; k++) {
-          const d = logits[k];
-          if (c.b2) gdb2[k] += d;
-          const row = k * H;
-          for (let j = 0; j < H; j++) {
-            gw2[row + j] += d * h[j];
-            dh[j] += d * w2e[row + j];
-          }
-        }
-        for (let j = 0; j < H; j++) if (h[j] <= 0) dh[j] = 0;
-        if (c.b1) for (let j = 0; j < H; j++) gdb1[j] += dh[j];
-        if (r1 > 0) {
-          utdh.fill(0);
-          for (let j = 0; j < H; j++) {
-            const d = dh[j];
-            if (d === 0) continue;
-            for (let k = 0; k < r1; k++) {
-              gu1[j * r1 + k] += d * vx[k];
-              utdh[k] += u1[j * r1 + k] * d;
-            }
-          }
-          for (let k = 0; k < r1; k++) if (utdh[k] !== 0) axpyInput(gv1, k * I, utdh[k], inp, s);
-        }
-      }
-      if (r2 > 0) {
-        // ∂L/∂U2 = G·V2ᵀ, ∂L/∂V2 = U2ᵀ·G with G = ∂L/∂W2.
-        for (let i = 0; i < O; i++) {
-          for (let k = 0; k < r2; k++) {
-            let a = 0;
-            for (let j = 0; j < H; j++) a += gw2[i * H + j] * v2[k * H + j];
-            gu2[i * r2 + k] = a;
-            const uik = u2[i * r2 + k];
-            for (let j = 0; j < H; j++) gv2[k * H + j] += uik * gw2[i * H + j];
-          }
-        }
-      }
+      for (let b = 0; b < idx.length; b++) loss += loraSample(base, state, x, z0, inp, ds.y[idx[b]], idx[b], inv);
+      if (c.r2 > 0) lastLayerFactorGrads(base, state, x);
       return { loss: loss * inv, grads };
     },
   };

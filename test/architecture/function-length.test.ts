@@ -25,17 +25,11 @@ const LANE = (who: string): string => `${TOOL}; in ${who}'s lane today`;
 /** `file: name` → why it may be longer. */
 const ALLOWED: Readonly<Record<string, string>> = {
   'cli/build-commands.ts: registerBuildCommands': REGISTRATION,
-  'cli/build-commands.ts: registerBuildCommands > action()': 'the build action; cli/build-commands.ts is edited by x18 today (build options), split after that merge',
   'cli/rollout-commands.ts: registerRolloutCommands': REGISTRATION,
   'cli/release-commands.ts: registerReleaseCommands': REGISTRATION,
   'cli/operator-commands.ts: registerOperatorCommands': REGISTRATION,
   'cli/offline-commands.ts: registerOfflineCommands': REGISTRATION,
   'simulations/fleet.ts: runFleetSim': LANE('x20'),
-  'simulations/paper/pipeline.ts: runPaper': LANE('x18'),
-  'simulations/paper/render.ts: resultsMarkdown': LANE('x18'),
-  'simulations/paper/train.ts: loraTrainable': LANE('x18'),
-  'simulations/paper/plot.ts: plotScene': LANE('x18'),
-  'bench/fleet.ts: runFleetBench': LANE('x22'),
 };
 
 const ROOT = packageRoot()!;
