@@ -151,6 +151,7 @@ export class Download {
       probe: (ms) => t.probe!(ms),
       reconnect: (why) => t.reconnect!(why),
       minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
+      maxReconnects: Math.max(1, Math.floor(this.o.step.chunks / DEVICE_DEFAULTS.chunksPerSilentReconnect)),
     });
   }
 
