@@ -45,6 +45,13 @@ export interface DownloadOptions {
  * its bitmap bit to disk. Re-asks for what is outstanding when the link goes
  * quiet or reconnects (never a per-chunk timer). Duplicates are harmless.
  */
+/**
+ * Bytes the socket must have received since the last look for chunks to count as still coming: more
+ * than the acknowledgements and pings a connection gets anyway (a PUBACK is 4 bytes, and one comes for
+ * each status), which otherwise kept a download whose answers were lost waiting until it stalled.
+ */
+const STILL_COMING_BYTES = 256;
+
 export class Download {
   badChunks = 0;
   duplicateChunks = 0;
@@ -330,7 +337,7 @@ export class Download {
       // Bytes still arriving on the socket: chunks are on their way, slowly. Asking
       // again now would only send duplicates down an already full link.
       const now = this.o.wireBytesIn?.() ?? 0;
-      if (now > seen) {
+      if (now - seen >= STILL_COMING_BYTES) {
         seen = now;
         this.idleTimer = this.o.clock.setTimeout(check, idle);
         return;

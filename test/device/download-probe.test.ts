@@ -94,7 +94,7 @@ async function rig() {
   d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
   // The first window is asked for with the list; wait until the list is saved.
   await until(() => files.list && requests.some((w) => w.length > 0), { what: 'the list saved and the first window of requests', timeoutMs: 10_000, intervalMs: 5 });
-  return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close() };
+  return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close(), wireIn: (n: number) => (wire += n) };
 }
 
 describe('download: after a silence, a probe before the rest', () => {
@@ -175,6 +175,18 @@ describe('download: after a silence, a probe before the rest', () => {
     for (let k = before; k < r.requests.length && !r.isDone(); k++) for (const i of r.requests[k]) if (!served.has(i)) await r.chunk(i);
     await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
     expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('acknowledgements trickling in (a PUBACK per status) are not chunks on their way: the silence is still answered', async () => {
+    const r = await rig();
+    const before = r.requests.length;
+    for (let k = 0; k < 4; k++) {
+      r.wireIn(4);
+      await r.clock.advance(r.d.link.idleTimeoutMs / 2);
+      await r.settle();
+    }
+    expect(r.requests.length).toBeGreaterThan(before);
     await r.close();
   });
 });
