@@ -198,7 +198,13 @@ export class DeviceAgent {
   private onConnected(): void {
     const { transport: t, topics } = this.io;
     void t.publish(topics.presence(this.cfg.deviceId), encodePresence('online', this.io.clock.now()), { qos: 1, retain: true }).catch(ignoreBecause('presence is published again on the next connect', this.io.log));
-    this.fetcher?.resend();
+    // Ask again only once the frames subscription is in place on this connection: the client restores
+    // it after any QoS 1 publishes queued while offline, and a request that reached the server first
+    // had its answer dropped by the broker (no subscriber yet), leaving the download silent until a timeout.
+    if (this.fetcher) {
+      const resend = (): void => this.fetcher?.resend();
+      void t.subscribe(topics.framesFor(this.cfg.model, this.cfg.deviceId), 0).then(resend, resend);
+    }
     // A reconnect of our own (a silent connection while the link was up): nobody took the session, and
     // the status has not changed (an unacknowledged one is sent again by the transport).
     if (t.reconnectedQuickly === true) return;

@@ -37,6 +37,12 @@ export const DEVICE_DEFAULTS = {
   guardTakeovers: 3,
   /** Least silence (chunks outstanding, nothing arriving) before the device probes the link and reconnects (device/silence-watch.ts). */
   probeSilenceMs: 2000,
+  /**
+   * A download may reconnect on silence once per this many chunks of its payload (at least once):
+   * each such reconnect throws away up to a chunk, so this bounds what the watch costs in bytes
+   * (a 16-chunk payload: one; 64 chunks: two).
+   */
+  chunksPerSilentReconnect: 32,
   /** The device's MQTT connection. */
   keepaliveSeconds: 60,
   connectTimeoutSeconds: 30,

@@ -45,6 +45,13 @@ export interface DownloadOptions {
  * its bitmap bit to disk. Re-asks for what is outstanding when the link goes
  * quiet or reconnects (never a per-chunk timer). Duplicates are harmless.
  */
+/**
+ * Bytes the socket must have received since the last look for chunks to count as still coming: more
+ * than the acknowledgements and pings a connection gets anyway (a PUBACK is 4 bytes, and one comes for
+ * each status), which otherwise kept a download whose answers were lost waiting until it stalled.
+ */
+const STILL_COMING_BYTES = 256;
+
 export class Download {
   badChunks = 0;
   duplicateChunks = 0;
@@ -52,7 +59,15 @@ export class Download {
   private readonly outstanding = new Set<number>();
   /** Verified chunks on their way to disk: neither missing nor outstanding. */
   private readonly writing = new Set<number>();
-  private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) };
+  /**
+   * After a reconnect: the chunks outstanding on the old connection, not asked again yet. Their
+   * request may still have been served (it reached the broker as the link came back, and the broker
+   * delivers to the client id, now on the new connection): asking again at once sent each twice.
+   * They wait for the first chunk of the request made after the reconnect (`probe`); what of them
+   * has not come by then was lost, and only that is asked again.
+   */
+  private readonly held = new Set<number>();
+  private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) || this.held.has(i) };
   private listRequested = false;
   private idleTimer: unknown;
   private stallTimer: unknown;
@@ -151,6 +166,7 @@ export class Download {
       probe: (ms) => t.probe!(ms),
       reconnect: (why) => t.reconnect!(why),
       minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
+      maxReconnects: Math.max(1, Math.floor(this.o.step.chunks / DEVICE_DEFAULTS.chunksPerSilentReconnect)),
     });
   }
 
@@ -159,11 +175,36 @@ export class Download {
     return this.watch?.reconnects ?? 0;
   }
 
-  /** After a reconnect: everything in flight may be lost. */
+  /**
+   * After a reconnect: what was in flight may be lost, or may still come (see `held`). New chunks
+   * are asked for first; the old outstanding ones only if they have not come by the time the first
+   * new one does. Without new chunks to ask for (the end of the payload), the old ones are asked again.
+   */
   resend(): void {
     if (this.finished) return;
+    const old = this.o.files.list && !this.probe ? [...this.outstanding, ...this.held] : [];
+    if (old.length === 0) {
+      this.askAgain();
+      return;
+    }
+    this.outstanding.clear();
+    this.held.clear();
+    for (const i of old) this.held.add(i);
+    const fresh = this.o.files.bitmap.missing(this.link.window, this.inFlight);
+    if (fresh.length === 0) {
+      this.held.clear();
+      this.requestMore(old);
+      return;
+    }
+    this.probe = { index: fresh[0], before: new Set(old) };
+    this.requestMore(fresh);
+  }
+
+  /** Everything outstanding is asked again. */
+  private askAgain(): void {
     this.probe = undefined;
     this.outstanding.clear();
+    this.held.clear();
     this.early = [];
     this.listRequested = false;
     this.requestMore();
@@ -217,6 +258,7 @@ export class Download {
       return;
     }
     this.outstanding.delete(f.index);
+    this.held.delete(f.index);
     if (this.probe?.index === f.index) this.probeAnswered();
     const { files, step } = this.o;
     if (!files.list || f.count !== step.chunks) {
@@ -295,7 +337,7 @@ export class Download {
       // Bytes still arriving on the socket: chunks are on their way, slowly. Asking
       // again now would only send duplicates down an already full link.
       const now = this.o.wireBytesIn?.() ?? 0;
-      if (now > seen) {
+      if (now - seen >= STILL_COMING_BYTES) {
         seen = now;
         this.idleTimer = this.o.clock.setTimeout(check, idle);
         return;
@@ -303,8 +345,8 @@ export class Download {
       this.link.timedOut();
       const last = [...this.outstanding].at(-1);
       if (this.probe || last === undefined || this.outstanding.size === 1 || !this.o.files.list) {
-        this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: this.outstanding.size, idleMs: idle });
-        this.resend();
+        this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: this.outstanding.size + this.held.size, idleMs: idle });
+        this.askAgain();
         return;
       }
       const before = new Set(this.outstanding);
@@ -319,8 +361,9 @@ export class Download {
 
   /** The probe's chunk arrived: what was asked for before it and is still missing was lost. */
   private probeAnswered(): void {
-    const lost = [...this.probe!.before].filter((i) => this.outstanding.has(i));
+    const lost = [...this.probe!.before].filter((i) => this.outstanding.has(i) || this.held.has(i));
     this.probe = undefined;
+    this.held.clear();
     if (lost.length === 0) return;
     this.o.log.info('frames asked for before the probe were lost; asking again for them', { lost: lost.length });
     for (const i of lost) this.outstanding.delete(i);

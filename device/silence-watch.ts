@@ -41,6 +41,13 @@ export interface SilenceWatchOptions {
   reconnect: (reason: string) => void;
   /** The least silence that starts a probe, ms. */
   minSilenceMs: number;
+  /**
+   * Reconnects this watch may make at most. Each throws away the part of a frame under way and
+   * brings the retained messages again (up to a chunk and ~2 KB): on a small payload, or a link
+   * shared by many devices where a silence is as likely congestion as a backed-off timer, a few
+   * reconnects cost more bytes than they save time. After the last, TCP's own recovery takes over.
+   */
+  maxReconnects: number;
 }
 
 const TICK_MS = 250;
@@ -100,7 +107,7 @@ export class SilenceWatch {
     if (bytes !== this.seen || !this.o.waiting()) {
       this.seen = bytes;
       this.since = now;
-    } else if (!this.probing && now - this.since >= this.silenceNeededMs) this.check(now - this.since);
+    } else if (!this.probing && this.reconnects < this.o.maxReconnects && now - this.since >= this.silenceNeededMs) this.check(now - this.since);
     this.schedule();
   }
 
@@ -112,7 +119,7 @@ export class SilenceWatch {
       .probe(Math.max(1000, 2 * this.o.rttMs()))
       .then((up) => {
         this.probing = false;
-        if (this.stopped || !up || this.o.bytesIn() !== before || !this.o.waiting()) return;
+        if (this.stopped || !up || this.o.bytesIn() !== before || !this.o.waiting() || this.reconnects >= this.o.maxReconnects) return;
         this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
         this.sinceReconnect = 0;
         this.reconnects++;

@@ -85,7 +85,13 @@ export interface FleetSimResult {
   overheadMax: number;
   upBytesPerDevice: number;
   reconnects: number;
+  /** Of `reconnects`, those the silence watch made (the rest: keepalives lapsing, connections broken). */
+  silentReconnects: number;
   duplicates: number;
+  /** Bytes of packets under way when a connection closed (thrown away), over all devices. */
+  partialBytesDropped: number;
+  /** Retained messages received (the release and trust again at each reconnect), bytes over all devices. */
+  retainedBytesIn: number;
   badChunks: number;
   cuts: number;
   kills: number;
@@ -277,7 +283,10 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       overheadMax: Number(Math.max(0, ...overheads).toFixed(4)),
       upBytesPerDevice: Math.round(list.reduce((x, e) => x + e.wire.bytesOut, 0) / Math.max(1, list.length)),
       reconnects: list.reduce((x, e) => x + e.wire.connects - 1, 0),
+      silentReconnects: list.reduce((x, e) => x + (e.loss?.quickReconnects ?? 0), 0),
       duplicates: list.reduce((x, e) => x + e.stats.duplicateChunks, 0),
+      partialBytesDropped: list.reduce((x, e) => x + (e.loss?.partialBytesDropped ?? 0), 0),
+      retainedBytesIn: list.reduce((x, e) => x + (e.loss?.retainedBytesIn ?? 0), 0),
       badChunks: list.reduce((x, e) => x + e.stats.badChunks, 0),
       cuts,
       kills,

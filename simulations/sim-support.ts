@@ -57,6 +57,8 @@ export interface DeviceEnd {
   reason: string | null;
   wire: { bytesIn: number; bytesOut: number; connects: number };
   stats: { duplicateChunks: number; badChunks: number };
+  /** Reconnects the silence watch made, and received bytes that were no new message: parts of packets on closed connections, retained messages. */
+  loss?: { quickReconnects: number; partialBytesDropped: number; retainedBytesIn: number };
   time: number;
   /** When the device began to download (its first `downloading` status), ms since the epoch. */
   started?: number;
@@ -74,7 +76,18 @@ export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTranspo
     const terminal = s.state === 'ok' || s.state === 'rejected' || s.state === 'rolled_back' || (s.state === 'failed' && s.reason === 'corrupt-source');
     if (!terminal || ended.has(id) || s.target === null) return;
     ended.add(id);
-    const end: DeviceEnd = { device: id, state: s.state, running: s.running, reason: s.reason, wire: transport.stats(), stats: agent.stats, time: Date.now(), started, downloaded };
+    const end: DeviceEnd = {
+      device: id,
+      state: s.state,
+      running: s.running,
+      reason: s.reason,
+      wire: transport.stats(),
+      stats: agent.stats,
+      loss: { quickReconnects: transport.quickReconnects, ...transport.loss },
+      time: Date.now(),
+      started,
+      downloaded,
+    };
     process.stdout.write(JSON.stringify(end) + '\n');
   });
 }

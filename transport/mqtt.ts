@@ -139,6 +139,8 @@ export class MqttTransport implements Transport {
   /** Connections closed because the broker sent a packet over maxIncomingPacket (the last reason in `oversized`). */
   oversizedPackets = 0;
   oversized: string | undefined;
+  /** Where received bytes went besides new messages (simulations break a transfer's overhead down with it). */
+  readonly loss = { partialBytesDropped: 0, retainedBytesIn: 0 };
 
   private constructor(opts: MqttTransportOptions) {
     this.closeGraceMs = opts.closeGraceMs ?? MQTT_DEFAULTS.closeGraceMs;
@@ -160,13 +162,8 @@ export class MqttTransport implements Transport {
     // The raw TCP socket carries the counters (what the link carries, TLS records included).
     const raw = this.takeSpare() ?? net.createConnection({ host, port, noDelay: true });
     this.socket = raw;
-    raw.on('close', () => {
-      this.bytesInDone += raw.bytesRead;
-      this.bytesOutDone += raw.bytesWritten;
-      if (this.socket === raw) this.socket = undefined;
-    });
     const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
-    limitIncoming(
+    const scanner = limitIncoming(
       stream,
       () => maxIncoming,
       (b) => {
@@ -175,6 +172,13 @@ export class MqttTransport implements Transport {
         stream.destroy();
       },
     );
+    raw.on('close', () => {
+      this.bytesInDone += raw.bytesRead;
+      this.bytesOutDone += raw.bytesWritten;
+      // The part of a packet read when the connection closed is thrown away (TLS: of the decrypted stream).
+      this.loss.partialBytesDropped += scanner.partialBytes;
+      if (this.socket === raw) this.socket = undefined;
+    });
     return stream;
   }
 
@@ -222,6 +226,7 @@ export class MqttTransport implements Transport {
     });
     this.client.on('message', (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
+      if (packet.retain === true) this.loss.retainedBytesIn += packet.length ?? bytes.byteLength;
       for (const h of this.messageHandlers) h(topic, bytes, packet.retain === true);
     });
   }

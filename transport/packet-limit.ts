@@ -38,6 +38,8 @@ export class PacketScanner {
   private multiplier = 1;
   private broken = false;
   packets = 0;
+  /** Bytes of the packet under way received so far (0 between packets): what a close now throws away. */
+  partialBytes = 0;
 
   /** `limit()` is read at each header: the limit may change as the connection moves on (login). */
   constructor(private readonly limit: () => number) {}
@@ -50,9 +52,11 @@ export class PacketScanner {
         const n = Math.min(this.skip, chunk.length - i);
         this.skip -= n;
         i += n;
+        this.partialBytes = this.skip > 0 ? this.partialBytes + n : 0;
         continue;
       }
       const b = chunk[i++]!;
+      this.partialBytes++;
       if (this.lenBytes === 0) {
         this.type = b >> 4;
         this.length = 0;
@@ -71,6 +75,7 @@ export class PacketScanner {
       const limit = this.limit();
       if (this.length > limit) return this.breach('packet-too-large', this.length, limit);
       this.skip = this.length;
+      if (this.skip === 0) this.partialBytes = 0;
       this.packets++;
     }
     return undefined;

@@ -94,7 +94,7 @@ async function rig() {
   d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
   // The first window is asked for with the list; wait until the list is saved.
   await until(() => files.list && requests.some((w) => w.length > 0), { what: 'the list saved and the first window of requests', timeoutMs: 10_000, intervalMs: 5 });
-  return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close() };
+  return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close(), wireIn: (n: number) => (wire += n) };
 }
 
 describe('download: after a silence, a probe before the rest', () => {
@@ -150,6 +150,43 @@ describe('download: after a silence, a probe before the rest', () => {
     const all = r.requests.slice(before + 1)[0];
     expect(all.length).toBeGreaterThan(0);
     expect(all).toEqual([...asked].sort((a, b) => a - b).slice(0, all.length));
+    await r.close();
+  });
+
+  it('after a reconnect: new chunks first; old ones that still come are not asked again, the rest are, once the first new one is here (no duplicates)', async () => {
+    const r = await rig();
+    const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
+    expect(asked.length).toBeGreaterThan(1);
+    const before = r.requests.length;
+    r.d.resend();
+    await r.settle();
+    const fresh = r.requests.slice(before).flat();
+    expect(fresh.length).toBeGreaterThan(0);
+    // None of what was outstanding on the old connection is asked again at once.
+    expect(fresh.filter((i) => asked.includes(i))).toEqual([]);
+    // The old request was served after all (its answer comes on the new connection), all but its last chunk; then the first new chunk.
+    for (const i of asked.slice(0, -1)) await r.chunk(i);
+    await r.chunk(fresh[0]);
+    const again = r.requests.slice(before + 1).flat();
+    expect(again).toContain(asked.at(-1)!);
+    expect(again.filter((i) => asked.slice(0, -1).includes(i))).toEqual([]);
+    // Serve every request from the reconnect on until complete: no chunk comes twice.
+    const served = new Set([...asked.slice(0, -1), fresh[0]]);
+    for (let k = before; k < r.requests.length && !r.isDone(); k++) for (const i of r.requests[k]) if (!served.has(i)) await r.chunk(i);
+    await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('acknowledgements trickling in (a PUBACK per status) are not chunks on their way: the silence is still answered', async () => {
+    const r = await rig();
+    const before = r.requests.length;
+    for (let k = 0; k < 4; k++) {
+      r.wireIn(4);
+      await r.clock.advance(r.d.link.idleTimeoutMs / 2);
+      await r.settle();
+    }
+    expect(r.requests.length).toBeGreaterThan(before);
     await r.close();
   });
 });

@@ -10,7 +10,7 @@ import { SilenceWatch } from '../../device/silence-watch.ts';
 import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
 
-function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number }) {
+function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number }) {
   const clock = new ManualClock();
   const s = { bytes: 0, waiting: true, linkUp: o.linkUp, probes: [] as number[], reconnects: [] as string[] };
   const w = new SilenceWatch({
@@ -26,6 +26,7 @@ function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number }) {
     },
     reconnect: (why) => s.reconnects.push(why),
     minSilenceMs: 2000,
+    maxReconnects: o.maxReconnects ?? 100,
   });
   return { clock, s, w };
 }
@@ -110,6 +111,21 @@ describe('silence watch: reconnect when the connection is silent while the link 
     expect(w.silenceNeededMs).toBe(8000);
     await clock.advance(7900);
     expect(s.probes).toEqual([]);
+    w.stop();
+  });
+
+  it('stops at its reconnect cap: after that, a silence is left to TCP (no probe, no reconnect)', async () => {
+    const { clock, s, w } = rig({ linkUp: true, maxReconnects: 2 });
+    await clock.advance(2300);
+    expect(s.reconnects.length).toBe(1);
+    for (let k = 0; k < 8; k++) w.delivered();
+    await clock.advance(2300);
+    expect(s.reconnects.length).toBe(2);
+    for (let k = 0; k < 8; k++) w.delivered();
+    const probes = s.probes.length;
+    await clock.advance(60_000);
+    expect(s.reconnects.length).toBe(2);
+    expect(s.probes.length).toBe(probes);
     w.stop();
   });
 

@@ -17,6 +17,30 @@ function wire(sizes: number[], cuts: number[]): Uint8Array[] {
 }
 
 describe('PacketScanner follows packet boundaries however the bytes are cut', () => {
+  it('knows how many bytes of the packet under way it has seen (what a close throws away)', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 0, max: 20_000 }), { minLength: 1, maxLength: 8 }), fc.array(fc.nat(), { maxLength: 30 }), fc.nat(), (sizes, cuts, stop) => {
+        const all = Buffer.concat(wire(sizes, cuts));
+        const at = stop % (all.length + 1);
+        const s = new PacketScanner(() => 1 << 20);
+        let start = 0;
+        for (const piece of wire(sizes, cuts)) {
+          if (start >= at) break;
+          s.feed(piece.subarray(0, Math.min(piece.length, at - start)));
+          start += piece.length;
+        }
+        // The packet under way at `at`: its start, from the sizes.
+        let begin = 0;
+        for (const n of sizes) {
+          const len = 1 + remainingLength(n).length + n;
+          if (begin + len > at) break;
+          begin += len;
+        }
+        expect(s.partialBytes).toBe(at - begin);
+      }),
+    );
+  });
+
   it('counts every packet within the limit and flags the first one over it', () => {
     fc.assert(
       fc.property(fc.array(fc.integer({ min: 0, max: 20_000 }), { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 30 }), fc.integer({ min: 0, max: 20_000 }), (sizes, cuts, limit) => {
