@@ -118,11 +118,179 @@ export function specOf(o: FleetSimOptions): LinkSpec {
 
 const ratio = (a: number, b: number): number => Number((a / b).toFixed(3));
 
+/** What a run cleans up, whatever happens. */
+interface Held {
+  children: ChildProcess[];
+  link?: NetnsLink;
+  proxy?: LinkProxy;
+}
+
+/** Where each side runs: the two ends of the kernel link (namespaces), or both here behind the userspace proxy. */
+async function openSimLink(o: FleetSimOptions, held: Held): Promise<{ srvExec: Exec; siteExec: Exec; brokerHost: string }> {
+  if (o.kernel) {
+    const ok = NetnsLink.available();
+    if (!ok.ok) throw new Error(`--kernel needs: ${ok.reason}`);
+    const l = (held.link = await NetnsLink.create({
+      name: `s${process.pid % 100000}`,
+      lossPercent: o.lossPercent,
+      lossUpPercent: o.lossUpPercent,
+      rateKbit: o.rateKbit || undefined,
+      rateUpKbit: o.rateUpKbit || undefined,
+      delayMs: o.delayMs,
+      jitterMs: o.jitterMs,
+      seed: o.seed,
+    }));
+    return {
+      srvExec: (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
+      siteExec: (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
+      brokerHost: l.srvAddress,
+    };
+  }
+  if (needsKernel(specOf(o))) throw new Error('--loss, --loss-up, --delay, --jitter, --rate-up and --profile need --kernel (the proxy carries TCP streams, not packets)');
+  if (o.compareHttp) throw new Error('--compare-http needs --kernel (both transfers are measured on the same kernel link)');
+  const local: Exec = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  return { srvExec: local, siteExec: local, brokerHost: '127.0.0.1' };
+}
+
+/** The broker on the server side of the link; its URL there. */
+async function startSimBroker(o: FleetSimOptions, held: Held, srvExec: Exec, brokerHost: string, port: number, dir: string): Promise<string> {
+  for (const c of await brokerCommands(o.broker, brokerHost, port, path.join(dir, 'broker'))) {
+    const child = srvExec(c.cmd, c.args);
+    held.children.push(child);
+    child.stderr?.on('data', () => undefined);
+    await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
+  }
+  return `mqtt://${brokerHost}:${port}`;
+}
+
+/** Starts the site's device host (all the devices in one process); their ends are collected into `ends`. */
+function deviceHostStarter(o: FleetSimOptions, held: Held, siteExec: Exec, w: { deviceUrl: string; dir: string; trustFile: string; baseFile: string; ends: Map<string, DeviceEnd> }): () => ChildProcess {
+  return () => {
+    const host = siteExec(process.execPath, [
+      '--import',
+      'tsx',
+      HOST_SCRIPT,
+      '--broker',
+      w.deviceUrl,
+      '--devices',
+      String(o.devices),
+      '--dir',
+      path.join(w.dir, 'site'),
+      '--trust',
+      w.trustFile,
+      '--initial',
+      w.baseFile,
+      '--model',
+      'sim',
+      '--group',
+      'site',
+    ]);
+    collectEnds(host, w.ends);
+    host.stderr!.on('data', () => undefined);
+    held.children.push(host);
+    return host;
+  };
+}
+
+/** Resolves once the device host says its devices run (connected, subscribed, idle). */
+function hostReady(host: ChildProcess): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('the device host did not start its devices in 120 s')), 120_000);
+    readLines(host, (j) => {
+      if (typeof j.ready === 'number') {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    host.once('exit', (c) => reject(new Error(`the device host exited ${c} before its devices started`)));
+  });
+}
+
+/** `fleet publish` of the update on the server side; throws when it fails. */
+async function publishSim(held: Held, srvExec: Exec, keys: Awaited<ReturnType<typeof keygen>>, updateFile: string, brokerUrl: string): Promise<void> {
+  const args = ['publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile];
+  const publish = srvExec(process.execPath, [FLEET_BIN, ...args, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']);
+  held.children.push(publish);
+  const pubExit = await new Promise<number | null>((r) => publish.once('exit', r));
+  if (pubExit !== 0) throw new Error('publish failed');
+}
+
+/** The run's figures from the devices' ends and the link's counters. */
+function simResult(
+  o: FleetSimOptions,
+  w: { list: DeviceEnd[]; tStart: number; seconds: number; ideal: number; payloadBytes: number; targetDigest: string; cuts: number; kills: number; proxy?: LinkProxy },
+  before: { rxBytes: number; txBytes: number } | undefined,
+  after: { rxBytes: number; txBytes: number } | undefined,
+): FleetSimResult {
+  const { list, tStart, seconds, payloadBytes } = w;
+  const ok = list.filter((e) => e.state === 'ok' && e.running === w.targetDigest);
+  // With kills, one device's socket counters restart with each process: count at the proxy instead.
+  const received = (e: DeviceEnd): number => (o.kills > 0 && w.proxy && o.devices === 1 ? w.proxy.deliveredDown : e.wire.bytesIn);
+  const overheads = list.map((e) => received(e) / payloadBytes);
+  const sum = (f: (e: DeviceEnd) => number): number => list.reduce((x, e) => x + f(e), 0);
+  return {
+    broker: o.broker,
+    link: o.kernel ? `${(o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0 ? 'tun delay line' : 'veth'}, ${describeLink({ ...specOf(o), profile: o.profile })}` : `proxy, ${o.rateKbit || '∞'} kbit/s`,
+    devices: o.devices,
+    completed: ok.length,
+    seconds: Number(seconds.toFixed(2)),
+    downloadSeconds: list.length && list.every((e) => e.downloaded) ? Number(((Math.max(...list.map((e) => e.downloaded!)) - tStart) / 1000).toFixed(2)) : null,
+    payloadBytes,
+    overheadMean: Number((overheads.reduce((x, y) => x + y, 0) / Math.max(1, overheads.length)).toFixed(4)),
+    overheadMax: Number(Math.max(0, ...overheads).toFixed(4)),
+    upBytesPerDevice: Math.round(sum((e) => e.wire.bytesOut) / Math.max(1, list.length)),
+    reconnects: sum((e) => e.wire.connects - 1),
+    silentReconnects: sum((e) => e.loss?.quickReconnects ?? 0),
+    duplicates: sum((e) => e.stats.duplicateChunks),
+    partialBytesDropped: sum((e) => e.loss?.partialBytesDropped ?? 0),
+    retainedBytesIn: sum((e) => e.loss?.retainedBytesIn ?? 0),
+    badChunks: sum((e) => e.stats.badChunks),
+    cuts: w.cuts,
+    kills: w.kills,
+    timeOverIdeal: o.rateKbit ? Number((seconds / w.ideal).toFixed(3)) : null,
+    wireDown: before && after ? after.rxBytes - before.rxBytes : null,
+    wireUp: before && after ? after.txBytes - before.txBytes : null,
+  };
+}
+
+/** The same payload fetched by HTTP range resume over the same link, with the same cuts; the fleet's figures beside it. */
+async function compareWithHttp(o: FleetSimOptions, link: NetnsLink, result: FleetSimResult, w: { port: number; dir: string; payload: Uint8Array; faults: ReturnType<typeof scheduleFaults> }): Promise<HttpComparison> {
+  const payloadBytes = w.payload.byteLength;
+  const http = await runHttpBaseline({
+    link,
+    port: w.port + 1,
+    // The bytes devices fetch: the payload, not the publisher's update file (its integrity header stays with the publisher).
+    payloadFile: await writePayloadFile(w.dir, w.payload),
+    payloadBytes,
+    devices: o.devices,
+    faults: w.faults.filter((f) => f.kind === 'cut'),
+    cutSeconds: o.cutSeconds,
+    dir: w.dir,
+    idleSeconds: 10,
+    timeoutSeconds: o.timeoutSeconds,
+    log: o.log,
+  });
+  const delayed = (o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0;
+  const floor = tcpFloorSeconds(specOf(o), o.devices, payloadBytes, delayed ? 1500 : 1514);
+  const mib = (o.devices * payloadBytes) / (1 << 20);
+  // Like for like: HTTP's time ends when the file is on disk, so the fleet's does too.
+  const fleetSeconds = result.downloadSeconds ?? result.seconds;
+  return {
+    http,
+    floorSeconds: floor === null ? null : Number(floor.toFixed(2)),
+    fleetOverHttpSeconds: ratio(fleetSeconds, http.seconds),
+    fleetOverFloor: floor === null ? null : ratio(fleetSeconds, floor),
+    httpOverFloor: floor === null ? null : ratio(http.seconds, floor),
+    fleetUpPerMiB: Math.round(result.wireUp! / mib),
+    httpUpPerMiB: Math.round(http.wireUp / mib),
+    fleetOverHttpUpBytes: ratio(result.wireUp!, http.wireUp),
+    fleetOverHttpDownBytes: ratio(result.wireDown!, http.wireDown),
+  };
+}
+
 export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-sim-'));
-  const children: ChildProcess[] = [];
-  let link: NetnsLink | undefined;
-  let proxy: LinkProxy | undefined;
+  const held: Held = { children: [] };
   const rand = mulberry32(o.seed);
   try {
     const keys = await keygen(path.join(dir, 'keys'));
@@ -136,111 +304,25 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const payloadBytes = update.payload.byteLength;
     o.log(`payload ${payloadBytes} bytes, ${o.devices} devices, broker ${o.broker}, ${o.kernel ? 'kernel link' : 'proxy link'}`);
 
-    // Where each side runs.
-    let srvExec: Exec;
-    let siteExec: Exec;
-    let brokerHost: string;
-    if (o.kernel) {
-      const ok = NetnsLink.available();
-      if (!ok.ok) throw new Error(`--kernel needs: ${ok.reason}`);
-      link = await NetnsLink.create({
-        name: `s${process.pid % 100000}`,
-        lossPercent: o.lossPercent,
-        lossUpPercent: o.lossUpPercent,
-        rateKbit: o.rateKbit || undefined,
-        rateUpKbit: o.rateUpKbit || undefined,
-        delayMs: o.delayMs,
-        jitterMs: o.jitterMs,
-        seed: o.seed,
-      });
-      const l = link;
-      srvExec = (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-      siteExec = (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-      brokerHost = l.srvAddress;
-    } else {
-      if (needsKernel(specOf(o))) throw new Error('--loss, --loss-up, --delay, --jitter, --rate-up and --profile need --kernel (the proxy carries TCP streams, not packets)');
-      if (o.compareHttp) throw new Error('--compare-http needs --kernel (both transfers are measured on the same kernel link)');
-      const local: Exec = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-      srvExec = local;
-      siteExec = local;
-      brokerHost = '127.0.0.1';
-    }
+    const { srvExec, siteExec, brokerHost } = await openSimLink(o, held);
     const port = 20000 + Math.floor(rand() * 20000);
-    for (const c of await brokerCommands(o.broker, brokerHost, port, path.join(dir, 'broker'))) {
-      const child = srvExec(c.cmd, c.args);
-      children.push(child);
-      child.stderr?.on('data', () => undefined);
-      await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
-    }
-    const brokerUrl = `mqtt://${brokerHost}:${port}`;
-
+    const brokerUrl = await startSimBroker(o, held, srvExec, brokerHost, port, dir);
     let deviceUrl = brokerUrl;
     if (!o.kernel) {
-      proxy = new LinkProxy({ targetHost: brokerHost, targetPort: port, bytesPerSecond: o.rateKbit ? (o.rateKbit * 1000) / 8 : 0, sharedBandwidth: true });
-      await proxy.start();
-      deviceUrl = proxy.url;
+      held.proxy = new LinkProxy({ targetHost: brokerHost, targetPort: port, bytesPerSecond: o.rateKbit ? (o.rateKbit * 1000) / 8 : 0, sharedBandwidth: true });
+      await held.proxy.start();
+      deviceUrl = held.proxy.url;
     }
+    const { link, proxy } = held;
     const ends = new Map<string, DeviceEnd>();
-    const startHost = (): ChildProcess => {
-      const host = siteExec(process.execPath, [
-        '--import',
-        'tsx',
-        HOST_SCRIPT,
-        '--broker',
-        deviceUrl,
-        '--devices',
-        String(o.devices),
-        '--dir',
-        path.join(dir, 'site'),
-        '--trust',
-        keys.trustFile,
-        '--initial',
-        baseFile,
-        '--model',
-        'sim',
-        '--group',
-        'site',
-      ]);
-      collectEnds(host, ends);
-      host.stderr!.on('data', () => undefined);
-      children.push(host);
-      return host;
-    };
+    const startHost = deviceHostStarter(o, held, siteExec, { deviceUrl, dir, trustFile: keys.trustFile, baseFile, ends });
     // The devices run (connected, subscribed, idle) before the release comes, as in the field: the
     // transfer is timed from the release, not from the start of a Node process on a loaded machine.
     let host = startHost();
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error('the device host did not start its devices in 120 s')), 120_000);
-      readLines(host, (j) => {
-        if (typeof j.ready === 'number') {
-          clearTimeout(t);
-          resolve();
-        }
-      });
-      host.once('exit', (c) => reject(new Error(`the device host exited ${c} before its devices started`)));
-    });
+    await hostReady(host);
     await new Promise((r) => setTimeout(r, 500));
     const before = link ? await link.counters() : undefined;
-    const publish = srvExec(process.execPath, [
-      FLEET_BIN,
-      'publish',
-      '--update',
-      updateFile,
-      '--key',
-      keys.keyFile,
-      '--rollout-key',
-      keys.rolloutKeyFile,
-      '--model',
-      'sim',
-      '--group',
-      'site',
-      '--broker',
-      brokerUrl,
-      '--yes',
-    ]);
-    children.push(publish);
-    const pubExit = await new Promise<number | null>((r) => publish.once('exit', r));
-    if (pubExit !== 0) throw new Error('publish failed');
+    await publishSim(held, srvExec, keys, updateFile, brokerUrl);
     const t0 = Date.now();
     const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
     const faults = scheduleFaults(rand, ideal, o.cuts, o.kills);
@@ -266,73 +348,18 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     // A device may begin while the publish command is still exiting: time from whichever came first.
     const tStart = Math.min(t0, ...list.map((e) => e.started ?? t0));
     const seconds = (Date.now() - tStart) / 1000;
-    const ok = list.filter((e) => e.state === 'ok' && e.running === update.targetDigest);
-    // With kills, one device's socket counters restart with each process: count at the proxy instead.
     const after = link ? await link.counters() : undefined;
-    const received = (e: DeviceEnd): number => (o.kills > 0 && proxy && o.devices === 1 ? proxy.deliveredDown : e.wire.bytesIn);
-    const overheads = list.map((e) => received(e) / payloadBytes);
-    const result: FleetSimResult = {
-      broker: o.broker,
-      link: o.kernel ? `${(o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0 ? 'tun delay line' : 'veth'}, ${describeLink({ ...specOf(o), profile: o.profile })}` : `proxy, ${o.rateKbit || '∞'} kbit/s`,
-      devices: o.devices,
-      completed: ok.length,
-      seconds: Number(seconds.toFixed(2)),
-      downloadSeconds: list.length && list.every((e) => e.downloaded) ? Number(((Math.max(...list.map((e) => e.downloaded!)) - tStart) / 1000).toFixed(2)) : null,
-      payloadBytes,
-      overheadMean: Number((overheads.reduce((x, y) => x + y, 0) / Math.max(1, overheads.length)).toFixed(4)),
-      overheadMax: Number(Math.max(0, ...overheads).toFixed(4)),
-      upBytesPerDevice: Math.round(list.reduce((x, e) => x + e.wire.bytesOut, 0) / Math.max(1, list.length)),
-      reconnects: list.reduce((x, e) => x + e.wire.connects - 1, 0),
-      silentReconnects: list.reduce((x, e) => x + (e.loss?.quickReconnects ?? 0), 0),
-      duplicates: list.reduce((x, e) => x + e.stats.duplicateChunks, 0),
-      partialBytesDropped: list.reduce((x, e) => x + (e.loss?.partialBytesDropped ?? 0), 0),
-      retainedBytesIn: list.reduce((x, e) => x + (e.loss?.retainedBytesIn ?? 0), 0),
-      badChunks: list.reduce((x, e) => x + e.stats.badChunks, 0),
-      cuts,
-      kills,
-      timeOverIdeal: o.rateKbit ? Number((seconds / ideal).toFixed(3)) : null,
-      wireDown: before && after ? after.rxBytes - before.rxBytes : null,
-      wireUp: before && after ? after.txBytes - before.txBytes : null,
-    };
+    const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before, after);
     if (o.compareHttp && link) {
-      await Promise.all(children.splice(children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));
+      await Promise.all(held.children.splice(held.children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));
       o.log(`fleet: ${JSON.stringify(result)}`);
-      const http = await runHttpBaseline({
-        link,
-        port: port + 1,
-        // The bytes devices fetch: the payload, not the publisher's update file (its integrity header stays with the publisher).
-        payloadFile: await writePayloadFile(dir, update.payload),
-        payloadBytes,
-        devices: o.devices,
-        faults: faults.filter((f) => f.kind === 'cut'),
-        cutSeconds: o.cutSeconds,
-        dir,
-        idleSeconds: 10,
-        timeoutSeconds: o.timeoutSeconds,
-        log: o.log,
-      });
-      const delayed = (o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0;
-      const floor = tcpFloorSeconds(specOf(o), o.devices, payloadBytes, delayed ? 1500 : 1514);
-      const mib = (o.devices * payloadBytes) / (1 << 20);
-      // Like for like: HTTP's time ends when the file is on disk, so the fleet's does too.
-      const fleetSeconds = result.downloadSeconds ?? result.seconds;
-      result.compareHttp = {
-        http,
-        floorSeconds: floor === null ? null : Number(floor.toFixed(2)),
-        fleetOverHttpSeconds: ratio(fleetSeconds, http.seconds),
-        fleetOverFloor: floor === null ? null : ratio(fleetSeconds, floor),
-        httpOverFloor: floor === null ? null : ratio(http.seconds, floor),
-        fleetUpPerMiB: Math.round(result.wireUp! / mib),
-        httpUpPerMiB: Math.round(http.wireUp / mib),
-        fleetOverHttpUpBytes: ratio(result.wireUp!, http.wireUp),
-        fleetOverHttpDownBytes: ratio(result.wireDown!, http.wireDown),
-      };
+      result.compareHttp = await compareWithHttp(o, link, result, { port, dir, payload: update.payload, faults });
     }
     return result;
   } finally {
-    await Promise.all(children.map((c) => stopChild(c, 2000).catch(() => undefined)));
-    await proxy?.stop();
-    await link?.destroy();
+    await Promise.all(held.children.map((c) => stopChild(c, 2000).catch(() => undefined)));
+    await held.proxy?.stop();
+    await held.link?.destroy();
     await fs.rm(dir, { recursive: true, force: true });
   }
 }
