@@ -87,8 +87,10 @@ export interface FleetBenchResult {
   redisBytesPerPayloadByte: number | null;
   /** Seconds after the publish at which node B was killed, if it was. */
   killedNodeAfterSeconds: number | null;
-  /** CPU seconds the device worker processes used (all of the run). */
+  /** CPU seconds the device worker processes used (all of the run: start, provisioning, connect, delivery). */
   workersCpuSeconds: number;
+  /** Of which from the publish to the last ack (the delivery alone, the same phase for every broker). */
+  workersDeliveryCpuSeconds: number;
   nodesCpuSeconds: number[];
   serverCpuSeconds: number | null;
   redisCpuSeconds: number | null;
@@ -243,6 +245,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
 
     const redisUrl = setup.redisUrl;
     const redisBefore = redisUrl ? await redisNetBytes(redisUrl) : undefined;
+    const workersCpuAtPublish = workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0);
     const t0 = Date.now();
     const settleKill = killNodeLater(o, setup);
     await publishOnce(o, setup.urls[0], keys, payload);
@@ -283,6 +286,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       redisBytesOut: redisOut,
       redisBytesPerPayloadByte: redisIn !== null && redisOut !== null ? Number(((redisIn + redisOut) / Math.max(1, ok.length * payload.byteLength)).toFixed(4)) : null,
       workersCpuSeconds,
+      workersDeliveryCpuSeconds: Number((workersCpuSeconds - workersCpuAtPublish).toFixed(2)),
       killedNodeAfterSeconds: killedNode ? o.killNodeAfterSeconds! : null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     };
