@@ -16,6 +16,8 @@
  * same fleet and update, and adds time ratios. For a cluster it also reads
  * Redis's own byte counters (INFO stats) before the publish and after the last
  * ack: the bytes through Redis per payload byte delivered. Ends with one JSON line.
+ * FLEET_BENCH_WORKER_NODE_ARGS (space-separated) adds node flags to the worker
+ * processes, e.g. "--cpu-prof --cpu-prof-dir=DIR" (NODE_OPTIONS refuses --cpu-prof).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
@@ -134,6 +136,7 @@ function startWorkers(o: FleetBenchOptions, f: WorkerFiles, workers: ChildProces
       spawn(
         process.execPath,
         [
+          ...(process.env.FLEET_BENCH_WORKER_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
           '--import',
           'tsx',
           WORKER,
