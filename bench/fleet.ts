@@ -16,6 +16,8 @@
  * same fleet and update, and adds time ratios. For a cluster it also reads
  * Redis's own byte counters (INFO stats) before the publish and after the last
  * ack: the bytes through Redis per payload byte delivered. Ends with one JSON line.
+ * FLEET_BENCH_WORKER_NODE_ARGS (space-separated) adds node flags to the worker
+ * processes, e.g. "--cpu-prof --cpu-prof-dir=DIR" (NODE_OPTIONS refuses --cpu-prof).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
@@ -87,8 +89,10 @@ export interface FleetBenchResult {
   redisBytesPerPayloadByte: number | null;
   /** Seconds after the publish at which node B was killed, if it was. */
   killedNodeAfterSeconds: number | null;
-  /** CPU seconds the device worker processes used (all of the run). */
+  /** CPU seconds the device worker processes used (all of the run: start, provisioning, connect, delivery). */
   workersCpuSeconds: number;
+  /** Of which from the publish to the last ack (the delivery alone, the same phase for every broker). */
+  workersDeliveryCpuSeconds: number;
   nodesCpuSeconds: number[];
   serverCpuSeconds: number | null;
   redisCpuSeconds: number | null;
@@ -132,6 +136,7 @@ function startWorkers(o: FleetBenchOptions, f: WorkerFiles, workers: ChildProces
       spawn(
         process.execPath,
         [
+          ...(process.env.FLEET_BENCH_WORKER_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
           '--import',
           'tsx',
           WORKER,
@@ -243,6 +248,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
 
     const redisUrl = setup.redisUrl;
     const redisBefore = redisUrl ? await redisNetBytes(redisUrl) : undefined;
+    const workersCpuAtPublish = workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0);
     const t0 = Date.now();
     const settleKill = killNodeLater(o, setup);
     await publishOnce(o, setup.urls[0], keys, payload);
@@ -283,6 +289,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       redisBytesOut: redisOut,
       redisBytesPerPayloadByte: redisIn !== null && redisOut !== null ? Number(((redisIn + redisOut) / Math.max(1, ok.length * payload.byteLength)).toFixed(4)) : null,
       workersCpuSeconds,
+      workersDeliveryCpuSeconds: Number((workersCpuSeconds - workersCpuAtPublish).toFixed(2)),
       killedNodeAfterSeconds: killedNode ? o.killNodeAfterSeconds! : null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     };
