@@ -28,10 +28,8 @@ import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, linkFromArgs, modelFor, readLines, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, deviceHostArgs, linkFromArgs, modelFor, readLines, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
-
-const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
 
 export interface FleetSimOptions {
   devices: number;
@@ -166,25 +164,7 @@ async function startSimBroker(o: FleetSimOptions, held: Held, srvExec: Exec, bro
 /** Starts the site's device host (all the devices in one process); their ends are collected into `ends`. */
 function deviceHostStarter(o: FleetSimOptions, held: Held, siteExec: Exec, w: { deviceUrl: string; dir: string; trustFile: string; baseFile: string; ends: Map<string, DeviceEnd> }): () => ChildProcess {
   return () => {
-    const host = siteExec(process.execPath, [
-      '--import',
-      'tsx',
-      HOST_SCRIPT,
-      '--broker',
-      w.deviceUrl,
-      '--devices',
-      String(o.devices),
-      '--dir',
-      path.join(w.dir, 'site'),
-      '--trust',
-      w.trustFile,
-      '--initial',
-      w.baseFile,
-      '--model',
-      'sim',
-      '--group',
-      'site',
-    ]);
+    const host = siteExec(process.execPath, deviceHostArgs({ broker: w.deviceUrl, devices: o.devices, dir: path.join(w.dir, 'site'), trustFile: w.trustFile, baseFile: w.baseFile }));
     collectEnds(host, w.ends);
     host.stderr!.on('data', () => undefined);
     held.children.push(host);

@@ -42,10 +42,8 @@ import type { Fault } from './faults.ts';
 import type { LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, deviceHostArgs, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
-
-const HOST_SCRIPT = new URL('./device-host.ts', import.meta.url).pathname;
 
 export interface GatewaySimOptions {
   devices: number;
@@ -313,29 +311,7 @@ function rigOf(o: GatewaySimOptions, held: Held, w: Pick<Rig, 'dir' | 'payloadBy
     else proxy!.restore();
   };
   const startHost = (broker: string, prefix: string, ends: Map<string, DeviceEnd>): ChildProcess => {
-    const host = w.track(
-      w.siteExec(process.execPath, [
-        '--import',
-        'tsx',
-        HOST_SCRIPT,
-        '--broker',
-        broker,
-        '--devices',
-        String(o.devices),
-        '--dir',
-        path.join(w.dir, prefix),
-        '--trust',
-        w.trustFile,
-        '--initial',
-        w.baseFile,
-        '--model',
-        'sim',
-        '--group',
-        'site',
-        '--id-prefix',
-        `${prefix}-`,
-      ]),
-    );
+    const host = w.track(w.siteExec(process.execPath, deviceHostArgs({ broker, devices: o.devices, dir: path.join(w.dir, prefix), trustFile: w.trustFile, baseFile: w.baseFile, idPrefix: `${prefix}-` })));
     collectEnds(host, ends);
     return host;
   };

@@ -110,6 +110,13 @@ export function readLines(child: ChildProcess, onLine: (j: Record<string, unknow
 }
 
 /** Collects the first DeviceEnd line of each device a host prints. */
+/** Node's arguments for the device host (device-host.ts): `devices` agents of model `sim` in group `site`, in one process. */
+export function deviceHostArgs(o: { broker: string; devices: number; dir: string; trustFile: string; baseFile: string; idPrefix?: string }): string[] {
+  const host = new URL('./device-host.ts', import.meta.url).pathname;
+  const args = ['--import', 'tsx', host, '--broker', o.broker, '--devices', String(o.devices), '--dir', o.dir, '--trust', o.trustFile, '--initial', o.baseFile];
+  return [...args, '--model', 'sim', '--group', 'site', ...(o.idPrefix === undefined ? [] : ['--id-prefix', o.idPrefix])];
+}
+
 export function collectEnds(host: ChildProcess, ends: Map<string, DeviceEnd>): void {
   readLines(host, (j) => {
     if (typeof j.device === 'string' && !ends.has(j.device)) ends.set(j.device, j as unknown as DeviceEnd);
