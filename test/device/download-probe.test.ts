@@ -12,30 +12,18 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Download } from '../../device/download.ts';
 import { DeviceStorage } from '../../device/storage.ts';
-import { chunkList, chunkRange, sha256Hex, updateIdOf } from '../../protocol/chunks.ts';
+import { chunkRange } from '../../protocol/chunks.ts';
 import { decodeRequest, type Frame } from '../../protocol/frames.ts';
-import type { ReleaseStep } from '../../protocol/release.ts';
 import { Topics } from '../../protocol/topics.ts';
 import type { Transport } from '../../transport/types.ts';
 import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
+import { payloadStep } from '../support/payload-step.ts';
 import { until } from '../support/wait.ts';
 
 const CHUNK = 1024;
 const CHUNKS = 12;
-const payload = new Uint8Array(CHUNK * CHUNKS).map((_, i) => (i * 31) % 251);
-const list = chunkList(payload, CHUNK);
-const updateId = updateIdOf(payload);
-const step: ReleaseStep = {
-  updateId,
-  from: null,
-  to: 'ab'.repeat(32),
-  size: payload.byteLength,
-  sha256: sha256Hex(payload),
-  chunkSize: CHUNK,
-  chunks: CHUNKS,
-  listSha256: sha256Hex(list),
-};
+const { payload, list, updateId, step } = payloadStep(CHUNK, CHUNKS, (i) => (i * 31) % 251, 'ab'.repeat(32));
 
 let dir: string | undefined;
 afterEach(async () => {
