@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { DEFAULT_PREFIX } from '../protocol/topics.ts';
 import { parseLogLevel } from '../util/log.ts';
+import { signalStopInProgress } from '../util/graceful-stop.ts';
 import { VERSION } from '../util/version.ts';
 import { describeFsError } from '../util/fs-errors.ts';
 import { parseDuration } from './options.ts';
@@ -54,6 +55,8 @@ export function runProgram(program: Command, argv: string[]): void {
   const i = args.indexOf('device');
   if (i >= 2 && args[i + 1] === 'install-service') args.splice(i, 2, 'device-install-service');
   program.parseAsync(args).catch((e: unknown) => {
+    // Failed while a signal's stop takes the command down: the stop exits, with its own code.
+    if (signalStopInProgress()) return;
     process.stderr.write(`fleet: ${describeError(e)}\n`);
     const code = (e as { exitCode?: unknown }).exitCode;
     process.exit(typeof code === 'number' && code > 0 ? code : 1);

@@ -3,6 +3,7 @@ import { UsageError } from '../platform/errors.ts';
 import os from 'node:os';
 import { verifyRelease, type ReleaseBody, type TrustFile } from '../protocol/release.ts';
 import { trustOfOptions } from '../publisher/publish.ts';
+import { subscribeGranted } from '../transport/subscribe-granted.ts';
 import { VERSION } from '../util/version.ts';
 import { publishWave, rollbackReached, type ReleaseContext } from './actions.ts';
 import { describeThreshold, evaluateWave, recordRejection } from './evaluate.ts';
@@ -95,14 +96,18 @@ export class RolloutController {
       }),
     );
     this.inv.onChange((device, rec, what, retained) => this.onDevice(device, rec.status?.state, what, retained));
-    await t.subscribe([statusTopic, ...releaseTopics], 1);
-    await this.inv.follow(t);
+    // Nothing goes on without the retained status and the statuses: a broker that dies before it
+    // grants these is waited for, not taken for an empty one (which would start the rollout afresh).
+    const granted = { stopped: () => this.stopped };
+    await subscribeGranted(t, [statusTopic, ...releaseTopics], 1, granted);
+    await this.inv.follow(t, granted);
     await new Promise((r) => setTimeout(r, this.o.settleMs));
     this.rebuild();
     this.ready = true;
     if (isTerminal(this.s.state)) return this.status(); // an ended rollout is left as it is
     await this.publishStatus();
-    await t.subscribe(rolloutControlTopic(topics, this.id), 1).catch((e: unknown) => {
+    await subscribeGranted(t, rolloutControlTopic(topics, this.id), 1, granted).catch((e: unknown) => {
+      if (this.stopped) throw e;
       // A broker with ACLs that do not know the control topic yet: the rollout runs, without pause/resume/abort.
       this.io.log.warn('control commands unavailable: subscription refused', { error: String(e) });
     });

@@ -2,6 +2,7 @@ import { ignoreBecause } from '../platform/errors.ts';
 import { parsePresence, parseStatus, type DeviceStatus } from '../protocol/status.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
+import { subscribeGranted, type SubscribeGrantedOptions } from '../transport/subscribe-granted.ts';
 import { ago, stripControls, stripControlsDeep } from '../util/text.ts';
 import { withDeadline } from '../util/deadline.ts';
 
@@ -38,9 +39,11 @@ export class Inventory {
   constructor(private readonly topics: Topics) {}
 
   /** Subscribes; retained messages arrive right after. */
-  async follow(t: Transport): Promise<void> {
+  /** With `granted`, the subscription is sent again after a reconnect until the broker grants it (transport/subscribe-granted.ts). */
+  async follow(t: Transport, granted?: SubscribeGrantedOptions): Promise<void> {
     this.off = t.onMessage((topic, payload, retained) => this.handle(topic, payload, retained));
-    await t.subscribe([this.topics.allStatuses(), this.topics.allPresence()], 1);
+    const filters = [this.topics.allStatuses(), this.topics.allPresence()];
+    await (granted ? subscribeGranted(t, filters, 1, granted) : t.subscribe(filters, 1));
   }
 
   async stop(t: Transport): Promise<void> {

@@ -7,4 +7,6 @@ export const MQTT_DEFAULTS = {
   reconnectMaxMs: 30_000,
   keepaliveSeconds: 60,
   connectTimeoutMs: 30_000,
+  /** How often a subscribe that must be granted (subscribe-granted.ts) looks for the connection to be back, ms. */
+  subscribeRetryPollMs: 100,
 } as const;

@@ -341,6 +341,8 @@ export class MqttTransport implements Transport {
   subscribe(filters: string | string[], qos: 0 | 1 = 1): Promise<void> {
     return new Promise((resolve, reject) => {
       this.client.subscribe(filters, { qos }, (err, granted) => {
+        // mqtt.js fails a SUBACK with a failure code (0x80, MQTT 3.1.1 §3.9.3) as a plain Error.
+        if (err && /^Subscribe error/.test(err.message)) return reject(new UsageError('subscription-refused', `broker refused subscription to ${[filters].flat().join(', ')}`));
         if (err) return reject(err);
         const refused = (granted ?? []).filter((g) => g.qos === 128);
         if (refused.length) return reject(new UsageError('subscription-refused', `broker refused subscription to ${refused.map((g) => g.topic).join(', ')}`));

@@ -54,6 +54,19 @@ export interface GracefulStopOptions {
   exit?: (code: number) => void;
 }
 
+/** Stops begun by a signal in this process and not yet ended by its exit. */
+let signalStops = 0;
+
+/**
+ * True while a stop that a signal began is running: it owns the exit (its code,
+ * its log line). What fails meanwhile because the command is being taken down (a
+ * subscribe whose connection is closing) is part of that stop, not a failure of
+ * its own that may exit first with another code.
+ */
+export function signalStopInProgress(): boolean {
+  return signalStops > 0;
+}
+
 export class GracefulStop {
   private readonly steps: StopStep[] = [];
   private running: Promise<StopOutcome> | undefined;
@@ -107,7 +120,8 @@ export class GracefulStop {
     }
     this.o.log.info('stopping', { signal: sig, timeoutMs: this.o.timeoutMs });
     this.o.onSignal?.(sig);
-    void this.stop(`signal ${sig}`, this.o.signalExitCode ?? 0);
+    signalStops++;
+    void this.stop(`signal ${sig}`, this.o.signalExitCode ?? 0).finally(() => signalStops--);
   }
 
   private exit(code: number): void {

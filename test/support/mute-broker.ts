@@ -23,22 +23,28 @@ export class MuteBroker {
     private readonly server: net.Server,
     readonly port: number,
     private readonly refuse: boolean,
-    private readonly hangUpOnSubscribe: boolean,
+    private hangUps: number,
+    private readonly refuseSubscriptions: boolean,
   ) {}
 
   get url(): string {
     return `mqtt://127.0.0.1:${this.port}`;
   }
 
-  /** `refuse`: every TCP connection is closed at once, before any MQTT; `hangUpOnSubscribe`: closed on its first SUBSCRIBE (a broker dying then). */
-  static async start(opts: { port?: number; refuse?: boolean; hangUpOnSubscribe?: boolean } = {}): Promise<MuteBroker> {
+  /**
+   * `refuse`: every TCP connection is closed at once, before any MQTT; `hangUpOnSubscribe`: a connection
+   * is closed on its first SUBSCRIBE (a broker dying then), always (true) or for the first n SUBSCRIBEs;
+   * `refuseSubscriptions`: every subscription is answered with 0x80 (failure).
+   */
+  static async start(opts: { port?: number; refuse?: boolean; hangUpOnSubscribe?: boolean | number; refuseSubscriptions?: boolean } = {}): Promise<MuteBroker> {
     const port = opts.port ?? 0;
     const server = net.createServer();
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, '127.0.0.1', () => resolve());
     });
-    const b = new MuteBroker(server, (server.address() as net.AddressInfo).port, opts.refuse === true, opts.hangUpOnSubscribe === true);
+    const h = opts.hangUpOnSubscribe;
+    const b = new MuteBroker(server, (server.address() as net.AddressInfo).port, opts.refuse === true, h === true ? Infinity : typeof h === 'number' ? h : 0, opts.refuseSubscriptions === true);
     server.on('connection', (s) => b.serve(s));
     return b;
   }
@@ -106,12 +112,13 @@ export class MuteBroker {
       for (let i = 2; i + 2 <= body.length;) {
         const n = body.readUInt16BE(i);
         this.subscribed.push(body.subarray(i + 2, i + 2 + n).toString('utf8'));
-        if (this.hangUpOnSubscribe) {
+        if (this.hangUps > 0) {
+          this.hangUps--;
           s.destroy();
           this.wake();
           return;
         }
-        granted.push(body[i + 2 + n] ?? 0);
+        granted.push(this.refuseSubscriptions ? 0x80 : (body[i + 2 + n] ?? 0));
         i += 3 + n;
       }
       s.write(Buffer.concat([Buffer.from([0x90, 2 + granted.length]), body.subarray(0, 2), Buffer.from(granted)]));
