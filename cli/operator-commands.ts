@@ -21,7 +21,7 @@ async function follow(url: string, role: string, topics: Topics, staleSeconds: n
   stop.add({ name: 'MQTT disconnect', optional: true, run: () => transport.close() });
   const view = new FleetView(topics, { staleMs: staleSeconds * 1000 });
   before?.(view); // listeners in place before the retained burst arrives
-  await followFleet(view, transport);
+  await followFleet(view, transport, { stopped: () => stop.stopping });
   return { view, transport };
 }
 

@@ -8,6 +8,7 @@ import { isTerminal, type RolloutState } from '../rollout/machine.ts';
 import type { FailureThreshold, OfflinePolicy } from '../rollout/plan.ts';
 import { parseRolloutStatus, type RolloutStatus, type WaveCounts, type WaveFailure } from '../rollout/status.ts';
 import type { Transport } from '../transport/types.ts';
+import { subscribeGranted, type SubscribeGrantedOptions } from '../transport/subscribe-granted.ts';
 import { ago, stripControls, stripControlsDeep } from '../util/text.ts';
 
 /**
@@ -397,12 +398,15 @@ function rolloutRowOf(s: RolloutStatus): RolloutRow | null {
   };
 }
 
-/** Subscribes the view to the broker; returns a function that unsubscribes. */
-export async function followFleet(view: FleetView, t: Transport): Promise<() => Promise<void>> {
+/**
+ * Subscribes the view to the broker; returns a function that unsubscribes. With `granted`, a broker
+ * that goes away before it grants the subscription is waited for (transport/subscribe-granted.ts).
+ */
+export async function followFleet(view: FleetView, t: Transport, granted?: SubscribeGrantedOptions): Promise<() => Promise<void>> {
   const off = t.onMessage((topic, payload, retained) => {
     view.handle(topic, payload, retained);
   });
-  await t.subscribe(view.filters(), 1);
+  await (granted ? subscribeGranted(t, view.filters(), 1, granted) : t.subscribe(view.filters(), 1));
   // Without releases the view only lacks modelBytes (a broker ACL may refuse them).
   await t.subscribe(view.releaseFilter(), 1).catch(ignoreBecause('without releases the view only lacks modelBytes'));
   return async () => {

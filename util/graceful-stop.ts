@@ -82,6 +82,11 @@ export class GracefulStop {
     }
   }
 
+  /** True once the stop has begun (by a signal or by the command). */
+  get stopping(): boolean {
+    return this.running !== undefined;
+  }
+
   /** The bound of the whole stop, ms. */
   get timeoutMs(): number {
     return this.o.timeoutMs;
