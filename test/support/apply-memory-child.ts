@@ -1,7 +1,7 @@
 /**
  * `node --expose-gc --import tsx apply-memory-child.ts MODEL UPDATE OUT`: runs
  * `fleet apply`'s procedure (applyUpdateFile: decode the payload, check the base,
- * apply, check the target) and prints one JSON line with the memory it kept alive:
+ * apply, check the target; safetensors or ONNX by the model's extension) and prints one JSON line with the memory it kept alive:
  * every few milliseconds while it runs, a full garbage collection and then the JS
  * heap in use plus the ArrayBuffers held (Buffers included). Forcing the collection
  * makes the figure the live set, independent of when V8 would have collected.
@@ -10,6 +10,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { applyUpdateFile } from '../../device/apply.ts';
+import { modelFormatOf } from '../../util/model-format.ts';
 
 const [model, update, out] = process.argv.slice(2);
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -27,7 +28,7 @@ const timer = setInterval(() => {
   samples++;
 }, 5);
 const payload: never = (process.env.FLEET_APPLY_BYTES === '1' ? new Uint8Array(readFileSync(update)) : update) as never;
-const target = await applyUpdateFile(model, payload, out);
+const target = await applyUpdateFile(model, payload, out, undefined, 0, modelFormatOf(model));
 clearInterval(timer);
 peak = Math.max(peak, live());
 process.stdout.write(`${JSON.stringify({ baseline, peak, samples, target })}\n`);
