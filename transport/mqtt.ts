@@ -3,11 +3,11 @@ import { IoError, UsageError } from '../platform/errors.ts';
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
-import { MqttClient, type IClientOptions } from 'mqtt';
+import { MqttClient, type IClientOptions, type ISubscriptionMap } from 'mqtt';
 import { MAX_CHUNK_BYTES } from '../protocol/manifest.ts';
 import type { WireStats } from '../protocol/status.ts';
 import { describeBreach, limitIncoming } from './packet-limit.ts';
-import type { MessageHandler, PublishOptions, Transport } from './types.ts';
+import type { MessageHandler, PublishOptions, SubscribeOptions, Transport } from './types.ts';
 import { connectCause, type ConnectCause } from './connect-errors.ts';
 
 export interface MqttTransportOptions {
@@ -338,11 +338,15 @@ export class MqttTransport implements Transport {
     });
   }
 
-  subscribe(filters: string | string[], qos: 0 | 1 = 1): Promise<void> {
+  subscribe(filters: string | string[], qos: 0 | 1 = 1, opts: SubscribeOptions = {}): Promise<void> {
+    // mqtt.js sends nothing for a filter it already holds at this QoS (it re-subscribes those itself on a
+    // reconnect) and answers at once; `resend` makes it send the SUBSCRIBE and wait for this SUBACK.
+    const list = [filters].flat();
+    const request: string[] | ISubscriptionMap = opts.resend ? resendMap(list, qos) : list;
     return new Promise((resolve, reject) => {
-      this.client.subscribe(filters, { qos }, (err, granted) => {
+      this.client.subscribe(request, { qos }, (err, granted) => {
         // mqtt.js fails a SUBACK with a failure code (0x80, MQTT 3.1.1 §3.9.3) as a plain Error.
-        if (err && /^Subscribe error/.test(err.message)) return reject(new UsageError('subscription-refused', `broker refused subscription to ${[filters].flat().join(', ')}`));
+        if (err && /^Subscribe error/.test(err.message)) return reject(new UsageError('subscription-refused', `broker refused subscription to ${list.join(', ')}`));
         if (err) return reject(err);
         const refused = (granted ?? []).filter((g) => g.qos === 128);
         if (refused.length) return reject(new UsageError('subscription-refused', `broker refused subscription to ${refused.map((g) => g.topic).join(', ')}`));
@@ -405,4 +409,11 @@ export class MqttTransport implements Transport {
       });
     });
   }
+}
+
+/** mqtt.js's form of a subscribe that is sent even for filters it holds (its `resubscribe` flag). */
+function resendMap(filters: string[], qos: 0 | 1): ISubscriptionMap {
+  const map: ISubscriptionMap = Object.fromEntries(filters.map((f) => [f, { qos }]));
+  map.resubscribe = true;
+  return map;
 }

@@ -22,9 +22,10 @@ export interface SubscribeGrantedOptions {
  */
 export async function subscribeGranted(t: Transport, filters: string | string[], qos: 0 | 1, o: SubscribeGrantedOptions): Promise<void> {
   const pollMs = o.pollMs ?? MQTT_DEFAULTS.subscribeRetryPollMs;
-  for (;;) {
+  for (let attempt = 0; ; attempt++) {
     try {
-      await t.subscribe(filters, qos);
+      // Again after a lost connection, the SUBSCRIBE is sent for certain (the client may count it as held).
+      await t.subscribe(filters, qos, { resend: attempt > 0 });
       return;
     } catch (e) {
       if (o.stopped()) throw stoppedError(filters);

@@ -11,10 +11,16 @@ export interface PublishOptions {
 
 export type MessageHandler = (topic: string, payload: Uint8Array, retained: boolean) => void;
 
+export interface SubscribeOptions {
+  /** Send the SUBSCRIBE even for filters this client already asked for (one a lost connection may have dropped). */
+  resend?: boolean;
+}
+
 export interface Transport {
   /** Resolves when the broker has acknowledged a QoS 1 publish (or, for QoS 0, when it is written). */
   publish(topic: string, payload: Uint8Array | string, opts?: PublishOptions): Promise<void>;
-  subscribe(filters: string | string[], qos?: 0 | 1): Promise<void>;
+  /** Resolves when the broker has granted it (or, without `resend`, at once when the session already holds it). */
+  subscribe(filters: string | string[], qos?: 0 | 1, opts?: SubscribeOptions): Promise<void>;
   unsubscribe(filters: string | string[]): Promise<void>;
   /** Returns a function that removes the handler. */
   onMessage(handler: MessageHandler): () => void;

@@ -108,6 +108,9 @@ async function roundTrip(c: Client, timeoutMs = 2000): Promise<number> {
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** What a loaded machine may add to a scheduled step's time (the steps are at least 150 ms apart and windows 1 s wide). */
+const SLACK_MS = 800;
+
 describe('LinkProxy', () => {
   it('caps bandwidth: 100 KB at 200 KB/s takes at least 0.45 s', async () => {
     const p = await startProxy({ bytesPerSecond: 200_000 });
@@ -227,49 +230,51 @@ describe('LinkProxy', () => {
     expect(p.connections).toBe(2);
   }, 10_000);
 
+  // Steps a second apart: each state lasts long enough to be seen on a loaded machine (a 200 ms window
+  // was missed at load 19); the upper bounds allow the same.
   it('runs a schedule at about the right times', async () => {
     const p = await startProxy();
     const a = await dial(p.port);
     await roundTrip(a);
     const t0 = Date.now();
     const done = p.runSchedule([
-      { atMs: 750, action: 'unstall' },
+      { atMs: 3300, action: 'unstall' },
       { atMs: 150, action: 'cut' },
       { atMs: 300, action: 'down' },
-      { atMs: 450, action: 'up' },
-      { atMs: 550, action: 'stall' },
-      { atMs: 900, action: { rateBytesPerSecond: 12_345 } },
-      { atMs: 900, action: { latencyMs: 7 } },
+      { atMs: 1300, action: 'up' },
+      { atMs: 2300, action: 'stall' },
+      { atMs: 3500, action: { rateBytesPerSecond: 12_345 } },
+      { atMs: 3500, action: { latencyMs: 7 } },
     ]);
-    await a.until(() => a.closedAt !== undefined, 1000, 'the scheduled cut');
+    await a.until(() => a.closedAt !== undefined, 2000, 'the scheduled cut');
     expect(a.closedAt! - t0).toBeGreaterThanOrEqual(150 - 5);
-    expect(a.closedAt! - t0).toBeLessThan(150 + 150);
+    expect(a.closedAt! - t0).toBeLessThan(150 + SLACK_MS);
 
     await until(() => p.isDown, { what: 'the scheduled down (at 300 ms)', timeoutMs: 2000, intervalMs: 5 });
     const refused = await dial(p.port).catch(() => undefined);
     if (refused) await refused.until(() => refused.closedAt !== undefined, 1000, 'the refusal');
     expect(p.isDown).toBe(true);
 
-    await until(() => !p.isDown, { what: 'the scheduled up (at 450 ms)', timeoutMs: 2000, intervalMs: 5 });
+    await until(() => !p.isDown, { what: 'the scheduled up (at 1300 ms)', timeoutMs: 3000, intervalMs: 5 });
     const b = await dial(p.port);
     await roundTrip(b);
 
-    await until(() => p.isStalled, { what: 'the scheduled stall (at 550 ms)', timeoutMs: 2000, intervalMs: 5 });
+    await until(() => p.isStalled, { what: 'the scheduled stall (at 2300 ms)', timeoutMs: 3000, intervalMs: 5 });
     b.sock.write('late');
     const before = b.received;
-    await b.until(() => b.received >= before + 4, 2000, 'the echo after unstall');
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(750 - 5);
-    expect(Date.now() - t0).toBeLessThan(750 + 250);
+    await b.until(() => b.received >= before + 4, 3000, 'the echo after unstall');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(3300 - 5);
+    expect(Date.now() - t0).toBeLessThan(3300 + SLACK_MS);
 
     expect(await done).toBe(true);
-    expect(Date.now() - t0).toBeGreaterThanOrEqual(900 - 5);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(3500 - 5);
     expect(p.bytesPerSecond).toBe(12_345);
     expect(p.latencyMs).toBe(7);
     expect(p.cutLog.map((c) => c.cause)).toEqual(['schedule', 'down']);
     expect(p.cutLog[0].at - t0).toBeGreaterThanOrEqual(150 - 5);
     expect(p.cutLog[1].at - t0).toBeGreaterThanOrEqual(300 - 5);
-    expect(p.cutLog[1].at - t0).toBeLessThan(300 + 150);
-  }, 10_000);
+    expect(p.cutLog[1].at - t0).toBeLessThan(300 + SLACK_MS);
+  }, 20_000);
 
   it('stop() cancels pending schedule steps', async () => {
     const p = await startProxy();

@@ -91,7 +91,7 @@ export class MuteBroker {
       if (buf.length > 4 * 1024 * 1024) return s.destroy(); // bound what a test client can make us hold
       for (;;) {
         const p = nextPacket(buf);
-        if (!p) return;
+        if (!p || s.destroyed) return; // a connection hung up on reads nothing more
         buf = buf.subarray(p.end);
         this.handle(s, p.type, p.body);
       }

@@ -32,8 +32,8 @@ describe('subscribeGranted', () => {
   it('is sent again after the reconnect and resolves once the broker grants it', async () => {
     const { broker, t } = await setUp({ hangUpOnSubscribe: 2 });
     await subscribeGranted(t, ['a/b', 'c/d'], 1, { stopped: () => false, pollMs: 10 });
+    // Two hang-ups, each the end of a connection, then granted on a third.
     expect(broker.connections).toBeGreaterThanOrEqual(3);
-    // Two hang-ups on the first filter, then both granted on the third connection.
     expect(broker.subscribed.filter((f) => f === 'a/b').length).toBeGreaterThanOrEqual(3);
     expect(broker.subscribed).toContain('c/d');
   });
