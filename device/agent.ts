@@ -203,7 +203,8 @@ export class DeviceAgent {
     // had its answer dropped by the broker (no subscriber yet), leaving the download silent until a timeout.
     if (this.fetcher) {
       const resend = (): void => this.fetcher?.resend();
-      void t.subscribe(topics.framesFor(this.cfg.model, this.cfg.deviceId), 0).then(resend, resend);
+      // `resend`: the client counts the filter as held and would answer at once, without the broker.
+      void t.subscribe(topics.framesFor(this.cfg.model, this.cfg.deviceId), 0, { resend: true }).then(resend, resend);
     }
     // A reconnect of our own (a silent connection while the link was up): nobody took the session, and
     // the status has not changed (an unacknowledged one is sent again by the transport).

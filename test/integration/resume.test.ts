@@ -5,7 +5,7 @@ import { stopChild } from '../../platform/child-process.ts';
 import { Bitmap } from '../../protocol/chunks.ts';
 import { decodeRequest } from '../../protocol/frames.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
-import { connect, createFixture, currentDigest, publish, spawnDevice, StatusWatch, topics, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
+import { connect, createFixture, currentDigest, MODEL, publish, spawnDevice, StatusWatch, topics, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
@@ -28,6 +28,16 @@ async function recordRequests(fx: Fixture): Promise<Array<{ device: string; at: 
   return seen;
 }
 
+/** What the broker saw of one client, in order: its connects, its subscribes to `frames`, its chunk requests. */
+function recordBrokerOrder(fx: Fixture, clientId: string, frames: string): string[] {
+  const seen: string[] = [];
+  const aedes = fx.broker!.aedes;
+  aedes.on('client', (c) => c.id === clientId && seen.push('connect'));
+  aedes.on('subscribe', (subs, c) => c.id === clientId && subs.some((s) => s.topic === frames) && seen.push('frames-subscribe'));
+  aedes.on('publish', (packet, c) => c?.id === clientId && topics.parse(packet.topic)?.kind === 'request' && seen.push('request'));
+  return seen;
+}
+
 async function heldOnDisk(fx: Fixture, device: string, updateId: string, chunks: number): Promise<Set<number>> {
   const bytes = await fs.readFile(path.join(fx.dir, device, 'downloads', updateId, 'bitmap'));
   const b = new Bitmap(chunks, new Uint8Array(bytes));
@@ -40,6 +50,7 @@ describe('transfers resume where they stopped', () => {
     proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
     await proxy.start();
     const requests = await recordRequests(f);
+    const order = recordBrokerOrder(f, 'fleet-device-cut-1', topics.framesFor(MODEL, 'cut-1'));
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'cut-1', [], proxy.url);
     await watch.until('cut-1', (s) => s.state === 'idle');
@@ -61,6 +72,11 @@ describe('transfers resume where they stopped', () => {
     const askedAfter = requests.filter((q) => q.device === 'cut-1' && q.at > cutAt).flatMap((q) => q.want);
     expect(askedAfter.length).toBeGreaterThan(0);
     expect(askedAfter.filter((i) => held.has(i))).toEqual([]);
+    // On the connection after the outage, the first request comes after the frames subscription is
+    // back: an answer to a request the broker had before it would have had no subscriber.
+    const afterCut = order.slice(order.lastIndexOf('connect'));
+    expect(afterCut.indexOf('request'), afterCut.join(' ')).toBeGreaterThan(afterCut.indexOf('frames-subscribe'));
+    expect(afterCut.indexOf('frames-subscribe'), afterCut.join(' ')).toBeGreaterThan(0);
   });
 
   it('after the agent is killed (SIGKILL) mid-transfer: restarts from the bitmap on disk', async () => {

@@ -38,6 +38,16 @@ describe('subscribeGranted', () => {
     expect(broker.subscribed).toContain('c/d');
   });
 
+  it('a filter the client already holds: a plain subscribe answers without the broker, `resend` asks it', async () => {
+    const { broker, t } = await setUp({});
+    await t.subscribe('a/b', 0);
+    expect(broker.subscribed).toEqual(['a/b']);
+    await t.subscribe('a/b', 0);
+    expect(broker.subscribed).toEqual(['a/b']); // mqtt.js sent nothing: no SUBACK to wait for
+    await t.subscribe('a/b', 0, { resend: true });
+    expect(broker.subscribed).toEqual(['a/b', 'a/b']); // resolved on the broker's SUBACK to this one
+  });
+
   it('rejects a refusal at once, as it is', async () => {
     const { broker, t } = await setUp({ refuseSubscriptions: true });
     await expect(subscribeGranted(t, 'a/b', 1, { stopped: () => false, pollMs: 10 })).rejects.toMatchObject({ code: 'subscription-refused' });
