@@ -77,7 +77,7 @@ export class UpstreamFetcher {
     const up = o.upstream;
     this.gated = {
       publish: (topic: string, payload: Uint8Array | string, opts?: PublishOptions) => (this.allowed ? up.publish(topic, payload, opts) : Promise.resolve()),
-      subscribe: (f, q) => up.subscribe(f, q),
+      subscribe: (f, q, so) => up.subscribe(f, q, so),
       unsubscribe: (f) => up.unsubscribe(f),
       onMessage: (h) => up.onMessage(h),
       onConnect: (h) => up.onConnect(h),
