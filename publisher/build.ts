@@ -1,16 +1,17 @@
 import { PUBLISH_DEFAULTS } from './defaults.ts';
 import { InternalError } from '../platform/errors.ts';
 import { ModelDigest } from '../protocol/digest.ts';
-import { decodeValues } from '../protocol/dtypes.ts';
+import { elementReader } from '../protocol/dtypes.ts';
 import { applyTensor, describeDelta, encodePayload, type DeltaKind, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
 import { allocateBudget, planOf, type Choice, type DenseItem, type MatrixItem } from './allocate.ts';
 import { BuildError } from './build-error.ts';
-import type { ChangedTensor, DeltaSource } from './delta-source.ts';
+import { DeltaScratch, type ChangedTensor, type DeltaSource } from './delta-source.ts';
 import { balanceFactors, denseBytes, encodeFactors, entryOverhead, factorBytes, PAYLOAD_OVERHEAD, type Quant } from './quantize.ts';
 import { frobeniusNorm2, randomizedSvd, type TruncatedSvd } from './rsvd.ts';
 import type { Metric } from './calib.ts';
-import { allocate, analyse, encodePlan, type Method, type RdOptions } from './rd.ts';
+import { rdDeltas, type Method } from './rd.ts';
 import { refitSource } from './refit.ts';
+import { chainOf, sequentialPlan } from './sequential.ts';
 
 export type BuildMode = { kind: 'rank'; rank: number } | { kind: 'budget'; bytes: number } | { kind: 'energy'; fraction: number } | { kind: 'factors' };
 
@@ -113,10 +114,11 @@ type SvdOf = (c: ChangedTensor, k: number) => Promise<TruncatedSvd>;
 /** The truncated SVD of a changed tensor's ΔW with at least k triplets, computed once per tensor (again only for more). */
 function svdCache(src: DeltaSource, powerIterations: number): SvdOf {
   const svds = new Map<string, TruncatedSvd>();
+  const scratch = new DeltaScratch();
   return async (c, k) => {
     const have = svds.get(c.info.name);
     if (have && have.k >= Math.min(k, c.m, c.n)) return have;
-    const d = await src.delta(c);
+    const d = await src.delta(c, scratch.get(c.m * c.n));
     const svd = randomizedSvd(d, c.m, c.n, k, { powerIterations, seed: 1 });
     svds.set(c.info.name, svd);
     return svd;
@@ -153,23 +155,29 @@ async function planFixedMode(o: BuildOptions, matrices: ChangedTensor[], svdOf: 
 /**
  * --method auto|mixed|sign|dense: one rate–distortion allocation (publisher/rd.ts); with cross
  * statistics, also the plan that re-fits those layers to the target's outputs
- * (publisher/refit.ts), the lower estimated output error winning.
+ * (publisher/refit.ts), and with a chain the sequential plan (publisher/sequential.ts); the
+ * lower output error wins (exact on the calibration samples when they cover every changed
+ * tensor, else estimated).
  */
 async function buildRd(o: BuildOptions, budget: number, method: Method, tick: (name: string) => void): Promise<{ deltas: TensorDelta[]; refitted: string[] }> {
   const src = o.source;
   const rd = { method, metrics: o.metrics ?? new Map<string, Metric>(), powerIterations: o.powerIterations ?? PUBLISH_DEFAULTS.powerIterations, onAnalysed: tick };
-  let best = await rdDeltas(src, budget, rd);
-  let refitted: string[] = [];
+  const candidates: { deltas: TensorDelta[]; error: number; refitted: string[] }[] = [];
+  const usual = await rdDeltas(src, budget, rd);
+  if (usual) candidates.push({ ...usual, refitted: [] });
   const refit = await refitSource(src, rd.metrics);
   if (refit) {
     const other = await rdDeltas(refit.source, budget, { ...rd, onAnalysed: undefined });
-    if (other && (!best || other.error + refit.residual < best.error)) {
-      best = other;
-      refitted = refit.refitted.filter((n) => other.deltas.some((d) => d.name === n));
-    }
+    if (other) candidates.push({ deltas: other.deltas, error: other.error + refit.residual, refitted: refit.refitted.filter((n) => other.deltas.some((d) => d.name === n)) });
   }
-  if (!best) throw new BuildError('budget-too-small', `a budget of ${budget} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
-  return { deltas: best.deltas, refitted };
+  const chain = await chainOf(src, rd.metrics);
+  const seq = chain && (await sequentialPlan(src, budget, rd, chain));
+  if (seq) candidates.push(seq);
+  if (candidates.length === 0) throw new BuildError('budget-too-small', `a budget of ${budget} bytes cannot hold even the smallest update (${smallestUpdate(src, o.quant)} bytes)`);
+  // With the calibration samples covering every changed tensor, plans are compared by their exact output error on them; else by the estimates.
+  const scores = chain?.covers ? await Promise.all(candidates.map((c) => chain.exact(c.deltas))) : candidates.map((c) => c.error);
+  const best = scores.indexOf(Math.min(...scores));
+  return { deltas: candidates[best].deltas, refitted: candidates[best].refitted };
 }
 
 /** --budget with low-rank factors: ranks allocated across tensors (publisher/allocate.ts); the last (least valuable) takes dropped until the CBOR fits. */
@@ -177,8 +185,9 @@ async function buildLowRankBudget(o: BuildOptions, budget: number, svdOf: SvdOf,
   const src = o.source;
   const items: MatrixItem[] = [];
   const denses: DenseItem[] = [];
+  const scratch = new DeltaScratch();
   for (const c of src.changed) {
-    const energy = frobeniusNorm2(await src.delta(c));
+    const energy = frobeniusNorm2(await src.delta(c, scratch.get(c.m * c.n)));
     if (c.info.shape.length >= 2) items.push({ name: c.info.name, shape: c.info.shape, m: c.m, n: c.n, energy });
     else denses.push({ name: c.info.name, shape: c.info.shape, count: c.m * c.n, energy });
     tick(c.info.name);
@@ -211,21 +220,26 @@ async function digestPass(src: DeltaSource, deltas: TensorDelta[], tick: (name: 
   const baseDigest = new ModelDigest();
   const targetDigest = new ModelDigest();
   const reports: TensorReport[] = [];
+  // One buffer each for the base's bytes, the applied bytes and ΔW, reused tensor after tensor (the digests keep nothing).
+  const largest = src.base.tensors.reduce((a, t) => Math.max(a, t.end - t.begin), 0);
+  const [readBuf, applyBuf] = [new Uint8Array(largest), new Uint8Array(largest)];
+  const scratch = new DeltaScratch();
   for (const t of src.base.tensors) {
-    const bytes = await src.base.read(t);
+    const bytes = await src.base.read(t, readBuf);
     baseDigest.addTensor(t, bytes);
     const delta = byName.get(t.name);
-    const applied = delta ? applyTensor(t, bytes, delta) : bytes;
+    const applied = delta ? applyTensor(t, bytes, delta, applyBuf) : bytes;
     targetDigest.addTensor(t, applied);
     const c = changedByName.get(t.name);
     if (!c) continue;
-    const want = await src.delta(c);
-    const bv = decodeValues(bytes, t.dtype);
-    const av = delta ? decodeValues(applied, t.dtype) : bv;
+    const want = await src.delta(c, scratch.get(c.m * c.n));
+    // Read in place: decoded copies of base and applied would be two more arrays of doubles per tensor.
+    const bv = elementReader(bytes, t.dtype);
+    const av = delta ? elementReader(applied, t.dtype) : bv;
     let err2 = 0;
     let ref2 = 0;
     for (let i = 0; i < want.length; i++) {
-      const e = av[i] - bv[i] - want[i];
+      const e = av(i) - bv(i) - want[i];
       err2 += e * e;
       ref2 += want[i] * want[i];
     }
@@ -287,19 +301,6 @@ async function encodeDeltas(src: DeltaSource, plan: Map<string, Choice>, quant: 
     }
   }
   return out;
-}
-
-/** One rate–distortion allocation of `budget` payload bytes; should the CBOR framing come out larger than estimated, allocate again for less. Undefined when nothing fits. */
-async function rdDeltas(src: DeltaSource, budget: number, rd: RdOptions): Promise<{ deltas: TensorDelta[]; error: number } | undefined> {
-  const items = await analyse(src, budget - PAYLOAD_OVERHEAD, rd);
-  for (let spend = budget - PAYLOAD_OVERHEAD; ;) {
-    const plan = await allocate(items, spend, src, rd);
-    const deltas = await encodePlan(plan, src);
-    if (deltas.length === 0) return undefined;
-    const size = encodePayload({ v: 1, base: baseDigestPlaceholder, target: baseDigestPlaceholder, tensors: deltas }).byteLength;
-    if (size <= budget) return { deltas, error: plan.error };
-    spend -= size - budget + 16;
-  }
 }
 
 function reportOf(d: TensorDelta, relError: number): TensorReport {

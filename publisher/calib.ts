@@ -17,7 +17,20 @@ export type Metric = ({ kind: 'none'; n: number } | { kind: 'diag'; n: number; d
   rows?: Float64Array;
   /** Output matching (publisher/refit.ts): the undamped Gram G = X_bᵀX_b/N, the cross Gram C = X_bᵀX_t/N and the target's T = X_tᵀX_t/N, n×n each. */
   match?: Match;
+  /** Sequential re-fit (publisher/sequential.ts): this weight's inputs are act(upstream·x + bias) on the calibration samples x. */
+  chain?: Chain;
 };
+
+/** `<weight>:upstream` metadata (`relu(fc1.weight)` or `fc1.weight`) and `<upstream>:inputs` [N, in]: the samples the upstream layer saw. */
+export interface Chain {
+  upstream: string;
+  activation: Activation;
+  /** The N calibration inputs of the upstream layer, row-major N×in. */
+  inputs: Float64Array;
+  samples: number;
+}
+
+export type Activation = 'relu' | 'identity';
 
 export interface Match {
   g: Float64Array;
@@ -37,6 +50,9 @@ export const TARGET_SUFFIX = ':target';
 /** `<weight>:base-mean` and `<weight>:target-mean` [n]: the mean of X_b and of X_t (optional, both or neither). */
 export const BASE_MEAN_SUFFIX = ':base-mean';
 export const TARGET_MEAN_SUFFIX = ':target-mean';
+/** `<weight>:inputs` [N, in]: the calibration samples a layer saw (the upstream of a chain); `<weight>:upstream` (metadata) names that layer and the activation in between. */
+export const INPUTS_SUFFIX = ':inputs';
+export const UPSTREAM_SUFFIX = ':upstream';
 
 /** Lower-triangular L (row-major n×n) with L·Lᵀ = g; throws if g is not positive definite. */
 export function cholesky(g: Float64Array, n: number): Float64Array {
@@ -144,7 +160,12 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
     const rows = new Map<string, Float64Array>();
     const grams = new Map<string, Float64Array>();
     const pairs = new Map<string, { cross?: Float64Array; target?: Float64Array; baseMean?: Float64Array; targetMean?: Float64Array }>();
+    const inputs = new Map<string, { values: Float64Array; samples: number }>();
     for (const t of m.tensors) {
+      if (t.name.endsWith(INPUTS_SUFFIX)) {
+        inputs.set(t.name.slice(0, -INPUTS_SUFFIX.length), await readInputs(m, t, shapes));
+        continue;
+      }
       const suffix = [CROSS_SUFFIX, TARGET_SUFFIX, BASE_MEAN_SUFFIX, TARGET_MEAN_SUFFIX].find((x) => t.name.endsWith(x));
       if (suffix) {
         const name = t.name.slice(0, -suffix.length);
@@ -197,17 +218,21 @@ export async function loadCalibration(file: string, shapes: Map<string, readonly
       if (!p.baseMean !== !p.targetMean) throw new BuildError('bad-calibration', `calibration ${name}: give ${name}${BASE_MEAN_SUFFIX} and ${name}${TARGET_MEAN_SUFFIX} together, or neither`);
       metric.match = { g, cross: p.cross, target: p.target, ...(p.baseMean && p.targetMean ? { means: { base: p.baseMean, target: p.targetMean } } : {}) };
     }
-    for (const [name, o] of rows) {
-      const n = shapes
-        .get(name)!
-        .slice(1)
-        .reduce((a, b) => a * b, 1);
-      out.set(name, { ...(out.get(name) ?? { kind: 'none', n }), rows: o });
-    }
+    for (const [name, chain] of chainsOf(m.header.metadata, inputs, shapes)) extend(out, name, shapes, { chain });
+    for (const [name, o] of rows) extend(out, name, shapes, { rows: o });
     return out;
   } finally {
     await m.close();
   }
+}
+
+/** Add to the metric of `name` (uniform when it has none). */
+function extend(out: Map<string, Metric>, name: string, shapes: Map<string, readonly number[]>, more: Pick<Metric, 'rows' | 'chain'>): void {
+  const n = shapes
+    .get(name)!
+    .slice(1)
+    .reduce((a, b) => a * b, 1);
+  out.set(name, { ...(out.get(name) ?? { kind: 'none', n }), ...more });
 }
 
 /** A `:cross` or `:target` entry (F32/F64 [n, n]) or a mean (F32/F64 [n]) for a matrix `name` of the model, finite. */
@@ -222,4 +247,42 @@ async function readStat(m: ModelFile, t: TensorInfo, name: string, shapes: Map<s
   const v = Float64Array.from(decodeValues(await m.read(t), t.dtype));
   for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) throw new BuildError('bad-calibration', `calibration ${t.name}: entry ${i} is ${v[i]}`);
   return v;
+}
+
+/** `<upstream>:inputs`: F32/F64 [N, in] for a matrix of the model (in its columns), N ≥ 1, finite. */
+async function readInputs(m: ModelFile, t: TensorInfo, shapes: Map<string, readonly number[]>): Promise<{ values: Float64Array; samples: number }> {
+  const name = t.name.slice(0, -INPUTS_SUFFIX.length);
+  const shape = shapes.get(name);
+  if (!shape || shape.length < 2) throw new BuildError('bad-calibration', `calibration ${t.name}: the model has no matrix ${name}`);
+  const n = shape.slice(1).reduce((a, b) => a * b, 1);
+  if (t.shape.length !== 2 || t.shape[1] !== n || t.shape[0] < 1 || (t.dtype !== 'F32' && t.dtype !== 'F64')) {
+    throw new BuildError('bad-calibration', `calibration ${t.name}: expected F32 or F64 of shape [N, ${n}] (N calibration inputs of ${name}), got ${t.dtype} [${t.shape.join(',')}]`);
+  }
+  const values = Float64Array.from(decodeValues(await m.read(t), t.dtype));
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) throw new BuildError('bad-calibration', `calibration ${t.name}: entry ${i} is ${values[i]}`);
+  return { values, samples: t.shape[0] };
+}
+
+/** The `<weight>:upstream` metadata entries, each checked against the model and the `:inputs` tensors (at most one chain; every `:inputs` used). */
+function chainsOf(metadata: Record<string, string>, inputs: Map<string, { values: Float64Array; samples: number }>, shapes: Map<string, readonly number[]>): Map<string, Chain> {
+  const out = new Map<string, Chain>();
+  for (const [key, value] of Object.entries(metadata)) {
+    if (!key.endsWith(UPSTREAM_SUFFIX)) continue;
+    const name = key.slice(0, -UPSTREAM_SUFFIX.length);
+    const relu = /^relu\((.+)\)$/.exec(value);
+    const upstream = relu ? relu[1] : value;
+    const shape = shapes.get(name);
+    const up = shapes.get(upstream);
+    if (!shape || shape.length !== 2) throw new BuildError('bad-calibration', `calibration metadata ${key}: the model has no 2-D weight ${name}`);
+    if (!up || up.length !== 2) throw new BuildError('bad-calibration', `calibration metadata ${key} = ${JSON.stringify(value)}: expected relu(<weight>) or <weight>, a 2-D weight of the model`);
+    if (up[0] !== shape[1]) throw new BuildError('bad-calibration', `calibration metadata ${key}: ${upstream} has ${up[0]} outputs but ${name} takes ${shape[1]} inputs`);
+    const x = inputs.get(upstream);
+    if (!x) throw new BuildError('bad-calibration', `calibration metadata ${key}: the file has no ${upstream}${INPUTS_SUFFIX} (the calibration inputs of ${upstream}, shape [N, ${up[1]}])`);
+    out.set(name, { upstream, activation: relu ? 'relu' : 'identity', inputs: x.values, samples: x.samples });
+  }
+  if (out.size > 1) throw new BuildError('bad-calibration', `calibration metadata: ${out.size} ${UPSTREAM_SUFFIX} chains (${[...out.keys()].join(', ')}); one per build is supported`);
+  for (const name of inputs.keys()) {
+    if (![...out.values()].some((c) => c.upstream === name)) throw new BuildError('bad-calibration', `calibration ${name}${INPUTS_SUFFIX}: no <weight>${UPSTREAM_SUFFIX} metadata names ${name} as its upstream`);
+  }
+  return out;
 }

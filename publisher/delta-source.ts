@@ -1,4 +1,4 @@
-import { decodeValues, isUpdatableDtype } from '../protocol/dtypes.ts';
+import { decodeValues, elementCount, elementReader, isUpdatableDtype, type Dtype } from '../protocol/dtypes.ts';
 import type { TensorInfo } from '../protocol/safetensors.ts';
 import { modelFormatOf, openModelFile, type ModelFile } from '../util/model-format.ts';
 import { BuildError } from './build-error.ts';
@@ -19,8 +19,12 @@ export interface DeltaSource {
   base: ModelFile;
   /** Changed tensors in name order. */
   changed: ChangedTensor[];
-  /** The exact intended ΔW of a changed tensor (row-major, m×n doubles). */
-  delta(t: ChangedTensor): Promise<Float64Array>;
+  /**
+   * The exact intended ΔW of a changed tensor (row-major, m×n doubles). `into`: an array of the
+   * caller's (m·n long) that a source may fill and return instead of allocating one — for
+   * callers that do not keep the result (8 MB for a 1024×1024 tensor, asked for many times).
+   */
+  delta(t: ChangedTensor, into?: Float64Array): Promise<Float64Array>;
   close(): Promise<void>;
 }
 
@@ -32,6 +36,16 @@ function dims(shape: readonly number[]): { m: number; n: number } {
 function checkFinite(values: Float64Array, name: string, which: string): void {
   for (let i = 0; i < values.length; i++) {
     if (!Number.isFinite(values[i])) throw new BuildError('non-finite', `${which} tensor ${name} has ${values[i]} at element ${i}`);
+  }
+}
+
+/** The same check on a tensor's bytes, without a decoded copy (a 1024×1024 F32 tensor would be 8 MB of doubles). */
+function checkFiniteBytes(bytes: Uint8Array, dtype: Dtype, name: string, which: string): void {
+  const read = elementReader(bytes, dtype);
+  const count = elementCount(bytes, dtype);
+  for (let i = 0; i < count; i++) {
+    const x = read(i);
+    if (!Number.isFinite(x)) throw new BuildError('non-finite', `${which} tensor ${name} has ${x} at element ${i}`);
   }
 }
 
@@ -72,26 +86,23 @@ export async function twoModelSource(baseFile: string, targetFile: string): Prom
       if (t.shape.join(',') !== b.shape.join(',')) throw new BuildError('mismatched-models', `tensor ${b.name} has shape [${b.shape}] in the base and [${t.shape}] in the target`);
     }
     const changed: ChangedTensor[] = [];
+    const largest = base.tensors.reduce((a, t) => Math.max(a, t.end - t.begin), 0);
+    const buffers = { base: new Uint8Array(largest), target: new Uint8Array(largest) };
     for (const b of base.tensors) {
       const t = target.info(b.name)!;
-      const [bb, tb] = [await base.read(b), await target.read(t)];
+      const [bb, tb] = [await base.read(b, buffers.base), await target.read(t, buffers.target)];
       if (Buffer.compare(bb, tb) === 0) continue;
       if (!isUpdatableDtype(b.dtype)) {
         throw new BuildError('unsupported-dtype', `tensor ${b.name} is ${b.dtype} and changed; only F32, F16 and BF16 tensors can be updated`);
       }
-      checkFinite(decodeValues(bb, b.dtype), b.name, 'base');
-      checkFinite(decodeValues(tb, t.dtype), b.name, 'target');
+      checkFiniteBytes(bb, b.dtype, b.name, 'base');
+      checkFiniteBytes(tb, t.dtype, b.name, 'target');
       changed.push({ info: b, ...dims(b.shape) });
     }
     return {
       base,
       changed,
-      async delta(c) {
-        const bv = decodeValues(await base.read(c.info), c.info.dtype);
-        const tv = decodeValues(await target.read(target.info(c.info.name)!), c.info.dtype);
-        for (let i = 0; i < bv.length; i++) tv[i] -= bv[i];
-        return tv;
-      },
+      delta: twoModelDelta(base, target, buffers),
       async close() {
         await base.close();
         await target.close();
@@ -102,6 +113,30 @@ export async function twoModelSource(baseFile: string, targetFile: string): Prom
     await target.close();
     throw e;
   }
+}
+
+/**
+ * ΔW = target − base for `twoModelSource`: at most one array of doubles per call, both models
+ * read in place into two buffers (the largest tensor's size) reused call after call (unless calls
+ * overlap): the builds ask for many.
+ */
+function twoModelDelta(base: ModelFile, target: ModelFile, buffers: { base: Uint8Array; target: Uint8Array }): DeltaSource['delta'] {
+  let reading = false;
+  return async (c, into) => {
+    const lend = !reading;
+    reading = true;
+    try {
+      const bb = await base.read(c.info, lend ? buffers.base : undefined);
+      const tb = await target.read(target.info(c.info.name)!, lend ? buffers.target : undefined);
+      const count = elementCount(tb, c.info.dtype);
+      const [bv, tv] = [elementReader(bb, c.info.dtype), elementReader(tb, c.info.dtype)];
+      const out = into && into.length === count ? into : new Float64Array(count);
+      for (let i = 0; i < count; i++) out[i] = tv(i) - bv(i);
+      return out;
+    } finally {
+      if (lend) reading = false;
+    }
+  };
 }
 
 /**
@@ -188,6 +223,16 @@ export async function loraSource(baseFile: string, factors: LoraFactor[], whole:
   } catch (e) {
     await base.close();
     throw e;
+  }
+}
+
+/** Arrays of doubles to lend to `DeltaSource.delta`, one per length. */
+export class DeltaScratch {
+  private readonly arrays = new Map<number, Float64Array>();
+  get(length: number): Float64Array {
+    let a = this.arrays.get(length);
+    if (!a) this.arrays.set(length, (a = new Float64Array(length)));
+    return a;
   }
 }
 

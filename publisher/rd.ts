@@ -8,11 +8,11 @@
  * squared, in weight space or, with calibration, in output space (‖E·L‖², G = L·Lᵀ).
  */
 import { packedBytes, type MixedBits } from '../protocol/compact.ts';
-import type { TensorDelta } from '../protocol/lowrank.ts';
+import { encodePayload, type TensorDelta } from '../protocol/lowrank.ts';
 import { rowWeight, unwhitenRow, weighted, whiten, type Metric } from './calib.ts';
 import { encodeMixed, encodeSign, quantizeVector, type TripletVectors } from './compact-encode.ts';
-import type { ChangedTensor, DeltaSource } from './delta-source.ts';
-import { denseBytes, entryOverhead } from './quantize.ts';
+import { DeltaScratch, type ChangedTensor, type DeltaSource } from './delta-source.ts';
+import { denseBytes, entryOverhead, PAYLOAD_OVERHEAD } from './quantize.ts';
 import { frobeniusNorm2, randomizedSvd } from './rsvd.ts';
 
 export type Method = 'auto' | 'mixed' | 'sign' | 'dense';
@@ -97,9 +97,10 @@ function tripletError(a: Float64Array, b: Float64Array, bw: Float64Array, bits: 
   return Math.max(0, qq * pp - 2 * aq * bp + aa * bb);
 }
 
-async function computeTriplets(it: Item, src: DeltaSource, k: number, powerIterations: number): Promise<void> {
+/** `delta`: the tensor's ΔW if at hand, else read into `scratch` (the SVD does not keep it). */
+async function computeTriplets(it: Item, src: DeltaSource, k: number, powerIterations: number, delta?: Float64Array, scratch = new DeltaScratch()): Promise<void> {
   const { m, n } = it.c;
-  const y = weighted(await src.delta(it.c), m, it.metric);
+  const y = weighted(delta ?? (await src.delta(it.c, scratch.get(m * n))), m, it.metric);
   const svd = randomizedSvd(y, m, n, k, { powerIterations, seed: 1 });
   const out: Triplet[] = [];
   for (let t = 0; t < svd.k; t++) {
@@ -176,17 +177,19 @@ export interface RdPlan {
 export async function analyse(src: DeltaSource, budget: number, o: RdOptions): Promise<Item[]> {
   const items: Item[] = [];
   const matrices = src.changed.filter((c) => c.info.shape.length >= 2).length;
+  const scratch = new DeltaScratch();
   for (const c of src.changed) {
     const isMatrix = c.info.shape.length >= 2;
     const metric: Metric = (isMatrix && o.metrics.get(c.info.name)) || { kind: 'none', n: c.n };
-    const delta = await src.delta(c);
+    // Not kept: the triplets and the sign scales are what the item holds.
+    const delta = await src.delta(c, scratch.get(c.m * c.n));
     const energy = frobeniusNorm2(weighted(delta, c.m, metric));
     const it: Item = { c, metric, energy, state: { kind: 'skip' }, kMax: isMatrix ? Math.min(c.m, c.n) : 0 };
     if (isMatrix && (o.method === 'auto' || o.method === 'mixed')) {
       // Enough triplets for 1.5× an even share of the budget at 4 bits; the allocation asks for more if it needs them.
       const perTriplet = ((c.m + c.n) * 4) / 8 + 8;
       const k = Math.min(it.kMax, Math.max(8, Math.ceil((1.5 * budget) / Math.max(1, matrices) / perTriplet)));
-      await computeTriplets(it, src, k, o.powerIterations);
+      await computeTriplets(it, src, k, o.powerIterations, delta);
     }
     if (isMatrix && (o.method === 'auto' || o.method === 'sign')) it.sign = fitSign(delta, c.m, metric);
     items.push(it);
@@ -280,11 +283,12 @@ export async function allocate(items: Item[], budget: number, src: DeltaSource, 
     hulls.set(it, pointsOf(it));
   }
   let left = budget;
+  const scratch = new DeltaScratch();
   for (;;) {
     let best: { it: Item; p: Point; cost: number; ratio: number } | undefined;
     for (const it of items) {
       if (exhausted(it, it.state)) {
-        await computeTriplets(it, src, Math.min(it.kMax, 2 * it.triplets!.length), o.powerIterations);
+        await computeTriplets(it, src, Math.min(it.kMax, 2 * it.triplets!.length), o.powerIterations, undefined, scratch);
         hulls.set(it, pointsOf(it));
       }
       const e0 = errorOf(it, it.state);
@@ -326,4 +330,19 @@ export async function encodePlan(plan: RdPlan, src: DeltaSource): Promise<Tensor
     }
   }
   return out;
+}
+
+const PLACEHOLDER_DIGEST = '0'.repeat(64);
+
+/** One rate–distortion allocation of `budget` payload bytes; should the CBOR framing come out larger than estimated, allocate again for less. Undefined when nothing fits. */
+export async function rdDeltas(src: DeltaSource, budget: number, rd: RdOptions): Promise<{ deltas: TensorDelta[]; error: number } | undefined> {
+  const items = await analyse(src, budget - PAYLOAD_OVERHEAD, rd);
+  for (let spend = budget - PAYLOAD_OVERHEAD; ;) {
+    const plan = await allocate(items, spend, src, rd);
+    const deltas = await encodePlan(plan, src);
+    if (deltas.length === 0) return undefined;
+    const size = encodePayload({ v: 1, base: PLACEHOLDER_DIGEST, target: PLACEHOLDER_DIGEST, tensors: deltas }).byteLength;
+    if (size <= budget) return { deltas, error: plan.error };
+    spend -= size - budget + 16;
+  }
 }

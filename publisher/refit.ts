@@ -107,7 +107,7 @@ function damped(g: Float64Array, n: number, of: Float64Array): Float64Array {
 }
 
 /** The bias of a weight: the 1-D tensor of the same module (`fc2.bias` for `fc2.weight`) with one entry per row. */
-function biasOf(w: ChangedTensor, all: readonly ChangedTensor[]): ChangedTensor | undefined {
+export function biasOf(w: ChangedTensor, all: readonly ChangedTensor[]): ChangedTensor | undefined {
   const dot = w.info.name.lastIndexOf('.');
   const prefix = dot >= 0 ? w.info.name.slice(0, dot + 1) : '';
   return all.find((c) => c.info.shape.length === 1 && c.info.shape[0] === w.m && c.info.name.startsWith(prefix) && !c.info.name.slice(prefix.length).includes('.'));

@@ -152,7 +152,7 @@ function headlineAt(runs: PaperResult[], prec: Precision, i: number, minGain: nu
   };
 }
 
-const COMPRESSED = ['fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'topK', 'lastLayer', 'denseInt8', 'denseInt4'];
+const COMPRESSED = ['fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'fleetAutoSeq', 'topK', 'lastLayer', 'denseInt8', 'denseInt4'];
 
 export function aggregate(runs: PaperResult[], headlinePercent = 0.5, headlineGain = 9): Aggregate {
   if (runs.length === 0) throw new Error('no runs to aggregate');

@@ -37,8 +37,11 @@ function meanOf(rows: Float64Array[], n: number): Float32Array {
   return Float32Array.from(m);
 }
 
-/** `means`: with the target, also the mean hidden activations (fc2.weight:base-mean, :target-mean), so that fc2.bias is re-fitted too. */
-export function calibrationStats(base: Mlp, ds: Dataset, samples: number, target?: Mlp, means = false): Uint8Array {
+/**
+ * `means`: with the target, also the mean hidden activations (fc2.weight:base-mean, :target-mean), so that fc2.bias is re-fitted too.
+ * `chain`: also the samples themselves (fc1.weight:inputs [N, pixels]) and the metadata `fc2.weight:upstream` = `relu(fc1.weight)`, for the sequential re-fit (publisher/sequential.ts).
+ */
+export function calibrationStats(base: Mlp, ds: Dataset, samples: number, target?: Mlp, means = false, chain = false): Uint8Array {
   const n = Math.min(samples, ds.n);
   const inp = inputsOf(ds, base.inputs);
   const pixels: Float64Array[] = [];
@@ -72,11 +75,15 @@ export function calibrationStats(base: Mlp, ds: Dataset, samples: number, target
         ...(means ? [v(`${TENSOR_NAMES.w2}:base-mean`, meanOf(hidden, base.hidden)), v(`${TENSOR_NAMES.w2}:target-mean`, meanOf(hiddenT, base.hidden))] : []),
       ]
     : [];
-  return writeSafetensors([
-    t(TENSOR_NAMES.w1, gram(pixels, base.inputs), base.inputs),
-    t(TENSOR_NAMES.w2, gram(hidden, base.hidden), base.hidden),
-    v(`${TENSOR_NAMES.w1}:outputs`, out1),
-    v(`${TENSOR_NAMES.w2}:outputs`, new Float32Array(base.outputs).fill(1)),
-    ...match,
-  ]);
+  return writeSafetensors(
+    [
+      t(TENSOR_NAMES.w1, gram(pixels, base.inputs), base.inputs),
+      t(TENSOR_NAMES.w2, gram(hidden, base.hidden), base.hidden),
+      v(`${TENSOR_NAMES.w1}:outputs`, out1),
+      v(`${TENSOR_NAMES.w2}:outputs`, new Float32Array(base.outputs).fill(1)),
+      ...match,
+      ...(chain ? [{ name: `${TENSOR_NAMES.w1}:inputs`, dtype: 'F32' as const, shape: [n, base.inputs], data: new Uint8Array(Float32Array.from(ds.x.subarray(0, n * base.inputs)).buffer) }] : []),
+    ],
+    chain ? { [`${TENSOR_NAMES.w2}:upstream`]: `relu(${TENSOR_NAMES.w1})` } : {},
+  );
 }

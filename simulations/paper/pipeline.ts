@@ -71,7 +71,7 @@ function paperClock(o: PaperOptions): Clock {
     wall[key] = (wall[key] ?? 0) + (Date.now() - t) / 1000;
     return v;
   };
-  const totalSteps = 2 + 2 * 2 * o.sizesPercent.length + 4 * o.sizesPercent.length;
+  const totalSteps = 2 + 2 * 2 * o.sizesPercent.length + 5 * o.sizesPercent.length;
   let doneSteps = 0;
   return { timed, step: () => o.onStep?.(++doneSteps, totalSteps), wall };
 }
@@ -128,7 +128,9 @@ async function calibratedFleetBuilder(clock: Clock, base: Mlp, fine: Mlp, fieldT
   // and with the mean hidden activations too, so that fc2.bias is re-fitted with fc2.weight.
   const calibMatch = await timed('calibStats', () => calibrationStats(base, fieldTrain, CALIB_SAMPLES, fine));
   const calibMatchBias = await timed('calibStats', () => calibrationStats(base, fieldTrain, CALIB_SAMPLES, fine, true));
-  return fleetBuilder(base, fine, { gram: calib, match: calibMatch, matchBias: calibMatchBias });
+  // And with the samples themselves (fc1's inputs) and the chain fc2 = relu(fc1): the sequential re-fit.
+  const calibSeq = await timed('calibStats', () => calibrationStats(base, fieldTrain, CALIB_SAMPLES, fine, false, true));
+  return fleetBuilder(base, fine, { gram: calib, match: calibMatch, matchBias: calibMatchBias, seq: calibSeq });
 }
 
 type Models = Awaited<ReturnType<typeof trainModels>>;
@@ -222,7 +224,7 @@ async function fleetSvd(b: Bench, precision: Precision, sv: MethodRow): Promise<
 }
 
 /** 2b. The same ΔW through `fleet build --method auto` at every size (built on the first call, the same rows after). */
-async function fleetAutoRow(b: Bench, key: string, label: string, calibrated: 'gram' | 'match' | 'matchBias' | undefined): Promise<RdRow> {
+async function fleetAutoRow(b: Bench, key: string, label: string, calibrated: 'gram' | 'match' | 'matchBias' | 'seq' | undefined): Promise<RdRow> {
   const { o, clock, sizes, fieldTest, fleet, rdRows } = b;
   const { timed, step } = clock;
   if (!rdRows.has(key)) {
@@ -268,6 +270,7 @@ async function precisionSection(b: Bench, precision: Precision): Promise<Section
     ['fleetAutoCalib', `fleet build --method auto --calib (${CALIB_SAMPLES} unlabelled field digits)`, 'gram'],
     ['fleetAutoMatch', `fleet build --method auto --calib + last layer's cross statistics (output matching, same digits)`, 'match'],
     ['fleetAutoMatchBias', 'the same + the mean hidden activations (fc2.bias re-fitted too)', 'matchBias'],
+    ['fleetAutoSeq', `--calib + the ${CALIB_SAMPLES} digits themselves (sequential re-fit: fc1 partly updated, fc2 re-fitted to its hidden units)`, 'seq'],
   ] as const) {
     const row = grid(key, label);
     const r = await fleetAutoRow(b, key, label, calibrated);

@@ -321,8 +321,21 @@ describe('paper simulation: end to end', () => {
     expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with float32 numbers/);
     expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with 8-bit numbers/);
     const j = JSON.parse(JSON.stringify(aggregateJson(agg, 1))) as Record<string, any>;
-    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'topK', 'lastLayer', 'fullFineTune']);
-    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
+    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'fleetAutoSeq', 'topK', 'lastLayer', 'fullFineTune']);
+    expect(Object.keys(j.methods.int8)).toEqual([
+      'lowRankTrained',
+      'fleetSvd',
+      'fleetAuto',
+      'fleetAutoCalib',
+      'fleetAutoMatch',
+      'fleetAutoMatchBias',
+      'fleetAutoSeq',
+      'topK',
+      'lastLayer',
+      'denseInt8',
+      'denseInt4',
+      'fullFineTune',
+    ]);
     for (const m of Object.values(j.methods.int8) as Array<Record<string, unknown>>) {
       expect(m).toHaveProperty('bytesFor90');
       expect(m).toHaveProperty('ratioToOurs');
@@ -347,8 +360,21 @@ describe('paper simulation: end to end', () => {
       expect(j[k]).toBeGreaterThanOrEqual(0);
       expect(j[k]).toBeLessThanOrEqual(1);
     }
-    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'topK', 'lastLayer', 'fullFineTune']);
-    expect(Object.keys(j.methods.int8)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune']);
+    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'fleetAutoSeq', 'topK', 'lastLayer', 'fullFineTune']);
+    expect(Object.keys(j.methods.int8)).toEqual([
+      'lowRankTrained',
+      'fleetSvd',
+      'fleetAuto',
+      'fleetAutoCalib',
+      'fleetAutoMatch',
+      'fleetAutoMatchBias',
+      'fleetAutoSeq',
+      'topK',
+      'lastLayer',
+      'denseInt8',
+      'denseInt4',
+      'fullFineTune',
+    ]);
     for (const sec of ['f32', 'int8']) {
       for (const m of Object.values(j.methods[sec]) as Array<{ accuracy: Record<string, number | null> }>) {
         expect(Object.keys(m.accuracy)).toEqual(['0.5%', '5%']);
@@ -359,7 +385,7 @@ describe('paper simulation: end to end', () => {
     expect(typeof j.bytesForGain.targetGainPoints).toBe('number');
     // fleet build never ships more than the budget.
     j.sizesBytes.forEach((b: number, i: number) => {
-      for (const key of ['fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias']) {
+      for (const key of ['fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'fleetAutoSeq']) {
         const shipped = j.methods.f32[key].bytes[`${j.sizesPercent[i]}%`];
         if (shipped !== null) expect(shipped).toBeLessThanOrEqual(b);
       }
