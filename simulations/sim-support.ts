@@ -64,15 +64,23 @@ export interface DeviceEnd {
   started?: number;
   /** When the payload was all on disk (the first status after `downloading`), ms since the epoch. */
   downloaded?: number;
+  /** MQTT packets the device sent, by type (`publish <topic kind>`): up to its end, and up to `downloaded`. */
+  sent?: Record<string, { packets: number; bytes: number }>;
+  sentToDownloaded?: Record<string, { packets: number; bytes: number }>;
 }
 
 /** Prints the device's DeviceEnd line once, when it reaches a terminal state for a release. */
 export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTransport, ended: Set<string>): void {
   let downloaded: number | undefined;
   let started: number | undefined;
+  let sentToDownloaded: DeviceEnd['sent'];
+  const sentNow = (): DeviceEnd['sent'] => JSON.parse(JSON.stringify(transport.sent)) as DeviceEnd['sent'];
   agent.onStatus((s) => {
     if (s.state === 'downloading') started ??= Date.now();
-    else if (started !== undefined && downloaded === undefined) downloaded = Date.now();
+    else if (started !== undefined && downloaded === undefined) {
+      downloaded = Date.now();
+      sentToDownloaded = sentNow();
+    }
     const terminal = s.state === 'ok' || s.state === 'rejected' || s.state === 'rolled_back' || (s.state === 'failed' && s.reason === 'corrupt-source');
     if (!terminal || ended.has(id) || s.target === null) return;
     ended.add(id);
@@ -87,6 +95,8 @@ export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTranspo
       time: Date.now(),
       started,
       downloaded,
+      sent: sentNow(),
+      sentToDownloaded,
     };
     process.stdout.write(JSON.stringify(end) + '\n');
   });

@@ -1,0 +1,55 @@
+/**
+ * What the site's uplink carried in a simulation, broken down: the devices' MQTT packets by
+ * type (summed from their DeviceEnd lines) and the link's own counters sampled through the
+ * run, so the uplink up to the moment the last device had its payload (what HTTP's figure
+ * covers: its fetch, no statuses after it) can be told from the uplink up to the last ack.
+ */
+import type { LinkCounters } from './netns-link.ts';
+import type { DeviceEnd } from './sim-support.ts';
+
+export type SentByType = Record<string, { packets: number; bytes: number }>;
+
+/** The devices' sent packets by type, summed (from `sent`, or `sentToDownloaded`). */
+export function sumSent(list: DeviceEnd[], which: 'sent' | 'sentToDownloaded'): SentByType {
+  const out: SentByType = {};
+  for (const e of list) {
+    for (const [k, v] of Object.entries(e[which] ?? {})) {
+      const o = (out[k] ??= { packets: 0, bytes: 0 });
+      o.packets += v.packets;
+      o.bytes += v.bytes;
+    }
+  }
+  return out;
+}
+
+/** Samples a link's counters every `everyMs` until stopped; `at(t)` is the first sample taken at or after `t`. */
+export class CounterSampler {
+  private readonly samples: Array<{ t: number; c: LinkCounters }> = [];
+  private timer: NodeJS.Timeout | undefined;
+  private busy = false;
+
+  constructor(
+    private readonly read: () => Promise<LinkCounters>,
+    private readonly everyMs = 250,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => {
+      if (this.busy) return;
+      this.busy = true;
+      const t = Date.now();
+      void this.read()
+        .then((c) => void this.samples.push({ t, c }))
+        .catch(() => undefined)
+        .finally(() => (this.busy = false));
+    }, this.everyMs);
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+  }
+
+  at(t: number): LinkCounters | undefined {
+    return this.samples.find((s) => s.t >= t)?.c;
+  }
+}
