@@ -29,7 +29,7 @@ import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink, type LinkCounters } from './netns-link.ts';
 import { CounterSampler, sumSent, type SentByType } from './uplink.ts';
-import { brokerCommands, collectEnds, deviceHostArgs, linkFromArgs, modelFor, readLines, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 export interface FleetSimOptions {
@@ -179,20 +179,6 @@ function deviceHostStarter(o: FleetSimOptions, held: Held, siteExec: Exec, w: { 
     held.children.push(host);
     return host;
   };
-}
-
-/** Resolves once the device host says its devices run (connected, subscribed, idle). */
-function hostReady(host: ChildProcess): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('the device host did not start its devices in 120 s')), 120_000);
-    readLines(host, (j) => {
-      if (typeof j.ready === 'number') {
-        clearTimeout(t);
-        resolve();
-      }
-    });
-    host.once('exit', (c) => reject(new Error(`the device host exited ${c} before its devices started`)));
-  });
 }
 
 /** `fleet publish` of the update on the server side; throws when it fails. */

@@ -119,7 +119,20 @@ export function readLines(child: ChildProcess, onLine: (j: Record<string, unknow
   });
 }
 
-/** Collects the first DeviceEnd line of each device a host prints. */
+/** Resolves once the device host says its devices run (connected, subscribed, idle). */
+export function hostReady(host: ChildProcess): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('the device host did not start its devices in 120 s')), 120_000);
+    readLines(host, (j) => {
+      if (typeof j.ready === 'number') {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    host.once('exit', (c) => reject(new Error(`the device host exited ${c} before its devices started`)));
+  });
+}
+
 /** Node's arguments for the device host (device-host.ts): `devices` agents of model `sim` in group `site`, in one process. */
 export function deviceHostArgs(o: { broker: string; devices: number; dir: string; trustFile: string; baseFile: string; idPrefix?: string }): string[] {
   const host = new URL('./device-host.ts', import.meta.url).pathname;
@@ -127,6 +140,7 @@ export function deviceHostArgs(o: { broker: string; devices: number; dir: string
   return [...args, '--model', 'sim', '--group', 'site', ...(o.idPrefix === undefined ? [] : ['--id-prefix', o.idPrefix])];
 }
 
+/** Collects the first DeviceEnd line of each device a host prints. */
 export function collectEnds(host: ChildProcess, ends: Map<string, DeviceEnd>): void {
   readLines(host, (j) => {
     if (typeof j.device === 'string' && !ends.has(j.device)) ends.set(j.device, j as unknown as DeviceEnd);

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { mqttPacketBytes, type SentPacket } from '../../transport/packet-size.ts';
 
 // Each packet's size is checked against MQTT.js's own encoder (mqtt-packet, protocol 4).
-const cases: Array<[string, SentPacket & Record<string, unknown>]> = [
+const cases: Array<[string, Record<string, unknown>]> = [
   ['publish qos 0', { cmd: 'publish', topic: 'fleet/models/m/updates/0123/get/dev-1', payload: Buffer.alloc(40), qos: 0, retain: false, dup: false }],
   ['publish qos 1, 700 B', { cmd: 'publish', topic: 'fleet/devices/dev-1/status', payload: Buffer.alloc(700), qos: 1, messageId: 7, retain: true, dup: false }],
   ['publish 20 000 B', { cmd: 'publish', topic: 't', payload: 'x'.repeat(20_000), qos: 0, retain: false, dup: false }],
@@ -41,6 +41,6 @@ const cases: Array<[string, SentPacket & Record<string, unknown>]> = [
 
 describe('mqttPacketBytes', () => {
   it.each(cases)('%s: the size mqtt-packet writes', (_name, p) => {
-    expect(mqttPacketBytes(p)).toBe(mqttPacket.generate(p as unknown as mqttPacket.Packet, { protocolVersion: 4 }).byteLength);
+    expect(mqttPacketBytes(p as unknown as SentPacket)).toBe(mqttPacket.generate(p as unknown as mqttPacket.Packet, { protocolVersion: 4 }).byteLength);
   });
 });
