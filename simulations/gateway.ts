@@ -211,32 +211,12 @@ interface GatewayPhaseOutcome {
  * from a Node start-up on a loaded machine; the link is cut at the seed's moments (sim:fleet's
  * schedule over one payload's ideal time) while the upstream fetch runs.
  */
-async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<GatewayPhaseOutcome> {
-  const { o } = rig;
+/** The gateway and the device host behind it, started and waited for (devices idle, the gateway connected upstream). */
+async function startSite(rig: Rig): Promise<{ gateway: ChildProcess; host: ChildProcess; ends: Map<string, DeviceEnd>; readStatus: () => Promise<GatewayStatus | undefined> }> {
   const gwDir = path.join(rig.dir, 'gw');
   const gwPort = 40000 + (process.pid % 20000);
-  const gateway = rig.track(
-    rig.siteExec(process.execPath, [
-      FLEET_BIN,
-      'gateway',
-      '--upstream',
-      rig.upstreamUrl,
-      '--listen',
-      String(gwPort),
-      '--host',
-      '127.0.0.1',
-      '--data-dir',
-      gwDir,
-      '--site',
-      'sim-site',
-      '--group',
-      'site',
-      '--model',
-      'sim',
-      '--tick-ms',
-      '200',
-    ]),
-  );
+  const args = ['gateway', '--upstream', rig.upstreamUrl, '--listen', String(gwPort), '--host', '127.0.0.1', '--data-dir', gwDir, '--site', 'sim-site', '--group', 'site', '--model', 'sim', '--tick-ms', '200'];
+  const gateway = rig.track(rig.siteExec(process.execPath, [FLEET_BIN, ...args]));
   await waitForPortIn(rig.siteExec, '127.0.0.1', gwPort, true);
   const readStatus = async (): Promise<GatewayStatus | undefined> => {
     try {
@@ -245,14 +225,20 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
       return undefined;
     }
   };
-  const ends1 = new Map<string, DeviceEnd>();
-  const host1 = rig.startHost('mqtt://127.0.0.1:' + gwPort, 'gwdev', ends1);
-  await hostReady(host1);
+  const ends = new Map<string, DeviceEnd>();
+  const host = rig.startHost('mqtt://127.0.0.1:' + gwPort, 'gwdev', ends);
+  await hostReady(host);
   const upDeadline = Date.now() + 60_000;
   while ((await readStatus())?.upstream.state !== 'connected') {
     if (Date.now() > upDeadline) throw new Error('the gateway did not connect upstream in 60 s');
     await sleep(100);
   }
+  return { gateway, host, ends, readStatus };
+}
+
+async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<GatewayPhaseOutcome> {
+  const { o } = rig;
+  const { gateway, host: host1, ends: ends1, readStatus } = await startSite(rig);
   await sleep(500);
   const linkBefore1 = await rig.linkBytes();
   const socketOutBefore = (await readStatus())?.fetched.wireBytesOut ?? 0;

@@ -64,9 +64,10 @@ export interface DeviceEnd {
   started?: number;
   /** When the payload was all on disk (the first status after `downloading`), ms since the epoch. */
   downloaded?: number;
-  /** MQTT packets the device sent, by type (`publish <topic kind>`): up to its end, and up to `downloaded`. */
+  /** MQTT packets the device sent since it started, by type (`publish <topic kind>`): up to its end, up to `downloaded`, and before `started`. */
   sent?: Record<string, { packets: number; bytes: number }>;
   sentToDownloaded?: Record<string, { packets: number; bytes: number }>;
+  sentBeforeStarted?: Record<string, { packets: number; bytes: number }>;
 }
 
 /** Prints the device's DeviceEnd line once, when it reaches a terminal state for a release. */
@@ -74,9 +75,13 @@ export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTranspo
   let downloaded: number | undefined;
   let started: number | undefined;
   let sentToDownloaded: DeviceEnd['sent'];
+  let sentBeforeStarted: DeviceEnd['sent'];
   const sentNow = (): DeviceEnd['sent'] => JSON.parse(JSON.stringify(transport.sent)) as DeviceEnd['sent'];
   agent.onStatus((s) => {
-    if (s.state === 'downloading') started ??= Date.now();
+    if (s.state === 'downloading' && started === undefined) {
+      started = Date.now();
+      sentBeforeStarted = sentNow();
+    } else if (s.state === 'downloading') return;
     else if (started !== undefined && downloaded === undefined) {
       downloaded = Date.now();
       sentToDownloaded = sentNow();
@@ -97,6 +102,7 @@ export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTranspo
       downloaded,
       sent: sentNow(),
       sentToDownloaded,
+      sentBeforeStarted,
     };
     process.stdout.write(JSON.stringify(end) + '\n');
   });

@@ -9,16 +9,25 @@ import type { DeviceEnd } from './sim-support.ts';
 
 export type SentByType = Record<string, { packets: number; bytes: number }>;
 
-/** The devices' sent packets by type, summed (from `sent`, or `sentToDownloaded`). */
+/**
+ * The devices' sent packets by type from their first `downloading` status (the release taken, as
+ * the link's counters start before it; what a device sent while it connected and waited is left
+ * out) to their end (`sent`) or to their payload on disk (`sentToDownloaded`), summed.
+ */
 export function sumSent(list: DeviceEnd[], which: 'sent' | 'sentToDownloaded'): SentByType {
   const out: SentByType = {};
-  for (const e of list) {
-    for (const [k, v] of Object.entries(e[which] ?? {})) {
+  const add = (from: SentByType | undefined, sign: 1 | -1): void => {
+    for (const [k, v] of Object.entries(from ?? {})) {
       const o = (out[k] ??= { packets: 0, bytes: 0 });
-      o.packets += v.packets;
-      o.bytes += v.bytes;
+      o.packets += sign * v.packets;
+      o.bytes += sign * v.bytes;
     }
+  };
+  for (const e of list) {
+    add(e[which], 1);
+    add(e.sentBeforeStarted, -1);
   }
+  for (const [k, v] of Object.entries(out)) if (v.packets === 0) delete out[k];
   return out;
 }
 
