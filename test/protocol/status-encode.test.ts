@@ -1,32 +1,18 @@
 import { describe, expect, it } from 'vitest';
 import { encodeStatus, parseStatus, type DeviceStatus } from '../../protocol/status.ts';
+import { statusFixture } from '../support/status.ts';
 
 const digest = (c: string): string => c.repeat(64);
-const base: DeviceStatus = {
+const base: DeviceStatus = statusFixture({
   device: 'dev-1',
   group: 'site',
-  model: 'm',
-  state: 'idle',
-  running: digest('a'),
-  target: null,
-  seq: null,
-  updateId: null,
-  rollback: false,
-  progress: 0,
-  bytes: 0,
-  totalBytes: 0,
-  badChunks: 0,
-  rateBps: 0,
-  wire: null,
-  reason: null,
-  message: null,
   attempt: null,
   maxAttempts: null,
   agent: '0.3.0',
   instance: '0123456789abcdef',
   started: '2026-12-07T09:00:00.000Z',
   time: '2026-12-07T10:00:00.000Z',
-};
+});
 const statuses: Array<[string, DeviceStatus]> = [
   ['idle', base],
   ['downloading at the start', { ...base, state: 'downloading', target: digest('b'), seq: 0, updateId: 'c'.repeat(32), totalBytes: 1_057_345, wire: { bytesIn: 0, bytesOut: 0, connects: 1 } }],
