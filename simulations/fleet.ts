@@ -70,6 +70,8 @@ export interface HttpComparison {
   fleetUpToDownloadedPerMiB: number | null;
   httpUpPerMiB: number;
   fleetOverHttpUpBytes: number;
+  /** Like for like: the fleet's uplink up to the last payload on disk ÷ HTTP's (its fetch). */
+  fleetOverHttpUpBytesToDownloaded: number | null;
   fleetOverHttpDownBytes: number;
 }
 
@@ -265,6 +267,7 @@ async function compareWithHttp(o: FleetSimOptions, link: NetnsLink, result: Flee
     fleetUpToDownloadedPerMiB: result.wireUpToDownloaded === null ? null : Math.round(result.wireUpToDownloaded / mib),
     httpUpPerMiB: Math.round(http.wireUp / mib),
     fleetOverHttpUpBytes: ratio(result.wireUp!, http.wireUp),
+    fleetOverHttpUpBytesToDownloaded: result.wireUpToDownloaded === null ? null : ratio(result.wireUpToDownloaded, http.wireUp),
     fleetOverHttpDownBytes: ratio(result.wireDown!, http.wireDown),
   };
 }
@@ -334,7 +337,8 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const after = link ? await link.counters() : undefined;
     sampler?.stop();
     const lastDownloaded = list.every((e) => e.downloaded) ? Math.max(...list.map((e) => e.downloaded!)) : undefined;
-    const atDownloaded = lastDownloaded === undefined ? undefined : sampler?.at(lastDownloaded);
+    // The first reading at or after it; `after` is one too, when the sampler had none since (a loaded machine).
+    const atDownloaded = lastDownloaded === undefined ? undefined : (sampler?.at(lastDownloaded) ?? after);
     const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before, after, atDownloaded);
     if (o.compareHttp && link) {
       await Promise.all(held.children.splice(held.children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));

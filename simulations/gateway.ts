@@ -275,7 +275,7 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
   await stopChild(host1, 3000).catch(() => undefined);
   await stopChild(gateway, 5000).catch(() => undefined);
   const linkAfter1 = await rig.linkBytes();
-  const atFetched = fetched ? sampler?.at(fetchedAt) : undefined;
+  const atFetched = fetched ? (sampler?.at(fetchedAt) ?? (await rig.link?.counters())) : undefined;
   const gwPhase = {
     completed: rig.okCount(ends1),
     seconds: Number(seconds1.toFixed(2)),

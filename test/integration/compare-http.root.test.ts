@@ -45,5 +45,6 @@ describe.skipIf(!available.ok)('sim:fleet --compare-http on a delayed profile (r
     expect(r.wireUpPackets!).toBeGreaterThan(0);
     expect(r.compareHttp!.http.wireUpPackets).toBeGreaterThan(0);
     expect(r.compareHttp!.fleetUpToDownloadedPerMiB!).toBeLessThanOrEqual(r.compareHttp!.fleetUpPerMiB);
+    expect(r.compareHttp!.fleetOverHttpUpBytesToDownloaded!).toBeLessThanOrEqual(r.compareHttp!.fleetOverHttpUpBytes);
   }, 300_000);
 });
