@@ -28,7 +28,7 @@ import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink, type LinkCounters } from './netns-link.ts';
-import { CounterSampler, sumSent, type SentByType } from './uplink.ts';
+import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
 import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 
@@ -336,9 +336,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const seconds = (Date.now() - tStart) / 1000;
     const after = link ? await link.counters() : undefined;
     sampler?.stop();
-    const lastDownloaded = list.every((e) => e.downloaded) ? Math.max(...list.map((e) => e.downloaded!)) : undefined;
-    // The first reading at or after it; `after` is one too, when the sampler had none since (a loaded machine).
-    const atDownloaded = lastDownloaded === undefined ? undefined : (sampler?.at(lastDownloaded) ?? after);
+    const atDownloaded = readingAtDownloaded(list, sampler, after);
     const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before, after, atDownloaded);
     if (o.compareHttp && link) {
       await Promise.all(held.children.splice(held.children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));

@@ -62,3 +62,13 @@ export class CounterSampler {
     return this.samples.find((s) => s.t >= t)?.c;
   }
 }
+
+/**
+ * The link's reading when the last device had its payload on disk: the sampler's first at or
+ * after it, else `after` (a reading taken later still, when the sampler took none since on a
+ * loaded machine). Undefined when a device never had its payload.
+ */
+export function readingAtDownloaded<C>(list: DeviceEnd[], sampler: { at(t: number): C | undefined } | undefined, after: C | undefined): C | undefined {
+  if (!list.length || !list.every((e) => e.downloaded)) return undefined;
+  return sampler?.at(Math.max(...list.map((e) => e.downloaded!))) ?? after;
+}
