@@ -24,8 +24,10 @@ export interface AgentConfig {
   maxBadCopies?: number;
   /** First delay before a failed download is tried again; doubles up to 30 min (default 30 s). */
   retryMs?: number;
-  /** Publish a status at least this often while downloading, even when nothing arrives (default 10 s). */
+  /** Publish a status at least this often while downloading, even when nothing arrives (default 30 s). */
   watchdogMs?: number;
+  /** A progress status each time the download passes another this much of the payload (0..1; default 0.5). */
+  progressStep?: number;
   /** Allowed clock skew for issue times in the future (default 300 s). */
   skewSeconds?: number;
   /** Largest payload accepted (default 256 MiB): a manifest whose limits allow more is refused. */

@@ -26,9 +26,6 @@ export type { AgentConfig, AgentPorts } from './agent-config.ts';
  * (retained) at every transition. The installed model changes only by an
  * atomic, journaled switch to a version whose digest a verified release names.
  */
-/** A progress status for every quarter of a download (and the watchdog's every 10 s between). */
-const PROGRESS_STATUS_STEP = 0.25;
-
 export class DeviceAgent {
   state: DeviceState = 'idle';
   running = '';
@@ -449,9 +446,9 @@ export class DeviceAgent {
   private onProgress(f: Fetcher): void {
     const now = this.io.clock.now();
     // Statuses cost uplink bytes (a cellular uplink is often a quarter of the downlink, and a
-    // status is ~700 B): one per quarter of the download; the watchdog adds one whenever none
-    // went out for 10 s (with the rate), so a slow download still reports.
-    if (f.progress - this.lastProgress < PROGRESS_STATUS_STEP) return;
+    // status is ~650 B): one per progressStep of the download (half); the watchdog adds one
+    // whenever none went out for watchdogMs (30 s, with the rate), so a slow download still reports.
+    if (f.progress - this.lastProgress < this.cfg.progressStep) return;
     this.lastStatusAt = now;
     this.lastProgress = f.progress;
     this.enqueue(() => (this.fetcher === f && this.state === 'downloading' ? this.transition('download-progress', { updateId: f.updateId, message: null }) : Promise.resolve()));

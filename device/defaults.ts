@@ -18,8 +18,14 @@ export const DEVICE_DEFAULTS = {
   maxBadCopies: 3,
   /** First delay before a failed download is tried again (doubles up to 30 min). */
   retryMs: 30_000,
-  /** A status at least this often while downloading. */
-  watchdogMs: 10_000,
+  /**
+   * A status at least this often while downloading (the rate, or how long nothing has come). Each
+   * status is ~650 B up a link whose uplink may be a quarter of its downlink or less: 30 s keeps a
+   * downloading device well inside the operators' stale limit (OPERATOR_DEFAULTS.staleMs, 60 s).
+   */
+  watchdogMs: 30_000,
+  /** And a progress status each time the download passes another this much of the payload (half: one at 50 %). */
+  progressStep: 0.5,
   /** Allowed clock skew for issue times in the future (docs/protocol.md §5.5). */
   skewSeconds: 300,
   /** The device's caps on what a manifest may ask it to download (docs/protocol.md §5.2 limits). */
@@ -56,6 +62,7 @@ type Defaulted =
   | 'maxBadCopies'
   | 'retryMs'
   | 'watchdogMs'
+  | 'progressStep'
   | 'skewSeconds'
   | 'maxPayloadBytes'
   | 'maxChunks'
@@ -79,6 +86,7 @@ export function resolveAgentConfig(c: AgentConfig): ResolvedAgentConfig {
     maxBadCopies: c.maxBadCopies ?? d.maxBadCopies,
     retryMs: c.retryMs ?? d.retryMs,
     watchdogMs: c.watchdogMs ?? d.watchdogMs,
+    progressStep: c.progressStep ?? d.progressStep,
     skewSeconds: c.skewSeconds ?? d.skewSeconds,
     maxPayloadBytes: c.maxPayloadBytes ?? d.maxPayloadBytes,
     maxChunks: c.maxChunks ?? d.maxChunks,

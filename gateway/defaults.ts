@@ -15,6 +15,8 @@ export const GATEWAY_DEFAULTS = {
   reconnectMaxMs: 15_000,
   /** How often the window and budget are checked and DIR/status.json refreshed. */
   tickMs: 1000,
+  /** While fetching, the status goes upstream at each such share of the payload (and on every state change, and every 30 s). */
+  statusProgressStep: 0.25,
   /** How long a paused transfer may drain before it stops. */
   drainMs: 3000,
   /** The upstream transfer (as the device's, docs/protocol.md §4.2). */

@@ -74,6 +74,8 @@ export interface GatewayOptions {
   drainMs?: number;
   /** How often the policy is re-evaluated (default 1000 ms). */
   tickMs?: number;
+  /** While fetching, the status goes upstream when the fetch passes another this much of a payload (default 0.25), besides state changes and every 30 s. */
+  statusProgressStep?: number;
   /** Upstream transfer tuning (as the device's --window, --idle-ms). */
   maxWindow?: number;
   idleMs?: number;
@@ -418,8 +420,11 @@ export class Gateway {
       // What counts as a change: not the clock nor the byte counters (publishing the status
       // moves them, which would publish again: a loop over a metered link). They go up with
       // every change and at least every 30 s.
-      const { time: _t, fetched, budget, ...rest } = s;
-      const json = JSON.stringify({ ...rest, payloadBytes: fetched.payloadBytes, month: budget.month, exhausted: budget.limitBytes !== null && budget.usedBytes >= budget.limitBytes });
+      // Nor each chunk of a fetch: its progress counts by statusProgressStep (a gateway status is
+      // ~750 B with one release, and once a second while fetching cost more than the fetch's requests).
+      const { time: _t, fetched: _f, budget, fetching, ...rest } = s;
+      const progress = fetching.map((f) => ({ ...f, bytes: Math.floor(f.bytes / Math.max(1, f.totalBytes) / this.o.statusProgressStep) }));
+      const json = JSON.stringify({ ...rest, progress, month: budget.month, exhausted: budget.limitBytes !== null && budget.usedBytes >= budget.limitBytes });
       const wallNow = Date.now();
       const periodic = wallNow - this.lastPublishedAt > 30_000;
       if (json === this.lastStatusJson && !periodic) return;

@@ -120,7 +120,7 @@ export interface FleetSnapshot {
 
 export interface FleetViewOptions {
   now?: () => number;
-  /** A downloading device publishes at least every --watchdog (10 s): silent after this (default 60 s); 5x for verifying, applying, testing. */
+  /** A downloading device publishes at least every --watchdog (30 s): silent after this (default 60 s); 5x for verifying, applying, testing. */
   staleMs?: number;
 }
 

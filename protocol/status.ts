@@ -68,8 +68,19 @@ export interface WireStats {
   connects: number;
 }
 
+/**
+ * The status as JSON, without the fields that hold the value a reader takes when they are absent
+ * (§8: null, 0, false; an optional field's null): each status goes up a narrow uplink, and an
+ * idle or downloading one carries several of them. `parseStatus` gives back the same status.
+ */
 export function encodeStatus(s: DeviceStatus): Uint8Array {
-  return new TextEncoder().encode(JSON.stringify(s));
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(s)) {
+    const fallback = (FIELDS as Record<string, [unknown, unknown]>)[k]?.[1];
+    const leftOut = fallback === optional ? v === null : fallback !== required && fallback !== '' && v === fallback;
+    if (!leftOut && v !== undefined) out[k] = v;
+  }
+  return new TextEncoder().encode(JSON.stringify(out));
 }
 
 type Field<T> = (v: unknown) => v is T;

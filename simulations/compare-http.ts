@@ -21,6 +21,8 @@ export interface HttpRunResult {
   /** Bytes on the wire at the site end of the link (IP packets, retransmissions included). */
   wireDown: number;
   wireUp: number;
+  /** Packets the site sent (the requests and TCP's ACKs). */
+  wireUpPackets: number;
 }
 
 export interface HttpRunOptions {
@@ -92,6 +94,7 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
       attempts: results.reduce((x, r) => x + r.attempts, 0),
       wireDown: after.rxBytes - before.rxBytes,
       wireUp: after.txBytes - before.txBytes,
+      wireUpPackets: after.txPackets - before.txPackets,
     };
   } finally {
     if (server.pid !== undefined && server.exitCode === null) process.kill(server.pid, 'SIGTERM');

@@ -54,6 +54,7 @@ for (let k = 0; k < n; k++) {
     keepaliveSeconds: 30,
     reconnectMinMs: 500,
     reconnectMaxMs: 8000,
+    labelTopic: (t) => topics.parse(t)?.kind ?? 'other',
   });
   const agent = await DeviceAgent.open(
     { deviceId: id, model: a.model!, group: a.group!, trust, idleMs: Number(a['idle-ms']), retryMs: 2000, stallMs: 60_000 },

@@ -27,8 +27,9 @@ import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-
 import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
-import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, deviceHostArgs, linkFromArgs, modelFor, readLines, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { NetnsLink, type LinkCounters } from './netns-link.ts';
+import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
+import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 export interface FleetSimOptions {
@@ -65,8 +66,12 @@ export interface HttpComparison {
   httpOverFloor: number | null;
   /** Uplink bytes on the wire per MiB of payload delivered. */
   fleetUpPerMiB: number;
+  /** The fleet's uplink up to the last device's payload on disk (HTTP's covers its fetch only). */
+  fleetUpToDownloadedPerMiB: number | null;
   httpUpPerMiB: number;
   fleetOverHttpUpBytes: number;
+  /** Like for like: the fleet's uplink up to the last payload on disk ÷ HTTP's (its fetch). */
+  fleetOverHttpUpBytesToDownloaded: number | null;
   fleetOverHttpDownBytes: number;
 }
 
@@ -97,6 +102,12 @@ export interface FleetSimResult {
   /** Bytes on the wire at the site end of a kernel link during the transfer (null on the proxy). */
   wireDown: number | null;
   wireUp: number | null;
+  /** Packets the site sent on a kernel link (TCP ACKs included), and the uplink bytes up to the last device's payload on disk. */
+  wireUpPackets: number | null;
+  wireUpToDownloaded: number | null;
+  /** The devices' MQTT packets by type (`publish <topic kind>`): to their acks, and to their payload on disk. */
+  upSent: SentByType;
+  upSentToDownloaded: SentByType;
   compareHttp?: HttpComparison;
 }
 
@@ -172,20 +183,6 @@ function deviceHostStarter(o: FleetSimOptions, held: Held, siteExec: Exec, w: { 
   };
 }
 
-/** Resolves once the device host says its devices run (connected, subscribed, idle). */
-function hostReady(host: ChildProcess): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error('the device host did not start its devices in 120 s')), 120_000);
-    readLines(host, (j) => {
-      if (typeof j.ready === 'number') {
-        clearTimeout(t);
-        resolve();
-      }
-    });
-    host.once('exit', (c) => reject(new Error(`the device host exited ${c} before its devices started`)));
-  });
-}
-
 /** `fleet publish` of the update on the server side; throws when it fails. */
 async function publishSim(held: Held, srvExec: Exec, keys: Awaited<ReturnType<typeof keygen>>, updateFile: string, brokerUrl: string): Promise<void> {
   const args = ['publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile];
@@ -199,8 +196,9 @@ async function publishSim(held: Held, srvExec: Exec, keys: Awaited<ReturnType<ty
 function simResult(
   o: FleetSimOptions,
   w: { list: DeviceEnd[]; tStart: number; seconds: number; ideal: number; payloadBytes: number; targetDigest: string; cuts: number; kills: number; proxy?: LinkProxy },
-  before: { rxBytes: number; txBytes: number } | undefined,
-  after: { rxBytes: number; txBytes: number } | undefined,
+  before: LinkCounters | undefined,
+  after: LinkCounters | undefined,
+  atDownloaded: LinkCounters | undefined,
 ): FleetSimResult {
   const { list, tStart, seconds, payloadBytes } = w;
   const ok = list.filter((e) => e.state === 'ok' && e.running === w.targetDigest);
@@ -230,6 +228,10 @@ function simResult(
     timeOverIdeal: o.rateKbit ? Number((seconds / w.ideal).toFixed(3)) : null,
     wireDown: before && after ? after.rxBytes - before.rxBytes : null,
     wireUp: before && after ? after.txBytes - before.txBytes : null,
+    wireUpPackets: before && after ? after.txPackets - before.txPackets : null,
+    wireUpToDownloaded: before && atDownloaded ? atDownloaded.txBytes - before.txBytes : null,
+    upSent: sumSent(list, 'sent'),
+    upSentToDownloaded: sumSent(list, 'sentToDownloaded'),
   };
 }
 
@@ -262,8 +264,10 @@ async function compareWithHttp(o: FleetSimOptions, link: NetnsLink, result: Flee
     fleetOverFloor: floor === null ? null : ratio(fleetSeconds, floor),
     httpOverFloor: floor === null ? null : ratio(http.seconds, floor),
     fleetUpPerMiB: Math.round(result.wireUp! / mib),
+    fleetUpToDownloadedPerMiB: result.wireUpToDownloaded === null ? null : Math.round(result.wireUpToDownloaded / mib),
     httpUpPerMiB: Math.round(http.wireUp / mib),
     fleetOverHttpUpBytes: ratio(result.wireUp!, http.wireUp),
+    fleetOverHttpUpBytesToDownloaded: result.wireUpToDownloaded === null ? null : ratio(result.wireUpToDownloaded, http.wireUp),
     fleetOverHttpDownBytes: ratio(result.wireDown!, http.wireDown),
   };
 }
@@ -302,6 +306,8 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     await hostReady(host);
     await new Promise((r) => setTimeout(r, 500));
     const before = link ? await link.counters() : undefined;
+    const sampler = link ? new CounterSampler(() => link.counters()) : undefined;
+    sampler?.start();
     await publishSim(held, srvExec, keys, updateFile, brokerUrl);
     const t0 = Date.now();
     const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
@@ -329,7 +335,9 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const tStart = Math.min(t0, ...list.map((e) => e.started ?? t0));
     const seconds = (Date.now() - tStart) / 1000;
     const after = link ? await link.counters() : undefined;
-    const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before, after);
+    sampler?.stop();
+    const atDownloaded = readingAtDownloaded(list, sampler, after);
+    const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before, after, atDownloaded);
     if (o.compareHttp && link) {
       await Promise.all(held.children.splice(held.children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));
       o.log(`fleet: ${JSON.stringify(result)}`);

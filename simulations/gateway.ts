@@ -6,12 +6,13 @@
  *   npm run sim:gateway -- [--devices 10] [--size 262144] [--loss 10] [--rate 512]
  *       [--cuts 2] [--cut-seconds 3] [--proxy] [--timeout 600]
  *       [--profile rural-3g|rural-lte-edge|satellite] [--rate-up K] [--loss-up P] [--delay MS]
- *       [--jitter MS] [--compare-http]
+ *       [--jitter MS] [--compare-http] [--seed S]
  *
  * `--profile` and the link flags are those of sim:fleet (link-profiles.ts; kernel link only).
  * `--compare-http` then fetches the payload once by HTTP range resume over the same link, with
- * cuts at the moments the gateway phase's cuts came (compare-http.ts): the gateway's one
- * upstream fetch is the transfer HTTP is compared with.
+ * the same seed's cuts at the same moments after its start (compare-http.ts): the gateway's one
+ * upstream fetch is the transfer HTTP is compared with, in time and in uplink bytes up to the
+ * fetch done.
  *
  * As root with nftables and tc (simulations/netns-link.ts) the link is a veth
  * pair between two network namespaces: the upstream broker on the srv side;
@@ -20,9 +21,9 @@
  * with --proxy, the link is the userspace TCP proxy (rate and cuts, no
  * packet loss), and a note says so.
  *
- * Phase 1 (gateway): the gateway fetches the update once; the link is cut
- * twice while it does (at 25 % of the payload, then once another 10 % has
- * arrived). Phase 2 (direct):
+ * Phase 1 (gateway): the gateway and its devices run before the release is published; the
+ * gateway fetches the update once, timed from the release, and the link is cut at the seed's
+ * moments (sim:fleet's schedule, over one payload's ideal time) while it does. Phase 2 (direct):
  * the devices fetch from upstream themselves, with the same cuts (at 30 %
  * and 60 % of the ideal time). Figures: bytes the gateway's upstream socket
  * received and the bytes on the link (veth counters, headers and
@@ -38,11 +39,13 @@ import type { GatewayStatus } from '../gateway/status.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-http.ts';
-import type { Fault } from './faults.ts';
+import { runFaults, scheduleFaults, type Fault } from './faults.ts';
 import type { LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, deviceHostArgs, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { CounterSampler } from './uplink.ts';
+import { mulberry32 } from '../util/random.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 export interface GatewaySimOptions {
@@ -60,18 +63,30 @@ export interface GatewaySimOptions {
   link?: LinkSpec & { profile: string | null };
   /** Also fetch the payload once by HTTP range resume over the same link (kernel link only). */
   compareHttp?: boolean;
+  /** The cut schedule of the gateway phase (and HTTP's) and the delay line's jitter come from it. */
+  seed?: number;
 }
 
 export interface GatewayHttpComparison {
   http: HttpRunResult;
-  /** Release → the gateway's upstream fetch had the whole payload (from its status file, refreshed every ~0.2 s). */
+  /**
+   * The release published to an already running gateway (or, if earlier, the gateway's status first
+   * showing the fetch) → its status file showing the whole payload (refreshed every ~0.2 s).
+   */
   gatewayFetchSeconds: number | null;
   floorSeconds: number | null;
   gatewayFetchOverHttp: number | null;
   gatewayFetchOverFloor: number | null;
   /** Bytes up the link per MiB delivered upstream: the gateway phase (its fetch, and the site's statuses) and HTTP's one fetch. */
   gatewayUpPerMiB: number | null;
+  /** The link's uplink from the release to the fetch done (what HTTP's covers: its fetch), per MiB fetched. */
+  gatewayUpToFetchedPerMiB: number | null;
+  /** Of it, what the gateway's upstream MQTT socket wrote (requests, relayed statuses, its status), per MiB fetched. */
+  gatewaySocketUpToFetchedPerMiB: number | null;
   httpUpPerMiB: number;
+  gatewayUpToFetchedOverHttp: number | null;
+  /** When the cuts came, ms after the release (the same for HTTP, after its start). */
+  cutsAtMs: number[];
 }
 
 export interface PhaseResult {
@@ -117,8 +132,10 @@ interface Rig {
   /** [down, up] as seen at the site end of the link. */
   linkBytes: () => Promise<[number, number]>;
   cut: (n: number, t0: number) => Promise<void>;
-  /** When each cut came, ms after its phase's start (the gateway phase's are taken for the HTTP comparison). */
-  cutTimes: number[];
+  link: NetnsLink | undefined;
+  proxy: LinkProxy | undefined;
+  /** Samples the kernel link's counters (none on the proxy). */
+  sampler: () => CounterSampler | undefined;
   startHost: (broker: string, prefix: string, ends: Map<string, DeviceEnd>) => ChildProcess;
   okCount: (ends: Map<string, DeviceEnd>) => number;
 }
@@ -149,6 +166,7 @@ async function openLink(o: GatewaySimOptions, held: Held): Promise<{ kernel: boo
       rateUpKbit: l0?.upKbit || undefined,
       delayMs: l0?.delayMs,
       jitterMs: l0?.jitterMs,
+      seed: o.seed,
     }));
     const srvExec: Exec = (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const siteExec: Exec = (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -158,58 +176,47 @@ async function openLink(o: GatewaySimOptions, held: Held): Promise<{ kernel: boo
   return { kernel, note, srvExec: local, siteExec: local, brokerHost: '127.0.0.1' };
 }
 
-/** The upstream broker on the far side of the link, and the release published to it. */
-async function startUpstream(
-  srvExec: Exec,
-  track: (c: ChildProcess) => ChildProcess,
-  brokerHost: string,
-  dir: string,
-  keys: Awaited<ReturnType<typeof keygen>>,
-  updateFile: string,
-): Promise<{ port: number; brokerUrl: string }> {
+/** The upstream broker on the far side of the link. */
+async function startUpstream(srvExec: Exec, track: (c: ChildProcess) => ChildProcess, brokerHost: string, dir: string): Promise<{ port: number; brokerUrl: string }> {
   const port = 20000 + (process.pid % 20000);
   for (const c of await brokerCommands('aedes', brokerHost, port, path.join(dir, 'broker'))) {
     track(srvExec(c.cmd, c.args));
     await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
   }
-  const brokerUrl = `mqtt://${brokerHost}:${port}`;
+  return { port, brokerUrl: `mqtt://${brokerHost}:${port}` };
+}
+
+/** `fleet publish` of the update to the upstream broker; throws when it fails. */
+async function publishRelease(srvExec: Exec, track: (c: ChildProcess) => ChildProcess, brokerUrl: string, keys: Awaited<ReturnType<typeof keygen>>, updateFile: string): Promise<void> {
   // Two-role trust files (release + rollout key) when keygen makes them.
   const rolloutKey = (keys as { rolloutKeyFile?: string }).rolloutKeyFile;
   const args = [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, ...(rolloutKey ? ['--rollout-key', rolloutKey] : [])];
   const pub = track(srvExec(process.execPath, [...args, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']));
   if ((await new Promise<number | null>((r) => pub.once('exit', r))) !== 0) throw new Error('publish failed');
-  return { port, brokerUrl };
 }
 
-/** Phase 1: the devices behind the gateway, the link cut as the gateway's fetch passes a quarter, then every further 10 %. */
-async function gatewayPhase(rig: Rig): Promise<{ phase: GatewaySimResult['gateway']; fetchSeconds: number | null; cutTimes: number[] }> {
-  const { o } = rig;
+/** Phase 1 result, and what the HTTP comparison needs: when the fetch was done, the cut schedule, the uplink up to then. */
+interface GatewayPhaseOutcome {
+  phase: GatewaySimResult['gateway'];
+  fetchSeconds: number | null;
+  faults: Fault[];
+  /** Link bytes up from the release to the fetch done, and what the gateway's upstream socket wrote in that time. */
+  upToFetched: number | null;
+  socketUpToFetched: number | null;
+}
+
+/**
+ * Phase 1: the gateway and its devices run (connected, subscribed, idle) before the release is
+ * published, as in the field and as in sim:fleet, so the fetch is timed from the release and not
+ * from a Node start-up on a loaded machine; the link is cut at the seed's moments (sim:fleet's
+ * schedule over one payload's ideal time) while the upstream fetch runs.
+ */
+/** The gateway and the device host behind it, started and waited for (devices idle, the gateway connected upstream). */
+async function startSite(rig: Rig): Promise<{ gateway: ChildProcess; host: ChildProcess; ends: Map<string, DeviceEnd>; readStatus: () => Promise<GatewayStatus | undefined> }> {
   const gwDir = path.join(rig.dir, 'gw');
   const gwPort = 40000 + (process.pid % 20000);
-  const linkBefore1 = await rig.linkBytes();
-  const t1 = Date.now();
-  const gateway = rig.track(
-    rig.siteExec(process.execPath, [
-      FLEET_BIN,
-      'gateway',
-      '--upstream',
-      rig.upstreamUrl,
-      '--listen',
-      String(gwPort),
-      '--host',
-      '127.0.0.1',
-      '--data-dir',
-      gwDir,
-      '--site',
-      'sim-site',
-      '--group',
-      'site',
-      '--model',
-      'sim',
-      '--tick-ms',
-      '200',
-    ]),
-  );
+  const args = ['gateway', '--upstream', rig.upstreamUrl, '--listen', String(gwPort), '--host', '127.0.0.1', '--data-dir', gwDir, '--site', 'sim-site', '--group', 'site', '--model', 'sim', '--tick-ms', '200'];
+  const gateway = rig.track(rig.siteExec(process.execPath, [FLEET_BIN, ...args]));
   await waitForPortIn(rig.siteExec, '127.0.0.1', gwPort, true);
   const readStatus = async (): Promise<GatewayStatus | undefined> => {
     try {
@@ -218,31 +225,57 @@ async function gatewayPhase(rig: Rig): Promise<{ phase: GatewaySimResult['gatewa
       return undefined;
     }
   };
-  const ends1 = new Map<string, DeviceEnd>();
-  const host1 = rig.startHost('mqtt://127.0.0.1:' + gwPort, 'gwdev', ends1);
-  let cuts1 = 0;
-  // The first cut at a quarter of the payload, each next one once another 10 % has arrived
-  // after the link came back (the status file is refreshed about once a second).
-  let nextCut = 0.25;
-  const deadline1 = t1 + o.timeoutSeconds * 1000;
+  const ends = new Map<string, DeviceEnd>();
+  const host = rig.startHost('mqtt://127.0.0.1:' + gwPort, 'gwdev', ends);
+  await hostReady(host);
+  const upDeadline = Date.now() + 60_000;
+  while ((await readStatus())?.upstream.state !== 'connected') {
+    if (Date.now() > upDeadline) throw new Error('the gateway did not connect upstream in 60 s');
+    await sleep(100);
+  }
+  return { gateway, host, ends, readStatus };
+}
+
+async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<GatewayPhaseOutcome> {
+  const { o } = rig;
+  const { gateway, host: host1, ends: ends1, readStatus } = await startSite(rig);
+  await sleep(500);
+  const linkBefore1 = await rig.linkBytes();
+  const socketOutBefore = (await readStatus())?.fetched.wireBytesOut ?? 0;
+  const sampler = rig.sampler();
+  sampler?.start();
+  await publish();
+  const t1 = Date.now();
+  const ideal = o.rateKbit ? (rig.payloadBytes * 8) / (o.rateKbit * 1000) : 2;
+  const faults = scheduleFaults(mulberry32(o.seed ?? 1), ideal, o.cuts, 0);
   let fetchedAt: number | undefined;
+  let firstSeen: number | undefined;
+  let socketOutAtFetched: number | undefined;
+  const deadline1 = t1 + o.timeoutSeconds * 1000;
+  const cutsDone = runFaults({ faults: [...faults], t0: t1, finished: () => fetchedAt !== undefined, cutSeconds: o.cutSeconds, link: rig.link, proxy: rig.proxy, log: o.log, deadline: deadline1 });
   while (ends1.size < o.devices && Date.now() < deadline1) {
     const s = await readStatus();
-    if (fetchedAt === undefined && (s?.fetched.payloadBytes ?? 0) >= rig.payloadBytes) fetchedAt = Date.now();
-    const f = s?.fetching[0];
-    if (cuts1 < o.cuts && f && f.bytes >= nextCut * f.totalBytes) {
-      await rig.cut(++cuts1, t1);
-      const after = (await readStatus())?.fetching[0];
-      nextCut = (after ? after.bytes / after.totalBytes : 1) + 0.1;
-    } else await sleep(100);
+    const now = Date.now();
+    if (firstSeen === undefined && s && (s.fetching.length > 0 || s.fetched.payloadBytes > 0)) firstSeen = now;
+    if (fetchedAt === undefined && (s?.fetched.payloadBytes ?? 0) >= rig.payloadBytes) {
+      fetchedAt = now;
+      socketOutAtFetched = s!.fetched.wireBytesOut;
+    }
+    await sleep(100);
   }
-  const seconds1 = (Date.now() - t1) / 1000;
-  const cutTimes = rig.cutTimes.splice(0);
+  fetchedAt ??= Date.now(); // ends the cut schedule if the fetch never completed (fetchSeconds stays null below)
+  const { cuts: cuts1 } = await cutsDone;
+  const fetched = socketOutAtFetched !== undefined;
+  // The publish command may exit after the release went out: time from whichever came first.
+  const tStart = Math.min(t1, firstSeen ?? t1);
+  const seconds1 = (Date.now() - tStart) / 1000;
   await sleep(1500); // the last statuses go up
   const gs = await readStatus();
+  sampler?.stop();
   await stopChild(host1, 3000).catch(() => undefined);
   await stopChild(gateway, 5000).catch(() => undefined);
   const linkAfter1 = await rig.linkBytes();
+  const atFetched = fetched ? (sampler?.at(fetchedAt) ?? (await rig.link?.counters())) : undefined;
   const gwPhase = {
     completed: rig.okCount(ends1),
     seconds: Number(seconds1.toFixed(2)),
@@ -256,7 +289,13 @@ async function gatewayPhase(rig: Rig): Promise<{ phase: GatewaySimResult['gatewa
   o.log(
     `gateway phase: ${gwPhase.completed}/${o.devices} ok in ${gwPhase.seconds} s; gateway socket in ${gwPhase.socketBytesIn} B (${(gwPhase.socketBytesIn / rig.payloadBytes).toFixed(3)} × payload); link down ${gwPhase.linkBytesDown} B, up ${gwPhase.linkBytesUp} B`,
   );
-  return { phase: gwPhase, fetchSeconds: fetchedAt === undefined ? null : (fetchedAt - t1) / 1000, cutTimes };
+  return {
+    phase: gwPhase,
+    fetchSeconds: fetched ? (fetchedAt - tStart) / 1000 : null,
+    faults,
+    upToFetched: atFetched ? atFetched.txBytes - linkBefore1[1] : null,
+    socketUpToFetched: fetched ? socketOutAtFetched! - socketOutBefore : null,
+  };
 }
 
 /** Phase 2: the same devices directly upstream, the link cut at fixed fractions of the ideal time. */
@@ -300,9 +339,7 @@ function rigOf(o: GatewaySimOptions, held: Held, w: Pick<Rig, 'dir' | 'payloadBy
     const c = await link.counters();
     return [c.rxBytes, c.txBytes];
   };
-  const cutTimes: number[] = [];
   const cut = async (n: number, t0: number): Promise<void> => {
-    cutTimes.push(Date.now() - t0);
     o.log(`cut ${n} at ${((Date.now() - t0) / 1000).toFixed(1)} s for ${o.cutSeconds} s`);
     if (link) await link.cut();
     else proxy!.takeDown();
@@ -317,19 +354,20 @@ function rigOf(o: GatewaySimOptions, held: Held, w: Pick<Rig, 'dir' | 'payloadBy
   };
   const okCount = (ends: Map<string, DeviceEnd>): number => [...ends.values()].filter((e) => e.state === 'ok' && e.running === w.targetDigest).length;
 
-  return { o, ...w, linkBytes, cut, cutTimes, startHost, okCount };
+  const sampler = (): CounterSampler | undefined => (link ? new CounterSampler(() => link.counters()) : undefined);
+  return { o, ...w, linkBytes, cut, link, proxy, sampler, startHost, okCount };
 }
 
-/** The gateway's one upstream fetch against one HTTP range-resume fetch of the payload over the same link, with the gateway phase's cuts. */
-async function compareWithHttp(o: GatewaySimOptions, link: NetnsLink, w: { dir: string; port: number; payload: Uint8Array; gateway: Awaited<ReturnType<typeof gatewayPhase>> }): Promise<GatewayHttpComparison> {
+/** The gateway's one upstream fetch against one HTTP range-resume fetch of the payload over the same link, with the same cut schedule. */
+async function compareWithHttp(o: GatewaySimOptions, link: NetnsLink, w: { dir: string; port: number; payload: Uint8Array; gateway: GatewayPhaseOutcome }): Promise<GatewayHttpComparison> {
   const payloadBytes = w.payload.byteLength;
   const payloadFile = path.join(w.dir, 'payload.bin');
   await fs.writeFile(payloadFile, w.payload);
-  const faults: Fault[] = w.gateway.cutTimes.map((at) => ({ at, kind: 'cut' }));
+  const faults = w.gateway.faults.filter((f) => f.kind === 'cut');
   const http = await runHttpBaseline({ link, port: w.port + 1, payloadFile, payloadBytes, devices: 1, faults, cutSeconds: o.cutSeconds, dir: w.dir, idleSeconds: 10, timeoutSeconds: o.timeoutSeconds, log: o.log });
   const spec: LinkSpec = o.link ?? { downKbit: o.rateKbit, upKbit: o.rateKbit, delayMs: 0, jitterMs: 0, lossDownPercent: o.lossPercent, lossUpPercent: o.lossPercent, cuts: o.cuts, cutSeconds: o.cutSeconds };
   const floor = tcpFloorSeconds(spec, 1, payloadBytes, spec.delayMs > 0 || spec.jitterMs > 0 ? 1500 : 1514);
-  const fetchSeconds = w.gateway.fetchSeconds;
+  const { fetchSeconds, upToFetched, socketUpToFetched } = w.gateway;
   const r3 = (x: number): number => Number(x.toFixed(3));
   const mib = payloadBytes / (1 << 20);
   const up = w.gateway.phase.linkBytesUp;
@@ -340,7 +378,11 @@ async function compareWithHttp(o: GatewaySimOptions, link: NetnsLink, w: { dir: 
     gatewayFetchOverHttp: fetchSeconds === null ? null : r3(fetchSeconds / http.seconds),
     gatewayFetchOverFloor: fetchSeconds === null || floor === null ? null : r3(fetchSeconds / floor),
     gatewayUpPerMiB: up === null ? null : Math.round(up / mib),
+    gatewayUpToFetchedPerMiB: upToFetched === null ? null : Math.round(upToFetched / mib),
+    gatewaySocketUpToFetchedPerMiB: socketUpToFetched === null ? null : Math.round(socketUpToFetched / mib),
     httpUpPerMiB: Math.round(http.wireUp / mib),
+    gatewayUpToFetchedOverHttp: upToFetched === null ? null : r3(upToFetched / http.wireUp),
+    cutsAtMs: faults.map((f) => Math.round(f.at)),
   };
 }
 
@@ -365,7 +407,7 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
       c.stderr?.on('data', () => undefined);
       return c;
     };
-    const { port, brokerUrl } = await startUpstream(srvExec, track, brokerHost, dir, keys, updateFile);
+    const { port, brokerUrl } = await startUpstream(srvExec, track, brokerHost, dir);
     let upstreamUrl = brokerUrl;
     if (!kernel) {
       held.proxy = new LinkProxy({ targetHost: brokerHost, targetPort: port, bytesPerSecond: o.rateKbit ? (o.rateKbit * 1000) / 8 : 0, sharedBandwidth: true });
@@ -373,7 +415,7 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
       upstreamUrl = held.proxy.url;
     }
     const rig = rigOf(o, held, { dir, payloadBytes, upstreamUrl, siteExec, track, trustFile: keys.trustFile, baseFile, targetDigest: update.targetDigest });
-    const gw = await gatewayPhase(rig);
+    const gw = await gatewayPhase(rig, () => publishRelease(srvExec, track, brokerUrl, keys, updateFile));
     const gwPhase = gw.phase;
     const directPhase_ = await directPhase(rig);
     const compareHttp = o.compareHttp && held.link ? await compareWithHttp(o, held.link, { dir, port, payload: update.payload, gateway: gw }) : undefined;
@@ -415,6 +457,7 @@ async function main(): Promise<void> {
       delay: { type: 'string' },
       jitter: { type: 'string' },
       'compare-http': { type: 'boolean', default: false },
+      seed: { type: 'string', default: '1' },
     },
   });
   // Without a profile, this simulation's own defaults (10 % loss, 512 kbit/s, 2 cuts of 3 s).
@@ -432,6 +475,7 @@ async function main(): Promise<void> {
     cutSeconds: spec.cutSeconds,
     link: spec,
     compareHttp: a['compare-http'] === true,
+    seed: Number(a.seed),
     proxy: a.proxy === true,
     timeoutSeconds: Number(a.timeout),
     log: (s) => process.stderr.write(s + '\n'),

@@ -64,15 +64,28 @@ export interface DeviceEnd {
   started?: number;
   /** When the payload was all on disk (the first status after `downloading`), ms since the epoch. */
   downloaded?: number;
+  /** MQTT packets the device sent since it started, by type (`publish <topic kind>`): up to its end, up to `downloaded`, and before `started`. */
+  sent?: Record<string, { packets: number; bytes: number }>;
+  sentToDownloaded?: Record<string, { packets: number; bytes: number }>;
+  sentBeforeStarted?: Record<string, { packets: number; bytes: number }>;
 }
 
 /** Prints the device's DeviceEnd line once, when it reaches a terminal state for a release. */
 export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTransport, ended: Set<string>): void {
   let downloaded: number | undefined;
   let started: number | undefined;
+  let sentToDownloaded: DeviceEnd['sent'];
+  let sentBeforeStarted: DeviceEnd['sent'];
+  const sentNow = (): DeviceEnd['sent'] => JSON.parse(JSON.stringify(transport.sent)) as DeviceEnd['sent'];
   agent.onStatus((s) => {
-    if (s.state === 'downloading') started ??= Date.now();
-    else if (started !== undefined && downloaded === undefined) downloaded = Date.now();
+    if (s.state === 'downloading' && started === undefined) {
+      started = Date.now();
+      sentBeforeStarted = sentNow();
+    } else if (s.state === 'downloading') return;
+    else if (started !== undefined && downloaded === undefined) {
+      downloaded = Date.now();
+      sentToDownloaded = sentNow();
+    }
     const terminal = s.state === 'ok' || s.state === 'rejected' || s.state === 'rolled_back' || (s.state === 'failed' && s.reason === 'corrupt-source');
     if (!terminal || ended.has(id) || s.target === null) return;
     ended.add(id);
@@ -87,6 +100,9 @@ export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTranspo
       time: Date.now(),
       started,
       downloaded,
+      sent: sentNow(),
+      sentToDownloaded,
+      sentBeforeStarted,
     };
     process.stdout.write(JSON.stringify(end) + '\n');
   });
@@ -109,7 +125,20 @@ export function readLines(child: ChildProcess, onLine: (j: Record<string, unknow
   });
 }
 
-/** Collects the first DeviceEnd line of each device a host prints. */
+/** Resolves once the device host says its devices run (connected, subscribed, idle). */
+export function hostReady(host: ChildProcess): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error('the device host did not start its devices in 120 s')), 120_000);
+    readLines(host, (j) => {
+      if (typeof j.ready === 'number') {
+        clearTimeout(t);
+        resolve();
+      }
+    });
+    host.once('exit', (c) => reject(new Error(`the device host exited ${c} before its devices started`)));
+  });
+}
+
 /** Node's arguments for the device host (device-host.ts): `devices` agents of model `sim` in group `site`, in one process. */
 export function deviceHostArgs(o: { broker: string; devices: number; dir: string; trustFile: string; baseFile: string; idPrefix?: string }): string[] {
   const host = new URL('./device-host.ts', import.meta.url).pathname;
@@ -117,6 +146,7 @@ export function deviceHostArgs(o: { broker: string; devices: number; dir: string
   return [...args, '--model', 'sim', '--group', 'site', ...(o.idPrefix === undefined ? [] : ['--id-prefix', o.idPrefix])];
 }
 
+/** Collects the first DeviceEnd line of each device a host prints. */
 export function collectEnds(host: ChildProcess, ends: Map<string, DeviceEnd>): void {
   readLines(host, (j) => {
     if (typeof j.device === 'string' && !ends.has(j.device)) ends.set(j.device, j as unknown as DeviceEnd);

@@ -9,6 +9,7 @@ import type { WireStats } from '../protocol/status.ts';
 import { describeBreach, limitIncoming } from './packet-limit.ts';
 import type { MessageHandler, PublishOptions, SubscribeOptions, Transport } from './types.ts';
 import { connectCause, type ConnectCause } from './connect-errors.ts';
+import { mqttPacketBytes, type SentPacket } from './packet-size.ts';
 
 export interface MqttTransportOptions {
   /** mqtt://host:port */
@@ -43,6 +44,8 @@ export interface MqttTransportOptions {
    * (transport/packet-limit.ts). Default DEFAULT_MAX_INCOMING_PACKET.
    */
   maxIncomingPacket?: number;
+  /** Names a published topic's kind for `sent` (e.g. `status`); default: every publish is `publish`. */
+  labelTopic?: (topic: string) => string;
 }
 
 /** How long a probed connection waits for `reconnect` before it is closed. */
@@ -141,6 +144,8 @@ export class MqttTransport implements Transport {
   oversized: string | undefined;
   /** Where received bytes went besides new messages (simulations break a transfer's overhead down with it). */
   readonly loss = { partialBytesDropped: 0, retainedBytesIn: 0 };
+  /** MQTT packets written, by type (`publish <labelTopic>` for publishes): count and bytes (simulations break the uplink down with it). */
+  readonly sent: Record<string, { packets: number; bytes: number }> = {};
 
   private constructor(opts: MqttTransportOptions) {
     this.closeGraceMs = opts.closeGraceMs ?? MQTT_DEFAULTS.closeGraceMs;
@@ -153,6 +158,13 @@ export class MqttTransport implements Transport {
     const max = opts.reconnectMaxMs ?? MQTT_DEFAULTS.reconnectMaxMs;
     this.client = new MqttClient(() => this.openStream(tlsFiles, maxIncoming), clientOptions(opts, min));
     this.onClientEvents(min, max);
+    const label = opts.labelTopic;
+    this.client.on('packetsend', (packet: SentPacket) => {
+      const key = packet.cmd === 'publish' ? `publish ${label && packet.topic !== undefined ? label(packet.topic) : ''}`.trim() : packet.cmd;
+      const e = (this.sent[key] ??= { packets: 0, bytes: 0 });
+      e.packets++;
+      e.bytes += mqttPacketBytes(packet);
+    });
   }
 
   /** The stream for the next attempt: a TCP socket (TLS over it for mqtts), to the next server in turn, its incoming packets bounded. */

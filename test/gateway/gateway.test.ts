@@ -66,6 +66,27 @@ describe('site gateway', () => {
     expect(gwWatch.latest()!.site).toBe('site-a');
   });
 
+  it('while it fetches over a slow link, its own status goes upstream per quarter of the payload, not once a second (uplink bytes)', async () => {
+    f = await createFixture('gwpace', { layers: MEDIUM_LAYERS, rank: 16 });
+    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 10_000 });
+    await proxy.start();
+    gw = await startGateway(f, { groups: [GROUP] }, proxy.url);
+    const gwWatch = await watchGatewayStatus(f);
+    const r = await publish(f);
+    const step = r.release.steps[0];
+    const t0 = Date.now();
+    await untilGateway(gw, (s) => s.cache.some((c) => c.updateId === r.updateId), 120_000, 'the payload fetched');
+    const seconds = (Date.now() - t0) / 1000;
+    // Long enough that one status a second would show many times over.
+    expect(seconds).toBeGreaterThan(6);
+    const during = gwWatch.all.filter((s) => s.fetching.some((x) => x.updateId === r.updateId && x.bytes < step.size));
+    const shares = during.map((s) => (s.fetching[0].bytes / step.size).toFixed(2));
+    // The fetch's first status, one per quarter passed, and the 30 s periodic one: at most a few.
+    expect(during.length, `${during.length} statuses while fetching over ${seconds.toFixed(1)} s: ${shares.join(' ')}`).toBeLessThanOrEqual(4 + Math.floor(seconds / 30));
+    // Operators still see it move: a status part-way through.
+    expect(during.some((s) => s.fetching[0].bytes >= step.size * 0.25)).toBe(true);
+  });
+
   it('the upstream link cut mid-fetch: the gateway resumes from its bitmap and asks only for what it lacks', async () => {
     f = await createFixture('gwcut', { layers: MEDIUM_LAYERS, rank: 16 });
     proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });

@@ -36,5 +36,15 @@ describe.skipIf(!available.ok)('sim:fleet --compare-http on a delayed profile (r
     // Both transfers crossed the link: at least the payload went down each time.
     expect(r.wireDown).toBeGreaterThan(2 * r.payloadBytes);
     expect(r.compareHttp!.http.wireDown).toBeGreaterThan(2 * r.payloadBytes);
+    // The uplink broken down: the devices' requests and statuses since the release, counted by
+    // packet type; the link's uplink up to the last payload on disk is part of the whole.
+    expect(r.upSentToDownloaded['publish request'].packets).toBeGreaterThanOrEqual(2);
+    expect(r.upSent['publish status'].packets).toBeGreaterThan(r.upSentToDownloaded['publish status'].packets);
+    expect(r.wireUpToDownloaded!).toBeGreaterThan(0);
+    expect(r.wireUpToDownloaded!).toBeLessThanOrEqual(r.wireUp!);
+    expect(r.wireUpPackets!).toBeGreaterThan(0);
+    expect(r.compareHttp!.http.wireUpPackets).toBeGreaterThan(0);
+    expect(r.compareHttp!.fleetUpToDownloadedPerMiB!).toBeLessThanOrEqual(r.compareHttp!.fleetUpPerMiB);
+    expect(r.compareHttp!.fleetOverHttpUpBytesToDownloaded!).toBeLessThanOrEqual(r.compareHttp!.fleetOverHttpUpBytes);
   }, 300_000);
 });

@@ -1,4 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { DEVICE_DEFAULTS } from '../../device/defaults.ts';
+import { OPERATOR_DEFAULTS } from '../../operator/defaults.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { createFixture, publish, spawnDevice, StatusWatch, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
 
@@ -12,9 +14,9 @@ afterEach(async () => {
 });
 
 describe('progress statuses while downloading (each costs ~700 B of a narrow uplink)', () => {
-  it('one per quarter of the download, not one a second or per 5 %; the states around them are all published', async () => {
+  it('one at half the download and one per 30 s, not one per quarter, a second or per 5 %; the states around them are all published', async () => {
     f = await createFixture('cadence', { layers: MEDIUM_LAYERS, rank: 16 });
-    // A few seconds of download: long enough that a status a second, or one per 5 %, would show.
+    // A few seconds of download: long enough that a status a second, per 5 % or per quarter would show.
     proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 25_000 });
     await proxy.start();
     const watch = await StatusWatch.start(f);
@@ -29,14 +31,21 @@ describe('progress statuses while downloading (each costs ~700 B of a narrow upl
     const seconds = (Date.parse(mine.at(-1)!.time) - Date.parse(downloading[0].time)) / 1000;
     console.log(`${downloading.length} downloading statuses over ${seconds.toFixed(1)} s: ${downloading.map((s) => s.progress.toFixed(2)).join(' ')}`);
     expect(seconds).toBeGreaterThan(2);
-    // The first (release accepted), three quarters, and one from the 10 s watchdog per 10 s.
-    expect(downloading.length).toBeLessThanOrEqual(4 + Math.ceil(seconds / 10));
+    // The cadence issue 20 asks for (uplink bytes): at most one status per half of the download and
+    // one per 30 s, while a downloading device stays well inside the operators' stale limit.
+    const progressStep = 0.5;
+    const watchdogMs = 30_000;
+    expect(DEVICE_DEFAULTS.watchdogMs).toBeLessThanOrEqual(OPERATOR_DEFAULTS.staleMs / 2);
+    // The first (release accepted), one per progressStep short of the end, and one from the watchdog per watchdogMs.
+    expect(downloading.length).toBeLessThanOrEqual(1 + Math.ceil(1 / progressStep) - 1 + Math.ceil((seconds * 1000) / watchdogMs));
     for (let k = 2; k < downloading.length; k++) {
       const step = downloading[k].progress - downloading[k - 1].progress;
       const gap = Date.parse(downloading[k].time) - Date.parse(downloading[k - 1].time);
-      // Either a quarter of the download, or the watchdog (10 s).
-      expect(step >= 0.24 || gap >= 9000, `status ${k}: +${step.toFixed(3)} after ${gap} ms`).toBe(true);
+      // Either another progressStep of the download, or the watchdog.
+      expect(step >= progressStep - 0.01 || gap >= watchdogMs - 1000, `status ${k}: +${step.toFixed(3)} after ${gap} ms`).toBe(true);
     }
+    // The operators still see progress while chunks come: a status part-way, with bytes received.
+    expect(downloading.some((s) => s.progress >= progressStep - 0.01 && s.progress < 1)).toBe(true);
     expect(mine.map((s) => s.state)).toEqual(expect.arrayContaining(['downloading', 'verifying', 'ok']));
   }, 180_000);
 
