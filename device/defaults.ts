@@ -21,7 +21,7 @@ export const DEVICE_DEFAULTS = {
   /**
    * A status at least this often while downloading (the rate, or how long nothing has come). Each
    * status is ~650 B up a link whose uplink may be a quarter of its downlink or less: 30 s keeps a
-   * downloading device well inside the operators' stale limit (OPERATOR_DEFAULTS.staleMs, 60 s).
+   * downloading device well inside the operators' stale limit (staleMs in operator/defaults.ts, 60 s).
    */
   watchdogMs: 30_000,
   /** And a progress status each time the download passes another this much of the payload (half: one at 50 %). */
