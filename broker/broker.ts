@@ -18,6 +18,7 @@ import type { Role } from './acl.ts';
 import { openCluster, type ClusterParts } from './cluster.ts';
 import type { ChunkRouting } from './cluster-emitter.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
+import { framesFilterDevice, skipFrameLookups } from './cluster-retained.ts';
 import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.ts';
 import { stampPresence } from './presence-stamp.ts';
 import { InternalError } from '../platform/errors.ts';
@@ -134,6 +135,8 @@ const persistence: Step<BrokerParts> = {
       const db = new Level(path.join(p.o.dataDir, 'broker-db'));
       await db.open();
       p.persistence = guardStreams(new AsyncLevelPersistence(db), p.log.child('persistence'));
+      // A device's frames subscription would read every retained message on disk (a status and a presence per device).
+      skipFrameLookups(p.persistence, (f) => framesFilterDevice(p.topics, f) !== undefined);
     }
   },
   async stop(p) {

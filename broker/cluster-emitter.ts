@@ -36,7 +36,7 @@
  */
 import { createRequire } from 'node:module';
 import type { Topics } from '../protocol/topics.ts';
-import type { RetainedOnce, ScriptConn } from './cluster-retained.ts';
+import { framesFilterDevice, type RetainedOnce, type ScriptConn } from './cluster-retained.ts';
 
 const require = createRequire(import.meta.url);
 
@@ -207,11 +207,6 @@ export class ClusterEmitter implements Mq {
 
   /** The device of a subscription to one device's frames (`…/models/M/updates/+/to/DEVICE`), if it is one. */
   private frameSubscription(filter: string): string | undefined {
-    const prefix = `${this.topics.prefix}/models/`;
-    if (!filter.startsWith(prefix)) return undefined;
-    const r = filter.slice(prefix.length).split('/');
-    if (r.length !== 5 || r[1] !== 'updates' || r[3] !== 'to') return undefined;
-    const device = r[4];
-    return device === '+' || device === '#' ? undefined : device;
+    return framesFilterDevice(this.topics, filter);
   }
 }

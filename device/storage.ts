@@ -5,7 +5,7 @@ import type { ReleaseStep } from '../protocol/release.ts';
 import { isJournal, type Journal } from './journal.ts';
 import type { DeviceStatus } from '../protocol/status.ts';
 import { exists, fsyncDir, fsyncFile, readJson, writeFileAtomic, writeFileReplacing } from '../util/fs-atomic.ts';
-import { nodeFs, type FileHandlePort, type FsPort } from '../platform/fs-port.ts';
+import { nodeFs, writeFully, type FileHandlePort, type FsPort } from '../platform/fs-port.ts';
 import { MODEL_FORMATS, SAFETENSORS, type ModelFormat } from '../util/model-format.ts';
 
 /** The release being installed: where it goes and the steps that get there. */
@@ -224,10 +224,21 @@ export class DeviceStorage {
     const h = await this.fsys.open(payloadFile, (await exists(payloadFile, this.fsys)) ? 'r+' : 'w+');
     const st = await h.stat();
     if (st.size !== step.size) await h.truncate(step.size);
-    const bitmapBytes = await this.fsys.readFile(path.join(dir, 'bitmap')).catch(ignoreBecause('no bitmap yet (or unreadable): start from an empty one; every chunk is verified anyway'));
-    const bitmap = bitmapBytes && bitmapBytes.byteLength === Math.ceil(step.chunks / 8) ? new Bitmap(step.chunks, new Uint8Array(bitmapBytes)) : new Bitmap(step.chunks);
+    const bitmapFile = path.join(dir, 'bitmap');
+    const bitmapBytes = await this.fsys.readFile(bitmapFile).catch(ignoreBecause('no bitmap yet (or unreadable): start from an empty one; every chunk is verified anyway'));
+    const fits = bitmapBytes !== undefined && bitmapBytes.byteLength === Math.ceil(step.chunks / 8);
+    const bitmap = fits ? new Bitmap(step.chunks, new Uint8Array(bitmapBytes)) : new Bitmap(step.chunks);
+    let bh: FileHandlePort;
+    try {
+      // Replaced whole once when it does not fit (written in place from then on: DownloadFiles.writeChunk).
+      if (!fits) await writeFileReplacing(bitmapFile, bitmap.bytes, this.fsys);
+      bh = await this.fsys.open(bitmapFile, 'r+');
+    } catch (e) {
+      await h.close();
+      throw e;
+    }
     const list = await this.fsys.readFile(path.join(dir, 'list')).catch(ignoreBecause('no chunk list yet (or unreadable): it is fetched again and checked against the release'));
-    return new DownloadFiles(dir, h, bitmap, list ? new Uint8Array(list) : undefined, this.fsys);
+    return new DownloadFiles(dir, h, bitmap, list ? new Uint8Array(list) : undefined, this.fsys, bh);
   }
 
   async removeDownload(updateId: string): Promise<void> {
@@ -242,7 +253,12 @@ export class DeviceStorage {
 /**
  * One download's files. A chunk's bytes are written before its bitmap bit,
  * so a set bit means the bytes were written (and a resumed download re-checks
- * every set bit against the chunk list anyway, for power cuts).
+ * every set bit against the chunk list anyway, for power cuts). The bitmap is
+ * written in place through an open handle, one byte per chunk (the byte that
+ * holds its bit): bits are only set while a download runs, so a stop at any
+ * point leaves each byte old or new, and a set bit is checked on resume anyway.
+ * (It was a whole-file replacement per chunk: a temporary file, its write and
+ * a rename, five file operations per chunk where the payload needs one.)
  */
 export class DownloadFiles {
   constructor(
@@ -251,6 +267,8 @@ export class DownloadFiles {
     readonly bitmap: Bitmap,
     public list: Uint8Array | undefined,
     private readonly fsys: FsPort = nodeFs,
+    /** The bitmap file opened for writing in place (without: replaced whole at each write). */
+    private readonly bitmapHandle?: FileHandlePort,
   ) {}
 
   async saveList(list: Uint8Array): Promise<void> {
@@ -261,7 +279,8 @@ export class DownloadFiles {
   async writeChunk(index: number, offset: number, data: Uint8Array): Promise<void> {
     await this.payload.write(data, 0, data.byteLength, offset);
     this.bitmap.set(index);
-    await writeFileReplacing(path.join(this.dir, 'bitmap'), this.bitmap.bytes, this.fsys);
+    if (this.bitmapHandle) await writeFully(this.bitmapHandle, this.bitmap.bytes.subarray(index >> 3, (index >> 3) + 1), index >> 3);
+    else await this.saveBitmap();
   }
 
   async readRange(offset: number, length: number): Promise<Uint8Array> {
@@ -271,7 +290,8 @@ export class DownloadFiles {
   }
 
   async saveBitmap(): Promise<void> {
-    await writeFileReplacing(path.join(this.dir, 'bitmap'), this.bitmap.bytes, this.fsys);
+    if (this.bitmapHandle) await writeFully(this.bitmapHandle, this.bitmap.bytes, 0);
+    else await writeFileReplacing(path.join(this.dir, 'bitmap'), this.bitmap.bytes, this.fsys);
   }
 
   private closed = false;
@@ -279,6 +299,10 @@ export class DownloadFiles {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.payload.close();
+    try {
+      await this.payload.close();
+    } finally {
+      await this.bitmapHandle?.close();
+    }
   }
 }

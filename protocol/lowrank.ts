@@ -413,6 +413,40 @@ function roundedWriter(out: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): (j: numb
   };
 }
 
+/** Whether Float32Array elements are little-endian here (as on every platform Node runs on today). */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+/**
+ * Float32Array views of an F32 tensor and its output when both are 4-byte aligned on a
+ * little-endian machine (a device's reused buffers are), else undefined (the DataView path).
+ * Storing a double into a Float32Array rounds it once, to nearest, ties to even, exactly as
+ * Math.fround does, so the bytes are the DataView path's (test/protocol/lowrank.test.ts).
+ */
+function float32Views(base: Uint8Array, out: Uint8Array, total: number): { w: Float32Array; o: Float32Array } | undefined {
+  if (!LITTLE_ENDIAN || base.byteOffset % 4 !== 0 || out.byteOffset % 4 !== 0) return undefined;
+  return { w: new Float32Array(base.buffer, base.byteOffset, total), o: new Float32Array(out.buffer, out.byteOffset, total) };
+}
+
+/**
+ * applyTensor's low-rank rule for F32 with the same arithmetic: each element's sum starts at 0
+ * and adds U[i,k]·V[k,j] for k = 0..r-1 in that order (a double per element instead of a row of
+ * accumulators: the same additions in the same order), then W + sum rounded once. Element j is
+ * read before it is written, so `o` may be `w`.
+ */
+function applyLowRankF32(w: Float32Array, o: Float32Array, u: Float64Array, v: Float64Array, m: number, n: number, r: number, fail: (e: number) => Error): void {
+  for (let i = 0; i < m; i++) {
+    const ui = i * r;
+    const rowStart = i * n;
+    for (let j = 0; j < n; j++) {
+      let sum = 0;
+      for (let k = 0; k < r; k++) sum += u[ui + k] * v[k * n + j];
+      const e = rowStart + j;
+      o[e] = w[e] + sum;
+      if (!Number.isFinite(o[e])) throw fail(e);
+    }
+  }
+}
+
 /**
  * Apply one delta to one tensor; returns new bytes of the same dtype and shape.
  * Low-rank, per row i: acc[j] = 0; for k = 0..r-1, for j: acc[j] += U[i,k]·V[k,j]
@@ -447,6 +481,11 @@ export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly 
   }
   const { m, n } = lowRankDims(info.shape);
   const { u, v, rank: r } = isMixedDelta(delta) ? mixedFactors(delta) : { ...decodeFactors(delta, scratch), rank: delta.rank };
+  const f32 = dtype === 'F32' ? float32Views(base, out, total) : undefined;
+  if (f32) {
+    applyLowRankF32(f32.w, f32.o, u, v, m, n, r, fail);
+    return out;
+  }
   const acc = doubles(n, scratch, Slot.Acc);
   for (let i = 0; i < m; i++) {
     acc.fill(0);

@@ -4,6 +4,7 @@ import { PROTOCOL_VERSION } from './frames.ts';
 import { isTopicSegment } from './topics.ts';
 import { ProtocolError, type ProtocolReason } from './errors.ts';
 import { sha256Hex } from './chunks.ts';
+import { verifyEd25519 } from './ed25519.ts';
 
 /**
  * Signed envelopes (docs/protocol.md §5.1): CBOR `{body: bytes, sigs: [{k: keyId, s: 64 bytes}]}`.
@@ -96,7 +97,7 @@ export function verifyEnvelope(env: SignedEnvelope, role: Role, what: string, ot
       continue;
     }
     sawTrusted = true;
-    if (!nacl.sign.detached.verify(env.body, s.sig, key.publicKey)) throw new ProtocolError('bad-signature', `${what}: key ${s.keyId.slice(0, 16)}`);
+    if (!verifyEd25519(env.body, s.sig, key.publicKey)) throw new ProtocolError('bad-signature', `${what}: key ${s.keyId.slice(0, 16)}`);
     valid.add(s.keyId);
   }
   if (!sawTrusted) {

@@ -93,4 +93,16 @@ export function createHash(algorithm: string): Sha256Hash {
   return new Sha256Hash();
 }
 
-export default { createHash };
+/**
+ * protocol/ed25519.ts asks once whether node:crypto verifies Ed25519; here it does not,
+ * so signatures (if the page ever checks one) go through tweetnacl.
+ */
+export function createPublicKey(): never {
+  throw new InternalError('not-in-browser', 'createPublicKey is not available in the browser bundle');
+}
+
+export function verify(): never {
+  throw new InternalError('not-in-browser', 'crypto.verify is not available in the browser bundle');
+}
+
+export default { createHash, createPublicKey, verify };

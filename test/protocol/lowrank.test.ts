@@ -380,6 +380,30 @@ describe('applyTensor', () => {
     });
   }
 
+  it('F32: the Float32Array path (aligned buffers) and the DataView path (unaligned) give the same bytes', () => {
+    const rand = mulberry32(23);
+    const unaligned = (b: Uint8Array): Uint8Array => {
+      const u = new Uint8Array(b.byteLength + 1).subarray(1);
+      u.set(b);
+      return u;
+    };
+    for (const [shape, r, fdt] of [
+      [[300, 8], 4, 'f32'],
+      [[17, 33], 5, 'f16'],
+      [[9, 2, 3], 2, 'i8'],
+    ] as Array<[number[], number, FactorDtype]>) {
+      const count = shape.reduce((a, b) => a * b, 1);
+      const base = tensorBytes('F32', uniform(rand, count, 1));
+      const delta = lowRank(rand, 't', shape, r, fdt, 0.4);
+      const info = { name: 't', dtype: 'F32' as const, shape };
+      const fast = applyTensor(info, base, delta);
+      const slow = applyTensor(info, unaligned(base), delta, unaligned(new Uint8Array(base.byteLength)));
+      expect(slow.byteOffset % 4).toBe(1);
+      expect(Buffer.from(slow).equals(Buffer.from(fast))).toBe(true);
+      expect(Buffer.from(fast).equals(Buffer.from(base))).toBe(false);
+    }
+  });
+
   it('rounds W + Σ once, not Σ first', () => {
     // W = 1, U·V = 2^-24 + 2^-48: 1 + 2^-24 + 2^-48 rounds up in F32, but fround(2^-24 + 2^-48) + 1 ties to 1.
     const d: LowRankDelta = { name: 't', shape: [2, 2], rank: 2, dtype: 'f32', u: f32Bytes([2 ** -12, 2 ** -24, 0, 0]), v: f32Bytes([2 ** -12, 0, 2 ** -24, 0]) };
