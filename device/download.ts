@@ -165,6 +165,8 @@ export class Download {
       },
       probe: (ms) => t.probe!(ms),
       reconnect: (why) => t.reconnect!(why),
+      nudge: t.nudge ? () => t.nudge!() : undefined,
+      nudgeMs: DEVICE_DEFAULTS.nudgeMs,
       minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
       maxReconnects: Math.max(1, Math.floor(this.o.step.chunks / DEVICE_DEFAULTS.chunksPerSilentReconnect)),
     });
@@ -183,6 +185,7 @@ export class Download {
   resend(): void {
     if (this.finished) return;
     const old = this.o.files.list && !this.probe ? [...this.outstanding, ...this.held] : [];
+    this.o.log.debug('resend after a reconnect', { outstanding: this.outstanding.size, held: this.held.size, probe: this.probe?.index });
     if (old.length === 0) {
       this.askAgain();
       return;
@@ -281,10 +284,12 @@ export class Download {
     }
     if (files.bitmap.has(f.index) || this.writing.has(f.index)) {
       this.duplicateChunks++;
+      this.o.log.debug('chunk', { index: f.index, duplicate: true, bytesIn: this.o.wireBytesIn?.() });
       this.requestMore();
       return;
     }
     this.writing.add(f.index);
+    this.o.log.debug('chunk', { index: f.index, bytesIn: this.o.wireBytesIn?.() });
     this.watch?.delivered();
     this.link.arrived(this.o.clock.now(), f.index, f.data.byteLength);
     this.lastProgressAt = this.o.clock.now();
@@ -319,6 +324,7 @@ export class Download {
     this.link.requested(this.o.clock.now(), want);
     if (wantList) this.listRequested = true;
     this.requestsSent++;
+    this.o.log.debug('request', { want, list: wantList, window });
     this.o.transport
       // QoS 0 (protocol.md §1): a request lost with a connection is asked again after the reconnect
       // (resend) or the idle timeout; at QoS 1 the MQTT client would also send the old one again on

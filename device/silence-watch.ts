@@ -39,6 +39,15 @@ export interface SilenceWatchOptions {
   chunkMs: () => number;
   probe: (timeoutMs: number) => Promise<boolean>;
   reconnect: (reason: string) => void;
+  /**
+   * A tiny packet up on the current connection (transport `nudge`): sent after `nudgeMs` of silence
+   * and again after each doubling of it. A sender whose last ACK from us was lost waits out its
+   * retransmission timer (doubled at each loss) before it sends again; the nudge's segment carries
+   * that ACK again, for ~60 bytes up and no reconnect.
+   */
+  nudge?: () => void;
+  /** The silence before the first nudge, ms (the measured round trip may make it longer). */
+  nudgeMs?: number;
   /** The least silence that starts a probe, ms. */
   minSilenceMs: number;
   /**
@@ -66,13 +75,21 @@ export class SilenceWatch {
   private sinceReconnect = 0;
   reconnects = 0;
   probes = 0;
+  nudges = 0;
+  /** Silence (ms since `since`) at which the next nudge goes. */
+  private nextNudgeMs = 0;
   /** The last chunk time measured: a rate that fell to nothing (no chunk for a while) does not make a chunk quick. */
   private chunkMsSeen = 0;
 
   constructor(private readonly o: SilenceWatchOptions) {
     this.seen = o.bytesIn();
     this.since = o.clock.now();
+    this.nextNudgeMs = this.firstNudgeMs();
     this.schedule();
+  }
+
+  private firstNudgeMs(): number {
+    return Math.max(this.o.nudgeMs ?? 0, 2 * this.o.rttMs());
   }
 
   /** How long the socket must be silent before a probe, ms. */
@@ -107,7 +124,16 @@ export class SilenceWatch {
     if (bytes !== this.seen || !this.o.waiting()) {
       this.seen = bytes;
       this.since = now;
-    } else if (!this.probing && this.reconnects < this.o.maxReconnects && now - this.since >= this.silenceNeededMs) this.check(now - this.since);
+      this.nextNudgeMs = this.firstNudgeMs();
+    } else {
+      const silent = now - this.since;
+      if (this.o.nudge && this.o.nudgeMs !== undefined && silent >= this.nextNudgeMs) {
+        this.nudges++;
+        this.nextNudgeMs *= 2;
+        this.o.nudge();
+      }
+      if (!this.probing && this.reconnects < this.o.maxReconnects && silent >= this.silenceNeededMs) this.check(silent);
+    }
     this.schedule();
   }
 
@@ -115,10 +141,12 @@ export class SilenceWatch {
     this.probing = true;
     this.probes++;
     const before = this.seen;
+    const sentAt = this.o.clock.now();
     void this.o
       .probe(Math.max(1000, 2 * this.o.rttMs()))
       .then((up) => {
         this.probing = false;
+        this.o.log.debug('probe', { up, handshakeMs: this.o.clock.now() - sentAt, silentMs, bytesMoved: this.o.bytesIn() !== before });
         if (this.stopped || !up || this.o.bytesIn() !== before || !this.o.waiting() || this.reconnects >= this.o.maxReconnects) return;
         this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
         this.sinceReconnect = 0;

@@ -125,6 +125,8 @@ export class MqttTransport implements Transport {
   private spare: net.Socket | undefined;
   /** The connection is being dropped on purpose to reconnect at once (`reconnect`). */
   private quick = false;
+  /** Nudges sent (`nudge`). */
+  nudges = 0;
   /** Reconnects asked for by the owner (a silent connection while the link was up). */
   quickReconnects = 0;
   /** The current connection is one `reconnect` made. */
@@ -152,7 +154,7 @@ export class MqttTransport implements Transport {
     const min = opts.reconnectMinMs ?? MQTT_DEFAULTS.reconnectMinMs;
     const max = opts.reconnectMaxMs ?? MQTT_DEFAULTS.reconnectMaxMs;
     this.client = new MqttClient(() => this.openStream(tlsFiles, maxIncoming), clientOptions(opts, min));
-    this.onClientEvents(min, max);
+    this.onClientEvents(min, max, opts);
   }
 
   /** The stream for the next attempt: a TCP socket (TLS over it for mqtts), to the next server in turn, its incoming packets bounded. */
@@ -183,7 +185,7 @@ export class MqttTransport implements Transport {
   }
 
   /** Connect, close (backoff with jitter, next server), error (the cause) and message handlers of the client. */
-  private onClientEvents(min: number, max: number): void {
+  private onClientEvents(min: number, max: number, opts: MqttTransportOptions): void {
     const servers = this.servers;
     this.client.on('connect', () => {
       this.failures = 0;
@@ -224,10 +226,33 @@ export class MqttTransport implements Transport {
       if (e.code === 4 || e.code === 5) this.refusal = cause.message;
       for (const h of this.disconnectHandlers) h(cause.message);
     });
+    this.keepAliveOnPublishes(opts);
     this.client.on('message', (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
       if (packet.retain === true) this.loss.retainedBytesIn += packet.length ?? bytes.byteLength;
       for (const h of this.messageHandlers) h(topic, bytes, packet.retain === true);
+    });
+  }
+
+  /**
+   * A publish arriving proves the connection alive. MQTT.js restarts its keepalive only on
+   * acknowledgements and PINGRESP, so on a backlogged downlink (frames queued ahead of the
+   * PINGRESP, under loss) it declared a connection that was delivering frames dead after 1.5 ×
+   * keepalive and reconnected, throwing away the frame under way. Here each publish restarts it;
+   * a ping still goes up when we have sent nothing for half the keepalive, for the broker's own
+   * keepalive check.
+   */
+  private keepAliveOnPublishes(opts: MqttTransportOptions): void {
+    const halfMs = ((opts.keepaliveSeconds ?? MQTT_DEFAULTS.keepaliveSeconds) * 1000) / 2;
+    if (halfMs <= 0) return;
+    let sentAt = Date.now();
+    this.client.on('packetsend', () => {
+      sentAt = Date.now();
+    });
+    this.client.on('packetreceive', (packet) => {
+      if (packet.cmd !== 'publish') return;
+      this.client.reschedulePing(true);
+      if (Date.now() - sentAt >= halfMs) this.client.sendPing();
     });
   }
 
@@ -304,6 +329,13 @@ export class MqttTransport implements Transport {
       s.once('connect', () => done(true));
       s.once('error', () => done(false));
     });
+  }
+
+  /** A PINGREQ now (its PINGRESP, queued behind whatever the broker is sending, keeps the keepalive too). */
+  nudge(): void {
+    if (this.closing || !this.client.connected) return;
+    this.nudges++;
+    this.client.sendPing();
   }
 
   reconnect(reason: string): void {

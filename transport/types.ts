@@ -31,6 +31,12 @@ export interface Transport {
    * connection is then kept, briefly, for `reconnect` to use.
    */
   probe?(timeoutMs: number): Promise<boolean>;
+  /**
+   * Sends one tiny packet on the current connection (MQTT: a PINGREQ). Its TCP segment carries our
+   * latest acknowledgement again: a peer whose last ACK from us was lost (it then waits out a
+   * backed-off retransmission timer before sending more) goes on at once when this one arrives.
+   */
+  nudge?(): void;
   /** Drops the current connection and connects again at once, on the probed connection when one is ready. */
   reconnect?(reason: string): void;
   /** True while the current connection is one `reconnect` made (the owner knows why the last one closed). */

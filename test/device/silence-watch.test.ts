@@ -10,9 +10,9 @@ import { SilenceWatch } from '../../device/silence-watch.ts';
 import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
 
-function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number }) {
+function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number }) {
   const clock = new ManualClock();
-  const s = { bytes: 0, waiting: true, linkUp: o.linkUp, probes: [] as number[], reconnects: [] as string[] };
+  const s = { bytes: 0, waiting: true, linkUp: o.linkUp, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[] };
   const w = new SilenceWatch({
     clock,
     log: silentLogger,
@@ -25,6 +25,8 @@ function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnec
       return Promise.resolve(s.linkUp);
     },
     reconnect: (why) => s.reconnects.push(why),
+    nudge: o.nudgeMs === undefined ? undefined : () => s.nudges.push(clock.now()),
+    nudgeMs: o.nudgeMs,
     minSilenceMs: 2000,
     maxReconnects: o.maxReconnects ?? 100,
   });
@@ -139,5 +141,41 @@ describe('silence watch: reconnect when the connection is silent while the link 
     await clock.advance(10);
     expect(s.reconnects).toEqual([]);
     w.stop();
+  });
+
+  it('nudges after the least silence and again at each doubling of it, from the start after bytes arrive', async () => {
+    const { clock, s, w } = rig({ linkUp: false, nudgeMs: 500 });
+    const t0 = clock.now();
+    await clock.advance(400);
+    expect(s.nudges).toEqual([]);
+    await clock.advance(3800);
+    // 500, 1000, 2000 and 4000 ms of silence (the watch looks every 250 ms).
+    expect(s.nudges.map((t) => t - t0)).toEqual([500, 1000, 2000, 4000]);
+    s.bytes += 1448;
+    // The next look (at 4250 ms) sees them: the silence starts again there.
+    await clock.advance(50);
+    const t1 = clock.now();
+    await clock.advance(1000);
+    expect(s.nudges.slice(4).map((t) => t - t1)).toEqual([500, 1000]);
+    w.stop();
+  });
+
+  it('no nudge while bytes keep coming, nor when nothing is asked for; the first waits for twice the round trip', async () => {
+    const slow = rig({ linkUp: true, nudgeMs: 500 });
+    for (let k = 0; k < 20; k++) {
+      await slow.clock.advance(250);
+      slow.s.bytes += 100;
+    }
+    expect(slow.s.nudges).toEqual([]);
+    slow.s.waiting = false;
+    await slow.clock.advance(10_000);
+    expect(slow.s.nudges).toEqual([]);
+    slow.w.stop();
+    const far = rig({ linkUp: false, nudgeMs: 500, rttMs: 600 });
+    await far.clock.advance(1000);
+    expect(far.s.nudges).toEqual([]);
+    await far.clock.advance(250);
+    expect(far.s.nudges.length).toBe(1);
+    far.w.stop();
   });
 });
