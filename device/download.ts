@@ -339,6 +339,8 @@ export class Download {
     if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
     const idle = this.link.idleTimeoutMs;
     let seen = this.o.wireBytesIn?.() ?? 0;
+    const t = this.o.transport;
+    let pongs = t.pongs?.();
     const check = (): void => {
       // Bytes still arriving on the socket: chunks are on their way, slowly. Asking
       // again now would only send duplicates down an already full link.
@@ -348,6 +350,16 @@ export class Download {
         this.idleTimer = this.o.clock.setTimeout(check, idle);
         return;
       }
+      // No PINGRESP since (the silence watch's nudges ask for them): what was asked for may still be
+      // queued ahead of it on this connection, TCP backing off, not lost; asking again then only
+      // sent each such chunk twice. Ping, and look again. A connection that never answers is
+      // closed by its keepalive, and the reconnect asks again.
+      if (t.nudge && t.pongs && t.pongs() === pongs) {
+        t.nudge();
+        this.idleTimer = this.o.clock.setTimeout(check, idle);
+        return;
+      }
+      pongs = t.pongs?.();
       this.link.timedOut();
       const last = [...this.outstanding].at(-1);
       if (this.probe || last === undefined || this.outstanding.size === 1 || !this.o.files.list) {

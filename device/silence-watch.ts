@@ -60,6 +60,15 @@ export interface SilenceWatchOptions {
 }
 
 const TICK_MS = 250;
+/**
+ * Fewer bytes than this since the silence began is still silence: a connection whose peer is deep in
+ * retransmission backoff delivers one segment (1448 B) now and then, and a trickle like that kept
+ * resetting the watch while a device went 30 s and more without a chunk (ten devices at 20 % loss).
+ * Any link worth the name moves more than this in the least silence (2 s: 8 kbit/s).
+ */
+const PROGRESS_BYTES = 2048;
+/** A probe whose handshake took at most this much longer than the quickest one found the link idle (no queue ahead of it). */
+const IDLE_SLACK_MS = 100;
 const MAX_STRIKES = 3;
 const PAID_BACK = 8;
 
@@ -78,6 +87,8 @@ export class SilenceWatch {
   nudges = 0;
   /** Silence (ms since `since`) at which the next nudge goes. */
   private nextNudgeMs = 0;
+  /** The quickest probe handshake so far, ms: the link's round trip with no queue. */
+  private quickestMs = Infinity;
   /** The last chunk time measured: a rate that fell to nothing (no chunk for a while) does not make a chunk quick. */
   private chunkMsSeen = 0;
 
@@ -121,7 +132,7 @@ export class SilenceWatch {
   private tick(): void {
     const now = this.o.clock.now();
     const bytes = this.o.bytesIn();
-    if (bytes !== this.seen || !this.o.waiting()) {
+    if (bytes - this.seen >= PROGRESS_BYTES || !this.o.waiting()) {
       this.seen = bytes;
       this.since = now;
       this.nextNudgeMs = this.firstNudgeMs();
@@ -132,7 +143,7 @@ export class SilenceWatch {
         this.nextNudgeMs *= 2;
         this.o.nudge();
       }
-      if (!this.probing && this.reconnects < this.o.maxReconnects && silent >= this.silenceNeededMs) this.check(silent);
+      if (!this.probing && silent >= this.silenceNeededMs) this.check(silent);
     }
     this.schedule();
   }
@@ -146,8 +157,14 @@ export class SilenceWatch {
       .probe(Math.max(1000, 2 * this.o.rttMs()))
       .then((up) => {
         this.probing = false;
-        this.o.log.debug('probe', { up, handshakeMs: this.o.clock.now() - sentAt, silentMs, bytesMoved: this.o.bytesIn() !== before });
-        if (this.stopped || !up || this.o.bytesIn() !== before || !this.o.waiting() || this.reconnects >= this.o.maxReconnects) return;
+        const handshakeMs = this.o.clock.now() - sentAt;
+        // Past the cap, only a link with nothing queued ahead of the probe: the other devices on it are
+        // done or waiting too, so nobody's bandwidth is taken, and TCP's backoff would leave it idle.
+        const idle = handshakeMs <= this.quickestMs + IDLE_SLACK_MS;
+        if (up) this.quickestMs = Math.min(this.quickestMs, handshakeMs);
+        const moved = this.o.bytesIn() - before >= PROGRESS_BYTES;
+        this.o.log.debug('probe', { up, handshakeMs, idle, silentMs, moved });
+        if (this.stopped || !up || moved || !this.o.waiting() || (this.reconnects >= this.o.maxReconnects && !idle)) return;
         this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
         this.sinceReconnect = 0;
         this.reconnects++;

@@ -89,6 +89,7 @@ export class UpstreamFetcher {
       probe: up.probe ? (ms: number) => up.probe!(ms) : undefined,
       reconnect: up.reconnect ? (why: string) => up.reconnect!(why) : undefined,
       nudge: up.nudge ? () => up.nudge!() : undefined,
+      pongs: up.pongs ? () => up.pongs!() : undefined,
       close: () => up.close(),
     };
     o.upstream.onMessage((topic, payload) => {

@@ -127,6 +127,7 @@ export class MqttTransport implements Transport {
   private quick = false;
   /** Nudges sent (`nudge`). */
   nudges = 0;
+  private pingResponses = 0;
   /** Reconnects asked for by the owner (a silent connection while the link was up). */
   quickReconnects = 0;
   /** The current connection is one `reconnect` made. */
@@ -250,6 +251,7 @@ export class MqttTransport implements Transport {
       sentAt = Date.now();
     });
     this.client.on('packetreceive', (packet) => {
+      if (packet.cmd === 'pingresp') this.pingResponses++;
       if (packet.cmd !== 'publish') return;
       this.client.reschedulePing(true);
       if (Date.now() - sentAt >= halfMs) this.client.sendPing();
@@ -336,6 +338,10 @@ export class MqttTransport implements Transport {
     if (this.closing || !this.client.connected) return;
     this.nudges++;
     this.client.sendPing();
+  }
+
+  pongs(): number {
+    return this.pingResponses;
   }
 
   reconnect(reason: string): void {

@@ -37,6 +37,8 @@ export interface Transport {
    * backed-off retransmission timer before sending more) goes on at once when this one arrives.
    */
   nudge?(): void;
+  /** PINGRESPs received so far: one means the broker had sent us everything queued ahead of its PINGREQ. */
+  pongs?(): number;
   /** Drops the current connection and connects again at once, on the probed connection when one is ready. */
   reconnect?(reason: string): void;
   /** True while the current connection is one `reconnect` made (the owner knows why the last one closed). */

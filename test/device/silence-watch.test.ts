@@ -12,7 +12,8 @@ import { ManualClock } from '../support/clock.ts';
 
 function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number }) {
   const clock = new ManualClock();
-  const s = { bytes: 0, waiting: true, linkUp: o.linkUp, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[] };
+  /** handshakeMs: how long the probe's handshake takes (a queue ahead of it on a busy link). */
+  const s = { bytes: 0, waiting: true, linkUp: o.linkUp, handshakeMs: 0, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[] };
   const w = new SilenceWatch({
     clock,
     log: silentLogger,
@@ -22,7 +23,8 @@ function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnec
     chunkMs: () => o.chunkMs ?? 0,
     probe: (ms) => {
       s.probes.push(ms);
-      return Promise.resolve(s.linkUp);
+      if (s.handshakeMs === 0) return Promise.resolve(s.linkUp);
+      return new Promise((r) => clock.setTimeout(() => r(s.linkUp), s.handshakeMs));
     },
     reconnect: (why) => s.reconnects.push(why),
     nudge: o.nudgeMs === undefined ? undefined : () => s.nudges.push(clock.now()),
@@ -45,11 +47,11 @@ describe('silence watch: reconnect when the connection is silent while the link 
     w.stop();
   });
 
-  it('a slow link whose bytes keep coming (one every 1.5 s) is never probed nor torn down', async () => {
+  it('a slow link whose bytes keep coming (a segment every 0.5 s: 23 kbit/s) is never probed nor torn down', async () => {
     const { clock, s, w } = rig({ linkUp: true });
-    for (let k = 0; k < 40; k++) {
-      await clock.advance(1500);
-      s.bytes += 100;
+    for (let k = 0; k < 120; k++) {
+      await clock.advance(500);
+      s.bytes += 1448;
     }
     expect(s.probes).toEqual([]);
     expect(s.reconnects).toEqual([]);
@@ -116,18 +118,35 @@ describe('silence watch: reconnect when the connection is silent while the link 
     w.stop();
   });
 
-  it('stops at its reconnect cap: after that, a silence is left to TCP (no probe, no reconnect)', async () => {
+  it('at its reconnect cap: a silence on a busy link (the probe waits in a queue) is left to TCP; on an idle link it still reconnects', async () => {
     const { clock, s, w } = rig({ linkUp: true, maxReconnects: 2 });
+    s.handshakeMs = 10;
     await clock.advance(2300);
     expect(s.reconnects.length).toBe(1);
     for (let k = 0; k < 8; k++) w.delivered();
     await clock.advance(2300);
     expect(s.reconnects.length).toBe(2);
     for (let k = 0; k < 8; k++) w.delivered();
+    // Busy: the probe's handshake waits 500 ms behind other devices' frames (quickest so far: 10 ms).
+    s.handshakeMs = 500;
     const probes = s.probes.length;
     await clock.advance(60_000);
     expect(s.reconnects.length).toBe(2);
-    expect(s.probes.length).toBe(probes);
+    expect(s.probes.length).toBeGreaterThan(probes);
+    // Idle: the handshake is as quick as the quickest; nobody's bandwidth is taken.
+    s.handshakeMs = 20;
+    await clock.advance(20_000);
+    expect(s.reconnects.length).toBeGreaterThan(2);
+    w.stop();
+  });
+
+  it('a trickle (one segment every 1.5 s: a peer deep in backoff) is silence: probed and reconnected', async () => {
+    const { clock, s, w } = rig({ linkUp: true });
+    for (let k = 0; k < 4; k++) {
+      await clock.advance(1500);
+      s.bytes += 1448;
+    }
+    expect(s.reconnects.length).toBe(1);
     w.stop();
   });
 
@@ -136,7 +155,7 @@ describe('silence watch: reconnect when the connection is silent while the link 
     let answer: (up: boolean) => void = () => undefined;
     (w as unknown as { o: { probe: () => Promise<boolean> } }).o.probe = () => new Promise((r) => (answer = r));
     await clock.advance(2300);
-    s.bytes += 1448;
+    s.bytes += 2 * 1448;
     answer(true);
     await clock.advance(10);
     expect(s.reconnects).toEqual([]);
@@ -151,7 +170,7 @@ describe('silence watch: reconnect when the connection is silent while the link 
     await clock.advance(3800);
     // 500, 1000, 2000 and 4000 ms of silence (the watch looks every 250 ms).
     expect(s.nudges.map((t) => t - t0)).toEqual([500, 1000, 2000, 4000]);
-    s.bytes += 1448;
+    s.bytes += 2 * 1448;
     // The next look (at 4250 ms) sees them: the silence starts again there.
     await clock.advance(50);
     const t1 = clock.now();
@@ -164,7 +183,7 @@ describe('silence watch: reconnect when the connection is silent while the link 
     const slow = rig({ linkUp: true, nudgeMs: 500 });
     for (let k = 0; k < 20; k++) {
       await slow.clock.advance(250);
-      slow.s.bytes += 100;
+      slow.s.bytes += 2 * 1448;
     }
     expect(slow.s.nudges).toEqual([]);
     slow.s.waiting = false;
