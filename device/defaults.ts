@@ -38,7 +38,7 @@ export const DEVICE_DEFAULTS = {
   /** Least silence (chunks outstanding, nothing arriving) before the device probes the link and reconnects (device/silence-watch.ts). */
   probeSilenceMs: 2000,
   /** Least silence (chunks outstanding) before the device nudges the broker with a PINGREQ (device/silence-watch.ts); doubles while the silence lasts. */
-  nudgeMs: 500,
+  nudgeMs: 1000,
   /**
    * A download may reconnect on silence once per this many chunks of its payload (at least once):
    * each such reconnect throws away up to a chunk, so this bounds what the watch costs in bytes

@@ -67,8 +67,12 @@ const TICK_MS = 250;
  * Any link worth the name moves more than this in the least silence (2 s: 8 kbit/s).
  */
 const PROGRESS_BYTES = 2048;
-/** A probe whose handshake took at most this much longer than the quickest one found the link idle (no queue ahead of it). */
-const IDLE_SLACK_MS = 100;
+/**
+ * Before the first chunk the watch knows neither the round trip nor the rate, and a silence then is
+ * most often the start of a shared link (ten devices asking at once): the least silence is this
+ * many times longer until a chunk has come.
+ */
+const UNMEASURED_FACTOR = 4;
 const MAX_STRIKES = 3;
 const PAID_BACK = 8;
 
@@ -87,8 +91,8 @@ export class SilenceWatch {
   nudges = 0;
   /** Silence (ms since `since`) at which the next nudge goes. */
   private nextNudgeMs = 0;
-  /** The quickest probe handshake so far, ms: the link's round trip with no queue. */
-  private quickestMs = Infinity;
+  /** A chunk has come (the round trip and rate are measured). */
+  private measured = false;
   /** The last chunk time measured: a rate that fell to nothing (no chunk for a while) does not make a chunk quick. */
   private chunkMsSeen = 0;
 
@@ -107,7 +111,8 @@ export class SilenceWatch {
   get silenceNeededMs(): number {
     const chunkMs = this.o.chunkMs();
     if (chunkMs > 0) this.chunkMsSeen = chunkMs;
-    return Math.max(this.o.minSilenceMs, 4 * this.o.rttMs(), 2 * this.chunkMsSeen) * 2 ** this.strikes;
+    const least = this.measured ? this.o.minSilenceMs : UNMEASURED_FACTOR * this.o.minSilenceMs;
+    return Math.max(least, 4 * this.o.rttMs(), 2 * this.chunkMsSeen) * 2 ** this.strikes;
   }
 
   /**
@@ -117,6 +122,7 @@ export class SilenceWatch {
    * there let each device reconnect again and again (each throwing away part of a frame).
    */
   delivered(): void {
+    this.measured = true;
     if (++this.sinceReconnect >= PAID_BACK) this.strikes = 0;
   }
 
@@ -143,7 +149,7 @@ export class SilenceWatch {
         this.nextNudgeMs *= 2;
         this.o.nudge();
       }
-      if (!this.probing && silent >= this.silenceNeededMs) this.check(silent);
+      if (!this.probing && this.reconnects < this.o.maxReconnects && silent >= this.silenceNeededMs) this.check(silent);
     }
     this.schedule();
   }
@@ -157,14 +163,9 @@ export class SilenceWatch {
       .probe(Math.max(1000, 2 * this.o.rttMs()))
       .then((up) => {
         this.probing = false;
-        const handshakeMs = this.o.clock.now() - sentAt;
-        // Past the cap, only a link with nothing queued ahead of the probe: the other devices on it are
-        // done or waiting too, so nobody's bandwidth is taken, and TCP's backoff would leave it idle.
-        const idle = handshakeMs <= this.quickestMs + IDLE_SLACK_MS;
-        if (up) this.quickestMs = Math.min(this.quickestMs, handshakeMs);
         const moved = this.o.bytesIn() - before >= PROGRESS_BYTES;
-        this.o.log.debug('probe', { up, handshakeMs, idle, silentMs, moved });
-        if (this.stopped || !up || moved || !this.o.waiting() || (this.reconnects >= this.o.maxReconnects && !idle)) return;
+        this.o.log.debug('probe', { up, handshakeMs: this.o.clock.now() - sentAt, silentMs, moved });
+        if (this.stopped || !up || moved || !this.o.waiting() || this.reconnects >= this.o.maxReconnects) return;
         this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
         this.sinceReconnect = 0;
         this.reconnects++;

@@ -10,7 +10,8 @@ import { SilenceWatch } from '../../device/silence-watch.ts';
 import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
 
-function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number }) {
+/** `unmeasured`: no chunk has come yet (the other cases are mid-download: one has). */
+function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number; unmeasured?: boolean }) {
   const clock = new ManualClock();
   /** handshakeMs: how long the probe's handshake takes (a queue ahead of it on a busy link). */
   const s = { bytes: 0, waiting: true, linkUp: o.linkUp, handshakeMs: 0, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[] };
@@ -32,6 +33,7 @@ function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnec
     minSilenceMs: 2000,
     maxReconnects: o.maxReconnects ?? 100,
   });
+  if (!o.unmeasured) w.delivered();
   return { clock, s, w };
 }
 
@@ -118,25 +120,28 @@ describe('silence watch: reconnect when the connection is silent while the link 
     w.stop();
   });
 
-  it('at its reconnect cap: a silence on a busy link (the probe waits in a queue) is left to TCP; on an idle link it still reconnects', async () => {
+  it('stops at its reconnect cap: after that, a silence is left to TCP (no probe, no reconnect)', async () => {
     const { clock, s, w } = rig({ linkUp: true, maxReconnects: 2 });
-    s.handshakeMs = 10;
     await clock.advance(2300);
     expect(s.reconnects.length).toBe(1);
     for (let k = 0; k < 8; k++) w.delivered();
     await clock.advance(2300);
     expect(s.reconnects.length).toBe(2);
     for (let k = 0; k < 8; k++) w.delivered();
-    // Busy: the probe's handshake waits 500 ms behind other devices' frames (quickest so far: 10 ms).
-    s.handshakeMs = 500;
     const probes = s.probes.length;
     await clock.advance(60_000);
     expect(s.reconnects.length).toBe(2);
-    expect(s.probes.length).toBeGreaterThan(probes);
-    // Idle: the handshake is as quick as the quickest; nobody's bandwidth is taken.
-    s.handshakeMs = 20;
-    await clock.advance(20_000);
-    expect(s.reconnects.length).toBeGreaterThan(2);
+    expect(s.probes.length).toBe(probes);
+    w.stop();
+  });
+
+  it('before the first chunk (round trip and rate unknown: ten devices starting at once share the link) the least silence is four times longer', async () => {
+    const { clock, s, w } = rig({ linkUp: true, unmeasured: true });
+    expect(w.silenceNeededMs).toBe(8000);
+    await clock.advance(7900);
+    expect(s.probes).toEqual([]);
+    await clock.advance(300);
+    expect(s.reconnects.length).toBe(1);
     w.stop();
   });
 
