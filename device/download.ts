@@ -169,6 +169,8 @@ export class Download {
       nudgeMs: DEVICE_DEFAULTS.nudgeMs,
       minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
       maxReconnects: Math.max(1, Math.floor(this.o.step.chunks / DEVICE_DEFAULTS.chunksPerSilentReconnect)),
+      costBytes: t.reconnectCost ? () => t.reconnectCost!() : undefined,
+      budgetBytes: Math.round(this.o.step.size * DEVICE_DEFAULTS.silentReconnectBudget),
     });
   }
 

@@ -57,6 +57,14 @@ export interface SilenceWatchOptions {
    * reconnects cost more bytes than they save time. After the last, TCP's own recovery takes over.
    */
   maxReconnects: number;
+  /**
+   * What a reconnect now would cost in bytes (transport `reconnectCost`), and how many bytes the
+   * watch may spend on reconnects in all: one is made only while its cost fits in what is left.
+   * The part of a frame under way is known at the moment of deciding: a reconnect between frames
+   * costs only the retained messages, one in the middle of a 16 KiB frame up to the frame.
+   */
+  costBytes?: () => number;
+  budgetBytes?: number;
 }
 
 const TICK_MS = 250;
@@ -88,6 +96,8 @@ export class SilenceWatch {
   private sinceReconnect = 0;
   reconnects = 0;
   probes = 0;
+  /** Bytes the reconnects cost (as known when each was made). */
+  spentBytes = 0;
   nudges = 0;
   /** Silence (ms since `since`) at which the next nudge goes. */
   private nextNudgeMs = 0;
@@ -149,9 +159,15 @@ export class SilenceWatch {
         this.nextNudgeMs *= 2;
         this.o.nudge();
       }
-      if (!this.probing && this.reconnects < this.o.maxReconnects && silent >= this.silenceNeededMs) this.check(silent);
+      if (!this.probing && this.reconnects < this.o.maxReconnects && this.affordable() && silent >= this.silenceNeededMs) this.check(silent);
     }
     this.schedule();
+  }
+
+  /** Whether a reconnect now fits in the byte budget (always, without one). */
+  private affordable(): boolean {
+    const { costBytes, budgetBytes } = this.o;
+    return !costBytes || budgetBytes === undefined || this.spentBytes + costBytes() <= budgetBytes;
   }
 
   private check(silentMs: number): void {
@@ -165,7 +181,8 @@ export class SilenceWatch {
         this.probing = false;
         const moved = this.o.bytesIn() - before >= PROGRESS_BYTES;
         this.o.log.debug('probe', { up, handshakeMs: this.o.clock.now() - sentAt, silentMs, moved });
-        if (this.stopped || !up || moved || !this.o.waiting() || this.reconnects >= this.o.maxReconnects) return;
+        if (this.stopped || !up || moved || !this.o.waiting() || this.reconnects >= this.o.maxReconnects || !this.affordable()) return;
+        this.spentBytes += this.o.costBytes?.() ?? 0;
         this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
         this.sinceReconnect = 0;
         this.reconnects++;

@@ -144,6 +144,10 @@ export class MqttTransport implements Transport {
   oversized: string | undefined;
   /** Where received bytes went besides new messages (simulations break a transfer's overhead down with it). */
   readonly loss = { partialBytesDropped: 0, retainedBytesIn: 0 };
+  /** The current connection's packet scanner (how much of a packet is under way). */
+  private scanner: { partialBytes: number } | undefined;
+  /** Retained bytes the current connection brought (each connect brings them again). */
+  private retainedThisConnection = 0;
 
   private constructor(opts: MqttTransportOptions) {
     this.closeGraceMs = opts.closeGraceMs ?? MQTT_DEFAULTS.closeGraceMs;
@@ -175,6 +179,7 @@ export class MqttTransport implements Transport {
         stream.destroy();
       },
     );
+    this.scanner = scanner;
     raw.on('close', () => {
       this.bytesInDone += raw.bytesRead;
       this.bytesOutDone += raw.bytesWritten;
@@ -189,6 +194,7 @@ export class MqttTransport implements Transport {
   private onClientEvents(min: number, max: number, opts: MqttTransportOptions): void {
     const servers = this.servers;
     this.client.on('connect', () => {
+      this.retainedThisConnection = 0;
       this.failures = 0;
       this.lastCause = undefined;
       this.causedFailures = 0;
@@ -230,7 +236,10 @@ export class MqttTransport implements Transport {
     this.keepAliveOnPublishes(opts);
     this.client.on('message', (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
-      if (packet.retain === true) this.loss.retainedBytesIn += packet.length ?? bytes.byteLength;
+      if (packet.retain === true) {
+        this.loss.retainedBytesIn += packet.length ?? bytes.byteLength;
+        this.retainedThisConnection += packet.length ?? bytes.byteLength;
+      }
       for (const h of this.messageHandlers) h(topic, bytes, packet.retain === true);
     });
   }
@@ -338,6 +347,10 @@ export class MqttTransport implements Transport {
     if (this.closing || !this.client.connected) return;
     this.nudges++;
     this.client.sendPing();
+  }
+
+  reconnectCost(): number {
+    return (this.scanner?.partialBytes ?? 0) + this.retainedThisConnection;
   }
 
   pongs(): number {

@@ -37,6 +37,11 @@ export interface Transport {
    * backed-off retransmission timer before sending more) goes on at once when this one arrives.
    */
   nudge?(): void;
+  /**
+   * Bytes a reconnect now would cost on the downlink: the part of a packet under way (thrown away)
+   * and the retained messages the new connection brings again (as many as this one brought).
+   */
+  reconnectCost?(): number;
   /** PINGRESPs received so far: one means the broker had sent us everything queued ahead of its PINGREQ. */
   pongs?(): number;
   /** Drops the current connection and connects again at once, on the probed connection when one is ready. */

@@ -11,10 +11,10 @@ import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
 
 /** `unmeasured`: no chunk has come yet (the other cases are mid-download: one has). */
-function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number; unmeasured?: boolean }) {
+function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number; unmeasured?: boolean; budgetBytes?: number }) {
   const clock = new ManualClock();
   /** handshakeMs: how long the probe's handshake takes (a queue ahead of it on a busy link). */
-  const s = { bytes: 0, waiting: true, linkUp: o.linkUp, handshakeMs: 0, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[] };
+  const s = { bytes: 0, cost: 0, waiting: true, linkUp: o.linkUp, handshakeMs: 0, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[] };
   const w = new SilenceWatch({
     clock,
     log: silentLogger,
@@ -32,6 +32,8 @@ function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnec
     nudgeMs: o.nudgeMs,
     minSilenceMs: 2000,
     maxReconnects: o.maxReconnects ?? 100,
+    costBytes: o.budgetBytes === undefined ? undefined : () => s.cost,
+    budgetBytes: o.budgetBytes,
   });
   if (!o.unmeasured) w.delivered();
   return { clock, s, w };
@@ -201,5 +203,27 @@ describe('silence watch: reconnect when the connection is silent while the link 
     await far.clock.advance(250);
     expect(far.s.nudges.length).toBe(1);
     far.w.stop();
+  });
+
+  it('reconnects only while the cost fits the byte budget: not with 12 KB of a frame under way, yes between frames, then no more once spent', async () => {
+    const { clock, s, w } = rig({ linkUp: true, budgetBytes: 3000 });
+    // Silent in the middle of a frame: a reconnect would throw 12 KB away.
+    s.cost = 12_000;
+    await clock.advance(10_000);
+    expect(s.probes).toEqual([]);
+    expect(s.reconnects).toEqual([]);
+    // Between frames (only the retained messages come again): it goes.
+    s.cost = 1100;
+    await clock.advance(300);
+    expect(s.reconnects.length).toBe(1);
+    expect(w.spentBytes).toBe(1100);
+    for (let k = 0; k < 8; k++) w.delivered();
+    await clock.advance(2300);
+    expect(s.reconnects.length).toBe(2);
+    for (let k = 0; k < 8; k++) w.delivered();
+    // 2200 spent of 3000: another 1100 does not fit.
+    await clock.advance(30_000);
+    expect(s.reconnects.length).toBe(2);
+    w.stop();
   });
 });

@@ -39,4 +39,22 @@ describe('transport: probe and quick reconnect', () => {
     (t as unknown as { servers: Array<{ port: number }> }).servers[0].port = await freePort();
     expect(await t.probe(1000)).toBe(false);
   });
+
+  it('reconnectCost: the retained messages this connection brought (and any packet part under way)', async () => {
+    const broker = await env.broker();
+    const url = `mqtt://127.0.0.1:${broker.port}`;
+    const pub = env.track(await MqttTransport.connect({ url, clientId: 'cost-pub' }, 10_000));
+    await pub.publish('probe/retained', 'r'.repeat(500), { qos: 1, retain: true });
+    const t = env.track(await MqttTransport.connect({ url, clientId: 'cost-1', reconnectMinMs: 20_000 }, 10_000));
+    expect(t.reconnectCost()).toBe(0);
+    await t.subscribe('probe/retained');
+    await until(() => t.reconnectCost() > 0, { what: 'the retained message', timeoutMs: 10_000, intervalMs: 5 });
+    const cost = t.reconnectCost();
+    expect(cost).toBeGreaterThanOrEqual(500);
+    expect(cost).toBeLessThan(600);
+    t.reconnect('test');
+    await until(() => t.stats().connects === 2 && t.connected, { what: 'the second connect', timeoutMs: 10_000, intervalMs: 5 });
+    // The subscription is restored: the retained message comes again, counted afresh.
+    await until(() => t.reconnectCost() === cost, { what: 'the retained message again', timeoutMs: 10_000, intervalMs: 5 });
+  });
 });
