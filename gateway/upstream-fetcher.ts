@@ -90,6 +90,7 @@ export class UpstreamFetcher {
       reconnect: up.reconnect ? (why: string) => up.reconnect!(why) : undefined,
       nudge: up.nudge ? () => up.nudge!() : undefined,
       pongs: up.pongs ? () => up.pongs!() : undefined,
+      handshakeMs: up.handshakeMs ? () => up.handshakeMs!() : undefined,
       reconnectCost: up.reconnectCost ? () => up.reconnectCost!() : undefined,
       close: () => up.close(),
     };

@@ -146,6 +146,8 @@ export class MqttTransport implements Transport {
   readonly loss = { partialBytesDropped: 0, retainedBytesIn: 0 };
   /** The current connection's packet scanner (how much of a packet is under way). */
   private scanner: { partialBytes: number } | undefined;
+  /** The quickest TCP handshake to the broker so far, ms (connections and probes). */
+  private quickestHandshakeMs = Infinity;
   /** Retained bytes the current connection brought (each connect brings them again). */
   private retainedThisConnection = 0;
 
@@ -167,7 +169,7 @@ export class MqttTransport implements Transport {
     const { host, port, secure } = this.servers[this.serverIndex % this.servers.length];
     const tlsOpts = secure ? tlsFiles : undefined;
     // The raw TCP socket carries the counters (what the link carries, TLS records included).
-    const raw = this.takeSpare() ?? net.createConnection({ host, port, noDelay: true });
+    const raw = this.takeSpare() ?? this.timedConnection(host, port);
     this.socket = raw;
     const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
     const scanner = limitIncoming(
@@ -314,11 +316,25 @@ export class MqttTransport implements Transport {
     };
   }
 
+  /** A TCP connection whose handshake time is noted (`handshakeMs`). */
+  private timedConnection(host: string, port: number): net.Socket {
+    const t0 = performance.now();
+    const s = net.createConnection({ host, port, noDelay: true });
+    s.once('connect', () => {
+      this.quickestHandshakeMs = Math.min(this.quickestHandshakeMs, performance.now() - t0);
+    });
+    return s;
+  }
+
+  handshakeMs(): number {
+    return Number.isFinite(this.quickestHandshakeMs) ? this.quickestHandshakeMs : 0;
+  }
+
   probe(timeoutMs: number): Promise<boolean> {
     if (this.closing || !this.client.connected) return Promise.resolve(false);
     const { host, port } = this.servers[this.serverIndex % this.servers.length];
     return new Promise((resolve) => {
-      const s = net.createConnection({ host, port, noDelay: true });
+      const s = this.timedConnection(host, port);
       const done = (up: boolean): void => {
         clearTimeout(timer);
         if (!up || this.closing) {

@@ -42,6 +42,12 @@ export interface Transport {
    * and the retained messages the new connection brings again (as many as this one brought).
    */
   reconnectCost?(): number;
+  /**
+   * The quickest TCP handshake to the broker so far, ms (0 before any): the link's round trip with
+   * the least queue ahead, unlike a chunk's request-to-arrival time, which on a shared link includes
+   * every frame queued ahead of it.
+   */
+  handshakeMs?(): number;
   /** PINGRESPs received so far: one means the broker had sent us everything queued ahead of its PINGREQ. */
   pongs?(): number;
   /** Drops the current connection and connects again at once, on the probed connection when one is ready. */

@@ -31,7 +31,7 @@ afterEach(async () => {
   dir = undefined;
 });
 
-async function rig(o: { pings?: boolean } = {}) {
+async function rig(o: { pings?: boolean; handshakeMs?: number } = {}) {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'download-probe-'));
   const storage = new DeviceStorage(dir);
   await storage.init();
@@ -46,6 +46,8 @@ async function rig(o: { pings?: boolean } = {}) {
       requests.push(decodeRequest(p as Uint8Array).want);
     },
     ...(o.pings ? { nudge: () => ping.sent++, pongs: () => ping.answered } : {}),
+    // A transport that can probe and reconnect (the silence watch runs), and knows its quickest TCP handshake.
+    ...(o.handshakeMs === undefined ? {} : { probe: () => Promise.resolve(false), reconnect: () => undefined, handshakeMs: () => o.handshakeMs }),
   } as unknown as Transport;
   let done = false;
   const d = new Download({
@@ -204,6 +206,19 @@ describe('download: after a silence, a probe before the rest', () => {
     const again = r.requests.slice(mark).flat();
     expect(again.length).toBeGreaterThan(0);
     expect(again.every((i) => outstanding.includes(i))).toBe(true);
+    await r.close();
+  });
+
+  it("the silence watch judges a silence by the quickest TCP handshake when the chunks' round trip is inflated by frames queued ahead", async () => {
+    const r = await rig({ handshakeMs: 150 });
+    // A chunk that arrived 20 s after it was asked for (ten devices' first windows queued on one link).
+    r.d.link.requested(0, [99]);
+    r.d.link.arrived(20_000, 99, CHUNK);
+    expect(r.d.link.minRttMs).toBe(20_000);
+    const watch = (r.d as unknown as { watch: { silenceNeededMs: number; delivered: () => void } }).watch;
+    watch.delivered();
+    // 4 × 150 ms is under the least silence (2 s); 4 × 20 s would be 80 s.
+    expect(watch.silenceNeededMs).toBeLessThan(5000);
     await r.close();
   });
 });

@@ -19,7 +19,12 @@ describe('transport: probe and quick reconnect', () => {
     const t = env.track(await MqttTransport.connect({ url: `mqtt://127.0.0.1:${broker.port}`, clientId: 'probe-1', reconnectMinMs: 20_000, reconnectMaxMs: 60_000 }, 10_000));
     const reasons: string[] = [];
     t.onDisconnect((r) => reasons.push(r));
+    // The connection's TCP handshake was timed (loopback: well under a second).
+    const first = t.handshakeMs();
+    expect(first).toBeGreaterThan(0);
+    expect(first).toBeLessThan(1000);
     expect(await t.probe(2000)).toBe(true);
+    expect(t.handshakeMs()).toBeLessThanOrEqual(first);
     const t0 = Date.now();
     t.reconnect('test');
     await until(() => t.stats().connects === 2 && t.connected, { what: 'the second connect', timeoutMs: 10_000, intervalMs: 5 });
