@@ -9,6 +9,7 @@ import type { WireStats } from '../protocol/status.ts';
 import { describeBreach, limitIncoming } from './packet-limit.ts';
 import type { MessageHandler, PublishOptions, Transport } from './types.ts';
 import { connectCause, type ConnectCause } from './connect-errors.ts';
+import { keepAliveOnPublishes } from './keepalive.ts';
 
 export interface MqttTransportOptions {
   /** mqtt://host:port */
@@ -127,7 +128,7 @@ export class MqttTransport implements Transport {
   private quick = false;
   /** Nudges sent (`nudge`). */
   nudges = 0;
-  private pingResponses = 0;
+  private keepalive: { pongs: () => number } | undefined;
   /** Reconnects asked for by the owner (a silent connection while the link was up). */
   quickReconnects = 0;
   /** The current connection is one `reconnect` made. */
@@ -235,7 +236,7 @@ export class MqttTransport implements Transport {
       if (e.code === 4 || e.code === 5) this.refusal = cause.message;
       for (const h of this.disconnectHandlers) h(cause.message);
     });
-    this.keepAliveOnPublishes(opts);
+    this.keepalive = keepAliveOnPublishes(this.client, opts.keepaliveSeconds ?? MQTT_DEFAULTS.keepaliveSeconds);
     this.client.on('message', (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
       if (packet.retain === true) {
@@ -243,29 +244,6 @@ export class MqttTransport implements Transport {
         this.retainedThisConnection += packet.length ?? bytes.byteLength;
       }
       for (const h of this.messageHandlers) h(topic, bytes, packet.retain === true);
-    });
-  }
-
-  /**
-   * A publish arriving proves the connection alive. MQTT.js restarts its keepalive only on
-   * acknowledgements and PINGRESP, so on a backlogged downlink (frames queued ahead of the
-   * PINGRESP, under loss) it declared a connection that was delivering frames dead after 1.5 ×
-   * keepalive and reconnected, throwing away the frame under way. Here each publish restarts it;
-   * a ping still goes up when we have sent nothing for half the keepalive, for the broker's own
-   * keepalive check.
-   */
-  private keepAliveOnPublishes(opts: MqttTransportOptions): void {
-    const halfMs = ((opts.keepaliveSeconds ?? MQTT_DEFAULTS.keepaliveSeconds) * 1000) / 2;
-    if (halfMs <= 0) return;
-    let sentAt = Date.now();
-    this.client.on('packetsend', () => {
-      sentAt = Date.now();
-    });
-    this.client.on('packetreceive', (packet) => {
-      if (packet.cmd === 'pingresp') this.pingResponses++;
-      if (packet.cmd !== 'publish') return;
-      this.client.reschedulePing(true);
-      if (Date.now() - sentAt >= halfMs) this.client.sendPing();
     });
   }
 
@@ -370,7 +348,7 @@ export class MqttTransport implements Transport {
   }
 
   pongs(): number {
-    return this.pingResponses;
+    return this.keepalive?.pongs() ?? 0;
   }
 
   reconnect(reason: string): void {
