@@ -177,7 +177,6 @@ export class Download {
       maxReconnects: Math.max(1, Math.floor(this.o.step.chunks / DEVICE_DEFAULTS.chunksPerSilentReconnect)),
       costBytes: t.reconnectCost ? () => t.reconnectCost!() : undefined,
       budgetBytes: Math.round(this.o.step.size * DEVICE_DEFAULTS.silentReconnectBudget),
-      sinceChunkMs: () => this.silenceMs(),
     });
   }
 

@@ -65,13 +65,6 @@ export interface SilenceWatchOptions {
    */
   costBytes?: () => number;
   budgetBytes?: number;
-  /**
-   * Milliseconds since the last chunk. A download starved this long (STARVED_MS) whose socket has
-   * been silent for twice the least silence may reconnect once past the byte budget and the cap: a connection
-   * deep in backoff delivered one chunk per 10-20 s for 90 s on an otherwise idle link (its
-   * retransmission timer grown on the shared link), where a fresh one starts from a fresh timer.
-   */
-  sinceChunkMs?: () => number;
 }
 
 const TICK_MS = 250;
@@ -88,8 +81,6 @@ const PROGRESS_BYTES = 2048;
  * many times longer until a chunk has come.
  */
 const UNMEASURED_FACTOR = 4;
-/** No chunk for this long: the one reconnect past the byte budget is allowed (`sinceChunkMs`). */
-const STARVED_MS = 10_000;
 const MAX_STRIKES = 3;
 const PAID_BACK = 8;
 
@@ -107,8 +98,6 @@ export class SilenceWatch {
   probes = 0;
   /** Bytes the reconnects cost (as known when each was made). */
   spentBytes = 0;
-  /** Reconnects made past the byte budget (at most one: `sinceChunkMs`). */
-  starvedReconnects = 0;
   nudges = 0;
   /** Silence (ms since `since`) at which the next nudge goes. */
   private nextNudgeMs = 0;
@@ -170,7 +159,7 @@ export class SilenceWatch {
         this.nextNudgeMs *= 2;
         this.o.nudge();
       }
-      if (!this.probing && ((this.reconnects < this.o.maxReconnects && this.affordable() && silent >= this.silenceNeededMs) || this.starved(silent))) this.check(silent);
+      if (!this.probing && this.reconnects < this.o.maxReconnects && this.affordable() && silent >= this.silenceNeededMs) this.check(silent);
     }
     this.schedule();
   }
@@ -179,12 +168,6 @@ export class SilenceWatch {
   private affordable(): boolean {
     const { costBytes, budgetBytes } = this.o;
     return !costBytes || budgetBytes === undefined || this.spentBytes + costBytes() <= budgetBytes;
-  }
-
-  /** Starved: no chunk for STARVED_MS and the socket silent for twice the least silence; once per download. */
-  private starved(silentMs: number): boolean {
-    const since = this.o.sinceChunkMs?.();
-    return since !== undefined && this.starvedReconnects === 0 && this.measured && since >= STARVED_MS && silentMs >= 2 * this.o.minSilenceMs;
   }
 
   private check(silentMs: number): void {
@@ -198,11 +181,7 @@ export class SilenceWatch {
         this.probing = false;
         const moved = this.o.bytesIn() - before >= PROGRESS_BYTES;
         this.o.log.debug('probe', { up, handshakeMs: this.o.clock.now() - sentAt, silentMs, moved });
-        if (this.stopped || !up || moved || !this.o.waiting()) return;
-        if (this.reconnects >= this.o.maxReconnects || !this.affordable()) {
-          if (!this.starved(this.o.clock.now() - this.since)) return;
-          this.starvedReconnects++;
-        }
+        if (this.stopped || !up || moved || !this.o.waiting() || this.reconnects >= this.o.maxReconnects || !this.affordable()) return;
         this.spentBytes += this.o.costBytes?.() ?? 0;
         this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
         this.sinceReconnect = 0;
