@@ -39,6 +39,15 @@ export interface SilenceWatchOptions {
   chunkMs: () => number;
   probe: (timeoutMs: number) => Promise<boolean>;
   reconnect: (reason: string) => void;
+  /**
+   * A tiny packet up on the current connection (transport `nudge`): sent after `nudgeMs` of silence
+   * and again after each doubling of it. A sender whose last ACK from us was lost waits out its
+   * retransmission timer (doubled at each loss) before it sends again; the nudge's segment carries
+   * that ACK again, for ~60 bytes up and no reconnect.
+   */
+  nudge?: () => void;
+  /** The silence before the first nudge, ms (the measured round trip may make it longer). */
+  nudgeMs?: number;
   /** The least silence that starts a probe, ms. */
   minSilenceMs: number;
   /**
@@ -48,9 +57,30 @@ export interface SilenceWatchOptions {
    * reconnects cost more bytes than they save time. After the last, TCP's own recovery takes over.
    */
   maxReconnects: number;
+  /**
+   * What a reconnect now would cost in bytes (transport `reconnectCost`), and how many bytes the
+   * watch may spend on reconnects in all: one is made only while its cost fits in what is left.
+   * The part of a frame under way is known at the moment of deciding: a reconnect between frames
+   * costs only the retained messages, one in the middle of a 16 KiB frame up to the frame.
+   */
+  costBytes?: () => number;
+  budgetBytes?: number;
 }
 
 const TICK_MS = 250;
+/**
+ * Fewer bytes than this since the silence began is still silence: a connection whose peer is deep in
+ * retransmission backoff delivers one segment (1448 B) now and then, and a trickle like that kept
+ * resetting the watch while a device went 30 s and more without a chunk (ten devices at 20 % loss).
+ * Any link worth the name moves more than this in the least silence (2 s: 8 kbit/s).
+ */
+const PROGRESS_BYTES = 2048;
+/**
+ * Before the first chunk the watch knows neither the round trip nor the rate, and a silence then is
+ * most often the start of a shared link (ten devices asking at once): the least silence is this
+ * many times longer until a chunk has come.
+ */
+const UNMEASURED_FACTOR = 4;
 const MAX_STRIKES = 3;
 const PAID_BACK = 8;
 
@@ -66,20 +96,33 @@ export class SilenceWatch {
   private sinceReconnect = 0;
   reconnects = 0;
   probes = 0;
+  /** Bytes the reconnects cost (as known when each was made). */
+  spentBytes = 0;
+  nudges = 0;
+  /** Silence (ms since `since`) at which the next nudge goes. */
+  private nextNudgeMs = 0;
+  /** A chunk has come (the round trip and rate are measured). */
+  private measured = false;
   /** The last chunk time measured: a rate that fell to nothing (no chunk for a while) does not make a chunk quick. */
   private chunkMsSeen = 0;
 
   constructor(private readonly o: SilenceWatchOptions) {
     this.seen = o.bytesIn();
     this.since = o.clock.now();
+    this.nextNudgeMs = this.firstNudgeMs();
     this.schedule();
+  }
+
+  private firstNudgeMs(): number {
+    return Math.max(this.o.nudgeMs ?? 0, 2 * this.o.rttMs());
   }
 
   /** How long the socket must be silent before a probe, ms. */
   get silenceNeededMs(): number {
     const chunkMs = this.o.chunkMs();
     if (chunkMs > 0) this.chunkMsSeen = chunkMs;
-    return Math.max(this.o.minSilenceMs, 4 * this.o.rttMs(), 2 * this.chunkMsSeen) * 2 ** this.strikes;
+    const least = this.measured ? this.o.minSilenceMs : UNMEASURED_FACTOR * this.o.minSilenceMs;
+    return Math.max(least, 4 * this.o.rttMs(), 2 * this.chunkMsSeen) * 2 ** this.strikes;
   }
 
   /**
@@ -89,6 +132,7 @@ export class SilenceWatch {
    * there let each device reconnect again and again (each throwing away part of a frame).
    */
   delivered(): void {
+    this.measured = true;
     if (++this.sinceReconnect >= PAID_BACK) this.strikes = 0;
   }
 
@@ -104,22 +148,41 @@ export class SilenceWatch {
   private tick(): void {
     const now = this.o.clock.now();
     const bytes = this.o.bytesIn();
-    if (bytes !== this.seen || !this.o.waiting()) {
+    if (bytes - this.seen >= PROGRESS_BYTES || !this.o.waiting()) {
       this.seen = bytes;
       this.since = now;
-    } else if (!this.probing && this.reconnects < this.o.maxReconnects && now - this.since >= this.silenceNeededMs) this.check(now - this.since);
+      this.nextNudgeMs = this.firstNudgeMs();
+    } else {
+      const silent = now - this.since;
+      if (this.o.nudge && this.o.nudgeMs !== undefined && silent >= this.nextNudgeMs) {
+        this.nudges++;
+        this.nextNudgeMs *= 2;
+        this.o.nudge();
+      }
+      if (!this.probing && this.reconnects < this.o.maxReconnects && this.affordable() && silent >= this.silenceNeededMs) this.check(silent);
+    }
     this.schedule();
+  }
+
+  /** Whether a reconnect now fits in the byte budget (always, without one). */
+  private affordable(): boolean {
+    const { costBytes, budgetBytes } = this.o;
+    return !costBytes || budgetBytes === undefined || this.spentBytes + costBytes() <= budgetBytes;
   }
 
   private check(silentMs: number): void {
     this.probing = true;
     this.probes++;
     const before = this.seen;
+    const sentAt = this.o.clock.now();
     void this.o
       .probe(Math.max(1000, 2 * this.o.rttMs()))
       .then((up) => {
         this.probing = false;
-        if (this.stopped || !up || this.o.bytesIn() !== before || !this.o.waiting() || this.reconnects >= this.o.maxReconnects) return;
+        const moved = this.o.bytesIn() - before >= PROGRESS_BYTES;
+        this.o.log.debug('probe', { up, handshakeMs: this.o.clock.now() - sentAt, silentMs, moved });
+        if (this.stopped || !up || moved || !this.o.waiting() || this.reconnects >= this.o.maxReconnects || !this.affordable()) return;
+        this.spentBytes += this.o.costBytes?.() ?? 0;
         this.strikes = Math.min(MAX_STRIKES, this.strikes + 1);
         this.sinceReconnect = 0;
         this.reconnects++;

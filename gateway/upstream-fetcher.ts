@@ -88,6 +88,10 @@ export class UpstreamFetcher {
       // The silence watch of the upstream Download (device/silence-watch.ts) reconnects the upstream connection.
       probe: up.probe ? (ms: number) => up.probe!(ms) : undefined,
       reconnect: up.reconnect ? (why: string) => up.reconnect!(why) : undefined,
+      nudge: up.nudge ? () => up.nudge!() : undefined,
+      pongs: up.pongs ? () => up.pongs!() : undefined,
+      handshakeMs: up.handshakeMs ? () => up.handshakeMs!() : undefined,
+      reconnectCost: up.reconnectCost ? () => up.reconnectCost!() : undefined,
       close: () => up.close(),
     };
     o.upstream.onMessage((topic, payload) => {

@@ -56,6 +56,9 @@ for (let k = 0; k < n; k++) {
     reconnectMaxMs: 8000,
     labelTopic: (t) => topics.parse(t)?.kind ?? 'other',
   });
+  // Timelines (FLEET_LOG=debug): each connection's end and start beside the download's requests and chunks.
+  transport.onDisconnect((reason) => log.child(id).debug('disconnected', { reason, partialBytesDropped: transport.loss.partialBytesDropped }));
+  transport.onConnect(() => log.child(id).debug('connected', { quick: transport.reconnectedQuickly }));
   const agent = await DeviceAgent.open(
     { deviceId: id, model: a.model!, group: a.group!, trust, idleMs: Number(a['idle-ms']), retryMs: 2000, stallMs: 60_000 },
     { transport, storage, clock: systemClock, health: digestHealthCheck, topics, log: log.child(id) },

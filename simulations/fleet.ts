@@ -15,7 +15,7 @@
  * with HTTP range resume (compare-http.ts). Ends with one JSON line of figures.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { createWriteStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -91,6 +91,8 @@ export interface FleetSimResult {
   /** Of `reconnects`, those the silence watch made (the rest: keepalives lapsing, connections broken). */
   silentReconnects: number;
   duplicates: number;
+  /** Nudges (a PINGREQ on a silent connection, device/silence-watch.ts), over all devices. */
+  nudges: number;
   /** Bytes of packets under way when a connection closed (thrown away), over all devices. */
   partialBytesDropped: number;
   /** Retained messages received (the release and trust again at each reconnect), bytes over all devices. */
@@ -177,7 +179,10 @@ function deviceHostStarter(o: FleetSimOptions, held: Held, siteExec: Exec, w: { 
   return () => {
     const host = siteExec(process.execPath, deviceHostArgs({ broker: w.deviceUrl, devices: o.devices, dir: path.join(w.dir, 'site'), trustFile: w.trustFile, baseFile: w.baseFile }));
     collectEnds(host, w.ends);
-    host.stderr!.on('data', () => undefined);
+    // FLEET_SIM_HOST_LOG=FILE keeps the devices' log (with FLEET_LOG=debug: each request, chunk and reconnect, timed).
+    const keep = process.env.FLEET_SIM_HOST_LOG;
+    if (keep) host.stderr!.pipe(createWriteStream(keep, { flags: 'a' }));
+    else host.stderr!.on('data', () => undefined);
     held.children.push(host);
     return host;
   };
@@ -220,6 +225,7 @@ function simResult(
     reconnects: sum((e) => e.wire.connects - 1),
     silentReconnects: sum((e) => e.loss?.quickReconnects ?? 0),
     duplicates: sum((e) => e.stats.duplicateChunks),
+    nudges: sum((e) => e.loss?.nudges ?? 0),
     partialBytesDropped: sum((e) => e.loss?.partialBytesDropped ?? 0),
     retainedBytesIn: sum((e) => e.loss?.retainedBytesIn ?? 0),
     badChunks: sum((e) => e.stats.badChunks),

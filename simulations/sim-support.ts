@@ -58,7 +58,7 @@ export interface DeviceEnd {
   wire: { bytesIn: number; bytesOut: number; connects: number };
   stats: { duplicateChunks: number; badChunks: number };
   /** Reconnects the silence watch made, and received bytes that were no new message: parts of packets on closed connections, retained messages. */
-  loss?: { quickReconnects: number; partialBytesDropped: number; retainedBytesIn: number };
+  loss?: { quickReconnects: number; nudges?: number; partialBytesDropped: number; retainedBytesIn: number };
   time: number;
   /** When the device began to download (its first `downloading` status), ms since the epoch. */
   started?: number;
@@ -96,7 +96,7 @@ export function reportEnd(id: string, agent: DeviceAgent, transport: MqttTranspo
       reason: s.reason,
       wire: transport.stats(),
       stats: agent.stats,
-      loss: { quickReconnects: transport.quickReconnects, ...transport.loss },
+      loss: { quickReconnects: transport.quickReconnects, nudges: transport.nudges, ...transport.loss },
       time: Date.now(),
       started,
       downloaded,

@@ -10,6 +10,7 @@ import { describeBreach, limitIncoming } from './packet-limit.ts';
 import type { MessageHandler, PublishOptions, SubscribeOptions, Transport } from './types.ts';
 import { connectCause, type ConnectCause } from './connect-errors.ts';
 import { mqttPacketBytes, type SentPacket } from './packet-size.ts';
+import { keepAliveOnPublishes } from './keepalive.ts';
 
 export interface MqttTransportOptions {
   /** mqtt://host:port */
@@ -128,6 +129,9 @@ export class MqttTransport implements Transport {
   private spare: net.Socket | undefined;
   /** The connection is being dropped on purpose to reconnect at once (`reconnect`). */
   private quick = false;
+  /** Nudges sent (`nudge`). */
+  nudges = 0;
+  private keepalive: { pongs: () => number } | undefined;
   /** Reconnects asked for by the owner (a silent connection while the link was up). */
   quickReconnects = 0;
   /** The current connection is one `reconnect` made. */
@@ -146,6 +150,12 @@ export class MqttTransport implements Transport {
   readonly loss = { partialBytesDropped: 0, retainedBytesIn: 0 };
   /** MQTT packets written, by type (`publish <labelTopic>` for publishes): count and bytes (simulations break the uplink down with it). */
   readonly sent: Record<string, { packets: number; bytes: number }> = {};
+  /** The current connection's packet scanner (how much of a packet is under way). */
+  private scanner: { partialBytes: number } | undefined;
+  /** The quickest TCP handshake to the broker so far, ms (connections and probes). */
+  private quickestHandshakeMs = Infinity;
+  /** Retained bytes the current connection brought (each connect brings them again). */
+  private retainedThisConnection = 0;
 
   private constructor(opts: MqttTransportOptions) {
     this.closeGraceMs = opts.closeGraceMs ?? MQTT_DEFAULTS.closeGraceMs;
@@ -157,7 +167,7 @@ export class MqttTransport implements Transport {
     const min = opts.reconnectMinMs ?? MQTT_DEFAULTS.reconnectMinMs;
     const max = opts.reconnectMaxMs ?? MQTT_DEFAULTS.reconnectMaxMs;
     this.client = new MqttClient(() => this.openStream(tlsFiles, maxIncoming), clientOptions(opts, min));
-    this.onClientEvents(min, max);
+    this.onClientEvents(min, max, opts);
     const label = opts.labelTopic;
     this.client.on('packetsend', (packet: SentPacket) => {
       const key = packet.cmd === 'publish' ? `publish ${label && packet.topic !== undefined ? label(packet.topic) : ''}`.trim() : packet.cmd;
@@ -172,7 +182,7 @@ export class MqttTransport implements Transport {
     const { host, port, secure } = this.servers[this.serverIndex % this.servers.length];
     const tlsOpts = secure ? tlsFiles : undefined;
     // The raw TCP socket carries the counters (what the link carries, TLS records included).
-    const raw = this.takeSpare() ?? net.createConnection({ host, port, noDelay: true });
+    const raw = this.takeSpare() ?? this.timedConnection(host, port);
     this.socket = raw;
     const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
     const scanner = limitIncoming(
@@ -184,6 +194,7 @@ export class MqttTransport implements Transport {
         stream.destroy();
       },
     );
+    this.scanner = scanner;
     raw.on('close', () => {
       this.bytesInDone += raw.bytesRead;
       this.bytesOutDone += raw.bytesWritten;
@@ -195,9 +206,10 @@ export class MqttTransport implements Transport {
   }
 
   /** Connect, close (backoff with jitter, next server), error (the cause) and message handlers of the client. */
-  private onClientEvents(min: number, max: number): void {
+  private onClientEvents(min: number, max: number, opts: MqttTransportOptions): void {
     const servers = this.servers;
     this.client.on('connect', () => {
+      this.retainedThisConnection = 0;
       this.failures = 0;
       this.lastCause = undefined;
       this.causedFailures = 0;
@@ -236,9 +248,13 @@ export class MqttTransport implements Transport {
       if (e.code === 4 || e.code === 5) this.refusal = cause.message;
       for (const h of this.disconnectHandlers) h(cause.message);
     });
+    this.keepalive = keepAliveOnPublishes(this.client, opts.keepaliveSeconds ?? MQTT_DEFAULTS.keepaliveSeconds);
     this.client.on('message', (topic, payload, packet) => {
       const bytes = new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength);
-      if (packet.retain === true) this.loss.retainedBytesIn += packet.length ?? bytes.byteLength;
+      if (packet.retain === true) {
+        this.loss.retainedBytesIn += packet.length ?? bytes.byteLength;
+        this.retainedThisConnection += packet.length ?? bytes.byteLength;
+      }
       for (const h of this.messageHandlers) h(topic, bytes, packet.retain === true);
     });
   }
@@ -290,11 +306,25 @@ export class MqttTransport implements Transport {
     };
   }
 
+  /** A TCP connection whose handshake time is noted (`handshakeMs`). */
+  private timedConnection(host: string, port: number): net.Socket {
+    const t0 = performance.now();
+    const s = net.createConnection({ host, port, noDelay: true });
+    s.once('connect', () => {
+      this.quickestHandshakeMs = Math.min(this.quickestHandshakeMs, performance.now() - t0);
+    });
+    return s;
+  }
+
+  handshakeMs(): number {
+    return Number.isFinite(this.quickestHandshakeMs) ? this.quickestHandshakeMs : 0;
+  }
+
   probe(timeoutMs: number): Promise<boolean> {
     if (this.closing || !this.client.connected) return Promise.resolve(false);
     const { host, port } = this.servers[this.serverIndex % this.servers.length];
     return new Promise((resolve) => {
-      const s = net.createConnection({ host, port, noDelay: true });
+      const s = this.timedConnection(host, port);
       const done = (up: boolean): void => {
         clearTimeout(timer);
         if (!up || this.closing) {
@@ -316,6 +346,21 @@ export class MqttTransport implements Transport {
       s.once('connect', () => done(true));
       s.once('error', () => done(false));
     });
+  }
+
+  /** A PINGREQ now (its PINGRESP, queued behind whatever the broker is sending, keeps the keepalive too). */
+  nudge(): void {
+    if (this.closing || !this.client.connected) return;
+    this.nudges++;
+    this.client.sendPing();
+  }
+
+  reconnectCost(): number {
+    return (this.scanner?.partialBytes ?? 0) + this.retainedThisConnection;
+  }
+
+  pongs(): number {
+    return this.keepalive?.pongs() ?? 0;
   }
 
   reconnect(reason: string): void {

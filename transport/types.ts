@@ -37,6 +37,25 @@ export interface Transport {
    * connection is then kept, briefly, for `reconnect` to use.
    */
   probe?(timeoutMs: number): Promise<boolean>;
+  /**
+   * Sends one tiny packet on the current connection (MQTT: a PINGREQ). Its TCP segment carries our
+   * latest acknowledgement again: a peer whose last ACK from us was lost (it then waits out a
+   * backed-off retransmission timer before sending more) goes on at once when this one arrives.
+   */
+  nudge?(): void;
+  /**
+   * Bytes a reconnect now would cost on the downlink: the part of a packet under way (thrown away)
+   * and the retained messages the new connection brings again (as many as this one brought).
+   */
+  reconnectCost?(): number;
+  /**
+   * The quickest TCP handshake to the broker so far, ms (0 before any): the link's round trip with
+   * the least queue ahead, unlike a chunk's request-to-arrival time, which on a shared link includes
+   * every frame queued ahead of it.
+   */
+  handshakeMs?(): number;
+  /** PINGRESPs received so far: one means the broker had sent us everything queued ahead of its PINGREQ. */
+  pongs?(): number;
   /** Drops the current connection and connects again at once, on the probed connection when one is ready. */
   reconnect?(reason: string): void;
   /** True while the current connection is one `reconnect` made (the owner knows why the last one closed). */

@@ -31,7 +31,7 @@ afterEach(async () => {
   dir = undefined;
 });
 
-async function rig() {
+async function rig(o: { pings?: boolean; handshakeMs?: number } = {}) {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'download-probe-'));
   const storage = new DeviceStorage(dir);
   await storage.init();
@@ -39,10 +39,15 @@ async function rig() {
   const clock = new ManualClock();
   const requests: number[][] = [];
   let wire = 0;
+  /** With `pings`: the PINGREQs the download sends, and the PINGRESPs the broker answered (the test's). */
+  const ping = { sent: 0, answered: 0 };
   const transport = {
     publish: async (_t: string, p: Uint8Array | string) => {
       requests.push(decodeRequest(p as Uint8Array).want);
     },
+    ...(o.pings ? { nudge: () => ping.sent++, pongs: () => ping.answered } : {}),
+    // A transport that can probe and reconnect (the silence watch runs), and knows its quickest TCP handshake.
+    ...(o.handshakeMs === undefined ? {} : { probe: () => Promise.resolve(false), reconnect: () => undefined, handshakeMs: () => o.handshakeMs }),
   } as unknown as Transport;
   let done = false;
   const d = new Download({
@@ -82,7 +87,7 @@ async function rig() {
   d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
   // The first window is asked for with the list; wait until the list is saved.
   await until(() => files.list && requests.some((w) => w.length > 0), { what: 'the list saved and the first window of requests', timeoutMs: 10_000, intervalMs: 5 });
-  return { d, clock, requests, chunk, settle, isDone: () => done, close: () => d.close(), wireIn: (n: number) => (wire += n) };
+  return { d, clock, requests, chunk, settle, ping, isDone: () => done, close: () => d.close(), wireIn: (n: number) => (wire += n) };
 }
 
 describe('download: after a silence, a probe before the rest', () => {
@@ -175,6 +180,45 @@ describe('download: after a silence, a probe before the rest', () => {
       await r.settle();
     }
     expect(r.requests.length).toBeGreaterThan(before);
+    await r.close();
+  });
+
+  it('a silence with no PINGRESP back asks nothing again (the answers may be queued ahead of it); once the broker answers a ping, it asks again', async () => {
+    const r = await rig({ pings: true });
+    const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
+    const before = r.requests.length;
+    for (let k = 0; k < 3; k++) {
+      await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+      await r.settle();
+    }
+    // Three idle timeouts, each a ping and no request: TCP may be backing off with the frames in its queue.
+    expect(r.requests.length).toBe(before);
+    expect(r.ping.sent).toBe(3);
+    // The frames were late, not lost: they come, and nothing was sent twice.
+    for (const i of asked.slice(0, 2)) await r.chunk(i);
+    expect(r.d.duplicateChunks).toBe(0);
+    // Silent again, but now the broker answers the ping: everything queued ahead of it has come, so what is missing was lost.
+    const mark = r.requests.length;
+    const outstanding = r.requests.flat().filter((i) => i !== asked[0] && i !== asked[1]);
+    r.ping.answered++;
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    const again = r.requests.slice(mark).flat();
+    expect(again.length).toBeGreaterThan(0);
+    expect(again.every((i) => outstanding.includes(i))).toBe(true);
+    await r.close();
+  });
+
+  it("the silence watch judges a silence by the quickest TCP handshake when the chunks' round trip is inflated by frames queued ahead", async () => {
+    const r = await rig({ handshakeMs: 150 });
+    // A chunk that arrived 20 s after it was asked for (ten devices' first windows queued on one link).
+    r.d.link.requested(0, [99]);
+    r.d.link.arrived(20_000, 99, CHUNK);
+    expect(r.d.link.minRttMs).toBe(20_000);
+    const watch = (r.d as unknown as { watch: { silenceNeededMs: number; delivered: () => void } }).watch;
+    watch.delivered();
+    // 4 × 150 ms is under the least silence (2 s); 4 × 20 s would be 80 s.
+    expect(watch.silenceNeededMs).toBeLessThan(5000);
     await r.close();
   });
 });

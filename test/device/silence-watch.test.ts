@@ -10,9 +10,11 @@ import { SilenceWatch } from '../../device/silence-watch.ts';
 import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
 
-function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number }) {
+/** `unmeasured`: no chunk has come yet (the other cases are mid-download: one has). */
+function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number; unmeasured?: boolean; budgetBytes?: number }) {
   const clock = new ManualClock();
-  const s = { bytes: 0, waiting: true, linkUp: o.linkUp, probes: [] as number[], reconnects: [] as string[] };
+  /** handshakeMs: how long the probe's handshake takes (a queue ahead of it on a busy link). */
+  const s = { bytes: 0, cost: 0, waiting: true, linkUp: o.linkUp, handshakeMs: 0, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[] };
   const w = new SilenceWatch({
     clock,
     log: silentLogger,
@@ -22,12 +24,18 @@ function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnec
     chunkMs: () => o.chunkMs ?? 0,
     probe: (ms) => {
       s.probes.push(ms);
-      return Promise.resolve(s.linkUp);
+      if (s.handshakeMs === 0) return Promise.resolve(s.linkUp);
+      return new Promise((r) => clock.setTimeout(() => r(s.linkUp), s.handshakeMs));
     },
     reconnect: (why) => s.reconnects.push(why),
+    nudge: o.nudgeMs === undefined ? undefined : () => s.nudges.push(clock.now()),
+    nudgeMs: o.nudgeMs,
     minSilenceMs: 2000,
     maxReconnects: o.maxReconnects ?? 100,
+    costBytes: o.budgetBytes === undefined ? undefined : () => s.cost,
+    budgetBytes: o.budgetBytes,
   });
+  if (!o.unmeasured) w.delivered();
   return { clock, s, w };
 }
 
@@ -43,11 +51,11 @@ describe('silence watch: reconnect when the connection is silent while the link 
     w.stop();
   });
 
-  it('a slow link whose bytes keep coming (one every 1.5 s) is never probed nor torn down', async () => {
+  it('a slow link whose bytes keep coming (a segment every 0.5 s: 23 kbit/s) is never probed nor torn down', async () => {
     const { clock, s, w } = rig({ linkUp: true });
-    for (let k = 0; k < 40; k++) {
-      await clock.advance(1500);
-      s.bytes += 100;
+    for (let k = 0; k < 120; k++) {
+      await clock.advance(500);
+      s.bytes += 1448;
     }
     expect(s.probes).toEqual([]);
     expect(s.reconnects).toEqual([]);
@@ -129,15 +137,93 @@ describe('silence watch: reconnect when the connection is silent while the link 
     w.stop();
   });
 
+  it('before the first chunk (round trip and rate unknown: ten devices starting at once share the link) the least silence is four times longer', async () => {
+    const { clock, s, w } = rig({ linkUp: true, unmeasured: true });
+    expect(w.silenceNeededMs).toBe(8000);
+    await clock.advance(7900);
+    expect(s.probes).toEqual([]);
+    await clock.advance(300);
+    expect(s.reconnects.length).toBe(1);
+    w.stop();
+  });
+
+  it('a trickle (one segment every 1.5 s: a peer deep in backoff) is silence: probed and reconnected', async () => {
+    const { clock, s, w } = rig({ linkUp: true });
+    for (let k = 0; k < 4; k++) {
+      await clock.advance(1500);
+      s.bytes += 1448;
+    }
+    expect(s.reconnects.length).toBe(1);
+    w.stop();
+  });
+
   it('bytes that arrive while the probe is out cancel the reconnect', async () => {
     const { clock, s, w } = rig({ linkUp: true });
     let answer: (up: boolean) => void = () => undefined;
     (w as unknown as { o: { probe: () => Promise<boolean> } }).o.probe = () => new Promise((r) => (answer = r));
     await clock.advance(2300);
-    s.bytes += 1448;
+    s.bytes += 2 * 1448;
     answer(true);
     await clock.advance(10);
     expect(s.reconnects).toEqual([]);
+    w.stop();
+  });
+
+  it('nudges after the least silence and again at each doubling of it, from the start after bytes arrive', async () => {
+    const { clock, s, w } = rig({ linkUp: false, nudgeMs: 500 });
+    const t0 = clock.now();
+    await clock.advance(400);
+    expect(s.nudges).toEqual([]);
+    await clock.advance(3800);
+    // 500, 1000, 2000 and 4000 ms of silence (the watch looks every 250 ms).
+    expect(s.nudges.map((t) => t - t0)).toEqual([500, 1000, 2000, 4000]);
+    s.bytes += 2 * 1448;
+    // The next look (at 4250 ms) sees them: the silence starts again there.
+    await clock.advance(50);
+    const t1 = clock.now();
+    await clock.advance(1000);
+    expect(s.nudges.slice(4).map((t) => t - t1)).toEqual([500, 1000]);
+    w.stop();
+  });
+
+  it('no nudge while bytes keep coming, nor when nothing is asked for; the first waits for twice the round trip', async () => {
+    const slow = rig({ linkUp: true, nudgeMs: 500 });
+    for (let k = 0; k < 20; k++) {
+      await slow.clock.advance(250);
+      slow.s.bytes += 2 * 1448;
+    }
+    expect(slow.s.nudges).toEqual([]);
+    slow.s.waiting = false;
+    await slow.clock.advance(10_000);
+    expect(slow.s.nudges).toEqual([]);
+    slow.w.stop();
+    const far = rig({ linkUp: false, nudgeMs: 500, rttMs: 600 });
+    await far.clock.advance(1000);
+    expect(far.s.nudges).toEqual([]);
+    await far.clock.advance(250);
+    expect(far.s.nudges.length).toBe(1);
+    far.w.stop();
+  });
+
+  it('reconnects only while the cost fits the byte budget: not with 12 KB of a frame under way, yes between frames, then no more once spent', async () => {
+    const { clock, s, w } = rig({ linkUp: true, budgetBytes: 3000 });
+    // Silent in the middle of a frame: a reconnect would throw 12 KB away.
+    s.cost = 12_000;
+    await clock.advance(10_000);
+    expect(s.probes).toEqual([]);
+    expect(s.reconnects).toEqual([]);
+    // Between frames (only the retained messages come again): it goes.
+    s.cost = 1100;
+    await clock.advance(300);
+    expect(s.reconnects.length).toBe(1);
+    expect(w.spentBytes).toBe(1100);
+    for (let k = 0; k < 8; k++) w.delivered();
+    await clock.advance(2300);
+    expect(s.reconnects.length).toBe(2);
+    for (let k = 0; k < 8; k++) w.delivered();
+    // 2200 spent of 3000: another 1100 does not fit.
+    await clock.advance(30_000);
+    expect(s.reconnects.length).toBe(2);
     w.stop();
   });
 });

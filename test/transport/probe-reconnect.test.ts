@@ -19,7 +19,12 @@ describe('transport: probe and quick reconnect', () => {
     const t = env.track(await MqttTransport.connect({ url: `mqtt://127.0.0.1:${broker.port}`, clientId: 'probe-1', reconnectMinMs: 20_000, reconnectMaxMs: 60_000 }, 10_000));
     const reasons: string[] = [];
     t.onDisconnect((r) => reasons.push(r));
+    // The connection's TCP handshake was timed (loopback: well under a second).
+    const first = t.handshakeMs();
+    expect(first).toBeGreaterThan(0);
+    expect(first).toBeLessThan(1000);
     expect(await t.probe(2000)).toBe(true);
+    expect(t.handshakeMs()).toBeLessThanOrEqual(first);
     const t0 = Date.now();
     t.reconnect('test');
     await until(() => t.stats().connects === 2 && t.connected, { what: 'the second connect', timeoutMs: 10_000, intervalMs: 5 });
@@ -38,5 +43,23 @@ describe('transport: probe and quick reconnect', () => {
     const t = env.track(await MqttTransport.connect({ url: `mqtt://127.0.0.1:${broker.port}`, clientId: 'probe-2' }, 10_000));
     (t as unknown as { servers: Array<{ port: number }> }).servers[0].port = await freePort();
     expect(await t.probe(1000)).toBe(false);
+  });
+
+  it('reconnectCost: the retained messages this connection brought (and any packet part under way)', async () => {
+    const broker = await env.broker();
+    const url = `mqtt://127.0.0.1:${broker.port}`;
+    const pub = env.track(await MqttTransport.connect({ url, clientId: 'cost-pub' }, 10_000));
+    await pub.publish('probe/retained', 'r'.repeat(500), { qos: 1, retain: true });
+    const t = env.track(await MqttTransport.connect({ url, clientId: 'cost-1', reconnectMinMs: 20_000 }, 10_000));
+    expect(t.reconnectCost()).toBe(0);
+    await t.subscribe('probe/retained');
+    await until(() => t.reconnectCost() > 0, { what: 'the retained message', timeoutMs: 10_000, intervalMs: 5 });
+    const cost = t.reconnectCost();
+    expect(cost).toBeGreaterThanOrEqual(500);
+    expect(cost).toBeLessThan(600);
+    t.reconnect('test');
+    await until(() => t.stats().connects === 2 && t.connected, { what: 'the second connect', timeoutMs: 10_000, intervalMs: 5 });
+    // The subscription is restored: the retained message comes again, counted afresh.
+    await until(() => t.reconnectCost() === cost, { what: 'the retained message again', timeoutMs: 10_000, intervalMs: 5 });
   });
 });
