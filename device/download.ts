@@ -173,6 +173,7 @@ export class Download {
       reconnect: (why) => t.reconnect!(why),
       nudge: t.nudge ? () => t.nudge!() : undefined,
       nudgeMs: DEVICE_DEFAULTS.nudgeMs,
+      answers: t.pongs ? () => t.pongs!() : undefined,
       minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
       maxReconnects: Math.max(1, Math.floor(this.o.step.chunks / DEVICE_DEFAULTS.chunksPerSilentReconnect)),
       costBytes: t.reconnectCost ? () => t.reconnectCost!() : undefined,

@@ -11,10 +11,11 @@ import { silentLogger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
 
 /** `unmeasured`: no chunk has come yet (the other cases are mid-download: one has). */
-function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number; unmeasured?: boolean; budgetBytes?: number }) {
+/** `answering`: answers are counted, and each nudge is answered (a PINGRESP) 300 ms later, or never. */
+function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number; unmeasured?: boolean; budgetBytes?: number; answering?: boolean }) {
   const clock = new ManualClock();
   /** handshakeMs: how long the probe's handshake takes (a queue ahead of it on a busy link). */
-  const s = { bytes: 0, cost: 0, waiting: true, linkUp: o.linkUp, handshakeMs: 0, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[] };
+  const s = { bytes: 0, cost: 0, waiting: true, linkUp: o.linkUp, handshakeMs: 0, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[], pongs: 0, answering: o.answering === true };
   const w = new SilenceWatch({
     clock,
     log: silentLogger,
@@ -28,8 +29,15 @@ function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnec
       return new Promise((r) => clock.setTimeout(() => r(s.linkUp), s.handshakeMs));
     },
     reconnect: (why) => s.reconnects.push(why),
-    nudge: o.nudgeMs === undefined ? undefined : () => s.nudges.push(clock.now()),
+    nudge:
+      o.nudgeMs === undefined
+        ? undefined
+        : () => {
+            s.nudges.push(clock.now());
+            if (s.answering) clock.setTimeout(() => s.pongs++, 300);
+          },
     nudgeMs: o.nudgeMs,
+    answers: o.answering === undefined ? undefined : () => s.pongs,
     minSilenceMs: 2000,
     maxReconnects: o.maxReconnects ?? 100,
     costBytes: o.budgetBytes === undefined ? undefined : () => s.cost,
@@ -38,6 +46,35 @@ function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnec
   if (!o.unmeasured) w.delivered();
   return { clock, s, w };
 }
+
+describe('silence watch: a broker that answers is busy, not gone', () => {
+  it('nudges answered (a PINGRESP each) while no chunk comes: no reconnect, however long', async () => {
+    const { clock, s, w } = rig({ linkUp: true, nudgeMs: 1000, answering: true });
+    await clock.advance(60_000);
+    expect(s.nudges.length).toBeGreaterThan(3);
+    expect(s.reconnects).toEqual([]);
+    w.stop();
+  });
+
+  it('nudges unanswered: the same reconnect, once a nudge has waited the least silence for its answer', async () => {
+    const { clock, s, w } = rig({ linkUp: true, nudgeMs: 1000, answering: false });
+    await clock.advance(2900);
+    expect(s.reconnects).toEqual([]);
+    await clock.advance(400);
+    expect(s.reconnects.length).toBe(1);
+    w.stop();
+  });
+
+  it('answers that stop: reconnects after the least silence with no answer in it', async () => {
+    const { clock, s, w } = rig({ linkUp: true, nudgeMs: 1000, answering: true });
+    await clock.advance(10_000);
+    expect(s.reconnects).toEqual([]);
+    s.answering = false;
+    await clock.advance(10_000);
+    expect(s.reconnects.length).toBeGreaterThanOrEqual(1);
+    w.stop();
+  });
+});
 
 describe('silence watch: reconnect when the connection is silent while the link is up', () => {
   it('a silent socket on a working link: one probe, then one reconnect after the least silence', async () => {
