@@ -390,7 +390,11 @@ export class DeviceAgent {
   /** After a restart or a failure: continue the accepted release from what is on disk. */
   private async resumeActive(note: string | null = null): Promise<void> {
     const a = this.memory.active;
-    if (!a) return;
+    // A fetch under way is already fetching the active release: at start-up the group's retained
+    // release can be taken (and its fetch begun) before this runs, and a second Download beside the
+    // first asked for the list and the first window again, and re-asked on its own timers for frames
+    // that all went to the other (each device of sim:gateway's direct phase got 1.2–1.6 payloads).
+    if (!a || this.fetcher) return;
     if (this.running === a.target) {
       // Stopped after committing, before the ack was recorded: it is done.
       this.memory.active = null;
