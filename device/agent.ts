@@ -137,6 +137,12 @@ export class DeviceAgent {
     await this.trust.load();
     t.onMessage((topic, payload) => this.onMessage(topic, payload));
     t.onConnect(() => this.onConnected());
+    // The group's retained release comes while we still subscribe: it waits until the frames
+    // subscription is in place, so its fetch asks on a connection that will get the answers, and
+    // the first look at the connection below finds no fetch to ask again for (it asked again, and a
+    // device whose chunk list had not come yet asked for the list and the first window twice).
+    let subscribed = (): void => undefined;
+    this.enqueue(() => new Promise<void>((r) => (subscribed = r)));
     await t.subscribe([topics.release(this.cfg.group, this.cfg.model), topics.trust()], 1).catch((e: unknown) => {
       this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
@@ -146,6 +152,7 @@ export class DeviceAgent {
     await t.subscribe(topics.framesFor(this.cfg.model, this.cfg.deviceId), 0).catch((e: unknown) => {
       this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
+    subscribed();
     if (recovered?.action === 'rolled-back') {
       this.memory.active = null;
       const j = recovered.journal;
