@@ -142,7 +142,8 @@ export class DeviceAgent {
     // the first look at the connection below finds no fetch to ask again for (it asked again, and a
     // device whose chunk list had not come yet asked for the list and the first window twice).
     let subscribed = (): void => undefined;
-    this.enqueue(() => new Promise<void>((r) => (subscribed = r)));
+    const ready = new Promise<void>((r) => (subscribed = r));
+    this.enqueue(() => ready);
     await t.subscribe([topics.release(this.cfg.group, this.cfg.model), topics.trust()], 1).catch((e: unknown) => {
       this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
