@@ -137,6 +137,13 @@ export class DeviceAgent {
     await this.trust.load();
     t.onMessage((topic, payload) => this.onMessage(topic, payload));
     t.onConnect(() => this.onConnected());
+    // The group's retained release comes while we still subscribe: it waits until the frames
+    // subscription is in place, so its fetch asks on a connection that will get the answers, and
+    // the first look at the connection below finds no fetch to ask again for (it asked again, and a
+    // device whose chunk list had not come yet asked for the list and the first window twice).
+    let subscribed = (): void => undefined;
+    const ready = new Promise<void>((r) => (subscribed = r));
+    this.enqueue(() => ready);
     await t.subscribe([topics.release(this.cfg.group, this.cfg.model), topics.trust()], 1).catch((e: unknown) => {
       this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
@@ -146,6 +153,7 @@ export class DeviceAgent {
     await t.subscribe(topics.framesFor(this.cfg.model, this.cfg.deviceId), 0).catch((e: unknown) => {
       this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
+    subscribed();
     if (recovered?.action === 'rolled-back') {
       this.memory.active = null;
       const j = recovered.journal;
@@ -390,7 +398,11 @@ export class DeviceAgent {
   /** After a restart or a failure: continue the accepted release from what is on disk. */
   private async resumeActive(note: string | null = null): Promise<void> {
     const a = this.memory.active;
-    if (!a) return;
+    // A fetch under way is already fetching the active release: at start-up the group's retained
+    // release can be taken (and its fetch begun) before this runs, and a second Download beside the
+    // first asked for the list and the first window again, and re-asked on its own timers for frames
+    // that all went to the other (each device of sim:gateway's direct phase got 1.2–1.6 payloads).
+    if (!a || this.fetcher) return;
     if (this.running === a.target) {
       // Stopped after committing, before the ack was recorded: it is done.
       this.memory.active = null;

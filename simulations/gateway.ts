@@ -30,7 +30,7 @@
  * retransmissions included), for each phase. Ends with one JSON line.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { createWriteStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -99,6 +99,8 @@ export interface PhaseResult {
   /** Bytes on the link from the site (statuses, requests, TCP acknowledgements). */
   linkBytesUp: number | null;
   cuts: number;
+  /** Direct phase: what the devices' agents counted (duplicate chunks, reconnects: connects after the first) and the most one device's socket received ÷ one payload. */
+  devicesSaw?: { duplicateChunks: number; reconnects: number; quickReconnects: number; maxOverPayload: number };
 }
 
 export interface GatewaySimResult {
@@ -323,11 +325,18 @@ async function directPhase(rig: Rig): Promise<PhaseResult> {
     linkBytesDown: linkAfter2[0] - linkBefore2[0],
     linkBytesUp: linkAfter2[1] - linkBefore2[1],
     cuts: cuts2,
+    devicesSaw: devicesSaw([...ends2.values()], rig.payloadBytes),
   };
   o.log(
-    `direct phase: ${directPhase.completed}/${o.devices} ok in ${directPhase.seconds} s; devices' sockets in ${directPhase.socketBytesIn} B (${(directPhase.socketBytesIn / rig.payloadBytes).toFixed(3)} × payload); link down ${directPhase.linkBytesDown} B, up ${directPhase.linkBytesUp} B`,
+    `direct phase: ${directPhase.completed}/${o.devices} ok in ${directPhase.seconds} s; devices' sockets in ${directPhase.socketBytesIn} B (${(directPhase.socketBytesIn / rig.payloadBytes).toFixed(3)} × payload); link down ${directPhase.linkBytesDown} B, up ${directPhase.linkBytesUp} B; ${JSON.stringify(directPhase.devicesSaw)}`,
   );
   return directPhase;
+}
+
+function devicesSaw(ends: DeviceEnd[], payloadBytes: number): PhaseResult['devicesSaw'] {
+  const sum = (f: (e: DeviceEnd) => number): number => ends.reduce((a, e) => a + f(e), 0);
+  const maxOverPayload = Number((Math.max(0, ...ends.map((e) => e.wire.bytesIn)) / payloadBytes).toFixed(3));
+  return { duplicateChunks: sum((e) => e.stats.duplicateChunks), reconnects: sum((e) => Math.max(0, e.wire.connects - 1)), quickReconnects: sum((e) => e.loss?.quickReconnects ?? 0), maxOverPayload };
 }
 
 /** The link's counters and cuts, and the site's device hosts, over what the simulation set up. */
@@ -349,6 +358,9 @@ function rigOf(o: GatewaySimOptions, held: Held, w: Pick<Rig, 'dir' | 'payloadBy
   };
   const startHost = (broker: string, prefix: string, ends: Map<string, DeviceEnd>): ChildProcess => {
     const host = w.track(w.siteExec(process.execPath, deviceHostArgs({ broker, devices: o.devices, dir: path.join(w.dir, prefix), trustFile: w.trustFile, baseFile: w.baseFile, idPrefix: `${prefix}-` })));
+    // FLEET_SIM_HOST_LOG=DIR: each device host's log (FLEET_LOG sets its level) in DIR/<phase>.log.
+    const logDir = process.env.FLEET_SIM_HOST_LOG;
+    if (logDir) host.stderr?.pipe(createWriteStream(path.join(logDir, `${prefix}.log`), { flags: 'a' }));
     collectEnds(host, ends);
     return host;
   };

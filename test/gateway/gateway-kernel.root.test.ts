@@ -29,4 +29,14 @@ describe.skipIf(!available.ok)('a site gateway behind a real lossy link (network
     expect(r.directOverPayload).toBeGreaterThanOrEqual(4);
     expect(r.linkDownRatio!).toBeLessThan(0.5);
   }, 240_000);
+
+  it('clean link, 4 devices started after the release (the direct phase): each receives about one payload, no chunk twice', async () => {
+    const r = await runGatewaySim({ devices: 4, size: 96 * 1024, lossPercent: 0, rateKbit: 512, cuts: 0, cutSeconds: 2, proxy: false, timeoutSeconds: 100, log: () => undefined });
+    expect(r.direct.completed).toBe(4);
+    // A device started while the release was retained fetched it twice over (a second fetch beside
+    // the first, the list and first window asked again): 1.2–1.6 payloads a device at 256 KiB.
+    expect(r.direct.devicesSaw!.duplicateChunks).toBeLessThanOrEqual(1);
+    expect(r.direct.devicesSaw!.maxOverPayload).toBeLessThan(1.1);
+    expect(r.directOverPayload).toBeLessThan(4 * 1.05);
+  }, 240_000);
 });
