@@ -19,6 +19,7 @@ import { openCluster, type ClusterParts } from './cluster.ts';
 import type { ChunkRouting } from './cluster-emitter.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { framesFilterDevice, skipFrameLookups } from './cluster-retained.ts';
+import { exactRetainedLookups } from './retained-exact.ts';
 import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.ts';
 import { stampPresence } from './presence-stamp.ts';
 import { InternalError } from '../platform/errors.ts';
@@ -134,7 +135,9 @@ const persistence: Step<BrokerParts> = {
     } else if ((p.o.persistence ?? 'level') === 'level') {
       const db = new Level(path.join(p.o.dataDir, 'broker-db'));
       await db.open();
-      p.persistence = guardStreams(new AsyncLevelPersistence(db), p.log.child('persistence'));
+      const raw = new AsyncLevelPersistence(db);
+      exactRetainedLookups(raw, db);
+      p.persistence = guardStreams(raw, p.log.child('persistence'));
       // A device's frames subscription would read every retained message on disk (a status and a presence per device).
       skipFrameLookups(p.persistence, (f) => framesFilterDevice(p.topics, f) !== undefined);
     }
