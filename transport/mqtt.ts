@@ -306,12 +306,10 @@ export class MqttTransport implements Transport {
     const list = [filters].flat();
     const request: string[] | ISubscriptionMap = opts.resend ? resendMap(list, qos) : list;
     return new Promise((resolve, reject) => {
-      this.client.subscribe(request, { qos }, (err, granted) => {
-        // mqtt.js fails a SUBACK with a failure code (0x80, MQTT 3.1.1 §3.9.3) as a plain Error.
+      this.client.subscribe(request, { qos }, (err) => {
+        // mqtt.js fails a SUBACK with any failure code (0x80, MQTT 3.1.1 §3.9.3) as a plain Error, never as a grant.
         if (err && /^Subscribe error/.test(err.message)) return reject(new UsageError('subscription-refused', `broker refused subscription to ${list.join(', ')}`));
         if (err) return reject(err);
-        const refused = (granted ?? []).filter((g) => g.qos === 128);
-        if (refused.length) return reject(new UsageError('subscription-refused', `broker refused subscription to ${refused.map((g) => g.topic).join(', ')}`));
         resolve();
       });
     });
