@@ -24,6 +24,10 @@ import { readSafetensors } from '../../protocol/safetensors.ts';
 import { summaryJson } from '../../simulations/paper/result.ts';
 import { fullTrainable, initLora, loraTrainable, mergeLora, train } from '../../simulations/paper/train.ts';
 
+/** The methods of the JSON's two sections, in order (f32 has no dense-quantised rows). */
+const F32_METHODS = ['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'fleetAutoSeq', 'topK', 'lastLayer', 'fullFineTune'];
+const INT8_METHODS = ['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'fleetAutoSeq', 'topK', 'lastLayer', 'denseInt8', 'denseInt4', 'fullFineTune'];
+
 const execFileP = promisify(execFile);
 import { mulberry32 } from '../../util/random.ts';
 import { readUpdateFile } from '../../util/update-file.ts';
@@ -321,21 +325,8 @@ describe('paper simulation: end to end', () => {
     expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with float32 numbers/);
     expect(md).toMatch(/Headline \*\*(holds|does not hold)\*\* with 8-bit numbers/);
     const j = JSON.parse(JSON.stringify(aggregateJson(agg, 1))) as Record<string, any>;
-    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'fleetAutoSeq', 'topK', 'lastLayer', 'fullFineTune']);
-    expect(Object.keys(j.methods.int8)).toEqual([
-      'lowRankTrained',
-      'fleetSvd',
-      'fleetAuto',
-      'fleetAutoCalib',
-      'fleetAutoMatch',
-      'fleetAutoMatchBias',
-      'fleetAutoSeq',
-      'topK',
-      'lastLayer',
-      'denseInt8',
-      'denseInt4',
-      'fullFineTune',
-    ]);
+    expect(Object.keys(j.methods.f32)).toEqual(F32_METHODS);
+    expect(Object.keys(j.methods.int8)).toEqual(INT8_METHODS);
     for (const m of Object.values(j.methods.int8) as Array<Record<string, unknown>>) {
       expect(m).toHaveProperty('bytesFor90');
       expect(m).toHaveProperty('ratioToOurs');
@@ -360,21 +351,8 @@ describe('paper simulation: end to end', () => {
       expect(j[k]).toBeGreaterThanOrEqual(0);
       expect(j[k]).toBeLessThanOrEqual(1);
     }
-    expect(Object.keys(j.methods.f32)).toEqual(['lowRankTrained', 'fleetSvd', 'fleetAuto', 'fleetAutoCalib', 'fleetAutoMatch', 'fleetAutoMatchBias', 'fleetAutoSeq', 'topK', 'lastLayer', 'fullFineTune']);
-    expect(Object.keys(j.methods.int8)).toEqual([
-      'lowRankTrained',
-      'fleetSvd',
-      'fleetAuto',
-      'fleetAutoCalib',
-      'fleetAutoMatch',
-      'fleetAutoMatchBias',
-      'fleetAutoSeq',
-      'topK',
-      'lastLayer',
-      'denseInt8',
-      'denseInt4',
-      'fullFineTune',
-    ]);
+    expect(Object.keys(j.methods.f32)).toEqual(F32_METHODS);
+    expect(Object.keys(j.methods.int8)).toEqual(INT8_METHODS);
     for (const sec of ['f32', 'int8']) {
       for (const m of Object.values(j.methods[sec]) as Array<{ accuracy: Record<string, number | null> }>) {
         expect(Object.keys(m.accuracy)).toEqual(['0.5%', '5%']);
