@@ -29,22 +29,14 @@ import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink, type LinkCounters } from './netns-link.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
-import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 
-export interface FleetSimOptions {
-  devices: number;
-  size: number;
-  lossPercent: number;
-  rateKbit: number;
-  cuts: number;
-  cutSeconds: number;
+export interface FleetSimOptions extends SiteRunOptions {
   kills: number;
   kernel: boolean;
   broker: 'aedes' | 'mosquitto';
   seed: number;
-  timeoutSeconds: number;
-  log: (line: string) => void;
   /** Uplink (site → server) rate and loss when they differ from `rateKbit` / `lossPercent`. */
   rateUpKbit?: number;
   lossUpPercent?: number;

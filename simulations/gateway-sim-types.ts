@@ -1,19 +1,12 @@
 import type { HttpRunResult } from './compare-http.ts';
 import type { LinkSpec } from './link-profiles.ts';
+import type { SiteRunOptions } from './sim-support.ts';
 
 /** sim:gateway's options and the figures its one JSON line carries (simulations/gateway.ts). */
 
-export interface GatewaySimOptions {
-  devices: number;
-  size: number;
-  lossPercent: number;
-  rateKbit: number;
-  cuts: number;
-  cutSeconds: number;
+export interface GatewaySimOptions extends SiteRunOptions {
   /** Use the userspace proxy even when the kernel link is available. */
   proxy: boolean;
-  timeoutSeconds: number;
-  log: (line: string) => void;
   /** The rest of the link (sim:fleet's flags and profiles); kernel link only. */
   link?: LinkSpec & { profile: string | null };
   /** Also fetch the payload once by HTTP range resume over the same link (kernel link only). */

@@ -6,6 +6,18 @@ import type { DeviceAgent } from '../device/agent.ts';
 import type { MqttTransport } from '../transport/mqtt.ts';
 import { LinkSpecError, resolveLink, type LinkFlagName } from './link-profiles.ts';
 
+/** What sim:fleet and sim:gateway both take: the devices and payload, the link's rate, loss and cuts, the run's bound and log. */
+export interface SiteRunOptions {
+  devices: number;
+  size: number;
+  lossPercent: number;
+  rateKbit: number;
+  cuts: number;
+  cutSeconds: number;
+  timeoutSeconds: number;
+  log: (line: string) => void;
+}
+
 /** Start a command on one side of the link (a namespace, or this host). */
 export type Exec = (cmd: string, args: string[]) => ChildProcess;
 
