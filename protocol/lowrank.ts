@@ -1,10 +1,9 @@
 import { cborDecode, cborEncode, isBytes, isHex, isRecord, isUint } from './cbor.ts';
 import { CborMapScanner, StreamedArray, type ScannedMap, type StreamedItem } from './cbor-stream.ts';
 import { ProtocolError } from './errors.ts';
-import { type Dtype, dtypeSize, elementReader, elementWriter, f16BitsToNumber, isUpdatableDtype, numberToBf16Bits, numberToF16Bits } from './dtypes.ts';
-import { isWellFormedName, readSafetensors, writeSafetensors, type TensorInput } from './safetensors.ts';
-import { modelDigest } from './digest.ts';
-import { canonicalCompact, checkMixedDelta, checkSignDelta, compactDataBytes, isMixedDelta, isSignDelta, mixedFactors, signValues, type MixedDelta, type SignDelta } from './compact.ts';
+import { f16BitsToNumber } from './dtypes.ts';
+import { isWellFormedName } from './safetensors.ts';
+import { canonicalCompact, checkMixedDelta, checkSignDelta, type MixedDelta, type SignDelta } from './compact.ts';
 
 /**
  * The low-rank update payload (CBOR, plain maps, byte strings):
@@ -78,7 +77,8 @@ export function lowRankDims(shape: readonly number[]): { m: number; n: number } 
   return { m: shape[0], n };
 }
 
-function count(shape: readonly number[]): number {
+/** The number of elements of a tensor of `shape`. */
+export function elementCount(shape: readonly number[]): number {
   let c = 1;
   for (const d of shape) c *= d;
   return c;
@@ -154,6 +154,11 @@ function doubles(length: number, scratch: FactorScratch | undefined, slot: Slot)
   return scratch ? scratch.take(slot, length) : new Float64Array(length);
 }
 
+/** `length` doubles for one output row's sums (protocol/delta-apply.ts): the scratch's own slot, or a new array. */
+export function rowAccumulator(length: number, scratch?: FactorScratch): Float64Array {
+  return doubles(length, scratch, Slot.Acc);
+}
+
 /** f32 little-endian bytes to doubles, exactly; throws 'non-finite' on NaN/Inf. */
 function f32Values(bytes: Uint8Array, where: string, scratch?: FactorScratch, slot: Slot = Slot.Values): Float64Array {
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -208,7 +213,7 @@ export function decodeFactors(d: LowRankDelta, scratch?: FactorScratch): { u: Fl
 
 /** The dense delta's values as doubles (with `scratch`: a view of its array, valid until its next use). */
 export function denseValues(d: DenseDelta, scratch?: FactorScratch): Float64Array {
-  if (d.dense.byteLength !== count(d.shape) * 4) throw bad(`${d.name}: dense has the wrong length`);
+  if (d.dense.byteLength !== elementCount(d.shape) * 4) throw bad(`${d.name}: dense has the wrong length`);
   return f32Values(d.dense, `${d.name}.dense`, scratch, Slot.Values);
 }
 
@@ -223,7 +228,7 @@ function checkDelta(x: unknown, i: number, scratch?: FactorScratch): TensorDelta
   if ('mixed' in x) return checkMixedDelta(x, name, shape, at);
   if ('dense' in x) {
     checkKeys(x, ['name', 'shape', 'dense'], at);
-    const d: DenseDelta = { name, shape, dense: checkBytes(x.dense, count(shape) * 4, `${at}.dense`, scratch, ByteSlot.Dense) };
+    const d: DenseDelta = { name, shape, dense: checkBytes(x.dense, elementCount(shape) * 4, `${at}.dense`, scratch, ByteSlot.Dense) };
     denseValues(d, scratch);
     return d;
   }
@@ -387,191 +392,6 @@ export function decodePayload(bytes: Uint8Array, limits: PayloadLimits = {}): Pa
   const { base, target, items } = decoder.end();
   const tensors = items.map((it) => decoder.tensor(it, bytes.subarray(it.offset, it.offset + it.length)));
   return { v: 1, base, target, tensors };
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
-}
-
-/** round(x) to the dtype as bits written by `write`; returns false if the stored value is NaN or infinite. */
-function roundedWriter(out: Uint8Array, dtype: 'F32' | 'F16' | 'BF16'): (j: number, x: number) => boolean {
-  if (dtype === 'F32') {
-    const write = elementWriter(out, 'F32');
-    return (j, x) => {
-      const y = Math.fround(x);
-      write(j, y);
-      return Number.isFinite(y);
-    };
-  }
-  const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
-  const toBits = dtype === 'F16' ? numberToF16Bits : numberToBf16Bits;
-  const expMask = dtype === 'F16' ? 0x7c00 : 0x7f80;
-  return (j, x) => {
-    const bits = toBits(x);
-    dv.setUint16(j * 2, bits, true);
-    return (bits & expMask) !== expMask;
-  };
-}
-
-/** Whether Float32Array elements are little-endian here (as on every platform Node runs on today). */
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-
-/**
- * Float32Array views of an F32 tensor and its output when both are 4-byte aligned on a
- * little-endian machine (a device's reused buffers are), else undefined (the DataView path).
- * Storing a double into a Float32Array rounds it once, to nearest, ties to even, exactly as
- * Math.fround does, so the bytes are the DataView path's (test/protocol/lowrank.test.ts).
- */
-function float32Views(base: Uint8Array, out: Uint8Array, total: number): { w: Float32Array; o: Float32Array } | undefined {
-  if (!LITTLE_ENDIAN || base.byteOffset % 4 !== 0 || out.byteOffset % 4 !== 0) return undefined;
-  return { w: new Float32Array(base.buffer, base.byteOffset, total), o: new Float32Array(out.buffer, out.byteOffset, total) };
-}
-
-/**
- * applyTensor's low-rank rule for F32 with the same arithmetic: each element's sum starts at 0
- * and adds U[i,k]·V[k,j] for k = 0..r-1 in that order (a double per element instead of a row of
- * accumulators: the same additions in the same order), then W + sum rounded once. Element j is
- * read before it is written, so `o` may be `w`.
- */
-function applyLowRankF32(w: Float32Array, o: Float32Array, u: Float64Array, v: Float64Array, m: number, n: number, r: number, fail: (e: number) => Error): void {
-  for (let i = 0; i < m; i++) {
-    const ui = i * r;
-    const rowStart = i * n;
-    for (let j = 0; j < n; j++) {
-      let sum = 0;
-      for (let k = 0; k < r; k++) sum += u[ui + k] * v[k * n + j];
-      const e = rowStart + j;
-      o[e] = w[e] + sum;
-      if (!Number.isFinite(o[e])) throw fail(e);
-    }
-  }
-}
-
-/**
- * Apply one delta to one tensor; returns new bytes of the same dtype and shape.
- * Low-rank, per row i: acc[j] = 0; for k = 0..r-1, for j: acc[j] += U[i,k]·V[k,j]
- * (double multiply, double add, k increasing); then out[i,j] = round(W[i,j] + acc[j])
- * with ONE rounding from the double to the dtype (nearest, ties to even).
- * Dense: out[e] = round(W[e] + d[e]). NaN or ±Inf in any output → 'non-finite'.
- * The rule is docs/protocol.md §7.3 ("Apply, bit-exact"); the deltas are §6's, and the
- * vectors that pin it down are §7.4's.
- */
-export function applyTensor(info: { name: string; dtype: Dtype; shape: readonly number[] }, base: Uint8Array, delta: TensorDelta, into?: Uint8Array, scratch?: FactorScratch): Uint8Array {
-  if (!sameShape(delta.shape, info.shape)) {
-    throw new ProtocolError('shape-mismatch', `${info.name}: model [${info.shape.join(',')}], update [${delta.shape.join(',')}]`);
-  }
-  const dtype = info.dtype;
-  if (!isUpdatableDtype(dtype)) throw new ProtocolError('unsupported-dtype', `${info.name} is ${String(dtype)}`);
-  const total = count(info.shape);
-  if (base.byteLength !== total * dtypeSize(dtype)) {
-    throw new ProtocolError('malformed-model', `${info.name}: ${base.byteLength} bytes for shape [${info.shape.join(',')}] of ${dtype}`);
-  }
-  const read = elementReader(base, dtype);
-  // `into`: a buffer of the caller's to reuse (a device applying tensor after tensor), at least as large;
-  // `scratch`: the same for the factors as doubles.
-  const out = into && into.byteLength >= base.byteLength ? into.subarray(0, base.byteLength) : new Uint8Array(base.byteLength);
-  const put = roundedWriter(out, dtype);
-  const fail = (e: number) => new ProtocolError('non-finite', `${info.name}[${e}]`);
-  if (!isLowRank(delta) && !isMixedDelta(delta)) {
-    const d = isSignDelta(delta) ? signValues(delta) : denseValues(delta, scratch);
-    for (let e = 0; e < total; e++) {
-      if (!put(e, read(e) + d[e])) throw fail(e);
-    }
-    return out;
-  }
-  const { m, n } = lowRankDims(info.shape);
-  const { u, v, rank: r } = isMixedDelta(delta) ? mixedFactors(delta) : { ...decodeFactors(delta, scratch), rank: delta.rank };
-  const f32 = dtype === 'F32' ? float32Views(base, out, total) : undefined;
-  if (f32) {
-    applyLowRankF32(f32.w, f32.o, u, v, m, n, r, fail);
-    return out;
-  }
-  const acc = doubles(n, scratch, Slot.Acc);
-  for (let i = 0; i < m; i++) {
-    acc.fill(0);
-    for (let k = 0; k < r; k++) {
-      const uik = u[i * r + k];
-      const row = k * n;
-      for (let j = 0; j < n; j++) acc[j] += uik * v[row + j];
-    }
-    const rowStart = i * n;
-    for (let j = 0; j < n; j++) {
-      if (!put(rowStart + j, read(rowStart + j) + acc[j])) throw fail(rowStart + j);
-    }
-  }
-  return out;
-}
-
-/**
- * Apply a payload to a whole model in memory. Every delta must name a tensor of
- * the model ('shape-mismatch' otherwise). Does not check payload.base/target:
- * callers compare the digests. Output: deterministic safetensors, metadata kept.
- */
-export function applyToModel(model: Uint8Array, payload: Payload): { bytes: Uint8Array; digest: string } {
-  const file = readSafetensors(model);
-  const updated = new Map<string, Uint8Array>();
-  for (const delta of payload.tensors) {
-    const info = file.info(delta.name);
-    if (!info) throw new ProtocolError('shape-mismatch', `the model has no tensor ${JSON.stringify(delta.name)}`);
-    if (updated.has(delta.name)) throw bad(`tensor ${JSON.stringify(delta.name)} appears twice`);
-    updated.set(delta.name, applyTensor(info, file.tensor(delta.name), delta));
-  }
-  const tensors: TensorInput[] = file.tensors.map((t) => ({
-    name: t.name,
-    dtype: t.dtype,
-    shape: t.shape,
-    data: updated.get(t.name) ?? t.data,
-  }));
-  return { bytes: writeSafetensors(tensors, file.header.metadata), digest: modelDigest(tensors) };
-}
-
-export type DeltaKind = 'low-rank' | 'dense' | 'sign' | 'mixed';
-
-/**
- * What a delta is, for reports: its kind, factor rank (null for dense and sign), number
- * format ('f32', 'f16', 'i8', '1-bit', or the mixed groups as '8b×3+4b×5'), stored data bytes
- * (scales included) and stored values.
- */
-export function describeDelta(d: TensorDelta): { kind: DeltaKind; rank: number | null; dtype: string; bytes: number; params: number } {
-  const { m, n } = lowRankDims(d.shape);
-  if (isLowRank(d)) {
-    const bytes = d.u.byteLength + d.v.byteLength + (d.scales ? d.scales.u.byteLength + d.scales.v.byteLength : 0);
-    return { kind: 'low-rank', rank: d.rank, dtype: d.dtype, bytes, params: d.rank * (m + n) };
-  }
-  if (isSignDelta(d)) return { kind: 'sign', rank: null, dtype: '1-bit', bytes: compactDataBytes(d), params: m * n };
-  if (isMixedDelta(d)) {
-    const r = d.mixed.reduce((a, g) => a + g.rank, 0);
-    return { kind: 'mixed', rank: r, dtype: d.mixed.map((g) => `${g.bits}b×${g.rank}`).join('+'), bytes: compactDataBytes(d), params: r * (m + n) };
-  }
-  return { kind: 'dense', rank: null, dtype: 'f32', bytes: d.dense.byteLength, params: d.dense.byteLength / 4 };
-}
-
-/** ΔW of any delta as doubles, row-major (the element-wise values the apply adds). For tools and tests. */
-export function deltaValues(d: TensorDelta): Float64Array {
-  if (isSignDelta(d)) return signValues(d);
-  if (!isLowRank(d) && !isMixedDelta(d)) return denseValues(d);
-  const { m, n } = lowRankDims(d.shape);
-  const { u, v, rank: r } = isMixedDelta(d) ? mixedFactors(d) : { ...decodeFactors(d), rank: d.rank };
-  const out = new Float64Array(m * n);
-  for (let i = 0; i < m; i++) {
-    for (let k = 0; k < r; k++) {
-      const uik = u[i * r + k];
-      for (let j = 0; j < n; j++) out[i * n + j] += uik * v[k * n + j];
-    }
-  }
-  return out;
-}
-
-/** Stored values (factor entries, scales excluded, and dense entries) and sizes of a payload. */
-export function payloadStats(p: Payload): { tensors: number; params: number; dataBytes: number; bytes: number } {
-  let params = 0;
-  let dataBytes = 0;
-  for (const d of p.tensors) {
-    const x = describeDelta(d);
-    params += x.params;
-    dataBytes += x.bytes;
-  }
-  return { tensors: p.tensors.length, params, dataBytes, bytes: encodePayload(p).byteLength };
 }
 
 /**

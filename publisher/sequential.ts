@@ -12,7 +12,8 @@
  * Only W1, W2 and W2's bias change in such a plan.
  */
 import { decodeValues } from '../protocol/dtypes.ts';
-import { applyTensor, encodePayload, type TensorDelta } from '../protocol/lowrank.ts';
+import { encodePayload, type TensorDelta } from '../protocol/lowrank.ts';
+import { applyTensor } from '../protocol/delta-apply.ts';
 import { metricOf, type Activation, type Metric } from './calib.ts';
 import type { ChangedTensor, DeltaSource } from './delta-source.ts';
 import { PAYLOAD_OVERHEAD } from './quantize.ts';

@@ -1,4 +1,5 @@
-import { applyToModel, encodePayload, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
+import { encodePayload, type Payload, type TensorDelta } from '../protocol/lowrank.ts';
+import { applyToModel } from '../protocol/delta-apply.ts';
 import { readSafetensors, writeSafetensors, type TensorInput } from '../protocol/safetensors.ts';
 import { safetensorsDigest } from '../protocol/digest.ts';
 import { mulberry32, randomF32 } from '../util/random.ts';

@@ -6,7 +6,8 @@
 import { cborEncode } from '../protocol/cbor.ts';
 import { packSigned } from '../protocol/compact.ts';
 import { encodeValues } from '../protocol/dtypes.ts';
-import { applyToModel, decodePayload } from '../protocol/lowrank.ts';
+import { decodePayload } from '../protocol/lowrank.ts';
+import { applyToModel } from '../protocol/delta-apply.ts';
 import type { Code } from './case-vectors.ts';
 
 const f32 = (values: number[]) => encodeValues(values, 'F32');

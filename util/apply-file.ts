@@ -1,5 +1,6 @@
 import { ModelDigest } from '../protocol/digest.ts';
-import { applyTensor, FactorScratch, type Payload } from '../protocol/lowrank.ts';
+import { FactorScratch, type Payload } from '../protocol/lowrank.ts';
+import { applyTensor } from '../protocol/delta-apply.ts';
 import { encodeSafetensorsHeader } from '../protocol/safetensors.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { nodeFs, writeFully, type FileHandlePort, type FsPort } from '../platform/fs-port.ts';

@@ -1,6 +1,7 @@
 import { ModelDigest } from '../protocol/digest.ts';
 import { nodeFs, writeFully, type FileHandlePort, type FsPort } from '../platform/fs-port.ts';
-import { applyTensor, FactorScratch, type Payload } from '../protocol/lowrank.ts';
+import { FactorScratch, type Payload } from '../protocol/lowrank.ts';
+import { applyTensor } from '../protocol/delta-apply.ts';
 import { memoryDeltas, type DeltaReader, type DeltaSource } from './payload-file.ts';
 import { ProtocolError } from '../protocol/errors.ts';
 import { onnxDigestOf, readSkeleton, type OnnxSkeleton } from '../protocol/onnx.ts';

@@ -10,7 +10,9 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { applyToModel, decodePayload, payloadStats, type Payload } from '../../protocol/lowrank.ts';
+import { decodePayload, type Payload } from '../../protocol/lowrank.ts';
+import { applyToModel } from '../../protocol/delta-apply.ts';
+import { payloadStats } from '../../protocol/delta-info.ts';
 import { readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
 import { buildUpdate } from '../../publisher/build.ts';
 import { loraSource, type DeltaSource } from '../../publisher/delta-source.ts';

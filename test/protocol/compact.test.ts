@@ -1,5 +1,6 @@
 import { describe, it, expect } from 'vitest';
-import { applyTensor, decodePayload, encodePayload, type MixedDelta, type Payload, type SignDelta, type TensorDelta } from '../../protocol/lowrank.ts';
+import { decodePayload, encodePayload, type MixedDelta, type Payload, type SignDelta, type TensorDelta } from '../../protocol/lowrank.ts';
+import { applyTensor } from '../../protocol/delta-apply.ts';
 import { packSigned } from '../../protocol/compact.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { encodeValues } from '../../protocol/dtypes.ts';

@@ -1,5 +1,7 @@
 import { describe, it, expect } from 'vitest';
-import { applyTensor, applyToModel, decodePayload, encodePayload, isLowRank, payloadStats, quantizeRowsI8, type FactorDtype, type LowRankDelta, type Payload, type TensorDelta } from '../../protocol/lowrank.ts';
+import { decodePayload, encodePayload, isLowRank, quantizeRowsI8, type FactorDtype, type LowRankDelta, type Payload, type TensorDelta } from '../../protocol/lowrank.ts';
+import { applyTensor, applyToModel } from '../../protocol/delta-apply.ts';
+import { payloadStats } from '../../protocol/delta-info.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
 import { modelDigest } from '../../protocol/digest.ts';
