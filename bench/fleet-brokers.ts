@@ -171,7 +171,7 @@ async function startMosquittoBeside(dir: string, sampler: RssSampler): Promise<{
   sampler.watch(mosquitto.pid!);
   const url = `mqtt://127.0.0.1:${port}`;
   try {
-    const server = await startProcess(process.execPath, [FLEET_BIN, 'serve', '--broker', url, '--data-dir', path.join(dir, 'store')], path.join(dir, 'serve.log'), /fleet update server on/);
+    const server = await startProcess(process.execPath, [...brokerNodeArgs(), FLEET_BIN, 'serve', '--broker', url, '--data-dir', path.join(dir, 'store')], path.join(dir, 'serve.log'), /fleet update server on/);
     sampler.watch(server.pid!);
     return { mosquitto, server, url };
   } catch (e) {
@@ -192,6 +192,9 @@ async function startRedis(dir: string, sampler: RssSampler): Promise<{ child: Ch
   return { child, port };
 }
 
+/** FLEET_BENCH_BROKER_NODE_ARGS (space-separated): node flags for the `fleet broker` and `fleet serve` processes, e.g. "--cpu-prof --cpu-prof-dir=DIR". */
+export const brokerNodeArgs = (): string[] => process.env.FLEET_BENCH_BROKER_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+
 export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
   await fs.mkdir(o.dir, { recursive: true });
   const sampler = new RssSampler();
@@ -204,7 +207,7 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
     const port = await freePort();
     const child = await startProcess(
       process.execPath,
-      [FLEET_BIN, 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(o.dir, name), ...extra],
+      [...brokerNodeArgs(), FLEET_BIN, 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(o.dir, name), ...extra],
       path.join(o.dir, `${name}.log`),
       /fleet broker listening/,
     );
