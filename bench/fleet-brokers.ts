@@ -31,6 +31,8 @@ export interface BrokerSetup {
   urls: string[];
   /** The cluster's Redis. */
   redisUrl?: string;
+  /** CPU seconds each process of the arrangement has used so far (a killed node: up to its kill). */
+  cpu(): { brokers: number[]; server: number | null; redis: number | null };
   /** SIGKILLs broker node `i` (a node dying mid-update). */
   killNode(i: number): Promise<void>;
   /** Ends every process it started (by PID) and reports peak memory. */
@@ -241,6 +243,11 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
       kind: o.kind,
       urls,
       redisUrl,
+      cpu: () => ({
+        brokers: brokers.map((b) => cpuAtKill.get(b) ?? cpuSeconds(b.pid!)),
+        server: server ? cpuSeconds(server.pid!) : null,
+        redis: redis ? cpuSeconds(redis.pid!) : null,
+      }),
       async killNode(i) {
         const b = brokers[i];
         peaks.set(b, sampler.final(b.pid!));

@@ -16,7 +16,10 @@
  * same fleet and update, and adds time ratios. For a cluster it also reads
  * Redis's own byte counters (INFO stats) before the publish and after the last
  * ack: the bytes through Redis per payload byte delivered. Ends with one JSON line.
- * FLEET_BENCH_WORKER_NODE_ARGS (space-separated) adds node flags to the worker
+ * Every process's CPU (broker side, Redis, workers, this one) is read at the
+ * publish and at the last ack, with the machine's busy time (bench/fleet-cpu.ts).
+ * FLEET_BENCH_WORKER_NODE_ARGS and FLEET_BENCH_BROKER_NODE_ARGS (space-separated)
+ * add node flags to the worker processes and to the `fleet broker` / `fleet serve`
  * processes, e.g. "--cpu-prof --cpu-prof-dir=DIR" (NODE_OPTIONS refuses --cpu-prof).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -33,6 +36,7 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { silentLogger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { readLines, type DeviceEnd } from '../simulations/sim-support.ts';
+import { benchCpuSeconds, cpuBetween, machineBetween, readMachine, type CpuReading, type CpuSplit, type MachineCpu } from './fleet-cpu.ts';
 import { cpuSeconds, findMosquitto, findRedisServer, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
 
 const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
@@ -96,6 +100,14 @@ export interface FleetBenchResult {
   nodesCpuSeconds: number[];
   serverCpuSeconds: number | null;
   redisCpuSeconds: number | null;
+  /** Every process's CPU seconds from the publish to the last ack (bench/fleet-cpu.ts). */
+  deliveryCpuSeconds: CpuSplit;
+  /** The same over the whole run (broker side from its start, workers from theirs, this process from the run's start). */
+  runCpuSeconds: CpuSplit;
+  /** The whole machine from the publish to the last ack: busy vCPU seconds, steal, and what others used. */
+  machineDeliveryCpuSeconds: MachineCpu | null;
+  /** deliveryCpuSeconds.total / vCPUs: the least the delivery could take on this machine with nothing else running. */
+  cpuBoundSeconds: number;
   /** os.loadavg() when the run ended (the machine is shared). */
   loadAverage: number[];
 }
@@ -231,6 +243,8 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
   if (!o.keep) dirs.add(dir);
   const workers: ChildProcess[] = [];
   let setup: Awaited<ReturnType<typeof startBrokerSetup>> | undefined;
+  const benchAtStart = benchCpuSeconds();
+  const reading = (): CpuReading => ({ ...setup!.cpu(), workers: workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0), bench: benchCpuSeconds() - benchAtStart });
   try {
     const keys = await keygen(path.join(dir, 'keys'));
     const { base, payload, target } = fleetModel(o.size);
@@ -248,13 +262,17 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
 
     const redisUrl = setup.redisUrl;
     const redisBefore = redisUrl ? await redisNetBytes(redisUrl) : undefined;
-    const workersCpuAtPublish = workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0);
+    const atPublish = reading();
+    const machineAtPublish = readMachine();
     const t0 = Date.now();
     const settleKill = killNodeLater(o, setup);
     await publishOnce(o, setup.urls[0], keys, payload);
     const publishSeconds = (Date.now() - t0) / 1000;
     const deadline = t0 + o.timeoutSeconds * 1000;
     while (ends.size < o.devices && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    const atEnd = reading();
+    const machineAtEnd = readMachine();
+    const deliveryCpu = cpuBetween(atPublish, atEnd);
     const list = [...ends.values()];
     const ok = list.filter((e) => e.state === 'ok' && e.running === target);
     const seconds = ((ok.length === o.devices ? Math.max(...ok.map((e) => e.time)) : Date.now()) - t0) / 1000;
@@ -264,6 +282,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     const redisOut = redisBefore && redisAfter ? redisAfter.out - redisBefore.out : null;
     progress.finish(`${ok.length}/${o.devices} acked in ${seconds.toFixed(2)} s`);
     const workersCpuSeconds = Number(workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0).toFixed(2));
+    const runCpu = cpuBetween(undefined, reading());
     // Devices first (they leave cleanly), then the broker side, whose peak memory is read before it stops.
     await Promise.all(workers.map((c) => stopChild(c, 10_000).catch(() => undefined)));
     const mem = await setup.stop();
@@ -289,7 +308,11 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       redisBytesOut: redisOut,
       redisBytesPerPayloadByte: redisIn !== null && redisOut !== null ? Number(((redisIn + redisOut) / Math.max(1, ok.length * payload.byteLength)).toFixed(4)) : null,
       workersCpuSeconds,
-      workersDeliveryCpuSeconds: Number((workersCpuSeconds - workersCpuAtPublish).toFixed(2)),
+      workersDeliveryCpuSeconds: deliveryCpu.workers,
+      deliveryCpuSeconds: deliveryCpu,
+      runCpuSeconds: runCpu,
+      machineDeliveryCpuSeconds: machineBetween(machineAtPublish, machineAtEnd, deliveryCpu),
+      cpuBoundSeconds: Number((deliveryCpu.total / os.cpus().length).toFixed(2)),
       killedNodeAfterSeconds: killedNode ? o.killNodeAfterSeconds! : null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     };
@@ -368,6 +391,8 @@ async function main(): Promise<void> {
       cluster,
       aedesOverMosquittoSeconds: mosquitto ? ratio(aedes.seconds, mosquitto.seconds) : null,
       clusterOverSingleSeconds: cluster ? ratio(cluster.seconds, aedes.seconds) : null,
+      // The same ratio of the CPU bounds (every process's delivery CPU / vCPUs): what the ratio can be at best on this machine.
+      clusterOverSingleCpuBound: cluster ? ratio(cluster.cpuBoundSeconds, aedes.cpuBoundSeconds) : null,
       clusterRedisBytesPerPayloadByte: cluster?.redisBytesPerPayloadByte ?? null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
       allCompleted: [aedes, mosquitto, cluster].every((r) => r === null || r.completed === r.devices),
