@@ -283,13 +283,13 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
 
 const IORedis = createRequire(import.meta.url)('ioredis') as new (url: string) => { info(section: string): Promise<string>; disconnect(): void };
 
-/** Bytes Redis has received from and sent to all its clients so far (INFO stats: total_net_input_bytes, total_net_output_bytes). */
-export async function redisNetBytes(url: string): Promise<{ in: number; out: number }> {
+/** Bytes Redis has received from and sent to all its clients so far, and the commands it ran (INFO stats: total_net_input_bytes, total_net_output_bytes, total_commands_processed). */
+export async function redisNetBytes(url: string): Promise<{ in: number; out: number; commands: number }> {
   const r = new IORedis(url);
   try {
     const info = await r.info('stats');
     const field = (name: string): number => Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(info)?.[1] ?? NaN);
-    return { in: field('total_net_input_bytes'), out: field('total_net_output_bytes') };
+    return { in: field('total_net_input_bytes'), out: field('total_net_output_bytes'), commands: field('total_commands_processed') };
   } finally {
     r.disconnect();
   }

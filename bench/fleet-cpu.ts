@@ -80,3 +80,39 @@ export function machineBetween(from: ReturnType<typeof readMachine>, to: ReturnT
   const busy = round(to.busy - from.busy);
   return { cpus: os.cpus().length, busy, steal: round(to.steal - from.steal), others: round(busy - ours.total) };
 }
+
+/** What a process asked of the kernel so far: read and write calls (/proc/PID/io) and context switches (/proc/PID/status). */
+export interface Activity {
+  readCalls: number;
+  writeCalls: number;
+  voluntarySwitches: number;
+  involuntarySwitches: number;
+}
+
+/** Activity of the processes `pids`, summed (a process that is gone counts 0). */
+export function activity(pids: number[]): Activity {
+  const sum: Activity = { readCalls: 0, writeCalls: 0, voluntarySwitches: 0, involuntarySwitches: 0 };
+  const field = (text: string, name: string): number => Number(new RegExp(`^${name}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
+  for (const pid of pids) {
+    try {
+      const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+      const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+      sum.readCalls += field(io, 'syscr');
+      sum.writeCalls += field(io, 'syscw');
+      sum.voluntarySwitches += field(status, 'voluntary_ctxt_switches');
+      sum.involuntarySwitches += field(status, 'nonvoluntary_ctxt_switches');
+    } catch {
+      // gone
+    }
+  }
+  return sum;
+}
+
+export function activityBetween(a: Activity, b: Activity): Activity {
+  return {
+    readCalls: b.readCalls - a.readCalls,
+    writeCalls: b.writeCalls - a.writeCalls,
+    voluntarySwitches: b.voluntarySwitches - a.voluntarySwitches,
+    involuntarySwitches: b.involuntarySwitches - a.involuntarySwitches,
+  };
+}

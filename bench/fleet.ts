@@ -36,7 +36,7 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { silentLogger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { readLines, type DeviceEnd } from '../simulations/sim-support.ts';
-import { benchCpuSeconds, cpuBetween, machineBetween, readMachine, type CpuReading, type CpuSplit, type MachineCpu } from './fleet-cpu.ts';
+import { activity, activityBetween, benchCpuSeconds, cpuBetween, machineBetween, readMachine, type Activity, type CpuReading, type CpuSplit, type MachineCpu } from './fleet-cpu.ts';
 import { cpuSeconds, findMosquitto, findRedisServer, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
 
 const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
@@ -106,6 +106,11 @@ export interface FleetBenchResult {
   runCpuSeconds: CpuSplit;
   /** The whole machine from the publish to the last ack: busy vCPU seconds, steal, and what others used. */
   machineDeliveryCpuSeconds: MachineCpu | null;
+  /** The device workers' read and write calls and context switches from the publish to the last ack. */
+  workersDeliveryActivity: Activity;
+  /** Cluster: commands Redis ran from the publish to the last ack, and from before the first device connected to the last ack. */
+  redisCommands: number | null;
+  redisCommandsFromConnect: number | null;
   /** deliveryCpuSeconds.total / vCPUs: the least the delivery could take on this machine with nothing else running. */
   cpuBoundSeconds: number;
   /** os.loadavg() when the run ended (the machine is shared). */
@@ -253,6 +258,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     setup = await startBrokerSetup({ kind: o.broker, dir: path.join(dir, 'broker'), redisUrl: o.redisUrl });
     o.log(`bench:fleet ${o.broker}: ${setup.urls.length} node(s), ${o.devices} devices in ${o.workers} processes, payload ${payload.byteLength} bytes`);
 
+    const redisAtStart = setup.redisUrl ? await redisNetBytes(setup.redisUrl) : undefined;
     const progress = createProgress(`bench:fleet ${o.broker}`, process.stderr, o.quiet === true, 1000);
     const fleet = startWorkers(o, { dir, urls: setup.urls, trustFile: keys.trustFile, baseFile }, workers, (n) => progress.update(n, o.devices));
     await waitOnline(o, fleet, workers);
@@ -263,6 +269,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     const redisUrl = setup.redisUrl;
     const redisBefore = redisUrl ? await redisNetBytes(redisUrl) : undefined;
     const atPublish = reading();
+    const workersAtPublish = activity(workers.map((c) => c.pid!));
     const machineAtPublish = readMachine();
     const t0 = Date.now();
     const settleKill = killNodeLater(o, setup);
@@ -271,6 +278,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     const deadline = t0 + o.timeoutSeconds * 1000;
     while (ends.size < o.devices && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     const atEnd = reading();
+    const workersActivity = activityBetween(workersAtPublish, activity(workers.map((c) => c.pid!)));
     const machineAtEnd = readMachine();
     const deliveryCpu = cpuBetween(atPublish, atEnd);
     const list = [...ends.values()];
@@ -312,6 +320,9 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       deliveryCpuSeconds: deliveryCpu,
       runCpuSeconds: runCpu,
       machineDeliveryCpuSeconds: machineBetween(machineAtPublish, machineAtEnd, deliveryCpu),
+      workersDeliveryActivity: workersActivity,
+      redisCommands: redisBefore && redisAfter ? redisAfter.commands - redisBefore.commands : null,
+      redisCommandsFromConnect: redisAtStart && redisAfter ? redisAfter.commands - redisAtStart.commands : null,
       cpuBoundSeconds: Number((deliveryCpu.total / os.cpus().length).toFixed(2)),
       killedNodeAfterSeconds: killedNode ? o.killNodeAfterSeconds! : null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),

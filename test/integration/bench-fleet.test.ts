@@ -48,6 +48,9 @@ function checkRun(r: Record<string, unknown>, broker: string): void {
   expect((r.runCpuSeconds as { total: number }).total).toBeGreaterThanOrEqual(cpu.total);
   const machine = r.machineDeliveryCpuSeconds as { cpus: number; busy: number } | null;
   if (machine) expect(r.cpuBoundSeconds as number).toBeCloseTo(cpu.total / machine.cpus, 1);
+  expect((r.workersDeliveryActivity as { readCalls: number }).readCalls).toBeGreaterThan(0);
+  expect(r.redisCommands === null).toBe(broker !== 'cluster');
+  if (broker === 'cluster') expect(r.redisCommandsFromConnect as number).toBeGreaterThan(r.redisCommands as number);
 }
 
 describe('npm run bench:fleet (20 devices)', () => {
