@@ -37,7 +37,7 @@ import { silentLogger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { readLines, type DeviceEnd } from '../simulations/sim-support.ts';
 import { activity, activityBetween, benchCpuSeconds, cpuBetween, machineBetween, readMachine, type Activity, type CpuReading, type CpuSplit, type MachineCpu } from './fleet-cpu.ts';
-import { cpuSeconds, findMosquitto, findRedisServer, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
+import { cpuSeconds, procStatusKb, findMosquitto, findRedisServer, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
 
 const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
 const MODEL = 'bench';
@@ -106,6 +106,8 @@ export interface FleetBenchResult {
   runCpuSeconds: CpuSplit;
   /** The whole machine from the publish to the last ack: busy vCPU seconds, steal, and what others used. */
   machineDeliveryCpuSeconds: MachineCpu | null;
+  /** Each device worker process's peak resident memory (VmHWM), MiB. */
+  workersPeakRssMB: number[];
   /** The device workers' read and write calls and context switches from the publish to the last ack. */
   workersDeliveryActivity: Activity;
   /** Cluster: commands Redis ran from the publish to the last ack, and from before the first device connected to the last ack. */
@@ -291,6 +293,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     progress.finish(`${ok.length}/${o.devices} acked in ${seconds.toFixed(2)} s`);
     const workersCpuSeconds = Number(workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0).toFixed(2));
     const runCpu = cpuBetween(undefined, reading());
+    const workersPeakRssMB = workers.map((c) => Number((procStatusKb(c.pid!, 'VmHWM') / 1024).toFixed(1)));
     // Devices first (they leave cleanly), then the broker side, whose peak memory is read before it stops.
     await Promise.all(workers.map((c) => stopChild(c, 10_000).catch(() => undefined)));
     const mem = await setup.stop();
@@ -321,6 +324,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       runCpuSeconds: runCpu,
       machineDeliveryCpuSeconds: machineBetween(machineAtPublish, machineAtEnd, deliveryCpu),
       workersDeliveryActivity: workersActivity,
+      workersPeakRssMB,
       redisCommands: redisBefore && redisAfter ? redisAfter.commands - redisBefore.commands : null,
       redisCommandsFromConnect: redisAtStart && redisAfter ? redisAfter.commands - redisAtStart.commands : null,
       cpuBoundSeconds: Number((deliveryCpu.total / os.cpus().length).toFixed(2)),

@@ -49,6 +49,7 @@ function checkRun(r: Record<string, unknown>, broker: string): void {
   const machine = r.machineDeliveryCpuSeconds as { cpus: number; busy: number } | null;
   if (machine) expect(r.cpuBoundSeconds as number).toBeCloseTo(cpu.total / machine.cpus, 1);
   expect((r.workersDeliveryActivity as { readCalls: number }).readCalls).toBeGreaterThan(0);
+  expect((r.workersPeakRssMB as number[]).every((x) => x > 1)).toBe(true);
   expect(r.redisCommands === null).toBe(broker !== 'cluster');
   if (broker === 'cluster') expect(r.redisCommandsFromConnect as number).toBeGreaterThan(r.redisCommands as number);
 }
