@@ -14,6 +14,7 @@ import net from 'node:net';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
+import { cpuSeconds } from './fleet-cpu.ts';
 
 export type BrokerKind = 'aedes' | 'mosquitto' | 'cluster';
 
@@ -72,17 +73,6 @@ export function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : 0;
-  } catch {
-    return 0;
-  }
-}
-
-/** CPU seconds (user + system) a process has used so far, or 0 when it is gone (/proc/PID/stat, 100 ticks a second). */
-export function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(((Number(f[11]) + Number(f[12])) / 100).toFixed(2));
   } catch {
     return 0;
   }
@@ -197,6 +187,56 @@ async function startRedis(dir: string, sampler: RssSampler): Promise<{ child: Ch
 /** FLEET_BENCH_BROKER_NODE_ARGS (space-separated): node flags for the `fleet broker` and `fleet serve` processes, e.g. "--cpu-prof --cpu-prof-dir=DIR". */
 export const brokerNodeArgs = (): string[] => process.env.FLEET_BENCH_BROKER_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
 
+/** What a started arrangement offers the benchmark: its processes' CPU, a node's kill, and its stop (with peak memory). */
+function setupControls(
+  kind: BrokerKind,
+  urls: string[],
+  redisUrl: string | undefined,
+  procs: { brokers: ChildProcess[]; server: ChildProcess | undefined; redis: ChildProcess | undefined },
+  sampler: RssSampler,
+): BrokerSetup {
+  const { brokers, server, redis } = procs;
+  const peaks = new Map<ChildProcess, number>();
+  const cpuAtKill = new Map<ChildProcess, number>();
+  const cpu = (): ReturnType<BrokerSetup['cpu']> => ({
+    brokers: brokers.map((b) => cpuAtKill.get(b) ?? cpuSeconds(b.pid!)),
+    server: server ? cpuSeconds(server.pid!) : null,
+    redis: redis ? cpuSeconds(redis.pid!) : null,
+  });
+  return {
+    kind,
+    urls,
+    redisUrl,
+    cpu,
+    async killNode(i) {
+      const b = brokers[i];
+      peaks.set(b, sampler.final(b.pid!));
+      cpuAtKill.set(b, cpuSeconds(b.pid!));
+      b.kill('SIGKILL');
+      await new Promise((r) => (b.exitCode !== null || b.signalCode !== null ? r(null) : b.once('exit', r)));
+    },
+    async stop() {
+      const nodes = brokers.map((b) => peaks.get(b) ?? sampler.final(b.pid!));
+      const used = cpu();
+      const mem: BrokerMemory = {
+        brokerPeakRssMB: Math.max(0, ...nodes),
+        nodesPeakRssMB: nodes,
+        serverPeakRssMB: server ? sampler.final(server.pid!) : null,
+        redisPeakRssMB: redis ? sampler.final(redis.pid!) : null,
+        nodesCpuSeconds: used.brokers,
+        serverCpuSeconds: used.server,
+        redisCpuSeconds: used.redis,
+      };
+      sampler.close();
+      // Update server first, then brokers, then Redis.
+      if (server) await stopChild(server, 5000);
+      await Promise.all(brokers.map((b) => stopChild(b, 5000)));
+      if (redis) await stopChild(redis, 5000);
+      return mem;
+    },
+  };
+}
+
 export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
   await fs.mkdir(o.dir, { recursive: true });
   const sampler = new RssSampler();
@@ -237,43 +277,7 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
       const shared = ['--cluster', redisUrl, '--store', path.join(o.dir, 'shared-store')];
       urls = [await fleetBroker('node-a', shared), await fleetBroker('node-b', shared)];
     }
-    const peaks = new Map<ChildProcess, number>();
-    const cpuAtKill = new Map<ChildProcess, number>();
-    return {
-      kind: o.kind,
-      urls,
-      redisUrl,
-      cpu: () => ({
-        brokers: brokers.map((b) => cpuAtKill.get(b) ?? cpuSeconds(b.pid!)),
-        server: server ? cpuSeconds(server.pid!) : null,
-        redis: redis ? cpuSeconds(redis.pid!) : null,
-      }),
-      async killNode(i) {
-        const b = brokers[i];
-        peaks.set(b, sampler.final(b.pid!));
-        cpuAtKill.set(b, cpuSeconds(b.pid!));
-        b.kill('SIGKILL');
-        await new Promise((r) => (b.exitCode !== null || b.signalCode !== null ? r(null) : b.once('exit', r)));
-      },
-      async stop() {
-        const nodes = brokers.map((b) => peaks.get(b) ?? sampler.final(b.pid!));
-        const mem: BrokerMemory = {
-          brokerPeakRssMB: Math.max(0, ...nodes),
-          nodesPeakRssMB: nodes,
-          serverPeakRssMB: server ? sampler.final(server.pid!) : null,
-          redisPeakRssMB: redis ? sampler.final(redis.pid!) : null,
-          nodesCpuSeconds: brokers.map((b) => cpuAtKill.get(b) ?? cpuSeconds(b.pid!)),
-          serverCpuSeconds: server ? cpuSeconds(server.pid!) : null,
-          redisCpuSeconds: redis ? cpuSeconds(redis.pid!) : null,
-        };
-        sampler.close();
-        // Update server first, then brokers, then Redis.
-        if (server) await stopChild(server, 5000);
-        await Promise.all(brokers.map((b) => stopChild(b, 5000)));
-        if (redis) await stopChild(redis, 5000);
-        return mem;
-      },
-    };
+    return setupControls(o.kind, urls, redisUrl, { brokers, server, redis }, sampler);
   } catch (e) {
     sampler.close();
     await Promise.all(all().map((c) => stopChild(c, 2000)));
@@ -293,4 +297,19 @@ export async function redisNetBytes(url: string): Promise<{ in: number; out: num
   } finally {
     r.disconnect();
   }
+}
+
+type RedisStats = Awaited<ReturnType<typeof redisNetBytes>>;
+/** Redis's counters over the delivery (bytes, commands) and from before the first connect (commands), for a cluster; null otherwise. */
+export function redisFigures(atStart: RedisStats | undefined, before: RedisStats | undefined, after: RedisStats | undefined, deliveredBytes: number) {
+  if (!before || !after) return { redisBytesIn: null, redisBytesOut: null, redisBytesPerPayloadByte: null, redisCommands: null, redisCommandsFromConnect: null };
+  const bytesIn = after.in - before.in;
+  const bytesOut = after.out - before.out;
+  return {
+    redisBytesIn: bytesIn,
+    redisBytesOut: bytesOut,
+    redisBytesPerPayloadByte: Number(((bytesIn + bytesOut) / Math.max(1, deliveredBytes)).toFixed(4)),
+    redisCommands: after.commands - before.commands,
+    redisCommandsFromConnect: atStart ? after.commands - atStart.commands : null,
+  };
 }

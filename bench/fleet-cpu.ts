@@ -116,3 +116,59 @@ export function activityBetween(a: Activity, b: Activity): Activity {
     involuntarySwitches: b.involuntarySwitches - a.involuntarySwitches,
   };
 }
+
+/** The benchmark's CPU ledger for one arrangement: readings at the publish and at the last ack, and over the whole run. */
+export class CpuLedger {
+  private readonly benchAtStart = benchCpuSeconds();
+  private atPublish: { cpu: CpuReading; workers: Activity; machine: ReturnType<typeof readMachine> } | undefined;
+  private delivery: { cpu: CpuSplit; workers: Activity; machine: MachineCpu | null } | undefined;
+
+  constructor(
+    /** The broker side's processes (broker nodes or Mosquitto, `fleet serve`, Redis). */
+    private readonly brokerSide: () => Pick<CpuReading, 'brokers' | 'server' | 'redis'>,
+    /** The device worker processes (read when measured: started after the ledger). */
+    private readonly workers: ReadonlyArray<{ readonly pid?: number }>,
+  ) {}
+
+  private workerPids(): number[] {
+    return this.workers.map((w) => w.pid ?? 0).filter((pid) => pid > 0);
+  }
+
+  reading(): CpuReading {
+    const workers = this.workerPids().reduce((x, pid) => x + cpuSeconds(pid), 0);
+    return { ...this.brokerSide(), workers, bench: benchCpuSeconds() - this.benchAtStart };
+  }
+
+  publishing(): void {
+    this.atPublish = { cpu: this.reading(), workers: activity(this.workerPids()), machine: readMachine() };
+  }
+
+  delivered(): void {
+    const from = this.atPublish!;
+    const cpu = cpuBetween(from.cpu, this.reading());
+    this.delivery = { cpu, workers: activityBetween(from.workers, activity(this.workerPids())), machine: machineBetween(from.machine, readMachine(), cpu) };
+  }
+
+  /** The result's delivery fields (after `delivered`). */
+  deliveryFields(): { workersDeliveryCpuSeconds: number; deliveryCpuSeconds: CpuSplit; machineDeliveryCpuSeconds: MachineCpu | null; workersDeliveryActivity: Activity; cpuBoundSeconds: number } {
+    const d = this.delivery!;
+    return {
+      workersDeliveryCpuSeconds: d.cpu.workers,
+      deliveryCpuSeconds: d.cpu,
+      machineDeliveryCpuSeconds: d.machine,
+      workersDeliveryActivity: d.workers,
+      cpuBoundSeconds: round(d.cpu.total / os.cpus().length),
+    };
+  }
+}
+
+/** CPU seconds (user + system, all threads) a process has used so far, or 0 when it is gone (/proc/PID/stat). */
+export function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return round((Number(f[11]) + Number(f[12])) / USER_HZ);
+  } catch {
+    return 0;
+  }
+}

@@ -36,8 +36,8 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { silentLogger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { readLines, type DeviceEnd } from '../simulations/sim-support.ts';
-import { activity, activityBetween, benchCpuSeconds, cpuBetween, machineBetween, readMachine, type Activity, type CpuReading, type CpuSplit, type MachineCpu } from './fleet-cpu.ts';
-import { cpuSeconds, procStatusKb, findMosquitto, findRedisServer, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
+import { cpuBetween, cpuSeconds, CpuLedger, type Activity, type CpuSplit, type MachineCpu } from './fleet-cpu.ts';
+import { procStatusKb, findMosquitto, findRedisServer, redisFigures, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
 
 const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
 const MODEL = 'bench';
@@ -250,8 +250,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
   if (!o.keep) dirs.add(dir);
   const workers: ChildProcess[] = [];
   let setup: Awaited<ReturnType<typeof startBrokerSetup>> | undefined;
-  const benchAtStart = benchCpuSeconds();
-  const reading = (): CpuReading => ({ ...setup!.cpu(), workers: workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0), bench: benchCpuSeconds() - benchAtStart });
+  const ledger = new CpuLedger(() => setup!.cpu(), workers);
   try {
     const keys = await keygen(path.join(dir, 'keys'));
     const { base, payload, target } = fleetModel(o.size);
@@ -270,29 +269,22 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
 
     const redisUrl = setup.redisUrl;
     const redisBefore = redisUrl ? await redisNetBytes(redisUrl) : undefined;
-    const atPublish = reading();
-    const workersAtPublish = activity(workers.map((c) => c.pid!));
-    const machineAtPublish = readMachine();
+    ledger.publishing();
     const t0 = Date.now();
     const settleKill = killNodeLater(o, setup);
     await publishOnce(o, setup.urls[0], keys, payload);
     const publishSeconds = (Date.now() - t0) / 1000;
     const deadline = t0 + o.timeoutSeconds * 1000;
     while (ends.size < o.devices && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-    const atEnd = reading();
-    const workersActivity = activityBetween(workersAtPublish, activity(workers.map((c) => c.pid!)));
-    const machineAtEnd = readMachine();
-    const deliveryCpu = cpuBetween(atPublish, atEnd);
+    ledger.delivered();
     const list = [...ends.values()];
     const ok = list.filter((e) => e.state === 'ok' && e.running === target);
     const seconds = ((ok.length === o.devices ? Math.max(...ok.map((e) => e.time)) : Date.now()) - t0) / 1000;
     const killedNode = await settleKill();
     const redisAfter = redisUrl ? await redisNetBytes(redisUrl) : undefined;
-    const redisIn = redisBefore && redisAfter ? redisAfter.in - redisBefore.in : null;
-    const redisOut = redisBefore && redisAfter ? redisAfter.out - redisBefore.out : null;
     progress.finish(`${ok.length}/${o.devices} acked in ${seconds.toFixed(2)} s`);
     const workersCpuSeconds = Number(workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0).toFixed(2));
-    const runCpu = cpuBetween(undefined, reading());
+    const runCpu = cpuBetween(undefined, ledger.reading());
     const workersPeakRssMB = workers.map((c) => Number((procStatusKb(c.pid!, 'VmHWM') / 1024).toFixed(1)));
     // Devices first (they leave cleanly), then the broker side, whose peak memory is read before it stops.
     await Promise.all(workers.map((c) => stopChild(c, 10_000).catch(() => undefined)));
@@ -315,19 +307,11 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       workers: workers.length,
       rampSeconds: o.rampSeconds,
       chunkSize: o.chunkSize,
-      redisBytesIn: redisIn,
-      redisBytesOut: redisOut,
-      redisBytesPerPayloadByte: redisIn !== null && redisOut !== null ? Number(((redisIn + redisOut) / Math.max(1, ok.length * payload.byteLength)).toFixed(4)) : null,
+      ...redisFigures(redisAtStart, redisBefore, redisAfter, ok.length * payload.byteLength),
       workersCpuSeconds,
-      workersDeliveryCpuSeconds: deliveryCpu.workers,
-      deliveryCpuSeconds: deliveryCpu,
+      ...ledger.deliveryFields(),
       runCpuSeconds: runCpu,
-      machineDeliveryCpuSeconds: machineBetween(machineAtPublish, machineAtEnd, deliveryCpu),
-      workersDeliveryActivity: workersActivity,
       workersPeakRssMB,
-      redisCommands: redisBefore && redisAfter ? redisAfter.commands - redisBefore.commands : null,
-      redisCommandsFromConnect: redisAtStart && redisAfter ? redisAfter.commands - redisAtStart.commands : null,
-      cpuBoundSeconds: Number((deliveryCpu.total / os.cpus().length).toFixed(2)),
       killedNodeAfterSeconds: killedNode ? o.killNodeAfterSeconds! : null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     };
