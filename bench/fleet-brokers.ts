@@ -14,6 +14,7 @@ import net from 'node:net';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
+import { cpuSeconds } from './fleet-cpu.ts';
 
 export type BrokerKind = 'aedes' | 'mosquitto' | 'cluster';
 
@@ -31,6 +32,8 @@ export interface BrokerSetup {
   urls: string[];
   /** The cluster's Redis. */
   redisUrl?: string;
+  /** CPU seconds each process of the arrangement has used so far (a killed node: up to its kill). */
+  cpu(): { brokers: number[]; server: number | null; redis: number | null };
   /** SIGKILLs broker node `i` (a node dying mid-update). */
   killNode(i: number): Promise<void>;
   /** Ends every process it started (by PID) and reports peak memory. */
@@ -70,17 +73,6 @@ export function procStatusKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   try {
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : 0;
-  } catch {
-    return 0;
-  }
-}
-
-/** CPU seconds (user + system) a process has used so far, or 0 when it is gone (/proc/PID/stat, 100 ticks a second). */
-export function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(((Number(f[11]) + Number(f[12])) / 100).toFixed(2));
   } catch {
     return 0;
   }
@@ -171,7 +163,7 @@ async function startMosquittoBeside(dir: string, sampler: RssSampler): Promise<{
   sampler.watch(mosquitto.pid!);
   const url = `mqtt://127.0.0.1:${port}`;
   try {
-    const server = await startProcess(process.execPath, [FLEET_BIN, 'serve', '--broker', url, '--data-dir', path.join(dir, 'store')], path.join(dir, 'serve.log'), /fleet update server on/);
+    const server = await startProcess(process.execPath, [...brokerNodeArgs(), FLEET_BIN, 'serve', '--broker', url, '--data-dir', path.join(dir, 'store')], path.join(dir, 'serve.log'), /fleet update server on/);
     sampler.watch(server.pid!);
     return { mosquitto, server, url };
   } catch (e) {
@@ -192,6 +184,59 @@ async function startRedis(dir: string, sampler: RssSampler): Promise<{ child: Ch
   return { child, port };
 }
 
+/** FLEET_BENCH_BROKER_NODE_ARGS (space-separated): node flags for the `fleet broker` and `fleet serve` processes, e.g. "--cpu-prof --cpu-prof-dir=DIR". */
+export const brokerNodeArgs = (): string[] => process.env.FLEET_BENCH_BROKER_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+
+/** What a started arrangement offers the benchmark: its processes' CPU, a node's kill, and its stop (with peak memory). */
+function setupControls(
+  kind: BrokerKind,
+  urls: string[],
+  redisUrl: string | undefined,
+  procs: { brokers: ChildProcess[]; server: ChildProcess | undefined; redis: ChildProcess | undefined },
+  sampler: RssSampler,
+): BrokerSetup {
+  const { brokers, server, redis } = procs;
+  const peaks = new Map<ChildProcess, number>();
+  const cpuAtKill = new Map<ChildProcess, number>();
+  const cpu = (): ReturnType<BrokerSetup['cpu']> => ({
+    brokers: brokers.map((b) => cpuAtKill.get(b) ?? cpuSeconds(b.pid!)),
+    server: server ? cpuSeconds(server.pid!) : null,
+    redis: redis ? cpuSeconds(redis.pid!) : null,
+  });
+  return {
+    kind,
+    urls,
+    redisUrl,
+    cpu,
+    async killNode(i) {
+      const b = brokers[i];
+      peaks.set(b, sampler.final(b.pid!));
+      cpuAtKill.set(b, cpuSeconds(b.pid!));
+      b.kill('SIGKILL');
+      await new Promise((r) => (b.exitCode !== null || b.signalCode !== null ? r(null) : b.once('exit', r)));
+    },
+    async stop() {
+      const nodes = brokers.map((b) => peaks.get(b) ?? sampler.final(b.pid!));
+      const used = cpu();
+      const mem: BrokerMemory = {
+        brokerPeakRssMB: Math.max(0, ...nodes),
+        nodesPeakRssMB: nodes,
+        serverPeakRssMB: server ? sampler.final(server.pid!) : null,
+        redisPeakRssMB: redis ? sampler.final(redis.pid!) : null,
+        nodesCpuSeconds: used.brokers,
+        serverCpuSeconds: used.server,
+        redisCpuSeconds: used.redis,
+      };
+      sampler.close();
+      // Update server first, then brokers, then Redis.
+      if (server) await stopChild(server, 5000);
+      await Promise.all(brokers.map((b) => stopChild(b, 5000)));
+      if (redis) await stopChild(redis, 5000);
+      return mem;
+    },
+  };
+}
+
 export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
   await fs.mkdir(o.dir, { recursive: true });
   const sampler = new RssSampler();
@@ -204,7 +249,7 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
     const port = await freePort();
     const child = await startProcess(
       process.execPath,
-      [FLEET_BIN, 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(o.dir, name), ...extra],
+      [...brokerNodeArgs(), FLEET_BIN, 'broker', '--host', '127.0.0.1', '--port', String(port), '--data-dir', path.join(o.dir, name), ...extra],
       path.join(o.dir, `${name}.log`),
       /fleet broker listening/,
     );
@@ -232,38 +277,7 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
       const shared = ['--cluster', redisUrl, '--store', path.join(o.dir, 'shared-store')];
       urls = [await fleetBroker('node-a', shared), await fleetBroker('node-b', shared)];
     }
-    const peaks = new Map<ChildProcess, number>();
-    const cpuAtKill = new Map<ChildProcess, number>();
-    return {
-      kind: o.kind,
-      urls,
-      redisUrl,
-      async killNode(i) {
-        const b = brokers[i];
-        peaks.set(b, sampler.final(b.pid!));
-        cpuAtKill.set(b, cpuSeconds(b.pid!));
-        b.kill('SIGKILL');
-        await new Promise((r) => (b.exitCode !== null || b.signalCode !== null ? r(null) : b.once('exit', r)));
-      },
-      async stop() {
-        const nodes = brokers.map((b) => peaks.get(b) ?? sampler.final(b.pid!));
-        const mem: BrokerMemory = {
-          brokerPeakRssMB: Math.max(0, ...nodes),
-          nodesPeakRssMB: nodes,
-          serverPeakRssMB: server ? sampler.final(server.pid!) : null,
-          redisPeakRssMB: redis ? sampler.final(redis.pid!) : null,
-          nodesCpuSeconds: brokers.map((b) => cpuAtKill.get(b) ?? cpuSeconds(b.pid!)),
-          serverCpuSeconds: server ? cpuSeconds(server.pid!) : null,
-          redisCpuSeconds: redis ? cpuSeconds(redis.pid!) : null,
-        };
-        sampler.close();
-        // Update server first, then brokers, then Redis.
-        if (server) await stopChild(server, 5000);
-        await Promise.all(brokers.map((b) => stopChild(b, 5000)));
-        if (redis) await stopChild(redis, 5000);
-        return mem;
-      },
-    };
+    return setupControls(o.kind, urls, redisUrl, { brokers, server, redis }, sampler);
   } catch (e) {
     sampler.close();
     await Promise.all(all().map((c) => stopChild(c, 2000)));
@@ -273,14 +287,29 @@ export async function startBrokerSetup(o: SetupOptions): Promise<BrokerSetup> {
 
 const IORedis = createRequire(import.meta.url)('ioredis') as new (url: string) => { info(section: string): Promise<string>; disconnect(): void };
 
-/** Bytes Redis has received from and sent to all its clients so far (INFO stats: total_net_input_bytes, total_net_output_bytes). */
-export async function redisNetBytes(url: string): Promise<{ in: number; out: number }> {
+/** Bytes Redis has received from and sent to all its clients so far, and the commands it ran (INFO stats: total_net_input_bytes, total_net_output_bytes, total_commands_processed). */
+export async function redisNetBytes(url: string): Promise<{ in: number; out: number; commands: number }> {
   const r = new IORedis(url);
   try {
     const info = await r.info('stats');
     const field = (name: string): number => Number(new RegExp(`^${name}:(\\d+)`, 'm').exec(info)?.[1] ?? NaN);
-    return { in: field('total_net_input_bytes'), out: field('total_net_output_bytes') };
+    return { in: field('total_net_input_bytes'), out: field('total_net_output_bytes'), commands: field('total_commands_processed') };
   } finally {
     r.disconnect();
   }
+}
+
+type RedisStats = Awaited<ReturnType<typeof redisNetBytes>>;
+/** Redis's counters over the delivery (bytes, commands) and from before the first connect (commands), for a cluster; null otherwise. */
+export function redisFigures(atStart: RedisStats | undefined, before: RedisStats | undefined, after: RedisStats | undefined, deliveredBytes: number) {
+  if (!before || !after) return { redisBytesIn: null, redisBytesOut: null, redisBytesPerPayloadByte: null, redisCommands: null, redisCommandsFromConnect: null };
+  const bytesIn = after.in - before.in;
+  const bytesOut = after.out - before.out;
+  return {
+    redisBytesIn: bytesIn,
+    redisBytesOut: bytesOut,
+    redisBytesPerPayloadByte: Number(((bytesIn + bytesOut) / Math.max(1, deliveredBytes)).toFixed(4)),
+    redisCommands: after.commands - before.commands,
+    redisCommandsFromConnect: atStart ? after.commands - atStart.commands : null,
+  };
 }

@@ -16,7 +16,10 @@
  * same fleet and update, and adds time ratios. For a cluster it also reads
  * Redis's own byte counters (INFO stats) before the publish and after the last
  * ack: the bytes through Redis per payload byte delivered. Ends with one JSON line.
- * FLEET_BENCH_WORKER_NODE_ARGS (space-separated) adds node flags to the worker
+ * Every process's CPU (broker side, Redis, workers, this one) is read at the
+ * publish and at the last ack, with the machine's busy time (bench/fleet-cpu.ts).
+ * FLEET_BENCH_WORKER_NODE_ARGS and FLEET_BENCH_BROKER_NODE_ARGS (space-separated)
+ * add node flags to the worker processes and to the `fleet broker` / `fleet serve`
  * processes, e.g. "--cpu-prof --cpu-prof-dir=DIR" (NODE_OPTIONS refuses --cpu-prof).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -33,7 +36,8 @@ import { MqttTransport } from '../transport/mqtt.ts';
 import { silentLogger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
 import { readLines, type DeviceEnd } from '../simulations/sim-support.ts';
-import { cpuSeconds, findMosquitto, findRedisServer, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
+import { cpuBetween, cpuSeconds, CpuLedger, type Activity, type CpuSplit, type MachineCpu } from './fleet-cpu.ts';
+import { procStatusKb, findMosquitto, findRedisServer, redisFigures, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
 
 const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
 const MODEL = 'bench';
@@ -96,6 +100,21 @@ export interface FleetBenchResult {
   nodesCpuSeconds: number[];
   serverCpuSeconds: number | null;
   redisCpuSeconds: number | null;
+  /** Every process's CPU seconds from the publish to the last ack (bench/fleet-cpu.ts). */
+  deliveryCpuSeconds: CpuSplit;
+  /** The same over the whole run (broker side from its start, workers from theirs, this process from the run's start). */
+  runCpuSeconds: CpuSplit;
+  /** The whole machine from the publish to the last ack: busy vCPU seconds, steal, and what others used. */
+  machineDeliveryCpuSeconds: MachineCpu | null;
+  /** Each device worker process's peak resident memory (VmHWM), MiB. */
+  workersPeakRssMB: number[];
+  /** The device workers' read and write calls and context switches from the publish to the last ack. */
+  workersDeliveryActivity: Activity;
+  /** Cluster: commands Redis ran from the publish to the last ack, and from before the first device connected to the last ack. */
+  redisCommands: number | null;
+  redisCommandsFromConnect: number | null;
+  /** deliveryCpuSeconds.total / vCPUs: the least the delivery could take on this machine with nothing else running. */
+  cpuBoundSeconds: number;
   /** os.loadavg() when the run ended (the machine is shared). */
   loadAverage: number[];
 }
@@ -231,6 +250,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
   if (!o.keep) dirs.add(dir);
   const workers: ChildProcess[] = [];
   let setup: Awaited<ReturnType<typeof startBrokerSetup>> | undefined;
+  const ledger = new CpuLedger(() => setup!.cpu(), workers);
   try {
     const keys = await keygen(path.join(dir, 'keys'));
     const { base, payload, target } = fleetModel(o.size);
@@ -239,6 +259,7 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
     setup = await startBrokerSetup({ kind: o.broker, dir: path.join(dir, 'broker'), redisUrl: o.redisUrl });
     o.log(`bench:fleet ${o.broker}: ${setup.urls.length} node(s), ${o.devices} devices in ${o.workers} processes, payload ${payload.byteLength} bytes`);
 
+    const redisAtStart = setup.redisUrl ? await redisNetBytes(setup.redisUrl) : undefined;
     const progress = createProgress(`bench:fleet ${o.broker}`, process.stderr, o.quiet === true, 1000);
     const fleet = startWorkers(o, { dir, urls: setup.urls, trustFile: keys.trustFile, baseFile }, workers, (n) => progress.update(n, o.devices));
     await waitOnline(o, fleet, workers);
@@ -248,22 +269,23 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
 
     const redisUrl = setup.redisUrl;
     const redisBefore = redisUrl ? await redisNetBytes(redisUrl) : undefined;
-    const workersCpuAtPublish = workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0);
+    ledger.publishing();
     const t0 = Date.now();
     const settleKill = killNodeLater(o, setup);
     await publishOnce(o, setup.urls[0], keys, payload);
     const publishSeconds = (Date.now() - t0) / 1000;
     const deadline = t0 + o.timeoutSeconds * 1000;
     while (ends.size < o.devices && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    ledger.delivered();
     const list = [...ends.values()];
     const ok = list.filter((e) => e.state === 'ok' && e.running === target);
     const seconds = ((ok.length === o.devices ? Math.max(...ok.map((e) => e.time)) : Date.now()) - t0) / 1000;
     const killedNode = await settleKill();
     const redisAfter = redisUrl ? await redisNetBytes(redisUrl) : undefined;
-    const redisIn = redisBefore && redisAfter ? redisAfter.in - redisBefore.in : null;
-    const redisOut = redisBefore && redisAfter ? redisAfter.out - redisBefore.out : null;
     progress.finish(`${ok.length}/${o.devices} acked in ${seconds.toFixed(2)} s`);
     const workersCpuSeconds = Number(workers.reduce((x, c) => x + cpuSeconds(c.pid!), 0).toFixed(2));
+    const runCpu = cpuBetween(undefined, ledger.reading());
+    const workersPeakRssMB = workers.map((c) => Number((procStatusKb(c.pid!, 'VmHWM') / 1024).toFixed(1)));
     // Devices first (they leave cleanly), then the broker side, whose peak memory is read before it stops.
     await Promise.all(workers.map((c) => stopChild(c, 10_000).catch(() => undefined)));
     const mem = await setup.stop();
@@ -285,11 +307,11 @@ export async function runFleetBench(o: FleetBenchOptions): Promise<FleetBenchRes
       workers: workers.length,
       rampSeconds: o.rampSeconds,
       chunkSize: o.chunkSize,
-      redisBytesIn: redisIn,
-      redisBytesOut: redisOut,
-      redisBytesPerPayloadByte: redisIn !== null && redisOut !== null ? Number(((redisIn + redisOut) / Math.max(1, ok.length * payload.byteLength)).toFixed(4)) : null,
+      ...redisFigures(redisAtStart, redisBefore, redisAfter, ok.length * payload.byteLength),
       workersCpuSeconds,
-      workersDeliveryCpuSeconds: Number((workersCpuSeconds - workersCpuAtPublish).toFixed(2)),
+      ...ledger.deliveryFields(),
+      runCpuSeconds: runCpu,
+      workersPeakRssMB,
       killedNodeAfterSeconds: killedNode ? o.killNodeAfterSeconds! : null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     };
@@ -368,6 +390,8 @@ async function main(): Promise<void> {
       cluster,
       aedesOverMosquittoSeconds: mosquitto ? ratio(aedes.seconds, mosquitto.seconds) : null,
       clusterOverSingleSeconds: cluster ? ratio(cluster.seconds, aedes.seconds) : null,
+      // The same ratio of the CPU bounds (every process's delivery CPU / vCPUs): what the ratio can be at best on this machine.
+      clusterOverSingleCpuBound: cluster ? ratio(cluster.cpuBoundSeconds, aedes.cpuBoundSeconds) : null,
       clusterRedisBytesPerPayloadByte: cluster?.redisBytesPerPayloadByte ?? null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
       allCompleted: [aedes, mosquitto, cluster].every((r) => r === null || r.completed === r.devices),

@@ -16,6 +16,7 @@ import type { Logger } from '../util/log.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { ClusterEmitter, type ChunkRouting, type EmitterCounters, type Mq } from './cluster-emitter.ts';
 import { RetainedOnce, skipFrameLookups, type ScriptConn } from './cluster-retained.ts';
+import { scriptWills, type WillConn, type WillCounters } from './cluster-wills.ts';
 import type { Topics } from '../protocol/topics.ts';
 
 const require = createRequire(import.meta.url);
@@ -62,6 +63,8 @@ export interface ClusterParts {
   mq: Mq;
   /** What this node's emitter sent locally and through Redis. */
   counters: EmitterCounters;
+  /** Will round trips answered without Redis or sent as one script (broker/cluster-wills.ts). */
+  wills: WillCounters;
   /** A broker id unique in the cluster (Aedes tells nodes apart by it; wills of dead nodes are published by the living). */
   brokerId: string;
   /** Closes what Aedes does not: the persistence's connections and the lease client. Call after `aedes.close()`. */
@@ -97,12 +100,16 @@ export async function openCluster(url: string, log: Logger, topics: Topics, rout
   const mq = new ClusterEmitter(redisMq, topics, routing, emitterOpts, { once, conn: redisMq.pubConn });
   once.wrap((p) => mq.throughRedis(p));
   skipFrameLookups(persistence, (f) => mq.isFramesFilter(f));
+  const brokerId = `fleet-broker-${os.hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+  // A device's will: one script when stored, one when removed, none for the CONNECT-time removal that cannot find one.
+  const wills = scriptWills(persistence, conn as unknown as WillConn, brokerId);
   let closed = false;
   return {
     persistence,
     mq,
     counters: mq.counters,
-    brokerId: `fleet-broker-${os.hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`,
+    wills,
+    brokerId,
     async close() {
       if (closed) return;
       closed = true;

@@ -136,7 +136,12 @@ export class DeviceAgent {
     this.running = pointer.digest;
     await this.trust.load();
     t.onMessage((topic, payload) => this.onMessage(topic, payload));
-    t.onConnect(() => this.onConnected());
+    // A connection that opens while the agent starts is looked at once, by the start-up's own look
+    // below (the handler ran for it too: `online`, the status guard and a status were sent twice).
+    let starting = true;
+    t.onConnect(() => {
+      if (!starting) this.onConnected();
+    });
     // The group's retained release comes while we still subscribe: it waits until the frames
     // subscription is in place, so its fetch asks on a connection that will get the answers, and
     // the first look at the connection below finds no fetch to ask again for (it asked again, and a
@@ -172,6 +177,7 @@ export class DeviceAgent {
       const note = recovered?.action === 'discarded-staging' ? `recovered: an interrupted build of ${recovered.journal.target.slice(0, 16)}… was discarded; building it again` : null;
       this.enqueue(() => this.resumeActive(note));
     }
+    starting = false;
     if (t.connected) this.onConnected();
   }
 

@@ -37,6 +37,21 @@ function checkRun(r: Record<string, unknown>, broker: string): void {
   expect(r.brokerPeakRssMB as number).toBeGreaterThan(1);
   // Every device fetched at least the whole payload over its own connection.
   expect(r.wireOverhead as number).toBeGreaterThanOrEqual(1);
+  // Every process's CPU over the delivery: the parts add up to the total, the devices did work, and the bound is total / vCPUs.
+  const cpu = r.deliveryCpuSeconds as { brokers: number[]; server: number | null; redis: number | null; workers: number; bench: number; total: number };
+  expect(cpu.brokers.length).toBe(broker === 'cluster' ? 2 : 1);
+  expect(cpu.server === null).toBe(broker !== 'mosquitto');
+  expect(cpu.redis === null).toBe(broker !== 'cluster');
+  expect(cpu.workers).toBeGreaterThan(0);
+  const sum = cpu.brokers.reduce((x, y) => x + y, 0) + (cpu.server ?? 0) + (cpu.redis ?? 0) + cpu.workers + cpu.bench;
+  expect(cpu.total).toBeCloseTo(sum, 1);
+  expect((r.runCpuSeconds as { total: number }).total).toBeGreaterThanOrEqual(cpu.total);
+  const machine = r.machineDeliveryCpuSeconds as { cpus: number; busy: number } | null;
+  if (machine) expect(r.cpuBoundSeconds as number).toBeCloseTo(cpu.total / machine.cpus, 1);
+  expect((r.workersDeliveryActivity as { readCalls: number }).readCalls).toBeGreaterThan(0);
+  expect((r.workersPeakRssMB as number[]).every((x) => x > 1)).toBe(true);
+  expect(r.redisCommands === null).toBe(broker !== 'cluster');
+  if (broker === 'cluster') expect(r.redisCommandsFromConnect as number).toBeGreaterThan(r.redisCommands as number);
 }
 
 describe('npm run bench:fleet (20 devices)', () => {

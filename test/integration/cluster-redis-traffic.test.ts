@@ -6,15 +6,12 @@
  * the ones Aedes needs across nodes (`…/new/clients`: a client id that
  * reconnects on another node closes its old session there) still cross.
  */
-import path from 'node:path';
 import mqtt from 'mqtt';
 import { describe, expect, it } from 'vitest';
-import type { BrokerOptions, RunningBroker } from '../../nodes/broker-node.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { useBrokerEnv } from '../support/broker-env.ts';
 import { MODEL, topics } from '../support/harness.ts';
-import { createRequire } from 'node:module';
-import { findRedis, RedisSpy, startRedis } from '../support/redis.ts';
+import { findRedis, monitorRedis, RedisSpy, twoClusterNodes } from '../support/redis.ts';
 import { expectNoEventWithin, until } from '../support/wait.ts';
 
 const redisBin = findRedis();
@@ -22,33 +19,7 @@ if (!redisBin) console.warn('skipping the cluster Redis-traffic suite: redis-ser
 
 const env = useBrokerEnv('cluster-redis-traffic');
 
-async function twoNodes(): Promise<{ a: RunningBroker; b: RunningBroker; url: string }> {
-  const redis = await startRedis(redisBin!);
-  env.track({ close: () => redis.stop() });
-  const dir = await env.dir();
-  const node = (name: string, o: Partial<BrokerOptions> = {}): Promise<RunningBroker> => env.broker({ cluster: redis.url, store: path.join(dir, 'shared-store'), ...o }, name);
-  return { a: await node('node-a'), b: await node('node-b'), url: redis.url };
-}
-
-/** A MONITOR connection: every command a client sent to Redis (not those a script ran inside Redis), as its arguments. */
-interface MonitorConn {
-  monitor(): Promise<{ on(e: 'monitor', fn: (time: string, args: string[], source: string) => void): void; disconnect(): void }>;
-  disconnect(): void;
-}
-const IORedis = createRequire(import.meta.url)('ioredis') as new (url: string) => MonitorConn;
-async function monitorRedis(url: string): Promise<{ commands: string[][]; close(): void }> {
-  const conn = new IORedis(url);
-  const m = await conn.monitor();
-  const commands: string[][] = [];
-  m.on('monitor', (_t, args, source) => source !== 'lua' && commands.push(args));
-  return {
-    commands,
-    close: () => {
-      m.disconnect();
-      conn.disconnect();
-    },
-  };
-}
+const twoNodes = (): ReturnType<typeof twoClusterNodes> => twoClusterNodes(env, redisBin!);
 
 const sysNotice = (channel: string): string | undefined => /^\$SYS\/[^/]+\/(.+)$/.exec(channel)?.[1];
 

@@ -5,6 +5,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { stopChild } from '../../platform/child-process.ts';
 import { freePort, waitForPort } from './harness.ts';
+import type { BrokerEnv } from './broker-env.ts';
+import type { RunningBroker } from '../../nodes/broker-node.ts';
 
 /** Path of redis-server, or undefined when it is not installed. */
 export function findRedis(): string | undefined {
@@ -74,4 +76,32 @@ export class RedisSpy {
   close(): void {
     this.conn.disconnect();
   }
+}
+
+/** A MONITOR connection: every command a client sent to Redis (not those a script ran inside Redis), as its arguments. */
+interface MonitorConn {
+  monitor(): Promise<{ on(e: 'monitor', fn: (time: string, args: string[], source: string) => void): void; disconnect(): void }>;
+  disconnect(): void;
+}
+export async function monitorRedis(url: string): Promise<{ commands: string[][]; close(): void }> {
+  const conn = new (IORedis as unknown as new (url: string) => MonitorConn)(url);
+  const m = await conn.monitor();
+  const commands: string[][] = [];
+  m.on('monitor', (_t, args, source) => source !== 'lua' && commands.push(args));
+  return {
+    commands,
+    close: () => {
+      m.disconnect();
+      conn.disconnect();
+    },
+  };
+}
+
+/** Two in-process cluster nodes (A first: it takes the lease) on a private redis-server, one shared store; all closed after the test. */
+export async function twoClusterNodes(env: BrokerEnv, bin: string): Promise<{ a: RunningBroker; b: RunningBroker; url: string }> {
+  const redis = await startRedis(bin);
+  env.track({ close: () => redis.stop() });
+  const dir = await env.dir();
+  const node = (name: string): Promise<RunningBroker> => env.broker({ cluster: redis.url, store: path.join(dir, 'shared-store') }, name);
+  return { a: await node('node-a'), b: await node('node-b'), url: redis.url };
 }
