@@ -4,15 +4,15 @@ import { decodeFrame } from '../protocol/frames.ts';
 import type { ReleaseBody } from '../protocol/release.ts';
 import { encodePresence, encodeStatus, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
 import { capsOf, type AgentConfig, type AgentPorts } from './agent-config.ts';
-import { DEVICE_DEFAULTS, resolveAgentConfig, type ResolvedAgentConfig } from './defaults.ts';
+import { resolveAgentConfig, type ResolvedAgentConfig } from './defaults.ts';
 import { checkSpace, fetcherFor, type Fetcher } from './fetcher.ts';
-import { Installer } from './installer.ts';
+import { InstallFlow } from './install-flow.ts';
 import { nextState, type DeviceEvent } from './machine.ts';
 import { decideRelease } from './release-decision.ts';
 import { DEVICE_REASONS, toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
 import type { FsPort } from '../platform/fs-port.ts';
-import { attemptOf, type Journal } from './journal.ts';
+import { attemptOf } from './journal.ts';
 import { TrustKeeper } from './trust-keeper.ts';
 import { composeStatus, type StatusFields } from './status-report.ts';
 import { AgentTimers } from './agent-timers.ts';
@@ -35,7 +35,7 @@ export class DeviceAgent {
   private fetcher: Fetcher | undefined;
   /** The fetch the status reports on (kept after it ends, so the ack shows what was received). */
   private shown: Fetcher | undefined;
-  private readonly installer: Installer;
+  private readonly flow: InstallFlow;
   private readonly trust: TrustKeeper;
   private work: Promise<void> = Promise.resolve();
   private lastStatusAt = 0;
@@ -79,24 +79,16 @@ export class DeviceAgent {
         void this.stop().then(() => io.onFatal?.(message));
       },
     });
-    this.installer = new Installer(
-      io.storage,
-      {
-        deviceId: cfg.deviceId,
-        validateCmd: cfg.validateCmd,
-        validateTimeoutMs: cfg.validateTimeoutMs,
-        healthCmd: cfg.healthCmd,
-        healthTimeoutMs: cfg.healthTimeoutMs,
-        healthWindowMs: cfg.healthWindowMs,
-        maxAttempts: cfg.maxAttempts,
-        onSwitchCmd: cfg.onSwitchCmd,
-        onSwitchTimeoutMs: DEVICE_DEFAULTS.onSwitchTimeoutMs,
-        groupKey: cfg.groupKey,
-        validator: cfg.validator,
-      },
-      io.health,
-      io.log,
-    );
+    this.flow = new InstallFlow(cfg, io, {
+      verifying: () => this.state === 'verifying',
+      running: () => this.running,
+      setRunning: (digest) => (this.running = digest),
+      memory: () => this.memory,
+      lastSeq: () => this.fields.seq,
+      transition: (event, fields) => this.transition(event, fields),
+      reasonOf: (e) => this.reasonOf(e),
+      succeeded: () => this.timers.succeeded(),
+    });
   }
 
   /** Provision an empty directory with its first model (copied and digested from disk, never whole in memory). */
@@ -130,7 +122,7 @@ export class DeviceAgent {
         validation: last.validation ?? null,
       };
     }
-    const recovered = await this.installer.recover();
+    const recovered = await this.flow.recover();
     const pointer = await storage.pointer();
     if (!pointer) throw new UsageError('no-model', `${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);
     this.running = pointer.digest;
@@ -167,12 +159,12 @@ export class DeviceAgent {
           target: j.target,
           reason: 'crashed-while-testing',
           attempt: attemptOf(j),
-          maxAttempts: this.installer.maxAttempts,
+          maxAttempts: this.flow.maxAttempts,
           message: `${DEVICE_REASONS['crashed-while-testing']} (${recovered.message}: was testing ${j.target.slice(0, 16)}…, back on ${j.previous.slice(0, 16)}…)`,
         }),
       );
     } else if (recovered?.action === 'resume-trial') {
-      this.enqueue(() => this.resumeTrial(recovered.journal));
+      this.enqueue(() => this.flow.resumeTrial(recovered.journal));
     } else {
       const note = recovered?.action === 'discarded-staging' ? `recovered: an interrupted build of ${recovered.journal.target.slice(0, 16)}… was discarded; building it again` : null;
       this.enqueue(() => this.resumeActive(note));
@@ -370,7 +362,7 @@ export class DeviceAgent {
       // A version this device still holds (an operator rollback): switch back, no arithmetic.
       this.shown = undefined;
       await this.transition('switch-back', fields);
-      await this.install(d.active);
+      await this.flow.install(d.active);
     } else {
       await this.beginFetch(d.active, 'release-accepted');
     }
@@ -419,7 +411,7 @@ export class DeviceAgent {
       if (a.steps.length === 0 && (await this.io.storage.hasVersion(a.target))) {
         await this.transition('resume', { message: note });
         await this.transition('download-complete');
-        return this.install(a);
+        return this.flow.install(a);
       }
       this.memory.active = null;
       await this.io.storage.saveMemory(this.memory);
@@ -508,77 +500,6 @@ export class DeviceAgent {
     if (this.fetcher !== f) return;
     await this.endFetch();
     await this.transition('download-complete');
-    await this.install(a);
-  }
-
-  // --- verify, build, validate, switch, health -------------------------------
-
-  private async install(a: ActiveRelease): Promise<void> {
-    const previous = this.running;
-    let verified;
-    try {
-      verified = await this.installer.verify(a.steps);
-    } catch (e) {
-      return this.endInstall('verify-failed', e, a);
-    }
-    if (this.state === 'verifying') await this.transition('verify-passed');
-    try {
-      await this.installer.stage(previous, verified, a.target, a.rollback);
-    } catch (e) {
-      await this.io.storage.removeStaging().catch(ignoreBecause('the staged build is discarded on the next start (installer.recover)', this.io.log));
-      await this.io.storage.clearJournal().catch(ignoreBecause('a journal left behind is recovered on the next start', this.io.log));
-      return this.endInstall(toReason(e).code === 'storage-error' ? 'storage-failed' : 'apply-failed', e, a, { validation: this.installer.lastValidation });
-    }
-    await this.installer.switchTo(a.target, previous, a.rollback, 1);
-    this.running = a.target;
-    await this.transition('apply-done', { ...this.attemptFields(1), validation: this.installer.lastValidation });
-    await this.finishTrial(a, previous, 1);
-  }
-
-  /** The status fields of attempt k of the trial (none when the switch is the commit). */
-  private attemptFields(attempt: number): Partial<StatusFields> {
-    return this.installer.switchIsCommit ? {} : { attempt, maxAttempts: this.installer.maxAttempts };
-  }
-
-  /**
-   * Started after a stop during a trial: the installer has switched to the
-   * target again and journaled the attempt; run it as if it had never stopped.
-   */
-  private async resumeTrial(j: Journal): Promise<void> {
-    const a = this.memory.active?.target === j.target ? this.memory.active : null;
-    const attempt = attemptOf(j);
-    const message = this.installer.switchIsCommit
-      ? `the switch to ${j.target.slice(0, 16)}… was interrupted; finished after a restart`
-      : `attempt ${attempt} of ${this.installer.maxAttempts}: the agent stopped during attempt ${attempt - 1}`;
-    await this.transition('trial-resumed', { target: j.target, seq: a?.seq ?? this.fields.seq, rollback: j.rollback, reason: null, message, ...this.attemptFields(attempt) });
-    await this.finishTrial(a ?? { releaseHash: '', seq: this.fields.seq ?? 0, target: j.target, steps: [], rollback: j.rollback }, j.previous, attempt);
-  }
-
-  /** The trial from attempt `first`, then the ack or the switch back. */
-  private async finishTrial(a: ActiveRelease, previous: string, first: number): Promise<void> {
-    const r = await this.installer.trial(a.target, previous, a.rollback, first, (k, why) =>
-      this.transition('trial-retry', { message: `attempt ${k} of ${this.installer.maxAttempts}: attempt ${k - 1} failed (${why})`, ...this.attemptFields(k) }),
-    );
-    this.memory.active = null;
-    if (r.healthy) {
-      await this.cleanDownloads(a);
-      this.timers.succeeded();
-      const note = a.rollback ? 'rolled back by the operator' : r.attempt > 1 && !this.installer.switchIsCommit ? `healthy on attempt ${r.attempt} of ${this.installer.maxAttempts}` : null;
-      await this.transition('health-passed', { reason: null, message: note, ...this.attemptFields(r.attempt) });
-      return;
-    }
-    this.running = previous;
-    await this.transition('health-failed', { reason: r.reason, message: r.message, ...this.attemptFields(r.attempt) });
-  }
-
-  private async cleanDownloads(a: ActiveRelease): Promise<void> {
-    for (const s of a.steps) await this.io.storage.removeDownload(s.updateId);
-  }
-
-  private async endInstall(event: DeviceEvent, e: unknown, a: ActiveRelease, more: Partial<StatusFields> = {}): Promise<void> {
-    const { code, message } = this.reasonOf(e);
-    this.memory.active = null;
-    await this.cleanDownloads(a);
-    await this.transition(event, { reason: code, message, ...more });
+    await this.flow.install(a);
   }
 }
