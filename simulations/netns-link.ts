@@ -393,6 +393,17 @@ export class NetnsLink {
     return { rxBytes: s.rx.bytes, rxPackets: s.rx.packets, txBytes: s.tx.bytes, txPackets: s.tx.packets };
   }
 
+  /**
+   * What the server side sent down and what its rate cap dropped: the srv end's tbf drops (the queue
+   * overflowing, not the loss rule) and the srv namespace's retransmitted TCP segments.
+   */
+  async downQueue(): Promise<{ tbfDrops: number; retransSegs: number }> {
+    const out = await run('tc', ['-n', this.srvNs, '-s', '-j', 'qdisc', 'show', 'dev', this.srvIf]);
+    const qdiscs = JSON.parse(out) as Array<{ kind?: string; drops?: number }>;
+    const tbfDrops = qdiscs.filter((q) => q.kind === 'tbf').reduce((n, q) => n + Number(q.drops ?? 0), 0);
+    return { tbfDrops, retransSegs: (await this.tcpStats('srv')).retransSegs };
+  }
+
   /** TCP MIB counters (/proc/net/snmp is per network namespace). */
   async tcpStats(side: Side): Promise<TcpStats> {
     const out = await run('ip', ['netns', 'exec', this.ns(side), 'cat', '/proc/net/snmp']);
@@ -442,4 +453,9 @@ export class NetnsLink {
     }
     live.delete(this);
   }
+}
+
+/** What `NetnsLink.downQueue` counted between two readings. */
+export function queueDelta(a: { tbfDrops: number; retransSegs: number }, b: { tbfDrops: number; retransSegs: number }): { tbfDrops: number; retransSegs: number } {
+  return { tbfDrops: b.tbfDrops - a.tbfDrops, retransSegs: b.retransSegs - a.retransSegs };
 }
