@@ -90,8 +90,6 @@ const PROGRESS_BYTES = 2048;
  */
 const UNMEASURED_FACTOR = 4;
 const MAX_STRIKES = 3;
-/** The first nudge waits a chunk's time, but never more than this many times `nudgeMs`. */
-const NUDGE_CHUNK_CAP = 4;
 const PAID_BACK = 8;
 
 export class SilenceWatch {
@@ -129,27 +127,14 @@ export class SilenceWatch {
     this.schedule();
   }
 
-  /**
-   * Twice the round trip, and at least a chunk's time at the measured rate: ten devices sharing a
-   * slow lossy link each get a chunk every few seconds, and a silence shorter than that is the share,
-   * not a lost ACK (nudges at 1 s were 150-230 a run there, ~70-140 B up each with their ACK). The
-   * chunk's time counts up to NUDGE_CHUNK_CAP × `nudgeMs`: a rate fallen to a trickle still nudges.
-   */
   private firstNudgeMs(): number {
-    const nudgeMs = this.o.nudgeMs ?? 0;
-    return Math.max(nudgeMs, 2 * this.o.rttMs(), Math.min(this.chunkTimeMs(), NUDGE_CHUNK_CAP * nudgeMs));
-  }
-
-  /** A chunk's time at the measured rate (the last known, while the rate has fallen to nothing). */
-  private chunkTimeMs(): number {
-    const chunkMs = this.o.chunkMs();
-    if (chunkMs > 0) this.chunkMsSeen = chunkMs;
-    return this.chunkMsSeen;
+    return Math.max(this.o.nudgeMs ?? 0, 2 * this.o.rttMs());
   }
 
   /** How long the socket must be silent before a probe, ms. */
   get silenceNeededMs(): number {
-    this.chunkTimeMs();
+    const chunkMs = this.o.chunkMs();
+    if (chunkMs > 0) this.chunkMsSeen = chunkMs;
     const least = this.measured ? this.o.minSilenceMs : UNMEASURED_FACTOR * this.o.minSilenceMs;
     return Math.max(least, 4 * this.o.rttMs(), 2 * this.chunkMsSeen) * 2 ** this.strikes;
   }
