@@ -9,7 +9,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { LinkSpec } from './link-profiles.ts';
 import { fetchWithResume } from './http-range.ts';
-import type { NetnsLink } from './netns-link.ts';
+import { counterDelta, type NetnsLink, type UpTcp } from './netns-link.ts';
 import { runFaults, type Fault } from './faults.ts';
 
 const HTTP_SCRIPT = new URL('./http-range.ts', import.meta.url).pathname;
@@ -23,6 +23,10 @@ export interface HttpRunResult {
   wireUp: number;
   /** Packets the site sent (the requests and TCP's ACKs). */
   wireUpPackets: number;
+  /** The downlink's tbf drops and the server side's TCP retransmissions during the fetch. */
+  downQueue: { tbfDrops: number; retransSegs: number };
+  /** The site's TCP segments sent during the fetch, and of them sent again. */
+  upTcp: UpTcp;
 }
 
 export interface HttpRunOptions {
@@ -62,6 +66,8 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
       .update(await fs.readFile(o.payloadFile))
       .digest('hex');
     const before = await o.link.counters();
+    const queueBefore = await o.link.downQueue();
+    const upBefore = await o.link.upTcp();
     const t0 = Date.now();
     let done = 0;
     const fetches = Array.from({ length: o.devices }, async (_, i) => {
@@ -88,6 +94,8 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
     const seconds = (Date.now() - t0) / 1000;
     await faultsDone;
     const after = await o.link.counters();
+    const queueAfter = await o.link.downQueue();
+    const upAfter = await o.link.upTcp();
     return {
       completed: results.filter((r) => r.ok).length,
       seconds: Number(seconds.toFixed(2)),
@@ -95,6 +103,8 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
       wireDown: after.rxBytes - before.rxBytes,
       wireUp: after.txBytes - before.txBytes,
       wireUpPackets: after.txPackets - before.txPackets,
+      downQueue: counterDelta(queueBefore, queueAfter),
+      upTcp: counterDelta(upBefore, upAfter),
     };
   } finally {
     if (server.pid !== undefined && server.exitCode === null) process.kill(server.pid, 'SIGTERM');

@@ -27,7 +27,7 @@ import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-
 import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
-import { NetnsLink, type LinkCounters } from './netns-link.ts';
+import { NetnsLink, counterDelta, type LinkCounters, type UpTcp } from './netns-link.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
 import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
@@ -102,6 +102,10 @@ export interface FleetSimResult {
   /** The devices' MQTT packets by type (`publish <topic kind>`): to their acks, and to their payload on disk. */
   upSent: SentByType;
   upSentToDownloaded: SentByType;
+  /** Kernel link, release to the last device's end: the downlink's tbf drops (queue overflow) and the server side's TCP retransmissions. */
+  downQueue?: { tbfDrops: number; retransSegs: number };
+  /** Kernel link, the same span: the site's TCP segments sent, and of them sent again (link-netns `upTcp`). */
+  upTcp?: UpTcp;
   compareHttp?: HttpComparison;
 }
 
@@ -304,6 +308,8 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     await hostReady(host);
     await new Promise((r) => setTimeout(r, 500));
     const before = link ? await link.counters() : undefined;
+    const queueBefore = link ? await link.downQueue() : undefined;
+    const upBefore = link ? await link.upTcp() : undefined;
     const sampler = link ? new CounterSampler(() => link.counters()) : undefined;
     sampler?.start();
     await publishSim(held, srvExec, keys, updateFile, brokerUrl);
@@ -333,9 +339,13 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const tStart = Math.min(t0, ...list.map((e) => e.started ?? t0));
     const seconds = (Date.now() - tStart) / 1000;
     const after = link ? await link.counters() : undefined;
+    const queueAfter = link ? await link.downQueue() : undefined;
+    const upAfter = link ? await link.upTcp() : undefined;
     sampler?.stop();
     const atDownloaded = readingAtDownloaded(list, sampler, after);
     const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before, after, atDownloaded);
+    if (queueBefore && queueAfter) result.downQueue = counterDelta(queueBefore, queueAfter);
+    if (upBefore && upAfter) result.upTcp = counterDelta(upBefore, upAfter);
     if (o.compareHttp && link) {
       await Promise.all(held.children.splice(held.children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));
       o.log(`fleet: ${JSON.stringify(result)}`);

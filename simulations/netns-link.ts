@@ -75,6 +75,27 @@ export interface LinkCounters {
   txPackets: number;
 }
 
+/** The site's sending TCP over a transfer (`NetnsLink.upTcp`). */
+export interface UpTcp {
+  outSegs: number;
+  retransSegs: number;
+  timeouts: number;
+  lossProbes: number;
+}
+
+/** A counter of one `/proc/net/snmp` or `netstat` section (a header row of names, then a row of values). */
+function mibRows(text: string, prefix: string): (name: string) => number {
+  const rows = text.split('\n').filter((l) => l.startsWith(prefix));
+  if (rows.length < 2) throw new Error(`no ${prefix} rows in the MIB counters`);
+  const keys = rows[0].split(/\s+/);
+  const vals = rows[1].split(/\s+/);
+  return (k) => {
+    const i = keys.indexOf(k);
+    if (i < 0) throw new Error(`no ${prefix} ${k} in the MIB counters`);
+    return Number(vals[i]);
+  };
+}
+
 export interface TcpStats {
   outSegs: number;
   inSegs: number;
@@ -393,14 +414,31 @@ export class NetnsLink {
     return { rxBytes: s.rx.bytes, rxPackets: s.rx.packets, txBytes: s.tx.bytes, txPackets: s.tx.packets };
   }
 
+  /**
+   * What the server side sent down and what its rate cap dropped: the srv end's tbf drops (the queue
+   * overflowing, not the loss rule) and the srv namespace's retransmitted TCP segments.
+   */
+  async downQueue(): Promise<{ tbfDrops: number; retransSegs: number }> {
+    const out = await run('tc', ['-n', this.srvNs, '-s', '-j', 'qdisc', 'show', 'dev', this.srvIf]);
+    const qdiscs = JSON.parse(out) as Array<{ kind?: string; drops?: number }>;
+    const tbfDrops = qdiscs.filter((q) => q.kind === 'tbf').reduce((n, q) => n + Number(q.drops ?? 0), 0);
+    return { tbfDrops, retransSegs: (await this.tcpStats('srv')).retransSegs };
+  }
+
+  /**
+   * What the site's TCP sent: segments, and of them those sent again, after a retransmission
+   * timeout, and as tail-loss probes (a lone message whose copy or ACK was lost is sent twice).
+   */
+  async upTcp(): Promise<UpTcp> {
+    const { outSegs, retransSegs } = await this.tcpStats('site');
+    const ext = mibRows(await run('ip', ['netns', 'exec', this.siteNs, 'cat', '/proc/net/netstat']), 'TcpExt:');
+    return { outSegs, retransSegs, timeouts: ext('TCPTimeouts'), lossProbes: ext('TCPLossProbes') };
+  }
+
   /** TCP MIB counters (/proc/net/snmp is per network namespace). */
   async tcpStats(side: Side): Promise<TcpStats> {
     const out = await run('ip', ['netns', 'exec', this.ns(side), 'cat', '/proc/net/snmp']);
-    const rows = out.split('\n').filter((l) => l.startsWith('Tcp:'));
-    if (rows.length < 2) throw new Error(`no Tcp rows in /proc/net/snmp of ${this.ns(side)}`);
-    const keys = rows[0].split(/\s+/);
-    const vals = rows[1].split(/\s+/);
-    const get = (k: string): number => Number(vals[keys.indexOf(k)]);
+    const get = mibRows(out, 'Tcp:');
     return { outSegs: get('OutSegs'), inSegs: get('InSegs'), retransSegs: get('RetransSegs') };
   }
 
@@ -442,4 +480,10 @@ export class NetnsLink {
     }
     live.delete(this);
   }
+}
+
+/** What counters (`NetnsLink.downQueue`, `upTcp`) counted between two readings. */
+export function counterDelta<T extends { [K in keyof T]: number }>(a: T, b: T): T {
+  const keys = Object.keys(b) as Array<keyof T>;
+  return Object.fromEntries(keys.map((k) => [k, b[k] - a[k]])) as T;
 }

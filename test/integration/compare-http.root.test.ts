@@ -46,5 +46,17 @@ describe.skipIf(!available.ok)('sim:fleet --compare-http on a delayed profile (r
     expect(r.compareHttp!.http.wireUpPackets).toBeGreaterThan(0);
     expect(r.compareHttp!.fleetUpToDownloadedPerMiB!).toBeLessThanOrEqual(r.compareHttp!.fleetUpPerMiB);
     expect(r.compareHttp!.fleetOverHttpUpBytesToDownloaded!).toBeLessThanOrEqual(r.compareHttp!.fleetOverHttpUpBytes);
+    // The downlink's queue, per transfer: the server side retransmitted (10 % loss down) in both, and
+    // tbf's drops are a count (a queue this slow link may or may not overflow).
+    expect(r.downQueue!.retransSegs).toBeGreaterThan(0);
+    expect(r.compareHttp!.http.downQueue.retransSegs).toBeGreaterThan(0);
+    for (const q of [r.downQueue!, r.compareHttp!.http.downQueue]) expect(Number.isInteger(q.tbfDrops) && q.tbfDrops >= 0).toBe(true);
+    // The site's own sending, per transfer: its ACKs at least, and of them some sent again or none.
+    for (const u of [r.upTcp!, r.compareHttp!.http.upTcp]) {
+      expect(u.outSegs).toBeGreaterThan(0);
+      expect(u.retransSegs).toBeGreaterThanOrEqual(0);
+      expect(u.retransSegs).toBeLessThanOrEqual(u.outSegs);
+      expect(u.timeouts + u.lossProbes).toBeGreaterThanOrEqual(0);
+    }
   }, 300_000);
 });
