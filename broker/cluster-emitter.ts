@@ -36,7 +36,8 @@
  */
 import { createRequire } from 'node:module';
 import type { Topics } from '../protocol/topics.ts';
-import { framesFilterDevice, type RetainedOnce, type ScriptConn } from './cluster-retained.ts';
+import type { RetainedOnce, ScriptConn } from './cluster-retained.ts';
+import { framesFilterDevice } from './retained-lookups.ts';
 
 const require = createRequire(import.meta.url);
 

@@ -18,8 +18,6 @@
  * is never emitted through Redis are stored by the persistence as before.
  */
 import { createRequire } from 'node:module';
-import { Readable } from 'node:stream';
-import type { Topics } from '../protocol/topics.ts';
 import type { Persistence } from './persistence-streams.ts';
 
 const require = createRequire(import.meta.url);
@@ -106,34 +104,4 @@ export class RetainedOnce {
   private async load(conn: ScriptConn): Promise<string> {
     return (await (conn as unknown as { script(op: 'LOAD', s: string): Promise<string> }).script('LOAD', SCRIPT)) as string;
   }
-}
-
-/**
- * A device's subscription to its own frames (`…/updates/+/to/DEVICE`) asks
- * the persistence for the retained messages it matches, and for a filter with
- * a wildcard aedes-persistence-redis answers by `HSCAN`ning the whole
- * retained hash (a status and a presence per device) ten entries at a time:
- * about N/5 round trips for every device that connects, at N devices. Frames
- * are never published retained (the update server answers requests), so
- * those filters are left out of the lookup; every other filter is looked up
- * as before. A single node's on-disk persistence (aedes-persistence-level)
- * reads every retained message for such a filter too: it skips them as well.
- */
-/** The device of a subscription to one device's frames (`{prefix}/models/M/updates/+/to/DEVICE`), if it is one. */
-export function framesFilterDevice(topics: Topics, filter: string): string | undefined {
-  const prefix = `${topics.prefix}/models/`;
-  if (!filter.startsWith(prefix)) return undefined;
-  const r = filter.slice(prefix.length).split('/');
-  if (r.length !== 5 || r[1] !== 'updates' || r[3] !== 'to') return undefined;
-  const device = r[4];
-  return device === '+' || device === '#' ? undefined : device;
-}
-
-export function skipFrameLookups(persistence: Persistence, isFramesFilter: (filter: string) => boolean): void {
-  const p = persistence as unknown as { createRetainedStreamCombi(patterns: string[]): Readable };
-  const lookup = p.createRetainedStreamCombi.bind(p);
-  p.createRetainedStreamCombi = (patterns) => {
-    const rest = patterns.filter((f) => !isFramesFilter(f));
-    return rest.length > 0 ? lookup(rest) : Readable.from([]);
-  };
 }

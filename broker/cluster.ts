@@ -15,7 +15,8 @@ import { createRequire } from 'node:module';
 import type { Logger } from '../util/log.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { ClusterEmitter, type ChunkRouting, type EmitterCounters, type Mq } from './cluster-emitter.ts';
-import { RetainedOnce, skipFrameLookups, type ScriptConn } from './cluster-retained.ts';
+import { RetainedOnce, type ScriptConn } from './cluster-retained.ts';
+import { skipFrameLookups } from './retained-lookups.ts';
 import { scriptWills, type WillConn, type WillCounters } from './cluster-wills.ts';
 import type { Topics } from '../protocol/topics.ts';
 

@@ -65,9 +65,7 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
     const expected = createHash('sha256')
       .update(await fs.readFile(o.payloadFile))
       .digest('hex');
-    const before = await o.link.counters();
-    const queueBefore = await o.link.downQueue();
-    const upBefore = await o.link.upTcp();
+    const before = await o.link.reading();
     const t0 = Date.now();
     let done = 0;
     const fetches = Array.from({ length: o.devices }, async (_, i) => {
@@ -93,18 +91,16 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
     const results = await Promise.all(fetches);
     const seconds = (Date.now() - t0) / 1000;
     await faultsDone;
-    const after = await o.link.counters();
-    const queueAfter = await o.link.downQueue();
-    const upAfter = await o.link.upTcp();
+    const after = await o.link.reading();
     return {
       completed: results.filter((r) => r.ok).length,
       seconds: Number(seconds.toFixed(2)),
       attempts: results.reduce((x, r) => x + r.attempts, 0),
-      wireDown: after.rxBytes - before.rxBytes,
-      wireUp: after.txBytes - before.txBytes,
-      wireUpPackets: after.txPackets - before.txPackets,
-      downQueue: counterDelta(queueBefore, queueAfter),
-      upTcp: counterDelta(upBefore, upAfter),
+      wireDown: after.counters.rxBytes - before.counters.rxBytes,
+      wireUp: after.counters.txBytes - before.counters.txBytes,
+      wireUpPackets: after.counters.txPackets - before.counters.txPackets,
+      downQueue: counterDelta(before.queue, after.queue),
+      upTcp: counterDelta(before.up, after.up),
     };
   } finally {
     if (server.pid !== undefined && server.exitCode === null) process.kill(server.pid, 'SIGTERM');

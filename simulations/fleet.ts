@@ -237,6 +237,18 @@ function simResult(
   };
 }
 
+/** The simulation's model and its update (of about `size` payload bytes), written to `dir`. */
+async function writeSimUpdate(dir: string, size: number): Promise<{ update: ReturnType<typeof synthesizeUpdate>; baseFile: string; updateFile: string }> {
+  const { layers, rank } = modelFor(size);
+  const base = synthesizeModel(3, layers);
+  const update = synthesizeUpdate(base, rank, 4);
+  const baseFile = path.join(dir, 'base.safetensors');
+  const updateFile = path.join(dir, 'update.cbor');
+  await fs.writeFile(baseFile, base);
+  await fs.writeFile(updateFile, encodeUpdateFile(update.payload));
+  return { update, baseFile, updateFile };
+}
+
 /** The same payload fetched by HTTP range resume over the same link, with the same cuts; the fleet's figures beside it. */
 async function compareWithHttp(o: FleetSimOptions, link: NetnsLink, result: FleetSimResult, w: { port: number; dir: string; payload: Uint8Array; faults: ReturnType<typeof scheduleFaults> }): Promise<HttpComparison> {
   const payloadBytes = w.payload.byteLength;
@@ -280,13 +292,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
   const rand = mulberry32(o.seed);
   try {
     const keys = await keygen(path.join(dir, 'keys'));
-    const { layers, rank } = modelFor(o.size);
-    const base = synthesizeModel(3, layers);
-    const update = synthesizeUpdate(base, rank, 4);
-    const baseFile = path.join(dir, 'base.safetensors');
-    const updateFile = path.join(dir, 'update.cbor');
-    await fs.writeFile(baseFile, base);
-    await fs.writeFile(updateFile, encodeUpdateFile(update.payload));
+    const { update, baseFile, updateFile } = await writeSimUpdate(dir, o.size);
     const payloadBytes = update.payload.byteLength;
     o.log(`payload ${payloadBytes} bytes, ${o.devices} devices, broker ${o.broker}, ${o.kernel ? 'kernel link' : 'proxy link'}`);
 
@@ -307,9 +313,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     let host = startHost();
     await hostReady(host);
     await new Promise((r) => setTimeout(r, 500));
-    const before = link ? await link.counters() : undefined;
-    const queueBefore = link ? await link.downQueue() : undefined;
-    const upBefore = link ? await link.upTcp() : undefined;
+    const before = await link?.reading();
     const sampler = link ? new CounterSampler(() => link.counters()) : undefined;
     sampler?.start();
     await publishSim(held, srvExec, keys, updateFile, brokerUrl);
@@ -338,14 +342,14 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     // A device may begin while the publish command is still exiting: time from whichever came first.
     const tStart = Math.min(t0, ...list.map((e) => e.started ?? t0));
     const seconds = (Date.now() - tStart) / 1000;
-    const after = link ? await link.counters() : undefined;
-    const queueAfter = link ? await link.downQueue() : undefined;
-    const upAfter = link ? await link.upTcp() : undefined;
+    const after = await link?.reading();
     sampler?.stop();
-    const atDownloaded = readingAtDownloaded(list, sampler, after);
-    const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before, after, atDownloaded);
-    if (queueBefore && queueAfter) result.downQueue = counterDelta(queueBefore, queueAfter);
-    if (upBefore && upAfter) result.upTcp = counterDelta(upBefore, upAfter);
+    const atDownloaded = readingAtDownloaded(list, sampler, after?.counters);
+    const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before?.counters, after?.counters, atDownloaded);
+    if (before && after) {
+      result.downQueue = counterDelta(before.queue, after.queue);
+      result.upTcp = counterDelta(before.up, after.up);
+    }
     if (o.compareHttp && link) {
       await Promise.all(held.children.splice(held.children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));
       o.log(`fleet: ${JSON.stringify(result)}`);

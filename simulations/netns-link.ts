@@ -76,6 +76,13 @@ export interface LinkCounters {
 }
 
 /** The site's sending TCP over a transfer (`NetnsLink.upTcp`). */
+/** NetnsLink.reading(): the counters at one moment. */
+export interface LinkReading {
+  counters: LinkCounters;
+  queue: { tbfDrops: number; retransSegs: number };
+  up: UpTcp;
+}
+
 export interface UpTcp {
   outSegs: number;
   retransSegs: number;
@@ -408,6 +415,11 @@ export class NetnsLink {
   }
 
   /** Byte/packet counters of the site end of the veth (tx = site→srv). */
+  /** Every counter the simulations compare, read once: bytes and packets each way, the downlink's queue, the site's TCP. */
+  async reading(): Promise<LinkReading> {
+    return { counters: await this.counters(), queue: await this.downQueue(), up: await this.upTcp() };
+  }
+
   async counters(): Promise<LinkCounters> {
     const out = await run('ip', ['-n', this.siteNs, '-s', '-j', 'link', 'show', 'dev', this.siteIf]);
     const s = JSON.parse(out)[0].stats64;

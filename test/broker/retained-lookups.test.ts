@@ -1,6 +1,6 @@
 /**
  * A subscription without wildcards gets its retained message by one read of its key
- * (broker/retained-exact.ts), not by aedes-persistence-level's scan that decodes every
+ * (broker/retained-lookups.ts), not by aedes-persistence-level's scan that decodes every
  * retained message on disk. On a real LevelDB with the real persistence: the same packets
  * come out, and the scan is asked only for the filters with wildcards.
  */
@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { Level } from 'level';
 import { afterEach, describe, expect, it } from 'vitest';
-import { exactRetainedLookups, isExactFilter } from '../../broker/retained-exact.ts';
+import { exactRetainedLookups, isExactFilter } from '../../broker/retained-lookups.ts';
 import type { Persistence } from '../../broker/persistence-streams.ts';
 
 const require = createRequire(import.meta.url);
