@@ -17,7 +17,7 @@ import { gatewayTopics } from './parts.ts';
 import { VERSION } from '../util/version.ts';
 import { ReleaseMirror } from './mirror.ts';
 import { charge, decide, formatWindow, monthKey, used, type BudgetLedger, type DownloadWindow, type PolicyDecision } from './policy.ts';
-import type { GatewayStatus } from './status.ts';
+import type { GatewayFileStatus, GatewayStatus } from './status.ts';
 import { StatusRelay } from './status-relay.ts';
 import { UpstreamFetcher } from './upstream-fetcher.ts';
 import { GroupWatch, type LearningSummary } from './group-watch.ts';
@@ -429,7 +429,8 @@ export class Gateway {
       const periodic = wallNow - this.lastPublishedAt > 30_000;
       if (json === this.lastStatusJson && !periodic) return;
       // The local file follows every tick; upstream gets at most one a second unless it matters now.
-      await writeFileAtomic(this.dir('status.json'), JSON.stringify(s, null, 1));
+      const file: GatewayFileStatus = { ...s, upstreamSent: this.upstream.sent };
+      await writeFileAtomic(this.dir('status.json'), JSON.stringify(file, null, 1));
       if (!this.upstream.connected || (!urgent && !periodic && wallNow - this.lastPublishedAt < 1000)) return;
       this.lastStatusJson = json;
       this.lastPublishedAt = wallNow;

@@ -42,6 +42,15 @@ export interface GatewayStatus {
   time: string;
 }
 
+/**
+ * `DIR/status.json`: the status, and what only the local file carries (never published upstream):
+ * the upstream MQTT packets the gateway wrote since start, by type (`publish <topic kind>` for
+ * publishes), for breaking its uplink down.
+ */
+export interface GatewayFileStatus extends GatewayStatus {
+  upstreamSent?: Record<string, { packets: number; bytes: number }>;
+}
+
 export const GATEWAY_WAIT_REASONS: Record<WaitReason, string> = {
   'window-closed': 'outside the download window',
   'budget-exhausted': 'the monthly data budget is used up',
