@@ -110,7 +110,9 @@ export class UpstreamFetcher {
     if (this.jobs.has(need.updateId) || (await this.o.store.meta(need.updateId))) return;
     if (!this.models.has(model)) {
       this.models.add(model);
-      await this.o.upstream.subscribe(this.o.topics.framesFor(model, this.o.fetcherId), 1).catch((e: unknown) => {
+      // Frames at QoS 0, as a device takes them (protocol.md §1): at QoS 1 every chunk cost a PUBACK
+      // on the uplink, and a clean session drops what was in flight at a disconnect either way.
+      await this.o.upstream.subscribe(this.o.topics.framesFor(model, this.o.fetcherId), 0).catch((e: unknown) => {
         // Restored by the client's resubscribe on the next connect.
         this.o.log.debug('frame subscription deferred', { error: String(e) });
       });
