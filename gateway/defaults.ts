@@ -15,8 +15,12 @@ export const GATEWAY_DEFAULTS = {
   reconnectMaxMs: 15_000,
   /** How often the window and budget are checked and DIR/status.json refreshed. */
   tickMs: 1000,
-  /** While fetching, the status goes upstream at each such share of the payload (and on every state change, and every 30 s). */
-  statusProgressStep: 0.25,
+  /**
+   * While fetching, the status goes upstream at each such share of the payload (and on every state
+   * change, and every 30 s): half-way, as a device's (DEVICE_DEFAULTS.progressStep); a quarter before
+   * issue 20's fifth pass (two statuses of ~750 B more per fetch on the uplink).
+   */
+  statusProgressStep: 0.5,
   /** How long a paused transfer may drain before it stops. */
   drainMs: 3000,
   /** The upstream transfer (as the device's, docs/protocol.md §4.2). */

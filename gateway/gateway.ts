@@ -74,7 +74,7 @@ export interface GatewayOptions {
   drainMs?: number;
   /** How often the policy is re-evaluated (default 1000 ms). */
   tickMs?: number;
-  /** While fetching, the status goes upstream when the fetch passes another this much of a payload (default 0.25), besides state changes and every 30 s. */
+  /** While fetching, the status goes upstream when the fetch passes another this much of a payload (default 0.5), besides state changes and every 30 s. */
   statusProgressStep?: number;
   /** Upstream transfer tuning (as the device's --window, --idle-ms). */
   maxWindow?: number;
@@ -211,11 +211,14 @@ export class Gateway {
       idleMs: this.o.idleMs,
       stallMs: this.o.stallMs,
       maxBadCopies: this.o.maxBadCopies,
-      onStored: () =>
+      onStored: () => {
+        // Taken now, before the site's devices hear of the release and their statuses go up.
+        this.lastStored = { at: Date.now(), upstreamSent: structuredClone(this.upstream.sent), wireBytesOut: this.upstream.stats().bytesOut };
         this.serial(async () => {
           await this.mirror.onStored();
           this.publishStatus(true);
-        }),
+        });
+      },
       onProgress: () => this.account(),
     });
   }
@@ -249,7 +252,10 @@ export class Gateway {
   private react(): void {
     this.upstream.onMessage((topic, payload) => {
       const p = this.topics.parse(topic);
-      if (p?.kind === 'release' && this.groups.wants(p.group, p.model)) this.serial(() => this.mirror.onUpstream(p.group, p.model, payload));
+      if (p?.kind === 'release' && this.groups.wants(p.group, p.model)) {
+        this.lastReleaseAt = Date.now();
+        this.serial(() => this.mirror.onUpstream(p.group, p.model, payload));
+      }
       // The fleet's signed trust file (key rotation): forwarded byte for byte; devices verify it.
       if (p?.kind === 'trust' && payload.byteLength > 0) this.serial(() => this.publishLocal(topic, payload));
     });
@@ -417,20 +423,26 @@ export class Gateway {
         await writeFileAtomic(this.dir('budget.json'), JSON.stringify(this.ledger));
       }
       const s = await this.status();
-      // What counts as a change: not the clock nor the byte counters (publishing the status
-      // moves them, which would publish again: a loop over a metered link). They go up with
-      // every change and at least every 30 s.
+      // The local file follows every change, the counters' included (what the uplink carried so far).
+      const { time: _ft, ...file } = { ...s, upstreamSent: this.upstream.sent, lastReleaseAt: this.lastReleaseAt, lastStored: this.lastStored } satisfies GatewayFileStatus;
+      const fileJson = JSON.stringify(file);
+      if (fileJson !== this.lastFileJson) {
+        this.lastFileJson = fileJson;
+        await writeFileAtomic(this.dir('status.json'), JSON.stringify({ ...file, time: s.time }, null, 1));
+      }
+      // What counts as a change upstream: not the clock nor the byte counters (publishing the status
+      // moves them, which would publish again: a loop over a metered link), nor the relay's counters
+      // (every device status relayed moved them: once a second while the site's devices download).
+      // They go up with every change and at least every 30 s.
       // Nor each chunk of a fetch: its progress counts by statusProgressStep (a gateway status is
       // ~750 B with one release, and once a second while fetching cost more than the fetch's requests).
-      const { time: _t, fetched: _f, budget, fetching, ...rest } = s;
+      const { time: _t, fetched: _f, budget, fetching, relay: _r, ...rest } = s;
       const progress = fetching.map((f) => ({ ...f, bytes: Math.floor(f.bytes / Math.max(1, f.totalBytes) / this.o.statusProgressStep) }));
       const json = JSON.stringify({ ...rest, progress, month: budget.month, exhausted: budget.limitBytes !== null && budget.usedBytes >= budget.limitBytes });
       const wallNow = Date.now();
       const periodic = wallNow - this.lastPublishedAt > 30_000;
       if (json === this.lastStatusJson && !periodic) return;
-      // The local file follows every tick; upstream gets at most one a second unless it matters now.
-      const file: GatewayFileStatus = { ...s, upstreamSent: this.upstream.sent };
-      await writeFileAtomic(this.dir('status.json'), JSON.stringify(file, null, 1));
+      // Upstream gets at most one a second unless it matters now.
       if (!this.upstream.connected || (!urgent && !periodic && wallNow - this.lastPublishedAt < 1000)) return;
       this.lastStatusJson = json;
       this.lastPublishedAt = wallNow;
@@ -440,6 +452,10 @@ export class Gateway {
       });
     });
   }
+  private lastFileJson = '';
+  /** When the last payload fetched from upstream was held, and what the upstream socket had written by then (the status file's `lastStored`). */
+  private lastStored: GatewayFileStatus['lastStored'];
+  private lastReleaseAt: number | undefined;
   private lastPublishedAt = 0;
 
   /** For tests and shutdown: every queued status delivered upstream. */

@@ -49,6 +49,10 @@ export interface GatewayStatus {
  */
 export interface GatewayFileStatus extends GatewayStatus {
   upstreamSent?: Record<string, { packets: number; bytes: number }>;
+  /** When the last payload fetched from upstream was held (ms since the epoch), and the upstream socket's figures then. */
+  /** When a release last arrived from upstream (ms since the epoch). */
+  lastReleaseAt?: number;
+  lastStored?: { at: number; upstreamSent: Record<string, { packets: number; bytes: number }>; wireBytesOut: number };
 }
 
 export const GATEWAY_WAIT_REASONS: Record<WaitReason, string> = {

@@ -153,6 +153,9 @@ async function startSite(rig: Rig): Promise<{ gateway: ChildProcess; host: Child
   const gwPort = 40000 + (process.pid % 20000);
   const args = ['gateway', '--upstream', rig.upstreamUrl, '--listen', String(gwPort), '--host', '127.0.0.1', '--data-dir', gwDir, '--site', 'sim-site', '--group', 'site', '--model', 'sim', '--tick-ms', '200'];
   const gateway = rig.track(rig.siteExec(process.execPath, [FLEET_BIN, ...args]));
+  // FLEET_SIM_HOST_LOG=DIR: the gateway's log (FLEET_LOG sets its level) in DIR/gateway.log, as the device hosts'.
+  const logDir = process.env.FLEET_SIM_HOST_LOG;
+  if (logDir) gateway.stderr?.pipe(createWriteStream(path.join(logDir, 'gateway.log'), { flags: 'a' }));
   await waitForPortIn(rig.siteExec, '127.0.0.1', gwPort, true);
   const readStatus = async (): Promise<GatewayFileStatus | undefined> => {
     try {
@@ -184,6 +187,8 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
   let sentAtFetched: SentByType | undefined;
   const sampler = rig.sampler();
   sampler?.start();
+  const t0 = Date.now();
+  let releaseAt: number | undefined;
   await publish();
   const t1 = Date.now();
   const ideal = o.rateKbit ? (rig.payloadBytes * 8) / (o.rateKbit * 1000) : 2;
@@ -197,18 +202,23 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
     const s = await readStatus();
     const now = Date.now();
     if (firstSeen === undefined && s && (s.fetching.length > 0 || s.fetched.payloadBytes > 0)) firstSeen = now;
+    if (s?.lastReleaseAt !== undefined && s.lastReleaseAt >= t0) releaseAt = s.lastReleaseAt;
     if (fetchedAt === undefined && (s?.fetched.payloadBytes ?? 0) >= rig.payloadBytes) {
-      fetchedAt = now;
-      socketOutAtFetched = s!.fetched.wireBytesOut;
-      sentAtFetched = s!.upstreamSent;
+      // The moment the gateway held the payload, and its socket's figures then (before the site's
+      // devices heard of the release and their statuses went up), where its status file says them.
+      const st = s!.lastStored && s!.lastStored.at >= t0 ? s!.lastStored : undefined;
+      fetchedAt = st?.at ?? now;
+      socketOutAtFetched = st?.wireBytesOut ?? s!.fetched.wireBytesOut;
+      sentAtFetched = st?.upstreamSent ?? s!.upstreamSent;
     }
     await sleep(100);
   }
   fetchedAt ??= Date.now(); // ends the cut schedule if the fetch never completed (fetchSeconds stays null below)
   const { cuts: cuts1 } = await cutsDone;
   const fetched = socketOutAtFetched !== undefined;
-  // The publish command may exit after the release went out: time from whichever came first.
-  const tStart = Math.min(t1, firstSeen ?? t1);
+  // The publish command may exit after the release went out: time from whichever came first, its exit,
+  // the gateway's status first showing the fetch, or the release's arrival there (its status file).
+  const tStart = Math.min(t1, firstSeen ?? t1, releaseAt ?? t1);
   const seconds1 = (Date.now() - tStart) / 1000;
   await sleep(1500); // the last statuses go up
   const gs = await readStatus();
@@ -216,7 +226,7 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
   await stopChild(host1, 3000).catch(() => undefined);
   await stopChild(gateway, 5000).catch(() => undefined);
   const linkAfter1 = await rig.linkBytes();
-  const atFetched = fetched ? (sampler?.at(fetchedAt) ?? (await rig.link?.counters())) : undefined;
+  const atFetched = fetched ? (sampler?.around(fetchedAt) ?? (await rig.link?.counters())) : undefined;
   const gwPhase = {
     completed: rig.okCount(ends1),
     seconds: Number(seconds1.toFixed(2)),

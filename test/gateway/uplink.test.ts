@@ -1,0 +1,74 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
+import { encodeStatus } from '../../protocol/status.ts';
+import { MqttTransport } from '../../transport/mqtt.ts';
+import { createFixture, GROUP, MODEL, publish, topics, type Fixture } from '../support/harness.ts';
+import { statusFixture } from '../support/status.ts';
+import { SITE, startGateway, untilGateway, watchGatewayStatus } from './helpers.ts';
+
+/** What the gateway sends up its cellular link besides the payload's requests (issue 20, fifth pass). */
+
+let f: Fixture | undefined;
+let gw: Gateway | undefined;
+const siteClients: MqttTransport[] = [];
+afterEach(async () => {
+  for (const t of siteClients.splice(0)) await t.close();
+  await gw?.close();
+  await f?.close();
+  f = undefined;
+  gw = undefined;
+});
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+describe('site gateway: its uplink', () => {
+  it('its frames are subscribed before any release comes: a fetch asks at once, not after a SUBACK round trip', async () => {
+    f = await createFixture('gwsub');
+    // Every subscription the gateway makes upstream, as the upstream broker sees it.
+    const subs: Array<{ at: number; topic: string; qos: number }> = [];
+    f.broker!.aedes.on('subscribe', (s, client) => {
+      if (client?.id === `fleet-gateway-${SITE}`) for (const x of s) subs.push({ at: Date.now(), topic: x.topic, qos: x.qos });
+    });
+    gw = await startGateway(f, { groups: [GROUP] });
+    await untilGateway(gw, (s) => s.upstream.state === 'connected');
+    await sleep(300);
+    const releasedAt = Date.now();
+    const r = await publish(f);
+    await untilGateway(gw, (s) => s.cache.some((c) => c.updateId === r.updateId), 60_000, 'the payload fetched');
+    const frames = subs.filter((x) => topics.parse(x.topic.replaceAll('+', 'x'))?.kind === 'frames');
+    const seen = subs.map((x) => `${x.topic}@${x.qos}${x.at < releasedAt ? ' before' : ' after'}`).join(', ');
+    // Subscribed while idle (the client restores it after a reconnect), at QoS 0; none made for the fetch.
+    expect(frames.filter((x) => x.at < releasedAt).length, seen).toBe(1);
+    expect(
+      frames.filter((x) => x.at >= releasedAt),
+      seen,
+    ).toEqual([]);
+    expect(frames[0].qos).toBe(0);
+  });
+
+  it('relayed device statuses do not send its own status up again (once a second while the site downloaded)', async () => {
+    f = await createFixture('gwrel');
+    gw = await startGateway(f, { groups: [GROUP] });
+    const gwWatch = await watchGatewayStatus(f);
+    const site = await MqttTransport.connect({ url: gw.url, clientId: 'rel-dev' }, 10_000);
+    siteClients.push(site);
+    const status = (n: number): Uint8Array => encodeStatus(statusFixture({ device: 'rel-dev', group: GROUP, model: MODEL, running: '0'.repeat(64), message: String(n) }));
+    // The first status of a new device is a change (`devices`); let it and the start-up ones go up.
+    await site.publish(topics.status('rel-dev'), status(0), { qos: 1, retain: true });
+    await untilGateway(gw, (s) => s.devices === 1 && s.relay.relayed >= 1);
+    await sleep(1500);
+    const before = gwWatch.all.length;
+    // A site device downloading over the LAN: 20 statuses in 4 s, each relayed upstream.
+    for (let n = 1; n <= 20; n++) {
+      await site.publish(topics.status('rel-dev'), status(n), { qos: 1, retain: true });
+      await sleep(200);
+    }
+    await untilGateway(gw, (s) => s.relay.relayed >= 21 && s.relay.queued === 0, 15_000, 'all relayed');
+    await sleep(1500);
+    const during = gwWatch.all.slice(before);
+    // Before: each relayed status moved `relay.relayed`, a change by itself (4–5 gateway statuses of ~750 B here).
+    expect(during.length, during.map((s) => JSON.stringify(s.relay)).join(' ')).toBeLessThanOrEqual(1);
+    // The relay's counters still go up with the next status that does change (and the 30 s one).
+    expect((await gw.status()).relay.relayed).toBeGreaterThanOrEqual(21);
+  });
+});
