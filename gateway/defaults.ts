@@ -32,6 +32,11 @@ export const GATEWAY_DEFAULTS = {
   relayDrainTimeoutMs: 30_000,
   /** Device statuses relayed upstream at once. */
   statusInFlight: 16,
+  /**
+   * A device status or presence waits this long on the gateway before it goes up (with what came
+   * meanwhile), so a site device's passing states over the LAN go up as its newest only (issue 20).
+   */
+  relayLingerMs: 1000,
 } as const;
 
 type Defaulted = keyof typeof GATEWAY_DEFAULTS;

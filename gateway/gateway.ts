@@ -84,6 +84,8 @@ export interface GatewayOptions {
   maxBadCopies?: number;
   /** Device statuses relayed upstream at once. */
   statusInFlight?: number;
+  /** How long a relayed status waits before it goes up, ms (passing states superseded meanwhile are dropped). */
+  relayLingerMs?: number;
   /** relayDrained()'s wait when none is given, ms. */
   relayDrainTimeoutMs?: number;
   reconnectMinMs?: number;
@@ -157,7 +159,7 @@ export class Gateway {
     this.site = parts.site;
     this.store = parts.store;
     this.upstream = parts.upstream;
-    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: this.o.log.child('relay'), inFlight: o.statusInFlight });
+    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: this.o.log.child('relay'), inFlight: o.statusInFlight, lingerMs: o.relayLingerMs });
     this.fetcher = this.makeFetcher();
     this.mirror = this.makeMirror();
     this.groups = this.makeGroups();
@@ -407,7 +409,7 @@ export class Gateway {
       cache,
       fetching: this.fetcher.state(),
       releases: this.mirror.state(),
-      relay: { queued: this.relay.queued, relayed: this.relay.relayed },
+      relay: { queued: this.relay.queued, relayed: this.relay.relayed, merged: this.relay.merged },
       devices: this.devices.size,
       learning: this.learning(),
       time: new Date(this.now()).toISOString(),

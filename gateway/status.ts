@@ -34,7 +34,8 @@ export interface GatewayStatus {
   /** Payloads being fetched (bytes held on disk so far). */
   fetching: FetchState[];
   releases: MirroredRelease[];
-  relay: { queued: number; relayed: number };
+  /** Statuses waiting on disk, delivered, and not sent because a newer one of the same device followed (passing states). */
+  relay: { queued: number; relayed: number; merged?: number };
   /** Devices the site broker has seen a status from. */
   devices: number;
   /** Groups learned from the site's devices: how, how many, the cap, and pairs refused at the cap. */

@@ -1,8 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
-import { encodeStatus } from '../../protocol/status.ts';
+import { encodePresence, encodeStatus, parseStatus, type DeviceState } from '../../protocol/status.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
-import { createFixture, GROUP, MODEL, publish, topics, type Fixture } from '../support/harness.ts';
+import { connect, createFixture, GROUP, MODEL, publish, topics, type Fixture } from '../support/harness.ts';
+import { until } from '../support/wait.ts';
 import { statusFixture } from '../support/status.ts';
 import { SITE, startGateway, untilGateway, watchGatewayStatus } from './helpers.ts';
 
@@ -44,6 +45,48 @@ describe('site gateway: its uplink', () => {
       seen,
     ).toEqual([]);
     expect(frames[0].qos).toBe(0);
+  });
+
+  it("a site device's passing states go up as its newest status only; idle, outcomes and presence all go up, in order", async () => {
+    f = await createFixture('gwmrg');
+    gw = await startGateway(f, { groups: [GROUP] });
+    // What reaches upstream for the device, as an operator sees it.
+    const seen: string[] = [];
+    const op = await connect(f, 'mrg-operator');
+    op.onMessage((topic, payload) => {
+      const p = topics.parse(topic);
+      if (p?.kind === 'status' && p.deviceId === 'mrg-dev') seen.push(parseStatus(payload)?.state ?? 'unreadable');
+      if (p?.kind === 'presence' && p.deviceId === 'mrg-dev') seen.push(`presence:${new TextDecoder().decode(payload).slice(0, 40)}`);
+    });
+    await op.subscribe([topics.status('mrg-dev'), topics.presence('mrg-dev')], 1);
+    const site = await MqttTransport.connect({ url: gw.url, clientId: 'mrg-dev' }, 10_000);
+    siteClients.push(site);
+    const status = (state: DeviceState, progress = 0): Uint8Array => encodeStatus(statusFixture({ device: 'mrg-dev', group: GROUP, model: MODEL, running: '0'.repeat(64), state, progress }));
+    await site.publish(topics.status('mrg-dev'), status('idle'), { qos: 1, retain: true });
+    await until(async () => seen.length, { what: 'the idle status upstream', timeoutMs: 10_000, accept: (n) => n >= 1 });
+    // Over the LAN a download, its check and apply pass in a second or two: six statuses.
+    const burst: Array<[DeviceState, number]> = [
+      ['downloading', 0],
+      ['downloading', 0.5],
+      ['verifying', 1],
+      ['applying', 1],
+      ['testing', 1],
+      ['ok', 1],
+    ];
+    for (const [state, progress] of burst) await site.publish(topics.status('mrg-dev'), status(state, progress), { qos: 1, retain: true });
+    await site.publish(topics.presence('mrg-dev'), encodePresence('offline', Date.now()), { qos: 1, retain: true });
+    await until(async () => seen.length, { what: 'the presence upstream', timeoutMs: 15_000, accept: () => seen.some((x) => x.startsWith('presence:')) });
+    await untilGateway(gw, (s) => s.relay.queued === 0, 10_000, 'relay drained');
+    const states = seen.filter((x) => !x.startsWith('presence:'));
+    // Before: all seven went up (about 500 B each on the uplink).
+    expect(states[0]).toBe('idle');
+    expect(states[states.length - 1]).toBe('ok');
+    expect(states.length, seen.join(' ')).toBeLessThanOrEqual(3);
+    // What went up is in the order it was made.
+    const order = ['idle', ...burst.map(([s]) => s)];
+    const at = states.map((x) => order.indexOf(x));
+    expect(at, seen.join(' ')).toEqual([...at].sort((a, b) => a - b));
+    expect((await gw.status()).relay.merged).toBeGreaterThanOrEqual(4);
   });
 
   it('relayed device statuses do not send its own status up again (once a second while the site downloaded)', async () => {
