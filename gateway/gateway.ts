@@ -252,6 +252,8 @@ export class Gateway {
 
   /** React to upstream (releases in, link state) and to the site (statuses and presence up; learn groups from devices). */
   private react(): void {
+    // Connected already (no `connect` event to come for this connection): take it as up.
+    this.linkUp = this.upstream.connected;
     this.upstream.onMessage((topic, payload) => {
       const p = this.topics.parse(topic);
       if (p?.kind === 'release' && this.groups.wants(p.group, p.model)) {
@@ -262,6 +264,7 @@ export class Gateway {
       if (p?.kind === 'trust' && payload.byteLength > 0) this.serial(() => this.publishLocal(topic, payload));
     });
     this.upstream.onConnect(() => {
+      this.linkUp = true;
       this.linkSince = this.now();
       this.o.log.info('upstream connected', { url: redact(this.o.upstream) });
       void this.groups.subscribeAll();
@@ -270,6 +273,7 @@ export class Gateway {
       this.publishStatus(true);
     });
     this.upstream.onDisconnect((reason) => {
+      this.linkUp = false;
       if (this.closed) return;
       this.linkSince = this.now();
       this.o.log.info('upstream down', { reason });
@@ -364,7 +368,7 @@ export class Gateway {
       window: this.o.window,
       budgetBytes: this.o.budgetBytes,
       usedBytes: used(this.ledger, this.now()),
-      upstreamConnected: this.upstream.connected,
+      upstreamConnected: this.linkUp && this.upstream.connected,
     });
     const changed = d.go !== this.decision.go || (!d.go && !this.decision.go && d.reason !== this.decision.reason);
     this.decision = d;
@@ -419,6 +423,9 @@ export class Gateway {
   /** Publish the gateway's status upstream (retained) when it changed, at most once a second unless `urgent`; also `DIR/status.json`. */
   private publishStatus(urgent: boolean): void {
     if (this.closed) return;
+    // Whether the link was up when the change came: one made as it went down is not sent when the
+    // task runs after the reconnect (with the link's state as it was computed then).
+    const linkWasUp = this.linkUp;
     this.serial(async () => {
       if (this.ledgerDirty) {
         this.ledgerDirty = false;
@@ -445,7 +452,7 @@ export class Gateway {
       const periodic = wallNow - this.lastPublishedAt > 30_000;
       if (json === this.lastStatusJson && !periodic) return;
       // Upstream gets at most one a second unless it matters now.
-      if (!this.upstream.connected || (!urgent && !periodic && wallNow - this.lastPublishedAt < 1000)) return;
+      if (!linkWasUp || !this.linkUp || !this.upstream.connected || (!urgent && !periodic && wallNow - this.lastPublishedAt < 1000)) return;
       this.lastStatusJson = json;
       this.lastPublishedAt = wallNow;
       // Not awaited: a slow link must not hold up the gateway's other work.
@@ -455,6 +462,14 @@ export class Gateway {
     });
   }
   private lastFileJson = '';
+  /**
+   * Between the connection's `connect` and `disconnect` events. The client says connected from the
+   * CONNACK on, before it has sent again what was unacknowledged and restored the subscriptions (a
+   * round trip each on a slow link), and still says so while a quick reconnect drops the old socket:
+   * a status published then went on the dying socket and again after the reconnect (~790 B each),
+   * and a fetch resumed then asked before its frames were subscribed again.
+   */
+  private linkUp = false;
   /** When the last payload fetched from upstream was held, and what the upstream socket had written by then (the status file's `lastStored`). */
   private lastStored: GatewayFileStatus['lastStored'];
   private lastReleaseAt: number | undefined;

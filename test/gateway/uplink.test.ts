@@ -5,6 +5,7 @@ import { MqttTransport } from '../../transport/mqtt.ts';
 import { connect, createFixture, GROUP, MODEL, publish, topics, type Fixture } from '../support/harness.ts';
 import { until } from '../support/wait.ts';
 import { statusFixture } from '../support/status.ts';
+import { parseGatewayStatus } from '../../gateway/status.ts';
 import { SITE, startGateway, untilGateway, watchGatewayStatus } from './helpers.ts';
 
 /** What the gateway sends up its cellular link besides the payload's requests (issue 20, fifth pass). */
@@ -87,6 +88,30 @@ describe('site gateway: its uplink', () => {
     const at = states.map((x) => order.indexOf(x));
     expect(at, seen.join(' ')).toEqual([...at].sort((a, b) => a - b));
     expect((await gw.status()).relay.merged).toBeGreaterThanOrEqual(4);
+  });
+
+  it("a quick reconnect of its upstream connection (the silence watch's) sends its status up once, for the new connection, not also the one made as the old went", async () => {
+    f = await createFixture('gwqr');
+    gw = await startGateway(f, { groups: [GROUP] });
+    // Every status the gateway publishes, as the upstream broker receives it (before any routing).
+    const received: string[] = [];
+    f.broker!.aedes.on('publish', (packet, client) => {
+      if (client?.id !== `fleet-gateway-${SITE}` || topics.parse(packet.topic)?.kind !== 'gatewayStatus') return;
+      const s = parseGatewayStatus(new Uint8Array(packet.payload as Buffer));
+      // The broker sends its last will as the old connection goes (a status the gateway must replace).
+      if (s && !s.message?.includes('last will')) received.push(`${s.upstream.state}/${s.upstream.connects}`);
+    });
+    await untilGateway(gw, (s) => s.upstream.state === 'connected');
+    await sleep(1500);
+    const before = received.length;
+    // What the silence watch does when the socket is silent while a fresh connection gets through.
+    const upstream = (gw.gateway as unknown as { upstream: MqttTransport }).upstream;
+    upstream.reconnect('test: silent while the link was up');
+    await untilGateway(gw, (s) => s.upstream.connects >= 2 && s.upstream.state === 'connected', 15_000, 'reconnected');
+    await sleep(2500);
+    // Before: one made as the old connection went (sent after the reconnect, saying `down`) besides
+    // the new connection's, each ~750 B; on a slow link also on the dying socket and then again.
+    expect(received.slice(before)).toEqual(['connected/2']);
   });
 
   it('relayed device statuses do not send its own status up again (once a second while the site downloaded)', async () => {
