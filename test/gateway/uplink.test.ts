@@ -5,6 +5,8 @@ import { MqttTransport } from '../../transport/mqtt.ts';
 import { connect, createFixture, GROUP, MODEL, publish, topics, type Fixture } from '../support/harness.ts';
 import { until } from '../support/wait.ts';
 import { statusFixture } from '../support/status.ts';
+import type { QueuedMessage } from '../../gateway/queue.ts';
+import { superseded } from '../../gateway/status-relay.ts';
 import { parseGatewayStatus } from '../../gateway/status.ts';
 import { SITE, startGateway, untilGateway, watchGatewayStatus } from './helpers.ts';
 
@@ -138,5 +140,30 @@ describe('site gateway: its uplink', () => {
     expect(during.length, during.map((s) => JSON.stringify(s.relay)).join(' ')).toBeLessThanOrEqual(1);
     // The relay's counters still go up with the next status that does change (and the 30 s one).
     expect((await gw.status()).relay.relayed).toBeGreaterThanOrEqual(21);
+  });
+});
+
+describe('the relay: which queued statuses a newer one makes moot (superseded)', () => {
+  const st = (device: string, state: DeviceState): QueuedMessage => ({
+    topic: topics.status(device),
+    payload: encodeStatus(statusFixture({ device, group: GROUP, model: MODEL, running: '0'.repeat(64), state })),
+    retain: true,
+  });
+  const pr = (device: string): QueuedMessage => ({ topic: topics.presence(device), payload: new TextEncoder().encode(encodePresence('online', 1)), retain: true });
+
+  it('drops a passing state only when the same device has a newer message queued behind it', () => {
+    const q = [st('a', 'downloading'), st('b', 'downloading'), st('a', 'verifying'), st('a', 'ok'), st('b', 'failed'), pr('a'), pr('a')];
+    expect(superseded(q)).toEqual([true, true, true, false, false, false, false]);
+  });
+
+  it('keeps idle statuses, outcomes, presence, unretained messages and the newest of each device', () => {
+    const unretained = { ...st('c', 'applying'), retain: false };
+    const q = [st('a', 'idle'), st('a', 'ok'), st('a', 'rolled_back'), unretained, st('c', 'testing'), st('d', 'downloading')];
+    expect(superseded(q)).toEqual([false, false, false, false, false, false]);
+  });
+
+  it('judges only the first `first` (the batch) against the whole queue', () => {
+    const q = [st('a', 'downloading'), st('b', 'applying'), st('a', 'ok'), st('b', 'ok')];
+    expect(superseded(q, 1)).toEqual([true]);
   });
 });
