@@ -15,8 +15,12 @@ export const GATEWAY_DEFAULTS = {
   reconnectMaxMs: 15_000,
   /** How often the window and budget are checked and DIR/status.json refreshed. */
   tickMs: 1000,
-  /** While fetching, the status goes upstream at each such share of the payload (and on every state change, and every 30 s). */
-  statusProgressStep: 0.25,
+  /**
+   * While fetching, the status goes upstream at each such share of the payload (and on every state
+   * change, and every 30 s): half-way, as a device's (DEVICE_DEFAULTS.progressStep); a quarter before
+   * issue 20's fifth pass (two statuses of ~750 B more per fetch on the uplink).
+   */
+  statusProgressStep: 0.5,
   /** How long a paused transfer may drain before it stops. */
   drainMs: 3000,
   /** The upstream transfer (as the device's, docs/protocol.md §4.2). */
@@ -28,6 +32,11 @@ export const GATEWAY_DEFAULTS = {
   relayDrainTimeoutMs: 30_000,
   /** Device statuses relayed upstream at once. */
   statusInFlight: 16,
+  /**
+   * A device status or presence waits this long on the gateway before it goes up (with what came
+   * meanwhile), so a site device's passing states over the LAN go up as its newest only (issue 20).
+   */
+  relayLingerMs: 1000,
 } as const;
 
 type Defaulted = keyof typeof GATEWAY_DEFAULTS;

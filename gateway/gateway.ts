@@ -17,7 +17,7 @@ import { gatewayTopics } from './parts.ts';
 import { VERSION } from '../util/version.ts';
 import { ReleaseMirror } from './mirror.ts';
 import { charge, decide, formatWindow, monthKey, used, type BudgetLedger, type DownloadWindow, type PolicyDecision } from './policy.ts';
-import type { GatewayStatus } from './status.ts';
+import type { GatewayFileStatus, GatewayStatus } from './status.ts';
 import { StatusRelay } from './status-relay.ts';
 import { UpstreamFetcher } from './upstream-fetcher.ts';
 import { GroupWatch, type LearningSummary } from './group-watch.ts';
@@ -74,7 +74,7 @@ export interface GatewayOptions {
   drainMs?: number;
   /** How often the policy is re-evaluated (default 1000 ms). */
   tickMs?: number;
-  /** While fetching, the status goes upstream when the fetch passes another this much of a payload (default 0.25), besides state changes and every 30 s. */
+  /** While fetching, the status goes upstream when the fetch passes another this much of a payload (default 0.5), besides state changes and every 30 s. */
   statusProgressStep?: number;
   /** Upstream transfer tuning (as the device's --window, --idle-ms). */
   maxWindow?: number;
@@ -84,6 +84,8 @@ export interface GatewayOptions {
   maxBadCopies?: number;
   /** Device statuses relayed upstream at once. */
   statusInFlight?: number;
+  /** How long a relayed status waits before it goes up, ms (passing states superseded meanwhile are dropped). */
+  relayLingerMs?: number;
   /** relayDrained()'s wait when none is given, ms. */
   relayDrainTimeoutMs?: number;
   reconnectMinMs?: number;
@@ -157,7 +159,7 @@ export class Gateway {
     this.site = parts.site;
     this.store = parts.store;
     this.upstream = parts.upstream;
-    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: this.o.log.child('relay'), inFlight: o.statusInFlight });
+    this.relay = new StatusRelay({ dir: this.dir('relay'), upstream: this.upstream, log: this.o.log.child('relay'), inFlight: o.statusInFlight, lingerMs: o.relayLingerMs });
     this.fetcher = this.makeFetcher();
     this.mirror = this.makeMirror();
     this.groups = this.makeGroups();
@@ -211,11 +213,14 @@ export class Gateway {
       idleMs: this.o.idleMs,
       stallMs: this.o.stallMs,
       maxBadCopies: this.o.maxBadCopies,
-      onStored: () =>
+      onStored: () => {
+        // Taken now, before the site's devices hear of the release and their statuses go up.
+        this.lastStored = { at: Date.now(), upstreamSent: structuredClone(this.upstream.sent), wireBytesOut: this.upstream.stats().bytesOut };
         this.serial(async () => {
           await this.mirror.onStored();
           this.publishStatus(true);
-        }),
+        });
+      },
       onProgress: () => this.account(),
     });
   }
@@ -247,13 +252,19 @@ export class Gateway {
 
   /** React to upstream (releases in, link state) and to the site (statuses and presence up; learn groups from devices). */
   private react(): void {
+    // Connected already (no `connect` event to come for this connection): take it as up.
+    this.linkUp = this.upstream.connected;
     this.upstream.onMessage((topic, payload) => {
       const p = this.topics.parse(topic);
-      if (p?.kind === 'release' && this.groups.wants(p.group, p.model)) this.serial(() => this.mirror.onUpstream(p.group, p.model, payload));
+      if (p?.kind === 'release' && this.groups.wants(p.group, p.model)) {
+        this.lastReleaseAt = Date.now();
+        this.serial(() => this.mirror.onUpstream(p.group, p.model, payload));
+      }
       // The fleet's signed trust file (key rotation): forwarded byte for byte; devices verify it.
       if (p?.kind === 'trust' && payload.byteLength > 0) this.serial(() => this.publishLocal(topic, payload));
     });
     this.upstream.onConnect(() => {
+      this.linkUp = true;
       this.linkSince = this.now();
       this.o.log.info('upstream connected', { url: redact(this.o.upstream) });
       void this.groups.subscribeAll();
@@ -262,6 +273,7 @@ export class Gateway {
       this.publishStatus(true);
     });
     this.upstream.onDisconnect((reason) => {
+      this.linkUp = false;
       if (this.closed) return;
       this.linkSince = this.now();
       this.o.log.info('upstream down', { reason });
@@ -356,7 +368,7 @@ export class Gateway {
       window: this.o.window,
       budgetBytes: this.o.budgetBytes,
       usedBytes: used(this.ledger, this.now()),
-      upstreamConnected: this.upstream.connected,
+      upstreamConnected: this.linkUp && this.upstream.connected,
     });
     const changed = d.go !== this.decision.go || (!d.go && !this.decision.go && d.reason !== this.decision.reason);
     this.decision = d;
@@ -401,7 +413,7 @@ export class Gateway {
       cache,
       fetching: this.fetcher.state(),
       releases: this.mirror.state(),
-      relay: { queued: this.relay.queued, relayed: this.relay.relayed },
+      relay: { queued: this.relay.queued, relayed: this.relay.relayed, merged: this.relay.merged },
       devices: this.devices.size,
       learning: this.learning(),
       time: new Date(this.now()).toISOString(),
@@ -411,26 +423,36 @@ export class Gateway {
   /** Publish the gateway's status upstream (retained) when it changed, at most once a second unless `urgent`; also `DIR/status.json`. */
   private publishStatus(urgent: boolean): void {
     if (this.closed) return;
+    // Whether the link was up when the change came: one made as it went down is not sent when the
+    // task runs after the reconnect (with the link's state as it was computed then).
+    const linkWasUp = this.linkUp;
     this.serial(async () => {
       if (this.ledgerDirty) {
         this.ledgerDirty = false;
         await writeFileAtomic(this.dir('budget.json'), JSON.stringify(this.ledger));
       }
       const s = await this.status();
-      // What counts as a change: not the clock nor the byte counters (publishing the status
-      // moves them, which would publish again: a loop over a metered link). They go up with
-      // every change and at least every 30 s.
+      // The local file follows every change, the counters' included (what the uplink carried so far).
+      const { time: _ft, ...file } = { ...s, upstreamSent: this.upstream.sent, lastReleaseAt: this.lastReleaseAt, lastStored: this.lastStored } satisfies GatewayFileStatus;
+      const fileJson = JSON.stringify(file);
+      if (fileJson !== this.lastFileJson) {
+        this.lastFileJson = fileJson;
+        await writeFileAtomic(this.dir('status.json'), JSON.stringify({ ...file, time: s.time }, null, 1));
+      }
+      // What counts as a change upstream: not the clock nor the byte counters (publishing the status
+      // moves them, which would publish again: a loop over a metered link), nor the relay's counters
+      // (every device status relayed moved them: once a second while the site's devices download).
+      // They go up with every change and at least every 30 s.
       // Nor each chunk of a fetch: its progress counts by statusProgressStep (a gateway status is
       // ~750 B with one release, and once a second while fetching cost more than the fetch's requests).
-      const { time: _t, fetched: _f, budget, fetching, ...rest } = s;
+      const { time: _t, fetched: _f, budget, fetching, relay: _r, ...rest } = s;
       const progress = fetching.map((f) => ({ ...f, bytes: Math.floor(f.bytes / Math.max(1, f.totalBytes) / this.o.statusProgressStep) }));
       const json = JSON.stringify({ ...rest, progress, month: budget.month, exhausted: budget.limitBytes !== null && budget.usedBytes >= budget.limitBytes });
       const wallNow = Date.now();
       const periodic = wallNow - this.lastPublishedAt > 30_000;
       if (json === this.lastStatusJson && !periodic) return;
-      // The local file follows every tick; upstream gets at most one a second unless it matters now.
-      await writeFileAtomic(this.dir('status.json'), JSON.stringify(s, null, 1));
-      if (!this.upstream.connected || (!urgent && !periodic && wallNow - this.lastPublishedAt < 1000)) return;
+      // Upstream gets at most one a second unless it matters now.
+      if (!linkWasUp || !this.linkUp || !this.upstream.connected || (!urgent && !periodic && wallNow - this.lastPublishedAt < 1000)) return;
       this.lastStatusJson = json;
       this.lastPublishedAt = wallNow;
       // Not awaited: a slow link must not hold up the gateway's other work.
@@ -439,6 +461,18 @@ export class Gateway {
       });
     });
   }
+  private lastFileJson = '';
+  /**
+   * Between the connection's `connect` and `disconnect` events. The client says connected from the
+   * CONNACK on, before it has sent again what was unacknowledged and restored the subscriptions (a
+   * round trip each on a slow link), and still says so while a quick reconnect drops the old socket:
+   * a status published then went on the dying socket and again after the reconnect (~790 B each),
+   * and a fetch resumed then asked before its frames were subscribed again.
+   */
+  private linkUp = false;
+  /** When the last payload fetched from upstream was held, and what the upstream socket had written by then (the status file's `lastStored`). */
+  private lastStored: GatewayFileStatus['lastStored'];
+  private lastReleaseAt: number | undefined;
   private lastPublishedAt = 0;
 
   /** For tests and shutdown: every queued status delivered upstream. */

@@ -69,6 +69,8 @@ export function upstreamOptions(o: ResolvedGatewayConfig, topics: Topics): MqttT
       qos: 1,
     },
     keepaliveSeconds: o.keepaliveSeconds,
+    // The status file breaks the uplink down by topic kind (request, gateway-status, status, presence).
+    labelTopic: (t) => topics.parse(t)?.kind ?? 'other',
     reconnectMinMs: o.reconnectMinMs,
     reconnectMaxMs: o.reconnectMaxMs,
   };

@@ -1,3 +1,4 @@
+import { parseStatus, type DeviceState } from '../protocol/status.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import { DiskQueue, type QueuedMessage } from './queue.ts';
@@ -8,6 +9,32 @@ export interface StatusRelayOptions {
   log: Logger;
   /** Most messages sent upstream and not yet acknowledged. */
   inFlight: number;
+  /**
+   * A message queued while the link is up waits this long before it goes (0: at once), so that a
+   * site device's burst of passing states (over the LAN a download, its check and apply take a
+   * second or two) goes up as its last status only (see `superseded`).
+   */
+  lingerMs?: number;
+}
+
+/** States a device passes through on its way to an outcome; a newer status of the same device makes one of them moot. */
+const PASSING: ReadonlySet<DeviceState> = new Set(['downloading', 'verifying', 'applying', 'testing']);
+
+/**
+ * Which of `queued` need not go up: a retained device status in a passing state (downloading,
+ * verifying, applying, testing) with a newer message on the same topic queued behind it. The
+ * retained topic keeps only the newest anyway; outcomes (ok, rolled_back, rejected, failed),
+ * idle statuses and presence always go up, in order.
+ */
+export function superseded(queued: readonly QueuedMessage[], first = queued.length): boolean[] {
+  // Only the first `first` are judged (the batch about to go); the whole queue says what is newer.
+  const last = new Map<string, number>();
+  queued.forEach((m, i) => last.set(m.topic, i));
+  return queued.slice(0, first).map((m, i) => {
+    if (!m.retain || last.get(m.topic)! <= i) return false;
+    const s = parseStatus(m.payload);
+    return s !== null && PASSING.has(s.state);
+  });
 }
 
 /**
@@ -24,6 +51,9 @@ export class StatusRelay {
   private pumping = false;
   private waiters: Array<() => void> = [];
   private readonly max: number;
+  private lingering: NodeJS.Timeout | undefined;
+  /** Statuses not sent because a newer one of the same device was queued behind them (`superseded`). */
+  merged = 0;
 
   constructor(private readonly o: StatusRelayOptions) {
     this.q = new DiskQueue(o.dir);
@@ -46,10 +76,15 @@ export class StatusRelay {
     return this.q.delivered;
   }
 
-  /** Queue one message (durably) and try to send. */
+  /** Queue one message (durably) and send it after the linger (with what came meanwhile). */
   async relay(m: QueuedMessage): Promise<void> {
     await this.q.push(m);
-    this.pump();
+    const linger = this.o.lingerMs ?? 0;
+    if (linger <= 0) return this.pump();
+    this.lingering ??= setTimeout(() => {
+      this.lingering = undefined;
+      this.pump();
+    }, linger);
   }
 
   /** Resolves when the queue is empty (tests, shutdown). */
@@ -78,8 +113,11 @@ export class StatusRelay {
     if (this.pumping || this.closed || !this.o.upstream.connected || this.q.length === 0) return;
     this.pumping = true;
     const batch = this.q.peek(this.max);
-    this.sending = batch.length;
-    void Promise.all(batch.map((m) => this.o.upstream.publish(m.topic, m.payload, { qos: 1, retain: m.retain })))
+    const moot = superseded(this.q.peek(this.q.length), batch.length);
+    const send = batch.filter((_, i) => !moot[i]);
+    this.merged += batch.length - send.length;
+    this.sending = send.length;
+    void Promise.all(send.map((m) => this.o.upstream.publish(m.topic, m.payload, { qos: 1, retain: m.retain })))
       .then(() => this.q.ack(batch.length))
       .then(
         () => {
@@ -104,6 +142,7 @@ export class StatusRelay {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.lingering) clearTimeout(this.lingering);
     await this.q.close();
   }
 }

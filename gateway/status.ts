@@ -34,12 +34,26 @@ export interface GatewayStatus {
   /** Payloads being fetched (bytes held on disk so far). */
   fetching: FetchState[];
   releases: MirroredRelease[];
-  relay: { queued: number; relayed: number };
+  /** Statuses waiting on disk, delivered, and not sent because a newer one of the same device followed (passing states). */
+  relay: { queued: number; relayed: number; merged?: number };
   /** Devices the site broker has seen a status from. */
   devices: number;
   /** Groups learned from the site's devices: how, how many, the cap, and pairs refused at the cap. */
   learning: LearningSummary;
   time: string;
+}
+
+/**
+ * `DIR/status.json`: the status, and what only the local file carries (never published upstream):
+ * the upstream MQTT packets the gateway wrote since start, by type (`publish <topic kind>` for
+ * publishes), for breaking its uplink down.
+ */
+export interface GatewayFileStatus extends GatewayStatus {
+  upstreamSent?: Record<string, { packets: number; bytes: number }>;
+  /** When the last payload fetched from upstream was held (ms since the epoch), and the upstream socket's figures then. */
+  /** When a release last arrived from upstream (ms since the epoch). */
+  lastReleaseAt?: number;
+  lastStored?: { at: number; upstreamSent: Record<string, { packets: number; bytes: number }>; wireBytesOut: number };
 }
 
 export const GATEWAY_WAIT_REASONS: Record<WaitReason, string> = {

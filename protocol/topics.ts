@@ -67,6 +67,10 @@ export class Topics {
   framesFor(model: string, deviceId: string): string {
     return `${this.prefix}/models/${assertSegment('model', model)}/updates/+/to/${assertSegment('device id', deviceId)}`;
   }
+  /** A gateway's one subscription to all its frames, of every model (gateway/upstream-fetcher.ts). */
+  framesForAnyModel(deviceId: string): string {
+    return `${this.prefix}/models/+/updates/+/to/${assertSegment('device id', deviceId)}`;
+  }
   /** Publisher -> server: upload frames. */
   upload(model: string, updateId: string): string {
     return `${this.updateBase(model, updateId)}/put`;

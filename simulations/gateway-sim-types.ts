@@ -1,6 +1,7 @@
 import type { HttpRunResult } from './compare-http.ts';
 import type { LinkSpec } from './link-profiles.ts';
 import type { SiteRunOptions } from './sim-support.ts';
+import type { SentByType } from './uplink.ts';
 
 /** sim:gateway's options and the figures its one JSON line carries (simulations/gateway.ts). */
 
@@ -13,6 +14,8 @@ export interface GatewaySimOptions extends SiteRunOptions {
   compareHttp?: boolean;
   /** The cut schedule of the gateway phase (and HTTP's) and the delay line's jitter come from it. */
   seed?: number;
+  /** Leave out phase 2 (the devices directly upstream): the gateway's fetch (and HTTP's) only. */
+  skipDirect?: boolean;
 }
 
 export interface GatewayHttpComparison {
@@ -35,6 +38,13 @@ export interface GatewayHttpComparison {
   gatewayUpToFetchedOverHttp: number | null;
   /** When the cuts came, ms after the release (the same for HTTP, after its start). */
   cutsAtMs: number[];
+  /**
+   * The gateway's upstream MQTT packets from the release to the fetch done, by type (`publish <topic kind>`
+   * for publishes: request, gateway-status, status, presence), from its `DIR/status.json` (`upstreamSent`).
+   */
+  gatewaySentToFetched: SentByType | null;
+  /** Packets up the link from the release to the fetch done (HTTP's: `http.wireUpPackets`). */
+  gatewayUpPacketsToFetched: number | null;
 }
 
 export interface PhaseResult {
@@ -56,11 +66,12 @@ export interface GatewaySimResult {
   devices: number;
   payloadBytes: number;
   gateway: PhaseResult & { upstreamFetchedPayloadBytes: number; upstreamWireOut: number };
-  direct: PhaseResult;
+  /** Null with `skipDirect`. */
+  direct: PhaseResult | null;
   /** Gateway phase: socket bytes in over the link ÷ one payload (goal ≤ 1.10). */
   gatewayOverPayload: number;
   /** Direct phase: socket bytes in over the link ÷ one payload (goal ≥ 10 for 10 devices). */
-  directOverPayload: number;
+  directOverPayload: number | null;
   /** Gateway phase: link bytes towards the site ÷ one payload (headers and retransmissions included). */
   gatewayLinkDownOverPayload: number | null;
   /** Link bytes towards the site, gateway ÷ direct. */

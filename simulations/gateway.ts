@@ -6,7 +6,7 @@
  *   npm run sim:gateway -- [--devices 10] [--size 262144] [--loss 10] [--rate 512]
  *       [--cuts 2] [--cut-seconds 3] [--proxy] [--timeout 600]
  *       [--profile rural-3g|rural-lte-edge|satellite] [--rate-up K] [--loss-up P] [--delay MS]
- *       [--jitter MS] [--compare-http] [--seed S]
+ *       [--jitter MS] [--compare-http] [--skip-direct] [--seed S]
  *
  * `--profile` and the link flags are those of sim:fleet (link-profiles.ts; kernel link only).
  * `--compare-http` then fetches the payload once by HTTP range resume over the same link, with
@@ -35,7 +35,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
-import type { GatewayStatus } from '../gateway/status.ts';
+import type { GatewayFileStatus } from '../gateway/status.ts';
 import { keygen } from '../publisher/keys.ts';
 import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { runHttpBaseline, tcpFloorSeconds } from './compare-http.ts';
@@ -44,7 +44,7 @@ import type { LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
 import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
-import { CounterSampler } from './uplink.ts';
+import { CounterSampler, type SentByType } from './uplink.ts';
 import { mulberry32 } from '../util/random.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 import type { GatewayHttpComparison, GatewaySimOptions, GatewaySimResult, PhaseResult } from './gateway-sim-types.ts';
@@ -135,6 +135,10 @@ interface GatewayPhaseOutcome {
   /** Link bytes up from the release to the fetch done, and what the gateway's upstream socket wrote in that time. */
   upToFetched: number | null;
   socketUpToFetched: number | null;
+  /** The gateway's upstream MQTT packets by type over the same span. */
+  sentToFetched: SentByType | null;
+  /** Packets up the link over the same span (TCP's ACKs included). */
+  upPacketsToFetched: number | null;
 }
 
 /**
@@ -144,15 +148,18 @@ interface GatewayPhaseOutcome {
  * schedule over one payload's ideal time) while the upstream fetch runs.
  */
 /** The gateway and the device host behind it, started and waited for (devices idle, the gateway connected upstream). */
-async function startSite(rig: Rig): Promise<{ gateway: ChildProcess; host: ChildProcess; ends: Map<string, DeviceEnd>; readStatus: () => Promise<GatewayStatus | undefined> }> {
+async function startSite(rig: Rig): Promise<{ gateway: ChildProcess; host: ChildProcess; ends: Map<string, DeviceEnd>; readStatus: () => Promise<GatewayFileStatus | undefined> }> {
   const gwDir = path.join(rig.dir, 'gw');
   const gwPort = 40000 + (process.pid % 20000);
   const args = ['gateway', '--upstream', rig.upstreamUrl, '--listen', String(gwPort), '--host', '127.0.0.1', '--data-dir', gwDir, '--site', 'sim-site', '--group', 'site', '--model', 'sim', '--tick-ms', '200'];
   const gateway = rig.track(rig.siteExec(process.execPath, [FLEET_BIN, ...args]));
+  // FLEET_SIM_HOST_LOG=DIR: the gateway's log (FLEET_LOG sets its level) in DIR/gateway.log, as the device hosts'.
+  const logDir = process.env.FLEET_SIM_HOST_LOG;
+  if (logDir) gateway.stderr?.pipe(createWriteStream(path.join(logDir, 'gateway.log'), { flags: 'a' }));
   await waitForPortIn(rig.siteExec, '127.0.0.1', gwPort, true);
-  const readStatus = async (): Promise<GatewayStatus | undefined> => {
+  const readStatus = async (): Promise<GatewayFileStatus | undefined> => {
     try {
-      return JSON.parse(await fs.readFile(path.join(gwDir, 'status.json'), 'utf8')) as GatewayStatus;
+      return JSON.parse(await fs.readFile(path.join(gwDir, 'status.json'), 'utf8')) as GatewayFileStatus;
     } catch {
       return undefined;
     }
@@ -165,6 +172,17 @@ async function startSite(rig: Rig): Promise<{ gateway: ChildProcess; host: Child
     if (Date.now() > upDeadline) throw new Error('the gateway did not connect upstream in 60 s');
     await sleep(100);
   }
+  // As in the field, the site has been idle a while before a release: every device's start-up status
+  // and presence are upstream already (on a narrow lossy uplink they took seconds, and went up inside
+  // the fetch's time and bytes before issue 20's fifth pass).
+  const relayDeadline = Date.now() + 60_000;
+  for (let s = await readStatus(); !(s && s.devices >= rig.o.devices && s.relay.queued === 0); s = await readStatus()) {
+    if (Date.now() > relayDeadline) {
+      rig.o.log(`NOTE: the site's start-up statuses were not all relayed upstream in 60 s (${s?.devices ?? 0} devices seen, ${s?.relay.queued ?? '?'} queued)`);
+      break;
+    }
+    await sleep(100);
+  }
   return { gateway, host, ends, readStatus };
 }
 
@@ -173,9 +191,15 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
   const { gateway, host: host1, ends: ends1, readStatus } = await startSite(rig);
   await sleep(500);
   const linkBefore1 = await rig.linkBytes();
-  const socketOutBefore = (await readStatus())?.fetched.wireBytesOut ?? 0;
+  const packetsBefore = (await rig.link?.counters())?.txPackets;
+  const before = await readStatus();
+  const socketOutBefore = before?.fetched.wireBytesOut ?? 0;
+  const sentBefore = before?.upstreamSent;
+  let sentAtFetched: SentByType | undefined;
   const sampler = rig.sampler();
   sampler?.start();
+  const t0 = Date.now();
+  let releaseAt: number | undefined;
   await publish();
   const t1 = Date.now();
   const ideal = o.rateKbit ? (rig.payloadBytes * 8) / (o.rateKbit * 1000) : 2;
@@ -189,17 +213,23 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
     const s = await readStatus();
     const now = Date.now();
     if (firstSeen === undefined && s && (s.fetching.length > 0 || s.fetched.payloadBytes > 0)) firstSeen = now;
+    if (s?.lastReleaseAt !== undefined && s.lastReleaseAt >= t0) releaseAt = s.lastReleaseAt;
     if (fetchedAt === undefined && (s?.fetched.payloadBytes ?? 0) >= rig.payloadBytes) {
-      fetchedAt = now;
-      socketOutAtFetched = s!.fetched.wireBytesOut;
+      // The moment the gateway held the payload, and its socket's figures then (before the site's
+      // devices heard of the release and their statuses went up), where its status file says them.
+      const st = s!.lastStored && s!.lastStored.at >= t0 ? s!.lastStored : undefined;
+      fetchedAt = st?.at ?? now;
+      socketOutAtFetched = st?.wireBytesOut ?? s!.fetched.wireBytesOut;
+      sentAtFetched = st?.upstreamSent ?? s!.upstreamSent;
     }
     await sleep(100);
   }
   fetchedAt ??= Date.now(); // ends the cut schedule if the fetch never completed (fetchSeconds stays null below)
   const { cuts: cuts1 } = await cutsDone;
   const fetched = socketOutAtFetched !== undefined;
-  // The publish command may exit after the release went out: time from whichever came first.
-  const tStart = Math.min(t1, firstSeen ?? t1);
+  // The publish command may exit after the release went out: time from whichever came first, its exit,
+  // the gateway's status first showing the fetch, or the release's arrival there (its status file).
+  const tStart = Math.min(t1, firstSeen ?? t1, releaseAt ?? t1);
   const seconds1 = (Date.now() - tStart) / 1000;
   await sleep(1500); // the last statuses go up
   const gs = await readStatus();
@@ -207,7 +237,7 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
   await stopChild(host1, 3000).catch(() => undefined);
   await stopChild(gateway, 5000).catch(() => undefined);
   const linkAfter1 = await rig.linkBytes();
-  const atFetched = fetched ? (sampler?.at(fetchedAt) ?? (await rig.link?.counters())) : undefined;
+  const atFetched = fetched ? (sampler?.around(fetchedAt) ?? (await rig.link?.counters())) : undefined;
   const gwPhase = {
     completed: rig.okCount(ends1),
     seconds: Number(seconds1.toFixed(2)),
@@ -227,7 +257,19 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
     faults,
     upToFetched: atFetched ? atFetched.txBytes - linkBefore1[1] : null,
     socketUpToFetched: fetched ? socketOutAtFetched! - socketOutBefore : null,
+    sentToFetched: sentAtFetched ? sentSince(sentAtFetched, sentBefore) : null,
+    upPacketsToFetched: atFetched && packetsBefore !== undefined ? atFetched.txPackets - packetsBefore : null,
   };
+}
+
+/** What was sent between two readings of the same counters (`upstreamSent` of the gateway's status file). */
+function sentSince(now: SentByType, before: SentByType | undefined): SentByType {
+  const out: SentByType = {};
+  for (const [k, v] of Object.entries(now)) {
+    const d = { packets: v.packets - (before?.[k]?.packets ?? 0), bytes: v.bytes - (before?.[k]?.bytes ?? 0) };
+    if (d.packets > 0) out[k] = d;
+  }
+  return out;
 }
 
 /** Phase 2: the same devices directly upstream, the link cut at fixed fractions of the ideal time. */
@@ -325,6 +367,8 @@ async function compareWithHttp(o: GatewaySimOptions, link: NetnsLink, w: { dir: 
     httpUpPerMiB: Math.round(http.wireUp / mib),
     gatewayUpToFetchedOverHttp: upToFetched === null ? null : r3(upToFetched / http.wireUp),
     cutsAtMs: faults.map((f) => Math.round(f.at)),
+    gatewaySentToFetched: w.gateway.sentToFetched,
+    gatewayUpPacketsToFetched: w.gateway.upPacketsToFetched,
   };
 }
 
@@ -359,7 +403,7 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
     const rig = rigOf(o, held, { dir, payloadBytes, upstreamUrl, siteExec, track, trustFile: keys.trustFile, baseFile, targetDigest: update.targetDigest });
     const gw = await gatewayPhase(rig, () => publishRelease(srvExec, track, brokerUrl, keys, updateFile));
     const gwPhase = gw.phase;
-    const directPhase_ = await directPhase(rig);
+    const directPhase_ = o.skipDirect ? null : await directPhase(rig);
     const compareHttp = o.compareHttp && held.link ? await compareWithHttp(o, held.link, { dir, port, payload: update.payload, gateway: gw }) : undefined;
     return {
       compareHttp,
@@ -369,9 +413,9 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
       gateway: gwPhase,
       direct: directPhase_,
       gatewayOverPayload: Number((gwPhase.socketBytesIn / payloadBytes).toFixed(4)),
-      directOverPayload: Number((directPhase_.socketBytesIn / payloadBytes).toFixed(4)),
+      directOverPayload: directPhase_ ? Number((directPhase_.socketBytesIn / payloadBytes).toFixed(4)) : null,
       gatewayLinkDownOverPayload: gwPhase.linkBytesDown !== null ? Number((gwPhase.linkBytesDown / payloadBytes).toFixed(4)) : null,
-      linkDownRatio: gwPhase.linkBytesDown !== null && directPhase_.linkBytesDown ? Number((gwPhase.linkBytesDown / directPhase_.linkBytesDown).toFixed(4)) : null,
+      linkDownRatio: gwPhase.linkBytesDown !== null && directPhase_?.linkBytesDown ? Number((gwPhase.linkBytesDown / directPhase_.linkBytesDown).toFixed(4)) : null,
       note,
     };
   } finally {
@@ -399,6 +443,7 @@ async function main(): Promise<void> {
       delay: { type: 'string' },
       jitter: { type: 'string' },
       'compare-http': { type: 'boolean', default: false },
+      'skip-direct': { type: 'boolean', default: false },
       seed: { type: 'string', default: '1' },
     },
   });
@@ -417,6 +462,7 @@ async function main(): Promise<void> {
     cutSeconds: spec.cutSeconds,
     link: spec,
     compareHttp: a['compare-http'] === true,
+    skipDirect: a['skip-direct'] === true,
     seed: Number(a.seed),
     proxy: a.proxy === true,
     timeoutSeconds: Number(a.timeout),

@@ -61,6 +61,18 @@ export class CounterSampler {
   at(t: number): LinkCounters | undefined {
     return this.samples.find((s) => s.t >= t)?.c;
   }
+
+  /** The counters at `t`, interpolated between the samples either side of it (the first after it when none is before). */
+  around(t: number): LinkCounters | undefined {
+    const i = this.samples.findIndex((s) => s.t >= t);
+    if (i < 0) return undefined;
+    const b = this.samples[i];
+    const a = this.samples[i - 1];
+    if (!a || b.t === a.t) return b.c;
+    const f = (t - a.t) / (b.t - a.t);
+    const mix = (x: number, y: number): number => Math.round(x + (y - x) * f);
+    return { rxBytes: mix(a.c.rxBytes, b.c.rxBytes), rxPackets: mix(a.c.rxPackets, b.c.rxPackets), txBytes: mix(a.c.txBytes, b.c.txBytes), txPackets: mix(a.c.txPackets, b.c.txPackets) };
+  }
 }
 
 /**

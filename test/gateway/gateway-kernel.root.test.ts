@@ -20,7 +20,7 @@ describe.skipIf(!available.ok)('a site gateway behind a real lossy link (network
     });
     expect(r.note).toBeNull();
     expect(r.gateway.completed).toBe(4);
-    expect(r.direct.completed).toBe(4);
+    expect(r.direct!.completed).toBe(4);
     expect(r.gateway.cuts).toBe(1);
     expect(r.gateway.upstreamFetchedPayloadBytes).toBe(r.payloadBytes);
     // One payload (plus the release, requests' acks and framing) through the gateway's socket;
@@ -32,11 +32,11 @@ describe.skipIf(!available.ok)('a site gateway behind a real lossy link (network
 
   it('clean link, 4 devices started after the release (the direct phase): each receives about one payload, no chunk twice', async () => {
     const r = await runGatewaySim({ devices: 4, size: 96 * 1024, lossPercent: 0, rateKbit: 512, cuts: 0, cutSeconds: 2, proxy: false, timeoutSeconds: 100, log: () => undefined });
-    expect(r.direct.completed).toBe(4);
+    expect(r.direct!.completed).toBe(4);
     // A device started while the release was retained fetched it twice over (a second fetch beside
     // the first, the list and first window asked again): 1.2–1.6 payloads a device at 256 KiB.
-    expect(r.direct.devicesSaw!.duplicateChunks).toBeLessThanOrEqual(1);
-    expect(r.direct.devicesSaw!.maxOverPayload).toBeLessThan(1.1);
+    expect(r.direct!.devicesSaw!.duplicateChunks).toBeLessThanOrEqual(1);
+    expect(r.direct!.devicesSaw!.maxOverPayload).toBeLessThan(1.1);
     expect(r.directOverPayload).toBeLessThan(4 * 1.05);
   }, 240_000);
 });
