@@ -91,6 +91,7 @@ export class UpstreamFetcher {
       pongs: up.pongs ? () => up.pongs!() : undefined,
       handshakeMs: up.handshakeMs ? () => up.handshakeMs!() : undefined,
       reconnectCost: up.reconnectCost ? () => up.reconnectCost!() : undefined,
+      retainedBytes: up.retainedBytes ? () => up.retainedBytes!() : undefined,
       close: () => up.close(),
     };
     // Its frames, of every model, subscribed once the connection is up (the client restores it after a
@@ -247,6 +248,11 @@ export class UpstreamFetcher {
       stallMs: this.o.stallMs,
       maxBadCopies: this.o.maxBadCopies,
       wireBytesIn: this.o.upstream.stats ? () => this.o.upstream.stats!().bytesIn : undefined,
+      // The site's one fetch, alone on the upstream link: a silent reconnect may cost a chunk and the
+      // retained messages (the device's share of the payload allowed none at 256 KiB), and a silence
+      // before the first chunk is not ten devices queueing behind each other (issue 20, sixth pass).
+      aloneOnLink: true,
+      unmeasuredSilenceFactor: 1,
       onProgress: () => {
         // Per Download: what it held when it started is not counted again.
         const now = d.receivedBytes;
