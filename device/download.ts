@@ -1,6 +1,6 @@
 import { isSystemError } from '../platform/errors.ts';
 import { chunkMatches, chunkRange, sha256Hex } from '../protocol/chunks.ts';
-import { encodeRequest, type Frame } from '../protocol/frames.ts';
+import { encodeFrame, encodeRequest, type Frame } from '../protocol/frames.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
@@ -33,6 +33,17 @@ export interface DownloadOptions {
   wireBytesIn?: () => number;
   /** The least silence of the socket, while chunks are asked for, before a fresh connection is tried (silence-watch.ts); default 2000 ms. */
   probeSilenceMs?: number;
+  /**
+   * The only transfer on its link (a gateway's one upstream fetch): a silent reconnect may cost up to
+   * one chunk's packet (the most a cut mid-frame throws away) plus the retained messages this
+   * connection brought (measured by the transport), whatever the payload's size. Without it the
+   * reconnects' bytes are bounded by `DEVICE_DEFAULTS.silentReconnectBudget` of the payload, which
+   * on a payload of a few hundred KiB allows none: ten devices sharing a link, where a silence is as
+   * likely congestion, keep that.
+   */
+  aloneOnLink?: boolean;
+  /** Before the first chunk, the least silence is this many times `probeSilenceMs` (silence-watch.ts; default 4). */
+  unmeasuredSilenceFactor?: number;
   onProgress: () => void;
   onComplete: () => void;
   /** A DeviceError (a failed write is `storage-error`), or, from a bug, whatever was thrown. */
@@ -51,6 +62,16 @@ export interface DownloadOptions {
  * each status), which otherwise kept a download whose answers were lost waiting until it stalled.
  */
 const STILL_COMING_BYTES = 256;
+
+/**
+ * The most bytes one chunk's MQTT packet takes on the wire: the largest chunk's frame (encoded, not
+ * estimated), its topic and the fixed header (type, up to 4 length bytes, the topic's length; QoS 0,
+ * no packet id). A reconnect in the middle of a frame throws away at most this much.
+ */
+export function chunkPacketBytes(step: ReleaseStep, topic: string): number {
+  const frame = encodeFrame({ kind: 'chunk', updateId: step.updateId, index: step.chunks - 1, count: step.chunks, data: new Uint8Array(step.chunkSize) });
+  return 1 + 4 + 2 + new TextEncoder().encode(topic).byteLength + frame.byteLength;
+}
 
 export class Download {
   badChunks = 0;
@@ -153,6 +174,7 @@ export class Download {
   private startWatch(): void {
     const { transport: t, wireBytesIn } = this.o;
     if (!t.probe || !t.reconnect || !wireBytesIn) return;
+    const maxReconnects = Math.max(1, Math.floor(this.o.step.chunks / DEVICE_DEFAULTS.chunksPerSilentReconnect));
     this.watch = new SilenceWatch({
       clock: this.o.clock,
       log: this.o.log,
@@ -175,10 +197,20 @@ export class Download {
       nudgeMs: DEVICE_DEFAULTS.nudgeMs,
       answers: t.pongs ? () => t.pongs!() : undefined,
       minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
-      maxReconnects: Math.max(1, Math.floor(this.o.step.chunks / DEVICE_DEFAULTS.chunksPerSilentReconnect)),
+      maxReconnects,
       costBytes: t.reconnectCost ? () => t.reconnectCost!() : undefined,
-      budgetBytes: Math.round(this.o.step.size * DEVICE_DEFAULTS.silentReconnectBudget),
+      budgetBytes: this.reconnectBudget(maxReconnects),
+      unmeasuredFactor: this.o.unmeasuredSilenceFactor,
     });
+  }
+
+  /** The bytes the silence watch may spend on reconnects (see `aloneOnLink`). */
+  private reconnectBudget(maxReconnects: number): number | (() => number) {
+    const { step, topics, model, deviceId, transport: t } = this.o;
+    const share = Math.round(step.size * DEVICE_DEFAULTS.silentReconnectBudget);
+    if (!this.o.aloneOnLink) return share;
+    const packet = chunkPacketBytes(step, topics.frames(model, step.updateId, deviceId));
+    return () => Math.max(share, maxReconnects * (packet + (t.retainedBytes?.() ?? 0)));
   }
 
   /** Reconnects the silence watch made. */

@@ -72,7 +72,14 @@ export interface SilenceWatchOptions {
    * costs only the retained messages, one in the middle of a 16 KiB frame up to the frame.
    */
   costBytes?: () => number;
-  budgetBytes?: number;
+  /** A number, or read at each decision (a budget made of what the connection has measured, e.g. its retained messages). */
+  budgetBytes?: number | (() => number);
+  /**
+   * Before the first chunk, the least silence is this many times `minSilenceMs` (default
+   * UNMEASURED_FACTOR, 4: set for devices that start together on one link). A fetcher alone on its
+   * link (a gateway's upstream fetch) has no one to queue behind: 1 lets it probe after the least silence.
+   */
+  unmeasuredFactor?: number;
 }
 
 const TICK_MS = 250;
@@ -88,7 +95,7 @@ const PROGRESS_BYTES = 2048;
  * most often the start of a shared link (ten devices asking at once): the least silence is this
  * many times longer until a chunk has come.
  */
-const UNMEASURED_FACTOR = 4;
+export const UNMEASURED_FACTOR = 4;
 const MAX_STRIKES = 3;
 const PAID_BACK = 8;
 
@@ -135,7 +142,7 @@ export class SilenceWatch {
   get silenceNeededMs(): number {
     const chunkMs = this.o.chunkMs();
     if (chunkMs > 0) this.chunkMsSeen = chunkMs;
-    const least = this.measured ? this.o.minSilenceMs : UNMEASURED_FACTOR * this.o.minSilenceMs;
+    const least = this.measured ? this.o.minSilenceMs : (this.o.unmeasuredFactor ?? UNMEASURED_FACTOR) * this.o.minSilenceMs;
     return Math.max(least, 4 * this.o.rttMs(), 2 * this.chunkMsSeen) * 2 ** this.strikes;
   }
 
@@ -213,7 +220,8 @@ export class SilenceWatch {
   /** Whether a reconnect now fits in the byte budget (always, without one). */
   private affordable(): boolean {
     const { costBytes, budgetBytes } = this.o;
-    return !costBytes || budgetBytes === undefined || this.spentBytes + costBytes() <= budgetBytes;
+    if (!costBytes || budgetBytes === undefined) return true;
+    return this.spentBytes + costBytes() <= (typeof budgetBytes === 'function' ? budgetBytes() : budgetBytes);
   }
 
   private check(silentMs: number): void {

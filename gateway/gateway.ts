@@ -25,6 +25,12 @@ import { withDeadline } from '../util/deadline.ts';
 
 /** How long a stopping gateway waits for the broker to acknowledge its "gateway stopped" status, ms. */
 const STOPPED_STATUS_MS = 1000;
+/**
+ * How long the upstream fetch is kept through a lost link (at most half its stall time, so the
+ * Download's own stall timer does not end it meanwhile): cuts of seconds and the silence watch's
+ * reconnects go on with it; after a longer outage it starts again from the bitmap.
+ */
+const LINK_LOST_HOLD_MS = 30_000;
 
 /** The site broker the gateway's devices connect to: a broker with its own update server (nodes/broker-node.ts). */
 export interface SiteBroker {
@@ -378,8 +384,9 @@ export class Gateway {
       this.fetcher.resume();
     } else {
       this.o.log.info('upstream downloads wait', { reason: d.reason, message: d.message });
-      // Chunks already asked for are paid for: take them (a few seconds) unless the link is gone.
-      void this.fetcher.pause(d.reason === 'upstream-down' ? 0 : this.o.drainMs);
+      // Chunks already asked for are paid for: take them (a few seconds). A link that went keeps the
+      // fetch (and what it measured of the link) for a while, to go on with it when the link is back.
+      void (d.reason === 'upstream-down' ? this.fetcher.linkLost(Math.min(LINK_LOST_HOLD_MS, this.o.stallMs / 2)) : this.fetcher.pause(this.o.drainMs));
     }
     this.publishStatus(true);
   }

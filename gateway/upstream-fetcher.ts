@@ -66,6 +66,8 @@ export class UpstreamFetcher {
   private retryTimer: unknown;
   private closed = false;
   private drainTimer: unknown;
+  /** The link went while the current Download was kept (linkLost()): its frames are subscribed again before it asks. */
+  private lost = false;
   /** What the Download publishes through: requests are swallowed while paused (see pause()). */
   private readonly gated: Transport;
   /** Payload bytes received from upstream (new, verified chunks), since start. */
@@ -84,13 +86,15 @@ export class UpstreamFetcher {
       get connected() {
         return up.connected;
       },
-      // The silence watch of the upstream Download (device/silence-watch.ts) reconnects the upstream connection.
-      probe: up.probe ? (ms: number) => up.probe!(ms) : undefined,
+      // The silence watch of the upstream Download (device/silence-watch.ts) reconnects the upstream connection;
+      // not while paused (a Download kept through a lost link would spend its reconnects on a connection that is not there).
+      probe: up.probe ? (ms: number) => (this.allowed ? up.probe!(ms) : Promise.resolve(false)) : undefined,
       reconnect: up.reconnect ? (why: string) => up.reconnect!(why) : undefined,
       nudge: up.nudge ? () => up.nudge!() : undefined,
       pongs: up.pongs ? () => up.pongs!() : undefined,
       handshakeMs: up.handshakeMs ? () => up.handshakeMs!() : undefined,
       reconnectCost: up.reconnectCost ? () => up.reconnectCost!() : undefined,
+      retainedBytes: up.retainedBytes ? () => up.retainedBytes!() : undefined,
       close: () => up.close(),
     };
     // Its frames, of every model, subscribed once the connection is up (the client restores it after a
@@ -177,19 +181,47 @@ export class UpstreamFetcher {
     }, drainMs);
   }
 
+  /**
+   * The upstream link went (or the silence watch reconnects it): stop asking, but keep the current
+   * Download, with what it measured of the link (round trip, rate, window), for up to `holdMs`; if
+   * the link is back by then, `resume()` goes on with it as a device does after a reconnect (frames
+   * subscribed again, then `resend()`). A new Download started again at a window of 4.
+   */
+  async linkLost(holdMs: number): Promise<void> {
+    if (this.current) this.lost = true;
+    await this.pause(holdMs);
+  }
+
   resume(): void {
     if (this.allowed) return;
     this.allowed = true;
     if (this.drainTimer) this.o.clock.clearTimeout(this.drainTimer);
     this.drainTimer = undefined;
-    // Still draining: ask again for everything outstanding (requests made while paused were swallowed).
-    if (this.current) this.current.d.resend();
-    else this.kick();
+    const c = this.current;
+    if (!c) {
+      this.kick();
+      return;
+    }
+    if (!this.lost) {
+      // Still draining: ask again for everything outstanding (requests made while paused were swallowed).
+      c.d.resend();
+      return;
+    }
+    this.lost = false;
+    this.o.log.info('the link is back: the fetch goes on with what it measured of it', { updateId: c.id });
+    // Only once the frames' subscription is in place on this connection (`resend`: the client would
+    // count it as held and answer at once): a request that reached the server first had its answer
+    // dropped by the broker, and the fetch waited for an idle timeout.
+    const resend = (): void => {
+      if (this.current === c && this.allowed) c.d.resend();
+    };
+    void this.o.upstream.subscribe(this.o.topics.framesForAnyModel(this.o.fetcherId), 0, { resend: true }).then(resend, resend);
   }
 
   private async stopCurrent(): Promise<void> {
     const c = this.current;
     this.current = undefined;
+    this.lost = false;
     if (!c) return;
     const j = this.jobs.get(c.id);
     if (j) j.bytes = c.d.receivedBytes;
@@ -247,6 +279,11 @@ export class UpstreamFetcher {
       stallMs: this.o.stallMs,
       maxBadCopies: this.o.maxBadCopies,
       wireBytesIn: this.o.upstream.stats ? () => this.o.upstream.stats!().bytesIn : undefined,
+      // The site's one fetch, alone on the upstream link: a silent reconnect may cost a chunk and the
+      // retained messages (the device's share of the payload allowed none at 256 KiB), and a silence
+      // before the first chunk is not ten devices queueing behind each other (issue 20, sixth pass).
+      aloneOnLink: true,
+      unmeasuredSilenceFactor: 1,
       onProgress: () => {
         // Per Download: what it held when it started is not counted again.
         const now = d.receivedBytes;

@@ -264,6 +264,10 @@ export class MqttTransport implements Transport {
     return (this.scanner?.partialBytes ?? 0) + this.retainedThisConnection;
   }
 
+  retainedBytes(): number {
+    return this.retainedThisConnection;
+  }
+
   pongs(): number {
     return this.keepalive?.pongs() ?? 0;
   }

@@ -48,6 +48,8 @@ export interface Transport {
    * and the retained messages the new connection brings again (as many as this one brought).
    */
   reconnectCost?(): number;
+  /** Bytes of the retained messages this connection has brought so far (what a new connection brings again). */
+  retainedBytes?(): number;
   /**
    * The quickest TCP handshake to the broker so far, ms (0 before any): the link's round trip with
    * the least queue ahead, unlike a chunk's request-to-arrival time, which on a shared link includes
