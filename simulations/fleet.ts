@@ -21,7 +21,6 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import { keygen } from '../publisher/keys.ts';
-import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { mulberry32 } from '../util/random.ts';
 import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-http.ts';
 import { runFaults, scheduleFaults } from './faults.ts';
@@ -29,8 +28,7 @@ import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink, counterDelta, type LinkCounters, type UpTcp } from './netns-link.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
-import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
-import { encodeUpdateFile } from '../protocol/update-file.ts';
+import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
 
 export interface FleetSimOptions extends SiteRunOptions {
   kills: number;
@@ -235,18 +233,6 @@ function simResult(
     upSent: sumSent(list, 'sent'),
     upSentToDownloaded: sumSent(list, 'sentToDownloaded'),
   };
-}
-
-/** The simulation's model and its update (of about `size` payload bytes), written to `dir`. */
-async function writeSimUpdate(dir: string, size: number): Promise<{ update: ReturnType<typeof synthesizeUpdate>; baseFile: string; updateFile: string }> {
-  const { layers, rank } = modelFor(size);
-  const base = synthesizeModel(3, layers);
-  const update = synthesizeUpdate(base, rank, 4);
-  const baseFile = path.join(dir, 'base.safetensors');
-  const updateFile = path.join(dir, 'update.cbor');
-  await fs.writeFile(baseFile, base);
-  await fs.writeFile(updateFile, encodeUpdateFile(update.payload));
-  return { update, baseFile, updateFile };
 }
 
 /** The same payload fetched by HTTP range resume over the same link, with the same cuts; the fleet's figures beside it. */

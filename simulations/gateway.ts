@@ -37,16 +37,14 @@ import { parseArgs } from 'node:util';
 import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import type { GatewayFileStatus } from '../gateway/status.ts';
 import { keygen } from '../publisher/keys.ts';
-import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { runHttpBaseline, tcpFloorSeconds } from './compare-http.ts';
 import { runFaults, scheduleFaults, type Fault } from './faults.ts';
 import type { LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, modelFor, waitForPortIn, type DeviceEnd, type Exec } from './sim-support.ts';
+import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec } from './sim-support.ts';
 import { CounterSampler, type SentByType } from './uplink.ts';
 import { mulberry32 } from '../util/random.ts';
-import { encodeUpdateFile } from '../protocol/update-file.ts';
 import type { GatewayHttpComparison, GatewaySimOptions, GatewaySimResult, PhaseResult } from './gateway-sim-types.ts';
 
 export type { GatewayHttpComparison, GatewaySimOptions, GatewaySimResult, PhaseResult } from './gateway-sim-types.ts';
@@ -377,13 +375,7 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
   const held: Held = { children: [] };
   try {
     const keys = await keygen(path.join(dir, 'keys'));
-    const { layers, rank } = modelFor(o.size);
-    const base = synthesizeModel(3, layers);
-    const update = synthesizeUpdate(base, rank, 4);
-    const baseFile = path.join(dir, 'base.safetensors');
-    const updateFile = path.join(dir, 'update.cbor');
-    await fs.writeFile(baseFile, base);
-    await fs.writeFile(updateFile, encodeUpdateFile(update.payload));
+    const { update, baseFile, updateFile } = await writeSimUpdate(dir, o.size);
     const payloadBytes = update.payload.byteLength;
 
     const { kernel, note, srvExec, siteExec, brokerHost } = await openLink(o, held);

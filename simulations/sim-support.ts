@@ -5,6 +5,8 @@ import { FLEET_BIN } from '../platform/child-process.ts';
 import type { DeviceAgent } from '../device/agent.ts';
 import type { MqttTransport } from '../transport/mqtt.ts';
 import { LinkSpecError, resolveLink, type LinkFlagName } from './link-profiles.ts';
+import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
+import { encodeUpdateFile } from '../protocol/update-file.ts';
 
 /** What sim:fleet and sim:gateway both take: the devices and payload, the link's rate, loss and cuts, the run's bound and log. */
 export interface SiteRunOptions {
@@ -196,4 +198,16 @@ export function linkFromArgs(command: string, profile: string | undefined, args:
     }
     throw e;
   }
+}
+
+/** The simulation's model and its update (of about `size` payload bytes), written to `dir`. */
+export async function writeSimUpdate(dir: string, size: number): Promise<{ update: ReturnType<typeof synthesizeUpdate>; baseFile: string; updateFile: string }> {
+  const { layers, rank } = modelFor(size);
+  const base = synthesizeModel(3, layers);
+  const update = synthesizeUpdate(base, rank, 4);
+  const baseFile = path.join(dir, 'base.safetensors');
+  const updateFile = path.join(dir, 'update.cbor');
+  await fs.writeFile(baseFile, base);
+  await fs.writeFile(updateFile, encodeUpdateFile(update.payload));
+  return { update, baseFile, updateFile };
 }
