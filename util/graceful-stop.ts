@@ -141,14 +141,21 @@ export class GracefulStop {
     const undone: UndoneStep[] = [];
     const order = [...this.steps].reverse();
     this.current = order.map((s) => s.name);
+    // Set when a step ran out the overall bound: a timer may fire a millisecond before the clock
+    // reads the deadline, and the steps after it are skipped all the same, not given that millisecond.
+    let boundReached = false;
     for (const s of order) {
       const left = deadline - Date.now();
-      if (left <= 0) {
+      if (boundReached || left <= 0) {
         undone.push({ step: s.name, optional: s.optional === true, why: 'skipped' });
       } else {
         try {
-          const r = await withDeadline(Promise.resolve().then(s.run), Math.min(left, s.timeoutMs ?? left));
-          if (r === 'timeout') undone.push({ step: s.name, optional: s.optional === true, why: 'timeout' });
+          const cap = Math.min(left, s.timeoutMs ?? left);
+          const r = await withDeadline(Promise.resolve().then(s.run), cap);
+          if (r === 'timeout') {
+            undone.push({ step: s.name, optional: s.optional === true, why: 'timeout' });
+            boundReached = cap === left;
+          }
         } catch (e) {
           undone.push({ step: s.name, optional: s.optional === true, why: 'failed', error: String(e) });
         }

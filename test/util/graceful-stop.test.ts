@@ -1,5 +1,5 @@
 import os from 'node:os';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { GracefulStop, type GracefulStopOptions } from '../../util/graceful-stop.ts';
 import { createLogger } from '../../util/log.ts';
 
@@ -41,6 +41,28 @@ describe('GracefulStop', () => {
     expect(await exited).toBe(1);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
     expect(ends(lines)).toEqual([expect.objectContaining({ level: 'error', msg: 'stop abandoned: required work left undone', undone: ['stuck (timeout)', 'later (skipped, optional)'] })]);
+  });
+
+  it('skips the steps after one that ran out the bound, even when its timer fired before the clock read the deadline', async () => {
+    const { stop, lines, exited } = harness();
+    let ran = false;
+    // From when the stuck step starts, after the stop has read its deadline, the clock lags the timers by 5 ms.
+    let lag = 0;
+    const stuck = (): Promise<void> => {
+      lag = 5;
+      return new Promise<void>(() => undefined);
+    };
+    stop.add({ name: 'later', optional: true, run: () => void (ran = true) }).add({ name: 'stuck', run: stuck });
+    const realNow = Date.now.bind(Date);
+    const spy = vi.spyOn(Date, 'now').mockImplementation(() => realNow() - lag);
+    try {
+      process.emit(SIG);
+      expect(await exited).toBe(1);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(ran).toBe(false);
+    expect(ends(lines)).toEqual([expect.objectContaining({ level: 'error', undone: ['stuck (timeout)', 'later (skipped, optional)'] })]);
   });
 
   it('gives an optional step its own cap, runs the next steps and exits 0', async () => {
