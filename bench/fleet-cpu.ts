@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
+import { counterDelta } from '../simulations/netns-link.ts';
 
 /** CPU seconds (user + system) per process of one arrangement. */
 export interface CpuSplit {
@@ -108,15 +109,6 @@ export function activity(pids: number[]): Activity {
   return sum;
 }
 
-export function activityBetween(a: Activity, b: Activity): Activity {
-  return {
-    readCalls: b.readCalls - a.readCalls,
-    writeCalls: b.writeCalls - a.writeCalls,
-    voluntarySwitches: b.voluntarySwitches - a.voluntarySwitches,
-    involuntarySwitches: b.involuntarySwitches - a.involuntarySwitches,
-  };
-}
-
 /** The benchmark's CPU ledger for one arrangement: readings at the publish and at the last ack, and over the whole run. */
 export class CpuLedger {
   private readonly benchAtStart = benchCpuSeconds();
@@ -146,7 +138,7 @@ export class CpuLedger {
   delivered(): void {
     const from = this.atPublish!;
     const cpu = cpuBetween(from.cpu, this.reading());
-    this.delivery = { cpu, workers: activityBetween(from.workers, activity(this.workerPids())), machine: machineBetween(from.machine, readMachine(), cpu) };
+    this.delivery = { cpu, workers: counterDelta(from.workers, activity(this.workerPids())), machine: machineBetween(from.machine, readMachine(), cpu) };
   }
 
   /** The result's delivery fields (after `delivered`). */
