@@ -154,6 +154,20 @@ export class Gateway {
   private ready = false;
   readonly topics: Topics;
   private readonly now: () => number;
+  /** The last `DIR/status.json` written, without its time. */
+  private lastFileJson = '';
+  /**
+   * Between the connection's `connect` and `disconnect` events. The client says connected from the
+   * CONNACK on, before it has sent again what was unacknowledged and restored the subscriptions (a
+   * round trip each on a slow link), and still says so while a quick reconnect drops the old socket:
+   * a status published then went on the dying socket and again after the reconnect (~790 B each),
+   * and a fetch resumed then asked before its frames were subscribed again.
+   */
+  private linkUp = false;
+  /** When the last payload fetched from upstream was held, and what the upstream socket had written by then (the status file's `lastStored`). */
+  private lastStored: GatewayFileStatus['lastStored'];
+  private lastReleaseAt: number | undefined;
+  private lastPublishedAt = 0;
 
   constructor(
     private readonly o: ResolvedGatewayConfig,
@@ -468,19 +482,6 @@ export class Gateway {
       });
     });
   }
-  private lastFileJson = '';
-  /**
-   * Between the connection's `connect` and `disconnect` events. The client says connected from the
-   * CONNACK on, before it has sent again what was unacknowledged and restored the subscriptions (a
-   * round trip each on a slow link), and still says so while a quick reconnect drops the old socket:
-   * a status published then went on the dying socket and again after the reconnect (~790 B each),
-   * and a fetch resumed then asked before its frames were subscribed again.
-   */
-  private linkUp = false;
-  /** When the last payload fetched from upstream was held, and what the upstream socket had written by then (the status file's `lastStored`). */
-  private lastStored: GatewayFileStatus['lastStored'];
-  private lastReleaseAt: number | undefined;
-  private lastPublishedAt = 0;
 
   /** For tests and shutdown: every queued status delivered upstream. */
   relayDrained(timeoutMs?: number): Promise<boolean> {
