@@ -328,8 +328,9 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     // A device may begin while the publish command is still exiting: time from whichever came first.
     const tStart = Math.min(t0, ...list.map((e) => e.started ?? t0));
     const seconds = (Date.now() - tStart) / 1000;
+    // Sampling stops first: a sample read after `after` would count more than the whole run.
+    await sampler?.stop();
     const after = await link?.reading();
-    sampler?.stop();
     const atDownloaded = readingAtDownloaded(list, sampler, after?.counters);
     const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before?.counters, after?.counters, atDownloaded);
     if (before && after) {

@@ -231,7 +231,7 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
   const seconds1 = (Date.now() - tStart) / 1000;
   await sleep(1500); // the last statuses go up
   const gs = await readStatus();
-  sampler?.stop();
+  await sampler?.stop();
   await stopChild(host1, 3000).catch(() => undefined);
   await stopChild(gateway, 5000).catch(() => undefined);
   const linkAfter1 = await rig.linkBytes();

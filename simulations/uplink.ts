@@ -36,6 +36,7 @@ export class CounterSampler {
   private readonly samples: Array<{ t: number; c: LinkCounters }> = [];
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
+  private inFlight: Promise<void> = Promise.resolve();
 
   constructor(
     private readonly read: () => Promise<LinkCounters>,
@@ -47,15 +48,17 @@ export class CounterSampler {
       if (this.busy) return;
       this.busy = true;
       const t = Date.now();
-      void this.read()
+      this.inFlight = this.read()
         .then((c) => void this.samples.push({ t, c }))
         .catch(() => undefined)
         .finally(() => (this.busy = false));
     }, this.everyMs);
   }
 
-  stop(): void {
+  /** No more samples; resolves once a reading under way has landed (so a reading taken after it is the largest). */
+  async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    await this.inFlight;
   }
 
   at(t: number): LinkCounters | undefined {
