@@ -40,7 +40,7 @@ describe('the uplink breakdown of a simulation', () => {
     await until(() => s.at(t0) !== undefined);
     const mid = Date.now() + 1;
     await until(() => s.at(mid) !== undefined);
-    s.stop();
+    await s.stop();
     const first = s.at(t0)!.txBytes;
     const later = s.at(mid)!.txBytes;
     expect(first).toBe(1);
