@@ -7,12 +7,12 @@ import { capsOf, type AgentConfig, type AgentPorts } from './agent-config.ts';
 import { resolveAgentConfig, type ResolvedAgentConfig } from './defaults.ts';
 import { checkSpace, fetcherFor, type Fetcher } from './fetcher.ts';
 import { InstallFlow } from './install-flow.ts';
+import type { Recovery } from './installer.ts';
 import { nextState, type DeviceEvent } from './machine.ts';
 import { decideRelease } from './release-decision.ts';
-import { DEVICE_REASONS, toReason } from './reasons.ts';
+import { toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
 import type { FsPort } from '../platform/fs-port.ts';
-import { attemptOf } from './journal.ts';
 import { TrustKeeper } from './trust-keeper.ts';
 import { composeStatus, type StatusFields } from './status-report.ts';
 import { AgentTimers } from './agent-timers.ts';
@@ -134,6 +134,10 @@ export class DeviceAgent {
     t.onConnect(() => {
       if (!starting) this.onConnected();
     });
+    // A trial a stop interrupted is ended or continued first, before any release is looked at:
+    // the status remembered (`testing`, published again on connect) is replaced at once.
+    const trial = this.trialAfterRestart(recovered);
+    if (trial) this.enqueue(trial);
     // The group's retained release comes while we still subscribe: it waits until the frames
     // subscription is in place, so its fetch asks on a connection that will get the answers, and
     // the first look at the connection below finds no fetch to ask again for (it asked again, and a
@@ -151,26 +155,25 @@ export class DeviceAgent {
       this.io.log.warn('subscribe failed; will retry on reconnect', { error: String(e) });
     });
     subscribed();
-    if (recovered?.action === 'rolled-back') {
-      this.memory.active = null;
-      const j = recovered.journal;
-      this.enqueue(() =>
-        this.transition('crash-rollback', {
-          target: j.target,
-          reason: 'crashed-while-testing',
-          attempt: attemptOf(j),
-          maxAttempts: this.flow.maxAttempts,
-          message: `${DEVICE_REASONS['crashed-while-testing']} (${recovered.message}: was testing ${j.target.slice(0, 16)}…, back on ${j.previous.slice(0, 16)}…)`,
-        }),
-      );
-    } else if (recovered?.action === 'resume-trial') {
-      this.enqueue(() => this.flow.resumeTrial(recovered.journal));
-    } else {
+    if (!trial) {
       const note = recovered?.action === 'discarded-staging' ? `recovered: an interrupted build of ${recovered.journal.target.slice(0, 16)}… was discarded; building it again` : null;
       this.enqueue(() => this.resumeActive(note));
     }
     starting = false;
     if (t.connected) this.onConnected();
+  }
+
+  /**
+   * What ends or continues a trial a stop interrupted: the switch back a start made after the
+   * last attempt, the next attempt, or (no journal, `testing` remembered) the verdict the stop
+   * kept from being recorded (InstallFlow.settleTrial). Undefined when no trial was under way.
+   */
+  private trialAfterRestart(recovered: Recovery | undefined): (() => Promise<void>) | undefined {
+    if (recovered?.action === 'rolled-back') return () => this.flow.crashRollback(recovered);
+    if (recovered?.action === 'resume-trial') return () => this.flow.resumeTrial(recovered.journal);
+    if (recovered || this.state !== 'testing') return undefined;
+    const { target, attempt, maxAttempts } = this.fields;
+    return () => this.flow.settleTrial({ target, attempt, maxAttempts });
   }
 
   async stop(): Promise<void> {

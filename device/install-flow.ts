@@ -5,7 +5,7 @@ import { DEVICE_DEFAULTS, type ResolvedAgentConfig } from './defaults.ts';
 import { Installer, type Recovery } from './installer.ts';
 import { attemptOf, type Journal } from './journal.ts';
 import type { DeviceEvent } from './machine.ts';
-import { toReason } from './reasons.ts';
+import { DEVICE_REASONS, toReason } from './reasons.ts';
 import type { StatusFields } from './status-report.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
 
@@ -73,6 +73,23 @@ export class InstallFlow {
     return this.installer.recover();
   }
 
+  /**
+   * After a start switched back (Installer.recover, `rolled-back`): the verdict is recorded, then
+   * the journal removed (a stop between the two switches back again, counting as before).
+   */
+  async crashRollback(r: Extract<Recovery, { action: 'rolled-back' }>): Promise<void> {
+    const j = r.journal;
+    this.host.memory().active = null;
+    await this.host.transition('crash-rollback', {
+      target: j.target,
+      reason: 'crashed-while-testing',
+      attempt: attemptOf(j),
+      maxAttempts: this.maxAttempts,
+      message: `${DEVICE_REASONS['crashed-while-testing']} (${r.message}: was testing ${j.target.slice(0, 16)}…, back on ${j.previous.slice(0, 16)}…)`,
+    });
+    await this.installer.closeJournal();
+  }
+
   /** Verify, build, validate, switch, then the trial. */
   async install(a: ActiveRelease): Promise<void> {
     const h = this.host;
@@ -111,6 +128,30 @@ export class InstallFlow {
       : `attempt ${attempt} of ${this.installer.maxAttempts}: the agent stopped during attempt ${attempt - 1}`;
     await h.transition('trial-resumed', { target: j.target, seq: a?.seq ?? h.lastSeq(), rollback: j.rollback, reason: null, message, ...this.attemptFields(attempt) });
     await this.finishTrial(a ?? { releaseHash: '', seq: h.lastSeq() ?? 0, target: j.target, steps: [], rollback: j.rollback }, j.previous, attempt);
+  }
+
+  /**
+   * At start, with no journal, while the status last recorded says `testing`: the trial ended
+   * just before the stop. The journal is removed right after the commit or the switch back and
+   * the verdict recorded after that, so a stop between the two leaves exactly this. The model
+   * running tells which: the target, committed (`ok`); another, switched back (`rolled_back`).
+   * Taken as anything else, the remembered `testing` stayed the retained status for good (the
+   * download resumed from `testing` is no row of the table).
+   */
+  async settleTrial(last: Pick<StatusFields, 'target' | 'attempt' | 'maxAttempts'>): Promise<void> {
+    const h = this.host;
+    const a = h.memory().active;
+    h.memory().active = null;
+    const attempt = last.attempt === null ? {} : { attempt: last.attempt, maxAttempts: last.maxAttempts };
+    if (last.target !== null && h.running() === last.target) {
+      if (a?.target === last.target) await this.cleanDownloads(a);
+      h.succeeded();
+      await h.transition('health-passed', { reason: null, message: null, ...attempt });
+      return;
+    }
+    const counted = last.attempt === null ? '' : ` (attempt ${last.attempt} of ${last.maxAttempts ?? this.installer.maxAttempts})`;
+    const message = `the trial of ${last.target?.slice(0, 16) ?? 'the new model'}… ended back on ${h.running().slice(0, 16)}…, and the agent stopped before it recorded why${counted}; check the model with the health command by hand before publishing it again`;
+    await h.transition('crash-rollback', { reason: 'crashed-while-testing', message, ...attempt });
   }
 
   /** The status fields of attempt k of the trial (none when the switch is the commit). */

@@ -48,7 +48,11 @@ export type Recovery =
   | { action: 'discarded-staging'; journal: Journal }
   /** The trial goes on: switched (again) to the target, `journal.attempt` is the attempt now starting. */
   | { action: 'resume-trial'; journal: Journal }
-  /** Back on the previous version: the last attempt did not finish, or the target is gone. */
+  /**
+   * Back on the previous version: the last attempt did not finish, or the target is gone. The
+   * journal stays until the agent has recorded the verdict (`closeJournal`): a stop before that
+   * switches back again on the next start, with the attempt count the journal holds.
+   */
   | { action: 'rolled-back'; journal: Journal; message: string };
 
 /**
@@ -268,18 +272,24 @@ export class Installer {
     await this.storage.clearJournal();
   }
 
-  /** Back to the previous version: a pointer switch, never arithmetic. */
-  private async rollBack(to: string, from: string): Promise<void> {
+  /** Back to the previous version: a pointer switch, never arithmetic; the journal removed unless `keepJournal`. */
+  private async rollBack(to: string, from: string, keepJournal = false): Promise<void> {
     await this.storage.switchTo(to, from);
-    await this.storage.clearJournal();
+    if (!keepJournal) await this.storage.clearJournal();
     if (this.cfg.onSwitchCmd) await runCommand(this.cfg.onSwitchCmd, this.env(this.storage.currentPath, to, from, true), this.cfg.onSwitchTimeoutMs);
+  }
+
+  /** A recovery's switch back is recorded (its status saved): the journal goes. */
+  async closeJournal(): Promise<void> {
+    await this.storage.clearJournal();
   }
 
   /**
    * On start: finish or undo what a stop interrupted. `staging`: discard the
    * half-built files. `switching`/`testing`: the attempt in progress failed;
    * start the next one (switch again, journal its number first), or, after
-   * the last, switch back. Undefined when nothing was in progress.
+   * the last, switch back (the journal kept until `closeJournal`). Undefined
+   * when nothing was in progress.
    * docs/protocol.md §10, last paragraph ("On start the journal decides").
    */
   async recover(): Promise<Recovery | undefined> {
@@ -300,7 +310,7 @@ export class Installer {
       await this.switchTo(j.target, j.previous, j.rollback, next.attempt);
       return { action: 'resume-trial', journal: next };
     }
-    await this.rollBack(j.previous, j.target);
+    await this.rollBack(j.previous, j.target, true);
     const why = held ? `stopped during ${attempt === 1 ? 'the only attempt' : `each of ${attempt} attempts`} of the trial` : 'the version under trial is no longer on disk';
     this.log.warn('the agent stopped while switching to or testing a new version; switched back', { target: j.target, previous: j.previous, why });
     return { action: 'rolled-back', journal: j, message: why };

@@ -217,6 +217,8 @@ async function boot(fsys: CrashFs, t: TrialSetup = {}): Promise<Booted> {
     memory.active = null;
     await storage.saveMemory(memory);
   }
+  // The agent removes a recovery's journal once its switch back is recorded.
+  if (recovered?.action === 'rolled-back') await installer.closeJournal();
   return { storage, installer, memory, recovered, trial };
 }
 
