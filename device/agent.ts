@@ -1,19 +1,16 @@
 import { errorFields, ignoreBecause, UsageError } from '../platform/errors.ts';
-import { sha256Hex } from '../protocol/chunks.ts';
 import { decodeFrame } from '../protocol/frames.ts';
-import type { ReleaseBody } from '../protocol/release.ts';
 import { encodePresence, encodeStatus, type DeviceState, type DeviceStatus } from '../protocol/status.ts';
-import { capsOf, type AgentConfig, type AgentPorts } from './agent-config.ts';
+import type { AgentConfig, AgentPorts } from './agent-config.ts';
 import { resolveAgentConfig, type ResolvedAgentConfig } from './defaults.ts';
 import { checkSpace, fetcherFor, type Fetcher } from './fetcher.ts';
 import { InstallFlow } from './install-flow.ts';
 import type { Recovery } from './installer.ts';
 import { nextState, type DeviceEvent } from './machine.ts';
-import { decideRelease } from './release-decision.ts';
+import { ReleaseIntake } from './release-intake.ts';
 import { toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
 import type { FsPort } from '../platform/fs-port.ts';
-import { TrustKeeper } from './trust-keeper.ts';
 import { composeStatus, type StatusFields } from './status-report.ts';
 import { AgentTimers } from './agent-timers.ts';
 import { newIdentity, SessionGuard, type AgentIdentity } from './session-guard.ts';
@@ -36,13 +33,12 @@ export class DeviceAgent {
   /** The fetch the status reports on (kept after it ends, so the ack shows what was received). */
   private shown: Fetcher | undefined;
   private readonly flow: InstallFlow;
-  private readonly trust: TrustKeeper;
+  private readonly intake: ReleaseIntake;
   private work: Promise<void> = Promise.resolve();
   private lastStatusAt = 0;
   private lastProgress = 0;
   private readonly timers: AgentTimers;
   private stopped = false;
-  private resubscribeTimer: unknown;
   private readonly listeners: Array<(s: DeviceStatus) => void> = [];
   private readonly identity: AgentIdentity;
   private readonly guard: SessionGuard;
@@ -64,7 +60,6 @@ export class DeviceAgent {
   ) {
     this.memory = memory;
     const cfg = (this.cfg = resolveAgentConfig(given));
-    this.trust = new TrustKeeper(cfg.trust, io.storage, io.log);
     this.timers = new AgentTimers(io.clock, cfg.retryMs);
     this.identity = newIdentity(io.clock.now());
     this.guard = new SessionGuard({
@@ -88,6 +83,19 @@ export class DeviceAgent {
       transition: (event, fields) => this.transition(event, fields),
       reasonOf: (e) => this.reasonOf(e),
       succeeded: () => this.timers.succeeded(),
+    });
+    this.intake = new ReleaseIntake(cfg, io, {
+      memory: () => this.memory,
+      running: () => this.running,
+      downloading: () => this.state === 'downloading',
+      stopped: () => this.stopped,
+      transition: (event, fields) => this.transition(event, fields),
+      reasonOf: (e) => this.reasonOf(e),
+      enqueue: (fn) => this.enqueue(fn),
+      endFetch: () => this.endFetch(),
+      beginFetch: (a) => this.beginFetch(a, 'release-accepted'),
+      install: (a) => this.flow.install(a),
+      forgetShown: () => (this.shown = undefined),
     });
   }
 
@@ -126,7 +134,7 @@ export class DeviceAgent {
     const pointer = await storage.pointer();
     if (!pointer) throw new UsageError('no-model', `${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);
     this.running = pointer.digest;
-    await this.trust.load();
+    await this.intake.trust.load();
     t.onMessage((topic, payload) => this.onMessage(topic, payload));
     // A connection that opens while the agent starts is looked at once, by the start-up's own look
     // below (the handler ran for it too: `online`, the status guard and a status were sent twice).
@@ -179,7 +187,7 @@ export class DeviceAgent {
   async stop(): Promise<void> {
     this.stopped = true;
     this.timers.clear();
-    if (this.resubscribeTimer) this.io.clock.clearTimeout(this.resubscribeTimer);
+    this.intake.stop();
     const f = this.fetcher;
     this.fetcher = undefined;
     await f?.close();
@@ -229,10 +237,10 @@ export class DeviceAgent {
     if (!p) return;
     if (p.kind === 'release') {
       const copy = new Uint8Array(payload);
-      this.enqueue(() => this.onRelease(copy));
+      this.enqueue(() => this.intake.onRelease(copy));
     } else if (p.kind === 'trust' && payload.byteLength > 0) {
       const copy = new Uint8Array(payload);
-      this.enqueue(() => this.onTrust(copy));
+      this.enqueue(() => this.intake.onTrust(copy));
     } else if (p.kind === 'frames' && this.fetcher) {
       try {
         this.fetcher.onFrame(decodeFrame(payload));
@@ -289,111 +297,11 @@ export class DeviceAgent {
     return s;
   }
 
-  // --- releases ------------------------------------------------------------
-
-  /**
-   * A rotated trust file: once taken, releases refused under the old keys
-   * are forgotten and the group's retained release is asked for again.
-   */
-  private async onTrust(bytes: Uint8Array): Promise<void> {
-    const r = await this.trust.offer(bytes);
-    if (r.kind !== 'rotated') return;
-    if (r.newRolloutRole) this.memory.highestSeq = -1;
-    this.memory.refused = [];
-    await this.io.storage.saveMemory(this.memory);
-    await this.resubscribeRelease();
-  }
-
-  /**
-   * Subscribe to the group's release topic anew, so the broker sends its retained
-   * release again (MQTT 3.1.1 §3.3.1.3, §3.8.4). Unsubscribing first is only so a
-   * broker that skips re-sending on a repeated subscription still sends it: its
-   * failure changes nothing. A failed subscribe would leave the device following
-   * no release at all, so it is logged and tried again after the retry delay.
-   */
-  private async resubscribeRelease(): Promise<void> {
-    if (this.resubscribeTimer) this.io.clock.clearTimeout(this.resubscribeTimer);
-    this.resubscribeTimer = undefined;
-    if (this.stopped) return;
-    const topic = this.io.topics.release(this.cfg.group, this.cfg.model);
-    await this.io.transport.unsubscribe(topic).catch(ignoreBecause('the subscribe that follows replaces the subscription anyway', this.io.log));
-    try {
-      await this.io.transport.subscribe(topic, 1);
-    } catch (e) {
-      const inMs = this.cfg.retryMs;
-      this.io.log.warn('re-subscribing to the release after a trust rotation failed; trying again', { inMs, ...errorFields(e) });
-      this.resubscribeTimer = this.io.clock.setTimeout(() => this.enqueue(() => this.resubscribeRelease()), inMs);
-    }
-  }
-
-  private async onRelease(bytes: Uint8Array): Promise<void> {
-    if (bytes.byteLength === 0) {
-      if (this.state === 'downloading') {
-        await this.endFetch();
-        this.memory.active = null;
-        await this.transition('release-withdrawn', { reason: null, message: 'release withdrawn' });
-      }
-      return;
-    }
-    const hash = sha256Hex(bytes);
-    const m = this.memory;
-    if (m.refused.includes(hash) || m.handled === hash || m.active?.releaseHash === hash) {
-      this.io.log.info('release seen before; not processed again', { release: hash.slice(0, 16), refused: m.refused.includes(hash) });
-      return;
-    }
-    const d = await decideRelease(bytes, hash, {
-      model: this.cfg.model,
-      group: this.cfg.group,
-      trust: this.trust.current,
-      running: this.running,
-      now: Math.floor(this.io.clock.now() / 1000),
-      skewSeconds: this.cfg.skewSeconds,
-      caps: capsOf(this.cfg),
-      memory: m,
-      holds: (digest) => this.io.storage.hasVersion(digest),
-    });
-    if (d.kind === 'refuse') return this.refuse(hash, d.error, d.body);
-    const { body } = d;
-    await this.endFetch();
-    this.accept(hash, body, d.kind === 'current' ? null : d.active);
-    await this.io.storage.saveMemory(m);
-    const fields = { target: body.target, seq: body.seq, updateId: null, reason: null, message: null, rollback: body.rollback };
-    if (d.kind === 'current') {
-      this.shown = undefined;
-      await this.transition('release-current', fields);
-    } else if (d.kind === 'switch-back') {
-      // A version this device still holds (an operator rollback): switch back, no arithmetic.
-      this.shown = undefined;
-      await this.transition('switch-back', fields);
-      await this.flow.install(d.active);
-    } else {
-      await this.beginFetch(d.active, 'release-accepted');
-    }
-  }
-
   /** toReason, and a bug's stack in the log: an internal error is reported as one, never as bad input or storage. */
   private reasonOf(e: unknown): ReturnType<typeof toReason> {
     const r = toReason(e);
     if (r.code === 'internal-error') this.io.log.error('internal error (a bug)', errorFields(e));
     return r;
-  }
-
-  private accept(hash: string, body: ReleaseBody, active: ActiveRelease | null): void {
-    const m = this.memory;
-    m.highestSeq = body.seq;
-    m.clockFloor = Math.max(m.clockFloor, body.issued);
-    m.handled = hash;
-    m.active = active;
-  }
-
-  private async refuse(hash: string, e: unknown, body?: ReleaseBody): Promise<void> {
-    const { code, message } = this.reasonOf(e);
-    this.io.log.warn('release refused', { reason: code, message });
-    this.memory.refused.push(hash);
-    await this.endFetch();
-    // A signed release names what it asked for; a forged or unreadable one names nothing.
-    const about = body ? { target: body.target, seq: body.seq, rollback: body.rollback } : { target: null, seq: null, rollback: false };
-    await this.transition('release-refused', { ...about, updateId: null, reason: code, message });
   }
 
   /** After a restart or a failure: continue the accepted release from what is on disk. */
