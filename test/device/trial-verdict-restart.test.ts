@@ -17,6 +17,7 @@ import { digestHealthCheck } from '../../device/health.ts';
 import type { Journal } from '../../device/journal.ts';
 import { DeviceStorage, type AgentMemory } from '../../device/storage.ts';
 import { systemClock } from '../../platform/clock.ts';
+import { synthesizeUpdate } from '../../publisher/synth.ts';
 import { parseTrustFile } from '../../protocol/release.ts';
 import { parseStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
@@ -195,4 +196,22 @@ describe('a kill between the end of the trial and its recorded verdict', () => {
     },
     60_000,
   );
+
+  // The start settles the trial before it looks at any release: a new release retained while the
+  // agent was down waited behind it, and was taken while `testing` was still remembered (no row of
+  // the table: the step failed, and the trial's end then forgot the release for good).
+  it('a release published while the agent was down mid-trial is fetched once the resumed trial ends', async () => {
+    const { fx, watch, dir } = await setUp({ healthCmd: 'true' });
+    const { killed } = await killedAgent(fx, dir, { from: (w) => w.op === 'journal' && w.journal.phase === 'testing' && w.journal.attempt === 1, then: 0 });
+    await watch.until(id, (s) => s.state === 'idle');
+    await publish(fx);
+    await killed;
+    const next = synthesizeUpdate(fx.update.target, 3, 9);
+    await publish(fx, next.payload);
+    const { errors } = await restart(fx, dir);
+    expect(errors).toEqual([]);
+    const s = await watch.until(id, (s) => s.state === 'ok' && s.running === next.targetDigest, 20_000);
+    expect(s.target).toBe(next.targetDigest);
+    expect(await digestModelFile(path.join(dir, 'current.safetensors'))).toBe(next.targetDigest);
+  }, 60_000);
 });
