@@ -11,7 +11,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
-import { openSiteWarning } from '../../gateway/gateway.ts';
+import { openSiteWarning } from '../../gateway/options.ts';
 import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import type { GatewayNodeOptions } from '../../nodes/gateway-node.ts';
 import { createLogger } from '../../util/log.ts';
