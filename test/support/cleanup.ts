@@ -19,6 +19,7 @@ export interface Owner {
  * `f = own(await createFixture(...))`, `proxy = own(new LinkProxy(...))`. After each test its
  * parts are stopped the last first (a proxy before the broker behind it), each once, and forgotten;
  * one that fails to stop does not keep the others up (the first failure is thrown after).
+ * (useBrokerEnv, test/support/broker-env.ts, does the same for tests that start their own brokers.)
  */
 export function ownAfterEach(): Owner {
   const parts: Array<() => unknown> = [];
