@@ -10,6 +10,7 @@ import { chunkCount, chunkRange, sha256Hex } from '../../protocol/chunks.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { CHUNK, connect, createFixture, currentDigest, GROUP, MODEL, publish, SMALL_LAYERS, spawnDevice, StatusWatch, topics, type Fixture, untilLog } from '../support/harness.ts';
 import { ownAfterEach } from '../support/cleanup.ts';
+import { transportWith } from '../support/transport-with.ts';
 
 let f: Fixture | undefined;
 const own = ownAfterEach();
@@ -55,20 +56,13 @@ describe('end to end over TCP with Aedes on an ephemeral port', () => {
     const { ContentStore } = await import('../../server/content-store.ts');
     const { silentLogger } = await import('../../util/log.ts');
     const serverT = await connect(f, 'slow-update-server');
-    const slow = {
-      ...serverT,
+    const slow = transportWith(serverT, {
       connected: true,
       publish: async (t: string, p: Uint8Array | string, o?: object) => {
         if (t.includes('/to/')) await new Promise((r) => setTimeout(r, 150));
         return serverT.publish(t, p, o);
       },
-      subscribe: serverT.subscribe.bind(serverT),
-      unsubscribe: serverT.unsubscribe.bind(serverT),
-      onMessage: serverT.onMessage.bind(serverT),
-      onConnect: serverT.onConnect.bind(serverT),
-      onDisconnect: serverT.onDisconnect.bind(serverT),
-      close: serverT.close.bind(serverT),
-    };
+    });
     const server = new UpdateServer({ transport: slow, store: new ContentStore(path.join(f.dir, 'store')), topics, log: silentLogger });
     await server.start();
 
