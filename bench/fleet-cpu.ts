@@ -8,7 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import os from 'node:os';
-import { counterDelta } from '../simulations/netns-link.ts';
+import { counterDelta } from '../simulations/link-counters.ts';
 
 /** CPU seconds (user + system) per process of one arrangement. */
 export interface CpuSplit {

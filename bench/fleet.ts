@@ -7,7 +7,7 @@
  *
  * The broker runs in its own process(es) with the update server as it runs
  * for that broker (bench/fleet-brokers.ts). W worker processes
- * (bench/fleet-worker.ts) run N real device agents between them, each with
+ * (bench/fleet-worker.ts, started by bench/fleet-devices.ts) run N real device agents between them, each with
  * its own MQTT connection, directory, bitmap and chunk checks; they come online
  * staggered over the ramp. Once all are connected, one update of about BYTES
  * is published (publisher/publish.ts) and the clock runs until the last device
@@ -22,8 +22,8 @@
  * add node flags to the worker processes and to the `fleet broker` / `fleet serve`
  * processes, e.g. "--cpu-prof --cpu-prof-dir=DIR" (NODE_OPTIONS refuses --cpu-prof).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, promises as fs } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -35,13 +35,10 @@ import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { silentLogger } from '../util/log.ts';
 import { createProgress } from '../util/progress.ts';
-import { readLines, type DeviceEnd } from '../simulations/sim-support.ts';
 import { cpuBetween, cpuSeconds, CpuLedger, type Activity, type CpuSplit, type MachineCpu } from './fleet-cpu.ts';
-import { procStatusKb, findMosquitto, findRedisServer, redisFigures, redisNetBytes, started, startBrokerSetup, track, type BrokerKind } from './fleet-brokers.ts';
+import { procStatusKb, findMosquitto, findRedisServer, redisFigures, redisNetBytes, started, startBrokerSetup, type BrokerKind } from './fleet-brokers.ts';
+import { GROUP, MODEL, startWorkers, waitOnline } from './fleet-devices.ts';
 
-const WORKER = new URL('./fleet-worker.ts', import.meta.url).pathname;
-const MODEL = 'bench';
-const GROUP = 'fleet';
 /** Working directories of runs in progress (removed when interrupted, unless kept). */
 const dirs = new Set<string>();
 
@@ -129,81 +126,6 @@ function fleetModel(size: number): { base: Uint8Array; payload: Uint8Array; targ
   const base = synthesizeModel(11, [[m, 8]]);
   const u = synthesizeUpdate(base, 4, 12);
   return { base, payload: u.payload, target: u.targetDigest };
-}
-
-/** Where the worker processes find the broker, their files and the trust anchor. */
-interface WorkerFiles {
-  dir: string;
-  urls: string[];
-  trustFile: string;
-  baseFile: string;
-}
-
-/** What the workers report: how many devices are online, and each device's end (once). */
-interface FleetState {
-  ready: number;
-  ends: Map<string, DeviceEnd>;
-}
-
-/** Spawn the worker processes (into `workers`, so the caller stops them): devices split evenly; device g's home node is g mod nodes. */
-function startWorkers(o: FleetBenchOptions, f: WorkerFiles, workers: ChildProcess[], onEnd: (ended: number) => void): FleetState {
-  const fleet: FleetState = { ready: 0, ends: new Map() };
-  const per = Math.ceil(o.devices / o.workers);
-  for (let w = 0; w * per < o.devices; w++) {
-    const n = Math.min(per, o.devices - w * per);
-    const child = track(
-      spawn(
-        process.execPath,
-        [
-          ...(process.env.FLEET_BENCH_WORKER_NODE_ARGS?.split(' ').filter(Boolean) ?? []),
-          '--import',
-          'tsx',
-          WORKER,
-          '--urls',
-          f.urls.join(','),
-          '--devices',
-          String(n),
-          '--first',
-          String(w * per),
-          '--dir',
-          path.join(f.dir, 'devices'),
-          '--trust',
-          f.trustFile,
-          '--initial',
-          f.baseFile,
-          '--model',
-          MODEL,
-          '--group',
-          GROUP,
-          '--ramp-ms',
-          String(Math.round(o.rampSeconds * 1000)),
-          '--seed',
-          '1',
-        ],
-        { stdio: ['ignore', 'pipe', 'pipe'] },
-      ),
-    );
-    child.stderr!.pipe(createWriteStream(path.join(f.dir, `worker-${w}.log`)));
-    readLines(child, (j) => {
-      if (typeof j.ready === 'number') fleet.ready += j.ready;
-      else if (typeof j.device === 'string' && !fleet.ends.has(j.device)) {
-        fleet.ends.set(j.device, j as unknown as DeviceEnd);
-        onEnd(fleet.ends.size);
-      }
-    });
-    workers.push(child);
-  }
-  return fleet;
-}
-
-/** Until every device is connected (the ramp plus two minutes at most), or a worker has exited. */
-async function waitOnline(o: FleetBenchOptions, fleet: FleetState, workers: ChildProcess[]): Promise<void> {
-  const readyBy = Date.now() + (o.rampSeconds + 120) * 1000;
-  while (fleet.ready < o.devices) {
-    if (Date.now() > readyBy) throw new Error(`only ${fleet.ready} of ${o.devices} devices connected`);
-    if (workers.some((c) => c.exitCode !== null)) throw new Error('a device worker exited');
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 /** Upload the payload and publish the signed release, through node A. */

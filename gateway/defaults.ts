@@ -1,5 +1,5 @@
 import { withDefaults } from '../platform/defaults.ts';
-import type { GatewayOptions } from './gateway.ts';
+import type { GatewayOptions } from './options.ts';
 
 /**
  * Every default of the site gateway (gateway/), in one table: the gateway node

@@ -7,7 +7,7 @@ import type { MqttTransportOptions } from '../transport/mqtt.ts';
 import { readJson } from '../util/fs-atomic.ts';
 import { VERSION } from '../util/version.ts';
 import type { ResolvedGatewayConfig } from './defaults.ts';
-import type { GatewayOptions } from './gateway.ts';
+import type { GatewayOptions } from './options.ts';
 import type { BudgetLedger } from './policy.ts';
 
 /**

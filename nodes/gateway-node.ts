@@ -1,6 +1,7 @@
 import { part } from '../broker/broker.ts';
 import { resolveGatewayConfig, type ResolvedGatewayConfig } from '../gateway/defaults.ts';
-import { Gateway, openSiteWarning, type GatewayOptions, type SiteBroker } from '../gateway/gateway.ts';
+import { Gateway } from '../gateway/gateway.ts';
+import { openSiteWarning, type GatewayOptions, type SiteBroker } from '../gateway/options.ts';
 import { gatewayTopics, loadLedger, openSiteStore, siteBrokerOptions, upstreamOptions } from '../gateway/parts.ts';
 import type { BudgetLedger } from '../gateway/policy.ts';
 import type { GatewayStatus } from '../gateway/status.ts';

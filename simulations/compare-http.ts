@@ -9,7 +9,8 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { LinkSpec } from './link-profiles.ts';
 import { fetchWithResume } from './http-range.ts';
-import { counterDelta, type NetnsLink, type UpTcp } from './netns-link.ts';
+import type { NetnsLink } from './netns-link.ts';
+import { counterDelta, type UpTcp } from './link-counters.ts';
 import { runFaults, type Fault } from './faults.ts';
 
 const HTTP_SCRIPT = new URL('./http-range.ts', import.meta.url).pathname;

@@ -26,7 +26,8 @@ import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-
 import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import { LinkProxy } from './link-proxy.ts';
-import { NetnsLink, counterDelta, type LinkCounters, type UpTcp } from './netns-link.ts';
+import { NetnsLink } from './netns-link.ts';
+import { counterDelta, type LinkCounters, type UpTcp } from './link-counters.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
 import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
 

@@ -1,6 +1,8 @@
-import { execFile, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import fs from 'node:fs';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { pidAlive } from '../util/dir-lock.ts';
+import { startDelayLine } from './delay-line.ts';
+import { readLinkCounters, readLossDrops, readTbfDrops, readTcpStats, readUpTcp, type LinkCounters, type LinkReading, type TcpStats, type UpTcp } from './link-counters.ts';
+import { deleteNamespace, exited, findBinary, killPid, listNamespaces, run, runSync } from './netns-commands.ts';
 
 /**
  * A "site cellular link" built from two Linux network namespaces joined by a
@@ -42,6 +44,10 @@ import { pidAlive } from '../util/dir-lock.ts';
  *
  * Namespaces embed the creating process's PID so `cleanupStale()` only removes
  * leftovers of processes that no longer exist (never a concurrent run's).
+ *
+ * Beside this file: netns-commands.ts (running ip/tc/nft, listing and deleting namespaces),
+ * link-counters.ts (what the link counts and how it is read) and delay-line.ts (starting the
+ * TUN delay line).
  */
 
 export const NS_PREFIX = 'fleetsim-';
@@ -68,121 +74,10 @@ export interface NetnsLinkOptions {
   seed?: number;
 }
 
-export interface LinkCounters {
-  rxBytes: number;
-  rxPackets: number;
-  txBytes: number;
-  txPackets: number;
-}
-
-/** The site's sending TCP over a transfer (`NetnsLink.upTcp`). */
-/** NetnsLink.reading(): the counters at one moment. */
-export interface LinkReading {
-  counters: LinkCounters;
-  queue: { tbfDrops: number; retransSegs: number };
-  up: UpTcp;
-}
-
-export interface UpTcp {
-  outSegs: number;
-  retransSegs: number;
-  timeouts: number;
-  lossProbes: number;
-}
-
-/** A counter of one `/proc/net/snmp` or `netstat` section (a header row of names, then a row of values). */
-function mibRows(text: string, prefix: string): (name: string) => number {
-  const rows = text.split('\n').filter((l) => l.startsWith(prefix));
-  if (rows.length < 2) throw new Error(`no ${prefix} rows in the MIB counters`);
-  const keys = rows[0].split(/\s+/);
-  const vals = rows[1].split(/\s+/);
-  return (k) => {
-    const i = keys.indexOf(k);
-    if (i < 0) throw new Error(`no ${prefix} ${k} in the MIB counters`);
-    return Number(vals[i]);
-  };
-}
-
-export interface TcpStats {
-  outSegs: number;
-  inSegs: number;
-  retransSegs: number;
-}
-
 type Side = 'srv' | 'site';
 
 const TBF_LATENCY = '500ms';
-const DELAY_LINE = new URL('./delay-line.py', import.meta.url).pathname;
 const KILL_GRACE_MS = 1500;
-const CMD_TIMEOUT_MS = 15_000;
-
-/** Runs a command with an argument array (no shell); rejects with the command and its stderr. */
-export function run(cmd: string, args: string[], input?: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { timeout: CMD_TIMEOUT_MS, maxBuffer: 16 << 20 }, (err, stdout, stderr) => {
-      if (err) {
-        const what = [cmd, ...args].join(' ');
-        reject(new Error(`command failed: ${what}: ${String(stderr).trim() || err.message}`));
-      } else resolve(String(stdout));
-    });
-    if (input !== undefined) child.stdin?.end(input);
-  });
-}
-
-function runSync(cmd: string, args: string[]): { ok: boolean; out: string; err: string } {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: CMD_TIMEOUT_MS });
-  return { ok: r.status === 0 && !r.error, out: r.stdout ?? '', err: (r.stderr || r.error?.message || '').trim() };
-}
-
-function findBinary(name: string): string | undefined {
-  for (const dir of ['/usr/sbin', '/sbin', '/usr/bin', '/bin', ...(process.env.PATH ?? '').split(':')]) {
-    if (dir && fs.existsSync(`${dir}/${name}`)) return `${dir}/${name}`;
-  }
-  return undefined;
-}
-
-function killPid(pid: number, signal: NodeJS.Signals): void {
-  try {
-    if (pid > 0 && pid !== process.pid) process.kill(pid, signal);
-  } catch {
-    /* already gone */
-  }
-}
-
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-async function listNamespaces(): Promise<string[]> {
-  const out = await run('ip', ['netns', 'list']);
-  return out
-    .split('\n')
-    .map((l) => l.trim().split(/\s+/)[0])
-    .filter((n): n is string => !!n);
-}
-
-/** PIDs of processes living in a namespace (ours: the namespace is ours). */
-async function nsPids(ns: string): Promise<number[]> {
-  try {
-    const out = await run('ip', ['netns', 'pids', ns]);
-    return out
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number)
-      .filter((p) => p > 0 && p !== process.pid);
-  } catch {
-    return [];
-  }
-}
-
-async function deleteNamespace(ns: string): Promise<void> {
-  for (const pid of await nsPids(ns)) killPid(pid, 'SIGKILL');
-  try {
-    await run('ip', ['netns', 'del', ns]);
-  } catch (e) {
-    if ((await listNamespaces()).includes(ns)) throw e;
-  }
-}
 
 const live = new Set<NetnsLink>();
 let exitHookInstalled = false;
@@ -277,7 +172,7 @@ export class NetnsLink {
     await run('ip', ['netns', 'add', this.srvNs]);
     await run('ip', ['netns', 'add', this.siteNs]);
     const delayed = (o.delayMs ?? 0) > 0 || (o.jitterMs ?? 0) > 0;
-    if (delayed) await this.startDelayLine(o.delayMs ?? 0, o.jitterMs ?? 0, o.seed ?? 1);
+    if (delayed) await startDelayLine(this, { delayMs: o.delayMs ?? 0, jitterMs: o.jitterMs ?? 0, seed: o.seed ?? 1 }, (c) => this.track(c));
     else await run('ip', ['-n', this.srvNs, 'link', 'add', this.srvIf, 'type', 'veth', 'peer', 'name', this.siteIf, 'netns', this.siteNs]);
     for (const side of ['srv', 'site'] as const) {
       const ns = this.ns(side);
@@ -294,36 +189,10 @@ export class NetnsLink {
     await this.setLoss(o.lossPercent ?? 0, o.lossUpPercent);
   }
 
-  /** Starts simulations/delay-line.py, which makes the two TUN devices; resolves when they exist. */
-  private async startDelayLine(delayMs: number, jitterMs: number, seed: number): Promise<void> {
-    for (const [what, n] of [
-      ['delayMs', delayMs],
-      ['jitterMs', jitterMs],
-    ] as const) {
-      if (!(Number.isFinite(n) && n >= 0 && n <= 10_000)) throw new Error(`${what} must be 0..10000 ms: ${n}`);
-    }
-    const python = findBinary('python3');
-    if (!python) throw new Error('a delayed link needs python3 (for the TUN delay line): install python3');
-    const child = spawn(python, [DELAY_LINE, this.srvNs, this.srvIf, this.siteNs, this.siteIf, String(delayMs), String(jitterMs), String(seed)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  /** Tracks a process it started (destroy() kills it by PID) until it exits. */
+  private track(child: ChildProcess): void {
     this.children.add(child);
     child.once('exit', () => this.children.delete(child));
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      const t = setTimeout(() => reject(new Error(`delay line did not start in 10 s: ${out.trim()}`)), 10_000);
-      const onData = (d: Buffer): void => {
-        out += String(d);
-        if (out.includes('ready')) {
-          clearTimeout(t);
-          resolve();
-        }
-      };
-      child.stdout!.on('data', onData);
-      child.stderr!.on('data', onData);
-      child.once('exit', (code) => {
-        clearTimeout(t);
-        reject(new Error(`delay line exited ${code}: ${out.trim().split('\n').pop() ?? ''}`));
-      });
-    });
   }
 
   /** `tc` arguments for the bandwidth cap (see file comment for burst/latency choice). */
@@ -363,15 +232,7 @@ export class NetnsLink {
 
   /** Packets dropped so far by the loss rules, per receiving side. */
   async drops(): Promise<{ srv: number; site: number }> {
-    const read = async (side: Side): Promise<number> => {
-      const out = await run('ip', ['netns', 'exec', this.ns(side), 'nft', '-j', 'list', 'chain', 'inet', 'fleetsim', 'in']);
-      let n = 0;
-      for (const item of JSON.parse(out).nftables ?? []) {
-        for (const expr of item.rule?.expr ?? []) if (expr.counter) n += Number(expr.counter.packets);
-      }
-      return n;
-    };
-    return { srv: await read('srv'), site: await read('site') };
+    return { srv: await readLossDrops(this.srvNs), site: await readLossDrops(this.siteNs) };
   }
 
   /** Pulls the plug: both veth ends down (connected routes disappear, connects fail). */
@@ -414,16 +275,14 @@ export class NetnsLink {
     return child;
   }
 
-  /** Byte/packet counters of the site end of the veth (tx = site→srv). */
   /** Every counter the simulations compare, read once: bytes and packets each way, the downlink's queue, the site's TCP. */
   async reading(): Promise<LinkReading> {
     return { counters: await this.counters(), queue: await this.downQueue(), up: await this.upTcp() };
   }
 
-  async counters(): Promise<LinkCounters> {
-    const out = await run('ip', ['-n', this.siteNs, '-s', '-j', 'link', 'show', 'dev', this.siteIf]);
-    const s = JSON.parse(out)[0].stats64;
-    return { rxBytes: s.rx.bytes, rxPackets: s.rx.packets, txBytes: s.tx.bytes, txPackets: s.tx.packets };
+  /** Byte/packet counters of the site end of the veth (tx = site→srv). */
+  counters(): Promise<LinkCounters> {
+    return readLinkCounters(this.siteNs, this.siteIf);
   }
 
   /**
@@ -431,9 +290,7 @@ export class NetnsLink {
    * overflowing, not the loss rule) and the srv namespace's retransmitted TCP segments.
    */
   async downQueue(): Promise<{ tbfDrops: number; retransSegs: number }> {
-    const out = await run('tc', ['-n', this.srvNs, '-s', '-j', 'qdisc', 'show', 'dev', this.srvIf]);
-    const qdiscs = JSON.parse(out) as Array<{ kind?: string; drops?: number }>;
-    const tbfDrops = qdiscs.filter((q) => q.kind === 'tbf').reduce((n, q) => n + Number(q.drops ?? 0), 0);
+    const tbfDrops = await readTbfDrops(this.srvNs, this.srvIf);
     return { tbfDrops, retransSegs: (await this.tcpStats('srv')).retransSegs };
   }
 
@@ -441,17 +298,13 @@ export class NetnsLink {
    * What the site's TCP sent: segments, and of them those sent again, after a retransmission
    * timeout, and as tail-loss probes (a lone message whose copy or ACK was lost is sent twice).
    */
-  async upTcp(): Promise<UpTcp> {
-    const { outSegs, retransSegs } = await this.tcpStats('site');
-    const ext = mibRows(await run('ip', ['netns', 'exec', this.siteNs, 'cat', '/proc/net/netstat']), 'TcpExt:');
-    return { outSegs, retransSegs, timeouts: ext('TCPTimeouts'), lossProbes: ext('TCPLossProbes') };
+  upTcp(): Promise<UpTcp> {
+    return readUpTcp(this.siteNs);
   }
 
   /** TCP MIB counters (/proc/net/snmp is per network namespace). */
-  async tcpStats(side: Side): Promise<TcpStats> {
-    const out = await run('ip', ['netns', 'exec', this.ns(side), 'cat', '/proc/net/snmp']);
-    const get = mibRows(out, 'Tcp:');
-    return { outSegs: get('OutSegs'), inSegs: get('InSegs'), retransSegs: get('RetransSegs') };
+  tcpStats(side: Side): Promise<TcpStats> {
+    return readTcpStats(this.ns(side));
   }
 
   /** Kills tracked processes (SIGTERM, then SIGKILL), deletes both namespaces (and the veth). Idempotent. */
@@ -492,10 +345,4 @@ export class NetnsLink {
     }
     live.delete(this);
   }
-}
-
-/** What counters (`NetnsLink.downQueue`, `upTcp`) counted between two readings. */
-export function counterDelta<T extends { [K in keyof T]: number }>(a: T, b: T): T {
-  const keys = Object.keys(b) as Array<keyof T>;
-  return Object.fromEntries(keys.map((k) => [k, b[k] - a[k]])) as T;
 }

@@ -4,7 +4,7 @@
  * run, so the uplink up to the moment the last device had its payload (what HTTP's figure
  * covers: its fetch, no statuses after it) can be told from the uplink up to the last ack.
  */
-import type { LinkCounters } from './netns-link.ts';
+import type { LinkCounters } from './link-counters.ts';
 import type { DeviceEnd } from './sim-support.ts';
 
 export type SentByType = Record<string, { packets: number; bytes: number }>;

@@ -1,10 +1,10 @@
 import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { readUsersFile, verifyPassword } from '../../broker/users-file.ts';
 import { FLEET_BIN } from '../../platform/child-process.ts';
-import { tempDir } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 function fleet(args: string[]): Promise<{ code: number; out: string; err: string }> {
   return new Promise((resolve) => {
@@ -12,15 +12,11 @@ function fleet(args: string[]): Promise<{ code: number; out: string; err: string
   });
 }
 
-let dir: string | undefined;
-afterEach(async () => {
-  if (dir) await fs.rm(dir, { recursive: true, force: true });
-  dir = undefined;
-});
+const own = ownAfterEach();
 
 describe('fleet user', () => {
   it('adds, lists, regroups and removes users; the file is 0600 and listings never show hashes', async () => {
-    dir = await tempDir('users');
+    const dir = await own.tempDir('fleet-users-');
     const file = path.join(dir, 'users.json');
 
     const added = await fleet(['user', 'add', 'dev-1', '--role', 'device', '--group', 'g1', '--model', 'm1', '--auth', file]);
@@ -68,7 +64,7 @@ describe('fleet user', () => {
   }, 60_000);
 
   it('refuses what makes no sense, with a message', async () => {
-    dir = await tempDir('users-bad');
+    const dir = await own.tempDir('fleet-users-bad-');
     const file = path.join(dir, 'users.json');
     const cases: Array<[string[], RegExp]> = [
       [['user', 'add', 'd', '--role', 'device', '--auth', file], /needs --group and --model/],

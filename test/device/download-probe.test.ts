@@ -6,18 +6,11 @@
  * one round trip later. Real storage in a temp dir, a recording transport and
  * a manual clock.
  */
-import { promises as fs } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { Download } from '../../device/download.ts';
-import { DeviceStorage } from '../../device/storage.ts';
+import { describe, expect, it } from 'vitest';
 import { chunkRange } from '../../protocol/chunks.ts';
 import { decodeRequest, type Frame } from '../../protocol/frames.ts';
-import { Topics } from '../../protocol/topics.ts';
-import type { Transport } from '../../transport/types.ts';
-import { silentLogger } from '../../util/log.ts';
-import { ManualClock } from '../support/clock.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
+import { downloadRig } from '../support/download-rig.ts';
 import { payloadStep } from '../support/payload-step.ts';
 import { until } from '../support/wait.ts';
 
@@ -25,50 +18,25 @@ const CHUNK = 1024;
 const CHUNKS = 12;
 const { payload, list, updateId, step } = payloadStep(CHUNK, CHUNKS, (i) => (i * 31) % 251, 'ab'.repeat(32));
 
-let dir: string | undefined;
-afterEach(async () => {
-  if (dir) await fs.rm(dir, { recursive: true, force: true });
-  dir = undefined;
-});
+const own = ownAfterEach();
 
 async function rig(o: { pings?: boolean; handshakeMs?: number } = {}) {
-  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'download-probe-'));
-  const storage = new DeviceStorage(dir);
-  await storage.init();
-  const files = await storage.openDownload(step);
-  const clock = new ManualClock();
   const requests: number[][] = [];
   let wire = 0;
   /** With `pings`: the PINGREQs the download sends, and the PINGRESPs the broker answered (the test's). */
   const ping = { sent: 0, answered: 0 };
-  const transport = {
-    publish: async (_t: string, p: Uint8Array | string) => {
-      requests.push(decodeRequest(p as Uint8Array).want);
-    },
-    ...(o.pings ? { nudge: () => ping.sent++, pongs: () => ping.answered } : {}),
-    // A transport that can probe and reconnect (the silence watch runs), and knows its quickest TCP handshake.
-    ...(o.handshakeMs === undefined ? {} : { probe: () => Promise.resolve(false), reconnect: () => undefined, handshakeMs: () => o.handshakeMs }),
-  } as unknown as Transport;
   let done = false;
-  const d = new Download({
-    step,
-    files,
-    transport,
-    topics: new Topics(),
-    model: 'm',
-    deviceId: 'd',
-    clock,
-    log: silentLogger,
-    maxWindow: 8,
-    idleMs: 1000,
-    stallMs: 600_000,
-    maxBadCopies: 3,
-    wireBytesIn: () => wire,
-    onProgress: () => undefined,
-    onComplete: () => (done = true),
-    onFail: (e) => {
-      throw e;
+  const { d, clock, files } = await downloadRig(own, 'download-probe', step, {
+    transport: {
+      publish: async (_t: string, p: Uint8Array | string) => {
+        requests.push(decodeRequest(p as Uint8Array).want);
+      },
+      ...(o.pings ? { nudge: () => ping.sent++, pongs: () => ping.answered } : {}),
+      // A transport that can probe and reconnect (the silence watch runs), and knows its quickest TCP handshake.
+      ...(o.handshakeMs === undefined ? {} : { probe: () => Promise.resolve(false), reconnect: () => undefined, handshakeMs: () => o.handshakeMs! }),
     },
+    wireBytesIn: () => wire,
+    onComplete: () => (done = true),
   });
   const settle = async () => {
     for (let i = 0; i < 3; i++) await new Promise((r) => setTimeout(r, 5));

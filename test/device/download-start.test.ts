@@ -4,18 +4,11 @@
  * checked and saved are kept and checked once it is (a bad one is still refused).
  * Real storage in a temp dir, a recording transport and a manual clock.
  */
-import { promises as fs } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
-import { Download } from '../../device/download.ts';
-import { DeviceStorage } from '../../device/storage.ts';
+import { describe, expect, it } from 'vitest';
 import { chunkRange } from '../../protocol/chunks.ts';
 import { decodeRequest, type ChunkRequest, type Frame } from '../../protocol/frames.ts';
-import { Topics } from '../../protocol/topics.ts';
-import type { Transport } from '../../transport/types.ts';
-import { silentLogger } from '../../util/log.ts';
-import { ManualClock } from '../support/clock.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
+import { downloadRig } from '../support/download-rig.ts';
 import { payloadStep } from '../support/payload-step.ts';
 import { until } from '../support/wait.ts';
 
@@ -23,38 +16,15 @@ const CHUNK = 512;
 const CHUNKS = 10;
 const { payload, list, updateId, step } = payloadStep(CHUNK, CHUNKS, (i) => (i * 7 + 3) % 253, 'cd'.repeat(32));
 
-let dir: string | undefined;
-afterEach(async () => {
-  if (dir) await fs.rm(dir, { recursive: true, force: true });
-  dir = undefined;
-});
+const own = ownAfterEach();
 
 describe('download start: the list and the first window in one request', () => {
   it('asks for both at once; chunks that come before the list are verified once it is saved; a bad early chunk is refused', async () => {
-    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'download-start-'));
-    const storage = new DeviceStorage(dir);
-    await storage.init();
     const requests: ChunkRequest[] = [];
-    const transport = { publish: async (_t: string, p: Uint8Array | string) => void requests.push(decodeRequest(p as Uint8Array)) } as unknown as Transport;
     let done = false;
-    const d = new Download({
-      step,
-      files: await storage.openDownload(step),
-      transport,
-      topics: new Topics(),
-      model: 'm',
-      deviceId: 'd',
-      clock: new ManualClock(),
-      log: silentLogger,
-      maxWindow: 8,
-      idleMs: 1000,
-      stallMs: 600_000,
-      maxBadCopies: 3,
-      onProgress: () => undefined,
+    const { d } = await downloadRig(own, 'download-start', step, {
+      transport: { publish: async (_t: string, p: Uint8Array | string) => void requests.push(decodeRequest(p as Uint8Array)) },
       onComplete: () => (done = true),
-      onFail: (e) => {
-        throw e;
-      },
     });
     await d.start();
     expect(requests).toHaveLength(1);

@@ -20,6 +20,7 @@ import { createLogger } from '../../util/log.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { digestHealthCheck } from '../../device/health.ts';
 import { CHUNK, connect, createFixture, GROUP, MODEL, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { transportWith } from '../support/transport-with.ts';
 
 let f: Fixture | undefined;
 afterEach(async () => {
@@ -31,8 +32,7 @@ afterEach(async () => {
 function failingSubscribes(inner: MqttTransport, topic: string): { transport: Transport; arm(failures: number): void; failed(): number } {
   let left = 0;
   let failed = 0;
-  const transport: Transport = {
-    publish: (t, p, o) => inner.publish(t, p, o),
+  const transport = transportWith(inner, {
     subscribe: (filters, qos) => {
       const list = Array.isArray(filters) ? filters : [filters];
       if (left > 0 && list.includes(topic)) {
@@ -42,15 +42,7 @@ function failingSubscribes(inner: MqttTransport, topic: string): { transport: Tr
       }
       return inner.subscribe(filters, qos);
     },
-    unsubscribe: (filters) => inner.unsubscribe(filters),
-    onMessage: (h) => inner.onMessage(h),
-    onConnect: (h) => inner.onConnect(h),
-    onDisconnect: (h) => inner.onDisconnect(h),
-    get connected() {
-      return inner.connected;
-    },
-    close: (g) => inner.close(g),
-  };
+  });
   return { transport, arm: (n) => (left = n), failed: () => failed };
 }
 

@@ -1,18 +1,14 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import { parseGatewayStatus } from '../../gateway/status.ts';
 import { parsePresence } from '../../protocol/status.ts';
 import { connect, createFixture, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { SITE, startGateway } from './helpers.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
-afterEach(async () => {
-  await gw?.close();
-  gw = undefined;
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 /** What a fresh operator sees upstream now: the retained gateway status and device presences. */
 async function retainedUpstream(fx: Fixture, devices: string[]): Promise<{ gateway: string | null; presence: Map<string, string> }> {
@@ -32,8 +28,8 @@ async function retainedUpstream(fx: Fixture, devices: string[]): Promise<{ gatew
 
 describe('a gateway stopped cleanly leaves no stale retained status upstream', () => {
   it('its own status says stopped, and its site devices (cut off with it) are offline upstream, with the time', async () => {
-    f = await createFixture('gw-clean-stop');
-    gw = await startGateway(f);
+    f = own(await createFixture('gw-clean-stop'));
+    gw = own(await startGateway(f));
     const watch = await StatusWatch.start(f);
     const ids = ['gs-1', 'gs-2'];
     for (const id of ids) spawnDevice(f, id, [], gw.url);

@@ -5,34 +5,28 @@
  * Download and the reconnect started a new one, at a window of 4. Real broker and update server,
  * a rate-limited TCP proxy in front of them (loopback).
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import type { MqttTransport } from '../../transport/mqtt.ts';
 import { createLogger } from '../../util/log.ts';
 import { createFixture, MEDIUM_LAYERS, publish, GROUP, type Fixture } from '../support/harness.ts';
 import { startGateway, untilGateway } from './helpers.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
 let proxy: LinkProxy | undefined;
-afterEach(async () => {
-  await gw?.close();
-  await proxy?.stop();
-  await f?.close();
-  f = undefined;
-  gw = undefined;
-  proxy = undefined;
-});
+const own = ownAfterEach();
 
 describe('site gateway: the upstream fetch through a reconnect', () => {
   it("a reconnect mid-fetch (the silence watch's, or a cut of a second): the same fetch goes on, not a new one", async () => {
-    f = await createFixture('gwkeep', { layers: MEDIUM_LAYERS, rank: 16 });
-    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
+    f = own(await createFixture('gwkeep', { layers: MEDIUM_LAYERS, rank: 16 }));
+    proxy = own(new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 }));
     await proxy.start();
     const lines: Array<{ msg: string }> = [];
     const log = createLogger('gw', 'info', (l) => lines.push(JSON.parse(l) as { msg: string }));
-    gw = await startGateway(f, { groups: [GROUP], log }, proxy.url);
+    gw = own(await startGateway(f, { groups: [GROUP], log }, proxy.url));
     const r = await publish(f);
     const step = r.release.steps[0];
     expect(step.chunks).toBeGreaterThan(50);

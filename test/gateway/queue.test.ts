@@ -1,23 +1,19 @@
 import { promises as fs } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Acl, type Principal } from '../../broker/acl.ts';
 import { DiskQueue } from '../../gateway/queue.ts';
 import { releaseNeeds } from '../../gateway/release-needs.ts';
 import { Topics } from '../../protocol/topics.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
-let dir: string | undefined;
-afterEach(async () => {
-  if (dir) await fs.rm(dir, { recursive: true, force: true });
-  dir = undefined;
-});
+const own = ownAfterEach();
 
 const msg = (n: number): { topic: string; payload: Uint8Array; retain: boolean } => ({ topic: `fleet/devices/d${n % 3}/status`, payload: new TextEncoder().encode(`{"n":${n}}`), retain: n % 2 === 0 });
 
 describe('the relay queue on disk', () => {
   it('keeps order, survives a reopen, and forgets only what was acknowledged', async () => {
-    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-gwq-'));
+    const dir = await own.tempDir('fleet-gwq-');
     const q = new DiskQueue(dir);
     await q.open();
     for (let n = 1; n <= 5; n++) await q.push(msg(n));
@@ -44,7 +40,7 @@ describe('the relay queue on disk', () => {
   });
 
   it('drops a torn last line (a power cut mid-append) and keeps the rest', async () => {
-    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-gwq-'));
+    const dir = await own.tempDir('fleet-gwq-');
     const q = new DiskQueue(dir);
     await q.open();
     await q.push(msg(1));

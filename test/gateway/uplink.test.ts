@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import { encodePresence, encodeStatus, parseStatus, type DeviceState } from '../../protocol/status.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
@@ -9,31 +9,25 @@ import type { QueuedMessage } from '../../gateway/queue.ts';
 import { superseded } from '../../gateway/status-relay.ts';
 import { parseGatewayStatus } from '../../gateway/status.ts';
 import { SITE, startGateway, untilGateway, watchGatewayStatus } from './helpers.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 /** What the gateway sends up its cellular link besides the payload's requests (issue 20, fifth pass). */
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
-const siteClients: MqttTransport[] = [];
-afterEach(async () => {
-  for (const t of siteClients.splice(0)) await t.close();
-  await gw?.close();
-  await f?.close();
-  f = undefined;
-  gw = undefined;
-});
+const own = ownAfterEach();
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 describe('site gateway: its uplink', () => {
   it('its frames are subscribed before any release comes: a fetch asks at once, not after a SUBACK round trip', async () => {
-    f = await createFixture('gwsub');
+    f = own(await createFixture('gwsub'));
     // Every subscription the gateway makes upstream, as the upstream broker sees it.
     const subs: Array<{ at: number; topic: string; qos: number }> = [];
     f.broker!.aedes.on('subscribe', (s, client) => {
       if (client?.id === `fleet-gateway-${SITE}`) for (const x of s) subs.push({ at: Date.now(), topic: x.topic, qos: x.qos });
     });
-    gw = await startGateway(f, { groups: [GROUP] });
+    gw = own(await startGateway(f, { groups: [GROUP] }));
     await untilGateway(gw, (s) => s.upstream.state === 'connected');
     await sleep(300);
     const releasedAt = Date.now();
@@ -51,8 +45,8 @@ describe('site gateway: its uplink', () => {
   });
 
   it("a site device's passing states go up as its newest status only; idle, outcomes and presence all go up, in order", async () => {
-    f = await createFixture('gwmrg');
-    gw = await startGateway(f, { groups: [GROUP] });
+    f = own(await createFixture('gwmrg'));
+    gw = own(await startGateway(f, { groups: [GROUP] }));
     // What reaches upstream for the device, as an operator sees it.
     const seen: string[] = [];
     const op = await connect(f, 'mrg-operator');
@@ -63,7 +57,7 @@ describe('site gateway: its uplink', () => {
     });
     await op.subscribe([topics.status('mrg-dev'), topics.presence('mrg-dev')], 1);
     const site = await MqttTransport.connect({ url: gw.url, clientId: 'mrg-dev' }, 10_000);
-    siteClients.push(site);
+    own(site);
     const status = (state: DeviceState, progress = 0): Uint8Array => encodeStatus(statusFixture({ device: 'mrg-dev', group: GROUP, model: MODEL, running: '0'.repeat(64), state, progress }));
     await site.publish(topics.status('mrg-dev'), status('idle'), { qos: 1, retain: true });
     await until(async () => seen.length, { what: 'the idle status upstream', timeoutMs: 10_000, accept: (n) => n >= 1 });
@@ -93,8 +87,8 @@ describe('site gateway: its uplink', () => {
   });
 
   it("a quick reconnect of its upstream connection (the silence watch's) sends its status up once, for the new connection, not also the one made as the old went", async () => {
-    f = await createFixture('gwqr');
-    gw = await startGateway(f, { groups: [GROUP] });
+    f = own(await createFixture('gwqr'));
+    gw = own(await startGateway(f, { groups: [GROUP] }));
     // Every status the gateway publishes, as the upstream broker receives it (before any routing).
     const received: string[] = [];
     f.broker!.aedes.on('publish', (packet, client) => {
@@ -117,11 +111,11 @@ describe('site gateway: its uplink', () => {
   });
 
   it('relayed device statuses do not send its own status up again (once a second while the site downloaded)', async () => {
-    f = await createFixture('gwrel');
-    gw = await startGateway(f, { groups: [GROUP] });
+    f = own(await createFixture('gwrel'));
+    gw = own(await startGateway(f, { groups: [GROUP] }));
     const gwWatch = await watchGatewayStatus(f);
     const site = await MqttTransport.connect({ url: gw.url, clientId: 'rel-dev' }, 10_000);
-    siteClients.push(site);
+    own(site);
     const status = (n: number): Uint8Array => encodeStatus(statusFixture({ device: 'rel-dev', group: GROUP, model: MODEL, running: '0'.repeat(64), message: String(n) }));
     // The first status of a new device is a change (`devices`); let it and the start-up ones go up.
     await site.publish(topics.status('rel-dev'), status(0), { qos: 1, retain: true });

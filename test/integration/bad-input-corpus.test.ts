@@ -24,12 +24,12 @@ import { encodeFrame, type ChunkRequest, decodeRequest } from '../../protocol/fr
 import { synthesizeModel, synthesizeUpdate, type SynthUpdate } from '../../publisher/synth.ts';
 import { ContentStore } from '../../server/content-store.ts';
 import { UpdateServer } from '../../server/update-server.ts';
-import type { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger, type Logger } from '../../util/log.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { expectNoEventWithin } from '../support/wait.ts';
 import { CHUNK, connect, createFixture, currentDigest, MODEL, publish, SMALL_LAYERS, startAgent, StatusWatch, tempDir, topics, type Fixture } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
+import { transportWith } from '../support/transport-with.ts';
 
 let cases = 0;
 afterAll(() => console.log(`bad-input corpus, part 1 (frames, model files): ${cases} cases`));
@@ -168,20 +168,13 @@ describe('bad-input corpus: frames injected while downloading', () => {
   beforeAll(async () => {
     f = await createFixture('corpus-frames', { updateServer: false });
     const serverT = await connect(f, 'corpus-slow-server');
-    const slow = {
-      ...serverT,
+    const slow = transportWith(serverT, {
       connected: true,
       publish: async (t: string, p: Uint8Array | string, o?: object) => {
         if (t.includes('/to/')) await sleep(150);
         return serverT.publish(t, p, o);
       },
-      subscribe: serverT.subscribe.bind(serverT),
-      unsubscribe: serverT.unsubscribe.bind(serverT),
-      onMessage: serverT.onMessage.bind(serverT),
-      onConnect: serverT.onConnect.bind(serverT),
-      onDisconnect: serverT.onDisconnect.bind(serverT),
-      close: serverT.close.bind(serverT),
-    } as MqttTransport;
+    });
     server = new UpdateServer({ transport: slow, store: new ContentStore(path.join(f.dir, 'store')), topics, log: silentLogger });
     await server.start();
     const injector = await connect(f, 'corpus-injector');

@@ -1,11 +1,12 @@
 import { spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FLEET_BIN } from '../../platform/child-process.ts';
 import { parseTrustFile } from '../../protocol/release.ts';
 import { freePort, MODEL, GROUP, spawnFleet, StatusWatch, tempDir, waitForPort, type Fixture, createFixture, spawnDevice, currentDigest } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 function fleet(args: string[]): { code: number | null; out: string; err: string } {
   const r = spawnSync(process.execPath, [FLEET_BIN, ...args], { encoding: 'utf8', timeout: 60_000 });
@@ -13,10 +14,7 @@ function fleet(args: string[]): { code: number | null; out: string; err: string 
 }
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('the fleet command', () => {
   it('prints help listing every command', () => {
@@ -52,7 +50,7 @@ describe('the fleet command', () => {
 
   it('broker: stops cleanly on SIGTERM, and after a restart on the same data dir still holds releases and updates', async () => {
     // The fixture's own in-process broker is unused here except for keys and models.
-    f = await createFixture('cli-broker');
+    f = own(await createFixture('cli-broker'));
     const port = await freePort();
     const url = `mqtt://127.0.0.1:${port}`;
     const data = path.join(f.dir, 'broker-data');

@@ -1,15 +1,13 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, promises as fs, statSync } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { FLEET_BIN } from '../../platform/child-process.ts';
 import { createFixture, GROUP, MODEL, StatusWatch, type Fixture } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 function fleet(args: string[], env: NodeJS.ProcessEnv = process.env): { code: number | null; out: string; err: string } {
   const r = spawnSync(process.execPath, [FLEET_BIN, ...args], { encoding: 'utf8', env });
@@ -33,7 +31,7 @@ if (!systemdAnalyze) console.log('device-service: systemd-analyze is not install
 
 describe('fleet device install-service', () => {
   it("writes a sandboxed unit that systemd accepts and a 0600 environment file with the password; the unit's own command line runs the agent", async () => {
-    f = await createFixture('service');
+    f = own(await createFixture('service'));
     const dir = path.join(f.dir, 'd1');
     const units = path.join(f.dir, 'units');
     const env = path.join(f.dir, 'etc', 'device-d1.env');
@@ -91,7 +89,7 @@ describe('fleet device install-service', () => {
   }, 60_000);
 
   it('refuses, before writing anything, a trust file that does not exist: the service could never start', async () => {
-    f = await createFixture('service-refused');
+    f = own(await createFixture('service-refused'));
     const units = path.join(f.dir, 'units');
     const r = fleet([
       'device',

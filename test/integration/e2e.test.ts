@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { encodeFrame, decodeRequest } from '../../protocol/frames.ts';
 import { composeRelease, decodeRelease, releaseParts, signRelease } from '../../protocol/release.ts';
 import { decodeEnvelope } from '../../protocol/signed.ts';
@@ -9,16 +9,15 @@ import { synthesizeModel, synthesizeUpdate } from '../../publisher/synth.ts';
 import { chunkCount, chunkRange, sha256Hex } from '../../protocol/chunks.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { CHUNK, connect, createFixture, currentDigest, GROUP, MODEL, publish, SMALL_LAYERS, spawnDevice, StatusWatch, topics, type Fixture, untilLog } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
+import { transportWith } from '../support/transport-with.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('end to end over TCP with Aedes on an ephemeral port', () => {
   it('three device processes download, verify, apply and ack', async () => {
-    f = await createFixture('three');
+    f = own(await createFixture('three'));
     const watch = await StatusWatch.start(f);
     const ids = ['dev-a', 'dev-b', 'dev-c'];
     for (const id of ids) spawnDevice(f, id);
@@ -42,7 +41,7 @@ describe('end to end over TCP with Aedes on an ephemeral port', () => {
   });
 
   it('a device started after the publisher has exited still completes (the update server holds the content)', async () => {
-    f = await createFixture('late');
+    f = own(await createFixture('late'));
     await publish(f); // the publisher connects, uploads, publishes and disconnects
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'late-1');
@@ -51,26 +50,19 @@ describe('end to end over TCP with Aedes on an ephemeral port', () => {
   });
 
   it('drops and counts a frame that does not match the chunk list, asks again, and ends on the right digest', async () => {
-    f = await createFixture('inject', { updateServer: false });
+    f = own(await createFixture('inject', { updateServer: false }));
     // Run the update server with a delay on its answers so the forged frames arrive first.
     const { UpdateServer } = await import('../../server/update-server.ts');
     const { ContentStore } = await import('../../server/content-store.ts');
     const { silentLogger } = await import('../../util/log.ts');
     const serverT = await connect(f, 'slow-update-server');
-    const slow = {
-      ...serverT,
+    const slow = transportWith(serverT, {
       connected: true,
       publish: async (t: string, p: Uint8Array | string, o?: object) => {
         if (t.includes('/to/')) await new Promise((r) => setTimeout(r, 150));
         return serverT.publish(t, p, o);
       },
-      subscribe: serverT.subscribe.bind(serverT),
-      unsubscribe: serverT.unsubscribe.bind(serverT),
-      onMessage: serverT.onMessage.bind(serverT),
-      onConnect: serverT.onConnect.bind(serverT),
-      onDisconnect: serverT.onDisconnect.bind(serverT),
-      close: serverT.close.bind(serverT),
-    };
+    });
     const server = new UpdateServer({ transport: slow, store: new ContentStore(path.join(f.dir, 'store')), topics, log: silentLogger });
     await server.start();
 
@@ -110,7 +102,7 @@ describe('end to end over TCP with Aedes on an ephemeral port', () => {
   });
 
   it('refuses a release for a base the device does not run, names the reason, and leaves the model unchanged', async () => {
-    f = await createFixture('wrongbase');
+    f = own(await createFixture('wrongbase'));
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'dev-w');
     await watch.until('dev-w', (s) => s.state === 'idle');
@@ -128,7 +120,7 @@ describe('end to end over TCP with Aedes on an ephemeral port', () => {
   });
 
   it('refuses a release with a flipped signature byte, and does not process the re-delivered retained release again after a restart', async () => {
-    f = await createFixture('badsig');
+    f = own(await createFixture('badsig'));
     const watch = await StatusWatch.start(f);
     const child = spawnDevice(f, 'dev-s');
     await watch.until('dev-s', (s) => s.state === 'idle');

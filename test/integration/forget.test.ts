@@ -6,30 +6,11 @@ import { MqttTransport } from '../../transport/mqtt.ts';
 import { useBrokerEnv } from '../support/broker-env.ts';
 import { GROUP, MODEL, runFleet, topics } from '../support/harness.ts';
 import { nextEvent, observeFor, until } from '../support/wait.ts';
+import { statusFixture } from '../support/status.ts';
 
 const env = useBrokerEnv('forget');
 
-const status = (device: string, time: string): DeviceStatus => ({
-  device,
-  group: GROUP,
-  model: MODEL,
-  state: 'ok',
-  running: 'a'.repeat(64),
-  target: null,
-  seq: null,
-  updateId: null,
-  rollback: false,
-  progress: 1,
-  bytes: 0,
-  totalBytes: 0,
-  badChunks: 0,
-  rateBps: 0,
-  wire: null,
-  reason: null,
-  message: null,
-  agent: 'x',
-  time,
-});
+const status = (device: string, time: string): DeviceStatus => statusFixture({ device, group: GROUP, model: MODEL, state: 'ok', progress: 1, agent: 'x', time });
 
 /** What the broker retains for these devices now (a fresh subscriber's view). */
 async function retained(url: string, ids: string[]): Promise<string[]> {

@@ -1,19 +1,17 @@
 import os from 'node:os';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { BrokerProcess } from '../support/broker-process.ts';
 import { createFixture, freePort, GROUP, MODEL, publish, runFleet, spawnDevice, StatusWatch, tempDir, type Fixture } from '../support/harness.ts';
 import { digestModelFile } from '../../util/model-file.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('one process per directory', () => {
   it('a second agent on a device directory exits 78 (EX_CONFIG) naming the first; after the first is SIGKILLed, a new one takes over and finishes', async () => {
-    f = await createFixture('dir-lock');
+    f = own(await createFixture('dir-lock'));
     const watch = await StatusWatch.start(f);
     const first = spawnDevice(f, 'd1');
     await watch.until('d1', (s) => s.state === 'idle');

@@ -1,11 +1,9 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createFixture, runFleet, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 interface Row {
   device: string;
@@ -23,7 +21,7 @@ const seconds = (iso: string | null | undefined): number => (iso ? Date.parse(is
 
 describe('presence carries the time it changed', () => {
   it("fleet devices shows it: online since connect, offline since a clean stop, and since the broker published a killed agent's will", async () => {
-    f = await createFixture('presence-time');
+    f = own(await createFixture('presence-time'));
     const watch = await StatusWatch.start(f);
     const t0 = Math.floor(Date.now() / 1000);
     const calm = spawnDevice(f, 'pt-calm');

@@ -1,23 +1,19 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DEVICE_DEFAULTS } from '../../device/defaults.ts';
 import { OPERATOR_DEFAULTS } from '../../operator/defaults.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { createFixture, publish, spawnDevice, StatusWatch, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
-afterEach(async () => {
-  await proxy?.stop();
-  await f?.close();
-  f = undefined;
-  proxy = undefined;
-});
+const own = ownAfterEach();
 
 describe('progress statuses while downloading (each costs ~700 B of a narrow uplink)', () => {
   it('one at half the download and one per 30 s, not one per quarter, a second or per 5 %; the states around them are all published', async () => {
-    f = await createFixture('cadence', { layers: MEDIUM_LAYERS, rank: 16 });
+    f = own(await createFixture('cadence', { layers: MEDIUM_LAYERS, rank: 16 }));
     // A few seconds of download: long enough that a status a second, per 5 % or per quarter would show.
-    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 25_000 });
+    proxy = own(new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 25_000 }));
     await proxy.start();
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'cad-1', [], proxy.url);
@@ -50,7 +46,7 @@ describe('progress statuses while downloading (each costs ~700 B of a narrow upl
   }, 180_000);
 
   it('chunks come and requests go at QoS 0 (protocol.md §1): the device sends no PUBACK per chunk, and the download completes', async () => {
-    f = await createFixture('frames-qos0');
+    f = own(await createFixture('frames-qos0'));
     let acks = 0;
     const delivered: number[] = [];
     const framesQos: number[] = [];

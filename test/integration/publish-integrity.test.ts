@@ -1,16 +1,14 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { decodePayload, encodePayload, isLowRank } from '../../protocol/lowrank.ts';
 import { encodeUpdateFile, UPDATE_FILE_HEADER_BYTES } from '../../protocol/update-file.ts';
 import { readUpdateFile } from '../../util/update-file.ts';
 import { connect, createFixture, GROUP, MODEL, retainedRelease, runFleet, type Fixture } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 /** `fleet build` of the fixture's base and target, then one byte flipped inside a factor (`u`) of the written file. */
 async function builtAndDamaged(fx: Fixture): Promise<{ good: string; damaged: string; target: string }> {
@@ -31,7 +29,7 @@ async function builtAndDamaged(fx: Fixture): Promise<{ good: string; damaged: st
 
 describe('an update file damaged after fleet build is refused before a byte is uploaded', () => {
   it('fleet publish, inspect and apply name the damaged file; nothing reaches the broker; the intact file publishes', async () => {
-    f = await createFixture('integrity');
+    f = own(await createFixture('integrity'));
     const { good, damaged } = await builtAndDamaged(f);
     const spy = await connect(f, 'integrity-spy');
     const seen: string[] = [];
@@ -70,7 +68,7 @@ describe('an update file damaged after fleet build is refused before a byte is u
   }, 120_000);
 
   it('fleet publish --base MODEL applies the update as a device would: a wrong base and a wrong result are refused, the right ones publish', async () => {
-    f = await createFixture('integrity-base');
+    f = own(await createFixture('integrity-base'));
     const { good, target } = await builtAndDamaged(f);
     const p = decodePayload(await readUpdateFile(good));
     // Intact as a file (its check is right), but it names a target its factors do not reach.

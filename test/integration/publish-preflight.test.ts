@@ -1,20 +1,18 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { keygen } from '../../publisher/keys.ts';
 import { connect, createFixture, GROUP, MODEL, readRetained, runFleet, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
 import { expectNoEventWithin } from '../support/wait.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('fleet publish refuses what the devices would refuse, before it uploads a byte', () => {
   it('a release key alone where the fleet (trust.json beside the keys) has a rollout role; a key the trust file does not name', async () => {
-    f = await createFixture('preflight');
+    f = own(await createFixture('preflight'));
     const update = path.join(f.dir, 'update.cbor');
     await fs.writeFile(update, encodeUpdateFile(f.update.payload));
     // Everything that reaches the broker, to show that nothing did.
@@ -39,7 +37,7 @@ describe('fleet publish refuses what the devices would refuse, before it uploads
   }, 60_000);
 
   it('a group or model that no device has reported is named, with what the broker knows, and needs --yes', async () => {
-    f = await createFixture('preflight-typo');
+    f = own(await createFixture('preflight-typo'));
     const watch = await StatusWatch.start(f);
     await startAgent(f, 'p1');
     await watch.until('p1', (s) => s.state === 'idle');

@@ -5,19 +5,17 @@
  * status, since nobody took the session and the status has not changed. A connection lost
  * any other way still checks and publishes. Real broker, agent in process.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createFixture, startAgent, topics, type Fixture } from '../support/harness.ts';
 import { expectNoEventWithin, until } from '../support/wait.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('a reconnect of our own', () => {
   it('re-publishes presence, not the status; a connection the broker dropped publishes the status again', async () => {
-    f = await createFixture('quick-reconnect');
+    f = own(await createFixture('quick-reconnect'));
     const statuses: number[] = [];
     const presences: number[] = [];
     let drop: (() => void) | undefined;

@@ -1,23 +1,19 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { createFixture, currentDigest, publish, spawnDevice, StatusWatch, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 const DEVICES = ['site-1', 'site-2', 'site-3'];
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
-afterEach(async () => {
-  await proxy?.stop();
-  await f?.close();
-  f = undefined;
-  proxy = undefined;
-});
+const own = ownAfterEach();
 
 describe('a site whose link keeps dropping', () => {
   it('three devices behind one slow link cut at random still all end ok on the new digest', async () => {
-    f = await createFixture('random-cuts', { layers: MEDIUM_LAYERS, rank: 16 });
+    f = own(await createFixture('random-cuts', { layers: MEDIUM_LAYERS, rank: 16 }));
     // One site: three devices share 40 kB/s each way; seeded, so a failure can be replayed.
-    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 40_000, sharedBandwidth: true, seed: 20240611 });
+    proxy = own(new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 40_000, sharedBandwidth: true, seed: 20240611 }));
     await proxy.start();
     const watch = await StatusWatch.start(f);
     for (const id of DEVICES) spawnDevice(f, id, [], proxy.url);

@@ -1,20 +1,16 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { stopChild } from '../../platform/child-process.ts';
 import { Bitmap } from '../../protocol/chunks.ts';
 import { decodeRequest } from '../../protocol/frames.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { connect, createFixture, currentDigest, MODEL, publish, spawnDevice, StatusWatch, topics, type Fixture, MEDIUM_LAYERS } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
-afterEach(async () => {
-  await proxy?.stop();
-  await f?.close();
-  f = undefined;
-  proxy = undefined;
-});
+const own = ownAfterEach();
 
 /** Every chunk index each device asked for, in order, as the broker saw it. */
 async function recordRequests(fx: Fixture): Promise<Array<{ device: string; at: number; want: number[] }>> {
@@ -46,8 +42,8 @@ async function heldOnDisk(fx: Fixture, device: string, updateId: string, chunks:
 
 describe('transfers resume where they stopped', () => {
   it('after the link drops mid-transfer: reconnects and asks only for what it lacks', async () => {
-    f = await createFixture('cut', { layers: MEDIUM_LAYERS, rank: 16 });
-    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
+    f = own(await createFixture('cut', { layers: MEDIUM_LAYERS, rank: 16 }));
+    proxy = own(new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 }));
     await proxy.start();
     const requests = await recordRequests(f);
     const order = recordBrokerOrder(f, 'fleet-device-cut-1', topics.framesFor(MODEL, 'cut-1'));
@@ -80,8 +76,8 @@ describe('transfers resume where they stopped', () => {
   });
 
   it('after the agent is killed (SIGKILL) mid-transfer: restarts from the bitmap on disk', async () => {
-    f = await createFixture('kill', { layers: MEDIUM_LAYERS, rank: 16 });
-    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
+    f = own(await createFixture('kill', { layers: MEDIUM_LAYERS, rank: 16 }));
+    proxy = own(new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 }));
     await proxy.start();
     const requests = await recordRequests(f);
     const watch = await StatusWatch.start(f);

@@ -6,22 +6,20 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseTrustFile, trustOf, formatTrustFile } from '../../protocol/release.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { createFixture, exists, GROUP, MODEL, runFleet, startAgent, StatusWatch, type Fixture } from '../support/harness.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
 import { until } from '../support/wait.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('fleet publish --manifest-only, publish/refresh/rollback with the rollout key, fleet trust', () => {
   it('runs the whole two-role workflow on a device', async () => {
-    f = await createFixture('roles-cli');
+    f = own(await createFixture('roles-cli'));
     const watch = await StatusWatch.start(f);
     await startAgent(f, 'c1');
     await watch.until('c1', (s) => s.state === 'idle');

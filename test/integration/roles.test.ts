@@ -6,7 +6,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { maxSeqAt, parseTrustFile, signingKeyFromSeed, signTrust, trustOf, type SigningKey, type TrustFile } from '../../protocol/release.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishManifestOnly, publishUpdate, PublishError } from '../../publisher/publish.ts';
@@ -16,12 +16,10 @@ import { synthesizeUpdate } from '../../publisher/synth.ts';
 import { silentLogger } from '../../util/log.ts';
 import { CHUNK, connect, createFixture, currentDigest, exists, GROUP, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { expectNoEventWithin, until } from '../support/wait.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 interface Setup {
   f: Fixture;
@@ -32,7 +30,7 @@ interface Setup {
 }
 
 async function setup(tag: string): Promise<Setup> {
-  f = await createFixture(tag);
+  f = own(await createFixture(tag));
   const release = await loadSigningKey(f.keyFile);
   const rollout = await loadSigningKey(f.rolloutKeyFile);
   const trust = parseTrustFile(await fs.readFile(f.trustFile, 'utf8'));

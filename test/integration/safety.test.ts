@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseTrustFile } from '../../protocol/release.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate } from '../../publisher/publish.ts';
@@ -10,12 +10,10 @@ import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { CHUNK, createFixture, currentDigest, GROUP, MODEL, SMALL_LAYERS, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 type Key = Awaited<ReturnType<typeof loadSigningKey>>;
 async function withPublisher<T>(fx: Fixture, fn: (t: MqttTransport, keys: Key[], rolloutKeys: Key[]) => Promise<T>): Promise<T> {
@@ -39,7 +37,7 @@ async function modelFiles(dir: string): Promise<string[]> {
 
 describe('validation before the switch', () => {
   it('a model the validation command refuses never becomes current: rejected with its last output lines', async () => {
-    f = await createFixture('validate');
+    f = own(await createFixture('validate'));
     const watch = await StatusWatch.start(f);
     const { storage } = await startAgent(f, 'v1', silentLogger, { validateCmd: 'echo "accuracy 0.41 < 0.90 on 32 samples"; test -f "$FLEET_MODEL_PATH" && exit 3' });
     await watch.until('v1', (s) => s.state === 'idle');
@@ -53,7 +51,7 @@ describe('validation before the switch', () => {
   });
 
   it('a validation command that hangs is stopped at its timeout: rejected (validation-timeout)', async () => {
-    f = await createFixture('validate-hang');
+    f = own(await createFixture('validate-hang'));
     const watch = await StatusWatch.start(f);
     await startAgent(f, 'v2', silentLogger, { validateCmd: 'sleep 30', validateTimeoutMs: 400 });
     await watch.until('v2', (s) => s.state === 'idle');
@@ -66,7 +64,7 @@ describe('validation before the switch', () => {
 
 describe('health after the switch', () => {
   it('a failing health command switches back and says why; the same release is not tried again, a new one is', async () => {
-    f = await createFixture('health');
+    f = own(await createFixture('health'));
     const flag = path.join(f.dir, 'unhealthy');
     await fs.writeFile(flag, '');
     const switched = path.join(f.dir, 'switched.log');
@@ -93,7 +91,7 @@ describe('health after the switch', () => {
   });
 
   it('a health command that hangs past its timeout rolls back (health-check-timeout)', async () => {
-    f = await createFixture('health-hang');
+    f = own(await createFixture('health-hang'));
     const watch = await StatusWatch.start(f);
     await startAgent(f, 'h2', silentLogger, { healthCmd: 'sleep 30', healthTimeoutMs: 400 });
     await watch.until('h2', (s) => s.state === 'idle');
@@ -106,7 +104,7 @@ describe('health after the switch', () => {
 
 describe('versions, chains, rollback', () => {
   it('pruning keeps exactly the current and the previous version', async () => {
-    f = await createFixture('prune');
+    f = own(await createFixture('prune'));
     const second = synthesizeUpdate(f.update.target, 2, 31);
     const watch = await StatusWatch.start(f);
     const { storage } = await startAgent(f, 'p1');
@@ -120,7 +118,7 @@ describe('versions, chains, rollback', () => {
   });
 
   it('a chain of three steps brings devices at each digest on it to the target; a device on no chain takes the full model', async () => {
-    f = await createFixture('chain');
+    f = own(await createFixture('chain'));
     const v0 = f.base;
     const u1 = f.update;
     const u2 = synthesizeUpdate(u1.target, 2, 41);
@@ -152,7 +150,7 @@ describe('versions, chains, rollback', () => {
   });
 
   it('operator rollback: a device holding the previous version switches back exactly; one that does not takes the full model, or refuses without it', async () => {
-    f = await createFixture('rollback');
+    f = own(await createFixture('rollback'));
     const watch = await StatusWatch.start(f);
     const { storage } = await startAgent(f, 'r1');
     const targetFile = path.join(f.dir, 'target-initial.safetensors');

@@ -1,22 +1,20 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { openPayload } from '../../protocol/seal.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishUpdate } from '../../publisher/publish.ts';
 import { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
 import { CHUNK, createFixture, currentDigest, GROUP, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('sealed payloads end to end', () => {
   it('devices with the group key install; without it, or with another, they refuse (undecryptable) and keep their model; the server holds only sealed bytes', async () => {
-    f = await createFixture('sealed');
+    f = own(await createFixture('sealed'));
     const groupKey = new Uint8Array(32).fill(42);
     const watch = await StatusWatch.start(f);
     await startAgent(f, 'with-key', silentLogger, { groupKey });

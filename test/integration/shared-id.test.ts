@@ -1,19 +1,17 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { FLEET_BIN } from '../../platform/child-process.ts';
 import { createFixture, GROUP, MODEL, publish, spawnDevice, StatusWatch, type Fixture } from '../support/harness.ts';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('two agents started with one --id', () => {
   it('the younger sees its session taken over, says so and exits 78 (EX_CONFIG); the older keeps the id and installs the update', async () => {
-    f = await createFixture('shared-id');
+    f = own(await createFixture('shared-id'));
     const watch = await StatusWatch.start(f);
     // Two directories (the lock keeps agents off one directory), one id: a duplicated service on another box.
     const older = spawnDevice(f, 'shared', []);

@@ -11,7 +11,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DeviceAgent } from '../../device/agent.ts';
 import { digestHealthCheck } from '../../device/health.ts';
 import { DeviceStorage } from '../../device/storage.ts';
@@ -23,6 +23,7 @@ import { silentLogger } from '../../util/log.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { connect, createFixture, GROUP, MODEL, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { observeFor } from '../support/wait.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 /** A transport that starts connecting at its first subscribe (the agent is starting then); until then not connected. */
 function connectingAtFirstSubscribe(f: Fixture, clientId: string): Transport {
@@ -60,14 +61,11 @@ function connectingAtFirstSubscribe(f: Fixture, clientId: string): Transport {
 }
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('a device whose connection opens while its agent starts', () => {
   it('publishes `online` once for that connection', async () => {
-    f = await createFixture('start-presence');
+    f = own(await createFixture('start-presence'));
     const presence: string[] = [];
     const op = await connect(f, 'presence-watch');
     op.onMessage((topic, payload) => topic === topics.presence('early-1') && presence.push(Buffer.from(payload).toString()));

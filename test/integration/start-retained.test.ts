@@ -15,7 +15,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { DeviceAgent } from '../../device/agent.ts';
 import { digestHealthCheck } from '../../device/health.ts';
 import { DeviceStorage } from '../../device/storage.ts';
@@ -27,6 +27,7 @@ import type { Transport } from '../../transport/types.ts';
 import { createLogger } from '../../util/log.ts';
 import { digestModelFile } from '../../util/model-file.ts';
 import { connect, createFixture, GROUP, MODEL, publish, StatusWatch, topics, type Fixture } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 /** The real transport, except that frames reach the agent `ms` late (in order), as chunks queued behind other devices' on a shared link do, and a SUBACK `ms / 5` late. */
 function lateFrames(inner: MqttTransport, ms: number): Transport {
@@ -49,14 +50,11 @@ function lateFrames(inner: MqttTransport, ms: number): Transport {
 }
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('a device started after the release was published', () => {
   it('fetches the retained release once: the list and every chunk asked for once, no duplicate, no second fetch', async () => {
-    f = await createFixture('start-retained');
+    f = own(await createFixture('start-retained'));
     const asked: Array<{ want: number[]; list: boolean }> = [];
     const recorder = await connect(f, 'request-recorder');
     recorder.onMessage((topic, payload) => {

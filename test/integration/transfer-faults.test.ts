@@ -1,20 +1,16 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { chunkRange } from '../../protocol/chunks.ts';
 import { synthesizeUpdate } from '../../publisher/synth.ts';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { expectNoEventWithin } from '../support/wait.ts';
 import { createFixture, currentDigest, publish, spawnDevice, spawnFleet, StatusWatch, type Fixture, MEDIUM_LAYERS, untilLog } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
-afterEach(async () => {
-  await proxy?.stop();
-  await f?.close();
-  f = undefined;
-  proxy = undefined;
-});
+const own = ownAfterEach();
 
 async function slowLink(fx: Fixture, bytesPerSecond: number): Promise<LinkProxy> {
   const p = new LinkProxy({ targetHost: '127.0.0.1', targetPort: fx.broker!.port, bytesPerSecond });
@@ -24,12 +20,12 @@ async function slowLink(fx: Fixture, bytesPerSecond: number): Promise<LinkProxy>
 
 describe('transfer faults', () => {
   it('the update server killed (SIGKILL) mid-transfer and restarted on its data dir loses nothing; devices continue', async () => {
-    f = await createFixture('server-kill', { layers: MEDIUM_LAYERS, rank: 16, updateServer: false });
+    f = own(await createFixture('server-kill', { layers: MEDIUM_LAYERS, rank: 16, updateServer: false }));
     const store = path.join(f.dir, 'serve-store');
     const serveArgs = ['serve', '--broker', f.url, '--data-dir', store];
     const first = spawnFleet(f, 'serve1', serveArgs);
     await untilLog(path.join(f.dir, 'serve1.log'), /fleet update server on/);
-    proxy = await slowLink(f, 24_000);
+    proxy = own(await slowLink(f, 24_000));
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'sk-1', [], proxy.url);
     await watch.until('sk-1', (s) => s.state === 'idle');
@@ -47,7 +43,7 @@ describe('transfer faults', () => {
   });
 
   it('a corrupt chunk in the store is detected; the device gives up after a bounded number of bad copies (corrupt-source)', async () => {
-    f = await createFixture('corrupt', { layers: MEDIUM_LAYERS, rank: 16 });
+    f = own(await createFixture('corrupt', { layers: MEDIUM_LAYERS, rank: 16 }));
     const r = await publish(f);
     const payloadFile = path.join(f.dir, 'broker', 'store', 'updates', r.updateId, 'payload');
     const bytes = await fs.readFile(payloadFile);
@@ -67,8 +63,8 @@ describe('transfer faults', () => {
   });
 
   it('a newer release supersedes one being downloaded; gc then removes the update no release names, without disturbing the named one', async () => {
-    f = await createFixture('supersede', { layers: MEDIUM_LAYERS, rank: 16 });
-    proxy = await slowLink(f, 20_000);
+    f = own(await createFixture('supersede', { layers: MEDIUM_LAYERS, rank: 16 }));
+    proxy = own(await slowLink(f, 20_000));
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'ss-1', [], proxy.url);
     await watch.until('ss-1', (s) => s.state === 'idle');
@@ -91,8 +87,8 @@ describe('transfer faults', () => {
   });
 
   it('a device that cannot make progress ends failed (download-stalled), then retries and completes from what it had', async () => {
-    f = await createFixture('stall', { layers: MEDIUM_LAYERS, rank: 16 });
-    proxy = await slowLink(f, 24_000);
+    f = own(await createFixture('stall', { layers: MEDIUM_LAYERS, rank: 16 }));
+    proxy = own(await slowLink(f, 24_000));
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'st-1', ['--stall-timeout', '2s', '--retry', '1s'], proxy.url);
     await watch.until('st-1', (s) => s.state === 'idle');

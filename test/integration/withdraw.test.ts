@@ -1,22 +1,18 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import { connect, createFixture, GROUP, MEDIUM_LAYERS, MODEL, publish, runFleet, spawnDevice, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { expectNoEventWithin } from '../support/wait.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
 let proxy: LinkProxy | undefined;
-afterEach(async () => {
-  await proxy?.stop();
-  await f?.close();
-  proxy = undefined;
-  f = undefined;
-});
+const own = ownAfterEach();
 
 describe('fleet withdraw', () => {
   it("takes a group's release back: a download in progress stops, the device keeps its model, and the broker keeps no release", async () => {
-    f = await createFixture('withdraw', { layers: MEDIUM_LAYERS, rank: 16 });
+    f = own(await createFixture('withdraw', { layers: MEDIUM_LAYERS, rank: 16 }));
     // A slow link, so the withdrawal arrives mid-download.
-    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 8_000 });
+    proxy = own(new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 8_000 }));
     await proxy.start();
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'w1', [], proxy.url);

@@ -2,81 +2,13 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import vm from 'node:vm';
 import { describe, expect, it } from 'vitest';
-import { dashboardPage } from '../../operator/dashboard-page.ts';
 import { startDashboard } from '../../operator/dashboard-server.ts';
 import { silentLogger } from '../../util/log.ts';
 import { clockedView, D2, presenceMsg, rolloutMsg, rolloutStatus, status, statusMsg, T0 } from './helpers.ts';
+import { runPage } from './page-dom.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
-
-/** Just enough DOM to run the page's script in node (no browser in CI); checks it renders without errors. */
-class El {
-  children: El[] = [];
-  textContent = '';
-  className = '';
-  title = '';
-  value = '';
-  checked = false;
-  colSpan = 1;
-  max = 0;
-  dataset: Record<string, string> = {};
-  listeners: Record<string, Array<() => void>> = {};
-  constructor(readonly tag: string) {}
-  appendChild(c: El): El {
-    this.children.push(c);
-    return c;
-  }
-  replaceChildren(...c: El[]): void {
-    this.children = c;
-  }
-  get options(): El[] {
-    return this.children;
-  }
-  addEventListener(ev: string, fn: () => void): void {
-    (this.listeners[ev] ??= []).push(fn);
-  }
-  text(): string {
-    return this.textContent + this.children.map((c) => c.text()).join(' ');
-  }
-}
-
-function runPage(search = '') {
-  const html = dashboardPage({ nonce: 'n' });
-  const js = /<script nonce="n">([\s\S]*)<\/script>/.exec(html)![1];
-  const ids = [...html.matchAll(/id="([a-z]+)"/g)].map((m) => m[1]);
-  const els = new Map(ids.map((id) => [id, new El(id)]));
-  const sources: Array<{ listeners: Record<string, (e: { data: string }) => void>; onerror?: () => void }> = [];
-  const ctx = {
-    document: { getElementById: (id: string) => els.get(id) ?? null, createElement: (t: string) => new El(t) },
-    EventSource: class {
-      listeners: Record<string, (e: { data: string }) => void> = {};
-      constructor() {
-        sources.push(this);
-      }
-      addEventListener(ev: string, fn: (e: { data: string }) => void): void {
-        this.listeners[ev] = fn;
-      }
-    },
-    location: { search, pathname: '/' },
-    history: { replaceState: () => undefined },
-    URLSearchParams,
-    requestAnimationFrame: (fn: () => void) => fn(),
-    setInterval: () => 0,
-    Date,
-    JSON,
-    Math,
-    Map,
-    Set,
-    Number,
-    String,
-    Object,
-  };
-  vm.runInNewContext(js, ctx);
-  const send = (event: string, data: unknown): void => sources[0].listeners[event]({ data: JSON.stringify(data) });
-  return { els, send };
-}
 
 describe('dashboard page script', () => {
   it('renders the snapshot and the changes: attention cards, offline rows, rollouts, group filter', () => {
@@ -108,7 +40,7 @@ describe('dashboard page script', () => {
     send('device', { device: 'd2', row: null, time: T0 });
     expect(els.get('devices')!.children.map((r) => r.dataset.device)).toEqual(['d1']);
     // The group filter from the address.
-    const other = runPage('?group=line-2');
+    const other = runPage({ search: '?group=line-2' });
     other.send('snapshot', { time: s.time, devices: s.devices, rollouts: s.rollouts });
     expect(other.els.get('devices')!.children.map((r) => r.dataset.device)).toEqual(['d2']);
     expect(other.els.get('rollouts')!.text()).toContain('no rollouts');

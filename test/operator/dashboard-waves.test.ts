@@ -1,73 +1,12 @@
-import vm from 'node:vm';
 import { describe, expect, it } from 'vitest';
-import { dashboardPage } from '../../operator/dashboard-page.ts';
 import { clockedView, D2, rolloutMsg, rolloutStatus, status, statusMsg, T0 } from './helpers.ts';
+import { runPage, type El } from './page-dom.ts';
 
-/** A minimal DOM for the page script (as in dashboard-page.test.ts). */
-class El {
-  children: El[] = [];
-  textContent = '';
-  className = '';
-  title = '';
-  value = '';
-  checked = false;
-  colSpan = 1;
-  max = 0;
-  dataset: Record<string, string> = {};
-  constructor(readonly tag: string) {}
-  appendChild(c: El): El {
-    this.children.push(c);
-    return c;
-  }
-  replaceChildren(...c: El[]): void {
-    this.children = c;
-  }
-  get options(): El[] {
-    return this.children;
-  }
-  addEventListener(): void {}
-  text(): string {
-    return [this.textContent, ...this.children.map((c) => c.text())].filter(Boolean).join(' ');
-  }
-}
-
+/** The page run on a snapshot at `now`: its elements by id. */
 function render(snapshot: unknown, now: number): Map<string, El> {
-  const html = dashboardPage({ nonce: 'n' });
-  const js = /<script nonce="n">([\s\S]*)<\/script>/.exec(html)![1];
-  const els = new Map([...html.matchAll(/id="([a-z]+)"/g)].map((m) => [m[1], new El(m[1])]));
-  const sources: Array<{ l: Record<string, (e: { data: string }) => void> }> = [];
-  const FixedDate = class extends Date {
-    static override now(): number {
-      return now;
-    }
-  };
-  vm.runInNewContext(js, {
-    document: { getElementById: (id: string) => els.get(id) ?? null, createElement: (t: string) => new El(t) },
-    EventSource: class {
-      l: Record<string, (e: { data: string }) => void> = {};
-      constructor() {
-        sources.push(this);
-      }
-      addEventListener(ev: string, fn: (e: { data: string }) => void): void {
-        this.l[ev] = fn;
-      }
-    },
-    location: { search: '', pathname: '/' },
-    history: { replaceState: () => undefined },
-    URLSearchParams,
-    requestAnimationFrame: (fn: () => void) => fn(),
-    setInterval: () => 0,
-    Date: FixedDate,
-    JSON,
-    Math,
-    Map,
-    Set,
-    Number,
-    String,
-    Object,
-  });
-  sources[0].l.snapshot({ data: JSON.stringify(snapshot) });
-  return els;
+  const page = runPage({ now });
+  page.send('snapshot', snapshot);
+  return page.els;
 }
 
 const waveCells = (els: Map<string, El>): string[][] => els.get('rollouts')!.children[1].children[0].children[0].children.map((row) => row.children.map((c) => c.text().trim()));

@@ -2,6 +2,7 @@ import { encodeStatus, type DeviceStatus } from '../../protocol/status.ts';
 import { Topics } from '../../protocol/topics.ts';
 import { encodeRolloutStatus, newWaveRecord, type RolloutStatus } from '../../rollout/status.ts';
 import { FleetView } from '../../operator/fleet-view.ts';
+import { statusFixture } from '../support/status.ts';
 
 export const topics = new Topics();
 export const T0 = Date.parse('2025-03-01T12:00:00.000Z');
@@ -15,28 +16,7 @@ export function clockedView(staleMs = 60_000): { view: FleetView; clock: { t: nu
 }
 
 export function status(device: string, over: Partial<DeviceStatus> = {}): DeviceStatus {
-  return {
-    device,
-    group: 'line-1',
-    model: 'm',
-    state: 'idle',
-    running: D1,
-    target: null,
-    seq: null,
-    updateId: null,
-    rollback: false,
-    progress: 0,
-    bytes: 0,
-    totalBytes: 0,
-    badChunks: 0,
-    rateBps: 0,
-    wire: { bytesIn: 1000, bytesOut: 200, connects: 1 },
-    reason: null,
-    message: null,
-    agent: 'fleet/0.1.0',
-    time: new Date(T0).toISOString(),
-    ...over,
-  };
+  return statusFixture({ device, group: 'line-1', running: D1, wire: { bytesIn: 1000, bytesOut: 200, connects: 1 }, agent: 'fleet/0.1.0', time: new Date(T0).toISOString(), ...over });
 }
 
 export const statusMsg = (s: DeviceStatus): [string, Uint8Array] => [topics.status(s.device), encodeStatus(s)];

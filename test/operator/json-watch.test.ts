@@ -1,17 +1,15 @@
 import type { ChildProcess } from 'node:child_process';
 import { PassThrough } from 'node:stream';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { JsonWatch, type JsonChangeLine } from '../../operator/json-watch.ts';
 import type { DeviceRow, RolloutRow } from '../../operator/fleet-view.ts';
 import { createFixture, GROUP, publish, spawnFleet, startAgent, type Fixture } from '../support/harness.ts';
 import { until } from '../support/wait.ts';
 import { clockedView, D2, presenceMsg, rolloutMsg, rolloutStatus, status, statusMsg, T0 } from './helpers.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 function collect(): { out: PassThrough; lines: () => JsonChangeLine[]; raw: () => string } {
   const out = new PassThrough();
@@ -67,7 +65,7 @@ describe('fleet watch --json', () => {
   });
 
   it('the CLI in a pipe over Aedes: retained lines first, then downloading ... ok for a publish', async () => {
-    f = await createFixture('operator-json-watch');
+    f = own(await createFixture('operator-json-watch'));
     await startAgent(f, 'dev-j');
     const child: ChildProcess = spawnFleet(f, 'watch-json', ['watch', '--broker', f.url, '--json', '--group', GROUP]);
     let text = '';

@@ -68,6 +68,19 @@ export interface Run {
   published: string[];
 }
 
+/** An --on-event command that appends each event it is told (its stdin, and $FLEET_EVENT) to `${file}.stdin` and `${file}.env`; `events()` reads both back. */
+export function recordingHook(file: string): { command: string; events(): Promise<{ env: RolloutEvent[]; stdin: RolloutEvent[] }> } {
+  const lines = async (f: string): Promise<RolloutEvent[]> =>
+    (await fs.readFile(f, 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as RolloutEvent);
+  return {
+    command: `cat >> '${file}.stdin'; echo "$FLEET_EVENT" >> '${file}.env'`,
+    events: async () => ({ env: await lines(`${file}.env`), stdin: await lines(`${file}.stdin`) }),
+  };
+}
+
 /** A started controller; `onEventCmd` runs for HOOK_EVENTS exactly as `fleet rollout start --on-event` does. Stop it (`ctl.stop()`) before closing the fixture. */
 export async function controller(fx: Fixture, p: RolloutPlan, onEventCmd?: string, o: { rolloutKeyOnly?: boolean; clock?: Clock } = {}): Promise<Run> {
   const payloads = await loadPayloads(p, fx.dir);

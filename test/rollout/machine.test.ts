@@ -4,6 +4,7 @@ import { classifyDevice, evaluateWave } from '../../rollout/evaluate.ts';
 import type { DeviceRecord } from '../../rollout/inventory.ts';
 import type { WavePlan } from '../../rollout/plan.ts';
 import type { DeviceState } from '../../protocol/status.ts';
+import { statusFixture } from '../support/status.ts';
 
 /** Every event, spelled out; a Record so the compiler flags one missing here. */
 const EVENT_SET: Record<RolloutMachineEvent, true> = {
@@ -101,27 +102,17 @@ const rec = (device: string, state: DeviceState | null, o: { running?: string; t
   status:
     state === null
       ? null
-      : {
+      : statusFixture({
           device,
           group: 'g',
-          model: 'm',
           state,
           running: o.running ?? OLD,
           target: o.target ?? null,
           seq: o.seq ?? null,
-          updateId: null,
-          rollback: false,
-          progress: 0,
-          bytes: 0,
-          totalBytes: 0,
-          badChunks: 0,
-          rateBps: 0,
-          wire: null,
           reason: state === 'rolled_back' ? 'health-check-failed' : null,
-          message: null,
           agent: 'x',
           time: '',
-        },
+        }),
 });
 const wave = (o: Partial<WavePlan> = {}): WavePlan => ({ group: 'g', successThreshold: 1, failureThreshold: { count: 2 }, soakSeconds: 0, timeoutSeconds: 10, offline: 'block', ...o });
 const release = { seq: 10, target: T };

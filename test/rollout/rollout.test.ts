@@ -1,4 +1,3 @@
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { decodeRelease, type ReleaseBody } from '../../protocol/release.ts';
@@ -6,7 +5,7 @@ import { PRESENCE_OFFLINE } from '../../protocol/status.ts';
 import type { RolloutController } from '../../rollout/controller.ts';
 import { collectInventory } from '../../rollout/inventory.ts';
 import type { RolloutPlan } from '../../rollout/plan.ts';
-import { parseRolloutStatus, rolloutControlTopic, type RolloutEvent, type RolloutStatus } from '../../rollout/status.ts';
+import { parseRolloutStatus, rolloutControlTopic, type RolloutStatus } from '../../rollout/status.ts';
 import type { AgentConfig } from '../../device/agent.ts';
 import { loadSigningKey } from '../../publisher/keys.ts';
 import { publishManifestOnly } from '../../publisher/publish.ts';
@@ -14,7 +13,7 @@ import { silentLogger } from '../../util/log.ts';
 import type { Clock } from '../../platform/clock.ts';
 import { JumpClock } from '../support/clock.ts';
 import { CHUNK, connect, MODEL, readRetained, topics, type Fixture } from '../support/harness.ts';
-import { controller as sharedController, plan, setup as sharedSetup, untilStatus, wave, type Run } from './aedes-helpers.ts';
+import { controller as sharedController, plan, recordingHook, setup as sharedSetup, untilStatus, wave, type Run } from './aedes-helpers.ts';
 
 let f: Fixture | undefined;
 const controllers: RolloutController[] = [];
@@ -100,8 +99,8 @@ describe('staged rollout over Aedes with device agents', () => {
       'rollout-fail',
       FLEET.map(([id, g]) => [id, g, g === 'canary' ? { healthCmd: 'exit 1' } : {}]),
     );
-    const out = path.join(fx.dir, 'hook');
-    const run = await controller(fx, plan([wave('canary', { failureThreshold: { share: 0.5 } }), wave('line')]), `cat >> '${out}.stdin'; echo "$FLEET_EVENT" >> '${out}.env'`);
+    const hook = recordingHook(path.join(fx.dir, 'hook'));
+    const run = await controller(fx, plan([wave('canary', { failureThreshold: { share: 0.5 } }), wave('line')]), hook.command);
     const end = await run.ctl.done();
     expect(end.state).toBe('halted');
     expect(end.reason).toMatch(/wave 1 \(canary\): [12] of 2 failed.*rolled_back \(health-check-failed\).*rolled back: canary/);
@@ -112,14 +111,7 @@ describe('staged rollout over Aedes with device agents', () => {
     for (const id of ['c1', 'c2']) await watch.until(id, (s) => s.state === 'ok' && s.rollback && s.running === fx.update.baseDigest);
     for (const id of ['l1', 'l2', 'l3']) expect(watch.latest.get(id)!.state).toBe('idle');
     await run.ctl.stop();
-    const env = (await fs.readFile(`${out}.env`, 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as RolloutEvent);
-    const stdin = (await fs.readFile(`${out}.stdin`, 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as RolloutEvent);
+    const { env, stdin } = await hook.events();
     expect(env).toEqual(stdin);
     expect(env.some((e) => e.type === 'device-rolled-back' && e.group === 'canary')).toBe(true);
     expect(env.at(-1)).toMatchObject({ type: 'halted', rollout: 'model-v2', reason: end.reason });

@@ -1,11 +1,9 @@
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AgentConfig } from '../../device/agent.ts';
 import { decodeRelease, type ReleaseBody } from '../../protocol/release.ts';
-import type { RolloutEvent } from '../../rollout/status.ts';
 import { currentDigest, MODEL, readRetained, topics, type Fixture } from '../support/harness.ts';
-import { controller, plan, setup, wave, type Run } from './aedes-helpers.ts';
+import { controller, plan, recordingHook, setup, wave, type Run } from './aedes-helpers.ts';
 
 let f: Fixture | undefined;
 let run: Run | undefined;
@@ -72,8 +70,8 @@ describe('a rollout over three groups of in-process agents (canary, line-a, line
     const devices: Array<[string, string, Partial<AgentConfig>?]> = FLEET.map(([id, g]) => [id, g, g === 'line-a' ? { healthCmd: 'exit 1' } : {}]);
     const { fx, watch } = await setup('rollout-3-fail', devices);
     f = fx;
-    const out = path.join(fx.dir, 'alert');
-    run = await controller(fx, plan([wave('canary'), wave('line-a', { failureThreshold: { count: 1 } }), wave('line-b')]), `cat >> '${out}.stdin'; echo "$FLEET_EVENT" >> '${out}.env'`);
+    const hook = recordingHook(path.join(fx.dir, 'alert'));
+    run = await controller(fx, plan([wave('canary'), wave('line-a', { failureThreshold: { count: 1 } }), wave('line-b')]), hook.command);
     const end = await run.ctl.done();
     expect(end.state).toBe('halted');
     expect(end.wave).toBe(1);
@@ -101,14 +99,7 @@ describe('a rollout over three groups of in-process agents (canary, line-a, line
     }
     // The alert command (--on-event through the controller's hook runner) was told, in order, ending with the halt.
     await run.ctl.stop();
-    const env = (await fs.readFile(`${out}.env`, 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as RolloutEvent);
-    const stdin = (await fs.readFile(`${out}.stdin`, 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as RolloutEvent);
+    const { env, stdin } = await hook.events();
     expect(env).toEqual(stdin);
     expect(env.some((e) => e.type === 'device-rolled-back' && e.group === 'line-a')).toBe(true);
     expect(env.filter((e) => e.type === 'halted')).toHaveLength(1);

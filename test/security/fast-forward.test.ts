@@ -13,7 +13,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { cborDecode, cborEncode } from '../../protocol/cbor.ts';
 import { composeRelease, decodeRelease, maxSeqAt, parseTrustFile, releaseParts, signManifest, verifyRelease, type SigningKey, type TrustFile } from '../../protocol/release.ts';
 import { signEnvelope } from '../../protocol/signed.ts';
@@ -27,12 +27,10 @@ import type { MqttTransport } from '../../transport/mqtt.ts';
 import { silentLogger } from '../../util/log.ts';
 import { CHUNK, connect, createFixture, GROUP, MODEL, startAgent, StatusWatch, topics, type Fixture } from '../support/harness.ts';
 import { until } from '../support/wait.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
-afterEach(async () => {
-  await f?.close();
-  f = undefined;
-});
+const own = ownAfterEach();
 
 const common = { topics, model: MODEL, group: GROUP, chunkSize: CHUNK, log: silentLogger, settleMs: 300, ttlSeconds: 3600 };
 
@@ -59,7 +57,7 @@ function withSeq(release: Uint8Array, seq: number): Uint8Array {
 }
 
 async function setup(tag: string): Promise<{ f: Fixture; keys: { keys: SigningKey[]; rolloutKeys: SigningKey[]; trust: TrustFile }; watch: StatusWatch }> {
-  f = await createFixture(tag);
+  f = own(await createFixture(tag));
   const keys = { keys: [await loadSigningKey(f.keyFile)], rolloutKeys: [await loadSigningKey(f.rolloutKeyFile)], trust: parseTrustFile(await fs.readFile(f.trustFile, 'utf8')) };
   return { f, keys, watch: await StatusWatch.start(f) };
 }

@@ -9,9 +9,9 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { hashPassword, writeUsersFile } from '../../broker/users-file.ts';
-import { openSiteWarning } from '../../gateway/gateway.ts';
+import { openSiteWarning } from '../../gateway/options.ts';
 import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
 import type { GatewayNodeOptions } from '../../nodes/gateway-node.ts';
 import { createLogger } from '../../util/log.ts';
@@ -21,17 +21,11 @@ import { createFixture, GROUP, MODEL, topics, type Fixture } from '../support/ha
 import { startGateway, untilGateway } from '../gateway/helpers.ts';
 import { until } from '../support/wait.ts';
 import { statusFixture } from '../support/status.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 
 let f: Fixture | undefined;
 let gw: Gateway | undefined;
-const clients: MqttTransport[] = [];
-afterEach(async () => {
-  for (const c of clients.splice(0)) await c.close();
-  await gw?.close();
-  await f?.close();
-  f = undefined;
-  gw = undefined;
-});
+const own = ownAfterEach();
 
 const status = (device: string, group: string): DeviceStatus => statusFixture({ device, group, model: MODEL, running: 'ab'.repeat(32), agent: 'x' });
 
@@ -49,7 +43,7 @@ async function claim(id: string, groups: string[], user?: string): Promise<void>
   const site = new URL(gw!.url);
   const url = user ? `mqtt://${user}:${user}-pw@${site.host}` : gw!.url;
   const t = await MqttTransport.connect({ url, clientId: `fleet-device-${id}`, reconnectMinMs: 60_000 }, 10_000);
-  clients.push(t);
+  own(t);
   for (const g of groups) {
     await t.subscribe(topics.release(g, MODEL), 1).catch(() => undefined);
     if (t.connected) await t.publish(topics.status(id), encodeStatus(status(id, g)), { qos: 0 });
@@ -57,8 +51,8 @@ async function claim(id: string, groups: string[], user?: string): Promise<void>
 }
 
 async function start(o: Partial<GatewayNodeOptions>): Promise<void> {
-  f = await createFixture('sec-gw-learn');
-  gw = await startGateway(f, { groups: [GROUP], ...o });
+  f = own(await createFixture('sec-gw-learn'));
+  gw = own(await startGateway(f, { groups: [GROUP], ...o }));
 }
 
 const invented = Array.from({ length: 301 }, (_, i) => `invented-${i}`);
@@ -81,13 +75,13 @@ describe('what the gateway mirrors is not up to its devices', () => {
   }, 60_000);
 
   it("with the site --auth: only the device login's own group is learned, whatever the device names", async () => {
-    f = await createFixture('sec-gw-learn');
+    f = own(await createFixture('sec-gw-learn'));
     const users = path.join(f.dir, 'site-users.json');
     await writeUsersFile(users, { users: [{ name: 'sd1', role: 'device', group: 'own-group', model: MODEL, ...(await hashPassword('sd1-pw')) }] });
-    gw = await startGateway(f, { auth: users, groups: [GROUP] });
+    gw = own(await startGateway(f, { auth: users, groups: [GROUP] }));
     const site = new URL(gw.url);
     const t = await MqttTransport.connect({ url: `mqtt://sd1:sd1-pw@${site.host}`, clientId: 'fleet-device-sd1', reconnectMinMs: 60_000 }, 10_000);
-    clients.push(t);
+    own(t);
     // Other groups' releases: SUBACK 0x80 (the ACL); its own: granted.
     await t
       .subscribe(
@@ -113,9 +107,9 @@ describe('an open site broker says so', () => {
   });
 
   it('a gateway started on loopback without --auth logs no such error', async () => {
-    f = await createFixture('sec-gw-open');
+    f = own(await createFixture('sec-gw-open'));
     const lines: string[] = [];
-    gw = await startGateway(f, { groups: [GROUP], log: createLogger('gateway', 'error', (l) => lines.push(l)) });
+    gw = own(await startGateway(f, { groups: [GROUP], log: createLogger('gateway', 'error', (l) => lines.push(l)) }));
     expect(lines.filter((l) => l.includes('beyond loopback'))).toEqual([]);
   }, 60_000);
 });

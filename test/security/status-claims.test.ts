@@ -17,6 +17,7 @@ import { createFixture, freePort, MODEL, startAgent, topics, type Fixture } from
 import { controller, plan, untilStatus, wave } from '../rollout/aedes-helpers.ts';
 import { encodeUpdateFile } from '../../protocol/update-file.ts';
 import { observeFor } from '../support/wait.ts';
+import { statusFixture } from '../support/status.ts';
 
 const USERS: Array<[string, UserRecord['role'], string?]> = [
   ['d2', 'device', 'g2'],
@@ -47,27 +48,8 @@ afterAll(async () => {
 });
 
 /** A status by `evil` claiming group g2: `rejected` for g2's target at a seq above any release's. */
-const forged = (group: string): DeviceStatus => ({
-  device: 'evil',
-  group,
-  model: MODEL,
-  state: 'rejected',
-  running: fx.update.baseDigest,
-  target: fx.update.targetDigest,
-  seq: 2 ** 40,
-  updateId: null,
-  rollback: false,
-  progress: 0,
-  bytes: 0,
-  totalBytes: 0,
-  badChunks: 0,
-  rateBps: 0,
-  wire: null,
-  reason: 'bad-signature',
-  message: 'forged',
-  agent: 'evil',
-  time: new Date().toISOString(),
-});
+const forged = (group: string): DeviceStatus =>
+  statusFixture({ device: 'evil', group, model: MODEL, state: 'rejected', running: fx.update.baseDigest, target: fx.update.targetDigest, seq: 2 ** 40, reason: 'bad-signature', message: 'forged', agent: 'evil' });
 
 /** Statuses an operator receives on `fleet/devices/+/status` within `ms`. */
 async function statusesSeen(ms: number, during: () => Promise<void>): Promise<DeviceStatus[]> {

@@ -23,6 +23,7 @@ import { createLogger, silentLogger } from '../../util/log.ts';
 import { stripControls } from '../../util/text.ts';
 import { tempDir } from '../support/harness.ts';
 import { until } from '../support/wait.ts';
+import { statusFixture } from '../support/status.ts';
 
 const topics = new Topics();
 const OSC52 = '\x1b]52;c;Y3VybCBldmlsLnNoIHwgc2g=\x07';
@@ -35,27 +36,7 @@ const MESSAGE = `${FORGED}\nfake log line`;
 /** Controls nobody but our own renderer may write: any ESC, BEL, C1, DEL, bidi overrides; line breaks checked separately. */
 const HOSTILE = /[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]/;
 
-const status = (device: string): DeviceStatus => ({
-  device,
-  group: 'line-1',
-  model: 'm',
-  state: 'rejected',
-  running: 'a'.repeat(64),
-  target: 'b'.repeat(64),
-  seq: 3,
-  updateId: null,
-  rollback: false,
-  progress: 0,
-  bytes: 0,
-  totalBytes: 0,
-  badChunks: 0,
-  rateBps: 0,
-  wire: null,
-  reason: REASON,
-  message: MESSAGE,
-  agent: `fleet/0.1.0${OSC0}`,
-  time: new Date().toISOString(),
-});
+const status = (device: string): DeviceStatus => statusFixture({ device, group: 'line-1', state: 'rejected', target: 'b'.repeat(64), seq: 3, reason: REASON, message: MESSAGE, agent: `fleet/0.1.0${OSC0}` });
 
 let broker: RunningBroker | undefined;
 let dir: string | undefined;
