@@ -13,6 +13,7 @@ import { FleetError } from '../platform/errors.ts';
 import os from 'node:os';
 import { createRequire } from 'node:module';
 import type { Logger } from '../util/log.ts';
+import { urlWithoutLogin } from '../util/url-login.ts';
 import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { ClusterEmitter, type ChunkRouting, type EmitterCounters, type Mq } from './cluster-emitter.ts';
 import { RetainedOnce, type ScriptConn } from './cluster-retained.ts';
@@ -72,8 +73,6 @@ export interface ClusterParts {
   close(): Promise<void>;
 }
 
-const redact = (url: string): string => url.replace(/\/\/[^@/]*@/, '//');
-
 /**
  * Connects to Redis (fails fast when it does not answer) and builds Aedes's
  * persistence and emitter on it. With `routing` (the node runs an update
@@ -88,7 +87,7 @@ export async function openCluster(url: string, log: Logger, topics: Topics, rout
     await (conn as unknown as { connect(): Promise<void> }).connect();
   } catch (e) {
     conn.disconnect();
-    throw new ClusterError('redis-unreachable', `cannot reach Redis at ${redact(url)}: ${(e as Error).message}`);
+    throw new ClusterError('redis-unreachable', `cannot reach Redis at ${urlWithoutLogin(url)}: ${(e as Error).message}`);
   }
   // Its stream methods return async iterables; guardStreams hands Aedes the Readables it pipes.
   const persistence = guardStreams(new AsyncRedisPersistence({ conn }), log.child('persistence'));
@@ -174,7 +173,7 @@ export class UpdateServerLease {
       }
     } catch (e) {
       redis.disconnect();
-      throw new ClusterError('redis-unreachable', `cannot reach Redis at ${redact(o.url)}: ${(e as Error).message}`);
+      throw new ClusterError('redis-unreachable', `cannot reach Redis at ${urlWithoutLogin(o.url)}: ${(e as Error).message}`);
     }
     o.log.info(lease.heldNow ? 'this node holds the cluster lease (uploads, releases)' : 'another node holds the cluster lease; this one serves its own devices', { key });
     lease.timer = setInterval(() => void lease.renew(), Math.max(200, Math.floor(ttl / 3)));

@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { GATEWAY_DEFAULTS } from '../gateway/defaults.ts';
 import { parseBudget, parseWindow } from '../gateway/policy.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
+import { urlWithoutLogin } from '../util/url-login.ts';
 import { collect, parseIntArg } from './options.ts';
 import { commandStop } from './stopping.ts';
 
@@ -84,7 +85,7 @@ export function registerGatewayCommand(program: Command): void {
       stop.add({ name: 'gateway (queue, ledger, upstream, site broker)', run: () => gw.close() });
       await gw.start();
       process.stdout.write(
-        `fleet gateway for site ${o.site} listening on ${gw.url} (upstream ${o.upstream.replace(/\/\/[^@/]*@/, '//')}, data ${path.resolve(o.dataDir)}${o.budget ? `, budget ${o.budget} MB/month` : ''}${o.window ? `, window ${o.window}` : ''})\n`,
+        `fleet gateway for site ${o.site} listening on ${gw.url} (upstream ${urlWithoutLogin(o.upstream)}, data ${path.resolve(o.dataDir)}${o.budget ? `, budget ${o.budget} MB/month` : ''}${o.window ? `, window ${o.window}` : ''})\n`,
       );
     });
 }

@@ -8,6 +8,7 @@ import { synthesizeModel, synthesizeUpdate } from '../publisher/synth.ts';
 import { ContentStore } from '../server/content-store.ts';
 import { createLogger } from '../util/log.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
+import { urlWithoutLogin } from '../util/url-login.ts';
 import { encodeUpdateFile } from '../protocol/update-file.ts';
 import { formatGroupKeyFile, newGroupKey } from '../protocol/seal.ts';
 import { registerDeviceCommands } from './device-cli.ts';
@@ -101,7 +102,7 @@ program
       const tlsNote = b.tlsUrl ? `, TLS on ${b.tlsUrl}${o.tlsCa ? ' with client certificates' : ''}` : '';
       const metricsNote = (b.metricsUrl ? `, dashboard on ${b.metricsUrl.replace(/metrics$/, '')}${b.wsUrl ? '' : ' (needs --ws-port)'}, metrics on ${b.metricsUrl}` : '') + (b.wsUrl ? `, WebSocket on ${b.wsUrl}` : '');
       process.stdout.write(
-        `fleet broker listening on ${b.url}${tlsNote}${metricsNote} (persistence ${o.cluster ? `redis ${o.cluster.replace(/\/\/[^@/]*@/, '//')}` : o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`,
+        `fleet broker listening on ${b.url}${tlsNote}${metricsNote} (persistence ${o.cluster ? `redis ${urlWithoutLogin(o.cluster)}` : o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`,
       );
       stop.add({ name: 'broker (listeners, clients, update server, persistence)', run: () => b.close() });
     },

@@ -4,6 +4,7 @@ import { OPERATOR_DEFAULTS } from '../operator/defaults.ts';
 import { Topics } from '../protocol/topics.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { createLogger, parseLogLevel } from '../util/log.ts';
+import { urlWithoutLogin } from '../util/url-login.ts';
 import { AlertSink, AlertTracker, watchAlerts } from '../operator/alerts.ts';
 import { FleetView, followFleet } from '../operator/fleet-view.ts';
 import { JsonWatch } from '../operator/json-watch.ts';
@@ -55,7 +56,7 @@ export function registerOperatorCommands(program: Command): void {
         return;
       }
       const f = await follow(o.broker, 'watch', topics(), o.stale, stop);
-      const out = new TerminalWatch(f.view, process.stdout, { title: `fleet watch ${o.broker.replace(/\/\/[^@/]*@/, '//')}`, group: o.group });
+      const out = new TerminalWatch(f.view, process.stdout, { title: `fleet watch ${urlWithoutLogin(o.broker)}`, group: o.group });
       const stdin = process.stdin;
       stop.add({
         name: 'terminal (screen, raw mode)',
@@ -98,7 +99,7 @@ export function registerOperatorCommands(program: Command): void {
         live: o.ws ? { wsUrl: o.ws, prefix: program.opts().prefix, staleMs: o.stale * 1000 } : undefined,
       });
       stop.add({ name: 'HTTP server (page, live streams)', run: () => d.close() });
-      const fed = o.ws ? `fed in the browser over ${o.ws}` : `following ${o.broker!.replace(/\/\/[^@/]*@/, '//')}`;
+      const fed = o.ws ? `fed in the browser over ${o.ws}` : `following ${urlWithoutLogin(o.broker!)}`;
       process.stdout.write(`fleet dashboard on ${d.url}${f ? ` (metrics ${d.url}metrics)` : ''}, ${fed}\n`);
     });
 

@@ -1,6 +1,7 @@
 import type { MqttTransport } from '../transport/mqtt.ts';
 import { writeFileAtomic } from '../util/fs-atomic.ts';
 import type { Logger } from '../util/log.ts';
+import { urlWithoutLogin } from '../util/url-login.ts';
 import { charge, decide, formatWindow, monthKey, used, type BudgetLedger, type DownloadWindow, type PolicyDecision } from './policy.ts';
 import type { UpstreamFetcher } from './upstream-fetcher.ts';
 
@@ -80,7 +81,7 @@ export class UpstreamLink {
   connected(): void {
     this.linkUp = true;
     this.linkSince = this.o.now();
-    this.o.log.info('upstream connected', { url: redact(this.o.url) });
+    this.o.log.info('upstream connected', { url: urlWithoutLogin(this.o.url) });
   }
 
   /** The connection's `disconnect` event: downloads wait (after close(), only the link's state is kept). */
@@ -155,8 +156,4 @@ export class UpstreamLink {
   close(): void {
     this.closed = true;
   }
-}
-
-function redact(url: string): string {
-  return url.replace(/\/\/[^@/]*@/, '//');
 }

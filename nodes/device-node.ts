@@ -18,6 +18,7 @@ import { createLogger, parseLogLevel } from '../util/log.ts';
 import { DirLock } from '../util/dir-lock.ts';
 import { EXIT_CONFLICT } from '../util/exit-codes.ts';
 import type { Logger } from '../util/log.ts';
+import { urlWithoutLogin } from '../util/url-login.ts';
 import { startStepsOnto, type Step } from '../platform/steps.ts';
 import { IoError, UsageError } from '../platform/errors.ts';
 import type { TrustFile } from '../protocol/release.ts';
@@ -131,7 +132,7 @@ const brokerConnection: Step<DeviceParts> = {
       // Nothing larger than the biggest frame its caps allow is buffered.
       maxIncomingPacket: packetLimitOf({ maxPayloadBytes: o.maxPayload, maxChunks: o.maxChunks, maxChunkBytes: o.maxChunk }),
     });
-    const where = [url, ...fallbackUrls].map((u) => u.replace(/\/\/[^@/]*@/, '//')).join(', ');
+    const where = [url, ...fallbackUrls].map((u) => urlWithoutLogin(u)).join(', ');
     process.stdout.write(`fleet device ${o.id}: model ${o.model}, group ${o.group}, directory ${path.resolve(o.dir)}; connecting to ${where}\n`);
     sayConnection(p.transport, o.id, p.log);
   },

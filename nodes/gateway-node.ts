@@ -10,6 +10,7 @@ import type { Topics } from '../protocol/topics.ts';
 import type { ContentStore } from '../server/content-store.ts';
 import { MqttTransport } from '../transport/mqtt.ts';
 import { startBroker } from './broker-node.ts';
+import { urlWithoutLogin } from '../util/url-login.ts';
 
 export type GatewayNodeOptions = GatewayOptions;
 
@@ -85,7 +86,7 @@ export class GatewayNode {
 
   async start(): Promise<void> {
     this.started = await startSteps(GATEWAY_NODE, this.parts, this.o.log);
-    this.o.log.info('gateway started', { site: this.o.site, url: this.url, upstream: this.o.upstream.replace(/\/\/[^@/]*@/, '//') });
+    this.o.log.info('gateway started', { site: this.o.site, url: this.url, upstream: urlWithoutLogin(this.o.upstream) });
   }
 
   /** Stops the started steps in reverse, once (later calls share the first). */
