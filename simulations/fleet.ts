@@ -14,22 +14,23 @@
  * place of the veth. `--compare-http` then sends the same payload over the same link
  * with HTTP range resume (compare-http.ts). Ends with one JSON line of figures.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
+import { stopChild } from '../platform/child-process.ts';
 import { keygen } from '../publisher/keys.ts';
 import { mulberry32 } from '../util/random.ts';
 import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-http.ts';
 import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
-import { LinkProxy } from './link-proxy.ts';
+import type { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
 import { counterDelta, type LinkCounters, type UpTcp } from './link-counters.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
-import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
+import { collectEnds, deviceHostArgs, hostReady, linkFromArgs, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
+import { localExec, netnsExec, publishSimRelease, releaseHeld, startSimBroker, startSiteProxy, tracker, writePayloadFile, type SimHeld } from './sim-run.ts';
 
 export interface FleetSimOptions extends SiteRunOptions {
   kills: number;
@@ -124,15 +125,8 @@ export function specOf(o: FleetSimOptions): LinkSpec {
 
 const ratio = (a: number, b: number): number => Number((a / b).toFixed(3));
 
-/** What a run cleans up, whatever happens. */
-interface Held {
-  children: ChildProcess[];
-  link?: NetnsLink;
-  proxy?: LinkProxy;
-}
-
 /** Where each side runs: the two ends of the kernel link (namespaces), or both here behind the userspace proxy. */
-async function openSimLink(o: FleetSimOptions, held: Held): Promise<{ srvExec: Exec; siteExec: Exec; brokerHost: string }> {
+async function openSimLink(o: FleetSimOptions, held: SimHeld): Promise<{ srvExec: Exec; siteExec: Exec; brokerHost: string }> {
   if (o.kernel) {
     const ok = NetnsLink.available();
     if (!ok.ok) throw new Error(`--kernel needs: ${ok.reason}`);
@@ -146,31 +140,15 @@ async function openSimLink(o: FleetSimOptions, held: Held): Promise<{ srvExec: E
       jitterMs: o.jitterMs,
       seed: o.seed,
     }));
-    return {
-      srvExec: (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
-      siteExec: (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }),
-      brokerHost: l.srvAddress,
-    };
+    return { srvExec: netnsExec(l, 'srv'), siteExec: netnsExec(l, 'site'), brokerHost: l.srvAddress };
   }
   if (needsKernel(specOf(o))) throw new Error('--loss, --loss-up, --delay, --jitter, --rate-up and --profile need --kernel (the proxy carries TCP streams, not packets)');
   if (o.compareHttp) throw new Error('--compare-http needs --kernel (both transfers are measured on the same kernel link)');
-  const local: Exec = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  return { srvExec: local, siteExec: local, brokerHost: '127.0.0.1' };
-}
-
-/** The broker on the server side of the link; its URL there. */
-async function startSimBroker(o: FleetSimOptions, held: Held, srvExec: Exec, brokerHost: string, port: number, dir: string): Promise<string> {
-  for (const c of await brokerCommands(o.broker, brokerHost, port, path.join(dir, 'broker'))) {
-    const child = srvExec(c.cmd, c.args);
-    held.children.push(child);
-    child.stderr?.on('data', () => undefined);
-    await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
-  }
-  return `mqtt://${brokerHost}:${port}`;
+  return { srvExec: localExec, siteExec: localExec, brokerHost: '127.0.0.1' };
 }
 
 /** Starts the site's device host (all the devices in one process); their ends are collected into `ends`. */
-function deviceHostStarter(o: FleetSimOptions, held: Held, siteExec: Exec, w: { deviceUrl: string; dir: string; trustFile: string; baseFile: string; ends: Map<string, DeviceEnd> }): () => ChildProcess {
+function deviceHostStarter(o: FleetSimOptions, held: SimHeld, siteExec: Exec, w: { deviceUrl: string; dir: string; trustFile: string; baseFile: string; ends: Map<string, DeviceEnd> }): () => ChildProcess {
   return () => {
     const host = siteExec(process.execPath, deviceHostArgs({ broker: w.deviceUrl, devices: o.devices, dir: path.join(w.dir, 'site'), trustFile: w.trustFile, baseFile: w.baseFile }));
     collectEnds(host, w.ends);
@@ -181,15 +159,6 @@ function deviceHostStarter(o: FleetSimOptions, held: Held, siteExec: Exec, w: { 
     held.children.push(host);
     return host;
   };
-}
-
-/** `fleet publish` of the update on the server side; throws when it fails. */
-async function publishSim(held: Held, srvExec: Exec, keys: Awaited<ReturnType<typeof keygen>>, updateFile: string, brokerUrl: string): Promise<void> {
-  const args = ['publish', '--update', updateFile, '--key', keys.keyFile, '--rollout-key', keys.rolloutKeyFile];
-  const publish = srvExec(process.execPath, [FLEET_BIN, ...args, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']);
-  held.children.push(publish);
-  const pubExit = await new Promise<number | null>((r) => publish.once('exit', r));
-  if (pubExit !== 0) throw new Error('publish failed');
 }
 
 /** The run's figures from the devices' ends and the link's counters. */
@@ -275,7 +244,8 @@ async function compareWithHttp(o: FleetSimOptions, link: NetnsLink, result: Flee
 
 export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-sim-'));
-  const held: Held = { children: [] };
+  const held: SimHeld = { children: [] };
+  const track = tracker(held);
   const rand = mulberry32(o.seed);
   try {
     const keys = await keygen(path.join(dir, 'keys'));
@@ -285,13 +255,8 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
 
     const { srvExec, siteExec, brokerHost } = await openSimLink(o, held);
     const port = 20000 + Math.floor(rand() * 20000);
-    const brokerUrl = await startSimBroker(o, held, srvExec, brokerHost, port, dir);
-    let deviceUrl = brokerUrl;
-    if (!o.kernel) {
-      held.proxy = new LinkProxy({ targetHost: brokerHost, targetPort: port, bytesPerSecond: o.rateKbit ? (o.rateKbit * 1000) / 8 : 0, sharedBandwidth: true });
-      await held.proxy.start();
-      deviceUrl = held.proxy.url;
-    }
+    const brokerUrl = await startSimBroker(o.broker, srvExec, track, brokerHost, port, dir);
+    const deviceUrl = o.kernel ? brokerUrl : await startSiteProxy(held, brokerHost, port, o.rateKbit);
     const { link, proxy } = held;
     const ends = new Map<string, DeviceEnd>();
     const startHost = deviceHostStarter(o, held, siteExec, { deviceUrl, dir, trustFile: keys.trustFile, baseFile, ends });
@@ -303,7 +268,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const before = await link?.reading();
     const sampler = link ? new CounterSampler(() => link.counters()) : undefined;
     sampler?.start();
-    await publishSim(held, srvExec, keys, updateFile, brokerUrl);
+    await publishSimRelease(srvExec, track, keys, updateFile, brokerUrl);
     const t0 = Date.now();
     const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
     const faults = scheduleFaults(rand, ideal, o.cuts, o.kills);
@@ -345,10 +310,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     }
     return result;
   } finally {
-    await Promise.all(held.children.map((c) => stopChild(c, 2000).catch(() => undefined)));
-    await held.proxy?.stop();
-    await held.link?.destroy();
-    await fs.rm(dir, { recursive: true, force: true });
+    await releaseHeld(held, dir);
   }
 }
 
@@ -413,10 +375,3 @@ async function main(): Promise<void> {
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();
-
-/** The payload alone (what the update server serves), for the HTTP baseline to serve. */
-async function writePayloadFile(dir: string, payload: Uint8Array): Promise<string> {
-  const file = path.join(dir, 'payload.bin');
-  await fs.writeFile(file, payload);
-  return file;
-}

@@ -29,7 +29,7 @@
  * received and the bytes on the link (veth counters, headers and
  * retransmissions included), for each phase. Ends with one JSON line.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createWriteStream, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -40,45 +40,20 @@ import { keygen } from '../publisher/keys.ts';
 import { runHttpBaseline, tcpFloorSeconds } from './compare-http.ts';
 import { runFaults, scheduleFaults, type Fault } from './faults.ts';
 import type { LinkSpec } from './link-profiles.ts';
-import { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { brokerCommands, collectEnds, deviceHostArgs, hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec } from './sim-support.ts';
-import { CounterSampler, type SentByType } from './uplink.ts';
+import { hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec } from './sim-support.ts';
+import { localExec, netnsExec, publishSimRelease, releaseHeld, startSimBroker, startSiteProxy, tracker, writePayloadFile, type SimHeld } from './sim-run.ts';
+import type { SentByType } from './uplink.ts';
 import { mulberry32 } from '../util/random.ts';
 import type { GatewayHttpComparison, GatewaySimOptions, GatewaySimResult, PhaseResult } from './gateway-sim-types.ts';
+import { rigOf, type Rig } from './gateway-rig.ts';
 
 export type { GatewayHttpComparison, GatewaySimOptions, GatewaySimResult, PhaseResult } from './gateway-sim-types.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** A running simulation: the link, its counters and cuts, the processes it started. */
-interface Rig {
-  o: GatewaySimOptions;
-  dir: string;
-  payloadBytes: number;
-  upstreamUrl: string;
-  siteExec: Exec;
-  track: (c: ChildProcess) => ChildProcess;
-  /** [down, up] as seen at the site end of the link. */
-  linkBytes: () => Promise<[number, number]>;
-  cut: (n: number, t0: number) => Promise<void>;
-  link: NetnsLink | undefined;
-  proxy: LinkProxy | undefined;
-  /** Samples the kernel link's counters (none on the proxy). */
-  sampler: () => CounterSampler | undefined;
-  startHost: (broker: string, prefix: string, ends: Map<string, DeviceEnd>) => ChildProcess;
-  okCount: (ends: Map<string, DeviceEnd>) => number;
-}
-
-/** What the simulation cleans up, whatever happens. */
-interface Held {
-  children: ChildProcess[];
-  link?: NetnsLink;
-  proxy?: LinkProxy;
-}
-
 /** The link between the upstream side and the site: the kernel's (namespaces, loss) where it can, else the userspace proxy. */
-async function openLink(o: GatewaySimOptions, held: Held): Promise<{ kernel: boolean; note: string | null; srvExec: Exec; siteExec: Exec; brokerHost: string }> {
+async function openLink(o: GatewaySimOptions, held: SimHeld): Promise<{ kernel: boolean; note: string | null; srvExec: Exec; siteExec: Exec; brokerHost: string }> {
   const avail = NetnsLink.available();
   const kernel = !o.proxy && avail.ok;
   let note: string | null = null;
@@ -98,31 +73,9 @@ async function openLink(o: GatewaySimOptions, held: Held): Promise<{ kernel: boo
       jitterMs: l0?.jitterMs,
       seed: o.seed,
     }));
-    const srvExec: Exec = (cmd, args) => l.exec('srv', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    const siteExec: Exec = (cmd, args) => l.exec('site', cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    return { kernel, note, srvExec, siteExec, brokerHost: l.srvAddress };
+    return { kernel, note, srvExec: netnsExec(l, 'srv'), siteExec: netnsExec(l, 'site'), brokerHost: l.srvAddress };
   }
-  const local: Exec = (cmd, args) => spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  return { kernel, note, srvExec: local, siteExec: local, brokerHost: '127.0.0.1' };
-}
-
-/** The upstream broker on the far side of the link. */
-async function startUpstream(srvExec: Exec, track: (c: ChildProcess) => ChildProcess, brokerHost: string, dir: string): Promise<{ port: number; brokerUrl: string }> {
-  const port = 20000 + (process.pid % 20000);
-  for (const c of await brokerCommands('aedes', brokerHost, port, path.join(dir, 'broker'))) {
-    track(srvExec(c.cmd, c.args));
-    await waitForPortIn(srvExec, brokerHost, port, c.waitForPort);
-  }
-  return { port, brokerUrl: `mqtt://${brokerHost}:${port}` };
-}
-
-/** `fleet publish` of the update to the upstream broker; throws when it fails. */
-async function publishRelease(srvExec: Exec, track: (c: ChildProcess) => ChildProcess, brokerUrl: string, keys: Awaited<ReturnType<typeof keygen>>, updateFile: string): Promise<void> {
-  // Two-role trust files (release + rollout key) when keygen makes them.
-  const rolloutKey = (keys as { rolloutKeyFile?: string }).rolloutKeyFile;
-  const args = [FLEET_BIN, 'publish', '--update', updateFile, '--key', keys.keyFile, ...(rolloutKey ? ['--rollout-key', rolloutKey] : [])];
-  const pub = track(srvExec(process.execPath, [...args, '--model', 'sim', '--group', 'site', '--broker', brokerUrl, '--yes']));
-  if ((await new Promise<number | null>((r) => pub.once('exit', r))) !== 0) throw new Error('publish failed');
+  return { kernel, note, srvExec: localExec, siteExec: localExec, brokerHost: '127.0.0.1' };
 }
 
 /** Phase 1 result, and what the HTTP comparison needs: when the fetch was done, the cut schedule, the uplink up to then. */
@@ -139,12 +92,6 @@ interface GatewayPhaseOutcome {
   upPacketsToFetched: number | null;
 }
 
-/**
- * Phase 1: the gateway and its devices run (connected, subscribed, idle) before the release is
- * published, as in the field and as in sim:fleet, so the fetch is timed from the release and not
- * from a Node start-up on a loaded machine; the link is cut at the seed's moments (sim:fleet's
- * schedule over one payload's ideal time) while the upstream fetch runs.
- */
 /** The gateway and the device host behind it, started and waited for (devices idle, the gateway connected upstream). */
 async function startSite(rig: Rig): Promise<{ gateway: ChildProcess; host: ChildProcess; ends: Map<string, DeviceEnd>; readStatus: () => Promise<GatewayFileStatus | undefined> }> {
   const gwDir = path.join(rig.dir, 'gw');
@@ -184,6 +131,12 @@ async function startSite(rig: Rig): Promise<{ gateway: ChildProcess; host: Child
   return { gateway, host, ends, readStatus };
 }
 
+/**
+ * Phase 1: the gateway and its devices run (connected, subscribed, idle) before the release is
+ * published, as in the field and as in sim:fleet, so the fetch is timed from the release and not
+ * from a Node start-up on a loaded machine; the link is cut at the seed's moments (sim:fleet's
+ * schedule over one payload's ideal time) while the upstream fetch runs.
+ */
 async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<GatewayPhaseOutcome> {
   const { o } = rig;
   const { gateway, host: host1, ends: ends1, readStatus } = await startSite(rig);
@@ -309,42 +262,10 @@ function devicesSaw(ends: DeviceEnd[], payloadBytes: number): PhaseResult['devic
   return { duplicateChunks: sum((e) => e.stats.duplicateChunks), reconnects: sum((e) => Math.max(0, e.wire.connects - 1)), quickReconnects: sum((e) => e.loss?.quickReconnects ?? 0), maxOverPayload };
 }
 
-/** The link's counters and cuts, and the site's device hosts, over what the simulation set up. */
-function rigOf(o: GatewaySimOptions, held: Held, w: Pick<Rig, 'dir' | 'payloadBytes' | 'upstreamUrl' | 'siteExec' | 'track'> & { trustFile: string; baseFile: string; targetDigest: string }): Rig {
-  const { link, proxy } = held;
-  /** [down, up] as seen at the site end of the link. */
-  const linkBytes = async (): Promise<[number, number]> => {
-    if (!link) return [proxy!.deliveredDown, proxy!.deliveredUp];
-    const c = await link.counters();
-    return [c.rxBytes, c.txBytes];
-  };
-  const cut = async (n: number, t0: number): Promise<void> => {
-    o.log(`cut ${n} at ${((Date.now() - t0) / 1000).toFixed(1)} s for ${o.cutSeconds} s`);
-    if (link) await link.cut();
-    else proxy!.takeDown();
-    await sleep(o.cutSeconds * 1000);
-    if (link) await link.restore();
-    else proxy!.restore();
-  };
-  const startHost = (broker: string, prefix: string, ends: Map<string, DeviceEnd>): ChildProcess => {
-    const host = w.track(w.siteExec(process.execPath, deviceHostArgs({ broker, devices: o.devices, dir: path.join(w.dir, prefix), trustFile: w.trustFile, baseFile: w.baseFile, idPrefix: `${prefix}-` })));
-    // FLEET_SIM_HOST_LOG=DIR: each device host's log (FLEET_LOG sets its level) in DIR/<phase>.log.
-    const logDir = process.env.FLEET_SIM_HOST_LOG;
-    if (logDir) host.stderr?.pipe(createWriteStream(path.join(logDir, `${prefix}.log`), { flags: 'a' }));
-    collectEnds(host, ends);
-    return host;
-  };
-  const okCount = (ends: Map<string, DeviceEnd>): number => [...ends.values()].filter((e) => e.state === 'ok' && e.running === w.targetDigest).length;
-
-  const sampler = (): CounterSampler | undefined => (link ? new CounterSampler(() => link.counters()) : undefined);
-  return { o, ...w, linkBytes, cut, link, proxy, sampler, startHost, okCount };
-}
-
 /** The gateway's one upstream fetch against one HTTP range-resume fetch of the payload over the same link, with the same cut schedule. */
 async function compareWithHttp(o: GatewaySimOptions, link: NetnsLink, w: { dir: string; port: number; payload: Uint8Array; gateway: GatewayPhaseOutcome }): Promise<GatewayHttpComparison> {
   const payloadBytes = w.payload.byteLength;
-  const payloadFile = path.join(w.dir, 'payload.bin');
-  await fs.writeFile(payloadFile, w.payload);
+  const payloadFile = await writePayloadFile(w.dir, w.payload);
   const faults = w.gateway.faults.filter((f) => f.kind === 'cut');
   const http = await runHttpBaseline({ link, port: w.port + 1, payloadFile, payloadBytes, devices: 1, faults, cutSeconds: o.cutSeconds, dir: w.dir, idleSeconds: 10, timeoutSeconds: o.timeoutSeconds, log: o.log });
   const spec: LinkSpec = o.link ?? { downKbit: o.rateKbit, upKbit: o.rateKbit, delayMs: 0, jitterMs: 0, lossDownPercent: o.lossPercent, lossUpPercent: o.lossPercent, cuts: o.cuts, cutSeconds: o.cutSeconds };
@@ -372,7 +293,8 @@ async function compareWithHttp(o: GatewaySimOptions, link: NetnsLink, w: { dir: 
 
 export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimResult> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'fleet-gwsim-'));
-  const held: Held = { children: [] };
+  const held: SimHeld = { children: [] };
+  const track = tracker(held);
   try {
     const keys = await keygen(path.join(dir, 'keys'));
     const { update, baseFile, updateFile } = await writeSimUpdate(dir, o.size);
@@ -380,20 +302,11 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
 
     const { kernel, note, srvExec, siteExec, brokerHost } = await openLink(o, held);
     o.log(`payload ${payloadBytes} bytes, ${o.devices} devices, ${kernel ? `kernel link ${o.lossPercent}% loss ${o.rateKbit} kbit/s` : `proxy ${o.rateKbit} kbit/s`}, ${o.cuts} cuts of ${o.cutSeconds} s per phase`);
-    const track = (c: ChildProcess): ChildProcess => {
-      held.children.push(c);
-      c.stderr?.on('data', () => undefined);
-      return c;
-    };
-    const { port, brokerUrl } = await startUpstream(srvExec, track, brokerHost, dir);
-    let upstreamUrl = brokerUrl;
-    if (!kernel) {
-      held.proxy = new LinkProxy({ targetHost: brokerHost, targetPort: port, bytesPerSecond: o.rateKbit ? (o.rateKbit * 1000) / 8 : 0, sharedBandwidth: true });
-      await held.proxy.start();
-      upstreamUrl = held.proxy.url;
-    }
+    const port = 20000 + (process.pid % 20000);
+    const brokerUrl = await startSimBroker('aedes', srvExec, track, brokerHost, port, dir);
+    const upstreamUrl = kernel ? brokerUrl : await startSiteProxy(held, brokerHost, port, o.rateKbit);
     const rig = rigOf(o, held, { dir, payloadBytes, upstreamUrl, siteExec, track, trustFile: keys.trustFile, baseFile, targetDigest: update.targetDigest });
-    const gw = await gatewayPhase(rig, () => publishRelease(srvExec, track, brokerUrl, keys, updateFile));
+    const gw = await gatewayPhase(rig, () => publishSimRelease(srvExec, track, keys, updateFile, brokerUrl));
     const gwPhase = gw.phase;
     const directPhase_ = o.skipDirect ? null : await directPhase(rig);
     const compareHttp = o.compareHttp && held.link ? await compareWithHttp(o, held.link, { dir, port, payload: update.payload, gateway: gw }) : undefined;
@@ -411,10 +324,7 @@ export async function runGatewaySim(o: GatewaySimOptions): Promise<GatewaySimRes
       note,
     };
   } finally {
-    await Promise.all(held.children.map((c) => stopChild(c, 2000).catch(() => undefined)));
-    await held.proxy?.stop();
-    await held.link?.destroy();
-    await fs.rm(dir, { recursive: true, force: true });
+    await releaseHeld(held, dir);
   }
 }
 
