@@ -11,7 +11,7 @@ import { ReleaseIntake } from './release-intake.ts';
 import { toReason } from './reasons.ts';
 import type { ActiveRelease, AgentMemory, DeviceStorage } from './storage.ts';
 import type { FsPort } from '../platform/fs-port.ts';
-import { composeStatus, type StatusFields } from './status-report.ts';
+import { composeStatus, restoredStatus, type StatusFields } from './status-report.ts';
 import { AgentTimers } from './agent-timers.ts';
 import { newIdentity, SessionGuard, type AgentIdentity } from './session-guard.ts';
 
@@ -116,20 +116,7 @@ export class DeviceAgent {
   async start(): Promise<void> {
     const { storage, transport: t, topics } = this.io;
     const last = this.memory.lastStatus;
-    if (last) {
-      this.state = last.state;
-      this.fields = {
-        target: last.target,
-        seq: last.seq,
-        updateId: last.updateId,
-        reason: last.reason,
-        message: last.message,
-        rollback: last.rollback ?? false,
-        attempt: last.attempt ?? null,
-        maxAttempts: last.maxAttempts ?? null,
-        validation: last.validation ?? null,
-      };
-    }
+    if (last) ({ state: this.state, fields: this.fields } = restoredStatus(last));
     const recovered = await this.flow.recover();
     const pointer = await storage.pointer();
     if (!pointer) throw new UsageError('no-model', `${storage.dir} holds no model yet: start once with --initial MODEL_FILE`);

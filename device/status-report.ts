@@ -44,3 +44,24 @@ export function composeStatus(s: StatusSnapshot): DeviceStatus {
     time: new Date(s.now).toISOString(),
   };
 }
+
+/**
+ * The state and status fields to start from after a restart: those of the status remembered
+ * (storage.memory().lastStatus); fields an older agent did not write take their defaults.
+ */
+export function restoredStatus(last: DeviceStatus): { state: DeviceState; fields: StatusFields } {
+  return {
+    state: last.state,
+    fields: {
+      target: last.target,
+      seq: last.seq,
+      updateId: last.updateId,
+      reason: last.reason,
+      message: last.message,
+      rollback: last.rollback ?? false,
+      attempt: last.attempt ?? null,
+      maxAttempts: last.maxAttempts ?? null,
+      validation: last.validation ?? null,
+    },
+  };
+}
