@@ -6,7 +6,7 @@
  *   npm run sim:gateway -- [--devices 10] [--size 262144] [--loss 10] [--rate 512]
  *       [--cuts 2] [--cut-seconds 3] [--proxy] [--timeout 600]
  *       [--profile rural-3g|rural-lte-edge|satellite] [--rate-up K] [--loss-up P] [--delay MS]
- *       [--jitter MS] [--compare-http] [--skip-direct] [--seed S]
+ *       [--jitter MS] [--compare-http] [--skip-direct] [--seed S] [--congestion cubic|bbr|reno]
  *
  * `--profile` and the link flags are those of sim:fleet (link-profiles.ts; kernel link only).
  * `--compare-http` then fetches the payload once by HTTP range resume over the same link, with
@@ -40,7 +40,7 @@ import { keygen } from '../publisher/keys.ts';
 import { runHttpBaseline, tcpFloorSeconds } from './compare-http.ts';
 import { runFaults, scheduleFaults, type Fault } from './faults.ts';
 import type { LinkSpec } from './link-profiles.ts';
-import { NetnsLink } from './netns-link.ts';
+import { congestionControls, NetnsLink } from './netns-link.ts';
 import { hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec } from './sim-support.ts';
 import { localExec, netnsExec, publishSimRelease, releaseHeld, startSimBroker, startSiteProxy, tracker, writePayloadFile, type SimHeld } from './sim-run.ts';
 import type { SentByType } from './uplink.ts';
@@ -72,6 +72,7 @@ async function openLink(o: GatewaySimOptions, held: SimHeld): Promise<{ kernel: 
       delayMs: l0?.delayMs,
       jitterMs: l0?.jitterMs,
       seed: o.seed,
+      congestion: o.congestion,
     }));
     return { kernel, note, srvExec: netnsExec(l, 'srv'), siteExec: netnsExec(l, 'site'), brokerHost: l.srvAddress };
   }
@@ -347,6 +348,7 @@ async function main(): Promise<void> {
       'compare-http': { type: 'boolean', default: false },
       'skip-direct': { type: 'boolean', default: false },
       seed: { type: 'string', default: '1' },
+      congestion: { type: 'string' },
     },
   });
   // Without a profile, this simulation's own defaults (10 % loss, 512 kbit/s, 2 cuts of 3 s).
@@ -366,11 +368,13 @@ async function main(): Promise<void> {
     compareHttp: a['compare-http'] === true,
     skipDirect: a['skip-direct'] === true,
     seed: Number(a.seed),
+    congestion: a.congestion,
     proxy: a.proxy === true,
     timeoutSeconds: Number(a.timeout),
     log: (s) => process.stderr.write(s + '\n'),
   });
-  process.stdout.write(JSON.stringify(r) + '\n');
+  const congestion = r.link.startsWith('proxy') ? null : (a.congestion ?? congestionControls().hostDefault);
+  process.stdout.write(JSON.stringify({ ...r, congestion }) + '\n');
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

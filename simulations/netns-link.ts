@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { pidAlive } from '../util/dir-lock.ts';
 import { startDelayLine } from './delay-line.ts';
@@ -72,6 +73,18 @@ export interface NetnsLinkOptions {
   jitterMs?: number;
   /** Seed of the jitter. */
   seed?: number;
+  /**
+   * TCP congestion control of every connection on the link, both ends (`cubic`, `bbr`, `reno`: one
+   * of `/proc/sys/net/ipv4/tcp_available_congestion_control`); default: the host's. Set on the
+   * link's route (`ip route … congctl`), so it also holds for connections made after a cut.
+   */
+  congestion?: string;
+}
+
+/** The congestion controls this kernel offers, and its default. */
+export function congestionControls(): { available: string[]; hostDefault: string } {
+  const read = (f: string): string => fs.readFileSync(`/proc/sys/net/ipv4/${f}`, 'utf8').trim();
+  return { available: read('tcp_available_congestion_control').split(/\s+/), hostDefault: read('tcp_congestion_control') };
 }
 
 type Side = 'srv' | 'site';
@@ -100,6 +113,7 @@ export class NetnsLink {
   private readonly prefixLen = 24;
   private lossPercent = 0;
   private lossUpPercent = 0;
+  private congctl: string | undefined;
   private readonly children = new Set<ChildProcess>();
   private destroyed = false;
 
@@ -187,6 +201,26 @@ export class NetnsLink {
       }
     }
     await this.setLoss(o.lossPercent ?? 0, o.lossUpPercent);
+    if (o.congestion !== undefined) {
+      const { available } = congestionControls();
+      if (!available.includes(o.congestion)) throw new Error(`congestion control ${o.congestion} is not available here (${available.join(', ')})`);
+      this.congctl = o.congestion;
+      await this.applyCongestion();
+    }
+  }
+
+  /** The congestion control new connections on the link get: the one asked for, else the host's. */
+  get congestion(): string {
+    return this.congctl ?? congestionControls().hostDefault;
+  }
+
+  /** The connected route of each end with `congctl` (a cut removes the route; `restore` calls this again). */
+  private async applyCongestion(): Promise<void> {
+    if (this.congctl === undefined) return;
+    for (const side of ['srv', 'site'] as const) {
+      const src = side === 'srv' ? this.srvAddress : this.siteAddress;
+      await run('ip', ['-n', this.ns(side), 'route', 'replace', `10.77.0.0/${this.prefixLen}`, 'dev', this.ifname(side), 'proto', 'kernel', 'scope', 'link', 'src', src, 'congctl', this.congctl]);
+    }
   }
 
   /** Tracks a process it started (destroy() kills it by PID) until it exits. */
@@ -263,6 +297,7 @@ export class NetnsLink {
       if (Date.now() > deadline) throw new Error(`route to 10.77.0.0/24 did not come back in ${this.siteNs}`);
       await new Promise((r) => setTimeout(r, 50));
     }
+    await this.applyCongestion();
   }
 
   /** Spawns `ip netns exec <ns> cmd ...args`; tracked so destroy() kills it by PID. */

@@ -18,6 +18,8 @@ export interface SiteRunOptions {
   cutSeconds: number;
   timeoutSeconds: number;
   log: (line: string) => void;
+  /** Kernel link: the TCP congestion control of its connections (`--congestion`); default the host's. */
+  congestion?: string;
 }
 
 /** Start a command on one side of the link (a namespace, or this host). */

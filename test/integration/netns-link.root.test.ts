@@ -1,6 +1,6 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { NetnsLink } from '../../simulations/netns-link.ts';
+import { congestionControls, NetnsLink } from '../../simulations/netns-link.ts';
 
 // Root-only: builds two network namespaces joined by a veth pair (addresses
 // 10.77.0.0/24 exist only inside them) and impairs the link with nft + tc tbf.
@@ -86,6 +86,31 @@ function echo(link: NetnsLink, bytes: number, timeoutMs: number) {
   return finish(client, timeoutMs);
 }
 
+// Connects to the echo server, prints the socket's TCP_CONGESTION (Node cannot read it) and holds it open 3 s.
+const CC_CLIENT = `
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print(s.getsockopt(socket.IPPROTO_TCP, 13, 16).split(b'\\0')[0].decode(), flush=True)
+time.sleep(3)
+`;
+
+/** The congestion control of a fresh connection from the site, and of the server's end of it (from `ss -tin`). */
+async function congestionSeen(link: NetnsLink): Promise<{ site: string; srv: string }> {
+  const client = link.exec('site', 'python3', ['-c', CC_CLIENT, link.srvAddress, String(PORT)]);
+  const site = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    client.stdout?.on('data', (d) => {
+      out += String(d);
+      if (out.includes('\n')) resolve(out.trim());
+    });
+    client.once('exit', (code) => reject(new Error(`python client exited ${code}: ${out}`)));
+  });
+  const ss = execFileSync('ip', ['netns', 'exec', link.srvNs, 'ss', '-tin', 'state', 'established', `sport = :${PORT}`], { encoding: 'utf8' });
+  await finish(client, 5_000);
+  const srv = ['bbr', 'cubic', 'reno'].find((cc) => new RegExp(`\\s${cc}\\s`).test(ss)) ?? `none in: ${ss}`;
+  return { site, srv };
+}
+
 function namespaces(): string[] {
   return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
     .split('\n')
@@ -166,6 +191,20 @@ describe.skipIf(!available.ok)('NetnsLink (root, network namespaces)', () => {
     const ok2 = await echo(link, 1024, 10_000);
     expect(ok2.timedOut, ok2.err).toBe(false);
     expect(JSON.parse(ok2.out.trim()).ok).toBe(true);
+  }, 40_000);
+
+  it('congestion: both ends use the congestion control asked for, and still after a cut', async () => {
+    const { available: ccs, hostDefault } = congestionControls();
+    const other = ['reno', 'cubic', 'bbr'].find((cc) => cc !== hostDefault && ccs.includes(cc));
+    expect(other, `a congestion control besides ${hostDefault} (${ccs.join(', ')})`).toBeDefined();
+    link = await NetnsLink.create({ name: tag(), congestion: other });
+    expect(link.congestion).toBe(other);
+    await startEchoServer(link);
+    expect(await congestionSeen(link)).toEqual({ site: other, srv: other });
+    await link.cut();
+    await link.restore();
+    expect(await congestionSeen(link)).toEqual({ site: other, srv: other });
+    await expect(NetnsLink.create({ name: tag(), congestion: 'nosuchcc' })).rejects.toThrow(/not available here/);
   }, 40_000);
 
   it('destroy() kills its processes and removes both namespaces, idempotently', async () => {
