@@ -1,6 +1,6 @@
 import { isSystemError } from '../platform/errors.ts';
 import { chunkMatches, chunkRange, sha256Hex } from '../protocol/chunks.ts';
-import { encodeFrame, encodeRequest, type Frame } from '../protocol/frames.ts';
+import { encodeFrame, encodeRequest, type ChunkFrame, type Frame } from '../protocol/frames.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
@@ -9,6 +9,7 @@ import type { Clock } from '../platform/clock.ts';
 import { DEVICE_DEFAULTS } from './defaults.ts';
 import { LinkEstimator } from './link-estimator.ts';
 import { SilenceWatch } from './silence-watch.ts';
+import { ChunkResume, RESUME_MIN_BYTES } from './chunk-resume.ts';
 import { DeviceError, storageError } from './reasons.ts';
 import type { DownloadFiles } from './storage.ts';
 
@@ -77,6 +78,9 @@ export class Download {
   badChunks = 0;
   duplicateChunks = 0;
   requestsSent = 0;
+  /** Chunks completed from a prefix a reconnect cut and its tail (checked against the list), and joins that did not match. */
+  resumedChunks = 0;
+  resumeMismatches = 0;
   private readonly outstanding = new Set<number>();
   /** Verified chunks on their way to disk: neither missing nor outstanding. */
   private readonly writing = new Set<number>();
@@ -110,13 +114,19 @@ export class Download {
    * Chunks that arrived before the chunk list was checked and saved (the first request asks
    * for the list and the first window together, saving a round trip): checked once it is.
    */
-  private early: Array<Extract<Frame, { kind: 'chunk' }>> = [];
+  private early: ChunkFrame[] = [];
   /** Reconnects at once when the socket is silent while the link is up (a peer backing off after a cut). */
   private watch: SilenceWatch | undefined;
+  /** A chunk's first bytes a reconnect cut, asked for from there (protocol.md §4.2 `tail`). */
+  private readonly resume: ChunkResume;
 
   constructor(private readonly o: DownloadOptions) {
     this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(4, o.maxWindow), minIdleMs: o.idleMs });
     this.lastProgressAt = o.clock.now();
+    const topic = o.topics.frames(o.model, o.step.updateId, o.deviceId);
+    this.resume = new ChunkResume(o.step, topic);
+    // What of a frame a close cuts is kept, to be asked for from there (`resend`): at most one chunk's packet.
+    o.transport.keepPartial?.({ match: (t) => t === topic, maxBytes: chunkPacketBytes(o.step, topic), minBytes: RESUME_MIN_BYTES });
   }
 
   /** Milliseconds since the last verified chunk (or the start). */
@@ -167,7 +177,21 @@ export class Download {
     }
     this.armStallTimer();
     this.startWatch();
+    this.takeCut();
     this.requestMore();
+  }
+
+  /**
+   * After a close: the frame it cut, when it was one of ours and enough of it came, is kept and its
+   * chunk's index returned (to be asked for from where it stopped); anything else is dropped.
+   */
+  private takeCut(): number | undefined {
+    const p = this.o.transport.takePartial?.();
+    if (!p) return undefined;
+    const { files } = this.o;
+    const fate = this.resume.offer(p, (i) => files.bitmap.has(i) || this.writing.has(i));
+    this.o.log.debug('a frame cut by the reconnect', { ...fate, received: p.bytes.byteLength });
+    return 'kept' in fate ? fate.kept : undefined;
   }
 
   /** Probes and reconnects need a transport that can, and the socket's byte counter. */
@@ -225,8 +249,10 @@ export class Download {
    */
   resend(): void {
     if (this.finished) return;
-    const old = this.o.files.list && !this.probe ? [...this.outstanding, ...this.held] : [];
-    this.o.log.debug('resend after a reconnect', { outstanding: this.outstanding.size, held: this.held.size, probe: this.probe?.index });
+    // The chunk whose frame the close cut is lost for sure: its tail is asked for first.
+    const cut = this.takeCut();
+    const old = this.o.files.list && !this.probe ? [...this.outstanding, ...this.held].filter((i) => i !== cut) : [];
+    this.o.log.debug('resend after a reconnect', { outstanding: this.outstanding.size, held: this.held.size, probe: this.probe?.index, cut });
     if (old.length === 0) {
       this.askAgain();
       return;
@@ -234,7 +260,8 @@ export class Download {
     this.outstanding.clear();
     this.held.clear();
     for (const i of old) this.held.add(i);
-    const fresh = this.o.files.bitmap.missing(this.link.window, this.inFlight);
+    const fresh = this.o.files.bitmap.missing(this.link.window, this.inFlight).filter((i) => i !== cut);
+    if (cut !== undefined) fresh.unshift(cut);
     if (fresh.length === 0) {
       this.held.clear();
       this.requestMore(old);
@@ -297,6 +324,18 @@ export class Download {
       });
       return;
     }
+    this.onChunk(f);
+  }
+
+  private onChunk(frame: ChunkFrame): void {
+    // A tail (or a whole copy of a chunk whose prefix is held): the whole chunk, checked below as any.
+    const joined = frame.offset !== undefined;
+    const data = this.resume.join(frame);
+    if (!data) {
+      this.tailUnusable(frame);
+      return;
+    }
+    const f: ChunkFrame = joined ? { kind: 'chunk', updateId: frame.updateId, index: frame.index, count: frame.count, data } : frame;
     if (!this.o.files.list && this.listRequested && f.count === this.o.step.chunks && this.early.length < this.o.maxWindow) {
       this.early.push(f);
       return;
@@ -311,6 +350,13 @@ export class Download {
     }
     const [b, e] = chunkRange(step.size, step.chunkSize, f.index);
     if (f.data.byteLength !== e - b || !chunkMatches(files.list, f.index, f.data)) {
+      if (joined) {
+        // The held prefix or the tail is wrong: both are gone; the chunk is asked for whole.
+        this.resumeMismatches++;
+        this.o.log.warn('a chunk joined from a cut frame and its tail does not match the chunk list; asking for it whole', { index: f.index });
+        this.requestMore([f.index]);
+        return;
+      }
       this.badChunks++;
       const copies = (this.badCopies.get(f.index) ?? 0) + 1;
       this.badCopies.set(f.index, copies);
@@ -330,7 +376,8 @@ export class Download {
       return;
     }
     this.writing.add(f.index);
-    this.o.log.debug('chunk', { index: f.index, bytesIn: this.o.wireBytesIn?.() });
+    if (joined) this.resumedChunks++;
+    this.o.log.debug('chunk', { index: f.index, bytesIn: this.o.wireBytesIn?.(), tail: joined || undefined });
     this.watch?.delivered();
     this.link.arrived(this.o.clock.now(), f.index, f.data.byteLength);
     this.lastProgressAt = this.o.clock.now();
@@ -342,6 +389,20 @@ export class Download {
       if (files.bitmap.complete) this.finish();
       else this.requestMore();
     });
+  }
+
+  /** A tail that joins no prefix held (asked for before a whole copy came, or its prefix replaced): the chunk, unless held, is asked for whole. */
+  private tailUnusable(f: ChunkFrame): void {
+    const { files } = this.o;
+    this.outstanding.delete(f.index);
+    this.held.delete(f.index);
+    if (files.bitmap.has(f.index) || this.writing.has(f.index)) {
+      this.duplicateChunks++;
+      this.requestMore();
+      return;
+    }
+    this.o.log.debug('a tail that joins nothing held; asking for the chunk whole', { index: f.index, offset: f.offset });
+    this.requestMore([f.index]);
   }
 
   /** Writes in order; a failed write is a storage error, anything else (a bug, a reason of our own) stays what it is. */
@@ -365,12 +426,13 @@ export class Download {
     this.link.requested(this.o.clock.now(), want);
     if (wantList) this.listRequested = true;
     this.requestsSent++;
-    this.o.log.debug('request', { want, list: wantList, window });
+    const tail = this.resume.tails(want);
+    this.o.log.debug('request', { want, list: wantList, window, tail: tail.length ? tail : undefined });
     this.o.transport
       // QoS 0 (protocol.md §1): a request lost with a connection is asked again after the reconnect
       // (resend) or the idle timeout; at QoS 1 the MQTT client would also send the old one again on
       // reconnect, and the server would send those chunks twice.
-      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList }), { qos: 0 })
+      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList, tail }), { qos: 0 })
       .catch((e: unknown) => this.o.log.debug('request not sent (will retry when idle)', { error: String(e) }));
     this.armIdleTimer();
   }
