@@ -21,7 +21,7 @@ const ARG_BYTES: Record<number, number> = { 24: 1, 25: 2, 26: 4 };
  * and `d` last, as our encoder writes it), leniently: the bytes may stop anywhere inside `d`. Returns
  * the chunk named and the data received, or undefined for anything else (no `d` reached yet, keys
  * out of the chunk frame's set, a key twice, values out of range, heads longer than needed, `d`
- * not last). Never throws. The data is not checked here: the receiver joins it to a tail and checks
+ * not last, bytes after `d`). Never throws. The data is not checked here: the receiver joins it to a tail and checks
  * the chunk's SHA-256 as for any chunk.
  */
 export function readChunkPrefix(bytes: Uint8Array): ChunkPrefix | undefined {
@@ -65,7 +65,8 @@ export function readChunkPrefix(bytes: Uint8Array): ChunkPrefix | undefined {
 /** The prefix, once `d`'s head (declaring `length` bytes) is read and p is at its first byte. */
 function finish(got: Map<string, number | string>, pairs: number, bytes: Uint8Array, length: number, p: number): ChunkPrefix | undefined {
   const { v, u, i, n, o } = Object.fromEntries(got) as Record<string, number | string | undefined>;
-  if (length < 0 || v !== PROTOCOL_VERSION || typeof u !== 'string' || typeof i !== 'number' || typeof n !== 'number') return undefined;
+  // Bytes after d's end: not a frame as we write it.
+  if (length < 0 || p + length < bytes.length || v !== PROTOCOL_VERSION || typeof u !== 'string' || typeof i !== 'number' || typeof n !== 'number') return undefined;
   if (n === 0 || n > MAX_CHUNKS || i >= n) return undefined;
   // Five pairs: no `o`; six: `o` among them, 1..MAX_TAIL_OFFSET.
   if ((pairs === 6) !== (o !== undefined)) return undefined;
