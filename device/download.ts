@@ -36,7 +36,8 @@ export interface DownloadOptions {
   probeSilenceMs?: number;
   /**
    * The only transfer on its link (a gateway's one upstream fetch): a silent reconnect may cost up to
-   * one chunk's packet (the most a cut mid-frame throws away) plus the retained messages this
+   * one chunk's packet (the most a cut mid-frame throws away; with a transport that keeps a cut frame
+   * for `resend` to resume, its head and RESUME_MIN_BYTES) plus the retained messages this
    * connection brought (measured by the transport), whatever the payload's size. Without it the
    * reconnects' bytes are bounded by `DEVICE_DEFAULTS.silentReconnectBudget` of the payload, which
    * on a payload of a few hundred KiB allows none: ten devices sharing a link, where a silence is as
@@ -234,7 +235,10 @@ export class Download {
     const share = Math.round(step.size * DEVICE_DEFAULTS.silentReconnectBudget);
     if (!this.o.aloneOnLink) return share;
     const packet = chunkPacketBytes(step, topics.frames(model, step.updateId, deviceId));
-    return () => Math.max(share, maxReconnects * (packet + (t.retainedBytes?.() ?? 0)));
+    // With a transport that keeps a cut frame, a reconnect throws away at most the frame's head and
+    // less than RESUME_MIN_BYTES of its data (more is kept and resumed: `reconnectCost` does not count it).
+    const lost = t.takePartial ? Math.min(packet, packet - step.chunkSize + RESUME_MIN_BYTES) : packet;
+    return () => Math.max(share, maxReconnects * (lost + (t.retainedBytes?.() ?? 0)));
   }
 
   /** Reconnects the silence watch made. */
