@@ -395,16 +395,20 @@ export class Download {
     });
   }
 
-  /** A tail that joins no prefix held (asked for before a whole copy came, or its prefix replaced): the chunk, unless held, is asked for whole. */
+  /**
+   * A tail that joins no prefix held (asked for before a whole copy came, or its prefix replaced): a
+   * duplicate when the chunk is held; else, when it was asked for, the chunk is asked for whole.
+   */
   private tailUnusable(f: ChunkFrame): void {
-    const { files } = this.o;
-    this.outstanding.delete(f.index);
-    this.held.delete(f.index);
+    const { files, step } = this.o;
+    const asked = [this.outstanding.delete(f.index), this.held.delete(f.index)].some(Boolean);
+    if (f.count !== step.chunks) return;
     if (files.bitmap.has(f.index) || this.writing.has(f.index)) {
       this.duplicateChunks++;
       this.requestMore();
       return;
     }
+    if (!asked) return;
     this.o.log.debug('a tail that joins nothing held; asking for the chunk whole', { index: f.index, offset: f.offset });
     this.requestMore([f.index]);
   }

@@ -164,6 +164,10 @@ describe('a Download resumes a chunk whose frame a reconnect cut', () => {
     const again = r.requests.slice(before).find((q) => q.want.includes(3));
     expect(again).toBeDefined();
     expect(again!.tail).toBeUndefined();
+    // A tail of a chunk not asked for (hostile, or long stale): nothing asked on its account.
+    const n = r.requests.length;
+    r.d.onFrame({ kind: 'chunk', updateId: step.updateId, index: 6, count: CHUNKS, offset: 100, data: chunk(6).subarray(100) });
+    expect(r.requests.slice(n).filter((q) => q.want.includes(6))).toEqual([]);
     await r.d.close();
   });
 });
