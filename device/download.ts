@@ -93,7 +93,9 @@ export class Download {
    * has not come by then was lost, and only that is asked again.
    */
   private readonly held = new Set<number>();
-  private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) || this.held.has(i) };
+  private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) || this.held.has(i) || i === this.arriving };
+  /** The chunk being handled (onChunk), not yet written: not missing while it answers the probe. */
+  private arriving: number | undefined;
   private listRequested = false;
   private idleTimer: unknown;
   private stallTimer: unknown;
@@ -346,7 +348,12 @@ export class Download {
     }
     this.outstanding.delete(f.index);
     this.held.delete(f.index);
-    if (this.probe?.index === f.index) this.probeAnswered();
+    if (this.probe?.index === f.index) {
+      // Its own chunk is checked below (asked again there if bad): the lost ones are asked again, not it.
+      this.arriving = f.index;
+      this.probeAnswered();
+      this.arriving = undefined;
+    }
     const { files, step } = this.o;
     if (!files.list || f.count !== step.chunks) {
       this.requestMore();

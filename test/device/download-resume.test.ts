@@ -115,6 +115,28 @@ describe('a Download resumes a chunk whose frame a reconnect cut', () => {
     await r.d.close();
   });
 
+  it("the tail answers the probe after a reconnect: the chunks lost before it are asked again, the tail's own chunk not", async () => {
+    const r = await rig();
+    // Chunks 1-3 arrive; 4-7 are asked for (the window is 4); the frame of 4 is cut.
+    for (const i of [1, 2, 3]) r.d.onFrame({ kind: 'chunk', updateId: step.updateId, index: i, count: CHUNKS, data: chunk(i) });
+    await r.held(3);
+    expect(new Set(r.requests.flatMap((q) => q.want))).toEqual(new Set([0, 1, 2, 3, 4, 5, 6, 7]));
+    r.cut({ topic: TOPIC, bytes: cutFrame(4, 2000) });
+    r.d.resend();
+    expect(r.requests.at(-1)).toEqual({ want: [4], list: false, tail: [[4, 2000]] });
+    const before = r.requests.length;
+    r.d.onFrame({ kind: 'chunk', updateId: step.updateId, index: 4, count: CHUNKS, offset: 2000, data: chunk(4).subarray(2000) });
+    // 5-7 were lost with the old connection: asked again; 4 is here (before: asked again too, a whole duplicate).
+    expect(
+      r.requests
+        .slice(before)
+        .flatMap((q) => q.want)
+        .sort(),
+    ).toEqual([5, 6, 7]);
+    await r.held(4);
+    await r.d.close();
+  });
+
   it('a joined chunk that does not match the list: dropped, counted, asked for whole; never stored', async () => {
     const r = await rig();
     const wrong = chunk(2).slice();
