@@ -390,7 +390,8 @@ export class Download {
     if (joined) this.resumedChunks++;
     this.o.log.debug('chunk', { index: f.index, bytesIn: this.o.wireBytesIn?.(), tail: joined || undefined });
     this.watch?.delivered();
-    this.link.arrived(this.o.clock.now(), f.index, f.data.byteLength);
+    // The bytes that came now (a tail's, not the joined chunk's): the rate is the link's.
+    this.link.arrived(this.o.clock.now(), f.index, frame.data.byteLength);
     this.lastProgressAt = this.o.clock.now();
     this.armStallTimer();
     this.enqueue(async () => {
