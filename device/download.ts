@@ -225,7 +225,10 @@ export class Download {
       answers: t.pongs ? () => t.pongs!() : undefined,
       minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
       maxReconnects,
-      costBytes: t.reconnectCost ? () => t.reconnectCost!() : undefined,
+      // A device counts the part of a frame a reconnect would keep as lost all the same: ten devices
+      // sharing a link reconnected twice as often mid-frame when it was not, and took 1.3-1.5 x as long
+      // (docs/links.md, seventh pass); a fetcher alone on its link resumes it (see reconnectBudget).
+      costBytes: t.reconnectCost ? () => t.reconnectCost!() + (this.o.aloneOnLink ? 0 : (t.resumableBytes?.() ?? 0)) : undefined,
       budgetBytes: this.reconnectBudget(maxReconnects),
       unmeasuredFactor: this.o.unmeasuredSilenceFactor,
     });

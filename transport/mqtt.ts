@@ -277,6 +277,10 @@ export class MqttTransport implements Transport {
     return (this.scanner?.partialBytes ?? 0) - (this.keeper?.resumable() ?? 0) + this.retainedThisConnection;
   }
 
+  resumableBytes(): number {
+    return this.keeper?.resumable() ?? 0;
+  }
+
   keepPartial(rule: PartialRule | undefined): void {
     this.partialRule = rule;
     if (!rule) this.cutShort = undefined;

@@ -61,6 +61,8 @@ export interface Transport {
   keepPartial?(rule: PartialRule | undefined): void;
   /** The PUBLISH the last close cut short, as `keepPartial` kept it, handed over once (or undefined). */
   takePartial?(): PartialPublish | undefined;
+  /** Of the packet under way, the bytes a close now would keep (`keepPartial`): not in `reconnectCost`. */
+  resumableBytes?(): number;
   /** Bytes of the retained messages this connection has brought so far (what a new connection brings again). */
   retainedBytes?(): number;
   /**

@@ -31,7 +31,7 @@ afterEach(async () => {
 });
 
 /** `retained`: the retained messages' bytes this connection brought; `partial`: a frame's part under way. */
-async function rig(o: { aloneOnLink?: boolean; unmeasuredSilenceFactor?: number; retained?: number; partial?: number; keepsCutFrames?: boolean }) {
+async function rig(o: { aloneOnLink?: boolean; unmeasuredSilenceFactor?: number; retained?: number; partial?: number; keepsCutFrames?: boolean; resumable?: number }) {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'download-alone-'));
   const storage = new DeviceStorage(dir);
   await storage.init();
@@ -47,7 +47,7 @@ async function rig(o: { aloneOnLink?: boolean; unmeasuredSilenceFactor?: number;
     reconnect: () => reconnects.push(clock.now() - t0),
     ...costs,
     // A transport that keeps what a close cuts of a frame (the part the Download resumes is not in `reconnectCost`).
-    ...(o.keepsCutFrames ? { keepPartial: () => undefined, takePartial: () => undefined } : {}),
+    ...(o.keepsCutFrames ? { keepPartial: () => undefined, takePartial: () => undefined, resumableBytes: () => o.resumable ?? 0 } : {}),
   } as unknown as Transport;
   const d = new Download({
     step,
@@ -116,6 +116,18 @@ describe('download alone on its link: the silence watch may reconnect', () => {
     await dear.clock.advance(30_000);
     expect(dear.reconnects).toEqual([]);
     await dear.d.close();
+  });
+
+  it('a frame under way the transport would keep: not a cost for the fetcher alone (it resumes it), a cost for a device (its budget stays as before)', async () => {
+    // 9 KB of a frame under way that a close would keep; 200 B of its head lost; 1 KB retained.
+    const device = await rig({ keepsCutFrames: true, retained: 1000, partial: 200, resumable: 9000 });
+    await device.clock.advance(30_000);
+    expect(device.reconnects).toEqual([]);
+    await device.d.close();
+    const alone = await rig({ aloneOnLink: true, keepsCutFrames: true, retained: 1000, partial: 200, resumable: 9000 });
+    await alone.clock.advance(30_000);
+    expect(alone.reconnects.length).toBe(1);
+    await alone.d.close();
   });
 
   it('before the first chunk: 4 × the least silence by default, 1 × with unmeasuredSilenceFactor 1', async () => {
