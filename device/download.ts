@@ -1,6 +1,6 @@
 import { isSystemError } from '../platform/errors.ts';
 import { chunkMatches, chunkRange, sha256Hex } from '../protocol/chunks.ts';
-import { encodeFrame, encodeRequest, type Frame } from '../protocol/frames.ts';
+import { encodeFrame, encodeRequest, type ChunkFrame, type Frame } from '../protocol/frames.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
@@ -9,6 +9,7 @@ import type { Clock } from '../platform/clock.ts';
 import { DEVICE_DEFAULTS } from './defaults.ts';
 import { LinkEstimator } from './link-estimator.ts';
 import { SilenceWatch } from './silence-watch.ts';
+import { ChunkResume, RESUME_MIN_BYTES } from './chunk-resume.ts';
 import { DeviceError, storageError } from './reasons.ts';
 import type { DownloadFiles } from './storage.ts';
 
@@ -35,7 +36,8 @@ export interface DownloadOptions {
   probeSilenceMs?: number;
   /**
    * The only transfer on its link (a gateway's one upstream fetch): a silent reconnect may cost up to
-   * one chunk's packet (the most a cut mid-frame throws away) plus the retained messages this
+   * one chunk's packet (the most a cut mid-frame throws away; with a transport that keeps a cut frame
+   * for `resend` to resume, its head and RESUME_MIN_BYTES) plus the retained messages this
    * connection brought (measured by the transport), whatever the payload's size. Without it the
    * reconnects' bytes are bounded by `DEVICE_DEFAULTS.silentReconnectBudget` of the payload, which
    * on a payload of a few hundred KiB allows none: ten devices sharing a link, where a silence is as
@@ -77,6 +79,9 @@ export class Download {
   badChunks = 0;
   duplicateChunks = 0;
   requestsSent = 0;
+  /** Chunks completed from a prefix a reconnect cut and its tail (checked against the list), and joins that did not match. */
+  resumedChunks = 0;
+  resumeMismatches = 0;
   private readonly outstanding = new Set<number>();
   /** Verified chunks on their way to disk: neither missing nor outstanding. */
   private readonly writing = new Set<number>();
@@ -88,7 +93,9 @@ export class Download {
    * has not come by then was lost, and only that is asked again.
    */
   private readonly held = new Set<number>();
-  private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) || this.held.has(i) };
+  private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) || this.held.has(i) || i === this.arriving };
+  /** The chunk being handled (onChunk), not yet written: not missing while it answers the probe. */
+  private arriving: number | undefined;
   private listRequested = false;
   private idleTimer: unknown;
   private stallTimer: unknown;
@@ -110,13 +117,19 @@ export class Download {
    * Chunks that arrived before the chunk list was checked and saved (the first request asks
    * for the list and the first window together, saving a round trip): checked once it is.
    */
-  private early: Array<Extract<Frame, { kind: 'chunk' }>> = [];
+  private early: ChunkFrame[] = [];
   /** Reconnects at once when the socket is silent while the link is up (a peer backing off after a cut). */
   private watch: SilenceWatch | undefined;
+  /** A chunk's first bytes a reconnect cut, asked for from there (protocol.md §4.2 `tail`). */
+  private readonly resume: ChunkResume;
 
   constructor(private readonly o: DownloadOptions) {
     this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(4, o.maxWindow), minIdleMs: o.idleMs });
     this.lastProgressAt = o.clock.now();
+    const topic = o.topics.frames(o.model, o.step.updateId, o.deviceId);
+    this.resume = new ChunkResume(o.step, topic);
+    // What of a frame a close cuts is kept, to be asked for from there (`resend`): at most one chunk's packet.
+    o.transport.keepPartial?.({ match: (t) => t === topic, maxBytes: chunkPacketBytes(o.step, topic), minBytes: RESUME_MIN_BYTES });
   }
 
   /** Milliseconds since the last verified chunk (or the start). */
@@ -167,7 +180,21 @@ export class Download {
     }
     this.armStallTimer();
     this.startWatch();
+    this.takeCut();
     this.requestMore();
+  }
+
+  /**
+   * After a close: the frame it cut, when it was one of ours and enough of it came, is kept and its
+   * chunk's index returned (to be asked for from where it stopped); anything else is dropped.
+   */
+  private takeCut(): number | undefined {
+    const p = this.o.transport.takePartial?.();
+    if (!p) return undefined;
+    const { files } = this.o;
+    const fate = this.resume.offer(p, (i) => files.bitmap.has(i) || this.writing.has(i));
+    this.o.log.debug('a frame cut by the reconnect', { ...fate, received: p.bytes.byteLength });
+    return 'kept' in fate ? fate.kept : undefined;
   }
 
   /** Probes and reconnects need a transport that can, and the socket's byte counter. */
@@ -198,7 +225,10 @@ export class Download {
       answers: t.pongs ? () => t.pongs!() : undefined,
       minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
       maxReconnects,
-      costBytes: t.reconnectCost ? () => t.reconnectCost!() : undefined,
+      // A device counts the part of a frame a reconnect would keep as lost all the same: ten devices
+      // sharing a link reconnected twice as often mid-frame when it was not, and took 1.3-1.5 x as long
+      // (docs/links.md, seventh pass); a fetcher alone on its link resumes it (see reconnectBudget).
+      costBytes: t.reconnectCost ? () => t.reconnectCost!() + (this.o.aloneOnLink ? 0 : (t.resumableBytes?.() ?? 0)) : undefined,
       budgetBytes: this.reconnectBudget(maxReconnects),
       unmeasuredFactor: this.o.unmeasuredSilenceFactor,
     });
@@ -210,7 +240,10 @@ export class Download {
     const share = Math.round(step.size * DEVICE_DEFAULTS.silentReconnectBudget);
     if (!this.o.aloneOnLink) return share;
     const packet = chunkPacketBytes(step, topics.frames(model, step.updateId, deviceId));
-    return () => Math.max(share, maxReconnects * (packet + (t.retainedBytes?.() ?? 0)));
+    // With a transport that keeps a cut frame, a reconnect throws away at most the frame's head and
+    // less than RESUME_MIN_BYTES of its data (more is kept and resumed: `reconnectCost` does not count it).
+    const lost = t.takePartial ? Math.min(packet, packet - step.chunkSize + RESUME_MIN_BYTES) : packet;
+    return () => Math.max(share, maxReconnects * (lost + (t.retainedBytes?.() ?? 0)));
   }
 
   /** Reconnects the silence watch made. */
@@ -225,8 +258,10 @@ export class Download {
    */
   resend(): void {
     if (this.finished) return;
-    const old = this.o.files.list && !this.probe ? [...this.outstanding, ...this.held] : [];
-    this.o.log.debug('resend after a reconnect', { outstanding: this.outstanding.size, held: this.held.size, probe: this.probe?.index });
+    // The chunk whose frame the close cut is lost for sure: its tail is asked for first.
+    const cut = this.takeCut();
+    const old = this.o.files.list && !this.probe ? [...this.outstanding, ...this.held].filter((i) => i !== cut) : [];
+    this.o.log.debug('resend after a reconnect', { outstanding: this.outstanding.size, held: this.held.size, probe: this.probe?.index, cut });
     if (old.length === 0) {
       this.askAgain();
       return;
@@ -234,7 +269,8 @@ export class Download {
     this.outstanding.clear();
     this.held.clear();
     for (const i of old) this.held.add(i);
-    const fresh = this.o.files.bitmap.missing(this.link.window, this.inFlight);
+    const fresh = this.o.files.bitmap.missing(this.link.window, this.inFlight).filter((i) => i !== cut);
+    if (cut !== undefined) fresh.unshift(cut);
     if (fresh.length === 0) {
       this.held.clear();
       this.requestMore(old);
@@ -297,13 +333,30 @@ export class Download {
       });
       return;
     }
+    this.onChunk(f);
+  }
+
+  private onChunk(frame: ChunkFrame): void {
+    // A tail (or a whole copy of a chunk whose prefix is held): the whole chunk, checked below as any.
+    const joined = frame.offset !== undefined;
+    const data = this.resume.join(frame);
+    if (!data) {
+      this.tailUnusable(frame);
+      return;
+    }
+    const f: ChunkFrame = joined ? { kind: 'chunk', updateId: frame.updateId, index: frame.index, count: frame.count, data } : frame;
     if (!this.o.files.list && this.listRequested && f.count === this.o.step.chunks && this.early.length < this.o.maxWindow) {
       this.early.push(f);
       return;
     }
     this.outstanding.delete(f.index);
     this.held.delete(f.index);
-    if (this.probe?.index === f.index) this.probeAnswered();
+    if (this.probe?.index === f.index) {
+      // Its own chunk is checked below (asked again there if bad): the lost ones are asked again, not it.
+      this.arriving = f.index;
+      this.probeAnswered();
+      this.arriving = undefined;
+    }
     const { files, step } = this.o;
     if (!files.list || f.count !== step.chunks) {
       this.requestMore();
@@ -311,6 +364,13 @@ export class Download {
     }
     const [b, e] = chunkRange(step.size, step.chunkSize, f.index);
     if (f.data.byteLength !== e - b || !chunkMatches(files.list, f.index, f.data)) {
+      if (joined) {
+        // The held prefix or the tail is wrong: both are gone; the chunk is asked for whole.
+        this.resumeMismatches++;
+        this.o.log.warn('a chunk joined from a cut frame and its tail does not match the chunk list; asking for it whole', { index: f.index });
+        this.requestMore([f.index]);
+        return;
+      }
       this.badChunks++;
       const copies = (this.badCopies.get(f.index) ?? 0) + 1;
       this.badCopies.set(f.index, copies);
@@ -330,9 +390,11 @@ export class Download {
       return;
     }
     this.writing.add(f.index);
-    this.o.log.debug('chunk', { index: f.index, bytesIn: this.o.wireBytesIn?.() });
+    if (joined) this.resumedChunks++;
+    this.o.log.debug('chunk', { index: f.index, bytesIn: this.o.wireBytesIn?.(), tail: joined || undefined });
     this.watch?.delivered();
-    this.link.arrived(this.o.clock.now(), f.index, f.data.byteLength);
+    // The bytes that came now (a tail's, not the joined chunk's): the rate is the link's.
+    this.link.arrived(this.o.clock.now(), f.index, frame.data.byteLength);
     this.lastProgressAt = this.o.clock.now();
     this.armStallTimer();
     this.enqueue(async () => {
@@ -342,6 +404,24 @@ export class Download {
       if (files.bitmap.complete) this.finish();
       else this.requestMore();
     });
+  }
+
+  /**
+   * A tail that joins no prefix held (asked for before a whole copy came, or its prefix replaced): a
+   * duplicate when the chunk is held; else, when it was asked for, the chunk is asked for whole.
+   */
+  private tailUnusable(f: ChunkFrame): void {
+    const { files, step } = this.o;
+    const asked = [this.outstanding.delete(f.index), this.held.delete(f.index)].some(Boolean);
+    if (f.count !== step.chunks) return;
+    if (files.bitmap.has(f.index) || this.writing.has(f.index)) {
+      this.duplicateChunks++;
+      this.requestMore();
+      return;
+    }
+    if (!asked) return;
+    this.o.log.debug('a tail that joins nothing held; asking for the chunk whole', { index: f.index, offset: f.offset });
+    this.requestMore([f.index]);
   }
 
   /** Writes in order; a failed write is a storage error, anything else (a bug, a reason of our own) stays what it is. */
@@ -365,12 +445,13 @@ export class Download {
     this.link.requested(this.o.clock.now(), want);
     if (wantList) this.listRequested = true;
     this.requestsSent++;
-    this.o.log.debug('request', { want, list: wantList, window });
+    const tail = this.resume.tails(want);
+    this.o.log.debug('request', { want, list: wantList, window, tail: tail.length ? tail : undefined });
     this.o.transport
       // QoS 0 (protocol.md §1): a request lost with a connection is asked again after the reconnect
       // (resend) or the idle timeout; at QoS 1 the MQTT client would also send the old one again on
       // reconnect, and the server would send those chunks twice.
-      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList }), { qos: 0 })
+      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList, tail }), { qos: 0 })
       .catch((e: unknown) => this.o.log.debug('request not sent (will retry when idle)', { error: String(e) }));
     this.armIdleTimer();
   }

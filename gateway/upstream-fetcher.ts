@@ -95,6 +95,8 @@ export class UpstreamFetcher {
       handshakeMs: up.handshakeMs ? () => up.handshakeMs!() : undefined,
       reconnectCost: up.reconnectCost ? () => up.reconnectCost!() : undefined,
       retainedBytes: up.retainedBytes ? () => up.retainedBytes!() : undefined,
+      keepPartial: up.keepPartial ? (rule) => up.keepPartial!(rule) : undefined,
+      takePartial: up.takePartial ? () => up.takePartial!() : undefined,
       close: () => up.close(),
     };
     // Its frames, of every model, subscribed once the connection is up (the client restores it after a

@@ -8,6 +8,8 @@ export const UPDATE_ID_HEX = 32;
 export const MAX_WANT = 1024;
 /** Largest chunk index the protocol allows (2^24 chunks). */
 export const MAX_CHUNKS = 1 << 24;
+/** Largest byte offset of a chunk's tail (a chunk is at most 16 MiB, protocol/manifest.ts's MAX_CHUNK_BYTES). */
+export const MAX_TAIL_OFFSET = 16 * 1024 * 1024;
 
 /** Server -> device (and publisher -> server on upload): one chunk of a payload. */
 export interface ChunkFrame {
@@ -15,6 +17,11 @@ export interface ChunkFrame {
   updateId: string;
   index: number;
   count: number;
+  /**
+   * A tail (docs/protocol.md §4.1): `data` is the chunk's bytes from this offset on (at least 1),
+   * answering a request's `tail` entry. Absent: `data` is the whole chunk.
+   */
+  offset?: number;
   data: Uint8Array;
 }
 /** Server -> device: the chunk list (SHA-256 of every chunk, concatenated). */
@@ -35,6 +42,8 @@ export type Frame = ChunkFrame | ListFrame | ErrorFrame;
 export function encodeFrame(f: Frame): Uint8Array {
   switch (f.kind) {
     case 'chunk':
+      // `d` last, always: a frame cut short then still names its chunk (protocol/chunk-prefix.ts).
+      if (f.offset !== undefined) return cborEncode({ v: PROTOCOL_VERSION, u: f.updateId, i: f.index, n: f.count, o: f.offset, d: f.data });
       return cborEncode({ v: PROTOCOL_VERSION, u: f.updateId, i: f.index, n: f.count, d: f.data });
     case 'list':
       return cborEncode({ v: PROTOCOL_VERSION, u: f.updateId, n: f.count, l: f.list });
@@ -70,6 +79,10 @@ export function decodeFrame(bytes: Uint8Array): Frame {
     if (!isUint(m.n, MAX_CHUNKS) || m.n === 0) throw new ProtocolError('malformed-frame', 'frame: bad n');
     if (!isUint(m.i, MAX_CHUNKS) || m.i >= m.n) throw new ProtocolError('malformed-frame', 'frame: bad i');
     if (!isBytes(m.d)) throw new ProtocolError('malformed-frame', 'frame: d must be bytes');
+    if ('o' in m) {
+      if (!isUint(m.o, MAX_TAIL_OFFSET) || m.o === 0) throw new ProtocolError('malformed-frame', `frame: o must be 1..${MAX_TAIL_OFFSET}`);
+      return { kind: 'chunk', updateId: m.u, index: m.i, count: m.n, offset: m.o, data: m.d };
+    }
     return { kind: 'chunk', updateId: m.u, index: m.i, count: m.n, data: m.d };
   }
   if ('l' in m) {
@@ -85,12 +98,34 @@ export function decodeFrame(bytes: Uint8Array): Frame {
 export interface ChunkRequest {
   want: number[];
   list: boolean;
+  /**
+   * Chunks of `want` asked for from a byte offset on: `[index, offset]`, the device holding the
+   * chunk's first `offset` bytes (a frame cut by a reconnect). An index at most once, each in `want`:
+   * a server that does not know `tail` sends those chunks whole.
+   */
+  tail?: Array<[number, number]>;
 }
 
 export function encodeRequest(r: ChunkRequest): Uint8Array {
   const m: Record<string, unknown> = { v: PROTOCOL_VERSION, want: r.want };
   if (r.list) m.list = true;
+  if (r.tail?.length) m.tail = r.tail;
   return cborEncode(m);
+}
+
+/** A request's `tail` (§4.2): pairs [index, offset], offset 1..MAX_TAIL_OFFSET, each index in `want` and at most once. */
+function decodeTail(tail: unknown, want: readonly number[]): Array<[number, number]> {
+  if (!Array.isArray(tail) || tail.length === 0 || tail.length > want.length) throw new ProtocolError('malformed-frame', 'request: tail must be a non-empty array of at most len(want) pairs');
+  const wanted = new Set(want);
+  const seen = new Set<number>();
+  for (const p of tail) {
+    if (!Array.isArray(p) || p.length !== 2 || !isUint(p[0], MAX_CHUNKS - 1) || !isUint(p[1], MAX_TAIL_OFFSET) || p[1] === 0) {
+      throw new ProtocolError('malformed-frame', `request: a tail entry must be [index, offset] with offset 1..${MAX_TAIL_OFFSET}`);
+    }
+    if (!wanted.has(p[0]) || seen.has(p[0])) throw new ProtocolError('malformed-frame', 'request: a tail index must be wanted, and named once');
+    seen.add(p[0]);
+  }
+  return tail as Array<[number, number]>;
 }
 
 /** A request (docs/protocol.md §4.2): at most MAX_WANT indices, and it must ask for something. */
@@ -104,6 +139,7 @@ export function decodeRequest(bytes: Uint8Array): ChunkRequest {
   if (m.list !== undefined && typeof m.list !== 'boolean') throw new ProtocolError('malformed-frame', 'request: list must be a boolean');
   const list = m.list === true;
   if (!list && want.length === 0) throw new ProtocolError('malformed-frame', 'request: asks for nothing');
+  if (m.tail !== undefined) return { want: want as number[], list, tail: decodeTail(m.tail, want as number[]) };
   return { want: want as number[], list };
 }
 

@@ -32,6 +32,8 @@ export interface UpdateServerStats {
   requests: number;
   badRequests: number;
   chunksSent: number;
+  /** Of chunksSent, tails (a request's `tail` entry, protocol.md §4.2): the chunk from a byte offset on. */
+  tailsSent: number;
   listsSent: number;
   unknownUpdates: number;
   uploadChunks: number;
@@ -50,6 +52,7 @@ export class UpdateServer {
     requests: 0,
     badRequests: 0,
     chunksSent: 0,
+    tailsSent: 0,
     listsSent: 0,
     unknownUpdates: 0,
     uploadChunks: 0,
@@ -188,16 +191,33 @@ export class UpdateServer {
         this.stats.listsSent++;
       }
     }
+    const tails = new Map(req.tail);
     for (const index of new Set(req.want.slice(0, this.maxChunks))) {
-      const frame = await this.frames.get(`${updateId}:${index}`, async () => {
-        const data = await this.store.readChunk(updateId, index);
-        return data && encodeFrame({ kind: 'chunk', updateId, index, count: meta.chunks, data });
-      });
-      if (!frame) continue;
-      sends.push(this.t.publish(to, frame, { qos: 1 }));
+      const offset = tails.get(index);
+      const frame = offset === undefined ? undefined : await this.tailFrame(updateId, index, meta.chunks, offset);
+      const whole =
+        frame ??
+        (await this.frames.get(`${updateId}:${index}`, async () => {
+          const data = await this.store.readChunk(updateId, index);
+          return data && encodeFrame({ kind: 'chunk', updateId, index, count: meta.chunks, data });
+        }));
+      if (!whole) continue;
+      sends.push(this.t.publish(to, whole, { qos: 1 }));
       this.stats.chunksSent++;
+      if (frame) this.stats.tailsSent++;
     }
     await Promise.all(sends);
+  }
+
+  /**
+   * Chunk `index` from byte `offset` on (protocol.md §4.1), or undefined when the offset is not inside
+   * the chunk (at or past its end): the chunk is then sent whole. Not cached: a tail's offset is where
+   * one device's connection broke.
+   */
+  private async tailFrame(updateId: string, index: number, count: number, offset: number): Promise<Uint8Array | undefined> {
+    const data = await this.store.readChunk(updateId, index);
+    if (!data || offset >= data.byteLength) return undefined;
+    return encodeFrame({ kind: 'chunk', updateId, index, count, offset, data: data.subarray(offset) });
   }
 
   private async onUpload(model: string, updateId: string, payload: Uint8Array): Promise<void> {

@@ -5,6 +5,7 @@ import tls from 'node:tls';
 import { MqttClient, type ISubscriptionMap } from 'mqtt';
 import type { WireStats } from '../protocol/status.ts';
 import { describeBreach, limitIncoming } from './packet-limit.ts';
+import { PartialKeeper, type PartialPublish, type PartialRule } from './partial-publish.ts';
 import type { MessageHandler, PublishOptions, SubscribeOptions, Transport } from './types.ts';
 import { connectCause, type ConnectCause } from './connect-errors.ts';
 import { mqttPacketBytes, type SentPacket } from './packet-size.ts';
@@ -52,11 +53,15 @@ export class MqttTransport implements Transport {
   oversizedPackets = 0;
   oversized: string | undefined;
   /** Where received bytes went besides new messages (simulations break a transfer's overhead down with it). */
-  readonly loss = { partialBytesDropped: 0, retainedBytesIn: 0 };
+  readonly loss = { partialBytesDropped: 0, partialBytesKept: 0, retainedBytesIn: 0 };
   /** MQTT packets written, by type (`publish <labelTopic>` for publishes): count and bytes (simulations break the uplink down with it). */
   readonly sent: Record<string, { packets: number; bytes: number }> = {};
   /** The current connection's packet scanner (how much of a packet is under way). */
   private scanner: { partialBytes: number } | undefined;
+  /** What of a PUBLISH under way is kept at a close (`keepPartial`), the current connection's keeper, and the last one cut short. */
+  private partialRule: PartialRule | undefined;
+  private keeper: PartialKeeper | undefined;
+  private cutShort: PartialPublish | undefined;
   /** The quickest TCP handshake to the broker so far, ms (connections and probes). */
   private quickestHandshakeMs = Infinity;
   /** Retained bytes the current connection brought (each connect brings them again). */
@@ -90,6 +95,7 @@ export class MqttTransport implements Transport {
     const raw = this.takeSpare() ?? this.timedConnection(host, port);
     this.socket = raw;
     const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
+    const keeper = new PartialKeeper(() => this.partialRule);
     const scanner = limitIncoming(
       stream,
       () => maxIncoming,
@@ -98,13 +104,20 @@ export class MqttTransport implements Transport {
         this.oversized = describeBreach(b);
         stream.destroy();
       },
+      keeper,
     );
     this.scanner = scanner;
+    this.keeper = keeper;
     raw.on('close', () => {
       this.bytesInDone += raw.bytesRead;
       this.bytesOutDone += raw.bytesWritten;
-      // The part of a packet read when the connection closed is thrown away (TLS: of the decrypted stream).
-      this.loss.partialBytesDropped += scanner.partialBytes;
+      // The part of a packet read when the connection closed is thrown away (TLS: of the decrypted stream),
+      // but for what `keepPartial` keeps of a PUBLISH, for the owner to resume from.
+      const cut = keeper.closed();
+      if (cut) this.cutShort = cut;
+      this.loss.partialBytesKept += cut?.bytes.byteLength ?? 0;
+      this.loss.partialBytesDropped += scanner.partialBytes - (cut?.bytes.byteLength ?? 0);
+      if (this.keeper === keeper) this.keeper = undefined;
       if (this.socket === raw) this.socket = undefined;
     });
     return stream;
@@ -261,7 +274,22 @@ export class MqttTransport implements Transport {
   }
 
   reconnectCost(): number {
-    return (this.scanner?.partialBytes ?? 0) + this.retainedThisConnection;
+    return (this.scanner?.partialBytes ?? 0) - (this.keeper?.resumable() ?? 0) + this.retainedThisConnection;
+  }
+
+  resumableBytes(): number {
+    return this.keeper?.resumable() ?? 0;
+  }
+
+  keepPartial(rule: PartialRule | undefined): void {
+    this.partialRule = rule;
+    if (!rule) this.cutShort = undefined;
+  }
+
+  takePartial(): PartialPublish | undefined {
+    const p = this.cutShort;
+    this.cutShort = undefined;
+    return p;
   }
 
   retainedBytes(): number {

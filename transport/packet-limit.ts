@@ -24,6 +24,16 @@ export interface PacketLimitBreach {
   limit: number;
 }
 
+/** Sees each packet's body as it passes (transport/partial-publish.ts keeps a PUBLISH under way). */
+export interface PacketBodySink {
+  /** A fixed header was read: the packet's type, its flags (the lower nibble) and its remaining length. */
+  start(type: number, flags: number, length: number): void;
+  /** The next bytes of the body (a view into the stream's chunk: copy what is kept). */
+  body(bytes: Uint8Array): void;
+  /** The whole body has passed. */
+  end(): void;
+}
+
 /**
  * Follows the packet boundaries of one MQTT byte stream. `feed` returns the first
  * breach (and stops following: the stream is to be closed), or undefined.
@@ -34,6 +44,7 @@ export class PacketScanner {
   /** 0: expecting a type byte; 1..4: reading length byte n. */
   private lenBytes = 0;
   private type = 0;
+  private flags = 0;
   private length = 0;
   private multiplier = 1;
   private broken = false;
@@ -42,7 +53,10 @@ export class PacketScanner {
   partialBytes = 0;
 
   /** `limit()` is read at each header: the limit may change as the connection moves on (login). */
-  constructor(private readonly limit: () => number) {}
+  constructor(
+    private readonly limit: () => number,
+    private readonly sink?: PacketBodySink,
+  ) {}
 
   feed(chunk: Uint8Array): PacketLimitBreach | undefined {
     if (this.broken) return undefined;
@@ -50,15 +64,18 @@ export class PacketScanner {
     while (i < chunk.length) {
       if (this.skip > 0) {
         const n = Math.min(this.skip, chunk.length - i);
+        this.sink?.body(chunk.subarray(i, i + n));
         this.skip -= n;
         i += n;
         this.partialBytes = this.skip > 0 ? this.partialBytes + n : 0;
+        if (this.skip === 0) this.sink?.end();
         continue;
       }
       const b = chunk[i++]!;
       this.partialBytes++;
       if (this.lenBytes === 0) {
         this.type = b >> 4;
+        this.flags = b & 0x0f;
         this.length = 0;
         this.multiplier = 1;
         this.lenBytes = 1;
@@ -75,7 +92,11 @@ export class PacketScanner {
       const limit = this.limit();
       if (this.length > limit) return this.breach('packet-too-large', this.length, limit);
       this.skip = this.length;
-      if (this.skip === 0) this.partialBytes = 0;
+      this.sink?.start(this.type, this.flags, this.length);
+      if (this.skip === 0) {
+        this.partialBytes = 0;
+        this.sink?.end();
+      }
       this.packets++;
     }
     return undefined;
@@ -94,8 +115,8 @@ export class PacketScanner {
  * receives at most the chunk that carried the header, never the declared body.
  * Attach it after the reader (so a reader using 'readable' keeps the stream paused).
  */
-export function limitIncoming(stream: Readable, limit: () => number, onBreach: (b: PacketLimitBreach) => void): PacketScanner {
-  const scanner = new PacketScanner(limit);
+export function limitIncoming(stream: Readable, limit: () => number, onBreach: (b: PacketLimitBreach) => void, sink?: PacketBodySink): PacketScanner {
+  const scanner = new PacketScanner(limit, sink);
   stream.on('data', (chunk: Buffer) => {
     const b = scanner.feed(chunk);
     if (b) onBreach(b);

@@ -1,4 +1,7 @@
 import type { WireStats } from '../protocol/status.ts';
+import type { PartialPublish, PartialRule } from './partial-publish.ts';
+
+export type { PartialPublish, PartialRule } from './partial-publish.ts';
 
 /**
  * The message transport every role talks through. The MQTT implementation is
@@ -44,10 +47,22 @@ export interface Transport {
    */
   nudge?(): void;
   /**
-   * Bytes a reconnect now would cost on the downlink: the part of a packet under way (thrown away)
-   * and the retained messages the new connection brings again (as many as this one brought).
+   * Bytes a reconnect now would cost on the downlink: the part of a packet under way (thrown away;
+   * not what `keepPartial` keeps of it) and the retained messages the new connection brings again
+   * (as many as this one brought).
    */
   reconnectCost?(): number;
+  /**
+   * Keep the payload received so far of a PUBLISH a connection's close cuts short, when its topic
+   * matches the rule (a device's own frames topic), at most `maxBytes` of it, for `takePartial`
+   * (docs/protocol.md §4.2: the device asks for the rest of the chunk only). Replaces an earlier rule;
+   * undefined stops keeping.
+   */
+  keepPartial?(rule: PartialRule | undefined): void;
+  /** The PUBLISH the last close cut short, as `keepPartial` kept it, handed over once (or undefined). */
+  takePartial?(): PartialPublish | undefined;
+  /** Of the packet under way, the bytes a close now would keep (`keepPartial`): not in `reconnectCost`. */
+  resumableBytes?(): number;
   /** Bytes of the retained messages this connection has brought so far (what a new connection brings again). */
   retainedBytes?(): number;
   /**

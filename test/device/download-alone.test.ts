@@ -31,7 +31,7 @@ afterEach(async () => {
 });
 
 /** `retained`: the retained messages' bytes this connection brought; `partial`: a frame's part under way. */
-async function rig(o: { aloneOnLink?: boolean; unmeasuredSilenceFactor?: number; retained?: number; partial?: number }) {
+async function rig(o: { aloneOnLink?: boolean; unmeasuredSilenceFactor?: number; retained?: number; partial?: number; keepsCutFrames?: boolean; resumable?: number }) {
   dir = await fs.mkdtemp(path.join(os.tmpdir(), 'download-alone-'));
   const storage = new DeviceStorage(dir);
   await storage.init();
@@ -46,6 +46,8 @@ async function rig(o: { aloneOnLink?: boolean; unmeasuredSilenceFactor?: number;
     probe: () => Promise.resolve(true),
     reconnect: () => reconnects.push(clock.now() - t0),
     ...costs,
+    // A transport that keeps what a close cuts of a frame (the part the Download resumes is not in `reconnectCost`).
+    ...(o.keepsCutFrames ? { keepPartial: () => undefined, takePartial: () => undefined, resumableBytes: () => o.resumable ?? 0 } : {}),
   } as unknown as Transport;
   const d = new Download({
     step,
@@ -101,6 +103,31 @@ describe('download alone on its link: the silence watch may reconnect', () => {
     await over.clock.advance(30_000);
     expect(over.reconnects).toEqual([]);
     await over.d.close();
+  });
+
+  it('alone, with a transport that keeps cut frames: the budget is the head of a frame and 1 KiB, not a whole packet', async () => {
+    // A cut frame's data past 1 KiB is kept and resumed, so it is not in the cost: less than 1 KiB of data lost fits.
+    const small = await rig({ aloneOnLink: true, keepsCutFrames: true, retained: 2600, partial: 900 });
+    await small.clock.advance(30_000);
+    expect(small.reconnects.length).toBe(1);
+    await small.d.close();
+    // 9 KB that a reconnect would throw away (not a frame it can resume): too dear now (before: one reconnect).
+    const dear = await rig({ aloneOnLink: true, keepsCutFrames: true, retained: 2600, partial: 9000 });
+    await dear.clock.advance(30_000);
+    expect(dear.reconnects).toEqual([]);
+    await dear.d.close();
+  });
+
+  it('a frame under way the transport would keep: not a cost for the fetcher alone (it resumes it), a cost for a device (its budget stays as before)', async () => {
+    // 9 KB of a frame under way that a close would keep; 200 B of its head lost; 1 KB retained.
+    const device = await rig({ keepsCutFrames: true, retained: 1000, partial: 200, resumable: 9000 });
+    await device.clock.advance(30_000);
+    expect(device.reconnects).toEqual([]);
+    await device.d.close();
+    const alone = await rig({ aloneOnLink: true, keepsCutFrames: true, retained: 1000, partial: 200, resumable: 9000 });
+    await alone.clock.advance(30_000);
+    expect(alone.reconnects.length).toBe(1);
+    await alone.d.close();
   });
 
   it('before the first chunk: 4 × the least silence by default, 1 × with unmeasuredSilenceFactor 1', async () => {

@@ -1,5 +1,19 @@
 import { describe, it, expect } from 'vitest';
-import { MAX_CHUNKS, MAX_WANT, PROTOCOL_VERSION, decodeFrame, decodeReceipt, decodeRequest, encodeFrame, encodeReceipt, encodeRequest, type ChunkRequest, type Frame, type UploadReceipt } from '../../protocol/frames.ts';
+import {
+  MAX_CHUNKS,
+  MAX_TAIL_OFFSET,
+  MAX_WANT,
+  PROTOCOL_VERSION,
+  decodeFrame,
+  decodeReceipt,
+  decodeRequest,
+  encodeFrame,
+  encodeReceipt,
+  encodeRequest,
+  type ChunkRequest,
+  type Frame,
+  type UploadReceipt,
+} from '../../protocol/frames.ts';
 import { cborEncode } from '../../protocol/cbor.ts';
 import { ProtocolError } from '../../protocol/errors.ts';
 import { mulberry32 as prng } from '../../util/random.ts';
@@ -45,6 +59,12 @@ const frameVectors: Vector<Frame>[] = [
     hex: `a5 6176 01 6175 ${ID_CBOR} 6169 1818 616e 19012c 6164 40`,
   },
   {
+    name: 'tail frame (chunk 2 of 3 from byte 1024)',
+    value: { kind: 'chunk', updateId: ID, index: 2, count: 3, offset: 1024, data: new Uint8Array([1, 2, 3]) },
+    // map(6) "v" 1 "u" id "i" 2 "n" 3 "o" 1024 "d" bytes(3) 01 02 03: `o` before `d`, `d` last
+    hex: `a6 6176 01 6175 ${ID_CBOR} 6169 02 616e 03 616f 190400 6164 43 010203`,
+  },
+  {
     name: 'list frame',
     value: { kind: 'list', updateId: ID, count: 1, list: Uint8Array.from({ length: 32 }, (_, k) => k) },
     // map(4) "v" 1 "u" id "n" 1 "l" bytes(32) 00..1f
@@ -74,6 +94,12 @@ const requestVectors: Vector<ChunkRequest>[] = [
     name: 'request for chunks only (no list key)',
     value: { want: [7], list: false },
     hex: 'a2 6176 01 6477616e74 81 07',
+  },
+  {
+    name: 'request with a tail (chunk 5 from byte 4096, chunk 7 whole)',
+    value: { want: [5, 7], list: false, tail: [[5, 4096]] },
+    // map(3) "v" 1 "want" [5, 7] "tail" [[5, 4096]]
+    hex: 'a3 6176 01 6477616e74 82 05 07 647461696c 81 82 05 191000',
   },
   {
     name: 'request for the list only',
@@ -158,6 +184,7 @@ describe('random round trips', () => {
       if (pick === 0) {
         const count = 1 + (randomIndex(r) % MAX_CHUNKS);
         f = { kind: 'chunk', updateId, count, index: Math.floor(r() * count), data: randomBytes(r, Math.floor(r() * 200)) };
+        if (r() < 0.3) f.offset = 1 + Math.floor(r() * MAX_TAIL_OFFSET);
       } else if (pick === 1) {
         const count = 1 + Math.floor(r() * 8);
         f = { kind: 'list', updateId, count, list: randomBytes(r, count * 32) };
@@ -175,6 +202,7 @@ describe('random round trips', () => {
       const n = Math.floor(r() * (r() < 0.1 ? MAX_WANT + 1 : 20));
       const want = Array.from({ length: list || n > 0 ? n : 1 }, () => randomIndex(r));
       const q: ChunkRequest = { want, list };
+      if (want.length > 0 && r() < 0.3) q.tail = [...new Set(want)].slice(0, 3).map((i) => [i, 1 + Math.floor(r() * MAX_TAIL_OFFSET)]);
       expect(decodeRequest(encodeRequest(q))).toEqual(q);
     }
   });
@@ -266,6 +294,39 @@ describe('refusals (malformed-frame)', () => {
     expectMalformed(() => decodeRequest(cborEncode({ v: 1, want: [1], list: 1 })));
     expect(decodeRequest(cborEncode({ v: 1, list: true }))).toEqual({ want: [], list: true });
   });
+  it('tail frames: o from 1 to MAX_TAIL_OFFSET', () => {
+    expect(decodeFrame(cborEncode(chunkMap({ o: 1 })))).toMatchObject({ offset: 1 });
+    expect(decodeFrame(cborEncode(chunkMap({ o: MAX_TAIL_OFFSET })))).toMatchObject({ offset: MAX_TAIL_OFFSET });
+    for (const o of [0, -1, 1.5, MAX_TAIL_OFFSET + 1, '1', new Uint8Array([1]), null, true]) expectMalformed(() => decodeFrame(cborEncode(chunkMap({ o }))));
+  });
+  it('requests: tail entries [index, offset], each index wanted and named once', () => {
+    expect(decodeRequest(cborEncode({ v: 1, want: [1, 2], tail: [[2, 9]] }))).toEqual({ want: [1, 2], list: false, tail: [[2, 9]] });
+    const bad: unknown[] = [
+      [],
+      [[3, 9]],
+      [[1, 0]],
+      [[1, -1]],
+      [[1, 9, 9]],
+      [[1]],
+      [1, 9],
+      [
+        [1, 9],
+        [1, 10],
+      ],
+      [[1, MAX_TAIL_OFFSET + 1]],
+      [[1, 1.5]],
+      [['1', 9]],
+      'x',
+      [
+        [1, 9],
+        [2, 9],
+        [2, 9],
+      ],
+    ];
+    for (const tail of bad) expectMalformed(() => decodeRequest(cborEncode({ v: 1, want: [1, 2], tail })));
+    // Only a list asked for: no chunk for a tail to name.
+    expectMalformed(() => decodeRequest(cborEncode({ v: 1, list: true, tail: [[0, 1]] })));
+  });
   it('trailing bytes, empty input, non-map top level', () => {
     const withTrailing = (b: Uint8Array) => Uint8Array.from([...b, 0x00]);
     expectMalformed(() => decodeFrame(withTrailing(unhex(frameVectors[0].hex))));
@@ -303,7 +364,7 @@ function checkTotal(bytes: Uint8Array): void {
 
 /** A random CBOR-able value; keys drawn from the protocol's own so the decoders get past the first checks. */
 function randomValue(r: () => number, depth: number): unknown {
-  const keys = ['v', 'u', 'i', 'n', 'd', 'l', 'e', 'want', 'list', 'ok', 'have', 'missing', 'err', 'toString', 'valueOf', '__proto__'];
+  const keys = ['v', 'u', 'i', 'n', 'o', 'd', 'l', 'e', 'want', 'list', 'tail', 'ok', 'have', 'missing', 'err', 'toString', 'valueOf', '__proto__'];
   const c = Math.floor(r() * (depth > 2 ? 7 : 9));
   switch (c) {
     case 0:

@@ -9,7 +9,7 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decodeFrame, decodeReceipt, decodeRequest, encodeFrame, encodeReceipt, encodeRequest, MAX_CHUNKS, type ChunkRequest, type Frame, type UploadReceipt } from '../../protocol/frames.ts';
+import { decodeFrame, decodeReceipt, decodeRequest, encodeFrame, encodeReceipt, encodeRequest, MAX_CHUNKS, MAX_TAIL_OFFSET, type ChunkRequest, type Frame, type UploadReceipt } from '../../protocol/frames.ts';
 import { decodePayload, encodePayload } from '../../protocol/lowrank.ts';
 import { isWellFormedName, parseSafetensorsHeader, readSafetensors, writeSafetensors, type TensorInput } from '../../protocol/safetensors.ts';
 import { safetensorsDigest } from '../../protocol/digest.ts';
@@ -25,11 +25,26 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
     .record({ updateId, count: fc.integer({ min: 1, max: MAX_CHUNKS }), data: fc.uint8Array({ maxLength: 64 }), r: fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }) })
     .map(({ updateId: u, count, data, r }): Frame => ({ kind: 'chunk', updateId: u, index: Math.floor(r * count), count, data })),
   fc
+    .record({
+      updateId,
+      count: fc.integer({ min: 1, max: MAX_CHUNKS }),
+      offset: fc.integer({ min: 1, max: MAX_TAIL_OFFSET }),
+      data: fc.uint8Array({ maxLength: 64 }),
+      r: fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+    })
+    .map(({ updateId: u, count, offset, data, r }): Frame => ({ kind: 'chunk', updateId: u, index: Math.floor(r * count), count, offset, data })),
+  fc
     .integer({ min: 1, max: 4 })
     .chain((n) => fc.record({ updateId, list: fc.uint8Array({ minLength: 32 * n, maxLength: 32 * n }) }).map(({ updateId: u, list }): Frame => ({ kind: 'list', updateId: u, count: n, list }))),
   fc.record({ updateId, error: fc.constantFrom('unknown-update' as const, 'bad-request' as const) }).map((e): Frame => ({ kind: 'error', ...e })),
 );
-const requestArb: fc.Arbitrary<ChunkRequest> = fc.record({ want: fc.array(fc.integer({ min: 0, max: MAX_CHUNKS - 1 }), { maxLength: 40 }), list: fc.boolean() }).filter((r) => r.list || r.want.length > 0);
+const requestArb: fc.Arbitrary<ChunkRequest> = fc
+  .record({ want: fc.array(fc.integer({ min: 0, max: MAX_CHUNKS - 1 }), { maxLength: 40 }), list: fc.boolean(), offsets: fc.array(fc.integer({ min: 1, max: MAX_TAIL_OFFSET }), { maxLength: 3 }) })
+  .filter((r) => r.list || r.want.length > 0)
+  .map(({ want, list, offsets }): ChunkRequest => {
+    const tail = [...new Set(want)].slice(0, offsets.length).map((i, k): [number, number] => [i, offsets[k]]);
+    return tail.length ? { want, list, tail } : { want, list };
+  });
 const receiptArb: fc.Arbitrary<UploadReceipt> = fc
   .record({
     updateId,

@@ -184,11 +184,11 @@ export function spawnDevice(f: Fixture, id: string, extra: string[] = [], url = 
   return child;
 }
 
-/** A device agent in this process (for tests that inspect its internals). */
-export async function startAgent(f: Fixture, id: string, log: Logger = silentLogger, config: Partial<AgentConfig> = {}): Promise<{ agent: DeviceAgent; storage: DeviceStorage; transport: MqttTransport }> {
+/** A device agent in this process (for tests that inspect its internals), connected to `url` (default the fixture's broker; a proxy in front of it). */
+export async function startAgent(f: Fixture, id: string, log: Logger = silentLogger, config: Partial<AgentConfig> = {}, url = f.url): Promise<{ agent: DeviceAgent; storage: DeviceStorage; transport: MqttTransport }> {
   const storage = new DeviceStorage(path.join(f.dir, id));
   await DeviceAgent.provision(storage, f.baseFile, digestModelFile);
-  const transport = MqttTransport.start({ url: f.url, clientId: `fleet-device-${id}` });
+  const transport = MqttTransport.start({ url, clientId: `fleet-device-${id}` });
   f.transports.push(transport);
   const agent = await DeviceAgent.open(
     { deviceId: id, model: MODEL, group: GROUP, trust: parseTrustFile(await fs.readFile(f.trustFile, 'utf8')), idleMs: 1000, ...config },
