@@ -11,6 +11,7 @@ import { connectCause, type ConnectCause } from './connect-errors.ts';
 import { mqttPacketBytes, type SentPacket } from './packet-size.ts';
 import { keepAliveOnPublishes } from './keepalive.ts';
 import { brokerServers, clientOptions, DEFAULT_MAX_INCOMING_PACKET, fromEnvFile, resendMap, type MqttTransportOptions } from './mqtt-options.ts';
+import { urlWithoutLogin } from '../util/url-login.ts';
 
 export { DEFAULT_MAX_INCOMING_PACKET, type MqttTransportOptions } from './mqtt-options.ts';
 
@@ -186,7 +187,7 @@ export class MqttTransport implements Transport {
   static async connect(opts: MqttTransportOptions, firstConnectTimeoutMs?: number): Promise<MqttTransport> {
     const t = new MqttTransport(opts);
     if (t.connected) return t;
-    const where = opts.url.replace(/\/\/[^@/]*@/, '//');
+    const where = urlWithoutLogin(opts.url);
     let settled = false;
     await new Promise<void>((resolve, reject) => {
       const fail = (why: string): void => {
