@@ -228,21 +228,10 @@ export class Download {
       // A device counts the part of a frame a reconnect would keep as lost all the same: ten devices
       // sharing a link reconnected twice as often mid-frame when it was not, and took 1.3-1.5 x as long
       // (docs/links.md, seventh pass); a fetcher alone on its link resumes it (see reconnectBudget).
-      // Not once every chunk missing is asked for (`allAsked`): ten devices at 20 % loss spent 10-19 s
-      // on their last 1-4 chunks, the link near idle, their one connection backed off and the watch
-      // held back by a frame part it would keep (docs/links.md, eighth pass).
-      costBytes: t.reconnectCost ? () => t.reconnectCost!() + (this.o.aloneOnLink || this.allAsked() ? 0 : (t.resumableBytes?.() ?? 0)) : undefined,
+      costBytes: t.reconnectCost ? () => t.reconnectCost!() + (this.o.aloneOnLink ? 0 : (t.resumableBytes?.() ?? 0)) : undefined,
       budgetBytes: this.reconnectBudget(maxReconnects),
       unmeasuredFactor: this.o.unmeasuredSilenceFactor,
     });
-  }
-
-  /**
-   * Every chunk still missing is asked for (or on its way to disk): the device waits on this one
-   * connection for the rest of its payload, and what a close keeps of a frame is resumed.
-   */
-  private allAsked(): boolean {
-    return this.o.files.list !== undefined && this.o.files.bitmap.missing(1, this.inFlight).length === 0;
   }
 
   /** The bytes the silence watch may spend on reconnects (see `aloneOnLink`). */
