@@ -22,7 +22,6 @@ import { exactRetainedLookups, framesFilterDevice, skipFrameLookups } from './re
 import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.ts';
 import { stampPresence } from './presence-stamp.ts';
 import { InternalError } from '../platform/errors.ts';
-import { queueBeforeWaiting } from './client-queue.ts';
 
 const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
@@ -181,7 +180,6 @@ const aedes: Step<BrokerParts> = {
 /** Hand a connection to Aedes: packets over the limit for the connection's phase and role are cut before Aedes buffers them. */
 function handle(p: BrokerParts, stream: net.Socket, req?: http.IncomingMessage): void {
   const client = part(p.aedes, 'aedes').handle(stream, req);
-  queueBeforeWaiting(client, stream);
   const roleOf = (c: Client): Role | undefined => p.auth?.roleOf(c);
   limitPackets(stream, client, roleOf, p.auth !== undefined, p.log.child('limits'));
 }
