@@ -5,7 +5,7 @@ import { decodeFrame } from '../protocol/frames.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { ContentStore } from '../server/content-store.ts';
-import type { PublishOptions, Transport } from '../transport/types.ts';
+import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Clock } from '../platform/clock.ts';
 import { Download } from '../device/download.ts';
@@ -76,29 +76,20 @@ export class UpstreamFetcher {
   constructor(private readonly o: UpstreamFetcherOptions) {
     this.storage = new DeviceStorage(o.dir);
     const up = o.upstream;
-    this.gated = {
-      publish: (topic: string, payload: Uint8Array | string, opts?: PublishOptions) => (this.allowed ? up.publish(topic, payload, opts) : Promise.resolve()),
-      subscribe: (f, q, so) => up.subscribe(f, q, so),
-      unsubscribe: (f) => up.unsubscribe(f),
-      onMessage: (h) => up.onMessage(h),
-      onConnect: (h) => up.onConnect(h),
-      onDisconnect: (h) => up.onDisconnect(h),
-      get connected() {
-        return up.connected;
+    // Everything the upstream transport offers (the silence watch's probe, nudge, reconnect, the kept
+    // part of a cut frame …), bound to it, so a Transport method added later reaches the fetch too;
+    // only two differ: requests are swallowed while paused, and so is the silence watch's probe (a
+    // Download kept through a lost link would spend its reconnects on a connection that is not there).
+    const publish: Transport['publish'] = (topic, payload, opts) => (this.allowed ? up.publish(topic, payload, opts) : Promise.resolve());
+    const probe = up.probe ? (ms: number) => (this.allowed ? up.probe!(ms) : Promise.resolve(false)) : undefined;
+    this.gated = new Proxy(up, {
+      get: (target, key) => {
+        if (key === 'publish') return publish;
+        if (key === 'probe') return probe;
+        const v: unknown = Reflect.get(target, key, target);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
       },
-      // The silence watch of the upstream Download (device/silence-watch.ts) reconnects the upstream connection;
-      // not while paused (a Download kept through a lost link would spend its reconnects on a connection that is not there).
-      probe: up.probe ? (ms: number) => (this.allowed ? up.probe!(ms) : Promise.resolve(false)) : undefined,
-      reconnect: up.reconnect ? (why: string) => up.reconnect!(why) : undefined,
-      nudge: up.nudge ? () => up.nudge!() : undefined,
-      pongs: up.pongs ? () => up.pongs!() : undefined,
-      handshakeMs: up.handshakeMs ? () => up.handshakeMs!() : undefined,
-      reconnectCost: up.reconnectCost ? () => up.reconnectCost!() : undefined,
-      retainedBytes: up.retainedBytes ? () => up.retainedBytes!() : undefined,
-      keepPartial: up.keepPartial ? (rule) => up.keepPartial!(rule) : undefined,
-      takePartial: up.takePartial ? () => up.takePartial!() : undefined,
-      close: () => up.close(),
-    };
+    });
     // Its frames, of every model, subscribed once the connection is up (the client restores it after a
     // reconnect): a release's fetch then asks at once, without first waiting a round trip for a SUBACK
     // (0.3–0.7 s on a 300 ms link). At QoS 0, as a device takes them (protocol.md §1): at QoS 1 every
