@@ -1,15 +1,15 @@
 import { isSystemError } from '../platform/errors.ts';
 import { chunkMatches, chunkRange, sha256Hex } from '../protocol/chunks.ts';
-import { encodeFrame, encodeRequest, type ChunkFrame, type Frame } from '../protocol/frames.ts';
+import { encodeRequest, type ChunkFrame, type Frame } from '../protocol/frames.ts';
 import type { ReleaseStep } from '../protocol/release.ts';
 import type { Topics } from '../protocol/topics.ts';
 import type { Transport } from '../transport/types.ts';
 import type { Logger } from '../util/log.ts';
 import type { Clock } from '../platform/clock.ts';
-import { DEVICE_DEFAULTS } from './defaults.ts';
 import { LinkEstimator } from './link-estimator.ts';
-import { SilenceWatch } from './silence-watch.ts';
+import type { SilenceWatch } from './silence-watch.ts';
 import { ChunkResume, RESUME_MIN_BYTES } from './chunk-resume.ts';
+import { chunkPacketBytes, downloadSilenceWatch } from './download-watch.ts';
 import { DeviceError, storageError } from './reasons.ts';
 import type { DownloadFiles } from './storage.ts';
 
@@ -65,15 +65,8 @@ export interface DownloadOptions {
  */
 const STILL_COMING_BYTES = 256;
 
-/**
- * The most bytes one chunk's MQTT packet takes on the wire: the largest chunk's frame (encoded, not
- * estimated), its topic and the fixed header (type, up to 4 length bytes, the topic's length; QoS 0,
- * no packet id). A reconnect in the middle of a frame throws away at most this much.
- */
-export function chunkPacketBytes(step: ReleaseStep, topic: string): number {
-  const frame = encodeFrame({ kind: 'chunk', updateId: step.updateId, index: step.chunks - 1, count: step.chunks, data: new Uint8Array(step.chunkSize) });
-  return 1 + 4 + 2 + new TextEncoder().encode(topic).byteLength + frame.byteLength;
-}
+/** Re-exported: tests and callers take it from here, with the Download. */
+export { chunkPacketBytes };
 
 export class Download {
   badChunks = 0;
@@ -197,53 +190,12 @@ export class Download {
     return 'kept' in fate ? fate.kept : undefined;
   }
 
-  /** Probes and reconnects need a transport that can, and the socket's byte counter. */
+  /** Probes and reconnects need a transport that can, and the socket's byte counter (device/download-watch.ts). */
   private startWatch(): void {
-    const { transport: t, wireBytesIn } = this.o;
-    if (!t.probe || !t.reconnect || !wireBytesIn) return;
-    const maxReconnects = Math.max(1, Math.floor(this.o.step.chunks / DEVICE_DEFAULTS.chunksPerSilentReconnect));
-    this.watch = new SilenceWatch({
-      clock: this.o.clock,
-      log: this.o.log,
-      bytesIn: wireBytesIn,
+    this.watch = downloadSilenceWatch(this.o, {
+      link: this.link,
       waiting: () => this.outstanding.size > 0 || (this.listRequested && !this.o.files.list),
-      // The smaller of the chunks' least round trip and the quickest TCP handshake: ten devices asking at
-      // once measured their first chunks 10-14 s after the request (queued behind each other's frames),
-      // and 4 × that kept a device silent 24-50 s from probing at all.
-      rttMs: () => {
-        const rtts = [this.link.minRttMs, t.handshakeMs?.() ?? 0].filter((x) => x > 0);
-        return rtts.length ? Math.min(...rtts) : 0;
-      },
-      chunkMs: () => {
-        const bps = this.link.bytesPerSecond(this.o.clock.now());
-        return bps > 0 ? (1000 * this.o.step.chunkSize) / bps : 0;
-      },
-      probe: (ms) => t.probe!(ms),
-      reconnect: (why) => t.reconnect!(why),
-      nudge: t.nudge ? () => t.nudge!() : undefined,
-      nudgeMs: DEVICE_DEFAULTS.nudgeMs,
-      answers: t.pongs ? () => t.pongs!() : undefined,
-      minSilenceMs: this.o.probeSilenceMs ?? DEVICE_DEFAULTS.probeSilenceMs,
-      maxReconnects,
-      // A device counts the part of a frame a reconnect would keep as lost all the same: ten devices
-      // sharing a link reconnected twice as often mid-frame when it was not, and took 1.3-1.5 x as long
-      // (docs/links.md, seventh pass); a fetcher alone on its link resumes it (see reconnectBudget).
-      costBytes: t.reconnectCost ? () => t.reconnectCost!() + (this.o.aloneOnLink ? 0 : (t.resumableBytes?.() ?? 0)) : undefined,
-      budgetBytes: this.reconnectBudget(maxReconnects),
-      unmeasuredFactor: this.o.unmeasuredSilenceFactor,
     });
-  }
-
-  /** The bytes the silence watch may spend on reconnects (see `aloneOnLink`). */
-  private reconnectBudget(maxReconnects: number): number | (() => number) {
-    const { step, topics, model, deviceId, transport: t } = this.o;
-    const share = Math.round(step.size * DEVICE_DEFAULTS.silentReconnectBudget);
-    if (!this.o.aloneOnLink) return share;
-    const packet = chunkPacketBytes(step, topics.frames(model, step.updateId, deviceId));
-    // With a transport that keeps a cut frame, a reconnect throws away at most the frame's head and
-    // less than RESUME_MIN_BYTES of its data (more is kept and resumed: `reconnectCost` does not count it).
-    const lost = t.takePartial ? Math.min(packet, packet - step.chunkSize + RESUME_MIN_BYTES) : packet;
-    return () => Math.max(share, maxReconnects * (lost + (t.retainedBytes?.() ?? 0)));
   }
 
   /** Reconnects the silence watch made. */
