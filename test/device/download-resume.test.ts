@@ -5,18 +5,13 @@
  * chunk list (a mismatch drops both and asks for the chunk whole); anything else is dropped. Real
  * storage in a temp dir, a transport that records requests and hands over the partial the test sets.
  */
-import { promises as fs } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { RESUME_MIN_BYTES } from '../../device/chunk-resume.ts';
-import { Download } from '../../device/download.ts';
-import { DeviceStorage } from '../../device/storage.ts';
 import { decodeRequest, encodeFrame, type ChunkRequest } from '../../protocol/frames.ts';
 import { Topics } from '../../protocol/topics.ts';
 import type { PartialPublish, PartialRule, Transport } from '../../transport/types.ts';
-import { silentLogger } from '../../util/log.ts';
-import { ManualClock } from '../support/clock.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
+import { downloadRig } from '../support/download-rig.ts';
 import { payloadStep } from '../support/payload-step.ts';
 import { until } from '../support/wait.ts';
 
@@ -33,23 +28,15 @@ const cutFrame = (i: number, n: number, s = step, data = chunk(i)): Uint8Array =
   return f.subarray(0, f.length - data.length + n);
 };
 
-let dir: string | undefined;
-afterEach(async () => {
-  if (dir) await fs.rm(dir, { recursive: true, force: true });
-  dir = undefined;
-});
+const own = ownAfterEach();
 
 async function rig() {
-  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'download-resume-'));
-  const storage = new DeviceStorage(dir);
-  await storage.init();
-  const files = await storage.openDownload(step);
   const requests: ChunkRequest[] = [];
   let partial: PartialPublish | undefined;
   let rule: PartialRule | undefined;
-  const transport = {
-    publish: (_t: string, p: Uint8Array) => {
-      requests.push(decodeRequest(p));
+  const transport: Partial<Transport> = {
+    publish: (_t: string, p: Uint8Array | string) => {
+      requests.push(decodeRequest(p as Uint8Array));
       return Promise.resolve();
     },
     keepPartial: (r: PartialRule | undefined) => (rule = r),
@@ -58,26 +45,8 @@ async function rig() {
       partial = undefined;
       return p;
     },
-  } as unknown as Transport;
-  const d = new Download({
-    step,
-    files,
-    transport,
-    topics,
-    model: 'm',
-    deviceId: 'dev',
-    clock: new ManualClock(),
-    log: silentLogger,
-    maxWindow: 4,
-    idleMs: 60_000,
-    stallMs: 600_000,
-    maxBadCopies: 3,
-    onProgress: () => undefined,
-    onComplete: () => undefined,
-    onFail: (e) => {
-      throw e;
-    },
-  });
+  };
+  const { d, files } = await downloadRig(own, 'download-resume', step, { transport, topics, deviceId: 'dev', maxWindow: 4, idleMs: 60_000 });
   await d.start();
   d.onFrame({ kind: 'list', updateId: step.updateId, count: CHUNKS, list });
   d.onFrame({ kind: 'chunk', updateId: step.updateId, index: 0, count: CHUNKS, data: chunk(0) });
@@ -174,7 +143,6 @@ describe('a Download resumes a chunk whose frame a reconnect cut', () => {
         what,
       ).toEqual([]);
       await r.d.close();
-      await fs.rm(dir!, { recursive: true, force: true });
     }
   });
 
