@@ -5,29 +5,23 @@
  * Real broker and update server (Aedes in-process), a rate-limited TCP proxy in front of them
  * (loopback), a device agent in this process.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import type { MqttTransport } from '../../transport/mqtt.ts';
-import { createFixture, MEDIUM_LAYERS, publish, startAgent, StatusWatch, type Fixture } from '../support/harness.ts';
+import { createFixture, MEDIUM_LAYERS, publish, startAgent, StatusWatch } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 import { until } from '../support/wait.ts';
 import { createLogger } from '../../util/log.ts';
 
-let f: Fixture | undefined;
-let proxy: LinkProxy | undefined;
-afterEach(async () => {
-  await f?.close();
-  await proxy?.stop();
-  f = undefined;
-  proxy = undefined;
-});
+const own = ownAfterEach();
 
 /** Bytes of the packet under way on the transport's current connection (its packet scanner's count). */
 const underWay = (t: MqttTransport): number => (t as unknown as { scanner?: { partialBytes: number } }).scanner?.partialBytes ?? 0;
 
 describe('a reconnect in the middle of a chunk frame', () => {
   it('the chunk is asked for from where the frame stopped, joined and checked; the part received is not thrown away', async () => {
-    f = await createFixture('resumecut', { layers: MEDIUM_LAYERS, rank: 16 });
-    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
+    const f = own(await createFixture('resumecut', { layers: MEDIUM_LAYERS, rank: 16 }));
+    const proxy = own(new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 }));
     await proxy.start();
     const watch = await StatusWatch.start(f);
     const lines: Array<{ msg: string; tail?: boolean }> = [];

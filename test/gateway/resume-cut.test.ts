@@ -4,34 +4,24 @@
  * download does, asks for the cut chunk from where its frame stopped instead of whole. Real broker
  * and update server, a rate-limited TCP proxy in front of them (loopback).
  */
-import { afterEach, describe, expect, it } from 'vitest';
-import type { GatewayNode as Gateway } from '../../nodes/gateway-node.ts';
+import { describe, expect, it } from 'vitest';
 import { LinkProxy } from '../../simulations/link-proxy.ts';
 import type { MqttTransport } from '../../transport/mqtt.ts';
-import { createFixture, MEDIUM_LAYERS, publish, GROUP, type Fixture } from '../support/harness.ts';
+import { createFixture, MEDIUM_LAYERS, publish, GROUP } from '../support/harness.ts';
+import { ownAfterEach } from '../support/cleanup.ts';
 import { until } from '../support/wait.ts';
 import { startGateway, untilGateway } from './helpers.ts';
 
-let f: Fixture | undefined;
-let gw: Gateway | undefined;
-let proxy: LinkProxy | undefined;
-afterEach(async () => {
-  await gw?.close();
-  await proxy?.stop();
-  await f?.close();
-  f = undefined;
-  gw = undefined;
-  proxy = undefined;
-});
+const own = ownAfterEach();
 
 const underWay = (t: MqttTransport): number => (t as unknown as { scanner?: { partialBytes: number } }).scanner?.partialBytes ?? 0;
 
 describe('site gateway: a reconnect in the middle of a chunk frame', () => {
   it('the fetch asks for the cut chunk from where its frame stopped, and completes', async () => {
-    f = await createFixture('gwresume', { layers: MEDIUM_LAYERS, rank: 16 });
-    proxy = new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 });
+    const f = own(await createFixture('gwresume', { layers: MEDIUM_LAYERS, rank: 16 }));
+    const proxy = own(new LinkProxy({ targetHost: '127.0.0.1', targetPort: f.broker!.port, bytesPerSecond: 24_000 }));
     await proxy.start();
-    gw = await startGateway(f, { groups: [GROUP] }, proxy.url);
+    const gw = own(await startGateway(f, { groups: [GROUP] }, proxy.url));
     const chunkSize = 8192;
     const r = await publish(f, f.update.payload, chunkSize);
     const step = r.release.steps[0];
