@@ -4,7 +4,7 @@
  *   npm run sim:fleet -- --devices N --size BYTES [--profile NAME] [--loss P] [--loss-up P]
  *       [--rate KBIT] [--rate-up KBIT] [--delay MS] [--jitter MS] [--cuts K] [--cut-seconds S]
  *       [--kills K] [--kernel] [--broker aedes|mosquitto] [--compare] [--compare-http] [--seed S]
- *       [--congestion cubic|bbr|reno]  (kernel link: TCP congestion control of its connections; default the host's)
+ *       [--congestion cubic|bbr|reno] [--rto-max MS]  (kernel link: TCP congestion control of its connections; default the host's)
  *
  * The broker (with its update server) runs as its own process; the devices
  * run as real agents (one MQTT connection, directory, bitmap each) in a
@@ -27,7 +27,8 @@ import { runHttpBaseline, tcpFloorSeconds, type HttpRunResult } from './compare-
 import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import type { LinkProxy } from './link-proxy.ts';
-import { congestionControls, NetnsLink } from './netns-link.ts';
+import { NetnsLink } from './netns-link.ts';
+import { congestionControls, hostRtoMaxMs } from './tcp-sysctls.ts';
 import { counterDelta, type LinkCounters, type UpTcp } from './link-counters.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
 import { collectEnds, deviceHostArgs, hostReady, linkFromArgs, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
@@ -141,6 +142,7 @@ async function openSimLink(o: FleetSimOptions, held: SimHeld): Promise<{ srvExec
       jitterMs: o.jitterMs,
       seed: o.seed,
       congestion: o.congestion,
+      rtoMaxMs: o.rtoMaxMs,
     }));
     return { srvExec: netnsExec(l, 'srv'), siteExec: netnsExec(l, 'site'), brokerHost: l.srvAddress };
   }
@@ -337,6 +339,7 @@ async function main(): Promise<void> {
       'compare-http': { type: 'boolean', default: false },
       seed: { type: 'string', default: '1' },
       congestion: { type: 'string' },
+      'rto-max': { type: 'string' },
       timeout: { type: 'string', default: '600' },
     },
   });
@@ -357,6 +360,7 @@ async function main(): Promise<void> {
     kernel,
     seed: Number(a.seed),
     congestion: a.congestion,
+    rtoMaxMs: a['rto-max'] === undefined ? undefined : Number(a['rto-max']),
     profile: spec.profile,
     timeoutSeconds: Number(a.timeout),
     compareHttp: a['compare-http'] === true,
@@ -375,7 +379,14 @@ async function main(): Promise<void> {
     return;
   }
   const r = await runFleetSim({ ...base, broker: a.broker === 'mosquitto' ? 'mosquitto' : 'aedes' });
-  process.stdout.write(JSON.stringify({ ...r, congestion: kernel ? (a.congestion ?? congestionControls().hostDefault) : null, loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))) }) + '\n');
+  process.stdout.write(
+    JSON.stringify({
+      ...r,
+      congestion: kernel ? (a.congestion ?? congestionControls().hostDefault) : null,
+      rtoMaxMs: kernel ? (base.rtoMaxMs ?? hostRtoMaxMs() ?? null) : null,
+      loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
+    }) + '\n',
+  );
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

@@ -6,7 +6,7 @@
  *   npm run sim:gateway -- [--devices 10] [--size 262144] [--loss 10] [--rate 512]
  *       [--cuts 2] [--cut-seconds 3] [--proxy] [--timeout 600]
  *       [--profile rural-3g|rural-lte-edge|satellite] [--rate-up K] [--loss-up P] [--delay MS]
- *       [--jitter MS] [--compare-http] [--skip-direct] [--seed S] [--congestion cubic|bbr|reno]
+ *       [--jitter MS] [--compare-http] [--skip-direct] [--seed S] [--congestion cubic|bbr|reno] [--rto-max MS]
  *
  * `--profile` and the link flags are those of sim:fleet (link-profiles.ts; kernel link only).
  * `--compare-http` then fetches the payload once by HTTP range resume over the same link, with
@@ -40,7 +40,8 @@ import { keygen } from '../publisher/keys.ts';
 import { runHttpBaseline, tcpFloorSeconds } from './compare-http.ts';
 import { runFaults, scheduleFaults, type Fault } from './faults.ts';
 import type { LinkSpec } from './link-profiles.ts';
-import { congestionControls, NetnsLink } from './netns-link.ts';
+import { NetnsLink } from './netns-link.ts';
+import { congestionControls, hostRtoMaxMs } from './tcp-sysctls.ts';
 import { hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec } from './sim-support.ts';
 import { localExec, netnsExec, publishSimRelease, releaseHeld, startSimBroker, startSiteProxy, tracker, writePayloadFile, type SimHeld } from './sim-run.ts';
 import type { SentByType } from './uplink.ts';
@@ -73,6 +74,7 @@ async function openLink(o: GatewaySimOptions, held: SimHeld): Promise<{ kernel: 
       jitterMs: l0?.jitterMs,
       seed: o.seed,
       congestion: o.congestion,
+      rtoMaxMs: o.rtoMaxMs,
     }));
     return { kernel, note, srvExec: netnsExec(l, 'srv'), siteExec: netnsExec(l, 'site'), brokerHost: l.srvAddress };
   }
@@ -349,6 +351,7 @@ async function main(): Promise<void> {
       'skip-direct': { type: 'boolean', default: false },
       seed: { type: 'string', default: '1' },
       congestion: { type: 'string' },
+      'rto-max': { type: 'string' },
     },
   });
   // Without a profile, this simulation's own defaults (10 % loss, 512 kbit/s, 2 cuts of 3 s).
@@ -369,12 +372,14 @@ async function main(): Promise<void> {
     skipDirect: a['skip-direct'] === true,
     seed: Number(a.seed),
     congestion: a.congestion,
+    rtoMaxMs: a['rto-max'] === undefined ? undefined : Number(a['rto-max']),
     proxy: a.proxy === true,
     timeoutSeconds: Number(a.timeout),
     log: (s) => process.stderr.write(s + '\n'),
   });
   const congestion = r.link.startsWith('proxy') ? null : (a.congestion ?? congestionControls().hostDefault);
-  process.stdout.write(JSON.stringify({ ...r, congestion }) + '\n');
+  const rtoMaxMs = congestion === null ? null : a['rto-max'] === undefined ? (hostRtoMaxMs() ?? null) : Number(a['rto-max']);
+  process.stdout.write(JSON.stringify({ ...r, congestion, rtoMaxMs }) + '\n');
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

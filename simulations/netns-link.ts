@@ -1,8 +1,8 @@
-import fs from 'node:fs';
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { pidAlive } from '../util/dir-lock.ts';
 import { startDelayLine } from './delay-line.ts';
 import { readLinkCounters, readLossDrops, readTbfDrops, readTcpStats, readUpTcp, type LinkCounters, type LinkReading, type TcpStats, type UpTcp } from './link-counters.ts';
+import { congestionControls, retries2ForRtoMax, rtoMaxAvailable } from './tcp-sysctls.ts';
 import { deleteNamespace, exited, findBinary, killPid, listNamespaces, run, runSync } from './netns-commands.ts';
 
 /**
@@ -79,12 +79,12 @@ export interface NetnsLinkOptions {
    * link's route (`ip route … congctl`), so it also holds for connections made after a cut.
    */
   congestion?: string;
-}
-
-/** The congestion controls this kernel offers, and its default. */
-export function congestionControls(): { available: string[]; hostDefault: string } {
-  const read = (f: string): string => fs.readFileSync(`/proc/sys/net/ipv4/${f}`, 'utf8').trim();
-  return { available: read('tcp_available_congestion_control').split(/\s+/), hostDefault: read('tcp_congestion_control') };
+  /**
+   * The most a TCP retransmission timeout may back off to, ms, in both namespaces
+   * (`net.ipv4.tcp_rto_max_ms`, per namespace, Linux >= 6.15; 1000-120000; the kernel's default is
+   * 120000). Every connection on the link, fleet and HTTP alike, gets it.
+   */
+  rtoMaxMs?: number;
 }
 
 type Side = 'srv' | 'site';
@@ -144,6 +144,10 @@ export class NetnsLink {
 
   static async create(o: NetnsLinkOptions): Promise<NetnsLink> {
     if (!/^[a-z0-9]{1,10}$/.test(o.name)) throw new Error(`NetnsLink name must match [a-z0-9]{1,10}: ${o.name}`);
+    if (o.rtoMaxMs !== undefined) {
+      if (!rtoMaxAvailable()) throw new Error('--rto-max needs net.ipv4.tcp_rto_max_ms (Linux 6.15 or later); this kernel has none');
+      if (!Number.isInteger(o.rtoMaxMs) || o.rtoMaxMs < 1000 || o.rtoMaxMs > 120000) throw new Error(`--rto-max must be an integer 1000-120000 (ms), not ${o.rtoMaxMs}`);
+    }
     const link = new NetnsLink(o.name);
     live.add(link);
     installExitHook();
@@ -207,6 +211,15 @@ export class NetnsLink {
       this.congctl = o.congestion;
       await this.applyCongestion();
     }
+    if (o.rtoMaxMs !== undefined) {
+      // The kernel gives a connection up after `tcp_retries2` timeouts modelled with the cap: at 1 s that
+      // is ~15 s without an ACK (a connection at 20 % loss after a 6 s outage was reset in a run), so the
+      // retries are raised to keep the default's give-up time (~925 s) as far as the kernel allows.
+      const retries = retries2ForRtoMax(o.rtoMaxMs);
+      for (const side of ['srv', 'site'] as const) {
+        await run('ip', ['netns', 'exec', this.ns(side), 'sysctl', '-qw', `net.ipv4.tcp_rto_max_ms=${o.rtoMaxMs}`, `net.ipv4.tcp_retries2=${retries}`]);
+      }
+    }
   }
 
   /** The congestion control new connections on the link get: the one asked for, else the host's. */
@@ -239,7 +252,9 @@ export class NetnsLink {
   /** The nft script applied (atomically) in one namespace for a given loss. */
   static nftScript(dev: string, lossPercent: number): string {
     const lines = ['table inet fleetsim {', '  chain in { type filter hook input priority 0; policy accept; }', '}', 'flush chain inet fleetsim in'];
-    if (lossPercent > 0) lines.push(`add rule inet fleetsim in iifname "${dev}" numgen random mod 100 < ${lossPercent} counter drop`);
+    // 100 % is every packet (`numgen random mod 100` is 0-99: `< 100` is out of nft's range for it).
+    if (lossPercent >= 100) lines.push(`add rule inet fleetsim in iifname "${dev}" counter drop`);
+    else if (lossPercent > 0) lines.push(`add rule inet fleetsim in iifname "${dev}" numgen random mod 100 < ${lossPercent} counter drop`);
     return lines.join('\n') + '\n';
   }
 

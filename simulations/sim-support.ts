@@ -20,6 +20,8 @@ export interface SiteRunOptions {
   log: (line: string) => void;
   /** Kernel link: the TCP congestion control of its connections (`--congestion`); default the host's. */
   congestion?: string;
+  /** Kernel link: the cap on TCP's retransmission backoff in both namespaces, ms (`--rto-max`). */
+  rtoMaxMs?: number;
 }
 
 /** Start a command on one side of the link (a namespace, or this host). */

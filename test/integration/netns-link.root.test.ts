@@ -1,6 +1,7 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { congestionControls, NetnsLink } from '../../simulations/netns-link.ts';
+import { NetnsLink } from '../../simulations/netns-link.ts';
+import { congestionControls, hostRtoMaxMs, rtoMaxAvailable } from '../../simulations/tcp-sysctls.ts';
 
 // Root-only: builds two network namespaces joined by a veth pair (addresses
 // 10.77.0.0/24 exist only inside them) and impairs the link with nft + tc tbf.
@@ -111,6 +112,39 @@ async function congestionSeen(link: NetnsLink): Promise<{ site: string; srv: str
   return { site, srv };
 }
 
+// Connects, says so, waits 1 s (the test drops every packet meanwhile), sends 1 KB and holds the socket open.
+const SILENT_SENDER = `
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+print('up', flush=True)
+time.sleep(1)
+s.sendall(b'x' * 1000)
+time.sleep(30)
+`;
+
+/**
+ * The retransmission timer of a connection whose every packet is dropped, `waitMs` after the drops
+ * began: `ss -tin`'s `rto:` (ms) and `backoff:` (timeouts so far) of the site's end.
+ */
+async function backedOffTimer(link: NetnsLink, waitMs: number): Promise<{ rtoMs: number; backoff: number }> {
+  const client = link.exec('site', 'python3', ['-c', SILENT_SENDER, link.srvAddress, String(PORT)]);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      client.stdout?.on('data', (d) => String(d).includes('up') && resolve());
+      client.once('exit', (code) => reject(new Error(`python sender exited ${code}`)));
+    });
+    await link.setLoss(100);
+    await new Promise((r) => setTimeout(r, waitMs));
+    const ss = execFileSync('ip', ['netns', 'exec', link.siteNs, 'ss', '-tin', 'state', 'established', `dport = :${PORT}`], { encoding: 'utf8' });
+    const rto = /\brto:(\d+(?:\.\d+)?)/.exec(ss);
+    const backoff = /\bbackoff:(\d+)/.exec(ss);
+    if (!rto) throw new Error(`no rto in: ${ss}`);
+    return { rtoMs: Number(rto[1]), backoff: backoff ? Number(backoff[1]) : 0 };
+  } finally {
+    if (client.pid !== undefined && client.exitCode === null) process.kill(client.pid, 'SIGKILL');
+  }
+}
+
 function namespaces(): string[] {
   return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' })
     .split('\n')
@@ -206,6 +240,32 @@ describe.skipIf(!available.ok)('NetnsLink (root, network namespaces)', () => {
     expect(await congestionSeen(link)).toEqual({ site: other, srv: other });
     await expect(NetnsLink.create({ name: tag(), congestion: 'nosuchcc' })).rejects.toThrow(/not available here/);
   }, 40_000);
+
+  it.skipIf(!rtoMaxAvailable())(
+    'rtoMaxMs caps the retransmission backoff of connections on the link, in its namespaces only',
+    async () => {
+      const host = hostRtoMaxMs();
+      link = await NetnsLink.create({ name: tag() });
+      await startEchoServer(link);
+      const uncapped = await backedOffTimer(link, 9_000);
+      await link.destroy();
+      link = await NetnsLink.create({ name: tag(), rtoMaxMs: 1000 });
+      for (const ns of [link.srvNs, link.siteNs]) expect(execFileSync('ip', ['netns', 'exec', ns, 'sysctl', '-n', 'net.ipv4.tcp_rto_max_ms'], { encoding: 'utf8' }).trim()).toBe('1000');
+      await startEchoServer(link);
+      // 17 s: past the ~14.4 s after which the kernel's default tcp_retries2 (15) gives a connection up
+      // once its backoff is capped at 1 s (the link raises the retries with the cap; without that, ss has no connection).
+      const capped = await backedOffTimer(link, 17_000);
+      console.log(`after 9 s of drops: uncapped ${JSON.stringify(uncapped)}; after 17 s capped at 1000 ms: ${JSON.stringify(capped)}`);
+      // 0.2 s doubled at each timeout: past 1 s after three, and 9 s in it has doubled more.
+      expect(uncapped.backoff).toBeGreaterThanOrEqual(3);
+      expect(uncapped.rtoMs).toBeGreaterThan(1000);
+      expect(capped.backoff).toBeGreaterThanOrEqual(12);
+      expect(capped.rtoMs).toBeLessThanOrEqual(1000);
+      expect(hostRtoMaxMs()).toBe(host);
+      await expect(NetnsLink.create({ name: tag(), rtoMaxMs: 500 })).rejects.toThrow(/1000-120000/);
+    },
+    90_000,
+  );
 
   it('destroy() kills its processes and removes both namespaces, idempotently', async () => {
     const l = await NetnsLink.create({ name: tag(), lossPercent: 5, rateKbit: 500 });
