@@ -10,6 +10,8 @@ import { LinkEstimator } from './link-estimator.ts';
 import type { SilenceWatch } from './silence-watch.ts';
 import { ChunkResume, RESUME_MIN_BYTES } from './chunk-resume.ts';
 import { chunkPacketBytes, downloadSilenceWatch } from './download-watch.ts';
+import { ChunkRequests } from './chunk-requests.ts';
+import { DownloadTimers } from './download-timers.ts';
 import { DeviceError, storageError } from './reasons.ts';
 import type { DownloadFiles } from './storage.ts';
 
@@ -52,22 +54,16 @@ export interface DownloadOptions {
   onFail: (e: unknown) => void;
 }
 
-/**
- * Fetches one update's chunk list, then its missing chunks by windowed
- * requests; checks each chunk against the list on arrival and writes it and
- * its bitmap bit to disk. Re-asks for what is outstanding when the link goes
- * quiet or reconnects (never a per-chunk timer). Duplicates are harmless.
- */
-/**
- * Bytes the socket must have received since the last look for chunks to count as still coming: more
- * than the acknowledgements and pings a connection gets anyway (a PUBACK is 4 bytes, and one comes for
- * each status), which otherwise kept a download whose answers were lost waiting until it stalled.
- */
-const STILL_COMING_BYTES = 256;
-
 /** Re-exported: tests and callers take it from here, with the Download. */
 export { chunkPacketBytes };
 
+/**
+ * Fetches one update's chunk list, then its missing chunks by windowed
+ * requests (what to ask: chunk-requests.ts); checks each chunk against the list
+ * on arrival and writes it and its bitmap bit to disk. Re-asks for what is
+ * outstanding when the link goes quiet (download-timers.ts) or reconnects
+ * (never a per-chunk timer). Duplicates are harmless.
+ */
 export class Download {
   badChunks = 0;
   duplicateChunks = 0;
@@ -75,37 +71,14 @@ export class Download {
   /** Chunks completed from a prefix a reconnect cut and its tail (checked against the list), and joins that did not match. */
   resumedChunks = 0;
   resumeMismatches = 0;
-  private readonly outstanding = new Set<number>();
-  /** Verified chunks on their way to disk: neither missing nor outstanding. */
-  private readonly writing = new Set<number>();
-  /**
-   * After a reconnect: the chunks outstanding on the old connection, not asked again yet. Their
-   * request may still have been served (it reached the broker as the link came back, and the broker
-   * delivers to the client id, now on the new connection): asking again at once sent each twice.
-   * They wait for the first chunk of the request made after the reconnect (`probe`); what of them
-   * has not come by then was lost, and only that is asked again.
-   */
-  private readonly held = new Set<number>();
-  private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) || this.held.has(i) || i === this.arriving };
-  /** The chunk being handled (onChunk), not yet written: not missing while it answers the probe. */
-  private arriving: number | undefined;
-  private listRequested = false;
-  private idleTimer: unknown;
-  private stallTimer: unknown;
+  /** What is asked for, on its way or being written, and what to ask for next. */
+  private readonly requests: ChunkRequests;
+  private readonly timers: DownloadTimers;
   private lastProgressAt: number;
   private readonly badCopies = new Map<number, number>();
   readonly link: LinkEstimator;
   private writes: Promise<void> = Promise.resolve();
   private finished = false;
-  /**
-   * After a silence: the chunk asked again alone (the one asked for last), and
-   * what was outstanding before it. Frames come back in the order they were
-   * asked for, over one TCP connection; so when that chunk arrives, whatever
-   * asked for before it and still missing was lost, and only that is asked
-   * again. A link that was merely stalled (TCP backing off after a cut) then
-   * costs one duplicate chunk, not a window of them.
-   */
-  private probe: { index: number; before: Set<number> } | undefined;
   /**
    * Chunks that arrived before the chunk list was checked and saved (the first request asks
    * for the list and the first window together, saving a round trip): checked once it is.
@@ -119,6 +92,12 @@ export class Download {
   constructor(private readonly o: DownloadOptions) {
     this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(4, o.maxWindow), minIdleMs: o.idleMs });
     this.lastProgressAt = o.clock.now();
+    this.requests = new ChunkRequests(o.files);
+    this.timers = new DownloadTimers(o, {
+      idleMs: () => this.link.idleTimeoutMs,
+      idle: (idleMs) => this.idle(idleMs),
+      stalled: () => this.fail(new DeviceError('download-stalled', `no chunk for ${Math.round(this.silenceMs() / 1000)} s; ${this.receivedChunks} of ${this.o.step.chunks} chunks kept`)),
+    });
     const topic = o.topics.frames(o.model, o.step.updateId, o.deviceId);
     this.resume = new ChunkResume(o.step, topic);
     // What of a frame a close cuts is kept, to be asked for from there (`resend`): at most one chunk's packet.
@@ -171,7 +150,7 @@ export class Download {
       this.finish();
       return;
     }
-    this.armStallTimer();
+    this.timers.armStall();
     this.startWatch();
     this.takeCut();
     this.requestMore();
@@ -184,8 +163,7 @@ export class Download {
   private takeCut(): number | undefined {
     const p = this.o.transport.takePartial?.();
     if (!p) return undefined;
-    const { files } = this.o;
-    const fate = this.resume.offer(p, (i) => files.bitmap.has(i) || this.writing.has(i));
+    const fate = this.resume.offer(p, (i) => this.requests.received(i));
     this.o.log.debug('a frame cut by the reconnect', { ...fate, received: p.bytes.byteLength });
     return 'kept' in fate ? fate.kept : undefined;
   }
@@ -194,7 +172,7 @@ export class Download {
   private startWatch(): void {
     this.watch = downloadSilenceWatch(this.o, {
       link: this.link,
-      waiting: () => this.outstanding.size > 0 || (this.listRequested && !this.o.files.list),
+      waiting: () => this.requests.waiting(),
     });
   }
 
@@ -204,7 +182,7 @@ export class Download {
   }
 
   /**
-   * After a reconnect: what was in flight may be lost, or may still come (see `held`). New chunks
+   * After a reconnect: what was in flight may be lost, or may still come (see ChunkRequests.held). New chunks
    * are asked for first; the old outstanding ones only if they have not come by the time the first
    * new one does. Without new chunks to ask for (the end of the payload), the old ones are asked again.
    */
@@ -212,41 +190,24 @@ export class Download {
     if (this.finished) return;
     // The chunk whose frame the close cut is lost for sure: its tail is asked for first.
     const cut = this.takeCut();
-    const old = this.o.files.list && !this.probe ? [...this.outstanding, ...this.held].filter((i) => i !== cut) : [];
-    this.o.log.debug('resend after a reconnect', { outstanding: this.outstanding.size, held: this.held.size, probe: this.probe?.index, cut });
-    if (old.length === 0) {
-      this.askAgain();
-      return;
-    }
-    this.outstanding.clear();
-    this.held.clear();
-    for (const i of old) this.held.add(i);
-    const fresh = this.o.files.bitmap.missing(this.link.window, this.inFlight).filter((i) => i !== cut);
-    if (cut !== undefined) fresh.unshift(cut);
-    if (fresh.length === 0) {
-      this.held.clear();
-      this.requestMore(old);
-      return;
-    }
-    this.probe = { index: fresh[0], before: new Set(old) };
-    this.requestMore(fresh);
+    const r = this.requests;
+    this.o.log.debug('resend after a reconnect', { outstanding: r.outstanding.size, held: r.held.size, probe: r.probe?.index, cut });
+    const ask = r.afterReconnect(this.link.window, cut);
+    if (ask) this.requestMore(ask);
+    else this.askAgain();
   }
 
   /** Everything outstanding is asked again. */
   private askAgain(): void {
-    this.probe = undefined;
-    this.outstanding.clear();
-    this.held.clear();
+    this.requests.forget();
     this.early = [];
-    this.listRequested = false;
     this.requestMore();
   }
 
   stop(): void {
     this.finished = true;
     this.watch?.stop();
-    if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
-    if (this.stallTimer) this.o.clock.clearTimeout(this.stallTimer);
+    this.timers.stop();
   }
 
   /** Stop, let pending writes land, and close the files (what was received stays on disk). */
@@ -264,7 +225,7 @@ export class Download {
 
   onFrame(f: Frame): void {
     if (this.finished || f.updateId !== this.o.step.updateId) return;
-    this.armIdleTimer();
+    this.timers.armIdle();
     if (f.kind === 'error') {
       this.fail(new DeviceError(f.error === 'unknown-update' ? 'unknown-update' : 'malformed-frame', `server answered ${f.error}`));
       return;
@@ -297,18 +258,15 @@ export class Download {
       return;
     }
     const f: ChunkFrame = joined ? { kind: 'chunk', updateId: frame.updateId, index: frame.index, count: frame.count, data } : frame;
-    if (!this.o.files.list && this.listRequested && f.count === this.o.step.chunks && this.early.length < this.o.maxWindow) {
+    if (!this.o.files.list && this.requests.listRequested && f.count === this.o.step.chunks && this.early.length < this.o.maxWindow) {
       this.early.push(f);
       return;
     }
-    this.outstanding.delete(f.index);
-    this.held.delete(f.index);
-    if (this.probe?.index === f.index) {
-      // Its own chunk is checked below (asked again there if bad): the lost ones are asked again, not it.
-      this.arriving = f.index;
-      this.probeAnswered();
-      this.arriving = undefined;
-    }
+    // When it answers the probe, the chunks asked for before it and lost are asked again (not it: it is checked below).
+    this.requests.arrived(f.index, (lost) => {
+      this.o.log.info('frames asked for before the probe were lost; asking again for them', { lost: lost.length });
+      this.requestMore(lost);
+    });
     const { files, step } = this.o;
     if (!files.list || f.count !== step.chunks) {
       this.requestMore();
@@ -335,23 +293,23 @@ export class Download {
       this.requestMore([f.index]);
       return;
     }
-    if (files.bitmap.has(f.index) || this.writing.has(f.index)) {
+    if (this.requests.received(f.index)) {
       this.duplicateChunks++;
       this.o.log.debug('chunk', { index: f.index, duplicate: true, bytesIn: this.o.wireBytesIn?.() });
       this.requestMore();
       return;
     }
-    this.writing.add(f.index);
+    this.requests.writing.add(f.index);
     if (joined) this.resumedChunks++;
     this.o.log.debug('chunk', { index: f.index, bytesIn: this.o.wireBytesIn?.(), tail: joined || undefined });
     this.watch?.delivered();
     // The bytes that came now (a tail's, not the joined chunk's): the rate is the link's.
     this.link.arrived(this.o.clock.now(), f.index, frame.data.byteLength);
     this.lastProgressAt = this.o.clock.now();
-    this.armStallTimer();
+    this.timers.armStall();
     this.enqueue(async () => {
       await files.writeChunk(f.index, b, f.data);
-      this.writing.delete(f.index);
+      this.requests.writing.delete(f.index);
       this.o.onProgress();
       if (files.bitmap.complete) this.finish();
       else this.requestMore();
@@ -363,10 +321,9 @@ export class Download {
    * duplicate when the chunk is held; else, when it was asked for, the chunk is asked for whole.
    */
   private tailUnusable(f: ChunkFrame): void {
-    const { files, step } = this.o;
-    const asked = [this.outstanding.delete(f.index), this.held.delete(f.index)].some(Boolean);
-    if (f.count !== step.chunks) return;
-    if (files.bitmap.has(f.index) || this.writing.has(f.index)) {
+    const asked = this.requests.settle(f.index);
+    if (f.count !== this.o.step.chunks) return;
+    if (this.requests.received(f.index)) {
       this.duplicateChunks++;
       this.requestMore();
       return;
@@ -383,91 +340,36 @@ export class Download {
 
   private requestMore(urgent: number[] = []): void {
     if (this.finished) return;
-    const { files, step } = this.o;
-    const wantList = !files.list && !this.listRequested;
-    if (!files.list && !wantList) return;
     const window = this.link.window;
-    // With the list, the first window is asked for at once: its chunks wait for the list (`early`).
-    const room = files.list || wantList ? window - this.outstanding.size - urgent.length : 0;
-    // Ask when the window has drained by half, so requests carry several indices.
-    const more = room >= Math.max(1, window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(Math.max(0, room), this.inFlight) : [];
-    const want = [...urgent, ...more.filter((i) => !urgent.includes(i))];
-    if (!wantList && want.length === 0) return;
-    for (const i of want) this.outstanding.add(i);
+    const ask = this.requests.next(window, urgent);
+    if (!ask) return;
+    const { want, list } = ask;
     this.link.requested(this.o.clock.now(), want);
-    if (wantList) this.listRequested = true;
     this.requestsSent++;
     const tail = this.resume.tails(want);
-    this.o.log.debug('request', { want, list: wantList, window, tail: tail.length ? tail : undefined });
+    this.o.log.debug('request', { want, list, window, tail: tail.length ? tail : undefined });
     this.o.transport
       // QoS 0 (protocol.md §1): a request lost with a connection is asked again after the reconnect
       // (resend) or the idle timeout; at QoS 1 the MQTT client would also send the old one again on
       // reconnect, and the server would send those chunks twice.
-      .publish(this.o.topics.request(this.o.model, step.updateId, this.o.deviceId), encodeRequest({ want, list: wantList, tail }), { qos: 0 })
+      .publish(this.o.topics.request(this.o.model, this.o.step.updateId, this.o.deviceId), encodeRequest({ want, list, tail }), { qos: 0 })
       .catch((e: unknown) => this.o.log.debug('request not sent (will retry when idle)', { error: String(e) }));
-    this.armIdleTimer();
+    this.timers.armIdle();
   }
 
-  private armIdleTimer(): void {
-    if (this.finished) return;
-    if (this.idleTimer) this.o.clock.clearTimeout(this.idleTimer);
-    const idle = this.link.idleTimeoutMs;
-    let seen = this.o.wireBytesIn?.() ?? 0;
-    const t = this.o.transport;
-    let pongs = t.pongs?.();
-    const check = (): void => {
-      // Bytes still arriving on the socket: chunks are on their way, slowly. Asking
-      // again now would only send duplicates down an already full link.
-      const now = this.o.wireBytesIn?.() ?? 0;
-      if (now - seen >= STILL_COMING_BYTES) {
-        seen = now;
-        this.idleTimer = this.o.clock.setTimeout(check, idle);
-        return;
-      }
-      // No PINGRESP since (the silence watch's nudges ask for them): what was asked for may still be
-      // queued ahead of it on this connection, TCP backing off, not lost; asking again then only
-      // sent each such chunk twice. Ping, and look again. A connection that never answers is
-      // closed by its keepalive, and the reconnect asks again.
-      if (t.nudge && t.pongs && t.pongs() === pongs) {
-        t.nudge();
-        this.idleTimer = this.o.clock.setTimeout(check, idle);
-        return;
-      }
-      pongs = t.pongs?.();
-      this.link.timedOut();
-      const last = [...this.outstanding].at(-1);
-      if (this.probe || last === undefined || this.outstanding.size === 1 || !this.o.files.list) {
-        this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: this.outstanding.size + this.held.size, idleMs: idle });
-        this.askAgain();
-        return;
-      }
-      const before = new Set(this.outstanding);
-      before.delete(last);
-      this.probe = { index: last, before };
-      this.o.log.info('nothing arrived for a while; asking again for the last chunk asked for, before the rest', { outstanding: this.outstanding.size, idleMs: idle });
-      this.outstanding.delete(last);
-      this.requestMore([last]);
-    };
-    this.idleTimer = this.o.clock.setTimeout(check, idle);
-  }
-
-  /** The probe's chunk arrived: what was asked for before it and is still missing was lost. */
-  private probeAnswered(): void {
-    const lost = [...this.probe!.before].filter((i) => this.outstanding.has(i) || this.held.has(i));
-    this.probe = undefined;
-    this.held.clear();
-    if (lost.length === 0) return;
-    this.o.log.info('frames asked for before the probe were lost; asking again for them', { lost: lost.length });
-    for (const i of lost) this.outstanding.delete(i);
-    this.requestMore(lost);
-  }
-
-  private armStallTimer(): void {
-    if (this.finished) return;
-    if (this.stallTimer) this.o.clock.clearTimeout(this.stallTimer);
-    this.stallTimer = this.o.clock.setTimeout(() => {
-      this.fail(new DeviceError('download-stalled', `no chunk for ${Math.round(this.silenceMs() / 1000)} s; ${this.receivedChunks} of ${this.o.step.chunks} chunks kept`));
-    }, this.o.stallMs);
+  /** Nothing arrived for a while (download-timers.ts): the last chunk asked for is asked again alone (a probe), or everything is. */
+  private idle(idleMs: number): void {
+    this.link.timedOut();
+    const r = this.requests;
+    const outstanding = r.outstanding.size;
+    const last = r.probeLast();
+    if (last === undefined) {
+      this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: outstanding + r.held.size, idleMs });
+      this.askAgain();
+      return;
+    }
+    this.o.log.info('nothing arrived for a while; asking again for the last chunk asked for, before the rest', { outstanding, idleMs });
+    this.requestMore([last]);
   }
 
   private finish(): void {

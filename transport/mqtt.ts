@@ -12,11 +12,9 @@ import { mqttPacketBytes, type SentPacket } from './packet-size.ts';
 import { keepAliveOnPublishes } from './keepalive.ts';
 import { brokerServers, clientOptions, DEFAULT_MAX_INCOMING_PACKET, fromEnvFile, resendMap, type MqttTransportOptions } from './mqtt-options.ts';
 import { urlWithoutLogin } from '../util/url-login.ts';
+import { TcpConnections } from './tcp-connections.ts';
 
 export { DEFAULT_MAX_INCOMING_PACKET, type MqttTransportOptions } from './mqtt-options.ts';
-
-/** How long a probed connection waits for `reconnect` before it is closed. */
-const SPARE_KEEP_MS = 5000;
 
 export class MqttTransport implements Transport {
   private readonly client: MqttClient;
@@ -32,8 +30,8 @@ export class MqttTransport implements Transport {
   private serverIndex = 0;
   private readonly servers: Array<{ host: string; port: number; secure: boolean }>;
   private readonly closeGraceMs: number;
-  /** A connection a successful probe opened, for the next reconnect (dropped if unused). */
-  private spare: net.Socket | undefined;
+  /** Opens the TCP connections, times their handshakes, and keeps a probe's as the spare for the next connect. */
+  private readonly connections = new TcpConnections();
   /** The connection is being dropped on purpose to reconnect at once (`reconnect`). */
   private quick = false;
   /** Nudges sent (`nudge`). */
@@ -63,8 +61,6 @@ export class MqttTransport implements Transport {
   private partialRule: PartialRule | undefined;
   private keeper: PartialKeeper | undefined;
   private cutShort: PartialPublish | undefined;
-  /** The quickest TCP handshake to the broker so far, ms (connections and probes). */
-  private quickestHandshakeMs = Infinity;
   /** Retained bytes the current connection brought (each connect brings them again). */
   private retainedThisConnection = 0;
 
@@ -90,10 +86,10 @@ export class MqttTransport implements Transport {
 
   /** The stream for the next attempt: a TCP socket (TLS over it for mqtts), to the next server in turn, its incoming packets bounded. */
   private openStream(tlsFiles: tls.ConnectionOptions | undefined, maxIncoming: number): net.Socket | tls.TLSSocket {
-    const { host, port, secure } = this.servers[this.serverIndex % this.servers.length];
+    const { host, port, secure } = this.currentServer();
     const tlsOpts = secure ? tlsFiles : undefined;
     // The raw TCP socket carries the counters (what the link carries, TLS records included).
-    const raw = this.takeSpare() ?? this.timedConnection(host, port);
+    const raw = this.connections.takeSpare() ?? this.connections.open(host, port);
     this.socket = raw;
     const stream = tlsOpts ? tls.connect({ socket: raw, ...tlsOpts, servername: net.isIP(host) ? undefined : host }) : raw;
     const keeper = new PartialKeeper(() => this.partialRule);
@@ -126,7 +122,6 @@ export class MqttTransport implements Transport {
 
   /** Connect, close (backoff with jitter, next server), error (the cause) and message handlers of the client. */
   private onClientEvents(min: number, max: number, opts: MqttTransportOptions): void {
-    const servers = this.servers;
     this.client.on('connect', () => {
       this.retainedThisConnection = 0;
       this.failures = 0;
@@ -160,7 +155,7 @@ export class MqttTransport implements Transport {
     });
     this.client.on('error', (e: Error & { code?: number | string }) => {
       // Errors surface as close + reconnect; the owner sees onDisconnect with the cause.
-      const cause = connectCause(e, servers[this.serverIndex % servers.length].host);
+      const cause = connectCause(e, this.currentServer().host);
       if (!cause) return;
       this.lastCause = cause;
       this.causedFailures++;
@@ -225,46 +220,14 @@ export class MqttTransport implements Transport {
     };
   }
 
-  /** A TCP connection whose handshake time is noted (`handshakeMs`). */
-  private timedConnection(host: string, port: number): net.Socket {
-    const t0 = performance.now();
-    const s = net.createConnection({ host, port, noDelay: true });
-    s.once('connect', () => {
-      this.quickestHandshakeMs = Math.min(this.quickestHandshakeMs, performance.now() - t0);
-    });
-    return s;
-  }
-
   handshakeMs(): number {
-    return Number.isFinite(this.quickestHandshakeMs) ? this.quickestHandshakeMs : 0;
+    return this.connections.handshakeMs();
   }
 
   probe(timeoutMs: number): Promise<boolean> {
     if (this.closing || !this.client.connected) return Promise.resolve(false);
-    const { host, port } = this.servers[this.serverIndex % this.servers.length];
-    return new Promise((resolve) => {
-      const s = this.timedConnection(host, port);
-      const done = (up: boolean): void => {
-        clearTimeout(timer);
-        if (!up || this.closing) {
-          s.destroy();
-          resolve(false);
-          return;
-        }
-        this.spare?.destroy();
-        this.spare = s;
-        // Unused for a while: the broker would drop a connection that never logs in anyway.
-        const drop = setTimeout(() => this.takeSpare()?.destroy(), SPARE_KEEP_MS);
-        s.once('close', () => {
-          clearTimeout(drop);
-          if (this.spare === s) this.spare = undefined;
-        });
-        resolve(true);
-      };
-      const timer = setTimeout(() => done(false), Math.max(1, timeoutMs));
-      s.once('connect', () => done(true));
-      s.once('error', () => done(false));
-    });
+    const { host, port } = this.currentServer();
+    return this.connections.probe(host, port, timeoutMs, () => this.closing);
   }
 
   /** A PINGREQ now (its PINGRESP, queued behind whatever the broker is sending, keeps the keepalive too). */
@@ -310,15 +273,14 @@ export class MqttTransport implements Transport {
     this.client.stream?.destroy(new Error(reason));
   }
 
-  private takeSpare(): net.Socket | undefined {
-    const s = this.spare;
-    this.spare = undefined;
-    return s && !s.destroyed ? s : undefined;
+  /** The server of the current connection, or of the next attempt (round robin over the cluster's nodes). */
+  private currentServer(): { host: string; port: number; secure: boolean } {
+    return this.servers[this.serverIndex % this.servers.length];
   }
 
   /** host:port of the server this transport is (or was last) connected to. */
   get server(): string {
-    const s = this.servers[this.serverIndex % this.servers.length];
+    const s = this.currentServer();
     return `${s.host}:${s.port}`;
   }
 
@@ -383,7 +345,7 @@ export class MqttTransport implements Transport {
       for (const id of Object.keys(c.outgoing)) c.removeOutgoingMessage(Number(id));
       c.stream?.destroy();
       this.socket?.destroy();
-      this.takeSpare()?.destroy();
+      this.connections.takeSpare()?.destroy();
     };
     if (!c.connected) force();
     return new Promise((resolve) => {

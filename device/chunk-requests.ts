@@ -1,0 +1,138 @@
+import type { DownloadFiles } from './storage.ts';
+
+/** A probe: the chunk asked again alone, and what was outstanding before it (`ChunkRequests.probe`). */
+export interface Probe {
+  index: number;
+  before: Set<number>;
+}
+
+/**
+ * What one Download has asked for and what it asks for next: the chunks outstanding, held over a
+ * reconnect, or on their way to disk; whether the chunk list was asked for; and the probe of a lost
+ * chunk after a silence or a reconnect. It decides which indices a request carries; the Download
+ * sends it, and tells it what arrived.
+ */
+export class ChunkRequests {
+  readonly outstanding = new Set<number>();
+  /** Verified chunks on their way to disk: neither missing nor outstanding. */
+  readonly writing = new Set<number>();
+  /**
+   * After a reconnect: the chunks outstanding on the old connection, not asked again yet. Their
+   * request may still have been served (it reached the broker as the link came back, and the broker
+   * delivers to the client id, now on the new connection): asking again at once sent each twice.
+   * They wait for the first chunk of the request made after the reconnect (`probe`); what of them
+   * has not come by then was lost, and only that is asked again.
+   */
+  readonly held = new Set<number>();
+  /** The chunk being handled (`arrived`), not yet written: not missing while it answers the probe. */
+  private arriving: number | undefined;
+  private readonly inFlight = { has: (i: number): boolean => this.outstanding.has(i) || this.writing.has(i) || this.held.has(i) || i === this.arriving };
+  listRequested = false;
+  /**
+   * After a silence: the chunk asked again alone (the one asked for last), and
+   * what was outstanding before it. Frames come back in the order they were
+   * asked for, over one TCP connection; so when that chunk arrives, whatever
+   * asked for before it and still missing was lost, and only that is asked
+   * again. A link that was merely stalled (TCP backing off after a cut) then
+   * costs one duplicate chunk, not a window of them.
+   */
+  probe: Probe | undefined;
+
+  constructor(private readonly files: Pick<DownloadFiles, 'list' | 'bitmap'>) {}
+
+  /** Received: on disk or on its way there. */
+  received(i: number): boolean {
+    return this.files.bitmap.has(i) || this.writing.has(i);
+  }
+
+  /** Anything asked for has not come yet (the silence watch probes only then). */
+  waiting(): boolean {
+    return this.outstanding.size > 0 || (this.listRequested && !this.files.list);
+  }
+
+  /**
+   * The next request within `window`, `urgent` first, or undefined when there is nothing to ask for
+   * yet; what it asks for counts as outstanding from now.
+   */
+  next(window: number, urgent: number[]): { want: number[]; list: boolean } | undefined {
+    const { files } = this;
+    const list = !files.list && !this.listRequested;
+    if (!files.list && !list) return undefined;
+    // With the list, the first window is asked for at once: its chunks wait for the list (the Download's `early`).
+    const room = window - this.outstanding.size - urgent.length;
+    // Ask when the window has drained by half, so requests carry several indices.
+    const more = room >= Math.max(1, window / 2) || this.outstanding.size === 0 ? files.bitmap.missing(Math.max(0, room), this.inFlight) : [];
+    const want = [...urgent, ...more.filter((i) => !urgent.includes(i))];
+    if (!list && want.length === 0) return undefined;
+    for (const i of want) this.outstanding.add(i);
+    if (list) this.listRequested = true;
+    return { want, list };
+  }
+
+  /** Nothing is outstanding, held or probed any more, and the list is to be asked again if missing. */
+  forget(): void {
+    this.probe = undefined;
+    this.outstanding.clear();
+    this.held.clear();
+    this.listRequested = false;
+  }
+
+  /**
+   * After a reconnect (`Download.resend`): what to ask for now (`cut`, the chunk whose frame the close
+   * cut, first), or undefined when everything is to be asked again (`forget`). The old outstanding
+   * chunks are held, to be asked again only if they have not come when the first of these does.
+   */
+  afterReconnect(window: number, cut: number | undefined): number[] | undefined {
+    const old = this.files.list && !this.probe ? [...this.outstanding, ...this.held].filter((i) => i !== cut) : [];
+    if (old.length === 0) return undefined;
+    this.outstanding.clear();
+    this.held.clear();
+    for (const i of old) this.held.add(i);
+    const fresh = this.files.bitmap.missing(window, this.inFlight).filter((i) => i !== cut);
+    if (cut !== undefined) fresh.unshift(cut);
+    if (fresh.length === 0) {
+      // The end of the payload: nothing new to ask for, so the old ones are asked again.
+      this.held.clear();
+      return old;
+    }
+    this.probe = { index: fresh[0], before: new Set(old) };
+    return fresh;
+  }
+
+  /**
+   * After a silence: the chunk asked for last, to be asked again alone before the rest (the probe), or
+   * undefined when everything outstanding is to be asked again instead.
+   */
+  probeLast(): number | undefined {
+    const last = [...this.outstanding].at(-1);
+    if (this.probe || last === undefined || this.outstanding.size === 1 || !this.files.list) return undefined;
+    const before = new Set(this.outstanding);
+    before.delete(last);
+    this.probe = { index: last, before };
+    this.outstanding.delete(last);
+    return last;
+  }
+
+  /** A chunk came that no longer needs asking for: whether it was asked for (outstanding or held). */
+  settle(index: number): boolean {
+    return [this.outstanding.delete(index), this.held.delete(index)].some(Boolean);
+  }
+
+  /**
+   * A chunk arrived (before it is checked). When it answers the probe, what was asked for before it
+   * and is still missing was lost: `askAgain` is called with it while this chunk counts as in flight
+   * (checked by the caller, and asked again there if bad, it is not asked for with the lost ones).
+   */
+  arrived(index: number, askAgain: (lost: number[]) => void): void {
+    this.settle(index);
+    if (this.probe?.index !== index) return;
+    const lost = [...this.probe.before].filter((i) => this.outstanding.has(i) || this.held.has(i));
+    this.probe = undefined;
+    this.held.clear();
+    if (lost.length === 0) return;
+    for (const i of lost) this.outstanding.delete(i);
+    this.arriving = index;
+    askAgain(lost);
+    this.arriving = undefined;
+  }
+}
