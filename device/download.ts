@@ -188,6 +188,7 @@ export class Download {
    */
   resend(): void {
     if (this.finished) return;
+    this.watch?.connected();
     // The chunk whose frame the close cut is lost for sure: its tail is asked for first.
     const cut = this.takeCut();
     const r = this.requests;

@@ -20,7 +20,8 @@ const { payload, list, updateId, step } = payloadStep(CHUNK, CHUNKS, (i) => (i *
 
 const own = ownAfterEach();
 
-async function rig(o: { pings?: boolean; handshakeMs?: number } = {}) {
+/** `link`: the probe connects while `link.up` (and the watch's reconnects are counted): the silence watch runs. */
+async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: boolean; reconnects: number } } = {}) {
   const requests: number[][] = [];
   let wire = 0;
   /** With `pings`: the PINGREQs the download sends, and the PINGRESPs the broker answered (the test's). */
@@ -34,6 +35,7 @@ async function rig(o: { pings?: boolean; handshakeMs?: number } = {}) {
       ...(o.pings ? { nudge: () => ping.sent++, pongs: () => ping.answered } : {}),
       // A transport that can probe and reconnect (the silence watch runs), and knows its quickest TCP handshake.
       ...(o.handshakeMs === undefined ? {} : { probe: () => Promise.resolve(false), reconnect: () => undefined, handshakeMs: () => o.handshakeMs! }),
+      ...(o.link === undefined ? {} : { probe: () => Promise.resolve(o.link!.up), reconnect: () => void o.link!.reconnects++ }),
     },
     wireBytesIn: () => wire,
     onComplete: () => (done = true),
@@ -187,6 +189,34 @@ describe('download: after a silence, a probe before the rest', () => {
     watch.delivered();
     // 4 × 150 ms is under the least silence (2 s); 4 × 20 s would be 80 s.
     expect(watch.silenceNeededMs).toBeLessThan(5000);
+    await r.close();
+  });
+
+  it("a connection the transport made again (the old one reset by the peer) is not torn down for the old one's silence", async () => {
+    const link = { up: false, reconnects: 0 };
+    const r = await rig({ link });
+    await r.chunk(r.requests[0][0]);
+    const watch = (r.d as unknown as { watch: { probes: number } }).watch;
+    const advanceUntil = async (done: () => boolean, what: string) => {
+      for (let s = 0; s < 300 && !done(); s++) {
+        await r.clock.advance(1000);
+        await r.settle();
+      }
+      expect(done(), what).toBe(true);
+    };
+    // The link cut: the watch probes once the silence is long enough, and nothing connects.
+    await advanceUntil(() => watch.probes > 0, 'a probe within 300 s of silence');
+    expect(link.reconnects).toBe(0);
+    // The peer resets the connection and the transport connects again: the agent calls resend.
+    link.up = true;
+    r.d.resend();
+    await r.settle();
+    // The new connection has the least silence (2 s) of its own before the watch may tear it down...
+    await r.clock.advance(1500);
+    await r.settle();
+    expect(link.reconnects).toBe(0);
+    // ...and once silent long enough, it is probed and torn down as any.
+    await advanceUntil(() => link.reconnects === 1, 'a reconnect of the silent new connection');
     await r.close();
   });
 });

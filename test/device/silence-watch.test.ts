@@ -110,6 +110,21 @@ describe('silence watch: reconnect when the connection is silent while the link 
     w.stop();
   });
 
+  it('a connection made by someone else (a reset, then the transport reconnected) is silent only from its connect', async () => {
+    const { clock, s, w } = rig({ linkUp: false });
+    // The old connection: silent 10 s, the link cut (probes fail), then reset by the peer.
+    await clock.advance(10_000);
+    expect(s.reconnects).toEqual([]);
+    s.linkUp = true;
+    w.connected();
+    // A fresh connection is not torn down for the old one's silence: it gets the least silence of its own.
+    await clock.advance(1500);
+    expect(s.reconnects).toEqual([]);
+    await clock.advance(1000);
+    expect(s.reconnects.length).toBe(1);
+    w.stop();
+  });
+
   it('nothing asked for: silence is not suspicious', async () => {
     const { clock, s, w } = rig({ linkUp: true });
     s.waiting = false;
