@@ -184,7 +184,7 @@ export class Download {
   /**
    * After a reconnect: what was in flight may be lost, or may still come (see ChunkRequests.held). New chunks
    * are asked for first; the old outstanding ones only if they have not come by the time the first
-   * new one does. Without new chunks to ask for (the end of the payload), the old ones are asked again.
+   * new one does. Without new chunks to ask for (the end of the payload), the last old one is asked first.
    */
   resend(): void {
     if (this.finished) return;

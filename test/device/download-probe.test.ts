@@ -141,6 +141,35 @@ describe('download: after a silence, a probe before the rest', () => {
     await r.close();
   });
 
+  it('after a reconnect at the end of the payload (every chunk missing already asked for): the last one alone first, the rest only if they do not come (no duplicates)', async () => {
+    const r = await rig();
+    const got = new Set<number>();
+    const asked = () => new Set(r.requests.flat());
+    // Receive in request order until every chunk not yet here has been asked for.
+    while (asked().size < CHUNKS) {
+      const next = r.requests.flat().find((i) => !got.has(i))!;
+      got.add(next);
+      await r.chunk(next);
+    }
+    const old = [...asked()].filter((i) => !got.has(i));
+    expect(old.length).toBeGreaterThan(2);
+    const before = r.requests.length;
+    r.d.resend();
+    await r.settle();
+    // Only the last old chunk is asked for again (the probe); nothing else yet.
+    expect(r.requests.slice(before)).toEqual([[old.at(-1)]]);
+    // The old request was served on the new connection after all, but for the chunk before the last:
+    // its frames come, then the probe's. Only the missing one is asked again.
+    const lost = old.at(-2)!;
+    for (const i of old.slice(0, -2)) await r.chunk(i);
+    await r.chunk(old.at(-1)!);
+    expect(r.requests.slice(before + 1)).toEqual([[lost]]);
+    await r.chunk(lost);
+    await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
   it('acknowledgements trickling in (a PUBACK per status) are not chunks on their way: the silence is still answered', async () => {
     const r = await rig();
     const before = r.requests.length;
