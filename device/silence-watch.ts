@@ -160,7 +160,7 @@ export class SilenceWatch {
   /**
    * A new connection, whoever made it (a reset by the peer, a keepalive, the transport's own
    * reconnect): its silence starts now. The old connection's silence is not this one's: counted on,
-   * it tore down connections 0.1-2.6 s old as "silent for 11-12 s" (ten devices at 20 % loss, whose
+   * it tore down connections 0.7-2.6 s old as "silent for 11-12 s" (ten devices at 20 % loss, whose
    * connections were reset after an outage), each costing a connect, a subscribe and a request again.
    */
   connected(): void {
