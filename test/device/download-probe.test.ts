@@ -21,8 +21,11 @@ const { payload, list, updateId, step } = payloadStep(CHUNK, CHUNKS, (i) => (i *
 const own = ownAfterEach();
 
 /** `link`: the probe connects while `link.up` (and the watch's reconnects are counted): the silence watch runs. */
-async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: boolean; reconnects: number } } = {}) {
+/** `noList`: the chunk list is not delivered at the start (`list()` delivers it). */
+async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: boolean; reconnects: number }; noList?: boolean } = {}) {
   const requests: number[][] = [];
+  /** Whether each request asked for the chunk list too. */
+  const asksList: boolean[] = [];
   let wire = 0;
   /** With `pings`: the PINGREQs the download sends, and the PINGRESPs the broker answered (the test's). */
   const ping = { sent: 0, answered: 0 };
@@ -30,7 +33,9 @@ async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: bool
   const { d, clock, files } = await downloadRig(own, 'download-probe', step, {
     transport: {
       publish: async (_t: string, p: Uint8Array | string) => {
-        requests.push(decodeRequest(p as Uint8Array).want);
+        const req = decodeRequest(p as Uint8Array);
+        requests.push(req.want);
+        asksList.push(req.list);
       },
       ...(o.pings ? { nudge: () => ping.sent++, pongs: () => ping.answered } : {}),
       // A transport that can probe and reconnect (the silence watch runs), and knows its quickest TCP handshake.
@@ -53,11 +58,14 @@ async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: bool
     await until(() => d.receivedChunks !== held || d.duplicateChunks !== dups, { what: `chunk ${i} written or counted as a duplicate`, timeoutMs: 10_000, intervalMs: 5 });
     await settle();
   };
+  const deliverList = async () => {
+    d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
+    // The first window is asked for with the list; wait until the list is saved.
+    await until(() => files.list && requests.some((w) => w.length > 0), { what: 'the list saved and the first window of requests', timeoutMs: 10_000, intervalMs: 5 });
+  };
   await d.start();
-  d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
-  // The first window is asked for with the list; wait until the list is saved.
-  await until(() => files.list && requests.some((w) => w.length > 0), { what: 'the list saved and the first window of requests', timeoutMs: 10_000, intervalMs: 5 });
-  return { d, clock, requests, chunk, settle, ping, isDone: () => done, close: () => d.close(), wireIn: (n: number) => (wire += n) };
+  if (!o.noList) await deliverList();
+  return { d, clock, requests, asksList, chunk, settle, ping, list: deliverList, isDone: () => done, close: () => d.close(), wireIn: (n: number) => (wire += n) };
 }
 
 describe('download: after a silence, a probe before the rest', () => {
@@ -167,6 +175,46 @@ describe('download: after a silence, a probe before the rest', () => {
     await r.chunk(lost);
     await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
     expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('a silence before the chunk list: the list and the last chunk asked again, the rest held; a late first answer then costs one duplicate, not the window', async () => {
+    const r = await rig({ noList: true });
+    const first = r.requests[0];
+    expect(r.asksList[0]).toBe(true);
+    expect(first.length).toBeGreaterThan(2);
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    expect(r.requests.slice(1)).toEqual([[first.at(-1)]]);
+    expect(r.asksList[1]).toBe(true);
+    // The first request's answer was only late: the list, then its chunks; then the probe's (list ignored, one chunk twice).
+    await r.list();
+    for (const i of first) await r.chunk(i);
+    await r.chunk(first.at(-1)!);
+    expect(r.d.duplicateChunks).toBe(1);
+    // Nothing of the first window is asked again; the download goes on and completes.
+    expect(
+      r.requests
+        .slice(2)
+        .flat()
+        .filter((i) => first.includes(i)),
+    ).toEqual([]);
+    for (let k = 2; k < r.requests.length && !r.isDone(); k++) for (const i of r.requests[k]) await r.chunk(i);
+    await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
+    expect(r.d.duplicateChunks).toBe(1);
+    await r.close();
+  });
+
+  it('a silence before the chunk list whose first request was lost: the probe brings the list and its chunk, then the rest are asked again', async () => {
+    const r = await rig({ noList: true });
+    const first = r.requests[0];
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    expect(r.requests.slice(1)).toEqual([[first.at(-1)]]);
+    await r.list();
+    await r.chunk(first.at(-1)!);
+    const again = r.requests.slice(2).flat();
+    expect(first.slice(0, -1).every((i) => again.includes(i))).toBe(true);
     await r.close();
   });
 
