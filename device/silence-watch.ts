@@ -98,6 +98,15 @@ const PROGRESS_BYTES = 2048;
 export const UNMEASURED_FACTOR = 4;
 const MAX_STRIKES = 3;
 const PAID_BACK = 8;
+/**
+ * No chunk for this long (or 4 × the silence a probe needs, if longer) while chunks are asked for is
+ * logged once per gap (debug), with what kept the watch from probing: the tail of a ten-device run was
+ * one connection trickling a chunk every 7-24 s that the watch never probed (docs/links.md, ninth pass).
+ */
+const LONG_WAIT_MS = 10_000;
+
+/** What kept the watch from probing in a long wait for a chunk (the `held` of its debug line). */
+export type HeldBy = 'bytes-trickle' | 'answered' | 'max-reconnects' | 'budget' | 'probing' | 'silence-too-short';
 
 export class SilenceWatch {
   private seen: number;
@@ -125,10 +134,14 @@ export class SilenceWatch {
   private answeredAt = Number.NEGATIVE_INFINITY;
   private lastNudgeAt = Number.NEGATIVE_INFINITY;
   private firstUnansweredAt = Number.NEGATIVE_INFINITY;
+  /** The last chunk (or the start), and the gap already reported (`reportLongWait`). */
+  private lastChunkAt: number;
+  private reportedGap = Number.NEGATIVE_INFINITY;
 
   constructor(private readonly o: SilenceWatchOptions) {
     this.seen = o.bytesIn();
     this.since = o.clock.now();
+    this.lastChunkAt = this.since;
     this.answersSeen = o.answers?.() ?? 0;
     this.nextNudgeMs = this.firstNudgeMs();
     this.schedule();
@@ -154,6 +167,7 @@ export class SilenceWatch {
    */
   delivered(): void {
     this.measured = true;
+    this.lastChunkAt = this.o.clock.now();
     if (++this.sinceReconnect >= PAID_BACK) this.strikes = 0;
   }
 
@@ -200,7 +214,26 @@ export class SilenceWatch {
       const unanswered = now - this.lastLife();
       if (!this.probing && this.reconnects < this.o.maxReconnects && this.affordable() && unanswered >= this.silenceNeededMs && this.pingedUnanswered(now)) this.check(unanswered);
     }
+    this.reportLongWait(now);
     this.schedule();
+  }
+
+  /** Once per gap between chunks that grows long while chunks are asked for: what held the watch (debug). */
+  private reportLongWait(now: number): void {
+    const gapMs = now - this.lastChunkAt;
+    if (this.reportedGap === this.lastChunkAt || !this.o.waiting() || gapMs < Math.max(LONG_WAIT_MS, 4 * this.silenceNeededMs)) return;
+    this.reportedGap = this.lastChunkAt;
+    this.o.log.debug('no chunk for a long while', { gapMs, silentMs: now - this.lastLife(), held: this.heldBy(now), reconnects: this.reconnects, spentBytes: this.spentBytes });
+  }
+
+  /** Why no probe goes now (the first that holds). */
+  heldBy(now: number): HeldBy {
+    if (this.probing) return 'probing';
+    if (this.reconnects >= this.o.maxReconnects) return 'max-reconnects';
+    if (!this.affordable()) return 'budget';
+    if (this.since > this.lastChunkAt && now - this.since < this.silenceNeededMs && this.since >= this.answeredAt) return 'bytes-trickle';
+    if (this.answeredAt > this.lastChunkAt && now - this.answeredAt < this.silenceNeededMs) return 'answered';
+    return 'silence-too-short';
   }
 
   private sendNudge(now: number): void {

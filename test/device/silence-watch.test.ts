@@ -7,18 +7,18 @@
  */
 import { describe, expect, it } from 'vitest';
 import { SilenceWatch } from '../../device/silence-watch.ts';
-import { silentLogger } from '../../util/log.ts';
+import { createLogger, silentLogger, type Logger } from '../../util/log.ts';
 import { ManualClock } from '../support/clock.ts';
 
 /** `unmeasured`: no chunk has come yet (the other cases are mid-download: one has). */
 /** `answering`: answers are counted, and each nudge is answered (a PINGRESP) 300 ms later, or never. */
-function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number; unmeasured?: boolean; budgetBytes?: number; answering?: boolean }) {
+function rig(o: { linkUp: boolean; rttMs?: number; chunkMs?: number; maxReconnects?: number; nudgeMs?: number; unmeasured?: boolean; budgetBytes?: number; answering?: boolean; log?: Logger }) {
   const clock = new ManualClock();
   /** handshakeMs: how long the probe's handshake takes (a queue ahead of it on a busy link). */
   const s = { bytes: 0, cost: 0, waiting: true, linkUp: o.linkUp, handshakeMs: 0, probes: [] as number[], reconnects: [] as string[], nudges: [] as number[], pongs: 0, answering: o.answering === true };
   const w = new SilenceWatch({
     clock,
-    log: silentLogger,
+    log: o.log ?? silentLogger,
     bytesIn: () => s.bytes,
     waiting: () => s.waiting,
     rttMs: () => o.rttMs ?? 0,
@@ -276,6 +276,54 @@ describe('silence watch: reconnect when the connection is silent while the link 
     // 2200 spent of 3000: another 1100 does not fit.
     await clock.advance(30_000);
     expect(s.reconnects.length).toBe(2);
+    w.stop();
+  });
+});
+
+describe('silence watch: a long wait for a chunk says what held it (debug)', () => {
+  const logged = () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const log = createLogger('watch', 'debug', (l) => lines.push(JSON.parse(l) as Record<string, unknown>));
+    return { log, waits: () => lines.filter((l) => l.msg === 'no chunk for a long while') };
+  };
+
+  it('a trickle of segments and no chunk: one line per gap, held by the trickle, and no probe', async () => {
+    const { log, waits } = logged();
+    const { clock, s, w } = rig({ linkUp: true, log });
+    for (let t = 0; t < 30_000; t += 1500) {
+      s.bytes += 2500;
+      await clock.advance(1500);
+    }
+    expect(s.probes).toEqual([]);
+    expect(waits().length).toBe(1);
+    expect(waits()[0]).toMatchObject({ held: 'bytes-trickle' });
+    expect(waits()[0].gapMs).toBeGreaterThanOrEqual(10_000);
+    // A chunk starts a new gap, reported again once long.
+    w.delivered();
+    for (let t = 0; t < 12_000; t += 1500) {
+      s.bytes += 2500;
+      await clock.advance(1500);
+    }
+    expect(waits().length).toBe(2);
+    w.stop();
+  });
+
+  it('a silence past the byte budget: held by the budget', async () => {
+    const { log, waits } = logged();
+    const { clock, s, w } = rig({ linkUp: true, log, budgetBytes: 500 });
+    s.cost = 1000;
+    await clock.advance(12_000);
+    expect(s.reconnects).toEqual([]);
+    expect(waits()).toMatchObject([{ held: 'budget' }]);
+    w.stop();
+  });
+
+  it('nothing asked for: no line, however long', async () => {
+    const { log, waits } = logged();
+    const { clock, s, w } = rig({ linkUp: true, log });
+    s.waiting = false;
+    await clock.advance(30_000);
+    expect(waits()).toEqual([]);
     w.stop();
   });
 });
