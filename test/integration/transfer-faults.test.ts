@@ -64,7 +64,9 @@ describe('transfer faults', () => {
 
   it('a newer release supersedes one being downloaded; gc then removes the update no release names, without disturbing the named one', async () => {
     f = own(await createFixture('supersede', { layers: MEDIUM_LAYERS, rank: 16 }));
-    proxy = own(await slowLink(f, 20_000));
+    // 8 kB/s: the first download (~68 kB) takes ~8 s, longer than publishing the second release takes
+    // on a loaded machine (at 20 kB/s, ~3.4 s, a CI run saw the first complete before the second came).
+    proxy = own(await slowLink(f, 8_000));
     const watch = await StatusWatch.start(f);
     spawnDevice(f, 'ss-1', [], proxy.url);
     await watch.until('ss-1', (s) => s.state === 'idle');
