@@ -99,9 +99,9 @@ export const UNMEASURED_FACTOR = 4;
 const MAX_STRIKES = 3;
 const PAID_BACK = 8;
 /**
- * No chunk for this long (or 4 × the silence a probe needs, if longer) while chunks are asked for is
- * logged once per gap (debug), with what kept the watch from probing: the tail of a ten-device run was
- * one connection trickling a chunk every 7-24 s that the watch never probed (docs/links.md, ninth pass).
+ * No chunk for this long while chunks are asked for is logged once per gap (debug), with what kept the
+ * watch from probing: the tail of a ten-device run was one connection trickling a chunk every 7-24 s
+ * that the watch never probed (docs/links.md, ninth pass).
  */
 const LONG_WAIT_MS = 10_000;
 
@@ -221,9 +221,10 @@ export class SilenceWatch {
   /** Once per gap between chunks that grows long while chunks are asked for: what held the watch (debug). */
   private reportLongWait(now: number): void {
     const gapMs = now - this.lastChunkAt;
-    if (this.reportedGap === this.lastChunkAt || !this.o.waiting() || gapMs < Math.max(LONG_WAIT_MS, 4 * this.silenceNeededMs)) return;
+    if (this.reportedGap === this.lastChunkAt || !this.o.waiting() || gapMs < LONG_WAIT_MS) return;
     this.reportedGap = this.lastChunkAt;
-    this.o.log.debug('no chunk for a long while', { gapMs, silentMs: now - this.lastLife(), held: this.heldBy(now), reconnects: this.reconnects, spentBytes: this.spentBytes });
+    const needed = this.silenceNeededMs;
+    this.o.log.debug('no chunk for a long while', { gapMs, silentMs: now - this.lastLife(), neededMs: Math.round(needed), held: this.heldBy(now), reconnects: this.reconnects, spentBytes: this.spentBytes });
   }
 
   /** Why no probe goes now (the first that holds). */
