@@ -91,18 +91,13 @@ export class ChunkRequests {
     for (const i of old) this.held.add(i);
     const fresh = this.files.bitmap.missing(window, this.inFlight).filter((i) => i !== cut);
     if (cut !== undefined) fresh.unshift(cut);
-    if (fresh.length === 0) {
-      // The end of the payload: nothing new to ask for. The last old chunk is asked again alone (the
-      // probe) and the rest held, as above: asking them all again at once sent each of them twice when
-      // the old request had reached the server as the link came back (seven chunks to one device in a
-      // ten-device run at 20 % loss). What has not come when the probe does was lost.
-      const last = old.at(-1)!;
-      this.held.delete(last);
-      if (old.length > 1) this.probe = { index: last, before: new Set(old.slice(0, -1)) };
-      else this.held.clear();
-      return [last];
-    }
-    this.probe = { index: fresh[0], before: new Set(old) };
+    // The end of the payload, nothing new to ask for: the last old chunk is the one asked first, alone,
+    // and the rest held as above (asking them all again at once sent each twice when the old request
+    // had reached the server as the link came back: seven chunks to one device in a ten-device run at
+    // 20 % loss).
+    if (fresh.length === 0) fresh.push(old.at(-1)!);
+    this.held.delete(fresh[0]);
+    this.probe = { index: fresh[0], before: new Set(old.filter((i) => i !== fresh[0])) };
     return fresh;
   }
 

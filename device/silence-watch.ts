@@ -178,8 +178,13 @@ export class SilenceWatch {
    * connections were reset after an outage), each costing a connect, a subscribe and a request again.
    */
   connected(): void {
-    this.seen = this.o.bytesIn();
-    this.since = this.o.clock.now();
+    this.restartSilence(this.o.clock.now(), this.o.bytesIn());
+  }
+
+  /** The silence starts again at `now` (bytes came, nothing is asked for, or a new connection). */
+  private restartSilence(now: number, bytes: number): void {
+    this.seen = bytes;
+    this.since = now;
     this.nextNudgeMs = this.firstNudgeMs();
   }
 
@@ -201,9 +206,7 @@ export class SilenceWatch {
       this.answeredAt = now;
     }
     if (bytes - this.seen >= PROGRESS_BYTES || !this.o.waiting()) {
-      this.seen = bytes;
-      this.since = now;
-      this.nextNudgeMs = this.firstNudgeMs();
+      this.restartSilence(now, bytes);
     } else {
       const silent = now - this.since;
       if (this.o.nudge && this.o.nudgeMs !== undefined && silent >= this.nextNudgeMs) {
@@ -224,16 +227,16 @@ export class SilenceWatch {
     if (this.reportedGap === this.lastChunkAt || !this.o.waiting() || gapMs < LONG_WAIT_MS) return;
     this.reportedGap = this.lastChunkAt;
     const needed = this.silenceNeededMs;
-    this.o.log.debug('no chunk for a long while', { gapMs, silentMs: now - this.lastLife(), neededMs: Math.round(needed), held: this.heldBy(now), reconnects: this.reconnects, spentBytes: this.spentBytes });
+    this.o.log.debug('no chunk for a long while', { gapMs, silentMs: now - this.lastLife(), neededMs: Math.round(needed), held: this.heldBy(now, needed), reconnects: this.reconnects, spentBytes: this.spentBytes });
   }
 
-  /** Why no probe goes now (the first that holds). */
-  heldBy(now: number): HeldBy {
+  /** Why no probe goes now, with `needed` the silence a probe needs (the first that holds). */
+  private heldBy(now: number, needed: number): HeldBy {
     if (this.probing) return 'probing';
     if (this.reconnects >= this.o.maxReconnects) return 'max-reconnects';
     if (!this.affordable()) return 'budget';
-    if (this.since > this.lastChunkAt && now - this.since < this.silenceNeededMs && this.since >= this.answeredAt) return 'bytes-trickle';
-    if (this.answeredAt > this.lastChunkAt && now - this.answeredAt < this.silenceNeededMs) return 'answered';
+    if (this.since > this.lastChunkAt && now - this.since < needed && this.since >= this.answeredAt) return 'bytes-trickle';
+    if (this.answeredAt > this.lastChunkAt && now - this.answeredAt < needed) return 'answered';
     return 'silence-too-short';
   }
 
