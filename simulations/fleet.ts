@@ -28,7 +28,7 @@ import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import type { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
-import { congestionControls, hostRtoMaxMs } from './tcp-sysctls.ts';
+import { congestionControls, reportedRtoMaxMs, rtoMaxArg } from './tcp-sysctls.ts';
 import { counterDelta, type LinkCounters, type UpTcp } from './link-counters.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
 import { collectEnds, deviceHostArgs, hostReady, linkFromArgs, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
@@ -360,7 +360,7 @@ async function main(): Promise<void> {
     kernel,
     seed: Number(a.seed),
     congestion: a.congestion,
-    rtoMaxMs: a['rto-max'] === undefined ? undefined : Number(a['rto-max']),
+    rtoMaxMs: rtoMaxArg(a['rto-max']),
     profile: spec.profile,
     timeoutSeconds: Number(a.timeout),
     compareHttp: a['compare-http'] === true,
@@ -383,7 +383,7 @@ async function main(): Promise<void> {
     JSON.stringify({
       ...r,
       congestion: kernel ? (a.congestion ?? congestionControls().hostDefault) : null,
-      rtoMaxMs: kernel ? (base.rtoMaxMs ?? hostRtoMaxMs() ?? null) : null,
+      rtoMaxMs: kernel ? reportedRtoMaxMs(base.rtoMaxMs) : null,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     }) + '\n',
   );

@@ -41,7 +41,7 @@ import { runHttpBaseline, tcpFloorSeconds } from './compare-http.ts';
 import { runFaults, scheduleFaults, type Fault } from './faults.ts';
 import type { LinkSpec } from './link-profiles.ts';
 import { NetnsLink } from './netns-link.ts';
-import { congestionControls, hostRtoMaxMs } from './tcp-sysctls.ts';
+import { congestionControls, reportedRtoMaxMs, rtoMaxArg } from './tcp-sysctls.ts';
 import { hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec } from './sim-support.ts';
 import { localExec, netnsExec, publishSimRelease, releaseHeld, startSimBroker, startSiteProxy, tracker, writePayloadFile, type SimHeld } from './sim-run.ts';
 import type { SentByType } from './uplink.ts';
@@ -360,6 +360,7 @@ async function main(): Promise<void> {
     process.stderr.write('sim:gateway: --profile and --compare-http need the kernel link: drop --proxy\n');
     process.exit(2);
   }
+  const rtoMaxMs = rtoMaxArg(a['rto-max']);
   const r = await runGatewaySim({
     devices: Number(a.devices),
     size: Number(a.size),
@@ -372,14 +373,13 @@ async function main(): Promise<void> {
     skipDirect: a['skip-direct'] === true,
     seed: Number(a.seed),
     congestion: a.congestion,
-    rtoMaxMs: a['rto-max'] === undefined ? undefined : Number(a['rto-max']),
+    rtoMaxMs,
     proxy: a.proxy === true,
     timeoutSeconds: Number(a.timeout),
     log: (s) => process.stderr.write(s + '\n'),
   });
   const congestion = r.link.startsWith('proxy') ? null : (a.congestion ?? congestionControls().hostDefault);
-  const rtoMaxMs = congestion === null ? null : a['rto-max'] === undefined ? (hostRtoMaxMs() ?? null) : Number(a['rto-max']);
-  process.stdout.write(JSON.stringify({ ...r, congestion, rtoMaxMs }) + '\n');
+  process.stdout.write(JSON.stringify({ ...r, congestion, rtoMaxMs: congestion === null ? null : reportedRtoMaxMs(rtoMaxMs) }) + '\n');
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

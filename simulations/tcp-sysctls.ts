@@ -44,3 +44,13 @@ export function congestionControls(): { available: string[]; hostDefault: string
   const read = (f: string): string => fs.readFileSync(`/proc/sys/net/ipv4/${f}`, 'utf8').trim();
   return { available: read('tcp_available_congestion_control').split(/\s+/), hostDefault: read('tcp_congestion_control') };
 }
+
+/** The cap a run reports in its JSON line: the one asked for, else the host's (null before Linux 6.15). */
+export function reportedRtoMaxMs(asked: number | undefined): number | null {
+  return asked ?? hostRtoMaxMs() ?? null;
+}
+
+/** `--rto-max`'s value as parsed (checked by NetnsLink.create before the link is built). */
+export function rtoMaxArg(value: string | undefined): number | undefined {
+  return value === undefined ? undefined : Number(value);
+}

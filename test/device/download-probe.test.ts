@@ -68,6 +68,22 @@ async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: bool
   return { d, clock, requests, asksList, chunk, settle, ping, list: deliverList, isDone: () => done, close: () => d.close(), wireIn: (n: number) => (wire += n) };
 }
 
+/**
+ * No chunk list yet, and a silence: the first request (list and first window), then the probe the
+ * silence sends (the list again and the window's last chunk alone).
+ */
+async function silenceBeforeList() {
+  const r = await rig({ noList: true });
+  const first = r.requests[0];
+  expect(r.asksList[0]).toBe(true);
+  expect(first.length).toBeGreaterThan(2);
+  await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+  await r.settle();
+  expect(r.requests.slice(1)).toEqual([[first.at(-1)]]);
+  expect(r.asksList[1]).toBe(true);
+  return { r, first };
+}
+
 describe('download: after a silence, a probe before the rest', () => {
   it('a stalled link (frames late, none lost): one chunk asked again, nothing else, one duplicate', async () => {
     const r = await rig();
@@ -179,14 +195,7 @@ describe('download: after a silence, a probe before the rest', () => {
   });
 
   it('a silence before the chunk list: the list and the last chunk asked again, the rest held; a late first answer then costs one duplicate, not the window', async () => {
-    const r = await rig({ noList: true });
-    const first = r.requests[0];
-    expect(r.asksList[0]).toBe(true);
-    expect(first.length).toBeGreaterThan(2);
-    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
-    await r.settle();
-    expect(r.requests.slice(1)).toEqual([[first.at(-1)]]);
-    expect(r.asksList[1]).toBe(true);
+    const { r, first } = await silenceBeforeList();
     // The first request's answer was only late: the list, then its chunks; then the probe's (list ignored, one chunk twice).
     await r.list();
     for (const i of first) await r.chunk(i);
@@ -206,11 +215,7 @@ describe('download: after a silence, a probe before the rest', () => {
   });
 
   it('a silence before the chunk list whose first request was lost: the probe brings the list and its chunk, then the rest are asked again', async () => {
-    const r = await rig({ noList: true });
-    const first = r.requests[0];
-    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
-    await r.settle();
-    expect(r.requests.slice(1)).toEqual([[first.at(-1)]]);
+    const { r, first } = await silenceBeforeList();
     await r.list();
     await r.chunk(first.at(-1)!);
     const again = r.requests.slice(2).flat();
