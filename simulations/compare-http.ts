@@ -12,6 +12,7 @@ import { fetchWithResume } from './http-range.ts';
 import type { NetnsLink } from './netns-link.ts';
 import { counterDelta, type UpTcp } from './link-counters.ts';
 import { runFaults, type Fault } from './faults.ts';
+import { pinnedOf, senderSampler, type SenderPinned } from './sender-pacing.ts';
 
 const HTTP_SCRIPT = new URL('./http-range.ts', import.meta.url).pathname;
 
@@ -28,6 +29,8 @@ export interface HttpRunResult {
   downQueue: { tbfDrops: number; retransSegs: number };
   /** The site's TCP segments sent during the fetch, and of them sent again. */
   upTcp: UpTcp;
+  /** How long the HTTP server's connections sat with BBR's rate pinned low (sender-pacing.ts; null without BBR). */
+  senderPinned: SenderPinned | null;
 }
 
 export interface HttpRunOptions {
@@ -38,6 +41,8 @@ export interface HttpRunOptions {
   devices: number;
   faults: Fault[];
   cutSeconds: number;
+  /** The downlink's rate, kbit/s (what `senderPinned` measures a share of). */
+  downKbit: number;
   dir: string;
   idleSeconds: number;
   timeoutSeconds: number;
@@ -67,6 +72,8 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
       .update(await fs.readFile(o.payloadFile))
       .digest('hex');
     const before = await o.link.reading();
+    const senders = senderSampler(o.link);
+    senders.start();
     const t0 = Date.now();
     let done = 0;
     const fetches = Array.from({ length: o.devices }, async (_, i) => {
@@ -92,6 +99,7 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
     const results = await Promise.all(fetches);
     const seconds = (Date.now() - t0) / 1000;
     await faultsDone;
+    await senders.stop();
     const after = await o.link.reading();
     return {
       completed: results.filter((r) => r.ok).length,
@@ -102,6 +110,7 @@ export async function runHttpBaseline(o: HttpRunOptions): Promise<HttpRunResult>
       wireUpPackets: after.counters.txPackets - before.counters.txPackets,
       downQueue: counterDelta(before.queue, after.queue),
       upTcp: counterDelta(before.up, after.up),
+      senderPinned: pinnedOf(senders, o.port, o.downKbit),
     };
   } finally {
     if (server.pid !== undefined && server.exitCode === null) process.kill(server.pid, 'SIGTERM');

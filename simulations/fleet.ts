@@ -28,6 +28,7 @@ import { runFaults, scheduleFaults } from './faults.ts';
 import { describeLink, needsKernel, type LinkSpec } from './link-profiles.ts';
 import type { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
+import { pinnedOf, senderSampler, type SenderPinned } from './sender-pacing.ts';
 import { congestionControls, reportedRtoMaxMs, rtoMaxArg } from './tcp-sysctls.ts';
 import { counterDelta, type LinkCounters, type UpTcp } from './link-counters.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
@@ -108,6 +109,8 @@ export interface FleetSimResult {
   downQueue?: { tbfDrops: number; retransSegs: number };
   /** Kernel link, the same span: the site's TCP segments sent, and of them sent again (link-netns `upTcp`). */
   upTcp?: UpTcp;
+  /** Kernel link, the same span: how long the broker's connections sat with BBR's rate pinned low (sender-pacing.ts; null without BBR). */
+  senderPinned?: SenderPinned | null;
   compareHttp?: HttpComparison;
 }
 
@@ -221,6 +224,7 @@ async function compareWithHttp(o: FleetSimOptions, link: NetnsLink, result: Flee
     devices: o.devices,
     faults: w.faults.filter((f) => f.kind === 'cut'),
     cutSeconds: o.cutSeconds,
+    downKbit: o.rateKbit,
     dir: w.dir,
     idleSeconds: 10,
     timeoutSeconds: o.timeoutSeconds,
@@ -271,7 +275,9 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     await new Promise((r) => setTimeout(r, 500));
     const before = await link?.reading();
     const sampler = link ? new CounterSampler(() => link.counters()) : undefined;
+    const senders = link ? senderSampler(link) : undefined;
     sampler?.start();
+    senders?.start();
     await publishSimRelease(srvExec, track, keys, updateFile, brokerUrl);
     const t0 = Date.now();
     const ideal = o.rateKbit ? (o.devices * payloadBytes * 8) / (o.rateKbit * 1000) : 2;
@@ -300,6 +306,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
     const seconds = (Date.now() - tStart) / 1000;
     // Sampling stops first: a sample read after `after` would count more than the whole run.
     await sampler?.stop();
+    await senders?.stop();
     const after = await link?.reading();
     const atDownloaded = readingAtDownloaded(list, sampler, after?.counters);
     const result = simResult(o, { list, tStart, seconds, ideal, payloadBytes, targetDigest: update.targetDigest, cuts, kills, proxy }, before?.counters, after?.counters, atDownloaded);
@@ -307,6 +314,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
       result.downQueue = counterDelta(before.queue, after.queue);
       result.upTcp = counterDelta(before.up, after.up);
     }
+    if (senders) result.senderPinned = pinnedOf(senders, port, o.rateKbit);
     if (o.compareHttp && link) {
       await Promise.all(held.children.splice(held.children.indexOf(host), 1).map((c) => stopChild(c, 2000).catch(() => undefined)));
       o.log(`fleet: ${JSON.stringify(result)}`);

@@ -1,6 +1,7 @@
 import type { HttpRunResult } from './compare-http.ts';
 import type { LinkSpec } from './link-profiles.ts';
 import type { SiteRunOptions } from './sim-support.ts';
+import type { SenderPinned } from './sender-pacing.ts';
 import type { SentByType } from './uplink.ts';
 
 /** sim:gateway's options and the figures its one JSON line carries (simulations/gateway.ts). */
@@ -65,7 +66,11 @@ export interface GatewaySimResult {
   link: string;
   devices: number;
   payloadBytes: number;
-  gateway: PhaseResult & { upstreamFetchedPayloadBytes: number; upstreamWireOut: number };
+  gateway: PhaseResult & {
+    upstreamFetchedPayloadBytes: number;
+    upstreamWireOut: number;
+    /** Kernel link: how long the broker's connection to the gateway sat with BBR's rate pinned low (sender-pacing.ts; null without BBR). */ senderPinned: SenderPinned | null;
+  };
   /** Null with `skipDirect`. */
   direct: PhaseResult | null;
   /** Gateway phase: socket bytes in over the link ÷ one payload (goal ≤ 1.10). */

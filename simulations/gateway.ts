@@ -41,6 +41,7 @@ import { runHttpBaseline, tcpFloorSeconds } from './compare-http.ts';
 import { runFaults, scheduleFaults, type Fault } from './faults.ts';
 import type { LinkSpec } from './link-profiles.ts';
 import { NetnsLink } from './netns-link.ts';
+import { pinnedOf, senderSampler } from './sender-pacing.ts';
 import { congestionControls, reportedRtoMaxMs, rtoMaxArg } from './tcp-sysctls.ts';
 import { hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec } from './sim-support.ts';
 import { localExec, netnsExec, publishSimRelease, releaseHeld, startSimBroker, startSiteProxy, tracker, writePayloadFile, type SimHeld } from './sim-run.ts';
@@ -151,7 +152,9 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
   const sentBefore = before?.upstreamSent;
   let sentAtFetched: SentByType | undefined;
   const sampler = rig.sampler();
+  const senders = rig.link ? senderSampler(rig.link) : undefined;
   sampler?.start();
+  senders?.start();
   const t0 = Date.now();
   let releaseAt: number | undefined;
   await publish();
@@ -188,6 +191,7 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
   await sleep(1500); // the last statuses go up
   const gs = await readStatus();
   await sampler?.stop();
+  await senders?.stop();
   await stopChild(host1, 3000).catch(() => undefined);
   await stopChild(gateway, 5000).catch(() => undefined);
   const linkAfter1 = await rig.linkBytes();
@@ -201,6 +205,7 @@ async function gatewayPhase(rig: Rig, publish: () => Promise<void>): Promise<Gat
     cuts: cuts1,
     upstreamFetchedPayloadBytes: gs?.fetched.payloadBytes ?? -1,
     upstreamWireOut: gs?.fetched.wireBytesOut ?? -1,
+    senderPinned: senders ? pinnedOf(senders, Number(new URL(rig.upstreamUrl).port), o.rateKbit) : null,
   };
   o.log(
     `gateway phase: ${gwPhase.completed}/${o.devices} ok in ${gwPhase.seconds} s; gateway socket in ${gwPhase.socketBytesIn} B (${(gwPhase.socketBytesIn / rig.payloadBytes).toFixed(3)} × payload); link down ${gwPhase.linkBytesDown} B, up ${gwPhase.linkBytesUp} B`,
@@ -270,8 +275,21 @@ async function compareWithHttp(o: GatewaySimOptions, link: NetnsLink, w: { dir: 
   const payloadBytes = w.payload.byteLength;
   const payloadFile = await writePayloadFile(w.dir, w.payload);
   const faults = w.gateway.faults.filter((f) => f.kind === 'cut');
-  const http = await runHttpBaseline({ link, port: w.port + 1, payloadFile, payloadBytes, devices: 1, faults, cutSeconds: o.cutSeconds, dir: w.dir, idleSeconds: 10, timeoutSeconds: o.timeoutSeconds, log: o.log });
   const spec: LinkSpec = o.link ?? { downKbit: o.rateKbit, upKbit: o.rateKbit, delayMs: 0, jitterMs: 0, lossDownPercent: o.lossPercent, lossUpPercent: o.lossPercent, cuts: o.cuts, cutSeconds: o.cutSeconds };
+  const http = await runHttpBaseline({
+    link,
+    port: w.port + 1,
+    payloadFile,
+    payloadBytes,
+    devices: 1,
+    faults,
+    cutSeconds: o.cutSeconds,
+    downKbit: spec.downKbit,
+    dir: w.dir,
+    idleSeconds: 10,
+    timeoutSeconds: o.timeoutSeconds,
+    log: o.log,
+  });
   const floor = tcpFloorSeconds(spec, 1, payloadBytes, spec.delayMs > 0 || spec.jitterMs > 0 ? 1500 : 1514);
   const { fetchSeconds, upToFetched, socketUpToFetched } = w.gateway;
   const r3 = (x: number): number => Number(x.toFixed(3));

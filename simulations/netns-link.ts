@@ -352,6 +352,11 @@ export class NetnsLink {
     return readUpTcp(this.siteNs);
   }
 
+  /** `ss -tin` of the server side's established connections to the site: each one's queues and TCP state (sender-pacing.ts). */
+  senderTcpInfo(): Promise<string> {
+    return run('ip', ['netns', 'exec', this.srvNs, 'ss', '-tin', 'state', 'established', 'dst', this.siteAddress]);
+  }
+
   /** TCP MIB counters (/proc/net/snmp is per network namespace). */
   tcpStats(side: Side): Promise<TcpStats> {
     return readTcpStats(this.ns(side));

@@ -31,16 +31,16 @@ export function sumSent(list: DeviceEnd[], which: 'sent' | 'sentToDownloaded'): 
   return out;
 }
 
-/** Samples a link's counters every `everyMs` until stopped; `at(t)` is the first sample taken at or after `t`. */
-export class CounterSampler {
-  private readonly samples: Array<{ t: number; c: LinkCounters }> = [];
+/** Reads something every `everyMs` until stopped (a reading still under way skips a turn); `at(t)` is the first sample taken at or after `t`. */
+export class PeriodicSampler<T> {
+  protected readonly samples: Array<{ t: number; c: T }> = [];
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
   private inFlight: Promise<void> = Promise.resolve();
 
   constructor(
-    private readonly read: () => Promise<LinkCounters>,
-    private readonly everyMs = 250,
+    private readonly read: () => Promise<T>,
+    readonly everyMs = 250,
   ) {}
 
   start(): void {
@@ -61,10 +61,18 @@ export class CounterSampler {
     await this.inFlight;
   }
 
-  at(t: number): LinkCounters | undefined {
+  at(t: number): T | undefined {
     return this.samples.find((s) => s.t >= t)?.c;
   }
 
+  /** Every sample so far, oldest first. */
+  all(): ReadonlyArray<{ t: number; c: T }> {
+    return this.samples;
+  }
+}
+
+/** Samples a link's counters every `everyMs` until stopped. */
+export class CounterSampler extends PeriodicSampler<LinkCounters> {
   /** The counters at `t`, interpolated between the samples either side of it (the first after it when none is before). */
   around(t: number): LinkCounters | undefined {
     const i = this.samples.findIndex((s) => s.t >= t);

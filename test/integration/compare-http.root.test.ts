@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { runFleetSim } from '../../simulations/fleet.ts';
 import { resolveLink } from '../../simulations/link-profiles.ts';
 import { NetnsLink } from '../../simulations/netns-link.ts';
+import { congestionControls } from '../../simulations/tcp-sysctls.ts';
 
 const available = NetnsLink.available();
 if (!available.ok) console.warn(`skipping sim:fleet --compare-http: ${available.reason}`);
@@ -57,6 +58,20 @@ describe.skipIf(!available.ok)('sim:fleet --compare-http on a delayed profile (r
       expect(u.retransSegs).toBeGreaterThanOrEqual(0);
       expect(u.retransSegs).toBeLessThanOrEqual(u.outSegs);
       expect(u.timeouts + u.lossProbes).toBeGreaterThanOrEqual(0);
+    }
+    // The server side's senders, sampled with ss through each transfer: each device's connection is
+    // seen (the broker's, then the HTTP server's); figures only under BBR, the host's default here or not.
+    const bbr = congestionControls().hostDefault === 'bbr';
+    for (const s of [r.senderPinned, r.compareHttp!.http.senderPinned]) {
+      if (!bbr) {
+        expect(s).toBeNull();
+        continue;
+      }
+      expect(s!.connections).toBeGreaterThanOrEqual(2);
+      expect(s!.samples).toBeGreaterThan(0);
+      expect(s!.belowKbit).toBe(p.downKbit / 8);
+      expect(s!.pinnedConnections).toBeLessThanOrEqual(s!.connections);
+      expect(s!.longestPinnedSeconds).toBeLessThanOrEqual(s!.pinnedSeconds);
     }
   }, 300_000);
 });
