@@ -21,7 +21,10 @@ import { guardStreams, type Persistence } from './persistence-streams.ts';
 import { exactRetainedLookups, framesFilterDevice, skipFrameLookups } from './retained-lookups.ts';
 import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.ts';
 import { stampPresence } from './presence-stamp.ts';
-import { InternalError } from '../platform/errors.ts';
+import { InternalError, UsageError } from '../platform/errors.ts';
+import { systemClock } from '../platform/clock.ts';
+import { ssAvailable } from '../platform/tcp-senders.ts';
+import { UNPIN_DEFAULTS, watchPinnedSenders, type UnpinWatch } from './pinned-senders.ts';
 
 const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
@@ -60,6 +63,11 @@ export interface MqttBrokerOptions {
    * with its own login; the ACL applies as on TCP). Port 0: any free port.
    */
   ws?: { port: number; host?: string };
+  /**
+   * Close a TCP connection the host's BBR pins at a steady trickle, so the client reconnects on a
+   * fresh one (broker/pinned-senders.ts; Linux with `ss`). `read` replaces running `ss` (tests).
+   */
+  unpinSenders?: boolean | { everyMs?: number; holdMs?: number; cooldownMs?: number; minDrainMs?: number; read?: () => Promise<string> };
   log: Logger;
 }
 
@@ -99,6 +107,10 @@ export interface BrokerParts {
   tlsUrl?: string;
   ws?: Listener;
   wsUrl?: string;
+  /** The Aedes client of each accepted connection (its id once logged in). */
+  readonly clients: WeakMap<object, Client>;
+  /** One watch per listener (`--unpin-senders`). */
+  unpin?: UnpinWatch[];
 }
 
 /** Brokers started in this process so far: a second one's update server needs a client id of its own (nodes of one cluster in one test process). */
@@ -106,7 +118,7 @@ let brokersStarted = 0;
 
 export function brokerParts(o: MqttBrokerOptions): BrokerParts {
   const n = ++brokersStarted;
-  return { o: resolveBrokerConfig(o), log: o.log, host: o.host ?? '127.0.0.1', topics: new Topics(o.prefix), internalClientId: `fleet-update-server-${process.pid}${n > 1 ? `-${n}` : ''}` };
+  return { o: resolveBrokerConfig(o), log: o.log, host: o.host ?? '127.0.0.1', topics: new Topics(o.prefix), internalClientId: `fleet-update-server-${process.pid}${n > 1 ? `-${n}` : ''}`, clients: new WeakMap() };
 }
 
 /** A part an earlier step set; its absence is a bug in the order of the steps. */
@@ -180,6 +192,9 @@ const aedes: Step<BrokerParts> = {
 /** Hand a connection to Aedes: packets over the limit for the connection's phase and role are cut before Aedes buffers them. */
 function handle(p: BrokerParts, stream: net.Socket, req?: http.IncomingMessage): void {
   const client = part(p.aedes, 'aedes').handle(stream, req);
+  // By the stream, and for WebSocket by the TCP socket under it too (what `--unpin-senders` sees).
+  p.clients.set(stream, client);
+  if (req) p.clients.set(req.socket, client);
   const roleOf = (c: Client): Role | undefined => p.auth?.roleOf(c);
   limitPackets(stream, client, roleOf, p.auth !== undefined, p.log.child('limits'));
 }
@@ -268,10 +283,30 @@ const wsListener: Step<BrokerParts> = {
   stop: (p) => stopListener(p.ws),
 };
 
+const unpinSenders: Step<BrokerParts> = {
+  name: 'pinned-sender watch',
+  when: (p) => p.o.unpinSenders !== undefined && p.o.unpinSenders !== false,
+  start(p) {
+    const given = typeof p.o.unpinSenders === 'object' ? p.o.unpinSenders : {};
+    if (!given.read && !ssAvailable()) throw new UsageError('bad-options', '--unpin-senders needs Linux and the ss command (iproute2: apt-get install iproute2)');
+    // Every listener's connections: TCP, TLS and WebSocket all ride on the host's TCP.
+    const listeners = [
+      { l: part(p.tcp, 'tcp listener'), url: part(p.url, 'tcp listener') },
+      { l: p.tls, url: p.tlsUrl },
+      { l: p.ws, url: p.wsUrl },
+    ];
+    p.unpin = listeners.flatMap(({ l, url }) =>
+      l && url ? [watchPinnedSenders({ ...given, port: Number(new URL(url).port), sockets: l.sockets, clientOf: (s) => p.clients.get(s)?.id, clock: systemClock, log: p.log.child('unpin') })] : [],
+    );
+    p.log.info('closing connections the host pins at a trickle', { listeners: p.unpin.length, holdMs: given.holdMs ?? UNPIN_DEFAULTS.holdMs, cooldownMs: given.cooldownMs ?? UNPIN_DEFAULTS.cooldownMs });
+  },
+  stop: (p) => p.unpin?.forEach((w) => w.stop()),
+};
+
 /**
  * The broker's steps by name: Aedes (MQTT 3.1.1) with on-disk persistence by
  * default (or a cluster's Redis), the users file and ACLs, and TCP (TCP_NODELAY
  * on every socket), TLS and WebSocket listeners. A node lists them in order,
  * with its own parts between them (nodes/broker-node.ts).
  */
-export const brokerSteps = { dataDir, persistence, auth, aedes, tcp, tls: tlsListener, ws: wsListener } as const;
+export const brokerSteps = { dataDir, persistence, auth, aedes, tcp, unpinSenders, tls: tlsListener, ws: wsListener } as const;

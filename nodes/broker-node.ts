@@ -136,7 +136,7 @@ const metricsListener: Step<NodeParts> = {
 
 const b = brokerSteps;
 /** The broker node, in the order it starts (and, reversed, stops). */
-export const BROKER_NODE: readonly Step<NodeParts>[] = [b.dataDir, b.persistence, b.auth, b.aedes, metrics, b.tcp, b.tls, b.ws, lease, updateServerConnection, updateServer, metricsListener];
+export const BROKER_NODE: readonly Step<NodeParts>[] = [b.dataDir, b.persistence, b.auth, b.aedes, metrics, b.tcp, b.tls, b.ws, b.unpinSenders, lease, updateServerConnection, updateServer, metricsListener];
 
 /**
  * `fleet broker`: Aedes on TCP (and TLS, WebSocket) with on-disk persistence

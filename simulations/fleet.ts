@@ -5,6 +5,7 @@
  *       [--rate KBIT] [--rate-up KBIT] [--delay MS] [--jitter MS] [--cuts K] [--cut-seconds S]
  *       [--kills K] [--kernel] [--broker aedes|mosquitto] [--compare] [--compare-http] [--seed S]
  *       [--congestion cubic|bbr|reno] [--rto-max MS]  (kernel link: TCP congestion control of its connections; default the host's)
+ *       [--unpin]  (the broker closes connections its host's BBR pins: `fleet broker --unpin-senders`)
  *
  * The broker (with its update server) runs as its own process; the devices
  * run as real agents (one MQTT connection, directory, bitmap each) in a
@@ -49,6 +50,8 @@ export interface FleetSimOptions extends SiteRunOptions {
   /** Also send the payload with HTTP range resume over the same link (kernel link only). */
   compareHttp?: boolean;
   profile?: string | null;
+  /** The broker closes connections its host's BBR pins (`fleet broker --unpin-senders`; aedes, kernel link). */
+  unpin?: boolean;
 }
 
 export interface HttpComparison {
@@ -263,7 +266,7 @@ export async function runFleetSim(o: FleetSimOptions): Promise<FleetSimResult> {
 
     const { srvExec, siteExec, brokerHost } = await openSimLink(o, held);
     const port = 20000 + Math.floor(rand() * 20000);
-    const brokerUrl = await startSimBroker(o.broker, srvExec, track, brokerHost, port, dir);
+    const brokerUrl = await startSimBroker(o.broker, srvExec, track, brokerHost, port, dir, o.unpin);
     const deviceUrl = o.kernel ? brokerUrl : await startSiteProxy(held, brokerHost, port, o.rateKbit);
     const { link, proxy } = held;
     const ends = new Map<string, DeviceEnd>();
@@ -348,6 +351,7 @@ async function main(): Promise<void> {
       seed: { type: 'string', default: '1' },
       congestion: { type: 'string' },
       'rto-max': { type: 'string' },
+      unpin: { type: 'boolean', default: false },
       timeout: { type: 'string', default: '600' },
     },
   });
@@ -372,6 +376,7 @@ async function main(): Promise<void> {
     profile: spec.profile,
     timeoutSeconds: Number(a.timeout),
     compareHttp: a['compare-http'] === true,
+    unpin: a.unpin === true,
     log: (s: string) => process.stderr.write(s + '\n'),
   };
   if (base.compareHttp && base.kills > 0) {
@@ -392,6 +397,7 @@ async function main(): Promise<void> {
       ...r,
       congestion: kernel ? (a.congestion ?? congestionControls().hostDefault) : null,
       rtoMaxMs: kernel ? reportedRtoMaxMs(base.rtoMaxMs) : null,
+      unpin: base.unpin,
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     }) + '\n',
   );

@@ -11,42 +11,9 @@
  * HTTP's alike; a fresh connection starts again from BBR's start-up. The figure says how much of a
  * run's time went to that, in each transfer, so a slow tail is not read as the protocol's.
  */
+import { parseSs, type SsConnection } from '../platform/tcp-senders.ts';
 import type { NetnsLink } from './netns-link.ts';
 import { PeriodicSampler } from './uplink.ts';
-
-/** One established connection in `ss -tin` output. */
-export interface SsConnection {
-  localPort: number;
-  peer: string;
-  /** Bytes the application has written that the peer has not acknowledged (ss's Send-Q). */
-  sendQ: number;
-  /** BBR's bandwidth estimate, bit/s; null when the connection is not under BBR. */
-  bbrBwBps: number | null;
-}
-
-const CONNECTION = /^\s*\d+\s+(\d+)\s+(\S+):(\d+)\s+(\S+):(\d+)/;
-const BBR_BW = /\bbbr:\(bw:(\d+(?:\.\d+)?)([KMG]?)bps/;
-const UNIT: Record<string, number> = { '': 1, K: 1e3, M: 1e6, G: 1e9 };
-
-/**
- * The connections of `ss -tin state established` output (no State column): a line with the queues
- * and the two ends, then an indented line of TCP info. Lines of any other shape are skipped.
- */
-export function parseSs(text: string): SsConnection[] {
-  const out: SsConnection[] = [];
-  let last: SsConnection | undefined;
-  for (const line of text.split('\n')) {
-    const c = CONNECTION.exec(line);
-    if (c) {
-      last = { localPort: Number(c[3]), peer: `${c[4]}:${c[5]}`, sendQ: Number(c[1]), bbrBwBps: null };
-      out.push(last);
-      continue;
-    }
-    const bw = BBR_BW.exec(line);
-    if (bw && last && /^\s/.test(line)) last.bbrBwBps = Math.round(Number(bw[1]) * UNIT[bw[2]]);
-  }
-  return out;
-}
 
 export interface SenderSample {
   /** ms (any clock, increasing). */

@@ -4,7 +4,7 @@
  * in front of it, `fleet publish` of the release, and the cleanup of all of it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { promises as fs } from 'node:fs';
+import { createWriteStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { FLEET_BIN, stopChild } from '../platform/child-process.ts';
 import type { KeygenResult } from '../publisher/keys.ts';
@@ -45,9 +45,12 @@ export function netnsExec(link: NetnsLink, side: 'srv' | 'site'): Exec {
 }
 
 /** The broker (and for Mosquitto, `fleet serve`) on the server side of the link, each waited for; its URL there. */
-export async function startSimBroker(kind: 'aedes' | 'mosquitto', srvExec: Exec, track: (c: ChildProcess) => ChildProcess, host: string, port: number, dir: string): Promise<string> {
-  for (const c of await brokerCommands(kind, host, port, path.join(dir, 'broker'))) {
-    track(srvExec(c.cmd, c.args));
+export async function startSimBroker(kind: 'aedes' | 'mosquitto', srvExec: Exec, track: (c: ChildProcess) => ChildProcess, host: string, port: number, dir: string, unpin = false): Promise<string> {
+  for (const c of await brokerCommands(kind, host, port, path.join(dir, 'broker'), unpin)) {
+    const child = track(srvExec(c.cmd, c.args));
+    // FLEET_SIM_BROKER_LOG=FILE: the broker's log (FLEET_LOG sets its level), appended to FILE.
+    const logFile = process.env.FLEET_SIM_BROKER_LOG;
+    if (logFile) child.stderr?.pipe(createWriteStream(logFile, { flags: 'a' }));
     await waitForPortIn(srvExec, host, port, c.waitForPort);
   }
   return `mqtt://${host}:${port}`;

@@ -33,10 +33,11 @@ export function findMosquittoBinary(): string | undefined {
 }
 
 /** The processes that make up the broker side: Aedes with its update server, or Mosquitto plus `fleet serve`. */
-export async function brokerCommands(kind: 'aedes' | 'mosquitto', host: string, port: number, dataDir: string): Promise<Array<{ cmd: string; args: string[]; waitForPort: boolean }>> {
+export async function brokerCommands(kind: 'aedes' | 'mosquitto', host: string, port: number, dataDir: string, unpin = false): Promise<Array<{ cmd: string; args: string[]; waitForPort: boolean }>> {
   if (kind === 'aedes') {
-    return [{ cmd: process.execPath, args: [FLEET_BIN, 'broker', '--host', host, '--port', String(port), '--data-dir', dataDir], waitForPort: true }];
+    return [{ cmd: process.execPath, args: [FLEET_BIN, 'broker', '--host', host, '--port', String(port), '--data-dir', dataDir, ...(unpin ? ['--unpin-senders'] : [])], waitForPort: true }];
   }
+  if (unpin) throw new Error('--unpin is a `fleet broker` option: it needs --broker aedes');
   const bin = findMosquittoBinary();
   if (!bin) throw new Error('mosquitto is not installed (apt-get install mosquitto)');
   const conf = path.join(dataDir, 'mosquitto.conf');

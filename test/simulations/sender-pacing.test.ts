@@ -1,42 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { parseSs, pinnedOf, senderPinned, senderSampler, type SenderSample, type SsConnection } from '../../simulations/sender-pacing.ts';
+import type { SsConnection } from '../../platform/tcp-senders.ts';
+import { pinnedOf, senderPinned, senderSampler, type SenderSample } from '../../simulations/sender-pacing.ts';
+import { SS } from '../support/ss-sample.ts';
 
-// `ss -tin state established dst 10.77.0.2` in the server namespace of a ten-device run at 20 % loss
-// (2026-12-07; info lines cut short): a connection pinned at 11.7 kbit/s with 76,744 bytes queued, one
-// with nothing queued, and one whose estimate is the link's. The last two are made up: a cubic
-// connection (no BBR estimate) and ss's older unit form (`bw:1.5Mbps`).
-const SS = `Recv-Q Send-Q Local Address:Port  Peer Address:Port Process
-0      76744      10.77.0.1:32541    10.77.0.2:33458
-\t bbr wscale:10,10 rto:1676 rtt:213.814/308.262 ato:40 mss:1448 cwnd:2 ssthresh:8 bytes_acked:95622 bbr:(bw:11736bps,mrtt:0.065,pacing_gain:1,cwnd_gain:1) send 108356bps pacing_rate 11616bps notsent:70952
-0      0          10.77.0.1:32541    10.77.0.2:53898
-\t bbr wscale:10,10 rto:792 rtt:439.399/43.13 ato:40 mss:1448 cwnd:7 bbr:(bw:251826024bps,mrtt:0.046,pacing_gain:1,cwnd_gain:2) send 184543bps
-0      30313      10.77.0.1:32541    10.77.0.2:53894
-\t bbr wscale:10,10 rto:1540 rtt:556.346/174.039 mss:1448 cwnd:5 bbr:(bw:146376bps,mrtt:0.023,pacing_gain:1,cwnd_gain:2) send 104108bps
-0      4000       10.77.0.1:32542    10.77.0.2:40100
-\t cubic wscale:10,10 rto:204 rtt:3.1/1.5 mss:1448 cwnd:10 send 37367bps
-0      9000       [::ffff:10.77.0.1]:32541    [::ffff:10.77.0.2]:40200
-\t bbr wscale:7,7 rto:204 bbr:(bw:1.5Mbps,mrtt:0.1,pacing_gain:2.88672,cwnd_gain:2.88672)
-`;
-
-const conn = (peer: string, sendQ: number, bbrBwBps: number | null, localPort = 1883): SsConnection => ({ localPort, peer, sendQ, bbrBwBps });
+const conn = (peer: string, sendQ: number, bbrBwBps: number | null, localPort = 1883): SsConnection => ({ localPort, peer, peerAddress: peer, peerPort: 0, sendQ, bbrBwBps, pacingGain: bbrBwBps === null ? null : 1 });
 
 describe('the server side’s TCP senders in a simulation (ss -tin)', () => {
-  it('reads each connection’s queue, ends and BBR estimate from ss’s output', () => {
-    expect(parseSs(SS)).toEqual([
-      { localPort: 32541, peer: '10.77.0.2:33458', sendQ: 76744, bbrBwBps: 11736 },
-      { localPort: 32541, peer: '10.77.0.2:53898', sendQ: 0, bbrBwBps: 251826024 },
-      { localPort: 32541, peer: '10.77.0.2:53894', sendQ: 30313, bbrBwBps: 146376 },
-      { localPort: 32542, peer: '10.77.0.2:40100', sendQ: 4000, bbrBwBps: null },
-      { localPort: 32541, peer: '[::ffff:10.77.0.2]:40200', sendQ: 9000, bbrBwBps: 1500000 },
-    ]);
-    expect(parseSs('')).toEqual([]);
-    expect(parseSs('Recv-Q Send-Q Local Address:Port  Peer Address:Port Process\n')).toEqual([]);
-  });
-
-  it('an estimate on an unindented line is not taken for the connection above it', () => {
-    expect(parseSs('0 10 10.77.0.1:1883 10.77.0.2:5000\nbbr:(bw:1000bps,mrtt:1)\n')).toEqual([conn('10.77.0.2:5000', 10, null)]);
-  });
-
   it('counts the time a connection with bytes queued sat at or below an eighth of the link, and its longest stretch', () => {
     // 512 kbit/s: pinned at or below 64 kbit/s. Peer a: pinned for three 1-s spans, a break, then one more.
     const samples: SenderSample[] = [
