@@ -298,7 +298,7 @@ const unpinSenders: Step<BrokerParts> = {
     p.unpin = listeners.flatMap(({ l, url }) =>
       l && url ? [watchPinnedSenders({ ...given, port: Number(new URL(url).port), sockets: l.sockets, clientOf: (s) => p.clients.get(s)?.id, clock: systemClock, log: p.log.child('unpin') })] : [],
     );
-    p.log.info('closing connections the host pins at a trickle', { listeners: p.unpin.length, holdMs: given.holdMs ?? UNPIN_DEFAULTS.holdMs, cooldownMs: given.cooldownMs ?? UNPIN_DEFAULTS.cooldownMs });
+    p.log.info('resetting connections the host pins at a trickle', { listeners: p.unpin.length, holdMs: given.holdMs ?? UNPIN_DEFAULTS.holdMs, cooldownMs: given.cooldownMs ?? UNPIN_DEFAULTS.cooldownMs });
   },
   stop: (p) => p.unpin?.forEach((w) => w.stop()),
 };

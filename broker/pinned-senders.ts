@@ -4,7 +4,7 @@ import { parseSs, plainAddress, readSendersFrom, type SsConnection } from '../pl
 import type { Logger } from '../util/log.ts';
 
 /**
- * `fleet broker --unpin-senders`: closes a device's connection that the broker host's own TCP holds
+ * `fleet broker --unpin-senders`: resets a device's connection that the broker host's own TCP holds
  * at a trickle, so the device reconnects on a fresh one (and resumes where it was).
  *
  * Linux's BBR (v1) takes heavy random loss for a token-bucket policer: when more than 50/256
@@ -132,7 +132,7 @@ export function watchPinnedSenders(o: UnpinOptions): UnpinWatch {
         const socket = socketOf(u.connection);
         if (!socket) continue;
         state.closed++;
-        o.log.info("closing a connection the host's BBR holds at a steady trickle; the client reconnects on a fresh one", {
+        o.log.info("resetting a connection the host's BBR holds at a steady trickle; the client reconnects on a fresh one", {
           client: u.who,
           kbit: Math.round(u.connection.bbrBwBps! / 1000),
           heldMs: u.heldMs,

@@ -59,7 +59,7 @@ program
   .option('--http-host <host>', 'address of the dashboard and metrics listener', '127.0.0.1')
   .option(
     '--unpin-senders',
-    "close a connection this host's BBR holds at a steady trickle with bytes queued for 15 s (its policer mode, which heavy random loss sets off: docs/links.md); the device reconnects on a fresh one and resumes. Linux, needs ss (iproute2)",
+    "reset a connection this host's BBR holds at a steady trickle with bytes queued for 15 s (its policer mode, which heavy random loss sets off: docs/links.md); the device reconnects on a fresh one and resumes. Linux, needs ss (iproute2)",
   )
   .action(
     async ({

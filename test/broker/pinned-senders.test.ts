@@ -119,7 +119,7 @@ describe('fleet broker --unpin-senders (real broker, real TCP)', () => {
     expect(closes).toBeGreaterThanOrEqual(1);
     const second = (client.stream as net.Socket).localPort;
     expect(second).not.toBe(first);
-    const line = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => String(l.msg).startsWith('closing a connection'));
+    const line = lines.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => String(l.msg).startsWith('resetting a connection'));
     expect(line).toMatchObject({ client: 'fleet-device-d1', kbit: 12, queuedBytes: 70000 });
     // The fresh connection is not pinned (ss still names the old port): it stays up.
     await new Promise((r) => setTimeout(r, 1500));
