@@ -358,11 +358,23 @@ export class Download {
     this.timers.armIdle();
   }
 
-  /** Nothing arrived for a while (download-timers.ts): the last chunk asked for is asked again alone (a probe), or everything is. */
+  /**
+   * Nothing arrived for a while (download-timers.ts): the last chunk asked for is asked again alone (a
+   * probe), or, with a probe already out, that chunk again (the rest stay held: on one connection
+   * nothing is lost, only late, and asking everything again sent chunks twice that were still on
+   * their way — two of a device's chunks in a ten-device run at 20 % loss, after a reconnect's probe
+   * went unanswered for the idle timeout); everything is asked again only with no probe to ask.
+   */
   private idle(idleMs: number): void {
     this.link.timedOut();
     const r = this.requests;
     const outstanding = r.outstanding.size;
+    const pending = r.probe?.index;
+    if (pending !== undefined) {
+      this.o.log.info('nothing arrived for a while; asking again for the chunk that tells what was lost, the rest still held', { outstanding: outstanding + r.held.size, idleMs, probe: pending });
+      this.requestMore([pending]);
+      return;
+    }
     const last = r.probeLast();
     if (last === undefined) {
       this.o.log.info('nothing arrived for a while; asking again for what is outstanding', { outstanding: outstanding + r.held.size, idleMs });
