@@ -48,8 +48,24 @@ describe.skipIf(!redisBin)('what a device connection sends through Redis', () =>
         c.once('connect', () => resolve(c));
         c.once('error', reject);
       });
+    // Aedes closes a local client when another node announces the same id (`$SYS/<node>/new/clients`),
+    // and does not order the announcements: had node A got `first`'s announcement after `second`
+    // connected there (a loaded machine: one clean-clone CI run of eight), it would close `second` for
+    // it. A device that reconnects on another node does so after its old connection failed, seconds
+    // later; so here `second` connects once node A has heard of `first`.
+    const announcedOnA = new Promise<void>((resolve) =>
+      a.aedes.subscribe(
+        '$SYS/+/new/clients',
+        (packet, cb) => {
+          if (Buffer.from(packet.payload).toString() === 'fleet-device-twice') resolve();
+          cb();
+        },
+        () => undefined,
+      ),
+    );
     const first = await connect(b.url);
     env.track({ close: () => new Promise<void>((r) => first.end(true, {}, () => r())) });
+    await announcedOnA;
     let firstClosed = false;
     first.on('close', () => (firstClosed = true));
     const second = await connect(a.url);
