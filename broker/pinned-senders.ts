@@ -107,8 +107,6 @@ export interface UnpinOptions {
 }
 
 export interface UnpinWatch {
-  /** Connections closed so far. */
-  readonly closed: number;
   stop(): void;
 }
 
@@ -121,7 +119,6 @@ export function watchPinnedSenders(o: UnpinOptions): UnpinWatch {
   let stopped = false;
   let timer: unknown;
   let warned = false;
-  const state = { closed: 0 };
   const tick = async (): Promise<void> => {
     try {
       const connections = parseSs(await read()).filter((c) => c.localPort === o.port);
@@ -131,7 +128,6 @@ export function watchPinnedSenders(o: UnpinOptions): UnpinWatch {
       })) {
         const socket = socketOf(u.connection);
         if (!socket) continue;
-        state.closed++;
         o.log.info("resetting a connection the host's BBR holds at a steady trickle; the client reconnects on a fresh one", {
           client: u.who,
           kbit: Math.round(u.connection.bbrBwBps! / 1000),
@@ -152,9 +148,6 @@ export function watchPinnedSenders(o: UnpinOptions): UnpinWatch {
   };
   schedule();
   return {
-    get closed() {
-      return state.closed;
-    },
     stop() {
       stopped = true;
       if (timer !== undefined) o.clock.clearTimeout(timer);
