@@ -1,9 +1,16 @@
+import type { ChunkFrame } from '../protocol/frames.ts';
 import type { DownloadFiles } from './storage.ts';
 
 /** A probe: the chunk asked again alone, and what was outstanding before it (`ChunkRequests.probe`). */
 export interface Probe {
   index: number;
   before: Set<number>;
+  /**
+   * The chunk was asked for already and may still come: the probe asks only for its last byte (a
+   * one-byte tail, protocol.md §4.2), whose answer tells what was lost without bringing the chunk
+   * twice when the first answer was only late. False when the probe is a chunk not asked for before.
+   */
+  marker: boolean;
 }
 
 /**
@@ -33,12 +40,20 @@ export class ChunkRequests {
    * what was outstanding before it. Frames come back in the order they were
    * asked for, over one TCP connection; so when that chunk arrives, whatever
    * asked for before it and still missing was lost, and only that is asked
-   * again. A link that was merely stalled (TCP backing off after a cut) then
-   * costs one duplicate chunk, not a window of them.
+   * again. Of a chunk asked for before, only the last byte is asked (`marker`):
+   * a link that was merely stalled (TCP backing off after a cut) then costs a
+   * one-byte frame (one duplicate chunk with a server that ignores `tail`), not
+   * a window of them.
    */
   probe: Probe | undefined;
+  /** Chunks whose last byte alone was asked for as a probe's marker (`Probe.marker`): a one-byte tail of one is that answer. */
+  readonly markers = new Set<number>();
 
-  constructor(private readonly files: Pick<DownloadFiles, 'list' | 'bitmap'>) {}
+  constructor(
+    private readonly files: Pick<DownloadFiles, 'list' | 'bitmap'>,
+    /** Bytes of chunk i (the last one may be short). */
+    private readonly chunkLength: (i: number) => number,
+  ) {}
 
   /** Received: on disk or on its way there. */
   received(i: number): boolean {
@@ -95,9 +110,11 @@ export class ChunkRequests {
     // and the rest held as above (asking them all again at once sent each twice when the old request
     // had reached the server as the link came back: seven chunks to one device in a ten-device run at
     // 20 % loss).
-    if (fresh.length === 0) fresh.push(old.at(-1)!);
+    // Only its last byte is asked for (a marker): the chunk itself may still come on the old request.
+    const marker = fresh.length === 0;
+    if (marker) fresh.push(old.at(-1)!);
     this.held.delete(fresh[0]);
-    this.probe = { index: fresh[0], before: new Set(old.filter((i) => i !== fresh[0])) };
+    this.probe = { index: fresh[0], before: new Set(old.filter((i) => i !== fresh[0])), marker };
     return fresh;
   }
 
@@ -108,17 +125,52 @@ export class ChunkRequests {
    * before the list wait for it): asking the whole first window again sent it twice when the first
    * request's answer was only late (a PINGRESP overtakes frames not yet on the device's socket; two
    * of six ten-device runs at 20 % loss, 22-26 s for the first answer). Only with no probe out: a
-   * silence with one out asks for its chunk again (Download's idle).
+   * silence with one out asks for its chunk again (Download's idle). A single chunk outstanding is
+   * probed too: its marker tells whether it is late or lost.
    */
   probeLast(): number | undefined {
     const last = [...this.outstanding].at(-1);
-    if (last === undefined || this.outstanding.size === 1) return undefined;
+    if (last === undefined) return undefined;
     if (!this.files.list) this.listRequested = false;
     const before = new Set(this.outstanding);
     before.delete(last);
-    this.probe = { index: last, before };
+    this.probe = { index: last, before, marker: true };
     this.outstanding.delete(last);
     return last;
+  }
+
+  /**
+   * The `tail` entry of the probe's marker, when a request for `want` asks for the probe's chunk and
+   * `tails` (the request's own) holds no prefix of it: `[index, length − 1]`, the chunk's last byte.
+   */
+  markerTail(want: readonly number[], tails: ReadonlyArray<[number, number]>): Array<[number, number]> {
+    const p = this.probe;
+    if (!p?.marker || !want.includes(p.index) || tails.some(([i]) => i === p.index)) return [];
+    const length = this.chunkLength(p.index);
+    if (length < 2) return [];
+    this.markers.add(p.index);
+    return [[p.index, length - 1]];
+  }
+
+  /** A tail frame that joins nothing held is the answer to a marker asked for: the chunk's last byte. */
+  isMarker(f: ChunkFrame): boolean {
+    return this.markers.has(f.index) && f.offset === this.chunkLength(f.index) - 1;
+  }
+
+  /**
+   * The one-byte answer to a probe's marker came (`Probe.marker`): every chunk asked for before it and
+   * still missing was lost, the probe's own chunk with them, and is returned to be asked for again; an
+   * empty list when all of them came. Undefined when it answers no probe out (a marker asked twice, or
+   * the chunk came whole first and settled the probe): nothing to do.
+   */
+  markerAnswered(index: number): number[] | undefined {
+    const p = this.probe;
+    if (!p?.marker || p.index !== index) return undefined;
+    const lost = [...p.before, index].filter((i) => (this.outstanding.has(i) || this.held.has(i)) && !this.received(i));
+    this.probe = undefined;
+    this.held.clear();
+    for (const i of lost) this.outstanding.delete(i);
+    return lost;
   }
 
   /** A chunk came that no longer needs asking for: whether it was asked for (outstanding or held). */

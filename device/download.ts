@@ -71,6 +71,8 @@ export class Download {
   /** Chunks completed from a prefix a reconnect cut and its tail (checked against the list), and joins that did not match. */
   resumedChunks = 0;
   resumeMismatches = 0;
+  /** Probe markers (one-byte tails, ChunkRequests.markers) that came back while their probe was out. */
+  markersAnswered = 0;
   /** What is asked for, on its way or being written, and what to ask for next. */
   private readonly requests: ChunkRequests;
   private readonly timers: DownloadTimers;
@@ -92,7 +94,10 @@ export class Download {
   constructor(private readonly o: DownloadOptions) {
     this.link = new LinkEstimator({ minWindow: Math.min(2, o.maxWindow), maxWindow: o.maxWindow, initialWindow: Math.min(4, o.maxWindow), minIdleMs: o.idleMs });
     this.lastProgressAt = o.clock.now();
-    this.requests = new ChunkRequests(o.files);
+    this.requests = new ChunkRequests(o.files, (i) => {
+      const [b, e] = chunkRange(o.step.size, o.step.chunkSize, i);
+      return e - b;
+    });
     this.timers = new DownloadTimers(o, {
       idleMs: () => this.link.idleTimeoutMs,
       idle: (idleMs) => this.idle(idleMs),
@@ -255,7 +260,8 @@ export class Download {
     const joined = frame.offset !== undefined;
     const data = this.resume.join(frame);
     if (!data) {
-      this.tailUnusable(frame);
+      if (this.requests.isMarker(frame)) this.onMarker(frame);
+      else this.tailUnusable(frame);
       return;
     }
     const f: ChunkFrame = joined ? { kind: 'chunk', updateId: frame.updateId, index: frame.index, count: frame.count, data } : frame;
@@ -318,6 +324,31 @@ export class Download {
   }
 
   /**
+   * A probe's marker came back: what was asked for before it (and its chunk) and is still missing was
+   * lost, and is asked for again; a marker that answers no probe out is dropped. Before the chunk
+   * list is saved it waits with the early chunks (the list frame came ahead of it).
+   */
+  private onMarker(f: ChunkFrame): void {
+    if (!this.o.files.list && this.requests.listRequested && this.early.length < this.o.maxWindow) {
+      this.early.push(f);
+      return;
+    }
+    const lost = this.requests.markerAnswered(f.index);
+    if (lost === undefined) {
+      this.o.log.debug('a probe marker that answers no probe out', { index: f.index });
+      return;
+    }
+    this.markersAnswered++;
+    if (lost.length === 0) {
+      this.o.log.debug('probe marker: nothing asked before it was lost', { index: f.index });
+      this.requestMore();
+      return;
+    }
+    this.o.log.info('frames asked for before the probe were lost; asking again for them', { lost: lost.length, marker: true });
+    this.requestMore(lost);
+  }
+
+  /**
    * A tail that joins no prefix held (asked for before a whole copy came, or its prefix replaced): a
    * duplicate when the chunk is held; else, when it was asked for, the chunk is asked for whole.
    */
@@ -348,6 +379,7 @@ export class Download {
     this.link.requested(this.o.clock.now(), want);
     this.requestsSent++;
     const tail = this.resume.tails(want);
+    tail.push(...this.requests.markerTail(want, tail));
     this.o.log.debug('request', { want, list, window, tail: tail.length ? tail : undefined });
     this.o.transport
       // QoS 0 (protocol.md §1): a request lost with a connection is asked again after the reconnect

@@ -1,10 +1,13 @@
 /**
  * What the download asks again after a silence: first only the chunk it asked
- * for last (a probe). Frames come back in request order, so when that chunk
- * arrives, whatever was asked before it and is still missing was lost. A
- * merely stalled link costs one duplicate chunk; a lost window is asked again
- * one round trip later. Real storage in a temp dir, a recording transport and
- * a manual clock.
+ * for last (a probe), and of it only its last byte (a one-byte `tail`, the
+ * probe's marker). Frames come back in request order, so when the marker's
+ * answer arrives, whatever was asked before it and is still missing was lost
+ * (the probe's chunk with it). A merely stalled link costs a one-byte frame; a
+ * lost window is asked again one round trip later. A server that ignores
+ * `tail` answers the probe with the chunk whole: then a stalled link costs one
+ * duplicate chunk (the first describe block serves so). Real storage in a temp
+ * dir, a recording transport and a manual clock.
  */
 import { describe, expect, it } from 'vitest';
 import { chunkRange } from '../../protocol/chunks.ts';
@@ -26,6 +29,8 @@ async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: bool
   const requests: number[][] = [];
   /** Whether each request asked for the chunk list too. */
   const asksList: boolean[] = [];
+  /** Each request's `tail` entries (a probe's marker is `[index, length - 1]`). */
+  const tails: Array<Array<[number, number]>> = [];
   let wire = 0;
   /** With `pings`: the PINGREQs the download sends, and the PINGRESPs the broker answered (the test's). */
   const ping = { sent: 0, answered: 0 };
@@ -36,6 +41,7 @@ async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: bool
         const req = decodeRequest(p as Uint8Array);
         requests.push(req.want);
         asksList.push(req.list);
+        tails.push(req.tail ?? []);
       },
       ...(o.pings ? { nudge: () => ping.sent++, pongs: () => ping.answered } : {}),
       // A transport that can probe and reconnect (the silence watch runs), and knows its quickest TCP handshake.
@@ -58,6 +64,13 @@ async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: bool
     await until(() => d.receivedChunks !== held || d.duplicateChunks !== dups, { what: `chunk ${i} written or counted as a duplicate`, timeoutMs: 10_000, intervalMs: 5 });
     await settle();
   };
+  /** Delivers the answer to chunk i's marker (its last byte, a one-byte tail frame); it is handled at once, nothing is written. */
+  const marker = async (i: number) => {
+    const [b, e] = chunkRange(step.size, CHUNK, i);
+    wire += 1;
+    d.onFrame({ kind: 'chunk', updateId, index: i, count: CHUNKS, offset: e - b - 1, data: payload.subarray(e - 1, e) } as Frame);
+    await settle();
+  };
   const deliverList = async () => {
     d.onFrame({ kind: 'list', updateId, count: CHUNKS, list } as Frame);
     // The first window is asked for with the list; wait until the list is saved.
@@ -65,7 +78,29 @@ async function rig(o: { pings?: boolean; handshakeMs?: number; link?: { up: bool
   };
   await d.start();
   if (!o.noList) await deliverList();
-  return { d, clock, requests, asksList, chunk, settle, ping, list: deliverList, isDone: () => done, close: () => d.close(), wireIn: (n: number) => (wire += n) };
+  return { d, clock, requests, asksList, tails, marker, chunk, settle, ping, list: deliverList, isDone: () => done, close: () => d.close(), wireIn: (n: number) => (wire += n) };
+}
+
+/** Receives in request order until every chunk not yet here has been asked for: the chunks outstanding then, in request order. */
+async function toEndOfPayload(r: Awaited<ReturnType<typeof rig>>): Promise<number[]> {
+  const got = new Set<number>();
+  const asked = () => new Set(r.requests.flat());
+  while (asked().size < CHUNKS) {
+    const next = r.requests.flat().find((i) => !got.has(i))!;
+    got.add(next);
+    await r.chunk(next);
+  }
+  return [...asked()].filter((i) => !got.has(i));
+}
+
+/** At the end of the payload (`toEndOfPayload`), a reconnect: the old outstanding chunks, and the request count before it. */
+async function reconnectAtEnd(r: Awaited<ReturnType<typeof rig>>): Promise<{ old: number[]; before: number }> {
+  const old = await toEndOfPayload(r);
+  expect(old.length).toBeGreaterThan(2);
+  const before = r.requests.length;
+  r.d.resend();
+  await r.settle();
+  return { old, before };
 }
 
 /**
@@ -84,7 +119,7 @@ async function silenceBeforeList() {
   return { r, first };
 }
 
-describe('download: after a silence, a probe before the rest', () => {
+describe('download: after a silence, a probe before the rest (a server that sends the probe chunk whole)', () => {
   it('a stalled link (frames late, none lost): one chunk asked again, nothing else, one duplicate', async () => {
     const r = await rig();
     const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
@@ -198,19 +233,7 @@ describe('download: after a silence, a probe before the rest', () => {
 
   it('after a reconnect at the end of the payload (every chunk missing already asked for): the last one alone first, the rest only if they do not come (no duplicates)', async () => {
     const r = await rig();
-    const got = new Set<number>();
-    const asked = () => new Set(r.requests.flat());
-    // Receive in request order until every chunk not yet here has been asked for.
-    while (asked().size < CHUNKS) {
-      const next = r.requests.flat().find((i) => !got.has(i))!;
-      got.add(next);
-      await r.chunk(next);
-    }
-    const old = [...asked()].filter((i) => !got.has(i));
-    expect(old.length).toBeGreaterThan(2);
-    const before = r.requests.length;
-    r.d.resend();
-    await r.settle();
+    const { old, before } = await reconnectAtEnd(r);
     // Only the last old chunk is asked for again (the probe); nothing else yet.
     expect(r.requests.slice(before)).toEqual([[old.at(-1)]]);
     // The old request was served on the new connection after all, but for the chunk before the last:
@@ -330,6 +353,158 @@ describe('download: after a silence, a probe before the rest', () => {
     expect(link.reconnects).toBe(0);
     // ...and once silent long enough, it is probed and torn down as any.
     await advanceUntil(() => link.reconnects === 1, 'a reconnect of the silent new connection');
+    await r.close();
+  });
+});
+
+/** A window asked for, then a silence: the probe (the window's last chunk, with its marker). */
+async function silenceProbe() {
+  const r = await rig();
+  const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
+  expect(asked.length).toBeGreaterThan(1);
+  const before = r.requests.length;
+  await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+  await r.settle();
+  const last = asked.at(-1)!;
+  const [b, e] = chunkRange(step.size, CHUNK, last);
+  expect(r.requests.slice(before)).toEqual([[last]]);
+  expect(r.tails.slice(before)).toEqual([[[last, e - b - 1]]]);
+  return { r, asked, before, last };
+}
+
+/** Serves every request from `from` on, each chunk once, until the download completes. */
+async function serveToEnd(r: Awaited<ReturnType<typeof rig>>, from: number, served = new Set<number>()) {
+  for (let k = from; k < r.requests.length && !r.isDone(); k++) {
+    for (const i of r.requests[k]) {
+      if (served.has(i)) continue;
+      served.add(i);
+      await r.chunk(i);
+    }
+  }
+  await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
+}
+
+describe("download: a probe asks for its chunk's last byte only (the marker), and no chunk comes twice", () => {
+  it("a stalled link: the late frames come (the probe chunk's first copy settles the probe), then the marker, dropped; nothing is asked again and nothing comes twice", async () => {
+    const { r, asked, before } = await silenceProbe();
+    for (const i of asked) await r.chunk(i);
+    await r.marker(asked.at(-1)!);
+    expect(r.d.markersAnswered).toBe(0);
+    expect(
+      r.requests
+        .slice(before + 1)
+        .flat()
+        .filter((i) => asked.includes(i)),
+    ).toEqual([]);
+    await serveToEnd(r, before + 1, new Set(asked));
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('a lost window: the marker comes alone; every chunk asked before it and the probe chunk itself are asked again, whole', async () => {
+    const { r, asked, before, last } = await silenceProbe();
+    await r.marker(last);
+    const again = r.requests.slice(before + 1);
+    expect(new Set(again.flat())).toEqual(new Set(asked));
+    // Asked whole this time: no marker goes with them.
+    expect(r.tails.slice(before + 1).flat()).toEqual([]);
+    await serveToEnd(r, before + 1);
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('part of the window lost: only what did not come before the marker is asked again', async () => {
+    const { r, asked, before, last } = await silenceProbe();
+    const came = asked.slice(0, 1);
+    for (const i of came) await r.chunk(i);
+    await r.marker(last);
+    expect(r.d.markersAnswered).toBe(1);
+    expect(new Set(r.requests.slice(before + 1).flat())).toEqual(new Set(asked.slice(1)));
+    await serveToEnd(r, before + 1, new Set(came));
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('a probe unanswered twice: the marker is asked again, and two answers to it ask nothing twice', async () => {
+    const { r, asked, before, last } = await silenceProbe();
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    expect(r.requests.slice(before + 1)).toEqual([[last]]);
+    expect(r.tails.at(-1)).toEqual(r.tails[before]);
+    await r.marker(last);
+    const mark = r.requests.length;
+    await r.marker(last);
+    expect(r.requests.length).toBe(mark);
+    expect(new Set(r.requests.slice(before + 2).flat())).toEqual(new Set(asked));
+    await r.close();
+  });
+
+  it("after a reconnect at the end of the payload: only the last old chunk's marker is asked; the old request served after all costs no chunk twice", async () => {
+    const r = await rig();
+    const { old, before } = await reconnectAtEnd(r);
+    const last = old.at(-1)!;
+    const [b, e] = chunkRange(step.size, CHUNK, last);
+    expect(r.requests.slice(before)).toEqual([[last]]);
+    expect(r.tails.slice(before)).toEqual([[[last, e - b - 1]]]);
+    // The old request's frames come on the new connection, then the marker: done, each chunk once.
+    for (const i of old) await r.chunk(i);
+    await r.marker(last);
+    await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
+    expect(r.requests.length).toBe(before + 1);
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('after a reconnect at the end of the payload with the old answers lost: the marker comes alone, and every old chunk is asked again', async () => {
+    const r = await rig();
+    const { old, before } = await reconnectAtEnd(r);
+    await r.marker(old.at(-1)!);
+    expect(new Set(r.requests.slice(before + 1).flat())).toEqual(new Set(old));
+    await serveToEnd(r, before + 1);
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('one chunk outstanding and a silence: its marker, not the chunk again; the marker alone means it was lost, and it is asked whole', async () => {
+    const r = await rig();
+    const got = new Set<number>();
+    // Receive in request order until only the last chunk is missing.
+    while (got.size < CHUNKS - 1) {
+      const next = r.requests.flat().find((i) => !got.has(i))!;
+      got.add(next);
+      await r.chunk(next);
+    }
+    const last = [...Array(CHUNKS).keys()].find((i) => !got.has(i))!;
+    const before = r.requests.length;
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    const [b, e] = chunkRange(step.size, CHUNK, last);
+    expect(r.requests.slice(before)).toEqual([[last]]);
+    expect(r.tails.slice(before)).toEqual([[[last, e - b - 1]]]);
+    await r.marker(last);
+    expect(r.requests.slice(before + 1)).toEqual([[last]]);
+    expect(r.tails.slice(before + 1)).toEqual([[]]);
+    await r.chunk(last);
+    await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('a silence before the chunk list: the list and the marker; a late first answer then costs no chunk twice', async () => {
+    const { r, first } = await silenceBeforeList();
+    const [b, e] = chunkRange(step.size, CHUNK, first.at(-1)!);
+    expect(r.tails[1]).toEqual([[first.at(-1)!, e - b - 1]]);
+    await r.list();
+    for (const i of first) await r.chunk(i);
+    await r.marker(first.at(-1)!);
+    expect(
+      r.requests
+        .slice(2)
+        .flat()
+        .filter((i) => first.includes(i)),
+    ).toEqual([]);
+    await serveToEnd(r, 2, new Set(first));
+    expect(r.d.duplicateChunks).toBe(0);
     await r.close();
   });
 });

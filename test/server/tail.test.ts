@@ -1,7 +1,8 @@
 /**
  * The update server answers a request's `tail` entries (protocol.md §4.2) with tail frames: the
  * chunk from the byte offset named on (§4.1); an offset at or past the chunk's end gets the chunk
- * whole; a malformed tail, a bad-request error frame. Real broker and update server (Aedes in-process).
+ * whole; one byte before its end, that last byte alone (a device's probe marker); a malformed tail, a
+ * bad-request error frame. Real broker and update server (Aedes in-process).
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { chunkRange } from '../../protocol/chunks.ts';
@@ -38,6 +39,8 @@ describe('update server: tails', () => {
         tail: [
           [0, 100],
           [1, chunkSize],
+          // A probe's marker (the device's): the chunk's last byte alone.
+          [2, chunkSize - 1],
         ],
       }),
     );
@@ -46,9 +49,10 @@ describe('update server: tails', () => {
     expect(byIndex.get(0)).toEqual({ kind: 'chunk', updateId: step.updateId, index: 0, count: step.chunks, offset: 100, data: chunk(0).subarray(100) });
     // Offset at the chunk's end: nothing to send from there; the chunk whole.
     expect(byIndex.get(1)).toEqual({ kind: 'chunk', updateId: step.updateId, index: 1, count: step.chunks, data: chunk(1) });
-    expect(byIndex.get(2)).toEqual({ kind: 'chunk', updateId: step.updateId, index: 2, count: step.chunks, data: chunk(2) });
+    expect(byIndex.get(2)).toEqual({ kind: 'chunk', updateId: step.updateId, index: 2, count: step.chunks, offset: chunkSize - 1, data: chunk(2).subarray(chunkSize - 1) });
+    expect((byIndex.get(2) as { data: Uint8Array }).data.byteLength).toBe(1);
     const stats = f.broker!.updateServer!.stats;
-    expect({ chunks: stats.chunksSent, tails: stats.tailsSent }).toEqual({ chunks: 3, tails: 1 });
+    expect({ chunks: stats.chunksSent, tails: stats.tailsSent }).toEqual({ chunks: 3, tails: 2 });
 
     // A tail naming a chunk the request does not want: malformed.
     frames.length = 0;
