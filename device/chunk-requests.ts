@@ -140,6 +140,16 @@ export class ChunkRequests {
   }
 
   /**
+   * A silence with a probe out: its chunk, to be asked for again, and from now on only its marker
+   * (it was asked for once and may still come: asking it whole again sent it twice, chunk 4 of a
+   * device in a ten-device run at 20 % loss). Undefined with no probe out.
+   */
+  probeAgain(): number | undefined {
+    if (this.probe) this.probe.marker = true;
+    return this.probe?.index;
+  }
+
+  /**
    * The `tail` entry of the probe's marker, when a request for `want` asks for the probe's chunk and
    * `tails` (the request's own) holds no prefix of it: `[index, length − 1]`, the chunk's last byte.
    */

@@ -401,7 +401,7 @@ export class Download {
     this.link.timedOut();
     const r = this.requests;
     const outstanding = r.outstanding.size;
-    const pending = r.probe?.index;
+    const pending = r.probeAgain();
     if (pending !== undefined) {
       this.o.log.info('nothing arrived for a while; asking again for the chunk that tells what was lost, the rest still held', { outstanding: outstanding + r.held.size, idleMs, probe: pending });
       this.requestMore([pending]);

@@ -465,6 +465,30 @@ describe("download: a probe asks for its chunk's last byte only (the marker), an
     await r.close();
   });
 
+  it('after a reconnect, a silence with the first new chunk still to come: it is asked again as a marker only; when its first copy comes, the marker after it asks nothing', async () => {
+    const r = await rig();
+    const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
+    const before = r.requests.length;
+    r.d.resend();
+    await r.settle();
+    const fresh = r.requests.slice(before).flat();
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    await r.settle();
+    const [b, e] = chunkRange(step.size, CHUNK, fresh[0]);
+    expect(r.requests.slice(before + 1)).toEqual([[fresh[0]]]);
+    expect(r.tails.slice(before + 1)).toEqual([[[fresh[0], e - b - 1]]]);
+    // The old chunks were lost; the new request's answer was only late: its first chunk settles the probe.
+    await r.chunk(fresh[0]);
+    const again = r.requests.slice(before + 2).flat();
+    for (const i of asked) expect(again).toContain(i);
+    const mark = r.requests.length;
+    await r.marker(fresh[0]);
+    expect(r.requests.length).toBe(mark);
+    await serveToEnd(r, before, new Set([fresh[0]]));
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
   it('one chunk outstanding and a silence: its marker, not the chunk again; the marker alone means it was lost, and it is asked whole', async () => {
     const r = await rig();
     const got = new Set<number>();
