@@ -489,6 +489,62 @@ describe("download: a probe asks for its chunk's last byte only (the marker), an
     await r.close();
   });
 
+  it("a reconnect before the chunk list: the list again and the first window's last chunk as a marker, the rest held; the first request answered on the new connection costs no chunk twice", async () => {
+    const r = await rig({ noList: true });
+    const first = r.requests[0];
+    r.d.resend();
+    await r.settle();
+    const last = first.at(-1)!;
+    const [b, e] = chunkRange(step.size, CHUNK, last);
+    expect(r.asksList[1]).toBe(true);
+    expect(r.requests[1][0]).toBe(last);
+    expect(r.requests[1].filter((i) => first.includes(i))).toEqual([last]);
+    expect(r.tails[1]).toEqual([[last, e - b - 1]]);
+    // The first request's answer comes after all: the list, its chunks; then the second list and the marker.
+    await r.list();
+    for (const i of first) await r.chunk(i);
+    await r.marker(last);
+    expect(
+      r.requests
+        .slice(2)
+        .flat()
+        .filter((i) => first.includes(i)),
+    ).toEqual([]);
+    await serveToEnd(r, 1, new Set(first));
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('a reconnect before the chunk list whose first request was lost: the list and the marker come, and the first window is asked again', async () => {
+    const r = await rig({ noList: true });
+    const first = r.requests[0];
+    r.d.resend();
+    await r.settle();
+    await r.list();
+    await r.marker(first.at(-1)!);
+    const again = r.requests.slice(2).flat();
+    for (const i of first) expect(again).toContain(i);
+    await serveToEnd(r, 1);
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it("a reconnect with a probe out: nothing is asked again whole at once; the old chunks, the probe's among them, wait for the new request's answer", async () => {
+    const { r, asked, before } = await silenceProbe();
+    r.d.resend();
+    await r.settle();
+    const after = r.requests.slice(before + 1).flat();
+    // Chunks not asked yet (or, with none, the last old one's marker): none of the old ones whole.
+    const tails = r.tails.slice(before + 1).flat();
+    const whole = after.filter((i) => asked.includes(i) && !tails.some(([t]) => t === i));
+    expect(whole).toEqual([]);
+    // The old request was answered on the new connection: each chunk once.
+    for (const i of asked) await r.chunk(i);
+    await serveToEnd(r, before + 1, new Set(asked));
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
   it('one chunk outstanding and a silence: its marker, not the chunk again; the marker alone means it was lost, and it is asked whole', async () => {
     const r = await rig();
     const got = new Set<number>();
