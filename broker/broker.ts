@@ -23,8 +23,8 @@ import { connectRules, limitPackets, PACKET_LIMITS } from './connection-limits.t
 import { stampPresence } from './presence-stamp.ts';
 import { InternalError, UsageError } from '../platform/errors.ts';
 import { systemClock } from '../platform/clock.ts';
-import { ssAvailable } from '../platform/tcp-senders.ts';
-import { UNPIN_DEFAULTS, watchPinnedSenders, type UnpinWatch } from './pinned-senders.ts';
+import { hostCongestionControl, ssAvailable } from '../platform/tcp-senders.ts';
+import { UNPIN_DEFAULTS, unpinDecision, watchPinnedSenders, type UnpinWatch } from './pinned-senders.ts';
 
 const require = createRequire(import.meta.url);
 // The async persistence class itself: Aedes 1.x requires an async setup().
@@ -65,9 +65,11 @@ export interface MqttBrokerOptions {
   ws?: { port: number; host?: string };
   /**
    * Close a TCP connection the host's BBR pins at a steady trickle, so the client reconnects on a
-   * fresh one (broker/pinned-senders.ts; Linux with `ss`). `read` replaces running `ss` (tests).
+   * fresh one (broker/pinned-senders.ts; Linux with `ss`). `auto` (`fleet broker`'s default): when
+   * the host's congestion control is bbr and `ss` is there (`unpinDecision`); true or settings: on;
+   * absent or false: off. `read` replaces running `ss` (tests).
    */
-  unpinSenders?: boolean | { everyMs?: number; holdMs?: number; cooldownMs?: number; minDrainMs?: number; read?: () => Promise<string> };
+  unpinSenders?: boolean | 'auto' | { everyMs?: number; holdMs?: number; cooldownMs?: number; minDrainMs?: number; read?: () => Promise<string> };
   log: Logger;
 }
 
@@ -288,7 +290,11 @@ const unpinSenders: Step<BrokerParts> = {
   when: (p) => p.o.unpinSenders !== undefined && p.o.unpinSenders !== false,
   start(p) {
     const given = typeof p.o.unpinSenders === 'object' ? p.o.unpinSenders : {};
-    if (!given.read && !ssAvailable()) throw new UsageError('bad-options', '--unpin-senders needs Linux and the ss command (iproute2: apt-get install iproute2)');
+    if (p.o.unpinSenders === 'auto') {
+      const d = unpinDecision('auto', { congestion: hostCongestionControl(), ss: ssAvailable() });
+      p.log.info(d.on ? 'pinned-sender watch on' : 'pinned-sender watch off', { why: d.why });
+      if (!d.on) return;
+    } else if (!given.read && !ssAvailable()) throw new UsageError('bad-options', '--unpin-senders needs Linux and the ss command (iproute2: apt-get install iproute2)');
     // Every listener's connections: TCP, TLS and WebSocket all ride on the host's TCP.
     const listeners = [
       { l: part(p.tcp, 'tcp listener'), url: part(p.url, 'tcp listener') },

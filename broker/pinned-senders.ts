@@ -23,6 +23,22 @@ import type { Logger } from '../util/log.ts';
  * so at most once per `cooldownMs`: behind a real policer the estimate is right, and a fresh
  * connection only costs a reconnect (its retained messages, ~1-2 KB) and a start-up burst, once.
  */
+/** `fleet broker --unpin-senders auto|on|off`: auto is the default. */
+export type UnpinMode = 'auto' | 'on' | 'off';
+
+/**
+ * Whether the watch runs. `auto`: when the host's congestion control for new connections is BBR
+ * (the only one with the long-term mode) and `ss` is there to read it; `on` runs it regardless (the
+ * broker refuses to start without `ss`), `off` never.
+ */
+export function unpinDecision(mode: UnpinMode, host: { congestion: string | undefined; ss: boolean }): { on: boolean; why: string } {
+  if (mode === 'off') return { on: false, why: '--unpin-senders off' };
+  if (mode === 'on') return { on: true, why: '--unpin-senders on' };
+  if (host.congestion !== 'bbr') return { on: false, why: `this host's TCP congestion control is ${host.congestion ?? 'unknown'}, not bbr: nothing to unpin` };
+  if (!host.ss) return { on: false, why: "this host's TCP is bbr, but ss (iproute2) is not installed to watch it: apt-get install iproute2" };
+  return { on: true, why: "this host's TCP congestion control is bbr" };
+}
+
 export interface PinnedSenderRules {
   holdMs: number;
   cooldownMs: number;

@@ -22,7 +22,7 @@ import { registerRolloutCommands } from './rollout-commands.ts';
 import { registerUserCommands } from './user-commands.ts';
 import { registerOperatorCommands } from './operator-commands.ts';
 import { registerGatewayCommand } from './gateway-command.ts';
-import { parseIntArg } from './options.ts';
+import { parseIntArg, parseUnpinMode } from './options.ts';
 import { commandStop } from './stopping.ts';
 import { startUpdateServerNode } from '../nodes/update-server-node.ts';
 
@@ -58,8 +58,10 @@ program
   )
   .option('--http-host <host>', 'address of the dashboard and metrics listener', '127.0.0.1')
   .option(
-    '--unpin-senders',
-    "reset a connection this host's BBR holds at a steady trickle with bytes queued for 15 s (its policer mode, which heavy random loss sets off: docs/links.md); the device reconnects on a fresh one and resumes. Linux, needs ss (iproute2)",
+    '--unpin-senders [when]',
+    "reset a connection this host's BBR holds at a steady trickle with bytes queued for 15 s (its policer mode, which heavy random loss sets off: docs/links.md); the device reconnects on a fresh one and resumes. auto: when this host's TCP congestion control is bbr and ss (iproute2) is installed; on (needs ss); off",
+    parseUnpinMode,
+    'auto',
   )
   .action(
     async ({
@@ -86,7 +88,7 @@ program
       httpHost: string;
       wsPort?: number;
       wsHost?: string;
-      unpinSenders?: boolean;
+      unpinSenders: 'auto' | 'on' | 'off' | true;
     }) => {
       const log = createLogger('broker', logLevel());
       const stop = commandStop(program, log);
@@ -95,8 +97,11 @@ program
         o.tlsPort !== undefined ? { port: o.tlsPort, host: o.tlsHost, cert: await fs.readFile(o.tlsCert!), key: await fs.readFile(o.tlsKey!), ca: o.tlsCa ? await fs.readFile(o.tlsCa) : undefined } : undefined;
       // Loaded by this command only: the rest of `fleet` never pays for Aedes and LevelDB.
       const { startBroker } = await import('../nodes/broker-node.ts');
+      // A bare --unpin-senders is on.
+      const unpinSenders = o.unpinSenders === true || o.unpinSenders === 'on' ? true : o.unpinSenders === 'off' ? false : 'auto';
       const b = await startBroker({
         ...o,
+        unpinSenders,
         tls: tlsOpts,
         http: httpPort === undefined ? undefined : { port: httpPort, host: httpHost },
         ws: wsPort === undefined ? undefined : { port: wsPort, host: wsHost },
@@ -105,9 +110,10 @@ program
       });
       const auth = o.auth ? `auth ${path.resolve(o.auth)}` : 'UNAUTHENTICATED';
       const tlsNote = b.tlsUrl ? `, TLS on ${b.tlsUrl}${o.tlsCa ? ' with client certificates' : ''}` : '';
+      const unpinNote = b.unpinning ? ', resetting connections its TCP pins (--unpin-senders)' : '';
       const metricsNote = (b.metricsUrl ? `, dashboard on ${b.metricsUrl.replace(/metrics$/, '')}${b.wsUrl ? '' : ' (needs --ws-port)'}, metrics on ${b.metricsUrl}` : '') + (b.wsUrl ? `, WebSocket on ${b.wsUrl}` : '');
       process.stdout.write(
-        `fleet broker listening on ${b.url}${tlsNote}${metricsNote} (persistence ${o.cluster ? `redis ${urlWithoutLogin(o.cluster)}` : o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`,
+        `fleet broker listening on ${b.url}${tlsNote}${metricsNote}${unpinNote} (persistence ${o.cluster ? `redis ${urlWithoutLogin(o.cluster)}` : o.persistence}, update server ${o.updateServer ? 'in-process' : 'off'}, data ${path.resolve(o.dataDir)}, ${auth})\n`,
       );
       stop.add({ name: 'broker (listeners, clients, update server, persistence)', run: () => b.close() });
     },

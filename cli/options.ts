@@ -35,3 +35,10 @@ export function parsePoints(v: string): number {
   if (!(v.trim() !== '' && x >= 0 && x <= 100)) throw new InvalidArgumentError('expected percentage points from 0 to 100 (e.g. 2)');
   return x;
 }
+
+/** `--unpin-senders [when]`: auto, on or off (broker/pinned-senders.ts's UnpinMode). */
+export function parseUnpinMode(v: string): 'auto' | 'on' | 'off' {
+  const m = v.trim();
+  if (m !== 'auto' && m !== 'on' && m !== 'off') throw new InvalidArgumentError('expected auto, on or off');
+  return m;
+}

@@ -47,6 +47,8 @@ export interface RunningBroker {
   clusterCounters: EmitterCounters | undefined;
   /** In a cluster with an update server: whether this node holds the cluster lease now. */
   holdsLease(): boolean;
+  /** Whether the pinned-sender watch runs (`unpinSenders`; with `auto`, what the host decided). */
+  unpinning: boolean;
   close(): Promise<void>;
 }
 
@@ -161,6 +163,7 @@ export async function startBroker(o: BrokerOptions): Promise<RunningBroker> {
     metricsUrl: p.metricsHttp?.url,
     clusterCounters: p.cluster?.counters,
     holdsLease: () => p.lease?.held === true,
+    unpinning: (p.unpin?.length ?? 0) > 0,
     async close() {
       if (closed) return;
       closed = true;

@@ -1,4 +1,5 @@
 import { execFile, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 /**
  * What the kernel says about a host's own TCP connections, from `ss -tin` (iproute2, Linux): each
@@ -60,6 +61,15 @@ export function parseSs(text: string): SsConnection[] {
 }
 
 /** Whether `ss` can be run here (Linux with iproute2). */
+/** This host's (this network namespace's) TCP congestion control for new connections (`bbr`, `cubic`, …); undefined where it cannot be read. */
+export function hostCongestionControl(): string | undefined {
+  try {
+    return readFileSync('/proc/sys/net/ipv4/tcp_congestion_control', 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function ssAvailable(): boolean {
   if (process.platform !== 'linux') return false;
   const r = spawnSync('ss', ['-V'], { encoding: 'utf8', timeout: 5000 });

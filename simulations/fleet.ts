@@ -5,7 +5,7 @@
  *       [--rate KBIT] [--rate-up KBIT] [--delay MS] [--jitter MS] [--cuts K] [--cut-seconds S]
  *       [--kills K] [--kernel] [--broker aedes|mosquitto] [--compare] [--compare-http] [--seed S]
  *       [--congestion cubic|bbr|reno] [--rto-max MS]  (kernel link: TCP congestion control of its connections; default the host's)
- *       [--unpin]  (the broker closes connections its host's BBR pins: `fleet broker --unpin-senders`)
+ *       [--unpin | --no-unpin]  (the broker resets connections its host's BBR pins, `fleet broker --unpin-senders on|off`; default the broker's: auto, on under bbr)
  *
  * The broker (with its update server) runs as its own process; the devices
  * run as real agents (one MQTT connection, directory, bitmap each) in a
@@ -31,9 +31,10 @@ import type { LinkProxy } from './link-proxy.ts';
 import { NetnsLink } from './netns-link.ts';
 import { pinnedOf, senderSampler, type SenderPinned } from './sender-pacing.ts';
 import { congestionControls, reportedRtoMaxMs, rtoMaxArg } from './tcp-sysctls.ts';
+import { hostCongestionControl } from '../platform/tcp-senders.ts';
 import { counterDelta, type LinkCounters, type UpTcp } from './link-counters.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
-import { collectEnds, deviceHostArgs, hostReady, linkFromArgs, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
+import { collectEnds, deviceHostArgs, hostReady, linkFromArgs, unpinActive, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
 import { localExec, netnsExec, publishSimRelease, releaseHeld, startSimBroker, startSiteProxy, tracker, writePayloadFile, type SimHeld } from './sim-run.ts';
 
 export interface FleetSimOptions extends SiteRunOptions {
@@ -50,7 +51,7 @@ export interface FleetSimOptions extends SiteRunOptions {
   /** Also send the payload with HTTP range resume over the same link (kernel link only). */
   compareHttp?: boolean;
   profile?: string | null;
-  /** The broker closes connections its host's BBR pins (`fleet broker --unpin-senders`; aedes, kernel link). */
+  /** The broker resets connections its host's BBR pins (`fleet broker --unpin-senders on|off`; aedes); undefined: the broker's default, auto. */
   unpin?: boolean;
 }
 
@@ -351,9 +352,10 @@ async function main(): Promise<void> {
       seed: { type: 'string', default: '1' },
       congestion: { type: 'string' },
       'rto-max': { type: 'string' },
-      unpin: { type: 'boolean', default: false },
+      unpin: { type: 'boolean' },
       timeout: { type: 'string', default: '600' },
     },
+    allowNegative: true,
   });
   const spec = linkFromArgs('sim:fleet', a.profile, a);
   const kernel = a.kernel === true || a.profile !== undefined || a['compare-http'] === true;
@@ -376,7 +378,7 @@ async function main(): Promise<void> {
     profile: spec.profile,
     timeoutSeconds: Number(a.timeout),
     compareHttp: a['compare-http'] === true,
-    unpin: a.unpin === true,
+    unpin: a.unpin,
     log: (s: string) => process.stderr.write(s + '\n'),
   };
   if (base.compareHttp && base.kills > 0) {
@@ -397,7 +399,8 @@ async function main(): Promise<void> {
       ...r,
       congestion: kernel ? (a.congestion ?? congestionControls().hostDefault) : null,
       rtoMaxMs: kernel ? reportedRtoMaxMs(base.rtoMaxMs) : null,
-      unpin: base.unpin,
+      unpin: base.unpin === undefined ? 'auto' : base.unpin ? 'on' : 'off',
+      unpinActive: unpinActive(r.broker, base.unpin, kernel ? (a.congestion ?? congestionControls().hostDefault) : hostCongestionControl()),
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     }) + '\n',
   );

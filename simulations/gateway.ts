@@ -43,7 +43,8 @@ import type { LinkSpec } from './link-profiles.ts';
 import { NetnsLink } from './netns-link.ts';
 import { pinnedOf, senderSampler } from './sender-pacing.ts';
 import { congestionControls, reportedRtoMaxMs, rtoMaxArg } from './tcp-sysctls.ts';
-import { hostReady, linkFromArgs, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec } from './sim-support.ts';
+import { hostReady, linkFromArgs, unpinActive, waitForPortIn, writeSimUpdate, type DeviceEnd, type Exec } from './sim-support.ts';
+import { hostCongestionControl } from '../platform/tcp-senders.ts';
 import { localExec, netnsExec, publishSimRelease, releaseHeld, startSimBroker, startSiteProxy, tracker, writePayloadFile, type SimHeld } from './sim-run.ts';
 import type { SentByType } from './uplink.ts';
 import { mulberry32 } from '../util/random.ts';
@@ -397,7 +398,9 @@ async function main(): Promise<void> {
     log: (s) => process.stderr.write(s + '\n'),
   });
   const congestion = r.link.startsWith('proxy') ? null : (a.congestion ?? congestionControls().hostDefault);
-  process.stdout.write(JSON.stringify({ ...r, congestion, rtoMaxMs: congestion === null ? null : reportedRtoMaxMs(rtoMaxMs) }) + '\n');
+  // The upstream broker runs with `fleet broker`'s default, --unpin-senders auto.
+  const unpin = { unpin: 'auto', unpinActive: unpinActive('aedes', undefined, congestion ?? hostCongestionControl()) };
+  process.stdout.write(JSON.stringify({ ...r, congestion, rtoMaxMs: congestion === null ? null : reportedRtoMaxMs(rtoMaxMs), ...unpin }) + '\n');
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await main();

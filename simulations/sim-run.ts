@@ -45,7 +45,7 @@ export function netnsExec(link: NetnsLink, side: 'srv' | 'site'): Exec {
 }
 
 /** The broker (and for Mosquitto, `fleet serve`) on the server side of the link, each waited for; its URL there. */
-export async function startSimBroker(kind: 'aedes' | 'mosquitto', srvExec: Exec, track: (c: ChildProcess) => ChildProcess, host: string, port: number, dir: string, unpin = false): Promise<string> {
+export async function startSimBroker(kind: 'aedes' | 'mosquitto', srvExec: Exec, track: (c: ChildProcess) => ChildProcess, host: string, port: number, dir: string, unpin?: boolean): Promise<string> {
   for (const c of await brokerCommands(kind, host, port, path.join(dir, 'broker'), unpin)) {
     const child = track(srvExec(c.cmd, c.args));
     // FLEET_SIM_BROKER_LOG=FILE: the broker's log (FLEET_LOG sets its level), appended to FILE.

@@ -2,6 +2,8 @@ import { spawnSync, type ChildProcess } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { FLEET_BIN } from '../platform/child-process.ts';
+import { ssAvailable } from '../platform/tcp-senders.ts';
+import { unpinDecision } from '../broker/pinned-senders.ts';
 import type { DeviceAgent } from '../device/agent.ts';
 import type { MqttTransport } from '../transport/mqtt.ts';
 import { LinkSpecError, resolveLink, type LinkFlagName } from './link-profiles.ts';
@@ -33,9 +35,11 @@ export function findMosquittoBinary(): string | undefined {
 }
 
 /** The processes that make up the broker side: Aedes with its update server, or Mosquitto plus `fleet serve`. */
-export async function brokerCommands(kind: 'aedes' | 'mosquitto', host: string, port: number, dataDir: string, unpin = false): Promise<Array<{ cmd: string; args: string[]; waitForPort: boolean }>> {
+/** `unpin`: `fleet broker --unpin-senders` on or off; undefined leaves the broker's default (auto). */
+export async function brokerCommands(kind: 'aedes' | 'mosquitto', host: string, port: number, dataDir: string, unpin?: boolean): Promise<Array<{ cmd: string; args: string[]; waitForPort: boolean }>> {
   if (kind === 'aedes') {
-    return [{ cmd: process.execPath, args: [FLEET_BIN, 'broker', '--host', host, '--port', String(port), '--data-dir', dataDir, ...(unpin ? ['--unpin-senders'] : [])], waitForPort: true }];
+    const unpinArgs = unpin === undefined ? [] : ['--unpin-senders', unpin ? 'on' : 'off'];
+    return [{ cmd: process.execPath, args: [FLEET_BIN, 'broker', '--host', host, '--port', String(port), '--data-dir', dataDir, ...unpinArgs], waitForPort: true }];
   }
   if (unpin) throw new Error('--unpin is a `fleet broker` option: it needs --broker aedes');
   const bin = findMosquittoBinary();
@@ -215,4 +219,10 @@ export async function writeSimUpdate(dir: string, size: number): Promise<{ updat
   await fs.writeFile(baseFile, base);
   await fs.writeFile(updateFile, encodeUpdateFile(update.payload));
   return { update, baseFile, updateFile };
+}
+
+/** Whether the broker's pinned-sender watch ran: the same decision `fleet broker` makes (broker/pinned-senders.ts). */
+export function unpinActive(broker: string, unpin: boolean | undefined, congestion: string | undefined): boolean {
+  if (broker !== 'aedes') return false;
+  return unpinDecision(unpin === undefined ? 'auto' : unpin ? 'on' : 'off', { congestion, ss: ssAvailable() }).on;
 }

@@ -10,9 +10,9 @@ import os from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PinnedSenders } from '../../broker/pinned-senders.ts';
+import { PinnedSenders, unpinDecision } from '../../broker/pinned-senders.ts';
 import { startBroker, type RunningBroker } from '../../nodes/broker-node.ts';
-import { parseSs, type SsConnection } from '../../platform/tcp-senders.ts';
+import { hostCongestionControl, parseSs, type SsConnection } from '../../platform/tcp-senders.ts';
 import { createLogger } from '../../util/log.ts';
 import { SS } from '../support/ss-sample.ts';
 import { until } from '../support/wait.ts';
@@ -90,6 +90,26 @@ afterEach(async () => {
   dir = undefined;
 });
 
+describe('--unpin-senders auto|on|off: whether the watch runs (unpinDecision)', () => {
+  it('auto: on under bbr with ss; off under any other congestion control, or without ss, saying why', () => {
+    expect(unpinDecision('auto', { congestion: 'bbr', ss: true }).on).toBe(true);
+    expect(unpinDecision('auto', { congestion: 'cubic', ss: true })).toEqual({ on: false, why: "this host's TCP congestion control is cubic, not bbr: nothing to unpin" });
+    expect(unpinDecision('auto', { congestion: undefined, ss: true }).on).toBe(false);
+    const noSs = unpinDecision('auto', { congestion: 'bbr', ss: false });
+    expect(noSs.on).toBe(false);
+    expect(noSs.why).toMatch(/apt-get install iproute2/);
+  });
+
+  it('on and off are what they say, whatever the host', () => {
+    for (const congestion of ['bbr', 'cubic', undefined]) {
+      for (const ss of [true, false]) {
+        expect(unpinDecision('on', { congestion, ss }).on).toBe(true);
+        expect(unpinDecision('off', { congestion, ss }).on).toBe(false);
+      }
+    }
+  });
+});
+
 describe('fleet broker --unpin-senders (real broker, real TCP)', () => {
   it('closes the connection ss shows pinned; the client reconnects on a fresh one, which is left alone', async () => {
     dir = await fs.mkdtemp(path.join(os.tmpdir(), 'unpin-'));
@@ -125,6 +145,26 @@ describe('fleet broker --unpin-senders (real broker, real TCP)', () => {
     await new Promise((r) => setTimeout(r, 1500));
     expect(connects).toBe(1);
     expect(client.connected).toBe(true);
+  });
+
+  it("auto (fleet broker's default): the watch runs when this host's congestion control is bbr; without ss the broker starts with it off", async () => {
+    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'unpin-'));
+    const start = () => startBroker({ port: 0, dataDir: dir!, persistence: 'memory', updateServer: false, unpinSenders: 'auto', log: createLogger('broker', 'silent') });
+    const b = await start();
+    try {
+      expect(b.unpinning).toBe(hostCongestionControl() === 'bbr');
+    } finally {
+      await b.close();
+    }
+    const searchPath = process.env.PATH;
+    process.env.PATH = path.join(dir, 'no-such-bin');
+    try {
+      const noSs = await start();
+      expect(noSs.unpinning).toBe(false);
+      await noSs.close();
+    } finally {
+      process.env.PATH = searchPath;
+    }
   });
 
   it('without ss on the host, the option is refused at start, naming what to install', async () => {
