@@ -154,16 +154,18 @@ export class ChunkRequests {
   }
 
   /**
-   * The `tail` entry of the probe's marker, when a request for `want` asks for the probe's chunk and
-   * `tails` (the request's own) holds no prefix of it: `[index, length − 1]`, the chunk's last byte.
+   * The request's `tail` entries: those of the held prefix (`prefixTails`, ChunkResume.tails), and
+   * the probe's marker when the request asks for the probe's chunk: `[index, length − 1]`, the chunk's
+   * last byte, in place of the prefix's tail (the tail was asked for once already and may still
+   * come: asked again whole it came twice, a device in a ten-device run at 20 % loss).
    */
-  markerTail(want: readonly number[], tails: ReadonlyArray<[number, number]>): Array<[number, number]> {
+  tails(want: readonly number[], prefixTails: Array<[number, number]>): Array<[number, number]> {
     const p = this.probe;
-    if (!p?.marker || !want.includes(p.index) || tails.some(([i]) => i === p.index)) return [];
+    if (!p?.marker || !want.includes(p.index)) return prefixTails;
     const length = this.chunkLength(p.index);
-    if (length < 2) return [];
+    if (length < 2) return prefixTails;
     this.markers.add(p.index);
-    return [[p.index, length - 1]];
+    return [...prefixTails.filter(([i]) => i !== p.index), [p.index, length - 1]];
   }
 
   /** A tail frame that joins nothing held is the answer to a marker asked for: the chunk's last byte. */

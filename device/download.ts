@@ -378,8 +378,7 @@ export class Download {
     const { want, list } = ask;
     this.link.requested(this.o.clock.now(), want);
     this.requestsSent++;
-    const tail = this.resume.tails(want);
-    tail.push(...this.requests.markerTail(want, tail));
+    const tail = this.requests.tails(want, this.resume.tails(want));
     this.o.log.debug('request', { want, list, window, tail: tail.length ? tail : undefined });
     this.o.transport
       // QoS 0 (protocol.md §1): a request lost with a connection is asked again after the reconnect

@@ -46,13 +46,13 @@ async function rig() {
       return p;
     },
   };
-  const { d, files } = await downloadRig(own, 'download-resume', step, { transport, topics, deviceId: 'dev', maxWindow: 4, idleMs: 60_000 });
+  const { d, files, clock } = await downloadRig(own, 'download-resume', step, { transport, topics, deviceId: 'dev', maxWindow: 4, idleMs: 60_000 });
   await d.start();
   d.onFrame({ kind: 'list', updateId: step.updateId, count: CHUNKS, list });
   d.onFrame({ kind: 'chunk', updateId: step.updateId, index: 0, count: CHUNKS, data: chunk(0) });
   await until(() => files.bitmap.has(0), { what: 'chunk 0 stored', timeoutMs: 5000 });
   const held = (i: number) => until(() => files.bitmap.has(i), { what: `chunk ${i} stored`, timeoutMs: 5000 });
-  return { d, files, requests, held, rule: () => rule, cut: (p: PartialPublish) => (partial = p) };
+  return { d, files, clock, requests, held, rule: () => rule, cut: (p: PartialPublish) => (partial = p) };
 }
 
 describe('a Download resumes a chunk whose frame a reconnect cut', () => {
@@ -158,6 +158,25 @@ describe('a Download resumes a chunk whose frame a reconnect cut', () => {
     const n = r.requests.length;
     r.d.onFrame({ kind: 'chunk', updateId: step.updateId, index: 6, count: CHUNKS, offset: 100, data: chunk(6).subarray(100) });
     expect(r.requests.slice(n).filter((q) => q.want.includes(6))).toEqual([]);
+    await r.d.close();
+  });
+
+  it("a silence while the tail is out asks again for the chunk's last byte only (the probe's marker), not the tail: a late tail then comes once", async () => {
+    const r = await rig();
+    r.cut({ topic: TOPIC, bytes: cutFrame(1, 3000) });
+    const before = r.requests.length;
+    r.d.resend();
+    expect(r.requests[before].tail).toEqual([[1, 3000]]);
+    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+    const again = r.requests.slice(before + 1);
+    expect(again.map((q) => [q.want, q.tail])).toEqual([[[1], [[1, CHUNK - 1]]]]);
+    // The first tail was only late: it comes and completes the chunk; then the marker, dropped.
+    r.d.onFrame({ kind: 'chunk', updateId: step.updateId, index: 1, count: CHUNKS, offset: 3000, data: chunk(1).subarray(3000) });
+    await r.held(1);
+    const n = r.requests.length;
+    r.d.onFrame({ kind: 'chunk', updateId: step.updateId, index: 1, count: CHUNKS, offset: CHUNK - 1, data: chunk(1).subarray(CHUNK - 1) });
+    expect(r.d.duplicateChunks).toBe(0);
+    expect(r.requests.slice(n).filter((q) => q.want.includes(1))).toEqual([]);
     await r.d.close();
   });
 });
