@@ -131,13 +131,16 @@ export function watchPinnedSenders(o: UnpinOptions): UnpinWatch {
   const everyMs = o.everyMs ?? UNPIN_DEFAULTS.everyMs;
   const read = o.read ?? (() => readSendersFrom(o.port));
   const senders = new PinnedSenders({ holdMs: o.holdMs ?? UNPIN_DEFAULTS.holdMs, cooldownMs: o.cooldownMs ?? UNPIN_DEFAULTS.cooldownMs, minDrainMs: o.minDrainMs ?? UNPIN_DEFAULTS.minDrainMs });
-  const socketOf = (c: SsConnection): net.Socket | undefined => [...o.sockets].find((s) => s.remotePort === c.peerPort && plainAddress(s.remoteAddress ?? '') === c.peerAddress);
+  /** The listener's sockets by peer address and port, made once per reading (a broker may hold thousands). */
+  const socketsByPeer = (): Map<string, net.Socket> => new Map([...o.sockets].map((s) => [`${plainAddress(s.remoteAddress ?? '')}|${s.remotePort}`, s]));
   let stopped = false;
   let timer: unknown;
   let warned = false;
   const tick = async (): Promise<void> => {
     try {
       const connections = parseSs(await read()).filter((c) => c.localPort === o.port);
+      const sockets = socketsByPeer();
+      const socketOf = (c: SsConnection): net.Socket | undefined => sockets.get(`${c.peerAddress}|${c.peerPort}`);
       for (const u of senders.observe(o.clock.now(), connections, (c) => {
         const s = socketOf(c);
         return s ? o.clientOf(s) : undefined;
