@@ -47,7 +47,7 @@ export class ChunkRequests {
    */
   probe: Probe | undefined;
   /** Chunks whose last byte alone was asked for as a probe's marker (`Probe.marker`): a one-byte tail of one is that answer. */
-  readonly markers = new Set<number>();
+  private readonly markers = new Set<number>();
 
   constructor(
     private readonly files: Pick<DownloadFiles, 'list' | 'bitmap'>,

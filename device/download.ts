@@ -270,10 +270,7 @@ export class Download {
       return;
     }
     // When it answers the probe, the chunks asked for before it and lost are asked again (not it: it is checked below).
-    this.requests.arrived(f.index, (lost) => {
-      this.o.log.info('frames asked for before the probe were lost; asking again for them', { lost: lost.length });
-      this.requestMore(lost);
-    });
+    this.requests.arrived(f.index, (lost) => this.askLost(lost));
     const { files, step } = this.o;
     if (!files.list || f.count !== step.chunks) {
       this.requestMore();
@@ -344,7 +341,12 @@ export class Download {
       this.requestMore();
       return;
     }
-    this.o.log.info('frames asked for before the probe were lost; asking again for them', { lost: lost.length, marker: true });
+    this.askLost(lost, true);
+  }
+
+  /** The probe's answer (its chunk, or its marker) came and these, asked for before it, had not: lost, asked again. */
+  private askLost(lost: number[], marker?: true): void {
+    this.o.log.info('frames asked for before the probe were lost; asking again for them', { lost: lost.length, marker });
     this.requestMore(lost);
   }
 

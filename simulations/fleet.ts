@@ -34,7 +34,7 @@ import { congestionControls, reportedRtoMaxMs, rtoMaxArg } from './tcp-sysctls.t
 import { hostCongestionControl } from '../platform/tcp-senders.ts';
 import { counterDelta, type LinkCounters, type UpTcp } from './link-counters.ts';
 import { CounterSampler, readingAtDownloaded, sumSent, type SentByType } from './uplink.ts';
-import { collectEnds, deviceHostArgs, hostReady, linkFromArgs, unpinActive, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
+import { collectEnds, deviceHostArgs, hostReady, linkFromArgs, unpinActive, unpinMode, writeSimUpdate, type DeviceEnd, type Exec, type SiteRunOptions } from './sim-support.ts';
 import { localExec, netnsExec, publishSimRelease, releaseHeld, startSimBroker, startSiteProxy, tracker, writePayloadFile, type SimHeld } from './sim-run.ts';
 
 export interface FleetSimOptions extends SiteRunOptions {
@@ -399,7 +399,7 @@ async function main(): Promise<void> {
       ...r,
       congestion: kernel ? (a.congestion ?? congestionControls().hostDefault) : null,
       rtoMaxMs: kernel ? reportedRtoMaxMs(base.rtoMaxMs) : null,
-      unpin: base.unpin === undefined ? 'auto' : base.unpin ? 'on' : 'off',
+      unpin: unpinMode(base.unpin),
       unpinActive: unpinActive(r.broker, base.unpin, kernel ? (a.congestion ?? congestionControls().hostDefault) : hostCongestionControl()),
       loadAverage: os.loadavg().map((x) => Number(x.toFixed(2))),
     }) + '\n',

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { FLEET_BIN } from '../platform/child-process.ts';
 import { ssAvailable } from '../platform/tcp-senders.ts';
-import { unpinDecision } from '../broker/pinned-senders.ts';
+import { unpinDecision, type UnpinMode } from '../broker/pinned-senders.ts';
 import type { DeviceAgent } from '../device/agent.ts';
 import type { MqttTransport } from '../transport/mqtt.ts';
 import { LinkSpecError, resolveLink, type LinkFlagName } from './link-profiles.ts';
@@ -38,7 +38,7 @@ export function findMosquittoBinary(): string | undefined {
 /** `unpin`: `fleet broker --unpin-senders` on or off; undefined leaves the broker's default (auto). */
 export async function brokerCommands(kind: 'aedes' | 'mosquitto', host: string, port: number, dataDir: string, unpin?: boolean): Promise<Array<{ cmd: string; args: string[]; waitForPort: boolean }>> {
   if (kind === 'aedes') {
-    const unpinArgs = unpin === undefined ? [] : ['--unpin-senders', unpin ? 'on' : 'off'];
+    const unpinArgs = unpin === undefined ? [] : ['--unpin-senders', unpinMode(unpin)];
     return [{ cmd: process.execPath, args: [FLEET_BIN, 'broker', '--host', host, '--port', String(port), '--data-dir', dataDir, ...unpinArgs], waitForPort: true }];
   }
   if (unpin) throw new Error('--unpin is a `fleet broker` option: it needs --broker aedes');
@@ -224,5 +224,10 @@ export async function writeSimUpdate(dir: string, size: number): Promise<{ updat
 /** Whether the broker's pinned-sender watch ran: the same decision `fleet broker` makes (broker/pinned-senders.ts). */
 export function unpinActive(broker: string, unpin: boolean | undefined, congestion: string | undefined): boolean {
   if (broker !== 'aedes') return false;
-  return unpinDecision(unpin === undefined ? 'auto' : unpin ? 'on' : 'off', { congestion, ss: ssAvailable() }).on;
+  return unpinDecision(unpinMode(unpin), { congestion, ss: ssAvailable() }).on;
+}
+
+/** The simulations' `--unpin` / `--no-unpin` / neither as `fleet broker --unpin-senders`'s mode. */
+export function unpinMode(unpin: boolean | undefined): UnpinMode {
+  return unpin === undefined ? 'auto' : unpin ? 'on' : 'off';
 }
