@@ -103,6 +103,30 @@ async function reconnectAtEnd(r: Awaited<ReturnType<typeof rig>>): Promise<{ old
   return { old, before };
 }
 
+/** Serves every request from `from` on, each chunk once, until the download completes. */
+async function serveToEnd(r: Awaited<ReturnType<typeof rig>>, from: number, served = new Set<number>()) {
+  for (let k = from; k < r.requests.length && !r.isDone(); k++) {
+    for (const i of r.requests[k]) {
+      if (served.has(i)) continue;
+      served.add(i);
+      await r.chunk(i);
+    }
+  }
+  await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
+}
+
+/** A window asked for, a reconnect (its new request's chunks: `fresh`), then a silence. */
+async function reconnectThenSilence(r: Awaited<ReturnType<typeof rig>>): Promise<{ asked: number[]; before: number; fresh: number[] }> {
+  const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
+  const before = r.requests.length;
+  r.d.resend();
+  await r.settle();
+  const fresh = r.requests.slice(before).flat();
+  await r.clock.advance(r.d.link.idleTimeoutMs + 1);
+  await r.settle();
+  return { asked, before, fresh };
+}
+
 /**
  * No chunk list yet, and a silence: the first request (list and first window), then the probe the
  * silence sends (the list again and the window's last chunk alone).
@@ -179,29 +203,15 @@ describe('download: after a silence, a probe before the rest (a server that send
 
   it('after a reconnect whose first new chunk is slow to come: the silence asks for it again alone; chunks still on their way are not asked twice', async () => {
     const r = await rig();
-    const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
-    const before = r.requests.length;
-    r.d.resend();
-    await r.settle();
-    const fresh = r.requests.slice(before).flat();
+    const { asked, before, fresh } = await reconnectThenSilence(r);
     expect(fresh.length).toBeGreaterThan(1);
-    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
-    await r.settle();
     // Not everything again (that asked again for chunks on their way, and they came twice).
     expect(r.requests.slice(before + 1)).toEqual([[fresh[0]]]);
     // They were only late: the old request's chunks, then the new ones, arrive.
     for (const i of [...asked, ...fresh]) await r.chunk(i);
     const later = r.requests.slice(before + 2).flat();
     expect(later.filter((i) => asked.includes(i) || fresh.includes(i))).toEqual([]);
-    const served = new Set([...asked, ...fresh]);
-    for (let k = before + 2; k < r.requests.length && !r.isDone(); k++) {
-      for (const i of r.requests[k]) {
-        if (served.has(i)) continue;
-        served.add(i);
-        await r.chunk(i);
-      }
-    }
-    await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
+    await serveToEnd(r, before + 2, new Set([...asked, ...fresh]));
     expect(r.d.duplicateChunks).toBe(0);
     await r.close();
   });
@@ -372,18 +382,6 @@ async function silenceProbe() {
   return { r, asked, before, last };
 }
 
-/** Serves every request from `from` on, each chunk once, until the download completes. */
-async function serveToEnd(r: Awaited<ReturnType<typeof rig>>, from: number, served = new Set<number>()) {
-  for (let k = from; k < r.requests.length && !r.isDone(); k++) {
-    for (const i of r.requests[k]) {
-      if (served.has(i)) continue;
-      served.add(i);
-      await r.chunk(i);
-    }
-  }
-  await until(() => r.isDone(), { what: 'the download complete', timeoutMs: 10_000, intervalMs: 5 });
-}
-
 describe("download: a probe asks for its chunk's last byte only (the marker), and no chunk comes twice", () => {
   it("a stalled link: the late frames come (the probe chunk's first copy settles the probe), then the marker, dropped; nothing is asked again and nothing comes twice", async () => {
     const { r, asked, before } = await silenceProbe();
@@ -467,13 +465,7 @@ describe("download: a probe asks for its chunk's last byte only (the marker), an
 
   it('after a reconnect, a silence with the first new chunk still to come: it is asked again as a marker only; when its first copy comes, the marker after it asks nothing', async () => {
     const r = await rig();
-    const asked = r.requests.filter((w) => w.length > 0).at(-1)!;
-    const before = r.requests.length;
-    r.d.resend();
-    await r.settle();
-    const fresh = r.requests.slice(before).flat();
-    await r.clock.advance(r.d.link.idleTimeoutMs + 1);
-    await r.settle();
+    const { asked, before, fresh } = await reconnectThenSilence(r);
     const [b, e] = chunkRange(step.size, CHUNK, fresh[0]);
     expect(r.requests.slice(before + 1)).toEqual([[fresh[0]]]);
     expect(r.tails.slice(before + 1)).toEqual([[[fresh[0], e - b - 1]]]);
@@ -541,6 +533,20 @@ describe("download: a probe asks for its chunk's last byte only (the marker), an
     // The old request was answered on the new connection: each chunk once.
     for (const i of asked) await r.chunk(i);
     await serveToEnd(r, before + 1, new Set(asked));
+    expect(r.d.duplicateChunks).toBe(0);
+    await r.close();
+  });
+
+  it('a forged marker (a wrong last byte, from a hostile broker or server) is never stored: it only settles the probe, whose chunk is asked for whole and checked as any', async () => {
+    const { r, asked, before, last } = await silenceProbe();
+    const held = r.d.receivedChunks;
+    const [b, e] = chunkRange(step.size, CHUNK, last);
+    r.d.onFrame({ kind: 'chunk', updateId, index: last, count: CHUNKS, offset: e - b - 1, data: Uint8Array.of(payload[e - 1] ^ 0xff) } as Frame);
+    await r.settle();
+    expect(r.d.receivedChunks).toBe(held);
+    expect(r.d.badChunks).toBe(0);
+    expect(new Set(r.requests.slice(before + 1).flat())).toEqual(new Set(asked));
+    await serveToEnd(r, before + 1);
     expect(r.d.duplicateChunks).toBe(0);
     await r.close();
   });
