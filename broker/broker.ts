@@ -291,7 +291,9 @@ const unpinSenders: Step<BrokerParts> = {
   start(p) {
     const given = typeof p.o.unpinSenders === 'object' ? p.o.unpinSenders : {};
     if (p.o.unpinSenders === 'auto') {
-      const d = unpinDecision('auto', { congestion: hostCongestionControl(), ss: ssAvailable() });
+      // ss is looked for (a spawn) only where it would be used.
+      const congestion = hostCongestionControl();
+      const d = unpinDecision('auto', { congestion, ss: congestion === 'bbr' && ssAvailable() });
       p.log.info(d.on ? 'pinned-sender watch on' : 'pinned-sender watch off', { why: d.why });
       if (!d.on) return;
     } else if (!given.read && !ssAvailable()) throw new UsageError('bad-options', '--unpin-senders needs Linux and the ss command (iproute2: apt-get install iproute2)');
